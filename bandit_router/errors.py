@@ -1,0 +1,59 @@
+"""Domain errors. Each carries a message naming the bad value; the app maps them once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RouterError(Exception):
+    """Base of every error a client can cause or should be told about."""
+
+    status_code = 422
+    field: str | None = None
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if field is not None:
+            self.field = field
+
+
+class UnknownEvent(RouterError):
+    status_code = 404
+    field = "event_id"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(
+            f"unknown or expired event_id {event_id!r}: no decision is waiting for a reward "
+            "under that id (decisions wait reward_wait_s seconds)"
+        )
+
+
+class AlreadyRewarded(RouterError):
+    status_code = 409
+    field = "event_id"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(
+            f"event {event_id!r} already has a reward and was learned; "
+            "each event is learned once, send a new /choose for a new query"
+        )
+
+
+class InvalidArm(RouterError):
+    status_code = 422
+    field = "arms"
+
+    def __init__(self, name: str, valid: Sequence[str]) -> None:
+        super().__init__(f"unknown arm {name!r}; valid: {', '.join(valid)}")
+
+
+class InvalidReward(RouterError):
+    status_code = 422
+
+
+class StoreUnavailable(RouterError):
+    status_code = 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"state store (Redis) unavailable, retry later: {detail}")

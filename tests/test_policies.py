@@ -1,0 +1,116 @@
+"""The contract every registered policy keeps (STYLE.md), and the registry's errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bandit_router.features import Features, extract
+from bandit_router.policies import (
+    Arm,
+    build_policy,
+    load_policy,
+    parse_policy_spec,
+    policy_names,
+)
+
+ARMS = [Arm("4b", 4, 0.1), Arm("7b", 7, 0.2), Arm("14b", 14, 0.4)]
+LEARNING = ["egreedy", "squarecb", "cover", "bag", "softmax", "regcb", "rnd", "linucb"]
+SPECS = [*LEARNING, "random", "static", "fixed:arm=7b"]
+VOCAB = [f"word{i}" for i in range(300)]
+MARKER = "zebra"
+
+
+def test_every_registered_policy_is_covered() -> None:
+    assert {parse_policy_spec(s).name for s in SPECS} == set(policy_names())
+
+
+def _query(rng: random.Random, marked: bool) -> Features:
+    words = rng.sample(VOCAB, 12)
+    if marked:
+        words.insert(rng.randrange(len(words)), MARKER)
+    return extract(" ".join(words))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_probabilities_form_a_distribution(spec: str) -> None:
+    policy = build_policy(spec, seed=1)
+    rng = random.Random(0)
+    for _ in range(50):
+        x = _query(rng, rng.random() < 0.5)
+        d = policy.choose(x, ARMS)
+        assert list(d.probabilities) == [a.name for a in ARMS]
+        assert sum(d.probabilities.values()) == pytest.approx(1.0)
+        assert 0.0 < d.probability <= 1.0
+        assert d.probability == pytest.approx(d.probabilities[d.arm])
+        policy.learn(x, ARMS, d.arm, d.probability, rng.random())
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_subset_of_arms(spec: str) -> None:
+    policy = build_policy(spec, seed=1)
+    d = policy.choose(extract("hello"), ARMS[1:])
+    assert set(d.probabilities) == {"7b", "14b"}
+    assert d.arm in {"7b", "14b"}
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_dumps_loads_round_trip(spec: str) -> None:
+    policy = build_policy(spec, seed=3)
+    rng = random.Random(1)
+    for _ in range(200):
+        x = _query(rng, rng.random() < 0.5)
+        d = policy.choose(x, ARMS)
+        policy.learn(x, ARMS, d.arm, d.probability, float(d.arm == "4b"))
+    data = policy.dumps()
+    a, b = load_policy(spec, data, seed=11), load_policy(spec, data, seed=11)
+    probe = [_query(rng, i % 2 == 0) for i in range(40)]
+    for x in probe:
+        original, restored = policy.choose(x, ARMS), a.choose(x, ARMS)
+        assert restored.probabilities == pytest.approx(original.probabilities, abs=1e-6)
+        assert restored == b.choose(x, ARMS)  # same bytes, same seed: identical choices
+
+
+@pytest.mark.parametrize("spec", LEARNING)
+def test_learns_a_planted_rule(spec: str) -> None:
+    """Marked queries are best served by 4b, the rest by 14b; greedy choice >= 90% right."""
+    policy = build_policy(spec, seed=5)
+    rng = random.Random(5)
+    for _ in range(3000):
+        marked = rng.random() < 0.5
+        x = _query(rng, marked)
+        d = policy.choose(x, ARMS)
+        best = "4b" if marked else "14b"
+        policy.learn(x, ARMS, d.arm, d.probability, 1.0 if d.arm == best else 0.0)
+    right = 0
+    trials = 400
+    for i in range(trials):
+        marked = i % 2 == 0
+        probs = policy.choose(_query(rng, marked), ARMS).probabilities
+        greedy = max(probs, key=lambda k: probs[k])
+        right += greedy == ("4b" if marked else "14b")
+    assert right / trials >= 0.9, f"{spec}: greedy right {right}/{trials}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "unknown policy 'nope'; valid: egreedy"),
+        ("egreedy:epsilon=2", "epsilon must be in"),
+        ("bag:bag=0", "bag must be >= 1"),
+        ("linucb:alpha=-1", "alpha must be >= 0, got -1"),
+        ("linucb:dim=4", "dim must be >= 12"),
+        ("fixed", "fixed needs an arm"),
+        ("egreedy:vw_args=--nonsense_flag", "VW rejected"),
+    ],
+)
+def test_bad_parameters_are_named(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_policy(spec)
+
+
+def test_spec_string_round_trips() -> None:
+    spec = parse_policy_spec("egreedy:epsilon=0.1:bits=20")
+    assert spec.params == {"epsilon": 0.1, "bits": 20}
+    assert str(spec) == "egreedy:epsilon=0.1:bits=20"

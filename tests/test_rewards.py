@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from bandit_router.rewards import RewardConfig, RewardParts
+
+CONFIG = RewardConfig({"accuracy": 0.6, "rating": 0.2, "latency": 0.2}, latency_budget_ms=1000)
+ALL = RewardParts(accuracy=1.0, rating=5, latency_ms=500)
+
+
+def test_weighted_mean_of_all_parts() -> None:
+    assert CONFIG.combine(ALL) == pytest.approx(0.6 * 1 + 0.2 * 1 + 0.2 * 0.5)
+
+
+@pytest.mark.parametrize(
+    ("missing", "expected"),
+    [
+        ("accuracy", (0.2 * 1 + 0.2 * 0.5) / 0.4),
+        ("rating", (0.6 * 1 + 0.2 * 0.5) / 0.8),
+        ("latency_ms", (0.6 * 1 + 0.2 * 1) / 0.8),
+    ],
+)
+def test_each_part_missing_in_turn(missing: str, expected: float) -> None:
+    parts = {"accuracy": 1.0, "rating": 5.0, "latency_ms": 500.0}
+    del parts[missing]
+    assert CONFIG.combine(RewardParts(**parts)) == pytest.approx(expected)
+
+
+def test_scaling() -> None:
+    scaled = CONFIG.scaled(RewardParts(accuracy=0.3, rating=3, latency_ms=5000, cost_usd=0.0005))
+    assert scaled == pytest.approx({"accuracy": 0.3, "rating": 0.5, "latency": 0.0, "cost": 0.5})
+
+
+def test_direct_reward_wins() -> None:
+    assert CONFIG.combine(RewardParts(accuracy=0.0, reward=0.9)) == 0.9
+
+
+def test_no_weighted_part_is_an_error_naming_the_fields() -> None:
+    with pytest.raises(ValueError, match="accuracy, latency_ms, rating"):
+        CONFIG.combine(RewardParts(cost_usd=0.1))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("accuracy", 1.5, "0.0..1.0"),
+        ("rating", 0, "1.0..5.0"),
+        ("latency_ms", -1, ">= 0.0"),
+        ("reward", float("nan"), "0.0..1.0"),
+    ],
+)
+def test_out_of_range_parts(field: str, value: float, allowed: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be {allowed}"):
+        RewardParts(**{field: value})
