@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import RouterError, StoreUnavailable
+from bandit_router.metrics import register_metrics
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
 from bandit_router.schemas import (
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RouterError, _on_router_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
+    register_metrics(app)
 
     @app.post("/choose", responses=ERRORS)
     async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:

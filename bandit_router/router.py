@@ -12,6 +12,7 @@ from typing import Any
 
 from bandit_router.errors import InvalidArm, InvalidReward, RouterError
 from bandit_router.features import AppValue, Features, extract
+from bandit_router.metrics import Metrics
 from bandit_router.policies import (
     Arm,
     Policy,
@@ -66,6 +67,7 @@ class Router:
         self.version = 0  # rewards learned by this model, across restarts
         self.stream_id = "0-0"  # the newest logged event this model has learned
         self._learn_lock = asyncio.Lock()
+        self.metrics = Metrics([a.name for a in self.arms], str(spec))
 
     @classmethod
     async def open(cls, settings: Settings, store: Store) -> Router:
@@ -157,6 +159,8 @@ class Router:
             "ts": time.time(),
         }
         existing = await self.store.save_decision(event_id, record)
+        if existing is None:
+            self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
         return _choose_result(existing or record)
 
     async def reward(self, event_id: str, parts: RewardParts) -> RewardResult:
@@ -168,6 +172,7 @@ class Router:
         # One at a time, so the snapshot's stream id is exactly what the model has learned.
         async with self._learn_lock:
             decision, stream_id = await self.store.add_reward(event_id, reward, value)
+            self.metrics.rewarded(decision["arm"], value)
             self._learn_event(Event(stream_id, decision, reward))
             if self.version % self.settings.snapshot_every == 0:
                 await self.snapshot()
@@ -180,6 +185,7 @@ class Router:
         self.policy.learn(x, arms, d["arm"], float(d["probability"]), float(event.reward["reward"]))
         self.version += 1
         self.stream_id = event.stream_id
+        self.metrics.learned(d["arm"], self.version)
 
     async def snapshot(self) -> int:
         """Write the model to Redis; returns its version."""
