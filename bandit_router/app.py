@@ -8,10 +8,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from bandit_router.dashboard import register_dashboard
+from bandit_router.docs import register_docs
 from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import RouterError, StoreUnavailable
 from bandit_router.metrics import register_metrics
@@ -25,6 +27,7 @@ from bandit_router.schemas import (
     RewardResponse,
 )
 from bandit_router.settings import Settings
+from bandit_router.stats import StatsResponse, build_stats
 from bandit_router.store import Store, connect
 
 log = logging.getLogger("bandit_router")
@@ -108,11 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Learns which LLM size should answer each query.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by register_docs: the default needs a CDN
+        redoc_url=None,
     )
     app.add_exception_handler(RouterError, _on_router_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
     register_metrics(app)
+    register_docs(app)
+    register_dashboard(app)
 
     @app.post("/choose", responses=ERRORS)
     async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
@@ -141,10 +148,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The configured arms and their features."""
         return {"arms": [asdict(a) for a in router.arms]}
 
-    @app.get("/stats", responses=ERRORS)
-    async def stats(router: RouterDep) -> dict[str, Any]:
-        """Per-arm decisions, rewards and mean reward (deployment-wide, from Redis)."""
-        return await router.stats()
+    @app.get("/stats", responses={503: ERRORS[503]})
+    async def stats(
+        router: RouterDep,
+        window: Annotated[
+            int, Query(ge=0, le=20_000, description="newest events to analyse")
+        ] = 1000,
+        buckets: Annotated[int, Query(ge=1, le=200, description="time buckets of the series")] = 30,
+    ) -> StatsResponse:
+        """Totals per arm, the settings, and what the newest logged events say (the dashboard's
+        data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
+        return await build_stats(router, window, buckets)
 
     return app
 

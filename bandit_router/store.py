@@ -188,6 +188,17 @@ class Store:
             start = f"({rows[-1][0].decode()}"
 
     @_unavailable
+    async def recent_events(self, count: int) -> list[Event]:
+        """The newest ``count`` joined events of the training log, oldest first."""
+        rows = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self.redis.xrevrange(self.key(KEY_EVENTS), count=count),
+        )
+        return [
+            Event(sid.decode(), json.loads(f[b"d"]), json.loads(f[b"r"])) for sid, f in rows[::-1]
+        ]
+
+    @_unavailable
     async def counters(self) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
         return {k.decode(): float(v) for k, v in raw.items()}
