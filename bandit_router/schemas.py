@@ -13,6 +13,8 @@ from pydantic import (
     model_validator,
 )
 
+from bandit_router.settings import ArmSpec
+
 EventId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"),
@@ -36,9 +38,13 @@ class ChooseRequest(BaseModel):
         min_length=1,
         max_length=64,
         description="the arms eligible for this request (default: every configured arm)",
+        examples=[["7b", "14b"]],
     )
     event_id: EventId | None = Field(
-        default=None, description="your id for this decision; the same id returns the same decision"
+        default=None,
+        description="your id for this decision; the same id returns the same decision "
+        "(default: a new random id)",
+        examples=["req-2026-11-23-0001"],
     )
 
     @field_validator("features")
@@ -58,25 +64,51 @@ class ChooseRequest(BaseModel):
         return features
 
 
+EXAMPLE_EVENT_ID = "1392b69a83784a91b0a2d03365a8cca9"
+
+
 class ChooseResponse(BaseModel):
-    event_id: str
-    arm: str = Field(description="the model to call")
-    probability: float = Field(description="the probability the chosen arm had")
-    probabilities: dict[str, float] = Field(description="the probability of every eligible arm")
-    policy: str
-    model_version: int = Field(description="rewards learned by the model that decided")
+    event_id: str = Field(
+        description="the decision's id: send it back with the reward", examples=[EXAMPLE_EVENT_ID]
+    )
+    arm: str = Field(description="the model to call", examples=["7b"])
+    probability: float = Field(
+        description="the probability the chosen arm had (its propensity)", examples=[0.9]
+    )
+    probabilities: dict[str, float] = Field(
+        description="the probability of every eligible arm",
+        examples=[{"4b": 0.05, "7b": 0.9, "14b": 0.05}],
+    )
+    policy: str = Field(description="the policy spec that decided", examples=["egreedy"])
+    model_version: int = Field(
+        description="rewards learned by the model that decided", examples=[1200]
+    )
 
 
 class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: EventId
-    latency_ms: float | None = Field(default=None, ge=0, description="the model's latency, ms")
-    accuracy: float | None = Field(default=None, ge=0, le=1, description="0..1")
-    rating: float | None = Field(default=None, ge=1, le=5, description="user rating, 1..5 stars")
-    cost_usd: float | None = Field(default=None, ge=0, description="what the call cost, USD")
+    event_id: EventId = Field(
+        description="the event_id /choose answered with", examples=[EXAMPLE_EVENT_ID]
+    )
+    latency_ms: float | None = Field(
+        default=None, ge=0, description="the model's latency, ms", examples=[840]
+    )
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="how correct the answer was, 0..1", examples=[1.0]
+    )
+    rating: float | None = Field(
+        default=None, ge=1, le=5, description="user rating, 1..5 stars", examples=[4]
+    )
+    cost_usd: float | None = Field(
+        default=None, ge=0, description="what the call cost, USD", examples=[0.0004]
+    )
     reward: float | None = Field(
-        default=None, ge=0, le=1, description="a final reward in 0..1; used as is when sent"
+        default=None,
+        ge=0,
+        le=1,
+        description="a final reward in 0..1 computed by the app; used as is when sent",
+        examples=[0.8],
     )
 
     @model_validator(mode="after")
@@ -92,13 +124,40 @@ class RewardRequest(BaseModel):
 
 
 class RewardResponse(BaseModel):
-    event_id: str
-    arm: str
-    reward: float = Field(description="the combined reward in 0..1 the policy learned")
-    parts: dict[str, float] = Field(description="the parts received, as sent")
-    model_version: int
+    event_id: str = Field(description="the rewarded event", examples=[EXAMPLE_EVENT_ID])
+    arm: str = Field(description="the arm the event had chosen", examples=["7b"])
+    reward: float = Field(
+        description="the combined reward in 0..1 the policy learned", examples=[0.866]
+    )
+    parts: dict[str, float] = Field(
+        description="the parts received, as sent",
+        examples=[{"accuracy": 1.0, "rating": 4.0, "latency_ms": 840.0}],
+    )
+    model_version: int = Field(
+        description="rewards learned by the model, this one included", examples=[1201]
+    )
 
 
 class ErrorResponse(BaseModel):
-    detail: str = Field(description="what was wrong, naming the field and the allowed values")
-    field: str | None = None
+    detail: str = Field(
+        description="what was wrong, naming the field and the allowed values",
+        examples=["unknown arm '70b'; valid: 4b, 7b, 14b"],
+    )
+    field: str | None = Field(
+        default=None, description="the field at fault, when one is", examples=["arms"]
+    )
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="`ok`, or `unavailable` (HTTP 503)", examples=["ok"])
+    redis: str = Field(description="`ok`, or what went wrong reaching Redis", examples=["ok"])
+    model_version: int | None = Field(
+        default=None, description="rewards learned by the served model", examples=[1200]
+    )
+
+
+class ArmsResponse(BaseModel):
+    arms: list[ArmSpec] = Field(
+        description="the configured arms (BANDIT_ARMS), in order",
+        examples=[[{"name": "7b", "params_b": 7, "usd_per_mtok": 0.2}]],
+    )
