@@ -64,7 +64,11 @@ class ChooseResponse(BaseModel):
     probability: float = Field(description="the probability the chosen arm had")
     probabilities: dict[str, float] = Field(description="the probability of every eligible arm")
     policy: str
-    model_version: int = Field(description="rewards learned by the model that decided")
+    model_version: int = Field(description="events learned by the model that decided")
+    degraded: bool = Field(
+        default=False,
+        description="true when Redis was unreachable: the decision is buffered in this process",
+    )
 
 
 class RewardRequest(BaseModel):
@@ -94,9 +98,22 @@ class RewardRequest(BaseModel):
 class RewardResponse(BaseModel):
     event_id: str
     arm: str
-    reward: float = Field(description="the combined reward in 0..1 the policy learned")
-    parts: dict[str, float] = Field(description="the parts received, as sent")
+    status: str = Field(
+        description="`final`: the reward is logged for learning; "
+        "`pending`: waiting for more parts or for the reward window to close"
+    )
+    reward: float | None = Field(description="the combined reward in 0..1, once final")
+    parts: dict[str, float] = Field(description="every part received for the event so far")
+    duplicates: list[str] = Field(
+        default_factory=list, description="parts sent again: ignored, the first value stands"
+    )
     model_version: int
+
+
+class PolicyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(min_length=1, examples=["squarecb:gamma_scale=10"])
 
 
 class ErrorResponse(BaseModel):
