@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,21 +12,25 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_router.dashboard import register_dashboard
 from bandit_router.docs import register_docs
 from bandit_router.embedded import EmbeddedRedis
-from bandit_router.errors import RouterError, StoreUnavailable
+from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
 from bandit_router.metrics import register_metrics
+from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
 from bandit_router.schemas import (
     ChooseRequest,
     ChooseResponse,
     ErrorResponse,
+    PolicyRequest,
     RewardRequest,
     RewardResponse,
 )
+from bandit_router.security import BodyLimit, require_admin_key, require_api_key
 from bandit_router.settings import Settings
 from bandit_router.stats import StatsResponse, build_stats
 from bandit_router.store import Store, connect
@@ -35,8 +40,11 @@ log = logging.getLogger("bandit_router")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
+        401: "missing or wrong API key",
+        403: "admin endpoints disabled",
         404: "unknown or expired event_id",
         409: "the event was already rewarded",
+        413: "request body too large",
         422: "invalid input; the message names the field and the allowed values",
         503: "Redis unavailable; retry",
     }.items()
@@ -79,6 +87,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return _error(422, "; ".join(messages), first_field)
 
 
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    field = "body" if exc.status_code == 413 else None
+    return _error(exc.status_code, str(exc.detail), field)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(500, "internal error; the service log has the details")
@@ -100,11 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.push_async_callback(store.close)
             router = await Router.open(settings, store)
             app.state.router = router
-            yield
+            stop = asyncio.Event()
+            background = asyncio.create_task(router.run(stop))
             try:
-                await router.snapshot()
-            except StoreUnavailable as e:
-                log.error("final snapshot not saved: %s", e)
+                yield
+            finally:
+                stop.set()
+                await background
+                await router.close()
 
     app = FastAPI(
         title="bandit-router",
@@ -114,22 +131,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served from local assets by register_docs: the default needs a CDN
         redoc_url=None,
     )
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_exception_handler(RouterError, _on_router_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
     register_metrics(app)
     register_docs(app)
     register_dashboard(app)
 
-    @app.post("/choose", responses=ERRORS)
+    @app.post("/choose", responses=ERRORS, dependencies=[Depends(require_api_key)])
     async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
         """Pick the arm (model) for one query."""
         result = await router.choose(body.query, body.features, body.arms, body.event_id)
         return ChooseResponse(**asdict(result))
 
-    @app.post("/reward", responses=ERRORS)
+    @app.post("/reward", responses=ERRORS, dependencies=[Depends(require_api_key)])
     async def reward(body: RewardRequest, router: RouterDep) -> RewardResponse:
-        """Report how the chosen model did; the policy learns from it at once."""
+        """Report how the chosen model did, all parts at once or in several calls.
+
+        The event is learned once: when every weighted part has arrived (or a direct `reward`),
+        or when its reward window closes, with the parts present.
+        """
         parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id"}))
         result = await router.reward(body.event_id, parts)
         return RewardResponse(**asdict(result))
@@ -159,6 +183,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
         return await build_stats(router, window, buckets)
+
+    admin = [Depends(require_admin_key)]
+
+    @app.post("/admin/snapshot", responses=ERRORS, dependencies=admin)
+    async def admin_snapshot(router: RouterDep) -> dict[str, Any]:
+        """Publish the learner's model to Redis now."""
+        if not router.learner.leading:
+            raise NotLearner()
+        return {"model_version": await router.learner.publish()}
+
+    @app.post("/admin/reset", responses=ERRORS, dependencies=admin)
+    async def admin_reset(router: RouterDep) -> dict[str, Any]:
+        """Forget what was learned: a fresh model, learning from the next event on."""
+        if not router.learner.leading:
+            raise NotLearner()
+        return {"model_version": await router.learner.reset()}
+
+    @app.post("/admin/policy", responses=ERRORS, dependencies=admin)
+    async def admin_policy(body: PolicyRequest, router: RouterDep) -> dict[str, Any]:
+        """Switch the policy; the learner relearns the new one from the whole log."""
+        try:
+            spec = parse_policy_spec(body.policy)
+            build_policy(spec, router.settings)  # bad parameters fail here, not in the learner
+        except ValueError as e:
+            raise RouterError(str(e), field="policy") from e
+        await router.store.set_policy_override(str(spec))
+        if router.learner.leading:
+            await router.learner.switch(spec)
+        return {"policy": str(spec), "model_version": router.version}
 
     return app
 

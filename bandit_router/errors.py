@@ -52,6 +52,16 @@ class InvalidReward(RouterError):
     status_code = 422
 
 
+class NotLearner(RouterError):
+    status_code = 409
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this process does not hold the learner lease; ask the learner's process, or wait: "
+            "it publishes every BANDIT_PUBLISH_S seconds"
+        )
+
+
 class StoreUnavailable(RouterError):
     status_code = 503
 

@@ -118,10 +118,11 @@ class Metrics:
         self._recent.append(explored)
         self.exploration_rate.set(sum(self._recent) / len(self._recent))
 
-    def rewarded(self, arm: str, reward: float) -> None:
-        """A reward accepted and logged."""
+    def rewarded(self, arm: str, reward: float | None) -> None:
+        """A reward call accepted; ``reward`` is the combined value once final, else None."""
         self.rewards_received.labels(arm).inc()
-        self.reward_value.labels(arm).observe(reward)
+        if reward is not None:
+            self.reward_value.labels(arm).observe(reward)
 
     def learned(self, arm: str, version: int) -> None:
         """The policy learned one reward; ``version`` is the model version after it."""

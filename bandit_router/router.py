@@ -1,4 +1,4 @@
-"""Router: the request loop of DESIGN.md (extract, choose, store; reward, combine, learn, log)."""
+"""Router: the request loop of DESIGN.md (extract, choose, store; parts, combine, log, learn)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,26 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from bandit_router.errors import InvalidArm, InvalidReward, RouterError
-from bandit_router.features import AppValue, Features, extract
-from bandit_router.metrics import Metrics
-from bandit_router.policies import (
-    Arm,
-    Policy,
-    PolicySpec,
-    build_policy,
-    load_policy,
-    parse_policy_spec,
+from bandit_router.errors import (
+    AlreadyRewarded,
+    InvalidArm,
+    InvalidReward,
+    RouterError,
+    StoreUnavailable,
+    UnknownEvent,
 )
-from bandit_router.rewards import RewardConfig, RewardParts
+from bandit_router.features import AppValue, extract
+from bandit_router.learner import Learner, Model, load_model, restore, wait_or_stop
+from bandit_router.metrics import Metrics
+from bandit_router.policies import Arm, parse_policy_spec
+from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
 from bandit_router.settings import Settings
-from bandit_router.store import Event, Snapshot, Store
+from bandit_router.store import Store, stream_id_key
 
 log = logging.getLogger("bandit_router")
 
@@ -36,15 +38,18 @@ class ChooseResult:
     probabilities: dict[str, float]
     policy: str
     model_version: int
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RewardResult:
     event_id: str
     arm: str
-    reward: float
+    status: str  # "pending": waiting for more parts; "final": logged for learning
+    reward: float | None
     parts: dict[str, float]
-    model_version: int
+    duplicates: list[str] = field(default_factory=list)
+    model_version: int = 0
 
 
 def reward_config(settings: Settings) -> RewardConfig:
@@ -54,66 +59,46 @@ def reward_config(settings: Settings) -> RewardConfig:
 
 
 class Router:
-    """Holds the policy and the store; one instance per process."""
+    """Serves decisions from this process's model and turns reward parts into logged events."""
 
-    def __init__(self, settings: Settings, store: Store, policy: Policy, spec: PolicySpec) -> None:
+    def __init__(self, settings: Settings, store: Store, learner: Learner) -> None:
         self.settings = settings
         self.store = store
-        self.policy = policy
-        self.spec = spec
+        self.learner = learner
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
         self.rewards = reward_config(settings)
-        self.version = 0  # rewards learned by this model, across restarts
-        self.stream_id = "0-0"  # the newest logged event this model has learned
-        self._learn_lock = asyncio.Lock()
-        self.metrics = Metrics([a.name for a in self.arms], str(spec))
+        self._weighted = {PART_FIELDS[k] for k, w in settings.reward_weights.items() if w > 0}
+        self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
+        self.buffer_dropped = 0
+        self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
+        learner.on_learned = self.metrics.learned
 
     @classmethod
     async def open(cls, settings: Settings, store: Store) -> Router:
-        """Restore the newest snapshot, then learn every logged event that came after it."""
-        spec = parse_policy_spec(settings.policy)
-        router = cls(settings, store, build_policy(spec, settings, settings.seed), spec)
-        snapshot = await store.load_snapshot()
-        if snapshot is not None:
-            router._restore(snapshot)
-        replayed = 0
-        async for event in store.events(after=router.stream_id):
-            router._learn_event(event)
-            replayed += 1
-        log.info(
-            "policy %s at model version %d (%d logged events replayed)",
-            spec,
-            router.version,
-            replayed,
-        )
+        """Restore the newest snapshot plus the log after it; take the learner lease if free."""
+        learner = Learner(settings, store, await load_model(store, settings))
+        router = cls(settings, store, learner)
+        if settings.learn_in_workers:
+            await learner.lead()
         return router
 
-    def _restore(self, snapshot: Snapshot) -> None:
-        if parse_policy_spec(snapshot.policy).name != self.spec.name:
-            log.warning(
-                "snapshot is of policy %s, settings ask for %s: learning %s from the whole log",
-                snapshot.policy,
-                self.spec,
-                self.spec.name,
-            )
-            return
-        try:
-            self.policy = load_policy(self.spec, snapshot.data, self.settings, self.settings.seed)
-        except ValueError as e:
-            log.warning("snapshot not loadable (%s): learning from the whole log", e)
-            return
-        self.version = snapshot.version
-        self.stream_id = snapshot.stream_id
+    @property
+    def model(self) -> Model:
+        return self.learner.model
+
+    @property
+    def version(self) -> int:
+        return self.learner.model.version
+
+    # Choosing
 
     def eligible(self, names: Sequence[str] | None) -> list[Arm]:
         if names is None:
             return self.arms
-        if not names:
-            raise InvalidArm("", [a.name for a in self.arms])
         unknown = [n for n in names if n not in self._arms_by_name]
-        if unknown:
-            raise InvalidArm(unknown[0], [a.name for a in self.arms])
+        if unknown or not names:
+            raise InvalidArm(unknown[0] if unknown else "", [a.name for a in self.arms])
         return [self._arms_by_name[n] for n in dict.fromkeys(names)]
 
     def _check_request(self, query: str, features: Mapping[str, AppValue] | None) -> None:
@@ -141,61 +126,191 @@ class Router:
     ) -> ChooseResult:
         self._check_request(query, features)
         eligible = self.eligible(arms)
+        if event_id is not None and event_id in self._buffer:
+            return _choose_result(self._buffer[event_id], degraded=True)
         try:
             x = extract(query, features)
         except ValueError as e:
             raise RouterError(str(e), field="features") from e
-        decision = self.policy.choose(x, eligible)
-        event_id = event_id or uuid.uuid4().hex
+        model = self.model
+        decision = model.policy.choose(x, eligible)
         record: dict[str, Any] = {
-            "event_id": event_id,
+            "event_id": event_id or uuid.uuid4().hex,
             "features": x.to_json(),
             "arms": [a.name for a in eligible],
             "arm": decision.arm,
             "probability": decision.probability,
             "probabilities": dict(decision.probabilities),
-            "policy": str(self.spec),
-            "model_version": self.version,
+            "policy": str(model.spec),
+            "model_version": model.version,
             "ts": time.time(),
         }
-        existing = await self.store.save_decision(event_id, record)
+        if self.settings.store_query_text:
+            record["query"] = query
+        try:
+            existing = await self._save(record)
+        except StoreUnavailable:
+            self._keep(record)
+            self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
+            self.metrics.degraded.set(1)
+            self.metrics.redis_error("choose")
+            return _choose_result(record, degraded=True)
         if existing is None:
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
         return _choose_result(existing or record)
 
+    async def _save(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        return await self.store.save_decision(record["event_id"], record)
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        """Hold a decision Redis could not take, within the bound the settings give."""
+        if len(self._buffer) >= self.settings.decision_buffer:
+            if self.settings.buffer_overflow == "reject" or not self._buffer:
+                raise StoreUnavailable("the local decision buffer is full")
+            self._buffer.popitem(last=False)
+            self.buffer_dropped += 1
+        self._buffer[record["event_id"]] = record
+
+    async def flush(self) -> int:
+        """Write buffered decisions to Redis, oldest first; stops at the first failure."""
+        written = 0
+        while self._buffer:
+            event_id, record = next(iter(self._buffer.items()))
+            await self._save(record)
+            del self._buffer[event_id]
+            written += 1
+        if self.buffer_dropped:
+            await self.store.count("decisions_dropped", self.buffer_dropped)
+            self.buffer_dropped = 0
+        self.metrics.degraded.set(0)
+        return written
+
+    # Rewards
+
     async def reward(self, event_id: str, parts: RewardParts) -> RewardResult:
+        self._combine(parts.present())  # a call with no weighted part is refused, naming them
+        if event_id in self._buffer:
+            await self.flush()  # its decision must be in Redis before a part can join it
+        got = await self.store.add_parts(event_id, parts.present())
+        decision, merged = got.decision, got.parts
+        value: float | None = None
+        if self._complete(decision, merged):
+            value, merged = await self._finalize(event_id, merged)
+            if self.learner.leading:
+                await self.learner.step()  # the learner is here: learned before we answer
+        self.metrics.rewarded(decision["arm"], value)
+        return RewardResult(
+            event_id=event_id,
+            arm=decision["arm"],
+            status="pending" if value is None else "final",
+            reward=value,
+            parts=merged,
+            duplicates=got.duplicates,
+            model_version=self.version,
+        )
+
+    def _complete(self, decision: Mapping[str, Any], parts: Mapping[str, float]) -> bool:
+        if "reward" in parts or self._weighted <= parts.keys():
+            return True
+        return time.time() >= float(decision["ts"]) + self.settings.reward_wait_s
+
+    def _combine(self, parts: Mapping[str, float]) -> float:
         try:
-            value = self.rewards.combine(parts)
+            return self.rewards.combine(RewardParts.from_mapping(parts))
         except ValueError as e:
             raise InvalidReward(str(e)) from e
-        reward = {"parts": parts.present(), "reward": value, "ts": time.time()}
-        # One at a time, so the snapshot's stream id is exactly what the model has learned.
-        async with self._learn_lock:
-            decision, stream_id = await self.store.add_reward(event_id, reward, value)
-            self.metrics.rewarded(decision["arm"], value)
-            self._learn_event(Event(stream_id, decision, reward))
-            if self.version % self.settings.snapshot_every == 0:
-                await self.snapshot()
-        return RewardResult(event_id, decision["arm"], value, parts.present(), self.version)
 
-    def _learn_event(self, event: Event) -> None:
-        d = event.decision
-        arms = [self._arms_by_name.get(n) or Arm(n) for n in d["arms"]]
-        x = Features.from_json(d["features"])
-        self.policy.learn(x, arms, d["arm"], float(d["probability"]), float(event.reward["reward"]))
-        self.version += 1
-        self.stream_id = event.stream_id
-        self.metrics.learned(d["arm"], self.version)
+    async def _finalize(
+        self, event_id: str, parts: dict[str, float]
+    ) -> tuple[float, dict[str, float]]:
+        """Log the event with the reward of every part present; retry if parts arrive meanwhile."""
+        while True:
+            value = self._combine(parts) if parts else float(self.settings.default_reward or 0.0)
+            reward = {"parts": parts, "reward": value, "ts": time.time(), "default": not parts}
+            try:
+                if await self.store.finalize(event_id, len(parts), reward) is not None:
+                    return value, parts
+            except AlreadyRewarded:
+                return value, parts  # a concurrent call logged it, with our parts included
+            parts = await self.store.parts_of(event_id)
 
-    async def snapshot(self) -> int:
-        """Write the model to Redis; returns its version."""
-        data = self.policy.dumps()
-        await self.store.save_snapshot(Snapshot(str(self.spec), self.version, self.stream_id, data))
-        return self.version
+    async def sweep(self, now: float | None = None) -> int:
+        """Close every ended reward window: learn the parts present, or the default reward."""
+        closed = 0
+        for event_id in await self.store.due(time.time() if now is None else now):
+            parts = await self.store.parts_of(event_id)
+            if not parts and self.settings.default_reward is None:
+                await self.store.drop_pending(event_id)
+                continue
+            try:
+                await self._finalize(event_id, parts)
+                closed += 1
+            except (UnknownEvent, InvalidReward) as e:
+                log.warning("event %s not learned at window end: %s", event_id, e)
+                await self.store.drop_pending(event_id)
+        return closed
+
+    # Background work and stats
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The periodic work of a service process: learn or follow, sweep, flush the buffer."""
+        tasks = [
+            self._every(stop, self.settings.model_refresh_s, self.refresh),
+            self._every(stop, self.settings.sweep_s, self.sweep),
+            self._every(stop, 1.0, self._flush_if_any),
+        ]
+        if self.settings.learn_in_workers:
+            tasks.append(self.learner.run(stop))
+        await asyncio.gather(*tasks)
+
+    async def _flush_if_any(self) -> int:
+        return await self.flush() if self._buffer else 0
+
+    @staticmethod
+    async def _every(
+        stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
+    ) -> None:
+        while not stop.is_set():
+            try:
+                await job()
+            except StoreUnavailable as e:
+                log.warning("%s waiting for Redis: %s", job.__name__, e)
+            except Exception:  # a background job must not die silently; it retries next period
+                log.exception("%s failed", job.__name__)
+            await wait_or_stop(stop, seconds)
+
+    async def refresh(self) -> bool:
+        """A follower loads a newer snapshot (or a switched policy) published by the learner."""
+        if self.learner.leading:
+            return False
+        model = self.model
+        head = await self.store.snapshot_head()  # without the model bytes: cheap to poll
+        if head is None:
+            return False
+        policy, version, stream_id = head
+        newer = (stream_id_key(stream_id), version) > (
+            stream_id_key(model.stream_id),
+            model.version,
+        )
+        if not newer and policy == str(model.spec):
+            return False
+        snapshot = await self.store.load_snapshot()
+        if snapshot is None or self.learner.leading:
+            return False
+        self.learner.model = restore(snapshot, parse_policy_spec(snapshot.policy), self.settings)
+        return True
+
+    async def close(self) -> None:
+        """Write what the buffer holds if Redis allows, publish the model, release the lease."""
+        try:
+            await self.flush()
+        except StoreUnavailable as e:
+            log.error("%d buffered decisions not written: %s", len(self._buffer), e)
+        await self.learner.close()
 
     async def stats(self) -> dict[str, Any]:
         counters = await self.store.counters()
-        per_arm = {}
+        per_arm: dict[str, dict[str, Any]] = {}
         for arm in self.arms:
             rewards = counters.get(f"rewards:{arm.name}", 0.0)
             total = counters.get(f"reward_sum:{arm.name}", 0.0)
@@ -204,16 +319,21 @@ class Router:
                 "rewards": int(rewards),
                 "mean_reward": total / rewards if rewards else None,
             }
+        accepted = sum(a["rewards"] for a in per_arm.values())
         return {
-            "policy": str(self.spec),
+            "policy": str(self.model.spec),
             "model_version": self.version,
             "arms": per_arm,
             "decisions": sum(a["decisions"] for a in per_arm.values()),
-            "rewards_accepted": sum(a["rewards"] for a in per_arm.values()),
+            "rewards_accepted": accepted,
+            "events_learned": int(counters.get("events_learned", 0)),
+            "decisions_dropped": int(counters.get("decisions_dropped", 0)),
+            "buffered_decisions": len(self._buffer),
+            "learner": self.learner.leading,
         }
 
 
-def _choose_result(record: Mapping[str, Any]) -> ChooseResult:
+def _choose_result(record: Mapping[str, Any], degraded: bool = False) -> ChooseResult:
     return ChooseResult(
         event_id=record["event_id"],
         arm=record["arm"],
@@ -221,4 +341,5 @@ def _choose_result(record: Mapping[str, Any]) -> ChooseResult:
         probabilities=record["probabilities"],
         policy=record["policy"],
         model_version=record["model_version"],
+        degraded=degraded,
     )

@@ -81,7 +81,12 @@ class ChooseResponse(BaseModel):
     )
     policy: str = Field(description="the policy spec that decided", examples=["egreedy"])
     model_version: int = Field(
-        description="rewards learned by the model that decided", examples=[1200]
+        description="events learned by the model that decided", examples=[1200]
+    )
+    degraded: bool = Field(
+        default=False,
+        description="true when Redis was unreachable: the decision is buffered in this process",
+        examples=[False],
     )
 
 
@@ -126,16 +131,32 @@ class RewardRequest(BaseModel):
 class RewardResponse(BaseModel):
     event_id: str = Field(description="the rewarded event", examples=[EXAMPLE_EVENT_ID])
     arm: str = Field(description="the arm the event had chosen", examples=["7b"])
-    reward: float = Field(
-        description="the combined reward in 0..1 the policy learned", examples=[0.866]
+    status: str = Field(
+        description="`final`: the reward is logged for learning; "
+        "`pending`: waiting for more parts or for the reward window to close",
+        examples=["final"],
+    )
+    reward: float | None = Field(
+        description="the combined reward in 0..1, once final", examples=[0.866]
     )
     parts: dict[str, float] = Field(
-        description="the parts received, as sent",
+        description="every part received for the event so far",
         examples=[{"accuracy": 1.0, "rating": 4.0, "latency_ms": 840.0}],
     )
-    model_version: int = Field(
-        description="rewards learned by the model, this one included", examples=[1201]
+    duplicates: list[str] = Field(
+        default_factory=list,
+        description="parts sent again: ignored, the first value stands",
+        examples=[["rating"]],
     )
+    model_version: int = Field(
+        description="events learned by the model that answered", examples=[1201]
+    )
+
+
+class PolicyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(min_length=1, examples=["squarecb:gamma_scale=10"])
 
 
 class ErrorResponse(BaseModel):

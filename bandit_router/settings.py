@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -121,10 +121,58 @@ class Settings(BaseSettings):
     )
 
     reward_wait_s: int = Field(
-        default=3600, ge=1, description="how long a decision waits for its reward"
+        default=3600, ge=1, description="how long a decision waits for its reward parts"
+    )
+    default_reward: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="reward learned for an event with no reward when its window closes; "
+        "unset: such events are skipped",
+    )
+    sweep_s: float = Field(
+        default=5.0, gt=0, description="how often closed reward windows are swept"
     )
     snapshot_every: int = Field(
-        default=1000, ge=1, description="rewards between model snapshots to Redis"
+        default=1000, ge=1, description="events learned between model snapshots to Redis"
+    )
+    publish_s: float = Field(
+        default=10.0, gt=0, description="longest time between snapshots while learning"
+    )
+    model_refresh_s: float = Field(
+        default=2.0, gt=0, description="how often workers look for a newer model snapshot"
+    )
+    learner_lease_s: float = Field(
+        default=10.0, gt=0, description="the learner's lease; a dead learner is replaced after it"
+    )
+    claim_idle_s: float = Field(
+        default=30.0, gt=0, description="a dead learner's unacknowledged events are claimed after"
+    )
+    learn_in_workers: bool = Field(
+        default=True,
+        description="service processes take the learner lease; false when `bandit-router learn` "
+        "runs apart",
+    )
+    decision_buffer: int = Field(
+        default=10_000, ge=0, description="decisions kept in memory while Redis is down"
+    )
+    buffer_overflow: Literal["drop_oldest", "reject"] = Field(
+        default="drop_oldest",
+        description="when the buffer is full: drop its oldest decision, or answer 503",
+    )
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma list of keys for /choose and /reward; empty: no key needed",
+    )
+    admin_key: str | None = Field(
+        default=None, description="key for /admin endpoints; unset: they are disabled"
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest accepted request body"
+    )
+    store_query_text: bool = Field(
+        default=False, description="keep the raw query in Redis with the decision"
     )
     stream_maxlen: int = Field(
         default=1_000_000, ge=1000, description="joined events kept in the training log (approx.)"
@@ -134,6 +182,13 @@ class Settings(BaseSettings):
 
     _parse_arms = field_validator("arms", mode="before")(parse_arms)
     _parse_weights = field_validator("reward_weights", mode="before")(parse_weights)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @field_validator("arms")
     @classmethod

@@ -105,7 +105,21 @@ class StatsResponse(BaseModel):
     model_version: int = Field(description="rewards the served model has learned", examples=[42])
     arms: dict[str, ArmTotals] = Field(description="per configured arm, deployment-wide totals")
     decisions: int = Field(description="decisions made, ever", examples=[1300])
-    rewards_accepted: int = Field(description="rewards accepted, ever", examples=[1200])
+    rewards_accepted: int = Field(description="rewards final and logged, ever", examples=[1200])
+    events_learned: int = Field(
+        description="events the learner had learned at its last published snapshot",
+        examples=[1190],
+    )
+    decisions_dropped: int = Field(
+        description="decisions lost because the local buffer overflowed while Redis was down",
+        examples=[0],
+    )
+    buffered_decisions: int = Field(
+        description="decisions this process holds while Redis is unreachable", examples=[0]
+    )
+    learner: bool = Field(
+        description="whether this process holds the learner lease", examples=[True]
+    )
     settings: SettingsView = Field(description="the settings that shape decisions and rewards")
     recent: Recent = Field(description="the newest `window` events of the training log")
 
@@ -177,8 +191,8 @@ def summarize(events: Sequence[Event], arms: Sequence[Arm], buckets: int = 30) -
 def settings_view(router: Router) -> SettingsView:
     s = router.settings
     return SettingsView(
-        policy=str(router.spec),
-        policy_params=effective_params(router.spec, s),
+        policy=str(router.model.spec),
+        policy_params=effective_params(router.model.spec, s),
         epsilon=s.epsilon,
         linucb_alpha=s.linucb_alpha,
         reward_weights=s.reward_weights,

@@ -1,56 +1,106 @@
 """Store: everything that must outlive a process, in Redis, under one key prefix.
 
-Decisions wait for their reward under a TTL; a reward atomically marks its event as learned and
-appends the joined event to a stream, the training log; the newest model snapshot and the counters
-sit beside them. Every key shares one hash tag, so the Lua scripts also run on Redis Cluster.
+Decisions wait for their reward parts; when an event's reward is final it is marked done and the
+joined event (decision + reward) is appended to a stream, the training log, in one Lua script,
+so each event is logged exactly once. The learner reads the log through a consumer group; the
+newest model snapshot, the learner's lease and the counters sit beside it. Every key shares one
+hash tag, so the scripts also run on Redis Cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 
 # Key layout; {p} is the key prefix wrapped as a hash tag.
-KEY_DECISION = "{p}:decision:{event_id}"  # JSON decision record, TTL = reward wait window
-KEY_DONE = "{p}:done:{event_id}"  # marker: this event's reward was accepted
-KEY_EVENTS = "{p}:events"  # stream of joined events (decision + reward): the training log
-KEY_MODEL = "{p}:model"  # hash: policy, version, stream_id, data, ts
-KEY_STATS = "{p}:stats"  # hash of counters: decisions:<arm>, rewards:<arm>, reward_sum:<arm>
+KEY_DECISION = "{p}:decision:{event_id}"  # JSON decision record
+KEY_PARTS = "{p}:parts:{event_id}"  # hash: reward parts received so far
+KEY_DONE = "{p}:done:{event_id}"  # marker: this event's reward is final and logged
+KEY_PENDING = "{p}:pending"  # sorted set: event id -> time its reward window closes
+KEY_EVENTS = "{p}:events"  # stream of joined events: the training log
+KEY_MODEL = "{p}:model"  # hash: policy, version, stream_id, data
+KEY_POLICY = "{p}:policy"  # policy spec set by an admin, overriding the settings
+KEY_LEASE = "{p}:learner"  # the learner's lease: holder name, with a TTL
+KEY_STATS = "{p}:stats"  # counters
+GROUP = "learners"  # the learners' consumer group on KEY_EVENTS
 
-# Store a decision unless one exists under that id; return the existing one if so.
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
 _SAVE_DECISION = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
   return false
 end
 return redis.call('GET', KEYS[1])
 """
 
-# Accept a reward once: 0 = unknown event, 1 = already rewarded, 2 = accepted and logged.
-_ADD_REWARD = """
+# KEYS decision, done, parts, pending; ARGV ttl, wait, event id, then name/value pairs.
+# Returns {0} unknown, {1} already final, or {2, decision, parts (flat), duplicates}.
+_ADD_PARTS = """
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return {1} end
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'd', d, 'r', ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local dups = {}
+for i = 4, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then table.insert(dups, ARGV[i]) end
+end
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
+return {2, d, redis.call('HGETALL', KEYS[3]), dups}
+"""
+
+# KEYS decision, done, parts, pending, events, stats; ARGV ttl, maxlen, event id, n parts seen,
+# reward JSON, reward value. Returns {0} gone, {1} already final, {3} parts changed, {2, id}.
+_FINALIZE = """
+local d = redis.call('GET', KEYS[1])
+if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'd', d, 'r', ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('DEL', KEYS[3])
 local arm = cjson.decode(d)['arm']
-redis.call('HINCRBY', KEYS[4], 'rewards:' .. arm, 1)
-redis.call('HINCRBYFLOAT', KEYS[4], 'reward_sum:' .. arm, ARGV[4])
-return {2, d, id}
+redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
+redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, ARGV[6])
+return {2, id}
+"""
+
+# KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -60,7 +110,7 @@ def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        except _DOWN as e:
             raise StoreUnavailable(str(e) or type(e).__name__) from e
 
     return wrapper
@@ -68,11 +118,11 @@ def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A joined event from the training log: the decision and the reward it got."""
+    """A joined event from the training log: the decision and its final reward."""
 
     stream_id: str
     decision: dict[str, Any]
-    reward: dict[str, Any]
+    reward: dict[str, Any]  # {"parts": {...}, "reward": float, "ts": float}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +133,38 @@ class Snapshot:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What ``add_parts`` found: the decision, every part received so far, the repeats."""
+
+    decision: dict[str, Any]
+    parts: dict[str, float]
+    duplicates: list[str]
+
+
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     """A client for ``url`` (redis://, rediss://, unix://) that waits for a free connection."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, socket_connect_timeout=2, socket_timeout=5
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        # A pooled connection that died with a Redis restart is replaced, not reported as down.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=1),
+        retry_on_error=[RedisConnectionError],
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: closing the client closes it
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """Stream ids as numbers, for ordering (``"0-0"`` is before every event)."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _event(stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    return Event(stream_id.decode(), json.loads(fields[b"d"]), json.loads(fields[b"r"]))
 
 
 class Store:
@@ -100,9 +176,14 @@ class Store:
         self.redis = client
         self._p = "{" + prefix + "}"
         self.reward_wait_s = reward_wait_s
+        # Decisions outlive their window, so the sweep can still close it after an outage.
+        self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
         self.stream_maxlen = stream_maxlen
         self._save_decision = client.register_script(_SAVE_DECISION)
-        self._add_reward = client.register_script(_ADD_REWARD)
+        self._add_parts = client.register_script(_ADD_PARTS)
+        self._finalize = client.register_script(_FINALIZE)
+        self._lease = client.register_script(_LEASE)
+        self._release = client.register_script(_RELEASE)
 
     def key(self, template: str, event_id: str = "") -> str:
         return template.format(p=self._p, event_id=event_id)
@@ -111,51 +192,165 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
+    # Decisions and rewards
+
     @_unavailable
     async def save_decision(self, event_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
-        """Store a decision; if one exists under ``event_id`` already, return that one instead."""
+        """Store a decision; if one exists under ``event_id`` already, return that one instead.
+
+        The event is tracked until its reward window closes, when the sweep settles it.
+        """
+        deadline = record["ts"] + self.reward_wait_s
         existing = await self._save_decision(
-            keys=[self.key(KEY_DECISION, event_id), self.key(KEY_STATS)],
-            args=[json.dumps(record, separators=(",", ":")), self.reward_wait_s, record["arm"]],
+            keys=[self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)],
+            args=[_dumps(record), self.ttl_s, record["arm"], deadline, event_id],
         )
         return json.loads(existing) if existing else None
 
     @_unavailable
-    async def add_reward(
-        self, event_id: str, reward: dict[str, Any], value: float
-    ) -> tuple[dict[str, Any], str]:
-        """Accept the reward of ``event_id`` once and log the joined event; return the decision."""
-        result = await self._add_reward(
+    async def add_parts(self, event_id: str, parts: dict[str, float]) -> Parts:
+        """Keep reward parts for ``event_id``; a part already there is kept as it was."""
+        flat = [item for pair in parts.items() for item in pair]
+        result = await self._add_parts(
             keys=[
                 self.key(KEY_DECISION, event_id),
                 self.key(KEY_DONE, event_id),
+                self.key(KEY_PARTS, event_id),
+                self.key(KEY_PENDING),
+            ],
+            args=[self.ttl_s, self.reward_wait_s, event_id, *flat],
+        )
+        if result[0] == 0:
+            raise UnknownEvent(event_id)
+        if result[0] == 1:
+            raise AlreadyRewarded(event_id)
+        pairs = result[2]
+        merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        return Parts(json.loads(result[1]), merged, [d.decode() for d in result[3]])
+
+    @_unavailable
+    async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
+        """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
+
+        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone.
+        """
+        result = await self._finalize(
+            keys=[
+                self.key(KEY_DECISION, event_id),
+                self.key(KEY_DONE, event_id),
+                self.key(KEY_PARTS, event_id),
+                self.key(KEY_PENDING),
                 self.key(KEY_EVENTS),
                 self.key(KEY_STATS),
             ],
             args=[
-                json.dumps(reward, separators=(",", ":")),
-                self.reward_wait_s,
+                self.ttl_s,
                 self.stream_maxlen,
-                value,
+                event_id,
+                seen,
+                _dumps(reward),
+                reward["reward"],
             ],
         )
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
             raise AlreadyRewarded(event_id)
-        return json.loads(result[1]), result[2].decode()
+        return None if result[0] == 3 else str(result[1].decode())
 
     @_unavailable
-    async def save_snapshot(self, snapshot: Snapshot) -> None:
-        await self.redis.hset(
-            self.key(KEY_MODEL),
-            mapping={
-                "policy": snapshot.policy,
-                "version": snapshot.version,
-                "stream_id": snapshot.stream_id,
-                "data": snapshot.data,
-            },
-        )
+    async def due(self, now: float, limit: int = 500) -> list[str]:
+        """Events whose reward window closed at or before ``now``."""
+        ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
+        return [i.decode() for i in ids]
+
+    @_unavailable
+    async def drop_pending(self, event_id: str) -> None:
+        """Stop tracking an event whose window closed with nothing to learn."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.key(KEY_PENDING), event_id)
+            pipe.hincrby(self.key(KEY_STATS), "skipped_no_reward", 1)
+            await pipe.execute()
+
+    @_unavailable
+    async def parts_of(self, event_id: str) -> dict[str, float]:
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    # The training log and the learner
+
+    async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Event]:
+        """The joined events logged after stream id ``after``, oldest first."""
+        start = f"({after}" if after != "0-0" else "-"
+        while True:
+            try:
+                rows = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    await self.redis.xrange(self.key(KEY_EVENTS), min=start, count=batch),
+                )
+            except _DOWN as e:
+                raise StoreUnavailable(str(e)) from e
+            for stream_id, fields in rows:
+                yield _event(stream_id, fields)
+            if len(rows) < batch:
+                return
+            start = f"({rows[-1][0].decode()}"
+
+    @_unavailable
+    async def last_stream_id(self) -> str:
+        rows: Any = await self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
+        return str(rows[0][0].decode()) if rows else "0-0"
+
+    @_unavailable
+    async def ensure_group(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(self.key(KEY_EVENTS), GROUP, id="0", mkstream=True)
+
+    @_unavailable
+    async def read_new(self, consumer: str, count: int) -> list[Event]:
+        """Events never delivered to the group before, now delivered to ``consumer``."""
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                GROUP, consumer, {self.key(KEY_EVENTS): ">"}, count=count
+            )
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self.ensure_group()  # Redis lost its data (a restart without persistence)
+            return []
+        rows = reply[0][1] if reply else []
+        return [_event(sid, fields) for sid, fields in rows if fields]
+
+    @_unavailable
+    async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:
+        """Take over events another learner read but never acknowledged (it died)."""
+        try:
+            reply = await self.redis.xautoclaim(
+                self.key(KEY_EVENTS), GROUP, consumer, idle_ms, "0-0", count=count, justid=True
+            )
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            return []
+        return [sid.decode() for sid in reply]  # with justid, redis-py returns the ids alone
+
+    @_unavailable
+    async def publish(self, snapshot: Snapshot, acks: Sequence[str]) -> None:
+        """Save the model and acknowledge the events it has learned, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.key(KEY_MODEL),
+                mapping={
+                    "policy": snapshot.policy,
+                    "version": snapshot.version,
+                    "stream_id": snapshot.stream_id,
+                    "data": snapshot.data,
+                },
+            )
+            pipe.hset(self.key(KEY_STATS), "events_learned", snapshot.version)
+            if acks:
+                pipe.xack(self.key(KEY_EVENTS), GROUP, *acks)
+            await pipe.execute()
 
     @_unavailable
     async def load_snapshot(self) -> Snapshot | None:
@@ -169,23 +364,39 @@ class Store:
             data=raw[b"data"],
         )
 
-    async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Event]:
-        """The joined events logged after stream id ``after``, oldest first."""
-        start = f"({after}" if after != "0-0" else "-"
-        while True:
-            try:
-                rows = cast(
-                    list[tuple[bytes, dict[bytes, bytes]]],
-                    await self.redis.xrange(self.key(KEY_EVENTS), min=start, count=batch),
-                )
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-                raise StoreUnavailable(str(e)) from e
-            for stream_id, fields in rows:
-                sid = stream_id.decode()
-                yield Event(sid, json.loads(fields[b"d"]), json.loads(fields[b"r"]))
-            if len(rows) < batch:
-                return
-            start = f"({rows[-1][0].decode()}"
+    @_unavailable
+    async def snapshot_head(self) -> tuple[str, int, str] | None:
+        """The newest snapshot's policy, version and watermark, without its bytes."""
+        head: Any = await self.redis.hmget(self.key(KEY_MODEL), ["policy", "version", "stream_id"])
+        policy, version, stream_id = head
+        if policy is None or version is None or stream_id is None:
+            return None
+        return policy.decode(), int(version), stream_id.decode()
+
+    @_unavailable
+    async def hold_lease(self, holder: str, ttl_s: float) -> bool:
+        """Take the learner's lease if free, or renew it if ``holder`` has it."""
+        ttl_ms = int(ttl_s * 1000)
+        return bool(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
+
+    async def release_lease(self, holder: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._release(keys=[self.key(KEY_LEASE)], args=[holder])
+
+    @_unavailable
+    async def policy_override(self) -> str | None:
+        raw: Any = await self.redis.get(self.key(KEY_POLICY))
+        return raw.decode() if raw is not None else None
+
+    @_unavailable
+    async def set_policy_override(self, spec: str) -> None:
+        await self.redis.set(self.key(KEY_POLICY), spec)
+
+    # Counters and housekeeping
+
+    @_unavailable
+    async def count(self, name: str, by: int = 1) -> None:
+        await self.redis.hincrby(self.key(KEY_STATS), name, by)
 
     @_unavailable
     async def recent_events(self, count: int) -> list[Event]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
+from bandit_router.errors import AlreadyRewarded
 from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
@@ -31,7 +33,7 @@ async def _train(router: Router, rounds: int, seed: int = 0) -> None:
 
 
 def _pmf(router: Router, query: str) -> dict[str, float]:
-    return dict(router.policy.choose(extract(query), router.arms).probabilities)
+    return dict(router.model.policy.choose(extract(query), router.arms).probabilities)
 
 
 def _greedy(pmf: dict[str, float]) -> str:
@@ -50,7 +52,7 @@ def test_restart_replays_the_log_after_the_snapshot(make_settings: SettingsFacto
 
         restored = await _open(settings)
         assert restored.version == router.version == 250
-        assert restored.stream_id == router.stream_id
+        assert restored.model.stream_id == router.model.stream_id
         assert _pmf(restored, MARKED) == _pmf(router, MARKED)
         assert _greedy(_pmf(restored, MARKED)) == "4b"
         await restored.store.close()
@@ -64,11 +66,11 @@ def test_policy_switch_relearns_from_the_whole_log(make_settings: SettingsFactor
     async def scenario() -> None:
         router = await _open(settings)
         await _train(router, 300)
-        await router.snapshot()
+        await router.learner.publish()
         await router.store.close()
 
         switched = await _open(settings.model_copy(update={"policy": "linucb"}))
-        assert switched.spec.name == "linucb"
+        assert switched.model.spec.name == "linucb"
         assert switched.version == 300  # every logged event learned by the new policy
         assert _greedy(_pmf(switched, PLAIN)) == "14b"
         await switched.store.close()
@@ -80,9 +82,97 @@ def test_decisions_record_the_model_version(make_settings: SettingsFactory) -> N
     async def scenario() -> None:
         router = await _open(make_settings())
         first = await router.choose("hello")
-        await router.reward(first.event_id, RewardParts(accuracy=1.0))
+        await router.reward(first.event_id, RewardParts(accuracy=1.0, rating=5, latency_ms=10))
         second = await router.choose("hello")
         assert (first.model_version, second.model_version) == (0, 1)
         await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_parts_arrive_in_several_calls_and_are_learned_once(
+    make_settings: SettingsFactory,
+) -> None:
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        d = await router.choose("hello there")
+        first = await router.reward(d.event_id, RewardParts(latency_ms=400))
+        assert (first.status, first.reward, router.version) == ("pending", None, 0)
+        again = await router.reward(d.event_id, RewardParts(latency_ms=900, accuracy=1.0))
+        assert again.status == "pending"
+        assert again.duplicates == ["latency_ms"]
+        assert again.parts == {"latency_ms": 400.0, "accuracy": 1.0}
+        last = await router.reward(d.event_id, RewardParts(rating=5))
+        assert last.status == "final"
+        assert last.reward == (0.6 * 1 + 0.2 * 1 + 0.2 * 0.8)
+        assert router.version == 1  # learned once, at once: this process is the learner
+        try:
+            await router.reward(d.event_id, RewardParts(rating=1))
+            raise AssertionError("a part after the event was learned must be refused")
+        except AlreadyRewarded:
+            pass
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_sweep_closes_windows_with_parts_present_or_default(
+    make_settings: SettingsFactory,
+) -> None:
+    async def scenario(default: float | None) -> tuple[int, dict[str, float]]:
+        router = await _open(make_settings(default_reward=default, reward_wait_s=60))
+        with_part = await router.choose("one")
+        silent = await router.choose("two")
+        await router.reward(with_part.event_id, RewardParts(accuracy=1.0))
+        assert await router.sweep() == 0  # nothing is due yet
+        closed = await router.sweep(now=time.time() + 61)
+        await router.learner.step()
+        rewards = {e.decision["event_id"]: e.reward["reward"] async for e in router.store.events()}
+        assert rewards.get(with_part.event_id) == 1.0  # accuracy alone, weights renormalised
+        counters = await router.store.counters()
+        if default is None:
+            assert silent.event_id not in rewards
+            assert counters["skipped_no_reward"] == 1
+        else:
+            assert rewards[silent.event_id] == default
+        assert router.version == len(rewards) == closed
+        await router.close()
+        await router.store.close()
+        return closed, rewards
+
+    asyncio.run(scenario(None))
+    asyncio.run(scenario(0.25))
+
+
+def test_second_worker_follows_and_takes_over_when_the_learner_dies(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(learner_lease_s=0.5, snapshot_every=10)
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        assert a.learner.leading and not b.learner.leading
+        for i in range(25):  # rewards reach the follower; the learner learns them from the log
+            d = await b.choose(f"query {i}")
+            await b.reward(d.event_id, RewardParts(reward=1.0))
+        while await a.learner.step():
+            pass
+        assert a.version == 25
+        assert await b.refresh()  # the learner's snapshot, published as 10 or more were learned
+        assert b.version == 25
+        await a.store.close()  # the learner dies: no final snapshot, lease not released
+        for i in range(5):
+            d = await b.choose(f"late {i}")
+            await b.reward(d.event_id, RewardParts(reward=0.0))
+        assert not await b.learner.lead()
+        await asyncio.sleep(0.6)
+        assert await b.learner.lead()  # lease lapsed: b takes over from snapshot + log
+        assert b.version == 30
+        await b.learner.step()
+        assert b.version == 30  # nothing learned twice
+        await b.close()
+        assert (await b.store.counters())["events_learned"] == 30
+        await b.store.close()
 
     asyncio.run(scenario())

@@ -1,82 +1,148 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
-from bandit_router.store import Snapshot, Store, connect
+from bandit_router.store import Snapshot, Store, connect, stream_id_key
 from tests.conftest import SettingsFactory
 
 
-def _store(make_settings: SettingsFactory, **kw: int) -> Store:
-    s = make_settings()
-    return Store(connect(s.redis_url or ""), s.key_prefix, kw.get("ttl", 60), 1000)
+def _run(make_settings: SettingsFactory, body: Callable[[Store], Awaitable[None]]) -> None:
+    async def main() -> None:
+        s = make_settings()
+        store = Store(connect(s.redis_url or ""), s.key_prefix, 60, 1000)
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
 
 
 def _decision(event_id: str, arm: str = "7b") -> dict[str, object]:
-    return {"event_id": event_id, "arm": arm, "probability": 0.9, "features": {"s": []}}
+    return {"event_id": event_id, "arm": arm, "probability": 0.9, "ts": time.time()}
+
+
+def _reward(value: float) -> dict[str, object]:
+    return {"parts": {"reward": value}, "reward": value, "ts": time.time()}
 
 
 def test_decision_is_stored_once(make_settings: SettingsFactory) -> None:
-    async def run() -> None:
-        store = _store(make_settings)
+    async def body(store: Store) -> None:
         assert await store.save_decision("e1", _decision("e1", "4b")) is None
         again = await store.save_decision("e1", _decision("e1", "14b"))
         assert again is not None and again["arm"] == "4b"
         assert (await store.counters())["decisions:4b"] == 1
-        assert await store.redis.ttl(store.key("{p}:decision:{event_id}", "e1")) > 0
-        await store.close()
+        assert await store.redis.ttl(store.key("{p}:decision:{event_id}", "e1")) > 60
 
-    asyncio.run(run())
+    _run(make_settings, body)
 
 
-def test_reward_accepted_once_and_logged(make_settings: SettingsFactory) -> None:
-    async def run() -> None:
-        store = _store(make_settings)
+def test_parts_merge_and_duplicates_are_reported(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
         await store.save_decision("e1", _decision("e1"))
-        decision, stream_id = await store.add_reward("e1", {"reward": 0.5}, 0.5)
-        assert decision["arm"] == "7b"
-        with pytest.raises(AlreadyRewarded):
-            await store.add_reward("e1", {"reward": 0.5}, 0.5)
+        first = await store.add_parts("e1", {"latency_ms": 100.0})
+        assert (first.parts, first.duplicates) == ({"latency_ms": 100.0}, [])
+        second = await store.add_parts("e1", {"latency_ms": 999.0, "accuracy": 1.0})
+        assert second.parts == {"latency_ms": 100.0, "accuracy": 1.0}  # the first value stands
+        assert second.duplicates == ["latency_ms"]
+        assert await store.due(time.time() + 61) == ["e1"]  # the window is tracked
         with pytest.raises(UnknownEvent):
-            await store.add_reward(uuid.uuid4().hex, {"reward": 0.5}, 0.5)
+            await store.add_parts(uuid.uuid4().hex, {"accuracy": 1.0})
+
+    _run(make_settings, body)
+
+
+def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        await store.add_parts("e1", {"reward": 0.5})
+        assert await store.finalize("e1", seen=2, reward=_reward(0.5)) is None  # parts changed
+        stream_id = await store.finalize("e1", seen=1, reward=_reward(0.5))
+        assert stream_id is not None
+        with pytest.raises(AlreadyRewarded):
+            await store.finalize("e1", seen=1, reward=_reward(0.5))
+        with pytest.raises(AlreadyRewarded):
+            await store.add_parts("e1", {"rating": 5.0})
         events = [e async for e in store.events()]
-        assert [(e.stream_id, e.decision["event_id"], e.reward) for e in events] == [
-            (stream_id, "e1", {"reward": 0.5})
+        assert [(e.stream_id, e.decision["event_id"], e.reward["reward"]) for e in events] == [
+            (stream_id, "e1", 0.5)
         ]
-        assert [e async for e in store.events(after=stream_id)] == []
+        assert await store.due(time.time() + 61) == []
         counters = await store.counters()
         assert (counters["rewards:7b"], counters["reward_sum:7b"]) == (1, 0.5)
-        await store.close()
 
-    asyncio.run(run())
+    _run(make_settings, body)
 
 
 def test_events_page_through_long_logs(make_settings: SettingsFactory) -> None:
-    async def run() -> None:
-        store = _store(make_settings)
+    async def body(store: Store) -> None:
         for i in range(25):
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
-            await store.add_reward(f"e{i}", {"reward": 0.1}, 0.1)
+            await store.add_parts(f"e{i}", {"reward": 0.1})
+            await store.finalize(f"e{i}", 1, _reward(0.1))
         ids = [e.decision["event_id"] async for e in store.events(batch=10)]
         assert ids == [f"e{i}" for i in range(25)]
-        await store.close()
+        last = await store.last_stream_id()
+        assert [e async for e in store.events(after=last)] == []
 
-    asyncio.run(run())
+    _run(make_settings, body)
+
+
+def test_consumer_group_and_claims(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        await store.ensure_group()  # idempotent
+        for i in range(3):
+            await store.save_decision(f"e{i}", _decision(f"e{i}"))
+            await store.add_parts(f"e{i}", {"reward": 0.1})
+            await store.finalize(f"e{i}", 1, _reward(0.1))
+        read = await store.read_new("dead", 10)
+        assert len(read) == 3
+        assert await store.read_new("other", 10) == []  # delivered once to the group
+        claimed = await store.claim_stale("other", idle_ms=0, count=10)
+        assert claimed == [e.stream_id for e in read]
+        await store.publish(Snapshot("egreedy", 3, read[-1].stream_id, b"m"), claimed)
+        assert await store.claim_stale("third", idle_ms=0, count=10) == []
+        assert (await store.counters())["events_learned"] == 3
+
+    _run(make_settings, body)
 
 
 def test_snapshot_round_trip_keeps_bytes(make_settings: SettingsFactory) -> None:
-    async def run() -> None:
-        store = _store(make_settings)
+    async def body(store: Store) -> None:
         assert await store.load_snapshot() is None
+        assert await store.snapshot_head() is None
         blob = bytes(range(256)) * 10
-        await store.save_snapshot(Snapshot("egreedy", 42, "1-0", blob))
+        await store.publish(Snapshot("egreedy", 42, "1-0", blob), [])
         assert await store.load_snapshot() == Snapshot("egreedy", 42, "1-0", blob)
-        await store.close()
+        assert await store.snapshot_head() == ("egreedy", 42, "1-0")
 
-    asyncio.run(run())
+    _run(make_settings, body)
+
+
+def test_lease_is_exclusive_until_released(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
+        assert await store.hold_lease("a", 5)
+        assert await store.hold_lease("a", 5)  # renewal
+        assert not await store.hold_lease("b", 5)
+        await store.release_lease("b")  # not b's: no effect
+        assert not await store.hold_lease("b", 5)
+        await store.release_lease("a")
+        assert await store.hold_lease("b", 0.2)
+        await asyncio.sleep(0.3)  # b died: its lease lapses
+        assert await store.hold_lease("a", 5)
+
+    _run(make_settings, body)
+
+
+def test_stream_ids_order_numerically() -> None:
+    assert stream_id_key("0-0") < stream_id_key("9-5") < stream_id_key("10-0")
 
 
 def test_unreachable_redis_is_store_unavailable() -> None:

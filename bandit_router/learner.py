@@ -1,0 +1,233 @@
+"""Learner: turns the training log into a model, exactly once, and publishes snapshots.
+
+Exactly one learner runs at a time in a deployment: whoever holds the lease in Redis (a service
+process, or a separate ``bandit-router learn``). It reads the log through a consumer group and
+learns in stream order. The model's *watermark* is the stream id of the newest event it has
+learned; an event at or below the watermark is never learned again, so a learner that takes
+over (its predecessor killed mid-batch) starts from the newest snapshot, relearns the log after
+that snapshot's watermark, and only acknowledges the events its predecessor had claimed.
+Events are acknowledged when a snapshot that contains them is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bandit_router.errors import StoreUnavailable
+from bandit_router.features import Features
+from bandit_router.policies import (
+    Arm,
+    Policy,
+    PolicySpec,
+    build_policy,
+    load_policy,
+    parse_policy_spec,
+)
+from bandit_router.settings import Settings
+from bandit_router.store import Event, Snapshot, Store, stream_id_key
+
+log = logging.getLogger("bandit_router")
+
+BATCH = 64  # events learned per step: bounds how long learning holds the event loop
+
+
+@dataclass
+class Model:
+    """A process's model: the policy, what it has learned (version) and up to where (watermark)."""
+
+    spec: PolicySpec
+    policy: Policy
+    version: int = 0  # events learned, across restarts
+    stream_id: str = "0-0"  # watermark: the newest logged event learned
+
+    def learn(self, event: Event, arms: dict[str, Arm]) -> bool:
+        """Learn one logged event unless it is at or below the watermark."""
+        if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
+            return False
+        d = event.decision
+        eligible = [arms.get(n) or Arm(n) for n in d["arms"]]
+        x = Features.from_json(d["features"])
+        reward = float(event.reward["reward"])
+        self.policy.learn(x, eligible, d["arm"], float(d["probability"]), reward)
+        self.version += 1
+        self.stream_id = event.stream_id
+        return True
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(str(self.spec), self.version, self.stream_id, self.policy.dumps())
+
+
+def fresh_model(spec: PolicySpec, settings: Settings) -> Model:
+    return Model(spec, build_policy(spec, settings, settings.seed))
+
+
+def restore(snapshot: Snapshot | None, spec: PolicySpec, settings: Settings) -> Model:
+    """The snapshot as a model of ``spec``; a fresh model if it is of another kind or unreadable."""
+    if snapshot is None:
+        return fresh_model(spec, settings)
+    if parse_policy_spec(snapshot.policy).name != spec.name:
+        log.warning(
+            "snapshot is of policy %s, not %s: learning from the whole log", snapshot.policy, spec
+        )
+        return fresh_model(spec, settings)
+    try:
+        policy = load_policy(spec, snapshot.data, settings, settings.seed)
+    except ValueError as e:
+        log.warning("snapshot not loadable (%s): learning from the whole log", e)
+        return fresh_model(spec, settings)
+    return Model(spec, policy, snapshot.version, snapshot.stream_id)
+
+
+async def effective_spec(store: Store, settings: Settings) -> PolicySpec:
+    """The policy an admin switched to, else the one in the settings."""
+    override = await store.policy_override()
+    return parse_policy_spec(override or settings.policy)
+
+
+async def load_model(store: Store, settings: Settings, spec: PolicySpec | None = None) -> Model:
+    """The newest snapshot plus every logged event after it."""
+    spec = spec or await effective_spec(store, settings)
+    model = restore(await store.load_snapshot(), spec, settings)
+    arms = {a.name: Arm.from_spec(a) for a in settings.arms}
+    replayed = 0
+    async for event in store.events(after=model.stream_id):
+        replayed += model.learn(event, arms)
+    log.info(
+        "policy %s at model version %d (%d logged events replayed)", spec, model.version, replayed
+    )
+    return model
+
+
+class Learner:
+    """Holds the lease, learns new events, publishes snapshots. One per process at most."""
+
+    def __init__(self, settings: Settings, store: Store, model: Model) -> None:
+        self.settings = settings
+        self.store = store
+        self.model = model
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
+        self.leading = False
+        self._acks: list[str] = []
+        self._published = (model.version, time.monotonic())
+        self._lock = asyncio.Lock()
+        self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
+
+    async def lead(self) -> bool:
+        """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
+        held = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        if held and self.leading:
+            spec = await effective_spec(self.store, self.settings)
+            if spec != self.model.spec:  # an admin switched the policy
+                log.info("switching policy %s -> %s", self.model.spec, spec)
+                await self.switch(spec)
+        if held and not self.leading:
+            async with self._lock:
+                await self.store.ensure_group()
+                snapshot = await self.store.load_snapshot()
+                if snapshot is not None and snapshot.version > self.model.version:
+                    self.model = restore(snapshot, self.model.spec, self.settings)
+                async for event in self.store.events(after=self.model.stream_id):
+                    self.model.learn(event, self.arms)
+                published = snapshot.version if snapshot is not None else 0
+                self._published = (published, time.monotonic())
+            log.info("learner %s leads at model version %d", self.name, self.model.version)
+        self.leading = held
+        return held
+
+    async def step(self) -> int:
+        """Learn what is new in the log (and what a dead learner left); publish when due."""
+        if not self.leading:
+            return 0
+        async with self._lock:
+            idle_ms = int(self.settings.claim_idle_s * 1000)
+            self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+            events = await self.store.read_new(self.name, BATCH)
+            learned = 0
+            for event in events:
+                if self.model.learn(event, self.arms):
+                    learned += 1
+                    if self.on_learned is not None:
+                        self.on_learned(event.decision["arm"], self.model.version)
+                self._acks.append(event.stream_id)
+            if self._due():
+                await self._publish()
+            return learned
+
+    def _due(self) -> bool:
+        version, at = self._published
+        if self.model.version == version and not self._acks:
+            return False
+        behind = self.model.version - version >= self.settings.snapshot_every
+        return behind or time.monotonic() - at >= self.settings.publish_s
+
+    async def _publish(self) -> None:
+        await self.store.publish(self.model.snapshot(), self._acks)
+        self._acks = []
+        self._published = (self.model.version, time.monotonic())
+
+    async def publish(self) -> int:
+        """Publish the model now (admin snapshot, shutdown); returns its version."""
+        async with self._lock:
+            await self._publish()
+        return self.model.version
+
+    async def switch(self, spec: PolicySpec) -> None:
+        """Replace the policy with a fresh one of ``spec`` learned from the whole log."""
+        async with self._lock:
+            model = fresh_model(spec, self.settings)
+            async for event in self.store.events():
+                model.learn(event, self.arms)
+            self.model = model
+            await self._publish()
+
+    async def reset(self) -> int:
+        """Forget everything learned: a fresh model whose watermark is the end of the log."""
+        async with self._lock:
+            model = fresh_model(self.model.spec, self.settings)
+            model.stream_id = await self.store.last_stream_id()
+            self.model = model
+            await self._publish()
+        return self.model.version
+
+    async def run(self, stop: asyncio.Event, poll_s: float = 0.05) -> None:
+        """Renew the lease, learn, publish, until ``stop`` is set; Redis outages are waited out."""
+        renew_every = self.settings.learner_lease_s / 3
+        renewed = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() - renewed >= renew_every:
+                    await self.lead()
+                    renewed = time.monotonic()
+                await self.step()
+            except StoreUnavailable as e:
+                log.warning("learner waiting for Redis: %s", e)
+                self.leading = False
+                renewed = 0.0
+                await wait_or_stop(stop, 1.0)
+                continue
+            await wait_or_stop(stop, poll_s)
+
+    async def close(self) -> None:
+        """Publish what was learned and hand the lease over."""
+        if self.leading:
+            try:
+                await self.publish()
+            except StoreUnavailable as e:
+                log.error("final snapshot not saved: %s", e)
+        await self.store.release_lease(self.name)
+        self.leading = False
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

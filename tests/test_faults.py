@@ -1,0 +1,84 @@
+"""Redis killed and restarted under the service: degraded choices, 503 rewards, recovery."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import ClientFactory, RedisProcess
+
+
+def _choose(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/choose", json={"query": "What is 2+2?", **body})
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def _stat(client: TestClient, name: str) -> Any:
+    response = client.get("/stats")
+    return response.json()[name] if response.status_code == 200 else None
+
+
+def _wait(predicate: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_redis_down_choose_degrades_reward_503_then_recovers(
+    make_client: ClientFactory, redis_process: RedisProcess
+) -> None:
+    client = make_client(redis_url=redis_process.url)
+    before = _choose(client)
+    redis_process.kill()
+
+    during = [_choose(client, query=f"q{i}") for i in range(5)]
+    assert all(d["degraded"] for d in during)
+    assert all(d["arm"] in d["probabilities"] for d in during)
+    retry = _choose(client, query="q0", event_id=during[0]["event_id"])
+    assert retry["arm"] == during[0]["arm"]  # same id, same (buffered) decision
+
+    reward = client.post("/reward", json={"event_id": during[0]["event_id"], "reward": 1})
+    assert reward.status_code == 503
+    assert "Redis" in reward.json()["detail"]
+    assert client.get("/healthz").status_code == 503
+    assert client.get("/stats").status_code == 503
+
+    redis_process.start()  # back, empty: no persistence on this test server
+    _wait(lambda: _stat(client, "buffered_decisions") == 0)
+    assert client.get("/stats").json()["decisions"] == 5
+    for d in during:
+        r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+        assert r.status_code == 200, r.text
+    gone = client.post("/reward", json={"event_id": before["event_id"], "reward": 1})
+    assert gone.status_code == 404  # stored before the restart, and Redis kept nothing
+    assert not _choose(client)["degraded"]
+
+
+def test_full_buffer_drops_oldest_and_counts(
+    make_client: ClientFactory, redis_process: RedisProcess
+) -> None:
+    client = make_client(redis_url=redis_process.url, decision_buffer=3)
+    redis_process.kill()
+    ids = [_choose(client, query=f"q{i}")["event_id"] for i in range(5)]
+    redis_process.start()
+    _wait(lambda: _stat(client, "buffered_decisions") == 0)
+    stats = client.get("/stats").json()
+    assert (stats["decisions"], stats["decisions_dropped"]) == (3, 2)
+    assert client.post("/reward", json={"event_id": ids[0], "reward": 1}).status_code == 404
+    assert client.post("/reward", json={"event_id": ids[4], "reward": 1}).status_code == 200
+
+
+def test_full_buffer_can_reject_instead(
+    make_client: ClientFactory, redis_process: RedisProcess
+) -> None:
+    client = make_client(redis_url=redis_process.url, decision_buffer=1, buffer_overflow="reject")
+    redis_process.kill()
+    assert _choose(client)["degraded"]
+    full = client.post("/choose", json={"query": "one more"})
+    assert full.status_code == 503
+    assert "buffer is full" in full.json()["detail"]
