@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,13 +19,16 @@ from bandit_router.docs import register_docs
 from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
 from bandit_router.metrics import register_metrics
+from bandit_router.openapi import ADMIN, ADMIN_BODY, CHOOSE, DESCRIPTION, HEALTH, READ, REWARD, TAGS
 from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
 from bandit_router.schemas import (
+    AdminResponse,
+    ArmsResponse,
     ChooseRequest,
     ChooseResponse,
-    ErrorResponse,
+    HealthResponse,
     PolicyRequest,
     RewardRequest,
     RewardResponse,
@@ -36,19 +39,6 @@ from bandit_router.stats import StatsResponse, build_stats
 from bandit_router.store import Store, connect
 
 log = logging.getLogger("bandit_router")
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        401: "missing or wrong API key",
-        403: "admin endpoints disabled",
-        404: "unknown or expired event_id",
-        409: "the event was already rewarded",
-        413: "request body too large",
-        422: "invalid input; the message names the field and the allowed values",
-        503: "Redis unavailable; retry",
-    }.items()
-}
 
 
 def get_router(request: Request) -> Router:
@@ -126,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="bandit-router",
         summary="Learns which LLM size should answer each query.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
         version="0.1.0",
         lifespan=lifespan,
         docs_url=None,  # served from local assets by register_docs: the default needs a CDN
@@ -141,13 +133,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_docs(app)
     register_dashboard(app)
 
-    @app.post("/choose", responses=ERRORS, dependencies=[Depends(require_api_key)])
+    keyed = [Depends(require_api_key)]
+
+    @app.post("/choose", responses=CHOOSE, dependencies=keyed, tags=["routing"])
     async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
         """Pick the arm (model) for one query."""
         result = await router.choose(body.query, body.features, body.arms, body.event_id)
         return ChooseResponse(**asdict(result))
 
-    @app.post("/reward", responses=ERRORS, dependencies=[Depends(require_api_key)])
+    @app.post("/reward", responses=REWARD, dependencies=keyed, tags=["routing"])
     async def reward(body: RewardRequest, router: RouterDep) -> RewardResponse:
         """Report how the chosen model did, all parts at once or in several calls.
 
@@ -158,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = await router.reward(body.event_id, parts)
         return RewardResponse(**asdict(result))
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
     async def healthz(router: RouterDep) -> JSONResponse:
         """Liveness and the Redis connection."""
         try:
@@ -167,18 +161,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "unavailable", "redis": e.message}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok", "model_version": router.version})
 
-    @app.get("/arms")
-    async def arms(router: RouterDep) -> dict[str, list[dict[str, Any]]]:
+    @app.get("/arms", tags=["operations"])
+    async def arms(router: RouterDep) -> ArmsResponse:
         """The configured arms and their features."""
-        return {"arms": [asdict(a) for a in router.arms]}
+        return ArmsResponse(arms=router.settings.arms)
 
-    @app.get("/stats", responses={503: ERRORS[503]})
+    @app.get("/stats", responses=READ, tags=["operations"])
     async def stats(
         router: RouterDep,
         window: Annotated[
-            int, Query(ge=0, le=20_000, description="newest events to analyse")
+            int, Query(ge=0, le=20_000, description="newest events to analyse", examples=[1000])
         ] = 1000,
-        buckets: Annotated[int, Query(ge=1, le=200, description="time buckets of the series")] = 30,
+        buckets: Annotated[
+            int, Query(ge=1, le=200, description="time buckets of the series", examples=[30])
+        ] = 30,
     ) -> StatsResponse:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
@@ -186,22 +182,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     admin = [Depends(require_admin_key)]
 
-    @app.post("/admin/snapshot", responses=ERRORS, dependencies=admin)
-    async def admin_snapshot(router: RouterDep) -> dict[str, Any]:
+    @app.post("/admin/snapshot", responses=ADMIN, dependencies=admin, tags=["admin"])
+    async def admin_snapshot(router: RouterDep) -> AdminResponse:
         """Publish the learner's model to Redis now."""
         if not router.learner.leading:
             raise NotLearner()
-        return {"model_version": await router.learner.publish()}
+        version = await router.learner.publish()
+        return AdminResponse(policy=str(router.model.spec), model_version=version)
 
-    @app.post("/admin/reset", responses=ERRORS, dependencies=admin)
-    async def admin_reset(router: RouterDep) -> dict[str, Any]:
+    @app.post("/admin/reset", responses=ADMIN, dependencies=admin, tags=["admin"])
+    async def admin_reset(router: RouterDep) -> AdminResponse:
         """Forget what was learned: a fresh model, learning from the next event on."""
         if not router.learner.leading:
             raise NotLearner()
-        return {"model_version": await router.learner.reset()}
+        version = await router.learner.reset()
+        return AdminResponse(policy=str(router.model.spec), model_version=version)
 
-    @app.post("/admin/policy", responses=ERRORS, dependencies=admin)
-    async def admin_policy(body: PolicyRequest, router: RouterDep) -> dict[str, Any]:
+    @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
+    async def admin_policy(body: PolicyRequest, router: RouterDep) -> AdminResponse:
         """Switch the policy; the learner relearns the new one from the whole log."""
         try:
             spec = parse_policy_spec(body.policy)
@@ -211,7 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await router.store.set_policy_override(str(spec))
         if router.learner.leading:
             await router.learner.switch(spec)
-        return {"policy": str(spec), "model_version": router.version}
+        return AdminResponse(policy=str(spec), model_version=router.version)
 
     return app
 

@@ -156,7 +156,16 @@ class RewardResponse(BaseModel):
 class PolicyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy: str = Field(min_length=1, examples=["squarecb:gamma_scale=10"])
+    policy: str = Field(
+        min_length=1,
+        description="the policy spec to switch to, `name[:param=value...]`",
+        examples=["squarecb:gamma_scale=10"],
+    )
+
+
+class AdminResponse(BaseModel):
+    policy: str = Field(description="the policy spec in force", examples=["egreedy"])
+    model_version: int = Field(description="events learned by the model", examples=[1200])
 
 
 class ErrorResponse(BaseModel):

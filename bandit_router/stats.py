@@ -77,11 +77,15 @@ class Recent(BaseModel):
         description="share of the window's decisions that were not the greedy arm",
         examples=[0.05],
     )
-    arms: dict[str, ArmRecent] = Field(description="per arm, over the window")
-    series: Series
+    arms: dict[str, ArmRecent] = Field(
+        description="per arm, over the window",
+        examples=[{"7b": {"events": 80, "share": 0.4, "mean_reward": 0.74}}],
+    )
+    series: Series = Field(description="the window in equal time buckets")
     baselines: dict[str, Estimate] = Field(
         description="off-policy estimates of each fixed arm (`fixed:arm=NAME`) and the static "
-        "rule (`static`) over the same window, from the logged propensities"
+        "rule (`static`) over the same window, from the logged propensities",
+        examples=[{"static": {"value": 0.61, "snips": 0.6, "matched": 140, "estimator": "ips"}}],
     )
 
 
@@ -97,13 +101,18 @@ class SettingsView(BaseModel):
     )
     latency_budget_ms: float = Field(description="BANDIT_LATENCY_BUDGET_MS", examples=[2000.0])
     cost_budget_usd: float = Field(description="BANDIT_COST_BUDGET_USD", examples=[0.001])
-    arms: list[ArmSpec] = Field(description="BANDIT_ARMS")
+    arms: list[ArmSpec] = Field(
+        description="BANDIT_ARMS", examples=[[{"name": "7b", "params_b": 7, "usd_per_mtok": 0.2}]]
+    )
 
 
 class StatsResponse(BaseModel):
     policy: str = Field(description="the policy spec in force", examples=["egreedy"])
     model_version: int = Field(description="rewards the served model has learned", examples=[42])
-    arms: dict[str, ArmTotals] = Field(description="per configured arm, deployment-wide totals")
+    arms: dict[str, ArmTotals] = Field(
+        description="per configured arm, deployment-wide totals",
+        examples=[{"7b": {"decisions": 1200, "rewards": 1100, "mean_reward": 0.71}}],
+    )
     decisions: int = Field(description="decisions made, ever", examples=[1300])
     rewards_accepted: int = Field(description="rewards final and logged, ever", examples=[1200])
     events_learned: int = Field(
