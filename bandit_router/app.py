@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
@@ -69,10 +70,13 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     first_field = None
     for err in exc.errors():
         field = _field(tuple(err.get("loc", ())))
-        first_field = first_field or field
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field"
+        if err.get("type") == "json_invalid":
+            field = "body"
+            msg = f"not valid JSON ({err.get('ctx', {}).get('error', 'unparseable')})"
+        first_field = first_field or field
         messages.append(f"{field}: {msg}")
     return _error(422, "; ".join(messages), first_field)
 
@@ -159,7 +163,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await router.store.ping()
         except StoreUnavailable as e:
             return JSONResponse({"status": "unavailable", "redis": e.message}, status_code=503)
-        return JSONResponse({"status": "ok", "redis": "ok", "model_version": router.version})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "redis": "ok",
+                "model_version": router.version,
+                "learner": router.learner.leading,
+                "pid": os.getpid(),
+            }
+        )
 
     @app.get("/arms", tags=["operations"])
     async def arms(router: RouterDep) -> ArmsResponse:

@@ -47,6 +47,42 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def learn(args: argparse.Namespace) -> int:
+    """Run the learner on its own: it takes the lease in Redis, learns the log, publishes models.
+
+    Run one beside service processes started with BANDIT_LEARN_IN_WORKERS=false (or let the
+    service processes compete for the lease: only one learns at a time either way).
+    """
+    import asyncio
+    import signal
+    from contextlib import ExitStack
+
+    from bandit_router.embedded import EmbeddedRedis
+    from bandit_router.learner import run_learner
+    from bandit_router.store import Store, connect
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        with ExitStack() as stack:
+            url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
+            store = Store(
+                connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
+            )
+            try:
+                learner = await run_learner(settings, store, stop)
+            finally:
+                await store.close()
+        print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
+
+    asyncio.run(main())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bandit-router",
@@ -58,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (BANDIT_PORT, default 8000)")
     p.add_argument("--workers", type=int, help="worker processes (BANDIT_WORKERS, default 1)")
     p.set_defaults(func=serve)
+    p = sub.add_parser("learn", help="run the learner on its own", description=learn.__doc__)
+    p.set_defaults(func=learn)
     return parser
 
 

@@ -231,3 +231,13 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner:
+    """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set."""
+    learner = Learner(settings, store, await load_model(store, settings))
+    try:
+        await learner.run(stop)
+    finally:
+        await learner.close()
+    return learner

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +154,42 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.kill()
+
+
+def cli_env(**settings: Any) -> dict[str, str]:
+    """This environment without BANDIT_* variables, plus ``settings`` as BANDIT_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
+    env.update({f"BANDIT_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+@contextmanager
+def cli_process(
+    args: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``bandit-router ARGS`` as a child process, its output in ``log``; stopped afterwards."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bandit_router.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+        time.sleep(0.05)

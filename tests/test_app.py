@@ -141,7 +141,8 @@ def test_malformed_json_is_422(client: TestClient) -> None:
         "/choose", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
-    assert "JSON" in response.json()["detail"]
+    assert response.json()["field"] == "body"
+    assert "not valid JSON" in response.json()["detail"]
 
 
 def test_health_and_arms(client: TestClient) -> None:

@@ -1,0 +1,155 @@
+"""Several processes, one model: uvicorn workers under load, a learner killed mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import redis
+
+from bandit_router.rewards import RewardParts
+from bandit_router.router import Router
+from bandit_router.settings import Settings
+from bandit_router.store import GROUP, KEY_EVENTS, Store, connect
+from tests.conftest import SettingsFactory, _free_port, cli_env, cli_process, wait_until
+
+
+def _env(settings: Settings, **extra: Any) -> dict[str, str]:
+    return cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, **extra)
+
+
+def _counters(settings: Settings) -> dict[str, int]:
+    client = redis.Redis.from_url(settings.redis_url or "")
+    raw: Any = client.hgetall("{" + settings.key_prefix + "}:stats")
+    client.close()
+    return {k.decode(): int(float(v)) for k, v in raw.items()}
+
+
+def _pending(settings: Settings) -> int:
+    client = redis.Redis.from_url(settings.redis_url or "")
+    key = KEY_EVENTS.format(p="{" + settings.key_prefix + "}")
+    try:
+        return int(client.xpending(key, GROUP)["pending"])
+    except redis.ResponseError:
+        return 0
+    finally:
+        client.close()
+
+
+async def _log_events(settings: Settings, n: int) -> None:
+    """n decided and rewarded events in the log, by a process that does not learn."""
+    store = Store(connect(settings.redis_url or ""), settings.key_prefix, 600, 100_000)
+    router = await Router.open(settings.model_copy(update={"learn_in_workers": False}), store)
+    for i in range(n):
+        d = await router.choose(f"query number {i}")
+        await router.reward(d.event_id, RewardParts(reward=(i % 3) / 2))
+    await store.close()
+
+
+def test_learner_killed_mid_batch_is_replaced_and_nothing_is_lost_or_doubled(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    n = 400
+    asyncio.run(_log_events(settings, n))
+    slow = _env(settings, publish_s=3600, snapshot_every=10**6, learner_lease_s=1)
+    with cli_process(["learn"], slow, tmp_path / "a.log") as first:
+        wait_until(lambda: _pending(settings) > 0, 30, "the first learner to read events")
+        first.send_signal(signal.SIGKILL)  # read, maybe learned, never published nor acked
+        first.wait()
+    assert _pending(settings) > 0
+    assert _counters(settings).get("events_learned", 0) == 0
+    fast = _env(settings, publish_s=0.2, learner_lease_s=1, claim_idle_s=0.5)
+    with cli_process(["learn"], fast, tmp_path / "b.log"):
+        wait_until(
+            lambda: _counters(settings).get("events_learned") == n and _pending(settings) == 0,
+            60,
+            "the second learner to learn and acknowledge every event",
+        )
+    assert _counters(settings)["events_learned"] == n  # exactly once: the model's version
+
+
+async def _drive(base: str, pairs: int, concurrency: int) -> dict[str, int]:
+    """Concurrent choose/reward pairs; returns the status counts."""
+    counts: dict[str, int] = {"ok": 0, "5xx": 0, "other": 0}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(pairs):
+        queue.put_nowait(i)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            d = await client.post("/choose", json={"query": f"load query {i % 50}"})
+            if d.status_code != 200:
+                counts["5xx" if d.status_code >= 500 else "other"] += 1
+                continue
+            r = await client.post("/reward", json={"event_id": d.json()["event_id"], "reward": 1})
+            key = "ok" if r.status_code == 200 else "5xx" if r.status_code >= 500 else "other"
+            counts[key] += 1
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        await asyncio.wait_for(
+            asyncio.gather(*(worker(client) for _ in range(concurrency))), timeout=240
+        )
+    return counts
+
+
+def test_two_workers_and_a_learner_under_concurrent_load(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    port = _free_port()
+    common = {"publish_s": 0.2, "model_refresh_s": 0.2, "learner_lease_s": 2}
+    serve_env = _env(settings, learn_in_workers="false", **common)
+    base = f"http://127.0.0.1:{port}"
+    with (
+        cli_process(
+            ["serve", "--port", str(port), "--workers", "2"], serve_env, tmp_path / "s.log"
+        ),
+        cli_process(["learn"], _env(settings, **common), tmp_path / "l.log"),
+    ):
+        wait_until(lambda: _healthy(base), 60, "the service to start")
+        pairs = 2000
+        counts = asyncio.run(_drive(base, pairs, concurrency=32))
+        assert counts == {"ok": pairs, "5xx": 0, "other": 0}
+        wait_until(
+            lambda: _counters(settings).get("events_learned") == pairs,
+            60,
+            "the learner to learn every accepted reward",
+        )
+        stats = httpx.get(f"{base}/stats").json()
+        assert stats["rewards_accepted"] == stats["events_learned"] == pairs
+        assert _stream_length(settings) == pairs
+        wait_until(lambda: _versions(base) == {pairs}, 30, "both workers to load the model")
+        assert len(_pids(base)) == 2
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _health_samples(base: str, n: int = 40) -> list[dict[str, Any]]:
+    # A new connection per request, so the kernel spreads them over both workers.
+    return [httpx.get(f"{base}/healthz", timeout=5).json() for _ in range(n)]
+
+
+def _versions(base: str) -> set[int]:
+    return {h["model_version"] for h in _health_samples(base)}
+
+
+def _pids(base: str) -> set[int]:
+    return {h["pid"] for h in _health_samples(base)}
+
+
+def _stream_length(settings: Settings) -> int:
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        return int(client.xlen(KEY_EVENTS.format(p="{" + settings.key_prefix + "}")))
+    finally:
+        client.close()

@@ -1,0 +1,150 @@
+"""API keys, the admin key and its endpoints, request limits, privacy of the query text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from tests.conftest import ClientFactory, SettingsFactory
+
+KEY = {"X-API-Key": "k1"}
+ADMIN = {"Authorization": "Bearer root-key"}
+
+
+def _choose(client: TestClient, headers: dict[str, str] | None = None, **body: Any) -> Any:
+    return client.post("/choose", json={"query": "hi", **body}, headers=headers or {})
+
+
+def test_api_keys_guard_choose_and_reward(make_client: ClientFactory) -> None:
+    client = make_client(api_keys="k1,k2")
+    assert _choose(client).status_code == 401
+    assert _choose(client, {"X-API-Key": "nope"}).status_code == 401
+    assert "API key" in _choose(client).json()["detail"]
+    d = _choose(client, KEY).json()
+    assert _choose(client, {"Authorization": "Bearer k2"}).status_code == 200
+    body = {"event_id": d["event_id"], "reward": 1}
+    assert client.post("/reward", json=body).status_code == 401
+    assert client.post("/reward", json=body, headers=KEY).status_code == 200
+    assert client.get("/healthz").status_code == 200  # health stays open
+
+
+def test_admin_endpoints_disabled_without_admin_key(client: TestClient) -> None:
+    response = client.post("/admin/snapshot")
+    assert response.status_code == 403
+    assert "BANDIT_ADMIN_KEY" in response.json()["detail"]
+
+
+def test_admin_snapshot_reset_and_policy_switch(make_client: ClientFactory) -> None:
+    client = make_client(admin_key="root-key")
+    for i in range(30):
+        d = _choose(client, query=f"q{i}").json()
+        client.post("/reward", json={"event_id": d["event_id"], "reward": 1})
+    assert client.post("/admin/snapshot").status_code == 401
+    assert client.post("/admin/snapshot", headers=KEY).status_code == 401
+    assert client.post("/admin/snapshot", headers=ADMIN).json() == {"model_version": 30}
+
+    switched = client.post("/admin/policy", json={"policy": "linucb:alpha=0.2"}, headers=ADMIN)
+    assert switched.status_code == 200, switched.text
+    assert switched.json() == {"policy": "linucb:alpha=0.2", "model_version": 30}
+    assert _choose(client).json()["policy"] == "linucb:alpha=0.2"
+    bad = client.post("/admin/policy", json={"policy": "lincub"}, headers=ADMIN)
+    assert bad.status_code == 422
+    assert "valid: egreedy" in bad.json()["detail"]
+
+    assert client.post("/admin/reset", headers=ADMIN).json() == {"model_version": 0}
+    assert _choose(client).json()["model_version"] == 0
+
+
+def test_body_size_limit_is_413_naming_the_limit(make_client: ClientFactory) -> None:
+    client = make_client(max_body_bytes=2048)
+    big = json.dumps({"query": "x" * 5000})
+    response = client.post("/choose", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "request body over the limit of 2048 bytes (BANDIT_MAX_BODY_BYTES)",
+        "field": "body",
+    }
+
+    def chunks() -> Any:  # no content-length: counted as it streams
+        yield big[:1000].encode()
+        yield big[1000:].encode()
+
+    streamed = client.post(
+        "/choose", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    assert _choose(client).status_code == 200  # and the service keeps serving
+
+
+@pytest.mark.parametrize("store_text", [False, True])
+def test_query_text_is_stored_only_when_asked(
+    make_client: ClientFactory, make_settings: SettingsFactory, store_text: bool
+) -> None:
+    settings = make_settings(store_query_text=store_text)
+    client = make_client(settings)
+    secret = "my card number is 4111 1111 1111 1111"
+    d = _choose(client, query=secret).json()
+    client.post("/reward", json={"event_id": d["event_id"], "reward": 1})
+    assert ("4111 1111" in _everything_stored(settings.redis_url or "", settings.key_prefix)) is (
+        store_text
+    )
+
+
+def _everything_stored(url: str, prefix: str) -> str:
+    """Every value under the prefix, decoded, as one string."""
+    raw: Any = redis.Redis.from_url(url)
+    values: list[bytes] = []
+    for key in raw.scan_iter(match="{" + prefix + "}:*"):
+        kind = raw.type(key)
+        if kind == b"string":
+            values.append(raw.get(key) or b"")
+        elif kind == b"hash":
+            values += [v for v in raw.hgetall(key).values()]
+        elif kind == b"stream":
+            values += [v for _, fields in raw.xrange(key) for v in fields.values()]
+    raw.close()
+    return b"".join(values).decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "\x00\x01\x02 control \u202e rtl"},
+        {"query": "emoji 🚀 and 日本語", "features": {"語": "値", "lang\x00": "x"}},
+        {"query": "q", "features": {"k" * 65: 1}},
+        {"query": "q", "event_id": "../../etc/passwd"},
+        {"query": ["not", "a", "string"]},
+        {"query": "q", "arms": ["4b", 7]},
+        b'{"query": "q", "features": {"n": 1e400}}',
+        b'{"query": "q", "features": {"n": NaN}}',
+        b'{"query": "\\ud800 lone surrogate"}',
+        b"\xff\xfe not utf-8",
+    ],
+)
+def test_odd_input_gets_a_4xx_or_a_decision_never_a_5xx(
+    client: TestClient, body: dict[str, Any] | bytes
+) -> None:
+    if isinstance(body, bytes):
+        headers = {"content-type": "application/json"}
+        response = client.post("/choose", content=body, headers=headers)
+    else:
+        response = client.post("/choose", json=body)
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 422:
+        assert response.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_forged_and_replayed_event_ids(client: TestClient) -> None:
+    d = _choose(client).json()
+    assert client.post("/reward", json={"event_id": d["event_id"], "reward": 1}).status_code == 200
+    replay = client.post("/reward", json={"event_id": d["event_id"], "reward": 1})
+    assert replay.status_code == 409
+    forged = client.post("/reward", json={"event_id": "f" * 32, "reward": 1})
+    assert forged.status_code == 404
+    wrong_type = client.post("/reward", json={"event_id": 12, "reward": 1})
+    assert wrong_type.status_code == 422
