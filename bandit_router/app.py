@@ -25,14 +25,15 @@ from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
 from bandit_router.schemas import (
-    AdminResponse,
     ArmsResponse,
     ChooseRequest,
     ChooseResponse,
     HealthResponse,
     PolicyRequest,
+    PolicyResponse,
     RewardRequest,
     RewardResponse,
+    VersionResponse,
 )
 from bandit_router.security import BodyLimit, require_admin_key, require_api_key
 from bandit_router.settings import Settings
@@ -195,23 +196,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin = [Depends(require_admin_key)]
 
     @app.post("/admin/snapshot", responses=ADMIN, dependencies=admin, tags=["admin"])
-    async def admin_snapshot(router: RouterDep) -> AdminResponse:
+    async def admin_snapshot(router: RouterDep) -> VersionResponse:
         """Publish the learner's model to Redis now."""
         if not router.learner.leading:
             raise NotLearner()
-        version = await router.learner.publish()
-        return AdminResponse(policy=str(router.model.spec), model_version=version)
+        return VersionResponse(model_version=await router.learner.publish())
 
     @app.post("/admin/reset", responses=ADMIN, dependencies=admin, tags=["admin"])
-    async def admin_reset(router: RouterDep) -> AdminResponse:
+    async def admin_reset(router: RouterDep) -> VersionResponse:
         """Forget what was learned: a fresh model, learning from the next event on."""
         if not router.learner.leading:
             raise NotLearner()
-        version = await router.learner.reset()
-        return AdminResponse(policy=str(router.model.spec), model_version=version)
+        return VersionResponse(model_version=await router.learner.reset())
 
     @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
-    async def admin_policy(body: PolicyRequest, router: RouterDep) -> AdminResponse:
+    async def admin_policy(body: PolicyRequest, router: RouterDep) -> PolicyResponse:
         """Switch the policy; the learner relearns the new one from the whole log."""
         try:
             spec = parse_policy_spec(body.policy)
@@ -221,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await router.store.set_policy_override(str(spec))
         if router.learner.leading:
             await router.learner.switch(spec)
-        return AdminResponse(policy=str(spec), model_version=router.version)
+        return PolicyResponse(policy=str(spec), model_version=router.version)
 
     return app
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bandit_router.commands import add_commands
 from bandit_router.settings import Settings
 
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=serve)
     p = sub.add_parser("learn", help="run the learner on its own", description=learn.__doc__)
     p.set_defaults(func=learn)
+    add_commands(sub)
     return parser
 
 

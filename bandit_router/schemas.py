@@ -163,9 +163,12 @@ class PolicyRequest(BaseModel):
     )
 
 
-class AdminResponse(BaseModel):
-    policy: str = Field(description="the policy spec in force", examples=["egreedy"])
+class VersionResponse(BaseModel):
     model_version: int = Field(description="events learned by the model", examples=[1200])
+
+
+class PolicyResponse(VersionResponse):
+    policy: str = Field(description="the policy spec in force", examples=["egreedy"])
 
 
 class ErrorResponse(BaseModel):

@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bandit_router.app import create_app
-from bandit_router.settings import Settings
-from tests.conftest import SettingsFactory, _free_port
+from tests.live import serve
 
 ARMS = ("4b", "7b", "14b")
+__all__ = ["serve"]  # the fixture, imported
 
 
 @pytest.fixture
@@ -47,34 +43,6 @@ def browser() -> Iterator[webdriver.Chrome]:
     chrome.set_page_load_timeout(30)
     yield chrome
     chrome.quit()
-
-
-@pytest.fixture
-def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
-    """Start the app under uvicorn on a free loopback port; returns its base URL."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(**overrides: Any) -> str:
-        settings: Settings = make_settings(**overrides)
-        port = _free_port()
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def drive_traffic(base: str, n: int) -> None:
