@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check bandit_router tests
-	$(BIN)/ruff format --check bandit_router tests
+	$(BIN)/ruff check bandit_router tests clients
+	$(BIN)/ruff format --check bandit_router tests clients
 	$(BIN)/mypy
 
 clean:
