@@ -7,6 +7,7 @@ survives restarts. The baselines are estimated off-policy from the logged propen
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -215,6 +216,6 @@ async def build_stats(router: Router, window: int = 1000, buckets: int = 30) -> 
     """The whole /stats document: totals, settings, and the newest ``window`` events."""
     base = await router.stats()
     events = await router.store.recent_events(window) if window else []
-    return StatsResponse(
-        **base, settings=settings_view(router), recent=summarize(events, router.arms, buckets)
-    )
+    # Off the event loop: a large window takes tens of milliseconds that /choose should not wait.
+    recent = await asyncio.to_thread(summarize, events, router.arms, buckets)
+    return StatsResponse(**base, settings=settings_view(router), recent=recent)
