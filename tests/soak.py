@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import redis
@@ -111,7 +112,7 @@ async def _learner_pid(base: str) -> int | None:
 
 def _learned(url: str) -> tuple[int, int]:
     client = redis.Redis.from_url(url)
-    stats = client.hgetall("{" + PREFIX + "}:stats")
+    stats: Any = client.hgetall("{" + PREFIX + "}:stats")
     accepted = sum(int(v) for k, v in stats.items() if k.startswith(b"rewards:"))
     client.close()
     return accepted, int(stats.get(b"events_learned", 0))

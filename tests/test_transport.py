@@ -31,7 +31,7 @@ def test_password_in_the_url(
         _round_trip(make_client(redis_url=server.url))
         wrong = make_settings(redis_url=server.url.replace("s3cret", "wrong"))
         with (
-            pytest.raises(StoreUnavailable, match="(?i)password|auth"),
+            pytest.raises(StoreUnavailable, match=r"(?i)password|auth"),
             TestClient(create_app(wrong)),
         ):
             pass
