@@ -16,6 +16,7 @@ weights; with ``n == 1`` the interval is undefined (NaN).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,11 +112,17 @@ class RewardModel:
         self._a_inv: dict[str, npt.NDArray[np.float64]] = {}
         self._b: dict[str, npt.NDArray[np.float64]] = {}
 
-    def predict(self, x: Features, arm: str) -> float:
-        if arm not in self._a_inv:
-            return 0.5
-        theta = self._a_inv[arm] @ self._b[arm]
-        return float(np.clip(0.5 + theta @ dense_vector(x, self.dim), 0.0, 1.0))
+    def predict(self, x: Features, arms: Sequence[str]) -> dict[str, float]:
+        """The predicted reward of each of ``arms`` for context ``x``."""
+        v = dense_vector(x, self.dim)
+        out = {}
+        for arm in arms:
+            if arm not in self._a_inv:
+                out[arm] = 0.5
+                continue
+            score = (self._a_inv[arm] @ v) @ self._b[arm]  # theta . v, A^-1 symmetric
+            out[arm] = float(np.clip(0.5 + score, 0.0, 1.0))
+        return out
 
     def learn(self, x: Features, arm: str, reward: float) -> None:
         v = dense_vector(x, self.dim)

@@ -74,12 +74,11 @@ def test_reward_model_learns_per_arm_and_starts_at_one_half() -> None:
     model = RewardModel()
     code = Features(stats=(0.5, 0.3, 0, 1, 0, 0, 0, 0, 0, 0))
     plain = Features(stats=(0.5, 0.3, 0, 0, 0, 0, 0, 0, 0, 0))
-    assert model.predict(code, "14b") == 0.5
+    assert model.predict(code, ["14b"]) == {"14b": 0.5}
     for _ in range(200):
         model.learn(code, "14b", 0.9)
         model.learn(plain, "14b", 0.1)
-    assert model.predict(code, "14b") == pytest.approx(0.9, abs=0.02)
-    assert model.predict(plain, "14b") == pytest.approx(0.1, abs=0.02)
-    assert model.predict(code, "4b") == 0.5
+    assert model.predict(code, ["14b"])["14b"] == pytest.approx(0.9, abs=0.02)
+    assert model.predict(plain, ["14b", "4b"]) == {"14b": pytest.approx(0.1, abs=0.02), "4b": 0.5}
     with pytest.raises(ValueError, match="l2 must be > 0, got 0"):
         RewardModel(l2=0)
