@@ -66,7 +66,7 @@ def to_dsjson(event: Event, arms: Mapping[str, Arm]) -> dict[str, Any]:
     order = [chosen, *(i for i in range(len(names)) if i != chosen)]
     probabilities: Mapping[str, float] = d["probabilities"]
     return {
-        "_label_cost": -float(event.reward["reward"]),  # VW minimises cost; cost = -reward
+        "_label_cost": 0.0 - float(event.reward["reward"]),  # VW minimises cost = -reward (no -0.0)
         "_label_probability": float(d["probability"]),
         "_label_Action": chosen + 1,
         "_labelIndex": chosen,

@@ -13,7 +13,7 @@ import vowpalwabbit
 from fastapi.testclient import TestClient
 
 from bandit_router.cli import main
-from bandit_router.evaluate import read_log, record_from_dsjson
+from bandit_router.evaluate import estimate_policies, read_log, record_from_dsjson
 from bandit_router.export import export_log, to_dsjson
 from bandit_router.features import Features
 from bandit_router.policies import Arm, ParamValue
@@ -135,12 +135,19 @@ def test_vw_learns_from_an_exported_file(
     code_line = next(line for line in lines if '"code":1' in line)
     lookup_line = next(line for line in lines if '"lookup":1' in line)
     assert _vw_pmf(vw, code_line) == pytest.approx([1 / 3] * 3)  # nothing learned yet
-    for line in lines:
+    ips_terms = []
+    for line in lines:  # progressive validation: predict, then learn
+        label = json.loads(line)
+        pmf = _vw_pmf(vw, line)[label["_labelIndex"]]
+        ips_terms.append(pmf / label["_label_probability"] * -label["_label_cost"])
         vw.learn(line)
     names = [a.name for a in settings.arms]  # every exported event lists the arms in this order
     assert _vw_pmf(vw, code_line)[names.index("14b")] > 0.9
     assert _vw_pmf(vw, lookup_line)[names.index("4b")] > 0.9
     vw.finish()
+    # evaluate rebuilds what the service saw, so its replay of egreedy matches VW's own on the file
+    ours = estimate_policies(read_log(lines), ["egreedy:epsilon=0.05"])["egreedy:epsilon=0.05"]
+    assert ours["ips"].value == pytest.approx(sum(ips_terms) / len(ips_terms), abs=0.01)
 
 
 def test_cli_export_then_evaluate(
