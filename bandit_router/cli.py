@@ -131,6 +131,8 @@ def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
     ]
     for spec, estimates in results.items():
         lines.append(f"{spec:<28}" + "".join(f"{_interval(estimates[m]):>22}" for m in METHODS))
+    lines.append("value [95% interval, normal approximation]; candidates replayed in time order,")
+    lines.append("learning as they go; DR's reward model: per-arm ridge regression fitted online")
     return "\n".join(lines)
 
 

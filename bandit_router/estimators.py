@@ -39,11 +39,13 @@ class Estimate:
     n: int
 
     def to_json(self) -> dict[str, float | int | None]:
+        """A JSON-safe dict: NaN (no interval, or no data on the target's arms) becomes null."""
+
         def finite(v: float) -> float | None:
             return v if math.isfinite(v) else None
 
         return {
-            "value": self.value,
+            "value": finite(self.value),
             "low": finite(self.low),
             "high": finite(self.high),
             "n": self.n,

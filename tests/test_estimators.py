@@ -51,7 +51,9 @@ def test_a_perfect_reward_model_makes_dr_exact() -> None:
 
 
 def test_snips_when_the_target_never_agrees_with_the_log() -> None:
-    assert math.isnan(snips([0, 0], [0.5, 0.5], [1, 0]).value)
+    e = snips([0, 0], [0.5, 0.5], [1, 0])
+    assert math.isnan(e.value)
+    assert e.to_json() == {"value": None, "low": None, "high": None, "n": 2}
 
 
 def test_one_event_has_no_interval_and_bad_input_is_refused() -> None:
