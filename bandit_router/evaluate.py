@@ -25,7 +25,7 @@ from bandit_router.export import to_dsjson
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.policies import Arm, build_policy, parse_policy_spec
 from bandit_router.settings import Settings
-from bandit_router.store import Event
+from bandit_router.store import Event, Store
 
 METHODS = ("ips", "snips", "dr")
 
@@ -93,6 +93,11 @@ def read_log(lines: Iterable[str]) -> list[LoggedRecord]:
 def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
     """A record straight from a store event, through the same mapping as the export."""
     return record_from_dsjson(to_dsjson(event, {arm.name: arm for arm in arms}))
+
+
+async def load_records(store: Store, arms: Sequence[Arm]) -> list[LoggedRecord]:
+    """Every logged event of ``store`` as a record (what the dashboard evaluates)."""
+    return [record_from_event(event, arms) async for event in store.events()]
 
 
 def normalize_spec(spec: str) -> str:
@@ -163,7 +168,7 @@ def estimate_policies(
 ) -> dict[str, dict[str, Estimate]]:
     """IPS, SNIPS and DR estimates with 95% intervals of each policy spec, keyed by the spec.
 
-    ``records`` come from ``read_log`` (an exported file) or ``record_from_event`` (the store);
+    ``records`` come from ``read_log`` (an exported file) or ``load_records`` (the store);
     they are replayed in decision-time order. ``specs`` are policy specs as ``BANDIT_POLICY``
     takes them (``egreedy:epsilon=0.1``, ``linucb``, ``static``, ``fixed:7b``, ...); ``settings``,
     when given, supplies defaults the spec omits (``BANDIT_EPSILON``, ...) as in the service.

@@ -13,11 +13,17 @@ import vowpalwabbit
 from fastapi.testclient import TestClient
 
 from bandit_router.cli import main
-from bandit_router.evaluate import estimate_policies, read_log, record_from_dsjson
-from bandit_router.export import export_log, to_dsjson
+from bandit_router.evaluate import (
+    LoggedRecord,
+    estimate_policies,
+    load_records,
+    read_log,
+    record_from_dsjson,
+)
+from bandit_router.export import export_events, export_log, to_dsjson
 from bandit_router.features import Features
 from bandit_router.policies import Arm, ParamValue
-from bandit_router.store import Event
+from bandit_router.store import Event, Store, connect
 from bandit_router.vw_policy import vw_arguments
 from tests.conftest import ClientFactory, SettingsFactory
 
@@ -182,6 +188,27 @@ def test_cli_evaluate_names_a_bad_spec(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["evaluate", str(path), "--policies", "egredy"]) == 2
     assert "unknown policy 'egredy'; valid: egreedy" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
+
+
+def test_the_store_and_the_exported_file_give_the_same_records(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    settings = make_settings(policy="random")
+    _log_planted_rule(make_client(settings), 20)
+    arms = [Arm.from_spec(a) for a in settings.arms]
+
+    async def both() -> tuple[list[LoggedRecord], str]:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 1000)
+        out = io.StringIO()
+        await export_events(store, out, arms)
+        records = await load_records(store, arms)
+        await store.close()
+        return records, out.getvalue()
+
+    records, text = asyncio.run(both())
+    assert records == read_log(text.splitlines())
+    assert len(records) == 20 and {r.probability for r in records} == {1 / 3}
+    assert records[0].x.categorical == {"team": "a"}
 
 
 def test_export_writes_nothing_for_an_empty_log(make_settings: SettingsFactory) -> None:
