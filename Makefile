@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean setup
+.PHONY: run test lint clean setup soak
 
 setup: $(STAMP)
 
@@ -27,3 +27,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}

@@ -7,12 +7,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from bandit_router.commands import add_commands
 from bandit_router.settings import Settings
+
+if TYPE_CHECKING:
+    from bandit_router.estimators import Estimate
+    from bandit_router.evaluate import LoggedRecord
+
+    Results = dict[str, dict[str, Estimate]]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -97,8 +103,97 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=serve)
     p = sub.add_parser("learn", help="run the learner on its own", description=learn.__doc__)
     p.set_defaults(func=learn)
+    _add_export_evaluate(sub)
     add_commands(sub)
     return parser
+
+
+# --- export and evaluate (DSJSON log, off-policy estimates) ---------------------------------
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the joined-event log from Redis as DSJSON, one event per line (for vw --dsjson)."""
+    import asyncio
+
+    from bandit_router.errors import StoreUnavailable
+    from bandit_router.export import export_log
+
+    settings = _settings()
+    try:
+        if args.out in (None, "-"):
+            count = asyncio.run(export_log(settings, sys.stdout))
+        else:
+            with open(args.out, "w", encoding="utf-8") as out:
+                count = asyncio.run(export_log(settings, out))
+    except (OSError, StoreUnavailable) as e:
+        print(f"bandit-router export: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
+    from bandit_router.evaluate import baseline_specs, estimate_policies, read_log
+
+    try:
+        if args.log == "-":
+            records = read_log(sys.stdin)
+        else:
+            with open(args.log, encoding="utf-8") as f:
+                records = read_log(f)
+        specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
+        specs = specs or baseline_specs(records[0].arms if records else [])
+        results = estimate_policies(records, specs, _settings(), args.seed)
+    except (OSError, ValueError) as e:
+        print(f"bandit-router evaluate: {e}", file=sys.stderr)
+        return 2
+    print(_evaluation_json(records, results) if args.json else _evaluation_table(records, results))
+    return 0
+
+
+def _evaluation_json(records: Sequence[LoggedRecord], results: Results) -> str:
+    import json
+
+    from bandit_router.evaluate import logged_value
+
+    table = {spec: {m: e.to_json() for m, e in r.items()} for spec, r in results.items()}
+    return json.dumps({"logged": logged_value(records).to_json(), "policies": table}, indent=2)
+
+
+def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
+    from bandit_router.evaluate import METHODS, logged_value
+
+    lines = [
+        f"{len(records)} events; the logging policy's mean reward: "
+        f"{_interval(logged_value(records))}",
+        f"{'policy':<28}" + "".join(f"{m:>22}" for m in METHODS),
+    ]
+    for spec, estimates in results.items():
+        lines.append(f"{spec:<28}" + "".join(f"{_interval(estimates[m]):>22}" for m in METHODS))
+    lines.append("value [95% interval, normal approximation]; candidates replayed in time order,")
+    lines.append("learning as they go; DR's reward model: per-arm ridge regression fitted online")
+    return "\n".join(lines)
+
+
+def _interval(e: Estimate) -> str:
+    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
+
+
+def _add_export_evaluate(sub: Any) -> None:
+    p = sub.add_parser("export", help="the event log as DSJSON", description=export.__doc__)
+    p.add_argument("--out", help="file to write (default: stdout)")
+    p.set_defaults(func=export)
+    p = sub.add_parser("evaluate", help="off-policy estimates", description=evaluate.__doc__)
+    p.add_argument("log", help="DSJSON file from `bandit-router export` (- for stdin)")
+    p.add_argument(
+        "--policies",
+        help="comma-separated policy specs, e.g. egreedy:epsilon=0.1,linucb,static,fixed:7b "
+        "(default: random, static and each arm fixed)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=evaluate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

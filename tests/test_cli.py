@@ -15,7 +15,7 @@ import httpx2 as httpx
 import pytest
 
 from bandit_router.cli import main
-from tests.conftest import _free_port
+from tests.conftest import SettingsFactory, _free_port, cli_env, cli_process, wait_until
 
 
 @contextmanager
@@ -76,3 +76,33 @@ def test_bad_settings_stop_start_up_with_a_clear_message(
     err = capsys.readouterr().err
     assert "BANDIT_POLICY" in err
     assert "unknown policy 'egredy'; valid: egreedy, squarecb" in err
+
+
+def test_a_crashed_service_comes_back_with_everything_it_learned(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(snapshot_every=30)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=1)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = ["serve", "--port", str(port)]
+    with cli_process(serve, env, tmp_path / "a.log") as first:
+        wait_until(lambda: _healthy(base), 30, "the service to start")
+        with httpx.Client(base_url=base) as http:
+            for i in range(100):
+                d = http.post("/choose", json={"query": f"q{i}"}).json()
+                http.post("/reward", json={"event_id": d["event_id"], "reward": 1.0})
+        first.send_signal(signal.SIGKILL)  # no final snapshot: the last one is at 90
+        first.wait()
+    with cli_process(serve, env, tmp_path / "b.log"):
+        wait_until(lambda: _healthy(base), 30, "the service to restart")
+        health = httpx.get(f"{base}/healthz").json()
+        assert health["model_version"] == 100  # snapshot at 90 plus the 10 logged after it
+        wait_until(lambda: httpx.get(f"{base}/healthz").json()["learner"], 10, "the lease")
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,177 @@
+"""Soak run with faults (``make soak``): traffic for a few minutes while things break.
+
+Starts its own redis-server (append-only, fsync always) on a free loopback port and
+``bandit-router serve --workers 2`` on another, whose workers compete for the learner lease. A
+client on loopback sends choose/reward pairs and retries a reward until Redis takes it, as a
+real app would. Every ``--fault-every`` seconds, in turn: Redis is killed and restarted, or the
+worker holding the learner lease is killed (uvicorn replaces it and the other worker takes the
+lease). At the end it prints requests served, rewards stored, rewards learned and the difference,
+which must be 0; it exits 1 otherwise.
+
+    python -m tests.soak --minutes 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import redis
+
+from tests.conftest import RedisProcess, _free_port, cli_env, cli_process, wait_until
+
+PREFIX = "soak"
+
+
+@dataclass
+class Tally:
+    served: int = 0  # 2xx responses
+    stored: int = 0  # rewards acknowledged (2xx, or 409 on a retry: stored by an earlier try)
+    degraded: int = 0
+    lost_decisions: int = 0  # rewards refused with 404: decision buffered by a killed worker
+    faults: int = 0
+
+
+async def _reward(client: httpx.AsyncClient, event_id: str, tally: Tally, stop: float) -> None:
+    tried = False
+    while time.monotonic() < stop + 60:
+        try:
+            r = await client.post("/reward", json={"event_id": event_id, "reward": 0.5})
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code == 200:
+            tally.served += 1
+            tally.stored += 1
+            return
+        if r is not None and r.status_code == 409 and tried:
+            tally.stored += 1
+            return
+        if r is not None and r.status_code == 404:
+            tally.lost_decisions += 1
+            return
+        tried = r is not None
+        await asyncio.sleep(0.2)
+
+
+async def _client(base: str, tally: Tally, stop: float, n: int) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            try:
+                d = await client.post("/choose", json={"query": f"soak {n} {i % 97}"})
+            except httpx.HTTPError:
+                await asyncio.sleep(0.2)
+                continue
+            if d.status_code != 200:
+                await asyncio.sleep(0.2)
+                continue
+            tally.served += 1
+            tally.degraded += d.json()["degraded"]
+            await _reward(client, d.json()["event_id"], tally, stop)
+
+
+async def _faults(server: RedisProcess, base: str, tally: Tally, stop: float, every: float) -> None:
+    turn = 0
+    while time.monotonic() + every < stop:
+        await asyncio.sleep(every)
+        turn += 1
+        tally.faults += 1
+        if turn % 2:
+            print(f"[fault] redis-server killed for 3 s (turn {turn})", file=sys.stderr)
+            server.kill()
+            await asyncio.sleep(3)
+            await asyncio.to_thread(server.start)
+        else:
+            pid = await _learner_pid(base)
+            print(f"[fault] learner worker {pid} killed (turn {turn})", file=sys.stderr)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _learner_pid(base: str) -> int | None:
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        for _ in range(40):  # new connections spread over the workers
+            try:
+                health = (await client.get("/healthz", headers={"connection": "close"})).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            if health.get("learner"):
+                return int(health["pid"])
+    return None
+
+
+def _learned(url: str) -> tuple[int, int]:
+    client = redis.Redis.from_url(url)
+    stats: Any = client.hgetall("{" + PREFIX + "}:stats")
+    accepted = sum(int(v) for k, v in stats.items() if k.startswith(b"rewards:"))
+    client.close()
+    return accepted, int(stats.get(b"events_learned", 0))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisProcess(Path(tmp), args=["--appendonly", "yes", "--appendfsync", "always"])
+        server.start()
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = cli_env(
+            redis_url=server.url,
+            key_prefix=PREFIX,
+            publish_s=0.5,
+            learner_lease_s=2,
+            claim_idle_s=2,
+            model_refresh_s=1,
+        )
+        tally = Tally()
+        serve = ["serve", "--port", str(port), "--workers", "2"]
+        with cli_process(serve, env, Path(tmp) / "serve.log"):
+            wait_until(lambda: _up(base), 60, "the service to start")
+            stop = time.monotonic() + args.minutes * 60
+
+            async def run() -> None:
+                clients = [_client(base, tally, stop, n) for n in range(args.clients)]
+                await asyncio.gather(_faults(server, base, tally, stop, args.fault_every), *clients)
+
+            asyncio.run(run())
+            wait_until(lambda: _settled(server.url), 120, "the learner to learn every reward")
+            accepted, learned = _learned(server.url)
+        server.kill()
+    print(f"requests served     {tally.served}")
+    print(f"faults injected     {tally.faults}")
+    print(f"degraded choices    {tally.degraded}")
+    print(f"decisions lost      {tally.lost_decisions} (buffered by a killed worker)")
+    print(f"rewards stored      {tally.stored} (client-acknowledged; Redis counts {accepted})")
+    print(f"rewards learned     {learned}")
+    print(f"difference          {tally.stored - learned}")
+    return 0 if tally.stored == learned == accepted else 1
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _settled(url: str) -> bool:
+    accepted, learned = _learned(url)
+    return accepted == learned
+
+
+if __name__ == "__main__":
+    sys.exit(main())
