@@ -19,6 +19,7 @@ from bandit_router.dashboard import register_dashboard
 from bandit_router.docs import register_docs
 from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
+from bandit_router.estimates import BaselineCache
 from bandit_router.metrics import register_metrics
 from bandit_router.openapi import ADMIN, ADMIN_BODY, CHOOSE, DESCRIPTION, HEALTH, READ, REWARD, TAGS
 from bandit_router.policies import build_policy, parse_policy_spec
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_dashboard(app)
 
     keyed = [Depends(require_api_key)]
+    baseline_cache = BaselineCache()  # the dashboard's off-policy estimates, per process
 
     @app.post("/choose", responses=CHOOSE, dependencies=keyed, tags=["routing"])
     async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
@@ -191,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> StatsResponse:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
-        return await build_stats(router, window, buckets)
+        return await build_stats(router, baseline_cache, window, buckets)
 
     admin = [Depends(require_admin_key)]
 

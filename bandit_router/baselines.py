@@ -60,13 +60,9 @@ class FixedPolicy(_Baseline):
         self.arm = arm
 
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
-        return sample(self._rng, arms, _one_hot(arms, fixed_rule(self.arm, arms)))
-
-
-def fixed_rule(arm: str, arms: Sequence[Arm]) -> int:
-    """The fixed baseline's choice, as an index into ``arms``: ``arm``, else the first one."""
-    names = [a.name for a in arms]
-    return names.index(arm) if arm in names else 0
+        names = [a.name for a in arms]
+        index = names.index(self.arm) if self.arm in names else 0
+        return sample(self._rng, arms, _one_hot(arms, index))
 
 
 def by_size(arms: Sequence[Arm]) -> list[int]:

@@ -81,6 +81,7 @@ def _fetch(url: str, window: int, api_key: str | None) -> dict[str, Any]:
 
 
 async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
+    from bandit_router.estimates import BaselineCache
     from bandit_router.learner import Learner, load_model
     from bandit_router.router import Router
     from bandit_router.stats import build_stats
@@ -88,7 +89,7 @@ async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
     async with open_store(settings) as store:
         model = await load_model(store, settings)  # what a fresh process would serve
         router = Router(settings, store, Learner(settings, store, model))  # takes no lease
-        return (await build_stats(router, window)).model_dump()
+        return (await build_stats(router, BaselineCache(), window)).model_dump()
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -106,9 +107,21 @@ def format_status(s: dict[str, Any]) -> str:
         ["arm", "decisions", "rewards", "mean reward", "share", "accuracy", "latency ms", "rating"],
         arms,
     )
-    base = [[n, e["value"], e["snips"], e["matched"]] for n, e in r["baselines"].items()]
-    base_table = table(["baseline (off-policy, window)", "IPS", "SNIPS", "matched"], base)
+    base = [
+        [n, e["ips"]["value"], e["snips"]["value"], e["dr"]["value"], _ci(e["snips"])]
+        for n, e in r["baselines"]["policies"].items()
+    ]
+    logged = r["baselines"]["logged"]
+    if logged is not None:
+        base.insert(0, ["this policy (on-policy)", *[logged["value"]] * 3, _ci(logged)])
+    headers = ["policy (off-policy estimates, window)", "IPS", "SNIPS", "DR", "SNIPS 95% CI"]
+    base_table = table(headers, base)
     return f"{head}\n\n{arm_table}\n\n{base_table}"
+
+
+def _ci(interval: dict[str, Any]) -> str:
+    low, high = interval["low"], interval["high"]
+    return "-" if low is None or high is None else f"{low:.3f}..{high:.3f}"
 
 
 def _recent(a: dict[str, Any] | None) -> list[Any]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from bandit_router.estimates import Estimate, estimate_baselines
+from bandit_router.estimates import BaselineCache, Baselines
 from bandit_router.metrics import is_greedy
 from bandit_router.policies import Arm, ParamValue, effective_params
 from bandit_router.settings import ArmSpec
@@ -83,10 +83,10 @@ class Recent(BaseModel):
         examples=[{"7b": {"events": 80, "share": 0.4, "mean_reward": 0.74}}],
     )
     series: Series = Field(description="the window in equal time buckets")
-    baselines: dict[str, Estimate] = Field(
-        description="off-policy estimates of each fixed arm (`fixed:arm=NAME`) and the static "
-        "rule (`static`) over the same window, from the logged propensities",
-        examples=[{"static": {"value": 0.61, "snips": 0.6, "matched": 140, "estimator": "ips"}}],
+    baselines: Baselines = Field(
+        description="off-policy estimates (IPS, SNIPS, DR with 95% intervals) of uniform random, "
+        "the static rule and each arm alone over the window's events, from the logged "
+        "propensities; cached up to 30 s"
     )
 
 
@@ -178,8 +178,13 @@ def series(events: Sequence[Event], names: Sequence[str], buckets: int) -> Serie
     )
 
 
-def summarize(events: Sequence[Event], arms: Sequence[Arm], buckets: int = 30) -> Recent:
-    """What the window of ``events`` says about the arms, the policy and the baselines."""
+def summarize(
+    events: Sequence[Event],
+    arms: Sequence[Arm],
+    buckets: int = 30,
+    baselines: Baselines | None = None,
+) -> Recent:
+    """What the window of ``events`` says about the arms and the policy."""
     names = [a.name for a in arms]
     names += sorted({e.decision["arm"] for e in events} - set(names))
     times = [float(e.decision["ts"]) for e in events]
@@ -194,7 +199,7 @@ def summarize(events: Sequence[Event], arms: Sequence[Arm], buckets: int = 30) -
             for n in names
         },
         series=series(events, names, buckets),
-        baselines=estimate_baselines(events, arms),
+        baselines=baselines or Baselines(computed_at=None, events=0, logged=None, policies={}),
     )
 
 
@@ -212,10 +217,13 @@ def settings_view(router: Router) -> SettingsView:
     )
 
 
-async def build_stats(router: Router, window: int = 1000, buckets: int = 30) -> StatsResponse:
+async def build_stats(
+    router: Router, cache: BaselineCache, window: int = 1000, buckets: int = 30
+) -> StatsResponse:
     """The whole /stats document: totals, settings, and the newest ``window`` events."""
     base = await router.stats()
     events = await router.store.recent_events(window) if window else []
+    baselines = await cache.get(events, router.arms, window)
     # Off the event loop: a large window takes tens of milliseconds that /choose should not wait.
-    recent = await asyncio.to_thread(summarize, events, router.arms, buckets)
+    recent = await asyncio.to_thread(summarize, events, router.arms, buckets, baselines)
     return StatsResponse(**base, settings=settings_view(router), recent=recent)

@@ -41,13 +41,17 @@ def test_recent_window_per_arm_series_and_baselines(make_client: ClientFactory) 
     for i in range(6):
         assert sum(series["share"][arm][i] for arm in REWARD) == pytest.approx(1)
     baselines = recent["baselines"]
-    assert set(baselines) == {"fixed:arm=4b", "fixed:arm=7b", "fixed:arm=14b", "static"}
+    assert baselines["events"] == 300
+    assert baselines["logged"]["value"] == pytest.approx(recent["mean_reward"])
+    policies = baselines["policies"]
+    assert set(policies) == {"random", "static", "fixed:arm=4b", "fixed:arm=7b", "fixed:arm=14b"}
     for arm, reward in REWARD.items():
-        estimate = baselines[f"fixed:arm={arm}"]
-        assert estimate["snips"] == pytest.approx(reward)  # every logged p is 1/3
-        assert estimate["value"] == pytest.approx(reward, abs=0.15)
-        assert estimate["matched"] == recent["arms"][arm]["events"]
-    assert baselines["static"]["matched"] > 0
+        estimate = policies[f"fixed:arm={arm}"]
+        assert estimate["snips"]["value"] == pytest.approx(reward)  # every logged p is 1/3
+        assert estimate["ips"]["value"] == pytest.approx(reward, abs=0.15)
+        assert estimate["ips"]["low"] < estimate["ips"]["value"] < estimate["ips"]["high"]
+    # Uniform random is the logging policy itself: every estimator gives the logged mean.
+    assert policies["random"]["snips"]["value"] == pytest.approx(recent["mean_reward"])
 
 
 def test_window_is_the_newest_events(make_client: ClientFactory) -> None:
@@ -56,12 +60,9 @@ def test_window_is_the_newest_events(make_client: ClientFactory) -> None:
     stats = client.get("/stats", params={"window": 10}).json()
     assert stats["recent"]["events"] == 10
     assert stats["recent"]["arms"]["7b"]["share"] == 1
-    assert stats["recent"]["baselines"]["fixed:arm=4b"] == {
-        "value": None,
-        "snips": None,
-        "matched": 0,
-        "estimator": "ips",
-    }
+    never = stats["recent"]["baselines"]["policies"]["fixed:arm=4b"]
+    assert never["ips"]["value"] == 0  # the log never shows 4b: IPS sees no reward for it
+    assert never["snips"]["value"] is None
     assert client.get("/stats", params={"window": 0}).json()["recent"]["events"] == 0
 
 

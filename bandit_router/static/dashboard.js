@@ -3,7 +3,7 @@
 
 const NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f80ed", "#eb5757", "#27ae60", "#f2994a", "#56ccf2", "#bb6bd9", "#6fcf97", "#f2c94c"];
-const POLICY_COLOR = "#243b53", STATIC_COLOR = "#9b51e0";
+const POLICY_COLOR = "#243b53", BASELINE_COLORS = { static: "#9b51e0", random: "#9aa5b1" };
 let armColor = {};  // one color per arm on every chart, in the order of the settings' arms
 
 function colorOf(name, i) {
@@ -143,12 +143,12 @@ function render(s) {
   armColor = Object.fromEntries(s.settings.arms.map((a, i) => [a.name, COLORS[i % COLORS.length]]));
   cards(s);
   lines("chart-share", "share", r.series.t, names.map(n => ({ name: n, values: r.series.share[n] || [] })), 1);
-  const base = Object.entries(r.baselines).filter(([, e]) => e.snips !== null);
+  const base = Object.entries(r.baselines.policies).filter(([, e]) => e.snips.value !== null);
   const flat = v => r.series.t.map(() => v);
   lines("chart-reward", "reward", r.series.t,
     [{ name: "policy", values: r.series.reward, color: POLICY_COLOR }].concat(base.map(([n, e]) => ({
-      name: n.replace("fixed:arm=", "always "), values: flat(e.snips), dashed: true,
-      color: n === "static" ? STATIC_COLOR : colorOf(n.replace("fixed:arm=", ""), 0),
+      name: n.replace("fixed:arm=", "always "), values: flat(e.snips.value), dashed: true,
+      color: BASELINE_COLORS[n] || colorOf(n.replace("fixed:arm=", ""), 0),
     }))), 1);
   lines("chart-exploration", "exploration", r.series.t, [{ name: "exploration", values: r.series.exploration, color: POLICY_COLOR }], 1);
   bars("chart-arm-reward", "arm-reward", per(r.arms, "mean_reward"), 1);
@@ -157,9 +157,12 @@ function render(s) {
   bars("chart-arm-rating", "arm-rating", per(r.arms, "rating"), 5);
   table("arms", ["arm", "decided", "share", "reward", "accuracy", "ms", "rating"],
     names.map(n => { const a = r.arms[n], t = s.arms[n] || {}; return [n, t.decisions ?? 0, fmt(a.share), fmt(a.mean_reward), fmt(a.accuracy), fmt(a.latency_ms, 0), fmt(a.rating, 2)]; }));
-  table("baselines", ["policy", "IPS", "SNIPS", "matched"],
-    [["this policy (on-policy mean)", fmt(r.mean_reward), fmt(r.mean_reward), r.events]].concat(
-      Object.entries(r.baselines).map(([n, e]) => [n, fmt(e.value), fmt(e.snips), e.matched])));
+  const ci = e => (e.low === null ? "–" : `${fmt(e.low)}–${fmt(e.high)}`);
+  const b = r.baselines, logged = b.logged ? [["this policy (on-policy)", fmt(b.logged.value), fmt(b.logged.value), fmt(b.logged.value), ci(b.logged)]] : [];
+  table("baselines", ["policy", "IPS", "SNIPS", "DR", "SNIPS 95% CI"], logged.concat(
+    Object.entries(b.policies).map(([n, e]) => [n, fmt(e.ips.value), fmt(e.snips.value), fmt(e.dr.value), ci(e.snips)])));
+  document.getElementById("baselines-note").textContent = b.computed_at
+    ? `Over ${b.events} events, computed ${new Date(b.computed_at * 1000).toLocaleTimeString()} (refreshed at most every 30 s).` : "";
   const st = s.settings;
   table("settings", ["setting", "value"], [
     ["policy", st.policy], ["policy parameters", JSON.stringify(st.policy_params)],
