@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,12 @@ def from_json(doc: dict[str, Any]) -> Snapshot:
     return snapshot
 
 
-async def dump(store: Store, settings: Settings, path: Path) -> dict[str, Any]:
+async def dump(
+    store: Store, settings: Settings, path: Path, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Write the current model (newest snapshot + the log after it) to ``path``; returns the
-    document written, without its data."""
-    model = await load_model(store, settings)
+    document written, without its data. ``progress`` hears the count of events replayed."""
+    model = await load_model(store, settings, progress=progress)
     doc = to_json(model.snapshot(), settings)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc), encoding="utf-8")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bandit_router.progress import Progress
 from bandit_router.settings import Settings
 from bandit_router.store import Store
 
@@ -87,9 +88,11 @@ async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
     from bandit_router.stats import build_stats
 
     async with open_store(settings) as store:
-        model = await load_model(store, settings)  # what a fresh process would serve
+        with Progress("replaying the log after the newest snapshot", unit="events") as bar:
+            model = await load_model(store, settings, progress=bar.update)  # as a process would
         router = Router(settings, store, Learner(settings, store, model))  # takes no lease
-        return (await build_stats(router, BaselineCache(), window)).model_dump()
+        with Progress(f"estimating baselines over the newest {window} events"):
+            return (await build_stats(router, BaselineCache(), window)).model_dump()
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -154,7 +157,8 @@ def snapshot(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         settings = Settings()
         async with open_store(settings) as store:
-            return await dump(store, settings, Path(args.file))
+            with Progress("replaying the log after the newest snapshot", unit="events") as bar:
+                return await dump(store, settings, Path(args.file), bar.update)
 
     doc = asyncio.run(run())
     print(

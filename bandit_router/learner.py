@@ -92,14 +92,21 @@ async def effective_spec(store: Store, settings: Settings) -> PolicySpec:
     return parse_policy_spec(override or settings.policy)
 
 
-async def load_model(store: Store, settings: Settings, spec: PolicySpec | None = None) -> Model:
-    """The newest snapshot plus every logged event after it."""
+async def load_model(
+    store: Store,
+    settings: Settings,
+    spec: PolicySpec | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Model:
+    """The newest snapshot plus every logged event after it (``progress``: events replayed)."""
     spec = spec or await effective_spec(store, settings)
     model = restore(await store.load_snapshot(), spec, settings)
     arms = {a.name: Arm.from_spec(a) for a in settings.arms}
     replayed = 0
     async for event in store.events(after=model.stream_id):
         replayed += model.learn(event, arms)
+        if progress is not None:
+            progress(replayed)
     log.info(
         "policy %s at model version %d (%d logged events replayed)", spec, model.version, replayed
     )
