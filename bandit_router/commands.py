@@ -46,7 +46,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, numbers right-aligned."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     numeric = [
         all(isinstance(r[i], int | float) or r[i] is None for r in rows)
         for i in range(len(headers))

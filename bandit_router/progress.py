@@ -45,7 +45,8 @@ class Progress:
     def render(self, elapsed_s: float) -> str:
         count = f"{self.done}{f'/{self.total}' if self.total else ''} {self.unit}".rstrip()
         if not self.total:
-            return f"{self.label}: {count} {elapsed_s:.1f}s"
+            what = f"{count} " if self.unit else ""  # no unit: a phase, not a count
+            return f"{self.label}: {what}{elapsed_s:.1f}s"
         share = min(self.done / self.total, 1.0)
         bar = "#" * round(share * WIDTH) + "-" * (WIDTH - round(share * WIDTH))
         return f"{self.label} [{bar}] {share:4.0%} {count} {elapsed_s:.1f}s"

@@ -135,6 +135,17 @@ def test_status_from_redis_and_from_a_url(
     assert "cannot read http://127.0.0.1:9/stats" in capsys.readouterr().err
 
 
+def test_status_of_an_empty_deployment(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _use(monkeypatch, make_settings())
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "model version 0" in out and "window 0 events" in out
+
+
 def test_config_masks_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

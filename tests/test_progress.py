@@ -39,3 +39,5 @@ def test_render() -> None:
     count = Progress("replaying", unit="events", stream=io.StringIO())
     count.update(1200)
     assert count.render(0.5) == "replaying: 1200 events 0.5s"
+    phase = Progress("estimating", stream=io.StringIO())
+    assert phase.render(2.0) == "estimating: 2.0s"
