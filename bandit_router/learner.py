@@ -127,6 +127,7 @@ class Learner:
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
+        self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
@@ -143,7 +144,7 @@ class Learner:
                 if snapshot is not None and snapshot.version > self.model.version:
                     self.model = restore(snapshot, self.model.spec, self.settings)
                 async for event in self.store.events(after=self.model.stream_id):
-                    self.model.learn(event, self.arms)
+                    self._learn(event)
                 published = snapshot.version if snapshot is not None else 0
                 self._published = (published, time.monotonic())
             log.info("learner %s leads at model version %d", self.name, self.model.version)
@@ -160,14 +161,18 @@ class Learner:
             events = await self.store.read_new(self.name, BATCH)
             learned = 0
             for event in events:
-                if self.model.learn(event, self.arms):
-                    learned += 1
-                    if self.on_learned is not None:
-                        self.on_learned(event.decision["arm"], self.model.version)
+                learned += self._learn(event)
                 self._acks.append(event.stream_id)
             if self._due():
                 await self._publish()
             return learned
+
+    def _learn(self, event: Event) -> bool:
+        if not self.model.learn(event, self.arms):
+            return False
+        if self.on_learned is not None:
+            self.on_learned(event.decision["arm"], self.model.version)
+        return True
 
     def _due(self) -> bool:
         version, at = self._published
@@ -216,6 +221,8 @@ class Learner:
                     renewed = time.monotonic()
                 await self.step()
             except StoreUnavailable as e:
+                if self.on_redis_error is not None:
+                    self.on_redis_error("learner")
                 log.warning("learner waiting for Redis: %s", e)
                 self.leading = False
                 renewed = 0.0

@@ -73,6 +73,7 @@ class Router:
         self.buffer_dropped = 0
         self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
         learner.on_learned = self.metrics.learned
+        learner.on_redis_error = self.metrics.redis_error
 
     @classmethod
     async def open(cls, settings: Settings, store: Store) -> Router:
@@ -266,14 +267,14 @@ class Router:
     async def _flush_if_any(self) -> int:
         return await self.flush() if self._buffer else 0
 
-    @staticmethod
     async def _every(
-        stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
+        self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
     ) -> None:
         while not stop.is_set():
             try:
                 await job()
             except StoreUnavailable as e:
+                self.metrics.redis_error(job.__name__)
                 log.warning("%s waiting for Redis: %s", job.__name__, e)
             except Exception:  # a background job must not die silently; it retries next period
                 log.exception("%s failed", job.__name__)
