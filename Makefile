@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check bandit_router tests
-	$(BIN)/ruff format --check bandit_router tests
+	$(BIN)/ruff check bandit_router tests simulations
+	$(BIN)/ruff format --check bandit_router tests simulations
 	$(BIN)/mypy
 
 clean:

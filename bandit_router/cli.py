@@ -161,7 +161,8 @@ def simulate(args: argparse.Namespace) -> int:
     from bandit_router.router import reward_config
 
     settings = Settings()
-    names = [n.strip() for n in (args.policies or "").split(",") if n.strip()]
+    given = args.policies or ("" if args.via else _DEFAULT_POLICIES)
+    names = [n.strip() for n in given.split(",") if n.strip()]
     if args.via is not None and (args.seeds != 1 or len(names) > 1):
         print("simulate: --via replays one seed through the service's own policy", file=sys.stderr)
         return 2
@@ -194,15 +195,18 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEFAULT_POLICIES = "egreedy,random,static,best-fixed,oracle"
+
+
 def _add_simulate(sub: Any) -> None:
     p = sub.add_parser("simulate", help="replay a full-feedback log", description=simulate.__doc__)
     p.add_argument("replay", help="replay file: one JSON row per query (see simulations/README.md)")
     p.add_argument("--arms", help='arms file, {"arms": [{"name", "params_b", "usd_per_mtok"}]}')
     p.add_argument(
         "--policies",
-        default="egreedy,random,static,best-fixed,oracle",
-        help="comma list: service policies with parameters (egreedy:epsilon=0.05, linucb, ...), "
-        "fixed:<arm>, best-fixed, best-context, oracle, mabwiser (MABWiser LinUCB peer)",
+        help=f"comma list (default {_DEFAULT_POLICIES}): service policies with parameters "
+        "(egreedy:epsilon=0.05, linucb, ...), fixed:<arm>, best-fixed, best-context, oracle, "
+        "mabwiser (MABWiser's LinUCB, a peer)",
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds, each its own row order")
     p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
