@@ -151,7 +151,7 @@ def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse
         print("simulate: no plots (pip install 'bandit-router[sim]')", file=sys.stderr)
         return
     title = Path(args.replay).name + (" (time order)" if args.in_order else " (shuffled)")
-    plots.reward_over_time(rows, out / "reward.png", title)
+    plots.reward_over_time(rows, out / "reward.png", title, result.get("phase_changes", []))
     plots.arm_share_over_time(rows, result["arms"], out / "arm_share.png", title)
 
 
@@ -187,6 +187,8 @@ def simulate(args: argparse.Namespace) -> int:
         "cost_budget_usd": settings.cost_budget_usd,
     }
     result = report.summary(runs, prepared, meta)
+    if args.in_order:
+        result["phase_changes"] = replay.phase_changes(data.rows)
     if not args.no_skyline:
         result["skyline"] = report.skyline_summary(prepared, seeds, args.in_order)
     print(report.table(result))

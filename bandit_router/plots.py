@@ -30,21 +30,31 @@ def _by_policy(rows: Rows) -> dict[str, list[Mapping[str, Any]]]:
     return out
 
 
-def reward_over_time(rows: Rows, path: Path, title: str = "") -> Path:
-    """Two panels: running mean reward, and the reward over a rolling window (shows drift)."""
+REFERENCE = "best-fixed"
+CEILING = "oracle"  # far above every policy: in the table, left out of the plots' scale
+
+
+def reward_over_time(rows: Rows, path: Path, title: str = "", marks: Sequence[int] = ()) -> Path:
+    """Two panels: cumulative reward gained over the best fixed arm (cumulative reward when it
+    was not run), and the reward over a rolling window (shows drift and recovery); ``marks``
+    are steps drawn as dotted lines (a scenario's phase changes)."""
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=80, sharey=False)
-    for name, series in _by_policy(rows).items():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=72)
+    policies = {k: v for k, v in _by_policy(rows).items() if k != CEILING}
+    base = {r["step"]: r["mean_reward"] * r["step"] for r in policies.get(REFERENCE, [])}
+    for name, series in policies.items():
         step = [r["step"] for r in series]
-        style = "--" if name in ("oracle", "best-fixed", "best-context") else "-"
-        left.plot(step, [r["mean_reward"] for r in series], style, label=name, linewidth=1.2)
+        gain = [r["mean_reward"] * r["step"] - base.get(r["step"], 0.0) for r in series]
+        style = "--" if name in (REFERENCE, "best-context") else "-"
+        left.plot(step, gain, style, label=name, linewidth=1.2)
         right.plot(step, [r["window_reward"] for r in series], style, label=name, linewidth=1.0)
-    left.set_title("cumulative mean reward")
+    left.set_title(f"cumulative reward minus {REFERENCE}'s" if base else "cumulative reward")
     right.set_title("reward over a rolling window")
     for ax in (left, right):
+        for mark in marks:
+            ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    left.set_ylabel("reward")
     right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title)
@@ -61,7 +71,7 @@ def arm_share_over_time(rows: Rows, arms: Sequence[str], path: Path, title: str 
     cols = min(4, len(policies))
     nrows = math.ceil(len(policies) / cols)
     fig, axes = plt.subplots(
-        nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=80, squeeze=False, sharey=True
+        nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=72, squeeze=False, sharey=True
     )
     for ax, (name, series) in zip(axes.flat, policies.items(), strict=False):
         step = [r["step"] for r in series]
@@ -78,3 +88,24 @@ def arm_share_over_time(rows: Rows, arms: Sequence[str], path: Path, title: str 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def redraw(out: Path) -> None:
+    """Draw the plots again from ``out``'s summary.json and steps.csv."""
+    import csv
+    import json
+
+    result = json.loads((out / "summary.json").read_text())
+    with (out / "steps.csv").open() as f:
+        rows = [
+            {k: v if k == "policy" else float(v) for k, v in r.items()} for r in csv.DictReader(f)
+        ]
+    title = Path(result["replay"]).name + (" (time order)" if result["in_order"] else " (shuffled)")
+    reward_over_time(rows, out / "reward.png", title, result.get("phase_changes", []))
+    arm_share_over_time(rows, result["arms"], out / "arm_share.png", title)
+
+
+if __name__ == "__main__":
+    import sys
+
+    redraw(Path(sys.argv[1]))

@@ -181,6 +181,11 @@ def prepare(replay: Replay, rewards: RewardConfig) -> Prepared:
     )
 
 
+def phase_changes(rows: Sequence[Row]) -> list[int]:
+    """Steps (1-based, in time order) where a scenario's phase changes."""
+    return [t + 1 for t in range(1, len(rows)) if rows[t].phase != rows[t - 1].phase]
+
+
 def order(n: int, seed: int, in_order: bool) -> npt.NDArray[np.int64]:
     """The row order of one seed: time order, or a shuffle drawn from the seed."""
     return np.arange(n) if in_order else np.random.default_rng(seed).permutation(n)
@@ -205,55 +210,6 @@ class PolicyStepper:
         reward = self.prepared.rewards.combine(row.outcomes[decision.arm])
         self.policy.learn(x, arms, decision.arm, decision.probability, reward)
         return decision.arm, reward
-
-
-@dataclass(slots=True)
-class OracleStepper:
-    """The best arm of each row in hindsight: the ceiling no policy can beat."""
-
-    prepared: Prepared
-
-    def step(self, i: int, row: Row, arms: Sequence[Arm]) -> tuple[str, float]:
-        j = int(np.nanargmax(self.prepared.table[i]))
-        return self.prepared.replay.arms[j].name, float(self.prepared.table[i, j])
-
-
-def best_fixed_arm(prepared: Prepared) -> str:
-    """The single arm with the highest total reward over the rows where it has an outcome."""
-    totals = np.nansum(prepared.table, axis=0)
-    return prepared.replay.arms[int(np.argmax(totals))].name
-
-
-@dataclass(slots=True)
-class BestContextStepper:
-    """Best arm per (phase, context) in hindsight: the best per-phase contextual policy."""
-
-    prepared: Prepared
-    choice: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        sums: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
-        for row, values in zip(self.prepared.replay.rows, self.prepared.table, strict=True):
-            key = (row.phase, json.dumps(dict(row.context), sort_keys=True))
-            sums[key] = sums.get(key, np.zeros(len(values))) + np.nan_to_num(values)
-        self.choice = {key: int(np.argmax(total)) for key, total in sums.items()}
-
-    def step(self, i: int, row: Row, arms: Sequence[Arm]) -> tuple[str, float]:
-        key = (row.phase, json.dumps(dict(row.context), sort_keys=True))
-        j = self.choice[key]
-        if np.isnan(self.prepared.table[i, j]):  # that arm is absent here: the row's best
-            j = int(np.nanargmax(self.prepared.table[i]))
-        return self.prepared.replay.arms[j].name, float(self.prepared.table[i, j])
-
-
-def fixed_spec(name: str, prepared: Prepared) -> str:
-    """The registry spec behind the simulator's spellings ``fixed:<arm>`` and ``best-fixed``."""
-    if name == "best-fixed":
-        return f"fixed:arm={best_fixed_arm(prepared)}"
-    head, _, rest = name.partition(":")
-    if head == "fixed" and rest and "=" not in rest:
-        return f"fixed:arm={rest}"
-    return name
 
 
 def check_spec(name: str) -> None:
@@ -281,6 +237,8 @@ def make_stepper(
     name: str, prepared: Prepared, seed: int, settings: Settings | None = None
 ) -> Stepper:
     """The stepper for a policy name as given on the command line."""
+    from bandit_router.hindsight import BestContextStepper, OracleStepper, fixed_spec
+
     if name == "oracle":
         return OracleStepper(prepared)
     if name == "best-context":

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.hindsight import best_fixed_arm
 from bandit_router.peers import skyline
-from bandit_router.replay import Prepared, Run, best_fixed_arm, order
+from bandit_router.replay import Prepared, Run, order
 
 Floats = npt.NDArray[np.float64]
 

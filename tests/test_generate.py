@@ -60,3 +60,10 @@ def test_written_files_replay(tmp_path: Path) -> None:
     prepared = replay.prepare(data, reward_config(Settings()))
     runs = replay.simulate(["best-fixed", "best-context"], prepared, [0], in_order=True)
     assert runs["best-context"][0].reward.mean() > runs["best-fixed"][0].reward.mean()
+
+
+def test_phase_changes_are_found_in_time_order(tmp_path: Path) -> None:
+    config_path = tmp_path / "s.json"
+    config_path.write_text(json.dumps(_config()))
+    out, arms_path = generate.write(config_path, tmp_path / "s.jsonl")
+    assert replay.phase_changes(replay.load(out, arms_path).rows) == [101, 201, 301]
