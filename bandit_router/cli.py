@@ -155,27 +155,36 @@ def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse
     plots.arm_share_over_time(rows, result["arms"], out / "arm_share.png", title)
 
 
+def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Settings) -> Any:
+    """Check the policy names, read the replay file and score its outcomes; errors name the
+    problem (ValueError, OSError)."""
+    from bandit_router import replay
+    from bandit_router.router import reward_config
+
+    for name in names:
+        replay.check_spec(name)
+    data = replay.load(Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit)
+    try:
+        return replay.prepare(data, reward_config(settings))
+    except replay.ReplayError as e:
+        raise replay.ReplayError(f"{args.replay}: {e}") from e
+
+
 def simulate(args: argparse.Namespace) -> int:
     """Replay a full-feedback log through policies, exactly as the service's loop, and report."""
     from bandit_router import replay, report
-    from bandit_router.router import reward_config
 
     settings = Settings()
-    given = args.policies or ("" if args.via else _DEFAULT_POLICIES)
+    given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
     if args.via is not None and (args.seeds != 1 or len(names) > 1):
         print("simulate: --via replays one seed through the service's own policy", file=sys.stderr)
         return 2
     try:
-        for name in names:
-            replay.check_spec(name)
-        data = replay.load(
-            Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit
-        )
+        prepared = _simulate_prepare(args, names, settings)
     except (ValueError, OSError) as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
-    prepared = replay.prepare(data, reward_config(settings))
     runs = _simulate_runs(args, names, prepared, settings)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     meta = {
@@ -188,7 +197,7 @@ def simulate(args: argparse.Namespace) -> int:
     }
     result = report.summary(runs, prepared, meta)
     if args.in_order:
-        result["phase_changes"] = replay.phase_changes(data.rows)
+        result["phase_changes"] = replay.phase_changes(prepared.replay.rows)
     if not args.no_skyline:
         result["skyline"] = report.skyline_summary(prepared, seeds, args.in_order)
     print(report.table(result))
@@ -197,7 +206,8 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEFAULT_POLICIES = "egreedy,random,static,best-fixed,oracle"
+# After the service's own policy (BANDIT_POLICY), which leads the default list.
+_DEFAULT_POLICIES = "random,static,best-fixed,oracle"
 
 
 def _add_simulate(sub: Any) -> None:
@@ -206,9 +216,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--arms", help='arms file, {"arms": [{"name", "params_b", "usd_per_mtok"}]}')
     p.add_argument(
         "--policies",
-        help=f"comma list (default {_DEFAULT_POLICIES}): service policies with parameters "
-        "(egreedy:epsilon=0.05, linucb, ...), fixed:<arm>, best-fixed, best-context, oracle, "
-        "mabwiser (MABWiser's LinUCB, a peer)",
+        help=f"comma list (default BANDIT_POLICY,{_DEFAULT_POLICIES}): service policies with "
+        "parameters (egreedy:epsilon=0.05, linucb, ...), fixed:<arm>, best-fixed, "
+        "best-context, oracle, mabwiser (MABWiser's LinUCB, a peer)",
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds, each its own row order")
     p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")

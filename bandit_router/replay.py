@@ -163,6 +163,13 @@ class Prepared:
     arm_index: dict[str, int] = field(default_factory=dict)
 
 
+def _score(rewards: RewardConfig, row: Row, arm: str) -> float:
+    try:
+        return rewards.combine(row.outcomes[arm])
+    except ValueError as e:  # no part the reward weights count: say where, not a traceback
+        raise ReplayError(f"line {row.line}: outcomes.{arm}: {e}") from e
+
+
 def prepare(replay: Replay, rewards: RewardConfig) -> Prepared:
     """Extract each row's features once (``extract`` is deterministic) and score every outcome."""
     names = [a.name for a in replay.arms]
@@ -170,7 +177,7 @@ def prepare(replay: Replay, rewards: RewardConfig) -> Prepared:
     for i, row in enumerate(replay.rows):
         for j, name in enumerate(names):
             if name in row.outcomes:
-                table[i, j] = rewards.combine(row.outcomes[name])
+                table[i, j] = _score(rewards, row, name)
     return Prepared(
         replay,
         rewards,

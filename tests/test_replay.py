@@ -125,3 +125,9 @@ def test_unknown_policies_name_the_valid_ones() -> None:
         replay.check_spec("mabwiser:beta=1")
     for ok in ["egreedy:epsilon=0.1", "fixed:llama2-7b", "fixed:arm=x", "best-fixed", "mabwiser"]:
         replay.check_spec(ok)
+
+
+def test_an_outcome_the_weights_cannot_score_is_named(tmp_path: Path) -> None:
+    data = replay.load(_write(tmp_path / "r.jsonl", [GOOD, GOOD]))
+    with pytest.raises(replay.ReplayError, match=r"line 1: outcomes.b: no weighted reward part"):
+        replay.prepare(data, RewardConfig({"accuracy": 1.0}))
