@@ -159,15 +159,19 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     """Check the policy names, read the replay file and score its outcomes; errors name the
     problem (ValueError, OSError)."""
     from bandit_router import replay
+    from bandit_router.hindsight import fixed_spec
     from bandit_router.router import reward_config
 
     for name in names:
         replay.check_spec(name)
     data = replay.load(Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit)
     try:
-        return replay.prepare(data, reward_config(settings))
+        prepared = replay.prepare(data, reward_config(settings))
     except replay.ReplayError as e:
         raise replay.ReplayError(f"{args.replay}: {e}") from e
+    for name in names:
+        fixed_spec(name, prepared)  # a misspelt fixed arm fails here, before any work
+    return prepared
 
 
 def simulate(args: argparse.Namespace) -> int:

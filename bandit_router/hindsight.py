@@ -62,6 +62,9 @@ def fixed_spec(name: str, prepared: Prepared) -> str:
     if name == "best-fixed":
         return f"fixed:arm={best_fixed_arm(prepared)}"
     head, _, rest = name.partition(":")
-    if head == "fixed" and rest and "=" not in rest:
-        return f"fixed:arm={rest}"
-    return name
+    if head != "fixed" or not rest:
+        return name
+    arm = rest.removeprefix("arm=")
+    if arm not in prepared.arm_index:  # the service's fallback would hide a misspelt arm here
+        raise ValueError(f"{name}: unknown arm {arm!r}; valid: {', '.join(prepared.arm_index)}")
+    return f"fixed:arm={arm}"

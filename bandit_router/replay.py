@@ -237,9 +237,6 @@ def check_spec(name: str) -> None:
         raise ValueError(f"{e}; the simulator adds: {', '.join(HINDSIGHT + PEERS)}") from None
 
 
-StepperFactory = Callable[[str, Prepared, int], Stepper]
-
-
 def make_stepper(
     name: str, prepared: Prepared, seed: int, settings: Settings | None = None
 ) -> Stepper:

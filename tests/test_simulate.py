@@ -72,9 +72,11 @@ def test_a_bad_row_stops_the_run_naming_the_line(
     assert json.loads((tmp_path / "summary.json").read_text())["skipped"] == 1
 
 
-def test_an_unknown_policy_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert _simulate("--policies", "egredy") == 2
     assert "unknown policy 'egredy'" in capsys.readouterr().err
+    assert _simulate("--policies", "fixed:llama2-7B") == 2
+    assert "unknown arm 'llama2-7B'; valid: llama2-7b, llama2-13b" in capsys.readouterr().err
 
 
 @contextmanager
