@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check bandit_router tests clients
-	$(BIN)/ruff format --check bandit_router tests clients
+	$(BIN)/ruff check bandit_router tests clients simulations
+	$(BIN)/ruff format --check bandit_router tests clients simulations
 	$(BIN)/mypy
 
 clean:

@@ -155,8 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The event is learned once: when every weighted part has arrived (or a direct `reward`),
         or when its reward window closes, with the parts present.
         """
-        parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id"}))
-        result = await router.reward(body.event_id, parts)
+        parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id", "final"}))
+        result = await router.reward(body.event_id, parts, final=body.final)
         return RewardResponse(**asdict(result))
 
     @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])

@@ -188,14 +188,19 @@ class Router:
 
     # Rewards
 
-    async def reward(self, event_id: str, parts: RewardParts) -> RewardResult:
-        self._combine(parts.present())  # a call with no weighted part is refused, naming them
+    async def reward(self, event_id: str, parts: RewardParts, final: bool = False) -> RewardResult:
+        """Keep the parts; learn the event once it is complete, or now with ``final``."""
+        present = parts.present()
+        if present or not final:
+            self._combine(present)  # a call with no weighted part is refused, naming them
         if event_id in self._buffer:
             await self.flush()  # its decision must be in Redis before a part can join it
-        got = await self.store.add_parts(event_id, parts.present())
+        got = await self.store.add_parts(event_id, present)
         decision, merged = got.decision, got.parts
         value: float | None = None
-        if self._complete(decision, merged):
+        if final or self._complete(decision, merged):
+            if not merged and self.settings.default_reward is None:
+                self._combine(merged)  # nothing to learn from: 422 naming the parts to send
             value, merged = await self._finalize(event_id, merged)
             if self.learner.leading:
                 await self.learner.step()  # the learner is here: learned before we answer

@@ -115,15 +115,20 @@ class RewardRequest(BaseModel):
         description="a final reward in 0..1 computed by the app; used as is when sent",
         examples=[0.8],
     )
+    final: bool = Field(
+        default=False,
+        description="no more parts will come: learn the event now with the parts it has, "
+        "instead of waiting for the missing weighted parts or the window's end",
+        examples=[False],
+    )
 
     @model_validator(mode="after")
     def _some_part(self) -> RewardRequest:
-        if all(
-            v is None
-            for v in (self.latency_ms, self.accuracy, self.rating, self.cost_usd, self.reward)
-        ):
+        parts = (self.latency_ms, self.accuracy, self.rating, self.cost_usd, self.reward)
+        if all(v is None for v in parts) and not self.final:
             raise ValueError(
-                "send at least one reward part: latency_ms, accuracy, rating, cost_usd or reward"
+                "send at least one reward part: latency_ms, accuracy, rating, cost_usd or "
+                "reward (or final: true to close the event with the parts it has)"
             )
         return self
 

@@ -99,8 +99,9 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_ARMS),
         description="the arms: `name:params_b:usd_per_mtok,...` or a JSON list of objects",
     )
+    # squarecb, not egreedy: the replay simulator's results in simulations/README.md.
     policy: str = Field(
-        default="egreedy", description="policy spec, `name[:param=value...]` (see Policies)"
+        default="squarecb", description="policy spec, `name[:param=value...]` (see Policies)"
     )
     epsilon: float = Field(
         default=0.05, ge=0, le=1, description="exploration rate of egreedy, bag and rnd"

@@ -31,7 +31,7 @@ def test_round_trip(client: TestClient) -> None:
     assert decision["degraded"] is False
     assert decision["arm"] in {"4b", "7b", "14b"}
     assert decision["probability"] == decision["probabilities"][decision["arm"]]
-    assert decision["policy"] == "egreedy"
+    assert decision["policy"] == "squarecb"  # the default policy
     response = client.post(
         "/reward",
         json={"event_id": decision["event_id"], "latency_ms": 500, "accuracy": 1, "rating": 5},

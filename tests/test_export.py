@@ -24,7 +24,7 @@ from bandit_router.export import export_events, export_log, to_dsjson
 from bandit_router.features import Features
 from bandit_router.policies import Arm, ParamValue
 from bandit_router.store import Event, Store, connect
-from bandit_router.vw_policy import vw_arguments
+from bandit_router.vw_policy import VW_POLICIES, vw_arguments
 from tests.conftest import ClientFactory, SettingsFactory
 
 X = Features(
@@ -131,12 +131,8 @@ def test_vw_learns_from_an_exported_file(
     with path.open("w") as out:
         assert asyncio.run(export_log(settings, out)) == 160
     lines = path.read_text().splitlines()
-    params: dict[str, ParamValue] = {
-        "epsilon": 0.05,
-        "learning_rate": 0.5,
-        "bits": 18,
-        "vw_args": "",
-    }
+    # The registry's own defaults, so VW here learns exactly as evaluate's egreedy does.
+    params: dict[str, ParamValue] = {**VW_POLICIES["egreedy"].defaults, "epsilon": 0.05}
     vw = vowpalwabbit.Workspace(arg_list=[*vw_arguments("egreedy", params, 1), "--dsjson"])
     code_line = next(line for line in lines if '"code":1' in line)
     lookup_line = next(line for line in lines if '"lookup":1' in line)

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 
-from bandit_router.errors import AlreadyRewarded
+from bandit_router.errors import AlreadyRewarded, InvalidReward
 from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
@@ -174,5 +174,25 @@ def test_second_worker_follows_and_takes_over_when_the_learner_dies(
         await b.close()
         assert (await b.store.counters())["events_learned"] == 30
         await b.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_final_closes_an_event_with_the_parts_it_has(make_settings: SettingsFactory) -> None:
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        d = await router.choose("hello")
+        pending = await router.reward(d.event_id, RewardParts(latency_ms=1000))
+        assert pending.status == "pending"
+        closed = await router.reward(d.event_id, RewardParts(), final=True)
+        assert (closed.status, closed.reward, router.version) == ("final", 0.5, 1)
+        empty = await router.choose("nothing came")
+        try:
+            await router.reward(empty.event_id, RewardParts(), final=True)
+            raise AssertionError("closing an event with no part must be refused")
+        except InvalidReward as e:
+            assert "no weighted reward part present" in str(e)
+        await router.close()
+        await router.store.close()
 
     asyncio.run(scenario())

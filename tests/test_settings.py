@@ -11,7 +11,7 @@ from bandit_router.settings import DEFAULT_ARMS, Settings
 def test_defaults() -> None:
     s = Settings()
     assert [a.name for a in s.arms] == ["4b", "7b", "14b"] == [a.name for a in DEFAULT_ARMS]
-    assert s.policy == "egreedy"
+    assert s.policy == "squarecb"
     assert s.reward_weights == {"accuracy": 0.6, "rating": 0.2, "latency": 0.2}
 
 

@@ -1,0 +1,69 @@
+"""The drift scenario generator: phases in time order, arms that change or appear, replayable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandit_router import replay
+from bandit_router.router import reward_config
+from bandit_router.settings import Settings
+from simulations import generate
+
+DRIFT = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "drift.json"
+
+
+def _config(rows: int = 400) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(DRIFT.read_text())
+    config["rows"] = rows
+    scale = rows / 12000
+    for phase in config["phases"]:
+        phase["start"] = int(phase["start"] * scale)
+    return config
+
+
+def test_rows_follow_the_phases_and_a_new_arm_appears() -> None:
+    rows = list(generate.rows(_config()))
+    assert len(rows) == 400
+    phases = [r["phase"] for r in rows]
+    assert phases == sorted(
+        phases, key=["baseline", "small degrades", "medium upgraded", "xl appears"].index
+    )
+    assert all("xl" not in r["outcomes"] for r in rows[:300])
+    assert all("xl" in r["outcomes"] for r in rows[300:])
+    assert {r["context"]["task"] for r in rows} == {"chat", "lookup", "code", "math"}
+
+
+def test_the_same_seed_gives_the_same_file() -> None:
+    assert list(generate.rows(_config())) == list(generate.rows(_config()))
+
+
+def test_the_small_arm_degrades(tmp_path: Path) -> None:
+    config = _config(4000)
+    rows = list(generate.rows(config))
+    acc = [
+        np.mean([r["outcomes"]["small"]["accuracy"] for r in rows if r["phase"] == p])
+        for p in ("baseline", "small degrades")
+    ]
+    assert acc[0] > acc[1] + 0.2
+
+
+def test_written_files_replay(tmp_path: Path) -> None:
+    config_path = tmp_path / "s.json"
+    config_path.write_text(json.dumps(_config()))
+    out, arms_path = generate.write(config_path, tmp_path / "s.jsonl")
+    data = replay.load(out, arms_path)
+    assert [a.name for a in data.arms] == ["small", "medium", "large", "xl"]
+    prepared = replay.prepare(data, reward_config(Settings()))
+    runs = replay.simulate(["best-fixed", "best-context"], prepared, [0], in_order=True)
+    assert runs["best-context"][0].reward.mean() > runs["best-fixed"][0].reward.mean()
+
+
+def test_phase_changes_are_found_in_time_order(tmp_path: Path) -> None:
+    config_path = tmp_path / "s.json"
+    config_path.write_text(json.dumps(_config()))
+    out, arms_path = generate.write(config_path, tmp_path / "s.jsonl")
+    assert replay.phase_changes(replay.load(out, arms_path).rows) == [101, 201, 301]

@@ -1,0 +1,134 @@
+"""``bandit-router simulate`` as users run it: files written, errors, and --via equality."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from bandit_router.cli import main
+from tests.conftest import _free_port
+
+SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
+SLICE_ARMS = SLICE.with_suffix(".arms.json")
+POLICIES = "egreedy:epsilon=0.1,linucb,random,static,fixed:llama2-7b,best-fixed,oracle,mabwiser"
+
+
+@pytest.fixture(autouse=True)
+def _no_bandit_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("BANDIT_")]:
+        monkeypatch.delenv(key)
+
+
+def _simulate(*args: str) -> int:
+    return main(["simulate", str(SLICE), "--arms", str(SLICE_ARMS), *args])
+
+
+def test_summary_steps_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _simulate("--policies", POLICIES, "--seeds", "2", "--out", str(tmp_path)) == 0
+    out, err = capsys.readouterr()
+    assert "best fixed arm" in out and "skyline" in out
+    assert "simulate: 100%" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["policies"]) == POLICIES.split(",")
+    egreedy = summary["policies"]["egreedy:epsilon=0.1"]
+    for key in ("mean_reward", "ci95", "accuracy", "latency_ms", "cost_usd", "arm_share"):
+        assert key in egreedy
+    assert sum(egreedy["arm_share"].values()) == pytest.approx(1.0)
+    assert egreedy["per_seed"]["seed"] == [0, 1]
+    assert len(egreedy["per_seed"]["mean_reward"]) == 2
+    assert summary["policies"]["oracle"]["regret_oracle"] == pytest.approx(0.0)
+    assert summary["policies"]["best-fixed"]["regret_best_fixed"] == pytest.approx(0.0)
+    assert 0 < summary["skyline"]["second_half_reward"] < 1
+    with (tmp_path / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["policy"] for r in rows} == set(POLICIES.split(","))
+    assert {"step", "mean_reward", "window_reward", "share:llama2-70b"} <= set(rows[0])
+    assert (tmp_path / "reward.png").stat().st_size > 1000
+    assert (tmp_path / "arm_share.png").stat().st_size > 1000
+
+
+def test_a_bad_row_stops_the_run_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = SLICE.read_text().splitlines()[:20]
+    lines[6] = '{"query": "q", "outcomes": {"llama2-7b": {"latency_ms": -5}}}'
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    assert main(["simulate", str(bad), "--policies", "random", "--no-skyline"]) == 2
+    assert "bad.jsonl:7: latency_ms must be >= 0.0, got -5.0" in capsys.readouterr().err
+    args = ["simulate", str(bad), "--policies", "random", "--skip-bad", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["skipped"] == 1
+
+
+def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _simulate("--policies", "egredy") == 2
+    assert "unknown policy 'egredy'" in capsys.readouterr().err
+    assert _simulate("--policies", "fixed:llama2-7B") == 2
+    assert "unknown arm 'llama2-7B'; valid: llama2-7b, llama2-13b" in capsys.readouterr().err
+
+
+@contextmanager
+def _service(tmp_path: Path, policy: str, seed: int) -> Iterator[str]:
+    arms = json.loads(SLICE_ARMS.read_text())["arms"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
+    env |= {
+        "BANDIT_DATA_DIR": str(tmp_path / "data"),
+        "BANDIT_POLICY": policy,
+        "BANDIT_SEED": str(seed),
+        "BANDIT_ARMS": json.dumps(arms),
+        "BANDIT_LOG_LEVEL": "warning",
+    }
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp_path / "serve.log").read_text()[-3000:])
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.parametrize("policy", ["egreedy", "linucb"])
+def test_via_the_service_gives_the_same_numbers(tmp_path: Path, policy: str) -> None:
+    """End to end through HTTP and Redis, the same seed earns what the in-process replay does."""
+    common = ["--limit", "120", "--first-seed", "4", "--no-plots", "--no-skyline"]
+    with _service(tmp_path, policy, seed=4) as url:
+        assert _simulate("--via", url, "--out", str(tmp_path / "via"), *common) == 0
+    assert _simulate("--policies", policy, "--out", str(tmp_path / "local"), *common) == 0
+    via = json.loads((tmp_path / "via" / "summary.json").read_text())["policies"][policy]
+    local = json.loads((tmp_path / "local" / "summary.json").read_text())["policies"][policy]
+    assert via["mean_reward"] == pytest.approx(local["mean_reward"], abs=1e-9)
+    assert via["arm_share"] == local["arm_share"]
