@@ -201,3 +201,29 @@ def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds}s waiting for {what}")
         time.sleep(0.05)
+
+
+def healthy(base: str) -> bool:
+    """Whether the service at ``base`` answers /healthz with 200."""
+    import httpx2 as httpx
+
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def served(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
+    """``bandit-router serve ARGS`` on a free loopback port; yields its base URL once healthy."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with cli_process(["serve", "--port", str(port), *args], env, log) as proc:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited:\n{log.read_text(errors='replace')[-3000:]}")
+            return healthy(base)
+
+        wait_until(up, 60, "the service to answer /healthz")
+        yield base

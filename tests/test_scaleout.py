@@ -14,7 +14,14 @@ from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store import GROUP, KEY_EVENTS, Store, connect
-from tests.conftest import SettingsFactory, _free_port, cli_env, cli_process, wait_until
+from tests.conftest import (
+    SettingsFactory,
+    _free_port,
+    cli_env,
+    cli_process,
+    healthy,
+    wait_until,
+)
 
 
 def _env(settings: Settings, **extra: Any) -> dict[str, str]:
@@ -111,7 +118,7 @@ def test_two_workers_and_a_learner_under_concurrent_load(
         ),
         cli_process(["learn"], _env(settings, **common), tmp_path / "l.log"),
     ):
-        wait_until(lambda: _healthy(base), 60, "the service to start")
+        wait_until(lambda: healthy(base), 60, "the service to start")
         pairs = 2000
         counts = asyncio.run(_drive(base, pairs, concurrency=32))
         assert counts == {"ok": pairs, "5xx": 0, "other": 0}
@@ -125,13 +132,6 @@ def test_two_workers_and_a_learner_under_concurrent_load(
         assert _stream_length(settings) == pairs
         wait_until(lambda: _versions(base) == {pairs}, 30, "both workers to load the model")
         assert len(_pids(base)) == 2
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _health_samples(base: str, n: int = 40) -> list[dict[str, Any]]:

@@ -5,19 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx2 as httpx
 import pytest
 
 from bandit_router.cli import main
-from tests.conftest import _free_port
+from tests.conftest import cli_env, served
 
 SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
@@ -82,43 +77,15 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
 @contextmanager
 def _service(tmp_path: Path, policy: str, seed: int) -> Iterator[str]:
     arms = json.loads(SLICE_ARMS.read_text())["arms"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
-    env |= {
-        "BANDIT_DATA_DIR": str(tmp_path / "data"),
-        "BANDIT_POLICY": policy,
-        "BANDIT_SEED": str(seed),
-        "BANDIT_ARMS": json.dumps(arms),
-        "BANDIT_LOG_LEVEL": "warning",
-    }
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
+    env = cli_env(
+        data_dir=tmp_path / "data",
+        policy=policy,
+        seed=seed,
+        arms=json.dumps(arms),
+        log_level="warning",
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.1)
+    with served(env, tmp_path / "serve.log") as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.parametrize("policy", ["egreedy", "linucb"])
