@@ -10,16 +10,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
 from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
-from bandit_router.router import Router
+from bandit_router.router import ChooseResult, RewardResult, Router
 from bandit_router.schemas import (
     ChooseRequest,
     ChooseResponse,
@@ -54,6 +55,14 @@ def get_router(request: Request) -> Router:
 
 
 RouterDep = Annotated[Router, Depends(get_router)]
+
+
+def _fields(result: ChooseResult | RewardResult) -> dict[str, Any]:
+    return {name: getattr(result, name) for name in result.__slots__}
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _error(status: int, detail: str, field: str | None = None) -> JSONResponse:
@@ -136,14 +145,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
-    @app.post("/choose", responses=ERRORS, dependencies=[Depends(require_api_key)])
-    async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
+    # /choose and /reward answer with bytes made from the result's own fields: the response
+    # models document them, and FastAPI's second validation and encoding pass is skipped.
+    # Without API keys configured the key check is left out rather than run to find nothing:
+    # FastAPI resolves a dependency and its two header sub-dependencies on every request.
+    keyed = [Depends(require_api_key)] if settings.api_keys else []
+
+    @app.post("/choose", responses=ERRORS, dependencies=keyed, response_model=ChooseResponse)
+    async def choose(body: ChooseRequest, router: RouterDep) -> Response:
         """Pick the arm (model) for one query."""
         result = await router.choose(body.query, body.features, body.arms, body.event_id)
-        return ChooseResponse(**asdict(result))
+        return _json(_fields(result))
 
-    @app.post("/reward", responses=ERRORS, dependencies=[Depends(require_api_key)])
-    async def reward(body: RewardRequest, router: RouterDep) -> RewardResponse:
+    @app.post("/reward", responses=ERRORS, dependencies=keyed, response_model=RewardResponse)
+    async def reward(body: RewardRequest, router: RouterDep) -> Response:
         """Report how the chosen model did, all parts at once or in several calls.
 
         The event is learned once: when every weighted part has arrived (or a direct `reward`),
@@ -151,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id"}))
         result = await router.reward(body.event_id, parts)
-        return RewardResponse(**asdict(result))
+        return _json(_fields(result))
 
     @app.get("/healthz")
     async def healthz(router: RouterDep) -> JSONResponse:
