@@ -9,18 +9,19 @@ hash tag, so the scripts also run on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
@@ -38,8 +39,8 @@ KEY_STATS = "{p}:stats"  # counters
 GROUP = "learners"  # the learners' consumer group on KEY_EVENTS
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)  # compact JSON, as json.dumps(separators=(",", ":")), 5-10x faster
 
 
 # KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
@@ -116,6 +117,63 @@ def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+class _GroupCommit:
+    """EVALSHA calls of one script, sent together: the calls made while a round trip is in
+    flight share the next one (one pipeline, one connection, one write, one read).
+
+    Each caller still waits for its own reply, so nothing is acknowledged before Redis has it;
+    under load a round trip carries many requests' writes at the cost of about one.
+    """
+
+    def __init__(self, client: aioredis.Redis, script: str) -> None:
+        self._client = client
+        self._script = script
+        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, evalsha_args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((evalsha_args, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                replies = await self._send([args for args, _ in batch])
+            except asyncio.CancelledError:  # shutting down: no waiter is left hanging
+                for _, future in batch + self._queue:
+                    future.cancel()
+                raise
+            except Exception as e:  # every waiter in the batch gets the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def _send(self, calls: list[list[Any]]) -> list[Any]:
+        for attempt in (0, 1):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    pipe.evalsha(*args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt or not any(isinstance(r, NoScriptError) for r in replies):
+                return replies
+            # Redis lost its script cache (a restart): load it and send the batch again. A
+            # NOSCRIPT call ran nothing, so running it again is safe.
+            await self._client.script_load(self._script)
+        raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """A joined event from the training log: the decision and its final reward."""
@@ -164,7 +222,7 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
 
 
 def _event(stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
-    return Event(stream_id.decode(), json.loads(fields[b"d"]), json.loads(fields[b"r"]))
+    return Event(stream_id.decode(), orjson.loads(fields[b"d"]), orjson.loads(fields[b"r"]))
 
 
 class Store:
@@ -180,6 +238,7 @@ class Store:
         self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
         self.stream_maxlen = stream_maxlen
         self._save_decision = client.register_script(_SAVE_DECISION)
+        self._decisions = _GroupCommit(client, _SAVE_DECISION)
         self._add_parts = client.register_script(_ADD_PARTS)
         self._finalize = client.register_script(_FINALIZE)
         self._lease = client.register_script(_LEASE)
@@ -201,11 +260,10 @@ class Store:
         The event is tracked until its reward window closes, when the sweep settles it.
         """
         deadline = record["ts"] + self.reward_wait_s
-        existing = await self._save_decision(
-            keys=[self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)],
-            args=[_dumps(record), self.ttl_s, record["arm"], deadline, event_id],
-        )
-        return json.loads(existing) if existing else None
+        keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
+        args = [_dumps(record), self.ttl_s, record["arm"], deadline, event_id]
+        existing = await self._decisions.call([self._save_decision.sha, len(keys), *keys, *args])
+        return orjson.loads(existing) if existing else None
 
     @_unavailable
     async def add_parts(self, event_id: str, parts: dict[str, float]) -> Parts:
@@ -226,7 +284,7 @@ class Store:
             raise AlreadyRewarded(event_id)
         pairs = result[2]
         merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-        return Parts(json.loads(result[1]), merged, [d.decode() for d in result[3]])
+        return Parts(orjson.loads(result[1]), merged, [d.decode() for d in result[3]])
 
     @_unavailable
     async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
