@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -118,6 +119,7 @@ class Learner:
         self._acks: list[str] = []
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
+        self._claimed = -math.inf  # when stale events were last claimed (monotonic)
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
@@ -146,8 +148,14 @@ class Learner:
         if not self.leading:
             return 0
         async with self._lock:
-            idle_ms = int(self.settings.claim_idle_s * 1000)
-            self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+            # A dead learner's events become claimable only after claim_idle_s, so looking
+            # for them a few times per claim_idle_s is enough, not on every step: in a single
+            # process a step runs in every /reward and this would be one more round trip.
+            now = time.monotonic()
+            if now - self._claimed >= min(self.settings.claim_idle_s / 2, 1.0):
+                idle_ms = int(self.settings.claim_idle_s * 1000)
+                self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+                self._claimed = now
             events = await self.store.read_new(self.name, BATCH)
             learned = 0
             for event in events:
