@@ -49,7 +49,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_router(request: Request) -> Router:
+async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
     router: Router = request.app.state.router
     return router
 
