@@ -161,6 +161,14 @@ class _GroupCommit:
                     future.set_result(reply)
 
     async def _send(self, calls: list[list[Any]]) -> list[Any]:
+        if len(calls) == 1:  # nothing to share: a plain call costs less than a pipeline
+            try:
+                return [await self._client.evalsha(*calls[0])]
+            except NoScriptError:
+                await self._client.script_load(self._script)
+                return [await self._client.evalsha(*calls[0])]
+            except ResponseError as e:  # an error reply belongs to the caller, as in a batch
+                return [e]
         for attempt in (0, 1):
             async with self._client.pipeline(transaction=False) as pipe:
                 for args in calls:
@@ -239,6 +247,8 @@ class Store:
         self.stream_maxlen = stream_maxlen
         self._save_decision = client.register_script(_SAVE_DECISION)
         self._decisions = _GroupCommit(client, _SAVE_DECISION)
+        self._parts = _GroupCommit(client, _ADD_PARTS)
+        self._finals = _GroupCommit(client, _FINALIZE)
         self._add_parts = client.register_script(_ADD_PARTS)
         self._finalize = client.register_script(_FINALIZE)
         self._lease = client.register_script(_LEASE)
@@ -269,15 +279,14 @@ class Store:
     async def add_parts(self, event_id: str, parts: dict[str, float]) -> Parts:
         """Keep reward parts for ``event_id``; a part already there is kept as it was."""
         flat = [item for pair in parts.items() for item in pair]
-        result = await self._add_parts(
-            keys=[
-                self.key(KEY_DECISION, event_id),
-                self.key(KEY_DONE, event_id),
-                self.key(KEY_PARTS, event_id),
-                self.key(KEY_PENDING),
-            ],
-            args=[self.ttl_s, self.reward_wait_s, event_id, *flat],
-        )
+        keys = [
+            self.key(KEY_DECISION, event_id),
+            self.key(KEY_DONE, event_id),
+            self.key(KEY_PARTS, event_id),
+            self.key(KEY_PENDING),
+        ]
+        args = [self.ttl_s, self.reward_wait_s, event_id, *flat]
+        result = await self._parts.call([self._add_parts.sha, len(keys), *keys, *args])
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
@@ -292,24 +301,16 @@ class Store:
 
         Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone.
         """
-        result = await self._finalize(
-            keys=[
-                self.key(KEY_DECISION, event_id),
-                self.key(KEY_DONE, event_id),
-                self.key(KEY_PARTS, event_id),
-                self.key(KEY_PENDING),
-                self.key(KEY_EVENTS),
-                self.key(KEY_STATS),
-            ],
-            args=[
-                self.ttl_s,
-                self.stream_maxlen,
-                event_id,
-                seen,
-                _dumps(reward),
-                reward["reward"],
-            ],
-        )
+        keys = [
+            self.key(KEY_DECISION, event_id),
+            self.key(KEY_DONE, event_id),
+            self.key(KEY_PARTS, event_id),
+            self.key(KEY_PENDING),
+            self.key(KEY_EVENTS),
+            self.key(KEY_STATS),
+        ]
+        args = [self.ttl_s, self.stream_maxlen, event_id, seen, _dumps(reward), reward["reward"]]
+        result = await self._finals.call([self._finalize.sha, len(keys), *keys, *args])
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
