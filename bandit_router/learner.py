@@ -119,6 +119,8 @@ class Learner:
         self._acks: list[str] = []
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
+        self._started = 0  # steps started; the number of the newest one that read the log:
+        self._read = 0  # concurrent callers share a step that started after they called
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
 
     async def lead(self) -> bool:
@@ -147,7 +149,15 @@ class Learner:
         """Learn what is new in the log (and what a dead learner left); publish when due."""
         if not self.leading:
             return 0
+        # What the caller logged before this call is read by any step that starts from now on.
+        # Callers that queued behind the lock while one such step ran have their events
+        # learned already: concurrent /reward calls share one read of the log.
+        wanted = self._started + 1
         async with self._lock:
+            if self._read >= wanted:  # a step that started after this call has read the log
+                return 0
+            self._started += 1
+            number = self._started
             # A dead learner's events become claimable only after claim_idle_s, so looking
             # for them a few times per claim_idle_s is enough, not on every step: in a single
             # process a step runs in every /reward and this would be one more round trip.
@@ -157,6 +167,7 @@ class Learner:
                 self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
                 self._claimed = now
             events = await self.store.read_new(self.name, BATCH)
+            self._read = number
             learned = 0
             for event in events:
                 learned += self.model.learn(event, self.arms)
