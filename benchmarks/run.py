@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def _log(text: str) -> None:
 
 
 class Bench:
-    def __init__(self, reps: int, seconds: float, loop: str) -> None:
+    def __init__(self, reps: int, seconds: float, loop: str, baseline: str = "") -> None:
+        self.baseline = baseline
         self.reps = reps
         self.seconds = seconds
         self.loop = loop
@@ -89,23 +91,78 @@ class Bench:
             servers.append(one)
             two = service("svc2", ports[2], redis_url, "bench-2w", 2, self.loop)
             servers.append(two)
+            other = "asyncio" if self.loop in ("auto", "uvloop") else "uvloop"
+            alt = service("svc1-" + other, _free_port(), redis_url, "bench-alt", 1, other)
+            servers.append(alt)
+            base = self._baseline(redis_url) if self.baseline else None
+            if base is not None:
+                servers.append(base)
             for s in servers:  # warm-up: imports, JIT-free caches, Redis scripts, VW
                 run_wrk(s.port, seconds=1)
             for rep in range(self.reps):
                 self._http_rep(rep, ref, one, two)
+                self._loop_rep(one, alt, other)
+                if base is not None:
+                    self._baseline_rep(one, base)
         finally:
             for s in servers:
                 s.stop()
 
+    def _loop_rep(self, one: Server, alt: Server, other: str) -> None:
+        """The same service on the other event loop, at 16 and at 64 connections."""
+        s = self.seconds
+        parts = []
+        for conns in (16, 64):
+            mine = run_wrk(one.port, connections=conns, seconds=s, server=one)
+            theirs = run_wrk(alt.port, connections=conns, seconds=s, server=alt)
+            name = f"`/choose` 1 worker, {conns} connections: {other} loop / `{self.loop}` loop"
+            self.fig(f"loop{conns}", name, "ratio").values.append(theirs.rps / mine.rps)
+            name = f"`/choose` p99, 1 worker, {conns} connections, `{self.loop}` loop"
+            self.fig(f"loop{conns}_p99", name, "ms").values.append(mine.p99_ms)
+            name = f"`/choose` p99, 1 worker, {conns} connections, {other} loop"
+            self.fig(f"loop{conns}_p99o", name, "ms").values.append(theirs.p99_ms)
+            parts.append(
+                f"{conns} conns: {self.loop} {mine.rps:.0f}/s p99 {mine.p99_ms:.1f}ms, {other} "
+                f"{theirs.rps:.0f}/s p99 {theirs.p99_ms:.1f}ms"
+            )
+        self.raw.append("  loops: " + " | ".join(parts))
+        _log(self.raw[-1])
+
+    def _baseline(self, redis_url: str) -> Server:
+        """The service as it was at git revision ``self.baseline``, from a ``git archive``."""
+        code = ROOT / ".bench" / "baseline"
+        shutil.rmtree(code, ignore_errors=True)
+        code.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", self.baseline, "bandit_router"], cwd=ROOT, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+        return service("base", _free_port(), redis_url, "bench-base", 1, self.loop, code=code)
+
+    def _baseline_rep(self, one: Server, base: Server) -> None:
+        s = self.seconds
+        old = run_wrk(base.port, seconds=s, server=base)
+        new = run_wrk(one.port, seconds=s, server=one)
+        name = f"`/choose` 1 worker / the same at {self.baseline}"
+        self.fig("base_r", name, "ratio").values.append(new.rps / old.rps)
+        name = f"CPU per `/choose` at {self.baseline} / now"
+        self.fig("base_cpu", name, "ratio").values.append(old.cpu_us / new.cpu_us)
+        line = (
+            f"  baseline {self.baseline}: {old.rps:.0f}/s p99 {old.p99_ms:.1f}ms {old.cpu_us:.0f}us"
+            f" | now {new.rps:.0f}/s p99 {new.p99_ms:.1f}ms {new.cpu_us:.0f}us"
+        )
+        self.raw.append(line)
+        _log(line)
+
     def _http_rep(self, rep: int, ref: Server, one: Server, two: Server) -> None:
         s = self.seconds
-        b = run_wrk(ref.port, seconds=s)
-        c1 = run_wrk(one.port, seconds=s)
+        b = run_wrk(ref.port, seconds=s, server=ref)
+        c1 = run_wrk(one.port, seconds=s, server=one)
         probe = cpu_probe()
-        c2 = run_wrk(two.port, seconds=s)
+        c2 = run_wrk(two.port, seconds=s, server=two)
         v0 = request(one.port, "GET", "/healthz")[1]["model_version"]
         st0 = request(one.port, "GET", "/stats")[1]["rewards_accepted"]
-        pairs = run_wrk(one.port, "pairs.lua", seconds=s)
+        pairs = run_wrk(one.port, "pairs.lua", seconds=s, server=one)
         time.sleep(0.5)
         v1 = request(one.port, "GET", "/healthz")[1]["model_version"]
         st1 = request(one.port, "GET", "/stats")[1]["rewards_accepted"]
@@ -126,6 +183,13 @@ class Bench:
         self.fig(
             "p99", "`/choose` p99, 1 worker, 16 connections", "ms", "<= 5", "<= 5"
         ).values.append(c1.p99_ms)
+        self.fig("cpu_b", "bare FastAPI: server CPU per request", "us").values.append(b.cpu_us)
+        self.fig("cpu_1", "`/choose`: server CPU per request, 1 worker", "us").values.append(
+            c1.cpu_us
+        )
+        self.fig(
+            "cpu_r", "bare CPU per request / `/choose` CPU per request", "ratio"
+        ).values.append(b.cpu_us / c1.cpu_us)
         self.fig("c2", "`/choose`, 2 workers, 16 connections", "req/s").values.append(c2.rps)
         self.fig(
             "r2",
@@ -137,6 +201,11 @@ class Bench:
         self.fig("probe", "CPU probe: 2 busy processes / 1", "cores").values.append(probe)
         self.fig("p99_2", "`/choose` p99, 2 workers, 16 connections", "ms").values.append(c2.p99_ms)
         pair_rate = rewarded / pairs.seconds
+        pair_cpu = pairs.cpu_us * pairs.requests / max(rewarded, 1)
+        self.fig("cpu_p", "pairs: server CPU per pair", "us").values.append(pair_cpu)
+        self.fig("cpu_pr", "`/choose` CPU per request / CPU per pair", "ratio").values.append(
+            c1.cpu_us / pair_cpu
+        )
         self.fig(
             "pairs", "`/choose` + `/reward` pairs, learned inline, 1 worker", "pairs/s"
         ).values.append(pair_rate)
@@ -147,7 +216,8 @@ class Bench:
             "dropped", "pairs: rewards failed, not stored or not learned", "count", "0", "<= 0"
         ).values.append(dropped)
         line = (
-            f"rep {rep + 1}: bare {b.rps:.0f}/s p99 {b.p99_ms:.1f}ms | choose 1w {c1.rps:.0f}/s "
+            f"rep {rep + 1}: bare {b.rps:.0f}/s p99 {b.p99_ms:.1f}ms {b.cpu_us:.0f}us | choose 1w "
+            f"{c1.rps:.0f}/s {c1.cpu_us:.0f}us "
             f"p99 {c1.p99_ms:.1f}ms | probe {probe:.2f} | choose 2w {c2.rps:.0f}/s "
             f"p99 {c2.p99_ms:.1f}ms | pairs {pair_rate:.0f}/s ({rewarded} answered, {learned} "
             f"learned, {accepted} stored, {failed} failed): dropped {dropped}"
@@ -195,6 +265,8 @@ class Bench:
                 self.loop,
             )
             s.stop()
+            name = "start-up CPU time (user + system) to the first answered `/choose`"
+            self.fig("start_cpu", name, "s").values.append(s.started_cpu_s)
             self.fig(
                 "start", "start-up to the first answered `/choose`", "s", "<= 2", "<= 2"
             ).values.append(s.started_s)
@@ -324,10 +396,11 @@ def main() -> int:
     parser.add_argument("--loop", default=os.environ.get("BANDIT_LOOP", "auto"))
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--only", default="http,memory,startup,inproc")
+    parser.add_argument("--baseline", default="", help="also measure /choose at this git rev")
     args = parser.parse_args()
     (ROOT / ".bench").mkdir(exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    bench = Bench(args.reps, args.seconds, args.loop)
+    bench = Bench(args.reps, args.seconds, args.loop, args.baseline)
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisProcess(Path(tmp), binary="redis-server" if _has("redis-server") else None)
         redis.start()
@@ -352,8 +425,6 @@ def main() -> int:
 
 
 def _has(binary: str) -> bool:
-    import shutil
-
     return shutil.which(binary) is not None
 
 

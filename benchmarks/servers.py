@@ -31,6 +31,7 @@ class Load:
     requests: int
     failures: int  # non-2xx responses plus socket errors
     counts: dict[str, int] = field(default_factory=dict)
+    cpu_us: float = 0.0  # the server's CPU time per request, when it was given
 
 
 def wrk_command(port: int, script: str, connections: int, seconds: float) -> list[str]:
@@ -49,14 +50,29 @@ def wrk_command(port: int, script: str, connections: int, seconds: float) -> lis
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def _percentile(out: str, p: int) -> float:
+    found = re.search(rf"^\s+{p}%\s+(\S+)\s*$", out, re.MULTILINE)
+    assert found is not None, out
+    return _ms(found.group(1))
 
 
 def run_wrk(
-    port: int, script: str = "choose.lua", connections: int = 16, seconds: float = 5
+    port: int,
+    script: str = "choose.lua",
+    connections: int = 16,
+    seconds: float = 5,
+    server: Server | None = None,
 ) -> Load:
-    """Drive ``port`` for ``seconds`` with ``connections`` keep-alive connections (one thread)."""
+    """Drive ``port`` for ``seconds`` with ``connections`` keep-alive connections (one thread).
+
+    With ``server``, also the server's CPU time per request, which a busy machine inflates far
+    less than it cuts requests per second.
+    """
+    cpu_before = server.cpu_s() if server is not None else 0.0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     out = subprocess.run(
@@ -74,15 +90,17 @@ def run_wrk(
     failures = (int(non2xx.group(1)) if non2xx else 0) + (
         sum(int(g) for g in errors.groups()) if errors else 0
     )
+    cpu = server.cpu_s() - cpu_before if server is not None else 0.0
     counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out.split("PAIRS")[-1])}
     return Load(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        p50_ms=_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        p99_ms=_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_percentile(out, 50),
+        p99_ms=_percentile(out, 99),
         seconds=secs,
         requests=int(done.group(1)),
         failures=failures,
         counts=counts if "PAIRS" in out else {},
+        cpu_us=cpu / max(int(done.group(1)), 1) * 1e6,
     )
 
 
@@ -95,6 +113,13 @@ def request(port: int, method: str, path: str, body: str | None = None) -> tuple
         return response.status, json.loads(response.read() or b"null")
     finally:
         conn.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        out += [int(c) for c in task.read_text().split()]
+    return out
 
 
 class Server:
@@ -117,6 +142,18 @@ class Server:
                 raise RuntimeError(f"{name} did not start; see .bench/{name}.log")
             time.sleep(0.005)
         self.started_s = time.monotonic() - began
+        self.started_cpu_s = self.cpu_s()  # what start-up cost, whatever the machine's load
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the server and its worker processes (user + system)."""
+        total = 0.0
+        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def rss_mb(self) -> float:
         """Resident memory of the serving process (the uvicorn process with one worker)."""
@@ -136,18 +173,29 @@ class Server:
 
 
 def service(
-    name: str, port: int, redis_url: str, prefix: str, workers: int, loop: str, **settings: Any
+    name: str,
+    port: int,
+    redis_url: str,
+    prefix: str,
+    workers: int,
+    loop: str,
+    code: Path | None = None,
+    **settings: Any,
 ) -> Server:
+    """``bandit-router serve``; with ``code``, the package found there (an older version)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     values = {
         "redis_url": redis_url,
         "key_prefix": prefix,
         "log_level": "warning",
-        "loop": loop,
         "seed": 1,
         **settings,
     }
     env.update({f"BANDIT_{k.upper()}": str(v) for k, v in values.items()})
+    if loop != "auto":  # an older version may not know the setting
+        values["loop"] = loop
     argv = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)]
     return Server(name, [*argv, "--workers", str(workers)], env, port)
 
