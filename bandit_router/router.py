@@ -179,16 +179,23 @@ class Router:
     # Rewards
 
     async def reward(self, event_id: str, parts: RewardParts) -> RewardResult:
-        self._combine(parts.present())  # a call with no weighted part is refused, naming them
+        present = parts.present()
+        own = self._combine(present)  # a call with no weighted part is refused, naming them
         if event_id in self._buffer:
             await self.flush()  # its decision must be in Redis before a part can join it
-        got = await self.store.add_parts(event_id, parts.present())
+        final = None
+        if "reward" in present or self._weighted <= present.keys():
+            # Final by itself: if no other part came before, logged in the same round trip.
+            final = {"parts": present, "reward": own, "ts": time.time(), "default": False}
+        got = await self.store.add_parts(event_id, present, final)
         decision, merged = got.decision, got.parts
         value: float | None = None
-        if self._complete(decision, merged):
+        if got.logged is not None:
+            value = own
+        elif self._complete(decision, merged):
             value, merged = await self._finalize(event_id, merged)
-            if self.learner.leading:
-                await self.learner.step()  # the learner is here: learned before we answer
+        if value is not None and self.learner.leading:
+            await self.learner.step()  # the learner is here: learned before we answer
         return RewardResult(
             event_id=event_id,
             arm=decision["arm"],

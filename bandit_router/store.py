@@ -69,6 +69,34 @@ redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
 return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 """
 
+# _ADD_PARTS for a call whose parts make the reward final by themselves (every weighted part, or a
+# direct reward): if they are all the event's parts, it is logged at once as by _FINALIZE, in the
+# same round trip. KEYS those of _FINALIZE; ARGV ttl, wait, event id, maxlen, reward JSON,
+# reward value, then name/value pairs. Returns what _ADD_PARTS returns, or {3, decision, id}.
+_ADD_FINAL = """
+local d = redis.call('GET', KEYS[1])
+if not d then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local dups = {}
+for i = 7, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then table.insert(dups, ARGV[i]) end
+end
+if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 6) / 2 then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+  local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'd', d, 'r', ARGV[5])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('DEL', KEYS[3])
+  local arm = cjson.decode(d)['arm']
+  redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, ARGV[6])
+  return {3, d, id}
+end
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
+return {2, d, redis.call('HGETALL', KEYS[3]), dups}
+"""
+
 # KEYS decision, done, parts, pending, events, stats; ARGV ttl, maxlen, event id, n parts seen,
 # reward JSON, reward value. Returns {0} gone, {1} already final, {3} parts changed, {2, id}.
 _FINALIZE = """
@@ -206,6 +234,7 @@ class Parts:
     decision: dict[str, Any]
     parts: dict[str, float]
     duplicates: list[str]
+    logged: str | None = None  # the stream id, when these parts were logged as final at once
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
@@ -249,6 +278,8 @@ class Store:
         self._decisions = _GroupCommit(client, _SAVE_DECISION)
         self._parts = _GroupCommit(client, _ADD_PARTS)
         self._finals = _GroupCommit(client, _FINALIZE)
+        self._add_final_script = client.register_script(_ADD_FINAL)
+        self._add_final = _GroupCommit(client, _ADD_FINAL)
         self._add_parts = client.register_script(_ADD_PARTS)
         self._finalize = client.register_script(_FINALIZE)
         self._lease = client.register_script(_LEASE)
@@ -276,8 +307,15 @@ class Store:
         return orjson.loads(existing) if existing else None
 
     @_unavailable
-    async def add_parts(self, event_id: str, parts: dict[str, float]) -> Parts:
-        """Keep reward parts for ``event_id``; a part already there is kept as it was."""
+    async def add_parts(
+        self, event_id: str, parts: dict[str, float], final: dict[str, Any] | None = None
+    ) -> Parts:
+        """Keep reward parts for ``event_id``; a part already there is kept as it was.
+
+        With ``final`` (the reward these parts make by themselves), the event is also logged
+        with it, as ``finalize`` does, when these parts turn out to be all its parts; then
+        ``Parts.logged`` is the stream id.
+        """
         flat = [item for pair in parts.items() for item in pair]
         keys = [
             self.key(KEY_DECISION, event_id),
@@ -285,12 +323,22 @@ class Store:
             self.key(KEY_PARTS, event_id),
             self.key(KEY_PENDING),
         ]
-        args = [self.ttl_s, self.reward_wait_s, event_id, *flat]
-        result = await self._parts.call([self._add_parts.sha, len(keys), *keys, *args])
+        if final is None:
+            args = [self.ttl_s, self.reward_wait_s, event_id, *flat]
+            result = await self._parts.call([self._add_parts.sha, len(keys), *keys, *args])
+        else:
+            keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
+            args = [self.ttl_s, self.reward_wait_s, event_id, self.stream_maxlen]
+            args += [_dumps(final).decode(), final["reward"], *flat]
+            result = await self._add_final.call(
+                [self._add_final_script.sha, len(keys), *keys, *args]
+            )
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
             raise AlreadyRewarded(event_id)
+        if result[0] == 3:
+            return Parts(orjson.loads(result[1]), dict(parts), [], result[2].decode())
         pairs = result[2]
         merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
         return Parts(orjson.loads(result[1]), merged, [d.decode() for d in result[3]])
