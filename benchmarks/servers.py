@@ -125,12 +125,14 @@ def _children(pid: int) -> list[int]:
 class Server:
     """A server process on loopback; ``started_s`` is the time to its first answered /choose."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], port: int, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.port = port
         self.log = open(ROOT / ".bench" / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
         began = time.monotonic()
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=self.log)
         deadline = began + 60
         while True:
             try:
@@ -184,7 +186,7 @@ def service(
 ) -> Server:
     """``bandit-router serve``; with ``code``, the package found there (an older version)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
-    if code is not None:
+    if code is not None:  # `python -m` looks in its working directory first
         env["PYTHONPATH"] = str(code)
     values = {
         "redis_url": redis_url,
@@ -197,7 +199,7 @@ def service(
     if loop != "auto":  # an older version may not know the setting
         values["loop"] = loop
     argv = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)]
-    return Server(name, [*argv, "--workers", str(workers)], env, port)
+    return Server(name, [*argv, "--workers", str(workers)], env, port, code or ROOT)
 
 
 def bare(name: str, port: int, loop: str) -> Server:
