@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check bandit_router tests benchmarks
-	$(BIN)/ruff format --check bandit_router tests benchmarks
+	$(BIN)/ruff check bandit_router tests clients benchmarks
+	$(BIN)/ruff format --check bandit_router tests clients benchmarks
 	$(BIN)/mypy
 
 clean:

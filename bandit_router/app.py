@@ -7,46 +7,41 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bandit_router.dashboard import register_dashboard
+from bandit_router.docs import register_docs
 from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
+from bandit_router.estimates import BaselineCache
+from bandit_router.metrics import register_metrics
+from bandit_router.openapi import ADMIN, ADMIN_BODY, CHOOSE, DESCRIPTION, HEALTH, READ, REWARD, TAGS
 from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
 from bandit_router.router import ChooseResult, RewardResult, Router
 from bandit_router.schemas import (
+    ArmsResponse,
     ChooseRequest,
     ChooseResponse,
-    ErrorResponse,
+    HealthResponse,
     PolicyRequest,
+    PolicyResponse,
     RewardRequest,
     RewardResponse,
+    VersionResponse,
 )
 from bandit_router.security import BodyLimit, require_admin_key, require_api_key
 from bandit_router.settings import Settings
+from bandit_router.stats import StatsResponse, build_stats
 from bandit_router.store import Store, connect
 
 log = logging.getLogger("bandit_router")
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        401: "missing or wrong API key",
-        403: "admin endpoints disabled",
-        404: "unknown or expired event_id",
-        409: "the event was already rewarded",
-        413: "request body too large",
-        422: "invalid input; the message names the field and the allowed values",
-        503: "Redis unavailable; retry",
-    }.items()
-}
 
 
 async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
@@ -135,8 +130,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="bandit-router",
         summary="Learns which LLM size should answer each query.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by register_docs: the default needs a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -144,20 +143,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
+    register_metrics(app)
+    register_docs(app)
+    register_dashboard(app)
 
     # /choose and /reward answer with bytes made from the result's own fields: the response
     # models document them, and FastAPI's second validation and encoding pass is skipped.
-    # Without API keys configured the key check is left out rather than run to find nothing:
-    # FastAPI resolves a dependency and its two header sub-dependencies on every request.
-    keyed = [Depends(require_api_key)] if settings.api_keys else []
+    keyed = [Depends(require_api_key)]  # also without keys: the OpenAPI spec documents them
+    baseline_cache = BaselineCache()  # the dashboard's off-policy estimates, per process
 
-    @app.post("/choose", responses=ERRORS, dependencies=keyed, response_model=ChooseResponse)
+    @app.post(
+        "/choose",
+        responses=CHOOSE,
+        dependencies=keyed,
+        tags=["routing"],
+        response_model=ChooseResponse,
+    )
     async def choose(body: ChooseRequest, router: RouterDep) -> Response:
         """Pick the arm (model) for one query."""
         result = await router.choose(body.query, body.features, body.arms, body.event_id)
         return _json(_fields(result))
 
-    @app.post("/reward", responses=ERRORS, dependencies=keyed, response_model=RewardResponse)
+    @app.post(
+        "/reward",
+        responses=REWARD,
+        dependencies=keyed,
+        tags=["routing"],
+        response_model=RewardResponse,
+    )
     async def reward(body: RewardRequest, router: RouterDep) -> Response:
         """Report how the chosen model did, all parts at once or in several calls.
 
@@ -168,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = await router.reward(body.event_id, parts)
         return _json(_fields(result))
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
     async def healthz(router: RouterDep) -> JSONResponse:
         """Liveness and the Redis connection."""
         try:
@@ -185,34 +198,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/arms")
-    async def arms(router: RouterDep) -> dict[str, list[dict[str, Any]]]:
+    @app.get("/arms", tags=["operations"])
+    async def arms(router: RouterDep) -> ArmsResponse:
         """The configured arms and their features."""
-        return {"arms": [asdict(a) for a in router.arms]}
+        return ArmsResponse(arms=router.settings.arms)
 
-    @app.get("/stats", responses=ERRORS)
-    async def stats(router: RouterDep) -> dict[str, Any]:
-        """Per-arm decisions, rewards and mean reward (deployment-wide, from Redis)."""
-        return await router.stats()
+    @app.get("/stats", responses=READ, tags=["operations"])
+    async def stats(
+        router: RouterDep,
+        window: Annotated[
+            int, Query(ge=0, le=20_000, description="newest events to analyse", examples=[1000])
+        ] = 1000,
+        buckets: Annotated[
+            int, Query(ge=1, le=200, description="time buckets of the series", examples=[30])
+        ] = 30,
+    ) -> StatsResponse:
+        """Totals per arm, the settings, and what the newest logged events say (the dashboard's
+        data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
+        return await build_stats(router, baseline_cache, window, buckets)
 
     admin = [Depends(require_admin_key)]
 
-    @app.post("/admin/snapshot", responses=ERRORS, dependencies=admin)
-    async def admin_snapshot(router: RouterDep) -> dict[str, Any]:
+    @app.post("/admin/snapshot", responses=ADMIN, dependencies=admin, tags=["admin"])
+    async def admin_snapshot(router: RouterDep) -> VersionResponse:
         """Publish the learner's model to Redis now."""
         if not router.learner.leading:
             raise NotLearner()
-        return {"model_version": await router.learner.publish()}
+        return VersionResponse(model_version=await router.learner.publish())
 
-    @app.post("/admin/reset", responses=ERRORS, dependencies=admin)
-    async def admin_reset(router: RouterDep) -> dict[str, Any]:
+    @app.post("/admin/reset", responses=ADMIN, dependencies=admin, tags=["admin"])
+    async def admin_reset(router: RouterDep) -> VersionResponse:
         """Forget what was learned: a fresh model, learning from the next event on."""
         if not router.learner.leading:
             raise NotLearner()
-        return {"model_version": await router.learner.reset()}
+        return VersionResponse(model_version=await router.learner.reset())
 
-    @app.post("/admin/policy", responses=ERRORS, dependencies=admin)
-    async def admin_policy(body: PolicyRequest, router: RouterDep) -> dict[str, Any]:
+    @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
+    async def admin_policy(body: PolicyRequest, router: RouterDep) -> PolicyResponse:
         """Switch the policy; the learner relearns the new one from the whole log."""
         try:
             spec = parse_policy_spec(body.policy)
@@ -222,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await router.store.set_policy_override(str(spec))
         if router.learner.leading:
             await router.learner.switch(spec)
-        return {"policy": str(spec), "model_version": router.version}
+        return PolicyResponse(policy=str(spec), model_version=router.version)
 
     return app
 

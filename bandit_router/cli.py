@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from bandit_router.commands import add_commands
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("learn", help="run the learner on its own", description=learn.__doc__)
     p.set_defaults(func=learn)
     _add_export_evaluate(sub)
+    add_commands(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bandit_router.errors import StoreUnavailable
@@ -92,14 +93,21 @@ async def effective_spec(store: Store, settings: Settings) -> PolicySpec:
     return parse_policy_spec(override or settings.policy)
 
 
-async def load_model(store: Store, settings: Settings, spec: PolicySpec | None = None) -> Model:
-    """The newest snapshot plus every logged event after it."""
+async def load_model(
+    store: Store,
+    settings: Settings,
+    spec: PolicySpec | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Model:
+    """The newest snapshot plus every logged event after it (``progress``: events replayed)."""
     spec = spec or await effective_spec(store, settings)
     model = restore(await store.load_snapshot(), spec, settings)
     arms = {a.name: Arm.from_spec(a) for a in settings.arms}
     replayed = 0
     async for event in store.events(after=model.stream_id):
         replayed += model.learn(event, arms)
+        if progress is not None:
+            progress(replayed)
     log.info(
         "policy %s at model version %d (%d logged events replayed)", spec, model.version, replayed
     )
@@ -122,6 +130,8 @@ class Learner:
         self._started = 0  # steps started; the number of the newest one that read the log:
         self._read = 0  # concurrent callers share a step that started after they called
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
+        self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
+        self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
@@ -138,7 +148,7 @@ class Learner:
                 if snapshot is not None and snapshot.version > self.model.version:
                     self.model = restore(snapshot, self.model.spec, self.settings)
                 async for event in self.store.events(after=self.model.stream_id):
-                    self.model.learn(event, self.arms)
+                    self._learn(event)
                 published = snapshot.version if snapshot is not None else 0
                 self._published = (published, time.monotonic())
             log.info("learner %s leads at model version %d", self.name, self.model.version)
@@ -170,11 +180,18 @@ class Learner:
             self._read = number
             learned = 0
             for event in events:
-                learned += self.model.learn(event, self.arms)
+                learned += self._learn(event)
                 self._acks.append(event.stream_id)
             if self._due():
                 await self._publish()
             return learned
+
+    def _learn(self, event: Event) -> bool:
+        if not self.model.learn(event, self.arms):
+            return False
+        if self.on_learned is not None:
+            self.on_learned(event.decision["arm"], self.model.version)
+        return True
 
     def _due(self) -> bool:
         version, at = self._published
@@ -223,6 +240,8 @@ class Learner:
                     renewed = time.monotonic()
                 await self.step()
             except StoreUnavailable as e:
+                if self.on_redis_error is not None:
+                    self.on_redis_error("learner")
                 log.warning("learner waiting for Redis: %s", e)
                 self.leading = False
                 renewed = 0.0

@@ -174,6 +174,11 @@ def _resolve(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValu
     return params
 
 
+def effective_params(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValue]:
+    """Every parameter the policy runs with: the spec's, then the settings', then defaults."""
+    return _resolve(spec, settings)
+
+
 def build_policy(
     spec: PolicySpec | str, settings: Settings | None = None, seed: int | None = None
 ) -> Policy:

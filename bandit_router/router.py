@@ -21,6 +21,7 @@ from bandit_router.errors import (
 )
 from bandit_router.features import AppValue, extract
 from bandit_router.learner import Learner, Model, load_model, restore, wait_or_stop
+from bandit_router.metrics import Metrics
 from bandit_router.policies import Arm, parse_policy_spec
 from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
 from bandit_router.settings import Settings
@@ -70,6 +71,9 @@ class Router:
         self._weighted = {PART_FIELDS[k] for k, w in settings.reward_weights.items() if w > 0}
         self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
         self.buffer_dropped = 0
+        self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
+        learner.on_learned = self.metrics.learned
+        learner.on_redis_error = self.metrics.redis_error
 
     @classmethod
     async def open(cls, settings: Settings, store: Store) -> Router:
@@ -148,7 +152,12 @@ class Router:
             existing = await self._save(record)
         except StoreUnavailable:
             self._keep(record)
+            self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
+            self.metrics.degraded.set(1)
+            self.metrics.redis_error("choose")
             return _choose_result(record, degraded=True)
+        if existing is None:
+            self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
         return _choose_result(existing or record)
 
     async def _save(self, record: dict[str, Any]) -> dict[str, Any] | None:
@@ -174,6 +183,7 @@ class Router:
         if self.buffer_dropped:
             await self.store.count("decisions_dropped", self.buffer_dropped)
             self.buffer_dropped = 0
+        self.metrics.degraded.set(0)
         return written
 
     # Rewards
@@ -196,6 +206,7 @@ class Router:
             value, merged = await self._finalize(event_id, merged)
         if value is not None and self.learner.leading:
             await self.learner.step()  # the learner is here: learned before we answer
+        self.metrics.rewarded(decision["arm"], value)
         return RewardResult(
             event_id=event_id,
             arm=decision["arm"],
@@ -263,14 +274,14 @@ class Router:
     async def _flush_if_any(self) -> int:
         return await self.flush() if self._buffer else 0
 
-    @staticmethod
     async def _every(
-        stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
+        self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
     ) -> None:
         while not stop.is_set():
             try:
                 await job()
             except StoreUnavailable as e:
+                self.metrics.redis_error(job.__name__)
                 log.warning("%s waiting for Redis: %s", job.__name__, e)
             except Exception:  # a background job must not die silently; it retries next period
                 log.exception("%s failed", job.__name__)

@@ -14,9 +14,19 @@ REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
 class ArmSpec(BaseModel):
     """One arm as configured: a model name and the features it carries into the policy."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")
-    params_b: float | None = Field(default=None, gt=0, description="size, billions of parameters")
-    usd_per_mtok: float | None = Field(default=None, ge=0, description="price per million tokens")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:/-]+$",
+        description="the model's name, as /choose answers it",
+        examples=["7b"],
+    )
+    params_b: float | None = Field(
+        default=None, gt=0, description="size, billions of parameters", examples=[7]
+    )
+    usd_per_mtok: float | None = Field(
+        default=None, ge=0, description="price per million tokens, USD", examples=[0.2]
+    )
 
 
 DEFAULT_ARMS = (

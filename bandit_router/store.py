@@ -506,6 +506,18 @@ class Store:
         await self.redis.hincrby(self.key(KEY_STATS), name, by)
 
     @_unavailable
+    async def recent_events(self, count: int) -> list[Event]:
+        """The newest ``count`` joined events of the training log, oldest first."""
+        rows = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self.redis.xrevrange(self.key(KEY_EVENTS), count=count),
+        )
+        return [
+            Event(sid.decode(), orjson.loads(f[b"d"]), orjson.loads(f[b"r"]))
+            for sid, f in rows[::-1]
+        ]
+
+    @_unavailable
     async def counters(self) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
         return {k.decode(): float(v) for k, v in raw.items()}

@@ -37,3 +37,23 @@ def test_every_shared_namespace_interacts_with_the_arm() -> None:
     for ns in "QWNC":
         assert f"--interactions={ns}A" in args
     assert args[-2:] == ["--random_seed", "3"]
+
+
+def test_a_new_arm_is_scored_from_its_features_at_once() -> None:
+    """Trained where bigger arms pay more, VW ranks an unseen, still bigger arm first."""
+    import random
+
+    from bandit_router.features import extract
+    from bandit_router.policies import build_policy
+
+    policy = build_policy("egreedy:epsilon=0.1", seed=1)
+    known = [Arm("small", 2, 0.1), Arm("mid", 8, 0.2), Arm("large", 30, 0.4)]
+    rng = random.Random(1)
+    for _ in range(2000):
+        x = extract(f"question {rng.randrange(100)}")
+        d = policy.choose(x, known)
+        reward = {"small": 0.1, "mid": 0.4, "large": 0.7}[d.arm]
+        policy.learn(x, known, d.arm, d.probability, reward)
+    newcomer = Arm("huge", 120, 0.8)
+    probs = policy.choose(extract("question 7"), [*known, newcomer]).probabilities
+    assert max(probs, key=lambda k: probs[k]) == "huge"

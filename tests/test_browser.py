@@ -1,0 +1,142 @@
+"""The pages people look at, in a real headless Chromium: the dashboard and the API docs.
+
+The service runs under a real uvicorn on loopback. The tests need Debian's ``chromium`` and
+``chromium-driver`` (``.ci/run`` installs them) and are skipped, saying so, where they are absent.
+Screenshots go to the test's temporary folder, or to ``BANDIT_SCREENSHOT_DIR`` when it is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.live import serve
+
+ARMS = ("4b", "7b", "14b")
+__all__ = ["serve"]  # the fixture, imported
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip(
+            "no browser: needs Debian's chromium and chromium-driver (.ci/run installs them)"
+        )
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1900"):
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    chrome.set_page_load_timeout(30)
+    yield chrome
+    chrome.quit()
+
+
+def drive_traffic(base: str, n: int) -> None:
+    """Queries of three kinds; the 14b arm is accurate on code, the 4b arm on everything else."""
+    queries = ["def merge(a, b): return sorted(a + b)", "what is a prime", "hello, how are you"]
+    with httpx.Client(base_url=base) as http:
+        for i in range(n):
+            query = queries[i % 3]
+            d = http.post("/choose", json={"query": query}).json()
+            accurate = (d["arm"] == "14b") == query.startswith("def")
+            size = {"4b": 300, "7b": 600, "14b": 1200}[d["arm"]]
+            body = {"event_id": d["event_id"], "accuracy": 1.0 if accurate else 0.3}
+            body |= {"latency_ms": size + 10 * (i % 7), "rating": 5 if accurate else 2}
+            assert http.post("/reward", json=body).status_code == 200
+
+
+def screenshot_path(tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("BANDIT_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def _remote_resources(browser: webdriver.Chrome, base: str) -> list[str]:
+    names: list[str] = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    return [n for n in names if not n.startswith(base)]
+
+
+_CHARTS_JS = """
+const out = {};
+for (const svg of document.querySelectorAll("svg[data-chart]")) {
+  const series = {};
+  for (const s of svg.querySelectorAll("[data-series]"))
+    series[s.dataset.series] = s.dataset.values.split(" ").filter(Boolean).map(Number);
+  out[svg.dataset.chart] = {
+    max: Number(svg.dataset.max),
+    legend: [...svg.querySelectorAll("text.legend")].map(t => t.textContent),
+    series,
+  };
+}
+return out;
+"""
+
+
+def _charts(browser: webdriver.Chrome) -> dict[str, Any]:
+    """Every chart's data as drawn, read in one script call (the page redraws meanwhile)."""
+    charts: dict[str, Any] = browser.execute_script(_CHARTS_JS)
+    return charts
+
+
+def _text(browser: webdriver.Chrome, element_id: str) -> str:
+    text: str = browser.execute_script(f"return document.getElementById('{element_id}').innerText")
+    return text
+
+
+def _renders(browser: webdriver.Chrome) -> int:
+    return int(browser.execute_script("return Number(document.body.dataset.rendered || 0)"))
+
+
+def test_dashboard_renders_live_charts(
+    serve: Callable[..., str], browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    base = serve(policy="egreedy:epsilon=0.2")
+    drive_traffic(base, 150)
+    browser.get(f"{base}/dashboard?refresh=1")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda b: _renders(b) >= 1)
+    charts = _charts(browser)
+    for chart in ("share", "reward", "exploration", "arm-reward", "arm-accuracy", "arm-latency"):
+        assert charts[chart]["max"] > 0, chart
+    for chart in ("share", "reward", "arm-reward", "arm-accuracy", "arm-latency", "arm-rating"):
+        labels = {label.removeprefix("always ") for label in charts[chart]["legend"]}
+        assert set(ARMS) <= labels, (chart, labels)
+    for arm in ARMS:
+        assert any(v > 0 for v in charts["share"]["series"][arm]), arm
+    assert "egreedy:epsilon=0.2" in _text(browser, "settings")
+    assert "static" in _text(browser, "baselines")
+    # Live: more traffic shows up without a reload.
+    before = _text(browser, "cards")
+    drive_traffic(base, 3)
+    wait.until(lambda b: _text(b, "cards") != before)
+    assert _remote_resources(browser, base) == []
+    assert browser.save_screenshot(str(screenshot_path(tmp_path, "dashboard.png")))
+
+
+def test_docs_render_offline(
+    serve: Callable[..., str], browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    base = serve()
+    browser.get(f"{base}/docs")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= 4)
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/choose", "/reward", "/stats", "/metrics"} <= paths, paths
+    assert _remote_resources(browser, base) == []
+    assert browser.save_screenshot(str(screenshot_path(tmp_path, "docs.png")))

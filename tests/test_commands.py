@@ -1,0 +1,179 @@
+"""The operators' subcommands as run from a shell: status, snapshot, restore, config, --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bandit_router.cli import build_parser, main
+from bandit_router.settings import Settings
+from tests.conftest import ClientFactory, SettingsFactory
+from tests.live import serve
+
+__all__ = ["serve"]  # the fixture, imported
+
+QUERIES = ["def f(x): return x", "what is a cat", "explain why the sky is blue"]
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """Point the commands (which read BANDIT_* variables) at the test's Redis and prefix."""
+    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
+        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+
+
+def _traffic(client: TestClient, n: int) -> None:
+    for i in range(n):
+        d = client.post("/choose", json={"query": QUERIES[i % 3]}).json()
+        reward = 1.0 if d["arm"] == "14b" else 0.1
+        assert client.post("/reward", json={"event_id": d["event_id"], "reward": reward}).is_success
+
+
+def _probabilities(client: TestClient) -> list[dict[str, float]]:
+    return [client.post("/choose", json={"query": q}).json()["probabilities"] for q in QUERIES]
+
+
+def test_snapshot_then_restore_in_another_environment(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = make_settings(policy="egreedy:epsilon=0.2")
+    client = make_client(source)
+    _traffic(client, 40)
+    file = tmp_path / "model.json"
+    _use(monkeypatch, source)
+    assert main(["snapshot", str(file)]) == 0
+    doc = json.loads(file.read_text())
+    assert (doc["policy"], doc["model_version"]) == ("egreedy:epsilon=0.2", 40)
+    assert "model version 40" in capsys.readouterr().out
+    expected = _probabilities(client)
+
+    target = make_settings(policy="linucb")  # another environment, another policy configured
+    _use(monkeypatch, target)
+    assert main(["restore", str(file)]) == 0
+    out = capsys.readouterr().out
+    assert "model version 40 (another log)" in out
+    assert "egreedy:epsilon=0.2 set as the deployment's policy" in out
+    restored = make_client(target)
+    assert restored.get("/healthz").json()["model_version"] == 40
+    assert restored.get("/stats").json()["policy"] == "egreedy:epsilon=0.2"
+    for got, want in zip(_probabilities(restored), expected, strict=True):
+        assert got == pytest.approx(want)
+
+
+def test_restore_refuses_while_a_learner_runs(
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = make_client()
+    _traffic(client, 3)
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    _use(monkeypatch, settings)
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    assert main(["restore", str(file)]) == 1
+    assert "a learner holds the lease" in capsys.readouterr().err
+    assert main(["restore", "--force", str(file)]) == 0
+    assert "(this log: events after it are learned)" in capsys.readouterr().out
+
+
+def test_restore_refuses_a_damaged_file(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _use(monkeypatch, make_settings())
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    doc = json.loads(file.read_text())
+    doc["data"] = doc["data"][:-8] + "AAAAAAA="
+    file.write_text(json.dumps(doc))
+    assert main(["restore", str(file)]) == 1
+    assert "sha256" in capsys.readouterr().err
+    file.write_text("{}")
+    assert main(["restore", str(file)]) == 1
+    assert "not a bandit-router-snapshot file" in capsys.readouterr().err
+
+
+def test_status_from_redis_and_from_a_url(
+    serve: Callable[..., str],
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import httpx2 as httpx
+
+    settings = make_settings()
+    base = serve(**{k: getattr(settings, k) for k in ("key_prefix", "redis_url")})
+    with httpx.Client(base_url=base) as http:
+        for i in range(12):
+            d = http.post("/choose", json={"query": QUERIES[i % 3]}).json()
+            body = {"event_id": d["event_id"], "accuracy": 1, "rating": 5, "latency_ms": 400}
+            http.post("/reward", json=body)
+    _use(monkeypatch, settings)
+    assert main(["status"]) == 0
+    from_redis = capsys.readouterr().out
+    assert main(["status", "--url", base]) == 0
+    from_url = capsys.readouterr().out
+    for out in (from_redis, from_url):
+        assert "model version 12" in out and "rewards 12" in out
+        for name in ("4b", "7b", "14b", "static", "fixed:arm=14b"):
+            assert name in out
+    assert main(["status", "--url", base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rewards_accepted"] == 12
+    assert main(["status", "--url", "http://127.0.0.1:9"]) == 1
+    assert "cannot read http://127.0.0.1:9/stats" in capsys.readouterr().err
+
+
+def test_status_of_an_empty_deployment(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _use(monkeypatch, make_settings())
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "model version 0" in out and "window 0 events" in out
+
+
+def test_config_masks_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BANDIT_REDIS_URL", "rediss://app:s3cret@redis.internal:6380/0")
+    monkeypatch.setenv("BANDIT_API_KEYS", "key-one,key-two")
+    monkeypatch.setenv("BANDIT_ADMIN_KEY", "admin-secret")
+    monkeypatch.setenv("BANDIT_EPSILON", "0.1")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    for secret in ("s3cret", "key-one", "admin-secret"):
+        assert secret not in out
+    assert "rediss://app:****@redis.internal:6380/0" in out
+    assert "BANDIT_EPSILON" in out and "0.1" in out
+    assert main(["config", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["BANDIT_API_KEYS"] == ["****", "****"]
+    assert doc["BANDIT_ADMIN_KEY"] == "****"
+    assert doc["BANDIT_KEY_PREFIX"] == "bandit"
+
+
+def test_every_command_and_option_has_help() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in subparsers._choices_actions}
+    for name, sub in subparsers.choices.items():
+        assert helps.get(name), f"{name} has no one-line help"
+        assert sub.description, f"{name} --help has no description"
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        assert sub.format_help()
+    assert {"serve", "learn", "status", "snapshot", "restore", "config"} <= set(helps)
