@@ -106,9 +106,8 @@ def _query_stats(query: str) -> tuple[float, ...]:
 def _tokens(query: str) -> tuple[int, ...]:
     seen: dict[int, None] = {}
     crc32 = zlib.crc32  # token_hash, inlined: this loop runs once per word
-    # Hashing each distinct word once gives the same hashes in the same order of first use.
-    for word in dict.fromkeys(_WORD.findall(query.lower())):
-        seen.setdefault(crc32(word.encode("utf-8")), None)
+    for word in _WORD.finditer(query.lower()):  # lazily: a long query stops at MAX_TOKENS
+        seen.setdefault(crc32(word.group().encode("utf-8")), None)
         if len(seen) >= MAX_TOKENS:
             break
     return tuple(seen)
