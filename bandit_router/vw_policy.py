@@ -92,10 +92,18 @@ def _arm_features(arm: Arm) -> str:
 
 
 def adf_example(
-    x: Features, arms: Sequence[Arm], chosen: int | None = None, cost: float = 0.0, p: float = 1.0
+    x: Features,
+    arms: Sequence[Arm],
+    chosen: int | None = None,
+    cost: float = 0.0,
+    p: float = 1.0,
+    shared: str | None = None,
 ) -> list[str]:
-    """The ADF example as text lines; with ``chosen``, the label ``0:cost:p`` on that arm."""
-    lines = [shared_line(x)]
+    """The ADF example as text lines; with ``chosen``, the label ``0:cost:p`` on that arm.
+
+    ``shared``: ``shared_line(x)`` when the caller has it already.
+    """
+    lines = [shared_line(x) if shared is None else shared]
     for i, arm in enumerate(arms):
         lines.append(arm_line(arm, f"0:{_num(cost)}:{_num(p)}" if i == chosen else ""))
     return lines
@@ -130,6 +138,7 @@ class VWPolicy:
         self._args = vw_arguments(name, params, None if model else seed)
         self._rng = np.random.default_rng(seed)
         self._vw = self._workspace(model)
+        self._last_shared: tuple[Features, str] | None = None
 
     def _check(self, params: Mapping[str, ParamValue]) -> None:
         for key in ("epsilon",):
@@ -158,7 +167,9 @@ class VWPolicy:
             raise ValueError(f"policy {self.name}: VW rejected {' '.join(self._args)}: {e}") from e
 
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
-        examples = _NATIVE._parse(self._vw, "\n".join(adf_example(x, arms)))
+        shared = shared_line(x)
+        self._last_shared = (x, shared)  # learning this context next reuses its shared line
+        examples = _NATIVE._parse(self._vw, "\n".join(adf_example(x, arms, shared=shared)))
         try:
             _NATIVE.predict_multi(self._vw, examples)
             pmf = examples[0].get_action_scores()  # the ACTION_PROBS pyvw's predict returns
@@ -170,7 +181,9 @@ class VWPolicy:
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
         cost = -reward  # VW minimises cost; our reward is in [0, 1], higher is better
-        lines = adf_example(x, arms, index_of(arms, arm), cost, probability)
+        last, self._last_shared = self._last_shared, None
+        shared = last[1] if last is not None and last[0] is x else None
+        lines = adf_example(x, arms, index_of(arms, arm), cost, probability, shared)
         examples = _NATIVE._parse(self._vw, "\n".join(lines))
         try:
             _NATIVE.learn_multi(self._vw, examples)

@@ -17,7 +17,7 @@ from bandit_router.features import Features, extract
 from bandit_router.learner import Learner, fresh_model
 from bandit_router.linucb import LinUCB, dense_vector
 from bandit_router.policies import Arm, ParamValue, build_policy, parse_policy_spec
-from bandit_router.rewards import RewardConfig, RewardParts
+from bandit_router.rewards import RewardParts
 from bandit_router.router import Router, reward_config
 from bandit_router.settings import Settings
 from bandit_router.store import KEY_EVENTS, Store, connect
@@ -63,31 +63,40 @@ def egreedy(seed: int = 1) -> pyvw.Workspace:
     return pyvw.Workspace(arg_list=vw_arguments("egreedy", params, seed))
 
 
-def bare_vw_loop(examples: list[tuple[list[str], list[str]]]) -> float:
-    """Steps per second of pyvw alone: predict then learn, on prebuilt text examples."""
-    vw = egreedy()
-    began = time.perf_counter()
-    for unlabelled, labelled in examples:
-        vw.predict(unlabelled)
-        vw.learn(labelled)
-    elapsed = time.perf_counter() - began
-    vw.finish()
-    return len(examples) / elapsed
+class Reference:
+    """The bare pyvw loop, run in chunks interleaved with what it is compared to.
 
+    A noisy machine changes speed over seconds; alternating chunks of a few hundred steps
+    gives both sides the same conditions. ``text`` is pyvw's public API (``predict`` and
+    ``learn`` on text lines); ``native`` the native calls ``VWPolicy`` makes.
+    """
 
-def native_vw_loop(examples: list[tuple[list[str], list[str]]]) -> float:
-    """The same loop on pyvw's native layer (what VWPolicy calls), without Example wrappers."""
-    vw = egreedy()
-    native = pyvw.pylibvw.vw
-    began = time.perf_counter()
-    for unlabelled, labelled in examples:
-        for lines, call in ((unlabelled, native.predict_multi), (labelled, native.learn_multi)):
-            parsed = native._parse(vw, "\n".join(lines))
-            call(vw, parsed)
-            native._finish_example_multi_ex(vw, parsed)
-    elapsed = time.perf_counter() - began
-    vw.finish()
-    return len(examples) / elapsed
+    def __init__(self) -> None:
+        self.text_vw, self.native_vw = egreedy(), egreedy()
+        self.text_s = self.native_s = 0.0
+        self.steps = 0
+
+    def run(self, examples: list[tuple[list[str], list[str]]]) -> None:
+        began = time.perf_counter()
+        for unlabelled, labelled in examples:
+            self.text_vw.predict(unlabelled)
+            self.text_vw.learn(labelled)
+        self.text_s += time.perf_counter() - began
+        native = pyvw.pylibvw.vw
+        began = time.perf_counter()
+        for unlabelled, labelled in examples:
+            for lines, call in ((unlabelled, native.predict_multi), (labelled, native.learn_multi)):
+                parsed = native._parse(self.native_vw, "\n".join(lines))
+                call(self.native_vw, parsed)
+                native._finish_example_multi_ex(self.native_vw, parsed)
+        self.native_s += time.perf_counter() - began
+        self.steps += len(examples)
+
+    def rates(self) -> tuple[float, float]:
+        """Steps per second of the text API and of the native calls."""
+        self.text_vw.finish()
+        self.native_vw.finish()
+        return self.steps / self.text_s, self.steps / self.native_s
 
 
 def logged_examples(
@@ -107,29 +116,28 @@ def logged_examples(
 Step = tuple[Features, str, float, float]  # features, arm, propensity, reward
 
 
-def simulate(
-    stream: list[tuple[str, dict[str, Any]]], config: RewardConfig
-) -> tuple[float, list[Step]]:
-    """Replay steps per second through the public APIs: extract, choose, combine, learn."""
-    policy = build_policy(parse_policy_spec("egreedy"), Settings(seed=1), 1)
-    steps: list[Step] = []
-    began = time.perf_counter()
-    for query, app in stream:
-        x = extract(query, app)
-        d = policy.choose(x, ARMS)
-        r = config.combine(RewardParts(accuracy=truth(x, d.arm), latency_ms=400.0))
-        policy.learn(x, ARMS, d.arm, d.probability, r)
-        steps.append((x, d.arm, d.probability, r))
-    return len(stream) / (time.perf_counter() - began), steps
+def simulator_ratio(n: int, chunk: int = 250) -> tuple[float, float, float]:
+    """(simulator steps/s, bare pyvw text-API steps/s, native-layer steps/s), interleaved.
 
-
-def simulator_ratio(n: int) -> tuple[float, float, float]:
-    """(simulator steps/s, bare pyvw steps/s, native-layer pyvw steps/s), back to back."""
+    The simulator's step, through the public APIs: extract, choose, combine, learn.
+    """
     stream = queries(n)
     config = reward_config(Settings())
-    sim, steps = simulate(stream, config)
-    ref = bare_vw_loop(logged_examples(steps))
-    return sim, ref, native_vw_loop(logged_examples(steps))
+    policy = build_policy(parse_policy_spec("egreedy"), Settings(seed=1), 1)
+    reference = Reference()
+    sim_s = 0.0
+    for k in range(0, n, chunk):
+        steps: list[Step] = []
+        began = time.perf_counter()
+        for query, app in stream[k : k + chunk]:
+            x = extract(query, app)
+            d = policy.choose(x, ARMS)
+            r = config.combine(RewardParts(accuracy=truth(x, d.arm), latency_ms=400.0))
+            policy.learn(x, ARMS, d.arm, d.probability, r)
+            steps.append((x, d.arm, d.probability, r))
+        sim_s += time.perf_counter() - began
+        reference.run(logged_examples(steps))
+    return (n / sim_s, *reference.rates())
 
 
 # --- the learner --------------------------------------------------------------------------
@@ -152,8 +160,11 @@ async def _fill(url: str, prefix: str, n: int) -> list[Step]:
     return steps
 
 
-async def _learn_all(url: str, source: str, n: int) -> float:
-    """Events per second a leading learner learns from the stream via its consumer group."""
+async def _learn_all(
+    url: str, source: str, n: int, examples: list[tuple[list[str], list[str]]]
+) -> tuple[float, float, float]:
+    """Events per second a leading learner learns from the stream via its consumer group,
+    interleaved with the bare pyvw loop on the same examples (as many after each step)."""
     prefix = f"bench-learn-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=url, key_prefix=prefix, seed=1)
     store = Store(connect(url), prefix, settings.reward_wait_s, settings.stream_maxlen)
@@ -164,27 +175,26 @@ async def _learn_all(url: str, source: str, n: int) -> float:
         for _, fields in rows:
             pipe.xadd(store.key(KEY_EVENTS), fields)
         await pipe.execute()
-    began = time.perf_counter()
-    learned = 0
+    reference = Reference()
+    learned, learn_s = 0, 0.0
     while learned < n:
-        learned += await learner.step()
-    elapsed = time.perf_counter() - began
+        began = time.perf_counter()
+        got = await learner.step()
+        learn_s += time.perf_counter() - began
+        reference.run(examples[learned : learned + got])
+        learned += got
     await learner.close()
     await store.clear()
     await store.close()
-    return n / elapsed
+    return (n / learn_s, *reference.rates())
 
 
 def learner_ratios(url: str, n: int, reps: int) -> list[tuple[float, float, float]]:
-    """[(learner events/s, bare pyvw steps/s, native-layer steps/s)] for ``reps`` runs."""
+    """[(learner events/s, bare pyvw text-API steps/s, native-layer steps/s)] for ``reps``."""
     source = f"bench-fill-{uuid.uuid4().hex[:8]}"
     steps = asyncio.run(_fill(url, source, n))
     examples = logged_examples(steps)
-    out = []
-    for _ in range(reps):
-        ref = bare_vw_loop(examples)
-        got = asyncio.run(_learn_all(url, source, n))
-        out.append((got, ref, native_vw_loop(examples)))
+    out = [asyncio.run(_learn_all(url, source, n, examples)) for _ in range(reps)]
     asyncio.run(_clear(url, source))
     return out
 
@@ -198,14 +208,15 @@ async def _clear(url: str, prefix: str) -> None:
 # --- LinUCB against MABWiser --------------------------------------------------------------
 
 
-def _timed(n: int, step: Callable[[int], None]) -> float:
+def _timed(indices: range, step: Callable[[int], None]) -> float:
+    """Seconds ``step`` takes over ``indices``."""
     began = time.perf_counter()
-    for i in range(n):
+    for i in indices:
         step(i)
-    return n / (time.perf_counter() - began)
+    return time.perf_counter() - began
 
 
-def linucb_ratio(n: int, dim: int = 64) -> tuple[float, float, float]:
+def linucb_ratio(n: int, dim: int = 64, chunk: int = 100) -> tuple[float, float, float]:
     """(ours steps/s, MABWiser steps/s, ratio): choose + learn on the same contexts at d = dim."""
     from mabwiser.mab import MAB, LearningPolicy
 
@@ -227,6 +238,8 @@ def linucb_ratio(n: int, dim: int = 64) -> tuple[float, float, float]:
         arm = mab.predict(row)
         mab.partial_fit([arm], [truth(xs[i], arm)], row)
 
-    theirs = _timed(n, mab_step)
-    mine = _timed(n, ours_step)
-    return mine, theirs, mine / theirs
+    mine_s = theirs_s = 0.0
+    for k in range(0, n, chunk):  # interleaved chunks: both sides see the same machine
+        theirs_s += _timed(range(k, min(k + chunk, n)), mab_step)
+        mine_s += _timed(range(k, min(k + chunk, n)), ours_step)
+    return n / mine_s, n / theirs_s, theirs_s / mine_s
