@@ -31,7 +31,7 @@ clean:
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}
 
-# Not part of `make test`: about 8 minutes; needs wrk (apt-get install -y wrk). Writes BENCHMARKS.md.
+# Not part of `make test`: 8-15 minutes; needs wrk (apt-get install -y wrk). Writes BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run --reps $${BENCH_REPS:-5} --seconds $${BENCH_SECONDS:-5}
