@@ -82,10 +82,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
     log_level: str = Field(default="info", description="uvicorn and service log level")
     loop: Literal["auto", "asyncio", "uvloop"] = Field(
-        # asyncio, measured: with httptools it served more /choose than uvloop at 16
-        # connections in every repetition of `make bench` (see BENCHMARKS.md).
-        default="asyncio",
-        description="uvicorn's event loop: asyncio, uvloop, or auto (uvloop when installed)",
+        default="auto", description="uvicorn's event loop (auto: uvloop when installed)"
     )
 
     redis_url: str | None = Field(

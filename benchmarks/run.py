@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from bandit_router.settings import Settings
 from benchmarks import inproc
 from benchmarks.servers import (
     ROOT,
@@ -93,7 +92,6 @@ class Bench:
             two = service("svc2", ports[2], redis_url, "bench-2w", 2, self.loop)
             servers.append(two)
             other = "asyncio" if self.loop in ("auto", "uvloop") else "uvloop"
-            # The 2-worker service runs on the chosen loop too; uvloop is compared at 1 worker.
             alt = service("svc1-" + other, _free_port(), redis_url, "bench-alt", 1, other)
             servers.append(alt)
             base = self._baseline(redis_url) if self.baseline else None
@@ -395,8 +393,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
-    default_loop = str(Settings.model_fields["loop"].default)
-    parser.add_argument("--loop", default=os.environ.get("BANDIT_LOOP", default_loop))
+    parser.add_argument("--loop", default=os.environ.get("BANDIT_LOOP", "auto"))
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--only", default="http,memory,startup,inproc")
     parser.add_argument("--baseline", default="", help="also measure /choose at this git rev")

@@ -196,7 +196,7 @@ def service(
         **settings,
     }
     env.update({f"BANDIT_{k.upper()}": str(v) for k, v in values.items()})
-    if code is None:  # an older version may not know the setting (and ran uvloop)
+    if loop != "auto":  # an older version may not know the setting
         values["loop"] = loop
     argv = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)]
     return Server(name, [*argv, "--workers", str(workers)], env, port, code or ROOT)
