@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean setup soak
+.PHONY: run test lint clean setup soak bench
 
 setup: $(STAMP)
 
@@ -21,12 +21,17 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check bandit_router tests clients simulations
-	$(BIN)/ruff format --check bandit_router tests clients simulations
+	$(BIN)/ruff check bandit_router tests clients simulations benchmarks
+	$(BIN)/ruff format --check bandit_router tests clients simulations benchmarks
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .bench
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}
+
+# Not part of `make test`: 8-15 minutes; needs wrk (apt-get install -y wrk). Writes BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.run --reps $${BENCH_REPS:-5} --seconds $${BENCH_SECONDS:-5}

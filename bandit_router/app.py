@@ -7,12 +7,12 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_router.dashboard import register_dashboard
@@ -24,7 +24,7 @@ from bandit_router.metrics import register_metrics
 from bandit_router.openapi import ADMIN, ADMIN_BODY, CHOOSE, DESCRIPTION, HEALTH, READ, REWARD, TAGS
 from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
-from bandit_router.router import Router
+from bandit_router.router import ChooseResult, RewardResult, Router
 from bandit_router.schemas import (
     ArmsResponse,
     ChooseRequest,
@@ -44,12 +44,20 @@ from bandit_router.store import Store, connect
 log = logging.getLogger("bandit_router")
 
 
-def get_router(request: Request) -> Router:
+async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
     router: Router = request.app.state.router
     return router
 
 
 RouterDep = Annotated[Router, Depends(get_router)]
+
+
+def _fields(result: ChooseResult | RewardResult) -> dict[str, Any]:
+    return {name: getattr(result, name) for name in result.__slots__}
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _error(status: int, detail: str, field: str | None = None) -> JSONResponse:
@@ -139,17 +147,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_docs(app)
     register_dashboard(app)
 
-    keyed = [Depends(require_api_key)]
+    # /choose and /reward answer with bytes made from the result's own fields: the response
+    # models document them, and FastAPI's second validation and encoding pass is skipped.
+    keyed = [Depends(require_api_key)]  # also without keys: the OpenAPI spec documents them
     baseline_cache = BaselineCache()  # the dashboard's off-policy estimates, per process
 
-    @app.post("/choose", responses=CHOOSE, dependencies=keyed, tags=["routing"])
-    async def choose(body: ChooseRequest, router: RouterDep) -> ChooseResponse:
+    @app.post(
+        "/choose",
+        responses=CHOOSE,
+        dependencies=keyed,
+        tags=["routing"],
+        response_model=ChooseResponse,
+    )
+    async def choose(body: ChooseRequest, router: RouterDep) -> Response:
         """Pick the arm (model) for one query."""
         result = await router.choose(body.query, body.features, body.arms, body.event_id)
-        return ChooseResponse(**asdict(result))
+        return _json(_fields(result))
 
-    @app.post("/reward", responses=REWARD, dependencies=keyed, tags=["routing"])
-    async def reward(body: RewardRequest, router: RouterDep) -> RewardResponse:
+    @app.post(
+        "/reward",
+        responses=REWARD,
+        dependencies=keyed,
+        tags=["routing"],
+        response_model=RewardResponse,
+    )
+    async def reward(body: RewardRequest, router: RouterDep) -> Response:
         """Report how the chosen model did, all parts at once or in several calls.
 
         The event is learned once: when every weighted part has arrived (or a direct `reward`),
@@ -157,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id", "final"}))
         result = await router.reward(body.event_id, parts, final=body.final)
-        return RewardResponse(**asdict(result))
+        return _json(_fields(result))
 
     @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
     async def healthz(router: RouterDep) -> JSONResponse:

@@ -48,7 +48,12 @@ def serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             http="httptools",
+            loop=settings.loop,
             log_level=settings.log_level,
+            # A spawned worker answers uvicorn's health pings only once its interpreter is up;
+            # on a loaded machine that took over the default 5 s, and uvicorn killed and
+            # respawned workers in a loop. A hung worker is still replaced, 30 s on.
+            timeout_worker_healthcheck=30,
         )
     finally:
         if embedded is not None:

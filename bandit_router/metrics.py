@@ -79,6 +79,7 @@ class Metrics:
         )
         self._init_gauges(r)
         self._recent: deque[bool] = deque(maxlen=EXPLORATION_WINDOW)
+        self._explored = 0  # how many of _recent are True
         for arm in arms:  # every arm's series exists (at 0) from the start
             self.decisions.labels(arm, policy)
             self.exploratory.labels(arm, policy)
@@ -115,8 +116,11 @@ class Metrics:
         explored = not is_greedy(arm, probabilities)
         if explored:
             self.exploratory.labels(arm, policy).inc()
+        if len(self._recent) == self._recent.maxlen:
+            self._explored -= self._recent[0]  # leaves the window with the append below
         self._recent.append(explored)
-        self.exploration_rate.set(sum(self._recent) / len(self._recent))
+        self._explored += explored  # a running count: summing the window cost O(window)
+        self.exploration_rate.set(self._explored / len(self._recent))
 
     def rewarded(self, arm: str, reward: float | None) -> None:
         """A reward call accepted; ``reward`` is the combined value once final, else None."""

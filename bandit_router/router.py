@@ -191,19 +191,24 @@ class Router:
     async def reward(self, event_id: str, parts: RewardParts, final: bool = False) -> RewardResult:
         """Keep the parts; learn the event once it is complete, or now with ``final``."""
         present = parts.present()
-        if present or not final:
-            self._combine(present)  # a call with no weighted part is refused, naming them
+        own = self._combine(present) if present or not final else None  # no weighted part: 422
         if event_id in self._buffer:
             await self.flush()  # its decision must be in Redis before a part can join it
-        got = await self.store.add_parts(event_id, present)
+        alone = None
+        if own is not None and (final or "reward" in present or self._weighted <= present.keys()):
+            # Final by itself: if no other part came before, logged in the same round trip.
+            alone = {"parts": present, "reward": own, "ts": time.time(), "default": False}
+        got = await self.store.add_parts(event_id, present, alone)
         decision, merged = got.decision, got.parts
         value: float | None = None
-        if final or self._complete(decision, merged):
+        if got.logged is not None:
+            value = own
+        elif final or self._complete(decision, merged):
             if not merged and self.settings.default_reward is None:
                 self._combine(merged)  # nothing to learn from: 422 naming the parts to send
             value, merged = await self._finalize(event_id, merged)
-            if self.learner.leading:
-                await self.learner.step()  # the learner is here: learned before we answer
+        if value is not None and self.learner.leading:
+            await self.learner.step()  # the learner is here: learned before we answer
         self.metrics.rewarded(decision["arm"], value)
         return RewardResult(
             event_id=event_id,

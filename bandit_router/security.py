@@ -39,7 +39,9 @@ def _given(header: str | None, bearer: HTTPAuthorizationCredentials | None) -> s
     return header if header is not None else (bearer.credentials if bearer else None)
 
 
-def require_api_key(
+# Both are ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop
+# that cost more than the whole feature extraction on every request.
+async def require_api_key(
     request: Request,
     header: Annotated[str | None, Depends(_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -53,7 +55,7 @@ def require_api_key(
         )
 
 
-def require_admin_key(
+async def require_admin_key(
     request: Request,
     header: Annotated[str | None, Depends(_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

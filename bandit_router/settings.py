@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="port `serve` listens on")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
     log_level: str = Field(default="info", description="uvicorn and service log level")
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", description="uvicorn's event loop (auto: uvloop when installed)"
+    )
 
     redis_url: str | None = Field(
         default=None,

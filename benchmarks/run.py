@@ -1,0 +1,432 @@
+"""``make bench``: measure the service beside its references and write BENCHMARKS.md.
+
+Starts its own redis-server, the service (1 and 2 workers) and a bare FastAPI app on loopback,
+drives each with wrk for a fixed time, runs the in-process figures, and writes every figure as
+the median and spread of several runs; a figure with a reference is the ratio of two
+measurements taken back to back in the same repetition.
+
+    python -m benchmarks.run [--reps 5] [--seconds 5] [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks import inproc
+from benchmarks.servers import (
+    ROOT,
+    Server,
+    bare,
+    cpu_probe,
+    request,
+    run_wrk,
+    service,
+    wrk_command,
+)
+from tests.conftest import RedisProcess, _free_port
+
+
+@dataclass
+class Figure:
+    name: str
+    unit: str
+    target: str = ""
+    ok: str = ""  # "<= 5", ">= 0.7": how the median is judged against the target
+    values: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def met(self) -> str:
+        if not self.ok or not self.values:
+            return ""
+        op, bound = self.ok.split()
+        good = self.median >= float(bound) if op == ">=" else self.median <= float(bound)
+        return "yes" if good else "**no**"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+
+
+def _log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, reps: int, seconds: float, loop: str, baseline: str = "") -> None:
+        self.baseline = baseline
+        self.reps = reps
+        self.seconds = seconds
+        self.loop = loop
+        self.figures: dict[str, Figure] = {}
+        self.raw: list[str] = []
+        self.probes: list[float] = []
+
+    def fig(self, key: str, name: str, unit: str, target: str = "", ok: str = "") -> Figure:
+        return self.figures.setdefault(key, Figure(name, unit, target, ok))
+
+    def http(self, redis_url: str) -> None:
+        ports = [_free_port() for _ in range(3)]
+        _log("starting the bare app and the service with 1 and 2 workers")
+        servers: list[Server] = []
+        try:
+            ref = bare("bare", ports[0], self.loop)
+            servers.append(ref)
+            one = service("svc1", ports[1], redis_url, "bench-1w", 1, self.loop)
+            servers.append(one)
+            two = service("svc2", ports[2], redis_url, "bench-2w", 2, self.loop)
+            servers.append(two)
+            other = "asyncio" if self.loop in ("auto", "uvloop") else "uvloop"
+            alt = service("svc1-" + other, _free_port(), redis_url, "bench-alt", 1, other)
+            servers.append(alt)
+            base = self._baseline(redis_url) if self.baseline else None
+            if base is not None:
+                servers.append(base)
+            for s in servers:  # warm-up: imports, JIT-free caches, Redis scripts, VW
+                run_wrk(s.port, seconds=1)
+            for rep in range(self.reps):
+                self._http_rep(rep, ref, one, two)
+                self._loop_rep(one, alt, other)
+                if base is not None:
+                    self._baseline_rep(one, base)
+        finally:
+            for s in servers:
+                s.stop()
+
+    def _loop_rep(self, one: Server, alt: Server, other: str) -> None:
+        """The same service on the other event loop, at 16 and at 64 connections."""
+        s = self.seconds
+        parts = []
+        for conns in (16, 64):
+            mine = run_wrk(one.port, connections=conns, seconds=s, server=one)
+            theirs = run_wrk(alt.port, connections=conns, seconds=s, server=alt)
+            name = f"`/choose` 1 worker, {conns} connections: {other} loop / `{self.loop}` loop"
+            self.fig(f"loop{conns}", name, "ratio").values.append(theirs.rps / mine.rps)
+            name = f"`/choose` p99, 1 worker, {conns} connections, `{self.loop}` loop"
+            self.fig(f"loop{conns}_p99", name, "ms").values.append(mine.p99_ms)
+            name = f"`/choose` p99, 1 worker, {conns} connections, {other} loop"
+            self.fig(f"loop{conns}_p99o", name, "ms").values.append(theirs.p99_ms)
+            parts.append(
+                f"{conns} conns: {self.loop} {mine.rps:.0f}/s p99 {mine.p99_ms:.1f}ms, {other} "
+                f"{theirs.rps:.0f}/s p99 {theirs.p99_ms:.1f}ms"
+            )
+        self.raw.append("  loops: " + " | ".join(parts))
+        _log(self.raw[-1])
+
+    def _baseline(self, redis_url: str) -> Server:
+        """The service as it was at git revision ``self.baseline``, from a ``git archive``."""
+        code = ROOT / ".bench" / "baseline"
+        shutil.rmtree(code, ignore_errors=True)
+        code.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", self.baseline, "bandit_router"], cwd=ROOT, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+        return service("base", _free_port(), redis_url, "bench-base", 1, self.loop, code=code)
+
+    def _baseline_rep(self, one: Server, base: Server) -> None:
+        s = self.seconds
+        old = run_wrk(base.port, seconds=s, server=base)
+        new = run_wrk(one.port, seconds=s, server=one)
+        name = f"`/choose` 1 worker / the same at {self.baseline}"
+        self.fig("base_r", name, "ratio").values.append(new.rps / old.rps)
+        name = f"CPU per `/choose` at {self.baseline} / now"
+        self.fig("base_cpu", name, "ratio").values.append(old.cpu_us / new.cpu_us)
+        line = (
+            f"  baseline {self.baseline}: {old.rps:.0f}/s p99 {old.p99_ms:.1f}ms {old.cpu_us:.0f}us"
+            f" | now {new.rps:.0f}/s p99 {new.p99_ms:.1f}ms {new.cpu_us:.0f}us"
+        )
+        self.raw.append(line)
+        _log(line)
+
+    def _http_rep(self, rep: int, ref: Server, one: Server, two: Server) -> None:
+        s = self.seconds
+        b = run_wrk(ref.port, seconds=s, server=ref)
+        c1 = run_wrk(one.port, seconds=s, server=one)
+        probe = cpu_probe()
+        c2 = run_wrk(two.port, seconds=s, server=two)
+        v0 = request(one.port, "GET", "/healthz")[1]["model_version"]
+        st0 = request(one.port, "GET", "/stats")[1]["rewards_accepted"]
+        pairs = run_wrk(one.port, "pairs.lua", seconds=s, server=one)
+        time.sleep(0.5)
+        v1 = request(one.port, "GET", "/healthz")[1]["model_version"]
+        st1 = request(one.port, "GET", "/stats")[1]["rewards_accepted"]
+        rewarded = pairs.counts.get("rewards", 0)
+        # A reward answered 2xx must be stored and learned; a few more may be in flight when
+        # wrk stops (sent, stored and learned, but never read), which is not a loss.
+        learned, accepted = v1 - v0, st1 - st0
+        failed = pairs.failures + pairs.counts.get("failed", 0)
+        dropped = failed + max(0, rewarded - learned) + abs(accepted - learned)
+        self.probes.append(probe)
+        self.fig("bare", "bare FastAPI POST, 1 worker, 16 connections", "req/s").values.append(
+            b.rps
+        )
+        self.fig("c1", "`/choose`, 1 worker, 16 connections", "req/s").values.append(c1.rps)
+        self.fig(
+            "r1", "`/choose` 1 worker / bare FastAPI", "ratio", ">= 0.70", ">= 0.70"
+        ).values.append(c1.rps / b.rps)
+        self.fig(
+            "p99", "`/choose` p99, 1 worker, 16 connections", "ms", "<= 5", "<= 5"
+        ).values.append(c1.p99_ms)
+        self.fig("cpu_b", "bare FastAPI: server CPU per request", "us").values.append(b.cpu_us)
+        self.fig("cpu_1", "`/choose`: server CPU per request, 1 worker", "us").values.append(
+            c1.cpu_us
+        )
+        self.fig(
+            "cpu_r", "bare CPU per request / `/choose` CPU per request", "ratio"
+        ).values.append(b.cpu_us / c1.cpu_us)
+        self.fig("c2", "`/choose`, 2 workers, 16 connections", "req/s").values.append(c2.rps)
+        self.fig(
+            "r2",
+            "`/choose` 2 workers / 1 worker",
+            "ratio",
+            ">= 1.7 (when the probe shows 2)",
+            ">= 1.7",
+        ).values.append(c2.rps / c1.rps)
+        self.fig("probe", "CPU probe: 2 busy processes / 1", "cores").values.append(probe)
+        self.fig("p99_2", "`/choose` p99, 2 workers, 16 connections", "ms").values.append(c2.p99_ms)
+        pair_rate = rewarded / pairs.seconds
+        pair_cpu = pairs.cpu_us * pairs.requests / max(rewarded, 1)
+        self.fig("cpu_p", "pairs: server CPU per pair", "us").values.append(pair_cpu)
+        self.fig("cpu_pr", "`/choose` CPU per request / CPU per pair", "ratio").values.append(
+            c1.cpu_us / pair_cpu
+        )
+        self.fig(
+            "pairs", "`/choose` + `/reward` pairs, learned inline, 1 worker", "pairs/s"
+        ).values.append(pair_rate)
+        self.fig("rp", "pairs / `/choose` alone", "ratio", ">= 0.5", ">= 0.5").values.append(
+            pair_rate / c1.rps
+        )
+        self.fig(
+            "dropped", "pairs: rewards failed, not stored or not learned", "count", "0", "<= 0"
+        ).values.append(dropped)
+        line = (
+            f"rep {rep + 1}: bare {b.rps:.0f}/s p99 {b.p99_ms:.1f}ms {b.cpu_us:.0f}us | choose 1w "
+            f"{c1.rps:.0f}/s {c1.cpu_us:.0f}us "
+            f"p99 {c1.p99_ms:.1f}ms | probe {probe:.2f} | choose 2w {c2.rps:.0f}/s "
+            f"p99 {c2.p99_ms:.1f}ms | pairs {pair_rate:.0f}/s ({rewarded} answered, {learned} "
+            f"learned, {accepted} stored, {failed} failed): dropped {dropped}"
+        )
+        self.raw.append(line)
+        _log(line)
+
+    def _vs(self, key: str, name: str, unit: str, got: float, ref: float, native: float) -> None:
+        self.fig(key, name, unit).values.append(got)
+        self.fig(
+            key + "_ref", f"bare pyvw predict+learn, text API ({key})", "steps/s"
+        ).values.append(ref)
+        self.fig(key + "_nat", f"bare pyvw, native layer ({key})", "steps/s").values.append(native)
+        self.fig(key + "_rn", f"{key} / bare pyvw native layer", "ratio").values.append(
+            got / native
+        )
+
+    def memory(self, redis_url: str) -> None:
+        _log("memory: 200k decisions on a fresh service")
+        s = service("mem", _free_port(), redis_url, "bench-mem", 1, self.loop, reward_wait_s=120)
+        try:
+            rss = {}
+            for target in (20_000, 200_000):
+                while request(s.port, "GET", "/stats")[1]["decisions"] < target:
+                    run_wrk(s.port, seconds=5)
+                rss[target] = s.rss_mb()
+                _log(f"memory after {target} decisions: {rss[target]:.1f} MB")
+        finally:
+            s.stop()
+        self.fig("rss20", "service RSS after 20k decisions", "MB").values.append(rss[20_000])
+        self.fig("rss200", "service RSS after 200k decisions", "MB").values.append(rss[200_000])
+        self.fig(
+            "rss", "RSS after 200k / after 20k decisions", "ratio", "<= 1.1", "<= 1.1"
+        ).values.append(rss[200_000] / rss[20_000])
+
+    def startup(self, redis_url: str) -> None:
+        _log("start-up to the first answered /choose")
+        for _ in range(self.reps):
+            s = service(
+                "start",
+                _free_port(),
+                redis_url,
+                f"bench-start-{uuid.uuid4().hex[:6]}",
+                1,
+                self.loop,
+            )
+            s.stop()
+            name = "start-up CPU time (user + system) to the first answered `/choose`"
+            self.fig("start_cpu", name, "s").values.append(s.started_cpu_s)
+            self.fig(
+                "start", "start-up to the first answered `/choose`", "s", "<= 2", "<= 2"
+            ).values.append(s.started_s)
+
+    def in_process(self, redis_url: str) -> None:
+        _log("learner vs bare pyvw")
+        for got, ref, native in inproc.learner_ratios(redis_url, 3000, self.reps):
+            self._vs(
+                "learn", "learner: events learned from the stream", "events/s", got, ref, native
+            )
+            self.fig("rl", "learner / bare pyvw", "ratio", ">= 0.5", ">= 0.5").values.append(
+                got / ref
+            )
+        _log("simulator loop vs bare pyvw")
+        for _ in range(self.reps):
+            got, ref, native = inproc.simulator_ratio(3000)
+            self._vs("sim", "simulator-equivalent loop, `egreedy`", "steps/s", got, ref, native)
+            self.fig("rs", "simulator / bare pyvw", "ratio", ">= 0.8", ">= 0.8").values.append(
+                got / ref
+            )
+        _log("LinUCB vs MABWiser")
+        for _ in range(self.reps):
+            got, ref, ratio = inproc.linucb_ratio(1000)
+            self.fig("lin", "LinUCB choose+learn, d = 64", "steps/s").values.append(got)
+            self.fig("mab", "MABWiser LinUCB predict+partial_fit, d = 64", "steps/s").values.append(
+                ref
+            )
+            self.fig("rlin", "LinUCB / MABWiser", "ratio", ">= 20", ">= 20").values.append(ratio)
+
+
+def _machine() -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    versions = ", ".join(
+        f"{p} {metadata.version(p)}"
+        for p in (
+            "fastapi",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "redis",
+            "hiredis",
+            "vowpalwabbit",
+            "numpy",
+            "mabwiser",
+        )
+    )
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return [
+        f"- CPU: {os.cpu_count()} x {cpu}; {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}; {versions}; {wrk.strip()}",
+        f"- load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+        "(the machine is shared: other engineers' tests and simulations run meanwhile)",
+    ]
+
+
+def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str]) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks.run`); the measured part is generated.",
+        "",
+        f"Run {started}, {bench.reps} repetitions of {bench.seconds:g} s per HTTP figure, "
+        f"uvicorn loop `{bench.loop}`, http `httptools`. Command: `{' '.join(argv)}`.",
+        "",
+        *_machine(),
+        f"- load average at the end: {load_end}",
+        "",
+        "| figure | median | spread (min - max) | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for f in bench.figures.values():
+        spread = f"{_fmt(min(f.values))} - {_fmt(max(f.values))}" if f.values else ""
+        median = _fmt(f.median) if f.values else ""
+        lines.append(f"| {f.name} ({f.unit}) | {median} | {spread} | {f.target} | {f.met()} |")
+    probe = statistics.median(bench.probes) if bench.probes else 0.0
+    command = " ".join(wrk_command(0, "choose.lua", 16, bench.seconds))
+    lines += [
+        "",
+        "Ratios are computed per repetition from two measurements taken back to back, then the "
+        "median and spread of those ratios are given. The 2-worker scaling is judged only when "
+        f"the CPU probe shows two cores: probe median {probe:.2f}.",
+        "",
+        "How each figure is measured:",
+        "",
+        f"- HTTP: `{command.replace(':0', ':PORT')}`"
+        " against, in turn, `benchmarks/bare_app.py` (uvicorn, same request and response models),"
+        " `bandit-router serve --workers 1` and `--workers 2` (egreedy, a real redis-server on"
+        " loopback, no persistence). `benchmarks/choose.lua` rotates six realistic bodies.",
+        "- Pairs: `benchmarks/pairs.lua` sends `/reward` (every weighted part) for each answered"
+        " `/choose`; the single process learns each reward before answering. Dropped = non-2xx"
+        " + socket errors + |rewards answered - model_version increase| + |rewards answered -"
+        " rewards_accepted increase|.",
+        "- Learner: 3000 events logged through the router; a leading `Learner.step()` loop reads"
+        " them through the consumer group (XREADGROUP, XAUTOCLAIM, snapshots every 1000) and"
+        " learns them; reference: pyvw `predict(lines)` + `learn(lines)` on the same examples as"
+        " prebuilt text, alternated with it.",
+        "- Simulator: 3000 steps of extract, `choose`, `RewardConfig.combine`, `learn` through the"
+        " public APIs (egreedy); reference: the bare pyvw loop on the examples it produced.",
+        "- LinUCB: 1000 steps of `choose` + `learn` at d = 64, against MABWiser's"
+        " `LinUCB(alpha=0.5)` `predict` + `partial_fit` on the same dense vectors.",
+        "- Memory: VmRSS of a fresh single-worker service after 20k and 200k `/choose`.",
+        "- Start-up: `bandit-router serve` spawned until the first `/choose` answers 200.",
+        "",
+        "Per repetition:",
+        "",
+        "```",
+        *bench.raw,
+        "```",
+    ]
+    notes = Path(__file__).resolve().parent / "NOTES.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--loop", default=os.environ.get("BANDIT_LOOP", "auto"))
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--only", default="http,memory,startup,inproc")
+    parser.add_argument("--baseline", default="", help="also measure /choose at this git rev")
+    args = parser.parse_args()
+    (ROOT / ".bench").mkdir(exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    bench = Bench(args.reps, args.seconds, args.loop, args.baseline)
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisProcess(Path(tmp), binary="redis-server" if _has("redis-server") else None)
+        redis.start()
+        try:
+            only = args.only.split(",")
+            if "http" in only:
+                bench.http(redis.url)
+            if "inproc" in only:
+                bench.in_process(redis.url)
+            if "startup" in only:
+                bench.startup(redis.url)
+            if "memory" in only:
+                bench.memory(redis.url)
+        finally:
+            redis.kill()
+    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    write(
+        bench, Path(args.out), started, load_end, ["python", "-m", "benchmarks.run", *sys.argv[1:]]
+    )
+    _log(f"wrote {args.out}")
+    return 0
+
+
+def _has(binary: str) -> bool:
+    return shutil.which(binary) is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
