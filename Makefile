@@ -31,7 +31,10 @@ clean:
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}
 
-# Not part of `make test`: 8-15 minutes; needs wrk (apt-get install -y wrk). Writes BENCHMARKS.md.
+# Not part of `make test`: 8-15 minutes; installs wrk (Debian) when missing and root. Writes BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		{ echo "make bench needs wrk: apt-get install -y wrk (as root)"; exit 1; }
 	$(BIN)/python -m benchmarks.run --reps $${BENCH_REPS:-5} --seconds $${BENCH_SECONDS:-5}

@@ -349,7 +349,9 @@ def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str])
         median = _fmt(f.median) if f.values else ""
         lines.append(f"| {f.name} ({f.unit}) | {median} | {spread} | {f.target} | {f.met()} |")
     probe = statistics.median(bench.probes) if bench.probes else 0.0
+    # As written in the report: the script's path relative to the repository, no machine paths.
     command = " ".join(wrk_command(0, "choose.lua", 16, bench.seconds))
+    command = command.replace(str(Path(__file__).resolve().parent), "benchmarks")
     lines += [
         "",
         "Ratios are computed per repetition from two measurements taken back to back, then the "
