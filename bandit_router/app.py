@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_router.dashboard import register_dashboard
 from bandit_router.docs import register_docs
-from bandit_router.embedded import EmbeddedRedis
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
 from bandit_router.estimates import BaselineCache
 from bandit_router.metrics import register_metrics
@@ -39,7 +38,7 @@ from bandit_router.schemas import (
 from bandit_router.security import BodyLimit, require_admin_key, require_api_key
 from bandit_router.settings import Settings
 from bandit_router.stats import StatsResponse, build_stats
-from bandit_router.store import Store, connect
+from bandit_router.store import open_store
 
 log = logging.getLogger("bandit_router")
 
@@ -108,14 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            url = settings.redis_url
-            if url is None:
-                url = stack.enter_context(EmbeddedRedis(settings.data_dir)).url
-            store = Store(
-                connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
-            )
-            stack.push_async_callback(store.close)
+        async with open_store(settings) as store:
             router = await Router.open(settings, store)
             app.state.router = router
             stop = asyncio.Event()

@@ -69,11 +69,9 @@ def learn(args: argparse.Namespace) -> int:
     """
     import asyncio
     import signal
-    from contextlib import ExitStack
 
-    from bandit_router.embedded import EmbeddedRedis
     from bandit_router.learner import run_learner
-    from bandit_router.store import Store, connect
+    from bandit_router.store import open_store
 
     settings = _settings()
 
@@ -82,15 +80,8 @@ def learn(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        with ExitStack() as stack:
-            url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
-            store = Store(
-                connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
-            )
-            try:
-                learner = await run_learner(settings, store, stop)
-            finally:
-                await store.close()
+        async with open_store(settings) as store:
+            learner = await run_learner(settings, store, stop)
         print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
 
     asyncio.run(main())

@@ -13,34 +13,16 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
-from bandit_router.store import Store
+from bandit_router.store import open_store
 
 SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
-
-
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """The deployment's store: BANDIT_REDIS_URL, or the embedded Redis in BANDIT_DATA_DIR."""
-    from bandit_router.embedded import EmbeddedRedis
-    from bandit_router.store import connect
-
-    with ExitStack() as stack:
-        url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
-        store = Store(
-            connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
-        )
-        try:
-            yield store
-        finally:
-            await store.close()
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

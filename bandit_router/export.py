@@ -15,15 +15,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from bandit_router.embedded import EmbeddedRedis
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.policies import Arm
 from bandit_router.settings import Settings
-from bandit_router.store import Event, Store, connect
+from bandit_router.store import Event, Store, open_store
 
 
 def timestamp(ts: float) -> str:
@@ -99,12 +97,5 @@ async def export_events(store: Store, out: TextIO, arms: Sequence[Arm]) -> int:
 
 async def export_log(settings: Settings, out: TextIO) -> int:
     """``bandit-router export``: the log of the Redis ``settings`` name (embedded if no URL)."""
-    async with AsyncExitStack() as stack:
-        url = settings.redis_url
-        if url is None:
-            url = stack.enter_context(EmbeddedRedis(settings.data_dir)).url
-        store = Store(
-            connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
-        )
-        stack.push_async_callback(store.close)
+    async with open_store(settings) as store:
         return await export_events(store, out, [Arm.from_spec(a) for a in settings.arms])

