@@ -57,66 +57,79 @@ end
 return redis.call('GET', KEYS[1])
 """
 
-# KEYS decision, done, parts, pending; ARGV ttl, wait, event id, then name/value pairs.
-# Returns {0} unknown, {1} already final, or {2, decision, parts (flat), duplicates}.
-_ADD_PARTS = """
-local d = redis.call('GET', KEYS[1])
-if not d then return {0} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
-local dups = {}
-for i = 4, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then table.insert(dups, ARGV[i]) end
+# Lua shared by the reward scripts, whose KEYS are always decision, done, parts, pending, events,
+# stats (_ADD_PARTS uses the first four) and whose ARGV start ttl, wait or maxlen, event id.
+_PARTS_LUA = """
+local function add_parts(first)  -- HSETNX the name/value pairs from ARGV[first]; the repeats
+  local dups = {}
+  for i = first, #ARGV, 2 do
+    if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then table.insert(dups, ARGV[i]) end
+  end
+  return dups
 end
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
-return {2, d, redis.call('HGETALL', KEYS[3]), dups}
+local function hold(d, dups)  -- keep the parts until the window closes (ARGV[2] is the wait)
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+  local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
+  return {2, d, redis.call('HGETALL', KEYS[3]), dups}
+end
 """
-
-# _ADD_PARTS for a call whose parts make the reward final by themselves (every weighted part, or a
-# direct reward): if they are all the event's parts, it is logged at once as by _FINALIZE, in the
-# same round trip. KEYS those of _FINALIZE; ARGV ttl, wait, event id, maxlen, reward JSON,
-# reward value, then name/value pairs. Returns what _ADD_PARTS returns, or {3, decision, id}.
-_ADD_FINAL = """
-local d = redis.call('GET', KEYS[1])
-if not d then return {0} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
-local dups = {}
-for i = 7, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then table.insert(dups, ARGV[i]) end
-end
-if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 6) / 2 then
+_LOG_LUA = """
+local function log_event(d, maxlen, reward, value)  -- mark done, log and count: once an event
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-  local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'd', d, 'r', ARGV[5])
+  local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'd', d, 'r', reward)
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
   local arm = cjson.decode(d)['arm']
   redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
-  redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, ARGV[6])
-  return {3, d, id}
+  redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
+  return id
 end
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
-return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 """
 
-# KEYS decision, done, parts, pending, events, stats; ARGV ttl, maxlen, event id, n parts seen,
-# reward JSON, reward value. Returns {0} gone, {1} already final, {3} parts changed, {2, id}.
-_FINALIZE = """
+# ARGV ttl, wait, event id, then name/value pairs.
+# Returns {0} unknown, {1} already final, or {2, decision, parts (flat), duplicates}.
+_ADD_PARTS = (
+    _PARTS_LUA
+    + """
+local d = redis.call('GET', KEYS[1])
+if not d then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+return hold(d, add_parts(4))
+"""
+)
+
+# _ADD_PARTS for a call whose parts make the reward final by themselves (every weighted part, or a
+# direct reward): if they are all the event's parts, it is logged at once as by _FINALIZE, in the
+# same round trip. ARGV ttl, wait, event id, maxlen, reward JSON, reward value, then name/value
+# pairs. Returns what _ADD_PARTS returns, or {3, decision, id}.
+_ADD_FINAL = (
+    _PARTS_LUA
+    + _LOG_LUA
+    + """
+local d = redis.call('GET', KEYS[1])
+if not d then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local dups = add_parts(7)
+if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 6) / 2 then
+  return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
+end
+return hold(d, dups)
+"""
+)
+
+# ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
+# Returns {0} gone, {1} already final, {3} parts changed, {2, id}.
+_FINALIZE = (
+    _LOG_LUA
+    + """
 local d = redis.call('GET', KEYS[1])
 if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
 if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'd', d, 'r', ARGV[5])
-redis.call('ZREM', KEYS[4], ARGV[3])
-redis.call('DEL', KEYS[3])
-local arm = cjson.decode(d)['arm']
-redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
-redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, ARGV[6])
-return {2, id}
+return {2, log_event(d, ARGV[2], ARGV[5], ARGV[6])}
 """
+)
 
 # KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
 _LEASE = """
