@@ -30,6 +30,16 @@ def _by_policy(rows: Rows) -> dict[str, list[Mapping[str, Any]]]:
     return out
 
 
+def _save(plt: Any, fig: Any, path: Path, title: str) -> Path:
+    """Title, lay out, write and close a figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 REFERENCE = "best-fixed"
 CEILING = "oracle"  # far above every policy: in the table, left out of the plots' scale
 
@@ -56,12 +66,7 @@ def reward_over_time(rows: Rows, path: Path, title: str = "", marks: Sequence[in
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def arm_share_over_time(rows: Rows, arms: Sequence[str], path: Path, title: str = "") -> Path:
@@ -82,12 +87,7 @@ def arm_share_over_time(rows: Rows, arms: Sequence[str], path: Path, title: str 
     for ax in list(axes.flat)[len(policies) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, loc="lower left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def redraw(out: Path) -> None:
