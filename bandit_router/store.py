@@ -540,12 +540,8 @@ class Store:
         return {k.decode(): float(v) for k, v in raw.items()}
 
     @_unavailable
-    async def stream_length(self) -> int:
-        return int(await self.redis.xlen(self.key(KEY_EVENTS)))
-
-    @_unavailable
     async def clear(self) -> None:
-        """Delete every key under this prefix (tests and admin reset)."""
+        """Delete every key under this prefix (the benchmarks start each figure clean)."""
         async for key in self.redis.scan_iter(match=f"{self._p}:*", count=1000):
             await self.redis.delete(key)
 
