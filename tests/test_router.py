@@ -148,7 +148,7 @@ def test_sweep_closes_windows_with_parts_present_or_default(
 def test_second_worker_follows_and_takes_over_when_the_learner_dies(
     make_settings: SettingsFactory,
 ) -> None:
-    settings = make_settings(learner_lease_s=0.5, snapshot_every=10)
+    settings = make_settings(learner_lease_s=2, snapshot_every=10)
 
     async def scenario() -> None:
         a, b = await _open(settings), await _open(settings)
@@ -161,12 +161,13 @@ def test_second_worker_follows_and_takes_over_when_the_learner_dies(
         assert a.version == 25
         assert await b.refresh()  # the learner's snapshot, published as 10 or more were learned
         assert b.version == 25
+        assert await a.learner.lead()  # renewed: its lease runs a full 2 s from here
         await a.store.close()  # the learner dies: no final snapshot, lease not released
         for i in range(5):
             d = await b.choose(f"late {i}")
             await b.reward(d.event_id, RewardParts(reward=0.0))
         assert not await b.learner.lead()
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(2.1)
         assert await b.learner.lead()  # lease lapsed: b takes over from snapshot + log
         assert b.version == 30
         await b.learner.step()
