@@ -6,6 +6,7 @@ carries enough to learn from and replay, but not the text itself.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -53,6 +54,12 @@ QUERY_STATS = (
 def token_hash(text: str) -> int:
     """Stable 32-bit hash of a word or a ``key=value`` pair (same in every process)."""
     return zlib.crc32(text.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=4096)  # apps send the same few keys and values again and again
+def app_hash(key: str, text: str | None = None) -> int:
+    """``token_hash`` of an app fact: its key (numbers) or ``key=value`` (strings)."""
+    return token_hash(key if text is None else f"{key}={text}")
 
 
 @dataclass(frozen=True, slots=True)
