@@ -282,11 +282,18 @@ class Bench:
             )
         _log("simulator loop vs bare pyvw")
         for _ in range(self.reps):
-            got, ref, native = inproc.simulator_ratio(3000)
-            self._vs("sim", "simulator-equivalent loop, `egreedy`", "steps/s", got, ref, native)
+            got, ref, native, prep = inproc.simulator_ratio(3000)
+            self._vs(
+                "sim", "simulator steps (`replay.run`), `egreedy`", "steps/s", got, ref, native
+            )
             self.fig("rs", "simulator / bare pyvw", "ratio", ">= 0.8", ">= 0.8").values.append(
                 got / ref
             )
+            self.fig("prep", "simulator: `replay.prepare` (extract, score outcomes)", "rows/s")
+            self.figures["prep"].values.append(prep)
+            both = 1 / (1 / got + 1 / prep)  # one policy, one seed: every row prepared for one run
+            self.fig("rsp", "simulator with prepare, 1 policy x 1 seed / bare pyvw", "ratio")
+            self.figures["rsp"].values.append(both / ref)
         _log("LinUCB vs MABWiser")
         for _ in range(self.reps):
             got, ref, ratio = inproc.linucb_ratio(1000)
@@ -372,8 +379,14 @@ def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str])
         " them through the consumer group (XREADGROUP, XAUTOCLAIM, snapshots every 1000) and"
         " learns them; reference: pyvw `predict(lines)` + `learn(lines)` on the same examples as"
         " prebuilt text, alternated with it.",
-        "- Simulator: 3000 steps of extract, `choose`, `RewardConfig.combine`, `learn` through the"
-        " public APIs (egreedy); reference: the bare pyvw loop on the examples it produced.",
+        "- Simulator: `bandit-router simulate`'s own functions on a 3000-row replay of the"
+        " synthetic stream (every arm's outcome from a planted reward): `replay.prepare` extracts"
+        " each row's features once (timed apart: the CLI shares it between all policies and"
+        " seeds), then `replay.run` plays the rows in a seed's shuffled order through"
+        " `make_stepper('egreedy')`: `choose`, `RewardConfig.combine` of the chosen arm's"
+        " outcome, `learn`, the per-step record; reference: the bare pyvw loop on the examples it"
+        " produced, alternated with it in chunks of 250. 'with prepare' charges every row's"
+        " preparation to a single policy and seed.",
         "- LinUCB: 1000 steps of `choose` + `learn` at d = 64, against MABWiser's"
         " `LinUCB(alpha=0.5)` `predict` + `partial_fit` on the same dense vectors.",
         "- Memory: VmRSS of a fresh single-worker service after 20k and 200k `/choose`.",
