@@ -73,6 +73,7 @@ class LinUCB:
         self.dim = int(dim)
         self._rng = np.random.default_rng(seed)
         self._index: dict[str, int] = {}  # arm name -> slice, in order of first appearance
+        self._every: list[int] = []  # range(len(self._index)), kept: _scores compares against it
         self._a_inv: Stack = np.empty((0, self.dim, self.dim))
         self._b: Vector = np.empty((0, self.dim))
         self._last: _Products | None = None
@@ -92,6 +93,7 @@ class LinUCB:
     def _add(self, name: str) -> int:
         if name not in self._index:  # growing copies the stack: once per new arm, not per call
             self._index[name] = len(self._index)
+            self._every.append(self._index[name])
             self._a_inv = np.concatenate([self._a_inv, np.eye(self.dim)[None]])
             self._b = np.concatenate([self._b, np.zeros((1, self.dim))])
         return self._index[name]
@@ -99,7 +101,7 @@ class LinUCB:
     def _scores(self, x: Features, arms: Sequence[Arm]) -> list[float]:
         v = dense_vector(x, self.dim)
         rows = self._rows(arms)
-        if rows == list(range(len(self._index))):  # every arm, in order: no gather copy
+        if rows == self._every:  # every arm, in order: no gather copy
             a_inv, b = self._a_inv, self._b
         else:
             a_inv, b = self._a_inv[rows], self._b[rows]
@@ -126,7 +128,9 @@ class LinUCB:
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
         last, self._last = self._last, None  # A^-1 changes below: the products go stale
-        i = self._add(arm)
+        i = self._index.get(arm)
+        if i is None:
+            i = self._add(arm)
         a_inv, b = self._a_inv[i], self._b[i]
         row = _row(last[2], arm) if last is not None and last[0] is x else -1
         if last is not None and row >= 0:
@@ -158,6 +162,7 @@ class LinUCB:
             policy = cls(saved_alpha if alpha is None else alpha, int(dim), seed)
             names = [str(name) for name in saved["names"]]
             policy._index = {name: i for i, name in enumerate(names)}
+            policy._every = list(range(len(names)))
             shape = (len(names), policy.dim)
             policy._a_inv = np.array(saved["a_inv"], dtype=np.float64).reshape(*shape, policy.dim)
             policy._b = np.array(saved["b"], dtype=np.float64).reshape(shape)

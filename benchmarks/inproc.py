@@ -276,7 +276,9 @@ def linucb_ratio(n: int, dim: int = 64, chunk: int = 100) -> tuple[float, float,
     mab.fit([names[i % 3] for i in range(50)], [0.5] * 50, warm)
 
     def mab_step(i: int) -> None:
-        row = vectors[i : i + 1]
+        # From the same Features as ours, as the simulator's MABWiser peer does: both sides pay
+        # for the dense vector (it was prebuilt for MABWiser's side only).
+        row = dense_vector(xs[i], dim).reshape(1, -1)
         arm = mab.predict(row)
         mab.partial_fit([arm], [truth(xs[i], arm)], row)
 

@@ -388,7 +388,8 @@ def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str])
         " produced, alternated with it in chunks of 250. 'with prepare' charges every row's"
         " preparation to a single policy and seed.",
         "- LinUCB: 1000 steps of `choose` + `learn` at d = 64, against MABWiser's"
-        " `LinUCB(alpha=0.5)` `predict` + `partial_fit` on the same dense vectors.",
+        " `LinUCB(alpha=0.5)` `predict` + `partial_fit`, each side building `dense_vector` from"
+        " the same `Features` (as the simulator's peer does), in alternated chunks of 100.",
         "- Memory: VmRSS of a fresh single-worker service after 20k and 200k `/choose`.",
         "- Start-up: `bandit-router serve` spawned until the first `/choose` answers 200.",
         "",
