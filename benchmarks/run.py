@@ -304,7 +304,7 @@ class Bench:
             self.fig("rlin", "LinUCB / MABWiser", "ratio", ">= 20", ">= 20").values.append(ratio)
 
 
-def _machine() -> list[str]:
+def _machine(load_start: str) -> list[str]:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -331,12 +331,12 @@ def _machine() -> list[str]:
     return [
         f"- CPU: {os.cpu_count()} x {cpu}; {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}; {versions}; {wrk.strip()}",
-        f"- load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+        f"- load average at start: {load_start} "
         "(the machine is shared: other engineers' tests and simulations run meanwhile)",
     ]
 
 
-def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str]) -> None:
+def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: list[str]) -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -345,8 +345,8 @@ def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str])
         f"Run {started}, {bench.reps} repetitions of {bench.seconds:g} s per HTTP figure, "
         f"uvicorn loop `{bench.loop}`, http `httptools`. Command: `{' '.join(argv)}`.",
         "",
-        *_machine(),
-        f"- load average at the end: {load_end}",
+        *_machine(loads[0]),
+        f"- load average at the end: {loads[1]}",
         "",
         "| figure | median | spread (min - max) | target | met |",
         "|---|---|---|---|---|",
@@ -415,6 +415,7 @@ def main() -> int:
     parser.add_argument("--baseline", default="", help="also measure /choose at this git rev")
     args = parser.parse_args()
     (ROOT / ".bench").mkdir(exist_ok=True)
+    load_start = _load()  # read now: _machine runs when the report is written
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     bench = Bench(args.reps, args.seconds, args.loop, args.baseline)
     with tempfile.TemporaryDirectory() as tmp:
@@ -432,12 +433,20 @@ def main() -> int:
                 bench.memory(redis.url)
         finally:
             redis.kill()
-    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_end = _load()
     write(
-        bench, Path(args.out), started, load_end, ["python", "-m", "benchmarks.run", *sys.argv[1:]]
+        bench,
+        Path(args.out),
+        started,
+        (load_start, load_end),
+        ["python", "-m", "benchmarks.run", *sys.argv[1:]],
     )
     _log(f"wrote {args.out}")
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _has(binary: str) -> bool:
