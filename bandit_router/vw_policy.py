@@ -34,7 +34,7 @@ import numpy as np
 import vowpalwabbit
 from vowpalwabbit import pyvw
 
-from bandit_router.features import QUERY_STATS, Features, token_hash
+from bandit_router.features import QUERY_STATS, Features, app_hash, token_hash
 from bandit_router.policies import Arm, Decision, ParamValue, PolicyKind, index_of, sample
 
 # Shared namespaces: Q query statistics, W hashed words, N app numbers, C app strings.
@@ -96,10 +96,10 @@ def shared_line(x: Features) -> str:
         parts += [str(t) for t in x.tokens]
     if x.numeric:
         parts.append("|N")
-        parts += [f"{token_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if v]
+        parts += [f"{app_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if v]
     if x.categorical:
         parts.append("|C")
-        parts += [str(token_hash(f"{k}={v}")) for k, v in x.categorical.items()]
+        parts += [str(app_hash(k, v)) for k, v in x.categorical.items()]
     return " ".join(parts)
 
 
