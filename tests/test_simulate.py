@@ -88,7 +88,7 @@ def _service(tmp_path: Path, policy: str, seed: int) -> Iterator[str]:
         yield base
 
 
-@pytest.mark.parametrize("policy", ["egreedy", "linucb"])
+@pytest.mark.parametrize("policy", ["egreedy", "linucb", "squarecb"])
 def test_via_the_service_gives_the_same_numbers(tmp_path: Path, policy: str) -> None:
     """End to end through HTTP and Redis, the same seed earns what the in-process replay does."""
     common = ["--limit", "120", "--first-seed", "4", "--no-plots", "--no-skyline"]
