@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -101,6 +102,18 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal error; the service log has the details")
 
 
+def _freeze_startup_objects() -> None:
+    """Keep what start-up built out of the garbage collector's full collections.
+
+    Modules, FastAPI's routes and schemas and the model make about 80k objects that live as long
+    as the process. A full collection walked them all, 35-45 ms with the event loop stopped
+    on this shared machine, about every second under load: the long tail of /choose's latency.
+    Frozen, a full collection walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; Redis, the policy and the model are set up in the lifespan."""
     settings = settings or Settings()
@@ -112,9 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.router = router
             stop = asyncio.Event()
             background = asyncio.create_task(router.run(stop))
+            _freeze_startup_objects()
             try:
                 yield
             finally:
+                gc.unfreeze()
                 stop.set()
                 await background
                 await router.close()
