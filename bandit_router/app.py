@@ -20,6 +20,7 @@ from bandit_router.dashboard import register_dashboard
 from bandit_router.docs import register_docs
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
 from bandit_router.estimates import BaselineCache
+from bandit_router.fastpath import FastPath
 from bandit_router.metrics import register_metrics
 from bandit_router.openapi import ADMIN, ADMIN_BODY, CHOOSE, DESCRIPTION, HEALTH, READ, REWARD, TAGS
 from bandit_router.policies import build_policy, parse_policy_spec
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
     register_metrics(app)
+    app.add_middleware(FastPath, settings=settings)  # outermost of ours: before _Timing, BodyLimit
     register_docs(app)
     register_dashboard(app)
 
