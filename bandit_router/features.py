@@ -22,6 +22,12 @@ _CODE = re.compile(
     r"```|\bdef |\bclass |\bimport |\bfunction\b|\breturn\b|=>|\bSELECT\b|#include|[{};]\s*$",
     re.MULTILINE,
 )
+# Every alternative of _CODE needs one of these substrings (the pattern is case-sensitive), so a
+# query with none of them cannot match: the substring tests cost a fifth of the search (22 us).
+_CODE_NEEDS = (
+    *("```", "def ", "class ", "import ", "function", "return", "=>", "SELECT", "#include"),
+    *("{", "}", ";"),
+)
 _MATH = re.compile(
     r"\d\s*[-+*/^=<>]\s*\d|\\(frac|sqrt|sum|int)\b|\$[^$]+\$|\b(solve|equation)\b", re.I
 )
@@ -85,6 +91,10 @@ class Features:
         )
 
 
+def _has_code(query: str) -> bool:
+    return any(needed in query for needed in _CODE_NEEDS) and _CODE.search(query) is not None
+
+
 def _query_stats(query: str) -> tuple[float, ...]:
     n_chars = len(query)
     words = _WORD.findall(query)
@@ -93,7 +103,7 @@ def _query_stats(query: str) -> tuple[float, ...]:
         min(math.log1p(n_chars) / 10.0, 1.0),
         min(math.log1p(len(words)) / 8.0, 1.0),
         min(math.log1p(query.count("\n") + 1) / 5.0, 1.0),
-        1.0 if _CODE.search(query) else 0.0,
+        1.0 if _has_code(query) else 0.0,
         1.0 if _MATH.search(query) else 0.0,
         digits / n_chars if n_chars else 0.0,
         1.0 if "?" in query else 0.0,
