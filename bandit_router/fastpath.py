@@ -1,8 +1,9 @@
 """The hot path: a plainly valid ``POST /choose`` or ``POST /reward`` answered straight off ASGI.
 
-FastAPI's path for one request (its routing, dependency solving, the API-key header
-dependencies, pydantic validation of the body, three middlewares, exception handlers) cost more
-CPU than features, VW and Redis together. This middleware reads the body itself, parses it with
+FastAPI's path for one request (its middleware stack, routing, dependency solving, the API-key
+header dependencies, pydantic validation of the body, exception handlers) cost more CPU than
+features, VW and Redis together. The app (``app.App``) hands every HTTP request to this class
+first. This middleware reads the body itself, parses it with
 orjson and checks it with a validator that accepts a *subset* of what the pydantic models
 accept, with the same meaning; then it calls the router as the routes do and answers the same
 bytes. Anything else (bad or odd JSON, another content type, a missing or wrong API key, a body
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_router.errors import RouterError, StoreUnavailable
@@ -43,6 +45,7 @@ _PART_BOUNDS: dict[str, tuple[float, float | None]] = {
     "reward": (0.0, 1.0),
 }
 _REWARD_FIELDS = frozenset({"event_id", "final", *_PART_BOUNDS})
+UNEXPECTED = "internal error; the service log has the details"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Handler = Callable[["Router", dict[str, Any]], Awaitable["ChooseResult | RewardResult | None"]]
@@ -118,10 +121,11 @@ async def _reward(router: Router, body: dict[str, Any]) -> RewardResult | None:
 
 
 class FastPath:
-    """ASGI middleware: serves the plainly valid routing calls, hands everything else on."""
+    """Serves the plainly valid routing calls; hands everything else on to ``app``."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, state: State) -> None:
         self.app = app
+        self.state = state  # the app's: its router once the lifespan has started
         self.limit = settings.max_body_bytes
         self.keys = settings.api_keys
         self.handlers: dict[str, tuple[str, Handler]] = {
@@ -135,7 +139,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        router: Router | None = getattr(scope["app"].state, "router", None)
+        router: Router | None = getattr(self.state, "router", None)
         received: list[Message] = []
         body = None
         if router is not None and self._plain(scope["headers"]):
@@ -210,6 +214,10 @@ async def _answer(send: Send, router: Router, endpoint: str, handler: Handler, b
         return True
     except RouterError as e:  # as app._on_router_error
         await _send(send, e.status_code, {"detail": e.message, "field": e.field})
+        return True
+    except Exception:  # as app._on_unexpected: no traceback reaches the client
+        log.exception("unhandled error on POST /%s", endpoint)
+        await _send(send, 500, {"detail": UNEXPECTED, "field": None})
         return True
     if result is None:
         return False
