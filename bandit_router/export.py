@@ -5,15 +5,14 @@ One JSON object per line and per event. VW reads the label (``_label_cost`` = -r
 (``a``: action ids, the chosen one first; ``p``: their probabilities) and the context ``c``:
 shared namespaces of the same meaning as ``vw_policy.shared_line`` (``Q`` query statistics,
 ``W`` hashed words, ``N`` app numbers, ``C`` app strings, which VW reads as ``key`` + ``value``)
-and ``_multi``, one entry per eligible arm with its namespace ``A`` (``id``, ``size``, ``price``,
-as ``vw_policy.arm_line``). VW ignores keys that start with ``_``; ``_arm`` keeps each arm's raw
+and ``_multi``, one entry per eligible arm with its namespace ``A`` (``id``, as
+``vw_policy.arm_line``). VW ignores keys that start with ``_``; ``_arm`` keeps each arm's raw
 configuration, so ``evaluate`` rebuilds exactly the ``Features`` and ``Arm`` the service saw.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -45,15 +44,12 @@ def shared_namespaces(x: Features) -> dict[str, dict[str, Any]]:
 
 def arm_entry(arm: Arm) -> dict[str, Any]:
     """One ``_multi`` entry: VW's namespace ``A`` plus the raw arm under ``_arm``."""
-    features: dict[str, Any] = {"id": arm.name}
     raw: dict[str, Any] = {"name": arm.name}
     if arm.params_b is not None:
-        features["size"] = math.log1p(arm.params_b) / 5.0  # the scale of vw_policy.arm_line
         raw["params_b"] = arm.params_b
     if arm.usd_per_mtok is not None:
-        features["price"] = arm.usd_per_mtok
         raw["usd_per_mtok"] = arm.usd_per_mtok
-    return {"A": features, "_arm": raw}
+    return {"A": {"id": arm.name}, "_arm": raw}
 
 
 def to_dsjson(event: Event, arms: Mapping[str, Arm]) -> dict[str, Any]:

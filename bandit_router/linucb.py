@@ -8,6 +8,7 @@ is ``theta_a . x + alpha * sqrt(x . A_a^-1 . x)`` with ``theta_a = A_a^-1 b_a``.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -15,10 +16,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.features import QUERY_STATS, Features, token_hash
+from bandit_router.features import QUERY_STATS, Features, app_hash
 from bandit_router.policies import Arm, Decision, ParamValue, PolicyKind, sample
 
 Vector = npt.NDArray[np.float64]
+Stack = npt.NDArray[np.float64]  # (arms, d, d)
 
 MIN_DIM = len(QUERY_STATS) + 2  # bias, the statistics, and at least one hashed slot
 
@@ -28,21 +30,37 @@ def dense_vector(x: Features, dim: int) -> Vector:
     # Built in Python floats (the same IEEE sums, in the same order, as numpy's add.at) and
     # converted once: numpy's per-call overhead dominated at this size.
     start = 1 + len(QUERY_STATS)
-    v = [1.0, *x.stats, *(0.0 for _ in range(dim - start))]
     slots = dim - start
+    v = [1.0, *x.stats]
+    v += _zeros(slots)
     if x.tokens:
         weight = 1.0 / math.sqrt(len(x.tokens))
         for token in x.tokens:
             v[start + token % slots] += weight
     for key, value in x.numeric.items():
-        v[start + token_hash(key) % slots] += math.copysign(math.log1p(abs(value)), value)
+        v[start + app_hash(key) % slots] += math.copysign(math.log1p(abs(value)), value)
     for key, text in x.categorical.items():
-        v[start + token_hash(f"{key}={text}") % slots] += 1.0
+        v[start + app_hash(key, text) % slots] += 1.0
     return np.array(v)
 
 
+@functools.cache
+def _zeros(n: int) -> tuple[float, ...]:
+    return (0.0,) * n
+
+
+# What ``choose`` computed for a context, kept for the ``learn`` of that context that follows:
+# the context, its vector, the arms scored and their A_a^-1 x, one row per arm.
+_Products = tuple[Features, Vector, Sequence[Arm], Vector]
+
+
 class LinUCB:
-    """Disjoint LinUCB. Its choice is greedy on the upper bound: probability 1, ties split."""
+    """Disjoint LinUCB. Its choice is greedy on the upper bound: probability 1, ties split.
+
+    Every arm's ``A^-1`` is one slice of a stacked ``(arms, d, d)`` array and its ``b`` one row
+    of ``(arms, d)``, so scoring every arm is one stacked ``matmul`` (per slice the same BLAS
+    call as ``a_inv @ x``) and learning updates a slice in place through preallocated buffers.
+    """
 
     name = "linucb"
 
@@ -54,56 +72,85 @@ class LinUCB:
         self.alpha = float(alpha)
         self.dim = int(dim)
         self._rng = np.random.default_rng(seed)
-        self._a_inv: dict[str, Vector] = {}
-        self._b: dict[str, Vector] = {}
-        self._last: tuple[Features, Vector, dict[str, Vector]] | None = None
+        self._index: dict[str, int] = {}  # arm name -> slice, in order of first appearance
+        self._every: list[int] = []  # range(len(self._index)), kept: _scores compares against it
+        self._a_inv: Stack = np.empty((0, self.dim, self.dim))
+        self._b: Vector = np.empty((0, self.dim))
+        self._last: _Products | None = None
+        self._outer: Vector = np.empty((self.dim, self.dim))  # learn's scratch: no d x d alloc
+        self._step: Vector = np.empty(self.dim)
 
-    def _state(self, arm: str) -> tuple[Vector, Vector]:
-        if arm not in self._a_inv:  # a new arm starts from A = I, b = 0
-            self._a_inv[arm] = np.eye(self.dim)
-            self._b[arm] = np.zeros(self.dim)
-        return self._a_inv[arm], self._b[arm]
+    def _rows(self, arms: Sequence[Arm]) -> list[int]:
+        """The slices of ``arms``; a new arm starts from A = I, b = 0."""
+        index = self._index
+        rows = [index.get(arm.name, -1) for arm in arms]
+        if -1 in rows:
+            for arm in arms:
+                self._add(arm.name)
+            rows = [index[arm.name] for arm in arms]
+        return rows
+
+    def _add(self, name: str) -> int:
+        if name not in self._index:  # growing copies the stack: once per new arm, not per call
+            self._index[name] = len(self._index)
+            self._every.append(self._index[name])
+            self._a_inv = np.concatenate([self._a_inv, np.eye(self.dim)[None]])
+            self._b = np.concatenate([self._b, np.zeros((1, self.dim))])
+        return self._index[name]
+
+    def _scores(self, x: Features, arms: Sequence[Arm]) -> list[float]:
+        v = dense_vector(x, self.dim)
+        rows = self._rows(arms)
+        if rows == self._every:  # every arm, in order: no gather copy
+            a_inv, b = self._a_inv, self._b
+        else:
+            a_inv, b = self._a_inv[rows], self._b[rows]
+        a_inv_v = np.matmul(a_inv, v)  # A_a^-1 x for every arm at once
+        # (1 x d) @ (d x 1) per arm: the same dot products as a_inv_v[i] @ b[i] and x @ a_inv_v[i]
+        means = np.matmul(a_inv_v[:, None, :], b[:, :, None]).ravel().tolist()
+        widths = np.matmul(a_inv_v[:, None, :], v[:, None]).ravel().tolist()  # A^-1 symmetric
+        alpha, sqrt = self.alpha, math.sqrt
+        self._last = (x, v, arms, a_inv_v)  # learning x next (choose, then learn) reuses both
+        return [m + alpha * sqrt(max(w, 0.0)) for m, w in zip(means, widths, strict=True)]
 
     def scores(self, x: Features, arms: Sequence[Arm]) -> Vector:
-        v = dense_vector(x, self.dim)
-        out = np.empty(len(arms))
-        products = {}
-        for i, arm in enumerate(arms):
-            a_inv, b = self._state(arm.name)
-            a_inv_v = products[arm.name] = a_inv @ v
-            out[i] = a_inv_v @ b + self.alpha * math.sqrt(
-                max(float(v @ a_inv_v), 0.0)
-            )  # A^-1 symmetric
-        # Learning this context next (choose, then learn) reuses x's vector and A^-1 x.
-        self._last = (x, v, products)
-        return out
+        """Each arm's upper confidence bound ``theta . x + alpha * sqrt(x . A^-1 . x)``."""
+        return np.array(self._scores(x, arms))
 
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
-        scores = self.scores(x, arms)
-        best = scores >= scores.max() - 1e-12
-        return sample(self._rng, arms, best / best.sum())
+        scores = self._scores(x, arms)
+        top = max(scores) - 1e-12
+        best = [1.0 if s >= top else 0.0 for s in scores]
+        n = sum(best)
+        return sample(self._rng, arms, [b / n for b in best])
 
     def learn(
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
         last, self._last = self._last, None  # A^-1 changes below: the products go stale
-        a_inv, b = self._state(arm)
-        if last is not None and last[0] is x and arm in last[2]:
-            v, a_inv_v = last[1], last[2][arm]
+        i = self._index.get(arm)
+        if i is None:
+            i = self._add(arm)
+        a_inv, b = self._a_inv[i], self._b[i]
+        row = _row(last[2], arm) if last is not None and last[0] is x else -1
+        if last is not None and row >= 0:
+            v, a_inv_v = last[1], last[3][row]
         else:
             v = dense_vector(x, self.dim)
             a_inv_v = a_inv @ v
-        a_inv -= np.outer(a_inv_v, a_inv_v) / (1.0 + v @ a_inv_v)  # Sherman-Morrison, in place
-        b += reward * v
+        # Sherman-Morrison, in place: A^-1 -= (A^-1 x)(A^-1 x)^T / (1 + x^T A^-1 x)
+        outer = np.multiply(a_inv_v[:, None], a_inv_v, out=self._outer)
+        np.divide(outer, 1.0 + v @ a_inv_v, out=outer)
+        np.subtract(a_inv, outer, out=a_inv)
+        b += np.multiply(v, reward, out=self._step)  # b += reward * x
 
     def dumps(self) -> bytes:
-        names = list(self._a_inv)
         buf = io.BytesIO()
         np.savez(
             buf,
-            names=np.array(names, dtype=str),
-            a_inv=np.array([self._a_inv[n] for n in names]).reshape(len(names), self.dim, self.dim),
-            b=np.array([self._b[n] for n in names]).reshape(len(names), self.dim),
+            names=np.array(list(self._index), dtype=str),
+            a_inv=self._a_inv,
+            b=self._b,
             config=np.array([self.alpha, self.dim]),
         )
         return buf.getvalue()
@@ -113,10 +160,25 @@ class LinUCB:
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             saved_alpha, dim = saved["config"]
             policy = cls(saved_alpha if alpha is None else alpha, int(dim), seed)
-            for i, name in enumerate(saved["names"]):
-                policy._a_inv[str(name)] = saved["a_inv"][i].copy()
-                policy._b[str(name)] = saved["b"][i].copy()
+            names = [str(name) for name in saved["names"]]
+            policy._index = {name: i for i, name in enumerate(names)}
+            policy._every = list(range(len(names)))
+            shape = (len(names), policy.dim)
+            policy._a_inv = np.array(saved["a_inv"], dtype=np.float64).reshape(*shape, policy.dim)
+            policy._b = np.array(saved["b"], dtype=np.float64).reshape(shape)
         return policy
+
+    def state(self, arm: str) -> tuple[Vector, Vector]:
+        """Copies of one arm's ``A^-1`` and ``b`` (for tests and inspection)."""
+        i = self._index[arm]
+        return self._a_inv[i].copy(), self._b[i].copy()
+
+
+def _row(arms: Sequence[Arm], name: str) -> int:
+    for i, arm in enumerate(arms):
+        if arm.name == name:
+            return i
+    return -1
 
 
 def _build(params: Mapping[str, ParamValue], seed: int | None) -> LinUCB:

@@ -91,19 +91,22 @@ def sample(rng: np.random.Generator, arms: Sequence[Arm], pmf: Sequence[float]) 
     handful of arms in plain Python floats, a fifth of the cost of the numpy calls.
     """
     if len(pmf) < 8:  # numpy sums fewer than 8 values left to right, as this loop does
+        probs = [float(v) for v in pmf]
         total = 0.0
-        for v in pmf:
-            total += float(v)
-        probs = [float(v) / total for v in pmf] if total > 0 else [math.nan]
+        for v in probs:
+            total += v
+        probs = [v / total for v in probs] if total > 0 else [math.nan]
     else:
         p = np.asarray(pmf, dtype=np.float64)
         probs = (p / p.sum()).tolist()
-    if not all(0.0 <= v < math.inf for v in probs):
-        raise ValueError(f"probabilities must be finite, non-negative, not all 0: {list(pmf)}")
+    for v in probs:
+        if not 0.0 <= v < math.inf:
+            raise ValueError(f"probabilities must be finite, non-negative, not all 0: {list(pmf)}")
     index = 0
     if len(arms) > 1:
         cdf = list(itertools.accumulate(probs))  # numpy's cumsum: the same left-to-right sums
-        index = bisect_right([c / cdf[-1] for c in cdf], rng.random())
+        last = cdf[-1]
+        index = bisect_right([c / last for c in cdf], rng.random())
     names = [a.name for a in arms]
     return Decision(names[index], probs[index], dict(zip(names, probs, strict=True)))
 

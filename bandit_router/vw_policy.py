@@ -1,14 +1,29 @@
 """Vowpal Wabbit contextual bandit policies (``--cb_explore_adf``): every VW specific lives here.
 
 Each request is one multi-line ADF example: a ``shared`` line with the query's namespaces and one
-line per eligible arm with the arm's own features. Interactions between every shared namespace
-and the arm namespace ``A`` make the learned score depend on context and arm together, and let a
-new arm be scored from its features (size, price) from its first request.
+line per eligible arm with the arm's identity (namespace ``A``). Interactions between every shared
+namespace and ``A`` make the learned score depend on context and arm together.
+
+The arm's size and price are not features. They were, and VW fitted a trend between the arms it
+saw most and stretched it to an arm far bigger or dearer than them: on MMLU-Pro it scored Llama-2
+70B about 0.13 below its mean reward on every query, and rarely tried it (simulations/README.md).
+A new arm now starts as an average one (see below) and SquareCB explores it from there.
+
+Two things VW does not do for us, both chosen on the replay simulator (simulations/README.md):
+
+- Rewards are centred before VW sees them: VW learns ``reward - baseline``, the baseline being
+  the mean reward learned so far. VW's weights start at 0, so an arm or context it knows
+  little about is scored as an average one, not as the worst possible.
+- ``squarecb`` is computed here over VW's ``--cb_adf`` regressor, with VW's SquareCB rule. VW
+  9.11's own reduction learns without importance weights except for the last action of each
+  example (it skips that one when it resets the probabilities), which tilted the learning
+  towards whichever arm came last.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import tempfile
@@ -19,7 +34,7 @@ import numpy as np
 import vowpalwabbit
 from vowpalwabbit import pyvw
 
-from bandit_router.features import QUERY_STATS, Features, token_hash
+from bandit_router.features import QUERY_STATS, Features, app_hash, token_hash
 from bandit_router.policies import Arm, Decision, ParamValue, PolicyKind, index_of, sample
 
 # Shared namespaces: Q query statistics, W hashed words, N app numbers, C app strings.
@@ -28,13 +43,16 @@ ARM_NAMESPACE = "A"
 
 # learning_rate 0.1, not VW's 0.5: on the replay simulator (simulations/README.md) 0.5 let single
 # importance-weighted rewards swing the greedy arm back and forth; 0.1 beats it on MMLU-Pro and
-# on the drift scenario alike, and still adapts after each change.
+# on the drift scenario alike, and still adapts after each change. squarecb, which learns without
+# importance weights, has its own (0.07) in EXPLORERS.
 _COMMON: dict[str, ParamValue] = {"learning_rate": 0.1, "bits": 18, "vw_args": ""}
 
 # Explorer name -> (its VW arguments from its parameters, the parameters' defaults).
 EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, ParamValue]]] = {
     "egreedy": (lambda p: f"--epsilon {p['epsilon']}", {"epsilon": 0.05}),
-    "squarecb": (lambda p: f"--squarecb --gamma_scale {p['gamma_scale']}", {"gamma_scale": 10.0}),
+    # Computed here (OWN_EXPLORERS); gamma_scale 20 (VW's 10) and learning rate 0.07: explores
+    # less and learns more slowly than VW's defaults, held out and drifting data alike.
+    "squarecb": (lambda p: "", {"gamma_scale": 20.0, "learning_rate": 0.07}),
     "cover": (
         lambda p: f"--cover {p['cover']} --psi {p['psi']}" + (" --nounif" if p["nounif"] else ""),
         {"cover": 3, "psi": 0.1, "nounif": 1},
@@ -55,8 +73,14 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
 # the same text and the same learner, without the wrappers.
 _NATIVE = pyvw.pylibvw.vw
 
-# Our costs are -reward, in [-1, 0]; RegCB and cover bound costs with this range.
-COST_RANGE = ["--cb_min_cost", "-1", "--cb_max_cost", "0"]
+# VW's costs are -(reward - baseline), in [-1, 1]; RegCB and cover bound costs with this range.
+COST_RANGE = ["--cb_min_cost", "-1", "--cb_max_cost", "1"]
+
+# Explorers whose probabilities this module computes from VW's ``--cb_adf`` scores.
+OWN_EXPLORERS = ("squarecb",)
+
+# ``dumps()``: this line, a JSON line with the baseline and the count, then VW's model file.
+_MAGIC = b"bandit-router vw 1\n"
 
 
 def _num(value: float) -> str:
@@ -72,26 +96,21 @@ def shared_line(x: Features) -> str:
         parts += [str(t) for t in x.tokens]
     if x.numeric:
         parts.append("|N")
-        parts += [f"{token_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if v]
+        parts += [f"{app_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if v]
     if x.categorical:
         parts.append("|C")
-        parts += [str(token_hash(f"{k}={v}")) for k, v in x.categorical.items()]
+        parts += [str(app_hash(k, v)) for k, v in x.categorical.items()]
     return " ".join(parts)
 
 
 def arm_line(arm: Arm, label: str = "") -> str:
-    """An action line: the arm's identity plus its size and price, so new arms generalise."""
+    """An action line: the arm's identity."""
     return f"{label} {_arm_features(arm)}" if label else _arm_features(arm)
 
 
 @functools.lru_cache(maxsize=1024)  # arms are few and immutable: built once, not per request
 def _arm_features(arm: Arm) -> str:
-    parts = [f"|A {token_hash('arm=' + arm.name)}"]
-    if arm.params_b is not None:
-        parts.append(f"size:{_num(math.log1p(arm.params_b) / 5.0)}")
-    if arm.usd_per_mtok is not None:
-        parts.append(f"price:{_num(arm.usd_per_mtok)}")
-    return " ".join(parts)
+    return f"|{ARM_NAMESPACE} {token_hash('arm=' + arm.name)}"
 
 
 def adf_example(
@@ -114,8 +133,11 @@ def adf_example(
 
 def vw_arguments(name: str, params: Mapping[str, ParamValue], seed: int | None) -> list[str]:
     """The full VW command line for explorer ``name`` with ``params``."""
-    explorer, _ = EXPLORERS[name]
-    args = ["--cb_explore_adf", "--quiet", *explorer(params).split(), *COST_RANGE]
+    if name in OWN_EXPLORERS:
+        args = ["--cb_adf", "--cb_type", "mtr", "--quiet"]
+    else:
+        explorer, _ = EXPLORERS[name]
+        args = ["--cb_explore_adf", "--quiet", *explorer(params).split(), *COST_RANGE]
     args += ["-l", str(params["learning_rate"]), "-b", str(params["bits"])]
     args += [f"--interactions={ns}{ARM_NAMESPACE}" for ns in SHARED_NAMESPACES]
     if seed is not None:
@@ -140,6 +162,13 @@ class VWPolicy:
         # A saved model keeps its own VW seed; VW refuses a second, different one.
         self._args = vw_arguments(name, params, None if model else seed)
         self._rng = np.random.default_rng(seed)
+        self._own = name in OWN_EXPLORERS
+        self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
+        self.learned = 0  # examples learned (SquareCB's t)
+        if model is not None and model.startswith(_MAGIC):
+            header, _, model = model[len(_MAGIC) :].partition(b"\n")
+            state = json.loads(header)
+            self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
         self._vw = self._workspace(model)
         self._last_shared: tuple[Features, str] | None = None
 
@@ -175,15 +204,23 @@ class VWPolicy:
         examples = _NATIVE._parse(self._vw, "\n".join(adf_example(x, arms, shared=shared)))
         try:
             _NATIVE.predict_multi(self._vw, examples)
-            pmf = examples[0].get_action_scores()  # the ACTION_PROBS pyvw's predict returns
+            # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
+            scores = examples[0].get_action_scores()
         finally:
             _NATIVE._finish_example_multi_ex(self._vw, examples)
-        return sample(self._rng, arms, pmf)
+        if self._own:
+            gamma = float(self.params["gamma_scale"]) * math.sqrt(self.learned)
+            scores = squarecb_pmf(scores, gamma)
+        return sample(self._rng, arms, scores)
 
     def learn(
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
-        cost = -reward  # VW minimises cost; our reward is in [0, 1], higher is better
+        cost = (
+            self.baseline - reward
+        )  # VW minimises cost; our reward is in [0, 1], higher is better
+        if self._own:
+            probability = 1.0  # SquareCB regresses on the observed reward, not importance weighted
         last, self._last_shared = self._last_shared, None
         shared = last[1] if last is not None and last[0] is x else None
         lines = adf_example(x, arms, index_of(arms, arm), cost, probability, shared)
@@ -192,17 +229,34 @@ class VWPolicy:
             _NATIVE.learn_multi(self._vw, examples)
         finally:
             _NATIVE._finish_example_multi_ex(self._vw, examples)
+        self.learned += 1
+        self.baseline += (reward - self.baseline) / self.learned
 
     def dumps(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.vw")
             self._vw.save(path)
             with open(path, "rb") as f:
-                return f.read()
+                model = f.read()
+        state = json.dumps({"baseline": self.baseline, "learned": self.learned}).encode()
+        return _MAGIC + state + b"\n" + model
+
+
+def squarecb_pmf(costs: Sequence[float], gamma: float) -> list[float]:
+    """SquareCB (Foster and Rakhlin 2020) as VW computes it: each arm but the cheapest gets
+    ``1 / (k + gamma * (its cost - the lowest))``, the cheapest (the first, on a tie) the rest."""
+    k = len(costs)
+    best = min(range(k), key=costs.__getitem__)
+    pmf = [1.0 / (k + gamma * (c - costs[best])) for c in costs]
+    pmf[best] = 0.0
+    pmf[best] = 1.0 - sum(pmf)
+    return pmf
 
 
 def _kind(name: str) -> PolicyKind:
-    defaults = {**EXPLORERS[name][1], **_COMMON}
+    defaults = dict(EXPLORERS[name][1])  # the explorer's own first, then the common ones it lacks
+    for key, value in _COMMON.items():
+        defaults.setdefault(key, value)
     return PolicyKind(
         build=partial(_build, name),
         load=partial(_load, name),

@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,8 @@ from vowpalwabbit import pyvw
 from bandit_router.features import Features, extract
 from bandit_router.learner import Learner, fresh_model
 from bandit_router.linucb import LinUCB, dense_vector
-from bandit_router.policies import Arm, ParamValue, build_policy, parse_policy_spec
+from bandit_router.policies import Arm, Decision, ParamValue, Policy, parse_policy_spec
+from bandit_router.replay import PolicyStepper, Replay, Row, make_stepper, order, prepare, run
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router, reward_config
 from bandit_router.settings import Settings
@@ -116,28 +117,69 @@ def logged_examples(
 Step = tuple[Features, str, float, float]  # features, arm, propensity, reward
 
 
-def simulator_ratio(n: int, chunk: int = 250) -> tuple[float, float, float]:
-    """(simulator steps/s, bare pyvw text-API steps/s, native-layer steps/s), interleaved.
+class _Logged:
+    """A policy that remembers its decisions: the reference learns the same labelled examples."""
 
-    The simulator's step, through the public APIs: extract, choose, combine, learn.
+    def __init__(self, policy: Policy) -> None:
+        self.policy, self.name = policy, policy.name
+        self.decisions: list[Decision] = []
+
+    def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
+        decision = self.policy.choose(x, arms)
+        self.decisions.append(decision)
+        return decision
+
+    def learn(
+        self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
+    ) -> None:
+        self.policy.learn(x, arms, arm, probability, reward)
+
+    def dumps(self) -> bytes:
+        return self.policy.dumps()
+
+
+def replay_file(n: int) -> Replay:
+    """The synthetic stream as a replay file: every arm's outcome, from the planted reward."""
+    rows = []
+    for i, (query, app) in enumerate(queries(n)):
+        x = extract(query, app)
+        outcomes = {a.name: RewardParts(accuracy=truth(x, a.name), latency_ms=400.0) for a in ARMS}
+        rows.append(Row(i + 1, query, app, outcomes))
+    return Replay(rows, list(ARMS))
+
+
+def simulator_ratio(n: int, chunk: int = 250) -> tuple[float, float, float, float]:
+    """(simulator steps/s, bare pyvw text-API steps/s, native-layer steps/s, prepare rows/s).
+
+    ``bandit-router simulate``'s own code, not a copy of it: ``replay.prepare`` extracts every
+    row's features once (timed apart: the CLI shares it between every policy and seed), then
+    ``replay.run`` plays shuffled rows through ``make_stepper``'s stepper: ``choose``,
+    ``RewardConfig.combine`` of the chosen arm's outcome, ``learn``, and the per-step record.
+    Chunks of ``chunk`` steps alternate with the bare pyvw loop on the examples they produced.
     """
-    stream = queries(n)
-    config = reward_config(Settings())
-    policy = build_policy(parse_policy_spec("egreedy"), Settings(seed=1), 1)
+    replay = replay_file(n)
+    settings = Settings(seed=1)
+    began = time.perf_counter()
+    prepared = prepare(replay, reward_config(settings))
+    prepare_s = time.perf_counter() - began
+    stepper = make_stepper("egreedy", prepared, 1, settings)
+    assert isinstance(stepper, PolicyStepper)
+    logged = _Logged(stepper.policy)
+    stepper.policy = logged
+    rows = order(n, 1, in_order=False)
     reference = Reference()
     sim_s = 0.0
     for k in range(0, n, chunk):
-        steps: list[Step] = []
+        del logged.decisions[:]
         began = time.perf_counter()
-        for query, app in stream[k : k + chunk]:
-            x = extract(query, app)
-            d = policy.choose(x, ARMS)
-            r = config.combine(RewardParts(accuracy=truth(x, d.arm), latency_ms=400.0))
-            policy.learn(x, ARMS, d.arm, d.probability, r)
-            steps.append((x, d.arm, d.probability, r))
+        out = run("egreedy", stepper, prepared, rows[k : k + chunk], 1)
         sim_s += time.perf_counter() - began
+        steps: list[Step] = [
+            (prepared.features[i], d.arm, d.probability, r)
+            for i, d, r in zip(rows[k : k + chunk], logged.decisions, out.reward, strict=True)
+        ]
         reference.run(logged_examples(steps))
-    return (n / sim_s, *reference.rates())
+    return (n / sim_s, *reference.rates(), n / prepare_s)
 
 
 # --- the learner --------------------------------------------------------------------------
@@ -234,7 +276,9 @@ def linucb_ratio(n: int, dim: int = 64, chunk: int = 100) -> tuple[float, float,
     mab.fit([names[i % 3] for i in range(50)], [0.5] * 50, warm)
 
     def mab_step(i: int) -> None:
-        row = vectors[i : i + 1]
+        # From the same Features as ours, as the simulator's MABWiser peer does: both sides pay
+        # for the dense vector (it was prebuilt for MABWiser's side only).
+        row = dense_vector(xs[i], dim).reshape(1, -1)
         arm = mab.predict(row)
         mab.partial_fit([arm], [truth(xs[i], arm)], row)
 

@@ -282,11 +282,18 @@ class Bench:
             )
         _log("simulator loop vs bare pyvw")
         for _ in range(self.reps):
-            got, ref, native = inproc.simulator_ratio(3000)
-            self._vs("sim", "simulator-equivalent loop, `egreedy`", "steps/s", got, ref, native)
+            got, ref, native, prep = inproc.simulator_ratio(3000)
+            self._vs(
+                "sim", "simulator steps (`replay.run`), `egreedy`", "steps/s", got, ref, native
+            )
             self.fig("rs", "simulator / bare pyvw", "ratio", ">= 0.8", ">= 0.8").values.append(
                 got / ref
             )
+            self.fig("prep", "simulator: `replay.prepare` (extract, score outcomes)", "rows/s")
+            self.figures["prep"].values.append(prep)
+            both = 1 / (1 / got + 1 / prep)  # one policy, one seed: every row prepared for one run
+            self.fig("rsp", "simulator with prepare, 1 policy x 1 seed / bare pyvw", "ratio")
+            self.figures["rsp"].values.append(both / ref)
         _log("LinUCB vs MABWiser")
         for _ in range(self.reps):
             got, ref, ratio = inproc.linucb_ratio(1000)
@@ -297,7 +304,7 @@ class Bench:
             self.fig("rlin", "LinUCB / MABWiser", "ratio", ">= 20", ">= 20").values.append(ratio)
 
 
-def _machine() -> list[str]:
+def _machine(load_start: str) -> list[str]:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -324,12 +331,12 @@ def _machine() -> list[str]:
     return [
         f"- CPU: {os.cpu_count()} x {cpu}; {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}; {versions}; {wrk.strip()}",
-        f"- load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+        f"- load average at start: {load_start} "
         "(the machine is shared: other engineers' tests and simulations run meanwhile)",
     ]
 
 
-def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str]) -> None:
+def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: list[str]) -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -338,8 +345,8 @@ def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str])
         f"Run {started}, {bench.reps} repetitions of {bench.seconds:g} s per HTTP figure, "
         f"uvicorn loop `{bench.loop}`, http `httptools`. Command: `{' '.join(argv)}`.",
         "",
-        *_machine(),
-        f"- load average at the end: {load_end}",
+        *_machine(loads[0]),
+        f"- load average at the end: {loads[1]}",
         "",
         "| figure | median | spread (min - max) | target | met |",
         "|---|---|---|---|---|",
@@ -372,10 +379,17 @@ def write(bench: Bench, out: Path, started: str, load_end: str, argv: list[str])
         " them through the consumer group (XREADGROUP, XAUTOCLAIM, snapshots every 1000) and"
         " learns them; reference: pyvw `predict(lines)` + `learn(lines)` on the same examples as"
         " prebuilt text, alternated with it.",
-        "- Simulator: 3000 steps of extract, `choose`, `RewardConfig.combine`, `learn` through the"
-        " public APIs (egreedy); reference: the bare pyvw loop on the examples it produced.",
+        "- Simulator: `bandit-router simulate`'s own functions on a 3000-row replay of the"
+        " synthetic stream (every arm's outcome from a planted reward): `replay.prepare` extracts"
+        " each row's features once (timed apart: the CLI shares it between all policies and"
+        " seeds), then `replay.run` plays the rows in a seed's shuffled order through"
+        " `make_stepper('egreedy')`: `choose`, `RewardConfig.combine` of the chosen arm's"
+        " outcome, `learn`, the per-step record; reference: the bare pyvw loop on the examples it"
+        " produced, alternated with it in chunks of 250. 'with prepare' charges every row's"
+        " preparation to a single policy and seed.",
         "- LinUCB: 1000 steps of `choose` + `learn` at d = 64, against MABWiser's"
-        " `LinUCB(alpha=0.5)` `predict` + `partial_fit` on the same dense vectors.",
+        " `LinUCB(alpha=0.5)` `predict` + `partial_fit`, each side building `dense_vector` from"
+        " the same `Features` (as the simulator's peer does), in alternated chunks of 100.",
         "- Memory: VmRSS of a fresh single-worker service after 20k and 200k `/choose`.",
         "- Start-up: `bandit-router serve` spawned until the first `/choose` answers 200.",
         "",
@@ -401,6 +415,7 @@ def main() -> int:
     parser.add_argument("--baseline", default="", help="also measure /choose at this git rev")
     args = parser.parse_args()
     (ROOT / ".bench").mkdir(exist_ok=True)
+    load_start = _load()  # read now: _machine runs when the report is written
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     bench = Bench(args.reps, args.seconds, args.loop, args.baseline)
     with tempfile.TemporaryDirectory() as tmp:
@@ -418,12 +433,20 @@ def main() -> int:
                 bench.memory(redis.url)
         finally:
             redis.kill()
-    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_end = _load()
     write(
-        bench, Path(args.out), started, load_end, ["python", "-m", "benchmarks.run", *sys.argv[1:]]
+        bench,
+        Path(args.out),
+        started,
+        (load_start, load_end),
+        ["python", "-m", "benchmarks.run", *sys.argv[1:]],
     )
     _log(f"wrote {args.out}")
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _has(binary: str) -> bool:

@@ -10,25 +10,25 @@ unset BANDIT_POLICY BANDIT_REWARD_WEIGHTS BANDIT_LATENCY_BUDGET_MS BANDIT_COST_B
 
 # 1. MMLU-Pro x Llama-2, all 12,032 rows, 5 shuffled seeds, default reward settings.
 $BIN/bandit-router simulate $DATA/mmlu_pro_llama2.jsonl --arms $DATA/mmlu_pro_llama2.arms.json \
-  --policies squarecb,egreedy,egreedy:learning_rate=0.5,linucb,mabwiser,random,static,best-fixed,best-context,oracle \
+  --policies squarecb,squarecb:gamma_scale=10:learning_rate=0.1,egreedy,linucb,mabwiser,random,static,best-fixed,best-context,oracle \
   --seeds 5 --out $OUT/mmlu > $OUT/mmlu.txt
 
 # 2. The drift scenario in time order (generated, reproducible from its config's seed).
 $BIN/python -m simulations.generate simulations/scenarios/drift.json simulations/data/drift.jsonl
 $BIN/bandit-router simulate simulations/data/drift.jsonl --arms simulations/data/drift.arms.json \
-  --in-order --policies squarecb,egreedy,squarecb:learning_rate=0.5,linucb,mabwiser,random,static,best-fixed,best-context,oracle \
+  --in-order --policies squarecb,squarecb:gamma_scale=10:learning_rate=0.1,egreedy,linucb,mabwiser,random,static,best-fixed,best-context,oracle \
   --seeds 5 --out $OUT/drift > $OUT/drift.txt
 
-# 3. Overfitting checks: held-out MMLU-Pro categories, and other reward settings.
+# 3. Overfitting checks: held-out MMLU-Pro categories, and other reward settings (10 seeds).
 $BIN/python -m simulations.split $DATA/mmlu_pro_llama2.jsonl simulations/data
-CHECK=squarecb,squarecb:learning_rate=0.5,squarecb:learning_rate=0.05,egreedy,random,static,best-fixed,best-context
+CHECK=squarecb,squarecb:gamma_scale=10:learning_rate=0.1,squarecb:learning_rate=0.05,egreedy,random,static,best-fixed,best-context
 for part in tuned heldout; do
   $BIN/bandit-router simulate simulations/data/mmlu_$part.jsonl --arms $DATA/mmlu_pro_llama2.arms.json \
-    --policies $CHECK --seeds 5 --no-skyline --out $OUT/mmlu_$part > $OUT/mmlu_$part.txt
+    --policies $CHECK --seeds 10 --no-skyline --out $OUT/mmlu_$part > $OUT/mmlu_$part.txt
 done
 BANDIT_REWARD_WEIGHTS=accuracy=0.5,latency=0.3,cost=0.2 \
   $BIN/bandit-router simulate $DATA/mmlu_pro_llama2.jsonl --arms $DATA/mmlu_pro_llama2.arms.json \
-  --policies $CHECK --seeds 5 --no-skyline --out $OUT/mmlu_cost > $OUT/mmlu_cost.txt
+  --policies $CHECK --seeds 10 --no-skyline --out $OUT/mmlu_cost > $OUT/mmlu_cost.txt
 BANDIT_REWARD_WEIGHTS=accuracy=0.8,latency=0.2 BANDIT_LATENCY_BUDGET_MS=6000 \
   $BIN/bandit-router simulate $DATA/mmlu_pro_llama2.jsonl --arms $DATA/mmlu_pro_llama2.arms.json \
-  --policies $CHECK --seeds 5 --no-skyline --out $OUT/mmlu_quality > $OUT/mmlu_quality.txt
+  --policies $CHECK --seeds 10 --no-skyline --out $OUT/mmlu_quality > $OUT/mmlu_quality.txt

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -66,11 +65,11 @@ def test_event_to_dsjson_exact() -> None:
             "C": {"tier": "pro"},
             "_multi": [
                 {
-                    "A": {"id": "4b", "size": math.log1p(4) / 5, "price": 0.1},
+                    "A": {"id": "4b"},
                     "_arm": {"name": "4b", "params_b": 4, "usd_per_mtok": 0.1},
                 },
                 {
-                    "A": {"id": "14b", "size": math.log1p(14) / 5, "price": 0.4},
+                    "A": {"id": "14b"},
                     "_arm": {"name": "14b", "params_b": 14, "usd_per_mtok": 0.4},
                 },
                 {"A": {"id": "new"}, "_arm": {"name": "new"}},

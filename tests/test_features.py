@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import math
+import random
+from typing import Any
+
 import pytest
 
 from bandit_router.features import MAX_TOKENS, QUERY_STATS, Features, extract, token_hash
@@ -61,3 +65,40 @@ def test_json_round_trip() -> None:
 
 def test_hash_is_stable_across_processes() -> None:
     assert token_hash("hello") == 907060870  # CRC-32, not Python's salted hash()
+
+
+def _plain(query: str) -> dict[str, Any]:
+    """The markers and word-derived stats as the patterns alone define them (no shortcuts)."""
+    from bandit_router import features as f
+
+    words = f._WORD.findall(query)
+    return {
+        "code": 1.0 if f._CODE.search(query) else 0.0,
+        "math": 1.0 if f._MATH.search(query) else 0.0,
+        "lookup": 1.0 if f._LOOKUP.search(query) else 0.0,
+        "reasoning": 1.0 if f._REASONING.search(query) else 0.0,
+        "digits": sum(map(str.isdigit, query)) / len(query) if query else 0.0,
+        "tokens": tuple(dict.fromkeys(map(token_hash, f._WORD.findall(query.lower())))),
+        "words": len(words),
+    }
+
+
+def test_shortcuts_agree_with_the_patterns() -> None:
+    # extract skips a regex when the query lacks every literal it needs and splits ASCII
+    # queries over bytes: a pattern edited without its _NEEDS list would show up here.
+    pieces = [
+        *("def ", "class ", "import ", "function", "return", "=>", "SELECT", "#include", "```"),
+        *("x;", "{", "}", "solve", "Equation", "\\sqrt", "$x$", "3 + 4", "2*5", "What is"),
+        *("WHO IS", "when was", "Translate", "synonym", "embed", "classify", "extract", "lookup"),
+        *("define", "Definition", "why", "EXPLAIN", "prove", "derive", "step by step", "compare"),
+        *("analyse", "analyze", "reason", "\u017folve", "\u212aey", "İstanbul", "²", "٣", "naïve"),
+        *("word", "Word", "a_b", "x1", "\n", " ", "?", "- item", "1."),
+    ]
+    rnd = random.Random(7)
+    for _ in range(3000):
+        query = "".join(rnd.choice(pieces) + rnd.choice(["", " ", "\n"]) for _ in range(8))
+        x, want = extract(query), _plain(query)
+        for name in ("code", "math", "lookup", "reasoning", "digits"):
+            assert x.stat(name) == want[name], (name, query)
+        assert x.tokens == want["tokens"][:MAX_TOKENS], query
+        assert x.stat("words") == min(math.log1p(want["words"]) / 8.0, 1.0), query

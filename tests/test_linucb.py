@@ -19,7 +19,7 @@ def test_rank_one_updates_match_the_full_inverse() -> None:
         policy.learn(x, ARMS, "a", 1.0, 0.5)
         v = dense_vector(x, 32)
         a_full += np.outer(v, v)
-    np.testing.assert_allclose(policy._a_inv["a"], np.linalg.inv(a_full), atol=1e-9)
+    np.testing.assert_allclose(policy.state("a")[0], np.linalg.inv(a_full), atol=1e-9)
 
 
 def test_dense_vector_shape_and_bias() -> None:
@@ -50,6 +50,6 @@ def test_loads_refuses_pickle_and_keeps_state() -> None:
     policy.learn(extract("x"), ARMS, "b", 1.0, 1.0)
     restored = LinUCB.loads(policy.dumps())
     assert (restored.alpha, restored.dim) == (0.2, 16)
-    np.testing.assert_array_equal(restored._b["b"], policy._b["b"])
+    np.testing.assert_array_equal(restored.state("b")[1], policy.state("b")[1])
     with pytest.raises(ValueError):
         LinUCB.loads(b"not a model")
