@@ -50,6 +50,8 @@ def serve(args: argparse.Namespace) -> int:
             http="httptools",
             loop=settings.loop,
             log_level=settings.log_level,
+            # Above info uvicorn drops each access line, but only after formatting its parts.
+            access_log=settings.log_level.lower() in ("trace", "debug", "info"),
             # A spawned worker answers uvicorn's health pings only once its interpreter is up;
             # on a loaded machine that took over the default 5 s, and uvicorn killed and
             # respawned workers in a loop. A hung worker is still replaced, 30 s on.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +50,14 @@ class RewardResult:
     parts: dict[str, float]
     duplicates: list[str] = field(default_factory=list)
     model_version: int = 0
+
+
+def new_event_id() -> str:
+    """``uuid.uuid4().hex``, bit for bit, without building a ``UUID`` (a third of the cost)."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return b.hex()
 
 
 def reward_config(settings: Settings) -> RewardConfig:
@@ -136,7 +144,7 @@ class Router:
         model = self.model
         decision = model.policy.choose(x, eligible)
         record: dict[str, Any] = {
-            "event_id": event_id or uuid.uuid4().hex,
+            "event_id": event_id or new_event_id(),
             "features": x.to_json(),
             "arms": [a.name for a in eligible],
             "arm": decision.arm,

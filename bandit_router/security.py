@@ -25,7 +25,7 @@ class Forbidden(RouterError):
     status_code = 403
 
 
-def _matches(given: str | None, keys: Sequence[str]) -> bool:
+def key_matches(given: str | None, keys: Sequence[str]) -> bool:
     if given is None:
         return False
     # Compare against every key, in constant time per key, so timing tells nothing.
@@ -48,7 +48,7 @@ async def require_api_key(
 ) -> None:
     """When BANDIT_API_KEYS is set, /choose and /reward need one of them."""
     keys = request.app.state.settings.api_keys
-    if keys and not _matches(_given(header, bearer), keys):
+    if keys and not key_matches(_given(header, bearer), keys):
         raise Unauthorized(
             "missing or wrong API key: send X-API-Key or Authorization: Bearer <key>",
             field="X-API-Key",
@@ -64,7 +64,7 @@ async def require_admin_key(
     admin = request.app.state.settings.admin_key
     if not admin:
         raise Forbidden("admin endpoints are disabled: set BANDIT_ADMIN_KEY to enable them")
-    if not _matches(_given(header, bearer), [admin]):
+    if not key_matches(_given(header, bearer), [admin]):
         raise Unauthorized(
             "missing or wrong admin key: send X-API-Key or Authorization: Bearer <key>",
             field="X-API-Key",

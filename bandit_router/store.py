@@ -21,6 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript as Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -163,22 +164,22 @@ def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 
 class _GroupCommit:
-    """EVALSHA calls of one script, sent together: the calls made while a round trip is in
-    flight share the next one (one pipeline, one connection, one write, one read).
+    """Script calls (EVALSHA), sent together: the calls made while a round trip is in flight
+    share the next one (one pipeline, one connection, one write, one read), whichever of the
+    store's scripts they run, so a /choose's decision and a /reward's parts travel together.
 
     Each caller still waits for its own reply, so nothing is acknowledged before Redis has it;
     under load a round trip carries many requests' writes at the cost of about one.
     """
 
-    def __init__(self, client: aioredis.Redis, script: str) -> None:
+    def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._script = script
-        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Script, list[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def call(self, evalsha_args: list[Any]) -> Any:
+    async def call(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((evalsha_args, future))
+        self._queue.append((script, [script.sha, len(keys), *keys, *args], future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -187,17 +188,17 @@ class _GroupCommit:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                replies = await self._send([args for args, _ in batch])
+                replies = await self._send([(script, args) for script, args, _ in batch])
             except asyncio.CancelledError:  # shutting down: no waiter is left hanging
-                for _, future in batch + self._queue:
+                for *_, future in batch + self._queue:
                     future.cancel()
                 raise
             except Exception as e:  # every waiter in the batch gets the failure
-                for _, future in batch:
+                for *_, future in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for (_, future), reply in zip(batch, replies, strict=True):
+            for (*_, future), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
                 if isinstance(reply, Exception):
@@ -205,26 +206,35 @@ class _GroupCommit:
                 else:
                     future.set_result(reply)
 
-    async def _send(self, calls: list[list[Any]]) -> list[Any]:
+    async def _send(self, calls: list[tuple[Script, list[Any]]]) -> list[Any]:
         if len(calls) == 1:  # nothing to share: a plain call costs less than a pipeline
+            script, args = calls[0]
             try:
-                return [await self._client.evalsha(*calls[0])]
+                return [await self._client.evalsha(*args)]
             except NoScriptError:
-                await self._client.script_load(self._script)
-                return [await self._client.evalsha(*calls[0])]
+                await self._client.script_load(script.script)
+                return [await self._client.evalsha(*args)]
             except ResponseError as e:  # an error reply belongs to the caller, as in a batch
                 return [e]
-        for attempt in (0, 1):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for args in calls:
-                    pipe.evalsha(*args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt or not any(isinstance(r, NoScriptError) for r in replies):
-                return replies
-            # Redis lost its script cache (a restart): load it and send the batch again. A
-            # NOSCRIPT call ran nothing, so running it again is safe.
-            await self._client.script_load(self._script)
-        raise AssertionError("unreachable")
+        replies = await self._pipeline([args for _, args in calls])
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis lost its script cache (a restart): load the scripts and send again the calls
+            # that met NOSCRIPT. Those ran nothing, so running them again is safe; the others ran
+            # and are not sent again.
+            for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+                await self._client.script_load(script.script)
+            again = await self._pipeline([calls[i][1] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(*args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +301,9 @@ class Store:
         # Decisions outlive their window, so the sweep can still close it after an outage.
         self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
         self.stream_maxlen = stream_maxlen
+        self._writes = _GroupCommit(client)
         self._save_decision = client.register_script(_SAVE_DECISION)
-        self._decisions = _GroupCommit(client, _SAVE_DECISION)
-        self._parts = _GroupCommit(client, _ADD_PARTS)
-        self._finals = _GroupCommit(client, _FINALIZE)
-        self._add_final_script = client.register_script(_ADD_FINAL)
-        self._add_final = _GroupCommit(client, _ADD_FINAL)
+        self._add_final = client.register_script(_ADD_FINAL)
         self._add_parts = client.register_script(_ADD_PARTS)
         self._finalize = client.register_script(_FINALIZE)
         self._lease = client.register_script(_LEASE)
@@ -320,7 +327,7 @@ class Store:
         deadline = record["ts"] + self.reward_wait_s
         keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
         args = [_dumps(record), self.ttl_s, record["arm"], deadline, event_id]
-        existing = await self._decisions.call([self._save_decision.sha, len(keys), *keys, *args])
+        existing = await self._writes.call(self._save_decision, keys, args)
         return orjson.loads(existing) if existing else None
 
     @_unavailable
@@ -342,14 +349,12 @@ class Store:
         ]
         if final is None:
             args = [self.ttl_s, self.reward_wait_s, event_id, *flat]
-            result = await self._parts.call([self._add_parts.sha, len(keys), *keys, *args])
+            result = await self._writes.call(self._add_parts, keys, args)
         else:
             keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
             args = [self.ttl_s, self.reward_wait_s, event_id, self.stream_maxlen]
             args += [_dumps(final).decode(), final["reward"], *flat]
-            result = await self._add_final.call(
-                [self._add_final_script.sha, len(keys), *keys, *args]
-            )
+            result = await self._writes.call(self._add_final, keys, args)
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
@@ -375,7 +380,7 @@ class Store:
             self.key(KEY_STATS),
         ]
         args = [self.ttl_s, self.stream_maxlen, event_id, seen, _dumps(reward), reward["reward"]]
-        result = await self._finals.call([self._finalize.sha, len(keys), *keys, *args])
+        result = await self._writes.call(self._finalize, keys, args)
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:

@@ -9,7 +9,7 @@ import pytest
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.store import Snapshot, Store, connect, stream_id_key
-from tests.conftest import SettingsFactory
+from tests.conftest import SERVER_URL, SettingsFactory
 
 
 def _run(make_settings: SettingsFactory, body: Callable[[Store], Awaitable[None]]) -> None:
@@ -76,6 +76,29 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
         assert await store.due(time.time() + 61) == []
         counters = await store.counters()
         assert (counters["rewards:7b"], counters["reward_sum:7b"]) == (1, 0.5)
+
+    _run(make_settings, body)
+
+
+def test_writes_survive_a_lost_script_cache(make_settings: SettingsFactory, redis_url: str) -> None:
+    """After a Redis restart its script cache is empty: calls sent together, of several scripts,
+    some cached and some not, each run exactly once."""
+    if redis_url == SERVER_URL:
+        pytest.skip("SCRIPT FLUSH would touch the shared server's other users")
+
+    async def body(store: Store) -> None:
+        await store.save_decision("e0", _decision("e0"))  # the decision script is cached
+        await store.redis.script_flush()
+        await store.save_decision("e1", _decision("e1"))  # a lone call reloads it
+        decisions = [store.save_decision(f"d{i}", _decision(f"d{i}", "4b")) for i in range(5)]
+        finals = [store.add_parts(e, {"accuracy": 1.0}, _reward(1.0)) for e in ("e0", "e1")]
+        # One batch: calls of a cached script and of one the flush removed.
+        got = await asyncio.gather(asyncio.gather(*decisions), asyncio.gather(*finals))
+        assert got[0] == [None] * 5
+        assert [p.logged is not None for p in got[1]] == [True, True]
+        counters = await store.counters()
+        assert counters["decisions:4b"] == 5 and counters["rewards:7b"] == 2
+        assert await store.redis.xlen(store.key("{p}:events")) == 2
 
     _run(make_settings, body)
 
