@@ -164,7 +164,7 @@ class PolicyRequest(BaseModel):
     policy: str = Field(
         min_length=1,
         description="the policy spec to switch to, `name[:param=value...]`",
-        examples=["squarecb:gamma_scale=10"],
+        examples=["squarecb:gamma_scale=30"],
     )
 
 
