@@ -165,6 +165,7 @@ class VWPolicy:
         self._args = vw_arguments(name, params, None if model else seed)
         self._rng = np.random.default_rng(seed)
         self._own = name in OWN_EXPLORERS
+        self._gamma_scale = float(params.get("gamma_scale", 0.0))  # SquareCB's, when _own
         self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
         self.learned = 0  # examples learned (SquareCB's t)
         if model is not None and model.startswith(_MAGIC):
@@ -211,16 +212,15 @@ class VWPolicy:
         finally:
             _NATIVE._finish_example_multi_ex(self._vw, examples)
         if self._own:
-            gamma = float(self.params["gamma_scale"]) * math.sqrt(self.learned)
+            gamma = self._gamma_scale * math.sqrt(self.learned)
             scores = squarecb_pmf(scores, gamma)
         return sample(self._rng, arms, scores)
 
     def learn(
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
-        cost = (
-            self.baseline - reward
-        )  # VW minimises cost; our reward is in [0, 1], higher is better
+        # VW minimises cost; a reward is in [0, 1], higher is better, centred on the baseline
+        cost = self.baseline - reward
         if self._own:
             probability = 1.0  # SquareCB regresses on the observed reward, not importance weighted
         last, self._last_shared = self._last_shared, None
