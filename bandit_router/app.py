@@ -27,7 +27,7 @@ from bandit_router.metrics import register_metrics
 from bandit_router.openapi import ADMIN, ADMIN_BODY, CHOOSE, DESCRIPTION, HEALTH, READ, REWARD, TAGS
 from bandit_router.policies import build_policy, parse_policy_spec
 from bandit_router.rewards import RewardParts
-from bandit_router.router import ChooseResult, RewardResult, Router
+from bandit_router.router import Router, result_fields
 from bandit_router.schemas import (
     ArmsResponse,
     ChooseRequest,
@@ -53,10 +53,6 @@ async def get_router(request: Request) -> Router:  # async: a plain def runs in 
 
 
 RouterDep = Annotated[Router, Depends(get_router)]
-
-
-def _fields(result: ChooseResult | RewardResult) -> dict[str, Any]:
-    return {name: getattr(result, name) for name in result.__slots__}
 
 
 def _json(payload: dict[str, Any]) -> Response:
@@ -186,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def choose(body: ChooseRequest, router: RouterDep) -> Response:
         """Pick the arm (model) for one query."""
         result = await router.choose(body.query, body.features, body.arms, body.event_id)
-        return _json(_fields(result))
+        return _json(result_fields(result))
 
     @app.post(
         "/reward",
@@ -203,7 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         parts = RewardParts.from_mapping(body.model_dump(exclude={"event_id", "final"}))
         result = await router.reward(body.event_id, parts, final=body.final)
-        return _json(_fields(result))
+        return _json(result_fields(result))
 
     @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
     async def healthz(router: RouterDep) -> JSONResponse:

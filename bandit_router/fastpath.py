@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_router.errors import RouterError, StoreUnavailable
 from bandit_router.rewards import RewardParts
+from bandit_router.router import result_fields
 from bandit_router.schemas import MAX_FEATURE_VALUE_CHARS
 from bandit_router.security import key_matches
 
@@ -221,7 +222,7 @@ async def _answer(send: Send, router: Router, endpoint: str, handler: Handler, b
         return True
     if result is None:
         return False
-    await _send(send, 200, {name: getattr(result, name) for name in result.__slots__})
+    await _send(send, 200, result_fields(result))
     return True
 
 

@@ -52,6 +52,11 @@ class RewardResult:
     model_version: int = 0
 
 
+def result_fields(result: ChooseResult | RewardResult) -> dict[str, Any]:
+    """A result as the JSON object ``/choose`` and ``/reward`` answer with."""
+    return {name: getattr(result, name) for name in result.__slots__}
+
+
 def new_event_id() -> str:
     """``uuid.uuid4().hex``, bit for bit, without building a ``UUID`` (a third of the cost)."""
     b = bytearray(os.urandom(16))
