@@ -83,7 +83,13 @@ class PolicyKind:
     defaults: Mapping[str, ParamValue]  # every accepted parameter, with its default
 
 
-def sample(rng: np.random.Generator, arms: Sequence[Arm], pmf: Sequence[float]) -> Decision:
+class Uniform(Protocol):
+    """What ``sample`` needs of a generator: ``np.random.Generator`` has it."""
+
+    def random(self) -> float: ...
+
+
+def sample(rng: Uniform, arms: Sequence[Arm], pmf: Sequence[float]) -> Decision:
     """Draw an arm from ``pmf`` (aligned with ``arms``); the propensity travels with it.
 
     Bit for bit what ``p = pmf / sum(pmf); rng.choice(len(arms), p=p)`` gives (one uniform draw,

@@ -53,3 +53,51 @@ def test_loads_refuses_pickle_and_keeps_state() -> None:
     np.testing.assert_array_equal(restored.state("b")[1], policy.state("b")[1])
     with pytest.raises(ValueError):
         LinUCB.loads(b"not a model")
+
+
+def test_scores_match_the_textbook_formula_through_every_path() -> None:
+    """theta . x + alpha sqrt(x A^-1 x) from A and b built in full, after choose-then-learn (the
+    reused products), learns of an arm that was not chosen, of a context never scored, and
+    scores of a subset of the arms in another order (the gather path)."""
+    arms = [Arm("a"), Arm("b"), Arm("c")]
+    policy = LinUCB(alpha=0.7, dim=24, seed=3)
+    full = {arm.name: (np.eye(24), np.zeros(24)) for arm in arms}
+
+    def learn(x_text: str, arm: str, reward: float) -> None:
+        x = extract(x_text)
+        policy.learn(x, arms, arm, 1.0, reward)
+        a, b = full[arm]
+        v = dense_vector(x, 24)
+        full[arm] = (a + np.outer(v, v), b + reward * v)
+
+    for i in range(120):
+        text = f"question {i} on subject {i % 5} with {i % 3} parts"
+        x = extract(text)
+        decision = policy.choose(x, arms)
+        policy.learn(x, arms, decision.arm, decision.probability, (i % 4) / 4)
+        a, b = full[decision.arm]
+        v = dense_vector(x, 24)
+        full[decision.arm] = (a + np.outer(v, v), b + (i % 4) / 4 * v)
+        if i % 7 == 0:
+            learn(text, "c", 0.9)  # not the chosen arm, and no products left for it
+        if i % 11 == 0:
+            learn(f"never scored {i}", "a", 0.1)
+
+    x = extract("a final question on subject 2")
+    v = dense_vector(x, 24)
+    for subset in (arms, [arms[2], arms[0]]):
+        expected = []
+        for arm in subset:
+            a, b = full[arm.name]
+            a_inv = np.linalg.inv(a)
+            expected.append((a_inv @ b) @ v + 0.7 * np.sqrt(v @ a_inv @ v))
+        np.testing.assert_allclose(policy.scores(x, subset), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_choices_draw_the_generator_stream_one_number_each() -> None:
+    """The draws are taken 256 at a time; the arms drawn are those of one rng.random() each."""
+    from bandit_router.linucb import _Draws
+
+    draws = _Draws(np.random.default_rng(9))
+    reference = np.random.default_rng(9)
+    assert [draws.random() for _ in range(700)] == [reference.random() for _ in range(700)]
