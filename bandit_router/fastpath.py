@@ -154,7 +154,9 @@ class FastPath:
             answered = await _answer(send, router, endpoint, handler, body)
         finally:
             if answered:  # timed as metrics._Timing times the requests FastAPI answers
-                router.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+                router.metrics.series(router.metrics.request_seconds, endpoint).observe(
+                    time.perf_counter() - start
+                )
         if not answered:  # valid or not, pydantic and FastAPI judge it
             await self.app(scope, _replay(received, receive), send)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -78,6 +78,8 @@ class Metrics:
             registry=r,
         )
         self._init_gauges(r)
+        # labels() validates and locks on every call (about 3 us): each series is looked up once
+        self._series: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._recent: deque[bool] = deque(maxlen=EXPLORATION_WINDOW)
         self._explored = 0  # how many of _recent are True
         for arm in arms:  # every arm's series exists (at 0) from the start
@@ -112,10 +114,10 @@ class Metrics:
 
     def decided(self, arm: str, policy: str, probabilities: Mapping[str, float]) -> None:
         """A new decision (not a repeat of an existing event_id)."""
-        self.decisions.labels(arm, policy).inc()
+        self.series(self.decisions, arm, policy).inc()
         explored = not is_greedy(arm, probabilities)
         if explored:
-            self.exploratory.labels(arm, policy).inc()
+            self.series(self.exploratory, arm, policy).inc()
         if len(self._recent) == self._recent.maxlen:
             self._explored -= self._recent[0]  # leaves the window with the append below
         self._recent.append(explored)
@@ -124,14 +126,23 @@ class Metrics:
 
     def rewarded(self, arm: str, reward: float | None) -> None:
         """A reward call accepted; ``reward`` is the combined value once final, else None."""
-        self.rewards_received.labels(arm).inc()
+        self.series(self.rewards_received, arm).inc()
         if reward is not None:
-            self.reward_value.labels(arm).observe(reward)
+            self.series(self.reward_value, arm).observe(reward)
 
     def learned(self, arm: str, version: int) -> None:
         """The policy learned one reward; ``version`` is the model version after it."""
-        self.rewards_learned.labels(arm).inc()
+        self.series(self.rewards_learned, arm).inc()
         self.model_version.set(version)
+
+    def series(self, family: Counter | Histogram, *labels: str) -> Any:
+        """``family.labels(*labels)``, kept after the first call (label values are arm, policy
+        and endpoint names: a bounded set)."""
+        key = (id(family), labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = family.labels(*labels)
+        return child
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation).inc()
@@ -160,7 +171,9 @@ class _Timing:
         finally:
             router = getattr(scope["app"].state, "router", None)
             if router is not None:
-                router.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+                router.metrics.series(router.metrics.request_seconds, endpoint).observe(
+                    time.perf_counter() - start
+                )
 
 
 async def _logged_rewards(router: Router) -> int | None:

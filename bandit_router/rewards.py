@@ -33,12 +33,14 @@ class RewardParts:
         _check("reward", self.reward, 0.0, 1.0)
 
     def present(self) -> dict[str, float]:
-        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        return {name: v for name in _PART_NAMES if (v := getattr(self, name)) is not None}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RewardParts:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: float(v) for k, v in data.items() if k in names and v is not None})
+        return cls(**{k: float(v) for k, v in data.items() if k in _PART_NAMES and v is not None})
+
+
+_PART_NAMES = tuple(f.name for f in fields(RewardParts))  # in declaration order
 
 
 def _check(name: str, value: float | None, low: float, high: float | None) -> None:
