@@ -27,9 +27,11 @@ from pathlib import Path
 from benchmarks import inproc
 from benchmarks.servers import (
     ROOT,
+    Load,
     Server,
     bare,
     cpu_probe,
+    learner,
     request,
     run_wrk,
     service,
@@ -57,6 +59,32 @@ class Figure:
         op, bound = self.ok.split()
         good = self.median >= float(bound) if op == ">=" else self.median <= float(bound)
         return "yes" if good else "**no**"
+
+
+def _learned(server: Server) -> tuple[int, int]:
+    """(model version, rewards accepted) of ``server``, once the version has caught up with the
+    rewards (it follows a learner apart by up to a publish and a refresh), or after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        version = request(server.port, "GET", "/healthz")[1]["model_version"]
+        accepted = request(server.port, "GET", "/stats")[1]["rewards_accepted"]
+        if version >= accepted or time.monotonic() > deadline:
+            return version, accepted
+        time.sleep(0.1)
+
+
+def _pairs(server: Server, seconds: float) -> tuple[Load, int, int, int]:
+    """wrk with ``pairs.lua``: (the run, rewards learned, rewards accepted, rewards dropped)."""
+    v0, st0 = _learned(server)
+    pairs = run_wrk(server.port, "pairs.lua", seconds=seconds, server=server)
+    time.sleep(0.5)
+    v1, st1 = _learned(server)
+    # A reward answered 2xx must be stored and learned; a few more may be in flight when
+    # wrk stops (sent, stored and learned, but never read), which is not a loss.
+    learned, accepted = v1 - v0, st1 - st0
+    failed = pairs.failures + pairs.counts.get("failed", 0)
+    rewarded = pairs.counts.get("rewards", 0)
+    return pairs, learned, accepted, failed + max(0, rewarded - learned) + abs(accepted - learned)
 
 
 def _fmt(v: float) -> str:
@@ -94,13 +122,29 @@ class Bench:
             other = "asyncio" if self.loop in ("auto", "uvloop") else "uvloop"
             alt = service("svc1-" + other, _free_port(), redis_url, "bench-alt", 1, other)
             servers.append(alt)
+            # DESIGN's scale-out shape: the API process appends rewards, a learner apart learns
+            apart = service(
+                "svc1-apart",
+                _free_port(),
+                redis_url,
+                "bench-apart",
+                1,
+                self.loop,
+                learn_in_workers="false",
+                model_refresh_s=0.25,
+            )
+            servers.append(apart)
+            apart_learner = learner("learner-apart", redis_url, "bench-apart", publish_s=0.25)
+            servers.append(apart_learner)
             base = self._baseline(redis_url) if self.baseline else None
             if base is not None:
                 servers.append(base)
             for s in servers:  # warm-up: imports, JIT-free caches, Redis scripts, VW
-                run_wrk(s.port, seconds=1)
+                if s.port:
+                    run_wrk(s.port, seconds=1)
             for rep in range(self.reps):
                 self._http_rep(rep, ref, one, two)
+                self._apart_rep(apart, apart_learner)
                 self._loop_rep(one, alt, other)
                 if base is not None:
                     self._baseline_rep(one, base)
@@ -160,18 +204,9 @@ class Bench:
         c1 = run_wrk(one.port, seconds=s, server=one)
         probe = cpu_probe()
         c2 = run_wrk(two.port, seconds=s, server=two)
-        v0 = request(one.port, "GET", "/healthz")[1]["model_version"]
-        st0 = request(one.port, "GET", "/stats")[1]["rewards_accepted"]
-        pairs = run_wrk(one.port, "pairs.lua", seconds=s, server=one)
-        time.sleep(0.5)
-        v1 = request(one.port, "GET", "/healthz")[1]["model_version"]
-        st1 = request(one.port, "GET", "/stats")[1]["rewards_accepted"]
+        pairs, learned, accepted, dropped = _pairs(one, s)
         rewarded = pairs.counts.get("rewards", 0)
-        # A reward answered 2xx must be stored and learned; a few more may be in flight when
-        # wrk stops (sent, stored and learned, but never read), which is not a loss.
-        learned, accepted = v1 - v0, st1 - st0
         failed = pairs.failures + pairs.counts.get("failed", 0)
-        dropped = failed + max(0, rewarded - learned) + abs(accepted - learned)
         self.probes.append(probe)
         self.fig("bare", "bare FastAPI POST, 1 worker, 16 connections", "req/s").values.append(
             b.rps
@@ -221,6 +256,42 @@ class Bench:
             f"p99 {c1.p99_ms:.1f}ms | probe {probe:.2f} | choose 2w {c2.rps:.0f}/s "
             f"p99 {c2.p99_ms:.1f}ms | pairs {pair_rate:.0f}/s ({rewarded} answered, {learned} "
             f"learned, {accepted} stored, {failed} failed): dropped {dropped}"
+        )
+        self.raw.append(line)
+        _log(line)
+
+    def _apart_rep(self, apart: Server, apart_learner: Server) -> None:
+        """Pairs against /choose alone on the scale-out shape: one API process, a learner apart."""
+        c = run_wrk(apart.port, seconds=self.seconds, server=apart)
+        learner_cpu = apart_learner.cpu_s()
+        pairs, learned, accepted, dropped = _pairs(apart, self.seconds)
+        learner_cpu = apart_learner.cpu_s() - learner_cpu
+        rewarded = pairs.counts.get("rewards", 0)
+        rate = rewarded / pairs.seconds
+        cpu = (pairs.cpu_us * pairs.requests / 1e6 + learner_cpu) / max(rewarded, 1) * 1e6
+        self.fig(
+            "ca", "`/choose`, 1 API worker, learner apart, 16 connections", "req/s"
+        ).values.append(c.rps)
+        self.fig(
+            "pairs_a", "`/choose` + `/reward` pairs, 1 API worker, learner apart", "pairs/s"
+        ).values.append(rate)
+        self.fig(
+            "cpu_pa", "pairs, learner apart: CPU per pair (API process + learner)", "us"
+        ).values.append(cpu)
+        self.fig(
+            "rp_a", "pairs / `/choose` alone, learner apart", "ratio", ">= 0.5", ">= 0.5"
+        ).values.append(rate / c.rps)
+        self.fig(
+            "dropped_a",
+            "pairs, learner apart: rewards failed, not stored or not learned",
+            "count",
+            "0",
+            "<= 0",
+        ).values.append(dropped)
+        line = (
+            f"  learner apart: choose {c.rps:.0f}/s {c.cpu_us:.0f}us | pairs {rate:.0f}/s "
+            f"({rewarded} answered, {learned} learned, {accepted} stored; learner "
+            f"{learner_cpu / max(rewarded, 1) * 1e6:.0f}us a reward): dropped {dropped}"
         )
         self.raw.append(line)
         _log(line)

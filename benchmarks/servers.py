@@ -128,13 +128,14 @@ class Server:
     def __init__(
         self, name: str, argv: list[str], env: dict[str, str], port: int, cwd: Path = ROOT
     ) -> None:
+        """``port`` 0: a process that serves nothing (the learner), not waited for."""
         self.name = name
         self.port = port
         self.log = open(ROOT / ".bench" / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
         began = time.monotonic()
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=self.log)
         deadline = began + 60
-        while True:
+        while port:
             try:
                 if request(port, "POST", "/choose", CHOOSE_BODY)[0] == 200:
                     break
@@ -185,6 +186,22 @@ def service(
     **settings: Any,
 ) -> Server:
     """``bandit-router serve``; with ``code``, the package found there (an older version)."""
+    env = _env(redis_url, prefix, code, settings)
+    if loop != "auto":  # an older version may not know the setting
+        env["BANDIT_LOOP"] = loop
+    argv = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)]
+    return Server(name, [*argv, "--workers", str(workers)], env, port, code or ROOT)
+
+
+def learner(name: str, redis_url: str, prefix: str, **settings: Any) -> Server:
+    """``bandit-router learn``: the learner in a process of its own."""
+    argv = [sys.executable, "-m", "bandit_router.cli", "learn"]
+    return Server(name, argv, _env(redis_url, prefix, None, settings), 0)
+
+
+def _env(
+    redis_url: str, prefix: str, code: Path | None, settings: dict[str, Any]
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
     if code is not None:  # `python -m` looks in its working directory first
         env["PYTHONPATH"] = str(code)
@@ -196,10 +213,7 @@ def service(
         **settings,
     }
     env.update({f"BANDIT_{k.upper()}": str(v) for k, v in values.items()})
-    if loop != "auto":  # an older version may not know the setting
-        values["loop"] = loop
-    argv = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)]
-    return Server(name, [*argv, "--workers", str(workers)], env, port, code or ROOT)
+    return env
 
 
 def bare(name: str, port: int, loop: str) -> Server:
