@@ -182,6 +182,7 @@ class _GroupCommit:
         self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # kept from the client's pool between batches
+        self._loaded: set[str] = set()  # scripts loaded since that connection was made
 
     async def call(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """EVALSHA of ``script``; loaded again if Redis lost its script cache."""
@@ -221,21 +222,22 @@ class _GroupCommit:
                     future.set_result(reply)
 
     async def _send(self, calls: list[tuple[Script | None, list[Any]]]) -> list[Any]:
-        replies = await self._round_trip([args for _, args in calls])
+        scripts = list({s.sha: s for s, _ in calls if s is not None}.values())
+        replies = await self._round_trip([args for _, args in calls], scripts)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            # Redis lost its script cache (a restart): load the scripts and send again the calls
-            # that met NOSCRIPT. Those ran nothing, so running them again is safe; the others ran
-            # and are not sent again.
-            scripts = {s.sha: s for i in missing if (s := calls[i][0]) is not None}
-            for script in scripts.values():
-                await self._client.script_load(script.script)
-            again = await self._round_trip([calls[i][1] for i in missing])
+            # Each script is loaded before its first batch on a connection, so a new server (a
+            # restart drops the connection) has them all. This is for SCRIPT FLUSH on a live
+            # one: load them again and send the calls that met NOSCRIPT once more. Those ran
+            # nothing, so running them again is safe; the others ran and are not sent again,
+            # but they ran before these (a read of the log among them may not see these).
+            self._loaded.clear()
+            again = await self._round_trip([calls[i][1] for i in missing], scripts)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _round_trip(self, commands: list[list[Any]]) -> list[Any]:
+    async def _round_trip(self, commands: list[list[Any]], scripts: list[Script]) -> list[Any]:
         """Every command in one write, then their raw replies in order, an error reply as its
         ``ResponseError`` in its place.
 
@@ -253,9 +255,14 @@ class _GroupCommit:
             if self._conn is None:
                 pool = self._client.connection_pool
                 self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                self._loaded.clear()  # it may be a restarted server: an empty script cache
             conn = self._conn
             replies: list[Any] = []
             try:
+                for script in scripts:  # before the batch: a NOSCRIPT would reorder it
+                    if script.sha not in self._loaded:
+                        await self._client.script_load(script.script)
+                        self._loaded.add(script.sha)
                 async with asyncio.timeout(conn.socket_timeout):
                     # The connection's own writer: send_packed_command wraps every write in
                     # asyncio.wait_for, a new task per call (a tenth of the CPU under load).

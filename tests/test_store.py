@@ -4,11 +4,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
-from bandit_router.store import Snapshot, Store, connect, stream_id_key
+from bandit_router.store import Event, Parts, Snapshot, Store, connect, stream_id_key
 from tests.conftest import SERVER_URL, SettingsFactory
 
 
@@ -178,3 +179,36 @@ def test_unreachable_redis_is_store_unavailable() -> None:
         await store.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_read_batched_with_writes_sees_them_in_either_protocol(
+    make_settings: SettingsFactory, protocol: int
+) -> None:
+    """The learner's read of the log shares the group commit with the writes: Redis runs it
+    after the writes sent before it, in one round trip, and its raw reply (a map in RESP3, a
+    list in RESP2) reads the same."""
+
+    async def main() -> None:
+        s = make_settings()
+        url = (s.redis_url or "") + ("&" if "?" in (s.redis_url or "") else "?")
+        store = Store(connect(f"{url}protocol={protocol}"), s.key_prefix, 60, 1000)
+        try:
+            await store.ensure_group()
+            for i in range(4):
+                await store.save_decision(f"e{i}", _decision(f"e{i}"))
+            writes = [
+                store.add_parts(f"e{i}", {"reward": 0.25 * i}, _reward(0.25 * i)) for i in range(4)
+            ]
+            # all made before the first round trip starts: one batch, the read last
+            *done, read = await asyncio.gather(*writes, store.read_new("me", 10))
+            logged = cast(list[Parts], done)
+            events = cast(list[Event], read)
+            assert [e.decision["event_id"] for e in events] == ["e0", "e1", "e2", "e3"]
+            assert [e.stream_id for e in events] == [p.logged for p in logged]
+            assert [e.reward["reward"] for e in events] == [0.0, 0.25, 0.5, 0.75]
+            assert await store.read_new("me", 10) == []
+        finally:
+            await store.close()
+
+    asyncio.run(main())
