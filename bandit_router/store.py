@@ -366,6 +366,7 @@ class Store:
     ) -> None:
         self.redis = client
         self._p = "{" + prefix + "}"
+        self._keys: dict[str, str] = {}
         self.reward_wait_s = reward_wait_s
         # Decisions outlive their window, so the sweep can still close it after an outage.
         self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
@@ -379,6 +380,11 @@ class Store:
         self._release = client.register_script(_RELEASE)
 
     def key(self, template: str, event_id: str = "") -> str:
+        if not event_id:  # the deployment's fixed keys: formatted once
+            found = self._keys.get(template)
+            if found is None:
+                found = self._keys[template] = template.format(p=self._p, event_id="")
+            return found
         return template.format(p=self._p, event_id=event_id)
 
     @_unavailable

@@ -440,12 +440,18 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         "",
         f"- HTTP: `{command.replace(':0', ':PORT')}`"
         " against, in turn, `benchmarks/bare_app.py` (uvicorn, same request and response models),"
-        " `bandit-router serve --workers 1` and `--workers 2` (egreedy, a real redis-server on"
-        " loopback, no persistence). `benchmarks/choose.lua` rotates six realistic bodies.",
+        " `bandit-router serve --workers 1` and `--workers 2` (the default policy, squarecb; a"
+        " real redis-server on loopback, no persistence). `benchmarks/choose.lua` rotates six"
+        " realistic bodies.",
         "- Pairs: `benchmarks/pairs.lua` sends `/reward` (every weighted part) for each answered"
         " `/choose`; the single process learns each reward before answering. Dropped = non-2xx"
         " + socket errors + |rewards answered - model_version increase| + |rewards answered -"
-        " rewards_accepted increase|.",
+        " rewards_accepted increase|, read once the model version has caught up (at most 15 s).",
+        "- Learner apart: the same two runs (`/choose` alone, then pairs) against DESIGN's"
+        " scale-out shape, one `bandit-router serve --workers 1` with `BANDIT_LEARN_IN_WORKERS="
+        "false` and one `bandit-router learn` beside it (publishing every 0.25 s; the service"
+        " loads each model within 0.25 s, so its `model_version` is the learner's). Its CPU per"
+        " pair charges the learner's CPU too; dropped is counted as above.",
         "- Learner: 3000 events logged through the router; a leading `Learner.step()` loop reads"
         " them through the consumer group (XREADGROUP, XAUTOCLAIM, snapshots every 1000) and"
         " learns them; reference: pyvw `predict(lines)` + `learn(lines)` on the same examples as"
