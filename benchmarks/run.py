@@ -1,10 +1,9 @@
 """``make bench``: measure the service beside its references and write BENCHMARKS.md.
 
-Starts its own redis-server, the service (1 and 2 workers, and 1 worker beside a learner process)
-and a bare FastAPI app on loopback,
-drives each with wrk for a fixed time, runs the in-process figures, and writes every figure as
-the median and spread of several runs; a figure with a reference is the ratio of two
-measurements taken back to back in the same repetition.
+Starts its own redis-server, the service (1 and 2 workers, and 1 worker beside a learner
+process) and a bare FastAPI app on loopback, drives each with wrk for a fixed time, runs the
+in-process figures, and writes every figure as the median and spread of several runs; a figure
+with a reference is the ratio of two measurements taken back to back in the same repetition.
 
     python -m benchmarks.run [--reps 5] [--seconds 5] [--out BENCHMARKS.md]
 """
