@@ -189,7 +189,7 @@ class _GroupCommit:
         return await self._enqueue(script, ["EVALSHA", script.sha, len(keys), *keys, *args])
 
     async def command(self, *args: Any) -> Any:
-        """A plain command, its reply parsed as redis-py parses that command's reply."""
+        """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
         return await self._enqueue(None, list(args))
 
     async def _enqueue(self, script: Script | None, args: list[Any]) -> Any:
@@ -245,10 +245,10 @@ class _GroupCommit:
         timeout context per reply, a task per write and response callbacks: at a few hundred
         batches a second that was more CPU than the service's own work. Here the group commit
         keeps one pooled connection (one flush runs at a time), hiredis packs, the write goes
-        straight to the connection's stream, one timeout covers the batch, and
-        the replies are the raw ones (EVALSHA has no callback to lose; ``read_new`` reads
-        XREADGROUP's). Any failure drops the connection; as with the client's own retry, a
-        connection found dead before any reply came back (a Redis restart) is replaced once.
+        straight to the connection's stream, one timeout covers the batch, and the replies are
+        the raw ones (EVALSHA has no callback to lose; ``read_new`` reads XREADGROUP's). Any
+        failure drops the connection; as with the client's own retry, a connection found dead
+        before any reply came back (a Redis restart) is replaced once.
         """
         data = b"".join([pack_command(tuple(args)) for args in commands])
         for attempt in (1, 2):
