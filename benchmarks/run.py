@@ -63,8 +63,9 @@ class Figure:
 
 def _learned(server: Server) -> tuple[int, int]:
     """(model version, rewards accepted) of ``server``, once the version has caught up with the
-    rewards (it follows a learner apart by up to a publish and a refresh), or after 15 s."""
-    deadline = time.monotonic() + 15
+    rewards (it follows a learner apart by up to a publish and a refresh: with the defaults,
+    1000 events or 10 s, then 2 s), or after 30 s."""
+    deadline = time.monotonic() + 30
     while True:
         version = request(server.port, "GET", "/healthz")[1]["model_version"]
         accepted = request(server.port, "GET", "/stats")[1]["rewards_accepted"]
@@ -131,10 +132,9 @@ class Bench:
                 1,
                 self.loop,
                 learn_in_workers="false",
-                model_refresh_s=0.25,
             )
             servers.append(apart)
-            apart_learner = learner("learner-apart", redis_url, "bench-apart", publish_s=0.25)
+            apart_learner = learner("learner-apart", redis_url, "bench-apart")
             servers.append(apart_learner)
             base = self._baseline(redis_url) if self.baseline else None
             if base is not None:
@@ -449,9 +449,9 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         " rewards_accepted increase|, read once the model version has caught up (at most 15 s).",
         "- Learner apart: the same two runs (`/choose` alone, then pairs) against DESIGN's"
         " scale-out shape, one `bandit-router serve --workers 1` with `BANDIT_LEARN_IN_WORKERS="
-        "false` and one `bandit-router learn` beside it (publishing every 0.25 s; the service"
-        " loads each model within 0.25 s, so its `model_version` is the learner's). Its CPU per"
-        " pair charges the learner's CPU too; dropped is counted as above.",
+        "false` and one `bandit-router learn` beside it, default settings (the service loads"
+        " each model the learner publishes, so its `model_version` follows the learner's). Its"
+        " CPU per pair charges the learner's CPU too; dropped is counted as above.",
         "- Learner: 3000 events logged through the router; a leading `Learner.step()` loop reads"
         " them through the consumer group (XREADGROUP, XAUTOCLAIM, snapshots every 1000) and"
         " learns them; reference: pyvw `predict(lines)` + `learn(lines)` on the same examples as"
