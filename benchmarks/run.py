@@ -446,7 +446,7 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         "- Pairs: `benchmarks/pairs.lua` sends `/reward` (every weighted part) for each answered"
         " `/choose`; the single process learns each reward before answering. Dropped = non-2xx"
         " + socket errors + |rewards answered - model_version increase| + |rewards answered -"
-        " rewards_accepted increase|, read once the model version has caught up (at most 15 s).",
+        " rewards_accepted increase|, read once the model version has caught up (at most 30 s).",
         "- Learner apart: the same two runs (`/choose` alone, then pairs) against DESIGN's"
         " scale-out shape, one `bandit-router serve --workers 1` with `BANDIT_LEARN_IN_WORKERS="
         "false` and one `bandit-router learn` beside it, default settings (the service loads"
