@@ -197,3 +197,36 @@ def test_final_closes_an_event_with_the_parts_it_has(make_settings: SettingsFact
         await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_learner_apart_reads_again_at_once_after_a_full_batch(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner waits between polls only when the log had less than a batch for it: waiting
+    after every batch capped it at BATCH / poll_s events a second, whatever the traffic."""
+    from bandit_router.learner import BATCH, Learner, fresh_model
+    from bandit_router.policies import parse_policy_spec
+
+    settings = make_settings(learn_in_workers=False)
+
+    async def scenario() -> None:
+        api = await _open(settings)  # logs rewards, never learns
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        learner = Learner(
+            settings, store, fresh_model(parse_policy_spec(settings.policy), settings)
+        )
+        assert await learner.lead()  # leads an empty log
+        await _train(api, 5 * BATCH)
+        stop = asyncio.Event()
+        running = asyncio.create_task(learner.run(stop, poll_s=30))
+        deadline = time.monotonic() + 10
+        while learner.model.version < 5 * BATCH and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+        assert learner.model.version == 5 * BATCH  # in one poll, not five
+        await learner.close()
+        await store.close()
+        await api.store.close()
+
+    asyncio.run(scenario())
