@@ -24,9 +24,9 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_router.errors import RouterError, StoreUnavailable
-from bandit_router.rewards import RewardParts
+from bandit_router.rewards import PART_BOUNDS, RewardParts
 from bandit_router.router import result_fields
-from bandit_router.schemas import MAX_FEATURE_VALUE_CHARS
+from bandit_router.schemas import EVENT_ID_MAX_CHARS, EVENT_ID_PATTERN, MAX_FEATURE_VALUE_CHARS
 from bandit_router.security import key_matches
 
 if TYPE_CHECKING:
@@ -35,17 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bandit_router")
 
-_EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # schemas.EventId, matched in full
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)  # schemas.EventId's; its + asks for one or more
 _CHOOSE_FIELDS = frozenset({"query", "features", "arms", "event_id"})
-# RewardRequest's parts and their bounds (the same as its Field(ge=..., le=...)).
-_PART_BOUNDS: dict[str, tuple[float, float | None]] = {
-    "latency_ms": (0.0, None),
-    "accuracy": (0.0, 1.0),
-    "rating": (1.0, 5.0),
-    "cost_usd": (0.0, None),
-    "reward": (0.0, 1.0),
-}
-_REWARD_FIELDS = frozenset({"event_id", "final", *_PART_BOUNDS})
+_REWARD_FIELDS = frozenset({"event_id", "final", *PART_BOUNDS})
 UNEXPECTED = "internal error; the service log has the details"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -57,7 +49,11 @@ def _str(value: Any, longest: int) -> bool:
 
 
 def _event_id(value: Any) -> bool:
-    return type(value) is str and _EVENT_ID.fullmatch(value) is not None
+    return (
+        type(value) is str
+        and len(value) <= EVENT_ID_MAX_CHARS
+        and _EVENT_ID.fullmatch(value) is not None
+    )
 
 
 def _features(value: Any) -> bool:
@@ -107,7 +103,7 @@ async def _reward(router: Router, body: dict[str, Any]) -> RewardResult | None:
     if type(event_id) is not str or not _event_id(event_id) or type(final) is not bool:
         return None
     parts: dict[str, float] = {}
-    for name, (low, high) in _PART_BOUNDS.items():
+    for name, (low, high) in PART_BOUNDS.items():
         value = body.get(name)
         if value is None:
             continue

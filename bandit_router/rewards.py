@@ -14,6 +14,15 @@ PART_FIELDS = {
     "cost": "cost_usd",
 }
 
+# Each part's allowed range, (low, high or None for no upper bound), both ends included.
+PART_BOUNDS: dict[str, tuple[float, float | None]] = {
+    "accuracy": (0.0, 1.0),
+    "rating": (1.0, 5.0),
+    "latency_ms": (0.0, None),
+    "cost_usd": (0.0, None),
+    "reward": (0.0, 1.0),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RewardParts:
@@ -26,11 +35,8 @@ class RewardParts:
     reward: float | None = None  # 0..1, a final reward computed by the app itself
 
     def __post_init__(self) -> None:
-        _check("accuracy", self.accuracy, 0.0, 1.0)
-        _check("rating", self.rating, 1.0, 5.0)
-        _check("latency_ms", self.latency_ms, 0.0, None)
-        _check("cost_usd", self.cost_usd, 0.0, None)
-        _check("reward", self.reward, 0.0, 1.0)
+        for name, (low, high) in PART_BOUNDS.items():
+            _check(name, getattr(self, name), low, high)
 
     def present(self) -> dict[str, float]:
         return {name: v for name in _PART_NAMES if (v := getattr(self, name)) is not None}

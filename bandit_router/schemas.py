@@ -15,9 +15,11 @@ from pydantic import (
 
 from bandit_router.settings import ArmSpec
 
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+EVENT_ID_MAX_CHARS = 128
 EventId = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"),
+    StringConstraints(min_length=1, max_length=EVENT_ID_MAX_CHARS, pattern=EVENT_ID_PATTERN),
 ]
 FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MAX_FEATURE_VALUE_CHARS = 256

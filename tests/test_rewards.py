@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from bandit_router.rewards import RewardConfig, RewardParts
+from bandit_router.rewards import PART_BOUNDS, RewardConfig, RewardParts
+from bandit_router.schemas import RewardRequest
 
 CONFIG = RewardConfig({"accuracy": 0.6, "rating": 0.2, "latency": 0.2}, latency_budget_ms=1000)
 ALL = RewardParts(accuracy=1.0, rating=5, latency_ms=500)
@@ -52,3 +53,12 @@ def test_no_weighted_part_is_an_error_naming_the_fields() -> None:
 def test_out_of_range_parts(field: str, value: float, allowed: str) -> None:
     with pytest.raises(ValueError, match=f"{field} must be {allowed}"):
         RewardParts(**{field: value})
+
+
+def test_the_request_schema_declares_the_same_bounds_as_the_parts() -> None:
+    """pydantic's Field(ge, le) on RewardRequest (the OpenAPI schema, FastAPI's 422s) and the
+    table RewardParts and the fast path check against must not drift apart."""
+    for name, (low, high) in PART_BOUNDS.items():
+        declared = {type(m).__name__: m for m in RewardRequest.model_fields[name].metadata}
+        assert declared["Ge"].ge == low, name
+        assert (declared["Le"].le if "Le" in declared else None) == high, name
