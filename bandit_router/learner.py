@@ -187,12 +187,9 @@ class Learner:
                 await self._publish()
             return len(events)
 
-    def _learn(self, event: Event) -> bool:
-        if not self.model.learn(event, self.arms):
-            return False
-        if self.on_learned is not None:
+    def _learn(self, event: Event) -> None:
+        if self.model.learn(event, self.arms) and self.on_learned is not None:
             self.on_learned(event.decision["arm"], self.model.version)
-        return True
 
     def _due(self) -> bool:
         version, at = self._published
