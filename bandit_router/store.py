@@ -627,10 +627,7 @@ class Store:
             list[tuple[bytes, dict[bytes, bytes]]],
             await self.redis.xrevrange(self.key(KEY_EVENTS), count=count),
         )
-        return [
-            Event(sid.decode(), orjson.loads(f[b"d"]), orjson.loads(f[b"r"]))
-            for sid, f in rows[::-1]
-        ]
+        return [_event(sid, f) for sid, f in rows[::-1]]
 
     @_unavailable
     async def counters(self) -> dict[str, float]:
