@@ -47,7 +47,7 @@ def serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            http="httptools",
+            http="bandit_router.protocol:HttpProtocol",  # uvicorn's httptools, fast-pathed
             loop=settings.loop,
             log_level=settings.log_level,
             # Above info uvicorn drops each access line, but only after formatting its parts.

@@ -1,14 +1,17 @@
-"""The hot path: a plainly valid ``POST /choose`` or ``POST /reward`` answered straight off ASGI.
+"""The hot path: a plainly valid ``POST /choose`` or ``POST /reward`` answered without FastAPI.
 
 FastAPI's path for one request (its middleware stack, routing, dependency solving, the API-key
 header dependencies, pydantic validation of the body, exception handlers) cost more CPU than
-features, VW and Redis together. The app (``app.App``) hands every HTTP request to this class
-first. This middleware reads the body itself, parses it with
-orjson and checks it with a validator that accepts a *subset* of what the pydantic models
-accept, with the same meaning; then it calls the router as the routes do and answers the same
-bytes. Anything else (bad or odd JSON, another content type, a missing or wrong API key, a body
-over the limit, a field the validator is unsure of) is handed on, unread, to the FastAPI routes,
-so every error answer (422 messages, 401, 413) stays theirs, and so does the OpenAPI schema.
+features, VW and Redis together. ``FastPath`` reads the body itself, parses it with orjson and
+checks it with a validator that accepts a *subset* of what the pydantic models accept, with the
+same meaning; then it calls the router as the routes do and answers the same bytes. Anything
+else (bad or odd JSON, another content type, a missing or wrong API key, a body over the limit,
+a field the validator is unsure of) is handed on, unread, to the FastAPI routes, so every error
+answer (422 messages, 401, 413) stays theirs, and so does the OpenAPI schema.
+
+Under ``bandit-router serve``, uvicorn's connections speak ``protocol.HttpProtocol``, which
+brings these requests here straight from the HTTP parser; under any other ASGI server the app
+(``app.App``) hands every HTTP request to this class first.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ UNEXPECTED = "internal error; the service log has the details"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Handler = Callable[["Router", dict[str, Any]], Awaitable["ChooseResult | RewardResult | None"]]
+Route = tuple[str, Handler]  # the endpoint's name (for metrics and logs) and its handler
 
 
 def _str(value: Any, longest: int) -> bool:
@@ -118,43 +122,79 @@ async def _reward(router: Router, body: dict[str, Any]) -> RewardResult | None:
 
 
 class FastPath:
-    """Serves the plainly valid routing calls; hands everything else on to ``app``."""
+    """Serves the plainly valid routing calls; hands everything else on to ``app``.
+
+    Two doors lead here: ``__call__``, as the outermost ASGI layer, and ``protocol.HttpProtocol``,
+    which asks ``route`` once a request's headers are in and ``answer`` once its body is.
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings, state: State) -> None:
         self.app = app
         self.state = state  # the app's: its router once the lifespan has started
         self.limit = settings.max_body_bytes
         self.keys = settings.api_keys
-        self.handlers: dict[str, tuple[str, Handler]] = {
+        self.handlers: dict[str, Route] = {
             "/choose": ("choose", _choose),
             "/reward": ("reward", _reward),
         }
+        self._by_url = {path.encode(): route for path, route in self.handlers.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST" or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        router: Router | None = getattr(self.state, "router", None)
         received: list[Message] = []
-        body = None
-        if router is not None and self._plain(scope["headers"]):
-            body = await self._body(receive, received)
-        if router is None or body is None:  # not ours to judge: FastAPI sees it as it came
+        raw = None
+        if self.ready() and self._plain(scope["headers"]):
+            raw = await self._body(receive, received)
+        answer = None if raw is None else await self.answer(route, raw)
+        if answer is None:  # not ours to judge: FastAPI sees the request as it came
             await self.app(scope, _replay(received, receive), send)
             return
+        status, body = answer
+        headers = [(b"content-length", b"%d" % len(body)), *_JSON_HEADERS]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def ready(self) -> bool:
+        return getattr(self.state, "router", None) is not None
+
+    def route(self, url: bytes, headers: list[tuple[bytes, bytes]]) -> Route | None:
+        """The route of a ``POST`` to ``url`` (the raw request target) with these headers, if
+        its body is ours to judge; None: FastAPI's."""
+        route = self._by_url.get(url)
+        if route is None or not self.ready() or not self._plain(headers):
+            return None
+        return route
+
+    async def answer(self, route: Route, raw: bytes) -> tuple[int, bytes] | None:
+        """The status and JSON body the route would answer; None: declined, FastAPI judges."""
+        router: Router = self.state.router
         endpoint, handler = route
-        answered = True
+        start = time.perf_counter()
         try:
-            answered = await _answer(send, router, endpoint, handler, body)
-        finally:
-            if answered:  # timed as metrics._Timing times the requests FastAPI answers
-                router.metrics.series(router.metrics.request_seconds, endpoint).observe(
-                    time.perf_counter() - start
-                )
-        if not answered:  # valid or not, pydantic and FastAPI judge it
-            await self.app(scope, _replay(received, receive), send)
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        try:
+            result = await handler(router, body) if type(body) is dict else None
+            if result is None:
+                return None
+            status, payload = 200, result_fields(result)
+        except StoreUnavailable as e:  # as metrics._on_store_unavailable
+            router.metrics.redis_error(endpoint)
+            status, payload = e.status_code, {"detail": e.message, "field": e.field}
+        except RouterError as e:  # as app._on_router_error
+            status, payload = e.status_code, {"detail": e.message, "field": e.field}
+        except Exception:  # as app._on_unexpected: no traceback reaches the client
+            log.exception("unhandled error on POST /%s", endpoint)
+            status, payload = 500, {"detail": UNEXPECTED, "field": None}
+        # timed as metrics._Timing times the requests FastAPI answers
+        router.metrics.series(router.metrics.request_seconds, endpoint).observe(
+            time.perf_counter() - start
+        )
+        return status, orjson.dumps(payload)
 
     def _plain(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """JSON, within the declared size limit, and with a valid API key when keys are set."""
@@ -183,8 +223,8 @@ class FastPath:
                 given = credentials.strip()
         return key_matches(given, self.keys)
 
-    async def _body(self, receive: Receive, received: list[Message]) -> Any:
-        """The body parsed as JSON; None if it is not JSON, grows over the limit or never ends."""
+    async def _body(self, receive: Receive, received: list[Message]) -> bytes | None:
+        """The whole body; None if it grows over the limit or never ends."""
         size = 0
         while True:
             message = await receive()
@@ -197,31 +237,7 @@ class FastPath:
             if not message.get("more_body", False):
                 break
         chunks = [m.get("body", b"") for m in received]
-        try:
-            return orjson.loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        except orjson.JSONDecodeError:
-            return None
-
-
-async def _answer(send: Send, router: Router, endpoint: str, handler: Handler, body: Any) -> bool:
-    """Answer as the route and the app's error handlers would; False: declined, nothing sent."""
-    try:
-        result = await handler(router, body) if type(body) is dict else None
-    except StoreUnavailable as e:  # as metrics._on_store_unavailable
-        router.metrics.redis_error(endpoint)
-        await _send(send, e.status_code, {"detail": e.message, "field": e.field})
-        return True
-    except RouterError as e:  # as app._on_router_error
-        await _send(send, e.status_code, {"detail": e.message, "field": e.field})
-        return True
-    except Exception:  # as app._on_unexpected: no traceback reaches the client
-        log.exception("unhandled error on POST /%s", endpoint)
-        await _send(send, 500, {"detail": UNEXPECTED, "field": None})
-        return True
-    if result is None:
-        return False
-    await _send(send, 200, result_fields(result))
-    return True
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(received: list[Message], receive: Receive) -> Receive:
@@ -232,10 +248,3 @@ def _replay(received: list[Message], receive: Receive) -> Receive:
         return pending.pop(0) if pending else await receive()
 
     return replayed
-
-
-async def _send(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = orjson.dumps(payload)
-    headers = [(b"content-length", b"%d" % len(body)), *_JSON_HEADERS]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

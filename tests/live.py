@@ -11,6 +11,7 @@ import pytest
 import uvicorn
 
 from bandit_router.app import create_app
+from bandit_router.protocol import HttpProtocol
 from bandit_router.settings import Settings
 from tests.conftest import SettingsFactory, _free_port
 
@@ -24,7 +25,11 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
         settings: Settings = make_settings(**overrides)
         port = _free_port()
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning"
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            http=HttpProtocol,  # as `bandit-router serve` runs it
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
