@@ -123,8 +123,9 @@ class Learner:
         self.model = model
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
-        self.leading = False
+        self._leading = False
         self._acks: list[str] = []
+        self._unlearned: list[Event] = []  # read after a batch's writes while the lock was held
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
         self._started = 0  # steps started; the number of the newest one that read the log:
@@ -132,6 +133,45 @@ class Learner:
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    @leading.setter
+    def leading(self, value: bool) -> None:
+        """While it leads, every round trip of this process that logs an event also reads the
+        new events for it, so a /reward learns its event without a round trip of its own."""
+        if value != self._leading:
+            self.store.follow_log(self.name if value else None, BATCH, self._followed)
+        self._leading = value
+
+    def _followed(self, events: list[Event]) -> None:
+        """Events a round trip read after its writes: learned now, unless a step, a publish or a
+        switch holds the lock; then the next step learns them, in stream order with its own."""
+        if not self._leading:
+            return  # delivered to a learner that lost the lease: the next leader claims them
+        if self._lock.locked():
+            self._unlearned += events
+        else:
+            self._learn_all(events)
+
+    def _learn_all(self, events: list[Event]) -> None:
+        if self._unlearned:
+            events = sorted([*self._unlearned, *events], key=lambda e: stream_id_key(e.stream_id))
+            self._unlearned = []
+        for event in events:
+            self._learn(event)
+            self._acks.append(event.stream_id)
+
+    async def catch_up(self, stream_id: str | None) -> None:
+        """Make sure the logged event ``stream_id`` (None: not known) is learned, and publish
+        when due. Usually it is learned already, by the read that followed its round trip."""
+        learned = stream_id is not None and (
+            stream_id_key(stream_id) <= stream_id_key(self.model.stream_id)
+        )
+        if not learned or self._due():
+            await self.step()
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
@@ -180,9 +220,7 @@ class Learner:
                 self._claimed = now
             events = await self.store.read_new(self.name, BATCH)
             self._read = number
-            for event in events:
-                self._learn(event)
-                self._acks.append(event.stream_id)
+            self._learn_all(events)
             if self._due():
                 await self._publish()
             return len(events)

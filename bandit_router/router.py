@@ -221,7 +221,7 @@ class Router:
                 self._combine(merged)  # nothing to learn from: 422 naming the parts to send
             value, merged = await self._finalize(event_id, merged)
         if value is not None and self.learner.leading:
-            await self.learner.step()  # the learner is here: learned before we answer
+            await self.learner.catch_up(got.logged)  # the learner is here: learned before we answer
         self.metrics.rewarded(decision["arm"], value)
         return RewardResult(
             event_id=event_id,

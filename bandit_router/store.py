@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
@@ -33,6 +34,8 @@ from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 
 if TYPE_CHECKING:
     from bandit_router.settings import Settings
+
+log = logging.getLogger("bandit_router")
 
 # Key layout; {p} is the key prefix wrapped as a hash tag.
 KEY_DECISION = "{p}:decision:{event_id}"  # JSON decision record
@@ -178,23 +181,31 @@ class _GroupCommit:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        # (the script, or None for a plain command; its arguments; the caller's future)
-        self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any]]] = []
+        # (the script, or None for a plain command; its arguments; the caller's future; whether
+        # the call may log an event)
+        self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any], bool]] = []
+        # A command sent last in every batch with a call that may log an event, and what takes
+        # its reply before the callers get theirs: the leading learner's read of the log.
+        self.follow: tuple[list[Any], Callable[[Any], None]] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # kept from the client's pool between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
 
-    async def call(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        """EVALSHA of ``script``; loaded again if Redis lost its script cache."""
-        return await self._enqueue(script, ["EVALSHA", script.sha, len(keys), *keys, *args])
+    async def call(
+        self, script: Script, keys: list[Any], args: list[Any], logs: bool = False
+    ) -> Any:
+        """EVALSHA of ``script``; loaded again if Redis lost its script cache. ``logs``: the
+        script may log an event, so ``follow`` goes in the same batch, after it."""
+        args = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        return await self._enqueue(script, args, logs)
 
     async def command(self, *args: Any) -> Any:
         """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
         return await self._enqueue(None, list(args))
 
-    async def _enqueue(self, script: Script | None, args: list[Any]) -> Any:
+    async def _enqueue(self, script: Script | None, args: list[Any], logs: bool = False) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, args, future))
+        self._queue.append((script, args, future, logs))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -202,18 +213,29 @@ class _GroupCommit:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            calls = [(script, args) for script, args, _, _ in batch]
+            follow = self.follow if any(logs for *_, logs in batch) else None
+            if follow is not None:
+                calls.append((None, follow[0]))
             try:
-                replies = await self._send([(script, args) for script, args, _ in batch])
+                replies = await self._send(calls)
             except asyncio.CancelledError:  # shutting down: no waiter is left hanging
-                for *_, future in batch + self._queue:
+                for _, _, future, _ in batch + self._queue:
                     future.cancel()
                 raise
             except Exception as e:  # every waiter in the batch gets the failure
-                for *_, future in batch:
+                for _, _, future, _ in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for (*_, future), reply in zip(batch, replies, strict=True):
+            if follow is not None:
+                reply = replies.pop()
+                try:
+                    if not isinstance(reply, Exception):  # NOGROUP: the learner's step sees it
+                        follow[1](reply)
+                except Exception:  # the callers' replies must still reach them
+                    log.exception("the read of the log after a batch failed")
+            for (_, _, future, _), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
                 if isinstance(reply, Exception):
@@ -358,6 +380,17 @@ def _event(stream_id: bytes, fields: dict[bytes, bytes]) -> Event:
     return Event(stream_id.decode(), orjson.loads(fields[b"d"]), orjson.loads(fields[b"r"]))
 
 
+def _entries(reply: Any) -> list[Event]:
+    """The events of XREADGROUP's raw reply: {stream: entries} in RESP3, [[stream, entries]] in
+    RESP2, nothing when no event is new; an entry is [id, [field, value, ...]]."""
+    if not reply:
+        return []
+    (entries,) = reply.values() if isinstance(reply, dict) else [reply[0][1]]
+    return [
+        _event(sid, dict(zip(flat[::2], flat[1::2], strict=True))) for sid, flat in entries if flat
+    ]
+
+
 class Store:
     """The service's state in Redis."""
 
@@ -429,7 +462,7 @@ class Store:
             keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
             args = [self.ttl_s, self.reward_wait_s, event_id, self.stream_maxlen]
             args += [_dumps(final).decode(), final["reward"], *flat]
-            result = await self._calls.call(self._add_final, keys, args)
+            result = await self._calls.call(self._add_final, keys, args, logs=True)
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
@@ -455,7 +488,7 @@ class Store:
             self.key(KEY_STATS),
         ]
         args = [self.ttl_s, self.stream_maxlen, event_id, seen, _dumps(reward), reward["reward"]]
-        result = await self._calls.call(self._finalize, keys, args)
+        result = await self._calls.call(self._finalize, keys, args, logs=True)
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
@@ -532,16 +565,20 @@ class Store:
                 raise
             await self.ensure_group()  # Redis lost its data (a restart without persistence)
             return []
-        if not reply:
-            return []
-        # The raw reply: {stream: entries} in RESP3, [[stream, entries]] in RESP2; an entry is
-        # [id, [field, value, ...]]
-        (entries,) = reply.values() if isinstance(reply, dict) else [reply[0][1]]
-        return [
-            _event(sid, dict(zip(flat[::2], flat[1::2], strict=True)))
-            for sid, flat in entries
-            if flat
-        ]
+        return _entries(reply)
+
+    def follow_log(
+        self, consumer: str | None, count: int, take: Callable[[list[Event]], None]
+    ) -> None:
+        """From now on, every round trip that may log an event also reads, after those writes,
+        up to ``count`` events never delivered before, for ``consumer``; ``take`` gets them before
+        the callers in that round trip get their replies. ``consumer`` None: no more reads."""
+        if consumer is None:
+            self._calls.follow = None
+            return
+        key = self.key(KEY_EVENTS)
+        read = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
+        self._calls.follow = (read, lambda reply: take(_entries(reply)))
 
     @_unavailable
     async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:

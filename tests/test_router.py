@@ -11,7 +11,7 @@ from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.router import Router
 from bandit_router.settings import Settings
-from bandit_router.store import Store, connect
+from bandit_router.store import GROUP, KEY_EVENTS, Store, connect
 from tests.conftest import SettingsFactory
 
 MARKED = "please summarise this zebra report"
@@ -228,5 +228,57 @@ def test_a_learner_apart_reads_again_at_once_after_a_full_batch(
         await learner.close()
         await store.close()
         await api.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_rewards_are_learned_before_their_answers_in_log_order(
+    make_settings: SettingsFactory,
+) -> None:
+    """Rewards arriving together share round trips; the learner's read travels in them, so each
+    answer already counts its own event, every event is learned once, in log order, and the
+    next snapshot acknowledges them all."""
+    settings = make_settings()
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        ids = [(await router.choose(f"question {i}")).event_id for i in range(40)]
+        results = await asyncio.gather(
+            *(router.reward(e, RewardParts(reward=(i % 4) / 4)) for i, e in enumerate(ids))
+        )
+        assert all(r.status == "final" for r in results)
+        assert router.version == 40
+        assert sorted(r.model_version for r in results)[0] >= 1
+        log = [e async for e in router.store.events()]
+        assert router.model.stream_id == log[-1].stream_id
+        await router.learner.publish()
+        pending = await router.store.redis.xpending(router.store.key(KEY_EVENTS), GROUP)
+        assert pending["pending"] == 0
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_events_read_while_the_learner_is_busy_are_learned_next_in_order(
+    make_settings: SettingsFactory,
+) -> None:
+    """A read that follows a round trip while a step, a publish or a switch holds the learner
+    keeps its events for later; the next learning takes them first, so none is skipped."""
+    settings = make_settings()
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        first, second = [(await router.choose(q)).event_id for q in ("one", "two")]
+        final = {"parts": {"reward": 1.0}, "reward": 1.0, "ts": time.time(), "default": False}
+        async with router.learner._lock:  # as a publish in progress holds it
+            logged = await router.store.add_parts(first, {"reward": 1.0}, final)
+            assert logged.logged is not None
+            assert router.version == 0  # read, kept for later: not learned under the lock
+        await router.reward(second, RewardParts(reward=0.0))
+        assert router.version == 2  # both, the older first (else it would be skipped)
+        log = [e async for e in router.store.events()]
+        assert [e.decision["event_id"] for e in log] == [first, second]
+        assert router.model.stream_id == log[-1].stream_id
+        await router.store.close()
 
     asyncio.run(scenario())

@@ -212,3 +212,38 @@ def test_a_read_batched_with_writes_sees_them_in_either_protocol(
             await store.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
+    make_settings: SettingsFactory, protocol: int
+) -> None:
+    """With ``follow_log``, a round trip carrying a call that may log an event also reads the
+    new events, after those writes: they reach ``take`` before the writers get their replies.
+    A round trip without such a call reads nothing."""
+
+    async def main() -> None:
+        s = make_settings()
+        url = (s.redis_url or "") + ("&" if "?" in (s.redis_url or "") else "?")
+        store = Store(connect(f"{url}protocol={protocol}"), s.key_prefix, 60, 1000)
+        taken: list[list[str]] = []
+        try:
+            await store.ensure_group()
+            store.follow_log("me", 10, lambda events: taken.append([e.stream_id for e in events]))
+            for i in range(4):
+                await store.save_decision(f"e{i}", _decision(f"e{i}"))
+            assert taken == []  # decisions log nothing: no read
+            writes = [
+                store.add_parts(f"e{i}", {"reward": 0.25 * i}, _reward(0.25 * i)) for i in range(3)
+            ]
+            done = cast(list[Parts], await asyncio.gather(*writes))  # one round trip
+            assert taken == [[p.logged for p in done]]
+            assert await store.read_new("me", 10) == []  # delivered already, to "me"
+            store.follow_log(None, 10, lambda events: taken.append([]))
+            await store.add_parts("e3", {"reward": 1.0}, _reward(1.0))
+            assert len(taken) == 1  # not followed any more
+            assert [e.decision["event_id"] for e in await store.read_new("me", 10)] == ["e3"]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
