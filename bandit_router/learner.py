@@ -166,12 +166,19 @@ class Learner:
 
     async def catch_up(self, stream_id: str | None) -> None:
         """Make sure the logged event ``stream_id`` (None: not known) is learned, and publish
-        when due. Usually it is learned already, by the read that followed its round trip."""
-        learned = stream_id is not None and (
+        when due. Usually it is learned already, by the read that followed its round trip; if
+        that read came while the lock was held, it is learned once the lock is free, without
+        reading the log again."""
+        if not self._learned(stream_id):
+            async with self._lock:
+                self._learn_all([])  # what reads kept while the lock was held
+        if not self._learned(stream_id) or self._due():
+            await self.step()
+
+    def _learned(self, stream_id: str | None) -> bool:
+        return stream_id is not None and (
             stream_id_key(stream_id) <= stream_id_key(self.model.stream_id)
         )
-        if not learned or self._due():
-            await self.step()
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
