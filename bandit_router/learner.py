@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from bandit_router.store import Event, Snapshot, Store, stream_id_key
 log = logging.getLogger("bandit_router")
 
 BATCH = 64  # events learned per step: bounds how long learning holds the event loop
+KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (vw_policy.KEPT_SHARED)
 
 
 @dataclass
@@ -49,13 +51,15 @@ class Model:
     version: int = 0  # events learned, across restarts
     stream_id: str = "0-0"  # watermark: the newest logged event learned
 
-    def learn(self, event: Event, arms: dict[str, Arm]) -> bool:
-        """Learn one logged event unless it is at or below the watermark."""
+    def learn(self, event: Event, arms: dict[str, Arm], x: Features | None = None) -> bool:
+        """Learn one logged event unless it is at or below the watermark; ``x``: its features,
+        when the caller has them already."""
         if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
             return False
         d = event.decision
         eligible = [arms.get(n) or Arm(n) for n in d["arms"]]
-        x = Features.from_json(d["features"])
+        if x is None:
+            x = Features.from_json(d["features"])
         reward = float(event.reward["reward"])
         self.policy.learn(x, eligible, d["arm"], float(d["probability"]), reward)
         self.version += 1
@@ -126,6 +130,9 @@ class Learner:
         self._leading = False
         self._acks: list[str] = []
         self._unlearned: list[Event] = []  # read after a batch's writes while the lock was held
+        # This process's recent decisions: event id -> (their ts, their features), so learning
+        # them reuses the features (and the policy's work on them) instead of rebuilding them.
+        self._chosen: OrderedDict[str, tuple[float, Features]] = OrderedDict()
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
         self._started = 0  # steps started; the number of the newest one that read the log:
@@ -232,8 +239,19 @@ class Learner:
                 await self._publish()
             return len(events)
 
+    def chosen(self, event_id: str, ts: float, x: Features) -> None:
+        """This process decided ``event_id`` at ``ts`` on features ``x``: kept a while, if it
+        leads, for learning that event."""
+        if self._leading:
+            self._chosen[event_id] = (ts, x)
+            if len(self._chosen) > KEPT_CHOSEN:
+                self._chosen.popitem(last=False)
+
     def _learn(self, event: Event) -> None:
-        if self.model.learn(event, self.arms) and self.on_learned is not None:
+        d = event.decision
+        kept = self._chosen.pop(d["event_id"], None) if self._chosen else None
+        x = kept[1] if kept is not None and kept[0] == d["ts"] else None  # the same decision
+        if self.model.learn(event, self.arms, x) and self.on_learned is not None:
             self.on_learned(event.decision["arm"], self.model.version)
 
     def _due(self) -> bool:

@@ -171,6 +171,7 @@ class Router:
             return _choose_result(record, degraded=True)
         if existing is None:
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
+            self.learner.chosen(record["event_id"], record["ts"], x)
         return _choose_result(existing or record)
 
     async def _save(self, record: dict[str, Any]) -> dict[str, Any] | None:

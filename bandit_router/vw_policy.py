@@ -81,6 +81,10 @@ COST_RANGE = ["--cb_min_cost", "-1", "--cb_max_cost", "1"]
 # Explorers whose probabilities this module computes from VW's ``--cb_adf`` scores.
 OWN_EXPLORERS = ("squarecb",)
 
+# Recent choices whose shared line ``learn`` can reuse: more than the decisions a busy process has
+# waiting for their rewards at once, in the usual case.
+KEPT_SHARED = 1024
+
 # ``dumps()``: this line, a JSON line with the baseline and the count, then VW's model file.
 _MAGIC = b"bandit-router vw 1\n"
 
@@ -173,7 +177,9 @@ class VWPolicy:
             state = json.loads(header)
             self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
         self._vw = self._workspace(model)
-        self._last_shared: tuple[Features, str] | None = None
+        # Shared lines of recent choices, by the id of their Features (kept alive here, so an id
+        # is not reused): learning that context later reuses its line.
+        self._shared: dict[int, tuple[Features, str]] = {}
 
     def _check(self, params: Mapping[str, ParamValue]) -> None:
         for key in ("epsilon",):
@@ -203,7 +209,9 @@ class VWPolicy:
 
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
         shared = shared_line(x)
-        self._last_shared = (x, shared)  # learning this context next reuses its shared line
+        self._shared[id(x)] = (x, shared)
+        if len(self._shared) > KEPT_SHARED:
+            del self._shared[next(iter(self._shared))]  # the oldest
         examples = _NATIVE._parse(self._vw, "\n".join(adf_example(x, arms, shared=shared)))
         try:
             _NATIVE.predict_multi(self._vw, examples)
@@ -223,8 +231,8 @@ class VWPolicy:
         cost = self.baseline - reward
         if self._own:
             probability = 1.0  # SquareCB regresses on the observed reward, not importance weighted
-        last, self._last_shared = self._last_shared, None
-        shared = last[1] if last is not None and last[0] is x else None
+        kept = self._shared.pop(id(x), None)
+        shared = kept[1] if kept is not None and kept[0] is x else None
         lines = adf_example(x, arms, index_of(arms, arm), cost, probability, shared)
         examples = _NATIVE._parse(self._vw, "\n".join(lines))
         try:

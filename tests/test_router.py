@@ -282,3 +282,35 @@ def test_events_read_while_the_learner_is_busy_are_learned_next_in_order(
         await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
+    make_settings: SettingsFactory,
+) -> None:
+    """The leading process learns its own decisions from the features it chose with (no rebuild
+    from the log); the model predicts exactly as one learned from the log alone."""
+    from bandit_router.learner import Model, fresh_model
+
+    settings = make_settings()
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        ids = []
+        for i in range(60):
+            app: dict[str, str | int | bool] = {"task": "qa", "n": i % 7, "pro": i % 2 == 0}
+            ids.append((await router.choose(f"question number {i} about {i * 7}", app)).event_id)
+        await router.choose("repeat", event_id=ids[5])  # an existing id: the first decision
+        for i, event_id in enumerate(ids):
+            await router.reward(event_id, RewardParts(reward=(i % 5) / 4))
+        assert router.version == 60
+        replayed: Model = fresh_model(router.model.spec, settings)
+        async for event in router.store.events():
+            replayed.learn(event, router.learner.arms)
+        assert replayed.version == 60
+        for query in ("question number 3 about 21", MARKED, PLAIN, "a new one"):
+            x = extract(query, {"task": "qa", "n": 3})
+            live = router.model.policy.choose(x, router.arms).probabilities
+            assert replayed.policy.choose(x, router.arms).probabilities == live
+        await router.store.close()
+
+    asyncio.run(scenario())
