@@ -249,8 +249,8 @@ class Learner:
 
     def _learn(self, event: Event) -> None:
         d = event.decision
-        kept = self._chosen.pop(d["event_id"], None) if self._chosen else None
-        x = kept[1] if kept is not None and kept[0] == d["ts"] else None  # the same decision
+        kept = self._chosen.pop(d.get("event_id", ""), None) if self._chosen else None
+        x = kept[1] if kept is not None and kept[0] == d.get("ts") else None  # the same decision
         if self.model.learn(event, self.arms, x) and self.on_learned is not None:
             self.on_learned(event.decision["arm"], self.model.version)
 
