@@ -119,6 +119,13 @@ class HttpProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _answer(self, answering: _Answering) -> None:
+        try:
+            await self._respond(answering)
+        except Exception:  # FastPath.answer answers its own errors; this is a bug of ours
+            self.logger.exception("the fast path failed on POST %s", answering.url.decode())
+            self.transport.close()  # the client sees the connection end, as uvicorn does
+
+    async def _respond(self, answering: _Answering) -> None:
         assert self.fast_path is not None
         body = b"".join(answering.body)
         answer = await self.fast_path.answer(answering.route, body)
