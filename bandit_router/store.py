@@ -117,6 +117,9 @@ _ADD_FINAL = (
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+if redis.call('EXISTS', KEYS[3]) == 0 then  -- no part came before: these are all of them
+  return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
+end
 local dups = add_parts(7)
 if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 6) / 2 then
   return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
