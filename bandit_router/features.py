@@ -99,8 +99,8 @@ class Features:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Features:
         return cls(
-            stats=tuple(float(v) for v in data["s"]),
-            tokens=tuple(int(v) for v in data.get("t", ())),
+            stats=tuple(map(float, data["s"])),
+            tokens=tuple(map(int, data.get("t", ()))),
             numeric={str(k): float(v) for k, v in data.get("n", {}).items()},
             categorical={str(k): str(v) for k, v in data.get("c", {}).items()},
         )
