@@ -13,6 +13,10 @@ type, a declared length within the limit and, when keys are set, a valid key), o
 with no other request in progress, is answered by ``FastPath.answer`` in one write. Whatever
 ``answer`` declines (bad JSON, a body it is unsure of) runs through the ASGI app as uvicorn would
 have run it, body included, so FastAPI answers its errors; so does every other request.
+
+It leans on ``HttpToolsProtocol``'s attributes (the parser, ``cycle``, ``pipeline``, ``flow``),
+which have been stable across uvicorn's releases but are not its public API:
+``tests/test_protocol.py`` checks this class against the uvicorn installed.
 """
 
 from __future__ import annotations
