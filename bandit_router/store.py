@@ -552,17 +552,7 @@ class Store:
         try:
             # Through the group commit: the read shares a round trip with the writes of the
             # requests in flight, and Redis runs it after those sent before it.
-            reply: Any = await self._calls.command(
-                "XREADGROUP",
-                "GROUP",
-                GROUP,
-                consumer,
-                "COUNT",
-                count,
-                "STREAMS",
-                self.key(KEY_EVENTS),
-                ">",
-            )
+            reply: Any = await self._calls.command(*self._read_new_command(consumer, count))
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -579,9 +569,13 @@ class Store:
         if consumer is None:
             self._calls.follow = None
             return
-        key = self.key(KEY_EVENTS)
-        read = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
+        read = self._read_new_command(consumer, count)
         self._calls.follow = (read, lambda reply: take(_entries(reply)))
+
+    def _read_new_command(self, consumer: str, count: int) -> list[Any]:
+        """XREADGROUP of up to ``count`` events never delivered to the group, for ``consumer``."""
+        key = self.key(KEY_EVENTS)
+        return ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
 
     @_unavailable
     async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:

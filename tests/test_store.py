@@ -13,10 +13,19 @@ from bandit_router.store import Event, Parts, Snapshot, Store, connect, stream_i
 from tests.conftest import SERVER_URL, SettingsFactory
 
 
-def _run(make_settings: SettingsFactory, body: Callable[[Store], Awaitable[None]]) -> None:
+def _run(
+    make_settings: SettingsFactory,
+    body: Callable[[Store], Awaitable[None]],
+    protocol: int | None = None,
+) -> None:
+    """``body`` on a store of its own; ``protocol``: the client speaks RESP2 or RESP3."""
+
     async def main() -> None:
         s = make_settings()
-        store = Store(connect(s.redis_url or ""), s.key_prefix, 60, 1000)
+        url = s.redis_url or ""
+        if protocol is not None:
+            url += ("&" if "?" in url else "?") + f"protocol={protocol}"
+        store = Store(connect(url), s.key_prefix, 60, 1000)
         try:
             await body(store)
         finally:
@@ -189,29 +198,23 @@ def test_a_read_batched_with_writes_sees_them_in_either_protocol(
     after the writes sent before it, in one round trip, and its raw reply (a map in RESP3, a
     list in RESP2) reads the same."""
 
-    async def main() -> None:
-        s = make_settings()
-        url = (s.redis_url or "") + ("&" if "?" in (s.redis_url or "") else "?")
-        store = Store(connect(f"{url}protocol={protocol}"), s.key_prefix, 60, 1000)
-        try:
-            await store.ensure_group()
-            for i in range(4):
-                await store.save_decision(f"e{i}", _decision(f"e{i}"))
-            writes = [
-                store.add_parts(f"e{i}", {"reward": 0.25 * i}, _reward(0.25 * i)) for i in range(4)
-            ]
-            # all made before the first round trip starts: one batch, the read last
-            *done, read = await asyncio.gather(*writes, store.read_new("me", 10))
-            logged = cast(list[Parts], done)
-            events = cast(list[Event], read)
-            assert [e.decision["event_id"] for e in events] == ["e0", "e1", "e2", "e3"]
-            assert [e.stream_id for e in events] == [p.logged for p in logged]
-            assert [e.reward["reward"] for e in events] == [0.0, 0.25, 0.5, 0.75]
-            assert await store.read_new("me", 10) == []
-        finally:
-            await store.close()
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        for i in range(4):
+            await store.save_decision(f"e{i}", _decision(f"e{i}"))
+        writes = [
+            store.add_parts(f"e{i}", {"reward": 0.25 * i}, _reward(0.25 * i)) for i in range(4)
+        ]
+        # all made before the first round trip starts: one batch, the read last
+        *done, read = await asyncio.gather(*writes, store.read_new("me", 10))
+        logged = cast(list[Parts], done)
+        events = cast(list[Event], read)
+        assert [e.decision["event_id"] for e in events] == ["e0", "e1", "e2", "e3"]
+        assert [e.stream_id for e in events] == [p.logged for p in logged]
+        assert [e.reward["reward"] for e in events] == [0.0, 0.25, 0.5, 0.75]
+        assert await store.read_new("me", 10) == []
 
-    asyncio.run(main())
+    _run(make_settings, body, protocol)
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -222,28 +225,22 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
     new events, after those writes: they reach ``take`` before the writers get their replies.
     A round trip without such a call reads nothing."""
 
-    async def main() -> None:
-        s = make_settings()
-        url = (s.redis_url or "") + ("&" if "?" in (s.redis_url or "") else "?")
-        store = Store(connect(f"{url}protocol={protocol}"), s.key_prefix, 60, 1000)
+    async def body(store: Store) -> None:
         taken: list[list[str]] = []
-        try:
-            await store.ensure_group()
-            store.follow_log("me", 10, lambda events: taken.append([e.stream_id for e in events]))
-            for i in range(4):
-                await store.save_decision(f"e{i}", _decision(f"e{i}"))
-            assert taken == []  # decisions log nothing: no read
-            writes = [
-                store.add_parts(f"e{i}", {"reward": 0.25 * i}, _reward(0.25 * i)) for i in range(3)
-            ]
-            done = cast(list[Parts], await asyncio.gather(*writes))  # one round trip
-            assert taken == [[p.logged for p in done]]
-            assert await store.read_new("me", 10) == []  # delivered already, to "me"
-            store.follow_log(None, 10, lambda events: taken.append([]))
-            await store.add_parts("e3", {"reward": 1.0}, _reward(1.0))
-            assert len(taken) == 1  # not followed any more
-            assert [e.decision["event_id"] for e in await store.read_new("me", 10)] == ["e3"]
-        finally:
-            await store.close()
+        await store.ensure_group()
+        store.follow_log("me", 10, lambda events: taken.append([e.stream_id for e in events]))
+        for i in range(4):
+            await store.save_decision(f"e{i}", _decision(f"e{i}"))
+        assert taken == []  # decisions log nothing: no read
+        writes = [
+            store.add_parts(f"e{i}", {"reward": 0.25 * i}, _reward(0.25 * i)) for i in range(3)
+        ]
+        done = cast(list[Parts], await asyncio.gather(*writes))  # one round trip
+        assert taken == [[p.logged for p in done]]
+        assert await store.read_new("me", 10) == []  # delivered already, to "me"
+        store.follow_log(None, 10, lambda events: taken.append([]))
+        await store.add_parts("e3", {"reward": 1.0}, _reward(1.0))
+        assert len(taken) == 1  # not followed any more
+        assert [e.decision["event_id"] for e in await store.read_new("me", 10)] == ["e3"]
 
-    asyncio.run(main())
+    _run(make_settings, body, protocol)
