@@ -19,7 +19,6 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -132,7 +131,7 @@ class Learner:
         self._unlearned: list[Event] = []  # read after a batch's writes while the lock was held
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
-        self._chosen: OrderedDict[str, tuple[float, Features]] = OrderedDict()
+        self._chosen: dict[str, tuple[float, Features]] = {}
         self._published = (model.version, time.monotonic())
         self._lock = asyncio.Lock()
         self._started = 0  # steps started; the number of the newest one that read the log:
@@ -245,7 +244,7 @@ class Learner:
         if self._leading:
             self._chosen[event_id] = (ts, x)
             if len(self._chosen) > KEPT_CHOSEN:
-                self._chosen.popitem(last=False)
+                del self._chosen[next(iter(self._chosen))]  # the oldest, as vw_policy's
 
     def _learn(self, event: Event) -> None:
         d = event.decision
