@@ -116,6 +116,8 @@ class Bench:
         try:
             ref = bare("bare", ports[0], self.loop)
             servers.append(ref)
+            ref2 = bare("bare2", _free_port(), self.loop, workers=2)
+            servers.append(ref2)
             one = service("svc1", ports[1], redis_url, "bench-1w", 1, self.loop)
             servers.append(one)
             two = service("svc2", ports[2], redis_url, "bench-2w", 2, self.loop)
@@ -143,7 +145,7 @@ class Bench:
                 if s.port:
                     run_wrk(s.port, seconds=1)
             for rep in range(self.reps):
-                self._http_rep(rep, ref, one, two)
+                self._http_rep(rep, (ref, ref2), one, two)
                 self._apart_rep(apart, apart_learner)
                 self._loop_rep(one, alt, other)
                 if base is not None:
@@ -198,12 +200,13 @@ class Bench:
         self.raw.append(line)
         _log(line)
 
-    def _http_rep(self, rep: int, ref: Server, one: Server, two: Server) -> None:
+    def _http_rep(self, rep: int, refs: tuple[Server, Server], one: Server, two: Server) -> None:
         s = self.seconds
-        b = run_wrk(ref.port, seconds=s, server=ref)
+        b = run_wrk(refs[0].port, seconds=s, server=refs[0])
         c1 = run_wrk(one.port, seconds=s, server=one)
         probe = cpu_probe()
         c2 = run_wrk(two.port, seconds=s, server=two)
+        b2 = run_wrk(refs[1].port, seconds=s, server=refs[1])
         pairs, learned, accepted, dropped = _pairs(one, s)
         rewarded = pairs.counts.get("rewards", 0)
         failed = pairs.failures + pairs.counts.get("failed", 0)
@@ -235,6 +238,7 @@ class Bench:
         ).values.append(c2.rps / c1.rps)
         self.fig("probe", "CPU probe: 2 busy processes / 1", "cores").values.append(probe)
         self.fig("p99_2", "`/choose` p99, 2 workers, 16 connections", "ms").values.append(c2.p99_ms)
+        self._machine(b, b2, c1, c2)
         pair_rate = rewarded / pairs.seconds
         pair_cpu = pairs.cpu_us * pairs.requests / max(rewarded, 1)
         self.fig("cpu_p", "pairs: server CPU per pair", "us").values.append(pair_cpu)
@@ -254,11 +258,27 @@ class Bench:
             f"rep {rep + 1}: bare {b.rps:.0f}/s p99 {b.p99_ms:.1f}ms {b.cpu_us:.0f}us | choose 1w "
             f"{c1.rps:.0f}/s {c1.cpu_us:.0f}us "
             f"p99 {c1.p99_ms:.1f}ms | probe {probe:.2f} | choose 2w {c2.rps:.0f}/s "
-            f"p99 {c2.p99_ms:.1f}ms | pairs {pair_rate:.0f}/s ({rewarded} answered, {learned} "
+            f"{c2.cpu_us:.0f}us p99 {c2.p99_ms:.1f}ms | bare 2w {b2.rps:.0f}/s {b2.cpu_us:.0f}us "
+            f"p99 {b2.p99_ms:.1f}ms | pairs {pair_rate:.0f}/s ({rewarded} answered, {learned} "
             f"learned, {accepted} stored, {failed} failed): dropped {dropped}"
         )
         self.raw.append(line)
         _log(line)
+
+    def _machine(self, b: Load, b2: Load, c1: Load, c2: Load) -> None:
+        """What this machine allows: the bare app's own tail latency and 2-worker scaling, and
+        how much more CPU a request takes when both workers run, for both apps."""
+        fig = self.fig
+        fig("p99_b", "bare FastAPI p99, 1 worker, 16 connections", "ms").values.append(b.p99_ms)
+        fig("b2", "bare FastAPI, 2 workers, 16 connections", "req/s").values.append(b2.rps)
+        name = "bare FastAPI 2 workers / 1 worker"
+        fig("rb2", name, "ratio").values.append(b2.rps / b.rps)
+        name = "`/choose` 2-worker scaling / bare FastAPI's"
+        fig("rr2", name, "ratio").values.append((c2.rps / c1.rps) / (b2.rps / b.rps))
+        name = "bare FastAPI: server CPU per request, 2 workers / 1 worker"
+        fig("cpu_b2", name, "ratio").values.append(b2.cpu_us / b.cpu_us)
+        name = "`/choose`: server CPU per request, 2 workers / 1 worker"
+        fig("cpu_c2", name, "ratio").values.append(c2.cpu_us / c1.cpu_us)
 
     def _apart_rep(self, apart: Server, apart_learner: Server) -> None:
         """Pairs against /choose alone on the scale-out shape: one API process, a learner apart."""
@@ -443,8 +463,10 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         f"- HTTP: `{command.replace(':0', ':PORT')}`"
         " against, in turn, `benchmarks/bare_app.py` (uvicorn, same request and response models),"
         " `bandit-router serve --workers 1` and `--workers 2` (the default policy, squarecb; a"
-        " real redis-server on loopback, no persistence). `benchmarks/choose.lua` rotates six"
-        " realistic bodies.",
+        " real redis-server on loopback, no persistence), then the bare app with `--workers 2`."
+        " `benchmarks/choose.lua` rotates six realistic bodies. The bare app's rows are what"
+        " this machine allows a FastAPI POST endpoint with no work behind it: its own p99 and"
+        " 2-worker scaling, and how a request's CPU grows when both cores are busy.",
         "- Pairs: `benchmarks/pairs.lua` sends `/reward` (every weighted part) for each answered"
         " `/choose`; the single process learns each reward before answering. Dropped = non-2xx"
         " + socket errors + |rewards answered - model_version increase| + |rewards answered -"

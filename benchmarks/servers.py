@@ -216,8 +216,9 @@ def _env(
     return env
 
 
-def bare(name: str, port: int, loop: str) -> Server:
+def bare(name: str, port: int, loop: str, workers: int = 1) -> Server:
     argv = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:create_app", "--factory"]
+    argv += ["--workers", str(workers)]
     argv += ["--http", "httptools", "--loop", loop, "--port", str(port), "--log-level", "warning"]
     return Server(name, argv, dict(os.environ), port)
 
