@@ -28,6 +28,8 @@ from bandit_router.settings import Settings
 from bandit_router.store import Store, stream_id_key
 
 log = logging.getLogger("bandit_router")
+SWEEP_BATCH = 500  # ended windows read from Redis at a time by a sweep
+SWEEP_BATCHES = 100  # at most this many a sweep; the next sweep goes on from there
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,20 +262,38 @@ class Router:
             parts = await self.store.parts_of(event_id)
 
     async def sweep(self, now: float | None = None) -> int:
-        """Close every ended reward window: learn the parts present, or the default reward."""
+        """Close every ended reward window: learn the parts present, or the default reward.
+
+        Windows with no part are let go in bulk (one round trip a batch) unless a default reward
+        is set; a sweep goes on while batches come back full, so it keeps up with many more
+        unrewarded decisions a second than one batch per ``sweep_s``.
+        """
+        now = time.time() if now is None else now
         closed = 0
-        for event_id in await self.store.due(time.time() if now is None else now):
-            parts = await self.store.parts_of(event_id)
-            if not parts and self.settings.default_reward is None:
-                await self.store.drop_pending(event_id)
-                continue
-            try:
-                await self._finalize(event_id, parts)
-                closed += 1
-            except (UnknownEvent, InvalidReward) as e:
-                log.warning("event %s not learned at window end: %s", event_id, e)
-                await self.store.drop_pending(event_id)
+        for _ in range(SWEEP_BATCHES):
+            due = await self.store.due(now, SWEEP_BATCH)
+            to_close = due
+            if self.settings.default_reward is None:
+                to_close = await self.store.skip_silent(due)  # the others: nothing to learn
+            for event_id in to_close:
+                closed += await self._close(event_id)
+            if len(due) < SWEEP_BATCH:
+                break
         return closed
+
+    async def _close(self, event_id: str) -> int:
+        """Learn one ended window's parts, or the default reward; 1 if it was learned."""
+        parts = await self.store.parts_of(event_id)
+        if not parts and self.settings.default_reward is None:  # they expired meanwhile
+            await self.store.drop_pending(event_id)
+            return 0
+        try:
+            await self._finalize(event_id, parts)
+        except (UnknownEvent, InvalidReward) as e:
+            log.warning("event %s not learned at window end: %s", event_id, e)
+            await self.store.drop_pending(event_id)
+            return 0
+        return 1
 
     # Background work and stats
 

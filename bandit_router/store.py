@@ -141,6 +141,21 @@ return {2, log_event(d, ARGV[2], ARGV[5], ARGV[6])}
 """
 )
 
+# KEYS pending, stats, then each event's parts hash; ARGV the events' ids, in the same order.
+# Stops tracking the events that have no part (counted as skipped); returns the others' ids.
+_SKIP_SILENT = """
+local kept, skipped = {}, 0
+for i, id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 2]) == 1 then
+    table.insert(kept, id)
+  elseif redis.call('ZREM', KEYS[1], id) == 1 then
+    skipped = skipped + 1
+  end
+end
+if skipped > 0 then redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', skipped) end
+return kept
+"""
+
 # KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
@@ -412,6 +427,7 @@ class Store:
         self._add_final = client.register_script(_ADD_FINAL)
         self._add_parts = client.register_script(_ADD_PARTS)
         self._finalize = client.register_script(_FINALIZE)
+        self._skip_silent = client.register_script(_SKIP_SILENT)
         self._lease = client.register_script(_LEASE)
         self._release = client.register_script(_RELEASE)
 
@@ -503,6 +519,17 @@ class Store:
         """Events whose reward window closed at or before ``now``."""
         ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
         return [i.decode() for i in ids]
+
+    @_unavailable
+    async def skip_silent(self, event_ids: list[str]) -> list[str]:
+        """Stop tracking the events among ``event_ids`` that have no reward part, counted as
+        ``skipped_no_reward``, in one round trip; the ids of the others, which have parts."""
+        if not event_ids:
+            return []
+        keys = [self.key(KEY_PENDING), self.key(KEY_STATS)]
+        keys += [self.key(KEY_PARTS, event_id) for event_id in event_ids]
+        kept: list[bytes] = await self._skip_silent(keys=keys, args=event_ids)
+        return [event_id.decode() for event_id in kept]
 
     @_unavailable
     async def drop_pending(self, event_id: str) -> None:

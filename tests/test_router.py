@@ -9,9 +9,9 @@ import time
 from bandit_router.errors import AlreadyRewarded, InvalidReward
 from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
-from bandit_router.router import Router
+from bandit_router.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
-from bandit_router.store import GROUP, KEY_EVENTS, Store, connect
+from bandit_router.store import GROUP, KEY_EVENTS, KEY_PENDING, Store, connect
 from tests.conftest import SettingsFactory
 
 MARKED = "please summarise this zebra report"
@@ -143,6 +143,37 @@ def test_sweep_closes_windows_with_parts_present_or_default(
 
     asyncio.run(scenario(None))
     asyncio.run(scenario(0.25))
+
+
+def test_one_sweep_closes_every_ended_window_however_many(
+    make_settings: SettingsFactory,
+) -> None:
+    """More windows end between two sweeps than one batch of the sweep holds: a busy service
+    whose apps reward a few of their decisions. Every one is settled by the next sweep, and the
+    pending set is left empty, not growing by the difference each time."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings(reward_wait_s=60))
+        decisions = [await router.choose(f"query {i}") for i in range(SWEEP_BATCH * 2 + 17)]
+        rewarded = decisions[::100]
+        for d in rewarded:
+            await router.reward(d.event_id, RewardParts(accuracy=1.0))  # pending: rating missing
+        closed = await router.sweep(now=time.time() + 61)
+        assert closed == router.version == len(rewarded)
+        assert await router.store.redis.zcard(router.store.key(KEY_PENDING)) == 0
+        skipped = len(decisions) - len(rewarded)
+        assert (await router.store.counters())["skipped_no_reward"] == skipped
+        assert await router.sweep(now=time.time() + 61) == 0  # nothing left to settle twice
+        assert (await router.store.counters())["skipped_no_reward"] == skipped
+        # A part that comes after its window was let go is not lost: the next sweep learns it.
+        late = await router.reward(decisions[1].event_id, RewardParts(accuracy=1.0))
+        assert late.status == "pending"
+        assert await router.sweep(now=time.time() + 61) == 1
+        assert router.version == len(rewarded) + 1
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
 
 
 def test_second_worker_follows_and_takes_over_when_the_learner_dies(
