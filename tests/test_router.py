@@ -176,6 +176,33 @@ def test_one_sweep_closes_every_ended_window_however_many(
     asyncio.run(scenario())
 
 
+def test_one_sweep_learns_every_ended_window_with_a_default_reward(
+    make_settings: SettingsFactory,
+) -> None:
+    """With a default reward every ended window is learned: the sweep closes a batch together,
+    and each event is logged and learned exactly once, with its parts or the default."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings(reward_wait_s=60, default_reward=0.25))
+        decisions = [await router.choose(f"query {i}") for i in range(SWEEP_BATCH + 40)]
+        rewarded = {d.event_id for d in decisions[::50]}
+        for event_id in rewarded:
+            await router.reward(event_id, RewardParts(accuracy=1.0))
+        assert await router.sweep(now=time.time() + 61) == len(decisions)
+        assert await router.store.redis.zcard(router.store.key(KEY_PENDING)) == 0
+        while await router.learner.step():  # what the follow reads left for the learner's loop
+            pass
+        assert router.version == len(decisions)
+        logged = [(e.decision["event_id"], e.reward["reward"]) async for e in router.store.events()]
+        assert sorted(e for e, _ in logged) == sorted(d.event_id for d in decisions)
+        assert all(r == (1.0 if e in rewarded else 0.25) for e, r in logged)
+        assert await router.sweep(now=time.time() + 61) == 0
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_second_worker_follows_and_takes_over_when_the_learner_dies(
     make_settings: SettingsFactory,
 ) -> None:
