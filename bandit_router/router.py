@@ -20,7 +20,7 @@ from bandit_router.errors import (
     UnknownEvent,
 )
 from bandit_router.features import AppValue, extract
-from bandit_router.learner import Learner, Model, load_model, restore, wait_or_stop
+from bandit_router.learner import BATCH, Learner, Model, load_model, restore, wait_or_stop
 from bandit_router.metrics import Metrics
 from bandit_router.policies import Arm, parse_policy_spec
 from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
@@ -30,6 +30,9 @@ from bandit_router.store import Store, stream_id_key
 log = logging.getLogger("bandit_router")
 SWEEP_BATCH = 500  # ended windows read from Redis at a time by a sweep
 SWEEP_BATCHES = 100  # at most this many a sweep; the next sweep goes on from there
+# Windows closed at once: their finalize calls share a round trip (Redis runs them back to back,
+# so not hundreds), and a leading learner's read after it takes all their events.
+CLOSED_TOGETHER = BATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +267,9 @@ class Router:
     async def sweep(self, now: float | None = None) -> int:
         """Close every ended reward window: learn the parts present, or the default reward.
 
-        A batch of ended windows at a time: those with no part are let go in one round trip
-        unless a default reward is set, the others are closed together (their parts read in one
-        round trip, their events logged through the group commit). A sweep goes on while batches
-        come back full, so it keeps up with far more decisions a second than one batch.
+        Ended windows come a batch at a time. Those with no part are let go in one round trip
+        (unless a default reward is set); the others' parts are read in one, and they are
+        closed ``CLOSED_TOGETHER`` at a time. A sweep goes on while batches come back full.
         """
         now = time.time() if now is None else now
         closed = 0
@@ -276,15 +278,16 @@ class Router:
             to_close = due
             if self.settings.default_reward is None:
                 to_close = await self.store.skip_silent(due)  # the others: nothing to learn
-            parts = await self.store.parts_of_many(to_close) if to_close else []
-            done = await asyncio.gather(
-                *(self._close(e, p) for e, p in zip(to_close, parts, strict=True)),
-                return_exceptions=True,
-            )
-            for result in done:
-                if isinstance(result, BaseException):
-                    raise result  # Redis failed: the next sweep takes these windows again
-                closed += result
+            windows = list(zip(to_close, await self.store.parts_of_many(to_close), strict=True))
+            for i in range(0, len(windows), CLOSED_TOGETHER):
+                done = await asyncio.gather(
+                    *(self._close(e, parts) for e, parts in windows[i : i + CLOSED_TOGETHER]),
+                    return_exceptions=True,
+                )
+                for result in done:
+                    if isinstance(result, BaseException):
+                        raise result  # Redis failed: the next sweep takes these windows again
+                    closed += result
             if len(due) < SWEEP_BATCH:
                 break
         return closed

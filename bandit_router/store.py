@@ -551,6 +551,8 @@ class Store:
     @_unavailable
     async def parts_of_many(self, event_ids: list[str]) -> list[dict[str, float]]:
         """``parts_of`` each of ``event_ids``, in one round trip."""
+        if not event_ids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
                 pipe.hgetall(self.key(KEY_PARTS, event_id))
