@@ -148,8 +148,11 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.write(b"".join(head))
             if self.access_log:
                 client = get_client_addr(answering.scope)
-                path = answering.url.decode("ascii")
-                self.access_logger.info('%s - "POST %s HTTP/1.1" %d', client, path, status)
+                path = answering.url.decode("ascii")  # exactly /choose or /reward: no query
+                # uvicorn's own call: its AccessFormatter unpacks these five arguments
+                self.access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d', client, "POST", path, "1.1", status
+                )
             if not answering.keep_alive:
                 self.transport.close()
         self._complete(answering)

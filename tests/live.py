@@ -21,14 +21,14 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
     """Start the app under uvicorn on a free loopback port; returns its base URL."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(**overrides: Any) -> str:
+    def start(log_level: str = "warning", **overrides: Any) -> str:
         settings: Settings = make_settings(**overrides)
         port = _free_port()
         config = uvicorn.Config(
             create_app(settings),
             host="127.0.0.1",
             port=port,
-            log_level="warning",
+            log_level=log_level,  # "info" writes an access line a request, as the CLI's default
             http=HttpProtocol,  # as `bandit-router serve` runs it
         )
         server = uvicorn.Server(config)

@@ -8,6 +8,7 @@ answered, and check that both give the same answers, in order, on any connection
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from uvicorn.logging import AccessFormatter
 
 from tests.live import serve
 
@@ -104,6 +106,49 @@ def test_choose_and_reward_take_the_fast_door(conn: Callable[..., Conn]) -> None
         status, _, reward, door = c.response()
         assert (status, door) == (200, FAST)
         assert reward["status"] == "final" and reward["model_version"] == i + 1
+
+
+class _Lines(logging.Handler):
+    """uvicorn's access lines, formatted by its own formatter; a failure to format is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+        self.lines: list[str] = []
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception as e:
+            self.errors.append(e)
+
+
+def test_access_lines_are_uvicorns_through_either_door(conn: Callable[..., Conn]) -> None:
+    """At the CLI's default log level every request writes an access line; the fast door's must
+    be uvicorn's own, not a formatting error per request."""
+    c = conn(log_level="info")
+    lines = _Lines()
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(lines)
+    try:
+        c.send(post("/choose", {"query": "hi"}))
+        assert c.response()[3] == FAST
+        c.send(post("/choose", {"query": "hi"}, content_type=ROUTED_TYPE))
+        assert c.response()[3] == ROUTED
+        c.send(post("/choose", {"query": 5}))  # declined by the fast path: FastAPI's 422
+        assert c.response()[0] == 422
+        deadline = time.monotonic() + 5
+        while len(lines.lines) + len(lines.errors) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        access.removeHandler(lines)
+    assert lines.errors == []
+    client = lines.lines[0].split(" - ")[0]
+    assert client.startswith("127.0.0.1:")
+    ok, invalid = f'{client} - "POST /choose HTTP/1.1" 200 OK', "422 Unprocessable"
+    assert lines.lines[:2] == [ok, ok]
+    assert lines.lines[2].startswith(f'{client} - "POST /choose HTTP/1.1" {invalid}')
 
 
 def test_either_door_gives_the_same_answers(conn: Callable[..., Conn]) -> None:
