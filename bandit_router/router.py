@@ -88,6 +88,7 @@ class Router:
         self.rewards = reward_config(settings)
         self._weighted = {PART_FIELDS[k] for k, w in settings.reward_weights.items() if w > 0}
         self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
+        self._flushing = asyncio.Lock()
         self.buffer_dropped = 0
         self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
         learner.on_learned = self.metrics.learned
@@ -192,16 +193,21 @@ class Router:
         self._buffer[record["event_id"]] = record
 
     async def flush(self) -> int:
-        """Write buffered decisions to Redis, oldest first; stops at the first failure."""
+        """Write buffered decisions to Redis, oldest first; stops at the first failure.
+
+        One flush at a time (the background one and rewards for buffered decisions may all
+        ask at once); a decision the full buffer let go meanwhile is written anyway.
+        """
         written = 0
-        while self._buffer:
-            event_id, record = next(iter(self._buffer.items()))
-            await self._save(record)
-            del self._buffer[event_id]
-            written += 1
-        if self.buffer_dropped:
-            await self.store.count("decisions_dropped", self.buffer_dropped)
-            self.buffer_dropped = 0
+        async with self._flushing:
+            while self._buffer:
+                event_id, record = next(iter(self._buffer.items()))
+                await self._save(record)
+                self._buffer.pop(event_id, None)
+                written += 1
+            if dropped := self.buffer_dropped:  # more may be dropped while this is counted
+                await self.store.count("decisions_dropped", dropped)
+                self.buffer_dropped -= dropped
         self.metrics.degraded.set(0)
         return written
 

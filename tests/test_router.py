@@ -12,7 +12,7 @@ from bandit_router.rewards import RewardParts
 from bandit_router.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
 from bandit_router.store import GROUP, KEY_EVENTS, KEY_PENDING, Store, connect
-from tests.conftest import SettingsFactory
+from tests.conftest import RedisProcess, SettingsFactory
 
 MARKED = "please summarise this zebra report"
 PLAIN = "prove the theorem about primes"
@@ -197,6 +197,33 @@ def test_one_sweep_learns_every_ended_window_with_a_default_reward(
         assert sorted(e for e, _ in logged) == sorted(d.event_id for d in decisions)
         assert all(r == (1.0 if e in rewarded else 0.25) for e, r in logged)
         assert await router.sweep(now=time.time() + 61) == 0
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_flushes_write_each_buffered_decision_once(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """After an outage the background flush, and every reward for a buffered decision, flush
+    the buffer at the same time: each decision is written once and no call fails (two flushes
+    once wrote the same decision and the second failed, a 500 to the app)."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings(redis_url=redis_process.url))
+        redis_process.kill()
+        during = [await router.choose(f"query {i}") for i in range(20)]
+        assert all(d.degraded for d in during)
+        redis_process.start()
+        rewards = [router.reward(d.event_id, RewardParts(reward=1.0)) for d in during[:5]]
+        flushed, rewarded = await asyncio.gather(
+            asyncio.gather(router.flush(), router.flush()), asyncio.gather(*rewards)
+        )
+        assert sum(flushed) == len(during)
+        assert [r.status for r in rewarded] == ["final"] * 5
+        counters = await router.store.counters()
+        assert sum(v for k, v in counters.items() if k.startswith("decisions:")) == len(during)
         await router.close()
         await router.store.close()
 
