@@ -42,7 +42,7 @@ from bandit_router.schemas import (
 from bandit_router.security import BodyLimit, require_admin_key, require_api_key
 from bandit_router.settings import Settings
 from bandit_router.stats import StatsResponse, build_stats
-from bandit_router.store import open_store
+from bandit_router.store import open_store, when_available
 
 log = logging.getLogger("bandit_router")
 
@@ -133,7 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_store(settings) as store:
-            router = await Router.open(settings, store)
+            router = await when_available(
+                lambda: Router.open(settings, store), settings.startup_wait_s
+            )
             app.state.router = router
             stop = asyncio.Event()
             background = asyncio.create_task(router.run(stop))

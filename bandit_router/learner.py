@@ -33,7 +33,7 @@ from bandit_router.policies import (
     parse_policy_spec,
 )
 from bandit_router.settings import Settings
-from bandit_router.store import Event, Snapshot, Store, stream_id_key
+from bandit_router.store import Event, Snapshot, Store, stream_id_key, when_available
 
 log = logging.getLogger("bandit_router")
 
@@ -331,7 +331,8 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner:
     """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set."""
-    learner = Learner(settings, store, await load_model(store, settings))
+    model = await when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+    learner = Learner(settings, store, model)
     try:
         await learner.run(stop)
     finally:

@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     learner_lease_s: float = Field(
         default=10.0, gt=0, description="the learner's lease; a dead learner is replaced after it"
     )
+    startup_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long a starting process waits for Redis before it gives up",
+    )
     claim_idle_s: float = Field(
         default=30.0, gt=0, description="a dead learner's unacknowledged events are claimed after"
     )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -189,6 +190,25 @@ def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise StoreUnavailable(str(e) or type(e).__name__) from e
 
     return wrapper
+
+
+async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T:
+    """``open_()``, tried again while Redis is unavailable, for up to ``seconds``.
+
+    A process started during an outage (uvicorn replacing a dead worker, say) waits for Redis
+    instead of failing its start-up; uvicorn stops the whole service when a worker does that.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.25
+    while True:
+        try:
+            return await open_()
+        except StoreUnavailable as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("waiting for Redis to start: %s", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class _GroupCommit:

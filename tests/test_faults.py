@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ClientFactory, RedisProcess
+from bandit_router.app import create_app
+from bandit_router.errors import StoreUnavailable
+from tests.conftest import ClientFactory, RedisProcess, SettingsFactory
 
 
 def _choose(client: TestClient, **body: Any) -> dict[str, Any]:
@@ -82,3 +86,29 @@ def test_full_buffer_can_reject_instead(
     full = client.post("/choose", json={"query": "one more"})
     assert full.status_code == 503
     assert "buffer is full" in full.json()["detail"]
+
+
+def test_a_process_started_during_an_outage_waits_for_redis(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """uvicorn replaces a dead worker at once; if Redis is down then, the new worker must wait
+    for it: a failed start-up makes uvicorn stop every worker (seen in make soak)."""
+    redis_process.kill()
+    back = threading.Timer(1.5, redis_process.start)
+    back.start()
+    try:
+        with TestClient(create_app(make_settings(redis_url=redis_process.url))) as client:
+            assert _choose(client)["degraded"] is False
+    finally:
+        back.join()
+
+
+def test_start_up_gives_up_after_the_wait(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    redis_process.kill()
+    app = create_app(make_settings(redis_url=redis_process.url, startup_wait_s=0.5))
+    began = time.monotonic()
+    with pytest.raises(StoreUnavailable), TestClient(app):
+        pass
+    assert time.monotonic() - began < 10
