@@ -202,11 +202,12 @@ class Bench:
 
     def _http_rep(self, rep: int, refs: tuple[Server, Server], one: Server, two: Server) -> None:
         s = self.seconds
-        b = run_wrk(refs[0].port, seconds=s, server=refs[0])
+        bare1, bare2 = refs
+        b = run_wrk(bare1.port, seconds=s, server=bare1)
         c1 = run_wrk(one.port, seconds=s, server=one)
         probe = cpu_probe()
         c2 = run_wrk(two.port, seconds=s, server=two)
-        b2 = run_wrk(refs[1].port, seconds=s, server=refs[1])
+        b2 = run_wrk(bare2.port, seconds=s, server=bare2)
         pairs, learned, accepted, dropped = _pairs(one, s)
         rewarded = pairs.counts.get("rewards", 0)
         failed = pairs.failures + pairs.counts.get("failed", 0)
