@@ -14,12 +14,16 @@ PART_FIELDS = {
     "cost": "cost_usd",
 }
 
-# Each part's allowed range, (low, high or None for no upper bound), both ends included.
-PART_BOUNDS: dict[str, tuple[float, float | None]] = {
+# Each part's allowed range, both ends included. Latency and cost are capped where a value can
+# only be a unit mistake (a day; a thousand dollars for one call), so no stored part can overflow
+# a sum or a mean on a read path.
+MAX_LATENCY_MS = 86_400_000.0
+MAX_COST_USD = 1_000.0
+PART_BOUNDS: dict[str, tuple[float, float]] = {
     "accuracy": (0.0, 1.0),
     "rating": (1.0, 5.0),
-    "latency_ms": (0.0, None),
-    "cost_usd": (0.0, None),
+    "latency_ms": (0.0, MAX_LATENCY_MS),
+    "cost_usd": (0.0, MAX_COST_USD),
     "reward": (0.0, 1.0),
 }
 
@@ -49,12 +53,15 @@ class RewardParts:
 _PART_NAMES = tuple(f.name for f in fields(RewardParts))  # in declaration order
 
 
-def _check(name: str, value: float | None, low: float, high: float | None) -> None:
+def _check(name: str, value: float | None, low: float, high: float) -> None:
     if value is None:
         return
-    if value != value or value < low or (high is not None and value > high):  # NaN fails too
-        allowed = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
+    if not low <= value <= high:  # NaN fails too
+        raise ValueError(f"{name} must be {_number(low)}..{_number(high)}, got {value}")
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if value.is_integer() else f"{value:g}"
 
 
 @dataclass(frozen=True, slots=True)

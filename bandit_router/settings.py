@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bandit_router.policies.registry import parse_policy_spec
+
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
 
 
@@ -177,8 +179,18 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(
         default=None, description="key for /admin endpoints; unset: they are disabled"
     )
+    ops_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma list of keys for /stats, /metrics and the dashboard; empty: open",
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="largest accepted request body"
+    )
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="how long a request body may take to arrive (408 and the connection closed)",
     )
     store_query_text: bool = Field(
         default=False, description="keep the raw query in Redis with the decision"
@@ -192,7 +204,7 @@ class Settings(BaseSettings):
     _parse_arms = field_validator("arms", mode="before")(parse_arms)
     _parse_weights = field_validator("reward_weights", mode="before")(parse_weights)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "ops_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -225,8 +237,6 @@ class Settings(BaseSettings):
     @field_validator("policy")
     @classmethod
     def _policy_exists(cls, policy: str) -> str:
-        from bandit_router.policies import parse_policy_spec
-
         parse_policy_spec(policy)  # raises ValueError naming the valid policies
         return policy
 

@@ -10,7 +10,7 @@ import uuid
 
 from fastapi import FastAPI
 
-from bandit_router.schemas import ChooseRequest, ChooseResponse
+from bandit_router.http.contract import ChooseRequest, ChooseResponse
 
 _PROBABILITIES = {"4b": 0.016666666666666666, "7b": 0.016666666666666666, "14b": 0.9666666666666667}
 

@@ -14,15 +14,19 @@ import numpy as np
 from vowpalwabbit import pyvw
 
 from bandit_router.features import Features, extract
-from bandit_router.learner import Learner, fresh_model
-from bandit_router.linucb import LinUCB, dense_vector
-from bandit_router.policies import Arm, Decision, ParamValue, Policy, parse_policy_spec
-from bandit_router.replay import PolicyStepper, Replay, Row, make_stepper, order, prepare, run
+from bandit_router.policies.base import Arm, Decision, ParamValue, Policy
+from bandit_router.policies.linucb import LinUCB, dense_vector
+from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.policies.vw import adf_example, vw_arguments
 from bandit_router.rewards import RewardParts
-from bandit_router.router import Router, reward_config
+from bandit_router.service.learner import Learner, fresh_model
+from bandit_router.service.router import Router, reward_config
 from bandit_router.settings import Settings
-from bandit_router.store import KEY_EVENTS, Store, connect
-from bandit_router.vw_policy import adf_example, vw_arguments
+from bandit_router.sim.dataset import Replay, Row, order, prepare
+from bandit_router.sim.replay import PolicyStepper, make_stepper, run
+from bandit_router.store.keys import KEY_EVENTS
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 
 ARMS = [Arm("4b", 4, 0.1), Arm("7b", 7, 0.2), Arm("14b", 14, 0.4)]
 _TOPICS = {

@@ -435,9 +435,8 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         "Written by `make bench` (`python -m benchmarks.run`); the measured part is generated.",
         "",
         f"Run {started}, {bench.reps} repetitions of {bench.seconds:g} s per HTTP figure, "
-        f"uvicorn loop `{bench.loop}`; http: the service's own `bandit_router.protocol:"
-        "HttpProtocol` (uvicorn's `httptools` protocol with the fast path), the bare app uvicorn's"
-        f" `httptools`. Command: `{' '.join(argv)}`.",
+        f"uvicorn loop `{bench.loop}`; http: uvicorn's `httptools` for both the service "
+        f"(its routing door is ASGI middleware) and the bare app. Command: `{' '.join(argv)}`.",
         "",
         *_machine(loads[0]),
         f"- load average at the end: {loads[1]}",

@@ -18,16 +18,18 @@ import random
 import tempfile
 from pathlib import Path
 
-from bandit_router.embedded import EmbeddedRedis
-from bandit_router.estimators import Estimate
-from bandit_router.evaluate import estimate_policies, normalize_spec, read_log
-from bandit_router.export import export_log
 from bandit_router.features import extract
-from bandit_router.policies import Arm, build_policy
+from bandit_router.offline.estimators import Estimate
+from bandit_router.offline.evaluate import estimate_policies, normalize_spec, read_log
+from bandit_router.offline.export import export_log
+from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import build_policy
 from bandit_router.rewards import RewardParts
-from bandit_router.router import Router
+from bandit_router.service.router import Router
 from bandit_router.settings import Settings
-from bandit_router.store import Store, connect
+from bandit_router.store.embedded import EmbeddedRedis
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 
 WORDS = [
     "alpha",

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bandit_router import replay, report
-from bandit_router.hindsight import BestContextStepper
-from bandit_router.router import reward_config
+from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
+from bandit_router.sim import dataset, replay, report
+from bandit_router.sim.hindsight import BestContextStepper
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--in-order", action="store_true")
     args = parser.parse_args(argv)
     settings = Settings()
-    prepared = replay.prepare(replay.load(args.replay, args.arms), reward_config(settings))
+    prepared = dataset.prepare(dataset.load(args.replay, args.arms), reward_config(settings))
     fixed = float(report.hindsight(prepared)[0].mean())
-    rows = replay.order(len(prepared.replay.rows), 0, True)
+    rows = dataset.order(len(prepared.replay.rows), 0, True)
     context = float(replay.run("c", BestContextStepper(prepared), prepared, rows, 0).reward.mean())
     print(f"{args.replay.name}: best-fixed {fixed:.4f}, best-context {context:.4f}")
     for spec in args.specs:

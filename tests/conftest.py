@@ -18,9 +18,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from bandit_router.app import create_app
-from bandit_router.embedded import EmbeddedRedis
+from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
+from bandit_router.store.embedded import EmbeddedRedis
 
 SERVER_URL = os.environ.get("BANDIT_TEST_SERVER_URL", "redis://127.0.0.1:6379/0")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from bandit_router.app import create_app
-from bandit_router.protocol import HttpProtocol
+from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
 from tests.conftest import SettingsFactory, _free_port
 
@@ -21,7 +20,7 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
     """Start the app under uvicorn on a free loopback port; returns its base URL."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(log_level: str = "warning", **overrides: Any) -> str:
+    def start(log_level: str = "warning", root_path: str = "", **overrides: Any) -> str:
         settings: Settings = make_settings(**overrides)
         port = _free_port()
         config = uvicorn.Config(
@@ -29,7 +28,7 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
             host="127.0.0.1",
             port=port,
             log_level=log_level,  # "info" writes an access line a request, as the CLI's default
-            http=HttpProtocol,  # as `bandit-router serve` runs it
+            root_path=root_path,  # what a proxy mounting the app under a path prefix sets
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

@@ -94,7 +94,7 @@ def test_second_reward_is_409_and_unknown_event_404(client: TestClient) -> None:
         (
             {"query": "q", "features": {"nested": {"a": 1}}},
             "features",
-            "features.nested must be a string, number or boolean, got dict",
+            "features.nested must be a string, number or boolean, got object",
         ),
         ({"query": "q", "features": {"k": None}}, "features", "features.k must be a string"),
         ({"query": "q", "features": {"k": "v" * 300}}, "features", "the limit is 256"),
@@ -136,11 +136,11 @@ def test_bad_reward_input(
     assert client.post("/reward", json={"event_id": event_id, "reward": 0.5}).status_code == 200
 
 
-def test_malformed_json_is_422(client: TestClient) -> None:
+def test_malformed_json_is_400(client: TestClient) -> None:
     response = client.post(
         "/choose", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["field"] == "body"
     assert "not valid JSON" in response.json()["detail"]
 
@@ -167,33 +167,3 @@ def test_restart_keeps_what_was_learned(make_client: ClientFactory, make_setting
     assert again.get("/healthz").json()["model_version"] == before == 60
     picks = [_choose(again, query=f"translate word {i}")["arm"] for i in range(100, 110)]
     assert picks == ["7b"] * 10
-
-
-def test_fast_path_and_fastapi_route_answer_alike(client: TestClient) -> None:
-    """A plain JSON body takes the fast path; another content type the FastAPI route: the same
-    decision, the same reward answer, the same errors, and each request timed once."""
-    fast = {"content-type": "application/json"}
-    routed = {"content-type": "application/vnd.api+json"}  # JSON to FastAPI, not fast-pathed
-    body = b'{"query": "What is 2+2?", "event_id": "same-either-way", "features": {"n": 2}}'
-    one = client.post("/choose", content=body, headers=fast)
-    two = client.post("/choose", content=body, headers=routed)
-    assert one.status_code == two.status_code == 200
-    assert one.content == two.content
-    assert one.headers["content-type"] == two.headers["content-type"]
-    for bad in (b'{"query": ""}', b'{"query": "q", "arms": ["70b"]}', b'{"query": "q", "x": 1}'):
-        a = client.post("/choose", content=bad, headers=fast)
-        b = client.post("/choose", content=bad, headers=routed)
-        assert (a.status_code, a.json()) == (b.status_code, b.json())
-        assert a.status_code == 422
-    reward = b'{"event_id": "same-either-way", "accuracy": 1}'
-    first = client.post("/reward", content=reward, headers=fast)
-    again = client.post("/reward", content=reward, headers=routed)
-    assert first.status_code == again.status_code == 200
-    assert first.json()["duplicates"] == [] and again.json()["duplicates"] == ["accuracy"]
-    gone = b'{"event_id": "never-chosen", "reward": 1}'
-    a, b = (client.post("/reward", content=gone, headers=h) for h in (fast, routed))
-    assert (a.status_code, a.json()) == (b.status_code, b.json())
-    assert a.status_code == 404
-    metrics = client.get("/metrics").text
-    assert 'bandit_request_duration_seconds_count{endpoint="choose"} 8.0' in metrics
-    assert 'bandit_request_duration_seconds_count{endpoint="reward"} 4.0' in metrics

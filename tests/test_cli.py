@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from bandit_router.cli import main
+from bandit_router.cli.main import main
 from tests.conftest import (
     SettingsFactory,
     _free_port,

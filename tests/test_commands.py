@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bandit_router.cli import build_parser, main
+from bandit_router.cli.main import build_parser, main
 from bandit_router.settings import Settings
 from tests.conftest import ClientFactory, SettingsFactory
 from tests.live import serve

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from bandit_router.estimators import Z95, Estimate, RewardModel, doubly_robust, ips, snips
 from bandit_router.features import Features
+from bandit_router.offline.estimators import Z95, Estimate, RewardModel, doubly_robust, ips, snips
 
 # Three events: the target picks the logged arm in events 1 and 3 only.
 TARGET = [1.0, 0.0, 1.0]  # pi(a_i | x_i)

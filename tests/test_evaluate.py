@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from bandit_router.evaluate import (
+from bandit_router.features import QUERY_STATS, Features
+from bandit_router.offline.evaluate import (
     LoggedRecord,
     baseline_specs,
     estimate_policies,
@@ -15,9 +16,8 @@ from bandit_router.evaluate import (
     record_from_event,
     target_pmfs,
 )
-from bandit_router.features import QUERY_STATS, Features
-from bandit_router.policies import Arm
-from bandit_router.store import Event
+from bandit_router.policies.base import Arm
+from bandit_router.store.records import Event
 
 ARMS = (Arm("4b", 4, 0.1), Arm("7b", 7, 0.2), Arm("14b", 14, 0.4))
 KINDS = ("code", "lookup", "plain")  # equally likely

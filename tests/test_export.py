@@ -11,19 +11,21 @@ import pytest
 import vowpalwabbit
 from fastapi.testclient import TestClient
 
-from bandit_router.cli import main
-from bandit_router.evaluate import (
+from bandit_router.cli.main import main
+from bandit_router.features import Features
+from bandit_router.offline.evaluate import (
     LoggedRecord,
     estimate_policies,
     load_records,
     read_log,
     record_from_dsjson,
 )
-from bandit_router.export import export_events, export_log, to_dsjson
-from bandit_router.features import Features
-from bandit_router.policies import Arm, ParamValue
-from bandit_router.store import Event, Store, connect
-from bandit_router.vw_policy import VW_POLICIES, vw_arguments
+from bandit_router.offline.export import export_events, export_log, to_dsjson
+from bandit_router.policies.base import Arm, ParamValue
+from bandit_router.policies.vw import VW_POLICIES, vw_arguments
+from bandit_router.store.records import Event
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
 
 X = Features(

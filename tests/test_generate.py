@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from bandit_router import replay
-from bandit_router.router import reward_config
+from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
+from bandit_router.sim import dataset, replay
 from simulations import generate
 
 DRIFT = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "drift.json"
@@ -55,9 +55,9 @@ def test_written_files_replay(tmp_path: Path) -> None:
     config_path = tmp_path / "s.json"
     config_path.write_text(json.dumps(_config()))
     out, arms_path = generate.write(config_path, tmp_path / "s.jsonl")
-    data = replay.load(out, arms_path)
+    data = dataset.load(out, arms_path)
     assert [a.name for a in data.arms] == ["small", "medium", "large", "xl"]
-    prepared = replay.prepare(data, reward_config(Settings()))
+    prepared = dataset.prepare(data, reward_config(Settings()))
     runs = replay.simulate(["best-fixed", "best-context"], prepared, [0], in_order=True)
     assert runs["best-context"][0].reward.mean() > runs["best-fixed"][0].reward.mean()
 
@@ -66,4 +66,4 @@ def test_phase_changes_are_found_in_time_order(tmp_path: Path) -> None:
     config_path = tmp_path / "s.json"
     config_path.write_text(json.dumps(_config()))
     out, arms_path = generate.write(config_path, tmp_path / "s.jsonl")
-    assert replay.phase_changes(replay.load(out, arms_path).rows) == [101, 201, 301]
+    assert dataset.phase_changes(dataset.load(out, arms_path).rows) == [101, 201, 301]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bandit_router.features import extract
-from bandit_router.linucb import LinUCB, dense_vector
-from bandit_router.policies import Arm
+from bandit_router.policies.base import Arm
+from bandit_router.policies.linucb import LinUCB, dense_vector
 
 ARMS = [Arm("a"), Arm("b")]
 
@@ -96,7 +96,7 @@ def test_scores_match_the_textbook_formula_through_every_path() -> None:
 
 def test_choices_draw_the_generator_stream_one_number_each() -> None:
     """The draws are taken 256 at a time; the arms drawn are those of one rng.random() each."""
-    from bandit_router.linucb import _Draws
+    from bandit_router.policies.linucb import _Draws
 
     draws = _Draws(np.random.default_rng(9))
     reference = np.random.default_rng(9)

@@ -7,10 +7,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bandit_router.app import create_app
+from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
 
-AUTHENTICATED = {"/choose", "/reward", "/admin/snapshot", "/admin/reset", "/admin/policy"}
+AUTHENTICATED = {
+    "/choose",
+    "/reward",
+    "/admin/snapshot",
+    "/admin/reset",
+    "/admin/policy",
+    "/stats",
+    "/metrics",
+    "/dashboard",
+}
 
 
 @pytest.fixture(scope="module")

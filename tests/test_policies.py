@@ -7,8 +7,8 @@ import random
 import pytest
 
 from bandit_router.features import Features, extract
-from bandit_router.policies import (
-    Arm,
+from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import (
     build_policy,
     load_policy,
     parse_policy_spec,

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandit_router import replay
 from bandit_router.features import extract
-from bandit_router.policies import Arm, build_policy
+from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import build_policy
 from bandit_router.rewards import RewardConfig, RewardParts
-from bandit_router.router import reward_config
+from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
+from bandit_router.sim import dataset, replay
 
 SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
@@ -35,20 +36,20 @@ GOOD = {"query": "What is 2+2?", "outcomes": {"a": {"accuracy": 1}, "b": {"laten
         ("{not json", "not JSON"),
         ({"query": "", "outcomes": {"a": {"accuracy": 1}}}, "query must be a non-empty string"),
         ({"query": "q"}, "outcomes must be a non-empty object"),
-        ({"query": "q", "outcomes": {"a": {"accuracy": 2}}}, "accuracy must be 0.0..1.0"),
+        ({"query": "q", "outcomes": {"a": {"accuracy": 2}}}, "accuracy must be 0..1"),
         ({"query": "q", "outcomes": {"a": {"output_tokens": 3}}}, "outcomes.a has no reward part"),
         ({"query": "q", "context": {"x": [1]}, "outcomes": GOOD["outcomes"]}, "context must be"),
     ],
 )
 def test_a_bad_row_is_named_by_its_line(tmp_path: Path, bad: object, message: str) -> None:
     path = _write(tmp_path / "r.jsonl", [GOOD, GOOD, bad, GOOD])
-    with pytest.raises(replay.ReplayError, match=rf"r\.jsonl:3: {message}.*--skip-bad"):
-        replay.read_rows(path)
+    with pytest.raises(dataset.ReplayError, match=rf"r\.jsonl:3: {message}.*--skip-bad"):
+        dataset.read_rows(path)
 
 
 def test_skip_bad_skips_and_counts(tmp_path: Path) -> None:
     path = _write(tmp_path / "r.jsonl", [GOOD, "{oops", GOOD, {"query": "q"}, GOOD])
-    rows, skipped = replay.read_rows(path, skip_bad=True)
+    rows, skipped = dataset.read_rows(path, skip_bad=True)
     assert (len(rows), skipped) == (3, 2)
     assert [r.line for r in rows] == [1, 3, 5]
 
@@ -56,15 +57,15 @@ def test_skip_bad_skips_and_counts(tmp_path: Path) -> None:
 def test_arms_missing_from_the_arms_file_get_name_only_features(tmp_path: Path) -> None:
     arms_path = tmp_path / "arms.json"
     arms_path.write_text(json.dumps({"arms": [{"name": "b", "params_b": 7}]}))
-    data = replay.load(_write(tmp_path / "r.jsonl", [GOOD]), arms_path)
+    data = dataset.load(_write(tmp_path / "r.jsonl", [GOOD]), arms_path)
     assert data.arms == [Arm("b", 7.0), Arm("a")]
 
 
 def test_each_step_is_the_services_loop() -> None:
     """A replayed policy earns exactly what a extract/choose/combine/learn loop does."""
-    data = replay.load(SLICE, SLICE_ARMS)
-    prepared = replay.prepare(data, REWARDS)
-    rows = replay.order(len(data.rows), 3, in_order=False)
+    data = dataset.load(SLICE, SLICE_ARMS)
+    prepared = dataset.prepare(data, REWARDS)
+    rows = dataset.order(len(data.rows), 3, in_order=False)
     result = replay.run("egreedy", replay.make_stepper("egreedy", prepared, 3), prepared, rows, 3)
     policy, earned = build_policy("egreedy", seed=3), []
     for i in rows:
@@ -78,7 +79,7 @@ def test_each_step_is_the_services_loop() -> None:
 
 
 def test_hindsight_baselines_bound_the_policies() -> None:
-    prepared = replay.prepare(replay.load(SLICE, SLICE_ARMS), REWARDS)
+    prepared = dataset.prepare(dataset.load(SLICE, SLICE_ARMS), REWARDS)
     names = [
         "egreedy",
         "random",
@@ -100,8 +101,8 @@ def test_only_arms_with_an_outcome_are_eligible(tmp_path: Path) -> None:
     """A new arm appears mid-stream: earlier rows lack it, and no policy may pick it there."""
     early = {"query": "hi there", "outcomes": {"a": {"accuracy": 0}}}
     late = {"query": "hi there", "outcomes": {"a": {"accuracy": 0}, "new": {"accuracy": 1}}}
-    data = replay.load(_write(tmp_path / "r.jsonl", [early] * 30 + [late] * 30))
-    prepared = replay.prepare(data, REWARDS)
+    data = dataset.load(_write(tmp_path / "r.jsonl", [early] * 30 + [late] * 30))
+    prepared = dataset.prepare(data, REWARDS)
     for name in ["egreedy", "linucb", "random", "oracle", "best-fixed", "fixed:new"]:
         (result,) = replay.simulate([name], prepared, seeds=[0], in_order=True)[name]
         assert (result.arm[:30] == 0).all(), name
@@ -110,12 +111,12 @@ def test_only_arms_with_an_outcome_are_eligible(tmp_path: Path) -> None:
 
 
 def test_rewards_follow_the_settings() -> None:
-    data = replay.load(SLICE, SLICE_ARMS)
+    data = dataset.load(SLICE, SLICE_ARMS)
     accuracy_only = RewardConfig({"accuracy": 1.0})
-    prepared = replay.prepare(data, accuracy_only)
+    prepared = dataset.prepare(data, accuracy_only)
     (fixed,) = replay.simulate(["fixed:llama2-70b"], prepared, [0])["fixed:llama2-70b"]
     assert fixed.reward.tolist() == fixed.accuracy.tolist()
-    assert accuracy_only.combine(RewardParts(accuracy=1.0, latency_ms=9e9)) == 1.0
+    assert accuracy_only.combine(RewardParts(accuracy=1.0, latency_ms=9e6)) == 1.0
 
 
 def test_unknown_policies_name_the_valid_ones() -> None:
@@ -128,6 +129,6 @@ def test_unknown_policies_name_the_valid_ones() -> None:
 
 
 def test_an_outcome_the_weights_cannot_score_is_named(tmp_path: Path) -> None:
-    data = replay.load(_write(tmp_path / "r.jsonl", [GOOD, GOOD]))
-    with pytest.raises(replay.ReplayError, match=r"line 1: outcomes.b: no weighted reward part"):
-        replay.prepare(data, RewardConfig({"accuracy": 1.0}))
+    data = dataset.load(_write(tmp_path / "r.jsonl", [GOOD, GOOD]))
+    with pytest.raises(dataset.ReplayError, match=r"line 1: outcomes.b: no weighted reward part"):
+        dataset.prepare(data, RewardConfig({"accuracy": 1.0}))

@@ -9,9 +9,11 @@ import time
 from bandit_router.errors import AlreadyRewarded, InvalidReward
 from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
-from bandit_router.router import SWEEP_BATCH, Router
+from bandit_router.service.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
-from bandit_router.store import GROUP, KEY_EVENTS, KEY_PENDING, Store, connect
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_PENDING
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import RedisProcess, SettingsFactory
 
 MARKED = "please summarise this zebra report"
@@ -289,8 +291,8 @@ def test_a_learner_apart_reads_again_at_once_after_a_full_batch(
 ) -> None:
     """A learner waits between polls only when the log had less than a batch for it: waiting
     after every batch capped it at BATCH / poll_s events a second, whatever the traffic."""
-    from bandit_router.learner import BATCH, Learner, fresh_model
-    from bandit_router.policies import parse_policy_spec
+    from bandit_router.policies.registry import parse_policy_spec
+    from bandit_router.service.learner import BATCH, Learner, fresh_model
 
     settings = make_settings(learn_in_workers=False)
 
@@ -374,7 +376,7 @@ def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
 ) -> None:
     """The leading process learns its own decisions from the features it chose with (no rebuild
     from the log); the model predicts exactly as one learned from the log alone."""
-    from bandit_router.learner import Model, fresh_model
+    from bandit_router.service.learner import Model, fresh_model
 
     settings = make_settings()
 

@@ -11,9 +11,11 @@ import httpx2 as httpx
 import redis
 
 from bandit_router.rewards import RewardParts
-from bandit_router.router import Router
+from bandit_router.service.router import Router
 from bandit_router.settings import Settings
-from bandit_router.store import GROUP, KEY_EVENTS, Store, connect
+from bandit_router.store.keys import GROUP, KEY_EVENTS
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import (
     SettingsFactory,
     _free_port,
@@ -115,7 +117,7 @@ def test_two_workers_and_a_learner_under_concurrent_load(
     with (
         cli_process(
             ["serve", "--port", str(port), "--workers", "2"], serve_env, tmp_path / "s.log"
-        ),
+        ) as service,
         cli_process(["learn"], _env(settings, **common), tmp_path / "l.log"),
     ):
         wait_until(lambda: healthy(base), 60, "the service to start")
@@ -131,7 +133,7 @@ def test_two_workers_and_a_learner_under_concurrent_load(
         assert stats["rewards_accepted"] == stats["events_learned"] == pairs
         assert _stream_length(settings) == pairs
         wait_until(lambda: _versions(base) == {pairs}, 30, "both workers to load the model")
-        assert len(_pids(base)) == 2
+        assert len(_children(service.pid)) == 2  # both workers alive: each sample hit one
 
 
 def _health_samples(base: str, n: int = 40) -> list[dict[str, Any]]:
@@ -143,8 +145,13 @@ def _versions(base: str) -> set[int]:
     return {h["model_version"] for h in _health_samples(base)}
 
 
-def _pids(base: str) -> set[int]:
-    return {h["pid"] for h in _health_samples(base)}
+def _children(pid: int) -> list[str]:
+    """The live worker processes uvicorn spawned from ``pid``, from /proc (multiprocessing's
+    resource tracker is a child too)."""
+    found: list[str] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += (task / "children").read_text().split()
+    return [c for c in found if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _stream_length(settings: Settings) -> int:

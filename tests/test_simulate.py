@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bandit_router.cli import main
+from bandit_router.cli.main import main
 from tests.conftest import cli_env, served
 
 SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
@@ -61,7 +61,7 @@ def test_a_bad_row_stops_the_run_naming_the_line(
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     assert main(["simulate", str(bad), "--policies", "random", "--no-skyline"]) == 2
-    assert "bad.jsonl:7: latency_ms must be >= 0.0, got -5.0" in capsys.readouterr().err
+    assert "bad.jsonl:7: latency_ms must be 0..86400000, got -5.0" in capsys.readouterr().err
     args = ["simulate", str(bad), "--policies", "random", "--skip-bad", "--out", str(tmp_path)]
     assert main(args) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["skipped"] == 1

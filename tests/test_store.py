@@ -9,7 +9,9 @@ from typing import cast
 import pytest
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
-from bandit_router.store import Event, Parts, Snapshot, Store, connect, stream_id_key
+from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import SERVER_URL, SettingsFactory
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bandit_router.app import create_app
 from bandit_router.errors import StoreUnavailable
+from bandit_router.http.app import create_app
 from tests.conftest import ClientFactory, RedisProcess, SettingsFactory
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from bandit_router.features import Features, token_hash
-from bandit_router.policies import Arm
-from bandit_router.vw_policy import VWPolicy, adf_example, arm_line, shared_line, vw_arguments
+from bandit_router.policies.base import Arm
+from bandit_router.policies.vw import VWPolicy, adf_example, arm_line, shared_line, vw_arguments
 
 X = Features(stats=(0.5, 0.25, 0.0, 1.0, 0, 0, 0, 0, 0, 0), tokens=(11, 22))
 
@@ -46,7 +46,7 @@ def test_a_new_arm_starts_as_an_average_arm_and_is_explored() -> None:
     import random
 
     from bandit_router.features import extract
-    from bandit_router.policies import build_policy
+    from bandit_router.policies.registry import build_policy
 
     policy = build_policy("squarecb", seed=1)
     known = [Arm("small"), Arm("mid"), Arm("large")]
@@ -62,7 +62,7 @@ def test_a_new_arm_starts_as_an_average_arm_and_is_explored() -> None:
 
 
 def test_squarecb_pmf_is_vws_rule() -> None:
-    from bandit_router.vw_policy import squarecb_pmf
+    from bandit_router.policies.vw import squarecb_pmf
 
     pmf = squarecb_pmf([-0.5, -0.7, -0.6], gamma=10.0)
     assert pmf[0] == pytest.approx(1 / (3 + 10 * 0.2))
@@ -73,7 +73,7 @@ def test_squarecb_pmf_is_vws_rule() -> None:
 
 def test_the_baseline_and_the_count_survive_dumps() -> None:
     from bandit_router.features import extract
-    from bandit_router.policies import build_policy, load_policy
+    from bandit_router.policies.registry import build_policy, load_policy
 
     arms = [Arm("a"), Arm("b")]
     policy = build_policy("squarecb", seed=1)

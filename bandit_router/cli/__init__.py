@@ -1,0 +1,1 @@
+"""The ``bandit-router`` command line."""

@@ -1,0 +1,261 @@
+"""Operators' subcommands of ``bandit-router``: status, snapshot, restore, config.
+
+Thin: each parses its arguments, calls the core (``stats``, ``backup``, ``Settings``) and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bandit_router.progress import Progress
+from bandit_router.settings import Settings
+from bandit_router.store.repository import open_store
+
+SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table, numbers right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+# status
+
+
+def _fetch(url: str, window: int, api_key: str | None) -> dict[str, Any]:
+    request = urllib.request.Request(f"{url.rstrip('/')}/stats?window={window}")
+    if api_key:
+        request.add_header("X-API-Key", api_key)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        doc: dict[str, Any] = json.load(response)
+    return doc
+
+
+async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
+    from bandit_router.service.estimates import BaselineCache
+    from bandit_router.service.learner import Learner, load_model
+    from bandit_router.service.router import Router
+    from bandit_router.service.stats import build_stats
+
+    async with open_store(settings) as store:
+        with Progress("replaying the log after the newest snapshot", unit="events") as bar:
+            model = await load_model(store, settings, progress=bar.update)  # as a process would
+        router = Router(settings, store, Learner(settings, store, model))  # takes no lease
+        with Progress(f"estimating baselines over the newest {window} events"):
+            return (await build_stats(router, BaselineCache(), window)).model_dump()
+
+
+def format_status(s: dict[str, Any]) -> str:
+    r = s["recent"]
+    head = (
+        f"policy {s['policy']}   model version {s['model_version']}   decisions {s['decisions']}"
+        f"   rewards {s['rewards_accepted']}   window {r['events']} events"
+        f"   mean reward {_cell(r['mean_reward'])}   exploration {_cell(r['exploration_rate'])}"
+    )
+    arms = [
+        [name, t["decisions"], t["rewards"], t["mean_reward"], *_recent(r["arms"].get(name))]
+        for name, t in s["arms"].items()
+    ]
+    arm_table = table(
+        ["arm", "decisions", "rewards", "mean reward", "share", "accuracy", "latency ms", "rating"],
+        arms,
+    )
+    base = [
+        [n, e["ips"]["value"], e["snips"]["value"], e["dr"]["value"], _ci(e["snips"])]
+        for n, e in r["baselines"]["policies"].items()
+    ]
+    logged = r["baselines"]["logged"]
+    if logged is not None:
+        base.insert(0, ["this policy (on-policy)", *[logged["value"]] * 3, _ci(logged)])
+    headers = ["policy (off-policy estimates, window)", "IPS", "SNIPS", "DR", "SNIPS 95% CI"]
+    base_table = table(headers, base)
+    return f"{head}\n\n{arm_table}\n\n{base_table}"
+
+
+def _ci(interval: dict[str, Any]) -> str:
+    low, high = interval["low"], interval["high"]
+    return "-" if low is None or high is None else f"{low:.3f}..{high:.3f}"
+
+
+def _recent(a: dict[str, Any] | None) -> list[Any]:
+    if a is None:
+        return [None] * 4
+    return [a["share"], a["accuracy"], a["latency_ms"], a["rating"]]
+
+
+def status(args: argparse.Namespace) -> int:
+    """Show what GET /stats says, as tables: from a running service (--url) or from Redis."""
+    if args.url:
+        try:
+            doc = _fetch(args.url, args.window, args.api_key)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            print(f"bandit-router status: cannot read {args.url}/stats: {e}", file=sys.stderr)
+            return 1
+    else:
+        doc = asyncio.run(_stats_from_redis(Settings(), args.window))
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    return 0
+
+
+# snapshot / restore
+
+
+def snapshot(args: argparse.Namespace) -> int:
+    """Write the model (the newest snapshot plus every logged event after it) to a file."""
+    from bandit_router.service.backup import dump
+
+    async def run() -> dict[str, Any]:
+        settings = Settings()
+        async with open_store(settings) as store:
+            with Progress("replaying the log after the newest snapshot", unit="events") as bar:
+                return await dump(store, settings, Path(args.file), bar.update)
+
+    doc = asyncio.run(run())
+    print(
+        f"wrote {args.file}: policy {doc['policy']}, model version {doc['model_version']}, "
+        f"watermark {doc['stream_id']}"
+    )
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    """Publish a snapshot file as the deployment's model; services pick it up at their next
+    start (followers within BANDIT_MODEL_REFRESH_S)."""
+    from bandit_router.service.backup import SnapshotFileError, load, read
+
+    settings = Settings()
+    try:
+        snap = read(Path(args.file), settings)
+    except SnapshotFileError as e:
+        print(f"bandit-router restore: {e}", file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        holder = f"restore:{os.getpid()}"
+        async with open_store(settings) as store:
+            if not await store.hold_lease(holder, 60) and not args.force:
+                print(
+                    "bandit-router restore: a learner holds the lease (a running service or "
+                    "`learn`): stop it first, or pass --force",
+                    file=sys.stderr,
+                )
+                return 1
+            try:
+                done = await load(store, settings, snap)
+            finally:
+                await store.release_lease(holder)
+        where = "this log: events after it are learned" if done.same_log else "another log"
+        print(f"restored {args.file}: policy {snap.policy}, model version {snap.version} ({where})")
+        if done.policy_override:
+            print(f"policy {snap.policy} set as the deployment's policy (as /admin/policy would)")
+        return 0
+
+    return asyncio.run(run())
+
+
+# config
+
+
+def masked(name: str, value: Any) -> Any:
+    """``value`` with secrets replaced: keys, passwords, tokens, and a URL's password."""
+    if value in (None, "", []):
+        return value
+    if SECRET.search(name):
+        return ["****"] * len(value) if isinstance(value, list) else "****"
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            host = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}:" if parts.username else ":"
+            return urlunsplit(parts._replace(netloc=f"{user}****@{host}"))
+    return value
+
+
+def effective_config(settings: Settings) -> list[dict[str, Any]]:
+    """Every setting: its variable, value (secrets masked) and whether the environment set it."""
+    dumped = settings.model_dump(mode="json")
+    return [
+        {
+            "variable": f"BANDIT_{name.upper()}",
+            "value": masked(name, dumped[name]),
+            "source": "env" if name in settings.model_fields_set else "default",
+        }
+        for name in type(settings).model_fields
+    ]
+
+
+def config(args: argparse.Namespace) -> int:
+    """Print the effective settings (BANDIT_* variables over the defaults), secrets masked."""
+    rows = effective_config(Settings())
+    if args.json:
+        print(json.dumps({r["variable"]: r["value"] for r in rows}, indent=2))
+        return 0
+    text = [[r["variable"], _flat(r["value"]), r["source"]] for r in rows]
+    print(table(["variable", "value", "source"], text))
+    return 0
+
+
+def _flat(value: Any) -> str:
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return "" if value is None else str(value)
+
+
+def add_commands(sub: Any) -> None:
+    """Add status, snapshot, restore and config to the ``bandit-router`` subparsers."""
+    p = sub.add_parser("status", help="what /stats says, as tables", description=status.__doc__)
+    p.add_argument(
+        "--url",
+        help="a running service's base URL, e.g. http://127.0.0.1:8000 "
+        "(default: read Redis with the BANDIT_* settings)",
+    )
+    p.add_argument("--window", type=int, default=1000, help="newest events to analyse (1000)")
+    p.add_argument("--api-key", help="key to send with --url, when the service needs one")
+    p.add_argument("--json", action="store_true", help="print the /stats document as JSON")
+    p.set_defaults(func=status)
+    p = sub.add_parser("snapshot", help="save the model to a file", description=snapshot.__doc__)
+    p.add_argument("file", help="the snapshot file to write (JSON)")
+    p.set_defaults(func=snapshot)
+    p = sub.add_parser("restore", help="load the model from a file", description=restore.__doc__)
+    p.add_argument("file", help="a file written by `bandit-router snapshot`")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore even while a learner holds the lease (it may overwrite it)",
+    )
+    p.set_defaults(func=restore)
+    p = sub.add_parser("config", help="the effective settings", description=config.__doc__)
+    p.add_argument("--json", action="store_true", help="print as JSON instead of a table")
+    p.set_defaults(func=config)

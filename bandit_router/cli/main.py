@@ -1,0 +1,374 @@
+"""The ``bandit-router`` command: a thin layer that parses arguments and prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from bandit_router.cli.commands import add_commands
+from bandit_router.settings import Settings
+
+if TYPE_CHECKING:
+    from bandit_router.offline.estimators import Estimate
+    from bandit_router.offline.evaluate import LoggedRecord
+
+    Results = dict[str, dict[str, Estimate]]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the HTTP service (uvicorn), on the embedded Redis unless BANDIT_REDIS_URL is set."""
+    import uvicorn
+
+    from bandit_router.store.embedded import EmbeddedRedis
+
+    settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    embedded = None
+    if settings.redis_url is None:
+        # Started here, before the workers start: each finds it running on the data folder.
+        embedded = EmbeddedRedis(settings.data_dir)
+        print(
+            f"embedded Redis in {embedded.data_dir} (redis-cli -s {embedded.socket})",
+            file=sys.stderr,
+        )
+    try:
+        uvicorn.run(
+            "bandit_router.http.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop=settings.loop,
+            log_level=settings.log_level,
+            # Above info uvicorn drops each access line, but only after formatting its parts.
+            access_log=settings.log_level.lower() in ("trace", "debug", "info"),
+            # A spawned worker answers uvicorn's health pings only once its interpreter is up;
+            # on a loaded machine that took over the default 5 s, and uvicorn killed and
+            # respawned workers in a loop. A hung worker is still replaced, 30 s on.
+            timeout_worker_healthcheck=30,
+        )
+    finally:
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+def learn(args: argparse.Namespace) -> int:
+    """Run the learner on its own: it takes the lease in Redis, learns the log, publishes models.
+
+    Run one beside service processes started with BANDIT_LEARN_IN_WORKERS=false (or let the
+    service processes compete for the lease: only one learns at a time either way).
+    """
+    import asyncio
+    import signal
+
+    from bandit_router.service.learner import run_learner
+    from bandit_router.store.repository import open_store
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_store(settings) as store:
+            learner = await run_learner(settings, store, stop)
+        print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
+
+    asyncio.run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bandit-router",
+        description="Learns which LLM size should answer each query. Settings: BANDIT_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the HTTP service", description=serve.__doc__)
+    p.add_argument("--host", help="bind address (BANDIT_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (BANDIT_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (BANDIT_WORKERS, default 1)")
+    p.set_defaults(func=serve)
+    p = sub.add_parser("learn", help="run the learner on its own", description=learn.__doc__)
+    p.set_defaults(func=learn)
+    _add_export_evaluate(sub)
+    _add_simulate(sub)
+    add_commands(sub)
+    return parser
+
+
+# --- export and evaluate (DSJSON log, off-policy estimates) ---------------------------------
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the joined-event log from Redis as DSJSON, one event per line (for vw --dsjson)."""
+    import asyncio
+
+    from bandit_router.errors import StoreUnavailable
+    from bandit_router.offline.export import export_log
+
+    settings = _settings()
+    try:
+        if args.out in (None, "-"):
+            count = asyncio.run(export_log(settings, sys.stdout))
+        else:
+            with open(args.out, "w", encoding="utf-8") as out:
+                count = asyncio.run(export_log(settings, out))
+    except (OSError, StoreUnavailable) as e:
+        print(f"bandit-router export: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
+    from bandit_router.offline.evaluate import baseline_specs, estimate_policies, read_log
+
+    try:
+        if args.log == "-":
+            records = read_log(sys.stdin)
+        else:
+            with open(args.log, encoding="utf-8") as f:
+                records = read_log(f)
+        specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
+        specs = specs or baseline_specs(records[0].arms if records else [])
+        results = estimate_policies(records, specs, _settings(), args.seed)
+    except (OSError, ValueError) as e:
+        print(f"bandit-router evaluate: {e}", file=sys.stderr)
+        return 2
+    print(_evaluation_json(records, results) if args.json else _evaluation_table(records, results))
+    return 0
+
+
+def _evaluation_json(records: Sequence[LoggedRecord], results: Results) -> str:
+    import json
+
+    from bandit_router.offline.evaluate import logged_value
+
+    table = {spec: {m: e.to_json() for m, e in r.items()} for spec, r in results.items()}
+    return json.dumps({"logged": logged_value(records).to_json(), "policies": table}, indent=2)
+
+
+def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
+    from bandit_router.offline.evaluate import METHODS, logged_value
+
+    lines = [
+        f"{len(records)} events; the logging policy's mean reward: "
+        f"{_interval(logged_value(records))}",
+        f"{'policy':<28}" + "".join(f"{m:>22}" for m in METHODS),
+    ]
+    for spec, estimates in results.items():
+        lines.append(f"{spec:<28}" + "".join(f"{_interval(estimates[m]):>22}" for m in METHODS))
+    lines.append("value [95% interval, normal approximation]; candidates replayed in time order,")
+    lines.append("learning as they go; DR's reward model: per-arm ridge regression fitted online")
+    return "\n".join(lines)
+
+
+def _interval(e: Estimate) -> str:
+    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
+
+
+def _add_export_evaluate(sub: Any) -> None:
+    p = sub.add_parser("export", help="the event log as DSJSON", description=export.__doc__)
+    p.add_argument("--out", help="file to write (default: stdout)")
+    p.set_defaults(func=export)
+    p = sub.add_parser("evaluate", help="off-policy estimates", description=evaluate.__doc__)
+    p.add_argument("log", help="DSJSON file from `bandit-router export` (- for stdin)")
+    p.add_argument(
+        "--policies",
+        help="comma-separated policy specs, e.g. egreedy:epsilon=0.1,linucb,static,fixed:7b "
+        "(default: random, static and each arm fixed)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=evaluate)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.func(args)
+    except ValidationError as e:
+        print(f"bandit-router: invalid settings:\n{_describe(e)}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        name = ".".join(str(p) for p in err["loc"])
+        env = f"BANDIT_{str(err['loc'][0]).upper()}" if err["loc"] else ""
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {name} ({env}): {msg}")
+    return "\n".join(lines)
+
+
+# --- simulate: the replay simulator (thin: parse, call bandit_router.replay, print) -----------
+
+
+class _Progress:
+    """A plain-text progress line on stderr, redrawn about every 1%."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.shown = max(total, 1), 0, -1
+        self.start = time.monotonic()
+
+    def __call__(self, steps: int) -> None:
+        self.done += steps
+        percent = 100 * self.done // self.total
+        if percent != self.shown:
+            self.shown = percent
+            rate = self.done / max(time.monotonic() - self.start, 1e-9)
+            print(
+                f"\rsimulate: {percent:3d}% ({self.done}/{self.total} steps, {rate:.0f} steps/s)",
+                end="\n" if self.done >= self.total else "",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _simulate_runs(args: argparse.Namespace, names: list[str], prepared: Any, settings: Any) -> Any:
+    from bandit_router.sim import dataset, replay
+
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    progress = _Progress(len(prepared.replay.rows) * len(seeds) * max(len(names), 1))
+    if args.via is None:
+        return replay.simulate(names, prepared, seeds, args.in_order, settings, progress)
+    from bandit_router.sim.replay_http import HttpStepper
+
+    stepper = HttpStepper(args.via)
+    try:
+        name = stepper.policy()
+        rows = dataset.order(len(prepared.replay.rows), args.first_seed, args.in_order)
+        return {name: [replay.run(name, stepper, prepared, rows, args.first_seed, progress)]}
+    finally:
+        stepper.close()
+
+
+def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse.Namespace) -> None:
+    import csv
+    import json
+
+    from bandit_router.sim import report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    n = result["rows"]
+    rows = list(report.steps(runs, result["arms"], args.csv_every or max(1, n // 1000)))
+    with (out / "steps.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.no_plots:
+        return
+    try:
+        from bandit_router.sim import plots
+    except ImportError:
+        print("simulate: no plots (pip install 'bandit-router[sim]')", file=sys.stderr)
+        return
+    title = Path(args.replay).name + (" (time order)" if args.in_order else " (shuffled)")
+    plots.reward_over_time(rows, out / "reward.png", title, result.get("phase_changes", []))
+    plots.arm_share_over_time(rows, result["arms"], out / "arm_share.png", title)
+
+
+def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Settings) -> Any:
+    """Check the policy names, read the replay file and score its outcomes; errors name the
+    problem (ValueError, OSError)."""
+    from bandit_router.service.router import reward_config
+    from bandit_router.sim import dataset, replay
+    from bandit_router.sim.hindsight import fixed_spec
+
+    for name in names:
+        replay.check_spec(name)
+    data = dataset.load(Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit)
+    try:
+        prepared = dataset.prepare(data, reward_config(settings))
+    except dataset.ReplayError as e:
+        raise dataset.ReplayError(f"{args.replay}: {e}") from e
+    for name in names:
+        fixed_spec(name, prepared)  # a misspelt fixed arm fails here, before any work
+    return prepared
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Replay a full-feedback log through policies, exactly as the service's loop, and report."""
+    from bandit_router.sim import dataset, report
+
+    settings = Settings()
+    given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
+    names = [n.strip() for n in given.split(",") if n.strip()]
+    if args.via is not None and (args.seeds != 1 or len(names) > 1):
+        print("simulate: --via replays one seed through the service's own policy", file=sys.stderr)
+        return 2
+    try:
+        prepared = _simulate_prepare(args, names, settings)
+    except (ValueError, OSError) as e:
+        print(f"simulate: {e}", file=sys.stderr)
+        return 2
+    runs = _simulate_runs(args, names, prepared, settings)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    meta = {
+        "replay": str(args.replay),
+        "seeds": seeds,
+        "in_order": args.in_order,
+        "reward_weights": settings.reward_weights,
+        "latency_budget_ms": settings.latency_budget_ms,
+        "cost_budget_usd": settings.cost_budget_usd,
+    }
+    result = report.summary(runs, prepared, meta)
+    if args.in_order:
+        result["phase_changes"] = dataset.phase_changes(prepared.replay.rows)
+    if not args.no_skyline:
+        result["skyline"] = report.skyline_summary(prepared, seeds, args.in_order)
+    print(report.table(result))
+    if args.out:
+        _simulate_write(Path(args.out), result, runs, args)
+    return 0
+
+
+# After the service's own policy (BANDIT_POLICY), which leads the default list.
+_DEFAULT_POLICIES = "random,static,best-fixed,oracle"
+
+
+def _add_simulate(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="replay a full-feedback log", description=simulate.__doc__)
+    p.add_argument("replay", help="replay file: one JSON row per query (see simulations/README.md)")
+    p.add_argument("--arms", help='arms file, {"arms": [{"name", "params_b", "usd_per_mtok"}]}')
+    p.add_argument(
+        "--policies",
+        help=f"comma list (default BANDIT_POLICY,{_DEFAULT_POLICIES}): service policies with "
+        "parameters (egreedy:epsilon=0.05, linucb, ...), fixed:<arm>, best-fixed, "
+        "best-context, oracle, mabwiser (MABWiser's LinUCB, a peer)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="seeds, each its own row order")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    p.add_argument("--in-order", action="store_true", help="keep time order (drift scenarios)")
+    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
+    p.add_argument("--out", help="write summary.json, steps.csv and plots here")
+    p.add_argument("--csv-every", type=int, default=0, help="steps.csv stride (default: n/1000)")
+    p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
+    p.add_argument("--no-skyline", action="store_true", help="skip the full-information skyline")
+    p.add_argument("--via", help="replay through a running service, e.g. http://127.0.0.1:8000")
+    p.set_defaults(func=simulate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The HTTP edge: the app, its routes a few lines each over the router, and the fast door."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
+from bandit_router.http.contract import (
+    ArmsResponse,
+    ChooseRequest,
+    ChooseResponse,
+    HealthResponse,
+    PolicyRequest,
+    PolicyResponse,
+    RewardRequest,
+    RewardResponse,
+    VersionResponse,
+    answer,
+    error_body,
+    failure,
+    validation_failure,
+)
+from bandit_router.http.dashboard import register_dashboard
+from bandit_router.http.docs import register_docs
+from bandit_router.http.door import BodyGuard, RoutingDoor
+from bandit_router.http.metrics import register_metrics
+from bandit_router.http.openapi import (
+    ADMIN,
+    ADMIN_BODY,
+    CHOOSE,
+    DESCRIPTION,
+    HEALTH,
+    READ,
+    REWARD,
+    TAGS,
+)
+from bandit_router.http.security import (
+    BASIC_CHALLENGE,
+    SCHEMES,
+    require_admin_key,
+    require_ops_key,
+)
+from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.service.estimates import BaselineCache
+from bandit_router.service.router import Router
+from bandit_router.service.stats import StatsResponse, build_stats
+from bandit_router.settings import Settings
+from bandit_router.store.repository import open_store
+from bandit_router.store.transport import when_available
+
+log = logging.getLogger("bandit_router")
+
+
+async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
+    router: Router = request.app.state.router
+    return router
+
+
+RouterDep = Annotated[Router, Depends(get_router)]
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    """Every error FastAPI's routes meet, through the contract's one table."""
+    if isinstance(exc, RequestValidationError):
+        exc = validation_failure(exc.errors())
+    elif isinstance(exc, StarletteHTTPException):
+        return Response(
+            error_body(str(exc.detail), None),
+            status_code=exc.status_code,
+            headers=exc.headers,
+            media_type="application/json",
+        )
+    router = getattr(request.app.state, "router", None)
+    status, body = failure(exc, router, request.url.path.strip("/") or "/")
+    headers = {"www-authenticate": BASIC_CHALLENGE} if status == 401 else None
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that hands its raw body to the contract."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+class App(FastAPI):
+    """FastAPI behind the fast door (``RoutingDoor``): a ``POST /choose`` or ``/reward`` is
+    answered there, through the same contract as the routes below; the rest goes to FastAPI."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.door = RoutingDoor(partial(FastAPI.__call__, self), settings, self.state)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.door(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema, plus the request models the routing routes validate themselves."""
+        if self.openapi_schema is None:
+            schema = super().openapi()  # kept by FastAPI as self.openapi_schema
+            template = "#/components/schemas/{model}"
+            schema["components"]["schemas"].update(
+                {m.__name__: m.model_json_schema(ref_template=template) for m in REQUESTS}
+            )
+            return schema
+        return self.openapi_schema
+
+
+REQUESTS = (ChooseRequest, RewardRequest)
+
+
+async def _routing_call(path: str, request: Request, router: Router) -> Response:
+    status, body = await answer(path, router, request.headers.raw, await request.body())
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; Redis, the policy and the model are set up in the lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_store(settings) as store:
+            router = await when_available(
+                lambda: Router.open(settings, store), settings.startup_wait_s
+            )
+            app.state.router = router
+            stop = asyncio.Event()
+            background = asyncio.create_task(router.run(stop))
+            try:
+                yield
+            finally:
+                stop.set()
+                await background
+                await router.close()
+
+    app = App(
+        settings,
+        title="bandit-router",
+        summary="Learns which LLM size should answer each query.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served from local assets by register_docs: the default needs a CDN
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyGuard, settings=settings)
+    for kind in (RouterError, StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, _on_error)
+    keyed = [Security(scheme) for scheme in SCHEMES]  # read only to document the schemes
+    ops = [*keyed, Depends(require_ops_key)]
+    register_metrics(app, ops)
+    register_docs(app)
+    register_dashboard(app, ops)
+
+    # The routing calls, for the requests the fast door leaves to FastAPI (an app mounted under
+    # a root path, say): the raw body goes to the same contract, which checks the key.
+    baseline_cache = BaselineCache()  # the dashboard's off-policy estimates, per process
+
+    @app.post(
+        "/choose",
+        responses=CHOOSE,
+        dependencies=keyed,
+        tags=["routing"],
+        response_model=ChooseResponse,
+        openapi_extra=_body_doc(ChooseRequest),
+    )
+    async def choose(request: Request, router: RouterDep) -> Response:
+        """Pick the arm (model) for one query."""
+        return await _routing_call("/choose", request, router)
+
+    @app.post(
+        "/reward",
+        responses=REWARD,
+        dependencies=keyed,
+        tags=["routing"],
+        response_model=RewardResponse,
+        openapi_extra=_body_doc(RewardRequest),
+    )
+    async def reward(request: Request, router: RouterDep) -> Response:
+        """Report how the chosen model did, all parts at once or in several calls.
+
+        The event is learned once: when every weighted part has arrived (or a direct `reward`),
+        or when its reward window closes, with the parts present.
+        """
+        return await _routing_call("/reward", request, router)
+
+    @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
+    async def healthz(router: RouterDep) -> JSONResponse:
+        """Liveness and the Redis connection."""
+        try:
+            await router.store.ping()
+        except StoreUnavailable as e:
+            return JSONResponse({"status": "unavailable", "redis": e.message}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "redis": "ok",
+                "model_version": router.version,
+                "learner": router.learner.leading,
+            }
+        )
+
+    @app.get("/arms", tags=["operations"])
+    async def arms(router: RouterDep) -> ArmsResponse:
+        """The configured arms and their features."""
+        return ArmsResponse(arms=router.settings.arms)
+
+    @app.get("/stats", responses=READ, tags=["operations"], dependencies=ops)
+    async def stats(
+        router: RouterDep,
+        window: Annotated[
+            int, Query(ge=0, le=20_000, description="newest events to analyse", examples=[1000])
+        ] = 1000,
+        buckets: Annotated[
+            int, Query(ge=1, le=200, description="time buckets of the series", examples=[30])
+        ] = 30,
+    ) -> StatsResponse:
+        """Totals per arm, the settings, and what the newest logged events say (the dashboard's
+        data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
+        return await build_stats(router, baseline_cache, window, buckets)
+
+    admin = [*keyed, Depends(require_admin_key)]
+
+    @app.post("/admin/snapshot", responses=ADMIN, dependencies=admin, tags=["admin"])
+    async def admin_snapshot(router: RouterDep) -> VersionResponse:
+        """Publish the learner's model to Redis now."""
+        if not router.learner.leading:
+            raise NotLearner()
+        return VersionResponse(model_version=await router.learner.publish())
+
+    @app.post("/admin/reset", responses=ADMIN, dependencies=admin, tags=["admin"])
+    async def admin_reset(router: RouterDep) -> VersionResponse:
+        """Forget what was learned: a fresh model, learning from the next event on."""
+        if not router.learner.leading:
+            raise NotLearner()
+        return VersionResponse(model_version=await router.learner.reset())
+
+    @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
+    async def admin_policy(body: PolicyRequest, router: RouterDep) -> PolicyResponse:
+        """Switch the policy; the learner relearns the new one from the whole log."""
+        try:
+            spec = parse_policy_spec(body.policy)
+            build_policy(spec, router.settings)  # bad parameters fail here, not in the learner
+        except ValueError as e:
+            raise RouterError(str(e), field="policy") from e
+        await router.store.set_policy_override(str(spec))
+        if router.learner.leading:
+            await router.learner.switch(spec)
+        return PolicyResponse(policy=str(spec), model_version=router.version)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The process entry of ``bandit-router serve`` (``uvicorn --factory``): settings from the
+    environment. It owns its process, so it also moves what import and set-up made (modules,
+    routes, schemas: tens of thousands of objects that live as long as the process) out of the
+    garbage collector's full collections, which otherwise walk them all with the loop stopped."""
+    app = create_app(Settings())
+    gc.collect()
+    gc.freeze()
+    return app

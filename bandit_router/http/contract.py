@@ -1,0 +1,425 @@
+"""The request contract of the routing endpoints, written once for every door.
+
+``POST /choose`` and ``POST /reward`` are answered by ``answer``: the API key, the content type,
+the body's schema (strict types, bounds, finite numbers), the call into the router, the error
+table and the timing. The FastAPI routes and the fast door (``door.RoutingDoor``) differ only in
+how they bring the body here; ``read_body`` bounds its size and how long it may take to arrive.
+The pydantic models below are the schema both use and the one ``/docs`` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Annotated, Any
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from starlette.types import Message, Receive
+
+from bandit_router.errors import RouterError, StoreUnavailable
+from bandit_router.http.security import API_KEYS, require_key
+from bandit_router.rewards import MAX_COST_USD, MAX_LATENCY_MS, RewardParts
+from bandit_router.service.router import Router, result_fields
+from bandit_router.settings import ArmSpec
+
+log = logging.getLogger("bandit_router")
+
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+EVENT_ID_MAX_CHARS = 128
+EventId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=EVENT_ID_MAX_CHARS, pattern=EVENT_ID_PATTERN),
+]
+FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MAX_FEATURE_VALUE_CHARS = 256
+MAX_FEATURE_NUMBER = 1e15  # beyond it a number is an id or a mistake, and overflows scaling
+ArmName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+EXAMPLE_EVENT_ID = "1392b69a83784a91b0a2d03365a8cca9"
+UNEXPECTED = "internal error; the service log has the details"
+JSON_TYPES = (b"application/json",)
+
+# Every request body: unknown fields refused, no coercion ("840" is not a number, true is not
+# 1), no NaN or Infinity.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _surrogate_free(text: str, field: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} holds a lone surrogate (not valid Unicode)") from None
+    return text
+
+
+class ChooseRequest(BaseModel):
+    model_config = _STRICT
+
+    query: str = Field(min_length=1, description="the user's query text", examples=["What is 2+2?"])
+    features: dict[FeatureKey, Any] | None = Field(
+        default=None,
+        description="app-known facts: a flat object of strings, numbers and booleans "
+        f"(numbers finite, at most {MAX_FEATURE_NUMBER:g} in magnitude; strings at most "
+        f"{MAX_FEATURE_VALUE_CHARS} characters)",
+        examples=[{"task": "qa", "tier": "pro", "lang": "en"}],
+    )
+    arms: list[ArmName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the arms eligible for this request (default: every configured arm)",
+        examples=[["7b", "14b"]],
+    )
+    event_id: EventId | None = Field(
+        default=None,
+        description="your id for this decision; the same id with the same arms returns the same "
+        "decision, with other arms 409 (default: a new random id)",
+        examples=["req-2026-11-23-0001"],
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, query: str) -> str:
+        return _surrogate_free(query, "query")
+
+    @field_validator("features")
+    @classmethod
+    def _flat(cls, features: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, value in (features or {}).items():
+            _surrogate_free(key, "a features key")
+            kind = type(value)
+            if kind is str:
+                _surrogate_free(value, f"features.{key}")
+                if len(value) > MAX_FEATURE_VALUE_CHARS:
+                    raise ValueError(
+                        f"features.{key} is {len(value)} characters; the limit is "
+                        f"{MAX_FEATURE_VALUE_CHARS}"
+                    )
+            elif kind is int or kind is float:
+                if not -MAX_FEATURE_NUMBER <= value <= MAX_FEATURE_NUMBER:  # NaN fails too
+                    raise ValueError(
+                        f"features.{key} must be a finite number of at most "
+                        f"{MAX_FEATURE_NUMBER:g} in magnitude"
+                    )
+            elif kind is not bool:
+                raise ValueError(
+                    f"features.{key} must be a string, number or boolean, got {_json_kind(value)}"
+                )
+        return features
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "array", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class RewardRequest(BaseModel):
+    model_config = _STRICT
+
+    event_id: EventId = Field(
+        description="the event_id /choose answered with", examples=[EXAMPLE_EVENT_ID]
+    )
+    latency_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LATENCY_MS,
+        description="the model's latency, ms (at most a day)",
+        examples=[840],
+    )
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="how correct the answer was, 0..1", examples=[1.0]
+    )
+    rating: float | None = Field(
+        default=None, ge=1, le=5, description="user rating, 1..5 stars", examples=[4]
+    )
+    cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_COST_USD,
+        description=f"what the call cost, USD (at most {MAX_COST_USD:g})",
+        examples=[0.0004],
+    )
+    reward: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="a final reward in 0..1 computed by the app; used as is when sent",
+        examples=[0.8],
+    )
+    final: bool = Field(
+        default=False,
+        description="no more parts will come: learn the event now with the parts it has, "
+        "instead of waiting for the missing weighted parts or the window's end",
+        examples=[False],
+    )
+
+    @model_validator(mode="after")
+    def _some_part(self) -> RewardRequest:
+        parts = (self.latency_ms, self.accuracy, self.rating, self.cost_usd, self.reward)
+        if all(v is None for v in parts) and not self.final:
+            raise ValueError(
+                "send at least one reward part: latency_ms, accuracy, rating, cost_usd or "
+                "reward (or final: true to close the event with the parts it has)"
+            )
+        return self
+
+    def parts(self) -> RewardParts:
+        return RewardParts(self.accuracy, self.rating, self.latency_ms, self.cost_usd, self.reward)
+
+
+class ChooseResponse(BaseModel):
+    event_id: str = Field(
+        description="the decision's id: send it back with the reward", examples=[EXAMPLE_EVENT_ID]
+    )
+    arm: str = Field(description="the model to call", examples=["7b"])
+    probability: float = Field(
+        description="the probability the chosen arm had (its propensity)", examples=[0.9]
+    )
+    probabilities: dict[str, float] = Field(
+        description="the probability of every eligible arm",
+        examples=[{"4b": 0.05, "7b": 0.9, "14b": 0.05}],
+    )
+    policy: str = Field(description="the policy spec that decided", examples=["egreedy"])
+    model_version: int = Field(
+        description="events learned by the model that decided", examples=[1200]
+    )
+    degraded: bool = Field(
+        default=False,
+        description="true when Redis was unreachable: the decision is buffered in this process",
+        examples=[False],
+    )
+
+
+class RewardResponse(BaseModel):
+    event_id: str = Field(description="the rewarded event", examples=[EXAMPLE_EVENT_ID])
+    arm: str = Field(description="the arm the event had chosen", examples=["7b"])
+    status: str = Field(
+        description="`final`: the reward is logged for learning; "
+        "`pending`: waiting for more parts or for the reward window to close",
+        examples=["final"],
+    )
+    reward: float | None = Field(
+        description="the combined reward in 0..1, once final", examples=[0.866]
+    )
+    parts: dict[str, float] = Field(
+        description="every part received for the event so far",
+        examples=[{"accuracy": 1.0, "rating": 4.0, "latency_ms": 840.0}],
+    )
+    duplicates: list[str] = Field(
+        default_factory=list,
+        description="parts sent again: ignored, the first value stands",
+        examples=[["rating"]],
+    )
+    model_version: int = Field(
+        description="events learned by the model that answered", examples=[1201]
+    )
+
+
+class PolicyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(
+        min_length=1,
+        description="the policy spec to switch to, `name[:param=value...]`",
+        examples=["squarecb:gamma_scale=30"],
+    )
+
+
+class VersionResponse(BaseModel):
+    model_version: int = Field(description="events learned by the model", examples=[1200])
+
+
+class PolicyResponse(VersionResponse):
+    policy: str = Field(description="the policy spec in force", examples=["egreedy"])
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(
+        description="what was wrong, naming the field and the allowed values",
+        examples=["unknown arm '70b'; valid: 4b, 7b, 14b"],
+    )
+    field: str | None = Field(
+        default=None, description="the field at fault, when one is", examples=["arms"]
+    )
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="`ok`, or `unavailable` (HTTP 503)", examples=["ok"])
+    redis: str = Field(description="`ok`, or what went wrong reaching Redis", examples=["ok"])
+    model_version: int | None = Field(
+        default=None, description="rewards learned by the served model", examples=[1200]
+    )
+
+
+class ArmsResponse(BaseModel):
+    arms: list[ArmSpec] = Field(
+        description="the configured arms (BANDIT_ARMS), in order",
+        examples=[[{"name": "7b", "params_b": 7, "usd_per_mtok": 0.2}]],
+    )
+
+
+# The error table: every failure a routing call can meet, as (status, JSON body).
+
+
+class BadBody(RouterError):
+    """The body is not JSON, or not a JSON object."""
+
+    status_code = 400
+    field = "body"
+
+
+class TooLarge(RouterError):
+    status_code = 413
+    field = "body"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over the limit of {limit} bytes (BANDIT_MAX_BODY_BYTES)")
+
+
+class BodyTimeout(RouterError):
+    status_code = 408
+    field = "body"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"request body not received within {seconds:g} s (BANDIT_BODY_TIMEOUT_S); "
+            "the connection is closed"
+        )
+
+
+class UnsupportedType(RouterError):
+    status_code = 415
+    field = "content-type"
+
+    def __init__(self, given: str) -> None:
+        super().__init__(f"content-type must be application/json, got {given!r}")
+
+
+def _field(loc: Iterable[int | str]) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def validation_failure(errors: Sequence[Any]) -> RouterError:
+    """pydantic's (or FastAPI's) validation errors as one error naming the fields at fault."""
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = str(err.get("msg", "")).removeprefix("Invalid JSON: ")
+            return BadBody(f"body is not valid JSON: {reason}")
+        if err.get("type") in ("model_type", "model_attributes_type") and not _field(
+            err.get("loc", ())
+        ).replace("body", ""):
+            return BadBody("body must be a JSON object")
+    messages = []
+    first = None
+    for err in errors:
+        field = _field(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        first = first or field
+        messages.append(f"{field}: {msg}")
+    return RouterError("; ".join(messages), field=first)
+
+
+def failure(exc: BaseException, router: Router | None, endpoint: str) -> tuple[int, bytes]:
+    """The answer to ``exc``: a ``RouterError`` says its own status and field; anything else is
+    a 500 whose details go to the log, never to the client."""
+    if isinstance(exc, ValidationError):
+        exc = validation_failure(exc.errors())
+    if isinstance(exc, StoreUnavailable) and router is not None:
+        router.metrics.redis_error(endpoint)
+    if isinstance(exc, RouterError):
+        return exc.status_code, error_body(exc.message, exc.field)
+    log.error("unhandled error on %s", endpoint, exc_info=exc)
+    return 500, error_body(UNEXPECTED, None)
+
+
+def error_body(detail: str, field: str | None) -> bytes:
+    return orjson.dumps({"detail": detail, "field": field})
+
+
+# The routing calls.
+
+
+async def _choose(router: Router, raw: bytes) -> dict[str, Any]:
+    body = ChooseRequest.model_validate_json(raw)
+    result = await router.choose(body.query, body.features, body.arms, body.event_id)
+    return result_fields(result)
+
+
+async def _reward(router: Router, raw: bytes) -> dict[str, Any]:
+    body = RewardRequest.model_validate_json(raw)
+    result = await router.reward(body.event_id, body.parts(), final=body.final)
+    return result_fields(result)
+
+
+Call = Callable[[Router, bytes], Awaitable[dict[str, Any]]]
+ROUTES: dict[str, tuple[str, Call]] = {
+    "/choose": ("choose", _choose),
+    "/reward": ("reward", _reward),
+}
+
+
+def _content_type(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media not in JSON_TYPES:
+                raise UnsupportedType(value.decode("latin-1"))
+            return
+
+
+async def answer(
+    path: str, router: Router, headers: Sequence[tuple[bytes, bytes]], raw: bytes
+) -> tuple[int, bytes]:
+    """The status and JSON body of a ``POST`` to a routing ``path`` (a key of ``ROUTES``)."""
+    endpoint, call = ROUTES[path]
+    start = time.perf_counter()
+    try:
+        require_key(headers, router.settings.api_keys, API_KEYS)
+        _content_type(headers)
+        status, body = 200, orjson.dumps(await call(router, raw))
+    except Exception as e:
+        status, body = failure(e, router, endpoint)
+    router.metrics.series(router.metrics.request_seconds, endpoint).observe(
+        time.perf_counter() - start
+    )
+    return status, body
+
+
+async def read_body(receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """A request's whole body: ``TooLarge`` past ``limit`` bytes, ``BodyTimeout`` when it has not
+    all arrived within ``timeout_s`` seconds (a client that declared more than it sends)."""
+    chunks: list[bytes] = []
+    size = 0
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            message: Message = await asyncio.wait_for(receive(), max(left, 0.0))
+        except TimeoutError:
+            raise BodyTimeout(timeout_s) from None
+        if message["type"] != "http.request":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""

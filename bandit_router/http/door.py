@@ -1,0 +1,97 @@
+"""The doors: how a request's body reaches the contract.
+
+FastAPI's path for one request (its middleware, routing, dependency solving) costs about as much
+CPU as the routing call itself. ``RoutingDoor`` is plain ASGI middleware in front of the app: a
+``POST`` to exactly ``/choose`` or ``/reward`` has its body read by ``contract.read_body`` and is
+answered by ``contract.answer``, the same contract the FastAPI routes call, in one response.
+Everything else (other paths and methods, an app mounted under a root path) goes on to FastAPI,
+where ``BodyGuard`` reads every body with the same ``read_body`` before the routes see it.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bandit_router.errors import RouterError
+from bandit_router.http.contract import ROUTES, ClientGone, answer, failure, read_body
+from bandit_router.settings import Settings
+
+JSON = (b"content-type", b"application/json")
+CLOSE = (b"connection", b"close")
+
+
+class RoutingDoor:
+    """ASGI middleware serving the routing calls through ``contract``; the rest goes to ``app``."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, state: State) -> None:
+        self.app = app
+        self.state = state  # the app's: its router once the lifespan has started
+        self.limit = settings.max_body_bytes
+        self.timeout_s = settings.body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        router = getattr(self.state, "router", None)
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in ROUTES
+            or scope.get("root_path")
+            or router is None
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        try:
+            raw = await read_body(receive, self.limit, self.timeout_s)
+        except ClientGone:
+            return
+        except RouterError as e:  # too large, or too slow: answer, then close the connection
+            status, body = failure(e, router, scope["path"].strip("/"))
+            await respond(send, status, body, close=True)
+            return
+        status, body = await answer(scope["path"], router, headers, raw)
+        await respond(send, status, body)
+
+
+async def respond(send: Send, status: int, body: bytes, close: bool = False) -> None:
+    headers = [(b"content-length", b"%d" % len(body)), JSON]
+    if close:  # uvicorn closes the connection after a response that says so
+        headers.append(CLOSE)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyGuard:
+    """ASGI middleware in FastAPI's stack: every body read whole by ``read_body`` (bounded in
+    size and time) before the app sees it, so a slow or oversized body is answered the same way
+    at either door."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.limit = settings.max_body_bytes
+        self.timeout_s = settings.body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            raw = await read_body(receive, self.limit, self.timeout_s)
+        except ClientGone:
+            return
+        except RouterError as e:
+            router = getattr(scope["app"].state, "router", None)
+            status, body = failure(e, router, scope["path"].strip("/"))
+            await respond(send, status, body, close=True)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app(scope, replay, send)

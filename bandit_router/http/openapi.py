@@ -1,0 +1,73 @@
+"""What the OpenAPI schema says beyond the models: error responses per endpoint, tags, intro."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bandit_router.http.contract import ErrorResponse, HealthResponse
+
+DESCRIPTION = """\
+Learns which LLM size should answer each query: a contextual bandit over HTTP.
+
+Call `POST /choose` with the query, call the model it names, then report how it went with
+`POST /reward` (all parts at once or in several calls). Errors are JSON,
+`{"detail": "...", "field": "..."}`, and name the field and what is allowed.
+
+**Auth.** When `BANDIT_API_KEYS` is set, `/choose` and `/reward` need one of those keys, sent as
+`X-API-Key: <key>`, `Authorization: Bearer <key>` or as the password of Basic auth. The `/admin`
+endpoints need `BANDIT_ADMIN_KEY` the same way, and are disabled (403) while it is unset.
+`/stats`, `/metrics` and `/dashboard` need one of `BANDIT_OPS_KEYS` when it is set (a browser
+asks for it); `/healthz` and `/arms` need no key.
+"""
+
+TAGS = [
+    {"name": "routing", "description": "choose an arm for a query, report how it went"},
+    {"name": "operations", "description": "health, stats, metrics and the dashboard"},
+    {"name": "admin", "description": "snapshot, reset and switch the policy (admin key)"},
+]
+
+ERROR_TEXT = {
+    401: "missing or wrong API key (X-API-Key or Authorization: Bearer)",
+    403: "admin endpoints are disabled: BANDIT_ADMIN_KEY is unset",
+    404: "unknown or expired event_id",
+    409: "the event was already rewarded",
+    400: "the body is not JSON, or not a JSON object",
+    408: "the body did not arrive within BANDIT_BODY_TIMEOUT_S",
+    413: "request body larger than BANDIT_MAX_BODY_BYTES",
+    415: "content-type is not application/json",
+    422: "invalid input; the message names the field and the allowed values",
+    500: "internal error; the service log has the details",
+    503: "Redis unavailable; retry",
+}
+
+
+def responses(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]]:
+    """The error responses ``codes`` as FastAPI's ``responses=``; ``texts`` (``e409=...``)
+    replace the default description of a code."""
+    return {
+        code: {"model": ErrorResponse, "description": texts.get(f"e{code}", ERROR_TEXT[code])}
+        for code in codes
+    }
+
+
+CHOOSE = responses(
+    400,
+    401,
+    408,
+    409,
+    413,
+    415,
+    422,
+    500,
+    503,
+    e409="the event_id is known with other arms",
+    e503="Redis unavailable and the local buffer full",
+)
+REWARD = responses(400, 401, 404, 408, 409, 413, 415, 422, 500, 503)
+READ = responses(401, 422, 500, 503, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
+OPS = responses(401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
+HEALTH: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthResponse, "description": "Redis unreachable"}
+}
+ADMIN = responses(401, 403, 409, 500, 503, e409="this process does not hold the learner lease")
+ADMIN_BODY = ADMIN | responses(400, 408, 413, 422)

@@ -1,0 +1,107 @@
+"""Access: which key a request carries, and which keys each group of endpoints needs.
+
+A key travels as ``X-API-Key``, as a bearer token (``Authorization: Bearer``, what OpenAI-style
+clients send), or as the password of HTTP Basic auth (what a browser prompts for, so the
+dashboard can sit behind a key). Keys are compared in constant time, against every key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.security import APIKeyHeader, HTTPBearer
+
+from bandit_router.errors import RouterError
+
+# Read by FastAPI only to document the schemes in the OpenAPI spec; ``given_key`` reads them.
+SCHEMES: list[Callable[..., Any]] = [
+    APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key"),
+    HTTPBearer(auto_error=False, description="an API key as a bearer token"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGroup:
+    """The endpoints one setting guards: its name, what the key is called in messages."""
+
+    setting: str
+    what: str
+
+
+API_KEYS = KeyGroup("BANDIT_API_KEYS", "API key")
+ADMIN_KEY = KeyGroup("BANDIT_ADMIN_KEY", "admin key")
+OPS_KEYS = KeyGroup("BANDIT_OPS_KEYS", "operator key")
+BASIC_CHALLENGE = 'Basic realm="bandit-router", charset="UTF-8"'  # a browser asks for the key
+
+
+class Unauthorized(RouterError):
+    status_code = 401
+    field = "X-API-Key"
+
+
+class Forbidden(RouterError):
+    status_code = 403
+
+
+def key_matches(given: str | None, keys: Sequence[str]) -> bool:
+    if given is None:
+        return False
+    found = False
+    for key in keys:  # every key, so timing tells nothing of which one nearly matched
+        found |= secrets.compare_digest(given.encode(), key.encode())
+    return found
+
+
+def given_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key a request carries: X-API-Key, else a bearer token, else a Basic password."""
+    header = authorization = None
+    for name, value in headers:
+        if name == b"x-api-key" and header is None:
+            header = value
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+    if header is not None:
+        return header.decode("latin-1")
+    if authorization is None:
+        return None
+    scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def require_key(
+    headers: Iterable[tuple[bytes, bytes]], keys: Sequence[str], group: KeyGroup
+) -> None:
+    """Nothing when no keys are set or the request carries one of them; else 401."""
+    if keys and not key_matches(given_key(headers), keys):
+        raise Unauthorized(
+            f"missing or wrong {group.what}: send X-API-Key, Authorization: Bearer <key>, "
+            f"or Basic auth with the key as password ({group.setting})"
+        )
+
+
+async def require_admin_key(request: Request) -> None:
+    """Admin endpoints need BANDIT_ADMIN_KEY; without it configured they are disabled."""
+    admin = request.app.state.settings.admin_key
+    if not admin:
+        raise Forbidden("admin endpoints are disabled: set BANDIT_ADMIN_KEY to enable them")
+    require_key(request.headers.raw, [admin], ADMIN_KEY)
+
+
+async def require_ops_key(request: Request) -> None:
+    """``/stats``, ``/metrics`` and the dashboard need one of BANDIT_OPS_KEYS when it is set."""
+    require_key(request.headers.raw, request.app.state.settings.ops_keys, OPS_KEYS)

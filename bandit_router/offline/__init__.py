@@ -1,0 +1,1 @@
+"""Offline evaluation: the DSJSON export, estimators and off-policy replay."""

@@ -1,0 +1,195 @@
+"""Evaluate: counterfactual estimates of candidate policies from the logged events.
+
+The log (DSJSON from ``bandit-router export``, or the store's events) becomes typed records. A
+candidate policy is replayed progressively in time order, as ``vw --cb_explore_adf`` progressive
+validation does: at each event it gives its pmf over the eligible arms (``choose(...)
+.probabilities``), then learns the logged arm, propensity and reward. Baselines learn nothing.
+The pmfs, the logged propensities and rewards, and an online reward model feed IPS, SNIPS and DR
+(``estimators``). The dashboard calls ``estimate_policies``; ``baseline_specs`` names the
+baselines worth showing for a set of arms.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bandit_router.features import QUERY_STATS, Features
+from bandit_router.offline.estimators import Estimate, RewardModel, doubly_robust, ips, snips
+from bandit_router.offline.export import to_dsjson
+from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.settings import Settings
+from bandit_router.store.records import Event
+from bandit_router.store.repository import Store
+
+METHODS = ("ips", "snips", "dr")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRecord:
+    """One logged decision and its reward: what the off-policy estimators need."""
+
+    event_id: str
+    ts: float  # decision time, seconds since the epoch
+    x: Features
+    arms: tuple[Arm, ...]  # eligible arms, in the order the policy saw them
+    arm: str  # the logged choice
+    probability: float  # its propensity under the logging policy
+    reward: float  # in [0, 1]
+
+
+def _features(c: Mapping[str, Any]) -> Features:
+    q = c.get("Q", {})
+    return Features(
+        stats=tuple(float(q.get(name, 0.0)) for name in QUERY_STATS),
+        tokens=tuple(int(t) for t in c.get("W", {})),
+        numeric={str(k): float(v) for k, v in c.get("N", {}).items()},
+        categorical={str(k): str(v) for k, v in c.get("C", {}).items()},
+    )
+
+
+def _arm(entry: Mapping[str, Any]) -> Arm:
+    raw = entry.get("_arm") or {"name": entry["A"]["id"]}
+    return Arm(str(raw["name"]), raw.get("params_b"), raw.get("usd_per_mtok"))
+
+
+def record_from_dsjson(obj: Mapping[str, Any]) -> LoggedRecord:
+    """A record from one parsed DSJSON object as ``export`` writes it."""
+    c = obj["c"]
+    arms = tuple(_arm(entry) for entry in c["_multi"])
+    index = int(obj["_labelIndex"])
+    if not 0 <= index < len(arms):
+        raise ValueError(f"_labelIndex {index} is outside the {len(arms)} actions")
+    probability = float(obj["_label_probability"])
+    reward = -float(obj["_label_cost"])
+    if not 0 < probability <= 1:
+        raise ValueError(f"_label_probability must be in (0, 1], got {probability}")
+    if not 0 <= reward <= 1:
+        raise ValueError(f"reward (-_label_cost) must be in [0, 1], got {reward}")
+    ts = datetime.fromisoformat(str(obj["Timestamp"]).replace("Z", "+00:00")).timestamp()
+    return LoggedRecord(
+        str(obj.get("EventId", "")), ts, _features(c), arms, arms[index].name, probability, reward
+    )
+
+
+def read_log(lines: Iterable[str]) -> list[LoggedRecord]:
+    """Records from DSJSON lines (blank lines skipped); errors name the line number."""
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(record_from_dsjson(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"line {number}: not an exported DSJSON event ({e})") from e
+    return records
+
+
+def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
+    """A record straight from a store event, through the same mapping as the export."""
+    return record_from_dsjson(to_dsjson(event, {arm.name: arm for arm in arms}))
+
+
+async def load_records(store: Store, arms: Sequence[Arm]) -> list[LoggedRecord]:
+    """Every logged event of ``store`` as a record (what the dashboard evaluates)."""
+    return [record_from_event(event, arms) async for event in store.events()]
+
+
+def normalize_spec(spec: str) -> str:
+    """Accept ``fixed:NAME`` for ``fixed:arm=NAME``; check the spec against the registry."""
+    name, _, rest = spec.strip().partition(":")
+    if name == "fixed" and rest and "=" not in rest:
+        spec = f"fixed:arm={rest}"
+    return str(parse_policy_spec(spec))
+
+
+def baseline_specs(arms: Sequence[Arm]) -> list[str]:
+    """The baselines to compare against: uniform random, the static rule, each arm alone."""
+    return ["random", "static", *(f"fixed:arm={arm.name}" for arm in arms)]
+
+
+@dataclass(frozen=True, slots=True)
+class _RewardPredictions:
+    logged: npt.NDArray[np.float64]  # rhat(x_i, a_i)
+    per_arm: list[dict[str, float]]  # rhat(x_i, a) for every eligible a
+
+
+def _reward_predictions(records: Sequence[LoggedRecord]) -> _RewardPredictions:
+    model = RewardModel()
+    per_arm = []
+    for r in records:
+        per_arm.append(model.predict(r.x, [arm.name for arm in r.arms]))
+        model.learn(r.x, r.arm, r.reward)  # after predicting: progressive, never its own reward
+    logged = np.array([p[r.arm] for p, r in zip(per_arm, records, strict=True)])
+    return _RewardPredictions(logged, per_arm)
+
+
+def target_pmfs(
+    records: Sequence[LoggedRecord], spec: str, settings: Settings | None = None, seed: int = 0
+) -> list[dict[str, float]]:
+    """The candidate's pmf at each event, learning from the log as it goes (progressive)."""
+    policy = build_policy(normalize_spec(spec), settings, seed)
+    pmfs = []
+    for r in records:
+        pmfs.append(dict(policy.choose(r.x, r.arms).probabilities))
+        policy.learn(r.x, r.arms, r.arm, r.probability, r.reward)
+    return pmfs
+
+
+def _estimates(
+    records: Sequence[LoggedRecord], pmfs: Sequence[Mapping[str, float]], rhat: _RewardPredictions
+) -> dict[str, Estimate]:
+    target = np.array([pmf.get(r.arm, 0.0) for pmf, r in zip(pmfs, records, strict=True)])
+    logged = np.array([r.probability for r in records])
+    rewards = np.array([r.reward for r in records])
+    direct = np.array(
+        [
+            sum(pmf.get(a, 0.0) * q for a, q in preds.items())
+            for pmf, preds in zip(pmfs, rhat.per_arm, strict=True)
+        ]
+    )
+    return {
+        "ips": ips(target, logged, rewards),
+        "snips": snips(target, logged, rewards),
+        "dr": doubly_robust(target, logged, rewards, rhat.logged, direct),
+    }
+
+
+def estimate_policies(
+    records: Sequence[LoggedRecord],
+    specs: Sequence[str],
+    settings: Settings | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Estimate]]:
+    """IPS, SNIPS and DR estimates with 95% intervals of each policy spec, keyed by the spec.
+
+    ``records`` come from ``read_log`` (an exported file) or ``load_records`` (the store);
+    they are replayed in decision-time order. ``specs`` are policy specs as ``BANDIT_POLICY``
+    takes them (``egreedy:epsilon=0.1``, ``linucb``, ``static``, ``fixed:7b``, ...); ``settings``,
+    when given, supplies defaults the spec omits (``BANDIT_EPSILON``, ...) as in the service.
+    The result maps each spec as given to ``{"ips": Estimate, "snips": ..., "dr": ...}``.
+    """
+    if not records:
+        raise ValueError("the log has no events to evaluate")
+    for spec in specs:
+        normalize_spec(spec)  # fail on a misspelt spec before any replay
+    ordered = sorted(records, key=lambda r: r.ts)
+    rhat = _reward_predictions(ordered)
+    return {
+        spec: _estimates(ordered, target_pmfs(ordered, spec, settings, seed), rhat)
+        for spec in specs
+    }
+
+
+def logged_value(records: Sequence[LoggedRecord]) -> Estimate:
+    """The logging policy's own average reward (on-policy), with its normal 95% interval."""
+    rewards = np.array([r.reward for r in records])
+    ones = np.ones(len(rewards))
+    return ips(ones, ones, rewards)

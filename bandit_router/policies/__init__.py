@@ -1,0 +1,1 @@
+"""Policies: the protocol every policy implements, each kind, and the registry."""

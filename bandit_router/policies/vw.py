@@ -1,0 +1,285 @@
+"""Vowpal Wabbit contextual bandit policies (``--cb_explore_adf``; ``--cb_adf`` under SquareCB).
+
+Every VW specific lives here.
+
+Each request is one multi-line ADF example: a ``shared`` line with the query's namespaces and one
+line per eligible arm with the arm's identity (namespace ``A``). Interactions between every shared
+namespace and ``A`` make the learned score depend on context and arm together.
+
+The arm's size and price are not features. They were, and VW fitted a trend between the arms it
+saw most and stretched it to an arm far bigger or dearer than them: on MMLU-Pro it scored Llama-2
+70B 0.06-0.13 below its mean reward across the queries, and rarely tried it (simulations/README.md).
+A new arm now starts as an average one (see below) and SquareCB explores it from there.
+
+Two things VW does not do for us, both chosen on the replay simulator (simulations/README.md):
+
+- Rewards are centred before VW sees them: VW learns ``reward - baseline``, the baseline being
+  the mean reward learned so far. VW's weights start at 0, so an arm or context it knows
+  little about is scored as an average one, not as the worst possible.
+- ``squarecb`` is computed here over VW's ``--cb_adf`` regressor, with VW's SquareCB rule. VW
+  9.11's own reduction learns without importance weights except for the last action of each
+  example (it skips that one when it resets the probabilities), which tilted the learning
+  towards whichever arm came last.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+
+import numpy as np
+import vowpalwabbit
+from vowpalwabbit import pyvw
+
+from bandit_router.features import QUERY_STATS, Features, app_hash, token_hash
+from bandit_router.policies.base import Arm, Decision, ParamValue, PolicyKind, index_of, sample
+
+# Shared namespaces: Q query statistics, W hashed words, N app numbers, C app strings.
+SHARED_NAMESPACES = "QWNC"
+ARM_NAMESPACE = "A"
+
+# learning_rate 0.1, not VW's 0.5: on the replay simulator (simulations/README.md) 0.5 let single
+# importance-weighted rewards swing the greedy arm back and forth; 0.1 beats it on MMLU-Pro and
+# on the drift scenario alike, and still adapts after each change. squarecb, which learns without
+# importance weights, has its own (0.06) in EXPLORERS.
+_COMMON: dict[str, ParamValue] = {"learning_rate": 0.1, "bits": 18, "vw_args": ""}
+
+# Explorer name -> (its VW arguments from its parameters, the parameters' defaults).
+EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, ParamValue]]] = {
+    "egreedy": (lambda p: f"--epsilon {p['epsilon']}", {"epsilon": 0.05}),
+    # Computed here (OWN_EXPLORERS). gamma_scale 20 (VW's 10) and learning rate 0.06: chosen on
+    # MMLU-Pro, its held-out subjects, other reward weights and the drift scenario together.
+    "squarecb": (lambda p: "", {"gamma_scale": 20.0, "learning_rate": 0.06}),
+    "cover": (
+        lambda p: f"--cover {p['cover']} --psi {p['psi']}" + (" --nounif" if p["nounif"] else ""),
+        {"cover": 3, "psi": 0.1, "nounif": 1},
+    ),
+    "bag": (lambda p: f"--bag {p['bag']} --epsilon {p['epsilon']}", {"bag": 5, "epsilon": 0.05}),
+    "softmax": (lambda p: f"--softmax --lambda {p['lambda']}", {"lambda": 10.0}),
+    # The optimistic variant by default: the elimination one (opt=0) keeps near-uniform choices
+    # far longer on the planted-rule test.
+    "regcb": (
+        lambda p: f"--regcb{'opt' if p['opt'] else ''} --mellowness {p['mellowness']}",
+        {"mellowness": 0.1, "opt": 1},
+    ),
+    "rnd": (lambda p: f"--rnd {p['rnd']} --epsilon {p['epsilon']}", {"rnd": 3, "epsilon": 0.05}),
+}
+
+# pyvw's native layer. ``Workspace.predict``/``learn`` on text wrap every parsed line in a Python
+# ``Example`` (about three quarters of a predict's time); the calls below run the same parser on
+# the same text and the same learner, without the wrappers.
+_NATIVE = pyvw.pylibvw.vw
+
+# VW's costs are -(reward - baseline), in [-1, 1]; RegCB and cover bound costs with this range.
+COST_RANGE = ["--cb_min_cost", "-1", "--cb_max_cost", "1"]
+
+# Explorers whose probabilities this module computes from VW's ``--cb_adf`` scores.
+OWN_EXPLORERS = ("squarecb",)
+
+# Recent choices whose shared line ``learn`` can reuse: more than the decisions a busy process has
+# waiting for their rewards at once, in the usual case.
+KEPT_SHARED = 1024
+
+# ``dumps()``: this line, a JSON line with the baseline and the count, then VW's model file.
+_MAGIC = b"bandit-router vw 1\n"
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def shared_line(x: Features) -> str:
+    """The ``shared`` line of an ADF example, built from the query's features."""
+    parts = ["shared |Q"]
+    parts += [f"{name}:{_num(v)}" for name, v in zip(QUERY_STATS, x.stats, strict=True) if v]
+    if x.tokens:
+        parts.append("|W")
+        parts += [str(t) for t in x.tokens]
+    if x.numeric:
+        parts.append("|N")
+        parts += [f"{app_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if v]
+    if x.categorical:
+        parts.append("|C")
+        parts += [str(app_hash(k, v)) for k, v in x.categorical.items()]
+    return " ".join(parts)
+
+
+def arm_line(arm: Arm, label: str = "") -> str:
+    """An action line: the arm's identity."""
+    return f"{label} {_arm_features(arm)}" if label else _arm_features(arm)
+
+
+@functools.lru_cache(maxsize=1024)  # arms are few and immutable: built once, not per request
+def _arm_features(arm: Arm) -> str:
+    return f"|{ARM_NAMESPACE} {token_hash('arm=' + arm.name)}"
+
+
+def adf_example(
+    x: Features,
+    arms: Sequence[Arm],
+    chosen: int | None = None,
+    cost: float = 0.0,
+    p: float = 1.0,
+    shared: str | None = None,
+) -> list[str]:
+    """The ADF example as text lines; with ``chosen``, the label ``0:cost:p`` on that arm.
+
+    ``shared``: ``shared_line(x)`` when the caller has it already.
+    """
+    lines = [shared_line(x) if shared is None else shared]
+    for i, arm in enumerate(arms):
+        lines.append(arm_line(arm, f"0:{_num(cost)}:{_num(p)}" if i == chosen else ""))
+    return lines
+
+
+def vw_arguments(name: str, params: Mapping[str, ParamValue], seed: int | None) -> list[str]:
+    """The full VW command line for explorer ``name`` with ``params``."""
+    if name in OWN_EXPLORERS:
+        args = ["--cb_adf", "--cb_type", "mtr", "--quiet"]
+    else:
+        explorer, _ = EXPLORERS[name]
+        args = ["--cb_explore_adf", "--quiet", *explorer(params).split(), *COST_RANGE]
+    args += ["-l", str(params["learning_rate"]), "-b", str(params["bits"])]
+    args += [f"--interactions={ns}{ARM_NAMESPACE}" for ns in SHARED_NAMESPACES]
+    if seed is not None:
+        args += ["--random_seed", str(seed)]
+    args += str(params["vw_args"]).split()
+    return args
+
+
+class VWPolicy:
+    """A VW ``--cb_explore_adf`` policy. Not thread-safe: one caller at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        params: Mapping[str, ParamValue],
+        seed: int | None = None,
+        model: bytes | None = None,
+    ) -> None:
+        self.name = name
+        self.params = dict(params)
+        self._check(params)
+        # A saved model keeps its own VW seed; VW refuses a second, different one.
+        self._args = vw_arguments(name, params, None if model else seed)
+        self._rng = np.random.default_rng(seed)
+        self._own = name in OWN_EXPLORERS
+        self._gamma_scale = float(params.get("gamma_scale", 0.0))  # SquareCB's, when _own
+        self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
+        self.learned = 0  # examples learned (SquareCB's t)
+        if model is not None and model.startswith(_MAGIC):
+            header, _, model = model[len(_MAGIC) :].partition(b"\n")
+            state = json.loads(header)
+            self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
+        self._vw = self._workspace(model)
+        # Shared lines of recent choices, by the id of their Features (kept alive here, so an id
+        # is not reused): learning that context later reuses its line.
+        self._shared: dict[int, tuple[Features, str]] = {}
+
+    def _check(self, params: Mapping[str, ParamValue]) -> None:
+        for key in ("epsilon",):
+            if key in params and not 0 <= float(params[key]) <= 1:
+                raise ValueError(f"{key} must be in [0, 1], got {params[key]}")
+        for key in ("gamma_scale", "lambda", "learning_rate", "psi", "mellowness"):
+            if key in params and float(params[key]) <= 0 and key != "lambda":
+                raise ValueError(f"{key} must be > 0, got {params[key]}")
+        for key in ("cover", "bag", "rnd"):
+            if key in params and int(params[key]) < 1:
+                raise ValueError(f"{key} must be >= 1, got {params[key]}")
+        if not 1 <= int(params["bits"]) <= 30:
+            raise ValueError(f"bits must be in [1, 30], got {params['bits']}")
+
+    def _workspace(self, model: bytes | None) -> vowpalwabbit.Workspace:
+        try:
+            if model is None:
+                return vowpalwabbit.Workspace(arg_list=self._args)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model.vw")
+                with open(path, "wb") as f:
+                    f.write(model)
+                # Today's arguments win over the saved ones, so a changed epsilon takes effect.
+                return vowpalwabbit.Workspace(arg_list=[*self._args, "-i", path])
+        except RuntimeError as e:
+            raise ValueError(f"policy {self.name}: VW rejected {' '.join(self._args)}: {e}") from e
+
+    def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
+        shared = shared_line(x)
+        self._shared[id(x)] = (x, shared)
+        if len(self._shared) > KEPT_SHARED:
+            del self._shared[next(iter(self._shared))]  # the oldest
+        examples = _NATIVE._parse(self._vw, "\n".join(adf_example(x, arms, shared=shared)))
+        try:
+            _NATIVE.predict_multi(self._vw, examples)
+            # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
+            scores = examples[0].get_action_scores()
+        finally:
+            _NATIVE._finish_example_multi_ex(self._vw, examples)
+        if self._own:
+            gamma = self._gamma_scale * math.sqrt(self.learned)
+            scores = squarecb_pmf(scores, gamma)
+        return sample(self._rng, arms, scores)
+
+    def learn(
+        self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
+    ) -> None:
+        # VW minimises cost; a reward is in [0, 1], higher is better, centred on the baseline
+        cost = self.baseline - reward
+        if self._own:
+            probability = 1.0  # SquareCB regresses on the observed reward, not importance weighted
+        kept = self._shared.pop(id(x), None)
+        shared = kept[1] if kept is not None and kept[0] is x else None
+        lines = adf_example(x, arms, index_of(arms, arm), cost, probability, shared)
+        examples = _NATIVE._parse(self._vw, "\n".join(lines))
+        try:
+            _NATIVE.learn_multi(self._vw, examples)
+        finally:
+            _NATIVE._finish_example_multi_ex(self._vw, examples)
+        self.learned += 1
+        self.baseline += (reward - self.baseline) / self.learned
+
+    def dumps(self) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.vw")
+            self._vw.save(path)
+            with open(path, "rb") as f:
+                model = f.read()
+        state = json.dumps({"baseline": self.baseline, "learned": self.learned}).encode()
+        return _MAGIC + state + b"\n" + model
+
+
+def squarecb_pmf(costs: Sequence[float], gamma: float) -> list[float]:
+    """SquareCB (Foster and Rakhlin 2020) as VW computes it: each arm but the cheapest gets
+    ``1 / (k + gamma * (its cost - the lowest))``, the cheapest (the first, on a tie) the rest."""
+    k = len(costs)
+    best = min(range(k), key=costs.__getitem__)
+    pmf = [1.0 / (k + gamma * (c - costs[best])) for c in costs]
+    pmf[best] = 0.0
+    pmf[best] = 1.0 - sum(pmf)
+    return pmf
+
+
+def _kind(name: str) -> PolicyKind:
+    defaults = dict(EXPLORERS[name][1])  # the explorer's own first, then the common ones it lacks
+    for key, value in _COMMON.items():
+        defaults.setdefault(key, value)
+    return PolicyKind(
+        build=partial(_build, name),
+        load=partial(_load, name),
+        defaults=defaults,
+    )
+
+
+def _build(name: str, params: Mapping[str, ParamValue], seed: int | None) -> VWPolicy:
+    return VWPolicy(name, params, seed)
+
+
+def _load(name: str, data: bytes, params: Mapping[str, ParamValue], seed: int | None) -> VWPolicy:
+    return VWPolicy(name, params, seed, model=data)
+
+
+VW_POLICIES = {name: _kind(name) for name in EXPLORERS}

@@ -1,0 +1,1 @@
+"""The online service: the router's loop, the learner, metrics and statistics."""

@@ -1,0 +1,132 @@
+"""Backup: the model to and from a file, for backups and for moving between environments.
+
+A snapshot file is JSON: the policy spec, the model version, the watermark (the newest logged
+event the model has learned), the arms, the policy's own bytes in base64 and their SHA-256.
+``dump`` takes the newest published snapshot plus every logged event after it, so the file holds
+what a fresh service would serve. ``load`` checks the file, then publishes it as the newest
+snapshot while holding the learner lease, so no running learner overwrites it meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bandit_router.policies.registry import load_policy, parse_policy_spec
+from bandit_router.service.learner import effective_spec, load_model
+from bandit_router.settings import Settings
+from bandit_router.store.keys import KEY_EVENTS
+from bandit_router.store.records import Snapshot
+from bandit_router.store.repository import Store
+
+FORMAT = "bandit-router-snapshot"
+FORMAT_VERSION = 1
+
+
+class SnapshotFileError(ValueError):
+    """The file is not a snapshot this version can restore; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What ``load`` did: the snapshot written and how its watermark was chosen."""
+
+    snapshot: Snapshot
+    same_log: bool  # the file's watermark is in this log: events after it are learned at start
+    policy_override: bool  # the file's policy differs from the one in force: set as override
+
+
+def to_json(snapshot: Snapshot, settings: Settings) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "policy": snapshot.policy,
+        "model_version": snapshot.version,
+        "stream_id": snapshot.stream_id,
+        "arms": [a.model_dump() for a in settings.arms],
+        "key_prefix": settings.key_prefix,
+        "created": time.time(),
+        "sha256": hashlib.sha256(snapshot.data).hexdigest(),
+        "data": base64.b64encode(snapshot.data).decode("ascii"),
+    }
+
+
+def from_json(doc: dict[str, Any]) -> Snapshot:
+    """The snapshot in a file's document; raises SnapshotFileError naming what is wrong."""
+    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+        raise SnapshotFileError(
+            f"not a {FORMAT} file of version {FORMAT_VERSION} "
+            f"(format={doc.get('format')!r}, format_version={doc.get('format_version')!r})"
+        )
+    try:
+        data = base64.b64decode(doc["data"], validate=True)
+        snapshot = Snapshot(
+            str(doc["policy"]), int(doc["model_version"]), str(doc["stream_id"]), data
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotFileError(f"snapshot file is incomplete or damaged: {e}") from e
+    if hashlib.sha256(data).hexdigest() != doc.get("sha256"):
+        raise SnapshotFileError("the model bytes do not match the file's sha256: file damaged")
+    return snapshot
+
+
+async def dump(
+    store: Store, settings: Settings, path: Path, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Write the current model (newest snapshot + the log after it) to ``path``; returns the
+    document written, without its data. ``progress`` hears the count of events replayed."""
+    model = await load_model(store, settings, progress=progress)
+    doc = to_json(model.snapshot(), settings)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return {k: v for k, v in doc.items() if k != "data"}
+
+
+def read(path: Path, settings: Settings) -> Snapshot:
+    """Read and check a snapshot file: its format, checksum, and that its policy loads."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapshotFileError(f"cannot read {path}: {e}") from e
+    if not isinstance(doc, dict):
+        raise SnapshotFileError(f"{path} is not a JSON object")
+    snapshot = from_json(doc)
+    try:
+        load_policy(parse_policy_spec(snapshot.policy), snapshot.data, settings, settings.seed)
+    except ValueError as e:
+        raise SnapshotFileError(f"the model in {path} does not load: {e}") from e
+    return snapshot
+
+
+async def _in_log(store: Store, stream_id: str) -> bool:
+    if stream_id == "0-0":
+        return await store.last_stream_id() == "0-0"
+    rows = await store.redis.xrange(store.key(KEY_EVENTS), min=stream_id, max=stream_id)
+    return bool(rows)
+
+
+async def load(store: Store, settings: Settings, snapshot: Snapshot) -> Restored:
+    """Publish ``snapshot`` as the newest model (the caller holds the learner lease).
+
+    In the log it came from, its watermark stays, so the events logged after it are learned at
+    the next start. From another environment, the watermark becomes the end of this log: the
+    model is served as it is and learns from the next event on.
+    """
+    same_log = await _in_log(store, snapshot.stream_id)
+    if not same_log:
+        snapshot = Snapshot(
+            snapshot.policy, snapshot.version, await store.last_stream_id(), snapshot.data
+        )
+    override = parse_policy_spec(snapshot.policy) != await effective_spec(store, settings)
+    if override:  # else the service would relearn the policy in force from the log instead
+        await store.set_policy_override(snapshot.policy)
+    await store.publish(snapshot, [])
+    return Restored(snapshot, same_log, override)

@@ -1,0 +1,336 @@
+"""Learner: turns the training log into a model, exactly once, and publishes snapshots.
+
+Exactly one learner runs at a time in a deployment: whoever holds the lease in Redis (a service
+process, or a separate ``bandit-router learn``). It reads the log through a consumer group and
+learns in stream order. The model's *watermark* is the stream id of the newest event it has
+learned; an event at or below the watermark is never learned again, so a learner that takes
+over (its predecessor killed mid-batch) starts from the newest snapshot, relearns the log after
+that snapshot's watermark, and only acknowledges the events its predecessor had claimed.
+Events are acknowledged when a snapshot that contains them is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bandit_router.errors import StoreUnavailable
+from bandit_router.features import Features
+from bandit_router.policies.base import Arm, Policy, PolicySpec
+from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
+from bandit_router.settings import Settings
+from bandit_router.store.records import Event, Snapshot, stream_id_key
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import when_available
+
+log = logging.getLogger("bandit_router")
+
+BATCH = 64  # events learned per step: bounds how long learning holds the event loop
+KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (vw_policy.KEPT_SHARED)
+
+
+@dataclass
+class Model:
+    """A process's model: the policy, what it has learned (version) and up to where (watermark)."""
+
+    spec: PolicySpec
+    policy: Policy
+    version: int = 0  # events learned, across restarts
+    stream_id: str = "0-0"  # watermark: the newest logged event learned
+
+    def learn(self, event: Event, arms: dict[str, Arm], x: Features | None = None) -> bool:
+        """Learn one logged event unless it is at or below the watermark; ``x``: its features,
+        when the caller has them already."""
+        if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
+            return False
+        d = event.decision
+        eligible = [arms.get(n) or Arm(n) for n in d["arms"]]
+        if x is None:
+            x = Features.from_json(d["features"])
+        reward = float(event.reward["reward"])
+        self.policy.learn(x, eligible, d["arm"], float(d["probability"]), reward)
+        self.version += 1
+        self.stream_id = event.stream_id
+        return True
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(str(self.spec), self.version, self.stream_id, self.policy.dumps())
+
+
+def fresh_model(spec: PolicySpec, settings: Settings) -> Model:
+    return Model(spec, build_policy(spec, settings, settings.seed))
+
+
+def restore(snapshot: Snapshot | None, spec: PolicySpec, settings: Settings) -> Model:
+    """The snapshot as a model of ``spec``; a fresh model if it is of another kind or unreadable."""
+    if snapshot is None:
+        return fresh_model(spec, settings)
+    if parse_policy_spec(snapshot.policy).name != spec.name:
+        log.warning(
+            "snapshot is of policy %s, not %s: learning from the whole log", snapshot.policy, spec
+        )
+        return fresh_model(spec, settings)
+    try:
+        policy = load_policy(spec, snapshot.data, settings, settings.seed)
+    except ValueError as e:
+        log.warning("snapshot not loadable (%s): learning from the whole log", e)
+        return fresh_model(spec, settings)
+    return Model(spec, policy, snapshot.version, snapshot.stream_id)
+
+
+async def effective_spec(store: Store, settings: Settings) -> PolicySpec:
+    """The policy an admin switched to, else the one in the settings."""
+    override = await store.policy_override()
+    return parse_policy_spec(override or settings.policy)
+
+
+async def load_model(
+    store: Store,
+    settings: Settings,
+    spec: PolicySpec | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Model:
+    """The newest snapshot plus every logged event after it (``progress``: events replayed)."""
+    spec = spec or await effective_spec(store, settings)
+    model = restore(await store.load_snapshot(), spec, settings)
+    arms = {a.name: Arm.from_spec(a) for a in settings.arms}
+    replayed = 0
+    async for event in store.events(after=model.stream_id):
+        replayed += model.learn(event, arms)
+        if progress is not None:
+            progress(replayed)
+    log.info(
+        "policy %s at model version %d (%d logged events replayed)", spec, model.version, replayed
+    )
+    return model
+
+
+class Learner:
+    """Holds the lease, learns new events, publishes snapshots. One per process at most."""
+
+    def __init__(self, settings: Settings, store: Store, model: Model) -> None:
+        self.settings = settings
+        self.store = store
+        self.model = model
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
+        self._leading = False
+        self._acks: list[str] = []
+        self._unlearned: list[Event] = []  # read after a batch's writes while the lock was held
+        # This process's recent decisions: event id -> (their ts, their features), so learning
+        # them reuses the features (and the policy's work on them) instead of rebuilding them.
+        self._chosen: dict[str, tuple[float, Features]] = {}
+        self._published = (model.version, time.monotonic())
+        self._lock = asyncio.Lock()
+        self._started = 0  # steps started; the number of the newest one that read the log:
+        self._read = 0  # concurrent callers share a step that started after they called
+        self._claimed = -math.inf  # when stale events were last claimed (monotonic)
+        self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
+        self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    @leading.setter
+    def leading(self, value: bool) -> None:
+        """While it leads, every round trip of this process that logs an event also reads the
+        new events for it, so a /reward learns its event without a round trip of its own."""
+        if value != self._leading:
+            self.store.follow_log(self.name if value else None, BATCH, self._followed)
+        self._leading = value
+
+    def _followed(self, events: list[Event]) -> None:
+        """Events a round trip read after its writes: learned now, unless a step, a publish or a
+        switch holds the lock; then the next step learns them, in stream order with its own."""
+        if not self._leading:
+            return  # delivered to a learner that lost the lease: the next leader claims them
+        if self._lock.locked():
+            self._unlearned += events
+        else:
+            self._learn_all(events)
+
+    def _learn_all(self, events: list[Event]) -> None:
+        if self._unlearned:
+            events = sorted([*self._unlearned, *events], key=lambda e: stream_id_key(e.stream_id))
+            self._unlearned = []
+        for event in events:
+            self._learn(event)
+            self._acks.append(event.stream_id)
+
+    async def catch_up(self, stream_id: str | None) -> None:
+        """Make sure the logged event ``stream_id`` (None: not known) is learned, and publish
+        when due. Usually it is learned already, by the read that followed its round trip; if
+        that read came while the lock was held, it is learned once the lock is free, without
+        reading the log again."""
+        if not self._learned(stream_id):
+            async with self._lock:
+                self._learn_all([])  # what reads kept while the lock was held
+        if not self._learned(stream_id) or self._due():
+            await self.step()
+
+    def _learned(self, stream_id: str | None) -> bool:
+        return stream_id is not None and (
+            stream_id_key(stream_id) <= stream_id_key(self.model.stream_id)
+        )
+
+    async def lead(self) -> bool:
+        """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
+        held = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        if held and self.leading:
+            spec = await effective_spec(self.store, self.settings)
+            if spec != self.model.spec:  # an admin switched the policy
+                log.info("switching policy %s -> %s", self.model.spec, spec)
+                await self.switch(spec)
+        if held and not self.leading:
+            async with self._lock:
+                await self.store.ensure_group()
+                snapshot = await self.store.load_snapshot()
+                if snapshot is not None and snapshot.version > self.model.version:
+                    self.model = restore(snapshot, self.model.spec, self.settings)
+                async for event in self.store.events(after=self.model.stream_id):
+                    self._learn(event)
+                published = snapshot.version if snapshot is not None else 0
+                self._published = (published, time.monotonic())
+            log.info("learner %s leads at model version %d", self.name, self.model.version)
+        self.leading = held
+        return held
+
+    async def step(self) -> int:
+        """Learn what is new in the log (and what a dead learner left); publish when due.
+
+        Returns the number of events read (at most ``BATCH``), learned or not."""
+        if not self.leading:
+            return 0
+        # What the caller logged before this call is read by any step that starts from now on.
+        # Callers that queued behind the lock while one such step ran have their events
+        # learned already: concurrent /reward calls share one read of the log.
+        wanted = self._started + 1
+        async with self._lock:
+            if self._read >= wanted:  # a step that started after this call has read the log
+                return 0
+            self._started += 1
+            number = self._started
+            # A dead learner's events become claimable only after claim_idle_s, so looking
+            # for them a few times per claim_idle_s is enough, not on every step: in a single
+            # process a step runs in every /reward and this would be one more round trip.
+            now = time.monotonic()
+            if now - self._claimed >= min(self.settings.claim_idle_s / 2, 1.0):
+                idle_ms = int(self.settings.claim_idle_s * 1000)
+                self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+                self._claimed = now
+            events = await self.store.read_new(self.name, BATCH)
+            self._read = number
+            self._learn_all(events)
+            if self._due():
+                await self._publish()
+            return len(events)
+
+    def chosen(self, event_id: str, ts: float, x: Features) -> None:
+        """This process decided ``event_id`` at ``ts`` on features ``x``: kept a while, if it
+        leads, for learning that event."""
+        if self._leading:
+            self._chosen[event_id] = (ts, x)
+            if len(self._chosen) > KEPT_CHOSEN:
+                del self._chosen[next(iter(self._chosen))]  # the oldest, as vw_policy's
+
+    def _learn(self, event: Event) -> None:
+        d = event.decision
+        kept = self._chosen.pop(d.get("event_id", ""), None) if self._chosen else None
+        x = kept[1] if kept is not None and kept[0] == d.get("ts") else None  # the same decision
+        if self.model.learn(event, self.arms, x) and self.on_learned is not None:
+            self.on_learned(event.decision["arm"], self.model.version)
+
+    def _due(self) -> bool:
+        version, at = self._published
+        if self.model.version == version and not self._acks:
+            return False
+        behind = self.model.version - version >= self.settings.snapshot_every
+        return behind or time.monotonic() - at >= self.settings.publish_s
+
+    async def _publish(self) -> None:
+        await self.store.publish(self.model.snapshot(), self._acks)
+        self._acks = []
+        self._published = (self.model.version, time.monotonic())
+
+    async def publish(self) -> int:
+        """Publish the model now (admin snapshot, shutdown); returns its version."""
+        async with self._lock:
+            await self._publish()
+        return self.model.version
+
+    async def switch(self, spec: PolicySpec) -> None:
+        """Replace the policy with a fresh one of ``spec`` learned from the whole log."""
+        async with self._lock:
+            model = fresh_model(spec, self.settings)
+            async for event in self.store.events():
+                model.learn(event, self.arms)
+            self.model = model
+            await self._publish()
+
+    async def reset(self) -> int:
+        """Forget everything learned: a fresh model whose watermark is the end of the log."""
+        async with self._lock:
+            model = fresh_model(self.model.spec, self.settings)
+            model.stream_id = await self.store.last_stream_id()
+            self.model = model
+            await self._publish()
+        return self.model.version
+
+    async def run(self, stop: asyncio.Event, poll_s: float = 0.05) -> None:
+        """Renew the lease, learn, publish, until ``stop`` is set; Redis outages are waited out."""
+        renew_every = self.settings.learner_lease_s / 3
+        renewed = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() - renewed >= renew_every:
+                    await self.lead()
+                    renewed = time.monotonic()
+                read = await self.step()
+            except StoreUnavailable as e:
+                if self.on_redis_error is not None:
+                    self.on_redis_error("learner")
+                log.warning("learner waiting for Redis: %s", e)
+                self.leading = False
+                renewed = 0.0
+                await wait_or_stop(stop, 1.0)
+                continue
+            # A full batch: more may be waiting, so read again at once (after letting the
+            # loop run). Waiting poll_s after every batch capped a learner at BATCH / poll_s
+            # events a second (1,280), below what one API process logs.
+            await wait_or_stop(stop, 0 if read >= BATCH else poll_s)
+
+    async def close(self) -> None:
+        """Publish what was learned and hand the lease over."""
+        if self.leading:
+            try:
+                await self.publish()
+            except StoreUnavailable as e:
+                log.error("final snapshot not saved: %s", e)
+        await self.store.release_lease(self.name)
+        self.leading = False
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner:
+    """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set."""
+    model = await when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+    learner = Learner(settings, store, model)
+    try:
+        await learner.run(stop)
+    finally:
+        await learner.close()
+    return learner

@@ -1,0 +1,230 @@
+"""Stats: the document ``GET /stats`` answers, which the dashboard and ``status`` show.
+
+Totals come from the Redis counters; everything under ``recent`` is computed from the newest
+events of the training log (decisions joined with their rewards), so it is deployment-wide and
+survives restarts. The baselines are estimated off-policy from the logged propensities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from bandit_router.policies.base import Arm, ParamValue
+from bandit_router.policies.registry import effective_params
+from bandit_router.service.estimates import BaselineCache, Baselines
+from bandit_router.service.metrics import is_greedy
+from bandit_router.settings import ArmSpec
+from bandit_router.store.records import Event
+
+if TYPE_CHECKING:
+    from bandit_router.service.router import Router
+
+PARTS = ("accuracy", "latency_ms", "rating", "cost_usd")
+MIN_BUCKET_EVENTS = 10  # fewer buckets than asked when the window is small: shares stay readable
+
+
+class ArmTotals(BaseModel):
+    decisions: int = Field(description="decisions that chose this arm, ever", examples=[1200])
+    rewards: int = Field(description="rewards received for this arm, ever", examples=[1100])
+    mean_reward: float | None = Field(
+        description="mean combined reward of this arm, ever; null before its first reward",
+        examples=[0.71],
+    )
+
+
+class ArmRecent(BaseModel):
+    events: int = Field(description="rewarded decisions of this arm in the window", examples=[80])
+    share: float = Field(description="this arm's share of the window's events", examples=[0.4])
+    mean_reward: float | None = Field(description="mean combined reward", examples=[0.74])
+    accuracy: float | None = Field(description="mean accuracy reported (0..1)", examples=[0.9])
+    latency_ms: float | None = Field(description="mean latency reported, ms", examples=[850.0])
+    rating: float | None = Field(description="mean user rating reported (1..5)", examples=[4.2])
+    cost_usd: float | None = Field(description="mean cost reported, USD", examples=[0.0004])
+
+
+class Series(BaseModel):
+    """The window cut into equal time buckets, oldest first; lists are aligned with ``t``."""
+
+    t: list[float] = Field(description="start of each bucket, unix seconds", examples=[[1.7e9]])
+    events: list[int] = Field(description="events in each bucket", examples=[[25]])
+    share: dict[str, list[float | None]] = Field(
+        description="each arm's share of the bucket's events (null for a bucket with none)",
+        examples=[{"7b": [0.6]}],
+    )
+    reward: list[float | None] = Field(
+        description="the policy's mean reward in each bucket", examples=[[0.7]]
+    )
+    exploration: list[float | None] = Field(
+        description="share of each bucket's decisions that were not the greedy arm",
+        examples=[[0.05]],
+    )
+
+
+class Recent(BaseModel):
+    events: int = Field(description="events in the window (newest of the log)", examples=[500])
+    since: float | None = Field(
+        description="oldest decision in the window, unix s", examples=[1.7e9]
+    )
+    until: float | None = Field(
+        description="newest decision in the window, unix s", examples=[1.7e9]
+    )
+    mean_reward: float | None = Field(
+        description="the policy's mean reward over the window (on-policy)", examples=[0.72]
+    )
+    exploration_rate: float | None = Field(
+        description="share of the window's decisions that were not the greedy arm",
+        examples=[0.05],
+    )
+    arms: dict[str, ArmRecent] = Field(
+        description="per arm, over the window",
+        examples=[{"7b": {"events": 80, "share": 0.4, "mean_reward": 0.74}}],
+    )
+    series: Series = Field(description="the window in equal time buckets")
+    baselines: Baselines = Field(
+        description="off-policy estimates (IPS, SNIPS, DR with 95% intervals) of uniform random, "
+        "the static rule and each arm alone over the window's events, from the logged "
+        "propensities; cached up to 30 s"
+    )
+
+
+class SettingsView(BaseModel):
+    policy: str = Field(description="the policy spec in force", examples=["egreedy:epsilon=0.1"])
+    policy_params: dict[str, ParamValue] = Field(
+        description="every parameter the policy runs with", examples=[{"epsilon": 0.1}]
+    )
+    epsilon: float = Field(description="BANDIT_EPSILON", examples=[0.05])
+    linucb_alpha: float = Field(description="BANDIT_LINUCB_ALPHA", examples=[0.5])
+    reward_weights: dict[str, float] = Field(
+        description="BANDIT_REWARD_WEIGHTS", examples=[{"accuracy": 0.6, "latency": 0.2}]
+    )
+    latency_budget_ms: float = Field(description="BANDIT_LATENCY_BUDGET_MS", examples=[2000.0])
+    cost_budget_usd: float = Field(description="BANDIT_COST_BUDGET_USD", examples=[0.001])
+    arms: list[ArmSpec] = Field(
+        description="BANDIT_ARMS", examples=[[{"name": "7b", "params_b": 7, "usd_per_mtok": 0.2}]]
+    )
+
+
+class StatsResponse(BaseModel):
+    policy: str = Field(description="the policy spec in force", examples=["egreedy"])
+    model_version: int = Field(description="rewards the served model has learned", examples=[42])
+    arms: dict[str, ArmTotals] = Field(
+        description="per configured arm, deployment-wide totals",
+        examples=[{"7b": {"decisions": 1200, "rewards": 1100, "mean_reward": 0.71}}],
+    )
+    decisions: int = Field(description="decisions made, ever", examples=[1300])
+    rewards_accepted: int = Field(description="rewards final and logged, ever", examples=[1200])
+    events_learned: int = Field(
+        description="events the learner had learned at its last published snapshot",
+        examples=[1190],
+    )
+    decisions_dropped: int = Field(
+        description="decisions lost because the local buffer overflowed while Redis was down",
+        examples=[0],
+    )
+    buffered_decisions: int = Field(
+        description="decisions this process holds while Redis is unreachable", examples=[0]
+    )
+    learner: bool = Field(
+        description="whether this process holds the learner lease", examples=[True]
+    )
+    settings: SettingsView = Field(description="the settings that shape decisions and rewards")
+    recent: Recent = Field(description="the newest `window` events of the training log")
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _arm_recent(events: Sequence[Event], total: int) -> ArmRecent:
+    parts = {
+        p: [float(e.reward["parts"][p]) for e in events if p in e.reward["parts"]] for p in PARTS
+    }
+    return ArmRecent(
+        events=len(events),
+        share=len(events) / total if total else 0.0,
+        mean_reward=_mean([float(e.reward["reward"]) for e in events]),
+        **{p: _mean(v) for p, v in parts.items()},
+    )
+
+
+def _explored(event: Event) -> bool:
+    return not is_greedy(event.decision["arm"], event.decision["probabilities"])
+
+
+def series(events: Sequence[Event], names: Sequence[str], buckets: int) -> Series:
+    """Cut the events into ``buckets`` equal spans of decision time (fewer for few events)."""
+    if not events:
+        return Series(t=[], events=[], share={n: [] for n in names}, reward=[], exploration=[])
+    times = [float(e.decision["ts"]) for e in events]
+    t0, t1 = min(times), max(times)
+    n = max(1, min(buckets, len(events) // MIN_BUCKET_EVENTS))
+    width = (t1 - t0) / n or 1.0
+    groups: list[list[Event]] = [[] for _ in range(n)]
+    for ts, event in zip(times, events, strict=True):
+        groups[min(int((ts - t0) / width), n - 1)].append(event)
+    counts = [len(g) for g in groups]
+    return Series(
+        t=[t0 + i * width for i in range(n)],
+        events=counts,
+        share={
+            name: [_mean([float(e.decision["arm"] == name) for e in g]) for g in groups]
+            for name in names
+        },
+        reward=[_mean([float(e.reward["reward"]) for e in g]) for g in groups],
+        exploration=[_mean([float(_explored(e)) for e in g]) for g in groups],
+    )
+
+
+def summarize(
+    events: Sequence[Event],
+    arms: Sequence[Arm],
+    buckets: int = 30,
+    baselines: Baselines | None = None,
+) -> Recent:
+    """What the window of ``events`` says about the arms and the policy."""
+    names = [a.name for a in arms]
+    names += sorted({e.decision["arm"] for e in events} - set(names))
+    times = [float(e.decision["ts"]) for e in events]
+    return Recent(
+        events=len(events),
+        since=min(times, default=None),
+        until=max(times, default=None),
+        mean_reward=_mean([float(e.reward["reward"]) for e in events]),
+        exploration_rate=_mean([float(_explored(e)) for e in events]),
+        arms={
+            n: _arm_recent([e for e in events if e.decision["arm"] == n], len(events))
+            for n in names
+        },
+        series=series(events, names, buckets),
+        baselines=baselines or Baselines(computed_at=None, events=0, logged=None, policies={}),
+    )
+
+
+def settings_view(router: Router) -> SettingsView:
+    s = router.settings
+    return SettingsView(
+        policy=str(router.model.spec),
+        policy_params=effective_params(router.model.spec, s),
+        epsilon=s.epsilon,
+        linucb_alpha=s.linucb_alpha,
+        reward_weights=s.reward_weights,
+        latency_budget_ms=s.latency_budget_ms,
+        cost_budget_usd=s.cost_budget_usd,
+        arms=s.arms,
+    )
+
+
+async def build_stats(
+    router: Router, cache: BaselineCache, window: int = 1000, buckets: int = 30
+) -> StatsResponse:
+    """The whole /stats document: totals, settings, and the newest ``window`` events."""
+    base = await router.stats()
+    events = await router.store.recent_events(window) if window else []
+    baselines = await cache.get(events, router.arms, window)
+    # Off the event loop: a large window takes tens of milliseconds that /choose should not wait.
+    recent = await asyncio.to_thread(summarize, events, router.arms, buckets, baselines)
+    return StatsResponse(**base, settings=settings_view(router), recent=recent)

@@ -1,0 +1,1 @@
+"""The replay simulator over full-feedback logs."""

@@ -1,0 +1,175 @@
+"""Report: turns replay runs into the summary, the per-step rolling values and the table.
+
+Pure functions over ``replay.Run`` records; writing files and printing are the CLI's job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bandit_router.sim.dataset import Prepared, Run, order
+from bandit_router.sim.hindsight import best_fixed_arm
+from bandit_router.sim.peers import skyline
+
+Floats = npt.NDArray[np.float64]
+
+# Two-sided 95% Student t quantiles by degrees of freedom; a handful of seeds is the norm.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def ci95(values: Sequence[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean over seeds (0 for one seed)."""
+    k = len(values)
+    if k < 2:
+        return 0.0
+    return _T95.get(k - 1, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(k)
+
+
+def _nanmean(a: Floats) -> float | None:
+    return None if np.isnan(a).all() else float(np.nanmean(a))
+
+
+def hindsight(prepared: Prepared) -> tuple[Floats, Floats]:
+    """Per row: the best fixed arm's reward (first eligible arm where it is absent) and the
+    best arm's reward (the oracle)."""
+    table = prepared.table
+    j = prepared.arm_index[best_fixed_arm(prepared)]
+    first = np.array(
+        [table[i, prepared.arm_index[e[0].name]] for i, e in enumerate(prepared.eligible)]
+    )
+    fixed = np.where(np.isnan(table[:, j]), first, table[:, j])
+    return fixed, np.nanmax(table, axis=1)
+
+
+def _policy_summary(
+    runs: Sequence[Run], arms: Sequence[str], refs: tuple[float, float]
+) -> dict[str, Any]:
+    rewards = [float(r.reward.mean()) for r in runs]
+    half = [float(r.reward[len(r.reward) // 2 :].mean()) for r in runs]
+    chosen = np.concatenate([r.arm for r in runs])
+    mean = float(np.mean(rewards))
+    return {
+        "mean_reward": mean,
+        "ci95": ci95(rewards),
+        "accuracy": _nanmean(np.concatenate([r.accuracy for r in runs])),
+        "latency_ms": _nanmean(np.concatenate([r.latency_ms for r in runs])),
+        "cost_usd": _nanmean(np.concatenate([r.cost_usd for r in runs])),
+        "arm_share": {a: float(np.mean(chosen == j)) for j, a in enumerate(arms)},
+        "regret_best_fixed": refs[0] - mean,
+        "regret_oracle": refs[1] - mean,
+        "second_half_reward": float(np.mean(half)),
+        "per_seed": {
+            "seed": [r.seed for r in runs],
+            "mean_reward": rewards,
+            "second_half_reward": half,
+            "accuracy": [_nanmean(r.accuracy) for r in runs],
+            "latency_ms": [_nanmean(r.latency_ms) for r in runs],
+            "cost_usd": [_nanmean(r.cost_usd) for r in runs],
+        },
+    }
+
+
+def skyline_summary(prepared: Prepared, seeds: Sequence[int], in_order: bool) -> dict[str, Any]:
+    """The full-information skyline per seed: trained on the first half of that seed's order."""
+    values = []
+    n = len(prepared.replay.rows)
+    for seed in seeds:
+        rows = [int(i) for i in order(n, seed, in_order)]
+        earned = skyline(prepared.features, prepared.table, rows[: n // 2], rows[n // 2 :])
+        values.append(float(earned.mean()))
+    return {"second_half_reward": float(np.mean(values)), "ci95": ci95(values), "per_seed": values}
+
+
+def summary(
+    runs: Mapping[str, Sequence[Run]], prepared: Prepared, meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``summary.json``: ``{"policies": {NAME: {...}}}`` plus the references and the set-up."""
+    arms = [a.name for a in prepared.replay.arms]
+    fixed, oracle = hindsight(prepared)
+    refs = (float(fixed.mean()), float(oracle.mean()))
+    return {
+        **meta,
+        "rows": len(prepared.replay.rows),
+        "skipped": prepared.replay.skipped,
+        "arms": arms,
+        "best_fixed_arm": best_fixed_arm(prepared),
+        "best_fixed_reward": refs[0],
+        "oracle_reward": refs[1],
+        "policies": {name: _policy_summary(rs, arms, refs) for name, rs in runs.items()},
+    }
+
+
+def window(n: int) -> int:
+    """The rolling window of steps.csv and the plots: about 1/20 of the run, 20..500 steps."""
+    return max(20, min(500, n // 20))
+
+
+def _rolling(a: Floats, w: int) -> Floats:
+    c = np.concatenate([[0.0], np.cumsum(a)])
+    t = np.arange(1, len(a) + 1)
+    lo = np.maximum(t - w, 0)
+    out: Floats = (c[t] - c[lo]) / (t - lo)
+    return out
+
+
+def steps(
+    runs: Mapping[str, Sequence[Run]], arms: Sequence[str], stride: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Per-step rolling values, averaged over seeds: running mean reward, windowed reward,
+    and windowed share of each arm; one row per policy every ``stride`` steps."""
+    for name, rs in runs.items():
+        n = len(rs[0].reward)
+        w = window(n)
+        t = np.arange(1, n + 1)
+        running = np.mean([np.cumsum(r.reward) / t for r in rs], axis=0)
+        windowed = np.mean([_rolling(r.reward, w) for r in rs], axis=0)
+        shares = {
+            a: np.mean([_rolling((r.arm == j).astype(float), w) for r in rs], axis=0)
+            for j, a in enumerate(arms)
+        }
+        for k in range(stride - 1, n, stride):
+            row = {"policy": name, "step": k + 1, "mean_reward": round(float(running[k]), 6)}
+            row["window_reward"] = round(float(windowed[k]), 6)
+            row |= {f"share:{a}": round(float(s[k]), 4) for a, s in shares.items()}
+            yield row
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(result: Mapping[str, Any]) -> str:
+    """The terminal table: one line per policy, then the references."""
+    arms = result["arms"]
+    head = f"{'policy':<28} {'reward':>16} {'vs best-fixed':>13} {'accuracy':>8} {'latency':>8} "
+    head += f"{'cost $':>9} {'regret bf':>9} {'regret or':>9} {'2nd half':>8}  share " + "/".join(
+        arms
+    )
+    lines = [head]
+    best = result["best_fixed_reward"]
+    for name, p in result["policies"].items():
+        share = "/".join(f"{p['arm_share'][a]:.2f}" for a in arms)
+        lines.append(
+            f"{name:<28} {p['mean_reward']:>8.4f} ± {p['ci95']:.4f} "
+            f"{100 * (p['mean_reward'] / best - 1):>+12.2f}% {_fmt(p['accuracy'], '.3f'):>8} "
+            f"{_fmt(p['latency_ms'], '.0f'):>8} {_fmt(p['cost_usd'], '.2e'):>9} "
+            f"{p['regret_best_fixed']:>9.4f} {p['regret_oracle']:>9.4f} "
+            f"{p['second_half_reward']:>8.4f}  {share}"
+        )
+    lines.append(
+        f"rows {result['rows']} (skipped {result['skipped']}), seeds {len(result['seeds'])}; "
+        f"best fixed arm {result['best_fixed_arm']} {best:.4f}; "
+        f"oracle {result['oracle_reward']:.4f}"
+    )
+    if "skyline" in result:
+        sky = result["skyline"]
+        lines.append(
+            f"skyline (full information, trained on the first half): second-half reward "
+            f"{sky['second_half_reward']:.4f} ± {sky['ci95']:.4f}"
+        )
+    return "\n".join(lines)

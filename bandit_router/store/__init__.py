@@ -1,0 +1,1 @@
+"""Everything that must outlive a process, in Redis."""

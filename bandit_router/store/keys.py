@@ -1,0 +1,39 @@
+"""The Redis key layout; {p} is the key prefix wrapped as a hash tag."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+# Key layout; {p} is the key prefix wrapped as a hash tag.
+KEY_DECISION = "{p}:decision:{event_id}"  # JSON decision record
+
+
+KEY_PARTS = "{p}:parts:{event_id}"  # hash: reward parts received so far
+
+
+KEY_DONE = "{p}:done:{event_id}"  # marker: this event's reward is final and logged
+
+
+KEY_PENDING = "{p}:pending"  # sorted set: event id -> time its reward window closes
+
+
+KEY_EVENTS = "{p}:events"  # stream of joined events: the training log
+
+
+KEY_MODEL = "{p}:model"  # hash: policy, version, stream_id, data
+
+
+KEY_POLICY = "{p}:policy"  # policy spec set by an admin, overriding the settings
+
+
+KEY_LEASE = "{p}:learner"  # the learner's lease: holder name, with a TTL
+
+
+KEY_STATS = "{p}:stats"  # counters
+
+
+GROUP = "learners"  # the learners' consumer group on KEY_EVENTS

@@ -1,0 +1,376 @@
+"""Store: everything that must outlive a process, in Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import ExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+from bandit_router.store.embedded import EmbeddedRedis
+
+if TYPE_CHECKING:
+    from bandit_router.settings import Settings
+from bandit_router.store.keys import (
+    GROUP,
+    KEY_DECISION,
+    KEY_DONE,
+    KEY_EVENTS,
+    KEY_LEASE,
+    KEY_MODEL,
+    KEY_PARTS,
+    KEY_PENDING,
+    KEY_POLICY,
+    KEY_STATS,
+)
+from bandit_router.store.records import (
+    Event,
+    Parts,
+    Snapshot,
+    decode_parts,
+    dumps,
+    to_event,
+    to_events,
+)
+from bandit_router.store.scripts import (
+    ADD_FINAL,
+    ADD_PARTS,
+    FINALIZE,
+    LEASE,
+    RELEASE,
+    SAVE_DECISION,
+    SKIP_SILENT,
+)
+from bandit_router.store.transport import DOWN, GroupCommit, connect, unavailable
+
+log = logging.getLogger("bandit_router")
+
+
+class Store:
+    """The service's state in Redis."""
+
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, reward_wait_s: int, stream_maxlen: int
+    ) -> None:
+        self.redis = client
+        self._p = "{" + prefix + "}"
+        self._keys: dict[str, str] = {}
+        self.reward_wait_s = reward_wait_s
+        # Decisions outlive their window, so the sweep can still close it after an outage.
+        self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
+        self.stream_maxlen = stream_maxlen
+        self._calls = GroupCommit(client)
+        self._save_decision = client.register_script(SAVE_DECISION)
+        self._add_final = client.register_script(ADD_FINAL)
+        self._add_parts = client.register_script(ADD_PARTS)
+        self._finalize = client.register_script(FINALIZE)
+        self._skip_silent = client.register_script(SKIP_SILENT)
+        self._lease = client.register_script(LEASE)
+        self._release = client.register_script(RELEASE)
+
+    def key(self, template: str, event_id: str = "") -> str:
+        if not event_id:  # the deployment's fixed keys: formatted once
+            found = self._keys.get(template)
+            if found is None:
+                found = self._keys[template] = template.format(p=self._p, event_id="")
+            return found
+        return template.format(p=self._p, event_id=event_id)
+
+    @unavailable
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # Decisions and rewards
+
+    @unavailable
+    async def save_decision(self, event_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Store a decision; if one exists under ``event_id`` already, return that one instead.
+
+        The event is tracked until its reward window closes, when the sweep settles it.
+        """
+        deadline = record["ts"] + self.reward_wait_s
+        keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
+        args = [dumps(record), self.ttl_s, record["arm"], deadline, event_id]
+        existing = await self._calls.call(self._save_decision, keys, args)
+        return orjson.loads(existing) if existing else None
+
+    @unavailable
+    async def add_parts(
+        self, event_id: str, parts: dict[str, float], final: dict[str, Any] | None = None
+    ) -> Parts:
+        """Keep reward parts for ``event_id``; a part already there is kept as it was.
+
+        With ``final`` (the reward these parts make by themselves), the event is also logged
+        with it, as ``finalize`` does, when these parts turn out to be all its parts; then
+        ``Parts.logged`` is the stream id.
+        """
+        flat = [item for pair in parts.items() for item in pair]
+        keys = [
+            self.key(KEY_DECISION, event_id),
+            self.key(KEY_DONE, event_id),
+            self.key(KEY_PARTS, event_id),
+            self.key(KEY_PENDING),
+        ]
+        if final is None:
+            args = [self.ttl_s, self.reward_wait_s, event_id, *flat]
+            result = await self._calls.call(self._add_parts, keys, args)
+        else:
+            keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
+            args = [self.ttl_s, self.reward_wait_s, event_id, self.stream_maxlen]
+            args += [dumps(final).decode(), final["reward"], *flat]
+            result = await self._calls.call(self._add_final, keys, args, logs=True)
+        if result[0] == 0:
+            raise UnknownEvent(event_id)
+        if result[0] == 1:
+            raise AlreadyRewarded(event_id)
+        if result[0] == 3:
+            return Parts(orjson.loads(result[1]), dict(parts), [], result[2].decode())
+        pairs = result[2]
+        merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        return Parts(orjson.loads(result[1]), merged, [d.decode() for d in result[3]])
+
+    @unavailable
+    async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
+        """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
+
+        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone.
+        """
+        keys = [
+            self.key(KEY_DECISION, event_id),
+            self.key(KEY_DONE, event_id),
+            self.key(KEY_PARTS, event_id),
+            self.key(KEY_PENDING),
+            self.key(KEY_EVENTS),
+            self.key(KEY_STATS),
+        ]
+        args = [self.ttl_s, self.stream_maxlen, event_id, seen, dumps(reward), reward["reward"]]
+        result = await self._calls.call(self._finalize, keys, args, logs=True)
+        if result[0] == 0:
+            raise UnknownEvent(event_id)
+        if result[0] == 1:
+            raise AlreadyRewarded(event_id)
+        return None if result[0] == 3 else str(result[1].decode())
+
+    @unavailable
+    async def due(self, now: float, limit: int = 500) -> list[str]:
+        """Events whose reward window closed at or before ``now``."""
+        ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
+        return [i.decode() for i in ids]
+
+    @unavailable
+    async def skip_silent(self, event_ids: list[str]) -> list[str]:
+        """Stop tracking the events among ``event_ids`` that have no reward part, counted as
+        ``skipped_no_reward``, in one round trip; the ids of the others, which have parts."""
+        if not event_ids:
+            return []
+        keys = [self.key(KEY_PENDING), self.key(KEY_STATS)]
+        keys += [self.key(KEY_PARTS, event_id) for event_id in event_ids]
+        kept: list[bytes] = await self._skip_silent(keys=keys, args=event_ids)
+        return [event_id.decode() for event_id in kept]
+
+    @unavailable
+    async def drop_pending(self, event_id: str) -> None:
+        """Stop tracking an event whose window closed with nothing to learn."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.key(KEY_PENDING), event_id)
+            pipe.hincrby(self.key(KEY_STATS), "skipped_no_reward", 1)
+            await pipe.execute()
+
+    @unavailable
+    async def parts_of(self, event_id: str) -> dict[str, float]:
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
+        return decode_parts(raw)
+
+    @unavailable
+    async def parts_of_many(self, event_ids: list[str]) -> list[dict[str, float]]:
+        """``parts_of`` each of ``event_ids``, in one round trip."""
+        if not event_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hgetall(self.key(KEY_PARTS, event_id))
+            raws: list[dict[bytes, bytes]] = await pipe.execute()
+        return [decode_parts(raw) for raw in raws]
+
+    # The training log and the learner
+
+    async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Event]:
+        """The joined events logged after stream id ``after``, oldest first."""
+        start = f"({after}" if after != "0-0" else "-"
+        while True:
+            try:
+                rows = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    await self.redis.xrange(self.key(KEY_EVENTS), min=start, count=batch),
+                )
+            except DOWN as e:
+                raise StoreUnavailable(str(e)) from e
+            for stream_id, fields in rows:
+                yield to_event(stream_id, fields)
+            if len(rows) < batch:
+                return
+            start = f"({rows[-1][0].decode()}"
+
+    @unavailable
+    async def last_stream_id(self) -> str:
+        rows: Any = await self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
+        return str(rows[0][0].decode()) if rows else "0-0"
+
+    @unavailable
+    async def ensure_group(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(self.key(KEY_EVENTS), GROUP, id="0", mkstream=True)
+
+    @unavailable
+    async def read_new(self, consumer: str, count: int) -> list[Event]:
+        """Events never delivered to the group before, now delivered to ``consumer``."""
+        try:
+            # Through the group commit: the read shares a round trip with the writes of the
+            # requests in flight, and Redis runs it after those sent before it.
+            reply: Any = await self._calls.command(*self._read_new_command(consumer, count))
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self.ensure_group()  # Redis lost its data (a restart without persistence)
+            return []
+        return to_events(reply)
+
+    def follow_log(
+        self, consumer: str | None, count: int, take: Callable[[list[Event]], None]
+    ) -> None:
+        """From now on, every round trip that may log an event also reads, after those writes,
+        up to ``count`` events never delivered before, for ``consumer``; ``take`` gets them before
+        the callers in that round trip get their replies. ``consumer`` None: no more reads."""
+        if consumer is None:
+            self._calls.follow = None
+            return
+        read = self._read_new_command(consumer, count)
+        self._calls.follow = (read, lambda reply: take(to_events(reply)))
+
+    def _read_new_command(self, consumer: str, count: int) -> list[Any]:
+        """XREADGROUP of up to ``count`` events never delivered to the group, for ``consumer``."""
+        key = self.key(KEY_EVENTS)
+        return ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
+
+    @unavailable
+    async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:
+        """Take over events another learner read but never acknowledged (it died)."""
+        try:
+            reply = await self.redis.xautoclaim(
+                self.key(KEY_EVENTS), GROUP, consumer, idle_ms, "0-0", count=count, justid=True
+            )
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            return []
+        return [sid.decode() for sid in reply]  # with justid, redis-py returns the ids alone
+
+    @unavailable
+    async def publish(self, snapshot: Snapshot, acks: Sequence[str]) -> None:
+        """Save the model and acknowledge the events it has learned, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.key(KEY_MODEL),
+                mapping={
+                    "policy": snapshot.policy,
+                    "version": snapshot.version,
+                    "stream_id": snapshot.stream_id,
+                    "data": snapshot.data,
+                },
+            )
+            pipe.hset(self.key(KEY_STATS), "events_learned", snapshot.version)
+            if acks:
+                pipe.xack(self.key(KEY_EVENTS), GROUP, *acks)
+            await pipe.execute()
+
+    @unavailable
+    async def load_snapshot(self) -> Snapshot | None:
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_MODEL)))
+        if not raw:
+            return None
+        return Snapshot(
+            policy=raw[b"policy"].decode(),
+            version=int(raw[b"version"]),
+            stream_id=raw[b"stream_id"].decode(),
+            data=raw[b"data"],
+        )
+
+    @unavailable
+    async def snapshot_head(self) -> tuple[str, int, str] | None:
+        """The newest snapshot's policy, version and watermark, without its bytes."""
+        head: Any = await self.redis.hmget(self.key(KEY_MODEL), ["policy", "version", "stream_id"])
+        policy, version, stream_id = head
+        if policy is None or version is None or stream_id is None:
+            return None
+        return policy.decode(), int(version), stream_id.decode()
+
+    @unavailable
+    async def hold_lease(self, holder: str, ttl_s: float) -> bool:
+        """Take the learner's lease if free, or renew it if ``holder`` has it."""
+        ttl_ms = int(ttl_s * 1000)
+        return bool(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
+
+    async def release_lease(self, holder: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._release(keys=[self.key(KEY_LEASE)], args=[holder])
+
+    @unavailable
+    async def policy_override(self) -> str | None:
+        raw: Any = await self.redis.get(self.key(KEY_POLICY))
+        return raw.decode() if raw is not None else None
+
+    @unavailable
+    async def set_policy_override(self, spec: str) -> None:
+        await self.redis.set(self.key(KEY_POLICY), spec)
+
+    # Counters and housekeeping
+
+    @unavailable
+    async def count(self, name: str, by: int = 1) -> None:
+        await self.redis.hincrby(self.key(KEY_STATS), name, by)
+
+    @unavailable
+    async def recent_events(self, count: int) -> list[Event]:
+        """The newest ``count`` joined events of the training log, oldest first."""
+        rows = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self.redis.xrevrange(self.key(KEY_EVENTS), count=count),
+        )
+        return [to_event(sid, f) for sid, f in rows[::-1]]
+
+    @unavailable
+    async def counters(self) -> dict[str, float]:
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    @unavailable
+    async def clear(self) -> None:
+        """Delete every key under this prefix (the benchmarks start each figure clean)."""
+        async for key in self.redis.scan_iter(match=f"{self._p}:*", count=1000):
+            await self.redis.delete(key)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self._calls.close()
+        with contextlib.suppress(RedisError):
+            await self.redis.aclose()
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The deployment's store: BANDIT_REDIS_URL, or the embedded Redis in BANDIT_DATA_DIR."""
+    with ExitStack() as stack:
+        url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
+        store = Store(
+            connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
+        )
+        try:
+            yield store
+        finally:
+            await store.close()

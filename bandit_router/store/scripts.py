@@ -1,0 +1,133 @@
+"""The Lua scripts that make accepting and logging a reward atomic."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+# KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
+SAVE_DECISION = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
+# Lua shared by the reward scripts, whose KEYS are always decision, done, parts, pending, events,
+# stats (ADD_PARTS uses the first four) and whose ARGV start ttl, wait or maxlen, event id.
+PARTS_LUA = """
+local function add_parts(first)  -- HSETNX the name/value pairs from ARGV[first]; the repeats
+  local dups = {}
+  for i = first, #ARGV, 2 do
+    if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then table.insert(dups, ARGV[i]) end
+  end
+  return dups
+end
+local function hold(d, dups)  -- keep the parts until the window closes (ARGV[2] is the wait)
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+  local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
+  return {2, d, redis.call('HGETALL', KEYS[3]), dups}
+end
+"""
+
+
+LOG_LUA = """
+local function log_event(d, maxlen, reward, value)  -- mark done, log and count: once an event
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+  local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'd', d, 'r', reward)
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('DEL', KEYS[3])
+  local arm = cjson.decode(d)['arm']
+  redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
+  return id
+end
+"""
+
+
+# ARGV ttl, wait, event id, then name/value pairs.
+# Returns {0} unknown, {1} already final, or {2, decision, parts (flat), duplicates}.
+ADD_PARTS = (
+    PARTS_LUA
+    + """
+local d = redis.call('GET', KEYS[1])
+if not d then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+return hold(d, add_parts(4))
+"""
+)
+
+
+# ADD_PARTS for a call whose parts make the reward final by themselves (every weighted part, or a
+# direct reward): if they are all the event's parts, it is logged at once as by FINALIZE, in the
+# same round trip. ARGV ttl, wait, event id, maxlen, reward JSON, reward value, then name/value
+# pairs. Returns what ADD_PARTS returns, or {3, decision, id}.
+ADD_FINAL = (
+    PARTS_LUA
+    + LOG_LUA
+    + """
+local d = redis.call('GET', KEYS[1])
+if not d then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+if redis.call('EXISTS', KEYS[3]) == 0 then  -- no part came before: these are all of them
+  return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
+end
+local dups = add_parts(7)
+if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 6) / 2 then
+  return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
+end
+return hold(d, dups)
+"""
+)
+
+
+# ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
+# Returns {0} gone, {1} already final, {3} parts changed, {2, id}.
+FINALIZE = (
+    LOG_LUA
+    + """
+local d = redis.call('GET', KEYS[1])
+if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
+return {2, log_event(d, ARGV[2], ARGV[5], ARGV[6])}
+"""
+)
+
+
+# KEYS pending, stats, then each event's parts hash; ARGV the events' ids, in the same order.
+# Stops tracking the events that have no part (counted as skipped); returns the others' ids.
+SKIP_SILENT = """
+local kept, skipped = {}, 0
+for i, id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 2]) == 1 then
+    table.insert(kept, id)
+  elseif redis.call('ZREM', KEYS[1], id) == 1 then
+    skipped = skipped + 1
+  end
+end
+if skipped > 0 then redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', skipped) end
+return kept
+"""
+
+
+# KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

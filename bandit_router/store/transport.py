@@ -1,0 +1,242 @@
+"""The Redis connection: the group commit and how outages are reported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from hiredis import pack_command
+from redis.asyncio.connection import AbstractConnection as Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript as Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bandit_router.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("bandit_router")
+P = ParamSpec("P")
+
+
+T = TypeVar("T")
+
+
+DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn Redis connection failures into ``StoreUnavailable`` (HTTP 503)."""
+
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except DOWN as e:
+            raise StoreUnavailable(str(e) or type(e).__name__) from e
+
+    return wrapper
+
+
+async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T:
+    """``open_()``, tried again while Redis is unavailable, for up to ``seconds``.
+
+    A process started during an outage (uvicorn replacing a dead worker, say) waits for Redis
+    instead of failing its start-up; uvicorn stops the whole service when a worker does that.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.25
+    while True:
+        try:
+            return await open_()
+        except StoreUnavailable as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("waiting for Redis to start: %s", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class GroupCommit:
+    """Redis calls sent together: the calls made while a round trip is in flight share the next
+    one (one pipeline, one connection, one write, one read), whichever script or command they
+    are, so a /choose's decision, a /reward's parts and the learner's read of the log travel
+    together. Redis runs a pipeline's calls in the order they were made.
+
+    Each caller still waits for its own reply, so nothing is acknowledged before Redis has it;
+    under load a round trip carries many requests' calls at the cost of about one.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        # (the script, or None for a plain command; its arguments; the caller's future; whether
+        # the call may log an event)
+        self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any], bool]] = []
+        # A command sent last in every batch with a call that may log an event, and what takes
+        # its reply before the callers get theirs: the leading learner's read of the log.
+        self.follow: tuple[list[Any], Callable[[Any], None]] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._conn: Connection | None = None  # kept from the client's pool between batches
+        self._loaded: set[str] = set()  # scripts loaded since that connection was made
+
+    async def call(
+        self, script: Script, keys: list[Any], args: list[Any], logs: bool = False
+    ) -> Any:
+        """EVALSHA of ``script``; loaded again if Redis lost its script cache. ``logs``: the
+        script may log an event, so ``follow`` goes in the same batch, after it."""
+        args = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        return await self._enqueue(script, args, logs)
+
+    async def command(self, *args: Any) -> Any:
+        """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
+        return await self._enqueue(None, list(args))
+
+    async def _enqueue(self, script: Script | None, args: list[Any], logs: bool = False) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, args, future, logs))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            calls = [(script, args) for script, args, _, _ in batch]
+            follow = self.follow if any(logs for *_, logs in batch) else None
+            if follow is not None:
+                calls.append((None, follow[0]))
+            try:
+                replies = await self._send(calls)
+            except asyncio.CancelledError:  # shutting down: no waiter is left hanging
+                for _, _, future, _ in batch + self._queue:
+                    future.cancel()
+                raise
+            except Exception as e:  # every waiter in the batch gets the failure
+                for _, _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            if follow is not None:
+                reply = replies.pop()
+                try:
+                    if not isinstance(reply, Exception):  # NOGROUP: the learner's step sees it
+                        follow[1](reply)
+                except Exception:  # the callers' replies must still reach them
+                    log.exception("the read of the log after a batch failed")
+            for (_, _, future, _), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def _send(self, calls: list[tuple[Script | None, list[Any]]]) -> list[Any]:
+        scripts = list({s.sha: s for s, _ in calls if s is not None}.values())
+        replies = await self._round_trip([args for _, args in calls], scripts)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Each script is loaded before its first batch on a connection, so a new server (a
+            # restart drops the connection) has them all. This is for SCRIPT FLUSH on a live
+            # one: load them again and send the calls that met NOSCRIPT once more. Those ran
+            # nothing, so running them again is safe; the others ran and are not sent again,
+            # but they ran before these (a read of the log among them may not see these).
+            self._loaded.clear()
+            again = await self._round_trip([calls[i][1] for i in missing], scripts)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _round_trip(self, commands: list[list[Any]], scripts: list[Script]) -> list[Any]:
+        """Every command in one write, then their raw replies in order, an error reply as its
+        ``ResponseError`` in its place.
+
+        redis-py's pipeline does the same with a pool checkout per batch, a Python packer, a
+        timeout context per reply, a task per write and response callbacks: at a few hundred
+        batches a second that was more CPU than the service's own work. Here the group commit
+        keeps one pooled connection (one flush runs at a time), hiredis packs, the write goes
+        straight to the connection's stream, one timeout covers the batch, and the replies are
+        the raw ones (EVALSHA has no callback to lose; ``read_new`` reads XREADGROUP's). Any
+        failure drops the connection; as with the client's own retry, a connection found dead
+        before any reply came back (a Redis restart) is replaced once.
+        """
+        data = b"".join([pack_command(tuple(args)) for args in commands])
+        for attempt in (1, 2):
+            if self._conn is None:
+                pool = self._client.connection_pool
+                self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                self._loaded.clear()  # it may be a restarted server: an empty script cache
+            conn = self._conn
+            replies: list[Any] = []
+            try:
+                for script in scripts:  # before the batch: a NOSCRIPT would reorder it
+                    if script.sha not in self._loaded:
+                        await self._client.script_load(script.script)
+                        self._loaded.add(script.sha)
+                async with asyncio.timeout(conn.socket_timeout):
+                    # The connection's own writer: send_packed_command wraps every write in
+                    # asyncio.wait_for, a new task per call (a tenth of the CPU under load).
+                    writer = conn._writer
+                    if writer is None:  # closed since it left the pool
+                        raise RedisConnectionError("connection closed")
+                    writer.write(data)
+                    await writer.drain()
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as e:
+                            replies.append(e)
+                return replies
+            except (RedisConnectionError, OSError):
+                await self._drop()
+                if replies or attempt == 2:
+                    raise
+            except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
+                await self._drop()
+                raise RedisTimeoutError(f"no reply from Redis in {conn.socket_timeout} s") from e
+            except BaseException:
+                await self._drop()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _drop(self) -> None:
+        """Close the kept connection and give it back to the pool; the next batch takes another."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+            await self._client.connection_pool.release(conn)
+
+    async def close(self) -> None:
+        """Let the calls already made finish, then give the connection back."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):  # each caller got its failure
+                await self._flusher
+        if self._conn is not None:
+            await self._client.connection_pool.release(self._conn)
+            self._conn = None
+
+
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client for ``url`` (redis://, rediss://, unix://) that waits for a free connection."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        # A pooled connection that died with a Redis restart is replaced, not reported as down.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=1),
+        retry_on_error=[RedisConnectionError],
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: closing the client closes it

@@ -1,0 +1,213 @@
+"""Both doors to the routing contract answer alike: the fast door (ASGI middleware in front of
+the app) and FastAPI's routes (what an app mounted under a root path reaches), over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.live import serve  # noqa: F401  (fixture)
+
+ROOT = "/api"
+ARMS = ["4b", "7b", "14b", "70b", ""]
+JSON_HEADERS = {"content-type": "application/json"}
+
+# Values a client might send for any field: right, wrong and hostile.
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.integers().map(lambda n: n * 10**400),  # huge integers
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 1, 5, 0.5, 840, 1e308, -1, 86_400_001]),
+    st.text(max_size=20),
+    st.sampled_from(["", "4b", "7b", "14b", "70b", "840", "yes", "true"]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+features = st.dictionaries(st.text(min_size=0, max_size=8), values, max_size=4)
+event_ids = st.one_of(
+    st.sampled_from(["e-1", "e-2", "bad id!", "", "x" * 200]), st.text(max_size=10)
+)
+choose_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "query": st.one_of(st.text(max_size=30), values),
+        "features": st.one_of(features, values),
+        "arms": st.one_of(
+            st.lists(st.sampled_from(["4b", "7b", "14b", "70b", ""]), max_size=4), values
+        ),
+        "event_id": event_ids,
+        "extra": values,
+    },
+)
+reward_bodies = st.fixed_dictionaries(
+    {"event_id": event_ids},
+    optional={
+        "latency_ms": values,
+        "accuracy": values,
+        "rating": values,
+        "cost_usd": values,
+        "reward": values,
+        "final": values,
+        "extra": values,
+    },
+)
+# Bodies no JSON encoder writes: non-finite numbers, bad escapes, deep nesting, not JSON at all.
+raw_bodies = st.sampled_from(
+    [
+        b'{"query": "q", "features": {"n": Infinity}}',
+        b'{"query": "q", "features": {"n": NaN}}',
+        b'{"event_id": "e-1", "latency_ms": Infinity}',
+        b'{"event_id": "e-1", "latency_ms": 1e999}',
+        b'{"query": "\\ud800"}',
+        b'{"query": "q", "features": {"k": "\\udfff"}}',
+        b'{"query": "q", "features": {"k": ' + b"9" * 400 + b"}}",
+        b'{"query": "q", "features": {"k": ' + b"9" * 5000 + b"}}",
+        b'{"query": "q", "features": ' + b'{"a": ' * 500 + b"1" + b"}" * 501,
+        b"[" * 5000,
+        b"\xff\xfe not utf-8",
+        b"",
+        b"null",
+        b"[]",
+        b'"a string"',
+        b"{not json",
+    ]
+)
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, allow_nan=True).encode()
+
+
+class Doors:
+    """Two live services alike but for their door, each on a key prefix of its own, so the same
+    requests in the same order leave both in the same state."""
+
+    def __init__(self, fast: str, routed: str) -> None:
+        self.fast = httpx.Client(base_url=fast, timeout=30)
+        self.routed = httpx.Client(base_url=routed, timeout=30)
+
+    def both(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[Any, Any]:
+        fast = self.fast.post(path, content=raw, headers=headers)
+        routed = self.routed.post(path, content=raw, headers=headers)
+        return _answer(fast), _answer(routed)
+
+    def close(self) -> None:
+        self.fast.close()
+        self.routed.close()
+
+
+def _answer(response: httpx.Response) -> tuple[int, Any]:
+    assert response.headers["content-type"] == "application/json", response.text
+    body = response.json()
+    if response.status_code == 200:  # a decision or a reward: compare its shape, not its draw
+        return 200, sorted(body)
+    assert response.status_code < 500, response.text  # no traceback, no 5xx, for any input
+    assert set(body) == {"detail", "field"} and body["detail"], body
+    return response.status_code, body
+
+
+@pytest.fixture
+def doors(serve: Callable[..., str]) -> Iterator[Doors]:  # noqa: F811
+    # Behind uvicorn's --root-path (a proxy mounting the app under /api) the fast door leaves
+    # every request to FastAPI's routes.
+    settings = {"max_features": 3, "api_keys": "k1", "reward_weights": "accuracy=1,latency=1"}
+    doors = Doors(serve(**settings), serve(root_path=ROOT, **settings))
+    yield doors
+    doors.close()
+
+
+PROPERTY = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+KEYED = {**JSON_HEADERS, "x-api-key": "k1"}
+
+
+@PROPERTY
+@given(body=choose_bodies)
+def test_choose_answers_alike_through_both_doors(doors: Doors, body: dict[str, Any]) -> None:
+    fast, routed = doors.both("/choose", _json(body), KEYED)
+    assert fast == routed
+
+
+@PROPERTY
+@given(body=reward_bodies)
+def test_reward_answers_alike_through_both_doors(doors: Doors, body: dict[str, Any]) -> None:
+    fast, routed = doors.both("/reward", _json(body), KEYED)
+    assert fast == routed
+
+
+@PROPERTY
+@given(raw=raw_bodies, path=st.sampled_from(["/choose", "/reward"]))
+def test_hostile_bodies_answer_alike_and_never_5xx(doors: Doors, raw: bytes, path: str) -> None:
+    fast, routed = doors.both(path, raw, KEYED)
+    assert fast == routed
+    assert fast[0] in (400, 422), fast
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # no key
+        {"x-api-key": "wrong"},
+        {"authorization": "Bearer k1"},
+        {"authorization": "Basic OmsxCg=="},  # ":k1\n": not the key
+    ],
+)
+def test_auth_and_content_type_answer_alike(doors: Doors, headers: dict[str, str]) -> None:
+    for content_type in ("application/json", "text/plain", "application/x-www-form-urlencoded"):
+        all_headers = {**headers, "content-type": content_type}
+        raw = b'{"query": "q"}'
+        fast, routed = doors.both("/choose", raw, all_headers)
+        assert fast == routed
+
+
+def test_a_body_shorter_than_its_length_is_answered_408_and_closed(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    fast = serve(body_timeout_s=0.5)
+    routed = serve(root_path=ROOT, body_timeout_s=0.5)
+    for base, path in ((fast, "/choose"), (routed, "/choose"), (fast, "/admin/policy")):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: 100\r\n\r\n".encode()
+                + b'{"query": "q"'
+            )
+            reply = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), (path, reply)
+        assert b"connection: close" in head.lower()
+        assert json.loads(body) == {
+            "detail": "request body not received within 0.5 s (BANDIT_BODY_TIMEOUT_S); "
+            "the connection is closed",
+            "field": "body",
+        }
+
+
+def test_finite_bounds_are_named(doors: Doors) -> None:
+    """The limits of each number are in the message, so a client can fix its call."""
+    cases = [
+        (b'{"event_id": "e-1", "latency_ms": 1e308}', "latency_ms", "86400000"),
+        (b'{"event_id": "e-1", "cost_usd": 5000}', "cost_usd", "1000"),
+        (b'{"event_id": "e-1", "latency_ms": "840"}', "latency_ms", "valid number"),
+        (b'{"event_id": "e-1", "accuracy": true}', "accuracy", "valid number"),
+        (b'{"event_id": "e-1", "accuracy": 1, "final": "yes"}', "final", "valid boolean"),
+        (b'{"query": "q", "features": {"k": 1e16}}', "features", "1e+15"),
+    ]
+    for raw, field, words in cases:
+        path = "/reward" if b"event_id" in raw else "/choose"
+        fast, routed = doors.both(path, raw, KEYED)
+        assert fast == routed
+        status, body = fast
+        assert status == 422 and body["field"] == field and words in body["detail"], body
