@@ -52,9 +52,9 @@ def serve(args: argparse.Namespace) -> int:
             log_level=settings.log_level,
             # Above info uvicorn drops each access line, but only after formatting its parts.
             access_log=settings.log_level.lower() in ("trace", "debug", "info"),
-            # A spawned worker answers uvicorn's health pings only once its interpreter is up;
-            # on a loaded machine that took over the default 5 s, and uvicorn killed and
-            # respawned workers in a loop. A hung worker is still replaced, 30 s on.
+            # A spawned worker answers uvicorn's health pings only once its interpreter is up,
+            # which on a loaded machine can take longer than the default 5 s (uvicorn would
+            # kill and respawn it in a loop). A hung worker is still replaced, 30 s on.
             timeout_worker_healthcheck=30,
         )
     finally:

@@ -3,10 +3,10 @@
 One JSON object per line and per event. VW reads the label (``_label_cost`` = -reward,
 ``_label_probability``, ``_label_Action`` 1-based, ``_labelIndex`` 0-based), the logged pmf
 (``a``: action ids, the chosen one first; ``p``: their probabilities) and the context ``c``:
-shared namespaces of the same meaning as ``vw_policy.shared_line`` (``Q`` query statistics,
+shared namespaces of the same meaning as ``policies.vw.shared_line`` (``Q`` query statistics,
 ``W`` hashed words, ``N`` app numbers, ``C`` app strings, which VW reads as ``key`` + ``value``)
 and ``_multi``, one entry per eligible arm with its namespace ``A`` (``id``, as
-``vw_policy.arm_line``). VW ignores keys that start with ``_``; ``_arm`` keeps each arm's raw
+``policies.vw.arm_line``). VW ignores keys that start with ``_``; ``_arm`` keeps each arm's raw
 configuration, so ``evaluate`` rebuilds exactly the ``Features`` and ``Arm`` the service saw.
 """
 

@@ -90,7 +90,7 @@ def sample(rng: Uniform, arms: Sequence[Arm], pmf: Sequence[float]) -> Decision:
 
     Bit for bit what ``p = pmf / sum(pmf); rng.choice(len(arms), p=p)`` gives (one uniform draw,
     the normalised cdf, a right bisection), so the same seed picks the same arms; for the usual
-    handful of arms in plain Python floats, a fifth of the cost of the numpy calls.
+    handful of arms in plain Python floats, which is cheaper than the numpy calls.
     """
     if len(pmf) < 8:  # numpy sums fewer than 8 values left to right, as this loop does
         probs = [float(v) for v in pmf]

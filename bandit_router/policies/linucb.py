@@ -208,8 +208,8 @@ class LinUCB:
 
 class _Draws:
     """A generator's uniform draws, taken 256 at a time: the same numbers in the same order as
-    one ``random()`` call each (a bit generator fills an array one draw after another), for a
-    twentieth of the cost of a numpy call per draw."""
+    one ``random()`` call each (a bit generator fills an array one draw after another), without
+    a numpy call per draw."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         self._rng = rng

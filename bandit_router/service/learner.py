@@ -34,7 +34,7 @@ from bandit_router.store.transport import when_available
 log = logging.getLogger("bandit_router")
 
 BATCH = 64  # events learned per step: bounds how long learning holds the event loop
-KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (vw_policy.KEPT_SHARED)
+KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (policies.vw.KEPT_SHARED)
 
 
 @dataclass
@@ -240,7 +240,7 @@ class Learner:
         if self._leading:
             self._chosen[event_id] = (ts, x)
             if len(self._chosen) > KEPT_CHOSEN:
-                del self._chosen[next(iter(self._chosen))]  # the oldest, as vw_policy's
+                del self._chosen[next(iter(self._chosen))]  # the oldest, as policies.vw's
 
     def _learn(self, event: Event) -> None:
         d = event.decision

@@ -70,7 +70,7 @@ class Metrics:
             registry=r,
         )
         self._init_gauges(r)
-        # labels() validates and locks on every call (about 3 us): each series is looked up once
+        # labels() validates and locks on every call: each series is looked up once
         self._series: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._recent: deque[bool] = deque(maxlen=EXPLORATION_WINDOW)
         self._explored = 0  # how many of _recent are True

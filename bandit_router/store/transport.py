@@ -87,7 +87,7 @@ class GroupCommit:
         # its reply before the callers get theirs: the leading learner's read of the log.
         self.follow: tuple[list[Any], Callable[[Any], None]] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._conn: Connection | None = None  # kept from the client's pool between batches
+        self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
 
     async def call(
@@ -163,19 +163,21 @@ class GroupCommit:
         ``ResponseError`` in its place.
 
         redis-py's pipeline does the same with a pool checkout per batch, a Python packer, a
-        timeout context per reply, a task per write and response callbacks: at a few hundred
-        batches a second that was more CPU than the service's own work. Here the group commit
-        keeps one pooled connection (one flush runs at a time), hiredis packs, the write goes
-        straight to the connection's stream, one timeout covers the batch, and the replies are
-        the raw ones (EVALSHA has no callback to lose; ``read_new`` reads XREADGROUP's). Any
-        failure drops the connection; as with the client's own retry, a connection found dead
-        before any reply came back (a Redis restart) is replaced once.
+        timeout context per reply, a task per write and response callbacks. Here the group
+        commit keeps a connection of its own (one flush runs at a time), made like the pool's
+        but with no per-write timeout (``send_packed_command`` then writes at once instead of in
+        a task of its own); hiredis packs, one timeout covers the batch, and the replies are the
+        raw ones (EVALSHA has no callback to lose; ``read_new`` reads XREADGROUP's). Any failure
+        drops the connection; as with the client's own retry, a connection found dead before any
+        reply came back (a Redis restart) is replaced once.
         """
         data = b"".join([pack_command(tuple(args)) for args in commands])
+        pool = self._client.connection_pool
+        timeout_s = pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
         for attempt in (1, 2):
             if self._conn is None:
-                pool = self._client.connection_pool
-                self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+                self._conn = pool.connection_class(**kwargs)
                 self._loaded.clear()  # it may be a restarted server: an empty script cache
             conn = self._conn
             replies: list[Any] = []
@@ -184,14 +186,8 @@ class GroupCommit:
                     if script.sha not in self._loaded:
                         await self._client.script_load(script.script)
                         self._loaded.add(script.sha)
-                async with asyncio.timeout(conn.socket_timeout):
-                    # The connection's own writer: send_packed_command wraps every write in
-                    # asyncio.wait_for, a new task per call (a tenth of the CPU under load).
-                    writer = conn._writer
-                    if writer is None:  # closed since it left the pool
-                        raise RedisConnectionError("connection closed")
-                    writer.write(data)
-                    await writer.drain()
+                async with asyncio.timeout(timeout_s):
+                    await conn.send_packed_command(data, check_health=False)
                     for _ in commands:
                         try:
                             replies.append(await conn.read_response(timeout=math.inf))
@@ -204,18 +200,17 @@ class GroupCommit:
                     raise
             except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
                 await self._drop()
-                raise RedisTimeoutError(f"no reply from Redis in {conn.socket_timeout} s") from e
+                raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from e
             except BaseException:
                 await self._drop()
                 raise
         raise AssertionError("unreachable")
 
     async def _drop(self) -> None:
-        """Close the kept connection and give it back to the pool; the next batch takes another."""
+        """Close the kept connection; the next batch makes another."""
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.disconnect(nowait=True)
-            await self._client.connection_pool.release(conn)
 
     async def close(self) -> None:
         """Let the calls already made finish, then give the connection back."""
@@ -223,8 +218,11 @@ class GroupCommit:
             with contextlib.suppress(Exception):  # each caller got its failure
                 await self._flusher
         if self._conn is not None:
-            await self._client.connection_pool.release(self._conn)
+            await self._conn.disconnect()
             self._conn = None
+
+
+DEFAULT_TIMEOUT_S = 5.0
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
@@ -234,7 +232,7 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
         max_connections=max_connections,
         timeout=5,
         socket_connect_timeout=2,
-        socket_timeout=5,
+        socket_timeout=DEFAULT_TIMEOUT_S,
         # A pooled connection that died with a Redis restart is replaced, not reported as down.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=1),
         retry_on_error=[RedisConnectionError],
