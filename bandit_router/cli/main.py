@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import add_commands
+from bandit_router.cli.train import add_train
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_evaluate(sub)
     _add_simulate(sub)
     add_commands(sub)
+    add_train(sub)
     return parser
 
 
@@ -250,7 +252,9 @@ def _simulate_runs(args: argparse.Namespace, names: list[str], prepared: Any, se
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     progress = _Progress(len(prepared.replay.rows) * len(seeds) * max(len(names), 1))
     if args.via is None:
-        return replay.simulate(names, prepared, seeds, args.in_order, settings, progress)
+        return replay.simulate(
+            names, prepared, seeds, args.in_order, settings, progress, args.warm_start
+        )
     from bandit_router.sim.replay_http import HttpStepper
 
     stepper = HttpStepper(args.via)
@@ -303,7 +307,7 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     except dataset.ReplayError as e:
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
-        fixed_spec(name, prepared)  # a misspelt fixed arm fails here, before any work
+        fixed_spec(name.removeprefix(replay.COLD), prepared)  # a misspelt arm fails here
     return prepared
 
 
@@ -314,8 +318,11 @@ def simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
-    if args.via is not None and (args.seeds != 1 or len(names) > 1):
-        print("simulate: --via replays one seed through the service's own policy", file=sys.stderr)
+    if args.via is not None and (args.seeds != 1 or len(names) > 1 or args.warm_start):
+        print(
+            "simulate: --via replays one seed, cold, through the service's own policy",
+            file=sys.stderr,
+        )
         return 2
     try:
         prepared = _simulate_prepare(args, names, settings)
@@ -331,6 +338,7 @@ def simulate(args: argparse.Namespace) -> int:
         "reward_weights": settings.reward_weights,
         "latency_budget_ms": settings.latency_budget_ms,
         "cost_budget_usd": settings.cost_budget_usd,
+        "warm_start": args.warm_start,
     }
     result = report.summary(runs, prepared, meta)
     if args.in_order:
@@ -367,7 +375,25 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
     p.add_argument("--no-skyline", action="store_true", help="skip the full-information skyline")
     p.add_argument("--via", help="replay through a running service, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--warm-start",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="train the learners on this first fraction of each seed's rows (full feedback), "
+        "then replay the rest; prefix a policy with cold: to replay it untrained",
+    )
     p.set_defaults(func=simulate)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fraction in [0, 1) is needed, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a fraction in [0, 1) is needed, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.offline.train import full_feedback, teach
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.settings import Settings
@@ -25,6 +26,7 @@ from bandit_router.sim.hindsight import BestContextStepper, OracleStepper, fixed
 # Policies the simulator adds to the service's registry: they need hindsight or a peer library.
 HINDSIGHT = ("best-fixed", "oracle", "best-context")
 PEERS = ("mabwiser",)
+COLD = "cold:"  # with --warm-start: this policy starts cold, for comparison in the same run
 
 Progress = Callable[[int], None]
 
@@ -52,6 +54,7 @@ class PolicyStepper:
 
 def check_spec(name: str) -> None:
     """Raise ``ValueError`` naming the valid choices when ``name`` is not a simulator policy."""
+    name = name.removeprefix(COLD)
     head = name.partition(":")[0]
     if head in PEERS:
         from bandit_router.sim.peers import peer_params
@@ -72,7 +75,7 @@ def make_stepper(
     name: str, prepared: Prepared, seed: int, settings: Settings | None = None
 ) -> Stepper:
     """The stepper for a policy name as given on the command line."""
-
+    name = name.removeprefix(COLD)
     if name == "oracle":
         return OracleStepper(prepared)
     if name == "best-context":
@@ -109,6 +112,20 @@ def run(
     return out
 
 
+def outcomes(prepared: Prepared, i: int) -> dict[str, float]:
+    """Row ``i``'s reward for every arm that has an outcome."""
+    table = prepared.table[i]
+    return {a: float(table[j]) for a, j in prepared.arm_index.items() if not np.isnan(table[j])}
+
+
+def warm_rows(n: int, warm_start: float) -> int:
+    """How many of a seed's first rows train the learners before the replay (``warm_start``:
+    the fraction, in [0, 1))."""
+    if not 0.0 <= warm_start < 1.0:
+        raise ValueError(f"warm_start must be in [0, 1), got {warm_start}")
+    return int(n * warm_start)
+
+
 def simulate(
     names: Sequence[str],
     prepared: Prepared,
@@ -116,12 +133,30 @@ def simulate(
     in_order: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
+    warm_start: float = 0.0,
 ) -> dict[str, list[Run]]:
-    """Every policy over every seed's row order; the runs keyed by the names as given."""
+    """Every policy over every seed's row order; the runs keyed by the names as given.
+
+    With ``warm_start``, the first fraction of each seed's order trains every learning policy
+    with full feedback (``offline.train``) and the rest is replayed; a name prefixed ``cold:``
+    replays the same rows untrained."""
     runs: dict[str, list[Run]] = {name: [] for name in names}
     for seed in seeds:
         rows = order(len(prepared.replay.rows), seed, in_order)
+        warm, rows = (
+            rows[: warm_rows(len(rows), warm_start)],
+            rows[warm_rows(len(rows), warm_start) :],
+        )
         for name in names:
             stepper = make_stepper(name, prepared, seed, settings)
+            if len(warm) and isinstance(stepper, PolicyStepper) and not name.startswith(COLD):
+                examples = full_feedback(
+                    prepared.features,
+                    prepared.eligible,
+                    lambda i: outcomes(prepared, i),
+                    (int(i) for i in warm),
+                    seed,
+                )
+                teach(stepper.policy, examples)
             runs[name].append(run(name, stepper, prepared, rows, seed, progress))
     return runs
