@@ -252,8 +252,9 @@ def _simulate_runs(args: argparse.Namespace, names: list[str], prepared: Any, se
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     progress = _Progress(len(prepared.replay.rows) * len(seeds) * max(len(names), 1))
     if args.via is None:
+        arrivals = dict(args.add_arm or [])
         return replay.simulate(
-            names, prepared, seeds, args.in_order, settings, progress, args.warm_start
+            names, prepared, seeds, args.in_order, settings, progress, args.warm_start, arrivals
         )
     from bandit_router.sim.replay_http import HttpStepper
 
@@ -308,6 +309,11 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
         fixed_spec(name.removeprefix(replay.COLD), prepared)  # a misspelt arm fails here
+    for arm, _ in args.add_arm or []:
+        if arm not in prepared.arm_index:
+            raise ValueError(
+                f"--add-arm: unknown arm {arm!r}; valid: {', '.join(prepared.arm_index)}"
+            )
     return prepared
 
 
@@ -318,7 +324,9 @@ def simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
-    if args.via is not None and (args.seeds != 1 or len(names) > 1 or args.warm_start):
+    if args.via is not None and (
+        args.seeds != 1 or len(names) > 1 or args.warm_start or args.add_arm
+    ):
         print(
             "simulate: --via replays one seed, cold, through the service's own policy",
             file=sys.stderr,
@@ -339,6 +347,7 @@ def simulate(args: argparse.Namespace) -> int:
         "latency_budget_ms": settings.latency_budget_ms,
         "cost_budget_usd": settings.cost_budget_usd,
         "warm_start": args.warm_start,
+        "arrivals": dict(args.add_arm or []),
     }
     result = report.summary(runs, prepared, meta)
     if args.in_order:
@@ -383,7 +392,22 @@ def _add_simulate(sub: Any) -> None:
         help="train the learners on this first fraction of each seed's rows (full feedback), "
         "then replay the rest; prefix a policy with cold: to replay it untrained",
     )
+    p.add_argument(
+        "--add-arm",
+        type=_arrival,
+        action="append",
+        metavar="ARM@STEP",
+        help="the arm joins the deployment at this step (0-based) and is ineligible before it; "
+        "repeatable",
+    )
     p.set_defaults(func=simulate)
+
+
+def _arrival(text: str) -> tuple[str, int]:
+    arm, sep, step = text.rpartition("@")
+    if not sep or not arm or not step.isdigit():
+        raise argparse.ArgumentTypeError(f"ARM@STEP is needed, e.g. llama3-70b@4000; got {text!r}")
+    return arm, int(step)
 
 
 def _fraction(text: str) -> float:

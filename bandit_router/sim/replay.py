@@ -9,7 +9,7 @@ Nothing here prints; the CLI does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,13 +94,18 @@ def run(
     rows: Sequence[int] | npt.NDArray[np.int64],
     seed: int,
     progress: Progress | None = None,
+    arrivals: Mapping[str, int] | None = None,
 ) -> Run:
-    """Play ``rows`` (indices, in order) through ``stepper``; ``progress`` hears each step."""
+    """Play ``rows`` (indices, in order) through ``stepper``; ``progress`` hears each step;
+    ``arrivals``: arms that join the deployment at a step (0-based), ineligible before it."""
     out = Run.empty(name, seed, len(rows))
     replay = prepared.replay
     for t, i in enumerate(rows):
         row = replay.rows[i]
-        arm, reward = stepper.step(int(i), row, prepared.eligible[i])
+        arms = prepared.eligible[i]
+        if arrivals:
+            arms = [a for a in arms if arrivals.get(a.name, 0) <= t] or arms
+        arm, reward = stepper.step(int(i), row, arms)
         parts = row.outcomes[arm]
         out.arm[t] = prepared.arm_index[arm]
         out.reward[t] = reward
@@ -134,12 +139,13 @@ def simulate(
     settings: Settings | None = None,
     progress: Progress | None = None,
     warm_start: float = 0.0,
+    arrivals: Mapping[str, int] | None = None,
 ) -> dict[str, list[Run]]:
     """Every policy over every seed's row order; the runs keyed by the names as given.
 
     With ``warm_start``, the first fraction of each seed's order trains every learning policy
     with full feedback (``offline.train``) and the rest is replayed; a name prefixed ``cold:``
-    replays the same rows untrained."""
+    replays the same rows untrained. ``arrivals``: arms added mid-stream (see ``run``)."""
     runs: dict[str, list[Run]] = {name: [] for name in names}
     for seed in seeds:
         rows = order(len(prepared.replay.rows), seed, in_order)
@@ -158,5 +164,5 @@ def simulate(
                     seed,
                 )
                 teach(stepper.policy, examples)
-            runs[name].append(run(name, stepper, prepared, rows, seed, progress))
+            runs[name].append(run(name, stepper, prepared, rows, seed, progress, arrivals))
     return runs

@@ -90,6 +90,18 @@ def skyline_summary(prepared: Prepared, seeds: Sequence[int], in_order: bool) ->
     return {"second_half_reward": float(np.mean(values)), "ci95": ci95(values), "per_seed": values}
 
 
+def arrival(runs: Sequence[Run], j: int, step: int) -> dict[str, Any]:
+    """How an arm added at ``step`` (index ``j``) fared in each run: the steps until it was
+    first chosen, and its share of the traffic after it arrived."""
+    waits: list[int | None] = []
+    shares = []
+    for r in runs:
+        after = r.arm[step:] == j
+        waits.append(int(np.argmax(after)) if after.any() else None)
+        shares.append(float(after.mean()) if len(after) else 0.0)
+    return {"step": step, "first_chosen_after": waits, "share_after": float(np.mean(shares))}
+
+
 def summary(
     runs: Mapping[str, Sequence[Run]], prepared: Prepared, meta: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -97,6 +109,13 @@ def summary(
     arms = [a.name for a in prepared.replay.arms]
     fixed, oracle = hindsight(prepared)
     refs = (float(fixed.mean()), float(oracle.mean()))
+    policies = {name: _policy_summary(rs, arms, refs) for name, rs in runs.items()}
+    for name, rs in runs.items():
+        added = meta.get("arrivals") or {}
+        if added:
+            policies[name]["arrivals"] = {
+                arm: arrival(rs, prepared.arm_index[arm], step) for arm, step in added.items()
+            }
     return {
         **meta,
         "rows": len(prepared.replay.rows),
@@ -105,7 +124,7 @@ def summary(
         "best_fixed_arm": best_fixed_arm(prepared),
         "best_fixed_reward": refs[0],
         "oracle_reward": refs[1],
-        "policies": {name: _policy_summary(rs, arms, refs) for name, rs in runs.items()},
+        "policies": policies,
     }
 
 
@@ -180,6 +199,13 @@ def table(result: Mapping[str, Any]) -> str:
             f"warm start: the first {100 * result['warm_start']:g}% of each seed's rows trained "
             f"the learners (cold: ones did not); the rest replayed. First {EARLY} steps: {early}"
         )
+    for arm, step in (result.get("arrivals") or {}).items():
+        joined = "; ".join(
+            f"{name}: first chosen after {p['arrivals'][arm]['first_chosen_after']} steps, "
+            f"share after {p['arrivals'][arm]['share_after']:.2f}"
+            for name, p in result["policies"].items()
+        )
+        lines.append(f"{arm} added at step {step}: {joined}")
     if "skyline" in result:
         sky = result["skyline"]
         lines.append(
