@@ -1,22 +1,26 @@
 """Features: what a policy sees of a query, derived once and used by every component.
 
-The raw query text is not kept: words become 32-bit hashes (CRC-32), so a stored decision
-carries enough to learn from and replay, but not the text itself.
+The raw query text is not kept: each distinct word becomes a 32-bit keyed hash (BLAKE2b under
+the deployment's secret ``WordKey``), kept as a set sorted by hash, so a stored decision carries
+enough to learn from and replay, but neither the words (without the secret) nor their order.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 import math
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 AppValue = str | int | float | bool
 
 MAX_TOKENS = 128  # distinct words kept per query: enough to route on, bounded cost per request
+WORD_CACHE = 16_384  # words whose hash a WordKey remembers: queries repeat the same words
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CODE = re.compile(
@@ -66,7 +70,7 @@ QUERY_STATS = (
 
 
 def token_hash(text: str) -> int:
-    """Stable 32-bit hash of a word or a ``key=value`` pair (same in every process)."""
+    """Stable 32-bit hash (CRC-32) of an app fact or an arm name: stored as they are anyway."""
     return zlib.crc32(text.encode("utf-8"))
 
 
@@ -76,12 +80,53 @@ def app_hash(key: str, text: str | None = None) -> int:
     return token_hash(key if text is None else f"{key}={text}")
 
 
+class WordKey:
+    """The secret that turns query words into feature indices: keyed BLAKE2b, 32 bits a word.
+
+    The same secret gives the same hashes in every process; without it, a hash cannot be tested
+    against a dictionary. ``secret`` is any text (a deployment's random secret from Redis, or
+    ``BANDIT_HASH_KEY``); the BLAKE2b key is derived from it. ``fingerprint`` tells two keys apart
+    without revealing either. Each word's hash is cached: a keyed hash costs several times a
+    CRC-32, a cache hit about the same.
+    """
+
+    __slots__ = ("fingerprint", "hash")
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("a word key needs a non-empty secret")
+        key = hashlib.blake2b(secret.encode(), digest_size=32, person=b"br-word-key").digest()
+        base = hashlib.blake2b(key=key, digest_size=4, person=b"br-words")
+
+        def word_hash(word: bytes) -> int:
+            h = base.copy()  # the keyed state, copied: cheaper than keying a new hash per word
+            h.update(word)
+            return int.from_bytes(h.digest(), "little")
+
+        self.hash: Callable[[bytes], int] = functools.lru_cache(maxsize=WORD_CACHE)(word_hash)
+        self.fingerprint = hashlib.blake2b(
+            b"fingerprint", key=key, digest_size=8, person=b"br-key-id"
+        ).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"WordKey(fingerprint={self.fingerprint})"
+
+    def tokens(self, words: Iterable[bytes]) -> tuple[int, ...]:
+        """The hashes of ``words`` (distinct, UTF-8), as a set sorted by hash: no word order."""
+        return tuple(sorted(set(map(self.hash, words))))
+
+
+# Not secret: replays, offline tools and tests hash with it when no key is given, so their
+# results are deterministic. A deployment never uses it (see bandit_router.service.router).
+PUBLIC_WORDS = WordKey("bandit-router public word key: replays and tests, not a deployment")
+
+
 @dataclass(frozen=True, slots=True)
 class Features:
     """One query's context: scaled statistics, hashed words, and the app's own facts."""
 
     stats: tuple[float, ...]  # aligned with QUERY_STATS, each roughly in [0, 1]
-    tokens: tuple[int, ...] = ()  # hashed distinct words, in order of first appearance
+    tokens: tuple[int, ...] = ()  # keyed hashes of the distinct words, sorted by hash
     numeric: Mapping[str, float] = field(default_factory=dict)  # app numbers and booleans
     categorical: Mapping[str, str] = field(default_factory=dict)  # app strings
 
@@ -145,28 +190,33 @@ def _maybe(pattern: re.Pattern[str], query: str, text: str, needs: tuple[str, ..
     return False
 
 
-def _words(query: str) -> tuple[int, tuple[int, ...]]:
-    """The number of words, and the distinct lower-cased words hashed (at most MAX_TOKENS)."""
-    if query.isascii():  # one pass over bytes: no per-word encode, the same words and hashes
+def _words(query: str, key: WordKey) -> tuple[int, tuple[int, ...]]:
+    """The number of words, and the first MAX_TOKENS distinct lower-cased words hashed."""
+    if query.isascii():  # one pass over bytes: no per-word encode, the same words
         words = _ASCII_WORD.findall(query.lower().encode("ascii"))
-        seen = dict.fromkeys(map(zlib.crc32, words))
-        tokens = tuple(seen)
-        return len(words), tokens if len(tokens) <= MAX_TOKENS else tokens[:MAX_TOKENS]
-    return len(_WORD.findall(query)), _tokens(query)
+        distinct = dict.fromkeys(words)  # deduplicated before hashing: each word hashed once
+        first = itertools.islice(distinct, MAX_TOKENS) if len(distinct) > MAX_TOKENS else distinct
+        return len(words), key.tokens(first)
+    return len(_WORD.findall(query)), _tokens(query, key)
 
 
-def _tokens(query: str) -> tuple[int, ...]:
-    seen: dict[int, None] = {}
-    crc32 = zlib.crc32  # token_hash, inlined: this loop runs once per word
+def _tokens(query: str, key: WordKey) -> tuple[int, ...]:
+    seen: dict[str, None] = {}
     for word in _WORD.finditer(query.lower()):  # lazily: a long query stops at MAX_TOKENS
-        seen.setdefault(crc32(word.group().encode("utf-8")), None)
+        seen.setdefault(word.group(), None)
         if len(seen) >= MAX_TOKENS:
             break
-    return tuple(seen)
+    return key.tokens(w.encode("utf-8") for w in seen)
 
 
-def extract(query: str, app: Mapping[str, AppValue] | None = None) -> Features:
-    """Turn a query and the app's optional facts into ``Features``; the one code path for all."""
+def extract(
+    query: str, app: Mapping[str, AppValue] | None = None, words: WordKey = PUBLIC_WORDS
+) -> Features:
+    """Turn a query and the app's optional facts into ``Features``; the one code path for all.
+
+    ``words`` hashes the words: the deployment's secret in the service, ``PUBLIC_WORDS`` (the
+    default) in replays and tools that have no deployment.
+    """
     numeric: dict[str, float] = {}
     categorical: dict[str, str] = {}
     for key, value in (app or {}).items():
@@ -178,5 +228,5 @@ def extract(query: str, app: Mapping[str, AppValue] | None = None) -> Features:
             numeric[key] = float(value)
         else:
             categorical[key] = str(value)
-    n_words, tokens = _words(query)
+    n_words, tokens = _words(query, words)
     return Features(_query_stats(query, n_words), tokens, numeric, categorical)

@@ -192,6 +192,13 @@ class Settings(BaseSettings):
         le=3600,
         description="how long a request body may take to arrive (408 and the connection closed)",
     )
+    hash_key: str | None = Field(
+        default=None,
+        min_length=16,
+        description="secret for hashing query words; unset: a random one created in Redis "
+        "(see Privacy). Set it alike to share word features between deployments or with "
+        "`simulate`",
+    )
     store_query_text: bool = Field(
         default=False, description="keep the raw query in Redis with the decision"
     )

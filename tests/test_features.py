@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from bandit_router.features import MAX_TOKENS, QUERY_STATS, Features, extract, token_hash
+from bandit_router.features import (
+    MAX_TOKENS,
+    PUBLIC_WORDS,
+    QUERY_STATS,
+    Features,
+    WordKey,
+    extract,
+    token_hash,
+)
 
 
 def test_stats_are_aligned_and_bounded() -> None:
@@ -35,16 +43,33 @@ def test_markers(query: str, stat: str) -> None:
     assert extract("hello there friend").stat(stat) == 0
 
 
-def test_words_are_hashed_distinct_lowercase_and_bounded() -> None:
+def _word(word: str, key: WordKey = PUBLIC_WORDS) -> int:
+    return key.hash(word.encode("utf-8"))
+
+
+def test_words_are_hashed_distinct_lowercase_sorted_and_bounded() -> None:
     x = extract("Hello hello WORLD, world!")
-    assert x.tokens == (token_hash("hello"), token_hash("world"))
+    assert x.tokens == tuple(sorted({_word("hello"), _word("world")}))
+    assert extract("world hello").tokens == extract("hello world").tokens  # no word order
     many = extract(" ".join(f"w{i}" for i in range(1000)))
     assert len(many.tokens) == MAX_TOKENS
+    assert set(many.tokens) == {_word(f"w{i}") for i in range(MAX_TOKENS)}  # the first ones
 
 
 def test_unicode_words() -> None:
     x = extract("Wie spät ist es? 今日は")
-    assert token_hash("spät") in x.tokens
+    assert _word("spät") in x.tokens
+    long = extract(" ".join(f"wört{i}" for i in range(1000)))
+    assert set(long.tokens) == {_word(f"wört{i}") for i in range(MAX_TOKENS)}
+
+
+def test_words_are_hashed_with_the_key_given() -> None:
+    query = "Write a Python function that merges two sorted lists"
+    a, b = WordKey("deployment a secret"), WordKey("deployment b secret")
+    assert extract(query, None, a) == extract(query, None, WordKey("deployment a secret"))
+    assert extract(query, None, a).stats == extract(query, None, b).stats
+    assert not set(extract(query, None, a).tokens) & set(extract(query, None, b).tokens)
+    assert "deployment a" not in repr(a) and a.fingerprint != b.fingerprint
 
 
 def test_app_features_are_split_by_type() -> None:
@@ -64,7 +89,8 @@ def test_json_round_trip() -> None:
 
 
 def test_hash_is_stable_across_processes() -> None:
-    assert token_hash("hello") == 907060870  # CRC-32, not Python's salted hash()
+    assert token_hash("hello") == 907060870  # app facts and arms: CRC-32, not Python's hash()
+    assert _word("hello") == 3157813282  # query words: keyed BLAKE2b, the same in every process
 
 
 def _plain(query: str) -> dict[str, Any]:
@@ -78,7 +104,7 @@ def _plain(query: str) -> dict[str, Any]:
         "lookup": 1.0 if f._LOOKUP.search(query) else 0.0,
         "reasoning": 1.0 if f._REASONING.search(query) else 0.0,
         "digits": sum(map(str.isdigit, query)) / len(query) if query else 0.0,
-        "tokens": tuple(dict.fromkeys(map(token_hash, f._WORD.findall(query.lower())))),
+        "tokens": list(dict.fromkeys(f._WORD.findall(query.lower()))),
         "words": len(words),
     }
 
@@ -100,5 +126,5 @@ def test_shortcuts_agree_with_the_patterns() -> None:
         x, want = extract(query), _plain(query)
         for name in ("code", "math", "lookup", "reasoning", "digits"):
             assert x.stat(name) == want[name], (name, query)
-        assert x.tokens == want["tokens"][:MAX_TOKENS], query
+        assert x.tokens == tuple(sorted({_word(w) for w in want["tokens"][:MAX_TOKENS]})), query
         assert x.stat("words") == min(math.log1p(want["words"]) / 8.0, 1.0), query

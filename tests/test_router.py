@@ -35,7 +35,8 @@ async def _train(router: Router, rounds: int, seed: int = 0) -> None:
 
 
 def _pmf(router: Router, query: str) -> dict[str, float]:
-    return dict(router.model.policy.choose(extract(query), router.arms).probabilities)
+    x = extract(query, None, router.words)  # hashed as the deployment hashes its queries
+    return dict(router.model.policy.choose(x, router.arms).probabilities)
 
 
 def _greedy(pmf: dict[str, float]) -> str:
@@ -395,7 +396,7 @@ def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
             replayed.learn(event, router.learner.arms)
         assert replayed.version == 60
         for query in ("question number 3 about 21", MARKED, PLAIN, "a new one"):
-            x = extract(query, {"task": "qa", "n": 3})
+            x = extract(query, {"task": "qa", "n": 3}, router.words)
             live = router.model.policy.choose(x, router.arms).probabilities
             assert replayed.policy.choose(x, router.arms).probabilities == live
         await router.store.close()

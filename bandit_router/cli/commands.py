@@ -66,13 +66,14 @@ def _fetch(url: str, window: int, api_key: str | None) -> dict[str, Any]:
 async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
     from bandit_router.service.estimates import BaselineCache
     from bandit_router.service.learner import Learner, load_model
-    from bandit_router.service.router import Router
+    from bandit_router.service.router import Router, word_key
     from bandit_router.service.stats import build_stats
 
     async with open_store(settings) as store:
         with Progress("replaying the log after the newest snapshot", unit="events") as bar:
             model = await load_model(store, settings, progress=bar.update)  # as a process would
-        router = Router(settings, store, Learner(settings, store, model))  # takes no lease
+        learner = Learner(settings, store, model)
+        router = Router(settings, store, learner, await word_key(settings, store))  # no lease
         with Progress(f"estimating baselines over the newest {window} events"):
             return (await build_stats(router, BaselineCache(), window)).model_dump()
 

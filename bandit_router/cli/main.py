@@ -304,7 +304,8 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
         replay.check_spec(name)
     data = dataset.load(Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit)
     try:
-        prepared = dataset.prepare(data, reward_config(settings))
+        words = dataset.replay_words(settings.hash_key)
+        prepared = dataset.prepare(data, reward_config(settings), words)
     except dataset.ReplayError as e:
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:

@@ -19,7 +19,7 @@ from bandit_router.errors import (
     StoreUnavailable,
     UnknownEvent,
 )
-from bandit_router.features import AppValue, extract
+from bandit_router.features import AppValue, WordKey, extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
@@ -78,13 +78,19 @@ def reward_config(settings: Settings) -> RewardConfig:
     )
 
 
+async def word_key(settings: Settings, store: Store) -> WordKey:
+    """The deployment's key for hashing query words: ``BANDIT_HASH_KEY``, else its Redis secret."""
+    return WordKey(settings.hash_key or await store.word_secret())
+
+
 class Router:
     """Serves decisions from this process's model and turns reward parts into logged events."""
 
-    def __init__(self, settings: Settings, store: Store, learner: Learner) -> None:
+    def __init__(self, settings: Settings, store: Store, learner: Learner, words: WordKey) -> None:
         self.settings = settings
         self.store = store
         self.learner = learner
+        self.words = words  # hashes the query's words; the same in every process of a deployment
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
         self.rewards = reward_config(settings)
@@ -100,7 +106,7 @@ class Router:
     async def open(cls, settings: Settings, store: Store) -> Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free."""
         learner = Learner(settings, store, await load_model(store, settings))
-        router = cls(settings, store, learner)
+        router = cls(settings, store, learner, await word_key(settings, store))
         if settings.learn_in_workers:
             await learner.lead()
         return router
@@ -151,7 +157,7 @@ class Router:
         if event_id is not None and event_id in self._buffer:
             return _choose_result(self._buffer[event_id], degraded=True)
         try:
-            x = extract(query, features)
+            x = extract(query, features, self.words)
         except ValueError as e:
             raise RouterError(str(e), field="features") from e
         model = self.model

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.features import AppValue, Features, extract
+from bandit_router.features import PUBLIC_WORDS, AppValue, Features, WordKey, extract
 from bandit_router.policies.base import Arm
 from bandit_router.rewards import RewardConfig, RewardParts
 
@@ -155,7 +155,13 @@ def _score(rewards: RewardConfig, row: Row, arm: str) -> float:
         raise ReplayError(f"line {row.line}: outcomes.{arm}: {e}") from e
 
 
-def prepare(replay: Replay, rewards: RewardConfig) -> Prepared:
+def replay_words(hash_key: str | None) -> WordKey:
+    """The simulator's word key: ``BANDIT_HASH_KEY`` when set (as a service started with the
+    same one hashes), else the public key: replays need no secret, and stay deterministic."""
+    return WordKey(hash_key) if hash_key else PUBLIC_WORDS
+
+
+def prepare(replay: Replay, rewards: RewardConfig, words: WordKey = PUBLIC_WORDS) -> Prepared:
     """Extract each row's features once (``extract`` is deterministic) and score every outcome."""
     names = [a.name for a in replay.arms]
     table = np.full((len(replay.rows), len(names)), np.nan)
@@ -166,7 +172,7 @@ def prepare(replay: Replay, rewards: RewardConfig) -> Prepared:
     return Prepared(
         replay,
         rewards,
-        [extract(row.query, row.context) for row in replay.rows],
+        [extract(row.query, row.context, words) for row in replay.rows],
         [[a for a in replay.arms if a.name in row.outcomes] for row in replay.rows],
         table,
         {name: j for j, name in enumerate(names)},

@@ -36,4 +36,7 @@ KEY_LEASE = "{p}:learner"  # the learner's lease: holder name, with a TTL
 KEY_STATS = "{p}:stats"  # counters
 
 
+KEY_WORD_SECRET = "{p}:word_secret"  # the deployment's secret for hashing query words; kept
+
+
 GROUP = "learners"  # the learners' consumer group on KEY_EVENTS

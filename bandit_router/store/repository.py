@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +29,7 @@ from bandit_router.store.keys import (
     KEY_PENDING,
     KEY_POLICY,
     KEY_STATS,
+    KEY_WORD_SECRET,
 )
 from bandit_router.store.records import (
     Event,
@@ -328,6 +330,19 @@ class Store:
     @unavailable
     async def set_policy_override(self, spec: str) -> None:
         await self.redis.set(self.key(KEY_POLICY), spec)
+
+    @unavailable
+    async def word_secret(self) -> str:
+        """The deployment's secret for hashing query words, created at random on first use.
+
+        SET NX and GET in one transaction: every process on this prefix gets the same secret,
+        whichever created it. It has no TTL and ``clear`` is the only code that deletes it.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
+            pipe.get(self.key(KEY_WORD_SECRET))
+            _, raw = await pipe.execute()
+        return bytes(raw).decode("ascii")
 
     # Counters and housekeeping
 
