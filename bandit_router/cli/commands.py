@@ -158,7 +158,7 @@ def restore(args: argparse.Namespace) -> int:
 
     settings = Settings()
     try:
-        snap = read(Path(args.file), settings)
+        snap, words = read(Path(args.file), settings)
     except SnapshotFileError as e:
         print(f"bandit-router restore: {e}", file=sys.stderr)
         return 1
@@ -174,13 +174,19 @@ def restore(args: argparse.Namespace) -> int:
                 )
                 return 1
             try:
-                done = await load(store, settings, snap)
+                done = await load(store, settings, snap, words)
             finally:
                 await store.release_lease(holder)
         where = "this log: events after it are learned" if done.same_log else "another log"
         print(f"restored {args.file}: policy {snap.policy}, model version {snap.version} ({where})")
         if done.policy_override:
             print(f"policy {snap.policy} set as the deployment's policy (as /admin/policy would)")
+        if not done.same_words:
+            print(
+                "the model learned its word features under another word key: here words hash "
+                "to other features, which are learned afresh (the same BANDIT_HASH_KEY in both "
+                "deployments carries them over; see Privacy)"
+            )
         return 0
 
     return asyncio.run(run())

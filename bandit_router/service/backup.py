@@ -1,10 +1,11 @@
 """Backup: the model to and from a file, for backups and for moving between environments.
 
 A snapshot file is JSON: the policy spec, the model version, the watermark (the newest logged
-event the model has learned), the arms, the policy's own bytes in base64 and their SHA-256.
-``dump`` takes the newest published snapshot plus every logged event after it, so the file holds
-what a fresh service would serve. ``load`` checks the file, then publishes it as the newest
-snapshot while holding the learner lease, so no running learner overwrites it meanwhile.
+event the model has learned), the arms, the fingerprint of the word key the model learned under
+(never the key itself), the policy's own bytes in base64 and their SHA-256. ``dump`` takes the
+newest published snapshot plus every logged event after it, so the file holds what a fresh
+service would serve. ``load`` checks the file, then publishes it as the newest snapshot while
+holding the learner lease, so no running learner overwrites it meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from bandit_router.policies.registry import load_policy, parse_policy_spec
 from bandit_router.service.learner import effective_spec, load_model
+from bandit_router.service.router import word_key
 from bandit_router.settings import Settings
 from bandit_router.store.keys import KEY_EVENTS
 from bandit_router.store.records import Snapshot
@@ -41,9 +43,11 @@ class Restored:
     snapshot: Snapshot
     same_log: bool  # the file's watermark is in this log: events after it are learned at start
     policy_override: bool  # the file's policy differs from the one in force: set as override
+    same_words: bool  # learned under this deployment's word key: its word features carry over
 
 
-def to_json(snapshot: Snapshot, settings: Settings) -> dict[str, Any]:
+def to_json(snapshot: Snapshot, settings: Settings, words: str) -> dict[str, Any]:
+    """The file's document; ``words`` is the fingerprint of the word key, not the key."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -52,6 +56,7 @@ def to_json(snapshot: Snapshot, settings: Settings) -> dict[str, Any]:
         "stream_id": snapshot.stream_id,
         "arms": [a.model_dump() for a in settings.arms],
         "key_prefix": settings.key_prefix,
+        "word_key": words,
         "created": time.time(),
         "sha256": hashlib.sha256(snapshot.data).hexdigest(),
         "data": base64.b64encode(snapshot.data).decode("ascii"),
@@ -83,15 +88,19 @@ async def dump(
     """Write the current model (newest snapshot + the log after it) to ``path``; returns the
     document written, without its data. ``progress`` hears the count of events replayed."""
     model = await load_model(store, settings, progress=progress)
-    doc = to_json(model.snapshot(), settings)
+    words = await word_key(settings, store)
+    doc = to_json(model.snapshot(), settings, words.fingerprint)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc), encoding="utf-8")
     os.replace(tmp, path)  # a reader never sees half a file
     return {k: v for k, v in doc.items() if k != "data"}
 
 
-def read(path: Path, settings: Settings) -> Snapshot:
-    """Read and check a snapshot file: its format, checksum, and that its policy loads."""
+def read(path: Path, settings: Settings) -> tuple[Snapshot, str | None]:
+    """Read and check a snapshot file: its format, checksum, and that its policy loads.
+
+    Returns the snapshot and the fingerprint of the word key it learned under (None in a file
+    that does not say)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -103,7 +112,8 @@ def read(path: Path, settings: Settings) -> Snapshot:
         load_policy(parse_policy_spec(snapshot.policy), snapshot.data, settings, settings.seed)
     except ValueError as e:
         raise SnapshotFileError(f"the model in {path} does not load: {e}") from e
-    return snapshot
+    words = doc.get("word_key")
+    return snapshot, words if isinstance(words, str) else None
 
 
 async def _in_log(store: Store, stream_id: str) -> bool:
@@ -113,12 +123,16 @@ async def _in_log(store: Store, stream_id: str) -> bool:
     return bool(rows)
 
 
-async def load(store: Store, settings: Settings, snapshot: Snapshot) -> Restored:
+async def load(
+    store: Store, settings: Settings, snapshot: Snapshot, words: str | None = None
+) -> Restored:
     """Publish ``snapshot`` as the newest model (the caller holds the learner lease).
 
     In the log it came from, its watermark stays, so the events logged after it are learned at
     the next start. From another environment, the watermark becomes the end of this log: the
-    model is served as it is and learns from the next event on.
+    model is served as it is and learns from the next event on. ``words``, the fingerprint of
+    the word key the model learned under, is compared with this deployment's: under another
+    key, the words of a query hash to other features, so word features are learned afresh.
     """
     same_log = await _in_log(store, snapshot.stream_id)
     if not same_log:
@@ -128,5 +142,6 @@ async def load(store: Store, settings: Settings, snapshot: Snapshot) -> Restored
     override = parse_policy_spec(snapshot.policy) != await effective_spec(store, settings)
     if override:  # else the service would relearn the policy in force from the log instead
         await store.set_policy_override(snapshot.policy)
+    same_words = words == (await word_key(settings, store)).fingerprint
     await store.publish(snapshot, [])
-    return Restored(snapshot, same_log, override)
+    return Restored(snapshot, same_log, override, same_words)
