@@ -74,6 +74,9 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
     assert "unknown arm 'llama2-7B'; valid: llama2-7b, llama2-13b" in capsys.readouterr().err
 
 
+HASH_KEY = "shared by the service and the simulator"
+
+
 @contextmanager
 def _service(tmp_path: Path, policy: str, seed: int) -> Iterator[str]:
     arms = json.loads(SLICE_ARMS.read_text())["arms"]
@@ -82,6 +85,7 @@ def _service(tmp_path: Path, policy: str, seed: int) -> Iterator[str]:
         policy=policy,
         seed=seed,
         arms=json.dumps(arms),
+        hash_key=HASH_KEY,  # the words hash alike in the service and the in-process replay
         log_level="warning",
     )
     with served(env, tmp_path / "serve.log") as base:
@@ -89,9 +93,12 @@ def _service(tmp_path: Path, policy: str, seed: int) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("policy", ["egreedy", "linucb", "squarecb"])
-def test_via_the_service_gives_the_same_numbers(tmp_path: Path, policy: str) -> None:
+def test_via_the_service_gives_the_same_numbers(
+    tmp_path: Path, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """End to end through HTTP and Redis, the same seed earns what the in-process replay does."""
     common = ["--limit", "120", "--first-seed", "4", "--no-plots", "--no-skyline"]
+    monkeypatch.setenv("BANDIT_HASH_KEY", HASH_KEY)
     with _service(tmp_path, policy, seed=4) as url:
         assert _simulate("--via", url, "--out", str(tmp_path / "via"), *common) == 0
     assert _simulate("--policies", policy, "--out", str(tmp_path / "local"), *common) == 0
