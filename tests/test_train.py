@@ -17,6 +17,8 @@ from bandit_router.sim import dataset, replay
 from tests.conftest import ClientFactory, SettingsFactory
 
 ARMS = "small,large"
+# Words count only under the key they were hashed with: the trainer and the deployments share one.
+HASH_KEY = "shared by the history and the deployments"
 CODE = "def merge(a, b): return sorted(a + b)  # fix this python function"
 CHAT = "what would you cook for a rainy sunday dinner with friends"
 
@@ -42,6 +44,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
         monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
     monkeypatch.setenv("BANDIT_ARMS", ARMS)
     monkeypatch.setenv("BANDIT_REWARD_WEIGHTS", "accuracy=1")
+    monkeypatch.setenv("BANDIT_HASH_KEY", HASH_KEY)
 
 
 def _right_share(client: TestClient, n: int = 40) -> float:
@@ -60,7 +63,7 @@ def test_a_model_trained_on_a_replay_file_serves_what_it_learned(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(arms=ARMS, reward_weights="accuracy=1")
+    settings = make_settings(arms=ARMS, reward_weights="accuracy=1", hash_key=HASH_KEY)
     _use(monkeypatch, settings)
     replay_file = _planted(tmp_path / "history.jsonl", 600)
     snapshot = tmp_path / "trained.json"
@@ -69,7 +72,7 @@ def test_a_model_trained_on_a_replay_file_serves_what_it_learned(
     assert doc["model_version"] == 1200  # 600 rows, both arms' outcomes
     assert [a["name"] for a in doc["arms"]] == ["large", "small"]
 
-    cold = make_client(make_settings(arms=ARMS, reward_weights="accuracy=1"))
+    cold = make_client(make_settings(arms=ARMS, reward_weights="accuracy=1", hash_key=HASH_KEY))
     assert _right_share(cold) < 0.8  # knows nothing yet
     assert main(["restore", str(snapshot)]) == 0
     warm = make_client(settings)
@@ -84,7 +87,9 @@ def test_a_model_trained_on_an_exported_log(
     tmp_path: Path,
 ) -> None:
     """Logged by a service exploring uniformly; trained with the logged propensities."""
-    source = make_settings(arms=ARMS, reward_weights="accuracy=1", policy="random")
+    source = make_settings(
+        arms=ARMS, reward_weights="accuracy=1", hash_key=HASH_KEY, policy="random"
+    )
     client = make_client(source)
     rng = np.random.default_rng(5)
     for i in range(300):
@@ -96,7 +101,9 @@ def test_a_model_trained_on_an_exported_log(
     _use(monkeypatch, source)
     log = tmp_path / "events.dsjson"
     assert main(["export", "--out", str(log)]) == 0
-    target = make_settings(arms=ARMS, reward_weights="accuracy=1", policy="squarecb")
+    target = make_settings(
+        arms=ARMS, reward_weights="accuracy=1", hash_key=HASH_KEY, policy="squarecb"
+    )
     _use(monkeypatch, target)
     snapshot = tmp_path / "trained.json"
     assert main(["train", str(log), "--out", str(snapshot)]) == 0

@@ -31,6 +31,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         spec = parse_policy_spec(args.policy or settings.policy)
         policy = build_policy(spec, settings, settings.seed)
+        words: str | None = None  # a log's words were hashed under its deployment's key
         if is_dsjson(path):
             records = read_dsjson(path)
             arms = list(dict.fromkeys(a for r in records for a in r.arms))
@@ -38,7 +39,9 @@ def train(args: argparse.Namespace) -> int:
             kind = "DSJSON log"
         else:
             data = dataset.load(path, args.arms and Path(args.arms), args.skip_bad)
-            prepared = dataset.prepare(data, reward_config(settings))
+            key = dataset.replay_words(settings.hash_key)  # as `simulate` hashes words
+            prepared = dataset.prepare(data, reward_config(settings), key)
+            words = key.fingerprint
             rows = dataset.order(len(data.rows), settings.seed or 0, in_order=False)
             examples = full_feedback(
                 prepared.features,
@@ -55,7 +58,7 @@ def train(args: argparse.Namespace) -> int:
         return 2
     snapshot = Snapshot(str(spec), learned, "0-0", policy.dumps())
     specs = [ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms]
-    doc = to_json(snapshot, settings.model_copy(update={"arms": specs}))
+    doc = to_json(snapshot, settings.model_copy(update={"arms": specs}), words)
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(doc), encoding="utf-8")

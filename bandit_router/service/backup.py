@@ -46,8 +46,9 @@ class Restored:
     same_words: bool  # learned under this deployment's word key: its word features carry over
 
 
-def to_json(snapshot: Snapshot, settings: Settings, words: str) -> dict[str, Any]:
-    """The file's document; ``words`` is the fingerprint of the word key, not the key."""
+def to_json(snapshot: Snapshot, settings: Settings, words: str | None) -> dict[str, Any]:
+    """The file's document; ``words`` is the fingerprint of the word key, not the key (None:
+    not known)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
