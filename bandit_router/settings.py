@@ -93,6 +93,26 @@ class Settings(BaseSettings):
         "unset: start the embedded Redis",
     )
     data_dir: str = Field(default="data", description="where the embedded Redis keeps its files")
+    redis_cluster: bool = Field(
+        default=False,
+        description="BANDIT_REDIS_URL is a Redis Cluster node (also implied by redis+cluster://)",
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="replicas that must have a write (WAIT) before it is acknowledged; 0: none",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="how long a write waits for those replicas before the request gets 503",
+    )
+    deployments_file: str | None = Field(
+        default=None,
+        description="TOML or JSON file of named deployments served beside `default`",
+    )
+
     key_prefix: str = Field(
         default="bandit",
         min_length=1,
