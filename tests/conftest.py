@@ -74,6 +74,8 @@ def make_settings(redis_url: str, tmp_path: Path) -> Iterator[SettingsFactory]:
     for prefix in prefixes:
         for key in client.scan_iter(match="{" + prefix + "}:*", count=1000):
             client.delete(key)
+        for key in client.scan_iter(match="{" + prefix + ":*}:*", count=1000):  # deployments'
+            client.delete(key)
     client.close()
 
 
