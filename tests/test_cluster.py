@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
+import orjson
+import uvicorn
+
+from bandit_router.http.app import create_app
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.cluster import node_url, plain_url
 from bandit_router.store.repository import open_store
 from tests.cluster import LocalCluster
+from tests.conftest import _free_port, wait_until
 
 
 def _settings(cluster: LocalCluster, tmp_path: Path, **overrides: Any) -> Settings:
@@ -69,3 +81,142 @@ def _parts(**values: float) -> Any:
     from bandit_router.rewards import RewardParts
 
     return RewardParts.from_mapping(values)
+
+
+# Several deployments through the HTTP service on the cluster.
+
+
+def _spread_names(cluster: LocalCluster, prefix: str, count: int) -> list[str]:
+    """Deployment names whose hash tags land on as many of the cluster's masters as possible."""
+    names: list[str] = []
+    masters: set[str] = set()
+    for i in range(200):
+        name = f"app{i}"
+        master = cluster.master_of("{" + f"{prefix}:{name}" + "}").address
+        if master not in masters or len(masters) == len(cluster.nodes) // 2:
+            masters.add(master)
+            names.append(name)
+        if len(names) == count:
+            return names
+    raise AssertionError("no spread of deployment names found")
+
+
+def _deployments_file(tmp_path: Path, names: list[str]) -> str:
+    path = tmp_path / "deployments.toml"
+    tables = [f'[deployments.{n}]\narms = "a{i},b{i},c{i}"\n' for i, n in enumerate(names)]
+    path.write_text("\n".join(tables))
+    return str(path)
+
+
+@contextmanager
+def _served(settings: Settings) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@dataclass
+class Tally:
+    """What one deployment's traffic saw."""
+
+    acked: list[str] = field(default_factory=list)  # events whose reward got a 2xx, final
+    statuses: Counter[int] = field(default_factory=Counter)  # every reward answer's status
+    degraded: int = 0  # /choose answers with degraded: true
+    choose_failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _traffic(base: str, names: list[str], stop: threading.Event, tallies: dict[str, Tally]) -> None:
+    """choose + reward pairs round the deployments until ``stop``; a reward answered 503 is sent
+    again (a client's retry) until it gets another answer, for at most 20 s."""
+    with httpx.Client(base_url=base, timeout=10) as http:
+        i = 0
+        while not stop.is_set():
+            name = names[i % len(names)]
+            tally = tallies[name]
+            i += 1
+            try:
+                r = http.post("/choose", json={"query": f"q {i}", "deployment": name})
+            except httpx.HTTPError:
+                tally.choose_failed += 1
+                continue
+            if r.status_code != 200:
+                with tally.lock:
+                    tally.choose_failed += 1
+                continue
+            decision = r.json()
+            if decision["degraded"]:
+                with tally.lock:
+                    tally.degraded += 1
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                body = {"event_id": decision["event_id"], "reward": (i % 10) / 10}
+                got = http.post("/reward", json=body)
+                with tally.lock:
+                    tally.statuses[got.status_code] += 1
+                    if got.status_code == 200 and got.json()["status"] == "final":
+                        tally.acked.append(decision["event_id"])
+                if got.status_code != 503:
+                    break
+                time.sleep(0.05)
+
+
+def _logged(cluster: LocalCluster, prefix: str) -> list[str]:
+    """The event ids in a deployment's training log, read from the master of its slot."""
+    client = cluster.master_of("{" + prefix + "}").client()
+    try:
+        rows: Any = client.xrange("{" + prefix + "}:events")
+        return [orjson.loads(fields[b"d"])["event_id"] for _, fields in rows]
+    finally:
+        client.close()
+
+
+def test_every_acknowledged_reward_of_every_deployment_is_learned_exactly_once(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    prefix = f"x{uuid.uuid4().hex[:8]}"
+    names = _spread_names(redis_cluster, prefix, 4)
+    masters = {redis_cluster.master_of("{" + f"{prefix}:{n}" + "}").address for n in names}
+    assert len(masters) == 3  # the deployments spread over the three masters
+    settings = _settings(
+        redis_cluster,
+        tmp_path,
+        key_prefix=prefix,
+        deployments_file=_deployments_file(tmp_path, names),
+    )
+    tallies = {n: Tally() for n in names}
+    with _served(settings) as base:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(4)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        stats = {n: httpx.get(f"{base}/stats?deployment={n}&window=0").json() for n in names}
+    for name in names:
+        tally = tallies[name]
+        assert len(tally.acked) >= 20, (name, tally)
+        assert set(tally.statuses) == {200}, (name, tally.statuses)
+        logged = _logged(redis_cluster, f"{prefix}:{name}")
+        assert len(logged) == len(set(logged)) == len(tally.acked)
+        assert set(logged) == set(tally.acked)
+        # learned exactly once: the model learned every logged event, no more
+        assert stats[name]["model_version"] == len(tally.acked)
+        assert stats[name]["rewards_accepted"] == len(tally.acked)
+        arms = set(stats[name]["arms"])
+        assert all(arm[-1] == str(names.index(name)) for arm in arms)
