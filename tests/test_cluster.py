@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2 as httpx
 import orjson
+import pytest
 import uvicorn
 
 from bandit_router.http.app import create_app
@@ -220,3 +221,62 @@ def test_every_acknowledged_reward_of_every_deployment_is_learned_exactly_once(
         assert stats[name]["rewards_accepted"] == len(tally.acked)
         arms = set(stats[name]["arms"])
         assert all(arm[-1] == str(names.index(name)) for arm in arms)
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_a_master_killed_mid_traffic_fails_over_and_the_service_recovers(
+    own_cluster: LocalCluster, tmp_path: Path, wait_replicas: int
+) -> None:
+    """Kill the master of one deployment's slot mid-traffic: its replica is promoted, the
+    service finds it by itself (503 for rewards and degraded /choose meanwhile), the other
+    deployment never notices; then count acknowledged rewards against logged ones."""
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    victim, bystander = names = _spread_names(own_cluster, prefix, 2)
+    tag = "{" + f"{prefix}:{victim}" + "}"
+    file = _deployments_file(tmp_path, names)
+    settings = _settings(
+        own_cluster,
+        tmp_path,
+        key_prefix=prefix,
+        deployments_file=file,
+        redis_wait_replicas=wait_replicas,
+    )
+    tallies = {n: Tally() for n in names}
+    with _served(settings) as base:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(2)
+            master = own_cluster.master_of(tag)
+            before = len(tallies[victim].acked)
+            killed = time.monotonic()
+            master.kill()
+            wait_until(lambda: own_cluster.master_of(tag) is not master, 30, "a replica promoted")
+            promoted = time.monotonic() - killed
+            master.start()  # back as the new master's replica, as an operator would restart it
+            own_cluster.wait_ok()
+            wait_until(lambda: len(tallies[victim].acked) > before + 20, 60, "rewards again")
+            time.sleep(1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        stats = httpx.get(f"{base}/stats?deployment={victim}&window=0").json()
+    tally = tallies[victim]
+    logged = _logged(own_cluster, f"{prefix}:{victim}")
+    lost = set(tally.acked) - set(logged)
+    print(
+        f"\nFAILOVER wait_replicas={wait_replicas}: promoted after {promoted:.1f} s; "
+        f"rewards acknowledged {len(tally.acked)}, logged {len(logged)}, acknowledged but lost "
+        f"{len(lost)}; learned {stats['model_version']}; reward answers {dict(tally.statuses)}; "
+        f"degraded /choose {tally.degraded}"
+    )
+    assert len(logged) == len(set(logged))  # nothing logged twice
+    assert tally.statuses[503] > 0 and tally.degraded > 0  # the outage was seen, and survived
+    assert set(tallies[bystander].statuses) == {200} and tallies[bystander].degraded == 0
+    if wait_replicas:
+        assert not lost  # a write a replica confirmed survives its master's death
