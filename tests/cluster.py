@@ -103,7 +103,7 @@ class ClusterNode:
             info: Any = client.info("replication")
         finally:
             client.close()
-        return info.get("role") == "master" or info.get("master_link_status") == "up"
+        return bool(info.get("role") == "master" or info.get("master_link_status") == "up")
 
     def kill(self) -> None:
         if self.proc is not None:
