@@ -171,3 +171,14 @@ def deployment_of_event(event_id: str, names: Any) -> str:
     """The deployment an event id belongs to: ``NAME:...`` for a named one, else ``default``."""
     head, sep, _ = event_id.partition(":")
     return head if sep and head != DEFAULT and head in names else DEFAULT
+
+
+def settings_of(base: Settings, name: str | None) -> Settings:
+    """The settings of deployment ``name`` (None: ``default``, the environment's)."""
+    if name is None or name == DEFAULT:
+        return base
+    found = load_deployments(base)
+    if name not in found:
+        where = base.deployments_file or "no BANDIT_DEPLOYMENTS_FILE set"
+        raise DeploymentsError(f"unknown deployment {name!r} ({where}); valid: {', '.join(found)}")
+    return found[name].settings

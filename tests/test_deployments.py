@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.settings import Settings
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, SettingsFactory, cli_env
 
 FILE = """
 [deployments.support]
@@ -198,3 +200,42 @@ def test_a_reset_of_one_deployment_leaves_the_others_model(
     assert client.get("/stats").json()["model_version"] == 3
     r = client.post("/admin/snapshot", params={"deployment": "nope"}, headers=admin)
     assert r.status_code == 422 and r.json()["field"] == "deployment"
+
+
+def test_the_cli_reads_and_writes_one_deployment(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE))
+    client = make_client(settings)
+    for i in range(4):
+        d = _choose(client, deployment="coding", query=f"q{i}").json()
+        client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+    env = cli_env(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        deployments_file=settings.deployments_file,
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bandit_router.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    out = run("status", "--deployment", "coding", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["rewards_accepted"] == 4 and set(doc["arms"]) == {"coder-7b", "coder-32b"}
+    out = run("export", "--deployment", "coding", "--out", str(tmp_path / "log.json"))
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / "log.json").read_text().splitlines()) == 4
+    out = run("export", "--deployment", "support")
+    assert out.returncode == 0 and out.stdout == ""
+    out = run("status", "--deployment", "sales")
+    assert out.returncode == 2
+    assert "unknown deployment 'sales'" in out.stderr and "default, support, coding" in out.stderr
+    assert "Traceback" not in out.stderr
