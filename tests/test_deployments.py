@@ -239,3 +239,12 @@ def test_the_cli_reads_and_writes_one_deployment(
     assert out.returncode == 2
     assert "unknown deployment 'sales'" in out.stderr and "default, support, coding" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_dashboard_reads_the_deployment_it_is_opened_on(
+    many: tuple[TestClient, Settings],
+) -> None:
+    client, _ = many
+    script = client.get("/static/dashboard.js").text
+    assert "deployment=${encodeURIComponent(DEPLOYMENT)}" in script and '"deployments"' in script
+    assert 'id="deployment"' in client.get("/dashboard").text
