@@ -65,12 +65,20 @@ def _deployments_file(directory: Path, count: int) -> tuple[str | None, list[str
 
 
 def measure(
-    backend: str, url: str, redis_pids: list[int], count: int, seconds: float, work: Path
+    backend: str,
+    url: str,
+    redis_pids: list[int],
+    count: int,
+    seconds: float,
+    work: Path,
+    wait_replicas: int = 0,
 ) -> Row:
     from tests.conftest import _free_port
 
     file, names = _deployments_file(work, count)
     extra: dict[str, Any] = {"deployments_file": file} if file else {}
+    if wait_replicas:
+        extra["redis_wait_replicas"] = wait_replicas
     port = _free_port()
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     server = service(f"deployments-{backend}-{count}", port, url, prefix, 1, "auto", **extra)
@@ -109,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5, help="wrk duration per figure")
     parser.add_argument("--counts", default="1,4,16", help="numbers of deployments")
     parser.add_argument("--only", choices=["single", "cluster"], help="one backend")
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        help="BANDIT_REDIS_WAIT_REPLICAS on the cluster (its cost; 0: no WAIT)",
+    )
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     if shutil.which("wrk") is None:
@@ -141,8 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
                 for count in counts:
+                    name = "Redis Cluster (3+3)"
+                    if args.wait_replicas:
+                        name += f", WAIT {args.wait_replicas}"
                     rows.append(
-                        measure("Redis Cluster (3+3)", cluster.url, pids, count, args.seconds, work)
+                        measure(
+                            name, cluster.url, pids, count, args.seconds, work, args.wait_replicas
+                        )
                     )
                     print(_line(rows[-1]), file=sys.stderr)
             finally:

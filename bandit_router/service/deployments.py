@@ -45,6 +45,7 @@ class Routers(Mapping[str, Router]):
         self._routers = dict(routers)
         self.default = self._routers[DEFAULT]
         self._named = frozenset(n for n in self._routers if n != DEFAULT)
+        self._names = {id(router): name for name, router in self._routers.items()}
         # A key check before the body is read: open if any deployment needs no key, else any
         # deployment's key passes it (the deployment's own check follows).
         keyed = [r.settings.api_keys for r in self._routers.values()]
@@ -107,7 +108,7 @@ class Routers(Mapping[str, Router]):
         return await self.of_event(event_id).reward(event_id, parts, final=final)
 
     def name_of(self, router: Router) -> str:
-        return next(name for name, r in self._routers.items() if r is router)
+        return self._names[id(router)]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Every deployment's background work (learner, sweep, refresh, buffer)."""
