@@ -8,6 +8,7 @@ killed and started again to drive a failover.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -105,6 +106,15 @@ class ClusterNode:
             client.close()
         return bool(info.get("role") == "master" or info.get("master_link_status") == "up")
 
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP) without killing it: it reads and answers nothing."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -184,6 +194,21 @@ class LocalCluster:
                 client.close()
         raise RuntimeError(f"no live node knows who serves {key!r}")
 
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        """A live replica of ``master``."""
+        for node in self.nodes:
+            if node.proc is None or node is master:
+                continue
+            client = node.client()
+            try:
+                role = _command(client, "ROLE")
+            finally:
+                client.close()
+            if role[0] == b"slave" and int(role[2]) == master.port:
+                return node
+        raise RuntimeError(f"no replica of {master.address}")
+
     def stop(self) -> None:
         for node in self.nodes:
+            node.resume()
             node.kill()

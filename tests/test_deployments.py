@@ -248,3 +248,35 @@ def test_the_dashboard_reads_the_deployment_it_is_opened_on(
     script = client.get("/static/dashboard.js").text
     assert "deployment=${encodeURIComponent(DEPLOYMENT)}" in script and '"deployments"' in script
     assert 'id="deployment"' in client.get("/dashboard").text
+
+
+def test_adding_and_changing_deployments_takes_a_restart_and_loses_nothing(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE))
+    first = make_client(settings)
+    for deployment in ("default", "coding"):
+        for i in range(5):
+            d = _choose(first, deployment=deployment, query=f"q{i}").json()
+            first.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+    pending = _choose(first, deployment="coding", query="later").json()["event_id"]
+    first.__exit__(None, None, None)  # the service stops (publishing its models)
+
+    changed = FILE.replace("reward_wait_s = 60", "reward_weights = {accuracy = 1.0}") + (
+        '\n[deployments.batch]\narms = "s,m,l"\n'
+    )
+    path = _write(tmp_path, changed, "deployments2.toml")
+    again = make_client(settings.model_copy(update={"deployments_file": path}))
+    assert [d["name"] for d in again.get("/deployments").json()["deployments"]] == [
+        "default",
+        "support",
+        "coding",
+        "batch",
+    ]
+    assert again.get("/stats").json()["model_version"] == 5
+    coding = again.get("/stats", params={"deployment": "coding"}).json()
+    assert coding["model_version"] == 5
+    assert coding["settings"]["reward_weights"] == {"accuracy": 1.0}
+    r = again.post("/reward", json={"event_id": pending, "reward": 1})  # chosen before the restart
+    assert r.status_code == 200 and r.json()["model_version"] == 6
+    assert _choose(again, deployment="batch").json()["arm"] in ("s", "m", "l")
