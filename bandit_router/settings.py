@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies.registry import parse_policy_spec
@@ -259,6 +259,15 @@ class Settings(BaseSettings):
     def _policy_exists(cls, policy: str) -> str:
         parse_policy_spec(policy)  # raises ValueError naming the valid policies
         return policy
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError(
+                "BANDIT_REDIS_CLUSTER=true needs BANDIT_REDIS_URL, a node of the cluster "
+                "(the embedded Redis is a single server)"
+            )
+        return self
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((arm for arm in self.arms if arm.name == name), None)

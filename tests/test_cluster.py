@@ -368,3 +368,16 @@ def test_what_a_lagging_replica_never_had_is_lost_unless_writes_wait_for_it(
         # what the master alone acknowledged (its four clients' calls in flight at the pause
         # included), and no more
         assert lost and len(lost) <= window + 4
+
+
+def test_the_cluster_flag_needs_a_cluster(tmp_path: Path, redis_process: Any) -> None:
+    with pytest.raises(ValueError, match="needs BANDIT_REDIS_URL"):
+        Settings(redis_cluster=True, data_dir=str(tmp_path))
+    settings = Settings(redis_url=redis_process.url, redis_cluster=True, startup_wait_s=0)
+
+    async def run() -> None:
+        async with open_store(settings):
+            pass
+
+    with pytest.raises(ValueError, match="is not a Redis Cluster node"):
+        asyncio.run(run())

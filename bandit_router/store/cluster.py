@@ -28,6 +28,7 @@ from redis.exceptions import (
     ClusterDownError,
     ExecAbortError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -101,8 +102,11 @@ class SlotRoute:
         return node_url(self.url, node.host, int(node.port))
 
     async def open(self) -> aioredis.Redis:
-        """A client for the slot's master now."""
-        return self._connect(await self.locate())
+        """A client for the slot's master now; ``ValueError`` when the URL is no cluster's."""
+        try:
+            return self._connect(await self.locate())
+        except RedisClusterException as e:  # "Cluster mode is not enabled on this node", say
+            raise ValueError(f"{self.url} is not a Redis Cluster node: {e}") from e
 
     def lost(self) -> None:
         """The master failed or the slot moved: find it again before the next call."""
