@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies.registry import parse_policy_spec
@@ -93,6 +93,26 @@ class Settings(BaseSettings):
         "unset: start the embedded Redis",
     )
     data_dir: str = Field(default="data", description="where the embedded Redis keeps its files")
+    redis_cluster: bool = Field(
+        default=False,
+        description="BANDIT_REDIS_URL is a Redis Cluster node (also implied by redis+cluster://)",
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="replicas that must have a write (WAIT) before it is acknowledged; 0: none",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="how long a write waits for those replicas before the request gets 503",
+    )
+    deployments_file: str | None = Field(
+        default=None,
+        description="TOML or JSON file of named deployments served beside `default`",
+    )
+
     key_prefix: str = Field(
         default="bandit",
         min_length=1,
@@ -246,6 +266,15 @@ class Settings(BaseSettings):
     def _policy_exists(cls, policy: str) -> str:
         parse_policy_spec(policy)  # raises ValueError naming the valid policies
         return policy
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError(
+                "BANDIT_REDIS_CLUSTER=true needs BANDIT_REDIS_URL, a node of the cluster "
+                "(the embedded Redis is a single server)"
+            )
+        return self
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((arm for arm in self.arms if arm.name == name), None)

@@ -74,6 +74,8 @@ def make_settings(redis_url: str, tmp_path: Path) -> Iterator[SettingsFactory]:
     for prefix in prefixes:
         for key in client.scan_iter(match="{" + prefix + "}:*", count=1000):
             client.delete(key)
+        for key in client.scan_iter(match="{" + prefix + ":*}:*", count=1000):  # deployments'
+            client.delete(key)
     client.close()
 
 
@@ -227,3 +229,35 @@ def served(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
 
         wait_until(up, 60, "the service to answer /healthz")
         yield base
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis Cluster (three masters, three replicas) on loopback, shared by a session."""
+    from tests.cluster import LocalCluster
+
+    try:
+        cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[Any]:
+    """A Redis Cluster of the test's own, for tests that kill its nodes."""
+    from tests.cluster import LocalCluster
+
+    try:
+        cluster = LocalCluster(tmp_path / "cluster")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

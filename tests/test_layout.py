@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bandit_router"
 LAYERS = [
     {"errors", "features", "rewards", "progress"},
     {"policies"},
-    {"settings"},
+    {"settings", "deployments"},
     {"store"},
     {"offline"},
     {"service"},

@@ -17,6 +17,7 @@ AUTHENTICATED = {
     "/admin/reset",
     "/admin/policy",
     "/stats",
+    "/deployments",
     "/metrics",
     "/dashboard",
 }

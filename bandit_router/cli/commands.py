@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bandit_router.deployments import settings_of
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
 from bandit_router.store.repository import open_store
@@ -54,8 +55,23 @@ def _cell(value: Any) -> str:
 # status
 
 
-def _fetch(url: str, window: int, api_key: str | None) -> dict[str, Any]:
-    request = urllib.request.Request(f"{url.rstrip('/')}/stats?window={window}")
+def deployment_settings(args: argparse.Namespace) -> Settings:
+    """The settings of the deployment ``--deployment`` names (``default`` without it)."""
+    return settings_of(Settings(), getattr(args, "deployment", None))
+
+
+def add_deployment(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--deployment",
+        help="a deployment of BANDIT_DEPLOYMENTS_FILE (default: `default`, the environment's)",
+    )
+
+
+def _fetch(
+    url: str, window: int, api_key: str | None, deployment: str | None = None
+) -> dict[str, Any]:
+    query = f"window={window}" + (f"&deployment={deployment}" if deployment else "")
+    request = urllib.request.Request(f"{url.rstrip('/')}/stats?{query}")
     if api_key:
         request.add_header("X-API-Key", api_key)
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -120,12 +136,12 @@ def status(args: argparse.Namespace) -> int:
     """Show what GET /stats says, as tables: from a running service (--url) or from Redis."""
     if args.url:
         try:
-            doc = _fetch(args.url, args.window, args.api_key)
+            doc = _fetch(args.url, args.window, args.api_key, args.deployment)
         except (urllib.error.URLError, OSError, ValueError) as e:
             print(f"bandit-router status: cannot read {args.url}/stats: {e}", file=sys.stderr)
             return 1
     else:
-        doc = asyncio.run(_stats_from_redis(Settings(), args.window))
+        doc = asyncio.run(_stats_from_redis(deployment_settings(args), args.window))
     print(json.dumps(doc, indent=2) if args.json else format_status(doc))
     return 0
 
@@ -137,8 +153,9 @@ def snapshot(args: argparse.Namespace) -> int:
     """Write the model (the newest snapshot plus every logged event after it) to a file."""
     from bandit_router.service.backup import dump
 
+    settings = deployment_settings(args)
+
     async def run() -> dict[str, Any]:
-        settings = Settings()
         async with open_store(settings) as store:
             with Progress("replaying the log after the newest snapshot", unit="events") as bar:
                 return await dump(store, settings, Path(args.file), bar.update)
@@ -156,7 +173,7 @@ def restore(args: argparse.Namespace) -> int:
     start (followers within BANDIT_MODEL_REFRESH_S)."""
     from bandit_router.service.backup import SnapshotFileError, load, read
 
-    settings = Settings()
+    settings = deployment_settings(args)
     try:
         snap, words = read(Path(args.file), settings)
     except SnapshotFileError as e:
@@ -251,9 +268,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--window", type=int, default=1000, help="newest events to analyse (1000)")
     p.add_argument("--api-key", help="key to send with --url, when the service needs one")
     p.add_argument("--json", action="store_true", help="print the /stats document as JSON")
+    add_deployment(p)
     p.set_defaults(func=status)
     p = sub.add_parser("snapshot", help="save the model to a file", description=snapshot.__doc__)
     p.add_argument("file", help="the snapshot file to write (JSON)")
+    add_deployment(p)
     p.set_defaults(func=snapshot)
     p = sub.add_parser("restore", help="load the model from a file", description=restore.__doc__)
     p.add_argument("file", help="a file written by `bandit-router snapshot`")
@@ -262,6 +281,7 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="restore even while a learner holds the lease (it may overwrite it)",
     )
+    add_deployment(p)
     p.set_defaults(func=restore)
     p = sub.add_parser("config", help="the effective settings", description=config.__doc__)
     p.add_argument("--json", action="store_true", help="print as JSON instead of a table")

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from bandit_router.cli.commands import add_commands
+from bandit_router.cli.commands import add_commands, add_deployment, deployment_settings
 from bandit_router.cli.train import add_train
+from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def serve(args: argparse.Namespace) -> int:
     from bandit_router.store.embedded import EmbeddedRedis
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    load_deployments(settings)  # a wrong deployments file stops here, named, before any worker
     embedded = None
     if settings.redis_url is None:
         # Started here, before the workers start: each finds it running on the data folder.
@@ -76,7 +78,7 @@ def learn(args: argparse.Namespace) -> int:
     from bandit_router.service.learner import run_learner
     from bandit_router.store.repository import open_store
 
-    settings = _settings()
+    settings = deployment_settings(args)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (BANDIT_WORKERS, default 1)")
     p.set_defaults(func=serve)
     p = sub.add_parser("learn", help="run the learner on its own", description=learn.__doc__)
+    add_deployment(p)
     p.set_defaults(func=learn)
     _add_export_evaluate(sub)
     _add_simulate(sub)
@@ -121,7 +124,7 @@ def export(args: argparse.Namespace) -> int:
     from bandit_router.errors import StoreUnavailable
     from bandit_router.offline.export import export_log
 
-    settings = _settings()
+    settings = deployment_settings(args)
     try:
         if args.out in (None, "-"):
             count = asyncio.run(export_log(settings, sys.stdout))
@@ -186,6 +189,7 @@ def _interval(e: Estimate) -> str:
 def _add_export_evaluate(sub: Any) -> None:
     p = sub.add_parser("export", help="the event log as DSJSON", description=export.__doc__)
     p.add_argument("--out", help="file to write (default: stdout)")
+    add_deployment(p)
     p.set_defaults(func=export)
     p = sub.add_parser("evaluate", help="off-policy estimates", description=evaluate.__doc__)
     p.add_argument("log", help="DSJSON file from `bandit-router export` (- for stdin)")
@@ -208,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ValidationError as e:
         print(f"bandit-router: invalid settings:\n{_describe(e)}", file=sys.stderr)
+        return 2
+    except DeploymentsError as e:
+        print(f"bandit-router: {e}", file=sys.stderr)
         return 2
     return code
 

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bandit_router.cli.commands import add_deployment, deployment_settings
 from bandit_router.offline.train import full_feedback, is_dsjson, logged, read_dsjson, teach
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.service.backup import to_json
 from bandit_router.service.router import reward_config
-from bandit_router.settings import ArmSpec, Settings
+from bandit_router.settings import ArmSpec
 from bandit_router.sim import dataset, replay
 from bandit_router.store.records import Snapshot
 
@@ -26,7 +27,7 @@ def train(args: argparse.Namespace) -> int:
     """Learn a policy from a full-feedback replay file (every arm's outcome teaches that arm) or
     an exported DSJSON log (each logged choice, weighted by its propensity), and write a snapshot
     file for `bandit-router restore`. Reward weights and budgets are the BANDIT_* settings."""
-    settings = Settings()
+    settings = deployment_settings(args)  # its policy, reward weights and budgets
     path = Path(args.file)
     try:
         spec = parse_policy_spec(args.policy or settings.policy)
@@ -81,4 +82,5 @@ def add_train(sub: Any) -> None:
     p.add_argument("--arms", help="the replay file's arms file (.arms.json)")
     p.add_argument("--policy", help="the policy spec to train (default BANDIT_POLICY)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed replay rows")
+    add_deployment(p)
     p.set_defaults(func=train)

@@ -13,10 +13,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from bandit_router.deployments import DEFAULT
 from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
 from bandit_router.http.contract import (
     ArmsResponse,
@@ -41,6 +42,7 @@ from bandit_router.http.openapi import (
     ADMIN,
     ADMIN_BODY,
     CHOOSE,
+    DEPLOYMENT_ERRORS,
     DESCRIPTION,
     HEALTH,
     READ,
@@ -54,22 +56,26 @@ from bandit_router.http.security import (
     require_ops_key,
 )
 from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.service.deployments import Routers, open_routers
 from bandit_router.service.estimates import BaselineCache
 from bandit_router.service.router import Router
 from bandit_router.service.stats import StatsResponse, build_stats
 from bandit_router.settings import Settings
-from bandit_router.store.repository import open_store
-from bandit_router.store.transport import when_available
 
 log = logging.getLogger("bandit_router")
 
 
 async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
-    router: Router = request.app.state.router
-    return router
+    """The router of the deployment ``?deployment=`` names; ``default`` without it."""
+    routers: Routers = request.app.state.routers
+    return routers.named(request.query_params.get("deployment"))
 
 
 RouterDep = Annotated[Router, Depends(get_router)]
+DEPLOYMENT = Query(
+    description="the deployment (BANDIT_DEPLOYMENTS_FILE); default: `default`",
+    examples=["support"],
+)
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -93,6 +99,29 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a route that hands its raw body to the contract."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+class DeploymentView(BaseModel):
+    name: str = Field(description="the deployment's name", examples=["support"])
+    key_prefix: str = Field(description="its Redis key prefix (hash tag)", examples=["bandit:x"])
+    policy: str = Field(description="the policy it serves", examples=["squarecb"])
+    arms: list[str] = Field(description="its arms", examples=[["4b", "7b"]])
+
+
+class DeploymentsResponse(BaseModel):
+    deployments: list[DeploymentView] = Field(
+        description="every deployment, `default` first",
+        examples=[
+            [
+                {
+                    "name": "default",
+                    "key_prefix": "bandit",
+                    "policy": "squarecb",
+                    "arms": ["4b", "7b", "14b"],
+                }
+            ]
+        ],
+    )
 
 
 class App(FastAPI):
@@ -121,8 +150,9 @@ class App(FastAPI):
 REQUESTS = (ChooseRequest, RewardRequest)
 
 
-async def _routing_call(path: str, request: Request, router: Router) -> Response:
-    status, body = await answer(path, router, request.headers.raw, await request.body())
+async def _routing_call(path: str, request: Request) -> Response:
+    routers: Routers = request.app.state.routers
+    status, body = await answer(path, routers, request.headers.raw, await request.body())
     return Response(body, status_code=status, media_type="application/json")
 
 
@@ -132,19 +162,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_store(settings) as store:
-            router = await when_available(
-                lambda: Router.open(settings, store), settings.startup_wait_s
-            )
-            app.state.router = router
+        async with open_routers(settings) as routers:
+            app.state.routers = routers
+            app.state.router = routers.default
             stop = asyncio.Event()
-            background = asyncio.create_task(router.run(stop))
+            background = asyncio.create_task(routers.run(stop))
             try:
                 yield
             finally:
                 stop.set()
                 await background
-                await router.close()
 
     app = App(
         settings,
@@ -169,7 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The routing calls, for the requests the fast door leaves to FastAPI (an app mounted under
     # a root path, say): the raw body goes to the same contract, which checks the key.
-    baseline_cache = BaselineCache()  # the dashboard's off-policy estimates, per process
+    # The dashboard's off-policy estimates, per process and deployment.
+    baseline_caches: dict[str, BaselineCache] = {}
 
     @app.post(
         "/choose",
@@ -179,9 +207,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=ChooseResponse,
         openapi_extra=_body_doc(ChooseRequest),
     )
-    async def choose(request: Request, router: RouterDep) -> Response:
+    async def choose(request: Request) -> Response:
         """Pick the arm (model) for one query."""
-        return await _routing_call("/choose", request, router)
+        return await _routing_call("/choose", request)
 
     @app.post(
         "/reward",
@@ -191,21 +219,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=RewardResponse,
         openapi_extra=_body_doc(RewardRequest),
     )
-    async def reward(request: Request, router: RouterDep) -> Response:
+    async def reward(request: Request) -> Response:
         """Report how the chosen model did, all parts at once or in several calls.
 
         The event is learned once: when every weighted part has arrived (or a direct `reward`),
         or when its reward window closes, with the parts present.
         """
-        return await _routing_call("/reward", request, router)
+        return await _routing_call("/reward", request)
 
     @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
-    async def healthz(router: RouterDep) -> JSONResponse:
-        """Liveness and the Redis connection."""
-        try:
-            await router.store.ping()
-        except StoreUnavailable as e:
-            return JSONResponse({"status": "unavailable", "redis": e.message}, status_code=503)
+    async def healthz(request: Request) -> JSONResponse:
+        """Liveness and the Redis connection (of every deployment)."""
+        routers: Routers = request.app.state.routers
+        router = routers.default
+        for name, each in routers.items():
+            try:
+                await each.store.ping()
+            except StoreUnavailable as e:
+                where = "" if len(routers) == 1 else f"deployment {name}: "
+                return JSONResponse(
+                    {"status": "unavailable", "redis": where + e.message}, status_code=503
+                )
         return JSONResponse(
             {
                 "status": "ok",
@@ -215,8 +249,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/arms", tags=["operations"])
-    async def arms(router: RouterDep) -> ArmsResponse:
+    @app.get("/arms", responses=DEPLOYMENT_ERRORS, tags=["operations"])
+    async def arms(
+        router: RouterDep, deployment: Annotated[str | None, DEPLOYMENT] = None
+    ) -> ArmsResponse:
         """The configured arms and their features."""
         return ArmsResponse(arms=router.settings.arms)
 
@@ -229,29 +265,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         buckets: Annotated[
             int, Query(ge=1, le=200, description="time buckets of the series", examples=[30])
         ] = 30,
+        deployment: Annotated[str | None, DEPLOYMENT] = None,
     ) -> StatsResponse:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
-        return await build_stats(router, baseline_cache, window, buckets)
+        cache = baseline_caches.setdefault(deployment or DEFAULT, BaselineCache())
+        return await build_stats(router, cache, window, buckets)
+
+    @app.get("/deployments", responses=READ, tags=["operations"], dependencies=ops)
+    async def deployments(request: Request) -> DeploymentsResponse:
+        """The deployments this service serves (`default` first), each with its policy."""
+        routers: Routers = request.app.state.routers
+        return DeploymentsResponse(
+            deployments=[
+                DeploymentView(
+                    name=name,
+                    key_prefix=router.settings.key_prefix,
+                    policy=str(router.model.spec),
+                    arms=[a.name for a in router.arms],
+                )
+                for name, router in routers.items()
+            ]
+        )
 
     admin = [*keyed, Depends(require_admin_key)]
 
-    @app.post("/admin/snapshot", responses=ADMIN, dependencies=admin, tags=["admin"])
-    async def admin_snapshot(router: RouterDep) -> VersionResponse:
+    @app.post(
+        "/admin/snapshot", responses=ADMIN | DEPLOYMENT_ERRORS, dependencies=admin, tags=["admin"]
+    )
+    async def admin_snapshot(
+        router: RouterDep, deployment: Annotated[str | None, DEPLOYMENT] = None
+    ) -> VersionResponse:
         """Publish the learner's model to Redis now."""
         if not router.learner.leading:
             raise NotLearner()
         return VersionResponse(model_version=await router.learner.publish())
 
-    @app.post("/admin/reset", responses=ADMIN, dependencies=admin, tags=["admin"])
-    async def admin_reset(router: RouterDep) -> VersionResponse:
+    @app.post(
+        "/admin/reset", responses=ADMIN | DEPLOYMENT_ERRORS, dependencies=admin, tags=["admin"]
+    )
+    async def admin_reset(
+        router: RouterDep, deployment: Annotated[str | None, DEPLOYMENT] = None
+    ) -> VersionResponse:
         """Forget what was learned: a fresh model, learning from the next event on."""
         if not router.learner.leading:
             raise NotLearner()
         return VersionResponse(model_version=await router.learner.reset())
 
     @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
-    async def admin_policy(body: PolicyRequest, router: RouterDep) -> PolicyResponse:
+    async def admin_policy(
+        body: PolicyRequest,
+        router: RouterDep,
+        deployment: Annotated[str | None, DEPLOYMENT] = None,
+    ) -> PolicyResponse:
         """Switch the policy; the learner relearns the new one from the whole log."""
         try:
             spec = parse_policy_spec(body.policy)

@@ -28,8 +28,9 @@ from pydantic import (
 from starlette.types import Message, Receive
 
 from bandit_router.errors import RouterError, StoreUnavailable
-from bandit_router.http.security import API_KEYS, require_key
+from bandit_router.http.security import API_KEYS, KeyGroup, require_key
 from bandit_router.rewards import MAX_COST_USD, MAX_LATENCY_MS, RewardParts
+from bandit_router.service.deployments import Routers
 from bandit_router.service.router import Router, result_fields
 from bandit_router.settings import ArmSpec
 
@@ -85,6 +86,12 @@ class ChooseRequest(BaseModel):
         description="your id for this decision; the same id with the same arms returns the same "
         "decision, with other arms 409 (default: a new random id)",
         examples=["req-2026-11-23-0001"],
+    )
+    deployment: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None,
+        description="the deployment (router) that decides, one of BANDIT_DEPLOYMENTS_FILE's; "
+        "default: `default`. A named deployment's event ids start with `NAME:`",
+        examples=["support"],
     )
 
     @field_validator("query")
@@ -352,19 +359,37 @@ def error_body(detail: str, field: str | None) -> bytes:
 # The routing calls.
 
 
-async def _choose(router: Router, raw: bytes) -> dict[str, Any]:
+def _target(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """With several deployments, the request's key must be one of its deployment's."""
+    if len(routers) > 1:
+        name = routers.name_of(router)
+        require_key(headers, router.settings.api_keys, KeyGroup(f"deployment {name!r}", "API key"))
+
+
+async def _choose(
+    routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
+) -> dict[str, Any]:
     body = ChooseRequest.model_validate_json(raw)
-    result = await router.choose(body.query, body.features, body.arms, body.event_id)
+    router = found[0] = routers.named(body.deployment)
+    _target(routers, router, headers)
+    result = await routers.choose(router, body.query, body.features, body.arms, body.event_id)
     return result_fields(result)
 
 
-async def _reward(router: Router, raw: bytes) -> dict[str, Any]:
+async def _reward(
+    routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
+) -> dict[str, Any]:
     body = RewardRequest.model_validate_json(raw)
+    router = found[0] = routers.of_event(body.event_id)
+    _target(routers, router, headers)
     result = await router.reward(body.event_id, body.parts(), final=body.final)
     return result_fields(result)
 
 
-Call = Callable[[Router, bytes], Awaitable[dict[str, Any]]]
+# (the deployments, the request's headers, its body, where the call puts the router it found)
+Call = Callable[
+    [Routers, Sequence[tuple[bytes, bytes]], bytes, list[Router]], Awaitable[dict[str, Any]]
+]
 ROUTES: dict[str, tuple[str, Call]] = {
     "/choose": ("choose", _choose),
     "/reward": ("reward", _reward),
@@ -381,17 +406,20 @@ def _content_type(headers: Iterable[tuple[bytes, bytes]]) -> None:
 
 
 async def answer(
-    path: str, router: Router, headers: Sequence[tuple[bytes, bytes]], raw: bytes
+    path: str, routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes
 ) -> tuple[int, bytes]:
-    """The status and JSON body of a ``POST`` to a routing ``path`` (a key of ``ROUTES``)."""
+    """The status and JSON body of a ``POST`` to a routing ``path`` (a key of ``ROUTES``), for
+    the deployment the body names (``/choose``) or its event id belongs to (``/reward``)."""
     endpoint, call = ROUTES[path]
     start = time.perf_counter()
+    found = [routers.default]  # the deployment's router once the body names it
     try:
-        require_key(headers, router.settings.api_keys, API_KEYS)
+        require_key(headers, routers.any_keys, API_KEYS)
         _content_type(headers)
-        status, body = 200, orjson.dumps(await call(router, raw))
+        status, body = 200, orjson.dumps(await call(routers, headers, raw, found))
     except Exception as e:
-        status, body = failure(e, router, endpoint)
+        status, body = failure(e, found[0], endpoint)
+    router = found[0]
     router.metrics.series(router.metrics.request_seconds, endpoint).observe(
         time.perf_counter() - start
     )

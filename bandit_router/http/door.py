@@ -26,18 +26,18 @@ class RoutingDoor:
 
     def __init__(self, app: ASGIApp, settings: Settings, state: State) -> None:
         self.app = app
-        self.state = state  # the app's: its router once the lifespan has started
+        self.state = state  # the app's: its routers once the lifespan has started
         self.limit = settings.max_body_bytes
         self.timeout_s = settings.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        router = getattr(self.state, "router", None)
+        routers = getattr(self.state, "routers", None)
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
             or scope["path"] not in ROUTES
             or scope.get("root_path")
-            or router is None
+            or routers is None
         ):
             await self.app(scope, receive, send)
             return
@@ -47,10 +47,10 @@ class RoutingDoor:
         except ClientGone:
             return
         except RouterError as e:  # too large, or too slow: answer, then close the connection
-            status, body = failure(e, router, scope["path"].strip("/"))
+            status, body = failure(e, routers.default, scope["path"].strip("/"))
             await respond(send, status, body, close=True)
             return
-        status, body = await answer(scope["path"], router, headers, raw)
+        status, body = await answer(scope["path"], routers, headers, raw)
         await respond(send, status, body)
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.http.openapi import OPS
+from bandit_router.service.deployments import Routers
 from bandit_router.service.router import Router
 
 
@@ -47,7 +50,35 @@ def register_metrics(app: FastAPI, dependencies: Sequence[Any]) -> None:
         },
     )
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics of this process (see the README's Metrics section)."""
-        router: Router = request.app.state.router
-        router.metrics.refresh(router.version, await _logged_rewards(router))
-        return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics of this process (see the README's Metrics section); with several
+        deployments every series carries a ``deployment`` label."""
+        routers: Routers = request.app.state.routers
+        for router in routers.values():
+            router.metrics.refresh(router.version, await _logged_rewards(router))
+        if len(routers) == 1:
+            registry = routers.default.metrics.registry
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(ByDeployment(routers))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class ByDeployment(Collector):
+    """Every deployment's metric families as one, each sample labelled with its deployment."""
+
+    def __init__(self, routers: Routers) -> None:
+        self.routers = routers
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for name, router in self.routers.items():
+            for family in router.metrics.registry.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                merged.samples.extend(
+                    s._replace(labels={"deployment": name, **s.labels}) for s in family.samples
+                )
+        yield from families.values()

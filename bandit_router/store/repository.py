@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+from bandit_router.store.cluster import SlotRoute, is_cluster_url
 from bandit_router.store.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
@@ -49,7 +50,13 @@ from bandit_router.store.scripts import (
     SAVE_DECISION,
     SKIP_SILENT,
 )
-from bandit_router.store.transport import DOWN, GroupCommit, connect, unavailable
+from bandit_router.store.transport import (
+    DOWN,
+    GroupCommit,
+    connect,
+    unavailable,
+    when_available,
+)
 
 log = logging.getLogger("bandit_router")
 
@@ -58,9 +65,17 @@ class Store:
     """The service's state in Redis."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, reward_wait_s: int, stream_maxlen: int
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        reward_wait_s: int,
+        stream_maxlen: int,
+        route: SlotRoute | None = None,
     ) -> None:
         self.redis = client
+        self.route = route  # on Redis Cluster: the way to the master of this prefix's slot
+        if route is not None:
+            route.bind = self._bind
         self._p = "{" + prefix + "}"
         self._keys: dict[str, str] = {}
         self.reward_wait_s = reward_wait_s
@@ -68,6 +83,9 @@ class Store:
         self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
         self.stream_maxlen = stream_maxlen
         self._calls = GroupCommit(client)
+        self._register(client)
+
+    def _register(self, client: aioredis.Redis) -> None:
         self._save_decision = client.register_script(SAVE_DECISION)
         self._add_final = client.register_script(ADD_FINAL)
         self._add_parts = client.register_script(ADD_PARTS)
@@ -75,6 +93,19 @@ class Store:
         self._skip_silent = client.register_script(SKIP_SILENT)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
+
+    async def _bind(self, client: aioredis.Redis) -> aioredis.Redis:
+        """Talk to Redis through ``client`` from now on (the slot's new master); the old client,
+        for the caller to close."""
+        old, self.redis = self.redis, client
+        self._register(client)
+        await self._calls.retarget(client)
+        return old
+
+    def wait_for_replicas(self, replicas: int, timeout_ms: int) -> None:
+        """Acknowledge no write (a decision, a reward part) before ``replicas`` replicas have it;
+        0: acknowledge once the master has it."""
+        self._calls.wait = (replicas, timeout_ms) if replicas else None
 
     def key(self, template: str, event_id: str = "") -> str:
         if not event_id:  # the deployment's fixed keys: formatted once
@@ -205,6 +236,8 @@ class Store:
     async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Event]:
         """The joined events logged after stream id ``after``, oldest first."""
         start = f"({after}" if after != "0-0" else "-"
+        if self.route is not None and self.route.stale:
+            await self.route.follow()
         while True:
             try:
                 rows = cast(
@@ -212,6 +245,8 @@ class Store:
                     await self.redis.xrange(self.key(KEY_EVENTS), min=start, count=batch),
                 )
             except DOWN as e:
+                if self.route is not None:
+                    self.route.lost()
                 raise StoreUnavailable(str(e)) from e
             for stream_id, fields in rows:
                 yield to_event(stream_id, fields)
@@ -375,6 +410,9 @@ class Store:
             await self._calls.close()
         with contextlib.suppress(RedisError):
             await self.redis.aclose()
+        if self.route is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.route.aclose()
 
 
 @asynccontextmanager
@@ -382,10 +420,34 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """The deployment's store: BANDIT_REDIS_URL, or the embedded Redis in BANDIT_DATA_DIR."""
     with ExitStack() as stack:
         url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
+        route = None
+        if settings.redis_cluster or is_cluster_url(url):
+            route = SlotRoute(url, "{" + settings.key_prefix + "}", connect)
+            try:
+                client = await when_available(_located(route), settings.startup_wait_s)
+            except BaseException:
+                await route.aclose()
+                raise
+        else:
+            client = connect(url)
         store = Store(
-            connect(url), settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen
+            client, settings.key_prefix, settings.reward_wait_s, settings.stream_maxlen, route
         )
+        store.wait_for_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
         try:
             yield store
         finally:
             await store.close()
+
+
+def _located(route: SlotRoute) -> Callable[[], Awaitable[aioredis.Redis]]:
+    """Opening a client for the route's master, with a cluster not answering yet reported as
+    ``StoreUnavailable`` (so a starting process waits for it)."""
+
+    async def open_() -> aioredis.Redis:
+        try:
+            return await route.open()
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(str(e) or type(e).__name__) from e
+
+    return open_

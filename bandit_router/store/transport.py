@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandit_router.errors import StoreUnavailable
+from bandit_router.store.cluster import redirected
 
 if TYPE_CHECKING:
     pass
@@ -41,10 +42,22 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        # On Redis Cluster a store has a route to its slot's master (``cluster.SlotRoute``):
+        # followed again once a failure or a redirection marked it stale.
+        route = getattr(args[0], "route", None) if args else None
+        if route is not None and route.stale:
+            await route.follow()
         try:
             return await fn(*args, **kwargs)
         except DOWN as e:
+            if route is not None:
+                route.lost()
             raise StoreUnavailable(str(e) or type(e).__name__) from e
+        except ResponseError as e:
+            if route is None or not redirected(e):
+                raise
+            route.lost()
+            raise StoreUnavailable(f"the deployment's slot is moving: {e}") from e
 
     return wrapper
 
@@ -89,6 +102,14 @@ class GroupCommit:
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
+        # WAIT for this many replicas, this many ms, after every batch with a script call (the
+        # writes): their callers get ``StoreUnavailable`` when fewer replicas confirm in time.
+        self.wait: tuple[int, int] | None = None
+
+    async def retarget(self, client: aioredis.Redis) -> None:
+        """Send the next batches through ``client`` (the slot's new master)."""
+        self._client = client
+        await self._drop()
 
     async def call(
         self, script: Script, keys: list[Any], args: list[Any], logs: bool = False
@@ -116,6 +137,9 @@ class GroupCommit:
             follow = self.follow if any(logs for *_, logs in batch) else None
             if follow is not None:
                 calls.append((None, follow[0]))
+            wait = self.wait if self.wait and any(s is not None for s, *_ in batch) else None
+            if wait is not None:
+                calls.append((None, ["WAIT", *wait]))
             try:
                 replies = await self._send(calls)
             except asyncio.CancelledError:  # shutting down: no waiter is left hanging
@@ -127,6 +151,14 @@ class GroupCommit:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            unreplicated = None
+            if wait is not None:
+                confirmed = replies.pop()
+                if isinstance(confirmed, Exception) or int(confirmed) < wait[0]:
+                    unreplicated = StoreUnavailable(
+                        f"the write reached {confirmed} of {wait[0]} replicas in {wait[1]} ms "
+                        "(BANDIT_REDIS_WAIT_REPLICAS); retry"
+                    )
             if follow is not None:
                 reply = replies.pop()
                 try:
@@ -134,10 +166,12 @@ class GroupCommit:
                         follow[1](reply)
                 except Exception:  # the callers' replies must still reach them
                     log.exception("the read of the log after a batch failed")
-            for (_, _, future, _), reply in zip(batch, replies, strict=True):
+            for (script, _, future, _), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if isinstance(reply, Exception):
+                if unreplicated is not None and script is not None:
+                    future.set_exception(unreplicated)
+                elif isinstance(reply, Exception):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)

@@ -13,6 +13,7 @@ const W = 460, H = 200, PAD = { l: 44, r: 110, t: 10, b: 24 };
 const params = new URLSearchParams(location.search);
 const REFRESH_S = Number(params.get("refresh") || 5);
 const WINDOW = Number(params.get("window") || 1000);
+const DEPLOYMENT = params.get("deployment") || "default";
 
 function el(name, attrs, parent, text) {
   const node = document.createElementNS(NS, name);
@@ -176,7 +177,8 @@ function render(s) {
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const response = await fetch(`stats?window=${WINDOW}`, { headers: { accept: "application/json" } });
+    const query = `window=${WINDOW}&deployment=${encodeURIComponent(DEPLOYMENT)}`;
+    const response = await fetch(`stats?${query}`, { headers: { accept: "application/json" } });
     if (!response.ok) throw new Error(`GET /stats: HTTP ${response.status}`);
     render(await response.json());
     status.textContent = `updated ${new Date().toLocaleTimeString()}, every ${REFRESH_S} s`;
@@ -186,5 +188,26 @@ async function refresh() {
   }
 }
 
+// With several deployments, a selector reloads the page on the one picked (?deployment=).
+async function listDeployments() {
+  const response = await fetch("deployments", { headers: { accept: "application/json" } });
+  if (!response.ok) return;
+  const names = (await response.json()).deployments.map(d => d.name);
+  if (names.length < 2) return;
+  const select = document.getElementById("deployment");
+  for (const name of names) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    option.selected = name === DEPLOYMENT;
+    select.appendChild(option);
+  }
+  select.addEventListener("change", () => {
+    params.set("deployment", select.value);
+    location.search = params.toString();
+  });
+  document.getElementById("deployment-picker").hidden = false;
+}
+
+listDeployments();
 refresh();
 setInterval(refresh, REFRESH_S * 1000);

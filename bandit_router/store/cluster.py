@@ -1,0 +1,135 @@
+"""Redis Cluster: a deployment's way to the master that owns its slot.
+
+Every key of a deployment carries the same hash tag (its key prefix), so all of them live in one
+slot, on one master. The store talks to that master over a plain connection (its scripts, its
+MULTI/EXEC transactions and the group commit's pipelined round trips run unchanged there), and
+redis-py's cluster client keeps the cluster's topology: which master owns the slot now.
+
+When the master fails, or the slot moves (MOVED, ASK, CLUSTERDOWN, a write to a demoted master),
+the call in flight fails as ``StoreUnavailable`` (503: the client retries) and the route is
+marked stale; the next call re-reads the topology from the cluster and reconnects to whichever
+master owns the slot by then. While a failover is under way that is still the dead master, so
+calls keep failing fast until a replica has been promoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ExecAbortError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+
+log = logging.getLogger("bandit_router")
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+REFRESH_EVERY_S = 0.2  # topology reads at most this often while the slot's master is away
+REDIRECTS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def plain_url(url: str) -> str:
+    """``redis+cluster://...`` as the ``redis://...`` URL of the same seed node."""
+    scheme, sep, rest = url.partition("://")
+    return CLUSTER_SCHEMES.get(scheme, scheme) + sep + rest
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """``url`` (its scheme, credentials, database and options) pointed at ``host:port``."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (userinfo + "@" if userinfo else "") + f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redirected(error: ResponseError) -> bool:
+    """Whether Redis refused the call because the slot is not served here (now)."""
+    if isinstance(error, AskError | TryAgainError | ReadOnlyError | ClusterDownError):
+        return True
+    text = str(error)
+    if isinstance(error, ExecAbortError) or text.startswith(REDIRECTS):
+        return any(word in text for word in REDIRECTS)
+    return False
+
+
+class SlotRoute:
+    """Which master serves the slot of ``hash_tag``, kept by redis-py's cluster client; ``bind``
+    gets a client for the new master when it changes and returns the old one to close."""
+
+    def __init__(
+        self,
+        url: str,
+        hash_tag: str,
+        connect: Callable[[str], aioredis.Redis],
+        bind: Callable[[aioredis.Redis], Awaitable[aioredis.Redis]] | None = None,
+    ) -> None:
+        self.url = plain_url(url)
+        self.slot = key_slot(hash_tag.encode())
+        self.cluster = RedisCluster.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+        self._connect = connect
+        self.bind = bind
+        self.master: str | None = None  # host:port of the master in use
+        self.stale = False
+        self._lock = asyncio.Lock()
+        self._refreshed = 0.0  # monotonic time of the last topology read
+
+    async def locate(self, refresh: bool = False) -> str:
+        """The URL of the master that owns the slot; ``refresh`` reads the topology again."""
+        if refresh:
+            await self.cluster.nodes_manager.initialize()
+        else:
+            await self.cluster.initialize()
+        self._refreshed = time.monotonic()
+        node = self.cluster.nodes_manager.get_node_from_slot(self.slot)
+        self.master = f"{node.host}:{node.port}"
+        return node_url(self.url, node.host, int(node.port))
+
+    async def open(self) -> aioredis.Redis:
+        """A client for the slot's master now; ``ValueError`` when the URL is no cluster's."""
+        try:
+            return self._connect(await self.locate())
+        except RedisClusterException as e:  # "Cluster mode is not enabled on this node", say
+            raise ValueError(f"{self.url} is not a Redis Cluster node: {e}") from e
+
+    def lost(self) -> None:
+        """The master failed or the slot moved: find it again before the next call."""
+        self.stale = True
+
+    async def follow(self) -> None:
+        """Re-read the topology (at most every ``REFRESH_EVERY_S``) and move to the slot's
+        master if it changed. A failure here leaves the route stale; the call goes on to meet
+        the same failure and answer 503."""
+        async with self._lock:
+            if not self.stale or time.monotonic() - self._refreshed < REFRESH_EVERY_S:
+                return
+            before = self.master
+            try:
+                url = await self.locate(refresh=True)
+            except (RedisError, OSError) as e:
+                log.warning("Redis Cluster topology unreadable: %s", e)
+                return
+            self.stale = False
+            if self.master != before and self.bind is not None:
+                log.warning("slot %d moved from %s to %s", self.slot, before, self.master)
+                old = await self.bind(self._connect(url))
+                await old.aclose()
+
+    async def aclose(self) -> None:
+        await self.cluster.aclose()

@@ -1,0 +1,383 @@
+"""The store on a real Redis Cluster: one deployment's keys in one slot, on that slot's master."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import orjson
+import pytest
+import uvicorn
+
+from bandit_router.http.app import create_app
+from bandit_router.service.router import Router
+from bandit_router.settings import Settings
+from bandit_router.store.cluster import node_url, plain_url
+from bandit_router.store.repository import open_store
+from tests.cluster import LocalCluster
+from tests.cluster import _command as _command_of
+from tests.conftest import _free_port, wait_until
+
+
+def _settings(cluster: LocalCluster, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": cluster.url,
+        "data_dir": str(tmp_path / "data"),
+        "key_prefix": f"c-{uuid.uuid4().hex[:10]}",
+        "seed": 3,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_urls() -> None:
+    assert plain_url("redis+cluster://:pw@h:7000/0") == "redis://:pw@h:7000/0"
+    assert plain_url("redis://h:1") == "redis://h:1"
+    assert node_url("rediss://u:pw@seed:1/0?ssl_ca_certs=/c", "10.0.0.2", 7001) == (
+        "rediss://u:pw@10.0.0.2:7001/0?ssl_ca_certs=/c"
+    )
+
+
+def test_a_deployment_routes_and_learns_on_the_master_of_its_slot(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    settings = _settings(redis_cluster, tmp_path)
+
+    async def run() -> tuple[dict[str, Any], str | None]:
+        async with open_store(settings) as store:
+            router = await Router.open(settings, store)
+            try:
+                for i in range(20):
+                    chosen = await router.choose(f"query {i}", {"task": "qa"})
+                    await router.reward(chosen.event_id, _parts(reward=0.5))
+                stats = await router.stats()
+                await router.learner.publish()
+                assert store.route is not None
+                return stats, store.route.master
+            finally:
+                await router.close()
+
+    stats, master = asyncio.run(run())
+    assert stats["rewards_accepted"] == 20 and stats["decisions"] == 20
+    owner = redis_cluster.master_of("{" + settings.key_prefix + "}")
+    assert master == owner.address
+    client = owner.client()
+    try:  # every key of the deployment is on that master
+        keys = list(client.scan_iter(match="{" + settings.key_prefix + "}:*"))
+        assert len(keys) >= 3
+        assert client.xlen("{" + settings.key_prefix + "}:events") == 20
+    finally:
+        client.close()
+
+
+def _parts(**values: float) -> Any:
+    from bandit_router.rewards import RewardParts
+
+    return RewardParts.from_mapping(values)
+
+
+# Several deployments through the HTTP service on the cluster.
+
+
+def _spread_names(cluster: LocalCluster, prefix: str, count: int) -> list[str]:
+    """Deployment names whose hash tags land on as many of the cluster's masters as possible."""
+    names: list[str] = []
+    masters: set[str] = set()
+    for i in range(200):
+        name = f"app{i}"
+        master = cluster.master_of("{" + f"{prefix}:{name}" + "}").address
+        if master not in masters or len(masters) == len(cluster.nodes) // 2:
+            masters.add(master)
+            names.append(name)
+        if len(names) == count:
+            return names
+    raise AssertionError("no spread of deployment names found")
+
+
+def _deployments_file(tmp_path: Path, names: list[str]) -> str:
+    path = tmp_path / "deployments.toml"
+    tables = [f'[deployments.{n}]\narms = "a{i},b{i},c{i}"\n' for i, n in enumerate(names)]
+    path.write_text("\n".join(tables))
+    return str(path)
+
+
+@contextmanager
+def _served(settings: Settings) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@dataclass
+class Tally:
+    """What one deployment's traffic saw."""
+
+    acked: list[str] = field(default_factory=list)  # events whose reward got a 2xx, final
+    statuses: Counter[int] = field(default_factory=Counter)  # every reward answer's status
+    degraded: int = 0  # /choose answers with degraded: true
+    choose_failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _traffic(base: str, names: list[str], stop: threading.Event, tallies: dict[str, Tally]) -> None:
+    """choose + reward pairs round the deployments until ``stop``; a reward answered 503 is sent
+    again (a client's retry) until it gets another answer, for at most 20 s."""
+    with httpx.Client(base_url=base, timeout=10) as http:
+        i = 0
+        while not stop.is_set():
+            name = names[i % len(names)]
+            tally = tallies[name]
+            i += 1
+            try:
+                r = http.post("/choose", json={"query": f"q {i}", "deployment": name})
+            except httpx.HTTPError:
+                tally.choose_failed += 1
+                continue
+            if r.status_code != 200:
+                with tally.lock:
+                    tally.choose_failed += 1
+                continue
+            decision = r.json()
+            if decision["degraded"]:
+                with tally.lock:
+                    tally.degraded += 1
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                body = {"event_id": decision["event_id"], "reward": (i % 10) / 10}
+                got = http.post("/reward", json=body)
+                with tally.lock:
+                    tally.statuses[got.status_code] += 1
+                    if got.status_code == 200 and got.json()["status"] == "final":
+                        tally.acked.append(decision["event_id"])
+                if got.status_code != 503:
+                    break
+                time.sleep(0.05)
+
+
+def _logged(cluster: LocalCluster, prefix: str) -> list[str]:
+    """The event ids in a deployment's training log, read from the master of its slot."""
+    client = cluster.master_of("{" + prefix + "}").client()
+    try:
+        rows: Any = client.xrange("{" + prefix + "}:events")
+        return [orjson.loads(fields[b"d"])["event_id"] for _, fields in rows]
+    finally:
+        client.close()
+
+
+def test_every_acknowledged_reward_of_every_deployment_is_learned_exactly_once(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    prefix = f"x{uuid.uuid4().hex[:8]}"
+    names = _spread_names(redis_cluster, prefix, 4)
+    masters = {redis_cluster.master_of("{" + f"{prefix}:{n}" + "}").address for n in names}
+    assert len(masters) == 3  # the deployments spread over the three masters
+    settings = _settings(
+        redis_cluster,
+        tmp_path,
+        key_prefix=prefix,
+        deployments_file=_deployments_file(tmp_path, names),
+    )
+    tallies = {n: Tally() for n in names}
+    with _served(settings) as base:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(4)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        stats = {n: httpx.get(f"{base}/stats?deployment={n}&window=0").json() for n in names}
+    for name in names:
+        tally = tallies[name]
+        assert len(tally.acked) >= 20, (name, tally)
+        assert set(tally.statuses) == {200}, (name, tally.statuses)
+        logged = _logged(redis_cluster, f"{prefix}:{name}")
+        assert len(logged) == len(set(logged)) == len(tally.acked)
+        assert set(logged) == set(tally.acked)
+        # learned exactly once: the model learned every logged event, no more
+        assert stats[name]["model_version"] == len(tally.acked)
+        assert stats[name]["rewards_accepted"] == len(tally.acked)
+        arms = set(stats[name]["arms"])
+        assert all(arm[-1] == str(names.index(name)) for arm in arms)
+
+
+def _caught_up(base: str, name: str, logged: int) -> dict[str, Any]:
+    """/stats of deployment ``name`` once its model has learned ``logged`` events (a learner
+    that lost its lease in an outage takes it again and relearns from the snapshot and the log);
+    as it stands after 30 s otherwise."""
+    deadline = time.monotonic() + 30
+    while True:
+        stats: dict[str, Any] = httpx.get(f"{base}/stats?deployment={name}&window=0").json()
+        if stats["model_version"] >= logged or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_a_master_killed_mid_traffic_fails_over_and_the_service_recovers(
+    own_cluster: LocalCluster, tmp_path: Path, wait_replicas: int
+) -> None:
+    """Kill the master of one deployment's slot mid-traffic: its replica is promoted, the
+    service finds it by itself (503 for rewards and degraded /choose meanwhile), the other
+    deployment never notices; then count acknowledged rewards against logged ones."""
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    victim, bystander = names = _spread_names(own_cluster, prefix, 2)
+    tag = "{" + f"{prefix}:{victim}" + "}"
+    file = _deployments_file(tmp_path, names)
+    settings = _settings(
+        own_cluster,
+        tmp_path,
+        key_prefix=prefix,
+        deployments_file=file,
+        redis_wait_replicas=wait_replicas,
+    )
+    tallies = {n: Tally() for n in names}
+    with _served(settings) as base:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(2)
+            master = own_cluster.master_of(tag)
+            before = len(tallies[victim].acked)
+            killed = time.monotonic()
+            master.kill()
+            wait_until(lambda: own_cluster.master_of(tag) is not master, 30, "a replica promoted")
+            promoted = time.monotonic() - killed
+            master.start()  # back as the new master's replica, as an operator would restart it
+            own_cluster.wait_ok()
+            wait_until(lambda: len(tallies[victim].acked) > before + 20, 60, "rewards again")
+            time.sleep(1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        logged = _logged(own_cluster, f"{prefix}:{victim}")
+        stats = _caught_up(base, victim, len(logged))
+    tally = tallies[victim]
+    lost = set(tally.acked) - set(logged)
+    print(
+        f"\nFAILOVER wait_replicas={wait_replicas}: promoted after {promoted:.1f} s; "
+        f"rewards acknowledged {len(tally.acked)}, logged {len(logged)}, acknowledged but lost "
+        f"{len(lost)}; learned {stats['model_version']}; reward answers {dict(tally.statuses)}; "
+        f"degraded /choose {tally.degraded}"
+    )
+    assert len(logged) == len(set(logged))  # nothing logged twice
+    assert tally.statuses[503] > 0 and tally.degraded > 0  # the outage was seen, and survived
+    assert set(tallies[bystander].statuses) == {200} and tallies[bystander].degraded == 0
+    assert stats["model_version"] >= len(logged)
+    if wait_replicas:
+        assert not lost  # a write a replica confirmed survives its master's death
+        assert stats["model_version"] == len(logged)  # learned exactly once
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_what_a_lagging_replica_never_had_is_lost_unless_writes_wait_for_it(
+    own_cluster: LocalCluster, tmp_path: Path, wait_replicas: int
+) -> None:
+    """The loss asynchronous replication allows, made to happen: the replica of one
+    deployment's master is stopped and its replication link cut, traffic goes on, then the
+    master dies and the replica, which never got those writes, is promoted. Without WAIT the
+    rewards acknowledged meanwhile are lost; with WAIT 1 none was acknowledged (503 instead)."""
+    prefix = f"l{uuid.uuid4().hex[:8]}"
+    victim, bystander = names = _spread_names(own_cluster, prefix, 2)
+    tag = "{" + f"{prefix}:{victim}" + "}"
+    file = _deployments_file(tmp_path, names)
+    settings = _settings(
+        own_cluster,
+        tmp_path,
+        key_prefix=prefix,
+        deployments_file=file,
+        redis_wait_replicas=wait_replicas,
+    )
+    master = own_cluster.master_of(tag)
+    replica = own_cluster.replica_of(master)
+    tallies = {n: Tally() for n in names}
+    with _served(settings) as base:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.5)
+            before = len(tallies[victim].acked)
+            replica.pause()  # the replica lags: it reads nothing more from its master
+            client = master.client()
+            try:
+                _command_of(client, "CLIENT", "KILL", "TYPE", "replica")  # and the link is cut
+            finally:
+                client.close()
+            time.sleep(1.5)  # the master alone has what it acknowledges now
+            window = len(tallies[victim].acked) - before
+            master.kill()
+            replica.resume()
+            wait_until(lambda: own_cluster.master_of(tag) is replica, 30, "the replica promoted")
+            master.start()  # back as the new master's replica
+            own_cluster.wait_ok()
+            after = len(tallies[victim].acked)
+            wait_until(lambda: len(tallies[victim].acked) > after + 20, 60, "rewards again")
+        finally:
+            replica.resume()
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        logged = _logged(own_cluster, f"{prefix}:{victim}")
+        stats = _caught_up(base, victim, len(logged))
+    tally = tallies[victim]
+    lost = set(tally.acked) - set(logged)
+    print(
+        f"\nLAGGING REPLICA wait_replicas={wait_replicas}: rewards acknowledged "
+        f"{len(tally.acked)} ({window} while the replica lagged), logged {len(logged)}, "
+        f"acknowledged but lost {len(lost)}; learned {stats['model_version']}; reward answers "
+        f"{dict(tally.statuses)}"
+    )
+    assert len(logged) == len(set(logged))
+    assert set(tallies[bystander].statuses) == {200}
+    if wait_replicas:
+        assert not lost  # nothing was acknowledged that no replica had
+        assert stats["model_version"] == len(logged)  # learned exactly once
+    else:
+        # what the master alone acknowledged (its four clients' calls in flight at the pause
+        # included), and no more
+        assert lost and len(lost) <= window + 4
+
+
+def test_the_cluster_flag_needs_a_cluster(tmp_path: Path, redis_process: Any) -> None:
+    with pytest.raises(ValueError, match="needs BANDIT_REDIS_URL"):
+        Settings(redis_cluster=True, data_dir=str(tmp_path))
+    settings = Settings(redis_url=redis_process.url, redis_cluster=True, startup_wait_s=0)
+
+    async def run() -> None:
+        async with open_store(settings):
+            pass
+
+    with pytest.raises(ValueError, match="is not a Redis Cluster node"):
+        asyncio.run(run())

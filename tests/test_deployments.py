@@ -1,0 +1,282 @@
+"""Many deployments in one service: the file, the request field, and per-deployment everything."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from bandit_router.deployments import DeploymentsError, load_deployments
+from bandit_router.settings import Settings
+from tests.conftest import ClientFactory, SettingsFactory, cli_env
+
+FILE = """
+[deployments.support]
+arms = "small:4:0.1,large:14:0.4"
+policy = "egreedy"
+reward_weights = {rating = 0.7, latency = 0.3}
+api_keys = ["support-key"]
+
+[deployments.coding]
+arms = [{name = "coder-7b", params_b = 7}, {name = "coder-32b", params_b = 32}]
+policy = "linucb:alpha=0.3"
+reward_wait_s = 60
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "deployments.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_file_defines_deployments_over_the_environment(tmp_path: Path) -> None:
+    base = Settings(key_prefix="app", api_keys=["all-key"], deployments_file=_write(tmp_path, FILE))
+    found = load_deployments(base)
+    assert list(found) == ["default", "support", "coding"]
+    support, coding = found["support"].settings, found["coding"].settings
+    assert [a.name for a in support.arms] == ["small", "large"]
+    assert support.reward_weights == {"rating": 0.7, "latency": 0.3}
+    assert support.api_keys == ["all-key", "support-key"]
+    assert coding.api_keys == ["all-key"] and coding.policy == "linucb:alpha=0.3"
+    assert coding.reward_wait_s == 60 and support.reward_wait_s == base.reward_wait_s
+    assert {d.prefix for d in found.values()} == {"app", "app:support", "app:coding"}
+    same = json.dumps({"deployments": {"support": {"arms": "a,b", "key_prefix": "sup"}}})
+    as_json = load_deployments(Settings(deployments_file=_write(tmp_path, same, "d.json")))
+    assert as_json["support"].prefix == "sup"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[deployments.support]\nport = 1\n", "port is a setting of the whole service"),
+        ("[deployments.support]\narmz = 'a'\n", "unknown setting 'armz'; valid: "),
+        ("[deployments.support]\npolicy = 'nope'\n", "deployment 'support': policy: "),
+        ("[deployments.support]\narms = 'a,a'\n", "arm names must be unique"),
+        ("[deployments.default]\n", "reserved"),
+        ("[deployments.Bad_Name]\n", "a name is 1-32 characters"),
+        ("[support]\n", "one top-level table, `deployments`"),
+        ("[deployments\n", "not valid TOML"),
+        ("[deployments.a]\nkey_prefix='x'\n[deployments.b]\nkey_prefix='x'\n", "its own"),
+        ("[deployments.a]\nreward_weights = {speed = 1}\n", "unknown reward part 'speed'"),
+    ],
+)
+def test_a_wrong_file_is_refused_naming_the_deployment_and_setting(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(DeploymentsError, match="deployments file") as e:
+        load_deployments(Settings(deployments_file=_write(tmp_path, text)))
+    assert message in str(e.value)
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DeploymentsError, match=r"nothere\.toml"):
+        load_deployments(Settings(deployments_file=str(tmp_path / "nothere.toml")))
+
+
+@pytest.fixture
+def many(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> tuple[TestClient, Settings]:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE))
+    return make_client(settings), settings
+
+
+def _choose(client: TestClient, key: str | None = None, **body: Any) -> Any:
+    headers = {"X-API-Key": key} if key else {}
+    return client.post("/choose", json={"query": "hello there", **body}, headers=headers)
+
+
+def test_each_deployment_decides_and_learns_on_its_own_keys(
+    many: tuple[TestClient, Settings], redis_url: str
+) -> None:
+    client, settings = many
+    plain = _choose(client).json()
+    assert ":" not in plain["event_id"] and plain["arm"] in ("4b", "7b", "14b")
+    coding = _choose(client, deployment="coding").json()
+    assert coding["event_id"].startswith("coding:") and coding["arm"].startswith("coder-")
+    assert coding["policy"].startswith("linucb")
+    # a retry with the id /choose answered returns the same decision
+    again = _choose(client, deployment="coding", event_id=coding["event_id"]).json()
+    assert again == coding
+    mine = _choose(client, deployment="coding", event_id="req-1").json()
+    assert mine["event_id"] == "coding:req-1"
+
+    # /reward finds the deployment from the event id
+    got = client.post("/reward", json={"event_id": coding["event_id"], "reward": 0.9})
+    assert got.status_code == 200 and got.json()["status"] == "final", got.text
+    assert got.json()["model_version"] == 1
+    got = client.post("/reward", json={"event_id": plain["event_id"], "reward": 0.2})
+    assert got.json()["model_version"] == 1
+
+    stats = client.get("/stats", params={"deployment": "coding"}).json()
+    assert set(stats["arms"]) == {"coder-7b", "coder-32b"} and stats["rewards_accepted"] == 2 - 1
+    assert client.get("/stats").json()["rewards_accepted"] == 1
+    assert client.get("/stats", params={"deployment": "support"}).json()["decisions"] == 0
+    r = client.get("/stats", params={"deployment": "nope"})
+    assert r.status_code == 422 and r.json()["field"] == "deployment"
+    assert "default, support, coding" in r.json()["detail"]
+    listed = client.get("/deployments").json()["deployments"]
+    assert [d["name"] for d in listed] == ["default", "support", "coding"]
+    assert client.get("/arms", params={"deployment": "support"}).json()["arms"][0]["name"] == (
+        "small"
+    )
+
+    # every key of a deployment is under its own hash tag
+    r_client = redis.Redis.from_url(redis_url)
+    try:
+        prefix = settings.key_prefix
+        assert r_client.xlen("{" + prefix + ":coding}:events") == 1
+        assert r_client.xlen("{" + prefix + "}:events") == 1
+        assert r_client.exists("{" + prefix + ":coding}:learner")
+        assert r_client.xlen("{" + prefix + ":support}:events") == 0
+    finally:
+        r_client.close()
+
+    metrics = client.get("/metrics").text
+    assert 'bandit_decisions_total{arm="coder-7b",deployment="coding"' in metrics or (
+        'bandit_decisions_total{arm="coder-32b",deployment="coding"' in metrics
+    )
+    assert metrics.count("# TYPE bandit_decisions_total counter") == 1
+
+
+def test_an_unknown_deployment_or_a_foreign_id_is_a_422_naming_the_field(
+    many: tuple[TestClient, Settings],
+) -> None:
+    client, _ = many
+    r = _choose(client, deployment="sales")
+    assert r.status_code == 422 and r.json()["field"] == "deployment"
+    assert "valid: default, support, coding" in r.json()["detail"]
+    r = _choose(client, event_id="coding:mine")  # default, with an id of another deployment
+    assert r.status_code == 422 and r.json()["field"] == "event_id"
+    r = _choose(client, deployment="coding", event_id="x" * 128)
+    assert r.status_code == 422 and r.json()["field"] == "event_id"
+    r = client.post("/reward", json={"event_id": "coding:never-chosen", "reward": 1})
+    assert r.status_code == 404
+
+
+def test_a_deployment_key_opens_only_its_deployment(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE), api_keys=["all-key"])
+    client = make_client(settings)
+    assert _choose(client).status_code == 401
+    assert _choose(client, key="all-key", deployment="support").status_code == 200
+    decision = _choose(client, key="support-key", deployment="support")
+    assert decision.status_code == 200, decision.text
+    r = _choose(client, key="support-key")  # default
+    assert r.status_code == 401 and "deployment 'default'" in r.json()["detail"]
+    assert _choose(client, key="support-key", deployment="coding").status_code == 401
+    event_id = decision.json()["event_id"]
+    r = client.post(
+        "/reward", json={"event_id": event_id, "rating": 5}, headers={"X-API-Key": "support-key"}
+    )
+    assert r.status_code == 200 and r.json()["status"] == "pending"
+    other = _choose(client, key="all-key", deployment="coding").json()["event_id"]
+    r = client.post(
+        "/reward", json={"event_id": other, "reward": 1}, headers={"X-API-Key": "support-key"}
+    )
+    assert r.status_code == 401
+
+
+def test_a_reset_of_one_deployment_leaves_the_others_model(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE), admin_key="adm")
+    client = make_client(settings)
+    for deployment in ("default", "coding"):
+        for i in range(3):
+            d = _choose(client, deployment=deployment, query=f"q{i}").json()
+            client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+    admin = {"X-API-Key": "adm"}
+    r = client.post("/admin/reset", params={"deployment": "coding"}, headers=admin)
+    assert r.status_code == 200 and r.json()["model_version"] == 0
+    assert client.get("/stats").json()["model_version"] == 3
+    r = client.post("/admin/snapshot", params={"deployment": "nope"}, headers=admin)
+    assert r.status_code == 422 and r.json()["field"] == "deployment"
+
+
+def test_the_cli_reads_and_writes_one_deployment(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE))
+    client = make_client(settings)
+    for i in range(4):
+        d = _choose(client, deployment="coding", query=f"q{i}").json()
+        client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+    env = cli_env(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        deployments_file=settings.deployments_file,
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bandit_router.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    out = run("status", "--deployment", "coding", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["rewards_accepted"] == 4 and set(doc["arms"]) == {"coder-7b", "coder-32b"}
+    out = run("export", "--deployment", "coding", "--out", str(tmp_path / "log.json"))
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / "log.json").read_text().splitlines()) == 4
+    out = run("export", "--deployment", "support")
+    assert out.returncode == 0 and out.stdout == ""
+    out = run("status", "--deployment", "sales")
+    assert out.returncode == 2
+    assert "unknown deployment 'sales'" in out.stderr and "default, support, coding" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_dashboard_reads_the_deployment_it_is_opened_on(
+    many: tuple[TestClient, Settings],
+) -> None:
+    client, _ = many
+    script = client.get("/static/dashboard.js").text
+    assert "deployment=${encodeURIComponent(DEPLOYMENT)}" in script and '"deployments"' in script
+    assert 'id="deployment"' in client.get("/dashboard").text
+
+
+def test_adding_and_changing_deployments_takes_a_restart_and_loses_nothing(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(deployments_file=_write(tmp_path, FILE))
+    first = make_client(settings)
+    for deployment in ("default", "coding"):
+        for i in range(5):
+            d = _choose(first, deployment=deployment, query=f"q{i}").json()
+            first.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+    pending = _choose(first, deployment="coding", query="later").json()["event_id"]
+    first.__exit__(None, None, None)  # the service stops (publishing its models)
+
+    changed = FILE.replace("reward_wait_s = 60", "reward_weights = {accuracy = 1.0}") + (
+        '\n[deployments.batch]\narms = "s,m,l"\n'
+    )
+    path = _write(tmp_path, changed, "deployments2.toml")
+    again = make_client(settings.model_copy(update={"deployments_file": path}))
+    assert [d["name"] for d in again.get("/deployments").json()["deployments"]] == [
+        "default",
+        "support",
+        "coding",
+        "batch",
+    ]
+    assert again.get("/stats").json()["model_version"] == 5
+    coding = again.get("/stats", params={"deployment": "coding"}).json()
+    assert coding["model_version"] == 5
+    assert coding["settings"]["reward_weights"] == {"accuracy": 1.0}
+    r = again.post("/reward", json={"event_id": pending, "reward": 1})  # chosen before the restart
+    assert r.status_code == 200 and r.json()["model_version"] == 6
+    assert _choose(again, deployment="batch").json()["arm"] in ("s", "m", "l")
