@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies.registry import parse_policy_spec
@@ -107,6 +107,21 @@ class Settings(BaseSettings):
     # squarecb, not egreedy: the replay simulator's results in simulations/README.md.
     policy: str = Field(
         default="squarecb", description="policy spec, `name[:param=value...]` (see Policies)"
+    )
+    challengers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma list of policy specs that learn beside the served policy and are "
+        "scored off-policy on its traffic (see Champion and challengers)",
+    )
+    auto_promote: bool = Field(
+        default=False,
+        description="promote a challenger whose lower bounds clear the champion's estimate",
+    )
+    promote_min_events: int = Field(
+        default=1000, ge=10, description="events a challenger is scored on before it can clear"
+    )
+    challenger_window: int = Field(
+        default=10_000, ge=10, description="newest events each challenger is scored on"
     )
     epsilon: float = Field(
         default=0.05, ge=0, le=1, description="exploration rate of egreedy, bag and rnd"
@@ -239,6 +254,28 @@ class Settings(BaseSettings):
     def _policy_exists(cls, policy: str) -> str:
         parse_policy_spec(policy)  # raises ValueError naming the valid policies
         return policy
+
+    @field_validator("challengers", mode="before")
+    @classmethod
+    def _parse_challengers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [spec.strip() for spec in value.split(",") if spec.strip()]
+        return value
+
+    @field_validator("challengers")
+    @classmethod
+    def _challengers_exist(cls, specs: list[str]) -> list[str]:
+        normal = [str(parse_policy_spec(spec)) for spec in specs]  # names the valid policies
+        return list(dict.fromkeys(normal))
+
+    @model_validator(mode="after")
+    def _window_holds_min_events(self) -> Settings:
+        if self.challenger_window < self.promote_min_events:
+            raise ValueError(
+                f"challenger_window ({self.challenger_window}) must be at least "
+                f"promote_min_events ({self.promote_min_events}): no challenger could clear"
+            )
+        return self
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((arm for arm in self.arms if arm.name == name), None)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.http.openapi import OPS
+from bandit_router.service.challengers import challengers_view
 from bandit_router.service.router import Router
 
 
@@ -50,4 +51,8 @@ def register_metrics(app: FastAPI, dependencies: Sequence[Any]) -> None:
         """Prometheus metrics of this process (see the README's Metrics section)."""
         router: Router = request.app.state.router
         router.metrics.refresh(router.version, await _logged_rewards(router))
+        try:
+            router.metrics.challengers(await challengers_view(router.learner))
+        except StoreUnavailable:
+            router.metrics.redis_error("challengers")
         return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)

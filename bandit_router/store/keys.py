@@ -36,4 +36,10 @@ KEY_LEASE = "{p}:learner"  # the learner's lease: holder name, with a TTL
 KEY_STATS = "{p}:stats"  # counters
 
 
+KEY_CHALLENGERS = "{p}:challengers"  # hash: the challengers' models and scores, with the model
+
+
+KEY_PROMOTIONS = "{p}:promotions"  # list of JSON records: every promotion of a challenger
+
+
 GROUP = "learners"  # the learners' consumer group on KEY_EVENTS
