@@ -20,7 +20,7 @@ from bandit_router.features import extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import RewardConfig, RewardParts
-from bandit_router.service.challengers import Bench
+from bandit_router.service.challengers import Bench, challengers_view
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.sim.champion import parse_auto
@@ -300,3 +300,30 @@ def test_the_simulator_promotes_with_the_same_bench() -> None:
     result = summary(runs, prepared, {"seeds": [0, 1]})
     assert result["policies"][names[0]]["promotions"][0][0][1:] == ("random", "linucb")
     assert f"seed 0: random -> linucb at step {at}" in table(result)
+
+
+def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings, auto_promote=True)
+
+    async def scenario() -> None:
+        leader = await _open(settings)
+        worker = await _open(settings)
+        assert leader.learner.leading and not worker.learner.leading
+        assert worker.learner.bench is None  # an API worker scores nothing
+        await _traffic(leader, 300, seed=8)
+        assert leader.model.spec.name == "linucb"
+        assert await worker.refresh()  # the worker loads the promoted, trained model
+        assert worker.model.spec.name == "linucb" and worker.version == leader.version
+        query = CONTEXTS[1][0]
+        assert (await worker.choose(query)).arm == (await leader.choose(query)).arm == "14b"
+        # The worker shows what the learner published with its last snapshot.
+        seen = await challengers_view(worker.learner)
+        assert seen.champion == "linucb" and seen.computed_at is not None
+        assert {c.policy for c in seen.challengers} == {"random", "fixed:arm=7b"}
+        assert [p.to_policy for p in seen.promotions] == ["linucb"]
+        await leader.store.close()
+        await worker.store.close()
+
+    asyncio.run(scenario())
