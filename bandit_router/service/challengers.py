@@ -356,6 +356,39 @@ def _fmt(e: Estimate) -> str:
 # What /stats, /metrics and the dashboard show
 
 
+_INTERVAL = {"value": 0.74, "low": 0.72, "high": 0.76, "n": 4000}
+_CHAMPION = {"value": 0.7, "low": 0.69, "high": 0.71, "n": 4000}
+CHALLENGER_EXAMPLE = {
+    "policy": "linucb",
+    "events": 4000,
+    "snips": _INTERVAL,
+    "dr": _INTERVAL,
+    "champion": _CHAMPION,
+    "clears": True,
+}
+PROMOTION_EXAMPLE = {
+    "ts": 1.7e9,
+    "from_policy": "squarecb",
+    "to_policy": "linucb",
+    "by": "auto",
+    "events": 4000,
+    "model_version": 9000,
+    "snips": _INTERVAL,
+    "dr": _INTERVAL,
+    "champion": _CHAMPION,
+}
+
+CHALLENGERS_EXAMPLE = {
+    "champion": "squarecb",
+    "auto_promote": False,
+    "min_events": 1000,
+    "window": 10000,
+    "computed_at": 1.7e9,
+    "challengers": [CHALLENGER_EXAMPLE],
+    "promotions": [PROMOTION_EXAMPLE],
+}
+
+
 class ChallengerView(BaseModel):
     policy: str = Field(description="the challenger's policy spec", examples=["linucb"])
     events: int = Field(description="events it has been scored on (its window)", examples=[4000])
@@ -393,9 +426,12 @@ class ChallengersView(BaseModel):
         "process, as the learner last published them)",
         examples=[1.7e9],
     )
-    challengers: list[ChallengerView] = Field(description="every running challenger")
+    challengers: list[ChallengerView] = Field(
+        description="every running challenger", examples=[[CHALLENGER_EXAMPLE]]
+    )
     promotions: list[PromotionView] = Field(
-        description="every promotion recorded in Redis, oldest first (the newest 100)"
+        description="every promotion recorded in Redis, oldest first (the newest 100)",
+        examples=[[PROMOTION_EXAMPLE]],
     )
 
 

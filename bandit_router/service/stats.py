@@ -15,7 +15,11 @@ from pydantic import BaseModel, Field
 
 from bandit_router.policies.base import Arm, ParamValue
 from bandit_router.policies.registry import effective_params
-from bandit_router.service.challengers import ChallengersView, challengers_view
+from bandit_router.service.challengers import (
+    CHALLENGERS_EXAMPLE,
+    ChallengersView,
+    challengers_view,
+)
 from bandit_router.service.estimates import BaselineCache, Baselines
 from bandit_router.service.metrics import is_greedy
 from bandit_router.settings import ArmSpec
@@ -137,6 +141,7 @@ class StatsResponse(BaseModel):
     challengers: ChallengersView | None = Field(
         default=None,
         description="the challengers scored beside the serving policy, and every promotion",
+        examples=[CHALLENGERS_EXAMPLE],
     )
 
 
