@@ -128,6 +128,21 @@ class Settings(BaseSettings):
     policy: str = Field(
         default="squarecb", description="policy spec, `name[:param=value...]` (see Policies)"
     )
+    challengers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma list of policy specs that learn beside the served policy and are "
+        "scored off-policy on its traffic (see Champion and challengers)",
+    )
+    auto_promote: bool = Field(
+        default=False,
+        description="promote a challenger whose lower bounds clear the champion's estimate",
+    )
+    promote_min_events: int = Field(
+        default=1000, ge=10, description="events a challenger is scored on before it can clear"
+    )
+    challenger_window: int = Field(
+        default=10_000, ge=10, description="newest events each challenger is scored on"
+    )
     epsilon: float = Field(
         default=0.05, ge=0, le=1, description="exploration rate of egreedy, bag and rnd"
     )
@@ -273,6 +288,28 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BANDIT_REDIS_CLUSTER=true needs BANDIT_REDIS_URL, a node of the cluster "
                 "(the embedded Redis is a single server)"
+            )
+        return self
+
+    @field_validator("challengers", mode="before")
+    @classmethod
+    def _parse_challengers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [spec.strip() for spec in value.split(",") if spec.strip()]
+        return value
+
+    @field_validator("challengers")
+    @classmethod
+    def _challengers_exist(cls, specs: list[str]) -> list[str]:
+        normal = [str(parse_policy_spec(spec)) for spec in specs]  # names the valid policies
+        return list(dict.fromkeys(normal))
+
+    @model_validator(mode="after")
+    def _window_holds_min_events(self) -> Settings:
+        if self.challenger_window < self.promote_min_events:
+            raise ValueError(
+                f"challenger_window ({self.challenger_window}) must be at least "
+                f"promote_min_events ({self.promote_min_events}): no challenger could clear"
             )
         return self
 

@@ -106,7 +106,7 @@ def _renders(browser: webdriver.Chrome) -> int:
 def test_dashboard_renders_live_charts(
     serve: Callable[..., str], browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    base = serve(policy="egreedy:epsilon=0.2")
+    base = serve(policy="egreedy:epsilon=0.2", challengers="linucb")
     drive_traffic(base, 150)
     browser.get(f"{base}/dashboard?refresh=1")
     wait = WebDriverWait(browser, 20)
@@ -121,6 +121,7 @@ def test_dashboard_renders_live_charts(
         assert any(v > 0 for v in charts["share"]["series"][arm]), arm
     assert "egreedy:epsilon=0.2" in _text(browser, "settings")
     assert "static" in _text(browser, "baselines")
+    assert "linucb" in _text(browser, "challengers")
     # Live: more traffic shows up without a reload.
     before = _text(browser, "cards")
     drive_traffic(base, 3)

@@ -114,7 +114,9 @@ def test_status_from_redis_and_from_a_url(
     import httpx2 as httpx
 
     settings = make_settings()
-    base = serve(**{k: getattr(settings, k) for k in ("key_prefix", "redis_url")})
+    base = serve(
+        **{k: getattr(settings, k) for k in ("key_prefix", "redis_url")}, challengers="linucb"
+    )
     with httpx.Client(base_url=base) as http:
         for i in range(12):
             d = http.post("/choose", json={"query": QUERIES[i % 3]}).json()
@@ -129,6 +131,8 @@ def test_status_from_redis_and_from_a_url(
         assert "model version 12" in out and "rewards 12" in out
         for name in ("4b", "7b", "14b", "static", "fixed:arm=14b"):
             assert name in out
+    assert "champion squarecb   automatic promotion off" in from_url
+    assert "\nlinucb " in from_url  # its row in the challengers' table, live from the learner
     assert main(["status", "--url", base, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rewards_accepted"] == 12
     assert main(["status", "--url", "http://127.0.0.1:9"]) == 1

@@ -15,6 +15,7 @@ AUTHENTICATED = {
     "/reward",
     "/admin/snapshot",
     "/admin/reset",
+    "/admin/promote",
     "/admin/policy",
     "/stats",
     "/deployments",

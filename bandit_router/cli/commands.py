@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -118,7 +119,33 @@ def format_status(s: dict[str, Any]) -> str:
         base.insert(0, ["this policy (on-policy)", *[logged["value"]] * 3, _ci(logged)])
     headers = ["policy (off-policy estimates, window)", "IPS", "SNIPS", "DR", "SNIPS 95% CI"]
     base_table = table(headers, base)
-    return f"{head}\n\n{arm_table}\n\n{base_table}"
+    return f"{head}\n\n{arm_table}\n\n{base_table}" + _challengers(s.get("challengers"))
+
+
+def _challengers(c: dict[str, Any] | None) -> str:
+    """The challengers' table and the promotions, when there are any."""
+    if not c or not (c["challengers"] or c["promotions"]):
+        return ""
+    rows = [
+        [
+            x["policy"],
+            x["events"],
+            x["snips"]["value"],
+            _ci(x["snips"]),
+            x["dr"]["value"],
+            _ci(x["dr"]),
+            x["champion"]["value"],
+            "yes" if x["clears"] else "no",
+        ]
+        for x in c["challengers"]
+    ]
+    headers = ["challenger", "events", "SNIPS", "95% CI", "DR", "95% CI", "champion", "clears"]
+    auto = "on" if c["auto_promote"] else "off"
+    out = f"\n\nchampion {c['champion']}   automatic promotion {auto}\n" + table(headers, rows)
+    for p in c["promotions"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p["ts"]))
+        out += f"\npromoted {p['to_policy']} over {p['from_policy']} ({p['by']}) at {when} UTC"
+    return out
 
 
 def _ci(interval: dict[str, Any]) -> str:

@@ -56,6 +56,7 @@ from bandit_router.http.security import (
     require_ops_key,
 )
 from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.service.challengers import PromotionView
 from bandit_router.service.deployments import Routers, open_routers
 from bandit_router.service.estimates import BaselineCache
 from bandit_router.service.router import Router
@@ -328,6 +329,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if router.learner.leading:
             await router.learner.switch(spec)
         return PolicyResponse(policy=str(spec), model_version=router.version)
+
+    @app.post("/admin/promote", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
+    async def admin_promote(body: PolicyRequest, router: RouterDep) -> PromotionView:
+        """Promote a running challenger now: its trained model serves, the champion becomes a
+        challenger; the promotion is recorded. Asked of the learner's process."""
+        if not router.learner.leading:
+            raise NotLearner()
+        try:
+            record = await router.learner.promote(body.policy)
+        except ValueError as e:
+            raise RouterError(str(e), field="policy") from e
+        return PromotionView.model_validate(record)
 
     return app
 

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.http.openapi import OPS
+from bandit_router.service.challengers import challengers_view
 from bandit_router.service.deployments import Routers
 from bandit_router.service.router import Router
 
@@ -55,6 +56,10 @@ def register_metrics(app: FastAPI, dependencies: Sequence[Any]) -> None:
         routers: Routers = request.app.state.routers
         for router in routers.values():
             router.metrics.refresh(router.version, await _logged_rewards(router))
+            try:
+                router.metrics.challengers(await challengers_view(router.learner))
+            except StoreUnavailable:
+                router.metrics.redis_error("challengers")
         if len(routers) == 1:
             registry = routers.default.metrics.registry
         else:

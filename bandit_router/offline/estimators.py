@@ -15,6 +15,7 @@ weights; with ``n == 1`` the interval is undefined (NaN).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,3 +135,32 @@ class RewardModel:
         a_inv_v = self._a_inv[arm] @ v
         self._a_inv[arm] -= np.outer(a_inv_v, a_inv_v) / (1.0 + v @ a_inv_v)  # Sherman-Morrison
         self._b[arm] += (reward - 0.5) * v
+
+    def dumps(self) -> bytes:
+        """The model as bytes (a JSON header line, then each arm's arrays, little-endian)."""
+        header = {"dim": self.dim, "l2": self.l2, "arms": list(self._a_inv)}
+        arrays = [
+            np.concatenate([self._a_inv[arm].ravel(), self._b[arm]]).astype("<f8").tobytes()
+            for arm in self._a_inv
+        ]
+        return json.dumps(header).encode() + b"\n" + b"".join(arrays)
+
+    @classmethod
+    def loads(cls, data: bytes) -> RewardModel:
+        """A model from ``dumps()``; ``ValueError`` when the bytes are not one."""
+        head, sep, body = data.partition(b"\n")
+        try:
+            header = json.loads(head)
+            model = cls(int(header["dim"]), float(header["l2"]))
+            arms = [str(arm) for arm in header["arms"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"not a reward model ({e})") from None
+        size = model.dim * model.dim + model.dim
+        values = np.frombuffer(body, dtype="<f8")
+        if not sep or len(values) != size * len(arms):
+            raise ValueError(f"reward model: {len(values)} values for {len(arms)} arms")
+        for i, arm in enumerate(arms):
+            chunk = values[i * size : (i + 1) * size].astype(np.float64)
+            model._a_inv[arm] = chunk[: model.dim * model.dim].reshape(model.dim, model.dim)
+            model._b[arm] = chunk[model.dim * model.dim :].copy()
+        return model

@@ -21,11 +21,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from bandit_router.errors import StoreUnavailable
+from bandit_router.errors import NotLearner, StoreUnavailable
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
+from bandit_router.service.challengers import Bench, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Snapshot, stream_id_key
 from bandit_router.store.repository import Store
@@ -135,6 +137,11 @@ class Learner:
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
+        # The challengers, while this process leads (service.challengers); a promotion not yet
+        # published (Redis failed) goes with the next snapshot.
+        self.bench: Bench | None = None
+        self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record): metrics
+        self._promotion: dict[str, Any] | None = None
 
     @property
     def leading(self) -> bool:
@@ -185,7 +192,7 @@ class Learner:
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
         held = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
-        if held and self.leading:
+        if held and self.leading and self._promotion is None:
             spec = await effective_spec(self.store, self.settings)
             if spec != self.model.spec:  # an admin switched the policy
                 log.info("switching policy %s -> %s", self.model.spec, spec)
@@ -196,13 +203,31 @@ class Learner:
                 snapshot = await self.store.load_snapshot()
                 if snapshot is not None and snapshot.version > self.model.version:
                     self.model = restore(snapshot, self.model.spec, self.settings)
+                self.bench = await self._open_bench()
                 async for event in self.store.events(after=self.model.stream_id):
                     self._learn(event)
                 published = snapshot.version if snapshot is not None else 0
                 self._published = (published, time.monotonic())
             log.info("learner %s leads at model version %d", self.name, self.model.version)
+        if not held:
+            self.bench = None
         self.leading = held
         return held
+
+    async def _open_bench(self) -> Bench:
+        """The challengers as last published, brought up to the model's watermark: the log
+        between their watermark and the model's is replayed to them (what the model replayed
+        at start-up: at most the events after the newest snapshot)."""
+        stored = await self.store.challenger_state()
+        bench = Bench.restore(stored, self.model.spec, self.settings, self.model.stream_id)
+        if bench.challengers and bench.stream_id != self.model.stream_id:
+            upto = stream_id_key(self.model.stream_id)
+            async for event in self.store.events(after=bench.stream_id):
+                if stream_id_key(event.stream_id) > upto:
+                    break
+                bench.learn(event, self.arms)
+        bench.stream_id = self.model.stream_id
+        return bench
 
     async def step(self) -> int:
         """Learn what is new in the log (and what a dead learner left); publish when due.
@@ -230,6 +255,7 @@ class Learner:
             events = await self.store.read_new(self.name, BATCH)
             self._read = number
             self._learn_all(events)
+            await self._judge()
             if self._due():
                 await self._publish()
             return len(events)
@@ -246,8 +272,12 @@ class Learner:
         d = event.decision
         kept = self._chosen.pop(d.get("event_id", ""), None) if self._chosen else None
         x = kept[1] if kept is not None and kept[0] == d.get("ts") else None  # the same decision
+        if self.bench is not None and self.bench.challengers and x is None:
+            x = Features.from_json(d["features"])  # built once for the model and challengers
         if self.model.learn(event, self.arms, x) and self.on_learned is not None:
             self.on_learned(event.decision["arm"], self.model.version)
+        if self.bench is not None:
+            self.bench.learn(event, self.arms, x)
 
     def _due(self) -> bool:
         version, at = self._published
@@ -257,9 +287,41 @@ class Learner:
         return behind or time.monotonic() - at >= self.settings.publish_s
 
     async def _publish(self) -> None:
-        await self.store.publish(self.model.snapshot(), self._acks)
+        bench = self.bench
+        fields = bench.fields(summary(bench)) if bench is not None else None
+        await self.store.publish(self.model.snapshot(), self._acks, fields, self._promotion)
         self._acks = []
+        self._promotion = None
         self._published = (self.model.version, time.monotonic())
+
+    async def _judge(self) -> None:
+        """Score the challengers when due; with BANDIT_AUTO_PROMOTE, promote one that clears."""
+        if self.bench is None or not self.bench.due:
+            return
+        best = self.bench.judge()
+        if best is not None and self.settings.auto_promote:
+            await self._promote(best.policy, "auto")
+
+    async def promote(self, policy: str) -> dict[str, Any]:
+        """Promote the running challenger ``policy`` now (``POST /admin/promote``)."""
+        async with self._lock:
+            if self.bench is None:
+                raise NotLearner()
+            return await self._promote(str(parse_policy_spec(policy)), "admin")
+
+    async def _promote(self, policy: str, by: str) -> dict[str, Any]:
+        """The challenger's trained policy serves from now on, without relearning; the snapshot,
+        the policy override (as ``POST /admin/policy`` sets it) and the record are written in
+        one transaction, so every process loads it and a restart keeps it."""
+        assert self.bench is not None
+        old = self.model
+        promoted, record = self.bench.promote(policy, old.policy, by, old.version)
+        self.model = Model(promoted.spec, promoted.policy, old.version, old.stream_id)
+        self._promotion = record
+        if self.on_promoted is not None:
+            self.on_promoted(record)
+        await self._publish()
+        return record
 
     async def publish(self) -> int:
         """Publish the model now (admin snapshot, shutdown); returns its version."""
@@ -273,7 +335,11 @@ class Learner:
             model = fresh_model(spec, self.settings)
             async for event in self.store.events():
                 model.learn(event, self.arms)
+                if self.bench is not None:
+                    self.bench.learn(event, self.arms)  # the events the old model had not seen
             self.model = model
+            if self.bench is not None:
+                self.bench.set_champion(spec, None, keep_old=False)
             await self._publish()
 
     async def reset(self) -> int:
@@ -282,6 +348,8 @@ class Learner:
             model = fresh_model(self.model.spec, self.settings)
             model.stream_id = await self.store.last_stream_id()
             self.model = model
+            if self.bench is not None:
+                self.bench = Bench.restore({}, model.spec, self.settings, model.stream_id)
             await self._publish()
         return self.model.version
 

@@ -19,7 +19,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from bandit_router.service.challengers import ChallengersView
 
 REWARD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -103,6 +103,37 @@ class Metrics:
         self.redis_errors = Counter(
             "bandit_redis_errors", "Redis operations that failed", ["operation"], registry=r
         )
+        self._init_challenger_gauges(r)
+
+    def _init_challenger_gauges(self, r: CollectorRegistry) -> None:
+        """Per running challenger (service.challengers), refreshed at each scrape."""
+        self.challenger_events = Gauge(
+            "bandit_challenger_events",
+            "Events the challenger is scored on (its window)",
+            ["challenger"],
+            registry=r,
+        )
+        self.challenger_estimate = Gauge(
+            "bandit_challenger_estimate",
+            "Off-policy estimate of the challenger's mean reward, with its 95% interval",
+            ["challenger", "estimator", "bound"],
+            registry=r,
+        )
+        self.challenger_champion = Gauge(
+            "bandit_challenger_champion_estimate",
+            "The champion's mean logged reward over the challenger's events",
+            ["challenger"],
+            registry=r,
+        )
+        self.challenger_clears = Gauge(
+            "bandit_challenger_clears",
+            "1 while both lower bounds of the challenger clear the champion's estimate",
+            ["challenger"],
+            registry=r,
+        )
+        self.promotions = Counter(
+            "bandit_promotions", "Challengers this process's learner promoted", registry=r
+        )
 
     def decided(self, arm: str, policy: str, probabilities: Mapping[str, float]) -> None:
         """A new decision (not a repeat of an existing event_id)."""
@@ -138,6 +169,32 @@ class Metrics:
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation).inc()
+
+    def challengers(self, view: ChallengersView) -> None:
+        """Scrape-time gauges of the challengers: the series of one no longer running go."""
+        families = (
+            self.challenger_events,
+            self.challenger_estimate,
+            self.challenger_champion,
+            self.challenger_clears,
+        )
+        for family in families:
+            family.clear()
+        nan = float("nan")
+        for c in view.challengers:
+            self.challenger_events.labels(c.policy).set(c.events)
+            for method in ("snips", "dr"):
+                interval = getattr(c, method)
+                for bound in ("value", "low", "high"):
+                    value = getattr(interval, bound)
+                    series = self.challenger_estimate.labels(c.policy, method, bound)
+                    series.set(nan if value is None else value)
+            champion = c.champion.value
+            self.challenger_champion.labels(c.policy).set(nan if champion is None else champion)
+            self.challenger_clears.labels(c.policy).set(int(c.clears))
+
+    def promoted(self, record: Mapping[str, Any]) -> None:
+        self.promotions.inc()
 
     def refresh(self, version: int, logged: int | None) -> None:
         """Scrape-time gauges: the model version and, when Redis answered, the learner lag."""

@@ -101,6 +101,7 @@ class Router:
         self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
         learner.on_learned = self.metrics.learned
         learner.on_redis_error = self.metrics.redis_error
+        learner.on_promoted = self.metrics.promoted
 
     @classmethod
     async def open(cls, settings: Settings, store: Store) -> Router:

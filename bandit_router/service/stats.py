@@ -15,6 +15,11 @@ from pydantic import BaseModel, Field
 
 from bandit_router.policies.base import Arm, ParamValue
 from bandit_router.policies.registry import effective_params
+from bandit_router.service.challengers import (
+    CHALLENGERS_EXAMPLE,
+    ChallengersView,
+    challengers_view,
+)
 from bandit_router.service.estimates import BaselineCache, Baselines
 from bandit_router.service.metrics import is_greedy
 from bandit_router.settings import ArmSpec
@@ -133,6 +138,11 @@ class StatsResponse(BaseModel):
     )
     settings: SettingsView = Field(description="the settings that shape decisions and rewards")
     recent: Recent = Field(description="the newest `window` events of the training log")
+    challengers: ChallengersView | None = Field(
+        default=None,
+        description="the challengers scored beside the serving policy, and every promotion",
+        examples=[CHALLENGERS_EXAMPLE],
+    )
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -227,4 +237,7 @@ async def build_stats(
     baselines = await cache.get(events, router.arms, window)
     # Off the event loop: a large window takes tens of milliseconds that /choose should not wait.
     recent = await asyncio.to_thread(summarize, events, router.arms, buckets, baselines)
-    return StatsResponse(**base, settings=settings_view(router), recent=recent)
+    challengers = await challengers_view(router.learner)
+    return StatsResponse(
+        **base, settings=settings_view(router), recent=recent, challengers=challengers
+    )

@@ -129,6 +129,9 @@ class Run:
     accuracy: npt.NDArray[np.float64]  # NaN where the outcome has no such part
     latency_ms: npt.NDArray[np.float64]
     cost_usd: npt.NDArray[np.float64]
+    # Champion and challengers (``auto``): each promotion's step, from and to, in order;
+    # None for a policy that has no challengers.
+    promotions: list[tuple[int, str, str]] | None = None
 
     @classmethod
     def empty(cls, policy: str, seed: int, n: int) -> Run:

@@ -20,6 +20,7 @@ from bandit_router.offline.train import full_feedback, teach
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.settings import Settings
+from bandit_router.sim.champion import ChampionStepper, is_auto, parse_auto
 from bandit_router.sim.dataset import Prepared, Row, Run, order
 from bandit_router.sim.hindsight import BestContextStepper, OracleStepper, fixed_spec
 
@@ -63,6 +64,9 @@ def check_spec(name: str) -> None:
         return
     if name in HINDSIGHT:
         return
+    if is_auto(name):
+        parse_auto(name, Settings())
+        return
     if head == "fixed" and ":" in name and "=" not in name:
         return
     try:
@@ -80,6 +84,8 @@ def make_stepper(
         return OracleStepper(prepared)
     if name == "best-context":
         return BestContextStepper(prepared)
+    if is_auto(name):
+        return ChampionStepper.build(name, prepared, seed, settings)
     if name.partition(":")[0] == "mabwiser":
         from bandit_router.sim.peers import mabwiser_policy
 
@@ -114,6 +120,11 @@ def run(
         out.cost_usd[t] = np.nan if parts.cost_usd is None else parts.cost_usd
         if progress is not None:
             progress(1)
+    if isinstance(stepper, ChampionStepper):
+        out.promotions = [
+            (int(p["model_version"]), str(p["from_policy"]), str(p["to_policy"]))
+            for p in stepper.promotions
+        ]
     return out
 
 

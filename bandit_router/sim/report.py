@@ -55,7 +55,9 @@ def _policy_summary(
     early = [float(r.reward[:EARLY].mean()) for r in runs]
     chosen = np.concatenate([r.arm for r in runs])
     mean = float(np.mean(rewards))
+    auto = any(r.promotions is not None for r in runs)
     return {
+        **({"promotions": [r.promotions or [] for r in runs]} if auto else {}),
         "mean_reward": mean,
         "ci95": ci95(rewards),
         "accuracy": _nanmean(np.concatenate([r.accuracy for r in runs])),
@@ -185,6 +187,10 @@ def table(result: Mapping[str, Any]) -> str:
             f"{p['regret_best_fixed']:>9.4f} {p['regret_oracle']:>9.4f} "
             f"{p['second_half_reward']:>8.4f}  {share}"
         )
+        if "promotions" in p:
+            for seed, promoted in zip(p["per_seed"]["seed"], p["promotions"], strict=True):
+                steps = ", ".join(f"{old} -> {new} at step {at}" for at, old, new in promoted)
+                lines.append(f"{'':<28} seed {seed}: {steps or 'no promotion'}")
     lines.append(
         f"rows {result['rows']} (skipped {result['skipped']}), seeds {len(result['seeds'])}; "
         f"best fixed arm {result['best_fixed_arm']} {best:.4f}; "

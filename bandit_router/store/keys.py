@@ -37,6 +37,10 @@ KEY_STATS = "{p}:stats"  # counters
 
 
 KEY_WORD_SECRET = "{p}:word_secret"  # the deployment's secret for hashing query words; kept
+KEY_CHALLENGERS = "{p}:challengers"  # hash: the challengers' models and scores, with the model
+
+
+KEY_PROMOTIONS = "{p}:promotions"  # list of JSON records: every promotion of a challenger
 
 
 GROUP = "learners"  # the learners' consumer group on KEY_EVENTS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bandit_router.settings import Settings
 from bandit_router.store.keys import (
     GROUP,
+    KEY_CHALLENGERS,
     KEY_DECISION,
     KEY_DONE,
     KEY_EVENTS,
@@ -29,6 +30,7 @@ from bandit_router.store.keys import (
     KEY_PARTS,
     KEY_PENDING,
     KEY_POLICY,
+    KEY_PROMOTIONS,
     KEY_STATS,
     KEY_WORD_SECRET,
 )
@@ -59,6 +61,7 @@ from bandit_router.store.transport import (
 )
 
 log = logging.getLogger("bandit_router")
+KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 
 
 class Store:
@@ -309,9 +312,26 @@ class Store:
         return [sid.decode() for sid in reply]  # with justid, redis-py returns the ids alone
 
     @unavailable
-    async def publish(self, snapshot: Snapshot, acks: Sequence[str]) -> None:
-        """Save the model and acknowledge the events it has learned, atomically."""
+    async def publish(
+        self,
+        snapshot: Snapshot,
+        acks: Sequence[str],
+        challengers: Mapping[str, bytes] | None = None,
+        promotion: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Save the model and acknowledge the events it has learned, atomically; with
+        ``challengers``, their state replaces the stored one in the same transaction; with
+        ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
+        the policy set as an admin's switch would."""
         async with self.redis.pipeline(transaction=True) as pipe:
+            if challengers is not None:
+                pipe.delete(self.key(KEY_CHALLENGERS))
+                if challengers:
+                    pipe.hset(self.key(KEY_CHALLENGERS), mapping=cast(Any, dict(challengers)))
+            if promotion is not None:
+                pipe.set(self.key(KEY_POLICY), snapshot.policy)
+                pipe.rpush(self.key(KEY_PROMOTIONS), dumps(promotion))
+                pipe.ltrim(self.key(KEY_PROMOTIONS), -KEPT_PROMOTIONS, -1)
             pipe.hset(
                 self.key(KEY_MODEL),
                 mapping={
@@ -346,6 +366,24 @@ class Store:
         if policy is None or version is None or stream_id is None:
             return None
         return policy.decode(), int(version), stream_id.decode()
+
+    @unavailable
+    async def challenger_state(self) -> dict[str, bytes]:
+        """The challengers' state as the learner last published it (empty: none)."""
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_CHALLENGERS)))
+        return {k.decode(): v for k, v in raw.items()}
+
+    @unavailable
+    async def challenger_field(self, name: str) -> bytes | None:
+        """One field of that state (the summary that /stats shows, say)."""
+        raw: Any = await self.redis.hget(self.key(KEY_CHALLENGERS), name)
+        return cast(bytes | None, raw)
+
+    @unavailable
+    async def promotions(self, count: int = KEPT_PROMOTIONS) -> list[dict[str, Any]]:
+        """The newest ``count`` promotion records, oldest first."""
+        raw: Any = await self.redis.lrange(self.key(KEY_PROMOTIONS), -count, -1)
+        return [orjson.loads(item) for item in raw]
 
     @unavailable
     async def hold_lease(self, holder: str, ttl_s: float) -> bool:

@@ -164,6 +164,7 @@ function render(s) {
     Object.entries(b.policies).map(([n, e]) => [n, fmt(e.ips.value), fmt(e.snips.value), fmt(e.dr.value), ci(e.snips)])));
   document.getElementById("baselines-note").textContent = b.computed_at
     ? `Over ${b.events} events, computed ${new Date(b.computed_at * 1000).toLocaleTimeString()} (refreshed at most every 30 s).` : "";
+  challengers(s.challengers, ci);
   const st = s.settings;
   table("settings", ["setting", "value"], [
     ["policy", st.policy], ["policy parameters", JSON.stringify(st.policy_params)],
@@ -172,6 +173,18 @@ function render(s) {
     ["latency budget", `${st.latency_budget_ms} ms`], ["cost budget", `${st.cost_budget_usd} USD`],
     ["arms", st.arms.map(a => a.name).join(", ")], ["model version", String(s.model_version)],
   ]);
+}
+
+function challengers(c, ci) {
+  if (!c) return;
+  const iv = e => `${fmt(e.value)} (${ci(e)})`;
+  table("challengers", ["challenger", "events", "SNIPS (95% CI)", "DR (95% CI)", "champion", "clears"],
+    c.challengers.map(x => [x.policy, x.events, iv(x.snips), iv(x.dr), fmt(x.champion.value), x.clears ? "yes" : "no"]));
+  document.getElementById("challengers-note").textContent =
+    `Champion ${c.champion}; at least ${c.min_events} events of the newest ${c.window}; ` +
+    `automatic promotion ${c.auto_promote ? "on" : "off"}.`;
+  table("promotions", ["promoted", "from", "to", "by", "events", "SNIPS low", "champion"],
+    c.promotions.slice().reverse().map(p => [new Date(p.ts * 1000).toLocaleString(), p.from_policy, p.to_policy, p.by, p.events, fmt(p.snips.low), fmt(p.champion.value)]));
 }
 
 async function refresh() {

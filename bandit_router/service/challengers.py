@@ -1,0 +1,480 @@
+"""Champion and challengers: policies that learn the served traffic beside the champion, are
+scored on it off-policy, and take its place when they clearly beat it.
+
+The champion serves; each challenger (``BANDIT_CHALLENGERS``) learns every logged event the
+champion learns, in the same order. Before it learns an event it gives its probability of the
+logged arm (progressive validation, as ``offline.evaluate`` replays candidates), so each event
+is scored by a model that has not seen it. Over the newest ``BANDIT_CHALLENGER_WINDOW`` scored
+events, ``offline.estimators`` gives SNIPS and DR with 95% intervals from the logged
+propensities; the champion's estimate is the mean logged reward of the same events (on-policy).
+A challenger *clears* when it has at least ``BANDIT_PROMOTE_MIN_EVENTS`` events and both lower
+bounds exceed the champion's estimate. ``Bench`` holds all of this with no I/O: the learner
+(``service.learner``) and the replay simulator (``sim.champion``) drive the same object.
+
+Promotion swaps the champion's policy object for the challenger's, already trained: nothing is
+relearned. The old champion becomes a challenger, and every window restarts, so the next
+promotion needs ``BANDIT_PROMOTE_MIN_EVENTS`` new events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, Field
+
+from bandit_router.errors import RouterError
+from bandit_router.features import Features
+from bandit_router.offline.estimators import (
+    Estimate,
+    RewardModel,
+    doubly_robust,
+    ips,
+    snips,
+)
+from bandit_router.policies.base import Arm, Policy, PolicySpec
+from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
+from bandit_router.service.estimates import Interval
+from bandit_router.settings import Settings
+from bandit_router.store.records import Event, stream_id_key
+
+if TYPE_CHECKING:
+    from bandit_router.service.learner import Learner
+
+log = logging.getLogger("bandit_router")
+
+JUDGE_EVERY = 100  # scored events between judgements (estimates, promotion check)
+# Per scored event: the challenger's probability of the logged arm, the logged propensity and
+# reward, the reward model's prediction for the logged arm, and DR's direct term.
+COLUMNS = 5
+
+
+class Window:
+    """The newest ``size`` scored events of one challenger, a ring of rows of ``COLUMNS``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rows: npt.NDArray[np.float64] = np.zeros((size, COLUMNS))
+        self._next = 0
+        self.count = 0
+
+    def add(self, row: tuple[float, float, float, float, float]) -> None:
+        self._rows[self._next] = row
+        self._next = (self._next + 1) % self.size
+        self.count = min(self.count + 1, self.size)
+
+    def rows(self) -> npt.NDArray[np.float64]:
+        """The rows, oldest first."""
+        if self.count < self.size:
+            return self._rows[: self.count]
+        return np.roll(self._rows, -self._next, axis=0)
+
+    def dumps(self) -> bytes:
+        return self.rows().astype("<f8").tobytes()
+
+    @classmethod
+    def loads(cls, size: int, data: bytes) -> Window:
+        rows = np.frombuffer(data, dtype="<f8")
+        if len(rows) % COLUMNS:
+            raise ValueError(f"a window of {len(rows)} values is not rows of {COLUMNS}")
+        kept = rows.reshape(-1, COLUMNS)[-size:]
+        window = cls(size)
+        window._rows[: len(kept)] = kept
+        window.count = len(kept)
+        window._next = len(kept) % size
+        return window
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """One challenger's scores over its window."""
+
+    policy: str
+    events: int
+    snips: Estimate
+    dr: Estimate
+    champion: Estimate  # the mean logged reward of the same events: the champion's value
+    clears: bool
+
+    @property
+    def margin(self) -> float:
+        """How far the lower of the two lower bounds is above the champion (NaN: unknown)."""
+        return min(self.snips.low, self.dr.low) - self.champion.value
+
+
+NAN = Estimate(math.nan, math.nan, math.nan, 0)
+
+
+def standing(policy: str, rows: npt.NDArray[np.float64], min_events: int) -> Standing:
+    """Score a window's rows with the offline estimators."""
+    n = len(rows)
+    if n == 0:
+        return Standing(policy, 0, NAN, NAN, NAN, False)
+    t, p, r, q, dm = rows.T
+    champion = ips(np.ones(n), np.ones(n), r)  # on-policy: the logged rewards' mean
+    s, d = snips(t, p, r), doubly_robust(t, p, r, q, dm)
+    clears = n >= min_events and s.low > champion.value and d.low > champion.value
+    return Standing(policy, n, s, d, champion, bool(clears))
+
+
+@dataclass(slots=True)
+class Challenger:
+    spec: PolicySpec
+    policy: Policy
+    window: Window
+    clearing: bool = False  # at the last judgement: the log says when this changes
+
+
+def pool(settings: Settings) -> list[str]:
+    """Every policy that may serve or challenge: ``BANDIT_POLICY`` and ``BANDIT_CHALLENGERS``."""
+    return list(dict.fromkeys([str(parse_policy_spec(settings.policy)), *settings.challengers]))
+
+
+class Bench:
+    """The champion's challengers: their models, windows and the DR reward model; no I/O."""
+
+    def __init__(
+        self,
+        champion: PolicySpec,
+        specs: Sequence[PolicySpec],
+        settings: Settings | None = None,
+        seed: int | None = None,
+        stream_id: str = "0-0",
+    ) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.min_events = settings.promote_min_events if settings else 1000
+        self.size = settings.challenger_window if settings else 10_000
+        self.champion = champion
+        self.challengers: dict[str, Challenger] = {}
+        for spec in specs:
+            if str(spec) != str(champion):
+                self.challengers[str(spec)] = self._fresh(spec)
+        self.reward_model = RewardModel()
+        self.stream_id = stream_id  # watermark: the newest logged event observed
+        self._unjudged = 0
+
+    def _fresh(self, spec: PolicySpec) -> Challenger:
+        return Challenger(spec, build_policy(spec, self.settings, self.seed), Window(self.size))
+
+    # Scoring and learning
+
+    def observe(
+        self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
+    ) -> None:
+        """Score every challenger on one logged decision, then let each learn it."""
+        if not self.challengers:
+            return
+        rhat = self.reward_model.predict(x, [a.name for a in arms])
+        q = rhat.get(arm, 0.5)
+        for c in self.challengers.values():
+            pmf = c.policy.choose(x, arms).probabilities  # before it learns this event
+            direct = sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
+            c.window.add((pmf.get(arm, 0.0), probability, reward, q, direct))
+            c.policy.learn(x, arms, arm, probability, reward)
+        self.reward_model.learn(x, arm, reward)
+        self._unjudged += 1
+
+    def learn(self, event: Event, arms: Mapping[str, Arm], x: Features | None = None) -> bool:
+        """Observe a logged event unless it is at or below the watermark, as ``Model.learn``."""
+        if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
+            return False
+        self.stream_id = event.stream_id
+        if not self.challengers:
+            return True
+        d = event.decision
+        eligible = [arms.get(n) or Arm(n) for n in d["arms"]]
+        if x is None:
+            x = Features.from_json(d["features"])
+        self.observe(x, eligible, d["arm"], float(d["probability"]), float(event.reward["reward"]))
+        return True
+
+    # Judging and promoting
+
+    def standings(self) -> list[Standing]:
+        return [standing(s, c.window.rows(), self.min_events) for s, c in self.challengers.items()]
+
+    @property
+    def due(self) -> bool:
+        return self._unjudged >= JUDGE_EVERY
+
+    def judge(self) -> Standing | None:
+        """Score every challenger, log when one starts or stops clearing, and return the one
+        that clears by the widest margin (None: none clears)."""
+        self._unjudged = 0
+        found = self.standings()
+        for s in found:
+            c = self.challengers[s.policy]
+            if s.clears != c.clearing:
+                c.clearing = s.clears
+                log.info(
+                    "challenger %s %s champion %s: SNIPS %.4f [%.4f, %.4f], DR %.4f [%.4f, %.4f], "
+                    "champion %.4f, over %d events",
+                    s.policy,
+                    "clears" if s.clears else "no longer clears",
+                    self.champion,
+                    s.snips.value,
+                    s.snips.low,
+                    s.snips.high,
+                    s.dr.value,
+                    s.dr.low,
+                    s.dr.high,
+                    s.champion.value,
+                    s.events,
+                )
+        clearing = [s for s in found if s.clears]
+        return max(clearing, key=lambda s: s.margin) if clearing else None
+
+    def promote(
+        self, policy: str, champion: Policy, by: str, version: int
+    ) -> tuple[Challenger, dict[str, Any]]:
+        """Make challenger ``policy`` the champion: returns it (its trained policy serves from
+        now on) and the promotion's record. ``champion`` (the serving policy) becomes a
+        challenger; every window restarts."""
+        if policy not in self.challengers:
+            running = ", ".join(self.challengers) or "none"
+            raise RouterError(
+                f"{policy!r} is not a running challenger; running: {running}", field="policy"
+            )
+        scores = standing(policy, self.challengers[policy].window.rows(), self.min_events)
+        record = {
+            "ts": time.time(),
+            "from_policy": str(self.champion),
+            "to_policy": policy,
+            "by": by,
+            "events": scores.events,
+            "model_version": version,
+            "snips": scores.snips.to_json(),
+            "dr": scores.dr.to_json(),
+            "champion": scores.champion.to_json(),
+        }
+        promoted = self.challengers.pop(policy)
+        self.set_champion(promoted.spec, champion, keep_old=True)
+        log.info(
+            "promoted challenger %s over %s (%s): SNIPS %s, DR %s, champion %s, %d events",
+            policy,
+            record["from_policy"],
+            by,
+            _fmt(scores.snips),
+            _fmt(scores.dr),
+            _fmt(scores.champion),
+            scores.events,
+        )
+        return promoted, record
+
+    def set_champion(self, spec: PolicySpec, old: Policy | None, keep_old: bool) -> None:
+        """``spec`` serves from now on; the old champion (policy ``old``) becomes a challenger
+        when ``keep_old``; a challenger of ``spec`` itself is dropped; every window restarts."""
+        previous = self.champion
+        self.champion = spec
+        self.challengers.pop(str(spec), None)
+        if keep_old and old is not None and str(previous) != str(spec):
+            self.challengers[str(previous)] = Challenger(previous, old, Window(self.size))
+        self.restart_windows()
+
+    def restart_windows(self) -> None:
+        for c in self.challengers.values():
+            c.window = Window(self.size)
+            c.clearing = False
+        self._unjudged = 0
+
+    # Persistence: a hash written with the champion's snapshot (``Store.publish``)
+
+    def fields(self, summary: bytes) -> dict[str, bytes]:
+        meta = {
+            "stream_id": self.stream_id,
+            "champion": str(self.champion),
+            "challengers": list(self.challengers),
+            "clearing": [s for s, c in self.challengers.items() if c.clearing],
+        }
+        out = {"meta": json.dumps(meta).encode(), "summary": summary}
+        if self.challengers:
+            out["reward_model"] = self.reward_model.dumps()
+        for s, c in self.challengers.items():
+            out[f"policy:{s}"] = c.policy.dumps()
+            out[f"window:{s}"] = c.window.dumps()
+        return out
+
+    @classmethod
+    def restore(
+        cls,
+        fields: Mapping[str, bytes],
+        champion: PolicySpec,
+        settings: Settings,
+        stream_id: str,
+    ) -> Bench:
+        """The challengers of ``pool(settings)`` but ``champion``, from stored ``fields`` where
+        they hold them, fresh where not. Its watermark is the stored one (the caller replays
+        the log from there up to ``stream_id``, the champion's); fresh at ``stream_id`` when
+        nothing usable is stored or the stored watermark is past it (the log was reset)."""
+        specs = [parse_policy_spec(s) for s in pool(settings)]
+        try:
+            meta = json.loads(fields["meta"])
+            stored = str(meta["stream_id"])
+            stream_id_key(stored)
+        except (KeyError, ValueError, TypeError):
+            return cls(champion, specs, settings, settings.seed, stream_id)
+        if stream_id_key(stored) > stream_id_key(stream_id):
+            return cls(champion, specs, settings, settings.seed, stream_id)
+        bench = cls(champion, [], settings, settings.seed, stored)
+        same = meta.get("champion") == str(champion)  # windows score against this champion
+        clearing = set(meta.get("clearing", []))
+        for spec in specs:
+            name = str(spec)
+            if name == str(champion):
+                continue
+            c = bench._fresh(spec)
+            try:
+                if f"policy:{name}" in fields:
+                    c.policy = load_policy(spec, fields[f"policy:{name}"], settings, settings.seed)
+                if same and f"window:{name}" in fields:
+                    c.window = Window.loads(bench.size, fields[f"window:{name}"])
+                    c.clearing = name in clearing
+            except ValueError as e:
+                log.warning("challenger %s not restored (%s): it starts afresh", name, e)
+                c = bench._fresh(spec)
+            bench.challengers[name] = c
+        if "reward_model" in fields:
+            try:
+                bench.reward_model = RewardModel.loads(fields["reward_model"])
+            except ValueError as e:
+                log.warning("challengers' reward model not restored (%s)", e)
+        return bench
+
+
+def _fmt(e: Estimate) -> str:
+    return f"{e.value:.4f} [{e.low:.4f}, {e.high:.4f}]"
+
+
+# What /stats, /metrics and the dashboard show
+
+
+_INTERVAL = {"value": 0.74, "low": 0.72, "high": 0.76, "n": 4000}
+_CHAMPION = {"value": 0.7, "low": 0.69, "high": 0.71, "n": 4000}
+CHALLENGER_EXAMPLE = {
+    "policy": "linucb",
+    "events": 4000,
+    "snips": _INTERVAL,
+    "dr": _INTERVAL,
+    "champion": _CHAMPION,
+    "clears": True,
+}
+PROMOTION_EXAMPLE = {
+    "ts": 1.7e9,
+    "from_policy": "squarecb",
+    "to_policy": "linucb",
+    "by": "auto",
+    "events": 4000,
+    "model_version": 9000,
+    "snips": _INTERVAL,
+    "dr": _INTERVAL,
+    "champion": _CHAMPION,
+}
+
+CHALLENGERS_EXAMPLE = {
+    "champion": "squarecb",
+    "auto_promote": False,
+    "min_events": 1000,
+    "window": 10000,
+    "computed_at": 1.7e9,
+    "challengers": [CHALLENGER_EXAMPLE],
+    "promotions": [PROMOTION_EXAMPLE],
+}
+
+
+class ChallengerView(BaseModel):
+    policy: str = Field(description="the challenger's policy spec", examples=["linucb"])
+    events: int = Field(description="events it has been scored on (its window)", examples=[4000])
+    snips: Interval = Field(description="SNIPS estimate of its mean reward, 95% interval")
+    dr: Interval = Field(description="doubly robust estimate of its mean reward, 95% interval")
+    champion: Interval = Field(
+        description="the champion's estimate: the mean logged reward of the same events"
+    )
+    clears: bool = Field(
+        description="at least BANDIT_PROMOTE_MIN_EVENTS events, and the SNIPS and DR lower "
+        "bounds both above the champion's estimate",
+        examples=[False],
+    )
+
+
+class PromotionView(BaseModel):
+    ts: float = Field(description="when, unix s", examples=[1.7e9])
+    from_policy: str = Field(description="the champion replaced", examples=["squarecb"])
+    to_policy: str = Field(description="the challenger promoted", examples=["linucb"])
+    by: str = Field(description="`auto` (BANDIT_AUTO_PROMOTE) or `admin`", examples=["auto"])
+    events: int = Field(description="events its estimates were computed on", examples=[4000])
+    model_version: int = Field(description="events learned at the promotion", examples=[9000])
+    snips: Interval = Field(description="the challenger's SNIPS estimate then")
+    dr: Interval = Field(description="the challenger's DR estimate then")
+    champion: Interval = Field(description="the champion's estimate then")
+
+
+class ChallengersView(BaseModel):
+    champion: str = Field(description="the policy serving", examples=["squarecb"])
+    auto_promote: bool = Field(description="BANDIT_AUTO_PROMOTE", examples=[False])
+    min_events: int = Field(description="BANDIT_PROMOTE_MIN_EVENTS", examples=[1000])
+    window: int = Field(description="BANDIT_CHALLENGER_WINDOW", examples=[10000])
+    computed_at: float | None = Field(
+        description="when these scores were computed, unix s (live on the learner; on another "
+        "process, as the learner last published them)",
+        examples=[1.7e9],
+    )
+    challengers: list[ChallengerView] = Field(
+        description="every running challenger", examples=[[CHALLENGER_EXAMPLE]]
+    )
+    promotions: list[PromotionView] = Field(
+        description="every promotion recorded in Redis, oldest first (the newest 100)",
+        examples=[[PROMOTION_EXAMPLE]],
+    )
+
+
+def view_of(s: Standing) -> ChallengerView:
+    return ChallengerView(
+        policy=s.policy,
+        events=s.events,
+        snips=Interval.of(s.snips),
+        dr=Interval.of(s.dr),
+        champion=Interval.of(s.champion),
+        clears=s.clears,
+    )
+
+
+def summary(bench: Bench) -> bytes:
+    """The standings as the learner publishes them for the other processes."""
+    views = [view_of(s).model_dump() for s in bench.standings()]
+    data = {"champion": str(bench.champion), "at": time.time(), "challengers": views}
+    return json.dumps(data).encode()
+
+
+async def challengers_view(learner: Learner, promotions: int = 100) -> ChallengersView:
+    """Live from this process's learner when it leads, else the learner's last summary."""
+    settings = learner.settings
+    bench = learner.bench
+    at: float | None
+    if learner.leading and bench is not None:
+        champion, at = str(bench.champion), time.time()
+        found = [view_of(s) for s in bench.standings()]
+    else:
+        raw = await learner.store.challenger_field("summary")
+        data = json.loads(raw) if raw else {}
+        champion = str(data.get("champion", learner.model.spec))
+        at = data.get("at")
+        found = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
+    return ChallengersView(
+        champion=champion,
+        auto_promote=settings.auto_promote,
+        min_events=settings.promote_min_events,
+        window=settings.challenger_window,
+        computed_at=at,
+        challengers=found,
+        promotions=[
+            PromotionView.model_validate(p) for p in await learner.store.promotions(promotions)
+        ],
+    )

@@ -1,0 +1,329 @@
+"""Champion and challengers on a seeded stream with known truth, through the real router, Redis
+and HTTP.
+
+Two contexts; in each, one arm pays with probability 0.8 and the others 0.2. The champion is
+uniform `random` (true value 0.4, and it logs every arm with propensity 1/3); `linucb` learns the
+best arm of each context within a few dozen events (true value near 0.8); `fixed:arm=7b` is never
+the best arm (true value 0.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from bandit_router.features import extract
+from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.rewards import RewardConfig, RewardParts
+from bandit_router.service.challengers import Bench, challengers_view
+from bandit_router.service.router import Router
+from bandit_router.settings import Settings
+from bandit_router.sim.champion import parse_auto
+from bandit_router.sim.dataset import Prepared, Replay, Row, prepare
+from bandit_router.sim.replay import simulate
+from bandit_router.sim.report import summary, table
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
+from tests.conftest import ClientFactory, SettingsFactory
+
+CONTEXTS = [("please summarise this zebra report", "4b"), ("prove the theorem about primes", "14b")]
+ADMIN = {"X-API-Key": "admin-secret"}
+
+
+def _settings(make_settings: SettingsFactory, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "policy": "random",
+        "challengers": "linucb,fixed:arm=7b",
+        "promote_min_events": 100,
+        "challenger_window": 300,
+        "snapshot_every": 50,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+async def _open(settings: Settings) -> Router:
+    store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+    return await Router.open(settings, store)
+
+
+async def _traffic(router: Router, n: int, seed: int) -> list[str]:
+    """``n`` decisions rewarded from the truth; the policy that made each, in order."""
+    rng = random.Random(seed)
+    served = []
+    for i in range(n):
+        query, best = rng.choice(CONTEXTS)
+        result = await router.choose(query)
+        served.append(result.policy)
+        paid = rng.random() < (0.8 if result.arm == best else 0.2)
+        await router.reward(result.event_id, RewardParts(reward=float(paid)))
+        if i % 20 == 19:
+            await router.learner.step()  # what the learner's loop does between batches
+    await router.learner.step()
+    return served
+
+
+def _standings(router: Router) -> dict[str, tuple[int, float, float, float]]:
+    assert router.learner.bench is not None
+    return {
+        s.policy: (s.events, s.snips.value, s.dr.value, s.champion.value)
+        for s in router.learner.bench.standings()
+    }
+
+
+def test_a_clearly_better_challenger_is_promoted_and_serves(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(make_settings, auto_promote=True)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        with caplog.at_level(logging.INFO, logger="bandit_router"):
+            served = await _traffic(router, 400, seed=1)
+        assert router.model.spec.name == "linucb"
+        first = served.index("linucb")
+        assert 100 <= first <= 220  # after min events, as soon as a judgement finds it clears
+        assert set(served[first:]) == {"linucb"}  # and it serves from then on
+        assert await router.store.policy_override() == "linucb"  # workers load it
+        promotions = await router.store.promotions()
+        assert [(p["from_policy"], p["to_policy"], p["by"]) for p in promotions] == [
+            ("random", "linucb", "auto")
+        ]
+        record = promotions[0]
+        assert record["events"] >= 100
+        assert record["snips"]["low"] > record["champion"]["value"]
+        assert record["dr"]["low"] > record["champion"]["value"]
+        assert abs(record["champion"]["value"] - 0.4) < 0.1  # random's true value
+        # The old champion challenges now; the worse challenger is still there, never promoted.
+        assert router.learner.bench is not None
+        assert set(router.learner.bench.challengers) == {"random", "fixed:arm=7b"}
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("challenger linucb clears champion random" in m for m in messages)
+        assert any(m.startswith("promoted challenger linucb over random (auto)") for m in messages)
+        await router.close()
+        await router.store.close()
+
+        # A restart keeps the promotion: the champion, its trained model and the record.
+        again = await _open(settings)
+        assert again.model.spec.name == "linucb"
+        assert again.version == router.version
+        assert len(await again.store.promotions()) == 1
+        assert again.learner.bench is not None
+        assert set(again.learner.bench.challengers) == {"random", "fixed:arm=7b"}
+        await again.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worse_challenger_is_never_promoted(make_settings: SettingsFactory) -> None:
+    settings = _settings(make_settings, challengers="fixed:arm=7b", auto_promote=True)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        served = await _traffic(router, 400, seed=2)
+        assert set(served) == {"random"}
+        assert await router.store.promotions() == []
+        (s,) = router.learner.bench.standings() if router.learner.bench else []
+        assert s.events == 300 and not s.clears
+        assert s.snips.high < s.champion.value  # clearly worse: 0.2 against 0.4
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_with_auto_promote_off_it_is_reported_not_promoted(make_settings: SettingsFactory) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        served = await _traffic(router, 300, seed=3)
+        assert set(served) == {"random"}
+        assert await router.store.promotions() == []
+        assert router.learner.bench is not None
+        clears = {s.policy: s.clears for s in router.learner.bench.standings()}
+        assert clears == {"linucb": True, "fixed:arm=7b": False}
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_scores_survive_a_learner_restart(make_settings: SettingsFactory) -> None:
+    """Challengers are snapshotted with the champion; after a crash the log after the snapshot
+    is replayed to them, so their scores are what an uninterrupted learner has."""
+    settings = _settings(make_settings, challengers="linucb,egreedy:epsilon=0.2")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 230, seed=4)  # snapshots every 50: 30 events only in the log
+        before = _standings(router)
+        assert before["linucb"][0] == 230
+        await router.store.release_lease(router.learner.name)  # its lease expired
+        await router.store.close()  # a crash: no final snapshot
+
+        restarted = await _open(settings)
+        assert _standings(restarted) == before
+        # And they go on from there as if nothing happened: compare with a twin that never
+        # stopped, fed the same events.
+        await _traffic(restarted, 50, seed=5)
+        twin = await _open(_settings(make_settings, challengers="linucb,egreedy:epsilon=0.2"))
+        async for event in restarted.store.events():
+            twin.learner._learn(event)
+        assert _standings(twin) == _standings(restarted)
+        await restarted.store.close()
+        await twin.store.close()
+
+    asyncio.run(scenario())
+
+
+def _drive(client: Any, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(n):
+        query, best = rng.choice(CONTEXTS)
+        chosen = client.post("/choose", json={"query": query}).json()
+        paid = rng.random() < (0.8 if chosen["arm"] == best else 0.2)
+        reward = {"event_id": chosen["event_id"], "reward": float(paid)}
+        assert client.post("/reward", json=reward).status_code == 200
+
+
+def test_stats_metrics_and_the_admin_endpoint(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    client = make_client(_settings(make_settings, admin_key="admin-secret"))
+    _drive(client, 120, seed=6)
+    client.post("/admin/snapshot", headers=ADMIN)
+
+    section = client.get("/stats", params={"window": 10}).json()["challengers"]
+    assert section["champion"] == "random" and section["auto_promote"] is False
+    assert section["min_events"] == 100 and section["window"] == 300
+    rows = {c["policy"]: c for c in section["challengers"]}
+    assert set(rows) == {"linucb", "fixed:arm=7b"}
+    assert rows["linucb"]["events"] == 120
+    assert rows["linucb"]["clears"] is True and rows["fixed:arm=7b"]["clears"] is False
+    for row in rows.values():
+        for method in ("snips", "dr"):
+            assert row[method]["low"] <= row[method]["value"] <= row[method]["high"]
+    assert section["promotions"] == []
+
+    text = client.get("/metrics").text
+    assert 'bandit_challenger_events{challenger="linucb"} 120.0' in text
+    assert 'bandit_challenger_clears{challenger="linucb"} 1.0' in text
+    assert 'bandit_challenger_clears{challenger="fixed:arm=7b"} 0.0' in text
+    assert 'bandit_challenger_estimate{bound="low",challenger="linucb",estimator="snips"}' in text
+
+    # Not a running challenger: 422 naming the running ones; no admin key: refused.
+    missing = client.post("/admin/promote", json={"policy": "egreedy"}, headers=ADMIN)
+    assert missing.status_code == 422 and "running: linucb, fixed:arm=7b" in missing.text
+    assert client.post("/admin/promote", json={"policy": "linucb"}).status_code in (401, 403)
+
+    promoted = client.post("/admin/promote", json={"policy": "fixed:arm=7b"}, headers=ADMIN)
+    assert promoted.status_code == 200, promoted.text
+    body = promoted.json()
+    assert body["from_policy"] == "random" and body["by"] == "admin"
+    assert body["to_policy"] == "fixed:arm=7b"
+    chosen = client.post("/choose", json={"query": CONTEXTS[0][0]}).json()
+    assert chosen["policy"] == "fixed:arm=7b" and chosen["arm"] == "7b"
+
+    section = client.get("/stats", params={"window": 10}).json()["challengers"]
+    assert section["champion"] == "fixed:arm=7b"
+    assert {c["policy"] for c in section["challengers"]} == {"linucb", "random"}
+    assert all(c["events"] == 0 for c in section["challengers"])  # windows restart
+    assert [p["to_policy"] for p in section["promotions"]] == ["fixed:arm=7b"]
+    assert "bandit_promotions_total 1.0" in client.get("/metrics").text
+
+
+def test_each_event_is_scored_before_the_challenger_learns_it() -> None:
+    """Progressive validation: the probability of the logged arm comes from the challenger as
+    it was before the event; learning first would score it on what it has just been told."""
+    arms = [Arm("4b"), Arm("7b"), Arm("14b")]
+    bench = Bench(parse_policy_spec("random"), [parse_policy_spec("linucb")], seed=1)
+    x = extract(CONTEXTS[0][0])
+    for _ in range(3):
+        bench.observe(x, arms, "4b", 1 / 3, 1.0)
+    target = bench.challengers["linucb"].window.rows()[:, 0]
+    assert target[0] == pytest.approx(1 / 3)  # it knew nothing: ties split evenly
+    assert list(target[1:]) == [1.0, 1.0]  # then it had learned that 4b pays here
+
+
+def test_simulator_auto_syntax() -> None:
+    settings = Settings(policy="squarecb", challengers=["linucb", "egreedy"])
+    champion, challengers = parse_auto("auto", settings)
+    assert (str(champion), [str(c) for c in challengers]) == ("squarecb", ["linucb", "egreedy"])
+    champion, challengers = parse_auto(
+        "auto:champion=egreedy:epsilon=0.1:challengers=linucb:alpha=1+squarecb", settings
+    )
+    assert str(champion) == "egreedy:epsilon=0.1"
+    assert [str(c) for c in challengers] == ["linucb:alpha=1.0", "squarecb"]
+    for bad in ("auto:champion", "auto:foo=1", "automatic", "auto:challengers=nope"):
+        with pytest.raises(ValueError):
+            parse_auto(bad, settings)
+    with pytest.raises(ValueError, match="no challenger"):
+        parse_auto("auto", Settings(policy="squarecb"))
+
+
+def _replay(n: int, seed: int) -> Prepared:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        query, best = rng.choice(CONTEXTS)
+        outcomes = {
+            a: RewardParts(accuracy=float(rng.random() < (0.8 if a == best else 0.2)))
+            for a in ("4b", "7b", "14b")
+        }
+        rows.append(Row(i + 1, query, {}, outcomes))
+    replay = Replay(rows, [Arm("4b"), Arm("7b"), Arm("14b")])
+    return prepare(replay, RewardConfig({"accuracy": 1.0}, 2000, 0.001))
+
+
+def test_the_simulator_promotes_with_the_same_bench() -> None:
+    prepared = _replay(600, seed=7)
+    settings = Settings(promote_min_events=100, challenger_window=300)
+    names = ["auto:champion=random:challengers=linucb+fixed:arm=7b", "random", "linucb"]
+    runs = simulate(names, prepared, [0, 1], settings=settings)
+    for run in runs[names[0]]:
+        assert run.promotions is not None
+        assert run.promotions[0][1:] == ("random", "linucb")  # and never to fixed:arm=7b
+        assert all(to != "fixed:arm=7b" for _, _, to in run.promotions)
+        at = run.promotions[0][0]
+        assert 100 <= at <= 300
+        # Before the promotion it is random, bit for bit; after it, linucb's choices pay.
+        assert run.reward[at:].mean() > 0.7
+    random_run = runs["random"][0]
+    auto_run = runs[names[0]][0]
+    at = auto_run.promotions[0][0] if auto_run.promotions else 0
+    assert list(auto_run.arm[:at]) == list(random_run.arm[:at])
+    assert runs["random"][0].promotions is None
+    result = summary(runs, prepared, {"seeds": [0, 1]})
+    assert result["policies"][names[0]]["promotions"][0][0][1:] == ("random", "linucb")
+    assert f"seed 0: random -> linucb at step {at}" in table(result)
+
+
+def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings, auto_promote=True)
+
+    async def scenario() -> None:
+        leader = await _open(settings)
+        worker = await _open(settings)
+        assert leader.learner.leading and not worker.learner.leading
+        assert worker.learner.bench is None  # an API worker scores nothing
+        await _traffic(leader, 300, seed=8)
+        assert leader.model.spec.name == "linucb"
+        assert await worker.refresh()  # the worker loads the promoted, trained model
+        assert worker.model.spec.name == "linucb" and worker.version == leader.version
+        query = CONTEXTS[1][0]
+        assert (await worker.choose(query)).arm == (await leader.choose(query)).arm == "14b"
+        # The worker shows what the learner published with its last snapshot.
+        seen = await challengers_view(worker.learner)
+        assert seen.champion == "linucb" and seen.computed_at is not None
+        assert {c.policy for c in seen.challengers} == {"random", "fixed:arm=7b"}
+        assert [p.to_policy for p in seen.promotions] == ["linucb"]
+        await leader.store.close()
+        await worker.store.close()
+
+    asyncio.run(scenario())
