@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import add_commands
+from bandit_router.cli.upstream import add_upstream
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_evaluate(sub)
     _add_simulate(sub)
     add_commands(sub)
+    add_upstream(sub)
     return parser
 
 

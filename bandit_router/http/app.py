@@ -36,6 +36,7 @@ from bandit_router.http.contract import (
 from bandit_router.http.dashboard import register_dashboard
 from bandit_router.http.docs import register_docs
 from bandit_router.http.door import BodyGuard, RoutingDoor
+from bandit_router.http.gateway import register_gateway
 from bandit_router.http.metrics import register_metrics
 from bandit_router.http.openapi import (
     ADMIN,
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 stop.set()
                 await background
+                await app.state.gateway.close()
                 await router.close()
 
     app = App(
@@ -233,6 +235,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
         return await build_stats(router, baseline_cache, window, buckets)
+
+    register_gateway(app, settings, keyed)  # /v1/chat/completions, /v1/models
 
     admin = [*keyed, Depends(require_admin_key)]
 
