@@ -132,7 +132,8 @@ class Gateway:
         try:  # the contract's rules for a query and its features
             ChooseRequest.model_validate({"query": query, "features": features})
         except ValidationError as e:
-            raise RouterError(_first_error(e), field="metadata") from None
+            where = "messages" if e.errors()[0].get("loc", ("",))[0] == "query" else "metadata"
+            raise RouterError(_first_error(e), field=where) from None
         options = body.get("stream_options")
         client_usage = isinstance(options, dict) and options.get("include_usage") is True
         return ChatCall(body, query, features, stream, client_usage, weights)
