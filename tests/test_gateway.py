@@ -75,6 +75,7 @@ def test_auto_routes_measures_and_learns_with_the_apps_reward(
     assert usage is not None
     assert usage.completion_tokens == row["outcomes"][chosen]["output_tokens"]
     accuracy = grade(completion.choices[0].message.content or "", row["id"], row["query"])
+    assert accuracy is not None
     assert accuracy == row["outcomes"][chosen]["accuracy"]  # the grader reads the recorded truth
 
     event_id = raw.headers["x-bandit-event-id"]
