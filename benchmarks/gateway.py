@@ -10,8 +10,9 @@ LiteLLM's proxy with the upstream as its one model. Each is driven open-loop at 
 (a request every 1/rate s, whatever the answers do) with non-streaming and streaming chat
 completions over the same questions, by an aiohttp client; targets take turns within each
 repetition. The figure is a target's percentile minus the direct call's in the same repetition,
-the median over repetitions; the ratio is the gateway's added time over LiteLLM's. LiteLLM lives in a virtual env of its own under ``.bench/`` (made on
-first use: ``pip install 'litellm[proxy]'``), so its pins never touch the service's.
+the median over repetitions; the ratio is the gateway's added time over LiteLLM's. LiteLLM
+lives in a virtual env of its own under ``.bench/`` (made on first use: ``pip install
+'litellm[proxy]'``), so its pins never touch the service's.
 """
 
 from __future__ import annotations
