@@ -26,18 +26,26 @@ class UpstreamSpec(BaseModel):
         description="the upstream's OpenAI-compatible API root",
         examples=["http://127.0.0.1:8081/v1"],
     )
-    model: str = Field(min_length=1, description="the upstream's model name")
+    model: str = Field(
+        min_length=1, description="the upstream's model name", examples=["llama2-7b"]
+    )
     api_key_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="the NAME of the environment variable holding the upstream's key",
+        examples=["LLAMA_KEY"],
     )
-    usd_per_mtok_in: float | None = Field(default=None, ge=0, description="USD per M input tokens")
+    usd_per_mtok_in: float | None = Field(
+        default=None, ge=0, description="USD per M input tokens", examples=[0.2]
+    )
     usd_per_mtok_out: float | None = Field(
-        default=None, ge=0, description="USD per M output tokens"
+        default=None, ge=0, description="USD per M output tokens", examples=[0.2]
     )
     timeout_s: float | None = Field(
-        default=None, gt=0, description="time to the first byte and between chunks"
+        default=None,
+        gt=0,
+        description="time to the first byte and between chunks",
+        examples=[30],
     )
 
 
@@ -59,7 +67,10 @@ class ArmSpec(BaseModel):
     )
     # Excluded from every dump (/arms, /stats, exports): an upstream's address stays server-side.
     upstream: UpstreamSpec | None = Field(
-        default=None, exclude=True, description="where the gateway sends this arm's requests"
+        default=None,
+        exclude=True,
+        description="where the gateway sends this arm's requests",
+        examples=[{"base_url": "http://127.0.0.1:8081/v1", "model": "llama2-7b"}],
     )
 
 

@@ -19,6 +19,8 @@ AUTHENTICATED = {
     "/stats",
     "/metrics",
     "/dashboard",
+    "/v1/chat/completions",
+    "/v1/models",
 }
 
 

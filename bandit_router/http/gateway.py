@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from bandit_router.errors import RouterError
 from bandit_router.http.contract import BadBody, ChooseRequest, _content_type, failure
+from bandit_router.http.openapi import CHAT_BODY, GATEWAY, GATEWAY_READ
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
 from bandit_router.service.router import Router
@@ -232,7 +233,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
     gateway = Gateway(settings)
     app.state.gateway = gateway
 
-    @app.get("/v1/models", tags=["gateway"], dependencies=dependencies)
+    @app.get("/v1/models", tags=["gateway"], dependencies=dependencies, responses=GATEWAY_READ)
     async def models(request: Request) -> Response:
         """The models the gateway answers as: the router's choice, and each arm by name."""
         try:
@@ -247,7 +248,13 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"
         )
 
-    @app.post("/v1/chat/completions", tags=["gateway"], dependencies=dependencies)
+    @app.post(
+        "/v1/chat/completions",
+        tags=["gateway"],
+        dependencies=dependencies,
+        responses=GATEWAY,
+        openapi_extra=CHAT_BODY,
+    )
     async def chat_completions(request: Request) -> Response:
         """OpenAI's chat completions: the router chooses the arm (`model: auto`), the arm's
         upstream answers, and the call's latency and cost become the event's reward parts."""
