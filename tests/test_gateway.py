@@ -363,3 +363,24 @@ def test_the_upstream_never_shows_on_open_endpoints(serve: Serve, upstream: Star
     base = _gateway(serve, url)
     for path in ("/arms", "/stats", "/openapi.json"):
         assert url.removesuffix("/v1") not in httpx.get(f"{base}{path}").text, path
+
+
+def test_calls_beyond_the_concurrency_bound_are_refused(serve: Serve, upstream: Start) -> None:
+    url, replay = upstream(speed=1)  # llama2-70b streams for seconds
+    base = _gateway(serve, url, gateway_max_concurrency=1)
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="llama2-70b", messages=_ask(rows()[0]), stream=True
+    ) as response:
+        lines = response.iter_lines()
+        next(lines)  # one call in flight, holding the only slot
+        with pytest.raises(openai.APIStatusError) as busy:
+            _client(base).chat.completions.create(model="auto", messages=_ask(rows()[1]))
+        assert busy.value.status_code == 503, busy.value.body
+        assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in str(busy.value.body)
+        lines.close()
+    wait_until(lambda: replay.cancelled == 1, 10, "the first call to end")
+    # The slot is free again.
+    fast = _client(base).chat.completions.with_raw_response.create(
+        model="auto", messages=_ask(rows()[1]), max_tokens=5
+    )
+    assert fast.status_code == 200
