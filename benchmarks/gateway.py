@@ -1,6 +1,6 @@
 """What the gateway adds to an LLM call, beside what LiteLLM's proxy adds, in the same run.
 
-    python -m benchmarks.gateway [--rate 5] [--seconds 20] [--reps 3]
+    python -m benchmarks.gateway [--rate 5] [--seconds 40] [--reps 3]
 
 One replay upstream (``bandit-router upstream`` at a speed that makes it answer at once, so
 only the proxies' time is measured) serves three targets on loopback: the upstream itself
@@ -198,7 +198,8 @@ def run(rate: float, seconds: float, reps: int) -> dict[str, Any]:
                 "      api_key: none\n"
             )
             env = dict(os.environ, LITELLM_MASTER_KEY=key, LITELLM_LOCAL_MODEL_COST_MAP="True")
-            argv = [str(binary), "--config", str(config), "--port", str(ll_port)]
+            argv = [str(binary), "--config", str(config), "--host", "127.0.0.1"]
+            argv += ["--port", str(ll_port)]
             procs.append(Proc("litellm", argv, env, ll_port, "/health/liveliness"))
             urls = {
                 "direct": (f"{upstream}/chat/completions", MODEL),
@@ -287,7 +288,7 @@ def main() -> int:
     # LiteLLM's proxy spent about 33 ms of CPU per call here: 5/s keeps it out of saturation on
     # a shared 2-core machine, so the figures compare the proxies' own time, not a queue's.
     parser.add_argument("--rate", type=float, default=5.0, help="requests per second")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per target and mode")
+    parser.add_argument("--seconds", type=float, default=40.0, help="per target and mode")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=str(BENCH / "gateway.md"), help="the table, markdown")
     args = parser.parse_args()

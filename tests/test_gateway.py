@@ -217,6 +217,10 @@ def test_fallback_before_the_first_byte(
     assert broken.requests >= 1
     assert SECRET not in caplog.text and SECRET not in str(stats)
     assert "arm llama2-7b failed: connection failed" in caplog.text
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="llama2-13b",kind="status"}' in metrics
+    assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="connection"}' in metrics
+    assert 'upstream_seconds_count{arm="llama2-70b",measure="total"} 6.0' in metrics
 
     # Only the failing arms left, no retries: one 502 naming what happened, no key in it.
     arms = arms_json(arm("llama2-13b", down, api_key_env="UPSTREAM_KEY"))
@@ -377,7 +381,7 @@ def test_calls_beyond_the_concurrency_bound_are_refused(serve: Serve, upstream: 
             _client(base).chat.completions.create(model="auto", messages=_ask(rows()[1]))
         assert busy.value.status_code == 503, busy.value.body
         assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in str(busy.value.body)
-        lines.close()
+        response.close()
     wait_until(lambda: replay.cancelled == 1, 10, "the first call to end")
     # The slot is free again.
     fast = _client(base).chat.completions.with_raw_response.create(

@@ -205,6 +205,13 @@ async def _record(router: Router, event_id: str, parts: RewardParts, final: bool
 
 async def record_success(router: Router, event_id: str, arm: ArmSpec, measured: Measured) -> None:
     settings = router.settings
+    metrics = router.metrics
+    if measured.first_token_s is not None:
+        metrics.series(metrics.upstream_seconds, arm.name, "first_token").observe(
+            measured.first_token_s
+        )
+    if measured.total_s is not None:
+        metrics.series(metrics.upstream_seconds, arm.name, "total").observe(measured.total_s)
     latency_ms = cost_usd = None
     if "latency" in settings.gateway_parts:
         seconds = measured.total_s
@@ -218,8 +225,11 @@ async def record_success(router: Router, event_id: str, arm: ArmSpec, measured: 
         await _record(router, event_id, RewardParts(latency_ms=latency_ms, cost_usd=cost_usd))
 
 
-async def record_failure(router: Router, event_id: str, weights: Mapping[str, float]) -> None:
+async def record_failure(
+    router: Router, event_id: str, weights: Mapping[str, float], arm: str, kind: str
+) -> None:
     """A failed call is a zero outcome, final at once: no answer, nothing left to rate."""
+    router.metrics.series(router.metrics.upstream_failures, arm, kind).inc()
     if "failure" not in router.settings.gateway_parts:
         return
     parts = RewardParts(accuracy=0.0) if weights.get("accuracy", 0) > 0 else RewardParts(reward=0.0)
@@ -301,7 +311,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
         except UpstreamFailure as failed:
             log.warning("gateway: upstream of arm %s failed: %s", arm.name, failed.reason)
             failures.append(str(failed))
-            await record_failure(router, decision.event_id, call.weights)
+            await record_failure(router, decision.event_id, call.weights, arm.name, failed.kind)
         left = [name for name in eligible if name not in tried]
         if not left or attempt == retries:
             break
@@ -341,10 +351,10 @@ async def _attempt(
             first = await body_iter.__anext__()
         except StopAsyncIteration:
             response.release()
-            raise UpstreamFailure(arm.name, "empty answer") from None
+            raise UpstreamFailure(arm.name, "empty answer", "empty") from None
         except (TimeoutError, aiohttp.ClientError) as e:
             response.close()
-            raise UpstreamFailure(arm.name, _reason(e)) from None
+            raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
         handed_over = True
         stream = _relay(router, upstreams, response, body_iter, first, meter, arm, event_id, call)
         return StreamingResponse(
@@ -380,7 +390,7 @@ async def _relay(
                     yield out
         except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
             log.warning("gateway: upstream of arm %s broke mid-stream: %s", arm.name, _reason(e))
-            await record_failure(router, event_id, call.weights)
+            await record_failure(router, event_id, call.weights, arm.name, "midstream")
             return
         finished = True
         tail = meter.finish()
@@ -399,9 +409,13 @@ async def _read(response: aiohttp.ClientResponse, arm: ArmSpec) -> bytes:
     try:
         return await response.read()
     except (TimeoutError, aiohttp.ClientError) as e:
-        raise UpstreamFailure(arm.name, _reason(e)) from None
+        raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
     finally:
         response.release()
+
+
+def _kind(e: BaseException) -> str:
+    return "timeout" if isinstance(e, TimeoutError) else "connection"
 
 
 def _reason(e: BaseException) -> str:

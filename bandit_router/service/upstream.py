@@ -30,10 +30,11 @@ class UpstreamFailure(Exception):
     The message says what happened (connection failed, timed out, status 5xx) and never holds a
     key or the upstream's reply."""
 
-    def __init__(self, arm: str, reason: str) -> None:
+    def __init__(self, arm: str, reason: str, kind: str = "status") -> None:
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
+        self.kind = kind  # connection, timeout, status, empty, config: a bounded metric label
 
 
 @dataclass(slots=True)
@@ -101,13 +102,14 @@ class Upstreams:
         """
         up = arm.upstream
         if up is None:
-            raise UpstreamFailure(arm.name, "no upstream configured")
+            raise UpstreamFailure(arm.name, "no upstream configured", "config")
         timeout_s = up.timeout_s or self.settings.gateway_timeout_s
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if up.api_key_env:
             key = os.environ.get(up.api_key_env)
             if key is None:
-                raise UpstreamFailure(arm.name, f"its key variable {up.api_key_env} is not set")
+                message = f"its key variable {up.api_key_env} is not set"
+                raise UpstreamFailure(arm.name, message, "config")
             headers["authorization"] = f"Bearer {key}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         url = up.base_url.rstrip("/") + "/chat/completions"
@@ -117,9 +119,12 @@ class Upstreams:
                 url, data=orjson.dumps(body), headers=headers, timeout=timeout
             )
         except TimeoutError:
-            raise UpstreamFailure(arm.name, f"no answer within {timeout_s:g} s") from None
+            raise UpstreamFailure(
+                arm.name, f"no answer within {timeout_s:g} s", "timeout"
+            ) from None
         except aiohttp.ClientError as e:
-            raise UpstreamFailure(arm.name, f"connection failed ({type(e).__name__})") from None
+            reason = f"connection failed ({type(e).__name__})"
+            raise UpstreamFailure(arm.name, reason, "connection") from None
         if response.status >= 500:
             response.release()
             raise UpstreamFailure(arm.name, f"status {response.status}")
