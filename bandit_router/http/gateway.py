@@ -27,6 +27,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from bandit_router.errors import RouterError
 from bandit_router.http.contract import BadBody, ChooseRequest, _content_type, failure
@@ -298,25 +299,69 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             f"the gateway has {upstreams.limit} upstream calls in flight, its limit "
             "(BANDIT_GATEWAY_MAX_CONCURRENCY); retry"
         )
-    decision = await router.choose(
-        call.query, call.features, eligible, weights=call.weights, direct=direct
-    )
-    failures: list[str] = []
-    tried: set[str] = set()
-    for attempt in range(retries + 1):
-        arm = gateway.arms[decision.arm]
-        tried.add(arm.name)
+    slot = Slot(upstreams)  # taken now, before any await: the bound holds under a burst
+    try:
+        decision = await router.choose(
+            call.query, call.features, eligible, weights=call.weights, direct=direct
+        )
+        failures: list[str] = []
+        tried: set[str] = set()
+        for attempt in range(retries + 1):
+            arm = gateway.arms[decision.arm]
+            tried.add(arm.name)
+            try:
+                return await _attempt(gateway, router, call, arm, decision.event_id, slot)
+            except UpstreamFailure as failed:
+                log.warning("gateway: upstream of arm %s failed: %s", arm.name, failed.reason)
+                failures.append(str(failed))
+                await record_failure(router, decision.event_id, call.weights, arm.name, failed.kind)
+            left = [name for name in eligible if name not in tried]
+            if not left or attempt == retries:
+                break
+            decision = await router.choose(call.query, call.features, left, weights=call.weights)
+        raise BadGateway("every upstream tried failed: " + "; ".join(failures))
+    finally:
+        if not slot.handed_over:
+            slot.release()
+
+
+class Slot:
+    """One of the process's upstream calls in flight; a stream's response releases it."""
+
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
+        self.handed_over = False
+        self._held = True
+        upstreams.in_flight += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.upstreams.in_flight -= 1
+
+
+class Relayed(StreamingResponse):
+    """A streamed answer that, however it ends (finished, client gone, cancelled before it
+    started), closes its upstream response and releases its slot."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        upstream: aiohttp.ClientResponse,
+        slot: Slot,
+        headers: Mapping[str, str],
+    ) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.upstream = upstream
+        self.slot = slot
+        slot.handed_over = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            return await _attempt(gateway, router, call, arm, decision.event_id)
-        except UpstreamFailure as failed:
-            log.warning("gateway: upstream of arm %s failed: %s", arm.name, failed.reason)
-            failures.append(str(failed))
-            await record_failure(router, decision.event_id, call.weights, arm.name, failed.kind)
-        left = [name for name in eligible if name not in tried]
-        if not left or attempt == retries:
-            break
-        decision = await router.choose(call.query, call.features, left, weights=call.weights)
-    raise BadGateway("every upstream tried failed: " + "; ".join(failures))
+            await super().__call__(scope, receive, send)
+        finally:
+            self.upstream.close()  # nothing once released; else the connection is dropped
+            self.slot.release()
 
 
 def _headers(event_id: str, arm: str) -> dict[str, str]:
@@ -324,50 +369,40 @@ def _headers(event_id: str, arm: str) -> dict[str, str]:
 
 
 async def _attempt(
-    gateway: Gateway, router: Router, call: ChatCall, arm: ArmSpec, event_id: str
+    gateway: Gateway, router: Router, call: ChatCall, arm: ArmSpec, event_id: str, slot: Slot
 ) -> Response:
     """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
     upstreams = gateway.upstreams
     measured = Measured()
-    upstreams.in_flight += 1
-    handed_over = False
+    response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
+    headers = _headers(event_id, arm.name)
+    if response.status >= 400:  # the client's error: passed through as it came
+        body = await _read(response, arm)
+        media = response.headers.get("content-type", "application/json")
+        return Response(body, status_code=response.status, headers=headers, media_type=media)
+    if not call.stream:
+        body = await _read(response, arm)
+        measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            measured.usage(orjson.loads(body).get("usage"))
+        await record_success(router, event_id, arm, measured)
+        return Response(body, headers=headers, media_type="application/json")
+    meter = StreamMeter(measured, drop_usage=not call.client_usage)
+    body_iter = response.content.iter_any()
     try:
-        response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
-        headers = _headers(event_id, arm.name)
-        if response.status >= 400:  # the client's error: passed through as it came
-            body = await _read(response, arm)
-            media = response.headers.get("content-type", "application/json")
-            return Response(body, status_code=response.status, headers=headers, media_type=media)
-        if not call.stream:
-            body = await _read(response, arm)
-            measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
-            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-                measured.usage(orjson.loads(body).get("usage"))
-            await record_success(router, event_id, arm, measured)
-            return Response(body, headers=headers, media_type="application/json")
-        meter = StreamMeter(measured, drop_usage=not call.client_usage)
-        body_iter = response.content.iter_any()
-        try:
-            first = await body_iter.__anext__()
-        except StopAsyncIteration:
-            response.release()
-            raise UpstreamFailure(arm.name, "empty answer", "empty") from None
-        except (TimeoutError, aiohttp.ClientError) as e:
-            response.close()
-            raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
-        handed_over = True
-        stream = _relay(router, upstreams, response, body_iter, first, meter, arm, event_id, call)
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
-        )
-    finally:
-        if not handed_over:
-            upstreams.in_flight -= 1
+        first = await body_iter.__anext__()
+    except StopAsyncIteration:
+        response.release()
+        raise UpstreamFailure(arm.name, "empty answer", "empty") from None
+    except (TimeoutError, aiohttp.ClientError) as e:
+        response.close()
+        raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
+    stream = _relay(router, response, body_iter, first, meter, arm, event_id, call)
+    return Relayed(stream, response, slot, {**headers, "cache-control": "no-cache"})
 
 
 async def _relay(
     router: Router,
-    upstreams: Upstreams,
     response: aiohttp.ClientResponse,
     body_iter: AsyncIterator[bytes],
     first: bytes,
@@ -402,7 +437,6 @@ async def _relay(
             response.release()
         else:
             response.close()  # unread: the connection is not reused, the upstream sees it end
-        upstreams.in_flight -= 1
 
 
 async def _read(response: aiohttp.ClientResponse, arm: ArmSpec) -> bytes:
