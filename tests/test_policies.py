@@ -1,4 +1,4 @@
-"""The contract every registered policy keeps (STYLE.md), and the registry's errors."""
+"""The contract every registered policy keeps, and the registry's errors."""
 
 from __future__ import annotations
 

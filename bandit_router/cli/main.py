@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import add_commands
+from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.settings import Settings
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_evaluate(sub)
     _add_simulate(sub)
     add_commands(sub)
+    add_train(sub)
     add_upstream(sub)
     return parser
 
@@ -252,7 +254,10 @@ def _simulate_runs(args: argparse.Namespace, names: list[str], prepared: Any, se
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     progress = _Progress(len(prepared.replay.rows) * len(seeds) * max(len(names), 1))
     if args.via is None:
-        return replay.simulate(names, prepared, seeds, args.in_order, settings, progress)
+        arrivals = dict(args.add_arm or [])
+        return replay.simulate(
+            names, prepared, seeds, args.in_order, settings, progress, args.warm_start, arrivals
+        )
     from bandit_router.sim.replay_http import HttpStepper
 
     stepper = HttpStepper(args.via)
@@ -305,7 +310,12 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     except dataset.ReplayError as e:
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
-        fixed_spec(name, prepared)  # a misspelt fixed arm fails here, before any work
+        fixed_spec(name.removeprefix(replay.COLD), prepared)  # a misspelt arm fails here
+    for arm, _ in args.add_arm or []:
+        if arm not in prepared.arm_index:
+            raise ValueError(
+                f"--add-arm: unknown arm {arm!r}; valid: {', '.join(prepared.arm_index)}"
+            )
     return prepared
 
 
@@ -316,8 +326,13 @@ def simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
-    if args.via is not None and (args.seeds != 1 or len(names) > 1):
-        print("simulate: --via replays one seed through the service's own policy", file=sys.stderr)
+    if args.via is not None and (
+        args.seeds != 1 or len(names) > 1 or args.warm_start or args.add_arm
+    ):
+        print(
+            "simulate: --via replays one seed, cold, through the service's own policy",
+            file=sys.stderr,
+        )
         return 2
     try:
         prepared = _simulate_prepare(args, names, settings)
@@ -333,6 +348,8 @@ def simulate(args: argparse.Namespace) -> int:
         "reward_weights": settings.reward_weights,
         "latency_budget_ms": settings.latency_budget_ms,
         "cost_budget_usd": settings.cost_budget_usd,
+        "warm_start": args.warm_start,
+        "arrivals": dict(args.add_arm or []),
     }
     result = report.summary(runs, prepared, meta)
     if args.in_order:
@@ -369,7 +386,40 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
     p.add_argument("--no-skyline", action="store_true", help="skip the full-information skyline")
     p.add_argument("--via", help="replay through a running service, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--warm-start",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="train the learners on this first fraction of each seed's rows (full feedback), "
+        "then replay the rest; prefix a policy with cold: to replay it untrained",
+    )
+    p.add_argument(
+        "--add-arm",
+        type=_arrival,
+        action="append",
+        metavar="ARM@STEP",
+        help="the arm joins the deployment at this step (0-based) and is ineligible before it; "
+        "repeatable",
+    )
     p.set_defaults(func=simulate)
+
+
+def _arrival(text: str) -> tuple[str, int]:
+    arm, sep, step = text.rpartition("@")
+    if not sep or not arm or not step.isdigit():
+        raise argparse.ArgumentTypeError(f"ARM@STEP is needed, e.g. llama3-70b@4000; got {text!r}")
+    return arm, int(step)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fraction in [0, 1) is needed, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a fraction in [0, 1) is needed, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

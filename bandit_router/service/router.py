@@ -1,4 +1,4 @@
-"""Router: the request loop of DESIGN.md (extract, choose, store; parts, combine, log, learn)."""
+"""Router: the request loop (extract, choose, store; parts, combine, log, learn)."""
 
 from __future__ import annotations
 

@@ -9,13 +9,14 @@ Nothing here prints; the CLI does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.offline.train import full_feedback, teach
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.settings import Settings
@@ -25,6 +26,7 @@ from bandit_router.sim.hindsight import BestContextStepper, OracleStepper, fixed
 # Policies the simulator adds to the service's registry: they need hindsight or a peer library.
 HINDSIGHT = ("best-fixed", "oracle", "best-context")
 PEERS = ("mabwiser",)
+COLD = "cold:"  # with --warm-start: this policy starts cold, for comparison in the same run
 
 Progress = Callable[[int], None]
 
@@ -52,6 +54,7 @@ class PolicyStepper:
 
 def check_spec(name: str) -> None:
     """Raise ``ValueError`` naming the valid choices when ``name`` is not a simulator policy."""
+    name = name.removeprefix(COLD)
     head = name.partition(":")[0]
     if head in PEERS:
         from bandit_router.sim.peers import peer_params
@@ -72,7 +75,7 @@ def make_stepper(
     name: str, prepared: Prepared, seed: int, settings: Settings | None = None
 ) -> Stepper:
     """The stepper for a policy name as given on the command line."""
-
+    name = name.removeprefix(COLD)
     if name == "oracle":
         return OracleStepper(prepared)
     if name == "best-context":
@@ -91,13 +94,18 @@ def run(
     rows: Sequence[int] | npt.NDArray[np.int64],
     seed: int,
     progress: Progress | None = None,
+    arrivals: Mapping[str, int] | None = None,
 ) -> Run:
-    """Play ``rows`` (indices, in order) through ``stepper``; ``progress`` hears each step."""
+    """Play ``rows`` (indices, in order) through ``stepper``; ``progress`` hears each step;
+    ``arrivals``: arms that join the deployment at a step (0-based), ineligible before it."""
     out = Run.empty(name, seed, len(rows))
     replay = prepared.replay
     for t, i in enumerate(rows):
         row = replay.rows[i]
-        arm, reward = stepper.step(int(i), row, prepared.eligible[i])
+        arms = prepared.eligible[i]
+        if arrivals:
+            arms = [a for a in arms if arrivals.get(a.name, 0) <= t] or arms
+        arm, reward = stepper.step(int(i), row, arms)
         parts = row.outcomes[arm]
         out.arm[t] = prepared.arm_index[arm]
         out.reward[t] = reward
@@ -109,6 +117,20 @@ def run(
     return out
 
 
+def outcomes(prepared: Prepared, i: int) -> dict[str, float]:
+    """Row ``i``'s reward for every arm that has an outcome."""
+    table = prepared.table[i]
+    return {a: float(table[j]) for a, j in prepared.arm_index.items() if not np.isnan(table[j])}
+
+
+def warm_rows(n: int, warm_start: float) -> int:
+    """How many of a seed's first rows train the learners before the replay (``warm_start``:
+    the fraction, in [0, 1))."""
+    if not 0.0 <= warm_start < 1.0:
+        raise ValueError(f"warm_start must be in [0, 1), got {warm_start}")
+    return int(n * warm_start)
+
+
 def simulate(
     names: Sequence[str],
     prepared: Prepared,
@@ -116,12 +138,31 @@ def simulate(
     in_order: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
+    warm_start: float = 0.0,
+    arrivals: Mapping[str, int] | None = None,
 ) -> dict[str, list[Run]]:
-    """Every policy over every seed's row order; the runs keyed by the names as given."""
+    """Every policy over every seed's row order; the runs keyed by the names as given.
+
+    With ``warm_start``, the first fraction of each seed's order trains every learning policy
+    with full feedback (``offline.train``) and the rest is replayed; a name prefixed ``cold:``
+    replays the same rows untrained. ``arrivals``: arms added mid-stream (see ``run``)."""
     runs: dict[str, list[Run]] = {name: [] for name in names}
     for seed in seeds:
         rows = order(len(prepared.replay.rows), seed, in_order)
+        warm, rows = (
+            rows[: warm_rows(len(rows), warm_start)],
+            rows[warm_rows(len(rows), warm_start) :],
+        )
         for name in names:
             stepper = make_stepper(name, prepared, seed, settings)
-            runs[name].append(run(name, stepper, prepared, rows, seed, progress))
+            if len(warm) and isinstance(stepper, PolicyStepper) and not name.startswith(COLD):
+                examples = full_feedback(
+                    prepared.features,
+                    prepared.eligible,
+                    lambda i: outcomes(prepared, i),
+                    (int(i) for i in warm),
+                    seed,
+                )
+                teach(stepper.policy, examples)
+            runs[name].append(run(name, stepper, prepared, rows, seed, progress, arrivals))
     return runs

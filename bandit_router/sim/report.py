@@ -17,6 +17,7 @@ from bandit_router.sim.hindsight import best_fixed_arm
 from bandit_router.sim.peers import skyline
 
 Floats = npt.NDArray[np.float64]
+EARLY = 1000  # the steps a cold start pays for most: what a warm start is judged on
 
 # Two-sided 95% Student t quantiles by degrees of freedom; a handful of seeds is the norm.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -51,6 +52,7 @@ def _policy_summary(
 ) -> dict[str, Any]:
     rewards = [float(r.reward.mean()) for r in runs]
     half = [float(r.reward[len(r.reward) // 2 :].mean()) for r in runs]
+    early = [float(r.reward[:EARLY].mean()) for r in runs]
     chosen = np.concatenate([r.arm for r in runs])
     mean = float(np.mean(rewards))
     return {
@@ -63,10 +65,13 @@ def _policy_summary(
         "regret_best_fixed": refs[0] - mean,
         "regret_oracle": refs[1] - mean,
         "second_half_reward": float(np.mean(half)),
+        "first_1000_reward": float(np.mean(early)),
+        "first_1000_ci95": ci95(early),
         "per_seed": {
             "seed": [r.seed for r in runs],
             "mean_reward": rewards,
             "second_half_reward": half,
+            "first_1000_reward": early,
             "accuracy": [_nanmean(r.accuracy) for r in runs],
             "latency_ms": [_nanmean(r.latency_ms) for r in runs],
             "cost_usd": [_nanmean(r.cost_usd) for r in runs],
@@ -85,6 +90,18 @@ def skyline_summary(prepared: Prepared, seeds: Sequence[int], in_order: bool) ->
     return {"second_half_reward": float(np.mean(values)), "ci95": ci95(values), "per_seed": values}
 
 
+def arrival(runs: Sequence[Run], j: int, step: int) -> dict[str, Any]:
+    """How an arm added at ``step`` (index ``j``) fared in each run: the steps until it was
+    first chosen, and its share of the traffic after it arrived."""
+    waits: list[int | None] = []
+    shares = []
+    for r in runs:
+        after = r.arm[step:] == j
+        waits.append(int(np.argmax(after)) if after.any() else None)
+        shares.append(float(after.mean()) if len(after) else 0.0)
+    return {"step": step, "first_chosen_after": waits, "share_after": float(np.mean(shares))}
+
+
 def summary(
     runs: Mapping[str, Sequence[Run]], prepared: Prepared, meta: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -92,6 +109,13 @@ def summary(
     arms = [a.name for a in prepared.replay.arms]
     fixed, oracle = hindsight(prepared)
     refs = (float(fixed.mean()), float(oracle.mean()))
+    policies = {name: _policy_summary(rs, arms, refs) for name, rs in runs.items()}
+    for name, rs in runs.items():
+        added = meta.get("arrivals") or {}
+        if added:
+            policies[name]["arrivals"] = {
+                arm: arrival(rs, prepared.arm_index[arm], step) for arm, step in added.items()
+            }
     return {
         **meta,
         "rows": len(prepared.replay.rows),
@@ -100,7 +124,7 @@ def summary(
         "best_fixed_arm": best_fixed_arm(prepared),
         "best_fixed_reward": refs[0],
         "oracle_reward": refs[1],
-        "policies": {name: _policy_summary(rs, arms, refs) for name, rs in runs.items()},
+        "policies": policies,
     }
 
 
@@ -166,6 +190,22 @@ def table(result: Mapping[str, Any]) -> str:
         f"best fixed arm {result['best_fixed_arm']} {best:.4f}; "
         f"oracle {result['oracle_reward']:.4f}"
     )
+    if result.get("warm_start"):
+        early = ", ".join(
+            f"{name} {p['first_1000_reward']:.4f} ± {p['first_1000_ci95']:.4f}"
+            for name, p in result["policies"].items()
+        )
+        lines.append(
+            f"warm start: the first {100 * result['warm_start']:g}% of each seed's rows trained "
+            f"the learners (cold: ones did not); the rest replayed. First {EARLY} steps: {early}"
+        )
+    for arm, step in (result.get("arrivals") or {}).items():
+        joined = "; ".join(
+            f"{name}: first chosen after {p['arrivals'][arm]['first_chosen_after']} steps, "
+            f"share after {p['arrivals'][arm]['share_after']:.2f}"
+            for name, p in result["policies"].items()
+        )
+        lines.append(f"{arm} added at step {step}: {joined}")
     if "skyline" in result:
         sky = result["skyline"]
         lines.append(

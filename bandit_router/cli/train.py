@@ -1,0 +1,81 @@
+"""``bandit-router train``: a policy learned from history, written as a snapshot file.
+
+The file is what ``bandit-router snapshot`` writes, so ``bandit-router restore FILE`` publishes
+it: the service then serves the trained model and keeps learning from live traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bandit_router.offline.train import full_feedback, is_dsjson, logged, read_dsjson, teach
+from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.service.backup import to_json
+from bandit_router.service.router import reward_config
+from bandit_router.settings import ArmSpec, Settings
+from bandit_router.sim import dataset, replay
+from bandit_router.store.records import Snapshot
+
+
+def train(args: argparse.Namespace) -> int:
+    """Learn a policy from a full-feedback replay file (every arm's outcome teaches that arm) or
+    an exported DSJSON log (each logged choice, weighted by its propensity), and write a snapshot
+    file for `bandit-router restore`. Reward weights and budgets are the BANDIT_* settings."""
+    settings = Settings()
+    path = Path(args.file)
+    try:
+        spec = parse_policy_spec(args.policy or settings.policy)
+        policy = build_policy(spec, settings, settings.seed)
+        if is_dsjson(path):
+            records = read_dsjson(path)
+            arms = list(dict.fromkeys(a for r in records for a in r.arms))
+            learned = teach(policy, logged(records))
+            kind = "DSJSON log"
+        else:
+            data = dataset.load(path, args.arms and Path(args.arms), args.skip_bad)
+            prepared = dataset.prepare(data, reward_config(settings))
+            rows = dataset.order(len(data.rows), settings.seed or 0, in_order=False)
+            examples = full_feedback(
+                prepared.features,
+                prepared.eligible,
+                lambda i: replay.outcomes(prepared, i),
+                (int(i) for i in rows),
+                settings.seed or 0,
+            )
+            learned = teach(policy, examples)
+            arms = data.arms
+            kind = "replay file"
+    except (ValueError, OSError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
+    snapshot = Snapshot(str(spec), learned, "0-0", policy.dumps())
+    specs = [ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms]
+    doc = to_json(snapshot, settings.model_copy(update={"arms": specs}))
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    os.replace(tmp, out)
+    summary: dict[str, Any] = {
+        "file": str(out),
+        "trained_on": f"{path} ({kind})",
+        "policy": str(spec),
+        "examples_learned": learned,
+        "arms": [a.name for a in arms],
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="learn a policy from history", description=train.__doc__)
+    p.add_argument("file", help="a replay file (JSON rows with every arm's outcome) or DSJSON")
+    p.add_argument("--out", required=True, help="the snapshot file to write")
+    p.add_argument("--arms", help="the replay file's arms file (.arms.json)")
+    p.add_argument("--policy", help="the policy spec to train (default BANDIT_POLICY)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed replay rows")
+    p.set_defaults(func=train)

@@ -1,0 +1,75 @@
+"""Arms added to or removed from a running deployment (a settings change and a restart): a new
+arm gets traffic within a bounded number of events and is judged on its own results; a removed
+one is never chosen again. Also the simulator's `--add-arm`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bandit_router.http.app import create_app
+from bandit_router.rewards import RewardConfig
+from bandit_router.sim import dataset, replay, report
+from tests.conftest import SettingsFactory
+
+MEANS = {"a": 0.3, "b": 0.5, "c": 0.9}
+QUERIES = ["summarise this support ticket", "write a sql query for sales", "translate to french"]
+
+
+def _serve(client: TestClient, n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` decisions, each rewarded from its arm's mean (Bernoulli accuracy); the arms chosen."""
+    chosen = []
+    for i in range(n):
+        d = client.post("/choose", json={"query": QUERIES[i % len(QUERIES)]}).json()
+        accuracy = float(rng.random() < MEANS[d["arm"]])
+        reward = client.post("/reward", json={"event_id": d["event_id"], "accuracy": accuracy})
+        assert reward.status_code == 200, reward.text
+        chosen.append(d["arm"])
+    return chosen
+
+
+@pytest.mark.parametrize("policy", ["squarecb", "linucb"])
+def test_an_added_arm_gets_traffic_and_a_removed_one_none(
+    make_settings: SettingsFactory, policy: str
+) -> None:
+    rng = np.random.default_rng(11)
+    common = {"policy": policy, "reward_weights": "accuracy=1"}
+    first = make_settings(arms="a,b", **common)
+    with TestClient(create_app(first)) as client:
+        before = _serve(client, 300, rng)
+    assert set(before) == {"a", "b"}
+
+    added = first.model_copy(update={"arms": make_settings(arms="a,b,c").arms})
+    with TestClient(create_app(added)) as client:
+        assert client.get("/healthz").json()["model_version"] == 300  # kept what it learned
+        after = _serve(client, 600, rng)
+    first_c = after.index("c")
+    assert first_c < 100, f"the new arm waited {first_c} events"
+    assert after[300:].count("c") / 300 > 0.5  # the best arm, judged on its own results
+
+    removed = first.model_copy(update={"arms": make_settings(arms="a,c").arms})
+    with TestClient(create_app(removed)) as client:
+        assert "b" not in _serve(client, 200, rng)
+        refused = client.post("/choose", json={"query": "q", "arms": ["b"]})
+        assert refused.status_code == 422 and refused.json()["field"] == "arms"
+
+
+def test_the_simulator_adds_an_arm_mid_stream(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    path = tmp_path / "r.jsonl"
+    with path.open("w") as f:
+        for i in range(2000):
+            outcomes = {a: {"accuracy": float(rng.random() < m)} for a, m in MEANS.items()}
+            f.write(json.dumps({"query": f"q {i % 7}", "outcomes": outcomes}) + "\n")
+    prepared = dataset.prepare(dataset.load(path), RewardConfig({"accuracy": 1.0}))
+    runs = replay.simulate(["squarecb", "linucb"], prepared, [0, 1], arrivals={"c": 1000})
+    for name, rs in runs.items():
+        c = prepared.arm_index["c"]
+        assert all((r.arm[:1000] != c).all() for r in rs), name  # not eligible before
+        seen = report.arrival(rs, c, 1000)
+        assert all(w is not None and w < 100 for w in seen["first_chosen_after"]), seen
+        assert seen["share_after"] > 0.5, (name, seen)

@@ -1,0 +1,157 @@
+"""Warm start: `bandit-router train` from a replay file or an exported log, restored into a
+service that then serves what history taught it; and `simulate --warm-start`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bandit_router.cli.main import main
+from bandit_router.rewards import RewardConfig
+from bandit_router.settings import Settings
+from bandit_router.sim import dataset, replay
+from tests.conftest import ClientFactory, SettingsFactory
+
+ARMS = "small,large"
+CODE = "def merge(a, b): return sorted(a + b)  # fix this python function"
+CHAT = "what would you cook for a rainy sunday dinner with friends"
+
+
+def _planted(path: Path, rows: int, seed: int = 3) -> Path:
+    """A replay file with a planted rule: the large arm answers code, the small one chat."""
+    rng = np.random.default_rng(seed)
+    with path.open("w") as f:
+        for i in range(rows):
+            code = bool(rng.random() < 0.5)
+            right, wrong = ("large", "small") if code else ("small", "large")
+            outcomes = {
+                right: {"accuracy": float(rng.random() < 0.9)},
+                wrong: {"accuracy": float(rng.random() < 0.1)},
+            }
+            query = f"{CODE if code else CHAT} #{i}"
+            f.write(json.dumps({"id": str(i), "query": query, "outcomes": outcomes}) + "\n")
+    return path
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
+        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    monkeypatch.setenv("BANDIT_ARMS", ARMS)
+    monkeypatch.setenv("BANDIT_REWARD_WEIGHTS", "accuracy=1")
+
+
+def _right_share(client: TestClient, n: int = 40) -> float:
+    right = 0
+    for i in range(n):
+        code = i % 2 == 0
+        query = f"{CODE if code else CHAT} #{1000 + i}"
+        d = client.post("/choose", json={"query": query}).json()
+        right += d["arm"] == ("large" if code else "small")
+    return right / n
+
+
+def test_a_model_trained_on_a_replay_file_serves_what_it_learned(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(arms=ARMS, reward_weights="accuracy=1")
+    _use(monkeypatch, settings)
+    replay_file = _planted(tmp_path / "history.jsonl", 600)
+    snapshot = tmp_path / "trained.json"
+    assert main(["train", str(replay_file), "--out", str(snapshot)]) == 0
+    doc = json.loads(snapshot.read_text())
+    assert doc["model_version"] == 1200  # 600 rows, both arms' outcomes
+    assert [a["name"] for a in doc["arms"]] == ["large", "small"]
+
+    cold = make_client(make_settings(arms=ARMS, reward_weights="accuracy=1"))
+    assert _right_share(cold) < 0.8  # knows nothing yet
+    assert main(["restore", str(snapshot)]) == 0
+    warm = make_client(settings)
+    assert warm.get("/healthz").json()["model_version"] == 1200
+    assert _right_share(warm) >= 0.9
+
+
+def test_a_model_trained_on_an_exported_log(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Logged by a service exploring uniformly; trained with the logged propensities."""
+    source = make_settings(arms=ARMS, reward_weights="accuracy=1", policy="random")
+    client = make_client(source)
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        code = i % 2 == 0
+        d = client.post("/choose", json={"query": f"{CODE if code else CHAT} #{i}"}).json()
+        right = d["arm"] == ("large" if code else "small")
+        accuracy = float(rng.random() < (0.9 if right else 0.1))
+        client.post("/reward", json={"event_id": d["event_id"], "accuracy": accuracy})
+    _use(monkeypatch, source)
+    log = tmp_path / "events.dsjson"
+    assert main(["export", "--out", str(log)]) == 0
+    target = make_settings(arms=ARMS, reward_weights="accuracy=1", policy="squarecb")
+    _use(monkeypatch, target)
+    snapshot = tmp_path / "trained.json"
+    assert main(["train", str(log), "--out", str(snapshot)]) == 0
+    assert json.loads(snapshot.read_text())["model_version"] == 300
+    assert main(["restore", str(snapshot)]) == 0
+    assert _right_share(make_client(target)) >= 0.9
+
+
+def test_train_names_a_bad_input(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _use(monkeypatch, make_settings())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "outcomes": {"a": {"accuracy": 7}}}\n')
+    assert main(["train", str(bad), "--out", str(tmp_path / "x.json")]) == 2
+    assert "accuracy must be 0..1" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    assert main(["train", str(bad), "--out", "x", "--policy", "nope"]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+
+
+TASKS = {
+    "a": "def merge(a, b): return sorted(a + b)  # fix this python function",
+    "b": "what would you cook for a rainy sunday dinner with friends",
+    "c": "solve for x: 3x + 7 = 22, then compute the integral of x^2",
+    "d": "who was the first president of the united states and when",
+}
+
+
+def _four_tasks(path: Path, rows: int, seed: int = 4) -> Path:
+    """Four kinds of query, four arms: each kind has its own right arm."""
+    rng = np.random.default_rng(seed)
+    with path.open("w") as f:
+        for i in range(rows):
+            right = str(rng.choice(list(TASKS)))
+            outcomes = {
+                arm: {"accuracy": float(rng.random() < (0.9 if arm == right else 0.1))}
+                for arm in TASKS
+            }
+            query = f"{TASKS[right]} #{i}"
+            f.write(json.dumps({"id": str(i), "query": query, "outcomes": outcomes}) + "\n")
+    return path
+
+
+def test_a_warm_start_lifts_the_first_steps_over_a_cold_one(tmp_path: Path) -> None:
+    data = dataset.load(_four_tasks(tmp_path / "r.jsonl", 3000))
+    prepared = dataset.prepare(data, RewardConfig({"accuracy": 1.0}))
+    names = ["squarecb", "cold:squarecb", "linucb", "cold:linucb"]
+    runs = replay.simulate(names, prepared, [0, 1, 2, 3], warm_start=0.5)
+    early = {name: np.mean([r.reward[:100].mean() for r in rs]) for name, rs in runs.items()}
+    for name in ("squarecb", "linucb"):
+        assert len(runs[name][0].reward) == 1500  # the other half trained it
+        assert early[name] > early[f"cold:{name}"] + 0.05, early
+    with pytest.raises(ValueError, match=r"warm_start must be in \[0, 1\)"):
+        replay.simulate(names, prepared, [0], warm_start=1.0)
