@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean setup soak bench
+.PHONY: run test lint clean setup soak bench bench-gateway
 
 setup: $(STAMP)
 
@@ -38,3 +38,8 @@ bench: $(STAMP)
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		{ echo "make bench needs wrk: apt-get install -y wrk (as root)"; exit 1; }
 	$(BIN)/python -m benchmarks.run --reps $${BENCH_REPS:-5} --seconds $${BENCH_SECONDS:-5}
+
+# The gateway's added latency beside LiteLLM's proxy (about 14 minutes; LiteLLM is installed in
+# .bench/litellm-venv on first use). Writes .bench/gateway.md; for the lead to wire into bench.
+bench-gateway: $(STAMP)
+	$(BIN)/python -m benchmarks.gateway --reps $${BENCH_REPS:-3} --seconds $${BENCH_GATEWAY_SECONDS:-40}

@@ -5,12 +5,48 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies.registry import parse_policy_spec
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
+
+
+GATEWAY_PARTS = ("latency", "cost", "failure")
+
+
+class UpstreamSpec(BaseModel):
+    """An arm's OpenAI-compatible upstream, for the gateway (``/v1/chat/completions``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="the upstream's OpenAI-compatible API root",
+        examples=["http://127.0.0.1:8081/v1"],
+    )
+    model: str = Field(
+        min_length=1, description="the upstream's model name", examples=["llama2-7b"]
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the NAME of the environment variable holding the upstream's key",
+        examples=["LLAMA_KEY"],
+    )
+    usd_per_mtok_in: float | None = Field(
+        default=None, ge=0, description="USD per M input tokens", examples=[0.2]
+    )
+    usd_per_mtok_out: float | None = Field(
+        default=None, ge=0, description="USD per M output tokens", examples=[0.2]
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="time to the first byte and between chunks",
+        examples=[30],
+    )
 
 
 class ArmSpec(BaseModel):
@@ -28,6 +64,13 @@ class ArmSpec(BaseModel):
     )
     usd_per_mtok: float | None = Field(
         default=None, ge=0, description="price per million tokens, USD", examples=[0.2]
+    )
+    # Excluded from every dump (/arms, /stats, exports): an upstream's address stays server-side.
+    upstream: UpstreamSpec | None = Field(
+        default=None,
+        exclude=True,
+        description="where the gateway sends this arm's requests",
+        examples=[{"base_url": "http://127.0.0.1:8081/v1", "model": "llama2-7b"}],
     )
 
 
@@ -71,6 +114,18 @@ def parse_weights(value: Any) -> Any:
         if not sep:
             raise ValueError(f"reward weight {item!r}: expected part=weight")
         weights[key.strip()] = float(raw)
+    return weights
+
+
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    """Reward weights as given, or ``ValueError`` naming the unknown part or bad weight."""
+    for key, weight in weights.items():
+        if key not in REWARD_PARTS:
+            raise ValueError(f"unknown reward part {key!r}; valid: {', '.join(REWARD_PARTS)}")
+        if weight < 0:
+            raise ValueError(f"reward weight {key} must be >= 0, got {weight}")
+    if not any(weights.values()):
+        raise ValueError("at least one reward weight must be > 0")
     return weights
 
 
@@ -243,8 +298,66 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=32_768, ge=1, description="longest accepted query")
     max_features: int = Field(default=64, ge=0, description="most app features per request")
 
+    gateway_model: str = Field(
+        default="auto",
+        min_length=1,
+        description="the `model` name that asks the gateway to choose the arm",
+    )
+    gateway_retries: int = Field(
+        default=1, ge=0, le=10, description="other arms tried after an upstream fails"
+    )
+    gateway_parts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(GATEWAY_PARTS),
+        description="what the gateway records itself: latency, cost, failure (accuracy 0)",
+    )
+    gateway_latency: Literal["total", "first_token"] = Field(
+        default="total", description="the latency the gateway records: total or to first token"
+    )
+    gateway_reward_weights: Annotated[dict[str, float] | None, NoDecode] = Field(
+        default=None,
+        description="reward weights of gateway events; unset: BANDIT_REWARD_WEIGHTS",
+    )
+    gateway_preferences: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default_factory=lambda: {
+            "quality": {"accuracy": 0.8, "rating": 0.1, "latency": 0.1},
+            "balanced": {"accuracy": 0.5, "rating": 0.1, "latency": 0.2, "cost": 0.2},
+            "cost": {"accuracy": 0.3, "latency": 0.2, "cost": 0.5},
+        },
+        description="named reward weights a request picks with `x-bandit-preference` (JSON)",
+    )
+    gateway_timeout_s: float = Field(
+        default=60.0, gt=0, description="an upstream's timeout unless its arm sets timeout_s"
+    )
+    gateway_max_concurrency: int = Field(
+        default=256, ge=1, description="upstream calls in flight per process; beyond: 503"
+    )
+
     _parse_arms = field_validator("arms", mode="before")(parse_arms)
-    _parse_weights = field_validator("reward_weights", mode="before")(parse_weights)
+    _parse_weights = field_validator("reward_weights", "gateway_reward_weights", mode="before")(
+        parse_weights
+    )
+
+    @field_validator("gateway_preferences", mode="before")
+    @classmethod
+    def _parse_preferences(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("gateway_parts", mode="before")
+    @classmethod
+    def _parse_parts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gateway_parts")
+    @classmethod
+    def _known_gateway_parts(cls, parts: list[str]) -> list[str]:
+        for part in parts:
+            if part not in GATEWAY_PARTS:
+                raise ValueError(
+                    f"unknown gateway part {part!r}; valid: {', '.join(GATEWAY_PARTS)}"
+                )
+        return parts
 
     @field_validator("api_keys", "ops_keys", mode="before")
     @classmethod
@@ -264,17 +377,25 @@ class Settings(BaseSettings):
             raise ValueError(f"arm names must be unique, repeated: {', '.join(dupes)}")
         return arms
 
+    @field_validator("gateway_reward_weights")
+    @classmethod
+    def _known_gateway_weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        return None if weights is None else check_weights(weights)
+
+    @field_validator("gateway_preferences")
+    @classmethod
+    def _known_preferences(cls, named: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for name, weights in named.items():
+            try:
+                check_weights(weights)
+            except ValueError as e:
+                raise ValueError(f"preference {name!r}: {e}") from None
+        return named
+
     @field_validator("reward_weights")
     @classmethod
     def _known_parts(cls, weights: dict[str, float]) -> dict[str, float]:
-        for key, weight in weights.items():
-            if key not in REWARD_PARTS:
-                raise ValueError(f"unknown reward part {key!r}; valid: {', '.join(REWARD_PARTS)}")
-            if weight < 0:
-                raise ValueError(f"reward weight {key} must be >= 0, got {weight}")
-        if not any(weights.values()):
-            raise ValueError("at least one reward weight must be > 0")
-        return weights
+        return check_weights(weights)
 
     @field_validator("policy")
     @classmethod
@@ -312,6 +433,9 @@ class Settings(BaseSettings):
                 f"promote_min_events ({self.promote_min_events}): no challenger could clear"
             )
         return self
+
+    def gateway_weights(self) -> dict[str, float]:
+        return self.gateway_reward_weights or self.reward_weights
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((arm for arm in self.arms if arm.name == name), None)

@@ -21,6 +21,8 @@ AUTHENTICATED = {
     "/deployments",
     "/metrics",
     "/dashboard",
+    "/v1/chat/completions",
+    "/v1/models",
 }
 
 

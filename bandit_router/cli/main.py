@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from bandit_router.cli.commands import add_commands, add_deployment, deployment_settings
 from bandit_router.cli.train import add_train
+from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.settings import Settings
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     add_commands(sub)
     add_train(sub)
+    add_upstream(sub)
     return parser
 
 

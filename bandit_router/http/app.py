@@ -37,6 +37,7 @@ from bandit_router.http.contract import (
 from bandit_router.http.dashboard import register_dashboard
 from bandit_router.http.docs import register_docs
 from bandit_router.http.door import BodyGuard, RoutingDoor
+from bandit_router.http.gateway import register_gateway
 from bandit_router.http.metrics import register_metrics
 from bandit_router.http.openapi import (
     ADMIN,
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 stop.set()
                 await background
+                await app.state.gateway.close()
 
     app = App(
         settings,
@@ -288,6 +290,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 for name, router in routers.items()
             ]
         )
+
+    register_gateway(app, settings, keyed)  # /v1/chat/completions, /v1/models
 
     admin = [*keyed, Depends(require_admin_key)]
 

@@ -24,6 +24,11 @@ TAGS = [
     {"name": "routing", "description": "choose an arm for a query, report how it went"},
     {"name": "operations", "description": "health, stats, metrics and the dashboard"},
     {"name": "admin", "description": "snapshot, reset and switch the policy (admin key)"},
+    {
+        "name": "gateway",
+        "description": "OpenAI-compatible chat completions: the router chooses, the upstream "
+        "answers, the call is measured; errors in OpenAI's shape plus `detail` and `field`",
+    },
 ]
 
 ERROR_TEXT = {
@@ -38,6 +43,7 @@ ERROR_TEXT = {
     422: "invalid input; the message names the field and the allowed values",
     500: "internal error; the service log has the details",
     503: "Redis unavailable; retry",
+    502: "every upstream tried failed; the message says how each did",
 }
 
 
@@ -74,3 +80,32 @@ ADMIN_BODY = ADMIN | responses(400, 408, 413, 422)
 
 # Every endpoint that takes ``?deployment=``: an unknown one is a 422 naming the valid ones.
 DEPLOYMENT_ERRORS = responses(422, e422="unknown deployment; the message lists the valid ones")
+GATEWAY = responses(
+    400,
+    401,
+    404,
+    413,
+    415,
+    422,
+    500,
+    502,
+    503,
+    e404="unknown model (or the upstream's own 404, passed through)",
+    e503="BANDIT_GATEWAY_MAX_CONCURRENCY upstream calls already in flight; retry",
+)
+GATEWAY_READ = responses(401, 500)
+CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "OpenAI's chat completion request; `model`: `auto` "
+                    "(BANDIT_GATEWAY_MODEL) or an arm; `metadata`: the app's features",
+                    "required": ["model", "messages"],
+                }
+            }
+        },
+    }
+}

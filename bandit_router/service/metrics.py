@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 REWARD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 EXPLORATION_WINDOW = 1000  # decisions the exploration-rate gauge looks back over
 TIMED_PATHS = {"/choose": "choose", "/reward": "reward"}
 
@@ -67,6 +68,19 @@ class Metrics:
             "Time to answer POST /choose and POST /reward, by endpoint",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "bandit_gateway_upstream_seconds",
+            "Gateway calls to an arm's upstream: to the first streamed event, and to the last byte",
+            ["arm", "measure"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_failures = Counter(
+            "bandit_gateway_upstream_failures",
+            "Gateway calls to an arm's upstream that failed, by arm and kind",
+            ["arm", "kind"],
             registry=r,
         )
         self._init_gauges(r)

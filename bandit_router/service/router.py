@@ -94,7 +94,10 @@ class Router:
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
         self.rewards = reward_config(settings)
-        self._weighted = {PART_FIELDS[k] for k, w in settings.reward_weights.items() if w > 0}
+        self._weighted = _weighted(settings.reward_weights)
+        # Gateway events may carry reward weights of their own (a request's preference) that only
+        # their decision knows: with upstreams configured, parts are combined once it is read.
+        self.event_weights = any(arm.upstream is not None for arm in settings.arms)
         self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
         self._flushing = asyncio.Lock()
         self.buffer_dropped = 0
@@ -152,7 +155,12 @@ class Router:
         features: Mapping[str, AppValue] | None = None,
         arms: Sequence[str] | None = None,
         event_id: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        direct: bool = False,
     ) -> ChooseResult:
+        """Choose among ``arms`` (default: all). ``weights``: this event's own reward weights;
+        ``direct``: the caller named the arm (one eligible arm, probability 1), so the record
+        says it was not the policy's choice."""
         self._check_request(query, features)
         eligible = self.eligible(arms)
         if event_id is not None and event_id in self._buffer:
@@ -176,6 +184,10 @@ class Router:
         }
         if self.settings.store_query_text:
             record["query"] = query
+        if weights is not None:
+            record["weights"] = dict(weights)
+        if direct:
+            record["direct"] = True
         try:
             existing = await self._save(record)
         except StoreUnavailable:
@@ -225,7 +237,9 @@ class Router:
     async def reward(self, event_id: str, parts: RewardParts, final: bool = False) -> RewardResult:
         """Keep the parts; learn the event once it is complete, or now with ``final``."""
         present = parts.present()
-        own = self._combine(present) if present or not final else None  # no weighted part: 422
+        own = None
+        if not self.event_weights or "reward" in present:  # else the event's weights decide
+            own = self._combine(present) if present or not final else None  # no weighted part: 422
         if event_id in self._buffer:
             await self.flush()  # its decision must be in Redis before a part can join it
         alone = None
@@ -238,9 +252,10 @@ class Router:
         if got.logged is not None:
             value = own
         elif final or self._complete(decision, merged):
+            weights = decision.get("weights")
             if not merged and self.settings.default_reward is None:
-                self._combine(merged)  # nothing to learn from: 422 naming the parts to send
-            value, merged = await self._finalize(event_id, merged)
+                self._combine(merged, weights)  # nothing to learn from: 422 naming the parts
+            value, merged = await self._finalize(event_id, merged, weights)
         if value is not None and self.learner.leading:
             await self.learner.catch_up(got.logged)  # the learner is here: learned before we answer
         self.metrics.rewarded(decision["arm"], value)
@@ -255,22 +270,33 @@ class Router:
         )
 
     def _complete(self, decision: Mapping[str, Any], parts: Mapping[str, float]) -> bool:
-        if "reward" in parts or self._weighted <= parts.keys():
+        weights = decision.get("weights")
+        weighted = self._weighted if weights is None else _weighted(weights)
+        if "reward" in parts or weighted <= parts.keys():
             return True
         return time.time() >= float(decision["ts"]) + self.settings.reward_wait_s
 
-    def _combine(self, parts: Mapping[str, float]) -> float:
+    def _combine(
+        self, parts: Mapping[str, float], weights: Mapping[str, float] | None = None
+    ) -> float:
+        config = self.rewards
+        if weights is not None:
+            config = RewardConfig(weights, config.latency_budget_ms, config.cost_budget_usd)
         try:
-            return self.rewards.combine(RewardParts.from_mapping(parts))
+            return config.combine(RewardParts.from_mapping(parts))
         except ValueError as e:
             raise InvalidReward(str(e)) from e
 
     async def _finalize(
-        self, event_id: str, parts: dict[str, float]
+        self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
     ) -> tuple[float, dict[str, float]]:
         """Log the event with the reward of every part present; retry if parts arrive meanwhile."""
         while True:
-            value = self._combine(parts) if parts else float(self.settings.default_reward or 0.0)
+            value = (
+                self._combine(parts, weights)
+                if parts
+                else float(self.settings.default_reward or 0.0)
+            )
             reward = {"parts": parts, "reward": value, "ts": time.time(), "default": not parts}
             try:
                 if await self.store.finalize(event_id, len(parts), reward) is not None:
@@ -293,10 +319,15 @@ class Router:
             to_close = due
             if self.settings.default_reward is None:
                 to_close = await self.store.skip_silent(due)  # the others: nothing to learn
-            windows = list(zip(to_close, await self.store.parts_of_many(to_close), strict=True))
+            parts_of = await self.store.parts_of_many(to_close)
+            weights_of: list[Mapping[str, float] | None] = [None] * len(to_close)
+            if self.event_weights:
+                decisions = await self.store.decisions_of_many(to_close)
+                weights_of = [d.get("weights") if d else None for d in decisions]
+            windows = list(zip(to_close, parts_of, weights_of, strict=True))
             for i in range(0, len(windows), CLOSED_TOGETHER):
                 done = await asyncio.gather(
-                    *(self._close(e, parts) for e, parts in windows[i : i + CLOSED_TOGETHER]),
+                    *(self._close(e, p, w) for e, p, w in windows[i : i + CLOSED_TOGETHER]),
                     return_exceptions=True,
                 )
                 for result in done:
@@ -307,13 +338,15 @@ class Router:
                 break
         return closed
 
-    async def _close(self, event_id: str, parts: dict[str, float]) -> int:
+    async def _close(
+        self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
+    ) -> int:
         """Learn one ended window's parts, or the default reward; 1 if it was learned."""
         if not parts and self.settings.default_reward is None:  # they expired meanwhile
             await self.store.drop_pending(event_id)
             return 0
         try:
-            await self._finalize(event_id, parts)
+            await self._finalize(event_id, parts, weights)
         except (UnknownEvent, InvalidReward) as e:
             log.warning("event %s not learned at window end: %s", event_id, e)
             await self.store.drop_pending(event_id)
@@ -401,6 +434,11 @@ class Router:
             "buffered_decisions": len(self._buffer),
             "learner": self.learner.leading,
         }
+
+
+def _weighted(weights: Mapping[str, float]) -> set[str]:
+    """The request fields of the parts ``weights`` counts."""
+    return {PART_FIELDS[k] for k, w in weights.items() if w > 0}
 
 
 def _choose_result(record: Mapping[str, Any], degraded: bool = False) -> ChooseResult:

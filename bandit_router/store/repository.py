@@ -219,6 +219,14 @@ class Store:
             await pipe.execute()
 
     @unavailable
+    async def decisions_of_many(self, event_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The decision record of each of ``event_ids`` (``None`` where gone), one round trip."""
+        if not event_ids:
+            return []
+        raws = await self.redis.mget([self.key(KEY_DECISION, e) for e in event_ids])
+        return [orjson.loads(raw) if raw else None for raw in raws]
+
+    @unavailable
     async def parts_of(self, event_id: str) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
         return decode_parts(raw)

@@ -1,0 +1,456 @@
+"""The gateway: an OpenAI-compatible ``POST /v1/chat/completions`` that chooses the arm, calls
+its upstream, measures the call and records what it measured as the event's reward parts.
+
+``model`` equal to ``BANDIT_GATEWAY_MODEL`` lets the router choose among the arms that have an
+upstream (from the last user message and the app's features: ``metadata``, or the
+``x-bandit-features`` header); a ``model`` naming an arm goes to that arm, recorded as a direct
+choice. The answer is the upstream's, streamed through event by event; its ``x-bandit-event-id``
+header is the event the app rewards later with ``POST /reward``. An upstream that fails before
+its first byte is recorded as a failure of its arm (accuracy 0) and the policy chooses again
+among the arms not yet tried, up to ``BANDIT_GATEWAY_RETRIES`` times. A 4xx from the upstream is
+the client's error and passes through unchanged. Errors of the gateway itself come from the
+contract's table, in OpenAI's shape (``error.message``, ``error.param``) with the contract's
+``detail`` and ``field`` beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from bandit_router.errors import RouterError
+from bandit_router.http.contract import BadBody, ChooseRequest, _content_type, failure
+from bandit_router.http.openapi import CHAT_BODY, GATEWAY, GATEWAY_READ
+from bandit_router.http.security import API_KEYS, require_key
+from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
+from bandit_router.service.router import Router
+from bandit_router.service.upstream import Measured, StreamMeter, UpstreamFailure, Upstreams
+from bandit_router.settings import ArmSpec, Settings, check_weights, parse_weights
+
+log = logging.getLogger("bandit_router")
+EVENT_HEADER = "x-bandit-event-id"
+ARM_HEADER = "x-bandit-arm"
+PREFERENCE_FEATURE = "preference"  # the app feature that carries a request's preference
+_KINDS = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ModelNotFound(RouterError):
+    status_code = 404
+    field = "model"
+
+
+class Busy(RouterError):
+    status_code = 503
+
+
+class BadGateway(RouterError):
+    status_code = 502
+    field = "model"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A chat request as the gateway reads it."""
+
+    body: dict[str, Any]  # the request, without ``metadata``
+    query: str  # the last user message's text
+    features: dict[str, Any]
+    stream: bool
+    client_usage: bool  # the client asked for the usage chunk itself
+    weights: dict[str, float]
+
+
+class Gateway:
+    """The arms that have an upstream, the pool that calls them, the settings in force."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
+        self.upstreams = Upstreams(settings)
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+
+    def weights(self, header: str | None) -> tuple[dict[str, float], str]:
+        """The reward weights and preference name of a request's ``x-bandit-preference``."""
+        if header is None or not header.strip():
+            return dict(self.settings.gateway_weights()), "default"
+        name = header.strip()
+        named = self.settings.gateway_preferences.get(name)
+        if named is not None:
+            return dict(named), name
+        try:
+            weights = check_weights(parse_weights(name))
+        except (ValueError, TypeError) as e:
+            choices = ", ".join(self.settings.gateway_preferences)
+            raise RouterError(
+                f"x-bandit-preference must be one of {choices} or weights such as "
+                f"accuracy=0.5,latency=0.5: {e}",
+                field="x-bandit-preference",
+            ) from None
+        canonical = ",".join(f"{k}={v:g}" for k, v in sorted(weights.items()))
+        return weights, canonical
+
+    def read(self, raw: bytes, headers: Mapping[str, str]) -> ChatCall:
+        """The request's parts, or a ``RouterError`` naming the field at fault."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise BadBody(f"body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise BadBody("body must be a JSON object")
+        if not isinstance(body.get("model"), str):
+            raise RouterError("model: a string is required", field="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RouterError("messages: a non-empty array is required", field="messages")
+        query = _last_user_text(messages)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RouterError("stream must be a boolean", field="stream")
+        features: dict[str, Any] = {}
+        for source, value in (
+            ("x-bandit-features", _header_json(headers.get("x-bandit-features"))),
+            ("metadata", body.pop("metadata", None)),
+        ):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise RouterError(f"{source} must be a JSON object", field=source)
+            features.update(value)
+        weights, preference = self.weights(headers.get("x-bandit-preference"))
+        features[PREFERENCE_FEATURE] = preference
+        try:  # the contract's rules for a query and its features
+            ChooseRequest.model_validate({"query": query, "features": features})
+        except ValidationError as e:
+            where = "messages" if e.errors()[0].get("loc", ("",))[0] == "query" else "metadata"
+            raise RouterError(_first_error(e), field=where) from None
+        options = body.get("stream_options")
+        client_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return ChatCall(body, query, features, stream, client_usage, weights)
+
+    def upstream_body(self, call: ChatCall, arm: ArmSpec) -> dict[str, Any]:
+        assert arm.upstream is not None
+        body = dict(call.body, model=arm.upstream.model)
+        if call.stream:  # the usage chunk is how a stream says its token counts
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {})}
+            body["stream_options"]["include_usage"] = True
+        return body
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # content parts: the text ones
+                texts = [p.get("text") for p in content if isinstance(p, dict)]
+                text = "\n".join(t for t in texts if isinstance(t, str))
+                if text:
+                    return text
+            break
+    raise RouterError("messages: the last user message must have text content", field="messages")
+
+
+def _header_json(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise RouterError(
+            "x-bandit-features must be a JSON object", field="x-bandit-features"
+        ) from None
+
+
+def _first_error(error: ValidationError) -> str:
+    err = error.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+def error_response(exc: BaseException, router: Router | None) -> Response:
+    """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``."""
+    status, raw = failure(exc, router, "gateway")
+    doc = orjson.loads(raw)
+    kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
+    code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+    error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
+    return Response(
+        orjson.dumps({"error": error, **doc}), status_code=status, media_type="application/json"
+    )
+
+
+# Recording what the gateway measured
+
+
+async def _record(router: Router, event_id: str, parts: RewardParts, final: bool = False) -> None:
+    try:
+        await router.reward(event_id, parts, final=final)
+    except RouterError as e:  # Redis down, say: the answer still goes out
+        log.warning("gateway: event %s not recorded: %s", event_id, e.message)
+
+
+async def record_success(router: Router, event_id: str, arm: ArmSpec, measured: Measured) -> None:
+    settings = router.settings
+    metrics = router.metrics
+    if measured.first_token_s is not None:
+        metrics.series(metrics.upstream_seconds, arm.name, "first_token").observe(
+            measured.first_token_s
+        )
+    if measured.total_s is not None:
+        metrics.series(metrics.upstream_seconds, arm.name, "total").observe(measured.total_s)
+    latency_ms = cost_usd = None
+    if "latency" in settings.gateway_parts:
+        seconds = measured.total_s
+        if settings.gateway_latency == "first_token" and measured.first_token_s is not None:
+            seconds = measured.first_token_s
+        if seconds is not None:
+            latency_ms = min(seconds * 1000, MAX_LATENCY_MS)
+    if "cost" in settings.gateway_parts:
+        cost_usd = measured.cost_usd(arm)
+    if latency_ms is not None or cost_usd is not None:
+        await _record(router, event_id, RewardParts(latency_ms=latency_ms, cost_usd=cost_usd))
+
+
+async def record_failure(
+    router: Router, event_id: str, weights: Mapping[str, float], arm: str, kind: str
+) -> None:
+    """A failed call is a zero outcome, final at once: no answer, nothing left to rate."""
+    router.metrics.series(router.metrics.upstream_failures, arm, kind).inc()
+    if "failure" not in router.settings.gateway_parts:
+        return
+    parts = RewardParts(accuracy=0.0) if weights.get("accuracy", 0) > 0 else RewardParts(reward=0.0)
+    await _record(router, event_id, parts, final=True)
+
+
+# The routes
+
+
+def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) -> Gateway:
+    gateway = Gateway(settings)
+    app.state.gateway = gateway
+
+    @app.get("/v1/models", tags=["gateway"], dependencies=dependencies, responses=GATEWAY_READ)
+    async def models(request: Request) -> Response:
+        """The models the gateway answers as: the router's choice, and each arm by name."""
+        try:
+            require_key(request.headers.raw, settings.api_keys, API_KEYS)
+        except RouterError as e:
+            return error_response(e, None)
+        names = [settings.gateway_model, *gateway.arms]
+        data = [
+            {"id": n, "object": "model", "created": 0, "owned_by": "bandit-router"} for n in names
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
+        )
+
+    @app.post(
+        "/v1/chat/completions",
+        tags=["gateway"],
+        dependencies=dependencies,
+        responses=GATEWAY,
+        openapi_extra=CHAT_BODY,
+    )
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI's chat completions: the router chooses the arm (`model: auto`), the arm's
+        upstream answers, and the call's latency and cost become the event's reward parts."""
+        router: Router = request.app.state.router
+        try:
+            require_key(request.headers.raw, settings.api_keys, API_KEYS)
+            _content_type(request.headers.raw)
+            call = gateway.read(await request.body(), request.headers)
+            return await _serve(gateway, router, call)
+        except Exception as e:
+            return error_response(e, router)
+
+    return gateway
+
+
+async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
+    model = call.body["model"]
+    settings = gateway.settings
+    if model == settings.gateway_model:
+        if not gateway.arms:
+            raise ModelNotFound("no arm has an upstream (BANDIT_ARMS): the gateway has no model")
+        eligible, direct, retries = list(gateway.arms), False, settings.gateway_retries
+    elif model in gateway.arms:
+        eligible, direct, retries = [model], True, 0
+    else:
+        names = ", ".join([settings.gateway_model, *gateway.arms])
+        raise ModelNotFound(f"model {model!r} does not exist here; valid: {names}")
+    upstreams = gateway.upstreams
+    if not upstreams.has_room():
+        raise Busy(
+            f"the gateway has {upstreams.limit} upstream calls in flight, its limit "
+            "(BANDIT_GATEWAY_MAX_CONCURRENCY); retry"
+        )
+    slot = Slot(upstreams)  # taken now, before any await: the bound holds under a burst
+    try:
+        decision = await router.choose(
+            call.query, call.features, eligible, weights=call.weights, direct=direct
+        )
+        failures: list[str] = []
+        tried: set[str] = set()
+        for attempt in range(retries + 1):
+            arm = gateway.arms[decision.arm]
+            tried.add(arm.name)
+            try:
+                return await _attempt(gateway, router, call, arm, decision.event_id, slot)
+            except UpstreamFailure as failed:
+                log.warning("gateway: upstream of arm %s failed: %s", arm.name, failed.reason)
+                failures.append(str(failed))
+                await record_failure(router, decision.event_id, call.weights, arm.name, failed.kind)
+            left = [name for name in eligible if name not in tried]
+            if not left or attempt == retries:
+                break
+            decision = await router.choose(call.query, call.features, left, weights=call.weights)
+        raise BadGateway("every upstream tried failed: " + "; ".join(failures))
+    finally:
+        if not slot.handed_over:
+            slot.release()
+
+
+class Slot:
+    """One of the process's upstream calls in flight; a stream's response releases it."""
+
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
+        self.handed_over = False
+        self._held = True
+        upstreams.in_flight += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.upstreams.in_flight -= 1
+
+
+class Relayed(StreamingResponse):
+    """A streamed answer that, however it ends (finished, client gone, cancelled before it
+    started), closes its upstream response and releases its slot."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        upstream: aiohttp.ClientResponse,
+        slot: Slot,
+        headers: Mapping[str, str],
+    ) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.upstream = upstream
+        self.slot = slot
+        slot.handed_over = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.upstream.close()  # nothing once released; else the connection is dropped
+            self.slot.release()
+
+
+def _headers(event_id: str, arm: str) -> dict[str, str]:
+    return {EVENT_HEADER: event_id, ARM_HEADER: arm}
+
+
+async def _attempt(
+    gateway: Gateway, router: Router, call: ChatCall, arm: ArmSpec, event_id: str, slot: Slot
+) -> Response:
+    """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
+    upstreams = gateway.upstreams
+    measured = Measured()
+    response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
+    headers = _headers(event_id, arm.name)
+    if response.status >= 400:  # the client's error: passed through as it came
+        body = await _read(response, arm)
+        media = response.headers.get("content-type", "application/json")
+        return Response(body, status_code=response.status, headers=headers, media_type=media)
+    if not call.stream:
+        body = await _read(response, arm)
+        measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            measured.usage(orjson.loads(body).get("usage"))
+        await record_success(router, event_id, arm, measured)
+        return Response(body, headers=headers, media_type="application/json")
+    meter = StreamMeter(measured, drop_usage=not call.client_usage)
+    body_iter = response.content.iter_any()
+    try:
+        first = await body_iter.__anext__()
+    except StopAsyncIteration:
+        response.release()
+        raise UpstreamFailure(arm.name, "empty answer", "empty") from None
+    except (TimeoutError, aiohttp.ClientError) as e:
+        response.close()
+        raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
+    stream = _relay(router, response, body_iter, first, meter, arm, event_id, call)
+    return Relayed(stream, response, slot, {**headers, "cache-control": "no-cache"})
+
+
+async def _relay(
+    router: Router,
+    response: aiohttp.ClientResponse,
+    body_iter: AsyncIterator[bytes],
+    first: bytes,
+    meter: StreamMeter,
+    arm: ArmSpec,
+    event_id: str,
+    call: ChatCall,
+) -> AsyncIterator[bytes]:
+    """The upstream's events as they come; the call recorded before the final ``[DONE]``. A
+    client that leaves cancels this, which closes the upstream connection."""
+    finished = False
+    try:
+        out = meter.feed(first)
+        if out:
+            yield out
+        try:
+            async for chunk in body_iter:
+                out = meter.feed(chunk)
+                if out:
+                    yield out
+        except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
+            log.warning("gateway: upstream of arm %s broke mid-stream: %s", arm.name, _reason(e))
+            await record_failure(router, event_id, call.weights, arm.name, "midstream")
+            return
+        finished = True
+        tail = meter.finish()
+        await record_success(router, event_id, arm, meter.measured)
+        if tail:
+            yield tail
+    finally:
+        if finished:
+            response.release()
+        else:
+            response.close()  # unread: the connection is not reused, the upstream sees it end
+
+
+async def _read(response: aiohttp.ClientResponse, arm: ArmSpec) -> bytes:
+    try:
+        return await response.read()
+    except (TimeoutError, aiohttp.ClientError) as e:
+        raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
+    finally:
+        response.release()
+
+
+def _kind(e: BaseException) -> str:
+    return "timeout" if isinstance(e, TimeoutError) else "connection"
+
+
+def _reason(e: BaseException) -> str:
+    return "timed out" if isinstance(e, TimeoutError) else f"connection failed ({type(e).__name__})"

@@ -1,0 +1,390 @@
+"""The gateway through the official OpenAI SDK: the app under uvicorn, replay upstreams on
+loopback, real Redis. Routing, passthrough, measuring, fallback, preference, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+import redis
+
+from bandit_router.sim.upstream import grade
+from tests.conftest import _free_port, wait_until
+from tests.live import serve
+from tests.upstreams import ARMS, PRICES, Upstream, arm, arms_json, rows, upstream
+
+__all__ = ["serve", "upstream"]  # the fixtures, imported
+
+Serve = Callable[..., str]
+Start = Callable[..., Upstream]
+KEY = "service-key-1"
+SECRET = "sk-upstream-secret-42"  # an upstream's key: must never leave the server
+
+
+_OPEN: list[openai.OpenAI] = []
+
+
+def _client(base: str, **kwargs: Any) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, **kwargs)
+    _OPEN.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Any:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _gateway(serve: Serve, url: str, **overrides: Any) -> str:
+    arms = overrides.pop("arms", None) or arms_json(*(arm(name, url) for name in ARMS))
+    return serve(arms=arms, api_keys=KEY, **overrides)
+
+
+def _ask(row: dict[str, Any]) -> list[Any]:
+    return [{"role": "user", "content": row["query"]}]
+
+
+def test_models_lists_auto_and_the_arms(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    assert [m.id for m in _client(base).models.list()] == ["auto", *ARMS]
+
+
+def test_auto_routes_measures_and_learns_with_the_apps_reward(
+    serve: Serve, upstream: Start, redis_url: str
+) -> None:
+    url, replay = upstream(speed=1000)
+    base = _gateway(serve, url, reward_weights="accuracy=0.4,latency=0.3,cost=0.3")
+    row = rows()[0]
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="auto", messages=_ask(row), metadata={"category": row["context"]["category"]}
+    )
+    completion = raw.parse()
+    chosen = raw.headers["x-bandit-arm"]
+    assert chosen in ARMS and completion.model == chosen  # the arm's upstream model
+    assert replay.requests == 1
+    usage = completion.usage
+    assert usage is not None
+    assert usage.completion_tokens == row["outcomes"][chosen]["output_tokens"]
+    accuracy = grade(completion.choices[0].message.content or "", row["id"], row["query"])
+    assert accuracy is not None
+    assert accuracy == row["outcomes"][chosen]["accuracy"]  # the grader reads the recorded truth
+
+    event_id = raw.headers["x-bandit-event-id"]
+    reward = httpx.post(
+        f"{base}/reward",
+        json={"event_id": event_id, "accuracy": accuracy},
+        headers={"authorization": f"Bearer {KEY}"},
+    ).json()
+    # Latency and cost came from the gateway; the app's accuracy completes the weighted parts.
+    assert reward["status"] == "final"
+    assert set(reward["parts"]) == {"latency_ms", "cost_usd", "accuracy"}
+    assert reward["parts"]["cost_usd"] == pytest.approx(row["outcomes"][chosen]["cost_usd"], 0.02)
+    assert 0 < reward["parts"]["latency_ms"] < 1000
+    expected = (
+        0.4 * accuracy
+        + 0.3 * (1 - reward["parts"]["latency_ms"] / 2000)
+        + 0.3 * (1 - reward["parts"]["cost_usd"] / 0.001)
+    )
+    assert reward["reward"] == pytest.approx(expected)
+    assert reward["model_version"] == 1
+
+
+def test_streaming_passes_chunks_through_as_they_come(serve: Serve, upstream: Start) -> None:
+    # llama2-70b on this row: 45 tokens over 2,475 ms recorded, 450 ms to the first; at speed 2
+    # the whole answer takes over a second and the first token about a fifth of that.
+    url, _ = upstream(speed=2)
+    base = _gateway(serve, url)
+    row = rows()[0]
+
+    async def main() -> tuple[float, float, list[Any]]:
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+        start = time.perf_counter()
+        stream = await client.chat.completions.create(
+            model="llama2-70b", messages=_ask(row), stream=True
+        )
+        chunks: list[Any] = []
+        first = 0.0
+        async for chunk in stream:
+            if not chunks:
+                first = time.perf_counter() - start
+            chunks.append(chunk)
+        await client.close()
+        return first, time.perf_counter() - start, chunks
+
+    first, total, chunks = asyncio.run(main())
+    assert total > 1.0
+    assert first < total / 2, (first, total)  # not buffered
+    # The gateway asked the upstream for usage; the client did not, so it gets no usage chunk.
+    assert all(chunk.choices for chunk in chunks)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert len(chunks) == row["outcomes"]["llama2-70b"]["output_tokens"]
+    assert grade(text, row["id"], row["query"]) == row["outcomes"]["llama2-70b"]["accuracy"]
+
+
+def test_stream_with_usage_and_the_parts_it_records(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    row = rows()[1]
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="llama2-7b",
+        messages=_ask(row),
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as response:
+        event_id = response.headers["x-bandit-event-id"]
+        assert response.headers["x-bandit-arm"] == "llama2-7b"
+        chunks = list(response.parse())
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    assert usage.completion_tokens == row["outcomes"]["llama2-7b"]["output_tokens"]
+    # The stream ended after the gateway recorded the call: its parts are there already.
+    done = httpx.post(
+        f"{base}/reward",
+        json={"event_id": event_id, "final": True},
+        headers={"x-api-key": KEY},
+    ).json()
+    assert set(done["parts"]) == {"latency_ms", "cost_usd"}
+    cost = PRICES["llama2-7b"] * (usage.prompt_tokens + usage.completion_tokens) / 1e6
+    assert done["parts"]["cost_usd"] == pytest.approx(cost)
+
+
+def test_a_named_arm_is_a_direct_decision(
+    serve: Serve, upstream: Start, redis_url: str, make_settings: Any
+) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="llama2-13b", messages=_ask(rows()[2])
+    )
+    assert raw.headers["x-bandit-arm"] == "llama2-13b"
+    stats = httpx.get(f"{base}/stats").json()
+    assert stats["arms"]["llama2-13b"]["decisions"] == 1
+    decision = _decision(redis_url, raw.headers["x-bandit-event-id"])
+    assert decision["direct"] is True and decision["probability"] == 1.0
+    assert decision["arms"] == ["llama2-13b"]
+
+
+def _decision(redis_url: str, event_id: str) -> dict[str, Any]:
+    import orjson
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match="*:decision:" + event_id))
+    assert len(keys) == 1
+    value = client.get(keys[0])
+    client.close()
+    assert isinstance(value, bytes)
+    data: dict[str, Any] = orjson.loads(value)
+    return data
+
+
+def test_fallback_before_the_first_byte(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("UPSTREAM_KEY", SECRET)
+    good, _ = upstream(speed=1000, api_key=SECRET)
+    down, broken = upstream(speed=1000, fail_status=503, api_key=SECRET)
+    refused = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    arms = arms_json(
+        arm("llama2-7b", refused, api_key_env="UPSTREAM_KEY"),
+        arm("llama2-13b", down, api_key_env="UPSTREAM_KEY"),
+        arm("llama2-70b", good, api_key_env="UPSTREAM_KEY"),
+    )
+    base = _gateway(serve, good, arms=arms, gateway_retries=2)
+    client = _client(base)
+    with caplog.at_level(logging.INFO):
+        for row in rows()[:6]:
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=_ask(row), stream=row is rows()[0]
+            )
+            assert raw.status_code == 200
+            assert raw.headers["x-bandit-arm"] == "llama2-70b"  # the one that answers
+    stats = httpx.get(f"{base}/stats").json()
+    served = stats["arms"]["llama2-70b"]
+    assert served["decisions"] == 6
+    for name in ("llama2-7b", "llama2-13b"):  # each failure learned as a zero outcome
+        failed = stats["arms"][name]
+        assert failed["decisions"] == failed["rewards"] >= 1
+        assert failed["mean_reward"] == 0.0
+    assert broken.requests >= 1
+    assert SECRET not in caplog.text and SECRET not in str(stats)
+    assert "arm llama2-7b failed: connection failed" in caplog.text
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="llama2-13b",kind="status"}' in metrics
+    assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="connection"}' in metrics
+    assert 'upstream_seconds_count{arm="llama2-70b",measure="total"} 6.0' in metrics
+
+    # Only the failing arms left, no retries: one 502 naming what happened, no key in it.
+    arms = arms_json(arm("llama2-13b", down, api_key_env="UPSTREAM_KEY"))
+    base = _gateway(serve, good, arms=arms, gateway_retries=0)
+    with pytest.raises(openai.APIStatusError) as failed:
+        _client(base).chat.completions.create(model="auto", messages=_ask(rows()[0]))
+    assert failed.value.status_code == 502
+    assert "llama2-13b: status 503" in str(failed.value.body)
+    assert SECRET not in str(failed.value.body) and SECRET not in caplog.text
+
+
+def test_a_timeout_falls_back_to_another_arm(serve: Serve, upstream: Start) -> None:
+    slow, _ = upstream(speed=1)  # llama2-70b takes 450 ms or more to its first token
+    fast, _ = upstream(speed=1000)
+    arms = arms_json(arm("llama2-70b", slow, timeout_s=0.1), arm("llama2-7b", fast, timeout_s=0.1))
+    base = _gateway(serve, fast, arms=arms, gateway_retries=1)
+    client = _client(base)
+    answered = {
+        client.chat.completions.with_raw_response.create(model="auto", messages=_ask(row)).headers[
+            "x-bandit-arm"
+        ]
+        for row in rows()[:8]
+    }
+    assert answered == {"llama2-7b"}
+    stats = httpx.get(f"{base}/stats").json()
+    assert stats["arms"]["llama2-70b"]["mean_reward"] in (None, 0.0)
+
+
+def test_the_upstreams_client_errors_pass_through(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000)
+    arms = arms_json(arm("llama2-7b", url, model="no-such-model"))
+    base = _gateway(serve, url, arms=arms, gateway_retries=2)
+    with pytest.raises(openai.NotFoundError) as error:
+        _client(base).chat.completions.create(model="auto", messages=_ask(rows()[0]))
+    assert "The model `no-such-model` does not exist" in str(error.value.body)
+
+
+def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    client = _client(base)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="gpt-9", messages=_ask(rows()[0]))
+    assert missing.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        _client(base, default_headers={"authorization": "Bearer wrong"}).models.list()
+    auth = {"authorization": f"Bearer {KEY}"}
+    cases: list[tuple[dict[str, Any], bytes, int, str]] = [
+        ({}, b"{not json", 400, "body"),
+        ({}, b'{"model": "auto"}', 422, "messages"),
+        ({}, b'{"model": "auto", "messages": [{"role": "user", "content": ""}]}', 422, "messages"),
+        ({"x-bandit-preference": "fast"}, b'{"model":"auto","messages":[]}', 422, "messages"),
+        (
+            {"x-bandit-preference": "speed=1"},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}]}',
+            422,
+            "x-bandit-preference",
+        ),
+        (
+            {},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"metadata":{"a":[1]}}',
+            422,
+            "metadata",
+        ),
+        (
+            {"x-bandit-features": "[1]"},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}]}',
+            422,
+            "x-bandit-features",
+        ),
+    ]
+    for headers, body, status, field in cases:
+        response = httpx.post(
+            f"{base}/v1/chat/completions",
+            content=body,
+            headers={**auth, **headers, "content-type": "application/json"},
+        )
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error"]["param"] == field == response.json()["field"]
+    wrong_type = httpx.post(
+        f"{base}/v1/chat/completions", content=b"{}", headers=auth | {"content-type": "text/plain"}
+    )
+    assert wrong_type.status_code == 415
+
+
+def test_a_preference_sets_the_events_weights_and_context(
+    serve: Serve, upstream: Start, redis_url: str
+) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    client = _client(base, default_headers={"x-bandit-preference": "cost"})
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=_ask(rows()[3]))
+    event_id = raw.headers["x-bandit-event-id"]
+    decision = _decision(redis_url, event_id)
+    assert decision["weights"] == {"accuracy": 0.3, "latency": 0.2, "cost": 0.5}
+    plain = _client(base).chat.completions.with_raw_response.create(
+        model="auto", messages=_ask(rows()[3])
+    )
+    other = _decision(redis_url, plain.headers["x-bandit-event-id"])
+    assert decision["features"] != other["features"]  # the preference is part of the context
+    # The event's weights count accuracy, latency and cost: the app's accuracy completes it.
+    done = httpx.post(
+        f"{base}/reward", json={"event_id": event_id, "accuracy": 1}, headers={"x-api-key": KEY}
+    ).json()
+    parts = done["parts"]
+    expected = 0.3 + 0.2 * (1 - parts["latency_ms"] / 2000) + 0.5 * (1 - parts["cost_usd"] / 0.001)
+    assert done["status"] == "final" and done["reward"] == pytest.approx(expected)
+
+
+def test_a_window_closed_by_the_sweep_uses_the_events_weights(
+    serve: Serve, upstream: Start, redis_url: str
+) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url, reward_wait_s=1, sweep_s=0.2)
+    client = _client(base, default_headers={"x-bandit-preference": "latency=1"})
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=_ask(rows()[4]))
+    chosen = raw.headers["x-bandit-arm"]
+
+    def learned() -> bool:
+        stats = httpx.get(f"{base}/stats").json()
+        return bool(stats["arms"][chosen]["rewards"] == 1)
+
+    wait_until(learned, 10, "the sweep to close the window")
+    # Only latency counts for this event: its reward is its latency score, near 1 on loopback.
+    mean = httpx.get(f"{base}/stats").json()["arms"][chosen]["mean_reward"]
+    assert 0.9 < mean <= 1.0
+
+
+def test_a_client_that_leaves_mid_stream_cancels_the_upstream(
+    serve: Serve, upstream: Start
+) -> None:
+    url, replay = upstream(speed=1)  # llama2-70b: seconds of streaming
+    base = _gateway(serve, url)
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="llama2-70b", messages=_ask(rows()[0]), stream=True
+    ) as response:
+        for _ in response.iter_lines():
+            break  # the first event, then leave
+    wait_until(lambda: replay.cancelled == 1, 10, "the upstream to see the client leave")
+
+
+def test_the_upstream_never_shows_on_open_endpoints(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    for path in ("/arms", "/stats", "/openapi.json"):
+        assert url.removesuffix("/v1") not in httpx.get(f"{base}{path}").text, path
+
+
+def test_calls_beyond_the_concurrency_bound_are_refused(serve: Serve, upstream: Start) -> None:
+    url, replay = upstream(speed=1)  # llama2-70b streams for seconds
+    base = _gateway(serve, url, gateway_max_concurrency=1)
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="llama2-70b", messages=_ask(rows()[0]), stream=True
+    ) as response:
+        lines = response.iter_lines()
+        next(lines)  # one call in flight, holding the only slot
+        with pytest.raises(openai.APIStatusError) as busy:
+            _client(base).chat.completions.create(model="auto", messages=_ask(rows()[1]))
+        assert busy.value.status_code == 503, busy.value.body
+        assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in str(busy.value.body)
+        response.close()
+    wait_until(lambda: replay.cancelled == 1, 10, "the first call to end")
+    # The slot is free again.
+    fast = _client(base).chat.completions.with_raw_response.create(
+        model="auto", messages=_ask(rows()[1]), max_tokens=5
+    )
+    assert fast.status_code == 200
