@@ -14,7 +14,7 @@ import pytest
 from bandit_router.cli.main import main
 from tests.conftest import cli_env, served
 
-SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
+SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
 POLICIES = "egreedy:epsilon=0.1,linucb,random,static,fixed:llama2-7b,best-fixed,oracle,mabwiser"
 
