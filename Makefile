@@ -8,11 +8,18 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# setuptools' "Editable installation ... folders with the same name as your package" note is
+# information only (the folder of that name here is the package itself), and every editable mode
+# prints one (compat a deprecation instead), so it is filtered by its text; other warnings show.
+PIP_INSTALL := PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install --quiet
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) (first run, or pyproject.toml changed: about a minute)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP_INSTALL) --upgrade pip
+	@$(PIP_INSTALL) -e '.[dev]'
+	@touch $(STAMP)
+	@echo "$(VENV) ready"
 
 run: $(STAMP)
 	$(BIN)/bandit-router serve

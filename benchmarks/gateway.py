@@ -39,8 +39,8 @@ from tests.conftest import RedisProcess, _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".bench"
-SLICE = ROOT / "tests" / "data" / "mmlu_slice.jsonl"
-SLICE_ARMS = ROOT / "tests" / "data" / "mmlu_slice.arms.json"
+SLICE = ROOT / "examples" / "mmlu_pro_llama2_slice.jsonl"
+SLICE_ARMS = ROOT / "examples" / "mmlu_pro_llama2_slice.arms.json"
 LITELLM_VENV = BENCH / "litellm-venv"
 MODEL = "llama2-7b"  # the upstream model every target ends at
 TARGETS = ("direct", "gateway", "litellm")

@@ -181,3 +181,35 @@ def test_every_command_and_option_has_help() -> None:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
         assert sub.format_help()
     assert {"serve", "learn", "status", "snapshot", "restore", "config"} <= set(helps)
+
+
+SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["simulate", str(SLICE), "--seeds", "0"],
+            "argument --seeds: 0 is out of range: 1 or more",
+        ),
+        (["simulate", str(SLICE), "--seeds", "-2"], "argument --seeds: -2 is out of range"),
+        (["simulate", str(SLICE), "--seeds", "two"], "argument --seeds: 'two' is not an integer"),
+        (["simulate", str(SLICE), "--first-seed", "-1"], "argument --first-seed: -1 is out of"),
+        (["simulate", str(SLICE), "--limit", "0"], "argument --limit: 0 is out of range: 1 or"),
+        (["simulate", str(SLICE), "--limit", "-1"], "argument --limit: -1 is out of range"),
+        (["simulate", str(SLICE), "--csv-every", "-1"], "argument --csv-every: -1 is out of"),
+        (["evaluate", "-", "--seed", "-1"], "argument --seed: -1 is out of range: 0 or more"),
+        (["status", "--window", "-5"], "argument --window: -5 is out of range: 0 to 20000"),
+        (["status", "--window", "20001"], "argument --window: 20001 is out of range"),
+    ],
+)
+def test_numeric_options_out_of_range_are_refused_before_any_work(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert f"usage: bandit-router {args[0]}" in err

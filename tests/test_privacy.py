@@ -26,7 +26,7 @@ from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
 
-SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
+SLICE = Path(__file__).resolve().parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 ALL = [json.loads(line)["query"] for line in SLICE.read_text().splitlines()]
 QUERIES = ALL[:40]
 

@@ -1,10 +1,17 @@
-"""The README's settings table lists every setting, and nothing that is not one."""
+"""The README tells the truth: its settings table lists every setting and nothing else, its
+shell examples start with commands that exist, and the sample simulation runs as written."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+from bandit_router.cli.main import build_parser
 from bandit_router.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -13,3 +20,64 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"^\| `BANDIT_([A-Z_]+)` \|", README.read_text(), re.MULTILINE))
     assert documented == {name.upper() for name in Settings.model_fields}
+
+
+ROOT = README.parent
+# The venv running the suite is the one `make setup` made: the README's `.venv/bin`.
+VENV_BIN = Path(sys.executable).parent
+
+
+def _sh_commands() -> list[list[str]]:
+    """Every command of the README's ```sh blocks, split as the shell would (comments dropped,
+    continued lines joined)."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(words)
+    return commands
+
+
+def _make_targets() -> set[str]:
+    makefile = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([A-Za-z][\w-]*):", makefile, re.MULTILINE))
+
+
+def test_every_shell_example_starts_with_a_command_that_exists() -> None:
+    """As written, from the repository's root, in a shell whose PATH has no venv on it."""
+    commands = _sh_commands()
+    assert len(commands) >= 8
+    system_path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != VENV_BIN
+    )
+    for words in commands:
+        first = words[0]
+        if first == "make":
+            targets = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+            assert set(targets) <= _make_targets(), words
+        elif first.startswith(".venv/bin/"):
+            assert (VENV_BIN / first.removeprefix(".venv/bin/")).is_file(), words
+            if first == ".venv/bin/bandit-router":
+                build_parser().parse_args(words[1:])  # exits 2 on an unknown command or option
+        elif "/" in first:
+            assert (ROOT / first).is_file(), words
+        else:
+            assert not (VENV_BIN / first).exists(), f"{first} is only on PATH in the venv: {words}"
+            assert shutil.which(first, path=system_path), words
+
+
+def test_the_sample_simulation_runs_as_written(tmp_path: Path) -> None:
+    """The README's first simulate example, on the replay file shipped in examples/."""
+    (words,) = [w for w in _sh_commands() if w[1:2] == ["simulate"] and "examples/" in w[2]]
+    assert (ROOT / words[2]).is_file()
+    out = words.index("--out") + 1
+    words[out] = str(tmp_path / "sample")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_")}
+    words[0] = str(VENV_BIN / "bandit-router")
+    done = subprocess.run(words, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "best fixed arm" in done.stdout
+    for name in ("summary.json", "steps.csv", "reward.png", "arm_share.png"):
+        assert (tmp_path / "sample" / name).stat().st_size > 0, name

@@ -17,7 +17,7 @@ from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay
 
-SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
+SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
 REWARDS = reward_config(Settings())
 

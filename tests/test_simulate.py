@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from bandit_router.cli.main import main
 from tests.conftest import cli_env, served
 
-SLICE = Path(__file__).parent / "data" / "mmlu_slice.jsonl"
+SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
 POLICIES = "egreedy:epsilon=0.1,linucb,random,static,fixed:llama2-7b,best-fixed,oracle,mabwiser"
 
@@ -106,3 +108,26 @@ def test_via_the_service_gives_the_same_numbers(
     local = json.loads((tmp_path / "local" / "summary.json").read_text())["policies"][policy]
     assert via["mean_reward"] == pytest.approx(local["mean_reward"], abs=1e-9)
     assert via["arm_share"] == local["arm_share"]
+
+
+def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_path: Path) -> None:
+    """A real process in which matplotlib cannot be imported, as without the sim extra."""
+    run = (
+        "import sys; sys.modules['matplotlib'] = None; "
+        "from bandit_router.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["simulate", str(SLICE), "--arms", str(SLICE_ARMS), "--policies", "random,oracle"]
+    done = subprocess.run(
+        [sys.executable, "-c", run, *args, "--no-skyline", "--out", str(tmp_path)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "no plots: matplotlib is missing" in done.stderr
+    assert ".venv/bin/pip install -e '.[sim]'" in done.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"] == 200
+    assert len((tmp_path / "steps.csv").read_text().splitlines()) > 2
+    assert not list(tmp_path.glob("*.png"))

@@ -16,9 +16,9 @@ import uvicorn
 from bandit_router.sim.upstream import ReplayUpstream
 from tests.conftest import _free_port
 
-DATA = Path(__file__).resolve().parent / "data"
-SLICE = DATA / "mmlu_slice.jsonl"
-SLICE_ARMS = DATA / "mmlu_slice.arms.json"
+DATA = Path(__file__).resolve().parents[1] / "examples"
+SLICE = DATA / "mmlu_pro_llama2_slice.jsonl"
+SLICE_ARMS = DATA / "mmlu_pro_llama2_slice.arms.json"
 ARMS = ("llama2-7b", "llama2-13b", "llama2-70b")
 PRICES: dict[str, float] = {"llama2-7b": 0.2, "llama2-13b": 0.2857142857142857, "llama2-70b": 0.9}
 

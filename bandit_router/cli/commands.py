@@ -25,6 +25,24 @@ from bandit_router.settings import Settings
 from bandit_router.store.repository import open_store
 
 SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
+STATS_WINDOW_MAX = 20_000  # the bound of GET /stats?window=
+
+
+def bounded_int(low: int, high: int | None = None) -> Any:
+    """An argparse ``type`` for an integer in [low, high]: outside it, argparse exits with 2 and
+    a message naming the option and the allowed range, before any work starts."""
+    allowed = f"{low} or more" if high is None else f"{low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer ({allowed})") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {allowed}")
+        return value
+
+    return parse
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -292,7 +310,12 @@ def add_commands(sub: Any) -> None:
         help="a running service's base URL, e.g. http://127.0.0.1:8000 "
         "(default: read Redis with the BANDIT_* settings)",
     )
-    p.add_argument("--window", type=int, default=1000, help="newest events to analyse (1000)")
+    p.add_argument(
+        "--window",
+        type=bounded_int(0, STATS_WINDOW_MAX),
+        default=1000,
+        help=f"newest events to analyse, 0 to {STATS_WINDOW_MAX} (1000)",
+    )
     p.add_argument("--api-key", help="key to send with --url, when the service needs one")
     p.add_argument("--json", action="store_true", help="print the /stats document as JSON")
     add_deployment(p)

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from bandit_router.cli.commands import add_commands, add_deployment, deployment_settings
+from bandit_router.cli.commands import (
+    add_commands,
+    add_deployment,
+    bounded_int,
+    deployment_settings,
+)
 from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
@@ -200,7 +205,9 @@ def _add_export_evaluate(sub: Any) -> None:
         help="comma-separated policy specs, e.g. egreedy:epsilon=0.1,linucb,static,fixed:7b "
         "(default: random, static and each arm fixed)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the candidates (default 0)")
+    p.add_argument(
+        "--seed", type=bounded_int(0), default=0, help="seed of the candidates, 0 or more (0)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=evaluate)
 
@@ -292,10 +299,16 @@ def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse
         writer.writerows(rows)
     if args.no_plots:
         return
-    try:
-        from bandit_router.sim import plots
-    except ImportError:
-        print("simulate: no plots (pip install 'bandit-router[sim]')", file=sys.stderr)
+    from bandit_router.sim import plots
+
+    if not plots.available():
+        # The results are written; only the optional pictures are missing, so the exit code is 0.
+        print(
+            f"simulate: wrote {out / 'summary.json'} and {out / 'steps.csv'}, but no plots: "
+            "matplotlib is missing; install the sim extra (in the repository: "
+            ".venv/bin/pip install -e '.[sim]'), or pass --no-plots",
+            file=sys.stderr,
+        )
         return
     title = Path(args.replay).name + (" (time order)" if args.in_order else " (shuffled)")
     plots.reward_over_time(rows, out / "reward.png", title, result.get("phase_changes", []))
@@ -384,13 +397,22 @@ def _add_simulate(sub: Any) -> None:
         "parameters (egreedy:epsilon=0.05, linucb, ...), fixed:<arm>, best-fixed, "
         "best-context, oracle, mabwiser (MABWiser's LinUCB, a peer)",
     )
-    p.add_argument("--seeds", type=int, default=1, help="seeds, each its own row order")
-    p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    p.add_argument(
+        "--seeds", type=bounded_int(1), default=1, help="seeds, each its own row order (1 or more)"
+    )
+    p.add_argument(
+        "--first-seed", type=bounded_int(0), default=0, help="the first seed, 0 or more (0)"
+    )
     p.add_argument("--in-order", action="store_true", help="keep time order (drift scenarios)")
-    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--limit", type=bounded_int(1), help="only the first N rows (1 or more)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
     p.add_argument("--out", help="write summary.json, steps.csv and plots here")
-    p.add_argument("--csv-every", type=int, default=0, help="steps.csv stride (default: n/1000)")
+    p.add_argument(
+        "--csv-every",
+        type=bounded_int(0),
+        default=0,
+        help="steps.csv stride in steps (default 0: rows/1000)",
+    )
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
     p.add_argument("--no-skyline", action="store_true", help="skip the full-information skyline")
     p.add_argument("--via", help="replay through a running service, e.g. http://127.0.0.1:8000")

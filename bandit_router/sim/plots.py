@@ -23,6 +23,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def available() -> bool:
+    """Whether matplotlib (the ``sim`` extra) can be imported, so the plots can be drawn."""
+    try:
+        _pyplot()
+    except ImportError:
+        return False
+    return True
+
+
 def _by_policy(rows: Rows) -> dict[str, list[Mapping[str, Any]]]:
     out: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
