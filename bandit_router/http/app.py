@@ -54,9 +54,8 @@ from bandit_router.http.security import (
     require_ops_key,
 )
 from bandit_router.policies.registry import build_policy, parse_policy_spec
-from bandit_router.service.estimates import BaselineCache
 from bandit_router.service.router import Router
-from bandit_router.service.stats import StatsResponse, build_stats
+from bandit_router.service.stats import StatsCache, StatsResponse
 from bandit_router.settings import Settings
 from bandit_router.store.repository import open_store
 from bandit_router.store.transport import when_available
@@ -169,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The routing calls, for the requests the fast door leaves to FastAPI (an app mounted under
     # a root path, say): the raw body goes to the same contract, which checks the key.
-    baseline_cache = BaselineCache()  # the dashboard's off-policy estimates, per process
+    stats_cache = StatsCache(settings.stats_cache_s)  # /stats documents, per process
 
     @app.post(
         "/choose",
@@ -220,7 +219,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The configured arms and their features."""
         return ArmsResponse(arms=router.settings.arms)
 
-    @app.get("/stats", responses=READ, tags=["operations"], dependencies=ops)
+    @app.get(
+        "/stats",
+        response_model=StatsResponse,
+        responses=READ,
+        tags=["operations"],
+        dependencies=ops,
+    )
     async def stats(
         router: RouterDep,
         window: Annotated[
@@ -229,10 +234,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         buckets: Annotated[
             int, Query(ge=1, le=200, description="time buckets of the series", examples=[30])
         ] = 30,
-    ) -> StatsResponse:
+    ) -> Response:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
-        return await build_stats(router, baseline_cache, window, buckets)
+        body = await stats_cache.get_json(router, window, buckets)  # serialised once per document
+        return Response(body, media_type="application/json")
 
     admin = [*keyed, Depends(require_admin_key)]
 

@@ -27,7 +27,7 @@ from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event, Snapshot, stream_id_key
+from bandit_router.store.records import Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import when_available
 
@@ -46,10 +46,15 @@ class Model:
     version: int = 0  # events learned, across restarts
     stream_id: str = "0-0"  # watermark: the newest logged event learned
 
-    def learn(self, event: Event, arms: dict[str, Arm], x: Features | None = None) -> bool:
+    def learn(self, event: Logged, arms: dict[str, Arm], x: Features | None = None) -> bool:
         """Learn one logged event unless it is at or below the watermark; ``x``: its features,
-        when the caller has them already."""
+        when the caller has them already. An unreadable entry moves the watermark past it
+        without being learned (``version`` counts events learned), so no reader meets it again."""
         if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
+            return False
+        if isinstance(event, Unreadable):
+            log.warning("logged event %s not learned: %s", event.stream_id, event.problem)
+            self.stream_id = event.stream_id
             return False
         d = event.decision
         eligible = [arms.get(n) or Arm(n) for n in d["arms"]]
@@ -124,7 +129,7 @@ class Learner:
         self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
         self._leading = False
         self._acks: list[str] = []
-        self._unlearned: list[Event] = []  # read after a batch's writes while the lock was held
+        self._unlearned: list[Logged] = []  # read after a batch's writes while the lock was held
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -148,7 +153,7 @@ class Learner:
             self.store.follow_log(self.name if value else None, BATCH, self._followed)
         self._leading = value
 
-    def _followed(self, events: list[Event]) -> None:
+    def _followed(self, events: list[Logged]) -> None:
         """Events a round trip read after its writes: learned now, unless a step, a publish or a
         switch holds the lock; then the next step learns them, in stream order with its own."""
         if not self._leading:
@@ -158,7 +163,7 @@ class Learner:
         else:
             self._learn_all(events)
 
-    def _learn_all(self, events: list[Event]) -> None:
+    def _learn_all(self, events: list[Logged]) -> None:
         if self._unlearned:
             events = sorted([*self._unlearned, *events], key=lambda e: stream_id_key(e.stream_id))
             self._unlearned = []
@@ -242,12 +247,15 @@ class Learner:
             if len(self._chosen) > KEPT_CHOSEN:
                 del self._chosen[next(iter(self._chosen))]  # the oldest, as vw_policy's
 
-    def _learn(self, event: Event) -> None:
+    def _learn(self, event: Logged) -> None:
+        if isinstance(event, Unreadable):
+            self.model.learn(event, self.arms)
+            return
         d = event.decision
-        kept = self._chosen.pop(d.get("event_id", ""), None) if self._chosen else None
-        x = kept[1] if kept is not None and kept[0] == d.get("ts") else None  # the same decision
+        kept = self._chosen.pop(d["event_id"], None) if self._chosen else None
+        x = kept[1] if kept is not None and kept[0] == d["ts"] else None  # the same decision
         if self.model.learn(event, self.arms, x) and self.on_learned is not None:
-            self.on_learned(event.decision["arm"], self.model.version)
+            self.on_learned(d["arm"], self.model.version)
 
     def _due(self) -> bool:
         version, at = self._published
