@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 
 class RouterError(Exception):
@@ -26,6 +27,31 @@ class UnknownEvent(RouterError):
         super().__init__(
             f"unknown or expired event_id {event_id!r}: no decision is waiting for a reward "
             "under that id (decisions wait reward_wait_s seconds)"
+        )
+
+
+class WindowClosed(RouterError):
+    status_code = 404
+    field = "event_id"
+
+    def __init__(self, event_id: str, closed_at: float, wait_s: int) -> None:
+        when = datetime.fromtimestamp(closed_at, UTC).isoformat(timespec="milliseconds")
+        super().__init__(
+            f"the reward window of event {event_id!r} closed at {when} ({wait_s} s after its "
+            "decision, BANDIT_REWARD_WAIT_S): parts sent after it are refused"
+        )
+        self.closed_at = closed_at
+
+
+class ArmsConflict(RouterError):
+    status_code = 409
+    field = "arms"
+
+    def __init__(self, event_id: str, decided: Sequence[str], asked: Sequence[str]) -> None:
+        super().__init__(
+            f"event_id {event_id!r} was decided over the arms {', '.join(decided)}, not "
+            f"{', '.join(asked)}: the same event_id returns the same decision, so send it with "
+            "the same arms (or none), or send a new event_id"
         )
 
 

@@ -229,6 +229,11 @@ class Settings(BaseSettings):
     sweep_s: float = Field(
         default=5.0, gt=0, description="how often closed reward windows are swept"
     )
+    stats_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="how long a /stats answer is reused for the same window and buckets",
+    )
     snapshot_every: int = Field(
         default=1000, ge=1, description="events learned between model snapshots to Redis"
     )

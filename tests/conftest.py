@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
 from bandit_router.store.embedded import EmbeddedRedis
+from bandit_router.store.records import Event, Logged
 
 SERVER_URL = os.environ.get("BANDIT_TEST_SERVER_URL", "redis://127.0.0.1:6379/0")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -261,3 +262,15 @@ def own_cluster(tmp_path: Path) -> Iterator[Any]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def readable(logged: Iterable[Logged]) -> list[Event]:
+    """``logged``, each of which must be a readable event."""
+    events = list(logged)
+    assert all(isinstance(e, Event) for e in events), events
+    return [e for e in events if isinstance(e, Event)]
+
+
+async def all_events(logged: AsyncIterator[Logged]) -> list[Event]:
+    """Every entry of ``Store.events()``, each of which must be a readable event."""
+    return readable([e async for e in logged])

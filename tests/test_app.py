@@ -58,6 +58,24 @@ def test_same_event_id_returns_the_same_decision(client: TestClient) -> None:
     assert client.get("/stats").json()["decisions"] == 1
 
 
+def test_same_event_id_with_other_arms_is_409(client: TestClient) -> None:
+    first = _choose(client, event_id="req-2", arms=["4b", "7b"])
+    assert _choose(client, event_id="req-2", arms=["7b", "4b", "7b"]) == first  # the same set
+    assert _choose(client, event_id="req-2") == first  # no subset: whatever it was decided over
+    for other in (["4b", "14b"], ["4b"], ["4b", "7b", "14b"]):
+        response = client.post("/choose", json={"query": "q", "event_id": "req-2", "arms": other})
+        assert response.status_code == 409, other
+        body = response.json()
+        assert body["field"] == "arms"
+        assert "'req-2' was decided over the arms 4b, 7b, not " + ", ".join(other) in body["detail"]
+    everything = _choose(client, event_id="req-3")
+    assert _choose(client, event_id="req-3", arms=["14b", "7b", "4b"]) == everything
+    assert (
+        client.post("/choose", json={"query": "q", "event_id": "req-3", "arms": ["7b"]}).status_code
+        == 409
+    )
+
+
 def test_arm_subset(client: TestClient) -> None:
     decision = _choose(client, arms=["7b", "14b", "7b"])
     assert set(decision["probabilities"]) == {"7b", "14b"}

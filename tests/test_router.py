@@ -14,7 +14,7 @@ from bandit_router.settings import Settings
 from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_PENDING
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import RedisProcess, SettingsFactory
+from tests.conftest import RedisProcess, SettingsFactory, all_events
 
 MARKED = "please summarise this zebra report"
 PLAIN = "prove the theorem about primes"
@@ -131,7 +131,8 @@ def test_sweep_closes_windows_with_parts_present_or_default(
         assert await router.sweep() == 0  # nothing is due yet
         closed = await router.sweep(now=time.time() + 61)
         await router.learner.step()
-        rewards = {e.decision["event_id"]: e.reward["reward"] async for e in router.store.events()}
+        logged = await all_events(router.store.events())
+        rewards = {e.decision["event_id"]: e.reward["reward"] for e in logged}
         assert rewards.get(with_part.event_id) == 1.0  # accuracy alone, weights renormalised
         counters = await router.store.counters()
         if default is None:
@@ -196,7 +197,10 @@ def test_one_sweep_learns_every_ended_window_with_a_default_reward(
         while await router.learner.step():  # what the follow reads left for the learner's loop
             pass
         assert router.version == len(decisions)
-        logged = [(e.decision["event_id"], e.reward["reward"]) async for e in router.store.events()]
+        logged = [
+            (e.decision["event_id"], e.reward["reward"])
+            for e in await all_events(router.store.events())
+        ]
         assert sorted(e for e, _ in logged) == sorted(d.event_id for d in decisions)
         assert all(r == (1.0 if e in rewarded else 0.25) for e, r in logged)
         assert await router.sweep(now=time.time() + 61) == 0
@@ -337,7 +341,7 @@ def test_concurrent_rewards_are_learned_before_their_answers_in_log_order(
         assert all(r.status == "final" for r in results)
         assert router.version == 40
         assert sorted(r.model_version for r in results)[0] >= 1
-        log = [e async for e in router.store.events()]
+        log = await all_events(router.store.events())
         assert router.model.stream_id == log[-1].stream_id
         await router.learner.publish()
         pending = await router.store.redis.xpending(router.store.key(KEY_EVENTS), GROUP)
@@ -364,7 +368,7 @@ def test_events_read_while_the_learner_is_busy_are_learned_next_in_order(
             assert router.version == 0  # read, kept for later: not learned under the lock
         await router.reward(second, RewardParts(reward=0.0))
         assert router.version == 2  # both, the older first (else it would be skipped)
-        log = [e async for e in router.store.events()]
+        log = await all_events(router.store.events())
         assert [e.decision["event_id"] for e in log] == [first, second]
         assert router.model.stream_id == log[-1].stream_id
         await router.store.close()

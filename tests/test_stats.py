@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import threading
+
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ClientFactory
+from bandit_router.cli.main import main
+from bandit_router.rewards import RewardParts
+from bandit_router.service.offloop import off_loop
+from bandit_router.service.router import Router
+from bandit_router.service.stats import StatsCache
+from bandit_router.settings import Settings
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
+from tests.conftest import ClientFactory, SettingsFactory, wait_until
 
 REWARD = {"4b": 0.2, "7b": 0.5, "14b": 0.9}
 LATENCY = {"4b": 300.0, "7b": 600.0, "14b": 1200.0}
@@ -87,3 +99,93 @@ def test_bad_window_is_refused(client: TestClient) -> None:
     response = client.get("/stats", params={"window": -1})
     assert response.status_code == 422
     assert response.json()["field"] == "query.window"
+
+
+def test_skipped_no_reward_is_reported(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = make_settings(reward_wait_s=1, sweep_s=0.2)
+    client = make_client(settings)
+    assert client.get("/stats", params={"window": 5}).json()["skipped_no_reward"] == 0
+    for i in range(3):
+        client.post("/choose", json={"query": f"never rewarded {i}"})
+    rewarded = client.post("/choose", json={"query": "rewarded"}).json()
+    client.post("/reward", json={"event_id": rewarded["event_id"], "accuracy": 1})
+
+    def skipped() -> int:
+        count: int = client.get("/stats", params={"window": 6}).json()["skipped_no_reward"]
+        return count
+
+    wait_until(lambda: skipped() == 3, 20, "the sweep skips the three silent windows")
+    for name in ("redis_url", "data_dir", "key_prefix"):
+        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    assert main(["status"]) == 0
+    assert "skipped with no reward 3" in capsys.readouterr().out
+
+
+async def _router_with_events(settings: Settings, n: int) -> Router:
+    store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+    router = await Router.open(settings, store)
+    for i in range(n):
+        d = await router.choose(f"question number {i}")
+        await router.reward(d.event_id, RewardParts(reward=0.5, latency_ms=100.0 + i))
+    return router
+
+
+def test_concurrent_stats_share_one_computation_and_reuse_it(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(policy="egreedy")
+
+    async def scenario() -> None:
+        router = await _router_with_events(settings, 30)
+        cache = StatsCache(fresh_s=0.5)
+        docs = await asyncio.gather(*(cache.get(router, 20, 5) for _ in range(8)))
+        assert cache.computed == 1 and all(doc is docs[0] for doc in docs)
+        assert docs[0].recent.events == 20
+        assert await cache.get(router, 20, 5) is docs[0]  # reused while fresh
+        other = await cache.get(router, 25, 5)  # another window: computed, after a pause
+        assert cache.computed == 2 and other.recent.events == 25
+        # A caller that goes away does not cancel the computation the others wait for.
+        await asyncio.sleep(0.6)
+        leaving = asyncio.create_task(cache.get(router, 20, 5))
+        staying = asyncio.create_task(cache.get(router, 20, 5))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        fresh = await staying
+        assert cache.computed == 3 and fresh is not docs[0]
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_big_window_is_read_in_chunks_in_order(make_settings: SettingsFactory) -> None:
+    settings = make_settings(policy="egreedy")
+
+    async def scenario() -> None:
+        router = await _router_with_events(settings, 25)
+        store = router.store
+        whole = await store.recent_entries(20, chunk=1000)
+        assert [row[0] for row in await store.recent_entries(20, chunk=7)] == [r[0] for r in whole]
+        assert len(await store.recent_entries(100, chunk=7)) == 25
+        everything = [e.stream_id async for e in store.events()]
+        assert [row[0].decode() for row in whole] == everything[-20:]
+        await router.close()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_heavy_work_runs_in_a_thread_without_the_collector() -> None:
+    seen: list[tuple[bool, bool]] = []
+
+    def work() -> None:
+        seen.append((gc.isenabled(), threading.current_thread() is threading.main_thread()))
+
+    asyncio.run(off_loop(work))
+    assert seen == [(False, False)]
+    assert gc.isenabled()

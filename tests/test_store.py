@@ -9,10 +9,11 @@ from typing import cast
 import pytest
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+from bandit_router.features import extract
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import SERVER_URL, SettingsFactory
+from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
 
 
 def _run(
@@ -37,7 +38,19 @@ def _run(
 
 
 def _decision(event_id: str, arm: str = "7b") -> dict[str, object]:
-    return {"event_id": event_id, "arm": arm, "probability": 0.9, "ts": time.time()}
+    """A decision as the router stores it."""
+    others = [a for a in ("4b", "7b", "14b") if a != arm]
+    return {
+        "event_id": event_id,
+        "features": extract("a question").to_json(),
+        "arms": [arm, *others],
+        "arm": arm,
+        "probability": 0.9,
+        "probabilities": {arm: 0.9, **dict.fromkeys(others, 0.05)},
+        "policy": "egreedy",
+        "model_version": 0,
+        "ts": time.time(),
+    }
 
 
 def _reward(value: float) -> dict[str, object]:
@@ -81,7 +94,7 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
             await store.finalize("e1", seen=1, reward=_reward(0.5))
         with pytest.raises(AlreadyRewarded):
             await store.add_parts("e1", {"rating": 5.0})
-        events = [e async for e in store.events()]
+        events = await all_events(store.events())
         assert [(e.stream_id, e.decision["event_id"], e.reward["reward"]) for e in events] == [
             (stream_id, "e1", 0.5)
         ]
@@ -121,7 +134,7 @@ def test_events_page_through_long_logs(make_settings: SettingsFactory) -> None:
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
             await store.add_parts(f"e{i}", {"reward": 0.1})
             await store.finalize(f"e{i}", 1, _reward(0.1))
-        ids = [e.decision["event_id"] async for e in store.events(batch=10)]
+        ids = [e.decision["event_id"] for e in await all_events(store.events(batch=10))]
         assert ids == [f"e{i}" for i in range(25)]
         last = await store.last_stream_id()
         assert [e async for e in store.events(after=last)] == []
@@ -243,6 +256,6 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
         store.follow_log(None, 10, lambda events: taken.append([]))
         await store.add_parts("e3", {"reward": 1.0}, _reward(1.0))
         assert len(taken) == 1  # not followed any more
-        assert [e.decision["event_id"] for e in await store.read_new("me", 10)] == ["e3"]
+        assert [e.decision["event_id"] for e in readable(await store.read_new("me", 10))] == ["e3"]
 
     _run(make_settings, body, protocol)

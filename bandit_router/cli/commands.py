@@ -119,6 +119,10 @@ def format_status(s: dict[str, Any]) -> str:
         f"policy {s['policy']}   model version {s['model_version']}   decisions {s['decisions']}"
         f"   rewards {s['rewards_accepted']}   window {r['events']} events"
         f"   mean reward {_cell(r['mean_reward'])}   exploration {_cell(r['exploration_rate'])}"
+        # What was not learned or not shown: an older service's /stats may lack these (-).
+        f"\nskipped with no reward {_cell(s.get('skipped_no_reward'))}"
+        f"   unreadable entries {_cell(r.get('unreadable_events'))}"
+        f"   values left out {_cell(r.get('dropped_values'))}"
     )
     arms = [
         [name, t["decisions"], t["rewards"], t["mean_reward"], *_recent(r["arms"].get(name))]

@@ -59,9 +59,8 @@ from bandit_router.http.security import (
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.service.challengers import PromotionView
 from bandit_router.service.deployments import Routers, open_routers
-from bandit_router.service.estimates import BaselineCache
 from bandit_router.service.router import Router
-from bandit_router.service.stats import StatsResponse, build_stats
+from bandit_router.service.stats import StatsCache, StatsResponse
 from bandit_router.settings import Settings
 
 log = logging.getLogger("bandit_router")
@@ -199,8 +198,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The routing calls, for the requests the fast door leaves to FastAPI (an app mounted under
     # a root path, say): the raw body goes to the same contract, which checks the key.
-    # The dashboard's off-policy estimates, per process and deployment.
-    baseline_caches: dict[str, BaselineCache] = {}
+    # /stats documents, per process and deployment, each with its baselines' cache.
+    stats_caches: dict[str, StatsCache] = {}
 
     @app.post(
         "/choose",
@@ -259,7 +258,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The configured arms and their features."""
         return ArmsResponse(arms=router.settings.arms)
 
-    @app.get("/stats", responses=READ, tags=["operations"], dependencies=ops)
+    @app.get(
+        "/stats",
+        response_model=StatsResponse,
+        responses=READ,
+        tags=["operations"],
+        dependencies=ops,
+    )
     async def stats(
         router: RouterDep,
         window: Annotated[
@@ -269,11 +274,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             int, Query(ge=1, le=200, description="time buckets of the series", examples=[30])
         ] = 30,
         deployment: Annotated[str | None, DEPLOYMENT] = None,
-    ) -> StatsResponse:
+    ) -> Response:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
-        cache = baseline_caches.setdefault(deployment or DEFAULT, BaselineCache())
-        return await build_stats(router, cache, window, buckets)
+        cache = stats_caches.setdefault(deployment or DEFAULT, StatsCache(settings.stats_cache_s))
+        body = await cache.get_json(router, window, buckets)  # serialised once per document
+        return Response(body, media_type="application/json")
 
     @app.get("/deployments", responses=READ, tags=["operations"], dependencies=ops)
     async def deployments(request: Request) -> DeploymentsResponse:

@@ -69,7 +69,19 @@ CHOOSE = responses(
     e409="the event_id is known with other arms",
     e503="Redis unavailable and the local buffer full",
 )
-REWARD = responses(400, 401, 404, 408, 409, 413, 415, 422, 500, 503)
+REWARD = responses(
+    400,
+    401,
+    404,
+    408,
+    409,
+    413,
+    415,
+    422,
+    500,
+    503,
+    e404="unknown or expired event_id, or its reward window closed",
+)
 READ = responses(401, 422, 500, 503, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
 OPS = responses(401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
 HEALTH: dict[int | str, dict[str, Any]] = {

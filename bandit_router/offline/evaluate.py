@@ -12,6 +12,8 @@ baselines worth showing for a set of arms.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,9 +28,10 @@ from bandit_router.offline.export import to_dsjson
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event
+from bandit_router.store.records import Event, Unreadable
 from bandit_router.store.repository import Store
 
+log = logging.getLogger("bandit_router")
 METHODS = ("ips", "snips", "dr")
 
 
@@ -50,9 +53,16 @@ def _features(c: Mapping[str, Any]) -> Features:
     return Features(
         stats=tuple(float(q.get(name, 0.0)) for name in QUERY_STATS),
         tokens=tuple(int(t) for t in c.get("W", {})),
-        numeric={str(k): float(v) for k, v in c.get("N", {}).items()},
+        numeric={str(k): _finite(f"N.{k}", v) for k, v in c.get("N", {}).items()},
         categorical={str(k): str(v) for k, v in c.get("C", {}).items()},
     )
+
+
+def _finite(name: str, value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return number
 
 
 def _arm(entry: Mapping[str, Any]) -> Arm:
@@ -98,8 +108,15 @@ def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
 
 
 async def load_records(store: Store, arms: Sequence[Arm]) -> list[LoggedRecord]:
-    """Every logged event of ``store`` as a record (what the dashboard evaluates)."""
-    return [record_from_event(event, arms) async for event in store.events()]
+    """Every logged event of ``store`` as a record; unreadable entries (see
+    ``records.to_event``) are skipped, each logged as a warning."""
+    records = []
+    async for event in store.events():
+        if isinstance(event, Unreadable):
+            log.warning("evaluate skipped logged event %s: %s", event.stream_id, event.problem)
+        else:
+            records.append(record_from_event(event, arms))
+    return records
 
 
 def normalize_spec(spec: str) -> str:

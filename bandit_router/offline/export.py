@@ -13,6 +13,7 @@ configuration, so ``evaluate`` rebuilds exactly the ``Features`` and ``Arm`` the
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -20,8 +21,10 @@ from typing import Any, TextIO
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.policies.base import Arm
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event
+from bandit_router.store.records import Event, Unreadable
 from bandit_router.store.repository import Store, open_store
+
+log = logging.getLogger("bandit_router")
 
 
 def timestamp(ts: float) -> str:
@@ -74,7 +77,7 @@ def to_dsjson(event: Event, arms: Mapping[str, Arm]) -> dict[str, Any]:
         "EventId": d["event_id"],
         "Timestamp": timestamp(float(d["ts"])),
         "Version": "1",
-        "VWState": {"m": str(d["model_version"])},
+        "VWState": {"m": str(d.get("model_version", ""))},
     }
 
 
@@ -83,10 +86,15 @@ def dsjson_line(event: Event, arms: Mapping[str, Arm]) -> str:
 
 
 async def export_events(store: Store, out: TextIO, arms: Sequence[Arm]) -> int:
-    """Write every logged event of ``store`` to ``out``, oldest first; returns how many."""
+    """Write every logged event of ``store`` to ``out``, oldest first; returns how many.
+
+    Unreadable entries (see ``records.to_event``) are skipped, each logged as a warning."""
     by_name = {arm.name: arm for arm in arms}
     count = 0
     async for event in store.events():
+        if isinstance(event, Unreadable):
+            log.warning("export skipped logged event %s: %s", event.stream_id, event.problem)
+            continue
         out.write(dsjson_line(event, by_name) + "\n")
         count += 1
     return count

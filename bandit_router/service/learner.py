@@ -29,7 +29,7 @@ from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
 from bandit_router.service.challengers import Bench, summary
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event, Snapshot, stream_id_key
+from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import when_available
 
@@ -48,10 +48,15 @@ class Model:
     version: int = 0  # events learned, across restarts
     stream_id: str = "0-0"  # watermark: the newest logged event learned
 
-    def learn(self, event: Event, arms: dict[str, Arm], x: Features | None = None) -> bool:
+    def learn(self, event: Logged, arms: dict[str, Arm], x: Features | None = None) -> bool:
         """Learn one logged event unless it is at or below the watermark; ``x``: its features,
-        when the caller has them already."""
+        when the caller has them already. An unreadable entry moves the watermark past it
+        without being learned (``version`` counts events learned), so no reader meets it again."""
         if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
+            return False
+        if isinstance(event, Unreadable):
+            log.warning("logged event %s not learned: %s", event.stream_id, event.problem)
+            self.stream_id = event.stream_id
             return False
         d = event.decision
         eligible = [arms.get(n) or Arm(n) for n in d["arms"]]
@@ -126,7 +131,7 @@ class Learner:
         self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
         self._leading = False
         self._acks: list[str] = []
-        self._unlearned: list[Event] = []  # read after a batch's writes while the lock was held
+        self._unlearned: list[Logged] = []  # read after a batch's writes while the lock was held
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -155,7 +160,7 @@ class Learner:
             self.store.follow_log(self.name if value else None, BATCH, self._followed)
         self._leading = value
 
-    def _followed(self, events: list[Event]) -> None:
+    def _followed(self, events: list[Logged]) -> None:
         """Events a round trip read after its writes: learned now, unless a step, a publish or a
         switch holds the lock; then the next step learns them, in stream order with its own."""
         if not self._leading:
@@ -165,7 +170,7 @@ class Learner:
         else:
             self._learn_all(events)
 
-    def _learn_all(self, events: list[Event]) -> None:
+    def _learn_all(self, events: list[Logged]) -> None:
         if self._unlearned:
             events = sorted([*self._unlearned, *events], key=lambda e: stream_id_key(e.stream_id))
             self._unlearned = []
@@ -225,7 +230,8 @@ class Learner:
             async for event in self.store.events(after=bench.stream_id):
                 if stream_id_key(event.stream_id) > upto:
                     break
-                bench.learn(event, self.arms)
+                if isinstance(event, Event):
+                    bench.learn(event, self.arms)
         bench.stream_id = self.model.stream_id
         return bench
 
@@ -268,14 +274,17 @@ class Learner:
             if len(self._chosen) > KEPT_CHOSEN:
                 del self._chosen[next(iter(self._chosen))]  # the oldest, as policies.vw's
 
-    def _learn(self, event: Event) -> None:
+    def _learn(self, event: Logged) -> None:
+        if isinstance(event, Unreadable):
+            self.model.learn(event, self.arms)
+            return
         d = event.decision
-        kept = self._chosen.pop(d.get("event_id", ""), None) if self._chosen else None
-        x = kept[1] if kept is not None and kept[0] == d.get("ts") else None  # the same decision
+        kept = self._chosen.pop(d["event_id"], None) if self._chosen else None
+        x = kept[1] if kept is not None and kept[0] == d["ts"] else None  # the same decision
         if self.bench is not None and self.bench.challengers and x is None:
             x = Features.from_json(d["features"])  # built once for the model and challengers
         if self.model.learn(event, self.arms, x) and self.on_learned is not None:
-            self.on_learned(event.decision["arm"], self.model.version)
+            self.on_learned(d["arm"], self.model.version)
         if self.bench is not None:
             self.bench.learn(event, self.arms, x)
 
@@ -335,7 +344,7 @@ class Learner:
             model = fresh_model(spec, self.settings)
             async for event in self.store.events():
                 model.learn(event, self.arms)
-                if self.bench is not None:
+                if self.bench is not None and isinstance(event, Event):
                     self.bench.learn(event, self.arms)  # the events the old model had not seen
             self.model = model
             if self.bench is not None:

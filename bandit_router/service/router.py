@@ -13,6 +13,7 @@ from typing import Any
 
 from bandit_router.errors import (
     AlreadyRewarded,
+    ArmsConflict,
     InvalidArm,
     InvalidReward,
     RouterError,
@@ -164,7 +165,7 @@ class Router:
         self._check_request(query, features)
         eligible = self.eligible(arms)
         if event_id is not None and event_id in self._buffer:
-            return _choose_result(self._buffer[event_id], degraded=True)
+            return _choose_result(self._same_arms(self._buffer[event_id], arms), degraded=True)
         try:
             x = extract(query, features, self.words)
         except ValueError as e:
@@ -199,7 +200,17 @@ class Router:
         if existing is None:
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
             self.learner.chosen(record["event_id"], record["ts"], x)
-        return _choose_result(existing or record)
+            return _choose_result(record)
+        return _choose_result(self._same_arms(existing, arms))
+
+    def _same_arms(
+        self, decided: Mapping[str, Any], arms: Sequence[str] | None
+    ) -> Mapping[str, Any]:
+        """``decided``, the decision already made under a repeated event_id, unless this request
+        asks for other arms than it was made over (``arms`` None: any)."""
+        if arms is not None and set(arms) != set(decided["arms"]):
+            raise ArmsConflict(decided["event_id"], decided["arms"], list(dict.fromkeys(arms)))
+        return decided
 
     async def _save(self, record: dict[str, Any]) -> dict[str, Any] | None:
         return await self.store.save_decision(record["event_id"], record)
@@ -430,6 +441,7 @@ class Router:
             "decisions": sum(a["decisions"] for a in per_arm.values()),
             "rewards_accepted": accepted,
             "events_learned": int(counters.get("events_learned", 0)),
+            "skipped_no_reward": int(counters.get("skipped_no_reward", 0)),
             "decisions_dropped": int(counters.get("decisions_dropped", 0)),
             "buffered_decisions": len(self._buffer),
             "learner": self.learner.leading,

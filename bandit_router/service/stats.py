@@ -8,7 +8,10 @@ survives restarts. The baselines are estimated off-policy from the logged propen
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -22,14 +25,16 @@ from bandit_router.service.challengers import (
 )
 from bandit_router.service.estimates import BaselineCache, Baselines
 from bandit_router.service.metrics import is_greedy
+from bandit_router.service.offloop import REUSE_FACTOR, off_loop
 from bandit_router.settings import ArmSpec
-from bandit_router.store.records import Event
+from bandit_router.store.records import Entry, Event, Logged, Unreadable, decode_entries
 
 if TYPE_CHECKING:
     from bandit_router.service.router import Router
 
 PARTS = ("accuracy", "latency_ms", "rating", "cost_usd")
 MIN_BUCKET_EVENTS = 10  # fewer buckets than asked when the window is small: shares stay readable
+KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per window and buckets asked
 
 
 class ArmTotals(BaseModel):
@@ -84,6 +89,18 @@ class Recent(BaseModel):
         description="share of the window's decisions that were not the greedy arm",
         examples=[0.05],
     )
+    unreadable_events: int = Field(
+        default=0,
+        description="entries of the window that are not usable events (a malformed record, a "
+        "decision or reward value the service never writes): left out of everything here",
+        examples=[0],
+    )
+    dropped_values: int = Field(
+        default=0,
+        description="values of the window's events left out as unreadable: reward parts that "
+        "are not finite numbers within their bounds, app number features that are not finite",
+        examples=[0],
+    )
     arms: dict[str, ArmRecent] = Field(
         description="per arm, over the window",
         examples=[{"7b": {"events": 80, "share": 0.4, "mean_reward": 0.74}}],
@@ -92,7 +109,7 @@ class Recent(BaseModel):
     baselines: Baselines = Field(
         description="off-policy estimates (IPS, SNIPS, DR with 95% intervals) of uniform random, "
         "the static rule and each arm alone over the window's events, from the logged "
-        "propensities; cached up to 30 s"
+        "propensities; cached 30 s or longer (see the Dashboard section of the README)"
     )
 
 
@@ -125,6 +142,11 @@ class StatsResponse(BaseModel):
     events_learned: int = Field(
         description="events the learner had learned at its last published snapshot",
         examples=[1190],
+    )
+    skipped_no_reward: int = Field(
+        description="events whose reward window closed with no reward part, not learned "
+        "(BANDIT_DEFAULT_REWARD unset), ever",
+        examples=[25],
     )
     decisions_dropped: int = Field(
         description="decisions lost because the local buffer overflowed while Redis was down",
@@ -190,12 +212,14 @@ def series(events: Sequence[Event], names: Sequence[str], buckets: int) -> Serie
 
 
 def summarize(
-    events: Sequence[Event],
+    logged: Sequence[Logged],
     arms: Sequence[Arm],
     buckets: int = 30,
     baselines: Baselines | None = None,
 ) -> Recent:
-    """What the window of ``events`` says about the arms and the policy."""
+    """What the window of ``logged`` events says about the arms and the policy; unreadable
+    entries and values (see ``records.to_event``) are left out and counted."""
+    events = [e for e in logged if not isinstance(e, Unreadable)]
     names = [a.name for a in arms]
     names += sorted({e.decision["arm"] for e in events} - set(names))
     times = [float(e.decision["ts"]) for e in events]
@@ -205,6 +229,8 @@ def summarize(
         until=max(times, default=None),
         mean_reward=_mean([float(e.reward["reward"]) for e in events]),
         exploration_rate=_mean([float(_explored(e)) for e in events]),
+        unreadable_events=len(logged) - len(events),
+        dropped_values=sum(e.dropped for e in events),
         arms={
             n: _arm_recent([e for e in events if e.decision["arm"] == n], len(events))
             for n in names
@@ -233,11 +259,80 @@ async def build_stats(
 ) -> StatsResponse:
     """The whole /stats document: totals, settings, and the newest ``window`` events."""
     base = await router.stats()
-    events = await router.store.recent_events(window) if window else []
-    baselines = await cache.get(events, router.arms, window)
-    # Off the event loop: a large window takes tens of milliseconds that /choose should not wait.
-    recent = await asyncio.to_thread(summarize, events, router.arms, buckets, baselines)
+    rows = await router.store.recent_entries(window) if window else []
+    baselines = await cache.get(rows, router.arms, window)
+    # Decoding and summarising a big window take far longer than a /choose: off the event loop,
+    # and the decoded events live only there (see offloop).
+    recent = await off_loop(summarize_entries, rows, router.arms, buckets, baselines)
     challengers = await challengers_view(router.learner)
     return StatsResponse(
         **base, settings=settings_view(router), recent=recent, challengers=challengers
     )
+
+
+def summarize_entries(
+    rows: Sequence[Entry], arms: Sequence[Arm], buckets: int, baselines: Baselines
+) -> Recent:
+    return summarize(decode_entries(rows), arms, buckets, baselines)
+
+
+Key = tuple[int, int]  # window, buckets
+
+
+class StatsCache:
+    """The /stats documents of one process, so that any number of clients cost a bounded amount
+    of work: concurrent calls for the same window and buckets share one computation, and its
+    result answers the same question for ``fresh_s`` seconds (or ``REUSE_FACTOR`` times as long
+    as it took, if that is longer); one computation runs at a time, and the next starts no
+    sooner than ``REUSE_FACTOR - 1`` times as long as the last took, after it."""
+
+    def __init__(self, fresh_s: float, baselines: BaselineCache | None = None) -> None:
+        self.fresh_s = fresh_s
+        self.baselines = baselines or BaselineCache()
+        # Per key: when computed, how long it took, the document and its JSON.
+        self._done: OrderedDict[Key, tuple[float, float, StatsResponse, bytes]] = OrderedDict()
+        self._running: dict[Key, asyncio.Task[tuple[StatsResponse, bytes]]] = {}
+        self._one = asyncio.Lock()
+        self._next = 0.0  # when the next computation may start (monotonic)
+        self.computed = 0  # documents computed
+
+    async def get(self, router: Router, window: int, buckets: int) -> StatsResponse:
+        return (await self._get(router, window, buckets))[0]
+
+    async def get_json(self, router: Router, window: int, buckets: int) -> bytes:
+        """The document as JSON: a reused answer costs no serialising either."""
+        return (await self._get(router, window, buckets))[1]
+
+    async def _get(self, router: Router, window: int, buckets: int) -> tuple[StatsResponse, bytes]:
+        key = (window, buckets)
+        done = self._done.get(key)
+        if done is not None:
+            at, took, doc, body = done
+            if time.monotonic() - at < max(self.fresh_s, REUSE_FACTOR * took):
+                return doc, body
+        task = self._running.get(key)
+        if task is None:
+            task = self._running[key] = asyncio.create_task(self._compute(router, key))
+            task.add_done_callback(partial(self._finished, key))
+        # A client that goes away does not cancel the computation the others wait for.
+        return await asyncio.shield(task)
+
+    async def _compute(self, router: Router, key: Key) -> tuple[StatsResponse, bytes]:
+        async with self._one:
+            await asyncio.sleep(self._next - time.monotonic())
+            began = time.monotonic()
+            doc = await build_stats(router, self.baselines, *key)
+            body = doc.model_dump_json().encode()
+            self.computed += 1
+            at = time.monotonic()
+            self._next = at + (REUSE_FACTOR - 1) * (at - began)
+        self._done[key] = (at, at - began, doc, body)
+        self._done.move_to_end(key)
+        while len(self._done) > KEPT_DOCUMENTS:
+            self._done.popitem(last=False)
+        return doc, body
+
+    def _finished(self, key: Key, task: asyncio.Task[tuple[StatsResponse, bytes]]) -> None:
+        self._running.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have gone

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -13,7 +15,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.store.cluster import SlotRoute, is_cluster_url
 from bandit_router.store.embedded import EmbeddedRedis
 
@@ -35,9 +37,11 @@ from bandit_router.store.keys import (
     KEY_WORD_SECRET,
 )
 from bandit_router.store.records import (
-    Event,
+    Entry,
+    Logged,
     Parts,
     Snapshot,
+    decode_entries,
     decode_parts,
     dumps,
     to_event,
@@ -62,6 +66,7 @@ from bandit_router.store.transport import (
 
 log = logging.getLogger("bandit_router")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
+RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 
 
 class Store:
@@ -138,9 +143,16 @@ class Store:
 
     @unavailable
     async def add_parts(
-        self, event_id: str, parts: dict[str, float], final: dict[str, Any] | None = None
+        self,
+        event_id: str,
+        parts: dict[str, float],
+        final: dict[str, Any] | None = None,
+        now: float | None = None,
     ) -> Parts:
         """Keep reward parts for ``event_id``; a part already there is kept as it was.
+
+        Parts that come after the decision's reward window closed (at ``ts + reward_wait_s``,
+        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``.
 
         With ``final`` (the reward these parts make by themselves), the event is also logged
         with it, as ``finalize`` does, when these parts turn out to be all its parts; then
@@ -153,18 +165,19 @@ class Store:
             self.key(KEY_PARTS, event_id),
             self.key(KEY_PENDING),
         ]
+        args = [self.ttl_s, self.reward_wait_s, event_id, repr(time.time() if now is None else now)]
         if final is None:
-            args = [self.ttl_s, self.reward_wait_s, event_id, *flat]
-            result = await self._calls.call(self._add_parts, keys, args)
+            result = await self._calls.call(self._add_parts, keys, [*args, *flat])
         else:
             keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
-            args = [self.ttl_s, self.reward_wait_s, event_id, self.stream_maxlen]
-            args += [dumps(final).decode(), final["reward"], *flat]
+            args += [self.stream_maxlen, dumps(final).decode(), final["reward"], *flat]
             result = await self._calls.call(self._add_final, keys, args, logs=True)
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
             raise AlreadyRewarded(event_id)
+        if result[0] == 4:
+            raise WindowClosed(event_id, float(result[1]), self.reward_wait_s)
         if result[0] == 3:
             return Parts(orjson.loads(result[1]), dict(parts), [], result[2].decode())
         pairs = result[2]
@@ -244,8 +257,9 @@ class Store:
 
     # The training log and the learner
 
-    async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Event]:
-        """The joined events logged after stream id ``after``, oldest first."""
+    async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Logged]:
+        """The joined events logged after stream id ``after``, oldest first; an entry that is
+        not a usable event comes as ``Unreadable``."""
         start = f"({after}" if after != "0-0" else "-"
         if self.route is not None and self.route.stale:
             await self.route.follow()
@@ -276,7 +290,7 @@ class Store:
             await self.redis.xgroup_create(self.key(KEY_EVENTS), GROUP, id="0", mkstream=True)
 
     @unavailable
-    async def read_new(self, consumer: str, count: int) -> list[Event]:
+    async def read_new(self, consumer: str, count: int) -> list[Logged]:
         """Events never delivered to the group before, now delivered to ``consumer``."""
         try:
             # Through the group commit: the read shares a round trip with the writes of the
@@ -290,7 +304,7 @@ class Store:
         return to_events(reply)
 
     def follow_log(
-        self, consumer: str | None, count: int, take: Callable[[list[Event]], None]
+        self, consumer: str | None, count: int, take: Callable[[list[Logged]], None]
     ) -> None:
         """From now on, every round trip that may log an event also reads, after those writes,
         up to ``count`` events never delivered before, for ``consumer``; ``take`` gets them before
@@ -431,19 +445,35 @@ class Store:
     async def count(self, name: str, by: int = 1) -> None:
         await self.redis.hincrby(self.key(KEY_STATS), name, by)
 
-    @unavailable
-    async def recent_events(self, count: int) -> list[Event]:
+    async def recent_events(self, count: int) -> list[Logged]:
         """The newest ``count`` joined events of the training log, oldest first."""
-        rows = cast(
-            list[tuple[bytes, dict[bytes, bytes]]],
-            await self.redis.xrevrange(self.key(KEY_EVENTS), count=count),
-        )
-        return [to_event(sid, f) for sid, f in rows[::-1]]
+        return decode_entries(await self.recent_entries(count))
+
+    @unavailable
+    async def recent_entries(self, count: int, chunk: int = RECENT_CHUNK) -> list[Entry]:
+        """The newest ``count`` entries of the training log, oldest first, not decoded yet
+        (``records.decode_entries``: for a big window, in a thread). They are read ``chunk`` at
+        a time, so Redis serves its other clients between the reads of a big window."""
+        key = self.key(KEY_EVENTS)
+        rows: list[Entry] = []
+        newest = "+"
+        while len(rows) < count:
+            want = min(chunk, count - len(rows))
+            got = cast(list[Entry], await self.redis.xrevrange(key, max=newest, count=want))
+            rows += got
+            if len(got) < want:
+                break
+            newest = f"({got[-1][0].decode()}"
+        rows.reverse()
+        return rows
 
     @unavailable
     async def counters(self) -> dict[str, float]:
+        """The counters; a value that is not a finite number (written by hand) is left out."""
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {
+            k.decode(errors="replace"): v for k, v in map(_counter, raw.items()) if v is not None
+        }
 
     @unavailable
     async def clear(self) -> None:
@@ -459,6 +489,14 @@ class Store:
         if self.route is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.route.aclose()
+
+
+def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
+    try:
+        value = float(item[1])
+    except ValueError:
+        return item[0], None
+    return item[0], value if math.isfinite(value) else None
 
 
 @asynccontextmanager

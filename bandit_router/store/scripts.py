@@ -29,9 +29,11 @@ local function add_parts(first)  -- HSETNX the name/value pairs from ARGV[first]
   end
   return dups
 end
-local function hold(d, dups)  -- keep the parts until the window closes (ARGV[2] is the wait)
+local function window_end(d)  -- when the decision's reward window closes (ARGV[2] is the wait)
+  return cjson.decode(d)['ts'] + tonumber(ARGV[2])
+end
+local function hold(d, deadline, dups)  -- keep the parts until the window closes
   redis.call('EXPIRE', KEYS[3], ARGV[1])
-  local deadline = cjson.decode(d)['ts'] + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
   return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 end
@@ -52,23 +54,26 @@ end
 """
 
 
-# ARGV ttl, wait, event id, then name/value pairs.
-# Returns {0} unknown, {1} already final, or {2, decision, parts (flat), duplicates}.
+# ARGV ttl, wait, event id, now, then name/value pairs. Returns {0} unknown, {1} already final,
+# {4, window end} when the parts come after the window closed (a string: Lua numbers become
+# integers in a reply), or {2, decision, parts (flat), duplicates}.
 ADD_PARTS = (
     PARTS_LUA
     + """
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
-return hold(d, add_parts(4))
+local deadline = window_end(d)
+if tonumber(ARGV[4]) > deadline then return {4, tostring(deadline)} end
+return hold(d, deadline, add_parts(5))
 """
 )
 
 
 # ADD_PARTS for a call whose parts make the reward final by themselves (every weighted part, or a
 # direct reward): if they are all the event's parts, it is logged at once as by FINALIZE, in the
-# same round trip. ARGV ttl, wait, event id, maxlen, reward JSON, reward value, then name/value
-# pairs. Returns what ADD_PARTS returns, or {3, decision, id}.
+# same round trip. ARGV ttl, wait, event id, now, maxlen, reward JSON, reward value, then
+# name/value pairs. Returns what ADD_PARTS returns, or {3, decision, id}.
 ADD_FINAL = (
     PARTS_LUA
     + LOG_LUA
@@ -76,14 +81,16 @@ ADD_FINAL = (
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local deadline = window_end(d)
+if tonumber(ARGV[4]) > deadline then return {4, tostring(deadline)} end
 if redis.call('EXISTS', KEYS[3]) == 0 then  -- no part came before: these are all of them
-  return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
+  return {3, d, log_event(d, ARGV[5], ARGV[6], ARGV[7])}
 end
-local dups = add_parts(7)
-if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 6) / 2 then
-  return {3, d, log_event(d, ARGV[4], ARGV[5], ARGV[6])}
+local dups = add_parts(8)
+if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 7) / 2 then
+  return {3, d, log_event(d, ARGV[5], ARGV[6], ARGV[7])}
 end
-return hold(d, dups)
+return hold(d, deadline, dups)
 """
 )
 

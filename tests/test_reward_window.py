@@ -1,0 +1,92 @@
+"""The reward window: a part is taken until ``ts + BANDIT_REWARD_WAIT_S``, refused (404) after.
+
+The decision itself is kept longer (so the sweep can still close its window after an outage),
+which is why the rule is checked against the window, not the key's expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bandit_router.errors import WindowClosed
+from bandit_router.features import extract
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
+from tests.conftest import ClientFactory, SettingsFactory
+
+WAIT_S = 60
+
+
+def _decision(event_id: str, ts: float) -> dict[str, object]:
+    return {
+        "event_id": event_id,
+        "features": extract("a question").to_json(),
+        "arms": ["4b", "7b"],
+        "arm": "7b",
+        "probability": 0.5,
+        "probabilities": {"4b": 0.5, "7b": 0.5},
+        "policy": "egreedy",
+        "model_version": 0,
+        "ts": ts,
+    }
+
+
+def test_the_window_boundary_in_both_scripts(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        ts = time.time()
+        end = ts + WAIT_S
+        try:
+            for final in (None, {"parts": {"reward": 1.0}, "reward": 1.0, "ts": ts}):
+                event_id = f"e-{final is not None}"
+                await store.save_decision(event_id, _decision(event_id, ts))
+                with pytest.raises(WindowClosed) as closed:
+                    await store.add_parts(event_id, {"reward": 1.0}, final, now=end + 0.01)
+                assert closed.value.status_code == 404 and closed.value.field == "event_id"
+                assert closed.value.closed_at == pytest.approx(end)
+                assert f"closed at {time.strftime('%Y-%m-%dT', time.gmtime(end))}" in str(
+                    closed.value
+                )
+                assert f"({WAIT_S} s after its decision, BANDIT_REWARD_WAIT_S)" in str(closed.value)
+                assert await store.parts_of(event_id) == {}  # nothing was kept
+                got = await store.add_parts(event_id, {"reward": 1.0}, final, now=end - 0.01)
+                assert (got.logged is not None) == (final is not None)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def _late_answer(client: TestClient, body: dict[str, object]) -> dict[str, object]:
+    response = client.post("/reward", json=body)
+    assert response.status_code == 404, response.text
+    answer: dict[str, object] = response.json()
+    assert answer["field"] == "event_id"
+    assert "reward window" in str(answer["detail"]) and "closed at" in str(answer["detail"])
+    return answer
+
+
+def test_a_part_after_the_window_is_404_and_not_learned(make_client: ClientFactory) -> None:
+    # A sweep only at start: the late parts meet a window that closed but is not settled yet.
+    client = make_client(reward_wait_s=1, sweep_s=3600, policy="egreedy")
+    early = client.post("/choose", json={"query": "what is a cat?"}).json()
+    silent = client.post("/choose", json={"query": "what is a dog?"}).json()
+    decided = time.time()
+    answer = client.post("/reward", json={"event_id": early["event_id"], "latency_ms": 300})
+    assert answer.status_code == 200 and answer.json()["status"] == "pending"
+    time.sleep(max(0.0, decided + 1.3 - time.time()))
+
+    _late_answer(client, {"event_id": early["event_id"], "accuracy": 1})  # a single part
+    _late_answer(client, {"event_id": early["event_id"], "accuracy": 1, "final": True})
+    _late_answer(client, {"event_id": silent["event_id"], "reward": 1})  # final by itself
+    _late_answer(client, {"event_id": silent["event_id"], "final": True})
+    body = {"event_id": silent["event_id"], "accuracy": 1, "rating": 5, "latency_ms": 10}
+    _late_answer(client, body)  # every weighted part at once
+    stats = client.get("/stats").json()
+    assert stats["rewards_accepted"] == 0 and stats["model_version"] == 0
