@@ -38,7 +38,8 @@ clean:
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}
 
-# Not part of `make test`: 8-15 minutes; installs wrk (Debian) when missing and root. Writes BENCHMARKS.md.
+# Not part of `make test`: 10-16 minutes; installs wrk (Debian) when missing and root. Writes BENCHMARKS.md.
+# The open-loop generator (benchmarks/openloop.py) needs only the package's own uvloop and httptools.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null && \

@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from benchmarks import inproc
+from benchmarks.openloop import OpenLoad
 from benchmarks.servers import (
     ROOT,
     Load,
@@ -33,6 +34,7 @@ from benchmarks.servers import (
     cpu_probe,
     learner,
     request,
+    run_open,
     run_wrk,
     service,
     wrk_command,
@@ -48,6 +50,7 @@ class Figure:
     ok: str = ""  # "<= 5", ">= 0.7": how the median is judged against the target
     values: list[float] = field(default_factory=list)
     note: str = ""
+    table: str = "main"  # "open": a cell of the open-loop table, not a row of the main one
 
     @property
     def median(self) -> float:
@@ -92,12 +95,32 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
 
 
+def _count(v: float) -> str:
+    return f"{v:.0f}"
+
+
 def _log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+# Open-loop offered rates, as shares of the bare app's closed-loop capacity in the same repetition.
+OPEN_SHARES = (0.25, 0.5, 0.75)
+OPEN_TARGET_SHARE = 0.5  # where `/choose` CPU per request is judged against the bare app's
+OPEN_METRICS = (  # (key, column of the open-loop table)
+    ("offered", "offered (req/s)"),
+    ("achieved", "achieved (req/s)"),
+    ("p50_ms", "p50 (ms)"),
+    ("p99_ms", "p99 (ms)"),
+    ("errors", "errors"),
+    ("cpu_us", "server CPU per request (us)"),
+)
+
+
 class Bench:
-    def __init__(self, reps: int, seconds: float, loop: str, baseline: str = "") -> None:
+    def __init__(
+        self, reps: int, seconds: float, loop: str, baseline: str = "", parts: str = "http"
+    ) -> None:
+        self.parts = set(parts.split(","))
         self.baseline = baseline
         self.reps = reps
         self.seconds = seconds
@@ -109,35 +132,44 @@ class Bench:
     def fig(self, key: str, name: str, unit: str, target: str = "", ok: str = "") -> Figure:
         return self.figures.setdefault(key, Figure(name, unit, target, ok))
 
+    def cell(self, share: float, who: str, metric: str) -> Figure:
+        """One cell of the open-loop table: ``metric`` of ``who`` at ``share`` of capacity."""
+        key = f"open_{share}_{who}_{metric}"
+        return self.figures.setdefault(key, Figure(who, metric, table="open"))
+
     def http(self, redis_url: str) -> None:
-        ports = [_free_port() for _ in range(3)]
-        _log("starting the bare app and the service with 1 and 2 workers")
+        """The HTTP parts: closed loop (``http``: wrk against every server) and open loop
+        (``openloop``: the bare app and the 1-worker service at shares of the bare app's
+        closed-loop capacity, measured in the same repetition)."""
+        closed = "http" in self.parts
+        _log("starting the servers")
         servers: list[Server] = []
         try:
-            ref = bare("bare", ports[0], self.loop)
+            ref = bare("bare", _free_port(), self.loop)
             servers.append(ref)
-            ref2 = bare("bare2", _free_port(), self.loop, workers=2)
-            servers.append(ref2)
-            one = service("svc1", ports[1], redis_url, "bench-1w", 1, self.loop)
+            one = service("svc1", _free_port(), redis_url, "bench-1w", 1, self.loop)
             servers.append(one)
-            two = service("svc2", ports[2], redis_url, "bench-2w", 2, self.loop)
-            servers.append(two)
-            other = "asyncio" if self.loop in ("auto", "uvloop") else "uvloop"
-            alt = service("svc1-" + other, _free_port(), redis_url, "bench-alt", 1, other)
-            servers.append(alt)
-            # DESIGN's scale-out shape: the API process appends rewards, a learner apart learns
-            apart = service(
-                "svc1-apart",
-                _free_port(),
-                redis_url,
-                "bench-apart",
-                1,
-                self.loop,
-                learn_in_workers="false",
-            )
-            servers.append(apart)
-            apart_learner = learner("learner-apart", redis_url, "bench-apart")
-            servers.append(apart_learner)
+            if closed:
+                ref2 = bare("bare2", _free_port(), self.loop, workers=2)
+                servers.append(ref2)
+                two = service("svc2", _free_port(), redis_url, "bench-2w", 2, self.loop)
+                servers.append(two)
+                other = "asyncio" if self.loop in ("auto", "uvloop") else "uvloop"
+                alt = service("svc1-" + other, _free_port(), redis_url, "bench-alt", 1, other)
+                servers.append(alt)
+                # DESIGN's scale-out shape: the API process appends rewards, a learner apart
+                apart = service(
+                    "svc1-apart",
+                    _free_port(),
+                    redis_url,
+                    "bench-apart",
+                    1,
+                    self.loop,
+                    learn_in_workers="false",
+                )
+                servers.append(apart)
+                apart_learner = learner("learner-apart", redis_url, "bench-apart")
+                servers.append(apart_learner)
             base = self._baseline(redis_url) if self.baseline else None
             if base is not None:
                 servers.append(base)
@@ -145,14 +177,56 @@ class Bench:
                 if s.port:
                     run_wrk(s.port, seconds=1)
             for rep in range(self.reps):
-                self._http_rep(rep, (ref, ref2), one, two)
-                self._apart_rep(apart, apart_learner)
-                self._loop_rep(one, alt, other)
+                if closed:
+                    capacity = self._http_rep(rep, (ref, ref2), one, two)
+                    self._apart_rep(apart, apart_learner)
+                    if rep % 2 == 0:  # repetitions 1, 3, 5: keeps make bench within its time
+                        self._loop_rep(one, alt, other)
+                else:
+                    capacity = run_wrk(ref.port, seconds=self.seconds, server=ref).rps
+                    _log(f"rep {rep + 1}: bare capacity {capacity:.0f}/s")
+                if "openloop" in self.parts:
+                    self._open_rep(rep, ref, one, capacity)
                 if base is not None:
-                    self._baseline_rep(one, base)
+                    self._baseline_rep(rep, one, base, capacity)
         finally:
             for s in servers:
                 s.stop()
+
+    def _open_pair(self, rep: int, rate: float, ref: Server, one: Server) -> dict[str, OpenLoad]:
+        """The bare app and ``/choose`` at the same offered rate, back to back; which goes first
+        alternates between repetitions."""
+        order = [("bare", ref), ("choose", one)]
+        if rep % 2:
+            order.reverse()
+        return {who: run_open(s.port, rate, self.seconds, s) for who, s in order}
+
+    def _open_rep(self, rep: int, ref: Server, one: Server, capacity: float) -> None:
+        parts = []
+        for share in OPEN_SHARES:
+            got = self._open_pair(rep, share * capacity, ref, one)
+            for who, load in got.items():
+                for metric, _ in OPEN_METRICS:
+                    self.cell(share, who, metric).values.append(float(getattr(load, metric)))
+            pct = f"{share:.0%}"
+            target = ("<= 2", "<= 2") if share == OPEN_TARGET_SHARE else ("", "")
+            name = f"`/choose` CPU per request / bare FastAPI's, open loop at {pct} of its capacity"
+            self.fig(f"open_cpu_{share}", name, "ratio", *target).values.append(
+                got["choose"].cpu_us / got["bare"].cpu_us
+            )
+            parts.append(
+                f"{pct} {share * capacity:.0f}/s: "
+                + " | ".join(
+                    f"{who} {x.achieved:.0f}/s p50 {x.p50_ms:.1f} p99 {x.p99_ms:.1f} "
+                    f"max {x.max_ms:.0f}ms {x.cpu_us:.0f}us err {x.errors} "
+                    f"(lag p50 {x.lag_p50_ms:.1f} p99 {x.lag_p99_ms:.1f}ms, queued "
+                    f"{x.max_queued}, generator {x.client_cpu_us:.0f}us)"
+                    for who, x in got.items()
+                )
+            )
+        self.raw.append(f"  open loop, capacity {capacity:.0f}/s:")
+        self.raw += [f"    {p}" for p in parts]
+        _log("\n".join(self.raw[-1 - len(parts) :]))
 
     def _loop_rep(self, one: Server, alt: Server, other: str) -> None:
         """The same service on the other event loop, at 16 and at 64 connections."""
@@ -185,22 +259,36 @@ class Bench:
         subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
         return service("base", _free_port(), redis_url, "bench-base", 1, self.loop, code=code)
 
-    def _baseline_rep(self, one: Server, base: Server) -> None:
+    def _baseline_rep(self, rep: int, one: Server, base: Server, capacity: float) -> None:
+        """The service now against the same at ``self.baseline``: closed loop, then open loop at
+        half the bare app's capacity; which goes first alternates between repetitions."""
         s = self.seconds
-        old = run_wrk(base.port, seconds=s, server=base)
-        new = run_wrk(one.port, seconds=s, server=one)
+        first, second = (base, one) if rep % 2 == 0 else (one, base)
+        loads = {x.name: run_wrk(x.port, seconds=s, server=x) for x in (first, second)}
+        old, new = loads[base.name], loads[one.name]
+        rate = OPEN_TARGET_SHARE * capacity
+        opened = {x.name: run_open(x.port, rate, s, x) for x in (first, second)}
+        o_old, o_new = opened[base.name], opened[one.name]
         name = f"`/choose` 1 worker / the same at {self.baseline}"
         self.fig("base_r", name, "ratio").values.append(new.rps / old.rps)
         name = f"CPU per `/choose` at {self.baseline} / now"
         self.fig("base_cpu", name, "ratio").values.append(old.cpu_us / new.cpu_us)
+        name = f"CPU per `/choose` at {self.baseline} / now, open loop at 50% of bare capacity"
+        self.fig("base_ocpu", name, "ratio").values.append(o_old.cpu_us / o_new.cpu_us)
+        name = f"`/choose` p99 at {self.baseline} / now, open loop at 50% of bare capacity"
+        self.fig("base_op99", name, "ratio").values.append(o_old.p99_ms / o_new.p99_ms)
         line = (
             f"  baseline {self.baseline}: {old.rps:.0f}/s p99 {old.p99_ms:.1f}ms {old.cpu_us:.0f}us"
             f" | now {new.rps:.0f}/s p99 {new.p99_ms:.1f}ms {new.cpu_us:.0f}us"
+            f" | open loop {rate:.0f}/s: {self.baseline} p50 {o_old.p50_ms:.1f} p99 "
+            f"{o_old.p99_ms:.1f}ms {o_old.cpu_us:.0f}us err {o_old.errors}, now p50 "
+            f"{o_new.p50_ms:.1f} p99 {o_new.p99_ms:.1f}ms {o_new.cpu_us:.0f}us err {o_new.errors}"
         )
         self.raw.append(line)
         _log(line)
 
-    def _http_rep(self, rep: int, refs: tuple[Server, Server], one: Server, two: Server) -> None:
+    def _http_rep(self, rep: int, refs: tuple[Server, Server], one: Server, two: Server) -> float:
+        """The closed-loop figures of one repetition; returns the bare app's capacity (req/s)."""
         s = self.seconds
         bare1, bare2 = refs
         b = run_wrk(bare1.port, seconds=s, server=bare1)
@@ -265,6 +353,7 @@ class Bench:
         )
         self.raw.append(line)
         _log(line)
+        return b.rps
 
     def _machine(self, b: Load, b2: Load, c1: Load, c2: Load) -> None:
         """What this machine allows: the bare app's own tail latency and 2-worker scaling, and
@@ -396,6 +485,30 @@ class Bench:
             self.fig("rlin", "LinUCB / MABWiser", "ratio", ">= 20", ">= 20").values.append(ratio)
 
 
+def _open_table(bench: Bench) -> list[str]:
+    """The open-loop figures: one row per offered rate and server, median (min - max) a cell."""
+    if not any(f.table == "open" for f in bench.figures.values()):
+        return []
+    lines = [
+        "",
+        "Open loop (requests sent at fixed times; latency from each one's due time):",
+        "",
+        "| offered rate | server | " + " | ".join(c for _, c in OPEN_METRICS) + " |",
+        "|---|---|" + "---|" * len(OPEN_METRICS),
+    ]
+    names = {"bare": "bare FastAPI", "choose": "`/choose`"}
+    for share in OPEN_SHARES:
+        for who in ("bare", "choose"):
+            cells = []
+            for metric, _ in OPEN_METRICS:
+                v = bench.cell(share, who, metric).values
+                fmt = _count if metric == "errors" else _fmt
+                cells.append(f"{fmt(statistics.median(v))} ({fmt(min(v))} - {fmt(max(v))})")
+            row = f"| {share:.0%} of bare capacity | {names[who]} | " + " | ".join(cells)
+            lines.append(row + " |")
+    return lines
+
+
 def _machine(load_start: str) -> list[str]:
     cpu = next(
         (
@@ -445,6 +558,8 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         "|---|---|---|---|---|",
     ]
     for f in bench.figures.values():
+        if f.table != "main":
+            continue
         spread = f"{_fmt(min(f.values))} - {_fmt(max(f.values))}" if f.values else ""
         median = _fmt(f.median) if f.values else ""
         lines.append(f"| {f.name} ({f.unit}) | {median} | {spread} | {f.target} | {f.met()} |")
@@ -452,11 +567,17 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
     # As written in the report: the script's path relative to the repository, no machine paths.
     command = " ".join(wrk_command(0, "choose.lua", 16, bench.seconds))
     command = command.replace(str(Path(__file__).resolve().parent), "benchmarks")
+    lines += _open_table(bench)
     lines += [
         "",
         "Ratios are computed per repetition from two measurements taken back to back, then the "
-        "median and spread of those ratios are given. The 2-worker scaling is judged only when "
-        f"the CPU probe shows two cores: probe median {probe:.2f}.",
+        "median and spread of those ratios are given."
+        + (
+            " The 2-worker scaling is judged only when the CPU probe shows two cores: probe "
+            f"median {probe:.2f}."
+            if bench.probes
+            else ""
+        ),
         "",
         "How each figure is measured:",
         "",
@@ -491,6 +612,19 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         "- LinUCB: 1000 steps of `choose` + `learn` at d = 64, against MABWiser's"
         " `LinUCB(alpha=0.5)` `predict` + `partial_fit`, each side building `dense_vector` from"
         " the same `Features` (as the simulator's peer does), in alternated chunks of 100.",
+        "- Open loop: `python -m benchmarks.openloop` (uvloop, 32 keep-alive connections, the"
+        " bodies of `choose.lua`) sends requests at fixed times, `i / rate` apart, for the same"
+        " duration, at 25%, 50% and 75% of the rate the bare app served closed loop (its"
+        " first row) in the same repetition, to the bare app and to `bandit-router serve"
+        " --workers 1` back to back at each rate (which goes first alternates). A request due"
+        " while every connection waits for an answer queues in the generator; each latency is"
+        " measured from the request's due time, not from when it was written (no coordinated"
+        " omission). Achieved = 2xx answers / (first due time to last answer); errors = non-2xx,"
+        " lost connections and answers not back 5 s after the last due time. Server CPU per"
+        " request = utime + stime (`/proc/PID/stat`) of the uvicorn process over the run /"
+        " answered requests, so it also charges a server's idle work (timers, the learner's"
+        " polls) to the requests, more so at lower rates. The generator's own lag (written"
+        " after the due time) and CPU per request are in the lines per repetition.",
         "- Memory: VmRSS of a fresh single-worker service after 20k and 200k `/choose`.",
         "- Start-up: `bandit-router serve` spawned until the first `/choose` answers 200.",
         "",
@@ -512,19 +646,24 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--loop", default=os.environ.get("BANDIT_LOOP", "auto"))
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    parser.add_argument("--only", default="http,memory,startup,inproc")
+    parser.add_argument(
+        "--only",
+        default="http,openloop,memory,startup,inproc",
+        help="comma-separated parts: http (closed loop), openloop, memory, startup, inproc; "
+        "baseline (with --baseline: only the bare app's capacity and that comparison)",
+    )
     parser.add_argument("--baseline", default="", help="also measure /choose at this git rev")
     args = parser.parse_args()
     (ROOT / ".bench").mkdir(exist_ok=True)
     load_start = _load()  # read now: _machine runs when the report is written
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    bench = Bench(args.reps, args.seconds, args.loop, args.baseline)
+    bench = Bench(args.reps, args.seconds, args.loop, args.baseline, args.only)
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisProcess(Path(tmp), binary="redis-server" if _has("redis-server") else None)
         redis.start()
         try:
             only = args.only.split(",")
-            if "http" in only:
+            if {"http", "openloop", "baseline"} & set(only):
                 bench.http(redis.url)
             if "inproc" in only:
                 bench.in_process(redis.url)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.openloop import OpenLoad
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 CHOOSE_BODY = json.dumps({"query": "What is the capital of Australia?", "features": {"task": "qa"}})
@@ -104,6 +106,21 @@ def run_wrk(
     )
 
 
+def run_open(
+    port: int, rate: float, seconds: float, server: Server, connections: int = 32
+) -> OpenLoad:
+    """``benchmarks.openloop`` at ``rate`` requests a second against ``port``, in a process of its
+    own, charging ``server``'s processes' CPU to the requests they answered."""
+    pids = ",".join(str(p) for p in server.pids())
+    argv = [sys.executable, "-m", "benchmarks.openloop", "--port", str(port)]
+    argv += ["--rate", f"{rate:.1f}", "--seconds", f"{seconds:g}"]
+    argv += ["--connections", str(connections), "--pids", pids]
+    out = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
+    return OpenLoad(**json.loads(out))
+
+
 def request(port: int, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -147,10 +164,14 @@ class Server:
         self.started_s = time.monotonic() - began
         self.started_cpu_s = self.cpu_s()  # what start-up cost, whatever the machine's load
 
+    def pids(self) -> list[int]:
+        """The server's process and its workers (uvicorn with one worker serves in its own)."""
+        return [self.proc.pid, *_children(self.proc.pid)]
+
     def cpu_s(self) -> float:
         """CPU seconds used so far by the server and its worker processes (user + system)."""
         total = 0.0
-        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+        for pid in self.pids():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
