@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean setup soak bench bench-gateway
+.PHONY: run test lint clean setup soak bench bench-service bench-gateway bench-deployments
 
 setup: $(STAMP)
 
@@ -38,16 +38,26 @@ clean:
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}
 
-# Not part of `make test`: 10-16 minutes; installs wrk (Debian) when missing and root. Writes BENCHMARKS.md.
-# The open-loop generator (benchmarks/openloop.py) needs only the package's own uvloop and httptools.
-bench: $(STAMP)
+# Not part of `make test`. `make bench` runs the three parts below one after the other (about
+# 35 minutes); each can be run alone.
+bench: bench-service bench-deployments bench-gateway
+
+# 10-16 minutes; installs wrk (Debian) when missing and root. Writes BENCHMARKS.md. The open-loop
+# generator (benchmarks/openloop.py) needs only the package's own uvloop and httptools.
+bench-service: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		{ echo "make bench needs wrk: apt-get install -y wrk (as root)"; exit 1; }
 	$(BIN)/python -m benchmarks.run --reps $${BENCH_REPS:-5} --seconds $${BENCH_SECONDS:-5}
 
+# Choose and reward pairs a second for 1, 4 and 16 deployments, on one Redis and on a local
+# Redis Cluster, with and without WAIT for one replica (about 5 minutes).
+bench-deployments: $(STAMP)
+	$(BIN)/python -m benchmarks.deployments --seconds $${BENCH_SECONDS:-5} --reps $${BENCH_REPS:-3} \
+		--wait-replicas 0,1
+
 # The gateway's added latency beside LiteLLM's proxy (about 14 minutes; LiteLLM is installed in
-# .bench/litellm-venv on first use). Writes .bench/gateway.md; for the lead to wire into bench.
+# .bench/litellm-venv on first use). Writes .bench/gateway.md.
 bench-gateway: $(STAMP)
 	$(BIN)/python -m benchmarks.gateway --reps $${BENCH_REPS:-3} --seconds $${BENCH_GATEWAY_SECONDS:-40}

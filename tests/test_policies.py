@@ -16,7 +16,8 @@ from bandit_router.policies.registry import (
 )
 
 ARMS = [Arm("4b", 4, 0.1), Arm("7b", 7, 0.2), Arm("14b", 14, 0.4)]
-LEARNING = ["egreedy", "squarecb", "cover", "bag", "softmax", "regcb", "rnd", "linucb"]
+CONTEXTUAL = ["egreedy", "squarecb", "cover", "bag", "softmax", "regcb", "rnd", "linucb"]
+LEARNING = [*CONTEXTUAL, "ts", "ucb"]  # ts, ucb: arm-level (tests/test_arm_level.py)
 SPECS = [*LEARNING, "random", "static", "fixed:arm=7b"]
 VOCAB = [f"word{i}" for i in range(300)]
 MARKER = "zebra"
@@ -72,7 +73,7 @@ def test_dumps_loads_round_trip(spec: str) -> None:
         assert restored == b.choose(x, ARMS)  # same bytes, same seed: identical choices
 
 
-@pytest.mark.parametrize("spec", LEARNING)
+@pytest.mark.parametrize("spec", CONTEXTUAL)
 def test_learns_a_planted_rule(spec: str) -> None:
     """Marked queries are best served by 4b, the rest by 14b; greedy choice >= 90% right."""
     policy = build_policy(spec, seed=5)

@@ -33,10 +33,17 @@ def _sh_commands() -> list[list[str]]:
     blocks = re.findall(r"^```sh\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)
     commands = []
     for block in blocks:
+        pending = ""  # a quoted value that goes on over several lines
         for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
+            pending = f"{pending}\n{line}" if pending else line
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # no closing quotation yet
+                continue
+            pending = ""
             if words:
                 commands.append(words)
+        assert not pending, f"unclosed quotation in a README sh block: {pending!r}"
     return commands
 
 
@@ -53,14 +60,19 @@ def test_every_shell_example_starts_with_a_command_that_exists() -> None:
         p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != VENV_BIN
     )
     for words in commands:
+        while re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]) and len(words) > 1:
+            words = words[1:]  # VAR=value before a command: the shell's environment for it
         first = words[0]
+        if first in ("export", "cd", ".", "source", "unset"):  # shell builtins
+            continue
         if first == "make":
             targets = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
             assert set(targets) <= _make_targets(), words
         elif first.startswith(".venv/bin/"):
             assert (VENV_BIN / first.removeprefix(".venv/bin/")).is_file(), words
             if first == ".venv/bin/bandit-router":
-                build_parser().parse_args(words[1:])  # exits 2 on an unknown command or option
+                args = words[1:-1] if words[-1] == "&" else words[1:]  # & runs it in background
+                build_parser().parse_args(args)  # exits 2 on an unknown command or option
         elif "/" in first:
             assert (ROOT / first).is_file(), words
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bandit_router.policies.arm_level import ARM_LEVEL
 from bandit_router.policies.base import ParamValue, Policy, PolicyKind, PolicySpec
 from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.linucb import LINUCB
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def _registry() -> dict[str, PolicyKind]:
-    return {**VW_POLICIES, "linucb": LINUCB, **BASELINES}
+    return {**VW_POLICIES, "linucb": LINUCB, **ARM_LEVEL, **BASELINES}
 
 
 def policy_names() -> list[str]:

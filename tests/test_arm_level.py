@@ -1,0 +1,82 @@
+"""Arm-level learners (ts, ucb): learning, forgetting, snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bandit_router.features import extract
+from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import build_policy, load_policy, policy_names
+
+ARMS = [Arm("a"), Arm("b"), Arm("c")]
+X = extract("what is the capital of France?")
+
+
+def _play(
+    policy: object, means: dict[str, float], steps: int, rng: np.random.Generator
+) -> list[str]:
+    chosen = []
+    for _ in range(steps):
+        d = policy.choose(X, ARMS)  # type: ignore[attr-defined]
+        reward = float(rng.random() < means[d.arm])
+        policy.learn(X, ARMS, d.arm, d.probability, reward)  # type: ignore[attr-defined]
+        chosen.append(d.arm)
+    return chosen
+
+
+def test_registered() -> None:
+    assert {"ts", "ucb"} <= set(policy_names())
+
+
+@pytest.mark.parametrize("spec", ["ts", "ucb"])
+def test_learns_planted_best_arm(spec: str) -> None:
+    rng = np.random.default_rng(0)
+    chosen = _play(build_policy(spec, seed=1), {"a": 0.3, "b": 0.8, "c": 0.4}, 800, rng)
+    assert chosen[-200:].count("b") >= 170
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["ts:discount=0.99", "ucb:discount=0.99"],
+)
+def test_adapts_to_planted_change(spec: str) -> None:
+    rng = np.random.default_rng(0)
+    policy = build_policy(spec, seed=1)
+    _play(policy, {"a": 0.3, "b": 0.8, "c": 0.4}, 600, rng)
+    chosen = _play(policy, {"a": 0.9, "b": 0.2, "c": 0.4}, 600, rng)
+    assert chosen[-200:].count("a") >= 160
+
+
+@pytest.mark.parametrize("spec", ["ts", "ucb"])
+def test_dumps_load_roundtrip_gives_identical_choices(spec: str) -> None:
+    rng = np.random.default_rng(0)
+    policy = build_policy(spec, seed=1)
+    _play(policy, {"a": 0.3, "b": 0.6, "c": 0.5}, 300, rng)
+    first, second = (
+        load_policy(spec, policy.dumps(), seed=7),
+        load_policy(spec, policy.dumps(), seed=7),
+    )
+    queries = [extract(f"question {i} about code") for i in range(50)]
+    assert [first.choose(x, ARMS) for x in queries] == [second.choose(x, ARMS) for x in queries]
+    assert first.dumps().split(b"\n")[:2] == policy.dumps().split(b"\n")[:2]  # the learned state
+
+
+def test_propensity_is_share_of_draws() -> None:
+    policy = build_policy("ts", seed=3)
+    d = policy.choose(X, ARMS)
+    assert abs(sum(d.probabilities.values()) - 1) < 1e-9
+    assert d.probability == d.probabilities[d.arm] > 0
+
+
+def test_new_arm_is_tried() -> None:
+    rng = np.random.default_rng(0)
+    policy = build_policy("ucb", seed=1)
+    _play(policy, {"a": 0.3, "b": 0.6, "c": 0.5}, 100, rng)
+    arms = [*ARMS, Arm("d")]
+    assert policy.choose(X, arms).arm == "d"
+
+
+def test_wrong_snapshot_is_refused() -> None:
+    with pytest.raises(ValueError):
+        load_policy("ucb", build_policy("ts").dumps())
