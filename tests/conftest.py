@@ -235,26 +235,24 @@ def served(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real Redis Cluster (three masters, three replicas) on loopback, shared by a session."""
-    from tests.cluster import LocalCluster
-
-    try:
-        cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    try:
-        cluster.start()
+    with _local_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[Any]:
     """A Redis Cluster of the test's own, for tests that kill its nodes."""
+    with _local_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
+
+
+@contextmanager
+def _local_cluster(directory: Path) -> Iterator[Any]:
+    """A started ``LocalCluster`` in ``directory``, stopped afterwards (skips without one)."""
     from tests.cluster import LocalCluster
 
     try:
-        cluster = LocalCluster(tmp_path / "cluster")
+        cluster = LocalCluster(directory)
     except FileNotFoundError as e:
         pytest.skip(str(e))
     try:
