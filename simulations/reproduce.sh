@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 15 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (about 20 minutes on 2 cores).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,3 +32,10 @@ BANDIT_REWARD_WEIGHTS=accuracy=0.5,latency=0.3,cost=0.2 \
 BANDIT_REWARD_WEIGHTS=accuracy=0.8,latency=0.2 BANDIT_LATENCY_BUDGET_MS=6000 \
   $BIN/bandit-router simulate $DATA/mmlu_pro_llama2.jsonl --arms $DATA/mmlu_pro_llama2.arms.json \
   --policies $CHECK --seeds 10 --no-skyline --out $OUT/mmlu_quality > $OUT/mmlu_quality.txt
+
+# 4. Issue 14: the default and the baselines over every public set and two reward settings, plus
+# the drift scenario (5 seeds), and what a cold start costs (20 seeds; results/cold_start.md).
+$BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
+  best-fixed best-context oracle --json simulations/data/robust_baselines.json > /dev/null
+$BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
+$BIN/python -m simulations.cold_start --seeds 20 > $OUT/cold_start.md

@@ -1,0 +1,187 @@
+"""What a cold start costs on each public set (issue 14, part 1's -1% target).
+
+For every public set and reward setting of ``robust_eval``, shuffled over seeds 0..N-1:
+
+- each arm's mean reward and spread, and the scale of the Lai-Robbins regret of a consistent
+  arm-level learner (Gaussian approximation with each arm's own variance: per other arm
+  ``2 var_a ln T / gap_a``, capped at ``T gap_a``, what always playing it would cost; as a share
+  of the best arm's total). It is asymptotic, not a bound at 12,000 rows: learners pay less;
+- a grid of arm-level learners (Beta and Gaussian Thompson sampling, UCB-V, explore-then-commit),
+  from textbook exploration to far greedier than theory allows, and the best of them chosen per
+  pair in hindsight, which no deployed learner can do;
+- what the features are worth with full information: the skyline (``sim.peers.skyline``, ridge
+  regression per arm trained on the first half with every arm's outcome) against the best fixed
+  arm on the same second half, and ``best-context`` (the best arm per subject, in hindsight).
+
+The learners here run vectorised over seeds straight on the reward table (the choice needs no
+features), so 20 seeds of every learner take seconds:
+
+    python -m simulations.cold_start --seeds 20 > simulations/results/cold_start.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bandit_router.service.router import reward_config
+from bandit_router.settings import Settings
+from bandit_router.sim import dataset, replay, report
+from bandit_router.sim.hindsight import BestContextStepper
+from bandit_router.sim.peers import skyline
+from simulations.robust_eval import REWARDS, SETS, _sets
+
+Floats = npt.NDArray[np.float64]
+
+# (kind, exploration constant): ``bts`` Beta TS with counts scaled by 1/c (c=1 is ``ts``), ``gts``
+# Gaussian TS with posterior variance c * var / n, ``ucbv`` mean + sqrt(c * var * ln t / n),
+# ``etc`` c pulls of every arm in turn, then greedy.
+LEARNERS: list[tuple[str, float]] = [
+    ("bts", 1.0),
+    ("bts", 0.3),
+    ("gts", 1.0),
+    ("gts", 0.5),
+    ("gts", 0.25),
+    ("gts", 0.1),
+    ("ucbv", 1.0),
+    ("ucbv", 0.3),
+    ("ucbv", 0.1),
+    ("etc", 10),
+    ("etc", 30),
+    ("etc", 100),
+    ("etc", 300),
+]
+
+
+def arm_level(table: Floats, kind: str, c: float, seeds: Sequence[int]) -> Floats:
+    """Mean reward per seed of one arm-level learner over that seed's shuffled rows."""
+    n, k = table.shape
+    orders = np.stack([dataset.order(n, s, False) for s in seeds])
+    rng = np.random.default_rng([1000, *seeds])
+    m = len(seeds)
+    count, total, squares = np.zeros((m, k)), np.zeros((m, k)), np.zeros((m, k))
+    earned = np.zeros(m)
+    who = np.arange(m)
+    for t in range(n):
+        rewards = table[orders[:, t]]
+        mean = total / np.maximum(count, 1e-9)
+        var = (np.maximum(squares - count * mean**2, 0.0) + 0.2) / (count + 2)  # 2 pseudo at 0.1
+        if kind == "bts":
+            score = rng.beta(1 + total / c, 1 + (count - total) / c)
+        elif kind == "gts":
+            score = mean + np.sqrt(c * var / np.maximum(count, 1e-9)) * rng.standard_normal((m, k))
+        elif kind == "ucbv":
+            score = mean + np.sqrt(c * var * math.log(t + 1) / np.maximum(count, 1e-9))
+        elif kind == "etc":
+            score = mean if t >= c * k else (np.arange(k) == t % k).astype(float)[None, :]
+        else:
+            raise ValueError(f"unknown learner {kind!r}")
+        if kind != "etc":
+            score = np.where(count < 1, np.inf, score)  # every arm once first
+        choice = np.where(np.isnan(rewards), -np.inf, score).argmax(axis=1)
+        r = rewards[who, choice]
+        count[who, choice] += 1
+        total[who, choice] += r
+        squares[who, choice] += r * r
+        earned += r
+    out: Floats = earned / n
+    return out
+
+
+def lai_robbins(table: Floats) -> float:
+    """The Lai-Robbins regret scale (see the module's doc), as a share of the best arm's total."""
+    n = table.shape[0]
+    means, var = np.nanmean(table, axis=0), np.nanvar(table, axis=0)
+    best = int(means.argmax())
+    regret = sum(
+        min(2 * var[a] * math.log(n) / (means[best] - means[a]), n * (means[best] - means[a]))
+        for a in range(len(means))
+        if a != best and means[best] - means[a] > 1e-9
+    )
+    return float(regret / (n * means[best]))
+
+
+def _pct(value: float, reference: float) -> float:
+    return 100 * (value / reference - 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--sets", default=",".join(SETS))
+    args = parser.parse_args(argv)
+    seeds = list(range(args.seeds))
+    names = [f"{kind}:{c:g}" for kind, c in LEARNERS]
+    rows: list[tuple[str, list[str]]] = []
+    grid: dict[str, list[float]] = {name: [] for name in names}
+    for name, path, arms, _ in _sets(args.sets.split(",")):
+        loaded = dataset.load(path, arms)
+        for setting in REWARDS:
+            settings = Settings(**REWARDS[setting])  # type: ignore[arg-type]
+            prepared = dataset.prepare(loaded, reward_config(settings))
+            table = prepared.table
+            means = np.nanmean(table, axis=0)
+            best, fixed = int(means.argmax()), float(means.max())
+            ordered = dataset.order(len(table), 0, True)
+            context = replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0)
+            n = len(table)
+            sky = []
+            for seed in seeds[:5]:  # the ridge fits dominate: 5 seeds are enough for its mean
+                order = [int(i) for i in dataset.order(n, seed, False)]
+                test = order[n // 2 :]
+                earned = skyline(prepared.features, table, order[: n // 2], test)
+                sky.append(_pct(float(earned.mean()), float(table[test, best].mean())))
+            learned = {}
+            for (kind, c), label in zip(LEARNERS, names, strict=True):
+                per_seed = arm_level(table, kind, c, seeds)
+                learned[label] = _pct(float(per_seed.mean()), fixed)
+                grid[label].append(learned[label])
+            top = max(learned, key=learned.__getitem__)
+            gaps = sorted(fixed - means[a] for a in range(len(means)) if a != best)
+            rows.append(
+                (
+                    f"{name.replace('mmlu_pro_', '')} {setting}",
+                    [
+                        str(n),
+                        str(len(means)),
+                        f"{fixed:.4f}",
+                        " / ".join(f"{g:.3f}" for g in gaps),
+                        f"{float(np.sqrt(np.nanvar(table, axis=0)).mean()):.2f}",
+                        f"{-100 * lai_robbins(table):+.2f}%",
+                        f"{learned['bts:1']:+.2f}%",
+                        f"{learned[top]:+.2f}% ({top})",
+                        f"{_pct(float(context.reward.mean()), fixed):+.2f}%",
+                        f"{np.mean(sky):+.2f}% ± {report.ci95(sky):.2f}",
+                    ],
+                )
+            )
+            print(f"{name} {setting} done", file=sys.stderr, flush=True)
+    print(f"Cold-start study, {args.seeds} shuffled seeds (skyline: 5); all vs best-fixed.\n")
+    print(
+        "| set, reward | rows | arms | best-fixed | gaps to the others | reward sd | "
+        "Lai-Robbins scale | ts | best arm-level learner, chosen in hindsight | "
+        "best-context | skyline (full information, 2nd half) |"
+    )
+    print("|---|" + "---|" * 10)
+    for label, cells in rows:
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\nEvery arm-level learner, mean over the seeds, vs best-fixed (%):\n")
+    print("| learner | " + " | ".join(label for label, _ in rows) + " | mean | worst |")
+    print("|---|" + "---|" * (len(rows) + 2))
+    for label in names:
+        v = grid[label]
+        print(
+            f"| {label} | "
+            + " | ".join(f"{x:+.2f}" for x in v)
+            + f" | {np.mean(v):+.2f} | {min(v):+.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
