@@ -16,7 +16,7 @@ For every public set and reward setting of ``robust_eval``, shuffled over seeds 
 The learners here run vectorised over seeds straight on the reward table (the choice needs no
 features), so 20 seeds of every learner take seconds:
 
-    python -m simulations.cold_start --seeds 20 > simulations/results/cold_start.md
+    python -m simulations.cold_start --seeds 40 > simulations/results/cold_start.md
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _pct(value: float, reference: float) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--sets", default=",".join(SETS))
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))

@@ -34,8 +34,8 @@ BANDIT_REWARD_WEIGHTS=accuracy=0.8,latency=0.2 BANDIT_LATENCY_BUDGET_MS=6000 \
   --policies $CHECK --seeds 10 --no-skyline --out $OUT/mmlu_quality > $OUT/mmlu_quality.txt
 
 # 4. Issue 14: the default and the baselines over every public set and two reward settings, plus
-# the drift scenario (5 seeds), and what a cold start costs (20 seeds; results/cold_start.md).
+# the drift scenario (5 seeds), and what a cold start costs (40 seeds; results/cold_start.md).
 $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
   best-fixed best-context oracle --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
-$BIN/python -m simulations.cold_start --seeds 20 > $OUT/cold_start.md
+$BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
