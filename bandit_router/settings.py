@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.policies.registry import build_policy, parse_policy_spec
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
 
@@ -429,6 +429,19 @@ class Settings(BaseSettings):
     def _challengers_exist(cls, specs: list[str]) -> list[str]:
         normal = [str(parse_policy_spec(spec)) for spec in specs]  # names the valid policies
         return list(dict.fromkeys(normal))
+
+    @model_validator(mode="after")
+    def _policies_build(self) -> Settings:
+        """A value out of its range (``squarecb:gamma_scale=-1``) stops here, not at start-up."""
+        named = [("BANDIT_POLICY", self.policy)] + [
+            ("BANDIT_CHALLENGERS", c) for c in self.challengers
+        ]
+        for env, spec in named:
+            try:
+                build_policy(spec, self, 0)
+            except ValueError as e:
+                raise ValueError(f"{env}: {spec}: {e}") from None
+        return self
 
     @model_validator(mode="after")
     def _window_holds_min_events(self) -> Settings:

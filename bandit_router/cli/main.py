@@ -234,7 +234,7 @@ def _describe(error: ValidationError) -> str:
         name = ".".join(str(p) for p in err["loc"])
         env = f"BANDIT_{str(err['loc'][0]).upper()}" if err["loc"] else ""
         msg = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"  {name} ({env}): {msg}")
+        lines.append(f"  {name} ({env}): {msg}" if env else f"  {msg}")  # model checks name it
     return "\n".join(lines)
 
 

@@ -70,9 +70,11 @@ def check_spec(name: str) -> None:
     if head == "fixed" and ":" in name and "=" not in name:
         return
     try:
-        parse_policy_spec(name)
+        spec = parse_policy_spec(name)
     except ValueError as e:
         raise ValueError(f"{e}; the simulator adds: {', '.join(HINDSIGHT + PEERS)}") from None
+    if spec.name != "fixed":
+        build_policy(name, Settings(), 0)  # a value out of its range fails here, named
 
 
 def make_stepper(
