@@ -36,6 +36,10 @@ BANDIT_REWARD_WEIGHTS=accuracy=0.8,latency=0.2 BANDIT_LATENCY_BUDGET_MS=6000 \
 # 4. Issue 14: the default and the baselines over every public set and two reward settings, plus
 # the drift scenario (5 seeds), and what a cold start costs (40 seeds; results/cold_start.md).
 $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
-  best-fixed best-context oracle --json simulations/data/robust_baselines.json > /dev/null
+  best-fixed best-context oracle squarecb:l2=0 --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
+# The l2 default against the previous one, 10 seeds (results/l2_default.md).
+$BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0 squarecb \
+  --json simulations/data/l2_default.json > /dev/null
+$BIN/python -m simulations.robust_table simulations/data/l2_default.json > $OUT/l2_default.md

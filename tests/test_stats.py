@@ -51,7 +51,12 @@ def test_recent_window_per_arm_series_and_baselines(make_client: ClientFactory) 
     assert len(series["t"]) == len(series["reward"]) == len(series["events"]) == 6
     assert sum(series["events"]) == 300
     for i in range(6):
-        assert sum(series["share"][arm][i] for arm in REWARD) == pytest.approx(1)
+        shares = [series["share"][arm][i] for arm in REWARD]
+        if series["events"][i]:  # time buckets: a pause in the traffic leaves one empty
+            assert sum(shares) == pytest.approx(1)
+        else:
+            assert shares == [None, None, None]
+    assert sum(1 for n in series["events"] if n) >= 2
     baselines = recent["baselines"]
     assert baselines["events"] == 300
     assert baselines["logged"]["value"] == pytest.approx(recent["mean_reward"])
