@@ -432,7 +432,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _policies_build(self) -> Settings:
-        """A value out of its range (``squarecb:gamma_scale=-1``) stops here, not at start-up."""
+        """A value out of its range (``squarecb:gamma_scale=-1``) is a settings error, named."""
         named = [("BANDIT_POLICY", self.policy)] + [
             ("BANDIT_CHALLENGERS", c) for c in self.challengers
         ]
