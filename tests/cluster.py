@@ -58,6 +58,8 @@ class ClusterNode:
                 *("--cluster-enabled", "yes", "--cluster-port", str(self.bus_port)),
                 *("--cluster-config-file", str(self.directory / "nodes.conf")),
                 *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
+                # a failed master stops only its own slots, not the whole cluster (README)
+                *("--cluster-require-full-coverage", "no"),
                 # a replica's first sync at once, not after Redis's default 5 s wait for others
                 *("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"),
                 *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
