@@ -14,7 +14,7 @@ For every public set and reward setting of ``robust_eval``, shuffled over seeds 
   arm on the same second half, and ``best-context`` (the best arm per subject, in hindsight).
 
 The learners here run vectorised over seeds straight on the reward table (the choice needs no
-features), so 20 seeds of every learner take seconds:
+features): 40 seeds of every learner on every pair take about a minute:
 
     python -m simulations.cold_start --seeds 40 > simulations/results/cold_start.md
 """
@@ -34,7 +34,7 @@ from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay, report
 from bandit_router.sim.hindsight import BestContextStepper
 from bandit_router.sim.peers import skyline
-from simulations.robust_eval import REWARDS, SETS, _sets
+from simulations.robust_eval import REWARDS, SETS, replay_sets
 
 Floats = npt.NDArray[np.float64]
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [f"{kind}:{c:g}" for kind, c in LEARNERS]
     rows: list[tuple[str, list[str]]] = []
     grid: dict[str, list[float]] = {name: [] for name in names}
-    for name, path, arms, _ in _sets(args.sets.split(",")):
+    for name, path, arms, _ in replay_sets(args.sets.split(",")):
         loaded = dataset.load(path, arms)
         for setting in REWARDS:
             settings = Settings(**REWARDS[setting])  # type: ignore[arg-type]
@@ -127,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = prepared.table
             means = np.nanmean(table, axis=0)
             best, fixed = int(means.argmax()), float(means.max())
-            ordered = dataset.order(len(table), 0, True)
-            context = replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0)
             n = len(table)
+            ordered = dataset.order(n, 0, True)
+            context = replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0)
             sky = []
             for seed in seeds[:5]:  # the ridge fits dominate: 5 seeds are enough for its mean
                 order = [int(i) for i in dataset.order(n, seed, False)]

@@ -40,7 +40,7 @@ REWARDS = {
 RECOVERY = 300  # steps after each phase change reported on their own
 
 
-def _sets(names: Sequence[str]) -> list[tuple[str, Path, Path, bool]]:
+def replay_sets(names: Sequence[str]) -> list[tuple[str, Path, Path, bool]]:
     out = []
     for name in names:
         if name == "drift":
@@ -54,7 +54,7 @@ def evaluate(
     specs: Sequence[str], sets: Sequence[str], rewards: Sequence[str], seeds: int, limit: int | None
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    for name, path, arms, in_order in _sets(sets):
+    for name, path, arms, in_order in replay_sets(sets):
         loaded = dataset.load(path, arms, limit=limit)
         for setting in rewards:
             settings = Settings(**REWARDS[setting])  # type: ignore[arg-type]

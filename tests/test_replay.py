@@ -120,12 +120,13 @@ def test_rewards_follow_the_settings() -> None:
 
 
 def test_unknown_policies_name_the_valid_ones() -> None:
+    settings = Settings()
     with pytest.raises(ValueError, match=r"unknown policy 'nope'.*the simulator adds: best-fixed"):
-        replay.check_spec("nope")
+        replay.check_spec("nope", settings)
     with pytest.raises(ValueError, match="policy mabwiser: unknown parameter"):
-        replay.check_spec("mabwiser:beta=1")
+        replay.check_spec("mabwiser:beta=1", settings)
     for ok in ["egreedy:epsilon=0.1", "fixed:llama2-7b", "fixed:arm=x", "best-fixed", "mabwiser"]:
-        replay.check_spec(ok)
+        replay.check_spec(ok, settings)
 
 
 def test_an_outcome_the_weights_cannot_score_is_named(tmp_path: Path) -> None:

@@ -323,7 +323,7 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     from bandit_router.sim.hindsight import fixed_spec
 
     for name in names:
-        replay.check_spec(name)
+        replay.check_spec(name, settings)
     data = dataset.load(Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit)
     try:
         words = dataset.replay_words(settings.hash_key)

@@ -53,8 +53,9 @@ class PolicyStepper:
         return decision.arm, reward
 
 
-def check_spec(name: str) -> None:
-    """Raise ``ValueError`` naming the valid choices when ``name`` is not a simulator policy."""
+def check_spec(name: str, settings: Settings) -> None:
+    """Raise ``ValueError`` naming the valid choices when ``name`` is not a simulator policy, or
+    the value out of range when it would not build with ``settings`` (the run's)."""
     name = name.removeprefix(COLD)
     head = name.partition(":")[0]
     if head in PEERS:
@@ -65,7 +66,7 @@ def check_spec(name: str) -> None:
     if name in HINDSIGHT:
         return
     if is_auto(name):
-        parse_auto(name, Settings())
+        parse_auto(name, settings)
         return
     if head == "fixed" and ":" in name and "=" not in name:
         return
@@ -74,7 +75,7 @@ def check_spec(name: str) -> None:
     except ValueError as e:
         raise ValueError(f"{e}; the simulator adds: {', '.join(HINDSIGHT + PEERS)}") from None
     if spec.name != "fixed":
-        build_policy(name, Settings(), 0)  # a value out of its range fails here, named
+        build_policy(name, settings, 0)
 
 
 def make_stepper(
