@@ -60,6 +60,13 @@ LEARNERS: list[tuple[str, float]] = [
 
 def arm_level(table: Floats, kind: str, c: float, seeds: Sequence[int]) -> Floats:
     """Mean reward per seed of one arm-level learner over that seed's shuffled rows."""
+    return play(table, kind, c, seeds)[0]
+
+
+def play(
+    table: Floats, kind: str, c: float, seeds: Sequence[int]
+) -> tuple[Floats, npt.NDArray[np.int64]]:
+    """``arm_level``'s mean rewards, and the arm chosen at each step (seeds x steps)."""
     n, k = table.shape
     orders = np.stack([dataset.order(n, s, False) for s in seeds])
     rng = np.random.default_rng([1000, *seeds])
@@ -67,6 +74,7 @@ def arm_level(table: Floats, kind: str, c: float, seeds: Sequence[int]) -> Float
     count, total, squares = np.zeros((m, k)), np.zeros((m, k)), np.zeros((m, k))
     earned = np.zeros(m)
     who = np.arange(m)
+    chosen = np.zeros((m, n), dtype=np.int64)
     for t in range(n):
         rewards = table[orders[:, t]]
         mean = total / np.maximum(count, 1e-9)
@@ -85,12 +93,13 @@ def arm_level(table: Floats, kind: str, c: float, seeds: Sequence[int]) -> Float
             score = np.where(count < 1, np.inf, score)  # every arm once first
         choice = np.where(np.isnan(rewards), -np.inf, score).argmax(axis=1)
         r = rewards[who, choice]
+        chosen[:, t] = choice
         count[who, choice] += 1
         total[who, choice] += r
         squares[who, choice] += r * r
         earned += r
     out: Floats = earned / n
-    return out
+    return out, chosen
 
 
 def lai_robbins(table: Floats) -> float:

@@ -39,6 +39,8 @@ $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
   best-fixed best-context oracle squarecb:l2=0 --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
+# Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
+$BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
 # The l2 default against the previous one, 10 seeds (results/l2_default.md).
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0 squarecb \
   --json simulations/data/l2_default.json > /dev/null
