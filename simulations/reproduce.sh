@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 20 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (about 40 minutes on 2 cores).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,20 @@ $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json >
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
+# Every explorer over every set, drift and a composed nine-arm set; the shapes the defaults were not
+# chosen on (results/explorers.md, results/heldout_shapes.md).
+$BIN/python -m simulations.compose simulations/data
+SETS=mmlu_pro_llama2,mmlu_pro_qwen15,mmlu_pro_mixed6,alpaca_tulu2,drift,mmlu_pro_nine
+$BIN/python -m simulations.robust_eval --seeds 5 --sets $SETS squarecb ts ucb egreedy bag cover \
+  regcb softmax rnd linucb --json simulations/data/explorers.json > /dev/null
+$BIN/python -m simulations.robust_table simulations/data/explorers.json > $OUT/explorers.md
+$BIN/python -m simulations.robust_eval --seeds 5 --sets mmlu_pro_nine,mmlu_pro_two,mmlu_pro_top2 \
+  --rewards default,budget5000,accuracy squarecb ts ucb static random \
+  --json simulations/data/heldout_mmlu.json > /dev/null
+$BIN/python -m simulations.robust_eval --seeds 5 --sets alpaca_tulu2 --rewards rating \
+  squarecb ts ucb static random --json simulations/data/heldout_rating.json > /dev/null
+$BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
+  simulations/data/heldout_rating.json > $OUT/heldout_shapes.md
 # The l2 default against the previous one, 10 seeds (results/l2_default.md).
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0 squarecb \
   --json simulations/data/l2_default.json > /dev/null

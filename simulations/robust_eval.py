@@ -7,6 +7,10 @@ on drift the share of the best-fixed-to-best-context gap closed and the reward p
 
     python -m simulations.robust_eval --seeds 5 robust squarecb ts ucb static random \
         --json simulations/results/robust_default.json
+
+``--sets`` also takes the sets ``compose.py`` writes to simulations/data/ (``mmlu_pro_nine``, ...),
+and ``--rewards`` the shapes in ``SHAPES`` (``accuracy``, ``rating``), which the defaults were not
+chosen on.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ REWARDS = {
         "latency_budget_ms": 5000.0,
     },
 }
+# Reward shapes the defaults were not chosen on (``--rewards accuracy``; ``rating`` for alpaca).
+SHAPES: dict[str, dict[str, object]] = {
+    "accuracy": {"reward_weights": {"accuracy": 1.0}},
+    "rating": {"reward_weights": {"rating": 1.0}},
+}
+COMPOSED_DATA = Path("simulations/data")  # simulations/compose.py writes its sets here
 RECOVERY = 300  # steps after each phase change reported on their own
 
 
@@ -46,7 +56,8 @@ def replay_sets(names: Sequence[str]) -> list[tuple[str, Path, Path, bool]]:
         if name == "drift":
             out.append((name, DRIFT, DRIFT.with_suffix(".arms.json"), True))
         else:
-            out.append((name, DATA / f"{name}.jsonl", DATA / f"{name}.arms.json", False))
+            folder = DATA if (DATA / f"{name}.jsonl").exists() else COMPOSED_DATA
+            out.append((name, folder / f"{name}.jsonl", folder / f"{name}.arms.json", False))
     return out
 
 
@@ -57,7 +68,7 @@ def evaluate(
     for name, path, arms, in_order in replay_sets(sets):
         loaded = dataset.load(path, arms, limit=limit)
         for setting in rewards:
-            settings = Settings(**REWARDS[setting])  # type: ignore[arg-type]
+            settings = Settings(**{**REWARDS, **SHAPES}[setting])  # type: ignore[arg-type]
             prepared = dataset.prepare(loaded, reward_config(settings))
             fixed_rows, oracle_rows = report.hindsight(prepared)
             fixed, oracle = float(fixed_rows.mean()), float(oracle_rows.mean())
