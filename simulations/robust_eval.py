@@ -46,7 +46,7 @@ SHAPES: dict[str, dict[str, object]] = {
     "accuracy": {"reward_weights": {"accuracy": 1.0}},
     "rating": {"reward_weights": {"rating": 1.0}},
 }
-COMPOSED_DATA = Path("simulations/data")  # simulations/compose.py writes its sets here
+COMPOSED_DATA = DRIFT.parent  # simulations/compose.py writes its sets here too
 RECOVERY = 300  # steps after each phase change reported on their own
 
 
@@ -148,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    unknown = set(args.rewards.split(",")) - {*REWARDS, *SHAPES}
+    if unknown:
+        known = ", ".join([*REWARDS, *SHAPES])
+        parser.error(f"unknown --rewards {sorted(unknown)}; known: {known}")
     results = evaluate(
         args.specs, args.sets.split(","), args.rewards.split(","), args.seeds, args.limit
     )
