@@ -29,12 +29,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.service.router import reward_config
-from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay, report
 from bandit_router.sim.hindsight import BestContextStepper
 from bandit_router.sim.peers import skyline
-from simulations.robust_eval import REWARDS, SETS, replay_sets
+from simulations.robust_eval import REWARDS, SETS, replays
 
 Floats = npt.NDArray[np.float64]
 
@@ -128,48 +126,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [f"{kind}:{c:g}" for kind, c in LEARNERS]
     rows: list[tuple[str, list[str]]] = []
     grid: dict[str, list[float]] = {name: [] for name in names}
-    for name, path, arms, _ in replay_sets(args.sets.split(",")):
-        loaded = dataset.load(path, arms)
-        for setting in REWARDS:
-            settings = Settings(**REWARDS[setting])  # type: ignore[arg-type]
-            prepared = dataset.prepare(loaded, reward_config(settings))
-            table = prepared.table
-            means = np.nanmean(table, axis=0)
-            best, fixed = int(means.argmax()), float(means.max())
-            n = len(table)
-            ordered = dataset.order(n, 0, True)
-            context = replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0)
-            sky = []
-            for seed in seeds[:5]:  # the ridge fits dominate: 5 seeds are enough for its mean
-                order = [int(i) for i in dataset.order(n, seed, False)]
-                test = order[n // 2 :]
-                earned = skyline(prepared.features, table, order[: n // 2], test)
-                sky.append(_pct(float(earned.mean()), float(table[test, best].mean())))
-            learned = {}
-            for (kind, c), label in zip(LEARNERS, names, strict=True):
-                per_seed = arm_level(table, kind, c, seeds)
-                learned[label] = _pct(float(per_seed.mean()), fixed)
-                grid[label].append(learned[label])
-            top = max(learned, key=learned.__getitem__)
-            gaps = sorted(fixed - means[a] for a in range(len(means)) if a != best)
-            rows.append(
-                (
-                    f"{name.replace('mmlu_pro_', '')} {setting}",
-                    [
-                        str(n),
-                        str(len(means)),
-                        f"{fixed:.4f}",
-                        " / ".join(f"{g:.3f}" for g in gaps),
-                        f"{float(np.sqrt(np.nanvar(table, axis=0)).mean()):.2f}",
-                        f"{-100 * lai_robbins(table):+.2f}%",
-                        f"{learned['bts:1']:+.2f}%",
-                        f"{learned[top]:+.2f}% ({top})",
-                        f"{_pct(float(context.reward.mean()), fixed):+.2f}%",
-                        f"{np.mean(sky):+.2f}% ± {report.ci95(sky):.2f}",
-                    ],
-                )
+    for name, setting, _, _, prepared in replays(args.sets.split(","), list(REWARDS)):
+        table = prepared.table
+        means = np.nanmean(table, axis=0)
+        best, fixed = int(means.argmax()), float(means.max())
+        n = len(table)
+        ordered = dataset.order(n, 0, True)
+        context = replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0)
+        sky = []
+        for seed in seeds[:5]:  # the ridge fits dominate: 5 seeds are enough for its mean
+            order = [int(i) for i in dataset.order(n, seed, False)]
+            test = order[n // 2 :]
+            earned = skyline(prepared.features, table, order[: n // 2], test)
+            sky.append(_pct(float(earned.mean()), float(table[test, best].mean())))
+        learned = {}
+        for (kind, c), label in zip(LEARNERS, names, strict=True):
+            per_seed = arm_level(table, kind, c, seeds)
+            learned[label] = _pct(float(per_seed.mean()), fixed)
+            grid[label].append(learned[label])
+        top = max(learned, key=learned.__getitem__)
+        gaps = sorted(fixed - means[a] for a in range(len(means)) if a != best)
+        rows.append(
+            (
+                f"{name.replace('mmlu_pro_', '')} {setting}",
+                [
+                    str(n),
+                    str(len(means)),
+                    f"{fixed:.4f}",
+                    " / ".join(f"{g:.3f}" for g in gaps),
+                    f"{float(np.sqrt(np.nanvar(table, axis=0)).mean()):.2f}",
+                    f"{-100 * lai_robbins(table):+.2f}%",
+                    f"{learned['bts:1']:+.2f}%",
+                    f"{learned[top]:+.2f}% ({top})",
+                    f"{_pct(float(context.reward.mean()), fixed):+.2f}%",
+                    f"{np.mean(sky):+.2f}% ± {report.ci95(sky):.2f}",
+                ],
             )
-            print(f"{name} {setting} done", file=sys.stderr, flush=True)
+        )
+        print(f"{name} {setting} done", file=sys.stderr, flush=True)
     print(f"Cold-start study, {args.seeds} shuffled seeds (skyline: 5); all vs best-fixed.\n")
     print(
         "| set, reward | rows | arms | best-fixed | gaps to the others | reward sd | "

@@ -20,7 +20,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay, report
+from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.hindsight import BestContextStepper
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data
@@ -61,73 +62,88 @@ def replay_sets(names: Sequence[str]) -> list[tuple[str, Path, Path, bool]]:
     return out
 
 
-def evaluate(
-    specs: Sequence[str], sets: Sequence[str], rewards: Sequence[str], seeds: int, limit: int | None
-) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
+def replays(
+    sets: Sequence[str], rewards: Sequence[str], limit: int | None = None
+) -> Iterator[tuple[str, str, bool, Settings, Prepared]]:
+    """Each set under each reward setting (a name of ``REWARDS`` or ``SHAPES``): the set's name,
+    the setting's, whether it replays in time order, the run's settings and the prepared replay.
+    Each file is read once."""
     for name, path, arms, in_order in replay_sets(sets):
         loaded = dataset.load(path, arms, limit=limit)
         for setting in rewards:
             settings = Settings(**{**REWARDS, **SHAPES}[setting])  # type: ignore[arg-type]
-            prepared = dataset.prepare(loaded, reward_config(settings))
-            fixed_rows, oracle_rows = report.hindsight(prepared)
-            fixed, oracle = float(fixed_rows.mean()), float(oracle_rows.mean())
-            rows = dataset.order(len(prepared.replay.rows), 0, True)
-            bc_run = replay.run("bc", BestContextStepper(prepared), prepared, rows, 0)
-            context = float(bc_run.reward.mean())
-            changes = [0, *(c - 1 for c in dataset.phase_changes(prepared.replay.rows))]
-            entry: dict[str, Any] = {
-                "set": name,
-                "reward": setting,
-                "rows": len(rows),
-                "best_fixed": fixed,
-                "best_context": context,
-                "oracle": oracle,
-                "best_context_phases": _phases(bc_run.reward, changes),
-                "policies": {},
+            yield (
+                name,
+                setting,
+                in_order,
+                settings,
+                dataset.prepare(loaded, reward_config(settings)),
+            )
+
+
+def evaluate(
+    specs: Sequence[str], sets: Sequence[str], rewards: Sequence[str], seeds: int, limit: int | None
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for name, setting, in_order, settings, prepared in replays(sets, rewards, limit):
+        fixed_rows, oracle_rows = report.hindsight(prepared)
+        fixed, oracle = float(fixed_rows.mean()), float(oracle_rows.mean())
+        rows = dataset.order(len(prepared.replay.rows), 0, True)
+        bc_run = replay.run("bc", BestContextStepper(prepared), prepared, rows, 0)
+        context = float(bc_run.reward.mean())
+        changes = [0, *(c - 1 for c in dataset.phase_changes(prepared.replay.rows))]
+        entry: dict[str, Any] = {
+            "set": name,
+            "reward": setting,
+            "rows": len(rows),
+            "best_fixed": fixed,
+            "best_context": context,
+            "oracle": oracle,
+            "best_context_phases": _phases(bc_run.reward, changes),
+            "policies": {},
+        }
+        print(
+            f"{name} [{setting}] rows {len(rows)}: best-fixed {fixed:.4f}, "
+            f"best-context {context:.4f} ({100 * (context / fixed - 1):+.2f}%), "
+            f"oracle {oracle:.4f}",
+            flush=True,
+        )
+        for spec in specs:
+            start = time.monotonic()
+            runs = replay.simulate([spec], prepared, range(seeds), in_order, settings)[spec]
+            values = [float(r.reward.mean()) for r in runs]
+            mean = float(np.mean(values))
+            vs = [100 * (v / fixed - 1) for v in values]
+            info: dict[str, Any] = {
+                "mean": mean,
+                "ci95": report.ci95(values),
+                "per_seed": values,
+                "vs_best_fixed_pct": 100 * (mean / fixed - 1),
+                "per_seed_vs_best_fixed_pct": vs,
+                "gap_closed_pct": (
+                    100 * (mean - fixed) / (context - fixed) if context > fixed + 1e-9 else None
+                ),
+                "share": np.bincount(
+                    np.concatenate([r.arm for r in runs]), minlength=len(prepared.replay.arms)
+                ).tolist(),
             }
+            if in_order:
+                info["phases"] = np.mean([_phases(r.reward, changes) for r in runs], 0).tolist()
+            entry["policies"][spec] = info
+            extra = ""
+            if in_order:
+                extra = " phases " + " ".join(f"{v:.3f}" for v in info["phases"])
+            gap, vs_mean = info["gap_closed_pct"], info["vs_best_fixed_pct"]
             print(
-                f"{name} [{setting}] rows {len(rows)}: best-fixed {fixed:.4f}, "
-                f"best-context {context:.4f} ({100 * (context / fixed - 1):+.2f}%), "
-                f"oracle {oracle:.4f}",
+                f"  {spec:48s} {mean:.4f} ± {info['ci95']:.4f} {vs_mean:+.2f}%"
+                + (f" gap {gap:.0f}%" if gap is not None else "")
+                + " seeds "
+                + " ".join(f"{v:+.2f}" for v in vs)
+                + extra
+                + f" ({time.monotonic() - start:.0f}s)",
                 flush=True,
             )
-            for spec in specs:
-                start = time.monotonic()
-                runs = replay.simulate([spec], prepared, range(seeds), in_order, settings)[spec]
-                values = [float(r.reward.mean()) for r in runs]
-                mean = float(np.mean(values))
-                vs = [100 * (v / fixed - 1) for v in values]
-                info: dict[str, Any] = {
-                    "mean": mean,
-                    "ci95": report.ci95(values),
-                    "per_seed": values,
-                    "vs_best_fixed_pct": 100 * (mean / fixed - 1),
-                    "per_seed_vs_best_fixed_pct": vs,
-                    "gap_closed_pct": (
-                        100 * (mean - fixed) / (context - fixed) if context > fixed + 1e-9 else None
-                    ),
-                    "share": np.bincount(
-                        np.concatenate([r.arm for r in runs]), minlength=len(loaded.arms)
-                    ).tolist(),
-                }
-                if in_order:
-                    info["phases"] = np.mean([_phases(r.reward, changes) for r in runs], 0).tolist()
-                entry["policies"][spec] = info
-                extra = ""
-                if in_order:
-                    extra = " phases " + " ".join(f"{v:.3f}" for v in info["phases"])
-                gap, vs_mean = info["gap_closed_pct"], info["vs_best_fixed_pct"]
-                print(
-                    f"  {spec:48s} {mean:.4f} ± {info['ci95']:.4f} {vs_mean:+.2f}%"
-                    + (f" gap {gap:.0f}%" if gap is not None else "")
-                    + " seeds "
-                    + " ".join(f"{v:+.2f}" for v in vs)
-                    + extra
-                    + f" ({time.monotonic() - start:.0f}s)",
-                    flush=True,
-                )
-            results.append(entry)
+        results.append(entry)
     return results
 
 

@@ -30,11 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.service.router import reward_config
-from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay
 from simulations.cold_start import play
-from simulations.robust_eval import REWARDS, SETS, replay_sets
+from simulations.robust_eval import REWARDS, SETS, replays
 
 Floats = npt.NDArray[np.float64]
 
@@ -97,23 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     kind, c = ARM_LEVEL
     lines, best = [], []
-    for name, path, arms, _ in replay_sets(args.sets.split(",")):
-        loaded = dataset.load(path, arms)
-        for setting in REWARDS:
-            settings = Settings(**REWARDS[setting])  # type: ignore[arg-type]
-            prepared = dataset.prepare(loaded, reward_config(settings))
-            n = len(prepared.table)
-            runs = replay.simulate([CONTEXTUAL], prepared, seeds, False, settings)[CONTEXTUAL]
-            _, chosen = play(prepared.table, kind, c, seeds)
-            orders = [dataset.order(n, s, False) for s in seeds]
-            p = power(prepared.table, orders, np.stack([r.arm for r in runs]), chosen)
-            best.append(max(p.contextual, p.arm_level))
-            lines.append(
-                f"| {name.replace('mmlu_pro_', '')} {setting} | {n:,} | {p.contextual:+.2f}% | "
-                f"{p.arm_level:+.2f}% | {100 * p.disagree:.0f}% | {_events(p.full_information)} | "
-                f"{_events(p.one_reward)} | {best[-1]:+.2f}% |"
-            )
-            print(f"{name} {setting} done", file=sys.stderr, flush=True)
+    for name, setting, _, settings, prepared in replays(args.sets.split(","), list(REWARDS)):
+        n = len(prepared.table)
+        runs = replay.simulate([CONTEXTUAL], prepared, seeds, False, settings)[CONTEXTUAL]
+        _, chosen = play(prepared.table, kind, c, seeds)
+        orders = [dataset.order(n, s, False) for s in seeds]
+        p = power(prepared.table, orders, np.stack([r.arm for r in runs]), chosen)
+        best.append(max(p.contextual, p.arm_level))
+        lines.append(
+            f"| {name.replace('mmlu_pro_', '')} {setting} | {n:,} | {p.contextual:+.2f}% | "
+            f"{p.arm_level:+.2f}% | {100 * p.disagree:.0f}% | {_events(p.full_information)} | "
+            f"{_events(p.one_reward)} | {best[-1]:+.2f}% |"
+        )
+        print(f"{name} {setting} done", file=sys.stderr, flush=True)
     print(
         f"Telling `{CONTEXTUAL}` from `{kind}:{c:g}` on each pair's own traffic "
         f"({args.seeds} shuffled seeds; rewards vs best-fixed).\n"
