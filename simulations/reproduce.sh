@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 40 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (about 45 minutes on 2 cores).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,8 @@ $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
   best-fixed best-context oracle squarecb:l2=0 --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
+# Learners handed the context's structure, on every set and drift (40 seeds; results/tabular.md).
+$BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
 # Every explorer over every set, drift and a composed nine-arm set; the shapes the defaults were not
