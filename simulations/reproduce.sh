@@ -39,6 +39,8 @@ $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
   best-fixed best-context oracle squarecb:l2=0 --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
+# What one reward per event costs the default: full feedback and evenly spread feedback (results/full_feedback.md).
+$BIN/python -m simulations.full_feedback --seeds 5 > $OUT/full_feedback.md
 # Learners handed the context's structure, on every set and drift (40 seeds; results/tabular.md).
 $BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
