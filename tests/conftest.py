@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,7 +20,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.http.app import create_app
+from bandit_router.policies.base import Arm
+from bandit_router.rewards import RewardConfig, RewardParts
 from bandit_router.settings import Settings
+from bandit_router.sim.dataset import Prepared, Replay, Row, prepare
 from bandit_router.store.embedded import EmbeddedRedis
 from bandit_router.store.records import Event, Logged
 
@@ -28,6 +32,26 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 SettingsFactory = Callable[..., Settings]
 ClientFactory = Callable[..., TestClient]
+
+# Two kinds of query, each with its own best arm: it pays 0.8 of the time there, the others 0.2.
+PLANTED_QUERIES = [
+    ("please summarise this zebra report", "4b"),
+    ("prove the theorem about primes", "14b"),
+]
+
+
+def planted_replay(n: int, seed: int, rewards: RewardConfig) -> Prepared:
+    """A full-feedback replay of ``n`` rows drawn from ``PLANTED_QUERIES``, arms 4b, 7b, 14b."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        query, best = rng.choice(PLANTED_QUERIES)
+        outcomes = {
+            a: RewardParts(accuracy=float(rng.random() < (0.8 if a == best else 0.2)))
+            for a in ("4b", "7b", "14b")
+        }
+        rows.append(Row(i + 1, query, {}, outcomes))
+    return prepare(Replay(rows, [Arm("4b"), Arm("7b"), Arm("14b")]), rewards)
 
 
 @pytest.fixture(scope="session")

@@ -24,14 +24,13 @@ from bandit_router.service.challengers import Bench, challengers_view
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.sim.champion import parse_auto
-from bandit_router.sim.dataset import Prepared, Replay, Row, prepare
+from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
 
-CONTEXTS = [("please summarise this zebra report", "4b"), ("prove the theorem about primes", "14b")]
 ADMIN = {"X-API-Key": "admin-secret"}
 
 
@@ -57,7 +56,7 @@ async def _traffic(router: Router, n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     served = []
     for i in range(n):
-        query, best = rng.choice(CONTEXTS)
+        query, best = rng.choice(PLANTED_QUERIES)
         result = await router.choose(query)
         served.append(result.policy)
         paid = rng.random() < (0.8 if result.arm == best else 0.2)
@@ -183,7 +182,7 @@ def test_scores_survive_a_learner_restart(make_settings: SettingsFactory) -> Non
 def _drive(client: Any, n: int, seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(n):
-        query, best = rng.choice(CONTEXTS)
+        query, best = rng.choice(PLANTED_QUERIES)
         chosen = client.post("/choose", json={"query": query}).json()
         paid = rng.random() < (0.8 if chosen["arm"] == best else 0.2)
         reward = {"event_id": chosen["event_id"], "reward": float(paid)}
@@ -225,7 +224,7 @@ def test_stats_metrics_and_the_admin_endpoint(
     body = promoted.json()
     assert body["from_policy"] == "random" and body["by"] == "admin"
     assert body["to_policy"] == "fixed:arm=7b"
-    chosen = client.post("/choose", json={"query": CONTEXTS[0][0]}).json()
+    chosen = client.post("/choose", json={"query": PLANTED_QUERIES[0][0]}).json()
     assert chosen["policy"] == "fixed:arm=7b" and chosen["arm"] == "7b"
 
     # (another window: /stats reuses a document for BANDIT_STATS_CACHE_S)
@@ -242,7 +241,7 @@ def test_each_event_is_scored_before_the_challenger_learns_it() -> None:
     it was before the event; learning first would score it on what it has just been told."""
     arms = [Arm("4b"), Arm("7b"), Arm("14b")]
     bench = Bench(parse_policy_spec("random"), [parse_policy_spec("linucb")], seed=1)
-    x = extract(CONTEXTS[0][0])
+    x = extract(PLANTED_QUERIES[0][0])
     for _ in range(3):
         bench.observe(x, arms, "4b", 1 / 3, 1.0)
     target = bench.challengers["linucb"].window.rows()[:, 0]
@@ -267,17 +266,7 @@ def test_simulator_auto_syntax() -> None:
 
 
 def _replay(n: int, seed: int) -> Prepared:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        query, best = rng.choice(CONTEXTS)
-        outcomes = {
-            a: RewardParts(accuracy=float(rng.random() < (0.8 if a == best else 0.2)))
-            for a in ("4b", "7b", "14b")
-        }
-        rows.append(Row(i + 1, query, {}, outcomes))
-    replay = Replay(rows, [Arm("4b"), Arm("7b"), Arm("14b")])
-    return prepare(replay, RewardConfig({"accuracy": 1.0}, 2000, 0.001))
+    return planted_replay(n, seed, RewardConfig({"accuracy": 1.0}, 2000, 0.001))
 
 
 def test_the_simulator_promotes_with_the_same_bench() -> None:
@@ -317,7 +306,7 @@ def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(
         assert leader.model.spec.name == "linucb"
         assert await worker.refresh()  # the worker loads the promoted, trained model
         assert worker.model.spec.name == "linucb" and worker.version == leader.version
-        query = CONTEXTS[1][0]
+        query = PLANTED_QUERIES[1][0]
         assert (await worker.choose(query)).arm == (await leader.choose(query)).arm == "14b"
         # The worker shows what the learner published with its last snapshot.
         seen = await challengers_view(worker.learner)

@@ -3,34 +3,19 @@ feedback learns the rule better."""
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 
-from bandit_router.policies.base import Arm
-from bandit_router.rewards import RewardConfig, RewardParts
+from bandit_router.rewards import RewardConfig
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay
-from bandit_router.sim.dataset import Prepared, Replay, Row, prepare
+from bandit_router.sim.dataset import Prepared
 from simulations.full_feedback import play
-
-# Two kinds of query, each with its own best arm (0.8 against 0.2 for the others).
-KINDS = [("please summarise this zebra report", "4b"), ("prove the theorem about primes", "14b")]
+from tests.conftest import planted_replay
 
 
-def planted(n: int, seed: int = 0) -> Prepared:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        query, best = rng.choice(KINDS)
-        outcomes = {
-            a: RewardParts(accuracy=float(rng.random() < (0.8 if a == best else 0.2)))
-            for a in ("4b", "7b", "14b")
-        }
-        rows.append(Row(i + 1, query, {}, outcomes))
-    return prepare(
-        Replay(rows, [Arm("4b"), Arm("7b"), Arm("14b")]), RewardConfig({"accuracy": 1.0})
-    )
+def planted(n: int) -> Prepared:
+    """Two kinds of query, each with its own best arm (0.8 against 0.2 for the others)."""
+    return planted_replay(n, 0, RewardConfig({"accuracy": 1.0}))
 
 
 def test_as_deployed_is_the_simulators_run_of_the_same_policy() -> None:
