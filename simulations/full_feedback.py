@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     costs = []
     means: dict[str, list[float]] = {mode: [] for mode in MODES}
     for name, setting, _, settings, prepared in replays(args.sets.split(","), list(REWARDS)):
-        fixed = float(np.nanmax(np.nanmean(prepared.table, axis=0)))
+        fixed = float(report.hindsight(prepared)[0].mean())
         runs = {
             mode: [
                 100 * (float(play(args.spec, settings, prepared, s, mode).mean()) / fixed - 1)

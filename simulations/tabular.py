@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit_router.sim import dataset, replay, report
-from bandit_router.sim.hindsight import BestContextStepper
+from bandit_router.sim.hindsight import BestContextStepper, context_key
 from simulations.robust_eval import REWARDS, SETS, replays
 
 Floats = npt.NDArray[np.float64]
@@ -46,7 +45,7 @@ def label(k: float, c: float, d: float) -> str:
 
 def contexts(rows: Sequence[dataset.Row]) -> npt.NDArray[np.int64]:
     """Each row's context (its app fields, as ``best-context`` keys them) as a small integer."""
-    keys = [json.dumps(dict(row.context), sort_keys=True) for row in rows]
+    keys = [context_key(row) for row in rows]
     index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
     return np.array([index[key] for key in keys], dtype=np.int64)
 
@@ -134,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reset: dict[str, list[str]] = {f"k={k:g} c={c:g}, reset at each change": [] for k, c in points}
     for name, setting, in_order, _, prepared in replays(args.sets.split(","), list(REWARDS)):
         table = prepared.table
-        fixed = float(np.nanmax(np.nansum(table, axis=0)) / len(table))
+        fixed = float(report.hindsight(prepared)[0].mean())
         ordered = dataset.order(len(table), 0, True)
         context = float(
             replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0).reward.mean()

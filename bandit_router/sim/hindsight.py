@@ -35,6 +35,11 @@ def best_fixed_arm(prepared: Prepared) -> str:
     return prepared.replay.arms[int(np.argmax(totals))].name
 
 
+def context_key(row: Row) -> str:
+    """A row's context (its app fields) as one comparable value: what ``best-context`` keys on."""
+    return json.dumps(dict(row.context), sort_keys=True)
+
+
 @dataclass(slots=True)
 class BestContextStepper:
     """Best arm per (phase, context) in hindsight: the best per-phase contextual policy."""
@@ -45,12 +50,12 @@ class BestContextStepper:
     def __post_init__(self) -> None:
         sums: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
         for row, values in zip(self.prepared.replay.rows, self.prepared.table, strict=True):
-            key = (row.phase, json.dumps(dict(row.context), sort_keys=True))
+            key = (row.phase, context_key(row))
             sums[key] = sums.get(key, np.zeros(len(values))) + np.nan_to_num(values)
         self.choice = {key: int(np.argmax(total)) for key, total in sums.items()}
 
     def step(self, i: int, row: Row, arms: Sequence[Arm]) -> tuple[str, float]:
-        key = (row.phase, json.dumps(dict(row.context), sort_keys=True))
+        key = (row.phase, context_key(row))
         j = self.choice[key]
         if np.isnan(self.prepared.table[i, j]):  # that arm is absent here: the row's best
             j = int(np.nanargmax(self.prepared.table[i]))
