@@ -88,22 +88,22 @@ def evaluate(
     for name, setting, in_order, settings, prepared in replays(sets, rewards, limit):
         fixed_rows, oracle_rows = report.hindsight(prepared)
         fixed, oracle = float(fixed_rows.mean()), float(oracle_rows.mean())
-        rows = dataset.order(len(prepared.replay.rows), 0, True)
-        bc_run = replay.run("bc", BestContextStepper(prepared), prepared, rows, 0)
-        context = float(bc_run.reward.mean())
+        n = len(prepared.replay.rows)
+        bc_rewards = BestContextStepper(prepared).rewards()
+        context = float(bc_rewards.mean())
         changes = [0, *(c - 1 for c in dataset.phase_changes(prepared.replay.rows))]
         entry: dict[str, Any] = {
             "set": name,
             "reward": setting,
-            "rows": len(rows),
+            "rows": n,
             "best_fixed": fixed,
             "best_context": context,
             "oracle": oracle,
-            "best_context_phases": _phases(bc_run.reward, changes),
+            "best_context_phases": _phases(bc_rewards, changes),
             "policies": {},
         }
         print(
-            f"{name} [{setting}] rows {len(rows)}: best-fixed {fixed:.4f}, "
+            f"{name} [{setting}] rows {n}: best-fixed {fixed:.4f}, "
             f"best-context {context:.4f} ({100 * (context / fixed - 1):+.2f}%), "
             f"oracle {oracle:.4f}",
             flush=True,

@@ -34,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     prepared = dataset.prepare(dataset.load(args.replay, args.arms), reward_config(settings))
     fixed = float(report.hindsight(prepared)[0].mean())
-    rows = dataset.order(len(prepared.replay.rows), 0, True)
-    context = float(replay.run("c", BestContextStepper(prepared), prepared, rows, 0).reward.mean())
+    context = float(BestContextStepper(prepared).rewards().mean())
     print(f"{args.replay.name}: best-fixed {fixed:.4f}, best-context {context:.4f}")
     for spec in args.specs:
         start = time.monotonic()

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.sim import dataset, replay, report
+from bandit_router.sim import dataset, report
 from bandit_router.sim.hindsight import BestContextStepper, context_key
 from simulations.robust_eval import REWARDS, SETS, replays
 
@@ -134,10 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, setting, in_order, _, prepared in replays(args.sets.split(","), list(REWARDS)):
         table = prepared.table
         fixed = float(report.hindsight(prepared)[0].mean())
-        ordered = dataset.order(len(table), 0, True)
-        context = float(
-            replay.run("bc", BestContextStepper(prepared), prepared, ordered, 0).reward.mean()
-        )
+        context = float(BestContextStepper(prepared).rewards().mean())
         cells = contexts(prepared.replay.rows)
         (drift_columns if in_order else columns).append(
             f"{name.replace('mmlu_pro_', '')} {setting}"

@@ -54,6 +54,11 @@ class BestContextStepper:
             sums[key] = sums.get(key, np.zeros(len(values))) + np.nan_to_num(values)
         self.choice = {key: int(np.argmax(total)) for key, total in sums.items()}
 
+    def rewards(self) -> npt.NDArray[np.float64]:
+        """Each row's reward, in the file's order: what a replay in time order earns."""
+        rows = self.prepared.replay.rows
+        return np.array([self.step(i, row, ())[1] for i, row in enumerate(rows)])
+
     def step(self, i: int, row: Row, arms: Sequence[Arm]) -> tuple[str, float]:
         key = (row.phase, context_key(row))
         j = self.choice[key]
