@@ -1,10 +1,11 @@
 """Could a deployment choose between the default and an arm-level learner in time? (issue 14)
 
-Where the features are noise to a linear model, an arm-level learner (``bts:0.3``, the best one
-of the cold-start study) beats ``squarecb``; where context pays, ``squarecb`` is far ahead. A
-policy that picks between the two per deployment gains only if it can tell which one is better
-from the deployment's own traffic. This measures how many events that takes, in the most
-favourable case, on every public set and reward setting of ``robust_eval``:
+Where the features are worth little (best-context within 1% of best-fixed), an arm-level learner
+(``bts:0.3``, the best one of the cold-start study) beats ``squarecb``; where context pays,
+``squarecb`` is far ahead. A policy that picks between the two per deployment gains only if it
+can tell which one is better from the deployment's own traffic. This measures how many events
+that takes, in the most favourable case, on every public set and reward setting of
+``robust_eval``:
 
 - both learners run on the same shuffled rows (seeds 0..N-1), each learning from its own choices;
 - per event, the difference between the rewards of their two choices, read from the full
