@@ -43,6 +43,9 @@ $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
 $BIN/python -m simulations.full_feedback --seeds 5 > $OUT/full_feedback.md
 # Learners handed the context's structure, on every set and drift (40 seeds; results/tabular.md).
 $BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
+# The default on drift with the change points handed over (10 seeds; results/change_points.md).
+$BIN/python -m simulations.change_points --seeds 10 squarecb squarecb:l2=0.01 \
+  'squarecb:vw_args=--ignore W' > $OUT/change_points.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
 # Every explorer over every set, drift and a composed nine-arm set; the shapes the defaults were not

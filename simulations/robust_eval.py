@@ -99,7 +99,7 @@ def evaluate(
             "best_fixed": fixed,
             "best_context": context,
             "oracle": oracle,
-            "best_context_phases": _phases(bc_rewards, changes),
+            "best_context_phases": phases(bc_rewards, changes),
             "policies": {},
         }
         print(
@@ -128,7 +128,7 @@ def evaluate(
                 ).tolist(),
             }
             if in_order:
-                info["phases"] = np.mean([_phases(r.reward, changes) for r in runs], 0).tolist()
+                info["phases"] = np.mean([phases(r.reward, changes) for r in runs], 0).tolist()
             entry["policies"][spec] = info
             extra = ""
             if in_order:
@@ -147,7 +147,7 @@ def evaluate(
     return results
 
 
-def _phases(reward: np.ndarray[Any, Any], changes: Sequence[int]) -> list[float]:
+def phases(reward: np.ndarray[Any, Any], changes: Sequence[int]) -> list[float]:
     """Per phase: the mean reward, then the mean over its first RECOVERY steps."""
     bounds = [*changes, len(reward)]
     whole = [float(reward[a:b].mean()) for a, b in itertools.pairwise(bounds)]
