@@ -34,14 +34,22 @@ def _binary(name: str) -> str | None:
     return found
 
 
+class PortTaken(RuntimeError):
+    """The node exited before answering: another socket took a port between our choice of it and
+    its bind (an outgoing connection of any process can be given a free port)."""
+
+
 class ClusterNode:
     def __init__(self, directory: Path, binary: str) -> None:
-        self.port = _free_port()
-        self.bus_port = _free_port()
+        self.pick_ports()
         self.directory = directory
         self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
+
+    def pick_ports(self) -> None:
+        self.port = _free_port()
+        self.bus_port = _free_port()
 
     @property
     def address(self) -> str:
@@ -70,9 +78,30 @@ class ClusterNode:
         )
         deadline = time.monotonic() + 10
         while not self.answers():
+            if self.proc.poll() is not None:
+                self.proc = None
+                raise PortTaken(f"cluster node on port {self.port} exited: {self.last_log_line()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster node on port {self.port} did not start")
             time.sleep(0.02)
+
+    def first_start(self, attempts: int = 5) -> None:
+        """``start`` on other ports while the chosen ones are taken: before the cluster is
+        created a node may change its ports (a restart after ``kill`` keeps them)."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                (self.directory / "nodes.conf").unlink(missing_ok=True)
+                self.pick_ports()
+
+    def last_log_line(self) -> str:
+        log = self.directory / "redis.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return lines[-1] if lines else "no log"
 
     def answers(self) -> bool:
         client = self.client()
@@ -142,7 +171,7 @@ class LocalCluster:
 
     def start(self) -> None:
         for node in self.nodes:
-            node.start()
+            node.first_start()
         subprocess.run(
             [
                 self.cli,

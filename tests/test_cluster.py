@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.cluster import node_url, plain_url
 from bandit_router.store.repository import open_store
-from tests.cluster import LocalCluster
+from tests.cluster import ClusterNode, LocalCluster, PortTaken, _binary
 from tests.cluster import _command as _command_of
 from tests.conftest import _free_port, wait_until
 
@@ -381,3 +382,21 @@ def test_the_cluster_flag_needs_a_cluster(tmp_path: Path, redis_process: Any) ->
 
     with pytest.raises(ValueError, match="is not a Redis Cluster node"):
         asyncio.run(run())
+
+
+def test_a_node_whose_port_was_taken_starts_on_other_ports(tmp_path: Path) -> None:
+    binary = _binary("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is needed for a cluster node")
+    node = ClusterNode(tmp_path / "node", binary)
+    with socket.socket() as taken:  # another process got the node's bus port first
+        taken.bind(("127.0.0.1", node.bus_port))
+        taken.listen()
+        with pytest.raises(PortTaken, match="exited"):
+            node.start()
+        node.first_start()
+        try:
+            assert node.answers()
+            assert node.bus_port != taken.getsockname()[1]
+        finally:
+            node.kill()
