@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.conftest import _free_port
 
@@ -104,7 +106,10 @@ class ClusterNode:
         return lines[-1] if lines else "no log"
 
     def answers(self) -> bool:
-        client = self.client()
+        # one try: redis-py's default retries with backoff make a refused probe last 2.5 s
+        client = redis.Redis(
+            port=self.port, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
         try:
             return bool(client.ping())
         except (redis.RedisError, OSError):

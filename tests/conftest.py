@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bandit_router.http.app import create_app
 from bandit_router.policies.base import Arm
@@ -62,7 +64,8 @@ def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 
 def _server_answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+        probe = redis.Redis.from_url(url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        return bool(probe.ping())
     except (redis.RedisError, OSError):
         return False
 

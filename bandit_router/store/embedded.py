@@ -17,6 +17,8 @@ import tempfile
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 DB_FILE = "bandit-router.rdb"
 SOCKET = "redis.sock"
@@ -35,7 +37,14 @@ def socket_path(data_dir: str) -> str:
 
 
 def _answers(socket: str) -> bool:
-    client = redis.Redis(unix_socket_path=socket, socket_connect_timeout=1, socket_timeout=2)
+    # One try: redis-py retries a refused connection with backoff by default (about 2.5 s),
+    # and this probe is expected to fail until the server is up.
+    client = redis.Redis(
+        unix_socket_path=socket,
+        socket_connect_timeout=1,
+        socket_timeout=2,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
