@@ -57,8 +57,8 @@ class ClusterNode:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5, **options)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -107,9 +107,7 @@ class ClusterNode:
 
     def answers(self) -> bool:
         # one try: redis-py's default retries with backoff make a refused probe last 2.5 s
-        client = redis.Redis(
-            port=self.port, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0)
-        )
+        client = self.client(retry=Retry(NoBackoff(), 0))
         try:
             return bool(client.ping())
         except (redis.RedisError, OSError):
