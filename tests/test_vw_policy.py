@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bandit_router.features import Features, token_hash
+from bandit_router.policies.arm_level import ArmStats
 from bandit_router.policies.base import Arm
-from bandit_router.policies.vw import VWPolicy, adf_example, arm_line, shared_line, vw_arguments
+from bandit_router.policies.vw import (
+    VWPolicy,
+    adf_example,
+    arm_line,
+    shared_line,
+    thin_dominated,
+    vw_arguments,
+)
 
 X = Features(stats=(0.5, 0.25, 0.0, 1.0, 0, 0, 0, 0, 0, 0), tokens=(11, 22))
 
@@ -71,6 +83,38 @@ def test_squarecb_pmf_is_vws_rule() -> None:
     assert squarecb_pmf([0.0, 0.0], gamma=0.0) == [0.5, 0.5]  # a tie goes to the first
 
 
+def test_squarecb_pmf_trusts_each_gap_as_given() -> None:
+    from bandit_router.policies.vw import squarecb_pmf
+
+    pmf = squarecb_pmf([-0.5, -0.7, -0.6], gamma=10.0, trust=[0.0, 1.0, 0.5])
+    assert pmf[0] == pytest.approx(1 / 3)  # no trust: explored as if as good as the best
+    assert pmf[2] == pytest.approx(1 / (3 + 10 * 0.5 * 0.1))
+    assert pmf[1] == pytest.approx(1 - pmf[0] - pmf[2])
+    # an untrusted arm never takes the cheapest arm's place
+    assert squarecb_pmf([0.3, -0.2], gamma=100.0, trust=[0.0, 1.0]) == [0.5, 0.5]
+    assert squarecb_pmf([0.3, -0.2, 0.1], gamma=100.0, trust=[0.0, 1.0, 0.0])[1] == (
+        pytest.approx(1 / 3)
+    )
+
+
+def test_one_unlucky_reward_does_not_shut_an_arm_out() -> None:
+    """The better arm's first reward is 0 and the worse one's 1: with gap_prior the better arm is
+    still explored about evenly; without, SquareCB already halves its chances."""
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    arms = [Arm("better"), Arm("worse")]
+    chances = {}
+    for spec in ("squarecb", "squarecb:gap_prior=0"):
+        policy = build_policy(spec, seed=1)
+        x = extract("what is 2 + 2")
+        policy.learn(x, arms, "better", 0.5, 0.0)
+        policy.learn(x, arms, "worse", 0.5, 1.0)
+        chances[spec] = policy.choose(x, arms).probabilities["better"]
+    assert chances["squarecb"] > 0.4
+    assert chances["squarecb:gap_prior=0"] < 0.25
+
+
 def test_the_baseline_and_the_count_survive_dumps() -> None:
     from bandit_router.features import extract
     from bandit_router.policies.registry import build_policy, load_policy
@@ -87,3 +131,126 @@ def test_the_baseline_and_the_count_survive_dumps() -> None:
     assert loaded.learned == 3
     x = extract("hello again")
     assert loaded.choose(x, arms).probabilities == policy.choose(x, arms).probabilities
+
+
+def _stats(rewards: dict[str, list[float]]) -> ArmStats:
+    stats = ArmStats()
+    for arm, values in rewards.items():
+        for r in values:
+            stats.add(arm, r)
+    return stats
+
+
+ABC = [Arm("a"), Arm("b"), Arm("c")]
+
+
+def test_thin_dominated_cuts_only_an_arm_shown_worse() -> None:
+    # a and b alternate 0/1 (mean 0.5), c is always 0: c's interval is far below a's
+    stats = _stats({"a": [0.0, 1.0] * 200, "b": [0.0, 1.0] * 200, "c": [0.0] * 400})
+    out = thin_dominated([0.8, 0.1, 0.1], ABC, stats, z=2.0, share=0.3)
+    assert out == pytest.approx([0.8 + 0.07, 0.1, 0.03])
+    # z 0, share 1, or an arm with fewer than two rewards: nothing is cut
+    assert thin_dominated([0.8, 0.1, 0.1], ABC, stats, z=0.0, share=0.3) == [0.8, 0.1, 0.1]
+    assert thin_dominated([0.8, 0.1, 0.1], ABC, stats, z=2.0, share=1.0) == [0.8, 0.1, 0.1]
+    few = _stats({"a": [0.0, 1.0] * 200, "b": [1.0], "c": [0.0] * 400})
+    assert thin_dominated([0.8, 0.1, 0.1], ABC, few, z=2.0, share=0.3) == [0.8, 0.1, 0.1]
+
+
+def test_thin_dominated_never_cuts_the_arm_with_the_best_mean() -> None:
+    """The regressor may favour a worse arm for this query; the best arm's share stays."""
+    stats = _stats({"a": [0.0] * 400, "b": [1.0, 0.0, 1.0] * 200, "c": [0.0] * 400})
+    out = thin_dominated([0.1, 0.1, 0.8], ABC, stats, z=2.0, share=0.0)
+    assert out == pytest.approx([0.0, 0.1, 0.9])
+
+
+def test_thin_dominated_waits_for_evidence() -> None:
+    """Two arms 0.3 apart with ten rewards each are not told apart at z 2; with 200 they are."""
+    few = _stats({"a": [0.0, 1.0] * 5, "b": [0.0, 0.0, 0.0, 0.0, 1.0] * 2})
+    assert thin_dominated([0.9, 0.1], ABC[:2], few, z=2.0, share=0.0) == [0.9, 0.1]
+    many = _stats({"a": [0.0, 1.0] * 100, "b": [0.0, 0.0, 0.0, 0.0, 1.0] * 40})
+    assert thin_dominated([0.9, 0.1], ABC[:2], many, z=2.0, share=0.0) == [1.0, 0.0]
+
+
+@given(
+    pmf=st.lists(st.floats(0.01, 1.0), min_size=3, max_size=3),
+    rewards=st.lists(
+        st.tuples(st.sampled_from("abc"), st.floats(0.0, 1.0)), min_size=0, max_size=60
+    ),
+    z=st.floats(0.0, 5.0),
+    share=st.floats(0.0, 1.0),
+)
+def test_thin_dominated_keeps_a_distribution(
+    pmf: list[float], rewards: list[tuple[str, float]], z: float, share: float
+) -> None:
+    total = sum(pmf)
+    pmf = [p / total for p in pmf]
+    stats = ArmStats()
+    for arm, r in rewards:
+        stats.add(arm, r)
+    out = thin_dominated(pmf, ABC, stats, z, share)
+    assert sum(out) == pytest.approx(1.0)
+    top = max(range(3), key=pmf.__getitem__)
+    for i in range(3):
+        if i == top:
+            assert out[i] >= pmf[i]
+        else:
+            assert 0.0 <= out[i] <= pmf[i]
+
+
+def _play(spec: str, events: int) -> dict[str, int]:
+    """Arms paying 0.7 / 0.5 / 0.2 on average (0/1 rewards), the same for every query."""
+    import random
+
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    policy = build_policy(spec, seed=2)
+    arms = [Arm("good"), Arm("fair"), Arm("poor")]
+    pays = {"good": 0.7, "fair": 0.5, "poor": 0.2}
+    rng = random.Random(2)
+    chosen = {arm.name: 0 for arm in arms}
+    for _ in range(events):
+        x = extract(f"question {rng.randrange(50)}")
+        d = policy.choose(x, arms)
+        chosen[d.arm] += 1
+        policy.learn(x, arms, d.arm, d.probability, float(rng.random() < pays[d.arm]))
+    return chosen
+
+
+def test_squarecb_explores_a_worse_arm_less_once_it_is_shown_worse() -> None:
+    thinned, plain = _play("squarecb", 4000), _play("squarecb:dominated_z=0", 4000)
+    assert max(thinned, key=lambda k: thinned[k]) == "good"
+    assert thinned["poor"] + thinned["fair"] < 0.8 * (plain["poor"] + plain["fair"])
+    assert thinned["fair"] > 0 and thinned["poor"] > 0  # still explored, less
+
+
+def test_the_arm_statistics_survive_dumps() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy, load_policy
+
+    arms = [Arm("a"), Arm("b")]
+    policy = build_policy("squarecb", seed=1)
+    assert isinstance(policy, VWPolicy)
+    for arm, reward in (("a", 0.2), ("b", 0.4), ("a", 0.6)):
+        policy.learn(extract("hello"), arms, arm, 0.5, reward)
+    loaded = load_policy("squarecb", policy.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy)
+    assert loaded.arm_stats.counts == {"a": 2.0, "b": 1.0}
+    assert loaded.arm_stats.mean("a") == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("squarecb:dominated_share=1.5", "dominated_share must be in [0, 1]"),
+        ("squarecb:dominated_z=-1", "dominated_z must be >= 0"),
+        ("squarecb:dominated_z=inf", "dominated_z must be >= 0 and finite"),
+        ("squarecb:gap_prior=-1", "gap_prior must be >= 0 and finite"),
+        ("squarecb:gap_prior=nan", "gap_prior must be >= 0 and finite"),
+    ],
+)
+def test_thinning_parameters_out_of_range_are_named(spec: str, message: str) -> None:
+    from bandit_router.policies.registry import build_policy
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_policy(spec, seed=1)

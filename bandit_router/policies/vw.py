@@ -37,6 +37,7 @@ import vowpalwabbit
 from vowpalwabbit import pyvw
 
 from bandit_router.features import QUERY_STATS, Features, app_hash, token_hash
+from bandit_router.policies.arm_level import ArmStats
 from bandit_router.policies.base import Arm, Decision, ParamValue, PolicyKind, index_of, sample
 
 # Shared namespaces: Q query statistics, W hashed words, N app numbers, C app strings.
@@ -53,11 +54,20 @@ _COMMON: dict[str, ParamValue] = {"learning_rate": 0.1, "bits": 18, "vw_args": "
 EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, ParamValue]]] = {
     "egreedy": (lambda p: f"--epsilon {p['epsilon']}", {"epsilon": 0.05}),
     # Computed here (OWN_EXPLORERS). gamma_scale 20 (VW's 10), learning rate 0.06 and l2 0.001
-    # (it shrinks old weights: a change is learned sooner): chosen on every public set, two
+    # (it shrinks old weights: a change is learned sooner); an arm's predicted gap trusted as it
+    # gains rewards (gap_prior, see squarecb_pmf), and the exploration of an arm shown worse on
+    # its mean cut to 0.3 of SquareCB's (see thin_dominated): chosen on every public set, two
     # reward settings and the drift scenario together (simulations/README.md).
     "squarecb": (
         lambda p: f"--l2 {p['l2']}",
-        {"gamma_scale": 20.0, "learning_rate": 0.06, "l2": 1e-3},
+        {
+            "gamma_scale": 20.0,
+            "learning_rate": 0.06,
+            "l2": 1e-3,
+            "gap_prior": 10.0,
+            "dominated_z": 2.0,
+            "dominated_share": 0.3,
+        },
     ),
     "cover": (
         lambda p: f"--cover {p['cover']} --psi {p['psi']}" + (" --nounif" if p["nounif"] else ""),
@@ -174,12 +184,20 @@ class VWPolicy:
         self._rng = np.random.default_rng(seed)
         self._own = name in OWN_EXPLORERS
         self._gamma_scale = float(params.get("gamma_scale", 0.0))  # SquareCB's, when _own
+        self._gap_prior = float(params.get("gap_prior", 0.0))
+        self._dominated = (
+            float(params.get("dominated_z", 0.0)),
+            float(params.get("dominated_share", 1.0)),
+        )
         self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
         self.learned = 0  # examples learned (SquareCB's t)
+        self.arm_stats = ArmStats()  # each arm's rewards, for thin_dominated
         if model is not None and model.startswith(_MAGIC):
             header, _, model = model[len(_MAGIC) :].partition(b"\n")
             state = json.loads(header)
             self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
+            if "arms" in state:  # a model saved before the arm statistics has none
+                self.arm_stats = ArmStats.from_json(state["arms"], 1.0)
         self._vw = self._workspace(model)
         # Shared lines of recent choices, by the id of their Features (kept alive here, so an id
         # is not reused): learning that context later reuses its line.
@@ -189,6 +207,12 @@ class VWPolicy:
         for key in ("epsilon",):
             if key in params and not 0 <= float(params[key]) <= 1:
                 raise ValueError(f"{key} must be in [0, 1], got {params[key]}")
+        if "gap_prior" in params and not 0 <= float(params["gap_prior"]) < math.inf:
+            raise ValueError(f"gap_prior must be >= 0 and finite, got {params['gap_prior']}")
+        if "dominated_z" in params and not 0 <= float(params["dominated_z"]) < math.inf:
+            raise ValueError(f"dominated_z must be >= 0 and finite, got {params['dominated_z']}")
+        if "dominated_share" in params and not 0 <= float(params["dominated_share"]) <= 1:
+            raise ValueError(f"dominated_share must be in [0, 1], got {params['dominated_share']}")
         for key in ("gamma_scale", "lambda", "learning_rate", "psi", "mellowness"):
             if key in params and float(params[key]) <= 0 and key != "lambda":
                 raise ValueError(f"{key} must be > 0, got {params[key]}")
@@ -227,7 +251,12 @@ class VWPolicy:
             _NATIVE._finish_example_multi_ex(self._vw, examples)
         if self._own:
             gamma = self._gamma_scale * math.sqrt(self.learned)
-            scores = squarecb_pmf(scores, gamma)
+            counts = [self.arm_stats.count(arm.name) for arm in arms]
+            prior = self._gap_prior
+            trust = [n / (n + prior) if prior else 1.0 for n in counts]
+            z, share = self._dominated
+            pmf = squarecb_pmf(scores, gamma, trust)
+            scores = thin_dominated(pmf, arms, self.arm_stats, z, share)
         return sample(self._rng, arms, scores)
 
     def learn(
@@ -247,6 +276,7 @@ class VWPolicy:
             _NATIVE._finish_example_multi_ex(self._vw, examples)
         self.learned += 1
         self.baseline += (reward - self.baseline) / self.learned
+        self.arm_stats.add(arm, reward)
 
     def dumps(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -254,19 +284,64 @@ class VWPolicy:
             self._vw.save(path)
             with open(path, "rb") as f:
                 model = f.read()
-        state = json.dumps({"baseline": self.baseline, "learned": self.learned}).encode()
+        state = json.dumps(
+            {"baseline": self.baseline, "learned": self.learned, "arms": self.arm_stats.to_json()}
+        ).encode()
         return _MAGIC + state + b"\n" + model
 
 
-def squarecb_pmf(costs: Sequence[float], gamma: float) -> list[float]:
+def squarecb_pmf(
+    costs: Sequence[float], gamma: float, trust: Sequence[float] | None = None
+) -> list[float]:
     """SquareCB (Foster and Rakhlin 2020) as VW computes it: each arm but the cheapest gets
-    ``1 / (k + gamma * (its cost - the lowest))``, the cheapest (the first, on a tie) the rest."""
+    ``1 / (k + gamma * (its cost - the lowest))``, the cheapest (the first, on a tie) the rest.
+
+    ``trust`` (per arm, in [0, 1]) scales each arm's gap. ``VWPolicy`` passes ``n / (n +
+    gap_prior)``, ``n`` the arm's rewards so far: an arm the regressor has few rewards of is
+    explored as if it were about as good as the best, so one unlucky early reward does not shut
+    it out (simulations/README.md, fourth round). The cheapest arm stays the cheapest.
+    """
     k = len(costs)
     best = min(range(k), key=costs.__getitem__)
-    pmf = [1.0 / (k + gamma * (c - costs[best])) for c in costs]
+    weights = [1.0] * k if trust is None else trust
+    pmf = [1.0 / (k + gamma * w * (c - costs[best])) for c, w in zip(costs, weights, strict=True)]
     pmf[best] = 0.0
     pmf[best] = 1.0 - sum(pmf)
     return pmf
+
+
+def thin_dominated(
+    pmf: Sequence[float], arms: Sequence[Arm], stats: ArmStats, z: float, share: float
+) -> list[float]:
+    """``pmf`` with the exploration of every arm shown worse than another cut to ``share`` of it;
+    the arm ``pmf`` favours most keeps what is cut, and is never cut itself.
+
+    An arm is shown worse when its mean reward plus ``z`` standard errors is below another's mean
+    minus ``z`` of its own; the standard errors use the spread of every reward learned. SquareCB
+    alone keeps exploring an arm in proportion to ``1 / gap``, however much evidence there is
+    that the arm is worse (simulations/README.md, fourth round). Nothing is cut while an
+    eligible arm has fewer than two rewards, or with ``z`` 0. The context is untouched: an arm
+    the regressor ranks first for this query is chosen as before.
+    """
+    out = list(pmf)
+    if z <= 0 or share >= 1 or len(arms) < 2:
+        return out
+    counts = [stats.count(arm.name) for arm in arms]
+    total = sum(stats.counts.values())
+    if min(counts) < 2 or total < 3:
+        return out
+    mean = sum(stats.sums.values()) / total
+    spread = max(sum(stats.squares.values()) - total * mean * mean, 0.0) / (total - 1)
+    sd = math.sqrt(spread)
+    means = [stats.mean(arm.name) for arm in arms]
+    widths = [z * sd / math.sqrt(n) for n in counts]
+    floor = max(m - w for m, w in zip(means, widths, strict=True))
+    top = max(range(len(out)), key=out.__getitem__)
+    for i, (m, w) in enumerate(zip(means, widths, strict=True)):
+        if i != top and m + w < floor:
+            out[top] += out[i] * (1 - share)
+            out[i] *= share
+    return out
 
 
 def _kind(name: str) -> PolicyKind:
