@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 45 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (about 60 minutes on 2 cores).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +62,15 @@ $BIN/python -m simulations.robust_eval --seeds 5 --sets alpaca_tulu2 --rewards r
   squarecb ts ucb static random --json simulations/data/heldout_rating.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
   simulations/data/heldout_rating.json > $OUT/heldout_shapes.md
-# The l2 default against the previous one, 10 seeds (results/l2_default.md).
-$BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0 squarecb \
-  --json simulations/data/l2_default.json > /dev/null
+# The third round's l2 default against the one before it, 10 seeds, both without the fourth
+# round's gap_prior and thinning (results/l2_default.md).
+$BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0:gap_prior=0:dominated_z=0 \
+  squarecb:gap_prior=0:dominated_z=0 --json simulations/data/l2_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/l2_default.json > $OUT/l2_default.md
+# The fourth round's default (gap_prior and thinning) against the third round's, 10 seeds
+# (results/exploration_default.md).
+$BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:gap_prior=0 \
+  squarecb:gap_prior=0:dominated_z=0 ts ucb static random best-fixed best-context oracle \
+  --json simulations/data/exploration_default.json > /dev/null
+$BIN/python -m simulations.robust_table simulations/data/exploration_default.json \
+  > $OUT/exploration_default.md
