@@ -191,7 +191,7 @@ class VWPolicy:
         )
         self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
         self.learned = 0  # examples learned (SquareCB's t)
-        self.arm_stats = ArmStats()  # each arm's rewards, for thin_dominated
+        self.arm_stats = ArmStats()  # each arm's rewards, for SquareCB's gap_prior and thinning
         if model is not None and model.startswith(_MAGIC):
             header, _, model = model[len(_MAGIC) :].partition(b"\n")
             state = json.loads(header)
@@ -276,7 +276,8 @@ class VWPolicy:
             _NATIVE._finish_example_multi_ex(self._vw, examples)
         self.learned += 1
         self.baseline += (reward - self.baseline) / self.learned
-        self.arm_stats.add(arm, reward)
+        if self._own:
+            self.arm_stats.add(arm, reward)
 
     def dumps(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -330,7 +331,7 @@ def thin_dominated(
     total = sum(stats.counts.values())
     if min(counts) < 2 or total < 3:
         return out
-    mean = sum(stats.sums.values()) / total
+    mean = stats.overall()
     spread = max(sum(stats.squares.values()) - total * mean * mean, 0.0) / (total - 1)
     sd = math.sqrt(spread)
     means = [stats.mean(arm.name) for arm in arms]
