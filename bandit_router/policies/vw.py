@@ -53,7 +53,7 @@ _COMMON: dict[str, ParamValue] = {"learning_rate": 0.1, "bits": 18, "vw_args": "
 # Explorer name -> (its VW arguments from its parameters, the parameters' defaults).
 EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, ParamValue]]] = {
     "egreedy": (lambda p: f"--epsilon {p['epsilon']}", {"epsilon": 0.05}),
-    # Computed here (OWN_EXPLORERS). gamma_scale 20 (VW's 10), learning rate 0.06 and l2 0.001
+    # Computed here (OWN_EXPLORERS). gamma_scale 20 (VW's 10), learning rate 0.06 and l2 0.01
     # (it shrinks old weights: a change is learned sooner); an arm's predicted gap trusted as it
     # gains rewards (gap_prior, see squarecb_pmf), and the exploration of an arm shown worse on
     # its mean cut to 0.3 of SquareCB's (see thin_dominated): chosen on every public set, two
@@ -63,7 +63,7 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
         {
             "gamma_scale": 20.0,
             "learning_rate": 0.06,
-            "l2": 1e-3,
+            "l2": 1e-2,
             "gap_prior": 10.0,
             "dominated_z": 2.0,
             "dominated_share": 0.3,
