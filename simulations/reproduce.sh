@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 60 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (about 70 minutes on 2 cores).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ BANDIT_REWARD_WEIGHTS=accuracy=0.8,latency=0.2 BANDIT_LATENCY_BUDGET_MS=6000 \
 # 4. Issue 14: the default and the baselines over every public set and two reward settings, plus
 # the drift scenario (5 seeds), and what a cold start costs (40 seeds; results/cold_start.md).
 $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
-  best-fixed best-context oracle squarecb:l2=0 --json simulations/data/robust_baselines.json > /dev/null
+  best-fixed best-context oracle squarecb:l2=0.001 --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
 # What one reward per event costs the default: full feedback and evenly spread feedback (results/full_feedback.md).
@@ -44,7 +44,7 @@ $BIN/python -m simulations.full_feedback --seeds 5 > $OUT/full_feedback.md
 # Learners handed the context's structure, on every set and drift (40 seeds; results/tabular.md).
 $BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
 # The default on drift with the change points handed over (10 seeds; results/change_points.md).
-$BIN/python -m simulations.change_points --seeds 10 squarecb squarecb:l2=0.01 \
+$BIN/python -m simulations.change_points --seeds 10 squarecb squarecb:l2=0.001 \
   'squarecb:vw_args=--ignore W' > $OUT/change_points.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
@@ -65,12 +65,12 @@ $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
 # The third round's l2 default against the one before it, 10 seeds, both without the fourth
 # round's gap_prior and thinning (results/l2_default.md).
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0:gap_prior=0:dominated_z=0 \
-  squarecb:gap_prior=0:dominated_z=0 --json simulations/data/l2_default.json > /dev/null
+  squarecb:l2=0.001:gap_prior=0:dominated_z=0 --json simulations/data/l2_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/l2_default.json > $OUT/l2_default.md
-# The fourth round's default (gap_prior and thinning) against the third round's, 10 seeds
-# (results/exploration_default.md).
-$BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:gap_prior=0 \
-  squarecb:gap_prior=0:dominated_z=0 ts ucb static random best-fixed best-context oracle \
+# The fifth round's default (l2 0.01) against the fourth round's (l2 0.001, gap_prior and thinning)
+# and the third round's, 10 seeds (results/exploration_default.md).
+$BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:l2=0.001 squarecb:l2=0.001:gap_prior=0 \
+  squarecb:l2=0.001:gap_prior=0:dominated_z=0 ts ucb static random best-fixed best-context oracle \
   --json simulations/data/exploration_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/exploration_default.json \
   > $OUT/exploration_default.md
