@@ -82,6 +82,11 @@ class ArmStats:
         n = sum(self.counts.values())
         return sum(self.sums.values()) / n if n > 1e-9 else 0.5
 
+    def overall_variance(self) -> float:
+        """The sample variance of every reward over every arm; needs more than one reward."""
+        n, mean = sum(self.counts.values()), self.overall()
+        return max(sum(self.squares.values()) - n * mean * mean, 0.0) / (n - 1)
+
     def to_json(self) -> dict[str, object]:
         return {
             "discount": self.discount,

@@ -207,10 +207,9 @@ class VWPolicy:
         for key in ("epsilon",):
             if key in params and not 0 <= float(params[key]) <= 1:
                 raise ValueError(f"{key} must be in [0, 1], got {params[key]}")
-        if "gap_prior" in params and not 0 <= float(params["gap_prior"]) < math.inf:
-            raise ValueError(f"gap_prior must be >= 0 and finite, got {params['gap_prior']}")
-        if "dominated_z" in params and not 0 <= float(params["dominated_z"]) < math.inf:
-            raise ValueError(f"dominated_z must be >= 0 and finite, got {params['dominated_z']}")
+        for key in ("gap_prior", "dominated_z"):
+            if key in params and not 0 <= float(params[key]) < math.inf:
+                raise ValueError(f"{key} must be >= 0 and finite, got {params[key]}")
         if "dominated_share" in params and not 0 <= float(params["dominated_share"]) <= 1:
             raise ValueError(f"dominated_share must be in [0, 1], got {params['dominated_share']}")
         for key in ("gamma_scale", "lambda", "learning_rate", "psi", "mellowness"):
@@ -328,12 +327,9 @@ def thin_dominated(
     if z <= 0 or share >= 1 or len(arms) < 2:
         return out
     counts = [stats.count(arm.name) for arm in arms]
-    total = sum(stats.counts.values())
-    if min(counts) < 2 or total < 3:
+    if min(counts) < 2 or sum(stats.counts.values()) < 3:
         return out
-    mean = stats.overall()
-    spread = max(sum(stats.squares.values()) - total * mean * mean, 0.0) / (total - 1)
-    sd = math.sqrt(spread)
+    sd = math.sqrt(stats.overall_variance())
     means = [stats.mean(arm.name) for arm in arms]
     widths = [z * sd / math.sqrt(n) for n in counts]
     floor = max(m - w for m, w in zip(means, widths, strict=True))
