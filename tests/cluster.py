@@ -38,7 +38,7 @@ def _binary(name: str) -> str | None:
 
 class PortTaken(RuntimeError):
     """The node exited before answering: another socket took a port between our choice of it and
-    its bind (an outgoing connection of any process can be given a free port)."""
+    its bind (``_free_port`` keeps outgoing connections away; an explicit bind can still)."""
 
 
 class ClusterNode:

@@ -179,11 +179,35 @@ class RedisProcess:
             self.proc = None
 
 
+PORT_FLOOR = 20000
+_PORTS = random.SystemRandom()  # not the random module's generator, which tests seed
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nothing is bound to, below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also gives outgoing
+    connections, so any process's connection could take it before our server binds it; below
+    that range only an explicit bind can.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORTS.randrange(PORT_FLOOR, low) if low > PORT_FLOOR + 1000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = s.getsockname()[1]
+            return found
+    raise RuntimeError("no free loopback port")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems' ranges start higher
 
 
 @pytest.fixture
