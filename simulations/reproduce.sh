@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 70 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (about 85 minutes on 2 cores).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +46,8 @@ $BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
 # The default on drift with the change points handed over (10 seeds; results/change_points.md).
 $BIN/python -m simulations.change_points --seeds 10 squarecb squarecb:l2=0.001 \
   'squarecb:vw_args=--ignore W' > $OUT/change_points.md
+# Seeds that lock onto a worse arm: the default, the fourth round's and ts (results/locks.md).
+$BIN/python -m simulations.locks --seeds 10 squarecb squarecb:l2=0.001 ts > $OUT/locks.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
 # Every explorer over every set, drift and a composed nine-arm set; the shapes the defaults were not

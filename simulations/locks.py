@@ -1,0 +1,75 @@
+"""Seeds that lock onto a worse arm: per public set and reward setting, each seed's result and
+the arm that got most of the last sixth of its run, flagged when that arm is not the best fixed
+arm and got at least ``LOCKED`` of it (issue 14 counts such a seed as a defect, not noise):
+
+    python -m simulations.locks --seeds 10 squarecb > simulations/results/locks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bandit_router.sim import replay
+from simulations.robust_eval import REWARDS, SETS, replays
+
+LOCKED = 0.75  # a worse arm's share of the tail at which the seed counts as locked onto it
+TAIL = 6  # the tail: the last 1/TAIL of each run
+
+
+def tail_arm(chosen: npt.NDArray[np.integer[Any]], arms: int) -> tuple[int, float]:
+    """The arm chosen most in the last ``1 / TAIL`` of ``chosen`` (arm indices), and its share."""
+    tail = chosen[-max(1, len(chosen) // TAIL) :]
+    shares = np.bincount(tail, minlength=arms) / len(tail)
+    top = int(np.argmax(shares))
+    return top, float(shares[top])
+
+
+def is_locked(top: int, share: float, best: int) -> bool:
+    return top != best and share >= LOCKED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--seeds", type=int, default=10)
+    args = parser.parse_args(argv)
+    print(f"Last sixth of each run, {args.seeds} shuffled seeds; a seed is locked when a worse")
+    print(f"arm than the best fixed one gets at least {LOCKED:.0%} of it.\n")
+    print(
+        "| policy | set, reward | seed | vs best-fixed | arm with most of the last sixth "
+        "| its share | that arm vs best-fixed | locked |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    locked: dict[str, int] = {spec: 0 for spec in args.specs}
+    for name, setting, in_order, settings, prepared in replays(args.sets.split(","), [*REWARDS]):
+        means = np.nanmean(prepared.table, axis=0)
+        best = int(np.argmax(means))
+        arms = [arm.name for arm in prepared.replay.arms]
+        seeds = range(args.seeds)
+        for spec, runs in replay.simulate(args.specs, prepared, seeds, in_order, settings).items():
+            for seed, run in zip(seeds, runs, strict=True):
+                top, share = tail_arm(run.arm, len(arms))
+                lock = is_locked(top, share, best)
+                locked[spec] += lock
+                print(
+                    f"| {spec} | {name} {setting} | {seed} "
+                    f"| {100 * (run.reward.mean() / means[best] - 1):+.2f}% | {arms[top]} "
+                    f"| {share:.2f} | {100 * (means[top] / means[best] - 1):+.2f}% "
+                    f"| {'**locked**' if lock else ''} |",
+                    flush=True,
+                )
+    print()
+    for spec, n in locked.items():
+        print(f"- {spec}: {n} locked seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

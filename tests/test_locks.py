@@ -1,0 +1,25 @@
+"""The locked-seed check of simulations/locks.py on arm sequences where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulations.locks import LOCKED, is_locked, tail_arm
+
+
+def test_the_tail_is_the_last_sixth_of_the_run() -> None:
+    chosen = np.array([0] * 500 + [1] * 100, dtype=np.int64)  # the last sixth all arm 1
+    assert tail_arm(chosen, 3) == (1, 1.0)
+    chosen[-10:] = 2
+    top, share = tail_arm(chosen, 3)
+    assert top == 1 and share == 0.9
+
+
+def test_a_worse_arm_with_most_of_the_tail_is_a_lock_and_the_best_arm_never_is() -> None:
+    assert is_locked(top=1, share=LOCKED, best=0)
+    assert not is_locked(top=1, share=LOCKED - 0.01, best=0)  # still exploring the others
+    assert not is_locked(top=0, share=1.0, best=0)
+
+
+def test_a_short_run_still_has_a_tail() -> None:
+    assert tail_arm(np.array([2, 2, 0], dtype=np.int64), 3) == (0, 1.0)
