@@ -2,7 +2,8 @@
 the arm that got most of the last sixth of its run, flagged when that arm is not the best fixed
 arm and got at least ``LOCKED`` of it (issue 14 counts such a seed as a defect, not noise):
 
-    python -m simulations.locks --seeds 10 squarecb > simulations/results/locks.md
+    python -m simulations.locks --seeds 10 squarecb squarecb:l2=0.001 ts \
+        > simulations/results/locks.md
 """
 
 from __future__ import annotations
