@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.sim import replay
+from bandit_router.sim import replay, report
+from bandit_router.sim.hindsight import best_fixed_arm
 from simulations.robust_eval import REWARDS, SETS, replays
 
 LOCKED = 0.75  # a worse arm's share of the tail at which the seed counts as locked onto it
@@ -50,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     locked: dict[str, int] = {spec: 0 for spec in args.specs}
     for name, setting, in_order, settings, prepared in replays(args.sets.split(","), [*REWARDS]):
-        means = np.nanmean(prepared.table, axis=0)
-        best = int(np.argmax(means))
+        means = np.nanmean(prepared.table, axis=0)  # each arm's, where it has an outcome
+        best = prepared.arm_index[best_fixed_arm(prepared)]
+        fixed = float(report.hindsight(prepared)[0].mean())  # robust_eval's best-fixed
         arms = [arm.name for arm in prepared.replay.arms]
         seeds = range(args.seeds)
         for spec, runs in replay.simulate(args.specs, prepared, seeds, in_order, settings).items():
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 locked[spec] += lock
                 print(
                     f"| {spec} | {name} {setting} | {seed} "
-                    f"| {100 * (run.reward.mean() / means[best] - 1):+.2f}% | {arms[top]} "
+                    f"| {100 * (run.reward.mean() / fixed - 1):+.2f}% | {arms[top]} "
                     f"| {share:.2f} | {100 * (means[top] / means[best] - 1):+.2f}% "
                     f"| {'**locked**' if lock else ''} |",
                     flush=True,
