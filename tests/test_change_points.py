@@ -46,7 +46,7 @@ def test_as_deployed_is_the_simulators_run_of_the_same_policy() -> None:
 def test_a_refresh_keeps_the_weights_and_learns_faster() -> None:
     prepared, settings = drifting(600, 600), Settings()
     # l2 0: with --l2, VW's predict-only dump (what a refresh reloads) shifts the predictions a
-    # little (about a tenth of a gap at the default 0.01); full snapshots stay exact.
+    # little (about a tenth of a gap at 0.01); full snapshots stay exact.
     spec = without_rates("squarecb:l2=0")
     policies = [build_policy(spec, settings, 1) for _ in range(2)]
     for policy in policies:
