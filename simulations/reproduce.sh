@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (about 85 minutes on 2 cores).
+# Reproduces every committed result in simulations/results/ (35 to 85 minutes on 2 cores, by their load).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ BANDIT_REWARD_WEIGHTS=accuracy=0.8,latency=0.2 BANDIT_LATENCY_BUDGET_MS=6000 \
 # 4. Issue 14: the default and the baselines over every public set and two reward settings, plus
 # the drift scenario (5 seeds), and what a cold start costs (40 seeds; results/cold_start.md).
 $BIN/python -m simulations.robust_eval --seeds 5 squarecb ts ucb static random \
-  best-fixed best-context oracle squarecb:l2=0.001 --json simulations/data/robust_baselines.json > /dev/null
+  best-fixed best-context oracle squarecb:l2=0.01 --json simulations/data/robust_baselines.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json > $OUT/robust_baselines.md
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
 # What one reward per event costs the default: full feedback and evenly spread feedback (results/full_feedback.md).
@@ -44,10 +44,10 @@ $BIN/python -m simulations.full_feedback --seeds 5 > $OUT/full_feedback.md
 # Learners handed the context's structure, on every set and drift (40 seeds; results/tabular.md).
 $BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
 # The default on drift with the change points handed over (10 seeds; results/change_points.md).
-$BIN/python -m simulations.change_points --seeds 10 squarecb squarecb:l2=0.001 \
+$BIN/python -m simulations.change_points --seeds 10 squarecb squarecb:l2=0.01 \
   'squarecb:vw_args=--ignore W' > $OUT/change_points.md
-# Seeds that lock onto a worse arm: the default, the fourth round's and ts (results/locks.md).
-$BIN/python -m simulations.locks --seeds 10 squarecb squarecb:l2=0.001 ts > $OUT/locks.md
+# Seeds that lock onto a worse arm: the default, the fifth round's and ts (results/locks.md).
+$BIN/python -m simulations.locks --seeds 10 squarecb squarecb:l2=0.01 ts > $OUT/locks.md
 # Telling the default from an arm-level learner on a set's own traffic (results/selector_power.md).
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
 # Every explorer over every set, drift and a composed nine-arm set; the shapes the defaults were not
@@ -69,9 +69,9 @@ $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0:gap_prior=0:dominated_z=0 \
   squarecb:l2=0.001:gap_prior=0:dominated_z=0 --json simulations/data/l2_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/l2_default.json > $OUT/l2_default.md
-# The fifth round's default (l2 0.01) against the fourth round's (l2 0.001, gap_prior and thinning)
-# and the third round's, 10 seeds (results/exploration_default.md).
-$BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:l2=0.001 squarecb:l2=0.001:gap_prior=0 \
+# The default (the fourth round's l2 0.001, gap_prior and thinning, back in the sixth) against the
+# fifth round's (l2 0.01) and the third round's, 10 seeds (results/exploration_default.md).
+$BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:l2=0.01 squarecb:l2=0.001:gap_prior=0 \
   squarecb:l2=0.001:gap_prior=0:dominated_z=0 ts ucb static random best-fixed best-context oracle \
   --json simulations/data/exploration_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/exploration_default.json \
