@@ -12,7 +12,7 @@ from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.features import extract
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import Store
-from bandit_router.store.transport import connect
+from bandit_router.store.transport import GroupCommit, connect
 from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
 
 
@@ -259,3 +259,27 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
         assert [e.decision["event_id"] for e in readable(await store.read_new("me", 10))] == ["e3"]
 
     _run(make_settings, body, protocol)
+
+
+def test_a_connection_dropped_during_a_batch_is_not_left_open() -> None:
+    """A retarget (the slot's master moved) while a batch is on its way drops the group commit's
+    connection; redis-py reconnects it to send the batch, and nothing would close it after.
+    The batch still gets its replies, and the connection is closed once they are in."""
+
+    async def run() -> None:
+        old, new = connect(SERVER_URL), connect(SERVER_URL)
+        calls = GroupCommit(old)
+        token = uuid.uuid4().hex
+        script = old.register_script(f"return '{token}'")  # not loaded yet: a round trip
+        call = asyncio.create_task(calls.call(script, [], []))
+        while calls._conn is None:  # the batch made its connection and loads the script
+            await asyncio.sleep(0)
+        dropped = calls._conn
+        await calls.retarget(new)  # while the script loads, before the batch is sent
+        assert await call == token.encode() and not dropped.is_connected
+        assert await calls.command("PING") == b"PONG"  # the next batch goes through ``new``
+        await calls.close()
+        await old.aclose()
+        await new.aclose()
+
+    asyncio.run(run())

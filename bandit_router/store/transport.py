@@ -238,6 +238,12 @@ class GroupCommit:
             except BaseException:
                 await self._drop()
                 raise
+            finally:
+                # Dropped meanwhile (``retarget``, or ``close``): redis-py reconnects a
+                # disconnected connection on its next send, so this one may be open again, and
+                # nothing keeps it any more.
+                if conn is not self._conn:
+                    await conn.disconnect(nowait=True)
         raise AssertionError("unreachable")
 
     async def _drop(self) -> None:
