@@ -7,8 +7,10 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+import redis
 
 from bandit_router.cli.main import main
+from bandit_router.store.embedded import socket_path
 from tests.conftest import (
     SettingsFactory,
     _free_port,
@@ -99,3 +101,36 @@ def test_simulate_names_a_policy_value_out_of_range(capsys: pytest.CaptureFixtur
     slice_ = Path(__file__).resolve().parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
     assert main(["simulate", str(slice_), "--policies", "squarecb:gamma_scale=-1"]) == 2
     assert "simulate: gamma_scale must be > 0, got -1.0" in capsys.readouterr().err
+
+
+def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path) -> None:
+    """What a process manager sends: the service stops gracefully and stops the embedded Redis
+    it started (uvicorn raises SIGTERM again after its shutdown; by default that killed the
+    process before the Redis was stopped, and the server was left running)."""
+    data = tmp_path / "data"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with cli_process(["serve", "--port", str(port)], _env(data), tmp_path / "serve.log") as p:
+            wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
+            assert _redis_answers(data)
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=30) == 128 + signal.SIGTERM
+        assert not _redis_answers(data)
+    finally:  # a failure above must not leave the server running
+        if _redis_answers(data):
+            _redis(data).shutdown(nosave=True)
+
+
+def _redis(data_dir: Path) -> redis.Redis:
+    return redis.Redis(unix_socket_path=socket_path(str(data_dir)), socket_timeout=2)
+
+
+def _redis_answers(data_dir: Path) -> bool:
+    client = _redis(data_dir)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()

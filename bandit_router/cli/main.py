@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -50,6 +52,10 @@ def serve(args: argparse.Namespace) -> int:
             f"embedded Redis in {embedded.data_dir} (redis-cli -s {embedded.socket})",
             file=sys.stderr,
         )
+    # uvicorn stops gracefully on SIGTERM, then raises it again once its handlers are gone;
+    # with the default action the process would die there, before the embedded Redis is
+    # stopped below. This handler makes that a SystemExit, which runs the ``finally``.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(
             "bandit_router.http.app:app_from_env",
@@ -67,9 +73,14 @@ def serve(args: argparse.Namespace) -> int:
             timeout_worker_healthcheck=30,
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def learn(args: argparse.Namespace) -> int:
