@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (35 to 85 minutes on 2 cores, by their load).
+# Reproduces every committed result in simulations/results/ (35-85 minutes on 2 cores, by load).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."

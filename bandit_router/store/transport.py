@@ -239,9 +239,9 @@ class GroupCommit:
                 await self._drop()
                 raise
             finally:
-                # Dropped meanwhile (``retarget``, or ``close``): redis-py reconnects a
-                # disconnected connection on its next send, so this one may be open again, and
-                # nothing keeps it any more.
+                # Dropped meanwhile (a ``retarget``): redis-py reconnects a disconnected
+                # connection on its next send, so this one may be open again, and nothing keeps
+                # it any more.
                 if conn is not self._conn:
                     await conn.disconnect(nowait=True)
         raise AssertionError("unreachable")
