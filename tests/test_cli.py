@@ -14,6 +14,7 @@ from bandit_router.store.embedded import socket_path
 from tests.conftest import (
     SettingsFactory,
     _free_port,
+    _server_answers,
     cli_env,
     cli_process,
     healthy,
@@ -108,29 +109,16 @@ def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path) -> None:
     it started (uvicorn raises SIGTERM again after its shutdown; by default that killed the
     process before the Redis was stopped, and the server was left running)."""
     data = tmp_path / "data"
+    redis_url = f"unix://{socket_path(str(data))}"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     try:
         with cli_process(["serve", "--port", str(port)], _env(data), tmp_path / "serve.log") as p:
             wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
-            assert _redis_answers(data)
+            assert _server_answers(redis_url)
             p.send_signal(signal.SIGTERM)
             assert p.wait(timeout=30) == 128 + signal.SIGTERM
-        assert not _redis_answers(data)
+        assert not _server_answers(redis_url)
     finally:  # a failure above must not leave the server running
-        if _redis_answers(data):
-            _redis(data).shutdown(nosave=True)
-
-
-def _redis(data_dir: Path) -> redis.Redis:
-    return redis.Redis(unix_socket_path=socket_path(str(data_dir)), socket_timeout=2)
-
-
-def _redis_answers(data_dir: Path) -> bool:
-    client = _redis(data_dir)
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-    finally:
-        client.close()
+        if _server_answers(redis_url):
+            redis.Redis.from_url(redis_url).shutdown(nosave=True)
