@@ -243,7 +243,7 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
     async def body(store: Store) -> None:
         taken: list[list[str]] = []
         await store.ensure_group()
-        store.follow_log("me", 10, lambda events: taken.append([e.stream_id for e in events]))
+        store.follow_log("me", 10, lambda events, _: taken.append([e.stream_id for e in events]))
         for i in range(4):
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
         assert taken == []  # decisions log nothing: no read
@@ -253,7 +253,7 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
         done = cast(list[Parts], await asyncio.gather(*writes))  # one round trip
         assert taken == [[p.logged for p in done]]
         assert await store.read_new("me", 10) == []  # delivered already, to "me"
-        store.follow_log(None, 10, lambda events: taken.append([]))
+        store.follow_log(None, 10, lambda events, _: taken.append([]))
         await store.add_parts("e3", {"reward": 1.0}, _reward(1.0))
         assert len(taken) == 1  # not followed any more
         assert [e.decision["event_id"] for e in readable(await store.read_new("me", 10))] == ["e3"]

@@ -132,6 +132,11 @@ class Learner:
         self._leading = False
         self._acks: list[str] = []
         self._unlearned: list[Logged] = []  # read after a batch's writes while the lock was held
+        # Events were delivered to this learner that no replica confirmed (a WAIT failed, or a
+        # read failed after Redis may have run it): nothing read is learned until a confirmed
+        # read, and then the log is learned up to the newest id ever delivered (``_delivered``).
+        self._unconfirmed = False
+        self._delivered = "0-0"
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -160,15 +165,44 @@ class Learner:
             self.store.follow_log(self.name if value else None, BATCH, self._followed)
         self._leading = value
 
-    def _followed(self, events: list[Logged]) -> None:
+    def _followed(self, events: list[Logged], confirmed: bool) -> None:
         """Events a round trip read after its writes: learned now, unless a step, a publish or a
-        switch holds the lock; then the next step learns them, in stream order with its own."""
+        switch holds the lock; then the next step learns them, in stream order with its own.
+        Not learned while unconfirmed (see ``_unconfirmed``): a failover could lose them."""
         if not self._leading:
             return  # delivered to a learner that lost the lease: the next leader claims them
+        self._saw(events)
+        if not confirmed:
+            self._unconfirmed = True
+        if self._unconfirmed:
+            return
         if self._lock.locked():
             self._unlearned += events
         else:
             self._learn_all(events)
+
+    def _saw(self, events: list[Logged]) -> None:
+        if events and stream_id_key(events[-1].stream_id) > stream_id_key(self._delivered):
+            self._delivered = events[-1].stream_id
+
+    async def _read_new(self) -> list[Logged]:
+        """The log's new events, confirmed by the replicas with BANDIT_REDIS_WAIT_REPLICAS; after
+        an unconfirmed read, with every event delivered before them, from the log."""
+        unconfirmed, delivered = self._unconfirmed, self._delivered
+        try:
+            events = await self.store.read_new(self.name, BATCH)
+        except StoreUnavailable:
+            self._unconfirmed = True  # Redis may have delivered events this never saw
+            raise
+        if not unconfirmed:
+            return events
+        # A replica now has everything delivered before this read: the events read unconfirmed,
+        # if this master still has them (after a failover, the new master's log is the truth).
+        earlier = [e async for e in self.store.events(after=self.model.stream_id, until=delivered)]
+        self._unlearned = []  # the confirmed log has whatever the lock kept
+        self._unconfirmed = False
+        self._saw(events)
+        return [*earlier, *events]
 
     def _learn_all(self, events: list[Logged]) -> None:
         if self._unlearned:
@@ -238,7 +272,9 @@ class Learner:
     async def step(self) -> int:
         """Learn what is new in the log (and what a dead learner left); publish when due.
 
-        Returns the number of events read (at most ``BATCH``), learned or not."""
+        Returns the number of events read (at most ``BATCH``, but for the catch-up after an
+        unconfirmed read, which learns the log up to it at once, as ``lead`` does), learned or
+        not."""
         if not self.leading:
             return 0
         # What the caller logged before this call is read by any step that starts from now on.
@@ -258,7 +294,7 @@ class Learner:
                 idle_ms = int(self.settings.claim_idle_s * 1000)
                 self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
                 self._claimed = now
-            events = await self.store.read_new(self.name, BATCH)
+            events = await self._read_new()
             self._read = number
             self._learn_all(events)
             await self._judge()

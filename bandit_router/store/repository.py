@@ -257,9 +257,11 @@ class Store:
 
     # The training log and the learner
 
-    async def events(self, after: str = "0-0", batch: int = 1000) -> AsyncIterator[Logged]:
-        """The joined events logged after stream id ``after``, oldest first; an entry that is
-        not a usable event comes as ``Unreadable``."""
+    async def events(
+        self, after: str = "0-0", until: str = "+", batch: int = 1000
+    ) -> AsyncIterator[Logged]:
+        """The joined events logged after stream id ``after`` (and up to ``until``), oldest
+        first; an entry that is not a usable event comes as ``Unreadable``."""
         start = f"({after}" if after != "0-0" else "-"
         if self.route is not None and self.route.stale:
             await self.route.follow()
@@ -267,7 +269,9 @@ class Store:
             try:
                 rows = cast(
                     list[tuple[bytes, dict[bytes, bytes]]],
-                    await self.redis.xrange(self.key(KEY_EVENTS), min=start, count=batch),
+                    await self.redis.xrange(
+                        self.key(KEY_EVENTS), min=start, max=until, count=batch
+                    ),
                 )
             except DOWN as e:
                 if self.route is not None:
@@ -291,11 +295,14 @@ class Store:
 
     @unavailable
     async def read_new(self, consumer: str, count: int) -> list[Logged]:
-        """Events never delivered to the group before, now delivered to ``consumer``."""
+        """Events never delivered to the group before, now delivered to ``consumer``. With
+        BANDIT_REDIS_WAIT_REPLICAS, ``StoreUnavailable`` unless the replicas confirm the read:
+        they then have every event it returns, and every event delivered before it."""
         try:
             # Through the group commit: the read shares a round trip with the writes of the
             # requests in flight, and Redis runs it after those sent before it.
-            reply: Any = await self._calls.command(*self._read_new_command(consumer, count))
+            read = self._read_new_command(consumer, count)
+            reply: Any = await self._calls.command(*read, confirmed=True)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -304,16 +311,18 @@ class Store:
         return to_events(reply)
 
     def follow_log(
-        self, consumer: str | None, count: int, take: Callable[[list[Logged]], None]
+        self, consumer: str | None, count: int, take: Callable[[list[Logged], bool], None]
     ) -> None:
         """From now on, every round trip that may log an event also reads, after those writes,
         up to ``count`` events never delivered before, for ``consumer``; ``take`` gets them before
-        the callers in that round trip get their replies. ``consumer`` None: no more reads."""
+        the callers in that round trip get their replies, and whether the replicas of
+        BANDIT_REDIS_WAIT_REPLICAS confirmed them (always true without it). ``consumer`` None:
+        no more reads."""
         if consumer is None:
             self._calls.follow = None
             return
         read = self._read_new_command(consumer, count)
-        self._calls.follow = (read, lambda reply: take(to_events(reply)))
+        self._calls.follow = (read, lambda reply, confirmed: take(to_events(reply), confirmed))
 
     def _read_new_command(self, consumer: str, count: int) -> list[Any]:
         """XREADGROUP of up to ``count`` events never delivered to the group, for ``consumer``."""

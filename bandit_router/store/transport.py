@@ -94,16 +94,18 @@ class GroupCommit:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         # (the script, or None for a plain command; its arguments; the caller's future; whether
-        # the call may log an event)
-        self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any], bool]] = []
+        # the call may log an event; whether its reply waits for ``wait``'s replicas)
+        self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any], bool, bool]] = []
         # A command sent last in every batch with a call that may log an event, and what takes
-        # its reply before the callers get theirs: the leading learner's read of the log.
-        self.follow: tuple[list[Any], Callable[[Any], None]] | None = None
+        # its reply before the callers get theirs: the leading learner's read of the log. It is
+        # told whether ``wait``'s replicas confirmed the batch (always, without ``wait``).
+        self.follow: tuple[list[Any], Callable[[Any, bool], None]] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
         # WAIT for this many replicas, this many ms, after every batch with a script call (the
-        # writes): their callers get ``StoreUnavailable`` when fewer replicas confirm in time.
+        # writes) or a confirmed command: their callers get ``StoreUnavailable`` when fewer
+        # replicas confirm in time.
         self.wait: tuple[int, int] | None = None
 
     async def retarget(self, client: aioredis.Redis) -> None:
@@ -117,15 +119,20 @@ class GroupCommit:
         """EVALSHA of ``script``; loaded again if Redis lost its script cache. ``logs``: the
         script may log an event, so ``follow`` goes in the same batch, after it."""
         args = ["EVALSHA", script.sha, len(keys), *keys, *args]
-        return await self._enqueue(script, args, logs)
+        return await self._enqueue(script, args, logs, True)
 
-    async def command(self, *args: Any) -> Any:
-        """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
-        return await self._enqueue(None, list(args))
+    async def command(self, *args: Any, confirmed: bool = False) -> Any:
+        """A plain command; its raw reply (redis-py's parsing callbacks do not run).
+        ``confirmed``: as a script's, the reply waits for ``wait``'s replicas, and the caller
+        gets ``StoreUnavailable`` if they do not confirm the batch in time (for a command that
+        writes: the replicas then have everything the master ran before it)."""
+        return await self._enqueue(None, list(args), False, confirmed)
 
-    async def _enqueue(self, script: Script | None, args: list[Any], logs: bool = False) -> Any:
+    async def _enqueue(
+        self, script: Script | None, args: list[Any], logs: bool, confirmed: bool
+    ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, args, future, logs))
+        self._queue.append((script, args, future, logs, confirmed))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -133,21 +140,21 @@ class GroupCommit:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            calls = [(script, args) for script, args, _, _ in batch]
-            follow = self.follow if any(logs for *_, logs in batch) else None
+            calls = [(script, args) for script, args, *_ in batch]
+            follow = self.follow if any(logs for *_, logs, _ in batch) else None
             if follow is not None:
                 calls.append((None, follow[0]))
-            wait = self.wait if self.wait and any(s is not None for s, *_ in batch) else None
+            wait = self.wait if self.wait and any(c for *_, c in batch) else None
             if wait is not None:
                 calls.append((None, ["WAIT", *wait]))
             try:
                 replies = await self._send(calls)
             except asyncio.CancelledError:  # shutting down: no waiter is left hanging
-                for _, _, future, _ in batch + self._queue:
+                for _, _, future, *_ in batch + self._queue:
                     future.cancel()
                 raise
             except Exception as e:  # every waiter in the batch gets the failure
-                for _, _, future, _ in batch:
+                for _, _, future, *_ in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
@@ -163,13 +170,13 @@ class GroupCommit:
                 reply = replies.pop()
                 try:
                     if not isinstance(reply, Exception):  # NOGROUP: the learner's step sees it
-                        follow[1](reply)
+                        follow[1](reply, unreplicated is None)
                 except Exception:  # the callers' replies must still reach them
                     log.exception("the read of the log after a batch failed")
-            for (script, _, future, _), reply in zip(batch, replies, strict=True):
+            for (_, _, future, _, confirm), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if unreplicated is not None and script is not None:
+                if unreplicated is not None and confirm:
                     future.set_exception(unreplicated)
                 elif isinstance(reply, Exception):
                     future.set_exception(reply)
