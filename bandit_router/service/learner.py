@@ -194,6 +194,7 @@ class Learner:
         except StoreUnavailable:
             self._unconfirmed = True  # Redis may have delivered events this never saw
             raise
+        self._saw(events)
         if not unconfirmed:
             return events
         # A replica now has everything delivered before this read: the events read unconfirmed,
@@ -201,7 +202,6 @@ class Learner:
         earlier = [e async for e in self.store.events(after=self.model.stream_id, until=delivered)]
         self._unlearned = []  # the confirmed log has whatever the lock kept
         self._unconfirmed = False
-        self._saw(events)
         return [*earlier, *events]
 
     def _learn_all(self, events: list[Logged]) -> None:
