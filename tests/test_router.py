@@ -6,7 +6,9 @@ import asyncio
 import random
 import time
 
-from bandit_router.errors import AlreadyRewarded, InvalidReward
+import pytest
+
+from bandit_router.errors import AlreadyRewarded, InvalidReward, NotLearner
 from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import SWEEP_BATCH, Router
@@ -404,5 +406,47 @@ def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
             live = router.model.policy.choose(x, router.arms).probabilities
             assert replayed.policy.choose(x, router.arms).probabilities == live
         await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_what_it_read(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner stalls past its lease and a second process takes over; when the first wakes
+    up, still believing it leads, the reward it serves is read by its own follow read: its
+    publish must not replace the new learner's snapshot, and the new learner must learn that
+    event when it claims it."""
+    settings = make_settings(learner_lease_s=2, snapshot_every=1, claim_idle_s=0.2)
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        for i in range(5):
+            d = await a.choose(f"query {i}")
+            await a.reward(d.event_id, RewardParts(reward=1.0))
+        assert a.version == 5
+        await a.store.release_lease(a.learner.name)  # a stalls past its lease
+        assert await b.learner.lead()  # b takes over from the snapshot and the log
+        for i in range(5):
+            d = await b.choose(f"more {i}")
+            await b.reward(d.event_id, RewardParts(reward=0.0))
+        assert b.version == 10
+        assert a.learner.leading  # a wakes up: nothing has told it yet
+        d = await a.choose("late")
+        await a.reward(d.event_id, RewardParts(reward=0.5))  # read by a's follow, learned by a
+        snapshot = await b.store.load_snapshot()
+        assert snapshot is not None and snapshot.version == 10  # b's, not a's older model
+        assert not a.learner.leading  # its publish found the lease gone
+        with pytest.raises(NotLearner):  # and so does an admin's snapshot
+            await a.learner.publish()
+        await asyncio.sleep(0.3)  # the event a read is idle past claim_idle_s
+        await b.learner.step()
+        assert b.version == 11  # b claimed it and learned it
+        await b.learner.step()
+        assert b.version == 11  # once
+        await b.close()
+        assert (await b.store.counters())["events_learned"] == 11
+        for router in (a, b):
+            await router.store.close()
 
     asyncio.run(scenario())

@@ -154,10 +154,35 @@ def test_consumer_group_and_claims(make_settings: SettingsFactory) -> None:
         assert len(read) == 3
         assert await store.read_new("other", 10) == []  # delivered once to the group
         claimed = await store.claim_stale("other", idle_ms=0, count=10)
-        assert claimed == [e.stream_id for e in read]
-        await store.publish(Snapshot("egreedy", 3, read[-1].stream_id, b"m"), claimed)
+        assert [(e.stream_id, theirs) for e, theirs in claimed] == [
+            (e.stream_id, True) for e in read
+        ]
+        assert [e for e, _ in claimed] == read  # the events, as the dead learner read them
+        again = await store.claim_stale("other", idle_ms=0, count=10)  # its own now
+        assert [(e.stream_id, theirs) for e, theirs in again] == [
+            (e.stream_id, False) for e in read
+        ]
+        acks = [e.stream_id for e in read]
+        assert await store.publish(Snapshot("egreedy", 3, read[-1].stream_id, b"m"), acks)
         assert await store.claim_stale("third", idle_ms=0, count=10) == []
         assert (await store.counters())["events_learned"] == 3
+
+    _run(make_settings, body)
+
+
+def test_a_publish_for_a_holder_needs_the_lease(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
+        first = Snapshot("egreedy", 1, "1-0", b"one")
+        assert not await store.publish(first, [], holder="a")  # nobody holds it
+        assert await store.load_snapshot() is None
+        assert await store.hold_lease("a", 10)
+        assert await store.publish(first, [], holder="a")
+        await store.release_lease("a")
+        assert await store.hold_lease("b", 10)
+        assert not await store.publish(Snapshot("egreedy", 2, "2-0", b"two"), [], holder="a")
+        assert await store.load_snapshot() == first  # b's lease: a wrote nothing
+        # No holder: restore's publish, whose caller took the lease itself.
+        assert await store.publish(Snapshot("egreedy", 3, "3-0", b"three"), [])
 
     _run(make_settings, body)
 

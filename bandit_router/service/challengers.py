@@ -182,11 +182,15 @@ class Bench:
         self.reward_model.learn(x, arm, reward)
         self._unjudged += 1
 
-    def learn(self, event: Event, arms: Mapping[str, Arm], x: Features | None = None) -> bool:
+    def learn(
+        self, event: Event, arms: Mapping[str, Arm], x: Features | None = None, late: bool = False
+    ) -> bool:
         """Observe a logged event unless it is at or below the watermark, as ``Model.learn``."""
         if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
-            return False
-        self.stream_id = event.stream_id
+            if not late:
+                return False
+        else:
+            self.stream_id = event.stream_id
         if not self.challengers:
             return True
         d = event.decision

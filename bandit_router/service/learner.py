@@ -5,8 +5,11 @@ process, or a separate ``bandit-router learn``). It reads the log through a cons
 learns in stream order. The model's *watermark* is the stream id of the newest event it has
 learned; an event at or below the watermark is never learned again, so a learner that takes
 over (its predecessor killed mid-batch) starts from the newest snapshot, relearns the log after
-that snapshot's watermark, and only acknowledges the events its predecessor had claimed.
-Events are acknowledged when a snapshot that contains them is published.
+that snapshot's watermark, and only acknowledges the events its predecessor had read. A
+predecessor that had only stalled past its lease may read a few more before it notices: it
+cannot publish any more (the lease is checked in the publishing transaction), and the new
+learner learns those events, out of order, when it claims them. Events are acknowledged when a
+snapshot that contains them is published.
 """
 
 from __future__ import annotations
@@ -48,13 +51,20 @@ class Model:
     version: int = 0  # events learned, across restarts
     stream_id: str = "0-0"  # watermark: the newest logged event learned
 
-    def learn(self, event: Logged, arms: dict[str, Arm], x: Features | None = None) -> bool:
+    def learn(
+        self, event: Logged, arms: dict[str, Arm], x: Features | None = None, late: bool = False
+    ) -> bool:
         """Learn one logged event unless it is at or below the watermark; ``x``: its features,
         when the caller has them already. An unreadable entry moves the watermark past it
-        without being learned (``version`` counts events learned), so no reader meets it again."""
-        if stream_id_key(event.stream_id) <= stream_id_key(self.stream_id):
+        without being learned (``version`` counts events learned), so no reader meets it again.
+        ``late``: an event below the watermark that this model has never seen (see
+        ``Learner.step``), learned without moving the watermark back."""
+        behind = stream_id_key(event.stream_id) <= stream_id_key(self.stream_id)
+        if behind and not late:
             return False
         if isinstance(event, Unreadable):
+            if behind:
+                return False
             log.warning("logged event %s not learned: %s", event.stream_id, event.problem)
             self.stream_id = event.stream_id
             return False
@@ -65,7 +75,8 @@ class Model:
         reward = float(event.reward["reward"])
         self.policy.learn(x, eligible, d["arm"], float(d["probability"]), reward)
         self.version += 1
-        self.stream_id = event.stream_id
+        if not behind:
+            self.stream_id = event.stream_id
         return True
 
     def snapshot(self) -> Snapshot:
@@ -137,6 +148,7 @@ class Learner:
         # read, and then the log is learned up to the newest id ever delivered (``_delivered``).
         self._unconfirmed = False
         self._delivered = "0-0"
+        self._led_upto = "0-0"  # the log's end when this learner took the lease and replayed it
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -245,6 +257,7 @@ class Learner:
                 self.bench = await self._open_bench()
                 async for event in self.store.events(after=self.model.stream_id):
                     self._learn(event)
+                self._led_upto = self.model.stream_id
                 published = snapshot.version if snapshot is not None else 0
                 self._published = (published, time.monotonic())
             log.info("learner %s leads at model version %d", self.name, self.model.version)
@@ -292,7 +305,12 @@ class Learner:
             now = time.monotonic()
             if now - self._claimed >= min(self.settings.claim_idle_s / 2, 1.0):
                 idle_ms = int(self.settings.claim_idle_s * 1000)
-                self._acks += await self.store.claim_stale(self.name, idle_ms, BATCH)
+                for event, theirs in await self.store.claim_stale(self.name, idle_ms, BATCH):
+                    # Another learner's, above what lead() replayed: it read it after this one
+                    # took the lease (it had stalled past it), so it was never learned here.
+                    if theirs and stream_id_key(event.stream_id) > stream_id_key(self._led_upto):
+                        self._learn(event, late=True)
+                    self._acks.append(event.stream_id)
                 self._claimed = now
             events = await self._read_new()
             self._read = number
@@ -310,19 +328,19 @@ class Learner:
             if len(self._chosen) > KEPT_CHOSEN:
                 del self._chosen[next(iter(self._chosen))]  # the oldest, as policies.vw's
 
-    def _learn(self, event: Logged) -> None:
+    def _learn(self, event: Logged, late: bool = False) -> None:
         if isinstance(event, Unreadable):
-            self.model.learn(event, self.arms)
+            self.model.learn(event, self.arms, late=late)
             return
         d = event.decision
         kept = self._chosen.pop(d["event_id"], None) if self._chosen else None
         x = kept[1] if kept is not None and kept[0] == d["ts"] else None  # the same decision
         if self.bench is not None and self.bench.challengers and x is None:
             x = Features.from_json(d["features"])  # built once for the model and challengers
-        if self.model.learn(event, self.arms, x) and self.on_learned is not None:
+        if self.model.learn(event, self.arms, x, late) and self.on_learned is not None:
             self.on_learned(d["arm"], self.model.version)
         if self.bench is not None:
-            self.bench.learn(event, self.arms, x)
+            self.bench.learn(event, self.arms, x, late)
 
     def _due(self) -> bool:
         version, at = self._published
@@ -331,13 +349,27 @@ class Learner:
         behind = self.model.version - version >= self.settings.snapshot_every
         return behind or time.monotonic() - at >= self.settings.publish_s
 
-    async def _publish(self) -> None:
+    async def _publish(self) -> bool:
+        """Publish, unless the lease has passed to another learner meanwhile (this process
+        stalled past it): then this one stops leading (False), as its snapshot would be older
+        than the new learner's; the new one claims what this one read and did not acknowledge."""
         bench = self.bench
         fields = bench.fields(summary(bench)) if bench is not None else None
-        await self.store.publish(self.model.snapshot(), self._acks, fields, self._promotion)
+        snapshot = self.model.snapshot()
+        if not await self.store.publish(snapshot, self._acks, fields, self._promotion, self.name):
+            log.warning(
+                "learner %s lost its lease: model version %d not published",
+                self.name,
+                snapshot.version,
+            )
+            self.leading = False
+            self.bench = None
+            self._acks = []
+            return False
         self._acks = []
         self._promotion = None
         self._published = (self.model.version, time.monotonic())
+        return True
 
     async def _judge(self) -> None:
         """Score the challengers when due; with BANDIT_AUTO_PROMOTE, promote one that clears."""
@@ -365,13 +397,15 @@ class Learner:
         self._promotion = record
         if self.on_promoted is not None:
             self.on_promoted(record)
-        await self._publish()
+        if not await self._publish() and by == "admin":
+            raise NotLearner()
         return record
 
     async def publish(self) -> int:
         """Publish the model now (admin snapshot, shutdown); returns its version."""
         async with self._lock:
-            await self._publish()
+            if not await self._publish():
+                raise NotLearner()
         return self.model.version
 
     async def switch(self, spec: PolicySpec) -> None:
@@ -395,7 +429,8 @@ class Learner:
             self.model = model
             if self.bench is not None:
                 self.bench = Bench.restore({}, model.spec, self.settings, model.stream_id)
-            await self._publish()
+            if not await self._publish():
+                raise NotLearner()
         return self.model.version
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.05) -> None:
@@ -426,7 +461,7 @@ class Learner:
         if self.leading:
             try:
                 await self.publish()
-            except StoreUnavailable as e:
+            except (StoreUnavailable, NotLearner) as e:
                 log.error("final snapshot not saved: %s", e)
         await self.store.release_lease(self.name)
         self.leading = False

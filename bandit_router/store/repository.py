@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.store.cluster import SlotRoute, is_cluster_url
@@ -330,17 +330,29 @@ class Store:
         return ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
 
     @unavailable
-    async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:
-        """Take over events another learner read but never acknowledged (it died)."""
+    async def claim_stale(
+        self, consumer: str, idle_ms: int, count: int
+    ) -> list[tuple[Logged, bool]]:
+        """Take over up to ``count`` events read and not acknowledged for ``idle_ms``: those of
+        another learner (it died, or stalled past its lease) and any of ``consumer``'s own; each
+        with whether another learner had read it."""
+        key = self.key(KEY_EVENTS)
         try:
-            reply = await self.redis.xautoclaim(
-                self.key(KEY_EVENTS), GROUP, consumer, idle_ms, "0-0", count=count, justid=True
+            pending: Any = await self.redis.xpending_range(
+                key, GROUP, "-", "+", count, idle=idle_ms
             )
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             return []
-        return [sid.decode() for sid in reply]  # with justid, redis-py returns the ids alone
+        if not pending:
+            return []
+        mine = consumer.encode()
+        theirs = {p["message_id"] for p in pending if p["consumer"] != mine}
+        claimed: Any = await self.redis.xclaim(
+            key, GROUP, consumer, idle_ms, [p["message_id"] for p in pending]
+        )
+        return [(to_event(sid, fields), sid in theirs) for sid, fields in claimed]
 
     @unavailable
     async def publish(
@@ -349,12 +361,35 @@ class Store:
         acks: Sequence[str],
         challengers: Mapping[str, bytes] | None = None,
         promotion: Mapping[str, Any] | None = None,
-    ) -> None:
+        holder: str | None = None,
+    ) -> bool:
         """Save the model and acknowledge the events it has learned, atomically; with
         ``challengers``, their state replaces the stored one in the same transaction; with
         ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
-        the policy set as an admin's switch would."""
+        the policy set as an admin's switch would. With ``holder``, only while ``holder`` holds
+        the learner's lease, checked in the same transaction: False (nothing written) when it
+        does not."""
+        for _ in range(3):
+            try:
+                return await self._publish(snapshot, acks, challengers, promotion, holder)
+            except WatchError:
+                continue  # the lease was renewed or taken meanwhile: look again
+        raise StoreUnavailable("the learner's lease kept changing while the model was published")
+
+    async def _publish(
+        self,
+        snapshot: Snapshot,
+        acks: Sequence[str],
+        challengers: Mapping[str, bytes] | None,
+        promotion: Mapping[str, Any] | None,
+        holder: str | None,
+    ) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
+            if holder is not None:
+                await pipe.watch(self.key(KEY_LEASE))
+                if await pipe.get(self.key(KEY_LEASE)) != holder.encode():
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if challengers is not None:
                 pipe.delete(self.key(KEY_CHALLENGERS))
                 if challengers:
@@ -376,6 +411,7 @@ class Store:
             if acks:
                 pipe.xack(self.key(KEY_EVENTS), GROUP, *acks)
             await pipe.execute()
+        return True
 
     @unavailable
     async def load_snapshot(self) -> Snapshot | None:
