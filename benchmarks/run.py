@@ -598,7 +598,7 @@ def write(bench: Bench, out: Path, started: str, loads: tuple[str, str], argv: l
         " each model the learner publishes, so its `model_version` follows the learner's). Its"
         " CPU per pair charges the learner's CPU too; dropped is counted as above.",
         "- Learner: 3000 events logged through the router; a leading `Learner.step()` loop reads"
-        " them through the consumer group (XREADGROUP, XAUTOCLAIM, snapshots every 1000) and"
+        " them through the consumer group (XREADGROUP, XPENDING, snapshots every 1000) and"
         " learns them; reference: pyvw `predict(lines)` + `learn(lines)` on the same examples as"
         " prebuilt text, alternated with it.",
         "- Simulator: `bandit-router simulate`'s own functions on a 3000-row replay of the"
