@@ -13,7 +13,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from tests.conftest import ClientFactory, RedisProcess, wait_until
+from tests.conftest import ClientFactory, RedisProcess, SettingsFactory, wait_until
 
 
 def _replicated(master: RedisProcess) -> bool:
@@ -77,3 +77,35 @@ def test_an_event_no_replica_confirmed_is_learned_once_a_replica_has_it(
     wait_until(lambda: _learned(client) >= 2, 10, "both events learned")
     time.sleep(0.5)
     assert _learned(client) == 2
+
+
+def test_what_the_learner_read_while_no_replica_confirmed_is_learned_once_one_does(
+    master: tuple[RedisProcess, RedisProcess],
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+) -> None:
+    """An event logged by another process reaches the learner by its own read of the log, not
+    by the read that follows its writes; that read's WAIT fails while the replica lags, and
+    the event must still be learned once the replica has it, once."""
+    main, replica = master
+    settings = make_settings(redis_url=main.url, redis_wait_replicas=1, redis_wait_timeout_ms=200)
+    clients = [make_client(settings) for _ in range(2)]  # two processes of one deployment
+    wait_until(lambda: any(c.get("/healthz").json()["learner"] for c in clients), 10, "a learner")
+    learner, other = sorted(clients, key=lambda c: not c.get("/healthz").json()["learner"])
+    first = other.post("/choose", json={"query": "hello"}).json()
+    assert replica.proc is not None
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        r = other.post("/reward", json={"event_id": first["event_id"], "reward": 1})
+        assert r.status_code == 503, r.text
+        time.sleep(1.0)  # the learner's steps read it, unconfirmed
+        assert _learned(learner) == 0
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: _replicated(main), 30, "the replica caught up")
+    second = learner.post("/choose", json={"query": "hello again"}).json()
+    r = learner.post("/reward", json={"event_id": second["event_id"], "reward": 0})
+    assert r.status_code == 200, r.text
+    wait_until(lambda: _learned(learner) >= 2, 10, "both events learned")
+    time.sleep(0.5)
+    assert _learned(learner) == 2

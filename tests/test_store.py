@@ -150,9 +150,10 @@ def test_consumer_group_and_claims(make_settings: SettingsFactory) -> None:
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
             await store.add_parts(f"e{i}", {"reward": 0.1})
             await store.finalize(f"e{i}", 1, _reward(0.1))
-        read = await store.read_new("dead", 10)
+        read, confirmed = await store.read_new("dead", 10)
+        assert confirmed  # no BANDIT_REDIS_WAIT_REPLICAS
         assert len(read) == 3
-        assert await store.read_new("other", 10) == []  # delivered once to the group
+        assert await store.read_new("other", 10) == ([], True)  # delivered once to the group
         claimed = await store.claim_stale("other", idle_ms=0, count=10)
         assert [(e.stream_id, theirs) for e, theirs in claimed] == [
             (e.stream_id, True) for e in read
@@ -248,11 +249,11 @@ def test_a_read_batched_with_writes_sees_them_in_either_protocol(
         # all made before the first round trip starts: one batch, the read last
         *done, read = await asyncio.gather(*writes, store.read_new("me", 10))
         logged = cast(list[Parts], done)
-        events = cast(list[Event], read)
+        events = cast(tuple[list[Event], bool], read)[0]
         assert [e.decision["event_id"] for e in events] == ["e0", "e1", "e2", "e3"]
         assert [e.stream_id for e in events] == [p.logged for p in logged]
         assert [e.reward["reward"] for e in events] == [0.0, 0.25, 0.5, 0.75]
-        assert await store.read_new("me", 10) == []
+        assert await store.read_new("me", 10) == ([], True)
 
     _run(make_settings, body, protocol)
 
@@ -277,11 +278,12 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
         ]
         done = cast(list[Parts], await asyncio.gather(*writes))  # one round trip
         assert taken == [[p.logged for p in done]]
-        assert await store.read_new("me", 10) == []  # delivered already, to "me"
+        assert await store.read_new("me", 10) == ([], True)  # delivered already, to "me"
         store.follow_log(None, 10, lambda events, _: taken.append([]))
         await store.add_parts("e3", {"reward": 1.0}, _reward(1.0))
         assert len(taken) == 1  # not followed any more
-        assert [e.decision["event_id"] for e in readable(await store.read_new("me", 10))] == ["e3"]
+        again, _ = await store.read_new("me", 10)
+        assert [e.decision["event_id"] for e in readable(again)] == ["e3"]
 
     _run(make_settings, body, protocol)
 

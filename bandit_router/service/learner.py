@@ -199,14 +199,14 @@ class Learner:
 
     async def _read_new(self) -> list[Logged]:
         """The log's new events, confirmed by the replicas with BANDIT_REDIS_WAIT_REPLICAS; after
-        an unconfirmed read, with every event delivered before them, from the log."""
+        an unconfirmed read, with every event delivered before them, from the log. None while
+        the replicas do not confirm."""
         unconfirmed, delivered = self._unconfirmed, self._delivered
-        try:
-            events = await self.store.read_new(self.name, BATCH)
-        except StoreUnavailable:
-            self._unconfirmed = True  # Redis may have delivered events this never saw
-            raise
+        events, confirmed = await self.store.read_new(self.name, BATCH)
         self._saw(events)
+        if not confirmed:
+            self._unconfirmed = True
+            return []
         if not unconfirmed:
             return events
         # A replica now has everything delivered before this read: the events read unconfirmed,

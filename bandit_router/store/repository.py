@@ -294,21 +294,21 @@ class Store:
             await self.redis.xgroup_create(self.key(KEY_EVENTS), GROUP, id="0", mkstream=True)
 
     @unavailable
-    async def read_new(self, consumer: str, count: int) -> list[Logged]:
-        """Events never delivered to the group before, now delivered to ``consumer``. With
-        BANDIT_REDIS_WAIT_REPLICAS, ``StoreUnavailable`` unless the replicas confirm the read:
-        they then have every event it returns, and every event delivered before it."""
+    async def read_new(self, consumer: str, count: int) -> tuple[list[Logged], bool]:
+        """Events never delivered to the group before, now delivered to ``consumer``, and
+        whether the replicas of BANDIT_REDIS_WAIT_REPLICAS confirmed the read (always true
+        without it): they then have every event it returns, and every event delivered before."""
         try:
             # Through the group commit: the read shares a round trip with the writes of the
             # requests in flight, and Redis runs it after those sent before it.
             read = self._read_new_command(consumer, count)
-            reply: Any = await self._calls.command(*read, confirmed=True)
+            reply, confirmed = await self._calls.confirmed_command(*read)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             await self.ensure_group()  # Redis lost its data (a restart without persistence)
-            return []
-        return to_events(reply)
+            return [], True
+        return to_events(reply), confirmed
 
     def follow_log(
         self, consumer: str | None, count: int, take: Callable[[list[Logged], bool], None]

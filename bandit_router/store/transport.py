@@ -121,12 +121,16 @@ class GroupCommit:
         args = ["EVALSHA", script.sha, len(keys), *keys, *args]
         return await self._enqueue(script, args, logs, True)
 
-    async def command(self, *args: Any, confirmed: bool = False) -> Any:
-        """A plain command; its raw reply (redis-py's parsing callbacks do not run).
-        ``confirmed``: as a script's, the reply waits for ``wait``'s replicas, and the caller
-        gets ``StoreUnavailable`` if they do not confirm the batch in time (for a command that
-        writes: the replicas then have everything the master ran before it)."""
-        return await self._enqueue(None, list(args), False, confirmed)
+    async def command(self, *args: Any) -> Any:
+        """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
+        return await self._enqueue(None, list(args), False, False)
+
+    async def confirmed_command(self, *args: Any) -> tuple[Any, bool]:
+        """A plain command whose batch ends with ``wait``'s WAIT, as a script's: its raw reply
+        and whether the replicas confirmed the batch in time (always, without ``wait``). For a
+        command that writes, they then have everything the master ran before it."""
+        reply: tuple[Any, bool] = await self._enqueue(None, list(args), False, True)
+        return reply
 
     async def _enqueue(
         self, script: Script | None, args: list[Any], logs: bool, confirmed: bool
@@ -173,10 +177,12 @@ class GroupCommit:
                         follow[1](reply, unreplicated is None)
                 except Exception:  # the callers' replies must still reach them
                     log.exception("the read of the log after a batch failed")
-            for (_, _, future, _, confirm), reply in zip(batch, replies, strict=True):
+            for (script, _, future, _, confirm), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if unreplicated is not None and confirm:
+                if script is None and confirm and not isinstance(reply, Exception):
+                    future.set_result((reply, unreplicated is None))
+                elif unreplicated is not None and confirm:
                     future.set_exception(unreplicated)
                 elif isinstance(reply, Exception):
                     future.set_exception(reply)
