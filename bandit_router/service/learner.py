@@ -143,11 +143,14 @@ class Learner:
         self._leading = False
         self._acks: list[str] = []
         self._unlearned: list[Logged] = []  # read after a batch's writes while the lock was held
-        # Events were delivered to this learner that no replica confirmed (a WAIT failed, or a
-        # read failed after Redis may have run it): nothing read is learned until a confirmed
-        # read, and then the log is learned up to the newest id ever delivered (``_delivered``).
+        # Events were delivered to this learner that no replica confirmed (a WAIT failed):
+        # nothing read is learned as it comes until a read is confirmed; meanwhile each step
+        # learns the log up to ``_confirmed``. ``_delivered``: the newest event id any read
+        # delivered; ``_confirmed``: the newest one a replica has (a confirmed read covers
+        # every read before it, as replication keeps the master's order).
         self._unconfirmed = False
         self._delivered = "0-0"
+        self._confirmed = "0-0"
         self._led_upto = "0-0"  # the log's end when this learner took the lease and replayed it
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
@@ -183,9 +186,7 @@ class Learner:
         Not learned while unconfirmed (see ``_unconfirmed``): a failover could lose them."""
         if not self._leading:
             return  # delivered to a learner that lost the lease: the next leader claims them
-        self._saw(events)
-        if not confirmed:
-            self._unconfirmed = True
+        self._saw(events, confirmed)
         if self._unconfirmed:
             return
         if self._lock.locked():
@@ -193,28 +194,29 @@ class Learner:
         else:
             self._learn_all(events)
 
-    def _saw(self, events: list[Logged]) -> None:
+    def _saw(self, events: list[Logged], confirmed: bool) -> None:
         if events and stream_id_key(events[-1].stream_id) > stream_id_key(self._delivered):
             self._delivered = events[-1].stream_id
+        if confirmed:
+            self._confirmed = self._delivered
+        else:
+            self._unconfirmed = True
 
     async def _read_new(self) -> list[Logged]:
-        """The log's new events, confirmed by the replicas with BANDIT_REDIS_WAIT_REPLICAS; after
-        an unconfirmed read, with every event delivered before them, from the log. None while
-        the replicas do not confirm."""
-        unconfirmed, delivered = self._unconfirmed, self._delivered
+        """The log's new events, confirmed by the replicas with BANDIT_REDIS_WAIT_REPLICAS. After
+        an unconfirmed read, the log up to the newest event a replica confirmed, read again
+        from the log (after a failover, the new master's log is the truth)."""
         events, confirmed = await self.store.read_new(self.name, BATCH)
-        self._saw(events)
-        if not confirmed:
-            self._unconfirmed = True
-            return []
-        if not unconfirmed:
+        self._saw(events, confirmed)
+        if not self._unconfirmed:
             return events
-        # A replica now has everything delivered before this read: the events read unconfirmed,
-        # if this master still has them (after a failover, the new master's log is the truth).
-        earlier = [e async for e in self.store.events(after=self.model.stream_id, until=delivered)]
-        self._unlearned = []  # the confirmed log has whatever the lock kept
-        self._unconfirmed = False
-        return [*earlier, *events]
+        upto, earlier = self._confirmed, []
+        if stream_id_key(upto) > stream_id_key(self.model.stream_id):
+            earlier = [e async for e in self.store.events(after=self.model.stream_id, until=upto)]
+        if upto == self._delivered:  # nothing unconfirmed is left
+            self._unconfirmed = False
+            self._unlearned = []  # kept while the lock was held: in ``earlier`` too
+        return earlier
 
     def _learn_all(self, events: list[Logged]) -> None:
         if self._unlearned:
