@@ -27,7 +27,7 @@ def _replicated(master: RedisProcess) -> bool:
 
 
 @pytest.fixture
-def master(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+def master_and_replica(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
     """A master and its replica, the replica's process in the second place."""
     (tmp_path / "m").mkdir()
     (tmp_path / "r").mkdir()
@@ -50,9 +50,9 @@ def _learned(client: TestClient) -> int:
 
 
 def test_an_event_no_replica_confirmed_is_learned_once_a_replica_has_it(
-    master: tuple[RedisProcess, RedisProcess], make_client: ClientFactory
+    master_and_replica: tuple[RedisProcess, RedisProcess], make_client: ClientFactory
 ) -> None:
-    main, replica = master
+    main, replica = master_and_replica
     client = make_client(redis_url=main.url, redis_wait_replicas=1, redis_wait_timeout_ms=200)
     first = client.post("/choose", json={"query": "hello"}).json()
     assert replica.proc is not None
@@ -80,14 +80,14 @@ def test_an_event_no_replica_confirmed_is_learned_once_a_replica_has_it(
 
 
 def test_what_the_learner_read_while_no_replica_confirmed_is_learned_once_one_does(
-    master: tuple[RedisProcess, RedisProcess],
+    master_and_replica: tuple[RedisProcess, RedisProcess],
     make_settings: SettingsFactory,
     make_client: ClientFactory,
 ) -> None:
     """An event logged by another process reaches the learner by its own read of the log, not
     by the read that follows its writes; that read's WAIT fails while the replica lags, and
     the event must still be learned once the replica has it, once."""
-    main, replica = master
+    main, replica = master_and_replica
     settings = make_settings(redis_url=main.url, redis_wait_replicas=1, redis_wait_timeout_ms=200)
     clients = [make_client(settings) for _ in range(2)]  # two processes of one deployment
     wait_until(lambda: any(c.get("/healthz").json()["learner"] for c in clients), 10, "a learner")
