@@ -49,6 +49,17 @@ def _learned(client: TestClient) -> int:
     return int(client.get("/stats").json()["model_version"])
 
 
+def _next_event_learned_with_the_first(learner: TestClient) -> None:
+    """A second event, rewarded through the learner's process: it and the first one (held back
+    while no replica had it) are learned, each once."""
+    second = learner.post("/choose", json={"query": "hello again"}).json()
+    r = learner.post("/reward", json={"event_id": second["event_id"], "reward": 0})
+    assert r.status_code == 200, r.text
+    wait_until(lambda: _learned(learner) >= 2, 10, "both events learned")
+    time.sleep(0.5)
+    assert _learned(learner) == 2
+
+
 def test_an_event_no_replica_confirmed_is_learned_once_a_replica_has_it(
     master_and_replica: tuple[RedisProcess, RedisProcess], make_client: ClientFactory
 ) -> None:
@@ -71,12 +82,7 @@ def test_an_event_no_replica_confirmed_is_learned_once_a_replica_has_it(
     # The client retries the reward it got 503 for; the event is in the log once and is learned
     # once, now that a replica has it, with the next event.
     client.post("/reward", json={"event_id": first["event_id"], "reward": 1})
-    second = client.post("/choose", json={"query": "hello again"}).json()
-    r = client.post("/reward", json={"event_id": second["event_id"], "reward": 0})
-    assert r.status_code == 200, r.text
-    wait_until(lambda: _learned(client) >= 2, 10, "both events learned")
-    time.sleep(0.5)
-    assert _learned(client) == 2
+    _next_event_learned_with_the_first(client)
 
 
 def test_what_the_learner_read_while_no_replica_confirmed_is_learned_once_one_does(
@@ -103,9 +109,4 @@ def test_what_the_learner_read_while_no_replica_confirmed_is_learned_once_one_do
     finally:
         replica.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: _replicated(main), 30, "the replica caught up")
-    second = learner.post("/choose", json={"query": "hello again"}).json()
-    r = learner.post("/reward", json={"event_id": second["event_id"], "reward": 0})
-    assert r.status_code == 200, r.text
-    wait_until(lambda: _learned(learner) >= 2, 10, "both events learned")
-    time.sleep(0.5)
-    assert _learned(learner) == 2
+    _next_event_learned_with_the_first(learner)
