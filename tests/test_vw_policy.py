@@ -13,6 +13,7 @@ from bandit_router.policies.vw import (
     VWPolicy,
     adf_example,
     arm_line,
+    predicted_costs,
     shared_line,
     thin_dominated,
     vw_arguments,
@@ -218,7 +219,9 @@ def _play(spec: str, events: int) -> dict[str, int]:
 
 
 def test_squarecb_explores_a_worse_arm_less_once_it_is_shown_worse() -> None:
-    thinned, plain = _play("squarecb", 4000), _play("squarecb:dominated_z=0", 4000)
+    # one regressor: the thinning's own effect, not the choice between two
+    thinned = _play("squarecb:fast_l2=0", 4000)
+    plain = _play("squarecb:fast_l2=0:dominated_z=0", 4000)
     assert max(thinned, key=lambda k: thinned[k]) == "good"
     assert thinned["poor"] + thinned["fair"] < 0.8 * (plain["poor"] + plain["fair"])
     assert thinned["fair"] > 0 and thinned["poor"] > 0  # still explored, less
@@ -247,6 +250,10 @@ def test_the_arm_statistics_survive_dumps() -> None:
         ("squarecb:dominated_z=inf", "dominated_z must be >= 0 and finite"),
         ("squarecb:gap_prior=-1", "gap_prior must be >= 0 and finite"),
         ("squarecb:gap_prior=nan", "gap_prior must be >= 0 and finite"),
+        ("squarecb:fast_l2=1", "fast_l2 must be in [0, 1)"),
+        ("squarecb:fast_l2=nan", "fast_l2 must be in [0, 1)"),
+        ("squarecb:mix_discount=0", "mix_discount must be in (0, 1]"),
+        ("squarecb:mix_discount=1.5", "mix_discount must be in (0, 1]"),
     ],
 )
 def test_thinning_parameters_out_of_range_are_named(spec: str, message: str) -> None:
@@ -254,3 +261,103 @@ def test_thinning_parameters_out_of_range_are_named(spec: str, message: str) -> 
 
     with pytest.raises(ValueError, match=re.escape(message)):
         build_policy(spec, seed=1)
+
+
+def _swap(spec: str, seed: int, before: int = 3000, after: int = 300) -> tuple[int, int]:
+    """Arm a pays 0.7 and b 0.4 (0/1 rewards) for ``before`` events, then the reverse: how often
+    b is chosen in the ``after`` events that follow, and how often the fast regressor serves."""
+    import random
+
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    policy = build_policy(spec, seed=seed)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("a"), Arm("b")]
+    rng = random.Random(seed)
+    chose_b = fast = 0
+    for t in range(before + after):
+        pays = {"a": 0.7, "b": 0.4} if t < before else {"a": 0.4, "b": 0.7}
+        x = extract(f"question {rng.randrange(50)}")
+        d = policy.choose(x, arms)
+        if t >= before:
+            chose_b += d.arm == "b"
+            fast += policy.serving
+        policy.learn(x, arms, d.arm, d.probability, float(rng.random() < pays[d.arm]))
+    return chose_b, fast
+
+
+def test_the_fast_regressor_follows_a_change_the_slow_one_alone_does_not() -> None:
+    with_fast = [_swap("squarecb", seed) for seed in range(3)]
+    slow_only = [_swap("squarecb:fast_l2=0", seed) for seed in range(3)]
+    assert all(fast > 0.8 * 300 for _, fast in with_fast)  # the fast one serves after the swap
+    assert all(fast == 0 for _, fast in slow_only)
+    assert sum(b for b, _ in with_fast) > 3 * sum(b for b, _ in slow_only)
+    assert sum(b for b, _ in with_fast) > 0.5 * 3 * 300
+
+
+def test_both_regressors_and_their_errors_survive_dumps() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy, load_policy
+
+    arms = [Arm("a"), Arm("b")]
+    policy = build_policy("squarecb", seed=1)
+    assert isinstance(policy, VWPolicy)
+    for i in range(200):
+        x = extract(f"question {i % 7}")
+        d = policy.choose(x, arms)
+        policy.learn(x, arms, d.arm, d.probability, float(d.arm == "a") * (i % 2))
+    assert policy.errors[0] != policy.errors[1]
+    loaded = load_policy("squarecb", policy.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy)
+    assert loaded.errors == policy.errors and loaded.serving == policy.serving
+    x = extract("question 3")
+    for a, b in zip(loaded.regressors, policy.regressors, strict=True):
+        text = "\n".join(adf_example(x, arms))
+        assert predicted_costs(a, text) == predicted_costs(b, text)
+
+
+def test_a_snapshot_with_one_regressor_gives_the_fast_one_a_copy() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy, load_policy
+
+    arms = [Arm("a"), Arm("b")]
+    single = build_policy("squarecb:fast_l2=0", seed=1)
+    for i in range(50):
+        single.learn(extract(f"question {i % 5}"), arms, "ab"[i % 2], 0.5, float(i % 2))
+    loaded = load_policy("squarecb", single.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy) and len(loaded.regressors) == 2
+    text = "\n".join(adf_example(extract("question 2"), arms))
+    assert predicted_costs(loaded.regressors[0], text) == predicted_costs(
+        loaded.regressors[1], text
+    )
+    assert loaded.errors == [0.0, 0.0]
+    back = load_policy("squarecb:fast_l2=0", loaded.dumps(), seed=1)  # and back to one
+    assert isinstance(back, VWPolicy) and len(back.regressors) == 1
+    assert predicted_costs(back.regressors[0], text) == predicted_costs(loaded.regressors[0], text)
+
+
+def test_vw_reports_after_learning_the_costs_it_predicted_before() -> None:
+    """``VWPolicy.learn`` reads each regressor's error from the scores ``--cb_adf`` leaves on the
+    example it learned: pinned here, since VW could set them after its update instead."""
+    import random
+
+    import vowpalwabbit
+
+    from bandit_router.features import extract
+    from bandit_router.policies.vw import _NATIVE, VW_POLICIES
+
+    vw = vowpalwabbit.Workspace(
+        arg_list=vw_arguments("squarecb", VW_POLICIES["squarecb"].defaults, 1)
+    )
+    arms = [Arm("a"), Arm("b"), Arm("c")]
+    rng = random.Random(0)
+    for _ in range(300):
+        x = extract(f"question {rng.randrange(30)} word{rng.randrange(9)}")
+        text = "\n".join(adf_example(x, arms, rng.randrange(3), rng.random() - 0.5, 1.0))
+        before = predicted_costs(vw, text)
+        examples = _NATIVE._parse(vw, text)
+        _NATIVE.learn_multi(vw, examples)
+        assert examples[0].get_action_scores() == pytest.approx(before, abs=1e-6)
+        _NATIVE._finish_example_multi_ex(vw, examples)
+    assert predicted_costs(vw, text) != pytest.approx(before, abs=1e-6)  # it did learn

@@ -20,6 +20,10 @@ Two things VW does not do for us, both chosen on the replay simulator (simulatio
   9.11's own reduction learns without importance weights except for the last action of each
   example (it skips that one when it resets the probabilities), which tilted the learning
   towards whichever arm came last.
+- ``squarecb`` keeps two regressors on the same examples, one that forgets slowly (``l2``) and
+  one fast (``fast_l2``), and chooses with the one that has lately predicted the chosen arms'
+  rewards better: after a change the fast one does, and the policy follows the change without
+  the slow one's ``l2`` being raised, which locked runs onto a worse arm on stationary traffic.
 """
 
 from __future__ import annotations
@@ -58,7 +62,10 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
     # worse arm); an arm's predicted gap trusted as it gains rewards (gap_prior, see
     # squarecb_pmf), and the exploration of an arm shown worse on its mean cut to 0.3 of
     # SquareCB's (see thin_dominated): chosen on every public set, two reward settings and the
-    # drift scenario together (simulations/README.md).
+    # drift scenario together (simulations/README.md). A second regressor at fast_l2 0.02
+    # serves while its squared error, discounted by mix_discount per reward, is the smaller:
+    # the drift target met without the slow regressor's l2 raised (simulations/README.md,
+    # "Seventh round").
     "squarecb": (
         lambda p: f"--l2 {p['l2']}",
         {
@@ -68,6 +75,8 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
             "gap_prior": 10.0,
             "dominated_z": 2.0,
             "dominated_share": 0.3,
+            "fast_l2": 0.02,
+            "mix_discount": 0.995,
         },
     ),
     "cover": (
@@ -193,13 +202,30 @@ class VWPolicy:
         self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
         self.learned = 0  # examples learned (SquareCB's t)
         self.arm_stats = ArmStats()  # each arm's rewards, for SquareCB's gap_prior and thinning
+        # SquareCB with fast_l2 > 0: a second regressor that forgets faster (see serving)
+        fast_l2 = float(params.get("fast_l2", 0.0)) if self._own else 0.0
+        self._mix_discount = float(params.get("mix_discount", 1.0))
+        args = [self._args]
+        if fast_l2 > 0:
+            args.append(vw_arguments(name, {**params, "l2": fast_l2}, None if model else seed))
+        # each regressor's discounted squared error on the chosen arms' centred rewards
+        self.errors = [0.0] * len(args)
+        models: list[bytes | None] = [model]
         if model is not None and model.startswith(_MAGIC):
             header, _, model = model[len(_MAGIC) :].partition(b"\n")
             state = json.loads(header)
             self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
             if "arms" in state:  # a model saved before the arm statistics has none
                 self.arm_stats = ArmStats.from_json(state["arms"], 1.0)
-        self._vw = self._workspace(model)
+            models = _split(model, state.get("sizes"))
+            saved = [float(e) for e in state.get("errors", [])]
+            if len(saved) == len(args):
+                self.errors = saved
+        # A regressor the snapshot lacks (one saved without it) starts as a copy of the first.
+        self.regressors = [
+            self._workspace(a, models[i] if i < len(models) else models[0])
+            for i, a in enumerate(args)
+        ]
         # Shared lines of recent choices, by the id of their Features (kept alive here, so an id
         # is not reused): learning that context later reuses its line.
         self._shared: dict[int, tuple[Features, str]] = {}
@@ -213,42 +239,49 @@ class VWPolicy:
                 raise ValueError(f"{key} must be >= 0 and finite, got {params[key]}")
         if "dominated_share" in params and not 0 <= float(params["dominated_share"]) <= 1:
             raise ValueError(f"dominated_share must be in [0, 1], got {params['dominated_share']}")
+        if "mix_discount" in params and not 0 < float(params["mix_discount"]) <= 1:
+            raise ValueError(f"mix_discount must be in (0, 1], got {params['mix_discount']}")
         for key in ("gamma_scale", "lambda", "learning_rate", "psi", "mellowness"):
             if key in params and float(params[key]) <= 0 and key != "lambda":
                 raise ValueError(f"{key} must be > 0, got {params[key]}")
-        if "l2" in params and not 0 <= float(params["l2"]) < 1:
-            raise ValueError(f"l2 must be in [0, 1), got {params['l2']}")
+        for key in ("l2", "fast_l2"):
+            if key in params and not 0 <= float(params[key]) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {params[key]}")
         for key in ("cover", "bag", "rnd"):
             if key in params and int(params[key]) < 1:
                 raise ValueError(f"{key} must be >= 1, got {params[key]}")
         if not 1 <= int(params["bits"]) <= 30:
             raise ValueError(f"bits must be in [1, 30], got {params['bits']}")
 
-    def _workspace(self, model: bytes | None) -> vowpalwabbit.Workspace:
+    def _workspace(self, args: list[str], model: bytes | None) -> vowpalwabbit.Workspace:
         try:
             if model is None:
-                return vowpalwabbit.Workspace(arg_list=self._args)
+                return vowpalwabbit.Workspace(arg_list=args)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model.vw")
                 with open(path, "wb") as f:
                     f.write(model)
                 # Today's arguments win over the saved ones, so a changed epsilon takes effect.
-                return vowpalwabbit.Workspace(arg_list=[*self._args, "-i", path])
+                return vowpalwabbit.Workspace(arg_list=[*args, "-i", path])
         except RuntimeError as e:
-            raise ValueError(f"policy {self.name}: VW rejected {' '.join(self._args)}: {e}") from e
+            raise ValueError(f"policy {self.name}: VW rejected {' '.join(args)}: {e}") from e
+
+    @property
+    def serving(self) -> int:
+        """The regressor whose scores choose: the one whose predictions of the chosen arms'
+        rewards, each made before learning it, have the smaller discounted squared error (the
+        first, slower one on a tie). After a change the faster one predicts better."""
+        return min(range(len(self.regressors)), key=self.errors.__getitem__)
 
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
         shared = shared_line(x)
         self._shared[id(x)] = (x, shared)
         if len(self._shared) > KEPT_SHARED:
             del self._shared[next(iter(self._shared))]  # the oldest
-        examples = _NATIVE._parse(self._vw, "\n".join(adf_example(x, arms, shared=shared)))
-        try:
-            _NATIVE.predict_multi(self._vw, examples)
-            # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
-            scores = examples[0].get_action_scores()
-        finally:
-            _NATIVE._finish_example_multi_ex(self._vw, examples)
+        # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
+        scores = predicted_costs(
+            self.regressors[self.serving], "\n".join(adf_example(x, arms, shared=shared))
+        )
         if self._own:
             gamma = self._gamma_scale * math.sqrt(self.learned)
             counts = [self.arm_stats.count(arm.name) for arm in arms]
@@ -268,27 +301,62 @@ class VWPolicy:
             probability = 1.0  # SquareCB regresses on the observed reward, not importance weighted
         kept = self._shared.pop(id(x), None)
         shared = kept[1] if kept is not None and kept[0] is x else None
-        lines = adf_example(x, arms, index_of(arms, arm), cost, probability, shared)
-        examples = _NATIVE._parse(self._vw, "\n".join(lines))
-        try:
-            _NATIVE.learn_multi(self._vw, examples)
-        finally:
-            _NATIVE._finish_example_multi_ex(self._vw, examples)
+        chosen = index_of(arms, arm)
+        text = "\n".join(adf_example(x, arms, chosen, cost, probability, shared))
+        for i, vw in enumerate(self.regressors):
+            examples = _NATIVE._parse(vw, text)
+            try:
+                _NATIVE.learn_multi(vw, examples)
+                # --cb_adf predicts every arm before it updates: its error on this reward
+                predicted = examples[0].get_action_scores()[chosen]
+            finally:
+                _NATIVE._finish_example_multi_ex(vw, examples)
+            self.errors[i] = self._mix_discount * self.errors[i] + (predicted - cost) ** 2
         self.learned += 1
         self.baseline += (reward - self.baseline) / self.learned
         if self._own:
             self.arm_stats.add(arm, reward)
 
     def dumps(self) -> bytes:
+        models = []
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.vw")
-            self._vw.save(path)
-            with open(path, "rb") as f:
-                model = f.read()
-        state = json.dumps(
-            {"baseline": self.baseline, "learned": self.learned, "arms": self.arm_stats.to_json()}
-        ).encode()
-        return _MAGIC + state + b"\n" + model
+            for vw in self.regressors:
+                vw.save(path)
+                with open(path, "rb") as f:
+                    models.append(f.read())
+        state = {
+            "baseline": self.baseline,
+            "learned": self.learned,
+            "arms": self.arm_stats.to_json(),
+        }
+        if len(models) > 1:
+            state |= {"sizes": [len(m) for m in models], "errors": self.errors}
+        return _MAGIC + json.dumps(state).encode() + b"\n" + b"".join(models)
+
+
+def _split(models: bytes, sizes: Sequence[int] | None) -> list[bytes | None]:
+    """The VW model files a snapshot holds back to back (``sizes``: theirs; None: one)."""
+    if not sizes:
+        return [models]
+    if sum(sizes) != len(models) or min(sizes) <= 0:
+        raise ValueError(f"a VW snapshot's models are {len(models)} bytes, not {sizes}")
+    out: list[bytes | None] = []
+    for size in sizes:
+        out.append(models[:size])
+        models = models[size:]
+    return out
+
+
+def predicted_costs(vw: vowpalwabbit.Workspace, text: str) -> list[float]:
+    """VW's scores for the ADF example ``text``, without learning it: each arm's predicted cost
+    under ``--cb_adf``, the explorer's probabilities under ``--cb_explore_adf``."""
+    examples = _NATIVE._parse(vw, text)
+    try:
+        _NATIVE.predict_multi(vw, examples)
+        return list(examples[0].get_action_scores())
+    finally:
+        _NATIVE._finish_example_multi_ex(vw, examples)
 
 
 def squarecb_pmf(
