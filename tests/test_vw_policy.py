@@ -361,3 +361,28 @@ def test_vw_reports_after_learning_the_costs_it_predicted_before() -> None:
         assert examples[0].get_action_scores() == pytest.approx(before, abs=1e-6)
         _NATIVE._finish_example_multi_ex(vw, examples)
     assert predicted_costs(vw, text) != pytest.approx(before, abs=1e-6)  # it did learn
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sizes": [1, 2]}, "models are"),
+        ({"sizes": "12"}, "models are"),
+        ({"sizes": []}, "models are"),
+        ({"errors": ["x", 1]}, "errors are not squared errors"),
+        ({"errors": [-1.0, 0.0]}, "errors are not squared errors"),
+    ],
+)
+def test_a_snapshot_whose_regressors_do_not_add_up_is_refused(
+    change: dict[str, object], message: str
+) -> None:
+    import json
+
+    from bandit_router.policies.registry import build_policy, load_policy
+
+    data = build_policy("squarecb", seed=1).dumps()
+    magic, header, models = data.split(b"\n", 2)
+    state = {**json.loads(header), **change}
+    bad = magic + b"\n" + json.dumps(state).encode() + b"\n" + models
+    with pytest.raises(ValueError, match=message):
+        load_policy("squarecb", bad, seed=1)

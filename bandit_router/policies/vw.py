@@ -218,9 +218,13 @@ class VWPolicy:
             if "arms" in state:  # a model saved before the arm statistics has none
                 self.arm_stats = ArmStats.from_json(state["arms"], 1.0)
             models = _split(model, state.get("sizes"))
-            saved = [float(e) for e in state.get("errors", [])]
-            if len(saved) == len(args):
-                self.errors = saved
+            saved = state.get("errors", [])
+            if not isinstance(saved, list) or not all(
+                isinstance(e, int | float) and math.isfinite(e) and e >= 0 for e in saved
+            ):
+                raise ValueError(f"a VW snapshot's errors are not squared errors: {saved!r}")
+            if len(saved) == len(args):  # else the regressors changed: their errors start again
+                self.errors = [float(e) for e in saved]
         # A regressor the snapshot lacks (one saved without it) starts as a copy of the first.
         self.regressors = [
             self._workspace(a, models[i] if i < len(models) else models[0])
@@ -307,11 +311,12 @@ class VWPolicy:
             examples = _NATIVE._parse(vw, text)
             try:
                 _NATIVE.learn_multi(vw, examples)
-                # --cb_adf predicts every arm before it updates: its error on this reward
-                predicted = examples[0].get_action_scores()[chosen]
+                if len(self.regressors) > 1:
+                    # --cb_adf predicts every arm before it updates: its error on this reward
+                    error = (examples[0].get_action_scores()[chosen] - cost) ** 2
+                    self.errors[i] = self._mix_discount * self.errors[i] + error
             finally:
                 _NATIVE._finish_example_multi_ex(vw, examples)
-            self.errors[i] = self._mix_discount * self.errors[i] + (predicted - cost) ** 2
         self.learned += 1
         self.baseline += (reward - self.baseline) / self.learned
         if self._own:
@@ -335,12 +340,17 @@ class VWPolicy:
         return _MAGIC + json.dumps(state).encode() + b"\n" + b"".join(models)
 
 
-def _split(models: bytes, sizes: Sequence[int] | None) -> list[bytes | None]:
+def _split(models: bytes, sizes: object) -> list[bytes | None]:
     """The VW model files a snapshot holds back to back (``sizes``: theirs; None: one)."""
-    if not sizes:
+    if sizes is None:
         return [models]
-    if sum(sizes) != len(models) or min(sizes) <= 0:
-        raise ValueError(f"a VW snapshot's models are {len(models)} bytes, not {sizes}")
+    if (
+        not isinstance(sizes, list)
+        or not sizes
+        or not all(isinstance(n, int) and n > 0 for n in sizes)
+        or sum(sizes) != len(models)
+    ):
+        raise ValueError(f"a VW snapshot's models are {len(models)} bytes, not {sizes!r}")
     out: list[bytes | None] = []
     for size in sizes:
         out.append(models[:size])
