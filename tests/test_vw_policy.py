@@ -254,6 +254,8 @@ def test_the_arm_statistics_survive_dumps() -> None:
         ("squarecb:fast_l2=nan", "fast_l2 must be in [0, 1)"),
         ("squarecb:mix_discount=0", "mix_discount must be in (0, 1]"),
         ("squarecb:mix_discount=1.5", "mix_discount must be in (0, 1]"),
+        ("squarecb:arm_centre=-1", "arm_centre must be >= 0 and finite"),
+        ("squarecb:arm_centre=inf", "arm_centre must be >= 0 and finite"),
     ],
 )
 def test_thinning_parameters_out_of_range_are_named(spec: str, message: str) -> None:
@@ -386,3 +388,75 @@ def test_a_snapshot_whose_regressors_do_not_add_up_is_refused(
     bad = magic + b"\n" + json.dumps(state).encode() + b"\n" + models
     with pytest.raises(ValueError, match=message):
         load_policy("squarecb", bad, seed=1)
+
+
+def test_each_arm_is_centred_on_its_importance_weighted_mean() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    policy = build_policy("squarecb:arm_centre=10", seed=1)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("a"), Arm("b")]
+    x = extract("hello")
+    assert policy.centre("a") == 0.0  # nothing learned: the overall mean, 0 so far
+    policy.learn(x, arms, "a", 0.5, 1.0)  # weight 2
+    policy.learn(x, arms, "a", 0.25, 0.0)  # weight 4
+    policy.learn(x, arms, "b", float("nan"), 1.0)  # counted as the clip: weight 100
+    mean, n = 2 / 6, 6 * 6 / (2 * 2 + 4 * 4)  # the weighted mean, Kish's effective count
+    baseline = 2 / 3
+    assert policy.centre("a") == pytest.approx((n * mean + 10 * baseline) / (n + 10))
+    assert policy.centres.mean("b") == 1.0 and policy.centres.effective("b") == pytest.approx(1)
+    assert policy.centre("c") == pytest.approx(baseline)  # an arm never chosen
+
+
+def test_the_centre_is_not_biased_by_the_routing() -> None:
+    """Arm b pays 0.3 on hard queries and 0.9 on easy ones, half of each; the routing sends it
+    hard queries with probability 0.9 and easy ones with 0.1. Its plain mean is far below what
+    it pays over every query (0.6); the centre is not."""
+    import random
+
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    policy = build_policy("squarecb:arm_centre=10", seed=1)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("a"), Arm("b")]
+    rng = random.Random(3)
+    for _ in range(20000):
+        hard = rng.random() < 0.5
+        p = 0.9 if hard else 0.1
+        if rng.random() < p:
+            reward = float(rng.random() < (0.3 if hard else 0.9))
+            policy.learn(extract("hard" if hard else "easy"), arms, "b", p, reward)
+    assert policy.arm_stats.mean("b") == pytest.approx(0.36, abs=0.02)
+    assert policy.centre("b") == pytest.approx(0.6, abs=0.03)
+
+
+def test_with_arm_centre_only_the_slow_regressor_drops_the_arms_own_weight() -> None:
+    from bandit_router.policies.registry import build_policy
+
+    centred = build_policy("squarecb:arm_centre=10", seed=1)
+    plain = build_policy("squarecb:arm_centre=0", seed=1)
+    assert isinstance(centred, VWPolicy) and isinstance(plain, VWPolicy)
+    args = [vw.get_arguments() for vw in (*centred.regressors, *plain.regressors)]
+    assert ["--ignore_linear" in a for a in args] == [True, False, False, False]
+
+
+def test_the_centres_survive_dumps_and_an_older_snapshot_starts_them_empty() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy, load_policy
+
+    arms = [Arm("a"), Arm("b")]
+    policy = build_policy("squarecb:arm_centre=10", seed=1)
+    older = build_policy("squarecb:arm_centre=0", seed=1)
+    assert isinstance(policy, VWPolicy)
+    for i in range(40):
+        for p in (policy, older):
+            p.learn(extract(f"question {i % 5}"), arms, "ab"[i % 2], 0.2 + 0.01 * i, i % 3 / 2)
+    loaded = load_policy("squarecb:arm_centre=10", policy.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy)
+    assert loaded.centres.to_json() == policy.centres.to_json()
+    assert loaded.centre("a") == policy.centre("a") != policy.arm_stats.mean("a")
+    upgraded = load_policy("squarecb:arm_centre=10", older.dumps(), seed=1)
+    assert isinstance(upgraded, VWPolicy)
+    assert upgraded.centres.counts == {} and upgraded.centre("a") == upgraded.baseline

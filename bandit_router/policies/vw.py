@@ -65,7 +65,9 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
     # drift scenario together (simulations/README.md). A second regressor at fast_l2 0.02
     # serves while its squared error, discounted by mix_discount per reward, is the smaller:
     # the drift target met without the slow regressor's l2 raised (simulations/README.md,
-    # "Seventh round").
+    # "Seventh round"). arm_centre (off) centres the slow regressor on each arm's
+    # importance-weighted mean: a higher stationary mean, but runs locked onto a worse arm
+    # (simulations/README.md, "What is not done").
     "squarecb": (
         lambda p: f"--l2 {p['l2']}",
         {
@@ -77,6 +79,7 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
             "dominated_share": 0.3,
             "fast_l2": 0.02,
             "mix_discount": 0.995,
+            "arm_centre": 0.0,
         },
     ),
     "cover": (
@@ -108,6 +111,9 @@ OWN_EXPLORERS = ("squarecb",)
 # Recent choices whose shared line ``learn`` can reuse: more than the decisions a busy process has
 # waiting for their rewards at once, in the usual case.
 KEPT_SHARED = 1024
+
+# Probabilities below this count as this in the centres' importance weights (at most 100).
+CENTRE_CLIP = 0.01
 
 # ``dumps()``: this line, a JSON line with the baseline and the count, then VW's model file.
 _MAGIC = b"bandit-router vw 1\n"
@@ -202,10 +208,14 @@ class VWPolicy:
         self.baseline = 0.0  # mean reward learned so far; VW learns the reward minus this
         self.learned = 0  # examples learned (SquareCB's t)
         self.arm_stats = ArmStats()  # each arm's rewards, for SquareCB's gap_prior and thinning
+        # SquareCB with arm_centre > 0: the slow regressor learns each arm's reward minus the
+        # arm's importance-weighted mean (see centre), and has no weight of its own per arm
+        self._arm_centre = float(params.get("arm_centre", 0.0)) if self._own else 0.0
+        self.centres = ArmStats()  # each arm's rewards weighted by 1 / their probability
         # SquareCB with fast_l2 > 0: a second regressor that forgets faster (see serving)
         fast_l2 = float(params.get("fast_l2", 0.0)) if self._own else 0.0
         self._mix_discount = float(params.get("mix_discount", 1.0))
-        args = [self._args]
+        args = [self._args + (["--ignore_linear", ARM_NAMESPACE] if self._arm_centre else [])]
         if fast_l2 > 0:
             args.append(vw_arguments(name, {**params, "l2": fast_l2}, None if model else seed))
         # each regressor's discounted squared error on the chosen arms' centred rewards
@@ -217,6 +227,8 @@ class VWPolicy:
             self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
             if "arms" in state:  # a model saved before the arm statistics has none
                 self.arm_stats = ArmStats.from_json(state["arms"], 1.0)
+            if "centres" in state:  # one saved before them starts each arm at the overall mean
+                self.centres = ArmStats.from_json(state["centres"], 1.0)
             models = _split(model, state.get("sizes"))
             saved = state.get("errors", [])
             if not isinstance(saved, list) or not all(
@@ -238,7 +250,7 @@ class VWPolicy:
         for key in ("epsilon",):
             if key in params and not 0 <= float(params[key]) <= 1:
                 raise ValueError(f"{key} must be in [0, 1], got {params[key]}")
-        for key in ("gap_prior", "dominated_z"):
+        for key in ("gap_prior", "dominated_z", "arm_centre"):
             if key in params and not 0 <= float(params[key]) < math.inf:
                 raise ValueError(f"{key} must be >= 0 and finite, got {params[key]}")
         if "dominated_share" in params and not 0 <= float(params["dominated_share"]) <= 1:
@@ -283,9 +295,12 @@ class VWPolicy:
         if len(self._shared) > KEPT_SHARED:
             del self._shared[next(iter(self._shared))]  # the oldest
         # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
+        serving = self.serving
         scores = predicted_costs(
-            self.regressors[self.serving], "\n".join(adf_example(x, arms, shared=shared))
+            self.regressors[serving], "\n".join(adf_example(x, arms, shared=shared))
         )
+        if serving == 0 and self._arm_centre:  # its costs are each arm's own: put them level
+            scores = [c - self.centre(arm.name) for c, arm in zip(scores, arms, strict=True)]
         if self._own:
             gamma = self._gamma_scale * math.sqrt(self.learned)
             counts = [self.arm_stats.count(arm.name) for arm in arms]
@@ -300,15 +315,20 @@ class VWPolicy:
         self, x: Features, arms: Sequence[Arm], arm: str, probability: float, reward: float
     ) -> None:
         # VW minimises cost; a reward is in [0, 1], higher is better, centred on the baseline
-        cost = self.baseline - reward
+        # (the slow regressor's on the arm's centre, with arm_centre)
+        costs = [self.baseline - reward] * len(self.regressors)
+        if self._arm_centre:
+            costs[0] = self.centre(arm) - reward
+        # the centres' importance weight (a NaN or out-of-range probability counts as the clip)
+        weight = 1.0 / min(probability, 1.0) if probability > CENTRE_CLIP else 1 / CENTRE_CLIP
         if self._own:
             probability = 1.0  # SquareCB regresses on the observed reward, not importance weighted
         kept = self._shared.pop(id(x), None)
         shared = kept[1] if kept is not None and kept[0] is x else None
         chosen = index_of(arms, arm)
-        text = "\n".join(adf_example(x, arms, chosen, cost, probability, shared))
-        for i, vw in enumerate(self.regressors):
-            examples = _NATIVE._parse(vw, text)
+        texts = {c: "\n".join(adf_example(x, arms, chosen, c, probability, shared)) for c in costs}
+        for i, (vw, cost) in enumerate(zip(self.regressors, costs, strict=True)):
+            examples = _NATIVE._parse(vw, texts[cost])
             try:
                 _NATIVE.learn_multi(vw, examples)
                 if len(self.regressors) > 1:
@@ -321,6 +341,22 @@ class VWPolicy:
         self.baseline += (reward - self.baseline) / self.learned
         if self._own:
             self.arm_stats.add(arm, reward)
+        if self._arm_centre:
+            self.centres.add(arm, reward, weight)
+
+    def centre(self, arm: str) -> float:
+        """The arm's mean reward weighted by 1 / the probability each was chosen with, shrunk
+        towards the overall mean as if that were ``arm_centre`` of the arm's rewards (Kish's
+        effective count stands for the arm's).
+
+        The arm's plain mean is biased: the routing sends an arm the queries the others are
+        predicted to fail, and an arm centred there was locked out. The weights undo that, but
+        for the probabilities below CENTRE_CLIP (SquareCB's late exploration), counted as it
+        (simulations/README.md, "What is not done")."""
+        n = self.centres.effective(arm)
+        return (n * self.centres.mean(arm) + self._arm_centre * self.baseline) / (
+            n + self._arm_centre
+        )
 
     def dumps(self) -> bytes:
         models = []
@@ -335,6 +371,8 @@ class VWPolicy:
             "learned": self.learned,
             "arms": self.arm_stats.to_json(),
         }
+        if self._arm_centre:
+            state["centres"] = self.centres.to_json()
         if len(models) > 1:
             state |= {"sizes": [len(m) for m in models], "errors": self.errors}
         return _MAGIC + json.dumps(state).encode() + b"\n" + b"".join(models)
