@@ -11,7 +11,7 @@ saw most and stretched it to an arm far bigger or dearer than them: on MMLU-Pro 
 70B 0.06-0.13 below its mean reward across the queries, and rarely tried it (simulations/README.md).
 A new arm now starts as an average one (see below) and SquareCB explores it from there.
 
-Two things VW does not do for us, both chosen on the replay simulator (simulations/README.md):
+Three things VW does not do for us, all chosen on the replay simulator (simulations/README.md):
 
 - Rewards are centred before VW sees them: VW learns ``reward - baseline``, the baseline being
   the mean reward learned so far. VW's weights start at 0, so an arm or context it knows
