@@ -42,6 +42,8 @@ $BIN/python -m simulations.robust_table simulations/data/robust_baselines.json >
 $BIN/python -m simulations.cold_start --seeds 40 > $OUT/cold_start.md
 # What one reward per event costs the default: full feedback and evenly spread feedback (results/full_feedback.md).
 $BIN/python -m simulations.full_feedback --seeds 5 > $OUT/full_feedback.md
+# Where the default's loss comes from: its model's choice and its exploration (results/regret_split.md).
+$BIN/python -m simulations.regret_split --seeds 10 squarecb ts > $OUT/regret_split.md
 # Learners handed the context's structure, on every set and drift (40 seeds; results/tabular.md).
 $BIN/python -m simulations.tabular --seeds 40 > $OUT/tabular.md
 # The default on drift with the change points handed over (10 seeds; results/change_points.md).

@@ -1,0 +1,94 @@
+"""Where a policy's loss against the best fixed arm comes from (issue 14, part 1's targets).
+
+At each event of a shuffled replay the policy's choice differs from always choosing the best
+fixed arm in two ways, both read off the replay set's full feedback:
+
+- **greedy**: the arm it puts the most probability on (its model's choice for this query) is not
+  the best fixed arm: reward of the best fixed arm minus that of the greedy arm. Negative where
+  the context pays;
+- **exploration**: the arm drawn is not the greedy one: reward of the greedy arm minus that of the
+  arm drawn.
+
+The two add up to the policy's loss. Each is reported per quarter of the run, as a percentage of
+the best fixed arm's total reward (the unit of ``robust_eval``'s "vs best-fixed"), averaged over
+the seeds:
+
+    python -m simulations.regret_split --seeds 10 squarecb > simulations/results/regret_split.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bandit_router.policies.registry import build_policy
+from bandit_router.settings import Settings
+from bandit_router.sim import dataset
+from bandit_router.sim.dataset import Prepared
+from bandit_router.sim.hindsight import best_fixed_arm
+from simulations.robust_eval import REWARDS, SETS, replays
+
+QUARTERS = 4
+Floats = npt.NDArray[np.float64]
+
+
+def split(spec: str, settings: Settings, prepared: Prepared, seed: int) -> Floats:
+    """One seed's loss against the best fixed arm: a (QUARTERS, 2) array, greedy and exploration
+    per quarter of the run, in percent of the best fixed arm's total reward."""
+    policy = build_policy(spec, settings, seed)
+    table, index = prepared.table, prepared.arm_index
+    best = index[best_fixed_arm(prepared)]
+    rows = dataset.order(len(table), seed, False)
+    out = np.zeros((QUARTERS, 2))
+    for t, i in enumerate(rows):
+        x, arms = prepared.features[i], prepared.eligible[i]
+        decision = policy.choose(x, arms)
+        greedy = max(decision.probabilities, key=decision.probabilities.__getitem__)
+        drawn, top = table[i, index[decision.arm]], table[i, index[greedy]]
+        policy.learn(x, arms, decision.arm, decision.probability, float(drawn))
+        quarter = t * QUARTERS // len(rows)
+        out[quarter] += (table[i, best] - top, top - drawn)
+    total: float = table[:, best].sum()
+    return 100 * out / total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--rewards", default=",".join(REWARDS))
+    parser.add_argument("--seeds", type=int, default=10)
+    args = parser.parse_args(argv)
+    print(f"Loss against the best fixed arm in % of its total reward, mean of {args.seeds} seeds,")
+    print("by quarter of the run: greedy (its model's choice, negative where the context pays)")
+    print("and exploration (the draw away from it); vs best-fixed is minus their sum.\n")
+    print(
+        "| policy | set, reward | greedy, by quarter | greedy | exploration, by quarter "
+        "| exploration | vs best-fixed ± 95% CI |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, setting, in_order, settings, prepared in replays(
+        args.sets.split(","), args.rewards.split(",")
+    ):
+        if in_order:
+            continue  # a drift stream's best fixed arm is not what it is judged against
+        for spec in args.specs:
+            runs = np.array([split(spec, settings, prepared, s) for s in range(args.seeds)])
+            mean = runs.mean(axis=0)
+            totals = -runs.sum(axis=(1, 2))
+            ci = 1.96 * totals.std(ddof=1) / np.sqrt(len(totals)) if len(totals) > 1 else 0.0
+            quarters = [" ".join(f"{v:+.2f}" for v in mean[:, k]) for k in (0, 1)]
+            print(
+                f"| `{spec}` | {name} {setting} | {quarters[0]} | {mean[:, 0].sum():+.2f} "
+                f"| {quarters[1]} | {mean[:, 1].sum():+.2f} | {totals.mean():+.2f}% ± {ci:.2f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
