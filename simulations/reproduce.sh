@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (35-85 minutes on 2 cores, by load).
+# Reproduces every committed result in simulations/results/ (40-90 minutes on 2 cores, by load).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,17 +7,17 @@ BIN=.venv/bin
 DATA=../shared/data
 OUT=simulations/results
 unset BANDIT_POLICY BANDIT_REWARD_WEIGHTS BANDIT_LATENCY_BUDGET_MS BANDIT_COST_BUDGET_USD
+# The default, the first round's, the other explorers and the references (sections 1 and 2).
+POLICIES=squarecb,squarecb:gamma_scale=10:learning_rate=0.1:fast_l2=0,egreedy,linucb,mabwiser,random,static,best-fixed,best-context,oracle
 
 # 1. MMLU-Pro x Llama-2, all 12,032 rows, 5 shuffled seeds, default reward settings.
 $BIN/bandit-router simulate $DATA/mmlu_pro_llama2.jsonl --arms $DATA/mmlu_pro_llama2.arms.json \
-  --policies squarecb,squarecb:gamma_scale=10:learning_rate=0.1:fast_l2=0,egreedy,linucb,mabwiser,random,static,best-fixed,best-context,oracle \
-  --seeds 5 --out $OUT/mmlu > $OUT/mmlu.txt
+  --policies $POLICIES --seeds 5 --out $OUT/mmlu > $OUT/mmlu.txt
 
 # 2. The drift scenario in time order (generated, reproducible from its config's seed).
 $BIN/python -m simulations.generate simulations/scenarios/drift.json simulations/data/drift.jsonl
 $BIN/bandit-router simulate simulations/data/drift.jsonl --arms simulations/data/drift.arms.json \
-  --in-order --policies squarecb,squarecb:gamma_scale=10:learning_rate=0.1:fast_l2=0,egreedy,linucb,mabwiser,random,static,best-fixed,best-context,oracle \
-  --seeds 5 --out $OUT/drift > $OUT/drift.txt
+  --in-order --policies $POLICIES --seeds 5 --out $OUT/drift > $OUT/drift.txt
 
 # 3. Overfitting checks: held-out MMLU-Pro categories, and other reward settings (10 seeds).
 $BIN/python -m simulations.split $DATA/mmlu_pro_llama2.jsonl simulations/data
