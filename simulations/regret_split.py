@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from bandit_router.policies.registry import build_policy
 from bandit_router.settings import Settings
-from bandit_router.sim import dataset
+from bandit_router.sim import dataset, report
 from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.hindsight import best_fixed_arm
 from simulations.robust_eval import REWARDS, SETS, replays
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = np.array([split(spec, settings, prepared, s) for s in range(args.seeds)])
             mean = runs.mean(axis=0)
             totals = -runs.sum(axis=(1, 2))
-            ci = 1.96 * totals.std(ddof=1) / np.sqrt(len(totals)) if len(totals) > 1 else 0.0
+            ci = report.ci95(list(totals))
             quarters = [" ".join(f"{v:+.2f}" for v in mean[:, k]) for k in (0, 1)]
             print(
                 f"| `{spec}` | {name} {setting} | {quarters[0]} | {mean[:, 0].sum():+.2f} "
