@@ -256,6 +256,9 @@ def test_the_arm_statistics_survive_dumps() -> None:
         ("squarecb:mix_discount=1.5", "mix_discount must be in (0, 1]"),
         ("squarecb:arm_centre=-1", "arm_centre must be >= 0 and finite"),
         ("squarecb:arm_centre=inf", "arm_centre must be >= 0 and finite"),
+        ("squarecb:coarse=X", "coarse must name some of the shared namespaces QWNC"),
+        ("squarecb:coarse=CC", "coarse must name some of the shared namespaces QWNC"),
+        ("squarecb:coarse=QWNC", "coarse must name some of the shared namespaces QWNC"),
     ],
 )
 def test_thinning_parameters_out_of_range_are_named(spec: str, message: str) -> None:
@@ -365,9 +368,89 @@ def test_vw_reports_after_learning_the_costs_it_predicted_before() -> None:
     assert predicted_costs(vw, text) != pytest.approx(before, abs=1e-6)  # it did learn
 
 
+def _subjects(spec: str, events: int, seed: int = 1) -> VWPolicy:
+    """A policy after ``events`` queries of two subjects, each with words of its own that carry
+    nothing: arm a pays 0.8 on maths and 0.2 on law, arm b the reverse (0/1 rewards)."""
+    import random
+
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    policy = build_policy(spec, seed=seed)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("a"), Arm("b")]
+    rng = random.Random(seed)
+    for _ in range(events):
+        subject = rng.choice(["maths", "law"])
+        words = " ".join(f"w{rng.randrange(5000)}" for _ in range(60))
+        x = extract(words, {"subject": subject})
+        d = policy.choose(x, arms)
+        pays = 0.8 if (d.arm == "a") == (subject == "maths") else 0.2
+        policy.learn(x, arms, d.arm, d.probability, float(rng.random() < pays))
+    return policy
+
+
+def _preference(policy: VWPolicy, subject: str) -> float:
+    """How much better the serving scores make arm a than b on a fresh query of ``subject``."""
+    from bandit_router.features import extract
+
+    x = extract("w1 w2 w3", {"subject": subject})
+    text = "\n".join(adf_example(x, [Arm("a"), Arm("b")]))
+    costs = predicted_costs(policy.regressors[policy.serving], text)
+    if policy.coarse:
+        first = predicted_costs(policy.coarse[policy.serving], text)
+        costs = [c + f for c, f in zip(first, costs, strict=True)]
+    return costs[1] - costs[0]
+
+
+def test_a_coarse_stage_learns_the_subject_sooner_than_the_words_let_the_regressor() -> None:
+    """Every query brings sixty words that carry nothing: the regressor alone, its steps paced
+    by all of an example's features, has learned less of the subject's preference (0.6 either
+    way) after 300 events than with a coarse stage that sees the subject (C) alone (about 0.07
+    of it against 0.24 on this seed)."""
+    plain = _subjects("squarecb", 300)
+    coarse = _subjects("squarecb:coarse=C", 300)
+    assert [len(p.coarse) for p in (plain, coarse)] == [0, 2]
+    assert all("--ignore" in vw.get_arguments() for vw in coarse.coarse)
+    gaps = {
+        name: (_preference(p, "maths"), _preference(p, "law"))
+        for name, p in (("plain", plain), ("coarse", coarse))
+    }
+    assert gaps["coarse"][0] > 0.05 and gaps["coarse"][1] < -0.05  # the rule, both ways
+    assert gaps["coarse"][0] - gaps["coarse"][1] > 2 * (gaps["plain"][0] - gaps["plain"][1])
+
+
+def test_the_coarse_stages_survive_dumps_and_an_older_snapshot_starts_them_empty() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import load_policy
+
+    policy = _subjects("squarecb:coarse=CN", 100)
+    loaded = load_policy("squarecb:coarse=CN", policy.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy) and len(loaded.coarse) == 2
+    assert loaded.errors == policy.errors and loaded.serving == policy.serving
+    text = "\n".join(adf_example(extract("w1", {"subject": "law"}), [Arm("a"), Arm("b")]))
+    stages = zip(
+        [*loaded.regressors, *loaded.coarse], [*policy.regressors, *policy.coarse], strict=True
+    )
+    for a, b in stages:
+        assert predicted_costs(a, text) == predicted_costs(b, text)
+    assert _preference(loaded, "law") == _preference(policy, "law")
+    older = _subjects("squarecb", 100)
+    upgraded = load_policy("squarecb:coarse=CN", older.dumps(), seed=1)
+    assert isinstance(upgraded, VWPolicy) and len(upgraded.coarse) == 2
+    assert predicted_costs(upgraded.coarse[0], text) == [0.0, 0.0]  # starts empty
+    assert _preference(upgraded, "law") == _preference(older, "law")
+    back = load_policy("squarecb", policy.dumps(), seed=1)  # the stages dropped
+    assert isinstance(back, VWPolicy) and back.coarse == []
+    assert predicted_costs(back.regressors[0], text) == predicted_costs(policy.regressors[0], text)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        ({"coarse": 5}, "coarse stages are not a count"),
+        ({"coarse": "2"}, "coarse stages are not a count"),
+        ({"coarse": True}, "coarse stages are not a count"),
         ({"sizes": [1, 2]}, "models are"),
         ({"sizes": "12"}, "models are"),
         ({"sizes": []}, "models are"),

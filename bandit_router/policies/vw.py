@@ -67,7 +67,8 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
     # the drift target met without the slow regressor's l2 raised (simulations/README.md,
     # "Seventh round"). arm_centre (off) centres the slow regressor on each arm's
     # importance-weighted mean: a higher stationary mean, but runs locked onto a worse arm
-    # (simulations/README.md, "What is not done").
+    # (simulations/README.md, "What is not done"). coarse (off) puts a stage before each
+    # regressor that sees only the shared namespaces it names (see VWPolicy.coarse).
     "squarecb": (
         lambda p: f"--l2 {p['l2']}",
         {
@@ -80,6 +81,7 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
             "fast_l2": 0.02,
             "mix_discount": 0.995,
             "arm_centre": 0.0,
+            "coarse": "",
         },
     ),
     "cover": (
@@ -220,6 +222,11 @@ class VWPolicy:
             args.append(vw_arguments(name, {**params, "l2": fast_l2}, None if model else seed))
         # each regressor's discounted squared error on the chosen arms' centred rewards
         self.errors = [0.0] * len(args)
+        # SquareCB with coarse: per regressor, a stage that sees only those shared namespaces
+        kept = str(params.get("coarse", "")) if self._own else ""
+        ignored = "".join(ns for ns in SHARED_NAMESPACES if ns not in kept)
+        coarse_args = [[*a, "--ignore", ignored] for a in args] if kept else []
+        coarse_models: list[bytes | None] = [None] * len(coarse_args)
         models: list[bytes | None] = [model]
         if model is not None and model.startswith(_MAGIC):
             header, _, model = model[len(_MAGIC) :].partition(b"\n")
@@ -230,6 +237,13 @@ class VWPolicy:
             if "centres" in state:  # one saved before them starts each arm at the overall mean
                 self.centres = ArmStats.from_json(state["centres"], 1.0)
             models = _split(model, state.get("sizes"))
+            stages = state.get("coarse", 0)
+            if type(stages) is not int or not 0 <= stages < len(models):
+                raise ValueError(f"a VW snapshot's coarse stages are not a count: {stages!r}")
+            if stages:
+                models, saved_coarse = models[:-stages], models[-stages:]
+                if len(saved_coarse) == len(coarse_args):  # else they start again
+                    coarse_models = saved_coarse
             saved = state.get("errors", [])
             if not isinstance(saved, list) or not all(
                 isinstance(e, int | float) and math.isfinite(e) and e >= 0 for e in saved
@@ -241,6 +255,14 @@ class VWPolicy:
         self.regressors = [
             self._workspace(a, models[i] if i < len(models) else models[0])
             for i, a in enumerate(args)
+        ]
+        # Each regressor's coarse stage (none without the parameter) learns the reward first
+        # and the regressor what it leaves; their predictions add up. VW's normalised updates
+        # pace every weight of an example by all its features: with a hundred words in a query
+        # the subject's weights learned slowly where they pay (simulations/README.md, "What is
+        # not done").
+        self.coarse = [
+            self._workspace(a, m) for a, m in zip(coarse_args, coarse_models, strict=True)
         ]
         # Shared lines of recent choices, by the id of their Features (kept alive here, so an id
         # is not reused): learning that context later reuses its line.
@@ -266,6 +288,12 @@ class VWPolicy:
         for key in ("cover", "bag", "rnd"):
             if key in params and int(params[key]) < 1:
                 raise ValueError(f"{key} must be >= 1, got {params[key]}")
+        coarse = str(params.get("coarse", ""))
+        if coarse and (not set(coarse) < set(SHARED_NAMESPACES) or len(set(coarse)) != len(coarse)):
+            raise ValueError(
+                f"coarse must name some of the shared namespaces {SHARED_NAMESPACES}, each once"
+                f" and not all, got {coarse!r}"
+            )
         if not 1 <= int(params["bits"]) <= 30:
             raise ValueError(f"bits must be in [1, 30], got {params['bits']}")
 
@@ -296,9 +324,11 @@ class VWPolicy:
             del self._shared[next(iter(self._shared))]  # the oldest
         # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
         serving = self.serving
-        scores = predicted_costs(
-            self.regressors[serving], "\n".join(adf_example(x, arms, shared=shared))
-        )
+        text = "\n".join(adf_example(x, arms, shared=shared))
+        scores = predicted_costs(self.regressors[serving], text)
+        if self.coarse:
+            first = predicted_costs(self.coarse[serving], text)
+            scores = [c + f for c, f in zip(first, scores, strict=True)]
         if serving == 0 and self._arm_centre:  # its costs are each arm's own: put them level
             scores = [c - self.centre(arm.name) for c, arm in zip(scores, arms, strict=True)]
         if self._own:
@@ -326,17 +356,19 @@ class VWPolicy:
         kept = self._shared.pop(id(x), None)
         shared = kept[1] if kept is not None and kept[0] is x else None
         chosen = index_of(arms, arm)
-        texts = {c: "\n".join(adf_example(x, arms, chosen, c, probability, shared)) for c in costs}
+
+        def text(cost: float) -> str:
+            return "\n".join(adf_example(x, arms, chosen, cost, probability, shared))
+
+        if self.coarse:  # each stage learns the cost; its regressor, what the stage left
+            costs = [
+                c - _learn(vw, text(c), chosen) for vw, c in zip(self.coarse, costs, strict=True)
+            ]
+        texts = {c: text(c) for c in costs}
         for i, (vw, cost) in enumerate(zip(self.regressors, costs, strict=True)):
-            examples = _NATIVE._parse(vw, texts[cost])
-            try:
-                _NATIVE.learn_multi(vw, examples)
-                if len(self.regressors) > 1:
-                    # --cb_adf predicts every arm before it updates: its error on this reward
-                    error = (examples[0].get_action_scores()[chosen] - cost) ** 2
-                    self.errors[i] = self._mix_discount * self.errors[i] + error
-            finally:
-                _NATIVE._finish_example_multi_ex(vw, examples)
+            # --cb_adf predicts every arm before it updates: its error on this reward
+            error = (_learn(vw, texts[cost], chosen) - cost) ** 2
+            self.errors[i] = self._mix_discount * self.errors[i] + error
         self.learned += 1
         self.baseline += (reward - self.baseline) / self.learned
         if self._own:
@@ -362,7 +394,7 @@ class VWPolicy:
         models = []
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.vw")
-            for vw in self.regressors:
+            for vw in [*self.regressors, *self.coarse]:
                 vw.save(path)
                 with open(path, "rb") as f:
                     models.append(f.read())
@@ -375,7 +407,19 @@ class VWPolicy:
             state["centres"] = self.centres.to_json()
         if len(models) > 1:
             state |= {"sizes": [len(m) for m in models], "errors": self.errors}
+        if self.coarse:
+            state["coarse"] = len(self.coarse)
         return _MAGIC + json.dumps(state).encode() + b"\n" + b"".join(models)
+
+
+def _learn(vw: vowpalwabbit.Workspace, text: str, chosen: int) -> float:
+    """Learn the labelled ADF example ``text``; the chosen arm's cost as predicted before."""
+    examples = _NATIVE._parse(vw, text)
+    try:
+        _NATIVE.learn_multi(vw, examples)
+        return float(examples[0].get_action_scores()[chosen])
+    finally:
+        _NATIVE._finish_example_multi_ex(vw, examples)
 
 
 def _split(models: bytes, sizes: object) -> list[bytes | None]:
