@@ -395,11 +395,7 @@ def _preference(policy: VWPolicy, subject: str) -> float:
     from bandit_router.features import extract
 
     x = extract("w1 w2 w3", {"subject": subject})
-    text = "\n".join(adf_example(x, [Arm("a"), Arm("b")]))
-    costs = predicted_costs(policy.regressors[policy.serving], text)
-    if policy.coarse:
-        first = predicted_costs(policy.coarse[policy.serving], text)
-        costs = [c + f for c, f in zip(first, costs, strict=True)]
+    costs = policy.predicted(policy.serving, "\n".join(adf_example(x, [Arm("a"), Arm("b")])))
     return costs[1] - costs[0]
 
 

@@ -317,6 +317,15 @@ class VWPolicy:
         first, slower one on a tie). After a change the faster one predicts better."""
         return min(range(len(self.regressors)), key=self.errors.__getitem__)
 
+    def predicted(self, regressor: int, text: str) -> list[float]:
+        """Each arm's cost as ``regressor`` predicts it for the ADF example ``text``, its
+        coarse stage's prediction added."""
+        costs = predicted_costs(self.regressors[regressor], text)
+        if not self.coarse:
+            return costs
+        first = predicted_costs(self.coarse[regressor], text)
+        return [c + f for c, f in zip(first, costs, strict=True)]
+
     def choose(self, x: Features, arms: Sequence[Arm]) -> Decision:
         shared = shared_line(x)
         self._shared[id(x)] = (x, shared)
@@ -324,11 +333,7 @@ class VWPolicy:
             del self._shared[next(iter(self._shared))]  # the oldest
         # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
         serving = self.serving
-        text = "\n".join(adf_example(x, arms, shared=shared))
-        scores = predicted_costs(self.regressors[serving], text)
-        if self.coarse:
-            first = predicted_costs(self.coarse[serving], text)
-            scores = [c + f for c, f in zip(first, scores, strict=True)]
+        scores = self.predicted(serving, "\n".join(adf_example(x, arms, shared=shared)))
         if serving == 0 and self._arm_centre:  # its costs are each arm's own: put them level
             scores = [c - self.centre(arm.name) for c, arm in zip(scores, arms, strict=True)]
         if self._own:
