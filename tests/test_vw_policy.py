@@ -404,7 +404,7 @@ def test_a_coarse_stage_learns_the_subject_sooner_than_the_words_let_the_regress
     by all of an example's features, has learned less of the subject's preference (0.6 either
     way) after 300 events than with a coarse stage that sees the subject (C) alone (about 0.07
     of it against 0.24 on this seed)."""
-    plain = _subjects("squarecb", 300)
+    plain = _subjects("squarecb:coarse=", 300)
     coarse = _subjects("squarecb:coarse=C", 300)
     assert [len(p.coarse) for p in (plain, coarse)] == [0, 2]
     assert all("--ignore" in vw.get_arguments() for vw in coarse.coarse)
@@ -431,12 +431,12 @@ def test_the_coarse_stages_survive_dumps_and_an_older_snapshot_starts_them_empty
     for a, b in stages:
         assert predicted_costs(a, text) == predicted_costs(b, text)
     assert _preference(loaded, "law") == _preference(policy, "law")
-    older = _subjects("squarecb", 100)
+    older = _subjects("squarecb:coarse=", 100)
     upgraded = load_policy("squarecb:coarse=CN", older.dumps(), seed=1)
     assert isinstance(upgraded, VWPolicy) and len(upgraded.coarse) == 2
     assert predicted_costs(upgraded.coarse[0], text) == [0.0, 0.0]  # starts empty
     assert _preference(upgraded, "law") == _preference(older, "law")
-    back = load_policy("squarecb", policy.dumps(), seed=1)  # the stages dropped
+    back = load_policy("squarecb:coarse=", policy.dumps(), seed=1)  # the stages dropped
     assert isinstance(back, VWPolicy) and back.coarse == []
     assert predicted_costs(back.regressors[0], text) == predicted_costs(policy.regressors[0], text)
 
