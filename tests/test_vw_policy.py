@@ -368,9 +368,10 @@ def test_vw_reports_after_learning_the_costs_it_predicted_before() -> None:
     assert predicted_costs(vw, text) != pytest.approx(before, abs=1e-6)  # it did learn
 
 
-def _subjects(spec: str, events: int, seed: int = 1) -> VWPolicy:
+def _subjects(spec: str, events: int, seed: int = 1, context: bool = True) -> VWPolicy:
     """A policy after ``events`` queries of two subjects, each with words of its own that carry
-    nothing: arm a pays 0.8 on maths and 0.2 on law, arm b the reverse (0/1 rewards)."""
+    nothing: arm a pays 0.8 on maths and 0.2 on law, arm b the reverse (0/1 rewards); without
+    ``context`` the subject is not sent."""
     import random
 
     from bandit_router.features import extract
@@ -383,7 +384,7 @@ def _subjects(spec: str, events: int, seed: int = 1) -> VWPolicy:
     for _ in range(events):
         subject = rng.choice(["maths", "law"])
         words = " ".join(f"w{rng.randrange(5000)}" for _ in range(60))
-        x = extract(words, {"subject": subject})
+        x = extract(words, {"subject": subject} if context else None)
         d = policy.choose(x, arms)
         pays = 0.8 if (d.arm == "a") == (subject == "maths") else 0.2
         policy.learn(x, arms, d.arm, d.probability, float(rng.random() < pays))
@@ -414,6 +415,25 @@ def test_a_coarse_stage_learns_the_subject_sooner_than_the_words_let_the_regress
     }
     assert gaps["coarse"][0] > 0.05 and gaps["coarse"][1] < -0.05  # the rule, both ways
     assert gaps["coarse"][0] - gaps["coarse"][1] > 2 * (gaps["plain"][0] - gaps["plain"][1])
+
+
+def test_without_the_app_facts_the_coarse_stages_stay_out() -> None:
+    """A query without features in the coarse stages' namespaces neither asks nor teaches
+    them: the default (coarse CN) makes the same choices as without stages when no context is
+    sent; with it, they learn."""
+    from bandit_router.features import extract
+
+    x = extract("w1 w2 w3")
+    one = _subjects("squarecb", 1)
+    assert not one.staged(x) and not one.staged(extract("w1", {"n": 0}))  # 0 is no feature
+    assert one.staged(extract("w1", {"subject": "law"})) and one.staged(extract("w1", {"n": 2}))
+    assert not _subjects("squarecb:coarse=", 1).staged(extract("w1", {"subject": "law"}))
+    bare, plain = (_subjects(spec, 200, context=False) for spec in ("squarecb", "squarecb:coarse="))
+    assert all(predicted_costs(vw, "shared |Q x:1\n|A a") == [0.0] for vw in bare.coarse)
+    text = "\n".join(adf_example(x, [Arm("a"), Arm("b")]))
+    assert bare.predicted(bare.serving, text) == plain.predicted(plain.serving, text)
+    law = "\n".join(adf_example(extract("w1", {"subject": "law"}), [Arm("a"), Arm("b")]))
+    assert all(predicted_costs(vw, law) != [0.0, 0.0] for vw in _subjects("squarecb", 200).coarse)
 
 
 def test_the_coarse_stages_survive_dumps_and_an_older_snapshot_starts_them_empty() -> None:

@@ -224,9 +224,9 @@ class VWPolicy:
         # each regressor's discounted squared error on the chosen arms' centred rewards
         self.errors = [0.0] * len(args)
         # SquareCB with coarse: per regressor, a stage that sees only those shared namespaces
-        kept = str(params.get("coarse", "")) if self._own else ""
-        ignored = "".join(ns for ns in SHARED_NAMESPACES if ns not in kept)
-        coarse_args = [[*a, "--ignore", ignored] for a in args] if kept else []
+        self._kept = str(params.get("coarse", "")) if self._own else ""
+        ignored = "".join(ns for ns in SHARED_NAMESPACES if ns not in self._kept)
+        coarse_args = [[*a, "--ignore", ignored] for a in args] if self._kept else []
         coarse_models: list[bytes | None] = [None] * len(coarse_args)
         models: list[bytes | None] = [model]
         if model is not None and model.startswith(_MAGIC):
@@ -318,11 +318,26 @@ class VWPolicy:
         first, slower one on a tie). After a change the faster one predicts better."""
         return min(range(len(self.regressors)), key=self.errors.__getitem__)
 
-    def predicted(self, regressor: int, text: str) -> list[float]:
-        """Each arm's cost as ``regressor`` predicts it for the ADF example ``text``, its
-        coarse stage's prediction added."""
-        costs = predicted_costs(self.regressors[regressor], text)
+    def staged(self, x: Features) -> bool:
+        """Whether the coarse stages take part for ``x``: they exist and ``x`` has features in
+        their namespaces. Without any (an app that sends no facts) a stage would learn only
+        each arm's mean, which the regressor learns too: such traffic is routed exactly as
+        without stages, as measured before them."""
         if not self.coarse:
+            return False
+        present = {
+            "Q": any(x.stats),
+            "W": bool(x.tokens),
+            "N": any(x.numeric.values()),
+            "C": bool(x.categorical),
+        }
+        return any(present[ns] for ns in self._kept)
+
+    def predicted(self, regressor: int, text: str, staged: bool = True) -> list[float]:
+        """Each arm's cost as ``regressor`` predicts it for the ADF example ``text``, its
+        coarse stage's prediction added when ``staged`` (see ``staged``)."""
+        costs = predicted_costs(self.regressors[regressor], text)
+        if not (staged and self.coarse):
             return costs
         first = predicted_costs(self.coarse[regressor], text)
         return [c + f for c, f in zip(first, costs, strict=True)]
@@ -334,7 +349,8 @@ class VWPolicy:
             del self._shared[next(iter(self._shared))]  # the oldest
         # ACTION_PROBS from an explorer; with --cb_adf, each arm's predicted cost (in order)
         serving = self.serving
-        scores = self.predicted(serving, "\n".join(adf_example(x, arms, shared=shared)))
+        text = "\n".join(adf_example(x, arms, shared=shared))
+        scores = self.predicted(serving, text, self.staged(x))
         if serving == 0 and self._arm_centre:  # its costs are each arm's own: put them level
             scores = [c - self.centre(arm.name) for c, arm in zip(scores, arms, strict=True)]
         if self._own:
@@ -366,7 +382,7 @@ class VWPolicy:
         def text(cost: float) -> str:
             return "\n".join(adf_example(x, arms, chosen, cost, probability, shared))
 
-        if self.coarse:  # each stage learns the cost; its regressor, what the stage left
+        if self.staged(x):  # each stage learns the cost; its regressor, what the stage left
             costs = [
                 c - _learn(vw, text(c), chosen) for vw, c in zip(self.coarse, costs, strict=True)
             ]
