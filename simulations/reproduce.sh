@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/ (40-90 minutes on 2 cores, by load).
+# Reproduces every committed result in simulations/results/: about 110 minutes of one core; the
+# eighth round's run took an hour, split in two halves side by side (up to tabular.py, then
+# warm_start.sh and champion.sh; and from change_points.py on).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,3 +81,6 @@ $BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:coarse= squa
   --json simulations/data/exploration_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/exploration_default.json \
   > $OUT/exploration_default.md
+# Warm start and champion and challengers (results/warm_start.txt, results/champion/).
+simulations/warm_start.sh
+simulations/champion.sh
