@@ -257,11 +257,11 @@ class VWPolicy:
             self._workspace(a, models[i] if i < len(models) else models[0])
             for i, a in enumerate(args)
         ]
-        # Each regressor's coarse stage (none without the parameter) learns the reward first
+        # Each regressor's coarse stage (none with coarse empty) learns the reward first
         # and the regressor what it leaves; their predictions add up. VW's normalised updates
         # pace every weight of an example by all its features: with a hundred words in a query
-        # the subject's weights learned slowly where they pay (simulations/README.md, "What is
-        # not done").
+        # the subject's weights learned slowly where they pay (simulations/README.md, "Eighth
+        # round"). A query without features in their namespaces leaves them out (``staged``).
         self.coarse = [
             self._workspace(a, m) for a, m in zip(coarse_args, coarse_models, strict=True)
         ]
