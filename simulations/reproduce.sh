@@ -74,8 +74,8 @@ $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0:gap_prior=0:dominated_z=0:fast_l2=0:coarse= \
   squarecb:l2=0.001:gap_prior=0:dominated_z=0:fast_l2=0:coarse= --json simulations/data/l2_default.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/l2_default.json > $OUT/l2_default.md
-# The default (the fourth round's l2 0.001, gap_prior and thinning, back in the sixth) against the
-# fifth round's (l2 0.01) and the third round's, 10 seeds (results/exploration_default.md).
+# The default (the eighth round's) against the seventh, sixth, fifth (l2 0.01) and third rounds'
+# and the fourth round's steps, 10 seeds (results/exploration_default.md).
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb squarecb:coarse= squarecb:fast_l2=0:coarse= squarecb:l2=0.01:fast_l2=0:coarse= \
   squarecb:l2=0.001:gap_prior=0:fast_l2=0:coarse= squarecb:l2=0.001:gap_prior=0:dominated_z=0:fast_l2=0:coarse= ts ucb static random best-fixed best-context oracle \
   --json simulations/data/exploration_default.json > /dev/null
