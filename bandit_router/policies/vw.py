@@ -379,17 +379,20 @@ class VWPolicy:
         shared = kept[1] if kept is not None and kept[0] is x else None
         chosen = index_of(arms, arm)
 
+        texts: dict[float, str] = {}  # the labelled example, built once per distinct cost
+
         def text(cost: float) -> str:
-            return "\n".join(adf_example(x, arms, chosen, cost, probability, shared))
+            if cost not in texts:
+                texts[cost] = "\n".join(adf_example(x, arms, chosen, cost, probability, shared))
+            return texts[cost]
 
         if self.staged(x):  # each stage learns the cost; its regressor, what the stage left
             costs = [
                 c - _learn(vw, text(c), chosen) for vw, c in zip(self.coarse, costs, strict=True)
             ]
-        texts = {c: text(c) for c in costs}
         for i, (vw, cost) in enumerate(zip(self.regressors, costs, strict=True)):
             # --cb_adf predicts every arm before it updates: its error on this reward
-            error = (_learn(vw, texts[cost], chosen) - cost) ** 2
+            error = (_learn(vw, text(cost), chosen) - cost) ** 2
             self.errors[i] = self._mix_discount * self.errors[i] + error
         self.learned += 1
         self.baseline += (reward - self.baseline) / self.learned
