@@ -4,6 +4,7 @@ arm and got at least ``LOCKED`` of it (issue 14 counts such a seed as a defect, 
 
     python -m simulations.locks --seeds 10 squarecb squarecb:l2=0.001 ts \
         > simulations/results/locks.md
+    python -m simulations.locks --sets mmlu_pro_nine --rewards accuracy squarecb  # other shapes
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy.typing as npt
 
 from bandit_router.sim import replay, report
 from bandit_router.sim.hindsight import best_fixed_arm
-from simulations.robust_eval import REWARDS, SETS, replays
+from simulations.robust_eval import REWARDS, SETS, SHAPES, replays
 
 LOCKED = 0.75  # a worse arm's share of the tail at which the seed counts as locked onto it
 TAIL = 6  # the tail: the last 1/TAIL of each run
@@ -40,8 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--rewards", default=",".join(REWARDS))
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args(argv)
+    rewards = args.rewards.split(",")
+    unknown = set(rewards) - {*REWARDS, *SHAPES}
+    if unknown:
+        parser.error(
+            f"unknown --rewards {sorted(unknown)}; known: {', '.join([*REWARDS, *SHAPES])}"
+        )
     print(f"Last sixth of each run, {args.seeds} shuffled seeds; a seed is locked when a worse")
     print(f"arm than the best fixed one gets at least {LOCKED:.0%} of it.\n")
     print(
@@ -50,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|")
     locked: dict[str, int] = {spec: 0 for spec in args.specs}
-    for name, setting, in_order, settings, prepared in replays(args.sets.split(","), [*REWARDS]):
+    for name, setting, in_order, settings, prepared in replays(args.sets.split(","), rewards):
         means = np.nanmean(prepared.table, axis=0)  # each arm's, where it has an outcome
         best = prepared.arm_index[best_fixed_arm(prepared)]
         fixed = float(report.hindsight(prepared)[0].mean())  # robust_eval's best-fixed

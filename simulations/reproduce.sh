@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/: about 110 minutes of one core; the
+# Reproduces every committed result in simulations/results/: about 135 minutes of one core; the
 # eighth round's run took an hour, split in two halves side by side (up to tabular.py, then
 # warm_start.sh and champion.sh; and from change_points.py on).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
@@ -69,6 +69,11 @@ $BIN/python -m simulations.robust_eval --seeds 5 --sets alpaca_tulu2 --rewards r
   squarecb squarecb:coarse= ts ucb static random --json simulations/data/heldout_rating.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
   simulations/data/heldout_rating.json > $OUT/heldout_shapes.md
+# Seeds that lock onto a worse arm on those shapes, 10 seeds (results/locks_heldout.md).
+$BIN/python -m simulations.locks --seeds 10 --sets mmlu_pro_nine,mmlu_pro_two,mmlu_pro_top2 \
+  --rewards default,budget5000,accuracy squarecb squarecb:coarse= ts > $OUT/locks_heldout.md
+$BIN/python -m simulations.locks --seeds 10 --sets alpaca_tulu2 --rewards rating \
+  squarecb squarecb:coarse= ts >> $OUT/locks_heldout.md
 # The third round's l2 default against the one before it, 10 seeds, both without the fourth
 # round's gap_prior and thinning (results/l2_default.md).
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0:gap_prior=0:dominated_z=0:fast_l2=0:coarse= \

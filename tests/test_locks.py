@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from simulations.locks import LOCKED, is_locked, tail_arm
+from simulations.locks import LOCKED, is_locked, main, tail_arm
 
 
 def test_the_tail_is_the_last_sixth_of_the_run() -> None:
@@ -23,3 +24,12 @@ def test_a_worse_arm_with_most_of_the_tail_is_a_lock_and_the_best_arm_never_is()
 
 def test_a_short_run_still_has_a_tail() -> None:
     assert tail_arm(np.array([2, 2, 0], dtype=np.int64), 3) == (0, 1.0)
+
+
+def test_an_unknown_reward_setting_is_refused_naming_the_known_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--rewards", "default,bogus", "squarecb"])
+    err = capsys.readouterr().err
+    assert "unknown --rewards ['bogus']" in err and "accuracy, rating" in err
