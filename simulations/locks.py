@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from bandit_router.sim import replay, report
 from bandit_router.sim.hindsight import best_fixed_arm
-from simulations.robust_eval import REWARDS, SETS, SHAPES, replays
+from simulations.robust_eval import REWARDS, SETS, replays, reward_names
 
 LOCKED = 0.75  # a worse arm's share of the tail at which the seed counts as locked onto it
 TAIL = 6  # the tail: the last 1/TAIL of each run
@@ -44,12 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rewards", default=",".join(REWARDS))
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args(argv)
-    rewards = args.rewards.split(",")
-    unknown = set(rewards) - {*REWARDS, *SHAPES}
-    if unknown:
-        parser.error(
-            f"unknown --rewards {sorted(unknown)}; known: {', '.join([*REWARDS, *SHAPES])}"
-        )
+    rewards = reward_names(parser, args.rewards)
     print(f"Last sixth of each run, {args.seeds} shuffled seeds; a seed is locked when a worse")
     print(f"arm than the best fixed one gets at least {LOCKED:.0%} of it.\n")
     print(

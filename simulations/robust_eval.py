@@ -155,6 +155,17 @@ def phases(reward: np.ndarray[Any, Any], changes: Sequence[int]) -> list[float]:
     return whole + first
 
 
+def reward_names(parser: argparse.ArgumentParser, value: str) -> list[str]:
+    """The reward settings ``value`` names, comma-separated (of ``REWARDS`` or ``SHAPES``); an
+    unknown one is a usage error that names the known ones."""
+    names = value.split(",")
+    unknown = set(names) - {*REWARDS, *SHAPES}
+    if unknown:
+        known = ", ".join([*REWARDS, *SHAPES])
+        parser.error(f"unknown --rewards {sorted(unknown)}; known: {known}")
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="+")
@@ -164,13 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    unknown = set(args.rewards.split(",")) - {*REWARDS, *SHAPES}
-    if unknown:
-        known = ", ".join([*REWARDS, *SHAPES])
-        parser.error(f"unknown --rewards {sorted(unknown)}; known: {known}")
-    results = evaluate(
-        args.specs, args.sets.split(","), args.rewards.split(","), args.seeds, args.limit
-    )
+    rewards = reward_names(parser, args.rewards)
+    results = evaluate(args.specs, args.sets.split(","), rewards, args.seeds, args.limit)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
