@@ -1,6 +1,9 @@
 """Seeds that lock onto a worse arm: per public set and reward setting, each seed's result and
 the arm that got most of the last sixth of its run, flagged when that arm is not the best fixed
-arm and got at least ``LOCKED`` of it (issue 14 counts such a seed as a defect, not noise):
+arm and got at least ``LOCKED`` of it (issue 14 counts such a seed as a defect, not noise).
+Beside each lock, the rewards of each of the two arms that would show their gap at two standard
+errors: a lock onto an arm that needs more than half the run's rows (the run split evenly between
+the two could not tell them apart) is counted apart, as a tie within what the data can resolve:
 
     python -m simulations.locks --seeds 10 squarecb squarecb:l2=0.001 ts \
         > simulations/results/locks.md
@@ -37,6 +40,16 @@ def is_locked(top: int, share: float, best: int) -> bool:
     return top != best and share >= LOCKED
 
 
+def rewards_to_separate(table: npt.NDArray[np.float64], a: int, b: int) -> float:
+    """How many rewards of each of arms ``a`` and ``b`` (columns of ``table``, NaN where absent)
+    show the gap between their means at two standard errors: ``8 var / gap**2``, ``var`` the
+    mean of the two arms' variances (inf for arms level on average)."""
+    x, y = table[:, a], table[:, b]
+    gap = float(np.nanmean(x) - np.nanmean(y))
+    var = (float(np.nanvar(x)) + float(np.nanvar(y))) / 2
+    return 8 * var / (gap * gap) if gap else float("inf")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("specs", nargs="+")
@@ -49,31 +62,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"arm than the best fixed one gets at least {LOCKED:.0%} of it.\n")
     print(
         "| policy | set, reward | seed | vs best-fixed | arm with most of the last sixth "
-        "| its share | that arm vs best-fixed | locked |"
+        "| its share | that arm vs best-fixed | rewards of each to tell them apart | locked |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     locked: dict[str, int] = {spec: 0 for spec in args.specs}
+    ties: dict[str, int] = {spec: 0 for spec in args.specs}  # of them, onto an unresolvable arm
     for name, setting, in_order, settings, prepared in replays(args.sets.split(","), rewards):
         means = np.nanmean(prepared.table, axis=0)  # each arm's, where it has an outcome
         best = prepared.arm_index[best_fixed_arm(prepared)]
         fixed = float(report.hindsight(prepared)[0].mean())  # robust_eval's best-fixed
         arms = [arm.name for arm in prepared.replay.arms]
+        rows = len(prepared.table)
         seeds = range(args.seeds)
         for spec, runs in replay.simulate(args.specs, prepared, seeds, in_order, settings).items():
             for seed, run in zip(seeds, runs, strict=True):
                 top, share = tail_arm(run.arm, len(arms))
                 lock = is_locked(top, share, best)
+                need = rewards_to_separate(prepared.table, best, top) if top != best else 0.0
                 locked[spec] += lock
+                ties[spec] += lock and 2 * need > rows
                 print(
                     f"| {spec} | {name} {setting} | {seed} "
                     f"| {100 * (run.reward.mean() / fixed - 1):+.2f}% | {arms[top]} "
                     f"| {share:.2f} | {100 * (means[top] / means[best] - 1):+.2f}% "
-                    f"| {'**locked**' if lock else ''} |",
+                    f"| {f'{need:,.0f}' if need else ''} | {'**locked**' if lock else ''} |",
                     flush=True,
                 )
     print()
     for spec, n in locked.items():
-        print(f"- {spec}: {n} locked seeds")
+        print(
+            f"- {spec}: {n} locked seeds, {ties[spec]} of them onto an arm the run's rows split"
+            " evenly with the best could not tell from it"
+        )
     return 0
 
 
