@@ -73,12 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixed = float(report.hindsight(prepared)[0].mean())  # robust_eval's best-fixed
         arms = [arm.name for arm in prepared.replay.arms]
         rows = len(prepared.table)
+        needs = {best: 0.0}  # each tail arm's rewards to tell it from the best, once per pair
         seeds = range(args.seeds)
         for spec, runs in replay.simulate(args.specs, prepared, seeds, in_order, settings).items():
             for seed, run in zip(seeds, runs, strict=True):
                 top, share = tail_arm(run.arm, len(arms))
                 lock = is_locked(top, share, best)
-                need = rewards_to_separate(prepared.table, best, top) if top != best else 0.0
+                if top not in needs:
+                    needs[top] = rewards_to_separate(prepared.table, best, top)
+                need = needs[top]
                 locked[spec] += lock
                 ties[spec] += lock and 2 * need > rows
                 print(
