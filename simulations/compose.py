@@ -1,15 +1,17 @@
-"""Replay sets with other arm counts, composed from the public MMLU-Pro sets (issue 14).
+"""Replay sets the public ones lack: other arm counts, and no app facts (issue 14).
 
 The three MMLU-Pro files hold the same 12,032 questions (same ids), answered by different models;
 ``qwen15-110b`` is in two of them with identical outcomes. Their arms can be regrouped into sets
 the public files do not have: nine arms of three families, and two close small models. The
 defaults are judged on such sets elsewhere (2 to 9 arms), so they are checked here on sets that
-played no part in choosing them:
+played no part in choosing them, and on the public sets without their app facts:
 
     python -m simulations.compose simulations/data
 
-writes ``<name>.jsonl`` and ``<name>.arms.json`` for each of ``COMPOSED`` (about 40 MB in all;
-``simulations/data/`` is ignored by git). ``robust_eval --sets mmlu_pro_nine,...`` replays them.
+writes ``<name>.jsonl`` and ``<name>.arms.json`` for each of ``COMPOSED``, and
+``<set>_bare.jsonl`` for each public set (its rows without ``context``: traffic from an app that
+sends no features, such as a gateway client's; about 80 MB in all, ``simulations/data/`` is
+ignored by git). ``robust_eval --sets mmlu_pro_nine,mmlu_pro_llama2_bare,...`` replays them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.robust_eval import DATA
+from simulations.robust_eval import DATA, SETS
 
 SOURCES = ["mmlu_pro_llama2", "mmlu_pro_qwen15", "mmlu_pro_mixed6"]
 
@@ -74,6 +76,22 @@ def compose(data: Path, arms: Sequence[str]) -> tuple[list[dict[str, Any]], list
     return list(rows.values()), [specs[name] for name in arms]
 
 
+def bare(data: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of the public set ``name`` without their app facts (``context``)."""
+    with open(data / f"{name}.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    for row in rows:
+        row.pop("context", None)
+    return rows
+
+
+def _write(out: Path, name: str, rows: Sequence[dict[str, Any]], arms: str) -> None:
+    with open(out / f"{name}.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    (out / f"{name}.arms.json").write_text(arms)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -82,11 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, arms in COMPOSED.items():
         rows, specs = compose(args.data, arms)
-        with open(args.out / f"{name}.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        (args.out / f"{name}.arms.json").write_text(json.dumps({"arms": specs}, indent=1))
+        _write(args.out, name, rows, json.dumps({"arms": specs}, indent=1))
         print(f"wrote {args.out / name}.jsonl: {len(rows)} rows, {len(arms)} arms")
+    for source in SETS:
+        rows = bare(args.data, source)
+        _write(args.out, f"{source}_bare", rows, (args.data / f"{source}.arms.json").read_text())
+        print(f"wrote {args.out / source}_bare.jsonl: {len(rows)} rows without app facts")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/: about 135 minutes of one core; the
+# Reproduces every committed result in simulations/results/: about 145 minutes of one core; the
 # eighth round's run took an hour, split in two halves side by side (up to tabular.py, then
 # warm_start.sh and champion.sh; and from change_points.py on).
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
@@ -69,6 +69,11 @@ $BIN/python -m simulations.robust_eval --seeds 5 --sets alpaca_tulu2 --rewards r
   squarecb squarecb:coarse= ts ucb static random --json simulations/data/heldout_rating.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
   simulations/data/heldout_rating.json > $OUT/heldout_shapes.md
+# The public sets without their app facts, 10 seeds (results/bare_sets.md).
+BARE=mmlu_pro_llama2_bare,mmlu_pro_qwen15_bare,mmlu_pro_mixed6_bare,alpaca_tulu2_bare
+$BIN/python -m simulations.robust_eval --seeds 10 --sets $BARE squarecb ts ucb static random \
+  --json simulations/data/bare_sets.json > /dev/null
+$BIN/python -m simulations.robust_table simulations/data/bare_sets.json > $OUT/bare_sets.md
 # Seeds that lock onto a worse arm on those shapes, 10 seeds (results/locks_heldout.md).
 $BIN/python -m simulations.locks --seeds 10 --sets mmlu_pro_nine,mmlu_pro_two,mmlu_pro_top2 \
   --rewards default,budget5000,accuracy squarecb squarecb:coarse= ts > $OUT/locks_heldout.md

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bandit_router.sim import dataset
-from simulations.compose import SOURCES, compose, main
+from simulations.compose import SOURCES, bare, compose, main
+from simulations.robust_eval import SETS
 
 
 def _write(folder: Path, source: str, arms: list[str], rows: int = 4) -> None:
@@ -38,6 +39,8 @@ def sources(tmp_path: Path) -> Path:
     _write(tmp_path, SOURCES[0], ["a7", "a13"])
     _write(tmp_path, SOURCES[1], ["b7", "shared"])
     _write(tmp_path, SOURCES[2], ["c8", "shared"])
+    for other in set(SETS) - set(SOURCES):
+        _write(tmp_path, other, ["d7", "d70"])
     return tmp_path
 
 
@@ -66,3 +69,21 @@ def test_the_written_sets_load_as_replay_files(
     replay = dataset.load(out / "mix.jsonl", out / "mix.arms.json")
     assert [a.name for a in replay.arms] == ["a7", "b7", "c8"]
     assert len(replay.rows) == 4 and set(replay.rows[0].outcomes) == {"a7", "b7", "c8"}
+
+
+def test_the_bare_sets_are_the_public_ones_without_app_facts(
+    sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = bare(sources, SOURCES[0])
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3"]
+    assert all("context" not in r for r in rows)
+    monkeypatch.setattr("simulations.compose.COMPOSED", {})
+    out = tmp_path / "out"
+    assert main([str(out), "--data", str(sources)]) == 0
+    for name in SETS:
+        with_facts = dataset.load(sources / f"{name}.jsonl", sources / f"{name}.arms.json")
+        without = dataset.load(out / f"{name}_bare.jsonl", out / f"{name}_bare.arms.json")
+        assert [a.name for a in without.arms] == [a.name for a in with_facts.arms]
+        assert [r.outcomes for r in without.rows] == [r.outcomes for r in with_facts.rows]
+        assert {"math"} == {r.context.get("category") for r in with_facts.rows}
+        assert all(not r.context for r in without.rows)
