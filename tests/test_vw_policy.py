@@ -116,6 +116,82 @@ def test_one_unlucky_reward_does_not_shut_an_arm_out() -> None:
     assert chances["squarecb:gap_prior=0"] < 0.25
 
 
+def _taught(spec: str, rewards: dict[str, list[float]]) -> VWPolicy:
+    """A ``spec`` policy that learned ``rewards`` (per arm, in turn) on one query."""
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    policy = build_policy(spec, seed=1)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm(name) for name in rewards]
+    x = extract("what is 2 + 2")
+    for round_ in zip(*rewards.values(), strict=True):
+        for arm, reward in zip(rewards, round_, strict=True):
+            policy.learn(x, arms, arm, 0.5, reward)
+    return policy
+
+
+def test_greed_follows_how_little_the_rewards_spread() -> None:
+    """SquareCB's gamma and gap_prior are for rewards of sd reward_sd (0.3) or more: rewards
+    that spread less make it greedier by reward_sd / their sd, at most SPREAD_CAP times, and
+    only after SPREAD_MIN rewards."""
+    from bandit_router.policies.vw import SPREAD_CAP, SPREAD_MIN
+
+    wide = _taught("squarecb", {"a": [0.0, 1.0] * 10, "b": [1.0, 0.0] * 10})  # sd 0.5
+    assert wide.greed() == 1.0
+    narrow = {"a": [0.5, 0.7] * 10, "b": [0.4, 0.6] * 10}
+    stats = _taught("squarecb", narrow).arm_stats
+    sd = stats.overall_variance() ** 0.5
+    assert 0.05 < sd < 0.15
+    assert _taught("squarecb", narrow).greed() == pytest.approx(0.3 / sd)
+    assert _taught("squarecb:reward_sd=0", narrow).greed() == 1.0
+    half = SPREAD_MIN // 2
+    assert _taught("squarecb", {"a": [0.5] * (half - 1), "b": [0.5] * (half - 1)}).greed() == 1.0
+    assert _taught("squarecb", {"a": [0.5] * half, "b": [0.5] * half}).greed() == SPREAD_CAP
+
+
+def test_rewards_that_spread_little_explore_a_worse_arm_less() -> None:
+    """The same evidence in rewards of sd about 0.1: the arm shown 0.1 worse is explored less
+    with reward_sd than without, by more than the regressor's noise."""
+    from bandit_router.features import extract
+
+    rewards = {"better": [0.6, 0.8] * 15, "worse": [0.5, 0.7] * 15}
+    arms = [Arm("better"), Arm("worse")]
+    chances = {
+        spec: _taught(spec, rewards).choose(extract("what is 2 + 2"), arms).probabilities["worse"]
+        for spec in ("squarecb", "squarecb:reward_sd=0")
+    }
+    assert chances["squarecb"] < 0.6 * chances["squarecb:reward_sd=0"]
+
+
+def test_a_planted_better_arm_costs_fewer_choices_when_rewards_spread_little() -> None:
+    """Two arms 0.1 apart, rewards of sd 0.05, 400 events on each of six seeds: the default
+    (reward_sd 0.3) sends the worse arm clearly fewer queries than without reward_sd."""
+    import numpy as np
+
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    arms = [Arm("good"), Arm("bad")]
+    queries = [extract(f"question number {i} about topic {i % 7}") for i in range(50)]
+    worse = {}
+    for spec in ("squarecb", "squarecb:reward_sd=0"):
+        worse[spec] = 0
+        for seed in range(6):
+            rng = np.random.default_rng(seed)
+            policy = build_policy(spec, seed=seed)
+            for t in range(400):
+                x = queries[t % len(queries)]
+                d = policy.choose(x, arms)
+                mean = 0.6 if d.arm == "good" else 0.5
+                policy.learn(
+                    x, arms, d.arm, d.probability, float(np.clip(rng.normal(mean, 0.05), 0, 1))
+                )
+                worse[spec] += d.arm == "bad"
+    assert worse["squarecb:reward_sd=0"] < 0.1 * 2400  # both learn the planted rule
+    assert worse["squarecb"] < 0.7 * worse["squarecb:reward_sd=0"]
+
+
 def test_the_baseline_and_the_count_survive_dumps() -> None:
     from bandit_router.features import extract
     from bandit_router.policies.registry import build_policy, load_policy
@@ -256,6 +332,8 @@ def test_the_arm_statistics_survive_dumps() -> None:
         ("squarecb:mix_discount=1.5", "mix_discount must be in (0, 1]"),
         ("squarecb:arm_centre=-1", "arm_centre must be >= 0 and finite"),
         ("squarecb:arm_centre=inf", "arm_centre must be >= 0 and finite"),
+        ("squarecb:reward_sd=-0.1", "reward_sd must be >= 0 and finite"),
+        ("squarecb:reward_sd=nan", "reward_sd must be >= 0 and finite"),
         ("squarecb:coarse=X", "coarse must name some of the shared namespaces QWNC"),
         ("squarecb:coarse=CC", "coarse must name some of the shared namespaces QWNC"),
         ("squarecb:coarse=QWNC", "coarse must name some of the shared namespaces QWNC"),
