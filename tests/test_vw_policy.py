@@ -140,10 +140,10 @@ def test_greed_follows_how_little_the_rewards_spread() -> None:
     wide = _taught("squarecb", {"a": [0.0, 1.0] * 10, "b": [1.0, 0.0] * 10})  # sd 0.5
     assert wide.greed() == 1.0
     narrow = {"a": [0.5, 0.7] * 10, "b": [0.4, 0.6] * 10}
-    stats = _taught("squarecb", narrow).arm_stats
-    sd = stats.overall_variance() ** 0.5
+    policy = _taught("squarecb", narrow)
+    sd = policy.arm_stats.overall_variance() ** 0.5
     assert 0.05 < sd < 0.15
-    assert _taught("squarecb", narrow).greed() == pytest.approx(0.3 / sd)
+    assert policy.greed() == pytest.approx(0.3 / sd)
     assert _taught("squarecb:reward_sd=0", narrow).greed() == 1.0
     half = SPREAD_MIN // 2
     assert _taught("squarecb", {"a": [0.5] * (half - 1), "b": [0.5] * (half - 1)}).greed() == 1.0
