@@ -9,13 +9,17 @@ For every public set and reward setting of ``robust_eval``, shuffled over seeds 
 - a grid of arm-level learners (Beta and Gaussian Thompson sampling, UCB-V, explore-then-commit),
   from textbook exploration to far greedier than theory allows, and the best of them chosen per
   pair in hindsight, which no deployed learner can do;
+- Thompson sampling told every arm's reward mean and spread but not which arm has which
+  (``informed``): what is left of its loss is the price of the assignment alone, the rest of a
+  cold learner's is the price of not knowing the levels;
 - what the features are worth with full information: the skyline (``sim.peers.skyline``, ridge
   regression per arm trained on the first half with every arm's outcome, with each penalty of
   ``SKYLINE_L2``) against the best fixed arm on the same second half, and ``best-context`` (the
   best arm per subject, in hindsight).
 
 The learners here run vectorised over seeds straight on the reward table (the choice needs no
-features): 40 seeds of every learner on every pair take about a minute:
+features): 40 seeds of every learner on every pair take about three minutes (the six-arm
+sets' ``informed`` most of them):
 
     python -m simulations.cold_start --seeds 40 > simulations/results/cold_start.md
 """
@@ -107,6 +111,42 @@ def play(
     return out, chosen
 
 
+MAX_INFORMED_ARMS = 7  # k! assignments are weighed at every step
+
+
+def informed(table: Floats, seeds: Sequence[int]) -> Floats:
+    """Mean reward per seed of Thompson sampling over the assignments of the arms' true reward
+    profiles (each arm's mean and sd over the whole table) to the arms, with a Gaussian
+    likelihood of each arm's rewards: a prior no deployment has."""
+    n, k = table.shape
+    if k > MAX_INFORMED_ARMS:
+        raise ValueError(f"informed weighs all {k}! assignments: at most {MAX_INFORMED_ARMS} arms")
+    orders = np.stack([dataset.order(n, s, False) for s in seeds])
+    rng = np.random.default_rng([2000, *seeds])
+    mu, sd = np.nanmean(table, axis=0), np.maximum(np.nanstd(table, axis=0), 1e-3)
+    perms = np.array(list(itertools.permutations(range(k))))  # arm a holds profile perms[p, a]
+    m = len(seeds)
+    count, total, squares = np.zeros((m, k)), np.zeros((m, k)), np.zeros((m, k))
+    loglik = np.zeros((m, k, k))  # seed x arm x profile
+    earned = np.zeros(m)
+    who, arms = np.arange(m), np.arange(k)
+    for t in range(n):
+        rewards = table[orders[:, t]]
+        posterior = loglik[:, arms, perms].sum(axis=2)  # seed x assignment
+        cumulative = np.exp(posterior - posterior.max(axis=1, keepdims=True)).cumsum(axis=1)
+        drawn = (cumulative < rng.random((m, 1)) * cumulative[:, -1:]).sum(axis=1)
+        choice = np.where(np.isnan(rewards), -np.inf, mu[perms[drawn]]).argmax(axis=1)
+        r = rewards[who, choice]
+        count[who, choice] += 1
+        total[who, choice] += r
+        squares[who, choice] += r * r
+        c, s1, s2 = (x[who, choice][:, None] for x in (count, total, squares))
+        loglik[who, choice] = -c * np.log(sd) - (s2 - 2 * mu * s1 + c * mu**2) / (2 * sd**2)
+        earned += r
+    out: Floats = earned / n
+    return out
+
+
 def lai_robbins(table: Floats) -> float:
     """The Lai-Robbins regret scale (see the module's doc), as a share of the best arm's total."""
     n = table.shape[0]
@@ -151,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             learned[label] = _pct(float(per_seed.mean()), fixed)
             grid[label].append(learned[label])
         top = max(learned, key=learned.__getitem__)
+        told = [_pct(float(x), fixed) for x in informed(table, seeds)]
         gaps = sorted(fixed - means[a] for a in range(len(means)) if a != best)
         rows.append(
             (
@@ -164,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{-100 * lai_robbins(table):+.2f}%",
                     f"{learned['bts:1']:+.2f}%",
                     f"{learned[top]:+.2f}% ({top})",
+                    f"{np.mean(told):+.2f}% ± {report.ci95(told):.2f}",
                     f"{_pct(float(context.mean()), fixed):+.2f}%",
                     *(f"{np.mean(v):+.2f}% ± {report.ci95(v):.2f}" for v in sky.values()),
                 ],
@@ -174,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "| set, reward | rows | arms | best-fixed | gaps to the others | reward sd | "
         "Lai-Robbins scale | ts | best arm-level learner, chosen in hindsight | "
-        "best-context | "
+        "ts told the arms' reward distributions | best-context | "
         + " | ".join(
             f"skyline, penalty {'cross-validated' if l2 is None else f'{l2:g}'} "
             "(full information, 2nd half)"
@@ -182,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         + " |"
     )
-    print("|---|" + "---|" * (9 + len(SKYLINE_L2)))
+    print("|---|" + "---|" * (10 + len(SKYLINE_L2)))
     for label, cells in rows:
         print(f"| {label} | " + " | ".join(cells) + " |")
     print("\nEvery arm-level learner, mean over the seeds, vs best-fixed (%):\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulations.cold_start import LEARNERS, arm_level, lai_robbins
+from simulations.cold_start import LEARNERS, arm_level, informed, lai_robbins
 
 
 def planted(n: int = 3000, gap: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -42,3 +42,21 @@ def test_learners_skip_missing_outcomes() -> None:
 def test_lai_robbins_shrinks_as_the_gap_grows() -> None:
     small, large = lai_robbins(planted(gap=0.05)), lai_robbins(planted(gap=0.3))
     assert 0 < large < small
+
+
+def test_told_the_distributions_ts_finds_close_arms_sooner_than_textbook_ts() -> None:
+    table = planted(gap=0.05)
+    seeds = list(range(8))
+    told, textbook = informed(table, seeds), arm_level(table, "bts", 1.0, seeds)
+    assert told.shape == (8,)
+    assert told.mean() > textbook.mean(), (told, textbook)
+    assert told.mean() > table[:, 1].mean() - 0.01, told
+
+
+def test_told_the_distributions_ts_skips_missing_outcomes_and_bounds_its_arms() -> None:
+    table = planted()
+    table[::2, 1] = np.nan  # the best arm offered on half the rows
+    earned = informed(table, [0])
+    assert not np.isnan(earned).any() and earned[0] > 0.45
+    with pytest.raises(ValueError, match="at most 7 arms"):
+        informed(np.zeros((10, 8)), [0])
