@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/: about 145 minutes of one core; the
+# Reproduces every committed result in simulations/results/: about 160 minutes of one core; the
 # eighth round's run took an hour, split in two halves side by side (up to tabular.py, then
-# warm_start.sh and champion.sh; and from change_points.py on). The ninth round reran only the
-# tables whose default rows it changes, and of those not the ones noted below.
+# warm_start.sh and champion.sh; and from change_points.py on). The ninth round reran the tables
+# whose default rows it changes.
 # Run from the repository root after `make setup`; reads ../shared/data/ (see its README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,30 +58,30 @@ $BIN/python -m simulations.locks --seeds 10 squarecb squarecb:reward_sd=0 square
 $BIN/python -m simulations.selector_power --seeds 5 > $OUT/selector_power.md
 # Every explorer over every set, drift and a composed nine-arm set; the shapes the defaults were not
 # chosen on (results/explorers.md, results/heldout_shapes.md). These, the sets without their app
-# facts and the held-out shapes' locks below run the eighth round's default (squarecb:reward_sd=0),
-# as committed: the ninth round did not rerun them (simulations/README.md, "Ninth round").
+# facts and the held-out shapes' locks below run the eighth round's default (squarecb:reward_sd=0)
+# beside today's.
 $BIN/python -m simulations.compose simulations/data
 SETS=mmlu_pro_llama2,mmlu_pro_qwen15,mmlu_pro_mixed6,alpaca_tulu2,drift,mmlu_pro_nine
-$BIN/python -m simulations.robust_eval --seeds 5 --sets $SETS squarecb:reward_sd=0 ts ucb egreedy bag cover \
+$BIN/python -m simulations.robust_eval --seeds 5 --sets $SETS squarecb squarecb:reward_sd=0 ts ucb egreedy bag cover \
   regcb softmax rnd linucb --json simulations/data/explorers.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/explorers.json > $OUT/explorers.md
 $BIN/python -m simulations.robust_eval --seeds 5 --sets mmlu_pro_nine,mmlu_pro_two,mmlu_pro_top2 \
-  --rewards default,budget5000,accuracy squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts ucb static random \
+  --rewards default,budget5000,accuracy squarecb squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts ucb static random \
   --json simulations/data/heldout_mmlu.json > /dev/null
 $BIN/python -m simulations.robust_eval --seeds 5 --sets alpaca_tulu2 --rewards rating \
-  squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts ucb static random --json simulations/data/heldout_rating.json > /dev/null
+  squarecb squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts ucb static random --json simulations/data/heldout_rating.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/heldout_mmlu.json \
   simulations/data/heldout_rating.json > $OUT/heldout_shapes.md
 # The public sets without their app facts, 10 seeds (results/bare_sets.md).
 BARE=mmlu_pro_llama2_bare,mmlu_pro_qwen15_bare,mmlu_pro_mixed6_bare,alpaca_tulu2_bare
-$BIN/python -m simulations.robust_eval --seeds 10 --sets $BARE squarecb:reward_sd=0 ts ucb static random \
+$BIN/python -m simulations.robust_eval --seeds 10 --sets $BARE squarecb squarecb:reward_sd=0 ts ucb static random \
   --json simulations/data/bare_sets.json > /dev/null
 $BIN/python -m simulations.robust_table simulations/data/bare_sets.json > $OUT/bare_sets.md
 # Seeds that lock onto a worse arm on those shapes, 10 seeds (results/locks_heldout.md).
 $BIN/python -m simulations.locks --seeds 10 --sets mmlu_pro_nine,mmlu_pro_two,mmlu_pro_top2 \
-  --rewards default,budget5000,accuracy squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts > $OUT/locks_heldout.md
+  --rewards default,budget5000,accuracy squarecb squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts > $OUT/locks_heldout.md
 $BIN/python -m simulations.locks --seeds 10 --sets alpaca_tulu2 --rewards rating \
-  squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts >> $OUT/locks_heldout.md
+  squarecb squarecb:reward_sd=0 squarecb:coarse=:reward_sd=0 ts >> $OUT/locks_heldout.md
 # The third round's l2 default against the one before it, 10 seeds, both without the fourth
 # round's gap_prior and thinning (results/l2_default.md).
 $BIN/python -m simulations.robust_eval --seeds 10 squarecb:l2=0:gap_prior=0:dominated_z=0:fast_l2=0:coarse=:reward_sd=0 \
