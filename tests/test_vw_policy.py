@@ -13,6 +13,7 @@ from bandit_router.policies.vw import (
     VWPolicy,
     adf_example,
     arm_line,
+    featured_namespaces,
     predicted_costs,
     shared_line,
     thin_dominated,
@@ -29,6 +30,24 @@ def test_shared_line_exact() -> None:
 def test_shared_line_with_app_features() -> None:
     x = Features(stats=(0.0,) * 10, numeric={"n": 2.0}, categorical={"tier": "pro"})
     assert shared_line(x) == (f"shared |Q |N {token_hash('n')}:2 |C {token_hash('tier=pro')}")
+
+
+@given(
+    stats=st.lists(st.sampled_from([0.0, 0.5]), min_size=10, max_size=10),
+    tokens=st.lists(st.integers(1, 99), max_size=3, unique=True),
+    numeric=st.dictionaries(st.sampled_from("ab"), st.sampled_from([0.0, 2.0])),
+    categorical=st.dictionaries(st.sampled_from("cd"), st.just("v")),
+)
+def test_featured_namespaces_are_those_shared_line_fills(
+    stats: list[float],
+    tokens: list[int],
+    numeric: dict[str, float],
+    categorical: dict[str, str],
+) -> None:
+    x = Features(tuple(stats), tuple(sorted(tokens)), numeric, categorical)
+    # "|Q a:1 |W" -> Q has a feature, W has none
+    filled = {m[0] for m in re.findall(r"\|(\w) ([^|]+)", shared_line(x))}
+    assert featured_namespaces(x) == filled
 
 
 def test_arm_line_exact() -> None:

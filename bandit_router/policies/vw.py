@@ -152,6 +152,17 @@ def shared_line(x: Features) -> str:
     return " ".join(parts)
 
 
+def featured_namespaces(x: Features) -> set[str]:
+    """The shared namespaces in which ``shared_line(x)`` has at least one feature."""
+    present = {
+        "Q": any(x.stats),
+        "W": bool(x.tokens),
+        "N": any(x.numeric.values()),
+        "C": bool(x.categorical),
+    }
+    return {ns for ns, there in present.items() if there}
+
+
 def arm_line(arm: Arm, label: str = "") -> str:
     """An action line: the arm's identity."""
     return f"{label} {_arm_features(arm)}" if label else _arm_features(arm)
@@ -334,15 +345,7 @@ class VWPolicy:
         their namespaces. Without any (an app that sends no facts) a stage would learn only
         each arm's mean, which the regressor learns too: such traffic is routed exactly as
         without stages, as measured before them."""
-        if not self.coarse:
-            return False
-        present = {
-            "Q": any(x.stats),
-            "W": bool(x.tokens),
-            "N": any(x.numeric.values()),
-            "C": bool(x.categorical),
-        }
-        return any(present[ns] for ns in self._kept)
+        return bool(self.coarse) and not featured_namespaces(x).isdisjoint(self._kept)
 
     def predicted(self, regressor: int, text: str, staged: bool = True) -> list[float]:
         """Each arm's cost as ``regressor`` predicts it for the ADF example ``text``, its
