@@ -30,7 +30,8 @@ import argparse
 import itertools
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -72,43 +73,68 @@ def arm_level(table: Floats, kind: str, c: float, seeds: Sequence[int]) -> Float
     return play(table, kind, c, seeds)[0]
 
 
-def play(
-    table: Floats, kind: str, c: float, seeds: Sequence[int]
-) -> tuple[Floats, npt.NDArray[np.int64]]:
-    """``arm_level``'s mean rewards, and the arm chosen at each step (seeds x steps)."""
+@dataclass
+class Tally:
+    """Per seed (rows) and arm (columns): the rewards learned, their sum, their squares."""
+
+    count: Floats
+    total: Floats
+    squares: Floats
+
+
+# the scores of the arms (seeds x arms) at step t, from the tally; the highest eligible is chosen
+Score = Callable[[int, Tally], Floats]
+
+
+def run(table: Floats, seeds: Sequence[int], score: Score) -> tuple[Floats, npt.NDArray[np.int64]]:
+    """Mean reward per seed of the learner ``score`` over each seed's shuffled rows, and the arm
+    chosen at each step (seeds x steps)."""
     n, k = table.shape
     orders = np.stack([dataset.order(n, s, False) for s in seeds])
-    rng = np.random.default_rng([1000, *seeds])
     m = len(seeds)
-    count, total, squares = np.zeros((m, k)), np.zeros((m, k)), np.zeros((m, k))
+    tally = Tally(np.zeros((m, k)), np.zeros((m, k)), np.zeros((m, k)))
     earned = np.zeros(m)
     who = np.arange(m)
     chosen = np.zeros((m, n), dtype=np.int64)
     for t in range(n):
         rewards = table[orders[:, t]]
-        mean = total / np.maximum(count, 1e-9)
-        var = (np.maximum(squares - count * mean**2, 0.0) + 0.2) / (count + 2)  # 2 pseudo at 0.1
-        if kind == "bts":
-            score = rng.beta(1 + total / c, 1 + (count - total) / c)
-        elif kind == "gts":
-            score = mean + np.sqrt(c * var / np.maximum(count, 1e-9)) * rng.standard_normal((m, k))
-        elif kind == "ucbv":
-            score = mean + np.sqrt(c * var * math.log(t + 1) / np.maximum(count, 1e-9))
-        elif kind == "etc":
-            score = mean if t >= c * k else (np.arange(k) == t % k).astype(float)[None, :]
-        else:
-            raise ValueError(f"unknown learner {kind!r}")
-        if kind != "etc":
-            score = np.where(count < 1, np.inf, score)  # every arm once first
-        choice = np.where(np.isnan(rewards), -np.inf, score).argmax(axis=1)
+        choice = np.where(np.isnan(rewards), -np.inf, score(t, tally)).argmax(axis=1)
         r = rewards[who, choice]
         chosen[:, t] = choice
-        count[who, choice] += 1
-        total[who, choice] += r
-        squares[who, choice] += r * r
+        tally.count[who, choice] += 1
+        tally.total[who, choice] += r
+        tally.squares[who, choice] += r * r
         earned += r
     out: Floats = earned / n
     return out, chosen
+
+
+def play(
+    table: Floats, kind: str, c: float, seeds: Sequence[int]
+) -> tuple[Floats, npt.NDArray[np.int64]]:
+    """``arm_level``'s mean rewards, and the arm chosen at each step (seeds x steps)."""
+    if kind not in ("bts", "gts", "ucbv", "etc"):
+        raise ValueError(f"unknown learner {kind!r}")
+    k = table.shape[1]
+    rng = np.random.default_rng([1000, *seeds])
+
+    def score(t: int, tally: Tally) -> Floats:
+        count, total = tally.count, tally.total
+        mean = total / np.maximum(count, 1e-9)
+        var = (np.maximum(tally.squares - count * mean**2, 0.0) + 0.2) / (count + 2)  # 2 at 0.1
+        if kind == "etc":
+            out: Floats = mean if t >= c * k else (np.arange(k) == t % k).astype(float)[None, :]
+            return out
+        if kind == "bts":
+            out = rng.beta(1 + total / c, 1 + (count - total) / c)
+        elif kind == "gts":
+            noise = rng.standard_normal(count.shape)
+            out = mean + np.sqrt(c * var / np.maximum(count, 1e-9)) * noise
+        else:  # ucbv
+            out = mean + np.sqrt(c * var * math.log(t + 1) / np.maximum(count, 1e-9))
+        return np.where(count < 1, np.inf, out)  # every arm once first
+
+    return run(table, seeds, score)
 
 
 MAX_INFORMED_ARMS = 7  # k! assignments are weighed at every step
@@ -118,33 +144,25 @@ def informed(table: Floats, seeds: Sequence[int]) -> Floats:
     """Mean reward per seed of Thompson sampling over the assignments of the arms' true reward
     profiles (each arm's mean and sd over the whole table) to the arms, with a Gaussian
     likelihood of each arm's rewards: a prior no deployment has."""
-    n, k = table.shape
+    k = table.shape[1]
     if k > MAX_INFORMED_ARMS:
         raise ValueError(f"informed weighs all {k}! assignments: at most {MAX_INFORMED_ARMS} arms")
-    orders = np.stack([dataset.order(n, s, False) for s in seeds])
     rng = np.random.default_rng([2000, *seeds])
     mu, sd = np.nanmean(table, axis=0), np.maximum(np.nanstd(table, axis=0), 1e-3)
     perms = np.array(list(itertools.permutations(range(k))))  # arm a holds profile perms[p, a]
-    m = len(seeds)
-    count, total, squares = np.zeros((m, k)), np.zeros((m, k)), np.zeros((m, k))
-    loglik = np.zeros((m, k, k))  # seed x arm x profile
-    earned = np.zeros(m)
-    who, arms = np.arange(m), np.arange(k)
-    for t in range(n):
-        rewards = table[orders[:, t]]
+    arms = np.arange(k)
+
+    def score(t: int, tally: Tally) -> Floats:
+        # the log-likelihood of each arm's rewards under each profile: seed x arm x profile
+        c, s1, s2 = (x[:, :, None] for x in (tally.count, tally.total, tally.squares))
+        loglik = -c * np.log(sd) - (s2 - 2 * mu * s1 + c * mu**2) / (2 * sd**2)
         posterior = loglik[:, arms, perms].sum(axis=2)  # seed x assignment
         cumulative = np.exp(posterior - posterior.max(axis=1, keepdims=True)).cumsum(axis=1)
-        drawn = (cumulative < rng.random((m, 1)) * cumulative[:, -1:]).sum(axis=1)
-        choice = np.where(np.isnan(rewards), -np.inf, mu[perms[drawn]]).argmax(axis=1)
-        r = rewards[who, choice]
-        count[who, choice] += 1
-        total[who, choice] += r
-        squares[who, choice] += r * r
-        c, s1, s2 = (x[who, choice][:, None] for x in (count, total, squares))
-        loglik[who, choice] = -c * np.log(sd) - (s2 - 2 * mu * s1 + c * mu**2) / (2 * sd**2)
-        earned += r
-    out: Floats = earned / n
-    return out
+        drawn = (cumulative < rng.random((len(seeds), 1)) * cumulative[:, -1:]).sum(axis=1)
+        out: Floats = mu[perms[drawn]]
+        return out
+
+    return run(table, seeds, score)[0]
 
 
 def lai_robbins(table: Floats) -> float:

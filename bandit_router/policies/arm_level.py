@@ -77,15 +77,19 @@ class ArmStats:
         spread = max(self.squares.get(arm, 0.0) - n * mean * mean, 0.0)
         return (spread + weight * prior) / (n + weight)
 
+    def total(self) -> float:
+        """The (discounted, weighted) count of rewards over every arm."""
+        return sum(self.counts.values())
+
     def overall(self) -> float:
         """The mean reward over every arm, 0.5 before any."""
-        n = sum(self.counts.values())
+        n = self.total()
         return sum(self.sums.values()) / n if n > 1e-9 else 0.5
 
-    def overall_variance(self) -> float:
-        """The sample variance of every reward over every arm; needs more than one reward."""
-        n, mean = sum(self.counts.values()), self.overall()
-        return max(sum(self.squares.values()) - n * mean * mean, 0.0) / (n - 1)
+    def spread(self) -> float:
+        """The sample standard deviation of every reward over every arm; needs more than one."""
+        n, mean = self.total(), self.overall()
+        return math.sqrt(max(sum(self.squares.values()) - n * mean * mean, 0.0) / (n - 1))
 
     def to_json(self) -> dict[str, object]:
         return {

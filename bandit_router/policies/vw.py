@@ -385,9 +385,9 @@ class VWPolicy:
         were chosen on MMLU-Pro's rewards (sd 0.34-0.38); SquareCB's gamma grows as the noise's
         sd shrinks, and ``gap_prior``, a count of rewards, as its variance: a reward that
         spreads half as much tells as much as four."""
-        if not self._reward_sd or sum(self.arm_stats.counts.values()) < SPREAD_MIN:
+        if not self._reward_sd or self.arm_stats.total() < SPREAD_MIN:
             return 1.0
-        sd = math.sqrt(self.arm_stats.overall_variance())
+        sd = self.arm_stats.spread()
         if sd >= self._reward_sd:
             return 1.0
         return min(self._reward_sd / sd, SPREAD_CAP) if sd > 0 else SPREAD_CAP
@@ -542,9 +542,9 @@ def thin_dominated(
     if z <= 0 or share >= 1 or len(arms) < 2:
         return out
     counts = [stats.count(arm.name) for arm in arms]
-    if min(counts) < 2 or sum(stats.counts.values()) < 3:
+    if min(counts) < 2 or stats.total() < 3:
         return out
-    sd = math.sqrt(stats.overall_variance())
+    sd = stats.spread()
     means = [stats.mean(arm.name) for arm in arms]
     widths = [z * sd / math.sqrt(n) for n in counts]
     floor = max(m - w for m, w in zip(means, widths, strict=True))
