@@ -10,12 +10,21 @@ from typing import Any
 HINDSIGHT = ("best-fixed", "best-context", "oracle")
 
 
-def main(paths: list[str]) -> int:
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
+Merged = dict[tuple[str, str], dict[str, Any]]
+
+
+def merge(paths: list[str]) -> Merged:
+    """The files' entries by (set, reward setting), the policies of each merged."""
+    merged: Merged = {}
     for path in paths:
         for entry in json.loads(Path(path).read_text()):
             key = (entry["set"], entry["reward"])
             merged.setdefault(key, {**entry, "policies": {}})["policies"].update(entry["policies"])
+    return merged
+
+
+def main(paths: list[str]) -> int:
+    merged = merge(paths)
     _overview(merged)
     for (name, reward), entry in merged.items():
         drift = any("phases" in p for p in entry["policies"].values())
@@ -40,7 +49,7 @@ def main(paths: list[str]) -> int:
     return 0
 
 
-def _overview(merged: dict[tuple[str, str], dict[str, Any]]) -> None:
+def _overview(merged: Merged) -> None:
     """Per policy: vs best-fixed on each shuffled set and setting, their mean and worst."""
     keys = [k for k in merged if k[0] != "drift"]
     specs = list(dict.fromkeys(s for k in keys for s in merged[k]["policies"]))

@@ -14,7 +14,7 @@ from typing import Any
 Rows = Sequence[Mapping[str, Any]]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def _pyplot() -> Any:
 def available() -> bool:
     """Whether matplotlib (the ``sim`` extra) can be imported, so the plots can be drawn."""
     try:
-        _pyplot()
+        pyplot()
     except ImportError:
         return False
     return True
@@ -57,7 +57,7 @@ def reward_over_time(rows: Rows, path: Path, title: str = "", marks: Sequence[in
     """Two panels: cumulative reward gained over the best fixed arm (cumulative reward when it
     was not run), and the reward over a rolling window (shows drift and recovery); ``marks``
     are steps drawn as dotted lines (a scenario's phase changes)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=72)
     policies = {k: v for k, v in _by_policy(rows).items() if k != CEILING}
     base = {r["step"]: r["mean_reward"] * r["step"] for r in policies.get(REFERENCE, [])}
@@ -80,7 +80,7 @@ def reward_over_time(rows: Rows, path: Path, title: str = "", marks: Sequence[in
 
 def arm_share_over_time(rows: Rows, arms: Sequence[str], path: Path, title: str = "") -> Path:
     """One small panel per policy: the share of each arm over a rolling window, stacked."""
-    plt = _pyplot()
+    plt = pyplot()
     policies = _by_policy(rows)
     cols = min(4, len(policies))
     nrows = math.ceil(len(policies) / cols)

@@ -1,0 +1,137 @@
+"""What the stationary targets ask of one policy (issue 14, part 1): the mean over the public
+pairs against the worst pair, every spec of ``robust_eval --json`` files run on the same seeds.
+
+Each spec is a point: its mean vs best-fixed over the shuffled set/setting pairs (± the 95% CI
+over the seeds of each seed's mean over the pairs), its worst pair, how many pairs are within
+1%, its lowest single run and the share of the drift gap it closes. The issue's stationary
+targets are the corner mean >= +0.5%, every pair >= -1%; ``--png`` draws the points against it:
+
+    python -m simulations.frontier FILE... --png simulations/results/frontier.png \\
+        > simulations/results/frontier.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bandit_router.sim import plots, report
+from simulations.robust_table import Merged, merge
+
+MEAN_TARGET, PAIR_TARGET = 0.5, -1.0  # % vs best-fixed: the mean over the pairs, every pair
+
+
+@dataclass(frozen=True)
+class Point:
+    spec: str
+    mean: float  # % vs best-fixed, mean over the pairs
+    ci: float  # its 95% CI over the seeds
+    worst: float  # the worst pair's %
+    within: int  # pairs within 1%
+    pairs: int
+    lowest: float  # the lowest single run's %
+    drift: tuple[float, ...]  # % of the drift gap closed, per reward setting
+
+
+def points(merged: Merged) -> list[Point]:
+    """One point per spec that ran on every shuffled pair, highest mean first."""
+    pairs = [k for k in merged if k[0] != "drift"]
+    specs = dict.fromkeys(s for k in pairs for s in merged[k]["policies"])
+    out = []
+    for spec in specs:
+        runs = [merged[k]["policies"].get(spec) for k in pairs]
+        if any(r is None or "per_seed_vs_best_fixed_pct" not in r for r in runs):
+            continue
+        values = [float(r["vs_best_fixed_pct"]) for r in runs if r is not None]
+        seeds = [r["per_seed_vs_best_fixed_pct"] for r in runs if r is not None]
+        same = len({len(s) for s in seeds}) == 1
+        per_seed = np.mean(seeds, axis=0) if same else np.array(values)
+        drift = tuple(
+            float(merged[k]["policies"][spec]["gap_closed_pct"])
+            for k in merged
+            if k[0] == "drift" and spec in merged[k]["policies"]
+        )
+        out.append(
+            Point(
+                spec,
+                float(np.mean(values)),
+                report.ci95(list(per_seed)) if same else float("nan"),
+                min(values),
+                sum(v >= PAIR_TARGET for v in values),
+                len(values),
+                min(min(s) for s in seeds),
+                drift,
+            )
+        )
+    return sorted(out, key=lambda p: -p.mean)
+
+
+def table(rows: Sequence[Point]) -> str:
+    head = "| spec | mean ± 95% CI | worst pair | within 1% | lowest run | drift gap |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for p in rows:
+        drift = " / ".join(f"{d:.0f}%" for d in p.drift)
+        lines.append(
+            f"| `{p.spec}` | {p.mean:+.2f}% ± {p.ci:.2f} | {p.worst:+.2f}% | {p.within} of "
+            f"{p.pairs} | {p.lowest:+.2f}% | {drift} |"
+        )
+    return "\n".join(lines)
+
+
+def draw(rows: Sequence[Point], path: Path, highlight: str = "squarecb") -> None:
+    """The points, mean against worst pair, with the targets' corner shaded."""
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    xs, ys = [p.worst for p in rows], [p.mean for p in rows]
+    right, top = max([*xs, PAIR_TARGET]) + 0.5, max([*ys, MEAN_TARGET]) + 0.5
+    ax.fill_between([PAIR_TARGET, right], MEAN_TARGET, top, color="tab:green", alpha=0.15)
+    ax.text(PAIR_TARGET + 0.05, top - 0.1, "targets", va="top", color="tab:green")
+    for p in rows:
+        own = p.spec == highlight
+        ax.errorbar(
+            p.worst,
+            p.mean,
+            yerr=p.ci,
+            fmt="o",
+            ms=6 if own else 4,
+            color="tab:red" if own else "tab:blue",
+            ecolor="lightgray",
+            zorder=3 if own else 2,
+        )
+        ax.annotate(
+            p.spec.removeprefix("squarecb:"),
+            (p.worst, p.mean),
+            fontsize=6,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
+    ax.set_xlim(right=right)
+    ax.set_ylim(top=top)
+    ax.set_xlabel("worst pair, % vs best-fixed")
+    ax.set_ylabel("mean over the pairs, % vs best-fixed (95% CI over the seeds)")
+    ax.set_title("Each spec on the same seeds: the mean over the pairs and the worst", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--png", type=Path, help="also draw the points to this file")
+    args = parser.parse_args(argv)
+    rows = points(merge(args.files))
+    print(table(rows))
+    if args.png:
+        draw(rows, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
