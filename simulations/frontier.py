@@ -44,11 +44,11 @@ def points(merged: Merged) -> list[Point]:
     specs = dict.fromkeys(s for k in pairs for s in merged[k]["policies"])
     out = []
     for spec in specs:
-        runs = [merged[k]["policies"].get(spec) for k in pairs]
-        if any(r is None or "per_seed_vs_best_fixed_pct" not in r for r in runs):
+        runs = [merged[k]["policies"].get(spec, {}) for k in pairs]
+        if not all("per_seed_vs_best_fixed_pct" in r for r in runs):
             continue
-        values = [float(r["vs_best_fixed_pct"]) for r in runs if r is not None]
-        seeds = [r["per_seed_vs_best_fixed_pct"] for r in runs if r is not None]
+        values = [float(r["vs_best_fixed_pct"]) for r in runs]
+        seeds = [r["per_seed_vs_best_fixed_pct"] for r in runs]
         same = len({len(s) for s in seeds}) == 1
         per_seed = np.mean(seeds, axis=0) if same else np.array(values)
         drift = tuple(

@@ -16,12 +16,13 @@ from simulations.robust_table import merge
 def _entry(name: str, reward: str, policies: dict[str, list[float]]) -> dict[str, object]:
     runs: dict[str, object] = {}
     for spec, seeds in policies.items():
-        runs[spec] = {
+        run: dict[str, object] = {
             "vs_best_fixed_pct": sum(seeds) / len(seeds),
             "per_seed_vs_best_fixed_pct": seeds,
         }
         if name == "drift":
-            runs[spec] = {**runs[spec], "gap_closed_pct": 80.0 + seeds[0]}  # type: ignore[dict-item]
+            run["gap_closed_pct"] = 80.0 + seeds[0]
+        runs[spec] = run
     return {"set": name, "reward": reward, "rows": 10, "policies": runs}
 
 
@@ -62,20 +63,8 @@ def test_each_spec_is_its_mean_over_the_pairs_its_worst_and_its_drift(tmp_path: 
 
 def test_a_real_run_reads_and_draws(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
-    robust_eval.main(
-        [
-            "--sets",
-            "alpaca_tulu2",
-            "--seeds",
-            "2",
-            "--limit",
-            "150",
-            "--json",
-            str(out),
-            "ts",
-            "static",
-        ]
-    )
+    args = ["--sets", "alpaca_tulu2", "--seeds", "2", "--limit", "150", "--json"]
+    robust_eval.main([*args, str(out), "ts", "static"])
     rows = frontier.points(merge([str(out)]))
     assert {p.spec for p in rows} == {"ts", "static"}
     assert all(p.pairs == len(robust_eval.REWARDS) for p in rows)
