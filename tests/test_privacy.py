@@ -108,7 +108,12 @@ def test_a_dictionary_attack_on_the_export_and_redis_recovers_no_word(
     assert sum(map(len, exported)) > 1000  # words were logged, as hashes
     assert exported == in_redis
     assert all(tokens == sorted(tokens) for tokens in exported)  # a set: no word order
-    assert _attack(t for tokens in exported for t in tokens) == set()
+    # Of 1,500 keyed 32-bit tokens, one matches some word of the dictionary's 12,000 hashes by
+    # chance about once in 200 runs: a word counts as recovered when it is in its own query.
+    leaked = [
+        _attack(tokens) & _words(query) for tokens, query in zip(exported, QUERIES, strict=True)
+    ]
+    assert set().union(*leaked) == set()
     assert _secret(settings) not in out.getvalue()
     # Whoever reads Redis reads the secret, and with it the same attack works.
     stolen = WordKey(_secret(settings))
