@@ -4,6 +4,7 @@ a real ``robust_eval --json`` run."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,25 @@ def test_each_spec_is_its_mean_over_the_pairs_its_worst_and_its_drift(tmp_path: 
     assert a.worst == -1.5 and a.within == 1 and a.pairs == 2 and a.lowest == -2.0
     assert a.ci == pytest.approx(report.ci95([(1.0 - 2.0) / 2, (3.0 - 1.0) / 2]))
     assert a.drift == (81.0,)
+    assert all(math.isnan(p.passing) for p in rows)  # 2 seeds: no draw of 5
     assert rows[2].within == 2 and rows[2].drift == ()
     text = frontier.table(rows)
     assert text.splitlines()[2].startswith("| 1 | `c` |")
     assert "| 2 | `a` | +0.25% ± " in text and "| -1.50% | 1 of 2 | -2.00% | 81% |" in text
+
+
+def test_passing_counts_the_seed_draws_that_meet_both_targets() -> None:
+    import numpy as np
+
+    # two pairs, three seeds, draws of two: {0, 1} has means +2 and 0 (passes); {0, 2} and
+    # {1, 2} have -0.5 and 0 (a mean below +0.5)
+    seeds = np.array([[2.0, 2.0, -3.0], [0.0, 0.0, 0.0]])
+    assert frontier.passing(seeds, 2) == pytest.approx(1 / 3)
+    # a pair below -1% fails a draw whatever the mean: only {0, 1} again
+    seeds = np.array([[9.0, 9.0, -3.0], [0.0, 0.0, -4.0]])
+    assert frontier.passing(seeds, 2) == pytest.approx(1 / 3)
+    assert frontier.passing(seeds, 3) == 0.0
+    assert np.isnan(frontier.passing(seeds, 4))  # fewer seeds than a draw
 
 
 def test_a_real_run_reads_and_draws(tmp_path: Path) -> None:
