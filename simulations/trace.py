@@ -1,0 +1,106 @@
+"""One run of a policy, window by window (issue 14, part 1: where a seed's loss comes from).
+
+For one set, reward setting, seed and policy spec, every ``--window`` events of the shuffled
+replay: the reward earned, each arm's share of the choices and of the greedy choices (the arm
+the policy put the most probability on), each arm's routed plain mean so far (the mean reward of
+the events it was chosen on, with their count: what thinning compares, and what the routing
+biases) and, for a policy with a fast regressor, the share of choices it served. The arms'
+means over every row head the table, for comparison:
+
+    python -m simulations.trace mmlu_pro_llama2 budget5000 26 squarecb
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from bandit_router.policies.registry import build_policy
+from bandit_router.settings import Settings
+from bandit_router.sim import dataset
+from bandit_router.sim.dataset import Prepared
+from bandit_router.sim.hindsight import best_fixed_arm
+from simulations.robust_eval import REWARDS, SHAPES, replays
+
+
+def trace(spec: str, settings: Settings, prepared: Prepared, seed: int, window: int) -> str:
+    """The run as a markdown table, one row per ``window`` events (the last may be shorter)."""
+    policy = build_policy(spec, settings, seed)
+    table, index = prepared.table, prepared.arm_index
+    names = sorted(index, key=index.__getitem__)
+    rows = dataset.order(len(table), seed, False)
+    means = {n: float(np.nanmean(table[:, index[n]])) for n in names}
+    best = best_fixed_arm(prepared)
+    fast = hasattr(policy, "serving")
+    order = " / ".join(names)
+    lines = [
+        "Each arm over every row: "
+        + ", ".join(f"{n} {m:.3f}" for n, m in means.items())
+        + f"; best fixed: {best}.",
+        "",
+        f"| events | reward | chosen ({order}) | greedy ({order}) | routed plain mean (rewards) |"
+        + (" fast regressor |" if fast else ""),
+        "|---|---|---|---|---|" + ("---|" if fast else ""),
+    ]
+    sums = dict.fromkeys(names, 0.0)
+    counts = dict.fromkeys(names, 0)
+    chosen = dict.fromkeys(names, 0)
+    greedy = dict.fromkeys(names, 0)
+    served = earned = 0.0
+    for t, i in enumerate(rows, 1):
+        x, arms = prepared.features[i], prepared.eligible[i]
+        decision = policy.choose(x, arms)
+        top = max(decision.probabilities, key=decision.probabilities.__getitem__)
+        reward = float(table[i, index[decision.arm]])
+        if fast:
+            served += getattr(policy, "serving", 0) > 0
+        policy.learn(x, arms, decision.arm, decision.probability, reward)
+        chosen[decision.arm] += 1
+        greedy[top] += 1
+        sums[decision.arm] += reward
+        counts[decision.arm] += 1
+        earned += reward
+        if t % window == 0 or t == len(rows):
+            n = (t - 1) % window + 1
+            routed = ", ".join(
+                f"{sums[a] / counts[a]:.3f} ({counts[a]})" if counts[a] else "- (0)" for a in names
+            )
+            lines.append(
+                f"| {t} | {earned / n:.3f} | {_shares(chosen, n)} | {_shares(greedy, n)} "
+                f"| {routed} |" + (f" {served / n:.2f} |" if fast else "")
+            )
+            chosen, greedy = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+            served = earned = 0.0
+    return "\n".join(lines)
+
+
+def _shares(counts: dict[str, int], n: int) -> str:
+    return " / ".join(f"{c / n:.2f}" for c in counts.values())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("set")
+    parser.add_argument("reward", choices=[*REWARDS, *SHAPES])
+    parser.add_argument("seed", type=int)
+    parser.add_argument("spec")
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--limit", type=int, help="only the file's first rows")
+    args = parser.parse_args(argv)
+    if args.window < 1:
+        parser.error("--window must be at least 1")
+    for name, setting, in_order, settings, prepared in replays(
+        [args.set], [args.reward], args.limit
+    ):
+        if in_order:
+            parser.error(f"{name} replays in time order; trace shuffles a set's rows")
+        print(f"{name} `{setting}`, seed {args.seed}, `{args.spec}`.\n")
+        print(trace(args.spec, settings, prepared, args.seed, args.window))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

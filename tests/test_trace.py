@@ -1,0 +1,52 @@
+"""simulations/trace.py on a real set: one row per window, shares that add up, and the routed
+plain means of a policy whose choices are known."""
+
+from __future__ import annotations
+
+import pytest
+
+from bandit_router.settings import Settings
+from bandit_router.sim.dataset import Prepared
+from simulations import trace
+from simulations.robust_eval import replays
+
+
+def _prepared(limit: int) -> tuple[Settings, Prepared]:
+    ((_, _, _, settings, prepared),) = replays(["alpaca_tulu2"], ["default"], limit)
+    return settings, prepared
+
+
+def _rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_one_row_per_window_and_the_last_one_short() -> None:
+    settings, prepared = _prepared(150)
+    rows = _rows(trace.trace("squarecb", settings, prepared, 1, 40))
+    assert [int(r[0]) for r in rows] == [40, 80, 120, 150]
+    for r in rows:
+        for column in (2, 3):  # chosen and greedy shares add up to 1
+            assert sum(float(v) for v in r[column].split(" / ")) == pytest.approx(1, abs=0.02)
+        assert 0 <= float(r[5]) <= 1  # the fast regressor's share
+    counts = [int(v.split("(")[1].rstrip(")")) for v in rows[-1][4].split(", ")]
+    assert sum(counts) == 150  # every event counted once in the routed means
+
+
+def test_a_policy_that_always_chooses_one_arm() -> None:
+    settings, prepared = _prepared(100)
+    arm = prepared.arm_index["tulu2-13b"]
+    rows = _rows(trace.trace("fixed:arm=tulu2-13b", settings, prepared, 0, 50))
+    assert len(rows) == 2 and len(rows[0]) == 5  # no fast regressor column
+    assert all(r[2].split(" / ")[arm] == "1.00" == r[3].split(" / ")[arm] for r in rows)
+    # its routed plain mean is its mean over the rows it was shown, here all of them
+    column = prepared.table[:, arm]
+    assert rows[-1][4].split(", ")[arm] == f"{column.mean():.3f} (100)"
+    assert rows[-1][4].split(", ")[(arm + 1) % 3] == "- (0)"  # never chosen
+    assert float(rows[0][1]) + float(rows[1][1]) == pytest.approx(2 * column.mean(), abs=2e-3)
+
+
+def test_a_time_ordered_set_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        trace.main(["drift", "default", "0", "static"])
+    assert "time order" in capsys.readouterr().err
