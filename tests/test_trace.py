@@ -50,3 +50,18 @@ def test_a_time_ordered_set_is_refused(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         trace.main(["drift", "default", "0", "static"])
     assert "time order" in capsys.readouterr().err
+
+
+def test_routed_means_by_a_fact() -> None:
+    ((_, _, _, settings, prepared),) = replays(["mmlu_pro_llama2"], ["default"], 300)
+    arm = prepared.arm_index["llama2-13b"]
+    # an arm chosen on every event: re-weighted to the subjects' shares, its mean is its plain one
+    rows = _rows(trace.trace("fixed:arm=llama2-13b", settings, prepared, 0, 100, "category"))
+    for r in rows:
+        plain, by = r[4].split(", ")[arm], r[5].split(", ")[arm]
+        assert plain.split(" ")[0] == by
+        assert r[5].split(", ")[(arm + 1) % 3] == "-"
+    # under a learner every arm has a mean by subject between 0 and 1
+    rows = _rows(trace.trace("squarecb", settings, prepared, 0, 150, "category"))
+    assert len(rows[-1]) == 7  # and the fast regressor's column after it
+    assert all(0 <= float(v) <= 1 for v in rows[-1][5].split(", "))
