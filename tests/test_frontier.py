@@ -60,7 +60,7 @@ def test_each_spec_is_its_mean_over_the_pairs_its_worst_and_its_drift(tmp_path: 
     assert rows[2].within == 2 and rows[2].drift == ()
     text = frontier.table(rows)
     assert text.splitlines()[2].startswith("| 1 | `c` |")
-    assert "| 2 | `a` | +0.25% ± " in text and "| -1.50% | 1 of 2 | -2.00% | 81% |" in text
+    assert "| 2 | `a` | +0.25% ± " in text and "| -1.50% | 1 of 2 | -2.00% | 81% | - |" in text
 
 
 def test_passing_counts_the_seed_draws_that_meet_both_targets() -> None:
@@ -75,6 +75,20 @@ def test_passing_counts_the_seed_draws_that_meet_both_targets() -> None:
     assert frontier.passing(seeds, 2) == pytest.approx(1 / 3)
     assert frontier.passing(seeds, 3) == 0.0
     assert np.isnan(frontier.passing(seeds, 4))  # fewer seeds than a draw
+
+
+def test_passing_samples_the_draws_where_there_are_too_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+
+    # one pair whose seeds 0-9 are +2% and 10-19 -2%: a draw passes when at most one of its
+    # five seeds is from the second half; exactly (C(10,5) + 10 C(10,4)) / C(20,5)
+    seeds = np.array([[2.0] * 10 + [-2.0] * 10])
+    exact = frontier.passing(seeds)
+    assert exact == pytest.approx((252 + 10 * 210) / 15504)
+    monkeypatch.setattr(frontier, "MAX_DRAWS", 5000)
+    assert frontier.passing(seeds) == pytest.approx(exact, abs=0.03)
 
 
 def test_a_real_run_reads_and_draws(tmp_path: Path) -> None:
