@@ -27,7 +27,7 @@ from bandit_router.settings import Settings
 from bandit_router.sim import dataset
 from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.hindsight import best_fixed_arm
-from simulations.robust_eval import REWARDS, SHAPES, replays
+from simulations.robust_eval import REWARDS, SHAPES, replay_sets, replays
 
 
 def trace(
@@ -129,13 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.window < 1:
         parser.error("--window must be at least 1")
-    for name, setting, in_order, settings, prepared in replays(
-        [args.set], [args.reward], args.limit
-    ):
-        if in_order:
-            parser.error(f"{name} replays in time order; trace shuffles a set's rows")
-        print(f"{name} `{setting}`, seed {args.seed}, `{args.spec}`.\n")
-        print(trace(args.spec, settings, prepared, args.seed, args.window, args.by))
+    ((name, path, _, in_order),) = replay_sets([args.set])
+    if in_order:
+        parser.error(f"{name} replays in time order; trace shuffles a set's rows")
+    if not path.exists():
+        parser.error(f"no replay file {path} (see simulations/README.md for the sets)")
+    ((_, setting, _, settings, prepared),) = replays([name], [args.reward], args.limit)
+    print(f"{name} `{setting}`, seed {args.seed}, `{args.spec}`.\n")
+    print(trace(args.spec, settings, prepared, args.seed, args.window, args.by))
     return 0
 
 

@@ -46,10 +46,20 @@ def test_a_policy_that_always_chooses_one_arm() -> None:
     assert float(rows[0][1]) + float(rows[1][1]) == pytest.approx(2 * column.mean(), abs=2e-3)
 
 
-def test_a_time_ordered_set_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+def test_a_time_ordered_or_missing_set_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):  # before its file is read: a fresh clone has none
         trace.main(["drift", "default", "0", "static"])
     assert "time order" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        trace.main(["no_such_set", "default", "0", "static"])
+    assert "no replay file" in capsys.readouterr().err
+
+
+def test_the_command_prints_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    trace.main(["alpaca_tulu2", "budget5000", "3", "ts", "--limit", "60", "--window", "30"])
+    out = capsys.readouterr().out
+    assert out.startswith("alpaca_tulu2 `budget5000`, seed 3, `ts`.")
+    assert len(_rows(out)) == 2
 
 
 def test_routed_means_by_a_fact() -> None:
