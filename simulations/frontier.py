@@ -72,8 +72,8 @@ def points(merged: Merged) -> list[Point]:
             continue
         values = [float(r["vs_best_fixed_pct"]) for r in runs]
         seeds = [r["per_seed_vs_best_fixed_pct"] for r in runs]
-        same = len({len(s) for s in seeds}) == 1
-        per_seed = np.mean(seeds, axis=0) if same else np.array(values)
+        # pairs x seeds, where every pair ran on as many seeds (else no CI and no draws)
+        matrix = np.array(seeds) if len({len(s) for s in seeds}) == 1 else None
         drift = tuple(
             float(merged[k]["policies"][spec]["gap_closed_pct"])
             for k in merged
@@ -83,13 +83,13 @@ def points(merged: Merged) -> list[Point]:
             Point(
                 spec,
                 float(np.mean(values)),
-                report.ci95(list(per_seed)) if same else float("nan"),
+                report.ci95(list(matrix.mean(axis=0))) if matrix is not None else float("nan"),
                 min(values),
                 sum(v >= PAIR_TARGET for v in values),
                 len(values),
                 min(min(s) for s in seeds),
                 drift,
-                passing(np.array(seeds)) if same else float("nan"),
+                passing(matrix) if matrix is not None else float("nan"),
             )
         )
     return sorted(out, key=lambda p: -p.mean)
@@ -112,7 +112,10 @@ def table(rows: Sequence[Point]) -> str:
 
 
 def _share(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.1%}" if 0 < value < 0.1 else f"{value:.0%}"
+    """A share of draws: "-" for none to count, a decimal under 10%."""
+    if math.isnan(value):
+        return "-"
+    return f"{value:.1%}" if 0 < value < 0.1 else f"{value:.0%}"
 
 
 def draw(rows: Sequence[Point], path: Path, highlight: str = "squarecb") -> None:

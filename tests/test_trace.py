@@ -11,8 +11,8 @@ from simulations import trace
 from simulations.robust_eval import replays
 
 
-def _prepared(limit: int) -> tuple[Settings, Prepared]:
-    ((_, _, _, settings, prepared),) = replays(["alpaca_tulu2"], ["default"], limit)
+def _prepared(limit: int, name: str = "alpaca_tulu2") -> tuple[Settings, Prepared]:
+    ((_, _, _, settings, prepared),) = replays([name], ["default"], limit)
     return settings, prepared
 
 
@@ -63,7 +63,7 @@ def test_the_command_prints_the_run(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_routed_means_by_a_fact() -> None:
-    ((_, _, _, settings, prepared),) = replays(["mmlu_pro_llama2"], ["default"], 300)
+    settings, prepared = _prepared(300, "mmlu_pro_llama2")
     arm = prepared.arm_index["llama2-13b"]
     # an arm chosen on every event: re-weighted to the subjects' shares, its mean is its plain one
     rows = _rows(trace.trace("fixed:arm=llama2-13b", settings, prepared, 0, 100, "category"))
