@@ -310,3 +310,37 @@ def test_a_connection_dropped_during_a_batch_is_not_left_open() -> None:
         await new.aclose()
 
     asyncio.run(run())
+
+
+def test_a_script_loaded_while_the_master_moves_leaves_no_connection_of_the_old_client() -> None:
+    """The group commit loads a new script on its own connection, not through the client's pool:
+    a pooled connection still connecting when the old master's client is closed (what
+    ``SlotRoute.follow`` does after a retarget) would connect afterwards and stay open."""
+
+    async def run() -> None:
+        name = f"old-{uuid.uuid4().hex[:8]}"
+        old, new = connect(f"{SERVER_URL}?client_name={name}"), connect(SERVER_URL)
+        calls = GroupCommit(old)
+        token = uuid.uuid4().hex
+        script = old.register_script(f"return '{token}'")
+        call = asyncio.create_task(calls.call(script, [], []))
+        while calls._conn is None:  # the batch made its connection and loads the script
+            await asyncio.sleep(0)
+        await calls.retarget(new)
+        await old.aclose()  # as the route closes the old master's client
+        assert await call == token.encode()
+        await calls.close()
+        await new.aclose()
+        probe = connect(SERVER_URL)
+        try:
+            deadline = time.monotonic() + 5
+            while True:  # a closed connection leaves the server's list a moment later
+                listed = [c for c in await probe.client_list() if c.get("name") == name]
+                if not listed or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert listed == []
+        finally:
+            await probe.aclose()
+
+    asyncio.run(run())

@@ -227,14 +227,23 @@ class GroupCommit:
                 self._conn = pool.connection_class(**kwargs)
                 self._loaded.clear()  # it may be a restarted server: an empty script cache
             conn = self._conn
+            # Scripts new to this connection are loaded in the same write, before the batch (a
+            # NOSCRIPT would reorder it), and on this connection: one from the client's pool
+            # could still be connecting when a retarget closes that client, and stay open.
+            loads = [s for s in scripts if s.sha not in self._loaded]
+            loading: list[list[Any]] = [["SCRIPT", "LOAD", s.script] for s in loads]
             replies: list[Any] = []
+            heard = False  # a reply came back: the server had the write, it is not sent again
             try:
-                for script in scripts:  # before the batch: a NOSCRIPT would reorder it
-                    if script.sha not in self._loaded:
-                        await self._client.script_load(script.script)
-                        self._loaded.add(script.sha)
                 async with asyncio.timeout(timeout_s):
-                    await conn.send_packed_command(data, check_health=False)
+                    await conn.send_packed_command(
+                        b"".join([pack_command(tuple(args)) for args in loading]) + data,
+                        check_health=False,
+                    )
+                    for script in loads:  # an error reply raises: the connection is dropped
+                        await conn.read_response(timeout=math.inf)
+                        heard = True
+                        self._loaded.add(script.sha)
                     for _ in commands:
                         try:
                             replies.append(await conn.read_response(timeout=math.inf))
@@ -243,7 +252,7 @@ class GroupCommit:
                 return replies
             except (RedisConnectionError, OSError):
                 await self._drop()
-                if replies or attempt == 2:
+                if heard or replies or attempt == 2:
                     raise
             except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
                 await self._drop()
