@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import pytest
+from redis.asyncio.connection import Connection
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.features import extract
@@ -305,6 +307,32 @@ def test_a_connection_dropped_during_a_batch_is_not_left_open() -> None:
         await calls.retarget(new)  # while the script loads, before the batch is sent
         assert await call == token.encode() and not dropped.is_connected
         assert await calls.command("PING") == b"PONG"  # the next batch goes through ``new``
+        await calls.close()
+        await old.aclose()
+        await new.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_batch_retried_after_a_retarget_goes_to_the_new_master() -> None:
+    """The old master is gone (nothing listens on its port): a batch whose first attempt meets
+    that, with a retarget in between, is sent again through the new client, and the group
+    commit keeps no connection to the old one (it would meet MOVED there for ever)."""
+
+    async def run() -> None:
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        old, new = connect(f"redis://127.0.0.1:{dead}/0"), connect(SERVER_URL)
+        calls = GroupCommit(old)
+        call = asyncio.create_task(calls.command("PING"))
+        while calls._conn is None:  # the first attempt made its connection and connects
+            await asyncio.sleep(0)
+        await calls.retarget(new)
+        assert await call == b"PONG"
+        kept = calls._conn
+        assert isinstance(kept, Connection)
+        assert kept.port == new.connection_pool.connection_kwargs["port"] != dead
         await calls.close()
         await old.aclose()
         await new.aclose()

@@ -219,9 +219,11 @@ class GroupCommit:
         reply came back (a Redis restart) is replaced once.
         """
         data = b"".join([pack_command(tuple(args)) for args in commands])
-        pool = self._client.connection_pool
-        timeout_s = pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
         for attempt in (1, 2):
+            # the client's now: a retarget during the first attempt sends the second to the new
+            # master (a connection made from the old one's would be kept, and meet MOVED for ever)
+            pool = self._client.connection_pool
+            timeout_s = pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
             if self._conn is None:
                 kwargs = {**pool.connection_kwargs, "socket_timeout": None}
                 self._conn = pool.connection_class(**kwargs)
