@@ -299,12 +299,12 @@ def test_a_connection_dropped_during_a_batch_is_not_left_open() -> None:
         old, new = connect(SERVER_URL), connect(SERVER_URL)
         calls = GroupCommit(old)
         token = uuid.uuid4().hex
-        script = old.register_script(f"return '{token}'")  # not loaded yet: a round trip
+        script = old.register_script(f"return '{token}'")  # loaded in the batch's write
         call = asyncio.create_task(calls.call(script, [], []))
-        while calls._conn is None:  # the batch made its connection and loads the script
+        while calls._conn is None:  # the batch made its connection
             await asyncio.sleep(0)
         dropped = calls._conn
-        await calls.retarget(new)  # while the script loads, before the batch is sent
+        await calls.retarget(new)  # while that connection connects, before the batch is sent
         assert await call == token.encode() and not dropped.is_connected
         assert await calls.command("PING") == b"PONG"  # the next batch goes through ``new``
         await calls.close()
@@ -347,12 +347,13 @@ def test_a_script_loaded_while_the_master_moves_leaves_no_connection_of_the_old_
 
     async def run() -> None:
         name = f"old-{uuid.uuid4().hex[:8]}"
-        old, new = connect(f"{SERVER_URL}?client_name={name}"), connect(SERVER_URL)
+        join = "&" if "?" in SERVER_URL else "?"
+        old, new = connect(f"{SERVER_URL}{join}client_name={name}"), connect(SERVER_URL)
         calls = GroupCommit(old)
         token = uuid.uuid4().hex
         script = old.register_script(f"return '{token}'")
         call = asyncio.create_task(calls.call(script, [], []))
-        while calls._conn is None:  # the batch made its connection and loads the script
+        while calls._conn is None:  # the batch made its connection
             await asyncio.sleep(0)
         await calls.retarget(new)
         await old.aclose()  # as the route closes the old master's client
