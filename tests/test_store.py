@@ -5,10 +5,11 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TypeVar, cast
 
 import pytest
-from redis.asyncio.connection import Connection
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, Connection
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.features import extract
@@ -16,6 +17,13 @@ from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import GroupCommit, connect
 from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
+
+T = TypeVar("T")
+
+
+def _with_option(url: str, option: str) -> str:
+    """``url`` with the query option ``option`` (``name=value``) added."""
+    return url + ("&" if "?" in url else "?") + option
 
 
 def _run(
@@ -29,7 +37,7 @@ def _run(
         s = make_settings()
         url = s.redis_url or ""
         if protocol is not None:
-            url += ("&" if "?" in url else "?") + f"protocol={protocol}"
+            url = _with_option(url, f"protocol={protocol}")
         store = Store(connect(url), s.key_prefix, 60, 1000)
         try:
             await body(store)
@@ -290,6 +298,19 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
     _run(make_settings, body, protocol)
 
 
+async def _retarget_mid_batch(
+    calls: GroupCommit, call: Awaitable[T], new: Redis
+) -> tuple[asyncio.Task[T], AbstractConnection | None]:
+    """``call`` started, then ``calls`` retargeted to ``new`` once the batch made its connection,
+    while that connects (before the batch is sent): the call's task, and the connection dropped."""
+    task = asyncio.ensure_future(call)
+    while calls._conn is None:
+        await asyncio.sleep(0)
+    dropped = calls._conn
+    await calls.retarget(new)
+    return task, dropped
+
+
 def test_a_connection_dropped_during_a_batch_is_not_left_open() -> None:
     """A retarget (the slot's master moved) while a batch is on its way drops the group commit's
     connection; redis-py reconnects it to send the batch, and nothing would close it after.
@@ -300,11 +321,8 @@ def test_a_connection_dropped_during_a_batch_is_not_left_open() -> None:
         calls = GroupCommit(old)
         token = uuid.uuid4().hex
         script = old.register_script(f"return '{token}'")  # loaded in the batch's write
-        call = asyncio.create_task(calls.call(script, [], []))
-        while calls._conn is None:  # the batch made its connection
-            await asyncio.sleep(0)
-        dropped = calls._conn
-        await calls.retarget(new)  # while that connection connects, before the batch is sent
+        call, dropped = await _retarget_mid_batch(calls, calls.call(script, [], []), new)
+        assert dropped is not None
         assert await call == token.encode() and not dropped.is_connected
         assert await calls.command("PING") == b"PONG"  # the next batch goes through ``new``
         await calls.close()
@@ -325,10 +343,7 @@ def test_a_batch_retried_after_a_retarget_goes_to_the_new_master() -> None:
             dead = s.getsockname()[1]
         old, new = connect(f"redis://127.0.0.1:{dead}/0"), connect(SERVER_URL)
         calls = GroupCommit(old)
-        call = asyncio.create_task(calls.command("PING"))
-        while calls._conn is None:  # the first attempt made its connection and connects
-            await asyncio.sleep(0)
-        await calls.retarget(new)
+        call, _ = await _retarget_mid_batch(calls, calls.command("PING"), new)
         assert await call == b"PONG"
         kept = calls._conn
         assert isinstance(kept, Connection)
@@ -347,15 +362,11 @@ def test_a_script_loaded_while_the_master_moves_leaves_no_connection_of_the_old_
 
     async def run() -> None:
         name = f"old-{uuid.uuid4().hex[:8]}"
-        join = "&" if "?" in SERVER_URL else "?"
-        old, new = connect(f"{SERVER_URL}{join}client_name={name}"), connect(SERVER_URL)
+        old, new = connect(_with_option(SERVER_URL, f"client_name={name}")), connect(SERVER_URL)
         calls = GroupCommit(old)
         token = uuid.uuid4().hex
         script = old.register_script(f"return '{token}'")
-        call = asyncio.create_task(calls.call(script, [], []))
-        while calls._conn is None:  # the batch made its connection
-            await asyncio.sleep(0)
-        await calls.retarget(new)
+        call, _ = await _retarget_mid_batch(calls, calls.call(script, [], []), new)
         await old.aclose()  # as the route closes the old master's client
         assert await call == token.encode()
         await calls.close()
