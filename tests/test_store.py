@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, cast
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -13,6 +15,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.features import extract
+from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import GroupCommit, connect
@@ -24,6 +27,20 @@ T = TypeVar("T")
 def _with_option(url: str, option: str) -> str:
     """``url`` with the query option ``option`` (``name=value``) added."""
     return url + ("&" if "?" in url else "?") + option
+
+
+async def _listed(name: str) -> list[dict[str, str]]:
+    """The test server's clients named ``name``, once a closed one had a moment to leave."""
+    probe = connect(SERVER_URL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            listed = [c for c in await probe.client_list() if c.get("name") == name]
+            if not listed or time.monotonic() > deadline:
+                return listed
+            await asyncio.sleep(0.05)
+    finally:
+        await probe.aclose()
 
 
 def _run(
@@ -371,16 +388,61 @@ def test_a_script_loaded_while_the_master_moves_leaves_no_connection_of_the_old_
         assert await call == token.encode()
         await calls.close()
         await new.aclose()
-        probe = connect(SERVER_URL)
+        assert await _listed(name) == []
+
+    asyncio.run(run())
+
+
+@contextlib.asynccontextmanager
+async def _gated_proxy(gate: asyncio.Event, accepted: asyncio.Event) -> AsyncIterator[int]:
+    """A TCP proxy to the test server (its port) that holds each connection until ``gate`` is
+    set, so a client's connection stays in its handshake; ``accepted`` is set when one arrives."""
+    target = urlsplit(SERVER_URL)
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            deadline = time.monotonic() + 5
-            while True:  # a closed connection leaves the server's list a moment later
-                listed = [c for c in await probe.client_list() if c.get("name") == name]
-                if not listed or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
-            assert listed == []
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
         finally:
-            await probe.aclose()
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(cast("asyncio.Task[None]", asyncio.current_task()))
+        accepted.set()
+        await gate.wait()
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        await asyncio.gather(
+            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+def test_a_call_connecting_when_its_client_closes_leaves_no_connection_open() -> None:
+    """A client closed while a call on it is still connecting (what ``SlotRoute.follow`` does to
+    the old master's client while other calls run): the call ends, and its connection is closed
+    with it rather than kept in the closed client's pool."""
+
+    async def run() -> None:
+        gate, accepted = asyncio.Event(), asyncio.Event()
+        name = f"closing-{uuid.uuid4().hex[:8]}"
+        async with _gated_proxy(gate, accepted) as port:
+            url = _with_option(node_url(SERVER_URL, "127.0.0.1", port), f"client_name={name}")
+            client = connect(url)
+            call = asyncio.ensure_future(client.ping())
+            await accepted.wait()
+            await client.aclose()
+            gate.set()
+            await asyncio.gather(call, return_exceptions=True)
+            assert await _listed(name) == []
 
     asyncio.run(run())

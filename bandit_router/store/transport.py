@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
@@ -23,9 +23,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.store.cluster import redirected
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("bandit_router")
 P = ParamSpec("P")
@@ -289,9 +286,27 @@ class GroupCommit:
 DEFAULT_TIMEOUT_S = 5.0
 
 
+class _Pool(aioredis.BlockingConnectionPool):
+    """A pool that stays closed. redis-py's has no closed state: a connection still connecting
+    or in use when the pool closes (a call on the old master's client while ``SlotRoute.follow``
+    closes it) connects anyway and is kept, open, in the closed pool. This one disconnects every
+    connection given back after it closed."""
+
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await super().aclose()
+
+    async def release(self, connection: Connection) -> None:
+        await super().release(connection)
+        if self.closed:
+            await connection.disconnect()
+
+
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     """A client for ``url`` (redis://, rediss://, unix://) that waits for a free connection."""
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = _Pool.from_url(
         url,
         max_connections=max_connections,
         timeout=5,
