@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
+MAX_WEIGHT = 1000.0  # a reward weight's upper bound
 
 
 GATEWAY_PARTS = ("latency", "cost", "failure")
@@ -107,7 +109,10 @@ def parse_weights(value: Any) -> Any:
         return value
     text = value.strip()
     if text.startswith("{"):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise ValueError("reward weights: a flat JSON object is expected") from None
     weights: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition("=")
@@ -117,16 +122,33 @@ def parse_weights(value: Any) -> Any:
     return weights
 
 
-def check_weights(weights: dict[str, float]) -> dict[str, float]:
-    """Reward weights as given, or ``ValueError`` naming the unknown part or bad weight."""
+def check_weights(weights: Any) -> dict[str, float]:
+    """Reward weights as floats, or ``ValueError`` naming the unknown part or bad weight: each a
+    number in 0..MAX_WEIGHT (weights are relative; the bound keeps their sum finite)."""
+    if not isinstance(weights, dict):
+        raise ValueError("reward weights must be an object of part: weight")
+    out: dict[str, float] = {}
     for key, weight in weights.items():
         if key not in REWARD_PARTS:
             raise ValueError(f"unknown reward part {key!r}; valid: {', '.join(REWARD_PARTS)}")
-        if weight < 0:
-            raise ValueError(f"reward weight {key} must be >= 0, got {weight}")
-    if not any(weights.values()):
+        number = _weight(weight)
+        if number is None or not 0 <= number <= MAX_WEIGHT:
+            raise ValueError(f"reward weight {key} must be a number in 0..{MAX_WEIGHT:g}")
+        out[key] = number
+    if not any(out.values()):
         raise ValueError("at least one reward weight must be > 0")
-    return weights
+    return out
+
+
+def _weight(value: Any) -> float | None:
+    """``value`` as a finite float, or None (not a number, a bool, NaN, infinite, too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 class Settings(BaseSettings):

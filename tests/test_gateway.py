@@ -349,6 +349,31 @@ def test_a_window_closed_by_the_sweep_uses_the_events_weights(
     assert 0.9 < mean <= 1.0
 
 
+@pytest.mark.parametrize(
+    "preference",
+    [
+        "accuracy=nan",
+        "accuracy=inf",
+        "accuracy=1e308,latency=1e308",
+        '{"accuracy": NaN}',
+        '{"accuracy": 1' + "0" * 400 + "}",
+        '{"a": ' * 1500 + "1" + "}" * 1500,
+    ],
+)
+def test_a_preference_that_weighs_nothing_usable_is_refused_before_anything_is_decided(
+    serve: Serve, upstream: Start, preference: str
+) -> None:
+    """Weights that are not bounded numbers would be stored with the event and break its
+    reward and the sweep: refused, naming the header, before a decision or an upstream call."""
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    client = _client(base, default_headers={"x-bandit-preference": preference})
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.chat.completions.create(model="auto", messages=_ask(rows()[0]))
+    assert refused.value.body["param"] == "x-bandit-preference"  # type: ignore[index]
+    assert httpx.get(f"{base}/stats").json()["decisions"] == 0
+
+
 def test_a_client_that_leaves_mid_stream_cancels_the_upstream(
     serve: Serve, upstream: Start
 ) -> None:

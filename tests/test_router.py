@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 
@@ -149,6 +150,34 @@ def test_sweep_closes_windows_with_parts_present_or_default(
 
     asyncio.run(scenario(None))
     asyncio.run(scenario(0.25))
+
+
+def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployments(
+    make_settings: SettingsFactory,
+) -> None:
+    """A gateway event's own weights that cannot weigh anything (NaN, stored as null: a record
+    of an older version, or written by hand) neither fail its reward nor stop the sweep, which
+    closes it with the deployment's weights and every other ended window with it."""
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
+
+    async def scenario() -> None:
+        router = await _open(make_settings(arms=arms, reward_wait_s=60))
+        assert router.event_weights
+        bad = await router.choose("one", weights={"accuracy": math.nan, "latency": 1.0})
+        good = await router.choose("two", weights={"accuracy": 1.0, "latency": 1.0})
+        result = await router.reward(bad.event_id, RewardParts(accuracy=1.0))
+        assert result.status == "pending"  # the deployment's weights count rating and latency too
+        await router.reward(good.event_id, RewardParts(latency_ms=100.0))
+        assert await router.sweep(now=time.time() + 61) == 2
+        await router.learner.step()
+        logged = await all_events(router.store.events())
+        rewards = {e.decision["event_id"]: e.reward["reward"] for e in logged}
+        assert rewards == {bad.event_id: 1.0, good.event_id: pytest.approx(0.95)}
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
 
 
 def test_one_sweep_closes_every_ended_window_however_many(

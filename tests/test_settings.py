@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bandit_router.settings import DEFAULT_ARMS, Settings
+from bandit_router.settings import DEFAULT_ARMS, Settings, check_weights, parse_weights
 
 
 def test_defaults() -> None:
@@ -56,3 +56,35 @@ def test_bad_settings_name_the_problem(field: str, value: Any, message: str) -> 
 def test_unknown_setting_is_refused() -> None:
     with pytest.raises(ValidationError, match="epsilonn"):
         Settings(epsilonn=0.1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "accuracy=nan",
+        "accuracy=inf",
+        "accuracy=1e400",
+        "accuracy=1e308,latency=1e308",  # each finite, their sum not
+        '{"accuracy": NaN}',
+        '{"accuracy": Infinity}',
+        '{"accuracy": 1' + "0" * 400 + "}",
+        '{"accuracy": true}',
+        '{"accuracy": "1"}',
+    ],
+)
+def test_reward_weights_must_be_bounded_numbers(value: str) -> None:
+    """As a request's ``x-bandit-preference`` gives them (no conversion), and as settings."""
+    message = "reward weight accuracy must be a number in 0..1000"
+    with pytest.raises(ValueError, match=message):
+        check_weights(parse_weights(value))
+    if "NaN" in value or "Inf" in value or "=" in value:  # settings convert the others first
+        for field in ("reward_weights", "gateway_reward_weights"):
+            values: dict[str, Any] = {field: value}
+            with pytest.raises(ValidationError, match=message):
+                Settings(**values)
+
+
+def test_reward_weights_nested_deeply_are_refused_with_a_message() -> None:
+    deep: Any = '{"accuracy": ' * 5000 + "1" + "}" * 5000
+    with pytest.raises(ValidationError, match="a flat JSON object is expected"):
+        Settings(reward_weights=deep)

@@ -26,7 +26,7 @@ from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
 from bandit_router.service.learner import BATCH, Learner, Model, load_model, restore, wait_or_stop
 from bandit_router.service.metrics import Metrics
-from bandit_router.settings import Settings
+from bandit_router.settings import Settings, check_weights
 from bandit_router.store.records import stream_id_key
 from bandit_router.store.repository import Store
 
@@ -263,7 +263,7 @@ class Router:
         if got.logged is not None:
             value = own
         elif final or self._complete(decision, merged):
-            weights = decision.get("weights")
+            weights = own_weights(decision)
             if not merged and self.settings.default_reward is None:
                 self._combine(merged, weights)  # nothing to learn from: 422 naming the parts
             value, merged = await self._finalize(event_id, merged, weights)
@@ -281,7 +281,7 @@ class Router:
         )
 
     def _complete(self, decision: Mapping[str, Any], parts: Mapping[str, float]) -> bool:
-        weights = decision.get("weights")
+        weights = own_weights(decision)
         weighted = self._weighted if weights is None else _weighted(weights)
         if "reward" in parts or weighted <= parts.keys():
             return True
@@ -334,7 +334,7 @@ class Router:
             weights_of: list[Mapping[str, float] | None] = [None] * len(to_close)
             if self.event_weights:
                 decisions = await self.store.decisions_of_many(to_close)
-                weights_of = [d.get("weights") if d else None for d in decisions]
+                weights_of = [own_weights(d) if d else None for d in decisions]
             windows = list(zip(to_close, parts_of, weights_of, strict=True))
             for i in range(0, len(windows), CLOSED_TOGETHER):
                 done = await asyncio.gather(
@@ -446,6 +446,20 @@ class Router:
             "buffered_decisions": len(self._buffer),
             "learner": self.learner.leading,
         }
+
+
+def own_weights(decision: Mapping[str, Any]) -> dict[str, float] | None:
+    """The event's own reward weights (a gateway request's preference), None for the
+    deployment's: also when the stored ones are unusable (a record written by hand or by an
+    older version), so that one bad record cannot stop its reward, or the sweep, for good."""
+    weights = decision.get("weights")
+    if weights is None:
+        return None
+    try:
+        return check_weights(weights)
+    except ValueError as e:
+        log.warning("event %s: its reward weights are unusable (%s)", decision.get("event_id"), e)
+        return None
 
 
 def _weighted(weights: Mapping[str, float]) -> set[str]:
