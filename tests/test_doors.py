@@ -94,7 +94,9 @@ class Doors:
         self.fast = httpx.Client(base_url=fast, timeout=30)
         self.routed = httpx.Client(base_url=routed, timeout=30)
 
-    def both(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[Any, Any]:
+    def both(
+        self, path: str, raw: bytes, headers: dict[str, str] | list[tuple[str, str]]
+    ) -> tuple[Any, Any]:
         fast = self.fast.post(path, content=raw, headers=headers)
         routed = self.routed.post(path, content=raw, headers=headers)
         return _answer(fast), _answer(routed)
@@ -162,11 +164,40 @@ def test_hostile_bodies_answer_alike_and_never_5xx(doors: Doors, raw: bytes, pat
     ],
 )
 def test_auth_and_content_type_answer_alike(doors: Doors, headers: dict[str, str]) -> None:
-    for content_type in ("application/json", "text/plain", "application/x-www-form-urlencoded"):
-        all_headers = {**headers, "content-type": content_type}
+    types: list[list[str]] = [
+        ["application/json"],
+        ["text/plain"],
+        ["application/x-www-form-urlencoded"],
+        [],
+        ["application/json", "text/plain"],
+    ]
+    for declared in types:
+        all_headers = [*headers.items(), *(("content-type", t) for t in declared)]
         raw = b'{"query": "q"}'
         fast, routed = doors.both("/choose", raw, all_headers)
         assert fast == routed
+
+
+def test_a_body_of_no_declared_type_or_of_two_is_refused_everywhere(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    """A browser sends a cross-site POST with no content-type without asking first (a no-cors
+    fetch of a Blob): a JSON body is taken only when declared so, once, on every route."""
+    base = serve(admin_key="a1")
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    gateway = serve(arms=json.dumps([{"name": "m", "upstream": upstream}]))
+    calls = [
+        (base, "/choose", b'{"query": "q"}', {}),
+        (base, "/reward", b'{"event_id": "e-1", "accuracy": 1}', {}),
+        (base, "/admin/policy", b'{"policy": "egreedy"}', {"x-api-key": "a1"}),
+        (gateway, "/v1/chat/completions", b'{"model": "auto", "messages": []}', {}),
+    ]
+    for url, path, raw, headers in calls:
+        for declared in ([], ["application/json", "application/json"]):
+            sent = [*headers.items(), *(("content-type", t) for t in declared)]
+            response = httpx.post(f"{url}{path}", content=raw, headers=sent)
+            assert response.status_code == 415, (path, declared, response.text)
+            assert response.json()["field"] == "content-type"
 
 
 def test_a_body_shorter_than_its_length_is_answered_408_and_closed(

@@ -30,6 +30,7 @@ from bandit_router.http.contract import (
     RewardResponse,
     VersionResponse,
     answer,
+    check_content_type,
     error_body,
     failure,
     validation_failure,
@@ -300,6 +301,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_gateway(app, settings, keyed)  # /v1/chat/completions, /v1/models
 
     admin = [*keyed, Depends(require_admin_key)]
+    admin_body = [*admin, Depends(json_body)]
 
     @app.post(
         "/admin/snapshot", responses=ADMIN | DEPLOYMENT_ERRORS, dependencies=admin, tags=["admin"]
@@ -323,7 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise NotLearner()
         return VersionResponse(model_version=await router.learner.reset())
 
-    @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
+    @app.post("/admin/policy", responses=ADMIN_BODY, dependencies=admin_body, tags=["admin"])
     async def admin_policy(
         body: PolicyRequest,
         router: RouterDep,
@@ -340,7 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await router.learner.switch(spec)
         return PolicyResponse(policy=str(spec), model_version=router.version)
 
-    @app.post("/admin/promote", responses=ADMIN_BODY, dependencies=admin, tags=["admin"])
+    @app.post("/admin/promote", responses=ADMIN_BODY, dependencies=admin_body, tags=["admin"])
     async def admin_promote(body: PolicyRequest, router: RouterDep) -> PromotionView:
         """Promote a running challenger now: its trained model serves, the champion becomes a
         challenger; the promotion is recorded. Asked of the learner's process."""
@@ -353,6 +355,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PromotionView.model_validate(record)
 
     return app
+
+
+async def json_body(request: Request) -> None:
+    """A route with a body takes JSON only, as the routing calls do (``check_content_type``)."""
+    check_content_type(request.headers.raw)
 
 
 def app_from_env() -> FastAPI:

@@ -396,13 +396,15 @@ ROUTES: dict[str, tuple[str, Call]] = {
 }
 
 
-def _content_type(headers: Iterable[tuple[bytes, bytes]]) -> None:
-    for name, value in headers:
-        if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            if media not in JSON_TYPES:
-                raise UnsupportedType(value.decode("latin-1"))
-            return
+def check_content_type(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """``UnsupportedType`` unless the request says, once, that its body is JSON. A missing type
+    is refused too: a web page can send a cross-site POST without one and without asking
+    first (a no-cors fetch of a Blob), which would let any page write to an open deployment."""
+    given = [value for name, value in headers if name.lower() == b"content-type"]
+    if len(given) != 1:
+        raise UnsupportedType(b", ".join(given).decode("latin-1") if given else "none")
+    if given[0].split(b";", 1)[0].strip().lower() not in JSON_TYPES:
+        raise UnsupportedType(given[0].decode("latin-1"))
 
 
 async def answer(
@@ -415,7 +417,7 @@ async def answer(
     found = [routers.default]  # the deployment's router once the body names it
     try:
         require_key(headers, routers.any_keys, API_KEYS)
-        _content_type(headers)
+        check_content_type(headers)
         status, body = 200, orjson.dumps(await call(routers, headers, raw, found))
     except Exception as e:
         status, body = failure(e, found[0], endpoint)

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from bandit_router.errors import RouterError
-from bandit_router.http.contract import BadBody, ChooseRequest, _content_type, failure
+from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
 from bandit_router.http.openapi import CHAT_BODY, GATEWAY, GATEWAY_READ
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
@@ -272,7 +272,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         router: Router = request.app.state.router
         try:
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
-            _content_type(request.headers.raw)
+            check_content_type(request.headers.raw)
             call = gateway.read(await request.body(), request.headers)
             return await _serve(gateway, router, call)
         except Exception as e:

@@ -88,7 +88,7 @@ HEALTH: dict[int | str, dict[str, Any]] = {
     503: {"model": HealthResponse, "description": "Redis unreachable"}
 }
 ADMIN = responses(401, 403, 409, 500, 503, e409="this process does not hold the learner lease")
-ADMIN_BODY = ADMIN | responses(400, 408, 413, 422)
+ADMIN_BODY = ADMIN | responses(400, 408, 413, 415, 422)
 
 # Every endpoint that takes ``?deployment=``: an unknown one is a 422 naming the valid ones.
 DEPLOYMENT_ERRORS = responses(422, e422="unknown deployment; the message lists the valid ones")
