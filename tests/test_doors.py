@@ -226,6 +226,28 @@ def test_a_body_shorter_than_its_length_is_answered_408_and_closed(
         }
 
 
+def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    """A content-length over BANDIT_MAX_BODY_BYTES is answered 413 at once: nothing of the body
+    was sent, and the answer must not wait for the body timeout (60 s here; the socket's 10)."""
+    fast = serve(body_timeout_s=60)
+    routed = serve(root_path=ROOT, body_timeout_s=60)
+    for base, path in ((fast, "/choose"), (routed, "/choose"), (fast, "/admin/policy")):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: 2000000\r\n\r\n".encode()
+            )
+            reply = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), (path, reply)
+        assert json.loads(body)["field"] == "body"
+
+
 def test_finite_bounds_are_named(doors: Doors) -> None:
     """The limits of each number are in the message, so a client can fix its call."""
     cases = [

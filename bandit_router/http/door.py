@@ -43,7 +43,7 @@ class RoutingDoor:
             return
         headers = scope["headers"]
         try:
-            raw = await read_body(receive, self.limit, self.timeout_s)
+            raw = await read_body(receive, headers, self.limit, self.timeout_s)
         except ClientGone:
             return
         except RouterError as e:  # too large, or too slow: answer, then close the connection
@@ -77,7 +77,7 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         try:
-            raw = await read_body(receive, self.limit, self.timeout_s)
+            raw = await read_body(receive, scope["headers"], self.limit, self.timeout_s)
         except ClientGone:
             return
         except RouterError as e:
