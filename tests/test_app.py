@@ -138,7 +138,7 @@ def test_bad_choose_input(client: TestClient, body: dict[str, Any], field: str, 
         ({"rating": 6}, "rating", "less than or equal to 5"),
         ({"latency_ms": -3}, "latency_ms", "greater than or equal to 0"),
         ({"reward": "high"}, "reward", "valid number"),
-        ({"cost_usd": 0.01}, None, "no weighted reward part present"),
+        ({"cost_usd": 0.01}, "reward", "no weighted reward part present"),
         ({"acuracy": 1}, "acuracy", "unknown field"),
     ],
 )

@@ -180,6 +180,33 @@ def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployme
     asyncio.run(scenario())
 
 
+def test_parts_no_weight_of_the_event_counts_are_refused_before_they_are_kept(
+    make_settings: SettingsFactory,
+) -> None:
+    """Where events carry their own weights (gateway arms), a part the deployment does not
+    weigh is checked against the event's: 422 naming ``reward`` when they do not count it either,
+    and nothing kept; taken when they do."""
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
+
+    async def scenario() -> None:
+        router = await _open(make_settings(arms=arms))
+        plain = await router.choose("one")  # the deployment's weights: no cost
+        accurate = await router.choose("two", weights={"accuracy": 1.0})
+        cheap = await router.choose("three", weights={"cost": 1.0})
+        for event in (plain, accurate):
+            with pytest.raises(InvalidReward, match="no weighted reward part") as refused:
+                await router.reward(event.event_id, RewardParts(cost_usd=0.0001))
+            assert refused.value.field == "reward"
+            assert await router.store.parts_of(event.event_id) == {}
+        taken = await router.reward(cheap.event_id, RewardParts(cost_usd=0.0005))
+        assert taken.status == "final" and taken.reward == pytest.approx(0.5)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_one_sweep_closes_every_ended_window_however_many(
     make_settings: SettingsFactory,
 ) -> None:

@@ -253,6 +253,9 @@ class Router:
             own = self._combine(present) if present or not final else None  # no weighted part: 422
         if event_id in self._buffer:
             await self.flush()  # its decision must be in Redis before a part can join it
+        if own is None and present and not present.keys() & self._weighted:
+            # parts the deployment does not weigh: does the event's own weighting? (422 if not)
+            await self._weighs_some(event_id, present)
         alone = None
         if own is not None and (final or "reward" in present or self._weighted <= present.keys()):
             # Final by itself: if no other part came before, logged in the same round trip.
@@ -280,6 +283,15 @@ class Router:
             model_version=self.version,
         )
 
+    async def _weighs_some(self, event_id: str, present: Mapping[str, float]) -> None:
+        """``InvalidReward`` unless the event's weights count one of the ``present`` parts;
+        ``UnknownEvent`` if it is gone. A read the usual reward (a part the deployment weighs)
+        does without."""
+        (decision,) = await self.store.decisions_of_many([event_id])
+        if decision is None:
+            raise UnknownEvent(event_id)
+        self._combine(present, own_weights(decision))
+
     def _complete(self, decision: Mapping[str, Any], parts: Mapping[str, float]) -> bool:
         weights = own_weights(decision)
         weighted = self._weighted if weights is None else _weighted(weights)
@@ -295,8 +307,8 @@ class Router:
             config = RewardConfig(weights, config.latency_budget_ms, config.cost_budget_usd)
         try:
             return config.combine(RewardParts.from_mapping(parts))
-        except ValueError as e:
-            raise InvalidReward(str(e)) from e
+        except ValueError as e:  # no weighted part: ``reward`` is always one, the message lists all
+            raise InvalidReward(str(e), field="reward") from e
 
     async def _finalize(
         self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
