@@ -248,6 +248,32 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
         assert json.loads(body)["field"] == "body"
 
 
+def test_the_admin_bodies_follow_the_routing_calls_contract(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    base = serve(admin_key="a1")
+    headers = {**JSON_HEADERS, "x-api-key": "a1"}
+    cases = [
+        (b'{"policy": ' * 10_000 + b'"x"' + b"}" * 10_000, 400, "body"),
+        (b'{"policy": "\xff"}', 400, "body"),
+        (b'{"policy": "\\ud800"}', 400, "body"),
+        (b"[]", 400, "body"),
+        (b"{}", 422, "policy"),
+        (b'{"policy": 1}', 422, "policy"),
+        (b'{"policy": "egreedy", "extra": 1}', 422, "extra"),
+    ]
+    for path in ("/admin/policy", "/admin/promote"):
+        for raw, status, field in cases:
+            response = httpx.post(f"{base}{path}", content=raw, headers=headers)
+            assert (response.status_code, response.json()["field"]) == (status, field), (
+                path,
+                raw[:40],
+                response.text,
+            )
+        plain = httpx.post(f"{base}{path}", content=b"{}", headers={"x-api-key": "a1"})
+        assert plain.status_code == 415
+
+
 def test_finite_bounds_are_named(doors: Doors) -> None:
     """The limits of each number are in the message, so a client can fix its call."""
     cases = [
