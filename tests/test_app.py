@@ -117,6 +117,12 @@ def test_second_reward_is_409_and_unknown_event_404(client: TestClient) -> None:
         ({"query": "q", "features": {"k": None}}, "features", "features.k must be a string"),
         ({"query": "q", "features": {"k": "v" * 300}}, "features", "the limit is 256"),
         ({"query": "q", "features": {f"k{i}": i for i in range(65)}}, "features", "limit is 64"),
+        (
+            {"query": "q", "features": {"k" * 65: 1}},
+            "features",
+            "a key: String should have at most",
+        ),
+        ({"query": "q", "features": {"": 1}}, "features", "a key: String should have at least"),
         ({"query": "q", "event_id": "bad id!"}, "event_id", "pattern"),
         ({"query": "q", "qurey": "typo"}, "qurey", "unknown field"),
     ],

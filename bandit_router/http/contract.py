@@ -330,8 +330,11 @@ def validation_failure(errors: Sequence[Any]) -> RouterError:
     messages = []
     first = None
     for err in errors:
-        field = _field(err.get("loc", ()))
+        loc = tuple(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if "[key]" in loc:  # (..., the object, the key itself, "[key]"): name the object
+            loc, msg = loc[: loc.index("[key]") - 1], f"a key: {msg}"
+        field = _field(loc)
         if err.get("type") == "extra_forbidden":
             msg = "unknown field"
         first = first or field
