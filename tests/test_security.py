@@ -10,7 +10,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.service.learner import restore
 from bandit_router.settings import Settings
+from bandit_router.store.records import Snapshot
 from tests.conftest import ClientFactory, SettingsFactory
 
 KEY = {"X-API-Key": "k1"}
@@ -111,6 +114,31 @@ def test_admin_policy_refuses_values_out_of_bounds_and_vw_file_options(
     settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
     stored = _everything_stored(settings.redis_url or "", settings.key_prefix)
     assert "gamma_scale" not in stored and "vw_args" not in stored and "dim=" not in stored
+
+
+@pytest.mark.parametrize("stored", ["squarecb:gamma_scale=NaN", "squarecb:vw_args=-f {tmp}/x"])
+def test_an_override_stored_before_it_was_refused_gives_way_to_the_settings_policy(
+    make_client: ClientFactory, make_settings: SettingsFactory, tmp_path: Path, stored: str
+) -> None:
+    """A deployment that took squarecb:gamma_scale=NaN before it was refused starts, and serves
+    the settings' policy, rather than failing every choice (or failing to start)."""
+    settings = make_settings(admin_key="root-key")
+    raw: Any = redis.Redis.from_url(settings.redis_url or "")
+    raw.set("{" + settings.key_prefix + "}:policy", stored.format(tmp=tmp_path))
+    raw.close()
+    client = make_client(settings)
+    for i in range(5):
+        d = _choose(client, query=f"q{i}")
+        assert d.status_code == 200 and d.json()["policy"] == "squarecb", d.text
+    switched = client.post("/admin/policy", json={"policy": "linucb"}, headers=ADMIN)
+    assert switched.status_code == 200 and _choose(client).json()["policy"] == "linucb"
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_snapshot_saved_under_a_refused_spec_is_relearned_from_the_log() -> None:
+    saved = Snapshot("squarecb:gamma_scale=NaN", 30, "1700000000000-0", b"not read")
+    model = restore(saved, parse_policy_spec("squarecb"), Settings())
+    assert (str(model.spec), model.version, model.stream_id) == ("squarecb", 0, "0-0")
 
 
 def test_body_size_limit_is_413_naming_the_limit(make_client: ClientFactory) -> None:
