@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bandit_router.policies import linucb
 from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.policies.vw import vw_options
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
 MAX_WEIGHT = 1000.0  # a reward weight's upper bound
@@ -223,8 +225,16 @@ class Settings(BaseSettings):
     epsilon: float = Field(
         default=0.05, ge=0, le=1, description="exploration rate of egreedy, bag and rnd"
     )
-    linucb_alpha: float = Field(default=0.5, ge=0, description="width of LinUCB's upper bound")
-    vw_args: str = Field(default="", description="extra Vowpal Wabbit arguments, for experts")
+    linucb_alpha: float = Field(
+        default=0.5,
+        ge=linucb.BOUNDS["alpha"].low,
+        le=linucb.BOUNDS["alpha"].high,
+        allow_inf_nan=False,
+        description="width of LinUCB's upper bound",
+    )
+    vw_args: str = Field(
+        default="", description="extra Vowpal Wabbit learning options, for experts (see Policies)"
+    )
     seed: int | None = Field(default=None, description="makes choices reproducible")
 
     reward_weights: Annotated[dict[str, float], NoDecode] = Field(
@@ -429,6 +439,12 @@ class Settings(BaseSettings):
     def _policy_exists(cls, policy: str) -> str:
         parse_policy_spec(policy)  # raises ValueError naming the valid policies
         return policy
+
+    @field_validator("vw_args")
+    @classmethod
+    def _vw_options_allowed(cls, vw_args: str) -> str:
+        vw_options(vw_args)  # raises ValueError naming the option and the allowed ones
+        return vw_args
 
     @model_validator(mode="after")
     def _cluster_needs_a_url(self) -> Settings:

@@ -170,6 +170,29 @@ def test_config_masks_secrets(
     assert doc["BANDIT_KEY_PREFIX"] == "bandit"
 
 
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("BANDIT_POLICY", "squarecb:gamma_scale=nan", "gamma_scale must be in (0, 10000], got nan"),
+        ("BANDIT_CHALLENGERS", "linucb:dim=100000000", "dim must be in [12, 1024]"),
+        ("BANDIT_VW_ARGS", "--readable_model {tmp}/x", "'--readable_model' is not an allowed"),
+    ],
+)
+def test_config_refuses_a_policy_value_out_of_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    env: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(env, value.replace("{tmp}", str(tmp_path)))
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and env in err and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_command_and_option_has_help() -> None:
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -5,7 +5,8 @@ import pytest
 
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
-from bandit_router.policies.linucb import LinUCB, dense_vector
+from bandit_router.policies.linucb import MAX_DIM, LinUCB, dense_vector
+from bandit_router.policies.registry import build_policy
 
 ARMS = [Arm("a"), Arm("b")]
 
@@ -101,3 +102,19 @@ def test_choices_draw_the_generator_stream_one_number_each() -> None:
     draws = _Draws(np.random.default_rng(9))
     reference = np.random.default_rng(9)
     assert [draws.random() for _ in range(700)] == [reference.random() for _ in range(700)]
+
+
+def test_dim_is_bounded_where_the_matrices_stay_small() -> None:
+    """dim=100000000 asked numpy for 71 PiB of matrices; the bound refuses it before any."""
+    assert MAX_DIM == 1024
+    LinUCB(dim=MAX_DIM).choose(extract("hello"), ARMS)  # 8 MiB per arm
+    for dim in (MAX_DIM + 1, 100_000_000, 10**400):
+        with pytest.raises(ValueError, match=r"dim must be in \[12, 1024\], got"):
+            LinUCB(dim=dim)
+        with pytest.raises(
+            ValueError, match=r"policy linucb: parameter dim must be in \[12, 1024\]"
+        ):
+            build_policy(f"linucb:dim={dim}")
+    for alpha in (float("nan"), float("inf"), 101.0):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 100\], got"):
+            LinUCB(alpha=alpha)

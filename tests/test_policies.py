@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
 
 import pytest
 
 from bandit_router.features import Features, extract
-from bandit_router.policies.base import Arm
+from bandit_router.policies.base import Arm, PolicySpec
 from bandit_router.policies.registry import (
     build_policy,
     load_policy,
     parse_policy_spec,
+    policy_kind,
     policy_names,
 )
 
@@ -102,11 +105,12 @@ def test_learns_a_planted_rule(spec: str) -> None:
     [
         ("nope", "unknown policy 'nope'; valid: egreedy"),
         ("egreedy:epsilon=2", "epsilon must be in"),
-        ("bag:bag=0", "bag must be >= 1"),
-        ("linucb:alpha=-1", "alpha must be >= 0, got -1"),
-        ("linucb:dim=4", "dim must be >= 12"),
+        ("bag:bag=0", r"bag must be in \[1, 100\], got 0"),
+        ("linucb:alpha=-1", r"alpha must be in \[0, 100\], got -1"),
+        ("linucb:dim=4", r"dim must be in \[12, 1024\], got 4"),
         ("fixed", "fixed needs an arm"),
-        ("egreedy:vw_args=--nonsense_flag", "VW rejected"),
+        ("egreedy:vw_args=--nonsense_flag", "'--nonsense_flag' is not an allowed VW option"),
+        ("squarecb:vw_args=--l2 0.5", "VW rejected"),  # allowed, but squarecb sets its own
     ],
 )
 def test_bad_parameters_are_named(spec: str, message: str) -> None:
@@ -118,3 +122,46 @@ def test_spec_string_round_trips() -> None:
     spec = parse_policy_spec("egreedy:epsilon=0.1:bits=20")
     assert spec.params == {"epsilon": 0.1, "bits": 20}
     assert str(spec) == "egreedy:epsilon=0.1:bits=20"
+
+
+# Every numeric parameter of every registered policy, with its bounds as the errors print them.
+KINDS = {name: policy_kind(name) for name in policy_names()}
+NUMERIC = [
+    (name, key, str(kind.bounds.get(key)))
+    for name, kind in KINDS.items()
+    for key, default in kind.defaults.items()
+    if not isinstance(default, str)
+]
+
+
+def test_every_numeric_parameter_has_bounds_that_hold_its_default() -> None:
+    for name, kind in KINDS.items():
+        for key, default in kind.defaults.items():
+            if isinstance(default, str):
+                continue
+            assert key in kind.bounds, f"{name}: {key} has no bounds"
+            kind.bounds[key].check(key, default)
+
+
+NOT_FINITE = ["nan", "NaN", "inf", "-inf", "1e400", "9" * 400, "-" + "9" * 400]
+
+
+@pytest.mark.parametrize(("name", "key", "bounds"), NUMERIC)
+@pytest.mark.parametrize("raw", NOT_FINITE, ids=lambda raw: raw[:6])
+def test_a_value_out_of_bounds_is_refused_naming_the_parameter_and_its_range(
+    name: str, key: str, bounds: str, raw: str
+) -> None:
+    """NaN, an infinity, a float beyond float64 or an integer of 400 digits: refused by the
+    parser (so /admin/policy and the settings refuse it), with the parameter and its range."""
+    named = re.escape(f"policy {name}: parameter {key} must be ") + r"(an int |a float )?in "
+    with pytest.raises(ValueError, match=named + re.escape(bounds)):
+        parse_policy_spec(f"{name}:{key}={raw}")
+
+
+def test_a_spec_made_in_code_is_bounded_too() -> None:
+    """Parameters that do not come through the parser (a spec made in code, the settings' values)
+    are checked when the policy is built."""
+    with pytest.raises(ValueError, match=re.escape("parameter gamma_scale must be in (0, 10000]")):
+        build_policy(PolicySpec("squarecb", {"gamma_scale": math.nan}))
+    with pytest.raises(ValueError, match=re.escape("parameter dim must be in [12, 1024]")):
+        build_policy(PolicySpec("linucb", {"dim": 100_000_000}))

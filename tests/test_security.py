@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.service.learner import restore
+from bandit_router.settings import Settings
+from bandit_router.store.records import Snapshot
 from tests.conftest import ClientFactory, SettingsFactory
 
 KEY = {"X-API-Key": "k1"}
@@ -57,6 +62,83 @@ def test_admin_snapshot_reset_and_policy_switch(make_client: ClientFactory) -> N
 
     assert client.post("/admin/reset", headers=ADMIN).json() == {"model_version": 0}
     assert _choose(client).json()["model_version"] == 0
+
+
+# Specs an admin could once switch to: NaN, infinite or huge values made every later /choose
+# fail (and were kept in Redis); linucb:dim=100000000 asked numpy for 71 PiB; -f and the like
+# had VW write files on the server, and -i told whether a file exists.
+REFUSED_POLICIES = [
+    ("squarecb:gamma_scale=NaN", "parameter gamma_scale must be in (0, 10000], got nan"),
+    ("squarecb:gamma_scale=inf", "parameter gamma_scale must be in (0, 10000], got inf"),
+    ("squarecb:gamma_scale=1e400", "parameter gamma_scale must be in (0, 10000], got inf"),
+    ("squarecb:gamma_scale=" + "9" * 400, "parameter gamma_scale must be in (0, 10000], got inf"),
+    ("egreedy:epsilon=nan", "parameter epsilon must be in [0, 1], got nan"),
+    ("egreedy:learning_rate=inf", "parameter learning_rate must be in (0, 10], got inf"),
+    ("linucb:alpha=nan", "parameter alpha must be in [0, 100], got nan"),
+    ("ucb:discount=-inf", "parameter discount must be in (0, 1], got -inf"),
+    ("bag:bag=" + "9" * 400, "parameter bag must be in [1, 100], got 99999999999999999999..."),
+    ("linucb:dim=100000000", "parameter dim must be in [12, 1024], got 100000000"),
+    ("squarecb:vw_args=-f {tmp}/x.model", "vw_args: '-f' is not an allowed VW option"),
+    ("squarecb:vw_args=--readable_model {tmp}/x.txt", "'--readable_model' is not an allowed"),
+    ("squarecb:vw_args=--invert_hash {tmp}/x.txt", "'--invert_hash' is not an allowed"),
+    ("egreedy:vw_args=--cache_file {tmp}/x.cache", "'--cache_file' is not an allowed"),
+    ("squarecb:vw_args=--power_t nan", "vw_args: --power_t must be in [0, 1], got nan"),
+]
+
+
+def test_admin_policy_refuses_values_out_of_bounds_and_vw_file_options(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = make_client(admin_key="root-key")
+    written = tmp_path / "vw"
+    written.mkdir()
+    for spec, message in REFUSED_POLICIES:
+        body = {"policy": spec.format(tmp=written)}
+        response = client.post("/admin/policy", json=body, headers=ADMIN)
+        assert response.status_code == 422, (spec, response.text)
+        assert response.json()["field"] == "policy"
+        assert message in response.json()["detail"], (spec, response.text)
+    assert list(written.iterdir()) == []
+    # -i answers the same whether the file exists or not
+    details = [
+        client.post(
+            "/admin/policy", json={"policy": f"squarecb:vw_args=-i {path}"}, headers=ADMIN
+        ).json()["detail"]
+        for path in ("/etc/hostname", written / "no-such-file")
+    ]
+    assert details[0] == details[1] and "'-i' is not an allowed VW option" in details[0]
+    # nothing was switched or kept: the default policy serves, and serves every choice
+    for i in range(20):
+        d = _choose(client, query=f"q{i}")
+        assert d.status_code == 200 and d.json()["policy"] == "squarecb", d.text
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    stored = _everything_stored(settings.redis_url or "", settings.key_prefix)
+    assert "gamma_scale" not in stored and "vw_args" not in stored and "dim=" not in stored
+
+
+@pytest.mark.parametrize("stored", ["squarecb:gamma_scale=NaN", "squarecb:vw_args=-f {tmp}/x"])
+def test_an_override_stored_before_it_was_refused_gives_way_to_the_settings_policy(
+    make_client: ClientFactory, make_settings: SettingsFactory, tmp_path: Path, stored: str
+) -> None:
+    """A deployment that took squarecb:gamma_scale=NaN before it was refused starts, and serves
+    the settings' policy, rather than failing every choice (or failing to start)."""
+    settings = make_settings(admin_key="root-key")
+    raw: Any = redis.Redis.from_url(settings.redis_url or "")
+    raw.set("{" + settings.key_prefix + "}:policy", stored.format(tmp=tmp_path))
+    raw.close()
+    client = make_client(settings)
+    for i in range(5):
+        d = _choose(client, query=f"q{i}")
+        assert d.status_code == 200 and d.json()["policy"] == "squarecb", d.text
+    switched = client.post("/admin/policy", json={"policy": "linucb"}, headers=ADMIN)
+    assert switched.status_code == 200 and _choose(client).json()["policy"] == "linucb"
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_snapshot_saved_under_a_refused_spec_is_relearned_from_the_log() -> None:
+    saved = Snapshot("squarecb:gamma_scale=NaN", 30, "1700000000000-0", b"not read")
+    model = restore(saved, parse_policy_spec("squarecb"), Settings())
+    assert (str(model.spec), model.version, model.stream_id) == ("squarecb", 0, "0-0")
 
 
 def test_body_size_limit_is_413_naming_the_limit(make_client: ClientFactory) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,3 +90,29 @@ def test_reward_weights_nested_deeply_are_refused_with_a_message() -> None:
     deep: Any = '{"accuracy": ' * 5000 + "1" + "}" * 5000
     with pytest.raises(ValidationError, match="a flat JSON object is expected"):
         Settings(reward_weights=deep)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("POLICY", "squarecb:gamma_scale=nan", "gamma_scale must be in (0, 10000], got nan"),
+        ("POLICY", "squarecb:gamma_scale=1e400", "gamma_scale must be in (0, 10000], got inf"),
+        ("POLICY", "egreedy:epsilon=inf", "parameter epsilon must be in [0, 1], got inf"),
+        ("POLICY", "ts:discount=NaN", "parameter discount must be in (0, 1], got nan"),
+        ("POLICY", "bag:bag=" + "9" * 400, "parameter bag must be in [1, 100], got 9999"),
+        ("CHALLENGERS", "linucb:dim=100000000", "parameter dim must be in [12, 1024]"),
+        ("CHALLENGERS", "squarecb,softmax:lambda=-inf", "parameter lambda must be in [0, 1000]"),
+        ("VW_ARGS", "-f {tmp}/x.model", "vw_args: '-f' is not an allowed VW option; allowed:"),
+        ("VW_ARGS", "--power_t nan", "vw_args: --power_t must be in [0, 1], got nan"),
+        ("LINUCB_ALPHA", "inf", "Input should be a finite number"),
+        ("LINUCB_ALPHA", "nan", "Input should be a finite number"),
+        ("LINUCB_ALPHA", "101", "less than or equal to 100"),
+    ],
+)
+def test_a_non_finite_or_huge_policy_value_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(f"BANDIT_{env}", value.replace("{tmp}", str(tmp_path)))
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings()
+    assert list(tmp_path.iterdir()) == []

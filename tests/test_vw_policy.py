@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -9,7 +10,9 @@ from hypothesis import strategies as st
 from bandit_router.features import Features, token_hash
 from bandit_router.policies.arm_level import ArmStats
 from bandit_router.policies.base import Arm
+from bandit_router.policies.registry import build_policy
 from bandit_router.policies.vw import (
+    VW_OPTIONS,
     VWPolicy,
     adf_example,
     arm_line,
@@ -18,6 +21,7 @@ from bandit_router.policies.vw import (
     shared_line,
     thin_dominated,
     vw_arguments,
+    vw_options,
 )
 
 X = Features(stats=(0.5, 0.25, 0.0, 1.0, 0, 0, 0, 0, 0, 0), tokens=(11, 22))
@@ -341,18 +345,18 @@ def test_the_arm_statistics_survive_dumps() -> None:
     ("spec", "message"),
     [
         ("squarecb:dominated_share=1.5", "dominated_share must be in [0, 1]"),
-        ("squarecb:dominated_z=-1", "dominated_z must be >= 0"),
-        ("squarecb:dominated_z=inf", "dominated_z must be >= 0 and finite"),
-        ("squarecb:gap_prior=-1", "gap_prior must be >= 0 and finite"),
-        ("squarecb:gap_prior=nan", "gap_prior must be >= 0 and finite"),
+        ("squarecb:dominated_z=-1", "dominated_z must be in [0, 100], got -1.0"),
+        ("squarecb:dominated_z=inf", "dominated_z must be in [0, 100], got inf"),
+        ("squarecb:gap_prior=-1", "gap_prior must be in [0, 1000000], got -1.0"),
+        ("squarecb:gap_prior=nan", "gap_prior must be in [0, 1000000], got nan"),
         ("squarecb:fast_l2=1", "fast_l2 must be in [0, 1)"),
         ("squarecb:fast_l2=nan", "fast_l2 must be in [0, 1)"),
         ("squarecb:mix_discount=0", "mix_discount must be in (0, 1]"),
         ("squarecb:mix_discount=1.5", "mix_discount must be in (0, 1]"),
-        ("squarecb:arm_centre=-1", "arm_centre must be >= 0 and finite"),
-        ("squarecb:arm_centre=inf", "arm_centre must be >= 0 and finite"),
-        ("squarecb:reward_sd=-0.1", "reward_sd must be >= 0 and finite"),
-        ("squarecb:reward_sd=nan", "reward_sd must be >= 0 and finite"),
+        ("squarecb:arm_centre=-1", "arm_centre must be in [0, 1000000], got -1.0"),
+        ("squarecb:arm_centre=inf", "arm_centre must be in [0, 1000000], got inf"),
+        ("squarecb:reward_sd=-0.1", "reward_sd must be in [0, 1], got -0.1"),
+        ("squarecb:reward_sd=nan", "reward_sd must be in [0, 1], got nan"),
         ("squarecb:coarse=X", "coarse must name some of the shared namespaces QWNC"),
         ("squarecb:coarse=CC", "coarse must name some of the shared namespaces QWNC"),
         ("squarecb:coarse=QWNC", "coarse must name some of the shared namespaces QWNC"),
@@ -656,3 +660,93 @@ def test_the_centres_survive_dumps_and_an_older_snapshot_starts_them_empty() -> 
     upgraded = load_policy("squarecb:arm_centre=10", older.dumps(), seed=1)
     assert isinstance(upgraded, VWPolicy)
     assert upgraded.centres.counts == {} and upgraded.centre("a") == upgraded.baseline
+
+
+# vw_args that read or write a file (or, as a bare word, name VW's data file), open a port or
+# change the reductions; {tmp} is a directory the test checks stays empty.
+FILE_AND_PORT_ARGS = [
+    ("-f {tmp}/x.model", "-f"),
+    ("--final_regressor {tmp}/x.model", "--final_regressor"),
+    ("--readable_model {tmp}/x.txt", "--readable_model"),
+    ("--readable_model={tmp}/x.txt", "--readable_model"),
+    ("--invert_hash {tmp}/x.txt", "--invert_hash"),
+    ("--cache_file {tmp}/x.cache", "--cache_file"),
+    ("-c -k", "-c"),
+    ("-p {tmp}/x.pred", "-p"),
+    ("--dump_json_weights_experimental {tmp}/x.json", "--dump_json_weights_experimental"),
+    ("--output_feature_regularizer_text {tmp}/x.txt", "--output_feature_regularizer_text"),
+    ("--power_t 0.3 -f {tmp}/x.model", "-f"),
+    ("--ignore W --readable_model {tmp}/x.txt", "--readable_model"),
+    ("-i /etc/hostname", "-i"),
+    ("-i {tmp}/no-such-file", "-i"),
+    ("--initial_regressor /etc/hostname", "--initial_regressor"),
+    ("--feature_mask /etc/hostname", "--feature_mask"),
+    ("--dictionary /etc/hostname", "--dictionary"),
+    ("-d /etc/hostname", "-d"),
+    ("/etc/hostname", "/etc/hostname"),
+    ("--daemon", "--daemon"),
+    ("--port 0", "--port"),
+    ("--cb_explore_adf", "--cb_explore_adf"),
+    ("--bit_precision 30", "--bit_precision"),
+]
+
+
+@pytest.mark.parametrize("policy", ["egreedy", "squarecb"])
+@pytest.mark.parametrize(("vw_args", "option"), FILE_AND_PORT_ARGS)
+def test_vw_args_that_touch_files_or_ports_are_refused(
+    tmp_path: Path, policy: str, vw_args: str, option: str
+) -> None:
+    """``-f PATH`` had VW write the model there; ``-i PATH`` told whether PATH exists. Refused
+    before VW sees them, with the same message whether the file exists or not."""
+    spec = f"{policy}:vw_args={vw_args.format(tmp=tmp_path)}"
+    message = f"vw_args: {option!r} is not an allowed VW option; allowed: --power_t"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_policy(spec, seed=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("vw_args", "message"),
+    [
+        ("--power_t nan", "--power_t must be in [0, 1], got nan"),
+        ("--power_t=inf", "--power_t must be in [0, 1], got inf"),
+        ("--l1 1e400", "--l1 must be in [0, 1), got inf"),
+        ("--initial_t -1", "--initial_t must be in [0, 1000000], got -1.0"),
+        ("--power_t", "--power_t must be in [0, 1], got ''"),
+        ("--l2 /etc/hostname", "--l2 must be in [0, 1), got '/etc/hostname'"),
+        ("--ignore", "--ignore takes namespace letters, got ''"),
+        ("--ignore W /etc/hostname", "--ignore takes namespace letters, got 'W /etc/hostname'"),
+        ("--coin=/etc/hostname", "--coin takes no value, got '/etc/hostname'"),
+    ],
+)
+def test_vw_args_values_are_checked(vw_args: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"vw_args: {message}")):
+        vw_options(vw_args)
+
+
+def _vw_args_in_the_repo() -> set[str]:
+    """Every ``vw_args=...`` value the README, the simulations and their results use."""
+    root = Path(__file__).resolve().parents[1]
+    used = {"--predict_only_model"}  # simulations/change_points.py adds it to a spec's vw_args
+    folders = ("simulations", "docs", "examples", "benchmarks", "clients")
+    for path in [root / "README.md", *(p for f in folders for p in (root / f).rglob("*"))]:
+        if path.suffix in {".md", ".py", ".sh", ".patch"}:
+            used |= {v.strip() for v in re.findall(r"vw_args=([^'\"`|:)\n]*)", path.read_text())}
+    return used - {""}
+
+
+def test_every_vw_args_the_repo_uses_is_allowed() -> None:
+    used = _vw_args_in_the_repo()
+    assert {"--power_t 0.3", "--ignore W", "--l1 1e-7", "--lrq WA2", "--coin"} <= used
+    for vw_args in sorted(used):
+        args = vw_options(vw_args)
+        assert args[0] in VW_OPTIONS
+        # and VW takes them; squarecb passes its own --l2 and VW refuses a second one
+        policy = "egreedy" if "--l2" in vw_args else "squarecb"
+        build_policy(f"{policy}:vw_args={vw_args}", seed=1).choose(X, [Arm("a"), Arm("b")])
+
+
+def test_vw_args_in_the_equals_form_reach_vw_as_separate_words() -> None:
+    assert vw_options("--power_t=0.3 --ignore W Q -q WA --noconstant") == [
+        *("--power_t", "0.3", "--ignore", "W", "Q", "-q", "WA", "--noconstant"),
+    ]

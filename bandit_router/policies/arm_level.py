@@ -17,20 +17,20 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit_router.features import Features
-from bandit_router.policies.base import Arm, Decision, ParamValue, PolicyKind, sample
+from bandit_router.policies.base import Arm, Bounds, Decision, ParamValue, PolicyKind, sample
 
 Floats = npt.NDArray[np.float64]
 
 _MAGIC = b"bandit-router arm-level 1\n"
 PROPENSITY_DRAWS = 256  # Thompson draws behind the propensity of a choice
+DISCOUNT = Bounds(0, 1, low_open=True)
 
 
 class ArmStats:
     """Per arm: discounted reward sum and count, keyed by name (arms may come and go)."""
 
     def __init__(self, discount: float = 1.0) -> None:
-        if not 0 < discount <= 1:
-            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        DISCOUNT.check("discount", discount)
         self.discount = discount
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}
@@ -221,7 +221,9 @@ def _kind(cls: type[_ArmLevel]) -> PolicyKind:
         policy.restore(data)
         return policy
 
-    return PolicyKind(build=build, load=load, defaults={"discount": 1.0})
+    return PolicyKind(
+        build=build, load=load, defaults={"discount": 1.0}, bounds={"discount": DISCOUNT}
+    )
 
 
 ARM_LEVEL = {"ts": _kind(ThompsonPolicy), "ucb": _kind(KLUCBPolicy)}

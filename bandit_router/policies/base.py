@@ -1,4 +1,4 @@
-"""What every policy is: the protocol, arms, decisions, specs and sampling."""
+"""What every policy is: the protocol, arms, decisions, specs and their bounds, and sampling."""
 
 from __future__ import annotations
 
@@ -71,12 +71,47 @@ class PolicySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Bounds:
+    """The values a numeric parameter may take: from ``low`` to ``high``, both finite; an end
+    marked open is excluded. NaN is in no bounds, and an infinity or a huge integer in none
+    either."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        low, high = (f"{v:g}" if v % 1 else str(int(v)) for v in (self.low, self.high))
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def check(self, key: str, value: ParamValue) -> None:
+        """Raise ValueError naming ``key`` and the bounds unless ``value`` is within them."""
+        # comparisons, not float(): exact for an int of any size, and False for NaN
+        inside = (
+            not isinstance(value, str)
+            and (value > self.low if self.low_open else value >= self.low)
+            and (value < self.high if self.high_open else value <= self.high)
+        )
+        if not inside:
+            raise ValueError(f"{key} must be in {self}, got {shown(value)}")
+
+
+def shown(value: ParamValue) -> str:
+    """``value`` as an error message shows it: a string quoted, a long one (such as an integer
+    of 400 digits) cut to its start and its length."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyKind:
     """A registry entry: how to build and restore one kind of policy, and its parameters."""
 
     build: Callable[[Mapping[str, ParamValue], int | None], Policy]
     load: Callable[[bytes, Mapping[str, ParamValue], int | None], Policy]
     defaults: Mapping[str, ParamValue]  # every accepted parameter, with its default
+    bounds: Mapping[str, Bounds] = field(default_factory=dict)  # every numeric parameter's
 
 
 class Uniform(Protocol):

@@ -17,12 +17,16 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit_router.features import QUERY_STATS, Features, app_hash
-from bandit_router.policies.base import Arm, Decision, ParamValue, PolicyKind, sample
+from bandit_router.policies.base import Arm, Bounds, Decision, ParamValue, PolicyKind, sample
 
 Vector = npt.NDArray[np.float64]
 Stack = npt.NDArray[np.float64]  # (arms, d, d)
 
 MIN_DIM = len(QUERY_STATS) + 2  # bias, the statistics, and at least one hashed slot
+# Each arm keeps a dim x dim matrix: 8 MiB at 1024 (16 times the default's width), and a choice
+# and its learning take about a millisecond per arm.
+MAX_DIM = 1024
+BOUNDS = {"alpha": Bounds(0, 100), "dim": Bounds(MIN_DIM, MAX_DIM)}
 
 
 def dense_vector(x: Features, dim: int) -> Vector:
@@ -70,10 +74,8 @@ class LinUCB:
     name = "linucb"
 
     def __init__(self, alpha: float = 0.5, dim: int = 64, seed: int | None = None) -> None:
-        if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if dim < MIN_DIM:
-            raise ValueError(f"dim must be >= {MIN_DIM}, got {dim}")
+        BOUNDS["alpha"].check("alpha", alpha)
+        BOUNDS["dim"].check("dim", dim)
         self.alpha = float(alpha)
         self.dim = int(dim)
         self._draws = _Draws(np.random.default_rng(seed))
@@ -234,4 +236,4 @@ def _load(data: bytes, params: Mapping[str, ParamValue], seed: int | None) -> Li
     return policy
 
 
-LINUCB = PolicyKind(build=_build, load=_load, defaults={"alpha": 0.5, "dim": 64})
+LINUCB = PolicyKind(build=_build, load=_load, defaults={"alpha": 0.5, "dim": 64}, bounds=BOUNDS)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bandit_router.policies.arm_level import ARM_LEVEL
-from bandit_router.policies.base import ParamValue, Policy, PolicyKind, PolicySpec
+from bandit_router.policies.base import ParamValue, Policy, PolicyKind, PolicySpec, shown
 from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.linucb import LINUCB
-from bandit_router.policies.vw import VW_POLICIES
+from bandit_router.policies.vw import VW_POLICIES, vw_options
 
 if TYPE_CHECKING:
     from bandit_router.settings import Settings
@@ -22,7 +23,13 @@ def policy_names() -> list[str]:
     return list(_registry())
 
 
-def _coerce(policy: str, key: str, raw: str, default: ParamValue) -> ParamValue:
+def policy_kind(name: str) -> PolicyKind:
+    """The registry entry of policy ``name``: its parameters' defaults and bounds."""
+    return _registry()[name]
+
+
+def _coerce(policy: str, key: str, raw: str, kind: PolicyKind) -> ParamValue:
+    default = kind.defaults[key]
     try:
         if isinstance(default, str):
             return raw
@@ -30,9 +37,10 @@ def _coerce(policy: str, key: str, raw: str, default: ParamValue) -> ParamValue:
             return int(raw)
         return float(raw)
     except ValueError:
-        kind = type(default).__name__
+        what = "an int" if isinstance(default, int) else "a float"
+        within = f" in {kind.bounds[key]}" if key in kind.bounds else ""
         raise ValueError(
-            f"policy {policy}: parameter {key} must be a {kind}, got {raw!r}"
+            f"policy {policy}: parameter {key} must be {what}{within}, got {shown(raw)}"
         ) from None
 
 
@@ -49,8 +57,26 @@ def parse_policy_spec(text: str) -> PolicySpec:
         if not sep or key not in defaults:
             valid = ", ".join(defaults) or "none"
             raise ValueError(f"policy {name}: unknown parameter {item!r}; valid: {valid}")
-        params[key] = _coerce(name, key, raw, defaults[key])
+        params[key] = _coerce(name, key, raw, registry[name])
+    _check(name, params)
     return PolicySpec(name, params)
+
+
+def _check(policy: str, params: Mapping[str, ParamValue]) -> None:
+    """Every numeric parameter within its kind's bounds (finite: no NaN, infinity or huge int),
+    and VW's options only those ``vw_options`` allows."""
+    bounds = _registry()[policy].bounds
+    for key, value in params.items():
+        if key in bounds:
+            try:
+                bounds[key].check(key, value)
+            except ValueError as e:
+                raise ValueError(f"policy {policy}: parameter {e}") from None
+    if "vw_args" in params:
+        try:
+            vw_options(str(params["vw_args"]))
+        except ValueError as e:
+            raise ValueError(f"policy {policy}: {e}") from None
 
 
 def _resolve(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValue]:
@@ -65,6 +91,7 @@ def _resolve(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValu
         }
         params.update({k: v for k, v in from_settings.items() if k in defaults})
     params.update(spec.params)
+    _check(spec.name, params)  # the settings' values, and a spec made in code, too
     return params
 
 

@@ -28,10 +28,12 @@ Three things VW does not do for us, all chosen on the replay simulator (simulati
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -42,7 +44,15 @@ from vowpalwabbit import pyvw
 
 from bandit_router.features import QUERY_STATS, Features, app_hash, token_hash
 from bandit_router.policies.arm_level import ArmStats
-from bandit_router.policies.base import Arm, Decision, ParamValue, PolicyKind, index_of, sample
+from bandit_router.policies.base import (
+    Arm,
+    Bounds,
+    Decision,
+    ParamValue,
+    PolicyKind,
+    index_of,
+    sample,
+)
 
 # Shared namespaces: Q query statistics, W hashed words, N app numbers, C app strings.
 SHARED_NAMESPACES = "QWNC"
@@ -104,6 +114,62 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
     ),
     "rnd": (lambda p: f"--rnd {p['rnd']} --epsilon {p['epsilon']}", {"rnd": 3, "epsilon": 0.05}),
 }
+
+# Every numeric parameter's bounds (README.md, Policies). The upper ones are far above any value
+# the simulations found useful; VW refuses a float beyond float32, and cover, bag and rnd are
+# copies of the learner, each as big as the model.
+BOUNDS: dict[str, Bounds] = {
+    "learning_rate": Bounds(0, 10, low_open=True),
+    "bits": Bounds(1, 30),
+    "epsilon": Bounds(0, 1),
+    "gamma_scale": Bounds(0, 10_000, low_open=True),
+    "l2": Bounds(0, 1, high_open=True),
+    "gap_prior": Bounds(0, 1_000_000),
+    "dominated_z": Bounds(0, 100),
+    "dominated_share": Bounds(0, 1),
+    "fast_l2": Bounds(0, 1, high_open=True),
+    "mix_discount": Bounds(0, 1, low_open=True),
+    "arm_centre": Bounds(0, 1_000_000),
+    "reward_sd": Bounds(0, 1),
+    "cover": Bounds(1, 100),
+    "psi": Bounds(0, 100, low_open=True),
+    "nounif": Bounds(0, 1),
+    "bag": Bounds(1, 100),
+    "lambda": Bounds(0, 1000),
+    "mellowness": Bounds(0, 100, low_open=True),
+    "opt": Bounds(0, 1),
+    "rnd": Bounds(1, 100),
+}
+
+# What ``vw_args`` may hold: learning options, each with what it takes (None: nothing; Bounds: a
+# number; NAMESPACES: namespace letters, one word or more, as ``--ignore W Q`` or ``--lrq WA2``).
+# An allowlist: no option that reads or writes a file (``-i``, ``-f``, ``--cache_file``, a bare
+# word VW takes for its data file), opens a port or replaces the reductions this module drives.
+# The learning rate, bits and seed are parameters. Every one the simulations use is here.
+NAMESPACES = "namespace letters"
+VW_OPTIONS: dict[str, Bounds | str | None] = {
+    "--power_t": Bounds(0, 1),
+    "--initial_t": Bounds(0, 1_000_000),
+    "--decay_learning_rate": Bounds(0, 1, low_open=True),
+    "--l1": Bounds(0, 1, high_open=True),
+    "--l2": Bounds(0, 1, high_open=True),
+    "--adaptive": None,
+    "--normalized": None,
+    "--invariant": None,
+    "--sgd": None,
+    "--coin": None,
+    "--noconstant": None,
+    "--predict_only_model": None,
+    "--ignore": NAMESPACES,
+    "--ignore_linear": NAMESPACES,
+    "--keep": NAMESPACES,
+    "--interactions": NAMESPACES,
+    "-q": NAMESPACES,
+    "--quadratic": NAMESPACES,
+    "--cubic": NAMESPACES,
+    "--lrq": NAMESPACES,
+}
+_NAMESPACE_WORD = re.compile(r"[A-Za-z0-9:]+")  # ':' is VW's wildcard in interactions
 
 # pyvw's native layer. ``Workspace.predict``/``learn`` on text wrap every parsed line in a Python
 # ``Example`` (about three quarters of a predict's time); the calls below run the same parser on
@@ -191,6 +257,40 @@ def adf_example(
     return lines
 
 
+def vw_options(text: str) -> list[str]:
+    """``vw_args`` as VW arguments; ValueError names an option, or a value, VW_OPTIONS refuses."""
+    allowed = f"allowed: {', '.join(VW_OPTIONS)}"
+    words = text.split()
+    out: list[str] = []
+    while words:
+        option, sep, value = words.pop(0).partition("=")
+        if option not in VW_OPTIONS:
+            raise ValueError(f"vw_args: {option!r} is not an allowed VW option; {allowed}")
+        takes = VW_OPTIONS[option]
+        values = [value] if sep else []
+        if takes is None:
+            if values:
+                raise ValueError(f"vw_args: {option} takes no value, got {value!r}")
+        elif isinstance(takes, Bounds):
+            if not sep:
+                value = words.pop(0) if words else ""
+            number: ParamValue = value  # a word is in no bounds
+            with contextlib.suppress(ValueError):
+                number = float(value)
+            try:
+                takes.check(option, number)
+            except ValueError as e:
+                raise ValueError(f"vw_args: {e}") from None
+            values = [str(number)]
+        else:
+            while not sep and words and not words[0].startswith("-"):
+                values.append(words.pop(0))
+            if not values or not all(_NAMESPACE_WORD.fullmatch(v) for v in values):
+                raise ValueError(f"vw_args: {option} takes {takes}, got {' '.join(values)!r}")
+        out += [option, *values]
+    return out
+
+
 def vw_arguments(name: str, params: Mapping[str, ParamValue], seed: int | None) -> list[str]:
     """The full VW command line for explorer ``name`` with ``params``."""
     explorer, _ = EXPLORERS[name]
@@ -202,7 +302,7 @@ def vw_arguments(name: str, params: Mapping[str, ParamValue], seed: int | None) 
     args += [f"--interactions={ns}{ARM_NAMESPACE}" for ns in SHARED_NAMESPACES]
     if seed is not None:
         args += ["--random_seed", str(seed)]
-    args += str(params["vw_args"]).split()
+    args += vw_options(str(params["vw_args"]))
     return args
 
 
@@ -292,33 +392,15 @@ class VWPolicy:
         self._shared: dict[int, tuple[Features, str]] = {}
 
     def _check(self, params: Mapping[str, ParamValue]) -> None:
-        for key in ("epsilon",):
-            if key in params and not 0 <= float(params[key]) <= 1:
-                raise ValueError(f"{key} must be in [0, 1], got {params[key]}")
-        for key in ("gap_prior", "dominated_z", "arm_centre", "reward_sd"):
-            if key in params and not 0 <= float(params[key]) < math.inf:
-                raise ValueError(f"{key} must be >= 0 and finite, got {params[key]}")
-        if "dominated_share" in params and not 0 <= float(params["dominated_share"]) <= 1:
-            raise ValueError(f"dominated_share must be in [0, 1], got {params['dominated_share']}")
-        if "mix_discount" in params and not 0 < float(params["mix_discount"]) <= 1:
-            raise ValueError(f"mix_discount must be in (0, 1], got {params['mix_discount']}")
-        for key in ("gamma_scale", "lambda", "learning_rate", "psi", "mellowness"):
-            if key in params and float(params[key]) <= 0 and key != "lambda":
-                raise ValueError(f"{key} must be > 0, got {params[key]}")
-        for key in ("l2", "fast_l2"):
-            if key in params and not 0 <= float(params[key]) < 1:
-                raise ValueError(f"{key} must be in [0, 1), got {params[key]}")
-        for key in ("cover", "bag", "rnd"):
-            if key in params and int(params[key]) < 1:
-                raise ValueError(f"{key} must be >= 1, got {params[key]}")
+        for key, value in params.items():
+            if key in BOUNDS:
+                BOUNDS[key].check(key, value)
         coarse = str(params.get("coarse", ""))
         if coarse and (not set(coarse) < set(SHARED_NAMESPACES) or len(set(coarse)) != len(coarse)):
             raise ValueError(
                 f"coarse must name some of the shared namespaces {SHARED_NAMESPACES}, each once"
                 f" and not all, got {coarse!r}"
             )
-        if not 1 <= int(params["bits"]) <= 30:
-            raise ValueError(f"bits must be in [1, 30], got {params['bits']}")
 
     def _workspace(self, args: list[str], model: bytes | None) -> vowpalwabbit.Workspace:
         try:
@@ -564,6 +646,7 @@ def _kind(name: str) -> PolicyKind:
         build=partial(_build, name),
         load=partial(_load, name),
         defaults=defaults,
+        bounds={key: BOUNDS[key] for key in defaults if key in BOUNDS},
     )
 
 

@@ -91,7 +91,12 @@ def restore(snapshot: Snapshot | None, spec: PolicySpec, settings: Settings) -> 
     """The snapshot as a model of ``spec``; a fresh model if it is of another kind or unreadable."""
     if snapshot is None:
         return fresh_model(spec, settings)
-    if parse_policy_spec(snapshot.policy).name != spec.name:
+    try:
+        kind = parse_policy_spec(snapshot.policy).name
+    except ValueError as e:  # saved under a spec refused since (squarecb:gamma_scale=nan)
+        log.warning("snapshot's policy refused (%s): learning from the whole log", e)
+        return fresh_model(spec, settings)
+    if kind != spec.name:
         log.warning(
             "snapshot is of policy %s, not %s: learning from the whole log", snapshot.policy, spec
         )
@@ -105,9 +110,15 @@ def restore(snapshot: Snapshot | None, spec: PolicySpec, settings: Settings) -> 
 
 
 async def effective_spec(store: Store, settings: Settings) -> PolicySpec:
-    """The policy an admin switched to, else the one in the settings."""
+    """The policy an admin switched to, else the one in the settings (also when the switch is
+    to a spec refused since it was stored, such as ``squarecb:gamma_scale=nan``)."""
     override = await store.policy_override()
-    return parse_policy_spec(override or settings.policy)
+    if override:
+        try:
+            return parse_policy_spec(override)
+        except ValueError as e:
+            log.warning("policy override refused (%s): serving %s", e, settings.policy)
+    return parse_policy_spec(settings.policy)
 
 
 async def load_model(
