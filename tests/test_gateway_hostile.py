@@ -5,15 +5,17 @@ real Redis, the official OpenAI SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
+import openai
 import orjson
 import pytest
 
 from tests.live import serve
-from tests.upstreams import ARMS, Upstream, arm, arms_json, upstream
+from tests.upstreams import ARMS, Upstream, arm, arms_json, rows, upstream
 
 __all__ = ["serve", "upstream"]  # the fixtures, imported
 
@@ -27,6 +29,10 @@ def _gateway(serve: Serve, url: str, **overrides: Any) -> str:
     return serve(arms=arms_json(*(arm(name, url) for name in ARMS)), api_keys=KEY, **overrides)
 
 
+def _ask(row: dict[str, Any]) -> list[Any]:
+    return [{"role": "user", "content": row["query"]}]
+
+
 def _post(base: str, body: bytes, **headers: str) -> httpx.Response:
     return httpx.post(
         f"{base}/v1/chat/completions", content=body, headers=AUTH | headers, timeout=30
@@ -36,6 +42,22 @@ def _post(base: str, body: bytes, **headers: str) -> httpx.Response:
 def _decisions(base: str) -> int:
     count: int = httpx.get(f"{base}/stats").json()["decisions"]
     return count
+
+
+def _final_parts(base: str, event_id: str) -> dict[str, float]:
+    done = httpx.post(
+        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
+    )
+    assert done.status_code == 200, done.text
+    parts: dict[str, float] = done.json()["parts"]
+    return parts
+
+
+def _still_readable(base: str) -> None:
+    """What the events left behind reads back: stats, metrics, the learner's health."""
+    assert httpx.get(f"{base}/stats").status_code == 200
+    assert httpx.get(f"{base}/metrics").status_code == 200
+    assert httpx.get(f"{base}/healthz").status_code == 200
 
 
 # A client's body
@@ -123,3 +145,98 @@ def test_the_same_numbers_through_choose(serve: Serve, upstream: Start) -> None:
         body = b'{"query": "hi", "features": {"n": ' + value + b"}}"
         answer = httpx.post(f"{base}/choose", content=body, headers=AUTH)
         assert answer.status_code == status, answer.text
+
+
+# An upstream's usage
+
+
+def _usage(prompt: Any, completion: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def rewrite(data: dict[str, Any]) -> dict[str, Any]:
+        if "usage" in data:
+            data["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion}
+        return data
+
+    return rewrite
+
+
+BAD_USAGE = [
+    (-1_000_000, 5),
+    (5, -1),
+    (10**12, 5),  # beyond any context window
+    (2**70, 5),  # beyond 64 bits: orjson reads it as a float
+    (True, 5),
+    (5.5, 3),
+    ("5", 3),
+    (None, 3),
+]
+
+
+@pytest.mark.parametrize(("prompt", "completion"), BAD_USAGE)
+def test_impossible_usage_records_no_cost_and_the_answer_goes_through(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, prompt: Any, completion: Any
+) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(prompt, completion))
+    base = _gateway(serve, url)
+    with caplog.at_level(logging.WARNING):
+        raw = _post(base, orjson.dumps({"model": "llama2-7b", "messages": _ask(rows()[0])}))
+    assert raw.status_code == 200, raw.text
+    usage = raw.json()["usage"]  # the upstream's answer, as it came
+    assert usage == {"prompt_tokens": prompt, "completion_tokens": completion}
+    assert "upstream of arm llama2-7b answered an unusable usage" in caplog.text
+    # Latency is ours and stands; the cost from those counts is not recorded.
+    assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}
+    _still_readable(base)
+
+
+@pytest.mark.parametrize("client_usage", [True, False])
+def test_impossible_usage_in_a_stream_passes_every_event_and_done(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, client_usage: bool
+) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(-5, -5))
+    base = _gateway(serve, url)
+    row = rows()[1]
+    body: dict[str, Any] = {"model": "llama2-7b", "messages": _ask(row), "stream": True}
+    if client_usage:
+        body["stream_options"] = {"include_usage": True}
+    with (
+        caplog.at_level(logging.WARNING),
+        httpx.stream(
+            "POST", f"{base}/v1/chat/completions", content=orjson.dumps(body), headers=AUTH
+        ) as response,
+    ):
+        assert response.status_code == 200
+        event_id = response.headers["x-bandit-event-id"]
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    tokens = row["outcomes"]["llama2-7b"]["output_tokens"]
+    assert len(events) == tokens + 1 + client_usage  # every token, the usage if asked, [DONE]
+    if client_usage:
+        assert '"usage":{"prompt_tokens":-5,"completion_tokens":-5}' in events[-2]
+    assert "upstream of arm llama2-7b answered an unusable usage" in caplog.text
+    assert set(_final_parts(base, event_id)) == {"latency_ms"}
+    _still_readable(base)
+
+
+def test_the_sdk_reads_an_answer_whose_usage_was_unusable(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(-1_000_000, 5))
+    base = _gateway(serve, url)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    try:
+        completion = client.chat.completions.create(model="auto", messages=_ask(rows()[2]))
+    finally:
+        client.close()
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.prompt_tokens == -1_000_000
+
+
+def test_a_usage_costing_beyond_the_bound_records_no_cost(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(50_000_000, 5))  # counts in range; the price:
+    arms = arms_json(arm("llama2-7b", url, usd_per_mtok_in=100.0))  # 5,000 USD, over 1,000
+    base = serve(arms=arms, api_keys=KEY)
+    with caplog.at_level(logging.WARNING):
+        raw = _post(base, orjson.dumps({"model": "auto", "messages": _ask(rows()[0])}))
+    assert raw.status_code == 200, raw.text
+    assert "upstream of arm llama2-7b answered a usage costing 5000 USD" in caplog.text
+    assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}

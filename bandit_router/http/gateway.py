@@ -423,7 +423,7 @@ async def _attempt(
 ) -> Response:
     """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
     upstreams = gateway.upstreams
-    measured = Measured()
+    measured = Measured(arm=arm.name)
     response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
     headers = _headers(event_id, arm.name)
     if response.status >= 400:  # the client's error: passed through as it came
