@@ -240,3 +240,28 @@ def test_a_usage_costing_beyond_the_bound_records_no_cost(
     assert raw.status_code == 200, raw.text
     assert "upstream of arm llama2-7b answered a usage costing 5000 USD" in caplog.text
     assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}
+
+
+# An upstream's size
+
+
+def _padded(size: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def rewrite(data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "padding": "x" * size}
+
+    return rewrite
+
+
+def test_an_answer_over_the_size_limit_is_the_arms_failure(serve: Serve, upstream: Start) -> None:
+    big, _ = upstream(speed=1000, rewrite=_padded(300_000))
+    small, _ = upstream(speed=1000, rewrite=_padded(50_000))
+    arms = arms_json(arm("llama2-7b", big), arm("llama2-13b", small))
+    base = serve(arms=arms, api_keys=KEY, gateway_max_response_bytes=100_000, gateway_retries=0)
+    ask = {"messages": _ask(rows()[0])}
+    refused = _post(base, orjson.dumps({"model": "llama2-7b", **ask}))
+    assert refused.status_code == 502, refused.text
+    assert "llama2-7b: answer over 100000 bytes" in refused.json()["detail"]
+    answered = _post(base, orjson.dumps({"model": "llama2-13b", **ask}))
+    assert answered.status_code == 200 and len(answered.json()["padding"]) == 50_000
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="too_large"}' in metrics

@@ -426,12 +426,13 @@ async def _attempt(
     measured = Measured(arm=arm.name)
     response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
     headers = _headers(event_id, arm.name)
+    limit = gateway.settings.gateway_max_response_bytes
     if response.status >= 400:  # the client's error: passed through as it came
-        body = await _read(response, arm)
+        body = await _read(response, arm, limit)
         media = response.headers.get("content-type", "application/json")
         return Response(body, status_code=response.status, headers=headers, media_type=media)
     if not call.stream:
-        body = await _read(response, arm)
+        body = await _read(response, arm, limit)
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
             measured.usage(orjson.loads(body).get("usage"))
@@ -489,13 +490,32 @@ async def _relay(
             response.close()  # unread: the connection is not reused, the upstream sees it end
 
 
-async def _read(response: aiohttp.ClientResponse, arm: ArmSpec) -> bytes:
+async def _read(response: aiohttp.ClientResponse, arm: ArmSpec, limit: int) -> bytes:
+    """A whole non-streamed answer, read to at most ``limit`` bytes: a larger one is the arm's
+    failure, not held in memory (its connection is closed unread)."""
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await response.read()
+        if (response.content_length or 0) > limit:
+            raise _too_large(arm, limit)
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(arm, limit)
+            chunks.append(chunk)
     except (TimeoutError, aiohttp.ClientError) as e:
+        response.close()
         raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
-    finally:
-        response.release()
+    except BaseException:  # over the limit, or cancelled: the connection is not reused
+        response.close()
+        raise
+    response.release()
+    return b"".join(chunks)
+
+
+def _too_large(arm: ArmSpec, limit: int) -> UpstreamFailure:
+    reason = f"answer over {limit} bytes (BANDIT_GATEWAY_MAX_RESPONSE_BYTES)"
+    return UpstreamFailure(arm.name, reason, "too_large")
 
 
 def _kind(e: BaseException) -> str:

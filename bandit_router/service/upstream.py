@@ -35,7 +35,7 @@ class UpstreamFailure(Exception):
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
-        self.kind = kind  # connection, timeout, status, empty, config: a bounded metric label
+        self.kind = kind  # connection, timeout, status, empty, config, too_large: a metric label
 
 
 @dataclass(slots=True)
