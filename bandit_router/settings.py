@@ -368,6 +368,11 @@ class Settings(BaseSettings):
     gateway_max_concurrency: int = Field(
         default=256, ge=1, description="upstream calls in flight per process; beyond: 503"
     )
+    gateway_max_response_bytes: int = Field(
+        default=16_777_216,
+        ge=1024,
+        description="largest non-streamed upstream answer read; beyond: the arm's failure",
+    )
 
     _parse_arms = field_validator("arms", mode="before")(parse_arms)
     _parse_weights = field_validator("reward_weights", "gateway_reward_weights", mode="before")(

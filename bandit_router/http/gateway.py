@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
@@ -34,7 +36,7 @@ from bandit_router.http.contract import BadBody, ChooseRequest, check_content_ty
 from bandit_router.http.openapi import CHAT_BODY, GATEWAY, GATEWAY_READ
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
-from bandit_router.service.router import Router
+from bandit_router.service.router import ChooseResult, Router
 from bandit_router.service.upstream import Measured, StreamMeter, UpstreamFailure, Upstreams
 from bandit_router.settings import ArmSpec, Settings, check_weights, parse_weights
 
@@ -66,6 +68,7 @@ class ChatCall:
     body: dict[str, Any]  # the request, without ``metadata``
     query: str  # the last user message's text
     features: dict[str, Any]
+    features_from: str  # metadata or x-bandit-features: what the router's feature errors name
     stream: bool
     client_usage: bool  # the client asked for the usage chunk itself
     weights: dict[str, float]
@@ -103,11 +106,9 @@ class Gateway:
         return weights, canonical
 
     def read(self, raw: bytes, headers: Mapping[str, str]) -> ChatCall:
-        """The request's parts, or a ``RouterError`` naming the field at fault."""
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise BadBody(f"body is not valid JSON: {e}") from None
+        """The request's parts, or a ``RouterError`` naming the field at fault (as the client
+        sent it: ``messages``, ``metadata``, ``x-bandit-features``), before anything is decided."""
+        body = _parse(raw, BadBody, "body")
         if not isinstance(body, dict):
             raise BadBody("body must be a JSON object")
         if not isinstance(body.get("model"), str):
@@ -119,26 +120,31 @@ class Gateway:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RouterError("stream must be a boolean", field="stream")
+        _contract(query, None, "messages")
+        header = headers.get("x-bandit-features")
+        from_header = None if header is None else _parse(header, RouterError, "x-bandit-features")
         features: dict[str, Any] = {}
-        for source, value in (
-            ("x-bandit-features", _header_json(headers.get("x-bandit-features"))),
+        source = "metadata"  # where the features came from, for the router's errors about them
+        for name, value in (
+            ("x-bandit-features", from_header),
             ("metadata", body.pop("metadata", None)),
         ):
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise RouterError(f"{source} must be a JSON object", field=source)
-            features.update(value)
+                raise RouterError(f"{name} must be a JSON object", field=name)
+            _contract(query, value, name)
+            if value:
+                features.update(value)
+                source = name
+        unsendable = _unsendable(body)  # what is forwarded must be written back as it came
+        if unsendable is not None:
+            raise BadBody(f"body holds {unsendable}, which cannot be forwarded as sent")
         weights, preference = self.weights(headers.get("x-bandit-preference"))
         features[PREFERENCE_FEATURE] = preference
-        try:  # the contract's rules for a query and its features
-            ChooseRequest.model_validate({"query": query, "features": features})
-        except ValidationError as e:
-            where = "messages" if e.errors()[0].get("loc", ("",))[0] == "query" else "metadata"
-            raise RouterError(_first_error(e), field=where) from None
         options = body.get("stream_options")
         client_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return ChatCall(body, query, features, stream, client_usage, weights)
+        return ChatCall(body, query, features, source, stream, client_usage, weights)
 
     def upstream_body(self, call: ChatCall, arm: ArmSpec) -> dict[str, Any]:
         assert arm.upstream is not None
@@ -165,21 +171,46 @@ def _last_user_text(messages: list[Any]) -> str:
     raise RouterError("messages: the last user message must have text content", field="messages")
 
 
-def _header_json(value: str | None) -> Any:
-    if value is None:
-        return None
+def _parse(raw: bytes | str, error: type[RouterError], field: str) -> Any:
+    """JSON read as ``/choose`` reads it (pydantic-core's parser), so the same limits hold:
+    nesting beyond 200 levels, a number too long to read, a bad escape. orjson would read up to
+    1,024 levels but write back only about 255: a deeper body failed after its decision."""
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        raise RouterError(
-            "x-bandit-features must be a JSON object", field="x-bandit-features"
-        ) from None
+        return pydantic_core.from_json(raw)
+    except ValueError as e:
+        kind = "valid JSON" if field == "body" else "a JSON object"
+        raise error(f"{field} is not {kind}: {e}", field=field) from None
 
 
-def _first_error(error: ValidationError) -> str:
-    err = error.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ()))
-    return f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
+def _contract(query: str, features: dict[str, Any] | None, source: str) -> None:
+    """The contract's rules for a query and its features (``/choose``'s), errors named by what
+    the client sent: ``messages`` for the query, ``source`` for the features."""
+    try:
+        ChooseRequest.model_validate({"query": query, "features": features})
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())] or ["query"]
+        field = "messages" if loc[0] == "query" else source
+        where = ".".join([field, *loc[1:]])
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        msg = msg.replace("features.", f"{source}.").replace("a features key", f"a {source} key")
+        raise RouterError(f"{where}: {msg}", field=field) from None
+
+
+def _unsendable(value: Any) -> str | None:
+    """The first number in ``value`` orjson cannot write back as it was read, said in words:
+    a non-finite one (it writes null) or an integer beyond 64 bits (it refuses)."""
+    kind = type(value)
+    if kind is float:
+        return None if math.isfinite(value) else f"the non-finite number {value}"
+    if kind is int:
+        return None if -(2**63) <= value < 2**64 else "an integer beyond 64 bits"
+    items = value.values() if kind is dict else value if kind is list else ()
+    for item in items:
+        found = _unsendable(item)
+        if found is not None:
+            return found
+    return None
 
 
 def error_response(exc: BaseException, router: Router | None) -> Response:
@@ -301,9 +332,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
         )
     slot = Slot(upstreams)  # taken now, before any await: the bound holds under a burst
     try:
-        decision = await router.choose(
-            call.query, call.features, eligible, weights=call.weights, direct=direct
-        )
+        decision = await _choose(router, call, eligible, direct)
         failures: list[str] = []
         tried: set[str] = set()
         for attempt in range(retries + 1):
@@ -318,11 +347,32 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             left = [name for name in eligible if name not in tried]
             if not left or attempt == retries:
                 break
-            decision = await router.choose(call.query, call.features, left, weights=call.weights)
+            decision = await _choose(router, call, left)
         raise BadGateway("every upstream tried failed: " + "; ".join(failures))
     finally:
         if not slot.handed_over:
             slot.release()
+
+
+async def _choose(
+    router: Router, call: ChatCall, eligible: list[str], direct: bool = False
+) -> ChooseResult:
+    """The router's choice; its errors about the query and the features (their size, their
+    count) name what the client sent instead: ``messages``, ``metadata``, ``x-bandit-features``."""
+    try:
+        return await router.choose(
+            call.query, call.features, eligible, weights=call.weights, direct=direct
+        )
+    except RouterError as e:
+        if type(e) is not RouterError or e.field not in ("query", "features"):
+            raise
+        if e.field == "query":
+            what = "the last user message" + e.message.removeprefix("query")
+            raise RouterError(f"messages: {what}", field="messages") from None
+        counted = "BANDIT_MAX_FEATURES" in e.message
+        note = f" (counting the {PREFERENCE_FEATURE!r} feature the gateway adds)" if counted else ""
+        source = call.features_from
+        raise RouterError(f"{source}: {e.message}{note}", field=source) from None
 
 
 class Slot:
@@ -373,15 +423,16 @@ async def _attempt(
 ) -> Response:
     """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
     upstreams = gateway.upstreams
-    measured = Measured()
+    measured = Measured(arm=arm.name)
     response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
     headers = _headers(event_id, arm.name)
+    limit = gateway.settings.gateway_max_response_bytes
     if response.status >= 400:  # the client's error: passed through as it came
-        body = await _read(response, arm)
+        body = await _read(response, arm, limit)
         media = response.headers.get("content-type", "application/json")
         return Response(body, status_code=response.status, headers=headers, media_type=media)
     if not call.stream:
-        body = await _read(response, arm)
+        body = await _read(response, arm, limit)
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
             measured.usage(orjson.loads(body).get("usage"))
@@ -439,13 +490,32 @@ async def _relay(
             response.close()  # unread: the connection is not reused, the upstream sees it end
 
 
-async def _read(response: aiohttp.ClientResponse, arm: ArmSpec) -> bytes:
+async def _read(response: aiohttp.ClientResponse, arm: ArmSpec, limit: int) -> bytes:
+    """A whole non-streamed answer, read to at most ``limit`` bytes: a larger one is the arm's
+    failure, not held in memory (its connection is closed unread)."""
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await response.read()
+        if (response.content_length or 0) > limit:
+            raise _too_large(arm, limit)
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(arm, limit)
+            chunks.append(chunk)
     except (TimeoutError, aiohttp.ClientError) as e:
+        response.close()
         raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
-    finally:
-        response.release()
+    except BaseException:  # over the limit, or cancelled: the connection is not reused
+        response.close()
+        raise
+    response.release()
+    return b"".join(chunks)
+
+
+def _too_large(arm: ArmSpec, limit: int) -> UpstreamFailure:
+    reason = f"answer over {limit} bytes (BANDIT_GATEWAY_MAX_RESPONSE_BYTES)"
+    return UpstreamFailure(arm.name, reason, "too_large")
 
 
 def _kind(e: BaseException) -> str:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
@@ -22,6 +22,7 @@ from bandit_router.settings import ArmSpec, Settings
 
 log = logging.getLogger("bandit_router")
 DONE = b"data: [DONE]"
+MAX_USAGE_TOKENS = 100_000_000  # tokens one call can count, per side: far past any context window
 
 
 class UpstreamFailure(Exception):
@@ -34,7 +35,7 @@ class UpstreamFailure(Exception):
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
-        self.kind = kind  # connection, timeout, status, empty, config: a bounded metric label
+        self.kind = kind  # connection, timeout, status, empty, config, too_large: a metric label
 
 
 @dataclass(slots=True)
@@ -46,17 +47,32 @@ class Measured:
     total_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    arm: str = "?"  # whose upstream answered, for the log
 
     def usage(self, data: Any) -> None:
-        """Take the token counts from an OpenAI ``usage`` object, when it is one."""
-        if isinstance(data, dict):
-            prompt, completion = data.get("prompt_tokens"), data.get("completion_tokens")
-            if isinstance(prompt, int) and isinstance(completion, int):
-                self.prompt_tokens, self.completion_tokens = prompt, completion
+        """Take the token counts from an OpenAI ``usage`` object. An upstream is an outside
+        system: counts that are not whole numbers in 0..``MAX_USAGE_TOKENS`` are logged and
+        treated as missing (no cost is recorded), never let through to the reward parts."""
+        if data is None:  # no usage: nothing to take, nothing wrong
+            return
+        prompt = data.get("prompt_tokens") if isinstance(data, dict) else None
+        completion = data.get("completion_tokens") if isinstance(data, dict) else None
+        if _count(prompt) and _count(completion):
+            self.prompt_tokens, self.completion_tokens = prompt, completion
+            return
+        self.prompt_tokens = self.completion_tokens = None
+        log.warning(
+            "gateway: upstream of arm %s answered an unusable usage (prompt_tokens %.40r, "
+            "completion_tokens %.40r): no cost recorded for this call",
+            self.arm,
+            prompt,
+            completion,
+        )
 
     def cost_usd(self, arm: ArmSpec) -> float | None:
         """The call's cost from its usage and the arm's prices (``usd_per_mtok`` for both sides
-        unless the upstream sets input and output prices); None without usage or a price."""
+        unless the upstream sets input and output prices); None without usage or a price, or
+        when it falls outside 0..``MAX_COST_USD`` (logged: a usage no call can have)."""
         up = arm.upstream
         price_in = up.usd_per_mtok_in if up and up.usd_per_mtok_in is not None else arm.usd_per_mtok
         price_out = (
@@ -67,7 +83,21 @@ class Measured:
         if price_in is None or price_out is None:
             return None
         cost = (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
-        return min(cost, MAX_COST_USD)
+        if not 0 <= cost <= MAX_COST_USD:  # NaN fails too
+            log.warning(
+                "gateway: upstream of arm %s answered a usage costing %g USD, outside 0..%g: "
+                "no cost recorded for this call",
+                arm.name,
+                cost,
+                MAX_COST_USD,
+            )
+            return None
+        return cost
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    """A token count as a reward part can take it: a whole number (not a bool) in range."""
+    return type(value) is int and 0 <= value <= MAX_USAGE_TOKENS
 
 
 class Upstreams:

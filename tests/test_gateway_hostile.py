@@ -1,0 +1,267 @@
+"""The gateway against hostile or broken input from both sides: a client body nested too deep or
+holding numbers too large, and an upstream that answers with impossible token counts or far too
+many bytes. The app under uvicorn, replay upstreams on loopback (rewritten where they misbehave),
+real Redis, the official OpenAI SDK and httpx as clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import orjson
+import pytest
+
+from tests.live import serve
+from tests.upstreams import ARMS, Upstream, arm, arms_json, rows, upstream
+
+__all__ = ["serve", "upstream"]  # the fixtures, imported
+
+Serve = Callable[..., str]
+Start = Callable[..., Upstream]
+KEY = "service-key-1"
+AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+
+def _gateway(serve: Serve, url: str, **overrides: Any) -> str:
+    return serve(arms=arms_json(*(arm(name, url) for name in ARMS)), api_keys=KEY, **overrides)
+
+
+def _ask(row: dict[str, Any]) -> list[Any]:
+    return [{"role": "user", "content": row["query"]}]
+
+
+def _post(base: str, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/chat/completions", content=body, headers=AUTH | headers, timeout=30
+    )
+
+
+def _decisions(base: str) -> int:
+    count: int = httpx.get(f"{base}/stats").json()["decisions"]
+    return count
+
+
+def _final_parts(base: str, event_id: str) -> dict[str, float]:
+    done = httpx.post(
+        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
+    )
+    assert done.status_code == 200, done.text
+    parts: dict[str, float] = done.json()["parts"]
+    return parts
+
+
+def _still_readable(base: str) -> None:
+    """What the events left behind reads back: stats, metrics, the learner's health."""
+    assert httpx.get(f"{base}/stats").status_code == 200
+    assert httpx.get(f"{base}/metrics").status_code == 200
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+# A client's body
+
+
+def _nested(levels: int) -> bytes:
+    return (
+        b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x":'
+        + b"[" * levels
+        + b"]" * levels
+        + b"}"
+    )
+
+
+def test_a_body_nested_too_deep_is_refused_before_any_decision(
+    serve: Serve, upstream: Start
+) -> None:
+    url, replay = upstream(speed=1000)
+    base = _gateway(serve, url)
+    # Past /choose's limit (200 levels), below and above what orjson can write back (about 255).
+    for levels in (230, 1000):
+        refused = _post(base, _nested(levels))
+        assert refused.status_code == 400, refused.text
+        error = refused.json()
+        assert error["field"] == error["error"]["param"] == "body"
+        assert "recursion limit" in error["detail"]
+    assert _decisions(base) == 0 and replay.requests == 0
+    # Within the limit the body is forwarded as it came.
+    assert _post(base, _nested(150)).status_code == 200
+    assert replay.requests == 1
+
+
+# Errors name what the client sent
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "field"),
+    [
+        ({"messages": [{"role": "user", "content": "  \n "}]}, {}, 422, "messages"),
+        ({"messages": [{"role": "user", "content": "x" * 101}]}, {}, 422, "messages"),
+        ({"metadata": {f"k{i}": i for i in range(65)}}, {}, 422, "metadata"),
+        ({"metadata": {"k" * 65: 1}}, {}, 422, "metadata"),
+        ({"metadata": {"a": {"b": 1}}}, {}, 422, "metadata"),
+        ({}, {"x-bandit-features": '{"a": {"b": 1}}'}, 422, "x-bandit-features"),
+        ({}, {"x-bandit-features": '{"n": 1e400}'}, 422, "x-bandit-features"),
+        ({}, {"x-bandit-features": "{not json"}, 422, "x-bandit-features"),
+        (b'"metadata": {"n": 1e400}', {}, 422, "metadata"),  # read as infinity, as /choose does
+        (b'"metadata": {"n": ' + b"9" * 400 + b"}", {}, 422, "metadata"),
+        (b'"metadata": {"n": NaN}', {}, 422, "metadata"),
+        (b'"metadata": {"n": ' + b"9" * 5000 + b"}", {}, 400, "body"),  # too long to read
+        (b'"temperature": 1e400', {}, 400, "body"),  # cannot be forwarded as sent
+        (b'"x": ' + b"9" * 30, {}, 400, "body"),
+    ],
+)
+def test_errors_name_what_the_client_sent(
+    serve: Serve,
+    upstream: Start,
+    body: dict[str, Any] | bytes,
+    headers: dict[str, str],
+    status: int,
+    field: str,
+) -> None:
+    url, replay = upstream(speed=1000)
+    base = _gateway(serve, url, max_query_chars=100)
+    if isinstance(body, bytes):  # raw JSON members, beside a valid model and messages
+        raw = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], ' + body + b"}"
+    else:
+        raw = orjson.dumps({"model": "auto", "messages": HI, **body})
+    refused = _post(base, raw, **headers)
+    assert refused.status_code == status, refused.text
+    error = refused.json()
+    assert error["field"] == error["error"]["param"] == field, error
+    assert field in error["detail"]
+    assert _decisions(base) == 0 and replay.requests == 0
+
+
+def test_the_same_numbers_through_choose(serve: Serve, upstream: Start) -> None:
+    """The gateway's answers above are /choose's for the same features."""
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url)
+    for value, status in ((b"1e400", 422), (b"9" * 400, 422), (b"NaN", 422), (b"9" * 5000, 400)):
+        body = b'{"query": "hi", "features": {"n": ' + value + b"}}"
+        answer = httpx.post(f"{base}/choose", content=body, headers=AUTH)
+        assert answer.status_code == status, answer.text
+
+
+# An upstream's usage
+
+
+def _usage(prompt: Any, completion: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def rewrite(data: dict[str, Any]) -> dict[str, Any]:
+        if "usage" in data:
+            data["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion}
+        return data
+
+    return rewrite
+
+
+BAD_USAGE = [
+    (-1_000_000, 5),
+    (5, -1),
+    (10**12, 5),  # beyond any context window
+    (2**70, 5),  # beyond 64 bits: orjson reads it as a float
+    (True, 5),
+    (5.5, 3),
+    ("5", 3),
+    (None, 3),
+]
+
+
+@pytest.mark.parametrize(("prompt", "completion"), BAD_USAGE)
+def test_impossible_usage_records_no_cost_and_the_answer_goes_through(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, prompt: Any, completion: Any
+) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(prompt, completion))
+    base = _gateway(serve, url)
+    with caplog.at_level(logging.WARNING):
+        raw = _post(base, orjson.dumps({"model": "llama2-7b", "messages": _ask(rows()[0])}))
+    assert raw.status_code == 200, raw.text
+    usage = raw.json()["usage"]  # the upstream's answer, as it came
+    assert usage == {"prompt_tokens": prompt, "completion_tokens": completion}
+    assert "upstream of arm llama2-7b answered an unusable usage" in caplog.text
+    # Latency is ours and stands; the cost from those counts is not recorded.
+    assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}
+    _still_readable(base)
+
+
+@pytest.mark.parametrize("client_usage", [True, False])
+def test_impossible_usage_in_a_stream_passes_every_event_and_done(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, client_usage: bool
+) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(-5, -5))
+    base = _gateway(serve, url)
+    row = rows()[1]
+    body: dict[str, Any] = {"model": "llama2-7b", "messages": _ask(row), "stream": True}
+    if client_usage:
+        body["stream_options"] = {"include_usage": True}
+    with (
+        caplog.at_level(logging.WARNING),
+        httpx.stream(
+            "POST", f"{base}/v1/chat/completions", content=orjson.dumps(body), headers=AUTH
+        ) as response,
+    ):
+        assert response.status_code == 200
+        event_id = response.headers["x-bandit-event-id"]
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    tokens = row["outcomes"]["llama2-7b"]["output_tokens"]
+    assert len(events) == tokens + 1 + client_usage  # every token, the usage if asked, [DONE]
+    if client_usage:
+        assert '"usage":{"prompt_tokens":-5,"completion_tokens":-5}' in events[-2]
+    assert "upstream of arm llama2-7b answered an unusable usage" in caplog.text
+    assert set(_final_parts(base, event_id)) == {"latency_ms"}
+    _still_readable(base)
+
+
+def test_the_sdk_reads_an_answer_whose_usage_was_unusable(serve: Serve, upstream: Start) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(-1_000_000, 5))
+    base = _gateway(serve, url)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    try:
+        completion = client.chat.completions.create(model="auto", messages=_ask(rows()[2]))
+    finally:
+        client.close()
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.prompt_tokens == -1_000_000
+
+
+def test_a_usage_costing_beyond_the_bound_records_no_cost(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = upstream(speed=1000, rewrite=_usage(50_000_000, 5))  # counts in range; the price:
+    arms = arms_json(arm("llama2-7b", url, usd_per_mtok_in=100.0))  # 5,000 USD, over 1,000
+    base = serve(arms=arms, api_keys=KEY)
+    with caplog.at_level(logging.WARNING):
+        raw = _post(base, orjson.dumps({"model": "auto", "messages": _ask(rows()[0])}))
+    assert raw.status_code == 200, raw.text
+    assert "upstream of arm llama2-7b answered a usage costing 5000 USD" in caplog.text
+    assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}
+
+
+# An upstream's size
+
+
+def _padded(size: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def rewrite(data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "padding": "x" * size}
+
+    return rewrite
+
+
+def test_an_answer_over_the_size_limit_is_the_arms_failure(serve: Serve, upstream: Start) -> None:
+    big, _ = upstream(speed=1000, rewrite=_padded(300_000))
+    small, _ = upstream(speed=1000, rewrite=_padded(50_000))
+    arms = arms_json(arm("llama2-7b", big), arm("llama2-13b", small))
+    base = serve(arms=arms, api_keys=KEY, gateway_max_response_bytes=100_000, gateway_retries=0)
+    ask = {"messages": _ask(rows()[0])}
+    refused = _post(base, orjson.dumps({"model": "llama2-7b", **ask}))
+    assert refused.status_code == 502, refused.text
+    assert "llama2-7b: answer over 100000 bytes" in refused.json()["detail"]
+    answered = _post(base, orjson.dumps({"model": "llama2-13b", **ask}))
+    assert answered.status_code == 200 and len(answered.json()["padding"]) == 50_000
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="too_large"}' in metrics
