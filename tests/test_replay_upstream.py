@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bandit_router.service.upstream import Measured, StreamMeter
+from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from bandit_router.sim.upstream import ReplayUpstream, grade
 from tests.upstreams import ARMS, PRICES, SLICE, SLICE_ARMS, rows
 
@@ -89,3 +89,17 @@ def test_the_meter_forwards_whole_events_takes_usage_and_holds_done(
     assert meter.measured.first_token_s is not None and meter.measured.total_s is not None
     text = "".join(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"])
     assert grade(text, row["id"], row["query"]) == outcome["accuracy"]
+
+
+def test_the_meter_holds_no_event_longer_than_its_bound() -> None:
+    """An upstream streaming one event that never ends: forwarded once past the bound, not
+    held (the meter would grow with it, and copy it at every chunk)."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    chunk, n = b"x" * 65_536, 3 * MAX_EVENT_BYTES // 65_536
+    forwarded = meter.feed(b"data: ")
+    for _ in range(n):
+        forwarded += meter.feed(chunk)
+        assert len(meter.pending) <= MAX_EVENT_BYTES
+    assert forwarded  # some of it went on before the event ended
+    forwarded += meter.feed(b"\n\ndata: [DONE]\n\n") + meter.finish()
+    assert forwarded == b"data: " + chunk * n + b"\n\ndata: [DONE]\n\n"  # all of it, in order

@@ -22,6 +22,7 @@ from bandit_router.settings import ArmSpec, Settings
 
 log = logging.getLogger("bandit_router")
 DONE = b"data: [DONE]"
+MAX_EVENT_BYTES = 1 << 20  # a streamed event the meter holds while it waits for the event's end
 MAX_USAGE_TOKENS = 100_000_000  # tokens one call can count, per side: far past any context window
 
 
@@ -178,12 +179,14 @@ class StreamMeter:
     done: bool = False
 
     def feed(self, chunk: bytes) -> bytes:
-        """The bytes of ``chunk`` (with what was pending) to forward now."""
+        """The bytes of ``chunk`` (with what was pending) to forward now. An event that grows
+        past ``MAX_EVENT_BYTES`` without ending is forwarded as it is: nothing the meter reads
+        is that long, and an upstream must not make the gateway hold an unbounded event."""
         data = self.pending + chunk
         end = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
         if end < 0:
-            self.pending = data
-            return b""
+            self.pending = data if len(data) <= MAX_EVENT_BYTES else b""
+            return b"" if self.pending else data
         cut = end + (4 if data[end : end + 4] == b"\r\n\r\n" else 2)
         events, self.pending = data[:cut], data[cut:]
         if self.measured.first_token_s is None:
