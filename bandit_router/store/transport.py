@@ -17,6 +17,7 @@ from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript as Script
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -71,7 +72,9 @@ async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T
         try:
             return await open_()
         except StoreUnavailable as e:
-            if time.monotonic() + delay > deadline:
+            # a Redis that refused the credentials is up, and will refuse them again
+            refused = isinstance(e.__cause__, AuthenticationError | AuthorizationError)
+            if refused or time.monotonic() + delay > deadline:
                 raise
             log.warning("waiting for Redis to start: %s", e)
             await asyncio.sleep(delay)
