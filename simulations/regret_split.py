@@ -14,6 +14,10 @@ the best fixed arm's total reward (the unit of ``robust_eval``'s "vs best-fixed"
 the seeds:
 
     python -m simulations.regret_split --seeds 10 squarecb > simulations/results/regret_split.md
+
+With ``--by KEY`` (an app fact, such as the MMLU-Pro sets' ``category``), a second table says
+where the greedy loss after the first quarter goes: the cells (KEY's value, the greedy arm)
+that lose the most, with their events and their loss per event.
 """
 
 from __future__ import annotations
@@ -36,12 +40,26 @@ QUARTERS = 4
 Floats = npt.NDArray[np.float64]
 
 
-def split(spec: str, settings: Settings, prepared: Prepared, seed: int) -> Floats:
+Cells = dict[tuple[str, str], list[float]]  # (KEY's value, greedy arm) -> [reward lost, events]
+
+
+def split(
+    spec: str,
+    settings: Settings,
+    prepared: Prepared,
+    seed: int,
+    by: str = "",
+    cells: Cells | None = None,
+) -> Floats:
     """One seed's loss against the best fixed arm: a (QUARTERS, 2) array, greedy and exploration
-    per quarter of the run, in percent of the best fixed arm's total reward."""
+    per quarter of the run, in percent of the best fixed arm's total reward. With ``cells``, the
+    reward the greedy arm lost against the best fixed arm after the first quarter is added there
+    too, by the row's value of the app fact ``by`` and the greedy arm (where that is not the best
+    fixed arm)."""
     policy = build_policy(spec, settings, seed)
     table, index = prepared.table, prepared.arm_index
     best = index[best_fixed_arm(prepared)]
+    unit = 100 / float(table[:, best].sum())
     rows = dataset.order(len(table), seed, False)
     out = np.zeros((QUARTERS, 2))
     for t, i in enumerate(rows):
@@ -52,8 +70,33 @@ def split(spec: str, settings: Settings, prepared: Prepared, seed: int) -> Float
         policy.learn(x, arms, decision.arm, decision.probability, float(drawn))
         quarter = t * QUARTERS // len(rows)
         out[quarter] += (table[i, best] - top, top - drawn)
-    total: float = table[:, best].sum()
-    return 100 * out / total
+        if cells is not None and quarter > 0 and index[greedy] != best:
+            value = str(prepared.replay.rows[i].context.get(by, "")) if by else ""
+            cell = cells.setdefault((value, greedy), [0.0, 0])
+            cell[0] += table[i, best] - top
+            cell[1] += 1
+    out *= unit
+    return out
+
+
+def cell_table(found: list[tuple[str, str, float, Cells]], seeds: int, by: str, most: int) -> str:
+    """The cells of each policy and pair that lose the most, as a markdown table (``found``:
+    the policy, the pair, the best fixed arm's total reward, the cells of every seed)."""
+    lines = [
+        f"Greedy loss after the first quarter by {by} and greedy arm, the {most} cells of each "
+        f"pair that lose the most (mean of {seeds} seeds): in % of the best fixed arm's total "
+        "reward, and per event in reward.",
+        "",
+        f"| policy | set, reward | {by} | greedy arm | events a run | loss (%) | per event |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for spec, pair, total, cells in found:
+        for (value, arm), (lost, events) in sorted(cells.items(), key=lambda c: -c[1][0])[:most]:
+            lines.append(
+                f"| `{spec}` | {pair} | {value} | {arm} | {events / seeds:.0f} "
+                f"| {100 * lost / total / seeds:+.3f} | {lost / events:+.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--rewards", default=",".join(REWARDS))
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--by", default="", help="an app fact: where the late greedy loss goes")
+    parser.add_argument("--cells", type=int, default=12, help="with --by: how many cells a pair")
     args = parser.parse_args(argv)
+    found: list[tuple[str, str, float, Cells]] = []
     print(f"Loss against the best fixed arm in % of its total reward, mean of {args.seeds} seeds,")
     print("by quarter of the run: greedy (its model's choice, negative where the context pays)")
     print("and exploration (the draw away from it); vs best-fixed is minus their sum.\n")
@@ -77,7 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if in_order:
             continue  # a drift stream's best fixed arm is not what it is judged against
         for spec in args.specs:
-            runs = np.array([split(spec, settings, prepared, s) for s in range(args.seeds)])
+            cells: Cells | None = {} if args.by else None
+            runs = np.array(
+                [split(spec, settings, prepared, s, args.by, cells) for s in range(args.seeds)]
+            )
+            if cells is not None:
+                total = float(prepared.table[:, prepared.arm_index[best_fixed_arm(prepared)]].sum())
+                found.append((spec, f"{name} {setting}", total, cells))
             mean = runs.mean(axis=0)
             totals = -runs.sum(axis=(1, 2))
             ci = report.ci95(list(totals))
@@ -87,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"| {quarters[1]} | {mean[:, 1].sum():+.2f} | {totals.mean():+.2f}% ± {ci:.2f} |",
                 flush=True,
             )
+    if found:
+        print("\n" + cell_table(found, args.seeds, args.by, args.cells))
     return 0
 
 

@@ -34,3 +34,15 @@ def test_the_rule_learned_shows_as_a_gain_and_exploring_as_a_cost() -> None:
     # a policy that never learns the rule gains nothing from it
     static = split("static", Settings(), prepared, 0)
     assert static[:, 1].sum() == 0 and static[:, 0].sum() >= 0, static
+
+
+def test_the_cells_hold_the_late_greedy_loss() -> None:
+    """By an app fact, the cells add up to the greedy loss after the first quarter (where the
+    greedy arm beat the best fixed arm, a cell holds the gain as a negative loss)."""
+    prepared, settings = planted_replay(400, 0, RewardConfig({"accuracy": 1.0})), Settings()
+    cells: dict[tuple[str, str], list[float]] = {}
+    parts = split("random", settings, prepared, 3, "kind", cells)
+    assert cells and all(events > 0 for _, events in cells.values())
+    best = prepared.table[:, prepared.arm_index[best_fixed_arm(prepared)]].sum()
+    lost = sum(loss for loss, _ in cells.values())
+    assert np.isclose(100 * lost / best, parts[1:, 0].sum())
