@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.policies.registry import parse_policy_spec
-from bandit_router.service.learner import restore
+from bandit_router.service.learner import effective_spec, restore
 from bandit_router.settings import Settings
 from bandit_router.store.records import Snapshot
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
 
 KEY = {"X-API-Key": "k1"}
@@ -133,6 +137,27 @@ def test_an_override_stored_before_it_was_refused_gives_way_to_the_settings_poli
     switched = client.post("/admin/policy", json={"policy": "linucb"}, headers=ADMIN)
     assert switched.status_code == 200 and _choose(client).json()["policy"] == "linucb"
     assert not (tmp_path / "x").exists()
+
+
+def test_a_refused_override_is_said_once_to_a_learner_that_renews_its_lease(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 1000)
+        await store.set_policy_override("squarecb:gamma_scale=NaN")
+        warned: set[str] = set()
+        for _ in range(3):  # a lease renewal reads it each time
+            assert str(await effective_spec(store, settings, warned)) == "squarecb"
+        await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records].count(
+        "policy override refused (policy squarecb: parameter gamma_scale must be in (0, 10000], "
+        "got nan): serving squarecb"
+    ) == 1
 
 
 def test_a_snapshot_saved_under_a_refused_spec_is_relearned_from_the_log() -> None:

@@ -109,15 +109,21 @@ def restore(snapshot: Snapshot | None, spec: PolicySpec, settings: Settings) -> 
     return Model(spec, policy, snapshot.version, snapshot.stream_id)
 
 
-async def effective_spec(store: Store, settings: Settings) -> PolicySpec:
+async def effective_spec(
+    store: Store, settings: Settings, warned: set[str] | None = None
+) -> PolicySpec:
     """The policy an admin switched to, else the one in the settings (also when the switch is
-    to a spec refused since it was stored, such as ``squarecb:gamma_scale=nan``)."""
+    to a spec refused since it was stored, such as ``squarecb:gamma_scale=nan``: said in the
+    log once per override in ``warned``, the caller's, or at every call without it)."""
     override = await store.policy_override()
     if override:
         try:
             return parse_policy_spec(override)
         except ValueError as e:
-            log.warning("policy override refused (%s): serving %s", e, settings.policy)
+            if warned is None or override not in warned:
+                log.warning("policy override refused (%s): serving %s", e, settings.policy)
+            if warned is not None:
+                warned.add(override)
     return parse_policy_spec(settings.policy)
 
 
@@ -152,6 +158,7 @@ class Learner:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
         self._leading = False
+        self._refused: set[str] = set()  # stored overrides refused, said once in the log
         self._acks: list[str] = []
         self._unlearned: list[Logged] = []  # read after a batch's writes while the lock was held
         # Events were delivered to this learner that no replica confirmed (a WAIT failed):
@@ -257,7 +264,7 @@ class Learner:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
         held = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
         if held and self.leading and self._promotion is None:
-            spec = await effective_spec(self.store, self.settings)
+            spec = await effective_spec(self.store, self.settings, self._refused)
             if spec != self.model.spec:  # an admin switched the policy
                 log.info("switching policy %s -> %s", self.model.spec, spec)
                 await self.switch(spec)
