@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ClientFactory
+from bandit_router.http.app import create_app
+from tests.conftest import ClientFactory, SettingsFactory
 
 
 def _choose(client: TestClient, **body: Any) -> dict[str, Any]:
@@ -191,3 +194,16 @@ def test_restart_keeps_what_was_learned(make_client: ClientFactory, make_setting
     assert again.get("/healthz").json()["model_version"] == before == 60
     picks = [_choose(again, query=f"translate word {i}")["arm"] for i in range(100, 110)]
     assert picks == ["7b"] * 10
+
+
+def test_an_app_closed_is_freed_with_its_models(make_settings: SettingsFactory) -> None:
+    """Nothing process-wide keeps an app once it is closed: FastAPI caches its endpoint
+    functions for the process, so an endpoint that held the app (the docs page did) kept it and
+    its VW models (tens of MB) alive, and a test run grew to gigabytes."""
+    with TestClient(create_app(make_settings())) as client:
+        assert client.get("/docs").status_code == 200
+        assert client.post("/choose", json={"query": "hello"}).status_code == 200
+        app = weakref.ref(client.app)
+    del client
+    gc.collect()
+    assert app() is None

@@ -28,17 +28,20 @@ def register_docs(app: FastAPI) -> None:
     app.mount(ASSETS_URL, StaticFiles(directory=_assets_dir()), name="docs-assets")
     redirect_url = app.swagger_ui_oauth2_redirect_url or f"{DOCS_URL}/oauth2-redirect"
 
+    # The routes reach the app through the request: FastAPI caches each endpoint function
+    # process-wide, so one that held the app would keep it (and its models) alive for good.
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
+        this: FastAPI = request.app
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API",
+            openapi_url=f"{root}{this.openapi_url}",
+            title=f"{this.title} - API",
             oauth2_redirect_url=redirect_url,
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=app.swagger_ui_parameters,
+            swagger_ui_parameters=this.swagger_ui_parameters,
         )
 
     @app.get(redirect_url, include_in_schema=False)
