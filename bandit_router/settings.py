@@ -15,6 +15,11 @@ from bandit_router.policies.vw import vw_options
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
 MAX_WEIGHT = 1000.0  # a reward weight's upper bound
+# Upper bounds of the settings: far past any use, and within what Redis (int64 milliseconds),
+# VW and the OS take.
+HOUR_S, DAY_S, YEAR_S = 3600, 86_400, 31_536_000
+MAX_COUNT = 10**10
+GIB = 1 << 30
 
 
 GATEWAY_PARTS = ("latency", "cost", "failure")
@@ -23,7 +28,7 @@ GATEWAY_PARTS = ("latency", "cost", "failure")
 class UpstreamSpec(BaseModel):
     """An arm's OpenAI-compatible upstream, for the gateway (``/v1/chat/completions``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_url: str = Field(
         pattern=r"^https?://[^\s]+$",
@@ -55,6 +60,8 @@ class UpstreamSpec(BaseModel):
 
 class ArmSpec(BaseModel):
     """One arm as configured: a model name and the features it carries into the policy."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # exports write them as JSON
 
     name: str = Field(
         min_length=1,
@@ -156,12 +163,16 @@ def _weight(value: Any) -> float | None:
 class Settings(BaseSettings):
     """The service's configuration. Tests build ``Settings(...)`` directly."""
 
-    model_config = SettingsConfigDict(env_prefix="BANDIT_", extra="forbid")
+    # Every number finite and bounded: a value past what Redis, VW or the OS take (a TTL in ms
+    # beyond int64, an infinite lease) passed start-up and broke every call after it.
+    model_config = SettingsConfigDict(env_prefix="BANDIT_", extra="forbid", allow_inf_nan=False)
 
     host: str = Field(default="127.0.0.1", description="address `serve` binds to")
     port: int = Field(default=8000, ge=0, le=65535, description="port `serve` listens on")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
-    log_level: str = Field(default="info", description="uvicorn and service log level")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="uvicorn and service log level"
+    )
     loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="uvicorn's event loop (auto: uvloop when installed)"
     )
@@ -185,6 +196,7 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(
         default=1000,
         ge=1,
+        le=HOUR_S * 1000,
         description="how long a write waits for those replicas before the request gets 503",
     )
     deployments_file: str | None = Field(
@@ -217,10 +229,16 @@ class Settings(BaseSettings):
         description="promote a challenger whose lower bounds clear the champion's estimate",
     )
     promote_min_events: int = Field(
-        default=1000, ge=10, description="events a challenger is scored on before it can clear"
+        default=1000,
+        ge=10,
+        le=MAX_COUNT,
+        description="events a challenger is scored on before it can clear",
     )
     challenger_window: int = Field(
-        default=10_000, ge=10, description="newest events each challenger is scored on"
+        default=10_000,
+        ge=10,
+        le=1_000_000,
+        description="newest events each challenger is scored on",
     )
     epsilon: float = Field(
         default=0.05, ge=0, le=1, description="exploration rate of egreedy, bag and rnd"
@@ -235,21 +253,23 @@ class Settings(BaseSettings):
     vw_args: str = Field(
         default="", description="extra Vowpal Wabbit learning options, for experts (see Policies)"
     )
-    seed: int | None = Field(default=None, description="makes choices reproducible")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**32 - 1, description="makes choices reproducible"
+    )
 
     reward_weights: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: {"accuracy": 0.6, "rating": 0.2, "latency": 0.2},
         description="weights of the reward parts (accuracy, rating, latency, cost)",
     )
     latency_budget_ms: float = Field(
-        default=2000.0, gt=0, description="latency that scores 0; 0 ms scores 1"
+        default=2000.0, gt=0, le=DAY_S * 1000, description="latency that scores 0; 0 ms scores 1"
     )
     cost_budget_usd: float = Field(
-        default=0.001, gt=0, description="cost per call that scores 0; free scores 1"
+        default=0.001, gt=0, le=1000, description="cost per call that scores 0; free scores 1"
     )
 
     reward_wait_s: int = Field(
-        default=3600, ge=1, description="how long a decision waits for its reward parts"
+        default=3600, ge=1, le=YEAR_S, description="how long a decision waits for its reward parts"
     )
     default_reward: float | None = Field(
         default=None,
@@ -259,32 +279,43 @@ class Settings(BaseSettings):
         "unset: such events are skipped",
     )
     sweep_s: float = Field(
-        default=5.0, gt=0, description="how often closed reward windows are swept"
+        default=5.0, gt=0, le=DAY_S, description="how often closed reward windows are swept"
     )
     stats_cache_s: float = Field(
         default=1.0,
         ge=0,
+        le=DAY_S,
         description="how long a /stats answer is reused for the same window and buckets",
     )
     snapshot_every: int = Field(
-        default=1000, ge=1, description="events learned between model snapshots to Redis"
+        default=1000,
+        ge=1,
+        le=MAX_COUNT,
+        description="events learned between model snapshots to Redis",
     )
     publish_s: float = Field(
-        default=10.0, gt=0, description="longest time between snapshots while learning"
+        default=10.0, gt=0, le=DAY_S, description="longest time between snapshots while learning"
     )
     model_refresh_s: float = Field(
-        default=2.0, gt=0, description="how often workers look for a newer model snapshot"
+        default=2.0, gt=0, le=DAY_S, description="how often workers look for a newer model snapshot"
     )
     learner_lease_s: float = Field(
-        default=10.0, gt=0, description="the learner's lease; a dead learner is replaced after it"
+        default=10.0,
+        gt=0,
+        le=HOUR_S,
+        description="the learner's lease; a dead learner is replaced after it",
     )
     startup_wait_s: float = Field(
         default=60.0,
         ge=0,
+        le=DAY_S,
         description="how long a starting process waits for Redis before it gives up",
     )
     claim_idle_s: float = Field(
-        default=30.0, gt=0, description="a dead learner's unacknowledged events are claimed after"
+        default=30.0,
+        gt=0,
+        le=DAY_S,
+        description="a dead learner's unacknowledged events are claimed after",
     )
     learn_in_workers: bool = Field(
         default=True,
@@ -292,7 +323,10 @@ class Settings(BaseSettings):
         "runs apart",
     )
     decision_buffer: int = Field(
-        default=10_000, ge=0, description="decisions kept in memory while Redis is down"
+        default=10_000,
+        ge=0,
+        le=10_000_000,
+        description="decisions kept in memory while Redis is down",
     )
     buffer_overflow: Literal["drop_oldest", "reject"] = Field(
         default="drop_oldest",
@@ -311,7 +345,7 @@ class Settings(BaseSettings):
         description="comma list of keys for /stats, /metrics and the dashboard; empty: open",
     )
     max_body_bytes: int = Field(
-        default=1_048_576, ge=1024, description="largest accepted request body"
+        default=1_048_576, ge=1024, le=GIB, description="largest accepted request body"
     )
     body_timeout_s: float = Field(
         default=10.0,
@@ -330,10 +364,17 @@ class Settings(BaseSettings):
         default=False, description="keep the raw query in Redis with the decision"
     )
     stream_maxlen: int = Field(
-        default=1_000_000, ge=1000, description="joined events kept in the training log (approx.)"
+        default=1_000_000,
+        ge=1000,
+        le=MAX_COUNT,
+        description="joined events kept in the training log (approx.)",
     )
-    max_query_chars: int = Field(default=32_768, ge=1, description="longest accepted query")
-    max_features: int = Field(default=64, ge=0, description="most app features per request")
+    max_query_chars: int = Field(
+        default=32_768, ge=1, le=10_000_000, description="longest accepted query"
+    )
+    max_features: int = Field(
+        default=64, ge=0, le=10_000, description="most app features per request"
+    )
 
     gateway_model: str = Field(
         default="auto",
@@ -363,14 +404,21 @@ class Settings(BaseSettings):
         description="named reward weights a request picks with `x-bandit-preference` (JSON)",
     )
     gateway_timeout_s: float = Field(
-        default=60.0, gt=0, description="an upstream's timeout unless its arm sets timeout_s"
+        default=60.0,
+        gt=0,
+        le=DAY_S,
+        description="an upstream's timeout unless its arm sets timeout_s",
     )
     gateway_max_concurrency: int = Field(
-        default=256, ge=1, description="upstream calls in flight per process; beyond: 503"
+        default=256,
+        ge=1,
+        le=65_536,
+        description="upstream calls in flight per process; beyond: 503",
     )
     gateway_max_response_bytes: int = Field(
         default=16_777_216,
         ge=1024,
+        le=GIB,
         description="largest non-streamed upstream answer read; beyond: the arm's failure",
     )
 
@@ -400,6 +448,11 @@ class Settings(BaseSettings):
                     f"unknown gateway part {part!r}; valid: {', '.join(GATEWAY_PARTS)}"
                 )
         return parts
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("api_keys", "ops_keys", mode="before")
     @classmethod

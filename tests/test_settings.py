@@ -82,7 +82,7 @@ def test_reward_weights_must_be_bounded_numbers(value: str) -> None:
     if "NaN" in value or "Inf" in value or "=" in value:  # settings convert the others first
         for field in ("reward_weights", "gateway_reward_weights"):
             values: dict[str, Any] = {field: value}
-            with pytest.raises(ValidationError, match=message):
+            with pytest.raises(ValidationError, match=f"{message}|finite number"):
                 Settings(**values)
 
 
@@ -116,3 +116,37 @@ def test_a_non_finite_or_huge_policy_value_is_refused_at_start_up(
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("REWARD_WAIT_S", "9" * 23, "less than or equal to 31536000"),
+        ("STREAM_MAXLEN", "9" * 23, "less than or equal to 10000000000"),
+        ("CLAIM_IDLE_S", "inf", "finite number"),
+        ("LEARNER_LEASE_S", "inf", "finite number"),
+        ("LEARNER_LEASE_S", "1e300", "less than or equal to 3600"),
+        ("SWEEP_S", "inf", "finite number"),
+        ("LATENCY_BUDGET_MS", "nan", "finite number"),
+        ("SEED", "-1", "greater than or equal to 0"),
+        ("SEED", "9" * 23, "less than or equal to 4294967295"),
+        ("LOG_LEVEL", "bogus", "'critical', 'error', 'warning', 'info', 'debug' or 'trace'"),
+        ("MAX_FEATURES", "9" * 23, "less than or equal to 10000"),
+        ("ARMS", "4b:inf:inf,7b", "finite number"),
+    ],
+)
+def test_a_setting_past_what_the_service_can_use_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
+    """Each of these passed start-up once and broke the service after it: a TTL past int64
+    milliseconds (every /choose 500), an infinite lease or claim (the learner's task died), a
+    seed VW refuses, a log level uvicorn does not know, an arm's size exports cannot write."""
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    with pytest.raises(ValidationError, match=re.escape(message)) as refused:
+        Settings()
+    assert env.lower() in str(refused.value)
+
+
+def test_the_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BANDIT_LOG_LEVEL", "WARNING")
+    assert Settings().log_level == "warning"
