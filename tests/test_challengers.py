@@ -27,6 +27,7 @@ from bandit_router.sim.champion import parse_auto
 from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
+from bandit_router.store.keys import KEY_CHALLENGERS, KEY_PROMOTIONS
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
@@ -234,6 +235,46 @@ def test_stats_metrics_and_the_admin_endpoint(
     assert all(c["events"] == 0 for c in section["challengers"])  # windows restart
     assert [p["to_policy"] for p in section["promotions"]] == ["fixed:arm=7b"]
     assert "bandit_promotions_total 1.0" in client.get("/metrics").text
+
+
+def test_promotion_records_and_a_summary_written_by_hand_do_not_break_stats(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    """Entries that are not what the learner writes are left out of /stats and /metrics, as the
+    hostile log's entries are; the others still show."""
+    settings = _settings(make_settings, admin_key="admin-secret")
+    client = make_client(settings)
+    _drive(client, 120, seed=6)
+    assert client.post("/admin/promote", json={"policy": "linucb"}, headers=ADMIN).is_success
+
+    async def vandalise() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 1000)
+        await store.redis.rpush(store.key(KEY_PROMOTIONS), b"garbage", b"[1]", b'{"ts": "x"}')
+        await store.close()
+
+    asyncio.run(vandalise())
+    stats = client.get("/stats", params={"window": 12})
+    assert stats.status_code == 200, stats.text
+    assert [p["to_policy"] for p in stats.json()["challengers"]["promotions"]] == ["linucb"]
+    assert client.get("/metrics").status_code == 200
+
+
+def test_a_summary_written_by_hand_is_not_read(make_settings: SettingsFactory) -> None:
+    """A process that does not lead shows the learner's last summary; garbage there is left
+    out, not a 500."""
+    settings = _settings(make_settings, learn_in_workers=False)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 1000)
+        router = await Router.open(settings, store)
+        for garbage in (b'{"x":', b"[1]", b'{"challengers": [{"policy": 1}]}'):
+            await store.redis.hset(store.key(KEY_CHALLENGERS), "summary", garbage)
+            view = await challengers_view(router.learner)
+            assert view.challengers == [] and view.champion == "random"
+        await router.close()
+        await store.close()
+
+    asyncio.run(scenario())
 
 
 def test_each_event_is_scored_before_the_challenger_learns_it() -> None:

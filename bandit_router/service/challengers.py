@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from bandit_router.errors import RouterError
 from bandit_router.features import Features
@@ -466,11 +466,14 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         champion, at = str(bench.champion), time.time()
         found = [view_of(s) for s in bench.standings()]
     else:
+        champion, at, found = str(learner.model.spec), None, []
         raw = await learner.store.challenger_field("summary")
-        data = json.loads(raw) if raw else {}
-        champion = str(data.get("champion", learner.model.spec))
-        at = data.get("at")
-        found = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
+        try:  # the learner's last summary; one written by hand is not read, not a 500
+            data = json.loads(raw) if raw else {}
+            found = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
+            champion, at = str(data.get("champion", champion)), data.get("at")
+        except (ValueError, TypeError, AttributeError) as e:
+            log.warning("the challengers' summary is not readable, left out: %s", e)
     return ChallengersView(
         champion=champion,
         auto_promote=settings.auto_promote,
@@ -478,7 +481,16 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         window=settings.challenger_window,
         computed_at=at,
         challengers=found,
-        promotions=[
-            PromotionView.model_validate(p) for p in await learner.store.promotions(promotions)
-        ],
+        promotions=_promotion_views(await learner.store.promotions(promotions)),
     )
+
+
+def _promotion_views(records: list[dict[str, Any]]) -> list[PromotionView]:
+    """The records as views; one whose fields do not fit (written by hand) is left out."""
+    views = []
+    for record in records:
+        try:
+            views.append(PromotionView.model_validate(record))
+        except ValidationError:
+            log.warning("a promotion record does not fit, left out: %.80r", record)
+    return views

@@ -448,9 +448,20 @@ class Store:
 
     @unavailable
     async def promotions(self, count: int = KEPT_PROMOTIONS) -> list[dict[str, Any]]:
-        """The newest ``count`` promotion records, oldest first."""
+        """The newest ``count`` promotion records, oldest first; an entry that is not a JSON
+        object (written by hand) is left out with a warning, so it cannot break /stats."""
         raw: Any = await self.redis.lrange(self.key(KEY_PROMOTIONS), -count, -1)
-        return [orjson.loads(item) for item in raw]
+        records = []
+        for item in raw:
+            try:
+                record = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                log.warning("a promotion record is not readable, left out: %.80r", item)
+        return records
 
     @unavailable
     async def hold_lease(self, holder: str, ttl_s: float) -> bool:
