@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-
-# Key layout; {p} is the key prefix wrapped as a hash tag.
 KEY_DECISION = "{p}:decision:{event_id}"  # JSON decision record
-
-
 KEY_PARTS = "{p}:parts:{event_id}"  # hash: reward parts received so far
-
-
 KEY_DONE = "{p}:done:{event_id}"  # marker: this event's reward is final and logged
-
-
 KEY_PENDING = "{p}:pending"  # sorted set: event id -> time its reward window closes
-
-
 KEY_EVENTS = "{p}:events"  # stream of joined events: the training log
-
-
 KEY_MODEL = "{p}:model"  # hash: policy, version, stream_id, data
-
-
 KEY_POLICY = "{p}:policy"  # policy spec set by an admin, overriding the settings
-
-
 KEY_LEASE = "{p}:learner"  # the learner's lease: holder name, with a TTL
-
-
 KEY_STATS = "{p}:stats"  # counters
-
-
-KEY_WORD_SECRET = "{p}:word_secret"  # the deployment's secret for hashing query words; kept
+KEY_WORD_SECRET = "{p}:word_secret"  # the secret that keys query words' hashes, no TTL
 KEY_CHALLENGERS = "{p}:challengers"  # hash: the challengers' models and scores, with the model
-
-
 KEY_PROMOTIONS = "{p}:promotions"  # list of JSON records: every promotion of a challenger
-
 
 GROUP = "learners"  # the learners' consumer group on KEY_EVENTS
