@@ -200,24 +200,31 @@ def test_a_body_of_no_declared_type_or_of_two_is_refused_everywhere(
             assert response.json()["field"] == "content-type"
 
 
+def _raw_post(base: str, path: str, declared: int, sent: bytes) -> tuple[bytes, bytes]:
+    """A POST over a socket that declares ``declared`` bytes of JSON and sends ``sent``: the
+    head and body of the answer, read until the server closes the connection (10 s at most)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {declared}\r\n\r\n".encode()
+            + sent
+        )
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head, body
+
+
 def test_a_body_shorter_than_its_length_is_answered_408_and_closed(
     serve: Callable[..., str],  # noqa: F811
 ) -> None:
     fast = serve(body_timeout_s=0.5)
     routed = serve(root_path=ROOT, body_timeout_s=0.5)
     for base, path in ((fast, "/choose"), (routed, "/choose"), (fast, "/admin/policy")):
-        host, port = base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as conn:
-            conn.sendall(
-                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                f"content-length: 100\r\n\r\n".encode()
-                + b'{"query": "q"'
-            )
-            reply = b""
-            while chunk := conn.recv(65536):  # the server closes the connection after
-                reply += chunk
-        head, _, body = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 408"), (path, reply)
+        head, body = _raw_post(base, path, 100, b'{"query": "q"')
+        assert head.startswith(b"HTTP/1.1 408"), (path, head)
         assert b"connection: close" in head.lower()
         assert json.loads(body) == {
             "detail": "request body not received within 0.5 s (BANDIT_BODY_TIMEOUT_S); "
@@ -234,17 +241,8 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
     fast = serve(body_timeout_s=60)
     routed = serve(root_path=ROOT, body_timeout_s=60)
     for base, path in ((fast, "/choose"), (routed, "/choose"), (fast, "/admin/policy")):
-        host, port = base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as conn:
-            conn.sendall(
-                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                f"content-length: 2000000\r\n\r\n".encode()
-            )
-            reply = b""
-            while chunk := conn.recv(65536):  # the server closes the connection after
-                reply += chunk
-        head, _, body = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 413"), (path, reply)
+        head, body = _raw_post(base, path, 2_000_000, b"")
+        assert head.startswith(b"HTTP/1.1 413"), (path, head)
         assert json.loads(body)["field"] == "body"
 
 
