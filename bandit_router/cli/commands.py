@@ -203,13 +203,21 @@ def snapshot(args: argparse.Namespace) -> int:
     from bandit_router.service.backup import dump
 
     settings = deployment_settings(args)
+    path = Path(args.file)
+    if not path.parent.is_dir():  # said before the log is replayed, not after
+        print(f"bandit-router snapshot: no directory {path.parent} for {path}", file=sys.stderr)
+        return 1
 
     async def run() -> dict[str, Any]:
         async with open_store(settings) as store:
             with Progress("replaying the log after the newest snapshot", unit="events") as bar:
-                return await dump(store, settings, Path(args.file), bar.update)
+                return await dump(store, settings, path, bar.update)
 
-    doc = asyncio.run(run())
+    try:
+        doc = asyncio.run(run())
+    except OSError as e:  # cannot write the file (a permission, a full disk)
+        print(f"bandit-router snapshot: cannot write {path}: {e}", file=sys.stderr)
+        return 1
     print(
         f"wrote {args.file}: policy {doc['policy']}, model version {doc['model_version']}, "
         f"watermark {doc['stream_id']}"

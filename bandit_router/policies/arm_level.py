@@ -102,18 +102,60 @@ class ArmStats:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object], discount: float) -> ArmStats:
+    def from_json(cls, data: object, discount: float) -> ArmStats:
+        """The statistics ``to_json`` wrote; ValueError names the part that is not as it writes
+        it. A snapshot may be damaged or edited, and what loads here must not break a choice:
+        every value finite, none negative, and an arm's reward sum (rewards are in [0, 1]) at
+        most its count, its sum of squares at most its sum."""
+        if not isinstance(data, dict):
+            raise ValueError(f"arm statistics are not an object: {_shown(data)}")
         stats = cls(discount)
-        sums, counts, squares = data["sums"], data["counts"], data.get("squares", {})
-        assert isinstance(sums, dict) and isinstance(counts, dict) and isinstance(squares, dict)
-        stats.sums = {str(k): float(v) for k, v in sums.items()}
-        stats.counts = {str(k): float(v) for k, v in counts.items()}
-        stats.squares = {str(k): float(squares.get(k, 0.0)) for k in stats.counts}
-        weights = data.get("weights", {})
-        assert isinstance(weights, dict)
-        stats.weights = {str(k): float(weights.get(k, 0.0)) for k in stats.counts}
-        stats.t = float(data["t"])  # type: ignore[arg-type]
+        stats.counts = _table(data, "counts", required=True)
+        stats.sums = _table(data, "sums", required=True)
+        if set(stats.sums) != set(stats.counts):
+            raise ValueError("arm statistics: sums and counts name different arms")
+        squares, weights = _table(data, "squares"), _table(data, "weights")
+        if not set(squares) | set(weights) <= set(stats.counts):
+            raise ValueError("arm statistics: squares or weights name an arm counts does not")
+        stats.squares = {k: squares.get(k, 0.0) for k in stats.counts}
+        stats.weights = {k: weights.get(k, 0.0) for k in stats.counts}
+        for arm, n in stats.counts.items():
+            slack = 1e-9 * (1.0 + n)  # rounding
+            if stats.sums[arm] > n + slack or stats.squares[arm] > stats.sums[arm] + slack:
+                raise ValueError(
+                    f"arm statistics of {arm!r}: rewards in [0, 1] cannot sum to "
+                    f"{stats.sums[arm]!r} (squares {stats.squares[arm]!r}) over {n!r}"
+                )
+        t = data.get("t")
+        if not _count(t):
+            raise ValueError(f"arm statistics: t is not a count of rewards: {_shown(t)}")
+        stats.t = float(t)  # type: ignore[arg-type]
         return stats
+
+
+MAX_COUNT = 1e18  # far above any count of rewards; beyond it sums of squares near overflow
+
+
+def _count(value: object) -> bool:
+    """A finite number in [0, MAX_COUNT], not a bool."""
+    return type(value) in (int, float) and 0 <= value <= MAX_COUNT  # type: ignore[operator]
+
+
+def _table(data: Mapping[str, object], key: str, required: bool = False) -> dict[str, float]:
+    if required and key not in data:
+        raise ValueError(f"arm statistics: {key} is missing")
+    table = data.get(key, {})
+    if not isinstance(table, dict) or not all(_count(v) for v in table.values()):
+        raise ValueError(
+            f"arm statistics: {key} is not an object of numbers in [0, {MAX_COUNT:g}] by arm: "
+            f"{_shown(table)}"
+        )
+    return {str(k): float(v) for k, v in table.items()}
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def bernoulli_kl(p: float, q: float) -> float:
@@ -167,7 +209,12 @@ class _ArmLevel:
         if data:
             if not data.startswith(_MAGIC):
                 raise ValueError(f"not a saved {self.name} policy")
-            state = json.loads(data[len(_MAGIC) :])
+            try:
+                state = json.loads(data[len(_MAGIC) :])
+            except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+                raise ValueError(f"saved {self.name} policy is not JSON: {e}") from None
+            if not isinstance(state, dict):
+                raise ValueError(f"saved {self.name} policy is not a JSON object")
             if state.get("kind") != self.name:
                 raise ValueError(f"saved policy is {state.get('kind')!r}, not {self.name!r}")
             self.stats = ArmStats.from_json(state, self.stats.discount)

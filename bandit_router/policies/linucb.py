@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import io
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -189,23 +191,98 @@ class LinUCB:
 
     @classmethod
     def loads(cls, data: bytes, alpha: float | None = None, seed: int | None = None) -> LinUCB:
-        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
-            saved_alpha, dim = saved["config"]
-            policy = cls(saved_alpha if alpha is None else alpha, int(dim), seed)
-            names = [str(name) for name in saved["names"]]
-            policy._index = {name: i for i, name in enumerate(names)}
-            policy._every = list(range(len(names)))
-            shape = (len(names), policy.dim)
-            policy._set_state(
-                np.array(saved["a_inv"], dtype=np.float64).reshape(*shape, policy.dim),
-                np.array(saved["b"], dtype=np.float64).reshape(shape),
-            )
+        """The policy ``dumps`` saved; ValueError names what is wrong. A snapshot may be damaged
+        or edited: every array's size is checked before it is read (a compressed member could
+        expand to any size), and every value is finite, A^-1 within bounds."""
+        arrays = _read_npz(data)
+        config, names, a_inv, b = (arrays[k] for k in ("config", "names", "a_inv", "b"))
+        saved_alpha, dim = float(config[0]), float(config[1])
+        BOUNDS["alpha"].check("a saved LinUCB model's alpha", saved_alpha)
+        policy = cls(saved_alpha if alpha is None else alpha, int(dim), seed)
+        keys = [str(name) for name in names]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a saved LinUCB model names an arm twice")
+        # A = I + sum x x^T: A^-1's eigenvalues are in (0, 1], so each entry is within [-1, 1]
+        # (a margin for rounding); b sums rewards in [0, 1] times contexts.
+        if not np.all(np.abs(a_inv) <= A_INV_LIMIT):
+            raise ValueError(f"a saved LinUCB model's a_inv is not finite within {A_INV_LIMIT}")
+        if not np.all(np.abs(b) <= B_LIMIT):
+            raise ValueError(f"a saved LinUCB model's b is not finite within {B_LIMIT:g}")
+        policy._index = {name: i for i, name in enumerate(keys)}
+        policy._every = list(range(len(keys)))
+        policy._set_state(a_inv.astype(np.float64), b.astype(np.float64))
         return policy
 
     def state(self, arm: str) -> tuple[Vector, Vector]:
         """Copies of one arm's ``A^-1`` and ``b`` (for tests and inspection)."""
         i = self._index[arm]
         return self._a_inv[i].copy(), self._b[i].copy()
+
+
+A_INV_LIMIT = 1.0 + 1e-6
+B_LIMIT = 1e15
+_MEMBERS = ("config", "names", "a_inv", "b")
+MAX_NAME = 1024  # characters of an arm's name in a saved model (settings allow 64)
+
+
+def _read_npz(data: bytes) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of a saved LinUCB model, each member's dtype and shape checked against what
+    ``dumps`` writes (``config``'s dim, ``names``' count) before it is read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            headers = {name: _npy_header(zf, name, len(data)) for name in _MEMBERS}
+            if headers["config"] != ((2,), np.dtype(np.float64)):
+                raise ValueError("a saved LinUCB model's config is not [alpha, dim]")
+            if len(headers["names"][0]) != 1:
+                raise ValueError("a saved LinUCB model's names are not a list")
+            n = headers["names"][0][0]
+            config = _member(zf, "config")
+            if not np.all(np.isfinite(config)) or config[1] != int(config[1]):
+                raise ValueError(f"a saved LinUCB model's config is not [alpha, dim]: {config}")
+            BOUNDS["dim"].check("a saved LinUCB model's dim", float(config[1]))
+            d = int(config[1])
+            dtype = headers["names"][1]
+            if dtype.kind != "U" or dtype.itemsize > 4 * MAX_NAME:
+                raise ValueError("a saved LinUCB model's names are not strings")
+            for name, shape in (("a_inv", (n, d, d)), ("b", (n, d))):
+                if headers[name] != (shape, np.dtype(np.float64)):
+                    raise ValueError(
+                        f"a saved LinUCB model's {name} is {headers[name][1]} of shape "
+                        f"{headers[name][0]}, not float64 of {shape} ({n} arms, dim {d})"
+                    )
+            return {name: _member(zf, name) for name in _MEMBERS}
+    except (zipfile.BadZipFile, OSError, EOFError) as e:  # OSError: a damaged member
+        raise ValueError(f"not a saved LinUCB model: {e}") from None
+
+
+def _npy_header(
+    zf: zipfile.ZipFile, name: str, limit: int
+) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """A member's shape and dtype, from its .npy header alone; ValueError unless it is stored
+    as ``dumps`` stores it (uncompressed, so its size is bounded by the snapshot's) and its
+    size is exactly what the header says."""
+    try:
+        info = zf.getinfo(f"{name}.npy")
+    except KeyError:
+        raise ValueError(f"a saved LinUCB model has no {name}") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size > limit:
+        raise ValueError(f"a saved LinUCB model's {name} is compressed: dumps stores it")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        size = f.tell() + math.prod(shape) * dtype.itemsize
+    if fortran or dtype.hasobject or info.file_size != size:
+        raise ValueError(f"a saved LinUCB model's {name} is not the array its header says")
+    return tuple(shape), dtype
+
+
+def _member(zf: zipfile.ZipFile, name: str) -> npt.NDArray[Any]:
+    with zf.open(f"{name}.npy") as f:
+        array: npt.NDArray[Any] = np.lib.format.read_array(f, allow_pickle=False)
+    return array
 
 
 class _Draws:

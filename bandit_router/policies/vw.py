@@ -37,6 +37,7 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 import vowpalwabbit
@@ -353,12 +354,15 @@ class VWPolicy:
         models: list[bytes | None] = [model]
         if model is not None and model.startswith(_MAGIC):
             header, _, model = model[len(_MAGIC) :].partition(b"\n")
-            state = json.loads(header)
+            state = _state(header)
             self.baseline, self.learned = float(state["baseline"]), int(state["learned"])
-            if "arms" in state:  # a model saved before the arm statistics has none
-                self.arm_stats = ArmStats.from_json(state["arms"], 1.0)
-            if "centres" in state:  # one saved before them starts each arm at the overall mean
-                self.centres = ArmStats.from_json(state["centres"], 1.0)
+            try:
+                if "arms" in state:  # a model saved before the arm statistics has none
+                    self.arm_stats = ArmStats.from_json(state["arms"], 1.0)
+                if "centres" in state:  # one saved before them starts each arm at the mean
+                    self.centres = ArmStats.from_json(state["centres"], 1.0)
+            except ValueError as e:
+                raise ValueError(f"a VW snapshot's {e}") from None
             models = _split(model, state.get("sizes"))
             stages = state.get("coarse", 0)
             if type(stages) is not int or not 0 <= stages < len(models):
@@ -369,11 +373,16 @@ class VWPolicy:
                     coarse_models = saved_coarse
             saved = state.get("errors", [])
             if not isinstance(saved, list) or not all(
-                isinstance(e, int | float) and math.isfinite(e) and e >= 0 for e in saved
+                type(e) in (int, float) and math.isfinite(e) and e >= 0 for e in saved
             ):
                 raise ValueError(f"a VW snapshot's errors are not squared errors: {saved!r}")
             if len(saved) == len(args):  # else the regressors changed: their errors start again
                 self.errors = [float(e) for e in saved]
+        if model is not None:
+            saved_explorer = _explorer(models[0] or b"")
+            if saved_explorer != name:  # served as another explorer, it would choose nonsense
+                what = f"a {saved_explorer} policy" if saved_explorer else "not a VW model"
+                raise ValueError(f"the saved VW model is {what}, not {name}")
         # A regressor the snapshot lacks (one saved without it) starts as a copy of the first.
         self.regressors = [
             self._workspace(a, models[i] if i < len(models) else models[0])
@@ -556,6 +565,45 @@ def _learn(vw: vowpalwabbit.Workspace, text: str, chosen: int) -> float:
         return float(examples[0].get_action_scores()[chosen])
     finally:
         _NATIVE._finish_example_multi_ex(vw, examples)
+
+
+MAX_LEARNED = 2**63 - 1  # a count Redis and orjson carry (64-bit)
+
+
+def _state(header: bytes) -> dict[str, Any]:
+    """A snapshot's JSON header, its baseline and count checked: a snapshot may be damaged or
+    edited, and a negative count (SquareCB takes its square root) or a NaN baseline (every
+    error NaN after) would break every choice. ValueError names what is wrong."""
+    try:
+        state = json.loads(header)
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        raise ValueError(f"a VW snapshot's header is not JSON: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError("a VW snapshot's header is not a JSON object")
+    baseline: Any = state.get("baseline")
+    learned: Any = state.get("learned")
+    # the mean of rewards in [0, 1], with room for rounding
+    if type(baseline) not in (int, float) or not -1e-9 <= baseline <= 1 + 1e-9:
+        raise ValueError(f"a VW snapshot's baseline is not a mean reward in [0, 1]: {baseline!r}")
+    if type(learned) is not int or not 0 <= learned <= MAX_LEARNED:
+        raise ValueError(f"a VW snapshot's learned is not a count in [0, 2**63-1]: {learned!r}")
+    return state
+
+
+# The options by which a saved model shows its explorer (VW keeps them in the model file).
+_EXPLORER_OPTION = re.compile(rb"--(cover|bag|softmax|regcb|regcbopt|rnd)(?![A-Za-z_])")
+
+
+def _explorer(model: bytes) -> str | None:
+    """The explorer a saved VW model was written by, from the options VW keeps in it (at its
+    start); None when it is no model of this module. SquareCB's regressor is ``--cb_adf``."""
+    head = model[:4096]
+    if b"--cb_adf" not in head:
+        return None
+    if b"--cb_explore_adf" not in head:
+        return "squarecb"
+    found = {m.group(1).decode().removesuffix("opt") for m in _EXPLORER_OPTION.finditer(head)}
+    return found.pop() if len(found) == 1 else "egreedy" if not found else None
 
 
 def _split(models: bytes, sizes: object) -> list[bytes | None]:

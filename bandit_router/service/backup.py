@@ -13,13 +13,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bandit_router.features import extract
+from bandit_router.policies.base import Arm, Policy
+from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.registry import load_policy, parse_policy_spec
 from bandit_router.service.learner import effective_spec, load_model
 from bandit_router.service.router import word_key
@@ -64,23 +69,66 @@ def to_json(snapshot: Snapshot, settings: Settings, words: str | None) -> dict[s
     }
 
 
+MAX_INT64 = 2**63 - 1  # what Redis and orjson carry: a bigger version breaks every /choose
+STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")  # a Redis stream id, <ms>-<seq>
+# What a trial choice asks of a restored model before it is published (see ``read``).
+TRIAL_QUERIES = ("", "what is a cat", "def f(x): return x  # explain why the sky is blue")
+
+
 def from_json(doc: dict[str, Any]) -> Snapshot:
-    """The snapshot in a file's document; raises SnapshotFileError naming what is wrong."""
-    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+    """The snapshot in a file's document; raises SnapshotFileError naming what is wrong.
+
+    The checksum covers only the model's bytes, so every field of the header is checked as
+    strictly as the service would need it: an edited header must not publish a model that then
+    breaks every /choose (a version beyond 64 bits) or the learner (a stream id Redis refuses).
+    """
+    if doc.get("format") != FORMAT or type(doc.get("format_version")) is not int:
+        raise SnapshotFileError(_not_a_file(doc))
+    if doc["format_version"] != FORMAT_VERSION:
+        raise SnapshotFileError(_not_a_file(doc))
+    policy, version, stream_id = doc.get("policy"), doc.get("model_version"), doc.get("stream_id")
+    if type(policy) is not str:
+        raise SnapshotFileError(f"policy is not a policy spec: {_shown(policy)}")
+    try:
+        parse_policy_spec(policy)
+    except ValueError as e:
+        raise SnapshotFileError(f"policy: {e}") from None
+    if type(version) is not int or not 0 <= version <= MAX_INT64:
+        raise SnapshotFileError(f"model_version is not an integer in 0..2**63-1: {_shown(version)}")
+    match = STREAM_ID.fullmatch(stream_id) if type(stream_id) is str else None
+    if match is None or max(int(match[1]), int(match[2])) > MAX_INT64:
         raise SnapshotFileError(
-            f"not a {FORMAT} file of version {FORMAT_VERSION} "
-            f"(format={doc.get('format')!r}, format_version={doc.get('format_version')!r})"
+            f"stream_id is not a Redis stream id <ms>-<seq> (each in 0..2**63-1): "
+            f"{_shown(stream_id)}"
         )
+    words, arms = doc.get("word_key"), doc.get("arms", [])
+    if words is not None and type(words) is not str:
+        raise SnapshotFileError(f"word_key is not a fingerprint (a string): {_shown(words)}")
+    if not isinstance(arms, list) or not all(
+        isinstance(a, dict) and type(a.get("name")) is str for a in arms
+    ):
+        raise SnapshotFileError(f"arms is not a list of arms (objects with a name): {_shown(arms)}")
+    if type(doc.get("data")) is not str or type(doc.get("sha256")) is not str:
+        raise SnapshotFileError("data or sha256 is missing or not a string")
     try:
         data = base64.b64decode(doc["data"], validate=True)
-        snapshot = Snapshot(
-            str(doc["policy"]), int(doc["model_version"]), str(doc["stream_id"]), data
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise SnapshotFileError(f"snapshot file is incomplete or damaged: {e}") from e
-    if hashlib.sha256(data).hexdigest() != doc.get("sha256"):
+    except ValueError as e:
+        raise SnapshotFileError(f"data is not base64: {e}") from e
+    if hashlib.sha256(data).hexdigest() != doc["sha256"]:
         raise SnapshotFileError("the model bytes do not match the file's sha256: file damaged")
-    return snapshot
+    return Snapshot(policy, version, match[0], data)
+
+
+def _not_a_file(doc: dict[str, Any]) -> str:
+    return (
+        f"not a {FORMAT} file of version {FORMAT_VERSION} "
+        f"(format={_shown(doc.get('format'))}, format_version={_shown(doc.get('format_version'))})"
+    )
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 async def dump(
@@ -104,17 +152,42 @@ def read(path: Path, settings: Settings) -> tuple[Snapshot, str | None]:
     that does not say)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, an int too long
         raise SnapshotFileError(f"cannot read {path}: {e}") from e
+    except RecursionError:
+        raise SnapshotFileError(f"cannot read {path}: JSON nested too deep") from None
     if not isinstance(doc, dict):
         raise SnapshotFileError(f"{path} is not a JSON object")
     snapshot = from_json(doc)
+    spec = parse_policy_spec(snapshot.policy)
+    if spec.name in BASELINES and snapshot.data:  # it would be served as the baseline
+        raise SnapshotFileError(f"policy: {spec.name} keeps no model, but the file holds one")
     try:
-        load_policy(parse_policy_spec(snapshot.policy), snapshot.data, settings, settings.seed)
+        policy = load_policy(spec, snapshot.data, settings, settings.seed)
     except ValueError as e:
         raise SnapshotFileError(f"the model in {path} does not load: {e}") from e
+    _try_choices(policy, settings, path)
     words = doc.get("word_key")
     return snapshot, words if isinstance(words, str) else None
+
+
+def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
+    """Choose among the deployment's arms for a few queries: a model that loads but cannot
+    choose (a NaN in its state) would answer every /choose with an error once published."""
+    arms = [Arm.from_spec(a) for a in settings.arms]
+    for query in TRIAL_QUERIES:
+        try:
+            decision = policy.choose(extract(query), arms)
+        except Exception as e:  # anything: the model is the file's, not ours
+            raise SnapshotFileError(
+                f"the model in {path} loads but cannot choose: {type(e).__name__}: {e}"
+            ) from e
+        p = list(decision.probabilities.values())
+        if not all(math.isfinite(v) and 0 <= v <= 1 for v in p) or abs(sum(p) - 1) > 1e-6:
+            raise SnapshotFileError(
+                f"the model in {path} loads but its choice's probabilities are not a "
+                f"distribution: {decision.probabilities}"
+            )
 
 
 async def _in_log(store: Store, stream_id: str) -> bool:
