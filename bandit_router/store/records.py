@@ -5,15 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from bandit_router.features import QUERY_STATS
 from bandit_router.rewards import PART_BOUNDS
-
-if TYPE_CHECKING:
-    pass
 
 # Decision times a reader can turn into a date (datetime's range: years 1..9999).
 MAX_TS = 253_402_300_799.0
