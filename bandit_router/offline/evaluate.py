@@ -159,13 +159,17 @@ def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
 
 async def load_records(store: Store, arms: Sequence[Arm]) -> list[LoggedRecord]:
     """Every logged event of ``store`` as a record; unreadable entries (see
-    ``records.to_event``) are skipped, each logged as a warning."""
+    ``records.to_event``) and events a file would be refused for (``record_from_dsjson``) are
+    skipped, each logged as a warning."""
     records = []
     async for event in store.events():
         if isinstance(event, Unreadable):
             log.warning("evaluate skipped logged event %s: %s", event.stream_id, event.problem)
-        else:
+            continue
+        try:
             records.append(record_from_event(event, arms))
+        except ValueError as e:  # logged before the contract bounded it (a feature of 1e200)
+            log.warning("evaluate skipped logged event %s: %s", event.stream_id, e)
     return records
 
 
