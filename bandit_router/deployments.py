@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bandit_router.inputs import read_bounded
 from bandit_router.settings import Settings
 
 DEFAULT = "default"
@@ -82,15 +83,22 @@ def deployment_settings() -> list[str]:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            text = read_bounded(f, "the file")  # not UTF-8, or over 4 MiB (/dev/zero): refused
     except OSError as e:
         raise DeploymentsError(f"deployments file {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise DeploymentsError(f"deployments file {path}: {e}") from None
     is_json = path.suffix.lower() == ".json"
+    kind = "JSON" if is_json else "TOML"
     try:
-        data = json.loads(text) if is_json else tomllib.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique) if is_json else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        kind = "JSON" if is_json else "TOML"
         raise DeploymentsError(f"deployments file {path}: not valid {kind}: {e}") from e
+    except RecursionError:
+        raise DeploymentsError(f"deployments file {path}: {kind} nested too deeply") from None
+    except ValueError as e:  # a key twice (as TOML refuses it), or too many digits
+        raise DeploymentsError(f"deployments file {path}: {e}") from None
     if not isinstance(data, dict) or set(data) != {"deployments"}:
         raise DeploymentsError(
             f"deployments file {path}: expected one top-level table, `deployments`, holding a "
@@ -100,6 +108,16 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(tables, dict):
         raise DeploymentsError(f"deployments file {path}: `deployments` must be a table")
     return tables
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: the last of two would win unseen."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"{key!r} is given twice in one object")
+        found[key] = value
+    return found
 
 
 def _one(path: Path, base: Settings, name: str, table: Any) -> Deployment:

@@ -280,3 +280,30 @@ def test_adding_and_changing_deployments_takes_a_restart_and_loses_nothing(
     r = again.post("/reward", json={"event_id": pending, "reward": 1})  # chosen before the restart
     assert r.status_code == 200 and r.json()["model_version"] == 6
     assert _choose(again, deployment="batch").json()["arm"] in ("s", "m", "l")
+
+
+# A file no reader expects is refused, naming the file, not a traceback in `serve`.
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("d.json", b'{"deployments": {"a": {}, "\xff": {}}}', "not UTF-8"),
+        ("d.toml", b"[deployments.a]\npolicy = '\xff'\n", "not UTF-8"),
+        ("d.json", DEEP.encode(), "JSON nested too deeply"),
+        ("d.toml", b"x = " + DEEP.encode(), "TOML nested too deeply"),
+        (
+            "d.json",
+            b'{"deployments": {"support": {"policy": "linucb"}, "support": {}}}',
+            "'support' is given twice",
+        ),
+    ],
+)
+def test_a_hostile_deployments_file_is_named(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DeploymentsError, match=rf"deployments file .*{name}: .*{message}"):
+        load_deployments(Settings(deployments_file=str(path)))

@@ -234,3 +234,25 @@ def test_evaluate_refuses_a_file_with_a_number_that_is_not_finite(tmp_path: Path
     }
     with pytest.raises(ValueError, match=r"line 1: .*N\.x must be a finite number"):
         read_log([json.dumps(line)])
+
+
+def test_evaluate_from_the_store_skips_an_event_a_file_would_be_refused_for(
+    make_settings: SettingsFactory,
+) -> None:
+    """A feature of 1e200, logged before the contract bounded app numbers, is readable in the
+    store but not as a file (``evaluate`` refuses it there): the store's reader skips it."""
+    settings = make_settings()
+    client = redis.Redis.from_url(settings.redis_url or "")
+    key = KEY_EVENTS.format(p="{" + settings.key_prefix + "}", event_id="")
+    huge = _decision(features={**_decision()["features"], "n": {"big": 1e200}})
+    for d in (_decision(), huge):
+        client.xadd(key, {k.decode(): v for k, v in _entry(d, _reward({"accuracy": 1.0})).items()})
+
+    async def from_store() -> int:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        try:
+            return len(await load_records(store, [Arm.from_spec(a) for a in settings.arms]))
+        finally:
+            await store.close()
+
+    assert asyncio.run(from_store()) == 1

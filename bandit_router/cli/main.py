@@ -158,14 +158,14 @@ def export(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
-    from bandit_router.offline.evaluate import baseline_specs, estimate_policies, read_log
+    from bandit_router.offline.evaluate import baseline_specs, estimate_policies, read_log_file
 
     try:
         if args.log == "-":
-            records = read_log(sys.stdin)
+            records = read_log_file(sys.stdin.buffer)
         else:
-            with open(args.log, encoding="utf-8") as f:
-                records = read_log(f)
+            with open(args.log, "rb") as f:  # bounded lines, each decoded on its own
+                records = read_log_file(f)
         specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
         specs = specs or baseline_specs(records[0].arms if records else [])
         results = estimate_policies(records, specs, _settings(), args.seed)

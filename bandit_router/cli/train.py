@@ -29,17 +29,27 @@ def train(args: argparse.Namespace) -> int:
     file for `bandit-router restore`. Reward weights and budgets are the BANDIT_* settings."""
     settings = deployment_settings(args)  # its policy, reward weights and budgets
     path = Path(args.file)
+    out = Path(args.out)
     try:
+        _check_out(out)  # before training, not after a long run
         spec = parse_policy_spec(args.policy or settings.policy)
         policy = build_policy(spec, settings, settings.seed)
         words: str | None = None  # a log's words were hashed under its deployment's key
         if is_dsjson(path):
-            records = read_dsjson(path)
+            records = read_dsjson(path, settings.max_features)
             arms = list(dict.fromkeys(a for r in records for a in r.arms))
             learned = teach(policy, logged(records))
             kind = "DSJSON log"
         else:
-            data = dataset.load(path, args.arms and Path(args.arms), args.skip_bad)
+            try:
+                data = dataset.load(
+                    path, args.arms and Path(args.arms), args.skip_bad, None, settings.max_features
+                )
+            except dataset.ReplayError as e:
+                raise ValueError(
+                    f"{e}; read as a replay file, since the first row has no _label_cost (what "
+                    "an exported DSJSON event has)"
+                ) from e
             key = dataset.replay_words(settings.hash_key)  # as `simulate` hashes words
             prepared = dataset.prepare(data, reward_config(settings), key)
             words = key.fingerprint
@@ -60,10 +70,14 @@ def train(args: argparse.Namespace) -> int:
     snapshot = Snapshot(str(spec), learned, "0-0", policy.dumps())
     specs = [ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms]
     doc = to_json(snapshot, settings.model_copy(update={"arms": specs}), words)
-    out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as e:  # a disk that filled up during training, say: no stale .tmp left
+        tmp.unlink(missing_ok=True)
+        print(f"train: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     summary: dict[str, Any] = {
         "file": str(out),
         "trained_on": f"{path} ({kind})",
@@ -73,6 +87,18 @@ def train(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output path the snapshot cannot be written to (no such folder, a folder, not
+    writable), so a long training run does not end in an error."""
+    folder = out.parent
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: no such directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"--out {out}: not writable")
 
 
 def add_train(sub: Any) -> None:

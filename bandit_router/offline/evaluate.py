@@ -11,17 +11,16 @@ baselines worth showing for a set of arms.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router import inputs
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.offline.estimators import Estimate, RewardModel, doubly_robust, ips, snips
 from bandit_router.offline.export import to_dsjson
@@ -48,56 +47,107 @@ class LoggedRecord:
     reward: float  # in [0, 1]
 
 
-def _features(c: Mapping[str, Any]) -> Features:
-    q = c.get("Q", {})
+def _features(c: Mapping[str, Any], max_features: int | None = None) -> Features:
+    """The shared namespaces, each an object of bounded numbers (``Q``, ``N``), 32-bit word
+    hashes (``W``) or strings (``C``), as ``export`` writes them and the contract allows."""
+    q, w = inputs.table("c.Q", c.get("Q", {})), inputs.table("c.W", c.get("W", {}))
+    n, cat = inputs.table("c.N", c.get("N", {})), inputs.table("c.C", c.get("C", {}))
+    inputs.feature_count("c.N plus c.C", len(n) + len(cat), max_features)
+    inputs.app_features("c.N", n, None)
+    inputs.app_features("c.C", cat, None)
+    for key, value in cat.items():
+        inputs.text(f"c.C.{key}", value)  # a string, not a number or boolean
     return Features(
-        stats=tuple(float(q.get(name, 0.0)) for name in QUERY_STATS),
-        tokens=tuple(int(t) for t in c.get("W", {})),
-        numeric={str(k): _finite(f"N.{k}", v) for k, v in c.get("N", {}).items()},
-        categorical={str(k): str(v) for k, v in c.get("C", {}).items()},
+        stats=tuple(inputs.number(f"c.Q.{name}", q.get(name, 0.0)) for name in QUERY_STATS),
+        tokens=tuple(_token(t) for t in w),
+        numeric={str(k): inputs.number(f"c.N.{k}", v) for k, v in n.items()},
+        categorical=dict(cat),
     )
 
 
-def _finite(name: str, value: Any) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    return number
+def _token(key: str) -> int:
+    token = int(key) if key.isascii() and key.isdigit() else -1
+    if not 0 <= token < 2**32:
+        raise ValueError(f"c.W keys are word hashes, 0..{2**32 - 1}, got {key[:40]!r}")
+    return token
 
 
-def _arm(entry: Mapping[str, Any]) -> Arm:
-    raw = entry.get("_arm") or {"name": entry["A"]["id"]}
-    return Arm(str(raw["name"]), raw.get("params_b"), raw.get("usd_per_mtok"))
+def _arm(i: int, entry: Any) -> Arm:
+    where = f"c._multi[{i}]"
+    entry = inputs.table(where, entry)
+    if "_arm" in entry:
+        raw = inputs.table(f"{where}._arm", entry["_arm"])
+        return inputs.arm(
+            f"{where}._arm", raw.get("name"), raw.get("params_b"), raw.get("usd_per_mtok")
+        )
+    return inputs.arm(f"{where}.A.id", inputs.table(f"{where}.A", entry.get("A")).get("id"))
 
 
-def record_from_dsjson(obj: Mapping[str, Any]) -> LoggedRecord:
-    """A record from one parsed DSJSON object as ``export`` writes it."""
-    c = obj["c"]
-    arms = tuple(_arm(entry) for entry in c["_multi"])
-    index = int(obj["_labelIndex"])
+def record_from_dsjson(obj: Any, max_features: int | None = None) -> LoggedRecord:
+    """A record from one parsed DSJSON object as ``export`` writes it; every field of the type
+    and range ``export`` gives it (no ``"0.5"``, no ``0.9`` for an index), at most
+    ``inputs.MAX_ARMS`` arms and ``max_features`` app features (when given)."""
+    obj = inputs.table("an event", obj)
+    c = inputs.table("c", obj.get("c"))
+    multi = c.get("_multi")
+    if not isinstance(multi, list) or not multi:
+        raise ValueError(f"c._multi must be a non-empty array of arms, got {inputs.kind(multi)}")
+    if len(multi) > inputs.MAX_ARMS:
+        raise ValueError(
+            f"c._multi has {len(multi)} arms; the limit is {inputs.MAX_ARMS}, as per request"
+        )
+    arms = tuple(_arm(i, entry) for i, entry in enumerate(multi))
+    index = obj.get("_labelIndex")
+    if type(index) is not int:
+        raise ValueError(f"_labelIndex must be an integer, got {_value(index)}")
     if not 0 <= index < len(arms):
         raise ValueError(f"_labelIndex {index} is outside the {len(arms)} actions")
-    probability = float(obj["_label_probability"])
-    reward = -float(obj["_label_cost"])
+    probability = inputs.number("_label_probability", obj.get("_label_probability"))
+    reward = -inputs.number("_label_cost", obj.get("_label_cost"))
     if not 0 < probability <= 1:
         raise ValueError(f"_label_probability must be in (0, 1], got {probability}")
     if not 0 <= reward <= 1:
         raise ValueError(f"reward (-_label_cost) must be in [0, 1], got {reward}")
-    ts = datetime.fromisoformat(str(obj["Timestamp"]).replace("Z", "+00:00")).timestamp()
+    stamp = inputs.text("Timestamp", obj.get("Timestamp"))
+    ts = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    event_id = obj.get("EventId", "")
     return LoggedRecord(
-        str(obj.get("EventId", "")), ts, _features(c), arms, arms[index].name, probability, reward
+        inputs.text("EventId", event_id) if isinstance(event_id, str) else str(event_id),
+        ts,
+        _features(c, max_features),
+        arms,
+        arms[index].name,
+        probability,
+        reward,
     )
 
 
-def read_log(lines: Iterable[str]) -> list[LoggedRecord]:
+def _value(value: Any) -> str:
+    return inputs.kind(value) if not isinstance(value, float) else f"{value:g}"
+
+
+def read_log(lines: Iterable[str], max_features: int | None = None) -> list[LoggedRecord]:
     """Records from DSJSON lines (blank lines skipped); errors name the line number."""
+    return _records(enumerate(lines, 1), max_features)
+
+
+def read_log_file(f: IO[bytes], max_features: int | None = None) -> list[LoggedRecord]:
+    """``read_log`` of a file opened in binary: a line is at most ``inputs.MAX_LINE_BYTES``."""
+    return _records(inputs.numbered_lines(f), max_features)
+
+
+def _records(
+    lines: Iterable[tuple[int, str | inputs.LineError]], max_features: int | None
+) -> list[LoggedRecord]:
     records = []
-    for number, line in enumerate(lines, 1):
+    for number, line in lines:
+        if isinstance(line, inputs.LineError):
+            raise line
         if not line.strip():
             continue
         try:
-            records.append(record_from_dsjson(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as e:
+            records.append(record_from_dsjson(inputs.parse_json(line), max_features))
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
             raise ValueError(f"line {number}: not an exported DSJSON event ({e})") from e
     return records
 
@@ -109,13 +159,17 @@ def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
 
 async def load_records(store: Store, arms: Sequence[Arm]) -> list[LoggedRecord]:
     """Every logged event of ``store`` as a record; unreadable entries (see
-    ``records.to_event``) are skipped, each logged as a warning."""
+    ``records.to_event``) and events a file would be refused for (``record_from_dsjson``) are
+    skipped, each logged as a warning."""
     records = []
     async for event in store.events():
         if isinstance(event, Unreadable):
             log.warning("evaluate skipped logged event %s: %s", event.stream_id, event.problem)
-        else:
+            continue
+        try:
             records.append(record_from_event(event, arms))
+        except ValueError as e:  # logged before the contract bounded it (a feature of 1e200)
+            log.warning("evaluate skipped logged event %s: %s", event.stream_id, e)
     return records
 
 

@@ -14,7 +14,6 @@ The result is a snapshot file (``service.backup``) that ``bandit-router restore`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from bandit_router.features import Features
-from bandit_router.offline.evaluate import LoggedRecord, read_log
+from bandit_router.inputs import LineError, kind, numbered_lines, parse_json
+from bandit_router.offline.evaluate import LoggedRecord, read_log_file
 from bandit_router.policies.base import Arm, Policy
 
 
@@ -71,18 +71,41 @@ def teach(policy: Policy, examples: Iterable[Example]) -> int:
 
 
 def is_dsjson(path: Path) -> bool:
-    """Whether ``path`` is an exported DSJSON log (else a replay file): its first row says."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(first, dict) and "_label_cost" in first
-    return False
+    """Whether ``path`` is an exported DSJSON log (else a replay file): its first row says.
+
+    Raises ``ValueError`` naming the line when the first row is not a JSON object at all (or
+    is too long to read), since then neither format fits."""
+    with path.open("rb") as f:
+        try:
+            number, line = next(
+                (n, text)
+                for n, text in numbered_lines(f)
+                if not isinstance(text, str) or text.strip()
+            )
+        except LineError as e:
+            raise ValueError(f"{path}:{e.number}: {e.problem}") from None
+        except StopIteration:  # an empty file: the replay reader says so
+            return False
+    try:
+        if isinstance(line, LineError):
+            raise ValueError(line.problem)
+        first = parse_json(line)
+        if not isinstance(first, dict):
+            raise ValueError(f"got {kind(first)}")
+    except ValueError as e:
+        raise ValueError(
+            f"{path}:{number}: {e}; expected a JSON object: a replay row (query, outcomes) or "
+            "an exported DSJSON event (_label_cost, c, ...)"
+        ) from None
+    return "_label_cost" in first
 
 
-def read_dsjson(path: Path) -> list[LoggedRecord]:
-    with path.open(encoding="utf-8") as f:
-        return read_log(f)
+def read_dsjson(path: Path, max_features: int | None = None) -> list[LoggedRecord]:
+    """The events of an exported DSJSON log; errors name the file and line."""
+    with path.open("rb") as f:
+        try:
+            return read_log_file(f, max_features)
+        except ValueError as e:
+            raise ValueError(
+                f"{path}: {e} (read as a DSJSON log: its first row has _label_cost)"
+            ) from e

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router import inputs
 from bandit_router.features import PUBLIC_WORDS, AppValue, Features, WordKey, extract
 from bandit_router.policies.base import Arm
-from bandit_router.rewards import RewardConfig, RewardParts
+from bandit_router.rewards import PART_BOUNDS, RewardConfig, RewardParts
 
 
 class ReplayError(ValueError):
@@ -39,27 +41,50 @@ class Replay:
     skipped: int = 0
 
 
-def _parse_row(line: int, text: str) -> Row:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e.msg})") from None
+def _parts(where: str, outcome: Any) -> RewardParts:
+    """An arm's outcome: each reward part a JSON number in its range (as ``/reward`` takes it:
+    no ``"1"``, no ``true``), or null or absent; other fields (``output_tokens``) are free."""
+    table = inputs.table(where, outcome)
+    for name, (low, high) in PART_BOUNDS.items():
+        if table.get(name) is not None:
+            try:
+                inputs.number(name, table[name], low, high)
+            except ValueError as e:  # "accuracy must be 0..1, got 2 (outcomes.a)"
+                raise ValueError(f"{e} ({where})") from None
+    return RewardParts.from_mapping(table)
+
+
+@functools.lru_cache(maxsize=1024)  # a file names the same few arms on every row
+def _check_arm_name(name: str) -> None:
+    inputs.arm("outcomes arm", name)  # as BANDIT_ARMS takes it: train writes it into settings
+
+
+def _parse_row(line: int, text: str, max_features: int | None = None) -> Row:
+    data = inputs.parse_json(text)
     if not isinstance(data, dict):
         raise ValueError("a row must be a JSON object")
     query, context, outcomes = data.get("query"), data.get("context") or {}, data.get("outcomes")
     if not isinstance(query, str) or not query.strip():
         raise ValueError("query must be a non-empty string")
+    inputs.text("query", query)
     if not isinstance(context, dict) or not all(
         isinstance(v, str | int | float | bool) for v in context.values()
     ):
         raise ValueError("context must be a flat object of strings, numbers and booleans")
+    inputs.app_features("context", context, max_features)
     if not isinstance(outcomes, dict) or not outcomes:
         raise ValueError("outcomes must be a non-empty object, arm -> outcome")
+    if len(outcomes) > inputs.MAX_ARMS:
+        raise ValueError(
+            f"outcomes has {len(outcomes)} arms; the limit is {inputs.MAX_ARMS} per row, as per "
+            "request"
+        )
     parsed = {}
     for arm, outcome in outcomes.items():
+        _check_arm_name(arm)
         if not isinstance(outcome, dict):
             raise ValueError(f"outcomes.{arm} must be an object")
-        parts = RewardParts.from_mapping(outcome)  # raises naming the field out of range
+        parts = _parts(f"outcomes.{arm}", outcome)  # raises naming the field out of range
         if not parts.present():
             raise ValueError(f"outcomes.{arm} has no reward part")
         parsed[str(arm)] = parts
@@ -67,23 +92,31 @@ def _parse_row(line: int, text: str) -> Row:
 
 
 def read_rows(
-    path: Path, skip_bad: bool = False, limit: int | None = None
+    path: Path, skip_bad: bool = False, limit: int | None = None, max_features: int | None = None
 ) -> tuple[list[Row], int]:
-    """The rows of a replay file (at most ``limit``) and the number of bad rows skipped."""
+    """The rows of a replay file (at most ``limit``) and the number of bad rows skipped.
+
+    ``max_features``: the most context keys a row may have (``BANDIT_MAX_FEATURES``), if given.
+    A line over ``inputs.MAX_LINE_BYTES`` ends the read, even with ``skip_bad``."""
     rows: list[Row] = []
     skipped = 0
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not text.strip():
-                continue
-            try:
-                rows.append(_parse_row(number, text))
-            except (ValueError, TypeError) as e:
-                if not skip_bad:
-                    raise ReplayError(f"{path}:{number}: {e} (use --skip-bad to skip)") from e
-                skipped += 1
+    with path.open("rb") as f:
+        try:
+            for number, text in inputs.numbered_lines(f):
+                if limit is not None and len(rows) >= limit:
+                    break
+                try:
+                    if isinstance(text, inputs.LineError):
+                        raise ValueError(text.problem)
+                    if not text.strip():
+                        continue
+                    rows.append(_parse_row(number, text, max_features))
+                except (ValueError, TypeError) as e:
+                    if not skip_bad:
+                        raise ReplayError(f"{path}:{number}: {e} (use --skip-bad to skip)") from e
+                    skipped += 1
+        except inputs.LineError as e:
+            raise ReplayError(f"{path}:{e.number}: {e.problem}") from e
     if not rows:
         raise ReplayError(f"{path}: no usable rows")
     return rows, skipped
@@ -94,11 +127,13 @@ def read_arms(path: Path | None, rows: Iterable[Row]) -> list[Arm]:
     arms: list[Arm] = []
     if path is not None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            with path.open("rb") as f:
+                data = inputs.parse_json(inputs.read_bounded(f, "the file"))
             arms = [
-                Arm(str(a["name"]), a.get("params_b"), a.get("usd_per_mtok")) for a in data["arms"]
+                inputs.arm(f"arms[{i}]", a["name"], a.get("params_b"), a.get("usd_per_mtok"))
+                for i, a in enumerate(data["arms"])
             ]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ReplayError(
                 f"{path}: not an arms file ({e!r}); expected {{'arms': [...]}}"
             ) from e
@@ -112,9 +147,13 @@ def read_arms(path: Path | None, rows: Iterable[Row]) -> list[Arm]:
 
 
 def load(
-    path: Path, arms_path: Path | None = None, skip_bad: bool = False, limit: int | None = None
+    path: Path,
+    arms_path: Path | None = None,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    max_features: int | None = None,
 ) -> Replay:
-    rows, skipped = read_rows(path, skip_bad, limit)
+    rows, skipped = read_rows(path, skip_bad, limit, max_features)
     return Replay(rows, read_arms(arms_path, rows), skipped)
 
 

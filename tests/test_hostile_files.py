@@ -1,0 +1,273 @@
+"""Files no reader expects: `train`, `simulate`, `evaluate` and the deployments file refuse each
+with a message naming the file, the line and the field, before any training, instead of a
+traceback, an endless read, a poisoned model or a snapshot `restore` refuses."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bandit_router import inputs
+from bandit_router.cli.main import main
+from bandit_router.http.contract import MAX_FEATURE_NUMBER, ChooseRequest
+from bandit_router.settings import Settings
+from bandit_router.sim import dataset
+from tests.conftest import DATA
+
+GOOD_ROW: dict[str, Any] = {
+    "query": "What is 2+2?",
+    "context": {"tier": "pro", "n": 3},
+    "outcomes": {"a": {"accuracy": 1, "latency_ms": 300}, "b": {"accuracy": 0.0}},
+}
+GOOD_EVENT: dict[str, Any] = {
+    "_label_cost": -0.5,
+    "_label_probability": 0.5,
+    "_label_Action": 1,
+    "_labelIndex": 0,
+    "a": [1, 2],
+    "p": [0.5, 0.5],
+    "c": {
+        "Q": {"chars": 0.1},
+        "N": {"x": 1.0},
+        "C": {"tier": "pro"},
+        "_multi": [
+            {"A": {"id": "4b"}, "_arm": {"name": "4b", "params_b": 4}},
+            {"A": {"id": "7b"}, "_arm": {"name": "7b", "params_b": 7}},
+        ],
+    },
+    "EventId": "e1",
+    "Timestamp": "2026-01-01T00:00:00.000000Z",
+}
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _changed(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``base`` with the dotted ``path`` set to ``value``."""
+    out = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    node: Any = out
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[last] = value
+    return out
+
+
+def _lines(path: Path, *lines: Any) -> Path:
+    """Write each line: a str as is, anything else as JSON (Python's, which writes NaN and
+    Infinity and integers of any size)."""
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BANDIT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BANDIT_REWARD_WEIGHTS", "accuracy=1")
+    monkeypatch.delenv("BANDIT_DEPLOYMENTS_FILE", raising=False)
+    monkeypatch.delenv("BANDIT_MAX_FEATURES", raising=False)
+
+
+def test_the_bounds_are_the_request_contracts() -> None:
+    assert inputs.MAX_FEATURE_NUMBER == MAX_FEATURE_NUMBER
+    arms = ChooseRequest.model_json_schema()["properties"]["arms"]["anyOf"][0]
+    assert arms["maxItems"] == inputs.MAX_ARMS
+
+
+# -- replay files --------------------------------------------------------------------------------
+
+MANY_KEYS = {f"k{i}": i for i in range(Settings().max_features + 1)}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({**GOOD_ROW, "outcomes": {f"m{i}": {"accuracy": 1} for i in range(65)}}, "limit is 64"),
+        (_changed(GOOD_ROW, "context.x", 10**400), r"context\.x must be a finite number"),
+        (_changed(GOOD_ROW, "context.x", 1e308), r"context\.x must be a finite number"),
+        (_changed(GOOD_ROW, "context.x", float("inf")), r"context\.x must be a finite number"),
+        (_changed(GOOD_ROW, "outcomes.a.latency_ms", 10**400), r"latency_ms must be 0\.\."),
+        (_changed(GOOD_ROW, "outcomes.a.accuracy", "1"), r"accuracy must be a number, got a str"),
+        (_changed(GOOD_ROW, "outcomes.a.accuracy", True), r"accuracy must be a number, got a bool"),
+        ({**GOOD_ROW, "outcomes": {"": {"accuracy": 1}}}, "outcomes arm name"),
+        ({**GOOD_ROW, "outcomes": {"a b": {"accuracy": 1}}}, "outcomes arm name"),
+        (_changed(GOOD_ROW, "query", "caf\ud800"), "query holds a lone surrogate"),
+        ({**GOOD_ROW, "context": MANY_KEYS}, r"context has 65 features.*BANDIT_MAX_FEATURES"),
+        (DEEP, "nested too deeply"),
+    ],
+)
+def test_a_hostile_replay_row_is_refused_by_its_line(
+    tmp_path: Path, bad: Any, message: str
+) -> None:
+    path = _lines(tmp_path / "r.jsonl", GOOD_ROW, bad, GOOD_ROW)
+    with pytest.raises(dataset.ReplayError, match=rf"r\.jsonl:2: .*{message}"):
+        dataset.read_rows(path, max_features=Settings().max_features)
+
+
+def test_invalid_utf8_names_its_line_and_can_be_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(json.dumps(GOOD_ROW).encode() + b'\n{"query": "\xff"}\n')
+    with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: not UTF-8"):
+        dataset.read_rows(path)
+    assert dataset.read_rows(path, skip_bad=True)[1] == 1
+
+
+def test_a_line_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    with path.open("wb") as f:
+        f.write(json.dumps(GOOD_ROW).encode() + b"\n")
+        f.write(b" " * (inputs.MAX_LINE_BYTES + 10))  # no newline, as /dev/zero
+    with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: longer than 4194304 bytes"):
+        dataset.read_rows(path, skip_bad=True)  # not skippable: the rest is never read
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_train_refuses_dev_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "/dev/zero", "--out", str(tmp_path / "x.json")]) == 2
+    assert "/dev/zero:1: longer than" in capsys.readouterr().err
+
+
+def test_a_replay_arm_file_entry_is_checked(tmp_path: Path) -> None:
+    rows = _lines(tmp_path / "r.jsonl", GOOD_ROW)
+    arms = tmp_path / "r.arms.json"
+    arms.write_text(json.dumps({"arms": [{"name": "a", "params_b": "huge"}]}))
+    with pytest.raises(dataset.ReplayError, match=r"arms\[0\] params_b must be a number"):
+        dataset.load(rows, arms)
+
+
+def test_train_names_a_replay_row_and_says_how_the_file_was_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "r.jsonl", {"_label_probability": 0.5, "c": {}})
+    assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:1: query must be a non-empty string" in err
+    assert "read as a replay file, since the first row has no _label_cost" in err
+
+
+def test_a_first_line_that_is_no_json_object_says_what_either_format_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "log.json", '{"_label_cost": -1, "c": ')
+    assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "log.json:1: not JSON" in err and "a replay row" in err and "DSJSON event" in err
+
+
+def test_simulate_refuses_a_context_number_that_would_poison_the_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "r.jsonl", GOOD_ROW, _changed(GOOD_ROW, "context.x", 1e308))
+    assert main(["simulate", str(path), "--policies", "squarecb", "--no-skyline"]) == 2
+    assert "r.jsonl:2: context.x must be a finite number" in capsys.readouterr().err
+
+
+# -- DSJSON logs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            _changed(GOOD_EVENT, "c._multi", [{"A": {"id": f"m{i}"}} for i in range(65)]),
+            "c._multi has 65 arms; the limit is 64",
+        ),
+        (_changed(GOOD_EVENT, "c.Q", [1]), r"c\.Q must be an object, got an array"),
+        (_changed(GOOD_EVENT, "c.N", [1]), r"c\.N must be an object, got an array"),
+        (_changed(GOOD_EVENT, "c.C", ["x"]), r"c\.C must be an object, got an array"),
+        (_changed(GOOD_EVENT, "c._multi", ["x", "y"]), r"c\._multi\[0\] must be an object"),
+        (_changed(GOOD_EVENT, "_labelIndex", 1e400), "_labelIndex must be an integer, got inf"),
+        (_changed(GOOD_EVENT, "_labelIndex", 0.9), "_labelIndex must be an integer, got 0.9"),
+        (_changed(GOOD_EVENT, "_label_probability", "0.5"), "_label_probability must be a num"),
+        (_changed(GOOD_EVENT, "_label_cost", True), "_label_cost must be a number"),
+        (_changed(GOOD_EVENT, "c.Q.chars", float("inf")), r"c\.Q\.chars must be a finite num"),
+        (_changed(GOOD_EVENT, "c.N.x", 1e300), r"c\.N\.x must be a finite number"),
+        (_changed(GOOD_EVENT, "c.C.tier", "\ud800"), r"c\.C\.tier holds a lone surrogate"),
+        (_changed(GOOD_EVENT, "c.C.tier", 3), r"c\.C\.tier must be a string"),
+        (_changed(GOOD_EVENT, "c.W", {"x": 1}), r"c\.W keys are word hashes"),
+        (_changed(GOOD_EVENT, "c._multi.0._arm.params_b", "huge"), "params_b must be a number"),
+        (_changed(GOOD_EVENT, "c._multi.0._arm.params_b", float("nan")), "params_b must be 0"),
+        (_changed(GOOD_EVENT, "c._multi.0._arm.name", ""), r"_arm name '': String should"),
+        (
+            _changed(GOOD_EVENT, "c.N", dict(MANY_KEYS)),
+            "c.N plus c.C has 66 features.*BANDIT_MAX_FEATURES",
+        ),
+        (DEEP, "nested too deeply"),
+    ],
+)
+def test_train_refuses_a_hostile_dsjson_event_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: Any, message: str
+) -> None:
+    path = _lines(tmp_path / "log.json", GOOD_EVENT, bad)
+    out = tmp_path / "x.json"
+    assert main(["train", str(path), "--out", str(out), "--policy", "squarecb"]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "log.json: line 2: not an exported DSJSON event" in err
+    assert re.search(message, err), err
+
+
+def test_a_good_dsjson_log_still_trains(tmp_path: Path) -> None:
+    path = _lines(tmp_path / "log.json", GOOD_EVENT, GOOD_EVENT)
+    out = tmp_path / "x.json"
+    assert main(["train", str(path), "--out", str(out), "--policy", "squarecb"]) == 0
+    assert json.loads(out.read_text())["model_version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_changed(GOOD_EVENT, "c._multi.0._arm.params_b", "huge"), "params_b must be a number"),
+        (_changed(GOOD_EVENT, "c.Q.chars", float("inf")), r"c\.Q\.chars must be a finite"),
+    ],
+)
+def test_evaluate_refuses_what_would_give_a_traceback_or_nan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: Any, message: str
+) -> None:
+    path = _lines(tmp_path / "log.json", GOOD_EVENT, bad)
+    assert main(["evaluate", str(path), "--policies", "static"]) == 2
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out
+    assert "line 2: not an exported DSJSON event" in captured.err
+    assert re.search(message, captured.err)
+
+
+# -- train --out ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("missing/x.json", "no such directory"), (".", "is a directory")],
+)
+def test_train_checks_its_output_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, message: str
+) -> None:
+    path = _lines(tmp_path / "r.jsonl", GOOD_ROW)
+    assert main(["train", str(path), "--out", str(tmp_path / out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+# -- the public replay files load exactly as before ----------------------------------------------
+
+PUBLIC = [
+    *sorted(DATA.glob("*.jsonl")),
+    *sorted((Path(__file__).parents[1] / "examples").glob("*.jsonl")),
+    *sorted((Path(__file__).parents[1] / "simulations" / "data").glob("*.jsonl")),
+]
+
+
+@pytest.mark.parametrize("path", PUBLIC or [Path("absent")], ids=lambda p: p.name)
+def test_every_public_replay_file_loads_whole(path: Path) -> None:
+    if not path.exists():
+        pytest.skip("no replay file here")
+    arms = path.with_suffix(".arms.json")
+    data = dataset.load(path, arms if arms.exists() else None, False, None, Settings().max_features)
+    with path.open(encoding="utf-8") as f:
+        lines = sum(1 for line in f if line.strip())
+    assert (len(data.rows), data.skipped) == (lines, 0)
