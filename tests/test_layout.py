@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bandit_router"
 LAYERS = [
     {"errors", "features", "rewards", "progress"},
     {"policies"},
-    {"settings", "deployments"},
+    {"settings", "deployments", "inputs"},
     {"store"},
     {"offline"},
     {"service"},
