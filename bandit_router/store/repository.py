@@ -50,6 +50,7 @@ from bandit_router.store.records import (
 from bandit_router.store.scripts import (
     ADD_FINAL,
     ADD_PARTS,
+    DROP_PENDING,
     FINALIZE,
     LEASE,
     RELEASE,
@@ -99,6 +100,7 @@ class Store:
         self._add_parts = client.register_script(ADD_PARTS)
         self._finalize = client.register_script(FINALIZE)
         self._skip_silent = client.register_script(SKIP_SILENT)
+        self._drop_pending = client.register_script(DROP_PENDING)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
 
@@ -225,11 +227,9 @@ class Store:
 
     @unavailable
     async def drop_pending(self, event_id: str) -> None:
-        """Stop tracking an event whose window closed with nothing to learn."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.key(KEY_PENDING), event_id)
-            pipe.hincrby(self.key(KEY_STATS), "skipped_no_reward", 1)
-            await pipe.execute()
+        """Stop tracking an event whose window closed with nothing to learn, counted as skipped
+        unless something settled it meanwhile (a final logged it, another sweep dropped it)."""
+        await self._drop_pending(keys=[self.key(KEY_PENDING), self.key(KEY_STATS)], args=[event_id])
 
     @unavailable
     async def decisions_of_many(self, event_ids: list[str]) -> list[dict[str, Any] | None]:

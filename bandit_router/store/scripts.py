@@ -119,6 +119,17 @@ return kept
 """
 
 
+# KEYS pending, stats; ARGV event id. Stop tracking an event and count it skipped, only if it was
+# still tracked: a concurrent final (or another process's sweep) may have settled it already.
+DROP_PENDING = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', 1)
+  return 1
+end
+return 0
+"""
+
+
 # KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
