@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -31,6 +32,11 @@ from bandit_router.store.records import stream_id_key
 from bandit_router.store.repository import Store
 
 log = logging.getLogger("bandit_router")
+# After this process last found Redis unavailable, how long a reward for an event Redis does not
+# know is answered 503 (retry), not 404: every process writes what it buffered within about a
+# second of Redis's return (the background flush), and its background jobs meet an outage of a
+# few seconds even without traffic.
+BUFFER_GRACE_S = 10.0
 SWEEP_BATCH = 500  # ended windows read from Redis at a time by a sweep
 SWEEP_BATCHES = 100  # at most this many a sweep; the next sweep goes on from there
 # Windows closed at once: their finalize calls share a round trip (Redis runs them back to back,
@@ -100,6 +106,7 @@ class Router:
         # their decision knows: with upstreams configured, parts are combined once it is read.
         self.event_weights = any(arm.upstream is not None for arm in settings.arms)
         self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
+        self.unavailable_at = -math.inf  # monotonic time this process last found Redis down
         self._flushing = asyncio.Lock()
         self.buffer_dropped = 0
         self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
@@ -192,6 +199,7 @@ class Router:
         try:
             existing = await self._save(record)
         except StoreUnavailable:
+            self.unavailable_at = time.monotonic()
             self._keep(record)
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
             self.metrics.degraded.set(1)
@@ -246,7 +254,25 @@ class Router:
     # Rewards
 
     async def reward(self, event_id: str, parts: RewardParts, final: bool = False) -> RewardResult:
-        """Keep the parts; learn the event once it is complete, or now with ``final``."""
+        """Keep the parts; learn the event once it is complete, or now with ``final``.
+
+        An event Redis does not know is ``UnknownEvent`` (404), except within ``BUFFER_GRACE_S``
+        of this process last finding Redis unavailable: another process may still be writing
+        the decision it buffered meanwhile, so the answer is ``StoreUnavailable`` (503: retry)."""
+        try:
+            return await self._reward(event_id, parts, final)
+        except StoreUnavailable:
+            self.unavailable_at = time.monotonic()
+            raise
+        except UnknownEvent as e:
+            if time.monotonic() - self.unavailable_at < BUFFER_GRACE_S:
+                raise StoreUnavailable(
+                    f"{e}; Redis was unavailable moments ago, so another process may still be "
+                    "writing a decision it kept meanwhile"
+                ) from e
+            raise
+
+    async def _reward(self, event_id: str, parts: RewardParts, final: bool) -> RewardResult:
         present = parts.present()
         own = None
         if not self.event_weights or "reward" in present:  # else the event's weights decide
@@ -399,6 +425,7 @@ class Router:
             try:
                 await job()
             except StoreUnavailable as e:
+                self.unavailable_at = time.monotonic()
                 self.metrics.redis_error(job.__name__)
                 log.warning("%s waiting for Redis: %s", job.__name__, e)
             except Exception:  # a background job must not die silently; it retries next period
