@@ -14,7 +14,7 @@ from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
-from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_PENDING
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_MODEL, KEY_PENDING
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import RedisProcess, SettingsFactory, all_events
@@ -229,6 +229,36 @@ def test_a_window_a_final_settled_meanwhile_is_not_counted_skipped(
         assert (await router.store.counters())["skipped_no_reward"] == 1
         await router.close()
         await router.store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "field", [("version", "abc"), ("version", "9" * 30), ("stream_id", "garbage"), ("policy", None)]
+)
+def test_a_snapshot_whose_fields_do_not_read_is_as_none(
+    make_settings: SettingsFactory, field: tuple[str, str | None]
+) -> None:
+    """A stored snapshot with a field written by hand: the service starts and learns the whole
+    log, as it does when the model bytes do not load (it stopped start-up with a traceback)."""
+    settings = make_settings(snapshot_every=10)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _train(router, 15)
+        await router.close()  # publishes its model: version 15
+        name, value = field
+        key = router.store.key(KEY_MODEL)
+        if value is None:
+            await router.store.redis.hdel(key, name)
+        else:
+            await router.store.redis.hset(key, name, value)
+        assert await router.store.snapshot_head() is None
+        await router.store.close()
+        again = await _open(settings)
+        assert again.version == 15  # every logged event, learned again from the start
+        await again.close()
+        await again.store.close()
 
     asyncio.run(scenario())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -415,24 +416,19 @@ class Store:
 
     @unavailable
     async def load_snapshot(self) -> Snapshot | None:
+        """The newest snapshot; None without one, or with one whose fields do not read (written
+        by hand: the service then learns the whole log, as for model bytes that do not load)."""
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_MODEL)))
-        if not raw:
+        head = _snapshot_head(raw.get(b"policy"), raw.get(b"version"), raw.get(b"stream_id"))
+        if head is None or b"data" not in raw:
             return None
-        return Snapshot(
-            policy=raw[b"policy"].decode(),
-            version=int(raw[b"version"]),
-            stream_id=raw[b"stream_id"].decode(),
-            data=raw[b"data"],
-        )
+        return Snapshot(*head, data=raw[b"data"])
 
     @unavailable
     async def snapshot_head(self) -> tuple[str, int, str] | None:
         """The newest snapshot's policy, version and watermark, without its bytes."""
         head: Any = await self.redis.hmget(self.key(KEY_MODEL), ["policy", "version", "stream_id"])
-        policy, version, stream_id = head
-        if policy is None or version is None or stream_id is None:
-            return None
-        return policy.decode(), int(version), stream_id.decode()
+        return _snapshot_head(*head)
 
     @unavailable
     async def challenger_state(self) -> dict[str, bytes]:
@@ -545,6 +541,27 @@ class Store:
         if self.route is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.route.aclose()
+
+
+STREAM_ID = re.compile(rb"[0-9]{1,19}-[0-9]{1,19}")
+MAX_VERSION = 2**63 - 1
+
+
+def _snapshot_head(
+    policy: bytes | None, version: bytes | None, stream_id: bytes | None
+) -> tuple[str, int, str] | None:
+    """A snapshot's policy, version and watermark as stored; None when one is missing or does
+    not read (logged: only a hand can write such a value there)."""
+    if policy is None or version is None or stream_id is None:
+        return None
+    try:
+        number = int(version)
+        if not 0 <= number <= MAX_VERSION or not STREAM_ID.fullmatch(stream_id):
+            raise ValueError(f"version {version!r}, stream_id {stream_id!r}")
+        return policy.decode(), number, stream_id.decode()
+    except (ValueError, UnicodeDecodeError) as e:
+        log.warning("the stored snapshot's fields do not read (%s): treated as none", e)
+        return None
 
 
 def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
