@@ -249,6 +249,28 @@ def cli_process(
                     proc.wait()
 
 
+CLI_SETTINGS = ("redis_url", "data_dir", "key_prefix", "policy", "seed")
+# Three kinds of query; rewarded_traffic pays 14b best on every one.
+COMMAND_QUERIES = ["def f(x): return x", "what is a cat", "explain why the sky is blue"]
+
+
+def use_settings(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, names: Sequence[str] = CLI_SETTINGS
+) -> None:
+    """Point the CLI's commands (which read BANDIT_* variables) at ``settings``' Redis, prefix
+    and the other ``names``."""
+    for name in names:
+        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+
+
+def rewarded_traffic(client: TestClient, n: int) -> None:
+    """``n`` choices over COMMAND_QUERIES, each rewarded: 1 for 14b, 0.1 for the others."""
+    for i in range(n):
+        d = client.post("/choose", json={"query": COMMAND_QUERIES[i % 3]}).json()
+        reward = 1.0 if d["arm"] == "14b" else 0.1
+        assert client.post("/reward", json={"event_id": d["event_id"], "reward": reward}).is_success
+
+
 def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():

@@ -12,29 +12,22 @@ from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import build_parser, main
 from bandit_router.settings import Settings
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import (
+    COMMAND_QUERIES,
+    ClientFactory,
+    SettingsFactory,
+    rewarded_traffic,
+    use_settings,
+)
 from tests.live import serve
 
 __all__ = ["serve"]  # the fixture, imported
 
-QUERIES = ["def f(x): return x", "what is a cat", "explain why the sky is blue"]
-
-
-def _use(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    """Point the commands (which read BANDIT_* variables) at the test's Redis and prefix."""
-    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
-
-
-def _traffic(client: TestClient, n: int) -> None:
-    for i in range(n):
-        d = client.post("/choose", json={"query": QUERIES[i % 3]}).json()
-        reward = 1.0 if d["arm"] == "14b" else 0.1
-        assert client.post("/reward", json={"event_id": d["event_id"], "reward": reward}).is_success
-
 
 def _probabilities(client: TestClient) -> list[dict[str, float]]:
-    return [client.post("/choose", json={"query": q}).json()["probabilities"] for q in QUERIES]
+    return [
+        client.post("/choose", json={"query": q}).json()["probabilities"] for q in COMMAND_QUERIES
+    ]
 
 
 def test_snapshot_then_restore_in_another_environment(
@@ -46,9 +39,9 @@ def test_snapshot_then_restore_in_another_environment(
 ) -> None:
     source = make_settings(policy="egreedy:epsilon=0.2")
     client = make_client(source)
-    _traffic(client, 40)
+    rewarded_traffic(client, 40)
     file = tmp_path / "model.json"
-    _use(monkeypatch, source)
+    use_settings(monkeypatch, source)
     assert main(["snapshot", str(file)]) == 0
     doc = json.loads(file.read_text())
     assert (doc["policy"], doc["model_version"]) == ("egreedy:epsilon=0.2", 40)
@@ -56,7 +49,7 @@ def test_snapshot_then_restore_in_another_environment(
     expected = _probabilities(client)
 
     target = make_settings(policy="linucb")  # another environment, another policy configured
-    _use(monkeypatch, target)
+    use_settings(monkeypatch, target)
     assert main(["restore", str(file)]) == 0
     out = capsys.readouterr().out
     assert "model version 40 (another log)" in out
@@ -75,9 +68,9 @@ def test_restore_refuses_while_a_learner_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     client = make_client()
-    _traffic(client, 3)
+    rewarded_traffic(client, 3)
     settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
-    _use(monkeypatch, settings)
+    use_settings(monkeypatch, settings)
     file = tmp_path / "model.json"
     assert main(["snapshot", str(file)]) == 0
     assert main(["restore", str(file)]) == 1
@@ -92,7 +85,7 @@ def test_restore_refuses_a_damaged_file(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _use(monkeypatch, make_settings())
+    use_settings(monkeypatch, make_settings())
     file = tmp_path / "model.json"
     assert main(["snapshot", str(file)]) == 0
     doc = json.loads(file.read_text())
@@ -119,10 +112,10 @@ def test_status_from_redis_and_from_a_url(
     )
     with httpx.Client(base_url=base) as http:
         for i in range(12):
-            d = http.post("/choose", json={"query": QUERIES[i % 3]}).json()
+            d = http.post("/choose", json={"query": COMMAND_QUERIES[i % 3]}).json()
             body = {"event_id": d["event_id"], "accuracy": 1, "rating": 5, "latency_ms": 400}
             http.post("/reward", json=body)
-    _use(monkeypatch, settings)
+    use_settings(monkeypatch, settings)
     assert main(["status"]) == 0
     from_redis = capsys.readouterr().out
     assert main(["status", "--url", base]) == 0
@@ -144,7 +137,7 @@ def test_status_of_an_empty_deployment(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _use(monkeypatch, make_settings())
+    use_settings(monkeypatch, make_settings())
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "model version 0" in out and "window 0 events" in out

@@ -32,7 +32,7 @@ from bandit_router.store.keys import KEY_EVENTS, KEY_STATS
 from bandit_router.store.records import Event, Unreadable, to_event
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, SettingsFactory, use_settings
 
 GOOD_EVENTS = 6  # logged through the service, each with latency_ms 400
 
@@ -164,8 +164,7 @@ def test_stats_status_and_the_learner_after_hostile_entries(
     _good_traffic(client, 1)
     assert client.get("/healthz").json()["model_version"] == GOOD_EVENTS + READABLE + 1
 
-    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    use_settings(monkeypatch, settings)
     assert main(["status", "--window", "100"]) == 0
     out = capsys.readouterr().out
     assert f"window {GOOD_EVENTS + 1 + READABLE} events" in out
@@ -215,8 +214,7 @@ def test_export_and_evaluate_skip_what_they_cannot_read(
     snips = [e["snips"].value for e in estimates.values()]
     assert all(math.isnan(v) or 0 <= v <= 1 for v in snips), snips  # nan: no event to weigh
 
-    for name in ("redis_url", "data_dir", "key_prefix"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    use_settings(monkeypatch, settings, ("redis_url", "data_dir", "key_prefix"))
     file = tmp_path / "log.dsjson"
     assert main(["export", "--out", str(file)]) == 0
     assert f"exported {GOOD_EVENTS + READABLE} events" in capsys.readouterr().err

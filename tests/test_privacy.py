@@ -24,7 +24,7 @@ from bandit_router.settings import Settings
 from bandit_router.store.keys import KEY_DECISION, KEY_WORD_SECRET
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, SettingsFactory, use_settings
 
 SLICE = Path(__file__).resolve().parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 ALL = [json.loads(line)["query"] for line in SLICE.read_text().splitlines()]
@@ -177,8 +177,7 @@ def test_the_secret_is_not_in_a_snapshot_file_stats_or_config(
     _traffic(client)
     secret = _secret(settings)
     stats = client.get("/stats").text
-    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    use_settings(monkeypatch, settings)
     file = tmp_path / "model.json"
     assert main(["snapshot", str(file)]) == 0
     doc = json.loads(file.read_text())
@@ -198,24 +197,20 @@ def test_restore_says_when_word_features_do_not_carry_over(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def use(settings: Settings) -> None:
-        for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
-            monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
-
     notice = "learned its word features under another word key"
     source = make_settings()
     client = make_client(source)
     _traffic(client)
     file = tmp_path / "model.json"
-    use(source)
+    use_settings(monkeypatch, source)
     assert main(["snapshot", str(file)]) == 0
-    use(make_settings())  # another deployment, its own secret
+    use_settings(monkeypatch, make_settings())  # another deployment, its own secret
     assert main(["restore", str(file)]) == 0
     assert notice in capsys.readouterr().out
 
     monkeypatch.setenv("BANDIT_HASH_KEY", "shared by both deployments")
-    use(make_settings())
+    use_settings(monkeypatch, make_settings())
     assert main(["snapshot", str(file)]) == 0
-    use(make_settings())  # another deployment, the same BANDIT_HASH_KEY
+    use_settings(monkeypatch, make_settings())  # another deployment, the same BANDIT_HASH_KEY
     assert main(["restore", str(file)]) == 0
     assert notice not in capsys.readouterr().out

@@ -19,31 +19,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import main
 from bandit_router.policies.linucb import LinUCB
 from bandit_router.settings import Settings
 from bandit_router.store.records import Snapshot
 from bandit_router.store.repository import open_store
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import (
+    COMMAND_QUERIES,
+    ClientFactory,
+    SettingsFactory,
+    rewarded_traffic,
+    use_settings,
+)
 
-QUERIES = ["def f(x): return x", "what is a cat", "explain why the sky is blue"]
 VW_MAGIC = b"bandit-router vw 1\n"
 
 Restore = Callable[[Path], tuple[int, str]]
-
-
-def _use(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
-
-
-def _traffic(client: TestClient, n: int) -> None:
-    for i in range(n):
-        d = client.post("/choose", json={"query": QUERIES[i % 3]}).json()
-        reward = 1.0 if d["arm"] == "14b" else 0.1
-        assert client.post("/reward", json={"event_id": d["event_id"], "reward": reward}).is_success
 
 
 async def _published(settings: Settings) -> Snapshot | None:
@@ -62,8 +54,8 @@ def snapshot_of(
 
     def take(policy: str) -> dict[str, Any]:
         source = make_settings(policy=policy)
-        _traffic(make_client(source), 20)
-        _use(monkeypatch, source)
+        rewarded_traffic(make_client(source), 20)
+        use_settings(monkeypatch, source)
         file = tmp_path / f"{policy}.json"
         assert main(["snapshot", str(file)]) == 0
         doc: dict[str, Any] = json.loads(file.read_text())
@@ -83,7 +75,7 @@ def restore(
 
     def run(file: Path) -> tuple[int, str]:
         target = make_settings()
-        _use(monkeypatch, target)
+        use_settings(monkeypatch, target)
         capsys.readouterr()
         code = main(["restore", str(file)])
         err = capsys.readouterr().err
@@ -267,7 +259,7 @@ def test_the_service_does_not_serve_a_hostile_snapshot_from_redis(
     asyncio.run(publish())
     client = make_client(settings)
     assert client.get("/healthz").json()["model_version"] == 0  # a fresh model, not version 5
-    for query in QUERIES:
+    for query in COMMAND_QUERIES:
         assert client.post("/choose", json={"query": query}).status_code == 200
 
 
@@ -403,7 +395,7 @@ def test_the_service_does_not_serve_nan_linucb_arrays_from_redis(
     asyncio.run(publish())
     client = make_client(settings)
     assert client.get("/healthz").json()["model_version"] == 0  # a fresh model, not version 5
-    for query in QUERIES:
+    for query in COMMAND_QUERIES:
         assert client.post("/choose", json={"query": query}).status_code == 200
 
 
@@ -438,7 +430,7 @@ def test_snapshot_into_a_missing_directory_says_so(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _use(monkeypatch, make_settings())
+    use_settings(monkeypatch, make_settings())
     assert main(["snapshot", "/nonexistent/x.json"]) == 1
     err = capsys.readouterr().err
     assert "no directory /nonexistent" in err

@@ -17,7 +17,7 @@ from bandit_router.service.stats import StatsCache
 from bandit_router.settings import Settings
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory, wait_until
+from tests.conftest import ClientFactory, SettingsFactory, use_settings, wait_until
 
 REWARD = {"4b": 0.2, "7b": 0.5, "14b": 0.9}
 LATENCY = {"4b": 300.0, "7b": 600.0, "14b": 1200.0}
@@ -125,8 +125,7 @@ def test_skipped_no_reward_is_reported(
         return count
 
     wait_until(lambda: skipped() == 3, 20, "the sweep skips the three silent windows")
-    for name in ("redis_url", "data_dir", "key_prefix"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    use_settings(monkeypatch, settings, ("redis_url", "data_dir", "key_prefix"))
     assert main(["status"]) == 0
     assert "skipped with no reward 3" in capsys.readouterr().out
 

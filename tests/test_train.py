@@ -14,7 +14,7 @@ from bandit_router.cli.main import main
 from bandit_router.rewards import RewardConfig
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, SettingsFactory, use_settings
 
 ARMS = "small,large"
 # Words count only under the key they were hashed with: the trainer and the deployments share one.
@@ -40,8 +40,7 @@ def _planted(path: Path, rows: int, seed: int = 3) -> Path:
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    for name in ("redis_url", "data_dir", "key_prefix", "policy", "seed"):
-        monkeypatch.setenv(f"BANDIT_{name.upper()}", str(getattr(settings, name)))
+    use_settings(monkeypatch, settings)
     monkeypatch.setenv("BANDIT_ARMS", ARMS)
     monkeypatch.setenv("BANDIT_REWARD_WEIGHTS", "accuracy=1")
     monkeypatch.setenv("BANDIT_HASH_KEY", HASH_KEY)
