@@ -288,11 +288,11 @@ class Router:
             alone = {"parts": present, "reward": own, "ts": time.time(), "default": False}
         got = await self.store.add_parts(event_id, present, alone)
         decision, merged = got.decision, got.parts
+        weights = own_weights(decision)  # read once: it warns of an unusable record
         value: float | None = None
         if got.logged is not None:
             value = own
-        elif final or self._complete(decision, merged):
-            weights = own_weights(decision)
+        elif final or self._complete(decision, merged, weights):
             if not merged and self.settings.default_reward is None:
                 self._combine(merged, weights)  # nothing to learn from: 422 naming the parts
             value, merged = await self._finalize(event_id, merged, weights)
@@ -318,8 +318,14 @@ class Router:
             raise UnknownEvent(event_id)
         self._combine(present, own_weights(decision))
 
-    def _complete(self, decision: Mapping[str, Any], parts: Mapping[str, float]) -> bool:
-        weights = own_weights(decision)
+    def _complete(
+        self,
+        decision: Mapping[str, Any],
+        parts: Mapping[str, float],
+        weights: Mapping[str, float] | None,
+    ) -> bool:
+        """Whether every part ``weights`` (the event's own, or None: the deployment's) counts has
+        arrived, or a direct reward, or the event's window has closed."""
         weighted = self._weighted if weights is None else _weighted(weights)
         if "reward" in parts or weighted <= parts.keys():
             return True
