@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from bandit_router.service.learner import effective_spec, load_model
 from bandit_router.service.router import word_key
 from bandit_router.settings import Settings
 from bandit_router.store.keys import KEY_EVENTS
-from bandit_router.store.records import Snapshot
+from bandit_router.store.records import MAX_INT64, Snapshot, is_stream_id
 from bandit_router.store.repository import Store
 
 FORMAT = "bandit-router-snapshot"
@@ -69,8 +68,6 @@ def to_json(snapshot: Snapshot, settings: Settings, words: str | None) -> dict[s
     }
 
 
-MAX_INT64 = 2**63 - 1  # what Redis and orjson carry: a bigger version breaks every /choose
-STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")  # a Redis stream id, <ms>-<seq>
 # What a trial choice asks of a restored model before it is published (see ``read``).
 TRIAL_QUERIES = ("", "what is a cat", "def f(x): return x  # explain why the sky is blue")
 
@@ -95,8 +92,7 @@ def from_json(doc: dict[str, Any]) -> Snapshot:
         raise SnapshotFileError(f"policy: {e}") from None
     if type(version) is not int or not 0 <= version <= MAX_INT64:
         raise SnapshotFileError(f"model_version is not an integer in 0..2**63-1: {_shown(version)}")
-    match = STREAM_ID.fullmatch(stream_id) if type(stream_id) is str else None
-    if match is None or max(int(match[1]), int(match[2])) > MAX_INT64:
+    if type(stream_id) is not str or not is_stream_id(stream_id):
         raise SnapshotFileError(
             f"stream_id is not a Redis stream id <ms>-<seq> (each in 0..2**63-1): "
             f"{_shown(stream_id)}"
@@ -116,7 +112,7 @@ def from_json(doc: dict[str, Any]) -> Snapshot:
         raise SnapshotFileError(f"data is not base64: {e}") from e
     if hashlib.sha256(data).hexdigest() != doc["sha256"]:
         raise SnapshotFileError("the model bytes do not match the file's sha256: file damaged")
-    return Snapshot(policy, version, match[0], data)
+    return Snapshot(policy, version, stream_id, data)
 
 
 def _not_a_file(doc: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,16 @@ class Parts:
     parts: dict[str, float]
     duplicates: list[str]
     logged: str | None = None  # the stream id, when these parts were logged as final at once
+
+
+MAX_INT64 = 2**63 - 1  # a version or stream id part beyond it breaks Redis and orjson
+_STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+
+
+def is_stream_id(text: str) -> bool:
+    """Whether ``text`` is a Redis stream id ``<ms>-<seq>``, each part within MAX_INT64."""
+    match = _STREAM_ID.fullmatch(text)
+    return match is not None and max(int(match[1]), int(match[2])) <= MAX_INT64
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:

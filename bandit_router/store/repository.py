@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from bandit_router.store.keys import (
     KEY_WORD_SECRET,
 )
 from bandit_router.store.records import (
+    MAX_INT64,
     Entry,
     Logged,
     Parts,
@@ -45,6 +45,7 @@ from bandit_router.store.records import (
     decode_entries,
     decode_parts,
     dumps,
+    is_stream_id,
     to_event,
     to_events,
 )
@@ -543,10 +544,6 @@ class Store:
                 await self.route.aclose()
 
 
-STREAM_ID = re.compile(rb"[0-9]{1,19}-[0-9]{1,19}")
-MAX_VERSION = 2**63 - 1
-
-
 def _snapshot_head(
     policy: bytes | None, version: bytes | None, stream_id: bytes | None
 ) -> tuple[str, int, str] | None:
@@ -555,10 +552,10 @@ def _snapshot_head(
     if policy is None or version is None or stream_id is None:
         return None
     try:
-        number = int(version)
-        if not 0 <= number <= MAX_VERSION or not STREAM_ID.fullmatch(stream_id):
+        number, watermark = int(version), stream_id.decode()
+        if not 0 <= number <= MAX_INT64 or not is_stream_id(watermark):
             raise ValueError(f"version {version!r}, stream_id {stream_id!r}")
-        return policy.decode(), number, stream_id.decode()
+        return policy.decode(), number, watermark
     except (ValueError, UnicodeDecodeError) as e:
         log.warning("the stored snapshot's fields do not read (%s): treated as none", e)
         return None
