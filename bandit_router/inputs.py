@@ -2,7 +2,7 @@
 as strictly as the HTTP contract checks a request, so a bad line is refused by its number
 instead of exhausting memory, raising a traceback or poisoning a model.
 
-The bounds mirror the request contract (``http.contract``; a test keeps them equal): a row or
+The bounds are the request contract's too (``http.contract`` takes them from here): a row or
 event has at most ``MAX_ARMS`` arms, an app number is finite and at most ``MAX_FEATURE_NUMBER`` in
 magnitude, a feature key has at most 64 characters and a string value at most 256. No coercion:
 ``"1"`` is not a number and ``true`` is not 1. A line is at most ``MAX_LINE_BYTES`` long.
@@ -21,8 +21,8 @@ from bandit_router.policies.base import Arm
 from bandit_router.settings import ArmSpec
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # far above any real row (the public sets' longest: 6 kB)
-MAX_ARMS = 64  # arms of one row or event: the request contract's arm subset
-MAX_FEATURE_NUMBER = 1e15  # as the request contract: beyond it an id or a mistake
+MAX_ARMS = 64  # arms of one row or event, and of a request's arm subset
+MAX_FEATURE_NUMBER = 1e15  # beyond it a number is an id or a mistake, and overflows scaling
 MAX_FEATURE_KEY_CHARS = 64
 MAX_FEATURE_VALUE_CHARS = 256
 

@@ -15,7 +15,6 @@ import pytest
 
 from bandit_router import inputs
 from bandit_router.cli.main import main
-from bandit_router.http.contract import MAX_FEATURE_NUMBER, ChooseRequest
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset
 from tests.conftest import DATA
@@ -71,12 +70,6 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BANDIT_REWARD_WEIGHTS", "accuracy=1")
     monkeypatch.delenv("BANDIT_DEPLOYMENTS_FILE", raising=False)
     monkeypatch.delenv("BANDIT_MAX_FEATURES", raising=False)
-
-
-def test_the_bounds_are_the_request_contracts() -> None:
-    assert inputs.MAX_FEATURE_NUMBER == MAX_FEATURE_NUMBER
-    arms = ChooseRequest.model_json_schema()["properties"]["arms"]["anyOf"][0]
-    assert arms["maxItems"] == inputs.MAX_ARMS
 
 
 # -- replay files --------------------------------------------------------------------------------

@@ -29,6 +29,12 @@ from starlette.types import Message, Receive
 
 from bandit_router.errors import RouterError, StoreUnavailable
 from bandit_router.http.security import API_KEYS, KeyGroup, require_key
+from bandit_router.inputs import (
+    MAX_ARMS,
+    MAX_FEATURE_KEY_CHARS,
+    MAX_FEATURE_NUMBER,
+    MAX_FEATURE_VALUE_CHARS,
+)
 from bandit_router.rewards import MAX_COST_USD, MAX_LATENCY_MS, RewardParts
 from bandit_router.service.deployments import Routers
 from bandit_router.service.router import Router, result_fields
@@ -42,9 +48,8 @@ EventId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=EVENT_ID_MAX_CHARS, pattern=EVENT_ID_PATTERN),
 ]
-FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MAX_FEATURE_VALUE_CHARS = 256
-MAX_FEATURE_NUMBER = 1e15  # beyond it a number is an id or a mistake, and overflows scaling
+# The bounds of app facts and arm subsets, shared with the files the CLI reads (``inputs``).
+FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FEATURE_KEY_CHARS)]
 ArmName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 EXAMPLE_EVENT_ID = "1392b69a83784a91b0a2d03365a8cca9"
 UNEXPECTED = "internal error; the service log has the details"
@@ -77,7 +82,7 @@ class ChooseRequest(BaseModel):
     arms: list[ArmName] | None = Field(
         default=None,
         min_length=1,
-        max_length=64,
+        max_length=MAX_ARMS,
         description="the arms eligible for this request (default: every configured arm)",
         examples=[["7b", "14b"]],
     )
