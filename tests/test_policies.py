@@ -108,6 +108,7 @@ def test_learns_a_planted_rule(spec: str) -> None:
         ("bag:bag=0", r"bag must be in \[1, 100\], got 0"),
         ("linucb:alpha=-1", r"alpha must be in \[0, 100\], got -1"),
         ("linucb:dim=4", r"dim must be in \[12, 1024\], got 4"),
+        ("squarecb:bits=30", r"bits must be in \[1, 24\], got 30"),
         ("fixed", "fixed needs an arm"),
         ("egreedy:vw_args=--nonsense_flag", "'--nonsense_flag' is not an allowed VW option"),
         ("squarecb:vw_args=--l2 0.5", "VW rejected"),  # allowed, but squarecb sets its own

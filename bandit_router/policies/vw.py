@@ -118,10 +118,11 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
 
 # Every numeric parameter's bounds (README.md, Policies). The upper ones are far above any value
 # the simulations found useful; VW refuses a float beyond float32, and cover, bag and rnd are
-# copies of the learner, each as big as the model.
+# copies of the learner, each as big as the model. A regressor's weight table has 2^bits slots,
+# so bits beyond 24 cost seconds to build and gigabytes once the weights are touched.
 BOUNDS: dict[str, Bounds] = {
     "learning_rate": Bounds(0, 10, low_open=True),
-    "bits": Bounds(1, 30),
+    "bits": Bounds(1, 24),
     "epsilon": Bounds(0, 1),
     "gamma_scale": Bounds(0, 10_000, low_open=True),
     "l2": Bounds(0, 1, high_open=True),
