@@ -260,6 +260,8 @@ def test_adding_and_changing_deployments_takes_a_restart_and_loses_nothing(
             d = _choose(first, deployment=deployment, query=f"q{i}").json()
             first.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
     pending = _choose(first, deployment="coding", query="later").json()["event_id"]
+    before = _choose(first, query="mine", event_id="batch:7").json()["event_id"]
+    assert before == "batch:7"  # default's own id: no deployment is named batch yet
     first.__exit__(None, None, None)  # the service stops (publishing its models)
 
     changed = FILE.replace("reward_wait_s = 60", "reward_weights = {accuracy = 1.0}") + (
@@ -280,6 +282,11 @@ def test_adding_and_changing_deployments_takes_a_restart_and_loses_nothing(
     r = again.post("/reward", json={"event_id": pending, "reward": 1})  # chosen before the restart
     assert r.status_code == 200 and r.json()["model_version"] == 6
     assert _choose(again, deployment="batch").json()["arm"] in ("s", "m", "l")
+    # batch now owns the prefix, but the event default stored before is still default's
+    r = again.post("/reward", json={"event_id": before, "reward": 1})
+    assert r.status_code == 200 and r.json()["model_version"] == 6, r.text
+    r = again.post("/reward", json={"event_id": "batch:8", "reward": 1})
+    assert r.status_code == 404 and r.json()["field"] == "event_id"
 
 
 # A file no reader expects is refused, naming the file, not a traceback in `serve`.

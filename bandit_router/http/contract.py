@@ -10,6 +10,7 @@ The pydantic models below are the schema both use and the one ``/docs`` shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -27,8 +28,8 @@ from pydantic import (
 )
 from starlette.types import Message, Receive
 
-from bandit_router.errors import RouterError, StoreUnavailable
-from bandit_router.http.security import API_KEYS, KeyGroup, require_key
+from bandit_router.errors import RouterError, StoreUnavailable, UnknownEvent
+from bandit_router.http.security import API_KEYS, KeyGroup, given_key, key_matches, require_key
 from bandit_router.inputs import (
     MAX_ARMS,
     MAX_FEATURE_KEY_CHARS,
@@ -367,9 +368,15 @@ def error_body(detail: str, field: str | None) -> bytes:
 # The routing calls.
 
 
-def _target(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> None:
+def _allows(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """With several deployments, the request's key must be one of its deployment's."""
-    if len(routers) > 1:
+    keys = router.settings.api_keys
+    return len(routers) == 1 or not keys or key_matches(given_key(headers), keys)
+
+
+def _target(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """401 naming the deployment unless the request's key opens it."""
+    if not _allows(routers, router, headers):
         name = routers.name_of(router)
         require_key(headers, router.settings.api_keys, KeyGroup(f"deployment {name!r}", "API key"))
 
@@ -388,10 +395,16 @@ async def _reward(
     routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
 ) -> dict[str, Any]:
     body = RewardRequest.model_validate_json(raw)
-    router = found[0] = routers.of_event(body.event_id)
-    _target(routers, router, headers)
-    result = await router.reward(body.event_id, body.parts(), final=body.final)
-    return result_fields(result)
+    # The id's deployment first, then default (an id it stored before that deployment existed).
+    holders = routers.holders(body.event_id)
+    *earlier, last = [r for r in holders if _allows(routers, r, headers)] or holders[:1]
+    for router in earlier:
+        found[0] = router
+        with contextlib.suppress(UnknownEvent):
+            return result_fields(await router.reward(body.event_id, body.parts(), final=body.final))
+    found[0] = last
+    _target(routers, last, headers)
+    return result_fields(await last.reward(body.event_id, body.parts(), final=body.final))
 
 
 # (the deployments, the request's headers, its body, where the call puts the router it found)

@@ -20,8 +20,7 @@ from bandit_router.deployments import (
 )
 from bandit_router.errors import RouterError
 from bandit_router.features import AppValue
-from bandit_router.rewards import RewardParts
-from bandit_router.service.router import ChooseResult, RewardResult, Router, new_event_id
+from bandit_router.service.router import ChooseResult, Router, new_event_id
 from bandit_router.settings import Settings
 from bandit_router.store.repository import open_store
 from bandit_router.store.transport import when_available
@@ -69,9 +68,12 @@ class Routers(Mapping[str, Router]):
             raise UnknownDeployment(str(name), list(self._routers))
         return router
 
-    def of_event(self, event_id: str) -> Router:
-        """The router an event id belongs to."""
-        return self._routers[deployment_of_event(event_id, self._named)]
+    def holders(self, event_id: str) -> list[Router]:
+        """The routers that may hold an event id: its deployment's, then ``default``'s when the id
+        names another deployment (``default`` stored it before a deployment of that name was
+        added)."""
+        owner = deployment_of_event(event_id, self._named)
+        return [self._routers[owner]] + ([self._routers[DEFAULT]] if owner != DEFAULT else [])
 
     def event_id(self, name: str, given: str | None) -> str | None:
         """The id deployment ``name`` stores a decision under (None: ``default`` makes one)."""
@@ -103,9 +105,6 @@ class Routers(Mapping[str, Router]):
     ) -> ChooseResult:
         name = self.name_of(router)
         return await router.choose(query, features, arms, self.event_id(name, event_id))
-
-    async def reward(self, event_id: str, parts: RewardParts, final: bool = False) -> RewardResult:
-        return await self.of_event(event_id).reward(event_id, parts, final=final)
 
     def name_of(self, router: Router) -> str:
         return self._names[id(router)]
