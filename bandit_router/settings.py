@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies import linucb
-from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.policies.registry import build_policy, check_arms, parse_policy_spec
 from bandit_router.policies.vw import vw_options
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
@@ -535,6 +535,7 @@ class Settings(BaseSettings):
         for env, spec in named:
             try:
                 build_policy(spec, self, 0)
+                check_arms(parse_policy_spec(spec), [arm.name for arm in self.arms])
             except ValueError as e:
                 raise ValueError(f"{env}: {spec}: {e}") from None
         return self

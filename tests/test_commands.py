@@ -169,6 +169,7 @@ def test_config_masks_secrets(
         ("BANDIT_POLICY", "squarecb:gamma_scale=nan", "gamma_scale must be in (0, 10000], got nan"),
         ("BANDIT_CHALLENGERS", "linucb:dim=100000000", "dim must be in [12, 1024]"),
         ("BANDIT_VW_ARGS", "--readable_model {tmp}/x", "'--readable_model' is not an allowed"),
+        ("BANDIT_CHALLENGERS", "fixed:arm=70b", "arm '70b' is not an arm; valid: 4b, 7b, 14b"),
     ],
 )
 def test_config_refuses_a_policy_value_out_of_bounds(

@@ -87,6 +87,7 @@ REFUSED_POLICIES = [
     ("squarecb:vw_args=--invert_hash {tmp}/x.txt", "'--invert_hash' is not an allowed"),
     ("egreedy:vw_args=--cache_file {tmp}/x.cache", "'--cache_file' is not an allowed"),
     ("squarecb:vw_args=--power_t nan", "vw_args: --power_t must be in [0, 1], got nan"),
+    ("fixed:arm=nope", "arm 'nope' is not an arm; valid: 4b, 7b, 14b"),  # served 4b silently
 ]
 
 

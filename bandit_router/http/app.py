@@ -57,7 +57,7 @@ from bandit_router.http.security import (
     require_admin_key,
     require_ops_key,
 )
-from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.policies.registry import build_policy, check_arms, parse_policy_spec
 from bandit_router.service.challengers import PromotionView
 from bandit_router.service.deployments import Routers, open_routers
 from bandit_router.service.router import Router
@@ -341,6 +341,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             spec = parse_policy_spec(body.policy)
             build_policy(spec, router.settings)  # bad parameters fail here, not in the learner
+            check_arms(spec, [arm.name for arm in router.settings.arms])
         except ValueError as e:
             raise RouterError(str(e), field="policy") from e
         await router.store.set_policy_override(str(spec))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from bandit_router.policies.arm_level import ARM_LEVEL
@@ -93,6 +93,14 @@ def _resolve(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValu
     params.update(spec.params)
     _check(spec.name, params)  # the settings' values, and a spec made in code, too
     return params
+
+
+def check_arms(spec: PolicySpec, arms: Sequence[str]) -> None:
+    """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's ``arms``;
+    the simulator's arms come from its file, so it does not ask."""
+    arm = spec.params.get("arm")
+    if spec.name == "fixed" and arm not in arms:
+        raise ValueError(f"policy fixed: arm {arm!r} is not an arm; valid: {', '.join(arms)}")
 
 
 def effective_params(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValue]:
