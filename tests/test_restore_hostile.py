@@ -136,6 +136,15 @@ HEADER_EDITS: list[tuple[str, str, str]] = [
 ]
 
 
+def test_a_fixed_policy_of_an_arm_the_deployment_lacks_is_refused(
+    snapshot_of: Callable[[str], dict[str, Any]], restore: Restore, tmp_path: Path
+) -> None:
+    doc = snapshot_of("fixed:arm=7b")
+    assert restore(_write(tmp_path / "ok.json", doc))[0] == 0
+    code, err = restore(_write(tmp_path / "gone.json", {**doc, "policy": "fixed:arm=70b"}))
+    assert code == 1 and "policy: policy fixed: arm '70b' is not an arm" in err, err
+
+
 @pytest.mark.parametrize(("field", "text", "named"), HEADER_EDITS)
 def test_an_edited_header_is_refused_naming_the_field(
     snapshot_of: Callable[[str], dict[str, Any]],

@@ -121,7 +121,10 @@ def test_admin_policy_refuses_values_out_of_bounds_and_vw_file_options(
     assert "gamma_scale" not in stored and "vw_args" not in stored and "dim=" not in stored
 
 
-@pytest.mark.parametrize("stored", ["squarecb:gamma_scale=NaN", "squarecb:vw_args=-f {tmp}/x"])
+# fixed:arm=70b: an admin's switch to an arm the deployment has since dropped
+@pytest.mark.parametrize(
+    "stored", ["squarecb:gamma_scale=NaN", "squarecb:vw_args=-f {tmp}/x", "fixed:arm=70b"]
+)
 def test_an_override_stored_before_it_was_refused_gives_way_to_the_settings_policy(
     make_client: ClientFactory, make_settings: SettingsFactory, tmp_path: Path, stored: str
 ) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.baselines import BASELINES
-from bandit_router.policies.registry import load_policy, parse_policy_spec
+from bandit_router.policies.registry import check_arms, load_policy, parse_policy_spec
 from bandit_router.service.learner import effective_spec, load_model
 from bandit_router.service.router import word_key
 from bandit_router.settings import Settings
@@ -158,6 +158,10 @@ def read(path: Path, settings: Settings) -> tuple[Snapshot, str | None]:
     spec = parse_policy_spec(snapshot.policy)
     if spec.name in BASELINES and snapshot.data:  # it would be served as the baseline
         raise SnapshotFileError(f"policy: {spec.name} keeps no model, but the file holds one")
+    try:
+        check_arms(spec, [arm.name for arm in settings.arms])
+    except ValueError as e:
+        raise SnapshotFileError(f"policy: {e}") from None
     try:
         policy = load_policy(spec, snapshot.data, settings, settings.seed)
     except ValueError as e:

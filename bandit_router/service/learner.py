@@ -29,7 +29,7 @@ from typing import Any
 from bandit_router.errors import NotLearner, StoreUnavailable
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
-from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
+from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
 from bandit_router.service.challengers import Bench, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
@@ -113,12 +113,15 @@ async def effective_spec(
     store: Store, settings: Settings, warned: set[str] | None = None
 ) -> PolicySpec:
     """The policy an admin switched to, else the one in the settings (also when the switch is
-    to a spec refused since it was stored, such as ``squarecb:gamma_scale=nan``: said in the
+    to a spec refused since it was stored, such as ``squarecb:gamma_scale=nan``, or to
+    ``fixed:arm=NAME`` of an arm the deployment no longer has: said in the
     log once per override in ``warned``, the caller's, or at every call without it)."""
     override = await store.policy_override()
     if override:
         try:
-            return parse_policy_spec(override)
+            spec = parse_policy_spec(override)
+            check_arms(spec, [arm.name for arm in settings.arms])  # an arm removed since
+            return spec
         except ValueError as e:
             if warned is None or override not in warned:
                 log.warning("policy override refused (%s): serving %s", e, settings.policy)
