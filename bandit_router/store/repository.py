@@ -52,6 +52,7 @@ from bandit_router.store.records import (
 from bandit_router.store.scripts import (
     ADD_FINAL,
     ADD_PARTS,
+    COUNT,
     DROP_PENDING,
     FINALIZE,
     LEASE,
@@ -95,6 +96,7 @@ class Store:
         self.stream_maxlen = stream_maxlen
         self._calls = GroupCommit(client)
         self._register(client)
+        self._unreadable_counters: set[bytes] = set()  # said once in the log, not at every read
 
     def _register(self, client: aioredis.Redis) -> None:
         self._save_decision = client.register_script(SAVE_DECISION)
@@ -103,6 +105,7 @@ class Store:
         self._finalize = client.register_script(FINALIZE)
         self._skip_silent = client.register_script(SKIP_SILENT)
         self._drop_pending = client.register_script(DROP_PENDING)
+        self._count = client.register_script(COUNT)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
 
@@ -496,7 +499,12 @@ class Store:
 
     @unavailable
     async def count(self, name: str, by: int = 1) -> None:
-        await self.redis.hincrby(self.key(KEY_STATS), name, by)
+        """Add ``by`` to counter ``name``; a counter that is not an integer (written by hand) is
+        left as it is, with a warning: it must not fail the work it counts."""
+        error: bytes | None = await self._count(keys=[self.key(KEY_STATS)], args=[name, by])
+        if error:
+            why = error.decode(errors="replace")
+            log.warning("counter %s not counted (%s): delete it to restart it", name, why)
 
     async def recent_events(self, count: int) -> list[Logged]:
         """The newest ``count`` joined events of the training log, oldest first."""
@@ -522,11 +530,22 @@ class Store:
 
     @unavailable
     async def counters(self) -> dict[str, float]:
-        """The counters; a value that is not a finite number (written by hand) is left out."""
+        """The counters; a value that is not a finite number (written by hand) is left out, with
+        a warning the first time this store reads it."""
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
-        return {
-            k.decode(errors="replace"): v for k, v in map(_counter, raw.items()) if v is not None
-        }
+        out: dict[str, float] = {}
+        for name, value in map(_counter, raw.items()):
+            if value is not None:
+                out[name.decode(errors="replace")] = value
+            elif name not in self._unreadable_counters:
+                self._unreadable_counters.add(name)
+                log.warning(
+                    "counter %r is not a number (%.40r), left out of /stats and /metrics: an "
+                    "increment leaves it as it is; delete it (HDEL) to restart it",
+                    name.decode(errors="replace"),
+                    raw[name],
+                )
+        return out
 
     @unavailable
     async def clear(self) -> None:

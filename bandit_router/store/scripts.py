@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+# The counters (the stats hash) are statistics: each script increments them with redis.pcall, so a
+# counter that is not a number (written by hand) is left as it is and the script goes on. With
+# redis.call the script would stop there, and Redis keeps the writes a script made before an error.
+
 # KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
 SAVE_DECISION = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
+  redis.pcall('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
   return false
 end
@@ -41,8 +45,8 @@ local function log_event(d, maxlen, reward, value)  -- mark done, log and count:
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
   local arm = cjson.decode(d)['arm']
-  redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
-  redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
+  redis.pcall('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
+  redis.pcall('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
   return id
 end
 """
@@ -114,7 +118,7 @@ for i, id in ipairs(ARGV) do
     skipped = skipped + 1
   end
 end
-if skipped > 0 then redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', skipped) end
+if skipped > 0 then redis.pcall('HINCRBY', KEYS[2], 'skipped_no_reward', skipped) end
 return kept
 """
 
@@ -123,10 +127,18 @@ return kept
 # still tracked: a concurrent final (or another process's sweep) may have settled it already.
 DROP_PENDING = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', 1)
+  redis.pcall('HINCRBY', KEYS[2], 'skipped_no_reward', 1)
   return 1
 end
 return 0
+"""
+
+
+# KEYS stats; ARGV counter, by. Returns the error of a counter that is not a number, else false.
+COUNT = """
+local counted = redis.pcall('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if type(counted) == 'table' then return counted['err'] end
+return false
 """
 
 
