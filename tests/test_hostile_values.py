@@ -12,13 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
+import orjson
 import pytest
 import redis
 
+from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
-from bandit_router.store.keys import KEY_DECISION, KEY_DONE, KEY_EVENTS, KEY_PENDING, KEY_STATS
+from bandit_router.store.keys import (
+    KEY_DECISION,
+    KEY_DONE,
+    KEY_EVENTS,
+    KEY_PARTS,
+    KEY_PENDING,
+    KEY_STATS,
+)
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
@@ -119,4 +129,176 @@ def test_the_sweep_and_the_buffer_count_nothing_into_a_counter_that_is_not_a_num
 
     asyncio.run(scenario())
     assert r.hget(_key(settings, KEY_STATS), "skipped_no_reward") == b"abc"
+    r.close()
+
+
+# Decision records that do not read -------------------------------------------------------
+
+
+def _record(**fields: Any) -> bytes:
+    return orjson.dumps({"event_id": "x", "probability": 1.0, **fields})
+
+
+# (the record stored, what the answer says of it)
+UNREADABLE_DECISIONS: list[tuple[bytes, str]] = [
+    (b"{oops", "not a JSON object"),
+    (b"", "not a JSON object"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'"a string"', "not a JSON object"),
+    (b"null", "not a JSON object"),
+    (_record(arm="7b"), "ts is not a time"),
+    (_record(ts="yesterday", arm="7b"), "ts is not a time"),
+    (_record(ts=True, arm="7b"), "ts is not a time"),
+    (_record(ts=-1e300, arm="7b"), "ts is not a time"),  # its window's end is no date
+    (_record(ts=1e300, arm="7b"), "ts is not a time"),  # a window that would never close
+    (b'{"ts": NaN, "arm": "7b"}', "ts is not a time"),
+    (_record(ts=time.time()), "arm is not a string"),
+    (_record(ts=time.time(), arm=7), "arm is not a string"),
+    (_record(ts=time.time(), arm=["7b"]), "arm is not a string"),
+]
+
+
+def _store_by_hand(r: redis.Redis, settings: Settings, event_id: str, raw: bytes) -> None:
+    """``raw`` as the decision of ``event_id``, its window tracked as the service tracks one."""
+    r.set(_key(settings, KEY_DECISION, event_id), raw, ex=600)
+    r.zadd(_key(settings, KEY_PENDING), {event_id: time.time() + settings.reward_wait_s})
+
+
+@pytest.mark.parametrize(("raw", "problem"), UNREADABLE_DECISIONS)
+def test_a_decision_that_does_not_read_is_a_409_naming_the_event_and_nothing_else_breaks(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+    problem: str,
+) -> None:
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    good = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    bad = f"by-hand-{time.monotonic_ns()}"
+    _store_by_hand(r, settings, bad, raw)
+
+    calls = [
+        ("/reward", {"event_id": bad, "reward": 0.5}),  # final by itself: logged at once
+        ("/reward", {"event_id": bad, "accuracy": 1}),  # kept until the other parts come
+        ("/reward", {"event_id": bad, "accuracy": 1, "final": True}),
+        ("/choose", {"query": "what is a cat?", "event_id": bad}),  # the same id again
+    ]
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for path, body in calls:
+            response = client.post(path, json=body)
+            assert response.status_code == 409, (path, body, response.text)
+            error = response.json()
+            assert error["field"] == "event_id"
+            assert (
+                f"decision stored for event_id {bad!r} is unreadable ({problem})"
+                in (error["detail"])
+            )
+    said = [m for m in caplog.messages if bad in m]
+    assert len(said) == len(calls), said  # once a call
+    assert not r.exists(_key(settings, KEY_PARTS, bad), _key(settings, KEY_DONE, bad))
+    assert r.xlen(_key(settings, KEY_EVENTS)) == 0
+
+    done = client.post("/reward", json={"event_id": good, "reward": 1.0})
+    assert done.status_code == 200 and done.json()["status"] == "final", done.text
+    assert client.get("/stats").status_code == 200
+    assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+def test_a_repeated_choose_answers_only_a_whole_stored_decision(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    """A record the reward path can read (a time, an arm) but without the rest of a decision:
+    a repeated /choose cannot answer it, so it is a 409 rather than a 500."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    _store_by_hand(r, settings, "thin", _record(ts=time.time(), arm="7b"))
+    response = client.post("/choose", json={"query": "what is a cat?", "event_id": "thin"})
+    assert response.status_code == 409, response.text
+    assert "decision: arms is not a non-empty list of names" in response.json()["detail"]
+    r.close()
+
+
+@pytest.mark.parametrize("default", [None, 0.25])
+@pytest.mark.parametrize("own_weights", [False, True])
+def test_the_sweep_lets_the_window_of_a_decision_that_does_not_read_go(
+    make_settings: SettingsFactory,
+    caplog: pytest.LogCaptureFixture,
+    default: float | None,
+    own_weights: bool,
+) -> None:
+    """Among ended windows, some of decisions that do not read (with a part, and without): the
+    sweep learns the others, lets these go with a warning each and counts them skipped; the next
+    sweep finds nothing left. A record the scripts can read but the log's readers cannot (no
+    features) is logged, and the learner moves past it."""
+    arms: list[dict[str, Any]] = [{"name": name} for name in ARMS]
+    if own_weights:  # gateway arms: the sweep reads each event's own weights from its decision
+        upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+        arms = [{**arm, "upstream": upstream} for arm in arms]
+    settings = make_settings(reward_wait_s=60, default_reward=default, arms=arms)
+    r = _redis(settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        with_part = await router.choose("one")
+        silent = await router.choose("two")
+        await router.reward(with_part.event_id, RewardParts(accuracy=1.0))
+        for i, (raw, _) in enumerate(UNREADABLE_DECISIONS):
+            _store_by_hand(r, settings, f"bad-{i}", raw)
+            if i % 2:
+                r.hset(_key(settings, KEY_PARTS, f"bad-{i}"), "accuracy", "1.0")
+        thin = _record(ts=time.time(), arm="7b", event_id="thin")
+        _store_by_hand(r, settings, "thin", thin)
+        r.hset(_key(settings, KEY_PARTS, "thin"), "accuracy", "1.0")
+
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            closed = await router.sweep(now=time.time() + 61)
+        assert closed == (2 if default is None else 3)  # with_part, thin; and silent's default
+        assert await router.store.due(time.time() + 61) == []
+        assert await router.sweep(now=time.time() + 61) == 0
+        said = [m for m in caplog.messages if "is unreadable" in m]
+        with_parts = sum(1 for i in range(len(UNREADABLE_DECISIONS)) if i % 2)
+        assert len(said) == (with_parts if default is None else len(UNREADABLE_DECISIONS))
+        skipped = len(UNREADABLE_DECISIONS) + (1 if default is None else 0)
+        assert (await router.store.counters())["skipped_no_reward"] == skipped
+
+        await router.learner.step()
+        logged = [e async for e in router.store.events()]
+        assert sorted(type(e).__name__ for e in logged) == sorted(
+            ["Event", "Unreadable"] + (["Event"] if default is not None else [])
+        )
+        assert router.version == closed - 1  # every readable event learned, thin passed over
+        assert silent.event_id  # chosen, never rewarded
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
+def test_a_buffered_decision_whose_id_holds_one_that_does_not_read_is_let_go(
+    make_settings: SettingsFactory,
+) -> None:
+    """The buffer keeps decisions Redis missed; writing one finds its id taken by a record that
+    does not read: it is let go as for any record under its id, and the flush goes on."""
+    settings = make_settings()
+    r = _redis(settings)
+    _store_by_hand(r, settings, "taken", b"{oops")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        decided = await router.choose("one")
+        raw = r.get(_key(settings, KEY_DECISION, decided.event_id))
+        assert isinstance(raw, bytes)
+        for event_id in ("taken", "free"):
+            router._keep({**orjson.loads(raw), "event_id": event_id})
+        assert await router.flush() == 2
+        assert not router._buffer
+        assert r.get(_key(settings, KEY_DECISION, "taken")) == b"{oops"
+        assert r.exists(_key(settings, KEY_DECISION, "free"))
+        await _close(router)
+
+    asyncio.run(scenario())
     r.close()

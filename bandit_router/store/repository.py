@@ -15,7 +15,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
+from bandit_router.errors import (
+    AlreadyRewarded,
+    StoreUnavailable,
+    UnknownEvent,
+    UnreadableDecision,
+    WindowClosed,
+)
 from bandit_router.store.cluster import SlotRoute, is_cluster_url
 from bandit_router.store.embedded import EmbeddedRedis
 
@@ -46,6 +52,8 @@ from bandit_router.store.records import (
     decode_parts,
     dumps,
     is_stream_id,
+    read_choice,
+    read_decision,
     to_event,
     to_events,
 )
@@ -138,7 +146,8 @@ class Store:
 
     @unavailable
     async def save_decision(self, event_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
-        """Store a decision; if one exists under ``event_id`` already, return that one instead.
+        """Store a decision; if one exists under ``event_id`` already, return that one instead
+        (``UnreadableDecision`` when it is not one the service wrote).
 
         The event is tracked until its reward window closes, when the sweep settles it.
         """
@@ -146,7 +155,7 @@ class Store:
         keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
         args = [dumps(record), self.ttl_s, record["arm"], deadline, event_id]
         existing = await self._calls.call(self._save_decision, keys, args)
-        return orjson.loads(existing) if existing else None
+        return None if existing is None else _read(read_choice, event_id, existing)
 
     @unavailable
     async def add_parts(
@@ -159,7 +168,8 @@ class Store:
         """Keep reward parts for ``event_id``; a part already there is kept as it was.
 
         Parts that come after the decision's reward window closed (at ``ts + reward_wait_s``,
-        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``.
+        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``; parts
+        for a stored decision that does not read, too: ``UnreadableDecision``.
 
         With ``final`` (the reward these parts make by themselves), the event is also logged
         with it, as ``finalize`` does, when these parts turn out to be all its parts; then
@@ -185,17 +195,21 @@ class Store:
             raise AlreadyRewarded(event_id)
         if result[0] == 4:
             raise WindowClosed(event_id, float(result[1]), self.reward_wait_s)
+        if result[0] == 5:
+            raise _unreadable(event_id, result[1].decode())
+        decision = _read(read_decision, event_id, result[1])
         if result[0] == 3:
-            return Parts(orjson.loads(result[1]), dict(parts), [], result[2].decode())
+            return Parts(decision, dict(parts), [], result[2].decode())
         pairs = result[2]
         merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-        return Parts(orjson.loads(result[1]), merged, [d.decode() for d in result[3]])
+        return Parts(decision, merged, [d.decode() for d in result[3]])
 
     @unavailable
     async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
         """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
 
-        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone.
+        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone,
+        ``UnreadableDecision`` if its stored decision does not read.
         """
         keys = [
             self.key(KEY_DECISION, event_id),
@@ -211,6 +225,8 @@ class Store:
             raise UnknownEvent(event_id)
         if result[0] == 1:
             raise AlreadyRewarded(event_id)
+        if result[0] == 5:
+            raise _unreadable(event_id, result[1].decode())
         return None if result[0] == 3 else str(result[1].decode())
 
     @unavailable
@@ -237,12 +253,20 @@ class Store:
         await self._drop_pending(keys=[self.key(KEY_PENDING), self.key(KEY_STATS)], args=[event_id])
 
     @unavailable
+    async def decision(self, event_id: str) -> dict[str, Any] | None:
+        """The decision record of ``event_id`` (None: gone); ``UnreadableDecision`` if it does
+        not read."""
+        raw = cast(bytes | None, await self.redis.get(self.key(KEY_DECISION, event_id)))
+        return None if raw is None else _read(read_decision, event_id, raw)
+
+    @unavailable
     async def decisions_of_many(self, event_ids: list[str]) -> list[dict[str, Any] | None]:
-        """The decision record of each of ``event_ids`` (``None`` where gone), one round trip."""
+        """The decision record of each of ``event_ids``, in one round trip: ``None`` where gone,
+        or where it does not read (``finalize`` then says so)."""
         if not event_ids:
             return []
         raws = await self.redis.mget([self.key(KEY_DECISION, e) for e in event_ids])
-        return [orjson.loads(raw) if raw else None for raw in raws]
+        return [_readable(cast(bytes | None, raw)) for raw in raws]
 
     @unavailable
     async def parts_of(self, event_id: str) -> dict[str, float]:
@@ -578,6 +602,29 @@ def _snapshot_head(
     except (ValueError, UnicodeDecodeError) as e:
         log.warning("the stored snapshot's fields do not read (%s): treated as none", e)
         return None
+
+
+def _read(reader: Callable[[bytes], dict[str, Any]], event_id: str, raw: bytes) -> dict[str, Any]:
+    """``reader(raw)``, the decision stored for ``event_id``, or ``UnreadableDecision``."""
+    try:
+        return reader(raw)
+    except ValueError as e:
+        raise _unreadable(event_id, str(e)) from None
+
+
+def _readable(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        return None if raw is None else read_decision(raw)
+    except ValueError:
+        return None
+
+
+def _unreadable(event_id: str, problem: str) -> UnreadableDecision:
+    """The error for a stored decision that does not read, said in the log (once: only the store
+    raises it, and its callers do not log it again)."""
+    error = UnreadableDecision(event_id, problem)
+    log.warning("%s", error.message)
+    return error
 
 
 def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
