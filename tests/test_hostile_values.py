@@ -31,7 +31,7 @@ from bandit_router.store.keys import (
 )
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, SettingsFactory, readable
 
 ARMS = ("4b", "7b", "14b")
 
@@ -298,6 +298,77 @@ def test_a_buffered_decision_whose_id_holds_one_that_does_not_read_is_let_go(
         assert not router._buffer
         assert r.get(_key(settings, KEY_DECISION, "taken")) == b"{oops"
         assert r.exists(_key(settings, KEY_DECISION, "free"))
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
+# Reward parts and pending ids that are not what the service writes -----------------------
+
+# Fields of a parts hash no reward can use: none is a part.
+NOT_PARTS: dict[bytes, bytes] = {
+    b"latency_ms": b"abc",
+    b"rating": b"nan",
+    b"cost_usd": b"inf",
+    b"accuracy": b"7",  # beyond its bounds
+    b"nonsense": b"1",
+    b"\xff\xfe": b"1",
+}
+
+
+def _write_parts(r: redis.Redis, settings: Settings, event_id: str, **good: float) -> None:
+    key = _key(settings, KEY_PARTS, event_id)
+    for name, value in NOT_PARTS.items():
+        r.hset(key, name, value)
+    for part, number in good.items():
+        r.hset(key, part, number)
+
+
+def test_a_reward_ignores_and_deletes_what_its_parts_hash_holds_that_is_no_part(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    _write_parts(r, settings, event_id)
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        response = client.post("/reward", json={"event_id": event_id, "reward": 0.5})
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "final"
+    assert response.json()["reward"] == 0.5
+    assert response.json()["parts"] == {"reward": 0.5}
+    assert "reward parts that are not parts deleted" in caplog.text
+    assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+def test_the_sweep_learns_the_parts_and_drops_what_is_not_one(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ended windows whose parts hashes hold fields no reward can use, and a pending id that is
+    not text: the sweep learns the parts there are, lets the rest go, and the next finds none."""
+    settings = make_settings(reward_wait_s=60)
+    r = _redis(settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        with_part = await router.choose("one")
+        only_junk = await router.choose("two")
+        _write_parts(r, settings, with_part.event_id, accuracy=1.0)
+        _write_parts(r, settings, only_junk.event_id)
+        r.zadd(_key(settings, KEY_PENDING), {b"\xff\xfe not text": time.time()})
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert await router.sweep(now=time.time() + 61) == 1
+        assert "pending ids that are not text dropped" in caplog.text
+        assert await router.store.due(time.time() + 61) == []
+        assert (await router.store.counters())["skipped_no_reward"] == 1  # only_junk
+        await router.learner.step()
+        logged = [e async for e in router.store.events()]
+        assert [(e.decision["event_id"], e.reward["parts"]) for e in readable(logged)] == [
+            (with_part.event_id, {"accuracy": 1.0})
+        ]
         await _close(router)
 
     asyncio.run(scenario())

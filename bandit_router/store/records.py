@@ -50,8 +50,22 @@ def read_choice(raw: bytes) -> dict[str, Any]:
     return record
 
 
-def decode_parts(raw: dict[bytes, bytes]) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in raw.items()}
+def decode_parts(raw: dict[bytes, bytes]) -> tuple[dict[str, float], list[bytes]]:
+    """The reward parts of a parts hash, and the names of its fields that are not a part (written
+    by hand): a name that is not a part's, a value that is not a number within its bounds."""
+    parts: dict[str, float] = {}
+    others: list[bytes] = []
+    for name, value in raw.items():
+        try:
+            key, number = name.decode(), float(value)
+        except ValueError:  # UnicodeDecodeError included
+            others.append(name)
+            continue
+        if _in_bounds(key, number):
+            parts[key] = number
+        else:
+            others.append(name)
+    return parts, others
 
 
 def dumps(value: Any) -> bytes:

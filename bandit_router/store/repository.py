@@ -201,7 +201,7 @@ class Store:
         if result[0] == 3:
             return Parts(decision, dict(parts), [], result[2].decode())
         pairs = result[2]
-        merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        merged = await self._parts(event_id, dict(zip(pairs[::2], pairs[1::2], strict=True)))
         return Parts(decision, merged, [d.decode() for d in result[3]])
 
     @unavailable
@@ -231,9 +231,19 @@ class Store:
 
     @unavailable
     async def due(self, now: float, limit: int = 500) -> list[str]:
-        """Events whose reward window closed at or before ``now``."""
+        """Events whose reward window closed at or before ``now``. An id that is not UTF-8
+        (written by hand: the service's are text) is no event: it stops being tracked, logged."""
         ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
-        return [i.decode() for i in ids]
+        found, others = [], []
+        for raw in ids:
+            try:
+                found.append(raw.decode())
+            except UnicodeDecodeError:
+                others.append(raw)
+        if others:
+            log.warning("pending ids that are not text dropped: %s", _shown(others))
+            await self.redis.zrem(self.key(KEY_PENDING), *others)
+        return found
 
     @unavailable
     async def skip_silent(self, event_ids: list[str]) -> list[str]:
@@ -271,7 +281,7 @@ class Store:
     @unavailable
     async def parts_of(self, event_id: str) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
-        return decode_parts(raw)
+        return await self._parts(event_id, raw)
 
     @unavailable
     async def parts_of_many(self, event_ids: list[str]) -> list[dict[str, float]]:
@@ -282,7 +292,18 @@ class Store:
             for event_id in event_ids:
                 pipe.hgetall(self.key(KEY_PARTS, event_id))
             raws: list[dict[bytes, bytes]] = await pipe.execute()
-        return [decode_parts(raw) for raw in raws]
+        return [await self._parts(e, raw) for e, raw in zip(event_ids, raws, strict=True)]
+
+    async def _parts(self, event_id: str, raw: dict[bytes, bytes]) -> dict[str, float]:
+        """The parts in ``raw``, the parts hash of ``event_id`` as read. Its fields that are not
+        a part (written by hand) are deleted, logged: a reward cannot use them, and ``finalize``
+        counts the hash's fields to see whether a part came meanwhile."""
+        parts, others = decode_parts(raw)
+        if others:
+            shown = _shown([(name, raw[name]) for name in others])
+            log.warning("event %s: reward parts that are not parts deleted: %s", event_id, shown)
+            await self.redis.hdel(self.key(KEY_PARTS, event_id), *others)
+        return parts
 
     # The training log and the learner
 
@@ -625,6 +646,12 @@ def _unreadable(event_id: str, problem: str) -> UnreadableDecision:
     error = UnreadableDecision(event_id, problem)
     log.warning("%s", error.message)
     return error
+
+
+def _shown(values: list[Any]) -> str:
+    """``values`` for the log, at most a few hundred characters of them."""
+    text = repr(values)
+    return text if len(text) <= 300 else f"{text[:300]}... ({len(values)} in all)"
 
 
 def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
