@@ -43,6 +43,21 @@ class WindowClosed(RouterError):
         self.closed_at = closed_at
 
 
+class UnreadableDecision(RouterError):
+    """The decision stored under an event id is not a record the service wrote (written by hand,
+    or damaged). 409, like the other answers about the event's stored state: the client did
+    nothing wrong, but the same request cannot succeed later either, so it must not retry."""
+
+    status_code = 409
+    field = "event_id"
+
+    def __init__(self, event_id: str, problem: str) -> None:
+        super().__init__(
+            f"the decision stored for event_id {event_id!r} is unreadable ({problem}): the event "
+            "cannot be rewarded or chosen again; send a new /choose, with a new event_id"
+        )
+
+
 class ArmsConflict(RouterError):
     status_code = 409
     field = "arms"

@@ -21,7 +21,11 @@ import numpy as np
 import pytest
 
 from bandit_router.cli.main import main
+from bandit_router.features import extract
+from bandit_router.policies.base import Arm
 from bandit_router.policies.linucb import LinUCB
+from bandit_router.policies.registry import load_policy
+from bandit_router.policies.vw import VWPolicy, adf_example
 from bandit_router.settings import Settings
 from bandit_router.store.records import Snapshot
 from bandit_router.store.repository import open_store
@@ -406,6 +410,30 @@ def test_the_service_does_not_serve_nan_linucb_arrays_from_redis(
     assert client.get("/healthz").json()["model_version"] == 0  # a fresh model, not version 5
     for query in COMMAND_QUERIES:
         assert client.post("/choose", json={"query": query}).status_code == 200
+
+
+# 3: a model that loads but cannot choose --------------------------------------------------
+
+
+def test_a_model_that_loads_but_cannot_choose_is_refused_by_the_trial_choice(
+    snapshot_of: Callable[[str], dict[str, Any]], restore: Restore, tmp_path: Path
+) -> None:
+    """Its header and VW's own format are sound, so the loader takes it, but its weights are NaN
+    (VW taught an infinite cost): only a choice shows it, and every /choose would fail."""
+    doc = snapshot_of("squarecb")
+    policy = load_policy("squarecb", base64.b64decode(doc["data"]), seed=7)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("4b"), Arm("7b"), Arm("14b")]
+    poison = "\n".join(adf_example(extract("what is a cat"), arms, 0, float("inf"), 0.5))
+    for vw in policy.regressors:
+        vw.learn(poison)
+    data = policy.dumps()
+    loaded = load_policy("squarecb", data, seed=7)  # the loader's checks pass
+    with pytest.raises(ValueError, match="probabilities must be finite"):
+        loaded.choose(extract(COMMAND_QUERIES[0]), arms)
+    code, err = restore(_write(tmp_path / "nan.json", doc, data))
+    assert code == 1
+    assert "loads but cannot choose" in err
 
 
 # 4: files that are not snapshots, and snapshot's own file --------------------------------

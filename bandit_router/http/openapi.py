@@ -66,7 +66,7 @@ CHOOSE = responses(
     422,
     500,
     503,
-    e409="the event_id is known with other arms",
+    e409="the event_id is known with other arms, or its stored decision is unreadable",
     e503="Redis unavailable and the local buffer full",
 )
 REWARD = responses(
@@ -81,6 +81,7 @@ REWARD = responses(
     500,
     503,
     e404="unknown or expired event_id, or its reward window closed",
+    e409="the event was already rewarded, or its stored decision is unreadable",
 )
 READ = responses(401, 422, 500, 503, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
 OPS = responses(401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from bandit_router.errors import (
     RouterError,
     StoreUnavailable,
     UnknownEvent,
+    UnreadableDecision,
 )
 from bandit_router.features import AppValue, WordKey, extract
 from bandit_router.policies.base import Arm
@@ -242,7 +244,8 @@ class Router:
         async with self._flushing:
             while self._buffer:
                 event_id, record = next(iter(self._buffer.items()))
-                await self._save(record)
+                with contextlib.suppress(UnreadableDecision):  # its id is taken, as by any record
+                    await self._save(record)
                 self._buffer.pop(event_id, None)
                 written += 1
             if dropped := self.buffer_dropped:  # more may be dropped while this is counted
@@ -313,7 +316,7 @@ class Router:
         """``InvalidReward`` unless the event's weights count one of the ``present`` parts;
         ``UnknownEvent`` if it is gone. A read the usual reward (a part the deployment weighs)
         does without."""
-        (decision,) = await self.store.decisions_of_many([event_id])
+        decision = await self.store.decision(event_id)
         if decision is None:
             raise UnknownEvent(event_id)
         self._combine(present, own_weights(decision))
@@ -404,6 +407,9 @@ class Router:
             await self._finalize(event_id, parts, weights)
         except (UnknownEvent, InvalidReward) as e:
             log.warning("event %s not learned at window end: %s", event_id, e)
+            await self.store.drop_pending(event_id)
+            return 0
+        except UnreadableDecision:  # the store said so in the log
             await self.store.drop_pending(event_id)
             return 0
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -17,8 +18,54 @@ from bandit_router.rewards import PART_BOUNDS
 MAX_TS = 253_402_300_799.0
 
 
-def decode_parts(raw: dict[bytes, bytes]) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in raw.items()}
+def read_decision(raw: bytes) -> dict[str, Any]:
+    """A stored decision record as the reward path reads it, or ``ValueError`` saying why not: a
+    JSON object whose ``ts`` is a time and ``arm`` a string, as ``scripts.DECISION_LUA`` checks it
+    (the rest is checked where the log is read: ``to_event``)."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:  # the JSON Redis's cjson reads and orjson does not: NaN, Infinity, huge numbers
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ValueError("not a JSON object") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if not _finite(record.get("ts")) or not 0 <= record["ts"] <= MAX_TS:
+        raise ValueError("ts is not a time")
+    if type(record.get("arm")) is not str:
+        raise ValueError("arm is not a string")
+    return record
+
+
+def read_choice(raw: bytes) -> dict[str, Any]:
+    """A stored decision as a repeated /choose answers it (``read_decision``, and every field of
+    that answer as the service writes it), or ``ValueError`` saying why not."""
+    record = read_decision(raw)
+    problem = _decision_problem(record)
+    if problem is not None:
+        raise ValueError(problem)
+    if type(record.get("policy")) is not str or type(record.get("model_version")) is not int:
+        raise ValueError("decision: policy is not a string or model_version not an integer")
+    return record
+
+
+def decode_parts(raw: dict[bytes, bytes]) -> tuple[dict[str, float], list[bytes]]:
+    """The reward parts of a parts hash, and the names of its fields that are not a part (written
+    by hand): a name that is not a part's, a value that is not a number within its bounds."""
+    parts: dict[str, float] = {}
+    others: list[bytes] = []
+    for name, value in raw.items():
+        try:
+            key, number = name.decode(), float(value)
+        except ValueError:  # UnicodeDecodeError included
+            others.append(name)
+            continue
+        if _in_bounds(key, number):
+            parts[key] = number
+        else:
+            others.append(name)
+    return parts, others
 
 
 def dumps(value: Any) -> bytes:

@@ -15,7 +15,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
+from bandit_router.errors import (
+    AlreadyRewarded,
+    StoreUnavailable,
+    UnknownEvent,
+    UnreadableDecision,
+    WindowClosed,
+)
 from bandit_router.store.cluster import SlotRoute, is_cluster_url
 from bandit_router.store.embedded import EmbeddedRedis
 
@@ -46,12 +52,15 @@ from bandit_router.store.records import (
     decode_parts,
     dumps,
     is_stream_id,
+    read_choice,
+    read_decision,
     to_event,
     to_events,
 )
 from bandit_router.store.scripts import (
     ADD_FINAL,
     ADD_PARTS,
+    COUNT,
     DROP_PENDING,
     FINALIZE,
     LEASE,
@@ -95,6 +104,7 @@ class Store:
         self.stream_maxlen = stream_maxlen
         self._calls = GroupCommit(client)
         self._register(client)
+        self._unreadable_counters: set[bytes] = set()  # said once in the log, not at every read
 
     def _register(self, client: aioredis.Redis) -> None:
         self._save_decision = client.register_script(SAVE_DECISION)
@@ -103,6 +113,7 @@ class Store:
         self._finalize = client.register_script(FINALIZE)
         self._skip_silent = client.register_script(SKIP_SILENT)
         self._drop_pending = client.register_script(DROP_PENDING)
+        self._count = client.register_script(COUNT)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
 
@@ -135,7 +146,8 @@ class Store:
 
     @unavailable
     async def save_decision(self, event_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
-        """Store a decision; if one exists under ``event_id`` already, return that one instead.
+        """Store a decision; if one exists under ``event_id`` already, return that one instead
+        (``UnreadableDecision`` when it is not one the service wrote).
 
         The event is tracked until its reward window closes, when the sweep settles it.
         """
@@ -143,7 +155,7 @@ class Store:
         keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
         args = [dumps(record), self.ttl_s, record["arm"], deadline, event_id]
         existing = await self._calls.call(self._save_decision, keys, args)
-        return orjson.loads(existing) if existing else None
+        return None if existing is None else _read(read_choice, event_id, existing)
 
     @unavailable
     async def add_parts(
@@ -156,7 +168,8 @@ class Store:
         """Keep reward parts for ``event_id``; a part already there is kept as it was.
 
         Parts that come after the decision's reward window closed (at ``ts + reward_wait_s``,
-        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``.
+        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``; parts
+        for a stored decision that does not read, too: ``UnreadableDecision``.
 
         With ``final`` (the reward these parts make by themselves), the event is also logged
         with it, as ``finalize`` does, when these parts turn out to be all its parts; then
@@ -182,17 +195,21 @@ class Store:
             raise AlreadyRewarded(event_id)
         if result[0] == 4:
             raise WindowClosed(event_id, float(result[1]), self.reward_wait_s)
+        if result[0] == 5:
+            raise _unreadable(event_id, result[1].decode())
+        decision = _read(read_decision, event_id, result[1])
         if result[0] == 3:
-            return Parts(orjson.loads(result[1]), dict(parts), [], result[2].decode())
+            return Parts(decision, dict(parts), [], result[2].decode())
         pairs = result[2]
-        merged = {pairs[i].decode(): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-        return Parts(orjson.loads(result[1]), merged, [d.decode() for d in result[3]])
+        merged = await self._parts(event_id, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        return Parts(decision, merged, [d.decode() for d in result[3]])
 
     @unavailable
     async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
         """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
 
-        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone.
+        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone,
+        ``UnreadableDecision`` if its stored decision does not read.
         """
         keys = [
             self.key(KEY_DECISION, event_id),
@@ -208,13 +225,25 @@ class Store:
             raise UnknownEvent(event_id)
         if result[0] == 1:
             raise AlreadyRewarded(event_id)
+        if result[0] == 5:
+            raise _unreadable(event_id, result[1].decode())
         return None if result[0] == 3 else str(result[1].decode())
 
     @unavailable
     async def due(self, now: float, limit: int = 500) -> list[str]:
-        """Events whose reward window closed at or before ``now``."""
+        """Events whose reward window closed at or before ``now``. An id that is not UTF-8
+        (written by hand: the service's are text) is no event: it stops being tracked, logged."""
         ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
-        return [i.decode() for i in ids]
+        found, others = [], []
+        for raw in ids:
+            try:
+                found.append(raw.decode())
+            except UnicodeDecodeError:
+                others.append(raw)
+        if others:
+            log.warning("pending ids that are not text dropped: %s", _shown(others))
+            await self.redis.zrem(self.key(KEY_PENDING), *others)
+        return found
 
     @unavailable
     async def skip_silent(self, event_ids: list[str]) -> list[str]:
@@ -234,17 +263,25 @@ class Store:
         await self._drop_pending(keys=[self.key(KEY_PENDING), self.key(KEY_STATS)], args=[event_id])
 
     @unavailable
+    async def decision(self, event_id: str) -> dict[str, Any] | None:
+        """The decision record of ``event_id`` (None: gone); ``UnreadableDecision`` if it does
+        not read."""
+        raw = cast(bytes | None, await self.redis.get(self.key(KEY_DECISION, event_id)))
+        return None if raw is None else _read(read_decision, event_id, raw)
+
+    @unavailable
     async def decisions_of_many(self, event_ids: list[str]) -> list[dict[str, Any] | None]:
-        """The decision record of each of ``event_ids`` (``None`` where gone), one round trip."""
+        """The decision record of each of ``event_ids``, in one round trip: ``None`` where gone,
+        or where it does not read (``finalize`` then says so)."""
         if not event_ids:
             return []
         raws = await self.redis.mget([self.key(KEY_DECISION, e) for e in event_ids])
-        return [orjson.loads(raw) if raw else None for raw in raws]
+        return [_readable(cast(bytes | None, raw)) for raw in raws]
 
     @unavailable
     async def parts_of(self, event_id: str) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
-        return decode_parts(raw)
+        return await self._parts(event_id, raw)
 
     @unavailable
     async def parts_of_many(self, event_ids: list[str]) -> list[dict[str, float]]:
@@ -255,7 +292,18 @@ class Store:
             for event_id in event_ids:
                 pipe.hgetall(self.key(KEY_PARTS, event_id))
             raws: list[dict[bytes, bytes]] = await pipe.execute()
-        return [decode_parts(raw) for raw in raws]
+        return [await self._parts(e, raw) for e, raw in zip(event_ids, raws, strict=True)]
+
+    async def _parts(self, event_id: str, raw: dict[bytes, bytes]) -> dict[str, float]:
+        """The parts in ``raw``, the parts hash of ``event_id`` as read. Its fields that are not
+        a part (written by hand) are deleted, logged: a reward cannot use them, and ``finalize``
+        counts the hash's fields to see whether a part came meanwhile."""
+        parts, others = decode_parts(raw)
+        if others:
+            shown = _shown([(name, raw[name]) for name in others])
+            log.warning("event %s: reward parts that are not parts deleted: %s", event_id, shown)
+            await self.redis.hdel(self.key(KEY_PARTS, event_id), *others)
+        return parts
 
     # The training log and the learner
 
@@ -496,7 +544,12 @@ class Store:
 
     @unavailable
     async def count(self, name: str, by: int = 1) -> None:
-        await self.redis.hincrby(self.key(KEY_STATS), name, by)
+        """Add ``by`` to counter ``name``; a counter that is not an integer (written by hand) is
+        left as it is, with a warning: it must not fail the work it counts."""
+        error: bytes | None = await self._count(keys=[self.key(KEY_STATS)], args=[name, by])
+        if error:
+            why = error.decode(errors="replace")
+            log.warning("counter %s not counted (%s): delete it to restart it", name, why)
 
     async def recent_events(self, count: int) -> list[Logged]:
         """The newest ``count`` joined events of the training log, oldest first."""
@@ -522,11 +575,22 @@ class Store:
 
     @unavailable
     async def counters(self) -> dict[str, float]:
-        """The counters; a value that is not a finite number (written by hand) is left out."""
+        """The counters; a value that is not a finite number (written by hand) is left out, with
+        a warning the first time this store reads it."""
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
-        return {
-            k.decode(errors="replace"): v for k, v in map(_counter, raw.items()) if v is not None
-        }
+        out: dict[str, float] = {}
+        for name, value in map(_counter, raw.items()):
+            if value is not None:
+                out[name.decode(errors="replace")] = value
+            elif name not in self._unreadable_counters:
+                self._unreadable_counters.add(name)
+                log.warning(
+                    "counter %r is not a number (%.40r), left out of /stats and /metrics: an "
+                    "increment leaves it as it is; delete it (HDEL) to restart it",
+                    name.decode(errors="replace"),
+                    raw[name],
+                )
+        return out
 
     @unavailable
     async def clear(self) -> None:
@@ -559,6 +623,35 @@ def _snapshot_head(
     except (ValueError, UnicodeDecodeError) as e:
         log.warning("the stored snapshot's fields do not read (%s): treated as none", e)
         return None
+
+
+def _read(reader: Callable[[bytes], dict[str, Any]], event_id: str, raw: bytes) -> dict[str, Any]:
+    """``reader(raw)``, the decision stored for ``event_id``, or ``UnreadableDecision``."""
+    try:
+        return reader(raw)
+    except ValueError as e:
+        raise _unreadable(event_id, str(e)) from None
+
+
+def _readable(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        return None if raw is None else read_decision(raw)
+    except ValueError:
+        return None
+
+
+def _unreadable(event_id: str, problem: str) -> UnreadableDecision:
+    """The error for a stored decision that does not read, said in the log (once: only the store
+    raises it, and its callers do not log it again)."""
+    error = UnreadableDecision(event_id, problem)
+    log.warning("%s", error.message)
+    return error
+
+
+def _shown(values: list[Any]) -> str:
+    """``values`` for the log, at most a few hundred characters of them."""
+    text = repr(values)
+    return text if len(text) <= 300 else f"{text[:300]}... ({len(values)} in all)"
 
 
 def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:

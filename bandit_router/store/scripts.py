@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from bandit_router.store.records import MAX_TS
+
+# The counters (the stats hash) are statistics: each script increments them with redis.pcall, so a
+# counter that is not a number (written by hand) is left as it is and the script goes on. With
+# redis.call the script would stop there, and Redis keeps the writes a script made before an error.
+
 # KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
 SAVE_DECISION = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
+  redis.pcall('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
   return false
 end
@@ -15,6 +21,25 @@ return redis.call('GET', KEYS[1])
 
 # Lua shared by the reward scripts, whose KEYS are always decision, done, parts, pending, events,
 # stats (ADD_PARTS uses the first four) and whose ARGV start ttl, wait or maxlen, event id.
+# A stored decision may be anything (written by hand, or damaged): each script reads its time and
+# arm with decision_of, before it writes anything, and answers {5, why} when they do not read
+# (records.read_decision checks the same in Python).
+DECISION_LUA = """
+local function decision_of(d)  -- the record's time and arm; or nil, nil and why they do not read
+  local ok, record = pcall(cjson.decode, d)
+  if not ok or type(record) ~= 'table' or record[1] ~= nil then
+    return nil, nil, 'not a JSON object'
+  end
+  local ts, arm = record['ts'], record['arm']
+  if type(ts) ~= 'number' or not (ts >= 0 and ts <= MAX_TS) then  -- NaN fails both comparisons
+    return nil, nil, 'ts is not a time'
+  end
+  if type(arm) ~= 'string' then return nil, nil, 'arm is not a string' end
+  return ts, arm
+end
+""".replace("MAX_TS", repr(MAX_TS))
+
+
 PARTS_LUA = """
 local function add_parts(first)  -- HSETNX the name/value pairs from ARGV[first]; the repeats
   local dups = {}
@@ -23,8 +48,8 @@ local function add_parts(first)  -- HSETNX the name/value pairs from ARGV[first]
   end
   return dups
 end
-local function window_end(d)  -- when the decision's reward window closes (ARGV[2] is the wait)
-  return cjson.decode(d)['ts'] + tonumber(ARGV[2])
+local function window_end(ts)  -- when the decision's reward window closes (ARGV[2] is the wait)
+  return ts + tonumber(ARGV[2])
 end
 local function hold(d, deadline, dups)  -- keep the parts until the window closes
   redis.call('EXPIRE', KEYS[3], ARGV[1])
@@ -35,29 +60,31 @@ end
 
 
 LOG_LUA = """
-local function log_event(d, maxlen, reward, value)  -- mark done, log and count: once an event
+local function log_event(d, arm, maxlen, reward, value)  -- mark done, log, count: once an event
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
   local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'd', d, 'r', reward)
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
-  local arm = cjson.decode(d)['arm']
-  redis.call('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
-  redis.call('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
+  redis.pcall('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
+  redis.pcall('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
   return id
 end
 """
 
 
 # ARGV ttl, wait, event id, now, then name/value pairs. Returns {0} unknown, {1} already final,
-# {4, window end} when the parts come after the window closed (a string: Lua numbers become
-# integers in a reply), or {2, decision, parts (flat), duplicates}.
+# {5, why} unreadable, {4, window end} when the parts come after the window closed (a string: Lua
+# numbers become integers in a reply), or {2, decision, parts (flat), duplicates}.
 ADD_PARTS = (
-    PARTS_LUA
+    DECISION_LUA
+    + PARTS_LUA
     + """
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
-local deadline = window_end(d)
+local ts, _, why = decision_of(d)
+if not ts then return {5, why} end
+local deadline = window_end(ts)
 if tonumber(ARGV[4]) > deadline then return {4, tostring(deadline)} end
 return hold(d, deadline, add_parts(5))
 """
@@ -69,20 +96,23 @@ return hold(d, deadline, add_parts(5))
 # same round trip. ARGV ttl, wait, event id, now, maxlen, reward JSON, reward value, then
 # name/value pairs. Returns what ADD_PARTS returns, or {3, decision, id}.
 ADD_FINAL = (
-    PARTS_LUA
+    DECISION_LUA
+    + PARTS_LUA
     + LOG_LUA
     + """
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
-local deadline = window_end(d)
+local ts, arm, why = decision_of(d)
+if not ts then return {5, why} end
+local deadline = window_end(ts)
 if tonumber(ARGV[4]) > deadline then return {4, tostring(deadline)} end
 if redis.call('EXISTS', KEYS[3]) == 0 then  -- no part came before: these are all of them
-  return {3, d, log_event(d, ARGV[5], ARGV[6], ARGV[7])}
+  return {3, d, log_event(d, arm, ARGV[5], ARGV[6], ARGV[7])}
 end
 local dups = add_parts(8)
 if #dups == 0 and redis.call('HLEN', KEYS[3]) == (#ARGV - 7) / 2 then
-  return {3, d, log_event(d, ARGV[5], ARGV[6], ARGV[7])}
+  return {3, d, log_event(d, arm, ARGV[5], ARGV[6], ARGV[7])}
 end
 return hold(d, deadline, dups)
 """
@@ -90,15 +120,18 @@ return hold(d, deadline, dups)
 
 
 # ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
-# Returns {0} gone, {1} already final, {3} parts changed, {2, id}.
+# Returns {0} gone, {1} already final, {5, why} unreadable, {3} parts changed, {2, id}.
 FINALIZE = (
-    LOG_LUA
+    DECISION_LUA
+    + LOG_LUA
     + """
 local d = redis.call('GET', KEYS[1])
 if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local ts, arm, why = decision_of(d)
+if not ts then return {5, why} end
 if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
-return {2, log_event(d, ARGV[2], ARGV[5], ARGV[6])}
+return {2, log_event(d, arm, ARGV[2], ARGV[5], ARGV[6])}
 """
 )
 
@@ -114,7 +147,7 @@ for i, id in ipairs(ARGV) do
     skipped = skipped + 1
   end
 end
-if skipped > 0 then redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', skipped) end
+if skipped > 0 then redis.pcall('HINCRBY', KEYS[2], 'skipped_no_reward', skipped) end
 return kept
 """
 
@@ -123,10 +156,18 @@ return kept
 # still tracked: a concurrent final (or another process's sweep) may have settled it already.
 DROP_PENDING = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'skipped_no_reward', 1)
+  redis.pcall('HINCRBY', KEYS[2], 'skipped_no_reward', 1)
   return 1
 end
 return 0
+"""
+
+
+# KEYS stats; ARGV counter, by. Returns the error of a counter that is not a number, else false.
+COUNT = """
+local counted = redis.pcall('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if type(counted) == 'table' then return counted['err'] end
+return false
 """
 
 

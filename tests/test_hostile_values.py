@@ -1,0 +1,375 @@
+"""Values in Redis the service never writes never break the reward path or the sweep.
+
+An operator, a bug or a partial restore may leave anything under the service's keys: a counter
+that is not a number, a decision record that is not one, a reward part that is not a number, a
+pending id that is not text. Here such values go straight into Redis (the test's prefix on both
+Redis setups), then the service is driven through HTTP, or the router's sweep is run: each value
+costs at most its own event, with a warning, and every other event goes on as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from bandit_router.rewards import RewardParts
+from bandit_router.service.router import Router
+from bandit_router.settings import Settings
+from bandit_router.store.keys import (
+    KEY_DECISION,
+    KEY_DONE,
+    KEY_EVENTS,
+    KEY_PARTS,
+    KEY_PENDING,
+    KEY_STATS,
+)
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
+from tests.conftest import ClientFactory, SettingsFactory, readable
+
+ARMS = ("4b", "7b", "14b")
+
+
+def _key(settings: Settings, template: str, event_id: str = "") -> str:
+    return template.format(p="{" + settings.key_prefix + "}", event_id=event_id)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url or "")
+
+
+async def _open(settings: Settings) -> Router:
+    store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+    return await Router.open(settings, store)
+
+
+async def _close(router: Router) -> None:
+    await router.close()
+    await router.store.close()
+
+
+# Counters that are not numbers -----------------------------------------------------------
+
+BROKEN_COUNTERS: dict[str, str] = {
+    **{f"decisions:{arm}": "abc" for arm in ARMS},
+    **{f"rewards:{arm}": "12.5" for arm in ARMS},  # not an integer: HINCRBY refuses it
+    **{f"reward_sum:{arm}": "not a float" for arm in ARMS},
+    "skipped_no_reward": "abc",
+    "decisions_dropped": "abc",
+}
+
+
+def _break_counters(r: redis.Redis, settings: Settings) -> None:
+    for name, value in BROKEN_COUNTERS.items():
+        r.hset(_key(settings, KEY_STATS), name, value)
+
+
+def test_counters_that_are_not_numbers_stop_neither_a_decision_nor_a_reward(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decision is stored and tracked, the reward logged and learned, /stats and /metrics
+    answer; the counters are left as they were, each said once in the log."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    _break_counters(r, settings)
+
+    decision = client.post("/choose", json={"query": "what is a cat?"})
+    assert decision.status_code == 200, decision.text
+    event_id = decision.json()["event_id"]
+    assert r.exists(_key(settings, KEY_DECISION, event_id))
+    assert r.zscore(_key(settings, KEY_PENDING), event_id) is not None  # its window is tracked
+
+    reward = client.post("/reward", json={"event_id": event_id, "reward": 0.75})
+    assert reward.status_code == 200, reward.text
+    assert reward.json()["status"] == "final"
+    assert r.exists(_key(settings, KEY_DONE, event_id))
+    assert r.xlen(_key(settings, KEY_EVENTS)) == 1
+    assert r.zscore(_key(settings, KEY_PENDING), event_id) is None
+    assert client.get("/healthz").json()["model_version"] == 1  # learned
+
+    stored: dict[bytes, bytes] = r.hgetall(_key(settings, KEY_STATS))  # type: ignore[assignment]
+    assert {k: stored[k.encode()].decode() for k in BROKEN_COUNTERS} == BROKEN_COUNTERS
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for _ in range(2):
+            stats = client.get("/stats")
+            assert stats.status_code == 200, stats.text
+            assert stats.json()["decisions"] == 0  # the broken counters are left out
+            assert client.get("/metrics").status_code == 200
+    said = [m for m in caplog.messages if "decisions:4b" in m and "is not a number" in m]
+    assert len(said) == 1, caplog.messages
+    r.close()
+
+
+def test_the_sweep_and_the_buffer_count_nothing_into_a_counter_that_is_not_a_number(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep lets silent windows go (in its batch script, and one at a time), and a flush
+    counts the decisions its buffer dropped: a broken counter fails none of them."""
+    settings = make_settings(reward_wait_s=60)
+    r = _redis(settings)
+    _break_counters(r, settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        silent = [await router.choose(f"question {i}") for i in range(2)]
+        await router.store.drop_pending(silent[0].event_id)
+        assert await router.sweep(now=time.time() + 61) == 0
+        assert await router.store.due(time.time() + 61) == []  # every window let go
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            await router.store.count("decisions_dropped", 3)
+        assert "counter decisions_dropped not counted" in caplog.text
+        await _close(router)
+
+    asyncio.run(scenario())
+    assert r.hget(_key(settings, KEY_STATS), "skipped_no_reward") == b"abc"
+    r.close()
+
+
+# Decision records that do not read -------------------------------------------------------
+
+
+def _record(**fields: Any) -> bytes:
+    return orjson.dumps({"event_id": "x", "probability": 1.0, **fields})
+
+
+# (the record stored, what the answer says of it)
+UNREADABLE_DECISIONS: list[tuple[bytes, str]] = [
+    (b"{oops", "not a JSON object"),
+    (b"", "not a JSON object"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'"a string"', "not a JSON object"),
+    (b"null", "not a JSON object"),
+    (_record(arm="7b"), "ts is not a time"),
+    (_record(ts="yesterday", arm="7b"), "ts is not a time"),
+    (_record(ts=True, arm="7b"), "ts is not a time"),
+    (_record(ts=-1e300, arm="7b"), "ts is not a time"),  # its window's end is no date
+    (_record(ts=1e300, arm="7b"), "ts is not a time"),  # a window that would never close
+    (b'{"ts": NaN, "arm": "7b"}', "ts is not a time"),
+    (_record(ts=time.time()), "arm is not a string"),
+    (_record(ts=time.time(), arm=7), "arm is not a string"),
+    (_record(ts=time.time(), arm=["7b"]), "arm is not a string"),
+]
+
+
+def _store_by_hand(r: redis.Redis, settings: Settings, event_id: str, raw: bytes) -> None:
+    """``raw`` as the decision of ``event_id``, its window tracked as the service tracks one."""
+    r.set(_key(settings, KEY_DECISION, event_id), raw, ex=600)
+    r.zadd(_key(settings, KEY_PENDING), {event_id: time.time() + settings.reward_wait_s})
+
+
+@pytest.mark.parametrize(("raw", "problem"), UNREADABLE_DECISIONS)
+def test_a_decision_that_does_not_read_is_a_409_naming_the_event_and_nothing_else_breaks(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+    problem: str,
+) -> None:
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    good = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    bad = f"by-hand-{time.monotonic_ns()}"
+    _store_by_hand(r, settings, bad, raw)
+
+    calls = [
+        ("/reward", {"event_id": bad, "reward": 0.5}),  # final by itself: logged at once
+        ("/reward", {"event_id": bad, "accuracy": 1}),  # kept until the other parts come
+        ("/reward", {"event_id": bad, "accuracy": 1, "final": True}),
+        ("/choose", {"query": "what is a cat?", "event_id": bad}),  # the same id again
+    ]
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for path, body in calls:
+            response = client.post(path, json=body)
+            assert response.status_code == 409, (path, body, response.text)
+            error = response.json()
+            assert error["field"] == "event_id"
+            assert (
+                f"decision stored for event_id {bad!r} is unreadable ({problem})"
+                in (error["detail"])
+            )
+    said = [m for m in caplog.messages if bad in m]
+    assert len(said) == len(calls), said  # once a call
+    assert not r.exists(_key(settings, KEY_PARTS, bad), _key(settings, KEY_DONE, bad))
+    assert r.xlen(_key(settings, KEY_EVENTS)) == 0
+
+    done = client.post("/reward", json={"event_id": good, "reward": 1.0})
+    assert done.status_code == 200 and done.json()["status"] == "final", done.text
+    assert client.get("/stats").status_code == 200
+    assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+def test_a_repeated_choose_answers_only_a_whole_stored_decision(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    """A record the reward path can read (a time, an arm) but without the rest of a decision:
+    a repeated /choose cannot answer it, so it is a 409 rather than a 500."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    _store_by_hand(r, settings, "thin", _record(ts=time.time(), arm="7b"))
+    response = client.post("/choose", json={"query": "what is a cat?", "event_id": "thin"})
+    assert response.status_code == 409, response.text
+    assert "decision: arms is not a non-empty list of names" in response.json()["detail"]
+    r.close()
+
+
+@pytest.mark.parametrize("default", [None, 0.25])
+@pytest.mark.parametrize("own_weights", [False, True])
+def test_the_sweep_lets_the_window_of_a_decision_that_does_not_read_go(
+    make_settings: SettingsFactory,
+    caplog: pytest.LogCaptureFixture,
+    default: float | None,
+    own_weights: bool,
+) -> None:
+    """Among ended windows, some of decisions that do not read (with a part, and without): the
+    sweep learns the others, lets these go with a warning each and counts them skipped; the next
+    sweep finds nothing left. A record the scripts can read but the log's readers cannot (no
+    features) is logged, and the learner moves past it."""
+    arms: list[dict[str, Any]] = [{"name": name} for name in ARMS]
+    if own_weights:  # gateway arms: the sweep reads each event's own weights from its decision
+        upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+        arms = [{**arm, "upstream": upstream} for arm in arms]
+    settings = make_settings(reward_wait_s=60, default_reward=default, arms=arms)
+    r = _redis(settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        with_part = await router.choose("one")
+        silent = await router.choose("two")
+        await router.reward(with_part.event_id, RewardParts(accuracy=1.0))
+        for i, (raw, _) in enumerate(UNREADABLE_DECISIONS):
+            _store_by_hand(r, settings, f"bad-{i}", raw)
+            if i % 2:
+                r.hset(_key(settings, KEY_PARTS, f"bad-{i}"), "accuracy", "1.0")
+        thin = _record(ts=time.time(), arm="7b", event_id="thin")
+        _store_by_hand(r, settings, "thin", thin)
+        r.hset(_key(settings, KEY_PARTS, "thin"), "accuracy", "1.0")
+
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            closed = await router.sweep(now=time.time() + 61)
+        assert closed == (2 if default is None else 3)  # with_part, thin; and silent's default
+        assert await router.store.due(time.time() + 61) == []
+        assert await router.sweep(now=time.time() + 61) == 0
+        said = [m for m in caplog.messages if "is unreadable" in m]
+        with_parts = sum(1 for i in range(len(UNREADABLE_DECISIONS)) if i % 2)
+        assert len(said) == (with_parts if default is None else len(UNREADABLE_DECISIONS))
+        skipped = len(UNREADABLE_DECISIONS) + (1 if default is None else 0)
+        assert (await router.store.counters())["skipped_no_reward"] == skipped
+
+        await router.learner.step()
+        logged = [e async for e in router.store.events()]
+        assert sorted(type(e).__name__ for e in logged) == sorted(
+            ["Event", "Unreadable"] + (["Event"] if default is not None else [])
+        )
+        assert router.version == closed - 1  # every readable event learned, thin passed over
+        assert silent.event_id  # chosen, never rewarded
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
+def test_a_buffered_decision_whose_id_holds_one_that_does_not_read_is_let_go(
+    make_settings: SettingsFactory,
+) -> None:
+    """The buffer keeps decisions Redis missed; writing one finds its id taken by a record that
+    does not read: it is let go as for any record under its id, and the flush goes on."""
+    settings = make_settings()
+    r = _redis(settings)
+    _store_by_hand(r, settings, "taken", b"{oops")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        decided = await router.choose("one")
+        raw = r.get(_key(settings, KEY_DECISION, decided.event_id))
+        assert isinstance(raw, bytes)
+        for event_id in ("taken", "free"):
+            router._keep({**orjson.loads(raw), "event_id": event_id})
+        assert await router.flush() == 2
+        assert not router._buffer
+        assert r.get(_key(settings, KEY_DECISION, "taken")) == b"{oops"
+        assert r.exists(_key(settings, KEY_DECISION, "free"))
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
+# Reward parts and pending ids that are not what the service writes -----------------------
+
+# Fields of a parts hash no reward can use: none is a part.
+NOT_PARTS: dict[bytes, bytes] = {
+    b"latency_ms": b"abc",
+    b"rating": b"nan",
+    b"cost_usd": b"inf",
+    b"accuracy": b"7",  # beyond its bounds
+    b"nonsense": b"1",
+    b"\xff\xfe": b"1",
+}
+
+
+def _write_parts(r: redis.Redis, settings: Settings, event_id: str, **good: float) -> None:
+    key = _key(settings, KEY_PARTS, event_id)
+    for name, value in NOT_PARTS.items():
+        r.hset(key, name, value)
+    for part, number in good.items():
+        r.hset(key, part, number)
+
+
+def test_a_reward_ignores_and_deletes_what_its_parts_hash_holds_that_is_no_part(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    _write_parts(r, settings, event_id)
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        response = client.post("/reward", json={"event_id": event_id, "reward": 0.5})
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "final"
+    assert response.json()["reward"] == 0.5
+    assert response.json()["parts"] == {"reward": 0.5}
+    assert "reward parts that are not parts deleted" in caplog.text
+    assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+def test_the_sweep_learns_the_parts_and_drops_what_is_not_one(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ended windows whose parts hashes hold fields no reward can use, and a pending id that is
+    not text: the sweep learns the parts there are, lets the rest go, and the next finds none."""
+    settings = make_settings(reward_wait_s=60)
+    r = _redis(settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        with_part = await router.choose("one")
+        only_junk = await router.choose("two")
+        _write_parts(r, settings, with_part.event_id, accuracy=1.0)
+        _write_parts(r, settings, only_junk.event_id)
+        r.zadd(_key(settings, KEY_PENDING), {b"\xff\xfe not text": time.time()})
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert await router.sweep(now=time.time() + 61) == 1
+        assert "pending ids that are not text dropped" in caplog.text
+        assert await router.store.due(time.time() + 61) == []
+        assert (await router.store.counters())["skipped_no_reward"] == 1  # only_junk
+        await router.learner.step()
+        logged = [e async for e in router.store.events()]
+        assert [(e.decision["event_id"], e.reward["parts"]) for e in readable(logged)] == [
+            (with_part.event_id, {"accuracy": 1.0})
+        ]
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
