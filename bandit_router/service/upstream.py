@@ -128,8 +128,8 @@ class Upstreams:
     ) -> aiohttp.ClientResponse:
         """POST ``body`` to the arm's ``/chat/completions``; the response once its status is in.
 
-        A connection failure, a timeout or a 5xx raises ``UpstreamFailure``; a 4xx is returned
-        (the client's error, passed through). The caller releases the response.
+        A connection failure, a timeout, a redirect or a 5xx raises ``UpstreamFailure``; a 4xx is
+        returned (the client's error, passed through). The caller releases the response.
         """
         up = arm.upstream
         if up is None:
@@ -147,7 +147,14 @@ class Upstreams:
         measured.start = time.perf_counter()
         try:
             response = await self._client().post(
-                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+                # A redirect is not followed: it would take the query (and, on the same origin,
+                # the key) elsewhere and pass back whatever answered there, an internal URL's
+                # body included. The arm's base_url must be where it answers.
+                allow_redirects=False,
             )
         except TimeoutError:
             raise UpstreamFailure(
@@ -159,6 +166,10 @@ class Upstreams:
         if response.status >= 500:
             response.release()
             raise UpstreamFailure(arm.name, f"status {response.status}")
+        if 300 <= response.status < 400:
+            response.release()
+            reason = f"status {response.status}, a redirect (not followed: set its base_url)"
+            raise UpstreamFailure(arm.name, reason)
         return response
 
     async def close(self) -> None:
