@@ -5,7 +5,8 @@ SDK and httpx as clients."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2 as httpx
@@ -13,8 +14,10 @@ import openai
 import orjson
 import pytest
 
+from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
+from tests.conftest import wait_until
 from tests.live import serve
-from tests.upstreams import DONE, Script, Scripted, chunk, scripted
+from tests.upstreams import DONE, STALL, Script, Scripted, chunk, scripted
 
 __all__ = ["scripted", "serve"]  # the fixtures, imported
 
@@ -22,7 +25,7 @@ Serve = Callable[..., str]
 Start = Callable[[dict[str, Script]], tuple[str, Scripted]]
 KEY = "service-key-1"
 AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
-HI = [{"role": "user", "content": "hi"}]
+HI: list[Any] = [{"role": "user", "content": "hi"}]
 USAGE = (
     b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[],'
     b'"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
@@ -36,8 +39,20 @@ def _gateway(serve: Serve, url: str, scripts: dict[str, Script], **overrides: An
     return serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, **overrides)
 
 
+_OPEN: list[openai.OpenAI] = []
+
+
 def _client(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    _OPEN.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def _body(model: str, stream: bool) -> bytes:
@@ -72,3 +87,117 @@ def test_a_redirect_is_not_followed(
     assert 'bandit_gateway_upstream_failures_total{arm="moved",kind="status"} 1.0' in _failures(
         base
     )
+
+
+# A stream that breaks off, or errs
+
+
+def _stats(base: str, arm: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{base}/stats").json()["arms"][arm]
+    return stats
+
+
+def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
+    serve: Serve, scripted: Start
+) -> None:
+    """Not an answer cut short that reads as whole: the client's SDK raises, the upstream's
+    connection is closed, and the call is the arm's failure (a zero outcome, final)."""
+    scripts = {"stalls": Script((chunk("a"), chunk("b"), STALL))}
+    url, app = scripted(scripts)
+    arms = [{"name": "stalls", "upstream": {"base_url": url, "model": "stalls", "timeout_s": 1}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
+    texts: list[str | None] = []
+    stream = _client(base).chat.completions.create(model="stalls", messages=HI, stream=True)
+    with pytest.raises(openai.APIError) as broke:
+        texts.extend(c.choices[0].delta.content for c in stream)
+    assert texts == ["a", "b"]
+    assert "the upstream of stalls broke off mid-answer: timed out" in broke.value.message
+    wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
+    assert 'bandit_gateway_upstream_failures_total{arm="stalls",kind="midstream"} 1.0' in (
+        _failures(base)
+    )
+    assert _stats(base, "stalls")["rewards"] == 1 and _stats(base, "stalls")["mean_reward"] == 0
+
+
+def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start) -> None:
+    """An upstream that sends OpenAI's error event after some chunks failed that call: not a
+    success whose latency scores well because the answer stopped early."""
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    scripts = {"errs": Script((chunk("a"), error)), "good": GOOD}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    stream = _client(base).chat.completions.create(model="errs", messages=HI, stream=True)
+    with pytest.raises(openai.APIError) as failed:
+        list(stream)
+    assert failed.value.message == "overloaded"  # the upstream's event, passed on as it came
+    assert _stats(base, "errs")["rewards"] == 1 and _stats(base, "errs")["mean_reward"] == 0
+    assert 'bandit_gateway_upstream_failures_total{arm="errs",kind="midstream"} 1.0' in (
+        _failures(base)
+    )
+    # A whole stream is still a success, measured.
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="good", messages=HI, stream=True
+    ) as response:
+        event_id = response.headers["x-bandit-event-id"]
+        assert [c.choices[0].delta.content for c in response.parse()] == ["a", "b"]
+    done = httpx.post(
+        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
+    )
+    assert set(done.json()["parts"]) == {"latency_ms"}
+
+
+JSON_ANSWER = (
+    b'{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("stream", "script", "reason"),
+    [
+        (True, Script((JSON_ANSWER,), content_type="application/json"), "'application/json'"),
+        (True, Script((b"<html>sign in</html>",), content_type="text/html"), "'text/html'"),
+        (False, Script((b"<html>sign in</html>",), content_type="text/html"), "JSON object"),
+        (False, GOOD, "JSON object"),  # a stream to a request that asked for none
+    ],
+)
+def test_an_answer_in_another_form_than_asked_is_the_arms_failure(
+    serve: Serve, scripted: Start, stream: bool, script: Script, reason: str
+) -> None:
+    """A 200 the client cannot read (a login page, a JSON answer to a stream request, which the
+    SDK would read as an empty stream) is the arm's failure before the first byte: another arm
+    is tried, and without one the client gets a 502 saying what came."""
+    scripts = {"odd": script, "good": Script((JSON_ANSWER,), content_type="application/json")}
+    if stream:
+        scripts["good"] = GOOD
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=1)
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("odd", stream), headers=AUTH)
+    assert refused.status_code == 502, refused.text
+    assert reason in refused.json()["detail"]
+    assert 'bandit_gateway_upstream_failures_total{arm="odd",kind="protocol"} 1.0' in (
+        _failures(base)
+    )
+    for _ in range(4):  # auto: whichever arm the policy tries first, the good one answers
+        answered = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("auto", stream), headers=AUTH
+        )
+        assert answered.status_code == 200 and answered.headers["x-bandit-arm"] == "good"
+
+
+# The meter
+
+
+def test_an_event_in_many_small_pieces_is_read_in_linear_time() -> None:
+    """An upstream that sends a long event a few bytes at a time: the meter searches only the
+    new bytes for the event's end. Searching all it held each time took minutes of CPU for a
+    MiB (quadratic); the bound below is tens of times the linear cost."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    piece = b"xxxx"
+    start = time.perf_counter()
+    out = [meter.feed(b'data: {"p": "')]
+    out += [meter.feed(piece) for _ in range((MAX_EVENT_BYTES - 64) // len(piece))]
+    out.append(meter.feed(b'"}\n\n'))
+    assert time.perf_counter() - start < 30
+    forwarded = b"".join(out)
+    assert forwarded.endswith(b'"}\n\n') and orjson.loads(forwarded[6:])["p"].count("x") > 10**6

@@ -15,7 +15,6 @@ contract's table, in OpenAI's shape (``error.message``, ``error.param``) with th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -434,10 +433,21 @@ async def _attempt(
     if not call.stream:
         body = await _read(response, arm, limit)
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-            measured.usage(orjson.loads(body).get("usage"))
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):  # an HTML page, a stream: no answer the client can read
+            reason = "answered something other than a JSON object"
+            raise UpstreamFailure(arm.name, reason, "protocol")
+        measured.usage(answer.get("usage"))
         await record_success(router, event_id, arm, measured)
         return Response(body, headers=headers, media_type="application/json")
+    media = response.headers.get("content-type", "")
+    if not media.lower().startswith("text/event-stream"):  # not a stream: the client reads none
+        response.close()
+        reason = f"answered {media[:60]!r} to a stream request, not text/event-stream"
+        raise UpstreamFailure(arm.name, reason, "protocol")
     meter = StreamMeter(measured, drop_usage=not call.client_usage)
     body_iter = response.content.iter_any()
     try:
@@ -463,24 +473,36 @@ async def _relay(
     call: ChatCall,
 ) -> AsyncIterator[bytes]:
     """The upstream's events as they come; the call recorded before the final ``[DONE]``. A
-    client that leaves cancels this, which closes the upstream connection."""
-    finished = False
+    client that leaves cancels this, which closes the upstream connection. An upstream that
+    breaks off mid-answer (a timeout between chunks, a reset) is the arm's failure, and the
+    client gets an error event in OpenAI's shape (the SDK raises ``APIError``), not an answer
+    cut short that reads as whole; one that sends an error event itself is the arm's failure
+    too, its events passed on as they came."""
+    finished = erred = False
     try:
-        out = meter.feed(first)
-        if out:
-            yield out
         try:
-            async for chunk in body_iter:
+            async for chunk in _chunks(first, body_iter):
                 out = meter.feed(chunk)
+                if meter.error is not None and not erred:  # recorded before the client sees it
+                    erred = True
+                    log.warning(
+                        "gateway: upstream of arm %s sent an error event mid-stream: %s",
+                        arm.name,
+                        meter.error,
+                    )
+                    await record_failure(router, event_id, call.weights, arm.name, "midstream")
                 if out:
                     yield out
         except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
             log.warning("gateway: upstream of arm %s broke mid-stream: %s", arm.name, _reason(e))
-            await record_failure(router, event_id, call.weights, arm.name, "midstream")
+            if not erred:
+                await record_failure(router, event_id, call.weights, arm.name, "midstream")
+            yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
             return
         finished = True
         tail = meter.finish()
-        await record_success(router, event_id, arm, meter.measured)
+        if not erred:
+            await record_success(router, event_id, arm, meter.measured)
         if tail:
             yield tail
     finally:
@@ -488,6 +510,18 @@ async def _relay(
             response.release()
         else:
             response.close()  # unread: the connection is not reused, the upstream sees it end
+
+
+async def _chunks(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _error_event(message: str) -> bytes:
+    """A server-sent event in the shape of OpenAI's mid-stream errors."""
+    error = {"message": message, "type": "api_error", "param": None, "code": None}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
 async def _read(response: aiohttp.ClientResponse, arm: ArmSpec, limit: int) -> bytes:

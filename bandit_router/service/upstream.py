@@ -36,7 +36,7 @@ class UpstreamFailure(Exception):
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
-        self.kind = kind  # connection, timeout, status, empty, config, too_large: a metric label
+        self.kind = kind  # connection, timeout, status, empty, protocol, config, too_large: a label
 
 
 @dataclass(slots=True)
@@ -181,28 +181,36 @@ class Upstreams:
 class StreamMeter:
     """Splits an upstream's server-sent events as they come: forwards each whole event, takes
     the token counts from the usage event (dropped when the gateway, not the client, asked for
-    it), and holds back the final ``[DONE]`` so the gateway records the call before the client
-    sees the end."""
+    it), notes an ``error`` event (the upstream failed mid-answer), and holds back the final
+    ``[DONE]`` so the gateway records the call before the client sees the end."""
 
     measured: Measured
     drop_usage: bool
-    pending: bytes = b""
+    pending: bytearray = field(default_factory=bytearray)
     done: bool = False
+    error: str | None = None  # the message of the upstream's error event, when it sent one
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes of ``chunk`` (with what was pending) to forward now. An event that grows
         past ``MAX_EVENT_BYTES`` without ending is forwarded as it is: nothing the meter reads
-        is that long, and an upstream must not make the gateway hold an unbounded event."""
-        data = self.pending + chunk
-        end = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
+        is that long, and an upstream must not make the gateway hold an unbounded event. Only
+        the new bytes are searched for an event's end, so an event sent in many small pieces
+        costs time in proportion to its size, not to its size squared."""
+        start = max(len(self.pending) - 3, 0)  # an end ("\r\n\r\n") may begin before chunk
+        self.pending += chunk
+        data = self.pending
+        end = max(data.rfind(b"\n\n", start), data.rfind(b"\r\n\r\n", start))
         if end < 0:
-            self.pending = data if len(data) <= MAX_EVENT_BYTES else b""
-            return b"" if self.pending else data
+            if len(data) <= MAX_EVENT_BYTES:
+                return b""
+            self.pending = bytearray()
+            return bytes(data)
         cut = end + (4 if data[end : end + 4] == b"\r\n\r\n" else 2)
-        events, self.pending = data[:cut], data[cut:]
+        events = bytes(data[:cut])
+        del data[:cut]
         if self.measured.first_token_s is None:
             self.measured.first_token_s = time.perf_counter() - self.measured.start
-        if b'"usage"' not in events and DONE not in events:
+        if b'"usage"' not in events and DONE not in events and b'"error"' not in events:
             return events
         out = []
         for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
@@ -211,20 +219,34 @@ class StreamMeter:
             if event.startswith(DONE):
                 self.done = True
                 continue
-            if b'"usage"' in event and event.startswith(b"data:"):
-                try:
-                    data_obj = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    data_obj = None
-                if isinstance(data_obj, dict) and data_obj.get("usage"):
-                    self.measured.usage(data_obj["usage"])
-                    if self.drop_usage and not data_obj.get("choices"):
-                        continue
+            data_obj = _data(event) if b'"usage"' in event or b'"error"' in event else None
+            if isinstance(data_obj, dict) and data_obj.get("error"):
+                self.error = _message(data_obj["error"])
+            if isinstance(data_obj, dict) and data_obj.get("usage"):
+                self.measured.usage(data_obj["usage"])
+                if self.drop_usage and not data_obj.get("choices"):
+                    continue
             out.append(event + b"\n\n")
         return b"".join(out)
 
     def finish(self) -> bytes:
         """What is left to forward once the upstream has ended: the held ``[DONE]``."""
         self.measured.total_s = time.perf_counter() - self.measured.start
-        tail, self.pending = self.pending, b""
+        tail, self.pending = bytes(self.pending), bytearray()
         return tail + (DONE + b"\n\n" if self.done else b"")
+
+
+def _data(event: bytes) -> Any:
+    """The JSON of an event's ``data:`` line, or None."""
+    if not event.startswith(b"data:"):
+        return None
+    try:
+        return orjson.loads(event[5:])
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _message(error: Any) -> str:
+    """An error event's message for the log: quoted and cut short (it is an outside text)."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return f"{message!r:.200}"
