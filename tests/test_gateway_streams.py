@@ -5,6 +5,7 @@ SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -183,6 +184,35 @@ def test_an_answer_in_another_form_than_asked_is_the_arms_failure(
             f"{base}/v1/chat/completions", content=_body("auto", stream), headers=AUTH
         )
         assert answered.status_code == 200 and answered.headers["x-bandit-arm"] == "good"
+
+
+# A client that leaves
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_before_the_first_byte_cancels_the_upstream_call(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """The upstream call is closed when the client goes, not held to the arm's timeout (nor
+    followed by calls to other arms); the arm is not blamed, and its slot is free again."""
+    media = "text/event-stream" if stream else "application/json"
+    scripts = {"slow": Script((STALL,), content_type=media), "good": GOOD}
+    url, app = scripted(scripts)
+    arms = [
+        {"name": n, "upstream": {"base_url": url, "model": n, "timeout_s": 600}} for n in scripts
+    ]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, gateway_max_concurrency=1)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{base}/v1/chat/completions", content=_body("slow", stream), headers=AUTH, timeout=1
+        )
+    wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
+    answered = httpx.post(f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH)
+    assert answered.status_code == 200  # the only slot is free
+    assert _failures(base) == [] and app.requests == 2
+    assert "the client left before its answer began" in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 # The meter

@@ -15,10 +15,12 @@ contract's table, in OpenAI's shape (``error.message``, ``error.param``) with th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,11 +306,41 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
             check_content_type(request.headers.raw)
             call = gateway.read(await request.body(), request.headers)
-            return await _serve(gateway, router, call)
+            return await _unless_gone(request, _serve(gateway, router, call))
         except Exception as e:
             return error_response(e, router)
 
     return gateway
+
+
+CLIENT_GONE = 499  # the status logged for a request whose client left (nobody reads it)
+
+
+async def _unless_gone(request: Request, serving: Coroutine[Any, Any, Response]) -> Response:
+    """The answer ``serving`` makes, or, when the client leaves before it is ready (the whole
+    answer, or a stream's first event), ``serving`` cancelled: its upstream call closed at once,
+    its slot released, no other arm tried, nothing recorded against the arm (the client's
+    leaving says nothing of it). The body is read already: what comes next is the disconnect."""
+    answer = asyncio.ensure_future(serving)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left = not answer.done()
+        if left:
+            answer.cancel()
+    if not left:
+        return answer.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answer
+    log.info("gateway: the client left before its answer began; the upstream call was cancelled")
+    return Response(status_code=CLIENT_GONE)
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
@@ -458,6 +490,9 @@ async def _attempt(
     except (TimeoutError, aiohttp.ClientError) as e:
         response.close()
         raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
+    except BaseException:  # cancelled (the client left): the connection is not reused
+        response.close()
+        raise
     stream = _relay(router, response, body_iter, first, meter, arm, event_id, call)
     return Relayed(stream, response, slot, {**headers, "cache-control": "no-cache"})
 
