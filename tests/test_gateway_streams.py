@@ -215,6 +215,39 @@ def test_a_client_that_leaves_before_the_first_byte_cancels_the_upstream_call(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+# Many streams at once
+
+
+def test_streams_beyond_the_concurrency_bound_are_refused_with_retry_after(
+    serve: Serve, scripted: Start
+) -> None:
+    scripts = {"held": Script((chunk("a"), STALL)), "good": GOOD}
+    url, app = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_max_concurrency=2)
+    with (
+        httpx.stream(
+            "POST", f"{base}/v1/chat/completions", content=_body("held", True), headers=AUTH
+        ) as one,
+        httpx.stream(
+            "POST", f"{base}/v1/chat/completions", content=_body("held", True), headers=AUTH
+        ) as two,
+    ):
+        assert one.status_code == two.status_code == 200
+        for _ in range(3):
+            busy = httpx.post(
+                f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH
+            )
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["retry-after"] == "1"
+            assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in busy.json()["detail"]
+    wait_until(lambda: app.left == 2, 20, "both held streams to be closed")
+    for _ in range(3):  # nothing stuck: the slots are free again
+        answered = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH
+        )
+        assert answered.status_code == 200
+
+
 # The meter
 
 

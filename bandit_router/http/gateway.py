@@ -55,6 +55,7 @@ class ModelNotFound(RouterError):
 
 class Busy(RouterError):
     status_code = 503
+    retry_after_s = 1  # a slot frees when any call in flight ends: soon, under load
 
 
 class BadGateway(RouterError):
@@ -221,8 +222,13 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
     kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
     code = "model_not_found" if isinstance(exc, ModelNotFound) else None
     error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
+    # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
+    headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
     return Response(
-        orjson.dumps({"error": error, **doc}), status_code=status, media_type="application/json"
+        orjson.dumps({"error": error, **doc}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
 
 
