@@ -14,6 +14,7 @@ import httpx2 as httpx
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from tests.conftest import wait_until
@@ -246,6 +247,42 @@ def test_streams_beyond_the_concurrency_bound_are_refused_with_retry_after(
             f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH
         )
         assert answered.status_code == 200
+
+
+# /metrics
+
+
+def test_metrics_labels_stay_bounded_whatever_a_client_sends(serve: Serve, scripted: Start) -> None:
+    """Label values are arm names from the settings and fixed kinds: a client's model names,
+    metadata and headers add no series, and the scrape parses after every fault above."""
+    error = b'data: {"error": {"message": "x"}}\n\n'
+    scripts = {"good": GOOD, "errs": Script((chunk("a"), error)), "odd": Script((b"<p>",))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    for model in ("good", "errs", "odd"):
+        httpx.post(f"{base}/v1/chat/completions", content=_body(model, True), headers=AUTH)
+    before = _series(base)
+    for i in range(50):
+        hostile = f'x{i}"}} \n# TYPE evil counter\nevil 1'
+        body = {"model": hostile, "messages": HI, "metadata": {hostile[:60]: hostile[:200]}}
+        header = hostile.replace("\n", " ")  # a header cannot hold a line break
+        headers = AUTH | {"x-bandit-preference": f"accuracy={i % 9 + 1}", "x-bandit-arm": header}
+        refused = httpx.post(
+            f"{base}/v1/chat/completions", content=orjson.dumps(body), headers=headers
+        )
+        assert refused.status_code == 404, refused.text
+    assert _series(base) == before
+    assert {labels.get("arm") for labels in before.values() if "arm" in labels} == set(scripts)
+
+
+def _series(base: str) -> dict[str, dict[str, str]]:
+    """Every sample of a scrape, read by prometheus_client's own parser."""
+    text = httpx.get(f"{base}/metrics").text
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.labels
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 # The meter
