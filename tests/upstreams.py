@@ -3,10 +3,13 @@ loopback, the test double of the LLM providers (OpenAI's protocol, answers from 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +109,106 @@ def arm(name: str, base_url: str, model: str | None = None, **upstream: Any) -> 
 
 def arms_json(*arms: dict[str, Any]) -> str:
     return json.dumps(list(arms))
+
+
+# A scripted upstream: what a provider sends when it misbehaves
+
+STALL = None  # a script part: send nothing more until the gateway leaves
+Part = bytes | float | None  # bytes to send, seconds to wait, or STALL
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One answer, byte for byte: a status, a content type, extra headers, then the parts."""
+
+    parts: tuple[Part, ...] = ()
+    status: int = 200
+    content_type: str = "text/event-stream"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def chunk(text: str, model: str = "m") -> bytes:
+    """One streamed chat completion event carrying ``text``."""
+    delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    data = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model}
+    return b"data: " + orjson.dumps({**data, "choices": [delta]}) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class Scripted:
+    """An upstream speaking HTTP as a provider does, that answers each request with the script of
+    its ``model`` (404 for another). Counts the requests, and the answers the gateway left before
+    their end (their connection closed: what a provider sees of a cancelled call)."""
+
+    def __init__(self, scripts: dict[str, Script]) -> None:
+        self.scripts = scripts
+        self.requests = 0
+        self.left = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests += 1
+        script = self.scripts.get(orjson.loads(raw or b"{}").get("model"))
+        if script is None:
+            script = Script((b'{"error": {"message": "no such model"}}',), 404, "application/json")
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        headers = [(b"content-type", script.content_type.encode())]
+        headers += [(k.encode(), v.encode()) for k, v in script.headers]
+        try:
+            await send({"type": "http.response.start", "status": script.status, "headers": headers})
+            for part in script.parts:
+                if isinstance(part, bytes):
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                elif part is STALL or part > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gone.wait(), part)
+                if gone.is_set():
+                    self.left += 1
+                    return
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[dict[str, Script]], tuple[str, Scripted]]]:
+    """Start a scripted upstream on loopback; returns its base URL (ending in /v1) and app."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(scripts: dict[str, Script]) -> tuple[str, Scripted]:
+        app = Scripted(scripts)
+        port = _free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the scripted upstream did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}/v1", app
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=20)

@@ -15,11 +15,12 @@ contract's table, in OpenAI's shape (``error.message``, ``error.param``) with th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ class ModelNotFound(RouterError):
 
 class Busy(RouterError):
     status_code = 503
+    retry_after_s = 1  # a slot frees when any call in flight ends: soon, under load
 
 
 class BadGateway(RouterError):
@@ -220,8 +222,13 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
     kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
     code = "model_not_found" if isinstance(exc, ModelNotFound) else None
     error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
+    # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
+    headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
     return Response(
-        orjson.dumps({"error": error, **doc}), status_code=status, media_type="application/json"
+        orjson.dumps({"error": error, **doc}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
 
 
@@ -305,11 +312,41 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
             check_content_type(request.headers.raw)
             call = gateway.read(await request.body(), request.headers)
-            return await _serve(gateway, router, call)
+            return await _unless_gone(request, _serve(gateway, router, call))
         except Exception as e:
             return error_response(e, router)
 
     return gateway
+
+
+CLIENT_GONE = 499  # the status logged for a request whose client left (nobody reads it)
+
+
+async def _unless_gone(request: Request, serving: Coroutine[Any, Any, Response]) -> Response:
+    """The answer ``serving`` makes, or, when the client leaves before it is ready (the whole
+    answer, or a stream's first event), ``serving`` cancelled: its upstream call closed at once,
+    its slot released, no other arm tried, nothing recorded against the arm (the client's
+    leaving says nothing of it). The body is read already: what comes next is the disconnect."""
+    answer = asyncio.ensure_future(serving)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left = not answer.done()
+        if left:
+            answer.cancel()
+    if not left:
+        return answer.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answer
+    log.info("gateway: the client left before its answer began; the upstream call was cancelled")
+    return Response(status_code=CLIENT_GONE)
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
@@ -434,10 +471,21 @@ async def _attempt(
     if not call.stream:
         body = await _read(response, arm, limit)
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-            measured.usage(orjson.loads(body).get("usage"))
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):  # an HTML page, a stream: no answer the client can read
+            reason = "answered something other than a JSON object"
+            raise UpstreamFailure(arm.name, reason, "protocol")
+        measured.usage(answer.get("usage"))
         await record_success(router, event_id, arm, measured)
         return Response(body, headers=headers, media_type="application/json")
+    media = response.headers.get("content-type", "")
+    if not media.lower().startswith("text/event-stream"):  # not a stream: the client reads none
+        response.close()
+        reason = f"answered {media[:60]!r} to a stream request, not text/event-stream"
+        raise UpstreamFailure(arm.name, reason, "protocol")
     meter = StreamMeter(measured, drop_usage=not call.client_usage)
     body_iter = response.content.iter_any()
     try:
@@ -448,6 +496,9 @@ async def _attempt(
     except (TimeoutError, aiohttp.ClientError) as e:
         response.close()
         raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
+    except BaseException:  # cancelled (the client left): the connection is not reused
+        response.close()
+        raise
     stream = _relay(router, response, body_iter, first, meter, arm, event_id, call)
     return Relayed(stream, response, slot, {**headers, "cache-control": "no-cache"})
 
@@ -463,24 +514,36 @@ async def _relay(
     call: ChatCall,
 ) -> AsyncIterator[bytes]:
     """The upstream's events as they come; the call recorded before the final ``[DONE]``. A
-    client that leaves cancels this, which closes the upstream connection."""
-    finished = False
+    client that leaves cancels this, which closes the upstream connection. An upstream that
+    breaks off mid-answer (a timeout between chunks, a reset) is the arm's failure, and the
+    client gets an error event in OpenAI's shape (the SDK raises ``APIError``), not an answer
+    cut short that reads as whole; one that sends an error event itself is the arm's failure
+    too, its events passed on as they came."""
+    finished = erred = False
     try:
-        out = meter.feed(first)
-        if out:
-            yield out
         try:
-            async for chunk in body_iter:
+            async for chunk in _chunks(first, body_iter):
                 out = meter.feed(chunk)
+                if meter.error is not None and not erred:  # recorded before the client sees it
+                    erred = True
+                    log.warning(
+                        "gateway: upstream of arm %s sent an error event mid-stream: %s",
+                        arm.name,
+                        meter.error,
+                    )
+                    await record_failure(router, event_id, call.weights, arm.name, "midstream")
                 if out:
                     yield out
         except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
             log.warning("gateway: upstream of arm %s broke mid-stream: %s", arm.name, _reason(e))
-            await record_failure(router, event_id, call.weights, arm.name, "midstream")
+            if not erred:
+                await record_failure(router, event_id, call.weights, arm.name, "midstream")
+            yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
             return
         finished = True
         tail = meter.finish()
-        await record_success(router, event_id, arm, meter.measured)
+        if not erred:
+            await record_success(router, event_id, arm, meter.measured)
         if tail:
             yield tail
     finally:
@@ -488,6 +551,18 @@ async def _relay(
             response.release()
         else:
             response.close()  # unread: the connection is not reused, the upstream sees it end
+
+
+async def _chunks(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _error_event(message: str) -> bytes:
+    """A server-sent event in the shape of OpenAI's mid-stream errors."""
+    error = {"message": message, "type": "api_error", "param": None, "code": None}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
 async def _read(response: aiohttp.ClientResponse, arm: ArmSpec, limit: int) -> bytes:

@@ -36,7 +36,7 @@ class UpstreamFailure(Exception):
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
-        self.kind = kind  # connection, timeout, status, empty, config, too_large: a metric label
+        self.kind = kind  # connection, timeout, status, empty, protocol, config, too_large: a label
 
 
 @dataclass(slots=True)
@@ -128,8 +128,8 @@ class Upstreams:
     ) -> aiohttp.ClientResponse:
         """POST ``body`` to the arm's ``/chat/completions``; the response once its status is in.
 
-        A connection failure, a timeout or a 5xx raises ``UpstreamFailure``; a 4xx is returned
-        (the client's error, passed through). The caller releases the response.
+        A connection failure, a timeout, a redirect or a 5xx raises ``UpstreamFailure``; a 4xx is
+        returned (the client's error, passed through). The caller releases the response.
         """
         up = arm.upstream
         if up is None:
@@ -147,7 +147,14 @@ class Upstreams:
         measured.start = time.perf_counter()
         try:
             response = await self._client().post(
-                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+                # A redirect is not followed: it would take the query (and, on the same origin,
+                # the key) elsewhere and pass back whatever answered there, an internal URL's
+                # body included. The arm's base_url must be where it answers.
+                allow_redirects=False,
             )
         except TimeoutError:
             raise UpstreamFailure(
@@ -159,6 +166,10 @@ class Upstreams:
         if response.status >= 500:
             response.release()
             raise UpstreamFailure(arm.name, f"status {response.status}")
+        if 300 <= response.status < 400:
+            response.release()
+            reason = f"status {response.status}, a redirect (not followed: set its base_url)"
+            raise UpstreamFailure(arm.name, reason)
         return response
 
     async def close(self) -> None:
@@ -170,28 +181,36 @@ class Upstreams:
 class StreamMeter:
     """Splits an upstream's server-sent events as they come: forwards each whole event, takes
     the token counts from the usage event (dropped when the gateway, not the client, asked for
-    it), and holds back the final ``[DONE]`` so the gateway records the call before the client
-    sees the end."""
+    it), notes an ``error`` event (the upstream failed mid-answer), and holds back the final
+    ``[DONE]`` so the gateway records the call before the client sees the end."""
 
     measured: Measured
     drop_usage: bool
-    pending: bytes = b""
+    pending: bytearray = field(default_factory=bytearray)
     done: bool = False
+    error: str | None = None  # the message of the upstream's error event, when it sent one
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes of ``chunk`` (with what was pending) to forward now. An event that grows
         past ``MAX_EVENT_BYTES`` without ending is forwarded as it is: nothing the meter reads
-        is that long, and an upstream must not make the gateway hold an unbounded event."""
-        data = self.pending + chunk
-        end = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
+        is that long, and an upstream must not make the gateway hold an unbounded event. Only
+        the new bytes are searched for an event's end, so an event sent in many small pieces
+        costs time in proportion to its size, not to its size squared."""
+        start = max(len(self.pending) - 3, 0)  # an end ("\r\n\r\n") may begin before chunk
+        self.pending += chunk
+        data = self.pending
+        end = max(data.rfind(b"\n\n", start), data.rfind(b"\r\n\r\n", start))
         if end < 0:
-            self.pending = data if len(data) <= MAX_EVENT_BYTES else b""
-            return b"" if self.pending else data
+            if len(data) <= MAX_EVENT_BYTES:
+                return b""
+            self.pending = bytearray()
+            return bytes(data)
         cut = end + (4 if data[end : end + 4] == b"\r\n\r\n" else 2)
-        events, self.pending = data[:cut], data[cut:]
+        events = bytes(data[:cut])
+        del data[:cut]
         if self.measured.first_token_s is None:
             self.measured.first_token_s = time.perf_counter() - self.measured.start
-        if b'"usage"' not in events and DONE not in events:
+        if b'"usage"' not in events and DONE not in events and b'"error"' not in events:
             return events
         out = []
         for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
@@ -200,20 +219,34 @@ class StreamMeter:
             if event.startswith(DONE):
                 self.done = True
                 continue
-            if b'"usage"' in event and event.startswith(b"data:"):
-                try:
-                    data_obj = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    data_obj = None
-                if isinstance(data_obj, dict) and data_obj.get("usage"):
-                    self.measured.usage(data_obj["usage"])
-                    if self.drop_usage and not data_obj.get("choices"):
-                        continue
+            data_obj = _data(event) if b'"usage"' in event or b'"error"' in event else None
+            if isinstance(data_obj, dict) and data_obj.get("error"):
+                self.error = _message(data_obj["error"])
+            if isinstance(data_obj, dict) and data_obj.get("usage"):
+                self.measured.usage(data_obj["usage"])
+                if self.drop_usage and not data_obj.get("choices"):
+                    continue
             out.append(event + b"\n\n")
         return b"".join(out)
 
     def finish(self) -> bytes:
         """What is left to forward once the upstream has ended: the held ``[DONE]``."""
         self.measured.total_s = time.perf_counter() - self.measured.start
-        tail, self.pending = self.pending, b""
+        tail, self.pending = bytes(self.pending), bytearray()
         return tail + (DONE + b"\n\n" if self.done else b"")
+
+
+def _data(event: bytes) -> Any:
+    """The JSON of an event's ``data:`` line, or None."""
+    if not event.startswith(b"data:"):
+        return None
+    try:
+        return orjson.loads(event[5:])
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _message(error: Any) -> str:
+    """An error event's message for the log: quoted and cut short (it is an outside text)."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return f"{message!r:.200}"

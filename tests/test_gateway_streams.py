@@ -1,0 +1,303 @@
+"""The gateway's streaming path and its upstream calls against a provider that misbehaves, and
+a client that leaves: the app under uvicorn, scripted upstreams on loopback speaking HTTP and
+server-sent events byte for byte (``tests.upstreams.Scripted``), real Redis, the official OpenAI
+SDK and httpx as clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
+from tests.conftest import wait_until
+from tests.live import serve
+from tests.upstreams import DONE, STALL, Script, Scripted, chunk, scripted
+
+__all__ = ["scripted", "serve"]  # the fixtures, imported
+
+Serve = Callable[..., str]
+Start = Callable[[dict[str, Script]], tuple[str, Scripted]]
+KEY = "service-key-1"
+AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+HI: list[Any] = [{"role": "user", "content": "hi"}]
+USAGE = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+)
+GOOD = Script((chunk("a"), chunk("b"), USAGE, DONE))
+
+
+def _gateway(serve: Serve, url: str, scripts: dict[str, Script], **overrides: Any) -> str:
+    """The gateway with one arm a script, named as the script, its upstream model the same."""
+    arms = [{"name": n, "upstream": {"base_url": url, "model": n}} for n in scripts]
+    return serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, **overrides)
+
+
+_OPEN: list[openai.OpenAI] = []
+
+
+def _client(base: str) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    _OPEN.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _body(model: str, stream: bool) -> bytes:
+    return orjson.dumps({"model": model, "messages": HI, "stream": stream})
+
+
+def _failures(base: str) -> list[str]:
+    text = httpx.get(f"{base}/metrics").text
+    return [line for line in text.splitlines() if line.startswith("bandit_gateway_upstream_fail")]
+
+
+# Redirects
+
+
+@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_redirect_is_not_followed(
+    serve: Serve, scripted: Start, status: int, stream: bool
+) -> None:
+    """An upstream's redirect would send the query (a 307: the key too, on the same origin) to
+    another address and pass back what answered there: it is the arm's failure instead."""
+    elsewhere, target = scripted({"m": GOOD})
+    moved = {"moved": Script((), status, "text/plain", (("location", elsewhere + "/x"),))}
+    url, _ = scripted(moved | {"good": GOOD})
+    base = _gateway(serve, url, moved | {"good": GOOD}, gateway_retries=0)
+    refused = httpx.post(
+        f"{base}/v1/chat/completions", content=_body("moved", stream), headers=AUTH
+    )
+    assert refused.status_code == 502, refused.text
+    assert f"moved: status {status}, a redirect" in refused.json()["detail"]
+    assert target.requests == 0
+    assert 'bandit_gateway_upstream_failures_total{arm="moved",kind="status"} 1.0' in _failures(
+        base
+    )
+
+
+# A stream that breaks off, or errs
+
+
+def _stats(base: str, arm: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{base}/stats").json()["arms"][arm]
+    return stats
+
+
+def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
+    serve: Serve, scripted: Start
+) -> None:
+    """Not an answer cut short that reads as whole: the client's SDK raises, the upstream's
+    connection is closed, and the call is the arm's failure (a zero outcome, final)."""
+    scripts = {"stalls": Script((chunk("a"), chunk("b"), STALL))}
+    url, app = scripted(scripts)
+    arms = [{"name": "stalls", "upstream": {"base_url": url, "model": "stalls", "timeout_s": 1}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
+    texts: list[str | None] = []
+    stream = _client(base).chat.completions.create(model="stalls", messages=HI, stream=True)
+    with pytest.raises(openai.APIError) as broke:
+        texts.extend(c.choices[0].delta.content for c in stream)
+    assert texts == ["a", "b"]
+    assert "the upstream of stalls broke off mid-answer: timed out" in broke.value.message
+    wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
+    assert 'bandit_gateway_upstream_failures_total{arm="stalls",kind="midstream"} 1.0' in (
+        _failures(base)
+    )
+    assert _stats(base, "stalls")["rewards"] == 1 and _stats(base, "stalls")["mean_reward"] == 0
+
+
+def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start) -> None:
+    """An upstream that sends OpenAI's error event after some chunks failed that call: not a
+    success whose latency scores well because the answer stopped early."""
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    scripts = {"errs": Script((chunk("a"), error)), "good": GOOD}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    stream = _client(base).chat.completions.create(model="errs", messages=HI, stream=True)
+    with pytest.raises(openai.APIError) as failed:
+        list(stream)
+    assert failed.value.message == "overloaded"  # the upstream's event, passed on as it came
+    assert _stats(base, "errs")["rewards"] == 1 and _stats(base, "errs")["mean_reward"] == 0
+    assert 'bandit_gateway_upstream_failures_total{arm="errs",kind="midstream"} 1.0' in (
+        _failures(base)
+    )
+    # A whole stream is still a success, measured.
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="good", messages=HI, stream=True
+    ) as response:
+        event_id = response.headers["x-bandit-event-id"]
+        assert [c.choices[0].delta.content for c in response.parse()] == ["a", "b"]
+    done = httpx.post(
+        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
+    )
+    assert set(done.json()["parts"]) == {"latency_ms"}
+
+
+JSON_ANSWER = (
+    b'{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("stream", "script", "reason"),
+    [
+        (True, Script((JSON_ANSWER,), content_type="application/json"), "'application/json'"),
+        (True, Script((b"<html>sign in</html>",), content_type="text/html"), "'text/html'"),
+        (False, Script((b"<html>sign in</html>",), content_type="text/html"), "JSON object"),
+        (False, GOOD, "JSON object"),  # a stream to a request that asked for none
+    ],
+)
+def test_an_answer_in_another_form_than_asked_is_the_arms_failure(
+    serve: Serve, scripted: Start, stream: bool, script: Script, reason: str
+) -> None:
+    """A 200 the client cannot read (a login page, a JSON answer to a stream request, which the
+    SDK would read as an empty stream) is the arm's failure before the first byte: another arm
+    is tried, and without one the client gets a 502 saying what came."""
+    scripts = {"odd": script, "good": Script((JSON_ANSWER,), content_type="application/json")}
+    if stream:
+        scripts["good"] = GOOD
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=1)
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("odd", stream), headers=AUTH)
+    assert refused.status_code == 502, refused.text
+    assert reason in refused.json()["detail"]
+    assert 'bandit_gateway_upstream_failures_total{arm="odd",kind="protocol"} 1.0' in (
+        _failures(base)
+    )
+    for _ in range(4):  # auto: whichever arm the policy tries first, the good one answers
+        answered = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("auto", stream), headers=AUTH
+        )
+        assert answered.status_code == 200 and answered.headers["x-bandit-arm"] == "good"
+
+
+# A client that leaves
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_before_the_first_byte_cancels_the_upstream_call(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """The upstream call is closed when the client goes, not held to the arm's timeout (nor
+    followed by calls to other arms); the arm is not blamed, and its slot is free again."""
+    media = "text/event-stream" if stream else "application/json"
+    scripts = {"slow": Script((STALL,), content_type=media), "good": GOOD}
+    url, app = scripted(scripts)
+    arms = [
+        {"name": n, "upstream": {"base_url": url, "model": n, "timeout_s": 600}} for n in scripts
+    ]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, gateway_max_concurrency=1)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{base}/v1/chat/completions", content=_body("slow", stream), headers=AUTH, timeout=1
+        )
+    wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
+    answered = httpx.post(f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH)
+    assert answered.status_code == 200  # the only slot is free
+    assert _failures(base) == [] and app.requests == 2
+    assert "the client left before its answer began" in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+# Many streams at once
+
+
+def test_streams_beyond_the_concurrency_bound_are_refused_with_retry_after(
+    serve: Serve, scripted: Start
+) -> None:
+    scripts = {"held": Script((chunk("a"), STALL)), "good": GOOD}
+    url, app = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_max_concurrency=2)
+    with (
+        httpx.stream(
+            "POST", f"{base}/v1/chat/completions", content=_body("held", True), headers=AUTH
+        ) as one,
+        httpx.stream(
+            "POST", f"{base}/v1/chat/completions", content=_body("held", True), headers=AUTH
+        ) as two,
+    ):
+        assert one.status_code == two.status_code == 200
+        for _ in range(3):
+            busy = httpx.post(
+                f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH
+            )
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["retry-after"] == "1"
+            assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in busy.json()["detail"]
+    wait_until(lambda: app.left == 2, 20, "both held streams to be closed")
+    for _ in range(3):  # nothing stuck: the slots are free again
+        answered = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH
+        )
+        assert answered.status_code == 200
+
+
+# /metrics
+
+
+def test_metrics_labels_stay_bounded_whatever_a_client_sends(serve: Serve, scripted: Start) -> None:
+    """Label values are arm names from the settings and fixed kinds: a client's model names,
+    metadata and headers add no series, and the scrape parses after every fault above."""
+    error = b'data: {"error": {"message": "x"}}\n\n'
+    scripts = {"good": GOOD, "errs": Script((chunk("a"), error)), "odd": Script((b"<p>",))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    for model in ("good", "errs", "odd"):
+        httpx.post(f"{base}/v1/chat/completions", content=_body(model, True), headers=AUTH)
+    before = _series(base)
+    for i in range(50):
+        hostile = f'x{i}"}} \n# TYPE evil counter\nevil 1'
+        body = {"model": hostile, "messages": HI, "metadata": {hostile[:60]: hostile[:200]}}
+        header = hostile.replace("\n", " ")  # a header cannot hold a line break
+        headers = AUTH | {"x-bandit-preference": f"accuracy={i % 9 + 1}", "x-bandit-arm": header}
+        refused = httpx.post(
+            f"{base}/v1/chat/completions", content=orjson.dumps(body), headers=headers
+        )
+        assert refused.status_code == 404, refused.text
+    assert _series(base) == before
+    assert {labels.get("arm") for labels in before.values() if "arm" in labels} == set(scripts)
+
+
+def _series(base: str) -> dict[str, dict[str, str]]:
+    """Every sample of a scrape, read by prometheus_client's own parser."""
+    text = httpx.get(f"{base}/metrics").text
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.labels
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+# The meter
+
+
+def test_an_event_in_many_small_pieces_is_read_in_linear_time() -> None:
+    """An upstream that sends a long event a few bytes at a time: the meter searches only the
+    new bytes for the event's end. Searching all it held each time took minutes of CPU for a
+    MiB (quadratic); the bound below is tens of times the linear cost."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    piece = b"xxxx"
+    start = time.perf_counter()
+    out = [meter.feed(b'data: {"p": "')]
+    out += [meter.feed(piece) for _ in range((MAX_EVENT_BYTES - 64) // len(piece))]
+    out.append(meter.feed(b'"}\n\n'))
+    assert time.perf_counter() - start < 30
+    forwarded = b"".join(out)
+    assert forwarded.endswith(b'"}\n\n') and orjson.loads(forwarded[6:])["p"].count("x") > 10**6
