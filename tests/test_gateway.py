@@ -249,13 +249,21 @@ def test_a_timeout_falls_back_to_another_arm(serve: Serve, upstream: Start) -> N
     assert stats["arms"]["llama2-70b"]["mean_reward"] in (None, 0.0)
 
 
-def test_the_upstreams_client_errors_pass_through(serve: Serve, upstream: Start) -> None:
+def test_an_arm_whose_model_the_upstream_lacks_is_the_arms_failure(
+    serve: Serve, upstream: Start
+) -> None:
+    """The upstream's 404 for the arm's model is the arm's settings at fault, not the client."""
     url, _ = upstream(speed=1000)
-    arms = arms_json(arm("llama2-7b", url, model="no-such-model"))
-    base = _gateway(serve, url, arms=arms, gateway_retries=2)
-    with pytest.raises(openai.NotFoundError) as error:
-        _client(base).chat.completions.create(model="auto", messages=_ask(rows()[0]))
-    assert "The model `no-such-model` does not exist" in str(error.value.body)
+    arms = arms_json(arm("llama2-7b", url, model="no-such-model"), arm("llama2-13b", url))
+    base = _gateway(serve, url, arms=arms, gateway_retries=1)
+    for row in rows()[:3]:
+        answer = _client(base).chat.completions.with_raw_response.create(
+            model="auto", messages=_ask(row)
+        )
+        assert answer.headers["x-bandit-arm"] == "llama2-13b"
+    with pytest.raises(openai.InternalServerError) as error:  # the arm alone: 502
+        _client(base).chat.completions.create(model="llama2-7b", messages=_ask(rows()[0]))
+    assert "llama2-7b: status 404, the upstream knows no such model" in str(error.value.body)
 
 
 def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -> None:

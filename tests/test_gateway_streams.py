@@ -93,6 +93,45 @@ def test_a_redirect_is_not_followed(
     )
 
 
+# The upstream's 4xx: the arm's (its key, its model, its rate limit) or the client's
+
+
+LEAKY = b'{"error": {"message": "Incorrect API key provided: sk-abc***xyz", "code": "invalid"}}'
+ARM_4XX = {
+    "keyless": Script((LEAKY,), 401, "application/json"),
+    "barred": Script((LEAKY,), 403, "application/json"),
+    "renamed": Script((b'{"error": {"message": "no such model"}}',), 404, "application/json"),
+    "limited": Script((b'{"error": {"message": "slow down"}}',), 429, "application/json"),
+}
+
+
+def test_the_arms_4xx_go_to_another_arm_and_the_clients_pass_through(
+    serve: Serve, scripted: Start
+) -> None:
+    """A refused key, a model the upstream lacks or its rate limit say nothing of the client's
+    request: another arm answers, and what the upstream said of its key never reaches the
+    client. A 400 is the client's: passed through."""
+    url, _ = scripted(ARM_4XX | {"good": GOOD})
+    base = _gateway(serve, url, ARM_4XX | {"good": GOOD}, gateway_retries=len(ARM_4XX))
+    for _ in range(6):
+        answer = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("auto", True), headers=AUTH
+        )
+        assert answer.status_code == 200 and answer.headers["x-bandit-arm"] == "good", answer.text
+    failures = _failures(base)
+    for name, kind in [("keyless", "config"), ("renamed", "config"), ("limited", "rate_limit")]:
+        assert any(f'arm="{name}",kind="{kind}"' in line for line in failures), failures
+    for name, status in [("keyless", 401), ("limited", 429)]:
+        alone = httpx.post(f"{base}/v1/chat/completions", content=_body(name, True), headers=AUTH)
+        assert alone.status_code == 502 and f"{name}: status {status}, " in alone.text
+        assert "sk-abc" not in alone.text
+    url, _ = scripted({"picky": Script((b'{"error": {"message": "bad messages"}}',), 400)})
+    base = _gateway(serve, url, {"picky": GOOD})
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("picky", True), headers=AUTH)
+    assert refused.status_code == 400 and refused.json() == {"error": {"message": "bad messages"}}
+    assert _failures(base) == [] or all(line.endswith(" 0.0") for line in _failures(base))
+
+
 # A stream that breaks off, or errs
 
 

@@ -26,6 +26,16 @@ MAX_EVENT_BYTES = 1 << 20  # a streamed event the meter holds while it waits for
 MAX_USAGE_TOKENS = 100_000_000  # tokens one call can count, per side: far past any context window
 
 
+# The 4xx that say something of the arm, not of the client's request: the gateway's key or the
+# arm's model and path (its settings), or the upstream's rate limit. Another arm may answer.
+ARM_STATUSES: dict[int, tuple[str, str]] = {
+    401: ("the upstream refused the arm's key (api_key_env)", "config"),
+    403: ("the upstream refused the arm's key (api_key_env)", "config"),
+    404: ("the upstream knows no such model or path (the arm's model, base_url)", "config"),
+    429: ("the upstream's rate limit", "rate_limit"),
+}
+
+
 class UpstreamFailure(Exception):
     """An upstream failed before the first byte of its answer: the arm's fault, not the client's.
 
@@ -36,7 +46,7 @@ class UpstreamFailure(Exception):
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
-        self.kind = kind  # connection, timeout, status, empty, protocol, config, too_large: a label
+        self.kind = kind  # a metric label (README, Metrics: bandit_gateway_upstream_failures_total)
 
 
 @dataclass(slots=True)
@@ -128,8 +138,9 @@ class Upstreams:
     ) -> aiohttp.ClientResponse:
         """POST ``body`` to the arm's ``/chat/completions``; the response once its status is in.
 
-        A connection failure, a timeout, a redirect or a 5xx raises ``UpstreamFailure``; a 4xx is
-        returned (the client's error, passed through). The caller releases the response.
+        A connection failure, a timeout, a redirect, a 5xx or a 4xx of ``ARM_STATUSES`` raises
+        ``UpstreamFailure``; another 4xx is returned (the client's error, passed through). The
+        caller releases the response.
         """
         up = arm.upstream
         if up is None:
@@ -170,6 +181,10 @@ class Upstreams:
             response.release()
             reason = f"status {response.status}, a redirect (not followed: set its base_url)"
             raise UpstreamFailure(arm.name, reason)
+        if response.status in ARM_STATUSES:
+            response.release()  # its body may quote the gateway's key, masked or not
+            meaning, kind = ARM_STATUSES[response.status]
+            raise UpstreamFailure(arm.name, f"status {response.status}, {meaning}", kind)
         return response
 
     async def close(self) -> None:
