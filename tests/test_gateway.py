@@ -299,6 +299,13 @@ def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -
             422,
             "x-bandit-features",
         ),
+        (
+            {},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"stream":true,'
+            b'"stream_options":"yes"}',
+            422,
+            "stream_options",
+        ),
     ]
     for headers, body, status, field in cases:
         response = httpx.post(

@@ -122,6 +122,9 @@ class Gateway:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RouterError("stream must be a boolean", field="stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):  # the gateway adds to it
+            raise RouterError("stream_options must be a JSON object", field="stream_options")
         _contract(query, None, "messages")
         header = headers.get("x-bandit-features")
         from_header = None if header is None else _parse(header, RouterError, "x-bandit-features")
@@ -144,17 +147,14 @@ class Gateway:
             raise BadBody(f"body holds {unsendable}, which cannot be forwarded as sent")
         weights, preference = self.weights(headers.get("x-bandit-preference"))
         features[PREFERENCE_FEATURE] = preference
-        options = body.get("stream_options")
-        client_usage = isinstance(options, dict) and options.get("include_usage") is True
+        client_usage = options is not None and options.get("include_usage") is True
         return ChatCall(body, query, features, source, stream, client_usage, weights)
 
     def upstream_body(self, call: ChatCall, arm: ArmSpec) -> dict[str, Any]:
         assert arm.upstream is not None
         body = dict(call.body, model=arm.upstream.model)
         if call.stream:  # the usage chunk is how a stream says its token counts
-            options = body.get("stream_options")
-            body["stream_options"] = {**(options if isinstance(options, dict) else {})}
-            body["stream_options"]["include_usage"] = True
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
 
 
