@@ -43,19 +43,27 @@ class WindowClosed(RouterError):
         self.closed_at = closed_at
 
 
-class UnreadableDecision(RouterError):
-    """The decision stored under an event id is not a record the service wrote (written by hand,
-    or damaged). 409, like the other answers about the event's stored state: the client did
-    nothing wrong, but the same request cannot succeed later either, so it must not retry."""
+class UnreadableEvent(RouterError):
+    """What Redis holds for an event id is not what the service wrote there (written by hand,
+    by a bug, or by another program on the key prefix). 409, like the other answers about the
+    event's stored state: the client did nothing wrong, but the same request cannot succeed
+    later either, so it must not retry."""
 
     status_code = 409
     field = "event_id"
 
-    def __init__(self, event_id: str, problem: str) -> None:
+    def __init__(self, event_id: str, what: str, problem: str) -> None:
         super().__init__(
-            f"the decision stored for event_id {event_id!r} is unreadable ({problem}): the event "
+            f"the {what} stored for event_id {event_id!r} is unreadable ({problem}): the event "
             "cannot be rewarded or chosen again; send a new /choose, with a new event_id"
         )
+
+
+class UnreadableDecision(UnreadableEvent):
+    """The decision stored under an event id is not a record the service wrote."""
+
+    def __init__(self, event_id: str, problem: str) -> None:
+        super().__init__(event_id, "decision", problem)
 
 
 class ArmsConflict(RouterError):
@@ -108,3 +116,20 @@ class StoreUnavailable(RouterError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"state store (Redis) unavailable, retry later: {detail}")
+
+
+class StoreDamaged(RouterError):
+    """A key of the whole deployment holds another Redis type than the service keeps there
+    (written by hand, or by another program on the key prefix): no retry helps until an operator
+    deletes it. 503, as for Redis down, but not ``StoreUnavailable``: no decision is buffered for
+    it, and a client is told what must happen."""
+
+    status_code = 503
+
+    def __init__(self, key: str, found: str, expected: str, consequence: str) -> None:
+        super().__init__(
+            f"Redis key {key!r} holds a {found}, not the {expected} this service keeps there "
+            f"(written by hand, or by another program on the key prefix): {consequence} until an "
+            f"operator deletes it (DEL {key})"
+        )
+        self.key = key

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import redis
 
+from bandit_router.errors import StoreDamaged, UnreadableEvent
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
@@ -25,6 +26,7 @@ from bandit_router.store.keys import (
     KEY_DECISION,
     KEY_DONE,
     KEY_EVENTS,
+    KEY_LEASE,
     KEY_PARTS,
     KEY_PENDING,
     KEY_STATS,
@@ -372,4 +374,295 @@ def test_the_sweep_learns_the_parts_and_drops_what_is_not_one(
         await _close(router)
 
     asyncio.run(scenario())
+    r.close()
+
+
+# Keys of the wrong type ------------------------------------------------------------------
+
+
+def _put(r: redis.Redis, key: str, kind: str) -> None:
+    """A key of Redis type ``kind`` under ``key``, in place of whatever was there."""
+    r.delete(key)
+    if kind == "string":
+        r.set(key, "by hand")
+    elif kind == "hash":
+        r.hset(key, "by", "hand")
+    elif kind == "list":
+        r.rpush(key, "by hand")
+    else:
+        raise AssertionError(kind)
+
+
+# (the event's key, the type written there, what the answer calls it, the type it should be)
+EVENT_MISFITS: list[tuple[str, str, str, str]] = [
+    (KEY_DECISION, "hash", "decision", "string"),
+    (KEY_DECISION, "list", "decision", "string"),
+    (KEY_PARTS, "string", "record of reward parts", "hash"),
+    (KEY_PARTS, "list", "record of reward parts", "hash"),
+    (KEY_DONE, "hash", "final-reward marker", "string"),
+]
+
+
+@pytest.mark.parametrize(("template", "kind", "what", "expected"), EVENT_MISFITS)
+def test_an_event_key_of_the_wrong_type_is_a_409_naming_the_event_and_nothing_else_breaks(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    template: str,
+    kind: str,
+    what: str,
+    expected: str,
+) -> None:
+    """/reward (each script) and, for the decision, a repeated /choose: a 409 naming the event
+    and the type, said once a call; nothing is written for it; other events go on."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    good = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    bad = f"by-hand-{time.monotonic_ns()}"
+    again: dict[str, object] = {"query": "what is a cat?", "event_id": bad}
+    if template == KEY_DECISION:
+        r.zadd(_key(settings, KEY_PENDING), {bad: time.time() + settings.reward_wait_s})
+    else:
+        assert client.post("/choose", json=again).status_code == 200
+    _put(r, _key(settings, template, bad), kind)
+    before = {t: r.type(_key(settings, t, bad)) for t in (KEY_DECISION, KEY_PARTS, KEY_DONE)}
+
+    calls = [
+        ("/reward", {"event_id": bad, "reward": 0.5}),  # final by itself: logged at once
+        ("/reward", {"event_id": bad, "accuracy": 1}),
+        ("/reward", {"event_id": bad, "latency_ms": 100}),  # kept until the other parts come
+        ("/reward", {"event_id": bad, "accuracy": 1, "final": True}),
+    ]
+    if template == KEY_DECISION:
+        calls.append(("/choose", again))  # the same id again
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for path, body in calls:
+            response = client.post(path, json=body)
+            assert response.status_code == 409, (path, body, response.text)
+            error = response.json()
+            assert error["field"] == "event_id"
+            assert (
+                f"the {what} stored for event_id {bad!r} is unreadable (its Redis key holds a "
+                f"{kind}, not a {expected})" in error["detail"]
+            )
+    said = [m for m in caplog.messages if bad in m]
+    assert len(said) == len(calls), said  # once a call
+    assert not any(record.exc_info for record in caplog.records)
+    after = {t: r.type(_key(settings, t, bad)) for t in (KEY_DECISION, KEY_PARTS, KEY_DONE)}
+    assert after == before  # nothing written
+    assert r.xlen(_key(settings, KEY_EVENTS)) == 0
+    if template != KEY_DECISION:  # the decision reads: a repeated /choose answers it
+        assert client.post("/choose", json=again).json()["event_id"] == bad
+
+    done = client.post("/reward", json={"event_id": good, "reward": 1.0})
+    assert done.status_code == 200 and done.json()["status"] == "final", done.text
+    assert client.get("/stats").status_code == 200
+    assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+@pytest.mark.parametrize("default", [None, 0.25])
+def test_the_sweep_lets_the_window_of_an_event_key_of_the_wrong_type_go(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, default: float | None
+) -> None:
+    """Ended windows with a part, each with one key of the wrong type: the sweep learns the good
+    one, lets each bad one go with a warning naming it, counted skipped; the next finds none."""
+    settings = make_settings(reward_wait_s=60, default_reward=default)
+    r = _redis(settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        good = await router.choose("one")
+        await router.reward(good.event_id, RewardParts(accuracy=1.0))
+        bad = [f"bad-{i}" for i in range(len(EVENT_MISFITS))]
+        for event_id, (template, kind, _, _) in zip(bad, EVENT_MISFITS, strict=True):
+            if template == KEY_DECISION:
+                _store_by_hand(r, settings, event_id, b"")
+            else:
+                await router.choose("two", event_id=event_id)
+            r.hset(_key(settings, KEY_PARTS, event_id), "accuracy", "1.0")
+            _put(r, _key(settings, template, event_id), kind)
+        with pytest.raises(UnreadableEvent, match="its Redis key holds a hash, not a string"):
+            await router.store.decision(bad[0])  # a read of its own, for the event's weights
+
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert await router.sweep(now=time.time() + 61) == 1
+        for event_id in bad:
+            said = [m for m in caplog.messages if repr(event_id) in m]
+            assert len(said) == 1 and "its Redis key holds a" in said[0], caplog.messages
+        assert await router.store.due(time.time() + 61) == []
+        assert await router.sweep(now=time.time() + 61) == 0
+        assert (await router.store.counters())["skipped_no_reward"] == len(bad)
+        await router.learner.step()
+        logged = [e async for e in router.store.events()]
+        assert [e.decision["event_id"] for e in readable(logged)] == [good.event_id]
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
+def _damage_said(caplog: pytest.LogCaptureFixture, key: str) -> list[str]:
+    return [m for m in caplog.messages if f"Redis key {key!r} holds a" in m]
+
+
+def test_a_pending_set_of_the_wrong_type_is_a_503_naming_it_until_an_operator_deletes_it(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the pending set no window can be tracked: /choose and /reward answer 503 naming
+    the key and what to do, writing nothing; the log says so once; deleting it mends all."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    pending = _key(settings, KEY_PENDING)
+    _put(r, pending, "string")
+
+    calls = [
+        ("/choose", {"query": "what is a cat?", "event_id": "fresh"}),
+        ("/choose", {"query": "what is a cat?"}),
+        ("/reward", {"event_id": event_id, "accuracy": 1}),
+        ("/reward", {"event_id": event_id, "reward": 1}),
+    ]
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for path, body in calls:
+            response = client.post(path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            detail = response.json()["detail"]
+            assert f"Redis key {pending!r} holds a string, not the zset" in detail
+            assert f"until an operator deletes it (DEL {pending})" in detail
+    assert len(_damage_said(caplog, pending)) == 1, caplog.messages
+    assert not any(record.exc_info for record in caplog.records)
+    assert not r.exists(_key(settings, KEY_DECISION, "fresh"))
+    assert not r.exists(_key(settings, KEY_PARTS, event_id), _key(settings, KEY_DONE, event_id))
+    assert r.xlen(_key(settings, KEY_EVENTS)) == 0
+
+    r.delete(pending)
+    assert client.post("/reward", json={"event_id": event_id, "reward": 1}).status_code == 200
+    assert client.post("/choose", json={"query": "what is a cat?"}).status_code == 200
+    r.close()
+
+
+def test_the_sweep_stops_on_a_pending_set_of_the_wrong_type_without_a_traceback(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(reward_wait_s=60)
+    r = _redis(settings)
+    pending = _key(settings, KEY_PENDING)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await router.choose("one")
+        _put(r, pending, "hash")
+        with pytest.raises(StoreDamaged, match="holds a hash, not the zset"):
+            await router.sweep(now=time.time() + 61)
+        stop = asyncio.Event()
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            background = asyncio.create_task(router._every(stop, 0.01, router.sweep))
+            await asyncio.sleep(0.2)  # a dozen sweeps
+            stop.set()
+            await background
+        assert not any(record.exc_info for record in caplog.records), caplog.messages
+        r.delete(pending)
+        await _close(router)
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        asyncio.run(scenario())
+    assert len(_damage_said(caplog, pending)) == 1, caplog.messages
+    r.close()
+
+
+def test_a_log_of_the_wrong_type_stops_the_rewards_not_the_service(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The events stream is a hash: the service starts, decides, and answers each reward a 503
+    naming the key, with nothing written (no done marker: the reward can come again); /stats
+    says the same. Said once in the log. Deleted, rewards are logged and learned again."""
+    settings = make_settings()
+    r = _redis(settings)
+    events = _key(settings, KEY_EVENTS)
+    _put(r, events, "hash")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+        for _ in range(2):
+            response = client.post("/reward", json={"event_id": event_id, "reward": 1})
+            assert response.status_code == 503, response.text
+            assert f"Redis key {events!r} holds a hash, not the stream" in response.json()["detail"]
+        stats = client.get("/stats")
+        assert stats.status_code == 503 and events in stats.json()["detail"], stats.text
+        assert client.get("/metrics").status_code == 200
+        time.sleep(1.5)  # the learner tries again meanwhile
+    assert len(_damage_said(caplog, events)) == 1, caplog.messages
+    assert not any(record.exc_info for record in caplog.records), caplog.messages
+    assert not r.exists(_key(settings, KEY_DONE, event_id), _key(settings, KEY_PARTS, event_id))
+
+    r.delete(events)
+    response = client.post("/reward", json={"event_id": event_id, "reward": 1})
+    assert response.status_code == 200 and response.json()["status"] == "final", response.text
+    _learned_soon(client, 1)
+    r.close()
+
+
+def _learned_soon(client: Any, version: int) -> None:
+    deadline = time.monotonic() + 10
+    while client.get("/healthz").json()["model_version"] < version:
+        assert time.monotonic() < deadline, "not learned"
+        time.sleep(0.1)
+
+
+def test_a_lease_of_the_wrong_type_stops_the_learning_not_the_service(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No process can hold the learner's lease: the service starts, decisions and rewards are
+    stored and logged, the log says why nothing is learned, once; deleted, the log is learned."""
+    settings = make_settings()
+    r = _redis(settings)
+    lease = _key(settings, KEY_LEASE)
+    _put(r, lease, "hash")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+        response = client.post("/reward", json={"event_id": event_id, "reward": 1})
+        assert response.status_code == 200 and response.json()["status"] == "final"
+        time.sleep(1.5)  # the learner tries again meanwhile
+        assert client.get("/healthz").json()["learner"] is False
+    said = _damage_said(caplog, lease)
+    assert len(said) == 1 and "no process can learn" in said[0], caplog.messages
+    assert not any(record.exc_info for record in caplog.records), caplog.messages
+    assert r.xlen(_key(settings, KEY_EVENTS)) == 1
+
+    r.delete(lease)
+    _learned_soon(client, 1)
+    r.close()
+
+
+def test_a_stats_key_of_the_wrong_type_stops_nothing_but_the_counters(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counters are statistics: decisions, rewards, learning and publishing go on; /stats
+    and /metrics answer without them; the log says so once."""
+    settings = make_settings(admin_key="admin-secret")
+    r = _redis(settings)
+    stats_key = _key(settings, KEY_STATS)
+    _put(r, stats_key, "string")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+        response = client.post("/reward", json={"event_id": event_id, "reward": 1})
+        assert response.status_code == 200 and response.json()["status"] == "final"
+        assert client.get("/healthz").json()["model_version"] == 1
+        published = client.post("/admin/snapshot", headers={"X-API-Key": "admin-secret"})
+        assert published.json() == {"model_version": 1}, published.text
+        for _ in range(2):
+            stats = client.get("/stats")
+            assert stats.status_code == 200, stats.text
+            assert stats.json()["decisions"] == 0
+            assert client.get("/metrics").status_code == 200
+    said = _damage_said(caplog, stats_key)
+    assert len(said) == 1 and "the counters are neither kept nor shown" in said[0], said
+    assert not any(record.exc_info for record in caplog.records), caplog.messages
+    assert r.get(stats_key) == b"by hand"
     r.close()

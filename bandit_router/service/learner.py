@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bandit_router.errors import NotLearner, StoreUnavailable
+from bandit_router.errors import NotLearner, StoreDamaged, StoreUnavailable
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
@@ -141,10 +141,13 @@ async def load_model(
     model = restore(await store.load_snapshot(), spec, settings)
     arms = {a.name: Arm.from_spec(a) for a in settings.arms}
     replayed = 0
-    async for event in store.events(after=model.stream_id):
-        replayed += model.learn(event, arms)
-        if progress is not None:
-            progress(replayed)
+    try:
+        async for event in store.events(after=model.stream_id):
+            replayed += model.learn(event, arms)
+            if progress is not None:
+                progress(replayed)
+    except StoreDamaged:  # the log's key is of another type (said in the log): serve what is
+        pass  # learned; the learner replays the log once an operator has deleted the key
     log.info(
         "policy %s at model version %d (%d logged events replayed)", spec, model.version, replayed
     )
@@ -466,10 +469,11 @@ class Learner:
                     await self.lead()
                     renewed = time.monotonic()
                 read = await self.step()
-            except StoreUnavailable as e:
+            except (StoreUnavailable, StoreDamaged) as e:
                 if self.on_redis_error is not None:
                     self.on_redis_error("learner")
-                log.warning("learner waiting for Redis: %s", e)
+                if isinstance(e, StoreUnavailable):  # StoreDamaged: said once, by the store
+                    log.warning("learner waiting for Redis: %s", e)
                 self.leading = False
                 renewed = 0.0
                 await wait_or_stop(stop, 1.0)

@@ -19,9 +19,10 @@ from bandit_router.errors import (
     InvalidArm,
     InvalidReward,
     RouterError,
+    StoreDamaged,
     StoreUnavailable,
     UnknownEvent,
-    UnreadableDecision,
+    UnreadableEvent,
 )
 from bandit_router.features import AppValue, WordKey, extract
 from bandit_router.policies.base import Arm
@@ -122,7 +123,10 @@ class Router:
         learner = Learner(settings, store, await load_model(store, settings))
         router = cls(settings, store, learner, await word_key(settings, store))
         if settings.learn_in_workers:
-            await learner.lead()
+            # A lease or log key of another type (said in the log): serve anyway, and let the
+            # learner's loop try again, rather than fail the start of every process.
+            with contextlib.suppress(StoreDamaged):
+                await learner.lead()
         return router
 
     @property
@@ -244,7 +248,7 @@ class Router:
         async with self._flushing:
             while self._buffer:
                 event_id, record = next(iter(self._buffer.items()))
-                with contextlib.suppress(UnreadableDecision):  # its id is taken, as by any record
+                with contextlib.suppress(UnreadableEvent):  # its id is taken, as by any record
                     await self._save(record)
                 self._buffer.pop(event_id, None)
                 written += 1
@@ -397,9 +401,16 @@ class Router:
         return closed
 
     async def _close(
-        self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
+        self,
+        event_id: str,
+        parts: dict[str, float] | None,
+        weights: Mapping[str, float] | None = None,
     ) -> int:
-        """Learn one ended window's parts, or the default reward; 1 if it was learned."""
+        """Learn one ended window's parts, or the default reward; 1 if it was learned. ``parts``
+        None: its parts key is not a hash (the store said so), so the window is let go."""
+        if parts is None:
+            await self.store.drop_pending(event_id)
+            return 0
         if not parts and self.settings.default_reward is None:  # they expired meanwhile
             await self.store.drop_pending(event_id)
             return 0
@@ -409,7 +420,7 @@ class Router:
             log.warning("event %s not learned at window end: %s", event_id, e)
             await self.store.drop_pending(event_id)
             return 0
-        except UnreadableDecision:  # the store said so in the log
+        except UnreadableEvent:  # the store said so in the log
             await self.store.drop_pending(event_id)
             return 0
         return 1
@@ -440,6 +451,8 @@ class Router:
                 self.unavailable_at = time.monotonic()
                 self.metrics.redis_error(job.__name__)
                 log.warning("%s waiting for Redis: %s", job.__name__, e)
+            except StoreDamaged:  # the store said so in the log, once: no traceback each period
+                self.metrics.redis_error(job.__name__)
             except Exception:  # a background job must not die silently; it retries next period
                 log.exception("%s failed", job.__name__)
             await wait_or_stop(stop, seconds)

@@ -15,4 +15,17 @@ KEY_WORD_SECRET = "{p}:word_secret"  # the secret that keys query words' hashes,
 KEY_CHALLENGERS = "{p}:challengers"  # hash: the challengers' models and scores, with the model
 KEY_PROMOTIONS = "{p}:promotions"  # list of JSON records: every promotion of a challenger
 
+# The Redis type of each key the reward path writes (TYPE's answer). A key holding another type
+# (written by hand, or by another program on the prefix) is refused before anything is written.
+KEY_TYPES = {
+    KEY_DECISION: "string",
+    KEY_DONE: "string",
+    KEY_PARTS: "hash",
+    KEY_PENDING: "zset",
+    KEY_EVENTS: "stream",
+    KEY_STATS: "hash",
+    KEY_LEASE: "string",
+}
+EVENT_KEYS = (KEY_DECISION, KEY_DONE, KEY_PARTS)  # one event's: the others are the deployment's
+
 GROUP = "learners"  # the learners' consumer group on KEY_EVENTS

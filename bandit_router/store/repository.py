@@ -17,9 +17,12 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from bandit_router.errors import (
     AlreadyRewarded,
+    RouterError,
+    StoreDamaged,
     StoreUnavailable,
     UnknownEvent,
     UnreadableDecision,
+    UnreadableEvent,
     WindowClosed,
 )
 from bandit_router.store.cluster import SlotRoute, is_cluster_url
@@ -28,6 +31,7 @@ from bandit_router.store.embedded import EmbeddedRedis
 if TYPE_CHECKING:
     from bandit_router.settings import Settings
 from bandit_router.store.keys import (
+    EVENT_KEYS,
     GROUP,
     KEY_CHALLENGERS,
     KEY_DECISION,
@@ -40,6 +44,7 @@ from bandit_router.store.keys import (
     KEY_POLICY,
     KEY_PROMOTIONS,
     KEY_STATS,
+    KEY_TYPES,
     KEY_WORD_SECRET,
 )
 from bandit_router.store.records import (
@@ -79,6 +84,22 @@ from bandit_router.store.transport import (
 log = logging.getLogger("bandit_router")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
+# The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
+SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING)
+REWARD_KEYS = (KEY_DECISION, KEY_DONE, KEY_PARTS, KEY_PENDING, KEY_EVENTS, KEY_STATS)
+# What an event's key of another type is, for the client's 409.
+EVENT_RECORDS = {
+    KEY_DECISION: "decision",
+    KEY_DONE: "final-reward marker",
+    KEY_PARTS: "record of reward parts",
+}
+# What a deployment's key of another type stops, for the client's 503 and the log.
+STOPS = {
+    KEY_PENDING: "no decision can be stored and no reward taken",
+    KEY_EVENTS: "no reward can be logged, and nothing is learned",
+    KEY_LEASE: "no process can learn",
+    KEY_STATS: "the counters are neither kept nor shown in /stats and /metrics",
+}
 
 
 class Store:
@@ -105,6 +126,7 @@ class Store:
         self._calls = GroupCommit(client)
         self._register(client)
         self._unreadable_counters: set[bytes] = set()  # said once in the log, not at every read
+        self._damaged: set[str] = set()  # deployment keys of another type, said in the log once
 
     def _register(self, client: aioredis.Redis) -> None:
         self._save_decision = client.register_script(SAVE_DECISION)
@@ -147,7 +169,8 @@ class Store:
     @unavailable
     async def save_decision(self, event_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """Store a decision; if one exists under ``event_id`` already, return that one instead
-        (``UnreadableDecision`` when it is not one the service wrote).
+        (``UnreadableDecision`` when it is not one the service wrote, or not a string;
+        ``StoreDamaged``, nothing written, when the pending set is not a sorted set).
 
         The event is tracked until its reward window closes, when the sweep settles it.
         """
@@ -155,6 +178,8 @@ class Store:
         keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
         args = [dumps(record), self.ttl_s, record["arm"], deadline, event_id]
         existing = await self._calls.call(self._save_decision, keys, args)
+        if isinstance(existing, list):
+            raise self._misfit(event_id, SAVE_KEYS, existing)
         return None if existing is None else _read(read_choice, event_id, existing)
 
     @unavailable
@@ -169,7 +194,9 @@ class Store:
 
         Parts that come after the decision's reward window closed (at ``ts + reward_wait_s``,
         by the clock of ``now``, by default this process's) are refused: ``WindowClosed``; parts
-        for a stored decision that does not read, too: ``UnreadableDecision``.
+        for a stored decision that does not read, too: ``UnreadableDecision``. A key of another
+        Redis type than the service writes: ``UnreadableEvent`` for the event's own (decision,
+        done marker, parts), ``StoreDamaged`` for the deployment's; nothing is written then.
 
         With ``final`` (the reward these parts make by themselves), the event is also logged
         with it, as ``finalize`` does, when these parts turn out to be all its parts; then
@@ -197,6 +224,8 @@ class Store:
             raise WindowClosed(event_id, float(result[1]), self.reward_wait_s)
         if result[0] == 5:
             raise _unreadable(event_id, result[1].decode())
+        if result[0] == 6:
+            raise self._misfit(event_id, REWARD_KEYS, result)
         decision = _read(read_decision, event_id, result[1])
         if result[0] == 3:
             return Parts(decision, dict(parts), [], result[2].decode())
@@ -227,13 +256,18 @@ class Store:
             raise AlreadyRewarded(event_id)
         if result[0] == 5:
             raise _unreadable(event_id, result[1].decode())
+        if result[0] == 6:
+            raise self._misfit(event_id, REWARD_KEYS, result)
         return None if result[0] == 3 else str(result[1].decode())
 
     @unavailable
     async def due(self, now: float, limit: int = 500) -> list[str]:
         """Events whose reward window closed at or before ``now``. An id that is not UTF-8
         (written by hand: the service's are text) is no event: it stops being tracked, logged."""
-        ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
+        try:
+            ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_PENDING) from None
         found, others = [], []
         for raw in ids:
             try:
@@ -253,26 +287,37 @@ class Store:
             return []
         keys = [self.key(KEY_PENDING), self.key(KEY_STATS)]
         keys += [self.key(KEY_PARTS, event_id) for event_id in event_ids]
-        kept: list[bytes] = await self._skip_silent(keys=keys, args=event_ids)
+        try:
+            kept: list[bytes] = await self._skip_silent(keys=keys, args=event_ids)
+        except ResponseError as e:  # EXISTS takes any type: only the pending set can be at fault
+            raise await self._mistyped(e, KEY_PENDING) from None
         return [event_id.decode() for event_id in kept]
 
     @unavailable
     async def drop_pending(self, event_id: str) -> None:
         """Stop tracking an event whose window closed with nothing to learn, counted as skipped
         unless something settled it meanwhile (a final logged it, another sweep dropped it)."""
-        await self._drop_pending(keys=[self.key(KEY_PENDING), self.key(KEY_STATS)], args=[event_id])
+        try:
+            await self._drop_pending(
+                keys=[self.key(KEY_PENDING), self.key(KEY_STATS)], args=[event_id]
+            )
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_PENDING) from None
 
     @unavailable
     async def decision(self, event_id: str) -> dict[str, Any] | None:
         """The decision record of ``event_id`` (None: gone); ``UnreadableDecision`` if it does
         not read."""
-        raw = cast(bytes | None, await self.redis.get(self.key(KEY_DECISION, event_id)))
+        try:
+            raw = cast(bytes | None, await self.redis.get(self.key(KEY_DECISION, event_id)))
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_DECISION, event_id) from None
         return None if raw is None else _read(read_decision, event_id, raw)
 
     @unavailable
     async def decisions_of_many(self, event_ids: list[str]) -> list[dict[str, Any] | None]:
         """The decision record of each of ``event_ids``, in one round trip: ``None`` where gone,
-        or where it does not read (``finalize`` then says so)."""
+        or where it does not read, or is not a string (MGET's nil: ``finalize`` then says so)."""
         if not event_ids:
             return []
         raws = await self.redis.mget([self.key(KEY_DECISION, e) for e in event_ids])
@@ -280,19 +325,33 @@ class Store:
 
     @unavailable
     async def parts_of(self, event_id: str) -> dict[str, float]:
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
+        """The parts of ``event_id``; ``UnreadableEvent`` if its parts key is not a hash."""
+        try:
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_PARTS, event_id) from None
         return await self._parts(event_id, raw)
 
     @unavailable
-    async def parts_of_many(self, event_ids: list[str]) -> list[dict[str, float]]:
-        """``parts_of`` each of ``event_ids``, in one round trip."""
+    async def parts_of_many(self, event_ids: list[str]) -> list[dict[str, float] | None]:
+        """``parts_of`` each of ``event_ids``, in one round trip; None (said in the log) for an
+        event whose parts key is not a hash: that costs its event only."""
         if not event_ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
                 pipe.hgetall(self.key(KEY_PARTS, event_id))
-            raws: list[dict[bytes, bytes]] = await pipe.execute()
-        return [await self._parts(e, raw) for e, raw in zip(event_ids, raws, strict=True)]
+            raws: list[dict[bytes, bytes] | Exception] = await pipe.execute(raise_on_error=False)
+        found: list[dict[str, float] | None] = []
+        for event_id, raw in zip(event_ids, raws, strict=True):
+            if isinstance(raw, ResponseError):
+                await self._mistyped(raw, KEY_PARTS, event_id)  # said in the log
+                found.append(None)
+            elif isinstance(raw, Exception):
+                raise raw
+            else:
+                found.append(await self._parts(event_id, raw))
+        return found
 
     async def _parts(self, event_id: str, raw: dict[bytes, bytes]) -> dict[str, float]:
         """The parts in ``raw``, the parts hash of ``event_id`` as read. Its fields that are not
@@ -327,6 +386,8 @@ class Store:
                 if self.route is not None:
                     self.route.lost()
                 raise StoreUnavailable(str(e)) from e
+            except ResponseError as e:
+                raise await self._mistyped(e, KEY_EVENTS) from None
             for stream_id, fields in rows:
                 yield to_event(stream_id, fields)
             if len(rows) < batch:
@@ -335,7 +396,10 @@ class Store:
 
     @unavailable
     async def last_stream_id(self) -> str:
-        rows: Any = await self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
+        try:
+            rows: Any = await self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_EVENTS) from None
         return str(rows[0][0].decode()) if rows else "0-0"
 
     @unavailable
@@ -355,7 +419,7 @@ class Store:
             reply, confirmed = await self._calls.confirmed_command(*read)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
-                raise
+                raise await self._mistyped(e, KEY_EVENTS) from None
             await self.ensure_group()  # Redis lost its data (a restart without persistence)
             return [], True
         return to_events(reply), confirmed
@@ -393,7 +457,7 @@ class Store:
             )
         except ResponseError as e:
             if "NOGROUP" not in str(e):
-                raise
+                raise await self._mistyped(e, KEY_EVENTS) from None
             return []
         if not pending:
             return []
@@ -460,7 +524,19 @@ class Store:
             pipe.hset(self.key(KEY_STATS), "events_learned", snapshot.version)
             if acks:
                 pipe.xack(self.key(KEY_EVENTS), GROUP, *acks)
-            await pipe.execute()
+            # Redis runs every command of a transaction, one failing or not: the model is
+            # published even if the counter (a statistic) is of another type, said once.
+            replies = await pipe.execute(raise_on_error=False)
+        stats = len(replies) - (2 if acks else 1)  # the counter's reply; then XACK's
+        for i, reply in enumerate(replies):
+            if not isinstance(reply, Exception):
+                continue
+            if i == stats and isinstance(reply, ResponseError):
+                await self._mistyped(reply, KEY_STATS)  # said once
+            elif i > stats and isinstance(reply, ResponseError):
+                raise await self._mistyped(reply, KEY_EVENTS)
+            else:
+                raise reply
         return True
 
     @unavailable
@@ -512,7 +588,10 @@ class Store:
     async def hold_lease(self, holder: str, ttl_s: float) -> bool:
         """Take the learner's lease if free, or renew it if ``holder`` has it."""
         ttl_ms = int(ttl_s * 1000)
-        return bool(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
+        try:
+            return bool(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_LEASE) from None
 
     async def release_lease(self, holder: str) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -547,7 +626,9 @@ class Store:
         """Add ``by`` to counter ``name``; a counter that is not an integer (written by hand) is
         left as it is, with a warning: it must not fail the work it counts."""
         error: bytes | None = await self._count(keys=[self.key(KEY_STATS)], args=[name, by])
-        if error:
+        if error and b"WRONGTYPE" in error:
+            await self._mistyped(ResponseError(error.decode()), KEY_STATS)  # said once
+        elif error:
             why = error.decode(errors="replace")
             log.warning("counter %s not counted (%s): delete it to restart it", name, why)
 
@@ -565,7 +646,10 @@ class Store:
         newest = "+"
         while len(rows) < count:
             want = min(chunk, count - len(rows))
-            got = cast(list[Entry], await self.redis.xrevrange(key, max=newest, count=want))
+            try:
+                got = cast(list[Entry], await self.redis.xrevrange(key, max=newest, count=want))
+            except ResponseError as e:
+                raise await self._mistyped(e, KEY_EVENTS) from None
             rows += got
             if len(got) < want:
                 break
@@ -576,8 +660,12 @@ class Store:
     @unavailable
     async def counters(self) -> dict[str, float]:
         """The counters; a value that is not a finite number (written by hand) is left out, with
-        a warning the first time this store reads it."""
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
+        a warning the first time this store reads it; all of them when the key is not a hash."""
+        try:
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
+        except ResponseError as e:
+            await self._mistyped(e, KEY_STATS)  # said once
+            return {}
         out: dict[str, float] = {}
         for name, value in map(_counter, raw.items()):
             if value is not None:
@@ -591,6 +679,40 @@ class Store:
                     raw[name],
                 )
         return out
+
+    # Keys of another type than the service writes there (see keys.KEY_TYPES)
+
+    def _misfit(self, event_id: str, keys: Sequence[str], reply: list[Any]) -> RouterError:
+        """The error of a script's answer {6, key index, type}: ``keys`` are its KEYS' templates."""
+        return self._wrong(keys[int(reply[1]) - 1], reply[2].decode(), event_id)
+
+    async def _mistyped(
+        self, error: ResponseError, template: str, event_id: str = ""
+    ) -> RouterError:
+        """``error``, met on the key ``template`` (of ``event_id``), as ``_wrong`` when it is a
+        WRONGTYPE; any other error is raised as it is."""
+        if "WRONGTYPE" not in str(error):  # Redis 6 puts "Error running script" before it
+            raise error
+        found: Any = await self.redis.type(self.key(template, event_id))
+        return self._wrong(
+            template, found.decode() if isinstance(found, bytes) else str(found), event_id
+        )
+
+    def _wrong(self, template: str, found: str, event_id: str = "") -> RouterError:
+        """An event's key of type ``found``: ``UnreadableEvent`` (409), said in the log as the
+        answer of this call. A deployment's: ``StoreDamaged`` (503), said in the log once per
+        process and key (an error; a warning for the counters, which stop nothing)."""
+        expected = KEY_TYPES[template]
+        if template in EVENT_KEYS:
+            problem = f"its Redis key holds a {found}, not a {expected}"
+            return _unreadable(event_id, problem, EVENT_RECORDS[template])
+        key = self.key(template)
+        error = StoreDamaged(key, found, expected, STOPS[template])
+        if key not in self._damaged:
+            self._damaged.add(key)
+            level = logging.WARNING if template == KEY_STATS else logging.ERROR
+            log.log(level, "%s", error.message)
+        return error
 
     @unavailable
     async def clear(self) -> None:
@@ -640,10 +762,14 @@ def _readable(raw: bytes | None) -> dict[str, Any] | None:
         return None
 
 
-def _unreadable(event_id: str, problem: str) -> UnreadableDecision:
-    """The error for a stored decision that does not read, said in the log (once: only the store
-    raises it, and its callers do not log it again)."""
-    error = UnreadableDecision(event_id, problem)
+def _unreadable(event_id: str, problem: str, what: str = "decision") -> UnreadableEvent:
+    """The error for a stored decision (or another record of the event: ``what``) that does not
+    read, said in the log (once: only the store raises it, and its callers do not log it again)."""
+    error = (
+        UnreadableDecision(event_id, problem)
+        if what == "decision"
+        else UnreadableEvent(event_id, what, problem)
+    )
     log.warning("%s", error.message)
     return error
 

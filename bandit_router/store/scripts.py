@@ -8,8 +8,28 @@ from bandit_router.store.records import MAX_TS
 # counter that is not a number (written by hand) is left as it is and the script goes on. With
 # redis.call the script would stop there, and Redis keeps the writes a script made before an error.
 
+# A key of another type than the service writes there (see keys.KEY_TYPES) fails the command on
+# it with WRONGTYPE, after whatever the script wrote before: each script checks the types of the
+# keys it reads or writes with redis.call first, and answers {6, key index, type} for the first
+# that does not fit, having written nothing. ``want``: key index, type, key index, type, ...
+TYPES_LUA = """
+local function misfit(want)
+  for i = 1, #want, 2 do
+    local found = redis.call('TYPE', KEYS[want[i]])['ok']
+    if found ~= 'none' and found ~= want[i + 1] then return {6, want[i], found} end
+  end
+  return nil
+end
+"""
+
+
 # KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
-SAVE_DECISION = """
+# Returns false (stored), the stored decision, or {6, key index, type}.
+SAVE_DECISION = (
+    TYPES_LUA
+    + """
+local bad = misfit({1, 'string', 3, 'zset'})
+if bad then return bad end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.pcall('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
@@ -17,6 +37,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
 end
 return redis.call('GET', KEYS[1])
 """
+)
 
 
 # Lua shared by the reward scripts, whose KEYS are always decision, done, parts, pending, events,
@@ -73,12 +94,16 @@ end
 
 
 # ARGV ttl, wait, event id, now, then name/value pairs. Returns {0} unknown, {1} already final,
-# {5, why} unreadable, {4, window end} when the parts come after the window closed (a string: Lua
-# numbers become integers in a reply), or {2, decision, parts (flat), duplicates}.
+# {5, why} unreadable, {6, key index, type} a key of another type, {4, window end} when the parts
+# come after the window closed (a string: Lua numbers become integers in a reply), or
+# {2, decision, parts (flat), duplicates}.
 ADD_PARTS = (
-    DECISION_LUA
+    TYPES_LUA
+    + DECISION_LUA
     + PARTS_LUA
     + """
+local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset'})
+if bad then return bad end
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
@@ -96,10 +121,13 @@ return hold(d, deadline, add_parts(5))
 # same round trip. ARGV ttl, wait, event id, now, maxlen, reward JSON, reward value, then
 # name/value pairs. Returns what ADD_PARTS returns, or {3, decision, id}.
 ADD_FINAL = (
-    DECISION_LUA
+    TYPES_LUA
+    + DECISION_LUA
     + PARTS_LUA
     + LOG_LUA
     + """
+local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset', 5, 'stream'})
+if bad then return bad end
 local d = redis.call('GET', KEYS[1])
 if not d then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
@@ -120,11 +148,15 @@ return hold(d, deadline, dups)
 
 
 # ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
-# Returns {0} gone, {1} already final, {5, why} unreadable, {3} parts changed, {2, id}.
+# Returns {0} gone, {1} already final, {5, why} unreadable, {6, key index, type} a key of
+# another type, {3} parts changed, {2, id}.
 FINALIZE = (
-    DECISION_LUA
+    TYPES_LUA
+    + DECISION_LUA
     + LOG_LUA
     + """
+local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset', 5, 'stream'})
+if bad then return bad end
 local d = redis.call('GET', KEYS[1])
 if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
