@@ -126,10 +126,12 @@ class StoreDamaged(RouterError):
 
     status_code = 503
 
-    def __init__(self, key: str, found: str, expected: str, consequence: str) -> None:
+    def __init__(
+        self, key: str, found: str, expected: str, consequence: str, caveat: str = ""
+    ) -> None:
         super().__init__(
             f"Redis key {key!r} holds a {found}, not the {expected} this service keeps there "
             f"(written by hand, or by another program on the key prefix): {consequence} until an "
-            f"operator deletes it (DEL {key})"
+            f"operator deletes it (DEL {key})" + (f"; {caveat}" if caveat else "")
         )
         self.key = key

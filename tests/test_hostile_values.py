@@ -18,22 +18,34 @@ import orjson
 import pytest
 import redis
 
+from bandit_router.cli.main import main
 from bandit_router.errors import StoreDamaged, UnreadableEvent
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.keys import (
+    KEY_CHALLENGERS,
     KEY_DECISION,
     KEY_DONE,
     KEY_EVENTS,
     KEY_LEASE,
+    KEY_MODEL,
     KEY_PARTS,
     KEY_PENDING,
+    KEY_POLICY,
+    KEY_PROMOTIONS,
     KEY_STATS,
+    KEY_WORD_SECRET,
 )
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory, readable
+from tests.conftest import (
+    ClientFactory,
+    SettingsFactory,
+    readable,
+    rewarded_traffic,
+    use_settings,
+)
 
 ARMS = ("4b", "7b", "14b")
 
@@ -665,4 +677,163 @@ def test_a_stats_key_of_the_wrong_type_stops_nothing_but_the_counters(
     assert len(said) == 1 and "the counters are neither kept nor shown" in said[0], said
     assert not any(record.exc_info for record in caplog.records), caplog.messages
     assert r.get(stats_key) == b"by hand"
+    r.close()
+
+
+ADMIN = {"X-API-Key": "admin-secret"}
+
+
+@pytest.mark.parametrize(
+    ("template", "kind"),
+    [
+        (KEY_POLICY, "hash"),
+        (KEY_POLICY, "list"),
+        (KEY_CHALLENGERS, "string"),
+        (KEY_PROMOTIONS, "string"),
+        (KEY_PROMOTIONS, "hash"),
+    ],
+)
+def test_a_key_the_service_does_without_of_the_wrong_type_is_read_as_absent(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    template: str,
+    kind: str,
+) -> None:
+    """The policy override, the challengers' state and the promotions' record: read as none,
+    as an unreadable value of the right type is; said once in the log (a warning naming the
+    key, and the DEL that mends it). The service starts, serves, learns, publishes and
+    promotes; /stats, /metrics and the CLI's status answer."""
+    settings = make_settings(
+        admin_key="admin-secret", policy="random", challengers="linucb", promote_min_events=10
+    )
+    r = _redis(settings)
+    key = _key(settings, template)
+    _put(r, key, kind)
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        rewarded_traffic(client, 20)
+        assert client.get("/healthz").json()["model_version"] == 20
+        for window in (5, 6):  # two documents: /stats reuses one for BANDIT_STATS_CACHE_S
+            stats = client.get("/stats", params={"window": window})
+            assert stats.status_code == 200, stats.text
+            assert stats.json()["policy"] == "random"  # BANDIT_POLICY: no override read
+            assert client.get("/metrics").status_code == 200
+        published = client.post("/admin/snapshot", headers=ADMIN)
+        assert published.json() == {"model_version": 20}, published.text
+        promoted = client.post("/admin/promote", json={"policy": "linucb"}, headers=ADMIN)
+        assert promoted.status_code == 200, promoted.text
+        stats = client.get("/stats", params={"window": 7})
+        assert stats.status_code == 200, stats.text
+    said = _damage_said(caplog, key)
+    assert len(said) == 1 and f"DEL {key}" in said[0], caplog.messages
+    assert all(rec.levelno == logging.WARNING for rec in caplog.records if key in rec.message)
+    assert not any(record.exc_info for record in caplog.records), caplog.messages
+    promotions = stats.json()["challengers"]["promotions"]
+    if template == KEY_PROMOTIONS:  # the promotion is made; its record cannot be kept
+        assert promotions == [] and r.type(key) == kind.encode()
+    else:  # the learner's writes replace the key: the promotion's override, its snapshot
+        assert [p["to_policy"] for p in promotions] == ["linucb"]
+        assert r.type(key) == (b"string" if template == KEY_POLICY else b"hash")
+    assert client.post("/choose", json={"query": "what is a cat?"}).json()["policy"] == "linucb"
+    if template != KEY_POLICY:  # (mended by the promotion)
+        _put(r, key, kind)
+    use_settings(monkeypatch, settings)
+    assert main(["status"]) == 0  # a process of its own: said once more, in its log
+    r.close()
+
+
+def test_a_model_key_of_the_wrong_type_is_no_snapshot_and_refuses_publishing(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The service starts from the whole log, decides, takes and learns rewards; no publish
+    writes anything (a due one is put off: the /reward that made it due is a 200), an admin's is
+    a 503 naming the key; said once. The CLI's status and snapshot work from the log. Deleted,
+    the model is published."""
+    settings = make_settings(admin_key="admin-secret", snapshot_every=1)
+    r = _redis(settings)
+    model = _key(settings, KEY_MODEL)
+    _put(r, model, "string")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        rewarded_traffic(client, 3)  # each due to be published
+        assert client.get("/healthz").json()["model_version"] == 3
+        for _ in range(2):
+            refused = client.post("/admin/snapshot", headers=ADMIN)
+            assert refused.status_code == 503, refused.text
+            detail = refused.json()["detail"]
+            assert f"Redis key {model!r} holds a string, not the hash" in detail
+            assert "none is published" in detail and f"DEL {model}" in detail
+        assert client.get("/stats").status_code == 200
+        assert client.get("/metrics").status_code == 200
+    said = _damage_said(caplog, model)
+    assert len(said) == 1 and "no snapshot is read" in said[0], caplog.messages
+    assert not any(record.exc_info for record in caplog.records), caplog.messages
+    assert r.get(model) == b"by hand"
+    pending: Any = r.xpending(_key(settings, KEY_EVENTS), "learners")
+    assert pending["pending"] == 3  # not acknowledged: no snapshot has them
+    use_settings(monkeypatch, settings)
+    assert main(["status"]) == 0
+    assert main(["snapshot", str(tmp_path / "model.json")]) == 0  # from the whole log
+
+    r.delete(model)
+    published = client.post("/admin/snapshot", headers=ADMIN)
+    assert published.json() == {"model_version": 3}, published.text
+    assert r.hget(model, "version") == b"3"
+    assert r.xpending(_key(settings, KEY_EVENTS), "learners")["pending"] == 0
+    r.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "found"),
+    [
+        ("hash", None, "a hash, not the string"),
+        ("list", None, "a list, not the string"),
+        ("string", b"", "a string that is empty or not UTF-8, not the secret text"),
+        ("string", b"\xff\xfe", "a string that is empty or not UTF-8, not the secret text"),
+    ],
+)
+def test_a_word_secret_that_does_not_read_stops_the_start_naming_it_and_the_fix(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any,
+    kind: str,
+    value: bytes | None,
+    found: str,
+) -> None:
+    """No word can be hashed, and a new secret would change every word feature silently: the
+    start fails with the key, the DEL and what it costs, and the secret is left as it is. The
+    CLI says the same, without a traceback. BANDIT_HASH_KEY does without it."""
+    settings = make_settings()
+    r = _redis(settings)
+    secret = _key(settings, KEY_WORD_SECRET)
+    if value is None:
+        _put(r, secret, kind)
+    else:
+        r.set(secret, value)
+    before = r.dump(secret)
+    with pytest.raises(StoreDamaged) as failed:
+        make_client(settings)
+    message = str(failed.value)
+    assert f"Redis key {secret!r} holds {found}" in message
+    assert f"DEL {secret}" in message and "learns its word features afresh" in message
+    assert r.dump(secret) == before
+    use_settings(monkeypatch, settings)
+    capsys.readouterr()
+    assert main(["snapshot", str(tmp_path / "model.json")]) == 1
+    assert f"bandit-router snapshot: Redis key {secret!r}" in capsys.readouterr().err
+
+    client = make_client(settings.model_copy(update={"hash_key": "the operator's"}))
+    assert client.post("/choose", json={"query": "what is a cat?"}).status_code == 200
+    r.delete(secret)
+    client = make_client(settings)
+    assert client.post("/choose", json={"query": "what is a cat?"}).status_code == 200
+    assert r.type(secret) == b"string"
     r.close()

@@ -23,6 +23,7 @@ from bandit_router.cli.commands import (
 from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
+from bandit_router.errors import StoreDamaged
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -236,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeploymentsError as e:
         print(f"bandit-router: {e}", file=sys.stderr)
         return 2
+    except StoreDamaged as e:  # a key of the deployment that an operator must mend: no traceback
+        print(f"bandit-router {args.command}: {e}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -180,6 +180,7 @@ class Learner:
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
         self._published = (model.version, time.monotonic())
+        self._put_off = -math.inf  # no publish is due before then (monotonic): one was refused
         self._lock = asyncio.Lock()
         self._started = 0  # steps started; the number of the newest one that read the log:
         self._read = 0  # concurrent callers share a step that started after they called
@@ -343,7 +344,7 @@ class Learner:
             self._learn_all(events)
             await self._judge()
             if self._due():
-                await self._publish()
+                await self._publish_or_put_off()
             return len(events)
 
     def chosen(self, event_id: str, ts: float, x: Features) -> None:
@@ -369,6 +370,8 @@ class Learner:
             self.bench.learn(event, self.arms, x, late)
 
     def _due(self) -> bool:
+        if time.monotonic() < self._put_off:
+            return False
         version, at = self._published
         if self.model.version == version and not self._acks:
             return False
@@ -395,7 +398,19 @@ class Learner:
         self._acks = []
         self._promotion = None
         self._published = (self.model.version, time.monotonic())
+        self._put_off = -math.inf
         return True
+
+    async def _publish_or_put_off(self) -> bool:
+        """``_publish``; when the store refuses it (a key of another type, said in the log once
+        by the store), put off for BANDIT_PUBLISH_S and False: learning, and the rewards that
+        wait for it, go on meanwhile, and the model is published once an operator mends the key.
+        What it would have written (acknowledgements, a promotion) waits for that publish."""
+        try:
+            return await self._publish()
+        except StoreDamaged:
+            self._put_off = time.monotonic() + self.settings.publish_s
+            return False
 
     async def _judge(self) -> None:
         """Score the challengers when due; with BANDIT_AUTO_PROMOTE, promote one that clears."""
@@ -423,7 +438,9 @@ class Learner:
         self._promotion = record
         if self.on_promoted is not None:
             self.on_promoted(record)
-        if not await self._publish() and by == "admin":
+        if by != "admin":
+            await self._publish_or_put_off()
+        elif not await self._publish():  # an admin is told why, StoreDamaged included
             raise NotLearner()
         return record
 
@@ -445,7 +462,7 @@ class Learner:
             self.model = model
             if self.bench is not None:
                 self.bench.set_champion(spec, None, keep_old=False)
-            await self._publish()
+            await self._publish_or_put_off()  # the switch is stored already (the override)
 
     async def reset(self) -> int:
         """Forget everything learned: a fresh model whose watermark is the end of the log."""
@@ -488,7 +505,7 @@ class Learner:
         if self.leading:
             try:
                 await self.publish()
-            except (StoreUnavailable, NotLearner) as e:
+            except (StoreUnavailable, StoreDamaged, NotLearner) as e:
                 log.error("final snapshot not saved: %s", e)
         await self.store.release_lease(self.name)
         self.leading = False

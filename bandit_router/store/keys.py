@@ -15,8 +15,9 @@ KEY_WORD_SECRET = "{p}:word_secret"  # the secret that keys query words' hashes,
 KEY_CHALLENGERS = "{p}:challengers"  # hash: the challengers' models and scores, with the model
 KEY_PROMOTIONS = "{p}:promotions"  # list of JSON records: every promotion of a challenger
 
-# The Redis type of each key the reward path writes (TYPE's answer). A key holding another type
-# (written by hand, or by another program on the prefix) is refused before anything is written.
+# The Redis type of each key the service writes (TYPE's answer). A key holding another type
+# (written by hand, or by another program on the prefix) is refused before anything is written
+# on the reward path; elsewhere it is read as absent, or stops what needs it (repository.STOPS).
 KEY_TYPES = {
     KEY_DECISION: "string",
     KEY_DONE: "string",
@@ -25,6 +26,11 @@ KEY_TYPES = {
     KEY_EVENTS: "stream",
     KEY_STATS: "hash",
     KEY_LEASE: "string",
+    KEY_MODEL: "hash",
+    KEY_POLICY: "string",
+    KEY_WORD_SECRET: "string",
+    KEY_CHALLENGERS: "hash",
+    KEY_PROMOTIONS: "list",
 }
 EVENT_KEYS = (KEY_DECISION, KEY_DONE, KEY_PARTS)  # one event's: the others are the deployment's
 

@@ -99,7 +99,23 @@ STOPS = {
     KEY_EVENTS: "no reward can be logged, and nothing is learned",
     KEY_LEASE: "no process can learn",
     KEY_STATS: "the counters are neither kept nor shown in /stats and /metrics",
+    KEY_MODEL: "no snapshot is read (a process that starts learns the whole log) and none is "
+    "published",
+    KEY_POLICY: "an admin's policy switch is not read (BANDIT_POLICY is served; POST "
+    "/admin/policy writes it anew)",
+    KEY_WORD_SECRET: "query words cannot be hashed, so no process on this prefix starts",
+    KEY_CHALLENGERS: "the challengers' stored models and scores are not read (they start afresh "
+    "and the learner's next snapshot replaces them)",
+    KEY_PROMOTIONS: "the record of promotions is neither read nor added to",
 }
+# Keys the service does without (read as absent): said in the log as a warning, not an error.
+SPARED = {KEY_STATS, KEY_POLICY, KEY_CHALLENGERS, KEY_PROMOTIONS}
+# What deleting the word secret costs, said with its fault: it keys every word feature learned.
+SECRET_CAVEAT = (
+    "a new secret is then made, and the model learns its word features afresh (no word of the "
+    "log hashes alike any more): to keep them, SET it back to the old secret if you have it, or "
+    "put that in BANDIT_HASH_KEY, which is used instead of it"
+)
 
 
 class Store:
@@ -498,20 +514,29 @@ class Store:
         promotion: Mapping[str, Any] | None,
         holder: str | None,
     ) -> bool:
+        queued: list[str] = []  # the key template of each command of the transaction, in order
         async with self.redis.pipeline(transaction=True) as pipe:
-            if holder is not None:
-                await pipe.watch(self.key(KEY_LEASE))
-                if await pipe.get(self.key(KEY_LEASE)) != holder.encode():
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            if challengers is not None:
+            # Watched: the lease's holder and the model's type, checked here, hold until EXEC.
+            await pipe.watch(self.key(KEY_LEASE), self.key(KEY_MODEL))
+            if holder is not None and await pipe.get(self.key(KEY_LEASE)) != holder.encode():
+                return False
+            # A model key of another type: nothing is written (no events acknowledged as saved).
+            found: Any = await pipe.type(self.key(KEY_MODEL))
+            found = found.decode() if isinstance(found, bytes) else str(found)
+            if found not in ("hash", "none"):
+                raise self._wrong(KEY_MODEL, found)
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            if challengers is not None:  # replaced whatever its type: it mends a misfit
                 pipe.delete(self.key(KEY_CHALLENGERS))
+                queued.append(KEY_CHALLENGERS)
                 if challengers:
                     pipe.hset(self.key(KEY_CHALLENGERS), mapping=cast(Any, dict(challengers)))
+                    queued.append(KEY_CHALLENGERS)
             if promotion is not None:
                 pipe.set(self.key(KEY_POLICY), snapshot.policy)
                 pipe.rpush(self.key(KEY_PROMOTIONS), dumps(promotion))
                 pipe.ltrim(self.key(KEY_PROMOTIONS), -KEPT_PROMOTIONS, -1)
+                queued += [KEY_POLICY, KEY_PROMOTIONS, KEY_PROMOTIONS]
             pipe.hset(
                 self.key(KEY_MODEL),
                 mapping={
@@ -522,28 +547,34 @@ class Store:
                 },
             )
             pipe.hset(self.key(KEY_STATS), "events_learned", snapshot.version)
+            queued += [KEY_MODEL, KEY_STATS]
             if acks:
                 pipe.xack(self.key(KEY_EVENTS), GROUP, *acks)
+                queued.append(KEY_EVENTS)
             # Redis runs every command of a transaction, one failing or not: the model is
-            # published even if the counter (a statistic) is of another type, said once.
+            # published even if a key it does without (the counter, the promotions' record) is
+            # of another type, said once.
             replies = await pipe.execute(raise_on_error=False)
-        stats = len(replies) - (2 if acks else 1)  # the counter's reply; then XACK's
-        for i, reply in enumerate(replies):
+        for template, reply in zip(queued, replies, strict=True):
             if not isinstance(reply, Exception):
                 continue
-            if i == stats and isinstance(reply, ResponseError):
-                await self._mistyped(reply, KEY_STATS)  # said once
-            elif i > stats and isinstance(reply, ResponseError):
-                raise await self._mistyped(reply, KEY_EVENTS)
-            else:
+            if not isinstance(reply, ResponseError):
                 raise reply
+            error = await self._mistyped(reply, template)  # said once
+            if template not in SPARED:
+                raise error
         return True
 
     @unavailable
     async def load_snapshot(self) -> Snapshot | None:
         """The newest snapshot; None without one, or with one whose fields do not read (written
-        by hand: the service then learns the whole log, as for model bytes that do not load)."""
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_MODEL)))
+        by hand: the service then learns the whole log, as for model bytes that do not load); None
+        too when the key is not a hash (said in the log once)."""
+        try:
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_MODEL)))
+        except ResponseError as e:
+            await self._mistyped(e, KEY_MODEL)
+            return None
         head = _snapshot_head(raw.get(b"policy"), raw.get(b"version"), raw.get(b"stream_id"))
         if head is None or b"data" not in raw:
             return None
@@ -552,26 +583,46 @@ class Store:
     @unavailable
     async def snapshot_head(self) -> tuple[str, int, str] | None:
         """The newest snapshot's policy, version and watermark, without its bytes."""
-        head: Any = await self.redis.hmget(self.key(KEY_MODEL), ["policy", "version", "stream_id"])
+        fields = ["policy", "version", "stream_id"]
+        try:
+            head: Any = await self.redis.hmget(self.key(KEY_MODEL), fields)
+        except ResponseError as e:
+            await self._mistyped(e, KEY_MODEL)  # said once: no snapshot, as load_snapshot
+            return None
         return _snapshot_head(*head)
 
     @unavailable
     async def challenger_state(self) -> dict[str, bytes]:
-        """The challengers' state as the learner last published it (empty: none)."""
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_CHALLENGERS)))
+        """The challengers' state as the learner last published it (empty: none, or a key that
+        is not a hash, said in the log once: they start afresh, as from state that does not
+        read)."""
+        try:
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_CHALLENGERS)))
+        except ResponseError as e:
+            await self._mistyped(e, KEY_CHALLENGERS)
+            return {}
         return {k.decode(): v for k, v in raw.items()}
 
     @unavailable
     async def challenger_field(self, name: str) -> bytes | None:
-        """One field of that state (the summary that /stats shows, say)."""
-        raw: Any = await self.redis.hget(self.key(KEY_CHALLENGERS), name)
+        """One field of that state (the summary that /stats shows, say); None as for none."""
+        try:
+            raw: Any = await self.redis.hget(self.key(KEY_CHALLENGERS), name)
+        except ResponseError as e:
+            await self._mistyped(e, KEY_CHALLENGERS)
+            return None
         return cast(bytes | None, raw)
 
     @unavailable
     async def promotions(self, count: int = KEPT_PROMOTIONS) -> list[dict[str, Any]]:
         """The newest ``count`` promotion records, oldest first; an entry that is not a JSON
-        object (written by hand) is left out with a warning, so it cannot break /stats."""
-        raw: Any = await self.redis.lrange(self.key(KEY_PROMOTIONS), -count, -1)
+        object (written by hand) is left out with a warning, so it cannot break /stats; none when
+        the key is not a list (said in the log once)."""
+        try:
+            raw: Any = await self.redis.lrange(self.key(KEY_PROMOTIONS), -count, -1)
+        except ResponseError as e:
+            await self._mistyped(e, KEY_PROMOTIONS)
+            return []
         records = []
         for item in raw:
             try:
@@ -599,7 +650,13 @@ class Store:
 
     @unavailable
     async def policy_override(self) -> str | None:
-        raw: Any = await self.redis.get(self.key(KEY_POLICY))
+        """The policy an admin switched to; None without one, or when the key is not a string
+        (said in the log once: served as an override that is refused, BANDIT_POLICY)."""
+        try:
+            raw: Any = await self.redis.get(self.key(KEY_POLICY))
+        except ResponseError as e:
+            await self._mistyped(e, KEY_POLICY)
+            return None
         return raw.decode() if raw is not None else None
 
     @unavailable
@@ -612,12 +669,26 @@ class Store:
 
         SET NX and GET in one transaction: every process on this prefix gets the same secret,
         whichever created it. It has no TTL and ``clear`` is the only code that deletes it.
+
+        ``StoreDamaged`` (said in the log once) when the key is not a string, or one that is empty
+        or not UTF-8: a new secret would silently change every word feature, so none is made.
         """
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
             pipe.get(self.key(KEY_WORD_SECRET))
-            _, raw = await pipe.execute()
-        return bytes(raw).decode("ascii")
+            try:
+                _, raw = await pipe.execute()
+            except ResponseError as e:
+                raise await self._mistyped(e, KEY_WORD_SECRET) from None
+        try:
+            secret = bytes(raw).decode()
+        except UnicodeDecodeError:
+            secret = ""
+        if not secret:
+            raise self._wrong(
+                KEY_WORD_SECRET, "string that is empty or not UTF-8", expected="secret text"
+            )
+        return secret
 
     # Counters and housekeeping
 
@@ -698,19 +769,23 @@ class Store:
             template, found.decode() if isinstance(found, bytes) else str(found), event_id
         )
 
-    def _wrong(self, template: str, found: str, event_id: str = "") -> RouterError:
-        """An event's key of type ``found``: ``UnreadableEvent`` (409), said in the log as the
-        answer of this call. A deployment's: ``StoreDamaged`` (503), said in the log once per
-        process and key (an error; a warning for the counters, which stop nothing)."""
-        expected = KEY_TYPES[template]
+    def _wrong(
+        self, template: str, found: str, event_id: str = "", expected: str = ""
+    ) -> RouterError:
+        """An event's key of type ``found`` (not ``expected``, by default its type): an
+        ``UnreadableEvent`` (409), said in the log as the answer of this call. A deployment's:
+        ``StoreDamaged`` (503), said in the log once per process and key (an error; a warning for
+        the keys the service does without, SPARED)."""
+        expected = expected or KEY_TYPES[template]
         if template in EVENT_KEYS:
             problem = f"its Redis key holds a {found}, not a {expected}"
             return _unreadable(event_id, problem, EVENT_RECORDS[template])
         key = self.key(template)
-        error = StoreDamaged(key, found, expected, STOPS[template])
+        caveat = SECRET_CAVEAT if template == KEY_WORD_SECRET else ""
+        error = StoreDamaged(key, found, expected, STOPS[template], caveat)
         if key not in self._damaged:
             self._damaged.add(key)
-            level = logging.WARNING if template == KEY_STATS else logging.ERROR
+            level = logging.WARNING if template in SPARED else logging.ERROR
             log.log(level, "%s", error.message)
         return error
 
