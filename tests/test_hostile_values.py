@@ -789,6 +789,37 @@ def test_a_model_key_of_the_wrong_type_is_no_snapshot_and_refuses_publishing(
     r.close()
 
 
+@pytest.mark.parametrize(("template", "kind"), [(KEY_MODEL, "string"), (KEY_EVENTS, "hash")])
+def test_restore_into_a_key_of_the_wrong_type_names_it_and_writes_nothing(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any,
+    template: str,
+    kind: str,
+) -> None:
+    """A file of another policy than the deployment's: its policy is set with the model, in one
+    transaction, so a refused restore leaves no switch behind; the CLI says why, no traceback."""
+    source, target = make_settings(policy="egreedy"), make_settings()  # before BANDIT_* is set
+    rewarded_traffic(make_client(source), 3)
+    use_settings(monkeypatch, source)
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    r = _redis(target)
+    _put(r, _key(target, template), kind)
+    use_settings(monkeypatch, target)
+    capsys.readouterr()
+    assert main(["restore", str(file)]) == 1
+    err = capsys.readouterr().err
+    assert f"Redis key {_key(target, template)!r} holds a {kind}" in err and "Traceback" not in err
+    assert r.get(_key(target, KEY_POLICY)) is None
+    r.delete(_key(target, template))
+    assert main(["restore", str(file)]) == 0
+    assert r.get(_key(target, KEY_POLICY)) == b"egreedy"
+    r.close()
+
+
 @pytest.mark.parametrize(
     ("kind", "value", "found"),
     [

@@ -28,7 +28,6 @@ from bandit_router.policies.registry import check_arms, load_policy, parse_polic
 from bandit_router.service.learner import effective_spec, load_model
 from bandit_router.service.router import word_key
 from bandit_router.settings import Settings
-from bandit_router.store.keys import KEY_EVENTS
 from bandit_router.store.records import MAX_INT64, Snapshot, is_stream_id
 from bandit_router.store.repository import Store
 
@@ -193,8 +192,7 @@ def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
 async def _in_log(store: Store, stream_id: str) -> bool:
     if stream_id == "0-0":
         return await store.last_stream_id() == "0-0"
-    rows = await store.redis.xrange(store.key(KEY_EVENTS), min=stream_id, max=stream_id)
-    return bool(rows)
+    return await store.logged(stream_id)
 
 
 async def load(
@@ -213,9 +211,9 @@ async def load(
         snapshot = Snapshot(
             snapshot.policy, snapshot.version, await store.last_stream_id(), snapshot.data
         )
+    # Set as an admin's switch with the model, in its transaction: else the service would
+    # relearn the policy in force from the log instead (and a refused publish would leave it).
     override = parse_policy_spec(snapshot.policy) != await effective_spec(store, settings)
-    if override:  # else the service would relearn the policy in force from the log instead
-        await store.set_policy_override(snapshot.policy)
     same_words = words == (await word_key(settings, store)).fingerprint
-    await store.publish(snapshot, [])
+    await store.publish(snapshot, [], override=snapshot.policy if override else None)
     return Restored(snapshot, same_log, override, same_words)

@@ -411,6 +411,15 @@ class Store:
             start = f"({rows[-1][0].decode()}"
 
     @unavailable
+    async def logged(self, stream_id: str) -> bool:
+        """Whether the log holds the entry ``stream_id``."""
+        try:
+            rows: Any = await self.redis.xrange(self.key(KEY_EVENTS), min=stream_id, max=stream_id)
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_EVENTS) from None
+        return bool(rows)
+
+    @unavailable
     async def last_stream_id(self) -> str:
         try:
             rows: Any = await self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
@@ -492,16 +501,17 @@ class Store:
         challengers: Mapping[str, bytes] | None = None,
         promotion: Mapping[str, Any] | None = None,
         holder: str | None = None,
+        override: str | None = None,
     ) -> bool:
         """Save the model and acknowledge the events it has learned, atomically; with
         ``challengers``, their state replaces the stored one in the same transaction; with
         ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
-        the policy set as an admin's switch would. With ``holder``, only while ``holder`` holds
-        the learner's lease, checked in the same transaction: False (nothing written) when it
-        does not."""
+        the policy set as an admin's switch would; with ``override``, that policy is set so
+        (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease,
+        checked in the same transaction: False (nothing written) when it does not."""
         for _ in range(3):
             try:
-                return await self._publish(snapshot, acks, challengers, promotion, holder)
+                return await self._publish(snapshot, acks, challengers, promotion, holder, override)
             except WatchError:
                 continue  # the lease was renewed or taken meanwhile: look again
         raise StoreUnavailable("the learner's lease kept changing while the model was published")
@@ -513,6 +523,7 @@ class Store:
         challengers: Mapping[str, bytes] | None,
         promotion: Mapping[str, Any] | None,
         holder: str | None,
+        override: str | None,
     ) -> bool:
         queued: list[str] = []  # the key template of each command of the transaction, in order
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -537,6 +548,9 @@ class Store:
                 pipe.rpush(self.key(KEY_PROMOTIONS), dumps(promotion))
                 pipe.ltrim(self.key(KEY_PROMOTIONS), -KEPT_PROMOTIONS, -1)
                 queued += [KEY_POLICY, KEY_PROMOTIONS, KEY_PROMOTIONS]
+            if override is not None:
+                pipe.set(self.key(KEY_POLICY), override)
+                queued.append(KEY_POLICY)
             pipe.hset(
                 self.key(KEY_MODEL),
                 mapping={
