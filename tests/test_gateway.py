@@ -58,6 +58,15 @@ def test_models_lists_auto_and_the_arms(serve: Serve, upstream: Start) -> None:
     assert [m.id for m in _client(base).models.list()] == ["auto", *ARMS]
 
 
+def test_without_upstreams_the_gateway_lists_no_model_and_answers_none(serve: Serve) -> None:
+    base = serve(api_keys=KEY)  # BANDIT_ARMS without upstreams: /choose and /reward only
+    client = _client(base)
+    assert list(client.models.list()) == []
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="auto", messages=_ask(rows()[0]))
+    assert "no arm has an upstream" in str(missing.value.body)
+
+
 def test_auto_routes_measures_and_learns_with_the_apps_reward(
     serve: Serve, upstream: Start, redis_url: str
 ) -> None:

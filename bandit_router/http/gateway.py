@@ -284,12 +284,13 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
 
     @app.get("/v1/models", tags=["gateway"], dependencies=dependencies, responses=GATEWAY_READ)
     async def models(request: Request) -> Response:
-        """The models the gateway answers as: the router's choice, and each arm by name."""
+        """The models the gateway answers as: the router's choice, and each arm by name (none
+        when no arm has an upstream)."""
         try:
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
         except RouterError as e:
             return error_response(e, None)
-        names = [settings.gateway_model, *gateway.arms]
+        names = [settings.gateway_model, *gateway.arms] if gateway.arms else []
         data = [
             {"id": n, "object": "model", "created": 0, "owned_by": "bandit-router"} for n in names
         ]
