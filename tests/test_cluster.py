@@ -404,3 +404,55 @@ def test_a_node_whose_port_was_taken_starts_on_other_ports(tmp_path: Path) -> No
             assert node.bus_port != taken.getsockname()[1]
         finally:
             node.kill()
+
+
+def test_the_log_read_while_its_slot_moves_is_unavailable_then_follows_the_slot(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A read of the training log (the learner's catch-up when it takes the lease, the offline
+    export) meets ASK while the slot is half moved and MOVED once it has moved: 503-style
+    ``StoreUnavailable`` both times, then the read follows the slot to its new master."""
+    from redis.crc import key_slot
+
+    from bandit_router.errors import StoreUnavailable
+    from bandit_router.store.records import Event
+    from tests.cluster import begin_move, migrate, move_slot
+
+    settings = _settings(own_cluster, tmp_path)
+    tag = "{" + settings.key_prefix + "}"
+    source = own_cluster.master_of(tag)
+    target = next(
+        n for n in own_cluster.nodes if n.proc and n is not source and n.role() == "master"
+    )
+
+    async def logged(store: Any) -> list[str]:
+        return [e.decision["event_id"] async for e in store.events() if isinstance(e, Event)]
+
+    async def run() -> None:
+        async with open_store(settings) as store:
+            router = await Router.open(settings, store)
+            try:
+                ids = []
+                for i in range(5):
+                    chosen = await router.choose(f"query {i}", {"task": "qa"})
+                    await router.reward(chosen.event_id, _parts(reward=0.5))
+                    ids.append(chosen.event_id)
+                assert await logged(store) == ids
+                slot = key_slot(tag.encode())
+                await asyncio.to_thread(begin_move, source, target, slot)
+                await asyncio.to_thread(migrate, source, target, [f"{tag}:events"])
+                with pytest.raises(StoreUnavailable, match="slot is moving"):  # ASK
+                    await logged(store)
+                await asyncio.sleep(0.3)  # past the route's refresh interval
+                assert await store.ping()  # the route read again: still the source's slot
+                assert store.route is not None and store.route.master == source.address
+                await asyncio.to_thread(move_slot, own_cluster, slot, target)
+                with pytest.raises(StoreUnavailable, match="slot is moving"):  # MOVED
+                    await logged(store)
+                await asyncio.sleep(0.3)
+                assert await logged(store) == ids  # from the new master
+                assert store.route.master == target.address
+            finally:
+                await router.close()
+
+    asyncio.run(run())
