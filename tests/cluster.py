@@ -246,3 +246,73 @@ class LocalCluster:
         for node in self.nodes:
             node.resume()
             node.kill()
+
+
+def node_id(node: ClusterNode) -> str:
+    client = node.client()
+    try:
+        return str(_command(client, "CLUSTER", "MYID").decode())
+    finally:
+        client.close()
+
+
+def slot_owner(node: ClusterNode, slot: int) -> int | None:
+    """The port of the master that ``node`` says serves ``slot``."""
+    client = node.client()
+    try:
+        for start, end, master, *_ in _command(client, "CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+    finally:
+        client.close()
+    return None
+
+
+def begin_move(source: ClusterNode, target: ClusterNode, slot: int) -> None:
+    """The first steps of ``redis-cli --cluster reshard``: ``slot`` IMPORTING on the target,
+    MIGRATING on the source. Keys missing on the source are then answered ASK (one key) or
+    TRYAGAIN (some of several), new keys included."""
+    for node, state, other in ((target, "IMPORTING", source), (source, "MIGRATING", target)):
+        client = node.client()
+        try:
+            _command(client, "CLUSTER", "SETSLOT", slot, state, node_id(other))
+        finally:
+            client.close()
+
+
+def migrate(source: ClusterNode, target: ClusterNode, keys: list[Any]) -> None:
+    """MIGRATE ``keys`` (with their TTLs, and a stream's consumer groups) to the target."""
+    client = source.client()
+    try:
+        _command(client, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    finally:
+        client.close()
+
+
+def move_slot(
+    cluster: LocalCluster, slot: int, target: ClusterNode, batch: int = 10, between_s: float = 0
+) -> int:
+    """Move ``slot`` to master ``target`` as ``redis-cli --cluster reshard`` does: IMPORTING and
+    MIGRATING, its keys MIGRATEd ``batch`` at a time (``between_s`` apart, so traffic meets the
+    slot half moved), then SETSLOT NODE on both and on every other master (as redis-cli does,
+    so none waits for gossip). The number of keys moved."""
+    source = next(n for n in cluster.nodes if n.proc is not None and n.port == slot_owner(n, slot))
+    begin_move(source, target, slot)
+    moved = 0
+    client = source.client()
+    try:
+        while keys := _command(client, "CLUSTER", "GETKEYSINSLOT", slot, batch):
+            migrate(source, target, keys)
+            moved += len(keys)
+            time.sleep(between_s)
+    finally:
+        client.close()
+    owner = node_id(target)
+    masters = [n for n in cluster.nodes if n.proc is not None and n.role() == "master"]
+    for node in sorted(masters, key=lambda n: (n is not target, n is not source)):
+        client = node.client()
+        try:
+            _command(client, "CLUSTER", "SETSLOT", slot, "NODE", owner)
+        finally:
+            client.close()
+    return moved

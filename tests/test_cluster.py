@@ -404,3 +404,135 @@ def test_a_node_whose_port_was_taken_starts_on_other_ports(tmp_path: Path) -> No
             assert node.bus_port != taken.getsockname()[1]
         finally:
             node.kill()
+
+
+def test_the_log_read_while_its_slot_moves_is_unavailable_then_follows_the_slot(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A read of the training log (the learner's catch-up when it takes the lease, the offline
+    export) meets ASK while the slot is half moved and MOVED once it has moved: 503-style
+    ``StoreUnavailable`` both times, then the read follows the slot to its new master."""
+    from redis.crc import key_slot
+
+    from bandit_router.errors import StoreUnavailable
+    from bandit_router.store.records import Event
+    from tests.cluster import begin_move, migrate, move_slot
+
+    settings = _settings(own_cluster, tmp_path)
+    tag = "{" + settings.key_prefix + "}"
+    source = own_cluster.master_of(tag)
+    target = next(
+        n for n in own_cluster.nodes if n.proc and n is not source and n.role() == "master"
+    )
+
+    async def logged(store: Any) -> list[str]:
+        return [e.decision["event_id"] async for e in store.events() if isinstance(e, Event)]
+
+    async def run() -> None:
+        async with open_store(settings) as store:
+            router = await Router.open(settings, store)
+            try:
+                ids = []
+                for i in range(5):
+                    chosen = await router.choose(f"query {i}", {"task": "qa"})
+                    await router.reward(chosen.event_id, _parts(reward=0.5))
+                    ids.append(chosen.event_id)
+                assert await logged(store) == ids
+                slot = key_slot(tag.encode())
+                await asyncio.to_thread(begin_move, source, target, slot)
+                await asyncio.to_thread(migrate, source, target, [f"{tag}:events"])
+                with pytest.raises(StoreUnavailable, match="slot is moving"):  # ASK
+                    await logged(store)
+                await asyncio.sleep(0.3)  # past the route's refresh interval
+                assert await store.ping()  # the route read again: still the source's slot
+                assert store.route is not None and store.route.master == source.address
+                await asyncio.to_thread(move_slot, own_cluster, slot, target)
+                with pytest.raises(StoreUnavailable, match="slot is moving"):  # MOVED
+                    await logged(store)
+                await asyncio.sleep(0.3)
+                assert await logged(store) == ids  # from the new master
+                assert store.route.master == target.address
+            finally:
+                await router.close()
+
+    asyncio.run(run())
+
+
+def test_a_slot_moved_mid_traffic_is_followed_and_every_reward_learned_once(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Move one deployment's slot to another master mid-traffic, a few keys at a time as
+    ``redis-cli --cluster reshard`` does: while it is half moved its writes meet ASK/TRYAGAIN
+    (503 for rewards, degraded /choose), then the service follows it to the new master by
+    itself; the learner's consumer group moved with the log, every acknowledged reward is in
+    the log once and learned once, and the deployment on another master never notices."""
+    from redis.crc import key_slot
+
+    from tests.cluster import move_slot
+
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    victim, bystander = names = _spread_names(own_cluster, prefix, 2)
+    tag = "{" + f"{prefix}:{victim}" + "}"
+    file = _deployments_file(tmp_path, names)
+    settings = _settings(own_cluster, tmp_path, key_prefix=prefix, deployments_file=file)
+    tallies = {n: Tally() for n in names}
+    health: Counter[int] = Counter()
+    with _served(settings) as base:
+        stop = threading.Event()
+
+        def poll_health() -> None:
+            while not stop.is_set():
+                health[httpx.get(f"{base}/healthz", timeout=10).status_code] += 1
+                time.sleep(0.1)
+
+        threads = [
+            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
+        ]
+        threads.append(threading.Thread(target=poll_health))
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.5)
+            source = own_cluster.master_of(tag)
+            target = next(
+                n for n in own_cluster.nodes if n.proc and n is not source and n.role() == "master"
+            )
+            before = len(tallies[victim].acked)
+            moved = move_slot(own_cluster, key_slot(tag.encode()), target, 5, between_s=0.02)
+            assert own_cluster.master_of(tag) is target
+            wait_until(lambda: len(tallies[victim].acked) > before + 20, 60, "rewards again")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        logged = _logged(own_cluster, f"{prefix}:{victim}")
+        stats = _caught_up(base, victim, len(logged))
+    client = target.client()
+    try:  # the consumer group came with the log, and has every event delivered
+        groups: Any = client.xinfo_groups(tag + ":events")
+    finally:
+        client.close()
+    tally = tallies[victim]
+    print(
+        f"\nRESHARD: {moved} keys moved; rewards acknowledged {len(tally.acked)}, logged "
+        f"{len(logged)}; learned {stats['model_version']}; reward answers {dict(tally.statuses)};"
+        f" degraded /choose {tally.degraded}; /healthz {dict(health)}"
+    )
+    assert moved > 0 and tally.statuses[503] > 0  # the move was met, and survived
+    assert set(tally.statuses) == {200, 503} and tally.choose_failed == 0  # no 500
+    assert len(logged) == len(set(logged)) == len(tally.acked)
+    assert set(logged) == set(tally.acked)  # nothing acknowledged was lost
+    assert stats["model_version"] == len(logged)  # learned exactly once
+    assert len(groups) == 1 and groups[0]["last-delivered-id"].decode() == _newest(target, tag)
+    assert set(tallies[bystander].statuses) == {200} and tallies[bystander].degraded == 0
+    assert set(health) == {200}  # Redis answers all along: only the slot is away
+
+
+def _newest(node: ClusterNode, tag: str) -> str:
+    """The stream id of the newest event in the log of hash tag ``tag``, on ``node``."""
+    client = node.client()
+    try:
+        rows: Any = client.xrevrange(tag + ":events", count=1)
+        return str(rows[0][0].decode())
+    finally:
+        client.close()

@@ -77,6 +77,7 @@ from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
     connect,
+    slot_moving,
     unavailable,
     when_available,
 )
@@ -403,6 +404,10 @@ class Store:
                     self.route.lost()
                 raise StoreUnavailable(str(e)) from e
             except ResponseError as e:
+                # an async generator: ``unavailable`` cannot wrap it, so its mapping is here
+                moving = slot_moving(self.route, e)
+                if moving is not None:
+                    raise moving from e
                 raise await self._mistyped(e, KEY_EVENTS) from None
             for stream_id, fields in rows:
                 yield to_event(stream_id, fields)

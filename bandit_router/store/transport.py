@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandit_router.errors import StoreUnavailable
-from bandit_router.store.cluster import redirected
+from bandit_router.store.cluster import SlotRoute, redirected
 
 log = logging.getLogger("bandit_router")
 P = ParamSpec("P")
@@ -51,12 +51,21 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
                 route.lost()
             raise StoreUnavailable(str(e) or type(e).__name__) from e
         except ResponseError as e:
-            if route is None or not redirected(e):
+            moving = slot_moving(route, e)
+            if moving is None:
                 raise
-            route.lost()
-            raise StoreUnavailable(f"the deployment's slot is moving: {e}") from e
+            raise moving from e
 
     return wrapper
+
+
+def slot_moving(route: SlotRoute | None, error: ResponseError) -> StoreUnavailable | None:
+    """On Redis Cluster, ``error`` as ``StoreUnavailable`` when it says the slot is not served
+    here (now), with the route marked stale; None for any other error."""
+    if route is None or not redirected(error):
+        return None
+    route.lost()
+    return StoreUnavailable(f"the deployment's slot is moving: {error}")
 
 
 async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T:
