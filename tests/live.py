@@ -15,33 +15,46 @@ from bandit_router.settings import Settings
 from tests.conftest import SettingsFactory, _free_port
 
 
-@pytest.fixture
-def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
-    """Start the app under uvicorn on a free loopback port; returns its base URL."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+class Servers:
+    """ASGI apps served by uvicorn, each in a thread on a free loopback port, stopped together."""
 
-    def start(log_level: str = "warning", root_path: str = "", **overrides: Any) -> str:
-        settings: Settings = make_settings(**overrides)
+    def __init__(self) -> None:
+        self._running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(self, app: Any, what: str, **config: Any) -> int:
+        """Serve ``app`` (``config``: uvicorn's options); its port, once it listens."""
         port = _free_port()
-        config = uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level=log_level,  # "info" writes an access line a request, as the CLI's default
-            root_path=root_path,  # what a proxy mounting the app under a path prefix sets
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        servers.append((server, thread))
+        self._running.append((server, thread))
         deadline = time.monotonic() + 20
         while not server.started:
             if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.02)
+        return port
+
+    def stop(self) -> None:
+        for server, thread in self._running:
+            server.should_exit = True
+            thread.join(timeout=20)
+
+
+@pytest.fixture
+def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
+    """Start the app under uvicorn on a free loopback port; returns its base URL."""
+    servers = Servers()
+
+    def start(log_level: str = "warning", root_path: str = "", **overrides: Any) -> str:
+        settings: Settings = make_settings(**overrides)
+        port = servers.start(
+            create_app(settings),
+            "uvicorn",
+            log_level=log_level,  # "info" writes an access line a request, as the CLI's default
+            root_path=root_path,  # what a proxy mounting the app under a path prefix sets
+        )
         return f"http://127.0.0.1:{port}"
 
     yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=20)
+    servers.stop()

@@ -17,7 +17,6 @@ from typing import Any
 import httpx2 as httpx
 import orjson
 import pytest
-import uvicorn
 
 from bandit_router.http.app import create_app
 from bandit_router.service.router import Router
@@ -26,7 +25,8 @@ from bandit_router.store.cluster import node_url, plain_url
 from bandit_router.store.repository import open_store
 from tests.cluster import ClusterNode, LocalCluster, PortTaken, _binary
 from tests.cluster import _command as _command_of
-from tests.conftest import _free_port, wait_until
+from tests.conftest import wait_until
+from tests.live import Servers
 
 
 def _settings(cluster: LocalCluster, tmp_path: Path, **overrides: Any) -> Settings:
@@ -114,19 +114,12 @@ def _deployments_file(tmp_path: Path, names: list[str]) -> str:
 @contextmanager
 def _served(settings: Settings) -> Iterator[str]:
     """The app under uvicorn on a free loopback port."""
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    servers = Servers()
     try:
-        wait_until(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
-        assert server.started, "uvicorn did not start"
+        port = servers.start(create_app(settings), "uvicorn", log_level="warning")
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        servers.stop()
 
 
 @dataclass

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +13,10 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from bandit_router.sim.upstream import ReplayUpstream
-from tests.conftest import _free_port
+from tests.live import Servers
 
 DATA = Path(__file__).resolve().parents[1] / "examples"
 SLICE = DATA / "mmlu_pro_llama2_slice.jsonl"
@@ -75,30 +72,16 @@ def _dumps(data: dict[str, Any]) -> bytes:
 def upstream() -> Iterator[Callable[..., Upstream]]:
     """Start a replay upstream of the slice; returns its base URL (ending in /v1) and app.
     ``rewrite``: a function every JSON answer and streamed event goes through (``Rewriting``)."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    servers = Servers()
 
     def start(rewrite: Rewrite | None = None, **options: Any) -> Upstream:
         app = ReplayUpstream.load(SLICE, SLICE_ARMS, **options)
-        port = _free_port()
         served = app if rewrite is None else Rewriting(app, rewrite)
-        config = uvicorn.Config(
-            served, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the replay upstream did not start")
-            time.sleep(0.02)
+        port = servers.start(served, "the replay upstream", log_level="warning", lifespan="off")
         return f"http://127.0.0.1:{port}/v1", app
 
     yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=20)
+    servers.stop()
 
 
 def arm(name: str, base_url: str, model: str | None = None, **upstream: Any) -> dict[str, Any]:
@@ -189,26 +172,12 @@ class Scripted:
 @pytest.fixture
 def scripted() -> Iterator[Callable[[dict[str, Script]], tuple[str, Scripted]]]:
     """Start a scripted upstream on loopback; returns its base URL (ending in /v1) and app."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    servers = Servers()
 
     def start(scripts: dict[str, Script]) -> tuple[str, Scripted]:
         app = Scripted(scripts)
-        port = _free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the scripted upstream did not start")
-            time.sleep(0.02)
+        port = servers.start(app, "the scripted upstream", log_level="warning", lifespan="off")
         return f"http://127.0.0.1:{port}/v1", app
 
     yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=20)
+    servers.stop()
