@@ -358,3 +358,39 @@ def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(
         await worker.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_worker_that_takes_the_lease_after_a_promotion_serves_the_promoted_model(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        leader = await _open(settings)
+        worker = await _open(settings)  # loaded the champion `random`; never refreshed since
+        await _traffic(leader, 150, seed=11)
+        await leader.learner.promote("linucb")
+        await _traffic(leader, 60, seed=12)
+        await leader.learner.publish()
+        scores = _standings(leader)
+        version = leader.version
+        await leader.close()  # stopped: the lease is free
+        await leader.store.close()
+
+        assert await worker.learner.lead()
+        # The promoted, trained model serves, and the challengers keep their scores.
+        assert str(worker.model.spec) == "linucb" and worker.version == version
+        assert worker.learner.bench is not None
+        assert str(worker.learner.bench.champion) == "linucb"
+        assert _standings(worker) == scores
+        assert (await worker.choose(PLANTED_QUERIES[1][0])).arm == "14b"
+        await worker.close()
+        await worker.store.close()
+
+        restarted = await _open(settings)  # and a restart after that keeps both
+        assert str(restarted.model.spec) == "linucb" and restarted.version == version
+        assert _standings(restarted) == scores
+        await restarted.close()
+        await restarted.store.close()
+
+    asyncio.run(scenario())

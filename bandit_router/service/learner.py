@@ -279,8 +279,13 @@ class Learner:
             async with self._lock:
                 await self.store.ensure_group()
                 snapshot = await self.store.load_snapshot()
-                if snapshot is not None and snapshot.version > self.model.version:
-                    self.model = restore(snapshot, self.model.spec, self.settings)
+                # The policy serving now, not the one this process loaded: a promotion or a
+                # switch since then (this process followed, and may not have refreshed) would
+                # otherwise be undone, the promoted model relearned as the old champion.
+                spec = await effective_spec(self.store, self.settings, self._refused)
+                newer = snapshot is not None and snapshot.version > self.model.version
+                if newer or spec != self.model.spec:
+                    self.model = restore(snapshot, spec, self.settings)
                 self.bench = await self._open_bench()
                 async for event in self.store.events(after=self.model.stream_id):
                     self._learn(event)
