@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 import pytest
+import redis
 
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
@@ -394,3 +395,39 @@ def test_a_worker_that_takes_the_lease_after_a_promotion_serves_the_promoted_mod
         await restarted.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_promotion_never_overwrites_a_pending_policy_switch(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    # A long lease: the learner's loop renews it (and switches) only when the test asks.
+    settings = _settings(make_settings, admin_key="admin-secret", learner_lease_s=600)
+    learner_app = make_client(settings)
+    worker_app = make_client(settings)
+    leader: Router = learner_app.app.state.routers.default  # type: ignore[attr-defined]
+    assert leader.learner.leading
+    _drive(learner_app, 120, seed=13)
+
+    # An admin switches the policy on a worker; the learner has not switched yet.
+    switched = worker_app.post("/admin/policy", json={"policy": "egreedy"}, headers=ADMIN)
+    assert switched.status_code == 200, switched.text
+    promoted = learner_app.post("/admin/promote", json={"policy": "linucb"}, headers=ADMIN)
+    assert promoted.status_code == 409 and promoted.json()["field"] == "policy"
+    assert "egreedy" in promoted.json()["detail"]
+
+    async def switch() -> None:
+        await leader.learner.lead()  # what its loop does at the next renewal
+
+    learner_app.portal.call(switch)  # type: ignore[union-attr]  # on the app's own loop
+    assert str(leader.model.spec) == "egreedy"
+    keys = redis.Redis.from_url(settings.redis_url or "")
+    assert keys.get(f"{{{settings.key_prefix}}}:policy") == b"egreedy"
+    assert keys.hget(f"{{{settings.key_prefix}}}:model", "policy") == b"egreedy"
+    section = learner_app.get("/stats", params={"window": 12}).json()["challengers"]
+    assert section["champion"] == "egreedy" and section["promotions"] == []
+    # Once it serves, a promotion goes through and is what serves and is stored.
+    promoted = learner_app.post("/admin/promote", json={"policy": "linucb"}, headers=ADMIN)
+    assert promoted.status_code == 200 and promoted.json()["from_policy"] == "egreedy"
+    assert keys.get(f"{{{settings.key_prefix}}}:policy") == b"linucb"
+    assert keys.hget(f"{{{settings.key_prefix}}}:model", "policy") == b"linucb"
+    keys.close()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bandit_router.errors import NotLearner, StoreDamaged, StoreUnavailable
+from bandit_router.errors import NotLearner, PolicyConflict, StoreDamaged, StoreUnavailable
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
@@ -423,14 +423,34 @@ class Learner:
             return
         best = self.bench.judge()
         if best is not None and self.settings.auto_promote:
+            pending = await self._switch_pending()
+            if pending is not None:
+                log.info(
+                    "challenger %s not promoted: a switch to %s is pending", best.policy, pending
+                )
+                return
             await self._promote(best.policy, "auto")
+
+    async def _switch_pending(self) -> PolicySpec | None:
+        """The policy an admin switched to (``POST /admin/policy``, on any process) that this
+        learner does not serve yet, else None. A promotion now would overwrite that switch, or
+        be undone by it, its record then naming a policy that does not serve."""
+        spec = await effective_spec(self.store, self.settings, self._refused)
+        return spec if spec != self.model.spec else None
 
     async def promote(self, policy: str) -> dict[str, Any]:
         """Promote the running challenger ``policy`` now (``POST /admin/promote``)."""
         async with self._lock:
             if self.bench is None:
                 raise NotLearner()
-            return await self._promote(str(parse_policy_spec(policy)), "admin")
+            spec = parse_policy_spec(policy)
+            pending = await self._switch_pending()
+            if pending is not None:
+                raise PolicyConflict(
+                    f"policy {pending} was set by POST /admin/policy and serves once the learner "
+                    f"has switched to it (within BANDIT_LEARNER_LEASE_S / 3): promote then"
+                )
+            return await self._promote(str(spec), "admin")
 
     async def _promote(self, policy: str, by: str) -> dict[str, Any]:
         """The challenger's trained policy serves from now on, without relearning; the snapshot,
@@ -456,9 +476,13 @@ class Learner:
                 raise NotLearner()
         return self.model.version
 
-    async def switch(self, spec: PolicySpec) -> None:
-        """Replace the policy with a fresh one of ``spec`` learned from the whole log."""
+    async def switch(self, spec: PolicySpec, store: bool = False) -> None:
+        """Replace the policy with a fresh one of ``spec`` learned from the whole log; ``store``:
+        also set it as the policy override (``POST /admin/policy``), under the same lock as a
+        promotion, so the two never interleave (the override and the model then disagreed)."""
         async with self._lock:
+            if store:
+                await self.store.set_policy_override(str(spec))
             model = fresh_model(spec, self.settings)
             async for event in self.store.events():
                 model.learn(event, self.arms)
