@@ -431,3 +431,31 @@ def test_a_promotion_never_overwrites_a_pending_policy_switch(
     assert keys.get(f"{{{settings.key_prefix}}}:policy") == b"linucb"
     assert keys.hget(f"{{{settings.key_prefix}}}:model", "policy") == b"linucb"
     keys.close()
+
+
+def test_after_an_admin_switch_the_configured_old_champion_still_challenges(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 60, seed=14)
+        await router.store.set_policy_override("egreedy")  # POST /admin/policy
+        await router.learner.switch(parse_policy_spec("egreedy"))
+        assert router.learner.bench is not None
+        # `random` is BANDIT_POLICY: it challenges on, as after a restart.
+        running = set(router.learner.bench.challengers)
+        assert running == {"random", "linucb", "fixed:arm=7b"}
+        await _traffic(router, 30, seed=15)
+        scored = {s.policy: s.events for s in router.learner.bench.standings()}
+        assert scored == {"random": 30, "linucb": 30, "fixed:arm=7b": 30}
+        await router.close()
+        await router.store.close()
+        restarted = await _open(settings)
+        assert restarted.learner.bench is not None
+        assert set(restarted.learner.bench.challengers) == running
+        await restarted.close()
+        await restarted.store.close()
+
+    asyncio.run(scenario())

@@ -30,7 +30,7 @@ from bandit_router.errors import NotLearner, PolicyConflict, StoreDamaged, Store
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
-from bandit_router.service.challengers import Bench, summary
+from bandit_router.service.challengers import Bench, pool, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import Store
@@ -483,14 +483,19 @@ class Learner:
         async with self._lock:
             if store:
                 await self.store.set_policy_override(str(spec))
-            model = fresh_model(spec, self.settings)
+            model, old = fresh_model(spec, self.settings), self.model
+            # The old champion challenges on, trained, when it is one of BANDIT_POLICY and
+            # BANDIT_CHALLENGERS (as a learner restarting would run it); else it is dropped.
+            keep = self.bench is not None and str(old.spec) in pool(self.settings)
             async for event in self.store.events():
                 model.learn(event, self.arms)
+                if keep:
+                    old.learn(event, self.arms)  # the events it had not seen, as the bench's
                 if self.bench is not None and isinstance(event, Event):
                     self.bench.learn(event, self.arms)  # the events the old model had not seen
             self.model = model
             if self.bench is not None:
-                self.bench.set_champion(spec, None, keep_old=False)
+                self.bench.set_champion(spec, old.policy if keep else None, keep_old=keep)
             await self._publish_or_put_off()  # the switch is stored already (the override)
 
     async def reset(self) -> int:
