@@ -218,7 +218,9 @@ def test_stats_metrics_and_the_admin_endpoint(
 
     # Not a running challenger: 422 naming the running ones; no admin key: refused.
     missing = client.post("/admin/promote", json={"policy": "egreedy"}, headers=ADMIN)
-    assert missing.status_code == 422 and "running: linucb, fixed:arm=7b" in missing.text
+    assert (
+        missing.status_code == 422 and "running challengers: linucb, fixed:arm=7b" in missing.text
+    )
     assert client.post("/admin/promote", json={"policy": "linucb"}).status_code in (401, 403)
 
     promoted = client.post("/admin/promote", json={"policy": "fixed:arm=7b"}, headers=ADMIN)
@@ -459,3 +461,39 @@ def test_after_an_admin_switch_the_configured_old_champion_still_challenges(
         await restarted.store.close()
 
     asyncio.run(scenario())
+
+
+def test_promote_names_the_policy_however_written_and_refuses_clearly(
+    make_client: ClientFactory, make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `linucb:alpha=0.5` is `linucb` (BANDIT_LINUCB_ALPHA is 0.5): one challenger, said so.
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        settings = _settings(
+            make_settings,
+            admin_key="admin-secret",
+            challengers="linucb, fixed:arm=7b,linucb:alpha=0.5,random",
+        )
+    assert settings.challengers == ["linucb", "fixed:arm=7b", "random"]
+    assert "linucb:alpha=0.5 is the same policy as linucb: listed once" in caplog.text
+    client = make_client(settings)
+    _drive(client, 30, seed=16)
+
+    def promote(policy: str) -> Any:
+        return client.post("/admin/promote", json={"policy": policy}, headers=ADMIN)
+
+    champion = promote("random:")  # the champion itself, written otherwise
+    assert champion.status_code == 422 and champion.json()["field"] == "policy"
+    assert champion.json()["detail"] == (
+        "policy 'random' is the champion; running challengers: linucb, fixed:arm=7b"
+    )
+    long = promote("x" * 5000)
+    assert long.status_code == 422 and long.json()["field"] == "policy"
+    assert len(long.text) < 300 and "valid: egreedy, squarecb" in long.text
+    assert promote(" LinUCB ").status_code == 422  # names are lower case, as /admin/policy's
+
+    promoted = promote(" linucb:alpha=0.50 ")  # the running `linucb`, written otherwise
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["to_policy"] == "linucb"
+    section = client.get("/stats", params={"window": 13}).json()["challengers"]
+    assert section["champion"] == "linucb"
+    assert {c["policy"] for c in section["challengers"]} == {"random", "fixed:arm=7b"}

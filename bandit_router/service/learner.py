@@ -30,7 +30,7 @@ from bandit_router.errors import NotLearner, PolicyConflict, StoreDamaged, Store
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
-from bandit_router.service.challengers import Bench, pool, summary
+from bandit_router.service.challengers import Bench, in_pool, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import Store
@@ -429,7 +429,7 @@ class Learner:
                     "challenger %s not promoted: a switch to %s is pending", best.policy, pending
                 )
                 return
-            await self._promote(best.policy, "auto")
+            await self._promote(parse_policy_spec(best.policy), "auto")
 
     async def _switch_pending(self) -> PolicySpec | None:
         """The policy an admin switched to (``POST /admin/policy``, on any process) that this
@@ -450,9 +450,9 @@ class Learner:
                     f"policy {pending} was set by POST /admin/policy and serves once the learner "
                     f"has switched to it (within BANDIT_LEARNER_LEASE_S / 3): promote then"
                 )
-            return await self._promote(str(spec), "admin")
+            return await self._promote(spec, "admin")
 
-    async def _promote(self, policy: str, by: str) -> dict[str, Any]:
+    async def _promote(self, policy: PolicySpec, by: str) -> dict[str, Any]:
         """The challenger's trained policy serves from now on, without relearning; the snapshot,
         the policy override (as ``POST /admin/policy`` sets it) and the record are written in
         one transaction, so every process loads it and a restart keeps it."""
@@ -486,7 +486,7 @@ class Learner:
             model, old = fresh_model(spec, self.settings), self.model
             # The old champion challenges on, trained, when it is one of BANDIT_POLICY and
             # BANDIT_CHALLENGERS (as a learner restarting would run it); else it is dropped.
-            keep = self.bench is not None and str(old.spec) in pool(self.settings)
+            keep = self.bench is not None and in_pool(old.spec, self.settings)
             async for event in self.store.events():
                 model.learn(event, self.arms)
                 if keep:
