@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from bandit_router.errors import NotLearner
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
@@ -28,7 +29,7 @@ from bandit_router.sim.champion import parse_auto
 from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
-from bandit_router.store.keys import KEY_CHALLENGERS, KEY_PROMOTIONS
+from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
@@ -497,3 +498,29 @@ def test_promote_names_the_policy_however_written_and_refuses_clearly(
     section = client.get("/stats", params={"window": 13}).json()["challengers"]
     assert section["champion"] == "linucb"
     assert {c["policy"] for c in section["challengers"]} == {"random", "fixed:arm=7b"}
+
+
+def test_a_promotion_refused_for_a_lost_lease_is_never_published_later(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 120, seed=17)
+        lease = router.store.key(KEY_LEASE)
+        await router.store.redis.set(lease, "another-learner")  # it stalled past its lease
+        with pytest.raises(NotLearner):
+            await router.learner.promote("linucb")
+        await router.store.redis.delete(lease)  # the other one stopped: it leads again
+        assert await router.learner.lead()
+        assert str(router.model.spec) == "random"  # what Redis holds, not the refused promotion
+        await _traffic(router, 20, seed=18)
+        await router.learner.publish()
+        assert await router.store.promotions(10) == []
+        assert await router.store.policy_override() is None
+        assert (await router.store.snapshot_head() or ("",))[0] == "random"
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())

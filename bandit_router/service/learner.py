@@ -277,6 +277,11 @@ class Learner:
                 await self.switch(spec)
         if held and not self.leading:
             async with self._lock:
+                # A promotion this process made and never published (its lease was lost, or
+                # Redis failed: the admin was told) is dropped with the model it swapped in:
+                # what Redis holds serves. Published later, its record and override would
+                # contradict the model reloaded here.
+                self._promotion = None
                 await self.store.ensure_group()
                 snapshot = await self.store.load_snapshot()
                 # The policy serving now, not the one this process loaded: a promotion or a
@@ -399,6 +404,7 @@ class Learner:
             self.leading = False
             self.bench = None
             self._acks = []
+            self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
         self._promotion = None
