@@ -101,6 +101,13 @@ class InvalidReward(RouterError):
     status_code = 422
 
 
+class PolicyConflict(RouterError):
+    """An admin's request that another admin change in flight would contradict."""
+
+    status_code = 409
+    field = "policy"
+
+
 class NotLearner(RouterError):
     status_code = 409
 

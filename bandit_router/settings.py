@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Annotated, Any, Literal
 
@@ -10,8 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies import linucb
-from bandit_router.policies.registry import build_policy, check_arms, parse_policy_spec
+from bandit_router.policies.registry import (
+    build_policy,
+    check_arms,
+    effective_params,
+    parse_policy_spec,
+)
 from bandit_router.policies.vw import vw_options
+
+log = logging.getLogger("bandit_router")
 
 REWARD_PARTS = ("accuracy", "rating", "latency", "cost")
 MAX_WEIGHT = 1000.0  # a reward weight's upper bound
@@ -538,6 +546,20 @@ class Settings(BaseSettings):
                 check_arms(parse_policy_spec(spec), [arm.name for arm in self.arms])
             except ValueError as e:
                 raise ValueError(f"{env}: {spec}: {e}") from None
+        # One challenger per policy: ``squarecb`` and ``squarecb:gamma_scale=20`` (its default)
+        # are the same policy, listed once, as first written, and said in the log.
+        kept: dict[tuple[str, tuple[tuple[str, Any], ...]], str] = {}
+        for text in self.challengers:
+            parsed = parse_policy_spec(text)
+            runs_as = (parsed.name, tuple(sorted(effective_params(parsed, self).items())))
+            if runs_as in kept:
+                log.warning(
+                    "BANDIT_CHALLENGERS: %s is the same policy as %s: listed once",
+                    text,
+                    kept[runs_as],
+                )
+            kept.setdefault(runs_as, text)
+        self.challengers = list(kept.values())
         return self
 
     @model_validator(mode="after")

@@ -15,7 +15,9 @@ import random
 from typing import Any
 
 import pytest
+import redis
 
+from bandit_router.errors import NotLearner
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
@@ -27,7 +29,7 @@ from bandit_router.sim.champion import parse_auto
 from bandit_router.sim.dataset import Prepared
 from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
-from bandit_router.store.keys import KEY_CHALLENGERS, KEY_PROMOTIONS
+from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
@@ -217,7 +219,9 @@ def test_stats_metrics_and_the_admin_endpoint(
 
     # Not a running challenger: 422 naming the running ones; no admin key: refused.
     missing = client.post("/admin/promote", json={"policy": "egreedy"}, headers=ADMIN)
-    assert missing.status_code == 422 and "running: linucb, fixed:arm=7b" in missing.text
+    assert (
+        missing.status_code == 422 and "running challengers: linucb, fixed:arm=7b" in missing.text
+    )
     assert client.post("/admin/promote", json={"policy": "linucb"}).status_code in (401, 403)
 
     promoted = client.post("/admin/promote", json={"policy": "fixed:arm=7b"}, headers=ADMIN)
@@ -356,5 +360,167 @@ def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(
         assert [p.to_policy for p in seen.promotions] == ["linucb"]
         await leader.store.close()
         await worker.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_takes_the_lease_after_a_promotion_serves_the_promoted_model(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        leader = await _open(settings)
+        worker = await _open(settings)  # loaded the champion `random`; never refreshed since
+        await _traffic(leader, 150, seed=11)
+        await leader.learner.promote("linucb")
+        await _traffic(leader, 60, seed=12)
+        await leader.learner.publish()
+        scores = _standings(leader)
+        version = leader.version
+        await leader.close()  # stopped: the lease is free
+        await leader.store.close()
+
+        assert await worker.learner.lead()
+        # The promoted, trained model serves, and the challengers keep their scores.
+        assert str(worker.model.spec) == "linucb" and worker.version == version
+        assert worker.learner.bench is not None
+        assert str(worker.learner.bench.champion) == "linucb"
+        assert _standings(worker) == scores
+        assert (await worker.choose(PLANTED_QUERIES[1][0])).arm == "14b"
+        await worker.close()
+        await worker.store.close()
+
+        restarted = await _open(settings)  # and a restart after that keeps both
+        assert str(restarted.model.spec) == "linucb" and restarted.version == version
+        assert _standings(restarted) == scores
+        await restarted.close()
+        await restarted.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_promotion_never_overwrites_a_pending_policy_switch(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    # A long lease: the learner's loop renews it (and switches) only when the test asks.
+    settings = _settings(make_settings, admin_key="admin-secret", learner_lease_s=600)
+    learner_app = make_client(settings)
+    worker_app = make_client(settings)
+    leader: Router = learner_app.app.state.routers.default  # type: ignore[attr-defined]
+    assert leader.learner.leading
+    _drive(learner_app, 120, seed=13)
+
+    # An admin switches the policy on a worker; the learner has not switched yet.
+    switched = worker_app.post("/admin/policy", json={"policy": "egreedy"}, headers=ADMIN)
+    assert switched.status_code == 200, switched.text
+    promoted = learner_app.post("/admin/promote", json={"policy": "linucb"}, headers=ADMIN)
+    assert promoted.status_code == 409 and promoted.json()["field"] == "policy"
+    assert "egreedy" in promoted.json()["detail"]
+
+    async def switch() -> None:
+        await leader.learner.lead()  # what its loop does at the next renewal
+
+    learner_app.portal.call(switch)  # type: ignore[union-attr]  # on the app's own loop
+    assert str(leader.model.spec) == "egreedy"
+    keys = redis.Redis.from_url(settings.redis_url or "")
+    assert keys.get(f"{{{settings.key_prefix}}}:policy") == b"egreedy"
+    assert keys.hget(f"{{{settings.key_prefix}}}:model", "policy") == b"egreedy"
+    section = learner_app.get("/stats", params={"window": 12}).json()["challengers"]
+    assert section["champion"] == "egreedy" and section["promotions"] == []
+    # Once it serves, a promotion goes through and is what serves and is stored.
+    promoted = learner_app.post("/admin/promote", json={"policy": "linucb"}, headers=ADMIN)
+    assert promoted.status_code == 200 and promoted.json()["from_policy"] == "egreedy"
+    assert keys.get(f"{{{settings.key_prefix}}}:policy") == b"linucb"
+    assert keys.hget(f"{{{settings.key_prefix}}}:model", "policy") == b"linucb"
+    keys.close()
+
+
+def test_after_an_admin_switch_the_configured_old_champion_still_challenges(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 60, seed=14)
+        await router.store.set_policy_override("egreedy")  # POST /admin/policy
+        await router.learner.switch(parse_policy_spec("egreedy"))
+        assert router.learner.bench is not None
+        # `random` is BANDIT_POLICY: it challenges on, as after a restart.
+        running = set(router.learner.bench.challengers)
+        assert running == {"random", "linucb", "fixed:arm=7b"}
+        await _traffic(router, 30, seed=15)
+        scored = {s.policy: s.events for s in router.learner.bench.standings()}
+        assert scored == {"random": 30, "linucb": 30, "fixed:arm=7b": 30}
+        await router.close()
+        await router.store.close()
+        restarted = await _open(settings)
+        assert restarted.learner.bench is not None
+        assert set(restarted.learner.bench.challengers) == running
+        await restarted.close()
+        await restarted.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_promote_names_the_policy_however_written_and_refuses_clearly(
+    make_client: ClientFactory, make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `linucb:alpha=0.5` is `linucb` (BANDIT_LINUCB_ALPHA is 0.5): one challenger, said so.
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        settings = _settings(
+            make_settings,
+            admin_key="admin-secret",
+            challengers="linucb, fixed:arm=7b,linucb:alpha=0.5,random",
+        )
+    assert settings.challengers == ["linucb", "fixed:arm=7b", "random"]
+    assert "linucb:alpha=0.5 is the same policy as linucb: listed once" in caplog.text
+    client = make_client(settings)
+    _drive(client, 30, seed=16)
+
+    def promote(policy: str) -> Any:
+        return client.post("/admin/promote", json={"policy": policy}, headers=ADMIN)
+
+    champion = promote("random:")  # the champion itself, written otherwise
+    assert champion.status_code == 422 and champion.json()["field"] == "policy"
+    assert champion.json()["detail"] == (
+        "policy 'random' is the champion; running challengers: linucb, fixed:arm=7b"
+    )
+    long = promote("x" * 5000)
+    assert long.status_code == 422 and long.json()["field"] == "policy"
+    assert len(long.text) < 300 and "valid: egreedy, squarecb" in long.text
+    assert promote(" LinUCB ").status_code == 422  # names are lower case, as /admin/policy's
+
+    promoted = promote(" linucb:alpha=0.50 ")  # the running `linucb`, written otherwise
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["to_policy"] == "linucb"
+    section = client.get("/stats", params={"window": 13}).json()["challengers"]
+    assert section["champion"] == "linucb"
+    assert {c["policy"] for c in section["challengers"]} == {"random", "fixed:arm=7b"}
+
+
+def test_a_promotion_refused_for_a_lost_lease_is_never_published_later(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = _settings(make_settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 120, seed=17)
+        lease = router.store.key(KEY_LEASE)
+        await router.store.redis.set(lease, "another-learner")  # it stalled past its lease
+        with pytest.raises(NotLearner):
+            await router.learner.promote("linucb")
+        await router.store.redis.delete(lease)  # the other one stopped: it leads again
+        assert await router.learner.lead()
+        assert str(router.model.spec) == "random"  # what Redis holds, not the refused promotion
+        await _traffic(router, 20, seed=18)
+        await router.learner.publish()
+        assert await router.store.promotions(10) == []
+        assert await router.store.policy_override() is None
+        assert (await router.store.snapshot_head() or ("",))[0] == "random"
+        await router.close()
+        await router.store.close()
 
     asyncio.run(scenario())

@@ -344,9 +344,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             check_arms(spec, [arm.name for arm in router.settings.arms])
         except ValueError as e:
             raise RouterError(str(e), field="policy") from e
-        await router.store.set_policy_override(str(spec))
         if router.learner.leading:
-            await router.learner.switch(spec)
+            await router.learner.switch(spec, store=True)
+        else:  # the learner's process switches when it next renews its lease
+            await router.store.set_policy_override(str(spec))
         return PolicyResponse(policy=str(spec), model_version=router.version)
 
     @app.post(

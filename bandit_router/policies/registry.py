@@ -49,14 +49,14 @@ def parse_policy_spec(text: str) -> PolicySpec:
     name, *items = [part.strip() for part in text.strip().split(":")]
     registry = _registry()
     if name not in registry:
-        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(registry)}")
+        raise ValueError(f"unknown policy {shown(name)}; valid: {', '.join(registry)}")
     defaults = registry[name].defaults
     params: dict[str, ParamValue] = {}
     for item in filter(None, items):
         key, sep, raw = item.partition("=")
         if not sep or key not in defaults:
             valid = ", ".join(defaults) or "none"
-            raise ValueError(f"policy {name}: unknown parameter {item!r}; valid: {valid}")
+            raise ValueError(f"policy {name}: unknown parameter {shown(item)}; valid: {valid}")
         params[key] = _coerce(name, key, raw, registry[name])
     _check(name, params)
     return PolicySpec(name, params)

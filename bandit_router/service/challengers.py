@@ -39,8 +39,13 @@ from bandit_router.offline.estimators import (
     ips,
     snips,
 )
-from bandit_router.policies.base import Arm, Policy, PolicySpec
-from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
+from bandit_router.policies.base import Arm, ParamValue, Policy, PolicySpec, shown
+from bandit_router.policies.registry import (
+    build_policy,
+    effective_params,
+    load_policy,
+    parse_policy_spec,
+)
 from bandit_router.service.estimates import Interval
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, stream_id_key
@@ -132,9 +137,27 @@ class Challenger:
     clearing: bool = False  # at the last judgement: the log says when this changes
 
 
+def identity(
+    spec: PolicySpec, settings: Settings | None
+) -> tuple[str, tuple[tuple[str, ParamValue], ...]]:
+    """What a policy runs as: its kind and every parameter it runs with, so ``squarecb`` and
+    ``squarecb:gamma_scale=20`` (the default) are one policy, not a champion and its twin."""
+    return spec.name, tuple(sorted(effective_params(spec, settings).items()))
+
+
 def pool(settings: Settings) -> list[str]:
-    """Every policy that may serve or challenge: ``BANDIT_POLICY`` and ``BANDIT_CHALLENGERS``."""
-    return list(dict.fromkeys([str(parse_policy_spec(settings.policy)), *settings.challengers]))
+    """Every policy that may serve or challenge: ``BANDIT_POLICY`` and ``BANDIT_CHALLENGERS``,
+    each once (as first written)."""
+    found: dict[tuple[str, tuple[tuple[str, ParamValue], ...]], str] = {}
+    for text in [settings.policy, *settings.challengers]:
+        spec = parse_policy_spec(text)
+        found.setdefault(identity(spec, settings), str(spec))
+    return list(found.values())
+
+
+def in_pool(spec: PolicySpec, settings: Settings) -> bool:
+    wanted = identity(spec, settings)
+    return any(identity(parse_policy_spec(s), settings) == wanted for s in pool(settings))
 
 
 class Bench:
@@ -155,11 +178,18 @@ class Bench:
         self.champion = champion
         self.challengers: dict[str, Challenger] = {}
         for spec in specs:
-            if str(spec) != str(champion):
+            if not self.same(spec, champion) and self.running(spec) is None:
                 self.challengers[str(spec)] = self._fresh(spec)
         self.reward_model = RewardModel()
         self.stream_id = stream_id  # watermark: the newest logged event observed
         self._unjudged = 0
+
+    def same(self, a: PolicySpec, b: PolicySpec) -> bool:
+        return identity(a, self.settings) == identity(b, self.settings)
+
+    def running(self, spec: PolicySpec) -> str | None:
+        """The name of the running challenger that is policy ``spec``, however written."""
+        return next((s for s, c in self.challengers.items() if self.same(c.spec, spec)), None)
 
     def _fresh(self, spec: PolicySpec) -> Challenger:
         return Challenger(spec, build_policy(spec, self.settings, self.seed), Window(self.size))
@@ -237,16 +267,20 @@ class Bench:
         return max(clearing, key=lambda s: s.margin) if clearing else None
 
     def promote(
-        self, policy: str, champion: Policy, by: str, version: int
+        self, spec: PolicySpec, champion: Policy, by: str, version: int
     ) -> tuple[Challenger, dict[str, Any]]:
-        """Make challenger ``policy`` the champion: returns it (its trained policy serves from
-        now on) and the promotion's record. ``champion`` (the serving policy) becomes a
-        challenger; every window restarts."""
-        if policy not in self.challengers:
+        """Make challenger ``spec`` (however written) the champion: returns it (its trained
+        policy serves from now on) and the promotion's record. ``champion`` (the serving
+        policy) becomes a challenger; every window restarts."""
+        found = self.running(spec)
+        if found is None:
             running = ", ".join(self.challengers) or "none"
+            what = "is the champion" if self.same(spec, self.champion) else "is not a challenger"
             raise RouterError(
-                f"{policy!r} is not a running challenger; running: {running}", field="policy"
+                f"policy {shown(str(spec))} {what}; running challengers: {running}",
+                field="policy",
             )
+        policy = found
         scores = standing(policy, self.challengers[policy].window.rows(), self.min_events)
         record = {
             "ts": time.time(),
@@ -278,8 +312,10 @@ class Bench:
         when ``keep_old``; a challenger of ``spec`` itself is dropped; every window restarts."""
         previous = self.champion
         self.champion = spec
-        self.challengers.pop(str(spec), None)
-        if keep_old and old is not None and str(previous) != str(spec):
+        twin = self.running(spec)
+        if twin is not None:
+            del self.challengers[twin]
+        if keep_old and old is not None and not self.same(previous, spec):
             self.challengers[str(previous)] = Challenger(previous, old, Window(self.size))
         self.restart_windows()
 
@@ -332,7 +368,7 @@ class Bench:
         clearing = set(meta.get("clearing", []))
         for spec in specs:
             name = str(spec)
-            if name == str(champion):
+            if bench.same(spec, champion):
                 continue
             c = bench._fresh(spec)
             try:

@@ -26,11 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bandit_router.errors import NotLearner, StoreDamaged, StoreUnavailable
+from bandit_router.errors import NotLearner, PolicyConflict, StoreDamaged, StoreUnavailable
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
-from bandit_router.service.challengers import Bench, summary
+from bandit_router.service.challengers import Bench, in_pool, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import Store
@@ -277,10 +277,20 @@ class Learner:
                 await self.switch(spec)
         if held and not self.leading:
             async with self._lock:
+                # A promotion this process made and never published (its lease was lost, or
+                # Redis failed: the admin was told) is dropped with the model it swapped in:
+                # what Redis holds serves. Published later, its record and override would
+                # contradict the model reloaded here.
+                self._promotion = None
                 await self.store.ensure_group()
                 snapshot = await self.store.load_snapshot()
-                if snapshot is not None and snapshot.version > self.model.version:
-                    self.model = restore(snapshot, self.model.spec, self.settings)
+                # The policy serving now, not the one this process loaded: a promotion or a
+                # switch since then (this process followed, and may not have refreshed) would
+                # otherwise be undone, the promoted model relearned as the old champion.
+                spec = await effective_spec(self.store, self.settings, self._refused)
+                newer = snapshot is not None and snapshot.version > self.model.version
+                if newer or spec != self.model.spec:
+                    self.model = restore(snapshot, spec, self.settings)
                 self.bench = await self._open_bench()
                 async for event in self.store.events(after=self.model.stream_id):
                     self._learn(event)
@@ -394,6 +404,7 @@ class Learner:
             self.leading = False
             self.bench = None
             self._acks = []
+            self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
         self._promotion = None
@@ -418,16 +429,36 @@ class Learner:
             return
         best = self.bench.judge()
         if best is not None and self.settings.auto_promote:
-            await self._promote(best.policy, "auto")
+            pending = await self._switch_pending()
+            if pending is not None:
+                log.info(
+                    "challenger %s not promoted: a switch to %s is pending", best.policy, pending
+                )
+                return
+            await self._promote(parse_policy_spec(best.policy), "auto")
+
+    async def _switch_pending(self) -> PolicySpec | None:
+        """The policy an admin switched to (``POST /admin/policy``, on any process) that this
+        learner does not serve yet, else None. A promotion now would overwrite that switch, or
+        be undone by it, its record then naming a policy that does not serve."""
+        spec = await effective_spec(self.store, self.settings, self._refused)
+        return spec if spec != self.model.spec else None
 
     async def promote(self, policy: str) -> dict[str, Any]:
         """Promote the running challenger ``policy`` now (``POST /admin/promote``)."""
         async with self._lock:
             if self.bench is None:
                 raise NotLearner()
-            return await self._promote(str(parse_policy_spec(policy)), "admin")
+            spec = parse_policy_spec(policy)
+            pending = await self._switch_pending()
+            if pending is not None:
+                raise PolicyConflict(
+                    f"policy {pending} was set by POST /admin/policy and serves once the learner "
+                    f"has switched to it (within BANDIT_LEARNER_LEASE_S / 3): promote then"
+                )
+            return await self._promote(spec, "admin")
 
-    async def _promote(self, policy: str, by: str) -> dict[str, Any]:
+    async def _promote(self, policy: PolicySpec, by: str) -> dict[str, Any]:
         """The challenger's trained policy serves from now on, without relearning; the snapshot,
         the policy override (as ``POST /admin/policy`` sets it) and the record are written in
         one transaction, so every process loads it and a restart keeps it."""
@@ -451,17 +482,26 @@ class Learner:
                 raise NotLearner()
         return self.model.version
 
-    async def switch(self, spec: PolicySpec) -> None:
-        """Replace the policy with a fresh one of ``spec`` learned from the whole log."""
+    async def switch(self, spec: PolicySpec, store: bool = False) -> None:
+        """Replace the policy with a fresh one of ``spec`` learned from the whole log; ``store``:
+        also set it as the policy override (``POST /admin/policy``), under the same lock as a
+        promotion, so the two never interleave (the override and the model then disagreed)."""
         async with self._lock:
-            model = fresh_model(spec, self.settings)
+            if store:
+                await self.store.set_policy_override(str(spec))
+            model, old = fresh_model(spec, self.settings), self.model
+            # The old champion challenges on, trained, when it is one of BANDIT_POLICY and
+            # BANDIT_CHALLENGERS (as a learner restarting would run it); else it is dropped.
+            keep = self.bench is not None and in_pool(old.spec, self.settings)
             async for event in self.store.events():
                 model.learn(event, self.arms)
+                if keep:
+                    old.learn(event, self.arms)  # the events it had not seen, as the bench's
                 if self.bench is not None and isinstance(event, Event):
                     self.bench.learn(event, self.arms)  # the events the old model had not seen
             self.model = model
             if self.bench is not None:
-                self.bench.set_champion(spec, None, keep_old=False)
+                self.bench.set_champion(spec, old.policy if keep else None, keep_old=keep)
             await self._publish_or_put_off()  # the switch is stored already (the override)
 
     async def reset(self) -> int:

@@ -82,7 +82,9 @@ class ChampionStepper:
         if self.bench.due:
             best = self.bench.judge()
             if best is not None:
-                promoted, record = self.bench.promote(best.policy, self.policy, "auto", self.steps)
+                promoted, record = self.bench.promote(
+                    parse_policy_spec(best.policy), self.policy, "auto", self.steps
+                )
                 self.policy = promoted.policy
                 self.promotions.append(record)
         return decision.arm, reward
