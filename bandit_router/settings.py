@@ -12,10 +12,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bandit_router.policies import linucb
 from bandit_router.policies.registry import (
+    RunsAs,
     build_policy,
     check_arms,
-    effective_params,
     parse_policy_spec,
+    runs_as,
 )
 from bandit_router.policies.vw import vw_options
 
@@ -548,17 +549,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{env}: {spec}: {e}") from None
         # One challenger per policy: ``squarecb`` and ``squarecb:gamma_scale=20`` (its default)
         # are the same policy, listed once, as first written, and said in the log.
-        kept: dict[tuple[str, tuple[tuple[str, Any], ...]], str] = {}
+        kept: dict[RunsAs, str] = {}
         for text in self.challengers:
-            parsed = parse_policy_spec(text)
-            runs_as = (parsed.name, tuple(sorted(effective_params(parsed, self).items())))
-            if runs_as in kept:
+            same = runs_as(parse_policy_spec(text), self)
+            if same in kept:
                 log.warning(
-                    "BANDIT_CHALLENGERS: %s is the same policy as %s: listed once",
-                    text,
-                    kept[runs_as],
+                    "BANDIT_CHALLENGERS: %s is the same policy as %s: listed once", text, kept[same]
                 )
-            kept.setdefault(runs_as, text)
+            kept.setdefault(same, text)
         self.challengers = list(kept.values())
         return self
 

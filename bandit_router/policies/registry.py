@@ -95,6 +95,15 @@ def _resolve(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValu
     return params
 
 
+RunsAs = tuple[str, tuple[tuple[str, ParamValue], ...]]
+
+
+def runs_as(spec: PolicySpec, settings: Settings | None) -> RunsAs:
+    """What a policy runs as: its kind and every parameter it runs with, so ``squarecb`` and
+    ``squarecb:gamma_scale=20`` (the default) are one policy, not a champion and its twin."""
+    return spec.name, tuple(sorted(_resolve(spec, settings).items()))
+
+
 def check_arms(spec: PolicySpec, arms: Sequence[str]) -> None:
     """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's ``arms``;
     the simulator's arms come from its file, so it does not ask."""

@@ -39,12 +39,13 @@ from bandit_router.offline.estimators import (
     ips,
     snips,
 )
-from bandit_router.policies.base import Arm, ParamValue, Policy, PolicySpec, shown
+from bandit_router.policies.base import Arm, Policy, PolicySpec, shown
 from bandit_router.policies.registry import (
+    RunsAs,
     build_policy,
-    effective_params,
     load_policy,
     parse_policy_spec,
+    runs_as,
 )
 from bandit_router.service.estimates import Interval
 from bandit_router.settings import Settings
@@ -137,27 +138,19 @@ class Challenger:
     clearing: bool = False  # at the last judgement: the log says when this changes
 
 
-def identity(
-    spec: PolicySpec, settings: Settings | None
-) -> tuple[str, tuple[tuple[str, ParamValue], ...]]:
-    """What a policy runs as: its kind and every parameter it runs with, so ``squarecb`` and
-    ``squarecb:gamma_scale=20`` (the default) are one policy, not a champion and its twin."""
-    return spec.name, tuple(sorted(effective_params(spec, settings).items()))
-
-
 def pool(settings: Settings) -> list[str]:
     """Every policy that may serve or challenge: ``BANDIT_POLICY`` and ``BANDIT_CHALLENGERS``,
     each once (as first written)."""
-    found: dict[tuple[str, tuple[tuple[str, ParamValue], ...]], str] = {}
+    found: dict[RunsAs, str] = {}
     for text in [settings.policy, *settings.challengers]:
         spec = parse_policy_spec(text)
-        found.setdefault(identity(spec, settings), str(spec))
+        found.setdefault(runs_as(spec, settings), str(spec))
     return list(found.values())
 
 
 def in_pool(spec: PolicySpec, settings: Settings) -> bool:
-    wanted = identity(spec, settings)
-    return any(identity(parse_policy_spec(s), settings) == wanted for s in pool(settings))
+    wanted = runs_as(spec, settings)
+    return any(runs_as(parse_policy_spec(s), settings) == wanted for s in pool(settings))
 
 
 class Bench:
@@ -185,7 +178,7 @@ class Bench:
         self._unjudged = 0
 
     def same(self, a: PolicySpec, b: PolicySpec) -> bool:
-        return identity(a, self.settings) == identity(b, self.settings)
+        return runs_as(a, self.settings) == runs_as(b, self.settings)
 
     def running(self, spec: PolicySpec) -> str | None:
         """The name of the running challenger that is policy ``spec``, however written."""
