@@ -15,7 +15,7 @@ import orjson
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from bandit_router.sim.upstream import ReplayUpstream
+from bandit_router.sim.upstream import ReplayUpstream, read_body, watched
 from tests.live import Servers
 
 DATA = Path(__file__).resolve().parents[1] / "examples"
@@ -133,27 +133,16 @@ class Scripted:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
+        if raw is None:
+            return
         self.requests += 1
         script = self.scripts.get(orjson.loads(raw or b"{}").get("model"))
         if script is None:
             script = Script((b'{"error": {"message": "no such model"}}',), 404, "application/json")
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.create_task(watch())
         headers = [(b"content-type", script.content_type.encode())]
         headers += [(k.encode(), v.encode()) for k, v in script.headers]
-        try:
+        async with watched(receive) as gone:
             await send({"type": "http.response.start", "status": script.status, "headers": headers})
             for part in script.parts:
                 if isinstance(part, bytes):
@@ -165,8 +154,6 @@ class Scripted:
                     self.left += 1
                     return
             await send({"type": "http.response.body", "body": b""})
-        finally:
-            watcher.cancel()
 
 
 @pytest.fixture

@@ -16,11 +16,12 @@ It is the test double of the LLM providers behind the gateway, and a demo anyone
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,15 +215,9 @@ class ReplayUpstream:
                 send, 404, _error(f"no route {method} {path}", "invalid_request_error", None)
             )
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        await self._chat(body, receive, send)
+        body = await read_body(receive)
+        if body is not None:
+            await self._chat(body, receive, send)
 
     async def _chat(self, raw: bytes, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -261,15 +256,7 @@ class ReplayUpstream:
             await _json(send, 200, _completion(completion_id, arm, [choice], usage))
             return
         with_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.create_task(watch())
-        try:
+        async with watched(receive) as gone:
             await send({"type": "http.response.start", "status": 200, "headers": [SSE]})
             for k, token in enumerate(outcome.tokens):
                 await _sleep_until(start + outcome.first_token_s + k * outcome.per_token_s)
@@ -286,8 +273,35 @@ class ReplayUpstream:
                     _event(_completion(completion_id, arm, [], usage, "chat.completion.chunk"))
                 )
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-        finally:
-            watcher.cancel()
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """A request's whole body; None when the client left before it ended."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
+
+
+@contextlib.asynccontextmanager
+async def watched(receive: Receive) -> AsyncIterator[asyncio.Event]:
+    """An event set once the client disconnects, watched while the block runs (its body read)."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        watcher.cancel()
 
 
 def _bearer(scope: Scope, key: str) -> bool:
