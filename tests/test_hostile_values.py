@@ -58,6 +58,25 @@ def _redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url or "")
 
 
+def _each_a_409(
+    client: Any,
+    caplog: pytest.LogCaptureFixture,
+    calls: list[tuple[str, dict[str, Any]]],
+    bad: str,
+    detail: str,
+) -> None:
+    """Each call answers 409 naming ``event_id`` with ``detail``, said in the log once a call."""
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for path, body in calls:
+            response = client.post(path, json=body)
+            assert response.status_code == 409, (path, body, response.text)
+            error = response.json()
+            assert error["field"] == "event_id"
+            assert detail in error["detail"]
+    said = [m for m in caplog.messages if bad in m]
+    assert len(said) == len(calls), said  # once a call
+
+
 async def _open(settings: Settings) -> Router:
     store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
     return await Router.open(settings, store)
@@ -193,24 +212,19 @@ def test_a_decision_that_does_not_read_is_a_409_naming_the_event_and_nothing_els
     bad = f"by-hand-{time.monotonic_ns()}"
     _store_by_hand(r, settings, bad, raw)
 
-    calls = [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("/reward", {"event_id": bad, "reward": 0.5}),  # final by itself: logged at once
         ("/reward", {"event_id": bad, "accuracy": 1}),  # kept until the other parts come
         ("/reward", {"event_id": bad, "accuracy": 1, "final": True}),
         ("/choose", {"query": "what is a cat?", "event_id": bad}),  # the same id again
     ]
-    with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        for path, body in calls:
-            response = client.post(path, json=body)
-            assert response.status_code == 409, (path, body, response.text)
-            error = response.json()
-            assert error["field"] == "event_id"
-            assert (
-                f"decision stored for event_id {bad!r} is unreadable ({problem})"
-                in (error["detail"])
-            )
-    said = [m for m in caplog.messages if bad in m]
-    assert len(said) == len(calls), said  # once a call
+    _each_a_409(
+        client,
+        caplog,
+        calls,
+        bad,
+        f"decision stored for event_id {bad!r} is unreadable ({problem})",
+    )
     assert not r.exists(_key(settings, KEY_PARTS, bad), _key(settings, KEY_DONE, bad))
     assert r.xlen(_key(settings, KEY_EVENTS)) == 0
 
@@ -448,18 +462,14 @@ def test_an_event_key_of_the_wrong_type_is_a_409_naming_the_event_and_nothing_el
     ]
     if template == KEY_DECISION:
         calls.append(("/choose", again))  # the same id again
-    with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        for path, body in calls:
-            response = client.post(path, json=body)
-            assert response.status_code == 409, (path, body, response.text)
-            error = response.json()
-            assert error["field"] == "event_id"
-            assert (
-                f"the {what} stored for event_id {bad!r} is unreadable (its Redis key holds a "
-                f"{kind}, not a {expected})" in error["detail"]
-            )
-    said = [m for m in caplog.messages if bad in m]
-    assert len(said) == len(calls), said  # once a call
+    _each_a_409(
+        client,
+        caplog,
+        calls,
+        bad,
+        f"the {what} stored for event_id {bad!r} is unreadable (its Redis key holds a "
+        f"{kind}, not a {expected})",
+    )
     assert not any(record.exc_info for record in caplog.records)
     after = {t: r.type(_key(settings, t, bad)) for t in (KEY_DECISION, KEY_PARTS, KEY_DONE)}
     assert after == before  # nothing written
