@@ -544,7 +544,7 @@ class Settings(BaseSettings):
         for env, spec in named:
             try:
                 build_policy(spec, self, 0)
-                check_arms(parse_policy_spec(spec), [arm.name for arm in self.arms])
+                check_arms(parse_policy_spec(spec), self)
             except ValueError as e:
                 raise ValueError(f"{env}: {spec}: {e}") from None
         # One challenger per policy: ``squarecb`` and ``squarecb:gamma_scale=20`` (its default)

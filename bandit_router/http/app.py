@@ -341,7 +341,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             spec = parse_policy_spec(body.policy)
             build_policy(spec, router.settings)  # bad parameters fail here, not in the learner
-            check_arms(spec, [arm.name for arm in router.settings.arms])
+            check_arms(spec, router.settings)
         except ValueError as e:
             raise RouterError(str(e), field="policy") from e
         if router.learner.leading:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bandit_router.policies.arm_level import ARM_LEVEL
@@ -104,12 +104,13 @@ def runs_as(spec: PolicySpec, settings: Settings | None) -> RunsAs:
     return spec.name, tuple(sorted(_resolve(spec, settings).items()))
 
 
-def check_arms(spec: PolicySpec, arms: Sequence[str]) -> None:
-    """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's ``arms``;
-    the simulator's arms come from its file, so it does not ask."""
+def check_arms(spec: PolicySpec, settings: Settings) -> None:
+    """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's arms; the
+    simulator's arms come from its file, so it does not ask."""
     arm = spec.params.get("arm")
-    if spec.name == "fixed" and arm not in arms:
-        raise ValueError(f"policy fixed: arm {arm!r} is not an arm; valid: {', '.join(arms)}")
+    if spec.name == "fixed" and settings.arm(str(arm)) is None:
+        valid = ", ".join(a.name for a in settings.arms)
+        raise ValueError(f"policy fixed: arm {arm!r} is not an arm; valid: {valid}")
 
 
 def effective_params(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValue]:

@@ -158,7 +158,7 @@ def read(path: Path, settings: Settings) -> tuple[Snapshot, str | None]:
     if spec.name in BASELINES and snapshot.data:  # it would be served as the baseline
         raise SnapshotFileError(f"policy: {spec.name} keeps no model, but the file holds one")
     try:
-        check_arms(spec, [arm.name for arm in settings.arms])
+        check_arms(spec, settings)
     except ValueError as e:
         raise SnapshotFileError(f"policy: {e}") from None
     try:

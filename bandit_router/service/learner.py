@@ -120,7 +120,7 @@ async def effective_spec(
     if override:
         try:
             spec = parse_policy_spec(override)
-            check_arms(spec, [arm.name for arm in settings.arms])  # an arm removed since
+            check_arms(spec, settings)  # an arm removed since
             return spec
         except ValueError as e:
             if warned is None or override not in warned:
