@@ -560,6 +560,7 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
 async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner:
     """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set."""
     model = await when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+    await store.warn_if_evicting()
     learner = Learner(settings, store, model)
     try:
         await learner.run(stop)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError, WatchError
 
 from bandit_router.errors import (
     AlreadyRewarded,
@@ -25,7 +25,7 @@ from bandit_router.errors import (
     UnreadableEvent,
     WindowClosed,
 )
-from bandit_router.store.cluster import SlotRoute, is_cluster_url
+from bandit_router.store.cluster import SlotRoute, is_cluster_url, redirected
 from bandit_router.store.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ from bandit_router.store.keys import (
     KEY_PARTS,
     KEY_PENDING,
     KEY_POLICY,
+    KEY_PROBE,
     KEY_PROMOTIONS,
     KEY_STATS,
     KEY_TYPES,
@@ -179,7 +180,35 @@ class Store:
 
     @unavailable
     async def ping(self) -> bool:
-        return bool(await self.redis.ping())
+        """Whether Redis answers and takes writes: a SET that only replaces a key (XX) of one
+        that is never made writes nothing, but Redis refuses it as any write when it refuses
+        writes (see ``transport.refusing_writes``), which a PING does not tell. A slot on its way
+        to another node of a cluster is no fault of Redis: answered, it is up."""
+        try:
+            await self.redis.set(self.key(KEY_PROBE), b"", xx=True)
+        except ResponseError as e:
+            if self.route is None or not redirected(e):
+                raise
+        return True
+
+    @unavailable
+    async def warn_if_evicting(self) -> None:
+        """Say in the log when Redis may evict this service's keys: a maxmemory with a policy
+        other than ``noeviction`` lets Redis delete a decision waiting for its reward, reward
+        parts, logged events not yet learned or the word secret, and nobody is told. Nothing is
+        said when Redis will not tell (an ACL without INFO)."""
+        try:
+            memory: dict[str, Any] = await self.redis.info("memory")
+        except ResponseError:
+            return
+        policy = memory.get("maxmemory_policy", "noeviction")
+        if memory.get("maxmemory") and policy != "noeviction":
+            log.warning(
+                "Redis may evict this service's keys when full (maxmemory-policy %s): rewards "
+                "are then lost without an error; set maxmemory-policy noeviction (writes are "
+                "then refused when full, and the service answers 503 until there is room)",
+                policy,
+            )
 
     # Decisions and rewards
 
@@ -434,8 +463,11 @@ class Store:
 
     @unavailable
     async def ensure_group(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+        try:
             await self.redis.xgroup_create(self.key(KEY_EVENTS), GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):  # it exists already
+                raise await self._mistyped(e, KEY_EVENTS) from None
 
     @unavailable
     async def read_new(self, consumer: str, count: int) -> tuple[list[Logged], bool]:
@@ -716,6 +748,8 @@ class Store:
         """Add ``by`` to counter ``name``; a counter that is not an integer (written by hand) is
         left as it is, with a warning: it must not fail the work it counts."""
         error: bytes | None = await self._count(keys=[self.key(KEY_STATS)], args=[name, by])
+        if error and error.startswith(b"OOM"):
+            raise OutOfMemoryError(error.decode(errors="replace"))
         if error and b"WRONGTYPE" in error:
             await self._mistyped(ResponseError(error.decode()), KEY_STATS)  # said once
         elif error:

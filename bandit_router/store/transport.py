@@ -17,7 +17,14 @@ from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript as Script
-from redis.exceptions import AuthenticationError, AuthorizationError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -51,12 +58,34 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
                 route.lost()
             raise StoreUnavailable(str(e) or type(e).__name__) from e
         except ResponseError as e:
-            moving = slot_moving(route, e)
-            if moving is None:
+            refused = slot_moving(route, e) or refusing_writes(e)
+            if refused is None:
                 raise
-            raise moving from e
+            raise refused from e
 
     return wrapper
+
+
+def refusing_writes(error: ResponseError) -> StoreUnavailable | None:
+    """``error`` as ``StoreUnavailable`` when Redis is up but refuses writes: out of memory
+    (maxmemory under the ``noeviction`` policy), unable to persist to disk, short of the replicas
+    its ``min-replicas-to-write`` asks, or a read-only replica; None for any other error. Redis
+    refuses a script for these before its first write, so nothing of the call was kept."""
+    text = str(error)
+    if text.startswith("Error running script"):  # Redis 6's, around the command's: ": -OOM ..."
+        text = text.partition(": -")[2] or text
+    text = text.split(" script: ")[0]  # Redis 7's: where in the script, not for the client
+    if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
+        why = "it is out of memory (maxmemory): free some, or raise maxmemory"
+    elif isinstance(error, ReadOnlyError) or text.startswith("READONLY"):
+        why = "it is a read-only replica: BANDIT_REDIS_URL must name the master"
+    elif text.startswith("MISCONF"):
+        why = f"it cannot write to its disk ({text.split('. ')[0]}; see its log)"
+    elif text.startswith("NOREPLICAS"):
+        why = "it has fewer replicas than its min-replicas-to-write"
+    else:
+        return None
+    return StoreUnavailable(f"Redis refuses writes: {why}")
 
 
 def slot_moving(route: SlotRoute | None, error: ResponseError) -> StoreUnavailable | None:

