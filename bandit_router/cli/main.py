@@ -23,7 +23,7 @@ from bandit_router.cli.commands import (
 from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
-from bandit_router.errors import StoreDamaged
+from bandit_router.errors import StoreDamaged, StoreUnavailable
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -140,7 +140,6 @@ def export(args: argparse.Namespace) -> int:
     """Write the joined-event log from Redis as DSJSON, one event per line (for vw --dsjson)."""
     import asyncio
 
-    from bandit_router.errors import StoreUnavailable
     from bandit_router.offline.export import export_log
 
     settings = deployment_settings(args)
@@ -150,7 +149,7 @@ def export(args: argparse.Namespace) -> int:
         else:
             with open(args.out, "w", encoding="utf-8") as out:
                 count = asyncio.run(export_log(settings, out))
-    except (OSError, StoreUnavailable) as e:
+    except OSError as e:
         print(f"bandit-router export: {e}", file=sys.stderr)
         return 1
     print(f"exported {count} events", file=sys.stderr)
@@ -237,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeploymentsError as e:
         print(f"bandit-router: {e}", file=sys.stderr)
         return 2
-    except StoreDamaged as e:  # a key of the deployment that an operator must mend: no traceback
+    except (StoreDamaged, StoreUnavailable) as e:  # said in a line: no traceback
         print(f"bandit-router {args.command}: {e}", file=sys.stderr)
         return 1
     return code

@@ -124,9 +124,10 @@ class Router:
         learner = Learner(settings, store, await load_model(store, settings))
         router = cls(settings, store, learner, await word_key(settings, store))
         if settings.learn_in_workers:
-            # A lease or log key of another type (said in the log): serve anyway, and let the
-            # learner's loop try again, rather than fail the start of every process.
-            with contextlib.suppress(StoreDamaged):
+            # A lease or log key of another type (said in the log), or a Redis that refuses
+            # writes: serve anyway, and let the learner's loop try again, rather than fail the
+            # start of every process.
+            with contextlib.suppress(StoreDamaged, StoreUnavailable):
                 await learner.lead()
         return router
 

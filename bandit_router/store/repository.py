@@ -78,6 +78,7 @@ from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
     connect,
+    refusing_writes,
     slot_moving,
     unavailable,
     when_available,
@@ -466,8 +467,18 @@ class Store:
         try:
             await self.redis.xgroup_create(self.key(KEY_EVENTS), GROUP, id="0", mkstream=True)
         except ResponseError as e:
-            if "BUSYGROUP" not in str(e):  # it exists already
-                raise await self._mistyped(e, KEY_EVENTS) from None
+            if "BUSYGROUP" in str(e):  # it exists already
+                return
+            if refusing_writes(e) and await self._group_exists():  # refused, and not needed
+                return
+            raise await self._mistyped(e, KEY_EVENTS) from None
+
+    async def _group_exists(self) -> bool:
+        try:
+            groups: Any = await self.redis.xinfo_groups(self.key(KEY_EVENTS))
+        except ResponseError:  # no such key, or one of another type
+            return False
+        return any(g["name"] == GROUP.encode() for g in groups)
 
     @unavailable
     async def read_new(self, consumer: str, count: int) -> tuple[list[Logged], bool]:
@@ -724,13 +735,15 @@ class Store:
         ``StoreDamaged`` (said in the log once) when the key is not a string, or one that is empty
         or not UTF-8: a new secret would silently change every word feature, so none is made.
         """
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
-            pipe.get(self.key(KEY_WORD_SECRET))
-            try:
-                _, raw = await pipe.execute()
-            except ResponseError as e:
-                raise await self._mistyped(e, KEY_WORD_SECRET) from None
+        try:
+            raw: Any = await self.redis.get(self.key(KEY_WORD_SECRET))  # Redis may take no write
+            if raw is None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
+                    pipe.get(self.key(KEY_WORD_SECRET))
+                    _, raw = await pipe.execute()
+        except ResponseError as e:
+            raise await self._mistyped(e, KEY_WORD_SECRET) from None
         try:
             secret = bytes(raw).decode()
         except UnicodeDecodeError:
