@@ -20,6 +20,7 @@ from bandit_router.errors import (
     RouterError,
     StoreDamaged,
     StoreUnavailable,
+    SwitchArrived,
     UnknownEvent,
     UnreadableDecision,
     UnreadableEvent,
@@ -507,19 +508,27 @@ class Store:
         promotion: Mapping[str, Any] | None = None,
         holder: str | None = None,
         override: str | None = None,
+        decided_under: str | None = None,
     ) -> bool:
         """Save the model and acknowledge the events it has learned, atomically; with
         ``challengers``, their state replaces the stored one in the same transaction; with
         ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
         the policy set as an admin's switch would; with ``override``, that policy is set so
         (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease,
-        checked in the same transaction: False (nothing written) when it does not."""
+        checked in the same transaction: False (nothing written) when it does not.
+
+        A promotion is made only while the policy override is still ``decided_under`` (what
+        ``policy_override`` read when the promotion was decided), checked in the same
+        transaction: else an admin switched meanwhile, and the switch wins: ``SwitchArrived``,
+        nothing written."""
         for _ in range(3):
             try:
-                return await self._publish(snapshot, acks, challengers, promotion, holder, override)
+                return await self._publish(
+                    snapshot, acks, challengers, promotion, holder, override, decided_under
+                )
             except WatchError:
-                continue  # the lease was renewed or taken meanwhile: look again
-        raise StoreUnavailable("the learner's lease kept changing while the model was published")
+                continue  # a watched key was written meanwhile: look again
+        raise StoreUnavailable("the learner's lease or the policy kept changing at publishing")
 
     async def _publish(
         self,
@@ -529,13 +538,22 @@ class Store:
         promotion: Mapping[str, Any] | None,
         holder: str | None,
         override: str | None,
+        decided_under: str | None,
     ) -> bool:
         queued: list[str] = []  # the key template of each command of the transaction, in order
+        watched = [self.key(KEY_LEASE), self.key(KEY_MODEL)]
+        if promotion is not None:  # its write of the policy must not undo an admin's switch
+            watched.append(self.key(KEY_POLICY))
         async with self.redis.pipeline(transaction=True) as pipe:
-            # Watched: the lease's holder and the model's type, checked here, hold until EXEC.
-            await pipe.watch(self.key(KEY_LEASE), self.key(KEY_MODEL))
+            # Watched: the lease's holder, the model's type and the override, checked here, hold
+            # until EXEC.
+            await pipe.watch(*watched)
             if holder is not None and await pipe.get(self.key(KEY_LEASE)) != holder.encode():
                 return False
+            if promotion is not None:  # a switch since the promotion was decided wins
+                override_now = await self._override_of(pipe)
+                if override_now != decided_under:
+                    raise SwitchArrived(override_now)
             # A model key of another type: nothing is written (no events acknowledged as saved).
             found: Any = await pipe.type(self.key(KEY_MODEL))
             found = found.decode() if isinstance(found, bytes) else str(found)
@@ -671,8 +689,12 @@ class Store:
     async def policy_override(self) -> str | None:
         """The policy an admin switched to; None without one, or when the key is not a string
         (said in the log once: served as an override that is refused, BANDIT_POLICY)."""
+        return await self._override_of(self.redis)
+
+    async def _override_of(self, client: aioredis.Redis) -> str | None:
+        """``policy_override``, read through ``client`` (a transaction's, watching it)."""
         try:
-            raw: Any = await self.redis.get(self.key(KEY_POLICY))
+            raw: Any = await client.get(self.key(KEY_POLICY))
         except ResponseError as e:
             await self._mistyped(e, KEY_POLICY)
             return None
