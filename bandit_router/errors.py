@@ -108,6 +108,20 @@ class PolicyConflict(RouterError):
     field = "policy"
 
 
+class SwitchArrived(PolicyConflict):
+    """A promotion refused as it is published: the policy override changed (an admin's ``POST
+    /admin/policy`` on another process) after the learner found no switch pending. The switch
+    wins: nothing of the promotion is written."""
+
+    def __init__(self, policy: str | None) -> None:
+        to = "" if policy is None else f" to {policy:.100}"  # a value written by hand: clipped
+        super().__init__(
+            f"the policy was switched{to} by POST /admin/policy while this promotion was being "
+            "made: the switch serves, and the promotion is not made"
+        )
+        self.policy = policy
+
+
 class NotLearner(RouterError):
     status_code = 409
 

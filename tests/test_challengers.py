@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from bandit_router.errors import NotLearner
+from bandit_router.errors import NotLearner, PolicyConflict
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
@@ -30,23 +32,23 @@ from bandit_router.sim.dataset import Prepared, Replay, Row, prepare
 from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
 from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
-from bandit_router.store.repository import Store
+from bandit_router.store.repository import Store, open_store
 from bandit_router.store.transport import connect
 from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
 
 ADMIN = {"X-API-Key": "admin-secret"}
+# The deployment of every test here, with the test's own Redis and prefix.
+CHALLENGE: dict[str, Any] = {
+    "policy": "random",
+    "challengers": "linucb,fixed:arm=7b",
+    "promote_min_events": 100,
+    "challenger_window": 300,
+    "snapshot_every": 50,
+}
 
 
 def _settings(make_settings: SettingsFactory, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "policy": "random",
-        "challengers": "linucb,fixed:arm=7b",
-        "promote_min_events": 100,
-        "challenger_window": 300,
-        "snapshot_every": 50,
-    }
-    values.update(overrides)
-    return make_settings(**values)
+    return make_settings(**{**CHALLENGE, **overrides})
 
 
 async def _open(settings: Settings) -> Router:
@@ -542,5 +544,125 @@ def test_a_promotion_refused_for_a_lost_lease_is_never_published_later(
         assert (await router.store.snapshot_head() or ("",))[0] == "random"
         await router.close()
         await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def _switch_meanwhile(
+    router: Router, switcher: Store, at: str, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Once the learner has decided a promotion (it found no switch pending), an admin switches
+    the policy to egreedy on another process: ``switcher``, that process's store on connections
+    of its own, writes it as its POST /admin/policy does, just before the promotion's
+    transaction runs ``at``: "watch" (before the transaction starts) or "execute" (after its
+    WATCH, just before its EXEC). The list returned says when the switch was made."""
+    decided: list[dict[str, Any]] = []
+    switched: list[str] = []
+    counted = router.learner.on_promoted
+
+    def promoted(record: dict[str, Any]) -> None:  # called once the promotion is decided
+        decided.append(record)
+        if counted is not None:
+            counted(record)
+
+    router.learner.on_promoted = promoted
+    open_pipeline = router.store.redis.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = open_pipeline(*args, **kwargs)
+        step = getattr(pipe, at)
+
+        async def switch_first(*names: Any, **options: Any) -> Any:
+            if decided and not switched and (at == "watch" or pipe.watching):
+                switched.append(at)
+                await switcher.set_policy_override("egreedy")
+            return await step(*names, **options)
+
+        setattr(pipe, at, switch_first)
+        return pipe
+
+    monkeypatch.setattr(router.store.redis, "pipeline", pipeline)
+    return switched
+
+
+async def _promote_while_switched(router: Router, switched: list[str], by: str) -> None:
+    """Traffic, and a promotion of linucb (``by`` an admin after 120 events, or automatically
+    once it clears) while the switch of ``_switch_meanwhile`` comes: the promotion is refused,
+    and the learner makes the switch."""
+    if by == "admin":
+        await _traffic(router, 120, seed=19)
+        with pytest.raises(PolicyConflict) as refused:
+            await router.learner.promote("linucb")
+        assert refused.value.status_code == 409 and refused.value.field == "policy"
+        assert "egreedy" in refused.value.message
+    else:
+        for seed in range(20, 40):  # linucb clears after 100 to 220 events
+            await _traffic(router, 20, seed)
+            if switched:
+                break
+    assert switched
+
+
+async def _the_switch_won(router: Router, other: Store) -> None:
+    """The admin's switch to egreedy stands and serves, the promotion is not made; once the
+    switch serves, a promotion goes through."""
+    assert await other.policy_override() == "egreedy"
+    assert await other.promotions() == []
+    assert str(router.model.spec) == "egreedy"  # switched at once, as the learner's renewal would
+    assert (await other.snapshot_head() or ("",))[0] == "egreedy"
+    assert router.learner.bench is not None
+    assert str(router.learner.bench.champion) == "egreedy"
+    assert set(router.learner.bench.challengers) == {"random", "linucb", "fixed:arm=7b"}
+    record = await router.learner.promote("linucb")
+    assert (record["from_policy"], record["to_policy"]) == ("egreedy", "linucb")
+    assert await other.policy_override() == "linucb"
+    assert (await other.snapshot_head() or ("",))[0] == "linucb"
+
+
+@pytest.mark.parametrize("by", ["admin", "auto"])
+@pytest.mark.parametrize("at", ["watch", "execute"])
+def test_a_switch_made_while_a_promotion_is_published_wins(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    at: str,
+    by: str,
+) -> None:
+    settings = _settings(make_settings, auto_promote=by == "auto")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        other = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        switched = _switch_meanwhile(router, other, at, monkeypatch)
+        with caplog.at_level(logging.INFO, logger="bandit_router"):
+            await _promote_while_switched(router, switched, by)
+        await _the_switch_won(router, other)
+        assert "promotion of linucb dropped: the policy was switched to egreedy" in caplog.text
+        await router.close()
+        await router.store.close()
+        await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_on_redis_cluster_a_switch_made_while_a_promotion_is_published_wins(
+    redis_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(
+        **CHALLENGE,
+        redis_url=redis_cluster.url,
+        data_dir=str(tmp_path / "data"),
+        key_prefix=f"c-{uuid.uuid4().hex[:10]}",
+        seed=7,
+    )
+
+    async def scenario() -> None:
+        async with open_store(settings) as store, open_store(settings) as other:
+            assert store.route is not None  # on the master of the deployment's slot
+            router = await Router.open(settings, store)
+            switched = _switch_meanwhile(router, other, "execute", monkeypatch)
+            await _promote_while_switched(router, switched, "admin")
+            await _the_switch_won(router, other)
+            await router.close()
 
     asyncio.run(scenario())

@@ -26,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bandit_router.errors import NotLearner, PolicyConflict, StoreDamaged, StoreUnavailable
+from bandit_router.errors import (
+    NotLearner,
+    PolicyConflict,
+    StoreDamaged,
+    StoreUnavailable,
+    SwitchArrived,
+)
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
@@ -116,7 +122,13 @@ async def effective_spec(
     to a spec refused since it was stored, such as ``squarecb:gamma_scale=nan``, or to
     ``fixed:arm=NAME`` of an arm the deployment no longer has: said in the
     log once per override in ``warned``, the caller's, or at every call without it)."""
-    override = await store.policy_override()
+    return spec_in_force(await store.policy_override(), settings, warned)
+
+
+def spec_in_force(
+    override: str | None, settings: Settings, warned: set[str] | None = None
+) -> PolicySpec:
+    """``effective_spec`` of the policy override ``override`` as read."""
     if override:
         try:
             spec = parse_policy_spec(override)
@@ -192,6 +204,7 @@ class Learner:
         self.bench: Bench | None = None
         self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record): metrics
         self._promotion: dict[str, Any] | None = None
+        self._decided_under: str | None = None  # the policy override when it was decided
 
     @property
     def leading(self) -> bool:
@@ -391,11 +404,26 @@ class Learner:
     async def _publish(self) -> bool:
         """Publish, unless the lease has passed to another learner meanwhile (this process
         stalled past it): then this one stops leading (False), as its snapshot would be older
-        than the new learner's; the new one claims what this one read and did not acknowledge."""
+        than the new learner's; the new one claims what this one read and did not acknowledge.
+
+        ``SwitchArrived`` when an admin switched the policy (on another process) after the
+        promotion this publish carries was decided: the switch wins. The promotion is dropped,
+        and the switch made now, as this learner makes one it finds pending."""
         bench = self.bench
         fields = bench.fields(summary(bench)) if bench is not None else None
         snapshot = self.model.snapshot()
-        if not await self.store.publish(snapshot, self._acks, fields, self._promotion, self.name):
+        promotion, under = self._promotion, self._decided_under
+        try:
+            published = await self.store.publish(
+                snapshot, self._acks, fields, promotion, self.name, decided_under=under
+            )
+        except SwitchArrived as e:
+            assert promotion is not None
+            log.info("promotion of %s dropped: %s", promotion["to_policy"], e.message)
+            self._promotion = None  # the model and bench it swapped in are replaced:
+            await self._switch(await effective_spec(self.store, self.settings, self._refused))
+            raise
+        if not published:
             log.warning(
                 "learner %s lost its lease: model version %d not published",
                 self.name,
@@ -422,6 +450,8 @@ class Learner:
         except StoreDamaged:
             self._put_off = time.monotonic() + self.settings.publish_s
             return False
+        except SwitchArrived:  # said in the log; the switch that won is published
+            return False
 
     async def _judge(self) -> None:
         """Score the challengers when due; with BANDIT_AUTO_PROMOTE, promote one that clears."""
@@ -429,20 +459,23 @@ class Learner:
             return
         best = self.bench.judge()
         if best is not None and self.settings.auto_promote:
-            pending = await self._switch_pending()
+            pending, override = await self._switch_pending()
             if pending is not None:
                 log.info(
                     "challenger %s not promoted: a switch to %s is pending", best.policy, pending
                 )
                 return
-            await self._promote(parse_policy_spec(best.policy), "auto")
+            await self._promote(parse_policy_spec(best.policy), "auto", override)
 
-    async def _switch_pending(self) -> PolicySpec | None:
+    async def _switch_pending(self) -> tuple[PolicySpec | None, str | None]:
         """The policy an admin switched to (``POST /admin/policy``, on any process) that this
-        learner does not serve yet, else None. A promotion now would overwrite that switch, or
-        be undone by it, its record then naming a policy that does not serve."""
-        spec = await effective_spec(self.store, self.settings, self._refused)
-        return spec if spec != self.model.spec else None
+        learner does not serve yet, else None; and the policy override as read, which a
+        promotion decided now is published under (``Store.publish`` checks that it still is).
+        A promotion now would overwrite that switch, or be undone by it, its record then naming
+        a policy that does not serve."""
+        override = await self.store.policy_override()
+        spec = spec_in_force(override, self.settings, self._refused)
+        return (spec if spec != self.model.spec else None), override
 
     async def promote(self, policy: str) -> dict[str, Any]:
         """Promote the running challenger ``policy`` now (``POST /admin/promote``)."""
@@ -450,23 +483,25 @@ class Learner:
             if self.bench is None:
                 raise NotLearner()
             spec = parse_policy_spec(policy)
-            pending = await self._switch_pending()
+            pending, override = await self._switch_pending()
             if pending is not None:
                 raise PolicyConflict(
                     f"policy {pending} was set by POST /admin/policy and serves once the learner "
                     f"has switched to it (within BANDIT_LEARNER_LEASE_S / 3): promote then"
                 )
-            return await self._promote(spec, "admin")
+            return await self._promote(spec, "admin", override)
 
-    async def _promote(self, policy: PolicySpec, by: str) -> dict[str, Any]:
+    async def _promote(self, policy: PolicySpec, by: str, override: str | None) -> dict[str, Any]:
         """The challenger's trained policy serves from now on, without relearning; the snapshot,
         the policy override (as ``POST /admin/policy`` sets it) and the record are written in
-        one transaction, so every process loads it and a restart keeps it."""
+        one transaction, so every process loads it and a restart keeps it. ``override``: the
+        policy override read when it was decided; a switch since then wins (``SwitchArrived``,
+        said to an admin, in the log for an automatic one)."""
         assert self.bench is not None
         old = self.model
         promoted, record = self.bench.promote(policy, old.policy, by, old.version)
         self.model = Model(promoted.spec, promoted.policy, old.version, old.stream_id)
-        self._promotion = record
+        self._promotion, self._decided_under = record, override
         if self.on_promoted is not None:
             self.on_promoted(record)
         if by != "admin":
@@ -489,20 +524,25 @@ class Learner:
         async with self._lock:
             if store:
                 await self.store.set_policy_override(str(spec))
-            model, old = fresh_model(spec, self.settings), self.model
-            # The old champion challenges on, trained, when it is one of BANDIT_POLICY and
-            # BANDIT_CHALLENGERS (as a learner restarting would run it); else it is dropped.
-            keep = self.bench is not None and in_pool(old.spec, self.settings)
-            async for event in self.store.events():
-                model.learn(event, self.arms)
-                if keep:
-                    old.learn(event, self.arms)  # the events it had not seen, as the bench's
-                if self.bench is not None and isinstance(event, Event):
-                    self.bench.learn(event, self.arms)  # the events the old model had not seen
-            self.model = model
-            if self.bench is not None:
-                self.bench.set_champion(spec, old.policy if keep else None, keep_old=keep)
-            await self._publish_or_put_off()  # the switch is stored already (the override)
+            await self._switch(spec)
+
+    async def _switch(self, spec: PolicySpec) -> None:
+        """``switch``, the lock held."""
+        self._promotion = None  # one not published yet (put off) is replaced with its model
+        model, old = fresh_model(spec, self.settings), self.model
+        # The old champion challenges on, trained, when it is one of BANDIT_POLICY and
+        # BANDIT_CHALLENGERS (as a learner restarting would run it); else it is dropped.
+        keep = self.bench is not None and in_pool(old.spec, self.settings)
+        async for event in self.store.events():
+            model.learn(event, self.arms)
+            if keep:
+                old.learn(event, self.arms)  # the events it had not seen, as the bench's
+            if self.bench is not None and isinstance(event, Event):
+                self.bench.learn(event, self.arms)  # the events the old model had not seen
+        self.model = model
+        if self.bench is not None:
+            self.bench.set_champion(spec, old.policy if keep else None, keep_old=keep)
+        await self._publish_or_put_off()  # the switch is stored already (the override)
 
     async def reset(self) -> int:
         """Forget everything learned: a fresh model whose watermark is the end of the log."""
@@ -545,7 +585,7 @@ class Learner:
         if self.leading:
             try:
                 await self.publish()
-            except (StoreUnavailable, StoreDamaged, NotLearner) as e:
+            except (StoreUnavailable, StoreDamaged, NotLearner, SwitchArrived) as e:
                 log.error("final snapshot not saved: %s", e)
         await self.store.release_lease(self.name)
         self.leading = False

@@ -9,7 +9,8 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from bandit_router.errors import (
     RouterError,
     StoreDamaged,
     StoreUnavailable,
+    SwitchArrived,
     UnknownEvent,
     UnreadableDecision,
     UnreadableEvent,
@@ -85,6 +87,7 @@ from bandit_router.store.transport import (
 )
 
 log = logging.getLogger("bandit_router")
+T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
@@ -119,6 +122,12 @@ SECRET_CAVEAT = (
     "log hashes alike any more): to keep them, SET it back to the old secret if you have it, or "
     "put that in BANDIT_HASH_KEY, which is used instead of it"
 )
+
+
+class _Raise(Enum):
+    """``Store._typed`` without a value to read a key of another type as: its error is raised."""
+
+    RAISE = 0
 
 
 class Store:
@@ -311,10 +320,9 @@ class Store:
     async def due(self, now: float, limit: int = 500) -> list[str]:
         """Events whose reward window closed at or before ``now``. An id that is not UTF-8
         (written by hand: the service's are text) is no event: it stops being tracked, logged."""
-        try:
-            ids: Any = await self.redis.zrangebyscore(self.key(KEY_PENDING), "-inf", now, 0, limit)
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_PENDING) from None
+        key = self.key(KEY_PENDING)
+        read = self.redis.zrangebyscore(key, "-inf", now, 0, limit)
+        ids: Any = await self._typed(KEY_PENDING, read)
         found, others = [], []
         for raw in ids:
             try:
@@ -323,7 +331,7 @@ class Store:
                 others.append(raw)
         if others:
             log.warning("pending ids that are not text dropped: %s", _shown(others))
-            await self.redis.zrem(self.key(KEY_PENDING), *others)
+            await self.redis.zrem(key, *others)
         return found
 
     @unavailable
@@ -334,31 +342,24 @@ class Store:
             return []
         keys = [self.key(KEY_PENDING), self.key(KEY_STATS)]
         keys += [self.key(KEY_PARTS, event_id) for event_id in event_ids]
-        try:
-            kept: list[bytes] = await self._skip_silent(keys=keys, args=event_ids)
-        except ResponseError as e:  # EXISTS takes any type: only the pending set can be at fault
-            raise await self._mistyped(e, KEY_PENDING) from None
+        silent = self._skip_silent(keys=keys, args=event_ids)
+        # EXISTS takes any type: only the pending set can be at fault
+        kept: list[bytes] = await self._typed(KEY_PENDING, silent)
         return [event_id.decode() for event_id in kept]
 
     @unavailable
     async def drop_pending(self, event_id: str) -> None:
         """Stop tracking an event whose window closed with nothing to learn, counted as skipped
         unless something settled it meanwhile (a final logged it, another sweep dropped it)."""
-        try:
-            await self._drop_pending(
-                keys=[self.key(KEY_PENDING), self.key(KEY_STATS)], args=[event_id]
-            )
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_PENDING) from None
+        keys = [self.key(KEY_PENDING), self.key(KEY_STATS)]
+        await self._typed(KEY_PENDING, self._drop_pending(keys=keys, args=[event_id]))
 
     @unavailable
     async def decision(self, event_id: str) -> dict[str, Any] | None:
         """The decision record of ``event_id`` (None: gone); ``UnreadableDecision`` if it does
         not read."""
-        try:
-            raw = cast(bytes | None, await self.redis.get(self.key(KEY_DECISION, event_id)))
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_DECISION, event_id) from None
+        read = self.redis.get(self.key(KEY_DECISION, event_id))
+        raw = cast(bytes | None, await self._typed(KEY_DECISION, read, event_id))
         return None if raw is None else _read(read_decision, event_id, raw)
 
     @unavailable
@@ -373,10 +374,8 @@ class Store:
     @unavailable
     async def parts_of(self, event_id: str) -> dict[str, float]:
         """The parts of ``event_id``; ``UnreadableEvent`` if its parts key is not a hash."""
-        try:
-            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_PARTS, event_id)))
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_PARTS, event_id) from None
+        read = self.redis.hgetall(self.key(KEY_PARTS, event_id))
+        raw = cast(dict[bytes, bytes], await self._typed(KEY_PARTS, read, event_id))
         return await self._parts(event_id, raw)
 
     @unavailable
@@ -421,24 +420,21 @@ class Store:
         start = f"({after}" if after != "0-0" else "-"
         if self.route is not None and self.route.stale:
             await self.route.follow()
+        key = self.key(KEY_EVENTS)
         while True:
+            read = self.redis.xrange(key, min=start, max=until, count=batch)
+            # an async generator: ``unavailable`` cannot wrap it, so its mapping is here
             try:
-                rows = cast(
-                    list[tuple[bytes, dict[bytes, bytes]]],
-                    await self.redis.xrange(
-                        self.key(KEY_EVENTS), min=start, max=until, count=batch
-                    ),
-                )
+                rows = cast(list[Entry], await self._typed(KEY_EVENTS, read))
             except DOWN as e:
                 if self.route is not None:
                     self.route.lost()
                 raise StoreUnavailable(str(e)) from e
             except ResponseError as e:
-                # an async generator: ``unavailable`` cannot wrap it, so its mapping is here
                 moving = slot_moving(self.route, e)
-                if moving is not None:
-                    raise moving from e
-                raise await self._mistyped(e, KEY_EVENTS) from None
+                if moving is None:
+                    raise
+                raise moving from e
             for stream_id, fields in rows:
                 yield to_event(stream_id, fields)
             if len(rows) < batch:
@@ -448,18 +444,13 @@ class Store:
     @unavailable
     async def logged(self, stream_id: str) -> bool:
         """Whether the log holds the entry ``stream_id``."""
-        try:
-            rows: Any = await self.redis.xrange(self.key(KEY_EVENTS), min=stream_id, max=stream_id)
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_EVENTS) from None
-        return bool(rows)
+        read = self.redis.xrange(self.key(KEY_EVENTS), min=stream_id, max=stream_id)
+        return bool(await self._typed(KEY_EVENTS, read))
 
     @unavailable
     async def last_stream_id(self) -> str:
-        try:
-            rows: Any = await self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_EVENTS) from None
+        read = self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
+        rows: Any = await self._typed(KEY_EVENTS, read)
         return str(rows[0][0].decode()) if rows else "0-0"
 
     @unavailable
@@ -489,10 +480,10 @@ class Store:
             # Through the group commit: the read shares a round trip with the writes of the
             # requests in flight, and Redis runs it after those sent before it.
             read = self._read_new_command(consumer, count)
-            reply, confirmed = await self._calls.confirmed_command(*read)
+            reply, confirmed = await self._typed(KEY_EVENTS, self._calls.confirmed_command(*read))
         except ResponseError as e:
             if "NOGROUP" not in str(e):
-                raise await self._mistyped(e, KEY_EVENTS) from None
+                raise
             await self.ensure_group()  # Redis lost its data (a restart without persistence)
             return [], True
         return to_events(reply), confirmed
@@ -524,13 +515,12 @@ class Store:
         another learner (it died, or stalled past its lease) and any of ``consumer``'s own; each
         with whether another learner had read it."""
         key = self.key(KEY_EVENTS)
+        read = self.redis.xpending_range(key, GROUP, "-", "+", count, idle=idle_ms)
         try:
-            pending: Any = await self.redis.xpending_range(
-                key, GROUP, "-", "+", count, idle=idle_ms
-            )
+            pending: Any = await self._typed(KEY_EVENTS, read)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
-                raise await self._mistyped(e, KEY_EVENTS) from None
+                raise
             return []
         if not pending:
             return []
@@ -550,19 +540,27 @@ class Store:
         promotion: Mapping[str, Any] | None = None,
         holder: str | None = None,
         override: str | None = None,
+        decided_under: str | None = None,
     ) -> bool:
         """Save the model and acknowledge the events it has learned, atomically; with
         ``challengers``, their state replaces the stored one in the same transaction; with
         ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
         the policy set as an admin's switch would; with ``override``, that policy is set so
         (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease,
-        checked in the same transaction: False (nothing written) when it does not."""
+        checked in the same transaction: False (nothing written) when it does not.
+
+        A promotion is made only while the policy override is still ``decided_under`` (what
+        ``policy_override`` read when the promotion was decided), checked in the same
+        transaction: else an admin switched meanwhile, and the switch wins: ``SwitchArrived``,
+        nothing written."""
         for _ in range(3):
             try:
-                return await self._publish(snapshot, acks, challengers, promotion, holder, override)
+                return await self._publish(
+                    snapshot, acks, challengers, promotion, holder, override, decided_under
+                )
             except WatchError:
-                continue  # the lease was renewed or taken meanwhile: look again
-        raise StoreUnavailable("the learner's lease kept changing while the model was published")
+                continue  # a watched key was written meanwhile: look again
+        raise StoreUnavailable("the learner's lease or the policy kept changing at publishing")
 
     async def _publish(
         self,
@@ -572,13 +570,22 @@ class Store:
         promotion: Mapping[str, Any] | None,
         holder: str | None,
         override: str | None,
+        decided_under: str | None,
     ) -> bool:
         queued: list[str] = []  # the key template of each command of the transaction, in order
+        watched = [self.key(KEY_LEASE), self.key(KEY_MODEL)]
+        if promotion is not None:  # its write of the policy must not undo an admin's switch
+            watched.append(self.key(KEY_POLICY))
         async with self.redis.pipeline(transaction=True) as pipe:
-            # Watched: the lease's holder and the model's type, checked here, hold until EXEC.
-            await pipe.watch(self.key(KEY_LEASE), self.key(KEY_MODEL))
+            # Watched: the lease's holder, the model's type and the override, checked here, hold
+            # until EXEC.
+            await pipe.watch(*watched)
             if holder is not None and await pipe.get(self.key(KEY_LEASE)) != holder.encode():
                 return False
+            if promotion is not None:  # a switch since the promotion was decided wins
+                override_now = await self._override_of(pipe)
+                if override_now != decided_under:
+                    raise SwitchArrived(override_now)
             # A model key of another type: nothing is written (no events acknowledged as saved).
             found: Any = await pipe.type(self.key(KEY_MODEL))
             found = found.decode() if isinstance(found, bytes) else str(found)
@@ -632,11 +639,8 @@ class Store:
         """The newest snapshot; None without one, or with one whose fields do not read (written
         by hand: the service then learns the whole log, as for model bytes that do not load); None
         too when the key is not a hash (said in the log once)."""
-        try:
-            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_MODEL)))
-        except ResponseError as e:
-            await self._mistyped(e, KEY_MODEL)
-            return None
+        read = self.redis.hgetall(self.key(KEY_MODEL))
+        raw = cast(dict[bytes, bytes], await self._typed(KEY_MODEL, read, absent={}))
         head = _snapshot_head(raw.get(b"policy"), raw.get(b"version"), raw.get(b"stream_id"))
         if head is None or b"data" not in raw:
             return None
@@ -645,46 +649,32 @@ class Store:
     @unavailable
     async def snapshot_head(self) -> tuple[str, int, str] | None:
         """The newest snapshot's policy, version and watermark, without its bytes."""
-        fields = ["policy", "version", "stream_id"]
-        try:
-            head: Any = await self.redis.hmget(self.key(KEY_MODEL), fields)
-        except ResponseError as e:
-            await self._mistyped(e, KEY_MODEL)  # said once: no snapshot, as load_snapshot
-            return None
-        return _snapshot_head(*head)
+        read = self.redis.hmget(self.key(KEY_MODEL), ["policy", "version", "stream_id"])
+        head: Any = await self._typed(KEY_MODEL, read, absent=[None, None, None])
+        return _snapshot_head(*head)  # None for a key of another type, as load_snapshot
 
     @unavailable
     async def challenger_state(self) -> dict[str, bytes]:
         """The challengers' state as the learner last published it (empty: none, or a key that
         is not a hash, said in the log once: they start afresh, as from state that does not
         read)."""
-        try:
-            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_CHALLENGERS)))
-        except ResponseError as e:
-            await self._mistyped(e, KEY_CHALLENGERS)
-            return {}
+        read = self.redis.hgetall(self.key(KEY_CHALLENGERS))
+        raw = cast(dict[bytes, bytes], await self._typed(KEY_CHALLENGERS, read, absent={}))
         return {k.decode(): v for k, v in raw.items()}
 
     @unavailable
     async def challenger_field(self, name: str) -> bytes | None:
         """One field of that state (the summary that /stats shows, say); None as for none."""
-        try:
-            raw: Any = await self.redis.hget(self.key(KEY_CHALLENGERS), name)
-        except ResponseError as e:
-            await self._mistyped(e, KEY_CHALLENGERS)
-            return None
-        return cast(bytes | None, raw)
+        read = self.redis.hget(self.key(KEY_CHALLENGERS), name)
+        return cast(bytes | None, await self._typed(KEY_CHALLENGERS, read, absent=None))
 
     @unavailable
     async def promotions(self, count: int = KEPT_PROMOTIONS) -> list[dict[str, Any]]:
         """The newest ``count`` promotion records, oldest first; an entry that is not a JSON
         object (written by hand) is left out with a warning, so it cannot break /stats; none when
         the key is not a list (said in the log once)."""
-        try:
-            raw: Any = await self.redis.lrange(self.key(KEY_PROMOTIONS), -count, -1)
-        except ResponseError as e:
-            await self._mistyped(e, KEY_PROMOTIONS)
-            return []
+        read = self.redis.lrange(self.key(KEY_PROMOTIONS), -count, -1)
+        raw: Any = await self._typed(KEY_PROMOTIONS, read, absent=[])
         records = []
         for item in raw:
             try:
@@ -700,11 +690,8 @@ class Store:
     @unavailable
     async def hold_lease(self, holder: str, ttl_s: float) -> bool:
         """Take the learner's lease if free, or renew it if ``holder`` has it."""
-        ttl_ms = int(ttl_s * 1000)
-        try:
-            return bool(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_LEASE) from None
+        held = self._lease(keys=[self.key(KEY_LEASE)], args=[holder, int(ttl_s * 1000)])
+        return bool(await self._typed(KEY_LEASE, held))
 
     async def release_lease(self, holder: str) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -714,11 +701,11 @@ class Store:
     async def policy_override(self) -> str | None:
         """The policy an admin switched to; None without one, or when the key is not a string
         (said in the log once: served as an override that is refused, BANDIT_POLICY)."""
-        try:
-            raw: Any = await self.redis.get(self.key(KEY_POLICY))
-        except ResponseError as e:
-            await self._mistyped(e, KEY_POLICY)
-            return None
+        return await self._override_of(self.redis)
+
+    async def _override_of(self, client: aioredis.Redis) -> str | None:
+        """``policy_override``, read through ``client`` (a transaction's, watching it)."""
+        raw: Any = await self._typed(KEY_POLICY, client.get(self.key(KEY_POLICY)), absent=None)
         return raw.decode() if raw is not None else None
 
     @unavailable
@@ -729,21 +716,19 @@ class Store:
     async def word_secret(self) -> str:
         """The deployment's secret for hashing query words, created at random on first use.
 
-        SET NX and GET in one transaction: every process on this prefix gets the same secret,
-        whichever created it. It has no TTL and ``clear`` is the only code that deletes it.
+        Read, and when absent, SET NX and GET in one transaction: every process on this prefix
+        gets the same secret, whichever created it. It has no TTL and ``clear`` is the only code
+        that deletes it.
 
         ``StoreDamaged`` (said in the log once) when the key is not a string, or one that is empty
         or not UTF-8: a new secret would silently change every word feature, so none is made.
         """
-        try:
-            raw: Any = await self.redis.get(self.key(KEY_WORD_SECRET))  # Redis may take no write
-            if raw is None:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
-                    pipe.get(self.key(KEY_WORD_SECRET))
-                    _, raw = await pipe.execute()
-        except ResponseError as e:
-            raise await self._mistyped(e, KEY_WORD_SECRET) from None
+        raw: Any = await self._typed(KEY_WORD_SECRET, self.redis.get(self.key(KEY_WORD_SECRET)))
+        if raw is None:  # made only when absent: a Redis that refuses writes can still be read
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
+                pipe.get(self.key(KEY_WORD_SECRET))
+                _, raw = await self._typed(KEY_WORD_SECRET, pipe.execute())
         try:
             secret = bytes(raw).decode()
         except UnicodeDecodeError:
@@ -783,10 +768,8 @@ class Store:
         newest = "+"
         while len(rows) < count:
             want = min(chunk, count - len(rows))
-            try:
-                got = cast(list[Entry], await self.redis.xrevrange(key, max=newest, count=want))
-            except ResponseError as e:
-                raise await self._mistyped(e, KEY_EVENTS) from None
+            read = self.redis.xrevrange(key, max=newest, count=want)
+            got = cast(list[Entry], await self._typed(KEY_EVENTS, read))
             rows += got
             if len(got) < want:
                 break
@@ -798,11 +781,8 @@ class Store:
     async def counters(self) -> dict[str, float]:
         """The counters; a value that is not a finite number (written by hand) is left out, with
         a warning the first time this store reads it; all of them when the key is not a hash."""
-        try:
-            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.key(KEY_STATS)))
-        except ResponseError as e:
-            await self._mistyped(e, KEY_STATS)  # said once
-            return {}
+        read = self.redis.hgetall(self.key(KEY_STATS))
+        raw = cast(dict[bytes, bytes], await self._typed(KEY_STATS, read, absent={}))
         out: dict[str, float] = {}
         for name, value in map(_counter, raw.items()):
             if value is not None:
@@ -818,6 +798,24 @@ class Store:
         return out
 
     # Keys of another type than the service writes there (see keys.KEY_TYPES)
+
+    async def _typed(
+        self,
+        template: str,
+        read: Awaitable[T],
+        event_id: str = "",
+        absent: T | _Raise = _Raise.RAISE,
+    ) -> T:
+        """What ``read``, a command on the key ``template`` (of ``event_id``), answers. When that
+        key holds another Redis type: ``absent`` if given (the key read as absent, said in the log
+        once), else its error raised (``_wrong``). Any other error is raised as it is."""
+        try:
+            return await read
+        except ResponseError as e:
+            error = await self._mistyped(e, template, event_id)
+            if isinstance(absent, _Raise):
+                raise error from None
+            return absent
 
     def _misfit(self, event_id: str, keys: Sequence[str], reply: list[Any]) -> RouterError:
         """The error of a script's answer {6, key index, type}: ``keys`` are its KEYS' templates."""
