@@ -411,6 +411,8 @@ def _put(r: redis.Redis, key: str, kind: str) -> None:
     r.delete(key)
     if kind == "string":
         r.set(key, "by hand")
+    elif kind == "not UTF-8":
+        r.set(key, b"\xff\xfe by hand")
     elif kind == "hash":
         r.hset(key, "by", "hand")
     elif kind == "list":
@@ -698,6 +700,7 @@ ADMIN = {"X-API-Key": "admin-secret"}
     [
         (KEY_POLICY, "hash"),
         (KEY_POLICY, "list"),
+        (KEY_POLICY, "not UTF-8"),
         (KEY_CHALLENGERS, "string"),
         (KEY_PROMOTIONS, "string"),
         (KEY_PROMOTIONS, "hash"),
@@ -743,6 +746,9 @@ def test_a_key_the_service_does_without_of_the_wrong_type_is_read_as_absent(
     promotions = stats.json()["challengers"]["promotions"]
     if template == KEY_PROMOTIONS:  # the promotion is made; its record cannot be kept
         assert promotions == [] and r.type(key) == kind.encode()
+    elif kind == "not UTF-8":
+        assert [p["to_policy"] for p in promotions] == ["linucb"]
+        assert r.get(key) == b"linucb"
     else:  # the learner's writes replace the key: the promotion's override, its snapshot
         assert [p["to_policy"] for p in promotions] == ["linucb"]
         assert r.type(key) == (b"string" if template == KEY_POLICY else b"hash")

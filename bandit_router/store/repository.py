@@ -706,7 +706,11 @@ class Store:
     async def _override_of(self, client: aioredis.Redis) -> str | None:
         """``policy_override``, read through ``client`` (a transaction's, watching it)."""
         raw: Any = await self._typed(KEY_POLICY, client.get(self.key(KEY_POLICY)), absent=None)
-        return raw.decode() if raw is not None else None
+        try:
+            return raw.decode() if raw is not None else None
+        except UnicodeDecodeError:  # written by hand: read as none, said once
+            self._wrong(KEY_POLICY, "string that is not UTF-8", expected="policy spec")
+            return None
 
     @unavailable
     async def set_policy_override(self, spec: str) -> None:
