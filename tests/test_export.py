@@ -189,6 +189,27 @@ def test_cli_evaluate_names_a_bad_spec(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
 
 
+def test_cli_evaluate_and_simulate_keep_the_services_feature_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log or replay file with more app features than /choose takes (BANDIT_MAX_FEATURES)
+    is refused, naming the limit, as `train` refuses it: the service could not have decided so."""
+    path = tmp_path / "log.dsjson"
+    path.write_text(json.dumps(to_dsjson(EVENT, ARMS)) + "\n")  # 3 app features
+    replay = tmp_path / "replay.jsonl"
+    row = {"query": "q", "context": {"a": 1, "b": 2, "c": 3}, "outcomes": {"x": {"accuracy": 1}}}
+    replay.write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("BANDIT_MAX_FEATURES", "3")
+    assert main(["evaluate", str(path), "--policies", "static"]) == 0
+    assert main(["simulate", str(replay), "--policies", "random", "--seeds", "1"]) == 0
+    assert "skyline" not in capsys.readouterr().out  # no half of one row to train on
+    monkeypatch.setenv("BANDIT_MAX_FEATURES", "2")
+    assert main(["evaluate", str(path), "--policies", "static"]) == 2
+    assert "has 3 features; the limit is 2 (BANDIT_MAX_FEATURES)" in capsys.readouterr().err
+    assert main(["simulate", str(replay), "--policies", "random", "--seeds", "1"]) == 2
+    assert "has 3 features; the limit is 2 (BANDIT_MAX_FEATURES)" in capsys.readouterr().err
+
+
 def test_the_store_and_the_exported_file_give_the_same_records(
     make_settings: SettingsFactory, make_client: ClientFactory
 ) -> None:

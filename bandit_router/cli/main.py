@@ -160,15 +160,16 @@ def evaluate(args: argparse.Namespace) -> int:
     """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
     from bandit_router.offline.evaluate import baseline_specs, estimate_policies, read_log_file
 
+    settings = _settings()
     try:
         if args.log == "-":
-            records = read_log_file(sys.stdin.buffer)
+            records = read_log_file(sys.stdin.buffer, settings.max_features)
         else:
             with open(args.log, "rb") as f:  # bounded lines, each decoded on its own
-                records = read_log_file(f)
+                records = read_log_file(f, settings.max_features)
         specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
         specs = specs or baseline_specs(records[0].arms if records else [])
-        results = estimate_policies(records, specs, _settings(), args.seed)
+        results = estimate_policies(records, specs, settings, args.seed)
     except (OSError, ValueError) as e:
         print(f"bandit-router evaluate: {e}", file=sys.stderr)
         return 2
@@ -338,7 +339,13 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
 
     for name in names:
         replay.check_spec(name, settings)
-    data = dataset.load(Path(args.replay), args.arms and Path(args.arms), args.skip_bad, args.limit)
+    data = dataset.load(
+        Path(args.replay),
+        args.arms and Path(args.arms),
+        args.skip_bad,
+        args.limit,
+        settings.max_features,  # what /choose would take
+    )
     try:
         words = dataset.replay_words(settings.hash_key)
         prepared = dataset.prepare(data, reward_config(settings), words)
@@ -389,8 +396,8 @@ def simulate(args: argparse.Namespace) -> int:
     result = report.summary(runs, prepared, meta)
     if args.in_order:
         result["phase_changes"] = dataset.phase_changes(prepared.replay.rows)
-    if not args.no_skyline:
-        result["skyline"] = report.skyline_summary(prepared, seeds, args.in_order)
+    if not args.no_skyline and (sky := report.skyline_summary(prepared, seeds, args.in_order)):
+        result["skyline"] = sky
     print(report.table(result))
     if args.out:
         _simulate_write(Path(args.out), result, runs, args)

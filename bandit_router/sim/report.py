@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from bandit_router.sim.dataset import Prepared, Run, order
 from bandit_router.sim.hindsight import best_fixed_arm
-from bandit_router.sim.peers import skyline
+from bandit_router.sim.peers import SKYLINE_FOLDS, skyline
 
 Floats = npt.NDArray[np.float64]
 EARLY = 1000  # the steps a cold start pays for most: what a warm start is judged on
@@ -81,10 +81,15 @@ def _policy_summary(
     }
 
 
-def skyline_summary(prepared: Prepared, seeds: Sequence[int], in_order: bool) -> dict[str, Any]:
-    """The full-information skyline per seed: trained on the first half of that seed's order."""
+def skyline_summary(
+    prepared: Prepared, seeds: Sequence[int], in_order: bool
+) -> dict[str, Any] | None:
+    """The full-information skyline per seed: trained on the first half of that seed's order;
+    None for a file too short to train it (and cross-validate its penalty) on half."""
     values = []
     n = len(prepared.replay.rows)
+    if n // 2 < SKYLINE_FOLDS:
+        return None
     for seed in seeds:
         rows = [int(i) for i in order(n, seed, in_order)]
         earned = skyline(prepared.features, prepared.table, rows[: n // 2], rows[n // 2 :])
