@@ -214,3 +214,38 @@ def test_a_process_started_while_redis_is_full_serves_and_the_reading_commands_w
     assert client.get("/healthz").status_code == 200
     reward = client.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
     assert reward.status_code == 200, reward.text
+
+
+def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
+    own_redis: RedisProcess,
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """README's Redis user (its prefix's keys, every command but @dangerous) runs the whole
+    service; a user denied scripts gets 503s naming the command, not 500s."""
+    r = redis.Redis.from_url(own_redis.url)
+    settings = make_settings(redis_url=own_redis.url, admin_key="admin-secret")
+    pattern = "~{" + settings.key_prefix + "*"  # as README has it
+    for user, commands in {
+        "router": ["+@all", "-@dangerous"],
+        "noscripts": ["+@all", "-@dangerous", "-@scripting"],
+    }.items():
+        r.acl_setuser(user, enabled=True, passwords=["+pw"], keys=[pattern], commands=commands)
+    at = own_redis.url.replace("redis://", "redis://{}:pw@")
+
+    client = make_client(settings.model_copy(update={"redis_url": at.format("router")}))
+    rewarded_traffic(client, 20)
+    assert client.get("/healthz").status_code == 200
+    _wait(lambda: client.get("/healthz").json()["model_version"] == 20)
+    assert client.post("/admin/snapshot", headers={"X-API-Key": "admin-secret"}).status_code == 200
+    assert client.get("/stats").status_code == 200 and client.get("/metrics").status_code == 200
+
+    denied = make_client(settings.model_copy(update={"redis_url": at.format("noscripts")}))
+    health = denied.get("/healthz")
+    assert health.status_code == 503 and "no permissions to run the" in health.json()["redis"]
+    during = _choose(denied)
+    assert during["degraded"]
+    reward = denied.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
+    assert reward.status_code == 503 and "Security and limits" in reward.json()["detail"]
+    assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log

@@ -14,7 +14,7 @@ KEY_STATS = "{p}:stats"  # counters
 KEY_WORD_SECRET = "{p}:word_secret"  # the secret that keys query words' hashes, no TTL
 KEY_CHALLENGERS = "{p}:challengers"  # hash: the challengers' models and scores, with the model
 KEY_PROMOTIONS = "{p}:promotions"  # list of JSON records: every promotion of a challenger
-KEY_PROBE = "{p}:probe"  # never made: /healthz's write that writes nothing (Store.ping)
+KEY_PROBE = "{p}:probe"  # never made: the write that writes nothing of /healthz (Store.ping)
 
 # The Redis type of each key the service writes (TYPE's answer). A key holding another type
 # (written by hand, or by another program on the prefix) is refused before anything is written

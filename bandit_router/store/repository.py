@@ -72,6 +72,7 @@ from bandit_router.store.scripts import (
     DROP_PENDING,
     FINALIZE,
     LEASE,
+    PROBE,
     RELEASE,
     SAVE_DECISION,
     SKIP_SILENT,
@@ -164,6 +165,7 @@ class Store:
         self._skip_silent = client.register_script(SKIP_SILENT)
         self._drop_pending = client.register_script(DROP_PENDING)
         self._count = client.register_script(COUNT)
+        self._probe = client.register_script(PROBE)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
 
@@ -190,12 +192,11 @@ class Store:
 
     @unavailable
     async def ping(self) -> bool:
-        """Whether Redis answers and takes writes: a SET that only replaces a key (XX) of one
-        that is never made writes nothing, but Redis refuses it as any write when it refuses
-        writes (see ``transport.refusing_writes``), which a PING does not tell. A slot on its way
-        to another node of a cluster is no fault of Redis: answered, it is up."""
+        """Whether Redis answers and takes the service's writes, which a PING does not tell:
+        the PROBE script. A slot on its way to another node of a cluster is no fault of Redis:
+        answered, it is up."""
         try:
-            await self.redis.set(self.key(KEY_PROBE), b"", xx=True)
+            await self._probe(keys=[self.key(KEY_PROBE)])
         except ResponseError as e:
             if self.route is None or not redirected(e):
                 raise

@@ -212,6 +212,14 @@ return 1
 """
 
 
+# KEYS a key never made. A write that writes nothing: Redis refuses it as any write when it
+# refuses writes (see transport.refusing_writes), and the call as any script's when an ACL does.
+PROBE = """
+redis.call('SET', KEYS[1], '', 'XX')
+return 1
+"""
+
+
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

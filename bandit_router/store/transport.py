@@ -20,6 +20,7 @@ from redis.commands.core import AsyncScript as Script
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -69,23 +70,26 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 def refusing_writes(error: ResponseError) -> StoreUnavailable | None:
     """``error`` as ``StoreUnavailable`` when Redis is up but refuses writes: out of memory
     (maxmemory under the ``noeviction`` policy), unable to persist to disk, short of the replicas
-    its ``min-replicas-to-write`` asks, or a read-only replica; None for any other error. Redis
-    refuses a script for these before its first write, so nothing of the call was kept."""
+    its ``min-replicas-to-write`` asks, a read-only replica, or an ACL that denies the service's
+    user a command; None for any other error. Redis refuses a script for these before its first
+    write, so nothing of the call was kept."""
     text = str(error)
     if text.startswith("Error running script"):  # Redis 6's, around the command's: ": -OOM ..."
         text = text.partition(": -")[2] or text
     text = text.split(" script: ")[0]  # Redis 7's: where in the script, not for the client
     if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
-        why = "it is out of memory (maxmemory): free some, or raise maxmemory"
+        why = "writes: it is out of memory (maxmemory): free some, or raise maxmemory"
     elif isinstance(error, ReadOnlyError) or text.startswith("READONLY"):
-        why = "it is a read-only replica: BANDIT_REDIS_URL must name the master"
+        why = "writes: it is a read-only replica: BANDIT_REDIS_URL must name the master"
     elif text.startswith("MISCONF"):
-        why = f"it cannot write to its disk ({text.split('. ')[0]}; see its log)"
+        why = f"writes: it cannot write to its disk ({text.split('. ')[0]}; see its log)"
     elif text.startswith("NOREPLICAS"):
-        why = "it has fewer replicas than its min-replicas-to-write"
+        why = "writes: it has fewer replicas than its min-replicas-to-write"
+    elif isinstance(error, NoPermissionError) or text.startswith("NOPERM"):
+        why = f"the service's user a command: {text} (see README, Security and limits)"
     else:
         return None
-    return StoreUnavailable(f"Redis refuses writes: {why}")
+    return StoreUnavailable(f"Redis refuses {why}")
 
 
 def slot_moving(route: SlotRoute | None, error: ResponseError) -> StoreUnavailable | None:
