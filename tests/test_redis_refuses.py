@@ -3,8 +3,10 @@ now) or may evict keys: 503 naming why, nothing half written, nothing lost once 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,3 +251,37 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
     reward = denied.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
     assert reward.status_code == 503 and "Security and limits" in reward.json()["detail"]
     assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
+
+
+def test_a_redis_busy_with_another_clients_script_is_503_until_it_ends(
+    own_redis: RedisProcess, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis answers BUSY to every call while a script runs past lua-time-limit (a shared
+    Redis, another program's slow script): unavailable, as Redis down, until SCRIPT KILL."""
+    client = make_client(redis_url=own_redis.url)
+    before = _choose(client)
+    r = redis.Redis.from_url(own_redis.url)
+    r.config_set("lua-time-limit", 50)  # busy-reply-threshold in Redis 7: the same setting
+    endless = threading.Thread(target=_run_until_killed, args=(own_redis.url,))
+    endless.start()
+    try:
+        _wait(lambda: client.get("/healthz").status_code == 503)
+        health = client.get("/healthz").json()["redis"]
+        assert "while a script runs too long" in health, health
+        refused = client.post("/reward", json={"event_id": before["event_id"], "reward": 1.0})
+        assert refused.status_code == 503 and "SCRIPT KILL" in refused.json()["detail"]
+        during = _choose(client)
+        assert during["degraded"]
+    finally:
+        r.script_kill()
+        endless.join(timeout=10)
+    _wait(lambda: client.get("/stats").json()["buffered_decisions"] == 0)
+    for event in (before, during):
+        taken = client.post("/reward", json={"event_id": event["event_id"], "reward": 1.0})
+        assert taken.status_code == 200, taken.text
+    assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
+
+
+def _run_until_killed(url: str) -> None:
+    with contextlib.suppress(redis.ResponseError):  # "Script killed by user with SCRIPT KILL"
+        redis.Redis.from_url(url).eval("while true do end", 0)

@@ -81,7 +81,7 @@ from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
     connect,
-    refusing_writes,
+    refusal,
     slot_moving,
     unavailable,
     when_available,
@@ -461,7 +461,7 @@ class Store:
         except ResponseError as e:
             if "BUSYGROUP" in str(e):  # it exists already
                 return
-            if refusing_writes(e) and await self._group_exists():  # refused, and not needed
+            if refusal(e) and await self._group_exists():  # refused, and not needed
                 return
             raise await self._mistyped(e, KEY_EVENTS) from None
 

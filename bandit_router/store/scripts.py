@@ -213,7 +213,7 @@ return 1
 
 
 # KEYS a key never made. A write that writes nothing: Redis refuses it as any write when it
-# refuses writes (see transport.refusing_writes), and the call as any script's when an ACL does.
+# refuses writes (see transport.refusal), and the call as any script's when an ACL does.
 PROBE = """
 redis.call('SET', KEYS[1], '', 'XX')
 return 1

@@ -59,7 +59,7 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
                 route.lost()
             raise StoreUnavailable(str(e) or type(e).__name__) from e
         except ResponseError as e:
-            refused = slot_moving(route, e) or refusing_writes(e)
+            refused = slot_moving(route, e) or refusal(e)
             if refused is None:
                 raise
             raise refused from e
@@ -67,12 +67,13 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-def refusing_writes(error: ResponseError) -> StoreUnavailable | None:
-    """``error`` as ``StoreUnavailable`` when Redis is up but refuses writes: out of memory
-    (maxmemory under the ``noeviction`` policy), unable to persist to disk, short of the replicas
-    its ``min-replicas-to-write`` asks, a read-only replica, or an ACL that denies the service's
-    user a command; None for any other error. Redis refuses a script for these before its first
-    write, so nothing of the call was kept."""
+def refusal(error: ResponseError) -> StoreUnavailable | None:
+    """``error`` as ``StoreUnavailable`` when Redis is up but refuses the call: its writes when
+    out of memory (maxmemory under the ``noeviction`` policy), unable to persist to disk, short
+    of the replicas its ``min-replicas-to-write`` asks, or a read-only replica; a command an ACL
+    denies the service's user; every call while another client's script runs too long. None for
+    any other error. Redis refuses a script for these before its first write, so nothing of the
+    call was kept."""
     text = str(error)
     if text.startswith("Error running script"):  # Redis 6's, around the command's: ": -OOM ..."
         text = text.partition(": -")[2] or text
@@ -85,6 +86,8 @@ def refusing_writes(error: ResponseError) -> StoreUnavailable | None:
         why = f"writes: it cannot write to its disk ({text.split('. ')[0]}; see its log)"
     elif text.startswith("NOREPLICAS"):
         why = "writes: it has fewer replicas than its min-replicas-to-write"
+    elif text.startswith("BUSY "):
+        why = "every call while a script runs too long (another client's: SCRIPT KILL ends it)"
     elif isinstance(error, NoPermissionError) or text.startswith("NOPERM"):
         why = f"the service's user a command: {text} (see README, Security and limits)"
     else:
