@@ -223,6 +223,9 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
     make_settings: SettingsFactory,
     make_client: ClientFactory,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     """README's Redis user (its prefix's keys, every command but @dangerous) runs the whole
     service; a user denied scripts gets 503s naming the command, not 500s."""
@@ -232,6 +235,7 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
     for user, commands in {
         "router": ["+@all", "-@dangerous"],
         "noscripts": ["+@all", "-@dangerous", "-@scripting"],
+        "nologread": ["+@all", "-@dangerous", "-xrange"],
     }.items():
         r.acl_setuser(user, enabled=True, passwords=["+pw"], keys=[pattern], commands=commands)
     at = own_redis.url.replace("redis://", "redis://{}:pw@")
@@ -251,6 +255,13 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
     reward = denied.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
     assert reward.status_code == 503 and "Security and limits" in reward.json()["detail"]
     assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
+
+    # the log is read at start (the events after the snapshot): refused at once, in a line
+    use_settings(monkeypatch, settings.model_copy(update={"redis_url": at.format("nologread")}))
+    capsys.readouterr()
+    assert main(["snapshot", str(tmp_path / "model.json")]) == 1
+    err = capsys.readouterr().err
+    assert "no permissions to run the 'xrange' command" in err and "Traceback" not in err
 
 
 def test_a_redis_busy_with_another_clients_script_is_503_until_it_ends(

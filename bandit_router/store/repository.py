@@ -432,10 +432,10 @@ class Store:
                     self.route.lost()
                 raise StoreUnavailable(str(e)) from e
             except ResponseError as e:
-                moving = slot_moving(self.route, e)
-                if moving is None:
+                refused = slot_moving(self.route, e) or refusal(e)  # as ``unavailable`` does
+                if refused is None:
                     raise
-                raise moving from e
+                raise refused from e
             for stream_id, fields in rows:
                 yield to_event(stream_id, fields)
             if len(rows) < batch:

@@ -116,8 +116,10 @@ async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T
         try:
             return await open_()
         except StoreUnavailable as e:
-            # a Redis that refused the credentials is up, and will refuse them again
-            refused = isinstance(e.__cause__, AuthenticationError | AuthorizationError)
+            # a Redis that refused the credentials, or a command to them, is up, and will again
+            refused = isinstance(
+                e.__cause__, AuthenticationError | AuthorizationError | NoPermissionError
+            )
             if refused or time.monotonic() + delay > deadline:
                 raise
             log.warning("waiting for Redis to start: %s", e)
