@@ -307,3 +307,67 @@ def test_structured_output_parses_into_the_apps_model(serve: Serve, scripted: St
     assert completion.choices[0].message.parsed == Weather(city="Paris", sky="clear")
     format_sent = orjson.loads(upstream.bodies[-1])["response_format"]
     assert format_sent["type"] == "json_schema" and format_sent["json_schema"]["name"] == "Weather"
+
+
+# What the router reads
+
+
+HELLO: list[Any] = [{"role": "user", "content": "hi"}]
+IMAGE: Any = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+
+
+@pytest.mark.parametrize(
+    ("messages", "query"),
+    [
+        # an answer to continue: the last user message is not the last message
+        (
+            [{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Old"}],
+            "Write a haiku",
+        ),
+        # a turn of an image alone: the user's words before it
+        (
+            [
+                {"role": "user", "content": "I will send you photos of cats"},
+                {"role": "assistant", "content": "Please do."},
+                {"role": "user", "content": [IMAGE]},
+            ],
+            "I will send you photos of cats",
+        ),
+        # no user text at all: the instructions
+        (
+            [
+                {"role": "system", "content": "Describe images in French."},
+                {"role": "user", "content": [IMAGE]},
+            ],
+            "Describe images in French.",
+        ),
+        ([{"role": "developer", "content": [{"type": "text", "text": "A joke"}]}], "A joke"),
+    ],
+)
+def test_the_router_reads_the_users_words_wherever_they_are(
+    serve: Serve, scripted: Start, redis_url: str, messages: list[Any], query: str
+) -> None:
+    url, upstream = scripted({"m": PLAIN})
+    base = _gateway(serve, url, {"m": PLAIN})
+    raw = _client(base).chat.completions.with_raw_response.create(model="auto", messages=messages)
+    assert raw.parse().choices[0].message.content == "Sunny."
+    assert _query(redis_url, raw.headers["x-bandit-event-id"]) == query
+    assert orjson.loads(upstream.bodies[-1])["messages"] == messages
+
+
+def test_a_request_with_no_text_to_read_is_refused_naming_messages(
+    serve: Serve, scripted: Start
+) -> None:
+    url, upstream = scripted({"m": PLAIN})
+    base = _gateway(serve, url, {"m": PLAIN})
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        _client(base).chat.completions.create(
+            model="auto",
+            messages=[
+                {"role": "user", "content": [IMAGE]},
+                {"role": "assistant", "content": "A cat."},
+            ],
+        )
+    assert refused.value.param == "messages"
+    assert "no user, system or developer message has text content" in refused.value.message
+    assert upstream.requests == 0

@@ -68,7 +68,7 @@ class ChatCall:
     """A chat request as the gateway reads it."""
 
     body: dict[str, Any]  # the request, without ``metadata``
-    query: str  # the last user message's text
+    query: str  # the last user message's text (``_query_text``)
     features: dict[str, Any]
     features_from: str  # metadata or x-bandit-features: what the router's feature errors name
     stream: bool
@@ -118,7 +118,7 @@ class Gateway:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise RouterError("messages: a non-empty array is required", field="messages")
-        query = _last_user_text(messages)
+        query = _query_text(messages)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RouterError("stream must be a boolean", field="stream")
@@ -158,19 +158,31 @@ class Gateway:
         return body
 
 
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):  # content parts: the text ones
-                texts = [p.get("text") for p in content if isinstance(p, dict)]
-                text = "\n".join(t for t in texts if isinstance(t, str))
-                if text:
+def _query_text(messages: list[Any]) -> str:
+    """The text the router reads: the last user message that has text. A turn of images or
+    audio alone takes the user's words before it; a prompt with no user text at all takes its
+    instructions (the last system or developer message with text)."""
+    for roles in (("user",), ("system", "developer")):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") in roles:
+                text = _text(message.get("content"))
+                if text.strip():
                     return text
-            break
-    raise RouterError("messages: the last user message must have text content", field="messages")
+    raise RouterError(
+        "messages: no user, system or developer message has text content, which the router "
+        "reads (the last user message's, else the instructions')",
+        field="messages",
+    )
+
+
+def _text(content: Any) -> str:
+    """A message's text: its string content, or its text parts joined by line breaks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: the text ones (an image has none)
+        texts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "\n".join(t for t in texts if isinstance(t, str))
+    return ""
 
 
 def _parse(raw: bytes | str, error: type[RouterError], field: str) -> Any:
