@@ -371,3 +371,13 @@ def test_a_request_with_no_text_to_read_is_refused_naming_messages(
     assert refused.value.param == "messages"
     assert "no user, system or developer message has text content" in refused.value.message
     assert upstream.requests == 0
+
+
+def test_stream_none_is_a_request_not_streamed(serve: Serve, scripted: Start) -> None:
+    """The SDK's types allow ``stream=None`` and send it as ``"stream": null``, which OpenAI
+    reads as false: answered, not refused, and forwarded as sent."""
+    url, upstream = scripted({"m": PLAIN})
+    base = _gateway(serve, url, {"m": PLAIN})
+    completion = _client(base).chat.completions.create(model="auto", messages=HELLO, stream=None)
+    assert completion.choices[0].message.content == "Sunny."
+    assert orjson.loads(upstream.bodies[-1])["stream"] is None

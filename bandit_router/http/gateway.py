@@ -119,7 +119,9 @@ class Gateway:
         if not isinstance(messages, list) or not messages:
             raise RouterError("messages: a non-empty array is required", field="messages")
         query = _query_text(messages)
-        stream = body.get("stream", False)
+        stream = body.get("stream")
+        if stream is None:  # absent or null: not streamed, as OpenAI reads it (the SDK sends
+            stream = False  # "stream": null for stream=None, which its types allow)
         if not isinstance(stream, bool):
             raise RouterError("stream must be a boolean", field="stream")
         options = body.get("stream_options")
