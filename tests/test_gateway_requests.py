@@ -381,3 +381,36 @@ def test_stream_none_is_a_request_not_streamed(serve: Serve, scripted: Start) ->
     completion = _client(base).chat.completions.create(model="auto", messages=HELLO, stream=None)
     assert completion.choices[0].message.content == "Sunny."
     assert orjson.loads(upstream.bodies[-1])["stream"] is None
+
+
+# Usage left out
+
+
+@pytest.mark.parametrize(
+    ("usage", "cost"),
+    [
+        (None, None),  # no usage at all: latency only
+        ({"prompt_tokens": 120, "total_tokens": 150}, _cost(USAGE)),  # the output from the total
+        ({"prompt_tokens": 120}, None),  # nothing to count the output from
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_left_out_or_in_part(
+    serve: Serve, scripted: Start, usage: dict[str, int] | None, cost: float | None, stream: bool
+) -> None:
+    if stream:
+        end = (_chunk([], usage),) if usage is not None else ()
+        script = Script((_chunk([_delta({"content": "Sunny."}, "stop")]), *end, DONE))
+    else:
+        script = _completion({"role": "assistant", "content": "Sunny."}, "stop", usage)
+    url, _ = scripted({"m": script})
+    base = _gateway(serve, url, {"m": script})
+    with _client(base).chat.completions.with_streaming_response.create(
+        model="auto", messages=HELLO, stream=stream
+    ) as response:
+        event_id = response.headers["x-bandit-event-id"]
+        answer = list(response.parse()) if stream else [response.parse()]
+    assert answer
+    parts = _final_parts(base, event_id)
+    assert parts.get("cost_usd") == (None if cost is None else pytest.approx(cost))
+    assert "latency_ms" in parts
