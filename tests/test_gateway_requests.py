@@ -414,3 +414,30 @@ def test_usage_left_out_or_in_part(
     parts = _final_parts(base, event_id)
     assert parts.get("cost_usd") == (None if cost is None else pytest.approx(cost))
     assert "latency_ms" in parts
+
+
+# The models
+
+
+def test_models_list_and_retrieve(serve: Serve, scripted: Start) -> None:
+    scripts = {"org/model-a": PLAIN, "b": PLAIN}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    client = _client(base)
+    assert [m.id for m in client.models.list()] == ["auto", "org/model-a", "b"]
+    for name in ("auto", "org/model-a", "b"):  # a slash in a name: the SDK sends it as %2F
+        model = client.models.retrieve(name)
+        assert (model.id, model.object, model.owned_by) == (name, "model", "bandit-router")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    assert "'gpt-4o' does not exist here; valid: auto, org/model-a, b" in missing.value.message
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.retrieve("b")
+
+
+def test_without_upstreams_no_model_is_retrieved(serve: Serve) -> None:
+    base = serve(api_keys=KEY)
+    with pytest.raises(openai.NotFoundError) as missing:
+        _client(base).models.retrieve("auto")
+    assert "no arm has an upstream" in missing.value.message

@@ -34,7 +34,13 @@ from starlette.types import Receive, Scope, Send
 
 from bandit_router.errors import RouterError
 from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
-from bandit_router.http.openapi import CHAT_BODY, GATEWAY, GATEWAY_READ
+from bandit_router.http.openapi import (
+    CHAT_BODY,
+    GATEWAY,
+    GATEWAY_MODEL,
+    GATEWAY_READ,
+    MODEL_PARAMETER,
+)
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
 from bandit_router.service.router import ChooseResult, Router
@@ -86,6 +92,15 @@ class Gateway:
 
     async def close(self) -> None:
         await self.upstreams.close()
+
+    def models(self) -> list[str]:
+        """The names a request's ``model`` may take: none when no arm has an upstream."""
+        return [self.settings.gateway_model, *self.arms] if self.arms else []
+
+    def unknown(self, model: str) -> str:
+        if not self.arms:
+            return "no arm has an upstream (BANDIT_ARMS): the gateway has no model"
+        return f"model {model!r} does not exist here; valid: {', '.join(self.models())}"
 
     def weights(self, header: str | None) -> tuple[dict[str, float], str]:
         """The reward weights and preference name of a request's ``x-bandit-preference``."""
@@ -246,6 +261,11 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
     )
 
 
+def _model(name: str) -> dict[str, Any]:
+    """A model as OpenAI's ``/v1/models`` describes one."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "bandit-router"}
+
+
 # Recording what the gateway measured
 
 
@@ -304,13 +324,28 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
         except RouterError as e:
             return error_response(e, None)
-        names = [settings.gateway_model, *gateway.arms] if gateway.arms else []
-        data = [
-            {"id": n, "object": "model", "created": 0, "owned_by": "bandit-router"} for n in names
-        ]
+        data = [_model(n) for n in gateway.models()]
         return Response(
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"
         )
+
+    @app.get(
+        "/v1/models/{model:path}",  # an arm's name may hold a slash (the SDK sends it as %2F)
+        tags=["gateway"],
+        dependencies=dependencies,
+        responses=GATEWAY_MODEL,
+        openapi_extra=MODEL_PARAMETER,
+    )
+    async def model(request: Request) -> Response:
+        """One model the gateway answers as (the SDK's `models.retrieve`); 404 for another."""
+        model: str = request.path_params["model"]  # any string: no 422 to document
+        try:
+            require_key(request.headers.raw, settings.api_keys, API_KEYS)
+            if model not in gateway.models():
+                raise ModelNotFound(gateway.unknown(model))
+        except RouterError as e:
+            return error_response(e, None)
+        return Response(orjson.dumps(_model(model)), media_type="application/json")
 
     @app.post(
         "/v1/chat/completions",
@@ -367,15 +402,12 @@ async def _disconnect(request: Request) -> None:
 async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
     model = call.body["model"]
     settings = gateway.settings
+    if model not in gateway.models():
+        raise ModelNotFound(gateway.unknown(model))
     if model == settings.gateway_model:
-        if not gateway.arms:
-            raise ModelNotFound("no arm has an upstream (BANDIT_ARMS): the gateway has no model")
         eligible, direct, retries = list(gateway.arms), False, settings.gateway_retries
-    elif model in gateway.arms:
-        eligible, direct, retries = [model], True, 0
     else:
-        names = ", ".join([settings.gateway_model, *gateway.arms])
-        raise ModelNotFound(f"model {model!r} does not exist here; valid: {names}")
+        eligible, direct, retries = [model], True, 0
     upstreams = gateway.upstreams
     if not upstreams.has_room():
         raise Busy(
