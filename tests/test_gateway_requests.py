@@ -441,3 +441,40 @@ def test_without_upstreams_no_model_is_retrieved(serve: Serve) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         _client(base).models.retrieve("auto")
     assert "no arm has an upstream" in missing.value.message
+
+
+# Errors answered before the gateway's routes
+
+
+def test_a_body_over_the_limit_is_a_413_the_sdk_says_in_words(
+    serve: Serve, scripted: Start
+) -> None:
+    """A base64 image counts toward BANDIT_MAX_BODY_BYTES: the SDK's exception names it."""
+    url, upstream = scripted({"m": PLAIN})
+    base = _gateway(serve, url, {"m": PLAIN}, max_body_bytes=16_384)
+    picture: Any = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + "A" * 20_000},
+    }
+    with pytest.raises(openai.APIStatusError) as refused:
+        _client(base).chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "what?"}, picture]}],
+        )
+    assert refused.value.status_code == 413 and refused.value.param == "body"
+    assert "over the limit of 16384 bytes (BANDIT_MAX_BODY_BYTES)" in refused.value.message
+    assert upstream.requests == 0
+
+
+def test_an_endpoint_the_gateway_does_not_serve_is_a_404_the_sdk_says_in_words(
+    serve: Serve, scripted: Start
+) -> None:
+    url, _ = scripted({"m": PLAIN})
+    base = _gateway(serve, url, {"m": PLAIN})
+    client = _client(base)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="auto", input="hi")
+    assert "POST /v1/embeddings" in missing.value.message
+    assert "the gateway serves POST /v1/chat/completions" in missing.value.message
+    # The routing API's own errors keep their shape.
+    assert httpx.get(f"{base}/nowhere").json() == {"detail": "Not Found", "field": None}

@@ -247,18 +247,35 @@ def _unsendable(value: Any) -> str | None:
 def error_response(exc: BaseException, router: Router | None) -> Response:
     """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``."""
     status, raw = failure(exc, router, "gateway")
-    doc = orjson.loads(raw)
-    kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
     code = "model_not_found" if isinstance(exc, ModelNotFound) else None
-    error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
     headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
     return Response(
-        orjson.dumps({"error": error, **doc}),
+        openai_error(status, raw, code),
         status_code=status,
         media_type="application/json",
         headers=headers,
     )
+
+
+def openai_error(status: int, raw: bytes, code: str | None = None) -> bytes:
+    """The contract's error body (``detail``, ``field``) with OpenAI's ``error`` object beside
+    it: the SDK puts ``error.message`` in its exception's text, and only that."""
+    doc = orjson.loads(raw)
+    kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
+    error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
+    return orjson.dumps({"error": error, **doc})
+
+
+def is_gateway_path(scope: Scope) -> bool:
+    """Whether a request is the OpenAI SDK's (under ``/v1/``): its errors, even those answered
+    before the gateway's routes (a body too large, a path the gateway does not serve), are
+    given in OpenAI's shape, or the SDK's exception says only "Error code: 413"."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.startswith("/v1/")
 
 
 def _model(name: str) -> dict[str, Any]:
