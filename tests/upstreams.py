@@ -122,13 +122,15 @@ DONE = b"data: [DONE]\n\n"
 
 class Scripted:
     """An upstream speaking HTTP as a provider does, that answers each request with the script of
-    its ``model`` (404 for another). Counts the requests, and the answers the gateway left before
-    their end (their connection closed: what a provider sees of a cancelled call)."""
+    its ``model`` (404 for another). Counts the requests, keeps their bodies as they came, and
+    counts the answers the gateway left before their end (their connection closed: what a
+    provider sees of a cancelled call)."""
 
     def __init__(self, scripts: dict[str, Script]) -> None:
         self.scripts = scripts
         self.requests = 0
         self.left = 0
+        self.bodies: list[bytes] = []  # each request's body, byte for byte
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,6 +139,7 @@ class Scripted:
         if raw is None:
             return
         self.requests += 1
+        self.bodies.append(raw)
         script = self.scripts.get(orjson.loads(raw or b"{}").get("model"))
         if script is None:
             script = Script((b'{"error": {"message": "no such model"}}',), 404, "application/json")

@@ -38,7 +38,7 @@ from bandit_router.http.contract import (
 from bandit_router.http.dashboard import register_dashboard
 from bandit_router.http.docs import register_docs
 from bandit_router.http.door import BodyGuard, RoutingDoor
-from bandit_router.http.gateway import register_gateway
+from bandit_router.http.gateway import is_gateway_path, openai_error, register_gateway
 from bandit_router.http.metrics import register_metrics
 from bandit_router.http.openapi import (
     ADMIN,
@@ -85,8 +85,13 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RequestValidationError):
         exc = validation_failure(exc.errors())
     elif isinstance(exc, StarletteHTTPException):
+        body = error_body(str(exc.detail), None)
+        if is_gateway_path(request.scope):  # the OpenAI SDK's call to a path not served here
+            served = "the gateway serves POST /v1/chat/completions and GET /v1/models"
+            detail = f"{exc.detail}: {request.method} {request.url.path}; {served}"
+            body = openai_error(exc.status_code, error_body(detail, None))
         return Response(
-            error_body(str(exc.detail), None),
+            body,
             status_code=exc.status_code,
             headers=exc.headers,
             media_type="application/json",

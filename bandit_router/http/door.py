@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_router.errors import RouterError
 from bandit_router.http.contract import ROUTES, ClientGone, answer, failure, read_body
+from bandit_router.http.gateway import is_gateway_path, openai_error
 from bandit_router.settings import Settings
 
 JSON = (b"content-type", b"application/json")
@@ -83,6 +84,8 @@ class BodyGuard:
         except RouterError as e:
             router = getattr(scope["app"].state, "router", None)
             status, body = failure(e, router, scope["path"].strip("/"))
+            if is_gateway_path(scope):
+                body = openai_error(status, body)
             await respond(send, status, body, close=True)
             return
         sent = False

@@ -34,7 +34,13 @@ from starlette.types import Receive, Scope, Send
 
 from bandit_router.errors import RouterError
 from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
-from bandit_router.http.openapi import CHAT_BODY, GATEWAY, GATEWAY_READ
+from bandit_router.http.openapi import (
+    CHAT_BODY,
+    GATEWAY,
+    GATEWAY_MODEL,
+    GATEWAY_READ,
+    MODEL_PARAMETER,
+)
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
 from bandit_router.service.router import ChooseResult, Router
@@ -68,7 +74,7 @@ class ChatCall:
     """A chat request as the gateway reads it."""
 
     body: dict[str, Any]  # the request, without ``metadata``
-    query: str  # the last user message's text
+    query: str  # the last user message's text (``_query_text``)
     features: dict[str, Any]
     features_from: str  # metadata or x-bandit-features: what the router's feature errors name
     stream: bool
@@ -86,6 +92,15 @@ class Gateway:
 
     async def close(self) -> None:
         await self.upstreams.close()
+
+    def models(self) -> list[str]:
+        """The names a request's ``model`` may take: none when no arm has an upstream."""
+        return [self.settings.gateway_model, *self.arms] if self.arms else []
+
+    def unknown(self, model: str) -> str:
+        if not self.arms:
+            return "no arm has an upstream (BANDIT_ARMS): the gateway has no model"
+        return f"model {model!r} does not exist here; valid: {', '.join(self.models())}"
 
     def weights(self, header: str | None) -> tuple[dict[str, float], str]:
         """The reward weights and preference name of a request's ``x-bandit-preference``."""
@@ -118,8 +133,10 @@ class Gateway:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise RouterError("messages: a non-empty array is required", field="messages")
-        query = _last_user_text(messages)
-        stream = body.get("stream", False)
+        query = _query_text(messages)
+        stream = body.get("stream")
+        if stream is None:  # absent or null: not streamed, as OpenAI reads it (the SDK sends
+            stream = False  # "stream": null for stream=None, which its types allow)
         if not isinstance(stream, bool):
             raise RouterError("stream must be a boolean", field="stream")
         options = body.get("stream_options")
@@ -158,19 +175,31 @@ class Gateway:
         return body
 
 
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):  # content parts: the text ones
-                texts = [p.get("text") for p in content if isinstance(p, dict)]
-                text = "\n".join(t for t in texts if isinstance(t, str))
-                if text:
+def _query_text(messages: list[Any]) -> str:
+    """The text the router reads: the last user message that has text. A turn of images or
+    audio alone takes the user's words before it; a prompt with no user text at all takes its
+    instructions (the last system or developer message with text)."""
+    for roles in (("user",), ("system", "developer")):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") in roles:
+                text = _text(message.get("content"))
+                if text.strip():
                     return text
-            break
-    raise RouterError("messages: the last user message must have text content", field="messages")
+    raise RouterError(
+        "messages: no user, system or developer message has text content, which the router "
+        "reads (the last user message's, else the instructions')",
+        field="messages",
+    )
+
+
+def _text(content: Any) -> str:
+    """A message's text: its string content, or its text parts joined by line breaks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: the text ones (an image has none)
+        texts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "\n".join(t for t in texts if isinstance(t, str))
+    return ""
 
 
 def _parse(raw: bytes | str, error: type[RouterError], field: str) -> Any:
@@ -218,18 +247,40 @@ def _unsendable(value: Any) -> str | None:
 def error_response(exc: BaseException, router: Router | None) -> Response:
     """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``."""
     status, raw = failure(exc, router, "gateway")
-    doc = orjson.loads(raw)
-    kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
     code = "model_not_found" if isinstance(exc, ModelNotFound) else None
-    error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
     headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
     return Response(
-        orjson.dumps({"error": error, **doc}),
+        openai_error(status, raw, code),
         status_code=status,
         media_type="application/json",
         headers=headers,
     )
+
+
+def openai_error(status: int, raw: bytes, code: str | None = None) -> bytes:
+    """The contract's error body (``detail``, ``field``) with OpenAI's ``error`` object beside
+    it: the SDK puts ``error.message`` in its exception's text, and only that."""
+    doc = orjson.loads(raw)
+    kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
+    error = {"message": doc["detail"], "type": kind, "param": doc["field"], "code": code}
+    return orjson.dumps({"error": error, **doc})
+
+
+def is_gateway_path(scope: Scope) -> bool:
+    """Whether a request is the OpenAI SDK's (under ``/v1/``): its errors, even those answered
+    before the gateway's routes (a body too large, a path the gateway does not serve), are
+    given in OpenAI's shape, or the SDK's exception says only "Error code: 413"."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.startswith("/v1/")
+
+
+def _model(name: str) -> dict[str, Any]:
+    """A model as OpenAI's ``/v1/models`` describes one."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "bandit-router"}
 
 
 # Recording what the gateway measured
@@ -290,13 +341,28 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
         except RouterError as e:
             return error_response(e, None)
-        names = [settings.gateway_model, *gateway.arms] if gateway.arms else []
-        data = [
-            {"id": n, "object": "model", "created": 0, "owned_by": "bandit-router"} for n in names
-        ]
+        data = [_model(n) for n in gateway.models()]
         return Response(
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"
         )
+
+    @app.get(
+        "/v1/models/{model:path}",  # an arm's name may hold a slash (the SDK sends it as %2F)
+        tags=["gateway"],
+        dependencies=dependencies,
+        responses=GATEWAY_MODEL,
+        openapi_extra=MODEL_PARAMETER,
+    )
+    async def model(request: Request) -> Response:
+        """One model the gateway answers as (the SDK's `models.retrieve`); 404 for another."""
+        model: str = request.path_params["model"]  # any string: no 422 to document
+        try:
+            require_key(request.headers.raw, settings.api_keys, API_KEYS)
+            if model not in gateway.models():
+                raise ModelNotFound(gateway.unknown(model))
+        except RouterError as e:
+            return error_response(e, None)
+        return Response(orjson.dumps(_model(model)), media_type="application/json")
 
     @app.post(
         "/v1/chat/completions",
@@ -353,15 +419,12 @@ async def _disconnect(request: Request) -> None:
 async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
     model = call.body["model"]
     settings = gateway.settings
+    if model not in gateway.models():
+        raise ModelNotFound(gateway.unknown(model))
     if model == settings.gateway_model:
-        if not gateway.arms:
-            raise ModelNotFound("no arm has an upstream (BANDIT_ARMS): the gateway has no model")
         eligible, direct, retries = list(gateway.arms), False, settings.gateway_retries
-    elif model in gateway.arms:
-        eligible, direct, retries = [model], True, 0
     else:
-        names = ", ".join([settings.gateway_model, *gateway.arms])
-        raise ModelNotFound(f"model {model!r} does not exist here; valid: {names}")
+        eligible, direct, retries = [model], True, 0
     upstreams = gateway.upstreams
     if not upstreams.has_room():
         raise Busy(

@@ -107,6 +107,19 @@ GATEWAY = responses(
     e503="BANDIT_GATEWAY_MAX_CONCURRENCY upstream calls already in flight; retry",
 )
 GATEWAY_READ = responses(401, 500)
+GATEWAY_MODEL = responses(401, 404, 500, e404="no such model here (`GET /v1/models` lists them)")
+MODEL_PARAMETER = {
+    "parameters": [
+        {
+            "name": "model",
+            "in": "path",
+            "required": True,
+            "description": "a model `GET /v1/models` lists: `auto` or an arm",
+            "schema": {"type": "string"},
+            "examples": {"auto": {"value": "auto"}},
+        }
+    ]
+}
 CHAT_BODY = {
     "requestBody": {
         "required": True,

@@ -61,13 +61,17 @@ class Measured:
     arm: str = "?"  # whose upstream answered, for the log
 
     def usage(self, data: Any) -> None:
-        """Take the token counts from an OpenAI ``usage`` object. An upstream is an outside
-        system: counts that are not whole numbers in 0..``MAX_USAGE_TOKENS`` are logged and
-        treated as missing (no cost is recorded), never let through to the reward parts."""
+        """Take the token counts from an OpenAI ``usage`` object (the output's, when it lacks
+        ``completion_tokens``, from ``total_tokens`` less ``prompt_tokens``). An upstream is an
+        outside system: counts that are not whole numbers in 0..``MAX_USAGE_TOKENS`` are logged
+        and treated as missing (no cost is recorded), never let through to the reward parts."""
         if data is None:  # no usage: nothing to take, nothing wrong
             return
         prompt = data.get("prompt_tokens") if isinstance(data, dict) else None
         completion = data.get("completion_tokens") if isinstance(data, dict) else None
+        total = data.get("total_tokens") if isinstance(data, dict) else None
+        if completion is None and _count(prompt) and _count(total) and total >= prompt:
+            completion = total - prompt  # a provider that counts the total, not the output
         if _count(prompt) and _count(completion):
             self.prompt_tokens, self.completion_tokens = prompt, completion
             return
