@@ -367,3 +367,13 @@ def test_the_meter_forwards_the_same_whatever_the_pieces(cuts: list[int]) -> Non
     # the same events; a line ending may come as sent or as "\n" (both are SSE's)
     assert (got + meter.finish()).replace(b"\r\n", b"\n") == expected.replace(b"\r\n", b"\n")
     assert meter.measured.prompt_tokens == whole.measured.prompt_tokens == 3
+
+
+def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment() -> None:
+    """Providers send SSE comments while the model thinks (OpenRouter's ": OPENROUTER
+    PROCESSING"): BANDIT_GATEWAY_LATENCY=first_token must time the first event with data."""
+    meter = StreamMeter(Measured(), drop_usage=False)
+    assert meter.feed(b": OPENROUTER PROCESSING\n\n") == b": OPENROUTER PROCESSING\n\n"
+    assert meter.feed(b":\r\n\r\n") and meter.measured.first_token_s is None
+    assert meter.feed(b'data: {"choices": []}\n\n')
+    assert meter.measured.first_token_s is not None

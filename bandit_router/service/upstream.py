@@ -227,7 +227,9 @@ class StreamMeter:
         cut = end + (4 if data[end : end + 4] == b"\r\n\r\n" else 2)
         events = bytes(data[:cut])
         del data[:cut]
-        if self.measured.first_token_s is None:
+        if self.measured.first_token_s is None and (
+            events.startswith(b"data:") or b"\ndata:" in events  # not a keep-alive comment
+        ):
             self.measured.first_token_s = time.perf_counter() - self.measured.start
         if b'"usage"' not in events and DONE not in events and b'"error"' not in events:
             return events
