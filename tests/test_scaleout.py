@@ -13,7 +13,7 @@ import redis
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
-from bandit_router.store.keys import GROUP, KEY_EVENTS
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE, KEY_MODEL
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import (
@@ -79,6 +79,59 @@ def test_learner_killed_mid_batch_is_replaced_and_nothing_is_lost_or_doubled(
             "the second learner to learn and acknowledge every event",
         )
     assert _counters(settings)["events_learned"] == n  # exactly once: the model's version
+
+
+def test_a_learner_frozen_past_its_lease_that_wakes_to_a_free_lease_leads_from_the_newer_model(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """SIGSTOP the learner past its lease; a second learner takes over, learns and stops (final
+    snapshot, lease released); SIGCONT the first. It finds the lease free and takes it again: it
+    must lead from the second's newer snapshot, not go on with the model it froze with (it
+    published that over the newer one, and what the second had learned was lost for good)."""
+    settings = make_settings()
+    env = _env(settings, publish_s=0.2, learner_lease_s=1)
+    asyncio.run(_log_events(settings, 100))
+    with cli_process(["learn"], env, tmp_path / "a.log") as first:
+        wait_until(lambda: _learned(settings) == 100, 60, "the first learner to learn the log")
+        first.send_signal(signal.SIGSTOP)  # frozen (a paused VM, a debugger), not dead
+        try:
+            with cli_process(["learn"], env, tmp_path / "b.log") as second:
+                wait_until(lambda: _holder_pid(settings) == second.pid, 60, "the second to lead")
+                asyncio.run(_log_events(settings, 100))
+                wait_until(lambda: _learned(settings) == 200, 60, "the second learner to learn")
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(timeout=30) == 0
+        finally:
+            first.send_signal(signal.SIGCONT)
+        asyncio.run(_log_events(settings, 50))
+        wait_until(lambda: _caught_up(settings), 60, "a model published up to the log's end")
+    assert _learned(settings) == 250  # the second's 100 were lost when the first went on
+
+
+def _learned(settings: Settings) -> int:
+    return _counters(settings).get("events_learned", 0)
+
+
+def _holder_pid(settings: Settings) -> int | None:
+    """The pid in the learner lease's holder name (host:pid:tag), None when free."""
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        holder: Any = client.get(KEY_LEASE.format(p="{" + settings.key_prefix + "}"))
+    finally:
+        client.close()
+    return None if holder is None else int(holder.decode().split(":")[-2])
+
+
+def _caught_up(settings: Settings) -> bool:
+    """Whether the published model's watermark is the newest event of the log."""
+    client = redis.Redis.from_url(settings.redis_url or "")
+    p = "{" + settings.key_prefix + "}"
+    try:
+        watermark: Any = client.hget(KEY_MODEL.format(p=p), "stream_id")
+        newest: Any = client.xrevrange(KEY_EVENTS.format(p=p), count=1)
+    finally:
+        client.close()
+    return watermark is not None and bool(newest) and watermark == newest[0][0]
 
 
 async def _drive(base: str, pairs: int, concurrency: int) -> dict[str, int]:

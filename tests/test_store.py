@@ -17,7 +17,7 @@ from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
-from bandit_router.store.repository import Store
+from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
 from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
 
@@ -229,15 +229,17 @@ def test_snapshot_round_trip_keeps_bytes(make_settings: SettingsFactory) -> None
 
 def test_lease_is_exclusive_until_released(make_settings: SettingsFactory) -> None:
     async def body(store: Store) -> None:
-        assert await store.hold_lease("a", 5)
-        assert await store.hold_lease("a", 5)  # renewal
+        assert await store.hold_lease("a", 5) == LEASE_TAKEN
+        assert await store.hold_lease("a", 5) == LEASE_RENEWED
         assert not await store.hold_lease("b", 5)
         await store.release_lease("b")  # not b's: no effect
         assert not await store.hold_lease("b", 5)
         await store.release_lease("a")
-        assert await store.hold_lease("b", 0.2)
-        await asyncio.sleep(0.3)  # b died: its lease lapses
-        assert await store.hold_lease("a", 5)
+        assert await store.hold_lease("b", 0.2) == LEASE_TAKEN
+        await asyncio.sleep(0.3)  # b froze or died: its lease lapses
+        assert await store.hold_lease("a", 5) == LEASE_TAKEN
+        await store.release_lease("a")
+        assert await store.hold_lease("b", 5) == LEASE_TAKEN  # b woke: its lease had lapsed
 
     _run(make_settings, body)
 

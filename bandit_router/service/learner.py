@@ -33,7 +33,7 @@ from bandit_router.policies.registry import build_policy, check_arms, load_polic
 from bandit_router.service.challengers import Bench, in_pool, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
-from bandit_router.store.repository import Store
+from bandit_router.store.repository import LEASE_TAKEN, Store
 from bandit_router.store.transport import when_available
 
 log = logging.getLogger("bandit_router")
@@ -269,7 +269,15 @@ class Learner:
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
-        held = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        lease = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        held = lease != 0
+        if lease == LEASE_TAKEN and self.leading:
+            # Its lease lapsed before this renewal (the process froze: SIGSTOP, a paused VM), so
+            # another learner may have led meanwhile and published a newer model: lead anew from
+            # Redis, as a process taking the lease does. Going on with the model it froze with
+            # published that over the newer one, and what the other had learned was lost.
+            log.warning("learner %s: its lease had lapsed; leading anew from Redis", self.name)
+            self.leading = False
         if held and self.leading and self._promotion is None:
             spec = await effective_spec(self.store, self.settings, self._refused)
             if spec != self.model.spec:  # an admin switched the policy

@@ -84,6 +84,7 @@ from bandit_router.store.transport import (
 
 log = logging.getLogger("bandit_router")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
+LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
 SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING)
@@ -655,11 +656,13 @@ class Store:
         return records
 
     @unavailable
-    async def hold_lease(self, holder: str, ttl_s: float) -> bool:
-        """Take the learner's lease if free, or renew it if ``holder`` has it."""
+    async def hold_lease(self, holder: str, ttl_s: float) -> int:
+        """Take the learner's lease if free, or renew it if ``holder`` has it: ``LEASE_RENEWED``
+        or ``LEASE_TAKEN`` (it was free, ``holder``'s own having lapsed if it held it), 0 (false)
+        when another holder has it."""
         ttl_ms = int(ttl_s * 1000)
         try:
-            return bool(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
+            return int(await self._lease(keys=[self.key(KEY_LEASE)], args=[holder, ttl_ms]))
         except ResponseError as e:
             raise await self._mistyped(e, KEY_LEASE) from None
 

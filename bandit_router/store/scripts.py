@@ -203,12 +203,14 @@ return false
 """
 
 
-# KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
+# KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own: 0 when another holds it,
+# 1 when renewed, 2 when taken (it was free: a holder whose lease lapsed meanwhile must know).
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+if holder then return 1 end
+return 2
 """
 
 
