@@ -562,3 +562,39 @@ def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_w
             await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_learner_that_wakes_to_a_free_lease_after_a_reset_leads_from_the_reset_model(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner stalls past its lease; another takes over, learns more, an admin resets the
+    model (version 0, its watermark the log's end), and that one stops. The first takes the free
+    lease again: the reset model is the newer one, though its version is lower, so the first
+    leads from it (its own model, behind it, would be refused at every publish) and publishes."""
+    settings = make_settings(learner_lease_s=2, snapshot_every=1)
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        for i in range(5):
+            d = await a.choose(f"query {i}")
+            await a.reward(d.event_id, RewardParts(reward=1.0))
+        assert a.version == 5
+        await a.store.release_lease(a.learner.name)  # a stalls past its lease
+        assert await b.learner.lead()
+        for i in range(5):
+            d = await b.choose(f"more {i}")
+            await b.reward(d.event_id, RewardParts(reward=0.0))
+        assert await b.learner.reset() == 0
+        await b.close()  # its final snapshot; the lease released
+        assert await a.learner.lead()  # a wakes to a free lease
+        assert a.version == 0
+        d = await a.choose("after the reset")
+        await a.reward(d.event_id, RewardParts(reward=1.0))
+        assert a.version == 1
+        head = await a.store.snapshot_head()
+        assert head is not None and head[1] == 1  # published from the reset model
+        await a.close()
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())

@@ -215,6 +215,32 @@ def test_a_publish_for_a_holder_needs_the_lease(make_settings: SettingsFactory) 
     _run(make_settings, body)
 
 
+def test_a_holder_never_publishes_a_model_behind_the_stored_one(
+    make_settings: SettingsFactory,
+) -> None:
+    """The lease alone does not fence a learner that froze past it and took it again when it
+    was free: its model may be older than the one published meanwhile. A holder's model whose
+    watermark is behind the stored one's is refused, nothing written (its acknowledgements
+    included); the same watermark (a promotion) or a later one (a reset: version 0) is not."""
+
+    async def body(store: Store) -> None:
+        assert await store.hold_lease("a", 10)
+        newer = Snapshot("egreedy", 50, "50-0", b"newer")
+        assert await store.publish(newer, [], holder="a")
+        assert not await store.publish(Snapshot("egreedy", 30, "30-0", b"older"), [], holder="a")
+        assert not await store.publish(Snapshot("egreedy", 90, "49-9", b"older"), [], holder="a")
+        assert await store.load_snapshot() == newer
+        promoted = Snapshot("linucb", 50, "50-0", b"promoted")
+        assert await store.publish(promoted, [], holder="a")
+        reset = Snapshot("egreedy", 0, "60-0", b"reset")
+        assert await store.publish(reset, [], holder="a")
+        assert await store.load_snapshot() == reset
+        # No holder: restore's publish, which may go back to a backup of this log.
+        assert await store.publish(Snapshot("egreedy", 30, "30-0", b"backup"), [])
+
+    _run(make_settings, body)
+
+
 def test_snapshot_round_trip_keeps_bytes(make_settings: SettingsFactory) -> None:
     async def body(store: Store) -> None:
         assert await store.load_snapshot() is None

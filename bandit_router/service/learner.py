@@ -7,9 +7,10 @@ learned; an event at or below the watermark is never learned again, so a learner
 over (its predecessor killed mid-batch) starts from the newest snapshot, relearns the log after
 that snapshot's watermark, and only acknowledges the events its predecessor had read. A
 predecessor that had only stalled past its lease may read a few more before it notices: it
-cannot publish any more (the lease is checked in the publishing transaction), and the new
-learner learns those events, out of order, when it claims them. Events are acknowledged when a
-snapshot that contains them is published.
+cannot publish any more (the lease, and that the stored model has not learned past its
+watermark, are checked in the publishing transaction), and the new learner learns those
+events, out of order, when it claims them. Events are acknowledged when a snapshot that
+contains them is published.
 """
 
 from __future__ import annotations
@@ -296,7 +297,12 @@ class Learner:
                 # switch since then (this process followed, and may not have refreshed) would
                 # otherwise be undone, the promoted model relearned as the old champion.
                 spec = await effective_spec(self.store, self.settings, self._refused)
-                newer = snapshot is not None and snapshot.version > self.model.version
+                # Newer: learned further in the log (a reset's version 0 included), as a follower
+                # sees it; then by version. A publish of an older model would be refused.
+                newer = snapshot is not None and (
+                    stream_id_key(snapshot.stream_id),
+                    snapshot.version,
+                ) > (stream_id_key(self.model.stream_id), self.model.version)
                 if newer or spec != self.model.spec:
                     self.model = restore(snapshot, spec, self.settings)
                 self.bench = await self._open_bench()
@@ -398,14 +404,17 @@ class Learner:
 
     async def _publish(self) -> bool:
         """Publish, unless the lease has passed to another learner meanwhile (this process
-        stalled past it): then this one stops leading (False), as its snapshot would be older
-        than the new learner's; the new one claims what this one read and did not acknowledge."""
+        stalled past it), or a model that learned further was published (this one took the
+        lease again after such a stall): then this one stops leading (False), as its snapshot
+        would be older than the newest; the next ``lead`` loads that one, and a new learner
+        claims what this one read and did not acknowledge."""
         bench = self.bench
         fields = bench.fields(summary(bench)) if bench is not None else None
         snapshot = self.model.snapshot()
         if not await self.store.publish(snapshot, self._acks, fields, self._promotion, self.name):
             log.warning(
-                "learner %s lost its lease: model version %d not published",
+                "learner %s lost its lease, or a newer model is published: model version %d "
+                "not published",
                 self.name,
                 snapshot.version,
             )

@@ -59,6 +59,7 @@ from bandit_router.store.records import (
     is_stream_id,
     read_choice,
     read_decision,
+    stream_id_key,
     to_event,
     to_events,
 )
@@ -513,8 +514,9 @@ class Store:
         ``challengers``, their state replaces the stored one in the same transaction; with
         ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
         the policy set as an admin's switch would; with ``override``, that policy is set so
-        (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease,
-        checked in the same transaction: False (nothing written) when it does not."""
+        (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease
+        and the stored model's watermark is not past the snapshot's, both checked in the same
+        transaction: False (nothing written) when either fails."""
         for _ in range(3):
             try:
                 return await self._publish(snapshot, acks, challengers, promotion, holder, override)
@@ -542,6 +544,13 @@ class Store:
             found = found.decode() if isinstance(found, bytes) else str(found)
             if found not in ("hash", "none"):
                 raise self._wrong(KEY_MODEL, found)
+            # A learner's model never replaces one that has learned past its watermark. The lease
+            # alone is not enough: a learner that froze past it and took it again when it was
+            # free could publish, from a step racing its ``lead``, the model it froze with.
+            if holder is not None and _behind(
+                snapshot, await pipe.hget(self.key(KEY_MODEL), "stream_id")
+            ):
+                return False
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if challengers is not None:  # replaced whatever its type: it mends a misfit
                 pipe.delete(self.key(KEY_CHALLENGERS))
@@ -825,6 +834,18 @@ class Store:
         if self.route is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.route.aclose()
+
+
+def _behind(snapshot: Snapshot, stored: Any) -> bool:
+    """Whether ``snapshot``'s watermark is behind ``stored``, the stored model's (one that does
+    not read, written by hand, is as none)."""
+    try:
+        watermark = stored.decode() if isinstance(stored, bytes) else ""
+    except UnicodeDecodeError:
+        return False
+    if not is_stream_id(watermark):
+        return False
+    return stream_id_key(snapshot.stream_id) < stream_id_key(watermark)
 
 
 def _snapshot_head(
