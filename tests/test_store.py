@@ -177,9 +177,13 @@ def test_consumer_group_and_claims(make_settings: SettingsFactory) -> None:
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
             await store.add_parts(f"e{i}", {"reward": 0.1})
             await store.finalize(f"e{i}", 1, _reward(0.1))
+        assert await store.read_new("dead", 10) == ([], True)  # not without the lease
+        assert await store.hold_lease("dead", 10)
         read, confirmed = await store.read_new("dead", 10)
         assert confirmed  # no BANDIT_REDIS_WAIT_REPLICAS
         assert len(read) == 3
+        await store.release_lease("dead")
+        assert await store.hold_lease("other", 10)
         assert await store.read_new("other", 10) == ([], True)  # delivered once to the group
         claimed = await store.claim_stale("other", idle_ms=0, count=10)
         assert [(e.stream_id, theirs) for e, theirs in claimed] == [
@@ -296,6 +300,7 @@ def test_a_read_batched_with_writes_sees_them_in_either_protocol(
 
     async def body(store: Store) -> None:
         await store.ensure_group()
+        assert await store.hold_lease("me", 10)  # only the learner's lease holder reads
         for i in range(4):
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
         writes = [
@@ -324,6 +329,7 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
     async def body(store: Store) -> None:
         taken: list[list[str]] = []
         await store.ensure_group()
+        assert await store.hold_lease("me", 10)  # only the learner's lease holder reads
         store.follow_log("me", 10, lambda events, _: taken.append([e.stream_id for e in events]))
         for i in range(4):
             await store.save_decision(f"e{i}", _decision(f"e{i}"))

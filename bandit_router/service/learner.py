@@ -6,10 +6,10 @@ learns in stream order. The model's *watermark* is the stream id of the newest e
 learned; an event at or below the watermark is never learned again, so a learner that takes
 over (its predecessor killed mid-batch) starts from the newest snapshot, relearns the log after
 that snapshot's watermark, and only acknowledges the events its predecessor had read. A
-predecessor that had only stalled past its lease may read a few more before it notices: it
-cannot publish any more (the lease, and that the stored model has not learned past its
-watermark, are checked in the publishing transaction), and the new learner learns those
-events, out of order, when it claims them. Events are acknowledged when a snapshot that
+predecessor that had only stalled past its lease can neither read the log any more (its reads
+check the lease in Redis: ``scripts.READ_NEW``) nor publish (the lease, and that the stored
+model has not learned past its watermark, are checked in the publishing transaction); one
+that wakes to a free lease leads anew from Redis. Events are acknowledged when a snapshot that
 contains them is published.
 """
 
@@ -357,8 +357,9 @@ class Learner:
             if now - self._claimed >= min(self.settings.claim_idle_s / 2, 1.0):
                 idle_ms = int(self.settings.claim_idle_s * 1000)
                 for event, theirs in await self.store.claim_stale(self.name, idle_ms, BATCH):
-                    # Another learner's, above what lead() replayed: it read it after this one
-                    # took the lease (it had stalled past it), so it was never learned here.
+                    # Another learner's, above what lead() replayed: read after this one took
+                    # the lease, so never learned here (reads that check the lease prevent it;
+                    # learned late rather than lost, should one ever be).
                     if theirs and stream_id_key(event.stream_id) > stream_id_key(self._led_upto):
                         self._learn(event, late=True)
                     self._acks.append(event.stream_id)

@@ -70,6 +70,7 @@ from bandit_router.store.scripts import (
     DROP_PENDING,
     FINALIZE,
     LEASE,
+    READ_NEW,
     RELEASE,
     SAVE_DECISION,
     SKIP_SILENT,
@@ -78,6 +79,7 @@ from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
     connect,
+    evalsha,
     slot_moving,
     unavailable,
     when_available,
@@ -157,6 +159,7 @@ class Store:
         self._count = client.register_script(COUNT)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
+        self._read_new = client.register_script(READ_NEW)
 
     async def _bind(self, client: aioredis.Redis) -> aioredis.Redis:
         """Talk to Redis through ``client`` from now on (the slot's new master); the old client,
@@ -443,12 +446,14 @@ class Store:
     async def read_new(self, consumer: str, count: int) -> tuple[list[Logged], bool]:
         """Events never delivered to the group before, now delivered to ``consumer``, and
         whether the replicas of BANDIT_REDIS_WAIT_REPLICAS confirmed the read (always true
-        without it): they then have every event it returns, and every event delivered before."""
+        without it): they then have every event it returns, and every event delivered before.
+        None while ``consumer`` does not hold the learner's lease (``scripts.READ_NEW``)."""
         try:
             # Through the group commit: the read shares a round trip with the writes of the
             # requests in flight, and Redis runs it after those sent before it.
-            read = self._read_new_command(consumer, count)
-            reply, confirmed = await self._calls.confirmed_command(*read)
+            reply, confirmed = await self._calls.confirmed_call(
+                self._read_new, *self._read_new_call(consumer, count)
+            )
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise await self._mistyped(e, KEY_EVENTS) from None
@@ -467,13 +472,17 @@ class Store:
         if consumer is None:
             self._calls.follow = None
             return
-        read = self._read_new_command(consumer, count)
-        self._calls.follow = (read, lambda reply, confirmed: take(to_events(reply), confirmed))
+        read = evalsha(self._read_new, *self._read_new_call(consumer, count))
+        self._calls.follow = (
+            self._read_new,
+            read,
+            lambda reply, confirmed: take(to_events(reply), confirmed),
+        )
 
-    def _read_new_command(self, consumer: str, count: int) -> list[Any]:
-        """XREADGROUP of up to ``count`` events never delivered to the group, for ``consumer``."""
-        key = self.key(KEY_EVENTS)
-        return ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
+    def _read_new_call(self, consumer: str, count: int) -> tuple[list[Any], list[Any]]:
+        """The keys and arguments of ``scripts.READ_NEW``: up to ``count`` events never
+        delivered to the group, for ``consumer``, while it holds the learner's lease."""
+        return [self.key(KEY_LEASE), self.key(KEY_EVENTS)], [consumer, GROUP, count]
 
     @unavailable
     async def claim_stale(

@@ -214,6 +214,19 @@ return 2
 """
 
 
+# KEYS lease, events; ARGV consumer (the learner's name), group, count. Up to count events never
+# delivered to the group, now delivered to the consumer, only while it holds the learner's lease
+# (else nil). Events read by a learner that had stalled past its lease (before it noticed) were
+# learned by none when the learner that took over stopped before claiming them: below its
+# watermark, they looked learned. Now that learner reads them itself.
+READ_NEW = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return false end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+return redis.call(
+  'XREADGROUP', 'GROUP', ARGV[2], ARGV[1], 'COUNT', ARGV[3], 'STREAMS', KEYS[2], '>')
+"""
+
+
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
