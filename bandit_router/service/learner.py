@@ -575,9 +575,25 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner:
-    """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set."""
-    model = await when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner | None:
+    """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set.
+    None when ``stop`` is set while it still waits for Redis at start (a SIGTERM must not wait
+    for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
+    loading = asyncio.ensure_future(
+        when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+    )
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not loading.done():
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+    if loading.cancelled():
+        return None
+    model = loading.result()
     learner = Learner(settings, store, model)
     try:
         await learner.run(stop)
