@@ -139,18 +139,20 @@ def main() -> int:
         )
         tally = Tally()
         serve = ["serve", "--port", str(port), "--workers", "2"]
-        with cli_process(serve, env, Path(tmp) / "serve.log"):
-            wait_until(lambda: _up(base), 60, "the service to start")
-            stop = time.monotonic() + args.minutes * 60
+        try:
+            with cli_process(serve, env, Path(tmp) / "serve.log"):
+                wait_until(lambda: _up(base), 60, "the service to start")
+                stop = time.monotonic() + args.minutes * 60
 
-            async def run() -> None:
-                clients = [_client(base, tally, stop, n) for n in range(args.clients)]
-                await asyncio.gather(_faults(server, tally, stop, args.fault_every), *clients)
+                async def run() -> None:
+                    clients = [_client(base, tally, stop, n) for n in range(args.clients)]
+                    await asyncio.gather(_faults(server, tally, stop, args.fault_every), *clients)
 
-            asyncio.run(run())
-            wait_until(lambda: _settled(server.url), 120, "the learner to learn every reward")
-            accepted, learned = _learned(server.url)
-        server.kill()
+                asyncio.run(run())
+                wait_until(lambda: _settled(server.url), 120, "the learner to learn every reward")
+                accepted, learned = _learned(server.url)
+        finally:  # also when the run fails: the server it restarted must not outlive it
+            server.kill()
     print(f"requests served     {tally.served}")
     print(f"faults injected     {tally.faults}")
     print(f"degraded choices    {tally.degraded}")
