@@ -80,7 +80,7 @@ async def _client(base: str, tally: Tally, stop: float, n: int) -> None:
             await _reward(client, d.json()["event_id"], tally, stop)
 
 
-async def _faults(server: RedisProcess, base: str, tally: Tally, stop: float, every: float) -> None:
+async def _faults(server: RedisProcess, tally: Tally, stop: float, every: float) -> None:
     turn = 0
     while time.monotonic() + every < stop:
         await asyncio.sleep(every)
@@ -92,22 +92,22 @@ async def _faults(server: RedisProcess, base: str, tally: Tally, stop: float, ev
             await asyncio.sleep(3)
             await asyncio.to_thread(server.start)
         else:
-            pid = await _learner_pid(base)
+            pid = _learner_pid(server.url)
             print(f"[fault] learner worker {pid} killed (turn {turn})", file=sys.stderr)
             if pid:
                 os.kill(pid, signal.SIGKILL)
 
 
-async def _learner_pid(base: str) -> int | None:
-    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-        for _ in range(40):  # new connections spread over the workers
-            try:
-                health = (await client.get("/healthz", headers={"connection": "close"})).json()
-            except (httpx.HTTPError, ValueError):
-                continue
-            if health.get("learner"):
-                return int(health["pid"])
-    return None
+def _learner_pid(url: str) -> int | None:
+    """The pid in the learner lease's holder name (host:pid:tag); /healthz does not say it."""
+    client = redis.Redis.from_url(url)
+    try:
+        holder: Any = client.get("{" + PREFIX + "}:learner")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return int(holder.decode().split(":")[-2]) if holder else None
 
 
 def _learned(url: str) -> tuple[int, int]:
@@ -139,18 +139,20 @@ def main() -> int:
         )
         tally = Tally()
         serve = ["serve", "--port", str(port), "--workers", "2"]
-        with cli_process(serve, env, Path(tmp) / "serve.log"):
-            wait_until(lambda: _up(base), 60, "the service to start")
-            stop = time.monotonic() + args.minutes * 60
+        try:
+            with cli_process(serve, env, Path(tmp) / "serve.log"):
+                wait_until(lambda: _up(base), 60, "the service to start")
+                stop = time.monotonic() + args.minutes * 60
 
-            async def run() -> None:
-                clients = [_client(base, tally, stop, n) for n in range(args.clients)]
-                await asyncio.gather(_faults(server, base, tally, stop, args.fault_every), *clients)
+                async def run() -> None:
+                    clients = [_client(base, tally, stop, n) for n in range(args.clients)]
+                    await asyncio.gather(_faults(server, tally, stop, args.fault_every), *clients)
 
-            asyncio.run(run())
-            wait_until(lambda: _settled(server.url), 120, "the learner to learn every reward")
-            accepted, learned = _learned(server.url)
-        server.kill()
+                asyncio.run(run())
+                wait_until(lambda: _settled(server.url), 120, "the learner to learn every reward")
+                accepted, learned = _learned(server.url)
+        finally:  # also when the run fails: the server it restarted must not outlive it
+            server.kill()
     print(f"requests served     {tally.served}")
     print(f"faults injected     {tally.faults}")
     print(f"degraded choices    {tally.degraded}")

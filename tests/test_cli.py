@@ -125,3 +125,18 @@ def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path) -> None:
     finally:  # a failure above must not leave the server running
         if _server_answers(redis_url):
             redis.Redis.from_url(redis_url).shutdown(nosave=True)
+
+
+def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:
+    """A learner started before its Redis waits for it (BANDIT_STARTUP_WAIT_S). A SIGTERM
+    meanwhile stops it at once and cleanly, not when the wait runs out (then with a traceback
+    and exit 1), by which time a process manager would have killed it."""
+    env = cli_env(redis_url=f"redis://127.0.0.1:{_free_port()}/0", startup_wait_s=300)
+    log = tmp_path / "learn.log"
+    with cli_process(["learn"], env, log) as p:
+        wait_until(lambda: "waiting for Redis" in log.read_text(), 60, "the learner to wait")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+    said = log.read_text()
+    assert "Traceback" not in said
+    assert "learner stopped before Redis answered" in said

@@ -526,9 +526,9 @@ def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_w
     make_settings: SettingsFactory,
 ) -> None:
     """A learner stalls past its lease and a second process takes over; when the first wakes
-    up, still believing it leads, the reward it serves is read by its own follow read: its
-    publish must not replace the new learner's snapshot, and the new learner must learn that
-    event when it claims it."""
+    up, still believing it leads, its read of the log after the reward it serves takes nothing
+    (the lease is not its own): it must not replace the new learner's snapshot, and the new
+    learner must learn that event."""
     settings = make_settings(learner_lease_s=2, snapshot_every=1, claim_idle_s=0.2)
 
     async def scenario() -> None:
@@ -545,20 +545,91 @@ def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_w
         assert b.version == 10
         assert a.learner.leading  # a wakes up: nothing has told it yet
         d = await a.choose("late")
-        await a.reward(d.event_id, RewardParts(reward=0.5))  # read by a's follow, learned by a
+        await a.reward(d.event_id, RewardParts(reward=0.5))  # a's follow read takes nothing
+        assert a.version == 5
         snapshot = await b.store.load_snapshot()
         assert snapshot is not None and snapshot.version == 10  # b's, not a's older model
-        assert not a.learner.leading  # its publish found the lease gone
-        with pytest.raises(NotLearner):  # and so does an admin's snapshot
+        with pytest.raises(NotLearner):  # an admin's snapshot on a finds the lease gone
             await a.learner.publish()
-        await asyncio.sleep(0.3)  # the event a read is idle past claim_idle_s
+        assert not a.learner.leading
         await b.learner.step()
-        assert b.version == 11  # b claimed it and learned it
+        assert b.version == 11  # b read it and learned it
         await b.learner.step()
         assert b.version == 11  # once
         await b.close()
         assert (await b.store.counters())["events_learned"] == 11
         for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_learner_that_wakes_to_a_free_lease_after_a_reset_leads_from_the_reset_model(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner stalls past its lease; another takes over, learns more, an admin resets the
+    model (version 0, its watermark the log's end), and that one stops. The first takes the free
+    lease again: the reset model is the newer one, though its version is lower, so the first
+    leads from it (its own model, behind it, would be refused at every publish) and publishes."""
+    settings = make_settings(learner_lease_s=2, snapshot_every=1)
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        for i in range(5):
+            d = await a.choose(f"query {i}")
+            await a.reward(d.event_id, RewardParts(reward=1.0))
+        assert a.version == 5
+        await a.store.release_lease(a.learner.name)  # a stalls past its lease
+        assert await b.learner.lead()
+        for i in range(5):
+            d = await b.choose(f"more {i}")
+            await b.reward(d.event_id, RewardParts(reward=0.0))
+        assert await b.learner.reset() == 0
+        await b.close()  # its final snapshot; the lease released
+        assert await a.learner.lead()  # a wakes to a free lease
+        assert a.version == 0
+        d = await a.choose("after the reset")
+        await a.reward(d.event_id, RewardParts(reward=1.0))
+        assert a.version == 1
+        head = await a.store.snapshot_head()
+        assert head is not None and head[1] == 1  # published from the reset model
+        await a.close()
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_events_a_stalled_learner_reads_are_learned_though_its_successor_stops_before_claiming(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner stalls past its lease and a second takes over; the first wakes and serves a
+    reward before it notices. The second learns a later event, publishes and stops before the
+    first's read was idle long enough to claim. A third takes over: the stalled learner's
+    event must be in its model (it was acknowledged unlearned: below the snapshot's watermark,
+    it looked learned)."""
+    settings = make_settings(learner_lease_s=2, snapshot_every=1, claim_idle_s=0.2)
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        for i in range(5):
+            d = await a.choose(f"query {i}")
+            await a.reward(d.event_id, RewardParts(reward=1.0))
+        await a.store.release_lease(a.learner.name)  # a stalls past its lease
+        assert await b.learner.lead()
+        d = await a.choose("late")
+        await a.reward(d.event_id, RewardParts(reward=0.5))  # a wakes, not knowing yet
+        d = await b.choose("later")
+        await b.reward(d.event_id, RewardParts(reward=0.0))
+        await b.close()  # its final snapshot; the lease released
+        c = await _open(settings)
+        assert c.learner.leading
+        await asyncio.sleep(0.3)  # past claim_idle_s: c claims what a or b read and left
+        await c.learner.step()
+        assert c.version == 7
+        await c.close()
+        assert (await c.store.counters())["events_learned"] == 7
+        for router in (a, b, c):
             await router.store.close()
 
     asyncio.run(scenario())

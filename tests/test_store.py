@@ -17,7 +17,7 @@ from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
-from bandit_router.store.repository import Store
+from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
 from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
 
@@ -177,9 +177,13 @@ def test_consumer_group_and_claims(make_settings: SettingsFactory) -> None:
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
             await store.add_parts(f"e{i}", {"reward": 0.1})
             await store.finalize(f"e{i}", 1, _reward(0.1))
+        assert await store.read_new("dead", 10) == ([], True)  # not without the lease
+        assert await store.hold_lease("dead", 10)
         read, confirmed = await store.read_new("dead", 10)
         assert confirmed  # no BANDIT_REDIS_WAIT_REPLICAS
         assert len(read) == 3
+        await store.release_lease("dead")
+        assert await store.hold_lease("other", 10)
         assert await store.read_new("other", 10) == ([], True)  # delivered once to the group
         claimed = await store.claim_stale("other", idle_ms=0, count=10)
         assert [(e.stream_id, theirs) for e, theirs in claimed] == [
@@ -215,6 +219,32 @@ def test_a_publish_for_a_holder_needs_the_lease(make_settings: SettingsFactory) 
     _run(make_settings, body)
 
 
+def test_a_holder_never_publishes_a_model_behind_the_stored_one(
+    make_settings: SettingsFactory,
+) -> None:
+    """The lease alone does not fence a learner that froze past it and took it again when it
+    was free: its model may be older than the one published meanwhile. A holder's model whose
+    watermark is behind the stored one's is refused, nothing written (its acknowledgements
+    included); the same watermark (a promotion) or a later one (a reset: version 0) is not."""
+
+    async def body(store: Store) -> None:
+        assert await store.hold_lease("a", 10)
+        newer = Snapshot("egreedy", 50, "50-0", b"newer")
+        assert await store.publish(newer, [], holder="a")
+        assert not await store.publish(Snapshot("egreedy", 30, "30-0", b"older"), [], holder="a")
+        assert not await store.publish(Snapshot("egreedy", 90, "49-9", b"older"), [], holder="a")
+        assert await store.load_snapshot() == newer
+        promoted = Snapshot("linucb", 50, "50-0", b"promoted")
+        assert await store.publish(promoted, [], holder="a")
+        reset = Snapshot("egreedy", 0, "60-0", b"reset")
+        assert await store.publish(reset, [], holder="a")
+        assert await store.load_snapshot() == reset
+        # No holder: restore's publish, which may go back to a backup of this log.
+        assert await store.publish(Snapshot("egreedy", 30, "30-0", b"backup"), [])
+
+    _run(make_settings, body)
+
+
 def test_snapshot_round_trip_keeps_bytes(make_settings: SettingsFactory) -> None:
     async def body(store: Store) -> None:
         assert await store.load_snapshot() is None
@@ -229,15 +259,17 @@ def test_snapshot_round_trip_keeps_bytes(make_settings: SettingsFactory) -> None
 
 def test_lease_is_exclusive_until_released(make_settings: SettingsFactory) -> None:
     async def body(store: Store) -> None:
-        assert await store.hold_lease("a", 5)
-        assert await store.hold_lease("a", 5)  # renewal
+        assert await store.hold_lease("a", 5) == LEASE_TAKEN
+        assert await store.hold_lease("a", 5) == LEASE_RENEWED
         assert not await store.hold_lease("b", 5)
         await store.release_lease("b")  # not b's: no effect
         assert not await store.hold_lease("b", 5)
         await store.release_lease("a")
-        assert await store.hold_lease("b", 0.2)
-        await asyncio.sleep(0.3)  # b died: its lease lapses
-        assert await store.hold_lease("a", 5)
+        assert await store.hold_lease("b", 0.2) == LEASE_TAKEN
+        await asyncio.sleep(0.3)  # b froze or died: its lease lapses
+        assert await store.hold_lease("a", 5) == LEASE_TAKEN
+        await store.release_lease("a")
+        assert await store.hold_lease("b", 5) == LEASE_TAKEN  # b woke: its lease had lapsed
 
     _run(make_settings, body)
 
@@ -268,6 +300,7 @@ def test_a_read_batched_with_writes_sees_them_in_either_protocol(
 
     async def body(store: Store) -> None:
         await store.ensure_group()
+        assert await store.hold_lease("me", 10)  # only the learner's lease holder reads
         for i in range(4):
             await store.save_decision(f"e{i}", _decision(f"e{i}"))
         writes = [
@@ -296,6 +329,7 @@ def test_follow_reads_after_the_writes_that_log_in_their_round_trip(
     async def body(store: Store) -> None:
         taken: list[list[str]] = []
         await store.ensure_group()
+        assert await store.hold_lease("me", 10)  # only the learner's lease holder reads
         store.follow_log("me", 10, lambda events, _: taken.append([e.stream_id for e in events]))
         for i in range(4):
             await store.save_decision(f"e{i}", _decision(f"e{i}"))

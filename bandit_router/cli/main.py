@@ -105,7 +105,10 @@ def learn(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with open_store(settings) as store:
             learner = await run_learner(settings, store, stop)
-        print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
+        if learner is None:
+            print("learner stopped before Redis answered", file=sys.stderr)
+        else:
+            print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
 
     asyncio.run(main())
     return 0

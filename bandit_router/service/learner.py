@@ -6,10 +6,11 @@ learns in stream order. The model's *watermark* is the stream id of the newest e
 learned; an event at or below the watermark is never learned again, so a learner that takes
 over (its predecessor killed mid-batch) starts from the newest snapshot, relearns the log after
 that snapshot's watermark, and only acknowledges the events its predecessor had read. A
-predecessor that had only stalled past its lease may read a few more before it notices: it
-cannot publish any more (the lease is checked in the publishing transaction), and the new
-learner learns those events, out of order, when it claims them. Events are acknowledged when a
-snapshot that contains them is published.
+predecessor that had only stalled past its lease can neither read the log any more (its reads
+check the lease in Redis: ``scripts.READ_NEW``) nor publish (the lease, and that the stored
+model has not learned past its watermark, are checked in the publishing transaction); one
+that wakes to a free lease leads anew from Redis. Events are acknowledged when a snapshot that
+contains them is published.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from bandit_router.policies.registry import build_policy, check_arms, load_polic
 from bandit_router.service.challengers import Bench, in_pool, summary
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
-from bandit_router.store.repository import Store
+from bandit_router.store.repository import LEASE_TAKEN, Store
 from bandit_router.store.transport import when_available
 
 log = logging.getLogger("bandit_router")
@@ -282,7 +283,15 @@ class Learner:
 
     async def lead(self) -> bool:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
-        held = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        lease = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        held = lease != 0
+        if lease == LEASE_TAKEN and self.leading:
+            # Its lease lapsed before this renewal (the process froze: SIGSTOP, a paused VM), so
+            # another learner may have led meanwhile and published a newer model: lead anew from
+            # Redis, as a process taking the lease does. Going on with the model it froze with
+            # published that over the newer one, and what the other had learned was lost.
+            log.warning("learner %s: its lease had lapsed; leading anew from Redis", self.name)
+            self.leading = False
         if held and self.leading and self._promotion is None:
             spec = await effective_spec(self.store, self.settings, self._refused)
             if spec != self.model.spec:  # an admin switched the policy
@@ -301,7 +310,12 @@ class Learner:
                 # switch since then (this process followed, and may not have refreshed) would
                 # otherwise be undone, the promoted model relearned as the old champion.
                 spec = await effective_spec(self.store, self.settings, self._refused)
-                newer = snapshot is not None and snapshot.version > self.model.version
+                # Newer: learned further in the log (a reset's version 0 included), as a follower
+                # sees it; then by version. A publish of an older model would be refused.
+                newer = snapshot is not None and (
+                    stream_id_key(snapshot.stream_id),
+                    snapshot.version,
+                ) > (stream_id_key(self.model.stream_id), self.model.version)
                 if newer or spec != self.model.spec:
                     self.model = restore(snapshot, spec, self.settings)
                 self.bench = await self._open_bench()
@@ -356,8 +370,9 @@ class Learner:
             if now - self._claimed >= min(self.settings.claim_idle_s / 2, 1.0):
                 idle_ms = int(self.settings.claim_idle_s * 1000)
                 for event, theirs in await self.store.claim_stale(self.name, idle_ms, BATCH):
-                    # Another learner's, above what lead() replayed: it read it after this one
-                    # took the lease (it had stalled past it), so it was never learned here.
+                    # Another learner's, above what lead() replayed: read after this one took
+                    # the lease, so never learned here (reads that check the lease prevent it;
+                    # learned late rather than lost, should one ever be).
                     if theirs and stream_id_key(event.stream_id) > stream_id_key(self._led_upto):
                         self._learn(event, late=True)
                     self._acks.append(event.stream_id)
@@ -403,8 +418,10 @@ class Learner:
 
     async def _publish(self) -> bool:
         """Publish, unless the lease has passed to another learner meanwhile (this process
-        stalled past it): then this one stops leading (False), as its snapshot would be older
-        than the new learner's; the new one claims what this one read and did not acknowledge.
+        stalled past it), or a model that learned further was published (this one took the
+        lease again after such a stall): then this one stops leading (False), as its snapshot
+        would be older than the newest; the next ``lead`` loads that one, and a new learner
+        claims what this one read and did not acknowledge.
 
         ``SwitchArrived`` when an admin switched the policy (on another process) after the
         promotion this publish carries was decided: the switch wins. The promotion is dropped,
@@ -425,7 +442,8 @@ class Learner:
             raise
         if not published:
             log.warning(
-                "learner %s lost its lease: model version %d not published",
+                "learner %s lost its lease, or a newer model is published: model version %d "
+                "not published",
                 self.name,
                 snapshot.version,
             )
@@ -597,9 +615,25 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner:
-    """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set."""
-    model = await when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner | None:
+    """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set.
+    None when ``stop`` is set while it still waits for Redis at start (a SIGTERM must not wait
+    for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
+    loading = asyncio.ensure_future(
+        when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+    )
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not loading.done():
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+    if loading.cancelled():
+        return None
+    model = loading.result()
     await store.warn_if_evicting()
     learner = Learner(settings, store, model)
     try:

@@ -481,11 +481,27 @@ class Router:
         return True
 
     async def close(self) -> None:
-        """Write what the buffer holds if Redis allows, publish the model, release the lease."""
+        """Write what the buffer holds if Redis allows, publish the model, release the lease.
+
+        With Redis still down the buffer dies with the process: the log says it is a loss, with
+        how many, and how many the full buffer had dropped (not yet in ``decisions_dropped``)."""
         try:
             await self.flush()
         except StoreUnavailable as e:
-            log.error("%d buffered decisions not written: %s", len(self._buffer), e)
+            dropped = (
+                f"; {self.buffer_dropped} more were dropped by the full buffer (not counted in "
+                "decisions_dropped)"
+                if self.buffer_dropped
+                else ""
+            )
+            log.error(
+                "%d decisions answered with degraded=true are lost: Redis was unavailable until "
+                "the process stopped (%s), and rewards for them will be refused as unknown "
+                "(404)%s",
+                len(self._buffer),
+                e,
+                dropped,
+            )
         await self.learner.close()
 
     async def stats(self) -> dict[str, Any]:

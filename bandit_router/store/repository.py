@@ -62,6 +62,7 @@ from bandit_router.store.records import (
     is_stream_id,
     read_choice,
     read_decision,
+    stream_id_key,
     to_event,
     to_events,
 )
@@ -73,6 +74,7 @@ from bandit_router.store.scripts import (
     FINALIZE,
     LEASE,
     PROBE,
+    READ_NEW,
     RELEASE,
     SAVE_DECISION,
     SKIP_SILENT,
@@ -81,6 +83,7 @@ from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
     connect,
+    evalsha,
     refusal,
     slot_moving,
     unavailable,
@@ -90,6 +93,7 @@ from bandit_router.store.transport import (
 log = logging.getLogger("bandit_router")
 T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
+LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
 SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING)
@@ -168,6 +172,7 @@ class Store:
         self._probe = client.register_script(PROBE)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
+        self._read_new = client.register_script(READ_NEW)
 
     async def _bind(self, client: aioredis.Redis) -> aioredis.Redis:
         """Talk to Redis through ``client`` from now on (the slot's new master); the old client,
@@ -476,12 +481,15 @@ class Store:
     async def read_new(self, consumer: str, count: int) -> tuple[list[Logged], bool]:
         """Events never delivered to the group before, now delivered to ``consumer``, and
         whether the replicas of BANDIT_REDIS_WAIT_REPLICAS confirmed the read (always true
-        without it): they then have every event it returns, and every event delivered before."""
+        without it): they then have every event it returns, and every event delivered before.
+        None while ``consumer`` does not hold the learner's lease (``scripts.READ_NEW``)."""
         try:
             # Through the group commit: the read shares a round trip with the writes of the
             # requests in flight, and Redis runs it after those sent before it.
-            read = self._read_new_command(consumer, count)
-            reply, confirmed = await self._typed(KEY_EVENTS, self._calls.confirmed_command(*read))
+            reply, confirmed = await self._typed(
+                KEY_EVENTS,
+                self._calls.confirmed_call(self._read_new, *self._read_new_call(consumer, count)),
+            )
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -500,13 +508,17 @@ class Store:
         if consumer is None:
             self._calls.follow = None
             return
-        read = self._read_new_command(consumer, count)
-        self._calls.follow = (read, lambda reply, confirmed: take(to_events(reply), confirmed))
+        read = evalsha(self._read_new, *self._read_new_call(consumer, count))
+        self._calls.follow = (
+            self._read_new,
+            read,
+            lambda reply, confirmed: take(to_events(reply), confirmed),
+        )
 
-    def _read_new_command(self, consumer: str, count: int) -> list[Any]:
-        """XREADGROUP of up to ``count`` events never delivered to the group, for ``consumer``."""
-        key = self.key(KEY_EVENTS)
-        return ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", key, ">"]
+    def _read_new_call(self, consumer: str, count: int) -> tuple[list[Any], list[Any]]:
+        """The keys and arguments of ``scripts.READ_NEW``: up to ``count`` events never
+        delivered to the group, for ``consumer``, while it holds the learner's lease."""
+        return [self.key(KEY_LEASE), self.key(KEY_EVENTS)], [consumer, GROUP, count]
 
     @unavailable
     async def claim_stale(
@@ -547,8 +559,9 @@ class Store:
         ``challengers``, their state replaces the stored one in the same transaction; with
         ``promotion`` (a record whose ``to`` is the snapshot's policy), the record is added and
         the policy set as an admin's switch would; with ``override``, that policy is set so
-        (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease,
-        checked in the same transaction: False (nothing written) when it does not.
+        (a restored file's). With ``holder``, only while ``holder`` holds the learner's lease
+        and the stored model's watermark is not past the snapshot's, both checked in the same
+        transaction: False (nothing written) when either fails.
 
         A promotion is made only while the policy override is still ``decided_under`` (what
         ``policy_override`` read when the promotion was decided), checked in the same
@@ -592,6 +605,13 @@ class Store:
             found = found.decode() if isinstance(found, bytes) else str(found)
             if found not in ("hash", "none"):
                 raise self._wrong(KEY_MODEL, found)
+            # A learner's model never replaces one that has learned past its watermark. The lease
+            # alone is not enough: a learner that froze past it and took it again when it was
+            # free could publish, from a step racing its ``lead``, the model it froze with.
+            if holder is not None and _behind(
+                snapshot, await pipe.hget(self.key(KEY_MODEL), "stream_id")
+            ):
+                return False
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if challengers is not None:  # replaced whatever its type: it mends a misfit
                 pipe.delete(self.key(KEY_CHALLENGERS))
@@ -689,10 +709,12 @@ class Store:
         return records
 
     @unavailable
-    async def hold_lease(self, holder: str, ttl_s: float) -> bool:
-        """Take the learner's lease if free, or renew it if ``holder`` has it."""
+    async def hold_lease(self, holder: str, ttl_s: float) -> int:
+        """Take the learner's lease if free, or renew it if ``holder`` has it: ``LEASE_RENEWED``
+        or ``LEASE_TAKEN`` (it was free, ``holder``'s own having lapsed if it held it), 0 (false)
+        when another holder has it."""
         held = self._lease(keys=[self.key(KEY_LEASE)], args=[holder, int(ttl_s * 1000)])
-        return bool(await self._typed(KEY_LEASE, held))
+        return int(await self._typed(KEY_LEASE, held))
 
     async def release_lease(self, holder: str) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -872,6 +894,18 @@ class Store:
         if self.route is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.route.aclose()
+
+
+def _behind(snapshot: Snapshot, stored: Any) -> bool:
+    """Whether ``snapshot``'s watermark is behind ``stored``, the stored model's (one that does
+    not read, written by hand, is as none)."""
+    try:
+        watermark = stored.decode() if isinstance(stored, bytes) else ""
+    except UnicodeDecodeError:
+        return False
+    if not is_stream_id(watermark):
+        return False
+    return stream_id_key(snapshot.stream_id) < stream_id_key(watermark)
 
 
 def _snapshot_head(

@@ -203,12 +203,27 @@ return false
 """
 
 
-# KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own; 1 if we hold it.
+# KEYS lease; ARGV holder, ttl ms. Take a free lease or renew our own: 0 when another holds it,
+# 1 when renewed, 2 when taken (it was free: a holder whose lease lapsed meanwhile must know).
 LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+if holder then return 1 end
+return 2
+"""
+
+
+# KEYS lease, events; ARGV consumer (the learner's name), group, count. Up to count events never
+# delivered to the group, now delivered to the consumer, only while it holds the learner's lease
+# (else nil). Events read by a learner that had stalled past its lease (before it noticed) were
+# learned by none when the learner that took over stopped before claiming them: below its
+# watermark, they looked learned. Now that learner reads them itself.
+READ_NEW = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return false end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+return redis.call(
+  'XREADGROUP', 'GROUP', ARGV[2], ARGV[1], 'COUNT', ARGV[3], 'STREAMS', KEYS[2], '>')
 """
 
 

@@ -140,12 +140,16 @@ class GroupCommit:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         # (the script, or None for a plain command; its arguments; the caller's future; whether
-        # the call may log an event; whether its reply waits for ``wait``'s replicas)
-        self._queue: list[tuple[Script | None, list[Any], asyncio.Future[Any], bool, bool]] = []
-        # A command sent last in every batch with a call that may log an event, and what takes
-        # its reply before the callers get theirs: the leading learner's read of the log. It is
-        # told whether ``wait``'s replicas confirmed the batch (always, without ``wait``).
-        self.follow: tuple[list[Any], Callable[[Any, bool], None]] | None = None
+        # the call may log an event; whether its reply waits for ``wait``'s replicas; whether
+        # the caller gets that as well, with the reply)
+        self._queue: list[
+            tuple[Script | None, list[Any], asyncio.Future[Any], bool, bool, bool]
+        ] = []
+        # A script call (its script and EVALSHA arguments) sent last in every batch with a call
+        # that may log an event, and what takes its reply before the callers get theirs: the
+        # leading learner's read of the log. It is told whether ``wait``'s replicas confirmed
+        # the batch (always, without ``wait``).
+        self.follow: tuple[Script, list[Any], Callable[[Any, bool], None]] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
@@ -164,25 +168,32 @@ class GroupCommit:
     ) -> Any:
         """EVALSHA of ``script``; loaded again if Redis lost its script cache. ``logs``: the
         script may log an event, so ``follow`` goes in the same batch, after it."""
-        args = ["EVALSHA", script.sha, len(keys), *keys, *args]
-        return await self._enqueue(script, args, logs, True)
+        return await self._enqueue(script, evalsha(script, keys, args), logs, True)
 
     async def command(self, *args: Any) -> Any:
         """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
         return await self._enqueue(None, list(args), False, False)
 
-    async def confirmed_command(self, *args: Any) -> tuple[Any, bool]:
-        """A plain command whose batch ends with ``wait``'s WAIT, as a script's: its raw reply
-        and whether the replicas confirmed the batch in time (always, without ``wait``). For a
-        command that writes, they then have everything the master ran before it."""
-        reply: tuple[Any, bool] = await self._enqueue(None, list(args), False, True)
+    async def confirmed_call(
+        self, script: Script, keys: list[Any], args: list[Any]
+    ) -> tuple[Any, bool]:
+        """``call``, its raw reply with whether the replicas of ``wait`` confirmed its batch in
+        time (always, without ``wait``), instead of a failure when they did not. For a script
+        that writes, they then have everything the master ran before it."""
+        call = evalsha(script, keys, args)
+        reply: tuple[Any, bool] = await self._enqueue(script, call, False, True, True)
         return reply
 
     async def _enqueue(
-        self, script: Script | None, args: list[Any], logs: bool, confirmed: bool
+        self,
+        script: Script | None,
+        args: list[Any],
+        logs: bool,
+        confirmed: bool,
+        told: bool = False,
     ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, args, future, logs, confirmed))
+        self._queue.append((script, args, future, logs, confirmed, told))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -191,10 +202,10 @@ class GroupCommit:
         while self._queue:
             batch, self._queue = self._queue, []
             calls = [(script, args) for script, args, *_ in batch]
-            follow = self.follow if any(logs for *_, logs, _ in batch) else None
+            follow = self.follow if any(logs for _, _, _, logs, _, _ in batch) else None
             if follow is not None:
-                calls.append((None, follow[0]))
-            wait = self.wait if self.wait and any(c for *_, c in batch) else None
+                calls.append((follow[0], follow[1]))
+            wait = self.wait if self.wait and any(c for _, _, _, _, c, _ in batch) else None
             if wait is not None:
                 calls.append((None, ["WAIT", *wait]))
             try:
@@ -220,13 +231,13 @@ class GroupCommit:
                 reply = replies.pop()
                 try:
                     if not isinstance(reply, Exception):  # NOGROUP: the learner's step sees it
-                        follow[1](reply, unreplicated is None)
+                        follow[2](reply, unreplicated is None)
                 except Exception:  # the callers' replies must still reach them
                     log.exception("the read of the log after a batch failed")
-            for (script, _, future, _, confirm), reply in zip(batch, replies, strict=True):
+            for (_, _, future, _, confirm, told), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if script is None and confirm and not isinstance(reply, Exception):
+                if told and not isinstance(reply, Exception):
                     future.set_result((reply, unreplicated is None))
                 elif unreplicated is not None and confirm:
                     future.set_exception(unreplicated)
@@ -333,6 +344,11 @@ class GroupCommit:
 
 
 DEFAULT_TIMEOUT_S = 5.0
+
+
+def evalsha(script: Script, keys: list[Any], args: list[Any]) -> list[Any]:
+    """The EVALSHA command of ``script`` on ``keys`` with ``args``."""
+    return ["EVALSHA", script.sha, len(keys), *keys, *args]
 
 
 class _Pool(aioredis.BlockingConnectionPool):
