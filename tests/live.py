@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx2 as httpx
+import openai
 import pytest
 import uvicorn
 
@@ -58,3 +60,34 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
 
     yield start
     servers.stop()
+
+
+# The gateway's tests: the official OpenAI SDK on a served gateway, and the reward it recorded.
+
+_SDK: list[openai.OpenAI] = []
+
+
+def sdk_client(base: str, key: str) -> openai.OpenAI:
+    """The OpenAI SDK on the gateway at ``base`` (no retries: a test sees each answer), closed
+    after the test by ``close_sdk_clients``."""
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    _SDK.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_sdk_clients() -> Iterator[None]:
+    """Closes the clients ``sdk_client`` made (autouse where imported)."""
+    yield
+    while _SDK:
+        _SDK.pop().close()
+
+
+def final_parts(base: str, event_id: str, key: str) -> dict[str, float]:
+    """Close the event's reward now (``final``); the parts the gateway had recorded."""
+    done = httpx.post(
+        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": key}
+    )
+    assert done.status_code == 200, done.text
+    parts: dict[str, float] = done.json()["parts"]
+    return parts

@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from tests.live import serve
+from tests.live import final_parts, serve
 from tests.upstreams import ARMS, Upstream, arm, arms_json, rows, upstream
 
 __all__ = ["serve", "upstream"]  # the fixtures, imported
@@ -42,15 +42,6 @@ def _post(base: str, body: bytes, **headers: str) -> httpx.Response:
 def _decisions(base: str) -> int:
     count: int = httpx.get(f"{base}/stats").json()["decisions"]
     return count
-
-
-def _final_parts(base: str, event_id: str) -> dict[str, float]:
-    done = httpx.post(
-        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
-    )
-    assert done.status_code == 200, done.text
-    parts: dict[str, float] = done.json()["parts"]
-    return parts
 
 
 def _still_readable(base: str) -> None:
@@ -184,7 +175,7 @@ def test_impossible_usage_records_no_cost_and_the_answer_goes_through(
     assert usage == {"prompt_tokens": prompt, "completion_tokens": completion}
     assert "upstream of arm llama2-7b answered an unusable usage" in caplog.text
     # Latency is ours and stands; the cost from those counts is not recorded.
-    assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}
+    assert set(final_parts(base, raw.headers["x-bandit-event-id"], KEY)) == {"latency_ms"}
     _still_readable(base)
 
 
@@ -213,7 +204,7 @@ def test_impossible_usage_in_a_stream_passes_every_event_and_done(
     if client_usage:
         assert '"usage":{"prompt_tokens":-5,"completion_tokens":-5}' in events[-2]
     assert "upstream of arm llama2-7b answered an unusable usage" in caplog.text
-    assert set(_final_parts(base, event_id)) == {"latency_ms"}
+    assert set(final_parts(base, event_id, KEY)) == {"latency_ms"}
     _still_readable(base)
 
 
@@ -239,7 +230,7 @@ def test_a_usage_costing_beyond_the_bound_records_no_cost(
         raw = _post(base, orjson.dumps({"model": "auto", "messages": _ask(rows()[0])}))
     assert raw.status_code == 200, raw.text
     assert "upstream of arm llama2-7b answered a usage costing 5000 USD" in caplog.text
-    assert set(_final_parts(base, raw.headers["x-bandit-event-id"])) == {"latency_ms"}
+    assert set(final_parts(base, raw.headers["x-bandit-event-id"], KEY)) == {"latency_ms"}
 
 
 # An upstream's size

@@ -8,7 +8,7 @@ OpenAI's protocol byte for byte (``tests.upstreams.Scripted``), real Redis."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
@@ -18,10 +18,10 @@ import pytest
 import redis
 from pydantic import BaseModel
 
-from tests.live import serve
+from tests.live import close_sdk_clients, final_parts, sdk_client, serve
 from tests.upstreams import DONE, Script, Scripted, scripted
 
-__all__ = ["scripted", "serve"]  # the fixtures, imported
+__all__ = ["close_sdk_clients", "scripted", "serve"]  # the fixtures, imported
 
 Serve = Callable[..., str]
 Start = Callable[[dict[str, Script]], tuple[str, Scripted]]
@@ -69,31 +69,6 @@ def _gateway(serve: Serve, url: str, scripts: dict[str, Script], **overrides: An
         for n in scripts
     ]
     return serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, store_query_text=True, **overrides)
-
-
-_OPEN: list[openai.OpenAI] = []
-
-
-def _client(base: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
-    _OPEN.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def _final_parts(base: str, event_id: str) -> dict[str, float]:
-    done = httpx.post(
-        f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
-    )
-    assert done.status_code == 200, done.text
-    parts: dict[str, float] = done.json()["parts"]
-    return parts
 
 
 def _query(redis_url: str, event_id: str) -> str:
@@ -173,7 +148,7 @@ def test_a_tool_calling_turn_goes_as_sent_and_comes_back_in_the_sdks_types(
         "store": False,
     }
     unknown = {"top_k": 5, "repetition_penalty": 1.1, "chat_template_kwargs": {"x": [1, None]}}
-    raw = _client(base).chat.completions.with_raw_response.create(
+    raw = sdk_client(base, KEY).chat.completions.with_raw_response.create(
         model="auto", metadata={"tier": "pro"}, extra_body=unknown, **sent
     )
     assert orjson.loads(upstream.bodies[-1]) == {"model": "tools", **sent, **unknown}
@@ -184,7 +159,7 @@ def test_a_tool_calling_turn_goes_as_sent_and_comes_back_in_the_sdks_types(
     assert calls[0].function.name == "get_weather" and completion.choices[0].message.content is None
     event_id = raw.headers["x-bandit-event-id"]
     assert _query(redis_url, event_id) == "What is the weather like\nin this city?"
-    parts = _final_parts(base, event_id)
+    parts = final_parts(base, event_id, KEY)
     assert set(parts) == {"latency_ms", "cost_usd"}
     assert parts["cost_usd"] == pytest.approx(_cost(USAGE))
 
@@ -236,7 +211,7 @@ def test_streamed_tool_calls_reach_the_sdks_stream_helper_whole(
     url, upstream = scripted({"tools": TOOL_STREAM})
     base = _gateway(serve, url, {"tools": TOOL_STREAM})
     options: Any = {"stream_options": {"include_usage": True}} if client_usage else {}
-    with _client(base).chat.completions.with_streaming_response.create(
+    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
         model="auto", messages=AGENT_TURN, tools=TOOLS, stream=True, **options
     ) as response:
         event_id = response.headers["x-bandit-event-id"]
@@ -249,10 +224,10 @@ def test_streamed_tool_calls_reach_the_sdks_stream_helper_whole(
     arguments = "".join(d.function.arguments or "" for d in deltas if d.index == 0 and d.function)
     assert arguments == '{"city": "usage"}'
     assert chunks[4].choices[0].finish_reason == "tool_calls"
-    assert _final_parts(base, event_id)["cost_usd"] == pytest.approx(_cost(STREAM_USAGE))
+    assert final_parts(base, event_id, KEY)["cost_usd"] == pytest.approx(_cost(STREAM_USAGE))
 
     # The SDK's own stream helper puts the calls back together.
-    with _client(base).chat.completions.stream(
+    with sdk_client(base, KEY).chat.completions.stream(
         model="auto", messages=AGENT_TURN, tools=TOOLS, **options
     ) as stream:
         final = stream.get_final_completion()
@@ -276,7 +251,7 @@ def test_n_choices_streamed_with_logprobs_pass_through(serve: Serve, scripted: S
     )
     url, _ = scripted({"m": script})
     base = _gateway(serve, url, {"m": script})
-    with _client(base).chat.completions.with_streaming_response.create(
+    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
         model="m", messages=[{"role": "user", "content": "hi"}], n=2, logprobs=True, stream=True
     ) as response:
         event_id = response.headers["x-bandit-event-id"]
@@ -286,7 +261,7 @@ def test_n_choices_streamed_with_logprobs_pass_through(serve: Serve, scripted: S
     first = chunks[0].choices[0].logprobs
     assert first is not None and first.content is not None and first.content[0].logprob == -0.1
     assert [c.finish_reason for c in chunks[2].choices] == ["stop", "length"]
-    assert _final_parts(base, event_id)["cost_usd"] == pytest.approx(_cost(STREAM_USAGE))
+    assert final_parts(base, event_id, KEY)["cost_usd"] == pytest.approx(_cost(STREAM_USAGE))
 
 
 class Weather(BaseModel):
@@ -301,7 +276,7 @@ def test_structured_output_parses_into_the_apps_model(serve: Serve, scripted: St
     script = _completion({"role": "assistant", "content": content}, "stop", USAGE)
     url, upstream = scripted({"m": script})
     base = _gateway(serve, url, {"m": script})
-    completion = _client(base).chat.completions.parse(
+    completion = sdk_client(base, KEY).chat.completions.parse(
         model="auto", messages=[{"role": "user", "content": "weather?"}], response_format=Weather
     )
     assert completion.choices[0].message.parsed == Weather(city="Paris", sky="clear")
@@ -349,7 +324,9 @@ def test_the_router_reads_the_users_words_wherever_they_are(
 ) -> None:
     url, upstream = scripted({"m": PLAIN})
     base = _gateway(serve, url, {"m": PLAIN})
-    raw = _client(base).chat.completions.with_raw_response.create(model="auto", messages=messages)
+    raw = sdk_client(base, KEY).chat.completions.with_raw_response.create(
+        model="auto", messages=messages
+    )
     assert raw.parse().choices[0].message.content == "Sunny."
     assert _query(redis_url, raw.headers["x-bandit-event-id"]) == query
     assert orjson.loads(upstream.bodies[-1])["messages"] == messages
@@ -361,7 +338,7 @@ def test_a_request_with_no_text_to_read_is_refused_naming_messages(
     url, upstream = scripted({"m": PLAIN})
     base = _gateway(serve, url, {"m": PLAIN})
     with pytest.raises(openai.UnprocessableEntityError) as refused:
-        _client(base).chat.completions.create(
+        sdk_client(base, KEY).chat.completions.create(
             model="auto",
             messages=[
                 {"role": "user", "content": [IMAGE]},
@@ -378,7 +355,9 @@ def test_stream_none_is_a_request_not_streamed(serve: Serve, scripted: Start) ->
     reads as false: answered, not refused, and forwarded as sent."""
     url, upstream = scripted({"m": PLAIN})
     base = _gateway(serve, url, {"m": PLAIN})
-    completion = _client(base).chat.completions.create(model="auto", messages=HELLO, stream=None)
+    completion = sdk_client(base, KEY).chat.completions.create(
+        model="auto", messages=HELLO, stream=None
+    )
     assert completion.choices[0].message.content == "Sunny."
     assert orjson.loads(upstream.bodies[-1])["stream"] is None
 
@@ -405,13 +384,13 @@ def test_usage_left_out_or_in_part(
         script = _completion({"role": "assistant", "content": "Sunny."}, "stop", usage)
     url, _ = scripted({"m": script})
     base = _gateway(serve, url, {"m": script})
-    with _client(base).chat.completions.with_streaming_response.create(
+    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
         model="auto", messages=HELLO, stream=stream
     ) as response:
         event_id = response.headers["x-bandit-event-id"]
         answer = list(response.parse()) if stream else [response.parse()]
     assert answer
-    parts = _final_parts(base, event_id)
+    parts = final_parts(base, event_id, KEY)
     assert parts.get("cost_usd") == (None if cost is None else pytest.approx(cost))
     assert "latency_ms" in parts
 
@@ -423,7 +402,7 @@ def test_models_list_and_retrieve(serve: Serve, scripted: Start) -> None:
     scripts = {"org/model-a": PLAIN, "b": PLAIN}
     url, _ = scripted(scripts)
     base = _gateway(serve, url, scripts)
-    client = _client(base)
+    client = sdk_client(base, KEY)
     assert [m.id for m in client.models.list()] == ["auto", "org/model-a", "b"]
     for name in ("auto", "org/model-a", "b"):  # a slash in a name: the SDK sends it as %2F
         model = client.models.retrieve(name)
@@ -439,7 +418,7 @@ def test_models_list_and_retrieve(serve: Serve, scripted: Start) -> None:
 def test_without_upstreams_no_model_is_retrieved(serve: Serve) -> None:
     base = serve(api_keys=KEY)
     with pytest.raises(openai.NotFoundError) as missing:
-        _client(base).models.retrieve("auto")
+        sdk_client(base, KEY).models.retrieve("auto")
     assert "no arm has an upstream" in missing.value.message
 
 
@@ -457,7 +436,7 @@ def test_a_body_over_the_limit_is_a_413_the_sdk_says_in_words(
         "image_url": {"url": "data:image/png;base64," + "A" * 20_000},
     }
     with pytest.raises(openai.APIStatusError) as refused:
-        _client(base).chat.completions.create(
+        sdk_client(base, KEY).chat.completions.create(
             model="auto",
             messages=[{"role": "user", "content": [{"type": "text", "text": "what?"}, picture]}],
         )
@@ -471,7 +450,7 @@ def test_an_endpoint_the_gateway_does_not_serve_is_a_404_the_sdk_says_in_words(
 ) -> None:
     url, _ = scripted({"m": PLAIN})
     base = _gateway(serve, url, {"m": PLAIN})
-    client = _client(base)
+    client = sdk_client(base, KEY)
     with pytest.raises(openai.NotFoundError) as missing:
         client.embeddings.create(model="auto", input="hi")
     assert "POST /v1/embeddings" in missing.value.message

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from tests.conftest import wait_until
-from tests.live import serve
+from tests.live import close_sdk_clients, sdk_client, serve
 from tests.upstreams import DONE, STALL, Script, Scripted, chunk, scripted
 
-__all__ = ["scripted", "serve"]  # the fixtures, imported
+__all__ = ["close_sdk_clients", "scripted", "serve"]  # the fixtures, imported
 
 Serve = Callable[..., str]
 Start = Callable[[dict[str, Script]], tuple[str, Scripted]]
@@ -41,22 +41,6 @@ def _gateway(serve: Serve, url: str, scripts: dict[str, Script], **overrides: An
     """The gateway with one arm a script, named as the script, its upstream model the same."""
     arms = [{"name": n, "upstream": {"base_url": url, "model": n}} for n in scripts]
     return serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, **overrides)
-
-
-_OPEN: list[openai.OpenAI] = []
-
-
-def _client(base: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
-    _OPEN.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
 
 
 def _body(model: str, stream: bool) -> bytes:
@@ -150,7 +134,7 @@ def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
     arms = [{"name": "stalls", "upstream": {"base_url": url, "model": "stalls", "timeout_s": 1}}]
     base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
     texts: list[str | None] = []
-    stream = _client(base).chat.completions.create(model="stalls", messages=HI, stream=True)
+    stream = sdk_client(base, KEY).chat.completions.create(model="stalls", messages=HI, stream=True)
     with pytest.raises(openai.APIError) as broke:
         texts.extend(c.choices[0].delta.content for c in stream)
     assert texts == ["a", "b"]
@@ -169,7 +153,7 @@ def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start
     scripts = {"errs": Script((chunk("a"), error)), "good": GOOD}
     url, _ = scripted(scripts)
     base = _gateway(serve, url, scripts)
-    stream = _client(base).chat.completions.create(model="errs", messages=HI, stream=True)
+    stream = sdk_client(base, KEY).chat.completions.create(model="errs", messages=HI, stream=True)
     with pytest.raises(openai.APIError) as failed:
         list(stream)
     assert failed.value.message == "overloaded"  # the upstream's event, passed on as it came
@@ -178,7 +162,7 @@ def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start
         _failures(base)
     )
     # A whole stream is still a success, measured.
-    with _client(base).chat.completions.with_streaming_response.create(
+    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
         model="good", messages=HI, stream=True
     ) as response:
         event_id = response.headers["x-bandit-event-id"]
