@@ -375,7 +375,12 @@ def test_stream_none_is_a_request_not_streamed(serve: Serve, scripted: Start) ->
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_usage_left_out_or_in_part(
-    serve: Serve, scripted: Start, usage: dict[str, int] | None, cost: float | None, stream: bool
+    serve: Serve,
+    scripted: Start,
+    usage: dict[str, int] | None,
+    cost: float | None,
+    stream: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     if stream:
         end = (_chunk([], usage),) if usage is not None else ()
@@ -384,15 +389,18 @@ def test_usage_left_out_or_in_part(
         script = _completion({"role": "assistant", "content": "Sunny."}, "stop", usage)
     url, _ = scripted({"m": script})
     base = _gateway(serve, url, {"m": script})
-    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
-        model="auto", messages=HELLO, stream=stream
-    ) as response:
-        event_id = response.headers["x-bandit-event-id"]
-        answer = list(response.parse()) if stream else [response.parse()]
-    assert answer
-    parts = final_parts(base, event_id, KEY)
-    assert parts.get("cost_usd") == (None if cost is None else pytest.approx(cost))
-    assert "latency_ms" in parts
+    for _ in range(2):
+        with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
+            model="auto", messages=HELLO, stream=stream
+        ) as response:
+            event_id = response.headers["x-bandit-event-id"]
+            answer = list(response.parse()) if stream else [response.parse()]
+        assert answer
+        parts = final_parts(base, event_id, KEY)
+        assert parts.get("cost_usd") == (None if cost is None else pytest.approx(cost))
+        assert "latency_ms" in parts
+    said = [m for m in caplog.messages if "answered without a usage object" in m]
+    assert len(said) == (1 if usage is None else 0)  # once per arm, not per call
 
 
 # The models

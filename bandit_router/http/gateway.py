@@ -89,6 +89,7 @@ class Gateway:
         self.settings = settings
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
         self.upstreams = Upstreams(settings)
+        self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
 
     async def close(self) -> None:
         await self.upstreams.close()
@@ -293,7 +294,9 @@ async def _record(router: Router, event_id: str, parts: RewardParts, final: bool
         log.warning("gateway: event %s not recorded: %s", event_id, e.message)
 
 
-async def record_success(router: Router, event_id: str, arm: ArmSpec, measured: Measured) -> None:
+async def record_success(
+    gateway: Gateway, router: Router, event_id: str, arm: ArmSpec, measured: Measured
+) -> None:
     settings = router.settings
     metrics = router.metrics
     if measured.first_token_s is not None:
@@ -311,6 +314,13 @@ async def record_success(router: Router, event_id: str, arm: ArmSpec, measured: 
             latency_ms = min(seconds * 1000, MAX_LATENCY_MS)
     if "cost" in settings.gateway_parts:
         cost_usd = measured.cost_usd(arm)
+        if not measured.usage_sent and arm.name not in gateway.without_usage:
+            gateway.without_usage.add(arm.name)  # said once per arm and process
+            log.warning(
+                "gateway: the upstream of arm %s answered without a usage object: no cost is "
+                "recorded for its calls while it sends none",
+                arm.name,
+            )
     if latency_ms is not None or cost_usd is not None:
         await _record(router, event_id, RewardParts(latency_ms=latency_ms, cost_usd=cost_usd))
 
@@ -543,7 +553,7 @@ async def _attempt(
             reason = "answered something other than a JSON object"
             raise UpstreamFailure(arm.name, reason, "protocol")
         measured.usage(answer.get("usage"))
-        await record_success(router, event_id, arm, measured)
+        await record_success(gateway, router, event_id, arm, measured)
         return Response(body, headers=headers, media_type="application/json")
     media = response.headers.get("content-type", "")
     if not media.lower().startswith("text/event-stream"):  # not a stream: the client reads none
@@ -563,11 +573,12 @@ async def _attempt(
     except BaseException:  # cancelled (the client left): the connection is not reused
         response.close()
         raise
-    stream = _relay(router, response, body_iter, first, meter, arm, event_id, call)
+    stream = _relay(gateway, router, response, body_iter, first, meter, arm, event_id, call)
     return Relayed(stream, response, slot, {**headers, "cache-control": "no-cache"})
 
 
 async def _relay(
+    gateway: Gateway,
     router: Router,
     response: aiohttp.ClientResponse,
     body_iter: AsyncIterator[bytes],
@@ -607,7 +618,7 @@ async def _relay(
         finished = True
         tail = meter.finish()
         if not erred:
-            await record_success(router, event_id, arm, meter.measured)
+            await record_success(gateway, router, event_id, arm, meter.measured)
         if tail:
             yield tail
     finally:

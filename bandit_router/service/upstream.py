@@ -59,6 +59,7 @@ class Measured:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     arm: str = "?"  # whose upstream answered, for the log
+    usage_sent: bool = False  # the answer carried a ``usage`` object, usable or not
 
     def usage(self, data: Any) -> None:
         """Take the token counts from an OpenAI ``usage`` object (the output's, when it lacks
@@ -67,6 +68,7 @@ class Measured:
         and treated as missing (no cost is recorded), never let through to the reward parts."""
         if data is None:  # no usage: nothing to take, nothing wrong
             return
+        self.usage_sent = True
         prompt = data.get("prompt_tokens") if isinstance(data, dict) else None
         completion = data.get("completion_tokens") if isinstance(data, dict) else None
         total = data.get("total_tokens") if isinstance(data, dict) else None
