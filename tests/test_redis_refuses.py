@@ -296,3 +296,27 @@ def test_a_redis_busy_with_another_clients_script_is_503_until_it_ends(
 def _run_until_killed(url: str) -> None:
     with contextlib.suppress(redis.ResponseError):  # "Script killed by user with SCRIPT KILL"
         redis.Redis.from_url(url).eval("while true do end", 0)
+
+
+def test_healthz_names_the_deployment_whose_keys_redis_refuses(
+    own_redis: RedisProcess,
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    tmp_path: Path,
+) -> None:
+    """Every deployment's Redis is probed (at once): an ACL narrowed, after the start, to the
+    keys of `default` leaves `coding` refused, and /healthz names it."""
+    r = redis.Redis.from_url(own_redis.url)
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.coding]\narms = "a,b"\n')
+    settings = make_settings(redis_url=own_redis.url, deployments_file=str(deployments))
+    r.acl_setuser("router", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"])
+    at = own_redis.url.replace("redis://", "redis://router:pw@")
+    client = make_client(settings.model_copy(update={"redis_url": at}))
+    assert client.get("/healthz").status_code == 200
+    narrowed = ["{" + settings.key_prefix + "}:*"]
+    r.acl_setuser("router", enabled=True, reset_keys=True, keys=narrowed)
+    health = client.get("/healthz")
+    assert health.status_code == 503, health.text
+    assert health.json()["redis"].startswith("deployment coding: ")
+    assert "Redis refuses the service's user a command" in health.json()["redis"]
