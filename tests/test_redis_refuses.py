@@ -129,12 +129,7 @@ def test_a_master_made_a_replica_is_503_until_it_is_a_master_again(
     try:
         r = redis.Redis.from_url(redis_process.url)
         r.replicaof("127.0.0.1", other.port)
-        health = client.get("/healthz")
-        assert health.status_code == 503 and "read-only replica" in health.json()["redis"]
-        during = _choose(client)
-        assert during["degraded"]
-        reward = client.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
-        assert reward.status_code == 503 and "BANDIT_REDIS_URL" in reward.json()["detail"]
+        during = _refused_but_serving(client, "read-only replica", "BANDIT_REDIS_URL")
 
         r.replicaof("NO", "ONE")
         _wait(lambda: client.get("/stats").json()["buffered_decisions"] == 0)
@@ -165,6 +160,17 @@ def test_a_redis_that_may_evict_keys_is_said_at_start(
             assert policy in said[0] and "noeviction" in said[0]
     finally:
         server.kill()
+
+
+def _refused_but_serving(client: TestClient, health_says: str, reward_says: str) -> dict[str, Any]:
+    """/healthz and a /reward answer 503 saying why; /choose answers, degraded: its decision."""
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health_says in health.json()["redis"], health.text
+    during = _choose(client)
+    assert during["degraded"]
+    reward = client.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
+    assert reward.status_code == 503 and reward_says in reward.json()["detail"], reward.text
+    return during
 
 
 def _choose(client: TestClient) -> dict[str, Any]:
@@ -248,12 +254,7 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
     assert client.get("/stats").status_code == 200 and client.get("/metrics").status_code == 200
 
     denied = make_client(settings.model_copy(update={"redis_url": at.format("noscripts")}))
-    health = denied.get("/healthz")
-    assert health.status_code == 503 and "no permissions to run the" in health.json()["redis"]
-    during = _choose(denied)
-    assert during["degraded"]
-    reward = denied.post("/reward", json={"event_id": during["event_id"], "reward": 1.0})
-    assert reward.status_code == 503 and "Security and limits" in reward.json()["detail"]
+    _refused_but_serving(denied, "no permissions to run the", "Security and limits")
     assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
 
     # the log is read at start (the events after the snapshot): refused at once, in a line
