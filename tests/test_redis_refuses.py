@@ -3,6 +3,7 @@ now) or may evict keys: 503 naming why, nothing half written, nothing lost once 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -17,7 +18,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import main
+from bandit_router.errors import StoreUnavailable
 from bandit_router.store.embedded import EmbeddedRedis
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import (
     ClientFactory,
     RedisProcess,
@@ -321,3 +325,24 @@ def test_healthz_names_the_deployment_whose_keys_redis_refuses(
     assert health.status_code == 503, health.text
     assert health.json()["redis"].startswith("deployment coding: ")
     assert "Redis refuses the service's user a command" in health.json()["redis"]
+
+
+def test_a_counter_redis_refuses_to_write_is_a_refusal_not_a_broken_counter(
+    own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counters' script catches a command's error (a counter written by hand must not stop
+    the work it counts): a refusal it caught is raised as one, not said as a bad counter."""
+    r = redis.Redis.from_url(own_redis.url)
+
+    async def scenario() -> None:
+        store = Store(connect(own_redis.url), "counters", 60, 1000)
+        await store.count("decisions_dropped")
+        r.config_set("maxmemory", 1)
+        with pytest.raises(StoreUnavailable, match="out of memory"):
+            await store.count("decisions_dropped")
+        r.config_set("maxmemory", 0)
+        assert (await store.counters())["decisions_dropped"] == 1
+        await store.close()
+
+    asyncio.run(scenario())
+    assert not [m for m in caplog.messages if "not counted" in m]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError, WatchError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from bandit_router.errors import (
     AlreadyRewarded,
@@ -773,8 +773,9 @@ class Store:
         """Add ``by`` to counter ``name``; a counter that is not an integer (written by hand) is
         left as it is, with a warning: it must not fail the work it counts."""
         error: bytes | None = await self._count(keys=[self.key(KEY_STATS)], args=[name, by])
-        if error and error.startswith(b"OOM"):
-            raise OutOfMemoryError(error.decode(errors="replace"))
+        refused = refusal(ResponseError(error.decode(errors="replace"))) if error else None
+        if refused is not None:  # Redis refuses writes (full, say): the counter is fine
+            raise refused
         if error and b"WRONGTYPE" in error:
             await self._mistyped(ResponseError(error.decode()), KEY_STATS)  # said once
         elif error:

@@ -75,8 +75,9 @@ def refusal(error: ResponseError) -> StoreUnavailable | None:
     any other error. Redis refuses a script for these before its first write, so nothing of the
     call was kept."""
     text = str(error)
-    if text.startswith("Error running script"):  # Redis 6's, around the command's: ": -OOM ..."
-        text = text.partition(": -")[2] or text
+    where, found, said = text.partition(": -")  # Redis 6 puts where in a script before it
+    if found and where.startswith(("Error running script", "@user_script")):
+        text = said
     text = text.split(" script: ")[0]  # Redis 7's: where in the script, not for the client
     if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
         why = "writes: it is out of memory (maxmemory): free some, or raise maxmemory"
