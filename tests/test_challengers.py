@@ -556,16 +556,15 @@ def _switch_meanwhile(
     of its own, writes it as its POST /admin/policy does, just before the promotion's
     transaction runs ``at``: "watch" (before the transaction starts) or "execute" (after its
     WATCH, just before its EXEC). The list returned says when the switch was made."""
-    decided: list[dict[str, Any]] = []
+    decided: list[Any] = []
     switched: list[str] = []
-    counted = router.learner.on_promoted
+    decide = Bench.promote
 
-    def promoted(record: dict[str, Any]) -> None:  # called once the promotion is decided
-        decided.append(record)
-        if counted is not None:
-            counted(record)
+    def deciding(bench: Bench, *args: Any, **kwargs: Any) -> Any:  # the promotion is decided
+        decided.append(args)
+        return decide(bench, *args, **kwargs)
 
-    router.learner.on_promoted = promoted
+    monkeypatch.setattr(Bench, "promote", deciding)
     open_pipeline = router.store.redis.pipeline
 
     def pipeline(*args: Any, **kwargs: Any) -> Any:
@@ -613,10 +612,16 @@ async def _the_switch_won(router: Router, other: Store) -> None:
     assert router.learner.bench is not None
     assert str(router.learner.bench.champion) == "egreedy"
     assert set(router.learner.bench.challengers) == {"random", "linucb", "fixed:arm=7b"}
+    assert _promotions_counted(router) == 0  # the dropped one is no promotion
     record = await router.learner.promote("linucb")
     assert (record["from_policy"], record["to_policy"]) == ("egreedy", "linucb")
     assert await other.policy_override() == "linucb"
     assert (await other.snapshot_head() or ("",))[0] == "linucb"
+    assert _promotions_counted(router) == 1
+
+
+def _promotions_counted(router: Router) -> float | None:
+    return router.metrics.registry.get_sample_value("bandit_promotions_total")
 
 
 @pytest.mark.parametrize("by", ["admin", "auto"])

@@ -203,7 +203,7 @@ class Learner:
         # The challengers, while this process leads (service.challengers); a promotion not yet
         # published (Redis failed) goes with the next snapshot.
         self.bench: Bench | None = None
-        self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record): metrics
+        self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record), published
         self._promotion: dict[str, Any] | None = None
         self._decided_under: str | None = None  # the policy override when it was decided
 
@@ -453,6 +453,8 @@ class Learner:
             self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
+        if promotion is not None and self.on_promoted is not None:
+            self.on_promoted(promotion)  # counted once made: one dropped is no promotion
         self._promotion = None
         self._published = (self.model.version, time.monotonic())
         self._put_off = -math.inf
@@ -520,8 +522,6 @@ class Learner:
         promoted, record = self.bench.promote(policy, old.policy, by, old.version)
         self.model = Model(promoted.spec, promoted.policy, old.version, old.stream_id)
         self._promotion, self._decided_under = record, override
-        if self.on_promoted is not None:
-            self.on_promoted(record)
         if by != "admin":
             await self._publish_or_put_off()
         elif not await self._publish():  # an admin is told why, StoreDamaged included
