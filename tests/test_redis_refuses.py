@@ -246,6 +246,7 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
         "router": ["+@all", "-@dangerous"],
         "noscripts": ["+@all", "-@dangerous", "-@scripting"],
         "nologread": ["+@all", "-@dangerous", "-xrange"],
+        "nolog": ["+@all", "-@dangerous", "-xadd"],
     }.items():
         r.acl_setuser(user, enabled=True, passwords=["+pw"], keys=[pattern], commands=commands)
     at = own_redis.url.replace("redis://", "redis://{}:pw@")
@@ -259,6 +260,10 @@ def test_the_documented_acl_suffices_and_a_user_denied_scripts_is_told(
 
     denied = make_client(settings.model_copy(update={"redis_url": at.format("noscripts")}))
     _refused_but_serving(denied, "no permissions to run the", "Security and limits")
+    # a command denied inside a script (the reward's XADD): a 503 too, not a 500
+    nolog = make_client(settings.model_copy(update={"redis_url": at.format("nolog")}))
+    refused = nolog.post("/reward", json={"event_id": _choose(nolog)["event_id"], "reward": 1})
+    assert refused.status_code == 503 and "can't run this command" in refused.json()["detail"]
     assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback in the log
 
     # the log is read at start (the events after the snapshot): refused at once, in a line

@@ -72,13 +72,16 @@ def refusal(error: ResponseError) -> StoreUnavailable | None:
     out of memory (maxmemory under the ``noeviction`` policy), unable to persist to disk, short
     of the replicas its ``min-replicas-to-write`` asks, or a read-only replica; a command an ACL
     denies the service's user; every call while another client's script runs too long. None for
-    any other error. Redis refuses a script for these before its first write, so nothing of the
-    call was kept."""
+    any other error. Redis refuses a script's writes before its first one, and a busy Redis the
+    whole call, so nothing of the call was kept; an ACL is checked command by command, and one
+    that denies a command midway in a script leaves what the script wrote before it."""
     text = str(error)
     where, found, said = text.partition(": -")  # Redis 6 puts where in a script before it
     if found and where.startswith(("Error running script", "@user_script")):
         text = said
     text = text.split(" script: ")[0]  # Redis 7's: where in the script, not for the client
+    denied = text.find("The user executing the script can't run")  # an ACL, in either form
+    text = text[denied:] if denied >= 0 else text
     if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
         why = "writes: it is out of memory (maxmemory): free some, or raise maxmemory"
     elif isinstance(error, ReadOnlyError) or text.startswith("READONLY"):
@@ -89,7 +92,7 @@ def refusal(error: ResponseError) -> StoreUnavailable | None:
         why = "writes: it has fewer replicas than its min-replicas-to-write"
     elif text.startswith("BUSY "):
         why = "every call while a script runs too long (another client's: SCRIPT KILL ends it)"
-    elif isinstance(error, NoPermissionError) or text.startswith("NOPERM"):
+    elif isinstance(error, NoPermissionError) or text.startswith("NOPERM") or denied >= 0:
         why = f"the service's user a command: {text} (see README, Security and limits)"
     else:
         return None
