@@ -28,6 +28,24 @@ async def _open(settings: Settings) -> Router:
     return await Router.open(settings, store)
 
 
+async def _serve(router: Router, queries: list[str], reward: float) -> None:
+    """A choice for each query, each then rewarded ``reward``."""
+    for query in queries:
+        d = await router.choose(query)
+        await router.reward(d.event_id, RewardParts(reward=reward))
+
+
+async def _stalled_and_taken_over(settings: Settings) -> tuple[Router, Router]:
+    """Two processes: ``a`` leads and learns 5 events, then stalls past its lease (released
+    here, as if it had lapsed), and ``b`` takes the lease over."""
+    a, b = await _open(settings), await _open(settings)
+    await _serve(a, [f"query {i}" for i in range(5)], 1.0)
+    assert a.version == 5
+    await a.store.release_lease(a.learner.name)  # a stalls past its lease
+    assert await b.learner.lead()  # b takes over from the snapshot and the log
+    return a, b
+
+
 async def _train(router: Router, rounds: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     for _ in range(rounds):
@@ -532,20 +550,11 @@ def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_w
     settings = make_settings(learner_lease_s=2, snapshot_every=1, claim_idle_s=0.2)
 
     async def scenario() -> None:
-        a, b = await _open(settings), await _open(settings)
-        for i in range(5):
-            d = await a.choose(f"query {i}")
-            await a.reward(d.event_id, RewardParts(reward=1.0))
-        assert a.version == 5
-        await a.store.release_lease(a.learner.name)  # a stalls past its lease
-        assert await b.learner.lead()  # b takes over from the snapshot and the log
-        for i in range(5):
-            d = await b.choose(f"more {i}")
-            await b.reward(d.event_id, RewardParts(reward=0.0))
+        a, b = await _stalled_and_taken_over(settings)
+        await _serve(b, [f"more {i}" for i in range(5)], 0.0)
         assert b.version == 10
         assert a.learner.leading  # a wakes up: nothing has told it yet
-        d = await a.choose("late")
-        await a.reward(d.event_id, RewardParts(reward=0.5))  # a's follow read takes nothing
+        await _serve(a, ["late"], 0.5)  # a's follow read takes nothing
         assert a.version == 5
         snapshot = await b.store.load_snapshot()
         assert snapshot is not None and snapshot.version == 10  # b's, not a's older model
@@ -574,22 +583,13 @@ def test_a_learner_that_wakes_to_a_free_lease_after_a_reset_leads_from_the_reset
     settings = make_settings(learner_lease_s=2, snapshot_every=1)
 
     async def scenario() -> None:
-        a, b = await _open(settings), await _open(settings)
-        for i in range(5):
-            d = await a.choose(f"query {i}")
-            await a.reward(d.event_id, RewardParts(reward=1.0))
-        assert a.version == 5
-        await a.store.release_lease(a.learner.name)  # a stalls past its lease
-        assert await b.learner.lead()
-        for i in range(5):
-            d = await b.choose(f"more {i}")
-            await b.reward(d.event_id, RewardParts(reward=0.0))
+        a, b = await _stalled_and_taken_over(settings)
+        await _serve(b, [f"more {i}" for i in range(5)], 0.0)
         assert await b.learner.reset() == 0
         await b.close()  # its final snapshot; the lease released
         assert await a.learner.lead()  # a wakes to a free lease
         assert a.version == 0
-        d = await a.choose("after the reset")
-        await a.reward(d.event_id, RewardParts(reward=1.0))
+        await _serve(a, ["after the reset"], 1.0)
         assert a.version == 1
         head = await a.store.snapshot_head()
         assert head is not None and head[1] == 1  # published from the reset model
@@ -611,16 +611,9 @@ def test_events_a_stalled_learner_reads_are_learned_though_its_successor_stops_b
     settings = make_settings(learner_lease_s=2, snapshot_every=1, claim_idle_s=0.2)
 
     async def scenario() -> None:
-        a, b = await _open(settings), await _open(settings)
-        for i in range(5):
-            d = await a.choose(f"query {i}")
-            await a.reward(d.event_id, RewardParts(reward=1.0))
-        await a.store.release_lease(a.learner.name)  # a stalls past its lease
-        assert await b.learner.lead()
-        d = await a.choose("late")
-        await a.reward(d.event_id, RewardParts(reward=0.5))  # a wakes, not knowing yet
-        d = await b.choose("later")
-        await b.reward(d.event_id, RewardParts(reward=0.0))
+        a, b = await _stalled_and_taken_over(settings)
+        await _serve(a, ["late"], 0.5)  # a wakes, not knowing yet
+        await _serve(b, ["later"], 0.0)
         await b.close()  # its final snapshot; the lease released
         c = await _open(settings)
         assert c.learner.leading
