@@ -123,6 +123,9 @@ async def open_routers(settings: Settings) -> AsyncIterator[Routers]:
         routers: dict[str, Router] = {}
         for name, deployment in deployments.items():
             routers[name] = await _open_one(stack, deployment)
+        # one Redis serves every deployment (BANDIT_REDIS_URL is the process's): asked once
+        default = routers[DEFAULT].store
+        await when_available(default.warn_if_evicting, settings.startup_wait_s)
         yield Routers(deployments, routers)
 
 

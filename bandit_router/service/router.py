@@ -120,7 +120,6 @@ class Router:
     @classmethod
     async def open(cls, settings: Settings, store: Store) -> Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free."""
-        await store.warn_if_evicting()
         learner = Learner(settings, store, await load_model(store, settings))
         router = cls(settings, store, learner, await word_key(settings, store))
         if settings.learn_in_workers:
