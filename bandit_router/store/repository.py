@@ -773,14 +773,16 @@ class Store:
         """Add ``by`` to counter ``name``; a counter that is not an integer (written by hand) is
         left as it is, with a warning: it must not fail the work it counts."""
         error: bytes | None = await self._count(keys=[self.key(KEY_STATS)], args=[name, by])
-        refused = refusal(ResponseError(error.decode(errors="replace"))) if error else None
+        if not error:
+            return
+        caught = ResponseError(error.decode(errors="replace"))
+        refused = refusal(caught)
         if refused is not None:  # Redis refuses writes (full, say): the counter is fine
             raise refused
-        if error and b"WRONGTYPE" in error:
-            await self._mistyped(ResponseError(error.decode()), KEY_STATS)  # said once
-        elif error:
-            why = error.decode(errors="replace")
-            log.warning("counter %s not counted (%s): delete it to restart it", name, why)
+        if "WRONGTYPE" in str(caught):
+            await self._mistyped(caught, KEY_STATS)  # said once
+        else:
+            log.warning("counter %s not counted (%s): delete it to restart it", name, caught)
 
     async def recent_events(self, count: int) -> list[Logged]:
         """The newest ``count`` joined events of the training log, oldest first."""
