@@ -134,13 +134,20 @@ def test_status_from_redis_and_from_a_url(
 
 def test_status_of_an_empty_deployment(
     make_settings: SettingsFactory,
+    redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    use_settings(monkeypatch, make_settings())
+    import redis
+
+    settings = make_settings()
+    use_settings(monkeypatch, settings)
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "model version 0" in out and "window 0 events" in out
+    # Reading writes nothing: a mistyped prefix is not made a deployment.
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.keys(f"{{{settings.key_prefix}}}*") == []
 
 
 def test_config_masks_secrets(

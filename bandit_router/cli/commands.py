@@ -99,16 +99,19 @@ def _fetch(
 
 
 async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
+    from bandit_router.features import WordKey
     from bandit_router.service.estimates import BaselineCache
     from bandit_router.service.learner import Learner, load_model
-    from bandit_router.service.router import Router, word_key
+    from bandit_router.service.router import Router
     from bandit_router.service.stats import build_stats
 
     async with open_store(settings) as store:
         with Progress("replaying the log after the newest snapshot", unit="events") as bar:
             model = await load_model(store, settings, progress=bar.update)  # as a process would
         learner = Learner(settings, store, model)
-        router = Router(settings, store, learner, await word_key(settings, store))  # no lease
+        # No lease, and no word key: the stats hash no words, and reading makes no secret (a
+        # mistyped BANDIT_KEY_PREFIX would otherwise become a deployment).
+        router = Router(settings, store, learner, WordKey("status: hashes no words"))
         with Progress(f"estimating baselines over the newest {window} events"):
             return (await build_stats(router, BaselineCache(), window)).model_dump()
 
