@@ -626,3 +626,44 @@ def test_events_a_stalled_learner_reads_are_learned_though_its_successor_stops_b
             await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_learners_gone_leave_no_name_in_the_group(make_settings: SettingsFactory) -> None:
+    """Each learner process reads under a name of its own: one that stopped takes its name out
+    of the consumer group, and one that died is taken out by the next to lead once nothing of
+    it is pending (kept till then: its events are claimed from it). Else the group gained a
+    name per process that ever led, for good."""
+    settings = make_settings(learner_lease_s=1, snapshot_every=1000, claim_idle_s=0.2)
+
+    async def names(router: Router) -> set[str]:
+        found = await router.store.redis.xinfo_consumers(router.store.key(KEY_EVENTS), GROUP)
+        return {c["name"].decode() for c in found}
+
+    async def scenario() -> None:
+        a = await _open(settings)
+        await _serve(a, ["first"], 1.0)
+        assert await names(a) == {a.learner.name}
+        await a.close()  # stops: its events acknowledged with the final snapshot
+        assert await names(a) == set()
+        b = await _open(settings)
+        await _serve(b, ["second"], 1.0)
+        await b.store.close()  # dies with an event read and not acknowledged
+        await asyncio.sleep(1.1)  # its lease lapses
+        c = await _open(settings)
+        assert await names(c) == {b.learner.name}  # kept: an event of it is pending
+        await asyncio.sleep(0.3)  # past claim_idle_s
+        await c.learner.step()  # claims it
+        assert c.version == 2
+        await c.close()
+        assert await names(c) == set()
+        d = await _open(settings)
+        await _serve(d, ["third"], 1.0)
+        await d.learner.publish()  # its event acknowledged
+        await d.store.close()  # dies
+        await asyncio.sleep(1.1)
+        e = await _open(settings)
+        assert await names(e) == set()  # taken out by e as it took the lease
+        for router in (a, c, e):
+            await router.store.close()
+
+    asyncio.run(scenario())

@@ -305,6 +305,7 @@ class Learner:
                 # contradict the model reloaded here.
                 self._promotion = None
                 await self.store.ensure_group()
+                await self.store.prune_consumers(keep=self.name)  # learners gone since
                 snapshot = await self.store.load_snapshot()
                 # The policy serving now, not the one this process loaded: a promotion or a
                 # switch since then (this process followed, and may not have refreshed) would
@@ -605,6 +606,7 @@ class Learner:
                 await self.publish()
             except (StoreUnavailable, StoreDamaged, NotLearner, SwitchArrived) as e:
                 log.error("final snapshot not saved: %s", e)
+            await self.store.prune_consumers()  # its own name too, once nothing is pending
         await self.store.release_lease(self.name)
         self.leading = False
 

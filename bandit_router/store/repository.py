@@ -74,6 +74,7 @@ from bandit_router.store.scripts import (
     FINALIZE,
     LEASE,
     PROBE,
+    PRUNE_CONSUMERS,
     READ_NEW,
     RELEASE,
     SAVE_DECISION,
@@ -172,6 +173,7 @@ class Store:
         self._probe = client.register_script(PROBE)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
+        self._prune_consumers = client.register_script(PRUNE_CONSUMERS)
         self._read_new = client.register_script(READ_NEW)
 
     async def _bind(self, client: aioredis.Redis) -> aioredis.Redis:
@@ -469,6 +471,15 @@ class Store:
             if refusal(e) and await self._group_exists():  # refused, and not needed
                 return
             raise await self._mistyped(e, KEY_EVENTS) from None
+
+    async def prune_consumers(self, keep: str = "") -> int:
+        """Delete the learners' names from the group but ``keep``'s, those with nothing pending
+        (``scripts.PRUNE_CONSUMERS``); how many. Housekeeping: a failure is ignored (0)."""
+        try:
+            args = [GROUP, keep]
+            return int(await self._prune_consumers(keys=[self.key(KEY_EVENTS)], args=args))
+        except (RedisError, OSError):
+            return 0
 
     async def _group_exists(self) -> bool:
         try:

@@ -227,6 +227,25 @@ return redis.call(
 """
 
 
+# KEYS events; ARGV group, a consumer to keep ('' for none). Every other consumer of the group
+# with nothing pending is deleted: each learner process reads under a name of its own, so one
+# per process that ever led would otherwise stay in the group for good. One with events
+# pending keeps them for a learner to claim. In one script, so no read lands between the check
+# and the deletion.
+PRUNE_CONSUMERS = """
+local gone = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local field = {}
+  for i = 1, #consumer, 2 do field[consumer[i]] = consumer[i + 1] end
+  if field['pending'] == 0 and field['name'] ~= ARGV[2] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], field['name'])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+
 # KEYS a key never made. A write that writes nothing: Redis refuses it as any write when it
 # refuses writes (see transport.refusal), and the call as any script's when an ACL does.
 PROBE = """
