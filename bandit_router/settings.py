@@ -557,7 +557,8 @@ class Settings(BaseSettings):
                     "BANDIT_CHALLENGERS: %s is the same policy as %s: listed once", text, kept[same]
                 )
             kept.setdefault(same, text)
-        self.challengers = list(kept.values())
+        if len(kept) < len(self.challengers):  # assigning marks the field set: `config` says env
+            self.challengers = list(kept.values())
         return self
 
     @model_validator(mode="after")

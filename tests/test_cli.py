@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -10,7 +13,7 @@ import pytest
 import redis
 
 from bandit_router.cli.main import main
-from bandit_router.store.embedded import socket_path
+from bandit_router.store.embedded import EmbeddedRedis, socket_path
 from tests.conftest import (
     SettingsFactory,
     _free_port,
@@ -125,6 +128,25 @@ def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path) -> None:
     finally:  # a failure above must not leave the server running
         if _server_answers(redis_url):
             redis.Redis.from_url(redis_url).shutdown(nosave=True)
+
+
+def test_a_stopping_embedded_redis_leaves_the_next_one_running(tmp_path: Path) -> None:
+    """Ctrl-C, then `make run` (or `restore`, then `make run`) at once: the server the next
+    process starts on the same socket keeps running. The stopping process sent SHUTDOWN with
+    redis-py's retries, so it reconnected for about 4 s after its server hung up and stopped
+    the next one too (its service then answered 503)."""
+    data = str(tmp_path / "data")
+    first = EmbeddedRedis(data)
+    url = first.url
+    stopping = threading.Thread(target=first.close)
+    started = time.monotonic()
+    stopping.start()
+    wait_until(lambda: not os.path.exists(first.socket), 30, "the first server to stop")
+    with EmbeddedRedis(data) as second:
+        assert second.owner
+        stopping.join(timeout=30)
+        assert _server_answers(url)
+        assert time.monotonic() - started < 2  # close() returns once its server has stopped
 
 
 def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:

@@ -163,6 +163,9 @@ def test_config_masks_secrets(
         assert secret not in out
     assert "rediss://app:****@redis.internal:6380/0" in out
     assert "BANDIT_EPSILON" in out and "0.1" in out
+    sources = {line.split()[0]: line.split()[-1] for line in out.splitlines()[2:]}
+    assert sources["BANDIT_EPSILON"] == "env"
+    assert sources["BANDIT_CHALLENGERS"] == sources["BANDIT_POLICY"] == "default"
     assert main(["config", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["BANDIT_API_KEYS"] == ["****", "****"]

@@ -100,7 +100,12 @@ class EmbeddedRedis:
         """Save and stop the server if this process started it."""
         if not self.owner:
             return
-        client = redis.Redis(unix_socket_path=self.socket, socket_timeout=30)
+        # No retry: the server hangs up as it stops, and redis-py would reconnect for about 4 s
+        # and send SHUTDOWN again to whatever server listens on the socket by then (the next
+        # `serve`, started as this one exits).
+        client = redis.Redis(
+            unix_socket_path=self.socket, socket_timeout=30, retry=Retry(NoBackoff(), 0)
+        )
         with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it stops
             client.shutdown(save=True)
         client.close()
