@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -139,14 +138,12 @@ def test_a_stopping_embedded_redis_leaves_the_next_one_running(tmp_path: Path) -
     first = EmbeddedRedis(data)
     url = first.url
     stopping = threading.Thread(target=first.close)
-    started = time.monotonic()
     stopping.start()
     wait_until(lambda: not os.path.exists(first.socket), 30, "the first server to stop")
     with EmbeddedRedis(data) as second:
         assert second.owner
         stopping.join(timeout=30)
         assert _server_answers(url)
-        assert time.monotonic() - started < 2  # close() returns once its server has stopped
 
 
 def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:
