@@ -98,6 +98,30 @@ def test_restore_refuses_a_damaged_file(
     assert "not a bandit-router-snapshot file" in capsys.readouterr().err
 
 
+def test_restore_says_which_arms_the_model_never_learned_and_which_are_not_served(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = make_settings()  # the arms 4b, 7b, 14b
+    rewarded_traffic(make_client(source), 10)
+    file = tmp_path / "model.json"
+    use_settings(monkeypatch, source)
+    assert main(["snapshot", str(file)]) == 0
+    use_settings(monkeypatch, make_settings())  # the same arms: nothing said
+    assert main(["restore", str(file)]) == 0
+    assert "the model learned the arms" not in capsys.readouterr().out
+    use_settings(monkeypatch, make_settings())
+    monkeypatch.setenv("BANDIT_ARMS", "7b,14b,70b")
+    assert main(["restore", str(file)]) == 0
+    assert (
+        "the model learned the arms 4b, 7b, 14b; this deployment serves 7b, 14b, 70b: 70b start "
+        "cold, as added arms do; 4b are not served (BANDIT_ARMS)"
+    ) in capsys.readouterr().out
+
+
 def test_status_from_redis_and_from_a_url(
     serve: Callable[..., str],
     make_settings: SettingsFactory,

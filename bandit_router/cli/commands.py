@@ -235,7 +235,7 @@ def restore(args: argparse.Namespace) -> int:
 
     settings = deployment_settings(args)
     try:
-        snap, words = read(Path(args.file), settings)
+        snap, words, learned = read(Path(args.file), settings)
     except SnapshotFileError as e:
         print(f"bandit-router restore: {e}", file=sys.stderr)
         return 1
@@ -263,6 +263,16 @@ def restore(args: argparse.Namespace) -> int:
                 "the model learned its word features under another word key: here words hash "
                 "to other features, which are learned afresh (the same BANDIT_HASH_KEY in both "
                 "deployments carries them over; see Privacy)"
+            )
+        served = [a.name for a in settings.arms]
+        if learned and set(learned) != set(served):
+            cold = [a for a in served if a not in learned]
+            gone = [a for a in learned if a not in served]
+            print(
+                f"the model learned the arms {', '.join(learned)}; this deployment serves "
+                f"{', '.join(served)}"
+                + (f": {', '.join(cold)} start cold, as added arms do" if cold else "")
+                + (f"; {', '.join(gone)} are not served (BANDIT_ARMS)" if gone else "")
             )
         return 0
 

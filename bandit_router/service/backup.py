@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm, Policy
@@ -140,11 +140,14 @@ async def dump(
     return {k: v for k, v in doc.items() if k != "data"}
 
 
-def read(path: Path, settings: Settings) -> tuple[Snapshot, str | None]:
-    """Read and check a snapshot file: its format, checksum, and that its policy loads.
+class SnapshotFile(NamedTuple):
+    snapshot: Snapshot
+    words: str | None  # the fingerprint of the word key it learned under (None: not said)
+    arms: list[str]  # the names of the arms it learned (none said: empty)
 
-    Returns the snapshot and the fingerprint of the word key it learned under (None in a file
-    that does not say)."""
+
+def read(path: Path, settings: Settings) -> SnapshotFile:
+    """Read and check a snapshot file: its format, checksum, and that its policy loads."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, an int too long
@@ -167,7 +170,8 @@ def read(path: Path, settings: Settings) -> tuple[Snapshot, str | None]:
         raise SnapshotFileError(f"the model in {path} does not load: {e}") from e
     _try_choices(policy, settings, path)
     words = doc.get("word_key")
-    return snapshot, words if isinstance(words, str) else None
+    arms = [a["name"] for a in doc.get("arms", [])]  # checked by from_json
+    return SnapshotFile(snapshot, words if isinstance(words, str) else None, arms)
 
 
 def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
