@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +168,31 @@ def _traffic(base: str, names: list[str], stop: threading.Event, tallies: dict[s
                 time.sleep(0.05)
 
 
+@contextmanager
+def _traffic_running(
+    base: str,
+    names: list[str],
+    tallies: dict[str, Tally],
+    threads: int = 4,
+    also: tuple[Callable[[threading.Event], None], ...] = (),
+) -> Iterator[None]:
+    """``threads`` threads of ``_traffic``, and one for each of ``also`` (given the stop
+    event), running until the block ends; joined before it is left."""
+    stop = threading.Event()
+    running = [
+        threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(threads)
+    ]
+    running += [threading.Thread(target=task, args=(stop,)) for task in also]
+    for t in running:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in running:
+            t.join(timeout=60)
+
+
 def _logged(cluster: LocalCluster, prefix: str) -> list[str]:
     """The event ids in a deployment's training log, read from the master of its slot."""
     client = cluster.master_of("{" + prefix + "}").client()
@@ -193,16 +218,8 @@ def test_every_acknowledged_reward_of_every_deployment_is_learned_exactly_once(
     )
     tallies = {n: Tally() for n in names}
     with _served(settings) as base:
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(6)
-        ]
-        for t in threads:
-            t.start()
-        time.sleep(4)
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        with _traffic_running(base, names, tallies, threads=6):
+            time.sleep(4)
         stats = {n: httpx.get(f"{base}/stats?deployment={n}&window=0").json() for n in names}
     for name in names:
         tally = tallies[name]
@@ -250,13 +267,7 @@ def test_a_master_killed_mid_traffic_fails_over_and_the_service_recovers(
     )
     tallies = {n: Tally() for n in names}
     with _served(settings) as base:
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        try:
+        with _traffic_running(base, names, tallies):
             time.sleep(2)
             master = own_cluster.master_of(tag)
             before = len(tallies[victim].acked)
@@ -271,10 +282,6 @@ def test_a_master_killed_mid_traffic_fails_over_and_the_service_recovers(
             own_cluster.wait_ok()
             wait_until(lambda: len(tallies[victim].acked) > before + 20, 60, "rewards again")
             time.sleep(1)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=60)
         logged = _logged(own_cluster, f"{prefix}:{victim}")
         stats = _caught_up(base, victim, len(logged))
     tally = tallies[victim]
@@ -318,35 +325,29 @@ def test_what_a_lagging_replica_never_had_is_lost_unless_writes_wait_for_it(
     replica = own_cluster.replica_of(master)
     tallies = {n: Tally() for n in names}
     with _served(settings) as base:
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        try:
-            time.sleep(1.5)
-            before = len(tallies[victim].acked)
-            replica.pause()  # the replica lags: it reads nothing more from its master
-            client = master.client()
+        with _traffic_running(base, names, tallies):
             try:
-                _command_of(client, "CLIENT", "KILL", "TYPE", "replica")  # and the link is cut
+                time.sleep(1.5)
+                before = len(tallies[victim].acked)
+                replica.pause()  # the replica lags: it reads nothing more from its master
+                client = master.client()
+                try:
+                    _command_of(client, "CLIENT", "KILL", "TYPE", "replica")  # and the link is cut
+                finally:
+                    client.close()
+                time.sleep(1.5)  # the master alone has what it acknowledges now
+                window = len(tallies[victim].acked) - before
+                master.kill()
+                replica.resume()
+                wait_until(
+                    lambda: own_cluster.master_of(tag) is replica, 30, "the replica promoted"
+                )
+                master.start()  # back as the new master's replica
+                own_cluster.wait_ok()
+                after = len(tallies[victim].acked)
+                wait_until(lambda: len(tallies[victim].acked) > after + 20, 60, "rewards again")
             finally:
-                client.close()
-            time.sleep(1.5)  # the master alone has what it acknowledges now
-            window = len(tallies[victim].acked) - before
-            master.kill()
-            replica.resume()
-            wait_until(lambda: own_cluster.master_of(tag) is replica, 30, "the replica promoted")
-            master.start()  # back as the new master's replica
-            own_cluster.wait_ok()
-            after = len(tallies[victim].acked)
-            wait_until(lambda: len(tallies[victim].acked) > after + 20, 60, "rewards again")
-        finally:
-            replica.resume()
-            stop.set()
-            for t in threads:
-                t.join(timeout=60)
+                replica.resume()
         logged = _logged(own_cluster, f"{prefix}:{victim}")
         stats = _caught_up(base, victim, len(logged))
     tally = tallies[victim]
@@ -471,20 +472,13 @@ def test_a_slot_moved_mid_traffic_is_followed_and_every_reward_learned_once(
     tallies = {n: Tally() for n in names}
     health: Counter[int] = Counter()
     with _served(settings) as base:
-        stop = threading.Event()
 
-        def poll_health() -> None:
+        def poll_health(stop: threading.Event) -> None:
             while not stop.is_set():
                 health[httpx.get(f"{base}/healthz", timeout=10).status_code] += 1
                 time.sleep(0.1)
 
-        threads = [
-            threading.Thread(target=_traffic, args=(base, names, stop, tallies)) for _ in range(4)
-        ]
-        threads.append(threading.Thread(target=poll_health))
-        for t in threads:
-            t.start()
-        try:
+        with _traffic_running(base, names, tallies, also=(poll_health,)):
             time.sleep(1.5)
             source = own_cluster.master_of(tag)
             target = next(
@@ -494,10 +488,6 @@ def test_a_slot_moved_mid_traffic_is_followed_and_every_reward_learned_once(
             moved = move_slot(own_cluster, key_slot(tag.encode()), target, 5, between_s=0.02)
             assert own_cluster.master_of(tag) is target
             wait_until(lambda: len(tallies[victim].acked) > before + 20, 60, "rewards again")
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=60)
         logged = _logged(own_cluster, f"{prefix}:{victim}")
         stats = _caught_up(base, victim, len(logged))
     client = target.client()
