@@ -21,6 +21,9 @@ AppValue = str | int | float | bool
 
 MAX_TOKENS = 128  # distinct words kept per query: enough to route on, bounded cost per request
 WORD_CACHE = 16_384  # words whose hash a WordKey remembers: queries repeat the same words
+# Longer words are hashed every time, not remembered: a word may be as long as its query, and the
+# cache is bounded in words, so long ones let a client fill it with gigabytes.
+CACHED_WORD_BYTES = 64
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CODE = re.compile(
@@ -87,7 +90,7 @@ class WordKey:
     against a dictionary. ``secret`` is any text (a deployment's random secret from Redis, or
     ``BANDIT_HASH_KEY``); the BLAKE2b key is derived from it. ``fingerprint`` tells two keys apart
     without revealing either. Each word's hash is cached: a keyed hash costs several times a
-    CRC-32, a cache hit about the same.
+    CRC-32, a cache hit about the same; a word over ``CACHED_WORD_BYTES`` is not kept.
     """
 
     __slots__ = ("fingerprint", "hash")
@@ -103,7 +106,12 @@ class WordKey:
             h.update(word)
             return int.from_bytes(h.digest(), "little")
 
-        self.hash: Callable[[bytes], int] = functools.lru_cache(maxsize=WORD_CACHE)(word_hash)
+        cached = functools.lru_cache(maxsize=WORD_CACHE)(word_hash)
+
+        def hash_word(word: bytes) -> int:
+            return cached(word) if len(word) <= CACHED_WORD_BYTES else word_hash(word)
+
+        self.hash: Callable[[bytes], int] = hash_word
         self.fingerprint = hashlib.blake2b(
             b"fingerprint", key=key, digest_size=8, person=b"br-key-id"
         ).hexdigest()

@@ -373,6 +373,28 @@ def test_a_window_closed_by_the_sweep_uses_the_events_weights(
     assert 0.9 < mean <= 1.0
 
 
+def test_a_window_closed_with_no_part_its_weights_count_is_skipped_without_a_log_line(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway records latency and cost; weights that count neither (a rating the app then
+    never sent) leave nothing to learn when the window closes: the event is skipped and counted,
+    as one with no part at all, not a warning each (a client sending the header at full rate
+    wrote a log line per call, 2,000 lines for 2,000 calls)."""
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url, reward_wait_s=1, sweep_s=0.2)
+    client = _client(base, default_headers={"x-bandit-preference": "rating=1"})
+    calls = 20
+    with caplog.at_level(logging.WARNING):
+        for i in range(calls):
+            client.chat.completions.create(model="auto", messages=_ask(rows()[i]))
+
+        def skipped() -> bool:
+            return bool(httpx.get(f"{base}/stats").json()["skipped_no_reward"] == calls)
+
+        wait_until(skipped, 15, "the sweep to close the windows")
+    assert [m for m in caplog.messages if "not learned at window end" in m] == []
+
+
 @pytest.mark.parametrize(
     "preference",
     [

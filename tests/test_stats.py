@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+from typing import Any
 
+import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -13,11 +15,14 @@ from bandit_router.cli.main import main
 from bandit_router.rewards import RewardParts
 from bandit_router.service.offloop import off_loop
 from bandit_router.service.router import Router
-from bandit_router.service.stats import StatsCache
+from bandit_router.service.stats import QUEUED_DOCUMENTS, StatsCache
 from bandit_router.settings import Settings
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory, use_settings, wait_until
+from tests.live import serve
+
+__all__ = ["serve"]  # a fixture
 
 REWARD = {"4b": 0.2, "7b": 0.5, "14b": 0.9}
 LATENCY = {"4b": 300.0, "7b": 600.0, "14b": 1200.0}
@@ -193,3 +198,27 @@ def test_heavy_work_runs_in_a_thread_without_the_collector() -> None:
     asyncio.run(off_loop(work))
     assert seen == [(False, False)]
     assert gc.isenabled()
+
+
+def test_distinct_windows_queue_a_bounded_number_of_computations(serve: Any) -> None:
+    """Each window and buckets not computed yet queues a computation of its own (one at a time,
+    paced), and a client that leaves does not cancel it: before the bound, 3,000 requests with
+    distinct windows sent in 2.6 s, each abandoned, kept /stats from answering for over ten
+    minutes. Past the bound another window is a 503 at once, naming the bound; the windows
+    queued are answered."""
+    base = serve(policy="egreedy")
+    asked = 4 * QUEUED_DOCUMENTS
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            return await asyncio.gather(
+                *(http.get("/stats", params={"window": 1 + i, "buckets": 1}) for i in range(asked))
+            )
+
+    replies = asyncio.run(flood())
+    refused = [r for r in replies if r.status_code == 503]
+    assert len(refused) >= asked // 2  # all but the queue's room (which frees as they finish)
+    assert sum(r.status_code == 200 for r in replies) + len(refused) == asked
+    assert refused[0].json()["field"] == "window"
+    assert f"{QUEUED_DOCUMENTS} /stats computations" in refused[0].json()["detail"]
+    assert refused[0].headers["retry-after"] == "1"

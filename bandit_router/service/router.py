@@ -417,7 +417,12 @@ class Router:
             return 0
         try:
             await self._finalize(event_id, parts, weights)
-        except (UnknownEvent, InvalidReward) as e:
+        except InvalidReward:  # no part its weights count (a gateway event's own weights, say a
+            # rating the app never sent): nothing to learn, as for an event with no part at all;
+            # counted, not said in the log, which a client could fill a line per call
+            await self.store.drop_pending(event_id)
+            return 0
+        except UnknownEvent as e:
             log.warning("event %s not learned at window end: %s", event_id, e)
             await self.store.drop_pending(event_id)
             return 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from bandit_router.errors import RouterError
 from bandit_router.policies.base import Arm, ParamValue
 from bandit_router.policies.registry import effective_params
 from bandit_router.service.challengers import (
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 PARTS = ("accuracy", "latency_ms", "rating", "cost_usd")
 MIN_BUCKET_EVENTS = 10  # fewer buckets than asked when the window is small: shares stay readable
 KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per window and buckets asked
+# Computations queued or running per process, each for another window and buckets: a client
+# that leaves does not cancel its own, so without a bound distinct values queue without end.
+QUEUED_DOCUMENTS = 16
 
 
 class ArmTotals(BaseModel):
@@ -279,12 +283,27 @@ def summarize_entries(
 Key = tuple[int, int]  # window, buckets
 
 
+class StatsBusy(RouterError):
+    """Too many documents for other windows and buckets are waiting to be computed."""
+
+    status_code = 503
+    field = "window"
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"{QUEUED_DOCUMENTS} /stats computations for other windows and buckets are queued, "
+            "the limit: retry, or ask for a window and buckets asked already"
+        )
+
+
 class StatsCache:
     """The /stats documents of one process, so that any number of clients cost a bounded amount
     of work: concurrent calls for the same window and buckets share one computation, and its
     result answers the same question for ``fresh_s`` seconds (or ``REUSE_FACTOR`` times as long
     as it took, if that is longer); one computation runs at a time, and the next starts no
-    sooner than ``REUSE_FACTOR - 1`` times as long as the last took, after it."""
+    sooner than ``REUSE_FACTOR - 1`` times as long as the last took, after it. At most
+    ``QUEUED_DOCUMENTS`` computations wait or run at once: another key is ``StatsBusy``."""
 
     def __init__(self, fresh_s: float, baselines: BaselineCache | None = None) -> None:
         self.fresh_s = fresh_s
@@ -312,6 +331,8 @@ class StatsCache:
                 return doc, body
         task = self._running.get(key)
         if task is None:
+            if len(self._running) >= QUEUED_DOCUMENTS:
+                raise StatsBusy()
             task = self._running[key] = asyncio.create_task(self._compute(router, key))
             task.add_done_callback(partial(self._finished, key))
         # A client that goes away does not cancel the computation the others wait for.
