@@ -264,6 +264,24 @@ def test_n_choices_streamed_with_logprobs_pass_through(serve: Serve, scripted: S
     assert final_parts(base, event_id, KEY)["cost_usd"] == pytest.approx(_cost(STREAM_USAGE))
 
 
+def test_cookies_an_upstream_sets_are_not_sent_back(serve: Serve, scripted: Start) -> None:
+    """The gateway calls upstreams for every client: a cookie one answer set (a provider's load
+    balancer or bot filter sets them) must not ride along with the next client's request, nor
+    pile up in the process."""
+    script = Script(PLAIN.parts, content_type=PLAIN.content_type, headers=(COOKIE,))
+    url, upstream = scripted({"m": script})
+    # by name, not address: a cookie jar ignores the cookies of an IP address
+    base = _gateway(serve, url.replace("127.0.0.1", "localhost"), {"m": script})
+    client = sdk_client(base, KEY)
+    for _ in range(2):
+        client.chat.completions.create(model="m", messages=HELLO)
+    assert upstream.requests == 2
+    assert [h.get(b"cookie") for h in upstream.headers] == [None, None]
+
+
+COOKIE = ("set-cookie", "session=abc123; Path=/; Max-Age=3600")
+
+
 class Weather(BaseModel):
     city: str
     sky: str

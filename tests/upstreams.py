@@ -122,7 +122,8 @@ DONE = b"data: [DONE]\n\n"
 
 class Scripted:
     """An upstream speaking HTTP as a provider does, that answers each request with the script of
-    its ``model`` (404 for another). Counts the requests, keeps their bodies as they came, and
+    its ``model`` (404 for another). Counts the requests, keeps their bodies as they came and
+    their headers, and
     counts the answers the gateway left before their end (their connection closed: what a
     provider sees of a cancelled call)."""
 
@@ -131,6 +132,7 @@ class Scripted:
         self.requests = 0
         self.left = 0
         self.bodies: list[bytes] = []  # each request's body, byte for byte
+        self.headers: list[dict[bytes, bytes]] = []  # each request's headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +142,7 @@ class Scripted:
             return
         self.requests += 1
         self.bodies.append(raw)
+        self.headers.append(dict(scope["headers"]))
         script = self.scripts.get(orjson.loads(raw or b"{}").get("model"))
         if script is None:
             script = Script((b'{"error": {"message": "no such model"}}',), 404, "application/json")

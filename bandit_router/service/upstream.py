@@ -132,6 +132,9 @@ class Upstreams:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # the upstream is asked for identity encoding
+                # Shared by every client's calls: a cookie one answer set would ride along with
+                # the next client's request (and the jar would grow with whatever is set).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
