@@ -241,6 +241,36 @@ def test_fallback_before_the_first_byte(
     assert SECRET not in str(failed.value.body) and SECRET not in caplog.text
 
 
+def test_an_upstream_that_is_down_is_said_in_the_log_every_few_seconds_not_every_call(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """Every call to a dead upstream fails; a warning each flooded the log (1.2 MB for 5,000
+    calls). The first is said, the next ones within FAILURES_SAID_EVERY_S counted, then said
+    with the count."""
+    from bandit_router.http import gateway
+
+    monkeypatch.setattr(gateway, "FAILURES_SAID_EVERY_S", 3600.0)
+    good, _ = upstream(speed=1000)
+    refused = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    base = _gateway(serve, good, arms=arms_json(arm("llama2-7b", refused)), gateway_retries=0)
+    client = _client(base)
+
+    def fail() -> None:
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model="auto", messages=_ask(rows()[0]))
+        assert failed.value.status_code == 502
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            fail()
+        monkeypatch.setattr(gateway, "FAILURES_SAID_EVERY_S", 0.0)  # the period is over
+        fail()
+    said = [m for m in caplog.messages if "upstream of arm llama2-7b" in m]
+    assert len(said) == 2, said
+    assert "failed: connection failed" in said[0] and "more of its failures" not in said[0]
+    assert said[1].endswith("(4 more of its failures since the last said)")
+
+
 def test_a_timeout_falls_back_to_another_arm(serve: Serve, upstream: Start) -> None:
     slow, _ = upstream(speed=1)  # llama2-70b takes 450 ms or more to its first token
     fast, _ = upstream(speed=1000)

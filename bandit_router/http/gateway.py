@@ -51,6 +51,9 @@ log = logging.getLogger("bandit_router")
 EVENT_HEADER = "x-bandit-event-id"
 ARM_HEADER = "x-bandit-arm"
 PREFERENCE_FEATURE = "preference"  # the app feature that carries a request's preference
+# An arm's upstream failures are said at most once in this many seconds, with how many were not
+# said: an upstream that is down fails every call, and a line each would flood the log.
+FAILURES_SAID_EVERY_S = 10.0
 _KINDS = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error"}
 
 
@@ -90,9 +93,22 @@ class Gateway:
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
         self.upstreams = Upstreams(settings)
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
+        self._failures: dict[str, tuple[float, int]] = {}  # arm: when last said, failures since
 
     async def close(self) -> None:
         await self.upstreams.close()
+
+    def failed(self, arm: str, message: str) -> None:
+        """Say that ``arm``'s upstream failed: at once, then at most every
+        ``FAILURES_SAID_EVERY_S`` seconds per arm, with the count of those not said between."""
+        now = time.monotonic()
+        said, unsaid = self._failures.get(arm, (-math.inf, 0))
+        if now - said < FAILURES_SAID_EVERY_S:
+            self._failures[arm] = (said, unsaid + 1)
+            return
+        self._failures[arm] = (now, 0)
+        more = f" ({unsaid} more of its failures since the last said)" if unsaid else ""
+        log.warning("gateway: upstream of arm %s %s%s", arm, message, more)
 
     def models(self) -> list[str]:
         """The names a request's ``model`` may take: none when no arm has an upstream."""
@@ -452,7 +468,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             try:
                 return await _attempt(gateway, router, call, arm, decision.event_id, slot)
             except UpstreamFailure as failed:
-                log.warning("gateway: upstream of arm %s failed: %s", arm.name, failed.reason)
+                gateway.failed(arm.name, f"failed: {failed.reason}")
                 failures.append(str(failed))
                 await record_failure(router, decision.event_id, call.weights, arm.name, failed.kind)
             left = [name for name in eligible if name not in tried]
@@ -601,16 +617,12 @@ async def _relay(
                 out = meter.feed(chunk)
                 if meter.error is not None and not erred:  # recorded before the client sees it
                     erred = True
-                    log.warning(
-                        "gateway: upstream of arm %s sent an error event mid-stream: %s",
-                        arm.name,
-                        meter.error,
-                    )
+                    gateway.failed(arm.name, f"sent an error event mid-stream: {meter.error}")
                     await record_failure(router, event_id, call.weights, arm.name, "midstream")
                 if out:
                     yield out
         except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
-            log.warning("gateway: upstream of arm %s broke mid-stream: %s", arm.name, _reason(e))
+            gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
             if not erred:
                 await record_failure(router, event_id, call.weights, arm.name, "midstream")
             yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
