@@ -273,12 +273,13 @@ class Store:
             self.key(KEY_DONE, event_id),
             self.key(KEY_PARTS, event_id),
             self.key(KEY_PENDING),
+            self.key(KEY_EVENTS),
+            self.key(KEY_STATS),
         ]
         args = [self.ttl_s, self.reward_wait_s, event_id, repr(time.time() if now is None else now)]
         if final is None:
             result = await self._calls.call(self._add_parts, keys, [*args, *flat])
         else:
-            keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
             args += [self.stream_maxlen, dumps(final).decode(), final["reward"], *flat]
             result = await self._calls.call(self._add_final, keys, args, logs=True)
         if result[0] == 0:

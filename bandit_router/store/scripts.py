@@ -41,7 +41,7 @@ return redis.call('GET', KEYS[1])
 
 
 # Lua shared by the reward scripts, whose KEYS are always decision, done, parts, pending, events,
-# stats (ADD_PARTS uses the first four) and whose ARGV start ttl, wait or maxlen, event id.
+# stats (ADD_PARTS does not use events) and whose ARGV start ttl, wait or maxlen, event id.
 # A stored decision may be anything (written by hand, or damaged): each script reads its time and
 # arm with decision_of, before it writes anything, and answers {5, why} when they do not read
 # (records.read_decision checks the same in Python).
@@ -74,7 +74,13 @@ local function window_end(ts)  -- when the decision's reward window closes (ARGV
 end
 local function hold(d, deadline, dups)  -- keep the parts until the window closes
   redis.call('EXPIRE', KEYS[3], ARGV[1])
-  redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
+  if redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3]) == 1 then
+    -- No longer tracked: a sweep let the window go with no part and counted it skipped, and
+    -- these parts, taken before the window closed by the receiving process's clock, reached
+    -- Redis after it. Tracked again, the next sweep learns them: the skip is undone.
+    local skipped = tonumber(redis.pcall('HGET', KEYS[6], 'skipped_no_reward'))
+    if skipped and skipped > 0 then redis.pcall('HINCRBY', KEYS[6], 'skipped_no_reward', -1) end
+  end
   return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 end
 """
