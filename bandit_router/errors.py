@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 
 class RouterError(Exception):
@@ -82,11 +83,12 @@ class AlreadyRewarded(RouterError):
     status_code = 409
     field = "event_id"
 
-    def __init__(self, event_id: str) -> None:
+    def __init__(self, event_id: str, logged: dict[str, Any] | None = None) -> None:
         super().__init__(
             f"event {event_id!r} already has a reward and was learned; "
             "each event is learned once, send a new /choose for a new query"
         )
+        self.logged = logged  # the reward logged ({"parts", "reward", ...}), when known
 
 
 class InvalidArm(RouterError):

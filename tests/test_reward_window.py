@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from bandit_router.errors import WindowClosed
 from bandit_router.features import extract
+from bandit_router.service.router import Router
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
@@ -90,3 +91,37 @@ def test_a_part_after_the_window_is_404_and_not_learned(make_client: ClientFacto
     _late_answer(client, body)  # every weighted part at once
     stats = client.get("/stats").json()
     assert stats["rewards_accepted"] == 0 and stats["model_version"] == 0
+
+
+def test_a_part_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_skipped(
+    make_settings: SettingsFactory,
+) -> None:
+    """A part the receiving process took before the window closed (its clock said so) can reach
+    Redis just after a sweep let that window go for having no part, counting it in
+    ``skipped_no_reward``. The part is kept and the next sweep learns it: the event was then
+    counted both skipped and rewarded (decisions 1, rewards 1, skipped 1). The skip is undone
+    when the part brings the event back."""
+    settings = make_settings(reward_wait_s=WAIT_S)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(settings, store)
+        try:
+            d = await router.choose("a question")
+            decided = await store.decision(d.event_id)
+            assert decided is not None
+            end = decided["ts"] + WAIT_S
+            assert await router.sweep(now=end + 0.01) == 0  # no part yet: let go, skipped
+            assert (await router.stats())["skipped_no_reward"] == 1
+            got = await store.add_parts(d.event_id, {"accuracy": 1.0}, now=end - 0.01)
+            assert got.parts == {"accuracy": 1.0}  # taken: it came in time
+            assert await router.sweep(now=end + 0.02) == 1  # and learned
+            stats = await router.stats()
+            counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
+            assert counted == (1, 1, 0)
+            assert await store.due(end + 1) == []
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())

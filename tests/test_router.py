@@ -141,6 +141,38 @@ def test_parts_arrive_in_several_calls_and_are_learned_once(
     asyncio.run(scenario())
 
 
+def test_a_final_that_loses_the_race_answers_the_reward_logged(
+    make_settings: SettingsFactory,
+) -> None:
+    """Two calls make one event final at once (parts of it sent together, or a part racing the
+    sweep): each stores its part and reads the parts, then logs them; the second finds the
+    event logged by the first, with the parts it had read and more. It answers what was logged
+    (and learned), not a reward of the parts it had read: before, 0.70 for rating and latency
+    where 0.88 was logged, or 0.0 with no parts when it read them again after the other call
+    had logged the event and deleted them. Driven step by step: a call's part stored, another
+    call completing the event, then the first call's finalize."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        d = await router.choose("hello there")
+        await router.reward(d.event_id, RewardParts(rating=3))
+        mine = await router.store.add_parts(d.event_id, {"latency_ms": 500.0})  # call X
+        assert mine.parts == {"rating": 3.0, "latency_ms": 500.0}
+        other = await router.reward(d.event_id, RewardParts(accuracy=1.0))  # call Y logs it
+        assert other.status == "final"
+        assert other.parts == {"rating": 3.0, "latency_ms": 500.0, "accuracy": 1.0}
+        (logged,) = await all_events(router.store.events())
+        assert (logged.reward["reward"], logged.reward["parts"]) == (other.reward, other.parts)
+        told = await router._finalize(d.event_id, mine.parts)  # call X goes on: too late
+        assert told == (other.reward, other.parts)
+        assert await router._finalize(d.event_id, {}) == (other.reward, other.parts)
+        assert router.version == 1
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_sweep_closes_windows_with_parts_present_or_default(
     make_settings: SettingsFactory,
 ) -> None:

@@ -353,7 +353,10 @@ class Router:
     async def _finalize(
         self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
     ) -> tuple[float, dict[str, float]]:
-        """Log the event with the reward of every part present; retry if parts arrive meanwhile."""
+        """Log the event with the reward of every part present; retry if parts arrive meanwhile.
+        Returns the reward and parts logged: when a concurrent call (or a sweep) logged the event
+        first, with every part stored before it (so ours), the ones it logged, which may count
+        parts that came after ours were read."""
         while True:
             value = (
                 self._combine(parts, weights)
@@ -364,8 +367,10 @@ class Router:
             try:
                 if await self.store.finalize(event_id, len(parts), reward) is not None:
                     return value, parts
-            except AlreadyRewarded:
-                return value, parts  # a concurrent call logged it, with our parts included
+            except AlreadyRewarded as e:
+                if e.logged is None:  # a done marker from before it kept the reward
+                    return value, parts
+                return float(e.logged["reward"]), dict(e.logged["parts"])
             parts = await self.store.parts_of(event_id)
 
     async def sweep(self, now: float | None = None) -> int:

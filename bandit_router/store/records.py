@@ -68,6 +68,21 @@ def decode_parts(raw: dict[bytes, bytes]) -> tuple[dict[str, float], list[bytes]
     return parts, others
 
 
+def read_logged_reward(raw: bytes) -> dict[str, Any] | None:
+    """The reward a done marker holds (the one logged with its event), or None when it holds
+    none a reader can use: a marker written before it kept the reward (``1``), or by hand."""
+    try:
+        reward = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(reward, dict) or _reward_problem(reward) is not None:
+        return None
+    parts = reward.get("parts")
+    if not isinstance(parts, dict) or not all(_in_bounds(k, v) for k, v in parts.items()):
+        return None
+    return reward
+
+
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)  # compact JSON, as json.dumps(separators=(",", ":"))
 

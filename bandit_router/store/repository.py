@@ -62,6 +62,7 @@ from bandit_router.store.records import (
     is_stream_id,
     read_choice,
     read_decision,
+    read_logged_reward,
     stream_id_key,
     to_event,
     to_events,
@@ -272,12 +273,13 @@ class Store:
             self.key(KEY_DONE, event_id),
             self.key(KEY_PARTS, event_id),
             self.key(KEY_PENDING),
+            self.key(KEY_EVENTS),
+            self.key(KEY_STATS),
         ]
         args = [self.ttl_s, self.reward_wait_s, event_id, repr(time.time() if now is None else now)]
         if final is None:
             result = await self._calls.call(self._add_parts, keys, [*args, *flat])
         else:
-            keys += [self.key(KEY_EVENTS), self.key(KEY_STATS)]
             args += [self.stream_maxlen, dumps(final).decode(), final["reward"], *flat]
             result = await self._calls.call(self._add_final, keys, args, logs=True)
         if result[0] == 0:
@@ -301,7 +303,8 @@ class Store:
     async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
         """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
 
-        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone,
+        Raises ``AlreadyRewarded`` if another call finalized it first (with the reward that call
+        logged, when the done marker holds it), ``UnknownEvent`` if gone,
         ``UnreadableDecision`` if its stored decision does not read.
         """
         keys = [
@@ -317,7 +320,7 @@ class Store:
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
-            raise AlreadyRewarded(event_id)
+            raise AlreadyRewarded(event_id, read_logged_reward(result[1]))
         if result[0] == 5:
             raise _unreadable(event_id, result[1].decode())
         if result[0] == 6:

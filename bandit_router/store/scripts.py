@@ -41,7 +41,7 @@ return redis.call('GET', KEYS[1])
 
 
 # Lua shared by the reward scripts, whose KEYS are always decision, done, parts, pending, events,
-# stats (ADD_PARTS uses the first four) and whose ARGV start ttl, wait or maxlen, event id.
+# stats (ADD_PARTS does not use events) and whose ARGV start ttl, wait or maxlen, event id.
 # A stored decision may be anything (written by hand, or damaged): each script reads its time and
 # arm with decision_of, before it writes anything, and answers {5, why} when they do not read
 # (records.read_decision checks the same in Python).
@@ -74,7 +74,13 @@ local function window_end(ts)  -- when the decision's reward window closes (ARGV
 end
 local function hold(d, deadline, dups)  -- keep the parts until the window closes
   redis.call('EXPIRE', KEYS[3], ARGV[1])
-  redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3])
+  if redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3]) == 1 then
+    -- No longer tracked: a sweep let the window go with no part and counted it skipped, and
+    -- these parts, taken before the window closed by the receiving process's clock, reached
+    -- Redis after it. Tracked again, the next sweep learns them: the skip is undone.
+    local skipped = tonumber(redis.pcall('HGET', KEYS[6], 'skipped_no_reward'))
+    if skipped and skipped > 0 then redis.pcall('HINCRBY', KEYS[6], 'skipped_no_reward', -1) end
+  end
   return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 end
 """
@@ -82,7 +88,7 @@ end
 
 LOG_LUA = """
 local function log_event(d, arm, maxlen, reward, value)  -- mark done, log, count: once an event
-  redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+  redis.call('SET', KEYS[2], reward, 'EX', ARGV[1])  -- the marker keeps the reward logged
   local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'd', d, 'r', reward)
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
@@ -148,8 +154,8 @@ return hold(d, deadline, dups)
 
 
 # ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
-# Returns {0} gone, {1} already final, {5, why} unreadable, {6, key index, type} a key of
-# another type, {3} parts changed, {2, id}.
+# Returns {0} gone, {1, done marker} already final (the marker holds the reward logged), {5, why}
+# unreadable, {6, key index, type} a key of another type, {3} parts changed, {2, id}.
 FINALIZE = (
     TYPES_LUA
     + DECISION_LUA
@@ -159,7 +165,8 @@ local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset', 5, 'stream'}
 if bad then return bad end
 local d = redis.call('GET', KEYS[1])
 if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local done = redis.call('GET', KEYS[2])
+if done then return {1, done} end
 local ts, arm, why = decision_of(d)
 if not ts then return {5, why} end
 if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
