@@ -82,11 +82,12 @@ class AlreadyRewarded(RouterError):
     status_code = 409
     field = "event_id"
 
-    def __init__(self, event_id: str) -> None:
+    def __init__(self, event_id: str, logged: tuple[float, dict[str, float]] | None = None) -> None:
         super().__init__(
             f"event {event_id!r} already has a reward and was learned; "
             "each event is learned once, send a new /choose for a new query"
         )
+        self.logged = logged  # the reward and parts it was logged with, when known
 
 
 class InvalidArm(RouterError):

@@ -251,6 +251,35 @@ def test_a_window_a_final_settled_meanwhile_is_not_counted_skipped(
     asyncio.run(scenario())
 
 
+def test_a_call_a_concurrent_one_beat_to_the_log_answers_what_was_logged(
+    make_settings: SettingsFactory,
+) -> None:
+    """Two calls complete one event at once: the one whose log comes second answered "final"
+    with the reward of its own stale view, or with 0.0 and no parts once the winner had deleted
+    them (a state machine found it: tests/test_sequences.py). Its parts are in the logged event,
+    so it answers the logged reward and parts."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        event = await router.choose("one")
+        await router.reward(event.event_id, RewardParts(rating=5.0))
+        # a call adds its part and reads the event's parts; a concurrent one completes and
+        # logs the event before the first logs it
+        seen = await router.store.add_parts(event.event_id, {"accuracy": 0.0})
+        won = await router.reward(event.event_id, RewardParts(latency_ms=0.0))
+        assert won.status == "final" and won.parts.keys() == {"rating", "accuracy", "latency_ms"}
+        late = await router._finalize(event.event_id, seen.parts)  # its view: rating, accuracy
+        assert late == (won.reward, won.parts)
+        again = await router._finalize(event.event_id, {})  # its view: none left
+        assert again == (won.reward, won.parts)
+        with pytest.raises(AlreadyRewarded):  # a part after the event was learned: 409
+            await router.reward(event.event_id, RewardParts(accuracy=1.0))
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     "field", [("version", "abc"), ("version", "9" * 30), ("stream_id", "garbage"), ("policy", None)]
 )

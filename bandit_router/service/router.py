@@ -364,8 +364,11 @@ class Router:
             try:
                 if await self.store.finalize(event_id, len(parts), reward) is not None:
                     return value, parts
-            except AlreadyRewarded:
-                return value, parts  # a concurrent call logged it, with our parts included
+            except AlreadyRewarded as e:
+                # A concurrent call logged it, with our parts included (they were stored before
+                # its log, which counts them): answer what it logged, not our view, which may
+                # lack its parts or, read after it deleted them, have none.
+                return e.logged or (value, parts)
             parts = await self.store.parts_of(event_id)
 
     async def sweep(self, now: float | None = None) -> int:

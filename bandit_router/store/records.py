@@ -165,6 +165,21 @@ def to_event(stream_id: bytes, fields: dict[bytes, bytes]) -> Logged:
     return Event(sid, decision, reward, dropped)
 
 
+def read_logged_reward(raw: bytes) -> tuple[float, dict[str, float]] | None:
+    """The reward and parts an event's done marker says it was logged with; None when it does
+    not say (the ``1`` of a marker written before it held them, or anything written by hand)."""
+    try:
+        reward = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(reward, dict) or _reward_problem(reward) is not None:
+        return None
+    parts = reward.get("parts")
+    if not isinstance(parts, dict) or not all(_in_bounds(k, v) for k, v in parts.items()):
+        return None
+    return float(reward["reward"]), {k: float(v) for k, v in parts.items()}
+
+
 def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 

@@ -62,6 +62,7 @@ from bandit_router.store.records import (
     is_stream_id,
     read_choice,
     read_decision,
+    read_logged_reward,
     stream_id_key,
     to_event,
     to_events,
@@ -299,7 +300,8 @@ class Store:
     async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
         """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
 
-        Raises ``AlreadyRewarded`` if another call finalized it first, ``UnknownEvent`` if gone,
+        Raises ``AlreadyRewarded`` if another call finalized it first (with the reward and parts
+        it was logged with, as its done marker says them), ``UnknownEvent`` if gone,
         ``UnreadableDecision`` if its stored decision does not read.
         """
         keys = [
@@ -315,7 +317,7 @@ class Store:
         if result[0] == 0:
             raise UnknownEvent(event_id)
         if result[0] == 1:
-            raise AlreadyRewarded(event_id)
+            raise AlreadyRewarded(event_id, read_logged_reward(result[1]))
         if result[0] == 5:
             raise _unreadable(event_id, result[1].decode())
         if result[0] == 6:

@@ -82,7 +82,7 @@ end
 
 LOG_LUA = """
 local function log_event(d, arm, maxlen, reward, value)  -- mark done, log, count: once an event
-  redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+  redis.call('SET', KEYS[2], reward, 'EX', ARGV[1])  -- the marker says what was logged
   local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'd', d, 'r', reward)
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
@@ -148,8 +148,9 @@ return hold(d, deadline, dups)
 
 
 # ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
-# Returns {0} gone, {1} already final, {5, why} unreadable, {6, key index, type} a key of
-# another type, {3} parts changed, {2, id}.
+# Returns {0} gone, {1, done marker} already final (the marker: the reward JSON it was logged
+# with), {5, why} unreadable, {6, key index, type} a key of another type, {3} parts changed,
+# {2, id}.
 FINALIZE = (
     TYPES_LUA
     + DECISION_LUA
@@ -159,7 +160,8 @@ local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset', 5, 'stream'}
 if bad then return bad end
 local d = redis.call('GET', KEYS[1])
 if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local done = redis.call('GET', KEYS[2])
+if done then return {1, done} end
 local ts, arm, why = decision_of(d)
 if not ts then return {5, why} end
 if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
