@@ -39,7 +39,7 @@ def test_shared_line_with_app_features() -> None:
 @given(
     stats=st.lists(st.sampled_from([0.0, 0.5]), min_size=10, max_size=10),
     tokens=st.lists(st.integers(1, 99), max_size=3, unique=True),
-    numeric=st.dictionaries(st.sampled_from("ab"), st.sampled_from([0.0, 2.0])),
+    numeric=st.dictionaries(st.sampled_from("ab"), st.sampled_from([0.0, 2.0, 1e-200, -1e-45])),
     categorical=st.dictionaries(st.sampled_from("cd"), st.just("v")),
 )
 def test_featured_namespaces_are_those_shared_line_fills(
@@ -52,6 +52,28 @@ def test_featured_namespaces_are_those_shared_line_fills(
     # "|Q a:1 |W" -> Q has a feature, W has none
     filled = {m[0] for m in re.findall(r"\|(\w) ([^|]+)", shared_line(x))}
     assert featured_namespaces(x) == filled
+
+
+@pytest.mark.parametrize("policy", ["squarecb", "egreedy", "softmax", "rnd", "bag", "cover"])
+def test_numbers_too_small_for_a_float32_do_not_make_vw_predict_nan(policy: str) -> None:
+    """VW reads a number written with an exponent far below float32's range (1e-200) as NaN: as
+    an app feature it made that choice NaN (a 500), as the cost of a reward every later one."""
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import build_policy
+
+    built = build_policy(policy, seed=1)
+    arms = [Arm("a"), Arm("b")]
+    tiny = extract("question", {"n": 1e-200})
+    assert "e-200" not in shared_line(tiny)  # 0 to VW, which keeps a float32: left out
+    assert featured_namespaces(tiny) == {"Q", "W"}
+    assert sum(built.choose(tiny, arms).probabilities.values()) == pytest.approx(1)
+    x = extract("question")
+    d = built.choose(x, arms)
+    built.learn(x, arms, d.arm, d.probability, 1e-200)  # the first reward: its cost is -1e-200
+    built.learn(tiny, arms, d.arm, d.probability, 0.0)
+    for _ in range(5):
+        probabilities = built.choose(x, arms).probabilities
+        assert sum(probabilities.values()) == pytest.approx(1), probabilities
 
 
 def test_arm_line_exact() -> None:

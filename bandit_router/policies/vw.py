@@ -200,20 +200,34 @@ CENTRE_CLIP = 0.01
 _MAGIC = b"bandit-router vw 1\n"
 
 
+# VW keeps every number as a float32, and its text parser reads one written with an exponent
+# far below float32's range (1e-200, say) as NaN, not 0: a NaN feature value made that choice
+# NaN, and a NaN cost (a reward of 1e-200 with a baseline of 0) made every later one NaN. Below
+# float32's smallest normal magnitude a number is written as 0, and a feature is left out.
+_FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def _vw_float(value: float) -> float:
+    """``value`` as VW can read it: 0 when a float32 has no normal number that small."""
+    return value if abs(value) >= _FLOAT32_TINY else 0.0
+
+
 def _num(value: float) -> str:
-    return f"{value:.6g}"
+    return f"{_vw_float(value):.6g}"
 
 
 def shared_line(x: Features) -> str:
     """The ``shared`` line of an ADF example, built from the query's features."""
     parts = ["shared |Q"]
-    parts += [f"{name}:{_num(v)}" for name, v in zip(QUERY_STATS, x.stats, strict=True) if v]
+    parts += [
+        f"{name}:{_num(v)}" for name, v in zip(QUERY_STATS, x.stats, strict=True) if _vw_float(v)
+    ]
     if x.tokens:
         parts.append("|W")
         parts += [str(t) for t in x.tokens]
     if x.numeric:
         parts.append("|N")
-        parts += [f"{app_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if v]
+        parts += [f"{app_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if _vw_float(v)]
     if x.categorical:
         parts.append("|C")
         parts += [str(app_hash(k, v)) for k, v in x.categorical.items()]
@@ -223,9 +237,9 @@ def shared_line(x: Features) -> str:
 def featured_namespaces(x: Features) -> set[str]:
     """The shared namespaces in which ``shared_line(x)`` has at least one feature."""
     present = {
-        "Q": any(x.stats),
+        "Q": any(_vw_float(v) for v in x.stats),
         "W": bool(x.tokens),
-        "N": any(x.numeric.values()),
+        "N": any(_vw_float(v) for v in x.numeric.values()),
         "C": bool(x.categorical),
     }
     return {ns for ns, there in present.items() if there}
