@@ -164,9 +164,35 @@ def test_a_final_that_loses_the_race_answers_the_reward_logged(
         (logged,) = await all_events(router.store.events())
         assert (logged.reward["reward"], logged.reward["parts"]) == (other.reward, other.parts)
         told = await router._finalize(d.event_id, mine.parts)  # call X goes on: too late
-        assert told == (other.reward, other.parts)
-        assert await router._finalize(d.event_id, {}) == (other.reward, other.parts)
+        assert told == (other.reward, other.parts, False)
+        assert await router._finalize(d.event_id, {}) == (other.reward, other.parts, False)
         assert router.version == 1
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_calls_that_complete_an_event_at_once_answer_one_reward_observed_once(
+    make_settings: SettingsFactory,
+) -> None:
+    """Two final calls with a part each, at once: both answer the reward logged, and the
+    reward histogram observes it once (it counted every call that answered final)."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        d = await router.choose("hello there")
+        await router.reward(d.event_id, RewardParts(rating=3))
+        answers = await asyncio.gather(
+            router.reward(d.event_id, RewardParts(latency_ms=500), final=True),
+            router.reward(d.event_id, RewardParts(accuracy=1.0), final=True),
+        )
+        assert {(a.status, a.reward) for a in answers} == {("final", answers[0].reward)}
+        (logged,) = await all_events(router.store.events())
+        assert logged.reward["reward"] == answers[0].reward
+        registry = router.metrics.registry
+        assert registry.get_sample_value("bandit_reward_count", {"arm": d.arm}) == 1
+        assert registry.get_sample_value("bandit_rewards_received_total", {"arm": d.arm}) == 3
         await router.close()
         await router.store.close()
 

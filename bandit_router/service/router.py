@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from bandit_router.errors import (
     AlreadyRewarded,
@@ -91,6 +91,14 @@ def reward_config(settings: Settings) -> RewardConfig:
 async def word_key(settings: Settings, store: Store) -> WordKey:
     """The deployment's key for hashing query words: ``BANDIT_HASH_KEY``, else its Redis secret."""
     return WordKey(settings.hash_key or await store.word_secret())
+
+
+class Finalized(NamedTuple):
+    """An event's reward as logged, and whether this call logged it (else a concurrent one)."""
+
+    reward: float
+    parts: dict[str, float]
+    here: bool
 
 
 class Router:
@@ -298,15 +306,18 @@ class Router:
         decision, merged = got.decision, got.parts
         weights = own_weights(decision)  # read once: it warns of an unusable record
         value: float | None = None
-        if got.logged is not None:
+        logged_here = got.logged is not None
+        if logged_here:
             value = own
         elif final or self._complete(decision, merged, weights):
             if not merged and self.settings.default_reward is None:
                 self._combine(merged, weights)  # nothing to learn from: 422 naming the parts
-            value, merged = await self._finalize(event_id, merged, weights)
+            value, merged, logged_here = await self._finalize(event_id, merged, weights)
         if value is not None and self.learner.leading:
             await self.learner.catch_up(got.logged)  # the learner is here: learned before we answer
-        self.metrics.rewarded(decision["arm"], value)
+        # The reward's value is observed once an event, by the call that logged it: others that
+        # completed it at the same moment answer the same value, not another observation.
+        self.metrics.rewarded(decision["arm"], value if logged_here else None)
         return RewardResult(
             event_id=event_id,
             arm=decision["arm"],
@@ -352,7 +363,7 @@ class Router:
 
     async def _finalize(
         self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
-    ) -> tuple[float, dict[str, float]]:
+    ) -> Finalized:
         """Log the event with the reward of every part present; retry if parts arrive meanwhile.
         Returns the reward and parts logged: when a concurrent call (or a sweep) logged the event
         first, with every part stored before it (so ours), the ones it logged, which may count
@@ -366,11 +377,11 @@ class Router:
             reward = {"parts": parts, "reward": value, "ts": time.time(), "default": not parts}
             try:
                 if await self.store.finalize(event_id, len(parts), reward) is not None:
-                    return value, parts
+                    return Finalized(value, parts, here=True)
             except AlreadyRewarded as e:
                 if e.logged is None:  # a done marker from before it kept the reward
-                    return value, parts
-                return float(e.logged["reward"]), dict(e.logged["parts"])
+                    return Finalized(value, parts, here=False)
+                return Finalized(float(e.logged["reward"]), dict(e.logged["parts"]), here=False)
             parts = await self.store.parts_of(event_id)
 
     async def sweep(self, now: float | None = None) -> int:
