@@ -12,6 +12,7 @@ class RouterError(Exception):
 
     status_code = 422
     field: str | None = None
+    retry_after_s: int | None = None  # when set, answered as Retry-After (a 503 the load sets)
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)

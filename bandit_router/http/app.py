@@ -99,9 +99,8 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     router = getattr(request.app.state, "router", None)
     status, body = failure(exc, router, request.url.path.strip("/") or "/")
     headers = {"www-authenticate": BASIC_CHALLENGE} if status == 401 else {}
-    retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
-        headers["retry-after"] = str(retry_after)
+    if isinstance(exc, RouterError) and exc.retry_after_s is not None:
+        headers["retry-after"] = str(exc.retry_after_s)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -266,7 +266,8 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
     status, raw = failure(exc, router, "gateway")
     code = "model_not_found" if isinstance(exc, ModelNotFound) else None
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
-    headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
+    retry = exc.retry_after_s if isinstance(exc, RouterError) else None
+    headers = {"retry-after": str(retry)} if retry is not None else None
     return Response(
         openai_error(status, raw, code),
         status_code=status,
