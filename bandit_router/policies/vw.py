@@ -219,15 +219,15 @@ def _num(value: float) -> str:
 def shared_line(x: Features) -> str:
     """The ``shared`` line of an ADF example, built from the query's features."""
     parts = ["shared |Q"]
-    parts += [
-        f"{name}:{_num(v)}" for name, v in zip(QUERY_STATS, x.stats, strict=True) if _vw_float(v)
-    ]
+    stats = zip(QUERY_STATS, x.stats, strict=True)
+    parts += [f"{name}:{v:.6g}" for name, v in stats if abs(v) >= _FLOAT32_TINY]  # else 0: out
     if x.tokens:
         parts.append("|W")
         parts += [str(t) for t in x.tokens]
     if x.numeric:
         parts.append("|N")
-        parts += [f"{app_hash(k)}:{_num(v)}" for k, v in x.numeric.items() if _vw_float(v)]
+        numeric = x.numeric.items()
+        parts += [f"{app_hash(k)}:{v:.6g}" for k, v in numeric if abs(v) >= _FLOAT32_TINY]
     if x.categorical:
         parts.append("|C")
         parts += [str(app_hash(k, v)) for k, v in x.categorical.items()]
