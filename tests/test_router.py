@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -14,7 +15,7 @@ from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
-from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_MODEL, KEY_PENDING
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_MODEL, KEY_PENDING, KEY_WORD_SECRET
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import RedisProcess, SettingsFactory, all_events
@@ -723,5 +724,34 @@ def test_learners_gone_leave_no_name_in_the_group(make_settings: SettingsFactory
         assert await names(e) == set()  # taken out by e as it took the lease
         for router in (a, c, e):
             await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_word_secret_redis_lost_is_put_back_and_another_one_is_said(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarted without persistence loses the word secret: a process started after would
+    make another and hash query words otherwise than those running. The running ones put theirs
+    back; one that finds another there says so, once."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        key = router.store.key(KEY_WORD_SECRET)
+        secret = await router.store.redis.get(key)
+        await router.store.redis.delete(key)  # lost
+        assert await router.keep_word_secret()
+        assert await router.store.redis.get(key) == secret
+        later = await _open(router.settings)  # a process started since hashes as this one
+        assert later.words.fingerprint == router.words.fingerprint
+        await router.store.redis.set(key, "made by a process started before it was put back")
+        with caplog.at_level(logging.ERROR):
+            assert not await router.keep_word_secret()
+            assert not await router.keep_word_secret()
+        said = [m for m in caplog.messages if "hashes words two ways" in m]
+        assert len(said) == 1
+        for r in (router, later):
+            await r.close()
+            await r.store.close()
 
     asyncio.run(scenario())

@@ -104,11 +104,20 @@ class Finalized(NamedTuple):
 class Router:
     """Serves decisions from this process's model and turns reward parts into logged events."""
 
-    def __init__(self, settings: Settings, store: Store, learner: Learner, words: WordKey) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        learner: Learner,
+        words: WordKey,
+        secret: str | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.learner = learner
         self.words = words  # hashes the query's words; the same in every process of a deployment
+        self._secret = secret  # the Redis word secret ``words`` comes from (not BANDIT_HASH_KEY)
+        self._secret_differs = False  # Redis holds another: said once
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
         self.rewards = reward_config(settings)
@@ -129,7 +138,9 @@ class Router:
     async def open(cls, settings: Settings, store: Store) -> Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free."""
         learner = Learner(settings, store, await load_model(store, settings))
-        router = cls(settings, store, learner, await word_key(settings, store))
+        secret = None if settings.hash_key else await store.word_secret()
+        words = WordKey(secret) if secret is not None else await word_key(settings, store)
+        router = cls(settings, store, learner, words, secret)
         if settings.learn_in_workers:
             # A lease or log key of another type (said in the log), or a Redis that refuses
             # writes: serve anyway, and let the learner's loop try again, rather than fail the
@@ -453,6 +464,7 @@ class Router:
         """The periodic work of a service process: learn or follow, sweep, flush the buffer."""
         tasks = [
             self._every(stop, self.settings.model_refresh_s, self.refresh),
+            self._every(stop, self.settings.model_refresh_s, self.keep_word_secret),
             self._every(stop, self.settings.sweep_s, self.sweep),
             self._every(stop, 1.0, self._flush_if_any),
         ]
@@ -499,6 +511,25 @@ class Router:
             return False
         self.learner.model = restore(snapshot, parse_policy_spec(snapshot.policy), self.settings)
         return True
+
+    async def keep_word_secret(self) -> bool:
+        """Put the word secret this process hashes words with back in Redis if it is gone (a
+        Redis restarted without persistence, the key deleted): else the next process to start
+        would make another, and the deployment's processes would hash query words two ways.
+        False, said once, when Redis holds another secret."""
+        if self._secret is None:
+            return True
+        if await self.store.keep_word_secret(self._secret) == self._secret:
+            return True
+        if not self._secret_differs:
+            self._secret_differs = True
+            log.error(
+                "the word secret in Redis is not the one this process hashes query words with: "
+                "Redis lost it (restarted without persistence, or the key was deleted) and a "
+                "process started since made another; until the processes started before are "
+                "restarted, the deployment hashes words two ways (BANDIT_HASH_KEY avoids it)"
+            )
+        return False
 
     async def close(self) -> None:
         """Write what the buffer holds if Redis allows, publish the model, release the lease.

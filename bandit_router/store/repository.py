@@ -764,12 +764,22 @@ class Store:
         ``StoreDamaged`` (said in the log once) when the key is not a string, or one that is empty
         or not UTF-8: a new secret would silently change every word feature, so none is made.
         """
+        return await self.keep_word_secret(secrets.token_hex(32))
+
+    @unavailable
+    async def keep_word_secret(self, secret: str) -> str:
+        """The word secret Redis holds, ``secret`` set first if it holds none (SET NX and GET in
+        one transaction, only then: a Redis that refuses writes can still be read);
+        ``StoreDamaged`` as for ``word_secret``."""
         raw: Any = await self._typed(KEY_WORD_SECRET, self.redis.get(self.key(KEY_WORD_SECRET)))
-        if raw is None:  # made only when absent: a Redis that refuses writes can still be read
+        if raw is None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.key(KEY_WORD_SECRET), secrets.token_hex(32), nx=True)
+                pipe.set(self.key(KEY_WORD_SECRET), secret, nx=True)
                 pipe.get(self.key(KEY_WORD_SECRET))
                 _, raw = await self._typed(KEY_WORD_SECRET, pipe.execute())
+        return self._secret_text(raw)
+
+    def _secret_text(self, raw: Any) -> str:
         try:
             secret = bytes(raw).decode()
         except UnicodeDecodeError:
