@@ -438,7 +438,7 @@ class Learner:
         except SwitchArrived as e:
             assert promotion is not None
             log.info("promotion of %s dropped: %s", promotion["to_policy"], e.message)
-            self._promotion = None  # the model and bench it swapped in are replaced:
+            # the switch drops the promotion, and replaces the model and bench it swapped in
             await self._switch(await effective_spec(self.store, self.settings, self._refused))
             raise
         if not published:
