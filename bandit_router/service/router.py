@@ -138,8 +138,11 @@ class Router:
     async def open(cls, settings: Settings, store: Store) -> Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free."""
         learner = Learner(settings, store, await load_model(store, settings))
-        secret = None if settings.hash_key else await store.word_secret()
-        words = WordKey(secret) if secret is not None else await word_key(settings, store)
+        if settings.hash_key:
+            secret, words = None, WordKey(settings.hash_key)
+        else:  # the deployment's secret in Redis, which this process keeps there
+            secret = await store.word_secret()
+            words = WordKey(secret)
         router = cls(settings, store, learner, words, secret)
         if settings.learn_in_workers:
             # A lease or log key of another type (said in the log), or a Redis that refuses
