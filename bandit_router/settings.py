@@ -341,6 +341,12 @@ class Settings(BaseSettings):
         default="drop_oldest",
         description="when the buffer is full: drop its oldest decision, or answer 503",
     )
+    buffer_dir: str | None = Field(
+        default=None,
+        description="where buffered decisions are also written, so a process that stops or dies "
+        "while Redis is down leaves them for another; unset: BANDIT_DATA_DIR/buffer; empty: "
+        "memory only",
+    )
 
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

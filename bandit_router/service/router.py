@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from bandit_router.errors import (
@@ -28,6 +29,7 @@ from bandit_router.features import AppValue, WordKey, extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
+from bandit_router.service.journal import Journal
 from bandit_router.service.learner import BATCH, Learner, Model, load_model, restore, wait_or_stop
 from bandit_router.service.metrics import Metrics
 from bandit_router.settings import Settings, check_weights
@@ -126,6 +128,7 @@ class Router:
         # their decision knows: with upstreams configured, parts are combined once it is read.
         self.event_weights = any(arm.upstream is not None for arm in settings.arms)
         self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
+        self.journal = journal_for(settings)  # the buffer's copy on disk, if any
         self.unavailable_at = -math.inf  # monotonic time this process last found Redis down
         self._flushing = asyncio.Lock()
         self.buffer_dropped = 0
@@ -150,6 +153,8 @@ class Router:
             # start of every process.
             with contextlib.suppress(StoreDamaged, StoreUnavailable):
                 await learner.lead()
+        with contextlib.suppress(StoreUnavailable):  # before the first reward for one comes
+            await router.flush()  # the decisions of gone processes' journals
         return router
 
     @property
@@ -260,26 +265,55 @@ class Router:
             self._buffer.popitem(last=False)
             self.buffer_dropped += 1
         self._buffer[record["event_id"]] = record
+        if self.journal is not None:
+            self.journal.append(record)
 
     async def flush(self) -> int:
-        """Write buffered decisions to Redis, oldest first; stops at the first failure.
+        """Write buffered decisions to Redis, oldest first, after those of gone processes'
+        journals; stops at the first failure.
 
         One flush at a time (the background one and rewards for buffered decisions may all
         ask at once); a decision the full buffer let go meanwhile is written anyway.
         """
         written = 0
         async with self._flushing:
-            while self._buffer:
-                event_id, record = next(iter(self._buffer.items()))
-                with contextlib.suppress(UnreadableEvent):  # its id is taken, as by any record
-                    await self._save(record)
-                self._buffer.pop(event_id, None)
-                written += 1
+            await self._write_orphans()
+            try:
+                while self._buffer:
+                    event_id, record = next(iter(self._buffer.items()))
+                    await self._save_once(record)
+                    self._buffer.pop(event_id, None)
+                    written += 1
+            finally:
+                if written and self.journal is not None:
+                    self.journal.keep_only(self._buffer.values())
             if dropped := self.buffer_dropped:  # more may be dropped while this is counted
                 await self.store.count("decisions_dropped", dropped)
                 self.buffer_dropped -= dropped
-        self.metrics.degraded.set(0)
+        self.metrics.degraded.set(1 if self._buffer else 0)  # one may have come meanwhile
         return written
+
+    async def _save_once(self, record: dict[str, Any]) -> None:
+        with contextlib.suppress(UnreadableEvent):  # its id is taken, as by any record
+            await self._save(record)
+
+    async def _write_orphans(self) -> None:
+        """Write the decisions a process of this deployment journalled before it stopped or
+        died with Redis down; each journal is deleted once all of its decisions are in."""
+        if self.journal is None:
+            return
+        for orphan in self.journal.orphans():
+            count = 0
+            for record in orphan.records():
+                await self._save_once(record)
+                count += 1
+            orphan.done()
+            log.warning(
+                "wrote %d decisions from %s, kept by a process that stopped while Redis was "
+                "unavailable",
+                count,
+                orphan.path,
+            )
 
     # Rewards
 
@@ -476,7 +510,9 @@ class Router:
         await asyncio.gather(*tasks)
 
     async def _flush_if_any(self) -> int:
-        return await self.flush() if self._buffer else 0
+        if self._buffer or self.journal is not None:  # a journal: gone processes' may wait
+            return await self.flush()
+        return 0
 
     async def _every(
         self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
@@ -537,8 +573,9 @@ class Router:
     async def close(self) -> None:
         """Write what the buffer holds if Redis allows, publish the model, release the lease.
 
-        With Redis still down the buffer dies with the process: the log says it is a loss, with
-        how many, and how many the full buffer had dropped (not yet in ``decisions_dropped``)."""
+        With Redis still down the buffer stays in the journal for another process, said in the
+        log; without a journal it dies with the process: the log says it is a loss, with how
+        many, and how many the full buffer had dropped (not yet in ``decisions_dropped``)."""
         try:
             await self.flush()
         except StoreUnavailable as e:
@@ -548,14 +585,28 @@ class Router:
                 if self.buffer_dropped
                 else ""
             )
-            log.error(
-                "%d decisions answered with degraded=true are lost: Redis was unavailable until "
-                "the process stopped (%s), and rewards for them will be refused as unknown "
-                "(404)%s",
-                len(self._buffer),
-                e,
-                dropped,
-            )
+            kept = None if self.journal is None else self.journal.release()
+            if kept is not None:
+                log.warning(
+                    "%d decisions answered with degraded=true are kept in %s: Redis was "
+                    "unavailable until the process stopped (%s); the next process of this "
+                    "deployment to reach Redis writes them%s",
+                    len(self._buffer),
+                    kept,
+                    e,
+                    dropped,
+                )
+            else:
+                log.error(
+                    "%d decisions answered with degraded=true are lost: Redis was unavailable "
+                    "until the process stopped (%s), and rewards for them will be refused as "
+                    "unknown (404)%s",
+                    len(self._buffer),
+                    e,
+                    dropped,
+                )
+        if self.journal is not None:
+            self.journal.release()
         await self.learner.close()
 
     async def stats(self) -> dict[str, Any]:
@@ -582,6 +633,15 @@ class Router:
             "buffered_decisions": len(self._buffer),
             "learner": self.learner.leading,
         }
+
+
+def journal_for(settings: Settings) -> Journal | None:
+    """The journal ``settings`` ask for: in BANDIT_BUFFER_DIR, by default BANDIT_DATA_DIR's
+    ``buffer``; none when it is empty."""
+    directory = settings.buffer_dir
+    if directory is None:
+        directory = os.path.join(settings.data_dir, "buffer")
+    return Journal(Path(directory), settings.key_prefix) if directory else None
 
 
 def own_weights(decision: Mapping[str, Any]) -> dict[str, float] | None:

@@ -1,0 +1,164 @@
+"""Journal: the decision buffer's copy on disk, so a process that stops or dies while Redis is
+down does not take the decisions it answered with it.
+
+Each process of a deployment appends the decisions it buffers, one JSON line each, to a file of
+its own that it holds an exclusive ``flock`` on for as long as the file is its own. The kernel
+drops the lock when the process ends, however it ends, so a journal whose lock another process
+can take belongs to a process that is gone: that process writes its decisions to Redis (writing
+a decision twice keeps the first) and deletes the file. Lines are written, not synced: they
+survive the process, not the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from bandit_router.store.records import dumps, read_choice
+
+log = logging.getLogger("bandit_router")
+SUFFIX = ".jsonl"
+
+
+class Journal:
+    """The journals of one deployment (``prefix``) in ``directory``: this process's, and those
+    of processes that are gone."""
+
+    def __init__(self, directory: Path, prefix: str) -> None:
+        self.directory = directory
+        # Every file of the deployment starts so: a digest, as prefixes may start alike.
+        digest = hashlib.sha256(prefix.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        self._stem = f"{digest}.{quote(prefix, safe='')}."
+        self._file: IO[bytes] | None = None  # this process's journal, locked, while it has one
+        self.path: Path | None = None  # its name
+        self._failed = False  # said once: the directory cannot be written
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add a buffered decision. A journal that cannot be written leaves the decision in
+        memory only, said once in the log."""
+        try:
+            if self._file is None:
+                self._file, self.path = self._create([])
+            self._file.write(dumps(record) + b"\n")
+            self._file.flush()
+        except OSError as e:
+            if not self._failed:
+                self._failed = True
+                log.error(
+                    "decisions answered while Redis is down are kept in memory only: the "
+                    "journal in %s cannot be written (%s; BANDIT_BUFFER_DIR)",
+                    self.directory,
+                    e,
+                )
+
+    def keep_only(self, records: Iterable[dict[str, Any]]) -> None:
+        """Make this process's journal hold ``records`` only (what the buffer still holds after
+        a flush); none: delete it."""
+        if self._file is None or self.path is None:
+            return
+        rest = list(records)
+        try:
+            if rest:
+                new, _ = self._create(rest, self.path)  # renamed over the old one
+            else:
+                os.unlink(self.path)
+                new, self.path = None, None
+        except OSError as e:
+            log.warning("the decision journal %s was not rewritten: %s", self.path, e)
+            return
+        self._file.close()
+        self._file = new
+
+    def release(self) -> Path | None:
+        """Let the journal go as the process stops: what it holds stays for another process of
+        the deployment to write. Its path, if it has one."""
+        path = self.path
+        if self._file is not None:
+            self._file.close()  # unlocks it
+        self._file, self.path = None, None
+        return path
+
+    def orphans(self) -> Iterator[Orphan]:
+        """The journals of the deployment's processes that are gone, each locked while it is
+        handled; none when the directory does not exist."""
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError:
+            return
+        for name in names:
+            path = self.directory / name
+            if not (name.startswith(self._stem) and name.endswith(SUFFIX)) or path == self.path:
+                continue
+            try:
+                handle = open(path, "rb")  # noqa: SIM115 (held locked until handled)
+            except OSError:  # its owner deleted it meanwhile
+                continue
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its owner is alive
+                handle.close()
+                continue
+            with contextlib.closing(handle):
+                if _same_file(path, handle):  # else its owner rewrote it under the same name
+                    yield Orphan(path, handle)
+
+    def _create(
+        self, records: list[dict[str, Any]], path: Path | None = None
+    ) -> tuple[IO[bytes], Path]:
+        """A journal holding ``records`` at ``path`` (default: a new name), locked before it
+        takes its name, so that a process scanning for orphans never sees it unlocked."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{self._stem}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        path = path or self.directory / (name + SUFFIX)
+        temporary = self.directory / (name + ".new")
+        handle = open(temporary, "wb")  # noqa: SIM115 (the journal from now on)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.write(b"".join(dumps(r) + b"\n" for r in records))
+            handle.flush()
+            os.replace(temporary, path)
+        except BaseException:
+            handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return handle, path
+
+
+class Orphan:
+    """A gone process's journal, locked by this one: its decisions, then ``done``."""
+
+    def __init__(self, path: Path, handle: IO[bytes]) -> None:
+        self.path = path
+        self._handle = handle
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Its decisions; a line that is no decision (cut short by a crash, edited) is skipped
+        with a warning."""
+        self._handle.seek(0)
+        for number, line in enumerate(self._handle, 1):
+            try:
+                yield read_choice(line)
+            except ValueError as e:
+                log.warning("%s line %d is not a decision, skipped: %s", self.path, number, e)
+
+    def done(self) -> None:
+        """Every decision is in Redis: the journal goes."""
+        if _same_file(self.path, self._handle):
+            os.unlink(self.path)
+
+
+def _same_file(path: Path, handle: IO[bytes]) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(handle.fileno()))
+    except FileNotFoundError:
+        return False

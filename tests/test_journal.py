@@ -1,0 +1,181 @@
+"""Decisions answered while Redis is down outlive the process that answered them: its journal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from bandit_router.features import WordKey, extract
+from bandit_router.http.app import create_app
+from bandit_router.service.journal import Journal
+from tests.conftest import (
+    RedisProcess,
+    SettingsFactory,
+    _free_port,
+    cli_env,
+    cli_process,
+    healthy,
+    wait_until,
+)
+
+
+def _decision(event_id: str, arm: str = "a") -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "features": extract("What is 2+2?", None, WordKey("secret")).to_json(),
+        "arms": ["a", "b"],
+        "arm": arm,
+        "probability": 0.5,
+        "probabilities": {"a": 0.5, "b": 0.5},
+        "policy": "squarecb",
+        "model_version": 0,
+        "ts": 1.0,
+    }
+
+
+def _orphaned(directory: Path, prefix: str) -> list[list[str]]:
+    """The event ids of each journal of ``prefix`` whose process let it go."""
+    return [[r["event_id"] for r in o.records()] for o in Journal(directory, prefix).orphans()]
+
+
+def test_a_live_journal_is_never_taken_and_a_released_one_is(tmp_path: Path) -> None:
+    owner = Journal(tmp_path, "bandit")
+    owner.append(_decision("e1"))
+    owner.append(_decision("e2"))
+    assert _orphaned(tmp_path, "bandit") == []  # locked: its process is alive
+    kept = owner.release()
+    assert kept is not None and kept.exists()
+    assert _orphaned(tmp_path, "bandit") == [["e1", "e2"]]
+    # Other deployments' journals are theirs, a prefix that starts alike included.
+    assert _orphaned(tmp_path, "bandit:x") == []
+    assert _orphaned(tmp_path, "band") == []
+
+
+def test_a_journal_keeps_only_what_the_buffer_still_holds(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "bandit")
+    for event_id in ("e1", "e2", "e3"):
+        journal.append(_decision(event_id))
+    journal.keep_only([_decision("e3")])  # e1 and e2 written to Redis
+    journal.append(_decision("e4"))
+    journal.release()
+    assert _orphaned(tmp_path, "bandit") == [["e3", "e4"]]
+
+    emptied = Journal(tmp_path, "other")
+    emptied.append(_decision("e5"))
+    path = emptied.path
+    emptied.keep_only([])
+    assert path is not None and not path.exists() and emptied.release() is None
+
+
+def test_a_line_cut_short_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path, "bandit")
+    journal.append(_decision("e1"))
+    path = journal.release()
+    assert path is not None
+    with path.open("ab") as f:
+        f.write(b'{"event_id": "e2", "arm"')  # a process killed mid-write
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        assert _orphaned(tmp_path, "bandit") == [["e1"]]
+    assert any("line 2 is not a decision" in r.getMessage() for r in caplog.records)
+
+
+def test_a_journal_that_cannot_be_written_leaves_memory_only_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    journal = Journal(blocker / "buffer", "bandit")  # a directory under a file: never made
+    with caplog.at_level(logging.ERROR, logger="bandit_router"):
+        journal.append(_decision("e1"))
+        journal.append(_decision("e2"))
+    said = [r.getMessage() for r in caplog.records if "memory only" in r.getMessage()]
+    assert len(said) == 1 and "BANDIT_BUFFER_DIR" in said[0]
+    assert journal.release() is None
+
+
+def _choose(client: TestClient | httpx.Client, query: str) -> dict[str, Any]:
+    response = client.post("/choose", json={"query": query})
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def test_a_stop_while_redis_is_down_leaves_the_buffer_for_the_next_process(
+    make_settings: SettingsFactory,
+    redis_process: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM (the lifespan's end) while Redis is down: the buffered decisions stay in the
+    journal, the log says where; the next process to reach Redis writes them before it serves,
+    and their rewards are taken."""
+    settings = make_settings(redis_url=redis_process.url)
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        with TestClient(create_app(settings)) as client:
+            redis_process.kill()
+            during = [_choose(client, f"q{i}") for i in range(4)]
+            assert all(d["degraded"] for d in during)
+        said = [r.getMessage() for r in caplog.records if "degraded=true" in r.getMessage()]
+    assert len(said) == 1 and "4 decisions answered with degraded=true are kept in" in said[0]
+    assert len(list((Path(settings.data_dir) / "buffer").glob("*.jsonl"))) == 1
+
+    redis_process.start()  # empty: no persistence on this test server
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/stats").json()["decisions"] == 4
+        for d in during:
+            r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+            assert r.status_code == 200, r.text
+            assert r.json()["arm"] == d["arm"]
+    assert list((Path(settings.data_dir) / "buffer").iterdir()) == []
+
+
+def test_a_process_killed_while_redis_is_down_loses_no_decision(
+    make_settings: SettingsFactory, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """SIGKILL, no lifespan's end: the journal was written as the decisions were answered, and
+    the kernel drops its lock with the process."""
+    settings = make_settings(redis_url=redis_process.url)
+    env = cli_env(
+        redis_url=settings.redis_url, key_prefix=settings.key_prefix, data_dir=settings.data_dir
+    )
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with cli_process(["serve", "--port", str(port)], env, tmp_path / "serve.log") as service:
+        wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
+        redis_process.kill()
+        with httpx.Client(base_url=base) as client:
+            during = [_choose(client, f"q{i}") for i in range(4)]
+        assert all(d["degraded"] for d in during)
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=20)
+
+    redis_process.start()
+    with TestClient(create_app(settings)) as client:
+        for d in during:
+            r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+            assert r.status_code == 200, r.text
+
+
+def test_without_a_journal_a_stop_while_redis_is_down_says_what_is_lost(
+    make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BANDIT_BUFFER_DIR empty: the buffer is in memory only, and a stop with Redis down says
+    how many decisions are lost, and how many the full buffer had dropped (their count in
+    ``decisions_dropped`` is lost with them)."""
+    settings = make_settings(redis_url=redis_process.url, decision_buffer=3, buffer_dir="")
+    with caplog.at_level(logging.ERROR, logger="bandit_router"):
+        with TestClient(create_app(settings)) as client:
+            redis_process.kill()
+            assert all(_choose(client, f"q{i}")["degraded"] for i in range(5))
+        said = [r.getMessage() for r in caplog.records if "degraded=true" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "3 decisions answered with degraded=true are lost" in said[0]
+    assert "2 more were dropped" in said[0]
+    assert not (Path(settings.data_dir) / "buffer").exists()
