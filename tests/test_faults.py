@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from bandit_router.errors import StoreUnavailable
 from bandit_router.http.app import create_app
 from bandit_router.rewards import RewardParts
+from bandit_router.service.outage import SAID_EVERY_S, Outage
 from bandit_router.service.router import BUFFER_GRACE_S, Router
 from bandit_router.settings import Settings
 from bandit_router.store.repository import Store
@@ -165,3 +167,49 @@ def test_start_up_gives_up_after_the_wait(
     with pytest.raises(StoreUnavailable), TestClient(app):
         pass
     assert time.monotonic() - began < 10
+
+
+def test_an_outage_is_said_once_a_minute_with_what_was_not_said(
+    make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every background job fails every period while Redis is down (the learner each second):
+    the log says it at once, then at most every ``SAID_EVERY_S`` with the failures between."""
+    settings = make_settings(redis_url=redis_process.url, model_refresh_s=0.05, sweep_s=0.05)
+
+    async def scenario() -> None:
+        router = await _open_router(settings)
+        stop = asyncio.Event()
+        running = asyncio.create_task(router.run(stop))
+        await asyncio.sleep(0.2)
+        redis_process.kill()
+        await router.choose("What is 2+2?")  # degraded: the flush fails each second too
+        await asyncio.sleep(2.5)
+        stop.set()
+        await running
+        await router.close()
+        await router.store.close()
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records if "waiting for Redis" in r.getMessage()]
+    assert len(said) == 1, said
+
+
+def test_an_outage_said_again_counts_each_job_s_failures(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    outage = Outage(clock=lambda: now[0])
+    error = StoreUnavailable("Connection refused")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        outage.failed("learner", error)
+        for _ in range(3):
+            now[0] += 1
+            outage.failed("learner", error)
+            outage.failed("sweep", error)
+        now[0] = SAID_EVERY_S + 0.5
+        outage.failed("refresh", error)
+        outage.failed("refresh", error)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"learner waiting for Redis: {error}",
+        f"refresh waiting for Redis: {error} (failures not said in the last 60 s: learner 3, "
+        "sweep 3)",
+    ]

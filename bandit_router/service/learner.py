@@ -38,6 +38,7 @@ from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
 from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
 from bandit_router.service.challengers import Bench, in_pool, summary
+from bandit_router.service.outage import Outage
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import LEASE_TAKEN, Store
@@ -200,6 +201,7 @@ class Learner:
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
+        self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
         # The challengers, while this process leads (service.challengers); a promotion not yet
         # published (Redis failed) goes with the next snapshot.
         self.bench: Bench | None = None
@@ -589,7 +591,7 @@ class Learner:
                 if self.on_redis_error is not None:
                     self.on_redis_error("learner")
                 if isinstance(e, StoreUnavailable):  # StoreDamaged: said once, by the store
-                    log.warning("learner waiting for Redis: %s", e)
+                    self.outage.failed("learner", e)
                 self.leading = False
                 renewed = 0.0
                 await wait_or_stop(stop, 1.0)

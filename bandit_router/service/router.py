@@ -523,7 +523,7 @@ class Router:
             except StoreUnavailable as e:
                 self.unavailable_at = time.monotonic()
                 self.metrics.redis_error(job.__name__)
-                log.warning("%s waiting for Redis: %s", job.__name__, e)
+                self.learner.outage.failed(job.__name__, e)
             except StoreDamaged:  # the store said so in the log, once: no traceback each period
                 self.metrics.redis_error(job.__name__)
             except Exception:  # a background job must not die silently; it retries next period
