@@ -303,3 +303,29 @@ def _stream_length(settings: Settings) -> int:
         return int(client.xlen(KEY_EVENTS.format(p="{" + settings.key_prefix + "}")))
     finally:
         client.close()
+
+
+def _gone(pid: str) -> bool:
+    """Whether process ``pid`` has exited (a zombie no one reaps yet counts)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_workers_stop_when_serve_is_killed(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """``serve`` SIGKILLed (no graceful stop of its own): the kernel sends each worker SIGTERM
+    (``PR_SET_PDEATHSIG``), so they stop as on a SIGTERM instead of serving on, orphaned, and
+    holding the port."""
+    settings = make_settings()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = ["serve", "--port", str(port), "--workers", "2"]
+    with cli_process(serve, _env(settings), tmp_path / "s.log") as service:
+        wait_until(lambda: healthy(base) and len(_children(service.pid)) == 2, 60, "2 workers")
+        workers = _children(service.pid)
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=20)
+        wait_until(lambda: all(_gone(w) for w in workers), 60, "the workers to stop")
+        assert not healthy(base)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -65,6 +70,7 @@ from bandit_router.service.stats import StatsCache, StatsResponse
 from bandit_router.settings import Settings
 
 log = logging.getLogger("bandit_router")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
@@ -398,4 +404,21 @@ def app_from_env() -> FastAPI:
     app = create_app(Settings())
     gc.collect()
     gc.freeze()
+    parent = multiprocessing.parent_process()  # uvicorn's supervisor, with --workers above 1
+    if parent is not None and parent.pid is not None:
+        stop_with(parent.pid)
     return app
+
+
+def stop_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when ``parent`` dies: uvicorn's supervisor
+    killed (SIGKILL) would otherwise leave its workers serving, and holding the port. Linux
+    only (``PR_SET_PDEATHSIG``)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("worker not tied to its supervisor: prctl failed (%s)", ctypes.get_errno())
+        return
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
