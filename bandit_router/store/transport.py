@@ -143,12 +143,10 @@ class GroupCommit:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        # (the script, or None for a plain command; its arguments; the caller's future; whether
+        # (the script; its arguments; the caller's future; whether
         # the call may log an event; whether its reply waits for ``wait``'s replicas; whether
         # the caller gets that as well, with the reply)
-        self._queue: list[
-            tuple[Script | None, list[Any], asyncio.Future[Any], bool, bool, bool]
-        ] = []
+        self._queue: list[tuple[Script, list[Any], asyncio.Future[Any], bool, bool, bool]] = []
         # A script call (its script and EVALSHA arguments) sent last in every batch with a call
         # that may log an event, and what takes its reply before the callers get theirs: the
         # leading learner's read of the log. It is told whether ``wait``'s replicas confirmed
@@ -174,10 +172,6 @@ class GroupCommit:
         script may log an event, so ``follow`` goes in the same batch, after it."""
         return await self._enqueue(script, evalsha(script, keys, args), logs, True)
 
-    async def command(self, *args: Any) -> Any:
-        """A plain command; its raw reply (redis-py's parsing callbacks do not run)."""
-        return await self._enqueue(None, list(args), False, False)
-
     async def confirmed_call(
         self, script: Script, keys: list[Any], args: list[Any]
     ) -> tuple[Any, bool]:
@@ -190,7 +184,7 @@ class GroupCommit:
 
     async def _enqueue(
         self,
-        script: Script | None,
+        script: Script,
         args: list[Any],
         logs: bool,
         confirmed: bool,
@@ -205,7 +199,7 @@ class GroupCommit:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            calls = [(script, args) for script, args, *_ in batch]
+            calls: list[tuple[Script | None, list[Any]]] = [(s, a) for s, a, *_ in batch]
             follow = self.follow if any(logs for _, _, _, logs, _, _ in batch) else None
             if follow is not None:
                 calls.append((follow[0], follow[1]))
