@@ -58,6 +58,7 @@ def test_redis_down_choose_degrades_reward_503_then_recovers(
     assert reward.status_code == 503
     assert "Redis" in reward.json()["detail"]
     assert client.get("/healthz").status_code == 503
+    assert client.get("/livez").json() == {"status": "ok"}  # alive: no reason to restart it
     assert client.get("/stats").status_code == 503
 
     redis_process.start()  # back, empty: no persistence on this test server

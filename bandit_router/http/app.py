@@ -243,9 +243,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         return await _routing_call("/reward", request)
 
+    @app.get("/livez", tags=["operations"])
+    async def livez() -> dict[str, str]:
+        """Liveness alone: the process answers, whether Redis does or not. For a liveness
+        probe; `/healthz`, which needs Redis, is for readiness: restarting a process because
+        Redis is down would only stop its degraded answers."""
+        return {"status": "ok"}
+
     @app.get("/healthz", response_model=HealthResponse, responses=HEALTH, tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:
-        """Liveness and the Redis connection (of every deployment)."""
+        """Readiness: the process answers and reaches Redis (of every deployment)."""
         routers: Routers = request.app.state.routers
         router = routers.default
         # every deployment's Redis at once: the answer takes one round trip, not one each

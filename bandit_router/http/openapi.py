@@ -17,7 +17,7 @@ Call `POST /choose` with the query, call the model it names, then report how it 
 `X-API-Key: <key>`, `Authorization: Bearer <key>` or as the password of Basic auth. The `/admin`
 endpoints need `BANDIT_ADMIN_KEY` the same way, and are disabled (403) while it is unset.
 `/stats`, `/metrics` and `/dashboard` need one of `BANDIT_OPS_KEYS` when it is set (a browser
-asks for it); `/healthz` and `/arms` need no key.
+asks for it); `/healthz`, `/livez` and `/arms` need no key.
 """
 
 TAGS = [
