@@ -29,6 +29,7 @@ MAX_WEIGHT = 1000.0  # a reward weight's upper bound
 HOUR_S, DAY_S, YEAR_S = 3600, 86_400, 31_536_000
 MAX_COUNT = 10**10
 GIB = 1 << 30
+MIB = 1 << 20
 
 
 GATEWAY_PARTS = ("latency", "cost", "failure")
@@ -336,6 +337,12 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000_000,
         description="decisions kept in memory while Redis is down",
+    )
+    decision_buffer_bytes: int = Field(
+        default=64 * MIB,
+        ge=0,
+        le=GIB,
+        description="and at most this many bytes of them (as JSON)",
     )
     buffer_overflow: Literal["drop_oldest", "reject"] = Field(
         default="drop_oldest",

@@ -133,6 +133,30 @@ def test_full_buffer_drops_oldest_and_counts(
     assert client.post("/reward", json=dropped).status_code == 404
 
 
+def test_the_buffer_is_bounded_in_bytes_too(
+    make_client: ClientFactory, redis_process: RedisProcess
+) -> None:
+    """Decisions at the feature limits are about 25 KB each: BANDIT_DECISION_BUFFER_BYTES bounds
+    what the buffer holds whatever the count allows, oldest dropped first; one larger than the
+    bound is a 503 naming it."""
+    client = make_client(redis_url=redis_process.url, decision_buffer_bytes=15_000)
+    big = {f"k{i}": "v" * 256 for i in range(40)}  # about 11 KB as JSON
+    redis_process.kill()
+    for i in range(5):
+        _choose(client, query=f"q{i}", features=big)
+    router: Router = client.app.state.routers.default  # type: ignore[attr-defined]
+    assert 0 < router.buffered_bytes <= 15_000
+    assert router.buffer_dropped == 4  # one fits
+    huge = {f"k{i}": "v" * 256 for i in range(64)}  # about 17 KB: more than the bound alone
+    refused = client.post("/choose", json={"query": "q", "features": huge})
+    assert refused.status_code == 503
+    assert "BANDIT_DECISION_BUFFER_BYTES" in refused.json()["detail"]
+    redis_process.start()
+    _wait(lambda: _stat(client, "buffered_decisions") == 0)
+    stats = client.get("/stats").json()
+    assert (stats["decisions"], stats["decisions_dropped"]) == (1, 4)
+
+
 def test_full_buffer_can_reject_instead(
     make_client: ClientFactory, redis_process: RedisProcess
 ) -> None:

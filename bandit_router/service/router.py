@@ -33,7 +33,7 @@ from bandit_router.service.journal import Journal
 from bandit_router.service.learner import BATCH, Learner, Model, load_model, restore, wait_or_stop
 from bandit_router.service.metrics import Metrics
 from bandit_router.settings import Settings, check_weights
-from bandit_router.store.records import stream_id_key
+from bandit_router.store.records import dumps, stream_id_key
 from bandit_router.store.repository import Store
 
 log = logging.getLogger("bandit_router")
@@ -128,6 +128,8 @@ class Router:
         # their decision knows: with upstreams configured, parts are combined once it is read.
         self.event_weights = any(arm.upstream is not None for arm in settings.arms)
         self._buffer: OrderedDict[str, dict[str, Any]] = OrderedDict()  # decisions Redis missed
+        self._buffer_sizes: dict[str, int] = {}  # their size as JSON
+        self.buffered_bytes = 0
         self.journal = journal_for(settings)  # the buffer's copy on disk, if any
         self.unavailable_at = -math.inf  # monotonic time this process last found Redis down
         self._flushing = asyncio.Lock()
@@ -258,15 +260,26 @@ class Router:
         return await self.store.save_decision(record["event_id"], record)
 
     def _keep(self, record: dict[str, Any]) -> None:
-        """Hold a decision Redis could not take, within the bound the settings give."""
-        if len(self._buffer) >= self.settings.decision_buffer:
-            if self.settings.buffer_overflow == "reject" or not self._buffer:
-                raise StoreUnavailable("the local decision buffer is full")
-            self._buffer.popitem(last=False)
+        """Hold a decision Redis could not take, within the bounds the settings give."""
+        size = len(dumps(record))
+        count, room = self.settings.decision_buffer, self.settings.decision_buffer_bytes
+        while len(self._buffer) >= count or self.buffered_bytes + size > room:
+            if self.settings.buffer_overflow == "reject" or count == 0 or size > room:
+                raise StoreUnavailable(
+                    "the local decision buffer is full (BANDIT_DECISION_BUFFER, "
+                    "BANDIT_DECISION_BUFFER_BYTES)"
+                )
+            self._let_go(next(iter(self._buffer)))
             self.buffer_dropped += 1
         self._buffer[record["event_id"]] = record
+        self._buffer_sizes[record["event_id"]] = size
+        self.buffered_bytes += size
         if self.journal is not None:
             self.journal.append(record)
+
+    def _let_go(self, event_id: str) -> None:
+        del self._buffer[event_id]
+        self.buffered_bytes -= self._buffer_sizes.pop(event_id)
 
     async def flush(self) -> int:
         """Write buffered decisions to Redis, oldest first, after those of gone processes'
@@ -282,7 +295,8 @@ class Router:
                 while self._buffer:
                     event_id, record = next(iter(self._buffer.items()))
                     await self._save_once(record)
-                    self._buffer.pop(event_id, None)
+                    if event_id in self._buffer:  # else the full buffer let it go meanwhile
+                        self._let_go(event_id)
                     written += 1
             finally:
                 if written and self.journal is not None:
