@@ -569,19 +569,24 @@ class Router:
                 "rewards": int(rewards),
                 "mean_reward": total / rewards if rewards else None,
             }
-        accepted = sum(a["rewards"] for a in per_arm.values())
+        # The totals count every arm's counters, those of arms no longer served included.
         return {
             "policy": str(self.model.spec),
             "model_version": self.version,
             "arms": per_arm,
-            "decisions": sum(a["decisions"] for a in per_arm.values()),
-            "rewards_accepted": accepted,
+            "decisions": int(_total(counters, "decisions:")),
+            "rewards_accepted": int(_total(counters, "rewards:")),
             "events_learned": int(counters.get("events_learned", 0)),
             "skipped_no_reward": int(counters.get("skipped_no_reward", 0)),
             "decisions_dropped": int(counters.get("decisions_dropped", 0)),
             "buffered_decisions": len(self._buffer),
             "learner": self.learner.leading,
         }
+
+
+def _total(counters: Mapping[str, float], prefix: str) -> float:
+    """The sum of the per-arm counters named ``prefix`` + an arm."""
+    return sum(v for k, v in counters.items() if k.startswith(prefix))
 
 
 def own_weights(decision: Mapping[str, Any]) -> dict[str, float] | None:

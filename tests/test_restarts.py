@@ -1,0 +1,54 @@
+"""Settings changed between restarts of a deployment whose state is already in Redis: what an
+operator sees (the totals, the log lines) after the service comes back with the change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from bandit_router.http.app import create_app
+from tests.conftest import SettingsFactory
+from tests.live import Servers
+
+
+@contextmanager
+def running(make_settings: SettingsFactory, **overrides: Any) -> Iterator[httpx.Client]:
+    """The app under uvicorn on loopback with these settings; a client on it; stopped after."""
+    servers = Servers()
+    port = servers.start(create_app(make_settings(**overrides)), "uvicorn", log_level="warning")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        servers.stop()
+
+
+def rewarded(client: httpx.Client, n: int) -> list[str]:
+    """``n`` decisions, each rewarded at once (status final); the arms chosen."""
+    arms = []
+    for i in range(n):
+        d = client.post("/choose", json={"query": f"question number {i % 3}"}).json()
+        r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+        assert r.status_code == 200 and r.json()["status"] == "final", r.text
+        arms.append(d["arm"])
+    return arms
+
+
+@pytest.mark.parametrize("arms_after", ["a,c", "a,b2,c", "c,a"])
+def test_totals_count_the_decisions_of_arms_no_longer_served(
+    make_settings: SettingsFactory, arms_after: str
+) -> None:
+    """An arm removed or renamed: "decisions made, ever" and "rewards final and logged, ever"
+    still count its decisions (they counted only the arms served now)."""
+    common = {"key_prefix": make_settings().key_prefix, "policy": "random"}
+    with running(make_settings, arms="a,b,c", **common) as client:
+        chosen = rewarded(client, 60)
+    assert "b" in chosen
+    with running(make_settings, arms=arms_after, **common) as client:
+        stats = client.get("/stats").json()
+    assert (stats["decisions"], stats["rewards_accepted"]) == (60, 60)
+    assert list(stats["arms"]) == arms_after.split(",")  # per arm: the arms served
