@@ -3,6 +3,7 @@ operator sees (the totals, the log lines) after the service comes back with the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,3 +53,33 @@ def test_totals_count_the_decisions_of_arms_no_longer_served(
         stats = client.get("/stats").json()
     assert (stats["decisions"], stats["rewards_accepted"]) == (60, 60)
     assert list(stats["arms"]) == arms_after.split(",")  # per arm: the arms served
+
+
+ADMIN = {"x-api-key": "an-admin-key-of-16+"}
+
+
+def test_a_stored_switch_that_overrides_a_changed_policy_setting_is_said_at_start(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A policy switched with /admin/policy (or promoted) stays in force over BANDIT_POLICY
+    across restarts, as README says; a start whose BANDIT_POLICY names another policy says so,
+    naming both and how to serve the setting's (it served the override without a word)."""
+    common = {"key_prefix": make_settings().key_prefix, "admin_key": ADMIN["x-api-key"]}
+    with running(make_settings, policy="squarecb", **common) as client:
+        rewarded(client, 10)
+        switched = client.post("/admin/policy", json={"policy": "egreedy"}, headers=ADMIN)
+        assert switched.status_code == 200, switched.text
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings, policy="egreedy", **common) as client,  # the same: no word
+    ):
+        assert client.get("/stats").json()["policy"] == "egreedy"
+    assert not [r for r in caplog.records if "BANDIT_POLICY" in r.getMessage()]
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings, policy="linucb", **common) as client,
+    ):
+        assert client.get("/stats").json()["policy"] == "egreedy"  # the switch wins
+    said = [r.getMessage() for r in caplog.records if "BANDIT_POLICY" in r.getMessage()]
+    assert len(said) == 1, said
+    assert all(w in said[0] for w in ("linucb", "egreedy", "/admin/policy")), said[0]
