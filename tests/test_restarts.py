@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+import redis
 
 from bandit_router.http.app import create_app
 from tests.conftest import SettingsFactory
@@ -83,3 +84,64 @@ def test_a_stored_switch_that_overrides_a_changed_policy_setting_is_said_at_star
     said = [r.getMessage() for r in caplog.records if "BANDIT_POLICY" in r.getMessage()]
     assert len(said) == 1, said
     assert all(w in said[0] for w in ("linucb", "egreedy", "/admin/policy")), said[0]
+
+
+def _said(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if all(w in r.getMessage() for w in words)]
+
+
+def test_a_hash_key_set_after_the_redis_secret_served_is_said_at_start(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BANDIT_HASH_KEY set on a deployment whose words were hashed with the secret in Redis:
+    the model's word features do not carry over, and processes still without the key hash
+    words the other way. The start says so, naming the key to delete once every process has
+    BANDIT_HASH_KEY (it said nothing)."""
+    prefix = make_settings().key_prefix
+    with running(make_settings, key_prefix=prefix) as client:
+        rewarded(client, 10)
+    secret_key = "{" + prefix + "}:word_secret"
+    r = redis.Redis.from_url(str(make_settings().redis_url))
+    stored = r.get(secret_key)
+    r.close()
+    assert isinstance(stored, bytes)
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings, key_prefix=prefix, hash_key=stored.decode()) as client,
+    ):
+        rewarded(client, 1)  # the same secret, copied into the setting: nothing to say
+    assert not _said(caplog, "BANDIT_HASH_KEY")
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings, key_prefix=prefix, hash_key="an operator's word key") as client,
+    ):
+        rewarded(client, 1)
+    said = _said(caplog, "BANDIT_HASH_KEY", secret_key)
+    assert len(said) == 1, said
+
+
+def test_a_hash_key_unset_on_a_deployment_that_learned_under_it_is_said_at_start(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BANDIT_HASH_KEY unset again: the first process makes a word secret in Redis, under which
+    the words the model learned hash elsewhere. The start says so (it said nothing); a new
+    deployment's first start, with nothing learned, says nothing."""
+    prefix = make_settings().key_prefix
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings, key_prefix=prefix, hash_key="an operator's word key") as client,
+    ):
+        rewarded(client, 10)
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings) as client,  # another prefix: a new deployment
+    ):
+        rewarded(client, 1)
+    assert not _said(caplog, "BANDIT_HASH_KEY")
+    with (
+        caplog.at_level(logging.INFO, logger="bandit_router"),
+        running(make_settings, key_prefix=prefix) as client,
+    ):
+        rewarded(client, 1)
+    said = _said(caplog, "BANDIT_HASH_KEY", "10 events")
+    assert len(said) == 1, said
