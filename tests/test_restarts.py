@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 import redis
 
+from bandit_router.cli.main import main
 from bandit_router.http.app import create_app
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, use_settings
 from tests.live import Servers
 
 
@@ -145,3 +147,26 @@ def test_a_hash_key_unset_on_a_deployment_that_learned_under_it_is_said_at_start
         rewarded(client, 1)
     said = _said(caplog, "BANDIT_HASH_KEY", "10 events")
     assert len(said) == 1, said
+
+
+def test_restoring_a_model_trained_on_the_deployments_own_log_does_not_say_its_words_are_lost(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """export, train on it, restore into the same deployment: the log's words were hashed with
+    that deployment's key, so its word features carry over (README, Warm start). restore said
+    they were "learned afresh": the file cannot tell, and restore now says what it knows."""
+    settings = make_settings(policy="random")
+    with running(make_settings, key_prefix=settings.key_prefix, policy="random") as client:
+        rewarded(client, 30)
+    use_settings(monkeypatch, settings)
+    log, model = tmp_path / "events.dsjson", tmp_path / "trained.json"
+    assert main(["export", "--out", str(log)]) == 0
+    assert main(["train", str(log), "--out", str(model), "--policy", "squarecb"]) == 0
+    capsys.readouterr()
+    assert main(["restore", str(model)]) == 0
+    said = capsys.readouterr().out
+    assert "another word key" not in said and "learned afresh" not in said, said
+    assert "does not say which word key" in said, said
