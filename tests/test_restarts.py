@@ -170,3 +170,24 @@ def test_restoring_a_model_trained_on_the_deployments_own_log_does_not_say_its_w
     said = capsys.readouterr().out
     assert "another word key" not in said and "learned afresh" not in said, said
     assert "does not say which word key" in said, said
+
+
+def test_a_reward_for_a_deployment_no_longer_served_names_it(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A deployment taken out of the file, and a reward for one of its decisions: 404, naming
+    the deployment and the file (it said only "unknown or expired"); served again, the decision
+    is still there and the reward is taken."""
+    file = tmp_path / "deployments.toml"
+    file.write_text('[deployments.support]\narms = "4b,14b"\n')
+    prefix = make_settings().key_prefix
+    with running(make_settings, key_prefix=prefix, deployments_file=str(file)) as client:
+        d = client.post("/choose", json={"query": "hi", "deployment": "support"}).json()
+    assert d["event_id"].startswith("support:")
+    with running(make_settings, key_prefix=prefix) as client:
+        r = client.post("/reward", json={"event_id": d["event_id"], "reward": 1})
+    assert r.status_code == 404, r.text
+    assert all(w in r.json()["detail"] for w in ("'support'", "BANDIT_DEPLOYMENTS_FILE")), r.text
+    with running(make_settings, key_prefix=prefix, deployments_file=str(file)) as client:
+        r = client.post("/reward", json={"event_id": d["event_id"], "reward": 1})
+    assert r.status_code == 200 and r.json()["status"] == "final", r.text
