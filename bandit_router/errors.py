@@ -25,10 +25,10 @@ class UnknownEvent(RouterError):
     status_code = 404
     field = "event_id"
 
-    def __init__(self, event_id: str) -> None:
+    def __init__(self, event_id: str, more: str = "") -> None:
         super().__init__(
             f"unknown or expired event_id {event_id!r}: no decision is waiting for a reward "
-            "under that id (decisions wait reward_wait_s seconds)"
+            f"under that id (decisions wait reward_wait_s seconds){more}"
         )
 
 

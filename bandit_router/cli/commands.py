@@ -258,7 +258,13 @@ def restore(args: argparse.Namespace) -> int:
         print(f"restored {args.file}: policy {snap.policy}, model version {snap.version} ({where})")
         if done.policy_override:
             print(f"policy {snap.policy} set as the deployment's policy (as /admin/policy would)")
-        if not done.same_words:
+        if done.same_words is None:
+            print(
+                "the file does not say which word key the model learned its word features under "
+                "(a model trained on an exported log: they carry over into the deployment that "
+                "logged it, and only there; see Warm start)"
+            )
+        elif not done.same_words:
             print(
                 "the model learned its word features under another word key: here words hash "
                 "to other features, which are learned afresh (the same BANDIT_HASH_KEY in both "

@@ -404,7 +404,10 @@ async def _reward(
             return result_fields(await router.reward(body.event_id, body.parts(), final=body.final))
     found[0] = last
     _target(routers, last, headers)
-    return result_fields(await last.reward(body.event_id, body.parts(), final=body.final))
+    try:
+        return result_fields(await last.reward(body.event_id, body.parts(), final=body.final))
+    except UnknownEvent as e:
+        raise routers.unknown(body.event_id) from e
 
 
 # (the deployments, the request's headers, its body, where the call puts the router it found)

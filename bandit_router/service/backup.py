@@ -46,7 +46,9 @@ class Restored:
     snapshot: Snapshot
     same_log: bool  # the file's watermark is in this log: events after it are learned at start
     policy_override: bool  # the file's policy differs from the one in force: set as override
-    same_words: bool  # learned under this deployment's word key: its word features carry over
+    # learned under this deployment's word key: its word features carry over (None: the file
+    # does not say, as a model trained on an exported log)
+    same_words: bool | None
 
 
 def to_json(snapshot: Snapshot, settings: Settings, words: str | None) -> dict[str, Any]:
@@ -218,6 +220,6 @@ async def load(
     # Set as an admin's switch with the model, in its transaction: else the service would
     # relearn the policy in force from the log instead (and a refused publish would leave it).
     override = parse_policy_spec(snapshot.policy) != await effective_spec(store, settings)
-    same_words = words == (await word_key(settings, store)).fingerprint
+    same_words = None if words is None else words == (await word_key(settings, store)).fingerprint
     await store.publish(snapshot, [], override=snapshot.policy if override else None)
     return Restored(snapshot, same_log, override, same_words)

@@ -14,11 +14,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from bandit_router.deployments import (
     DEFAULT,
+    NAME_PATTERN,
     Deployment,
     deployment_of_event,
     load_deployments,
 )
-from bandit_router.errors import RouterError
+from bandit_router.errors import RouterError, UnknownEvent
 from bandit_router.features import AppValue
 from bandit_router.service.router import ChooseResult, Router, new_event_id
 from bandit_router.settings import Settings
@@ -74,6 +75,21 @@ class Routers(Mapping[str, Router]):
         added)."""
         owner = deployment_of_event(event_id, self._named)
         return [self._routers[owner]] + ([self._routers[DEFAULT]] if owner != DEFAULT else [])
+
+    def unknown(self, event_id: str) -> UnknownEvent:
+        """What a 404 for ``event_id`` says: that its ``NAME:`` is a deployment's mark (one
+        taken out of the deployments file since its decision, say) when this service serves no
+        deployment of that name."""
+        head, sep, _ = event_id.partition(":")
+        if not sep or head in self._routers or not NAME_PATTERN.match(head):
+            return UnknownEvent(event_id)
+        return UnknownEvent(
+            event_id,
+            f"; if {head + ':'!r} marks it as an event of deployment {head!r}, this service "
+            f"does not serve that deployment (valid: {', '.join(self._routers)}): its decisions "
+            "stay in its keys in Redis until their windows end, to be rewarded once it is "
+            "served again (BANDIT_DEPLOYMENTS_FILE)",
+        )
 
     def event_id(self, name: str, given: str | None) -> str | None:
         """The id deployment ``name`` stores a decision under (None: ``default`` makes one)."""

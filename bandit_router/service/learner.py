@@ -36,7 +36,13 @@ from bandit_router.errors import (
 )
 from bandit_router.features import Features
 from bandit_router.policies.base import Arm, Policy, PolicySpec
-from bandit_router.policies.registry import build_policy, check_arms, load_policy, parse_policy_spec
+from bandit_router.policies.registry import (
+    build_policy,
+    check_arms,
+    load_policy,
+    parse_policy_spec,
+    runs_as,
+)
 from bandit_router.service.challengers import Bench, in_pool, summary
 from bandit_router.service.outage import Outage
 from bandit_router.settings import Settings
@@ -151,7 +157,20 @@ async def load_model(
     progress: Callable[[int], None] | None = None,
 ) -> Model:
     """The newest snapshot plus every logged event after it (``progress``: events replayed)."""
-    spec = spec or await effective_spec(store, settings)
+    if spec is None:
+        override = await store.policy_override()
+        spec = spec_in_force(override, settings)
+        setting = parse_policy_spec(settings.policy)
+        if override and runs_as(spec, settings) != runs_as(setting, settings):
+            # An operator who changed BANDIT_POLICY would otherwise see it ignored without a word.
+            log.warning(
+                "BANDIT_POLICY %s is not served: policy %s, set by POST /admin/policy or a "
+                "promotion and kept in Redis, overrides it; POST /admin/policy with "
+                '{"policy": "%s"} serves it',
+                setting,
+                spec,
+                setting,
+            )
     model = restore(await store.load_snapshot(), spec, settings)
     arms = {a.name: Arm.from_spec(a) for a in settings.arms}
     replayed = 0

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from bandit_router.service.journal import Journal
 from bandit_router.service.learner import BATCH, Learner, Model, load_model, restore, wait_or_stop
 from bandit_router.service.metrics import Metrics
 from bandit_router.settings import Settings, check_weights
+from bandit_router.store.keys import KEY_WORD_SECRET
 from bandit_router.store.records import dumps, stream_id_key
 from bandit_router.store.repository import Store
 
@@ -145,9 +147,23 @@ class Router:
         learner = Learner(settings, store, await load_model(store, settings))
         if settings.hash_key:
             secret, words = None, WordKey(settings.hash_key)
+            await _say_if_a_secret_differs(store, settings.hash_key)
         else:  # the deployment's secret in Redis, which this process keeps there
-            secret = await store.word_secret()
+            made = secrets.token_hex(32)
+            secret = await store.keep_word_secret(made)
             words = WordKey(secret)
+            if secret == made and learner.model.version:
+                # A model that learned words under another key (BANDIT_HASH_KEY unset since, or a
+                # secret Redis lost) sees its word features no more: said, as nothing else does.
+                log.warning(
+                    "no word secret was in Redis (%s), so this process made one, but the model "
+                    "has learned %d events: their query words were hashed with another key "
+                    "(BANDIT_HASH_KEY, unset since, or a secret Redis lost), so its word "
+                    "features are learned afresh; to keep them, set BANDIT_HASH_KEY as it was "
+                    "and restart every process",
+                    store.key(KEY_WORD_SECRET),
+                    learner.model.version,
+                )
         router = cls(settings, store, learner, words, secret)
         if settings.learn_in_workers:
             # A lease or log key of another type (said in the log), or a Redis that refuses
@@ -634,13 +650,13 @@ class Router:
                 "rewards": int(rewards),
                 "mean_reward": total / rewards if rewards else None,
             }
-        accepted = sum(a["rewards"] for a in per_arm.values())
+        # The totals count every arm's counters, those of arms no longer served included.
         return {
             "policy": str(self.model.spec),
             "model_version": self.version,
             "arms": per_arm,
-            "decisions": sum(a["decisions"] for a in per_arm.values()),
-            "rewards_accepted": accepted,
+            "decisions": int(_total(counters, "decisions:")),
+            "rewards_accepted": int(_total(counters, "rewards:")),
             "events_learned": int(counters.get("events_learned", 0)),
             "skipped_no_reward": int(counters.get("skipped_no_reward", 0)),
             "decisions_dropped": int(counters.get("decisions_dropped", 0)),
@@ -656,6 +672,27 @@ def journal_for(settings: Settings) -> Journal | None:
     if directory is None:
         directory = os.path.join(settings.data_dir, "buffer")
     return Journal(Path(directory), settings.key_prefix) if directory else None
+
+
+async def _say_if_a_secret_differs(store: Store, hash_key: str) -> None:
+    """Warn when Redis holds a word secret other than ``hash_key``: processes without
+    BANDIT_HASH_KEY hash words with it (the deployment's, before the setting was made)."""
+    with contextlib.suppress(StoreDamaged):  # a key that does not read: the key does without it
+        stored = await store.stored_word_secret()
+        if stored is not None and stored != hash_key:
+            log.warning(
+                "BANDIT_HASH_KEY is set, but %s holds another word secret, the one processes "
+                "started without BANDIT_HASH_KEY hash query words with (this deployment's before "
+                "the setting): the word features the model learned under it do not carry over, "
+                "and while such processes run, words are hashed two ways; once every process has "
+                "BANDIT_HASH_KEY, delete that key (DEL) to end this warning",
+                store.key(KEY_WORD_SECRET),
+            )
+
+
+def _total(counters: Mapping[str, float], prefix: str) -> float:
+    """The sum of the per-arm counters named ``prefix`` + an arm."""
+    return sum(v for k, v in counters.items() if k.startswith(prefix))
 
 
 def own_weights(decision: Mapping[str, Any]) -> dict[str, float] | None:

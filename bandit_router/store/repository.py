@@ -767,6 +767,13 @@ class Store:
         return await self.keep_word_secret(secrets.token_hex(32))
 
     @unavailable
+    async def stored_word_secret(self) -> str | None:
+        """The word secret Redis holds, None without one (none is made); ``StoreDamaged`` as
+        for ``word_secret``."""
+        raw: Any = await self._typed(KEY_WORD_SECRET, self.redis.get(self.key(KEY_WORD_SECRET)))
+        return None if raw is None else self._secret_text(raw)
+
+    @unavailable
     async def keep_word_secret(self, secret: str) -> str:
         """The word secret Redis holds, ``secret`` set first if it holds none (SET NX and GET in
         one transaction, only then: a Redis that refuses writes can still be read);
