@@ -425,6 +425,27 @@ def test_a_window_closed_with_no_part_its_weights_count_is_skipped_without_a_log
     assert [m for m in caplog.messages if "not learned at window end" in m] == []
 
 
+def test_with_a_default_reward_a_window_with_no_part_its_weights_count_learns_it(
+    serve: Serve, upstream: Start
+) -> None:
+    """Such an event has no reward at all, so BANDIT_DEFAULT_REWARD, when set, is what it
+    learns, as for an event with no part (it was skipped all the same)."""
+    url, _ = upstream(speed=1000)
+    base = _gateway(serve, url, reward_wait_s=1, sweep_s=0.2, default_reward=0.25)
+    client = _client(base, default_headers={"x-bandit-preference": "rating=1"})
+    calls = 5
+    for i in range(calls):
+        client.chat.completions.create(model="auto", messages=_ask(rows()[i]))
+
+    def learned() -> bool:
+        return bool(httpx.get(f"{base}/stats").json()["events_learned"] == calls)
+
+    wait_until(learned, 15, "the sweep to learn the windows with the default reward")
+    stats = httpx.get(f"{base}/stats").json()
+    assert stats["skipped_no_reward"] == 0
+    assert stats["recent"]["mean_reward"] == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize(
     "preference",
     [

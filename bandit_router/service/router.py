@@ -439,20 +439,36 @@ class Router:
         except ValueError as e:  # no weighted part: ``reward`` is always one, the message lists all
             raise InvalidReward(str(e), field="reward") from e
 
+    def _value(
+        self, parts: Mapping[str, float], weights: Mapping[str, float] | None, window_end: bool
+    ) -> tuple[float, bool]:
+        """The reward ``parts`` make, and whether it is the default: with no part, or at the
+        window's end none its weights count (parts the weights in force since left out, a
+        gateway preference counting a part never sent), when a default reward is set."""
+        default = self.settings.default_reward
+        if not parts:
+            return float(default or 0.0), True
+        try:
+            return self._combine(parts, weights), False
+        except InvalidReward:
+            if not window_end or default is None:
+                raise
+            return float(default), True
+
     async def _finalize(
-        self, event_id: str, parts: dict[str, float], weights: Mapping[str, float] | None = None
+        self,
+        event_id: str,
+        parts: dict[str, float],
+        weights: Mapping[str, float] | None = None,
+        window_end: bool = False,
     ) -> Finalized:
         """Log the event with the reward of every part present; retry if parts arrive meanwhile.
         Returns the reward and parts logged: when a concurrent call (or a sweep) logged the event
         first, with every part stored before it (so ours), the ones it logged, which may count
-        parts that came after ours were read."""
+        parts that came after ours were read. ``window_end``: the sweep closes it."""
         while True:
-            value = (
-                self._combine(parts, weights)
-                if parts
-                else float(self.settings.default_reward or 0.0)
-            )
-            reward = {"parts": parts, "reward": value, "ts": time.time(), "default": not parts}
+            value, default = self._value(parts, weights, window_end)
+            reward = {"parts": parts, "reward": value, "ts": time.time(), "default": default}
             try:
                 if await self.store.finalize(event_id, len(parts), reward) is not None:
                     return Finalized(value, parts, here=True)
@@ -510,10 +526,11 @@ class Router:
             await self.store.drop_pending(event_id)
             return 0
         try:
-            await self._finalize(event_id, parts, weights)
+            await self._finalize(event_id, parts, weights, window_end=True)
         except InvalidReward:  # no part its weights count (a gateway event's own weights, say a
-            # rating the app never sent): nothing to learn, as for an event with no part at all;
-            # counted, not said in the log, which a client could fill a line per call
+            # rating the app never sent) and no default reward: nothing to learn, as for an
+            # event with no part at all; counted, not said in the log, which a client could fill
+            # a line per call
             await self.store.drop_pending(event_id)
             return 0
         except UnknownEvent as e:
