@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,15 @@ from bandit_router.service.router import BUFFER_GRACE_S, Router
 from bandit_router.settings import Settings
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, RedisProcess, SettingsFactory
+from tests.conftest import (
+    ClientFactory,
+    RedisProcess,
+    SettingsFactory,
+    _free_port,
+    cli_env,
+    cli_process,
+    wait_until,
+)
 
 
 def _choose(client: TestClient, **body: Any) -> dict[str, Any]:
@@ -238,3 +248,29 @@ def test_an_outage_said_again_counts_each_job_s_failures(caplog: pytest.LogCaptu
         f"refresh waiting for Redis: {error} (failures not said in the last 60 s: learner 3, "
         "sweep 3)",
     ]
+
+
+@pytest.mark.parametrize(("workers", "signum"), [(1, signal.SIGTERM), (2, signal.SIGINT)])
+def test_a_signal_stops_a_start_that_waits_for_redis(
+    make_settings: SettingsFactory,
+    redis_process: RedisProcess,
+    tmp_path: Path,
+    workers: int,
+    signum: signal.Signals,
+) -> None:
+    """uvicorn only takes note of a signal until start-up ends: a process waiting for Redis
+    (BANDIT_STARTUP_WAIT_S, a minute here) stopped only once the wait was over."""
+    settings = make_settings(redis_url=redis_process.url)
+    redis_process.kill()
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, startup_wait_s=60)
+    log = tmp_path / "serve.log"
+    serve = ["serve", "--port", str(_free_port()), "--workers", str(workers)]
+    with cli_process(serve, env, log) as service:
+        wait_until(lambda: "waiting for Redis to start" in log.read_text(), 30, "the wait")
+        began = time.monotonic()
+        service.send_signal(signum)
+        service.wait(timeout=50)  # well within the minute the wait would take
+    assert time.monotonic() - began < 50
+    # with workers, uvicorn's supervisor passes the stop on to them as SIGTERM
+    said = "SIGTERM" if workers > 1 else signum.name
+    assert f"{said} while starting (waiting for Redis): stopped" in log.read_text()

@@ -10,8 +10,9 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import partial
 from typing import Annotated, Any
 
@@ -177,7 +178,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_routers(settings) as routers:
+        async with AsyncExitStack() as stack:
+            with stoppable_start():  # the wait for Redis, up to BANDIT_STARTUP_WAIT_S
+                routers = await stack.enter_async_context(open_routers(settings))
             app.state.routers = routers
             app.state.router = routers.default
             stop = asyncio.Event()
@@ -415,6 +418,45 @@ def app_from_env() -> FastAPI:
     if parent is not None and parent.pid is not None:
         stop_with(parent.pid)
     return app
+
+
+class StartStopped(Exception):
+    """A signal stopped the process while it started."""
+
+
+@contextmanager
+def stoppable_start() -> Iterator[None]:
+    """Let SIGTERM and SIGINT stop the start-up: uvicorn only takes note of them until start-up
+    ends, so a process waiting for Redis would wait out BANDIT_STARTUP_WAIT_S first. The
+    handlers in place still run (uvicorn then stops as it would), and are put back after. In
+    the main thread only, where signals arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def stop(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        if task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+
+    for each in (signal.SIGTERM, signal.SIGINT):
+        previous[each] = signal.signal(each, stop)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        name = signal.Signals(caught[0]).name
+        raise StartStopped(f"{name} while starting (waiting for Redis): stopped") from None
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def stop_with(parent: int) -> None:
