@@ -6,6 +6,26 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+# What an error answer repeats of a client's value: a request of a megabyte must not get one (or
+# two: the gateway says its message twice) back.
+ECHO_CHARS = 64  # of one value the client sent (a field name, a model, a header)
+DETAIL_CHARS = 2000  # of a whole message, whatever it holds
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (cut from {len(text)} characters)"
+
+
+def echo(value: str) -> str:
+    """A client's value as an error message quotes it: repr (control characters escaped), cut to
+    ``ECHO_CHARS`` characters."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+
 
 class RouterError(Exception):
     """Base of every error a client can cause or should be told about."""

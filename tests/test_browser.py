@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx2 as httpx
 import pytest
@@ -141,3 +143,60 @@ def test_docs_render_offline(
     assert {"/choose", "/reward", "/stats", "/metrics"} <= paths, paths
     assert _remote_resources(browser, base) == []
     assert browser.save_screenshot(str(screenshot_path(tmp_path, "docs.png")))
+
+
+def _stats_fetches(browser: webdriver.Chrome) -> int:
+    count: int = browser.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => new URL(e.name).pathname.endsWith('/stats')).length"
+    )
+    return count
+
+
+@pytest.mark.parametrize("refresh", ["0", "0.001", "-5", "x", "Infinity"])
+def test_a_refresh_period_from_a_link_cannot_make_the_page_flood_stats(
+    serve: Callable[..., str], browser: webdriver.Chrome, refresh: str
+) -> None:
+    """Anyone can send an operator a link: ``?refresh=0`` (or a word: NaN) made the page read
+    /stats some 80 times a second for as long as it stayed open."""
+    base = serve()
+    browser.get(f"{base}/dashboard?refresh={refresh}")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    time.sleep(2.5)
+    assert _stats_fetches(browser) <= 4  # the first read, then one a second at most
+    assert "every NaN" not in _text(browser, "status")
+
+
+HOSTILE = '"><img src=x onerror="window.__xss=1"><script>window.__xss=1</script>\n\x1b[31m'
+
+
+def test_what_clients_and_links_send_is_shown_never_run(
+    serve: Callable[..., str], browser: webdriver.Chrome
+) -> None:
+    """Client strings (query, features, event ids, gateway models) and a link's parameters reach
+    no markup: /stats holds none of them (arms and policies are the operator's, checked at
+    start), the page inserts every value as text, and the error answers that quote them are
+    JSON, which a browser shows as text."""
+    base = serve()
+    with httpx.Client(base_url=base) as http:
+        for i in range(12):
+            body = {"query": HOSTILE, "features": {HOSTILE[:60]: HOSTILE, "n": 1}}
+            d = http.post("/choose", json=body | {"event_id": f"x.{i}"}).json()
+            assert http.post("/reward", json={"event_id": d["event_id"], "reward": 1}).is_success
+        http.post("/v1/chat/completions", json={"model": HOSTILE, "messages": []})
+    quoted = quote(HOSTILE)
+    pages = [
+        f"/dashboard?deployment={quoted}",
+        f"/dashboard?window={quoted}&refresh={quoted}",
+        "/dashboard",
+        f"/docs?url={quoted}",
+        f"/docs?configUrl={quoted}",
+        f"/v1/models/{quoted}",
+        f"/arms?deployment={quoted}",
+        f"/v1/{quoted}",
+    ]
+    for page in pages:
+        browser.get(base + page)
+        time.sleep(1)  # the page's first read of /stats, and any script it would run
+        ran = browser.execute_script("return [window.__xss || 0, document.images.length]")
+        assert ran == [0, 0], page

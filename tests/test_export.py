@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx2 as httpx
 import pytest
 import vowpalwabbit
 from fastapi.testclient import TestClient
@@ -27,6 +31,10 @@ from bandit_router.store.records import Event
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
+from tests.live import serve
+
+__all__ = ["serve"]  # the fixture, imported
+CB_LABEL = vowpalwabbit.LabelType.CONTEXTUAL_BANDIT
 
 X = Features(
     stats=(0.5, 0.25, 0, 1, 0, 0, 0, 0, 0, 0),
@@ -235,3 +243,73 @@ def test_export_writes_nothing_for_an_empty_log(make_settings: SettingsFactory) 
     out = io.StringIO()
     assert asyncio.run(export_log(make_settings(), out)) == 0
     assert out.getvalue() == ""
+
+
+# App features a client names as Vowpal Wabbit's own DSJSON keys. VW reads some of them wherever
+# they stand: in ``c.N``, ``_label_cost`` replaced the logged cost (the reward), and
+# ``_label_probability`` and ``_label_Action`` the propensity and the chosen action; in ``c.C``,
+# ``_multi`` or ``_labelIndex`` left the event with no actions and no label.
+VW_KEYS: dict[str, Any] = {
+    "_label_cost": 0,
+    "_label_probability": 0.001,
+    "_label_Action": 0,
+    "_labelIndex": "0",
+    "_multi": "x",
+    "_label": 1,
+    "~_label_cost": 5,  # the escaped form of another key, sent as is
+    "tier": "pro",
+}
+
+
+def _vw_labels(line: str) -> list[list[tuple[int, float, float]]]:
+    """The label of each example VW reads from one DSJSON line."""
+    vw = vowpalwabbit.Workspace("--cb_explore_adf --dsjson --quiet")
+    try:
+        examples = vw.parse(line, vowpalwabbit.LabelType.CONTEXTUAL_BANDIT)
+        labels = [
+            [(c.action, c.cost, c.probability) for c in e.get_label(CB_LABEL).costs]
+            for e in examples
+        ]
+        vw.finish_example(examples)
+    finally:
+        vw.finish()
+    return labels
+
+
+def test_app_features_named_as_vw_keys_change_no_label_in_the_export(
+    serve: Callable[..., str],
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefix = f"test-vw-keys-{uuid.uuid4().hex[:8]}"
+    base = serve(policy="random", key_prefix=prefix)
+    decisions = []
+    with httpx.Client(base_url=base) as http:
+        for i, (key, value) in enumerate(VW_KEYS.items()):
+            body = {"query": "what is a cat", "features": {key: value}, "event_id": f"vw.{i}"}
+            d = http.post("/choose", json=body).json()
+            decisions.append(d)
+            assert http.post("/reward", json={"event_id": d["event_id"], "reward": 0.8}).is_success
+        d = http.post("/choose", json={"query": "q", "features": VW_KEYS, "event_id": "vw.all"})
+        decisions.append(d.json())
+        assert http.post("/reward", json={"event_id": "vw.all", "reward": 0.8}).is_success
+    monkeypatch.setenv("BANDIT_REDIS_URL", redis_url)
+    monkeypatch.setenv("BANDIT_KEY_PREFIX", prefix)
+    path = tmp_path / "log.dsjson"
+    assert main(["export", "--out", str(path)]) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(decisions)
+    for line, d in zip(lines, decisions, strict=True):
+        labels = _vw_labels(line)
+        assert len(labels) == 4, (d["event_id"], labels)  # shared, then the three arms
+        logged = json.loads(line)
+        chosen = logged["_labelIndex"] + 1  # the examples after the shared one, in arm order
+        label = (logged["_label_Action"], pytest.approx(-0.8), pytest.approx(d["probability"]))
+        assert labels[chosen] == [label], (d["event_id"], labels)
+        assert [labels[i] for i in (1, 2, 3) if i != chosen] == [[], []], d["event_id"]
+    # evaluate reads the features the service decided with, the keys as the client sent them
+    sent = [dict([item]) for item in VW_KEYS.items()] + [VW_KEYS]
+    for record, features in zip(read_log(lines), sent, strict=True):
+        app = {**record.x.numeric, **record.x.categorical}
+        assert app == {k: float(v) if not isinstance(v, str) else v for k, v in features.items()}

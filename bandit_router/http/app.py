@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from bandit_router.deployments import DEFAULT
-from bandit_router.errors import NotLearner, RouterError, StoreUnavailable
+from bandit_router.errors import ECHO_CHARS, NotLearner, RouterError, StoreUnavailable, shorten
 from bandit_router.http.contract import (
     ArmsResponse,
     ChooseRequest,
@@ -95,7 +95,8 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         body = error_body(str(exc.detail), None)
         if is_gateway_path(request.scope):  # the OpenAI SDK's call to a path not served here
             served = "the gateway serves POST /v1/chat/completions and GET /v1/models"
-            detail = f"{exc.detail}: {request.method} {request.url.path}; {served}"
+            path = shorten(request.url.path, 2 * ECHO_CHARS)
+            detail = f"{exc.detail}: {request.method} {path}; {served}"
             body = openai_error(exc.status_code, error_body(detail, None))
         return Response(
             body,

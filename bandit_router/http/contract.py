@@ -28,7 +28,15 @@ from pydantic import (
 )
 from starlette.types import Message, Receive
 
-from bandit_router.errors import RouterError, StoreUnavailable, UnknownEvent
+from bandit_router.errors import (
+    DETAIL_CHARS,
+    ECHO_CHARS,
+    RouterError,
+    StoreUnavailable,
+    UnknownEvent,
+    echo,
+    shorten,
+)
 from bandit_router.http.security import API_KEYS, KeyGroup, given_key, key_matches, require_key
 from bandit_router.inputs import (
     MAX_ARMS,
@@ -316,11 +324,16 @@ class UnsupportedType(RouterError):
     field = "content-type"
 
     def __init__(self, given: str) -> None:
-        super().__init__(f"content-type must be application/json, got {given!r}")
+        super().__init__(f"content-type must be application/json, got {echo(given)}")
+
+
+ERRORS_SAID = 10  # the validation errors one answer lists (a body can hold a thousand)
+FIELD_CHARS = 4 * ECHO_CHARS  # of an error's field: a path of a few names, each cut to ECHO_CHARS
 
 
 def _field(loc: Iterable[int | str]) -> str:
-    return ".".join(str(p) for p in loc if p != "body") or "body"
+    """A field's path; a part over ``ECHO_CHARS`` (a client's field name) cut."""
+    return ".".join(shorten(str(p), ECHO_CHARS) for p in loc if p != "body") or "body"
 
 
 def validation_failure(errors: Sequence[Any]) -> RouterError:
@@ -345,6 +358,8 @@ def validation_failure(errors: Sequence[Any]) -> RouterError:
             msg = "unknown field"
         first = first or field
         messages.append(f"{field}: {msg}")
+    if len(messages) > ERRORS_SAID:
+        messages[ERRORS_SAID:] = [f"and {len(messages) - ERRORS_SAID} more"]
     return RouterError("; ".join(messages), field=first)
 
 
@@ -362,7 +377,10 @@ def failure(exc: BaseException, router: Router | None, endpoint: str) -> tuple[i
 
 
 def error_body(detail: str, field: str | None) -> bytes:
-    return orjson.dumps({"detail": detail, "field": field})
+    """Every error's JSON. The message is cut here too, whatever built it: an answer never
+    repeats more than ``DETAIL_CHARS`` characters of what a client sent."""
+    named = None if field is None else shorten(field, FIELD_CHARS)
+    return orjson.dumps({"detail": shorten(detail, DETAIL_CHARS), "field": named})
 
 
 # The routing calls.

@@ -32,7 +32,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from bandit_router.errors import RouterError
+from bandit_router.errors import ECHO_CHARS, RouterError, echo, shorten
 from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
 from bandit_router.http.openapi import (
     CHAT_BODY,
@@ -117,7 +117,7 @@ class Gateway:
     def unknown(self, model: str) -> str:
         if not self.arms:
             return "no arm has an upstream (BANDIT_ARMS): the gateway has no model"
-        return f"model {model!r} does not exist here; valid: {', '.join(self.models())}"
+        return f"model {echo(model)} does not exist here; valid: {', '.join(self.models())}"
 
     def weights(self, header: str | None) -> tuple[dict[str, float], str]:
         """The reward weights and preference name of a request's ``x-bandit-preference``."""
@@ -133,7 +133,7 @@ class Gateway:
             choices = ", ".join(self.settings.gateway_preferences)
             raise RouterError(
                 f"x-bandit-preference must be one of {choices} or weights such as "
-                f"accuracy=0.5,latency=0.5: {e}",
+                f"accuracy=0.5,latency=0.5: {shorten(str(e), 2 * ECHO_CHARS)}",  # quotes it
                 field="x-bandit-preference",
             ) from None
         canonical = ",".join(f"{k}={v:g}" for k, v in sorted(weights.items()))

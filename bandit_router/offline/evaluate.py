@@ -23,7 +23,7 @@ import numpy.typing as npt
 from bandit_router import inputs
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.offline.estimators import Estimate, RewardModel, doubly_robust, ips, snips
-from bandit_router.offline.export import to_dsjson
+from bandit_router.offline.export import APP_RAW, to_dsjson
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.settings import Settings
@@ -49,18 +49,23 @@ class LoggedRecord:
 
 def _features(c: Mapping[str, Any], max_features: int | None = None) -> Features:
     """The shared namespaces, each an object of bounded numbers (``Q``, ``N``), 32-bit word
-    hashes (``W``) or strings (``C``), as ``export`` writes them and the contract allows."""
+    hashes (``W``) or strings (``C``), as ``export`` writes them and the contract allows. The
+    app features come from ``_app`` when there is one: ``N`` and ``C`` as the client named them
+    (``export.vw_key``)."""
     q, w = inputs.table("c.Q", c.get("Q", {})), inputs.table("c.W", c.get("W", {}))
-    n, cat = inputs.table("c.N", c.get("N", {})), inputs.table("c.C", c.get("C", {}))
-    inputs.feature_count("c.N plus c.C", len(n) + len(cat), max_features)
-    inputs.app_features("c.N", n, None)
-    inputs.app_features("c.C", cat, None)
+    app, at = c, "c"
+    if APP_RAW in c:
+        app, at = inputs.table(f"c.{APP_RAW}", c[APP_RAW]), f"c.{APP_RAW}"
+    n, cat = inputs.table(f"{at}.N", app.get("N", {})), inputs.table(f"{at}.C", app.get("C", {}))
+    inputs.feature_count(f"{at}.N plus {at}.C", len(n) + len(cat), max_features)
+    inputs.app_features(f"{at}.N", n, None)
+    inputs.app_features(f"{at}.C", cat, None)
     for key, value in cat.items():
-        inputs.text(f"c.C.{key}", value)  # a string, not a number or boolean
+        inputs.text(f"{at}.C.{key}", value)  # a string, not a number or boolean
     return Features(
         stats=tuple(inputs.number(f"c.Q.{name}", q.get(name, 0.0)) for name in QUERY_STATS),
         tokens=tuple(_token(t) for t in w),
-        numeric={str(k): inputs.number(f"c.N.{k}", v) for k, v in n.items()},
+        numeric={str(k): inputs.number(f"{at}.N.{k}", v) for k, v in n.items()},
         categorical=dict(cat),
     )
 

@@ -32,17 +32,34 @@ def timestamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+APP_RAW = "_app"  # the app features as the client named them, when a name had to change
+
+
+def vw_key(key: str) -> str:
+    """An app feature's name as VW may read it. VW takes some keys that start with ``_`` as its
+    own wherever they stand (``_label_cost`` in ``N`` replaced the event's cost, ``_multi`` in
+    ``C`` dropped its actions), and a client names the features: such a name, and one that
+    starts with ``~``, gets a ``~`` in front (no two names become one)."""
+    return f"~{key}" if key.startswith(("_", "~")) else key
+
+
 def shared_namespaces(x: Features) -> dict[str, dict[str, Any]]:
-    """The query's namespaces; statistics that are 0 are left out, as in ``shared_line``."""
+    """The query's namespaces; statistics that are 0 are left out, as in ``shared_line``. When
+    an app feature's name had to change for VW (``vw_key``), ``_app`` (which VW skips) keeps
+    ``N`` and ``C`` as sent, for ``evaluate`` and ``train``."""
     namespaces: dict[str, dict[str, Any]] = {
         "Q": {name: v for name, v in zip(QUERY_STATS, x.stats, strict=True) if v}
     }
     if x.tokens:
         namespaces["W"] = {str(t): 1 for t in x.tokens}
-    if x.numeric:
-        namespaces["N"] = dict(x.numeric)
-    if x.categorical:
-        namespaces["C"] = dict(x.categorical)
+    app: dict[str, dict[str, Any]] = {"N": dict(x.numeric), "C": dict(x.categorical)}
+    changed = False
+    for name, features in app.items():
+        if features:
+            namespaces[name] = {vw_key(k): v for k, v in features.items()}
+            changed = changed or namespaces[name].keys() != features.keys()
+    if changed:
+        namespaces[APP_RAW] = {name: features for name, features in app.items() if features}
     return namespaces
 
 

@@ -19,7 +19,7 @@ from bandit_router.deployments import (
     deployment_of_event,
     load_deployments,
 )
-from bandit_router.errors import RouterError, UnknownEvent
+from bandit_router.errors import RouterError, UnknownEvent, echo
 from bandit_router.features import AppValue
 from bandit_router.service.router import ChooseResult, Router, new_event_id
 from bandit_router.settings import Settings
@@ -34,7 +34,7 @@ class UnknownDeployment(RouterError):
     field = "deployment"
 
     def __init__(self, name: str, valid: Sequence[str]) -> None:
-        super().__init__(f"unknown deployment {name!r}; valid: {', '.join(valid)}")
+        super().__init__(f"unknown deployment {echo(name)}; valid: {', '.join(valid)}")
 
 
 class Routers(Mapping[str, Router]):

@@ -11,7 +11,10 @@ function colorOf(name, i) {
 }
 const W = 460, H = 200, PAD = { l: 44, r: 110, t: 10, b: 24 };
 const params = new URLSearchParams(location.search);
-const REFRESH_S = Number(params.get("refresh") || 5);
+// A link sets it, so it is bounded: 0, a word (NaN) or Infinity made setInterval read /stats
+// back to back. 1 s to an hour; anything else the default.
+const ASKED_S = Number(params.get("refresh"));
+const REFRESH_S = ASKED_S > 0 && ASKED_S <= 3600 ? Math.max(1, ASKED_S) : 5;
 const WINDOW = Number(params.get("window") || 1000);
 const DEPLOYMENT = params.get("deployment") || "default";
 
