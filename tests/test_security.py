@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -19,6 +21,10 @@ from bandit_router.store.records import Snapshot
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
+from tests.live import serve
+
+__all__ = ["serve"]  # the fixture, imported
+Serve = Callable[..., str]
 
 KEY = {"X-API-Key": "k1"}
 ADMIN = {"Authorization": "Bearer root-key"}
@@ -259,3 +265,15 @@ def test_forged_and_replayed_event_ids(client: TestClient) -> None:
     assert forged.status_code == 404
     wrong_type = client.post("/reward", json={"event_id": 12, "reward": 1})
     assert wrong_type.status_code == 422
+
+
+def test_a_path_with_a_control_character_is_no_route(serve: Serve) -> None:
+    """Starlette's routes match a path with a newline at its end: ``/admin/reset%0A`` reached
+    ``/admin/reset``, which a proxy rule for the exact path would not take for it."""
+    base = serve(admin_key="root-key")
+    key = {"x-api-key": "root-key"}
+    for method, path in [("POST", "/admin/reset%0A"), ("GET", "/stats%0a"), ("GET", "/arms%09")]:
+        answer = httpx.request(method, f"{base}{path}", headers=key)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.json() == {"detail": "no such path", "field": "path"}
+    assert httpx.get(f"{base}/stats").status_code == 200

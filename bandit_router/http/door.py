@@ -10,15 +10,25 @@ where ``BodyGuard`` reads every body with the same ``read_body`` before the rout
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_router.errors import RouterError
-from bandit_router.http.contract import ROUTES, ClientGone, answer, failure, read_body
+from bandit_router.http.contract import (
+    ROUTES,
+    ClientGone,
+    answer,
+    error_body,
+    failure,
+    read_body,
+)
 from bandit_router.http.gateway import is_gateway_path, openai_error
 from bandit_router.settings import Settings
 
 JSON = (b"content-type", b"application/json")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CLOSE = (b"connection", b"close")
 
 
@@ -40,6 +50,11 @@ class RoutingDoor:
             or scope.get("root_path")
             or routers is None
         ):
+            if scope["type"] == "http" and CONTROL.search(scope["path"]):
+                # Starlette's routes match a path with a newline at its end (``$``): a proxy
+                # rule for the exact path would not see ``/admin/reset%0A`` as that path.
+                await respond(send, 404, error_body("no such path", "path"))
+                return
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
