@@ -12,6 +12,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from uvicorn.config import HTTP_PROTOCOLS
 
 from bandit_router.http import heads
 from bandit_router.http.heads import HEAD_LIMIT, HeadDeadline, ServedHeads, head_deadline
+from tests.conftest import SettingsFactory, cli_env, served
 from tests.live import Servers, close_sdk_clients, sdk_client, serve
 from tests.upstreams import DONE, Script, Scripted, chunk, scripted
 
@@ -369,6 +371,33 @@ def test_closed_connections_are_said_once_then_with_a_count(
         f"closed: request head not received within {FAST:g} s (BANDIT_HEAD_TIMEOUT_S)"
     )
     assert said[1].endswith("(3 more since the last said)")
+
+
+# `serve`, as users run it
+
+
+@ONE_REDIS
+def test_serve_bounds_heads_in_its_workers(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """Two worker processes, each importing ServedHeads and reading BANDIT_HEAD_TIMEOUT_S."""
+    settings = make_settings()
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, head_timeout_s=FAST)
+    with served(env, tmp_path / "serve.log", "--workers", "2") as base:
+        conns = [Raw(base) for _ in range(8)]  # spread over the workers by the kernel
+        try:
+            for conn in conns[::2]:
+                conn.send(b"GET /healthz HTTP/1.1\r\n")
+            for i, conn in enumerate(conns):
+                reply = conn.until_closed()
+                if i % 2:
+                    assert reply == b""
+                else:
+                    _head_408(reply)
+        finally:
+            for conn in conns:
+                conn.conn.close()
+        with Raw(base) as conn:
+            conn.send(GET)
+            assert conn.response()[0] == 200
 
 
 # What the wrapper relies on in uvicorn, pinned: an upgrade that changes it fails here
