@@ -48,6 +48,7 @@ PROCESS_SETTINGS = frozenset(
         "ops_keys",
         "max_body_bytes",
         "body_timeout_s",
+        "head_timeout_s",
     }
 )
 

@@ -375,6 +375,13 @@ class Settings(BaseSettings):
         le=3600,
         description="how long a request body may take to arrive (408 and the connection closed)",
     )
+    head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="how long a request line and headers may take to arrive, from the "
+        "connection's start or from the first byte of a next request (the connection closed)",
+    )
     hash_key: str | None = Field(
         default=None,
         min_length=16,

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from bandit_router.http.app import create_app
+from bandit_router.http.heads import head_deadline
 from bandit_router.settings import Settings
 from tests.conftest import SettingsFactory, _free_port
 
@@ -48,13 +49,16 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
     """Start the app under uvicorn on a free loopback port; returns its base URL."""
     servers = Servers()
 
-    def start(log_level: str = "warning", root_path: str = "", **overrides: Any) -> str:
+    def start(
+        log_level: str = "warning", root_path: str = "", http: str = "auto", **overrides: Any
+    ) -> str:
         settings: Settings = make_settings(**overrides)
         port = servers.start(
             create_app(settings),
             "uvicorn",
             log_level=log_level,  # "info" writes an access line a request, as the CLI's default
             root_path=root_path,  # what a proxy mounting the app under a path prefix sets
+            http=head_deadline(settings.head_timeout_s, http),  # as `serve` runs it
         )
         return f"http://127.0.0.1:{port}"
 

@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> int:
     """Start the HTTP service (uvicorn), on the embedded Redis unless BANDIT_REDIS_URL is set."""
     import uvicorn
 
+    from bandit_router.http.heads import ServedHeads
     from bandit_router.store.embedded import EmbeddedRedis
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
@@ -65,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             loop=settings.loop,
+            http=ServedHeads,  # uvicorn's protocol, request heads bounded (BANDIT_HEAD_TIMEOUT_S)
             log_level=settings.log_level,
             # Above info uvicorn drops each access line, but only after formatting its parts.
             access_log=settings.log_level.lower() in ("trace", "debug", "info"),

@@ -1,0 +1,463 @@
+"""Request heads in bounded time (BANDIT_HEAD_TIMEOUT_S): the app under a real uvicorn on
+loopback, h11 and httptools, raw sockets as a slow or hostile client writes them."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import pickle
+import select
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+from uvicorn.config import HTTP_PROTOCOLS
+
+from bandit_router.http import heads
+from bandit_router.http.heads import HEAD_LIMIT, HeadDeadline, ServedHeads, head_deadline
+from tests.conftest import SettingsFactory, cli_env, served
+from tests.live import Servers, close_sdk_clients, sdk_client, serve
+from tests.upstreams import DONE, Script, Scripted, chunk, scripted
+
+__all__ = ["close_sdk_clients", "scripted", "serve"]  # the fixtures, imported
+
+Serve = Callable[..., str]
+Start = Callable[[dict[str, Script]], tuple[str, Scripted]]
+PARSERS = pytest.mark.parametrize("http", ["h11", "httptools"])
+# Heads never reach Redis: one backend is enough (the others run both).
+ONE_REDIS = pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+FAST = 0.5  # BANDIT_HEAD_TIMEOUT_S in these tests
+WAIT_S = 10.0  # how long a test waits for what should come within about FAST
+KEY = "service-key-1"
+# A head whose trickle at one byte every 0.1 s would take 7.5 s: 15 times FAST.
+SLOW_HEAD = (
+    b"GET /healthz HTTP/1.1\r\nhost: x\r\nuser-agent: slow\r\naccept: */*\r\nx-pad: abcd\r\n\r\n"
+)
+GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+class Raw:
+    """A client's connection, byte for byte: what it sends, and the responses read off it in
+    order (a read may bring the start of the next one: it is kept)."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = socket.create_connection((host, int(port)), timeout=WAIT_S)
+        self.kept = b""
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+    def send(self, data: bytes) -> None:
+        self.conn.send(data)
+
+    def response(self) -> tuple[int, bytes]:
+        """The next response, of known length, on a connection kept open: status and body."""
+        while b"\r\n\r\n" not in self.kept:
+            self._read()
+        head, _, self.kept = self.kept.partition(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if b"content-length" in line)
+        while len(self.kept) < length:
+            self._read()
+        body, self.kept = self.kept[:length], self.kept[length:]
+        return int(head.split()[1]), body
+
+    def _read(self) -> None:
+        chunk = self.conn.recv(65536)
+        assert chunk, f"closed after {self.kept!r}"
+        self.kept += chunk
+
+    def until_closed(self) -> bytes:
+        """What the server sends until it closes; ``<reset>`` ends a reset connection."""
+        reply, self.kept = self.kept, b""
+        try:
+            while chunk := self.conn.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            reply += b"<reset>"
+        except TimeoutError:
+            reply += b"<still open>"
+        return reply
+
+    def trickle(self, head: bytes, every: float = 0.1) -> tuple[int, bytes]:
+        """Send ``head`` a byte every ``every`` seconds until the server answers or closes: how
+        many bytes went, and what came back until the connection closed."""
+        for sent in range(len(head)):
+            try:
+                self.conn.send(head[sent : sent + 1])
+            except OSError:  # reset: the server had closed
+                return sent, self.until_closed()
+            if select.select([self.conn], [], [], every)[0]:
+                return sent + 1, self.until_closed()
+        return len(head), self.until_closed()
+
+
+def _head_408(reply: bytes) -> None:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply
+    assert b"connection: close" in head.lower()
+    assert json.loads(body) == {
+        "detail": f"request head not received within {FAST:g} s (BANDIT_HEAD_TIMEOUT_S); "
+        "the connection is closed",
+        "field": "head",
+    }
+
+
+# The first head of a connection
+
+
+@pytest.mark.parametrize(
+    ("http", "head"),
+    [
+        ("h11", SLOW_HEAD),
+        ("httptools", SLOW_HEAD),
+        ("httptools", b"\r\n" * 40),  # empty lines, which httptools skips before a request
+    ],
+)
+@ONE_REDIS
+def test_a_first_head_trickled_is_cut_short(serve: Serve, http: str, head: bytes) -> None:
+    """A byte every 0.1 s (each within uvicorn's timers and this one's alike): the deadline runs
+    from the connection's start and no byte moves it, so the head never completes."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        sent, reply = conn.trickle(head)
+    assert sent < len(head), reply
+    if reply != b"<reset>":  # a byte that crossed the close resets it, the 408 lost in flight
+        _head_408(reply)
+
+
+@PARSERS
+@ONE_REDIS
+def test_a_first_head_left_unfinished_is_answered_408(serve: Serve, http: str) -> None:
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        conn.send(b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-")
+        _head_408(conn.until_closed())
+
+
+@PARSERS
+@ONE_REDIS
+def test_a_connection_that_sends_nothing_is_closed(serve: Serve, http: str) -> None:
+    """uvicorn sets no timer on a new connection (its keep-alive timer starts after a
+    response): one that never sends a byte was held for ever. Closed, with no answer to a
+    request never made."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        assert conn.until_closed() == b""
+
+
+# The next heads of a kept-alive connection
+
+
+@PARSERS
+@ONE_REDIS
+def test_a_next_head_trickled_on_a_kept_alive_connection_is_cut_short(
+    serve: Serve, http: str
+) -> None:
+    """uvicorn's keep-alive timer stops at the next request's first byte; this deadline starts
+    there. No 408: after a request, a response of uvicorn's could be under way."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        conn.send(GET)
+        assert conn.response()[0] == 200
+        sent, reply = conn.trickle(SLOW_HEAD)
+    assert sent < len(SLOW_HEAD), reply
+    assert reply in (b"", b"<reset>")
+
+
+@PARSERS
+@ONE_REDIS
+def test_the_gap_between_requests_is_left_to_uvicorns_keep_alive(serve: Serve, http: str) -> None:
+    """Idle for three deadlines after a response (within uvicorn's keep-alive, 5 s), the
+    connection still serves: the deadline starts at a next head's first byte, not before."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        conn.send(GET)
+        assert conn.response()[0] == 200
+        time.sleep(3 * FAST)
+        conn.send(GET)
+        assert conn.response()[0] == 200
+
+
+@PARSERS
+@ONE_REDIS
+def test_pipelined_requests_with_bodies_are_answered_and_the_next_head_timed(
+    serve: Serve, http: str
+) -> None:
+    """A head in pieces, then heads and bodies (by length, chunked with extensions and
+    trailers) back to back in one write: all answered. The scan found each head where the
+    parser did: the next head left unfinished is timed."""
+    base = serve(head_timeout_s=FAST, http=http)
+    body = b'{"query": "hello there"}'
+    chunked = b"5;x=y\r\n" + body[:5] + b"\r\n" + b"%x\r\n" % (len(body) - 5) + body[5:]
+    with Raw(base) as conn:
+        for piece in (b"GET /arms HTTP/1.1\r\n", b"host: x\r\n", b"\r\n"):
+            conn.send(piece)
+            time.sleep(FAST / 5)
+        assert conn.response()[0] == 200
+        conn.send(
+            b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s"
+            % (len(body), body)
+            + b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n" + chunked + b"\r\n0\r\nx-trailer: 1\r\n\r\n" + GET
+        )
+        answers = [conn.response() for _ in range(3)]
+        assert [status for status, _ in answers] == [200, 200, 200], answers
+        conn.send(b"GET /")  # fewer bytes than any body above: read as one, it would not be timed
+        assert conn.until_closed() == b""
+
+
+# Bodies are the body timeout's
+
+
+@PARSERS
+@ONE_REDIS
+def test_a_slow_body_is_left_to_the_body_timeout(serve: Serve, http: str) -> None:
+    """A body that takes longer than a head may is read whole (by length and chunked, the
+    connection reused after); one that never completes gets the body timeout's 408."""
+    base = serve(head_timeout_s=FAST, body_timeout_s=4 * FAST, http=http)
+    pause = 0.6 * FAST  # three or four of them: more than a head may take, less than a body
+    body = b'{"query": "a slow body"}'
+    with Raw(base) as conn:
+        conn.send(
+            b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        for part in (body[:5], body[5:10], body[10:]):
+            time.sleep(pause)
+            conn.send(part)
+        assert conn.response()[0] == 200
+        conn.send(
+            b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for part in (b"%x\r\n" % len(body), body, b"\r\n0\r\n", b"\r\n"):
+            time.sleep(pause)
+            conn.send(part)
+        assert conn.response()[0] == 200
+        conn.send(GET)
+        assert conn.response()[0] == 200
+    with Raw(base) as conn:
+        conn.send(
+            b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n" + body
+        )
+        head, _, answer = conn.until_closed().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(answer)["field"] == "body"
+
+
+# Responses are never timed
+
+
+def _gateway(serve: Serve, scripted: Start, http: str) -> str:
+    slow = Script((chunk("a"), FAST, chunk("b"), FAST, chunk("c"), FAST, chunk("d"), DONE))
+    url, _ = scripted({"slow": slow})
+    arms = [{"name": "slow", "upstream": {"base_url": url, "model": "slow"}}]
+    return serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, head_timeout_s=FAST, http=http)
+
+
+@ONE_REDIS
+def test_a_stream_longer_than_the_deadline_is_whole_and_its_connection_reused(
+    serve: Serve, scripted: Start
+) -> None:
+    client = sdk_client(_gateway(serve, scripted, "auto"), KEY)
+    for _ in range(2):  # the second on the connection the first kept alive
+        stream = client.chat.completions.create(
+            model="slow", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert [c.choices[0].delta.content for c in stream if c.choices] == ["a", "b", "c", "d"]
+
+
+@ONE_REDIS
+def test_a_request_pipelined_behind_a_gateway_stream_is_answered_after_it(
+    serve: Serve, scripted: Start
+) -> None:
+    base = _gateway(serve, scripted, "auto")
+    body = orjson.dumps(
+        {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    with Raw(base) as conn:
+        conn.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (KEY.encode(), len(body), body)
+            + b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        reply = conn.until_closed()
+    assert reply.count(b"HTTP/1.1 200") == 2, reply
+    assert reply.index(b"data: [DONE]") < reply.rindex(b"HTTP/1.1 200")
+
+
+async def _slow_stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Four parts FAST apart on /slow, without listening for the client meanwhile."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for part in (b"a", b"b", b"c", b"d") if scope["path"] == "/slow" else ():
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+        await asyncio.sleep(FAST)
+    await send({"type": "http.response.body", "body": b"end"})
+
+
+@PARSERS
+def test_a_head_pipelined_behind_a_slow_stream_waits_its_turn(http: str) -> None:
+    """Part of a next head behind a response longer than the deadline, the rest at once after:
+    h11 reads nothing more until the response ends, which is not the client's delay."""
+    servers = Servers()
+    try:
+        port = servers.start(
+            _slow_stream,
+            "uvicorn",
+            http=head_deadline(FAST, http),
+            log_level="warning",
+            lifespan="off",
+        )
+        with Raw(f"http://127.0.0.1:{port}") as conn:
+            conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\n")
+            time.sleep(FAST / 5)
+            conn.send(b"host: x\r\nconnection: close\r\n\r\n")
+            reply = conn.until_closed()
+        assert reply.count(b"HTTP/1.1 200") == 2, reply
+        assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
+    finally:
+        servers.stop()
+
+
+# Limits and the log
+
+
+@pytest.mark.parametrize("http", ["httptools"])  # h11 refuses past 16 KiB itself (400)
+@ONE_REDIS
+def test_a_head_past_the_limit_is_refused_431(serve: Serve, http: str) -> None:
+    base = serve(head_timeout_s=60, http=http)
+    with Raw(base) as conn:
+        start = b"GET / HTTP/1.1\r\nx-big: "
+        conn.send(start + b"a" * (HEAD_LIMIT + 1 - len(start)))  # one byte over
+        head, _, body = conn.until_closed().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), head
+    assert json.loads(body)["detail"].startswith(f"request head longer than {HEAD_LIMIT} bytes")
+
+
+@ONE_REDIS
+def test_closed_connections_are_said_once_then_with_a_count(
+    serve: Serve, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = serve(head_timeout_s=FAST)
+    monkeypatch.setattr(heads, "SAID_EVERY_S", 3600.0)
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for _ in range(4):
+            with Raw(base) as conn:
+                assert conn.until_closed() == b""
+        monkeypatch.setattr(heads, "SAID_EVERY_S", 0.0)  # the period is over
+        with Raw(base) as conn:
+            assert conn.until_closed() == b""
+    said = [m for m in caplog.messages if "BANDIT_HEAD_TIMEOUT_S" in m]
+    assert len(said) == 2, said
+    assert said[0].startswith("connection from 127.0.0.1:") and "more since" not in said[0]
+    assert said[0].endswith(
+        f"closed: request head not received within {FAST:g} s (BANDIT_HEAD_TIMEOUT_S)"
+    )
+    assert said[1].endswith("(3 more since the last said)")
+
+
+# `serve`, as users run it
+
+
+@ONE_REDIS
+def test_serve_bounds_heads_in_its_workers(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """Two worker processes, each importing ServedHeads and reading BANDIT_HEAD_TIMEOUT_S."""
+    settings = make_settings()
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, head_timeout_s=FAST)
+    with served(env, tmp_path / "serve.log", "--workers", "2") as base:
+        conns = [Raw(base) for _ in range(8)]  # spread over the workers by the kernel
+        try:
+            for conn in conns[::2]:
+                conn.send(b"GET /healthz HTTP/1.1\r\n")
+            for i, conn in enumerate(conns):
+                reply = conn.until_closed()
+                if i % 2:
+                    assert reply == b""
+                else:
+                    _head_408(reply)
+        finally:
+            for conn in conns:
+                conn.conn.close()
+        with Raw(base) as conn:
+            conn.send(GET)
+            assert conn.response()[0] == 200
+
+
+# What the wrapper relies on in uvicorn, pinned: an upgrade that changes it fails here
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"hi"})
+
+
+def test_uvicorn_builds_the_protocol_class_it_is_given_and_wraps_nothing_else() -> None:
+    """``Config(http=CLASS)`` takes the class as is; ``http`` names map to uvicorn's own
+    protocols, plain ``asyncio.Protocol``s whose callbacks are the ones the wrapper hands on."""
+    assert inspect.signature(uvicorn.Config).parameters["http"].default == "auto"
+    assert {"auto", "h11", "httptools"} <= set(HTTP_PROTOCOLS)
+    bounded = head_deadline(1.0, "h11")
+    config = uvicorn.Config(_hello, http=bounded)
+    config.load()
+    assert config.http_protocol_class is bounded
+    callbacks = {m for m in dir(asyncio.Protocol) + dir(asyncio.BufferedProtocol) if m[0] != "_"}
+    handed_on = {m for m in callbacks if m in vars(HeadDeadline)}
+    assert handed_on == {
+        "connection_made",
+        "data_received",
+        "eof_received",
+        "connection_lost",
+        "pause_writing",
+        "resume_writing",
+    }
+    for name in ("auto", "h11", "httptools"):
+        protocol = heads.uvicorn_protocol(name)
+        assert isinstance(protocol, type) and issubclass(protocol, asyncio.Protocol)
+        assert not issubclass(protocol, asyncio.BufferedProtocol)  # no get_buffer to hand on
+        assert {m for m in callbacks if m in vars(protocol)} <= handed_on
+    # `serve`'s workers are spawned with the config pickled: the class goes by name.
+    assert pickle.loads(pickle.dumps(ServedHeads)) is ServedHeads
+    served_config = uvicorn.Config(
+        "bandit_router.http.app:app_from_env", http=ServedHeads, workers=2
+    )
+    assert pickle.loads(pickle.dumps(served_config)).http is ServedHeads
+
+
+def test_uvicorn_closes_a_connection_idle_after_a_response_itself() -> None:
+    """The gap between requests is uvicorn's keep-alive timeout, which the wrapper leaves be."""
+    servers = Servers()
+    try:
+        port = servers.start(
+            _hello,
+            "uvicorn",
+            http=head_deadline(60, "h11"),
+            timeout_keep_alive=1,
+            log_level="warning",
+            lifespan="off",
+        )
+        with Raw(f"http://127.0.0.1:{port}") as conn:
+            conn.send(GET)
+            assert conn.response() == (200, b"hi")
+            assert conn.until_closed() == b""
+    finally:
+        servers.stop()
