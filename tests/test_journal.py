@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import signal
 from pathlib import Path
@@ -13,7 +15,13 @@ from fastapi.testclient import TestClient
 
 from bandit_router.features import WordKey, extract
 from bandit_router.http.app import create_app
+from bandit_router.rewards import RewardParts
 from bandit_router.service.journal import Journal
+from bandit_router.service.router import Router
+from bandit_router.settings import Settings
+from bandit_router.store.records import dumps
+from bandit_router.store.repository import Store
+from bandit_router.store.transport import connect
 from tests.conftest import (
     RedisProcess,
     SettingsFactory,
@@ -179,3 +187,45 @@ def test_without_a_journal_a_stop_while_redis_is_down_says_what_is_lost(
     assert "3 decisions answered with degraded=true are lost" in said[0]
     assert "2 more were dropped" in said[0]
     assert not (Path(settings.data_dir) / "buffer").exists()
+
+
+async def _open_router(settings: Settings) -> Router:
+    store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+    return await Router.open(settings, store)
+
+
+def _journal_lines(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in (Path(settings.data_dir) / "buffer").glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+def test_a_choose_repeated_at_once_while_redis_is_down_is_one_decision(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """A client's retries of one event_id that meet the outage together (each waits on Redis
+    before it is kept): every answer is the one decision kept, the journal holds it once, and
+    the reward after Redis's return is for the arm answered."""
+    settings = make_settings(redis_url=redis_process.url)
+
+    async def scenario() -> None:
+        router = await _open_router(settings)
+        redis_process.kill()
+        answers = await asyncio.gather(
+            *(router.choose("What is 2+2?", event_id="same-event") for _ in range(8))
+        )
+        assert all(a.degraded for a in answers)
+        assert len({(a.arm, a.probability) for a in answers}) == 1, answers
+        assert [r["event_id"] for r in _journal_lines(settings)] == ["same-event"]
+        assert router.buffered_bytes == len(dumps(_journal_lines(settings)[0]))
+        redis_process.start()
+        assert await router.flush() == 1
+        assert router.buffered_bytes == 0
+        taken = await router.reward("same-event", RewardParts(accuracy=1.0))
+        assert taken.arm == answers[0].arm
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())

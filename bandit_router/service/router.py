@@ -252,6 +252,8 @@ class Router:
             existing = await self._save(record)
         except StoreUnavailable:
             self.unavailable_at = time.monotonic()
+            if record["event_id"] in self._buffer:  # a repeat kept it while this one waited
+                return _choose_result(self._same_arms(self._buffer[record["event_id"]], arms), True)
             self._keep(record)
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
             self.metrics.degraded.set(1)
