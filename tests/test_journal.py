@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +234,53 @@ def test_a_choose_repeated_at_once_while_redis_is_down_is_one_decision(
         await router.store.close()
 
     asyncio.run(scenario())
+
+
+@contextmanager
+def _read_only(directory: Path) -> Iterator[None]:
+    """``directory`` unwritable, as on a disk remounted read-only: its mode, and for root (whom
+    modes do not stop) the immutable attribute; skipped where neither holds."""
+    directory.chmod(0o555)
+    immutable = os.geteuid() == 0 and (
+        subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+    )
+    try:
+        probe = directory / "probe"
+        try:
+            probe.write_bytes(b"")
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("cannot make a directory unwritable here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
+def test_a_gone_process_journal_in_a_directory_become_unwritable_stops_no_start(
+    make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal left by a gone process in a directory that became unwritable since (a disk
+    remounted read-only): its decisions are written, the file cannot go, said in the log, and
+    the process starts and serves, writing them once, not at every flush."""
+    settings = make_settings(redis_url=redis_process.url)
+    directory = Path(settings.data_dir) / "buffer"
+    gone = Journal(directory, settings.key_prefix)
+    decision = _decision("left-behind")
+    decision["ts"] = time.time()
+    gone.append(decision)
+    path = gone.release()
+    assert path is not None
+    with _read_only(directory), caplog.at_level(logging.WARNING, logger="bandit_router"):
+        with TestClient(create_app(settings)) as client:
+            r = client.post("/reward", json={"event_id": "left-behind", "reward": 0.5})
+            assert r.status_code == 200, r.text
+            router: Router = client.app.state.routers.default  # type: ignore[attr-defined]
+            for _ in range(3):
+                client.portal.call(router.flush)  # type: ignore[union-attr]
+        said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(said) == 2, said  # its decisions written, and that it cannot be deleted
+    assert any("cannot be deleted" in s for s in said), said

@@ -41,6 +41,9 @@ class Journal:
         self._file: IO[bytes] | None = None  # this process's journal, locked, while it has one
         self.path: Path | None = None  # its name
         self._failed = False  # said once: the directory cannot be written
+        # Gone processes' journals written to Redis that could not be deleted (a directory
+        # become read-only): not written again by this process at each flush.
+        self._written: set[tuple[int, int]] = set()
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a buffered decision. A journal that cannot be written leaves the decision in
@@ -108,8 +111,10 @@ class Journal:
                 handle.close()
                 continue
             with contextlib.closing(handle):
-                if _same_file(path, handle):  # else its owner rewrote it under the same name
-                    yield Orphan(path, handle)
+                stat = os.fstat(handle.fileno())
+                written = (stat.st_dev, stat.st_ino) in self._written
+                if _same_file(path, handle) and not written:  # else rewritten by its owner
+                    yield Orphan(path, handle, self._written)
 
     def _create(
         self, records: list[dict[str, Any]], path: Path | None = None
@@ -137,9 +142,10 @@ class Journal:
 class Orphan:
     """A gone process's journal, locked by this one: its decisions, then ``done``."""
 
-    def __init__(self, path: Path, handle: IO[bytes]) -> None:
+    def __init__(self, path: Path, handle: IO[bytes], written: set[tuple[int, int]]) -> None:
         self.path = path
         self._handle = handle
+        self._written = written
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Its decisions; a line that is no decision (cut short by a crash, edited) is skipped
@@ -152,9 +158,21 @@ class Orphan:
                 log.warning("%s line %d is not a decision, skipped: %s", self.path, number, e)
 
     def done(self) -> None:
-        """Every decision is in Redis: the journal goes."""
-        if _same_file(self.path, self._handle):
+        """Every decision is in Redis: the journal goes. One that cannot (its directory no
+        longer writable) stays, said in the log, and this process does not write it again."""
+        if not _same_file(self.path, self._handle):
+            return
+        try:
             os.unlink(self.path)
+        except OSError as e:
+            stat = os.fstat(self._handle.fileno())
+            self._written.add((stat.st_dev, stat.st_ino))
+            log.error(
+                "the decision journal %s, written to Redis, cannot be deleted (%s): delete it "
+                "once its directory is writable (BANDIT_BUFFER_DIR)",
+                self.path,
+                e,
+            )
 
 
 def _same_file(path: Path, handle: IO[bytes]) -> bool:
