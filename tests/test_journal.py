@@ -284,3 +284,24 @@ def test_a_gone_process_journal_in_a_directory_become_unwritable_stops_no_start(
         said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
     assert len(said) == 2, said  # its decisions written, and that it cannot be deleted
     assert any("cannot be deleted" in s for s in said), said
+
+
+def test_the_journal_stays_within_the_buffer_bound_through_a_long_outage(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """The full buffer drops its oldest decisions (drop_oldest): the journal lets them go too,
+    so a long outage fills neither the disk nor, after the process is gone, Redis, past twice
+    what the buffer may hold."""
+    settings = make_settings(redis_url=redis_process.url, decision_buffer=3)
+    with TestClient(create_app(settings)) as client:
+        redis_process.kill()
+        during = [_choose(client, f"q{i}") for i in range(40)]
+        lines = _journal_lines(settings)
+        assert len(lines) <= 6, len(lines)
+        assert [r["event_id"] for r in lines[-3:]] == [d["event_id"] for d in during[-3:]]
+    redis_process.start()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/stats").json()["decisions"] <= 6
+        for d in during[-3:]:
+            r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+            assert r.status_code == 200, r.text

@@ -40,6 +40,7 @@ class Journal:
         self._stem = f"{digest}.{quote(prefix, safe='')}."
         self._file: IO[bytes] | None = None  # this process's journal, locked, while it has one
         self.path: Path | None = None  # its name
+        self.size = 0  # bytes of its lines, the buffer's and those it has let go since
         self._failed = False  # said once: the directory cannot be written
         # Gone processes' journals written to Redis that could not be deleted (a directory
         # become read-only): not written again by this process at each flush.
@@ -50,9 +51,11 @@ class Journal:
         memory only, said once in the log."""
         try:
             if self._file is None:
-                self._file, self.path = self._create([])
-            self._file.write(dumps(record) + b"\n")
+                self._file, self.path = self._create(b"")
+            line = dumps(record) + b"\n"
+            self._file.write(line)
             self._file.flush()
+            self.size += len(line)
         except OSError as e:
             if not self._failed:
                 self._failed = True
@@ -65,13 +68,14 @@ class Journal:
 
     def keep_only(self, records: Iterable[dict[str, Any]]) -> None:
         """Make this process's journal hold ``records`` only (what the buffer still holds after
-        a flush); none: delete it."""
+        a flush, or after it let decisions go); none: delete it."""
         if self._file is None or self.path is None:
             return
-        rest = list(records)
+        data = b"".join(dumps(r) + b"\n" for r in records)
+        self.size = len(data)  # failed, tried again after as many more lines
         try:
-            if rest:
-                new, _ = self._create(rest, self.path)  # renamed over the old one
+            if data:
+                new, _ = self._create(data, self.path)  # renamed over the old one
             else:
                 os.unlink(self.path)
                 new, self.path = None, None
@@ -116,10 +120,8 @@ class Journal:
                 if _same_file(path, handle) and not written:  # else rewritten by its owner
                     yield Orphan(path, handle, self._written)
 
-    def _create(
-        self, records: list[dict[str, Any]], path: Path | None = None
-    ) -> tuple[IO[bytes], Path]:
-        """A journal holding ``records`` at ``path`` (default: a new name), locked before it
+    def _create(self, data: bytes, path: Path | None = None) -> tuple[IO[bytes], Path]:
+        """A journal holding ``data`` (lines) at ``path`` (default: a new name), locked before it
         takes its name, so that a process scanning for orphans never sees it unlocked."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{self._stem}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -128,7 +130,7 @@ class Journal:
         handle = open(temporary, "wb")  # noqa: SIM115 (the journal from now on)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            handle.write(b"".join(dumps(r) + b"\n" for r in records))
+            handle.write(data)
             handle.flush()
             os.replace(temporary, path)
         except BaseException:

@@ -294,6 +294,10 @@ class Router:
         self.buffered_bytes += size
         if self.journal is not None:
             self.journal.append(record)
+            if self.journal.size > 2 * (self.buffered_bytes + len(self._buffer)):
+                # mostly lines of decisions the full buffer let go: the disk, and the Redis of
+                # the process that writes the journal once this one is gone, are bounded too
+                self.journal.keep_only(self._buffer.values())
 
     def _let_go(self, event_id: str) -> None:
         del self._buffer[event_id]
