@@ -25,8 +25,6 @@ from bandit_router.service.journal import Journal
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.records import dumps
-from bandit_router.store.repository import Store
-from bandit_router.store.transport import connect
 from tests.conftest import (
     RedisProcess,
     SettingsFactory,
@@ -36,6 +34,7 @@ from tests.conftest import (
     healthy,
     wait_until,
 )
+from tests.test_faults import _open_router
 
 
 def _decision(event_id: str, arm: str = "a") -> dict[str, Any]:
@@ -192,11 +191,6 @@ def test_without_a_journal_a_stop_while_redis_is_down_says_what_is_lost(
     assert "3 decisions answered with degraded=true are lost" in said[0]
     assert "2 more were dropped" in said[0]
     assert not (Path(settings.data_dir) / "buffer").exists()
-
-
-async def _open_router(settings: Settings) -> Router:
-    store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
-    return await Router.open(settings, store)
 
 
 def _journal_lines(settings: Settings) -> list[dict[str, Any]]:

@@ -678,8 +678,8 @@ class Router:
             "policy": str(self.model.spec),
             "model_version": self.version,
             "arms": per_arm,
-            "decisions": int(_total(counters, "decisions:")),
-            "rewards_accepted": int(_total(counters, "rewards:")),
+            "decisions": int(counter_total(counters, "decisions:")),
+            "rewards_accepted": int(counter_total(counters, "rewards:")),
             "events_learned": int(counters.get("events_learned", 0)),
             "skipped_no_reward": int(counters.get("skipped_no_reward", 0)),
             "decisions_dropped": int(counters.get("decisions_dropped", 0)),
@@ -713,7 +713,7 @@ async def _say_if_a_secret_differs(store: Store, hash_key: str) -> None:
             )
 
 
-def _total(counters: Mapping[str, float], prefix: str) -> float:
+def counter_total(counters: Mapping[str, float], prefix: str) -> float:
     """The sum of the per-arm counters named ``prefix`` + an arm."""
     return sum(v for k, v in counters.items() if k.startswith(prefix))
 
