@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
 import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +20,11 @@ from fastapi.testclient import TestClient
 
 from bandit_router.features import WordKey, extract
 from bandit_router.http.app import create_app
+from bandit_router.rewards import RewardParts
 from bandit_router.service.journal import Journal
+from bandit_router.service.router import Router
+from bandit_router.settings import Settings
+from bandit_router.store.records import dumps
 from tests.conftest import (
     RedisProcess,
     SettingsFactory,
@@ -23,6 +34,7 @@ from tests.conftest import (
     healthy,
     wait_until,
 )
+from tests.test_faults import _open_router
 
 
 def _decision(event_id: str, arm: str = "a") -> dict[str, Any]:
@@ -179,3 +191,111 @@ def test_without_a_journal_a_stop_while_redis_is_down_says_what_is_lost(
     assert "3 decisions answered with degraded=true are lost" in said[0]
     assert "2 more were dropped" in said[0]
     assert not (Path(settings.data_dir) / "buffer").exists()
+
+
+def _journal_lines(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in (Path(settings.data_dir) / "buffer").glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+def test_a_choose_repeated_at_once_while_redis_is_down_is_one_decision(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """A client's retries of one event_id that meet the outage together (each waits on Redis
+    before it is kept): every answer is the one decision kept, the journal holds it once, and
+    the reward after Redis's return is for the arm answered."""
+    settings = make_settings(redis_url=redis_process.url)
+
+    async def scenario() -> None:
+        router = await _open_router(settings)
+        redis_process.kill()
+        answers = await asyncio.gather(
+            *(router.choose("What is 2+2?", event_id="same-event") for _ in range(8))
+        )
+        assert all(a.degraded for a in answers)
+        assert len({(a.arm, a.probability) for a in answers}) == 1, answers
+        assert [r["event_id"] for r in _journal_lines(settings)] == ["same-event"]
+        assert router.buffered_bytes == len(dumps(_journal_lines(settings)[0]))
+        redis_process.start()
+        assert await router.flush() == 1
+        assert router.buffered_bytes == 0
+        taken = await router.reward("same-event", RewardParts(accuracy=1.0))
+        assert taken.arm == answers[0].arm
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+@contextmanager
+def _read_only(directory: Path) -> Iterator[None]:
+    """``directory`` unwritable, as on a disk remounted read-only: its mode, and for root (whom
+    modes do not stop) the immutable attribute; skipped where neither holds."""
+    directory.chmod(0o555)
+    immutable = os.geteuid() == 0 and (
+        subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+    )
+    try:
+        probe = directory / "probe"
+        try:
+            probe.write_bytes(b"")
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("cannot make a directory unwritable here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
+def test_a_gone_process_journal_in_a_directory_become_unwritable_stops_no_start(
+    make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal left by a gone process in a directory that became unwritable since (a disk
+    remounted read-only): its decisions are written, the file cannot go, said in the log, and
+    the process starts and serves, writing them once, not at every flush."""
+    settings = make_settings(redis_url=redis_process.url)
+    directory = Path(settings.data_dir) / "buffer"
+    gone = Journal(directory, settings.key_prefix)
+    decision = _decision("left-behind")
+    decision["ts"] = time.time()
+    gone.append(decision)
+    path = gone.release()
+    assert path is not None
+    with _read_only(directory), caplog.at_level(logging.WARNING, logger="bandit_router"):
+        with TestClient(create_app(settings)) as client:
+            r = client.post("/reward", json={"event_id": "left-behind", "reward": 0.5})
+            assert r.status_code == 200, r.text
+            router: Router = client.app.state.routers.default  # type: ignore[attr-defined]
+            for _ in range(3):
+                client.portal.call(router.flush)  # type: ignore[union-attr]
+        said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(said) == 2, said  # its decisions written, and that it cannot be deleted
+    assert any("cannot be deleted" in s for s in said), said
+
+
+def test_the_journal_stays_within_the_buffer_bound_through_a_long_outage(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """The full buffer drops its oldest decisions (drop_oldest): the journal lets them go too,
+    so a long outage fills neither the disk nor, after the process is gone, Redis, past twice
+    what the buffer may hold."""
+    settings = make_settings(redis_url=redis_process.url, decision_buffer=3)
+    with TestClient(create_app(settings)) as client:
+        redis_process.kill()
+        during = [_choose(client, f"q{i}") for i in range(40)]
+        lines = _journal_lines(settings)
+        assert len(lines) <= 6, len(lines)
+        assert [r["event_id"] for r in lines[-3:]] == [d["event_id"] for d in during[-3:]]
+    redis_process.start()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/stats").json()["decisions"] <= 6
+        for d in during[-3:]:
+            r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+            assert r.status_code == 200, r.text

@@ -15,7 +15,7 @@ from bandit_router.errors import StoreUnavailable
 from bandit_router.http.openapi import OPS
 from bandit_router.service.challengers import challengers_view
 from bandit_router.service.deployments import Routers
-from bandit_router.service.router import Router
+from bandit_router.service.router import Router, counter_total
 
 
 async def _logged_rewards(router: Router) -> int | None:
@@ -25,7 +25,7 @@ async def _logged_rewards(router: Router) -> int | None:
     except StoreUnavailable:
         router.metrics.redis_error("counters")
         return None
-    return int(sum(v for k, v in counters.items() if k.startswith("rewards:")))
+    return int(counter_total(counters, "rewards:"))
 
 
 METRICS_EXAMPLE = """# HELP bandit_decisions_total Decisions made, by chosen arm and policy

@@ -40,16 +40,22 @@ class Journal:
         self._stem = f"{digest}.{quote(prefix, safe='')}."
         self._file: IO[bytes] | None = None  # this process's journal, locked, while it has one
         self.path: Path | None = None  # its name
+        self.size = 0  # bytes of its lines, the buffer's and those it has let go since
         self._failed = False  # said once: the directory cannot be written
+        # Gone processes' journals written to Redis that could not be deleted (a directory
+        # become read-only): not written again by this process at each flush.
+        self._written: set[tuple[int, int]] = set()
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a buffered decision. A journal that cannot be written leaves the decision in
         memory only, said once in the log."""
         try:
             if self._file is None:
-                self._file, self.path = self._create([])
-            self._file.write(dumps(record) + b"\n")
+                self._file, self.path = self._create(b"")
+            line = dumps(record) + b"\n"
+            self._file.write(line)
             self._file.flush()
+            self.size += len(line)
         except OSError as e:
             if not self._failed:
                 self._failed = True
@@ -62,13 +68,14 @@ class Journal:
 
     def keep_only(self, records: Iterable[dict[str, Any]]) -> None:
         """Make this process's journal hold ``records`` only (what the buffer still holds after
-        a flush); none: delete it."""
+        a flush, or after it let decisions go); none: delete it."""
         if self._file is None or self.path is None:
             return
-        rest = list(records)
+        data = b"".join(dumps(r) + b"\n" for r in records)
+        self.size = len(data)  # failed, tried again after as many more lines
         try:
-            if rest:
-                new, _ = self._create(rest, self.path)  # renamed over the old one
+            if data:
+                new, _ = self._create(data, self.path)  # renamed over the old one
             else:
                 os.unlink(self.path)
                 new, self.path = None, None
@@ -108,13 +115,13 @@ class Journal:
                 handle.close()
                 continue
             with contextlib.closing(handle):
-                if _same_file(path, handle):  # else its owner rewrote it under the same name
-                    yield Orphan(path, handle)
+                stat = os.fstat(handle.fileno())
+                written = (stat.st_dev, stat.st_ino) in self._written
+                if _same_file(path, handle) and not written:  # else rewritten by its owner
+                    yield Orphan(path, handle, self._written)
 
-    def _create(
-        self, records: list[dict[str, Any]], path: Path | None = None
-    ) -> tuple[IO[bytes], Path]:
-        """A journal holding ``records`` at ``path`` (default: a new name), locked before it
+    def _create(self, data: bytes, path: Path | None = None) -> tuple[IO[bytes], Path]:
+        """A journal holding ``data`` (lines) at ``path`` (default: a new name), locked before it
         takes its name, so that a process scanning for orphans never sees it unlocked."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{self._stem}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -123,7 +130,7 @@ class Journal:
         handle = open(temporary, "wb")  # noqa: SIM115 (the journal from now on)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            handle.write(b"".join(dumps(r) + b"\n" for r in records))
+            handle.write(data)
             handle.flush()
             os.replace(temporary, path)
         except BaseException:
@@ -137,9 +144,10 @@ class Journal:
 class Orphan:
     """A gone process's journal, locked by this one: its decisions, then ``done``."""
 
-    def __init__(self, path: Path, handle: IO[bytes]) -> None:
+    def __init__(self, path: Path, handle: IO[bytes], written: set[tuple[int, int]]) -> None:
         self.path = path
         self._handle = handle
+        self._written = written
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Its decisions; a line that is no decision (cut short by a crash, edited) is skipped
@@ -152,9 +160,21 @@ class Orphan:
                 log.warning("%s line %d is not a decision, skipped: %s", self.path, number, e)
 
     def done(self) -> None:
-        """Every decision is in Redis: the journal goes."""
-        if _same_file(self.path, self._handle):
+        """Every decision is in Redis: the journal goes. One that cannot (its directory no
+        longer writable) stays, said in the log, and this process does not write it again."""
+        if not _same_file(self.path, self._handle):
+            return
+        try:
             os.unlink(self.path)
+        except OSError as e:
+            stat = os.fstat(self._handle.fileno())
+            self._written.add((stat.st_dev, stat.st_ino))
+            log.error(
+                "the decision journal %s, written to Redis, cannot be deleted (%s): delete it "
+                "once its directory is writable (BANDIT_BUFFER_DIR)",
+                self.path,
+                e,
+            )
 
 
 def _same_file(path: Path, handle: IO[bytes]) -> bool:

@@ -252,6 +252,8 @@ class Router:
             existing = await self._save(record)
         except StoreUnavailable:
             self.unavailable_at = time.monotonic()
+            if record["event_id"] in self._buffer:  # a repeat kept it while this one waited
+                return _choose_result(self._same_arms(self._buffer[record["event_id"]], arms), True)
             self._keep(record)
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
             self.metrics.degraded.set(1)
@@ -292,6 +294,10 @@ class Router:
         self.buffered_bytes += size
         if self.journal is not None:
             self.journal.append(record)
+            if self.journal.size > 2 * (self.buffered_bytes + len(self._buffer)):
+                # mostly lines of decisions the full buffer let go: the disk, and the Redis of
+                # the process that writes the journal once this one is gone, are bounded too
+                self.journal.keep_only(self._buffer.values())
 
     def _let_go(self, event_id: str) -> None:
         del self._buffer[event_id]
@@ -672,8 +678,8 @@ class Router:
             "policy": str(self.model.spec),
             "model_version": self.version,
             "arms": per_arm,
-            "decisions": int(_total(counters, "decisions:")),
-            "rewards_accepted": int(_total(counters, "rewards:")),
+            "decisions": int(counter_total(counters, "decisions:")),
+            "rewards_accepted": int(counter_total(counters, "rewards:")),
             "events_learned": int(counters.get("events_learned", 0)),
             "skipped_no_reward": int(counters.get("skipped_no_reward", 0)),
             "decisions_dropped": int(counters.get("decisions_dropped", 0)),
@@ -707,7 +713,7 @@ async def _say_if_a_secret_differs(store: Store, hash_key: str) -> None:
             )
 
 
-def _total(counters: Mapping[str, float], prefix: str) -> float:
+def counter_total(counters: Mapping[str, float], prefix: str) -> float:
     """The sum of the per-arm counters named ``prefix`` + an arm."""
     return sum(v for k, v in counters.items() if k.startswith(prefix))
 
