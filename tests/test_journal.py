@@ -299,3 +299,29 @@ def test_the_journal_stays_within_the_buffer_bound_through_a_long_outage(
         for d in during[-3:]:
             r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
             assert r.status_code == 200, r.text
+
+
+def test_a_journalled_decision_older_than_its_keys_lifetime_is_let_go(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its window is long closed, so no reward can join it, and it may have been written and
+    learned already, its keys since expired: written again, its window would close anew."""
+    settings = make_settings()
+    journal = Journal(Path(settings.data_dir) / "buffer", settings.key_prefix)
+    fresh, stale = _decision("fresh", "7b"), _decision("stale", "7b")
+    for record in (fresh, stale):
+        record.update(arms=["4b", "7b"], probabilities={"4b": 0.5, "7b": 0.5})
+    fresh["ts"] = time.time()
+    stale["ts"] = time.time() - 3 * 3600  # the keys live 2 hours by default
+    journal.append(fresh)
+    journal.append(stale)
+    journal.release()
+    with (
+        caplog.at_level(logging.WARNING, logger="bandit_router"),
+        TestClient(create_app(settings)) as client,
+    ):
+        assert client.get("/stats").json()["decisions"] == 1
+        assert client.post("/reward", json={"event_id": "fresh", "reward": 1}).status_code == 200
+        assert client.post("/reward", json={"event_id": "stale", "reward": 1}).status_code == 404
+    said = [m for m in caplog.messages if "wrote 1 decisions from" in m]
+    assert len(said) == 1 and "1 older than their keys' lifetime were let go" in said[0]

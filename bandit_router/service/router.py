@@ -339,16 +339,24 @@ class Router:
         if self.journal is None:
             return
         for orphan in self.journal.orphans():
-            count = 0
+            count, stale = 0, 0
+            # A decision older than its keys' lifetime can take no reward any more, and may
+            # have been written and learned, its keys since expired: written again, its window
+            # would close anew (learning the default reward a second time, if one is set).
+            oldest = time.time() - self.store.ttl_s
             for record in orphan.records():
+                if record["ts"] < oldest:
+                    stale += 1
+                    continue
                 await self._save_once(record)
                 count += 1
             orphan.done()
             log.warning(
                 "wrote %d decisions from %s, kept by a process that stopped while Redis was "
-                "unavailable",
+                "unavailable%s",
                 count,
                 orphan.path,
+                f"; {stale} older than their keys' lifetime were let go" if stale else "",
             )
 
     # Rewards
