@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bandit_router.errors import StoreUnavailable
-from bandit_router.http.app import create_app
+from bandit_router.http.app import create_app, stoppable_start
 from bandit_router.rewards import RewardParts
 from bandit_router.service.outage import SAID_EVERY_S, Outage
 from bandit_router.service.router import BUFFER_GRACE_S, Router
@@ -274,3 +274,21 @@ def test_a_signal_stops_a_start_that_waits_for_redis(
     # with workers, uvicorn's supervisor passes the stop on to them as SIGTERM
     said = "SIGTERM" if workers > 1 else signum.name
     assert f"{said} while starting (waiting for Redis): stopped" in log.read_text()
+
+
+def test_a_signal_as_start_up_ends_cancels_nothing_after_it() -> None:
+    """A signal whose cancel is scheduled just before the start-up block ends must not cancel
+    the lifespan later, at its next wait: uvicorn's handler (which ran) stops it as usual."""
+    noted: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+
+    async def main() -> None:
+        with stoppable_start():
+            signal.raise_signal(signal.SIGTERM)  # handled now, the cancel queued on the loop
+        await asyncio.sleep(0.05)  # the queued cancel runs here
+
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert noted == [signal.SIGTERM]  # the handler in place still ran

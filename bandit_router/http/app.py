@@ -437,11 +437,15 @@ def stoppable_start() -> Iterator[None]:
     task, loop = asyncio.current_task(), asyncio.get_running_loop()
     caught: list[int] = []
     previous: dict[int, Any] = {}
+    starting = [True]
+
+    def cancel() -> None:
+        if starting[0] and task is not None:  # else start-up ended first: uvicorn stops it
+            task.cancel()
 
     def stop(signum: int, frame: Any) -> None:
         caught.append(signum)
-        if task is not None:
-            loop.call_soon_threadsafe(task.cancel)
+        loop.call_soon_threadsafe(cancel)
         handler = previous[signum]
         if callable(handler):
             handler(signum, frame)
@@ -456,6 +460,7 @@ def stoppable_start() -> Iterator[None]:
         name = signal.Signals(caught[0]).name
         raise StartStopped(f"{name} while starting (waiting for Redis): stopped") from None
     finally:
+        starting[0] = False
         for number, handler in previous.items():
             signal.signal(number, handler)
 
