@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bandit_router.errors import StoreUnavailable
-from bandit_router.http.app import create_app, stoppable_start
+from bandit_router.http.app import create_app
+from bandit_router.http.process import stoppable_start
 from bandit_router.rewards import RewardParts
 from bandit_router.service.outage import SAID_EVERY_S, Outage
 from bandit_router.service.router import BUFFER_GRACE_S, Router

@@ -252,8 +252,9 @@ class Router:
             existing = await self._save(record)
         except StoreUnavailable:
             self.unavailable_at = time.monotonic()
-            if record["event_id"] in self._buffer:  # a repeat kept it while this one waited
-                return _choose_result(self._same_arms(self._buffer[record["event_id"]], arms), True)
+            kept = self._buffer.get(record["event_id"])
+            if kept is not None:  # a repeat of this id kept its decision while this one waited
+                return _choose_result(self._same_arms(kept, arms), degraded=True)
             self._keep(record)
             self.metrics.decided(decision.arm, record["policy"], record["probabilities"])
             self.metrics.degraded.set(1)

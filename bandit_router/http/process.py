@@ -1,0 +1,84 @@
+"""The service process: what stops it while it starts, and when its supervisor dies."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("bandit_router")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class StartStopped(Exception):
+    """A signal stopped the process while it started."""
+
+
+@contextmanager
+def stoppable_start() -> Iterator[None]:
+    """Let SIGTERM and SIGINT stop the start-up: uvicorn only takes note of them until start-up
+    ends, so a process waiting for Redis would wait out BANDIT_STARTUP_WAIT_S first. The
+    handlers in place still run (uvicorn then stops as it would), and are put back after. In
+    the main thread only, where signals arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    starting = [True]
+
+    def cancel() -> None:
+        if starting[0] and task is not None:  # else start-up ended first: uvicorn stops it
+            task.cancel()
+
+    def stop(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        loop.call_soon_threadsafe(cancel)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+
+    for each in (signal.SIGTERM, signal.SIGINT):
+        previous[each] = signal.signal(each, stop)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        name = signal.Signals(caught[0]).name
+        raise StartStopped(f"{name} while starting (waiting for Redis): stopped") from None
+    finally:
+        starting[0] = False
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def stop_with_supervisor() -> None:
+    """In a uvicorn worker (``--workers`` above 1, spawned by multiprocessing): ``stop_with``
+    its supervisor."""
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        stop_with(parent.pid)
+
+
+def stop_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when ``parent`` dies: uvicorn's supervisor
+    killed (SIGKILL) would otherwise leave its workers serving, and holding the port. Linux
+    only (``PR_SET_PDEATHSIG``)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("worker not tied to its supervisor: prctl failed (%s)", ctypes.get_errno())
+        return
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
