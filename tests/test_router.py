@@ -12,6 +12,7 @@ import pytest
 
 from bandit_router.errors import AlreadyRewarded, InvalidReward, NotLearner
 from bandit_router.features import extract
+from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
@@ -753,5 +754,32 @@ def test_a_word_secret_redis_lost_is_put_back_and_another_one_is_said(
         for r in (router, later):
             await r.close()
             await r.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_renewal_never_undoes_a_switch_made_meanwhile(
+    make_settings: SettingsFactory,
+) -> None:
+    """The renewal reads the stored policy and serves it. Read before the lock, a switch made on
+    this process meanwhile (``POST /admin/policy``: stored and served under the lock) was undone
+    by the policy read first: served `random` while Redis said `linucb` (seen once in
+    test_sequences' concurrent admin calls)."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        learner = router.learner
+        assert learner.leading
+        await router.store.set_policy_override("random")  # an admin on another process
+        async with learner._lock:  # a step in progress: both wait for it
+            admin = asyncio.create_task(learner.switch(parse_policy_spec("linucb"), store=True))
+            await asyncio.sleep(0)  # the admin's switch waits first
+            renewal = asyncio.create_task(learner.lead())
+            await asyncio.sleep(0.5)  # the renewal has read what it reads before the lock
+        await asyncio.gather(admin, renewal)
+        override = await router.store.policy_override()
+        assert (override, str(learner.model.spec)) == ("linucb", "linucb")
+        await router.close()
+        await router.store.close()
 
     asyncio.run(scenario())

@@ -313,11 +313,8 @@ class Learner:
             # published that over the newer one, and what the other had learned was lost.
             log.warning("learner %s: its lease had lapsed; leading anew from Redis", self.name)
             self.leading = False
-        if held and self.leading and self._promotion is None:
-            spec = await effective_spec(self.store, self.settings, self._refused)
-            if spec != self.model.spec:  # an admin switched the policy
-                log.info("switching policy %s -> %s", self.model.spec, spec)
-                await self.switch(spec)
+        if held and self.leading:
+            await self._follow_switch()
         if held and not self.leading:
             async with self._lock:
                 # A promotion this process made and never published (its lease was lost, or
@@ -556,6 +553,18 @@ class Learner:
             if not await self._publish():
                 raise NotLearner()
         return self.model.version
+
+    async def _follow_switch(self) -> None:
+        """Serve the policy an admin switched to on any process. Read under the lock: read
+        before it, a switch made here meanwhile (``POST /admin/policy`` on this process, which
+        stores and serves its policy under the lock) was undone by the policy read before."""
+        async with self._lock:
+            if self._promotion is not None:  # not published yet: its override neither
+                return
+            spec = await effective_spec(self.store, self.settings, self._refused)
+            if spec != self.model.spec:
+                log.info("switching policy %s -> %s", self.model.spec, spec)
+                await self._switch(spec)
 
     async def switch(self, spec: PolicySpec, store: bool = False) -> None:
         """Replace the policy with a fresh one of ``spec`` learned from the whole log; ``store``:
