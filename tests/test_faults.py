@@ -209,7 +209,8 @@ def test_an_outage_is_said_once_a_minute_with_what_was_not_said(
     make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every background job fails every period while Redis is down (the learner each second):
-    the log says it at once, then at most every ``SAID_EVERY_S`` with the failures between."""
+    the log says it at once, then at most every ``SAID_EVERY_S`` with the failures between,
+    and its end; an outage after that end is said at once."""
     settings = make_settings(redis_url=redis_process.url, model_refresh_s=0.05, sweep_s=0.05)
 
     async def scenario() -> None:
@@ -220,6 +221,10 @@ def test_an_outage_is_said_once_a_minute_with_what_was_not_said(
         redis_process.kill()
         await router.choose("What is 2+2?")  # degraded: the flush fails each second too
         await asyncio.sleep(2.5)
+        redis_process.start()
+        await asyncio.sleep(1.0)
+        redis_process.kill()  # a second outage, within the minute: said at once all the same
+        await asyncio.sleep(1.0)
         stop.set()
         await running
         await router.close()
@@ -227,8 +232,10 @@ def test_an_outage_is_said_once_a_minute_with_what_was_not_said(
 
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
         asyncio.run(scenario())
-    said = [r.getMessage() for r in caplog.records if "waiting for Redis" in r.getMessage()]
-    assert len(said) == 1, said
+    said = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
+    assert len(said) == 3, said
+    assert all(" waiting for Redis: " in said[i] for i in (0, 2)), said
+    assert said[1].startswith("Redis reachable again, ") and "failures not said: " in said[1]
 
 
 def test_an_outage_said_again_counts_each_job_s_failures(caplog: pytest.LogCaptureFixture) -> None:
@@ -249,6 +256,38 @@ def test_an_outage_said_again_counts_each_job_s_failures(caplog: pytest.LogCaptu
         f"refresh waiting for Redis: {error} (failures not said in the last 60 s: learner 3, "
         "sweep 3)",
     ]
+
+
+def test_the_end_of_an_outage_is_said_and_a_flapping_redis_is_a_few_lines_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    outage = Outage(clock=lambda: now[0])
+    error = StoreUnavailable("Connection refused")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        outage.reached()  # no outage said: nothing to say
+        outage.failed("sweep", error)
+        now[0] = 5.0
+        outage.failed("learner", error)
+        outage.reached()
+        outage.reached()
+        now[0] = 6.0
+        outage.failed("sweep", error)  # said at once: the log said Redis was back
+        while now[0] < 2 * SAID_EVERY_S - 1:  # then Redis comes and goes every half second
+            now[0] += 0.5
+            outage.reached()
+            now[0] += 0.5
+            outage.failed("sweep", error)
+        now[0] = 2 * SAID_EVERY_S + 30
+        outage.reached()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[:3] == [
+        f"sweep waiting for Redis: {error}",
+        "Redis reachable again, 5 s after it was said not to be (failures not said: learner 1)",
+        f"sweep waiting for Redis: {error}",
+    ]
+    assert len(said) <= 7, said  # at most a down and a back a minute (and the first ones)
+    assert said[-1].startswith("Redis reachable again, ")
 
 
 @pytest.mark.parametrize(("workers", "signum"), [(1, signal.SIGTERM), (2, signal.SIGINT)])

@@ -46,6 +46,7 @@ from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
 from bandit_router.service.router import ChooseResult, Router
 from bandit_router.service.upstream import Measured, StreamMeter, UpstreamFailure, Upstreams
 from bandit_router.settings import ArmSpec, Settings, check_weights, parse_weights
+from bandit_router.throttle import Throttle
 
 log = logging.getLogger("bandit_router")
 EVENT_HEADER = "x-bandit-event-id"
@@ -93,7 +94,7 @@ class Gateway:
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
         self.upstreams = Upstreams(settings)
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
-        self._failures: dict[str, tuple[float, int]] = {}  # arm: when last said, failures since
+        self._failures = Throttle()  # by arm
 
     async def close(self) -> None:
         await self.upstreams.close()
@@ -101,13 +102,10 @@ class Gateway:
     def failed(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream failed: at once, then at most every
         ``FAILURES_SAID_EVERY_S`` seconds per arm, with the count of those not said between."""
-        now = time.monotonic()
-        said, unsaid = self._failures.get(arm, (-math.inf, 0))
-        if now - said < FAILURES_SAID_EVERY_S:
-            self._failures[arm] = (said, unsaid + 1)
+        due = self._failures.due(FAILURES_SAID_EVERY_S, arm)
+        if due is None:
             return
-        self._failures[arm] = (now, 0)
-        more = f" ({unsaid} more of its failures since the last said)" if unsaid else ""
+        more = f" ({due.count} more of its failures since the last said)" if due.count else ""
         log.warning("gateway: upstream of arm %s %s%s", arm, message, more)
 
     def models(self) -> list[str]:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
-import time
 from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, ClassVar, cast
@@ -31,6 +29,7 @@ from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 from bandit_router.settings import Settings
+from bandit_router.throttle import Throttle
 
 log = logging.getLogger("bandit_router")
 
@@ -46,24 +45,6 @@ _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 _LINE_KEPT = 64  # of a chunk-size or trailer line, all the scan needs
 
 
-class Said:
-    """A warning said at once, then at most every ``SAID_EVERY_S`` seconds with the count of
-    those not said between (as ``Gateway.failed``): a flood of slow clients is a few lines."""
-
-    def __init__(self) -> None:
-        self.at = -math.inf
-        self.unsaid = 0
-
-    def say(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self.at < SAID_EVERY_S:
-            self.unsaid += 1
-            return
-        more = f" ({self.unsaid} more since the last said)" if self.unsaid else ""
-        self.at, self.unsaid = now, 0
-        log.warning("%s%s", message, more)
-
-
 def uvicorn_protocol(http: str) -> Callable[..., asyncio.Protocol]:
     """uvicorn's HTTP protocol class named as ``Config(http=...)`` names it: auto, h11,
     httptools (looked up as uvicorn's ``Config.load`` does)."""
@@ -76,7 +57,7 @@ class HeadDeadline(asyncio.Protocol):
 
     protocol: ClassVar[Callable[..., asyncio.Protocol]]  # uvicorn's own
     timeout_s: ClassVar[float]
-    said: ClassVar[Said]
+    said: ClassVar[Throttle]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.inner = self.protocol(*args, **kwargs)  # with uvicorn's arguments, as they are
@@ -159,7 +140,10 @@ class HeadDeadline(asyncio.Protocol):
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a client"
-        self.said.say(f"connection from {where} closed: {detail}")
+        due = self.said.due(SAID_EVERY_S)
+        if due is not None:
+            more = f" ({due.count} more since the last said)" if due.count else ""
+            log.warning("connection from %s closed: %s%s", where, detail, more)
         if self.requests == 0 and self.heard:  # nothing answered or being answered on it yet
             self.transport.write(_response(status, f"{detail}; the connection is closed"))
         self.transport.close()
@@ -279,7 +263,7 @@ def head_deadline(timeout_s: float, http: str = "auto") -> type[HeadDeadline]:
     bounded = cast(type[HeadDeadline], type("HeadDeadline", (HeadDeadline,), {}))
     bounded.protocol = uvicorn_protocol(http)
     bounded.timeout_s = timeout_s
-    bounded.said = Said()
+    bounded.said = Throttle()
     return bounded
 
 
@@ -303,7 +287,7 @@ class ServedHeads(HeadDeadline):
     reads its settings (``app_from_env``); ``serve`` has checked them all before."""
 
     protocol = uvicorn_protocol("auto")
-    said = Said()
+    said = Throttle()
 
     @classmethod
     def head_timeout_s(cls) -> float:

@@ -613,6 +613,7 @@ class Learner:
             try:
                 if time.monotonic() - renewed >= renew_every:
                     await self.lead()
+                    self.outage.reached()
                     renewed = time.monotonic()
                 read = await self.step()
             except (StoreUnavailable, StoreDamaged) as e:

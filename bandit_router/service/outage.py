@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
+
+from bandit_router.throttle import Throttle
 
 log = logging.getLogger("bandit_router")
 # Said at once, then at most once in this many seconds with the failures not said: every job
@@ -14,22 +15,47 @@ log = logging.getLogger("bandit_router")
 SAID_EVERY_S = 60.0
 
 
+def _counts(unsaid: Counter[str]) -> str:
+    return ", ".join(f"{job} {n}" for job, n in sorted(unsaid.items()))
+
+
 class Outage:
-    """The background jobs' failures to reach Redis, said in the log at a bounded rate."""
+    """The background jobs' failures to reach Redis, said in the log at a bounded rate, and
+    its end, once said to have begun (at most once in ``SAID_EVERY_S`` too: a Redis that comes
+    and goes is a few lines a minute). An outage after an end said is said at once."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._said = -math.inf
-        self._unsaid: Counter[str] = Counter()
+        self._throttle = Throttle(clock)
+        self._began: float | None = None  # this outage, when one of its failures was said
+        self._ended = False  # the log's last word was that Redis is back
 
     def failed(self, job: str, error: Exception) -> None:
-        now = self._clock()
-        if now - self._said < SAID_EVERY_S:
-            self._unsaid[job] += 1
+        if self._ended:
+            self._throttle.forget("down")
+            self._ended = False
+        due = self._throttle.due(SAID_EVERY_S, "down", job)
+        if due is None:
             return
+        if self._began is None:
+            self._began = self._clock()
         more = ""
-        if self._unsaid:
-            counts = ", ".join(f"{name} {n}" for name, n in sorted(self._unsaid.items()))
-            more = f" (failures not said in the last {now - self._said:.0f} s: {counts})"
-        self._said, self._unsaid = now, Counter()
+        if due.unsaid:
+            more = f" (failures not said in the last {due.after_s:.0f} s: {_counts(due.unsaid)})"
         log.warning("%s waiting for Redis: %s%s", job, error, more)
+
+    def reached(self) -> None:
+        """A job reached Redis: the outage said, if any, is over."""
+        if self._began is None:
+            return
+        if self._throttle.due(SAID_EVERY_S, "back") is None:
+            return  # said when next due, so that the log never ends on an outage that is over
+        began, self._began = self._began, None
+        unsaid = self._throttle.forget("down").unsaid
+        more = f" (failures not said: {_counts(unsaid)})" if unsaid else ""
+        log.warning(
+            "Redis reachable again, %.0f s after it was said not to be%s",
+            self._clock() - began,
+            more,
+        )
+        self._ended = True
