@@ -58,8 +58,8 @@ def _orphaned(directory: Path, prefix: str) -> list[list[str]]:
 
 def test_a_live_journal_is_never_taken_and_a_released_one_is(tmp_path: Path) -> None:
     owner = Journal(tmp_path, "bandit")
-    owner.append(_decision("e1"))
-    owner.append(_decision("e2"))
+    owner.append(dumps(_decision("e1")))
+    owner.append(dumps(_decision("e2")))
     assert _orphaned(tmp_path, "bandit") == []  # locked: its process is alive
     kept = owner.release()
     assert kept is not None and kept.exists()
@@ -72,14 +72,14 @@ def test_a_live_journal_is_never_taken_and_a_released_one_is(tmp_path: Path) -> 
 def test_a_journal_keeps_only_what_the_buffer_still_holds(tmp_path: Path) -> None:
     journal = Journal(tmp_path, "bandit")
     for event_id in ("e1", "e2", "e3"):
-        journal.append(_decision(event_id))
+        journal.append(dumps(_decision(event_id)))
     journal.keep_only([_decision("e3")])  # e1 and e2 written to Redis
-    journal.append(_decision("e4"))
+    journal.append(dumps(_decision("e4")))
     journal.release()
     assert _orphaned(tmp_path, "bandit") == [["e3", "e4"]]
 
     emptied = Journal(tmp_path, "other")
-    emptied.append(_decision("e5"))
+    emptied.append(dumps(_decision("e5")))
     path = emptied.path
     emptied.keep_only([])
     assert path is not None and not path.exists() and emptied.release() is None
@@ -89,7 +89,7 @@ def test_a_line_cut_short_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = Journal(tmp_path, "bandit")
-    journal.append(_decision("e1"))
+    journal.append(dumps(_decision("e1")))
     path = journal.release()
     assert path is not None
     with path.open("ab") as f:
@@ -106,8 +106,8 @@ def test_a_journal_that_cannot_be_written_leaves_memory_only_said_once(
     blocker.write_text("")
     journal = Journal(blocker / "buffer", "bandit")  # a directory under a file: never made
     with caplog.at_level(logging.ERROR, logger="bandit_router"):
-        journal.append(_decision("e1"))
-        journal.append(_decision("e2"))
+        journal.append(dumps(_decision("e1")))
+        journal.append(dumps(_decision("e2")))
     said = [r.getMessage() for r in caplog.records if "memory only" in r.getMessage()]
     assert len(said) == 1 and "BANDIT_BUFFER_DIR" in said[0]
     assert journal.release() is None
@@ -265,7 +265,7 @@ def test_a_gone_process_journal_in_a_directory_become_unwritable_stops_no_start(
     gone = Journal(directory, settings.key_prefix)
     decision = _decision("left-behind")
     decision["ts"] = time.time()
-    gone.append(decision)
+    gone.append(dumps(decision))
     path = gone.release()
     assert path is not None
     with _read_only(directory), caplog.at_level(logging.WARNING, logger="bandit_router"):
@@ -313,8 +313,8 @@ def test_a_journalled_decision_older_than_its_keys_lifetime_is_let_go(
         record.update(arms=["4b", "7b"], probabilities={"4b": 0.5, "7b": 0.5})
     fresh["ts"] = time.time()
     stale["ts"] = time.time() - 3 * 3600  # the keys live 2 hours by default
-    journal.append(fresh)
-    journal.append(stale)
+    journal.append(dumps(fresh))
+    journal.append(dumps(stale))
     journal.release()
     with (
         caplog.at_level(logging.WARNING, logger="bandit_router"),

@@ -46,13 +46,13 @@ class Journal:
         # become read-only): not written again by this process at each flush.
         self._written: set[tuple[int, int]] = set()
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Add a buffered decision. A journal that cannot be written leaves the decision in
-        memory only, said once in the log."""
+    def append(self, encoded: bytes) -> None:
+        """Add a buffered decision, ``dumps`` of its record. A journal that cannot be written
+        leaves the decision in memory only, said once in the log."""
         try:
             if self._file is None:
                 self._file, self.path = self._create(b"")
-            line = dumps(record) + b"\n"
+            line = encoded + b"\n"
             self._file.write(line)
             self._file.flush()
             self.size += len(line)

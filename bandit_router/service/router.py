@@ -280,7 +280,8 @@ class Router:
 
     def _keep(self, record: dict[str, Any]) -> None:
         """Hold a decision Redis could not take, within the bounds the settings give."""
-        size = len(dumps(record))
+        encoded = dumps(record)
+        size = len(encoded)
         count, room = self.settings.decision_buffer, self.settings.decision_buffer_bytes
         while len(self._buffer) >= count or self.buffered_bytes + size > room:
             if self.settings.buffer_overflow == "reject" or count == 0 or size > room:
@@ -294,7 +295,7 @@ class Router:
         self._buffer_sizes[record["event_id"]] = size
         self.buffered_bytes += size
         if self.journal is not None:
-            self.journal.append(record)
+            self.journal.append(encoded)
             if self.journal.size > 2 * (self.buffered_bytes + len(self._buffer)):
                 # mostly lines of decisions the full buffer let go: the disk, and the Redis of
                 # the process that writes the journal once this one is gone, are bounded too
