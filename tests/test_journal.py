@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from fastapi.testclient import TestClient
 from bandit_router.features import WordKey, extract
 from bandit_router.http.app import create_app
 from bandit_router.rewards import RewardParts
-from bandit_router.service.journal import Journal
+from bandit_router.service.journal import DEBRIS_AFTER_S, TEMPORARY, Journal
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.records import dumps
@@ -83,6 +84,32 @@ def test_a_journal_keeps_only_what_the_buffer_still_holds(tmp_path: Path) -> Non
     path = emptied.path
     emptied.keep_only([])
     assert path is not None and not path.exists() and emptied.release() is None
+
+
+def test_a_temporary_file_left_by_a_crash_is_deleted_once_unlocked_and_old(
+    tmp_path: Path,
+) -> None:
+    """A crash between a journal's creation and its rename leaves its ``.new`` file, whose lines
+    are in a journal of its owner's too: debris, once no process holds it and it is old."""
+    journal = Journal(tmp_path, "bandit")
+    journal.append(dumps(_decision("e1")))
+    assert journal.path is not None
+    stem = journal.path.name.rsplit(".", 4)[0]  # digest.prefix.host.pid.uuid.jsonl
+    old = time.time() - DEBRIS_AFTER_S - 1
+    debris, fresh, held, theirs = (
+        tmp_path / f"{stem}.{name}{TEMPORARY}" for name in ("debris", "fresh", "held", "theirs")
+    )
+    for path in (debris, fresh, held, theirs):
+        path.write_bytes(dumps(_decision("e1")) + b"\n")
+    for path in (debris, held, theirs):
+        os.utime(path, (old, old))
+    theirs = theirs.rename(tmp_path / theirs.name.replace(".bandit.", ".other."))
+    with held.open("rb") as holding:
+        fcntl.flock(holding, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a creation under way
+        assert _orphaned(tmp_path, "bandit") == []
+    assert not debris.exists()
+    assert fresh.exists() and held.exists() and theirs.exists() and journal.path.exists()
+    journal.release()
 
 
 def test_a_line_cut_short_is_skipped_with_a_warning(

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +28,11 @@ from bandit_router.store.records import dumps, read_choice
 
 log = logging.getLogger("bandit_router")
 SUFFIX = ".jsonl"
+# A journal before it takes its name: what it holds is in a journal of its owner's too (empty
+# when new, the buffer's contents when rewritten), so one left by a crash is debris once its
+# lock is free and it is older than any creation takes.
+TEMPORARY = ".new"
+DEBRIS_AFTER_S = 60.0
 
 
 class Journal:
@@ -103,6 +109,9 @@ class Journal:
             return
         for name in names:
             path = self.directory / name
+            if name.startswith(self._stem) and name.endswith(TEMPORARY):
+                _delete_debris(path)
+                continue
             if not (name.startswith(self._stem) and name.endswith(SUFFIX)) or path == self.path:
                 continue
             try:
@@ -126,7 +135,7 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{self._stem}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         path = path or self.directory / (name + SUFFIX)
-        temporary = self.directory / (name + ".new")
+        temporary = self.directory / (name + TEMPORARY)
         handle = open(temporary, "wb")  # noqa: SIM115 (the journal from now on)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,6 +184,18 @@ class Orphan:
                 self.path,
                 e,
             )
+
+
+def _delete_debris(path: Path) -> None:
+    """Delete ``path``, a journal's temporary file, if its creation ended long ago unfinished."""
+    try:
+        with open(path, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its creator is done with it
+            stat = os.fstat(handle.fileno())
+            if time.time() - stat.st_mtime >= DEBRIS_AFTER_S and _same_file(path, handle):
+                os.unlink(path)
+    except OSError:  # locked (being created), gone, or undeletable: left as it is
+        pass
 
 
 def _same_file(path: Path, handle: IO[bytes]) -> bool:
