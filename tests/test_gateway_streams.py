@@ -114,6 +114,14 @@ def test_the_arms_4xx_go_to_another_arm_and_the_clients_pass_through(
     refused = httpx.post(f"{base}/v1/chat/completions", content=_body("picky", True), headers=AUTH)
     assert refused.status_code == 400 and refused.json() == {"error": {"message": "bad messages"}}
     assert _failures(base) == [] or all(line.endswith(" 0.0") for line in _failures(base))
+    page = b"<html><script>alert(1)</script>bad messages</html>"
+    url, _ = scripted({"html": Script((page,), 400, "text/html; charset=utf-8")})
+    base = _gateway(serve, url, {"html": GOOD})
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("html", True), headers=AUTH)
+    assert refused.status_code == 400 and refused.content == page  # as it came, but never run
+    assert refused.headers["content-type"] == "text/html; charset=utf-8"
+    assert refused.headers["x-content-type-options"] == "nosniff"
+    assert refused.headers["content-security-policy"] == "default-src 'none'; sandbox"
 
 
 # A stream that breaks off, or errs

@@ -55,6 +55,12 @@ PREFERENCE_FEATURE = "preference"  # the app feature that carries a request's pr
 # An arm's upstream failures are said at most once in this many seconds, with how many were not
 # said: an upstream that is down fails every call, and a line each would flood the log.
 FAILURES_SAID_EVERY_S = 10.0
+# An upstream's error body reaches the client as it came, with its content type; should it be a
+# page, a browser opening it on this origin (the dashboard's) runs nothing of it.
+PASSED_THROUGH = {
+    "x-content-type-options": "nosniff",
+    "content-security-policy": "default-src 'none'; sandbox",
+}
 _KINDS = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error"}
 
 
@@ -556,6 +562,7 @@ async def _attempt(
     if response.status >= 400:  # the client's error: passed through as it came
         body = await _read(response, arm, limit)
         media = response.headers.get("content-type", "application/json")
+        headers.update(PASSED_THROUGH)
         return Response(body, status_code=response.status, headers=headers, media_type=media)
     if not call.stream:
         body = await _read(response, arm, limit)
