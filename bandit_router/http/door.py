@@ -11,6 +11,7 @@ where ``BodyGuard`` reads every body with the same ``read_body`` before the rout
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,7 +90,9 @@ class BodyGuard:
         self.timeout_s = settings.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http" or (
+            scope["method"] in ("GET", "HEAD", "OPTIONS") and not _declares_body(scope["headers"])
+        ):
             await self.app(scope, receive, send)
             return
         try:
@@ -113,3 +116,15 @@ class BodyGuard:
             return await receive()  # after the body: the disconnect, when it comes
 
         await self.app(scope, replay, send)
+
+
+def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request has a body coming: one no route of a GET reads is bounded all the same,
+    or a client could trickle it to hold the connection (uvicorn waits for it after the answer)."""
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip().lstrip(b"0"):
+            return True
+    return False
