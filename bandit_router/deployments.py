@@ -49,6 +49,7 @@ PROCESS_SETTINGS = frozenset(
         "max_body_bytes",
         "body_timeout_s",
         "head_timeout_s",
+        "send_timeout_s",
     }
 )
 

@@ -382,6 +382,13 @@ class Settings(BaseSettings):
         description="how long a request line and headers may take to arrive, from the "
         "connection's start or from the first byte of a next request (the connection closed)",
     )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="how long a response may wait on a client that reads none of it (the "
+        "connection closed)",
+    )
     hash_key: str | None = Field(
         default=None,
         min_length=16,

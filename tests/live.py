@@ -58,7 +58,8 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
             "uvicorn",
             log_level=log_level,  # "info" writes an access line a request, as the CLI's default
             root_path=root_path,  # what a proxy mounting the app under a path prefix sets
-            http=head_deadline(settings.head_timeout_s, http),  # as `serve` runs it
+            # as `serve` runs it
+            http=head_deadline(settings.head_timeout_s, http, settings.send_timeout_s),
         )
         return f"http://127.0.0.1:{port}"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +123,42 @@ def test_the_arms_4xx_go_to_another_arm_and_the_clients_pass_through(
     assert refused.headers["content-type"] == "text/html; charset=utf-8"
     assert refused.headers["x-content-type-options"] == "nosniff"
     assert refused.headers["content-security-policy"] == "default-src 'none'; sandbox"
+
+
+# A client that stops reading
+
+
+def test_a_client_that_reads_no_more_of_a_stream_is_let_go_after_the_send_timeout(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn times no write: a client that stopped reading a long stream held its connection,
+    the gateway's slot and the upstream's call as long as it liked. Once the transport's buffer
+    stays full for BANDIT_SEND_TIMEOUT_S the connection is aborted: the upstream's call is
+    left, the slot freed (one slot: the next call is answered), the log says it once."""
+    long = Script((chunk("x" * 30_000),) * 700 + (STALL,))  # 21 MB, then nothing until left
+    url, upstream = scripted({"long": long, "good": GOOD})
+    base = _gateway(
+        serve, url, {"long": long, "good": GOOD}, send_timeout_s=0.5, gateway_max_concurrency=1
+    )
+    host, port = base.removeprefix("http://").split(":")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            body = _body("long", True)
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"authorization: Bearer %s\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (KEY.encode(), len(body), body)
+            )
+            wait_until(lambda: upstream.left == 1, 30, "the upstream call left")  # nothing read
+        answer = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("good", True), headers=AUTH
+        )
+    assert answer.status_code == 200, answer.text
+    said = [m for m in caplog.messages if "BANDIT_SEND_TIMEOUT_S" in m]
+    assert len(said) == 1 and said[0].endswith(
+        "closed: response not read for 0.5 s (BANDIT_SEND_TIMEOUT_S)"
+    ), said
 
 
 # A stream that breaks off, or errs

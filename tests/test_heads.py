@@ -419,6 +419,19 @@ def test_serve_bounds_heads_in_its_workers(make_settings: SettingsFactory, tmp_p
             assert conn.response()[0] == 200
 
 
+def test_served_heads_read_both_timeouts_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What each `serve` worker's protocol class reads, as its app reads its settings."""
+    monkeypatch.setenv("BANDIT_HEAD_TIMEOUT_S", "3")
+    monkeypatch.setenv("BANDIT_SEND_TIMEOUT_S", "7.5")
+    heads._served.cache_clear()
+    try:
+        assert (ServedHeads.head_timeout_s(), ServedHeads.send_timeout_s()) == (3.0, 7.5)
+    finally:
+        heads._served.cache_clear()
+
+
 # What the wrapper relies on in uvicorn, pinned: an upgrade that changes it fails here
 
 

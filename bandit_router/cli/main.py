@@ -66,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             loop=settings.loop,
-            http=ServedHeads,  # uvicorn's protocol, request heads bounded (BANDIT_HEAD_TIMEOUT_S)
+            http=ServedHeads,  # uvicorn's protocol, heads and unread responses bounded
             log_level=settings.log_level,
             # Above info uvicorn drops each access line, but only after formatting its parts.
             access_log=settings.log_level.lower() in ("trace", "debug", "info"),

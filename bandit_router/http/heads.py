@@ -1,4 +1,5 @@
-"""Request heads in bounded time: ``BANDIT_HEAD_TIMEOUT_S``.
+"""Request heads, and responses a client stops reading, in bounded time:
+``BANDIT_HEAD_TIMEOUT_S`` and ``BANDIT_SEND_TIMEOUT_S``.
 
 uvicorn bounds the idle time between requests (its keep-alive timeout, cancelled by the first
 byte of the next request) but not the time a request line and its headers take to arrive, and
@@ -12,6 +13,12 @@ head declares (Content-Length or chunked), so that a keep-alive connection's nex
 too and a body never is (bodies are bounded by ``BANDIT_BODY_TIMEOUT_S``, in ``read_body``). A
 head not complete in time has its connection closed, after a 408 when nothing else was asked
 on the connection (so no response of uvicorn's can be under way there).
+
+uvicorn times no write either: a client that stops reading a long response (a gateway stream,
+say) held its connection, and the call behind it (a gateway slot, an upstream's stream), for as
+long as it liked. The transport tells its protocol when its buffer fills (``pause_writing``) and
+drains (``resume_writing``): a connection whose buffer stays full for the send timeout is
+aborted.
 """
 
 from __future__ import annotations
@@ -57,13 +64,16 @@ class HeadDeadline(asyncio.Protocol):
 
     protocol: ClassVar[Callable[..., asyncio.Protocol]]  # uvicorn's own
     timeout_s: ClassVar[float]
+    stall_s: ClassVar[float]
     said: ClassVar[Throttle]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.inner = self.protocol(*args, **kwargs)  # with uvicorn's arguments, as they are
         self.deadline_s = self.head_timeout_s()
+        self.stalled_s = self.send_timeout_s()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # while the transport's buffer is full
         self.state = HEAD
         self.head = bytearray()  # the head so far (from its request line)
         self.heard = False  # a byte of the head now timed has arrived
@@ -74,6 +84,10 @@ class HeadDeadline(asyncio.Protocol):
     @classmethod
     def head_timeout_s(cls) -> float:
         return cls.timeout_s
+
+    @classmethod
+    def send_timeout_s(cls) -> float:
+        return cls.stall_s
 
     # asyncio.Protocol: each callback goes on to uvicorn's protocol.
 
@@ -97,13 +111,32 @@ class HeadDeadline(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop()
+        self.unstall()
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
+        if self.stall is None:
+            self.stall = asyncio.get_running_loop().call_later(self.stalled_s, self.stalled)
 
     def resume_writing(self) -> None:
+        self.unstall()
         self.inner.resume_writing()
+
+    # A response the client does not read.
+
+    def unstall(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def stalled(self) -> None:
+        self.stall = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.say(f"response not read for {self.stalled_s:g} s (BANDIT_SEND_TIMEOUT_S)")
+        self.stop()
+        self.transport.abort()  # what is buffered cannot be sent: close() would wait for it
 
     # The deadline.
 
@@ -118,7 +151,8 @@ class HeadDeadline(asyncio.Protocol):
             self.timer = None
 
     def stop(self) -> None:
-        """No more timing on this connection: closed, handed over, or its bytes not followed."""
+        """No more timing of heads on this connection: closed, handed over, or its bytes not
+        followed."""
         self.disarm()
         self.state = OFF
         self.head = bytearray()
@@ -136,14 +170,19 @@ class HeadDeadline(asyncio.Protocol):
             f"request head not received within {self.deadline_s:g} s (BANDIT_HEAD_TIMEOUT_S)",
         )
 
-    def refuse(self, status: int, detail: str) -> None:
+    def say(self, detail: str) -> None:
         assert self.transport is not None
+        due = self.said.due(SAID_EVERY_S)
+        if due is None:
+            return
         peer = self.transport.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a client"
-        due = self.said.due(SAID_EVERY_S)
-        if due is not None:
-            more = f" ({due.count} more since the last said)" if due.count else ""
-            log.warning("connection from %s closed: %s%s", where, detail, more)
+        more = f" ({due.count} more since the last said)" if due.count else ""
+        log.warning("connection from %s closed: %s%s", where, detail, more)
+
+    def refuse(self, status: int, detail: str) -> None:
+        assert self.transport is not None
+        self.say(detail)
         if self.requests == 0 and self.heard:  # nothing answered or being answered on it yet
             self.transport.write(_response(status, f"{detail}; the connection is closed"))
         self.transport.close()
@@ -256,34 +295,45 @@ def _response(status: int, detail: str) -> bytes:
     )
 
 
-def head_deadline(timeout_s: float, http: str = "auto") -> type[HeadDeadline]:
+def head_deadline(
+    timeout_s: float,
+    http: str = "auto",
+    send_timeout_s: float = Settings.model_fields["send_timeout_s"].default,
+) -> type[HeadDeadline]:
     """A protocol class for ``uvicorn.Config(http=...)``: uvicorn's ``http`` protocol with heads
-    bounded to ``timeout_s``. Made at run time, it serves in this process only: uvicorn's worker
-    processes import theirs by name (``ServedHeads``)."""
+    bounded to ``timeout_s`` and unread responses to ``send_timeout_s``. Made at run time, it
+    serves in this process only: uvicorn's worker processes import theirs by name
+    (``ServedHeads``)."""
     bounded = cast(type[HeadDeadline], type("HeadDeadline", (HeadDeadline,), {}))
     bounded.protocol = uvicorn_protocol(http)
     bounded.timeout_s = timeout_s
+    bounded.stall_s = send_timeout_s
     bounded.said = Throttle()
     return bounded
 
 
-class _HeadTimeout(BaseSettings):
-    """BANDIT_HEAD_TIMEOUT_S alone, declared and checked as in ``Settings``."""
+class _Timeouts(BaseSettings):
+    """BANDIT_HEAD_TIMEOUT_S and BANDIT_SEND_TIMEOUT_S alone, declared and checked as in
+    ``Settings``."""
 
     model_config = Settings.model_config
     head_timeout_s: Annotated[float, Settings.model_fields["head_timeout_s"]] = (
         Settings.model_fields["head_timeout_s"].default
     )
+    send_timeout_s: Annotated[float, Settings.model_fields["send_timeout_s"]] = (
+        Settings.model_fields["send_timeout_s"].default
+    )
 
 
 @cache
-def _served_timeout_s() -> float:
-    return _HeadTimeout().head_timeout_s
+def _served() -> _Timeouts:
+    return _Timeouts()
 
 
 class ServedHeads(HeadDeadline):
     """``bandit-router serve``'s protocol class, on uvicorn's default protocol. Each worker
-    process imports it by name and reads BANDIT_HEAD_TIMEOUT_S from the environment, as its app
+    process imports it by name and reads BANDIT_HEAD_TIMEOUT_S and BANDIT_SEND_TIMEOUT_S from
+    the environment, as its app
     reads its settings (``app_from_env``); ``serve`` has checked them all before."""
 
     protocol = uvicorn_protocol("auto")
@@ -291,4 +341,8 @@ class ServedHeads(HeadDeadline):
 
     @classmethod
     def head_timeout_s(cls) -> float:
-        return _served_timeout_s()
+        return _served().head_timeout_s
+
+    @classmethod
+    def send_timeout_s(cls) -> float:
+        return _served().send_timeout_s
