@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bandit_router"
 
 # Lowest first: a module may import from its own layer and the layers below, never above.
 LAYERS = [
-    {"errors", "features", "rewards", "progress"},
+    {"errors", "features", "rewards", "progress", "throttle"},
     {"policies"},
     {"settings", "deployments", "inputs"},
     {"store"},
