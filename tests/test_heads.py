@@ -22,7 +22,7 @@ from uvicorn.config import HTTP_PROTOCOLS
 
 from bandit_router.http import heads
 from bandit_router.http.heads import HEAD_LIMIT, HeadDeadline, ServedHeads, head_deadline
-from tests.conftest import SettingsFactory, cli_env, served
+from tests.conftest import SettingsFactory, cli_env, served, wait_until
 from tests.live import Servers, close_sdk_clients, sdk_client, serve
 from tests.upstreams import DONE, Script, Scripted, chunk, scripted
 
@@ -278,7 +278,7 @@ def test_a_body_sent_with_a_get_is_bounded_too(serve: Serve, http: str) -> None:
     assert json.loads(answer)["field"] == "body"
 
 
-# Responses are never timed
+# Responses: timed only while the client reads none of them
 
 
 def _gateway(serve: Serve, scripted: Start, http: str) -> str:
@@ -351,6 +351,55 @@ def test_a_head_pipelined_behind_a_slow_stream_waits_its_turn(http: str) -> None
             reply = conn.until_closed()
         assert reply.count(b"HTTP/1.1 200") == 2, reply
         assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
+    finally:
+        servers.stop()
+
+
+BIG = 16 << 20  # more than the kernel's buffers hold for a client that reads none of it
+
+
+async def _big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """One response of BIG bytes, in one send: uvicorn writes it whole and the response is
+    complete, the transport's buffer still full."""
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-length", b"%d" % BIG)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"x" * BIG})
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+@pytest.mark.parametrize("connection", [b"close", b"keep-alive"])
+def test_a_response_written_whole_and_not_read_is_let_go_once_closing_too(
+    http: str, connection: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response written in one piece is complete while the transport still buffers it;
+    uvicorn then closes the connection (at once for `connection: close`, after its keep-alive
+    timeout otherwise), and a close waits for the buffer to drain: for ever, for a client that
+    reads none of it. Closing, the connection is aborted all the same at the send timeout."""
+    servers = Servers()
+    try:
+        port = servers.start(
+            _big,
+            "uvicorn",
+            http=head_deadline(FAST, http, send_timeout_s=4 * FAST),
+            log_level="warning",
+            lifespan="off",
+            timeout_keep_alive=1,  # before the send timeout's end, as uvicorn's 5 s before 30
+        )
+        server = servers.running[-1]
+        with (
+            caplog.at_level(logging.WARNING, logger="bandit_router"),
+            socket.socket() as conn,
+        ):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.connect(("127.0.0.1", port))
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: %s\r\n\r\n" % connection)
+            open_ = server.server_state.connections  # uvicorn's, each until connection_lost
+            wait_until(lambda: bool(open_), WAIT_S, "the connection made")
+            wait_until(lambda: not open_, WAIT_S, "the connection let go")
+        said = [m for m in caplog.messages if "BANDIT_SEND_TIMEOUT_S" in m]
+        assert len(said) == 1, said
     finally:
         servers.stop()
 

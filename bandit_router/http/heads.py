@@ -131,8 +131,11 @@ class HeadDeadline(asyncio.Protocol):
             self.stall = None
 
     def stalled(self) -> None:
+        # A closing transport is aborted too: a close waits for the buffer to drain, and
+        # uvicorn closes once a response is written (a `connection: close`, its keep-alive
+        # timeout), its last piece perhaps still buffered.
         self.stall = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None:
             return
         self.say(f"response not read for {self.stalled_s:g} s (BANDIT_SEND_TIMEOUT_S)")
         self.stop()
