@@ -404,6 +404,54 @@ def test_a_response_written_whole_and_not_read_is_let_go_once_closing_too(
         servers.stop()
 
 
+async def _big_or_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``_big`` over HTTP; over a WebSocket, each text message sent back."""
+    if scope["type"] == "http":
+        await _big(scope, receive, send)
+        return
+    if scope["type"] != "websocket" or (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -> None:
+    """A response written whole, not read yet, then a WebSocket on the connection: from then
+    on its callbacks, the buffer's drain included, go to the WebSocket's protocol, and a stall
+    timer started before aborted the WebSocket at the send timeout, though all was read."""
+    servers = Servers()
+    try:
+        port = servers.start(
+            _big_or_echo,
+            "uvicorn",
+            http=head_deadline(FAST, http, send_timeout_s=4 * FAST),
+            log_level="warning",
+            lifespan="off",
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(FAST)  # the response written, the transport's buffer full
+            conn.sendall(
+                b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+                b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+            )
+            reply = b""
+            while b"\r\n\r\n" not in reply[BIG:]:  # the response, then the WebSocket's head
+                chunk = conn.recv(1 << 20)
+                assert chunk, reply[-200:]
+                reply += chunk
+            assert b"HTTP/1.1 101 " in reply[BIG:], reply[BIG:]
+            time.sleep(5 * FAST)  # past the send timeout from the response's stall
+            mask = b"\x01\x02\x03\x04"
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
+            conn.sendall(b"\x81\x82" + mask + masked)  # a text frame, as a client masks it
+            assert conn.recv(64) == b"\x81\x02hi"
+    finally:
+        servers.stop()
+
+
 # Limits and the log
 
 

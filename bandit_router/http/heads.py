@@ -103,8 +103,11 @@ class HeadDeadline(asyncio.Protocol):
                 return  # refused by the scan: uvicorn has nothing to parse
         self.inner.data_received(data)
         transport = self.transport
-        if self.state != OFF and transport is not None and transport.get_protocol() is not self:
-            self.stop()  # uvicorn handed the connection over (a WebSocket): not HTTP any more
+        if transport is not None and transport.get_protocol() is not self:
+            # uvicorn handed the connection over (a WebSocket): not HTTP any more, and its
+            # callbacks (resume_writing, connection_lost) go to the new protocol from now on
+            self.stop()
+            self.unstall()
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
