@@ -23,6 +23,7 @@ class Servers:
 
     def __init__(self) -> None:
         self._running: list[tuple[uvicorn.Server, threading.Thread]] = []
+        self.running: list[uvicorn.Server] = []  # in the order started
 
     def start(self, app: Any, what: str, **config: Any) -> int:
         """Serve ``app`` (``config``: uvicorn's options); its port, once it listens."""
@@ -31,6 +32,7 @@ class Servers:
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         self._running.append((server, thread))
+        self.running.append(server)
         deadline = time.monotonic() + 20
         while not server.started:
             if time.monotonic() > deadline or not thread.is_alive():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.errors import StoreUnavailable
@@ -265,21 +266,22 @@ def test_the_end_of_an_outage_is_said_and_a_flapping_redis_is_a_few_lines_a_minu
     outage = Outage(clock=lambda: now[0])
     error = StoreUnavailable("Connection refused")
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        outage.reached()  # no outage said: nothing to say
+        outage.reached("sweep")  # no outage said: nothing to say
         outage.failed("sweep", error)
         now[0] = 5.0
         outage.failed("learner", error)
-        outage.reached()
-        outage.reached()
+        outage.reached("sweep")  # the learner still fails: not over
+        outage.reached("learner")
+        outage.reached("learner")
         now[0] = 6.0
         outage.failed("sweep", error)  # said at once: the log said Redis was back
         while now[0] < 2 * SAID_EVERY_S - 1:  # then Redis comes and goes every half second
             now[0] += 0.5
-            outage.reached()
+            outage.reached("sweep")
             now[0] += 0.5
             outage.failed("sweep", error)
         now[0] = 2 * SAID_EVERY_S + 30
-        outage.reached()
+        outage.reached("sweep")
     said = [r.getMessage() for r in caplog.records]
     assert said[:3] == [
         f"sweep waiting for Redis: {error}",
@@ -332,3 +334,36 @@ def test_a_signal_as_start_up_ends_cancels_nothing_after_it() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
     assert noted == [signal.SIGTERM]  # the handler in place still ran
+
+
+def test_a_redis_that_refuses_writes_is_not_said_reachable_again_while_it_does(
+    make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that refuses writes answers reads: the sweep's passed while the flush and the
+    learner failed on, and the log said Redis was reachable again at once. Its end is said when
+    every job that failed has succeeded since."""
+    settings = make_settings(redis_url=redis_process.url, model_refresh_s=0.05, sweep_s=0.05)
+    r = redis.Redis.from_url(redis_process.url)
+    said: list[str] = []
+
+    async def scenario() -> None:
+        router = await _open_router(settings)
+        stop = asyncio.Event()
+        running = asyncio.create_task(router.run(stop))
+        await asyncio.sleep(0.2)
+        r.config_set("min-replicas-to-write", 1)
+        await router.choose("What is 2+2?")  # degraded: the flush fails each second
+        await asyncio.sleep(2.5)
+        said.extend(m for m in caplog.messages if "Redis" in m)
+        r.config_set("min-replicas-to-write", 0)
+        await asyncio.sleep(1.5)
+        stop.set()
+        await running
+        await router.close()
+        await router.store.close()
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        asyncio.run(scenario())
+    assert said and all(" waiting for Redis: " in m for m in said), said
+    after = [m for m in caplog.messages if "Redis" in m][len(said) :]
+    assert len(after) == 1 and after[0].startswith("Redis reachable again, "), after

@@ -22,7 +22,7 @@ from uvicorn.config import HTTP_PROTOCOLS
 
 from bandit_router.http import heads
 from bandit_router.http.heads import HEAD_LIMIT, HeadDeadline, ServedHeads, head_deadline
-from tests.conftest import SettingsFactory, cli_env, served
+from tests.conftest import SettingsFactory, cli_env, served, wait_until
 from tests.live import Servers, close_sdk_clients, sdk_client, serve
 from tests.upstreams import DONE, Script, Scripted, chunk, scripted
 
@@ -278,7 +278,27 @@ def test_a_body_sent_with_a_get_is_bounded_too(serve: Serve, http: str) -> None:
     assert json.loads(answer)["field"] == "body"
 
 
-# Responses are never timed
+@PARSERS
+@ONE_REDIS
+def test_a_body_sent_to_a_path_refused_unread_does_not_hold_the_connection(
+    serve: Serve, http: str
+) -> None:
+    """A path with a control character is refused (404) before any body is read: its
+    connection is closed after the answer, not left waiting for a body trickled in."""
+    base = serve(head_timeout_s=FAST, body_timeout_s=2 * FAST, http=http)
+    with Raw(base) as conn:
+        conn.send(b"POST /choose%0A HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}")
+        assert conn.response()[0] == 404
+        for _ in range(int(6 * FAST / 0.1)):  # a byte every 0.1 s, past the body timeout
+            time.sleep(0.1)
+            try:
+                conn.send(b" ")
+            except OSError:
+                break
+        assert conn.until_closed() in (b"", b"<reset>")
+
+
+# Responses: timed only while the client reads none of them
 
 
 def _gateway(serve: Serve, scripted: Start, http: str) -> str:
@@ -351,6 +371,103 @@ def test_a_head_pipelined_behind_a_slow_stream_waits_its_turn(http: str) -> None
             reply = conn.until_closed()
         assert reply.count(b"HTTP/1.1 200") == 2, reply
         assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
+    finally:
+        servers.stop()
+
+
+BIG = 16 << 20  # more than the kernel's buffers hold for a client that reads none of it
+
+
+async def _big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """One response of BIG bytes, in one send: uvicorn writes it whole and the response is
+    complete, the transport's buffer still full."""
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-length", b"%d" % BIG)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"x" * BIG})
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+@pytest.mark.parametrize("connection", [b"close", b"keep-alive"])
+def test_a_response_written_whole_and_not_read_is_let_go_once_closing_too(
+    http: str, connection: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response written in one piece is complete while the transport still buffers it;
+    uvicorn then closes the connection (at once for `connection: close`, after its keep-alive
+    timeout otherwise), and a close waits for the buffer to drain: for ever, for a client that
+    reads none of it. Closing, the connection is aborted all the same at the send timeout."""
+    servers = Servers()
+    try:
+        port = servers.start(
+            _big,
+            "uvicorn",
+            http=head_deadline(FAST, http, send_timeout_s=4 * FAST),
+            log_level="warning",
+            lifespan="off",
+            timeout_keep_alive=1,  # before the send timeout's end, as uvicorn's 5 s before 30
+        )
+        server = servers.running[-1]
+        with (
+            caplog.at_level(logging.WARNING, logger="bandit_router"),
+            socket.socket() as conn,
+        ):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.connect(("127.0.0.1", port))
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: %s\r\n\r\n" % connection)
+            open_ = server.server_state.connections  # uvicorn's, each until connection_lost
+            wait_until(lambda: bool(open_), WAIT_S, "the connection made")
+            wait_until(lambda: not open_, WAIT_S, "the connection let go")
+        said = [m for m in caplog.messages if "BANDIT_SEND_TIMEOUT_S" in m]
+        assert len(said) == 1, said
+    finally:
+        servers.stop()
+
+
+async def _big_or_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``_big`` over HTTP; over a WebSocket, each text message sent back."""
+    if scope["type"] == "http":
+        await _big(scope, receive, send)
+        return
+    if scope["type"] != "websocket" or (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -> None:
+    """A response written whole, not read yet, then a WebSocket on the connection: from then
+    on its callbacks, the buffer's drain included, go to the WebSocket's protocol, and a stall
+    timer started before aborted the WebSocket at the send timeout, though all was read."""
+    servers = Servers()
+    try:
+        port = servers.start(
+            _big_or_echo,
+            "uvicorn",
+            http=head_deadline(FAST, http, send_timeout_s=4 * FAST),
+            log_level="warning",
+            lifespan="off",
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(FAST)  # the response written, the transport's buffer full
+            conn.sendall(
+                b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+                b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+            )
+            reply = b""
+            while b"\r\n\r\n" not in reply[BIG:]:  # the response, then the WebSocket's head
+                chunk = conn.recv(1 << 20)
+                assert chunk, reply[-200:]
+                reply += chunk
+            assert b"HTTP/1.1 101 " in reply[BIG:], reply[BIG:]
+            time.sleep(5 * FAST)  # past the send timeout from the response's stall
+            mask = b"\x01\x02\x03\x04"
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
+            conn.sendall(b"\x81\x82" + mask + masked)  # a text frame, as a client masks it
+            assert conn.recv(64) == b"\x81\x02hi"
     finally:
         servers.stop()
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,46 @@ def test_a_temporary_file_left_by_a_crash_is_deleted_once_unlocked_and_old(
     assert not debris.exists()
     assert fresh.exists() and held.exists() and theirs.exists() and journal.path.exists()
     journal.release()
+
+
+def test_a_journal_being_created_is_never_locked_by_a_process_looking_for_debris(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal's temporary file exists unlocked for a moment, between its creation and its
+    lock: another process of the deployment looking for debris then (each flush does) took its
+    lock, and the creation failed, the decision kept in memory only and said as a journal that
+    cannot be written. A temporary file too young to be debris is not opened at all."""
+    looking = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; "
+            "from bandit_router.service.journal import Journal\n"
+            "journal = Journal(Path(sys.argv[1]), 'bandit')\n"
+            "while True: list(journal.orphans())",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        journal = Journal(tmp_path, "bandit")
+        line = dumps(_decision("e1"))
+        created, failed = 0, 0
+        with caplog.at_level(logging.ERROR, logger="bandit_router"):
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                journal.append(line)  # a new journal each time
+                if journal.path is None:
+                    failed += 1
+                else:
+                    created += 1
+                    journal.keep_only([])  # deleted: the next append creates one
+        assert looking.poll() is None  # it looked all along
+    finally:
+        looking.kill()
+        looking.wait()
+    assert created and failed == 0, (created, failed)
+    assert not caplog.messages, caplog.messages
 
 
 def test_a_line_cut_short_is_skipped_with_a_warning(

@@ -53,8 +53,9 @@ class RoutingDoor:
         ):
             if scope["type"] == "http" and CONTROL.search(scope["path"]):
                 # Starlette's routes match a path with a newline at its end (``$``): a proxy
-                # rule for the exact path would not see ``/admin/reset%0A`` as that path.
-                await respond(send, 404, error_body("no such path", "path"))
+                # rule for the exact path would not see ``/admin/reset%0A`` as that path. Its
+                # body is not read: the connection is closed, not left waiting for one.
+                await respond(send, 404, error_body("no such path", "path"), close=True)
                 return
             await self.app(scope, receive, send)
             return

@@ -103,8 +103,11 @@ class HeadDeadline(asyncio.Protocol):
                 return  # refused by the scan: uvicorn has nothing to parse
         self.inner.data_received(data)
         transport = self.transport
-        if self.state != OFF and transport is not None and transport.get_protocol() is not self:
-            self.stop()  # uvicorn handed the connection over (a WebSocket): not HTTP any more
+        if transport is not None and transport.get_protocol() is not self:
+            # uvicorn handed the connection over (a WebSocket): not HTTP any more, and its
+            # callbacks (resume_writing, connection_lost) go to the new protocol from now on
+            self.stop()
+            self.unstall()
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
@@ -131,8 +134,11 @@ class HeadDeadline(asyncio.Protocol):
             self.stall = None
 
     def stalled(self) -> None:
+        # A closing transport is aborted too: a close waits for the buffer to drain, and
+        # uvicorn closes once a response is written (a `connection: close`, its keep-alive
+        # timeout), its last piece perhaps still buffered.
         self.stall = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None:
             return
         self.say(f"response not read for {self.stalled_s:g} s (BANDIT_SEND_TIMEOUT_S)")
         self.stop()

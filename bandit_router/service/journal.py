@@ -187,8 +187,12 @@ class Orphan:
 
 
 def _delete_debris(path: Path) -> None:
-    """Delete ``path``, a journal's temporary file, if its creation ended long ago unfinished."""
+    """Delete ``path``, a journal's temporary file, if its creation ended long ago unfinished.
+    One younger is not opened: its creator may not have locked it yet, and locked here it would
+    find it taken and fail."""
     try:
+        if time.time() - os.stat(path).st_mtime < DEBRIS_AFTER_S:
+            return
         with open(path, "rb") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its creator is done with it
             stat = os.fstat(handle.fileno())

@@ -613,9 +613,9 @@ class Learner:
             try:
                 if time.monotonic() - renewed >= renew_every:
                     await self.lead()
-                    self.outage.reached()
                     renewed = time.monotonic()
                 read = await self.step()
+                self.outage.reached("learner")
             except (StoreUnavailable, StoreDamaged) as e:
                 if self.on_redis_error is not None:
                     self.on_redis_error("learner")

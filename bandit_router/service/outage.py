@@ -22,15 +22,20 @@ def _counts(unsaid: Counter[str]) -> str:
 class Outage:
     """The background jobs' failures to reach Redis, said in the log at a bounded rate, and
     its end, once said to have begun (at most once in ``SAID_EVERY_S`` too: a Redis that comes
-    and goes is a few lines a minute). An outage after an end said is said at once."""
+    and goes is a few lines a minute). An outage after an end said is said at once.
+
+    It ends when every job that failed in it has since succeeded: a Redis that refuses writes
+    answers reads, so one job's read passing says nothing of the others' writes."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._throttle = Throttle(clock)
         self._began: float | None = None  # this outage, when one of its failures was said
         self._ended = False  # the log's last word was that Redis is back
+        self._failing: set[str] = set()  # the jobs whose last run failed
 
     def failed(self, job: str, error: Exception) -> None:
+        self._failing.add(job)
         if self._ended:
             self._throttle.forget("down")
             self._ended = False
@@ -44,9 +49,10 @@ class Outage:
             more = f" (failures not said in the last {due.after_s:.0f} s: {_counts(due.unsaid)})"
         log.warning("%s waiting for Redis: %s%s", job, error, more)
 
-    def reached(self) -> None:
-        """A job reached Redis: the outage said, if any, is over."""
-        if self._began is None:
+    def reached(self, job: str) -> None:
+        """``job`` ran without failing: the outage said, if any, is over once no job fails."""
+        self._failing.discard(job)
+        if self._began is None or self._failing:
             return
         if self._throttle.due(SAID_EVERY_S, "back") is None:
             return  # said when next due, so that the log never ends on an outage that is over

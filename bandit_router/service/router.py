@@ -505,7 +505,6 @@ class Router:
         closed = 0
         for _ in range(SWEEP_BATCHES):
             due = await self.store.due(now, SWEEP_BATCH)
-            self.learner.outage.reached()  # every process sweeps: its end of an outage said
             to_close = due
             if self.settings.default_reward is None:
                 to_close = await self.store.skip_silent(due)  # the others: nothing to learn
@@ -584,6 +583,7 @@ class Router:
         while not stop.is_set():
             try:
                 await job()
+                self.learner.outage.reached(job.__name__)
             except StoreUnavailable as e:
                 self.unavailable_at = time.monotonic()
                 self.metrics.redis_error(job.__name__)
