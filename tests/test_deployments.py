@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.deployments import DeploymentsError, load_deployments
+from bandit_router.errors import StoreUnavailable
 from bandit_router.settings import Settings
 from tests.conftest import ClientFactory, SettingsFactory, cli_env
 
@@ -144,6 +146,33 @@ def test_each_deployment_decides_and_learns_on_its_own_keys(
         'bandit_decisions_total{arm="coder-32b",deployment="coding"' in metrics
     )
     assert metrics.count("# TYPE bandit_decisions_total counter") == 1
+
+
+def test_an_outage_said_names_its_deployment_where_a_process_serves_several(
+    many: tuple[TestClient, Settings],
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each deployment's router meets an outage on its own (on Redis Cluster, each on its own
+    slot): with several, each line says whose it is; with one, nothing is added."""
+    client, _ = many
+    alone = make_client(make_settings())
+    error = StoreUnavailable("Connection refused")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for app in (client.app, alone.app):
+            for router in app.state.routers.values():  # type: ignore[attr-defined]
+                router.learner.outage.failed("sweep", error)
+                router.learner.outage.reached("sweep")
+    assert sorted(caplog.messages[:6:2]) == [
+        f"deployment {name}: sweep waiting for Redis: {error}"
+        for name in ("coding", "default", "support")
+    ]
+    assert all(m.startswith("deployment ") for m in caplog.messages[1:6:2]), caplog.messages
+    assert caplog.messages[6:] == [
+        f"sweep waiting for Redis: {error}",
+        caplog.messages[7],
+    ] and caplog.messages[7].startswith("Redis reachable again, ")
 
 
 def test_an_unknown_deployment_or_a_foreign_id_is_a_422_naming_the_field(

@@ -584,7 +584,7 @@ def test_the_sweep_stops_on_a_pending_set_of_the_wrong_type_without_a_traceback(
             await router.sweep(now=time.time() + 61)
         stop = asyncio.Event()
         with caplog.at_level(logging.WARNING, logger="bandit_router"):
-            background = asyncio.create_task(router._every(stop, 0.01, router.sweep))
+            background = asyncio.create_task(router._every(stop, 0.01, "sweep", router.sweep))
             await asyncio.sleep(0.2)  # a dozen sweeps
             stop.set()
             await background

@@ -140,7 +140,7 @@ class HeadDeadline(asyncio.Protocol):
         self.stall = None
         if self.transport is None:
             return
-        self.say(f"response not read for {self.stalled_s:g} s (BANDIT_SEND_TIMEOUT_S)")
+        self.say(f"response not read for {self.stalled_s:g} s (BANDIT_SEND_TIMEOUT_S)", "send")
         self.stop()
         self.transport.abort()  # what is buffered cannot be sent: close() would wait for it
 
@@ -176,9 +176,11 @@ class HeadDeadline(asyncio.Protocol):
             f"request head not received within {self.deadline_s:g} s (BANDIT_HEAD_TIMEOUT_S)",
         )
 
-    def say(self, detail: str) -> None:
+    def say(self, detail: str, kind: str) -> None:
+        """Say that the connection was closed and why: each kind (``head``, ``send``) at once,
+        then at most every ``SAID_EVERY_S`` with the count of its own not said."""
         assert self.transport is not None
-        due = self.said.due(SAID_EVERY_S)
+        due = self.said.due(SAID_EVERY_S, kind)
         if due is None:
             return
         peer = self.transport.get_extra_info("peername")
@@ -188,7 +190,7 @@ class HeadDeadline(asyncio.Protocol):
 
     def refuse(self, status: int, detail: str) -> None:
         assert self.transport is not None
-        self.say(detail)
+        self.say(detail, "head")
         if self.requests == 0 and self.heard:  # nothing answered or being answered on it yet
             self.transport.write(_response(status, f"{detail}; the connection is closed"))
         self.transport.close()

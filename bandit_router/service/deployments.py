@@ -139,6 +139,8 @@ async def open_routers(settings: Settings) -> AsyncIterator[Routers]:
         routers: dict[str, Router] = {}
         for name, deployment in deployments.items():
             routers[name] = await _open_one(stack, deployment)
+            if len(deployments) > 1:  # each router's background jobs say whose outage it is
+                routers[name].learner.outage.where = f"deployment {name}: "
         # one Redis serves every deployment (BANDIT_REDIS_URL is the process's): asked once
         default = routers[DEFAULT].store
         await when_available(default.warn_if_evicting, settings.startup_wait_s)

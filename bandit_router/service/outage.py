@@ -33,6 +33,7 @@ class Outage:
         self._began: float | None = None  # this outage, when one of its failures was said
         self._ended = False  # the log's last word was that Redis is back
         self._failing: set[str] = set()  # the jobs whose last run failed
+        self.where = ""  # which deployment's, where a process serves several ("support: ")
 
     def failed(self, job: str, error: Exception) -> None:
         self._failing.add(job)
@@ -47,7 +48,7 @@ class Outage:
         more = ""
         if due.unsaid:
             more = f" (failures not said in the last {due.after_s:.0f} s: {_counts(due.unsaid)})"
-        log.warning("%s waiting for Redis: %s%s", job, error, more)
+        log.warning("%s%s waiting for Redis: %s%s", self.where, job, error, more)
 
     def reached(self, job: str) -> None:
         """``job`` ran without failing: the outage said, if any, is over once no job fails."""
@@ -60,7 +61,8 @@ class Outage:
         unsaid = self._throttle.forget("down").unsaid
         more = f" (failures not said: {_counts(unsaid)})" if unsaid else ""
         log.warning(
-            "Redis reachable again, %.0f s after it was said not to be%s",
+            "%sRedis reachable again, %.0f s after it was said not to be%s",
+            self.where,
             self._clock() - began,
             more,
         )

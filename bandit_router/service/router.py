@@ -563,10 +563,10 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         """The periodic work of a service process: learn or follow, sweep, flush the buffer."""
         tasks = [
-            self._every(stop, self.settings.model_refresh_s, self.refresh),
-            self._every(stop, self.settings.model_refresh_s, self.keep_word_secret),
-            self._every(stop, self.settings.sweep_s, self.sweep),
-            self._every(stop, 1.0, self._flush_if_any),
+            self._every(stop, self.settings.model_refresh_s, "refresh", self.refresh),
+            self._every(stop, self.settings.model_refresh_s, "word_secret", self.keep_word_secret),
+            self._every(stop, self.settings.sweep_s, "sweep", self.sweep),
+            self._every(stop, 1.0, "flush", self._flush_if_any),
         ]
         if self.settings.learn_in_workers:
             tasks.append(self.learner.run(stop))
@@ -578,20 +578,24 @@ class Router:
         return 0
 
     async def _every(
-        self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[object]]
+        self,
+        stop: asyncio.Event,
+        seconds: float,
+        name: str,
+        job: Callable[[], Awaitable[object]],
     ) -> None:
         while not stop.is_set():
             try:
                 await job()
-                self.learner.outage.reached(job.__name__)
+                self.learner.outage.reached(name)
             except StoreUnavailable as e:
                 self.unavailable_at = time.monotonic()
-                self.metrics.redis_error(job.__name__)
-                self.learner.outage.failed(job.__name__, e)
+                self.metrics.redis_error(name)
+                self.learner.outage.failed(name, e)
             except StoreDamaged:  # the store said so in the log, once: no traceback each period
-                self.metrics.redis_error(job.__name__)
+                self.metrics.redis_error(name)
             except Exception:  # a background job must not die silently; it retries next period
-                log.exception("%s failed", job.__name__)
+                log.exception("%s failed", name)
             await wait_or_stop(stop, seconds)
 
     async def refresh(self) -> bool:
