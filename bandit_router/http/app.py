@@ -378,7 +378,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["admin"],
         openapi_extra=_body_doc(PolicyRequest),
     )
-    async def admin_promote(request: Request, router: RouterDep) -> PromotionView:
+    async def admin_promote(
+        request: Request,
+        router: RouterDep,
+        deployment: Annotated[str | None, DEPLOYMENT] = None,
+    ) -> PromotionView:
         """Promote a running challenger now: its trained model serves, the champion becomes a
         challenger; the promotion is recorded. Asked of the learner's process."""
         body = await _policy_body(request)
