@@ -103,6 +103,20 @@ ADMIN_BODY = ADMIN | responses(400, 408, 413, 415, 422)
 
 # Every endpoint that takes ``?deployment=``: an unknown one is a 422 naming the valid ones.
 DEPLOYMENT_ERRORS = responses(422, e422="unknown deployment; the message lists the valid ones")
+# A streamed answer's events, each described as OpenAPI 3.2's ``itemSchema`` describes one of
+# text/event-stream (and schemathesis reads ``schema``): the fields of one event.
+SSE_EVENT = {
+    "type": "object",
+    "description": "one server-sent event: `data` holds a chunk in OpenAI's shape (JSON), or "
+    "an error object in OpenAI's shape, and the last event's is `[DONE]`",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 GATEWAY = (
     {
         200: {
@@ -110,7 +124,7 @@ GATEWAY = (
             "server-sent events when `stream` is true",
             "content": {
                 "application/json": {"schema": {"type": "object"}},
-                "text/event-stream": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": SSE_EVENT},
             },
         }
     }
