@@ -4,6 +4,7 @@ the app) and FastAPI's routes (what an app mounted under a root path reaches), o
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -270,6 +271,52 @@ def test_the_admin_bodies_follow_the_routing_calls_contract(
             )
         plain = httpx.post(f"{base}{path}", content=b"{}", headers={"x-api-key": "a1"})
         assert plain.status_code == 415
+
+
+def test_a_bad_admin_body_is_a_client_error_not_a_crash(
+    serve: Callable[..., str],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bad admin body is answered as any client's error: no "Exception in ASGI application"
+    with a traceback in the log, and the kept-alive connection serves the next request (uvicorn
+    closes a connection whose app raised, even after its response)."""
+    base = serve(admin_key="a1")
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's, which does not propagate
+    uvicorn_log.addHandler(caplog.handler)
+    host, port = base.removeprefix("http://").split(":")
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as conn,
+            conn.makefile("rb") as reader,
+        ):
+            for path, raw, status in (
+                ("/admin/policy", b"[null, null]", 400),
+                ("/admin/policy", b'{"policy": "egreedy", "x": 1}', 422),
+                ("/admin/promote", b"{}", 422),
+                ("/admin/promote", b'{"policy": "\\ud800"}', 400),
+            ):
+                conn.sendall(
+                    b"POST %s HTTP/1.1\r\nhost: x\r\nx-api-key: a1\r\n"
+                    b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (path.encode(), len(raw), raw)
+                )
+                assert _read_response(reader)[0] == status, (path, raw)
+            conn.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert _read_response(reader) == (200, b'{"status":"ok"}')
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def _read_response(reader: Any) -> tuple[int, bytes]:
+    """One response of known length off a kept-alive connection: its status and body."""
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, reader.read(length)
 
 
 def test_finite_bounds_are_named(doors: Doors) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from uvicorn.config import HTTP_PROTOCOLS
 
 from bandit_router.http import heads
@@ -217,6 +219,191 @@ def test_pipelined_requests_with_bodies_are_answered_and_the_next_head_timed(
         assert [status for status, _ in answers] == [200, 200, 200], answers
         conn.send(b"GET /")  # fewer bytes than any body above: read as one, it would not be timed
         assert conn.until_closed() == b""
+
+
+# Heads that ask to switch protocols
+
+
+SWITCHES = [  # heads httptools takes as the end of HTTP: it reads no body after them
+    b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: foo\r\n"
+    b"content-length: 100000\r\n\r\n",  # within BANDIT_MAX_BODY_BYTES: not a 413
+    b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, Upgrade\r\nupgrade: h2c\r\n"
+    b"transfer-encoding: chunked\r\n\r\n",
+    b"GET /livez HTTP/1.1\r\nhost: x\r\nproxy-connection: upgrade\r\nupgrade: foo\r\n"
+    b"content-length: 100000\r\n\r\n",  # within BANDIT_MAX_BODY_BYTES: not a 413
+]
+
+
+@pytest.mark.parametrize("head", SWITCHES)
+@pytest.mark.parametrize("http", ["auto", "httptools"])
+@ONE_REDIS
+def test_a_head_asking_to_switch_protocols_leaves_the_next_head_timed(
+    serve: Serve, http: str, head: bytes
+) -> None:
+    """httptools reads no body after an Upgrade (or CONNECT) head, and uvicorn, not switching,
+    parses the next read as a new request: followed as a body of its declared length, the
+    client's next heads were never timed (one trickled for 40 s was answered)."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        conn.send(head)
+        assert conn.response()[0] == 200
+        conn.send(GET)  # a head, not body: answered
+        assert conn.response()[0] == 200
+        conn.send(head)
+        assert conn.response()[0] == 200
+        sent, reply = conn.trickle(SLOW_HEAD)
+    assert sent < len(SLOW_HEAD), reply
+    assert reply in (b"", b"<reset>")
+
+
+class _Transport(asyncio.Transport):
+    """Where the scan under test writes: nothing is sent, only whether it closed is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return True
+
+
+class _Parsed(asyncio.Protocol):
+    """No parser behind the scan: the parsers' own answers are computed beside it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+async def _scan_counts(http: str, reads: list[bytes]) -> list[int]:
+    """The heads the scan (as ``head_deadline`` builds it for ``http``) counts after each read."""
+    scan = type("Scan", (head_deadline(60, http),), {"protocol": _Parsed})()
+    transport = _Transport()
+    transport.get_protocol = lambda: scan  # type: ignore[method-assign]
+    scan.connection_made(transport)
+    counts = []
+    for data in reads:
+        scan.data_received(data)
+        counts.append(scan.requests)
+    scan.connection_lost(None)
+    return counts
+
+
+def _httptools_counts(reads: list[bytes]) -> list[int]:
+    """The heads httptools completes after each read, fed as uvicorn feeds it: an upgrade it
+    does not serve drops the rest of its read; a parse error ends the connection (400)."""
+    import httptools
+
+    class Heads:
+        count = 0
+
+        def on_headers_complete(self) -> None:
+            self.count += 1
+
+    heads_seen = Heads()
+    parser = httptools.HttpRequestParser(heads_seen)
+    parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets it
+    counts = []
+    for data in reads:
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            break
+        counts.append(heads_seen.count)
+    return counts
+
+
+def _h11_counts(reads: list[bytes]) -> list[int]:
+    """The heads h11 completes after each read, each request answered at once (a 404: no
+    switch of protocols) as uvicorn's h11 protocol answers them."""
+    import h11
+
+    conn = h11.Connection(h11.SERVER)
+    count = 0
+    counts = []
+    for data in reads:
+        conn.receive_data(data)
+        try:
+            while (event := conn.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+                if isinstance(event, h11.Request):
+                    count += 1
+                elif isinstance(event, h11.EndOfMessage):
+                    conn.send(h11.Response(status_code=404, headers=[("content-length", "0")]))
+                    conn.send(h11.EndOfMessage())
+                    conn.start_next_cycle()
+        except h11.RemoteProtocolError:
+            break
+        counts.append(count)
+    return counts
+
+
+_HEADER_LINES = [
+    b"connection: upgrade",
+    b"Connection: keep-alive, Upgrade",
+    b"connection: upgrade close",
+    b"Proxy-Connection: upgrade",
+    b"upgrade: foo",
+    b"Upgrade:  ",
+    b"x-upgrade: foo",
+    b"connection: keep-alive",
+    b"x-pad: content-length: 9",
+]
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> bytes:
+    """A request as a client may write it: empty lines before it, a method that may be CONNECT,
+    headers that may ask to switch protocols, a body by length or chunked (with extensions and
+    trailers), or none."""
+    method = draw(st.sampled_from([b"GET", b"POST", b"CONNECT"]))
+    target = b"a:1" if method == b"CONNECT" else b"/x"
+    lines = [b"%s %s HTTP/1.1" % (method, target), b"host: x"]
+    lines += draw(st.lists(st.sampled_from(_HEADER_LINES), max_size=3))
+    body = draw(st.binary(max_size=24) | st.sampled_from([b"\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]))
+    framing = draw(st.sampled_from(["none", "length", "chunked"]))
+    sent = b""
+    if framing == "length":
+        lines.append(b"content-length: %d" % len(body))
+        sent = body
+    elif framing == "chunked":
+        lines.append(b"transfer-encoding: chunked")
+        cut = draw(st.integers(0, len(body)))
+        for part in (body[:cut], body[cut:]):
+            if part:
+                sent += b"%x%s\r\n%s\r\n" % (len(part), draw(st.sampled_from([b"", b";a=b"])), part)
+        sent += b"0\r\n" + draw(st.sampled_from([b"", b"x-trailer: 1\r\n"])) + b"\r\n"
+    lead = draw(st.sampled_from([b"", b"\r\n"]))
+    return lead + b"\r\n".join(lines) + b"\r\n\r\n" + sent
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> list[bytes]:
+    """Requests back to back, split into reads at any points."""
+    stream = b"".join(draw(st.lists(_requests(), min_size=1, max_size=4)))
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True) if b > a]
+
+
+@given(reads=_streams())
+@settings(max_examples=300, deadline=None)
+def test_the_scan_finds_each_head_where_uvicorns_parser_does(reads: list[bytes]) -> None:
+    """After every read the scan has seen as many heads end as the parser uvicorn runs (while
+    that parser accepts the stream): httptools, which ends HTTP at a head asking to switch
+    protocols, and h11, which reads such a head's body."""
+    for http, parsed in (("httptools", _httptools_counts), ("h11", _h11_counts)):
+        want = parsed(reads)
+        counts = asyncio.run(_scan_counts(http, reads))
+        assert counts[: len(want)] == want, (http, reads)
 
 
 # Bodies are the body timeout's

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
+from tests.conftest import ClientFactory
 
 AUTHENTICATED = {
     "/choose",
@@ -64,6 +65,68 @@ def test_every_operation_is_described_with_its_errors(spec: dict[str, Any]) -> N
             assert response.get("description"), (path, method, code)
     assert {"409", "404", "503"} <= set(spec["paths"]["/reward"]["post"]["responses"])
     assert "403" in spec["paths"]["/admin/policy"]["post"]["responses"]
+
+
+def test_every_body_documents_the_answers_of_its_reading(spec: dict[str, Any]) -> None:
+    """Every body is read by the same guard (size, time, content type, JSON, schema), so every
+    operation that takes one can answer each of these: the gateway's lacked 408."""
+    for path, method, op in _operations(spec):
+        if op.get("requestBody"):
+            assert {"400", "408", "413", "415", "422"} <= set(op["responses"]), (path, method)
+
+
+def test_every_operation_that_reads_a_deployment_documents_it(make_client: ClientFactory) -> None:
+    """An operation that answers ``?deployment=`` (a 422 naming it for an unknown one) lists the
+    parameter: /admin/promote read it without saying so."""
+    client = make_client(admin_key="admin-1")
+    spec = client.get("/openapi.json").json()
+    refused = 0
+    for path, method, op in _operations(spec):
+        url = path.replace("{model}", "auto") + "?deployment=no-such"
+        response = client.request(method.upper(), url, headers={"x-api-key": "admin-1"})
+        named = [p["name"] for p in op.get("parameters", [])]
+        if response.status_code == 422 and response.json().get("field") == "deployment":
+            assert "deployment" in named, (path, method)
+            refused += 1
+    assert refused == 6  # /arms, /stats and the four /admin routes
+
+
+def test_the_gateway_body_and_answer_are_described(spec: dict[str, Any]) -> None:
+    """The fields the gateway reads, with their types (a null `model` or `messages` was valid by
+    the schema, and refused); a streamed answer is server-sent events."""
+    op = spec["paths"]["/v1/chat/completions"]["post"]
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["model", "messages"]
+    assert body["properties"]["model"]["type"] == "string"
+    assert (
+        body["properties"]["messages"] | {"type": "array", "minItems": 1}
+        == (body["properties"]["messages"])
+    )
+    for name in ("stream", "stream_options", "metadata"):
+        assert {"type": "null"} in body["properties"][name]["anyOf"], name
+    metadata = body["properties"]["metadata"]["anyOf"][0]
+    features = spec["components"]["schemas"]["ChooseRequest"]["properties"]["features"]
+    assert metadata["additionalProperties"] == features["anyOf"][0]["additionalProperties"]
+    answers = op["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(answers)
+    event = answers["text/event-stream"]["schema"]  # one event, as schemathesis checks each
+    assert event["type"] == "object" and event["required"] == ["data"]
+    assert "4XX" in op["responses"]  # the upstream's own, passed through
+
+
+def test_a_feature_value_is_described(spec: dict[str, Any]) -> None:
+    features = spec["components"]["schemas"]["ChooseRequest"]["properties"]["features"]
+    values = features["anyOf"][0]["additionalProperties"]["anyOf"]
+    assert {v["type"] for v in values} == {"string", "number", "boolean"}
+    assert {"type": "string", "maxLength": 256} in values
+    assert {"type": "number", "minimum": -1e15, "maximum": 1e15} in values
+
+
+def test_a_decision_links_to_its_reward(spec: dict[str, Any]) -> None:
+    link = spec["paths"]["/choose"]["post"]["responses"]["200"]["links"]["reward"]
+    ids = {op.get("operationId"): path for path, _, op in _operations(spec)}
+    assert ids[link["operationId"]] == "/reward"
+    assert link["requestBody"]["event_id"] == "$response.body#/event_id"
 
 
 def test_the_auth_scheme(spec: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ import httpx2 as httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.service.learner import effective_spec, restore
@@ -254,6 +256,47 @@ def test_odd_input_gets_a_4xx_or_a_decision_never_a_5xx(
     if response.status_code != 200:
         assert response.json()["detail"]
     assert client.get("/healthz").status_code == 200
+
+
+KEYED_CALLS = [  # an endpoint of each key group and door
+    ("POST", "/choose", b'{"query": "hi"}'),
+    ("POST", "/reward", b'{"event_id": "e-1", "reward": 1}'),
+    ("GET", "/stats", b""),
+    ("GET", "/metrics", b""),
+    ("GET", "/dashboard", b""),
+    ("POST", "/admin/snapshot", b""),
+    ("GET", "/v1/models", b""),
+    ("POST", "/v1/chat/completions", b'{"model": "auto", "messages": []}'),
+]
+
+
+VISIBLE = [*range(0x21, 0x7F), *range(0x80, 0x100)]  # the bytes of a header value (RFC 9110)
+
+
+@pytest.fixture
+def keyed(serve: Serve) -> str:
+    """A service with every group of keys set (the hypothesis test reuses it for each input)."""
+    return serve(api_keys="k1", ops_keys="ops-1", admin_key="root-key")
+
+
+@given(
+    value=st.sampled_from(
+        [b"Basic \xc3\xa9", b"Basic dTp\xff\xff", b"basic \xff", b"Basic //79", b"Bearer \xe9"]
+    )
+    | st.lists(st.sampled_from(VISIBLE), min_size=1, max_size=40).map(
+        lambda v: b"Basic " + bytes(v)
+    )
+)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_authorization_header_is_a_401_not_a_500(keyed: str, value: bytes) -> None:
+    """A Basic header whose credentials are not ASCII made base64 raise a ValueError of its own,
+    which every keyed endpoint answered as a 500 (and logged with a traceback)."""
+    for method, path, body in KEYED_CALLS:
+        headers = [(b"authorization", value), (b"content-type", b"application/json")]
+        answer = httpx.request(method, f"{keyed}{path}", content=body, headers=headers)
+        assert answer.status_code == 401, (path, value, answer.text)
 
 
 def test_forged_and_replayed_event_ids(client: TestClient) -> None:

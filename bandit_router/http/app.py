@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -378,7 +378,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["admin"],
         openapi_extra=_body_doc(PolicyRequest),
     )
-    async def admin_promote(request: Request, router: RouterDep) -> PromotionView:
+    async def admin_promote(
+        request: Request,
+        router: RouterDep,
+        deployment: Annotated[str | None, DEPLOYMENT] = None,
+    ) -> PromotionView:
         """Promote a running challenger now: its trained model serves, the champion becomes a
         challenger; the promotion is recorded. Asked of the learner's process."""
         body = await _policy_body(request)
@@ -395,10 +399,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _policy_body(request: Request) -> PolicyRequest:
     """An admin route's body, read as the routing calls read theirs: JSON declared once, parsed
-    strictly (a lone surrogate or nesting too deep: 400 with the line and column), validated
-    (``failure`` names the field of a ``ValidationError``)."""
+    strictly (a lone surrogate or nesting too deep: 400 with the line and column), validated.
+    Its errors are ``RouterError``s: an exception of another kind reaches FastAPI's handler of
+    last resort, which answers it and then raises it again to uvicorn, which logs it as a crash
+    with its traceback and closes the connection."""
     check_content_type(request.headers.raw)
-    return PolicyRequest.model_validate_json(await request.body())
+    try:
+        return PolicyRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise validation_failure(e.errors()) from None
 
 
 def app_from_env() -> FastAPI:

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -60,6 +61,16 @@ EventId = Annotated[
 # The bounds of app facts and arm subsets, shared with the files the CLI reads (``inputs``).
 FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FEATURE_KEY_CHARS)]
 ArmName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# What the schema shows of a feature's value (``ChooseRequest._flat`` checks it, with messages
+# naming the key): a string, a bounded finite number or a boolean.
+FEATURE_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "maxLength": MAX_FEATURE_VALUE_CHARS},
+        {"type": "number", "minimum": -MAX_FEATURE_NUMBER, "maximum": MAX_FEATURE_NUMBER},
+        {"type": "boolean"},
+    ]
+}
+FeatureValue = Annotated[Any, WithJsonSchema(FEATURE_VALUE_SCHEMA)]
 EXAMPLE_EVENT_ID = "1392b69a83784a91b0a2d03365a8cca9"
 UNEXPECTED = "internal error; the service log has the details"
 JSON_TYPES = (b"application/json",)
@@ -81,7 +92,7 @@ class ChooseRequest(BaseModel):
     model_config = _STRICT
 
     query: str = Field(min_length=1, description="the user's query text", examples=["What is 2+2?"])
-    features: dict[FeatureKey, Any] | None = Field(
+    features: dict[FeatureKey, FeatureValue] | None = Field(
         default=None,
         description="app-known facts: a flat object of strings, numbers and booleans "
         f"(numbers finite, at most {MAX_FEATURE_NUMBER:g} in magnitude; strings at most "

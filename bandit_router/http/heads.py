@@ -14,6 +14,12 @@ too and a body never is (bodies are bounded by ``BANDIT_BODY_TIMEOUT_S``, in ``r
 head not complete in time has its connection closed, after a 408 when nothing else was asked
 on the connection (so no response of uvicorn's can be under way there).
 
+The scan follows the parser uvicorn runs. httptools (llhttp, uvicorn's default) ends HTTP at a
+head that asks to switch protocols (a ``CONNECT``, or an ``Upgrade`` beside ``Connection:
+upgrade``): it reads no body after it, and uvicorn, when it does not switch (anything but a
+WebSocket), drops the rest of that read and parses the next one as a new request. Followed as
+h11 reads it (the body its length declares), such a head let a client's next heads go untimed.
+
 uvicorn times no write either: a client that stops reading a long response (a gateway stream,
 say) held its connection, and the call behind it (a gateway slot, an upstream's stream), for as
 long as it liked. The transport tells its protocol when its buffer fills (``pause_writing``) and
@@ -49,6 +55,10 @@ HEAD, LENGTH, CHUNK_LINE, CHUNK, CHUNK_END, TRAILERS, OFF = range(7)
 _END = re.compile(rb"\n\r?\n")  # the empty line that ends a head (parsers accept a bare LF)
 _FRAMING = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+# What makes llhttp read a head as a switch of protocols: an Upgrade header with a value, and
+# ``upgrade`` among the comma-separated tokens of a Connection (or Proxy-Connection) header.
+_UPGRADE = re.compile(rb"\nupgrade[ \t]*:[ \t]*[^ \t\r\n]", re.IGNORECASE)
+_CONNECTION = re.compile(rb"\n(?:proxy-)?connection[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _LINE_KEPT = 64  # of a chunk-size or trailer line, all the scan needs
 
 
@@ -63,6 +73,7 @@ class HeadDeadline(asyncio.Protocol):
     connection's start for its first request, from its first byte for each next one."""
 
     protocol: ClassVar[Callable[..., asyncio.Protocol]]  # uvicorn's own
+    switch_ends_read: ClassVar[bool] = False  # its parser is httptools (module docstring)
     timeout_s: ClassVar[float]
     stall_s: ClassVar[float]
     said: ClassVar[Throttle]
@@ -245,13 +256,18 @@ class HeadDeadline(asyncio.Protocol):
                 self.refuse(431, f"request head longer than {HEAD_LIMIT} bytes")
             return size
         self.head = bytearray()
-        self.head_done(head)
+        if self.head_done(head):
+            return size  # what is left of this read is dropped by uvicorn: the next read is a head
         return end
 
-    def head_done(self, head: bytes) -> None:
+    def head_done(self, head: bytes) -> bool:
+        """Follow the body ``head`` declares; True when the parser reads nothing more of this
+        read (a switch of protocols under httptools: no body, the next read a new head)."""
         self.disarm()
         self.heard = False
         self.requests += 1
+        if self.switch_ends_read and _switches(head):
+            return True  # state stays HEAD
         lengths: set[int | None] = set()
         codings: list[bytes] = []
         for name, value in _FRAMING.findall(head):
@@ -268,6 +284,7 @@ class HeadDeadline(asyncio.Protocol):
             elif length:
                 self.left = length
                 self.state = LENGTH
+        return False
 
     def chunk_line(self, state: int, line: bytes) -> None:
         if state == CHUNK_LINE:
@@ -283,6 +300,27 @@ class HeadDeadline(asyncio.Protocol):
             self.state = OFF if line else CHUNK_LINE
         elif not line:  # the empty line after the trailers ends the body
             self.state = HEAD
+
+
+def _switches(head: bytes) -> bool:
+    """Whether llhttp reads ``head`` as a switch of protocols (its rule, token for token)."""
+    if head.startswith(b"CONNECT "):
+        return True
+    if _UPGRADE.search(head) is None:
+        return False
+    return any(
+        token.strip(b" \t").lower() == b"upgrade"
+        for value in _CONNECTION.findall(head)
+        for token in value.split(b",")
+    )
+
+
+def _parses_with_httptools(protocol: Callable[..., asyncio.Protocol]) -> bool:
+    try:
+        httptools = uvicorn_protocol("httptools")
+    except ImportError:  # not installed: uvicorn's parser is h11
+        return False
+    return isinstance(protocol, type) and issubclass(protocol, cast(type, httptools))
 
 
 def _length(value: bytes) -> int | None:
@@ -314,6 +352,7 @@ def head_deadline(
     (``ServedHeads``)."""
     bounded = cast(type[HeadDeadline], type("HeadDeadline", (HeadDeadline,), {}))
     bounded.protocol = uvicorn_protocol(http)
+    bounded.switch_ends_read = _parses_with_httptools(bounded.protocol)
     bounded.timeout_s = timeout_s
     bounded.stall_s = send_timeout_s
     bounded.said = Throttle()
@@ -345,6 +384,7 @@ class ServedHeads(HeadDeadline):
     reads its settings (``app_from_env``); ``serve`` has checked them all before."""
 
     protocol = uvicorn_protocol("auto")
+    switch_ends_read = _parses_with_httptools(protocol)
     said = Throttle()
 
     @classmethod

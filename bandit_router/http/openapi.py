@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bandit_router.http.contract import ErrorResponse, HealthResponse
+from bandit_router.http.contract import FEATURE_VALUE_SCHEMA, ErrorResponse, HealthResponse
+from bandit_router.inputs import MAX_FEATURE_KEY_CHARS
 
 DESCRIPTION = """\
 Learns which LLM size should answer each query: a contextual bandit over HTTP.
@@ -56,7 +57,16 @@ def responses(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-CHOOSE = responses(
+# The decision's event_id goes back with the reward: a link tools (Swagger UI, schemathesis's
+# stateful runs) follow from one call to the next.
+REWARD_LINK = {
+    "reward": {
+        "operationId": "reward_reward_post",
+        "description": "report how the chosen arm did: the `event_id` goes back with its parts",
+        "requestBody": {"event_id": "$response.body#/event_id", "latency_ms": 840},
+    }
+}
+CHOOSE = {200: {"description": "the decision", "links": REWARD_LINK}} | responses(
     400,
     401,
     408,
@@ -93,18 +103,51 @@ ADMIN_BODY = ADMIN | responses(400, 408, 413, 415, 422)
 
 # Every endpoint that takes ``?deployment=``: an unknown one is a 422 naming the valid ones.
 DEPLOYMENT_ERRORS = responses(422, e422="unknown deployment; the message lists the valid ones")
-GATEWAY = responses(
-    400,
-    401,
-    404,
-    413,
-    415,
-    422,
-    500,
-    502,
-    503,
-    e404="unknown model (or the upstream's own 404, passed through)",
-    e503="BANDIT_GATEWAY_MAX_CONCURRENCY upstream calls already in flight; retry",
+# A streamed answer's events, each described as OpenAPI 3.2's ``itemSchema`` describes one of
+# text/event-stream (and schemathesis reads ``schema``): the fields of one event.
+SSE_EVENT = {
+    "type": "object",
+    "description": "one server-sent event: `data` holds a chunk in OpenAI's shape (JSON), or "
+    "an error object in OpenAI's shape, and the last event's is `[DONE]`",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+GATEWAY = (
+    {
+        200: {
+            "description": "the upstream's answer as it came: a chat completion, or its "
+            "server-sent events when `stream` is true",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": SSE_EVENT},
+            },
+        }
+    }
+    | responses(
+        400,
+        401,
+        404,
+        408,
+        413,
+        415,
+        422,
+        500,
+        502,
+        503,
+        e404="unknown model (the upstream's own 404 is a failure of its arm: 502)",
+        e503="BANDIT_GATEWAY_MAX_CONCURRENCY upstream calls already in flight; retry",
+    )
+    | {
+        "4XX": {
+            "description": "the upstream's own 4xx, passed through as it came (its status "
+            "and body); not its 401, 403, 404 or 429, each a failure of its arm"
+        }
+    }
 )
 GATEWAY_READ = responses(401, 500)
 GATEWAY_MODEL = responses(401, 404, 500, e404="no such model here (`GET /v1/models` lists them)")
@@ -120,6 +163,43 @@ MODEL_PARAMETER = {
         }
     ]
 }
+CHAT_PROPERTIES: dict[str, Any] = {
+    "model": {
+        "type": "string",
+        "description": "`auto` (BANDIT_GATEWAY_MODEL): the router chooses; or an arm's name",
+        "examples": ["auto"],
+    },
+    "messages": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "object"},
+        "description": "OpenAI's messages; the router reads the last user message with text "
+        "(else the last system or developer message's)",
+        "examples": [[{"role": "user", "content": "What is 2+2?"}]],
+    },
+    "stream": {
+        "anyOf": [{"type": "boolean"}, {"type": "null"}],
+        "description": "stream the answer as server-sent events (null: not streamed)",
+        "examples": [False],
+    },
+    "stream_options": {
+        "anyOf": [{"type": "object"}, {"type": "null"}],
+        "description": "OpenAI's stream options, forwarded with `include_usage: true`",
+        "examples": [{"include_usage": True}],
+    },
+    "metadata": {
+        "anyOf": [
+            {
+                "type": "object",
+                "propertyNames": {"minLength": 1, "maxLength": MAX_FEATURE_KEY_CHARS},
+                "additionalProperties": FEATURE_VALUE_SCHEMA,
+            },
+            {"type": "null"},
+        ],
+        "description": "the app's features, as `/choose`'s `features` (not forwarded)",
+        "examples": [{"category": "business"}],
+    },
+}
 CHAT_BODY = {
     "requestBody": {
         "required": True,
@@ -128,8 +208,10 @@ CHAT_BODY = {
                 "schema": {
                     "type": "object",
                     "description": "OpenAI's chat completion request; `model`: `auto` "
-                    "(BANDIT_GATEWAY_MODEL) or an arm; `metadata`: the app's features",
+                    "(BANDIT_GATEWAY_MODEL) or an arm; `metadata`: the app's features. The "
+                    "fields not listed here are forwarded to the upstream as they came",
                     "required": ["model", "messages"],
+                    "properties": CHAT_PROPERTIES,
                 }
             }
         },

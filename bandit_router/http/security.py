@@ -8,7 +8,6 @@ dashboard can sit behind a key). Keys are compared in constant time, against eve
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ def given_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII at all, or not UTF-8
             return None
         return decoded.partition(":")[2] or None
     return None
