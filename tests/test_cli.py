@@ -146,6 +146,35 @@ def test_a_stopping_embedded_redis_leaves_the_next_one_running(tmp_path: Path) -
         assert _server_answers(url)
 
 
+def test_the_embedded_redis_log_does_not_grow_with_its_saves(tmp_path: Path) -> None:
+    """The embedded Redis saves its RDB every minute under steady traffic and rewrites its AOF as
+    it grows; its log in the data folder is never rotated, so the lines it wrote at each (four or
+    five a save, a dozen a rewrite) grew it for as long as the service ran."""
+    data = tmp_path / "data"
+    log = data / "redis.log"
+    with EmbeddedRedis(str(data)) as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+
+            def idle() -> bool:
+                info = client.info("persistence")
+                busy = ("rdb_bgsave", "aof_rewrite")
+                return (
+                    not any(info[f"{b}_in_progress"] for b in busy)
+                    and not info["aof_rewrite_scheduled"]
+                )
+
+            wait_until(idle, 30, "the embedded Redis to finish its start-up writes")
+            before = log.read_text()
+            for i in range(10):
+                client.set(f"key{i}", "value")
+                client.bgsave() if i % 2 else client.bgrewriteaof()
+                wait_until(idle, 30, "a save of the embedded Redis")
+            assert log.read_text()[len(before) :] == ""  # nothing said of them
+        finally:
+            client.close()
+
+
 def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:
     """A learner started before its Redis waits for it (BANDIT_STARTUP_WAIT_S). A SIGTERM
     meanwhile stops it at once and cleanly, not when the wait runs out (then with a traceback

@@ -81,6 +81,9 @@ class EmbeddedRedis:
             *("--appendonly", "yes", "--appendfsync", "everysec"),
             *("--daemonize", "yes", "--pidfile", os.path.join(self.data_dir, "redis.pid")),
             *("--logfile", log),
+            # Warnings only: at the default level each save and AOF rewrite adds lines, and
+            # Redis never rotates its log, so it grew for as long as the service ran.
+            *("--loglevel", "warning"),
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         deadline = time.monotonic() + START_TIMEOUT_S
