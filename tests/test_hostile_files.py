@@ -15,6 +15,7 @@ import pytest
 
 from bandit_router import inputs
 from bandit_router.cli.main import main
+from bandit_router.service.backup import write_file
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset
 from tests.conftest import DATA
@@ -244,6 +245,16 @@ def test_train_checks_its_output_before_training(
     assert main(["train", str(path), "--out", str(tmp_path / out)]) == 2
     assert message in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_snapshot_file_that_cannot_be_written_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """What `snapshot` and `train --out` write through: a write that fails (here the name is a
+    directory; a full disk alike) raises, and its temporary file is gone."""
+    taken = tmp_path / "model.json"
+    taken.mkdir()
+    with pytest.raises(OSError):
+        write_file(taken, {"format": "x"})
+    assert sorted(os.listdir(tmp_path)) == ["model.json"]
 
 
 # -- the public replay files load exactly as before ----------------------------------------------

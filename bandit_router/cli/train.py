@@ -16,7 +16,7 @@ from typing import Any
 from bandit_router.cli.commands import add_deployment, deployment_settings
 from bandit_router.offline.train import full_feedback, is_dsjson, logged, read_dsjson, teach
 from bandit_router.policies.registry import build_policy, parse_policy_spec
-from bandit_router.service.backup import to_json
+from bandit_router.service.backup import to_json, write_file
 from bandit_router.service.router import reward_config
 from bandit_router.settings import ArmSpec
 from bandit_router.sim import dataset, replay
@@ -70,12 +70,9 @@ def train(args: argparse.Namespace) -> int:
     snapshot = Snapshot(str(spec), learned, "0-0", policy.dumps())
     specs = [ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms]
     doc = to_json(snapshot, settings.model_copy(update={"arms": specs}), words)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as e:  # a disk that filled up during training, say: no stale .tmp left
-        tmp.unlink(missing_ok=True)
+        write_file(out, doc)
+    except OSError as e:  # a disk that filled up during training, say
         print(f"train: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 2
     summary: dict[str, Any] = {

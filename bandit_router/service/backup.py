@@ -136,10 +136,20 @@ async def dump(
     model = await load_model(store, settings, progress=progress)
     words = await word_key(settings, store)
     doc = to_json(model.snapshot(), settings, words.fingerprint)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a file
+    write_file(path, doc)
     return {k: v for k, v in doc.items() if k != "data"}
+
+
+def write_file(path: Path, doc: dict[str, Any]) -> None:
+    """Write a snapshot file whole: a reader never sees half a file, and a write that fails (a
+    full disk) leaves no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class SnapshotFile(NamedTuple):
