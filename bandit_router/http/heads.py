@@ -18,13 +18,14 @@ The scan follows the parser uvicorn runs. httptools (llhttp, uvicorn's default) 
 head that asks to switch protocols (a ``CONNECT``, or an ``Upgrade`` beside ``Connection:
 upgrade``): it reads no body after it, and uvicorn, when it does not switch (anything but a
 WebSocket), drops the rest of that read and parses the next one as a new request. Followed as
-h11 reads it (the body its length declares), such a head let a client's next heads go untimed.
+h11 reads it (the body its length declares), such a head would let a client's next heads go
+untimed.
 
 uvicorn times no write either: a client that stops reading a long response (a gateway stream,
-say) held its connection, and the call behind it (a gateway slot, an upstream's stream), for as
-long as it liked. The transport tells its protocol when its buffer fills (``pause_writing``) and
-drains (``resume_writing``): a connection whose buffer stays full for the send timeout is
-aborted.
+say) would hold its connection, and the call behind it (a gateway slot, an upstream's stream),
+for as long as it liked. The transport tells its protocol when its buffer fills
+(``pause_writing``) and drains (``resume_writing``): a connection whose buffer stays full for
+the send timeout is aborted.
 """
 
 from __future__ import annotations
