@@ -23,7 +23,6 @@ class Servers:
 
     def __init__(self) -> None:
         self._running: list[tuple[uvicorn.Server, threading.Thread]] = []
-        self.running: list[uvicorn.Server] = []  # in the order started
 
     def start(self, app: Any, what: str, **config: Any) -> int:
         """Serve ``app`` (``config``: uvicorn's options); its port, once it listens."""
@@ -32,13 +31,17 @@ class Servers:
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         self._running.append((server, thread))
-        self.running.append(server)
         deadline = time.monotonic() + 20
         while not server.started:
             if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError(f"{what} did not start")
             time.sleep(0.02)
         return port
+
+    @property
+    def running(self) -> list[uvicorn.Server]:
+        """The servers, in the order started."""
+        return [server for server, _ in self._running]
 
     def stop(self) -> None:
         for server, thread in self._running:

@@ -11,7 +11,8 @@ import pickle
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -538,28 +539,31 @@ async def _slow_stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"end"})
 
 
+@contextmanager
+def _alone(app: Any, protocol: type[HeadDeadline], **config: Any) -> Iterator[uvicorn.Server]:
+    """``app`` served alone by uvicorn on ``protocol`` (no lifespan), stopped after."""
+    servers = Servers()
+    try:
+        servers.start(app, "uvicorn", http=protocol, log_level="warning", lifespan="off", **config)
+        yield servers.running[-1]
+    finally:
+        servers.stop()
+
+
 @PARSERS
 def test_a_head_pipelined_behind_a_slow_stream_waits_its_turn(http: str) -> None:
     """Part of a next head behind a response longer than the deadline, the rest at once after:
     h11 reads nothing more until the response ends, which is not the client's delay."""
-    servers = Servers()
-    try:
-        port = servers.start(
-            _slow_stream,
-            "uvicorn",
-            http=head_deadline(FAST, http),
-            log_level="warning",
-            lifespan="off",
-        )
-        with Raw(f"http://127.0.0.1:{port}") as conn:
-            conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\n")
-            time.sleep(FAST / 5)
-            conn.send(b"host: x\r\nconnection: close\r\n\r\n")
-            reply = conn.until_closed()
-        assert reply.count(b"HTTP/1.1 200") == 2, reply
-        assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
-    finally:
-        servers.stop()
+    with (
+        _alone(_slow_stream, head_deadline(FAST, http)) as server,
+        Raw(f"http://127.0.0.1:{server.config.port}") as conn,
+    ):
+        conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\n")
+        time.sleep(FAST / 5)
+        conn.send(b"host: x\r\nconnection: close\r\n\r\n")
+        reply = conn.until_closed()
+    assert reply.count(b"HTTP/1.1 200") == 2, reply
+    assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
 
 
 BIG = 16 << 20  # more than the kernel's buffers hold for a client that reads none of it
@@ -584,31 +588,23 @@ def test_a_response_written_whole_and_not_read_is_let_go_once_closing_too(
     uvicorn then closes the connection (at once for `connection: close`, after its keep-alive
     timeout otherwise), and a close waits for the buffer to drain: for ever, for a client that
     reads none of it. Closing, the connection is aborted all the same at the send timeout."""
-    servers = Servers()
-    try:
-        port = servers.start(
+    with (
+        _alone(
             _big,
-            "uvicorn",
-            http=head_deadline(FAST, http, send_timeout_s=4 * FAST),
-            log_level="warning",
-            lifespan="off",
+            head_deadline(FAST, http, send_timeout_s=4 * FAST),
             timeout_keep_alive=1,  # before the send timeout's end, as uvicorn's 5 s before 30
-        )
-        server = servers.running[-1]
-        with (
-            caplog.at_level(logging.WARNING, logger="bandit_router"),
-            socket.socket() as conn,
-        ):
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            conn.connect(("127.0.0.1", port))
-            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: %s\r\n\r\n" % connection)
-            open_ = server.server_state.connections  # uvicorn's, each until connection_lost
-            wait_until(lambda: bool(open_), WAIT_S, "the connection made")
-            wait_until(lambda: not open_, WAIT_S, "the connection let go")
-        said = [m for m in caplog.messages if "BANDIT_SEND_TIMEOUT_S" in m]
-        assert len(said) == 1, said
-    finally:
-        servers.stop()
+        ) as server,
+        caplog.at_level(logging.WARNING, logger="bandit_router"),
+        socket.socket() as conn,
+    ):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", server.config.port))
+        conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: %s\r\n\r\n" % connection)
+        open_ = server.server_state.connections  # uvicorn's, each until connection_lost
+        wait_until(lambda: bool(open_), WAIT_S, "the connection made")
+        wait_until(lambda: not open_, WAIT_S, "the connection let go")
+    said = [m for m in caplog.messages if "BANDIT_SEND_TIMEOUT_S" in m]
+    assert len(said) == 1, said
 
 
 async def _big_or_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -628,35 +624,27 @@ def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -
     """A response written whole, not read yet, then a WebSocket on the connection: from then
     on its callbacks, the buffer's drain included, go to the WebSocket's protocol, and a stall
     timer started before aborted the WebSocket at the send timeout, though all was read."""
-    servers = Servers()
-    try:
-        port = servers.start(
-            _big_or_echo,
-            "uvicorn",
-            http=head_deadline(FAST, http, send_timeout_s=4 * FAST),
-            log_level="warning",
-            lifespan="off",
+    with (
+        _alone(_big_or_echo, head_deadline(FAST, http, send_timeout_s=4 * FAST)) as server,
+        socket.create_connection(("127.0.0.1", server.config.port), timeout=WAIT_S) as conn,
+    ):
+        conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        time.sleep(FAST)  # the response written, the transport's buffer full
+        conn.sendall(
+            b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
         )
-        with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as conn:
-            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            time.sleep(FAST)  # the response written, the transport's buffer full
-            conn.sendall(
-                b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-                b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-            )
-            reply = b""
-            while b"\r\n\r\n" not in reply[BIG:]:  # the response, then the WebSocket's head
-                chunk = conn.recv(1 << 20)
-                assert chunk, reply[-200:]
-                reply += chunk
-            assert b"HTTP/1.1 101 " in reply[BIG:], reply[BIG:]
-            time.sleep(5 * FAST)  # past the send timeout from the response's stall
-            mask = b"\x01\x02\x03\x04"
-            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
-            conn.sendall(b"\x81\x82" + mask + masked)  # a text frame, as a client masks it
-            assert conn.recv(64) == b"\x81\x02hi"
-    finally:
-        servers.stop()
+        reply = b""
+        while b"\r\n\r\n" not in reply[BIG:]:  # the response, then the WebSocket's head
+            chunk = conn.recv(1 << 20)
+            assert chunk, reply[-200:]
+            reply += chunk
+        assert b"HTTP/1.1 101 " in reply[BIG:], reply[BIG:]
+        time.sleep(5 * FAST)  # past the send timeout from the response's stall
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
+        conn.sendall(b"\x81\x82" + mask + masked)  # a text frame, as a client masks it
+        assert conn.recv(64) == b"\x81\x02hi"
 
 
 # Limits and the log
@@ -781,19 +769,10 @@ def test_uvicorn_builds_the_protocol_class_it_is_given_and_wraps_nothing_else() 
 
 def test_uvicorn_closes_a_connection_idle_after_a_response_itself() -> None:
     """The gap between requests is uvicorn's keep-alive timeout, which the wrapper leaves be."""
-    servers = Servers()
-    try:
-        port = servers.start(
-            _hello,
-            "uvicorn",
-            http=head_deadline(60, "h11"),
-            timeout_keep_alive=1,
-            log_level="warning",
-            lifespan="off",
-        )
-        with Raw(f"http://127.0.0.1:{port}") as conn:
-            conn.send(GET)
-            assert conn.response() == (200, b"hi")
-            assert conn.until_closed() == b""
-    finally:
-        servers.stop()
+    with (
+        _alone(_hello, head_deadline(60, "h11"), timeout_keep_alive=1) as server,
+        Raw(f"http://127.0.0.1:{server.config.port}") as conn,
+    ):
+        conn.send(GET)
+        assert conn.response() == (200, b"hi")
+        assert conn.until_closed() == b""
