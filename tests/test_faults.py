@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,19 @@ async def _open_router(settings: Settings) -> Router:
     return await Router.open(settings, store)
 
 
+async def _running(settings: Settings, meanwhile: Callable[[Router], Awaitable[None]]) -> None:
+    """A router's background jobs running while ``meanwhile`` does its part, then stopped."""
+    router = await _open_router(settings)
+    stop = asyncio.Event()
+    running = asyncio.create_task(router.run(stop))
+    await asyncio.sleep(0.2)
+    await meanwhile(router)
+    stop.set()
+    await running
+    await router.close()
+    await router.store.close()
+
+
 def _after_the_grace(client: TestClient) -> None:
     """As if BUFFER_GRACE_S had passed since the process last found Redis down."""
     router: Router = client.app.state.routers.default  # type: ignore[attr-defined]
@@ -214,11 +228,7 @@ def test_an_outage_is_said_once_a_minute_with_what_was_not_said(
     and its end; an outage after that end is said at once."""
     settings = make_settings(redis_url=redis_process.url, model_refresh_s=0.05, sweep_s=0.05)
 
-    async def scenario() -> None:
-        router = await _open_router(settings)
-        stop = asyncio.Event()
-        running = asyncio.create_task(router.run(stop))
-        await asyncio.sleep(0.2)
+    async def outages(router: Router) -> None:
         redis_process.kill()
         await router.choose("What is 2+2?")  # degraded: the flush fails each second too
         await asyncio.sleep(2.5)
@@ -226,13 +236,9 @@ def test_an_outage_is_said_once_a_minute_with_what_was_not_said(
         await asyncio.sleep(1.0)
         redis_process.kill()  # a second outage, within the minute: said at once all the same
         await asyncio.sleep(1.0)
-        stop.set()
-        await running
-        await router.close()
-        await router.store.close()
 
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        asyncio.run(scenario())
+        asyncio.run(_running(settings, outages))
     said = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
     assert len(said) == 3, said
     assert all(" waiting for Redis: " in said[i] for i in (0, 2)), said
@@ -346,24 +352,16 @@ def test_a_redis_that_refuses_writes_is_not_said_reachable_again_while_it_does(
     r = redis.Redis.from_url(redis_process.url)
     said: list[str] = []
 
-    async def scenario() -> None:
-        router = await _open_router(settings)
-        stop = asyncio.Event()
-        running = asyncio.create_task(router.run(stop))
-        await asyncio.sleep(0.2)
+    async def refusing(router: Router) -> None:
         r.config_set("min-replicas-to-write", 1)
         await router.choose("What is 2+2?")  # degraded: the flush fails each second
         await asyncio.sleep(2.5)
         said.extend(m for m in caplog.messages if "Redis" in m)
         r.config_set("min-replicas-to-write", 0)
         await asyncio.sleep(1.5)
-        stop.set()
-        await running
-        await router.close()
-        await router.store.close()
 
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        asyncio.run(scenario())
+        asyncio.run(_running(settings, refusing))
     assert said and all(" waiting for Redis: " in m for m in said), said
     after = [m for m in caplog.messages if "Redis" in m][len(said) :]
     assert len(after) == 1 and after[0].startswith("Redis reachable again, "), after
