@@ -7,12 +7,15 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from bandit_router.errors import StoreUnavailable
@@ -322,6 +325,33 @@ def test_a_signal_stops_a_start_that_waits_for_redis(
     # with workers, uvicorn's supervisor passes the stop on to them as SIGTERM
     said = "SIGTERM" if workers > 1 else signum.name
     assert f"{said} while starting (waiting for Redis): stopped" in log.read_text()
+
+
+def test_a_signal_before_the_wait_for_redis_stops_it_too(caplog: pytest.LogCaptureFixture) -> None:
+    """A signal that comes while the app is imported, uvicorn's handler in place and not ours
+    yet, was noted by uvicorn alone: a worker spawned just before its supervisor passed a stop
+    on waited out BANDIT_STARTUP_WAIT_S. This pins the server's ``should_exit``, which the
+    block reads through uvicorn's handler."""
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # should uvicorn raise it
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        signal.raise_signal(signal.SIGTERM)  # uvicorn's handler only takes note of it
+        with stoppable_start():
+            await asyncio.sleep(60)
+        yield
+
+    config = uvicorn.Config(FastAPI(lifespan=lifespan), port=0, log_config=None)
+    server = uvicorn.Server(config)
+    began = time.monotonic()
+    try:
+        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit):  # a start-up failed
+            asyncio.run(server.serve())
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert time.monotonic() - began < 30
+    assert not server.started
+    assert "a signal while starting (waiting for Redis): stopped" in caplog.text
 
 
 def test_a_signal_as_start_up_ends_cancels_nothing_after_it() -> None:

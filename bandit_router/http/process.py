@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,7 +25,8 @@ class StartStopped(Exception):
 @contextmanager
 def stoppable_start() -> Iterator[None]:
     """Let SIGTERM and SIGINT stop the start-up: uvicorn only takes note of them until start-up
-    ends, so a process waiting for Redis would wait out BANDIT_STARTUP_WAIT_S first. The
+    ends, so a process waiting for Redis would wait out BANDIT_STARTUP_WAIT_S first. A stop
+    uvicorn noted before the block (a signal while the app was imported) stops it too. The
     handlers in place still run (uvicorn then stops as it would), and are put back after. In
     the main thread only, where signals arrive."""
     if threading.current_thread() is not threading.main_thread():
@@ -49,17 +50,28 @@ def stoppable_start() -> Iterator[None]:
 
     for each in (signal.SIGTERM, signal.SIGINT):
         previous[each] = signal.signal(each, stop)
+    if _noted_stop(previous.values()):  # a signal before this block: while the app was imported
+        caught.append(0)
+        loop.call_soon(cancel)
     try:
         yield
     except asyncio.CancelledError:
         if not caught:
             raise
-        name = signal.Signals(caught[0]).name
+        name = signal.Signals(caught[0]).name if caught[0] else "a signal"
         raise StartStopped(f"{name} while starting (waiting for Redis): stopped") from None
     finally:
         starting[0] = False
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _noted_stop(handlers: Iterable[Any]) -> bool:
+    """Whether the uvicorn server whose signal handler is in place has taken note of a stop:
+    its ``should_exit``, public (users set it to stop a server), read through its bound
+    handler, as the app is not given its server."""
+    servers = (getattr(handler, "__self__", None) for handler in handlers)
+    return any(getattr(server, "should_exit", False) is True for server in servers)
 
 
 def stop_with_supervisor() -> None:
