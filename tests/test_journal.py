@@ -87,6 +87,74 @@ def test_a_journal_keeps_only_what_the_buffer_still_holds(tmp_path: Path) -> Non
     assert path is not None and not path.exists() and emptied.release() is None
 
 
+class Synced:
+    """The files and directories ``os.fsync`` was called on (device, inode), in order; the call
+    itself is made."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[int, int]] = []
+        real = os.fsync
+
+        def fsync(fd: Any) -> None:
+            stat = os.fstat(fd)
+            self.seen.append((stat.st_dev, stat.st_ino))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def of(self, path: Path) -> bool:
+        stat = os.stat(path)
+        return (stat.st_dev, stat.st_ino) in self.seen
+
+
+def test_a_journal_is_synced_to_disk_lines_and_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written lines survive the process; synced, the machine: the file's lines and, once it
+    is named, its directory's entry. A rewrite is on disk before it replaces the journal."""
+    synced = Synced(monkeypatch)
+    journal = Journal(tmp_path / "buffer", "bandit")
+    journal.append(dumps(_decision("e1")))
+    assert journal.path is not None and synced.seen == []  # appended: written, not synced
+    asyncio.run(journal.sync())
+    assert synced.of(journal.path) and synced.of(tmp_path / "buffer")
+    synced.seen.clear()
+    asyncio.run(journal.sync())
+    assert synced.seen == []  # nothing new
+    journal.append(dumps(_decision("e2")))
+    asyncio.run(journal.sync())
+    assert synced.of(journal.path) and not synced.of(tmp_path / "buffer")
+
+    synced.seen.clear()
+    old = os.stat(journal.path).st_ino
+    journal.keep_only([_decision("e2")])
+    assert len(synced.seen) == 1 and synced.of(journal.path)  # the new file, before its rename
+    assert os.stat(journal.path).st_ino != old
+    asyncio.run(journal.sync())
+    assert synced.of(tmp_path / "buffer")  # its name
+
+    synced.seen.clear()
+    journal.append(dumps(_decision("e3")))
+    kept = journal.release()  # a process that stops syncs what it leaves
+    assert kept is not None and synced.of(kept) and not synced.of(tmp_path / "buffer")
+    assert _orphaned(tmp_path / "buffer", "bandit") == [["e2", "e3"]]
+
+
+def test_the_service_syncs_its_journal_each_second_while_redis_is_down(
+    make_settings: SettingsFactory, redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(redis_url=redis_process.url)
+    synced = Synced(monkeypatch)
+    with TestClient(create_app(settings)) as client:
+        redis_process.kill()
+        assert _choose(client, "q1")["degraded"]
+        (journal,) = (Path(settings.data_dir) / "buffer").glob("*.jsonl")
+        wait_until(lambda: synced.of(journal), 5, "the journal synced")
+        synced.seen.clear()
+        assert _choose(client, "q2")["degraded"]
+        wait_until(lambda: synced.of(journal), 5, "the journal synced again")
+
+
 def test_a_temporary_file_left_by_a_crash_is_deleted_once_unlocked_and_old(
     tmp_path: Path,
 ) -> None:

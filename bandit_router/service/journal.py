@@ -5,12 +5,15 @@ Each process of a deployment appends the decisions it buffers, one JSON line eac
 its own that it holds an exclusive ``flock`` on for as long as the file is its own. The kernel
 drops the lock when the process ends, however it ends, so a journal whose lock another process
 can take belongs to a process that is gone: that process writes its decisions to Redis (writing
-a decision twice keeps the first) and deletes the file. Lines are written, not synced: they
-survive the process, not the machine.
+a decision twice keeps the first) and deletes the file. Lines are written as the decisions are
+answered, so they survive the process at once; they are synced to the disk each second (``sync``),
+so a machine that goes down loses a second of them at most, as the embedded Redis's append-only
+file does (``appendfsync everysec``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -48,6 +51,9 @@ class Journal:
         self.path: Path | None = None  # its name
         self.size = 0  # bytes of its lines, the buffer's and those it has let go since
         self._failed = False  # said once: the directory cannot be written
+        self._unsynced = False  # lines appended since the last sync
+        self._renamed = False  # a journal named since the last sync: its directory to sync
+        self._sync_failed = False  # said once
         # Gone processes' journals written to Redis that could not be deleted (a directory
         # become read-only): not written again by this process at each flush.
         self._written: set[tuple[int, int]] = set()
@@ -62,6 +68,7 @@ class Journal:
             self._file.write(line)
             self._file.flush()
             self.size += len(line)
+            self._unsynced = True
         except OSError as e:
             if not self._failed:
                 self._failed = True
@@ -91,14 +98,44 @@ class Journal:
         self._file.close()
         self._file = new
 
+    async def sync(self) -> None:
+        """Have the disk hold the lines appended, and the journal's name, since the last sync:
+        run each second while the journal is in use."""
+        if self._file is None or not (self._unsynced or self._renamed):
+            return
+        fd = os.dup(self._file.fileno())  # a rewrite may close the file meanwhile
+        renamed, self._unsynced, self._renamed = self._renamed, False, False
+        try:
+            await asyncio.to_thread(_sync, fd, self.directory if renamed else None)
+        except OSError as e:
+            self._said_unsynced(e)
+        finally:
+            os.close(fd)
+
     def release(self) -> Path | None:
-        """Let the journal go as the process stops: what it holds stays for another process of
-        the deployment to write. Its path, if it has one."""
+        """Let the journal go as the process stops, synced: what it holds stays for another
+        process of the deployment to write. Its path, if it has one."""
         path = self.path
         if self._file is not None:
+            if self._unsynced or self._renamed:
+                try:
+                    _sync(self._file.fileno(), self.directory if self._renamed else None)
+                except OSError as e:
+                    self._said_unsynced(e)
             self._file.close()  # unlocks it
         self._file, self.path = None, None
+        self._unsynced = self._renamed = False
         return path
+
+    def _said_unsynced(self, error: OSError) -> None:
+        if not self._sync_failed:
+            self._sync_failed = True
+            log.error(
+                "the decision journal %s cannot be synced to disk (%s): its decisions survive "
+                "this process, not the machine",
+                self.path,
+                error,
+            )
 
     def orphans(self) -> Iterator[Orphan]:
         """The journals of the deployment's processes that are gone, each locked while it is
@@ -141,7 +178,10 @@ class Journal:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             handle.write(data)
             handle.flush()
+            if data:  # a rewrite: its lines on disk before it replaces the journal that holds them
+                os.fsync(handle.fileno())
             os.replace(temporary, path)
+            self._renamed = True
         except BaseException:
             handle.close()
             with contextlib.suppress(OSError):
@@ -200,6 +240,17 @@ def _delete_debris(path: Path) -> None:
                 os.unlink(path)
     except OSError:  # locked (being created), gone, or undeletable: left as it is
         pass
+
+
+def _sync(fd: int, directory: Path | None) -> None:
+    """Sync the file ``fd`` and, if given, ``directory`` (the names in it)."""
+    os.fsync(fd)
+    if directory is not None:
+        handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def _same_file(path: Path, handle: IO[bytes]) -> bool:

@@ -573,9 +573,10 @@ class Router:
         await asyncio.gather(*tasks)
 
     async def _flush_if_any(self) -> int:
-        if self._buffer or self.journal is not None:  # a journal: gone processes' may wait
-            return await self.flush()
-        return 0
+        if self.journal is not None:
+            await self.journal.sync()  # first: with Redis down the flush fails
+            return await self.flush()  # gone processes' journals may wait
+        return await self.flush() if self._buffer else 0
 
     async def _every(
         self,
