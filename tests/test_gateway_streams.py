@@ -371,31 +371,73 @@ def test_an_event_in_many_small_pieces_is_forwarded_whole() -> None:
     assert forwarded.endswith(b'"}\n\n') and orjson.loads(forwarded[6:])["p"].count("x") > 10**6
 
 
-STREAM = (
-    b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n'
-    b'data: {"choices": [{"delta": {"content": "b\\n"}}]}\n\n'
-    b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
-    b"data: [DONE]\n\n"
+# an upstream's events: an answer's piece, the usage, an error
+EVENTS = (
+    {"choices": [{"delta": {"content": "a\\nb"}}]},
+    {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    {"error": {"message": "overloaded"}},
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, len(STREAM)), max_size=12))
-def test_the_meter_forwards_the_same_whatever_the_pieces(cuts: list[int]) -> None:
-    """An event's end split across pieces (even "\\r\\n\\r\\n" in two) is found as in one."""
-    whole = StreamMeter(Measured(), drop_usage=True)
-    expected = whole.feed(STREAM) + whole.finish()
-    meter = StreamMeter(Measured(), drop_usage=True)
-    bounds = [0, *sorted(cuts), len(STREAM)]
+@st.composite
+def event_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """An upstream's event stream as SSE allows it: each line ended by CR, LF or CRLF; ids,
+    event names and comments; ``data:`` with or without its space, a JSON split over two data
+    lines; then cut in pieces anywhere."""
+    lines_of_events: list[list[bytes]] = []
+    for payload in draw(st.lists(st.sampled_from(EVENTS), max_size=6)):
+        text = orjson.dumps(payload)
+        split = text.index(b":") + 1 if draw(st.booleans()) else 0  # read back joined by LF
+        data = [text[:split], text[split:]] if split else [text]
+        lines = [draw(st.sampled_from([b"data: ", b"data:"])) + part for part in data]
+        extra = draw(st.sets(st.sampled_from([b"event: message", b": keep-alive"])))
+        lines_of_events.append(sorted(extra) + lines)
+    if draw(st.booleans()):
+        lines_of_events.append([b": keep-alive"])
+    if draw(st.booleans()):
+        lines_of_events.append([b"data: [DONE]"])
+    stream = b""
+    for lines in lines_of_events:
+        endings = [draw(st.sampled_from([b"\n", b"\r", b"\r\n"])) for _ in lines]
+        # the empty line that ends the event: after a CR, an LF would only end its line
+        after_cr = [b"\r", b"\r\n"] if endings[-1] == b"\r" else [b"\n", b"\r", b"\r\n"]
+        endings.append(draw(st.sampled_from(after_cr)))
+        stream += b"".join(line + end for line, end in zip([*lines, b""], endings, strict=True))
+    cuts = draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    return stream, [0, *sorted(cuts), len(stream)]
+
+
+def _sse(stream: bytes) -> list[tuple[str | None, str]]:
+    """The events the openai SDK reads from ``stream``: name and data."""
+    return [(e.event, e.data) for e in openai._streaming.SSEDecoder().iter_bytes(iter([stream]))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_streams(), st.booleans())
+def test_the_meter_reads_and_forwards_events_as_the_openai_sdk_reads_them(
+    stream_and_bounds: tuple[bytes, list[int]], drop_usage: bool
+) -> None:
+    """Whatever the line endings and wherever the pieces are cut (a CRLF split in two, say),
+    each event is forwarded as soon as it has ended, the usage and an error are read from the
+    events the SDK reads, and ``[DONE]`` is held to the end."""
+    stream, bounds = stream_and_bounds
+    read = _sse(stream)
+    done = [event for event in read if event[1].startswith("[DONE]")]
+
+    def forwarded(event: tuple[str | None, str]) -> bool:
+        data = orjson.loads(event[1]) if event[1].startswith("{") else {}
+        return event not in done and not (drop_usage and "usage" in data and not data["choices"])
+
+    meter = StreamMeter(Measured(), drop_usage=drop_usage)
     got = b""
     for a, b in itertools.pairwise(bounds):
-        got += meter.feed(STREAM[a:b])
-        ended = STREAM[:b].replace(b"\r\n", b"\n").count(b"\n\n")
-        # each content event as soon as it ends (the usage event is dropped, [DONE] held)
-        assert got.replace(b"\r\n", b"\n").count(b"\n\n") == min(ended, 2)
-    # the same events; a line ending may come as sent or as "\n" (both are SSE's)
-    assert (got + meter.finish()).replace(b"\r\n", b"\n") == expected.replace(b"\r\n", b"\n")
-    assert meter.measured.prompt_tokens == whole.measured.prompt_tokens == 3
+        got += meter.feed(stream[a:b])
+        assert _sse(got) == [e for e in _sse(stream[:b]) if forwarded(e)]  # each as it ends
+    assert _sse(got + meter.finish()) == [e for e in read if forwarded(e)] + done[:1]
+    sent = [orjson.loads(data) for _, data in read if data.startswith("{")]
+    assert meter.measured.usage_sent == any("usage" in d for d in sent)
+    assert meter.measured.prompt_tokens == (3 if meter.measured.usage_sent else None)
+    assert meter.error == ("'overloaded'" if any("error" in d for d in sent) else None)
 
 
 def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment() -> None:

@@ -206,13 +206,15 @@ class StreamMeter:
     """Splits an upstream's server-sent events as they come: forwards each whole event, takes
     the token counts from the usage event (dropped when the gateway, not the client, asked for
     it), notes an ``error`` event (the upstream failed mid-answer), and holds back the final
-    ``[DONE]`` so the gateway records the call before the client sees the end."""
+    ``[DONE]`` so the gateway records the call before the client sees the end. Lines may end in
+    CR, LF or CRLF, as SSE allows (and the openai SDK reads): they are forwarded as LF."""
 
     measured: Measured
     drop_usage: bool
     pending: bytearray = field(default_factory=bytearray)
     done: bool = False
     error: str | None = None  # the message of the upstream's error event, when it sent one
+    after_cr: bool = False  # the last piece ended in CR: an LF that starts the next ends no line
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes of ``chunk`` (with what was pending) to forward now. An event that grows
@@ -220,32 +222,38 @@ class StreamMeter:
         is that long, and an upstream must not make the gateway hold an unbounded event. Only
         the new bytes are searched for an event's end, so an event sent in many small pieces
         costs time in proportion to its size, not to its size squared."""
-        start = max(len(self.pending) - 3, 0)  # an end ("\r\n\r\n") may begin before chunk
+        if self.after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        if chunk:
+            self.after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        start = max(len(self.pending) - 1, 0)  # an end ("\n\n") may begin before chunk
         self.pending += chunk
         data = self.pending
-        end = max(data.rfind(b"\n\n", start), data.rfind(b"\r\n\r\n", start))
+        end = data.rfind(b"\n\n", start)
         if end < 0:
             if len(data) <= MAX_EVENT_BYTES:
                 return b""
             self.pending = bytearray()
             return bytes(data)
-        cut = end + (4 if data[end : end + 4] == b"\r\n\r\n" else 2)
-        events = bytes(data[:cut])
-        del data[:cut]
+        events = bytes(data[: end + 2])
+        del data[: end + 2]
         if self.measured.first_token_s is None and (
-            events.startswith(b"data:") or b"\ndata:" in events  # not a keep-alive comment
+            events.startswith(b"data") or b"\ndata" in events  # not a keep-alive comment
         ):
             self.measured.first_token_s = time.perf_counter() - self.measured.start
-        if b'"usage"' not in events and DONE not in events and b'"error"' not in events:
+        if b'"usage"' not in events and b"[DONE]" not in events and b'"error"' not in events:
             return events
         out = []
-        for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+        for event in events.split(b"\n\n"):
             if not event.strip():
                 continue
-            if event.startswith(DONE):
-                self.done = True
+            data_field = _data(event)
+            if data_field is not None and data_field.startswith(b"[DONE]"):
+                self.done = True  # as the openai SDK reads it
                 continue
-            data_obj = _data(event) if b'"usage"' in event or b'"error"' in event else None
+            data_obj = _json(data_field) if data_field is not None else None
             if isinstance(data_obj, dict) and data_obj.get("error"):
                 self.error = _message(data_obj["error"])
             if isinstance(data_obj, dict) and data_obj.get("usage"):
@@ -262,12 +270,23 @@ class StreamMeter:
         return tail + (DONE + b"\n\n" if self.done else b"")
 
 
-def _data(event: bytes) -> Any:
-    """The JSON of an event's ``data:`` line, or None."""
-    if not event.startswith(b"data:"):
+def _data(event: bytes) -> bytes | None:
+    """An event's data (its ``data`` fields' values, joined by LF, as SSE reads them); None
+    when it has no data field."""
+    values = []
+    for line in event.split(b"\n"):
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            values.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(values) if values else None
+
+
+def _json(data: bytes) -> Any:
+    """``data`` read as JSON, or None."""
+    if b'"usage"' not in data and b'"error"' not in data:
         return None
     try:
-        return orjson.loads(event[5:])
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
 
