@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from bandit_router.cli.main import main
 from tests.conftest import cli_env, served
+from tests.test_progress import _read_all
 
 SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
@@ -35,7 +37,7 @@ def test_summary_steps_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert _simulate("--policies", POLICIES, "--seeds", "2", "--out", str(tmp_path)) == 0
     out, err = capsys.readouterr()
     assert "best fixed arm" in out and "skyline" in out
-    assert "simulate: 100%" in err
+    assert "\r" not in err  # no progress drawn in a pipe or a log
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["policies"]) == POLICIES.split(",")
     egreedy = summary["policies"]["egreedy:epsilon=0.1"]
@@ -131,3 +133,15 @@ def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_pat
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == 200
     assert len((tmp_path / "steps.csv").read_text().splitlines()) > 2
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_progress_is_drawn_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w") as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            assert _simulate("--policies", "static", "--seeds", "2") == 0
+        drawn = _read_all(master).decode()
+    finally:
+        os.close(master)
+    assert "\rsimulate [" in drawn and "100% 400/400 steps" in drawn

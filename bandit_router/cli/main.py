@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -24,6 +23,7 @@ from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
+from bandit_router.progress import Progress
 from bandit_router.settings import Settings
 
 if TYPE_CHECKING:
@@ -261,46 +261,34 @@ def _describe(error: ValidationError) -> str:
 # --- simulate: the replay simulator (thin: parse, call bandit_router.replay, print) -----------
 
 
-class _Progress:
-    """A plain-text progress line on stderr, redrawn about every 1%."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.shown = max(total, 1), 0, -1
-        self.start = time.monotonic()
-
-    def __call__(self, steps: int) -> None:
-        self.done += steps
-        percent = 100 * self.done // self.total
-        if percent != self.shown:
-            self.shown = percent
-            rate = self.done / max(time.monotonic() - self.start, 1e-9)
-            print(
-                f"\rsimulate: {percent:3d}% ({self.done}/{self.total} steps, {rate:.0f} steps/s)",
-                end="\n" if self.done >= self.total else "",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
 def _simulate_runs(args: argparse.Namespace, names: list[str], prepared: Any, settings: Any) -> Any:
     from bandit_router.sim import dataset, replay
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    progress = _Progress(len(prepared.replay.rows) * len(seeds) * max(len(names), 1))
-    if args.via is None:
-        arrivals = dict(args.add_arm or [])
-        return replay.simulate(
-            names, prepared, seeds, args.in_order, settings, progress, args.warm_start, arrivals
-        )
-    from bandit_router.sim.replay_http import HttpStepper
+    total = len(prepared.replay.rows) * len(seeds) * max(len(names), 1)
+    with Progress("simulate", total, "steps") as progress:
+        if args.via is None:
+            arrivals = dict(args.add_arm or [])
+            return replay.simulate(
+                names,
+                prepared,
+                seeds,
+                args.in_order,
+                settings,
+                progress.advance,
+                args.warm_start,
+                arrivals,
+            )
+        from bandit_router.sim.replay_http import HttpStepper
 
-    stepper = HttpStepper(args.via)
-    try:
-        name = stepper.policy()
-        rows = dataset.order(len(prepared.replay.rows), args.first_seed, args.in_order)
-        return {name: [replay.run(name, stepper, prepared, rows, args.first_seed, progress)]}
-    finally:
-        stepper.close()
+        stepper = HttpStepper(args.via)
+        try:
+            name = stepper.policy()
+            rows = dataset.order(len(prepared.replay.rows), args.first_seed, args.in_order)
+            run = replay.run(name, stepper, prepared, rows, args.first_seed, progress.advance)
+            return {name: [run]}
+        finally:
+            stepper.close()
 
 
 def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse.Namespace) -> None:
@@ -421,7 +409,9 @@ def _add_simulate(sub: Any) -> None:
         "--policies",
         help=f"comma list (default BANDIT_POLICY,{_DEFAULT_POLICIES}): service policies with "
         "parameters (egreedy:epsilon=0.05, linucb, ...), fixed:<arm>, best-fixed, "
-        "best-context, oracle, mabwiser (MABWiser's LinUCB, a peer)",
+        "best-context, oracle, mabwiser (MABWiser's LinUCB, a peer), auto (BANDIT_POLICY "
+        "serving, BANDIT_CHALLENGERS scored and promoted) or "
+        "auto:champion=SPEC:challengers=SPEC+SPEC",
     )
     p.add_argument(
         "--seeds", type=bounded_int(1), default=1, help="seeds, each its own row order (1 or more)"
