@@ -15,7 +15,7 @@ import httpx2 as httpx
 import openai
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -412,8 +412,9 @@ def _sse(stream: bytes) -> list[tuple[str | None, str]]:
     return [(e.event, e.data) for e in openai._streaming.SSEDecoder().iter_bytes(iter([stream]))]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(event_streams(), st.booleans())
+@example((b"data: [DONE]\r\n\n", [0, 13, 14, 15]), False)  # CR | LF | LF: the LF after CR only
 def test_the_meter_reads_and_forwards_events_as_the_openai_sdk_reads_them(
     stream_and_bounds: tuple[bytes, list[int]], drop_usage: bool
 ) -> None:

@@ -223,7 +223,7 @@ class StreamMeter:
         the new bytes are searched for an event's end, so an event sent in many small pieces
         costs time in proportion to its size, not to its size squared."""
         if self.after_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
+            chunk, self.after_cr = chunk[1:], False
         if chunk:
             self.after_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
