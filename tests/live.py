@@ -38,6 +38,12 @@ class Servers:
             time.sleep(0.02)
         return port
 
+    def start_service(self, settings: Settings, http: str = "auto", **config: Any) -> int:
+        """The service's app for ``settings``, served as `serve` serves it (its heads and
+        sends timed); its port."""
+        protocol = head_deadline(settings.head_timeout_s, http, settings.send_timeout_s)
+        return self.start(create_app(settings), "the service", http=protocol, **config)
+
     @property
     def running(self) -> list[uvicorn.Server]:
         """The servers, in the order started."""
@@ -58,13 +64,11 @@ def serve(make_settings: SettingsFactory) -> Iterator[Callable[..., str]]:
         log_level: str = "warning", root_path: str = "", http: str = "auto", **overrides: Any
     ) -> str:
         settings: Settings = make_settings(**overrides)
-        port = servers.start(
-            create_app(settings),
-            "uvicorn",
+        port = servers.start_service(
+            settings,
+            http,
             log_level=log_level,  # "info" writes an access line a request, as the CLI's default
             root_path=root_path,  # what a proxy mounting the app under a path prefix sets
-            # as `serve` runs it
-            http=head_deadline(settings.head_timeout_s, http, settings.send_timeout_s),
         )
         return f"http://127.0.0.1:{port}"
 

@@ -18,7 +18,6 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from bandit_router.http.app import create_app
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.cluster import node_url, plain_url
@@ -116,7 +115,7 @@ def _served(settings: Settings) -> Iterator[str]:
     """The app under uvicorn on a free loopback port."""
     servers = Servers()
     try:
-        port = servers.start(create_app(settings), "uvicorn", log_level="warning")
+        port = servers.start_service(settings, log_level="warning")
         yield f"http://127.0.0.1:{port}"
     finally:
         servers.stop()

@@ -14,7 +14,6 @@ import pytest
 import redis
 
 from bandit_router.cli.main import main
-from bandit_router.http.app import create_app
 from tests.conftest import SettingsFactory, use_settings
 from tests.live import Servers
 
@@ -23,7 +22,7 @@ from tests.live import Servers
 def running(make_settings: SettingsFactory, **overrides: Any) -> Iterator[httpx.Client]:
     """The app under uvicorn on loopback with these settings; a client on it; stopped after."""
     servers = Servers()
-    port = servers.start(create_app(make_settings(**overrides)), "uvicorn", log_level="warning")
+    port = servers.start_service(make_settings(**overrides), log_level="warning")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield client

@@ -37,7 +37,6 @@ from hypothesis.stateful import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from bandit_router.http.app import create_app
 from bandit_router.rewards import PART_BOUNDS, PART_FIELDS, RewardConfig, RewardParts
 from tests.conftest import SettingsFactory
 from tests.live import Servers, serve  # noqa: F401  (fixture)
@@ -803,7 +802,7 @@ def service(make_settings: SettingsFactory, tmp_path: Path, redis_url: str) -> I
     running = [Servers()]
 
     def start() -> str:
-        port = running[-1].start(create_app(settings), "uvicorn", log_level="warning")
+        port = running[-1].start_service(settings, log_level="warning")
         return f"http://127.0.0.1:{port}"
 
     def restart() -> str:
