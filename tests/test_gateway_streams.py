@@ -448,3 +448,23 @@ def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment()
     assert meter.feed(b":\r\n\r\n") and meter.measured.first_token_s is None
     assert meter.feed(b'data: {"choices": []}\n\n')
     assert meter.measured.first_token_s is not None
+
+
+def test_a_crlf_split_with_its_lf_alone_in_a_piece_ends_one_line_only() -> None:
+    """Pieces "\\r", "\\n", "\\n": the lone LF completes the CRLF, and the next LF is the empty
+    line that ends the event. It was skipped too (the meter still took the last piece to end in
+    CR), and the event's end was lost: the content event and the usage event behind it went out
+    as one event of two data lines, the usage unread and not dropped."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    content = b'data: {"choices": []}'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    pieces = [content + b"\r", b"\n", b"", b"\n", usage + b"\n\n", b"data: [DONE]\r\n\r\n"]
+    stream = b"".join(pieces)
+    got = b""
+    for end, piece in enumerate(pieces, 1):
+        got += meter.feed(piece)
+        sent = _sse(b"".join(pieces[:end]))
+        assert _sse(got) == [e for e in sent if "usage" not in e[1] and e[1] != "[DONE]"]
+    assert got == content + b"\n\n"  # the usage dropped, [DONE] held
+    assert _sse(got + meter.finish()) == [e for e in _sse(stream) if "usage" not in e[1]]
+    assert meter.measured.prompt_tokens == 3

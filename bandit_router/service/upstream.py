@@ -222,10 +222,11 @@ class StreamMeter:
         is that long, and an upstream must not make the gateway hold an unbounded event. Only
         the new bytes are searched for an event's end, so an event sent in many small pieces
         costs time in proportion to its size, not to its size squared."""
-        if self.after_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        if chunk:
-            self.after_cr = chunk.endswith(b"\r")
+        if chunk:  # an empty piece leaves what the last one ended in
+            lf_of_crlf = self.after_cr and chunk.startswith(b"\n")
+            self.after_cr = chunk.endswith(b"\r")  # of the piece as sent: a lone LF ends no CR
+            if lf_of_crlf:
+                chunk = chunk[1:]
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         start = max(len(self.pending) - 1, 0)  # an end ("\n\n") may begin before chunk
