@@ -449,3 +449,41 @@ def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment()
     assert meter.feed(b":\r\n\r\n") and meter.measured.first_token_s is None
     assert meter.feed(b'data: {"choices": []}\n\n')
     assert meter.measured.first_token_s is not None
+
+
+def test_a_crlf_split_with_its_lf_alone_in_a_piece_ends_one_line_only() -> None:
+    """Pieces "\\r", "\\n", "\\n": the lone LF completes the CRLF, and the next LF is the empty
+    line that ends the event. It was skipped too (the meter still took the last piece to end in
+    CR), and the event's end was lost: the content event and the usage event behind it went out
+    as one event of two data lines, the usage unread and not dropped."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    content = b'data: {"choices": []}'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    pieces = [content + b"\r", b"\n", b"", b"\n", usage + b"\n\n", b"data: [DONE]\r\n\r\n"]
+    stream = b"".join(pieces)
+    got = b""
+    for end, piece in enumerate(pieces, 1):
+        got += meter.feed(piece)
+        sent = _sse(b"".join(pieces[:end]))
+        assert _sse(got) == [e for e in sent if "usage" not in e[1] and e[1] != "[DONE]"]
+    assert got == content + b"\n\n"  # the usage dropped, [DONE] held
+    assert _sse(got + meter.finish()) == [e for e in _sse(stream) if "usage" not in e[1]]
+    assert meter.measured.prompt_tokens == 3
+
+
+@pytest.mark.parametrize("usage_sent", [True, False])
+def test_the_end_of_an_event_passed_on_unended_is_kept_before_done_and_a_dropped_usage(
+    usage_sent: bool,
+) -> None:
+    """An event past MAX_EVENT_BYTES goes out as it is, up to its last line's LF; the LF that
+    ends it comes with the next piece, at the start of the event behind it. That event held
+    ([DONE]) or dropped (the usage) took the LF with it: the long event and [DONE] reached the
+    client as one event, which the SDK cannot read."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    long = b'data: "' + b"x" * MAX_EVENT_BYTES + b'"\n'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+    rest = b"\n" + (usage if usage_sent else b"") + b"data: [DONE]\n\n"
+    assert meter.feed(long) == long
+    got = long + meter.feed(rest) + meter.finish()
+    assert _sse(got) == [e for e in _sse(long + rest) if "usage" not in e[1]]
+    assert meter.measured.prompt_tokens == (3 if usage_sent else None)

@@ -36,7 +36,7 @@ from tests.conftest import (
     healthy,
     wait_until,
 )
-from tests.test_faults import _open_router
+from tests.test_faults import _open_router, _running
 
 
 def _decision(event_id: str, arm: str = "a") -> dict[str, Any]:
@@ -153,6 +153,42 @@ def test_the_service_syncs_its_journal_each_second_while_redis_is_down(
         synced.seen.clear()
         assert _choose(client, "q2")["degraded"]
         wait_until(lambda: synced.of(journal), 5, "the journal synced again")
+
+
+def test_the_journal_is_synced_each_second_while_a_flush_waits_for_a_redis_that_hangs(
+    make_settings: SettingsFactory, redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that does not answer (frozen: a partition, a paused VM) holds each write for its
+    timeout, one batch of writes after another, the flush job's among them. The sync ran in the
+    flush job, before its flush: a decision answered while that flush waited was synced only
+    once it gave up, seconds later, not within the second the README says."""
+    settings = make_settings(redis_url=redis_process.url)
+    synced = Synced(monkeypatch)
+
+    async def synced_soon(path: Path) -> None:
+        deadline = time.monotonic() + 2.5
+        while not synced.of(path):
+            assert time.monotonic() < deadline, "the journal not synced within 2.5 s"
+            await asyncio.sleep(0.05)
+
+    async def meanwhile(router: Router) -> None:
+        assert redis_process.proc is not None and router.journal is not None
+        redis_process.proc.send_signal(signal.SIGSTOP)
+        try:
+            first = asyncio.create_task(router.choose("q1"))
+            await asyncio.sleep(1.5)
+            second = asyncio.create_task(router.choose("q2"))  # in the batch after q1's
+            assert (await first).degraded
+            path = router.journal.path
+            assert path is not None
+            await synced_soon(path)  # then the flush job's write waits behind q2's batch
+            synced.seen.clear()
+            assert (await second).degraded
+            await synced_soon(path)
+        finally:
+            redis_process.proc.send_signal(signal.SIGCONT)
+
+    asyncio.run(_running(settings, meanwhile))
 
 
 def test_a_temporary_file_left_by_a_crash_is_deleted_once_unlocked_and_old(

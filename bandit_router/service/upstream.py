@@ -249,9 +249,13 @@ class StreamMeter:
         for event in events.split(b"\n\n"):
             if not event.strip():
                 continue
+            # LFs before the event end the lines of one passed on unended (past MAX_EVENT_BYTES):
+            # they stay when the event does not
+            ends = event[: len(event) - len(event.lstrip(b"\n"))]
             data_field = _data(event)
             if data_field is not None and data_field.startswith(b"[DONE]"):
                 self.done = True  # as the openai SDK reads it
+                out.append(ends)
                 continue
             data_obj = _json(data_field) if data_field is not None else None
             if isinstance(data_obj, dict) and data_obj.get("error"):
@@ -259,6 +263,7 @@ class StreamMeter:
             if isinstance(data_obj, dict) and data_obj.get("usage"):
                 self.measured.usage(data_obj["usage"])
                 if self.drop_usage and not data_obj.get("choices"):
+                    out.append(ends)
                     continue
             out.append(event + b"\n\n")
         return b"".join(out)
