@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,6 +140,41 @@ def test_a_journal_is_synced_to_disk_lines_and_name(
     kept = journal.release()  # a process that stops syncs what it leaves
     assert kept is not None and synced.of(kept) and not synced.of(tmp_path / "buffer")
     assert _orphaned(tmp_path / "buffer", "bandit") == [["e2", "e3"]]
+
+
+def test_a_sync_cancelled_midway_closes_nothing_under_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync's thread goes on once its task is cancelled (a stop): the descriptor it was
+    given stays open until it is done with it."""
+    began, go = threading.Event(), threading.Event()
+    outcome: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: Any) -> None:
+        began.set()
+        go.wait(10)
+        try:
+            real(fd)
+            outcome.append("synced")
+        except OSError as e:
+            outcome.append(f"{e.strerror}")
+
+    journal = Journal(tmp_path, "bandit")
+    journal.append(dumps(_decision("e1")))
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def cancelled() -> None:
+        task = asyncio.create_task(journal.sync())
+        await asyncio.to_thread(began.wait, 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        go.set()
+
+    asyncio.run(cancelled())  # the loop's end waits for its threads
+    assert outcome[:1] == ["synced"]
+    journal.release()
 
 
 def test_the_service_syncs_its_journal_each_second_while_redis_is_down(

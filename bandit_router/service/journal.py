@@ -106,11 +106,9 @@ class Journal:
         fd = os.dup(self._file.fileno())  # a rewrite may close the file meanwhile
         renamed, self._unsynced, self._renamed = self._renamed, False, False
         try:
-            await asyncio.to_thread(_sync, fd, self.directory if renamed else None)
+            await asyncio.to_thread(_sync_and_close, fd, self.directory if renamed else None)
         except OSError as e:
             self._said_unsynced(e)
-        finally:
-            os.close(fd)
 
     def release(self) -> Path | None:
         """Let the journal go as the process stops, synced: what it holds stays for another
@@ -251,6 +249,15 @@ def _sync(fd: int, directory: Path | None) -> None:
             os.fsync(handle)
         finally:
             os.close(handle)
+
+
+def _sync_and_close(fd: int, directory: Path | None) -> None:
+    """``_sync``, then close ``fd``: in the thread that uses it, so a caller cancelled meanwhile
+    closes nothing under it."""
+    try:
+        _sync(fd, directory)
+    finally:
+        os.close(fd)
 
 
 def _same_file(path: Path, handle: IO[bytes]) -> bool:
