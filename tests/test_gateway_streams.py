@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from tests.conftest import wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
-from tests.upstreams import DONE, STALL, Script, Scripted, chunk, scripted
+from tests.upstreams import BREAK, DONE, STALL, Script, Scripted, chunk, scripted
 
 __all__ = ["close_sdk_clients", "scripted", "serve"]  # the fixtures, imported
 
@@ -216,6 +216,22 @@ def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start
         f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
     )
     assert set(done.json()["parts"]) == {"latency_ms"}
+
+
+def test_an_upstream_that_drops_its_connection_after_done_has_answered_whole(
+    serve: Serve, scripted: Start
+) -> None:
+    """[DONE] ends the answer as the SDK reads it: from the upstream directly it reads "a" and
+    stops there. A connection dropped after it (before the chunked body's end) ended the
+    client's stream in the gateway's error event instead, and counted as the arm's failure."""
+    scripts = {"drops": Script((chunk("a"), 0.05, DONE, 0.05, BREAK))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    for client in (openai.OpenAI(base_url=url, api_key="x", max_retries=0), sdk_client(base, KEY)):
+        with client:
+            stream = client.chat.completions.create(model="drops", messages=HI, stream=True)
+            assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert _failures(base) == []
 
 
 JSON_ANSWER = (

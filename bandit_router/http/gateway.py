@@ -627,12 +627,14 @@ async def _relay(
                     await record_failure(router, event_id, call.weights, arm.name, "midstream")
                 if out:
                     yield out
-        except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
-            gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
-            if not erred:
-                await record_failure(router, event_id, call.weights, arm.name, "midstream")
-            yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
-            return
+        except (TimeoutError, aiohttp.ClientError) as e:
+            if not meter.done:  # broke mid-answer: the arm's failure
+                gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
+                if not erred:
+                    await record_failure(router, event_id, call.weights, arm.name, "midstream")
+                yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
+                return
+            # after [DONE] the answer is whole (the SDK reads no further): what broke is its end
         finished = True
         tail = meter.finish()
         if not erred:
