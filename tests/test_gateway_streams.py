@@ -234,6 +234,26 @@ def test_an_upstream_that_drops_its_connection_after_done_has_answered_whole(
     assert _failures(base) == []
 
 
+@pytest.mark.parametrize(
+    "after", [chunk("late"), b'data: {"choices": []', b'data: {"error": {"message": "late"}}\n\n']
+)
+def test_what_an_upstream_sends_after_done_does_not_reach_the_client(
+    serve: Serve, scripted: Start, after: bytes
+) -> None:
+    """The SDK reads no further than [DONE]. The gateway, which holds [DONE] to the end, passed
+    on what came after it before it: the client read one more chunk (or raised the upstream's
+    late error), or an event left unended ran into the [DONE] behind it, an event the SDK
+    cannot parse."""
+    scripts = {"late": Script((chunk("a"), DONE, after))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    for client in (openai.OpenAI(base_url=url, api_key="x", max_retries=0), sdk_client(base, KEY)):
+        with client:
+            stream = client.chat.completions.create(model="late", messages=HI, stream=True)
+            assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert _failures(base) == []
+
+
 JSON_ANSWER = (
     b'{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,'
     b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}'
