@@ -5,12 +5,14 @@ SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import httpx2 as httpx
 import openai
 import orjson
@@ -19,6 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from bandit_router.http.gateway import _chunks, _unread
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from tests.conftest import wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
@@ -252,6 +255,46 @@ def test_what_an_upstream_sends_after_done_does_not_reach_the_client(
             stream = client.chat.completions.create(model="late", messages=HI, stream=True)
             assert [c.choices[0].delta.content for c in stream] == ["a"]
     assert _failures(base) == []
+
+
+def test_what_an_upstream_sent_before_it_broke_is_read_before_the_break(scripted: Start) -> None:
+    """aiohttp raises a dropped connection at the next read, before it hands over the bytes it
+    had buffered: bytes that arrived with the break, or while the gateway was busy sending to
+    its client. The SDK reading the upstream directly reads them, then raises; the gateway lost
+    them: the client's answer was shorter than the upstream's before the error, an upstream's
+    [DONE] among them turned a whole answer into the arm's failure, and a first read that
+    raised took an answer begun for one that failed before its first byte (another arm tried,
+    or a 502). The gateway's reads, on the upstream's real connection, with the gateway held
+    busy (a sleep) while the rest and the break arrive."""
+    url, _ = scripted(
+        {
+            "later": Script((chunk("a"), 0.1, chunk("b"), BREAK)),
+            "at_once": Script((chunk("a"), BREAK)),
+        }
+    )
+
+    async def read(model: str) -> tuple[bytes, bytes]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/chat/completions", json={"model": model}) as response,
+        ):
+            body = response.content.iter_any()
+            if model == "at_once":  # as _attempt's first read
+                await asyncio.sleep(0.3)
+                with pytest.raises(aiohttp.ClientPayloadError) as broke:
+                    await body.__anext__()
+                first = _unread(response, broke.value)
+            else:
+                first = await body.__anext__()
+                await asyncio.sleep(0.3)
+            got = b""
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for piece in _chunks(first, body, response):  # as _relay reads
+                    got += piece
+            return first, got
+
+    assert asyncio.run(read("at_once")) == (chunk("a"), chunk("a"))
+    assert asyncio.run(read("later")) == (chunk("a"), chunk("a") + chunk("b"))
 
 
 JSON_ANSWER = (
