@@ -5,12 +5,14 @@ SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import httpx2 as httpx
 import openai
 import orjson
@@ -19,10 +21,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from bandit_router.http.gateway import _chunks, _unread
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from tests.conftest import wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
-from tests.upstreams import DONE, STALL, Script, Scripted, chunk, scripted
+from tests.upstreams import BREAK, DONE, STALL, Script, Scripted, chunk, scripted
 
 __all__ = ["close_sdk_clients", "scripted", "serve"]  # the fixtures, imported
 
@@ -216,6 +219,82 @@ def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start
         f"{base}/reward", json={"event_id": event_id, "final": True}, headers={"x-api-key": KEY}
     )
     assert set(done.json()["parts"]) == {"latency_ms"}
+
+
+def test_an_upstream_that_drops_its_connection_after_done_has_answered_whole(
+    serve: Serve, scripted: Start
+) -> None:
+    """[DONE] ends the answer as the SDK reads it: from the upstream directly it reads "a" and
+    stops there. A connection dropped after it (before the chunked body's end) ended the
+    client's stream in the gateway's error event instead, and counted as the arm's failure."""
+    scripts = {"drops": Script((chunk("a"), 0.05, DONE, 0.05, BREAK))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    for client in (openai.OpenAI(base_url=url, api_key="x", max_retries=0), sdk_client(base, KEY)):
+        with client:
+            stream = client.chat.completions.create(model="drops", messages=HI, stream=True)
+            assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert _failures(base) == []
+
+
+@pytest.mark.parametrize(
+    "after", [chunk("late"), b'data: {"choices": []', b'data: {"error": {"message": "late"}}\n\n']
+)
+def test_what_an_upstream_sends_after_done_does_not_reach_the_client(
+    serve: Serve, scripted: Start, after: bytes
+) -> None:
+    """The SDK reads no further than [DONE]. The gateway, which holds [DONE] to the end, passed
+    on what came after it before it: the client read one more chunk (or raised the upstream's
+    late error), or an event left unended ran into the [DONE] behind it, an event the SDK
+    cannot parse."""
+    scripts = {"late": Script((chunk("a"), DONE, after))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    for client in (openai.OpenAI(base_url=url, api_key="x", max_retries=0), sdk_client(base, KEY)):
+        with client:
+            stream = client.chat.completions.create(model="late", messages=HI, stream=True)
+            assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert _failures(base) == []
+
+
+def test_what_an_upstream_sent_before_it_broke_is_read_before_the_break(scripted: Start) -> None:
+    """aiohttp raises a dropped connection at the next read, before it hands over the bytes it
+    had buffered: bytes that arrived with the break, or while the gateway was busy sending to
+    its client. The SDK reading the upstream directly reads them, then raises; the gateway lost
+    them: the client's answer was shorter than the upstream's before the error, an upstream's
+    [DONE] among them turned a whole answer into the arm's failure, and a first read that
+    raised took an answer begun for one that failed before its first byte (another arm tried,
+    or a 502). The gateway's reads, on the upstream's real connection, with the gateway held
+    busy (a sleep) while the rest and the break arrive."""
+    url, _ = scripted(
+        {
+            "later": Script((chunk("a"), 0.1, chunk("b"), BREAK)),
+            "at_once": Script((chunk("a"), BREAK)),
+        }
+    )
+
+    async def read(model: str) -> tuple[bytes, bytes]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/chat/completions", json={"model": model}) as response,
+        ):
+            body = response.content.iter_any()
+            if model == "at_once":  # as _attempt's first read
+                await asyncio.sleep(0.3)
+                with pytest.raises(aiohttp.ClientPayloadError) as broke:
+                    await body.__anext__()
+                first = _unread(response, broke.value)
+            else:
+                first = await body.__anext__()
+                await asyncio.sleep(0.3)
+            got = b""
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for piece in _chunks(first, body, response):  # as _relay reads
+                    got += piece
+            return first, got
+
+    assert asyncio.run(read("at_once")) == (chunk("a"), chunk("a"))
+    assert asyncio.run(read("later")) == (chunk("a"), chunk("a") + chunk("b"))
 
 
 JSON_ANSWER = (

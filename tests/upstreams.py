@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,15 @@ def arms_json(*arms: dict[str, Any]) -> str:
 # A scripted upstream: what a provider sends when it misbehaves
 
 STALL = None  # a script part: send nothing more until the gateway leaves
-Part = bytes | float | None  # bytes to send, seconds to wait, or STALL
+
+
+class Break(Exception):
+    """A script part: the upstream drops its connection there, its answer unended (no last
+    chunk of its chunked body: what the reader sees of a provider's reset)."""
+
+
+BREAK = Break()
+Part = bytes | float | None | Break  # bytes to send, seconds to wait, STALL or BREAK
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,17 +126,18 @@ def chunk(text: str, model: str = "m") -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+Scripts = Mapping[str, Script | Callable[[Any], Script]]  # by model: a script, or one a request
 
 
 class Scripted:
     """An upstream speaking HTTP as a provider does, that answers each request with the script of
-    its ``model`` (404 for another). Counts the requests, keeps their bodies as they came and
-    their headers, and
-    counts the answers the gateway left before their end (their connection closed: what a
-    provider sees of a cancelled call)."""
+    its ``model`` (404 for another; a function of the request's body makes the script of each
+    request, as a provider's answer depends on what it was asked). Counts the requests, keeps
+    their bodies as they came and their headers, and counts the answers the gateway left before
+    their end (their connection closed: what a provider sees of a cancelled call)."""
 
-    def __init__(self, scripts: dict[str, Script]) -> None:
-        self.scripts = scripts
+    def __init__(self, scripts: Scripts) -> None:
+        self.scripts = dict(scripts)
         self.requests = 0
         self.left = 0
         self.bodies: list[bytes] = []  # each request's body, byte for byte
@@ -143,7 +152,10 @@ class Scripted:
         self.requests += 1
         self.bodies.append(raw)
         self.headers.append(dict(scope["headers"]))
-        script = self.scripts.get(orjson.loads(raw or b"{}").get("model"))
+        request = orjson.loads(raw or b"{}")
+        script = self.scripts.get(request.get("model"))
+        if callable(script):
+            script = script(request)
         if script is None:
             script = Script((b'{"error": {"message": "no such model"}}',), 404, "application/json")
         headers = [(b"content-type", script.content_type.encode())]
@@ -153,6 +165,8 @@ class Scripted:
             for part in script.parts:
                 if isinstance(part, bytes):
                     await send({"type": "http.response.body", "body": part, "more_body": True})
+                elif isinstance(part, Break):
+                    raise Break  # uvicorn closes the connection of an answer begun
                 elif part is STALL or part > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(gone.wait(), part)
@@ -163,11 +177,11 @@ class Scripted:
 
 
 @pytest.fixture
-def scripted() -> Iterator[Callable[[dict[str, Script]], tuple[str, Scripted]]]:
+def scripted() -> Iterator[Callable[[Scripts], tuple[str, Scripted]]]:
     """Start a scripted upstream on loopback; returns its base URL (ending in /v1) and app."""
     servers = Servers()
 
-    def start(scripts: dict[str, Script]) -> tuple[str, Scripted]:
+    def start(scripts: Scripts) -> tuple[str, Scripted]:
         app = Scripted(scripts)
         port = servers.start(app, "the scripted upstream", log_level="warning", lifespan="off")
         return f"http://127.0.0.1:{port}/v1", app

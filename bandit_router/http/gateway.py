@@ -590,8 +590,10 @@ async def _attempt(
         response.release()
         raise UpstreamFailure(arm.name, "empty answer", "empty") from None
     except (TimeoutError, aiohttp.ClientError) as e:
-        response.close()
-        raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
+        first = _unread(response, e)  # the answer began: its break comes at the next read
+        if not first:
+            response.close()
+            raise UpstreamFailure(arm.name, _reason(e), _kind(e)) from None
     except BaseException:  # cancelled (the client left): the connection is not reused
         response.close()
         raise
@@ -619,7 +621,7 @@ async def _relay(
     finished = erred = False
     try:
         try:
-            async for chunk in _chunks(first, body_iter):
+            async for chunk in _chunks(first, body_iter, response):
                 out = meter.feed(chunk)
                 if meter.error is not None and not erred:  # recorded before the client sees it
                     erred = True
@@ -627,12 +629,14 @@ async def _relay(
                     await record_failure(router, event_id, call.weights, arm.name, "midstream")
                 if out:
                     yield out
-        except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
-            gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
-            if not erred:
-                await record_failure(router, event_id, call.weights, arm.name, "midstream")
-            yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
-            return
+        except (TimeoutError, aiohttp.ClientError) as e:
+            if not meter.done:  # broke mid-answer: the arm's failure
+                gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
+                if not erred:
+                    await record_failure(router, event_id, call.weights, arm.name, "midstream")
+                yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
+                return
+            # after [DONE] the answer is whole (the SDK reads no further): what broke is its end
         finished = True
         tail = meter.finish()
         if not erred:
@@ -646,10 +650,29 @@ async def _relay(
             response.close()  # unread: the connection is not reused, the upstream sees it end
 
 
-async def _chunks(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _chunks(
+    first: bytes, rest: AsyncIterator[bytes], response: aiohttp.ClientResponse
+) -> AsyncIterator[bytes]:
+    """The upstream's body from ``first`` on; a break raised once what came before it is out."""
     yield first
-    async for chunk in rest:
-        yield chunk
+    try:
+        async for chunk in rest:
+            yield chunk
+    except aiohttp.ClientPayloadError as e:
+        left = _unread(response, e)
+        if left:
+            yield left
+        raise
+
+
+def _unread(response: aiohttp.ClientResponse, error: BaseException) -> bytes:
+    """What the upstream sent before its connection broke and the gateway has not read yet:
+    aiohttp raises the break at the next read, before the bytes it had buffered (they arrived
+    with it, or while the gateway was busy sending to its client). The reader keeps the error:
+    the read after these raises it again."""
+    if not isinstance(error, aiohttp.ClientPayloadError):
+        return b""
+    return response.content._read_nowait(-1)
 
 
 def _error_event(message: str) -> bytes:

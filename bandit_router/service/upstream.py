@@ -221,7 +221,10 @@ class StreamMeter:
         past ``MAX_EVENT_BYTES`` without ending is forwarded as it is: nothing the meter reads
         is that long, and an upstream must not make the gateway hold an unbounded event. Only
         the new bytes are searched for an event's end, so an event sent in many small pieces
-        costs time in proportion to its size, not to its size squared."""
+        costs time in proportion to its size, not to its size squared. Nothing after ``[DONE]``
+        is read or forwarded: the SDK reads no further."""
+        if self.done:
+            return b""
         if self.after_cr and chunk.startswith(b"\n"):
             chunk, self.after_cr = chunk[1:], False
         if chunk:
@@ -256,7 +259,7 @@ class StreamMeter:
             if data_field is not None and data_field.startswith(b"[DONE]"):
                 self.done = True  # as the openai SDK reads it
                 out.append(ends)
-                continue
+                break
             data_obj = _json(data_field) if data_field is not None else None
             if isinstance(data_obj, dict) and data_obj.get("error"):
                 self.error = _message(data_obj["error"])
@@ -272,7 +275,7 @@ class StreamMeter:
         """What is left to forward once the upstream has ended: the held ``[DONE]``."""
         self.measured.total_s = time.perf_counter() - self.measured.start
         tail, self.pending = bytes(self.pending), bytearray()
-        return tail + (DONE + b"\n\n" if self.done else b"")
+        return DONE + b"\n\n" if self.done else tail
 
 
 def _data(event: bytes) -> bytes | None:
