@@ -230,10 +230,7 @@ def test_an_upstream_that_drops_its_connection_after_done_has_answered_whole(
     scripts = {"drops": Script((chunk("a"), 0.05, DONE, 0.05, BREAK))}
     url, _ = scripted(scripts)
     base = _gateway(serve, url, scripts)
-    for client in (openai.OpenAI(base_url=url, api_key="x", max_retries=0), sdk_client(base, KEY)):
-        with client:
-            stream = client.chat.completions.create(model="drops", messages=HI, stream=True)
-            assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert _directly_and_through(url, base, "drops") == [["a"], ["a"]]
     assert _failures(base) == []
 
 
@@ -250,11 +247,19 @@ def test_what_an_upstream_sends_after_done_does_not_reach_the_client(
     scripts = {"late": Script((chunk("a"), DONE, after))}
     url, _ = scripted(scripts)
     base = _gateway(serve, url, scripts)
+    assert _directly_and_through(url, base, "late") == [["a"], ["a"]]
+    assert _failures(base) == []
+
+
+def _directly_and_through(url: str, base: str, model: str) -> list[list[str | None]]:
+    """The streamed contents the SDK reads from the upstream at ``url``, then through the
+    gateway at ``base``."""
+    read = []
     for client in (openai.OpenAI(base_url=url, api_key="x", max_retries=0), sdk_client(base, KEY)):
         with client:
-            stream = client.chat.completions.create(model="late", messages=HI, stream=True)
-            assert [c.choices[0].delta.content for c in stream] == ["a"]
-    assert _failures(base) == []
+            stream = client.chat.completions.create(model=model, messages=HI, stream=True)
+            read.append([c.choices[0].delta.content for c in stream])
+    return read
 
 
 def test_what_an_upstream_sent_before_it_broke_is_read_before_the_break(scripted: Start) -> None:
