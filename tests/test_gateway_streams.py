@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from bandit_router.http.gateway import _chunks, _unread
+from bandit_router.http.gateway import END_AFTER_DONE_S, _chunks, _unread
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
 from tests.conftest import wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
@@ -232,6 +233,25 @@ def test_an_upstream_that_drops_its_connection_after_done_has_answered_whole(
     base = _gateway(serve, url, scripts)
     assert _directly_and_through(url, base, "drops") == [["a"], ["a"]]
     assert _failures(base) == []
+
+
+def test_an_upstream_that_stays_open_after_done_holds_the_client_a_moment_only(
+    serve: Serve, scripted: Start
+) -> None:
+    """The gateway holds [DONE] until it has recorded the call, and read on to the body's end
+    first: an upstream that kept its connection open after [DONE] held the client's [DONE] for
+    the arm's timeout_s (here 30 s), the SDK's read with it. The end is waited for a moment
+    (END_AFTER_DONE_S), then the connection is let go; the call is a success."""
+    scripts = {"open": Script((chunk("a"), DONE, STALL))}
+    url, app = scripted(scripts)
+    arms = [{"name": "open", "upstream": {"base_url": url, "model": "open", "timeout_s": 30}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
+    began = time.monotonic()
+    stream = sdk_client(base, KEY).chat.completions.create(model="open", messages=HI, stream=True)
+    assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert time.monotonic() - began < END_AFTER_DONE_S + 10  # not the arm's 30 s
+    wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
+    assert _failures(base) == []  # a success
 
 
 @pytest.mark.parametrize(

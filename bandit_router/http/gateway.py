@@ -55,6 +55,9 @@ PREFERENCE_FEATURE = "preference"  # the app feature that carries a request's pr
 # An arm's upstream failures are said at most once in this many seconds, with how many were not
 # said: an upstream that is down fails every call, and a line each would flood the log.
 FAILURES_SAID_EVERY_S = 10.0
+# After [DONE] an upstream's body normally ends at once; waited for this long, so that its
+# connection can be reused, never the arm's timeout_s with the client's [DONE] held
+END_AFTER_DONE_S = 1.0
 # An upstream's error body reaches the client as it came, with its content type; should it be a
 # page, a browser opening it on this origin (the dashboard's) runs nothing of it.
 PASSED_THROUGH = {
@@ -629,14 +632,19 @@ async def _relay(
                     await record_failure(router, event_id, call.weights, arm.name, "midstream")
                 if out:
                     yield out
-        except (TimeoutError, aiohttp.ClientError) as e:
-            if not meter.done:  # broke mid-answer: the arm's failure
-                gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
-                if not erred:
-                    await record_failure(router, event_id, call.weights, arm.name, "midstream")
-                yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
-                return
-            # after [DONE] the answer is whole (the SDK reads no further): what broke is its end
+                if meter.done:  # the answer is whole (the SDK reads no further)
+                    break
+        except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
+            gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
+            if not erred:
+                await record_failure(router, event_id, call.weights, arm.name, "midstream")
+            yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
+            return
+        if meter.done:  # its end, unread (a break there is no failure); else it is not reused
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                async with asyncio.timeout(END_AFTER_DONE_S):
+                    async for _ in body_iter:
+                        pass
         finished = True
         tail = meter.finish()
         if not erred:
