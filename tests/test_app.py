@@ -6,10 +6,14 @@ import gc
 import weakref
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from bandit_router.http.app import create_app
+from bandit_router.http.contract import UNEXPECTED, failure
+from bandit_router.service.challengers import PromotionView
 from tests.conftest import ClientFactory, SettingsFactory
 
 
@@ -207,3 +211,19 @@ def test_an_app_closed_is_freed_with_its_models(make_settings: SettingsFactory) 
     del client
     gc.collect()
     assert app() is None
+
+
+def test_a_validation_error_of_ours_is_a_500_not_the_clients_422(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client's bodies are validated where they are read; a pydantic error raised anywhere
+    else is the service's own (a record it built that does not fit its view), so the client is
+    not told to fix its request."""
+    try:
+        PromotionView.model_validate({"at": "not a time"})
+    except ValidationError as e:
+        error = e
+    status, body = failure(error, None, "admin/promote")
+    assert status == 500
+    assert orjson.loads(body) == {"detail": UNEXPECTED, "field": None}
+    assert "unhandled error on admin/promote" in caplog.text

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import (
@@ -86,6 +86,9 @@ def _surrogate_free(text: str, field: str) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{field} holds a lone surrogate (not valid Unicode)") from None
     return text
+
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class ChooseRequest(BaseModel):
@@ -376,9 +379,8 @@ def validation_failure(errors: Sequence[Any]) -> RouterError:
 
 def failure(exc: BaseException, router: Router | None, endpoint: str) -> tuple[int, bytes]:
     """The answer to ``exc``: a ``RouterError`` says its own status and field; anything else is
-    a 500 whose details go to the log, never to the client."""
-    if isinstance(exc, ValidationError):
-        exc = validation_failure(exc.errors())
+    a 500 whose details go to the log, never to the client. A pydantic ``ValidationError`` is
+    a 500 too: the client's bodies are validated where they are read, so one here is ours."""
     if isinstance(exc, StoreUnavailable) and router is not None:
         router.metrics.redis_error(endpoint)
     if isinstance(exc, RouterError):
@@ -410,10 +412,18 @@ def _target(routers: Routers, router: Router, headers: Sequence[tuple[bytes, byt
         require_key(headers, router.settings.api_keys, KeyGroup(f"deployment {name!r}", "API key"))
 
 
+def _body(model: type[Body], raw: bytes) -> Body:
+    """The request's body as ``model``; its errors the client's 422 (or 400)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise validation_failure(e.errors()) from None
+
+
 async def _choose(
     routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
 ) -> dict[str, Any]:
-    body = ChooseRequest.model_validate_json(raw)
+    body = _body(ChooseRequest, raw)
     router = found[0] = routers.named(body.deployment)
     _target(routers, router, headers)
     result = await routers.choose(router, body.query, body.features, body.arms, body.event_id)
@@ -423,7 +433,7 @@ async def _choose(
 async def _reward(
     routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
 ) -> dict[str, Any]:
-    body = RewardRequest.model_validate_json(raw)
+    body = _body(RewardRequest, raw)
     # The id's deployment first, then default (an id it stored before that deployment existed).
     holders = routers.holders(body.event_id)
     *earlier, last = [r for r in holders if _allows(routers, r, headers)] or holders[:1]
