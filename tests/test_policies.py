@@ -110,6 +110,7 @@ def test_learns_a_planted_rule(spec: str) -> None:
         ("linucb:dim=4", r"dim must be in \[12, 1024\], got 4"),
         ("squarecb:bits=30", r"bits must be in \[1, 24\], got 30"),
         ("fixed", "fixed needs an arm"),
+        ("squarecb:gamma_scale=10:gamma_scale=20", "parameter gamma_scale is given twice"),
         ("egreedy:vw_args=--nonsense_flag", "'--nonsense_flag' is not an allowed VW option"),
         ("squarecb:vw_args=--l2 0.5", "VW rejected"),  # allowed, but squarecb sets its own
     ],

@@ -57,6 +57,8 @@ def parse_policy_spec(text: str) -> PolicySpec:
         if not sep or key not in defaults:
             valid = ", ".join(defaults) or "none"
             raise ValueError(f"policy {name}: unknown parameter {shown(item)}; valid: {valid}")
+        if key in params:  # which one was meant is the writer's, not ours, to say
+            raise ValueError(f"policy {name}: parameter {key} is given twice; give it once")
         params[key] = _coerce(name, key, raw, registry[name])
     _check(name, params)
     return PolicySpec(name, params)
