@@ -1,10 +1,12 @@
 """The gateway against hostile or broken input from both sides: a client body nested too deep or
-holding numbers too large, and an upstream that answers with impossible token counts or far too
-many bytes. The app under uvicorn, replay upstreams on loopback (rewritten where they misbehave),
-real Redis, the official OpenAI SDK and httpx as clients."""
+holding numbers too large, and an upstream that answers with impossible token counts, far too
+many bytes, or JSON that orjson refuses but the SDK reads. The app under uvicorn, replay and
+scripted upstreams on loopback (rewritten where they misbehave), real Redis, the official OpenAI
+SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,12 +17,23 @@ import orjson
 import pytest
 
 from tests.live import final_parts, serve
-from tests.upstreams import ARMS, Upstream, arm, arms_json, rows, upstream
+from tests.upstreams import (
+    ARMS,
+    Script,
+    Scripted,
+    Upstream,
+    arm,
+    arms_json,
+    rows,
+    scripted,
+    upstream,
+)
 
-__all__ = ["serve", "upstream"]  # the fixtures, imported
+__all__ = ["scripted", "serve", "upstream"]  # the fixtures, imported
 
 Serve = Callable[..., str]
 Start = Callable[..., Upstream]
+StartScripted = Callable[[dict[str, Script]], tuple[str, Scripted]]
 KEY = "service-key-1"
 AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
 
@@ -84,7 +97,7 @@ def test_a_body_nested_too_deep_is_refused_before_any_decision(
 # Errors name what the client sent
 
 
-HI = [{"role": "user", "content": "hi"}]
+HI: list[Any] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize(
@@ -256,3 +269,75 @@ def test_an_answer_over_the_size_limit_is_the_arms_failure(serve: Serve, upstrea
     assert answered.status_code == 200 and len(answered.json()["padding"]) == 50_000
     metrics = httpx.get(f"{base}/metrics").text
     assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="too_large"}' in metrics
+
+
+# What the openai SDK reads of an upstream's answer, it reads through the gateway
+
+
+SUNNY: dict[str, Any] = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Sunny."},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ],
+    "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
+}
+
+
+def _logprob(value: float) -> dict[str, Any]:
+    """SUNNY with a token's logprob of ``value``."""
+    token = {"token": "Sunny", "logprob": value, "bytes": [83], "top_logprobs": []}
+    choice = {**SUNNY["choices"][0], "logprobs": {"content": [token], "refusal": None}}
+    return {**SUNNY, "choices": [choice]}
+
+
+def _cut(text: str) -> dict[str, Any]:
+    choice = {**SUNNY["choices"][0], "message": {"role": "assistant", "content": text}}
+    return {**SUNNY, "choices": [choice]}
+
+
+def _both(serve: Serve, scripted: StartScripted, script: Script) -> tuple[str, list[openai.OpenAI]]:
+    """A gateway whose one arm ``m`` (priced) is a scripted upstream answering ``script``; its
+    base URL, and the SDK on the upstream and on the gateway."""
+    url, _ = scripted({"m": script})
+    arms = [{"name": "m", "usd_per_mtok": 1.0, "upstream": {"base_url": url, "model": "m"}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
+    clients = [
+        openai.OpenAI(base_url=there, api_key=KEY, max_retries=0) for there in (url, f"{base}/v1")
+    ]
+    return base, clients
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xef\xbb\xbf" + orjson.dumps(SUNNY),  # a byte order mark, as .NET writers put one
+        json.dumps(_logprob(float("-inf"))).encode(),  # -Infinity, as Python's json writes it
+        json.dumps(_logprob(float("nan"))).encode(),
+        json.dumps(_cut("cut \ud83d")).encode(),  # a lone surrogate, escaped (JSON.stringify)
+    ],
+    ids=["bom", "-infinity", "nan", "lone-surrogate"],
+)
+def test_an_answer_the_sdk_reads_as_json_is_passed_on_not_failed(
+    serve: Serve, scripted: StartScripted, body: bytes
+) -> None:
+    """JSON that orjson refuses but the SDK reads (Python's json) is an answer: before, the
+    gateway called it "something other than a JSON object", the arm's failure (a 502, or
+    another arm's answer), and recorded no cost."""
+    base, (direct, through) = _both(serve, scripted, Script((body,), 200, "application/json"))
+    try:
+        raw = through.chat.completions.with_raw_response.create(model="m", messages=HI)
+        want = direct.chat.completions.create(model="m", messages=HI)
+    finally:
+        direct.close()
+        through.close()
+    assert repr(raw.parse().model_dump()) == repr(want.model_dump())  # NaN as NaN
+    parts = final_parts(base, raw.headers["x-bandit-event-id"], KEY)
+    assert parts["cost_usd"] == pytest.approx(150 / 1e6)  # its usage was read
