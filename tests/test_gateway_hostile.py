@@ -341,3 +341,18 @@ def test_an_answer_the_sdk_reads_as_json_is_passed_on_not_failed(
     assert repr(raw.parse().model_dump()) == repr(want.model_dump())  # NaN as NaN
     parts = final_parts(base, raw.headers["x-bandit-event-id"], KEY)
     assert parts["cost_usd"] == pytest.approx(150 / 1e6)  # its usage was read
+
+
+def test_an_empty_answer_not_streamed_is_said_and_counted_as_empty(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """An empty body, as an empty stream is: "empty answer", kind ``empty`` (README, Metrics),
+    not "something other than a JSON object" (``protocol``)."""
+    base, (direct, through) = _both(serve, scripted, Script((), 200, "application/json"))
+    direct.close()
+    with through, pytest.raises(openai.InternalServerError) as failed:
+        through.chat.completions.create(model="m", messages=HI)
+    assert failed.value.status_code == 502
+    assert failed.value.message.endswith("every upstream tried failed: m: empty answer")
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="m",kind="empty"} 1.0' in metrics

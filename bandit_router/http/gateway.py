@@ -571,6 +571,8 @@ async def _attempt(
     if not call.stream:
         body = await _read(response, arm, limit)
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
+        if not body:  # as an empty stream is: said so, of kind empty (not protocol)
+            raise UpstreamFailure(arm.name, "empty answer", "empty")
         answer = _answer(body)
         if not isinstance(answer, dict):  # an HTML page, a stream: no answer the client can read
             reason = "answered something other than a JSON object"
