@@ -1,11 +1,12 @@
 """The gateway against hostile or broken input from both sides: a client body nested too deep or
 holding numbers too large, and an upstream that answers with impossible token counts, far too
-many bytes, or JSON that orjson refuses but the SDK reads. The app under uvicorn, replay and
-scripted upstreams on loopback (rewritten where they misbehave), real Redis, the official OpenAI
-SDK and httpx as clients."""
+many bytes, JSON that orjson refuses but the SDK reads, an encoding it was not asked for, or
+nothing. The app under uvicorn, replay and scripted upstreams on loopback (rewritten where they
+misbehave), real Redis, the official OpenAI SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from tests.upstreams import (
     scripted,
     upstream,
 )
+from tests.upstreams import DONE as SSE_DONE
+from tests.upstreams import chunk as sse_chunk
 
 __all__ = ["scripted", "serve", "upstream"]  # the fixtures, imported
 
@@ -356,3 +359,65 @@ def test_an_empty_answer_not_streamed_is_said_and_counted_as_empty(
     assert failed.value.message.endswith("every upstream tried failed: m: empty answer")
     metrics = httpx.get(f"{base}/metrics").text
     assert 'bandit_gateway_upstream_failures_total{arm="m",kind="empty"} 1.0' in metrics
+
+
+def _gzipped(body: bytes, status: int = 200, media: str = "application/json") -> Script:
+    """An upstream that encodes its answer whatever the request accepts."""
+    return Script((gzip.compress(body),), status, media, (("content-encoding", "gzip"),))
+
+
+ERROR = {"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_an_answer_encoded_though_asked_for_none_is_decoded(
+    serve: Serve, scripted: StartScripted, status: int
+) -> None:
+    """An upstream that gzips its answer though the gateway asks for identity: its answer was
+    read as sent, no JSON (a 502), and a 4xx body passed on as gzip's bytes, without the
+    Content-Encoding that says so: an error no client could read."""
+    body = orjson.dumps(SUNNY if status == 200 else ERROR)
+    _, clients = _both(serve, scripted, _gzipped(body, status))
+    reads: list[Any] = []
+    for client in clients:
+        try:
+            reads.append(client.chat.completions.create(model="m", messages=HI).model_dump())
+        except openai.APIStatusError as e:
+            reads.append((type(e), e.status_code, e.message, e.body))
+        finally:
+            client.close()
+    direct, through = reads
+    assert through == direct
+    assert "Sunny." in str(direct) if status == 200 else "max_tokens is too large" in str(direct)
+
+
+def test_a_stream_encoded_though_asked_for_none_is_decoded(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """The same of a stream: its events were passed on as gzip's bytes, which the SDK could
+    not read (it raised ``UnicodeDecodeError``), and the call was recorded as the arm's
+    success."""
+    events = sse_chunk("Sunny.") + SSE_DONE
+    _, clients = _both(serve, scripted, _gzipped(events, media="text/event-stream"))
+    reads = []
+    for client in clients:
+        with client:
+            stream = client.chat.completions.create(model="m", messages=HI, stream=True)
+            reads.append([chunk.model_dump() for chunk in stream])
+    direct, through = reads
+    assert through == direct and direct[0]["choices"][0]["delta"]["content"] == "Sunny."
+
+
+def test_an_encoded_answer_is_bounded_by_its_decoded_size(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """``BANDIT_GATEWAY_MAX_RESPONSE_BYTES`` counts the bytes decoded: 30 MB of gzip's zeros,
+    sent as 30 KB, are not held in memory but refused, the arm's failure (``too_large``)."""
+    url, _ = scripted({"m": _gzipped(b" " * 30_000_000)})
+    arms = [{"name": "m", "upstream": {"base_url": url, "model": "m"}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, gateway_max_response_bytes=100_000)
+    refused = _post(base, orjson.dumps({"model": "m", "messages": HI}))
+    assert refused.status_code == 502, refused.text
+    assert "m: answer over 100000 bytes" in refused.json()["detail"]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="m",kind="too_large"} 1.0' in metrics
