@@ -1,10 +1,13 @@
 """The gateway against hostile or broken input from both sides: a client body nested too deep or
-holding numbers too large, and an upstream that answers with impossible token counts or far too
-many bytes. The app under uvicorn, replay upstreams on loopback (rewritten where they misbehave),
-real Redis, the official OpenAI SDK and httpx as clients."""
+holding numbers too large, and an upstream that answers with impossible token counts, far too
+many bytes, JSON that orjson refuses but the SDK reads, an encoding it was not asked for, or
+nothing. The app under uvicorn, replay and scripted upstreams on loopback (rewritten where they
+misbehave), real Redis, the official OpenAI SDK and httpx as clients."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,12 +18,25 @@ import orjson
 import pytest
 
 from tests.live import final_parts, serve
-from tests.upstreams import ARMS, Upstream, arm, arms_json, rows, upstream
+from tests.upstreams import (
+    ARMS,
+    Script,
+    Scripted,
+    Upstream,
+    arm,
+    arms_json,
+    rows,
+    scripted,
+    upstream,
+)
+from tests.upstreams import DONE as SSE_DONE
+from tests.upstreams import chunk as sse_chunk
 
-__all__ = ["serve", "upstream"]  # the fixtures, imported
+__all__ = ["scripted", "serve", "upstream"]  # the fixtures, imported
 
 Serve = Callable[..., str]
 Start = Callable[..., Upstream]
+StartScripted = Callable[[dict[str, Script]], tuple[str, Scripted]]
 KEY = "service-key-1"
 AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
 
@@ -84,7 +100,7 @@ def test_a_body_nested_too_deep_is_refused_before_any_decision(
 # Errors name what the client sent
 
 
-HI = [{"role": "user", "content": "hi"}]
+HI: list[Any] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize(
@@ -256,3 +272,152 @@ def test_an_answer_over_the_size_limit_is_the_arms_failure(serve: Serve, upstrea
     assert answered.status_code == 200 and len(answered.json()["padding"]) == 50_000
     metrics = httpx.get(f"{base}/metrics").text
     assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="too_large"}' in metrics
+
+
+# What the openai SDK reads of an upstream's answer, it reads through the gateway
+
+
+SUNNY: dict[str, Any] = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Sunny."},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ],
+    "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
+}
+
+
+def _logprob(value: float) -> dict[str, Any]:
+    """SUNNY with a token's logprob of ``value``."""
+    token = {"token": "Sunny", "logprob": value, "bytes": [83], "top_logprobs": []}
+    choice = {**SUNNY["choices"][0], "logprobs": {"content": [token], "refusal": None}}
+    return {**SUNNY, "choices": [choice]}
+
+
+def _cut(text: str) -> dict[str, Any]:
+    choice = {**SUNNY["choices"][0], "message": {"role": "assistant", "content": text}}
+    return {**SUNNY, "choices": [choice]}
+
+
+def _both(serve: Serve, scripted: StartScripted, script: Script) -> tuple[str, list[openai.OpenAI]]:
+    """A gateway whose one arm ``m`` (priced) is a scripted upstream answering ``script``; its
+    base URL, and the SDK on the upstream and on the gateway."""
+    url, _ = scripted({"m": script})
+    arms = [{"name": "m", "usd_per_mtok": 1.0, "upstream": {"base_url": url, "model": "m"}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
+    clients = [
+        openai.OpenAI(base_url=there, api_key=KEY, max_retries=0) for there in (url, f"{base}/v1")
+    ]
+    return base, clients
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xef\xbb\xbf" + orjson.dumps(SUNNY),  # a byte order mark, as .NET writers put one
+        json.dumps(_logprob(float("-inf"))).encode(),  # -Infinity, as Python's json writes it
+        json.dumps(_logprob(float("nan"))).encode(),
+        json.dumps(_cut("cut \ud83d")).encode(),  # a lone surrogate, escaped (JSON.stringify)
+    ],
+    ids=["bom", "-infinity", "nan", "lone-surrogate"],
+)
+def test_an_answer_the_sdk_reads_as_json_is_passed_on_not_failed(
+    serve: Serve, scripted: StartScripted, body: bytes
+) -> None:
+    """JSON that orjson refuses but the SDK reads (Python's json) is an answer: before, the
+    gateway called it "something other than a JSON object", the arm's failure (a 502, or
+    another arm's answer), and recorded no cost."""
+    base, (direct, through) = _both(serve, scripted, Script((body,), 200, "application/json"))
+    try:
+        raw = through.chat.completions.with_raw_response.create(model="m", messages=HI)
+        want = direct.chat.completions.create(model="m", messages=HI)
+    finally:
+        direct.close()
+        through.close()
+    assert repr(raw.parse().model_dump()) == repr(want.model_dump())  # NaN as NaN
+    parts = final_parts(base, raw.headers["x-bandit-event-id"], KEY)
+    assert parts["cost_usd"] == pytest.approx(150 / 1e6)  # its usage was read
+
+
+def test_an_empty_answer_not_streamed_is_said_and_counted_as_empty(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """An empty body, as an empty stream is: "empty answer", kind ``empty`` (README, Metrics),
+    not "something other than a JSON object" (``protocol``)."""
+    base, (direct, through) = _both(serve, scripted, Script((), 200, "application/json"))
+    direct.close()
+    with through, pytest.raises(openai.InternalServerError) as failed:
+        through.chat.completions.create(model="m", messages=HI)
+    assert failed.value.status_code == 502
+    assert failed.value.message.endswith("every upstream tried failed: m: empty answer")
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="m",kind="empty"} 1.0' in metrics
+
+
+def _gzipped(body: bytes, status: int = 200, media: str = "application/json") -> Script:
+    """An upstream that encodes its answer whatever the request accepts."""
+    return Script((gzip.compress(body),), status, media, (("content-encoding", "gzip"),))
+
+
+ERROR = {"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_an_answer_encoded_though_asked_for_none_is_decoded(
+    serve: Serve, scripted: StartScripted, status: int
+) -> None:
+    """An upstream that gzips its answer though the gateway asks for identity: its answer was
+    read as sent, no JSON (a 502), and a 4xx body passed on as gzip's bytes, without the
+    Content-Encoding that says so: an error no client could read."""
+    body = orjson.dumps(SUNNY if status == 200 else ERROR)
+    _, clients = _both(serve, scripted, _gzipped(body, status))
+    reads: list[Any] = []
+    for client in clients:
+        try:
+            reads.append(client.chat.completions.create(model="m", messages=HI).model_dump())
+        except openai.APIStatusError as e:
+            reads.append((type(e), e.status_code, e.message, e.body))
+        finally:
+            client.close()
+    direct, through = reads
+    assert through == direct
+    assert "Sunny." in str(direct) if status == 200 else "max_tokens is too large" in str(direct)
+
+
+def test_a_stream_encoded_though_asked_for_none_is_decoded(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """The same of a stream: its events were passed on as gzip's bytes, which the SDK could
+    not read (it raised ``UnicodeDecodeError``), and the call was recorded as the arm's
+    success."""
+    events = sse_chunk("Sunny.") + SSE_DONE
+    _, clients = _both(serve, scripted, _gzipped(events, media="text/event-stream"))
+    reads = []
+    for client in clients:
+        with client:
+            stream = client.chat.completions.create(model="m", messages=HI, stream=True)
+            reads.append([chunk.model_dump() for chunk in stream])
+    direct, through = reads
+    assert through == direct and direct[0]["choices"][0]["delta"]["content"] == "Sunny."
+
+
+def test_an_encoded_answer_is_bounded_by_its_decoded_size(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """``BANDIT_GATEWAY_MAX_RESPONSE_BYTES`` counts the bytes decoded: 30 MB of gzip's zeros,
+    sent as 30 KB, are not held in memory but refused, the arm's failure (``too_large``)."""
+    url, _ = scripted({"m": _gzipped(b" " * 30_000_000)})
+    arms = [{"name": "m", "upstream": {"base_url": url, "model": "m"}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, gateway_max_response_bytes=100_000)
+    refused = _post(base, orjson.dumps({"model": "m", "messages": HI}))
+    assert refused.status_code == 502, refused.text
+    assert "m: answer over 100000 bytes" in refused.json()["detail"]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="m",kind="too_large"} 1.0' in metrics

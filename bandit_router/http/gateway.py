@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -570,10 +571,9 @@ async def _attempt(
     if not call.stream:
         body = await _read(response, arm, limit)
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            answer = None
+        if not body:  # as an empty stream is: said so, of kind empty (not protocol)
+            raise UpstreamFailure(arm.name, "empty answer", "empty")
+        answer = _answer(body)
         if not isinstance(answer, dict):  # an HTML page, a stream: no answer the client can read
             reason = "answered something other than a JSON object"
             raise UpstreamFailure(arm.name, reason, "protocol")
@@ -684,6 +684,22 @@ def _unread(response: aiohttp.ClientResponse, error: BaseException) -> bytes:
     # pinned by a test; should a release rename it, those bytes are lost, nothing else breaks
     read_buffered = getattr(response.content, "_read_nowait", None)
     return bytes(read_buffered(-1)) if callable(read_buffered) else b""
+
+
+def _answer(body: bytes) -> Any:
+    """A non-streamed answer read as JSON as the openai SDK reads it (Python's ``json``, which
+    httpx's ``Response.json`` calls), or None. orjson reads most answers, faster; what it refuses
+    but the SDK reads is an answer all the same, not the arm's failure: a UTF-8 byte order mark,
+    ``NaN`` or ``-Infinity`` (which Python's json writes, a vLLM logprob of -inf among them), an
+    escaped lone surrogate (JavaScript's ``JSON.stringify`` of a text cut inside a pair)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def _error_event(message: str) -> bytes:

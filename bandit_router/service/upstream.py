@@ -131,7 +131,12 @@ class Upstreams:
             connector = aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                auto_decompress=False,  # the upstream is asked for identity encoding
+                # The upstream is asked for identity encoding; one that encodes its answer all
+                # the same (gzip, deflate) has it decoded here, as the openai SDK would: read as
+                # sent, it is no JSON (the arm's failure), and a 4xx's body or a stream passed
+                # on without its Content-Encoding is bytes no client can read. aiohttp decodes
+                # in bounded pieces, and MAX_RESPONSE_BYTES counts the decoded bytes.
+                auto_decompress=True,
                 # Shared by every client's calls: a cookie one answer set would ride along with
                 # the next client's request (and the jar would grow with whatever is set).
                 cookie_jar=aiohttp.DummyCookieJar(),
