@@ -195,6 +195,21 @@ def test_impossible_usage_records_no_cost_and_the_answer_goes_through(
     _still_readable(base)
 
 
+def test_an_upstream_whose_every_usage_is_unusable_is_said_once_a_period(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider that always counts its tokens in strings: said at its first call, then at most
+    every 10 s with the count of the others; not a line a call."""
+    url, _ = upstream(speed=1000, rewrite=_usage("5", "3"))
+    base = _gateway(serve, url)
+    with caplog.at_level(logging.WARNING):
+        for row in rows()[:4]:
+            raw = _post(base, orjson.dumps({"model": "llama2-7b", "messages": _ask(row)}))
+            assert raw.status_code == 200, raw.text
+    said = [r for r in caplog.records if "answered an unusable usage" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+
+
 @pytest.mark.parametrize("client_usage", [True, False])
 def test_impossible_usage_in_a_stream_passes_every_event_and_done(
     serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, client_usage: bool

@@ -222,6 +222,31 @@ def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start
     assert set(done.json()["parts"]) == {"latency_ms"}
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        b'{"error": {"message": "cut \\ud83d", "type": "server_error"}}',  # JSON.stringify's
+        b'{"error": {"message": "overloaded", "retry_after": NaN}}',  # Python's json's
+    ],
+    ids=["lone-surrogate", "nan"],
+)
+def test_an_error_event_the_sdk_reads_is_the_arms_failure(
+    serve: Serve, scripted: Start, error: bytes
+) -> None:
+    """An error event that orjson refuses but the SDK reads (and raises) is an error all the
+    same: it was passed on as the upstream's, but the call counted as the arm's success."""
+    scripts = {"errs": Script((chunk("a"), b"data: " + error + b"\n\n"))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    stream = sdk_client(base, KEY).chat.completions.create(model="errs", messages=HI, stream=True)
+    with pytest.raises(openai.APIError):
+        list(stream)
+    assert _stats(base, "errs")["rewards"] == 1 and _stats(base, "errs")["mean_reward"] == 0
+    assert 'bandit_gateway_upstream_failures_total{arm="errs",kind="midstream"} 1.0' in (
+        _failures(base)
+    )
+
+
 def test_an_upstream_that_drops_its_connection_after_done_has_answered_whole(
     serve: Serve, scripted: Start
 ) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -45,7 +44,13 @@ from bandit_router.http.openapi import (
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
 from bandit_router.service.router import ChooseResult, Router
-from bandit_router.service.upstream import Measured, StreamMeter, UpstreamFailure, Upstreams
+from bandit_router.service.upstream import (
+    Measured,
+    StreamMeter,
+    UpstreamFailure,
+    Upstreams,
+    read_json,
+)
 from bandit_router.settings import ArmSpec, Settings, check_weights, parse_weights
 from bandit_router.throttle import Throttle
 
@@ -104,18 +109,26 @@ class Gateway:
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
         self.upstreams = Upstreams(settings)
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
-        self._failures = Throttle()  # by arm
+        self._said = Throttle()  # by what and arm
 
     async def close(self) -> None:
         await self.upstreams.close()
 
     def failed(self, arm: str, message: str) -> None:
-        """Say that ``arm``'s upstream failed: at once, then at most every
-        ``FAILURES_SAID_EVERY_S`` seconds per arm, with the count of those not said between."""
-        due = self._failures.due(FAILURES_SAID_EVERY_S, arm)
+        """Say that ``arm``'s upstream failed."""
+        self._say("failures", arm, message)
+
+    def unusable(self, arm: str, message: str) -> None:
+        """Say that ``arm``'s upstream answered a usage no cost can be taken from."""
+        self._say("unusable usages", arm, message)
+
+    def _say(self, what: str, arm: str, message: str) -> None:
+        """At once, then at most every ``FAILURES_SAID_EVERY_S`` seconds per arm and ``what``,
+        with the count of those not said between."""
+        due = self._said.due(FAILURES_SAID_EVERY_S, f"{what} {arm}")
         if due is None:
             return
-        more = f" ({due.count} more of its failures since the last said)" if due.count else ""
+        more = f" ({due.count} more of its {what} since the last said)" if due.count else ""
         log.warning("gateway: upstream of arm %s %s%s", arm, message, more)
 
     def models(self) -> list[str]:
@@ -559,7 +572,7 @@ async def _attempt(
 ) -> Response:
     """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
     upstreams = gateway.upstreams
-    measured = Measured(arm=arm.name)
+    measured = Measured(arm=arm.name, say=gateway.unusable)
     response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
     headers = _headers(event_id, arm.name)
     limit = gateway.settings.gateway_max_response_bytes
@@ -573,7 +586,7 @@ async def _attempt(
         measured.total_s = measured.first_token_s = time.perf_counter() - measured.start
         if not body:  # as an empty stream is: said so, of kind empty (not protocol)
             raise UpstreamFailure(arm.name, "empty answer", "empty")
-        answer = _answer(body)
+        answer = read_json(body)
         if not isinstance(answer, dict):  # an HTML page, a stream: no answer the client can read
             reason = "answered something other than a JSON object"
             raise UpstreamFailure(arm.name, reason, "protocol")
@@ -684,22 +697,6 @@ def _unread(response: aiohttp.ClientResponse, error: BaseException) -> bytes:
     # pinned by a test; should a release rename it, those bytes are lost, nothing else breaks
     read_buffered = getattr(response.content, "_read_nowait", None)
     return bytes(read_buffered(-1)) if callable(read_buffered) else b""
-
-
-def _answer(body: bytes) -> Any:
-    """A non-streamed answer read as JSON as the openai SDK reads it (Python's ``json``, which
-    httpx's ``Response.json`` calls), or None. orjson reads most answers, faster; what it refuses
-    but the SDK reads is an answer all the same, not the arm's failure: a UTF-8 byte order mark,
-    ``NaN`` or ``-Infinity`` (which Python's json writes, a vLLM logprob of -inf among them), an
-    escaped lone surrogate (JavaScript's ``JSON.stringify`` of a text cut inside a pair)."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
 
 
 def _error_event(message: str) -> bytes:

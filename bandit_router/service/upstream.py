@@ -8,9 +8,11 @@ log line or exception here carries one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -49,6 +51,10 @@ class UpstreamFailure(Exception):
         self.kind = kind  # a metric label (README, Metrics: bandit_gateway_upstream_failures_total)
 
 
+def _said(arm: str, message: str) -> None:
+    log.warning("gateway: upstream of arm %s %s", arm, message)
+
+
 @dataclass(slots=True)
 class Measured:
     """What one upstream call measured, from the gateway's send to the last byte."""
@@ -60,6 +66,9 @@ class Measured:
     completion_tokens: int | None = None
     arm: str = "?"  # whose upstream answered, for the log
     usage_sent: bool = False  # the answer carried a ``usage`` object, usable or not
+    # How a usage no cost is taken from is said: the gateway's throttles it per arm (a provider
+    # whose every answer has one would otherwise write a line a call).
+    say: Callable[[str, str], None] = _said
 
     def usage(self, data: Any) -> None:
         """Take the token counts from an OpenAI ``usage`` object (the output's, when it lacks
@@ -78,12 +87,10 @@ class Measured:
             self.prompt_tokens, self.completion_tokens = prompt, completion
             return
         self.prompt_tokens = self.completion_tokens = None
-        log.warning(
-            "gateway: upstream of arm %s answered an unusable usage (prompt_tokens %.40r, "
-            "completion_tokens %.40r): no cost recorded for this call",
+        self.say(
             self.arm,
-            prompt,
-            completion,
+            f"answered an unusable usage (prompt_tokens {prompt!r:.40}, completion_tokens "
+            f"{completion!r:.40}): no cost recorded for this call",
         )
 
     def cost_usd(self, arm: ArmSpec) -> float | None:
@@ -101,12 +108,10 @@ class Measured:
             return None
         cost = (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
         if not 0 <= cost <= MAX_COST_USD:  # NaN fails too
-            log.warning(
-                "gateway: upstream of arm %s answered a usage costing %g USD, outside 0..%g: "
-                "no cost recorded for this call",
+            self.say(
                 arm.name,
-                cost,
-                MAX_COST_USD,
+                f"answered a usage costing {cost:g} USD, outside 0..{MAX_COST_USD:g}: no cost "
+                "recorded for this call",
             )
             return None
         return cost
@@ -295,12 +300,25 @@ def _data(event: bytes) -> bytes | None:
 
 
 def _json(data: bytes) -> Any:
-    """``data`` read as JSON, or None."""
+    """An event's ``data`` read as JSON when it may hold a usage or an error, else None."""
     if b'"usage"' not in data and b'"error"' not in data:
         return None
+    return read_json(data)
+
+
+def read_json(body: bytes) -> Any:
+    """An upstream's JSON read as the openai SDK reads it (Python's ``json``, which httpx's
+    ``Response.json`` calls), or None. orjson reads most, faster; what it refuses but the SDK
+    reads is JSON all the same: a UTF-8 byte order mark, ``NaN`` or ``-Infinity`` (which
+    Python's json writes, a vLLM logprob of -inf among them), an escaped lone surrogate
+    (JavaScript's ``JSON.stringify`` of a text cut inside a pair)."""
     try:
-        return orjson.loads(data)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 
