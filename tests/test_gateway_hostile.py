@@ -436,3 +436,40 @@ def test_an_encoded_answer_is_bounded_by_its_decoded_size(
     assert "m: answer over 100000 bytes" in refused.json()["detail"]
     metrics = httpx.get(f"{base}/metrics").text
     assert 'bandit_gateway_upstream_failures_total{arm="m",kind="too_large"} 1.0' in metrics
+
+
+ID = (("x-request-id", "req_8f3a2c"),)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        Script((orjson.dumps(SUNNY),), 200, "application/json", ID),
+        Script((sse_chunk("Sunny."), SSE_DONE), headers=ID),
+        Script((orjson.dumps(ERROR),), 400, "application/json", ID),
+        Script((orjson.dumps(SUNNY),), 200, "application/json", (("x-request-id", "a\tb"),)),
+    ],
+    ids=["answer", "stream", "4xx", "not-a-token"],
+)
+def test_the_upstreams_request_id_reaches_the_sdk(
+    serve: Serve, scripted: StartScripted, script: Script
+) -> None:
+    """The id a provider gives its call (the SDK's ``_request_id``, ``request_id`` of its
+    errors) is the client's through the gateway as it is directly; it was dropped with the
+    upstream's other headers. One that is not a short printable token is not passed on."""
+    stream = script.content_type == "text/event-stream"
+    _, clients = _both(serve, scripted, script)
+    ids = []
+    for client in clients:
+        with client:
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="m", messages=HI, stream=stream
+                )
+                ids.append(raw.headers.get("x-request-id"))
+                raw.parse()
+            except openai.APIStatusError as e:
+                ids.append(e.request_id)
+    direct, through = ids
+    assert direct == dict(script.headers)["x-request-id"]
+    assert through == (direct if direct == "req_8f3a2c" else None)

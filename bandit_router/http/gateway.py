@@ -57,6 +57,8 @@ from bandit_router.throttle import Throttle
 log = logging.getLogger("bandit_router")
 EVENT_HEADER = "x-bandit-event-id"
 ARM_HEADER = "x-bandit-arm"
+REQUEST_ID = "x-request-id"
+REQUEST_ID_CHARS = 200
 PREFERENCE_FEATURE = "preference"  # the app feature that carries a request's preference
 # An arm's upstream failures are said at most once in this many seconds, with how many were not
 # said: an upstream that is down fails every call, and a line each would flood the log.
@@ -563,8 +565,14 @@ class Relayed(StreamingResponse):
             self.slot.release()
 
 
-def _headers(event_id: str, arm: str) -> dict[str, str]:
-    return {EVENT_HEADER: event_id, ARM_HEADER: arm}
+def _headers(event_id: str, arm: str, upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    """Ours, and the upstream's ``x-request-id`` (the SDK's ``_request_id``, which a provider's
+    support asks for) when it is a short printable token: its other headers are its own."""
+    headers = {EVENT_HEADER: event_id, ARM_HEADER: arm}
+    given = upstream.headers.get(REQUEST_ID, "")
+    if 0 < len(given) <= REQUEST_ID_CHARS and given.isascii() and given.isprintable():
+        headers[REQUEST_ID] = given
+    return headers
 
 
 async def _attempt(
@@ -574,7 +582,7 @@ async def _attempt(
     upstreams = gateway.upstreams
     measured = Measured(arm=arm.name, say=gateway.unusable)
     response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
-    headers = _headers(event_id, arm.name)
+    headers = _headers(event_id, arm.name, response)
     limit = gateway.settings.gateway_max_response_bytes
     if response.status >= 400:  # the client's error: passed through as it came
         body = await _read(response, arm, limit)
