@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
@@ -671,3 +673,53 @@ def test_on_redis_cluster_a_switch_made_while_a_promotion_is_published_wins(
             await router.close()
 
     asyncio.run(scenario())
+
+
+def _window(*rows: tuple[float, ...]) -> bytes:
+    return np.array(rows, dtype="<f8").tobytes()
+
+
+# What a hand (or a bug) may leave in the challengers' hash, and what then starts afresh.
+NOT_READ = {
+    "a propensity of 0": ("window:linucb", _window((0.5, 0.0, 1.0, 0.5, 0.5)), "window"),
+    "a propensity over 1": ("window:linucb", _window((0.5, 2.0, 1.0, 0.5, 0.5)), "window"),
+    "a NaN": ("window:linucb", _window((math.nan, 0.5, 1.0, 0.5, 0.5)), "window"),
+    "clearing not a list": ("meta", b'{"stream_id": "0-0", "clearing": 5}', "all"),
+    "clearing of lists": ("meta", b'{"stream_id": "0-0", "clearing": [[1]]}', "all"),
+    "meta nested too deep": ("meta", b"[" * 100_000, "all"),
+    "a reward model too narrow": ("reward_model", b'{"dim": 11, "l2": 1, "arms": []}\n', "model"),
+    "a reward model nested too deep": ("reward_model", b"[" * 100_000 + b"\n", "model"),
+    "a reward model of NaN": (
+        "reward_model",
+        b'{"dim": 64, "l2": 1, "arms": ["4b"]}\n' + np.full(64 * 65, np.nan).tobytes(),
+        "model",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_READ))
+def test_stored_challenger_state_that_does_not_read_starts_afresh(
+    make_settings: SettingsFactory, make_client: ClientFactory, case: str
+) -> None:
+    """What the learner did not write there is not read: the part it spoils starts afresh. Read
+    as it was, it stopped the service's start (a TypeError, a RecursionError in the lease's
+    take-over), answered /stats with a 500 (propensities the estimators refuse) and, at each
+    judgement, /reward with a 500 for a reward already stored."""
+    field, garbage, spoils = NOT_READ[case]
+    settings = _settings(make_settings, challengers="linucb")
+
+    async def vandalise() -> None:
+        router = await _open(settings)
+        await _traffic(router, 120, seed=21)
+        await router.close()  # publishes the challengers' state, hands the lease over
+        await router.store.redis.hset(router.store.key(KEY_CHALLENGERS), field, garbage)
+        await router.store.close()
+
+    asyncio.run(vandalise())
+    client = make_client(settings)  # starts, and its learner takes the lease
+    _drive(client, 120, seed=22)  # judged at 100 events
+    stats = client.get("/stats", params={"window": 10})
+    assert stats.status_code == 200, stats.text
+    (row,) = stats.json()["challengers"]["challengers"]
+    assert row["events"] == (240 if spoils == "model" else 120)
+    assert row["dr"]["value"] is not None  # a NaN reward model made every DR estimate NaN

@@ -49,7 +49,7 @@ from bandit_router.policies.registry import (
 )
 from bandit_router.service.estimates import Interval
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event, stream_id_key
+from bandit_router.store.records import Event, is_stream_id, stream_id_key
 
 if TYPE_CHECKING:
     from bandit_router.service.learner import Learner
@@ -60,6 +60,7 @@ JUDGE_EVERY = 100  # scored events between judgements (estimates, promotion chec
 # Per scored event: the challenger's probability of the logged arm, the logged propensity and
 # reward, the reward model's prediction for the logged arm, and DR's direct term.
 COLUMNS = 5
+SLACK = 1e-9  # a sum of probabilities times predictions in [0, 1] may round a little above 1
 
 
 class Window:
@@ -87,10 +88,21 @@ class Window:
 
     @classmethod
     def loads(cls, size: int, data: bytes) -> Window:
-        rows = np.frombuffer(data, dtype="<f8")
-        if len(rows) % COLUMNS:
-            raise ValueError(f"a window of {len(rows)} values is not rows of {COLUMNS}")
-        kept = rows.reshape(-1, COLUMNS)[-size:]
+        """A window from ``dumps()``; ``ValueError`` for one the learner cannot have written (a
+        value not finite, a propensity outside (0, 1], another outside [0, 1]): read, it broke
+        every judgement and /stats (the estimators refuse such propensities), or scored on it."""
+        values = np.frombuffer(data, dtype="<f8")
+        if len(values) % COLUMNS:
+            raise ValueError(f"a window of {len(values)} values is not rows of {COLUMNS}")
+        rows = values.reshape(-1, COLUMNS)
+        if not np.all(np.isfinite(rows)):
+            raise ValueError("a window holds a value that is not finite")
+        p = rows[:, 1]  # the logged propensities
+        if np.any(p <= 0) or np.any(p > 1):
+            raise ValueError("a window holds a propensity outside (0, 1]")
+        if np.any(rows < 0) or np.any(rows > 1 + SLACK):
+            raise ValueError("a window holds a probability, reward or prediction outside [0, 1]")
+        kept = rows[-size:]
         window = cls(size)
         window._rows[: len(kept)] = kept
         window.count = len(kept)
@@ -348,17 +360,12 @@ class Bench:
         the log from there up to ``stream_id``, the champion's); fresh at ``stream_id`` when
         nothing usable is stored or the stored watermark is past it (the log was reset)."""
         specs = [parse_policy_spec(s) for s in pool(settings)]
-        try:
-            meta = json.loads(fields["meta"])
-            stored = str(meta["stream_id"])
-            stream_id_key(stored)
-        except (KeyError, ValueError, TypeError):
+        meta = _meta(fields.get("meta"))
+        if meta is None or stream_id_key(meta["stream_id"]) > stream_id_key(stream_id):
             return cls(champion, specs, settings, settings.seed, stream_id)
-        if stream_id_key(stored) > stream_id_key(stream_id):
-            return cls(champion, specs, settings, settings.seed, stream_id)
-        bench = cls(champion, [], settings, settings.seed, stored)
-        same = meta.get("champion") == str(champion)  # windows score against this champion
-        clearing = set(meta.get("clearing", []))
+        bench = cls(champion, [], settings, settings.seed, meta["stream_id"])
+        same = meta["champion"] == str(champion)  # windows score against this champion
+        clearing = set(meta["clearing"])
         for spec in specs:
             name = str(spec)
             if bench.same(spec, champion):
@@ -380,6 +387,29 @@ class Bench:
             except ValueError as e:
                 log.warning("challengers' reward model not restored (%s)", e)
         return bench
+
+
+def _meta(raw: bytes | None) -> dict[str, Any] | None:
+    """The stored state's ``meta`` as ``Bench.fields`` writes it, or None (nothing stored, or
+    written by another hand: a value of another type, JSON nested too deep), so that the
+    challengers start afresh rather than stop the learner's take-over, and the service's start."""
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    stored, champion = meta.get("stream_id"), meta.get("champion")
+    clearing = meta.get("clearing", [])
+    if not isinstance(stored, str) or not is_stream_id(stored):
+        return None
+    if not isinstance(clearing, list) or not all(isinstance(c, str) for c in clearing):
+        return None
+    return {
+        "stream_id": stored,
+        "champion": champion if isinstance(champion, str) else None,
+        "clearing": clearing,
+    }
 
 
 def _fmt(e: Estimate) -> str:
