@@ -10,6 +10,7 @@ the best arm (true value 0.2).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import redis
 
+from bandit_router.cli.main import main
 from bandit_router.errors import NotLearner, PolicyConflict
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
@@ -36,7 +38,13 @@ from bandit_router.sim.report import summary, table
 from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
 from bandit_router.store.repository import Store, open_store
 from bandit_router.store.transport import connect
-from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
+from tests.conftest import (
+    PLANTED_QUERIES,
+    ClientFactory,
+    SettingsFactory,
+    planted_replay,
+    use_settings,
+)
 
 ADMIN = {"X-API-Key": "admin-secret"}
 # The deployment of every test here, with the test's own Redis and prefix.
@@ -723,3 +731,54 @@ def test_stored_challenger_state_that_does_not_read_starts_afresh(
     (row,) = stats.json()["challengers"]["challengers"]
     assert row["events"] == (240 if spoils == "model" else 120)
     assert row["dr"]["value"] is not None  # a NaN reward model made every DR estimate NaN
+
+
+# A summary the learner did not write, and what each made of /stats and /metrics before.
+SUMMARIES = [
+    b'{"at": "x"}',  # 500: computed_at is no number
+    b'{"at": {"t": 1}, "challengers": []}',
+    b"[" * 100_000,  # 500: RecursionError
+]
+
+
+def test_a_summary_or_promotion_written_by_hand_breaks_no_reader(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a process that does not lead, /stats and /metrics read the learner's summary: one of
+    another shape is left out whole, not a 500. A promotion whose time no date can hold is left
+    out of /stats, and so of `bandit-router status`, which it stopped with a traceback."""
+    settings = _settings(make_settings, learn_in_workers=False)
+    client = make_client(settings)
+    keys = redis.Redis.from_url(settings.redis_url or "")
+    record = {
+        "ts": 1.7e9,
+        "from_policy": "random",
+        "to_policy": "linucb",
+        "by": "admin",
+        "events": 0,
+        "model_version": 0,
+        **{k: {"value": None, "low": None, "high": None, "n": 0} for k in ("snips", "dr")},
+        "champion": {"value": None, "low": None, "high": None, "n": 0},
+    }
+    for ts in (1e20, -1e20, 1e300):
+        keys.rpush(client_key(settings, KEY_PROMOTIONS), json.dumps({**record, "ts": ts}))
+    keys.rpush(client_key(settings, KEY_PROMOTIONS), json.dumps(record))
+    for i, garbage in enumerate(SUMMARIES):
+        keys.hset(client_key(settings, KEY_CHALLENGERS), "summary", garbage)
+        stats = client.get("/stats", params={"window": 20 + i})
+        assert stats.status_code == 200, stats.text
+        section = stats.json()["challengers"]
+        assert section["challengers"] == [] and section["computed_at"] is None
+        assert [p["ts"] for p in section["promotions"]] == [1.7e9]
+        assert client.get("/metrics").status_code == 200
+    keys.close()
+    use_settings(monkeypatch, settings)
+    assert main(["status"]) == 0
+    assert "promoted linucb over random (admin) at 2023-11-14" in capsys.readouterr().out
+
+
+def client_key(settings: Settings, template: str) -> str:
+    return template.replace("{p}", "{" + settings.key_prefix + "}")

@@ -49,7 +49,7 @@ from bandit_router.policies.registry import (
 )
 from bandit_router.service.estimates import Interval
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event, is_stream_id, stream_id_key
+from bandit_router.store.records import MAX_TS, Event, is_stream_id, stream_id_key
 
 if TYPE_CHECKING:
     from bandit_router.service.learner import Learner
@@ -468,7 +468,9 @@ class ChallengerView(BaseModel):
 
 
 class PromotionView(BaseModel):
-    ts: float = Field(description="when, unix s", examples=[1.7e9])
+    # Bounded: a record written by hand with a time no date holds is left out (_promotion_views),
+    # not shown to `bandit-router status`, whose date of it raised.
+    ts: float = Field(description="when, unix s", examples=[1.7e9], ge=0, le=MAX_TS)
     from_policy: str = Field(description="the champion replaced", examples=["squarecb"])
     to_policy: str = Field(description="the challenger promoted", examples=["linucb"])
     by: str = Field(description="`auto` (BANDIT_AUTO_PROMOTE) or `admin`", examples=["auto"])
@@ -529,10 +531,13 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         raw = await learner.store.challenger_field("summary")
         try:  # the learner's last summary; one written by hand is not read, not a 500
             data = json.loads(raw) if raw else {}
-            found = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
-            champion, at = str(data.get("champion", champion)), data.get("at")
-        except (ValueError, TypeError, AttributeError) as e:
-            log.warning("the challengers' summary is not readable, left out: %s", e)
+            views = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
+            when = data.get("at")
+            if when is not None and not _is_time(when):
+                raise ValueError(f"at is not a time: {when!r:.40}")
+            champion, at, found = str(data.get("champion", champion)), when, views
+        except (ValueError, TypeError, AttributeError, RecursionError) as e:
+            log.warning("the challengers' summary is not readable, left out: %.200s", e)
     return ChallengersView(
         champion=champion,
         auto_promote=settings.auto_promote,
@@ -542,6 +547,11 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         challengers=found,
         promotions=_promotion_views(await learner.store.promotions(promotions)),
     )
+
+
+def _is_time(value: Any) -> bool:
+    """A time a date can hold (unix s, years 1970..9999), as the learner writes one."""
+    return type(value) in (int, float) and 0 <= value <= MAX_TS
 
 
 def _promotion_views(records: list[dict[str, Any]]) -> list[PromotionView]:
