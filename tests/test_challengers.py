@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from bandit_router.cli.main import main
-from bandit_router.errors import NotLearner, PolicyConflict
+from bandit_router.errors import NotLearner, PolicyConflict, StoreUnavailable
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
@@ -544,6 +544,7 @@ def test_a_promotion_refused_for_a_lost_lease_is_never_published_later(
         await router.store.redis.set(lease, "another-learner")  # it stalled past its lease
         with pytest.raises(NotLearner):
             await router.learner.promote("linucb")
+        assert str(router.model.spec) == "random"  # at once: a follower serves what Redis holds
         await router.store.redis.delete(lease)  # the other one stopped: it leads again
         assert await router.learner.lead()
         assert str(router.model.spec) == "random"  # what Redis holds, not the refused promotion
@@ -782,3 +783,53 @@ def test_a_summary_or_promotion_written_by_hand_breaks_no_reader(
 
 def client_key(settings: Settings, template: str) -> str:
     return template.replace("{p}", "{" + settings.key_prefix + "}")
+
+
+@pytest.mark.parametrize("by", ["admin", "auto"])
+def test_a_promotion_redis_refused_is_dropped_not_published_later(
+    redis_process: Any, tmp_path: Path, by: str
+) -> None:
+    """Redis refuses the promotion's publish (out of memory here): the promotion is not made.
+    The champion serves on at once, and once Redis takes writes again neither the promoted model
+    nor its record or policy reach it. Kept, the promotion went out with the next snapshot,
+    after the admin had been told 503 (retry later: a retry was then a 422, "the champion")."""
+    settings = Settings(
+        **CHALLENGE,
+        auto_promote=by == "auto",
+        redis_url=redis_process.url,
+        data_dir=str(tmp_path / "data"),
+        key_prefix="refused",
+        seed=7,
+    )
+    server = redis.Redis.from_url(redis_process.url)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        worker = await _open(settings)  # logs events the learner has not read yet
+        await _traffic(router, 60, seed=23)
+        if by == "auto":  # linucb clears after 100 to 220 events
+            await _traffic(worker, 200, seed=25)
+        server.config_set("maxmemory-policy", "noeviction")
+        server.config_set("maxmemory", 1)  # every write refused from now on
+        with pytest.raises(StoreUnavailable):
+            if by == "admin":
+                await router.learner.promote("linucb")
+            else:  # the learner reads them: it judges, and its promotion's publish is refused
+                while await router.learner.step():
+                    pass
+        assert str(router.model.spec) == "random"  # at once, not the promoted model
+        server.config_set("maxmemory", 0)
+        assert await router.learner.lead()  # what its loop does at the next renewal
+        assert str(router.model.spec) == "random"
+        await router.learner.publish()  # (no traffic: linucb may clear again, and be promoted)
+        assert await router.store.promotions() == []
+        assert await router.store.policy_override() is None
+        assert (await router.store.snapshot_head() or ("",))[0] == "random"
+        record = await router.learner.promote("linucb")  # and a promotion now is made
+        assert (record["from_policy"], record["to_policy"]) == ("random", "linucb")
+        await router.close()
+        await router.store.close()
+        await worker.store.close()
+
+    asyncio.run(scenario())
+    server.close()
