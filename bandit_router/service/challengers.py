@@ -60,7 +60,7 @@ JUDGE_EVERY = 100  # scored events between judgements (estimates, promotion chec
 # Per scored event: the challenger's probability of the logged arm, the logged propensity and
 # reward, the reward model's prediction for the logged arm, and DR's direct term.
 COLUMNS = 5
-SLACK = 1e-9  # a sum of probabilities times predictions in [0, 1] may round a little above 1
+SLACK = 1e-9  # a probability, or a sum of them times predictions, may round a little past 0 or 1
 
 
 class Window:
@@ -100,7 +100,7 @@ class Window:
         p = rows[:, 1]  # the logged propensities
         if np.any(p <= 0) or np.any(p > 1):
             raise ValueError("a window holds a propensity outside (0, 1]")
-        if np.any(rows < 0) or np.any(rows > 1 + SLACK):
+        if np.any(rows < -SLACK) or np.any(rows > 1 + SLACK):
             raise ValueError("a window holds a probability, reward or prediction outside [0, 1]")
         kept = rows[-size:]
         window = cls(size)
