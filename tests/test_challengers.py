@@ -689,7 +689,7 @@ def _window(*rows: tuple[float, ...]) -> bytes:
 
 
 # What a hand (or a bug) may leave in the challengers' hash, and what then starts afresh.
-NOT_READ = {
+NOT_READ: dict[str, tuple[str | bytes, bytes, str]] = {
     "a propensity of 0": ("window:linucb", _window((0.5, 0.0, 1.0, 0.5, 0.5)), "window"),
     "a propensity over 1": ("window:linucb", _window((0.5, 2.0, 1.0, 0.5, 0.5)), "window"),
     "a NaN": ("window:linucb", _window((math.nan, 0.5, 1.0, 0.5, 0.5)), "window"),
@@ -703,6 +703,7 @@ NOT_READ = {
         b'{"dim": 64, "l2": 1, "arms": ["4b"]}\n' + np.full(64 * 65, np.nan).tobytes(),
         "model",
     ),
+    "a field name not UTF-8": (b"window:\xff", _window((0.5, 0.5, 1.0, 0.5, 0.5)), "nothing"),
 }
 
 
@@ -730,7 +731,7 @@ def test_stored_challenger_state_that_does_not_read_starts_afresh(
     stats = client.get("/stats", params={"window": 10})
     assert stats.status_code == 200, stats.text
     (row,) = stats.json()["challengers"]["challengers"]
-    assert row["events"] == (240 if spoils == "model" else 120)
+    assert row["events"] == (120 if spoils in ("window", "all") else 240)
     assert row["dr"]["value"] is not None  # a NaN reward model made every DR estimate NaN
 
 
