@@ -26,7 +26,8 @@ from bandit_router.cli.main import main
 from bandit_router.errors import NotLearner, PolicyConflict, StoreUnavailable
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
-from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.policies.vw import VWPolicy, adf_example
 from bandit_router.rewards import RewardConfig, RewardParts
 from bandit_router.service.challengers import Bench, challengers_view
 from bandit_router.service.router import Router
@@ -834,3 +835,58 @@ def test_a_promotion_redis_refused_is_dropped_not_published_later(
 
     asyncio.run(scenario())
     server.close()
+
+
+def _cannot_choose(settings: Settings) -> bytes:
+    """A squarecb model whose weights are NaN (VW taught an infinite cost): it loads, as its
+    format is sound, but every choice it makes raises."""
+    policy = build_policy("squarecb", settings, 7)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("4b"), Arm("7b"), Arm("14b")]
+    poison = "\n".join(adf_example(extract("what is a cat"), arms, 0, float("inf"), 0.5))
+    for vw in policy.regressors:
+        vw.learn(poison)
+    return policy.dumps()
+
+
+def test_a_challenger_that_cannot_choose_is_dropped_and_the_champion_learns_on(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A challenger's model in Redis that loads but cannot choose (written by hand, or by a bug)
+    stops neither the champion's learning nor the other challengers': it is dropped, said in the
+    log, and starts afresh at the next learner start. Before, its first event raised out of the
+    learner's step: the learner's loop died, the lease lapsed and nothing more was learned."""
+    settings = _settings(make_settings, challengers="squarecb,linucb")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 50, seed=26)
+        await router.close()
+        key = router.store.key(KEY_CHALLENGERS)
+        await router.store.redis.hset(key, "policy:squarecb", _cannot_choose(settings))
+        await router.store.close()
+
+        learner = await _open(settings)  # takes the lease, and the challengers as stored
+        worker = await _open(settings)  # logs events for the learner to read
+        await _traffic(worker, 100, seed=27)
+        with caplog.at_level(logging.ERROR, logger="bandit_router"):
+            while await learner.learner.step():
+                pass
+        assert learner.version == 150  # the champion learned every event
+        assert learner.learner.bench is not None
+        assert set(learner.learner.bench.challengers) == {"linucb"}
+        assert _standings(learner)["linucb"][0] == 150
+        assert "challenger squarecb dropped" in caplog.text
+        await learner.close()  # its snapshot leaves the dropped one out
+        await learner.store.close()
+        await worker.store.close()
+
+        again = await _open(settings)
+        assert again.learner.bench is not None
+        assert set(again.learner.bench.challengers) == {"squarecb", "linucb"}  # afresh
+        await _traffic(again, 20, seed=28)
+        assert _standings(again)["squarecb"][0] == 20
+        await again.close()
+        await again.store.close()
+
+    asyncio.run(scenario())

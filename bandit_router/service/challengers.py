@@ -209,13 +209,24 @@ class Bench:
             return
         rhat = self.reward_model.predict(x, [a.name for a in arms])
         q = rhat.get(arm, 0.5)
-        for c in self.challengers.values():
-            pmf = c.policy.choose(x, arms).probabilities  # before it learns this event
-            direct = sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
+        for name, c in list(self.challengers.items()):
+            try:
+                pmf = c.policy.choose(x, arms).probabilities  # before it learns this event
+                direct = sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
+                c.policy.learn(x, arms, arm, probability, reward)
+            except Exception:  # anything: its model is not the champion's
+                self._drop(name)
+                continue
             c.window.add((pmf.get(arm, 0.0), probability, reward, q, direct))
-            c.policy.learn(x, arms, arm, probability, reward)
         self.reward_model.learn(x, arm, reward)
         self._unjudged += 1
+
+    def _drop(self, name: str) -> None:
+        """Drop challenger ``name``, whose model cannot choose or learn (a state that loads but
+        holds NaN, written by hand or by a bug): raised, it stopped the learner's step and so
+        all learning. Its next snapshot leaves it out; it starts afresh at the next start."""
+        log.exception("challenger %s dropped: its model cannot choose or learn", name)
+        del self.challengers[name]
 
     def learn(
         self, event: Event, arms: Mapping[str, Arm], x: Features | None = None, late: bool = False
