@@ -212,12 +212,12 @@ class Bench:
         for name, c in list(self.challengers.items()):
             try:
                 pmf = c.policy.choose(x, arms).probabilities  # before it learns this event
-                direct = sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
+                row = (pmf.get(arm, 0.0), probability, reward, q, _direct(pmf, rhat))
                 c.policy.learn(x, arms, arm, probability, reward)
             except Exception:  # anything: its model is not the champion's
                 self._drop(name)
                 continue
-            c.window.add((pmf.get(arm, 0.0), probability, reward, q, direct))
+            c.window.add(row)
         self.reward_model.learn(x, arm, reward)
         self._unjudged += 1
 
@@ -398,6 +398,11 @@ class Bench:
             except ValueError as e:
                 log.warning("challengers' reward model not restored (%s)", e)
         return bench
+
+
+def _direct(pmf: Mapping[str, float], rhat: Mapping[str, float]) -> float:
+    """DR's direct term: the reward model's prediction under the challenger's probabilities."""
+    return sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
 
 
 def _meta(raw: bytes | None) -> dict[str, Any] | None:
