@@ -10,19 +10,24 @@ the best arm (true value 0.2).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import random
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
-from bandit_router.errors import NotLearner, PolicyConflict
+from bandit_router.cli.main import main
+from bandit_router.errors import NotLearner, PolicyConflict, StoreUnavailable
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
-from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.policies.vw import VWPolicy, adf_example
 from bandit_router.rewards import RewardConfig, RewardParts
 from bandit_router.service.challengers import Bench, challengers_view
 from bandit_router.service.router import Router
@@ -34,7 +39,13 @@ from bandit_router.sim.report import summary, table
 from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
 from bandit_router.store.repository import Store, open_store
 from bandit_router.store.transport import connect
-from tests.conftest import PLANTED_QUERIES, ClientFactory, SettingsFactory, planted_replay
+from tests.conftest import (
+    PLANTED_QUERIES,
+    ClientFactory,
+    SettingsFactory,
+    planted_replay,
+    use_settings,
+)
 
 ADMIN = {"X-API-Key": "admin-secret"}
 # The deployment of every test here, with the test's own Redis and prefix.
@@ -534,6 +545,7 @@ def test_a_promotion_refused_for_a_lost_lease_is_never_published_later(
         await router.store.redis.set(lease, "another-learner")  # it stalled past its lease
         with pytest.raises(NotLearner):
             await router.learner.promote("linucb")
+        assert str(router.model.spec) == "random"  # at once: a follower serves what Redis holds
         await router.store.redis.delete(lease)  # the other one stopped: it leads again
         assert await router.learner.lead()
         assert str(router.model.spec) == "random"  # what Redis holds, not the refused promotion
@@ -669,5 +681,212 @@ def test_on_redis_cluster_a_switch_made_while_a_promotion_is_published_wins(
             await _promote_while_switched(router, switched, "admin")
             await _the_switch_won(router, other)
             await router.close()
+
+    asyncio.run(scenario())
+
+
+def _window(*rows: tuple[float, ...]) -> bytes:
+    return np.array(rows, dtype="<f8").tobytes()
+
+
+# What a hand (or a bug) may leave in the challengers' hash, and what then starts afresh.
+NOT_READ: dict[str, tuple[str | bytes, bytes, str]] = {
+    "a propensity of 0": ("window:linucb", _window((0.5, 0.0, 1.0, 0.5, 0.5)), "window"),
+    "a propensity over 1": ("window:linucb", _window((0.5, 2.0, 1.0, 0.5, 0.5)), "window"),
+    "a NaN": ("window:linucb", _window((math.nan, 0.5, 1.0, 0.5, 0.5)), "window"),
+    "clearing not a list": ("meta", b'{"stream_id": "0-0", "clearing": 5}', "all"),
+    "clearing of lists": ("meta", b'{"stream_id": "0-0", "clearing": [[1]]}', "all"),
+    "meta nested too deep": ("meta", b"[" * 100_000, "all"),
+    "a reward model too narrow": ("reward_model", b'{"dim": 11, "l2": 1, "arms": []}\n', "model"),
+    "a reward model nested too deep": ("reward_model", b"[" * 100_000 + b"\n", "model"),
+    "a reward model of NaN": (
+        "reward_model",
+        b'{"dim": 64, "l2": 1, "arms": ["4b"]}\n' + np.full(64 * 65, np.nan).tobytes(),
+        "model",
+    ),
+    "a field name not UTF-8": (b"window:\xff", _window((0.5, 0.5, 1.0, 0.5, 0.5)), "nothing"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_READ))
+def test_stored_challenger_state_that_does_not_read_starts_afresh(
+    make_settings: SettingsFactory, make_client: ClientFactory, case: str
+) -> None:
+    """What the learner did not write there is not read: the part it spoils starts afresh. Read
+    as it was, it stopped the service's start (a TypeError, a RecursionError in the lease's
+    take-over), answered /stats with a 500 (propensities the estimators refuse) and, at each
+    judgement, /reward with a 500 for a reward already stored."""
+    field, garbage, spoils = NOT_READ[case]
+    settings = _settings(make_settings, challengers="linucb")
+
+    async def vandalise() -> None:
+        router = await _open(settings)
+        await _traffic(router, 120, seed=21)
+        await router.close()  # publishes the challengers' state, hands the lease over
+        await router.store.redis.hset(router.store.key(KEY_CHALLENGERS), field, garbage)
+        await router.store.close()
+
+    asyncio.run(vandalise())
+    client = make_client(settings)  # starts, and its learner takes the lease
+    _drive(client, 120, seed=22)  # judged at 100 events
+    stats = client.get("/stats", params={"window": 10})
+    assert stats.status_code == 200, stats.text
+    (row,) = stats.json()["challengers"]["challengers"]
+    assert row["events"] == (120 if spoils in ("window", "all") else 240)
+    assert row["dr"]["value"] is not None  # a NaN reward model made every DR estimate NaN
+
+
+# A summary the learner did not write, and what each made of /stats and /metrics before.
+SUMMARIES = [
+    b'{"at": "x"}',  # 500: computed_at is no number
+    b'{"at": {"t": 1}, "challengers": []}',
+    b"[" * 100_000,  # 500: RecursionError
+]
+
+
+def test_a_summary_or_promotion_written_by_hand_breaks_no_reader(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a process that does not lead, /stats and /metrics read the learner's summary: one of
+    another shape is left out whole, not a 500. A promotion whose time no date can hold is left
+    out of /stats, and so of `bandit-router status`, which it stopped with a traceback."""
+    settings = _settings(make_settings, learn_in_workers=False)
+    client = make_client(settings)
+    keys = redis.Redis.from_url(settings.redis_url or "")
+    record = {
+        "ts": 1.7e9,
+        "from_policy": "random",
+        "to_policy": "linucb",
+        "by": "admin",
+        "events": 0,
+        "model_version": 0,
+        **{k: {"value": None, "low": None, "high": None, "n": 0} for k in ("snips", "dr")},
+        "champion": {"value": None, "low": None, "high": None, "n": 0},
+    }
+    for ts in (1e20, -1e20, 1e300):
+        keys.rpush(client_key(settings, KEY_PROMOTIONS), json.dumps({**record, "ts": ts}))
+    keys.rpush(client_key(settings, KEY_PROMOTIONS), json.dumps(record))
+    for i, garbage in enumerate(SUMMARIES):
+        keys.hset(client_key(settings, KEY_CHALLENGERS), "summary", garbage)
+        stats = client.get("/stats", params={"window": 20 + i})
+        assert stats.status_code == 200, stats.text
+        section = stats.json()["challengers"]
+        assert section["challengers"] == [] and section["computed_at"] is None
+        assert [p["ts"] for p in section["promotions"]] == [1.7e9]
+        assert client.get("/metrics").status_code == 200
+    keys.close()
+    use_settings(monkeypatch, settings)
+    assert main(["status"]) == 0
+    assert "promoted linucb over random (admin) at 2023-11-14" in capsys.readouterr().out
+
+
+def client_key(settings: Settings, template: str) -> str:
+    return template.replace("{p}", "{" + settings.key_prefix + "}")
+
+
+@pytest.mark.parametrize("by", ["admin", "auto"])
+def test_a_promotion_redis_refused_is_dropped_not_published_later(
+    redis_process: Any, tmp_path: Path, by: str
+) -> None:
+    """Redis refuses the promotion's publish (out of memory here): the promotion is not made.
+    The champion serves on at once, and once Redis takes writes again neither the promoted model
+    nor its record or policy reach it. Kept, the promotion went out with the next snapshot,
+    after the admin had been told 503 (retry later: a retry was then a 422, "the champion")."""
+    settings = Settings(
+        **CHALLENGE,
+        auto_promote=by == "auto",
+        redis_url=redis_process.url,
+        data_dir=str(tmp_path / "data"),
+        key_prefix="refused",
+        seed=7,
+    )
+    server = redis.Redis.from_url(redis_process.url)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        worker = await _open(settings)  # logs events the learner has not read yet
+        await _traffic(router, 60, seed=23)
+        if by == "auto":  # linucb clears after 100 to 220 events
+            await _traffic(worker, 200, seed=25)
+        server.config_set("maxmemory-policy", "noeviction")
+        server.config_set("maxmemory", 1)  # every write refused from now on
+        with pytest.raises(StoreUnavailable):
+            if by == "admin":
+                await router.learner.promote("linucb")
+            else:  # the learner reads them: it judges, and its promotion's publish is refused
+                while await router.learner.step():
+                    pass
+        assert str(router.model.spec) == "random"  # at once, not the promoted model
+        server.config_set("maxmemory", 0)
+        assert await router.learner.lead()  # what its loop does at the next renewal
+        assert str(router.model.spec) == "random"
+        await router.learner.publish()  # (no traffic: linucb may clear again, and be promoted)
+        assert await router.store.promotions() == []
+        assert await router.store.policy_override() is None
+        assert (await router.store.snapshot_head() or ("",))[0] == "random"
+        record = await router.learner.promote("linucb")  # and a promotion now is made
+        assert (record["from_policy"], record["to_policy"]) == ("random", "linucb")
+        await router.close()
+        await router.store.close()
+        await worker.store.close()
+
+    asyncio.run(scenario())
+    server.close()
+
+
+def _cannot_choose(settings: Settings) -> bytes:
+    """A squarecb model whose weights are NaN (VW taught an infinite cost): it loads, as its
+    format is sound, but every choice it makes raises."""
+    policy = build_policy("squarecb", settings, 7)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("4b"), Arm("7b"), Arm("14b")]
+    poison = "\n".join(adf_example(extract("what is a cat"), arms, 0, float("inf"), 0.5))
+    for vw in policy.regressors:
+        vw.learn(poison)
+    return policy.dumps()
+
+
+def test_a_challenger_that_cannot_choose_is_dropped_and_the_champion_learns_on(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A challenger's model in Redis that loads but cannot choose (written by hand, or by a bug)
+    stops neither the champion's learning nor the other challengers': it is dropped, said in the
+    log, and starts afresh at the next learner start. Before, its first event raised out of the
+    learner's step: the learner's loop died, the lease lapsed and nothing more was learned."""
+    settings = _settings(make_settings, challengers="squarecb,linucb")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        await _traffic(router, 50, seed=26)
+        await router.close()
+        key = router.store.key(KEY_CHALLENGERS)
+        await router.store.redis.hset(key, "policy:squarecb", _cannot_choose(settings))
+        await router.store.close()
+
+        learner = await _open(settings)  # takes the lease, and the challengers as stored
+        worker = await _open(settings)  # logs events for the learner to read
+        await _traffic(worker, 100, seed=27)
+        with caplog.at_level(logging.ERROR, logger="bandit_router"):
+            while await learner.learner.step():
+                pass
+        assert learner.version == 150  # the champion learned every event
+        assert learner.learner.bench is not None
+        assert set(learner.learner.bench.challengers) == {"linucb"}
+        assert _standings(learner)["linucb"][0] == 150
+        assert "challenger squarecb dropped" in caplog.text
+        await learner.close()  # its snapshot leaves the dropped one out
+        await learner.store.close()
+        await worker.store.close()
+
+        again = await _open(settings)
+        assert again.learner.bench is not None
+        assert set(again.learner.bench.challengers) == {"squarecb", "linucb"}  # afresh
+        await _traffic(again, 20, seed=28)
+        assert _standings(again)["squarecb"][0] == 20
+        await again.close()
+        await again.store.close()
 
     asyncio.run(scenario())

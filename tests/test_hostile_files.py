@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,28 @@ def test_a_good_dsjson_log_still_trains(tmp_path: Path) -> None:
     out = tmp_path / "x.json"
     assert main(["train", str(path), "--out", str(out), "--policy", "squarecb"]) == 0
     assert json.loads(out.read_text())["model_version"] == 2
+
+
+def test_train_holds_one_event_of_a_dsjson_log_at_a_time(tmp_path: Path) -> None:
+    """A DSJSON log is taught as it is read: memory does not grow with the log. Read whole
+    first, its events took about twice the file in memory: gigabytes for the export of a full
+    log (BANDIT_STREAM_MAXLEN, a million events)."""
+    words = [str(i) for i in range(128)]  # each event with a query's worth of word hashes
+    event = _changed(GOOD_EVENT, "c.W", dict.fromkeys(words, 1))
+
+    def peak(events: int) -> int:
+        path = _lines(tmp_path / f"log{events}.json", *[event] * events)
+        tracemalloc.start()
+        try:
+            assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 0
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(500)  # what the first run caches (imports, VW's first model) is not the log's
+    small, large = peak(500), peak(4000)
+    # Read whole, the 3500 more events took 7 MB more; the policy's own bounded caches, less.
+    assert large - small < 2_000_000, (small, large)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from bandit_router.cli.commands import add_deployment, deployment_settings
-from bandit_router.offline.train import full_feedback, is_dsjson, logged, read_dsjson, teach
+from bandit_router.offline.train import (
+    arms_seen,
+    dsjson_records,
+    full_feedback,
+    is_dsjson,
+    logged,
+    teach,
+)
+from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.service.backup import to_json, write_file
 from bandit_router.service.router import reward_config
@@ -36,9 +44,11 @@ def train(args: argparse.Namespace) -> int:
         policy = build_policy(spec, settings, settings.seed)
         words: str | None = None  # a log's words were hashed under its deployment's key
         if is_dsjson(path):
-            records = read_dsjson(path, settings.max_features)
-            arms = list(dict.fromkeys(a for r in records for a in r.arms))
+            # Taught as read: a bad line stops it before anything is written, as before.
+            seen: dict[Arm, None] = {}
+            records = arms_seen(dsjson_records(path, settings.max_features), seen)
             learned = teach(policy, logged(records))
+            arms = list(seen)
             kind = "DSJSON log"
         else:
             try:

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from bandit_router.features import Features
+from bandit_router.features import QUERY_STATS, Features
 from bandit_router.policies.linucb import dense_vector
 
 Array = npt.ArrayLike
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+FIXED_SLOTS = 1 + len(QUERY_STATS)  # a dense vector's bias and statistics; words hash after them
+MAX_DIM = 1024  # a reward model's widest vector: its arrays are dim x dim per arm
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +149,24 @@ class RewardModel:
 
     @classmethod
     def loads(cls, data: bytes) -> RewardModel:
-        """A model from ``dumps()``; ``ValueError`` when the bytes are not one."""
+        """A model from ``dumps()``; ``ValueError`` when the bytes are not one: also a width the
+        dense vector does not fit (no slot for words: every prediction divided by zero), a
+        penalty or an array that is not finite (every prediction NaN, for good)."""
         head, sep, body = data.partition(b"\n")
         try:
             header = json.loads(head)
             model = cls(int(header["dim"]), float(header["l2"]))
             arms = [str(arm) for arm in header["arms"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"not a reward model ({e})") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise ValueError(f"not a reward model ({type(e).__name__})") from None
+        if not FIXED_SLOTS < model.dim <= MAX_DIM or not math.isfinite(model.l2):
+            raise ValueError(f"reward model: dim {model.dim}, l2 {model.l2}")
         size = model.dim * model.dim + model.dim
         values = np.frombuffer(body, dtype="<f8")
         if not sep or len(values) != size * len(arms):
             raise ValueError(f"reward model: {len(values)} values for {len(arms)} arms")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("reward model: a value that is not finite")
         for i, arm in enumerate(arms):
             chunk = values[i * size : (i + 1) * size].astype(np.float64)
             model._a_inv[arm] = chunk[: model.dim * model.dim].reshape(model.dim, model.dim)

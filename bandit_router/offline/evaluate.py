@@ -12,7 +12,7 @@ baselines worth showing for a set of arms.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
@@ -138,23 +138,34 @@ def read_log(lines: Iterable[str], max_features: int | None = None) -> list[Logg
 
 def read_log_file(f: IO[bytes], max_features: int | None = None) -> list[LoggedRecord]:
     """``read_log`` of a file opened in binary: a line is at most ``inputs.MAX_LINE_BYTES``."""
-    return _records(inputs.numbered_lines(f), max_features)
+    return list(iter_log_file(f, max_features))
+
+
+def iter_log_file(f: IO[bytes], max_features: int | None = None) -> Iterator[LoggedRecord]:
+    """``read_log_file``, one record at a time: a reader that needs one at a time (``train``)
+    holds no more than one in memory (a record takes about 3 KB, twice its line)."""
+    return _iter_records(inputs.numbered_lines(f), max_features)
 
 
 def _records(
     lines: Iterable[tuple[int, str | inputs.LineError]], max_features: int | None
 ) -> list[LoggedRecord]:
-    records = []
+    return list(_iter_records(lines, max_features))
+
+
+def _iter_records(
+    lines: Iterable[tuple[int, str | inputs.LineError]], max_features: int | None
+) -> Iterator[LoggedRecord]:
     for number, line in lines:
         if isinstance(line, inputs.LineError):
             raise line
         if not line.strip():
             continue
         try:
-            records.append(record_from_dsjson(inputs.parse_json(line), max_features))
+            record = record_from_dsjson(inputs.parse_json(line), max_features)
         except (ValueError, KeyError, TypeError, OverflowError) as e:
             raise ValueError(f"line {number}: not an exported DSJSON event ({e})") from e
-    return records
+        yield record
 
 
 def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:

@@ -14,7 +14,7 @@ The result is a snapshot file (``service.backup``) that ``bandit-router restore`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from bandit_router.features import Features
 from bandit_router.inputs import LineError, kind, numbered_lines, parse_json
-from bandit_router.offline.evaluate import LoggedRecord, read_log_file
+from bandit_router.offline.evaluate import LoggedRecord, iter_log_file
 from bandit_router.policies.base import Arm, Policy
 
 
@@ -100,12 +100,21 @@ def is_dsjson(path: Path) -> bool:
     return "_label_cost" in first
 
 
-def read_dsjson(path: Path, max_features: int | None = None) -> list[LoggedRecord]:
-    """The events of an exported DSJSON log; errors name the file and line."""
+def dsjson_records(path: Path, max_features: int | None = None) -> Iterator[LoggedRecord]:
+    """The events of an exported DSJSON log, one at a time, so that ``teach`` holds one in
+    memory, not all (a record takes about 3 KB, twice its line: gigabytes for a full log's
+    export); errors name the file and line."""
     with path.open("rb") as f:
         try:
-            return read_log_file(f, max_features)
+            yield from iter_log_file(f, max_features)
         except ValueError as e:
             raise ValueError(
                 f"{path}: {e} (read as a DSJSON log: its first row has _label_cost)"
             ) from e
+
+
+def arms_seen(records: Iterable[LoggedRecord], arms: dict[Arm, None]) -> Iterator[LoggedRecord]:
+    """``records``, each one's arms added to ``arms`` as it passes (in order of appearance)."""
+    for record in records:
+        arms.update(dict.fromkeys(record.arms))
+        yield record

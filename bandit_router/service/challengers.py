@@ -49,7 +49,7 @@ from bandit_router.policies.registry import (
 )
 from bandit_router.service.estimates import Interval
 from bandit_router.settings import Settings
-from bandit_router.store.records import Event, stream_id_key
+from bandit_router.store.records import MAX_TS, Event, is_stream_id, stream_id_key
 
 if TYPE_CHECKING:
     from bandit_router.service.learner import Learner
@@ -60,6 +60,7 @@ JUDGE_EVERY = 100  # scored events between judgements (estimates, promotion chec
 # Per scored event: the challenger's probability of the logged arm, the logged propensity and
 # reward, the reward model's prediction for the logged arm, and DR's direct term.
 COLUMNS = 5
+SLACK = 1e-9  # a probability, or a sum of them times predictions, may round a little past 0 or 1
 
 
 class Window:
@@ -87,10 +88,21 @@ class Window:
 
     @classmethod
     def loads(cls, size: int, data: bytes) -> Window:
-        rows = np.frombuffer(data, dtype="<f8")
-        if len(rows) % COLUMNS:
-            raise ValueError(f"a window of {len(rows)} values is not rows of {COLUMNS}")
-        kept = rows.reshape(-1, COLUMNS)[-size:]
+        """A window from ``dumps()``; ``ValueError`` for one the learner cannot have written (a
+        value not finite, a propensity outside (0, 1], another outside [0, 1]): read, it broke
+        every judgement and /stats (the estimators refuse such propensities), or scored on it."""
+        values = np.frombuffer(data, dtype="<f8")
+        if len(values) % COLUMNS:
+            raise ValueError(f"a window of {len(values)} values is not rows of {COLUMNS}")
+        rows = values.reshape(-1, COLUMNS)
+        if not np.all(np.isfinite(rows)):
+            raise ValueError("a window holds a value that is not finite")
+        p = rows[:, 1]  # the logged propensities
+        if np.any(p <= 0) or np.any(p > 1):
+            raise ValueError("a window holds a propensity outside (0, 1]")
+        if np.any(rows < -SLACK) or np.any(rows > 1 + SLACK):
+            raise ValueError("a window holds a probability, reward or prediction outside [0, 1]")
+        kept = rows[-size:]
         window = cls(size)
         window._rows[: len(kept)] = kept
         window.count = len(kept)
@@ -197,13 +209,24 @@ class Bench:
             return
         rhat = self.reward_model.predict(x, [a.name for a in arms])
         q = rhat.get(arm, 0.5)
-        for c in self.challengers.values():
-            pmf = c.policy.choose(x, arms).probabilities  # before it learns this event
-            direct = sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
-            c.window.add((pmf.get(arm, 0.0), probability, reward, q, direct))
-            c.policy.learn(x, arms, arm, probability, reward)
+        for name, c in list(self.challengers.items()):
+            try:
+                pmf = c.policy.choose(x, arms).probabilities  # before it learns this event
+                row = (pmf.get(arm, 0.0), probability, reward, q, _direct(pmf, rhat))
+                c.policy.learn(x, arms, arm, probability, reward)
+            except Exception:  # anything: its model is not the champion's
+                self._drop(name)
+                continue
+            c.window.add(row)
         self.reward_model.learn(x, arm, reward)
         self._unjudged += 1
+
+    def _drop(self, name: str) -> None:
+        """Drop challenger ``name``, whose model cannot choose or learn (a state that loads but
+        holds NaN, written by hand or by a bug): raised, it stopped the learner's step and so
+        all learning. Its next snapshot leaves it out; it starts afresh at the next start."""
+        log.exception("challenger %s dropped: its model cannot choose or learn", name)
+        del self.challengers[name]
 
     def learn(
         self, event: Event, arms: Mapping[str, Arm], x: Features | None = None, late: bool = False
@@ -348,17 +371,12 @@ class Bench:
         the log from there up to ``stream_id``, the champion's); fresh at ``stream_id`` when
         nothing usable is stored or the stored watermark is past it (the log was reset)."""
         specs = [parse_policy_spec(s) for s in pool(settings)]
-        try:
-            meta = json.loads(fields["meta"])
-            stored = str(meta["stream_id"])
-            stream_id_key(stored)
-        except (KeyError, ValueError, TypeError):
+        meta = _meta(fields.get("meta"))
+        if meta is None or stream_id_key(meta["stream_id"]) > stream_id_key(stream_id):
             return cls(champion, specs, settings, settings.seed, stream_id)
-        if stream_id_key(stored) > stream_id_key(stream_id):
-            return cls(champion, specs, settings, settings.seed, stream_id)
-        bench = cls(champion, [], settings, settings.seed, stored)
-        same = meta.get("champion") == str(champion)  # windows score against this champion
-        clearing = set(meta.get("clearing", []))
+        bench = cls(champion, [], settings, settings.seed, meta["stream_id"])
+        same = meta["champion"] == str(champion)  # windows score against this champion
+        clearing = set(meta["clearing"])
         for spec in specs:
             name = str(spec)
             if bench.same(spec, champion):
@@ -380,6 +398,34 @@ class Bench:
             except ValueError as e:
                 log.warning("challengers' reward model not restored (%s)", e)
         return bench
+
+
+def _direct(pmf: Mapping[str, float], rhat: Mapping[str, float]) -> float:
+    """DR's direct term: the reward model's prediction under the challenger's probabilities."""
+    return sum(pmf.get(a, 0.0) * v for a, v in rhat.items())
+
+
+def _meta(raw: bytes | None) -> dict[str, Any] | None:
+    """The stored state's ``meta`` as ``Bench.fields`` writes it, or None (nothing stored, or
+    written by another hand: a value of another type, JSON nested too deep), so that the
+    challengers start afresh rather than stop the learner's take-over, and the service's start."""
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    stored, champion = meta.get("stream_id"), meta.get("champion")
+    clearing = meta.get("clearing", [])
+    if not isinstance(stored, str) or not is_stream_id(stored):
+        return None
+    if not isinstance(clearing, list) or not all(isinstance(c, str) for c in clearing):
+        return None
+    return {
+        "stream_id": stored,
+        "champion": champion if isinstance(champion, str) else None,
+        "clearing": clearing,
+    }
 
 
 def _fmt(e: Estimate) -> str:
@@ -438,7 +484,9 @@ class ChallengerView(BaseModel):
 
 
 class PromotionView(BaseModel):
-    ts: float = Field(description="when, unix s", examples=[1.7e9])
+    # Bounded: a record written by hand with a time no date holds is left out (_promotion_views),
+    # not shown to `bandit-router status`, whose date of it raised.
+    ts: float = Field(description="when, unix s", examples=[1.7e9], ge=0, le=MAX_TS)
     from_policy: str = Field(description="the champion replaced", examples=["squarecb"])
     to_policy: str = Field(description="the challenger promoted", examples=["linucb"])
     by: str = Field(description="`auto` (BANDIT_AUTO_PROMOTE) or `admin`", examples=["auto"])
@@ -499,10 +547,13 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         raw = await learner.store.challenger_field("summary")
         try:  # the learner's last summary; one written by hand is not read, not a 500
             data = json.loads(raw) if raw else {}
-            found = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
-            champion, at = str(data.get("champion", champion)), data.get("at")
-        except (ValueError, TypeError, AttributeError) as e:
-            log.warning("the challengers' summary is not readable, left out: %s", e)
+            views = [ChallengerView.model_validate(v) for v in data.get("challengers", [])]
+            when = data.get("at")
+            if when is not None and not _is_time(when):
+                raise ValueError(f"at is not a time: {when!r:.40}")
+            champion, at, found = str(data.get("champion", champion)), when, views
+        except (ValueError, TypeError, AttributeError, RecursionError) as e:
+            log.warning("the challengers' summary is not readable, left out: %.200s", e)
     return ChallengersView(
         champion=champion,
         auto_promote=settings.auto_promote,
@@ -512,6 +563,11 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         challengers=found,
         promotions=_promotion_views(await learner.store.promotions(promotions)),
     )
+
+
+def _is_time(value: Any) -> bool:
+    """A time a date can hold (unix s, years 1970..9999), as the learner writes one."""
+    return type(value) in (int, float) and 0 <= value <= MAX_TS
 
 
 def _promotion_views(records: list[dict[str, Any]]) -> list[PromotionView]:

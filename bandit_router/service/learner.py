@@ -541,11 +541,29 @@ class Learner:
         promoted, record = self.bench.promote(policy, old.policy, by, old.version)
         self.model = Model(promoted.spec, promoted.policy, old.version, old.stream_id)
         self._promotion, self._decided_under = record, override
-        if by != "admin":
-            await self._publish_or_put_off()
-        elif not await self._publish():  # an admin is told why, StoreDamaged included
+        try:
+            if by != "admin":  # a key of another type: it waits for the next publish
+                published = await self._publish_or_put_off()
+            else:  # an admin is told why, StoreDamaged included
+                published = await self._publish()
+        except (StoreUnavailable, StoreDamaged):
+            self._drop_promotion(old)
+            raise
+        if not published and not self.leading:  # the lease was lost
+            self._drop_promotion(old)
+        if not published and by == "admin":
             raise NotLearner()
         return record
+
+    def _drop_promotion(self, old: Model) -> None:
+        """A promotion whose publish failed is not made: the champion ``old`` serves again at
+        once, and the learner leads anew from Redis at its next renewal, as after a failure in
+        its loop (a publish that Redis applied but whose answer was lost is then found there).
+        Kept, it was published with the next snapshot, after an admin had been told 503."""
+        self.model = old
+        self._promotion = None
+        self.bench = None
+        self.leading = False
 
     async def publish(self) -> int:
         """Publish the model now (admin snapshot, shutdown); returns its version."""

@@ -692,10 +692,15 @@ class Store:
     async def challenger_state(self) -> dict[str, bytes]:
         """The challengers' state as the learner last published it (empty: none, or a key that
         is not a hash, said in the log once: they start afresh, as from state that does not
-        read)."""
+        read). A field whose name is not UTF-8 is none the learner wrote: left out (decoded, it
+        stopped the learner's take-over, and so the service's start)."""
         read = self.redis.hgetall(self.key(KEY_CHALLENGERS))
         raw = cast(dict[bytes, bytes], await self._typed(KEY_CHALLENGERS, read, absent={}))
-        return {k.decode(): v for k, v in raw.items()}
+        fields = {}
+        for name, value in raw.items():
+            with contextlib.suppress(UnicodeDecodeError):
+                fields[name.decode()] = value
+        return fields
 
     @unavailable
     async def challenger_field(self, name: str) -> bytes | None:
