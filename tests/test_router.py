@@ -516,6 +516,56 @@ def test_a_learner_apart_reads_again_at_once_after_a_full_batch(
     asyncio.run(scenario())
 
 
+def test_a_learner_whose_step_fails_says_so_and_learns_on(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception of another kind than Redis's (a bug) ended the learner's loop: learning
+    stopped for good, with no line in the log. It is now said (at most once a minute), and the
+    learner leads anew from Redis and learns every event."""
+    from bandit_router.service.learner import Learner, fresh_model
+
+    settings = make_settings(learn_in_workers=False)
+    step, failures = Learner.step, [3]
+
+    async def failing(learner: Learner) -> int:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("a bug in the step")
+        return await step(learner)
+
+    monkeypatch.setattr(Learner, "step", failing)
+
+    async def scenario() -> None:
+        api = await _open(settings)  # logs rewards, never learns
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        learner = Learner(
+            settings, store, fresh_model(parse_policy_spec(settings.policy), settings)
+        )
+        await _train(api, 50)
+        stop = asyncio.Event()
+        running = asyncio.create_task(learner.run(stop, poll_s=0.05))
+        deadline = time.monotonic() + 20
+        while failures[0] and time.monotonic() < deadline:  # one a second
+            assert not running.done(), running
+            await asyncio.sleep(0.05)
+        await _train(api, 50)  # and what comes after
+        while learner.model.version < 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+        assert learner.model.version == 100 and failures == [0]
+        await learner.close()
+        await store.close()
+        await api.store.close()
+
+    with caplog.at_level(logging.ERROR, logger="bandit_router"):
+        asyncio.run(scenario())
+    said = [r for r in caplog.records if "its step failed" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is not None
+
+
 def test_concurrent_rewards_are_learned_before_their_answers_in_log_order(
     make_settings: SettingsFactory,
 ) -> None:

@@ -49,10 +49,12 @@ from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
 from bandit_router.store.repository import LEASE_TAKEN, Store
 from bandit_router.store.transport import when_available
+from bandit_router.throttle import Throttle
 
 log = logging.getLogger("bandit_router")
 
 BATCH = 64  # events learned per step: bounds how long learning holds the event loop
+FAILED_SAID_EVERY_S = 60.0  # a failure that repeats each second is a line a minute
 KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (policies.vw.KEPT_SHARED)
 
 
@@ -221,6 +223,7 @@ class Learner:
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
+        self._failed = Throttle()  # says the loop's other failures
         # The challengers, while this process leads (service.challengers); a promotion not yet
         # published (Redis failed) goes with the next snapshot.
         self.bench: Bench | None = None
@@ -639,6 +642,16 @@ class Learner:
                     self.on_redis_error("learner")
                 if isinstance(e, StoreUnavailable):  # StoreDamaged: said once, by the store
                     self.outage.failed("learner", e)
+                self.leading = False
+                renewed = 0.0
+                await wait_or_stop(stop, 1.0)
+                continue
+            except Exception:  # a bug: said, and led anew from Redis, as after an outage
+                # Raised, it ended the loop, and with it all learning, with no line in the log.
+                due = self._failed.due(FAILED_SAID_EVERY_S)
+                if due is not None:
+                    more = f" ({due.count} more since the last said)" if due.count else ""
+                    log.exception("learner %s: its step failed%s; leading anew", self.name, more)
                 self.leading = False
                 renewed = 0.0
                 await wait_or_stop(stop, 1.0)
