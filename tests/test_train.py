@@ -105,6 +105,7 @@ def test_a_model_trained_on_an_exported_log(
     )
     _use(monkeypatch, target)
     snapshot = tmp_path / "trained.json"
+    assert main(["train", str(log), "--out", str(snapshot), "--arms", str(log)]) == 2
     assert main(["train", str(log), "--out", str(snapshot)]) == 0
     assert json.loads(snapshot.read_text())["model_version"] == 300
     assert main(["restore", str(snapshot)]) == 0
@@ -125,6 +126,12 @@ def test_train_names_a_bad_input(
     assert not (tmp_path / "x.json").exists()
     assert main(["train", str(bad), "--out", "x", "--policy", "nope"]) == 2
     assert "unknown policy 'nope'" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"query": "q", "outcomes": {"a": {"accuracy": 1}}}\n')
+    out = tmp_path / "fixed.json"
+    assert main(["train", str(good), "--out", str(out), "--policy", "fixed:arm=b"]) == 2
+    assert "policy fixed: arm 'b' is not an arm; valid: a" in capsys.readouterr().err
+    assert not out.exists()  # it was written, for a restore to refuse or serve an arm not there
 
 
 TASKS = {

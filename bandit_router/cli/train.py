@@ -23,7 +23,7 @@ from bandit_router.offline.train import (
     teach,
 )
 from bandit_router.policies.base import Arm
-from bandit_router.policies.registry import build_policy, parse_policy_spec
+from bandit_router.policies.registry import build_policy, check_arms, parse_policy_spec
 from bandit_router.service.backup import to_json, write_file
 from bandit_router.service.router import reward_config
 from bandit_router.settings import ArmSpec
@@ -44,6 +44,10 @@ def train(args: argparse.Namespace) -> int:
         policy = build_policy(spec, settings, settings.seed)
         words: str | None = None  # a log's words were hashed under its deployment's key
         if is_dsjson(path):
+            if args.arms:
+                raise ValueError(
+                    "--arms is a replay file's; a DSJSON log names its arms (and their prices)"
+                )
             # Taught as read: a bad line stops it before anything is written, as before.
             seen: dict[Arm, None] = {}
             records = arms_seen(dsjson_records(path, settings.max_features), seen)
@@ -74,12 +78,16 @@ def train(args: argparse.Namespace) -> int:
             learned = teach(policy, examples)
             arms = data.arms
             kind = "replay file"
+        specs = [
+            ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms
+        ]
+        trained = settings.model_copy(update={"arms": specs})
+        check_arms(spec, trained)  # fixed:arm=NAME names one of the file's arms
     except (ValueError, OSError) as e:
         print(f"train: {e}", file=sys.stderr)
         return 2
     snapshot = Snapshot(str(spec), learned, "0-0", policy.dumps())
-    specs = [ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms]
-    doc = to_json(snapshot, settings.model_copy(update={"arms": specs}), words)
+    doc = to_json(snapshot, trained, words)
     try:
         write_file(out, doc)
     except OSError as e:  # a disk that filled up during training, say
