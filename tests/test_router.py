@@ -833,3 +833,33 @@ def test_a_lease_renewal_never_undoes_a_switch_made_meanwhile(
         await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_learner_that_claims_events_the_log_trimmed_goes_on_learning(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner dies with events read and not acknowledged; the log is trimmed past some of
+    them (BANDIT_STREAM_MAXLEN) before the next learner claims them. On Redis 6 (the embedded
+    Redis) that claim failed, and failed again at every step: the learner's loop gave up its
+    lead each second, never published, and a /reward that stepped answered an error."""
+    settings = make_settings(claim_idle_s=0.01)
+
+    async def scenario() -> None:
+        a = await _open(settings)
+        await _serve(a, [f"query {i}" for i in range(3)], 1.0)  # learned, not acknowledged
+        await a.store.release_lease(a.learner.name)  # a dies
+        await a.store.redis.xtrim(a.store.key(KEY_EVENTS), maxlen=1, approximate=False)
+        b = await _open(settings)
+        assert b.learner.leading and b.version == 1  # the log's one event left
+        await asyncio.sleep(0.05)  # past claim_idle_s
+        await b.learner.step()  # as its loop steps: a's events claimed
+        await _serve(b, ["after the trim"], 1.0)
+        assert b.version == 2
+        assert await b.learner.publish() == 2
+        pending = await b.store.redis.xpending(b.store.key(KEY_EVENTS), GROUP)
+        assert pending["pending"] == 0  # a's, trimmed or not, and b's own: all acknowledged
+        await b.close()
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())

@@ -482,3 +482,33 @@ def test_a_call_connecting_when_its_client_closes_leaves_no_connection_open() ->
             assert await _listed(name) == []
 
     asyncio.run(run())
+
+
+def test_a_claim_of_events_trimmed_from_the_log_neither_fails_nor_stays_pending(
+    make_settings: SettingsFactory,
+) -> None:
+    """A dead learner's unacknowledged events that the log's trim (BANDIT_STREAM_MAXLEN) removed
+    before another learner claimed them: Redis 6 answers XCLAIM with nil for each and keeps it
+    pending for ever (Redis 7 leaves it out and forgets it). The claim takes the others, the
+    trimmed ones leave the group's pending list, and the next claim finds nothing of them."""
+
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        for i in range(3):
+            await store.save_decision(f"e{i}", _decision(f"e{i}"))
+            await store.add_parts(f"e{i}", {"reward": 0.1}, _reward(0.1))
+        assert await store.hold_lease("dead", 10)
+        read, _ = await store.read_new("dead", 10)
+        assert len(read) == 3
+        await store.release_lease("dead")
+        # The log trimmed past the first two while the dead learner's read is pending.
+        await store.redis.xtrim(store.key("{p}:events"), maxlen=1, approximate=False)
+        assert await store.hold_lease("other", 10)
+        claimed = await store.claim_stale("other", idle_ms=0, count=10)
+        assert [(e.stream_id, theirs) for e, theirs in claimed] == [(read[2].stream_id, True)]
+        pending = await store.redis.xpending(store.key("{p}:events"), "learners")
+        assert pending["pending"] == 1  # the trimmed ones are no longer waiting for a learner
+        again = await store.claim_stale("other", idle_ms=0, count=10)
+        assert [e.stream_id for e, _ in again] == [read[2].stream_id]
+
+    _run(make_settings, body)
