@@ -10,6 +10,7 @@ from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 
@@ -19,7 +20,7 @@ from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
-from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
+from tests.conftest import SERVER_URL, SettingsFactory, all_events, keep_busy, readable
 
 T = TypeVar("T")
 
@@ -512,3 +513,39 @@ def test_a_claim_of_events_trimmed_from_the_log_neither_fails_nor_stays_pending(
         assert [e.stream_id for e, _ in again] == [read[2].stream_id]
 
     _run(make_settings, body)
+
+
+def test_a_round_trip_slower_than_the_timeout_is_not_sent_again(
+    make_settings: SettingsFactory,
+) -> None:
+    """Redis slower than the store's timeout (a long script, a fork, a paused VM) is unavailable
+    for the calls of that round trip: StoreUnavailable, the client retries. The round trip was
+    sent a second time instead (asyncio's TimeoutError is an OSError, taken for a connection
+    found dead), and Redis ran it twice once free: a final reward answered 409 "already has a
+    reward" by its own first run, parts reported as duplicates of themselves."""
+
+    async def main() -> None:
+        s = make_settings()
+        url = s.redis_url or ""
+        store = Store(aioredis.Redis.from_url(url, socket_timeout=0.3), s.key_prefix, 60, 1000)
+        try:
+            for e in ("e1", "e2"):
+                await store.save_decision(e, _decision(e))
+            busy = keep_busy(url, 0.5)
+            with pytest.raises(StoreUnavailable):
+                await store.add_parts("e1", {"reward": 0.5}, _reward(0.5))
+            busy.join()
+            await store.save_decision("e3", _decision("e3"))  # the group commit reconnected
+            busy = keep_busy(url, 0.5)
+            with pytest.raises(StoreUnavailable):
+                await store.add_parts("e2", {"latency_ms": 100.0})
+            busy.join()
+            # Redis ran each once: the retries find the reward logged, the part stored
+            with pytest.raises(AlreadyRewarded):
+                await store.add_parts("e1", {"reward": 0.5}, _reward(0.5))
+            assert (await store.add_parts("e2", {"latency_ms": 100.0})).duplicates == ["latency_ms"]
+            assert await store.redis.xlen(store.key("{p}:events")) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())

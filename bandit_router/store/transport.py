@@ -307,13 +307,17 @@ class GroupCommit:
                         except ResponseError as e:
                             replies.append(e)
                 return replies
+            except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
+                # Before the OSError below, of which it is a subclass: caught there, a batch Redis
+                # was still running (slower than the timeout, not dead) was sent again, and ran
+                # twice (a final reward answered 409 by its own first run, parts reported as
+                # duplicates, a read of the log delivered and never seen).
+                await self._drop()
+                raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from e
             except (RedisConnectionError, OSError):
                 await self._drop()
                 if heard or replies or attempt == 2:
                     raise
-            except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
-                await self._drop()
-                raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from e
             except BaseException:
                 await self._drop()
                 raise
