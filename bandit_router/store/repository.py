@@ -512,13 +512,19 @@ class Store:
         return to_events(reply), confirmed
 
     def follow_log(
-        self, consumer: str | None, count: int, take: Callable[[list[Logged], bool], None]
+        self,
+        consumer: str | None,
+        count: int,
+        take: Callable[[list[Logged], bool], None],
+        lost: Callable[[], None] = lambda: None,
     ) -> None:
         """From now on, every round trip that may log an event also reads, after those writes,
         up to ``count`` events never delivered before, for ``consumer``; ``take`` gets them before
         the callers in that round trip get their replies, and whether the replicas of
-        BANDIT_REDIS_WAIT_REPLICAS confirmed them (always true without it). ``consumer`` None:
-        no more reads."""
+        BANDIT_REDIS_WAIT_REPLICAS confirmed them (always true without it). ``lost`` is called
+        instead when the round trip fails: Redis may have run the read (a reply slower than the
+        timeout, a connection lost after the write), its events delivered to ``consumer`` and
+        never to be delivered again. ``consumer`` None: no more reads."""
         if consumer is None:
             self._calls.follow = None
             return
@@ -527,6 +533,7 @@ class Store:
             self._read_new,
             read,
             lambda reply, confirmed: take(to_events(reply), confirmed),
+            lost,
         )
 
     def _read_new_call(self, consumer: str, count: int) -> tuple[list[Any], list[Any]]:
