@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 import uuid
@@ -486,12 +487,14 @@ def test_a_call_connecting_when_its_client_closes_leaves_no_connection_open() ->
 
 
 def test_a_claim_of_events_trimmed_from_the_log_neither_fails_nor_stays_pending(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A dead learner's unacknowledged events that the log's trim (BANDIT_STREAM_MAXLEN) removed
     before another learner claimed them: Redis 6 answers XCLAIM with nil for each and keeps it
     pending for ever (Redis 7 leaves it out and forgets it). The claim takes the others, the
-    trimmed ones leave the group's pending list, and the next claim finds nothing of them."""
+    trimmed ones leave the group's pending list, said in the log, and the next claim finds
+    nothing of them."""
+    caplog.set_level(logging.WARNING, logger="bandit_router")
 
     async def body(store: Store) -> None:
         await store.ensure_group()
@@ -509,6 +512,7 @@ def test_a_claim_of_events_trimmed_from_the_log_neither_fails_nor_stays_pending(
         assert [(e.stream_id, theirs) for e, theirs in claimed] == [(read[2].stream_id, True)]
         pending = await store.redis.xpending(store.key("{p}:events"), "learners")
         assert pending["pending"] == 1  # the trimmed ones are no longer waiting for a learner
+        assert "2 logged events were trimmed from the log" in caplog.text
         again = await store.claim_stale("other", idle_ms=0, count=10)
         assert [e.stream_id for e, _ in again] == [read[2].stream_id]
 

@@ -563,16 +563,17 @@ class Store:
         ids = [p["message_id"] for p in pending]
         claimed: Any = await self.redis.xclaim(key, GROUP, consumer, idle_ms, ids)
         found = [(sid, fields) for sid, fields in claimed if sid is not None]
-        if len(found) < len(claimed):
+        if len(found) < len(ids):  # trimmed from the log, or claimed by another meanwhile
             await self._forget_trimmed(ids, {sid for sid, _ in found})
         return [(to_event(sid, fields), sid in theirs) for sid, fields in found]
 
     async def _forget_trimmed(self, ids: list[bytes], found: set[bytes]) -> None:
         """Acknowledge the pending events among ``ids`` (those not in ``found``) that are no
         longer in the log: the trim (BANDIT_STREAM_MAXLEN) removed them before a learner learned
-        them. Redis 6 answers XCLAIM with nil for each and keeps it pending for ever, so every
-        claim met it again and failed (learning stopped for good); Redis 7 forgets them itself.
-        An id that is still in the log (another learner claimed it meanwhile) stays pending."""
+        them, said in the log. Redis 6 answers XCLAIM with nil for each and keeps it pending for
+        ever, so every claim met it again and failed (learning stopped for good); Redis 7 leaves
+        them out and forgets them itself. An id that is still in the log (another learner
+        claimed it meanwhile) stays pending."""
         key = self.key(KEY_EVENTS)
         others = [sid for sid in ids if sid not in found]
         async with self.redis.pipeline(transaction=False) as pipe:
