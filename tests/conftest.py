@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -269,6 +270,34 @@ def rewarded_traffic(client: TestClient, n: int) -> None:
         d = client.post("/choose", json={"query": COMMAND_QUERIES[i % 3]}).json()
         reward = 1.0 if d["arm"] == "14b" else 0.1
         assert client.post("/reward", json={"event_id": d["event_id"], "reward": reward}).is_success
+
+
+# A script that keeps Redis busy for ARGV[1] microseconds: every other client's call waits.
+BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+def keep_busy(url: str, seconds: float) -> threading.Thread:
+    """Redis kept busy for ``seconds`` by a script of another client, in a thread: returns once
+    the script is on its way (a call made then waits for it), for the caller to join."""
+    sent = threading.Event()
+
+    def run() -> None:
+        client = redis.Redis.from_url(url)
+        client.ping()  # connected: the script goes out at once
+        sent.set()
+        client.eval(BUSY, 0, int(seconds * 1_000_000))
+        client.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    sent.wait(10)
+    time.sleep(0.05)
+    return thread
 
 
 def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:

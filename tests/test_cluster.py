@@ -18,13 +18,15 @@ import httpx2 as httpx
 import orjson
 import pytest
 
+from bandit_router.errors import StoreUnavailable
+from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.store.cluster import node_url, plain_url
 from bandit_router.store.repository import open_store
 from tests.cluster import ClusterNode, LocalCluster, PortTaken, _binary
 from tests.cluster import _command as _command_of
-from tests.conftest import wait_until
+from tests.conftest import _free_port, wait_until
 from tests.live import Servers
 
 
@@ -379,6 +381,61 @@ def test_the_cluster_flag_needs_a_cluster(tmp_path: Path, redis_process: Any) ->
 
     with pytest.raises(ValueError, match="is not a Redis Cluster node"):
         asyncio.run(run())
+
+
+def test_a_process_started_before_the_cluster_answers_waits_for_it(tmp_path: Path) -> None:
+    """A cluster no node of which answers yet (started after the service, restarting) is Redis
+    unavailable: the start waits BANDIT_STARTUP_WAIT_S for it, as for one Redis. It was a
+    ValueError at once, saying the URL named no Redis Cluster node."""
+    url = f"redis+cluster://127.0.0.1:{_free_port()}/0"
+    settings = Settings(redis_url=url, startup_wait_s=1, data_dir=str(tmp_path))
+
+    async def run() -> None:
+        async with open_store(settings):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="Redis Cluster cannot be connected"):
+        asyncio.run(run())
+    assert time.monotonic() - started >= 0.7  # it waited
+
+
+def test_a_cluster_out_of_reach_is_an_outage_the_service_rides_out(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Every node of the cluster gone at once (a network cut, a restart of the cluster): the
+    slot's topology cannot be read. That is Redis down: /choose answers degraded, /reward and
+    the sweep meet StoreUnavailable (503), and the service serves again once the cluster is
+    back. redis-py's RedisClusterException (no RedisError) reached each caller as itself: a
+    500 for /choose and /reward, and a traceback for each background job."""
+    settings = _settings(own_cluster, tmp_path, buffer_dir="")
+
+    async def run() -> None:
+        async with open_store(settings) as store:
+            router = await Router.open(settings, store)
+            try:
+                first = await router.choose("before")
+                assert not first.degraded
+                for node in own_cluster.nodes:
+                    node.kill()
+                for _ in range(3):  # the master found gone, then the topology unreadable
+                    assert (await router.choose("during")).degraded
+                    with pytest.raises(StoreUnavailable):
+                        await router.reward(first.event_id, RewardParts(accuracy=1.0))
+                    with pytest.raises(StoreUnavailable):
+                        await router.sweep()
+                    await asyncio.sleep(0.25)  # past the route's refresh interval
+                for node in own_cluster.nodes:
+                    node.start()
+                await asyncio.to_thread(own_cluster.wait_ok)
+                deadline = time.monotonic() + 30
+                while (await router.choose("after")).degraded:
+                    assert time.monotonic() < deadline, "the store never followed the slot back"
+                    await asyncio.sleep(0.2)
+            finally:
+                await router.close()
+
+    asyncio.run(run())
 
 
 def test_a_node_whose_port_was_taken_starts_on_other_ports(tmp_path: Path) -> None:

@@ -64,6 +64,30 @@ def test_the_window_boundary_in_both_scripts(make_settings: SettingsFactory) -> 
     asyncio.run(scenario())
 
 
+def test_the_window_end_a_404_names_is_the_exact_one(make_settings: SettingsFactory) -> None:
+    """The window's end comes back from the script as text: Lua's ``tostring`` kept 14
+    significant digits, a tenth of a millisecond of a time, so a window that closed at
+    :00.99996 was said to close at :01.000, after the part it refused. Now the end as stored."""
+    settings = make_settings()
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        end = float(int(time.time())) + 0.99996 - 1
+        try:
+            await store.save_decision("e", _decision("e", end - WAIT_S))
+            with pytest.raises(WindowClosed) as closed:
+                await store.add_parts("e", {"reward": 1.0}, now=end + 0.00002)
+            assert closed.value.closed_at == end
+            said = time.strftime("%H:%M:%S", time.gmtime(end)) + ".999"
+            assert f"closed at {time.strftime('%Y-%m-%d', time.gmtime(end))}T{said}" in str(
+                closed.value
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 def _late_answer(client: TestClient, body: dict[str, object]) -> dict[str, object]:
     response = client.post("/reward", json=body)
     assert response.status_code == 404, response.text

@@ -9,8 +9,9 @@ import random
 import time
 
 import pytest
+import redis.asyncio as aioredis
 
-from bandit_router.errors import AlreadyRewarded, InvalidReward, NotLearner
+from bandit_router.errors import AlreadyRewarded, InvalidReward, NotLearner, StoreUnavailable
 from bandit_router.features import extract
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import RewardParts
@@ -19,7 +20,7 @@ from bandit_router.settings import Settings
 from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_MODEL, KEY_PENDING, KEY_WORD_SECRET
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import RedisProcess, SettingsFactory, all_events
+from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy
 
 MARKED = "please summarise this zebra report"
 PLAIN = "prove the theorem about primes"
@@ -831,5 +832,83 @@ def test_a_lease_renewal_never_undoes_a_switch_made_meanwhile(
         assert (override, str(learner.model.spec)) == ("linucb", "linucb")
         await router.close()
         await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_learner_that_claims_events_the_log_trimmed_goes_on_learning(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner dies with events read and not acknowledged; the log is trimmed past some of
+    them (BANDIT_STREAM_MAXLEN) before the next learner claims them. On Redis 6 (the embedded
+    Redis) that claim failed, and failed again at every step: the learner's loop gave up its
+    lead each second, never published, and a /reward that stepped answered an error."""
+    settings = make_settings(claim_idle_s=0.01)
+
+    async def scenario() -> None:
+        a = await _open(settings)
+        await _serve(a, [f"query {i}" for i in range(3)], 1.0)  # learned, not acknowledged
+        await a.store.release_lease(a.learner.name)  # a dies
+        await a.store.redis.xtrim(a.store.key(KEY_EVENTS), maxlen=1, approximate=False)
+        b = await _open(settings)
+        assert b.learner.leading and b.version == 1  # the log's one event left
+        await asyncio.sleep(0.05)  # past claim_idle_s
+        await b.learner.step()  # as its loop steps: a's events claimed
+        await _serve(b, ["after the trim"], 1.0)
+        assert b.version == 2
+        assert await b.learner.publish() == 2
+        pending = await b.store.redis.xpending(b.store.key(KEY_EVENTS), GROUP)
+        assert pending["pending"] == 0  # a's, trimmed or not, and b's own: all acknowledged
+        await b.close()
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("path", ["follow", "step"])
+def test_a_read_of_the_log_whose_reply_was_lost_is_learned_all_the_same(
+    make_settings: SettingsFactory, path: str
+) -> None:
+    """Redis slower than the store's timeout: a /reward's round trip fails (503), but Redis runs
+    it after all, its reward logged and, in the same round trip, the learner's read of the log
+    (``follow``), or its step's own read (``step``: a reward's catch-up), delivering the event
+    to the learner in the consumer group. The learner never saw that reply: it went on with the
+    next reads, its watermark passed the event, and a claim of its own pending reads later
+    acknowledged it. A reward logged, and never learned. Now the learner leads anew from its
+    watermark, as after an outage, and learns it."""
+    settings = make_settings(publish_s=0.01)  # every reward's catch-up steps
+
+    async def scenario() -> None:
+        url = settings.redis_url or ""
+        client = aioredis.Redis.from_url(url, socket_timeout=0.3)  # the group commit's timeout
+        router = await Router.open(settings, Store(client, settings.key_prefix, 60, 10_000))
+        assert router.learner.leading
+        lost = await router.choose("its reply is lost")
+        if path == "step":  # logged by another process; this one's step reads it
+            other = await _open(settings)
+            await router.learner.step()  # it claims now, so not in the next step
+            await other.reward(lost.event_id, RewardParts(reward=1.0))
+            busy = keep_busy(url, 0.8)
+            with pytest.raises(StoreUnavailable):
+                await router.learner.catch_up(None)
+        else:
+            busy = keep_busy(url, 0.8)
+            with pytest.raises(StoreUnavailable):
+                await router.reward(lost.event_id, RewardParts(reward=1.0))
+        busy.join()
+        await asyncio.sleep(0.1)
+        with pytest.raises(AlreadyRewarded):  # Redis ran it: the retry finds it logged
+            await router.reward(lost.event_id, RewardParts(reward=1.0))
+        later = await router.choose("a later one")
+        await router.reward(later.event_id, RewardParts(reward=0.0))
+        await router.learner.lead()  # as the learner's loop does
+        await router.learner.step()
+        assert router.version == 2  # both learned, once
+        await router.close()
+        await router.store.close()
+        if path == "step":
+            await other.close()
+            await other.store.close()
 
     asyncio.run(scenario())

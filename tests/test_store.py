@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 import uuid
@@ -10,6 +11,7 @@ from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 
@@ -19,7 +21,7 @@ from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
-from tests.conftest import SERVER_URL, SettingsFactory, all_events, readable
+from tests.conftest import SERVER_URL, SettingsFactory, all_events, keep_busy, readable
 
 T = TypeVar("T")
 
@@ -482,3 +484,72 @@ def test_a_call_connecting_when_its_client_closes_leaves_no_connection_open() ->
             assert await _listed(name) == []
 
     asyncio.run(run())
+
+
+def test_a_claim_of_events_trimmed_from_the_log_neither_fails_nor_stays_pending(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead learner's unacknowledged events that the log's trim (BANDIT_STREAM_MAXLEN) removed
+    before another learner claimed them: Redis 6 answers XCLAIM with nil for each and keeps it
+    pending for ever (Redis 7 leaves it out and forgets it). The claim takes the others, the
+    trimmed ones leave the group's pending list, said in the log, and the next claim finds
+    nothing of them."""
+    caplog.set_level(logging.WARNING, logger="bandit_router")
+
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        for i in range(3):
+            await store.save_decision(f"e{i}", _decision(f"e{i}"))
+            await store.add_parts(f"e{i}", {"reward": 0.1}, _reward(0.1))
+        assert await store.hold_lease("dead", 10)
+        read, _ = await store.read_new("dead", 10)
+        assert len(read) == 3
+        await store.release_lease("dead")
+        # The log trimmed past the first two while the dead learner's read is pending.
+        await store.redis.xtrim(store.key("{p}:events"), maxlen=1, approximate=False)
+        assert await store.hold_lease("other", 10)
+        claimed = await store.claim_stale("other", idle_ms=0, count=10)
+        assert [(e.stream_id, theirs) for e, theirs in claimed] == [(read[2].stream_id, True)]
+        pending = await store.redis.xpending(store.key("{p}:events"), "learners")
+        assert pending["pending"] == 1  # the trimmed ones are no longer waiting for a learner
+        assert "2 logged events were trimmed from the log" in caplog.text
+        again = await store.claim_stale("other", idle_ms=0, count=10)
+        assert [e.stream_id for e, _ in again] == [read[2].stream_id]
+
+    _run(make_settings, body)
+
+
+def test_a_round_trip_slower_than_the_timeout_is_not_sent_again(
+    make_settings: SettingsFactory,
+) -> None:
+    """Redis slower than the store's timeout (a long script, a fork, a paused VM) is unavailable
+    for the calls of that round trip: StoreUnavailable, the client retries. The round trip was
+    sent a second time instead (asyncio's TimeoutError is an OSError, taken for a connection
+    found dead), and Redis ran it twice once free: a final reward answered 409 "already has a
+    reward" by its own first run, parts reported as duplicates of themselves."""
+
+    async def main() -> None:
+        s = make_settings()
+        url = s.redis_url or ""
+        store = Store(aioredis.Redis.from_url(url, socket_timeout=0.3), s.key_prefix, 60, 1000)
+        try:
+            for e in ("e1", "e2"):
+                await store.save_decision(e, _decision(e))
+            busy = keep_busy(url, 0.5)
+            with pytest.raises(StoreUnavailable):
+                await store.add_parts("e1", {"reward": 0.5}, _reward(0.5))
+            busy.join()
+            await store.save_decision("e3", _decision("e3"))  # the group commit reconnected
+            busy = keep_busy(url, 0.5)
+            with pytest.raises(StoreUnavailable):
+                await store.add_parts("e2", {"latency_ms": 100.0})
+            busy.join()
+            # Redis ran each once: the retries find the reward logged, the part stored
+            with pytest.raises(AlreadyRewarded):
+                await store.add_parts("e1", {"reward": 0.5}, _reward(0.5))
+            assert (await store.add_parts("e2", {"latency_ms": 100.0})).duplicates == ["latency_ms"]
+            assert await store.redis.xlen(store.key("{p}:events")) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())

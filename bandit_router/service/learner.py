@@ -220,6 +220,7 @@ class Learner:
         self._started = 0  # steps started; the number of the newest one that read the log:
         self._read = 0  # concurrent callers share a step that started after they called
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
+        self._relead = False  # a read's reply was lost: lead anew at once (``_read_lost``)
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
@@ -240,8 +241,20 @@ class Learner:
         """While it leads, every round trip of this process that logs an event also reads the
         new events for it, so a /reward learns its event without a round trip of its own."""
         if value != self._leading:
-            self.store.follow_log(self.name if value else None, BATCH, self._followed)
+            name = self.name if value else None
+            self.store.follow_log(name, BATCH, self._followed, self._read_lost)
         self._leading = value
+
+    def _read_lost(self) -> None:
+        """A read of the log for this learner failed, and Redis may have run it all the same (a
+        reply slower than the timeout, a connection lost after the write): its events were
+        delivered to this learner, and no read delivers them again. Learning what reads deliver
+        next would carry the watermark past them for good (and a claim of its own pending
+        events later acknowledged them): instead it leads anew from the log after its watermark,
+        as after an outage, at the loop's next turn."""
+        if self._leading:
+            self.leading = False
+            self._relead = True
 
     def _followed(self, events: list[Logged], confirmed: bool) -> None:
         """Events a round trip read after its writes: learned now, unless a step, a publish or a
@@ -269,7 +282,11 @@ class Learner:
         """The log's new events, confirmed by the replicas with BANDIT_REDIS_WAIT_REPLICAS. After
         an unconfirmed read, the log up to the newest event a replica confirmed, read again
         from the log (after a failover, the new master's log is the truth)."""
-        events, confirmed = await self.store.read_new(self.name, BATCH)
+        try:
+            events, confirmed = await self.store.read_new(self.name, BATCH)
+        except StoreUnavailable:
+            self._read_lost()
+            raise
         self._saw(events, confirmed)
         if not self._unconfirmed:
             return events
@@ -632,7 +649,8 @@ class Learner:
         renewed = 0.0
         while not stop.is_set():
             try:
-                if time.monotonic() - renewed >= renew_every:
+                if self._relead or time.monotonic() - renewed >= renew_every:
+                    self._relead = False
                     await self.lead()
                     renewed = time.monotonic()
                 read = await self.step()

@@ -25,14 +25,19 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
+    AuthorizationError,
     ClusterDownError,
     ExecAbortError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("bandit_router")
 
@@ -69,6 +74,20 @@ def redirected(error: ResponseError) -> bool:
     return False
 
 
+def out_of_reach(error: RedisClusterException) -> bool:
+    """Whether redis-py's cluster client failed to read the topology because no node answered
+    (or none serves the slot yet), not because the URL names no cluster. redis-py raises a
+    ``RedisClusterException``, which is no ``RedisError``, from the connection error of the
+    last node it tried."""
+    if isinstance(error, SlotNotCoveredError):
+        return True
+    cause = error.__cause__ or error.__context__
+    down = (RedisConnectionError, RedisTimeoutError, OSError)
+    return isinstance(cause, down) and not isinstance(
+        cause, AuthenticationError | AuthorizationError
+    )
+
+
 class SlotRoute:
     """Which master serves the slot of ``hash_tag``, kept by redis-py's cluster client; ``bind``
     gets a client for the new master when it changes and returns the old one to close."""
@@ -89,6 +108,7 @@ class SlotRoute:
         self.stale = False
         self._lock = asyncio.Lock()
         self._refreshed = 0.0  # monotonic time of the last topology read
+        self._unreadable = False  # the last read failed, said in the log (once an outage)
 
     async def locate(self, refresh: bool = False) -> str:
         """The URL of the master that owns the slot; ``refresh`` reads the topology again."""
@@ -102,10 +122,13 @@ class SlotRoute:
         return node_url(self.url, node.host, int(node.port))
 
     async def open(self) -> aioredis.Redis:
-        """A client for the slot's master now; ``ValueError`` when the URL is no cluster's."""
+        """A client for the slot's master now; ``ValueError`` when the URL is no cluster's, a
+        ``ConnectionError`` when no node answers yet (a starting process waits for it)."""
         try:
             return self._connect(await self.locate())
         except RedisClusterException as e:  # "Cluster mode is not enabled on this node", say
+            if out_of_reach(e):
+                raise RedisConnectionError(str(e)) from e
             raise ValueError(f"{self.url} is not a Redis Cluster node: {e}") from e
 
     def lost(self) -> None:
@@ -120,11 +143,18 @@ class SlotRoute:
             if not self.stale or time.monotonic() - self._refreshed < REFRESH_EVERY_S:
                 return
             before = self.master
+            self._refreshed = time.monotonic()  # a read that fails too: no read at every call
             try:
                 url = await self.locate(refresh=True)
-            except (RedisError, OSError) as e:
-                log.warning("Redis Cluster topology unreadable: %s", e)
+            except (RedisError, RedisClusterException, OSError) as e:
+                # No node answers (the cluster is out of reach: an outage), or none serves the
+                # slot yet: redis-py says so with a RedisClusterException, which reached the
+                # caller as itself (a 500, a /choose not answered degraded) before.
+                if not self._unreadable:
+                    log.warning("Redis Cluster topology unreadable: %s", e)
+                self._unreadable = True
                 return
+            self._unreadable = False
             self.stale = False
             if self.master != before and self.bind is not None:
                 log.warning("slot %d moved from %s to %s", self.slot, before, self.master)

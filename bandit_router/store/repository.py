@@ -512,13 +512,19 @@ class Store:
         return to_events(reply), confirmed
 
     def follow_log(
-        self, consumer: str | None, count: int, take: Callable[[list[Logged], bool], None]
+        self,
+        consumer: str | None,
+        count: int,
+        take: Callable[[list[Logged], bool], None],
+        lost: Callable[[], None] = lambda: None,
     ) -> None:
         """From now on, every round trip that may log an event also reads, after those writes,
         up to ``count`` events never delivered before, for ``consumer``; ``take`` gets them before
         the callers in that round trip get their replies, and whether the replicas of
-        BANDIT_REDIS_WAIT_REPLICAS confirmed them (always true without it). ``consumer`` None:
-        no more reads."""
+        BANDIT_REDIS_WAIT_REPLICAS confirmed them (always true without it). ``lost`` is called
+        instead when the round trip fails: Redis may have run the read (a reply slower than the
+        timeout, a connection lost after the write), its events delivered to ``consumer`` and
+        never to be delivered again. ``consumer`` None: no more reads."""
         if consumer is None:
             self._calls.follow = None
             return
@@ -527,6 +533,7 @@ class Store:
             self._read_new,
             read,
             lambda reply, confirmed: take(to_events(reply), confirmed),
+            lost,
         )
 
     def _read_new_call(self, consumer: str, count: int) -> tuple[list[Any], list[Any]]:
@@ -553,10 +560,35 @@ class Store:
             return []
         mine = consumer.encode()
         theirs = {p["message_id"] for p in pending if p["consumer"] != mine}
-        claimed: Any = await self.redis.xclaim(
-            key, GROUP, consumer, idle_ms, [p["message_id"] for p in pending]
-        )
-        return [(to_event(sid, fields), sid in theirs) for sid, fields in claimed]
+        ids = [p["message_id"] for p in pending]
+        claimed: Any = await self.redis.xclaim(key, GROUP, consumer, idle_ms, ids)
+        found = [(sid, fields) for sid, fields in claimed if sid is not None]
+        if len(found) < len(ids):  # trimmed from the log, or claimed by another meanwhile
+            await self._forget_trimmed(ids, {sid for sid, _ in found})
+        return [(to_event(sid, fields), sid in theirs) for sid, fields in found]
+
+    async def _forget_trimmed(self, ids: list[bytes], found: set[bytes]) -> None:
+        """Acknowledge the pending events among ``ids`` (those not in ``found``) that are no
+        longer in the log: the trim (BANDIT_STREAM_MAXLEN) removed them before a learner learned
+        them, said in the log. Redis 6 answers XCLAIM with nil for each and keeps it pending for
+        ever, so every claim met it again and failed (learning stopped for good); Redis 7 leaves
+        them out and forgets them itself. An id that is still in the log (another learner
+        claimed it meanwhile) stays pending."""
+        key = self.key(KEY_EVENTS)
+        others = [sid for sid in ids if sid not in found]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in others:
+                pipe.xrange(key, min=sid, max=sid)
+            rows = await pipe.execute()
+        gone = [sid for sid, row in zip(others, rows, strict=True) if not row]
+        if gone:
+            await self.redis.xack(key, GROUP, *gone)
+            log.warning(
+                "%d logged events were trimmed from the log (BANDIT_STREAM_MAXLEN) before a "
+                "learner learned them, among them %s: they are not learned",
+                len(gone),
+                gone[0].decode(errors="replace"),
+            )
 
     @unavailable
     async def publish(

@@ -101,7 +101,8 @@ end
 
 # ARGV ttl, wait, event id, now, then name/value pairs. Returns {0} unknown, {1} already final,
 # {5, why} unreadable, {6, key index, type} a key of another type, {4, window end} when the parts
-# come after the window closed (a string: Lua numbers become integers in a reply), or
+# come after the window closed (a string: Lua numbers become integers in a reply; with 17
+# significant digits, as tostring's 14 rounded a time to a tenth of a millisecond), or
 # {2, decision, parts (flat), duplicates}.
 ADD_PARTS = (
     TYPES_LUA
@@ -116,7 +117,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
 local ts, _, why = decision_of(d)
 if not ts then return {5, why} end
 local deadline = window_end(ts)
-if tonumber(ARGV[4]) > deadline then return {4, tostring(deadline)} end
+if tonumber(ARGV[4]) > deadline then return {4, string.format('%.17g', deadline)} end
 return hold(d, deadline, add_parts(5))
 """
 )
@@ -140,7 +141,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
 local ts, arm, why = decision_of(d)
 if not ts then return {5, why} end
 local deadline = window_end(ts)
-if tonumber(ARGV[4]) > deadline then return {4, tostring(deadline)} end
+if tonumber(ARGV[4]) > deadline then return {4, string.format('%.17g', deadline)} end
 if redis.call('EXISTS', KEYS[3]) == 0 then  -- no part came before: these are all of them
   return {3, d, log_event(d, arm, ARGV[5], ARGV[6], ARGV[7])}
 end

@@ -150,8 +150,11 @@ class GroupCommit:
         # A script call (its script and EVALSHA arguments) sent last in every batch with a call
         # that may log an event, and what takes its reply before the callers get theirs: the
         # leading learner's read of the log. It is told whether ``wait``'s replicas confirmed
-        # the batch (always, without ``wait``).
-        self.follow: tuple[Script, list[Any], Callable[[Any, bool], None]] | None = None
+        # the batch (always, without ``wait``); the last callable, that the batch failed: Redis
+        # may have run the read all the same, its events delivered and their reply lost.
+        self.follow: (
+            tuple[Script, list[Any], Callable[[Any, bool], None], Callable[[], None]] | None
+        ) = None
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
@@ -213,6 +216,11 @@ class GroupCommit:
                     future.cancel()
                 raise
             except Exception as e:  # every waiter in the batch gets the failure
+                if follow is not None:
+                    try:
+                        follow[3]()
+                    except Exception:  # the callers must still get their failure
+                        log.exception("the read of the log after a batch failed")
                 for _, _, future, *_ in batch:
                     if not future.done():
                         future.set_exception(e)
@@ -307,13 +315,17 @@ class GroupCommit:
                         except ResponseError as e:
                             replies.append(e)
                 return replies
+            except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
+                # Before the OSError below, of which it is a subclass: caught there, a batch Redis
+                # was still running (slower than the timeout, not dead) was sent again, and ran
+                # twice (a final reward answered 409 by its own first run, parts reported as
+                # duplicates, a read of the log delivered and never seen).
+                await self._drop()
+                raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from e
             except (RedisConnectionError, OSError):
                 await self._drop()
                 if heard or replies or attempt == 2:
                     raise
-            except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
-                await self._drop()
-                raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from e
             except BaseException:
                 await self._drop()
                 raise
