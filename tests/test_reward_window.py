@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from bandit_router.errors import WindowClosed
 from bandit_router.features import extract
+from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
+from bandit_router.store.keys import KEY_DECISION
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
@@ -144,6 +146,35 @@ def test_a_part_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_s
             counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
             assert counted == (1, 1, 0)
             assert await store.due(end + 1) == []
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_event_id_chosen_again_after_its_decision_expired_leaves_the_sweep(
+    make_settings: SettingsFactory,
+) -> None:
+    """An id rewarded, whose decision expired before its done marker did (the marker is set at
+    the reward, later), chosen again: a new decision, tracked for its window. At its end the
+    sweep found the event already rewarded and left it tracked, so every sweep met it again
+    until the marker expired, and then learned the new decision with the default reward."""
+    settings = make_settings(reward_wait_s=WAIT_S, default_reward=0.5)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(settings, store)
+        try:
+            d = await router.choose("a question", event_id="reused")
+            await router.reward(d.event_id, RewardParts(accuracy=1.0), final=True)
+            await store.redis.delete(store.key(KEY_DECISION, "reused"))  # expired
+            await router.choose("another question", event_id="reused")
+            end = time.time() + WAIT_S + 1
+            for _ in range(3):
+                await router.sweep(now=end)
+            assert await store.due(end) == []
+            assert (await router.stats())["rewards_accepted"] == 1
         finally:
             await router.close()
             await store.close()

@@ -167,7 +167,10 @@ if bad then return bad end
 local d = redis.call('GET', KEYS[1])
 if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
 local done = redis.call('GET', KEYS[2])
-if done then return {1, done} end
+if done then  -- logged: nothing left to track (an id chosen again after its decision expired)
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  return {1, done}
+end
 local ts, arm, why = decision_of(d)
 if not ts then return {5, why} end
 if redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {3} end
