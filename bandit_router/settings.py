@@ -589,6 +589,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _log_holds_a_snapshots_events(self) -> Settings:
+        """The log keeps what the learner learned since its last snapshot: trimmed sooner, a
+        learner that dies before publishing loses those events for good."""
+        if self.snapshot_every > self.stream_maxlen:
+            raise ValueError(
+                f"snapshot_every ({self.snapshot_every}) must be at most stream_maxlen "
+                f"({self.stream_maxlen}): events learned since the last snapshot would be "
+                "trimmed from the log, and lost with a learner that stops before its next one"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _window_holds_min_events(self) -> Settings:
         if self.challenger_window < self.promote_min_events:
             raise ValueError(

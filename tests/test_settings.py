@@ -48,6 +48,7 @@ def test_arms_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("arms", "a,a", "arm names must be unique, repeated: a"),
         ("arms", "", "at least one arm"),
         ("latency_budget_ms", 0, "greater than 0"),
+        ("snapshot_every", 2_000_000, r"snapshot_every \(2000000\) must be at most stream_maxlen"),
     ],
 )
 def test_bad_settings_name_the_problem(field: str, value: Any, message: str) -> None:
