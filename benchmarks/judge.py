@@ -4,7 +4,7 @@
 Each process fills every challenger's window with ``--rows`` random rows (``Window.loads``), then
 ``--judgements`` times: adds ``JUDGE_EVERY`` rows to each window (``Window.add``, as
 ``Bench.observe`` does) and times ``Bench.judge()``, which scores every window. The adds are timed
-apart, per row and challenger.
+apart, per row and challenger, and so is ``Window.loads`` (what a restore from Redis costs).
 
     .venv/bin/python -m benchmarks.judge [--baseline COMMIT] [--reps 3] [--judgements 20]
 """

@@ -45,9 +45,9 @@ _SPLITTER = float((1 << 27) + 1)  # Dekker's: splits a float64 into two halves o
 # most a statistic), so 2 ** 20 events cannot overflow an int64.
 _SCALE = 1075
 _BUCKETS = (2046 >> 3) + 4 + 1  # per statistic
-# Events converted at once: bounds the temporary arrays, and keeps bincount's float64 sums
-# exact (below 2 ** 33.7 an event in a bucket, so below 2 ** 49.7 a chunk).
-_CHUNK = 1 << 16
+# Events converted at once: keeps the temporary arrays small (faster than larger chunks when
+# a whole window is loaded), and bincount's float64 sums exact (below 2 ** 45.7 a chunk).
+_CHUNK = 1 << 12
 
 
 class Sums(NamedTuple):
