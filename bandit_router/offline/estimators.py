@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -55,12 +56,23 @@ class Estimate:
         }
 
 
-def _normal(value: float, terms: npt.NDArray[np.float64]) -> Estimate:
-    n = len(terms)
+def _interval(value: float, n: int, sd: float) -> Estimate:
+    """``value`` with its interval from the ``n`` terms' sample standard deviation ``sd``."""
     if n < 2:
         return Estimate(value, math.nan, math.nan, n)
-    half = Z95 * float(np.std(terms, ddof=1)) / math.sqrt(n)
+    half = Z95 * sd / math.sqrt(n)
     return Estimate(value, value - half, value + half, n)
+
+
+def _normal(value: float, terms: npt.NDArray[np.float64]) -> Estimate:
+    n = len(terms)
+    return _interval(value, n, float(np.std(terms, ddof=1)) if n >= 2 else math.nan)
+
+
+def _sd(squares: Fraction, n: int) -> float:
+    """The sample standard deviation of ``n`` terms whose squared deviations from their mean
+    sum to ``squares`` (below 0 only by the underflow of a product of tiny numbers)."""
+    return math.sqrt(max(float(squares), 0.0) / (n - 1))
 
 
 def _arrays(*arrays: Array) -> list[npt.NDArray[np.float64]]:
@@ -98,6 +110,42 @@ def doubly_robust(
     t, p, r, q, dm = _arrays(target, logged, rewards, predicted, direct)
     terms = dm + t / p * (r - q)
     return _normal(float(terms.mean()), terms)
+
+
+# The same estimates from sufficient statistics: exact sums over the events (``offline.moments``
+# keeps them for a sliding window). The formulas are the ones above, rewritten in sums.
+
+
+def mean_of(n: int, total: Fraction, squares: Fraction) -> Estimate:
+    """The mean of ``n`` per-event terms with its interval, from the exact sums of the terms and
+    of their squares: IPS (terms ``w_i r_i``), DR (its terms) or the on-policy mean (``r_i``)."""
+    if n < 1:
+        raise ValueError("need at least one event")
+    value = float(total / n)
+    if n < 2:
+        return _interval(value, n, math.nan)
+    return _interval(value, n, _sd(squares - total * total / n, n))
+
+
+def snips_of(
+    n: int, w: Fraction, wr: Fraction, ww: Fraction, wwr: Fraction, wwrr: Fraction
+) -> Estimate:
+    """SNIPS from the exact sums of ``w_i``, ``w_i r_i``, ``w_i^2``, ``w_i^2 r_i`` and
+    ``w_i^2 r_i^2`` over ``n`` events, as ``snips`` gives it."""
+    if n < 1:
+        raise ValueError("need at least one event")
+    if w <= 0:  # as snips: the target never picks a logged arm
+        return Estimate(math.nan, math.nan, math.nan, n)
+    value = float(wr / w)
+    if n < 2:
+        return _interval(value, n, math.nan)
+    # snips' terms are value + w_i (r_i - value) / mean(w): their squared deviations from their
+    # mean sum to (sum of (w_i (r_i - v))^2 - (sum of w_i (r_i - v))^2 / n) / mean(w)^2, the
+    # second sum being zero but for the rounding of value.
+    v, mean_w = Fraction(value), w / n
+    off = wr - v * w
+    squares = (wwrr - 2 * v * wwr + v * v * ww - off * off / n) / (mean_w * mean_w)
+    return _interval(value, n, _sd(squares, n))
 
 
 class RewardModel:

@@ -7,6 +7,8 @@ logged arm (progressive validation, as ``offline.evaluate`` replays candidates),
 is scored by a model that has not seen it. Over the newest ``BANDIT_CHALLENGER_WINDOW`` scored
 events, ``offline.estimators`` gives SNIPS and DR with 95% intervals from the logged
 propensities; the champion's estimate is the mean logged reward of the same events (on-policy).
+Each window keeps the sums those estimates are made of (``offline.moments``), updated as events
+enter and leave it, so that a judgement costs the same whatever the window's size.
 A challenger *clears* when it has at least ``BANDIT_PROMOTE_MIN_EVENTS`` events and both lower
 bounds exceed the champion's estimate. ``Bench`` holds all of this with no I/O: the learner
 (``service.learner``) and the replay simulator (``sim.champion``) drive the same object.
@@ -39,6 +41,7 @@ from bandit_router.offline.estimators import (
     ips,
     snips,
 )
+from bandit_router.offline.moments import COLUMNS, Moments
 from bandit_router.policies.base import Arm, Policy, PolicySpec, shown
 from bandit_router.policies.registry import (
     RunsAs,
@@ -57,31 +60,67 @@ if TYPE_CHECKING:
 log = logging.getLogger("bandit_router")
 
 JUDGE_EVERY = 100  # scored events between judgements (estimates, promotion check)
-# Per scored event: the challenger's probability of the logged arm, the logged propensity and
-# reward, the reward model's prediction for the logged arm, and DR's direct term.
-COLUMNS = 5
+# Per scored event (``COLUMNS`` of a row): the challenger's probability of the logged arm, the
+# logged propensity and reward, the reward model's prediction for the logged arm, and DR's
+# direct term: the row ``offline.moments`` sums.
 SLACK = 1e-9  # a probability, or a sum of them times predictions, may round a little past 0 or 1
+SYNC_EVERY = 1024  # rows a window holds back at most before they enter its ring and sums
 
 
 class Window:
-    """The newest ``size`` scored events of one challenger, a ring of rows of ``COLUMNS``."""
+    """The newest ``size`` scored events of one challenger, a ring of rows of ``COLUMNS``, with
+    their ``Moments``: the estimates' sums, updated as rows enter and leave the ring.
+
+    Rows added are held back and enter the ring (and the sums) together, at the next read or
+    every ``SYNC_EVERY`` rows: one vectorised update instead of one per row."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._rows: npt.NDArray[np.float64] = np.zeros((size, COLUMNS))
         self._next = 0
-        self.count = 0
+        self._held = 0  # rows in the ring
+        self._pending: list[tuple[float, float, float, float, float]] = []
+        self._moments = Moments()  # the sums of the rows in the ring, updated with them
+
+    @property
+    def count(self) -> int:
+        """The rows held (in the ring or held back), at most ``size``."""
+        return min(self._held + len(self._pending), self.size)
 
     def add(self, row: tuple[float, float, float, float, float]) -> None:
-        self._rows[self._next] = row
-        self._next = (self._next + 1) % self.size
-        self.count = min(self.count + 1, self.size)
+        self._pending.append(row)
+        if len(self._pending) >= SYNC_EVERY:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._pending:
+            rows = np.array(self._pending, dtype=np.float64)
+            self._pending = []
+            self._enter(rows)
+
+    def _enter(self, rows: npt.NDArray[np.float64]) -> None:
+        """Put ``rows`` (oldest first) into the ring, evicting the oldest rows to make room."""
+        rows = rows[-self.size :]
+        k = len(rows)
+        evicted = max(0, self._held + k - self.size)
+        oldest = (self._next - self._held) % self.size
+        gone = self._rows[(oldest + np.arange(evicted)) % self.size]  # a copy
+        self._moments.update(rows, gone)
+        self._rows[(self._next + np.arange(k)) % self.size] = rows
+        self._next = (self._next + k) % self.size
+        self._held = min(self._held + k, self.size)
 
     def rows(self) -> npt.NDArray[np.float64]:
         """The rows, oldest first."""
-        if self.count < self.size:
-            return self._rows[: self.count]
+        self._sync()
+        if self._held < self.size:
+            return self._rows[: self._held]
         return np.roll(self._rows, -self._next, axis=0)
+
+    def moments(self) -> Moments:
+        """The sums of ``rows()``."""
+        self._sync()
+        return self._moments
 
     def dumps(self) -> bytes:
         return self.rows().astype("<f8").tobytes()
@@ -102,11 +141,8 @@ class Window:
             raise ValueError("a window holds a propensity outside (0, 1]")
         if np.any(rows < -SLACK) or np.any(rows > 1 + SLACK):
             raise ValueError("a window holds a probability, reward or prediction outside [0, 1]")
-        kept = rows[-size:]
         window = cls(size)
-        window._rows[: len(kept)] = kept
-        window.count = len(kept)
-        window._next = len(kept) % size
+        window._enter(rows.astype(np.float64, copy=False))  # its sums computed afresh from the rows
         return window
 
 
@@ -131,13 +167,29 @@ NAN = Estimate(math.nan, math.nan, math.nan, 0)
 
 
 def standing(policy: str, rows: npt.NDArray[np.float64], min_events: int) -> Standing:
-    """Score a window's rows with the offline estimators."""
+    """Score a window's rows with the offline estimators (the reference: ``scored`` gives the
+    same from the window's sums)."""
     n = len(rows)
     if n == 0:
         return Standing(policy, 0, NAN, NAN, NAN, False)
     t, p, r, q, dm = rows.T
     champion = ips(np.ones(n), np.ones(n), r)  # on-policy: the logged rewards' mean
-    s, d = snips(t, p, r), doubly_robust(t, p, r, q, dm)
+    return _judged(policy, n, snips(t, p, r), doubly_robust(t, p, r, q, dm), champion, min_events)
+
+
+def scored(policy: str, window: Window, min_events: int) -> Standing:
+    """``standing`` of the window's rows, from its sums: a cost that does not grow with it."""
+    m = window.moments()
+    if m.n == 0:
+        return Standing(policy, 0, NAN, NAN, NAN, False)
+    if not m.exact:  # a weight too large to sum, or all too small (Moments.exact)
+        return standing(policy, window.rows(), min_events)
+    return _judged(policy, m.n, m.snips(), m.doubly_robust(), m.on_policy(), min_events)
+
+
+def _judged(
+    policy: str, n: int, s: Estimate, d: Estimate, champion: Estimate, min_events: int
+) -> Standing:
     clears = n >= min_events and s.low > champion.value and d.low > champion.value
     return Standing(policy, n, s, d, champion, bool(clears))
 
@@ -249,7 +301,7 @@ class Bench:
     # Judging and promoting
 
     def standings(self) -> list[Standing]:
-        return [standing(s, c.window.rows(), self.min_events) for s, c in self.challengers.items()]
+        return [scored(s, c.window, self.min_events) for s, c in self.challengers.items()]
 
     @property
     def due(self) -> bool:
@@ -297,7 +349,7 @@ class Bench:
                 field="policy",
             )
         policy = found
-        scores = standing(policy, self.challengers[policy].window.rows(), self.min_events)
+        scores = scored(policy, self.challengers[policy].window, self.min_events)
         record = {
             "ts": time.time(),
             "from_policy": str(self.champion),
