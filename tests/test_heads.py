@@ -257,6 +257,34 @@ def test_a_head_asking_to_switch_protocols_leaves_the_next_head_timed(
     assert reply in (b"", b"<reset>")
 
 
+@PARSERS
+@ONE_REDIS
+@pytest.mark.parametrize("zeros", [17, 70, 5000])
+def test_a_chunk_size_with_leading_zeros_leaves_the_next_head_timed(
+    serve: Serve, http: str, zeros: int
+) -> None:
+    """Both parsers take a chunk size's leading zeros, as many as sent (h11 up to 20 digits):
+    the scan took at most 16 digits, and gave up on the connection at more, so a client that
+    sent one such body once could trickle every next head on it for as long as it liked."""
+    base = serve(head_timeout_s=FAST, http=http)
+    body = b'{"query": "leading zeros"}'
+    with Raw(base) as conn:
+        conn.send(
+            b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n%s%x\r\n%s\r\n0\r\n\r\n"
+            % (b"0" * zeros, len(body), body)
+        )
+        if http == "h11" and zeros > 18:  # h11 refuses a size of more than 20 digits: 400
+            assert conn.until_closed().startswith(b"HTTP/1.1 400")
+            return
+        assert conn.response()[0] == 200
+        conn.send(GET)
+        assert conn.response()[0] == 200
+        sent, reply = conn.trickle(SLOW_HEAD)
+    assert sent < len(SLOW_HEAD), reply
+    assert reply in (b"", b"<reset>")
+
+
 class _Transport(asyncio.Transport):
     """Where the scan under test writes: nothing is sent, only whether it closed is kept."""
 
@@ -381,7 +409,9 @@ def _requests(draw: st.DrawFn) -> bytes:
         cut = draw(st.integers(0, len(body)))
         for part in (body[:cut], body[cut:]):
             if part:
-                sent += b"%x%s\r\n%s\r\n" % (len(part), draw(st.sampled_from([b"", b";a=b"])), part)
+                zeros = b"0" * draw(st.sampled_from([0, 1, 17, 70]))
+                extension = draw(st.sampled_from([b"", b";a=b"]))
+                sent += b"%s%x%s\r\n%s\r\n" % (zeros, len(part), extension, part)
         sent += b"0\r\n" + draw(st.sampled_from([b"", b"x-trailer: 1\r\n"])) + b"\r\n"
     lead = draw(st.sampled_from([b"", b"\r\n"]))
     return lead + b"\r\n".join(lines) + b"\r\n\r\n" + sent

@@ -225,6 +225,12 @@ class HeadDeadline(asyncio.Protocol):
             else:  # a line of chunked framing: its start is all that counts
                 newline = data.find(b"\n", at)
                 end = size if newline < 0 else newline
+                if state == CHUNK_LINE and self.line in (b"", b"0"):
+                    # the parsers take a size's leading zeros, as many as sent: one is kept,
+                    # so the digits after them are what the line keeps
+                    digits = data[at:end].lstrip(b"0")
+                    if end - at > len(digits):
+                        self.line, at = b"0", end - len(digits)
                 if len(self.line) < _LINE_KEPT:
                     self.line += data[at : min(end, at + _LINE_KEPT)]
                 if newline < 0:
@@ -289,7 +295,8 @@ class HeadDeadline(asyncio.Protocol):
 
     def chunk_line(self, state: int, line: bytes) -> None:
         if state == CHUNK_LINE:
-            size = line.split(b";", 1)[0].strip()
+            digits = line.split(b";", 1)[0].strip()
+            size = digits.lstrip(b"0") or digits[:1]  # "000" is 0, "" no size
             if not _HEX.fullmatch(size):
                 self.state = OFF
             elif int(size, 16):
