@@ -4,6 +4,7 @@ loopback, h11 and httptools, raw sockets as a slow or hostile client writes them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -24,7 +25,13 @@ from hypothesis import strategies as st
 from uvicorn.config import HTTP_PROTOCOLS
 
 from bandit_router.http import heads
-from bandit_router.http.heads import HEAD_LIMIT, HeadDeadline, ServedHeads, head_deadline
+from bandit_router.http.heads import (
+    HEAD_LIMIT,
+    PIPELINED_LIMIT,
+    HeadDeadline,
+    ServedHeads,
+    head_deadline,
+)
 from tests.conftest import SettingsFactory, cli_env, served, wait_until
 from tests.live import Servers, close_sdk_clients, sdk_client, serve
 from tests.upstreams import DONE, Script, Scripted, chunk, scripted
@@ -690,6 +697,36 @@ def test_a_head_past_the_limit_is_refused_431(serve: Serve, http: str) -> None:
         head, _, body = conn.until_closed().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431"), head
     assert json.loads(body)["detail"].startswith(f"request head longer than {HEAD_LIMIT} bytes")
+
+
+LIVEZ = b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+@PARSERS
+@ONE_REDIS
+def test_requests_sent_far_ahead_of_their_answers_close_the_connection(
+    serve: Serve, http: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httptools parsed every head of a read at once and queued each request (about 2 KiB
+    held for a 24-byte request), reading more at each answer: 8 MB of requests sent on one
+    connection held 750 MB. Up to PIPELINED_LIMIT waiting are answered in order; past it the
+    connection is closed, the rest unparsed, and the service goes on answering."""
+    base = serve(head_timeout_s=60, http=http)
+    with Raw(base) as conn:
+        conn.send(LIVEZ * PIPELINED_LIMIT)
+        assert [conn.response()[0] for _ in range(PIPELINED_LIMIT)] == [200] * PIPELINED_LIMIT
+        conn.send(LIVEZ)  # the connection goes on
+        assert conn.response()[0] == 200
+    sent = 5_000  # 170 KB: more than PIPELINED_LIMIT in a read, or waiting after it
+    with caplog.at_level(logging.WARNING, logger="bandit_router"), Raw(base) as conn:
+        with contextlib.suppress(OSError):  # reset: closed while sending
+            conn.conn.sendall(LIVEZ * sent)
+        answered = conn.until_closed().count(b"HTTP/1.1 200")
+    assert answered < sent  # closed before they were all answered
+    assert any("sent ahead of their answers, over" in m for m in caplog.messages)
+    with Raw(base) as conn:
+        conn.send(LIVEZ)
+        assert conn.response()[0] == 200
 
 
 @ONE_REDIS
