@@ -4,6 +4,7 @@ loopback, h11 and httptools, raw sockets as a slow or hostile client writes them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -24,7 +25,13 @@ from hypothesis import strategies as st
 from uvicorn.config import HTTP_PROTOCOLS
 
 from bandit_router.http import heads
-from bandit_router.http.heads import HEAD_LIMIT, HeadDeadline, ServedHeads, head_deadline
+from bandit_router.http.heads import (
+    HEAD_LIMIT,
+    PIPELINED_LIMIT,
+    HeadDeadline,
+    ServedHeads,
+    head_deadline,
+)
 from tests.conftest import SettingsFactory, cli_env, served, wait_until
 from tests.live import Servers, close_sdk_clients, sdk_client, serve
 from tests.upstreams import DONE, Script, Scripted, chunk, scripted
@@ -257,6 +264,34 @@ def test_a_head_asking_to_switch_protocols_leaves_the_next_head_timed(
     assert reply in (b"", b"<reset>")
 
 
+@PARSERS
+@ONE_REDIS
+@pytest.mark.parametrize("zeros", [17, 70, 5000])
+def test_a_chunk_size_with_leading_zeros_leaves_the_next_head_timed(
+    serve: Serve, http: str, zeros: int
+) -> None:
+    """Both parsers take a chunk size's leading zeros, as many as sent (h11 up to 20 digits):
+    the scan took at most 16 digits, and gave up on the connection at more, so a client that
+    sent one such body once could trickle every next head on it for as long as it liked."""
+    base = serve(head_timeout_s=FAST, http=http)
+    body = b'{"query": "leading zeros"}'
+    with Raw(base) as conn:
+        conn.send(
+            b"POST /choose HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n%s%x\r\n%s\r\n0\r\n\r\n"
+            % (b"0" * zeros, len(body), body)
+        )
+        if http == "h11" and zeros > 18:  # h11 refuses a size of more than 20 digits: 400
+            assert conn.until_closed().startswith(b"HTTP/1.1 400")
+            return
+        assert conn.response()[0] == 200
+        conn.send(GET)
+        assert conn.response()[0] == 200
+        sent, reply = conn.trickle(SLOW_HEAD)
+    assert sent < len(SLOW_HEAD), reply
+    assert reply in (b"", b"<reset>")
+
+
 class _Transport(asyncio.Transport):
     """Where the scan under test writes: nothing is sent, only whether it closed is kept."""
 
@@ -381,7 +416,9 @@ def _requests(draw: st.DrawFn) -> bytes:
         cut = draw(st.integers(0, len(body)))
         for part in (body[:cut], body[cut:]):
             if part:
-                sent += b"%x%s\r\n%s\r\n" % (len(part), draw(st.sampled_from([b"", b";a=b"])), part)
+                zeros = b"0" * draw(st.sampled_from([0, 1, 17, 70]))
+                extension = draw(st.sampled_from([b"", b";a=b"]))
+                sent += b"%s%x%s\r\n%s\r\n" % (zeros, len(part), extension, part)
         sent += b"0\r\n" + draw(st.sampled_from([b"", b"x-trailer: 1\r\n"])) + b"\r\n"
     lead = draw(st.sampled_from([b"", b"\r\n"]))
     return lead + b"\r\n".join(lines) + b"\r\n\r\n" + sent
@@ -660,6 +697,36 @@ def test_a_head_past_the_limit_is_refused_431(serve: Serve, http: str) -> None:
         head, _, body = conn.until_closed().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431"), head
     assert json.loads(body)["detail"].startswith(f"request head longer than {HEAD_LIMIT} bytes")
+
+
+LIVEZ = b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+@PARSERS
+@ONE_REDIS
+def test_requests_sent_far_ahead_of_their_answers_close_the_connection(
+    serve: Serve, http: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httptools parsed every head of a read at once and queued each request (about 2 KiB
+    held for a 24-byte request), reading more at each answer: 8 MB of requests sent on one
+    connection held 750 MB. Up to PIPELINED_LIMIT waiting are answered in order; past it the
+    connection is closed, the rest unparsed, and the service goes on answering."""
+    base = serve(head_timeout_s=60, http=http)
+    with Raw(base) as conn:
+        conn.send(LIVEZ * PIPELINED_LIMIT)
+        assert [conn.response()[0] for _ in range(PIPELINED_LIMIT)] == [200] * PIPELINED_LIMIT
+        conn.send(LIVEZ)  # the connection goes on
+        assert conn.response()[0] == 200
+    sent = 5_000  # 170 KB: more than PIPELINED_LIMIT in a read, or waiting after it
+    with caplog.at_level(logging.WARNING, logger="bandit_router"), Raw(base) as conn:
+        with contextlib.suppress(OSError):  # reset: closed while sending
+            conn.conn.sendall(LIVEZ * sent)
+        answered = conn.until_closed().count(b"HTTP/1.1 200")
+    assert answered < sent  # closed before they were all answered
+    assert any("sent ahead of their answers, over" in m for m in caplog.messages)
+    with Raw(base) as conn:
+        conn.send(LIVEZ)
+        assert conn.response()[0] == 200
 
 
 @ONE_REDIS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -74,6 +75,33 @@ def test_admin_snapshot_reset_and_policy_switch(make_client: ClientFactory) -> N
 
     assert client.post("/admin/reset", headers=ADMIN).json() == {"model_version": 0}
     assert _choose(client).json()["model_version"] == 0
+
+
+def test_the_admin_key_is_not_taken_from_basic_auth(make_client: ClientFactory) -> None:
+    """A browser holding Basic credentials for the service (the dashboard's, an operator key
+    that is also the admin key) sends them with any request to it, a cross-site one too: a
+    form on any page the operator opened reset the model, as ``/admin/reset`` and
+    ``/admin/snapshot`` read no body whose content type could refuse it. The admin key goes in
+    X-API-Key or as a bearer token; the Basic password still opens the dashboard's reads."""
+    client = make_client(admin_key="root-key", ops_keys="root-key")
+    basic = {"Authorization": "Basic " + base64.b64encode(b"operator:root-key").decode()}
+    form = {"content-type": "application/x-www-form-urlencoded", "origin": "https://elsewhere"}
+    for path in ("/admin/reset", "/admin/snapshot"):
+        refused = client.post(path, headers=basic | form, content=b"a=b")
+        assert refused.status_code == 401, (path, refused.text)
+        assert "www-authenticate" not in refused.headers  # no browser prompt for it
+        assert refused.json() == {
+            "detail": "missing or wrong admin key: send X-API-Key or Authorization: Bearer "
+            "<key> (BANDIT_ADMIN_KEY)",
+            "field": "X-API-Key",
+        }
+        assert client.post(path, headers={"x-api-key": "root-key"}).status_code == 200
+        assert client.post(path, headers=ADMIN).status_code == 200
+    assert client.get("/stats", headers=basic).status_code == 200
+    assert client.get("/dashboard", headers=basic).status_code == 200
+    asked = client.get("/stats")
+    assert asked.status_code == 401
+    assert asked.headers["www-authenticate"].startswith("Basic ")
 
 
 # Specs an admin could once switch to: NaN, infinite or huge values made every later /choose

@@ -55,6 +55,7 @@ from bandit_router.http.process import stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
     BASIC_CHALLENGE,
     SCHEMES,
+    Unauthorized,
     require_admin_key,
     require_ops_key,
 )
@@ -100,7 +101,8 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         )
     router = getattr(request.app.state, "router", None)
     status, body = failure(exc, router, request.url.path.strip("/") or "/")
-    headers = {"www-authenticate": BASIC_CHALLENGE} if status == 401 else {}
+    basic = isinstance(exc, Unauthorized) and exc.basic  # else a browser would ask in vain
+    headers = {"www-authenticate": BASIC_CHALLENGE} if basic else {}
     if isinstance(exc, RouterError) and exc.retry_after_s is not None:
         headers["retry-after"] = str(exc.retry_after_s)
     return Response(body, status_code=status, headers=headers, media_type="application/json")

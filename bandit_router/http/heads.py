@@ -21,6 +21,13 @@ WebSocket), drops the rest of that read and parses the next one as a new request
 h11 reads it (the body its length declares), such a head would let a client's next heads go
 untimed.
 
+Nor does uvicorn bound the requests a client sends ahead of its answers (pipelined): httptools
+parses every head of each read at once and queues each parsed request until its turn (a 24-byte
+request became about 2 KiB held: 8 MB of them sent on one connection, 750 MB held by the
+process), and reads more each time it answers one. A connection is closed, the rest of that read
+not parsed, once the requests it has waiting (parsed and queued, or complete in the read) would
+pass ``PIPELINED_LIMIT``.
+
 uvicorn times no write either: a client that stops reading a long response (a gateway stream,
 say) would hold its connection, and the call behind it (a gateway slot, an upstream's stream),
 for as long as it liked. The transport tells its protocol when its buffer fills
@@ -49,6 +56,7 @@ log = logging.getLogger("bandit_router")
 
 SAID_EVERY_S = 10.0  # closed connections are said at most this often, with a count
 HEAD_LIMIT = 65_536  # longest head followed (h11, uvicorn's other parser, refuses past 16 KiB)
+PIPELINED_LIMIT = 64  # requests a connection may have waiting for their turn (module docstring)
 
 # What the scan expects next on a connection.
 HEAD, LENGTH, CHUNK_LINE, CHUNK, CHUNK_END, TRAILERS, OFF = range(7)
@@ -110,9 +118,15 @@ class HeadDeadline(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state != OFF:
+            heads = self.requests
             self.scan(data)
             if self.transport is not None and self.transport.is_closing():
                 return  # refused by the scan: uvicorn has nothing to parse
+            # the requests httptools has parsed and queued (h11 parses none ahead)
+            queued = len(getattr(self.inner, "pipeline", ()))
+            if queued + self.requests - heads > PIPELINED_LIMIT:
+                self.overrun(queued + self.requests - heads)
+                return
         self.inner.data_received(data)
         transport = self.transport
         if transport is not None and transport.get_protocol() is not self:
@@ -188,9 +202,17 @@ class HeadDeadline(asyncio.Protocol):
             f"request head not received within {self.deadline_s:g} s (BANDIT_HEAD_TIMEOUT_S)",
         )
 
+    def overrun(self, waiting: int) -> None:
+        """Close a connection with more than ``PIPELINED_LIMIT`` requests waiting: no answer,
+        as answers go in order and the earlier ones are not all sent."""
+        assert self.transport is not None
+        self.say(f"{waiting} requests sent ahead of their answers, over {PIPELINED_LIMIT}", "ahead")
+        self.transport.close()
+        self.stop()
+
     def say(self, detail: str, kind: str) -> None:
-        """Say that the connection was closed and why: each kind (``head``, ``send``) at once,
-        then at most every ``SAID_EVERY_S`` with the count of its own not said."""
+        """Say that the connection was closed and why: each kind (``head``, ``send``, ``ahead``)
+        at once, then at most every ``SAID_EVERY_S`` with the count of its own not said."""
         assert self.transport is not None
         due = self.said.due(SAID_EVERY_S, kind)
         if due is None:
@@ -225,6 +247,12 @@ class HeadDeadline(asyncio.Protocol):
             else:  # a line of chunked framing: its start is all that counts
                 newline = data.find(b"\n", at)
                 end = size if newline < 0 else newline
+                if state == CHUNK_LINE and self.line in (b"", b"0"):
+                    # the parsers take a size's leading zeros, as many as sent: one is kept,
+                    # so the digits after them are what the line keeps
+                    digits = data[at:end].lstrip(b"0")
+                    if end - at > len(digits):
+                        self.line, at = b"0", end - len(digits)
                 if len(self.line) < _LINE_KEPT:
                     self.line += data[at : min(end, at + _LINE_KEPT)]
                 if newline < 0:
@@ -289,7 +317,8 @@ class HeadDeadline(asyncio.Protocol):
 
     def chunk_line(self, state: int, line: bytes) -> None:
         if state == CHUNK_LINE:
-            size = line.split(b";", 1)[0].strip()
+            digits = line.split(b";", 1)[0].strip()
+            size = digits.lstrip(b"0") or digits[:1]  # "000" is 0, "" no size
             if not _HEX.fullmatch(size):
                 self.state = OFF
             elif int(size, 16):

@@ -3,6 +3,11 @@
 A key travels as ``X-API-Key``, as a bearer token (``Authorization: Bearer``, what OpenAI-style
 clients send), or as the password of HTTP Basic auth (what a browser prompts for, so the
 dashboard can sit behind a key). Keys are compared in constant time, against every key.
+
+The admin key is not taken from Basic auth: a browser that has Basic credentials for the service
+sends them with any request to it, a cross-site one included, and ``/admin/reset`` and
+``/admin/snapshot`` take no body whose content type could refuse it (as ``/choose`` refuses
+one not JSON): any web page the operator opened could have reset the model.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ class KeyGroup:
 
     setting: str
     what: str
+    basic: bool = True  # taken as a Basic password too (what a browser resends by itself)
 
 
 API_KEYS = KeyGroup("BANDIT_API_KEYS", "API key")
-ADMIN_KEY = KeyGroup("BANDIT_ADMIN_KEY", "admin key")
+ADMIN_KEY = KeyGroup("BANDIT_ADMIN_KEY", "admin key", basic=False)  # module docstring
 OPS_KEYS = KeyGroup("BANDIT_OPS_KEYS", "operator key")
 BASIC_CHALLENGE = 'Basic realm="bandit-router", charset="UTF-8"'  # a browser asks for the key
 
@@ -42,6 +48,10 @@ BASIC_CHALLENGE = 'Basic realm="bandit-router", charset="UTF-8"'  # a browser as
 class Unauthorized(RouterError):
     status_code = 401
     field = "X-API-Key"
+
+    def __init__(self, message: str, basic: bool = True) -> None:
+        super().__init__(message)
+        self.basic = basic  # a Basic password would be taken: a browser may be asked for one
 
 
 class Forbidden(RouterError):
@@ -57,8 +67,9 @@ def key_matches(given: str | None, keys: Sequence[str]) -> bool:
     return found
 
 
-def given_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key a request carries: X-API-Key, else a bearer token, else a Basic password."""
+def given_key(headers: Iterable[tuple[bytes, bytes]], basic: bool = True) -> str | None:
+    """The key a request carries: X-API-Key, else a bearer token, else (``basic``) a Basic
+    password."""
     header = authorization = None
     for name, value in headers:
         if name == b"x-api-key" and header is None:
@@ -73,7 +84,7 @@ def given_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     credentials = credentials.strip()
     if scheme.lower() == "bearer" and credentials:
         return credentials
-    if scheme.lower() == "basic":
+    if scheme.lower() == "basic" and basic:
         try:
             decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
         except ValueError:  # not base64 (binascii.Error), not ASCII at all, or not UTF-8
@@ -86,10 +97,14 @@ def require_key(
     headers: Iterable[tuple[bytes, bytes]], keys: Sequence[str], group: KeyGroup
 ) -> None:
     """Nothing when no keys are set or the request carries one of them; else 401."""
-    if keys and not key_matches(given_key(headers), keys):
+    if keys and not key_matches(given_key(headers, group.basic), keys):
+        ways = (
+            "X-API-Key, Authorization: Bearer <key>, or Basic auth with the key as password"
+            if group.basic
+            else "X-API-Key or Authorization: Bearer <key>"
+        )
         raise Unauthorized(
-            f"missing or wrong {group.what}: send X-API-Key, Authorization: Bearer <key>, "
-            f"or Basic auth with the key as password ({group.setting})"
+            f"missing or wrong {group.what}: send {ways} ({group.setting})", group.basic
         )
 
 
