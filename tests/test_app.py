@@ -227,3 +227,17 @@ def test_a_validation_error_of_ours_is_a_500_not_the_clients_422(
     assert status == 500
     assert orjson.loads(body) == {"detail": UNEXPECTED, "field": None}
     assert "unhandled error on admin/promote" in caplog.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/choose/"), ("GET", "/stats/")])
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_clients_host(
+    client: TestClient, method: str, path: str
+) -> None:
+    """Starlette redirected ``/choose/`` to ``/choose`` with a Location built from the request's
+    Host (and a trusted proxy's X-Forwarded-Proto): it could point at plain http or at another
+    host, and a client that follows redirects sends its key there."""
+    response = client.request(
+        method, path, headers={"host": "elsewhere.example"}, follow_redirects=False
+    )
+    assert response.status_code == 404, response.headers
+    assert "location" not in response.headers

@@ -199,6 +199,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from local assets by register_docs: the default needs a CDN
         redoc_url=None,
+        # /choose/ is a 404, not a 307 to /choose: its Location is built from the client's Host
+        # (and a proxy's X-Forwarded-Proto), so it may point at plain http or another host, and
+        # a client that follows it sends its key along.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.add_middleware(BodyGuard, settings=settings)
