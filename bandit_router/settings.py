@@ -497,6 +497,26 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _strip_admin_key(cls, value: Any) -> Any:
+        """As the other keys are: a secret file's trailing newline is no part of the key."""
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("api_keys", "ops_keys", "admin_key")
+    @classmethod
+    def _printable_keys(cls, value: Any) -> Any:
+        """A key travels in a header, which holds printable ASCII: one with another character
+        could never be sent, and every request would be refused. Not echoed: a secret."""
+        keys = value if isinstance(value, list) else [] if value is None else [value]
+        for i, key in enumerate(keys, 1):
+            if not (key.isascii() and key.isprintable()):
+                raise ValueError(
+                    f"key {i} of {len(keys)} holds a character that is not printable ASCII "
+                    "(a header cannot carry it)"
+                )
+        return value
+
     @field_validator("arms")
     @classmethod
     def _unique_arms(cls, arms: list[ArmSpec]) -> list[ArmSpec]:

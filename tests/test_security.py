@@ -44,6 +44,8 @@ def test_api_keys_guard_choose_and_reward(make_client: ClientFactory) -> None:
     assert "API key" in _choose(client).json()["detail"]
     d = _choose(client, KEY).json()
     assert _choose(client, {"Authorization": "Bearer k2"}).status_code == 200
+    # an empty X-API-Key (a proxy's template, its variable unset) hides no bearer token
+    assert _choose(client, {"X-API-Key": "", "Authorization": "Bearer k2"}).status_code == 200
     body = {"event_id": d["event_id"], "reward": 1}
     assert client.post("/reward", json=body).status_code == 401
     assert client.post("/reward", json=body, headers=KEY).status_code == 200

@@ -48,6 +48,8 @@ def test_arms_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("arms", "a,a", "arm names must be unique, repeated: a"),
         ("arms", "", "at least one arm"),
         ("latency_budget_ms", 0, "greater than 0"),
+        ("admin_key", "cl\u00e9", "key 1 of 1 holds a character that is not printable ASCII"),
+        ("api_keys", "a,b\x01", "key 2 of 2 holds a character that is not printable ASCII"),
         ("snapshot_every", 2_000_000, r"snapshot_every \(2000000\) must be at most stream_maxlen"),
     ],
 )
@@ -151,3 +153,9 @@ def test_a_setting_past_what_the_service_can_use_is_refused_at_start_up(
 def test_the_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BANDIT_LOG_LEVEL", "WARNING")
     assert Settings().log_level == "warning"
+
+
+def test_the_admin_key_is_stripped_as_the_other_keys_are() -> None:
+    """A key read from a secret file keeps its trailing newline, which no request can send."""
+    assert Settings(admin_key="secret\n").admin_key == "secret"
+    assert Settings(admin_key=" \n").admin_key is None  # unset: the admin endpoints are off

@@ -76,7 +76,7 @@ def given_key(headers: Iterable[tuple[bytes, bytes]], basic: bool = True) -> str
             header = value
         elif name == b"authorization" and authorization is None:
             authorization = value
-    if header is not None:
+    if header:  # an empty one (a proxy's template with its variable unset) is none
         return header.decode("latin-1")
     if authorization is None:
         return None
