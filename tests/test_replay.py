@@ -151,3 +151,19 @@ def test_the_ci_is_students_t_for_every_number_of_seeds() -> None:
         values = rng.normal(size=n).tolist()
         expected = t * np.std(values, ddof=1) / np.sqrt(n)
         assert report.ci95(values) == pytest.approx(expected, rel=2e-4), n
+
+
+def test_a_warm_start_judges_the_policies_against_best_fixed_on_the_replayed_rows() -> None:
+    """With ``warm_start`` only the rows after the warm part are replayed: best-fixed's reward,
+    vs best-fixed and the regrets are taken over those rows, as the policies' means are."""
+    prepared = dataset.prepare(dataset.load(SLICE, SLICE_ARMS), REWARDS)
+    names = ["best-fixed", "oracle", "egreedy"]
+    runs = replay.simulate(names, prepared, [0, 1, 2], warm_start=0.5)
+    result = report.summary(runs, prepared, {"seeds": [0, 1, 2], "warm_start": 0.5})
+    fixed = float(np.mean([r.reward.mean() for r in runs["best-fixed"]]))
+    oracle = float(np.mean([r.reward.mean() for r in runs["oracle"]]))
+    assert result["best_fixed_reward"] == pytest.approx(fixed)
+    assert result["oracle_reward"] == pytest.approx(oracle)
+    assert result["policies"]["best-fixed"]["regret_best_fixed"] == pytest.approx(0.0)
+    assert result["policies"]["oracle"]["regret_oracle"] == pytest.approx(0.0)
+    assert "+0.00%" in report.table(result).splitlines()[1]  # best-fixed's own line

@@ -126,13 +126,29 @@ def arrival(runs: Sequence[Run], j: int, step: int) -> dict[str, Any]:
     return {"step": step, "first_chosen_after": waits, "share_after": float(np.mean(shares))}
 
 
+def references(
+    runs: Mapping[str, Sequence[Run]], fixed: Floats, oracle: Floats
+) -> tuple[float, float]:
+    """The best fixed arm's and the oracle's mean reward over the rows the runs replayed (each
+    seed's, averaged over the seeds as the policies' means are): every row without a warm
+    start, the rows after the warm part with one."""
+    first = next(iter(runs.values()), [])
+    played = [r.rows for r in first if r.rows is not None]
+    if not played:
+        return float(fixed.mean()), float(oracle.mean())
+    return (
+        float(np.mean([fixed[rows].mean() for rows in played])),
+        float(np.mean([oracle[rows].mean() for rows in played])),
+    )
+
+
 def summary(
     runs: Mapping[str, Sequence[Run]], prepared: Prepared, meta: Mapping[str, Any]
 ) -> dict[str, Any]:
     """``summary.json``: ``{"policies": {NAME: {...}}}`` plus the references and the set-up."""
     arms = [a.name for a in prepared.replay.arms]
     fixed, oracle = hindsight(prepared)
-    refs = (float(fixed.mean()), float(oracle.mean()))
+    refs = references(runs, fixed, oracle)
     policies = {name: _policy_summary(rs, arms, refs) for name, rs in runs.items()}
     for name, rs in runs.items():
         added = meta.get("arrivals") or {}
