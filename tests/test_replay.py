@@ -15,7 +15,7 @@ from bandit_router.policies.registry import build_policy
 from bandit_router.rewards import RewardConfig, RewardParts
 from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
-from bandit_router.sim import dataset, replay
+from bandit_router.sim import dataset, replay, report
 
 SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
 SLICE_ARMS = SLICE.with_suffix(".arms.json")
@@ -133,3 +133,37 @@ def test_an_outcome_the_weights_cannot_score_is_named(tmp_path: Path) -> None:
     data = dataset.load(_write(tmp_path / "r.jsonl", [GOOD, GOOD]))
     with pytest.raises(dataset.ReplayError, match=r"line 1: outcomes.b: no weighted reward part"):
         dataset.prepare(data, RewardConfig({"accuracy": 1.0}))
+
+
+def test_the_ci_is_students_t_for_every_number_of_seeds() -> None:
+    """The 95% CI over seeds takes Student's t with n - 1 degrees of freedom, not the normal
+    1.96 from 11 seeds on (30 seeds: 2.045, 4% wider)."""
+    rng = np.random.default_rng(0)
+    for n, t in [
+        (5, 2.776445),
+        (10, 2.262157),
+        (11, 2.228139),
+        (20, 2.093024),
+        (30, 2.045230),
+        (40, 2.022691),
+        (100, 1.984217),
+    ]:
+        values = rng.normal(size=n).tolist()
+        expected = t * np.std(values, ddof=1) / np.sqrt(n)
+        assert report.ci95(values) == pytest.approx(expected, rel=2e-4), n
+
+
+def test_a_warm_start_judges_the_policies_against_best_fixed_on_the_replayed_rows() -> None:
+    """With ``warm_start`` only the rows after the warm part are replayed: best-fixed's reward,
+    vs best-fixed and the regrets are taken over those rows, as the policies' means are."""
+    prepared = dataset.prepare(dataset.load(SLICE, SLICE_ARMS), REWARDS)
+    names = ["best-fixed", "oracle", "egreedy"]
+    runs = replay.simulate(names, prepared, [0, 1, 2], warm_start=0.5)
+    result = report.summary(runs, prepared, {"seeds": [0, 1, 2], "warm_start": 0.5})
+    fixed = float(np.mean([r.reward.mean() for r in runs["best-fixed"]]))
+    oracle = float(np.mean([r.reward.mean() for r in runs["oracle"]]))
+    assert result["best_fixed_reward"] == pytest.approx(fixed)
+    assert result["oracle_reward"] == pytest.approx(oracle)
+    assert result["policies"]["best-fixed"]["regret_best_fixed"] == pytest.approx(0.0)
+    assert result["policies"]["oracle"]["regret_oracle"] == pytest.approx(0.0)
+    assert "+0.00%" in report.table(result).splitlines()[1]  # best-fixed's own line

@@ -171,6 +171,9 @@ class Run:
     # Champion and challengers (``auto``): each promotion's step, from and to, in order;
     # None for a policy that has no challengers.
     promotions: list[tuple[int, str, str]] | None = None
+    # The replayed rows (indices into the replay, in the order played): what the hindsight
+    # references are averaged over (a warm start replays only the rows after its own).
+    rows: npt.NDArray[np.int64] | None = None
 
     @classmethod
     def empty(cls, policy: str, seed: int, n: int) -> Run:

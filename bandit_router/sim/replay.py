@@ -108,6 +108,7 @@ def run(
     """Play ``rows`` (indices, in order) through ``stepper``; ``progress`` hears each step;
     ``arrivals``: arms that join the deployment at a step (0-based), ineligible before it."""
     out = Run.empty(name, seed, len(rows))
+    out.rows = np.asarray(rows, dtype=np.int64)
     replay = prepared.replay
     for t, i in enumerate(rows):
         row = replay.rows[i]
