@@ -109,10 +109,13 @@ def test_simulate_names_a_policy_value_out_of_range(capsys: pytest.CaptureFixtur
     )
 
 
-def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path, signum: int) -> None:
     """What a process manager sends: the service stops gracefully and stops the embedded Redis
     it started (uvicorn raises SIGTERM again after its shutdown; by default that killed the
-    process before the Redis was stopped, and the server was left running)."""
+    process before the Redis was stopped, and the server was left running). SIGHUP (a closed
+    terminal, ``kill -HUP``) stops it the same way: by default it killed a one-worker `serve` at
+    once, its requests in flight cut and its embedded Redis left running, owned by no one."""
     data = tmp_path / "data"
     redis_url = f"unix://{socket_path(str(data))}"
     port = _free_port()
@@ -121,7 +124,7 @@ def test_sigterm_stops_serve_and_its_embedded_redis(tmp_path: Path) -> None:
         with cli_process(["serve", "--port", str(port)], _env(data), tmp_path / "serve.log") as p:
             wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
             assert _server_answers(redis_url)
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signum)
             assert p.wait(timeout=30) == 128 + signal.SIGTERM
         assert not _server_answers(redis_url)
     finally:  # a failure above must not leave the server running

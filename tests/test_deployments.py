@@ -190,6 +190,35 @@ def test_an_unknown_deployment_or_a_foreign_id_is_a_422_naming_the_field(
     assert r.status_code == 404
 
 
+def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
+    many: tuple[TestClient, Settings],
+) -> None:
+    """``?deployment=``, which /stats, /arms and /admin/* read, was ignored by /choose and
+    /reward: a /choose meant for `coding` was decided and learned by `default`."""
+    client, _ = many
+    r = client.post("/choose?deployment=coding", json={"query": "hello there"})
+    assert r.status_code == 200 and r.json()["event_id"].startswith("coding:"), r.text
+    event_id = r.json()["event_id"]
+    r = _choose(client, key="support-key", deployment="support")  # the body alone, as before
+    assert r.json()["event_id"].startswith("support:")
+    for query in ("?deployment=coding", "?deployment=coding&deployment=support"):
+        r = client.post(f"/choose{query}", json={"query": "hi", "deployment": "support"})
+        assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    r = client.post("/choose?deployment=nope", json={"query": "hi"})
+    assert r.status_code == 422 and "valid: default, support, coding" in r.json()["detail"]
+    r = client.post("/reward?deployment=support", json={"event_id": event_id, "reward": 1})
+    assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    assert "deployment 'coding'" in r.json()["detail"]
+    r = client.post("/reward?deployment=coding", json={"event_id": event_id, "reward": 1})
+    assert r.status_code == 200, r.text
+    # the gateway serves `default` only: another named there is refused, not served by default
+    r = client.post(
+        "/v1/chat/completions?deployment=coding",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+
+
 def test_a_deployment_key_opens_only_its_deployment(
     make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -58,6 +58,11 @@ def serve(args: argparse.Namespace) -> int:
     # with the default action the process would die there, before the embedded Redis is
     # stopped below. This handler makes that a SystemExit, which runs the ``finally``.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    # SIGHUP's default action killed a one-worker `serve` at once (uvicorn handles SIGINT and
+    # SIGTERM only): requests in flight cut, the embedded Redis left running with no owner.
+    # It stops it as SIGTERM does; with --workers uvicorn's supervisor replaces it with its own
+    # (a rolling restart of the workers).
+    hangup = signal.signal(signal.SIGHUP, _stop_on_hangup)
     try:
         uvicorn.run(
             "bandit_router.http.app:app_from_env",
@@ -77,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, hangup)
         if embedded is not None:
             embedded.close()
     return 0
@@ -84,6 +90,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
+
+
+def _stop_on_hangup(signum: int, frame: FrameType | None) -> None:
+    """SIGHUP as SIGTERM: to the SIGTERM handler in place (uvicorn's graceful stop, the
+    start-up's, or ``_exit_on_signal``)."""
+    signal.raise_signal(signal.SIGTERM)
 
 
 def learn(args: argparse.Namespace) -> int:

@@ -165,7 +165,9 @@ REQUESTS = (ChooseRequest, RewardRequest, PolicyRequest)
 
 async def _routing_call(path: str, request: Request) -> Response:
     routers: Routers = request.app.state.routers
-    status, body = await answer(path, routers, request.headers.raw, await request.body())
+    raw = await request.body()
+    query = request.scope.get("query_string", b"")
+    status, body = await answer(path, routers, request.headers.raw, raw, query)
     return Response(body, status_code=status, media_type="application/json")
 
 

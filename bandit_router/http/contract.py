@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -420,22 +421,58 @@ def _body(model: type[Body], raw: bytes) -> Body:
         raise validation_failure(e.errors()) from None
 
 
+def query_deployments(query: bytes) -> list[str]:
+    """The values of ``?deployment=`` in a query string, as Starlette reads them for the other
+    endpoints."""
+    pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    return [value for name, value in pairs if name == "deployment"]
+
+
+def _agreed(named: Sequence[str], body: str | None) -> str | None:
+    """The deployment a ``/choose`` names, in its body or its ``?deployment=`` (the one the
+    other endpoints read): 422 when they name different ones."""
+    names = list(dict.fromkeys([*named, *([] if body is None else [body])]))
+    if len(names) > 1:
+        raise RouterError(
+            f"the request names deployments {', '.join(map(echo, names))} (body `deployment` "
+            "and ?deployment=): name one",
+            field="deployment",
+        )
+    return names[0] if names else None
+
+
 async def _choose(
-    routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
+    routers: Routers,
+    headers: Sequence[tuple[bytes, bytes]],
+    raw: bytes,
+    named: Sequence[str],
+    found: list[Router],
 ) -> dict[str, Any]:
     body = _body(ChooseRequest, raw)
-    router = found[0] = routers.named(body.deployment)
+    router = found[0] = routers.named(_agreed(named, body.deployment))
     _target(routers, router, headers)
     result = await routers.choose(router, body.query, body.features, body.arms, body.event_id)
     return result_fields(result)
 
 
 async def _reward(
-    routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes, found: list[Router]
+    routers: Routers,
+    headers: Sequence[tuple[bytes, bytes]],
+    raw: bytes,
+    named: Sequence[str],
+    found: list[Router],
 ) -> dict[str, Any]:
     body = _body(RewardRequest, raw)
     # The id's deployment first, then default (an id it stored before that deployment existed).
     holders = routers.holders(body.event_id)
+    for name in named:  # the event id names the deployment; a ?deployment= must agree with it
+        if routers.named(name) not in holders:
+            owner = routers.name_of(holders[0])
+            raise RouterError(
+                f"?deployment={echo(name)}, but event {echo(body.event_id)} is one of deployment "
+                f"{owner!r} (the event id names its deployment: ?deployment= is not needed)",
+                field="deployment",
+            )
     *earlier, last = [r for r in holders if _allows(routers, r, headers)] or holders[:1]
     for router in earlier:
         found[0] = router
@@ -449,9 +486,11 @@ async def _reward(
         raise routers.unknown(body.event_id) from e
 
 
-# (the deployments, the request's headers, its body, where the call puts the router it found)
+# (the deployments, the request's headers, its body, its ?deployment= values, where the call
+# puts the router it found)
 Call = Callable[
-    [Routers, Sequence[tuple[bytes, bytes]], bytes, list[Router]], Awaitable[dict[str, Any]]
+    [Routers, Sequence[tuple[bytes, bytes]], bytes, Sequence[str], list[Router]],
+    Awaitable[dict[str, Any]],
 ]
 ROUTES: dict[str, tuple[str, Call]] = {
     "/choose": ("choose", _choose),
@@ -471,17 +510,23 @@ def check_content_type(headers: Iterable[tuple[bytes, bytes]]) -> None:
 
 
 async def answer(
-    path: str, routers: Routers, headers: Sequence[tuple[bytes, bytes]], raw: bytes
+    path: str,
+    routers: Routers,
+    headers: Sequence[tuple[bytes, bytes]],
+    raw: bytes,
+    query: bytes = b"",
 ) -> tuple[int, bytes]:
-    """The status and JSON body of a ``POST`` to a routing ``path`` (a key of ``ROUTES``), for
-    the deployment the body names (``/choose``) or its event id belongs to (``/reward``)."""
+    """The status and JSON body of a ``POST`` to a routing ``path`` (a key of ``ROUTES``) with
+    the query string ``query``, for the deployment the body or the query names (``/choose``) or
+    its event id belongs to (``/reward``)."""
     endpoint, call = ROUTES[path]
     start = time.perf_counter()
     found = [routers.default]  # the deployment's router once the body names it
     try:
         require_key(headers, routers.any_keys, API_KEYS)
         check_content_type(headers)
-        status, body = 200, orjson.dumps(await call(routers, headers, raw, found))
+        named = query_deployments(query) if query else []
+        status, body = 200, orjson.dumps(await call(routers, headers, raw, named, found))
     except Exception as e:
         status, body = failure(e, found[0], endpoint)
     router = found[0]

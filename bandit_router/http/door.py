@@ -68,7 +68,9 @@ class RoutingDoor:
             status, body = failure(e, routers.default, scope["path"].strip("/"))
             await respond(send, status, body, close=True)
             return
-        status, body = await answer(scope["path"], routers, headers, raw)
+        status, body = await answer(
+            scope["path"], routers, headers, raw, scope.get("query_string", b"")
+        )
         await respond(send, status, body)
 
 

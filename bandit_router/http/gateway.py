@@ -32,6 +32,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from bandit_router.deployments import DEFAULT
 from bandit_router.errors import ECHO_CHARS, RouterError, echo, shorten
 from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
 from bandit_router.http.openapi import (
@@ -427,6 +428,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         router: Router = request.app.state.router
         try:
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
+            _default_only(request.query_params.getlist("deployment"))
             check_content_type(request.headers.raw)
             call = gateway.read(await request.body(), request.headers)
             return await _unless_gone(request, _serve(gateway, router, call))
@@ -434,6 +436,17 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             return error_response(e, router)
 
     return gateway
+
+
+def _default_only(named: list[str]) -> None:
+    """The gateway serves the ``default`` deployment: a ``?deployment=`` naming another is
+    refused, not served by ``default`` (its model, its keys)."""
+    for name in named:
+        if name != DEFAULT:
+            raise RouterError(
+                f"?deployment={echo(name)}: the gateway serves the deployment 'default' only",
+                field="deployment",
+            )
 
 
 CLIENT_GONE = 499  # the status logged for a request whose client left (nobody reads it)
