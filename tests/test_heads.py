@@ -124,6 +124,16 @@ def _head_408(reply: bytes) -> None:
     }
 
 
+def _answered_then_timed(conn: Raw, request: bytes) -> None:
+    """``request`` answered on ``conn``, then a head trickled on it: cut off at the head
+    timeout, not answered."""
+    conn.send(request)
+    assert conn.response()[0] == 200
+    sent, reply = conn.trickle(SLOW_HEAD)
+    assert sent < len(SLOW_HEAD), reply
+    assert reply in (b"", b"<reset>")
+
+
 # The first head of a connection
 
 
@@ -179,11 +189,7 @@ def test_a_next_head_trickled_on_a_kept_alive_connection_is_cut_short(
     there. No 408: after a request, a response of uvicorn's could be under way."""
     base = serve(head_timeout_s=FAST, http=http)
     with Raw(base) as conn:
-        conn.send(GET)
-        assert conn.response()[0] == 200
-        sent, reply = conn.trickle(SLOW_HEAD)
-    assert sent < len(SLOW_HEAD), reply
-    assert reply in (b"", b"<reset>")
+        _answered_then_timed(conn, GET)
 
 
 @PARSERS
@@ -257,11 +263,7 @@ def test_a_head_asking_to_switch_protocols_leaves_the_next_head_timed(
         assert conn.response()[0] == 200
         conn.send(GET)  # a head, not body: answered
         assert conn.response()[0] == 200
-        conn.send(head)
-        assert conn.response()[0] == 200
-        sent, reply = conn.trickle(SLOW_HEAD)
-    assert sent < len(SLOW_HEAD), reply
-    assert reply in (b"", b"<reset>")
+        _answered_then_timed(conn, head)
 
 
 @PARSERS
@@ -285,11 +287,7 @@ def test_a_chunk_size_with_leading_zeros_leaves_the_next_head_timed(
             assert conn.until_closed().startswith(b"HTTP/1.1 400")
             return
         assert conn.response()[0] == 200
-        conn.send(GET)
-        assert conn.response()[0] == 200
-        sent, reply = conn.trickle(SLOW_HEAD)
-    assert sent < len(SLOW_HEAD), reply
-    assert reply in (b"", b"<reset>")
+        _answered_then_timed(conn, GET)
 
 
 class _Transport(asyncio.Transport):
