@@ -225,8 +225,9 @@ class Learner:
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
         self._failed = Throttle()  # says the loop's other failures
-        # The challengers, while this process leads (service.challengers); a promotion not yet
-        # published (Redis failed) goes with the next snapshot.
+        # The challengers, while this process leads (service.challengers); an automatic
+        # promotion whose publish was put off (a model key of another type) goes with the next
+        # snapshot; one whose publish failed is dropped (``_drop_promotion``).
         self.bench: Bench | None = None
         self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record), published
         self._promotion: dict[str, Any] | None = None
