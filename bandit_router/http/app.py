@@ -50,6 +50,7 @@ from bandit_router.http.openapi import (
     READ,
     REWARD,
     TAGS,
+    deployment_parameter,
 )
 from bandit_router.http.process import stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
@@ -108,10 +109,16 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that hands its raw body to the contract."""
+def _body_doc(model: type[BaseModel], deployment: str | None = None) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its raw body itself, and its
+    ``?deployment=`` (described as ``deployment``) when the route reads that itself too."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    doc: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}
+    }
+    if deployment is not None:
+        doc["parameters"] = [deployment_parameter(deployment)]
+    return doc
 
 
 class DeploymentView(BaseModel):
@@ -227,7 +234,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=keyed,
         tags=["routing"],
         response_model=ChooseResponse,
-        openapi_extra=_body_doc(ChooseRequest),
+        openapi_extra=_body_doc(
+            ChooseRequest, "the deployment, as the body's `deployment` (both: the same one)"
+        ),
     )
     async def choose(request: Request) -> Response:
         """Pick the arm (model) for one query."""
@@ -239,7 +248,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=keyed,
         tags=["routing"],
         response_model=RewardResponse,
-        openapi_extra=_body_doc(RewardRequest),
+        openapi_extra=_body_doc(
+            RewardRequest, "not needed (the event id names it); when sent, the event's deployment"
+        ),
     )
     async def reward(request: Request) -> Response:
         """Report how the chosen model did, all parts at once or in several calls.

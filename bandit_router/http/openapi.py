@@ -151,6 +151,21 @@ GATEWAY = (
 )
 GATEWAY_READ = responses(401, 500)
 GATEWAY_MODEL = responses(401, 404, 500, e404="no such model here (`GET /v1/models` lists them)")
+
+
+def deployment_parameter(description: str) -> dict[str, Any]:
+    """The ``?deployment=`` query parameter of a route that reads it from the request itself
+    (not through a FastAPI parameter), for ``openapi_extra``."""
+    return {
+        "name": "deployment",
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+        "examples": {"default": {"value": "default"}},
+    }
+
+
 MODEL_PARAMETER = {
     "parameters": [
         {
@@ -201,6 +216,9 @@ CHAT_PROPERTIES: dict[str, Any] = {
     },
 }
 CHAT_BODY = {
+    "parameters": [
+        deployment_parameter("only `default`, the deployment the gateway serves: another is a 422")
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -215,5 +233,5 @@ CHAT_BODY = {
                 }
             }
         },
-    }
+    },
 }
