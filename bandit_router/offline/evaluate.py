@@ -133,7 +133,7 @@ def _value(value: Any) -> str:
 
 def read_log(lines: Iterable[str], max_features: int | None = None) -> list[LoggedRecord]:
     """Records from DSJSON lines (blank lines skipped); errors name the line number."""
-    return _records(enumerate(lines, 1), max_features)
+    return list(_iter_records(enumerate(lines, 1), max_features))
 
 
 def read_log_file(f: IO[bytes], max_features: int | None = None) -> list[LoggedRecord]:
@@ -145,12 +145,6 @@ def iter_log_file(f: IO[bytes], max_features: int | None = None) -> Iterator[Log
     """``read_log_file``, one record at a time: a reader that needs one at a time (``train``)
     holds no more than one in memory (a record takes about 3 KB, twice its line)."""
     return _iter_records(inputs.numbered_lines(f), max_features)
-
-
-def _records(
-    lines: Iterable[tuple[int, str | inputs.LineError]], max_features: int | None
-) -> list[LoggedRecord]:
-    return list(_iter_records(lines, max_features))
 
 
 def _iter_records(
