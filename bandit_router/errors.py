@@ -104,9 +104,14 @@ class AlreadyRewarded(RouterError):
     status_code = 409
     field = "event_id"
 
-    def __init__(self, event_id: str, logged: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, event_id: str, logged: dict[str, Any] | None = None, spent: bool = False
+    ) -> None:
         super().__init__(
-            f"event {event_id!r} already has a reward and was learned; "
+            f"event_id {event_id!r} was rewarded and learned, and its decision has expired: "
+            "an event_id names one query, send a new event_id"
+            if spent  # a /choose reusing it
+            else f"event {event_id!r} already has a reward and was learned; "
             "each event is learned once, send a new /choose for a new query"
         )
         self.logged = logged  # the reward logged ({"parts", "reward", ...}), when known

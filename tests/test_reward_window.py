@@ -12,7 +12,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from bandit_router.errors import WindowClosed
+from bandit_router.errors import AlreadyRewarded, WindowClosed
 from bandit_router.features import extract
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
@@ -153,13 +153,13 @@ def test_a_part_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_s
     asyncio.run(scenario())
 
 
-def test_an_event_id_chosen_again_after_its_decision_expired_leaves_the_sweep(
+def test_an_event_id_chosen_again_after_its_decision_expired_is_refused(
     make_settings: SettingsFactory,
 ) -> None:
     """An id rewarded, whose decision expired before its done marker did (the marker is set at
-    the reward, later), chosen again: a new decision, tracked for its window. At its end the
-    sweep found the event already rewarded and left it tracked, so every sweep met it again
-    until the marker expired, and then learned the new decision with the default reward."""
+    the reward, later), chosen again: it got a new decision whose every reward was 409, tracked
+    for its window, and learned with the default reward once the marker expired. Now the
+    /choose itself is the 409, naming the id, and nothing is stored or tracked."""
     settings = make_settings(reward_wait_s=WAIT_S, default_reward=0.5)
 
     async def scenario() -> None:
@@ -169,10 +169,13 @@ def test_an_event_id_chosen_again_after_its_decision_expired_leaves_the_sweep(
             d = await router.choose("a question", event_id="reused")
             await router.reward(d.event_id, RewardParts(accuracy=1.0), final=True)
             await store.redis.delete(store.key(KEY_DECISION, "reused"))  # expired
-            await router.choose("another question", event_id="reused")
+            with pytest.raises(AlreadyRewarded) as refused:
+                await router.choose("another question", event_id="reused")
+            assert (refused.value.status_code, refused.value.field) == (409, "event_id")
+            assert "new event_id" in refused.value.message
+            assert await store.redis.get(store.key(KEY_DECISION, "reused")) is None
             end = time.time() + WAIT_S + 1
-            for _ in range(3):
-                await router.sweep(now=end)
+            await router.sweep(now=end)
             assert await store.due(end) == []
             assert (await router.stats())["rewards_accepted"] == 1
         finally:

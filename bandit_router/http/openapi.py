@@ -76,7 +76,8 @@ CHOOSE = {200: {"description": "the decision", "links": REWARD_LINK}} | response
     422,
     500,
     503,
-    e409="the event_id is known with other arms, or its stored decision is unreadable",
+    e409="the event_id is known with other arms, was learned and its decision expired, or its "
+    "stored decision is unreadable",
     e503="Redis unavailable and the local buffer full",
 )
 REWARD = responses(

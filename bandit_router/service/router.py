@@ -332,7 +332,7 @@ class Router:
         return written
 
     async def _save_once(self, record: dict[str, Any]) -> None:
-        with contextlib.suppress(UnreadableEvent):  # its id is taken, as by any record
+        with contextlib.suppress(UnreadableEvent, AlreadyRewarded):  # its id is taken
             await self._save(record)
 
     async def _write_orphans(self) -> None:

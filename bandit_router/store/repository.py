@@ -98,7 +98,7 @@ KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
-SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING)
+SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING, KEY_DONE)
 REWARD_KEYS = (KEY_DECISION, KEY_DONE, KEY_PARTS, KEY_PENDING, KEY_EVENTS, KEY_STATS)
 # What an event's key of another type is, for the client's 409.
 EVENT_RECORDS = {
@@ -235,14 +235,17 @@ class Store:
     async def save_decision(self, event_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """Store a decision; if one exists under ``event_id`` already, return that one instead
         (``UnreadableDecision`` when it is not one the service wrote, or not a string;
-        ``StoreDamaged``, nothing written, when the pending set is not a sorted set).
+        ``StoreDamaged``, nothing written, when the pending set is not a sorted set). An id
+        whose decision expired after it was learned is ``AlreadyRewarded``, nothing written.
 
         The event is tracked until its reward window closes, when the sweep settles it.
         """
         deadline = record["ts"] + self.reward_wait_s
-        keys = [self.key(KEY_DECISION, event_id), self.key(KEY_STATS), self.key(KEY_PENDING)]
+        keys = [self.key(template, event_id) for template in SAVE_KEYS]
         args = [dumps(record), self.ttl_s, record["arm"], deadline, event_id]
         existing = await self._calls.call(self._save_decision, keys, args)
+        if existing == [7]:
+            raise AlreadyRewarded(event_id, spent=True)
         if isinstance(existing, list):
             raise self._misfit(event_id, SAVE_KEYS, existing)
         return None if existing is None else _read(read_choice, event_id, existing)

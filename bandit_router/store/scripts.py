@@ -23,13 +23,15 @@ end
 """
 
 
-# KEYS decision, stats, pending; ARGV record, ttl, arm, window end, event id.
-# Returns false (stored), the stored decision, or {6, key index, type}.
+# KEYS decision, stats, pending, done; ARGV record, ttl, arm, window end, event id.
+# Returns false (stored), the stored decision, {6, key index, type}, or {7} when the id's
+# decision expired but its done marker (set at the reward, so later) has not: the id is spent.
 SAVE_DECISION = (
     TYPES_LUA
     + """
-local bad = misfit({1, 'string', 3, 'zset'})
+local bad = misfit({1, 'string', 3, 'zset', 4, 'string'})
 if bad then return bad end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then return {7} end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.pcall('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
