@@ -4,6 +4,7 @@ an event the log no longer has."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -22,18 +23,37 @@ def _replicated(master: RedisProcess) -> bool:
         info = client.info("replication")
     finally:
         client.close()
-    replica: dict[str, int] = info.get("slave0") or {}
-    return bool(replica.get("offset") == info["master_repl_offset"])
+    replica: dict[str, object] = info.get("slave0") or {}
+    in_sync = replica.get("state") == "online"  # offset 0 matches a new master's while it syncs
+    return in_sync and replica.get("offset") == info["master_repl_offset"]
 
 
 @pytest.fixture
 def master_and_replica(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
     """A master and its replica, the replica's process in the second place."""
+    yield from _master_and_replica(tmp_path, None)
+
+
+@pytest.fixture
+def master_and_replica_7(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+    """The same with the machine's Redis 7, whose WAIT counts only the connection's writes
+    (Redis 6.2's counts whatever any client wrote before the connection's last command)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on the PATH")
+    yield from _master_and_replica(tmp_path, binary)
+
+
+def _master_and_replica(
+    tmp_path: Path, binary: str | None
+) -> Iterator[tuple[RedisProcess, RedisProcess]]:
     (tmp_path / "m").mkdir()
     (tmp_path / "r").mkdir()
-    main = RedisProcess(tmp_path / "m")
+    # Redis 7 syncs its replicas without a disk, 5 s after they ask by default: at once here
+    main = RedisProcess(tmp_path / "m", binary, args=["--repl-diskless-sync-delay", "0"])
     main.start()
-    replica = RedisProcess(tmp_path / "r", args=["--replicaof", "127.0.0.1", str(main.port)])
+    args = ["--replicaof", "127.0.0.1", str(main.port)]
+    replica = RedisProcess(tmp_path / "r", binary, args=args)
     replica.start()
     try:
         wait_until(lambda: _replicated(main), 30, "the replica in sync")
@@ -110,3 +130,40 @@ def test_what_the_learner_read_while_no_replica_confirmed_is_learned_once_one_do
         replica.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: _replicated(main), 30, "the replica caught up")
     _next_event_learned_with_the_first(learner)
+
+
+def test_a_write_sent_again_after_script_flush_still_waits_for_a_replica(
+    master_and_replica_7: tuple[RedisProcess, RedisProcess],
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+) -> None:
+    """SCRIPT FLUSH on the live master: the reward's script meets NOSCRIPT, ran nothing, and is
+    sent again. The batch's WAIT had answered already (the replica had every earlier write of
+    the connection), so the resent write was acknowledged with no replica holding it. Sent
+    through the process without the learner lease, whose connection writes nothing else."""
+    main, replica = master_and_replica_7
+    settings = make_settings(redis_url=main.url, redis_wait_replicas=1, redis_wait_timeout_ms=200)
+    clients = [make_client(settings) for _ in range(2)]
+    wait_until(lambda: any(c.get("/healthz").json()["learner"] for c in clients), 10, "a learner")
+    learner, other = sorted(clients, key=lambda c: not c.get("/healthz").json()["learner"])
+    first, second = (other.post("/choose", json={"query": q}).json() for q in ("a", "b"))
+    r = other.post("/reward", json={"event_id": first["event_id"], "reward": 1})
+    assert r.status_code == 200, r.text  # the scripts a reward runs are loaded now
+    wait_until(lambda: _learned(learner) == 1, 10, "the first event learned")
+    wait_until(lambda: _replicated(main), 30, "the replica has every write")
+    assert replica.proc is not None
+    admin = redis.Redis.from_url(main.url)
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        admin.script_flush()
+        r = other.post("/reward", json={"event_id": second["event_id"], "reward": 1})
+        assert r.status_code == 503, r.text
+        assert "replicas" in r.json()["detail"]
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+        admin.close()
+    wait_until(lambda: _replicated(main), 30, "the replica caught up")
+    other.post("/reward", json={"event_id": second["event_id"], "reward": 1})
+    wait_until(lambda: _learned(learner) >= 2, 10, "the second event learned")
+    time.sleep(0.5)
+    assert _learned(learner) == 2

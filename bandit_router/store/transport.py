@@ -262,8 +262,14 @@ class GroupCommit:
             # one: load them again and send the calls that met NOSCRIPT once more. Those ran
             # nothing, so running them again is safe; the others ran and are not sent again,
             # but they ran before these (a read of the log among them may not see these).
+            # The batch's WAIT answered before these ran: they get one of their own, whose
+            # answer (covering every write of the connection) replaces it.
             self._loaded.clear()
-            again = await self._round_trip([calls[i][1] for i in missing], scripts)
+            resend = [calls[i][1] for i in missing]
+            waited = calls[-1][0] is None and calls[-1][1][0] == "WAIT"
+            again = await self._round_trip([*resend, calls[-1][1]] if waited else resend, scripts)
+            if waited:
+                replies[-1] = again.pop()
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
