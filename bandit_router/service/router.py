@@ -571,23 +571,14 @@ class Router:
         if self.settings.learn_in_workers:
             tasks.append(self.learner.run(stop))
         if self.journal is not None:
-            tasks.append(self._sync_journal(self.journal, stop))
+            # a job of its own: a flush waits on a Redis that does not answer, for its timeouts
+            tasks.append(self._every(stop, 1.0, "journal sync", self.journal.sync))
         await asyncio.gather(*tasks)
 
     async def _flush_if_any(self) -> int:
         if self._buffer or self.journal is not None:  # a journal: gone processes' may wait
             return await self.flush()
         return 0
-
-    async def _sync_journal(self, journal: Journal, stop: asyncio.Event) -> None:
-        """The journal synced each second: a job of its own, as a flush waits on a Redis that
-        does not answer for its timeouts, one write after another."""
-        while not stop.is_set():
-            try:
-                await journal.sync()
-            except Exception:  # a background job must not die silently
-                log.exception("the journal's sync failed")
-            await wait_or_stop(stop, 1.0)
 
     async def _every(
         self,
