@@ -656,21 +656,8 @@ class Learner:
                     renewed = time.monotonic()
                 read = await self.step()
                 self.outage.reached("learner")
-            except (StoreUnavailable, StoreDamaged) as e:
-                if self.on_redis_error is not None:
-                    self.on_redis_error("learner")
-                if isinstance(e, StoreUnavailable):  # StoreDamaged: said once, by the store
-                    self.outage.failed("learner", e)
-                self.leading = False
-                renewed = 0.0
-                await wait_or_stop(stop, 1.0)
-                continue
-            except Exception:  # a bug: said, and led anew from Redis, as after an outage
-                # Raised, it ended the loop, and with it all learning, with no line in the log.
-                due = self._failed.due(FAILED_SAID_EVERY_S)
-                if due is not None:
-                    more = f" ({due.count} more since the last said)" if due.count else ""
-                    log.exception("learner %s: its step failed%s; leading anew", self.name, more)
+            except Exception as e:  # an outage, or a bug: led anew from Redis either way
+                self._step_failed(e)
                 self.leading = False
                 renewed = 0.0
                 await wait_or_stop(stop, 1.0)
@@ -679,6 +666,20 @@ class Learner:
             # loop run). Waiting poll_s after every batch capped a learner at BATCH / poll_s
             # events a second (1,280), below what one API process logs.
             await wait_or_stop(stop, 0 if read >= BATCH else poll_s)
+
+    def _step_failed(self, e: Exception) -> None:
+        """Say why a step of ``run`` failed: a Redis outage as the outage does, a bug with its
+        traceback (raised, it would end all learning with no line in the log)."""
+        if isinstance(e, StoreUnavailable | StoreDamaged):
+            if self.on_redis_error is not None:
+                self.on_redis_error("learner")
+            if isinstance(e, StoreUnavailable):  # StoreDamaged: said once, by the store
+                self.outage.failed("learner", e)
+            return
+        due = self._failed.due(FAILED_SAID_EVERY_S)
+        if due is not None:
+            more = f" ({due.count} more since the last said)" if due.count else ""
+            log.exception("learner %s: its step failed%s; leading anew", self.name, more)
 
     async def close(self) -> None:
         """Publish what was learned and hand the lease over."""
