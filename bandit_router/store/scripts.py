@@ -29,9 +29,13 @@ end
 SAVE_DECISION = (
     TYPES_LUA
     + """
-local bad = misfit({1, 'string', 3, 'zset', 4, 'string'})
+local bad = misfit({1, 'string', 3, 'zset'})
 if bad then return bad end
-if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then return {7} end
+if redis.call('EXISTS', KEYS[1]) == 0 then  -- else the stored decision answers, whatever the marker
+  bad = misfit({4, 'string'})
+  if bad then return bad end
+  if redis.call('EXISTS', KEYS[4]) == 1 then return {7} end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.pcall('HINCRBY', KEYS[2], 'decisions:' .. ARGV[3], 1)
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
