@@ -97,6 +97,9 @@ T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
+# What a counter can hold (HINCRBY's int64): one beyond it, written by hand, is left out, else
+# the per-arm counters of 1e308 summed to infinity for /stats and /metrics.
+MAX_COUNTER = 2.0**63
 # The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
 SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING)
 REWARD_KEYS = (KEY_DECISION, KEY_DONE, KEY_PARTS, KEY_PENDING, KEY_EVENTS, KEY_STATS)
@@ -877,8 +880,9 @@ class Store:
 
     @unavailable
     async def counters(self) -> dict[str, float]:
-        """The counters; a value that is not a finite number (written by hand) is left out, with
-        a warning the first time this store reads it; all of them when the key is not a hash."""
+        """The counters; a value that is not a finite number within ``MAX_COUNTER`` (written by
+        hand) is left out, with a warning the first time this store reads it; all of them when
+        the key is not a hash."""
         read = self.redis.hgetall(self.key(KEY_STATS))
         raw = cast(dict[bytes, bytes], await self._typed(KEY_STATS, read, absent={}))
         out: dict[str, float] = {}
@@ -888,8 +892,8 @@ class Store:
             elif name not in self._unreadable_counters:
                 self._unreadable_counters.add(name)
                 log.warning(
-                    "counter %r is not a number (%.40r), left out of /stats and /metrics: an "
-                    "increment leaves it as it is; delete it (HDEL) to restart it",
+                    "counter %r is not a number a counter holds (%.40r), left out of /stats and "
+                    "/metrics: an increment leaves it as it is; delete it (HDEL) to restart it",
                     name.decode(errors="replace"),
                     raw[name],
                 )
@@ -1034,7 +1038,7 @@ def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
         value = float(item[1])
     except ValueError:
         return item[0], None
-    return item[0], value if math.isfinite(value) else None
+    return item[0], value if math.isfinite(value) and abs(value) <= MAX_COUNTER else None
 
 
 @asynccontextmanager
