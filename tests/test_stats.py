@@ -222,3 +222,29 @@ def test_distinct_windows_queue_a_bounded_number_of_computations(serve: Any) -> 
     assert refused[0].json()["field"] == "window"
     assert f"{QUEUED_DOCUMENTS} /stats computations" in refused[0].json()["detail"]
     assert refused[0].headers["retry-after"] == "1"
+
+
+def test_the_bound_on_queued_computations_is_the_process_s_not_each_deployment_s(
+    serve: Any, tmp_path: Any
+) -> None:
+    """Each deployment had a /stats cache of its own, with its own bound, lock and pace: with
+    three deployments 48 distinct windows queued at once (three computed at a time), none
+    refused. The bound is the process's, whatever deployments the requests name."""
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.support]\narms = "small,large"\n')
+    base = serve(policy="egreedy", deployments_file=str(deployments))
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            return await asyncio.gather(
+                *(
+                    http.get("/stats", params={"window": 1 + i, "buckets": 1, "deployment": d})
+                    for d in ("default", "support")
+                    for i in range(QUEUED_DOCUMENTS)
+                )
+            )
+
+    replies = asyncio.run(flood())
+    refused = [r for r in replies if r.status_code == 503]
+    assert len(refused) >= QUEUED_DOCUMENTS // 2  # all but the queue's room, as it frees
+    assert sum(r.status_code == 200 for r in replies) + len(refused) == 2 * QUEUED_DOCUMENTS

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 
 PARTS = ("accuracy", "latency_ms", "rating", "cost_usd")
 MIN_BUCKET_EVENTS = 10  # fewer buckets than asked when the window is small: shares stay readable
-KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per window and buckets asked
-# Computations queued or running per process, each for another window and buckets: a client
-# that leaves does not cancel its own, so without a bound distinct values queue without end.
+KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per deployment, window, buckets
+# Computations queued or running per process, each for another deployment, window or buckets: a
+# client that leaves does not cancel its own, so without a bound distinct values queue without
+# end.
 QUEUED_DOCUMENTS = 16
 
 
@@ -280,11 +281,12 @@ def summarize_entries(
     return summarize(decode_entries(rows), arms, buckets, baselines)
 
 
-Key = tuple[int, int]  # window, buckets
+Key = tuple[str, int, int]  # the deployment's key prefix, window, buckets
 
 
 class StatsBusy(RouterError):
-    """Too many documents for other windows and buckets are waiting to be computed."""
+    """Too many documents for other deployments, windows and buckets are waiting to be
+    computed."""
 
     status_code = 503
     field = "window"
@@ -298,16 +300,17 @@ class StatsBusy(RouterError):
 
 
 class StatsCache:
-    """The /stats documents of one process, so that any number of clients cost a bounded amount
-    of work: concurrent calls for the same window and buckets share one computation, and its
-    result answers the same question for ``fresh_s`` seconds (or ``REUSE_FACTOR`` times as long
-    as it took, if that is longer); one computation runs at a time, and the next starts no
-    sooner than ``REUSE_FACTOR - 1`` times as long as the last took, after it. At most
-    ``QUEUED_DOCUMENTS`` computations wait or run at once: another key is ``StatsBusy``."""
+    """The /stats documents of one process, every deployment's, so that any number of clients
+    cost a bounded amount of work: concurrent calls for the same deployment, window and buckets
+    share one computation, and its result answers the same question for ``fresh_s`` seconds (or
+    ``REUSE_FACTOR`` times as long as it took, if that is longer); one computation runs at a
+    time, and the next starts no sooner than ``REUSE_FACTOR - 1`` times as long as the last
+    took, after it. At most ``QUEUED_DOCUMENTS`` computations wait or run at once: another key
+    is ``StatsBusy``. One cache per deployment would multiply these bounds by the deployments."""
 
-    def __init__(self, fresh_s: float, baselines: BaselineCache | None = None) -> None:
+    def __init__(self, fresh_s: float) -> None:
         self.fresh_s = fresh_s
-        self.baselines = baselines or BaselineCache()
+        self._baselines: dict[str, BaselineCache] = {}  # by the deployment's key prefix
         # Per key: when computed, how long it took, the document and its JSON.
         self._done: OrderedDict[Key, tuple[float, float, StatsResponse, bytes]] = OrderedDict()
         self._running: dict[Key, asyncio.Task[tuple[StatsResponse, bytes]]] = {}
@@ -323,7 +326,7 @@ class StatsCache:
         return (await self._get(router, window, buckets))[1]
 
     async def _get(self, router: Router, window: int, buckets: int) -> tuple[StatsResponse, bytes]:
-        key = (window, buckets)
+        key = (router.settings.key_prefix, window, buckets)
         done = self._done.get(key)
         if done is not None:
             at, took, doc, body = done
@@ -342,7 +345,8 @@ class StatsCache:
         async with self._one:
             await asyncio.sleep(self._next - time.monotonic())
             began = time.monotonic()
-            doc = await build_stats(router, self.baselines, *key)
+            baselines = self._baselines.setdefault(key[0], BaselineCache())
+            doc = await build_stats(router, baselines, key[1], key[2])
             body = doc.model_dump_json().encode()
             self.computed += 1
             at = time.monotonic()
