@@ -80,7 +80,9 @@ class Series(BaseModel):
 
 
 class Recent(BaseModel):
-    events: int = Field(description="events in the window (newest of the log)", examples=[500])
+    events: int = Field(
+        description="events in the window (the newest of the log, within 64 MiB)", examples=[500]
+    )
     since: float | None = Field(
         description="oldest decision in the window, unix s", examples=[1.7e9]
     )

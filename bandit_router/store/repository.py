@@ -97,6 +97,10 @@ T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
+# Bytes of log entries read for /stats at most: 20,000 events of 2 kB fit. Requests can log
+# 50 kB events (a long query kept, 64 long features), and 20,000 of those took 2.3 GB to read.
+RECENT_MAX_BYTES = 64 * 2**20
+RECENT_FIRST = 100  # entries of the first read, before their size is known
 # What a counter can hold (HINCRBY's int64): one beyond it, written by hand, is left out, else
 # the per-arm counters of 1e308 summed to infinity for /stats and /metrics.
 MAX_COUNTER = 2.0**63
@@ -860,18 +864,29 @@ class Store:
         return decode_entries(await self.recent_entries(count))
 
     @unavailable
-    async def recent_entries(self, count: int, chunk: int = RECENT_CHUNK) -> list[Entry]:
+    async def recent_entries(
+        self, count: int, chunk: int = RECENT_CHUNK, max_bytes: int = RECENT_MAX_BYTES
+    ) -> list[Entry]:
         """The newest ``count`` entries of the training log, oldest first, not decoded yet
-        (``records.decode_entries``: for a big window, in a thread). They are read ``chunk`` at
-        a time, so Redis serves its other clients between the reads of a big window."""
+        (``records.decode_entries``: for a big window, in a thread), as many as fit in
+        ``max_bytes`` (their fields' lengths). They are read ``chunk`` at a time at most, so
+        Redis serves its other clients between the reads of a big window, and fewer when the
+        entries read so far say that a chunk would overrun ``max_bytes`` by much."""
         key = self.key(KEY_EVENTS)
         rows: list[Entry] = []
+        size = 0
         newest = "+"
-        while len(rows) < count:
-            want = min(chunk, count - len(rows))
+        while len(rows) < count and size <= max_bytes:
+            # as many as the bytes left hold, at the mean size of the entries read so far
+            room = RECENT_FIRST if not rows else (max_bytes - size) * len(rows) // max(size, 1) + 1
+            want = min(chunk, count - len(rows), room)
             read = self.redis.xrevrange(key, max=newest, count=want)
             got = cast(list[Entry], await self._typed(KEY_EVENTS, read))
-            rows += got
+            for entry in got:
+                size += sum(len(k) + len(v) for k, v in entry[1].items())
+                if size > max_bytes:
+                    break
+                rows.append(entry)
             if len(got) < want:
                 break
             newest = f"({got[-1][0].decode()}"
