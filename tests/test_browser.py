@@ -200,3 +200,26 @@ def test_what_clients_and_links_send_is_shown_never_run(
         time.sleep(1)  # the page's first read of /stats, and any script it would run
         ran = browser.execute_script("return [window.__xss || 0, document.images.length]")
         assert ran == [0, 0], page
+
+
+def test_markup_that_reached_the_page_would_run_no_script(
+    serve: Callable[..., str], browser: webdriver.Chrome
+) -> None:
+    """The page inserts every value as text; its Content-Security-Policy is the second line: an
+    inline handler or script (what a value that ever reached markup would carry) does not run,
+    and no other site may frame the page. The page itself still renders under it."""
+    base = serve()
+    headers = httpx.get(f"{base}/dashboard").headers
+    policy = headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert headers["x-content-type-options"] == "nosniff"
+    browser.get(f"{base}/dashboard")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    browser.execute_script(
+        "document.body.insertAdjacentHTML('beforeend', "
+        '\'<img src=x onerror="window.__xss=1"><svg onload="window.__xss=2"></svg>\');'
+        "const s = document.createElement('script'); s.textContent = 'window.__xss=3';"
+        "document.body.appendChild(s);"
+    )
+    time.sleep(0.5)
+    assert browser.execute_script("return window.__xss || 0") == 0
