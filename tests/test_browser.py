@@ -223,3 +223,27 @@ def test_markup_that_reached_the_page_would_run_no_script(
     )
     time.sleep(0.5)
     assert browser.execute_script("return window.__xss || 0") == 0
+
+
+@pytest.mark.parametrize(("window", "analysed"), [("99999999", 5), ("-1", 5), ("x", 5), ("3", 3)])
+def test_a_window_from_a_link_still_draws_the_page(
+    serve: Callable[..., str], browser: webdriver.Chrome, window: str, analysed: int
+) -> None:
+    """``?window=`` reached /stats as it came: one /stats refuses (a word, -1, over 20,000) left
+    the page saying only "HTTP 422", never drawn. Over the bound it is the bound; anything else
+    that is not a whole number, the default."""
+    base = serve()
+    drive_traffic(base, 5)
+    browser.get(f"{base}/dashboard?window={window}")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    cards = _text(browser, "cards")
+    assert f"events in window\n{analysed}" in cards, cards
+
+
+def test_a_refused_read_says_why(serve: Callable[..., str], browser: webdriver.Chrome) -> None:
+    """The status line quoted the HTTP status alone; it now gives the service's message."""
+    base = serve()
+    browser.get(f"{base}/dashboard?deployment=nowhere")
+    WebDriverWait(browser, 20).until(lambda b: "not updated" in _text(b, "status"))
+    status = _text(browser, "status")
+    assert "HTTP 422" in status and "unknown deployment 'nowhere'; valid: default" in status

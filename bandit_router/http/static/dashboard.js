@@ -15,7 +15,10 @@ const params = new URLSearchParams(location.search);
 // back to back. 1 s to an hour; anything else the default.
 const ASKED_S = Number(params.get("refresh"));
 const REFRESH_S = ASKED_S > 0 && ASKED_S <= 3600 ? Math.max(1, ASKED_S) : 5;
-const WINDOW = Number(params.get("window") || 1000);
+// A link sets it too: a window /stats refuses (a word, -1, 1e9) left the page never drawn. A whole
+// number above /stats's bound is the bound; anything else the default.
+const ASKED_WINDOW = Number(params.get("window") || NaN);
+const WINDOW = Number.isSafeInteger(ASKED_WINDOW) && ASKED_WINDOW >= 0 ? Math.min(ASKED_WINDOW, 20000) : 1000;
 const DEPLOYMENT = params.get("deployment") || "default";
 
 function el(name, attrs, parent, text) {
@@ -195,7 +198,10 @@ async function refresh() {
   try {
     const query = `window=${WINDOW}&deployment=${encodeURIComponent(DEPLOYMENT)}`;
     const response = await fetch(`stats?${query}`, { headers: { accept: "application/json" } });
-    if (!response.ok) throw new Error(`GET /stats: HTTP ${response.status}`);
+    if (!response.ok) {  // the service's own message says why (an unknown deployment, say)
+      const detail = (await response.json().catch(() => ({}))).detail;
+      throw new Error(`GET /stats: HTTP ${response.status}${detail ? `: ${detail}` : ""}`);
+    }
     render(await response.json());
     status.textContent = `updated ${new Date().toLocaleTimeString()}, every ${REFRESH_S} s`;
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
