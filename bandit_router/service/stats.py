@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -206,11 +206,12 @@ def series(events: Sequence[Event], names: Sequence[str], buckets: int) -> Serie
     for ts, event in zip(times, events, strict=True):
         groups[min(int((ts - t0) / width), n - 1)].append(event)
     counts = [len(g) for g in groups]
+    chosen = [Counter(e.decision["arm"] for e in g) for g in groups]  # one pass, not one an arm
     return Series(
         t=[t0 + i * width for i in range(n)],
         events=counts,
         share={
-            name: [_mean([float(e.decision["arm"] == name) for e in g]) for g in groups]
+            name: [c[name] / k if k else None for c, k in zip(chosen, counts, strict=True)]
             for name in names
         },
         reward=[_mean([float(e.reward["reward"]) for e in g]) for g in groups],
@@ -229,6 +230,11 @@ def summarize(
     events = [e for e in logged if not isinstance(e, Unreadable)]
     names = [a.name for a in arms]
     names += sorted({e.decision["arm"] for e in events} - set(names))
+    # Grouped in one pass: a log of many arms (written by hand: the service logs its own) took
+    # a pass an arm, 14 s for 8,000 arms.
+    by_arm: dict[str, list[Event]] = {n: [] for n in names}
+    for e in events:
+        by_arm[e.decision["arm"]].append(e)
     times = [float(e.decision["ts"]) for e in events]
     return Recent(
         events=len(events),
@@ -238,10 +244,7 @@ def summarize(
         exploration_rate=_mean([float(_explored(e)) for e in events]),
         unreadable_events=len(logged) - len(events),
         dropped_values=sum(e.dropped for e in events),
-        arms={
-            n: _arm_recent([e for e in events if e.decision["arm"] == n], len(events))
-            for n in names
-        },
+        arms={n: _arm_recent(by_arm[n], len(events)) for n in names},
         series=series(events, names, buckets),
         baselines=baselines or Baselines(computed_at=None, events=0, logged=None, policies={}),
     )
