@@ -98,7 +98,8 @@ KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # Bytes of log entries read for /stats at most: 20,000 events of 2 kB fit. Requests can log
-# 50 kB events (a long query kept, 64 long features), and 20,000 of those took 2.3 GB to read.
+# 50 kB events (a long query kept, 64 long features): 20,000 of those are 1 GB to read, and
+# 2.3 GB of memory while decoded.
 RECENT_MAX_BYTES = 64 * 2**20
 RECENT_FIRST = 100  # entries of the first read, before their size is known
 # What a counter can hold (HINCRBY's int64): one beyond it, written by hand, is left out, else

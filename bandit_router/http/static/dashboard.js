@@ -15,8 +15,8 @@ const params = new URLSearchParams(location.search);
 // back to back. 1 s to an hour; anything else the default.
 const ASKED_S = Number(params.get("refresh"));
 const REFRESH_S = ASKED_S > 0 && ASKED_S <= 3600 ? Math.max(1, ASKED_S) : 5;
-// A link sets it too: a window /stats refuses (a word, -1, 1e9) left the page never drawn. A whole
-// number above /stats's bound is the bound; anything else the default.
+// A link sets it too, and a window /stats refuses (a word, -1, 1e9) would leave the page undrawn:
+// a whole number above /stats's bound is the bound; anything else the default.
 const ASKED_WINDOW = Number(params.get("window") || NaN);
 const WINDOW = Number.isSafeInteger(ASKED_WINDOW) && ASKED_WINDOW >= 0 ? Math.min(ASKED_WINDOW, 20000) : 1000;
 const DEPLOYMENT = params.get("deployment") || "default";
