@@ -247,3 +247,16 @@ def test_a_refused_read_says_why(serve: Callable[..., str], browser: webdriver.C
     WebDriverWait(browser, 20).until(lambda b: "not updated" in _text(b, "status"))
     status = _text(browser, "status")
     assert "HTTP 422" in status and "unknown deployment 'nowhere'; valid: default" in status
+
+
+def test_the_page_reads_stats_when_its_address_carries_the_key(
+    serve: Callable[..., str], browser: webdriver.Chrome
+) -> None:
+    """``http://ops:KEY@host/dashboard`` gives the browser the Basic key without a prompt; the
+    page loaded, but its reads, relative to an address holding credentials, were refused by
+    fetch ("Request cannot be constructed from a URL that includes credentials")."""
+    base = serve(ops_keys="ops-key")
+    drive_traffic(base, 3)
+    browser.get(base.replace("http://", "http://ops:ops-key@") + "/dashboard")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    assert "events in window\n3" in _text(browser, "cards")

@@ -21,6 +21,15 @@ const ASKED_WINDOW = Number(params.get("window") || NaN);
 const WINDOW = Number.isSafeInteger(ASKED_WINDOW) && ASKED_WINDOW >= 0 ? Math.min(ASKED_WINDOW, 20000) : 1000;
 const DEPLOYMENT = params.get("deployment") || "default";
 
+// The page's own reads, relative to it. Opened as http://user:KEY@host/dashboard (how a link or a
+// bookmark gives the browser the Basic key), its address holds the credentials, and fetch refuses
+// a URL that does: the reads leave them out, and the browser sends the key it has for the site.
+function own(path) {
+  const url = new URL(path, location.href);
+  url.username = url.password = "";
+  return url.href;
+}
+
 function el(name, attrs, parent, text) {
   const node = document.createElementNS(NS, name);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
@@ -197,7 +206,7 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const query = `window=${WINDOW}&deployment=${encodeURIComponent(DEPLOYMENT)}`;
-    const response = await fetch(`stats?${query}`, { headers: { accept: "application/json" } });
+    const response = await fetch(own(`stats?${query}`), { headers: { accept: "application/json" } });
     if (!response.ok) {  // the service's own message says why (an unknown deployment, say)
       const detail = (await response.json().catch(() => ({}))).detail;
       throw new Error(`GET /stats: HTTP ${response.status}${detail ? `: ${detail}` : ""}`);
@@ -212,7 +221,7 @@ async function refresh() {
 
 // With several deployments, a selector reloads the page on the one picked (?deployment=).
 async function listDeployments() {
-  const response = await fetch("deployments", { headers: { accept: "application/json" } });
+  const response = await fetch(own("deployments"), { headers: { accept: "application/json" } });
   if (!response.ok) return;
   const names = (await response.json()).deployments.map(d => d.name);
   if (names.length < 2) return;
