@@ -364,7 +364,8 @@ class Settings(BaseSettings):
     )
     ops_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma list of keys for /stats, /metrics and the dashboard; empty: open",
+        description="comma list of keys for /stats, /metrics, the dashboard and /deployments; "
+        "empty: open",
     )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, le=GIB, description="largest accepted request body"

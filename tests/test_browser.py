@@ -200,3 +200,63 @@ def test_what_clients_and_links_send_is_shown_never_run(
         time.sleep(1)  # the page's first read of /stats, and any script it would run
         ran = browser.execute_script("return [window.__xss || 0, document.images.length]")
         assert ran == [0, 0], page
+
+
+def test_markup_that_reached_the_page_would_run_no_script(
+    serve: Callable[..., str], browser: webdriver.Chrome
+) -> None:
+    """The page inserts every value as text; its Content-Security-Policy is the second line: an
+    inline handler or script (what a value that ever reached markup would carry) does not run,
+    and no other site may frame the page. The page itself still renders under it."""
+    base = serve()
+    headers = httpx.get(f"{base}/dashboard").headers
+    policy = headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert headers["x-content-type-options"] == "nosniff"
+    browser.get(f"{base}/dashboard")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    browser.execute_script(
+        "document.body.insertAdjacentHTML('beforeend', "
+        '\'<img src=x onerror="window.__xss=1"><svg onload="window.__xss=2"></svg>\');'
+        "const s = document.createElement('script'); s.textContent = 'window.__xss=3';"
+        "document.body.appendChild(s);"
+    )
+    time.sleep(0.5)
+    assert browser.execute_script("return window.__xss || 0") == 0
+
+
+@pytest.mark.parametrize(("window", "analysed"), [("99999999", 5), ("-1", 5), ("x", 5), ("3", 3)])
+def test_a_window_from_a_link_still_draws_the_page(
+    serve: Callable[..., str], browser: webdriver.Chrome, window: str, analysed: int
+) -> None:
+    """``?window=`` reached /stats as it came: one /stats refuses (a word, -1, over 20,000) left
+    the page saying only "HTTP 422", never drawn. Over the bound it is the bound; anything else
+    that is not a whole number, the default."""
+    base = serve()
+    drive_traffic(base, 5)
+    browser.get(f"{base}/dashboard?window={window}")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    cards = _text(browser, "cards")
+    assert f"events in window\n{analysed}" in cards, cards
+
+
+def test_a_refused_read_says_why(serve: Callable[..., str], browser: webdriver.Chrome) -> None:
+    """The status line quoted the HTTP status alone; it now gives the service's message."""
+    base = serve()
+    browser.get(f"{base}/dashboard?deployment=nowhere")
+    WebDriverWait(browser, 20).until(lambda b: "not updated" in _text(b, "status"))
+    status = _text(browser, "status")
+    assert "HTTP 422" in status and "unknown deployment 'nowhere'; valid: default" in status
+
+
+def test_the_page_reads_stats_when_its_address_carries_the_key(
+    serve: Callable[..., str], browser: webdriver.Chrome
+) -> None:
+    """``http://ops:KEY@host/dashboard`` gives the browser the Basic key without a prompt; the
+    page loaded, but its reads, relative to an address holding credentials, were refused by
+    fetch ("Request cannot be constructed from a URL that includes credentials")."""
+    base = serve(ops_keys="ops-key")
+    drive_traffic(base, 3)
+    browser.get(base.replace("http://", "http://ops:ops-key@") + "/dashboard")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    assert "events in window\n3" in _text(browser, "cards")

@@ -171,6 +171,33 @@ def test_stats_status_and_the_learner_after_hostile_entries(
     assert f"unreadable entries {UNREADABLE_N}" in out
 
 
+def test_a_log_of_many_arms_is_summarised_in_one_pass(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    """Each arm the log names has its row in /stats, those no longer served too; one entry
+    written by hand per arm, 8,000 of them, took 14 s to summarise (a pass over the window per
+    arm), and the next /stats waited nine times as long."""
+    settings = make_settings(policy="egreedy")
+    client = make_client(settings)
+    _good_traffic(client, 1)
+    r = redis.Redis.from_url(settings.redis_url or "")
+    key = KEY_EVENTS.format(p="{" + settings.key_prefix + "}")
+    pipe = r.pipeline()
+    for i in range(8000):
+        arm = f"gone-{i}"
+        d = _decision(arm=arm, arms=[arm], probabilities={arm: 1.0}, probability=1.0)
+        pipe.xadd(key, _entry(d, _reward({})))  # type: ignore[arg-type]
+    pipe.execute()
+    r.close()
+    began = time.monotonic()
+    recent = client.get("/stats", params={"window": 8001}).json()["recent"]
+    assert time.monotonic() - began < 6  # 1 s in one pass
+    assert recent["events"] == 8001
+    assert recent["arms"]["gone-7"]["events"] == 1
+    assert recent["arms"]["gone-7"]["share"] == 1 / 8001
+    assert sum(shares[0] or 0 for shares in recent["series"]["share"].values()) == pytest.approx(1)
+
+
 def test_a_restart_replays_past_hostile_entries(make_settings: SettingsFactory) -> None:
     settings = make_settings()
     _write_hostile(settings)

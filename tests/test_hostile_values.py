@@ -165,6 +165,28 @@ def test_the_sweep_and_the_buffer_count_nothing_into_a_counter_that_is_not_a_num
     r.close()
 
 
+def test_counters_too_big_to_count_are_left_out_not_summed_to_infinity(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counters of 1e308 are finite, but /stats and /metrics sum every arm's: the sum was
+    infinite, and its int() a 500 on every read until an operator deleted them."""
+    settings = make_settings()
+    client = make_client(settings)
+    rewarded_traffic(client, 3)
+    r = _redis(settings)
+    huge = {f"{name}:{arm}": "1e308" for name in ("decisions", "rewards") for arm in ARMS}
+    r.hset(_key(settings, KEY_STATS), mapping=huge)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        stats = client.get("/stats")
+        assert stats.status_code == 200, stats.text
+        assert stats.json()["decisions"] == stats.json()["rewards_accepted"] == 0
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200, metrics.text
+    said = [m for m in caplog.messages if "decisions:4b" in m and "is not a number" in m]
+    assert len(said) == 1, caplog.messages
+    r.close()
+
+
 # Decision records that do not read -------------------------------------------------------
 
 

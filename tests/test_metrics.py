@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ClientFactory, RedisProcess, SettingsFactory
+from bandit_router.store.keys import KEY_LEASE
+from tests.conftest import ClientFactory, RedisProcess, SettingsFactory, wait_until
 
 FAMILIES = {
     "bandit_decisions",
@@ -111,3 +113,36 @@ def test_redis_errors_are_counted(make_client: ClientFactory, redis_process: Red
     assert after["bandit_redis_errors_total{operation=counters}"] == 1
     assert after["bandit_model_version{}"] == 2
     assert after["bandit_degraded{}"] == 1
+
+
+def _learned(client: TestClient) -> float:
+    return sum(v for k, v in scrape(client).items() if k.startswith("bandit_rewards_learned_total"))
+
+
+def test_rewards_learned_counts_a_new_learner_s_catch_up_not_the_start_up_replay(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    """The HELP said the start-up replay was counted, the README that the catch-up of a process
+    taking the lease was not: each was the other way round."""
+    settings = make_settings(publish_s=3600, snapshot_every=1000, model_refresh_s=3600)
+    first = make_client(settings.model_copy(update={"learner_lease_s": 3600}))  # the learner
+    behind = make_client(settings.model_copy(update={"learner_lease_s": 0.6}))  # a follower
+    _traffic(first, 4)  # learned as they came, never published
+    assert _learned(first) == 4
+    replayed = make_client(settings.model_copy(update={"learner_lease_s": 3600}))
+    assert scrape(replayed)["bandit_model_version{}"] == 4  # the log replayed at start
+    assert _learned(replayed) == 0
+    help_line = next(
+        line
+        for line in replayed.get("/metrics").text.splitlines()
+        if line.startswith("# HELP bandit_rewards_learned_total ")
+    )
+    assert "catch-up" in help_line and "not the start-up replay" in help_line, help_line
+    # The lease lapses (its key gone): the follower whose model is behind takes it and learns
+    # the four events it lacks from the log.
+    r = redis.Redis.from_url(settings.redis_url or "")
+    r.delete(KEY_LEASE.format(p="{" + settings.key_prefix + "}"))
+    r.close()
+    wait_until(lambda: behind.get("/healthz").json()["learner"], 10, "the follower to lead")
+    assert scrape(behind)["bandit_model_version{}"] == 4
+    assert _learned(behind) == 4

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import main
@@ -17,7 +18,8 @@ from bandit_router.service.offloop import off_loop
 from bandit_router.service.router import Router
 from bandit_router.service.stats import QUEUED_DOCUMENTS, StatsCache
 from bandit_router.settings import Settings
-from bandit_router.store.repository import Store
+from bandit_router.store.keys import KEY_EVENTS
+from bandit_router.store.repository import RECENT_MAX_BYTES, Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory, use_settings, wait_until
 from tests.live import serve
@@ -222,3 +224,79 @@ def test_distinct_windows_queue_a_bounded_number_of_computations(serve: Any) -> 
     assert refused[0].json()["field"] == "window"
     assert f"{QUEUED_DOCUMENTS} /stats computations" in refused[0].json()["detail"]
     assert refused[0].headers["retry-after"] == "1"
+
+
+def test_the_bound_on_queued_computations_is_the_process_s_not_each_deployment_s(
+    serve: Any, tmp_path: Any
+) -> None:
+    """Each deployment had a /stats cache of its own, with its own bound, lock and pace: with
+    three deployments 48 distinct windows queued at once (three computed at a time), none
+    refused. The bound is the process's, whatever deployments the requests name."""
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.support]\narms = "small,large"\n')
+    base = serve(policy="egreedy", deployments_file=str(deployments))
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            return await asyncio.gather(
+                *(
+                    http.get("/stats", params={"window": 1 + i, "buckets": 1, "deployment": d})
+                    for d in ("default", "support")
+                    for i in range(QUEUED_DOCUMENTS)
+                )
+            )
+
+    replies = asyncio.run(flood())
+    refused = [r for r in replies if r.status_code == 503]
+    assert len(refused) >= QUEUED_DOCUMENTS // 2  # all but the queue's room, as it frees
+    assert sum(r.status_code == 200 for r in replies) + len(refused) == 2 * QUEUED_DOCUMENTS
+
+
+def test_a_window_of_big_events_is_cut_to_a_bounded_size(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    """Events as big as a request may make them (a long query kept with its decision, 64 long
+    features): /stats?window=20000 of 51 kB events read a gigabyte and took 2.3 GB of memory.
+    The window is cut to its newest entries within RECENT_MAX_BYTES."""
+    settings = make_settings(policy="egreedy", store_query_text=True)
+    client = make_client(settings)
+    features = {f"f{i:02d}" + "k" * 60: "v" * 256 for i in range(64)}
+    d = client.post("/choose", json={"query": "word " * 6000, "features": features}).json()
+    assert client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5}).is_success
+    r = redis.Redis.from_url(settings.redis_url or "")
+    key = KEY_EVENTS.format(p="{" + settings.key_prefix + "}")
+    logged: list[tuple[bytes, dict[bytes, bytes]]] = r.xrange(key)  # type: ignore[assignment]
+    ((_, fields),) = logged
+    size = sum(len(k) + len(v) for k, v in fields.items())
+    fit = RECENT_MAX_BYTES // size
+    window = fit + 200
+    pipe = r.pipeline()
+    for _ in range(window - 1):  # the same entry again, as the service logged it
+        pipe.xadd(key, fields)  # type: ignore[arg-type]
+    pipe.execute()
+    r.close()
+    recent = client.get("/stats", params={"window": window}).json()["recent"]
+    assert recent["events"] == fit
+
+
+def test_the_newest_entries_within_the_bytes_are_kept(make_settings: SettingsFactory) -> None:
+    settings = make_settings(policy="egreedy")
+
+    async def scenario() -> None:
+        router = await _router_with_events(settings, 25)
+        store = router.store
+        whole = await store.recent_entries(25)
+        sizes = [sum(len(k) + len(v) for k, v in fields.items()) for _, fields in whole]
+        budget = sum(sizes[-10:])  # exactly the newest ten
+        for chunk in (3, 7, 1000):
+            cut = await store.recent_entries(20, chunk=chunk, max_bytes=budget)
+            assert [row[0] for row in cut] == [row[0] for row in whole[-10:]], chunk
+            less = await store.recent_entries(20, chunk=chunk, max_bytes=budget - 1)
+            assert [row[0] for row in less] == [row[0] for row in whole[-9:]], chunk
+        for _ in range(3):  # entries of no size, written by hand, read first
+            await store.redis.xadd(store.key(KEY_EVENTS), {"": ""})
+        assert len(await store.recent_entries(20, chunk=3)) == 20
+        await router.close()
+        await store.close()
+
+    asyncio.run(scenario())

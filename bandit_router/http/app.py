@@ -17,7 +17,6 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from bandit_router.deployments import DEFAULT
 from bandit_router.errors import ECHO_CHARS, NotLearner, RouterError, StoreUnavailable, shorten
 from bandit_router.http.contract import (
     ArmsResponse,
@@ -225,8 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The routing calls, for the requests the fast door leaves to FastAPI (an app mounted under
     # a root path, say): the raw body goes to the same contract, which checks the key.
-    # /stats documents, per process and deployment, each with its baselines' cache.
-    stats_caches: dict[str, StatsCache] = {}
+    # /stats documents of every deployment, bounded per process (see StatsCache).
+    stats_cache = StatsCache(settings.stats_cache_s)
 
     @app.post(
         "/choose",
@@ -318,8 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         """Totals per arm, the settings, and what the newest logged events say (the dashboard's
         data): traffic share, reward parts, exploration, and off-policy estimates of baselines."""
-        cache = stats_caches.setdefault(deployment or DEFAULT, StatsCache(settings.stats_cache_s))
-        body = await cache.get_json(router, window, buckets)  # serialised once per document
+        body = await stats_cache.get_json(router, window, buckets)  # serialised once a document
         return Response(body, media_type="application/json")
 
     @app.get("/deployments", responses=READ, tags=["operations"], dependencies=ops)

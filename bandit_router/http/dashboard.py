@@ -17,6 +17,17 @@ from fastapi.staticfiles import StaticFiles
 from bandit_router.http.openapi import OPS
 
 STATIC_URL = "/static"
+# The page runs its own script and reads /stats and /deployments, all from its origin: a value
+# that ever reached its markup could run no script there, and no other site may frame it.
+PAGE_HEADERS = {
+    "cache-control": "no-cache",
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "x-frame-options": "DENY",  # frame-ancestors, for browsers without it
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 
 
 def _static_dir() -> str:
@@ -38,4 +49,4 @@ def register_dashboard(app: FastAPI, dependencies: Sequence[Any]) -> None:
     async def dashboard() -> HTMLResponse:
         """The live dashboard page: traffic, rewards, exploration, baselines and settings,
         refreshed from `GET /stats` every 5 s (`?refresh=SECONDS`, `?window=EVENTS`)."""
-        return HTMLResponse(page, headers={"cache-control": "no-cache"})
+        return HTMLResponse(page, headers=PAGE_HEADERS)

@@ -117,5 +117,6 @@ async def require_admin_key(request: Request) -> None:
 
 
 async def require_ops_key(request: Request) -> None:
-    """``/stats``, ``/metrics`` and the dashboard need one of BANDIT_OPS_KEYS when it is set."""
+    """``/stats``, ``/metrics``, the dashboard and ``/deployments`` need one of BANDIT_OPS_KEYS when
+    it is set."""
     require_key(request.headers.raw, request.app.state.settings.ops_keys, OPS_KEYS)

@@ -56,7 +56,8 @@ class Metrics:
         )
         self.rewards_learned = Counter(
             "bandit_rewards_learned",
-            "Rewards the policy learned (start-up replay of the log included)",
+            "Rewards this process's learner learned from the log, the catch-up when it takes the "
+            "lease included (not the start-up replay, nor a policy switch's relearning)",
             ["arm"],
             registry=r,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 
 PARTS = ("accuracy", "latency_ms", "rating", "cost_usd")
 MIN_BUCKET_EVENTS = 10  # fewer buckets than asked when the window is small: shares stay readable
-KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per window and buckets asked
-# Computations queued or running per process, each for another window and buckets: a client
-# that leaves does not cancel its own, so without a bound distinct values queue without end.
+KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per deployment, window, buckets
+# Computations queued or running per process, each for another deployment, window or buckets: a
+# client that leaves does not cancel its own, so without a bound distinct values queue without
+# end.
 QUEUED_DOCUMENTS = 16
 
 
@@ -79,7 +80,9 @@ class Series(BaseModel):
 
 
 class Recent(BaseModel):
-    events: int = Field(description="events in the window (newest of the log)", examples=[500])
+    events: int = Field(
+        description="events in the window (the newest of the log, within 64 MiB)", examples=[500]
+    )
     since: float | None = Field(
         description="oldest decision in the window, unix s", examples=[1.7e9]
     )
@@ -203,11 +206,12 @@ def series(events: Sequence[Event], names: Sequence[str], buckets: int) -> Serie
     for ts, event in zip(times, events, strict=True):
         groups[min(int((ts - t0) / width), n - 1)].append(event)
     counts = [len(g) for g in groups]
+    chosen = [Counter(e.decision["arm"] for e in g) for g in groups]  # one pass, not one an arm
     return Series(
         t=[t0 + i * width for i in range(n)],
         events=counts,
         share={
-            name: [_mean([float(e.decision["arm"] == name) for e in g]) for g in groups]
+            name: [c[name] / k if k else None for c, k in zip(chosen, counts, strict=True)]
             for name in names
         },
         reward=[_mean([float(e.reward["reward"]) for e in g]) for g in groups],
@@ -226,6 +230,11 @@ def summarize(
     events = [e for e in logged if not isinstance(e, Unreadable)]
     names = [a.name for a in arms]
     names += sorted({e.decision["arm"] for e in events} - set(names))
+    # Grouped in one pass, not a pass over the window an arm: a log written by hand may name
+    # thousands of arms (the service logs its own only).
+    by_arm: dict[str, list[Event]] = {n: [] for n in names}
+    for e in events:
+        by_arm[e.decision["arm"]].append(e)
     times = [float(e.decision["ts"]) for e in events]
     return Recent(
         events=len(events),
@@ -235,10 +244,7 @@ def summarize(
         exploration_rate=_mean([float(_explored(e)) for e in events]),
         unreadable_events=len(logged) - len(events),
         dropped_values=sum(e.dropped for e in events),
-        arms={
-            n: _arm_recent([e for e in events if e.decision["arm"] == n], len(events))
-            for n in names
-        },
+        arms={n: _arm_recent(by_arm[n], len(events)) for n in names},
         series=series(events, names, buckets),
         baselines=baselines or Baselines(computed_at=None, events=0, logged=None, policies={}),
     )
@@ -280,11 +286,12 @@ def summarize_entries(
     return summarize(decode_entries(rows), arms, buckets, baselines)
 
 
-Key = tuple[int, int]  # window, buckets
+Key = tuple[str, int, int]  # the deployment's key prefix, window, buckets
 
 
 class StatsBusy(RouterError):
-    """Too many documents for other windows and buckets are waiting to be computed."""
+    """Too many documents for other deployments, windows and buckets are waiting to be
+    computed."""
 
     status_code = 503
     field = "window"
@@ -298,16 +305,17 @@ class StatsBusy(RouterError):
 
 
 class StatsCache:
-    """The /stats documents of one process, so that any number of clients cost a bounded amount
-    of work: concurrent calls for the same window and buckets share one computation, and its
-    result answers the same question for ``fresh_s`` seconds (or ``REUSE_FACTOR`` times as long
-    as it took, if that is longer); one computation runs at a time, and the next starts no
-    sooner than ``REUSE_FACTOR - 1`` times as long as the last took, after it. At most
-    ``QUEUED_DOCUMENTS`` computations wait or run at once: another key is ``StatsBusy``."""
+    """The /stats documents of one process, every deployment's, so that any number of clients
+    cost a bounded amount of work: concurrent calls for the same deployment, window and buckets
+    share one computation, and its result answers the same question for ``fresh_s`` seconds (or
+    ``REUSE_FACTOR`` times as long as it took, if that is longer); one computation runs at a
+    time, and the next starts no sooner than ``REUSE_FACTOR - 1`` times as long as the last
+    took, after it. At most ``QUEUED_DOCUMENTS`` computations wait or run at once: another key
+    is ``StatsBusy``. One cache per deployment would multiply these bounds by the deployments."""
 
-    def __init__(self, fresh_s: float, baselines: BaselineCache | None = None) -> None:
+    def __init__(self, fresh_s: float) -> None:
         self.fresh_s = fresh_s
-        self.baselines = baselines or BaselineCache()
+        self._baselines: dict[str, BaselineCache] = {}  # by the deployment's key prefix
         # Per key: when computed, how long it took, the document and its JSON.
         self._done: OrderedDict[Key, tuple[float, float, StatsResponse, bytes]] = OrderedDict()
         self._running: dict[Key, asyncio.Task[tuple[StatsResponse, bytes]]] = {}
@@ -323,7 +331,7 @@ class StatsCache:
         return (await self._get(router, window, buckets))[1]
 
     async def _get(self, router: Router, window: int, buckets: int) -> tuple[StatsResponse, bytes]:
-        key = (window, buckets)
+        key = (router.settings.key_prefix, window, buckets)
         done = self._done.get(key)
         if done is not None:
             at, took, doc, body = done
@@ -342,7 +350,8 @@ class StatsCache:
         async with self._one:
             await asyncio.sleep(self._next - time.monotonic())
             began = time.monotonic()
-            doc = await build_stats(router, self.baselines, *key)
+            baselines = self._baselines.setdefault(key[0], BaselineCache())
+            doc = await build_stats(router, baselines, key[1], key[2])
             body = doc.model_dump_json().encode()
             self.computed += 1
             at = time.monotonic()

@@ -97,6 +97,14 @@ T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
+# Bytes of log entries read for /stats at most: 20,000 events of 2 kB fit. Requests can log
+# 50 kB events (a long query kept, 64 long features): 20,000 of those are 1 GB to read, and
+# 2.3 GB of memory while decoded.
+RECENT_MAX_BYTES = 64 * 2**20
+RECENT_FIRST = 100  # entries of the first read, before their size is known
+# What a counter can hold (HINCRBY's int64): one beyond it, written by hand, is left out, else
+# the per-arm counters of 1e308 summed to infinity for /stats and /metrics.
+MAX_COUNTER = 2.0**63
 # The keys of the scripts' KEYS, in order: a script's {6, key index, type} names one of them.
 SAVE_KEYS = (KEY_DECISION, KEY_STATS, KEY_PENDING, KEY_DONE)
 REWARD_KEYS = (KEY_DECISION, KEY_DONE, KEY_PARTS, KEY_PENDING, KEY_EVENTS, KEY_STATS)
@@ -860,18 +868,29 @@ class Store:
         return decode_entries(await self.recent_entries(count))
 
     @unavailable
-    async def recent_entries(self, count: int, chunk: int = RECENT_CHUNK) -> list[Entry]:
+    async def recent_entries(
+        self, count: int, chunk: int = RECENT_CHUNK, max_bytes: int = RECENT_MAX_BYTES
+    ) -> list[Entry]:
         """The newest ``count`` entries of the training log, oldest first, not decoded yet
-        (``records.decode_entries``: for a big window, in a thread). They are read ``chunk`` at
-        a time, so Redis serves its other clients between the reads of a big window."""
+        (``records.decode_entries``: for a big window, in a thread), as many as fit in
+        ``max_bytes`` (their fields' lengths). They are read ``chunk`` at a time at most, so
+        Redis serves its other clients between the reads of a big window, and fewer when the
+        entries read so far say that a chunk would overrun ``max_bytes`` by much."""
         key = self.key(KEY_EVENTS)
         rows: list[Entry] = []
+        size = 0
         newest = "+"
-        while len(rows) < count:
-            want = min(chunk, count - len(rows))
+        while len(rows) < count and size <= max_bytes:
+            # as many as the bytes left hold, at the mean size of the entries read so far
+            room = RECENT_FIRST if not rows else (max_bytes - size) * len(rows) // max(size, 1) + 1
+            want = min(chunk, count - len(rows), room)
             read = self.redis.xrevrange(key, max=newest, count=want)
             got = cast(list[Entry], await self._typed(KEY_EVENTS, read))
-            rows += got
+            for entry in got:
+                size += sum(len(k) + len(v) for k, v in entry[1].items())
+                if size > max_bytes:
+                    break
+                rows.append(entry)
             if len(got) < want:
                 break
             newest = f"({got[-1][0].decode()}"
@@ -880,8 +899,9 @@ class Store:
 
     @unavailable
     async def counters(self) -> dict[str, float]:
-        """The counters; a value that is not a finite number (written by hand) is left out, with
-        a warning the first time this store reads it; all of them when the key is not a hash."""
+        """The counters; a value that is not a finite number within ``MAX_COUNTER`` (written by
+        hand) is left out, with a warning the first time this store reads it; all of them when
+        the key is not a hash."""
         read = self.redis.hgetall(self.key(KEY_STATS))
         raw = cast(dict[bytes, bytes], await self._typed(KEY_STATS, read, absent={}))
         out: dict[str, float] = {}
@@ -891,8 +911,8 @@ class Store:
             elif name not in self._unreadable_counters:
                 self._unreadable_counters.add(name)
                 log.warning(
-                    "counter %r is not a number (%.40r), left out of /stats and /metrics: an "
-                    "increment leaves it as it is; delete it (HDEL) to restart it",
+                    "counter %r is not a number a counter holds (%.40r), left out of /stats and "
+                    "/metrics: an increment leaves it as it is; delete it (HDEL) to restart it",
                     name.decode(errors="replace"),
                     raw[name],
                 )
@@ -1037,7 +1057,7 @@ def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
         value = float(item[1])
     except ValueError:
         return item[0], None
-    return item[0], value if math.isfinite(value) else None
+    return item[0], value if math.isfinite(value) and abs(value) <= MAX_COUNTER else None
 
 
 @asynccontextmanager

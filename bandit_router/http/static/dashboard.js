@@ -15,8 +15,20 @@ const params = new URLSearchParams(location.search);
 // back to back. 1 s to an hour; anything else the default.
 const ASKED_S = Number(params.get("refresh"));
 const REFRESH_S = ASKED_S > 0 && ASKED_S <= 3600 ? Math.max(1, ASKED_S) : 5;
-const WINDOW = Number(params.get("window") || 1000);
+// A link sets it too, and a window /stats refuses (a word, -1, 1e9) would leave the page undrawn:
+// a whole number above /stats's bound is the bound; anything else the default.
+const ASKED_WINDOW = Number(params.get("window") || NaN);
+const WINDOW = Number.isSafeInteger(ASKED_WINDOW) && ASKED_WINDOW >= 0 ? Math.min(ASKED_WINDOW, 20000) : 1000;
 const DEPLOYMENT = params.get("deployment") || "default";
+
+// The page's own reads, relative to it. Opened as http://user:KEY@host/dashboard (how a link or a
+// bookmark gives the browser the Basic key), its address holds the credentials, and fetch refuses
+// a URL that does: the reads leave them out, and the browser sends the key it has for the site.
+function own(path) {
+  const url = new URL(path, location.href);
+  url.username = url.password = "";
+  return url.href;
+}
 
 function el(name, attrs, parent, text) {
   const node = document.createElementNS(NS, name);
@@ -194,8 +206,11 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const query = `window=${WINDOW}&deployment=${encodeURIComponent(DEPLOYMENT)}`;
-    const response = await fetch(`stats?${query}`, { headers: { accept: "application/json" } });
-    if (!response.ok) throw new Error(`GET /stats: HTTP ${response.status}`);
+    const response = await fetch(own(`stats?${query}`), { headers: { accept: "application/json" } });
+    if (!response.ok) {  // the service's own message says why (an unknown deployment, say)
+      const detail = (await response.json().catch(() => ({}))).detail;
+      throw new Error(`GET /stats: HTTP ${response.status}${detail ? `: ${detail}` : ""}`);
+    }
     render(await response.json());
     status.textContent = `updated ${new Date().toLocaleTimeString()}, every ${REFRESH_S} s`;
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
@@ -206,7 +221,7 @@ async function refresh() {
 
 // With several deployments, a selector reloads the page on the one picked (?deployment=).
 async function listDeployments() {
-  const response = await fetch("deployments", { headers: { accept: "application/json" } });
+  const response = await fetch(own("deployments"), { headers: { accept: "application/json" } });
   if (!response.ok) return;
   const names = (await response.json()).deployments.map(d => d.name);
   if (names.length < 2) return;
