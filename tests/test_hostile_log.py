@@ -174,9 +174,9 @@ def test_stats_status_and_the_learner_after_hostile_entries(
 def test_a_log_of_many_arms_is_summarised_in_one_pass(
     make_client: ClientFactory, make_settings: SettingsFactory
 ) -> None:
-    """Each arm the log names has its row in /stats, those no longer served too; one entry
+    """Each arm the log names has its row in /stats, those no longer served too. One entry
     written by hand per arm, 8,000 of them, took 14 s to summarise (a pass over the window per
-    arm), and the next /stats waited nine times as long."""
+    arm; 1 s in one pass, not asserted: tests check behaviour, not timings)."""
     settings = make_settings(policy="egreedy")
     client = make_client(settings)
     _good_traffic(client, 1)
@@ -189,9 +189,7 @@ def test_a_log_of_many_arms_is_summarised_in_one_pass(
         pipe.xadd(key, _entry(d, _reward({})))  # type: ignore[arg-type]
     pipe.execute()
     r.close()
-    began = time.monotonic()
     recent = client.get("/stats", params={"window": 8001}).json()["recent"]
-    assert time.monotonic() - began < 6  # 1 s in one pass
     assert recent["events"] == 8001
     assert recent["arms"]["gone-7"]["events"] == 1
     assert recent["arms"]["gone-7"]["share"] == 1 / 8001
