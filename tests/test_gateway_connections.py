@@ -1,21 +1,26 @@
-"""The gateway's upstream connections: a kept-alive connection the upstream closes as the gateway
-reuses it. The app under uvicorn, real Redis, and an upstream speaking HTTP/1.1 over a raw
-socket (uvicorn's apps cannot choose when their connection closes)."""
+"""The gateway's connections: a kept-alive connection the upstream closes as the gateway reuses
+it (an upstream speaking HTTP/1.1 over a raw socket: uvicorn's apps cannot choose when their
+connection closes), and a stream in flight when `serve` is stopped. The app under uvicorn (in
+a thread, or `serve` in a process of its own), real Redis."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx2 as httpx
 import orjson
 import pytest
 
-from tests.conftest import _free_port
+from tests.conftest import SettingsFactory, _free_port, cli_env, cli_process, healthy, wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
+from tests.upstreams import Script, Scripted, scripted
 
-__all__ = ["close_sdk_clients", "serve"]  # the fixtures, imported
+__all__ = ["close_sdk_clients", "scripted", "serve"]  # the fixtures, imported
 
 Serve = Callable[..., str]
 KEY = "service-key-1"
@@ -129,3 +134,51 @@ def test_a_kept_alive_connection_the_upstream_closes_as_it_is_reused_is_no_failu
     assert upstream.answered == upstream.connections == 3
     metrics = httpx.get(f"{base}/metrics").text
     assert "bandit_gateway_upstream_failures_total{" not in metrics
+
+
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+def test_a_stopping_serve_cancels_a_stream_that_would_never_end_after_its_shutdown_timeout(
+    make_settings: SettingsFactory,
+    scripted: Callable[[dict[str, Script]], tuple[str, Scripted]],
+    tmp_path: Path,
+) -> None:
+    """A stream whose upstream sends a keep-alive comment within every timeout_s never ends of
+    itself. uvicorn, stopping, waits for the requests in flight: without a bound a SIGTERM
+    held `serve` (its port closed to new requests) for as long as the stream ran. After
+    BANDIT_SHUTDOWN_TIMEOUT_S the stream is cancelled: the client's connection is closed without
+    [DONE], the upstream call closed, and `serve` exits."""
+    forever = Script(tuple(part for _ in range(10_000) for part in (b": keep-alive\n\n", 0.2)))
+    url, upstream = scripted({"m": forever})
+    settings = make_settings()
+    arms = [{"name": "m", "upstream": {"base_url": url, "model": "m"}}]
+    env = cli_env(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        data_dir=tmp_path / "data",
+        arms=orjson.dumps(arms).decode(),
+        shutdown_timeout_s=1,
+    )
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with cli_process(["serve", "--port", str(port), "--workers", "2"], env, log) as service:
+        wait_until(lambda: healthy(f"http://127.0.0.1:{port}"), 60, "the service to start")
+        hi = [{"role": "user", "content": "hi"}]
+        body = orjson.dumps({"model": "m", "messages": hi, "stream": True})
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as client:
+            client.sendall(request)
+            received = client.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200"), received
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("serve still running 60 s after SIGTERM") from None
+            while chunk := client.recv(65536):
+                received += chunk
+    assert b"keep-alive" in received and b"[DONE]" not in received
+    wait_until(lambda: upstream.left == 1, 10, "the upstream call to be closed")
+    assert "timeout graceful shutdown exceeded" in log.read_text()
