@@ -1,10 +1,12 @@
 """The gateway's connections: a kept-alive connection the upstream closes as the gateway reuses
 it (an upstream speaking HTTP/1.1 over a raw socket: uvicorn's apps cannot choose when their
 connection closes), and a stream in flight when `serve` is stopped. The app under uvicorn (in
-a thread, or `serve` in a process of its own), real Redis."""
+a thread, or `serve` in a process of its own), real Redis; Redis gone while the gateway
+answers."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import subprocess
@@ -16,7 +18,15 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from tests.conftest import SettingsFactory, _free_port, cli_env, cli_process, healthy, wait_until
+from tests.conftest import (
+    RedisProcess,
+    SettingsFactory,
+    _free_port,
+    cli_env,
+    cli_process,
+    healthy,
+    wait_until,
+)
 from tests.live import close_sdk_clients, sdk_client, serve
 from tests.upstreams import Script, Scripted, scripted
 
@@ -182,3 +192,42 @@ def test_a_stopping_serve_cancels_a_stream_that_would_never_end_after_its_shutdo
     assert b"keep-alive" in received and b"[DONE]" not in received
     wait_until(lambda: upstream.left == 1, 10, "the upstream call to be closed")
     assert "timeout graceful shutdown exceeded" in log.read_text()
+
+
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)  # its own Redis, killed
+def test_parts_not_recorded_while_redis_is_down_are_said_once_a_period_not_every_call(
+    serve: Serve,
+    scripted: Callable[[dict[str, Script]], tuple[str, Scripted]],
+    redis_process: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While Redis is down the gateway still answers (its decisions degraded), and the parts it
+    measured cannot be stored: a warning each call flooded the log, at the rate of the calls.
+    The first is said, the next ones within FAILURES_SAID_EVERY_S counted, then said with the
+    count."""
+    from bandit_router.http import gateway
+
+    monkeypatch.setattr(gateway, "FAILURES_SAID_EVERY_S", 3600.0)
+    url, _ = scripted({"m": Script((ANSWER,), content_type="application/json")})
+    arms = [{"name": "m", "upstream": {"base_url": url, "model": "m"}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, redis_url=redis_process.url)
+    client = sdk_client(base, KEY)
+
+    def answered() -> None:
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert raw.parse().choices[0].message.content == "hi"
+
+    answered()
+    redis_process.kill()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            answered()
+        monkeypatch.setattr(gateway, "FAILURES_SAID_EVERY_S", 0.0)  # the period is over
+        answered()
+    said = [m for m in caplog.messages if "not recorded" in m]
+    assert len(said) == 2, said
+    assert "unavailable" in said[0] and "more" not in said[0]
+    assert said[1].endswith("(4 more not recorded since the last said)"), said[1]
