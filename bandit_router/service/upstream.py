@@ -219,7 +219,7 @@ class Upstreams:
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 # A kept-alive connection the upstream closed (its idle timeout) as this request
                 # went out on it: sent again, once, on another connection, as the openai SDK
-                # would. On a new connection it is the arm's failure.
+                # would. A failure on a new connection, or a second one, is the arm's.
                 if pooled.reused and attempt == 1:
                     continue
                 reason = f"connection failed ({type(e).__name__})"
