@@ -36,6 +36,7 @@ PROCESS_SETTINGS = frozenset(
         "host",
         "port",
         "workers",
+        "shutdown_timeout_s",
         "log_level",
         "loop",
         "redis_url",

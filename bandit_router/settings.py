@@ -180,6 +180,13 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address `serve` binds to")
     port: int = Field(default=8000, ge=0, le=65535, description="port `serve` listens on")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    shutdown_timeout_s: int = Field(  # whole seconds, as uvicorn takes them
+        default=20,
+        ge=1,
+        le=DAY_S,
+        description="how long a stopping `serve` waits for the requests in flight (a gateway "
+        "stream) to end before it cancels them",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="uvicorn and service log level"
     )

@@ -58,6 +58,10 @@ def test_the_file_defines_deployments_over_the_environment(tmp_path: Path) -> No
     ("text", "message"),
     [
         ("[deployments.support]\nport = 1\n", "port is a setting of the whole service"),
+        (
+            "[deployments.a]\nshutdown_timeout_s = 5\n",
+            "shutdown_timeout_s is a setting of the whole",
+        ),
         ("[deployments.support]\narmz = 'a'\n", "unknown setting 'armz'; valid: "),
         ("[deployments.support]\npolicy = 'nope'\n", "deployment 'support': policy: "),
         ("[deployments.support]\narms = 'a,a'\n", "arm names must be unique"),

@@ -79,6 +79,10 @@ def serve(args: argparse.Namespace) -> int:
             # which on a loaded machine can take longer than the default 5 s (uvicorn would
             # kill and respawn it in a loop). A hung worker is still replaced, 30 s on.
             timeout_worker_healthcheck=30,
+            # Unset, uvicorn waits for every request in flight however long it runs: a gateway
+            # stream whose upstream never ends (its keep-alives come within timeout_s) would hold a
+            # SIGTERM for ever, the port closed to new requests meanwhile.
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

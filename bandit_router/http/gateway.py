@@ -121,6 +121,14 @@ class Gateway:
         """Say that ``arm``'s upstream failed."""
         self._say("failures", arm, message)
 
+    def unrecorded(self, event_id: str, message: str) -> None:
+        """Say that an event's parts could not be stored (Redis down: every call's, then)."""
+        due = self._said.due(FAILURES_SAID_EVERY_S, "unrecorded")
+        if due is None:
+            return
+        more = f" ({due.count} more not recorded since the last said)" if due.count else ""
+        log.warning("gateway: event %s not recorded: %s%s", event_id, message, more)
+
     def unusable(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream answered a usage no cost can be taken from."""
         self._say("unusable usages", arm, message)
@@ -328,11 +336,13 @@ def _model(name: str) -> dict[str, Any]:
 # Recording what the gateway measured
 
 
-async def _record(router: Router, event_id: str, parts: RewardParts, final: bool = False) -> None:
+async def _record(
+    gateway: Gateway, router: Router, event_id: str, parts: RewardParts, final: bool = False
+) -> None:
     try:
         await router.reward(event_id, parts, final=final)
     except RouterError as e:  # Redis down, say: the answer still goes out
-        log.warning("gateway: event %s not recorded: %s", event_id, e.message)
+        gateway.unrecorded(event_id, e.message)
 
 
 async def record_success(
@@ -363,18 +373,25 @@ async def record_success(
                 arm.name,
             )
     if latency_ms is not None or cost_usd is not None:
-        await _record(router, event_id, RewardParts(latency_ms=latency_ms, cost_usd=cost_usd))
+        await _record(
+            gateway, router, event_id, RewardParts(latency_ms=latency_ms, cost_usd=cost_usd)
+        )
 
 
 async def record_failure(
-    router: Router, event_id: str, weights: Mapping[str, float], arm: str, kind: str
+    gateway: Gateway,
+    router: Router,
+    event_id: str,
+    weights: Mapping[str, float],
+    arm: str,
+    kind: str,
 ) -> None:
     """A failed call is a zero outcome, final at once: no answer, nothing left to rate."""
     router.metrics.series(router.metrics.upstream_failures, arm, kind).inc()
     if "failure" not in router.settings.gateway_parts:
         return
     parts = RewardParts(accuracy=0.0) if weights.get("accuracy", 0) > 0 else RewardParts(reward=0.0)
-    await _record(router, event_id, parts, final=True)
+    await _record(gateway, router, event_id, parts, final=True)
 
 
 # The routes
@@ -507,7 +524,9 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             except UpstreamFailure as failed:
                 gateway.failed(arm.name, f"failed: {failed.reason}")
                 failures.append(str(failed))
-                await record_failure(router, decision.event_id, call.weights, arm.name, failed.kind)
+                await record_failure(
+                    gateway, router, decision.event_id, call.weights, arm.name, failed.kind
+                )
             left = [name for name in eligible if name not in tried]
             if not left or attempt == retries:
                 break
@@ -663,7 +682,9 @@ async def _relay(
                 if meter.error is not None and not erred:  # recorded before the client sees it
                     erred = True
                     gateway.failed(arm.name, f"sent an error event mid-stream: {meter.error}")
-                    await record_failure(router, event_id, call.weights, arm.name, "midstream")
+                    await record_failure(
+                        gateway, router, event_id, call.weights, arm.name, "midstream"
+                    )
                 if out:
                     yield out
                 if meter.done:  # the answer is whole (the SDK reads no further)
@@ -671,7 +692,7 @@ async def _relay(
         except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
             gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
             if not erred:
-                await record_failure(router, event_id, call.weights, arm.name, "midstream")
+                await record_failure(gateway, router, event_id, call.weights, arm.name, "midstream")
             yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
             return
         if meter.done:  # its end, unread (a break there is no failure); else it is not reused

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, TypeGuard
 
 import aiohttp
@@ -122,6 +123,23 @@ def _count(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_USAGE_TOKENS
 
 
+@dataclass(slots=True)
+class Pooled:
+    """Whether a request went out on a kept-alive connection from the pool (a trace context)."""
+
+    reused: bool = False
+
+
+async def _reused(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    pooled = context.trace_request_ctx
+    if isinstance(pooled, Pooled):
+        pooled.reused = True
+
+
 class Upstreams:
     """One connection pool for every arm's upstream, and a bound on calls in flight."""
 
@@ -134,8 +152,11 @@ class Upstreams:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300)
+            reuse = aiohttp.TraceConfig()
+            reuse.on_connection_reuseconn.append(_reused)
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                trace_configs=[reuse],
                 # The upstream is asked for identity encoding; one that encodes its answer all
                 # the same (gzip, deflate) has it decoded here, as the openai SDK would: read as
                 # sent, it is no JSON (the arm's failure), and a 4xx's body or a stream passed
@@ -174,25 +195,38 @@ class Upstreams:
             headers["authorization"] = f"Bearer {key}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         url = up.base_url.rstrip("/") + "/chat/completions"
+        data = orjson.dumps(body)
         measured.start = time.perf_counter()
-        try:
-            response = await self._client().post(
-                url,
-                data=orjson.dumps(body),
-                headers=headers,
-                timeout=timeout,
-                # A redirect is not followed: it would take the query (and, on the same origin,
-                # the key) elsewhere and pass back whatever answered there, an internal URL's
-                # body included. The arm's base_url must be where it answers.
-                allow_redirects=False,
-            )
-        except TimeoutError:
-            raise UpstreamFailure(
-                arm.name, f"no answer within {timeout_s:g} s", "timeout"
-            ) from None
-        except aiohttp.ClientError as e:
-            reason = f"connection failed ({type(e).__name__})"
-            raise UpstreamFailure(arm.name, reason, "connection") from None
+        for attempt in (1, 2):
+            pooled = Pooled()
+            try:
+                response = await self._client().post(
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=timeout,
+                    # A redirect is not followed: it would take the query (and, on the same
+                    # origin, the key) elsewhere and pass back whatever answered there, an
+                    # internal URL's body included. The arm's base_url must be where it answers.
+                    allow_redirects=False,
+                    trace_request_ctx=pooled,
+                )
+                break
+            except TimeoutError:
+                raise UpstreamFailure(
+                    arm.name, f"no answer within {timeout_s:g} s", "timeout"
+                ) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                # A kept-alive connection the upstream closed (its idle timeout) as this request
+                # went out on it: sent again, once, on another connection, as the openai SDK
+                # would. A failure on a new connection, or a second one, is the arm's.
+                if pooled.reused and attempt == 1:
+                    continue
+                reason = f"connection failed ({type(e).__name__})"
+                raise UpstreamFailure(arm.name, reason, "connection") from None
+            except aiohttp.ClientError as e:
+                reason = f"connection failed ({type(e).__name__})"
+                raise UpstreamFailure(arm.name, reason, "connection") from None
         if response.status >= 500:
             response.release()
             raise UpstreamFailure(arm.name, f"status {response.status}")
