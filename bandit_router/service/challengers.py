@@ -56,6 +56,7 @@ from bandit_router.store.records import MAX_TS, Event, is_stream_id, stream_id_k
 
 if TYPE_CHECKING:
     from bandit_router.service.learner import Learner
+    from bandit_router.store.repository import Store
 
 log = logging.getLogger("bandit_router")
 
@@ -605,7 +606,8 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
                 raise ValueError(f"at is not a time: {when!r:.40}")
             champion, at, found = str(data.get("champion", champion)), when, views
         except (ValueError, TypeError, AttributeError, RecursionError) as e:
-            log.warning("the challengers' summary is not readable, left out: %.200s", e)
+            if learner.store.first_time("summary", raw):
+                log.warning("the challengers' summary is not readable, left out: %.200s", e)
     return ChallengersView(
         champion=champion,
         auto_promote=settings.auto_promote,
@@ -613,7 +615,7 @@ async def challengers_view(learner: Learner, promotions: int = 100) -> Challenge
         window=settings.challenger_window,
         computed_at=at,
         challengers=found,
-        promotions=_promotion_views(await learner.store.promotions(promotions)),
+        promotions=_promotion_views(learner.store, await learner.store.promotions(promotions)),
     )
 
 
@@ -622,12 +624,13 @@ def _is_time(value: Any) -> bool:
     return type(value) in (int, float) and 0 <= value <= MAX_TS
 
 
-def _promotion_views(records: list[dict[str, Any]]) -> list[PromotionView]:
+def _promotion_views(store: Store, records: list[dict[str, Any]]) -> list[PromotionView]:
     """The records as views; one whose fields do not fit (written by hand) is left out."""
     views = []
     for record in records:
         try:
             views.append(PromotionView.model_validate(record))
         except ValidationError:
-            log.warning("a promotion record does not fit, left out: %.80r", record)
+            if store.first_time("promotion", repr(record)):
+                log.warning("a promotion record does not fit, left out: %.80r", record)
     return views

@@ -95,6 +95,7 @@ from bandit_router.store.transport import (
 log = logging.getLogger("bandit_router")
 T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
+KEPT_SAID = 10_000  # unreadable values remembered as said (first_time), then forgotten
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # Bytes of log entries read for /stats at most: 20,000 events of 2 kB fit. Requests can log
@@ -169,6 +170,7 @@ class Store:
         self._calls = GroupCommit(client)
         self._register(client)
         self._unreadable_counters: set[bytes] = set()  # said once in the log, not at every read
+        self._said: set[int] = set()  # the values ``first_time`` met
         self._damaged: set[str] = set()  # deployment keys of another type, said in the log once
 
     def _register(self, client: aioredis.Redis) -> None:
@@ -766,9 +768,20 @@ class Store:
                 record = None
             if isinstance(record, dict):
                 records.append(record)
-            else:
+            elif self.first_time("promotion", item):
                 log.warning("a promotion record is not readable, left out: %.80r", item)
         return records
+
+    def first_time(self, *value: object) -> bool:
+        """Whether this store meets ``value`` (an unreadable record, written by hand) for the
+        first time: said once in the log, not at every read of /stats or /metrics."""
+        key = hash(value)
+        if key in self._said:
+            return False
+        if len(self._said) >= KEPT_SAID:
+            self._said.clear()
+        self._said.add(key)
+        return True
 
     @unavailable
     async def hold_lease(self, holder: str, ttl_s: float) -> int:
