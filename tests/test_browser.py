@@ -167,6 +167,18 @@ def test_a_refresh_period_from_a_link_cannot_make_the_page_flood_stats(
     assert "every NaN" not in _text(browser, "status")
 
 
+def test_a_window_stats_refuses_is_explained_on_the_page(
+    serve: Callable[..., str], browser: webdriver.Chrome
+) -> None:
+    """``?window=`` past what /stats takes: the page said only ``HTTP 422``, not which
+    parameter or its bound."""
+    base = serve()
+    browser.get(f"{base}/dashboard?window=50000")
+    WebDriverWait(browser, 20).until(lambda b: _text(b, "status").startswith("not updated"))
+    status = _text(browser, "status")
+    assert "HTTP 422" in status and "window" in status and "20000" in status, status
+
+
 HOSTILE = '"><img src=x onerror="window.__xss=1"><script>window.__xss=1</script>\n\x1b[31m'
 
 
