@@ -48,7 +48,7 @@ class UnknownEvent(RouterError):
     def __init__(self, event_id: str, more: str = "") -> None:
         super().__init__(
             f"unknown or expired event_id {event_id!r}: no decision is waiting for a reward "
-            f"under that id (decisions wait reward_wait_s seconds){more}"
+            f"under that id (decisions wait BANDIT_REWARD_WAIT_S seconds){more}"
         )
 
 

@@ -103,6 +103,7 @@ def test_second_reward_is_409_and_unknown_event_404(client: TestClient) -> None:
             "field": "event_id",
         }
         and "unknown or expired event_id 'nope'" in missing.json()["detail"]
+        and "BANDIT_REWARD_WAIT_S" in missing.json()["detail"]  # the setting, as it is set
     )
 
 

@@ -156,6 +156,18 @@ def test_status_from_redis_and_from_a_url(
     assert "cannot read http://127.0.0.1:9/stats" in capsys.readouterr().err
 
 
+def test_status_from_a_url_says_what_the_service_refused(
+    serve: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --api-key on a service with BANDIT_OPS_KEYS it said only ``HTTP Error 401:
+    Unauthorized``: the service's detail names the key it wants."""
+    base = serve(ops_keys=["ops-key"])
+    assert main(["status", "--url", base]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP Error 401" in err and "BANDIT_OPS_KEYS" in err and "--api-key" in err, err
+    assert main(["status", "--url", base, "--api-key", "ops-key"]) == 0
+
+
 def test_status_of_an_empty_deployment(
     make_settings: SettingsFactory,
     redis_url: str,

@@ -112,7 +112,7 @@ def test_learns_a_planted_rule(spec: str) -> None:
         ("fixed", "fixed needs an arm"),
         ("squarecb:gamma_scale=10:gamma_scale=20", "parameter gamma_scale is given twice"),
         ("egreedy:vw_args=--nonsense_flag", "'--nonsense_flag' is not an allowed VW option"),
-        ("squarecb:vw_args=--l2 0.5", "VW rejected"),  # allowed, but squarecb sets its own
+        ("squarecb:vw_args=--l2 0.5", "write squarecb:l2=0.5"),  # squarecb sets its own
     ],
 )
 def test_bad_parameters_are_named(spec: str, message: str) -> None:

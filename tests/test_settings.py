@@ -107,6 +107,13 @@ def test_reward_weights_nested_deeply_are_refused_with_a_message() -> None:
         ("CHALLENGERS", "squarecb,softmax:lambda=-inf", "parameter lambda must be in [0, 1000]"),
         ("VW_ARGS", "-f {tmp}/x.model", "vw_args: '-f' is not an allowed VW option; allowed:"),
         ("VW_ARGS", "--power_t nan", "vw_args: --power_t must be in [0, 1], got nan"),
+        # Allowed for the other VW policies; the default's own --l2 is its parameter l2 (VW
+        # said only "Disagreeing option values for 'l2'").
+        (
+            "VW_ARGS",
+            "--l2 0.01",
+            "squarecb sets --l2 from its parameter l2: write squarecb:l2=0.01",
+        ),
         ("LINUCB_ALPHA", "inf", "Input should be a finite number"),
         ("LINUCB_ALPHA", "nan", "Input should be a finite number"),
         ("LINUCB_ALPHA", "101", "less than or equal to 100"),

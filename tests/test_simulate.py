@@ -57,6 +57,14 @@ def test_summary_steps_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert (tmp_path / "arm_share.png").stat().st_size > 1000
 
 
+def test_a_warm_start_names_the_steps_it_compares(capsys: pytest.CaptureFixture[str]) -> None:
+    """Fewer than 1,000 rows replayed: the last line said "First 1000 steps" over 100."""
+    args = ("--policies", "squarecb,cold:squarecb", "--seeds", "1", "--warm-start", "0.5")
+    assert _simulate(*args, "--no-plots", "--no-skyline") == 0
+    out = capsys.readouterr().out
+    assert "First 100 steps: squarecb" in out and "First 1000 steps" not in out, out
+
+
 def test_a_bad_row_stops_the_run_naming_the_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -184,11 +184,28 @@ def _recent(a: dict[str, Any] | None) -> list[Any]:
     return [a["share"], a["accuracy"], a["latency_ms"], a["rating"]]
 
 
+def _refusal(e: urllib.error.HTTPError) -> str:
+    """What the service said of its refusal (its ``detail``: which key, which parameter), and
+    for a key it wants the option that sends one."""
+    try:
+        detail = json.loads(e.read()).get("detail")
+    except (OSError, ValueError, AttributeError):  # no body, not JSON, not an object
+        detail = None
+    said = f": {detail}" if isinstance(detail, str) else ""
+    return said + ("; pass the key with --api-key" if e.code == 401 else "")
+
+
 def status(args: argparse.Namespace) -> int:
     """Show what GET /stats says, as tables: from a running service (--url) or from Redis."""
     if args.url:
         try:
             doc = _fetch(args.url, args.window, args.api_key, args.deployment)
+        except urllib.error.HTTPError as e:
+            print(
+                f"bandit-router status: cannot read {args.url}/stats: {e}{_refusal(e)}",
+                file=sys.stderr,
+            )
+            return 1
         except (urllib.error.URLError, OSError, ValueError) as e:
             print(f"bandit-router status: cannot read {args.url}/stats: {e}", file=sys.stderr)
             return 1

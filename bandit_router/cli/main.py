@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -260,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (StoreDamaged, StoreUnavailable) as e:  # said in a line: no traceback
         print(f"bandit-router {args.command}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # stdout's reader left (`| head`): stop in silence, as a shell tool does on SIGPIPE.
+        # stdout goes to /dev/null, so that the interpreter's last flush of it cannot raise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return code
 

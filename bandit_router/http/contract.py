@@ -338,8 +338,9 @@ class UnsupportedType(RouterError):
     status_code = 415
     field = "content-type"
 
-    def __init__(self, given: str) -> None:
-        super().__init__(f"content-type must be application/json, got {echo(given)}")
+    def __init__(self, given: str | None) -> None:
+        got = "no content-type header" if given is None else echo(given)
+        super().__init__(f"content-type must be application/json, got {got}")
 
 
 ERRORS_SAID = 10  # the validation errors one answer lists (a body can hold a thousand)
@@ -504,7 +505,7 @@ def check_content_type(headers: Iterable[tuple[bytes, bytes]]) -> None:
     first (a no-cors fetch of a Blob), which would let any page write to an open deployment."""
     given = [value for name, value in headers if name.lower() == b"content-type"]
     if len(given) != 1:
-        raise UnsupportedType(b", ".join(given).decode("latin-1") if given else "none")
+        raise UnsupportedType(b", ".join(given).decode("latin-1") if given else None)
     if given[0].split(b";", 1)[0].strip().lower() not in JSON_TYPES:
         raise UnsupportedType(given[0].decode("latin-1"))
 

@@ -419,6 +419,15 @@ class VWPolicy:
         for key, value in params.items():
             if key in BOUNDS:
                 BOUNDS[key].check(key, value)
+        # squarecb passes --l2 from its parameter: a second one (vw_args, BANDIT_VW_ARGS) is
+        # said here with the spec to write, before VW refuses the pair without naming either.
+        options = vw_options(str(params.get("vw_args", "")))
+        if self.name in OWN_EXPLORERS and "--l2" in options:
+            l2 = options[options.index("--l2") + 1]
+            raise ValueError(
+                f"vw_args: {self.name} sets --l2 from its parameter l2: write "
+                f"{self.name}:l2={l2}, not --l2 in vw_args or BANDIT_VW_ARGS"
+            )
         coarse = str(params.get("coarse", ""))
         if coarse and (not set(coarse) < set(SHARED_NAMESPACES) or len(set(coarse)) != len(coarse)):
             raise ValueError(

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from bandit_router.sim.dataset import Prepared, Run, order
 from bandit_router.sim.hindsight import best_fixed_arm
 from bandit_router.sim.peers import SKYLINE_FOLDS, skyline
+from bandit_router.sim.replay import warm_rows
 
 Floats = npt.NDArray[np.float64]
 EARLY = 1000  # the steps a cold start pays for most: what a warm start is judged on
@@ -235,13 +236,15 @@ def table(result: Mapping[str, Any]) -> str:
         f"oracle {result['oracle_reward']:.4f}"
     )
     if result.get("warm_start"):
+        # The rows the warm start left are replayed: a short file's are fewer than EARLY.
+        first = min(EARLY, result["rows"] - warm_rows(result["rows"], result["warm_start"]))
         early = ", ".join(
             f"{name} {p['first_1000_reward']:.4f} ± {p['first_1000_ci95']:.4f}"
             for name, p in result["policies"].items()
         )
         lines.append(
             f"warm start: the first {100 * result['warm_start']:g}% of each seed's rows trained "
-            f"the learners (cold: ones did not); the rest replayed. First {EARLY} steps: {early}"
+            f"the learners (cold: ones did not); the rest replayed. First {first} steps: {early}"
         )
     for arm, step in (result.get("arrivals") or {}).items():
         joined = "; ".join(

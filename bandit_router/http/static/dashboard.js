@@ -202,15 +202,22 @@ function challengers(c, ci) {
     c.promotions.slice().reverse().map(p => [new Date(p.ts * 1000).toLocaleString(), p.from_policy, p.to_policy, p.by, p.events, fmt(p.snips.low), fmt(p.champion.value)]));
 }
 
+// An error answer's detail names what to change (a ?window= past its bound, a missing key).
+async function detail(response) {
+  try {
+    const body = await response.json();
+    return typeof body.detail === "string" ? `: ${body.detail}` : "";
+  } catch {
+    return "";
+  }
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
     const query = `window=${WINDOW}&deployment=${encodeURIComponent(DEPLOYMENT)}`;
     const response = await fetch(own(`stats?${query}`), { headers: { accept: "application/json" } });
-    if (!response.ok) {  // the service's own message says why (an unknown deployment, say)
-      const detail = (await response.json().catch(() => ({}))).detail;
-      throw new Error(`GET /stats: HTTP ${response.status}${detail ? `: ${detail}` : ""}`);
-    }
+    if (!response.ok) throw new Error(`GET /stats: HTTP ${response.status}${await detail(response)}`);
     render(await response.json());
     status.textContent = `updated ${new Date().toLocaleTimeString()}, every ${REFRESH_S} s`;
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
