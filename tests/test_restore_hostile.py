@@ -439,6 +439,25 @@ def test_a_model_that_loads_but_cannot_choose_is_refused_by_the_trial_choice(
 # 4: files that are not snapshots, and snapshot's own file --------------------------------
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [("# bandit-router\n", "not JSON"), (b"\xff\xfe{}", "not UTF-8 text")],
+)
+def test_a_file_that_is_no_snapshot_is_called_so(
+    restore: Restore, tmp_path: Path, content: str | bytes, why: str
+) -> None:
+    """A file given by mistake (a README, a binary): named not a snapshot file, and why, rather
+    than the JSON parser's 'Expecting value: line 1 column 1'."""
+    file = tmp_path / "README.md"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    else:
+        file.write_text(content)
+    code, err = restore(file)
+    assert code == 1
+    assert f"{file} is not a snapshot file ({why}" in err, err
+
+
 def test_json_nested_too_deep_is_refused(restore: Restore, tmp_path: Path) -> None:
     file = tmp_path / "deep.json"
     file.write_text("[" * 100_000 + "]" * 100_000)

@@ -162,7 +162,11 @@ def read(path: Path, settings: Settings) -> SnapshotFile:
     """Read and check a snapshot file: its format, checksum, and that its policy loads."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, an int too long
+    except UnicodeDecodeError as e:  # a file given by mistake
+        raise SnapshotFileError(f"{path} is not a snapshot file (not UTF-8 text: {e})") from e
+    except json.JSONDecodeError as e:
+        raise SnapshotFileError(f"{path} is not a snapshot file (not JSON: {e})") from e
+    except (OSError, ValueError) as e:  # ValueError: an int too long
         raise SnapshotFileError(f"cannot read {path}: {e}") from e
     except RecursionError:
         raise SnapshotFileError(f"cannot read {path}: JSON nested too deep") from None
