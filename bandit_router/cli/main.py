@@ -158,13 +158,14 @@ def export(args: argparse.Namespace) -> int:
     import asyncio
 
     from bandit_router.offline.export import export_log
+    from bandit_router.service.backup import replacing
 
     settings = deployment_settings(args)
     try:
         if args.out in (None, "-"):
             count = asyncio.run(export_log(settings, sys.stdout))
         else:
-            with open(args.out, "w", encoding="utf-8") as out:
+            with replacing(Path(args.out)) as out:  # whole or not at all
                 count = asyncio.run(export_log(settings, out))
     except OSError as e:
         print(f"bandit-router export: {e}", file=sys.stderr)

@@ -16,10 +16,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm, Policy
@@ -141,13 +142,31 @@ async def dump(
 
 
 def write_file(path: Path, doc: dict[str, Any]) -> None:
-    """Write a snapshot file whole: a reader never sees half a file, and a write that fails (a
-    full disk) leaves no temporary file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write a snapshot file whole (see ``replacing``)."""
+    with replacing(path) as f:
+        f.write(json.dumps(doc))
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[TextIO]:
+    """A text file to write ``path`` through, put in its place only once the block ends: a
+    reader never sees half a file, and a write that fails (a full disk, Redis gone, a kill)
+    leaves the previous file as it was and no temporary file behind (a kill: only the
+    temporary). A link is written through, not replaced; a path that is no regular file (a
+    device, a pipe: /dev/null, /dev/stdout) is written to as it is, never replaced."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        with target.open("w", encoding="utf-8") as f:
+            yield f
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
     try:
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name
+        os.replace(tmp, target)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 

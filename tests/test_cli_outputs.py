@@ -1,0 +1,95 @@
+"""What the operators' commands write: an output file is replaced whole or not at all, and a
+path that is no regular file (a device, a link to one) is written to, never replaced."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bandit_router.cli.main import main
+from bandit_router.service.backup import write_file
+from tests.conftest import ClientFactory, SettingsFactory, rewarded_traffic, use_settings
+
+GOOD = "a good export from yesterday\n"
+
+
+def _limited(limit: int) -> None:
+    """In the child: no file grows past ``limit`` bytes (a disk that fills up)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_an_export_that_fails_leaves_the_previous_file(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings()
+    rewarded_traffic(make_client(settings), 20)
+    out = tmp_path / "events.dsjson"
+    out.write_text(GOOD)
+    env = {
+        **os.environ,
+        "BANDIT_REDIS_URL": settings.redis_url or "",
+        "BANDIT_KEY_PREFIX": settings.key_prefix,
+    }
+    # The disk fills up mid-export: the 20 events take about 20 KB.
+    done = subprocess.run(
+        [sys.executable, "-m", "bandit_router.cli", "export", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: _limited(4096),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "File too large" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text() == GOOD
+    assert sorted(os.listdir(tmp_path)) == ["events.dsjson"]  # no temporary file left
+    # Redis down: refused before anything is written.
+    monkeypatch.setenv("BANDIT_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["export", "--out", str(out)]) == 1
+    assert out.read_text() == GOOD
+    # And a whole export replaces it.
+    use_settings(monkeypatch, settings)
+    assert main(["export", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 20
+    assert sorted(os.listdir(tmp_path)) == ["events.dsjson"]
+
+
+def test_an_output_that_is_a_link_is_written_through(tmp_path: Path) -> None:
+    """A link to a device (/dev/null, /dev/stdout) stays one, and so does the device: as root,
+    replacing the name put a regular file in place of /dev/null. A link to a file is written
+    through, the link kept."""
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    write_file(null, {"format": "x"})
+    assert null.is_symlink() and null.resolve() == Path(os.devnull).resolve()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    latest = tmp_path / "latest.json"
+    latest.symlink_to(backups / "model.json")
+    write_file(latest, {"format": "y"})
+    assert latest.is_symlink()
+    assert (backups / "model.json").read_text() == '{"format": "y"}'
+    assert sorted(os.listdir(backups)) == ["model.json"]
+
+
+def test_commands_write_into_a_link_to_a_device(
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_settings(monkeypatch, make_settings())
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    assert main(["snapshot", str(null)]) == 0
+    assert main(["export", "--out", str(null)]) == 0
+    assert null.is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["null"]
