@@ -3,6 +3,7 @@ path that is no regular file (a device, a link to one) is written to, never repl
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from bandit_router.cli.main import main
 from bandit_router.service.backup import write_file
@@ -93,3 +95,25 @@ def test_commands_write_into_a_link_to_a_device(
     assert main(["export", "--out", str(null)]) == 0
     assert null.is_symlink()
     assert sorted(os.listdir(tmp_path)) == ["null"]
+
+
+def test_snapshot_makes_no_word_secret(
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`snapshot` only reads, as `status` and `export` do: a mistyped BANDIT_KEY_PREFIX does not
+    become a deployment with a secret, and a Redis that refuses writes is read all the same."""
+    settings = make_settings()
+    use_settings(monkeypatch, settings)
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        assert client.keys("{" + settings.key_prefix + "}:*") == []
+    finally:
+        client.close()
+    assert json.loads(file.read_text())["word_key"] is None  # it learned no word under any key
+    assert main(["restore", str(file)]) == 0  # and restores
+    assert "model version 0" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-from bandit_router.features import extract
+from bandit_router.features import WordKey, extract
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.registry import check_arms, load_policy, parse_policy_spec
@@ -135,8 +135,10 @@ async def dump(
     """Write the current model (newest snapshot + the log after it) to ``path``; returns the
     document written, without its data. ``progress`` hears the count of events replayed."""
     model = await load_model(store, settings, progress=progress)
-    words = await word_key(settings, store)
-    doc = to_json(model.snapshot(), settings, words.fingerprint)
+    # Read, never made: a mistyped prefix would become a deployment, and a Redis that refuses
+    # writes could not be read. With no secret there are no word features to name a key for.
+    secret = settings.hash_key or await store.stored_word_secret()
+    doc = to_json(model.snapshot(), settings, WordKey(secret).fingerprint if secret else None)
     write_file(path, doc)
     return {k: v for k, v in doc.items() if k != "data"}
 
