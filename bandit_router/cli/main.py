@@ -176,7 +176,12 @@ def export(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
-    from bandit_router.offline.evaluate import baseline_specs, estimate_policies, read_log_file
+    from bandit_router.offline.evaluate import (
+        baseline_specs,
+        check_fixed_arms,
+        estimate_policies,
+        read_log_file,
+    )
 
     settings = _settings()
     try:
@@ -187,6 +192,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 records = read_log_file(f, settings.max_features)
         specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
         specs = specs or baseline_specs(records[0].arms if records else [])
+        check_fixed_arms(records, specs)
         results = estimate_policies(records, specs, settings, args.seed)
     except (OSError, ValueError) as e:
         print(f"bandit-router evaluate: {e}", file=sys.stderr)

@@ -191,6 +191,22 @@ def normalize_spec(spec: str) -> str:
     return str(parse_policy_spec(spec))
 
 
+def check_fixed_arms(records: Sequence[LoggedRecord], specs: Sequence[str]) -> None:
+    """A ``fixed`` spec names an arm some event of ``records`` offered: else it would be
+    estimated as each event's first arm, under the name given (a misspelt arm). No records:
+    ``estimate_policies`` says so."""
+    if not records:
+        return
+    offered = dict.fromkeys(arm.name for r in records for arm in r.arms)
+    for spec in specs:
+        parsed = parse_policy_spec(normalize_spec(spec))
+        arm = parsed.params.get("arm")
+        if parsed.name == "fixed" and arm not in offered:
+            raise ValueError(
+                f"policy {spec}: arm {arm!r} is in no event of the log; valid: {', '.join(offered)}"
+            )
+
+
 def baseline_specs(arms: Sequence[Arm]) -> list[str]:
     """The baselines to compare against: uniform random, the static rule, each arm alone."""
     return ["random", "static", *(f"fixed:arm={arm.name}" for arm in arms)]
