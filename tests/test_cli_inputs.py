@@ -10,6 +10,8 @@ import pytest
 
 from bandit_router.cli.main import main
 from bandit_router.offline.export import to_dsjson
+from bandit_router.service import backup
+from tests.conftest import SettingsFactory, use_settings
 from tests.test_export import ARMS, EVENT
 
 
@@ -24,3 +26,33 @@ def test_evaluate_refuses_a_fixed_arm_the_log_never_offered(
         capsys.readouterr().err
     )
     assert main(["evaluate", str(path), "--policies", "fixed:14b,fixed:arm=new"]) == 0
+
+
+def test_restore_refuses_a_file_too_large_for_a_snapshot_before_reading_it(
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A model is one Redis string (512 MiB at most), so no snapshot file is larger than its
+    base64 plus the header; a larger one (a wrong file, a full disk image) is refused by its
+    size, where it was read whole into memory first."""
+    use_settings(monkeypatch, make_settings())
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(backup.MAX_FILE_BYTES + 1)  # sparse: takes no disk
+    assert main(["restore", str(huge)]) == 1
+    assert f"{huge}: longer than {backup.MAX_FILE_BYTES} bytes" in capsys.readouterr().err
+
+
+def test_restore_reads_a_stream_no_further_than_the_limit(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A device or a pipe that does not end (/dev/zero) was read until memory ran out, ending
+    in a MemoryError traceback."""
+    use_settings(monkeypatch, make_settings())
+    monkeypatch.setattr(backup, "MAX_FILE_BYTES", 1 << 20)
+    assert main(["restore", "/dev/zero"]) == 1
+    assert f"/dev/zero: longer than {1 << 20} bytes" in capsys.readouterr().err

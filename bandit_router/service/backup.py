@@ -179,10 +179,25 @@ class SnapshotFile(NamedTuple):
     arms: list[str]  # the names of the arms it learned (none said: empty)
 
 
+# A model is one Redis string, 512 MiB at most: in base64 with its header, a file under this.
+MAX_FILE_BYTES = 1 << 30
+
+
+def _bounded_text(path: Path) -> str:
+    """The file's text, refused past ``MAX_FILE_BYTES``: a regular file by its size before it is
+    read, a stream (a pipe, /dev/zero) once it has given that much."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        raw = b"" if size > MAX_FILE_BYTES else f.read(MAX_FILE_BYTES + 1)
+    if max(size, len(raw)) > MAX_FILE_BYTES:
+        raise ValueError(f"longer than {MAX_FILE_BYTES} bytes, the most a snapshot takes")
+    return raw.decode("utf-8")
+
+
 def read(path: Path, settings: Settings) -> SnapshotFile:
     """Read and check a snapshot file: its format, checksum, and that its policy loads."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(_bounded_text(path))
     except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, an int too long
         raise SnapshotFileError(f"cannot read {path}: {e}") from e
     except RecursionError:
