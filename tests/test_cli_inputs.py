@@ -10,6 +10,7 @@ import pytest
 
 from bandit_router.cli.main import main
 from bandit_router.offline.export import to_dsjson
+from bandit_router.policies.base import Arm
 from bandit_router.service import backup
 from tests.conftest import SettingsFactory, use_settings
 from tests.test_export import ARMS, EVENT
@@ -56,3 +57,20 @@ def test_restore_reads_a_stream_no_further_than_the_limit(
     monkeypatch.setattr(backup, "MAX_FILE_BYTES", 1 << 20)
     assert main(["restore", "/dev/zero"]) == 1
     assert f"/dev/zero: longer than {1 << 20} bytes" in capsys.readouterr().err
+
+
+def test_train_names_each_arm_once_when_its_price_changed_in_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BANDIT_ARMS changed between two events (a new price, as Adding and removing arms allows):
+    the arm was listed twice, in the summary and in the file's arms, and `restore` said so."""
+    first = to_dsjson(EVENT, ARMS)
+    repriced = to_dsjson(EVENT, {**ARMS, "4b": Arm("4b", 4, 0.05)})
+    log = tmp_path / "log.dsjson"
+    log.write_text(json.dumps(first) + "\n" + json.dumps(repriced) + "\n")
+    out = tmp_path / "trained.json"
+    assert main(["train", str(log), "--out", str(out), "--policy", "egreedy"]) == 0
+    assert json.loads(capsys.readouterr().out)["arms"] == ["4b", "14b", "new"]
+    arms = json.loads(out.read_text())["arms"]
+    assert [a["name"] for a in arms] == ["4b", "14b", "new"]
+    assert arms[0]["usd_per_mtok"] == 0.05  # the newest configuration

@@ -49,10 +49,10 @@ def train(args: argparse.Namespace) -> int:
                     "--arms is a replay file's; a DSJSON log names its arms (and their prices)"
                 )
             # Taught as read: a bad line stops it before anything is written, as before.
-            seen: dict[Arm, None] = {}
+            seen: dict[str, Arm] = {}
             records = arms_seen(dsjson_records(path, settings.max_features), seen)
             learned = teach(policy, logged(records))
-            arms = list(seen)
+            arms = list(seen.values())
             kind = "DSJSON log"
         else:
             try:
