@@ -12,7 +12,7 @@ from bandit_router.cli.main import main
 from bandit_router.offline.export import to_dsjson
 from bandit_router.policies.base import Arm
 from bandit_router.service import backup
-from tests.conftest import SettingsFactory, use_settings
+from tests.conftest import ClientFactory, SettingsFactory, rewarded_traffic, use_settings
 from tests.test_export import ARMS, EVENT
 
 
@@ -74,3 +74,25 @@ def test_train_names_each_arm_once_when_its_price_changed_in_the_log(
     arms = json.loads(out.read_text())["arms"]
     assert [a["name"] for a in arms] == ["4b", "14b", "new"]
     assert arms[0]["usd_per_mtok"] == 0.05  # the newest configuration
+
+
+def test_a_forced_restore_says_the_running_learner_will_publish_over_it(
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The learner that holds the lease goes on with the model it has and publishes it over
+    the restored one: `restore --force` said only "restored", exit 0."""
+    client = make_client()
+    rewarded_traffic(client, 3)
+    use_settings(monkeypatch, client.app.state.settings)  # type: ignore[attr-defined]
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    capsys.readouterr()
+    assert main(["restore", "--force", str(file)]) == 0
+    captured = capsys.readouterr()
+    assert "restored" in captured.out
+    assert (
+        "a learner holds the lease: it goes on with its own model and publishes it over this one"
+    ) in captured.err

@@ -243,7 +243,8 @@ def restore(args: argparse.Namespace) -> int:
     async def run() -> int:
         holder = f"restore:{os.getpid()}"
         async with open_store(settings) as store:
-            if not await store.hold_lease(holder, 60) and not args.force:
+            held_by_learner = not await store.hold_lease(holder, 60)
+            if held_by_learner and not args.force:
                 print(
                     "bandit-router restore: a learner holds the lease (a running service or "
                     "`learn`): stop it first, or pass --force",
@@ -256,6 +257,13 @@ def restore(args: argparse.Namespace) -> int:
                 await store.release_lease(holder)
         where = "this log: events after it are learned" if done.same_log else "another log"
         print(f"restored {args.file}: policy {snap.policy}, model version {snap.version} ({where})")
+        if held_by_learner:  # forced: the restored model lasts only until that learner publishes
+            print(
+                "bandit-router restore: a learner holds the lease: it goes on with its own model "
+                "and publishes it over this one (within BANDIT_PUBLISH_S, and when it stops); "
+                "to serve this one, stop every service and `learn`, then restore again",
+                file=sys.stderr,
+            )
         if done.policy_override:
             print(f"policy {snap.policy} set as the deployment's policy (as /admin/policy would)")
         if done.same_words is None:
@@ -360,7 +368,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="restore even while a learner holds the lease (it may overwrite it)",
+        help="restore even while a learner holds the lease (a learner that is running publishes "
+        "its own model over it)",
     )
     add_deployment(p)
     p.set_defaults(func=restore)
