@@ -96,3 +96,20 @@ def test_a_forced_restore_says_the_running_learner_will_publish_over_it(
     assert (
         "a learner holds the lease: it goes on with its own model and publishes it over this one"
     ) in captured.err
+
+
+def test_an_event_that_offers_an_arm_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service offers each arm once (it drops a request's repeats); an event that offered
+    one twice was read, and fixed:4b scored 0 on it (its pmf became {4b: 0})."""
+    event = to_dsjson(EVENT, ARMS)
+    event["c"]["_multi"] = [event["c"]["_multi"][1]] * 2 + event["c"]["_multi"][2:]
+    event["_labelIndex"], event["_label_Action"] = 0, 1
+    log = tmp_path / "log.dsjson"
+    log.write_text(json.dumps(to_dsjson(EVENT, ARMS)) + "\n" + json.dumps(event) + "\n")
+    assert main(["evaluate", str(log), "--policies", "fixed:14b"]) == 2
+    message = "line 2: not an exported DSJSON event (c._multi[1] offers the arm '14b' again)"
+    assert message in capsys.readouterr().err
+    assert main(["train", str(log), "--out", str(tmp_path / "x.json")]) == 2
+    assert message in capsys.readouterr().err

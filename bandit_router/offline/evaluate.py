@@ -102,6 +102,10 @@ def record_from_dsjson(obj: Any, max_features: int | None = None) -> LoggedRecor
             f"c._multi has {len(multi)} arms; the limit is {inputs.MAX_ARMS}, as per request"
         )
     arms = tuple(_arm(i, entry) for i, entry in enumerate(multi))
+    names = [arm.name for arm in arms]
+    if len(set(names)) < len(names):  # the service offers each once: a pmf by name would lose one
+        i = next(i for i, name in enumerate(names) if name in names[:i])
+        raise ValueError(f"c._multi[{i}] offers the arm {names[i]!r} again")
     index = obj.get("_labelIndex")
     if type(index) is not int:
         raise ValueError(f"_labelIndex must be an integer, got {_value(index)}")
