@@ -113,3 +113,25 @@ def test_an_event_that_offers_an_arm_twice_is_refused(
     assert message in capsys.readouterr().err
     assert main(["train", str(log), "--out", str(tmp_path / "x.json")]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["snapshot", "{tmp}/m.json"], ["export"], ["restore", "{tmp}/m.json"]]
+)
+def test_a_redis_that_is_no_cluster_is_named_without_a_traceback(
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """BANDIT_REDIS_CLUSTER set for a Redis that is not one: every command ended in a
+    ValueError traceback."""
+    use_settings(monkeypatch, make_settings())
+    assert main(["snapshot", f"{tmp_path}/m.json"]) == 0
+    monkeypatch.setenv("BANDIT_REDIS_CLUSTER", "true")
+    capsys.readouterr()
+    assert main([c.format(tmp=tmp_path) for c in command]) == 2
+    err = capsys.readouterr().err
+    assert f"bandit-router {command[0]}: " in err and "Redis Cluster node" in err
+    assert "Traceback" not in err

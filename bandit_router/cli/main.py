@@ -25,6 +25,7 @@ from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
+from bandit_router.store.cluster import NotACluster
 
 if TYPE_CHECKING:
     from bandit_router.offline.estimators import Estimate
@@ -260,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DeploymentsError as e:
         print(f"bandit-router: {e}", file=sys.stderr)
+        return 2
+    except NotACluster as e:  # the settings name a cluster: said in a line, as a bad setting
+        print(f"bandit-router {args.command}: {e}", file=sys.stderr)
         return 2
     except (StoreDamaged, StoreUnavailable) as e:  # said in a line: no traceback
         print(f"bandit-router {args.command}: {e}", file=sys.stderr)
