@@ -26,6 +26,7 @@ from bandit_router.store.repository import open_store
 
 SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
 STATS_WINDOW_MAX = 20_000  # the bound of GET /stats?window=
+SEED_MAX = 2**32 - 1  # as BANDIT_SEED: VW takes no seed past 64 bits
 
 
 def bounded_int(low: int, high: int | None = None) -> Any:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import (
+    SEED_MAX,
     add_commands,
     add_deployment,
     bounded_int,
@@ -243,7 +244,10 @@ def _add_export_evaluate(sub: Any) -> None:
         "(default: random, static and each arm fixed)",
     )
     p.add_argument(
-        "--seed", type=bounded_int(0), default=0, help="seed of the candidates, 0 or more (0)"
+        "--seed",
+        type=bounded_int(0, SEED_MAX),
+        default=0,
+        help=f"seed of the candidates, 0 to {SEED_MAX} (0)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=evaluate)
@@ -440,7 +444,10 @@ def _add_simulate(sub: Any) -> None:
         "--seeds", type=bounded_int(1), default=1, help="seeds, each its own row order (1 or more)"
     )
     p.add_argument(
-        "--first-seed", type=bounded_int(0), default=0, help="the first seed, 0 or more (0)"
+        "--first-seed",
+        type=bounded_int(0, SEED_MAX),
+        default=0,
+        help=f"the first seed, 0 to {SEED_MAX} (0)",
     )
     p.add_argument("--in-order", action="store_true", help="keep time order (drift scenarios)")
     p.add_argument("--limit", type=bounded_int(1), help="only the first N rows (1 or more)")
