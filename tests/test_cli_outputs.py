@@ -117,3 +117,22 @@ def test_snapshot_makes_no_word_secret(
     assert json.loads(file.read_text())["word_key"] is None  # it learned no word under any key
     assert main(["restore", str(file)]) == 0  # and restores
     assert "model version 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["config"], ["config", "--json"]])
+def test_a_reader_that_stops_early_gets_no_traceback(command: list[str]) -> None:
+    """`bandit-router config | head -1`: the pipe closes before the output is written; it ended
+    in a BrokenPipeError traceback (or, for an output the buffer held, Python's "Exception
+    ignored" at exit, code 120)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bandit_router.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "BANDIT_API_KEYS": "k" * 64},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err, err

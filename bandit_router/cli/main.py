@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -260,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is a BrokenPipeError
+    except BrokenPipeError:
+        # The reader stopped reading: nothing to say to it. Python would flush stdout again at
+        # exit and say "Exception ignored"; it flushes into /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ValidationError as e:
         print(f"bandit-router: invalid settings:\n{_describe(e)}", file=sys.stderr)
         return 2
