@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bandit_router.cli.main import main
-from bandit_router.service.backup import write_file
+from bandit_router.service.backup import replacing, write_file
 from tests.conftest import ClientFactory, SettingsFactory, rewarded_traffic, use_settings
 
 GOOD = "a good export from yesterday\n"
@@ -136,3 +136,28 @@ def test_a_reader_that_stops_early_gets_no_traceback(command: list[str]) -> None
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_two_writers_of_one_file_each_write_their_own_temporary(tmp_path: Path) -> None:
+    """Two exports (or snapshots) to one name at once, a cron job's and an operator's: with one
+    temporary name for both, the second truncated the first's file and renamed it, the first
+    went on writing into what was then the output, and its rename failed."""
+    path = tmp_path / "events.dsjson"
+    with replacing(path) as first:
+        first.write("first, part 1\n")
+        with replacing(path) as second:
+            second.write("second, whole\n")
+        assert path.read_text() == "second, whole\n"
+        first.write("first, part 2\n")
+    assert path.read_text() == "first, part 1\nfirst, part 2\n"
+    assert sorted(os.listdir(tmp_path)) == ["events.dsjson"]
+
+
+def test_a_temporary_name_taken_by_a_link_is_not_followed(tmp_path: Path) -> None:
+    """A link planted under the temporary name (a shared folder) is not written through."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / ".model.json.tmp").symlink_to(victim)
+    write_file(tmp_path / "model.json", {"format": "x"})
+    assert victim.read_text() == "precious\n"
+    assert json.loads((tmp_path / "model.json").read_text()) == {"format": "x"}

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,17 +154,19 @@ def write_file(path: Path, doc: dict[str, Any]) -> None:
 def replacing(path: Path) -> Iterator[TextIO]:
     """A text file to write ``path`` through, put in its place only once the block ends: a
     reader never sees half a file, and a write that fails (a full disk, Redis gone, a kill)
-    leaves the previous file as it was and no temporary file behind (a kill: only the
-    temporary). A link is written through, not replaced; a path that is no regular file (a
-    device, a pipe: /dev/null, /dev/stdout) is written to as it is, never replaced."""
+    leaves the previous file as it was and no temporary file behind (a kill leaves its
+    temporary, ``.NAME.*.tmp``). A link is written through, not replaced; a path that is no
+    regular file (a device, a pipe: /dev/null, /dev/stdout) is written to as it is."""
     target = Path(os.path.realpath(path))
     if target.exists() and not target.is_file():
         with target.open("w", encoding="utf-8") as f:
             yield f
         return
-    tmp = target.with_name(f".{target.name}.tmp")
+    # A name of its own (two writers of one file do not share it), made here: never a link.
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as open() makes, umask on
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())  # on disk before it takes the name
