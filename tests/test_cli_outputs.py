@@ -161,3 +161,12 @@ def test_a_temporary_name_taken_by_a_link_is_not_followed(tmp_path: Path) -> Non
     write_file(tmp_path / "model.json", {"format": "x"})
     assert victim.read_text() == "precious\n"
     assert json.loads((tmp_path / "model.json").read_text()) == {"format": "x"}
+
+
+def test_snapshot_into_a_directory_says_so_before_reading_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As for a missing directory: said before the log is replayed, not after."""
+    monkeypatch.setenv("BANDIT_REDIS_URL", "redis://127.0.0.1:1/0")  # not reached
+    assert main(["snapshot", str(tmp_path)]) == 1
+    assert f"{tmp_path} is a directory; give a file name" in capsys.readouterr().err

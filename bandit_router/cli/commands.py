@@ -211,6 +211,9 @@ def snapshot(args: argparse.Namespace) -> int:
     if not path.parent.is_dir():  # said before the log is replayed, not after
         print(f"bandit-router snapshot: no directory {path.parent} for {path}", file=sys.stderr)
         return 1
+    if path.is_dir():
+        print(f"bandit-router snapshot: {path} is a directory; give a file name", file=sys.stderr)
+        return 1
 
     async def run() -> dict[str, Any]:
         async with open_store(settings) as store:
