@@ -3,7 +3,9 @@ line naming it, with a non-zero exit, before any work and without a traceback.""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,37 @@ def test_a_redis_that_is_no_cluster_is_named_without_a_traceback(
     err = capsys.readouterr().err
     assert f"bandit-router {command[0]}: " in err and "Redis Cluster node" in err
     assert "Traceback" not in err
+
+
+class _Stats(http.server.BaseHTTPRequestHandler):
+    body = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("body", [b'{"policy": "x"}', b"[1]", b'{"recent": 1, "arms": []}'])
+def test_status_of_a_url_that_answers_no_stats_document_says_so(
+    body: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL of another service (or a proxy's JSON page): KeyError or TypeError traceback."""
+    handler = type("Handler", (_Stats,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert main(["status", "--url", url]) == 1
+        assert main(["status", "--url", url, "--json"]) == (1 if body == b"[1]" else 0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert f"bandit-router status: {url}/stats answered no /stats document" in err

@@ -190,12 +190,23 @@ def status(args: argparse.Namespace) -> int:
     if args.url:
         try:
             doc = _fetch(args.url, args.window, args.api_key, args.deployment)
+            if not isinstance(doc, dict):
+                raise TypeError(f"a JSON {type(doc).__name__}")
+            text = json.dumps(doc, indent=2) if args.json else format_status(doc)
         except (urllib.error.URLError, OSError, ValueError) as e:
             print(f"bandit-router status: cannot read {args.url}/stats: {e}", file=sys.stderr)
             return 1
+        except (KeyError, TypeError, AttributeError) as e:  # another service's JSON, say
+            print(
+                f"bandit-router status: {args.url}/stats answered no /stats document "
+                f"({type(e).__name__}: {e})",
+                file=sys.stderr,
+            )
+            return 1
     else:
         doc = asyncio.run(_stats_from_redis(deployment_settings(args), args.window))
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+        text = json.dumps(doc, indent=2) if args.json else format_status(doc)
+    print(text)
     return 0
 
 
