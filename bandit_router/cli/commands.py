@@ -275,7 +275,7 @@ def restore(args: argparse.Namespace) -> int:
         if held_by_learner:  # forced: the restored model lasts only until that learner publishes
             print(
                 "bandit-router restore: a learner holds the lease: it goes on with its own model "
-                "and publishes it over this one (within BANDIT_PUBLISH_S, and when it stops); "
+                "and publishes it over this one (at its next publish, or when it stops); "
                 "to serve this one, stop every service and `learn`, then restore again",
                 file=sys.stderr,
             )
