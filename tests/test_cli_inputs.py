@@ -171,3 +171,35 @@ def test_status_of_a_url_that_answers_no_stats_document_says_so(
         server.server_close()
     err = capsys.readouterr().err
     assert f"bandit-router status: {url}/stats answered no /stats document" in err
+
+
+@pytest.mark.parametrize(
+    ("arm", "message"),
+    [
+        ({"name": "4b\x1b[31m\nrestored OK"}, r"arms[0] name '4b\x1b[31m\nrestored OK': String"),
+        ({"name": "x" * 65}, "arms[0] name 'xxxxxxxxxx"),
+        ({"name": "4b", "params_b": -1}, "arms[0] params_b"),
+        ({"name": "4b", "usd_per_mtok": "0.1"}, "arms[0] usd_per_mtok must be a number"),
+    ],
+)
+def test_restore_refuses_arms_a_deployment_could_not_have(
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arm: dict[str, object],
+    message: str,
+) -> None:
+    """The file's arms are printed (the arms the model learned): a name with a terminal's
+    escape codes and a line break reached the terminal as it was, after a restore that went
+    through."""
+    use_settings(monkeypatch, make_settings())
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    doc = json.loads(file.read_text())
+    doc["arms"] = [arm]
+    file.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["restore", str(file)]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""

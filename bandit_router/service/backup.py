@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
+from bandit_router import inputs
 from bandit_router.features import WordKey, extract
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.baselines import BASELINES
@@ -107,6 +108,11 @@ def from_json(doc: dict[str, Any]) -> Snapshot:
         isinstance(a, dict) and type(a.get("name")) is str for a in arms
     ):
         raise SnapshotFileError(f"arms is not a list of arms (objects with a name): {_shown(arms)}")
+    for i, a in enumerate(arms):  # as BANDIT_ARMS takes them: `restore` prints their names
+        try:
+            inputs.arm(f"arms[{i}]", a["name"], a.get("params_b"), a.get("usd_per_mtok"))
+        except ValueError as e:
+            raise SnapshotFileError(str(e)) from None
     if type(doc.get("data")) is not str or type(doc.get("sha256")) is not str:
         raise SnapshotFileError("data or sha256 is missing or not a string")
     try:
