@@ -203,3 +203,14 @@ def test_restore_refuses_arms_a_deployment_could_not_have(
     assert main(["restore", str(file)]) == 1
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_host_is_refused_not_bound_to_every_interface(
+    host: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`BANDIT_HOST=${HOST}` with HOST unset, or `serve --host ""`: uvicorn bound the empty
+    address, every interface (0.0.0.0 and [::]), where the default is loopback only."""
+    monkeypatch.setenv("BANDIT_HOST", host)
+    assert main(["config"]) == 2
+    assert "host (BANDIT_HOST)" in capsys.readouterr().err
