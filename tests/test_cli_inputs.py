@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -214,3 +217,38 @@ def test_an_empty_host_is_refused_not_bound_to_every_interface(
     monkeypatch.setenv("BANDIT_HOST", host)
     assert main(["config"]) == 2
     assert "host (BANDIT_HOST)" in capsys.readouterr().err
+
+
+SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--speed", "0"], "argument --speed: a finite number above 0 is needed, got '0'"),
+        (["--speed", "-1"], "argument --speed: a finite number above 0 is needed"),
+        (["--speed", "nan"], "argument --speed: a finite number above 0 is needed"),
+        (["--speed", "inf"], "argument --speed: a finite number above 0 is needed"),
+        (["--port", "99999"], "argument --port: 99999 is out of range: 0 to 65535"),
+        (["--limit", "0"], "argument --limit: 0 is out of range: 1 or more"),
+        (["--host", ""], "argument --host: an address to bind is needed"),
+        (["--api-key-env", "BANDIT_TEST_UNSET_KEY"], "BANDIT_TEST_UNSET_KEY is not set"),
+    ],
+)
+def test_upstream_refuses_arguments_it_cannot_serve_with(args: list[str], message: str) -> None:
+    """They started the server: --speed 0 answered every request 500 (a division by 0),
+    --speed -1 or inf answered at once, --host "" listened on every interface, and
+    --api-key-env naming a variable that is not set served with no key at all."""
+    env = {k: v for k, v in os.environ.items() if k != "BANDIT_TEST_UNSET_KEY"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bandit_router.cli", "upstream", str(SLICE), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("upstream started serving")
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
