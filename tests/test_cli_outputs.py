@@ -9,11 +9,14 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import main
+from bandit_router.http.app import create_app
 from bandit_router.service.backup import replacing, write_file
 from tests.conftest import ClientFactory, SettingsFactory, rewarded_traffic, use_settings
 
@@ -170,3 +173,38 @@ def test_snapshot_into_a_directory_says_so_before_reading_redis(
     monkeypatch.setenv("BANDIT_REDIS_URL", "redis://127.0.0.1:1/0")  # not reached
     assert main(["snapshot", str(tmp_path)]) == 1
     assert f"{tmp_path} is a directory; give a file name" in capsys.readouterr().err
+
+
+def test_a_backup_restored_after_the_log_rolled_past_it_learns_what_the_log_holds(
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """BANDIT_STREAM_MAXLEN trimmed the log past the backup's watermark: restore took it for
+    another environment's file, moved its watermark to the end of the log, and the model never
+    learned the events still in the log after it."""
+    settings = make_settings()
+    use_settings(monkeypatch, settings)
+    file = tmp_path / "backup.json"
+    with TestClient(create_app(settings)) as client:
+        rewarded_traffic(client, 10)
+        assert main(["snapshot", str(file)]) == 0
+        rewarded_traffic(client, 10)
+    watermark = json.loads(file.read_text())["stream_id"]
+    r = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        events = "{" + settings.key_prefix + "}:events"
+        rows: Any = r.xrange(events)
+        ids = [i.decode() for i, _ in rows]
+        assert ids.index(watermark) == 9
+        # What MAXLEN trims: the watermark and the two events after it.
+        r.xtrim(events, minid=ids[12], approximate=False)
+        assert r.xlen(events) == 8
+    finally:
+        r.close()
+    capsys.readouterr()
+    assert main(["restore", str(file)]) == 0
+    assert "model version 10 (this log: events after it are learned)" in capsys.readouterr().out
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").json()["model_version"] == 18  # the 8 the log still holds

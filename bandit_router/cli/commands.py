@@ -250,7 +250,7 @@ def restore(args: argparse.Namespace) -> int:
 
     settings = deployment_settings(args)
     try:
-        snap, words, learned = read(Path(args.file), settings)
+        snap, words, learned, prefix = read(Path(args.file), settings)
     except SnapshotFileError as e:
         print(f"bandit-router restore: {e}", file=sys.stderr)
         return 1
@@ -267,7 +267,7 @@ def restore(args: argparse.Namespace) -> int:
                 )
                 return 1
             try:
-                done = await load(store, settings, snap, words)
+                done = await load(store, settings, snap, words, prefix)
             finally:
                 await store.release_lease(holder)
         where = "this log: events after it are learned" if done.same_log else "another log"

@@ -31,7 +31,7 @@ from bandit_router.policies.registry import check_arms, load_policy, parse_polic
 from bandit_router.service.learner import effective_spec, load_model
 from bandit_router.service.router import word_key
 from bandit_router.settings import Settings
-from bandit_router.store.records import MAX_INT64, Snapshot, is_stream_id
+from bandit_router.store.records import MAX_INT64, Snapshot, is_stream_id, stream_id_key
 from bandit_router.store.repository import Store
 
 FORMAT = "bandit-router-snapshot"
@@ -186,6 +186,7 @@ class SnapshotFile(NamedTuple):
     snapshot: Snapshot
     words: str | None  # the fingerprint of the word key it learned under (None: not said)
     arms: list[str]  # the names of the arms it learned (none said: empty)
+    prefix: str | None = None  # the key prefix of the deployment it was written from
 
 
 # A model is one Redis string, 512 MiB at most: in base64 with its header, a file under this.
@@ -228,7 +229,13 @@ def read(path: Path, settings: Settings) -> SnapshotFile:
     _try_choices(policy, settings, path)
     words = doc.get("word_key")
     arms = [a["name"] for a in doc.get("arms", [])]  # checked by from_json
-    return SnapshotFile(snapshot, words if isinstance(words, str) else None, arms)
+    prefix = doc.get("key_prefix")
+    return SnapshotFile(
+        snapshot,
+        words if isinstance(words, str) else None,
+        arms,
+        prefix if isinstance(prefix, str) else None,
+    )
 
 
 def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
@@ -250,14 +257,24 @@ def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
             )
 
 
-async def _in_log(store: Store, stream_id: str) -> bool:
+async def _in_log(store: Store, stream_id: str, ours: bool) -> bool:
+    """Whether the watermark is in this log: its entry is there, or the file is a backup of this
+    deployment (``ours``) and the log was trimmed past it (``BANDIT_STREAM_MAXLEN``), so what
+    the log holds after it is learned, as the service learns it after its own snapshot."""
     if stream_id == "0-0":
         return await store.last_stream_id() == "0-0"
-    return await store.logged(stream_id)
+    if await store.logged(stream_id):
+        return True
+    first = await store.first_stream_id()
+    return ours and first != "0-0" and stream_id_key(stream_id) < stream_id_key(first)
 
 
 async def load(
-    store: Store, settings: Settings, snapshot: Snapshot, words: str | None = None
+    store: Store,
+    settings: Settings,
+    snapshot: Snapshot,
+    words: str | None = None,
+    prefix: str | None = None,
 ) -> Restored:
     """Publish ``snapshot`` as the newest model (the caller holds the learner lease).
 
@@ -266,8 +283,12 @@ async def load(
     model is served as it is and learns from the next event on. ``words``, the fingerprint of
     the word key the model learned under, is compared with this deployment's: under another
     key, the words of a query hash to other features, so word features are learned afresh.
+    ``prefix``, the key prefix the file was written under, tells with ``words`` a backup of this
+    deployment, whose watermark the log may have been trimmed past.
     """
-    same_log = await _in_log(store, snapshot.stream_id)
+    here = (await word_key(settings, store)).fingerprint
+    ours = words == here and prefix == settings.key_prefix
+    same_log = await _in_log(store, snapshot.stream_id, ours)
     if not same_log:
         snapshot = Snapshot(
             snapshot.policy, snapshot.version, await store.last_stream_id(), snapshot.data
@@ -275,6 +296,6 @@ async def load(
     # Set as an admin's switch with the model, in its transaction: else the service would
     # relearn the policy in force from the log instead (and a refused publish would leave it).
     override = parse_policy_spec(snapshot.policy) != await effective_spec(store, settings)
-    same_words = None if words is None else words == (await word_key(settings, store)).fingerprint
+    same_words = None if words is None else words == here
     await store.publish(snapshot, [], override=snapshot.policy if override else None)
     return Restored(snapshot, same_log, override, same_words)
