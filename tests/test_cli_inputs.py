@@ -252,3 +252,19 @@ def test_upstream_refuses_arguments_it_cannot_serve_with(args: list[str], messag
         pytest.fail("upstream started serving")
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_train_refuses_to_write_over_its_own_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train events.dsjson --out events.dsjson`: the export trained on was replaced by the
+    snapshot."""
+    log = tmp_path / "events.dsjson"
+    text = json.dumps(to_dsjson(EVENT, ARMS)) + "\n"
+    log.write_text(text)
+    link = tmp_path / "link.dsjson"
+    link.symlink_to(log)
+    for out in (log, link):
+        assert main(["train", str(log), "--out", str(out)]) == 2
+        assert "is the file trained on" in capsys.readouterr().err
+    assert log.read_text() == text

@@ -40,6 +40,8 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         _check_out(out)  # before training, not after a long run
+        if out.resolve() in {path.resolve(), *([Path(args.arms).resolve()] if args.arms else [])}:
+            raise ValueError(f"--out {out}: is the file trained on; give another name")
         spec = parse_policy_spec(args.policy or settings.policy)
         policy = build_policy(spec, settings, settings.seed)
         words: str | None = None  # a log's words were hashed under its deployment's key
