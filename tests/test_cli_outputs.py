@@ -17,8 +17,10 @@ from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import main
 from bandit_router.http.app import create_app
+from bandit_router.offline.export import to_dsjson
 from bandit_router.service.backup import replacing, write_file
 from tests.conftest import ClientFactory, SettingsFactory, rewarded_traffic, use_settings
+from tests.test_export import ARMS, EVENT
 
 GOOD = "a good export from yesterday\n"
 
@@ -208,3 +210,19 @@ def test_a_backup_restored_after_the_log_rolled_past_it_learns_what_the_log_hold
     assert "model version 10 (this log: events after it are learned)" in capsys.readouterr().out
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").json()["model_version"] == 18  # the 8 the log still holds
+
+
+def test_a_snapshot_written_to_stdout_is_not_mixed_with_the_summary(tmp_path: Path) -> None:
+    """`train LOG --out /dev/stdout > model.json`: the summary printed after it landed in the
+    file too, which then was no JSON document."""
+    log = tmp_path / "log.dsjson"
+    log.write_text(json.dumps(to_dsjson(EVENT, ARMS)) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "bandit_router.cli", "train", str(log), "--out", "/dev/stdout"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] == "bandit-router-snapshot"
+    assert '"examples_learned": 1' in done.stderr

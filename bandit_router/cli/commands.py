@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from bandit_router.deployments import settings_of
@@ -213,6 +213,16 @@ def status(args: argparse.Namespace) -> int:
 # snapshot / restore
 
 
+def summary_out(written: Path) -> TextIO:
+    """Where to say what was written: stdout, unless the file written is stdout itself
+    (`snapshot /dev/stdout > model.json`), where the summary would end up in the file."""
+    try:
+        here = os.path.samestat(os.stat(written), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file, or a stdout with no descriptor
+        here = False
+    return sys.stderr if here else sys.stdout
+
+
 def snapshot(args: argparse.Namespace) -> int:
     """Write the model (the newest snapshot plus every logged event after it) to a file."""
     from bandit_router.service.backup import dump
@@ -238,7 +248,8 @@ def snapshot(args: argparse.Namespace) -> int:
         return 1
     print(
         f"wrote {args.file}: policy {doc['policy']}, model version {doc['model_version']}, "
-        f"watermark {doc['stream_id']}"
+        f"watermark {doc['stream_id']}",
+        file=summary_out(path),
     )
     return 0
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bandit_router.cli.commands import add_deployment, deployment_settings
+from bandit_router.cli.commands import add_deployment, deployment_settings, summary_out
 from bandit_router.offline.train import (
     arms_seen,
     dsjson_records,
@@ -102,7 +102,7 @@ def train(args: argparse.Namespace) -> int:
         "examples_learned": learned,
         "arms": [a.name for a in arms],
     }
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1), file=summary_out(out))
     return 0
 
 

@@ -163,11 +163,11 @@ def replacing(path: Path) -> Iterator[TextIO]:
     leaves the previous file as it was and no temporary file behind (a kill leaves its
     temporary, ``.NAME.*.tmp``). A link is written through, not replaced; a path that is no
     regular file (a device, a pipe: /dev/null, /dev/stdout) is written to as it is."""
-    target = Path(os.path.realpath(path))
-    if target.exists() and not target.is_file():
-        with target.open("w", encoding="utf-8") as f:
+    if path.exists() and not path.is_file():  # through its links: /dev/stdout is a pipe's
+        with path.open("w", encoding="utf-8") as f:
             yield f
         return
+    target = Path(os.path.realpath(path))
     # A name of its own (two writers of one file do not share it), made here: never a link.
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as open() makes, umask on
