@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,13 @@ def test_a_snapshot_written_to_stdout_is_not_mixed_with_the_summary(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["format"] == "bandit-router-snapshot"
     assert '"examples_learned": 1' in done.stderr
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
+    """An export or snapshot an operator made private (0600) became world-readable (0644 under
+    the usual umask) once written again, its temporary file taking the name."""
+    path = tmp_path / "model.json"
+    path.write_text("{}")
+    path.chmod(0o600)
+    write_file(path, {"format": "x"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -11,11 +11,13 @@ holding the learner lease, so no running learner overwrites it meanwhile.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,6 +174,8 @@ def replacing(path: Path) -> Iterator[TextIO]:
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as open() makes, umask on
     try:
+        with contextlib.suppress(FileNotFoundError):  # a file made private stays so
+            os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
         with open(fd, "w", encoding="utf-8") as f:
             yield f
             f.flush()
