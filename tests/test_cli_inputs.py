@@ -31,6 +31,8 @@ def test_evaluate_refuses_a_fixed_arm_the_log_never_offered(
     assert "fixed:14B: arm '14B' is in no event of the log; valid: 4b, 14b, new" in (
         capsys.readouterr().err
     )
+    assert main(["evaluate", str(path), "--policies", "fixed"]) == 2
+    assert "fixed: names no arm; valid: 4b, 14b, new" in capsys.readouterr().err
     assert main(["evaluate", str(path), "--policies", "fixed:14b,fixed:arm=new"]) == 0
 
 

@@ -206,9 +206,8 @@ def check_fixed_arms(records: Sequence[LoggedRecord], specs: Sequence[str]) -> N
         parsed = parse_policy_spec(normalize_spec(spec))
         arm = parsed.params.get("arm")
         if parsed.name == "fixed" and arm not in offered:
-            raise ValueError(
-                f"policy {spec}: arm {arm!r} is in no event of the log; valid: {', '.join(offered)}"
-            )
+            said = f"arm {arm!r} is in no event of the log" if arm else "names no arm"
+            raise ValueError(f"policy {spec}: {said}; valid: {', '.join(offered)}")
 
 
 def baseline_specs(arms: Sequence[Arm]) -> list[str]:
