@@ -505,6 +505,18 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        """uvicorn binds an empty address to every interface: an unset variable in
+        ``BANDIT_HOST=${HOST}`` must not open the service to the network."""
+        if not value.strip():
+            raise ValueError(
+                "an address to bind is needed (127.0.0.1: this machine only; 0.0.0.0: every "
+                "interface), got an empty one"
+            )
+        return value
+
     @field_validator("admin_key", mode="before")
     @classmethod
     def _strip_admin_key(cls, value: Any) -> Any:

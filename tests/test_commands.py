@@ -262,7 +262,11 @@ SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
         (["simulate", str(SLICE), "--limit", "0"], "argument --limit: 0 is out of range: 1 or"),
         (["simulate", str(SLICE), "--limit", "-1"], "argument --limit: -1 is out of range"),
         (["simulate", str(SLICE), "--csv-every", "-1"], "argument --csv-every: -1 is out of"),
-        (["evaluate", "-", "--seed", "-1"], "argument --seed: -1 is out of range: 0 or more"),
+        (["evaluate", "-", "--seed", "-1"], "argument --seed: -1 is out of range: 0 to 4294967295"),
+        # Past VW's 64 bits, simulate ended in a traceback and evaluate in VW's message.
+        (["evaluate", "-", "--seed", str(2**64)], "argument --seed: 18446744073709551616 is out"),
+        (["simulate", str(SLICE), "--first-seed", str(2**64)], "argument --first-seed: 1844"),
+        (["simulate", str(SLICE), "--first-seed", str(2**32)], "out of range: 0 to 4294967295"),
         (["status", "--window", "-5"], "argument --window: -5 is out of range: 0 to 20000"),
         (["status", "--window", "20001"], "argument --window: 20001 is out of range"),
     ],

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from bandit_router.deployments import settings_of
@@ -26,6 +26,7 @@ from bandit_router.store.repository import open_store
 
 SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
 STATS_WINDOW_MAX = 20_000  # the bound of GET /stats?window=
+SEED_MAX = 2**32 - 1  # as BANDIT_SEED: VW takes no seed past 64 bits
 
 
 def bounded_int(low: int, high: int | None = None) -> Any:
@@ -200,6 +201,9 @@ def status(args: argparse.Namespace) -> int:
     if args.url:
         try:
             doc = _fetch(args.url, args.window, args.api_key, args.deployment)
+            if not isinstance(doc, dict):
+                raise TypeError(f"a JSON {type(doc).__name__}")
+            text = json.dumps(doc, indent=2) if args.json else format_status(doc)
         except urllib.error.HTTPError as e:
             print(
                 f"bandit-router status: cannot read {args.url}/stats: {e}{_refusal(e)}",
@@ -209,13 +213,31 @@ def status(args: argparse.Namespace) -> int:
         except (urllib.error.URLError, OSError, ValueError) as e:
             print(f"bandit-router status: cannot read {args.url}/stats: {e}", file=sys.stderr)
             return 1
+        except (KeyError, TypeError, AttributeError) as e:  # another service's JSON, say
+            print(
+                f"bandit-router status: {args.url}/stats answered no /stats document "
+                f"({type(e).__name__}: {e})",
+                file=sys.stderr,
+            )
+            return 1
     else:
         doc = asyncio.run(_stats_from_redis(deployment_settings(args), args.window))
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+        text = json.dumps(doc, indent=2) if args.json else format_status(doc)
+    print(text)
     return 0
 
 
 # snapshot / restore
+
+
+def summary_out(written: Path) -> TextIO:
+    """Where to say what was written: stdout, unless the file written is stdout itself
+    (`snapshot /dev/stdout > model.json`), where the summary would end up in the file."""
+    try:
+        here = os.path.samestat(os.stat(written), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file, or a stdout with no descriptor
+        here = False
+    return sys.stderr if here else sys.stdout
 
 
 def snapshot(args: argparse.Namespace) -> int:
@@ -226,6 +248,9 @@ def snapshot(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.parent.is_dir():  # said before the log is replayed, not after
         print(f"bandit-router snapshot: no directory {path.parent} for {path}", file=sys.stderr)
+        return 1
+    if path.is_dir():
+        print(f"bandit-router snapshot: {path} is a directory; give a file name", file=sys.stderr)
         return 1
 
     async def run() -> dict[str, Any]:
@@ -240,7 +265,8 @@ def snapshot(args: argparse.Namespace) -> int:
         return 1
     print(
         f"wrote {args.file}: policy {doc['policy']}, model version {doc['model_version']}, "
-        f"watermark {doc['stream_id']}"
+        f"watermark {doc['stream_id']}",
+        file=summary_out(path),
     )
     return 0
 
@@ -252,7 +278,7 @@ def restore(args: argparse.Namespace) -> int:
 
     settings = deployment_settings(args)
     try:
-        snap, words, learned = read(Path(args.file), settings)
+        snap, words, learned, prefix = read(Path(args.file), settings)
     except SnapshotFileError as e:
         print(f"bandit-router restore: {e}", file=sys.stderr)
         return 1
@@ -260,7 +286,8 @@ def restore(args: argparse.Namespace) -> int:
     async def run() -> int:
         holder = f"restore:{os.getpid()}"
         async with open_store(settings) as store:
-            if not await store.hold_lease(holder, 60) and not args.force:
+            held_by_learner = not await store.hold_lease(holder, 60)
+            if held_by_learner and not args.force:
                 print(
                     "bandit-router restore: a learner holds the lease (a running service or "
                     "`learn`): stop it first, or pass --force",
@@ -268,11 +295,18 @@ def restore(args: argparse.Namespace) -> int:
                 )
                 return 1
             try:
-                done = await load(store, settings, snap, words)
+                done = await load(store, settings, snap, words, prefix)
             finally:
                 await store.release_lease(holder)
         where = "this log: events after it are learned" if done.same_log else "another log"
         print(f"restored {args.file}: policy {snap.policy}, model version {snap.version} ({where})")
+        if held_by_learner:  # forced: the restored model lasts only until that learner publishes
+            print(
+                "bandit-router restore: a learner holds the lease: it goes on with its own model "
+                "and publishes it over this one (at its next publish, or when it stops); "
+                "to serve this one, stop every service and `learn`, then restore again",
+                file=sys.stderr,
+            )
         if done.policy_override:
             print(f"policy {snap.policy} set as the deployment's policy (as /admin/policy would)")
         if done.same_words is None:
@@ -377,7 +411,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="restore even while a learner holds the lease (it may overwrite it)",
+        help="restore even while a learner holds the lease (a learner that is running publishes "
+        "its own model over it)",
     )
     add_deployment(p)
     p.set_defaults(func=restore)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import (
+    SEED_MAX,
     add_commands,
     add_deployment,
     bounded_int,
@@ -26,6 +27,7 @@ from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
+from bandit_router.store.cluster import NotACluster
 
 if TYPE_CHECKING:
     from bandit_router.offline.estimators import Estimate
@@ -163,13 +165,14 @@ def export(args: argparse.Namespace) -> int:
     import asyncio
 
     from bandit_router.offline.export import export_log
+    from bandit_router.service.backup import replacing
 
     settings = deployment_settings(args)
     try:
         if args.out in (None, "-"):
             count = asyncio.run(export_log(settings, sys.stdout))
         else:
-            with open(args.out, "w", encoding="utf-8") as out:
+            with replacing(Path(args.out)) as out:  # whole or not at all
                 count = asyncio.run(export_log(settings, out))
     except OSError as e:
         print(f"bandit-router export: {e}", file=sys.stderr)
@@ -180,7 +183,12 @@ def export(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
-    from bandit_router.offline.evaluate import baseline_specs, estimate_policies, read_log_file
+    from bandit_router.offline.evaluate import (
+        baseline_specs,
+        check_fixed_arms,
+        estimate_policies,
+        read_log_file,
+    )
 
     settings = _settings()
     try:
@@ -191,6 +199,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 records = read_log_file(f, settings.max_features)
         specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
         specs = specs or baseline_specs(records[0].arms if records else [])
+        check_fixed_arms(records, specs)
         results = estimate_policies(records, specs, settings, args.seed)
     except (OSError, ValueError) as e:
         print(f"bandit-router evaluate: {e}", file=sys.stderr)
@@ -240,7 +249,10 @@ def _add_export_evaluate(sub: Any) -> None:
         "(default: random, static and each arm fixed)",
     )
     p.add_argument(
-        "--seed", type=bounded_int(0), default=0, help="seed of the candidates, 0 or more (0)"
+        "--seed",
+        type=bounded_int(0, SEED_MAX),
+        default=0,
+        help=f"seed of the candidates, 0 to {SEED_MAX} (0)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=evaluate)
@@ -253,19 +265,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is a BrokenPipeError
+    except BrokenPipeError:
+        # The reader stopped reading: nothing to say to it. Python would flush stdout again at
+        # exit and say "Exception ignored"; it flushes into /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ValidationError as e:
         print(f"bandit-router: invalid settings:\n{_describe(e)}", file=sys.stderr)
         return 2
     except DeploymentsError as e:
         print(f"bandit-router: {e}", file=sys.stderr)
         return 2
+    except NotACluster as e:  # the settings name a cluster: said in a line, as a bad setting
+        print(f"bandit-router {args.command}: {e}", file=sys.stderr)
+        return 2
     except (StoreDamaged, StoreUnavailable) as e:  # said in a line: no traceback
         print(f"bandit-router {args.command}: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        # stdout's reader left (`| head`): stop in silence, as a shell tool does on SIGPIPE.
-        # stdout goes to /dev/null, so that the interpreter's last flush of it cannot raise.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return code
 
@@ -439,7 +455,10 @@ def _add_simulate(sub: Any) -> None:
         "--seeds", type=bounded_int(1), default=1, help="seeds, each its own row order (1 or more)"
     )
     p.add_argument(
-        "--first-seed", type=bounded_int(0), default=0, help="the first seed, 0 or more (0)"
+        "--first-seed",
+        type=bounded_int(0, SEED_MAX),
+        default=0,
+        help=f"the first seed, 0 to {SEED_MAX} (0)",
     )
     p.add_argument("--in-order", action="store_true", help="keep time order (drift scenarios)")
     p.add_argument("--limit", type=bounded_int(1), help="only the first N rows (1 or more)")

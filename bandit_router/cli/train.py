@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bandit_router.cli.commands import add_deployment, deployment_settings
+from bandit_router.cli.commands import add_deployment, deployment_settings, summary_out
 from bandit_router.offline.train import (
     arms_seen,
     dsjson_records,
@@ -40,6 +40,8 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         _check_out(out)  # before training, not after a long run
+        if out.resolve() in {path.resolve(), *([Path(args.arms).resolve()] if args.arms else [])}:
+            raise ValueError(f"--out {out}: is the file trained on; give another name")
         spec = parse_policy_spec(args.policy or settings.policy)
         policy = build_policy(spec, settings, settings.seed)
         words: str | None = None  # a log's words were hashed under its deployment's key
@@ -49,10 +51,10 @@ def train(args: argparse.Namespace) -> int:
                     "--arms is a replay file's; a DSJSON log names its arms (and their prices)"
                 )
             # Taught as read: a bad line stops it before anything is written, as before.
-            seen: dict[Arm, None] = {}
+            seen: dict[str, Arm] = {}
             records = arms_seen(dsjson_records(path, settings.max_features), seen)
             learned = teach(policy, logged(records))
-            arms = list(seen)
+            arms = list(seen.values())
             kind = "DSJSON log"
         else:
             try:
@@ -100,7 +102,7 @@ def train(args: argparse.Namespace) -> int:
         "examples_learned": learned,
         "arms": [a.name for a in arms],
     }
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1), file=summary_out(out))
     return 0
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from bandit_router.cli.commands import bounded_int
 
 
 def upstream(args: argparse.Namespace) -> int:
@@ -19,6 +22,13 @@ def upstream(args: argparse.Namespace) -> int:
 
     from bandit_router.sim.upstream import ReplayUpstream
 
+    api_key = os.environ.get(args.api_key_env, "").strip() if args.api_key_env else None
+    if api_key == "":  # a misspelt or unset variable: serving with no key at all is not asked
+        print(
+            f"bandit-router upstream: --api-key-env: {args.api_key_env} is not set (or empty)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         app = ReplayUpstream.load(
             Path(args.replay),
@@ -26,7 +36,7 @@ def upstream(args: argparse.Namespace) -> int:
             args.arm or (),
             limit=args.limit,
             speed=args.speed,
-            api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
+            api_key=api_key,
         )
     except (OSError, ValueError) as e:
         print(f"bandit-router upstream: {e}", file=sys.stderr)
@@ -49,11 +59,35 @@ def add_upstream(sub: Any) -> None:
     p.add_argument("replay", help="replay file: one JSON row per query")
     p.add_argument("--arms", help="arms file (prices: the usage's prompt tokens follow from them)")
     p.add_argument("--arm", action="append", help="an arm to serve (repeat; default: every arm)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8081, help="port (default 8081)")
-    p.add_argument("--speed", type=float, default=1.0, help="divide recorded times by this")
-    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="bind address (default 127.0.0.1)"
+    )
+    p.add_argument("--port", type=bounded_int(0, 65535), default=8081, help="port (default 8081)")
+    p.add_argument(
+        "--speed", type=_speed, default=1.0, help="divide recorded times by this (above 0)"
+    )
+    p.add_argument("--limit", type=bounded_int(1), help="only the first N rows (1 or more)")
     p.add_argument(
         "--api-key-env", help="require the key held by this environment variable (Bearer)"
     )
     p.set_defaults(func=upstream)
+
+
+def _speed(text: str) -> float:
+    """A finite factor above 0: 0 divided every answer's times by 0 (a 500), a negative or an
+    infinite one answered at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a finite number above 0 is needed, got {text!r}")
+    return value
+
+
+def _host(text: str) -> str:
+    if not text.strip():  # uvicorn binds "" to every interface
+        raise argparse.ArgumentTypeError(
+            "an address to bind is needed (0.0.0.0: every interface), got an empty one"
+        )
+    return text

@@ -102,6 +102,10 @@ def record_from_dsjson(obj: Any, max_features: int | None = None) -> LoggedRecor
             f"c._multi has {len(multi)} arms; the limit is {inputs.MAX_ARMS}, as per request"
         )
     arms = tuple(_arm(i, entry) for i, entry in enumerate(multi))
+    names = [arm.name for arm in arms]
+    if len(set(names)) < len(names):  # the service offers each once: a pmf by name would lose one
+        i = next(i for i, name in enumerate(names) if name in names[:i])
+        raise ValueError(f"c._multi[{i}] offers the arm {names[i]!r} again")
     index = obj.get("_labelIndex")
     if type(index) is not int:
         raise ValueError(f"_labelIndex must be an integer, got {_value(index)}")
@@ -189,6 +193,21 @@ def normalize_spec(spec: str) -> str:
     if name == "fixed" and rest and "=" not in rest:
         spec = f"fixed:arm={rest}"
     return str(parse_policy_spec(spec))
+
+
+def check_fixed_arms(records: Sequence[LoggedRecord], specs: Sequence[str]) -> None:
+    """A ``fixed`` spec names an arm some event of ``records`` offered: else it would be
+    estimated as each event's first arm, under the name given (a misspelt arm). No records:
+    ``estimate_policies`` says so."""
+    if not records:
+        return
+    offered = dict.fromkeys(arm.name for r in records for arm in r.arms)
+    for spec in specs:
+        parsed = parse_policy_spec(normalize_spec(spec))
+        arm = parsed.params.get("arm")
+        if parsed.name == "fixed" and arm not in offered:
+            said = f"arm {arm!r} is in no event of the log" if arm else "names no arm"
+            raise ValueError(f"policy {spec}: {said}; valid: {', '.join(offered)}")
 
 
 def baseline_specs(arms: Sequence[Arm]) -> list[str]:

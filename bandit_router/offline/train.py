@@ -113,8 +113,9 @@ def dsjson_records(path: Path, max_features: int | None = None) -> Iterator[Logg
             ) from e
 
 
-def arms_seen(records: Iterable[LoggedRecord], arms: dict[Arm, None]) -> Iterator[LoggedRecord]:
-    """``records``, each one's arms added to ``arms`` as it passes (in order of appearance)."""
+def arms_seen(records: Iterable[LoggedRecord], arms: dict[str, Arm]) -> Iterator[LoggedRecord]:
+    """``records``, each one's arms added to ``arms`` by name as it passes (in order of first
+    appearance; an arm whose size or price changed in the log, as its newest event has it)."""
     for record in records:
-        arms.update(dict.fromkeys(record.arms))
+        arms.update((arm.name, arm) for arm in record.arms)
         yield record

@@ -11,24 +11,29 @@ holding the learner lease, so no running learner overwrites it meanwhile.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
 import os
+import secrets
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
-from bandit_router.features import extract
+from bandit_router import inputs
+from bandit_router.features import WordKey, extract
 from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.registry import check_arms, load_policy, parse_policy_spec
 from bandit_router.service.learner import effective_spec, load_model
 from bandit_router.service.router import word_key
 from bandit_router.settings import Settings
-from bandit_router.store.records import MAX_INT64, Snapshot, is_stream_id
+from bandit_router.store.records import MAX_INT64, Snapshot, is_stream_id, stream_id_key
 from bandit_router.store.repository import Store
 
 FORMAT = "bandit-router-snapshot"
@@ -105,6 +110,11 @@ def from_json(doc: dict[str, Any]) -> Snapshot:
         isinstance(a, dict) and type(a.get("name")) is str for a in arms
     ):
         raise SnapshotFileError(f"arms is not a list of arms (objects with a name): {_shown(arms)}")
+    for i, a in enumerate(arms):  # as BANDIT_ARMS takes them: `restore` prints their names
+        try:
+            inputs.arm(f"arms[{i}]", a["name"], a.get("params_b"), a.get("usd_per_mtok"))
+        except ValueError as e:
+            raise SnapshotFileError(str(e)) from None
     if type(doc.get("data")) is not str or type(doc.get("sha256")) is not str:
         raise SnapshotFileError("data or sha256 is missing or not a string")
     try:
@@ -134,20 +144,44 @@ async def dump(
     """Write the current model (newest snapshot + the log after it) to ``path``; returns the
     document written, without its data. ``progress`` hears the count of events replayed."""
     model = await load_model(store, settings, progress=progress)
-    words = await word_key(settings, store)
-    doc = to_json(model.snapshot(), settings, words.fingerprint)
+    # Read, never made: a mistyped prefix would become a deployment, and a Redis that refuses
+    # writes could not be read. With no secret there are no word features to name a key for.
+    secret = settings.hash_key or await store.stored_word_secret()
+    doc = to_json(model.snapshot(), settings, WordKey(secret).fingerprint if secret else None)
     write_file(path, doc)
     return {k: v for k, v in doc.items() if k != "data"}
 
 
 def write_file(path: Path, doc: dict[str, Any]) -> None:
-    """Write a snapshot file whole: a reader never sees half a file, and a write that fails (a
-    full disk) leaves no temporary file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write a snapshot file whole (see ``replacing``)."""
+    with replacing(path) as f:
+        f.write(json.dumps(doc))
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[TextIO]:
+    """A text file to write ``path`` through, put in its place only once the block ends: a
+    reader never sees half a file, and a write that fails (a full disk, Redis gone, a kill)
+    leaves the previous file as it was and no temporary file behind (a kill leaves its
+    temporary, ``.NAME.*.tmp``). A link is written through, not replaced; a path that is no
+    regular file (a device, a pipe: /dev/null, /dev/stdout) is written to as it is."""
+    if path.exists() and not path.is_file():  # through its links: /dev/stdout is a pipe's
+        with path.open("w", encoding="utf-8") as f:
+            yield f
+        return
+    target = Path(os.path.realpath(path))
+    # A name of its own (two writers of one file do not share it), made here: never a link.
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as open() makes, umask on
     try:
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
+        with contextlib.suppress(FileNotFoundError):  # a file made private stays so
+            os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+        with open(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name
+        os.replace(tmp, target)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
@@ -156,17 +190,33 @@ class SnapshotFile(NamedTuple):
     snapshot: Snapshot
     words: str | None  # the fingerprint of the word key it learned under (None: not said)
     arms: list[str]  # the names of the arms it learned (none said: empty)
+    prefix: str | None = None  # the key prefix of the deployment it was written from
+
+
+# A model is one Redis string, 512 MiB at most: in base64 with its header, a file under this.
+MAX_FILE_BYTES = 1 << 30
+
+
+def _bounded_text(path: Path) -> str:
+    """The file's text, refused past ``MAX_FILE_BYTES``: a regular file by its size before it is
+    read, a stream (a pipe, /dev/zero) once it has given that much."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        raw = b"" if size > MAX_FILE_BYTES else f.read(MAX_FILE_BYTES + 1)
+    if max(size, len(raw)) > MAX_FILE_BYTES:
+        raise ValueError(f"longer than {MAX_FILE_BYTES} bytes, the most a snapshot takes")
+    return raw.decode("utf-8")
 
 
 def read(path: Path, settings: Settings) -> SnapshotFile:
     """Read and check a snapshot file: its format, checksum, and that its policy loads."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(_bounded_text(path))
     except UnicodeDecodeError as e:  # a file given by mistake
         raise SnapshotFileError(f"{path} is not a snapshot file (not UTF-8 text: {e})") from e
     except json.JSONDecodeError as e:
         raise SnapshotFileError(f"{path} is not a snapshot file (not JSON: {e})") from e
-    except (OSError, ValueError) as e:  # ValueError: an int too long
+    except (OSError, ValueError) as e:  # ValueError: an int too long, a file too large
         raise SnapshotFileError(f"cannot read {path}: {e}") from e
     except RecursionError:
         raise SnapshotFileError(f"cannot read {path}: JSON nested too deep") from None
@@ -187,7 +237,13 @@ def read(path: Path, settings: Settings) -> SnapshotFile:
     _try_choices(policy, settings, path)
     words = doc.get("word_key")
     arms = [a["name"] for a in doc.get("arms", [])]  # checked by from_json
-    return SnapshotFile(snapshot, words if isinstance(words, str) else None, arms)
+    prefix = doc.get("key_prefix")
+    return SnapshotFile(
+        snapshot,
+        words if isinstance(words, str) else None,
+        arms,
+        prefix if isinstance(prefix, str) else None,
+    )
 
 
 def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
@@ -209,14 +265,24 @@ def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
             )
 
 
-async def _in_log(store: Store, stream_id: str) -> bool:
+async def _in_log(store: Store, stream_id: str, ours: bool) -> bool:
+    """Whether the watermark is in this log: its entry is there, or the file is a backup of this
+    deployment (``ours``) and the log was trimmed past it (``BANDIT_STREAM_MAXLEN``), so what
+    the log holds after it is learned, as the service learns it after its own snapshot."""
     if stream_id == "0-0":
         return await store.last_stream_id() == "0-0"
-    return await store.logged(stream_id)
+    if await store.logged(stream_id):
+        return True
+    first = await store.first_stream_id()
+    return ours and first != "0-0" and stream_id_key(stream_id) < stream_id_key(first)
 
 
 async def load(
-    store: Store, settings: Settings, snapshot: Snapshot, words: str | None = None
+    store: Store,
+    settings: Settings,
+    snapshot: Snapshot,
+    words: str | None = None,
+    prefix: str | None = None,
 ) -> Restored:
     """Publish ``snapshot`` as the newest model (the caller holds the learner lease).
 
@@ -225,8 +291,12 @@ async def load(
     model is served as it is and learns from the next event on. ``words``, the fingerprint of
     the word key the model learned under, is compared with this deployment's: under another
     key, the words of a query hash to other features, so word features are learned afresh.
+    ``prefix``, the key prefix the file was written under, tells with ``words`` a backup of this
+    deployment, whose watermark the log may have been trimmed past.
     """
-    same_log = await _in_log(store, snapshot.stream_id)
+    here = (await word_key(settings, store)).fingerprint
+    ours = words == here and prefix == settings.key_prefix
+    same_log = await _in_log(store, snapshot.stream_id, ours)
     if not same_log:
         snapshot = Snapshot(
             snapshot.policy, snapshot.version, await store.last_stream_id(), snapshot.data
@@ -234,6 +304,6 @@ async def load(
     # Set as an admin's switch with the model, in its transaction: else the service would
     # relearn the policy in force from the log instead (and a refused publish would leave it).
     override = parse_policy_spec(snapshot.policy) != await effective_spec(store, settings)
-    same_words = None if words is None else words == (await word_key(settings, store)).fingerprint
+    same_words = None if words is None else words == here
     await store.publish(snapshot, [], override=snapshot.policy if override else None)
     return Restored(snapshot, same_log, override, same_words)

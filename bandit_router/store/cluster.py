@@ -88,6 +88,10 @@ def out_of_reach(error: RedisClusterException) -> bool:
     )
 
 
+class NotACluster(ValueError):
+    """The URL names a Redis that is no Redis Cluster node (a settings error: said, not retried)."""
+
+
 class SlotRoute:
     """Which master serves the slot of ``hash_tag``, kept by redis-py's cluster client; ``bind``
     gets a client for the new master when it changes and returns the old one to close."""
@@ -101,7 +105,12 @@ class SlotRoute:
     ) -> None:
         self.url = plain_url(url)
         self.slot = key_slot(hash_tag.encode())
-        self.cluster = RedisCluster.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            self.cluster = RedisCluster.from_url(
+                self.url, socket_connect_timeout=2, socket_timeout=5
+            )
+        except RedisClusterException as e:  # "Unix domain socket is not supported", say
+            raise NotACluster(f"{self.url} cannot name a Redis Cluster node: {e}") from e
         self._connect = connect
         self.bind = bind
         self.master: str | None = None  # host:port of the master in use
@@ -129,7 +138,10 @@ class SlotRoute:
         except RedisClusterException as e:  # "Cluster mode is not enabled on this node", say
             if out_of_reach(e):
                 raise RedisConnectionError(str(e)) from e
-            raise ValueError(f"{self.url} is not a Redis Cluster node: {e}") from e
+            raise NotACluster(
+                f"{self.url} is not a Redis Cluster node (BANDIT_REDIS_CLUSTER, or a "
+                f"redis+cluster:// URL, says it is): {e}"
+            ) from e
 
     def lost(self) -> None:
         """The master failed or the slot moved: find it again before the next call."""

@@ -472,6 +472,13 @@ class Store:
         return bool(await self._typed(KEY_EVENTS, read))
 
     @unavailable
+    async def first_stream_id(self) -> str:
+        """The oldest entry the log holds ("0-0": none)."""
+        read = self.redis.xrange(self.key(KEY_EVENTS), count=1)
+        rows: Any = await self._typed(KEY_EVENTS, read)
+        return str(rows[0][0].decode()) if rows else "0-0"
+
+    @unavailable
     async def last_stream_id(self) -> str:
         read = self.redis.xrevrange(self.key(KEY_EVENTS), count=1)
         rows: Any = await self._typed(KEY_EVENTS, read)
