@@ -299,8 +299,8 @@ class StatsBusy(RouterError):
 
     def __init__(self) -> None:
         super().__init__(
-            f"{QUEUED_DOCUMENTS} /stats computations for other windows and buckets are queued, "
-            "the limit: retry, or ask for a window and buckets asked already"
+            f"{QUEUED_DOCUMENTS} /stats computations for other deployments, windows and buckets "
+            "are queued, the limit: retry, or ask for a window and buckets asked already"
         )
 
 
