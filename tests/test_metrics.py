@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import redis
 from fastapi.testclient import TestClient
@@ -146,3 +147,19 @@ def test_rewards_learned_counts_a_new_learner_s_catch_up_not_the_start_up_replay
     wait_until(lambda: behind.get("/healthz").json()["learner"], 10, "the follower to lead")
     assert scrape(behind)["bandit_model_version{}"] == 4
     assert _learned(behind) == 4
+
+
+def test_a_redis_error_is_counted_for_the_deployment_the_request_named(
+    make_client: ClientFactory, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """/stats?deployment=support with Redis down: its failure was counted under default's
+    series (on Redis Cluster the two may be on different masters, and only one failing)."""
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.support]\narms = "small,large"\n')
+    client = make_client(redis_url=redis_process.url, deployments_file=str(deployments))
+    redis_process.kill()
+    assert client.get("/stats", params={"deployment": "support"}).status_code == 503
+    after = scrape(client)
+    stats = "bandit_redis_errors_total{deployment=%s,operation=stats}"
+    assert after.get(stats % "support") == 1
+    assert after.get(stats % "default", 0) == 0

@@ -72,7 +72,9 @@ log = logging.getLogger("bandit_router")
 async def get_router(request: Request) -> Router:  # async: a plain def runs in a thread
     """The router of the deployment ``?deployment=`` names; ``default`` without it."""
     routers: Routers = request.app.state.routers
-    return routers.named(request.query_params.get("deployment"))
+    router = routers.named(request.query_params.get("deployment"))
+    request.state.router = router  # whose metrics count the request's failure (_on_error)
+    return router
 
 
 RouterDep = Annotated[Router, Depends(get_router)]
@@ -99,7 +101,8 @@ async def _on_error(request: Request, exc: Exception) -> Response:
             headers=exc.headers,
             media_type="application/json",
         )
-    router = getattr(request.app.state, "router", None)
+    # the deployment the request named, once resolved; else default's
+    router = getattr(request.state, "router", None) or getattr(request.app.state, "router", None)
     status, body = failure(exc, router, request.url.path.strip("/") or "/")
     basic = isinstance(exc, Unauthorized) and exc.basic  # else a browser would ask in vain
     headers = {"www-authenticate": BASIC_CHALLENGE} if basic else {}
