@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import re
+import secrets
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,9 +21,12 @@ from bandit_router.cli.main import main
 from bandit_router.features import PUBLIC_WORDS, WordKey, extract
 from bandit_router.offline.export import export_events
 from bandit_router.policies.base import Arm
+from bandit_router.service.journal import Journal
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
+from bandit_router.store.embedded import EmbeddedRedis
 from bandit_router.store.keys import KEY_DECISION, KEY_WORD_SECRET
+from bandit_router.store.records import dumps
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory, use_settings
@@ -214,3 +219,52 @@ def test_restore_says_when_word_features_do_not_carry_over(
     use_settings(monkeypatch, make_settings())  # another deployment, the same BANDIT_HASH_KEY
     assert main(["restore", str(file)]) == 0
     assert notice not in capsys.readouterr().out
+
+
+def _shared_with_others(directory: Path) -> list[str]:
+    """The files under ``directory`` that another user of the machine may read or write."""
+    return [
+        f"{p.name} {oct(p.stat().st_mode & 0o777)}"
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.stat().st_mode & 0o077
+    ]
+
+
+def test_the_embedded_redis_files_are_the_services_users_only(tmp_path: Path) -> None:
+    """They hold the word secret and every decision (its query too, with
+    BANDIT_STORE_QUERY_TEXT): under a umask of 022 every user of the machine could read them."""
+    previous = os.umask(0o022)  # the usual one, whatever the test runner's
+    try:
+        with EmbeddedRedis(str(tmp_path / "data")) as server:
+
+            async def keep() -> str:
+                store = Store(connect(server.url), "bandit", 60, 10_000)
+                try:
+                    return await store.keep_word_secret(secrets.token_hex(32))
+                finally:
+                    await store.close()
+
+            secret = asyncio.run(keep())
+            client = redis.Redis.from_url(server.url)
+            client.save()
+            client.close()
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    assert any(secret.encode() in p.read_bytes() for p in files)  # what is at stake
+    assert _shared_with_others(tmp_path / "data") == []
+
+
+def test_the_decision_journal_is_the_services_users_only(tmp_path: Path) -> None:
+    """A journal holds decisions as Redis does (their query too, with BANDIT_STORE_QUERY_TEXT)."""
+    previous = os.umask(0o022)
+    try:
+        journal = Journal(tmp_path / "buffer", "bandit")
+        record = {"event_id": "e1", "arm": "4b", "ts": 1.0, "query": "my card is 4111 1111"}
+        journal.append(dumps(record))
+        assert _shared_with_others(tmp_path) == []
+        journal.keep_only([record, {**record, "event_id": "e2"}])  # rewritten: a new file
+        assert _shared_with_others(tmp_path) == []
+        journal.release()
+    finally:
+        os.umask(previous)
