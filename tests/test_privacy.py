@@ -126,6 +126,46 @@ def test_a_dictionary_attack_on_the_export_and_redis_recovers_no_word(
     assert {table[t] for t in exported[0]} == _words(QUERIES[0])
 
 
+def test_whoever_can_also_send_queries_recovers_the_words_from_an_export(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    """A word hashes alike in every decision: an app's user (or API client) who sends the
+    dictionary through /choose finds each word's hash in the export, without the secret, and
+    with them the words of every other decision. 8 queries a chunk of 128 words: the chunk, and
+    for each bit of a word's index in it, the words whose index has that bit set."""
+    settings = make_settings(policy="egreedy")
+    client = make_client(settings)
+
+    def sent(query: str) -> str:
+        event_id: str = client.post("/choose", json={"query": query}).json()["event_id"]
+        assert client.post("/reward", json={"event_id": event_id, "reward": 0.5}).is_success
+        return event_id
+
+    victim = sent(QUERIES[0])
+    chunks = [DICTIONARY[i : i + 128] for i in range(0, len(DICTIONARY), 128)]
+    probes = []  # each chunk's event, and its events by bit
+    for chunk in chunks:
+        bits = [[w for i, w in enumerate(chunk) if i >> b & 1] for b in range(7)]
+        probes.append((sent(" ".join(chunk)), [sent(" ".join(ws)) if ws else "" for ws in bits]))
+    out = io.StringIO()
+
+    async def export() -> None:
+        store = _store(settings)
+        await export_events(store, out, [Arm.from_spec(a) for a in settings.arms])
+        await store.close()
+
+    asyncio.run(export())
+    hashes = {
+        line["EventId"]: {int(t) for t in line["c"]["W"]}
+        for line in map(json.loads, out.getvalue().splitlines())
+    }
+    table: dict[int, str] = {}
+    for chunk, (whole, by_bit) in zip(chunks, probes, strict=True):
+        for h in hashes[whole]:
+            table[h] = chunk[sum(1 << b for b, e in enumerate(by_bit) if e and h in hashes[e])]
+    assert {table[h] for h in hashes[victim]} == _words(QUERIES[0])
+
+
 def test_the_secret_is_created_once_and_shared_by_the_deployment(
     make_settings: SettingsFactory,
 ) -> None:
