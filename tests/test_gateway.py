@@ -241,6 +241,25 @@ def test_fallback_before_the_first_byte(
     assert SECRET not in str(failed.value.body) and SECRET not in caplog.text
 
 
+def test_an_upstream_key_read_from_a_file_with_its_newline_is_sent_without_it(
+    serve: Serve, upstream: Start, monkeypatch: Any
+) -> None:
+    """A key put in the environment from a secret file keeps the file's last newline; a header
+    cannot carry one, and every call was a 500 (aiohttp refused the header), no arm tried."""
+    monkeypatch.setenv("UPSTREAM_KEY", f" {SECRET}\n")
+    good, _ = upstream(speed=1000, api_key=SECRET)
+    base = _gateway(serve, good, arms=arms_json(arm("llama2-7b", good, api_key_env="UPSTREAM_KEY")))
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="auto", messages=_ask(rows()[0])
+    )
+    assert raw.status_code == 200 and raw.headers["x-bandit-arm"] == "llama2-7b"
+    monkeypatch.setenv("UPSTREAM_KEY", " \n")  # empty: as if unset, the arm's config failure
+    with pytest.raises(openai.APIStatusError) as failed:
+        _client(base).chat.completions.create(model="auto", messages=_ask(rows()[0]))
+    assert failed.value.status_code == 502
+    assert "its key variable UPSTREAM_KEY is not set" in str(failed.value.body)
+
+
 def test_an_upstream_that_is_down_is_said_in_the_log_every_few_seconds_not_every_call(
     serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture, monkeypatch: Any
 ) -> None:

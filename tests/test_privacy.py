@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import re
+import secrets
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,9 +21,12 @@ from bandit_router.cli.main import main
 from bandit_router.features import PUBLIC_WORDS, WordKey, extract
 from bandit_router.offline.export import export_events
 from bandit_router.policies.base import Arm
+from bandit_router.service.journal import Journal
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
+from bandit_router.store.embedded import EmbeddedRedis
 from bandit_router.store.keys import KEY_DECISION, KEY_WORD_SECRET
+from bandit_router.store.records import dumps
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory, use_settings
@@ -121,6 +126,46 @@ def test_a_dictionary_attack_on_the_export_and_redis_recovers_no_word(
     assert {table[t] for t in exported[0]} == _words(QUERIES[0])
 
 
+def test_whoever_can_also_send_queries_recovers_the_words_from_an_export(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    """A word hashes alike in every decision: an app's user (or API client) who sends the
+    dictionary through /choose finds each word's hash in the export, without the secret, and
+    with them the words of every other decision. 8 queries a chunk of 128 words: the chunk, and
+    for each bit of a word's index in it, the words whose index has that bit set."""
+    settings = make_settings(policy="egreedy")
+    client = make_client(settings)
+
+    def sent(query: str) -> str:
+        event_id: str = client.post("/choose", json={"query": query}).json()["event_id"]
+        assert client.post("/reward", json={"event_id": event_id, "reward": 0.5}).is_success
+        return event_id
+
+    victim = sent(QUERIES[0])
+    chunks = [DICTIONARY[i : i + 128] for i in range(0, len(DICTIONARY), 128)]
+    probes = []  # each chunk's event, and its events by bit
+    for chunk in chunks:
+        bits = [[w for i, w in enumerate(chunk) if i >> b & 1] for b in range(7)]
+        probes.append((sent(" ".join(chunk)), [sent(" ".join(ws)) if ws else "" for ws in bits]))
+    out = io.StringIO()
+
+    async def export() -> None:
+        store = _store(settings)
+        await export_events(store, out, [Arm.from_spec(a) for a in settings.arms])
+        await store.close()
+
+    asyncio.run(export())
+    hashes = {
+        line["EventId"]: {int(t) for t in line["c"]["W"]}
+        for line in map(json.loads, out.getvalue().splitlines())
+    }
+    table: dict[int, str] = {}
+    for chunk, (whole, by_bit) in zip(chunks, probes, strict=True):
+        for h in hashes[whole]:
+            table[h] = chunk[sum(1 << b for b, e in enumerate(by_bit) if e and h in hashes[e])]
+    assert {table[h] for h in hashes[victim]} == _words(QUERIES[0])
+
+
 def test_the_secret_is_created_once_and_shared_by_the_deployment(
     make_settings: SettingsFactory,
 ) -> None:
@@ -214,3 +259,52 @@ def test_restore_says_when_word_features_do_not_carry_over(
     use_settings(monkeypatch, make_settings())  # another deployment, the same BANDIT_HASH_KEY
     assert main(["restore", str(file)]) == 0
     assert notice not in capsys.readouterr().out
+
+
+def _shared_with_others(directory: Path) -> list[str]:
+    """The files under ``directory`` that another user of the machine may read or write."""
+    return [
+        f"{p.name} {oct(p.stat().st_mode & 0o777)}"
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.stat().st_mode & 0o077
+    ]
+
+
+def test_the_embedded_redis_files_are_the_services_users_only(tmp_path: Path) -> None:
+    """They hold the word secret and every decision (its query too, with
+    BANDIT_STORE_QUERY_TEXT): under a umask of 022 every user of the machine could read them."""
+    previous = os.umask(0o022)  # the usual one, whatever the test runner's
+    try:
+        with EmbeddedRedis(str(tmp_path / "data")) as server:
+
+            async def keep() -> str:
+                store = Store(connect(server.url), "bandit", 60, 10_000)
+                try:
+                    return await store.keep_word_secret(secrets.token_hex(32))
+                finally:
+                    await store.close()
+
+            secret = asyncio.run(keep())
+            client = redis.Redis.from_url(server.url)
+            client.save()
+            client.close()
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    assert any(secret.encode() in p.read_bytes() for p in files)  # what is at stake
+    assert _shared_with_others(tmp_path / "data") == []
+
+
+def test_the_decision_journal_is_the_services_users_only(tmp_path: Path) -> None:
+    """A journal holds decisions as Redis does (their query too, with BANDIT_STORE_QUERY_TEXT)."""
+    previous = os.umask(0o022)
+    try:
+        journal = Journal(tmp_path / "buffer", "bandit")
+        record = {"event_id": "e1", "arm": "4b", "ts": 1.0, "query": "my card is 4111 1111"}
+        journal.append(dumps(record))
+        assert _shared_with_others(tmp_path) == []
+        journal.keep_only([record, {**record, "event_id": "e2"}])  # rewritten: a new file
+        assert _shared_with_others(tmp_path) == []
+        journal.release()
+    finally:
+        os.umask(previous)

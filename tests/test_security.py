@@ -17,13 +17,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bandit_router.cli.main import main
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.service.learner import effective_spec, restore
 from bandit_router.settings import Settings
 from bandit_router.store.records import Snapshot
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, RedisProcess, SettingsFactory
 from tests.live import serve
 
 __all__ = ["serve"]  # the fixture, imported
@@ -350,3 +351,42 @@ def test_a_path_with_a_control_character_is_no_route(serve: Serve) -> None:
         assert answer.status_code == 404, (path, answer.text)
         assert answer.json() == {"detail": "no such path", "field": "path"}
     assert httpx.get(f"{base}/stats").status_code == 200
+
+
+# Operators' secrets: the Redis URL's password.
+
+REDIS_PASSWORD = "redis-pass-7f3e"
+
+
+def test_a_redis_url_that_names_no_cluster_is_said_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The message naming the URL (``status``'s line; ``serve``'s start-up traceback) printed
+    its password."""
+    server = RedisProcess(
+        tmp_path,
+        args=["--requirepass", REDIS_PASSWORD],
+        url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{{port}}/0",
+    )
+    server.start()
+    try:
+        for url in (server.url, f"redis://127.0.0.1:{server.port}/0?password={REDIS_PASSWORD}"):
+            monkeypatch.setenv("BANDIT_REDIS_URL", url)
+            monkeypatch.setenv("BANDIT_REDIS_CLUSTER", "true")
+            monkeypatch.setenv("BANDIT_DATA_DIR", str(tmp_path / "data"))
+            assert main(["status"]) == 2
+            said = capsys.readouterr().err
+            assert "is not a Redis Cluster node" in said
+            assert REDIS_PASSWORD not in said and "****" in said
+    finally:
+        server.kill()
+
+
+def test_config_masks_a_password_given_as_a_url_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-py reads ``?password=`` as it reads ``user:password@``; config showed it."""
+    monkeypatch.setenv("BANDIT_REDIS_URL", f"unix:///run/redis.sock?db=2&password={REDIS_PASSWORD}")
+    assert main(["config", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["BANDIT_REDIS_URL"]
+    assert shown == "unix:///run/redis.sock?db=2&password=****"

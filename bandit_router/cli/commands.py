@@ -17,11 +17,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from bandit_router.deployments import settings_of
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
+from bandit_router.store.cluster import redacted_url
 from bandit_router.store.repository import open_store
 
 SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
@@ -346,11 +346,7 @@ def masked(name: str, value: Any) -> Any:
     if SECRET.search(name):
         return ["****"] * len(value) if isinstance(value, list) else "****"
     if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            user = f"{parts.username}:" if parts.username else ":"
-            return urlunsplit(parts._replace(netloc=f"{user}****@{host}"))
+        return redacted_url(value)
     return value
 
 

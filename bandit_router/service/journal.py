@@ -171,7 +171,9 @@ class Journal:
         name = f"{self._stem}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         path = path or self.directory / (name + SUFFIX)
         temporary = self.directory / (name + TEMPORARY)
-        handle = open(temporary, "wb")  # noqa: SIM115 (the journal from now on)
+        # Readable by the service's user only, as the decisions in Redis are by its clients.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        handle = open(fd, "wb")  # noqa: SIM115 (the journal from now on)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             handle.write(data)

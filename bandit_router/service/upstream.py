@@ -188,9 +188,11 @@ class Upstreams:
         timeout_s = up.timeout_s or self.settings.gateway_timeout_s
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if up.api_key_env:
-            key = os.environ.get(up.api_key_env)
-            if key is None:
-                message = f"its key variable {up.api_key_env} is not set"
+            # Without the spaces and newline around it (a secret file's last line end), which
+            # no header can carry: aiohttp refused every call.
+            key = os.environ.get(up.api_key_env, "").strip()
+            if not key:
+                message = f"its key variable {up.api_key_env} is not set (or empty)"
                 raise UpstreamFailure(arm.name, message, "config")
             headers["authorization"] = f"Bearer {key}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -62,6 +62,26 @@ def node_url(url: str, host: str, port: int) -> str:
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = (userinfo + "@" if userinfo else "") + f"{host}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as a message or ``config`` shows it: its password (``user:PASSWORD@``, or the
+    ``password`` option redis-py also reads from the query) replaced by ``****``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # no URL urlsplit reads (a bad IPv6 address): none of it shown
+        return url.partition("://")[0] + "://****"
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    netloc = f"{user}:****@{host}" if at and colon and password else parts.netloc
+    options = [
+        f"{name}=****" if unquote(name) == "password" and value else f"{name}{eq}{value}"
+        for name, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
+    ]
+    query = "?" + "&".join(options) if parts.query else ""
+    fragment = "#" + parts.fragment if parts.fragment else ""
+    # Not urlunsplit: it writes unix:///path as unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
 
 
 def redirected(error: ResponseError) -> bool:
@@ -110,7 +130,8 @@ class SlotRoute:
                 self.url, socket_connect_timeout=2, socket_timeout=5
             )
         except RedisClusterException as e:  # "Unix domain socket is not supported", say
-            raise NotACluster(f"{self.url} cannot name a Redis Cluster node: {e}") from e
+            where = redacted_url(self.url)
+            raise NotACluster(f"{where} cannot name a Redis Cluster node: {e}") from e
         self._connect = connect
         self.bind = bind
         self.master: str | None = None  # host:port of the master in use
@@ -139,7 +160,7 @@ class SlotRoute:
             if out_of_reach(e):
                 raise RedisConnectionError(str(e)) from e
             raise NotACluster(
-                f"{self.url} is not a Redis Cluster node (BANDIT_REDIS_CLUSTER, or a "
+                f"{redacted_url(self.url)} is not a Redis Cluster node (BANDIT_REDIS_CLUSTER, or a "
                 f"redis+cluster:// URL, says it is): {e}"
             ) from e
 

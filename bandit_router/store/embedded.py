@@ -85,7 +85,9 @@ class EmbeddedRedis:
             # Redis never rotates its log, so it grew for as long as the service ran.
             *("--loglevel", "warning"),
         ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        # Its files (the word secret, every decision) readable by the service's user only: a
+        # umask of 022 left them to every user of the machine, past the socket's 700.
+        result = subprocess.run(command, capture_output=True, text=True, check=False, umask=0o077)
         deadline = time.monotonic() + START_TIMEOUT_S
         while result.returncode == 0 and not _answers(self.socket):
             if time.monotonic() > deadline:
