@@ -36,6 +36,35 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SettingsFactory = Callable[..., Settings]
 ClientFactory = Callable[..., TestClient]
 
+
+def _rss_mb() -> int:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+_TRIMMED_AT = [0]  # the process's RSS (MB) after the last trim
+TRIM_AFTER_MB = 512
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Give the C heap's free memory back to the system once RSS grew by ``TRIM_AFTER_MB``:
+    the suite's apps, models and threads come and go by the thousand, and what they free stays
+    in glibc's heap, fragmented, so a whole run's RSS grew to half the machine's memory."""
+    if not sys.platform.startswith("linux") or _rss_mb() < _TRIMMED_AT[0] + TRIM_AFTER_MB:
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        _TRIMMED_AT[0] = 1 << 40
+        return
+    _TRIMMED_AT[0] = _rss_mb()
+
+
 # Two kinds of query, each with its own best arm: it pays 0.8 of the time there, the others 0.2.
 PLANTED_QUERIES = [
     ("please summarise this zebra report", "4b"),
