@@ -142,7 +142,8 @@ def test_a_write_sent_again_after_script_flush_still_waits_for_a_replica(
     the connection), so the resent write was acknowledged with no replica holding it. Sent
     through the process without the learner lease, whose connection writes nothing else."""
     main, replica = master_and_replica_7
-    settings = make_settings(redis_url=main.url, redis_wait_replicas=1, redis_wait_timeout_ms=200)
+    # long enough for a live replica on a loaded machine: the first reward must be confirmed
+    settings = make_settings(redis_url=main.url, redis_wait_replicas=1, redis_wait_timeout_ms=3000)
     clients = [make_client(settings) for _ in range(2)]
     wait_until(lambda: any(c.get("/healthz").json()["learner"] for c in clients), 10, "a learner")
     learner, other = sorted(clients, key=lambda c: not c.get("/healthz").json()["learner"])
