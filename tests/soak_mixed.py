@@ -341,7 +341,8 @@ def sample(server: RedisProcess, serve_pid: int, data: Path, base: str) -> dict[
         row["keys"] = client.dbsize()
         kinds: collections.Counter[str] = collections.Counter()
         for key in client.scan_iter(count=2000):
-            kinds[key.decode().split(":")[-2] if key.count(b":") >= 2 else key.decode()] += 1
+            tag, _, rest = key.decode(errors="replace").partition("}:")
+            kinds[f"{tag}}}:{rest.split(':')[0]}"] += 1  # {prefix}:decision, {prefix}:done, ...
         row["kinds"] = dict(kinds.most_common(12))
         for name, p in DEPLOYMENTS.items():
             groups: Any = client.xinfo_groups(f"{p}:events") if client.exists(f"{p}:events") else []
