@@ -36,7 +36,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .bench
 
 soak: $(STAMP)
-	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3}
+	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-3} $${SOAK_ARGS:-}
 
 # Not part of `make test`. `make bench` runs the three parts below one after the other (about
 # 35 minutes); each can be run alone.

@@ -132,7 +132,22 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
+    parser.add_argument(
+        "--mixed", action="store_true", help="the mixed traffic of tests.soak_mixed"
+    )
+    parser.add_argument("--gateway", type=int, default=4, help="--mixed: SDK clients")
+    parser.add_argument("--sample-every", type=float, default=60.0, help="--mixed: seconds")
+    parser.add_argument("--samples", help="--mixed: a file for the samples (JSON lines)")
+    parser.add_argument("--keep-log", help="--mixed: a file to copy the service's log to")
+    parser.add_argument("--redis-server", help="--mixed: a redis-server binary (default: embedded)")
+    parser.add_argument("--faults", choices=["all", "redis"], default="all", help="--mixed")
+    parser.add_argument("--reward-wait-s", type=int, default=60, help="--mixed")
+    parser.add_argument("--stream-maxlen", type=int, default=20_000, help="--mixed")
     args = parser.parse_args()
+    if args.mixed:
+        from tests.soak_mixed import run_mixed
+
+        return run_mixed(args)
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisProcess(Path(tmp), args=["--appendonly", "yes", "--appendfsync", "always"])
         server.start()
