@@ -88,23 +88,28 @@ async def _faults(server: RedisProcess, tally: Tally, stop: float, every: float)
         await asyncio.sleep(every)
         turn += 1
         tally.faults += 1
-        if turn % 3 == 2:
-            pid = _learner_pid(server.url)
-            print(f"[fault] learner worker {pid} killed (turn {turn})", file=sys.stderr)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-            continue
-        # Redis down for 3 s; every third turn a worker is killed meanwhile, with the decisions
-        # it buffered: its journal keeps them for the others (BANDIT_BUFFER_DIR).
-        pid = _learner_pid(server.url) if turn % 3 == 0 else None
-        print(f"[fault] redis-server killed for 3 s (turn {turn})", file=sys.stderr)
-        server.kill()
-        await asyncio.sleep(1.5)
+        await fault(server, turn)
+
+
+async def fault(server: RedisProcess, turn: int) -> None:
+    """The ``turn``-th fault of the rotation: the learner's worker killed, or Redis down for 3 s;
+    every third turn a worker is killed meanwhile, with the decisions it buffered: its journal
+    keeps them for the others (BANDIT_BUFFER_DIR)."""
+    if turn % 3 == 2:
+        pid = _learner_pid(server.url)
+        print(f"[fault] learner worker {pid} killed (turn {turn})", file=sys.stderr)
         if pid:
-            print(f"[fault] worker {pid} killed while Redis is down (turn {turn})", file=sys.stderr)
             os.kill(pid, signal.SIGKILL)
-        await asyncio.sleep(1.5)
-        await asyncio.to_thread(server.start)
+        return
+    pid = _learner_pid(server.url) if turn % 3 == 0 else None
+    print(f"[fault] redis-server killed for 3 s (turn {turn})", file=sys.stderr)
+    server.kill()
+    await asyncio.sleep(1.5)
+    if pid:
+        print(f"[fault] worker {pid} killed while Redis is down (turn {turn})", file=sys.stderr)
+        os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(server.start)
 
 
 def _learner_pid(url: str) -> int | None:

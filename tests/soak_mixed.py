@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -424,7 +423,7 @@ async def _sampler(
 async def _faults(server: RedisProcess, m: Mixed, stop: float, every: float, kinds: str) -> None:
     """tests.soak's faults in turn; ``kinds`` "redis": Redis restarts only, so that the workers
     live the whole run and what grows in them shows."""
-    from tests.soak import _learner_pid
+    from tests.soak import fault
 
     turn = 0
     while time.monotonic() + every < stop:
@@ -437,23 +436,8 @@ async def _faults(server: RedisProcess, m: Mixed, stop: float, every: float, kin
             server.kill()
             await asyncio.sleep(3)
             await asyncio.to_thread(server.start)
-            m.fault_at = time.monotonic()
-            continue
-        if turn % 3 == 2:
-            pid = _learner_pid(server.url)
-            print(f"[fault] learner worker {pid} killed (turn {turn})", file=sys.stderr)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-            continue
-        pid = _learner_pid(server.url) if turn % 3 == 0 else None
-        print(f"[fault] redis-server killed for 3 s (turn {turn})", file=sys.stderr)
-        server.kill()
-        await asyncio.sleep(1.5)
-        if pid:
-            print(f"[fault] worker {pid} killed while Redis is down (turn {turn})", file=sys.stderr)
-            os.kill(pid, signal.SIGKILL)
-        await asyncio.sleep(1.5)
-        await asyncio.to_thread(server.start)
+        else:
+            await fault(server, turn)
         m.fault_at = time.monotonic()
 
 
