@@ -112,35 +112,32 @@ class Gateway:
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
         self.upstreams = Upstreams(settings)
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
-        self._said = Throttle()  # by what and arm
+        self._said = Throttle()  # by what is said (and arm)
 
     async def close(self) -> None:
         await self.upstreams.close()
 
     def failed(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream failed."""
-        self._say("failures", arm, message)
+        self._say(f"failures {arm}", f"upstream of arm {arm} {message}", "more of its failures")
 
     def unrecorded(self, event_id: str, message: str) -> None:
         """Say that an event's parts could not be stored (Redis down: every call's, then)."""
-        due = self._said.due(FAILURES_SAID_EVERY_S, "unrecorded")
-        if due is None:
-            return
-        more = f" ({due.count} more not recorded since the last said)" if due.count else ""
-        log.warning("gateway: event %s not recorded: %s%s", event_id, message, more)
+        self._say("unrecorded", f"event {event_id} not recorded: {message}", "more not recorded")
 
     def unusable(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream answered a usage no cost can be taken from."""
-        self._say("unusable usages", arm, message)
+        what = "unusable usages"
+        self._say(f"{what} {arm}", f"upstream of arm {arm} {message}", f"more of its {what}")
 
-    def _say(self, what: str, arm: str, message: str) -> None:
-        """At once, then at most every ``FAILURES_SAID_EVERY_S`` seconds per arm and ``what``,
-        with the count of those not said between."""
-        due = self._said.due(FAILURES_SAID_EVERY_S, f"{what} {arm}")
+    def _say(self, key: str, line: str, unsaid: str) -> None:
+        """``line`` at once, then at most every ``FAILURES_SAID_EVERY_S`` seconds per ``key``,
+        with the count of those not said between (``unsaid`` names them)."""
+        due = self._said.due(FAILURES_SAID_EVERY_S, key)
         if due is None:
             return
-        more = f" ({due.count} more of its {what} since the last said)" if due.count else ""
-        log.warning("gateway: upstream of arm %s %s%s", arm, message, more)
+        more = f" ({due.count} {unsaid} since the last said)" if due.count else ""
+        log.warning("gateway: %s%s", line, more)
 
     def models(self) -> list[str]:
         """The names a request's ``model`` may take: none when no arm has an upstream."""
