@@ -218,15 +218,13 @@ class Upstreams:
                 raise UpstreamFailure(
                     arm.name, f"no answer within {timeout_s:g} s", "timeout"
                 ) from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            except aiohttp.ClientError as e:
                 # A kept-alive connection the upstream closed (its idle timeout) as this request
                 # went out on it: sent again, once, on another connection, as the openai SDK
                 # would. A failure on a new connection, or a second one, is the arm's.
-                if pooled.reused and attempt == 1:
+                closed = isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+                if closed and pooled.reused and attempt == 1:
                     continue
-                reason = f"connection failed ({type(e).__name__})"
-                raise UpstreamFailure(arm.name, reason, "connection") from None
-            except aiohttp.ClientError as e:
                 reason = f"connection failed ({type(e).__name__})"
                 raise UpstreamFailure(arm.name, reason, "connection") from None
         if response.status >= 500:
