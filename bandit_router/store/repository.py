@@ -169,7 +169,6 @@ class Store:
         self.stream_maxlen = stream_maxlen
         self._calls = GroupCommit(client)
         self._register(client)
-        self._unreadable_counters: set[bytes] = set()  # said once in the log, not at every read
         self._said: set[int] = set()  # the values ``first_time`` met
         self._damaged: set[str] = set()  # deployment keys of another type, said in the log once
 
@@ -928,8 +927,7 @@ class Store:
         for name, value in map(_counter, raw.items()):
             if value is not None:
                 out[name.decode(errors="replace")] = value
-            elif name not in self._unreadable_counters:
-                self._unreadable_counters.add(name)
+            elif self.first_time("counter", name):
                 log.warning(
                     "counter %r is not a number a counter holds (%.40r), left out of /stats and "
                     "/metrics: an increment leaves it as it is; delete it (HDEL) to restart it",
