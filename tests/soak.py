@@ -91,6 +91,21 @@ async def _faults(server: RedisProcess, tally: Tally, stop: float, every: float)
         await fault(server, turn)
 
 
+def service_env(redis_url: str, data_dir: str, **settings: Any) -> dict[str, str]:
+    """The soaked service's environment: quick leases, claims and publishes, so that the faults'
+    hand-overs show within a short run; ``settings`` on top."""
+    return cli_env(
+        redis_url=redis_url,
+        key_prefix=PREFIX,
+        data_dir=data_dir,
+        publish_s=0.5,
+        learner_lease_s=2,
+        claim_idle_s=2,
+        model_refresh_s=1,
+        **settings,
+    )
+
+
 async def fault(server: RedisProcess, turn: int) -> None:
     """The ``turn``-th fault of the rotation: the learner's worker killed, or Redis down for 3 s;
     every third turn a worker is killed meanwhile, with the decisions it buffered: its journal
@@ -158,15 +173,7 @@ def main() -> int:
         server.start()
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        env = cli_env(
-            redis_url=server.url,
-            key_prefix=PREFIX,
-            data_dir=tmp,
-            publish_s=0.5,
-            learner_lease_s=2,
-            claim_idle_s=2,
-            model_refresh_s=1,
-        )
+        env = service_env(server.url, tmp)
         tally = Tally()
         serve = ["serve", "--port", str(port), "--workers", "2"]
         try:

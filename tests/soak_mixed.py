@@ -34,8 +34,9 @@ import openai
 import orjson
 import redis
 
-from tests.conftest import RedisProcess, _free_port, cli_env, cli_process, wait_until
+from tests.conftest import RedisProcess, _free_port, cli_process, wait_until
 from tests.live import Servers
+from tests.soak import PREFIX, fault, service_env
 from tests.upstreams import (
     ARMS,
     BREAK,
@@ -50,7 +51,6 @@ from tests.upstreams import (
     rows,
 )
 
-PREFIX = "soak"
 DEPLOYMENTS = {"default": "{" + PREFIX + "}", "support": "{" + PREFIX + ":support}"}
 PROBE = Path(__file__).resolve().parent / "soak_probe"
 FAULT_REACH_S = 15.0  # a 503 this long after a fault began is the fault's
@@ -423,8 +423,6 @@ async def _sampler(
 async def _faults(server: RedisProcess, m: Mixed, stop: float, every: float, kinds: str) -> None:
     """tests.soak's faults in turn; ``kinds`` "redis": Redis restarts only, so that the workers
     live the whole run and what grows in them shows."""
-    from tests.soak import fault
-
     turn = 0
     while time.monotonic() + every < stop:
         await asyncio.sleep(every)
@@ -482,14 +480,9 @@ def run_mixed(args: Any) -> int:
         )
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        env = cli_env(
-            redis_url=server.url,
-            key_prefix=PREFIX,
-            data_dir=tmp,
-            publish_s=0.5,
-            learner_lease_s=2,
-            claim_idle_s=2,
-            model_refresh_s=1,
+        env = service_env(
+            server.url,
+            tmp,
             arms=arms,
             deployments_file=str(deployments),
             challengers="linucb,egreedy:epsilon=0.2",
