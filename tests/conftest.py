@@ -32,6 +32,10 @@ from bandit_router.store.records import Event, Logged
 
 SERVER_URL = os.environ.get("BANDIT_TEST_SERVER_URL", "redis://127.0.0.1:6379/0")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The public replay sets beside the checkout (../shared/data), which the simulations' tests read.
+needs_shared_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"no replay sets at {DATA} (../shared/data beside the checkout)"
+)
 
 SettingsFactory = Callable[..., Settings]
 ClientFactory = Callable[..., TestClient]

@@ -12,6 +12,7 @@ import pytest
 from bandit_router.sim import plots, report
 from simulations import frontier, robust_eval
 from simulations.robust_table import merge
+from tests.conftest import needs_shared_data
 
 
 def _entry(name: str, reward: str, policies: dict[str, list[float]]) -> dict[str, object]:
@@ -91,6 +92,7 @@ def test_passing_samples_the_draws_where_there_are_too_many(
     assert frontier.passing(seeds) == pytest.approx(exact, abs=0.03)
 
 
+@needs_shared_data
 def test_a_real_run_reads_and_draws(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     args = ["--sets", "alpaca_tulu2", "--seeds", "2", "--limit", "150", "--json"]

@@ -9,6 +9,9 @@ from bandit_router.settings import Settings
 from bandit_router.sim.dataset import Prepared
 from simulations import trace
 from simulations.robust_eval import replays
+from tests.conftest import needs_shared_data
+
+pytestmark = needs_shared_data
 
 
 def _prepared(limit: int, name: str = "alpaca_tulu2") -> tuple[Settings, Prepared]:
