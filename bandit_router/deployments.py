@@ -144,7 +144,9 @@ def _one(path: Path, base: Settings, name: str, table: Any) -> Deployment:
             raise DeploymentsError(
                 f"{where}: unknown setting {key!r}; valid: {', '.join(deployment_settings())}"
             )
-    values = base.model_dump()
+    # The environment's values as they are: a dump would drop fields excluded from dumps (an
+    # arm's upstream) and the deployment's gateway would lose them.
+    values = {field: getattr(base, field) for field in Settings.model_fields}
     values.update(table)
     if "key_prefix" not in table:
         values["key_prefix"] = f"{base.key_prefix}:{name}"

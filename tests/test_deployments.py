@@ -376,3 +376,16 @@ def test_a_hostile_deployments_file_is_named(
     path.write_bytes(content)
     with pytest.raises(DeploymentsError, match=rf"deployments file .*{name}: .*{message}"):
         load_deployments(Settings(deployments_file=str(path)))
+
+
+def test_a_deployment_keeps_the_environments_arm_upstreams(tmp_path: Path) -> None:
+    arms = [
+        {"name": "a", "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+        {"name": "b"},
+    ]
+    file = _write(tmp_path, "[deployments.x]\npolicy='linucb'\n")
+    base = Settings.model_validate({"arms": arms, "deployments_file": file})
+    x = load_deployments(base)["x"].settings
+    assert x.policy == "linucb"
+    assert [(a.name, a.upstream) for a in x.arms] == [(a.name, a.upstream) for a in base.arms]
+    assert x.arms[0].upstream is not None and x.arms[0].upstream.model == "m"
