@@ -634,9 +634,10 @@ class Settings(BaseSettings):
         learner that dies before publishing loses those events for good."""
         if self.snapshot_every > self.stream_maxlen:
             raise ValueError(
-                f"snapshot_every ({self.snapshot_every}) must be at most stream_maxlen "
-                f"({self.stream_maxlen}): events learned since the last snapshot would be "
-                "trimmed from the log, and lost with a learner that stops before its next one"
+                f"snapshot_every (BANDIT_SNAPSHOT_EVERY) {self.snapshot_every} must be at most "
+                f"stream_maxlen (BANDIT_STREAM_MAXLEN) {self.stream_maxlen}: events learned "
+                "since the last snapshot would be trimmed from the log, and lost with a learner "
+                "that stops before its next one"
             )
         return self
 
@@ -644,8 +645,9 @@ class Settings(BaseSettings):
     def _window_holds_min_events(self) -> Settings:
         if self.challenger_window < self.promote_min_events:
             raise ValueError(
-                f"challenger_window ({self.challenger_window}) must be at least "
-                f"promote_min_events ({self.promote_min_events}): no challenger could clear"
+                f"challenger_window (BANDIT_CHALLENGER_WINDOW) {self.challenger_window} must be "
+                f"at least promote_min_events (BANDIT_PROMOTE_MIN_EVENTS) "
+                f"{self.promote_min_events}: no challenger could clear"
             )
         return self
 

@@ -50,7 +50,8 @@ def test_arms_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("latency_budget_ms", 0, "greater than 0"),
         ("admin_key", "cl\u00e9", "key 1 of 1 holds a character that is not printable ASCII"),
         ("api_keys", "a,b\x01", "key 2 of 2 holds a character that is not printable ASCII"),
-        ("snapshot_every", 2_000_000, r"snapshot_every \(2000000\) must be at most stream_maxlen"),
+        ("snapshot_every", 2_000_000, r"\(BANDIT_SNAPSHOT_EVERY\) 2000000 must be at most"),
+        ("challenger_window", 10, r"\(BANDIT_CHALLENGER_WINDOW\) 10 must be at least"),
     ],
 )
 def test_bad_settings_name_the_problem(field: str, value: Any, message: str) -> None:
