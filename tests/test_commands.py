@@ -157,7 +157,9 @@ def test_status_from_redis_and_from_a_url(
 
 
 def test_status_from_a_url_says_what_the_service_refused(
-    serve: Callable[..., str], capsys: pytest.CaptureFixture[str]
+    serve: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without --api-key on a service with BANDIT_OPS_KEYS it said only ``HTTP Error 401:
     Unauthorized``: the service's detail names the key it wants."""
@@ -166,6 +168,12 @@ def test_status_from_a_url_says_what_the_service_refused(
     err = capsys.readouterr().err
     assert "HTTP Error 401" in err and "BANDIT_OPS_KEYS" in err and "--api-key" in err, err
     assert main(["status", "--url", base, "--api-key", "ops-key"]) == 0
+    monkeypatch.setenv("BANDIT_TEST_OPS_KEY", "ops-key")  # not in argv, where `ps` shows it
+    assert main(["status", "--url", base, "--api-key-env", "BANDIT_TEST_OPS_KEY"]) == 0
+    monkeypatch.delenv("BANDIT_TEST_OPS_KEY")
+    with pytest.raises(SystemExit) as exit:  # misspelt or unset: not taken for "no key"
+        main(["status", "--url", base, "--api-key-env", "BANDIT_TEST_OPS_KEY"])
+    assert exit.value.code == 2 and "BANDIT_TEST_OPS_KEY is not set" in capsys.readouterr().err
 
 
 def test_status_of_an_empty_deployment(

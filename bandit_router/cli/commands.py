@@ -46,6 +46,16 @@ def bounded_int(low: int, high: int | None = None) -> Any:
     return parse
 
 
+def key_in_env(name: str) -> str:
+    """An argparse ``type`` for ``--api-key-env NAME``: the key the variable holds, so it is not
+    in the command line (``ps`` shows that to every user); unset or empty, argparse exits with 2:
+    a misspelt name is not taken for "no key"."""
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise argparse.ArgumentTypeError(f"{name} is not set (or empty)")
+    return key
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, numbers right-aligned."""
     cells = [[_cell(v) for v in row] for row in rows]
@@ -193,14 +203,14 @@ def _refusal(e: urllib.error.HTTPError) -> str:
     except (OSError, ValueError, AttributeError):  # no body, not JSON, not an object
         detail = None
     said = f": {detail}" if isinstance(detail, str) else ""
-    return said + ("; pass the key with --api-key" if e.code == 401 else "")
+    return said + ("; pass the key with --api-key-env (or --api-key)" if e.code == 401 else "")
 
 
 def status(args: argparse.Namespace) -> int:
     """Show what GET /stats says, as tables: from a running service (--url) or from Redis."""
     if args.url:
         try:
-            doc = _fetch(args.url, args.window, args.api_key, args.deployment)
+            doc = _fetch(args.url, args.window, args.api_key_env or args.api_key, args.deployment)
             if not isinstance(doc, dict):
                 raise TypeError(f"a JSON {type(doc).__name__}")
             text = json.dumps(doc, indent=2) if args.json else format_status(doc)
@@ -394,7 +404,14 @@ def add_commands(sub: Any) -> None:
         default=1000,
         help=f"newest events to analyse, 0 to {STATS_WINDOW_MAX} (1000)",
     )
-    p.add_argument("--api-key", help="key to send with --url, when the service needs one")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key-env",
+        type=key_in_env,
+        metavar="NAME",
+        help="send with --url the key this environment variable holds, when the service needs one",
+    )
+    key.add_argument("--api-key", help="the same, the key itself (visible to `ps`)")
     p.add_argument("--json", action="store_true", help="print the /stats document as JSON")
     add_deployment(p)
     p.set_defaults(func=status)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from bandit_router.cli.commands import bounded_int
+from bandit_router.cli.commands import bounded_int, key_in_env
 
 
 def upstream(args: argparse.Namespace) -> int:
@@ -22,13 +21,6 @@ def upstream(args: argparse.Namespace) -> int:
 
     from bandit_router.sim.upstream import ReplayUpstream
 
-    api_key = os.environ.get(args.api_key_env, "").strip() if args.api_key_env else None
-    if api_key == "":  # a misspelt or unset variable: serving with no key at all is not asked
-        print(
-            f"bandit-router upstream: --api-key-env: {args.api_key_env} is not set (or empty)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         app = ReplayUpstream.load(
             Path(args.replay),
@@ -36,7 +28,7 @@ def upstream(args: argparse.Namespace) -> int:
             args.arm or (),
             limit=args.limit,
             speed=args.speed,
-            api_key=api_key,
+            api_key=args.api_key_env,
         )
     except (OSError, ValueError) as e:
         print(f"bandit-router upstream: {e}", file=sys.stderr)
@@ -68,7 +60,10 @@ def add_upstream(sub: Any) -> None:
     )
     p.add_argument("--limit", type=bounded_int(1), help="only the first N rows (1 or more)")
     p.add_argument(
-        "--api-key-env", help="require the key held by this environment variable (Bearer)"
+        "--api-key-env",
+        type=key_in_env,
+        metavar="NAME",
+        help="require the key held by this environment variable (Bearer)",
     )
     p.set_defaults(func=upstream)
 
