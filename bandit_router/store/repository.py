@@ -280,14 +280,7 @@ class Store:
         ``Parts.logged`` is the stream id.
         """
         flat = [item for pair in parts.items() for item in pair]
-        keys = [
-            self.key(KEY_DECISION, event_id),
-            self.key(KEY_DONE, event_id),
-            self.key(KEY_PARTS, event_id),
-            self.key(KEY_PENDING),
-            self.key(KEY_EVENTS),
-            self.key(KEY_STATS),
-        ]
+        keys = self._reward_keys(event_id)
         args = [self.ttl_s, self.reward_wait_s, event_id, repr(time.time() if now is None else now)]
         if final is None:
             result = await self._calls.call(self._add_parts, keys, [*args, *flat])
@@ -311,6 +304,17 @@ class Store:
         merged = await self._parts(event_id, dict(zip(pairs[::2], pairs[1::2], strict=True)))
         return Parts(decision, merged, [d.decode() for d in result[3]])
 
+    def _reward_keys(self, event_id: str) -> list[str]:
+        """The keys the reward scripts (ADD_PARTS, ADD_FINAL, FINALIZE) take, in their order."""
+        return [
+            self.key(KEY_DECISION, event_id),
+            self.key(KEY_DONE, event_id),
+            self.key(KEY_PARTS, event_id),
+            self.key(KEY_PENDING),
+            self.key(KEY_EVENTS),
+            self.key(KEY_STATS),
+        ]
+
     @unavailable
     async def finalize(self, event_id: str, seen: int, reward: dict[str, Any]) -> str | None:
         """Log the event with its final ``reward`` once; ``None`` if its parts changed since.
@@ -319,14 +323,7 @@ class Store:
         logged, when the done marker holds it), ``UnknownEvent`` if gone,
         ``UnreadableDecision`` if its stored decision does not read.
         """
-        keys = [
-            self.key(KEY_DECISION, event_id),
-            self.key(KEY_DONE, event_id),
-            self.key(KEY_PARTS, event_id),
-            self.key(KEY_PENDING),
-            self.key(KEY_EVENTS),
-            self.key(KEY_STATS),
-        ]
+        keys = self._reward_keys(event_id)
         args = [self.ttl_s, self.stream_maxlen, event_id, seen, dumps(reward), reward["reward"]]
         result = await self._calls.call(self._finalize, keys, args, logs=True)
         if result[0] == 0:
