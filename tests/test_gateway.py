@@ -242,7 +242,7 @@ def test_fallback_before_the_first_byte(
 
 
 def test_an_upstream_key_read_from_a_file_with_its_newline_is_sent_without_it(
-    serve: Serve, upstream: Start, monkeypatch: Any
+    serve: Serve, upstream: Start, monkeypatch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A key put in the environment from a secret file keeps the file's last newline; a header
     cannot carry one, and every call was a 500 (aiohttp refused the header), no arm tried."""
@@ -257,7 +257,10 @@ def test_an_upstream_key_read_from_a_file_with_its_newline_is_sent_without_it(
     with pytest.raises(openai.APIStatusError) as failed:
         _client(base).chat.completions.create(model="auto", messages=_ask(rows()[0]))
     assert failed.value.status_code == 502
-    assert "its key variable UPSTREAM_KEY is not set" in str(failed.value.body)
+    # The variable's name in the log, not to the client: a key pasted in its place would be.
+    assert "its key variable (the arm's api_key_env) is not set" in str(failed.value.body)
+    assert "UPSTREAM_KEY" not in str(failed.value.body)
+    assert "its key variable UPSTREAM_KEY is not set" in caplog.text
 
 
 def test_an_upstream_that_is_down_is_said_in_the_log_every_few_seconds_not_every_call(

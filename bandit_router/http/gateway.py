@@ -519,7 +519,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             try:
                 return await _attempt(gateway, router, call, arm, decision.event_id, slot)
             except UpstreamFailure as failed:
-                gateway.failed(arm.name, f"failed: {failed.reason}")
+                gateway.failed(arm.name, f"failed: {failed.logged}")
                 failures.append(str(failed))
                 await record_failure(
                     gateway, router, decision.event_id, call.weights, arm.name, failed.kind

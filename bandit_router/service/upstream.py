@@ -45,11 +45,12 @@ class UpstreamFailure(Exception):
     The message says what happened (connection failed, timed out, status 5xx) and never holds a
     key or the upstream's reply."""
 
-    def __init__(self, arm: str, reason: str, kind: str = "status") -> None:
+    def __init__(self, arm: str, reason: str, kind: str = "status", logged: str = "") -> None:
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
         self.kind = kind  # a metric label (README, Metrics: bandit_gateway_upstream_failures_total)
+        self.logged = logged or reason  # for the operator's log: may name the settings
 
 
 def _said(arm: str, message: str) -> None:
@@ -192,8 +193,11 @@ class Upstreams:
             # no header can carry: aiohttp refused every call.
             key = os.environ.get(up.api_key_env, "").strip()
             if not key:
-                message = f"its key variable {up.api_key_env} is not set (or empty)"
-                raise UpstreamFailure(arm.name, message, "config")
+                # The variable's name goes to the log only: a key pasted in its place
+                # (api_key_env = "sk_live_...") would reach every client in the 502.
+                message = "its key variable (the arm's api_key_env) is not set (or empty)"
+                named = f"its key variable {up.api_key_env} is not set (or empty)"
+                raise UpstreamFailure(arm.name, message, "config", logged=named)
             headers["authorization"] = f"Bearer {key}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         url = up.base_url.rstrip("/") + "/chat/completions"
