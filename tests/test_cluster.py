@@ -22,7 +22,7 @@ from bandit_router.errors import StoreUnavailable
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
-from bandit_router.store.cluster import node_url, plain_url
+from bandit_router.store.cluster import node_url, plain_url, seed_nodes
 from bandit_router.store.repository import open_store
 from tests.cluster import ClusterNode, LocalCluster, PortTaken, _binary
 from tests.cluster import _command as _command_of
@@ -44,6 +44,9 @@ def _settings(cluster: LocalCluster, tmp_path: Path, **overrides: Any) -> Settin
 def test_urls() -> None:
     assert plain_url("redis+cluster://:pw@h:7000/0") == "redis://:pw@h:7000/0"
     assert plain_url("redis://h:1") == "redis://h:1"
+    named, others = seed_nodes("redis://u:pw@h1:7000,h2,[::1]:7002/0?x=1")
+    assert named == "redis://u:pw@h1:7000/0?x=1"
+    assert [(n.host, n.port) for n in others] == [("h2", 6379), ("::1", 7002)]
     assert node_url("rediss://u:pw@seed:1/0?ssl_ca_certs=/c", "10.0.0.2", 7001) == (
         "rediss://u:pw@10.0.0.2:7001/0?ssl_ca_certs=/c"
     )
@@ -79,6 +82,36 @@ def test_a_deployment_routes_and_learns_on_the_master_of_its_slot(
         assert client.xlen("{" + settings.key_prefix + "}:events") == 20
     finally:
         client.close()
+
+
+def test_a_url_of_several_nodes_starts_while_its_first_is_down(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """With one node in BANDIT_REDIS_URL, a process started while that node was down (a CLI
+    command, a worker uvicorn respawned: it failed its start, and uvicorn stopped the whole
+    service) waited and failed though the cluster served. Several seeds: any one that answers."""
+    down = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    live = ",".join(n.address for n in redis_cluster.nodes[1:3])
+    settings = _settings(redis_cluster, tmp_path, startup_wait_s=0)
+    assert settings.redis_url is not None
+    for url in (f"redis+cluster://{down},{live}/0", f"redis://{down},[::1]:1,{live}"):
+        many = settings.model_copy(update={"redis_url": url, "redis_cluster": True})
+
+        async def run(current: Settings = many) -> str | None:
+            async with open_store(current) as store:
+                assert await store.ping()
+                assert store.route is not None
+                return store.route.master
+
+        master = asyncio.run(run())
+        assert master == redis_cluster.master_of("{" + settings.key_prefix + "}").address
+    with pytest.raises(ValueError, match="no host"):
+        asyncio.run(_opened(settings.model_copy(update={"redis_url": f"redis+cluster://{live},"})))
+
+
+async def _opened(settings: Settings) -> None:
+    async with open_store(settings):
+        pass
 
 
 def _parts(**values: float) -> Any:
@@ -491,13 +524,13 @@ def test_the_log_read_while_its_slot_moves_is_unavailable_then_follows_the_slot(
                 slot = key_slot(tag.encode())
                 await asyncio.to_thread(begin_move, source, target, slot)
                 await asyncio.to_thread(migrate, source, target, [f"{tag}:events"])
-                with pytest.raises(StoreUnavailable, match="slot is moving"):  # ASK
+                with pytest.raises(StoreUnavailable, match="slot is moving: ASK "):
                     await logged(store)
                 await asyncio.sleep(0.3)  # past the route's refresh interval
                 assert await store.ping()  # the route read again: still the source's slot
                 assert store.route is not None and store.route.master == source.address
                 await asyncio.to_thread(move_slot, own_cluster, slot, target)
-                with pytest.raises(StoreUnavailable, match="slot is moving"):  # MOVED
+                with pytest.raises(StoreUnavailable, match="slot is moving: MOVED "):
                     await logged(store)
                 await asyncio.sleep(0.3)
                 assert await logged(store) == ids  # from the new master

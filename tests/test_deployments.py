@@ -223,6 +223,25 @@ def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
     assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
 
 
+def test_the_gateway_refuses_another_deployment_wherever_it_is_named(
+    many: tuple[TestClient, Settings],
+) -> None:
+    """The body's ``deployment`` (as /choose takes it) was forwarded to the upstream and the call
+    decided and learned by ``default``; ``/v1/models?deployment=`` listed default's models."""
+    client, _ = many
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    for deployment in ("coding", "nope", 7):
+        r = client.post("/v1/chat/completions", json={**chat, "deployment": deployment})
+        assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+        assert r.json()["error"]["param"] == "deployment"
+    r = client.post("/v1/chat/completions", json={**chat, "deployment": "coding"})
+    assert "the body's deployment 'coding'" in r.json()["detail"]
+    for path in ("/v1/models", "/v1/models/auto"):
+        r = client.get(f"{path}?deployment=coding")
+        assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+        assert client.get(f"{path}?deployment=default").status_code != 422
+
+
 def test_a_deployment_key_opens_only_its_deployment(
     make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -164,6 +164,20 @@ def test_a_tool_calling_turn_goes_as_sent_and_comes_back_in_the_sdks_types(
     assert parts["cost_usd"] == pytest.approx(_cost(USAGE))
 
 
+def test_the_bodys_deployment_is_the_routers_and_not_forwarded(
+    serve: Serve, scripted: Start
+) -> None:
+    """``deployment`` as ``/choose`` takes it, ``default`` here: read and taken out, as
+    ``metadata`` is (it went to the upstream, which OpenAI refuses as an unknown argument)."""
+    url, upstream = scripted({"plain": PLAIN})
+    base = _gateway(serve, url, {"plain": PLAIN})
+    messages: list[Any] = [{"role": "user", "content": "Weather?"}]
+    sdk_client(base, KEY).chat.completions.create(
+        model="auto", messages=messages, extra_body={"deployment": "default"}
+    )
+    assert orjson.loads(upstream.bodies[-1]) == {"model": "plain", "messages": messages}
+
+
 def _chunk(choices: list[Any], usage: Any = None) -> bytes:
     """An OpenAI stream chunk as OpenAI sends it with include_usage: ``usage`` null but in the
     last."""

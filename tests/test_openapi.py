@@ -88,7 +88,7 @@ def test_every_operation_that_reads_a_deployment_documents_it(make_client: Clien
         if response.status_code == 422 and response.json().get("field") == "deployment":
             assert "deployment" in named, (path, method)
             refused += 1
-    assert refused == 7  # /arms, /stats, the four /admin routes and the gateway's chat
+    assert refused == 9  # /arms, /stats, the four /admin routes and the gateway's three
 
 
 def test_the_gateway_body_and_answer_are_described(spec: dict[str, Any]) -> None:

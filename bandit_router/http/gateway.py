@@ -41,6 +41,7 @@ from bandit_router.http.openapi import (
     GATEWAY_MODEL,
     GATEWAY_READ,
     MODEL_PARAMETER,
+    MODELS_PARAMETER,
 )
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
@@ -189,6 +190,11 @@ class Gateway:
         if options is not None and not isinstance(options, dict):  # the gateway adds to it
             raise RouterError("stream_options must be a JSON object", field="stream_options")
         _contract(query, None, "messages")
+        if "deployment" in body:  # /choose's field: the router's, never forwarded
+            named = body.pop("deployment")
+            if not isinstance(named, str):
+                raise RouterError("deployment must be a string", field="deployment")
+            _default_only([named], "the body's deployment ")
         header = headers.get("x-bandit-features")
         from_header = None if header is None else _parse(header, RouterError, "x-bandit-features")
         features: dict[str, Any] = {}
@@ -398,12 +404,19 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
     gateway = Gateway(settings)
     app.state.gateway = gateway
 
-    @app.get("/v1/models", tags=["gateway"], dependencies=dependencies, responses=GATEWAY_READ)
+    @app.get(
+        "/v1/models",
+        tags=["gateway"],
+        dependencies=dependencies,
+        responses=GATEWAY_READ,
+        openapi_extra=MODELS_PARAMETER,
+    )
     async def models(request: Request) -> Response:
         """The models the gateway answers as: the router's choice, and each arm by name (none
         when no arm has an upstream)."""
         try:
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
+            _default_only(request.query_params.getlist("deployment"))
         except RouterError as e:
             return error_response(e, None)
         data = [_model(n) for n in gateway.models()]
@@ -423,6 +436,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         model: str = request.path_params["model"]  # any string: no 422 to document
         try:
             require_key(request.headers.raw, settings.api_keys, API_KEYS)
+            _default_only(request.query_params.getlist("deployment"))
             if model not in gateway.models():
                 raise ModelNotFound(gateway.unknown(model))
         except RouterError as e:
@@ -452,13 +466,14 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
     return gateway
 
 
-def _default_only(named: list[str]) -> None:
-    """The gateway serves the ``default`` deployment: a ``?deployment=`` naming another is
-    refused, not served by ``default`` (its model, its keys)."""
+def _default_only(named: list[str], where: str = "?deployment=") -> None:
+    """The gateway serves the ``default`` deployment: a ``?deployment=`` (or the body's
+    ``deployment``, ``where`` says which) naming another is refused, not served by ``default``
+    (its model, its keys)."""
     for name in named:
         if name != DEFAULT:
             raise RouterError(
-                f"?deployment={echo(name)}: the gateway serves the deployment 'default' only",
+                f"{where}{echo(name)}: the gateway serves the deployment 'default' only",
                 field="deployment",
             )
 

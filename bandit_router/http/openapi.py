@@ -150,8 +150,16 @@ GATEWAY = (
         }
     }
 )
-GATEWAY_READ = responses(401, 500)
-GATEWAY_MODEL = responses(401, 404, 500, e404="no such model here (`GET /v1/models` lists them)")
+GATEWAY_ONLY_DEFAULT = "only `default`, the deployment the gateway serves: another is a 422"
+GATEWAY_READ = responses(401, 422, 500, e422="`?deployment=` naming another than `default`")
+GATEWAY_MODEL = responses(
+    401,
+    404,
+    422,
+    500,
+    e404="no such model here (`GET /v1/models` lists them)",
+    e422="`?deployment=` naming another than `default`",
+)
 
 
 def deployment_parameter(description: str) -> dict[str, Any]:
@@ -176,9 +184,11 @@ MODEL_PARAMETER = {
             "description": "a model `GET /v1/models` lists: `auto` or an arm",
             "schema": {"type": "string"},
             "examples": {"auto": {"value": "auto"}},
-        }
+        },
+        deployment_parameter(GATEWAY_ONLY_DEFAULT),
     ]
 }
+MODELS_PARAMETER = {"parameters": [deployment_parameter(GATEWAY_ONLY_DEFAULT)]}
 CHAT_PROPERTIES: dict[str, Any] = {
     "model": {
         "type": "string",
@@ -215,11 +225,15 @@ CHAT_PROPERTIES: dict[str, Any] = {
         "description": "the app's features, as `/choose`'s `features` (not forwarded)",
         "examples": [{"category": "business"}],
     },
+    "deployment": {
+        "type": "string",
+        "description": "as `/choose`'s: only `default`, the deployment the gateway serves "
+        "(another is a 422); not forwarded",
+        "examples": ["default"],
+    },
 }
 CHAT_BODY = {
-    "parameters": [
-        deployment_parameter("only `default`, the deployment the gateway serves: another is a 422")
-    ],
+    "parameters": [deployment_parameter(GATEWAY_ONLY_DEFAULT)],
     "requestBody": {
         "required": True,
         "content": {

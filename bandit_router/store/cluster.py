@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -62,6 +62,25 @@ def node_url(url: str, host: str, port: int) -> str:
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = (userinfo + "@" if userinfo else "") + f"{host}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def seed_nodes(url: str) -> tuple[str, list[ClusterNode]]:
+    """A cluster URL may name several nodes (``redis+cluster://h1:7000,h2:7000``), any of which
+    a starting process reads the topology from: ``url`` naming its first, and the others.
+    ``ValueError`` for a node that is no ``host[:port]``."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    nodes = []
+    for each in others:
+        node = urlsplit(f"//{each}")
+        if not node.hostname:
+            raise ValueError(f"{each!r} is no host[:port]")
+        nodes.append(ClusterNode(node.hostname, node.port or 6379))
+    named = urlunsplit(
+        (parts.scheme, userinfo + at + first, parts.path, parts.query, parts.fragment)
+    )
+    return named, nodes
 
 
 def redacted_url(url: str) -> str:
@@ -123,14 +142,14 @@ class SlotRoute:
         connect: Callable[[str], aioredis.Redis],
         bind: Callable[[aioredis.Redis], Awaitable[aioredis.Redis]] | None = None,
     ) -> None:
-        self.url = plain_url(url)
         self.slot = key_slot(hash_tag.encode())
         try:
+            self.url, others = seed_nodes(plain_url(url))
             self.cluster = RedisCluster.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=5
+                self.url, startup_nodes=others, socket_connect_timeout=2, socket_timeout=5
             )
-        except RedisClusterException as e:  # "Unix domain socket is not supported", say
-            where = redacted_url(self.url)
+        except (RedisClusterException, ValueError) as e:  # "Unix domain socket is not supported"
+            where = redacted_url(plain_url(url))
             raise NotACluster(f"{where} cannot name a Redis Cluster node: {e}") from e
         self._connect = connect
         self.bind = bind

@@ -18,8 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript as Script
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
@@ -105,7 +107,10 @@ def slot_moving(route: SlotRoute | None, error: ResponseError) -> StoreUnavailab
     if route is None or not redirected(error):
         return None
     route.lost()
-    return StoreUnavailable(f"the deployment's slot is moving: {error}")
+    said = str(error)
+    if isinstance(error, AskError | MovedError):  # redis-py keeps only "slot host:port"
+        said = f"{'MOVED' if isinstance(error, MovedError) else 'ASK'} {said}"  # a subclass
+    return StoreUnavailable(f"the deployment's slot is moving: {said}")
 
 
 async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T:
