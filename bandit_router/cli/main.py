@@ -122,7 +122,9 @@ def learn(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP (a closed terminal) too: its default action killed the learner with its
+        # snapshot unpublished and its lease held until it lapsed, as `serve` stops on it.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         async with open_store(settings) as store:
             learner = await run_learner(settings, store, stop)
