@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
+from bandit_router.http.process import configure_logging
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
 from bandit_router.store.cluster import NotACluster
@@ -262,9 +262,7 @@ def _add_export_evaluate(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is a BrokenPipeError

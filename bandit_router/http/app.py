@@ -51,7 +51,7 @@ from bandit_router.http.openapi import (
     TAGS,
     deployment_parameter,
 )
-from bandit_router.http.process import stop_with_supervisor, stoppable_start
+from bandit_router.http.process import configure_logging, stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
     BASIC_CHALLENGE,
     SCHEMES,
@@ -435,6 +435,7 @@ def app_from_env() -> FastAPI:
     environment. It owns its process, so it also moves what import and set-up made (modules,
     routes, schemas: tens of thousands of objects that live as long as the process) out of the
     garbage collector's full collections, which otherwise walk them all with the loop stopped."""
+    configure_logging()  # a spawned worker's: see there
     app = create_app(Settings())
     gc.collect()
     gc.freeze()
