@@ -127,7 +127,8 @@ def learn(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         async with open_store(settings) as store:
-            learner = await run_learner(settings, store, stop)
+            where = f"deployment {args.deployment}: " if args.deployment else ""
+            learner = await run_learner(settings, store, stop, where)
         if learner is None:
             print("learner stopped before Redis answered", file=sys.stderr)
         else:

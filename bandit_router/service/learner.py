@@ -234,6 +234,12 @@ class Learner:
         self._decided_under: str | None = None  # the policy override when it was decided
 
     @property
+    def where(self) -> str:
+        """Whose learner, in its log lines, where one process learns for several deployments
+        (``deployment support: ``; set by ``open_routers`` and ``learn --deployment``)."""
+        return self.outage.where
+
+    @property
     def leading(self) -> bool:
         return self._leading
 
@@ -332,7 +338,9 @@ class Learner:
             # another learner may have led meanwhile and published a newer model: lead anew from
             # Redis, as a process taking the lease does. Going on with the model it froze with
             # published that over the newer one, and what the other had learned was lost.
-            log.warning("learner %s: its lease had lapsed; leading anew from Redis", self.name)
+            log.warning(
+                "%slearner %s: its lease had lapsed; leading anew from Redis", self.where, self.name
+            )
             self.leading = False
         if held and self.leading:
             await self._follow_switch()
@@ -364,7 +372,9 @@ class Learner:
                 self._led_upto = self.model.stream_id
                 published = snapshot.version if snapshot is not None else 0
                 self._published = (published, time.monotonic())
-            log.info("learner %s leads at model version %d", self.name, self.model.version)
+            log.info(
+                "%slearner %s leads at model version %d", self.where, self.name, self.model.version
+            )
         if not held:
             self.bench = None
         self.leading = held
@@ -476,14 +486,15 @@ class Learner:
             )
         except SwitchArrived as e:
             assert promotion is not None
-            log.info("promotion of %s dropped: %s", promotion["to_policy"], e.message)
+            log.info("%spromotion of %s dropped: %s", self.where, promotion["to_policy"], e.message)
             # the switch drops the promotion, and replaces the model and bench it swapped in
             await self._switch(await effective_spec(self.store, self.settings, self._refused))
             raise
         if not published:
             log.warning(
-                "learner %s lost its lease, or a newer model is published: model version %d "
+                "%slearner %s lost its lease, or a newer model is published: model version %d "
                 "not published",
+                self.where,
                 self.name,
                 snapshot.version,
             )
@@ -522,7 +533,10 @@ class Learner:
             pending, override = await self._switch_pending()
             if pending is not None:
                 log.info(
-                    "challenger %s not promoted: a switch to %s is pending", best.policy, pending
+                    "%schallenger %s not promoted: a switch to %s is pending",
+                    self.where,
+                    best.policy,
+                    pending,
                 )
                 return
             await self._promote(parse_policy_spec(best.policy), "auto", override)
@@ -602,7 +616,7 @@ class Learner:
                 return
             spec = await effective_spec(self.store, self.settings, self._refused)
             if spec != self.model.spec:
-                log.info("switching policy %s -> %s", self.model.spec, spec)
+                log.info("%sswitching policy %s -> %s", self.where, self.model.spec, spec)
                 await self._switch(spec)
 
     async def switch(self, spec: PolicySpec, store: bool = False) -> None:
@@ -679,7 +693,9 @@ class Learner:
         due = self._failed.due(FAILED_SAID_EVERY_S)
         if due is not None:
             more = f" ({due.count} more since the last said)" if due.count else ""
-            log.exception("learner %s: its step failed%s; leading anew", self.name, more)
+            log.exception(
+                "%slearner %s: its step failed%s; leading anew", self.where, self.name, more
+            )
 
     async def close(self) -> None:
         """Publish what was learned and hand the lease over."""
@@ -687,7 +703,7 @@ class Learner:
             try:
                 await self.publish()
             except (StoreUnavailable, StoreDamaged, NotLearner, SwitchArrived) as e:
-                log.error("final snapshot not saved: %s", e)
+                log.error("%sfinal snapshot not saved: %s", self.where, e)
             await self.store.prune_consumers()  # its own name too, once nothing is pending
         await self.store.release_lease(self.name)
         self.leading = False
@@ -699,7 +715,9 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner | None:
+async def run_learner(
+    settings: Settings, store: Store, stop: asyncio.Event, where: str = ""
+) -> Learner | None:
     """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set.
     None when ``stop`` is set while it still waits for Redis at start (a SIGTERM must not wait
     for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
@@ -720,6 +738,7 @@ async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> 
     model = loading.result()
     await store.warn_if_evicting()
     learner = Learner(settings, store, model)
+    learner.outage.where = where  # ``Learner.where``
     try:
         await learner.run(stop)
     finally:

@@ -143,9 +143,11 @@ class Router:
         learner.on_promoted = self.metrics.promoted
 
     @classmethod
-    async def open(cls, settings: Settings, store: Store) -> Router:
-        """Restore the newest snapshot plus the log after it; take the learner lease if free."""
+    async def open(cls, settings: Settings, store: Store, where: str = "") -> Router:
+        """Restore the newest snapshot plus the log after it; take the learner lease if free.
+        ``where``: whose lines the learner and the background jobs say (``Outage.where``)."""
         learner = Learner(settings, store, await load_model(store, settings))
+        learner.outage.where = where
         if settings.hash_key:
             secret, words = None, WordKey(settings.hash_key)
             await _say_if_a_secret_differs(store, settings.hash_key)
