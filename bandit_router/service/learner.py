@@ -211,6 +211,7 @@ class Learner:
         self._delivered = "0-0"
         self._confirmed = "0-0"
         self._led_upto = "0-0"  # the log's end when this learner took the lease and replayed it
+        self._snapshot_seen = False  # Redis held a model snapshot while this learner led
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -354,6 +355,19 @@ class Learner:
                 await self.store.ensure_group()
                 await self.store.prune_consumers(keep=self.name)  # learners gone since
                 snapshot = await self.store.load_snapshot()
+                if snapshot is None and self._snapshot_seen:
+                    # Nothing else says it: the followers keep their model, the counters
+                    # restart from zero, and this learner publishes its model over the void.
+                    log.warning(
+                        "%slearner %s: Redis holds no model, though one was published (Redis "
+                        "lost its data, restarted without persistence, or the key was deleted): "
+                        "this learner's, version %d, is published again; what Redis lost of "
+                        "the log is not in it",
+                        self.where,
+                        self.name,
+                        self.model.version,
+                    )
+                self._snapshot_seen = snapshot is not None or self._snapshot_seen
                 # The policy serving now, not the one this process loaded: a promotion or a
                 # switch since then (this process followed, and may not have refreshed) would
                 # otherwise be undone, the promoted model relearned as the old champion.
@@ -504,6 +518,7 @@ class Learner:
             self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
+        self._snapshot_seen = True
         if promotion is not None and self.on_promoted is not None:
             self.on_promoted(promotion)  # counted once made: one dropped is no promotion
         self._promotion = None
