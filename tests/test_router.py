@@ -684,6 +684,29 @@ def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_w
     asyncio.run(scenario())
 
 
+def test_a_learner_waiting_for_the_lease_says_so_once(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second learner (`learn` started beside a running one) said nothing after its start
+    while it waited for the lease: waiting or stuck, the operator could not tell."""
+    settings = make_settings()
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        assert a.learner.leading and not b.learner.leading
+        assert not await b.learner.lead()  # its loop's renewals: said once
+        await a.close()  # a stops: b takes over at its next renewal
+        assert await b.learner.lead()
+        await b.close()
+        for router in (a, b):
+            await router.store.close()
+
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        asyncio.run(scenario())
+    said = [m for m in caplog.messages if "another learner holds the lease" in m]
+    assert len(said) == 1, said
+
+
 def test_a_learner_that_finds_its_published_model_gone_says_so(
     make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -212,6 +212,7 @@ class Learner:
         self._confirmed = "0-0"
         self._led_upto = "0-0"  # the log's end when this learner took the lease and replayed it
         self._snapshot_seen = False  # Redis held a model snapshot while this learner led
+        self._waits_said = False  # that another learner holds the lease, since this one led
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -391,6 +392,17 @@ class Learner:
             )
         if not held:
             self.bench = None
+            if not self._waits_said:
+                # A second `learn` (or a worker) said nothing after its start: waiting, or stuck?
+                log.info(
+                    "%slearner %s: another learner holds the lease; this one takes over if it "
+                    "stops (within BANDIT_LEARNER_LEASE_S)",
+                    self.where,
+                    self.name,
+                )
+                self._waits_said = True
+        else:
+            self._waits_said = False
         self.leading = held
         return held
 
