@@ -153,10 +153,35 @@ class SwitchArrived(PolicyConflict):
 class NotLearner(RouterError):
     status_code = 409
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(
-            "this process does not hold the learner lease; ask the learner's process, or wait: "
-            "it publishes every BANDIT_PUBLISH_S seconds"
+            message
+            or "this process does not hold the learner lease; ask the learner's process, or "
+            "wait: it publishes every BANDIT_PUBLISH_S seconds"
+        )
+
+    @classmethod
+    def asked(cls, asked: str, apart: bool) -> NotLearner:
+        """For an admin request to ``asked`` (``publish``, ``reset the model``, ...) made of a
+        process that does not lead. ``apart``: its processes never learn
+        (BANDIT_LEARN_IN_WORKERS=false), the learner being a ``bandit-router learn``, which
+        serves no HTTP: "ask the learner's process" cannot be done."""
+        if asked == "publish":
+            if not apart:
+                return cls()
+            return cls(
+                "this process does not learn (BANDIT_LEARN_IN_WORKERS=false): the learner, "
+                "`bandit-router learn`, publishes every BANDIT_PUBLISH_S seconds and when it stops"
+            )
+        if not apart:
+            return cls(
+                f"this process does not hold the learner lease: to {asked}, send this request "
+                f'to the process that does (its GET /healthz says "learner": true)'
+            )
+        return cls(
+            f"this process does not learn (BANDIT_LEARN_IN_WORKERS=false), and the learner, "
+            f"`bandit-router learn`, serves no HTTP: to {asked}, stop it and send this request "
+            f"to a service started with BANDIT_LEARN_IN_WORKERS=true, which takes the lease"
         )
 
 

@@ -474,6 +474,41 @@ def test_a_promotion_never_overwrites_a_pending_policy_switch(
     keys.close()
 
 
+def test_admin_requests_to_a_service_whose_learner_runs_apart_say_what_to_do(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    """With BANDIT_LEARN_IN_WORKERS=false the learner is a `bandit-router learn`, which serves
+    no HTTP: reset and promote answered 409 "ask the learner's process, or wait: it publishes
+    every BANDIT_PUBLISH_S seconds", which cannot be done, and waiting resets nothing. The 409
+    now says how (as the README says for promote); a policy switch is taken, the learner
+    switches at its next renewal."""
+    settings = _settings(make_settings, admin_key="admin-secret", learn_in_workers=False)
+    client = make_client(settings)
+    asks = {
+        "/admin/reset": ("reset the model", None),
+        "/admin/promote": ("promote a challenger", {"policy": "linucb"}),
+    }
+    for path, (asked, body) in asks.items():
+        refused = client.post(path, json=body, headers=ADMIN)
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        assert f"to {asked}, stop it and send this request" in detail
+        assert "BANDIT_LEARN_IN_WORKERS=true" in detail and "bandit-router learn" in detail
+    refused = client.post("/admin/snapshot", headers=ADMIN)
+    assert refused.status_code == 409
+    assert "publishes every BANDIT_PUBLISH_S seconds and when it stops" in refused.json()["detail"]
+    switched = client.post("/admin/policy", json={"policy": "egreedy"}, headers=ADMIN)
+    assert switched.status_code == 200 and switched.json()["policy"] == "egreedy"
+    # Workers compete for the lease: one that does not hold it names the one that does.
+    learner = make_client(settings.model_copy(update={"learn_in_workers": True}))
+    worker = make_client(settings.model_copy(update={"learn_in_workers": True}))
+    assert learner.get("/healthz").json()["learner"]
+    assert not worker.get("/healthz").json()["learner"]
+    refused = worker.post("/admin/reset", headers=ADMIN)
+    assert refused.status_code == 409
+    assert '(its GET /healthz says "learner": true)' in refused.json()["detail"]
+
+
 def test_after_an_admin_switch_the_configured_old_champion_still_challenges(
     make_settings: SettingsFactory,
 ) -> None:

@@ -13,6 +13,7 @@ import redis
 
 from bandit_router.cli.main import main
 from bandit_router.store.embedded import EmbeddedRedis, socket_path
+from bandit_router.store.keys import KEY_LEASE
 from tests.conftest import (
     SettingsFactory,
     _free_port,
@@ -191,3 +192,24 @@ def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:
     said = log.read_text()
     assert "Traceback" not in said
     assert "learner stopped before Redis answered" in said
+
+
+def test_sighup_stops_learn_as_sigterm_does(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """A closed terminal (SIGHUP) stops `learn` cleanly: its model published, its lease released
+    for the next learner at once. SIGHUP's default action killed it, the lease held until it
+    lapsed and what it had learned since its last snapshot relearned by the next."""
+    settings = make_settings()
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix)
+    lease = KEY_LEASE.format(p="{" + settings.key_prefix + "}")
+    client = redis.Redis.from_url(settings.redis_url or "")
+    log = tmp_path / "learn.log"
+    try:
+        with cli_process(["learn"], env, log) as p:
+            wait_until(lambda: "leads at model version" in log.read_text(), 60, "the lease")
+            assert client.get(lease) is not None
+            p.send_signal(signal.SIGHUP)
+            assert p.wait(timeout=60) == 0
+        assert "learner stopped at model version 0" in log.read_text()
+        assert client.get(lease) is None
+    finally:
+        client.close()

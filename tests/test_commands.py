@@ -156,6 +156,24 @@ def test_status_from_redis_and_from_a_url(
     assert "cannot read http://127.0.0.1:9/stats" in capsys.readouterr().err
 
 
+def test_status_says_what_the_learner_has_published_while_it_is_down(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no learner running (BANDIT_LEARN_IN_WORKERS=false, `learn` dead), `status` from
+    Redis said `model version 5   rewards 5`, the log replayed as a restarted process would,
+    and nothing of the published model, which had learned none: the learner looked caught up."""
+    settings = make_settings(learn_in_workers=False)
+    client = make_client(settings)
+    rewarded_traffic(client, 5)
+    use_settings(monkeypatch, settings)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "model version 5" in out and "rewards 5   events learned 0" in out
+
+
 def test_status_from_a_url_says_what_the_service_refused(
     serve: Callable[..., str],
     capsys: pytest.CaptureFixture[str],

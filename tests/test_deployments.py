@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreUnavailable
 from bandit_router.settings import Settings
-from tests.conftest import ClientFactory, SettingsFactory, cli_env
+from tests.conftest import ClientFactory, SettingsFactory, cli_env, cli_process, wait_until
 
 FILE = """
 [deployments.support]
@@ -177,6 +178,34 @@ def test_an_outage_said_names_its_deployment_where_a_process_serves_several(
         f"sweep waiting for Redis: {error}",
         caplog.messages[7],
     ] and caplog.messages[7].startswith("Redis reachable again, ")
+
+
+def test_the_learners_lines_name_their_deployment(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A service of several deployments learns for each, and `learn --deployment NAME` runs
+    one per deployment: "learner HOST:PID:TAG leads at model version 0" came once each, and
+    no line said whose learner it was."""
+    file = _write(tmp_path, FILE)
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        make_client(make_settings(deployments_file=file))
+    leads = [m for m in caplog.messages if " leads at model version " in m]
+    assert sorted(m.split("learner ")[0] for m in leads) == [
+        f"deployment {name}: " for name in ("coding", "default", "support")
+    ]
+    settings = make_settings(deployments_file=file)  # another prefix: its leases are free
+    env = cli_env(
+        redis_url=settings.redis_url, key_prefix=settings.key_prefix, deployments_file=file
+    )
+    log = tmp_path / "learn.log"
+    with cli_process(["learn", "--deployment", "coding"], env, log) as proc:
+        wait_until(lambda: " leads at model version " in log.read_text(), 60, "the lease")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert "INFO bandit_router: deployment coding: learner " in log.read_text()
 
 
 def test_an_unknown_deployment_or_a_foreign_id_is_a_422_naming_the_field(

@@ -351,3 +351,22 @@ def test_a_counter_redis_refuses_to_write_is_a_refusal_not_a_broken_counter(
 
     asyncio.run(scenario())
     assert not [m for m in caplog.messages if "not counted" in m]
+
+
+def test_learn_names_the_credentials_redis_refuses(
+    own_redis: RedisProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Redis that wants a password: `learn` stops at once (no wait for it), saying the URL's
+    credentials are refused. Given none, it said only Redis's "HELLO must be called with the
+    client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used"."""
+    redis.Redis.from_url(own_redis.url).config_set("requirepass", "sekret")
+    monkeypatch.setenv("BANDIT_STARTUP_WAIT_S", "600")
+    for url in (own_redis.url, own_redis.url.replace("redis://", "redis://:wrong@")):
+        monkeypatch.setenv("BANDIT_REDIS_URL", url)
+        assert main(["learn"]) == 1
+        err = capsys.readouterr().err
+        assert "bandit-router learn: " in err and "Traceback" not in err
+        assert "Redis refuses the credentials of BANDIT_REDIS_URL" in err, err
+        assert "wrong@" not in err and "sekret" not in err

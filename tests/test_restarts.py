@@ -190,3 +190,45 @@ def test_a_reward_for_a_deployment_no_longer_served_names_it(
     with running(make_settings, key_prefix=prefix, deployments_file=str(file)) as client:
         r = client.post("/reward", json={"event_id": d["event_id"], "reward": 1})
     assert r.status_code == 200 and r.json()["status"] == "final", r.text
+
+
+def test_a_follower_serving_the_learners_other_policy_says_so_once(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve` with BANDIT_POLICY=egreedy and BANDIT_LEARN_IN_WORKERS=false beside a `learn`
+    started with squarecb: the service served squarecb, the learner's snapshots, and no line
+    said that its setting was not in force. Said once now, by the process whose setting differs
+    (a spec written otherwise that runs the same says nothing)."""
+    import asyncio
+
+    from bandit_router.rewards import RewardParts
+    from bandit_router.service.router import Router
+    from bandit_router.store.repository import Store
+    from bandit_router.store.transport import connect
+
+    prefix = make_settings().key_prefix
+
+    async def opened(**overrides: Any) -> Router:
+        settings = make_settings(key_prefix=prefix, **overrides)
+        store = Store(connect(settings.redis_url or ""), prefix, 60, 10_000)
+        return await Router.open(settings, store)
+
+    async def scenario() -> None:
+        leader = await opened(policy="squarecb")
+        other = await opened(policy="egreedy", learn_in_workers=False)
+        twin = await opened(policy="squarecb:gamma_scale=20", learn_in_workers=False)
+        for i in range(2):
+            d = await leader.choose(f"question number {i}")
+            await leader.reward(d.event_id, RewardParts(reward=0.5))
+            await leader.learner.publish()
+            assert await other.refresh() and await twin.refresh()
+        assert str(other.model.spec) == "squarecb"
+        for router in (leader, other, twin):
+            await router.learner.close()
+            await router.store.close()
+
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        asyncio.run(scenario())
+    said = _said(caplog, "not this process's BANDIT_POLICY")
+    assert len(said) == 1, said
+    assert "serving policy squarecb" in said[0] and "BANDIT_POLICY egreedy" in said[0], said[0]

@@ -684,6 +684,58 @@ def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_w
     asyncio.run(scenario())
 
 
+def test_a_learner_waiting_for_the_lease_says_so_once(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second learner (`learn` started beside a running one) said nothing after its start
+    while it waited for the lease: waiting or stuck, the operator could not tell."""
+    settings = make_settings()
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        assert a.learner.leading and not b.learner.leading
+        assert not await b.learner.lead()  # its loop's renewals: said once
+        await a.close()  # a stops: b takes over at its next renewal
+        assert await b.learner.lead()
+        await b.close()
+        for router in (a, b):
+            await router.store.close()
+
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        asyncio.run(scenario())
+    said = [m for m in caplog.messages if "another learner holds the lease" in m]
+    assert len(said) == 1, said
+
+
+def test_a_learner_that_finds_its_published_model_gone_says_so(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarted without persistence (here: the deployment's keys deleted) under a
+    learner apart: it led anew from the empty Redis and published its model again without a
+    word; the followers kept theirs and /stats's counters restarted from zero."""
+    settings = make_settings()
+
+    async def scenario() -> None:
+        a = await _open(settings)
+        await _serve(a, [f"query {i}" for i in range(3)], 1.0)
+        await a.learner.publish()
+        assert await a.learner.lead()  # renewed: Redis still has it all
+        assert not [m for m in caplog.messages if "Redis holds no model" in m]
+        keys = [k async for k in a.store.redis.scan_iter(match="{" + settings.key_prefix + "}*")]
+        await a.store.redis.delete(*keys)
+        assert await a.learner.lead()
+        assert a.version == 3
+        snapshot = await a.store.load_snapshot()
+        assert snapshot is None or snapshot.version == 3
+        await a.close()
+        await a.store.close()
+
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        asyncio.run(scenario())
+    said = [m for m in caplog.messages if "Redis holds no model" in m]
+    assert len(said) == 1 and "version 3, is published again" in said[0], said
+
+
 def test_a_learner_that_wakes_to_a_free_lease_after_a_reset_leads_from_the_reset_model(
     make_settings: SettingsFactory,
 ) -> None:

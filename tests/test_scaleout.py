@@ -189,6 +189,10 @@ def test_two_workers_and_a_learner_under_concurrent_load(
         assert _stream_length(settings) == pairs
         wait_until(lambda: _versions(base) == {pairs}, 30, "both workers to load the model")
         assert len(_children(service.pid)) == 2  # both workers alive: each sample hit one
+    # Each spawned worker says its info lines, with their time and level (its logging was never
+    # configured: they were dropped, and its warnings printed bare).
+    said = (tmp_path / "s.log").read_text()
+    assert said.count("INFO bandit_router: policy squarecb at model version") == 2
 
 
 def test_a_worker_killed_mid_traffic_is_replaced_and_no_acknowledged_reward_is_lost_or_doubled(

@@ -131,7 +131,10 @@ def format_status(s: dict[str, Any]) -> str:
     r = s["recent"]
     head = (
         f"policy {s['policy']}   model version {s['model_version']}   decisions {s['decisions']}"
-        f"   rewards {s['rewards_accepted']}   window {r['events']} events"
+        f"   rewards {s['rewards_accepted']}"
+        # The published model's: behind the rewards while a learner is down or catching up,
+        # which the model version read from Redis (snapshot plus the log replayed) never is.
+        f"   events learned {_cell(s.get('events_learned'))}   window {r['events']} events"
         f"   mean reward {_cell(r['mean_reward'])}   exploration {_cell(r['exploration_rate'])}"
         # What was not learned or not shown: an older service's /stats may lack these (-).
         f"\nskipped with no reward {_cell(s.get('skipped_no_reward'))}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from bandit_router.cli.train import add_train
 from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
+from bandit_router.http.process import configure_logging
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings
 from bandit_router.store.cluster import NotACluster
@@ -122,10 +122,13 @@ def learn(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP (a closed terminal) too: its default action killed the learner with its
+        # snapshot unpublished and its lease held until it lapsed, as `serve` stops on it.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         async with open_store(settings) as store:
-            learner = await run_learner(settings, store, stop)
+            where = f"deployment {args.deployment}: " if args.deployment else ""
+            learner = await run_learner(settings, store, stop, where)
         if learner is None:
             print("learner stopped before Redis answered", file=sys.stderr)
         else:
@@ -260,9 +263,7 @@ def _add_export_evaluate(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is a BrokenPipeError

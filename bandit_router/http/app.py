@@ -51,7 +51,7 @@ from bandit_router.http.openapi import (
     TAGS,
     deployment_parameter,
 )
-from bandit_router.http.process import stop_with_supervisor, stoppable_start
+from bandit_router.http.process import configure_logging, stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
     BASIC_CHALLENGE,
     SCHEMES,
@@ -351,7 +351,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> VersionResponse:
         """Publish the learner's model to Redis now."""
         if not router.learner.leading:
-            raise NotLearner()
+            raise _not_learner(router, "publish")
         return VersionResponse(model_version=await router.learner.publish())
 
     @app.post(
@@ -362,7 +362,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> VersionResponse:
         """Forget what was learned: a fresh model, learning from the next event on."""
         if not router.learner.leading:
-            raise NotLearner()
+            raise _not_learner(router, "reset the model")
         return VersionResponse(model_version=await router.learner.reset())
 
     @app.post(
@@ -407,7 +407,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         challenger; the promotion is recorded. Asked of the learner's process."""
         body = await _policy_body(request)
         if not router.learner.leading:
-            raise NotLearner()
+            raise _not_learner(router, "promote a challenger")
         try:
             record = await router.learner.promote(body.policy)
         except ValueError as e:
@@ -415,6 +415,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PromotionView.model_validate(record)
 
     return app
+
+
+def _not_learner(router: Router, asked: str) -> NotLearner:
+    """The 409 of an admin request that only the learner's process can do."""
+    return NotLearner.asked(asked, apart=not router.settings.learn_in_workers)
 
 
 async def _policy_body(request: Request) -> PolicyRequest:
@@ -435,6 +440,7 @@ def app_from_env() -> FastAPI:
     environment. It owns its process, so it also moves what import and set-up made (modules,
     routes, schemas: tens of thousands of objects that live as long as the process) out of the
     garbage collector's full collections, which otherwise walk them all with the loop stopped."""
+    configure_logging()  # a spawned worker's: see there
     app = create_app(Settings())
     gc.collect()
     gc.freeze()

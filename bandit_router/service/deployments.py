@@ -138,18 +138,20 @@ async def open_routers(settings: Settings) -> AsyncIterator[Routers]:
     async with AsyncExitStack() as stack:
         routers: dict[str, Router] = {}
         for name, deployment in deployments.items():
-            routers[name] = await _open_one(stack, deployment)
-            if len(deployments) > 1:  # each router's background jobs say whose outage it is
-                routers[name].learner.outage.where = f"deployment {name}: "
+            # each router's background jobs and learner say whose lines they are
+            where = f"deployment {name}: " if len(deployments) > 1 else ""
+            routers[name] = await _open_one(stack, deployment, where)
         # one Redis serves every deployment (BANDIT_REDIS_URL is the process's): asked once
         default = routers[DEFAULT].store
         await when_available(default.warn_if_evicting, settings.startup_wait_s)
         yield Routers(deployments, routers)
 
 
-async def _open_one(stack: AsyncExitStack, deployment: Deployment) -> Router:
+async def _open_one(stack: AsyncExitStack, deployment: Deployment, where: str) -> Router:
     settings = deployment.settings
     store = await stack.enter_async_context(open_store(settings))
-    router = await when_available(lambda: Router.open(settings, store), settings.startup_wait_s)
+    router = await when_available(
+        lambda: Router.open(settings, store, where), settings.startup_wait_s
+    )
     stack.push_async_callback(router.close)
     return router

@@ -211,6 +211,8 @@ class Learner:
         self._delivered = "0-0"
         self._confirmed = "0-0"
         self._led_upto = "0-0"  # the log's end when this learner took the lease and replayed it
+        self._snapshot_seen = False  # Redis held a model snapshot while this learner led
+        self._waits_said = False  # that another learner holds the lease, since this one led
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
         self._chosen: dict[str, tuple[float, Features]] = {}
@@ -232,6 +234,12 @@ class Learner:
         self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record), published
         self._promotion: dict[str, Any] | None = None
         self._decided_under: str | None = None  # the policy override when it was decided
+
+    @property
+    def where(self) -> str:
+        """Whose learner, in its log lines, where one process learns for several deployments
+        (``deployment support: ``; set by ``open_routers`` and ``learn --deployment``)."""
+        return self.outage.where
 
     @property
     def leading(self) -> bool:
@@ -332,7 +340,9 @@ class Learner:
             # another learner may have led meanwhile and published a newer model: lead anew from
             # Redis, as a process taking the lease does. Going on with the model it froze with
             # published that over the newer one, and what the other had learned was lost.
-            log.warning("learner %s: its lease had lapsed; leading anew from Redis", self.name)
+            log.warning(
+                "%slearner %s: its lease had lapsed; leading anew from Redis", self.where, self.name
+            )
             self.leading = False
         if held and self.leading:
             await self._follow_switch()
@@ -346,6 +356,19 @@ class Learner:
                 await self.store.ensure_group()
                 await self.store.prune_consumers(keep=self.name)  # learners gone since
                 snapshot = await self.store.load_snapshot()
+                if snapshot is None and self._snapshot_seen:
+                    # Nothing else says it: the followers keep their model, the counters
+                    # restart from zero, and this learner publishes its model over the void.
+                    log.warning(
+                        "%slearner %s: Redis holds no model, though one was published (Redis "
+                        "lost its data, restarted without persistence, or the key was deleted): "
+                        "this learner's, version %d, is published again; what Redis lost of "
+                        "the log is not in it",
+                        self.where,
+                        self.name,
+                        self.model.version,
+                    )
+                self._snapshot_seen = snapshot is not None or self._snapshot_seen
                 # The policy serving now, not the one this process loaded: a promotion or a
                 # switch since then (this process followed, and may not have refreshed) would
                 # otherwise be undone, the promoted model relearned as the old champion.
@@ -364,9 +387,22 @@ class Learner:
                 self._led_upto = self.model.stream_id
                 published = snapshot.version if snapshot is not None else 0
                 self._published = (published, time.monotonic())
-            log.info("learner %s leads at model version %d", self.name, self.model.version)
+            log.info(
+                "%slearner %s leads at model version %d", self.where, self.name, self.model.version
+            )
         if not held:
             self.bench = None
+            if not self._waits_said:
+                # A second `learn` (or a worker) said nothing after its start: waiting, or stuck?
+                log.info(
+                    "%slearner %s: another learner holds the lease; this one takes over if it "
+                    "stops (within BANDIT_LEARNER_LEASE_S)",
+                    self.where,
+                    self.name,
+                )
+                self._waits_said = True
+        else:
+            self._waits_said = False
         self.leading = held
         return held
 
@@ -476,14 +512,15 @@ class Learner:
             )
         except SwitchArrived as e:
             assert promotion is not None
-            log.info("promotion of %s dropped: %s", promotion["to_policy"], e.message)
+            log.info("%spromotion of %s dropped: %s", self.where, promotion["to_policy"], e.message)
             # the switch drops the promotion, and replaces the model and bench it swapped in
             await self._switch(await effective_spec(self.store, self.settings, self._refused))
             raise
         if not published:
             log.warning(
-                "learner %s lost its lease, or a newer model is published: model version %d "
+                "%slearner %s lost its lease, or a newer model is published: model version %d "
                 "not published",
+                self.where,
                 self.name,
                 snapshot.version,
             )
@@ -493,6 +530,7 @@ class Learner:
             self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
+        self._snapshot_seen = True
         if promotion is not None and self.on_promoted is not None:
             self.on_promoted(promotion)  # counted once made: one dropped is no promotion
         self._promotion = None
@@ -522,7 +560,10 @@ class Learner:
             pending, override = await self._switch_pending()
             if pending is not None:
                 log.info(
-                    "challenger %s not promoted: a switch to %s is pending", best.policy, pending
+                    "%schallenger %s not promoted: a switch to %s is pending",
+                    self.where,
+                    best.policy,
+                    pending,
                 )
                 return
             await self._promote(parse_policy_spec(best.policy), "auto", override)
@@ -602,7 +643,7 @@ class Learner:
                 return
             spec = await effective_spec(self.store, self.settings, self._refused)
             if spec != self.model.spec:
-                log.info("switching policy %s -> %s", self.model.spec, spec)
+                log.info("%sswitching policy %s -> %s", self.where, self.model.spec, spec)
                 await self._switch(spec)
 
     async def switch(self, spec: PolicySpec, store: bool = False) -> None:
@@ -679,7 +720,9 @@ class Learner:
         due = self._failed.due(FAILED_SAID_EVERY_S)
         if due is not None:
             more = f" ({due.count} more since the last said)" if due.count else ""
-            log.exception("learner %s: its step failed%s; leading anew", self.name, more)
+            log.exception(
+                "%slearner %s: its step failed%s; leading anew", self.where, self.name, more
+            )
 
     async def close(self) -> None:
         """Publish what was learned and hand the lease over."""
@@ -687,7 +730,7 @@ class Learner:
             try:
                 await self.publish()
             except (StoreUnavailable, StoreDamaged, NotLearner, SwitchArrived) as e:
-                log.error("final snapshot not saved: %s", e)
+                log.error("%sfinal snapshot not saved: %s", self.where, e)
             await self.store.prune_consumers()  # its own name too, once nothing is pending
         await self.store.release_lease(self.name)
         self.leading = False
@@ -699,7 +742,9 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> Learner | None:
+async def run_learner(
+    settings: Settings, store: Store, stop: asyncio.Event, where: str = ""
+) -> Learner | None:
     """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set.
     None when ``stop`` is set while it still waits for Redis at start (a SIGTERM must not wait
     for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
@@ -720,6 +765,7 @@ async def run_learner(settings: Settings, store: Store, stop: asyncio.Event) -> 
     model = loading.result()
     await store.warn_if_evicting()
     learner = Learner(settings, store, model)
+    learner.outage.where = where  # ``Learner.where``
     try:
         await learner.run(stop)
     finally:

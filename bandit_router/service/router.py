@@ -28,7 +28,7 @@ from bandit_router.errors import (
 )
 from bandit_router.features import AppValue, WordKey, extract
 from bandit_router.policies.base import Arm
-from bandit_router.policies.registry import parse_policy_spec
+from bandit_router.policies.registry import parse_policy_spec, runs_as
 from bandit_router.rewards import PART_FIELDS, RewardConfig, RewardParts
 from bandit_router.service.journal import Journal
 from bandit_router.service.learner import BATCH, Learner, Model, load_model, restore, wait_or_stop
@@ -122,6 +122,7 @@ class Router:
         self.words = words  # hashes the query's words; the same in every process of a deployment
         self._secret = secret  # the Redis word secret ``words`` comes from (not BANDIT_HASH_KEY)
         self._secret_differs = False  # Redis holds another: said once
+        self._policies_seen: set[str] = set()  # the learner's snapshots' policies: see refresh
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
         self.rewards = reward_config(settings)
@@ -142,9 +143,11 @@ class Router:
         learner.on_promoted = self.metrics.promoted
 
     @classmethod
-    async def open(cls, settings: Settings, store: Store) -> Router:
-        """Restore the newest snapshot plus the log after it; take the learner lease if free."""
+    async def open(cls, settings: Settings, store: Store, where: str = "") -> Router:
+        """Restore the newest snapshot plus the log after it; take the learner lease if free.
+        ``where``: whose lines the learner and the background jobs say (``Outage.where``)."""
         learner = Learner(settings, store, await load_model(store, settings))
+        learner.outage.where = where
         if settings.hash_key:
             secret, words = None, WordKey(settings.hash_key)
             await _say_if_a_secret_differs(store, settings.hash_key)
@@ -620,7 +623,33 @@ class Router:
         if snapshot is None or self.learner.leading:
             return False
         self.learner.model = restore(snapshot, parse_policy_spec(snapshot.policy), self.settings)
+        await self._say_if_another_policy(snapshot.policy)
         return True
+
+    async def _say_if_another_policy(self, policy: str) -> None:
+        """Said once per policy: the learner publishes ``policy``, which this process serves
+        from now on, though no admin switch or promotion set it (no policy override in Redis)
+        and this process's BANDIT_POLICY is another. The learner, a ``bandit-router learn`` or
+        another process, was started with another BANDIT_POLICY (as during a rolling restart
+        that changes it): this process's setting is not served, and nothing else says so."""
+        if policy in self._policies_seen:
+            return
+        own = parse_policy_spec(self.settings.policy)
+        with contextlib.suppress(ValueError):  # one refused since: restore() said it
+            if runs_as(parse_policy_spec(policy), self.settings) == runs_as(own, self.settings):
+                self._policies_seen.add(policy)
+                return
+        overridden = await self.store.policy_override()  # for every process: load_model says it
+        self._policies_seen.add(policy)
+        if overridden:
+            return
+        log.warning(
+            "serving policy %s, the learner's, not this process's BANDIT_POLICY %s: the learner "
+            "(bandit-router learn, or the process holding the lease) runs with another "
+            "BANDIT_POLICY; give every process of the deployment the same",
+            policy,
+            own,
+        )
 
     async def keep_word_secret(self) -> bool:
         """Put the word secret this process hashes words with back in Redis if it is gone (a

@@ -85,6 +85,7 @@ from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
     connect,
+    down,
     evalsha,
     refusal,
     slot_moving,
@@ -1108,6 +1109,6 @@ def _located(route: SlotRoute) -> Callable[[], Awaitable[aioredis.Redis]]:
         try:
             return await route.open()
         except (RedisError, OSError) as e:
-            raise StoreUnavailable(str(e) or type(e).__name__) from e
+            raise down(e) from e
 
     return open_

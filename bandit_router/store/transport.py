@@ -59,7 +59,7 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except DOWN as e:
             if route is not None:
                 route.lost()
-            raise StoreUnavailable(str(e) or type(e).__name__) from e
+            raise down(e) from e
         except ResponseError as e:
             refused = slot_moving(route, e) or refusal(e)
             if refused is None:
@@ -67,6 +67,18 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise refused from e
 
     return wrapper
+
+
+def down(error: BaseException) -> StoreUnavailable:
+    """A connection's failure as ``StoreUnavailable``. A Redis that refuses the credentials
+    is named as such: its own words (``HELLO must be called with the client already
+    authenticated`` when the URL gives no password) do not say what to change."""
+    if isinstance(error, AuthenticationError):
+        return StoreUnavailable(
+            f"Redis refuses the credentials of BANDIT_REDIS_URL (redis://[USER]:PASSWORD@HOST:"
+            f"PORT/DB), a password missing or wrong: {error}"
+        )
+    return StoreUnavailable(str(error) or type(error).__name__)
 
 
 def refusal(error: ResponseError) -> StoreUnavailable | None:
