@@ -254,10 +254,13 @@ SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
     [
         (
             ["simulate", str(SLICE), "--seeds", "0"],
-            "argument --seeds: 0 is out of range: 1 or more",
+            "argument --seeds: 0 is out of range: 1 to 1000",
         ),
         (["simulate", str(SLICE), "--seeds", "-2"], "argument --seeds: -2 is out of range"),
         (["simulate", str(SLICE), "--seeds", "two"], "argument --seeds: 'two' is not an integer"),
+        # Unbounded, 10**20 seeds ended in an OverflowError and 10**8 ran for days.
+        (["simulate", str(SLICE), "--seeds", str(10**20)], "argument --seeds: 1000000000000000"),
+        (["simulate", str(SLICE), "--seeds", "1001"], "--seeds: 1001 is out of range: 1 to 1000"),
         (["simulate", str(SLICE), "--first-seed", "-1"], "argument --first-seed: -1 is out of"),
         (["simulate", str(SLICE), "--limit", "0"], "argument --limit: 0 is out of range: 1 or"),
         (["simulate", str(SLICE), "--limit", "-1"], "argument --limit: -1 is out of range"),

@@ -86,6 +86,29 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
     assert "unknown arm 'llama2-7B'; valid: llama2-7b, llama2-13b" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # A traceback each, from the run's first steps (the spec passed the checks before it).
+        (["--policies", "fixed:"], "fixed:: names no arm (fixed:NAME or fixed:arm=NAME); valid"),
+        (["--policies", "mabwiser:alpha=-1"], "mabwiser: parameter alpha must be in [0, 100]"),
+        (["--policies", "mabwiser:dim=1e9"], "mabwiser: parameter dim must be in [12, 1024]"),
+        (["--policies", "mabwiser:l2_lambda=0"], "parameter l2_lambda must be in (0, 1000000]"),
+        (["--policies", "mabwiser:alpha=x"], "mabwiser: parameter alpha must be a number, got 'x'"),
+        # An empty table and exit code 0.
+        (["--policies", " , "], "--policies ' , ' names no policy"),
+        # Seeds past BANDIT_SEED's range, run as if they were in it.
+        (["--first-seed", "4294967295", "--seeds", "2"], "runs seeds past 4294967295"),
+    ],
+)
+def test_a_policy_list_or_seeds_that_cannot_run_are_refused_in_a_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _simulate(*args, "--no-skyline") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
 HASH_KEY = "shared by the service and the simulator"
 
 

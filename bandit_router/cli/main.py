@@ -399,11 +399,21 @@ def simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
+    if not names:
+        print(f"simulate: --policies {args.policies!r} names no policy", file=sys.stderr)
+        return 2
     if args.via is not None and (
         args.seeds != 1 or len(names) > 1 or args.warm_start or args.add_arm
     ):
         print(
             "simulate: --via replays one seed, cold, through the service's own policy",
+            file=sys.stderr,
+        )
+        return 2
+    if args.first_seed + args.seeds - 1 > SEED_MAX:
+        print(
+            f"simulate: --first-seed {args.first_seed} with --seeds {args.seeds} runs seeds past "
+            f"{SEED_MAX}, the last BANDIT_SEED takes",
             file=sys.stderr,
         )
         return 2
@@ -435,6 +445,10 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Seeds of one run: each replays every row once per policy, so a mistyped count (a million)
+# would run for days; the results behind the defaults used at most 40.
+MAX_SEEDS = 1000
+
 # After the service's own policy (BANDIT_POLICY), which leads the default list.
 _DEFAULT_POLICIES = "random,static,best-fixed,oracle"
 
@@ -452,7 +466,10 @@ def _add_simulate(sub: Any) -> None:
         "auto:champion=SPEC:challengers=SPEC+SPEC",
     )
     p.add_argument(
-        "--seeds", type=bounded_int(1), default=1, help="seeds, each its own row order (1 or more)"
+        "--seeds",
+        type=bounded_int(1, MAX_SEEDS),
+        default=1,
+        help=f"seeds, each its own row order, 1 to {MAX_SEEDS} (1)",
     )
     p.add_argument(
         "--first-seed",
