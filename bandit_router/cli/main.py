@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -211,14 +212,22 @@ def evaluate(args: argparse.Namespace) -> int:
 def _evaluation_json(records: Sequence[LoggedRecord], results: Results) -> str:
     import json
 
-    from bandit_router.offline.evaluate import logged_value
+    from bandit_router.offline.evaluate import MIN_PROPENSITY, clipped, logged_value
 
     table = {spec: {m: e.to_json() for m, e in r.items()} for spec, r in results.items()}
-    return json.dumps({"logged": logged_value(records).to_json(), "policies": table}, indent=2)
+    return json.dumps(
+        {
+            "logged": logged_value(records).to_json(),
+            "policies": table,
+            "clipped_events": clipped(records),
+            "min_propensity": MIN_PROPENSITY,
+        },
+        indent=2,
+    )
 
 
 def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
-    from bandit_router.offline.evaluate import METHODS, logged_value
+    from bandit_router.offline.evaluate import METHODS, MIN_PROPENSITY, clipped, logged_value
 
     lines = [
         f"{len(records)} events; the logging policy's mean reward: "
@@ -226,14 +235,26 @@ def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
         f"{'policy':<28}" + "".join(f"{m:>22}" for m in METHODS),
     ]
     for spec, estimates in results.items():
-        lines.append(f"{spec:<28}" + "".join(f"{_interval(estimates[m]):>22}" for m in METHODS))
+        lines.append(f"{spec:<28}" + "".join(f" {_interval(estimates[m]):>21}" for m in METHODS))
     lines.append("value [95% interval, normal approximation]; candidates replayed in time order,")
     lines.append("learning as they go; DR's reward model: per-arm ridge regression fitted online")
+    if count := clipped(records):
+        lines.append(
+            f"{count} of {len(records)} events logged a propensity below {MIN_PROPENSITY:g}, "
+            f"weighed as {MIN_PROPENSITY:g} (clipped IPS): a policy that picks their arms is "
+            "estimated low"
+        )
+    shown = (v for r in results.values() for e in r.values() for v in (e.value, e.low, e.high))
+    if not all(math.isfinite(v) for v in shown):
+        lines.append("-: no interval from one event, or no value (no logged arm the policy picks)")
     return "\n".join(lines)
 
 
 def _interval(e: Estimate) -> str:
-    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
+    def shown(v: float) -> str:
+        return f"{v:.3f}" if math.isfinite(v) else "-"
+
+    return f"{shown(e.value)} [{shown(e.low)}, {shown(e.high)}]"
 
 
 def _add_export_evaluate(sub: Any) -> None:
