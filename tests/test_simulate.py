@@ -95,6 +95,7 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
         (["--policies", "mabwiser:dim=1e9"], "mabwiser: parameter dim must be in [12, 1024]"),
         (["--policies", "mabwiser:l2_lambda=0"], "parameter l2_lambda must be in (0, 1000000]"),
         (["--policies", "mabwiser:alpha=x"], "mabwiser: parameter alpha must be a number, got 'x'"),
+        (["--policies", "mabwiser:dim=20.5"], "mabwiser: parameter dim must be an integer"),
         # An empty table and exit code 0.
         (["--policies", " , "], "--policies ' , ' names no policy"),
         # Seeds past BANDIT_SEED's range, run as if they were in it.
@@ -107,6 +108,16 @@ def test_a_policy_list_or_seeds_that_cannot_run_are_refused_in_a_line(
     assert _simulate(*args, "--no-skyline") == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("warm", ["0", "0.5"])
+def test_a_csv_stride_past_the_last_step_writes_its_row(warm: str, tmp_path: Path) -> None:
+    """--csv-every beyond the steps replayed ended in an IndexError after summary.json."""
+    args = ("--policies", "random", "--limit", "30", "--csv-every", "20", "--warm-start", warm)
+    assert _simulate(*args, "--no-plots", "--no-skyline", "--out", str(tmp_path)) == 0
+    with (tmp_path / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["20" if warm == "0" else "15"]
 
 
 HASH_KEY = "shared by the service and the simulator"

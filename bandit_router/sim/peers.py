@@ -40,7 +40,7 @@ def peer_params(spec: str) -> dict[str, float]:
             PEER_BOUNDS[key].check(key, params[key])
         except ValueError as e:
             raise ValueError(f"policy mabwiser: parameter {e}") from None
-    if not params["dim"].is_integer():
+    if not float(params["dim"]).is_integer():
         raise ValueError(f"policy mabwiser: parameter dim must be an integer, got {params['dim']}")
     return params
 
