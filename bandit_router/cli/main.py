@@ -506,7 +506,7 @@ def _add_simulate(sub: Any) -> None:
         "--csv-every",
         type=bounded_int(0),
         default=0,
-        help="steps.csv stride in steps (default 0: rows/1000)",
+        help="steps.csv stride in steps (default 0: rows/1000; past the last step: its row)",
     )
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
     p.add_argument("--no-skyline", action="store_true", help="skip the full-information skyline")

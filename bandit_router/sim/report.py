@@ -186,9 +186,11 @@ def steps(
     runs: Mapping[str, Sequence[Run]], arms: Sequence[str], stride: int = 1
 ) -> Iterator[dict[str, Any]]:
     """Per-step rolling values, averaged over seeds: running mean reward, windowed reward,
-    and windowed share of each arm; one row per policy every ``stride`` steps."""
+    and windowed share of each arm; one row per policy every ``stride`` steps (a stride past
+    the run's steps: the last step's row)."""
     for name, rs in runs.items():
         n = len(rs[0].reward)
+        stride = min(stride, n)
         w = window(n)
         t = np.arange(1, n + 1)
         running = np.mean([np.cumsum(r.reward) / t for r in rs], axis=0)
