@@ -110,6 +110,19 @@ def test_a_policy_list_or_seeds_that_cannot_run_are_refused_in_a_line(
     assert message in err and "Traceback" not in err, err
 
 
+def test_one_seed_gives_no_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One seed printed "± 0.0000" for every policy and the skyline, and wrote ci95 0."""
+    args = ("--policies", "random,static", "--seeds", "1", "--warm-start", "0.5", "--no-plots")
+    assert _simulate(*args, "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "± 0.0000" not in out and "random " in out, out
+    assert "one seed gives none" in out and "second-half reward" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["policies"]["random"]["ci95"] is None
+    assert summary["policies"]["random"]["first_1000_ci95"] is None
+    assert summary["skyline"]["ci95"] is None
+
+
 @pytest.mark.parametrize("warm", ["0", "0.5"])
 def test_a_csv_stride_past_the_last_step_writes_its_row(warm: str, tmp_path: Path) -> None:
     """--csv-every beyond the steps replayed ended in an IndexError after summary.json."""
