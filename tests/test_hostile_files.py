@@ -94,6 +94,11 @@ MANY_KEYS = {f"k{i}": i for i in range(Settings().max_features + 1)}
         (_changed(GOOD_ROW, "query", "caf\ud800"), "query holds a lone surrogate"),
         ({**GOOD_ROW, "context": MANY_KEYS}, r"context has 65 features.*BANDIT_MAX_FEATURES"),
         (DEEP, "nested too deeply"),
+        # json.loads keeps the last: replayed with a's second outcome, silently
+        (
+            '{"query": "q", "outcomes": {"a": {"accuracy": 1}, "a": {"accuracy": 0}}}',
+            "the key 'a' twice in one object",
+        ),
     ],
 )
 def test_a_hostile_replay_row_is_refused_by_its_line(
@@ -193,6 +198,7 @@ def test_simulate_refuses_a_context_number_that_would_poison_the_policies(
             "c.N plus c.C has 66 features.*BANDIT_MAX_FEATURES",
         ),
         (DEEP, "nested too deeply"),
+        (json.dumps(GOOD_EVENT)[:-1] + ', "_label_cost": -1}', "the key '_label_cost' twice"),
     ],
 )
 def test_train_refuses_a_hostile_dsjson_event_before_training(
