@@ -108,3 +108,17 @@ def test_a_bad_config_is_refused_in_a_line_and_nothing_written(
     assert not out.exists()
     assert generate.main([str(tmp_path / "missing.json"), str(out)]) == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_a_set_whose_file_is_missing_is_named_with_how_to_make_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The simulations' scripts (change_points, tabular, ...) ended in a FileNotFoundError
+    traceback for drift before `generate` was run, or for a misspelt set."""
+    from simulations import robust_eval
+
+    monkeypatch.setattr(robust_eval, "DRIFT", tmp_path / "drift.jsonl")
+    with pytest.raises(SystemExit, match=r"set 'drift': no .*simulations\.generate"):
+        next(robust_eval.replays(["drift"], ["default"]))
+    with pytest.raises(SystemExit, match=r"set 'nosuch': no .*the public sets are mmlu_pro_"):
+        next(robust_eval.replays(["mmlu_pro_llama2", "nosuch"], ["default"]))
