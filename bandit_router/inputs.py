@@ -39,13 +39,15 @@ class LineError(ValueError):
 def numbered_lines(f: IO[bytes]) -> Iterator[tuple[int, str | LineError]]:
     """Each line of ``f`` with its number, decoded; a line that is not UTF-8 comes as a
     ``LineError`` (the caller may skip it). A line over ``MAX_LINE_BYTES`` raises: the rest of it
-    is never read, so a file without newlines cannot exhaust memory."""
+    is never read, so a file without newlines cannot exhaust memory; so does a gzip file."""
     for number in itertools.count(1):
         raw = f.readline(MAX_LINE_BYTES + 1)
         if not raw:
             return
         if len(raw) > MAX_LINE_BYTES:
             raise LineError(number, f"longer than {MAX_LINE_BYTES} bytes, the limit of a line")
+        if number == 1 and raw.startswith(b"\x1f\x8b"):  # gzip's magic: every line would fail
+            raise LineError(number, "gzip-compressed; decompress it first (gunzip -k FILE)")
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:

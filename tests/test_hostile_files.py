@@ -5,6 +5,7 @@ traceback, an endless read, a poisoned model or a snapshot `restore` refuses."""
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import os
 import re
@@ -115,6 +116,19 @@ def test_invalid_utf8_names_its_line_and_can_be_skipped(tmp_path: Path) -> None:
     with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: not UTF-8"):
         dataset.read_rows(path)
     assert dataset.read_rows(path, skip_bad=True)[1] == 1
+
+
+def test_a_gzip_file_is_named_as_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was "line 1: not UTF-8 (invalid start byte at byte 1)", and with --skip-bad every
+    line of compressed bytes skipped, one by one."""
+    rows = tmp_path / "r.jsonl.gz"
+    rows.write_bytes(gzip.compress(json.dumps(GOOD_ROW).encode() + b"\n"))
+    with pytest.raises(dataset.ReplayError, match=r"r\.jsonl\.gz:1: gzip-compressed; decompress"):
+        dataset.read_rows(rows, skip_bad=True)
+    log = tmp_path / "log.json.gz"
+    log.write_bytes(gzip.compress(json.dumps(GOOD_EVENT).encode() + b"\n"))
+    assert main(["evaluate", str(log)]) == 2
+    assert "line 1: gzip-compressed; decompress it first" in capsys.readouterr().err
 
 
 def test_a_line_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path) -> None:
