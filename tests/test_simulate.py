@@ -98,6 +98,13 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
         (["--policies", "mabwiser:dim=20.5"], "mabwiser: parameter dim must be an integer"),
         # An empty table and exit code 0.
         (["--policies", " , "], "--policies ' , ' names no policy"),
+        # The last of the two ran, silently.
+        (["--add-arm", "llama2-7b@5", "--add-arm", "llama2-7b@9"], "llama2-7b is added twice"),
+        # Every arm offered until the first joined, against what --add-arm says.
+        (
+            ["--add-arm", "llama2-7b@5", "--add-arm", "llama2-13b@5", "--add-arm", "llama2-70b@9"],
+            "every arm joins after step 0; no arm could serve before",
+        ),
         # Seeds past BANDIT_SEED's range, run as if they were in it.
         (["--first-seed", "4294967295", "--seeds", "2"], "runs seeds past 4294967295"),
     ],

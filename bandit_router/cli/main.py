@@ -405,11 +405,18 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
         fixed_spec(name.removeprefix(replay.COLD), prepared)  # a misspelt arm fails here
-    for arm, _ in args.add_arm or []:
+    added: dict[str, int] = {}
+    for arm, step in args.add_arm or []:
         if arm not in prepared.arm_index:
             raise ValueError(
                 f"--add-arm: unknown arm {arm!r}; valid: {', '.join(prepared.arm_index)}"
             )
+        if arm in added:  # the last would win, silently
+            raise ValueError(f"--add-arm: {arm} is added twice (at {added[arm]} and {step})")
+        added[arm] = step
+    if added and all(added.get(arm, 0) > 0 for arm in prepared.arm_index):
+        # the replay would offer every arm until one joins, against what --add-arm says
+        raise ValueError("--add-arm: every arm joins after step 0; no arm could serve before")
     return prepared
 
 
