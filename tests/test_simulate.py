@@ -130,6 +130,20 @@ def test_one_seed_gives_no_interval(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert summary["skyline"]["ci95"] is None
 
 
+def test_a_file_where_every_reward_is_0_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The best fixed arm earned 0: "vs best-fixed" ended the run in a ZeroDivisionError."""
+    row = {"query": "q", "outcomes": {"a": {"accuracy": 0}, "b": {"accuracy": 0}}}
+    path = tmp_path / "zero.jsonl"
+    path.write_text((json.dumps(row) + "\n") * 30)
+    args = ["--policies", "random,best-fixed", "--seeds", "2", "--out", str(tmp_path / "out")]
+    assert main(["simulate", str(path), *args, "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "best fixed arm a 0.0000" in out and "nan" not in out.lower(), out
+    assert (tmp_path / "out" / "summary.json").exists()
+
+
 @pytest.mark.parametrize("warm", ["0", "0.5"])
 def test_a_csv_stride_past_the_last_step_writes_its_row(warm: str, tmp_path: Path) -> None:
     """--csv-every beyond the steps replayed ended in an IndexError after summary.json."""

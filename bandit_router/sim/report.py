@@ -224,6 +224,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _versus(value: float, best: float) -> str:
+    """``value``'s relative difference from the best fixed arm's; a dash when that earned
+    nothing (every reward 0), where no ratio exists."""
+    return f"{100 * (value / best - 1):+.2f}%" if best > 0 else "-"
+
+
 def table(result: Mapping[str, Any]) -> str:
     """The terminal table: one line per policy, then the references."""
     arms = result["arms"]
@@ -237,7 +243,7 @@ def table(result: Mapping[str, Any]) -> str:
         share = "/".join(f"{p['arm_share'][a]:.2f}" for a in arms)
         lines.append(
             f"{name:<28} {p['mean_reward']:>8.4f} {_pm(p['ci95']):<8} "
-            f"{100 * (p['mean_reward'] / best - 1):>+12.2f}% {_fmt(p['accuracy'], '.3f'):>8} "
+            f"{_versus(p['mean_reward'], best):>13} {_fmt(p['accuracy'], '.3f'):>8} "
             f"{_fmt(p['latency_ms'], '.0f'):>8} {_fmt(p['cost_usd'], '.2e'):>9} "
             f"{p['regret_best_fixed']:>9.4f} {p['regret_oracle']:>9.4f} "
             f"{p['second_half_reward']:>8.4f}  {share}"
