@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -186,6 +187,21 @@ def test_via_the_service_gives_the_same_numbers(
     local = json.loads((tmp_path / "local" / "summary.json").read_text())["policies"][policy]
     assert via["mean_reward"] == pytest.approx(local["mean_reward"], abs=1e-9)
     assert via["arm_share"] == local["arm_share"]
+
+
+def test_via_a_service_that_is_not_there_is_said_in_a_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A closed port ended in ConnectionRefusedError's traceback, a bad URL in ValueError's."""
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert _simulate("--via", url, "--limit", "5", "--no-skyline") == 1
+    err = capsys.readouterr().err
+    assert f"simulate: --via {url}: [Errno 111] Connection refused" in err, err
+    assert _simulate("--via", "localhost:8000", "--limit", "5") == 1
+    err = capsys.readouterr().err
+    assert "--via must be an http(s) URL, got 'localhost:8000'" in err and "Traceback" not in err
 
 
 def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_path: Path) -> None:

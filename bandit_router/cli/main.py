@@ -427,7 +427,7 @@ def simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
-    if not names:
+    if not names and args.via is None:  # --via replays the service's own policy
         print(f"simulate: --policies {args.policies!r} names no policy", file=sys.stderr)
         return 2
     if args.via is not None and (
@@ -450,7 +450,19 @@ def simulate(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
-    runs = _simulate_runs(args, names, prepared, settings)
+    if args.via is None:
+        runs = _simulate_runs(args, names, prepared, settings)
+    else:
+        import http.client
+
+        from bandit_router.sim.replay_http import ServiceError
+
+        try:
+            runs = _simulate_runs(args, names, prepared, settings)
+        except (OSError, ValueError, http.client.HTTPException, ServiceError) as e:
+            # a service that is down, answers an error or is no service: said in a line
+            print(f"simulate: --via {args.via}: {e or type(e).__name__}", file=sys.stderr)
+            return 1
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     meta = {
         "replay": str(args.replay),
