@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay, report
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--sets", default=",".join([*SETS, "drift"]))
     parser.add_argument("--rewards", default=",".join(REWARDS))
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=5)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import (
+    MAX_SEEDS,
     SEED_MAX,
     add_commands,
     add_deployment,
@@ -484,10 +485,6 @@ def simulate(args: argparse.Namespace) -> int:
         _simulate_write(Path(args.out), result, runs, args)
     return 0
 
-
-# Seeds of one run: each replays every row once per policy, so a mistyped count (a million)
-# would run for days; the results behind the defaults used at most 40.
-MAX_SEEDS = 1000
 
 # After the service's own policy (BANDIT_POLICY), which leads the default list.
 _DEFAULT_POLICIES = "random,static,best-fixed,oracle"
