@@ -152,6 +152,10 @@ def test_a_replay_arm_file_entry_is_checked(tmp_path: Path) -> None:
     arms.write_text(json.dumps({"arms": [{"name": "a", "params_b": "huge"}]}))
     with pytest.raises(dataset.ReplayError, match=r"arms\[0\] params_b must be a number"):
         dataset.load(rows, arms)
+    # Loaded, an arm listed twice had two columns: simulate's shares "1.00/1.00/0.00".
+    arms.write_text(json.dumps({"arms": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}))
+    with pytest.raises(dataset.ReplayError, match=r"\(arms\[2\] name 'a' is listed twice\)"):
+        dataset.load(rows, arms)
 
 
 def test_train_names_a_replay_row_and_says_how_the_file_was_read(

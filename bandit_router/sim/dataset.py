@@ -133,9 +133,14 @@ def read_arms(path: Path | None, rows: Iterable[Row]) -> list[Arm]:
                 inputs.arm(f"arms[{i}]", a["name"], a.get("params_b"), a.get("usd_per_mtok"))
                 for i, a in enumerate(data["arms"])
             ]
+            names = [a.name for a in arms]
+            for i, name in enumerate(names):  # each arm's column would be counted twice
+                if name in names[:i]:
+                    raise ValueError(f"arms[{i}] name {name!r} is listed twice")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            said = str(e) if isinstance(e, ValueError | OSError) else repr(e)
             raise ReplayError(
-                f"{path}: not an arms file ({e!r}); expected {{'arms': [...]}}"
+                f"{path}: not an arms file ({said}); expected {{'arms': [...]}}"
             ) from e
     known = {a.name for a in arms}
     for row in rows:
