@@ -97,6 +97,8 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
         (["--policies", "mabwiser:l2_lambda=0"], "parameter l2_lambda must be in (0, 1000000]"),
         (["--policies", "mabwiser:alpha=x"], "mabwiser: parameter alpha must be a number, got 'x'"),
         (["--policies", "mabwiser:dim=20.5"], "mabwiser: parameter dim must be an integer"),
+        # One row, the second run's.
+        (["--policies", "random,static,random"], "--policies lists random twice"),
         # An empty table and exit code 0.
         (["--policies", " , "], "--policies ' , ' names no policy"),
         # The last of the two ran, silently.

@@ -431,6 +431,12 @@ def simulate(args: argparse.Namespace) -> int:
     if not names and args.via is None:  # --via replays the service's own policy
         print(f"simulate: --policies {args.policies!r} names no policy", file=sys.stderr)
         return 2
+    if not args.policies:  # the default list: BANDIT_POLICY may be one of the references
+        names = list(dict.fromkeys(names))
+    if twice := [name for i, name in enumerate(names) if name in names[:i]]:
+        # the runs are keyed by name: the second would replace the first's row
+        print(f"simulate: --policies lists {twice[0]} twice", file=sys.stderr)
+        return 2
     if args.via is not None and (
         args.seeds != 1 or len(names) > 1 or args.warm_start or args.add_arm
     ):
