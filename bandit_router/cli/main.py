@@ -401,7 +401,7 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     )
     try:
         words = dataset.replay_words(settings.hash_key)
-        prepared = dataset.prepare(data, reward_config(settings), words)
+        prepared = dataset.prepare(data, reward_config(settings), words, args.skip_bad)
     except dataset.ReplayError as e:
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
