@@ -39,13 +39,15 @@ class LineError(ValueError):
 def numbered_lines(f: IO[bytes]) -> Iterator[tuple[int, str | LineError]]:
     """Each line of ``f`` with its number, decoded; a line that is not UTF-8 comes as a
     ``LineError`` (the caller may skip it). A line over ``MAX_LINE_BYTES`` raises: the rest of it
-    is never read, so a file without newlines cannot exhaust memory."""
+    is never read, so a file without newlines cannot exhaust memory; so does a gzip file."""
     for number in itertools.count(1):
         raw = f.readline(MAX_LINE_BYTES + 1)
         if not raw:
             return
         if len(raw) > MAX_LINE_BYTES:
             raise LineError(number, f"longer than {MAX_LINE_BYTES} bytes, the limit of a line")
+        if number == 1 and raw.startswith(b"\x1f\x8b"):  # gzip's magic: every line would fail
+            raise LineError(number, "gzip-compressed; decompress it first (gunzip -k FILE)")
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -63,10 +65,22 @@ def read_bounded(f: IO[bytes], what: str) -> str:
         raise ValueError(f"{what} is not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique: ``json.loads`` keeps the last of a repeated key, so a
+    row naming an arm twice in ``outcomes`` would be replayed with one outcome, silently."""
+    table = dict(pairs)
+    if len(table) < len(pairs):
+        keys = [key for key, _ in pairs]
+        twice = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise ValueError(f"the key {_show(twice)} twice in one object")
+    return table
+
+
 def parse_json(text: str) -> Any:
-    """``json.loads`` whose every failure is a ``ValueError`` saying what is wrong."""
+    """``json.loads`` whose every failure is a ``ValueError`` saying what is wrong; an object
+    with a repeated key is refused."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e.msg})") from None
     except RecursionError:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.policies.base import Policy
 from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
 from bandit_router.policies.vw import VWPolicy
@@ -82,7 +83,7 @@ def play(spec: str, settings: Settings, prepared: Prepared, seed: int, mode: str
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", default=["squarecb"])
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=10)
     parser.add_argument("--sets", default="drift")
     args = parser.parse_args(argv)
     print(

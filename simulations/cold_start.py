@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.sim import dataset, report
 from bandit_router.sim.hindsight import BestContextStepper
 from bandit_router.sim.peers import skyline
@@ -184,7 +185,7 @@ def _pct(value: float, reference: float) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=40)
     parser.add_argument("--sets", default=",".join(SETS))
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))

@@ -71,6 +71,84 @@ def rows(config: Config) -> Iterator[dict[str, Any]]:
         }
 
 
+def _need(ok: bool, where: str, what: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{where} must be {what}, got {json.dumps(value)[:60]}")
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and np.isfinite(value)
+
+
+def check(config: Any) -> None:
+    """Raise ``ValueError`` naming the first key of ``config`` that ``rows`` could not use (a
+    KeyError or a numpy error mid-file before), so nothing is written for a bad config."""
+    _need(isinstance(config, dict), "the config", "an object", config)
+    _need(isinstance(config.get("name"), str), "name", "a string", config.get("name"))
+    _need(type(config.get("seed", 0)) is int, "seed", "an integer", config.get("seed"))
+    rows_ = config.get("rows")
+    _need(type(rows_) is int and 1 <= rows_ <= 10_000_000, "rows", "1..10000000", rows_)
+    words = config.get("words")
+    _need(
+        isinstance(words, list) and len(words) >= 2 and all(isinstance(w, str) for w in words),
+        "words",
+        "an array of 2 or more strings",
+        words,
+    )
+    _check_arms(config.get("arms"))
+    _check_categories(config.get("categories"))
+    _check_phases(config.get("phases"), {a["name"] for a in config["arms"]}, config["categories"])
+
+
+def _check_arms(arms: Any) -> None:
+    _need(isinstance(arms, list) and bool(arms), "arms", "a non-empty array", arms)
+    for i, arm in enumerate(arms):
+        ok = isinstance(arm, dict) and isinstance(arm.get("name"), str)
+        _need(ok, f"arms[{i}]", "an object with a name", arm)
+        for key in ("usd_per_mtok", "ttft_ms", "ms_per_token"):
+            value = arm.get(key)
+            _need(_number(value) and value >= 0, f"arms[{i}].{key}", "a number >= 0", value)
+
+
+def _check_categories(categories: Any) -> None:
+    ok = isinstance(categories, dict) and bool(categories)
+    _need(ok, "categories", "a non-empty object", categories)
+    for name, c in categories.items():
+        where = f"categories.{name}"
+        _need(isinstance(c, dict), where, "an object", c)
+        for key in ("share", "tokens"):
+            value = c.get(key)
+            _need(_number(value) and value > 0, f"{where}.{key}", "a number > 0", value)
+        templates = c.get("templates")
+        ok = isinstance(templates, list) and all(isinstance(t, str) for t in templates)
+        _need(ok and bool(templates), f"{where}.templates", "a non-empty array of texts", templates)
+        for t in templates:
+            try:
+                t.format(a="a", b="b", n=2, m=3)
+            except (KeyError, IndexError, ValueError):
+                _need(False, f"{where}.templates", "texts with no field but {a} {b} {n} {m}", t)
+
+
+def _check_phases(phases: Any, arms: set[str], categories: Config) -> None:
+    _need(isinstance(phases, list) and bool(phases), "phases", "a non-empty array", phases)
+    for i, phase in enumerate(phases):
+        where = f"phases[{i}]"
+        ok = isinstance(phase, dict) and isinstance(phase.get("name"), str)
+        _need(ok, where, "an object with a name", phase)
+        start = phase.get("start")
+        _need(type(start) is int and start >= 0, f"{where}.start", "an integer >= 0", start)
+        accuracy = phase.get("accuracy")
+        ok = isinstance(accuracy, dict) and bool(accuracy)
+        _need(ok, f"{where}.accuracy", "a non-empty object, arm -> task -> accuracy", accuracy)
+        for arm, table in accuracy.items():
+            at = f"{where}.accuracy.{arm}"
+            _need(arm in arms, at, f"one of the arms {sorted(arms)}", arm)
+            _need(isinstance(table, dict), at, "an object", table)
+            for cat in categories:
+                value = table.get(cat)
+                _need(_number(value) and 0 <= value <= 1, f"{at}.{cat}", "in [0, 1]", value)
+
+
 def arms_file(config: Config) -> dict[str, Any]:
     """The arms file of the scenario: name, size and price of every arm."""
     keys = ("name", "params_b", "usd_per_mtok")
@@ -79,7 +157,11 @@ def arms_file(config: Config) -> dict[str, Any]:
 
 def write(config_path: Path, out: Path) -> tuple[Path, Path]:
     """Write ``out`` (the replay file) and its ``.arms.json`` beside it."""
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: not JSON ({e})") from None
+    check(config)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for row in rows(config):
@@ -94,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", type=Path, help="scenario config (simulations/scenarios/*.json)")
     parser.add_argument("out", type=Path, help="replay file to write (.jsonl)")
     args = parser.parse_args(argv)
-    replay, arms = write(args.config, args.out)
+    try:
+        replay, arms = write(args.config, args.out)
+    except (OSError, ValueError) as e:
+        print(f"generate: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {replay} and {arms}", file=sys.stderr)
     return 0
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.sim import replay, report
 from bandit_router.sim.hindsight import best_fixed_arm
 from simulations.robust_eval import REWARDS, SETS, replays, reward_names
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--rewards", default=",".join(REWARDS))
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=10)
     args = parser.parse_args(argv)
     rewards = reward_names(parser, args.rewards)
     print(f"Last sixth of each run, {args.seeds} shuffled seeds; a seed is locked when a worse")

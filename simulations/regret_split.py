@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.policies.registry import build_policy
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, report
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--rewards", default=",".join(REWARDS))
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=10)
     parser.add_argument("--by", default="", help="an app fact: where the late greedy loss goes")
     parser.add_argument("--cells", type=int, default=12, help="with --by: how many cells a pair")
     args = parser.parse_args(argv)

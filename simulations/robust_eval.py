@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay, report
@@ -62,13 +63,30 @@ def replay_sets(names: Sequence[str]) -> list[tuple[str, Path, Path, bool]]:
     return out
 
 
+def existing_sets(names: Sequence[str]) -> list[tuple[str, Path, Path, bool]]:
+    """``replay_sets``, each file checked first: a missing one ends the run saying where it was
+    looked for and how to make it (a FileNotFoundError traceback before, after any set before
+    it had run)."""
+    sets = replay_sets(names)
+    for name, path, _, _ in sets:
+        if not path.is_file():
+            hint = {
+                "drift": f"python -m simulations.generate simulations/scenarios/drift.json {DRIFT}"
+            }.get(name, "python -m simulations.compose (for its sets)")
+            raise SystemExit(
+                f"set {name!r}: no {path} (nor in {DATA}); the public sets are "
+                f"{', '.join(SETS)}; make the others with `{hint}`, from the repository"
+            )
+    return sets
+
+
 def replays(
     sets: Sequence[str], rewards: Sequence[str], limit: int | None = None
 ) -> Iterator[tuple[str, str, bool, Settings, Prepared]]:
     """Each set under each reward setting (a name of ``REWARDS`` or ``SHAPES``): the set's name,
     the setting's, whether it replays in time order, the run's settings and the prepared replay.
     Each file is read once."""
-    for name, path, arms, in_order in replay_sets(sets):
+    for name, path, arms, in_order in existing_sets(sets):
         loaded = dataset.load(path, arms, limit=limit)
         for setting in rewards:
             settings = Settings(**{**REWARDS, **SHAPES}[setting])  # type: ignore[arg-type]
@@ -171,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--sets", default=",".join([*SETS, "drift"]))
     parser.add_argument("--rewards", default=",".join(REWARDS))
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=5)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.sim import dataset, replay
 from simulations.cold_start import play
 from simulations.robust_eval import REWARDS, SETS, replays
@@ -90,7 +91,7 @@ def _events(n: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=5)
     parser.add_argument("--sets", default=",".join(SETS))
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))

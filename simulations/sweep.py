@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay, report
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("replay", type=Path)
     parser.add_argument("specs", nargs="+", help="policy specs, as for simulate --policies")
     parser.add_argument("--arms", type=Path)
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=4)
     parser.add_argument("--in-order", action="store_true")
     args = parser.parse_args(argv)
     settings = Settings()

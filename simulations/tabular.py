@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from bandit_router.cli.commands import MAX_SEEDS, bounded_int
 from bandit_router.sim import dataset, report
 from bandit_router.sim.hindsight import BestContextStepper, context_key
 from simulations.robust_eval import REWARDS, SETS, replays
@@ -119,7 +120,7 @@ def restarted(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--seeds", type=bounded_int(1, MAX_SEEDS), default=40)
     parser.add_argument("--sets", default=",".join([*SETS, "drift"]))
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))

@@ -324,8 +324,13 @@ def test_simulator_auto_syntax() -> None:
     for bad in ("auto:champion", "auto:foo=1", "automatic", "auto:challengers=nope"):
         with pytest.raises(ValueError):
             parse_auto(bad, settings)
-    with pytest.raises(ValueError, match="no challenger"):
+    with pytest.raises(ValueError, match=r"no challenger \(BANDIT_CHALLENGERS is empty\)"):
         parse_auto("auto", Settings(policy="squarecb"))
+    # It said "BANDIT_CHALLENGERS is empty" for challengers named in the spec too.
+    with pytest.raises(ValueError, match=r"no challenger \(every challenger is the champion lin"):
+        parse_auto("auto:champion=linucb:challengers=linucb", settings)
+    with pytest.raises(ValueError, match=r"no challenger \(challengers= names none\)"):
+        parse_auto("auto:champion=linucb:challengers=", settings)
 
 
 def _replay(n: int, seed: int) -> Prepared:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -280,10 +281,13 @@ SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
     [
         (
             ["simulate", str(SLICE), "--seeds", "0"],
-            "argument --seeds: 0 is out of range: 1 or more",
+            "argument --seeds: 0 is out of range: 1 to 1000",
         ),
         (["simulate", str(SLICE), "--seeds", "-2"], "argument --seeds: -2 is out of range"),
         (["simulate", str(SLICE), "--seeds", "two"], "argument --seeds: 'two' is not an integer"),
+        # Unbounded, 10**20 seeds ended in an OverflowError and 10**8 ran for days.
+        (["simulate", str(SLICE), "--seeds", str(10**20)], "argument --seeds: 1000000000000000"),
+        (["simulate", str(SLICE), "--seeds", "1001"], "--seeds: 1001 is out of range: 1 to 1000"),
         (["simulate", str(SLICE), "--first-seed", "-1"], "argument --first-seed: -1 is out of"),
         (["simulate", str(SLICE), "--limit", "0"], "argument --limit: 0 is out of range: 1 or"),
         (["simulate", str(SLICE), "--limit", "-1"], "argument --limit: -1 is out of range"),
@@ -306,3 +310,30 @@ def test_numeric_options_out_of_range_are_refused_before_any_work(
     err = capsys.readouterr().err
     assert message in err
     assert f"usage: bandit-router {args[0]}" in err
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "change_points",
+        "cold_start",
+        "full_feedback",
+        "locks",
+        "regret_split",
+        "robust_eval",
+        "selector_power",
+        "sweep",
+        "tabular",
+    ],
+)
+def test_the_simulations_scripts_bound_their_seeds(
+    script: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--seeds 0 ended robust_eval in numpy's "need at least one array to concatenate" after
+    reading the set, and any count ran: these scripts replay every row per seed."""
+    module = importlib.import_module(f"simulations.{script}")
+    for seeds in ("0", "1001"):
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--seeds", seeds, "x"] + (["y"] if script == "sweep" else []))
+        assert exit_.value.code == 2
+        assert f"argument --seeds: {seeds} is out of range: 1 to 1000" in capsys.readouterr().err

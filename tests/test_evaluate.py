@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bandit_router.cli.main import main
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.offline.evaluate import (
     LoggedRecord,
     baseline_specs,
+    clipped,
     estimate_policies,
     logged_value,
     normalize_spec,
     record_from_event,
     target_pmfs,
 )
+from bandit_router.offline.export import to_dsjson
 from bandit_router.policies.base import Arm
 from bandit_router.store.records import Event
 
@@ -152,3 +160,55 @@ def test_records_come_straight_from_store_events() -> None:
     results = estimate_policies([record, record], ["fixed:gone", "static"])
     assert results["fixed:gone"]["ips"].value == 2.0  # w = 1 / 0.5, reward 1
     assert results["static"]["snips"].n == 2
+
+
+def _event(r: LoggedRecord) -> Event:
+    """The store event a record comes from, for writing it as ``export`` does."""
+    decision: dict[str, Any] = {
+        "event_id": r.event_id,
+        "features": r.x.to_json(),
+        "arms": [arm.name for arm in r.arms],
+        "arm": r.arm,
+        "probability": r.probability,
+        "probabilities": {arm.name: 1 / len(r.arms) for arm in r.arms} | {r.arm: r.probability},
+        "policy": "random",
+        "model_version": 0,
+        "ts": 1.8e9 + r.ts,
+    }
+    return Event("1-0", decision, {"reward": r.reward})
+
+
+@pytest.mark.parametrize("tiny", [1e-12, 1e-300, 5e-324])
+def test_a_tiny_logged_propensity_is_clipped_and_counted(
+    tiny: float, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One event of 300 logged at ``tiny``: IPS was 1.2e9 (1e-12), 1e122 (1e-300) or inf and
+    SNIPS nan (5e-324), and the table printed them."""
+    records = synthetic_log(300, 1, UNIFORM)
+    records[10] = replace(records[10], probability=tiny)
+    assert clipped(records) == 1
+    for estimates in estimate_policies(records, ["random", "fixed:4b"]).values():
+        for e in estimates.values():
+            assert all(math.isfinite(v) for v in (e.value, e.low, e.high)), estimates
+    log = tmp_path / "log.dsjson"
+    arms = {arm.name: arm for arm in ARMS}
+    log.write_text("".join(json.dumps(to_dsjson(_event(r), arms)) + "\n" for r in records))
+    assert main(["evaluate", str(log), "--policies", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 300 events logged a propensity below 1e-06, weighed as 1e-06" in out
+    assert "nan" not in out and "inf" not in out, out
+    assert main(["evaluate", str(log), "--policies", "random", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["clipped_events"] == 1
+
+
+def test_one_event_prints_no_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No interval from one event, and SNIPS has no value for a policy that never picks the
+    logged arm: the table printed "nan [nan, nan]"."""
+    record = synthetic_log(1, 1, UNIFORM)[0]
+    fixed = next(a.name for a in ARMS if a.name != record.arm)
+    log = tmp_path / "log.dsjson"
+    log.write_text(json.dumps(to_dsjson(_event(record), {a.name: a for a in ARMS})) + "\n")
+    assert main(["evaluate", str(log), "--policies", f"random,fixed:{fixed}"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and f"fixed:{fixed}" in out, out
+    assert "-: no interval from one event, or no value" in out

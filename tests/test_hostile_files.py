@@ -5,6 +5,7 @@ traceback, an endless read, a poisoned model or a snapshot `restore` refuses."""
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import os
 import re
@@ -94,6 +95,11 @@ MANY_KEYS = {f"k{i}": i for i in range(Settings().max_features + 1)}
         (_changed(GOOD_ROW, "query", "caf\ud800"), "query holds a lone surrogate"),
         ({**GOOD_ROW, "context": MANY_KEYS}, r"context has 65 features.*BANDIT_MAX_FEATURES"),
         (DEEP, "nested too deeply"),
+        # json.loads keeps the last: replayed with a's second outcome, silently
+        (
+            '{"query": "q", "outcomes": {"a": {"accuracy": 1}, "a": {"accuracy": 0}}}',
+            "the key 'a' twice in one object",
+        ),
     ],
 )
 def test_a_hostile_replay_row_is_refused_by_its_line(
@@ -110,6 +116,19 @@ def test_invalid_utf8_names_its_line_and_can_be_skipped(tmp_path: Path) -> None:
     with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: not UTF-8"):
         dataset.read_rows(path)
     assert dataset.read_rows(path, skip_bad=True)[1] == 1
+
+
+def test_a_gzip_file_is_named_as_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was "line 1: not UTF-8 (invalid start byte at byte 1)", and with --skip-bad every
+    line of compressed bytes skipped, one by one."""
+    rows = tmp_path / "r.jsonl.gz"
+    rows.write_bytes(gzip.compress(json.dumps(GOOD_ROW).encode() + b"\n"))
+    with pytest.raises(dataset.ReplayError, match=r"r\.jsonl\.gz:1: gzip-compressed; decompress"):
+        dataset.read_rows(rows, skip_bad=True)
+    log = tmp_path / "log.json.gz"
+    log.write_bytes(gzip.compress(json.dumps(GOOD_EVENT).encode() + b"\n"))
+    assert main(["evaluate", str(log)]) == 2
+    assert "line 1: gzip-compressed; decompress it first" in capsys.readouterr().err
 
 
 def test_a_line_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path) -> None:
@@ -132,6 +151,10 @@ def test_a_replay_arm_file_entry_is_checked(tmp_path: Path) -> None:
     arms = tmp_path / "r.arms.json"
     arms.write_text(json.dumps({"arms": [{"name": "a", "params_b": "huge"}]}))
     with pytest.raises(dataset.ReplayError, match=r"arms\[0\] params_b must be a number"):
+        dataset.load(rows, arms)
+    # Loaded, an arm listed twice had two columns: simulate's shares "1.00/1.00/0.00".
+    arms.write_text(json.dumps({"arms": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}))
+    with pytest.raises(dataset.ReplayError, match=r"\(arms\[2\] name 'a' is listed twice\)"):
         dataset.load(rows, arms)
 
 
@@ -193,6 +216,7 @@ def test_simulate_refuses_a_context_number_that_would_poison_the_policies(
             "c.N plus c.C has 66 features.*BANDIT_MAX_FEATURES",
         ),
         (DEEP, "nested too deeply"),
+        (json.dumps(GOOD_EVENT)[:-1] + ', "_label_cost": -1}', "the key '_label_cost' twice"),
     ],
 )
 def test_train_refuses_a_hostile_dsjson_event_before_training(

@@ -135,6 +135,21 @@ def test_an_outcome_the_weights_cannot_score_is_named(tmp_path: Path) -> None:
         dataset.prepare(data, RewardConfig({"accuracy": 1.0}))
 
 
+def test_skip_bad_skips_a_row_the_weights_cannot_score(tmp_path: Path) -> None:
+    """--skip-bad skipped a malformed row but not one with an outcome the weights cannot
+    score: the run stopped on it all the same."""
+    scored = {"query": "q", "outcomes": {"a": {"accuracy": 1.0}, "b": {"accuracy": 0.0}}}
+    data = dataset.load(_write(tmp_path / "r.jsonl", [scored, GOOD, scored]))
+    weights = RewardConfig({"accuracy": 1.0})
+    with pytest.raises(dataset.ReplayError, match=r"line 2: .*\(use --skip-bad to skip\)"):
+        dataset.prepare(data, weights)
+    prepared = dataset.prepare(data, weights, skip_bad=True)
+    assert [row.line for row in prepared.replay.rows] == [1, 3]
+    assert prepared.replay.skipped == 1 and prepared.table.tolist() == [[1.0, 0.0]] * 2
+    with pytest.raises(dataset.ReplayError, match="no usable rows"):
+        dataset.prepare(dataset.load(_write(tmp_path / "s.jsonl", [GOOD])), weights, skip_bad=True)
+
+
 def test_the_ci_is_students_t_for_every_number_of_seeds() -> None:
     """The 95% CI over seeds takes Student's t with n - 1 degrees of freedom, not the normal
     1.96 from 11 seeds on (30 seeds: 2.045, 4% wider)."""

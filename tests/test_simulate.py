@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,6 +87,76 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
     assert "unknown arm 'llama2-7B'; valid: llama2-7b, llama2-13b" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # A traceback each, from the run's first steps (the spec passed the checks before it).
+        (["--policies", "fixed:"], "fixed:: names no arm (fixed:NAME or fixed:arm=NAME); valid"),
+        (["--policies", "mabwiser:alpha=-1"], "mabwiser: parameter alpha must be in [0, 100]"),
+        (["--policies", "mabwiser:dim=1e9"], "mabwiser: parameter dim must be in [12, 1024]"),
+        (["--policies", "mabwiser:l2_lambda=0"], "parameter l2_lambda must be in (0, 1000000]"),
+        (["--policies", "mabwiser:alpha=x"], "mabwiser: parameter alpha must be a number, got 'x'"),
+        (["--policies", "mabwiser:dim=20.5"], "mabwiser: parameter dim must be an integer"),
+        # One row, the second run's.
+        (["--policies", "random,static,random"], "--policies lists random twice"),
+        # An empty table and exit code 0.
+        (["--policies", " , "], "--policies ' , ' names no policy"),
+        # The last of the two ran, silently.
+        (["--add-arm", "llama2-7b@5", "--add-arm", "llama2-7b@9"], "llama2-7b is added twice"),
+        # Every arm offered until the first joined, against what --add-arm says.
+        (
+            ["--add-arm", "llama2-7b@5", "--add-arm", "llama2-13b@5", "--add-arm", "llama2-70b@9"],
+            "every arm joins after step 0; no arm could serve before",
+        ),
+        # Seeds past BANDIT_SEED's range, run as if they were in it.
+        (["--first-seed", "4294967295", "--seeds", "2"], "runs seeds past 4294967295"),
+    ],
+)
+def test_a_policy_list_or_seeds_that_cannot_run_are_refused_in_a_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _simulate(*args, "--no-skyline") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_one_seed_gives_no_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One seed printed "± 0.0000" for every policy and the skyline, and wrote ci95 0."""
+    args = ("--policies", "random,static", "--seeds", "1", "--warm-start", "0.5", "--no-plots")
+    assert _simulate(*args, "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "± 0.0000" not in out and "random " in out, out
+    assert "one seed gives none" in out and "second-half reward" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["policies"]["random"]["ci95"] is None
+    assert summary["policies"]["random"]["first_1000_ci95"] is None
+    assert summary["skyline"]["ci95"] is None
+
+
+def test_a_file_where_every_reward_is_0_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The best fixed arm earned 0: "vs best-fixed" ended the run in a ZeroDivisionError."""
+    row = {"query": "q", "outcomes": {"a": {"accuracy": 0}, "b": {"accuracy": 0}}}
+    path = tmp_path / "zero.jsonl"
+    path.write_text((json.dumps(row) + "\n") * 30)
+    args = ["--policies", "random,best-fixed", "--seeds", "2", "--out", str(tmp_path / "out")]
+    assert main(["simulate", str(path), *args, "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "best fixed arm a 0.0000" in out and "nan" not in out.lower(), out
+    assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("warm", ["0", "0.5"])
+def test_a_csv_stride_past_the_last_step_writes_its_row(warm: str, tmp_path: Path) -> None:
+    """--csv-every beyond the steps replayed ended in an IndexError after summary.json."""
+    args = ("--policies", "random", "--limit", "30", "--csv-every", "20", "--warm-start", warm)
+    assert _simulate(*args, "--no-plots", "--no-skyline", "--out", str(tmp_path)) == 0
+    with (tmp_path / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["20" if warm == "0" else "15"]
+
+
 HASH_KEY = "shared by the service and the simulator"
 
 
@@ -118,6 +189,21 @@ def test_via_the_service_gives_the_same_numbers(
     local = json.loads((tmp_path / "local" / "summary.json").read_text())["policies"][policy]
     assert via["mean_reward"] == pytest.approx(local["mean_reward"], abs=1e-9)
     assert via["arm_share"] == local["arm_share"]
+
+
+def test_via_a_service_that_is_not_there_is_said_in_a_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A closed port ended in ConnectionRefusedError's traceback, a bad URL in ValueError's."""
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert _simulate("--via", url, "--limit", "5", "--no-skyline") == 1
+    err = capsys.readouterr().err
+    assert f"simulate: --via {url}: [Errno 111] Connection refused" in err, err
+    assert _simulate("--via", "localhost:8000", "--limit", "5") == 1
+    err = capsys.readouterr().err
+    assert "--via must be an http(s) URL, got 'localhost:8000'" in err and "Traceback" not in err
 
 
 def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ from bandit_router.store.repository import open_store
 SECRET = re.compile(r"(^|_)(keys?|secrets?|passwords?|tokens?)$")  # api_keys, admin_key...
 STATS_WINDOW_MAX = 20_000  # the bound of GET /stats?window=
 SEED_MAX = 2**32 - 1  # as BANDIT_SEED: VW takes no seed past 64 bits
+# Seeds of one replay run (simulate, the simulations' scripts): each replays every row once per
+# policy, so a mistyped count (a million) would run for days; the results used at most 40.
+MAX_SEEDS = 1000
 
 
 def bounded_int(low: int, high: int | None = None) -> Any:

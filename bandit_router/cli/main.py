@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bandit_router.cli.commands import (
+    MAX_SEEDS,
     SEED_MAX,
     add_commands,
     add_deployment,
@@ -214,14 +216,22 @@ def evaluate(args: argparse.Namespace) -> int:
 def _evaluation_json(records: Sequence[LoggedRecord], results: Results) -> str:
     import json
 
-    from bandit_router.offline.evaluate import logged_value
+    from bandit_router.offline.evaluate import MIN_PROPENSITY, clipped, logged_value
 
     table = {spec: {m: e.to_json() for m, e in r.items()} for spec, r in results.items()}
-    return json.dumps({"logged": logged_value(records).to_json(), "policies": table}, indent=2)
+    return json.dumps(
+        {
+            "logged": logged_value(records).to_json(),
+            "policies": table,
+            "clipped_events": clipped(records),
+            "min_propensity": MIN_PROPENSITY,
+        },
+        indent=2,
+    )
 
 
 def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
-    from bandit_router.offline.evaluate import METHODS, logged_value
+    from bandit_router.offline.evaluate import METHODS, MIN_PROPENSITY, clipped, logged_value
 
     lines = [
         f"{len(records)} events; the logging policy's mean reward: "
@@ -229,14 +239,26 @@ def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
         f"{'policy':<28}" + "".join(f"{m:>22}" for m in METHODS),
     ]
     for spec, estimates in results.items():
-        lines.append(f"{spec:<28}" + "".join(f"{_interval(estimates[m]):>22}" for m in METHODS))
+        lines.append(f"{spec:<28}" + "".join(f" {_interval(estimates[m]):>21}" for m in METHODS))
     lines.append("value [95% interval, normal approximation]; candidates replayed in time order,")
     lines.append("learning as they go; DR's reward model: per-arm ridge regression fitted online")
+    if count := clipped(records):
+        lines.append(
+            f"{count} of {len(records)} events logged a propensity below {MIN_PROPENSITY:g}, "
+            f"weighed as {MIN_PROPENSITY:g} (clipped IPS): a policy that picks their arms is "
+            "estimated low"
+        )
+    shown = (v for r in results.values() for e in r.values() for v in (e.value, e.low, e.high))
+    if not all(math.isfinite(v) for v in shown):
+        lines.append("-: no interval from one event, or no value (no logged arm the policy picks)")
     return "\n".join(lines)
 
 
 def _interval(e: Estimate) -> str:
-    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
+    def shown(v: float) -> str:
+        return f"{v:.3f}" if math.isfinite(v) else "-"
+
+    return f"{shown(e.value)} [{shown(e.low)}, {shown(e.high)}]"
 
 
 def _add_export_evaluate(sub: Any) -> None:
@@ -380,16 +402,23 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     )
     try:
         words = dataset.replay_words(settings.hash_key)
-        prepared = dataset.prepare(data, reward_config(settings), words)
+        prepared = dataset.prepare(data, reward_config(settings), words, args.skip_bad)
     except dataset.ReplayError as e:
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
         fixed_spec(name.removeprefix(replay.COLD), prepared)  # a misspelt arm fails here
-    for arm, _ in args.add_arm or []:
+    added: dict[str, int] = {}
+    for arm, step in args.add_arm or []:
         if arm not in prepared.arm_index:
             raise ValueError(
                 f"--add-arm: unknown arm {arm!r}; valid: {', '.join(prepared.arm_index)}"
             )
+        if arm in added:  # the last would win, silently
+            raise ValueError(f"--add-arm: {arm} is added twice (at {added[arm]} and {step})")
+        added[arm] = step
+    if added and all(added.get(arm, 0) > 0 for arm in prepared.arm_index):
+        # the replay would offer every arm until one joins, against what --add-arm says
+        raise ValueError("--add-arm: every arm joins after step 0; no arm could serve before")
     return prepared
 
 
@@ -400,6 +429,15 @@ def simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
+    if not names and args.via is None:  # --via replays the service's own policy
+        print(f"simulate: --policies {args.policies!r} names no policy", file=sys.stderr)
+        return 2
+    if not args.policies:  # the default list: BANDIT_POLICY may be one of the references
+        names = list(dict.fromkeys(names))
+    if twice := [name for i, name in enumerate(names) if name in names[:i]]:
+        # the runs are keyed by name: the second would replace the first's row
+        print(f"simulate: --policies lists {twice[0]} twice", file=sys.stderr)
+        return 2
     if args.via is not None and (
         args.seeds != 1 or len(names) > 1 or args.warm_start or args.add_arm
     ):
@@ -408,12 +446,31 @@ def simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.first_seed + args.seeds - 1 > SEED_MAX:
+        print(
+            f"simulate: --first-seed {args.first_seed} with --seeds {args.seeds} runs seeds past "
+            f"{SEED_MAX}, the last BANDIT_SEED takes",
+            file=sys.stderr,
+        )
+        return 2
     try:
         prepared = _simulate_prepare(args, names, settings)
     except (ValueError, OSError) as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
-    runs = _simulate_runs(args, names, prepared, settings)
+    if args.via is None:
+        runs = _simulate_runs(args, names, prepared, settings)
+    else:
+        import http.client
+
+        from bandit_router.sim.replay_http import ServiceError
+
+        try:
+            runs = _simulate_runs(args, names, prepared, settings)
+        except (OSError, ValueError, http.client.HTTPException, ServiceError) as e:
+            # a service that is down, answers an error or is no service: said in a line
+            print(f"simulate: --via {args.via}: {e or type(e).__name__}", file=sys.stderr)
+            return 1
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     meta = {
         "replay": str(args.replay),
@@ -453,7 +510,10 @@ def _add_simulate(sub: Any) -> None:
         "auto:champion=SPEC:challengers=SPEC+SPEC",
     )
     p.add_argument(
-        "--seeds", type=bounded_int(1), default=1, help="seeds, each its own row order (1 or more)"
+        "--seeds",
+        type=bounded_int(1, MAX_SEEDS),
+        default=1,
+        help=f"seeds, each its own row order, 1 to {MAX_SEEDS} (1)",
     )
     p.add_argument(
         "--first-seed",
@@ -469,7 +529,7 @@ def _add_simulate(sub: Any) -> None:
         "--csv-every",
         type=bounded_int(0),
         default=0,
-        help="steps.csv stride in steps (default 0: rows/1000)",
+        help="steps.csv stride in steps (default 0: rows/1000; past the last step: its row)",
     )
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
     p.add_argument("--no-skyline", action="store_true", help="skip the full-information skyline")

@@ -67,9 +67,9 @@ def train(args: argparse.Namespace) -> int:
                     "an exported DSJSON event has)"
                 ) from e
             key = dataset.replay_words(settings.hash_key)  # as `simulate` hashes words
-            prepared = dataset.prepare(data, reward_config(settings), key)
+            prepared = dataset.prepare(data, reward_config(settings), key, args.skip_bad)
             words = key.fingerprint
-            rows = dataset.order(len(data.rows), settings.seed or 0, in_order=False)
+            rows = dataset.order(len(prepared.replay.rows), settings.seed or 0, in_order=False)
             examples = full_feedback(
                 prepared.features,
                 prepared.eligible,

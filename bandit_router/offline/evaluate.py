@@ -4,9 +4,9 @@ The log (DSJSON from ``bandit-router export``, or the store's events) becomes ty
 candidate policy is replayed progressively in time order, as ``vw --cb_explore_adf`` progressive
 validation does: at each event it gives its pmf over the eligible arms (``choose(...)
 .probabilities``), then learns the logged arm, propensity and reward. Baselines learn nothing.
-The pmfs, the logged propensities and rewards, and an online reward model feed IPS, SNIPS and DR
-(``estimators``). The dashboard calls ``estimate_policies``; ``baseline_specs`` names the
-baselines worth showing for a set of arms.
+The pmfs, the logged propensities (at least ``MIN_PROPENSITY``) and rewards, and an online
+reward model feed IPS, SNIPS and DR (``estimators``). The dashboard calls
+``estimate_policies``; ``baseline_specs`` names the baselines worth showing for a set of arms.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from bandit_router.store.repository import Store
 
 log = logging.getLogger("bandit_router")
 METHODS = ("ips", "snips", "dr")
+# The least logged propensity an importance weight divides by: a smaller one (a log of
+# ``egreedy:epsilon=1e-9``) counts as this, as clipped IPS does (Strehl et al. 2010,
+# ``max(p, tau)``), so a weight is at most 1e6 and the terms, their squares and sums stay
+# finite. The default policies log far above it (SquareCB about 1e-5 after 1e6 events).
+MIN_PROPENSITY = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +252,7 @@ def _estimates(
     records: Sequence[LoggedRecord], pmfs: Sequence[Mapping[str, float]], rhat: _RewardPredictions
 ) -> dict[str, Estimate]:
     target = np.array([pmf.get(r.arm, 0.0) for pmf, r in zip(pmfs, records, strict=True)])
-    logged = np.array([r.probability for r in records])
+    logged = np.maximum([r.probability for r in records], MIN_PROPENSITY)
     rewards = np.array([r.reward for r in records])
     direct = np.array(
         [
@@ -286,6 +291,12 @@ def estimate_policies(
         spec: _estimates(ordered, target_pmfs(ordered, spec, settings, seed), rhat)
         for spec in specs
     }
+
+
+def clipped(records: Sequence[LoggedRecord]) -> int:
+    """How many events logged a propensity below ``MIN_PROPENSITY``, which the estimates
+    weigh as ``MIN_PROPENSITY``: for a policy that picks their arms, biased low."""
+    return sum(r.probability < MIN_PROPENSITY for r in records)
 
 
 def logged_value(records: Sequence[LoggedRecord]) -> Estimate:

@@ -36,19 +36,26 @@ def parse_auto(name: str, settings: Settings) -> tuple[PolicySpec, list[PolicySp
         raise ValueError(f"{name!r}: {syntax}")
     champion, challengers = settings.policy, list(settings.challengers)
     rest = name[len("auto") :]
+    named = False  # the challengers come from the name, not BANDIT_CHALLENGERS
     if rest:
         parts = _KEYS.split(rest)
         if parts[0] != "" or len(parts) % 2 == 0:
             raise ValueError(f"{name!r}: {syntax}")
         given = dict(zip(parts[1::2], parts[2::2], strict=True))
         champion = given.get("champion", champion)
-        if "challengers" in given:
+        named = "challengers" in given
+        if named:
             challengers = [s for s in given["challengers"].split("+") if s.strip()]
-    specs = [parse_policy_spec(s) for s in challengers]
+    given_specs = [parse_policy_spec(s) for s in challengers]
     head = parse_policy_spec(champion)
-    specs = [s for s in specs if str(s) != str(head)]
+    specs = [s for s in given_specs if str(s) != str(head)]
     if not specs:
-        raise ValueError(f"{name!r}: no challenger (BANDIT_CHALLENGERS is empty); {syntax}")
+        why = (
+            f"every challenger is the champion {head}"
+            if given_specs
+            else ("challengers= names none" if named else "BANDIT_CHALLENGERS is empty")
+        )
+        raise ValueError(f"{name!r}: no challenger ({why}); {syntax}")
     return head, specs
 
 

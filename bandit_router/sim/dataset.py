@@ -133,9 +133,14 @@ def read_arms(path: Path | None, rows: Iterable[Row]) -> list[Arm]:
                 inputs.arm(f"arms[{i}]", a["name"], a.get("params_b"), a.get("usd_per_mtok"))
                 for i, a in enumerate(data["arms"])
             ]
+            names = [a.name for a in arms]
+            for i, name in enumerate(names):  # each arm's column would be counted twice
+                if name in names[:i]:
+                    raise ValueError(f"arms[{i}] name {name!r} is listed twice")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            said = str(e) if isinstance(e, ValueError | OSError) else repr(e)
             raise ReplayError(
-                f"{path}: not an arms file ({e!r}); expected {{'arms': [...]}}"
+                f"{path}: not an arms file ({said}); expected {{'arms': [...]}}"
             ) from e
     known = {a.name for a in arms}
     for row in rows:
@@ -197,7 +202,23 @@ def _score(rewards: RewardConfig, row: Row, arm: str) -> float:
     try:
         return rewards.combine(row.outcomes[arm])
     except ValueError as e:  # no part the reward weights count: say where, not a traceback
-        raise ReplayError(f"line {row.line}: outcomes.{arm}: {e}") from e
+        raise ReplayError(f"line {row.line}: outcomes.{arm}: {e} (use --skip-bad to skip)") from e
+
+
+def _scorable(replay: Replay, rewards: RewardConfig) -> Replay:
+    """``replay`` without the rows with an outcome the reward weights cannot score (no part
+    they count), those counted as skipped."""
+    keep = []
+    for row in replay.rows:
+        try:
+            for parts in row.outcomes.values():
+                rewards.combine(parts)
+        except ValueError:
+            continue
+        keep.append(row)
+    if not keep:
+        raise ReplayError("no usable rows: no row has a reward part the weights count")
+    return Replay(keep, replay.arms, replay.skipped + len(replay.rows) - len(keep))
 
 
 def replay_words(hash_key: str | None) -> WordKey:
@@ -206,8 +227,13 @@ def replay_words(hash_key: str | None) -> WordKey:
     return WordKey(hash_key) if hash_key else PUBLIC_WORDS
 
 
-def prepare(replay: Replay, rewards: RewardConfig, words: WordKey = PUBLIC_WORDS) -> Prepared:
-    """Extract each row's features once (``extract`` is deterministic) and score every outcome."""
+def prepare(
+    replay: Replay, rewards: RewardConfig, words: WordKey = PUBLIC_WORDS, skip_bad: bool = False
+) -> Prepared:
+    """Extract each row's features once (``extract`` is deterministic) and score every outcome;
+    with ``skip_bad``, a row with an outcome the weights cannot score is skipped and counted."""
+    if skip_bad:
+        replay = _scorable(replay, rewards)
     names = [a.name for a in replay.arms]
     table = np.full((len(replay.rows), len(names)), np.nan)
     for i, row in enumerate(replay.rows):

@@ -72,9 +72,10 @@ def fixed_spec(name: str, prepared: Prepared) -> str:
     if name == "best-fixed":
         return f"fixed:arm={best_fixed_arm(prepared)}"
     head, _, rest = name.partition(":")
-    if head != "fixed" or not rest:
+    if head != "fixed":
         return name
     arm = rest.removeprefix("arm=")
     if arm not in prepared.arm_index:  # the service's fallback would hide a misspelt arm here
-        raise ValueError(f"{name}: unknown arm {arm!r}; valid: {', '.join(prepared.arm_index)}")
+        said = f"unknown arm {arm!r}" if arm else "names no arm (fixed:NAME or fixed:arm=NAME)"
+        raise ValueError(f"{name}: {said}; valid: {', '.join(prepared.arm_index)}")
     return f"fixed:arm={arm}"

@@ -13,10 +13,12 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit_router.features import Features
-from bandit_router.policies.base import Arm, Decision, sample
-from bandit_router.policies.linucb import dense_vector
+from bandit_router.policies.base import Arm, Bounds, Decision, sample
+from bandit_router.policies.linucb import BOUNDS, dense_vector
 
 PEER_DEFAULTS = {"alpha": 0.5, "dim": 64, "l2_lambda": 1.0}
+# Our LinUCB's ranges (the peer sees its input), and a finite positive ridge.
+PEER_BOUNDS = {**BOUNDS, "l2_lambda": Bounds(0, 1e6, low_open=True)}
 
 
 def peer_params(spec: str) -> dict[str, float]:
@@ -28,7 +30,18 @@ def peer_params(spec: str) -> dict[str, float]:
             raise ValueError(
                 f"policy mabwiser: unknown parameter {item!r}; valid: alpha, dim, l2_lambda"
             )
-        params[key] = float(raw)
+        try:
+            params[key] = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"policy mabwiser: parameter {key} must be a number, got {raw!r}"
+            ) from None
+        try:
+            PEER_BOUNDS[key].check(key, params[key])
+        except ValueError as e:
+            raise ValueError(f"policy mabwiser: parameter {e}") from None
+    if not float(params["dim"]).is_integer():
+        raise ValueError(f"policy mabwiser: parameter dim must be an integer, got {params['dim']}")
     return params
 
 

@@ -41,7 +41,8 @@ class HttpStepper:
         response = self._conn.getresponse()
         payload = response.read()
         if response.status != 200:
-            raise ServiceError(f"{method} {path}: HTTP {response.status}: {payload.decode()[:300]}")
+            said = " ".join(payload.decode(errors="replace").split())[:300]  # one line
+            raise ServiceError(f"{method} {path}: HTTP {response.status}: {said}")
         return json.loads(payload)
 
     def policy(self) -> str:

@@ -49,6 +49,16 @@ def ci95(values: Sequence[float]) -> float:
     return t95(k - 1) * float(np.std(values, ddof=1)) / math.sqrt(k)
 
 
+def seeds_ci95(values: Sequence[float]) -> float | None:
+    """``ci95`` for a summary: None for one seed, which gives no interval (not one of 0)."""
+    return ci95(values) if len(values) > 1 else None
+
+
+def _pm(ci: float | None) -> str:
+    """The table's ``± half-width``, or a dash for one seed."""
+    return "± -" if ci is None else f"± {ci:.4f}"
+
+
 def _nanmean(a: Floats) -> float | None:
     return None if np.isnan(a).all() else float(np.nanmean(a))
 
@@ -77,7 +87,7 @@ def _policy_summary(
     return {
         **({"promotions": [r.promotions or [] for r in runs]} if auto else {}),
         "mean_reward": mean,
-        "ci95": ci95(rewards),
+        "ci95": seeds_ci95(rewards),
         "accuracy": _nanmean(np.concatenate([r.accuracy for r in runs])),
         "latency_ms": _nanmean(np.concatenate([r.latency_ms for r in runs])),
         "cost_usd": _nanmean(np.concatenate([r.cost_usd for r in runs])),
@@ -86,7 +96,7 @@ def _policy_summary(
         "regret_oracle": refs[1] - mean,
         "second_half_reward": float(np.mean(half)),
         "first_1000_reward": float(np.mean(early)),
-        "first_1000_ci95": ci95(early),
+        "first_1000_ci95": seeds_ci95(early),
         "per_seed": {
             "seed": [r.seed for r in runs],
             "mean_reward": rewards,
@@ -112,7 +122,11 @@ def skyline_summary(
         rows = [int(i) for i in order(n, seed, in_order)]
         earned = skyline(prepared.features, prepared.table, rows[: n // 2], rows[n // 2 :])
         values.append(float(earned.mean()))
-    return {"second_half_reward": float(np.mean(values)), "ci95": ci95(values), "per_seed": values}
+    return {
+        "second_half_reward": float(np.mean(values)),
+        "ci95": seeds_ci95(values),
+        "per_seed": values,
+    }
 
 
 def arrival(runs: Sequence[Run], j: int, step: int) -> dict[str, Any]:
@@ -186,9 +200,11 @@ def steps(
     runs: Mapping[str, Sequence[Run]], arms: Sequence[str], stride: int = 1
 ) -> Iterator[dict[str, Any]]:
     """Per-step rolling values, averaged over seeds: running mean reward, windowed reward,
-    and windowed share of each arm; one row per policy every ``stride`` steps."""
+    and windowed share of each arm; one row per policy every ``stride`` steps (a stride past
+    the run's steps: the last step's row)."""
     for name, rs in runs.items():
         n = len(rs[0].reward)
+        stride = min(stride, n)
         w = window(n)
         t = np.arange(1, n + 1)
         running = np.mean([np.cumsum(r.reward) / t for r in rs], axis=0)
@@ -208,6 +224,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _versus(value: float, best: float) -> str:
+    """``value``'s relative difference from the best fixed arm's; a dash when that earned
+    nothing (every reward 0), where no ratio exists."""
+    return f"{100 * (value / best - 1):+.2f}%" if best > 0 else "-"
+
+
 def table(result: Mapping[str, Any]) -> str:
     """The terminal table: one line per policy, then the references."""
     arms = result["arms"]
@@ -220,8 +242,8 @@ def table(result: Mapping[str, Any]) -> str:
     for name, p in result["policies"].items():
         share = "/".join(f"{p['arm_share'][a]:.2f}" for a in arms)
         lines.append(
-            f"{name:<28} {p['mean_reward']:>8.4f} ± {p['ci95']:.4f} "
-            f"{100 * (p['mean_reward'] / best - 1):>+12.2f}% {_fmt(p['accuracy'], '.3f'):>8} "
+            f"{name:<28} {p['mean_reward']:>8.4f} {_pm(p['ci95']):<8} "
+            f"{_versus(p['mean_reward'], best):>13} {_fmt(p['accuracy'], '.3f'):>8} "
             f"{_fmt(p['latency_ms'], '.0f'):>8} {_fmt(p['cost_usd'], '.2e'):>9} "
             f"{p['regret_best_fixed']:>9.4f} {p['regret_oracle']:>9.4f} "
             f"{p['second_half_reward']:>8.4f}  {share}"
@@ -230,6 +252,8 @@ def table(result: Mapping[str, Any]) -> str:
             for seed, promoted in zip(p["per_seed"]["seed"], p["promotions"], strict=True):
                 steps = ", ".join(f"{old} -> {new} at step {at}" for at, old, new in promoted)
                 lines.append(f"{'':<28} seed {seed}: {steps or 'no promotion'}")
+    if len(result["seeds"]) < 2:
+        lines.append("±: a 95% interval over seeds; one seed gives none (--seeds 2 or more)")
     lines.append(
         f"rows {result['rows']} (skipped {result['skipped']}), seeds {len(result['seeds'])}; "
         f"best fixed arm {result['best_fixed_arm']} {best:.4f}; "
@@ -239,7 +263,7 @@ def table(result: Mapping[str, Any]) -> str:
         # The rows the warm start left are replayed: a short file's are fewer than EARLY.
         first = min(EARLY, result["rows"] - warm_rows(result["rows"], result["warm_start"]))
         early = ", ".join(
-            f"{name} {p['first_1000_reward']:.4f} ± {p['first_1000_ci95']:.4f}"
+            f"{name} {p['first_1000_reward']:.4f} {_pm(p['first_1000_ci95'])}"
             for name, p in result["policies"].items()
         )
         lines.append(
@@ -257,6 +281,6 @@ def table(result: Mapping[str, Any]) -> str:
         sky = result["skyline"]
         lines.append(
             f"skyline (full information, trained on the first half): second-half reward "
-            f"{sky['second_half_reward']:.4f} ± {sky['ci95']:.4f}"
+            f"{sky['second_half_reward']:.4f} {_pm(sky['ci95'])}"
         )
     return "\n".join(lines)
