@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
 from tests.conftest import ClientFactory
+from tests.live import serve
+
+__all__ = ["serve"]  # the fixture, imported
+Serve = Callable[..., str]
 
 AUTHENTICATED = {
     "/choose",
@@ -138,9 +145,45 @@ def test_the_auth_scheme(spec: dict[str, Any]) -> None:
         "name": "X-API-Key",
     }
     assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert schemes["HTTPBasic"]["scheme"] == "basic"
     for path, _method, op in _operations(spec):
         assert bool(op.get("security")) == (path in AUTHENTICATED), path
     assert "X-API-Key" in spec["info"]["description"]
+
+
+def _sent(scheme: str, key: str) -> dict[str, str]:
+    """The headers that carry ``key`` the way ``scheme`` (a securitySchemes name) says."""
+    if scheme == "APIKeyHeader":
+        return {"x-api-key": key}
+    if scheme == "HTTPBearer":
+        return {"authorization": f"Bearer {key}"}
+    assert scheme == "HTTPBasic", scheme
+    return {"authorization": "Basic " + base64.b64encode(f"ops:{key}".encode()).decode()}
+
+
+def test_each_operation_takes_its_key_the_ways_its_security_lists_and_no_other(
+    serve: Serve,
+) -> None:
+    """The document listed no Basic auth, which every keyed group but the admin's takes (the
+    dashboard's browser sends it), and its description said the admin key was taken that way."""
+    base = serve(api_keys="k1", ops_keys="ops-1", admin_key="root-key")
+    spec = httpx.get(f"{base}/openapi.json").json()
+    schemes = set(spec["components"]["securitySchemes"])
+    assert schemes == {"APIKeyHeader", "HTTPBearer", "HTTPBasic"}
+    for path, method, op in _operations(spec):
+        if not op.get("security"):
+            continue
+        key = "root-key" if path.startswith("/admin/") else "k1"
+        if path in ("/stats", "/metrics", "/dashboard", "/deployments"):
+            key = "ops-1"
+        listed = {name for each in op["security"] for name in each}
+        url = base + path.replace("{model}", "auto")
+        for scheme in schemes:
+            for given, opens in ((key, scheme in listed), ("wrong-key", False)):
+                headers = {"content-type": "application/json", **_sent(scheme, given)}
+                answer = httpx.request(method.upper(), url, headers=headers, content=b"{}")
+                assert (answer.status_code != 401) == opens, (path, scheme, given, answer.text)
+    assert "not Basic auth" in spec["info"]["description"]  # of the admin key
 
 
 def test_docs_page_uses_only_local_assets(client: TestClient) -> None:

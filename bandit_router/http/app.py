@@ -53,6 +53,7 @@ from bandit_router.http.openapi import (
 )
 from bandit_router.http.process import stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
+    ADMIN_SCHEMES,
     BASIC_CHALLENGE,
     SCHEMES,
     Unauthorized,
@@ -341,7 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     register_gateway(app, settings, keyed)  # /v1/chat/completions, /v1/models
 
-    admin = [*keyed, Depends(require_admin_key)]
+    admin = [*(Security(scheme) for scheme in ADMIN_SCHEMES), Depends(require_admin_key)]
 
     @app.post(
         "/admin/snapshot", responses=ADMIN | DEPLOYMENT_ERRORS, dependencies=admin, tags=["admin"]

@@ -14,11 +14,13 @@ Call `POST /choose` with the query, call the model it names, then report how it 
 `POST /reward` (all parts at once or in several calls). Errors are JSON,
 `{"detail": "...", "field": "..."}`, and name the field and what is allowed.
 
-**Auth.** When `BANDIT_API_KEYS` is set, `/choose` and `/reward` need one of those keys, sent as
-`X-API-Key: <key>`, `Authorization: Bearer <key>` or as the password of Basic auth. The `/admin`
-endpoints need `BANDIT_ADMIN_KEY` the same way, and are disabled (403) while it is unset.
-`/stats`, `/metrics` and `/dashboard` need one of `BANDIT_OPS_KEYS` when it is set (a browser
-asks for it); `/healthz`, `/livez` and `/arms` need no key.
+**Auth.** When `BANDIT_API_KEYS` is set, `/choose`, `/reward` and the gateway (`/v1/...`) need
+one of those keys, sent as `X-API-Key: <key>`, `Authorization: Bearer <key>` or as the password
+of Basic auth. The `/admin` endpoints need `BANDIT_ADMIN_KEY` in `X-API-Key` or as a bearer
+token (not Basic auth, which a browser resends by itself), and are disabled (403) while it is
+unset. `/stats`, `/metrics`, `/dashboard` and `/deployments` need one of `BANDIT_OPS_KEYS`, any of
+the three ways, when it is set (a browser asks for it); `/healthz`, `/livez` and `/arms` need no
+key. A group of endpoints whose keys are not set is open, whatever the schemes below say.
 """
 
 TAGS = [
@@ -33,7 +35,7 @@ TAGS = [
 ]
 
 ERROR_TEXT = {
-    401: "missing or wrong API key (X-API-Key or Authorization: Bearer)",
+    401: "missing or wrong API key (X-API-Key, Authorization: Bearer, or Basic auth's password)",
     403: "admin endpoints are disabled: BANDIT_ADMIN_KEY is unset",
     404: "unknown or expired event_id",
     409: "the event was already rewarded",
@@ -99,7 +101,15 @@ OPS = responses(401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)"
 HEALTH: dict[int | str, dict[str, Any]] = {
     503: {"model": HealthResponse, "description": "Redis unreachable"}
 }
-ADMIN = responses(401, 403, 409, 500, 503, e409="this process does not hold the learner lease")
+ADMIN = responses(
+    401,
+    403,
+    409,
+    500,
+    503,
+    e401="missing or wrong admin key (X-API-Key or Authorization: Bearer; BANDIT_ADMIN_KEY)",
+    e409="this process does not hold the learner lease",
+)
 ADMIN_BODY = ADMIN | responses(400, 408, 413, 415, 422)
 
 # Every endpoint that takes ``?deployment=``: an unknown one is a 422 naming the valid ones.
