@@ -66,7 +66,29 @@ def test_a_method_a_route_does_not_take_is_405_naming_the_allowed_ones(serve: Se
         ("PUT", "/healthz", "GET"),
         ("DELETE", "/admin/reset", "POST"),
         ("OPTIONS", "/choose", "POST"),
+        ("POST", "/static/dashboard.js", "GET, HEAD"),
     ]:
         answer = httpx.request(method, f"{base}{path}")
         assert answer.status_code == 405, (method, path)
         assert answer.headers["allow"] == allowed, (method, path)
+        if method != "HEAD":  # (its body is not sent)
+            said = f"{path} takes {allowed}, not {method}"
+            assert answer.json() == {"detail": said, "field": "method"}, answer.text
+
+
+def test_a_path_not_served_is_a_404_naming_the_path(serve: Serve) -> None:
+    """Starlette's 404 said only "Not Found", with no field: a client that added a trailing
+    slash or misspelt a path was not told which part was wrong."""
+    base = serve()
+    for method, path in [
+        ("POST", "/choose/"),
+        ("POST", "/CHOOSE"),
+        ("GET", "/nowhere"),
+        ("GET", "/static/none.js"),
+    ]:
+        answer = httpx.request(method, f"{base}{path}", json={"query": "hi"})
+        assert answer.status_code == 404, path
+        said = f"no such path: {path} (paths are exact; /openapi.json lists them)"
+        assert answer.json() == {"detail": said, "field": "path"}, answer.text
+    long = "/x" * 5000  # a path is quoted cut, as any value a client sent
+    assert len(httpx.get(f"{base}{long}").json()["detail"]) < 300

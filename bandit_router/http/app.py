@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
@@ -90,16 +90,19 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RequestValidationError):
         exc = validation_failure(exc.errors())
     elif isinstance(exc, StarletteHTTPException):
-        body = error_body(str(exc.detail), None)
+        path = shorten(request.url.path, 2 * ECHO_CHARS)
+        headers = exc.headers or {}
+        if exc.status_code == 405 and "Allow" not in headers:  # static files' says none
+            headers = {**headers, "Allow": "GET, HEAD"}
+        body = error_body(*_routing_miss(exc, request.method, path, headers))
         if is_gateway_path(request.scope):  # the OpenAI SDK's call to a path not served here
             served = "the gateway serves POST /v1/chat/completions and GET /v1/models"
-            path = shorten(request.url.path, 2 * ECHO_CHARS)
             detail = f"{exc.detail}: {request.method} {path}; {served}"
             body = openai_error(exc.status_code, error_body(detail, None))
         return Response(
             body,
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
             media_type="application/json",
         )
     # the deployment the request named, once resolved; else default's
@@ -110,6 +113,18 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RouterError) and exc.retry_after_s is not None:
         headers["retry-after"] = str(exc.retry_after_s)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _routing_miss(
+    exc: StarletteHTTPException, method: str, path: str, headers: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """The message and field of Starlette's 404 and 405, which said only "Not Found" and
+    "Method Not Allowed": what was asked, and what is served instead."""
+    if exc.status_code == 404:
+        return f"no such path: {path} (paths are exact; /openapi.json lists them)", "path"
+    if exc.status_code == 405:
+        return f"{path} takes {headers['Allow']}, not {shorten(method, ECHO_CHARS)}", "method"
+    return str(exc.detail), None
 
 
 def _body_doc(model: type[BaseModel], deployment: str | None = None) -> dict[str, Any]:
