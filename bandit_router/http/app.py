@@ -440,10 +440,11 @@ async def _policy_body(request: Request) -> PolicyRequest:
     last resort, which answers it and then raises it again to uvicorn, which logs it as a crash
     with its traceback and closes the connection."""
     check_content_type(request.headers.raw)
+    raw = await request.body()
     try:
-        return PolicyRequest.model_validate_json(await request.body())
+        return PolicyRequest.model_validate_json(raw)
     except ValidationError as e:
-        raise validation_failure(e.errors()) from None
+        raise validation_failure(e.errors(), raw) from None
 
 
 def app_from_env() -> FastAPI:

@@ -34,7 +34,13 @@ from starlette.types import Receive, Scope, Send
 
 from bandit_router.deployments import DEFAULT
 from bandit_router.errors import ECHO_CHARS, RouterError, echo, shorten
-from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
+from bandit_router.http.contract import (
+    BadBody,
+    ChooseRequest,
+    check_content_type,
+    encoding_fault,
+    failure,
+)
 from bandit_router.http.openapi import (
     CHAT_BODY,
     GATEWAY,
@@ -256,7 +262,8 @@ def _parse(raw: bytes | str, error: type[RouterError], field: str) -> Any:
         return pydantic_core.from_json(raw)
     except ValueError as e:
         kind = "valid JSON" if field == "body" else "a JSON object"
-        raise error(f"{field} is not {kind}: {e}", field=field) from None
+        reason = (encoding_fault(raw) if isinstance(raw, bytes) else None) or e
+        raise error(f"{field} is not {kind}: {reason}", field=field) from None
 
 
 def _contract(query: str, features: dict[str, Any] | None, source: str) -> None:
