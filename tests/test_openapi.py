@@ -186,6 +186,29 @@ def test_each_operation_takes_its_key_the_ways_its_security_lists_and_no_other(
     assert "not Basic auth" in spec["info"]["description"]  # of the admin key
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [{}, {"api_keys": "k1"}, {"ops_keys": "ops-1"}, {"api_keys": "k1", "ops_keys": "ops-1"}],
+)
+def test_an_operation_the_service_answers_without_a_key_says_so(
+    serve: Serve, keys: dict[str, str]
+) -> None:
+    """With a group's keys unset its operations answer without one, while the document required
+    a key of every keyed operation: a client generated from it (or schemathesis's auth checks)
+    took the open service for a broken one. Now such an operation's security lists the empty
+    requirement, and only then."""
+    base = serve(admin_key="root-key", **keys)
+    spec = httpx.get(f"{base}/openapi.json").json()
+    for path, method, op in _operations(spec):
+        if not op.get("security"):
+            continue
+        url = base + path.replace("{model}", "auto")
+        headers = {"content-type": "application/json"}
+        answer = httpx.request(method.upper(), url, headers=headers, content=b"{}")
+        keyless = answer.status_code not in (401, 403)
+        assert ({} in op["security"]) == keyless, (keys, path, answer.status_code)
+
+
 def test_docs_page_uses_only_local_assets(client: TestClient) -> None:
     html = client.get("/docs").text
     assert "cdn" not in html.lower()

@@ -50,6 +50,7 @@ from bandit_router.http.openapi import (
     REWARD,
     TAGS,
     deployment_parameter,
+    open_where_unkeyed,
 )
 from bandit_router.http.process import stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
@@ -181,6 +182,10 @@ class App(FastAPI):
             schema["components"]["schemas"].update(
                 {m.__name__: m.model_json_schema(ref_template=template) for m in REQUESTS}
             )
+            routers: Routers | None = getattr(self.state, "routers", None)
+            if routers is not None:  # served: the document says which groups take no key
+                api_keys = any(router.settings.api_keys for router in routers.values())
+                open_where_unkeyed(schema, api_keys, bool(self.state.settings.ops_keys))
             return schema
         return self.openapi_schema
 

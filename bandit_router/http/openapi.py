@@ -164,6 +164,22 @@ GATEWAY_READ = responses(401, 500)
 GATEWAY_MODEL = responses(401, 404, 500, e404="no such model here (`GET /v1/models` lists them)")
 
 
+OPS_PATHS = frozenset({"/stats", "/metrics", "/dashboard", "/deployments"})  # BANDIT_OPS_KEYS
+
+
+def open_where_unkeyed(schema: dict[str, Any], api_keys: bool, ops_keys: bool) -> None:
+    """Add the empty requirement (no key at all) to the security of the operations whose group of
+    keys is not set, which answer without one: ``api_keys`` whether any deployment has API keys,
+    ``ops_keys`` whether BANDIT_OPS_KEYS is set. The admin routes are never open (403 unset)."""
+    for path, operations in schema["paths"].items():
+        keyed = ops_keys if path in OPS_PATHS else api_keys
+        if keyed or path.startswith("/admin/"):
+            continue
+        for operation in operations.values():
+            if operation.get("security"):
+                operation["security"].append({})
+
+
 def deployment_parameter(description: str) -> dict[str, Any]:
     """The ``?deployment=`` query parameter of a route that reads it from the request itself
     (not through a FastAPI parameter), for ``openapi_extra``."""
