@@ -461,9 +461,10 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
 
 def _default_only(named: list[str]) -> None:
     """The gateway serves the ``default`` deployment: a ``?deployment=`` naming another is
-    refused, not served by ``default`` (its model, its keys)."""
+    refused, not served by ``default`` (its model, its keys). An empty one is ``default``, as
+    at every other endpoint."""
     for name in named:
-        if name != DEFAULT:
+        if name and name != DEFAULT:
             raise RouterError(
                 f"?deployment={echo(name)}: the gateway serves the deployment 'default' only",
                 field="deployment",
