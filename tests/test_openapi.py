@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -207,6 +209,47 @@ def test_an_operation_the_service_answers_without_a_key_says_so(
         answer = httpx.request(method.upper(), url, headers=headers, content=b"{}")
         keyless = answer.status_code not in (401, 403)
         assert ({} in op["security"]) == keyless, (keys, path, answer.status_code)
+
+
+def _body(path: str, deployment: str) -> bytes:
+    """A body valid but for its deployment: a reward's event id names the deployment asked."""
+    if path == "/choose":
+        return b'{"query": "hi"}'
+    if path == "/reward":
+        event = f"{deployment}:e1" if deployment not in ("", "default") else "e1"
+        return json.dumps({"event_id": event, "reward": 1}).encode()
+    return b"{}"
+
+
+def test_a_deployment_is_documented_as_one_of_those_served(serve: Serve, tmp_path: Path) -> None:
+    """The document said any string for ``deployment``, so a client (or schemathesis) could not
+    learn the valid names but from a 422. Now each is an enum of the names served (the gateway's:
+    `default`), and the service takes every value listed and refuses one not listed."""
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.support]\narms = "4b,14b"\n')
+    base = serve(admin_key="root-key", deployments_file=str(deployments))
+    spec = httpx.get(f"{base}/openapi.json").json()
+    body = spec["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
+    assert body["anyOf"][0]["enum"] == ["default", "support"]
+    checked = 0
+    for path, method, op in _operations(spec):
+        for parameter in op.get("parameters", []):
+            if parameter["name"] != "deployment":
+                continue
+            served = ["default"] if path.startswith("/v1/") else ["default", "support"]
+            assert parameter["schema"]["enum"] == [*served, ""], path
+            for name, takes in [*((n, True) for n in ["", *served]), ("nowhere", False)]:
+                answer = httpx.request(
+                    method.upper(),
+                    f"{base}{path}",
+                    params={"deployment": name},
+                    headers={"x-api-key": "root-key", "content-type": "application/json"},
+                    content=_body(path, name),
+                )
+                refused = answer.status_code == 422 and answer.json()["field"] == "deployment"
+                assert refused != takes, (path, name, answer.text)
+            checked += 1
+    assert checked == 9  # /choose, /reward, /arms, /stats, the gateway's chat, the four admin
 
 
 def test_docs_page_uses_only_local_assets(client: TestClient) -> None:

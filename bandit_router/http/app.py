@@ -50,6 +50,7 @@ from bandit_router.http.openapi import (
     REWARD,
     TAGS,
     deployment_parameter,
+    name_deployments,
     open_where_unkeyed,
 )
 from bandit_router.http.process import stop_with_supervisor, stoppable_start
@@ -186,6 +187,7 @@ class App(FastAPI):
             if routers is not None:  # served: the document says which groups take no key
                 api_keys = any(router.settings.api_keys for router in routers.values())
                 open_where_unkeyed(schema, api_keys, bool(self.state.settings.ops_keys))
+                name_deployments(schema, list(routers))
             return schema
         return self.openapi_schema
 

@@ -180,6 +180,25 @@ def open_where_unkeyed(schema: dict[str, Any], api_keys: bool, ops_keys: bool) -
                 operation["security"].append({})
 
 
+def name_deployments(schema: dict[str, Any], names: list[str]) -> None:
+    """Every ``deployment`` (the query's and ``/choose``'s body field) as one of ``names``, the
+    deployments served, as the 422 for another lists them; the gateway's as ``default``, the
+    one it serves. An empty ``?deployment=`` is ``default`` too."""
+    for path, operations in schema["paths"].items():
+        allowed = ["default"] if path.startswith("/v1/") else names
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "deployment" and parameter["in"] == "query":
+                    parameter["schema"] = {
+                        "type": "string",
+                        "enum": [*allowed, ""],
+                        "examples": allowed[-1:],
+                    }
+    field = schema["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
+    field["anyOf"][0]["enum"] = names
+    field["examples"] = names[-1:]
+
+
 def deployment_parameter(description: str) -> dict[str, Any]:
     """The ``?deployment=`` query parameter of a route that reads it from the request itself
     (not through a FastAPI parameter), for ``openapi_extra``."""
