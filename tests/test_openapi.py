@@ -211,6 +211,25 @@ def test_an_operation_the_service_answers_without_a_key_says_so(
         assert ({} in op["security"]) == keyless, (keys, path, answer.status_code)
 
 
+def test_each_error_comes_in_the_content_type_documented(serve: Serve) -> None:
+    """The dashboard's 401 and 500 were documented as text/html, the page's own type (FastAPI
+    puts a response `model` under the route's media type), while they are JSON like every
+    error; a client generated from the document would not parse them."""
+    base = serve(api_keys="k1", ops_keys="ops-1", admin_key="root-key")
+    spec = httpx.get(f"{base}/openapi.json").json()
+    for path, method, op in _operations(spec):
+        if not op.get("security"):
+            continue
+        url = base + path.replace("{model}", "auto")
+        answer = httpx.request(method.upper(), url, headers={"content-type": "application/json"})
+        assert answer.status_code == 401, (path, answer.status_code)
+        documented = set(op["responses"]["401"]["content"])
+        assert answer.headers["content-type"] in documented, (path, documented)
+        for code, response in op["responses"].items():  # every error: JSON (the gateway's 4XX
+            if code not in ("200", "4XX"):  # passes the upstream's own on)
+                assert set(response["content"]) == {"application/json"}, (path, code)
+
+
 def _body(path: str, deployment: str) -> bytes:
     """A body valid but for its deployment: a reward's event id names the deployment asked."""
     if path == "/choose":

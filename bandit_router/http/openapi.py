@@ -97,7 +97,15 @@ REWARD = responses(
     e409="the event was already rewarded, or its stored decision is unreadable",
 )
 READ = responses(401, 422, 500, 503, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
-OPS = responses(401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
+# The errors of a page that answers other than JSON (the dashboard's HTML, the metrics' text):
+# FastAPI would document a `model` under the page's own media type, while errors are JSON.
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+OPS: dict[int | str, dict[str, Any]] = {
+    code: {"description": response["description"], "content": ERROR_JSON}
+    for code, response in responses(
+        401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)"
+    ).items()
+}
 HEALTH: dict[int | str, dict[str, Any]] = {
     503: {"model": HealthResponse, "description": "Redis unreachable"}
 }
