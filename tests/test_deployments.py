@@ -250,6 +250,12 @@ def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
         json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    # an empty one (a proxy's template with its variable unset) is `default` at every endpoint:
+    # the gateway refused it, naming `deployment`, while /choose served it
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    for path, body in [("/choose", {"query": "hi"}), ("/v1/chat/completions", chat)]:
+        r = client.post(f"{path}?deployment=", json=body)
+        assert r.status_code != 422 or r.json()["field"] != "deployment", (path, r.text)
 
 
 def test_the_gateway_refuses_another_deployment_wherever_it_is_named(

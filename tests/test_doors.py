@@ -337,3 +337,36 @@ def test_finite_bounds_are_named(doors: Doors) -> None:
         assert fast == routed
         status, body = fast
         assert status == 422 and body["field"] == field and words in body["detail"], body
+
+
+# A body that is JSON but not UTF-8: as a Windows tool or a client that honours a declared
+# charset may write it.
+foreign_bodies = st.one_of(
+    st.just(b"\xef\xbb\xbf").map(lambda bom: (bom + b'{"query": "q"}', "byte order mark")),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=8).map(
+        lambda text: (  # é then a character below 0x80: no UTF-8 sequence starts so
+            json.dumps({"query": f"café {text}"}, ensure_ascii=False).encode("latin-1"),
+            "UTF-8",
+        )
+    ),
+    st.just(("utf-16", "UTF-8")).map(
+        lambda x: (json.dumps({"query": "q"}).encode(x[0]), x[1])  # with its own BOM
+    ),
+)
+
+
+@PROPERTY
+@given(case=foreign_bodies, charset=st.sampled_from(["", "; charset=latin-1", "; charset=utf-16"]))
+def test_a_body_not_utf8_is_a_400_saying_so_at_every_door(
+    doors: Doors, case: tuple[bytes, str], charset: str
+) -> None:
+    """A byte order mark was "expected value at line 1 column 1" and a Latin-1 byte "invalid
+    unicode code point": neither told the client that the bytes, not the JSON, were at fault."""
+    raw, said = case
+    headers = {**KEYED, "content-type": "application/json" + charset}
+    fast, routed = doors.both("/choose", raw, headers)
+    assert fast == routed
+    assert fast[0] == 400 and fast[1]["field"] == "body", fast
+    assert said in fast[1]["detail"], fast
+    gateway = doors.fast.post("/v1/chat/completions", content=raw, headers=headers)
+    assert gateway.status_code == 400 and said in gateway.json()["detail"], gateway.text

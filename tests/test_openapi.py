@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
 from tests.conftest import ClientFactory
+from tests.live import serve
+
+__all__ = ["serve"]  # the fixture, imported
+Serve = Callable[..., str]
 
 AUTHENTICATED = {
     "/choose",
@@ -138,9 +147,128 @@ def test_the_auth_scheme(spec: dict[str, Any]) -> None:
         "name": "X-API-Key",
     }
     assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert schemes["HTTPBasic"]["scheme"] == "basic"
     for path, _method, op in _operations(spec):
         assert bool(op.get("security")) == (path in AUTHENTICATED), path
     assert "X-API-Key" in spec["info"]["description"]
+
+
+def _sent(scheme: str, key: str) -> dict[str, str]:
+    """The headers that carry ``key`` the way ``scheme`` (a securitySchemes name) says."""
+    if scheme == "APIKeyHeader":
+        return {"x-api-key": key}
+    if scheme == "HTTPBearer":
+        return {"authorization": f"Bearer {key}"}
+    assert scheme == "HTTPBasic", scheme
+    return {"authorization": "Basic " + base64.b64encode(f"ops:{key}".encode()).decode()}
+
+
+def test_each_operation_takes_its_key_the_ways_its_security_lists_and_no_other(
+    serve: Serve,
+) -> None:
+    """The document listed no Basic auth, which every keyed group but the admin's takes (the
+    dashboard's browser sends it), and its description said the admin key was taken that way."""
+    base = serve(api_keys="k1", ops_keys="ops-1", admin_key="root-key")
+    spec = httpx.get(f"{base}/openapi.json").json()
+    schemes = set(spec["components"]["securitySchemes"])
+    assert schemes == {"APIKeyHeader", "HTTPBearer", "HTTPBasic"}
+    for path, method, op in _operations(spec):
+        if not op.get("security"):
+            continue
+        key = "root-key" if path.startswith("/admin/") else "k1"
+        if path in ("/stats", "/metrics", "/dashboard", "/deployments"):
+            key = "ops-1"
+        listed = {name for each in op["security"] for name in each}
+        url = base + path.replace("{model}", "auto")
+        for scheme in schemes:
+            for given, opens in ((key, scheme in listed), ("wrong-key", False)):
+                headers = {"content-type": "application/json", **_sent(scheme, given)}
+                answer = httpx.request(method.upper(), url, headers=headers, content=b"{}")
+                assert (answer.status_code != 401) == opens, (path, scheme, given, answer.text)
+    assert "not Basic auth" in spec["info"]["description"]  # of the admin key
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [{}, {"api_keys": "k1"}, {"ops_keys": "ops-1"}, {"api_keys": "k1", "ops_keys": "ops-1"}],
+)
+def test_an_operation_the_service_answers_without_a_key_says_so(
+    serve: Serve, keys: dict[str, str]
+) -> None:
+    """With a group's keys unset its operations answer without one, while the document required
+    a key of every keyed operation: a client generated from it (or schemathesis's auth checks)
+    took the open service for a broken one. Now such an operation's security lists the empty
+    requirement, and only then."""
+    base = serve(admin_key="root-key", **keys)
+    spec = httpx.get(f"{base}/openapi.json").json()
+    for path, method, op in _operations(spec):
+        if not op.get("security"):
+            continue
+        url = base + path.replace("{model}", "auto")
+        headers = {"content-type": "application/json"}
+        answer = httpx.request(method.upper(), url, headers=headers, content=b"{}")
+        keyless = answer.status_code not in (401, 403)
+        assert ({} in op["security"]) == keyless, (keys, path, answer.status_code)
+
+
+def test_each_error_comes_in_the_content_type_documented(serve: Serve) -> None:
+    """The dashboard's 401 and 500 were documented as text/html, the page's own type (FastAPI
+    puts a response `model` under the route's media type), while they are JSON like every
+    error; a client generated from the document would not parse them."""
+    base = serve(api_keys="k1", ops_keys="ops-1", admin_key="root-key")
+    spec = httpx.get(f"{base}/openapi.json").json()
+    for path, method, op in _operations(spec):
+        if not op.get("security"):
+            continue
+        url = base + path.replace("{model}", "auto")
+        answer = httpx.request(method.upper(), url, headers={"content-type": "application/json"})
+        assert answer.status_code == 401, (path, answer.status_code)
+        documented = set(op["responses"]["401"]["content"])
+        assert answer.headers["content-type"] in documented, (path, documented)
+        for code, response in op["responses"].items():  # every error: JSON (the gateway's 4XX
+            if code not in ("200", "4XX"):  # passes the upstream's own on)
+                assert set(response["content"]) == {"application/json"}, (path, code)
+
+
+def _body(path: str, deployment: str) -> bytes:
+    """A body valid but for its deployment: a reward's event id names the deployment asked."""
+    if path == "/choose":
+        return b'{"query": "hi"}'
+    if path == "/reward":
+        event = f"{deployment}:e1" if deployment not in ("", "default") else "e1"
+        return json.dumps({"event_id": event, "reward": 1}).encode()
+    return b"{}"
+
+
+def test_a_deployment_is_documented_as_one_of_those_served(serve: Serve, tmp_path: Path) -> None:
+    """The document said any string for ``deployment``, so a client (or schemathesis) could not
+    learn the valid names but from a 422. Now each is an enum of the names served (the gateway's:
+    `default`), and the service takes every value listed and refuses one not listed."""
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.support]\narms = "4b,14b"\n')
+    base = serve(admin_key="root-key", deployments_file=str(deployments))
+    spec = httpx.get(f"{base}/openapi.json").json()
+    body = spec["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
+    assert body["anyOf"][0]["enum"] == ["default", "support"]
+    checked = 0
+    for path, method, op in _operations(spec):
+        for parameter in op.get("parameters", []):
+            if parameter["name"] != "deployment":
+                continue
+            served = ["default"] if path.startswith("/v1/") else ["default", "support"]
+            assert parameter["schema"]["enum"] == [*served, ""], path
+            for name, takes in [*((n, True) for n in ["", *served]), ("nowhere", False)]:
+                answer = httpx.request(
+                    method.upper(),
+                    f"{base}{path}",
+                    params={"deployment": name},
+                    headers={"x-api-key": "root-key", "content-type": "application/json"},
+                    content=_body(path, name),
+                )
+                refused = answer.status_code == 422 and answer.json()["field"] == "deployment"
+                assert refused != takes, (path, name, answer.text)
+            checked += 1
+    assert checked == 9  # /choose, /reward, /arms, /stats, the gateway's chat, the four admin
 
 
 def test_docs_page_uses_only_local_assets(client: TestClient) -> None:

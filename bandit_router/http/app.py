@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
@@ -50,9 +50,12 @@ from bandit_router.http.openapi import (
     REWARD,
     TAGS,
     deployment_parameter,
+    name_deployments,
+    open_where_unkeyed,
 )
 from bandit_router.http.process import configure_logging, stop_with_supervisor, stoppable_start
 from bandit_router.http.security import (
+    ADMIN_SCHEMES,
     BASIC_CHALLENGE,
     SCHEMES,
     Unauthorized,
@@ -89,16 +92,19 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RequestValidationError):
         exc = validation_failure(exc.errors())
     elif isinstance(exc, StarletteHTTPException):
-        body = error_body(str(exc.detail), None)
+        path = shorten(request.url.path, 2 * ECHO_CHARS)
+        headers = exc.headers or {}
+        if exc.status_code == 405 and "Allow" not in headers:  # static files' says none
+            headers = {**headers, "Allow": "GET, HEAD"}
+        body = error_body(*_routing_miss(exc, request.method, path, headers))
         if is_gateway_path(request.scope):  # the OpenAI SDK's call to a path not served here
             served = "the gateway serves POST /v1/chat/completions and GET /v1/models"
-            path = shorten(request.url.path, 2 * ECHO_CHARS)
             detail = f"{exc.detail}: {request.method} {path}; {served}"
             body = openai_error(exc.status_code, error_body(detail, None))
         return Response(
             body,
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
             media_type="application/json",
         )
     # the deployment the request named, once resolved; else default's
@@ -109,6 +115,18 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RouterError) and exc.retry_after_s is not None:
         headers["retry-after"] = str(exc.retry_after_s)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _routing_miss(
+    exc: StarletteHTTPException, method: str, path: str, headers: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """The message and field of Starlette's 404 and 405, which said only "Not Found" and
+    "Method Not Allowed": what was asked, and what is served instead."""
+    if exc.status_code == 404:
+        return f"no such path: {path} (paths are exact; /openapi.json lists them)", "path"
+    if exc.status_code == 405:
+        return f"{path} takes {headers['Allow']}, not {shorten(method, ECHO_CHARS)}", "method"
+    return str(exc.detail), None
 
 
 def _body_doc(model: type[BaseModel], deployment: str | None = None) -> dict[str, Any]:
@@ -165,6 +183,11 @@ class App(FastAPI):
             schema["components"]["schemas"].update(
                 {m.__name__: m.model_json_schema(ref_template=template) for m in REQUESTS}
             )
+            routers: Routers | None = getattr(self.state, "routers", None)
+            if routers is not None:  # served: the document says which groups take no key
+                api_keys = any(router.settings.api_keys for router in routers.values())
+                open_where_unkeyed(schema, api_keys, bool(self.state.settings.ops_keys))
+                name_deployments(schema, list(routers))
             return schema
         return self.openapi_schema
 
@@ -341,7 +364,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     register_gateway(app, settings, keyed)  # /v1/chat/completions, /v1/models
 
-    admin = [*keyed, Depends(require_admin_key)]
+    admin = [*(Security(scheme) for scheme in ADMIN_SCHEMES), Depends(require_admin_key)]
 
     @app.post(
         "/admin/snapshot", responses=ADMIN | DEPLOYMENT_ERRORS, dependencies=admin, tags=["admin"]
@@ -429,10 +452,11 @@ async def _policy_body(request: Request) -> PolicyRequest:
     last resort, which answers it and then raises it again to uvicorn, which logs it as a crash
     with its traceback and closes the connection."""
     check_content_type(request.headers.raw)
+    raw = await request.body()
     try:
-        return PolicyRequest.model_validate_json(await request.body())
+        return PolicyRequest.model_validate_json(raw)
     except ValidationError as e:
-        raise validation_failure(e.errors()) from None
+        raise validation_failure(e.errors(), raw) from None
 
 
 def app_from_env() -> FastAPI:

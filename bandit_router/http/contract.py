@@ -352,11 +352,30 @@ def _field(loc: Iterable[int | str]) -> str:
     return ".".join(shorten(str(p), ECHO_CHARS) for p in loc if p != "body") or "body"
 
 
-def validation_failure(errors: Sequence[Any]) -> RouterError:
-    """pydantic's (or FastAPI's) validation errors as one error naming the fields at fault."""
+def encoding_fault(raw: bytes) -> str | None:
+    """Why a body the parser refused is not UTF-8 JSON, when that is why: the parser's words
+    ("expected value at line 1 column 1" for a byte order mark, "invalid unicode code point" for
+    Latin-1) point at a character the client cannot see."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return "it starts with a byte order mark (U+FEFF): send UTF-8 without one"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return (
+            f"byte {e.start} is not UTF-8 (a JSON body is UTF-8, whatever charset its "
+            "content-type names)"
+        )
+    return None
+
+
+def validation_failure(errors: Sequence[Any], raw: bytes | None = None) -> RouterError:
+    """pydantic's (or FastAPI's) validation errors as one error naming the fields at fault;
+    ``raw``, the body, when at hand, for the reason JSON that is not UTF-8 was refused."""
     for err in errors:
         if err.get("type") == "json_invalid":
             reason = str(err.get("msg", "")).removeprefix("Invalid JSON: ")
+            if raw is not None:
+                reason = encoding_fault(raw) or reason
             return BadBody(f"body is not valid JSON: {reason}")
         if err.get("type") in ("model_type", "model_attributes_type") and not _field(
             err.get("loc", ())
@@ -419,7 +438,7 @@ def _body(model: type[Body], raw: bytes) -> Body:
     try:
         return model.model_validate_json(raw)
     except ValidationError as e:
-        raise validation_failure(e.errors()) from None
+        raise validation_failure(e.errors(), raw) from None
 
 
 def query_deployments(query: bytes) -> list[str]:

@@ -57,6 +57,11 @@ class RoutingDoor:
                 # body is not read: the connection is closed, not left waiting for one.
                 await respond(send, 404, error_body("no such path", "path"), close=True)
                 return
+            if scope["type"] == "http" and scope["method"] == "HEAD":
+                # A GET resource answers HEAD too (RFC 9110), as a monitor probing /healthz asks;
+                # FastAPI's routes take GET alone. The server leaves the body out, as its own
+                # scope still says HEAD.
+                scope = {**scope, "method": "GET"}
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]

@@ -34,7 +34,13 @@ from starlette.types import Receive, Scope, Send
 
 from bandit_router.deployments import DEFAULT
 from bandit_router.errors import ECHO_CHARS, RouterError, echo, shorten
-from bandit_router.http.contract import BadBody, ChooseRequest, check_content_type, failure
+from bandit_router.http.contract import (
+    BadBody,
+    ChooseRequest,
+    check_content_type,
+    encoding_fault,
+    failure,
+)
 from bandit_router.http.openapi import (
     CHAT_BODY,
     GATEWAY,
@@ -262,7 +268,8 @@ def _parse(raw: bytes | str, error: type[RouterError], field: str) -> Any:
         return pydantic_core.from_json(raw)
     except ValueError as e:
         kind = "valid JSON" if field == "body" else "a JSON object"
-        raise error(f"{field} is not {kind}: {e}", field=field) from None
+        reason = (encoding_fault(raw) if isinstance(raw, bytes) else None) or e
+        raise error(f"{field} is not {kind}: {reason}", field=field) from None
 
 
 def _contract(query: str, features: dict[str, Any] | None, source: str) -> None:
@@ -469,9 +476,9 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
 def _default_only(named: list[str], where: str = "?deployment=") -> None:
     """The gateway serves the ``default`` deployment: a ``?deployment=`` (or the body's
     ``deployment``, ``where`` says which) naming another is refused, not served by ``default``
-    (its model, its keys)."""
+    (its model, its keys). An empty one is ``default``, as at every other endpoint."""
     for name in named:
-        if name != DEFAULT:
+        if name and name != DEFAULT:
             raise RouterError(
                 f"{where}{echo(name)}: the gateway serves the deployment 'default' only",
                 field="deployment",

@@ -14,11 +14,13 @@ Call `POST /choose` with the query, call the model it names, then report how it 
 `POST /reward` (all parts at once or in several calls). Errors are JSON,
 `{"detail": "...", "field": "..."}`, and name the field and what is allowed.
 
-**Auth.** When `BANDIT_API_KEYS` is set, `/choose` and `/reward` need one of those keys, sent as
-`X-API-Key: <key>`, `Authorization: Bearer <key>` or as the password of Basic auth. The `/admin`
-endpoints need `BANDIT_ADMIN_KEY` the same way, and are disabled (403) while it is unset.
-`/stats`, `/metrics` and `/dashboard` need one of `BANDIT_OPS_KEYS` when it is set (a browser
-asks for it); `/healthz`, `/livez` and `/arms` need no key.
+**Auth.** When `BANDIT_API_KEYS` is set, `/choose`, `/reward` and the gateway (`/v1/...`) need
+one of those keys, sent as `X-API-Key: <key>`, `Authorization: Bearer <key>` or as the password
+of Basic auth. The `/admin` endpoints need `BANDIT_ADMIN_KEY` in `X-API-Key` or as a bearer
+token (not Basic auth, which a browser resends by itself), and are disabled (403) while it is
+unset. `/stats`, `/metrics`, `/dashboard` and `/deployments` need one of `BANDIT_OPS_KEYS`, any of
+the three ways, when it is set (a browser asks for it); `/healthz`, `/livez` and `/arms` need no
+key. A group of endpoints whose keys are not set is open, whatever the schemes below say.
 """
 
 TAGS = [
@@ -33,7 +35,7 @@ TAGS = [
 ]
 
 ERROR_TEXT = {
-    401: "missing or wrong API key (X-API-Key or Authorization: Bearer)",
+    401: "missing or wrong API key (X-API-Key, Authorization: Bearer, or Basic auth's password)",
     403: "admin endpoints are disabled: BANDIT_ADMIN_KEY is unset",
     404: "unknown or expired event_id",
     409: "the event was already rewarded",
@@ -95,11 +97,27 @@ REWARD = responses(
     e409="the event was already rewarded, or its stored decision is unreadable",
 )
 READ = responses(401, 422, 500, 503, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
-OPS = responses(401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)")
+# The errors of a page that answers other than JSON (the dashboard's HTML, the metrics' text):
+# FastAPI would document a `model` under the page's own media type, while errors are JSON.
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+OPS: dict[int | str, dict[str, Any]] = {
+    code: {"description": response["description"], "content": ERROR_JSON}
+    for code, response in responses(
+        401, 500, e401="missing or wrong operator key (BANDIT_OPS_KEYS)"
+    ).items()
+}
 HEALTH: dict[int | str, dict[str, Any]] = {
     503: {"model": HealthResponse, "description": "Redis unreachable"}
 }
-ADMIN = responses(401, 403, 409, 500, 503, e409="this process does not hold the learner lease")
+ADMIN = responses(
+    401,
+    403,
+    409,
+    500,
+    503,
+    e401="missing or wrong admin key (X-API-Key or Authorization: Bearer; BANDIT_ADMIN_KEY)",
+    e409="this process does not hold the learner lease",
+)
 ADMIN_BODY = ADMIN | responses(400, 408, 413, 415, 422)
 
 # Every endpoint that takes ``?deployment=``: an unknown one is a 422 naming the valid ones.
@@ -160,6 +178,41 @@ GATEWAY_MODEL = responses(
     e404="no such model here (`GET /v1/models` lists them)",
     e422="`?deployment=` naming another than `default`",
 )
+
+
+OPS_PATHS = frozenset({"/stats", "/metrics", "/dashboard", "/deployments"})  # BANDIT_OPS_KEYS
+
+
+def open_where_unkeyed(schema: dict[str, Any], api_keys: bool, ops_keys: bool) -> None:
+    """Add the empty requirement (no key at all) to the security of the operations whose group of
+    keys is not set, which answer without one: ``api_keys`` whether any deployment has API keys,
+    ``ops_keys`` whether BANDIT_OPS_KEYS is set. The admin routes are never open (403 unset)."""
+    for path, operations in schema["paths"].items():
+        keyed = ops_keys if path in OPS_PATHS else api_keys
+        if keyed or path.startswith("/admin/"):
+            continue
+        for operation in operations.values():
+            if operation.get("security"):
+                operation["security"].append({})
+
+
+def name_deployments(schema: dict[str, Any], names: list[str]) -> None:
+    """Every ``deployment`` (the query's and ``/choose``'s body field) as one of ``names``, the
+    deployments served, as the 422 for another lists them; the gateway's as ``default``, the
+    one it serves. An empty ``?deployment=`` is ``default`` too."""
+    for path, operations in schema["paths"].items():
+        allowed = ["default"] if path.startswith("/v1/") else names
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "deployment" and parameter["in"] == "query":
+                    parameter["schema"] = {
+                        "type": "string",
+                        "enum": [*allowed, ""],
+                        "examples": allowed[-1:],
+                    }
+    field = schema["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
+    field["anyOf"][0]["enum"] = names
+    field["examples"] = names[-1:]
 
 
 def deployment_parameter(description: str) -> dict[str, Any]:

@@ -19,14 +19,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from bandit_router.errors import RouterError
 
+
+class _BasicPassword(HTTPBasic):
+    """HTTP Basic auth, documented only: ``given_key`` reads its password. FastAPI's own would
+    answer a 401 of its own for credentials that are not ASCII base64, keys set or not."""
+
+    async def __call__(self, request: HTTPConnection) -> None:
+        return None
+
+
 # Read by FastAPI only to document the schemes in the OpenAPI spec; ``given_key`` reads them.
-SCHEMES: list[Callable[..., Any]] = [
+# The admin key is not taken as a Basic password (module docstring): its routes list two.
+ADMIN_SCHEMES: list[Callable[..., Any]] = [
     APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key"),
     HTTPBearer(auto_error=False, description="an API key as a bearer token"),
+]
+SCHEMES: list[Callable[..., Any]] = [
+    *ADMIN_SCHEMES,
+    _BasicPassword(
+        scheme_name="HTTPBasic",
+        auto_error=False,
+        description="an API key as the password of HTTP Basic auth (any user name); "
+        "not the admin key",
+    ),
 ]
 
 
