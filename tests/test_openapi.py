@@ -250,6 +250,8 @@ def test_a_deployment_is_documented_as_one_of_those_served(serve: Serve, tmp_pat
     spec = httpx.get(f"{base}/openapi.json").json()
     body = spec["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
     assert body["anyOf"][0]["enum"] == ["default", "support"]
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    assert chat["application/json"]["schema"]["properties"]["deployment"]["enum"] == ["default", ""]
     checked = 0
     for path, method, op in _operations(spec):
         for parameter in op.get("parameters", []):
@@ -268,7 +270,8 @@ def test_a_deployment_is_documented_as_one_of_those_served(serve: Serve, tmp_pat
                 refused = answer.status_code == 422 and answer.json()["field"] == "deployment"
                 assert refused != takes, (path, name, answer.text)
             checked += 1
-    assert checked == 9  # /choose, /reward, /arms, /stats, the gateway's chat, the four admin
+    # /choose, /reward, /arms, /stats, the gateway's chat and its two models routes, the four admin
+    assert checked == 11
 
 
 def test_docs_page_uses_only_local_assets(client: TestClient) -> None:

@@ -280,8 +280,9 @@ CHAT_PROPERTIES: dict[str, Any] = {
     },
     "deployment": {
         "type": "string",
+        "enum": ["default", ""],
         "description": "as `/choose`'s: only `default`, the deployment the gateway serves "
-        "(another is a 422); not forwarded",
+        "(another is a 422; empty is `default`); not forwarded",
         "examples": ["default"],
     },
 }
