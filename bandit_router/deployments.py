@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bandit_router.inputs import read_bounded
+from bandit_router.inputs import read_bounded, unique_keys
 from bandit_router.settings import Settings
 
 DEFAULT = "default"
@@ -95,7 +95,7 @@ def _read(path: Path) -> dict[str, Any]:
     is_json = path.suffix.lower() == ".json"
     kind = "JSON" if is_json else "TOML"
     try:
-        data = json.loads(text, object_pairs_hook=_unique) if is_json else tomllib.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_keys) if is_json else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise DeploymentsError(f"deployments file {path}: not valid {kind}: {e}") from e
     except RecursionError:
@@ -111,16 +111,6 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(tables, dict):
         raise DeploymentsError(f"deployments file {path}: `deployments` must be a table")
     return tables
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different: the last of two would win unseen."""
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise ValueError(f"{key!r} is given twice in one object")
-        found[key] = value
-    return found
 
 
 def _one(path: Path, base: Settings, name: str, table: Any) -> Deployment:

@@ -65,9 +65,10 @@ def read_bounded(f: IO[bytes], what: str) -> str:
         raise ValueError(f"{what} is not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose keys are unique: ``json.loads`` keeps the last of a repeated key, so a
-    row naming an arm twice in ``outcomes`` would be replayed with one outcome, silently."""
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique (``json.loads``' ``object_pairs_hook``): it keeps the last
+    of a repeated key, so a row naming an arm twice in ``outcomes`` would be replayed with one
+    outcome, and a deployments file's table read with one of its two, silently."""
     table = dict(pairs)
     if len(table) < len(pairs):
         keys = [key for key, _ in pairs]
@@ -80,7 +81,7 @@ def parse_json(text: str) -> Any:
     """``json.loads`` whose every failure is a ``ValueError`` saying what is wrong; an object
     with a repeated key is refused."""
     try:
-        return json.loads(text, object_pairs_hook=_unique)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e.msg})") from None
     except RecursionError:

@@ -419,7 +419,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
         (
             "d.json",
             b'{"deployments": {"support": {"policy": "linucb"}, "support": {}}}',
-            "'support' is given twice",
+            "the key 'support' twice in one object",
         ),
     ],
 )
