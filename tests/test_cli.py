@@ -213,3 +213,15 @@ def test_sighup_stops_learn_as_sigterm_does(make_settings: SettingsFactory, tmp_
         assert client.get(lease) is None
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_the_log_level_sets_the_services_own_lines(tmp_path: Path, level: str) -> None:
+    """BANDIT_LOG_LEVEL=warning left the service's info lines (a learner taking the lease) in
+    the log: it set uvicorn's level only."""
+    log = tmp_path / "serve.log"
+    env = cli_env(data_dir=tmp_path / "data", policy="linucb", seed=1, log_level=level)
+    with served(env, log) as base:
+        assert httpx.post(f"{base}/choose", json={"query": "hello"}).status_code == 200
+    said = log.read_text(errors="replace")
+    assert ("INFO bandit_router: learner" in said) == (level == "info"), said[-2000:]

@@ -50,6 +50,7 @@ def serve(args: argparse.Namespace) -> int:
     from bandit_router.store.embedded import EmbeddedRedis
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    configure_logging(settings.log_level)
     load_deployments(settings)  # a wrong deployments file stops here, named, before any worker
     embedded = None
     if settings.redis_url is None:
@@ -120,6 +121,7 @@ def learn(args: argparse.Namespace) -> int:
     from bandit_router.store.repository import open_store
 
     settings = deployment_settings(args)
+    configure_logging(settings.log_level)
 
     async def main() -> None:
         stop = asyncio.Event()

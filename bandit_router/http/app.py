@@ -464,8 +464,9 @@ def app_from_env() -> FastAPI:
     environment. It owns its process, so it also moves what import and set-up made (modules,
     routes, schemas: tens of thousands of objects that live as long as the process) out of the
     garbage collector's full collections, which otherwise walk them all with the loop stopped."""
-    configure_logging()  # a spawned worker's: see there
-    app = create_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)  # a spawned worker's: see there
+    app = create_app(settings)
     gc.collect()
     gc.freeze()
     stop_with_supervisor()

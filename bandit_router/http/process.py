@@ -19,13 +19,15 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging() -> None:
-    """The service's log lines at INFO and above, each with its time and level, unless this
+def configure_logging(level: str = "info") -> None:
+    """The service's log lines at ``level`` (``BANDIT_LOG_LEVEL``; uvicorn's ``trace`` is
+    ``debug`` here) and above, each with its time and level; the handler is added unless this
     process's logging is configured already. A worker uvicorn spawns (``--workers`` above 1) is
     a new interpreter that the command's own configuration never reached: there the info lines
     (a learner taking the lease, a policy switch, a promotion) were dropped, and the warnings
     printed bare, with no time or level."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    log.setLevel(logging.DEBUG if level == "trace" else level.upper())
 
 
 class StartStopped(Exception):
