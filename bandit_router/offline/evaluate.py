@@ -35,7 +35,7 @@ METHODS = ("ips", "snips", "dr")
 # The least logged propensity an importance weight divides by: a smaller one (a log of
 # ``egreedy:epsilon=1e-9``) counts as this, as clipped IPS does (Strehl et al. 2010,
 # ``max(p, tau)``), so a weight is at most 1e6 and the terms, their squares and sums stay
-# finite. The default policies log far above it (SquareCB about 1e-5 after 1e6 events).
+# finite. The default policies log above it.
 MIN_PROPENSITY = 1e-6
 
 
