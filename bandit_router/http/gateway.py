@@ -422,8 +422,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         """The models the gateway answers as: the router's choice, and each arm by name (none
         when no arm has an upstream)."""
         try:
-            require_key(request.headers.raw, settings.api_keys, API_KEYS)
-            _default_only(request.query_params.getlist("deployment"))
+            _admit(request, settings)
         except RouterError as e:
             return error_response(e, None)
         data = [_model(n) for n in gateway.models()]
@@ -442,8 +441,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         """One model the gateway answers as (the SDK's `models.retrieve`); 404 for another."""
         model: str = request.path_params["model"]  # any string: no 422 to document
         try:
-            require_key(request.headers.raw, settings.api_keys, API_KEYS)
-            _default_only(request.query_params.getlist("deployment"))
+            _admit(request, settings)
             if model not in gateway.models():
                 raise ModelNotFound(gateway.unknown(model))
         except RouterError as e:
@@ -462,8 +460,7 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         upstream answers, and the call's latency and cost become the event's reward parts."""
         router: Router = request.app.state.router
         try:
-            require_key(request.headers.raw, settings.api_keys, API_KEYS)
-            _default_only(request.query_params.getlist("deployment"))
+            _admit(request, settings)
             check_content_type(request.headers.raw)
             call = gateway.read(await request.body(), request.headers)
             return await _unless_gone(request, _serve(gateway, router, call))
@@ -471,6 +468,12 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
             return error_response(e, router)
 
     return gateway
+
+
+def _admit(request: Request, settings: Settings) -> None:
+    """A gateway request's key, and its ``?deployment=`` (the gateway serves ``default``)."""
+    require_key(request.headers.raw, settings.api_keys, API_KEYS)
+    _default_only(request.query_params.getlist("deployment"))
 
 
 def _default_only(named: list[str], where: str = "?deployment=") -> None:
