@@ -69,11 +69,11 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object whose keys are unique (``json.loads``' ``object_pairs_hook``): it keeps the last
     of a repeated key, so a row naming an arm twice in ``outcomes`` would be replayed with one
     outcome, and a deployments file's table read with one of its two, silently."""
-    table = dict(pairs)
-    if len(table) < len(pairs):
-        keys = [key for key, _ in pairs]
-        twice = next(key for i, key in enumerate(keys) if key in keys[:i])
-        raise ValueError(f"the key {_show(twice)} twice in one object")
+    table: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in table:
+            raise ValueError(f"the key {_show(key)} twice in one object")
+        table[key] = value
     return table
 
 
