@@ -63,7 +63,7 @@ def test_a_method_a_route_does_not_take_is_405_naming_the_allowed_ones(serve: Se
     for method, path, allowed in [
         ("HEAD", "/choose", "POST"),
         ("GET", "/reward", "POST"),
-        ("PUT", "/healthz", "GET"),
+        ("PUT", "/healthz", "GET, HEAD"),
         ("DELETE", "/admin/reset", "POST"),
         ("OPTIONS", "/choose", "POST"),
         ("POST", "/static/dashboard.js", "GET, HEAD"),

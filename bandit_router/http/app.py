@@ -94,8 +94,11 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     elif isinstance(exc, StarletteHTTPException):
         path = shorten(request.url.path, 2 * ECHO_CHARS)
         headers = exc.headers or {}
-        if exc.status_code == 405 and "Allow" not in headers:  # static files' says none
-            headers = {**headers, "Allow": "GET, HEAD"}
+        if exc.status_code == 405:
+            allowed = headers.get("Allow", "GET")  # static files' says none
+            if allowed == "GET":  # a GET route answers HEAD too (RoutingDoor)
+                allowed = "GET, HEAD"
+            headers = {**headers, "Allow": allowed}
         body = error_body(*_routing_miss(exc, request.method, path, headers))
         if is_gateway_path(request.scope):  # the OpenAI SDK's call to a path not served here
             served = "the gateway serves POST /v1/chat/completions and GET /v1/models"
