@@ -17,6 +17,7 @@ from typing import Any
 log = logging.getLogger("bandit_router")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_HANDLER = "bandit_router"  # the handler configure_logging adds: the process's logging is ours
 
 
 def configure_logging(level: str = "info") -> None:
@@ -26,8 +27,13 @@ def configure_logging(level: str = "info") -> None:
     a new interpreter that the command's own configuration never reached: there the info lines
     (a learner taking the lease, a policy switch, a promotion) were dropped, and the warnings
     printed bare, with no time or level."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    log.setLevel(logging.DEBUG if level == "trace" else level.upper())
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        root.handlers[0].set_name(LOG_HANDLER)
+    if any(handler.get_name() == LOG_HANDLER for handler in root.handlers):
+        # Ours to set; an app embedding the service, or a test harness, sets its own.
+        log.setLevel(logging.DEBUG if level == "trace" else level.upper())
 
 
 class StartStopped(Exception):
