@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -656,3 +658,23 @@ class Settings(BaseSettings):
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((arm for arm in self.arms if arm.name == name), None)
+
+
+# Read by the clients in clients/, not by the service: not settings, and not misspelt ones.
+CLIENT_VARIABLES = frozenset({"BANDIT_URL", "BANDIT_API_KEY"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``BANDIT_*`` variable that names no setting: the settings ignore it, so
+    a misspelt one (``BANDIT_LEARN_IN_WORKER=false``) would leave its default in force unsaid."""
+    known = sorted(f"BANDIT_{name.upper()}" for name in Settings.model_fields)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()  # the settings read the variables in any case
+        if not upper.startswith("BANDIT_") or upper in known or upper in CLIENT_VARIABLES:
+            continue
+        # Compared without the prefix every name shares, which alone would make any match.
+        close = difflib.get_close_matches(upper[7:], [k[7:] for k in known], n=1, cutoff=0.8)
+        hint = f"; did you mean BANDIT_{close[0]}?" if close else ""
+        lines.append(f"{name} is not a setting and is ignored{hint}")
+    return lines

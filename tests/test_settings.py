@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bandit_router.settings import DEFAULT_ARMS, Settings, check_weights, parse_weights
+from bandit_router.cli.main import main
+from bandit_router.settings import (
+    DEFAULT_ARMS,
+    Settings,
+    check_weights,
+    parse_weights,
+    unknown_variables,
+)
 
 
 def test_defaults() -> None:
@@ -167,3 +174,26 @@ def test_the_admin_key_is_stripped_as_the_other_keys_are() -> None:
     """A key read from a secret file keeps its trailing newline, which no request can send."""
     assert Settings(admin_key="secret\n").admin_key == "secret"
     assert Settings(admin_key=" \n").admin_key is None  # unset: the admin endpoints are off
+
+
+def test_a_variable_that_names_no_setting_is_said_with_the_closest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BANDIT_LEARN_IN_WORKER=false (an S short) was ignored unsaid: two learners competed."""
+    environ = {
+        "BANDIT_LEARN_IN_WORKER": "false",
+        "bandit_log_level": "info",  # read in any case: a setting
+        "BANDIT_URL": "http://x",  # the clients'
+        "BANDIT_ZZZ": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [
+        "BANDIT_LEARN_IN_WORKER is not a setting and is ignored; did you mean "
+        "BANDIT_LEARN_IN_WORKERS?",
+        "BANDIT_ZZZ is not a setting and is ignored",
+    ]
+    monkeypatch.setenv("BANDIT_POLCY", "linucb")
+    assert main(["config"]) == 0
+    assert "BANDIT_POLCY is not a setting and is ignored; did you mean BANDIT_POLICY?" in (
+        capsys.readouterr().err
+    )

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from bandit_router.deployments import settings_of
 from bandit_router.progress import Progress
-from bandit_router.settings import Settings
+from bandit_router.settings import Settings, unknown_variables
 from bandit_router.store.cluster import redacted_url
 from bandit_router.store.repository import open_store
 
@@ -382,6 +382,8 @@ def effective_config(settings: Settings) -> list[dict[str, Any]]:
 def config(args: argparse.Namespace) -> int:
     """Print the effective settings (BANDIT_* variables over the defaults), secrets masked."""
     rows = effective_config(Settings())
+    for line in unknown_variables(os.environ):
+        print(f"bandit-router config: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps({r["variable"]: r["value"] for r in rows}, indent=2))
         return 0

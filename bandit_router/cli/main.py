@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import signal
@@ -28,7 +29,7 @@ from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
 from bandit_router.http.process import configure_logging
 from bandit_router.progress import Progress
-from bandit_router.settings import Settings
+from bandit_router.settings import Settings, unknown_variables
 from bandit_router.store.cluster import NotACluster
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _say_unknown_variables() -> None:
+    for line in unknown_variables(os.environ):
+        logging.getLogger("bandit_router").warning("%s", line)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Start the HTTP service (uvicorn), on the embedded Redis unless BANDIT_REDIS_URL is set."""
     import uvicorn
@@ -51,6 +57,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
     configure_logging(settings.log_level)
+    _say_unknown_variables()
     load_deployments(settings)  # a wrong deployments file stops here, named, before any worker
     embedded = None
     if settings.redis_url is None:
@@ -122,6 +129,7 @@ def learn(args: argparse.Namespace) -> int:
 
     settings = deployment_settings(args)
     configure_logging(settings.log_level)
+    _say_unknown_variables()
 
     async def main() -> None:
         stop = asyncio.Event()
