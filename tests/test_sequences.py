@@ -816,6 +816,7 @@ def service(make_settings: SettingsFactory, tmp_path: Path, redis_url: str) -> I
     running[-1].stop()
 
 
+@pytest.mark.timeout(600)  # 30 sequences of 25 calls with restarts: past the 120 s guard when busy
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)  # one backend: time
 def test_sequences_of_calls(service: Service) -> None:
     Sequences.service = service
