@@ -186,10 +186,17 @@ class NotLearner(RouterError):
 
 
 class StoreUnavailable(RouterError):
+    """Redis cannot serve the call. ``refused``: it is up and refuses this service (its
+    credentials, an ACL, a full memory, a disk it cannot write) until an operator acts, so a
+    retry alone does not help."""
+
     status_code = 503
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"state store (Redis) unavailable, retry later: {detail}")
+    def __init__(self, detail: str, *, refused: bool = False) -> None:
+        said = "unavailable, retry later"
+        if refused:
+            said = "up but refusing, retry once an operator acts"
+        super().__init__(f"state store (Redis) {said}: {detail}")
 
 
 class StoreDamaged(RouterError):

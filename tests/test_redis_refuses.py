@@ -217,7 +217,8 @@ def test_a_process_started_while_redis_is_full_serves_and_the_reading_commands_w
     capsys.readouterr()
     assert main(["restore", str(snapshot), "--force"]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "bandit-router restore: state store (Redis) unavailable, retry later: Redis refuses "
+        "bandit-router restore: state store (Redis) up but refusing, retry once an operator acts: "
+        "Redis refuses "
         "writes: it is out of memory (maxmemory): free some, or raise maxmemory"
     ]
 
@@ -360,7 +361,8 @@ def test_learn_names_the_credentials_redis_refuses(
 ) -> None:
     """A Redis that wants a password: `learn` stops at once (no wait for it), saying the URL's
     credentials are refused. Given none, it said only Redis's "HELLO must be called with the
-    client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used"."""
+    client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used",
+    and then after "unavailable, retry later", which no retry mends."""
     redis.Redis.from_url(own_redis.url).config_set("requirepass", "sekret")
     monkeypatch.setenv("BANDIT_STARTUP_WAIT_S", "600")
     for url in (own_redis.url, own_redis.url.replace("redis://", "redis://:wrong@")):
@@ -369,4 +371,5 @@ def test_learn_names_the_credentials_redis_refuses(
         err = capsys.readouterr().err
         assert "bandit-router learn: " in err and "Traceback" not in err
         assert "Redis refuses the credentials of BANDIT_REDIS_URL" in err, err
+        assert "retry once an operator acts" in err and "retry later" not in err, err
         assert "wrong@" not in err and "sekret" not in err

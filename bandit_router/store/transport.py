@@ -76,7 +76,8 @@ def down(error: BaseException) -> StoreUnavailable:
     if isinstance(error, AuthenticationError):
         return StoreUnavailable(
             f"Redis refuses the credentials of BANDIT_REDIS_URL (redis://[USER]:PASSWORD@HOST:"
-            f"PORT/DB), a password missing or wrong: {error}"
+            f"PORT/DB), a password missing or wrong: {error}",
+            refused=True,
         )
     return StoreUnavailable(str(error) or type(error).__name__)
 
@@ -110,7 +111,7 @@ def refusal(error: ResponseError) -> StoreUnavailable | None:
         why = f"the service's user a command: {text} (see README, Security and limits)"
     else:
         return None
-    return StoreUnavailable(f"Redis refuses {why}")
+    return StoreUnavailable(f"Redis refuses {why}", refused=True)
 
 
 def slot_moving(route: SlotRoute | None, error: ResponseError) -> StoreUnavailable | None:
