@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
@@ -52,6 +58,36 @@ def numbered_lines(f: IO[bytes]) -> Iterator[tuple[int, str | LineError]]:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:
             yield number, LineError(number, f"not UTF-8 ({e.reason} at byte {e.start})")
+
+
+@contextmanager
+def reopenable(name: str) -> Iterator[Path]:
+    """``name`` (``-``: standard input) as a path that can be opened more than once. A pipe
+    or a terminal (``-``, ``/dev/stdin``, a FIFO) is copied to a temporary file first: opened
+    again, it would go on where the first reader's buffer stopped, rows lost without a word.
+    Errors raised inside name ``name``, not the copy."""
+    if name != "-":
+        try:
+            mode = Path(name).stat().st_mode
+            regular = stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+        except OSError:
+            regular = True  # opening it says why it cannot be read
+        if regular:
+            yield Path(name)
+            return
+    with tempfile.TemporaryDirectory(prefix="bandit-router-") as folder:
+        copy = Path(folder) / "input"
+        with copy.open("wb") as out:
+            if name == "-":
+                shutil.copyfileobj(sys.stdin.buffer, out)
+            else:
+                with open(name, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        try:
+            yield copy
+        except (ValueError, OSError) as e:
+            e.args = tuple(a.replace(str(copy), name) if isinstance(a, str) else a for a in e.args)
+            raise
 
 
 def read_bounded(f: IO[bytes], what: str) -> str:

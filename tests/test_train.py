@@ -4,6 +4,10 @@ service that then serves what history taught it; and `simulate --warm-start`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +136,37 @@ def test_train_names_a_bad_input(
     assert main(["train", str(good), "--out", str(out), "--policy", "fixed:arm=b"]) == 2
     assert "policy fixed: arm 'b' is not an arm; valid: a" in capsys.readouterr().err
     assert not out.exists()  # it was written, for a restore to refuse or serve an arm not there
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdin"])
+def test_train_reads_a_pipe_whole(name: str, tmp_path: Path) -> None:
+    """Piped in, the first row arriving alone: every row is learned. `train` read the file twice
+    (its first row says DSJSON or replay), and a pipe opened again went on after the first
+    reader's buffer: /dev/stdin trained without its first row, unsaid; `-` was no file."""
+    rows = _planted(tmp_path / "history.jsonl", 50).read_bytes().splitlines(keepends=True)
+    out = tmp_path / "trained.json"
+    env = {**os.environ, "BANDIT_ARMS": ARMS, "BANDIT_REWARD_WEIGHTS": "accuracy=1"}
+    command = [sys.executable, "-m", "bandit_router.cli", "train", name, "--out", str(out)]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, env=env, text=False) as train:
+        assert train.stdin is not None
+        train.stdin.write(rows[0])
+        train.stdin.flush()
+        time.sleep(1)  # the first reader finds one row in the pipe
+        train.stdin.write(b"".join(rows[1:]))
+        train.stdin.close()
+        assert train.wait(timeout=120) == 0
+    assert json.loads(out.read_text())["model_version"] == 100  # 50 rows, both arms' outcomes
+
+
+def test_a_bad_piped_row_is_named_by_the_name_given(tmp_path: Path) -> None:
+    out = tmp_path / "trained.json"
+    command = [sys.executable, "-m", "bandit_router.cli", "train", "-", "--out", str(out)]
+    done = subprocess.run(
+        command, input=b'{"query": 5}\n', capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("train: -:1: query must be a non-empty string")
+    assert not out.exists()
 
 
 TASKS = {

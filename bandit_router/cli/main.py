@@ -28,6 +28,7 @@ from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
 from bandit_router.http.process import configure_logging
+from bandit_router.inputs import reopenable
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings, unknown_variables
 from bandit_router.store.cluster import NotACluster
@@ -403,13 +404,14 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
 
     for name in names:
         replay.check_spec(name, settings)
-    data = dataset.load(
-        Path(args.replay),
-        args.arms and Path(args.arms),
-        args.skip_bad,
-        args.limit,
-        settings.max_features,  # what /choose would take
-    )
+    with reopenable(args.replay) as path:  # - reads standard input
+        data = dataset.load(
+            path,
+            args.arms and Path(args.arms),
+            args.skip_bad,
+            args.limit,
+            settings.max_features,  # what /choose would take
+        )
     try:
         words = dataset.replay_words(settings.hash_key)
         prepared = dataset.prepare(data, reward_config(settings), words, args.skip_bad)
@@ -509,7 +511,10 @@ _DEFAULT_POLICIES = "random,static,best-fixed,oracle"
 
 def _add_simulate(sub: Any) -> None:
     p = sub.add_parser("simulate", help="replay a full-feedback log", description=simulate.__doc__)
-    p.add_argument("replay", help="replay file: one JSON row per query (see simulations/README.md)")
+    p.add_argument(
+        "replay",
+        help="replay file: one JSON row per query, - for stdin (see simulations/README.md)",
+    )
     p.add_argument("--arms", help='arms file, {"arms": [{"name", "params_b", "usd_per_mtok"}]}')
     p.add_argument(
         "--policies",

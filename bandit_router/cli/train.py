@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bandit_router.cli.commands import add_deployment, deployment_settings, summary_out
+from bandit_router.inputs import reopenable
 from bandit_router.offline.train import (
     arms_seen,
     dsjson_records,
@@ -22,11 +23,11 @@ from bandit_router.offline.train import (
     logged,
     teach,
 )
-from bandit_router.policies.base import Arm
+from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.registry import build_policy, check_arms, parse_policy_spec
 from bandit_router.service.backup import to_json, write_file
 from bandit_router.service.router import reward_config
-from bandit_router.settings import ArmSpec
+from bandit_router.settings import ArmSpec, Settings
 from bandit_router.sim import dataset, replay
 from bandit_router.store.records import Snapshot
 
@@ -36,50 +37,18 @@ def train(args: argparse.Namespace) -> int:
     an exported DSJSON log (each logged choice, weighted by its propensity), and write a snapshot
     file for `bandit-router restore`. Reward weights and budgets are the BANDIT_* settings."""
     settings = deployment_settings(args)  # its policy, reward weights and budgets
-    path = Path(args.file)
     out = Path(args.out)
     try:
         _check_out(out)  # before training, not after a long run
-        if out.resolve() in {path.resolve(), *([Path(args.arms).resolve()] if args.arms else [])}:
-            raise ValueError(f"--out {out}: is the file trained on; give another name")
         spec = parse_policy_spec(args.policy or settings.policy)
         policy = build_policy(spec, settings, settings.seed)
-        words: str | None = None  # a log's words were hashed under its deployment's key
-        if is_dsjson(path):
-            if args.arms:
-                raise ValueError(
-                    "--arms is a replay file's; a DSJSON log names its arms (and their prices)"
-                )
-            # Taught as read: a bad line stops it before anything is written, as before.
-            seen: dict[str, Arm] = {}
-            records = arms_seen(dsjson_records(path, settings.max_features), seen)
-            learned = teach(policy, logged(records))
-            arms = list(seen.values())
-            kind = "DSJSON log"
-        else:
-            try:
-                data = dataset.load(
-                    path, args.arms and Path(args.arms), args.skip_bad, None, settings.max_features
-                )
-            except dataset.ReplayError as e:
-                raise ValueError(
-                    f"{e}; read as a replay file, since the first row has no _label_cost (what "
-                    "an exported DSJSON event has)"
-                ) from e
-            key = dataset.replay_words(settings.hash_key)  # as `simulate` hashes words
-            prepared = dataset.prepare(data, reward_config(settings), key, args.skip_bad)
-            words = key.fingerprint
-            rows = dataset.order(len(prepared.replay.rows), settings.seed or 0, in_order=False)
-            examples = full_feedback(
-                prepared.features,
-                prepared.eligible,
-                lambda i: replay.outcomes(prepared, i),
-                (int(i) for i in rows),
-                settings.seed or 0,
-            )
-            learned = teach(policy, examples)
-            arms = data.arms
-            kind = "replay file"
+        with reopenable(args.file) as path:  # a pipe read twice would lose rows
+            if out.resolve() in {
+                path.resolve(),
+                *([Path(args.arms).resolve()] if args.arms else []),
+            }:
+                raise ValueError(f"--out {out}: is the file trained on; give another name")
+            learned, arms, kind, words = _teach(args, path, settings, policy)
         specs = [
             ArmSpec(name=a.name, params_b=a.params_b, usd_per_mtok=a.usd_per_mtok) for a in arms
         ]
@@ -97,13 +66,50 @@ def train(args: argparse.Namespace) -> int:
         return 2
     summary: dict[str, Any] = {
         "file": str(out),
-        "trained_on": f"{path} ({kind})",
+        "trained_on": f"{args.file} ({kind})",
         "policy": str(spec),
         "examples_learned": learned,
         "arms": [a.name for a in arms],
     }
     print(json.dumps(summary, indent=1), file=summary_out(out))
     return 0
+
+
+def _teach(
+    args: argparse.Namespace, path: Path, settings: Settings, policy: Policy
+) -> tuple[int, list[Arm], str, str | None]:
+    """Teach ``policy`` the file at ``path``: the examples learned, the file's arms, its kind
+    and, for a replay file, the fingerprint of the key its words were hashed under (a log's
+    were hashed under its deployment's)."""
+    if is_dsjson(path):
+        if args.arms:
+            raise ValueError(
+                "--arms is a replay file's; a DSJSON log names its arms (and their prices)"
+            )
+        # Taught as read: a bad line stops it before anything is written, as before.
+        seen: dict[str, Arm] = {}
+        records = arms_seen(dsjson_records(path, settings.max_features), seen)
+        return teach(policy, logged(records)), list(seen.values()), "DSJSON log", None
+    try:
+        data = dataset.load(
+            path, args.arms and Path(args.arms), args.skip_bad, None, settings.max_features
+        )
+    except dataset.ReplayError as e:
+        raise ValueError(
+            f"{e}; read as a replay file, since the first row has no _label_cost (what "
+            "an exported DSJSON event has)"
+        ) from e
+    key = dataset.replay_words(settings.hash_key)  # as `simulate` hashes words
+    prepared = dataset.prepare(data, reward_config(settings), key, args.skip_bad)
+    rows = dataset.order(len(prepared.replay.rows), settings.seed or 0, in_order=False)
+    examples = full_feedback(
+        prepared.features,
+        prepared.eligible,
+        lambda i: replay.outcomes(prepared, i),
+        (int(i) for i in rows),
+        settings.seed or 0,
+    )
+    return teach(policy, examples), data.arms, "replay file", key.fingerprint
 
 
 def _check_out(out: Path) -> None:
@@ -120,7 +126,9 @@ def _check_out(out: Path) -> None:
 
 def add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="learn a policy from history", description=train.__doc__)
-    p.add_argument("file", help="a replay file (JSON rows with every arm's outcome) or DSJSON")
+    p.add_argument(
+        "file", help="a replay file (JSON rows with every arm's outcome) or DSJSON (- for stdin)"
+    )
     p.add_argument("--out", required=True, help="the snapshot file to write")
     p.add_argument("--arms", help="the replay file's arms file (.arms.json)")
     p.add_argument("--policy", help="the policy spec to train (default BANDIT_POLICY)")
