@@ -121,7 +121,9 @@ def test_dashboard_renders_live_charts(
         assert set(ARMS) <= labels, (chart, labels)
     for arm in ARMS:
         assert any(v > 0 for v in charts["share"]["series"][arm]), arm
-    assert "egreedy:epsilon=0.2" in _text(browser, "settings")
+    settings = _text(browser, "settings")
+    assert "egreedy:epsilon=0.2" in settings and "epsilon=0.2, learning_rate=0.1" in settings
+    assert "0.05" not in settings  # BANDIT_EPSILON: the spec's own epsilon is what runs
     assert "static" in _text(browser, "baselines")
     assert "linucb" in _text(browser, "challengers")
     # Live: more traffic shows up without a reload.
@@ -260,3 +262,37 @@ def test_the_page_reads_stats_when_its_address_carries_the_key(
     browser.get(base.replace("http://", "http://ops:ops-key@") + "/dashboard")
     WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
     assert "events in window\n3" in _text(browser, "cards")
+
+
+def test_the_selector_shows_each_deployment_its_own_arms(
+    serve: Callable[..., str], browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """With a deployments file, the page lists the deployments, and picking one draws its own
+    arms and settings (read with ?deployment=), not `default`'s."""
+    file = tmp_path / "deployments.toml"
+    file.write_text('[deployments.support]\narms = "small:4,large:14"\npolicy = "egreedy"\n')
+    base = serve(deployments_file=str(file))
+    drive_traffic(base, 30)
+    with httpx.Client(base_url=base) as http:
+        for _ in range(30):
+            body = {"query": "my order never came", "deployment": "support"}
+            d = http.post("/choose", json=body).json()
+            assert d["arm"] in ("small", "large")
+            good = d["arm"] == "large"
+            reward = {"event_id": d["event_id"], "accuracy": float(good), "rating": 4}
+            reward |= {"latency_ms": 500}  # every part the weights name: learned at once
+            assert http.post("/reward", json=reward).status_code == 200
+    browser.get(f"{base}/dashboard?refresh=1")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda b: _renders(b) >= 1 and b.find_element(By.ID, "deployment").is_displayed())
+    options = browser.find_elements(By.CSS_SELECTOR, "#deployment option")
+    assert [o.text for o in options] == ["default", "support"]
+    assert set(ARMS) <= set(_charts(browser)["share"]["series"])
+    options[1].click()
+    wait.until(lambda b: "deployment=support" in b.current_url and _renders(b) >= 1)
+    share = _charts(browser)["share"]["series"]
+    assert set(share) == {"small", "large"}, share
+    assert any(v > 0 for v in share["large"]), share
+    assert "egreedy" in _text(browser, "settings")
+    assert browser.find_element(By.CSS_SELECTOR, "#deployment option:checked").text == "support"
+    assert browser.save_screenshot(str(screenshot_path(tmp_path, "dashboard-support.png")))

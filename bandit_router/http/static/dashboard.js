@@ -182,13 +182,16 @@ function render(s) {
   challengers(s.challengers, ci);
   const st = s.settings;
   table("settings", ["setting", "value"], [
-    ["policy", st.policy], ["policy parameters", JSON.stringify(st.policy_params)],
-    ["epsilon", String(st.epsilon)], ["LinUCB alpha", String(st.linucb_alpha)],
-    ["reward weights", Object.entries(st.reward_weights).map(([k, v]) => `${k}=${v}`).join(", ")],
+    // The parameters the policy runs with; BANDIT_EPSILON and BANDIT_LINUCB_ALPHA only fill in
+    // what its spec omits, so shown alone they would contradict a spec's own (egreedy:epsilon=0.2).
+    ["policy", st.policy], ["policy parameters", pairs(st.policy_params)],
+    ["reward weights", pairs(st.reward_weights)],
     ["latency budget", `${st.latency_budget_ms} ms`], ["cost budget", `${st.cost_budget_usd} USD`],
     ["arms", st.arms.map(a => a.name).join(", ")], ["model version", String(s.model_version)],
   ]);
 }
+
+const pairs = o => Object.entries(o).map(([k, v]) => `${k}=${typeof v === "string" ? JSON.stringify(v) : v}`).join(", ");
 
 function challengers(c, ci) {
   if (!c) return;
