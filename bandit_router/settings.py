@@ -32,6 +32,9 @@ HOUR_S, DAY_S, YEAR_S = 3600, 86_400, 31_536_000
 MAX_COUNT = 10**10
 GIB = 1 << 30
 MIB = 1 << 20
+# Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
+# `evaluate` and `simulate` read: what a deployment decides over, its export carries.
+MAX_ARMS = 64
 
 
 GATEWAY_PARTS = ("latency", "cost", "failure")
@@ -544,6 +547,11 @@ class Settings(BaseSettings):
     def _unique_arms(cls, arms: list[ArmSpec]) -> list[ArmSpec]:
         if not arms:
             raise ValueError("at least one arm is needed")
+        if len(arms) > MAX_ARMS:
+            raise ValueError(
+                f"at most {MAX_ARMS} arms, got {len(arms)} (a request's arms and an exported "
+                "event, which train and evaluate read, carry at most that many)"
+            )
         names = [arm.name for arm in arms]
         dupes = sorted({name for name in names if names.count(name) > 1})
         if dupes:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bandit_router.cli.main import main
 from bandit_router.http.app import create_app
 from bandit_router.rewards import RewardConfig
 from bandit_router.sim import dataset, replay, report
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, use_settings
 
 MEANS = {"a": 0.3, "b": 0.5, "c": 0.9}
 QUERIES = ["summarise this support ticket", "write a sql query for sales", "translate to french"]
@@ -73,3 +74,39 @@ def test_the_simulator_adds_an_arm_mid_stream(tmp_path: Path) -> None:
         seen = report.arrival(rs, c, 1000)
         assert all(w is not None and w < 100 for w in seen["first_chosen_after"]), seen
         assert seen["share_after"] > 0.5, (name, seen)
+
+
+def test_as_many_arms_as_a_request_and_an_export_carry_and_no_more(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A deployment decides over every configured arm, and its export is read back by
+    `evaluate` and `train`, which take at most 64 arms an event (a request's `arms` too): 64
+    configured arms round-trip; a 65th is refused at start-up, naming BANDIT_ARMS."""
+    names = [f"m{i}" for i in range(64)]
+    settings = make_settings(arms=",".join(names), reward_weights="accuracy=1")
+    with TestClient(create_app(settings)) as client:
+        everyone = client.post("/choose", json={"query": "q", "arms": names})
+        assert everyone.status_code == 200, everyone.text
+        for i in range(5):
+            d = client.post("/choose", json={"query": f"q {i}"}).json()
+            assert len(d["probabilities"]) == 64
+            client.post("/reward", json={"event_id": d["event_id"], "accuracy": 1.0})
+    use_settings(monkeypatch, settings)
+    monkeypatch.setenv("BANDIT_ARMS", ",".join(names))
+    log = tmp_path / "log.dsjson"
+    assert main(["export", "--out", str(log)]) == 0
+    assert main(["evaluate", str(log)]) == 0
+    assert main(["train", str(log), "--out", str(tmp_path / "t.json")]) == 0
+    capsys.readouterr()
+
+    for value in (
+        ",".join([*names, "one-more"]),
+        json.dumps([{"name": n} for n in [*names, "one-more"]]),
+    ):
+        monkeypatch.setenv("BANDIT_ARMS", value)
+        assert main(["config"]) == 2
+        err = capsys.readouterr().err
+        assert "BANDIT_ARMS" in err and "at most 64 arms, got 65" in err, err
