@@ -76,7 +76,19 @@ class UpstreamSpec(BaseModel):
 class ArmSpec(BaseModel):
     """One arm as configured: a model name and the features it carries into the policy."""
 
-    model_config = ConfigDict(allow_inf_nan=False)  # exports write them as JSON
+    # Exports write them as JSON. A key it does not know is refused: ignored, a misspelt
+    # `upstream` or price would leave the gateway without it, and nothing said.
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            valid = list(cls.model_fields)
+            for key in value:
+                if key not in valid:
+                    raise ValueError(f"unknown key {str(key)[:64]!r}; valid: {', '.join(valid)}")
+        return value
 
     name: str = Field(
         min_length=1,

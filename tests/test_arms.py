@@ -110,3 +110,26 @@ def test_as_many_arms_as_a_request_and_an_export_carry_and_no_more(
         assert main(["config"]) == 2
         err = capsys.readouterr().err
         assert "BANDIT_ARMS" in err and "at most 64 arms, got 65" in err, err
+
+
+@pytest.mark.parametrize(
+    ("arm", "key"),
+    [
+        ({"name": "a", "upstrem": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}, "upstrem"),
+        ({"name": "a", "usd_per_mtoks": 0.5}, "usd_per_mtoks"),
+        ({"name": "a", "params": 7}, "params"),
+    ],
+)
+def test_a_misspelt_key_of_an_arm_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arm: dict[str, object],
+    key: str,
+) -> None:
+    """Ignored, a misspelt `upstream` left the gateway without the arm's upstream and a
+    misspelt price left its cost unmeasured, with nothing said."""
+    monkeypatch.setenv("BANDIT_ARMS", json.dumps([arm, {"name": "b"}]))
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "BANDIT_ARMS" in err and f"unknown key {key!r}" in err, err
+    assert "valid: name, params_b, usd_per_mtok, upstream" in err, err
