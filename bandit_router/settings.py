@@ -125,7 +125,12 @@ def parse_arms(value: Any) -> Any:
         return value
     text = value.strip()
     if text.startswith("["):
-        return json.loads(text)
+        return _json(text, "a JSON list of arms")
+    if text.startswith("{"):
+        raise ValueError(
+            'a JSON list of arms is expected ([{"name": ...}, ...]), '
+            "or name:params_b:usd_per_mtok,..."
+        )
     arms: list[dict[str, Any]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, *rest = item.split(":")
@@ -134,9 +139,23 @@ def parse_arms(value: Any) -> Any:
         arm: dict[str, Any] = {"name": name}
         for key, raw in zip(("params_b", "usd_per_mtok"), rest, strict=False):
             if raw:
-                arm[key] = float(raw)
+                try:
+                    arm[key] = float(raw)
+                except ValueError:
+                    raise ValueError(f"arm {item!r}: {key} {raw!r} is not a number") from None
         arms.append(arm)
     return arms
+
+
+def _json(text: str, expected: str) -> Any:
+    """``text`` as JSON, or ``ValueError`` saying what is wrong (a traceback, for nesting deeper
+    than the parser recurses)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{expected} is expected; this one is nested too deep to read") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON: {e}") from None
 
 
 def parse_weights(value: Any) -> Any:
@@ -491,7 +510,7 @@ class Settings(BaseSettings):
     @field_validator("gateway_preferences", mode="before")
     @classmethod
     def _parse_preferences(cls, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
+        return _json(value, "a JSON object of named weights") if isinstance(value, str) else value
 
     @field_validator("gateway_parts", mode="before")
     @classmethod
