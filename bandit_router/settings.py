@@ -670,6 +670,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _gateway_model_is_no_arm(self) -> Settings:
+        """The gateway's ``model`` that asks it to choose, as an arm it serves, would make that
+        arm one it can never be asked for by name."""
+        for arm in self.arms:
+            if arm.upstream is not None and arm.name == self.gateway_model:
+                raise ValueError(
+                    f"arm {arm.name!r} (BANDIT_ARMS) is named as BANDIT_GATEWAY_MODEL, the "
+                    "gateway's model that asks it to choose: rename the arm, or set "
+                    "BANDIT_GATEWAY_MODEL to another name"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _log_holds_a_snapshots_events(self) -> Settings:
         """The log keeps what the learner learned since its last snapshot: trimmed sooner, a
         learner that dies before publishing loses those events for good."""

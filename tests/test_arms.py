@@ -133,3 +133,26 @@ def test_a_misspelt_key_of_an_arm_is_refused_naming_it(
     err = capsys.readouterr().err
     assert "BANDIT_ARMS" in err and f"unknown key {key!r}" in err, err
     assert "valid: name, params_b, usd_per_mtok, upstream" in err, err
+
+
+@pytest.mark.parametrize("gateway_model", [None, "router"])
+def test_an_arm_with_an_upstream_named_as_the_gateway_model_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], gateway_model: str | None
+) -> None:
+    """Served, `GET /v1/models` listed the name twice, and a request for it was routed among
+    every arm: the arm could not be asked for by name."""
+    name = gateway_model or "auto"
+    if gateway_model:
+        monkeypatch.setenv("BANDIT_GATEWAY_MODEL", gateway_model)
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    monkeypatch.setenv(
+        "BANDIT_ARMS", json.dumps([{"name": n, "upstream": upstream} for n in (name, "b")])
+    )
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert f"arm {name!r} (BANDIT_ARMS) is named as BANDIT_GATEWAY_MODEL" in err, err
+    # Without an upstream the gateway does not serve it: the name is free.
+    monkeypatch.setenv(
+        "BANDIT_ARMS", json.dumps([{"name": name}, {"name": "b", "upstream": upstream}])
+    )
+    assert main(["config"]) == 0
