@@ -156,3 +156,23 @@ def test_an_arm_with_an_upstream_named_as_the_gateway_model_is_refused(
         "BANDIT_ARMS", json.dumps([{"name": name}, {"name": "b", "upstream": upstream}])
     )
     assert main(["config"]) == 0
+
+
+def test_a_replay_of_more_arms_than_a_deployment_serves_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train` wrote a snapshot of 65 arms, which no deployment can serve, and `simulate`
+    replayed them: the arms file's and the rows' arms count together."""
+    rows = tmp_path / "r.jsonl"
+    with rows.open("w") as f:
+        for i in range(3):  # 64 arms a row, within the row limit; 65 over the file
+            outcomes = {f"m{(i + j) % 65}": {"accuracy": 1.0} for j in range(64)}
+            f.write(json.dumps({"query": f"q {i}", "outcomes": outcomes}) + "\n")
+    arms = tmp_path / "r.arms.json"
+    arms.write_text(json.dumps({"arms": [{"name": f"m{i}"} for i in range(65)]}))
+    for args in (["--arms", str(arms)], []):
+        assert main(["train", str(rows), *args, "--out", str(tmp_path / "t.json")]) == 2
+        assert "65 arms; at most 64" in capsys.readouterr().err
+        assert main(["simulate", str(rows), *args, "--policies", "random"]) == 2
+        assert "65 arms; at most 64" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
