@@ -24,10 +24,10 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from bandit_router.policies.base import Arm
+from bandit_router.settings import MAX_ARMS as MAX_ARMS  # of one row or event, and a request's
 from bandit_router.settings import ArmSpec
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # far above any real row (the public sets' longest: 6 kB)
-MAX_ARMS = 64  # arms of one row or event, and of a request's arm subset
 MAX_FEATURE_NUMBER = 1e15  # beyond it a number is an id or a mistake, and overflows scaling
 MAX_FEATURE_KEY_CHARS = 64
 MAX_FEATURE_VALUE_CHARS = 256

@@ -32,6 +32,9 @@ HOUR_S, DAY_S, YEAR_S = 3600, 86_400, 31_536_000
 MAX_COUNT = 10**10
 GIB = 1 << 30
 MIB = 1 << 20
+# Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
+# `evaluate` and `simulate` read: what a deployment decides over, its export carries.
+MAX_ARMS = 64
 
 
 GATEWAY_PARTS = ("latency", "cost", "failure")
@@ -73,7 +76,19 @@ class UpstreamSpec(BaseModel):
 class ArmSpec(BaseModel):
     """One arm as configured: a model name and the features it carries into the policy."""
 
-    model_config = ConfigDict(allow_inf_nan=False)  # exports write them as JSON
+    # Exports write them as JSON. A key it does not know is refused: ignored, a misspelt
+    # `upstream` or price would leave the gateway without it, and nothing said.
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            valid = list(cls.model_fields)
+            for key in value:
+                if key not in valid:
+                    raise ValueError(f"unknown key {str(key)[:64]!r}; valid: {', '.join(valid)}")
+        return value
 
     name: str = Field(
         min_length=1,
@@ -110,7 +125,12 @@ def parse_arms(value: Any) -> Any:
         return value
     text = value.strip()
     if text.startswith("["):
-        return json.loads(text)
+        return _json(text, "a JSON list of arms")
+    if text.startswith("{"):
+        raise ValueError(
+            'a JSON list of arms is expected ([{"name": ...}, ...]), '
+            "or name:params_b:usd_per_mtok,..."
+        )
     arms: list[dict[str, Any]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, *rest = item.split(":")
@@ -119,9 +139,23 @@ def parse_arms(value: Any) -> Any:
         arm: dict[str, Any] = {"name": name}
         for key, raw in zip(("params_b", "usd_per_mtok"), rest, strict=False):
             if raw:
-                arm[key] = float(raw)
+                try:
+                    arm[key] = float(raw)
+                except ValueError:
+                    raise ValueError(f"arm {item!r}: {key} {raw!r} is not a number") from None
         arms.append(arm)
     return arms
+
+
+def _json(text: str, expected: str) -> Any:
+    """``text`` as JSON, or ``ValueError`` saying what is wrong (a traceback, for nesting deeper
+    than the parser recurses)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{expected} is expected; this one is nested too deep to read") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON: {e}") from None
 
 
 def parse_weights(value: Any) -> Any:
@@ -476,7 +510,7 @@ class Settings(BaseSettings):
     @field_validator("gateway_preferences", mode="before")
     @classmethod
     def _parse_preferences(cls, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
+        return _json(value, "a JSON object of named weights") if isinstance(value, str) else value
 
     @field_validator("gateway_parts", mode="before")
     @classmethod
@@ -544,6 +578,11 @@ class Settings(BaseSettings):
     def _unique_arms(cls, arms: list[ArmSpec]) -> list[ArmSpec]:
         if not arms:
             raise ValueError("at least one arm is needed")
+        if len(arms) > MAX_ARMS:
+            raise ValueError(
+                f"at most {MAX_ARMS} arms, got {len(arms)} (a request's arms and an exported "
+                "event, which train and evaluate read, carry at most that many)"
+            )
         names = [arm.name for arm in arms]
         dupes = sorted({name for name in names if names.count(name) > 1})
         if dupes:
@@ -628,6 +667,19 @@ class Settings(BaseSettings):
             kept.setdefault(same, text)
         if len(kept) < len(self.challengers):  # assigning marks the field set: `config` says env
             self.challengers = list(kept.values())
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_model_is_no_arm(self) -> Settings:
+        """The gateway's ``model`` that asks it to choose, as an arm it serves, would make that
+        arm one it can never be asked for by name."""
+        for arm in self.arms:
+            if arm.upstream is not None and arm.name == self.gateway_model:
+                raise ValueError(
+                    f"arm {arm.name!r} (BANDIT_ARMS) is named as BANDIT_GATEWAY_MODEL, the "
+                    "gateway's model that asks it to choose: rename the arm, or set "
+                    "BANDIT_GATEWAY_MODEL to another name"
+                )
         return self
 
     @model_validator(mode="after")

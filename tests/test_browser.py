@@ -296,3 +296,29 @@ def test_the_selector_shows_each_deployment_its_own_arms(
     assert "egreedy" in _text(browser, "settings")
     assert browser.find_element(By.CSS_SELECTOR, "#deployment option:checked").text == "support"
     assert browser.save_screenshot(str(screenshot_path(tmp_path, "dashboard-support.png")))
+
+
+def _rows(browser: webdriver.Chrome, element_id: str) -> dict[str, list[str]]:
+    """A table's rows as drawn, by their first cell."""
+    rows: list[list[str]] = browser.execute_script(
+        f"return [...document.getElementById('{element_id}').rows].map("
+        "r => [...r.cells].map(c => c.textContent))"
+    )
+    return {r[0]: r[1:] for r in rows[1:]}
+
+
+def test_an_arm_no_longer_served_is_said_so_not_shown_never_decided(
+    serve: Callable[..., str], browser: webdriver.Chrome, make_settings: Any
+) -> None:
+    """After a restart without 14b, its events stay in the window: its row said `decided 0`
+    beside its share, as if it had never been chosen."""
+    prefix = make_settings().key_prefix
+    drive_traffic(serve(key_prefix=prefix, policy="random", seed=3), 60)
+    base = serve(key_prefix=prefix, arms="4b,7b")
+    browser.get(f"{base}/dashboard")
+    WebDriverWait(browser, 20).until(lambda b: _renders(b) >= 1)
+    rows = _rows(browser, "arms")
+    assert set(rows) == {"4b", "7b", "14b (not served)"}, rows
+    decided, share = rows["14b (not served)"][:2]
+    assert decided == "\u2013" and float(share) > 0, rows
+    assert all(int(rows[a][0]) > 0 for a in ("4b", "7b")), rows

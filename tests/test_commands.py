@@ -337,3 +337,22 @@ def test_the_simulations_scripts_bound_their_seeds(
             module.main(["--seeds", seeds, "x"] + (["y"] if script == "sweep" else []))
         assert exit_.value.code == 2
         assert f"argument --seeds: {seeds} is out of range: 1 to 1000" in capsys.readouterr().err
+
+
+def test_status_shows_an_arm_of_the_window_no_longer_served(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a restart without 14b, its events stay in the window: `status` left its row out,
+    so the shares it listed did not add up and nothing said why."""
+    settings = make_settings(policy="random")
+    rewarded_traffic(make_client(settings), 30)
+    use_settings(monkeypatch, settings)
+    monkeypatch.setenv("BANDIT_ARMS", "4b,7b")
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("14b"))
+    assert row.split()[:5] == ["14b", "(not", "served)", "-", "-"], row
+    assert float(row.split()[6]) > 0, row  # its share of the window

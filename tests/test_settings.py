@@ -197,3 +197,40 @@ def test_a_variable_that_names_no_setting_is_said_with_the_closest(
     assert "BANDIT_POLCY is not a setting and is ignored; did you mean BANDIT_POLICY?" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        (
+            "ARMS",
+            "[" * 3000 + "]" * 3000,
+            "arms (BANDIT_ARMS): a JSON list of arms is expected; this one is nested too deep",
+        ),
+        (
+            "ARMS",
+            '[{"name": ' * 3000 + "1" + "}" * 3000 + "]",
+            "arms (BANDIT_ARMS): a JSON list of arms is expected; this one is nested too deep",
+        ),
+        ("ARMS", "[{", "arms (BANDIT_ARMS): not JSON: Expecting property name"),
+        ("ARMS", '{"name": "a"}', "arms (BANDIT_ARMS): a JSON list of arms is expected"),
+        ("ARMS", "a:b", "arms (BANDIT_ARMS): arm 'a:b': params_b 'b' is not a number"),
+        ("ARMS", "a:1:x", "arms (BANDIT_ARMS): arm 'a:1:x': usd_per_mtok 'x' is not a number"),
+        (
+            "GATEWAY_PREFERENCES",
+            '{"a": ' * 3000 + "1" + "}" * 3000,
+            "(BANDIT_GATEWAY_PREFERENCES): a JSON object of named weights is expected; this one",
+        ),
+        ("GATEWAY_PREFERENCES", "{", "(BANDIT_GATEWAY_PREFERENCES): not JSON: Expecting"),
+    ],
+)
+def test_a_json_setting_nested_too_deep_or_malformed_is_said_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    assert main(["config"]) == 2
+    assert message in capsys.readouterr().err

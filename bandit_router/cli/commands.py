@@ -148,6 +148,12 @@ def format_status(s: dict[str, Any]) -> str:
         [name, t["decisions"], t["rewards"], t["mean_reward"], *_recent(r["arms"].get(name))]
         for name, t in s["arms"].items()
     ]
+    # An arm of the window not served (removed from BANDIT_ARMS) has no totals: said so.
+    arms += [
+        [f"{name} (not served)", None, None, None, *_recent(a)]
+        for name, a in r["arms"].items()
+        if name not in s["arms"]
+    ]
     arm_table = table(
         ["arm", "decisions", "rewards", "mean reward", "share", "accuracy", "latency ms", "rating"],
         arms,

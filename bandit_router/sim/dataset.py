@@ -148,6 +148,11 @@ def read_arms(path: Path | None, rows: Iterable[Row]) -> list[Arm]:
             if name not in known:
                 known.add(name)
                 arms.append(Arm(name))
+    if len(arms) > inputs.MAX_ARMS:  # what a deployment serves: a model of more, none could
+        where = f"{path} and the rows" if path is not None else "the rows"
+        raise ReplayError(
+            f"{where} name {len(arms)} arms; at most {inputs.MAX_ARMS}, as BANDIT_ARMS"
+        )
     return arms
 
 

@@ -172,7 +172,9 @@ function render(s) {
   bars("chart-arm-latency", "arm-latency", per(r.arms, "latency_ms"));
   bars("chart-arm-rating", "arm-rating", per(r.arms, "rating"), 5);
   table("arms", ["arm", "decided", "share", "reward", "accuracy", "ms", "rating"],
-    names.map(n => { const a = r.arms[n], t = s.arms[n] || {}; return [n, t.decisions ?? 0, fmt(a.share), fmt(a.mean_reward), fmt(a.accuracy), fmt(a.latency_ms, 0), fmt(a.rating, 2)]; }));
+    // An arm of the window that this process does not serve (removed from BANDIT_ARMS) has no
+    // row in the totals: said so, with no count rather than a 0 it never had.
+    names.map(n => { const a = r.arms[n], t = s.arms[n]; return [t ? n : `${n} (not served)`, t ? t.decisions : "–", fmt(a.share), fmt(a.mean_reward), fmt(a.accuracy), fmt(a.latency_ms, 0), fmt(a.rating, 2)]; }));
   const ci = e => (e.low === null ? "–" : `${fmt(e.low)}–${fmt(e.high)}`);
   const b = r.baselines, logged = b.logged ? [["this policy (on-policy)", fmt(b.logged.value), fmt(b.logged.value), fmt(b.logged.value), ci(b.logged)]] : [];
   table("baselines", ["policy", "IPS", "SNIPS", "DR", "SNIPS 95% CI"], logged.concat(
