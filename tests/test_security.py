@@ -203,6 +203,21 @@ def test_a_refused_override_is_said_once_to_a_learner_that_renews_its_lease(
     ) == 1
 
 
+def test_a_refused_override_is_said_once_by_a_starting_service(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loading the model and the learner's first read of the override each said it."""
+    settings = make_settings()
+    raw = redis.Redis.from_url(settings.redis_url or "")
+    raw.set(f"{{{settings.key_prefix}}}:policy", "squarecb:gamma_scale=NaN")
+    raw.close()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        assert _choose(client).json()["policy"] == "squarecb"
+    refused = [m for m in caplog.messages if m.startswith("policy override refused")]
+    assert len(refused) == 1, refused
+
+
 def test_a_snapshot_saved_under_a_refused_spec_is_relearned_from_the_log() -> None:
     saved = Snapshot("squarecb:gamma_scale=NaN", 30, "1700000000000-0", b"not read")
     model = restore(saved, parse_policy_spec("squarecb"), Settings())

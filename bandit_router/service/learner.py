@@ -66,6 +66,7 @@ class Model:
     policy: Policy
     version: int = 0  # events learned, across restarts
     stream_id: str = "0-0"  # watermark: the newest logged event learned
+    refused: str | None = None  # the stored policy override refused at loading, said then
 
     def learn(
         self, event: Logged, arms: dict[str, Arm], x: Features | None = None, late: bool = False
@@ -159,9 +160,10 @@ async def load_model(
     progress: Callable[[int], None] | None = None,
 ) -> Model:
     """The newest snapshot plus every logged event after it (``progress``: events replayed)."""
+    warned: set[str] = set()  # the override refused, if any: said here, once
     if spec is None:
         override = await store.policy_override()
-        spec = spec_in_force(override, settings)
+        spec = spec_in_force(override, settings, warned)
         setting = parse_policy_spec(settings.policy)
         if override and runs_as(spec, settings) != runs_as(setting, settings):
             # An operator who changed BANDIT_POLICY would otherwise see it ignored without a word.
@@ -174,6 +176,7 @@ async def load_model(
                 setting,
             )
     model = restore(await store.load_snapshot(), spec, settings)
+    model.refused = next(iter(warned), None)
     arms = {a.name: Arm.from_spec(a) for a in settings.arms}
     replayed = 0
     try:
@@ -199,7 +202,8 @@ class Learner:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.arms = {a.name: Arm.from_spec(a) for a in settings.arms}
         self._leading = False
-        self._refused: set[str] = set()  # stored overrides refused, said once in the log
+        # Stored overrides refused, said once in the log (the one met loading the model, then).
+        self._refused: set[str] = {model.refused} if model.refused else set()
         self._acks: list[str] = []
         self._unlearned: list[Logged] = []  # read after a batch's writes while the lock was held
         # Events were delivered to this learner that no replica confirmed (a WAIT failed):
