@@ -419,7 +419,8 @@ class Router:
                 self._combine(merged, weights)  # nothing to learn from: 422 naming the parts
             value, merged, logged_here = await self._finalize(event_id, merged, weights)
         if value is not None and self.learner.leading:
-            await self.learner.catch_up(got.logged)  # the learner is here: learned before we answer
+            # the learner is here: learned before we answer (stored, whatever the learner meets)
+            await self.learner.catch_up_stored(got.logged)
         # The reward's value is observed once an event, by the call that logged it: others that
         # completed it at the same moment answer the same value, not another observation.
         self.metrics.rewarded(decision["arm"], value if logged_here else None)
