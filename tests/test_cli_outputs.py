@@ -57,6 +57,7 @@ def test_an_export_that_fails_leaves_the_previous_file(
     )
     assert done.returncode == 1, done.stderr
     assert "File too large" in done.stderr and "Traceback" not in done.stderr
+    assert f"cannot write {out}:" in done.stderr  # the file asked for, not its temporary
     assert out.read_text() == GOOD
     assert sorted(os.listdir(tmp_path)) == ["events.dsjson"]  # no temporary file left
     # Redis down: refused before anything is written.

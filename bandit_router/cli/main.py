@@ -189,8 +189,10 @@ def export(args: argparse.Namespace) -> int:
         else:
             with replacing(Path(args.out)) as out:  # whole or not at all
                 count = asyncio.run(export_log(settings, out))
-    except OSError as e:
-        print(f"bandit-router export: {e}", file=sys.stderr)
+    except OSError as e:  # the output cannot be written (a full disk, no such directory)
+        # its strerror: the error's file name is the temporary file, not the one asked for
+        where = "standard output" if args.out in (None, "-") else args.out
+        print(f"bandit-router export: cannot write {where}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"exported {count} events", file=sys.stderr)
     return 0
