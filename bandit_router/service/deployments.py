@@ -9,6 +9,7 @@ lease, snapshots, counters and metrics; nothing one deployment does reaches anot
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -21,11 +22,14 @@ from bandit_router.deployments import (
 )
 from bandit_router.errors import RouterError, UnknownEvent, echo
 from bandit_router.features import AppValue
+from bandit_router.service.descriptors import DescriptorWatch
+from bandit_router.service.learner import wait_or_stop
 from bandit_router.service.router import ChooseResult, Router, new_event_id
 from bandit_router.settings import Settings
 from bandit_router.store.repository import open_store
 from bandit_router.store.transport import when_available
 
+log = logging.getLogger("bandit_router")
 MAX_EVENT_ID_CHARS = 128  # what /reward accepts (http.contract.EVENT_ID_MAX_CHARS)
 
 
@@ -126,8 +130,21 @@ class Routers(Mapping[str, Router]):
         return self._names[id(router)]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Every deployment's background work (learner, sweep, refresh, buffer)."""
-        await asyncio.gather(*(router.run(stop) for router in self._routers.values()))
+        """Every deployment's background work (learner, sweep, refresh, buffer), and the
+        process's watch on its open files."""
+        await asyncio.gather(
+            *(router.run(stop) for router in self._routers.values()), _watch_descriptors(stop)
+        )
+
+
+async def _watch_descriptors(stop: asyncio.Event) -> None:
+    watch = DescriptorWatch()
+    while not stop.is_set():
+        try:
+            await watch.check()
+        except Exception:  # a watch that fails must not end the others: said, and tried again
+            log.exception("the open files check failed")
+        await wait_or_stop(stop, 1.0)
 
 
 @asynccontextmanager
