@@ -20,7 +20,7 @@ from bandit_router.deployments import (
     deployment_of_event,
     load_deployments,
 )
-from bandit_router.errors import RouterError, UnknownEvent, echo
+from bandit_router.errors import RouterError, StoreUnavailable, UnknownEvent, echo
 from bandit_router.features import AppValue
 from bandit_router.service.descriptors import DescriptorWatch
 from bandit_router.service.learner import wait_or_stop
@@ -133,8 +133,23 @@ class Routers(Mapping[str, Router]):
         """Every deployment's background work (learner, sweep, refresh, buffer), and the
         process's watch on its open files."""
         await asyncio.gather(
-            *(router.run(stop) for router in self._routers.values()), _watch_descriptors(stop)
+            *(router.run(stop) for router in self._routers.values()),
+            _watch_descriptors(stop),
+            self._watch_eviction(stop),
         )
+
+    async def _watch_eviction(self, stop: asyncio.Event) -> None:
+        """Ask again, each sweep period, whether Redis may evict keys: its policy can change
+        after the start (see ``Store.warn_if_evicting``). One Redis serves every deployment."""
+        store, every = self.default.store, self.default.settings.sweep_s
+        while not stop.is_set():
+            await wait_or_stop(stop, every)
+            try:
+                await store.warn_if_evicting()
+            except StoreUnavailable:  # an outage: the other jobs say it
+                pass
+            except Exception:  # must not end the other jobs: said, and asked again
+                log.exception("the check of Redis's eviction policy failed")
 
 
 async def _watch_descriptors(stop: asyncio.Event) -> None:
