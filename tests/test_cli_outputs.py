@@ -57,6 +57,7 @@ def test_an_export_that_fails_leaves_the_previous_file(
     )
     assert done.returncode == 1, done.stderr
     assert "File too large" in done.stderr and "Traceback" not in done.stderr
+    assert f"cannot write {out}:" in done.stderr  # the file asked for, not its temporary
     assert out.read_text() == GOOD
     assert sorted(os.listdir(tmp_path)) == ["events.dsjson"]  # no temporary file left
     # Redis down: refused before anything is written.
@@ -237,3 +238,31 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
     path.chmod(0o600)
     write_file(path, {"format": "x"})
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("command", [["config"], ["config", "--json"], ["status"]])
+def test_an_output_on_a_full_disk_is_said_in_a_line(
+    command: list[str], make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    """`bandit-router status > FILE` on a full disk (/dev/full): a line saying so, code 1; it
+    ended in an OSError traceback (or, for an output the buffer held, Python's "Exception
+    ignored" at exit, code 120)."""
+    settings = make_settings()
+    rewarded_traffic(make_client(settings), 5)
+    env = {
+        **os.environ,
+        "BANDIT_REDIS_URL": settings.redis_url or "",
+        "BANDIT_KEY_PREFIX": settings.key_prefix,
+    }
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "bandit_router.cli", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "cannot write its output" in err and "No space left" in err, err

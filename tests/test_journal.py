@@ -534,3 +534,65 @@ def test_a_journalled_decision_older_than_its_keys_lifetime_is_let_go(
         assert client.post("/reward", json={"event_id": "stale", "reward": 1}).status_code == 404
     said = [m for m in caplog.messages if "wrote 1 decisions from" in m]
     assert len(said) == 1 and "1 older than their keys' lifetime were let go" in said[0]
+
+
+def _journal_limited(size: int) -> None:
+    """In the service's child process: no file of its may grow past ``size`` bytes (a full disk
+    for its journal, with no root to mount one); a write past it fails with EFBIG rather than
+    the default SIGXFSZ killing the process."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+def test_a_journal_that_fills_its_disk_holds_whole_decisions_and_a_stop_says_what_is_lost(
+    make_settings: SettingsFactory, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """A journal that cannot take every decision (its disk full) keeps whole lines only; a stop
+    while Redis is down says how many decisions it holds and how many are lost, with no
+    traceback and the rest of the stop done; the next process writes those it holds."""
+    settings = make_settings(redis_url=redis_process.url)
+    env = cli_env(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        data_dir=settings.data_dir,
+        log_level="warning",
+    )
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    service = subprocess.Popen(  # its log to a pipe: a log file would meet the limit too
+        [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: _journal_limited(3000),
+    )
+    try:
+        wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
+        redis_process.kill()
+        with httpx.Client(base_url=base) as client:
+            during = [_choose(client, f"question number {i}") for i in range(10)]
+        assert all(d["degraded"] for d in during)
+        service.send_signal(signal.SIGTERM)
+        output = service.communicate(timeout=30)[0].decode()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+    journals = list((Path(settings.data_dir) / "buffer").glob("*.jsonl"))
+    assert len(journals) == 1
+    held = [json.loads(line)["event_id"] for line in journals[0].read_bytes().splitlines()]
+    assert 0 < len(held) < 10
+    assert "Traceback" not in output and "shutdown failed" not in output, output
+    said = [line for line in output.splitlines() if "degraded=true" in line]
+    assert len(said) == 1, output
+    assert f"{len(held)} decisions answered with degraded=true are kept in" in said[0]
+    assert f"{10 - len(held)} more" in said[0] and "lost" in said[0], said[0]
+
+    redis_process.start()
+    with TestClient(create_app(settings)) as client:
+        for d in during:
+            r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+            assert r.status_code == (200 if d["event_id"] in held else 404), r.text
+    assert not journals[0].exists()

@@ -373,3 +373,33 @@ def test_learn_names_the_credentials_redis_refuses(
         assert "Redis refuses the credentials of BANDIT_REDIS_URL" in err, err
         assert "retry once an operator acts" in err and "retry later" not in err, err
         assert "wrong@" not in err and "sekret" not in err
+
+
+def test_a_redis_made_to_evict_keys_after_start_is_said_once_a_change(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CONFIG SET, or a failover to a Redis configured otherwise, after the start: said
+    within a sweep period, once for each policy that evicts."""
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        r = redis.Redis.from_url(server.url)
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            make_client(redis_url=server.url, sweep_s=0.1)
+
+            def said() -> list[str]:
+                return [m for m in caplog.messages if "may evict" in m]
+
+            assert said() == []
+            r.config_set("maxmemory", "64mb")
+            r.config_set("maxmemory-policy", "volatile-lru")
+            _wait(lambda: len(said()) == 1)
+            time.sleep(0.5)  # several periods: said once
+            assert len(said()) == 1 and "volatile-lru" in said()[0]
+            r.config_set("maxmemory-policy", "noeviction")
+            time.sleep(0.5)
+            r.config_set("maxmemory-policy", "allkeys-lru")
+            _wait(lambda: len(said()) == 2)
+            assert "allkeys-lru" in said()[1]
+    finally:
+        server.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import os
@@ -190,8 +191,10 @@ def export(args: argparse.Namespace) -> int:
         else:
             with replacing(Path(args.out)) as out:  # whole or not at all
                 count = asyncio.run(export_log(settings, out))
-    except OSError as e:
-        print(f"bandit-router export: {e}", file=sys.stderr)
+    except OSError as e:  # the output cannot be written (a full disk, no such directory)
+        # its strerror: the error's file name is the temporary file, not the one asked for
+        where = "standard output" if args.out in (None, "-") else args.out
+        print(f"bandit-router export: cannot write {where}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"exported {count} events", file=sys.stderr)
     return 0
@@ -294,6 +297,10 @@ def _add_export_evaluate(sub: Any) -> None:
     p.set_defaults(func=evaluate)
 
 
+# What a write to a full or failing disk raises.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
@@ -316,6 +323,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (StoreDamaged, StoreUnavailable) as e:  # said in a line: no traceback
         print(f"bandit-router {args.command}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # A write that failed (a full disk, /dev/full): one with no file name is a write to a
+        # file already open, standard output among them. Anything else is no output's.
+        if e.filename is not None or e.errno not in WRITE_ERRORS:
+            raise
+        print(f"bandit-router {args.command}: cannot write its output: {e}", file=sys.stderr)
+        try:  # what the buffer still holds, flushed again at exit, would fail again there
+            sys.stdout.flush()
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return code
 

@@ -564,7 +564,14 @@ class VWPolicy:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.vw")
             for vw in [*self.regressors, *self.coarse]:
-                vw.save(path)
+                try:
+                    vw.save(path)
+                except RuntimeError as e:  # VW says no more than that a write failed
+                    raise OSError(
+                        f"VW cannot save the model to a temporary file in {tmp} ({e}): its "
+                        "disk full, or a file size limit (ulimit -f)? (TMPDIR names another "
+                        "directory)"
+                    ) from e
                 with open(path, "rb") as f:
                     models.append(f.read())
         state = {

@@ -9,6 +9,7 @@ lease, snapshots, counters and metrics; nothing one deployment does reaches anot
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -19,13 +20,16 @@ from bandit_router.deployments import (
     deployment_of_event,
     load_deployments,
 )
-from bandit_router.errors import RouterError, UnknownEvent, echo
+from bandit_router.errors import RouterError, StoreUnavailable, UnknownEvent, echo
 from bandit_router.features import AppValue
+from bandit_router.service.descriptors import DescriptorWatch
+from bandit_router.service.learner import wait_or_stop
 from bandit_router.service.router import ChooseResult, Router, new_event_id
 from bandit_router.settings import Settings
 from bandit_router.store.repository import open_store
 from bandit_router.store.transport import when_available
 
+log = logging.getLogger("bandit_router")
 MAX_EVENT_ID_CHARS = 128  # what /reward accepts (http.contract.EVENT_ID_MAX_CHARS)
 
 
@@ -126,8 +130,36 @@ class Routers(Mapping[str, Router]):
         return self._names[id(router)]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Every deployment's background work (learner, sweep, refresh, buffer)."""
-        await asyncio.gather(*(router.run(stop) for router in self._routers.values()))
+        """Every deployment's background work (learner, sweep, refresh, buffer), and the
+        process's watch on its open files."""
+        await asyncio.gather(
+            *(router.run(stop) for router in self._routers.values()),
+            _watch_descriptors(stop),
+            self._watch_eviction(stop),
+        )
+
+    async def _watch_eviction(self, stop: asyncio.Event) -> None:
+        """Ask again, each sweep period, whether Redis may evict keys: its policy can change
+        after the start (see ``Store.warn_if_evicting``). One Redis serves every deployment."""
+        store, every = self.default.store, self.default.settings.sweep_s
+        while not stop.is_set():
+            await wait_or_stop(stop, every)
+            try:
+                await store.warn_if_evicting()
+            except StoreUnavailable:  # an outage: the other jobs say it
+                pass
+            except Exception:  # must not end the other jobs: said, and asked again
+                log.exception("the check of Redis's eviction policy failed")
+
+
+async def _watch_descriptors(stop: asyncio.Event) -> None:
+    watch = DescriptorWatch()
+    while not stop.is_set():
+        try:
+            await watch.check()
+        except Exception:  # a watch that fails must not end the others: said, and tried again
+            log.exception("the open files check failed")
+        await wait_or_stop(stop, 1.0)
 
 
 @asynccontextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -58,32 +59,41 @@ class Journal:
         # become read-only): not written again by this process at each flush.
         self._written: set[tuple[int, int]] = set()
 
-    def append(self, encoded: bytes) -> None:
-        """Add a buffered decision, ``dumps`` of its record. A journal that cannot be written
-        leaves the decision in memory only, said once in the log."""
+    def append(self, encoded: bytes) -> bool:
+        """Add a buffered decision, ``dumps`` of its record; False when the journal cannot take
+        it (a read-only or full disk): the decision is then in memory only, said once in the
+        log. A line cut short by a full disk is cut off, so the journal holds whole lines."""
         try:
             if self._file is None:
                 self._file, self.path = self._create(b"")
-            line = encoded + b"\n"
-            self._file.write(line)
-            self._file.flush()
-            self.size += len(line)
+            fd = self._file.fileno()
+            end = os.fstat(fd).st_size
+            try:
+                _write_all(fd, encoded + b"\n")
+            except OSError:
+                os.ftruncate(fd, end)  # appended at the end (O_APPEND): what came before stays
+                raise
+            self.size += len(encoded) + 1
             self._unsynced = True
+            return True
         except OSError as e:
             if not self._failed:
                 self._failed = True
                 log.error(
-                    "decisions answered while Redis is down are kept in memory only: the "
-                    "journal in %s cannot be written (%s; BANDIT_BUFFER_DIR)",
+                    "decisions answered while Redis is down that the journal in %s cannot take "
+                    "(%s; BANDIT_BUFFER_DIR) are kept in memory only: a stop before Redis "
+                    "returns loses them",
                     self.directory,
                     e,
                 )
+            return False
 
-    def keep_only(self, records: Iterable[dict[str, Any]]) -> None:
+    def keep_only(self, records: Iterable[dict[str, Any]]) -> bool:
         """Make this process's journal hold ``records`` only (what the buffer still holds after
-        a flush, or after it let decisions go); none: delete it."""
+        a flush, or after it let decisions go); none: delete it. False when it could not, the
+        journal left as it was."""
         if self._file is None or self.path is None:
-            return
+            return False
         data = b"".join(dumps(r) + b"\n" for r in records)
         self.size = len(data)  # failed, tried again after as many more lines
         try:
@@ -94,9 +104,10 @@ class Journal:
                 new, self.path = None, None
         except OSError as e:
             log.warning("the decision journal %s was not rewritten: %s", self.path, e)
-            return
+            return False
         self._file.close()
         self._file = new
+        return True
 
     async def sync(self) -> None:
         """Have the disk hold the lines appended, and the journal's name, since the last sync:
@@ -172,12 +183,13 @@ class Journal:
         path = path or self.directory / (name + SUFFIX)
         temporary = self.directory / (name + TEMPORARY)
         # Readable by the service's user only, as the decisions in Redis are by its clients.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        handle = open(fd, "wb")  # noqa: SIM115 (the journal from now on)
+        # Unbuffered, appending: a write that fails leaves nothing in a buffer to fail again at
+        # close, and what it wrote of a line is at the end, to cut off.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        handle = open(fd, "wb", buffering=0)  # noqa: SIM115 (the journal from now on)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            handle.write(data)
-            handle.flush()
+            _write_all(fd, data)
             if data:  # a rewrite: its lines on disk before it replaces the journal that holds them
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
@@ -240,6 +252,16 @@ def _delete_debris(path: Path) -> None:
                 os.unlink(path)
     except OSError:  # locked (being created), gone, or undeletable: left as it is
         pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``: a write may take only part of it (a disk filling up)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if not written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
 
 
 def _sync(fd: int, directory: Path | None) -> None:

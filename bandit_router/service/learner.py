@@ -330,6 +330,19 @@ class Learner:
         if not self._learned(stream_id) or self._due():
             await self.step()
 
+    async def catch_up_stored(self, stream_id: str | None) -> None:
+        """``catch_up`` for a reward Redis has stored and logged, whose answer must say so
+        whatever happens here: a failure (an outage, a model that cannot be saved) is the
+        learner's, said as ``run`` says a failed step, and it leads anew from Redis at the
+        loop's next turn, which learns the event."""
+        try:
+            await self.catch_up(stream_id)
+        except Exception as e:
+            self._step_failed(e)
+            if self._leading:
+                self.leading = False
+                self._relead = True
+
     def _learned(self, stream_id: str | None) -> bool:
         return stream_id is not None and (
             stream_id_key(stream_id) <= stream_id_key(self.model.stream_id)

@@ -134,6 +134,7 @@ class Router:
         self._buffer_sizes: dict[str, int] = {}  # their size as JSON
         self.buffered_bytes = 0
         self.journal = journal_for(settings)  # the buffer's copy on disk, if any
+        self._unjournalled: set[str] = set()  # buffered decisions the journal could not take
         self.unavailable_at = -math.inf  # monotonic time this process last found Redis down
         self._flushing = asyncio.Lock()
         self.buffer_dropped = 0
@@ -298,15 +299,22 @@ class Router:
         self._buffer_sizes[record["event_id"]] = size
         self.buffered_bytes += size
         if self.journal is not None:
-            self.journal.append(encoded)
+            if not self.journal.append(encoded):
+                self._unjournalled.add(record["event_id"])
             if self.journal.size > 2 * (self.buffered_bytes + len(self._buffer)):
                 # mostly lines of decisions the full buffer let go: the disk, and the Redis of
                 # the process that writes the journal once this one is gone, are bounded too
-                self.journal.keep_only(self._buffer.values())
+                self._journal_only_buffer()
+
+    def _journal_only_buffer(self) -> None:
+        """Rewrite the journal to what the buffer holds, all of it when that succeeds."""
+        if self.journal is not None and self.journal.keep_only(self._buffer.values()):
+            self._unjournalled.clear()
 
     def _let_go(self, event_id: str) -> None:
         del self._buffer[event_id]
         self.buffered_bytes -= self._buffer_sizes.pop(event_id)
+        self._unjournalled.discard(event_id)
 
     async def flush(self) -> int:
         """Write buffered decisions to Redis, oldest first, after those of gone processes'
@@ -326,8 +334,8 @@ class Router:
                         self._let_go(event_id)
                     written += 1
             finally:
-                if written and self.journal is not None:
-                    self.journal.keep_only(self._buffer.values())
+                if written:
+                    self._journal_only_buffer()
             if dropped := self.buffer_dropped:  # more may be dropped while this is counted
                 await self.store.count("decisions_dropped", dropped)
                 self.buffer_dropped -= dropped
@@ -411,7 +419,8 @@ class Router:
                 self._combine(merged, weights)  # nothing to learn from: 422 naming the parts
             value, merged, logged_here = await self._finalize(event_id, merged, weights)
         if value is not None and self.learner.leading:
-            await self.learner.catch_up(got.logged)  # the learner is here: learned before we answer
+            # the learner is here: learned before we answer (stored, whatever the learner meets)
+            await self.learner.catch_up_stored(got.logged)
         # The reward's value is observed once an event, by the call that logged it: others that
         # completed it at the same moment answer the same value, not another observation.
         self.metrics.rewarded(decision["arm"], value if logged_here else None)
@@ -686,14 +695,20 @@ class Router:
                 else ""
             )
             kept = None if self.journal is None else self.journal.release()
+            lost = len(self._unjournalled)
             if kept is not None:
-                log.warning(
+                said = log.error if lost else log.warning
+                said(
                     "%d decisions answered with degraded=true are kept in %s: Redis was "
                     "unavailable until the process stopped (%s); the next process of this "
-                    "deployment to reach Redis writes them%s",
-                    len(self._buffer),
+                    "deployment to reach Redis writes them%s%s",
+                    len(self._buffer) - lost,
                     kept,
                     e,
+                    f"; {lost} more, which the journal could not take, are lost, and rewards "
+                    "for them will be refused as unknown (404)"
+                    if lost
+                    else "",
                     dropped,
                 )
             else:

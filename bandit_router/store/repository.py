@@ -172,6 +172,7 @@ class Store:
         self._register(client)
         self._said: set[int] = set()  # the values ``first_time`` met
         self._damaged: set[str] = set()  # deployment keys of another type, said in the log once
+        self._evicting: str | None = None  # the evicting policy last said (warn_if_evicting)
 
     def _register(self, client: aioredis.Redis) -> None:
         self._save_decision = client.register_script(SAVE_DECISION)
@@ -224,14 +225,19 @@ class Store:
     async def warn_if_evicting(self) -> None:
         """Say in the log when Redis may evict this service's keys: a maxmemory with a policy
         other than ``noeviction`` lets Redis delete a decision waiting for its reward, reward
-        parts, logged events not yet learned or the word secret, and nobody is told. Nothing is
-        said when Redis will not tell (an ACL without INFO)."""
+        parts, logged events not yet learned or the word secret, and nobody is told. Asked at
+        start and then periodically (a CONFIG SET, a failover to a Redis configured otherwise):
+        said once for each such policy in a row. Nothing is said when Redis will not tell (an
+        ACL without INFO)."""
         try:
             memory: dict[str, Any] = await self.redis.info("memory")
         except ResponseError:
             return
         policy = memory.get("maxmemory_policy", "noeviction")
-        if memory.get("maxmemory") and policy != "noeviction":
+        if not memory.get("maxmemory") or policy == "noeviction":
+            self._evicting = None
+        elif policy != self._evicting:
+            self._evicting = policy
             log.warning(
                 "Redis may evict this service's keys when full (maxmemory-policy %s): rewards "
                 "are then lost without an error; set maxmemory-policy noeviction (writes are "
