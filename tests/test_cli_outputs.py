@@ -20,7 +20,13 @@ from bandit_router.cli.main import main
 from bandit_router.http.app import create_app
 from bandit_router.offline.export import to_dsjson
 from bandit_router.service.backup import replacing, write_file
-from tests.conftest import ClientFactory, SettingsFactory, rewarded_traffic, use_settings
+from tests.conftest import (
+    ClientFactory,
+    SettingsFactory,
+    cli_env,
+    rewarded_traffic,
+    use_settings,
+)
 from tests.test_export import ARMS, EVENT
 
 GOOD = "a good export from yesterday\n"
@@ -143,6 +149,28 @@ def test_a_reader_that_stops_early_gets_no_traceback(command: list[str]) -> None
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_an_export_into_a_reader_that_stops_early_says_nothing(
+    make_settings: SettingsFactory, make_client: ClientFactory
+) -> None:
+    """`bandit-router export | head -1`: export said "[Errno 32] Broken pipe" (its own handler
+    of a failed write took the reader's going for one)."""
+    settings = make_settings()
+    rewarded_traffic(make_client(settings), 300)  # more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bandit_router.cli", "export"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["_label_cost"] is not None
+    proc.stdout.close()  # the reader is gone after the first line
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert err == "", err
 
 
 def test_two_writers_of_one_file_each_write_their_own_temporary(tmp_path: Path) -> None:

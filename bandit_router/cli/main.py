@@ -191,6 +191,8 @@ def export(args: argparse.Namespace) -> int:
         else:
             with replacing(Path(args.out)) as out:  # whole or not at all
                 count = asyncio.run(export_log(settings, out))
+    except BrokenPipeError:
+        raise  # the reader stopped reading (`| head`): main() lets it go unsaid
     except OSError as e:  # the output cannot be written (a full disk, no such directory)
         # its strerror: the error's file name is the temporary file, not the one asked for
         where = "standard output" if args.out in (None, "-") else args.out
