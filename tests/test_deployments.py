@@ -87,6 +87,13 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
         load_deployments(Settings(deployments_file=str(tmp_path / "nothere.toml")))
 
 
+def test_an_empty_file_setting_is_no_file(make_client: ClientFactory) -> None:
+    """``BANDIT_DEPLOYMENTS_FILE=`` (a compose file's way to leave it out) stopped `serve` with
+    `deployments file .: Is a directory`; it is unset, as an empty BANDIT_REDIS_URL is."""
+    client = make_client(deployments_file="")
+    assert [d["name"] for d in client.get("/deployments").json()["deployments"]] == ["default"]
+
+
 @pytest.fixture
 def many(
     make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
