@@ -139,11 +139,16 @@ def _shown(value: object) -> str:
 
 
 async def dump(
-    store: Store, settings: Settings, path: Path, progress: Callable[[int], None] | None = None
+    store: Store,
+    settings: Settings,
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     """Write the current model (newest snapshot + the log after it) to ``path``; returns the
-    document written, without its data. ``progress`` hears the count of events replayed."""
-    model = await load_model(store, settings, progress=progress)
+    document written, without its data. ``progress`` hears the count of events replayed;
+    ``deployment`` names the deployment in what the log says."""
+    model = await load_model(store, settings, progress=progress, deployment=deployment)
     # Read, never made: a mistyped prefix would become a deployment, and a Redis that refuses
     # writes could not be read. With no secret there are no word features to name a key for.
     secret = settings.hash_key or await store.stored_word_secret()
