@@ -163,7 +163,7 @@ def _keys(where: str, keys: Any) -> list[str]:
 def load_deployments(base: Settings) -> dict[str, Deployment]:
     """Every deployment: ``default`` (the environment's settings) first, then the file's."""
     found = {DEFAULT: Deployment(DEFAULT, base)}
-    if base.deployments_file is None:
+    if not base.deployments_file:  # unset, or empty as a compose file leaves it
         return found
     path = Path(base.deployments_file)
     prefixes = {base.key_prefix: DEFAULT}

@@ -529,6 +529,13 @@ class Settings(BaseSettings):
                 )
         return parts
 
+    @field_validator("redis_url", "deployments_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty variable (a compose file's ``BANDIT_REDIS_URL=``) is unset, for every
+        reader alike: `serve` took an empty URL for one and started no embedded Redis."""
+        return None if value == "" else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: Any) -> Any:

@@ -7,11 +7,14 @@ import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import build_parser, main
+from bandit_router.http.app import create_app
 from bandit_router.settings import Settings
 from tests.conftest import (
     COMMAND_QUERIES,
@@ -60,6 +63,43 @@ def test_snapshot_then_restore_in_another_environment(
     assert restored.get("/stats").json()["policy"] == "egreedy:epsilon=0.2"
     for got, want in zip(_probabilities(restored), expected, strict=True):
         assert got == pytest.approx(want)
+
+
+def test_restore_from_another_prefix_is_another_log_though_it_holds_the_watermark_s_id(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Deployments on one Redis that log in the same millisecond share stream ids, so the
+    backup's watermark can name an entry of another deployment's log: restore took that log for
+    the file's own and kept the watermark, and the target's events after it were learned by a
+    model that never saw the ones before. Another key prefix is another log (README)."""
+    source_settings, target_settings = make_settings(), make_settings()
+    source = make_client(source_settings)
+    with TestClient(create_app(target_settings)) as target:
+        rewarded_traffic(target, 3)
+    rewarded_traffic(source, 10)
+    use_settings(monkeypatch, source_settings)
+    file = tmp_path / "model.json"
+    assert main(["snapshot", str(file)]) == 0
+    watermark = json.loads(file.read_text())["stream_id"]
+    # The target logs an event in the millisecond of the source's last one, then more.
+    r = redis.Redis.from_url(redis_url)
+    rows: Any = r.xrange(f"{{{source_settings.key_prefix}}}:events", watermark, watermark)
+    r.xadd(f"{{{target_settings.key_prefix}}}:events", rows[0][1], id=watermark)
+    r.close()
+    with TestClient(create_app(target_settings)) as target:
+        rewarded_traffic(target, 5)
+    capsys.readouterr()
+
+    use_settings(monkeypatch, target_settings)
+    assert main(["restore", str(file)]) == 0
+    assert "model version 10 (another log)" in capsys.readouterr().out
+    restored = make_client(target_settings)
+    assert restored.get("/healthz").json()["model_version"] == 10  # served as it is
 
 
 def test_restore_refuses_while_a_learner_runs(

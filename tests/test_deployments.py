@@ -87,6 +87,13 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
         load_deployments(Settings(deployments_file=str(tmp_path / "nothere.toml")))
 
 
+def test_an_empty_file_setting_is_no_file(make_client: ClientFactory) -> None:
+    """``BANDIT_DEPLOYMENTS_FILE=`` (a compose file's way to leave it out) stopped `serve` with
+    `deployments file .: Is a directory`; it is unset, as an empty BANDIT_REDIS_URL is."""
+    client = make_client(deployments_file="")
+    assert [d["name"] for d in client.get("/deployments").json()["deployments"]] == ["default"]
+
+
 @pytest.fixture
 def many(
     make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
@@ -299,6 +306,36 @@ def test_a_deployment_key_opens_only_its_deployment(
         "/reward", json={"event_id": other, "reward": 1}, headers={"X-API-Key": "support-key"}
     )
     assert r.status_code == 401
+
+
+def test_a_deployment_s_policy_overridden_is_said_with_its_name_and_its_own_route(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The start-up warning for a named deployment whose policy an admin switched said
+    `BANDIT_POLICY linucb:alpha=0.3 is not served`, a setting the environment did not hold, and
+    that `POST /admin/policy` with it serves it: sent so, it switched `default` instead."""
+    settings = make_settings(deployments_file=_write(tmp_path, FILE), admin_key="adm")
+    client = make_client(settings)
+    r = client.post(
+        "/admin/policy",
+        params={"deployment": "coding"},
+        json={"policy": "egreedy"},
+        headers={"X-API-Key": "adm"},
+    )
+    assert r.status_code == 200
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        make_client(settings)  # a restart
+    said = [m for m in caplog.messages if "is not served" in m]
+    assert said == [
+        "deployment coding: its policy linucb:alpha=0.3 (BANDIT_DEPLOYMENTS_FILE, or BANDIT_POLICY "
+        "when the file sets none) is not served: policy egreedy, set by POST /admin/policy or a "
+        "promotion and kept in Redis, overrides it; POST /admin/policy?deployment=coding with "
+        '{"policy": "linucb:alpha=0.3"} serves it'
+    ]
 
 
 def test_a_reset_of_one_deployment_leaves_the_others_model(

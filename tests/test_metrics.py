@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bandit_router.cli.main import main
 from bandit_router.store.keys import KEY_LEASE
-from tests.conftest import ClientFactory, RedisProcess, SettingsFactory, wait_until
+from tests.conftest import ClientFactory, RedisProcess, SettingsFactory, use_settings, wait_until
 
 FAMILIES = {
     "bandit_decisions",
@@ -98,6 +100,29 @@ def test_learner_lag_is_what_the_served_model_has_not_learned(
         assert time.monotonic() < deadline, "the learner did not catch up"
         time.sleep(0.05)
     assert scrape(learner)["bandit_model_version{}"] == 5
+
+
+def test_learner_lag_moves_after_a_restore_from_another_log(
+    make_client: ClientFactory,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A model restored from another log (a warm start) has learned more events than this log
+    holds: the lag was held at 0, so events left unlearned (the learner down) did not show in
+    it until they outnumbered the model's version."""
+    source = make_settings()
+    _traffic(make_client(source), 10)
+    file = tmp_path / "model.json"
+    use_settings(monkeypatch, source)
+    assert main(["snapshot", str(file)]) == 0
+    target = make_settings(learn_in_workers=False)  # the learner apart, and not running
+    use_settings(monkeypatch, target)
+    assert main(["restore", str(file)]) == 0
+    client = make_client(target)
+    assert scrape(client)["bandit_learner_lag_events{}"] == -10
+    _traffic(client, 3)
+    assert scrape(client)["bandit_learner_lag_events{}"] == -7
 
 
 def test_redis_errors_are_counted(make_client: ClientFactory, redis_process: RedisProcess) -> None:

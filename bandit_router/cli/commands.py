@@ -112,7 +112,9 @@ def _fetch(
     return doc
 
 
-async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
+async def _stats_from_redis(
+    settings: Settings, window: int, deployment: str | None = None
+) -> dict[str, Any]:
     from bandit_router.features import WordKey
     from bandit_router.service.estimates import BaselineCache
     from bandit_router.service.learner import Learner, load_model
@@ -121,7 +123,8 @@ async def _stats_from_redis(settings: Settings, window: int) -> dict[str, Any]:
 
     async with open_store(settings) as store:
         with Progress("replaying the log after the newest snapshot", unit="events") as bar:
-            model = await load_model(store, settings, progress=bar.update)  # as a process would
+            # as a process would
+            model = await load_model(store, settings, progress=bar.update, deployment=deployment)
         learner = Learner(settings, store, model)
         # No lease, and no word key: the stats hash no words, and reading makes no secret (a
         # mistyped BANDIT_KEY_PREFIX would otherwise become a deployment).
@@ -243,7 +246,9 @@ def status(args: argparse.Namespace) -> int:
             )
             return 1
     else:
-        doc = asyncio.run(_stats_from_redis(deployment_settings(args), args.window))
+        doc = asyncio.run(
+            _stats_from_redis(deployment_settings(args), args.window, args.deployment)
+        )
         text = json.dumps(doc, indent=2) if args.json else format_status(doc)
     print(text)
     return 0
@@ -278,7 +283,7 @@ def snapshot(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         async with open_store(settings) as store:
             with Progress("replaying the log after the newest snapshot", unit="events") as bar:
-                return await dump(store, settings, path, bar.update)
+                return await dump(store, settings, path, bar.update, args.deployment)
 
     try:
         doc = asyncio.run(run())

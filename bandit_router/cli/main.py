@@ -142,7 +142,7 @@ def learn(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with open_store(settings) as store:
             where = f"deployment {args.deployment}: " if args.deployment else ""
-            learner = await run_learner(settings, store, stop, where)
+            learner = await run_learner(settings, store, stop, where, args.deployment)
         if learner is None:
             print("learner stopped before Redis answered", file=sys.stderr)
         else:

@@ -139,11 +139,16 @@ def _shown(value: object) -> str:
 
 
 async def dump(
-    store: Store, settings: Settings, path: Path, progress: Callable[[int], None] | None = None
+    store: Store,
+    settings: Settings,
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     """Write the current model (newest snapshot + the log after it) to ``path``; returns the
-    document written, without its data. ``progress`` hears the count of events replayed."""
-    model = await load_model(store, settings, progress=progress)
+    document written, without its data. ``progress`` hears the count of events replayed;
+    ``deployment`` names the deployment in what the log says."""
+    model = await load_model(store, settings, progress=progress, deployment=deployment)
     # Read, never made: a mistyped prefix would become a deployment, and a Redis that refuses
     # writes could not be read. With no secret there are no word features to name a key for.
     secret = settings.hash_key or await store.stored_word_secret()
@@ -265,12 +270,16 @@ def _try_choices(policy: Policy, settings: Settings, path: Path) -> None:
             )
 
 
-async def _in_log(store: Store, stream_id: str, ours: bool) -> bool:
+async def _in_log(store: Store, stream_id: str, ours: bool, other: bool) -> bool:
     """Whether the watermark is in this log: its entry is there, or the file is a backup of this
     deployment (``ours``) and the log was trimmed past it (``BANDIT_STREAM_MAXLEN``), so what
-    the log holds after it is learned, as the service learns it after its own snapshot."""
+    the log holds after it is learned, as the service learns it after its own snapshot. A file
+    from another deployment (``other``: another key prefix or word key) is from another log
+    whatever entry the watermark names: logs written in the same millisecond share ids."""
     if stream_id == "0-0":
         return await store.last_stream_id() == "0-0"
+    if other:
+        return False
     if await store.logged(stream_id):
         return True
     first = await store.first_stream_id()
@@ -296,7 +305,10 @@ async def load(
     """
     here = (await word_key(settings, store)).fingerprint
     ours = words == here and prefix == settings.key_prefix
-    same_log = await _in_log(store, snapshot.stream_id, ours)
+    other = (prefix is not None and prefix != settings.key_prefix) or (
+        words is not None and words != here
+    )
+    same_log = await _in_log(store, snapshot.stream_id, ours, other)
     if not same_log:
         snapshot = Snapshot(
             snapshot.policy, snapshot.version, await store.last_stream_id(), snapshot.data

@@ -183,7 +183,7 @@ async def _open_one(stack: AsyncExitStack, deployment: Deployment, where: str) -
     settings = deployment.settings
     store = await stack.enter_async_context(open_store(settings))
     router = await when_available(
-        lambda: Router.open(settings, store, where), settings.startup_wait_s
+        lambda: Router.open(settings, store, where, deployment.name), settings.startup_wait_s
     )
     stack.push_async_callback(router.close)
     return router

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bandit_router.deployments import DEFAULT
 from bandit_router.errors import (
     NotLearner,
     PolicyConflict,
@@ -158,8 +159,10 @@ async def load_model(
     settings: Settings,
     spec: PolicySpec | None = None,
     progress: Callable[[int], None] | None = None,
+    deployment: str | None = None,
 ) -> Model:
-    """The newest snapshot plus every logged event after it (``progress``: events replayed)."""
+    """The newest snapshot plus every logged event after it (``progress``: events replayed;
+    ``deployment``: the deployment's name, for what the log says of its policy)."""
     warned: set[str] = set()  # the override refused, if any: said here, once
     if spec is None:
         override = await store.policy_override()
@@ -167,12 +170,16 @@ async def load_model(
         setting = parse_policy_spec(settings.policy)
         if override and runs_as(spec, settings) != runs_as(setting, settings):
             # An operator who changed BANDIT_POLICY would otherwise see it ignored without a word.
+            named = deployment is not None and deployment != DEFAULT
             log.warning(
-                "BANDIT_POLICY %s is not served: policy %s, set by POST /admin/policy or a "
-                "promotion and kept in Redis, overrides it; POST /admin/policy with "
-                '{"policy": "%s"} serves it',
-                setting,
+                "%s is not served: policy %s, set by POST /admin/policy or a promotion and kept "
+                'in Redis, overrides it; POST /admin/policy%s with {"policy": "%s"} serves it',
+                f"deployment {deployment}: its policy {setting} (BANDIT_DEPLOYMENTS_FILE, or "
+                "BANDIT_POLICY when the file sets none)"
+                if named
+                else f"BANDIT_POLICY {setting}",
                 spec,
+                f"?deployment={deployment}" if named else "",
                 setting,
             )
     model = restore(await store.load_snapshot(), spec, settings)
@@ -760,13 +767,19 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_learner(
-    settings: Settings, store: Store, stop: asyncio.Event, where: str = ""
+    settings: Settings,
+    store: Store,
+    stop: asyncio.Event,
+    where: str = "",
+    deployment: str | None = None,
 ) -> Learner | None:
     """A learner on its own (``bandit-router learn``): learn and publish until ``stop`` is set.
     None when ``stop`` is set while it still waits for Redis at start (a SIGTERM must not wait
     for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
     loading = asyncio.ensure_future(
-        when_available(lambda: load_model(store, settings), settings.startup_wait_s)
+        when_available(
+            lambda: load_model(store, settings, deployment=deployment), settings.startup_wait_s
+        )
     )
     stopping = asyncio.ensure_future(stop.wait())
     try:

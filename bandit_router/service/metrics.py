@@ -109,7 +109,8 @@ class Metrics:
         )
         self.learner_lag = Gauge(
             "bandit_learner_lag_events",
-            "Logged rewards the model this process serves has not learned yet",
+            "Logged rewards less those the model this process serves has learned (below 0 for a "
+            "model restored from another log)",
             registry=r,
         )
         self.degraded = Gauge(
@@ -212,7 +213,8 @@ class Metrics:
         self.promotions.inc()
 
     def refresh(self, version: int, logged: int | None) -> None:
-        """Scrape-time gauges: the model version and, when Redis answered, the learner lag."""
+        """Scrape-time gauges: the model version and, when Redis answered, the learner lag (not
+        held at 0: below it, a model restored from another log, it still grows as events wait)."""
         self.model_version.set(version)
         if logged is not None:
-            self.learner_lag.set(max(0, logged - version))
+            self.learner_lag.set(logged - version)

@@ -144,10 +144,13 @@ class Router:
         learner.on_promoted = self.metrics.promoted
 
     @classmethod
-    async def open(cls, settings: Settings, store: Store, where: str = "") -> Router:
+    async def open(
+        cls, settings: Settings, store: Store, where: str = "", name: str | None = None
+    ) -> Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free.
-        ``where``: whose lines the learner and the background jobs say (``Outage.where``)."""
-        learner = Learner(settings, store, await load_model(store, settings))
+        ``where``: whose lines the learner and the background jobs say (``Outage.where``);
+        ``name``: the deployment's."""
+        learner = Learner(settings, store, await load_model(store, settings, deployment=name))
         learner.outage.where = where
         if settings.hash_key:
             secret, words = None, WordKey(settings.hash_key)
