@@ -301,6 +301,32 @@ def test_the_end_of_an_outage_is_said_and_a_flapping_redis_is_a_few_lines_a_minu
     assert said[-1].startswith("Redis reachable again, ")
 
 
+def test_an_end_said_late_says_how_long_the_outage_lasted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second outage within the minute of the first one's end is said over when next due; the
+    line said "56 s after" of an outage of 6 s (the probe of the limits' item)."""
+    now = [0.0]
+    outage = Outage(clock=lambda: now[0])
+    error = StoreUnavailable("Connection refused")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        outage.failed("sweep", error)
+        now[0] = 2.0
+        outage.reached("sweep")  # said at once
+        now[0] = 4.0
+        outage.failed("sweep", error)  # said at once: the log said Redis was back
+        now[0] = 10.0
+        outage.reached("sweep")  # back after 6 s, not said: one such line a minute
+        while now[0] < 62:
+            now[0] += 1
+            outage.reached("sweep")
+    said = [r.getMessage() for r in caplog.records]
+    assert said[-1] == (
+        "Redis reachable again, 6 s after it was said not to be (52 s ago: one such line a "
+        "minute at most)"
+    ), said
+
+
 @pytest.mark.parametrize(("workers", "signum"), [(1, signal.SIGTERM), (2, signal.SIGINT)])
 def test_a_signal_stops_a_start_that_waits_for_redis(
     make_settings: SettingsFactory,

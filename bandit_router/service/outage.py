@@ -33,10 +33,12 @@ class Outage:
         self._began: float | None = None  # this outage, when one of its failures was said
         self._ended = False  # the log's last word was that Redis is back
         self._failing: set[str] = set()  # the jobs whose last run failed
+        self._back: float | None = None  # when the outage said ended, if its end is not said yet
         self.where = ""  # which deployment's, where a process serves several ("support: ")
 
     def failed(self, job: str, error: Exception) -> None:
         self._failing.add(job)
+        self._back = None
         if self._ended:
             self._throttle.forget("down")
             self._ended = False
@@ -55,15 +57,20 @@ class Outage:
         self._failing.discard(job)
         if self._began is None or self._failing:
             return
+        now = self._clock()
+        if self._back is None:
+            self._back = now
         if self._throttle.due(SAID_EVERY_S, "back") is None:
             return  # said when next due, so that the log never ends on an outage that is over
-        began, self._began = self._began, None
+        began, back, self._began, self._back = self._began, self._back, None, None
         unsaid = self._throttle.forget("down").unsaid
         more = f" (failures not said: {_counts(unsaid)})" if unsaid else ""
+        if now - back >= 1:
+            more += f" ({now - back:.0f} s ago: one such line a minute at most)"
         log.warning(
             "%sRedis reachable again, %.0f s after it was said not to be%s",
             self.where,
-            self._clock() - began,
+            back - began,
             more,
         )
         self._ended = True
