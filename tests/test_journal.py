@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -355,6 +356,36 @@ def test_a_stop_while_redis_is_down_leaves_the_buffer_for_the_next_process(
             assert r.status_code == 200, r.text
             assert r.json()["arm"] == d["arm"]
     assert list((Path(settings.data_dir) / "buffer").iterdir()) == []
+
+
+def test_a_journal_deleted_under_the_process_is_written_again(
+    make_settings: SettingsFactory,
+    redis_process: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cleaner empties BANDIT_BUFFER_DIR during an outage: the process went on appending to a
+    file with no name, and its stop said the decisions were kept in a file that did not exist."""
+    settings = make_settings(redis_url=redis_process.url)
+    buffer = Path(settings.data_dir) / "buffer"
+    with (
+        caplog.at_level(logging.WARNING, logger="bandit_router"),
+        TestClient(create_app(settings)) as client,
+    ):
+        redis_process.kill()
+        during = [_choose(client, f"q{i}") for i in range(3)]
+        shutil.rmtree(buffer)
+        during.append(_choose(client, "q3"))
+        wait_until(lambda: any(buffer.glob("*.jsonl")), 5, "the journal written again")
+    said = [m for m in caplog.messages if "deleted while this process held it" in m]
+    assert len(said) == 1 and "written again with the 4 decisions buffered" in said[0], said
+    assert any("4 decisions answered with degraded=true are kept in" in m for m in caplog.messages)
+
+    redis_process.start()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/stats").json()["decisions"] == 4
+        for d in during:
+            r = client.post("/reward", json={"event_id": d["event_id"], "reward": 0.5})
+            assert r.status_code == 200, r.text
 
 
 def test_a_process_killed_while_redis_is_down_loses_no_decision(

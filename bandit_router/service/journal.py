@@ -121,10 +121,21 @@ class Journal:
         except OSError as e:
             self._said_unsynced(e)
 
+    def deleted(self) -> bool:
+        """Whether this process's journal has lost its name (deleted by hand, or by a cleaner of
+        its directory): its lines would die with the process."""
+        if self._file is None:
+            return False
+        try:
+            return os.fstat(self._file.fileno()).st_nlink == 0
+        except OSError:
+            return False
+
     def release(self) -> Path | None:
         """Let the journal go as the process stops, synced: what it holds stays for another
-        process of the deployment to write. Its path, if it has one."""
-        path = self.path
+        process of the deployment to write. Its path, if it has one (none: deleted meanwhile,
+        so nothing stays)."""
+        path = None if self.deleted() else self.path
         if self._file is not None:
             if self._unsynced or self._renamed:
                 try:

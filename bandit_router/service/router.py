@@ -587,8 +587,23 @@ class Router:
             tasks.append(self.learner.run(stop))
         if self.journal is not None:
             # a job of its own: a flush waits on a Redis that does not answer, for its timeouts
-            tasks.append(self._every(stop, 1.0, "journal sync", self.journal.sync))
+            tasks.append(self._every(stop, 1.0, "journal sync", self._sync_journal))
         await asyncio.gather(*tasks)
+
+    async def _sync_journal(self) -> None:
+        """Sync the journal; one deleted under the process is written again with what the
+        buffer holds first, so that a stop before Redis returns does not lose it."""
+        if self.journal is None:
+            return
+        if self._buffer and self.journal.deleted():
+            log.warning(
+                "the decision journal %s was deleted while this process held it (by hand, or a "
+                "cleaner of BANDIT_BUFFER_DIR): written again with the %d decisions buffered",
+                self.journal.path,
+                len(self._buffer),
+            )
+            self._journal_only_buffer()
+        await self.journal.sync()
 
     async def _flush_if_any(self) -> int:
         if self._buffer or self.journal is not None:  # a journal: gone processes' may wait
