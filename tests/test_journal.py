@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.test_faults import _open_router, _running
+from tests.test_limits import _files_limited, _service
 
 
 def _decision(event_id: str, arm: str = "a") -> dict[str, Any]:
@@ -567,16 +569,6 @@ def test_a_journalled_decision_older_than_its_keys_lifetime_is_let_go(
     assert len(said) == 1 and "1 older than their keys' lifetime were let go" in said[0]
 
 
-def _journal_limited(size: int) -> None:
-    """In the service's child process: no file of its may grow past ``size`` bytes (a full disk
-    for its journal, with no root to mount one); a write past it fails with EFBIG rather than
-    the default SIGXFSZ killing the process."""
-    import resource
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-
-
 def test_a_journal_that_fills_its_disk_holds_whole_decisions_and_a_stop_says_what_is_lost(
     make_settings: SettingsFactory, redis_process: RedisProcess, tmp_path: Path
 ) -> None:
@@ -584,33 +576,12 @@ def test_a_journal_that_fills_its_disk_holds_whole_decisions_and_a_stop_says_wha
     while Redis is down says how many decisions it holds and how many are lost, with no
     traceback and the rest of the stop done; the next process writes those it holds."""
     settings = make_settings(redis_url=redis_process.url)
-    env = cli_env(
-        redis_url=settings.redis_url,
-        key_prefix=settings.key_prefix,
-        data_dir=settings.data_dir,
-        log_level="warning",
-    )
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    service = subprocess.Popen(  # its log to a pipe: a log file would meet the limit too
-        [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        preexec_fn=lambda: _journal_limited(3000),
-    )
-    try:
-        wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
+    with _service(settings, partial(_files_limited, 3000)) as (base, said_by_it):
         redis_process.kill()
         with httpx.Client(base_url=base) as client:
             during = [_choose(client, f"question number {i}") for i in range(10)]
         assert all(d["degraded"] for d in during)
-        service.send_signal(signal.SIGTERM)
-        output = service.communicate(timeout=30)[0].decode()
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
+    output = said_by_it[0]
     journals = list((Path(settings.data_dir) / "buffer").glob("*.jsonl"))
     assert len(journals) == 1
     held = [json.loads(line)["event_id"] for line in journals[0].read_bytes().splitlines()]
