@@ -111,6 +111,9 @@ HI: list[Any] = [{"role": "user", "content": "hi"}]
         ({"metadata": {f"k{i}": i for i in range(65)}}, {}, 422, "metadata"),
         ({"metadata": {"k" * 65: 1}}, {}, 422, "metadata"),
         ({"metadata": {"a": {"b": 1}}}, {}, 422, "metadata"),
+        # the gateway's own feature, from x-bandit-preference: it replaced the app's, unsaid
+        ({"metadata": {"preference": "vip"}}, {}, 422, "metadata"),
+        ({}, {"x-bandit-features": '{"preference": "vip"}'}, 422, "x-bandit-features"),
         ({}, {"x-bandit-features": '{"a": {"b": 1}}'}, 422, "x-bandit-features"),
         ({}, {"x-bandit-features": '{"n": 1e400}'}, 422, "x-bandit-features"),
         ({}, {"x-bandit-features": "{not json"}, 422, "x-bandit-features"),

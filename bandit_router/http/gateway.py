@@ -214,6 +214,12 @@ class Gateway:
             if not isinstance(value, dict):
                 raise RouterError(f"{name} must be a JSON object", field=name)
             _contract(query, value, name)
+            if PREFERENCE_FEATURE in value:  # would be replaced by the header's, unsaid
+                raise RouterError(
+                    f"{name}.{PREFERENCE_FEATURE}: the gateway's own feature, set from the "
+                    "x-bandit-preference header; give yours another name",
+                    field=name,
+                )
             if value:
                 features.update(value)
                 source = name
