@@ -100,6 +100,19 @@ def test_every_operation_that_reads_a_deployment_documents_it(make_client: Clien
     assert refused == 9  # /arms, /stats, the four /admin routes and the gateway's three
 
 
+def test_every_field_of_an_open_answer_is_documented(make_client: ClientFactory) -> None:
+    """The open operations' answers hold only fields their schema describes: /healthz answered
+    ``learner`` (README, The endpoints) while its schema left it out."""
+    client = make_client()
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for path in ("/healthz", "/arms", "/deployments"):
+        ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        described = set(schemas[ok["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"])
+        answered = set(client.get(path).json())
+        assert answered <= described, (path, answered - described)
+
+
 def test_the_gateway_body_and_answer_are_described(spec: dict[str, Any]) -> None:
     """The fields the gateway reads, with their types (a null `model` or `messages` was valid by
     the schema, and refused); a streamed answer is server-sent events."""

@@ -296,6 +296,11 @@ class HealthResponse(BaseModel):
     model_version: int | None = Field(
         default=None, description="rewards learned by the served model", examples=[1200]
     )
+    learner: bool | None = Field(
+        default=None,
+        description="whether this process holds the `default` deployment's learner lease",
+        examples=[True],
+    )
 
 
 class ArmsResponse(BaseModel):
