@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import stat
 import sys
 import tempfile
@@ -60,34 +59,49 @@ def numbered_lines(f: IO[bytes]) -> Iterator[tuple[int, str | LineError]]:
             yield number, LineError(number, f"not UTF-8 ({e.reason} at byte {e.start})")
 
 
+# The most of a pipe copied to disk so that it can be read twice (see ``reopenable``).
+MAX_PIPED_BYTES = 4 << 30
+
+
 @contextmanager
 def reopenable(name: str) -> Iterator[Path]:
     """``name`` (``-``: standard input) as a path that can be opened more than once. A pipe
-    or a terminal (``-``, ``/dev/stdin``, a FIFO) is copied to a temporary file first: opened
-    again, it would go on where the first reader's buffer stopped, rows lost without a word.
-    Errors raised inside name ``name``, not the copy."""
+    (``-``, ``/dev/stdin`` of a pipe, a FIFO) is copied to a temporary file first, at most
+    ``MAX_PIPED_BYTES``: opened again, it would go on where the first reader's buffer stopped,
+    rows lost without a word. Errors raised inside name ``name``, not the copy."""
     if name != "-":
         try:
-            mode = Path(name).stat().st_mode
-            regular = stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+            piped = stat.S_ISFIFO(Path(name).stat().st_mode)
         except OSError:
-            regular = True  # opening it says why it cannot be read
-        if regular:
+            piped = False  # opening it says why it cannot be read
+        if not piped:
             yield Path(name)
             return
     with tempfile.TemporaryDirectory(prefix="bandit-router-") as folder:
         copy = Path(folder) / "input"
         with copy.open("wb") as out:
             if name == "-":
-                shutil.copyfileobj(sys.stdin.buffer, out)
+                _copy_bounded(sys.stdin.buffer, out, name)
             else:
                 with open(name, "rb") as f:
-                    shutil.copyfileobj(f, out)
+                    _copy_bounded(f, out, name)
         try:
             yield copy
         except (ValueError, OSError) as e:
             e.args = tuple(a.replace(str(copy), name) if isinstance(a, str) else a for a in e.args)
             raise
+
+
+def _copy_bounded(source: IO[bytes], out: IO[bytes], name: str) -> None:
+    copied = 0
+    while chunk := source.read(1 << 20):
+        copied += len(chunk)
+        if copied > MAX_PIPED_BYTES:
+            raise ValueError(
+                f"{name}: longer than {MAX_PIPED_BYTES} bytes, the most read from a pipe; "
+                "write it to a file and give its name"
+            )
+        out.write(chunk)
 
 
 def read_bounded(f: IO[bytes], what: str) -> str:

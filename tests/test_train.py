@@ -3,10 +3,12 @@ service that then serves what history taught it; and `simulate --warm-start`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bandit_router import inputs
 from bandit_router.cli.main import main
 from bandit_router.rewards import RewardConfig
 from bandit_router.settings import Settings
@@ -156,6 +159,33 @@ def test_train_reads_a_pipe_whole(name: str, tmp_path: Path) -> None:
         train.stdin.close()
         assert train.wait(timeout=120) == 0
     assert json.loads(out.read_text())["model_version"] == 100  # 50 rows, both arms' outcomes
+
+
+def test_a_pipe_is_copied_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pipe is copied to disk to be read twice, at most MAX_PIPED_BYTES: unbounded, an endless
+    one (/dev/zero behind a FIFO) filled the disk."""
+    monkeypatch.setattr(inputs, "MAX_PIPED_BYTES", 10_000)
+    fifo = tmp_path / "endless"
+    os.mkfifo(fifo)
+
+    def endless() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+
+    writer = threading.Thread(target=endless, daemon=True)
+    writer.start()
+    out = tmp_path / "x.json"
+    assert main(["train", str(fifo), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"train: {fifo}: longer than 10000 bytes, the most read from a pipe; write it to a file "
+        "and give its name\n"
+    )
+    assert not out.exists()
+    writer.join(timeout=10)
 
 
 def test_a_bad_piped_row_is_named_by_the_name_given(tmp_path: Path) -> None:
