@@ -7,16 +7,19 @@ which is why the rule is checked against the window, not the key's expiry.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.errors import AlreadyRewarded, WindowClosed
 from bandit_router.features import extract
+from bandit_router.http.app import create_app
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
-from bandit_router.store.keys import KEY_DECISION
+from bandit_router.store.keys import KEY_DECISION, KEY_PENDING
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
@@ -183,3 +186,37 @@ def test_an_event_id_chosen_again_after_its_decision_expired_is_refused(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_window_raised_across_a_restart_keeps_the_decision_it_reopens(
+    make_settings: SettingsFactory,
+) -> None:
+    """An event the sweep let go with no part, then sent a part within a window raised across a
+    restart, is tracked again until the new end; its decision was still kept only as long as the
+    setting at the decision said (at least 600 s less than the new end here), so the sweep at
+    the new end found it gone: the part, answered 200, was not learned, and the event counted
+    neither rewarded nor skipped. The part now keeps the decision until the new setting's keep
+    time."""
+    before = make_settings(reward_wait_s=1, sweep_s=0.2, policy="egreedy")
+    with TestClient(create_app(before)) as client:
+        event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+        deadline = time.time() + 10
+        while client.get("/stats").json()["skipped_no_reward"] != 1:
+            assert time.time() < deadline, "the sweep did not let the window go"
+            time.sleep(0.1)
+    after = before.model_copy(update={"reward_wait_s": 700})
+    with TestClient(create_app(after)) as client:
+        answer = client.post("/reward", json={"event_id": event_id, "accuracy": 1})
+        assert answer.status_code == 200 and answer.json()["status"] == "pending"
+        assert client.get("/stats").json()["skipped_no_reward"] == 0
+    plain = redis.Redis.from_url(after.redis_url or "")
+    decision = KEY_DECISION.format(p="{" + after.key_prefix + "}", event_id=event_id)
+    try:
+        decided = json.loads(plain.get(decision) or b"")
+        window_end = plain.zscore(KEY_PENDING.format(p="{" + after.key_prefix + "}"), event_id)
+        assert window_end is not None and window_end == pytest.approx(decided["ts"] + 700)
+        kept_until = time.time() + plain.pttl(decision) / 1000
+        assert kept_until > window_end  # the sweep at the window's end finds it
+        assert kept_until >= decided["ts"] + 700 + 700 - 1  # as a decision made now is kept
+    finally:
+        plain.close()

@@ -86,6 +86,12 @@ local function hold(d, deadline, dups)  -- keep the parts until the window close
     -- Redis after it. Tracked again, the next sweep learns them: the skip is undone.
     local skipped = tonumber(redis.pcall('HGET', KEYS[6], 'skipped_no_reward'))
     if skipped and skipped > 0 then redis.pcall('HINCRBY', KEYS[6], 'skipped_no_reward', -1) end
+    -- Its window ends by the wait in force, which a restart may have raised past the keep time
+    -- set at the decision: the decision is kept as one made with this wait is, so the sweep
+    -- finds it at the window's end (never shortened).
+    local kept = deadline + tonumber(ARGV[1]) - tonumber(ARGV[2])  -- ts + the keep time
+    local keep_ms = math.ceil((kept - tonumber(ARGV[4])) * 1000)
+    if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], keep_ms) end
   end
   return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 end
