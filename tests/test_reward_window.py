@@ -220,3 +220,40 @@ def test_a_window_raised_across_a_restart_keeps_the_decision_it_reopens(
         assert kept_until >= decided["ts"] + 700 + 700 - 1  # as a decision made now is kept
     finally:
         plain.close()
+
+
+@pytest.mark.parametrize("default_reward", [None, 0.5])
+def test_a_window_swept_after_its_decision_expired_is_counted_skipped_once(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, default_reward: float | None
+) -> None:
+    """No sweep ran from a window's end until its decision expired (every process stopped
+    longer than the keep time): the event cannot be learned. With no part and no default
+    reward it was counted skipped; with a part (its hash outlives the decision), or a default
+    reward, the window was let go with a warning per event and counted nowhere, so decisions no
+    longer added up to rewards plus skipped, and an outage's thousands of windows were as many
+    log lines. Now each is counted skipped, and a sweep says them in one line."""
+    settings = make_settings(reward_wait_s=WAIT_S, default_reward=default_reward)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(settings, store)
+        try:
+            ids = [(await router.choose(f"question {i}")).event_id for i in range(3)]
+            await router.reward(ids[0], RewardParts(latency_ms=100.0))
+            for event_id in ids:
+                await store.redis.delete(store.key(KEY_DECISION, event_id))  # expired
+            end = time.time() + WAIT_S + 1
+            with caplog.at_level("WARNING", logger="bandit_router"):
+                assert await router.sweep(now=end) == 0
+                assert await router.sweep(now=end + 1) == 0  # nothing left to count again
+            assert await store.due(end + 1) == []
+            stats = await router.stats()
+            counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
+            assert counted == (3, 0, 3)
+            said = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
+            assert len(said) <= 1, said
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())

@@ -167,8 +167,9 @@ return hold(d, deadline, dups)
 
 
 # ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
-# Returns {0} gone, {1, done marker} already final (the marker holds the reward logged), {5, why}
-# unreadable, {6, key index, type} a key of another type, {3} parts changed, {2, id}.
+# Returns {0} gone (left tracked: the sweep lets it go, counted skipped), {1, done marker} already
+# final (the marker holds the reward logged), {5, why} unreadable, {6, key index, type} a key of
+# another type, {3} parts changed, {2, id}.
 FINALIZE = (
     TYPES_LUA
     + DECISION_LUA
@@ -177,7 +178,7 @@ FINALIZE = (
 local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset', 5, 'stream'})
 if bad then return bad end
 local d = redis.call('GET', KEYS[1])
-if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
+if not d then return {0} end
 local done = redis.call('GET', KEYS[2])
 if done then  -- logged: nothing left to track (an id chosen again after its decision expired)
   redis.call('ZREM', KEYS[4], ARGV[3])
