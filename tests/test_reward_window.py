@@ -104,7 +104,7 @@ def _late_answer(client: TestClient, body: dict[str, object]) -> dict[str, objec
 
 def test_a_part_after_the_window_is_404_and_not_learned(make_client: ClientFactory) -> None:
     # A sweep only at start: the late parts meet a window that closed but is not settled yet.
-    client = make_client(reward_wait_s=1, sweep_s=3600, policy="egreedy")
+    client = make_client(reward_wait_s=1, sweep_s=500, policy="egreedy")
     early = client.post("/choose", json={"query": "what is a cat?"}).json()
     silent = client.post("/choose", json={"query": "what is a dog?"}).json()
     decided = time.time()
