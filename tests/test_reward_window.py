@@ -257,3 +257,33 @@ def test_a_window_swept_after_its_decision_expired_is_counted_skipped_once(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_final_reward_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_skipped(
+    make_settings: SettingsFactory,
+) -> None:
+    """As a part in time after the sweep let its window go, a reward final by itself (a direct
+    ``reward``, every weighted part): it was logged at once, the skip the sweep counted left as
+    it was, so the event counted both rewarded and skipped (decisions 1, rewards 1, skipped 1)."""
+    settings = make_settings(reward_wait_s=WAIT_S)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(settings, store)
+        try:
+            d = await router.choose("a question")
+            decided = await store.decision(d.event_id)
+            assert decided is not None
+            end = decided["ts"] + WAIT_S
+            assert await router.sweep(now=end + 0.01) == 0  # no part yet: let go, skipped
+            final = {"parts": {"reward": 1.0}, "reward": 1.0, "ts": end, "default": False}
+            got = await store.add_parts(d.event_id, {"reward": 1.0}, final, now=end - 0.01)
+            assert got.logged is not None  # taken: it came in time, and is all its parts
+            stats = await router.stats()
+            counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
+            assert counted == (1, 1, 0)
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())
