@@ -703,6 +703,20 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _sweep_comes_while_decisions_are_kept(self) -> Settings:
+        """A decision is kept ``max(reward_wait_s, 600)`` s after its window closes, for the
+        sweep: a sweep period as long lets decisions expire first, and their parts are lost."""
+        kept = max(self.reward_wait_s, 600)
+        if self.sweep_s >= kept:
+            raise ValueError(
+                f"sweep_s (BANDIT_SWEEP_S) {self.sweep_s} must be less than {kept} s, the larger "
+                f"of reward_wait_s (BANDIT_REWARD_WAIT_S) {self.reward_wait_s} and 600: a "
+                "decision is kept that long after its reward window closes, and one the sweep "
+                "comes to later has expired, its reward parts lost"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _window_holds_min_events(self) -> Settings:
         if self.challenger_window < self.promote_min_events:
             raise ValueError(

@@ -444,7 +444,7 @@ def test_a_window_closed_with_no_part_its_weights_count_is_skipped_without_a_log
             return bool(httpx.get(f"{base}/stats").json()["skipped_no_reward"] == calls)
 
         wait_until(skipped, 15, "the sweep to close the windows")
-    assert [m for m in caplog.messages if "not learned at window end" in m] == []
+    assert [m for m in caplog.messages if "not learned at their window" in m] == []
 
 
 def test_with_a_default_reward_a_window_with_no_part_its_weights_count_learns_it(

@@ -7,16 +7,19 @@ which is why the rule is checked against the window, not the key's expiry.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.errors import AlreadyRewarded, WindowClosed
 from bandit_router.features import extract
+from bandit_router.http.app import create_app
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
-from bandit_router.store.keys import KEY_DECISION
+from bandit_router.store.keys import KEY_DECISION, KEY_PENDING
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory
@@ -101,7 +104,7 @@ def _late_answer(client: TestClient, body: dict[str, object]) -> dict[str, objec
 
 def test_a_part_after_the_window_is_404_and_not_learned(make_client: ClientFactory) -> None:
     # A sweep only at start: the late parts meet a window that closed but is not settled yet.
-    client = make_client(reward_wait_s=1, sweep_s=3600, policy="egreedy")
+    client = make_client(reward_wait_s=1, sweep_s=500, policy="egreedy")
     early = client.post("/choose", json={"query": "what is a cat?"}).json()
     silent = client.post("/choose", json={"query": "what is a dog?"}).json()
     decided = time.time()
@@ -178,6 +181,107 @@ def test_an_event_id_chosen_again_after_its_decision_expired_is_refused(
             await router.sweep(now=end)
             assert await store.due(end) == []
             assert (await router.stats())["rewards_accepted"] == 1
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_window_raised_across_a_restart_keeps_the_decision_it_reopens(
+    make_settings: SettingsFactory,
+) -> None:
+    """An event the sweep let go with no part, then sent a part within a window raised across a
+    restart, is tracked again until the new end; its decision was still kept only as long as the
+    setting at the decision said (at least 600 s less than the new end here), so the sweep at
+    the new end found it gone: the part, answered 200, was not learned, and the event counted
+    neither rewarded nor skipped. The part now keeps the decision until the new setting's keep
+    time."""
+    before = make_settings(reward_wait_s=1, sweep_s=0.2, policy="egreedy")
+    with TestClient(create_app(before)) as client:
+        event_id = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+        deadline = time.time() + 10
+        while client.get("/stats").json()["skipped_no_reward"] != 1:
+            assert time.time() < deadline, "the sweep did not let the window go"
+            time.sleep(0.1)
+    after = before.model_copy(update={"reward_wait_s": 700})
+    with TestClient(create_app(after)) as client:
+        answer = client.post("/reward", json={"event_id": event_id, "accuracy": 1})
+        assert answer.status_code == 200 and answer.json()["status"] == "pending"
+        assert client.get("/stats").json()["skipped_no_reward"] == 0
+    plain = redis.Redis.from_url(after.redis_url or "")
+    decision = KEY_DECISION.format(p="{" + after.key_prefix + "}", event_id=event_id)
+    try:
+        decided = json.loads(plain.get(decision) or b"")
+        window_end = plain.zscore(KEY_PENDING.format(p="{" + after.key_prefix + "}"), event_id)
+        assert window_end is not None and window_end == pytest.approx(decided["ts"] + 700)
+        kept_until = time.time() + plain.pttl(decision) / 1000
+        assert kept_until > window_end  # the sweep at the window's end finds it
+        assert kept_until >= decided["ts"] + 700 + 700 - 1  # as a decision made now is kept
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize("default_reward", [None, 0.5])
+def test_a_window_swept_after_its_decision_expired_is_counted_skipped_once(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, default_reward: float | None
+) -> None:
+    """No sweep ran from a window's end until its decision expired (every process stopped
+    longer than the keep time): the event cannot be learned. With no part and no default
+    reward it was counted skipped; with a part (its hash outlives the decision), or a default
+    reward, the window was let go with a warning per event and counted nowhere, so decisions no
+    longer added up to rewards plus skipped, and an outage's thousands of windows were as many
+    log lines. Now each is counted skipped, and a sweep says them in one line."""
+    settings = make_settings(reward_wait_s=WAIT_S, default_reward=default_reward)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(settings, store)
+        try:
+            ids = [(await router.choose(f"question {i}")).event_id for i in range(3)]
+            await router.reward(ids[0], RewardParts(latency_ms=100.0))
+            for event_id in ids:
+                await store.redis.delete(store.key(KEY_DECISION, event_id))  # expired
+            end = time.time() + WAIT_S + 1
+            with caplog.at_level("WARNING", logger="bandit_router"):
+                assert await router.sweep(now=end) == 0
+                assert await router.sweep(now=end + 1) == 0  # nothing left to count again
+            assert await store.due(end + 1) == []
+            stats = await router.stats()
+            counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
+            assert counted == (3, 0, 3)
+            said = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
+            assert len(said) <= 1, said
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_final_reward_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_skipped(
+    make_settings: SettingsFactory,
+) -> None:
+    """As a part in time after the sweep let its window go, a reward final by itself (a direct
+    ``reward``, every weighted part): it was logged at once, the skip the sweep counted left as
+    it was, so the event counted both rewarded and skipped (decisions 1, rewards 1, skipped 1)."""
+    settings = make_settings(reward_wait_s=WAIT_S)
+
+    async def scenario() -> None:
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(settings, store)
+        try:
+            d = await router.choose("a question")
+            decided = await store.decision(d.event_id)
+            assert decided is not None
+            end = decided["ts"] + WAIT_S
+            assert await router.sweep(now=end + 0.01) == 0  # no part yet: let go, skipped
+            final = {"parts": {"reward": 1.0}, "reward": 1.0, "ts": end, "default": False}
+            got = await store.add_parts(d.event_id, {"reward": 1.0}, final, now=end - 0.01)
+            assert got.logged is not None  # taken: it came in time, and is all its parts
+            stats = await router.stats()
+            counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
+            assert counted == (1, 1, 0)
         finally:
             await router.close()
             await store.close()

@@ -59,6 +59,7 @@ def test_arms_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("api_keys", "a,b\x01", "key 2 of 2 holds a character that is not printable ASCII"),
         ("snapshot_every", 2_000_000, r"\(BANDIT_SNAPSHOT_EVERY\) 2000000 must be at most"),
         ("challenger_window", 10, r"\(BANDIT_CHALLENGER_WINDOW\) 10 must be at least"),
+        ("sweep_s", 3600, r"\(BANDIT_SWEEP_S\) 3600.0 must be less than 3600 s"),
     ],
 )
 def test_bad_settings_name_the_problem(field: str, value: Any, message: str) -> None:
@@ -234,3 +235,19 @@ def test_a_json_setting_nested_too_deep_or_malformed_is_said_not_a_traceback(
     monkeypatch.setenv(f"BANDIT_{env}", value)
     assert main(["config"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("wait", "sweep", "refused"), [(60, 900, True), (7200, 3600, False)])
+def test_a_sweep_slower_than_a_decision_is_kept_is_refused(
+    wait: int, sweep: float, refused: bool
+) -> None:
+    """A decision is kept ``max(BANDIT_REWARD_WAIT_S, 600)`` s after its window closes, for the
+    sweep to learn it: a sweep period as long found many decisions expired, their parts (each
+    answered 200) never learned. Refused at start, naming both settings."""
+    if not refused:
+        assert Settings(reward_wait_s=wait, sweep_s=sweep).sweep_s == sweep
+        return
+    with pytest.raises(ValidationError) as error:
+        Settings(reward_wait_s=wait, sweep_s=sweep)
+    said = str(error.value)
+    assert "BANDIT_SWEEP_S" in said and "BANDIT_REWARD_WAIT_S" in said

@@ -375,11 +375,12 @@ class Store:
         return [event_id.decode() for event_id in kept]
 
     @unavailable
-    async def drop_pending(self, event_id: str) -> None:
+    async def drop_pending(self, event_id: str) -> bool:
         """Stop tracking an event whose window closed with nothing to learn, counted as skipped
-        unless something settled it meanwhile (a final logged it, another sweep dropped it)."""
+        unless something settled it meanwhile (a final logged it, another sweep dropped it);
+        whether it was counted here."""
         keys = [self.key(KEY_PENDING), self.key(KEY_STATS)]
-        await self._typed(KEY_PENDING, self._drop_pending(keys=keys, args=[event_id]))
+        return bool(await self._typed(KEY_PENDING, self._drop_pending(keys=keys, args=[event_id])))
 
     @unavailable
     async def decision(self, event_id: str) -> dict[str, Any] | None:

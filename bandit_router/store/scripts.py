@@ -67,6 +67,17 @@ end
 """.replace("MAX_TS", repr(MAX_TS))
 
 
+# An event no longer tracked whose decision is still there, and not logged, is one a sweep let
+# go with nothing to learn, counted skipped: a part or reward taken before its window closed (by
+# the receiving process's clock) that reaches Redis after that sweep brings it back, undoing it.
+UNSKIP_LUA = """
+local function unskip()
+  local skipped = tonumber(redis.pcall('HGET', KEYS[6], 'skipped_no_reward'))
+  if skipped and skipped > 0 then redis.pcall('HINCRBY', KEYS[6], 'skipped_no_reward', -1) end
+end
+"""
+
+
 PARTS_LUA = """
 local function add_parts(first)  -- HSETNX the name/value pairs from ARGV[first]; the repeats
   local dups = {}
@@ -81,11 +92,14 @@ end
 local function hold(d, deadline, dups)  -- keep the parts until the window closes
   redis.call('EXPIRE', KEYS[3], ARGV[1])
   if redis.call('ZADD', KEYS[4], 'NX', deadline, ARGV[3]) == 1 then
-    -- No longer tracked: a sweep let the window go with no part and counted it skipped, and
-    -- these parts, taken before the window closed by the receiving process's clock, reached
-    -- Redis after it. Tracked again, the next sweep learns them: the skip is undone.
-    local skipped = tonumber(redis.pcall('HGET', KEYS[6], 'skipped_no_reward'))
-    if skipped and skipped > 0 then redis.pcall('HINCRBY', KEYS[6], 'skipped_no_reward', -1) end
+    -- No longer tracked (see UNSKIP_LUA): tracked again, the next sweep learns these parts.
+    unskip()
+    -- Its window ends by the wait in force, which a restart may have raised past the keep time
+    -- set at the decision: the decision is kept as one made with this wait is, so the sweep
+    -- finds it at the window's end (never shortened).
+    local kept = deadline + tonumber(ARGV[1]) - tonumber(ARGV[2])  -- ts + the keep time
+    local keep_ms = math.ceil((kept - tonumber(ARGV[4])) * 1000)
+    if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], keep_ms) end
   end
   return {2, d, redis.call('HGETALL', KEYS[3]), dups}
 end
@@ -96,7 +110,7 @@ LOG_LUA = """
 local function log_event(d, arm, maxlen, reward, value)  -- mark done, log, count: once an event
   redis.call('SET', KEYS[2], reward, 'EX', ARGV[1])  -- the marker keeps the reward logged
   local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'd', d, 'r', reward)
-  redis.call('ZREM', KEYS[4], ARGV[3])
+  if redis.call('ZREM', KEYS[4], ARGV[3]) == 0 then unskip() end  -- see UNSKIP_LUA
   redis.call('DEL', KEYS[3])
   redis.pcall('HINCRBY', KEYS[6], 'rewards:' .. arm, 1)
   redis.pcall('HINCRBYFLOAT', KEYS[6], 'reward_sum:' .. arm, value)
@@ -113,6 +127,7 @@ end
 ADD_PARTS = (
     TYPES_LUA
     + DECISION_LUA
+    + UNSKIP_LUA
     + PARTS_LUA
     + """
 local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset'})
@@ -136,6 +151,7 @@ return hold(d, deadline, add_parts(5))
 ADD_FINAL = (
     TYPES_LUA
     + DECISION_LUA
+    + UNSKIP_LUA
     + PARTS_LUA
     + LOG_LUA
     + """
@@ -161,17 +177,19 @@ return hold(d, deadline, dups)
 
 
 # ARGV ttl, maxlen, event id, n parts seen, reward JSON, reward value.
-# Returns {0} gone, {1, done marker} already final (the marker holds the reward logged), {5, why}
-# unreadable, {6, key index, type} a key of another type, {3} parts changed, {2, id}.
+# Returns {0} gone (left tracked: the sweep lets it go, counted skipped), {1, done marker} already
+# final (the marker holds the reward logged), {5, why} unreadable, {6, key index, type} a key of
+# another type, {3} parts changed, {2, id}.
 FINALIZE = (
     TYPES_LUA
     + DECISION_LUA
+    + UNSKIP_LUA
     + LOG_LUA
     + """
 local bad = misfit({1, 'string', 2, 'string', 3, 'hash', 4, 'zset', 5, 'stream'})
 if bad then return bad end
 local d = redis.call('GET', KEYS[1])
-if not d then redis.call('ZREM', KEYS[4], ARGV[3]) return {0} end
+if not d then return {0} end
 local done = redis.call('GET', KEYS[2])
 if done then  -- logged: nothing left to track (an id chosen again after its decision expired)
   redis.call('ZREM', KEYS[4], ARGV[3])
