@@ -77,7 +77,9 @@ def stoppable_start() -> Iterator[None]:
         if not caught:
             raise
         name = signal.Signals(caught[0]).name if caught[0] else "a signal"
-        raise StartStopped(f"{name} while starting (waiting for Redis): stopped") from None
+        raise StartStopped(
+            f"{name} while starting (waiting for Redis, or loading the model): stopped"
+        ) from None
     finally:
         starting[0] = False
         for number, handler in previous.items():
