@@ -964,3 +964,48 @@ def test_a_read_of_the_log_whose_reply_was_lost_is_learned_all_the_same(
             await other.store.close()
 
     asyncio.run(scenario())
+
+
+def test_an_idle_learner_polls_less_often_and_learns_at_once_when_events_come(
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A learner polled the log every poll_s (50 ms) with nothing in it: four Redis calls each,
+    and a service runs a learner per deployment, so an idle service's Redis calls and CPU grew
+    twenty polls a second per deployment. An idle learner now waits longer after each empty
+    read, up to IDLE_POLL_S, and polls every poll_s again once events come."""
+    from bandit_router.service.learner import IDLE_POLL_S, Learner, fresh_model
+
+    settings = make_settings(learn_in_workers=False)
+    step, steps = Learner.step, [0]
+
+    async def counted(learner: Learner) -> int:
+        steps[0] += 1
+        return await step(learner)
+
+    monkeypatch.setattr(Learner, "step", counted)
+
+    async def scenario() -> None:
+        api = await _open(settings)  # logs rewards, never learns
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        learner = Learner(
+            settings, store, fresh_model(parse_policy_spec(settings.policy), settings)
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(learner.run(stop, poll_s=0.05))
+        await asyncio.sleep(4)
+        idle_steps = steps[0]
+        await _train(api, 10)
+        logged = time.monotonic()
+        while learner.model.version < 10 and time.monotonic() - logged < 10:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - logged
+        stop.set()
+        await running
+        assert idle_steps <= 10, idle_steps  # 80 at one every 50 ms
+        assert learner.model.version == 10 and took <= IDLE_POLL_S + 0.5, took
+        await learner.close()
+        await store.close()
+        await api.store.close()
+
+    asyncio.run(scenario())

@@ -57,6 +57,9 @@ log = logging.getLogger("bandit_router")
 BATCH = 64  # events learned per step: bounds how long learning holds the event loop
 FAILED_SAID_EVERY_S = 60.0  # a failure that repeats each second is a line a minute
 KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (policies.vw.KEPT_SHARED)
+# An idle learner doubles its wait after each empty read, from poll_s up to this: a poll costs a
+# few Redis calls, and a service runs a learner per deployment.
+IDLE_POLL_S = 1.0
 
 
 @dataclass
@@ -713,6 +716,9 @@ class Learner:
         """Renew the lease, learn, publish, until ``stop`` is set; Redis outages are waited out."""
         renew_every = self.settings.learner_lease_s / 3
         renewed = 0.0
+        # the longest wait after empty reads: within the lease's renewal period too
+        longest = max(poll_s, min(IDLE_POLL_S, renew_every))
+        idle = poll_s
         while not stop.is_set():
             try:
                 if self._relead or time.monotonic() - renewed >= renew_every:
@@ -730,7 +736,13 @@ class Learner:
             # A full batch: more may be waiting, so read again at once (after letting the
             # loop run). Waiting poll_s after every batch capped a learner at BATCH / poll_s
             # events a second (1,280), below what one API process logs.
-            await wait_or_stop(stop, 0 if read >= BATCH else poll_s)
+            if read >= BATCH:
+                wait = 0.0
+            elif read:
+                wait = idle = poll_s
+            else:  # nothing new: the next empty read waits twice as long
+                wait, idle = idle, min(idle * 2, longest)
+            await wait_or_stop(stop, wait)
 
     def _step_failed(self, e: Exception) -> None:
         """Say why a step of ``run`` failed: a Redis outage as the outage does, a bug with its
