@@ -30,6 +30,9 @@ MAX_WEIGHT = 1000.0  # a reward weight's upper bound
 # VW and the OS take.
 HOUR_S, DAY_S, YEAR_S = 3600, 86_400, 31_536_000
 MAX_COUNT = 10**10
+# Lower bound of the periods of background jobs: each job runs once per period, so a
+# vanishing one (1e-9) is a busy loop on the worker and on Redis.
+MIN_PERIOD_S = 0.01
 GIB = 1 << 30
 MIB = 1 << 20
 # Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
@@ -332,7 +335,10 @@ class Settings(BaseSettings):
         "unset: such events are skipped",
     )
     sweep_s: float = Field(
-        default=5.0, gt=0, le=DAY_S, description="how often closed reward windows are swept"
+        default=5.0,
+        ge=MIN_PERIOD_S,
+        le=DAY_S,
+        description="how often closed reward windows are swept",
     )
     stats_cache_s: float = Field(
         default=1.0,
@@ -347,10 +353,16 @@ class Settings(BaseSettings):
         description="events learned between model snapshots to Redis",
     )
     publish_s: float = Field(
-        default=10.0, gt=0, le=DAY_S, description="longest time between snapshots while learning"
+        default=10.0,
+        ge=MIN_PERIOD_S,
+        le=DAY_S,
+        description="longest time between snapshots while learning",
     )
     model_refresh_s: float = Field(
-        default=2.0, gt=0, le=DAY_S, description="how often workers look for a newer model snapshot"
+        default=2.0,
+        ge=MIN_PERIOD_S,
+        le=DAY_S,
+        description="how often workers look for a newer model snapshot",
     )
     learner_lease_s: float = Field(
         default=10.0,
@@ -366,7 +378,7 @@ class Settings(BaseSettings):
     )
     claim_idle_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=MIN_PERIOD_S,
         le=DAY_S,
         description="a dead learner's unacknowledged events are claimed after",
     )

@@ -251,3 +251,19 @@ def test_a_sweep_slower_than_a_decision_is_kept_is_refused(
         Settings(reward_wait_s=wait, sweep_s=sweep)
     said = str(error.value)
     assert "BANDIT_SWEEP_S" in said and "BANDIT_REWARD_WAIT_S" in said
+
+
+@pytest.mark.parametrize("env", ["SWEEP_S", "MODEL_REFRESH_S", "PUBLISH_S", "CLAIM_IDLE_S"])
+@pytest.mark.parametrize(("value", "refused"), [("1e-9", True), ("0.009", True), ("0.01", False)])
+def test_a_period_below_its_floor_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, refused: bool
+) -> None:
+    """``BANDIT_SWEEP_S=1e-9`` or ``BANDIT_MODEL_REFRESH_S=1e-9`` passed start-up and made the
+    job a busy loop: an idle worker at 84% CPU and 6,000 Redis commands a second."""
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    if not refused:
+        assert getattr(Settings(), env.lower()) == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.01")) as no:
+        Settings()
+    assert env.lower() in str(no.value)
