@@ -33,6 +33,9 @@ MAX_COUNT = 10**10
 # Lower bound of the periods of background jobs: each job runs once per period, so a
 # vanishing one (1e-9) is a busy loop on the worker and on Redis.
 MIN_PERIOD_S = 0.01
+# Lower bound of the learner's lease: it is renewed between the learner's steps, 50 ms apart at
+# the least, and must outlast several of them.
+MIN_LEASE_S = 0.5
 GIB = 1 << 30
 MIB = 1 << 20
 # Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
@@ -366,7 +369,7 @@ class Settings(BaseSettings):
     )
     learner_lease_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_LEASE_S,
         le=HOUR_S,
         description="the learner's lease; a dead learner is replaced after it",
     )

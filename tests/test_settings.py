@@ -267,3 +267,20 @@ def test_a_period_below_its_floor_is_refused(
     with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.01")) as no:
         Settings()
     assert env.lower() in str(no.value)
+
+
+@pytest.mark.parametrize(("value", "refused"), [("0.0009", True), ("0.02", True), ("0.5", False)])
+def test_a_lease_the_learner_cannot_renew_in_time_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, refused: bool
+) -> None:
+    """The learner renews its lease between steps, 50 ms apart at the least: a lease of 0.02 s
+    lapsed between them (the learner led anew from Redis at each step, reloading the snapshot
+    and replaying the log after it, with a warning each time), and one below a millisecond
+    failed start-up with Redis's "invalid expire time" traceback, which named no setting."""
+    monkeypatch.setenv("BANDIT_LEARNER_LEASE_S", value)
+    if not refused:
+        assert Settings().learner_lease_s == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.5")) as no:
+        Settings()
+    assert "learner_lease_s" in str(no.value)
