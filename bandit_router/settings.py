@@ -36,6 +36,9 @@ MIN_PERIOD_S = 0.01
 # Lower bound of the learner's lease: it is renewed between the learner's steps, 50 ms apart at
 # the least, and must outlast several of them.
 MIN_LEASE_S = 0.5
+# Upper bound of a write's WAIT for replicas, ms: the WAIT ends a round trip to Redis, given 5 s
+# in all (store.transport.DEFAULT_TIMEOUT_S); a longer one was cut short as an outage.
+MAX_WAIT_MS = 4000
 GIB = 1 << 30
 MIB = 1 << 20
 # Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
@@ -255,7 +258,7 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(
         default=1000,
         ge=1,
-        le=HOUR_S * 1000,
+        le=MAX_WAIT_MS,
         description="how long a write waits for those replicas before the request gets 503",
     )
     deployments_file: str | None = Field(

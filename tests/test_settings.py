@@ -10,11 +10,13 @@ from pydantic import ValidationError
 from bandit_router.cli.main import main
 from bandit_router.settings import (
     DEFAULT_ARMS,
+    MAX_WAIT_MS,
     Settings,
     check_weights,
     parse_weights,
     unknown_variables,
 )
+from bandit_router.store.transport import DEFAULT_TIMEOUT_S
 
 
 def test_defaults() -> None:
@@ -284,3 +286,21 @@ def test_a_lease_the_learner_cannot_renew_in_time_is_refused(
     with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.5")) as no:
         Settings()
     assert "learner_lease_s" in str(no.value)
+
+
+@pytest.mark.parametrize(("value", "refused"), [("8000", True), ("4001", True), ("4000", False)])
+def test_a_replica_wait_longer_than_a_redis_round_trip_may_take_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, refused: bool
+) -> None:
+    """A write's WAIT ends its round trip to Redis, which is given 5 s: with
+    ``BANDIT_REDIS_WAIT_TIMEOUT_MS=8000`` and no replica, a write failed after 5 s with "no
+    reply from Redis in 5.0 s" (an outage, not the replicas, said), and the learner's lease
+    renewal with it. The bound leaves the writes before the WAIT a second."""
+    assert MAX_WAIT_MS <= DEFAULT_TIMEOUT_S * 1000 - 1000
+    monkeypatch.setenv("BANDIT_REDIS_WAIT_TIMEOUT_MS", value)
+    if not refused:
+        assert Settings().redis_wait_timeout_ms == int(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("less than or equal to 4000")) as no:
+        Settings()
+    assert "redis_wait_timeout_ms" in str(no.value)
