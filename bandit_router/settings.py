@@ -39,6 +39,9 @@ MIN_LEASE_S = 0.5
 # Upper bound of a write's WAIT for replicas, ms: the WAIT ends a round trip to Redis, given 5 s
 # in all (store.transport.DEFAULT_TIMEOUT_S); a longer one was cut short as an outage.
 MAX_WAIT_MS = 4000
+# Lower bound of the timeouts of a client's request and of an upstream's answer: a shorter one
+# is one no client or upstream can meet (a request's head cut before it is read).
+MIN_TIMEOUT_S = 0.1
 GIB = 1 << 30
 MIB = 1 << 20
 # Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
@@ -76,7 +79,7 @@ class UpstreamSpec(BaseModel):
     )
     timeout_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         description="time to the first byte and between chunks",
         examples=[30],
     )
@@ -433,20 +436,20 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=3600,
         description="how long a request body may take to arrive (408 and the connection closed)",
     )
     head_timeout_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=3600,
         description="how long a request line and headers may take to arrive, from the "
         "connection's start or from the first byte of a next request (the connection closed)",
     )
     send_timeout_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=3600,
         description="how long a response may wait on a client that reads none of it (the "
         "connection closed)",
@@ -503,7 +506,7 @@ class Settings(BaseSettings):
     )
     gateway_timeout_s: float = Field(
         default=60.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=DAY_S,
         description="an upstream's timeout unless its arm sets timeout_s",
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,30 @@ def test_a_replica_wait_longer_than_a_redis_round_trip_may_take_is_refused(
     with pytest.raises(ValidationError, match=re.escape("less than or equal to 4000")) as no:
         Settings()
     assert "redis_wait_timeout_ms" in str(no.value)
+
+
+@pytest.mark.parametrize(
+    "env", ["HEAD_TIMEOUT_S", "BODY_TIMEOUT_S", "SEND_TIMEOUT_S", "GATEWAY_TIMEOUT_S"]
+)
+@pytest.mark.parametrize(("value", "refused"), [("1e-9", True), ("0.09", True), ("0.1", False)])
+def test_a_timeout_no_client_or_upstream_can_meet_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, refused: bool
+) -> None:
+    """``BANDIT_HEAD_TIMEOUT_S=1e-9`` passed start-up, and a local client's connections were
+    closed at random before their request was read (8 of 20 /choose)."""
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    if not refused:
+        assert getattr(Settings(), env.lower()) == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.1")) as no:
+        Settings()
+    assert env.lower() in str(no.value)
+
+
+def test_an_upstream_timeout_no_upstream_can_meet_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "timeout_s": 1e-9}
+    monkeypatch.setenv("BANDIT_ARMS", json.dumps([{"name": "a", "upstream": upstream}]))
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.1")):
+        Settings()
