@@ -193,6 +193,7 @@ class StoreUnavailable(RouterError):
     status_code = 503
 
     def __init__(self, detail: str, *, refused: bool = False) -> None:
+        self.detail, self.refused = detail, refused
         said = "unavailable, retry later"
         if refused:
             said = "up but refusing, retry once an operator acts"

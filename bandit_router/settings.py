@@ -30,6 +30,18 @@ MAX_WEIGHT = 1000.0  # a reward weight's upper bound
 # VW and the OS take.
 HOUR_S, DAY_S, YEAR_S = 3600, 86_400, 31_536_000
 MAX_COUNT = 10**10
+# Lower bound of the periods of background jobs: each job runs once per period, so a
+# vanishing one (1e-9) is a busy loop on the worker and on Redis.
+MIN_PERIOD_S = 0.01
+# Lower bound of the learner's lease: it is renewed between the learner's steps, 50 ms apart at
+# the least, and must outlast several of them.
+MIN_LEASE_S = 0.5
+# Upper bound of a write's WAIT for replicas, ms: the WAIT ends a round trip to Redis, given 5 s
+# in all (store.transport.DEFAULT_TIMEOUT_S); a longer one was cut short as an outage.
+MAX_WAIT_MS = 4000
+# Lower bound of the timeouts of a client's request and of an upstream's answer: a shorter one
+# is one no client or upstream can meet (a request's head cut before it is read).
+MIN_TIMEOUT_S = 0.1
 GIB = 1 << 30
 MIB = 1 << 20
 # Arms of a deployment, of a request's arm subset, and of one row or event that `train`,
@@ -67,7 +79,7 @@ class UpstreamSpec(BaseModel):
     )
     timeout_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         description="time to the first byte and between chunks",
         examples=[30],
     )
@@ -249,7 +261,7 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(
         default=1000,
         ge=1,
-        le=HOUR_S * 1000,
+        le=MAX_WAIT_MS,
         description="how long a write waits for those replicas before the request gets 503",
     )
     deployments_file: str | None = Field(
@@ -332,7 +344,10 @@ class Settings(BaseSettings):
         "unset: such events are skipped",
     )
     sweep_s: float = Field(
-        default=5.0, gt=0, le=DAY_S, description="how often closed reward windows are swept"
+        default=5.0,
+        ge=MIN_PERIOD_S,
+        le=DAY_S,
+        description="how often closed reward windows are swept",
     )
     stats_cache_s: float = Field(
         default=1.0,
@@ -347,14 +362,20 @@ class Settings(BaseSettings):
         description="events learned between model snapshots to Redis",
     )
     publish_s: float = Field(
-        default=10.0, gt=0, le=DAY_S, description="longest time between snapshots while learning"
+        default=10.0,
+        ge=MIN_PERIOD_S,
+        le=DAY_S,
+        description="longest time between snapshots while learning",
     )
     model_refresh_s: float = Field(
-        default=2.0, gt=0, le=DAY_S, description="how often workers look for a newer model snapshot"
+        default=2.0,
+        ge=MIN_PERIOD_S,
+        le=DAY_S,
+        description="how often workers look for a newer model snapshot",
     )
     learner_lease_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_LEASE_S,
         le=HOUR_S,
         description="the learner's lease; a dead learner is replaced after it",
     )
@@ -366,7 +387,7 @@ class Settings(BaseSettings):
     )
     claim_idle_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=MIN_PERIOD_S,
         le=DAY_S,
         description="a dead learner's unacknowledged events are claimed after",
     )
@@ -415,20 +436,20 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=3600,
         description="how long a request body may take to arrive (408 and the connection closed)",
     )
     head_timeout_s: float = Field(
         default=10.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=3600,
         description="how long a request line and headers may take to arrive, from the "
         "connection's start or from the first byte of a next request (the connection closed)",
     )
     send_timeout_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=3600,
         description="how long a response may wait on a client that reads none of it (the "
         "connection closed)",
@@ -485,7 +506,7 @@ class Settings(BaseSettings):
     )
     gateway_timeout_s: float = Field(
         default=60.0,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=DAY_S,
         description="an upstream's timeout unless its arm sets timeout_s",
     )

@@ -215,12 +215,17 @@ def test_a_process_started_during_an_outage_waits_for_redis(
 def test_start_up_gives_up_after_the_wait(
     make_settings: SettingsFactory, redis_process: RedisProcess
 ) -> None:
+    """The error a start-up that gave up fails with names the wait it gave up after: it said
+    only "Connection refused", as though nothing had been waited for."""
     redis_process.kill()
     app = create_app(make_settings(redis_url=redis_process.url, startup_wait_s=0.5))
     began = time.monotonic()
-    with pytest.raises(StoreUnavailable), TestClient(app):
+    with pytest.raises(StoreUnavailable) as gave_up, TestClient(app):
         pass
     assert time.monotonic() - began < 10
+    said = str(gave_up.value)
+    assert "given up after BANDIT_STARTUP_WAIT_S, 0.5 s" in said
+    assert "Error 111 connecting to" in said  # and why
 
 
 def test_an_outage_is_said_once_a_minute_with_what_was_not_said(

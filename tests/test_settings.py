@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ from pydantic import ValidationError
 from bandit_router.cli.main import main
 from bandit_router.settings import (
     DEFAULT_ARMS,
+    MAX_WAIT_MS,
     Settings,
     check_weights,
     parse_weights,
     unknown_variables,
 )
+from bandit_router.store.transport import DEFAULT_TIMEOUT_S
 
 
 def test_defaults() -> None:
@@ -251,3 +254,81 @@ def test_a_sweep_slower_than_a_decision_is_kept_is_refused(
         Settings(reward_wait_s=wait, sweep_s=sweep)
     said = str(error.value)
     assert "BANDIT_SWEEP_S" in said and "BANDIT_REWARD_WAIT_S" in said
+
+
+@pytest.mark.parametrize("env", ["SWEEP_S", "MODEL_REFRESH_S", "PUBLISH_S", "CLAIM_IDLE_S"])
+@pytest.mark.parametrize(("value", "refused"), [("1e-9", True), ("0.009", True), ("0.01", False)])
+def test_a_period_below_its_floor_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, refused: bool
+) -> None:
+    """``BANDIT_SWEEP_S=1e-9`` or ``BANDIT_MODEL_REFRESH_S=1e-9`` passed start-up and made the
+    job a busy loop: an idle worker at 84% CPU and 6,000 Redis commands a second."""
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    if not refused:
+        assert getattr(Settings(), env.lower()) == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.01")) as no:
+        Settings()
+    assert env.lower() in str(no.value)
+
+
+@pytest.mark.parametrize(("value", "refused"), [("0.0009", True), ("0.02", True), ("0.5", False)])
+def test_a_lease_the_learner_cannot_renew_in_time_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, refused: bool
+) -> None:
+    """The learner renews its lease between steps, 50 ms apart at the least: a lease of 0.02 s
+    lapsed between them (the learner led anew from Redis at each step, reloading the snapshot
+    and replaying the log after it, with a warning each time), and one below a millisecond
+    failed start-up with Redis's "invalid expire time" traceback, which named no setting."""
+    monkeypatch.setenv("BANDIT_LEARNER_LEASE_S", value)
+    if not refused:
+        assert Settings().learner_lease_s == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.5")) as no:
+        Settings()
+    assert "learner_lease_s" in str(no.value)
+
+
+@pytest.mark.parametrize(("value", "refused"), [("8000", True), ("4001", True), ("4000", False)])
+def test_a_replica_wait_longer_than_a_redis_round_trip_may_take_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, refused: bool
+) -> None:
+    """A write's WAIT ends its round trip to Redis, which is given 5 s: with
+    ``BANDIT_REDIS_WAIT_TIMEOUT_MS=8000`` and no replica, a write failed after 5 s with "no
+    reply from Redis in 5.0 s" (an outage, not the replicas, said), and the learner's lease
+    renewal with it. The bound leaves the writes before the WAIT a second."""
+    assert MAX_WAIT_MS <= DEFAULT_TIMEOUT_S * 1000 - 1000
+    monkeypatch.setenv("BANDIT_REDIS_WAIT_TIMEOUT_MS", value)
+    if not refused:
+        assert Settings().redis_wait_timeout_ms == int(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("less than or equal to 4000")) as no:
+        Settings()
+    assert "redis_wait_timeout_ms" in str(no.value)
+
+
+@pytest.mark.parametrize(
+    "env", ["HEAD_TIMEOUT_S", "BODY_TIMEOUT_S", "SEND_TIMEOUT_S", "GATEWAY_TIMEOUT_S"]
+)
+@pytest.mark.parametrize(("value", "refused"), [("1e-9", True), ("0.09", True), ("0.1", False)])
+def test_a_timeout_no_client_or_upstream_can_meet_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, refused: bool
+) -> None:
+    """``BANDIT_HEAD_TIMEOUT_S=1e-9`` passed start-up, and a local client's connections were
+    closed at random before their request was read (8 of 20 /choose)."""
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    if not refused:
+        assert getattr(Settings(), env.lower()) == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.1")) as no:
+        Settings()
+    assert env.lower() in str(no.value)
+
+
+def test_an_upstream_timeout_no_upstream_can_meet_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "timeout_s": 1e-9}
+    monkeypatch.setenv("BANDIT_ARMS", json.dumps([{"name": "a", "upstream": upstream}]))
+    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.1")):
+        Settings()

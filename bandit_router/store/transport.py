@@ -142,8 +142,13 @@ async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T
             refused = isinstance(
                 e.__cause__, AuthenticationError | AuthorizationError | NoPermissionError
             )
-            if refused or time.monotonic() + delay > deadline:
+            if refused:
                 raise
+            if time.monotonic() + delay > deadline:  # said with the wait given up after
+                raise StoreUnavailable(
+                    f"{e.detail} (given up after BANDIT_STARTUP_WAIT_S, {seconds:g} s)",
+                    refused=e.refused,
+                ) from e
             log.warning("waiting for Redis to start: %s", e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
