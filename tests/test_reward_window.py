@@ -122,14 +122,16 @@ def test_a_part_after_the_window_is_404_and_not_learned(make_client: ClientFacto
     assert stats["rewards_accepted"] == 0 and stats["model_version"] == 0
 
 
-def test_a_part_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_skipped(
-    make_settings: SettingsFactory,
+@pytest.mark.parametrize("final", [False, True])
+def test_a_reward_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_skipped(
+    make_settings: SettingsFactory, final: bool
 ) -> None:
     """A part the receiving process took before the window closed (its clock said so) can reach
     Redis just after a sweep let that window go for having no part, counting it in
-    ``skipped_no_reward``. The part is kept and the next sweep learns it: the event was then
+    ``skipped_no_reward``. The part is kept and the next sweep learns it (a reward final by
+    itself, a direct ``reward`` or every weighted part, is logged at once): the event was then
     counted both skipped and rewarded (decisions 1, rewards 1, skipped 1). The skip is undone
-    when the part brings the event back."""
+    when the reward brings the event back."""
     settings = make_settings(reward_wait_s=WAIT_S)
 
     async def scenario() -> None:
@@ -142,13 +144,17 @@ def test_a_part_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_s
             end = decided["ts"] + WAIT_S
             assert await router.sweep(now=end + 0.01) == 0  # no part yet: let go, skipped
             assert (await router.stats())["skipped_no_reward"] == 1
-            got = await store.add_parts(d.event_id, {"accuracy": 1.0}, now=end - 0.01)
-            assert got.parts == {"accuracy": 1.0}  # taken: it came in time
-            assert await router.sweep(now=end + 0.02) == 1  # and learned
+            if final:
+                whole = {"parts": {"reward": 1.0}, "reward": 1.0, "ts": end, "default": False}
+                got = await store.add_parts(d.event_id, {"reward": 1.0}, whole, now=end - 0.01)
+                assert got.logged is not None  # taken: it came in time, and is all its parts
+            else:
+                got = await store.add_parts(d.event_id, {"accuracy": 1.0}, now=end - 0.01)
+                assert got.parts == {"accuracy": 1.0}  # taken: it came in time
+                assert await router.sweep(now=end + 0.02) == 1  # and learned
             stats = await router.stats()
             counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
             assert counted == (1, 1, 0)
-            assert await store.due(end + 1) == []
         finally:
             await router.close()
             await store.close()
@@ -252,36 +258,6 @@ def test_a_window_swept_after_its_decision_expired_is_counted_skipped_once(
             assert counted == (3, 0, 3)
             said = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
             assert len(said) <= 1, said
-        finally:
-            await router.close()
-            await store.close()
-
-    asyncio.run(scenario())
-
-
-def test_a_final_reward_in_time_that_reaches_redis_after_the_sweep_is_not_also_counted_skipped(
-    make_settings: SettingsFactory,
-) -> None:
-    """As a part in time after the sweep let its window go, a reward final by itself (a direct
-    ``reward``, every weighted part): it was logged at once, the skip the sweep counted left as
-    it was, so the event counted both rewarded and skipped (decisions 1, rewards 1, skipped 1)."""
-    settings = make_settings(reward_wait_s=WAIT_S)
-
-    async def scenario() -> None:
-        store = Store(connect(settings.redis_url or ""), settings.key_prefix, WAIT_S, 10_000)
-        router = await Router.open(settings, store)
-        try:
-            d = await router.choose("a question")
-            decided = await store.decision(d.event_id)
-            assert decided is not None
-            end = decided["ts"] + WAIT_S
-            assert await router.sweep(now=end + 0.01) == 0  # no part yet: let go, skipped
-            final = {"parts": {"reward": 1.0}, "reward": 1.0, "ts": end, "default": False}
-            got = await store.add_parts(d.event_id, {"reward": 1.0}, final, now=end - 0.01)
-            assert got.logged is not None  # taken: it came in time, and is all its parts
-            stats = await router.stats()
-            counted = (stats["decisions"], stats["rewards_accepted"], stats["skipped_no_reward"])
-            assert counted == (1, 1, 0)
         finally:
             await router.close()
             await store.close()
