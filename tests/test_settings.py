@@ -256,6 +256,20 @@ def test_a_sweep_slower_than_a_decision_is_kept_is_refused(
     assert "BANDIT_SWEEP_S" in said and "BANDIT_REWARD_WAIT_S" in said
 
 
+def _bound_holds(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, refused: bool, said: str
+) -> None:
+    """``BANDIT_{env}=value`` is taken as that number, or refused saying ``said`` and naming
+    the setting."""
+    monkeypatch.setenv(f"BANDIT_{env}", value)
+    if not refused:
+        assert getattr(Settings(), env.lower()) == float(value)
+        return
+    with pytest.raises(ValidationError, match=re.escape(said)) as no:
+        Settings()
+    assert env.lower() in str(no.value)
+
+
 @pytest.mark.parametrize("env", ["SWEEP_S", "MODEL_REFRESH_S", "PUBLISH_S", "CLAIM_IDLE_S"])
 @pytest.mark.parametrize(("value", "refused"), [("1e-9", True), ("0.009", True), ("0.01", False)])
 def test_a_period_below_its_floor_is_refused(
@@ -263,13 +277,7 @@ def test_a_period_below_its_floor_is_refused(
 ) -> None:
     """``BANDIT_SWEEP_S=1e-9`` or ``BANDIT_MODEL_REFRESH_S=1e-9`` passed start-up and made the
     job a busy loop: an idle worker at 84% CPU and 6,000 Redis commands a second."""
-    monkeypatch.setenv(f"BANDIT_{env}", value)
-    if not refused:
-        assert getattr(Settings(), env.lower()) == float(value)
-        return
-    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.01")) as no:
-        Settings()
-    assert env.lower() in str(no.value)
+    _bound_holds(monkeypatch, env, value, refused, "greater than or equal to 0.01")
 
 
 @pytest.mark.parametrize(("value", "refused"), [("0.0009", True), ("0.02", True), ("0.5", False)])
@@ -280,13 +288,7 @@ def test_a_lease_the_learner_cannot_renew_in_time_is_refused(
     lapsed between them (the learner led anew from Redis at each step, reloading the snapshot
     and replaying the log after it, with a warning each time), and one below a millisecond
     failed start-up with Redis's "invalid expire time" traceback, which named no setting."""
-    monkeypatch.setenv("BANDIT_LEARNER_LEASE_S", value)
-    if not refused:
-        assert Settings().learner_lease_s == float(value)
-        return
-    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.5")) as no:
-        Settings()
-    assert "learner_lease_s" in str(no.value)
+    _bound_holds(monkeypatch, "LEARNER_LEASE_S", value, refused, "greater than or equal to 0.5")
 
 
 @pytest.mark.parametrize(("value", "refused"), [("8000", True), ("4001", True), ("4000", False)])
@@ -298,13 +300,7 @@ def test_a_replica_wait_longer_than_a_redis_round_trip_may_take_is_refused(
     reply from Redis in 5.0 s" (an outage, not the replicas, said), and the learner's lease
     renewal with it. The bound leaves the writes before the WAIT a second."""
     assert MAX_WAIT_MS <= DEFAULT_TIMEOUT_S * 1000 - 1000
-    monkeypatch.setenv("BANDIT_REDIS_WAIT_TIMEOUT_MS", value)
-    if not refused:
-        assert Settings().redis_wait_timeout_ms == int(value)
-        return
-    with pytest.raises(ValidationError, match=re.escape("less than or equal to 4000")) as no:
-        Settings()
-    assert "redis_wait_timeout_ms" in str(no.value)
+    _bound_holds(monkeypatch, "REDIS_WAIT_TIMEOUT_MS", value, refused, "less than or equal to 4000")
 
 
 @pytest.mark.parametrize(
@@ -316,13 +312,7 @@ def test_a_timeout_no_client_or_upstream_can_meet_is_refused(
 ) -> None:
     """``BANDIT_HEAD_TIMEOUT_S=1e-9`` passed start-up, and a local client's connections were
     closed at random before their request was read (8 of 20 /choose)."""
-    monkeypatch.setenv(f"BANDIT_{env}", value)
-    if not refused:
-        assert getattr(Settings(), env.lower()) == float(value)
-        return
-    with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.1")) as no:
-        Settings()
-    assert env.lower() in str(no.value)
+    _bound_holds(monkeypatch, env, value, refused, "greater than or equal to 0.1")
 
 
 def test_an_upstream_timeout_no_upstream_can_meet_is_refused(
