@@ -550,11 +550,20 @@ class Settings(BaseSettings):
                 )
         return parts
 
-    @field_validator("redis_url", "deployments_file", mode="before")
+    @field_validator(
+        "redis_url",
+        "deployments_file",
+        "seed",
+        "default_reward",
+        "hash_key",
+        "gateway_reward_weights",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         """An empty variable (a compose file's ``BANDIT_REDIS_URL=``) is unset, for every
-        reader alike: `serve` took an empty URL for one and started no embedded Redis."""
+        reader alike: `serve` took an empty URL for one and started no embedded Redis, and an
+        empty optional number was refused as not a number."""
         return None if value == "" else value
 
     @field_validator("log_level", mode="before")

@@ -322,3 +322,17 @@ def test_an_upstream_timeout_no_upstream_can_meet_is_refused(
     monkeypatch.setenv("BANDIT_ARMS", json.dumps([{"name": "a", "upstream": upstream}]))
     with pytest.raises(ValidationError, match=re.escape("greater than or equal to 0.1")):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["BANDIT_SEED", "BANDIT_DEFAULT_REWARD", "BANDIT_HASH_KEY", "BANDIT_GATEWAY_REWARD_WEIGHTS"],
+)
+def test_an_empty_optional_variable_is_unset(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compose file's ``BANDIT_SEED=`` (its variable unset) stopped the start: "unable to
+    parse string as an integer". Empty is unset, as README says, for every optional setting."""
+    monkeypatch.setenv(variable, "")
+    field = variable.removeprefix("BANDIT_").lower()
+    assert getattr(Settings(), field) is None
