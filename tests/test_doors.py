@@ -370,3 +370,19 @@ def test_a_body_not_utf8_is_a_400_saying_so_at_every_door(
     assert said in fast[1]["detail"], fast
     gateway = doors.fast.post("/v1/chat/completions", content=raw, headers=headers)
     assert gateway.status_code == 400 and said in gateway.json()["detail"], gateway.text
+
+
+def test_a_body_nested_201_levels_is_read_and_one_deeper_is_refused(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    """README's limit to the level: 201 levels are read (the flat `features` rule answers), 202
+    are 400 `body`. README said 200, one short of what is read."""
+    base = serve()
+
+    def nested(levels: int) -> bytes:  # the body object and `features` are two of the levels
+        inner = b"[" * (levels - 2) + b"]" * (levels - 2)
+        return b'{"query": "q", "features": {"k": ' + inner + b"}}"
+
+    for levels, status, field in ((201, 422, "features"), (202, 400, "body")):
+        response = httpx.post(f"{base}/choose", content=nested(levels), headers=JSON_HEADERS)
+        assert (response.status_code, response.json()["field"]) == (status, field), response.text

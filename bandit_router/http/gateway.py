@@ -268,7 +268,7 @@ def _text(content: Any) -> str:
 
 def _parse(raw: bytes | str, error: type[RouterError], field: str) -> Any:
     """JSON read as ``/choose`` reads it (pydantic-core's parser), so the same limits hold:
-    nesting beyond 200 levels, a number too long to read, a bad escape. orjson would read up to
+    nesting beyond 201 levels, a number too long to read, a bad escape. orjson would read up to
     1,024 levels but write back only about 255: a deeper body failed after its decision."""
     try:
         return pydantic_core.from_json(raw)
