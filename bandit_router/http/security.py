@@ -76,6 +76,7 @@ class Unauthorized(RouterError):
 
 class Forbidden(RouterError):
     status_code = 403
+    field = "X-API-Key"  # what an enabled endpoint would read; the message says what to set
 
 
 def key_matches(given: str | None, keys: Sequence[str]) -> bool:
