@@ -336,3 +336,19 @@ def test_an_empty_optional_variable_is_unset(
     monkeypatch.setenv(variable, "")
     field = variable.removeprefix("BANDIT_").lower()
     assert getattr(Settings(), field) is None
+
+
+def test_linucb_whose_matrices_would_not_fit_a_model_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dim 1024 with 64 arms dumped 537,396,968 bytes: over the 512 MiB a Redis string holds,
+    so the model could never be published. Refused at the start, naming what fits."""
+    arms = ",".join(f"a{i}:1" for i in range(64))
+    monkeypatch.setenv("BANDIT_ARMS", arms)
+    for variable in ("BANDIT_POLICY", "BANDIT_CHALLENGERS"):
+        monkeypatch.setenv(variable, "linucb:dim=1024")
+        with pytest.raises(ValidationError, match=r"dim 1024 with 64 arms .* at most 56 arms"):
+            Settings()
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("BANDIT_POLICY", "linucb:dim=950")  # 441 MiB: fits
+    assert Settings().policy == "linucb:dim=950"

@@ -29,6 +29,22 @@ MIN_DIM = len(QUERY_STATS) + 2  # bias, the statistics, and at least one hashed 
 # and its learning take about a millisecond per arm.
 MAX_DIM = 1024
 BOUNDS = {"alpha": Bounds(0, 100), "dim": Bounds(MIN_DIM, MAX_DIM)}
+# The matrices of the configured arms, at most: the model is one Redis string (512 MiB), and
+# arms removed from the settings keep theirs.
+MAX_MATRIX_BYTES = 448 * 1024 * 1024
+
+
+def check_size(dim: int, arms: int) -> None:
+    """ValueError when ``arms`` matrices of ``dim`` x ``dim`` would pass MAX_MATRIX_BYTES."""
+    size = arms * dim * dim * 8
+    if size > MAX_MATRIX_BYTES:
+        most = MAX_MATRIX_BYTES // (dim * dim * 8)
+        raise ValueError(
+            f"policy linucb: dim {dim} with {arms} arms keeps {size / 2**20:.0f} MiB of "
+            f"matrices (arms x dim^2 x 8 bytes), over the {MAX_MATRIX_BYTES >> 20} MiB a "
+            f"model may take (it is one Redis string, 512 MiB at most): at most {most} arms "
+            "at this dim, or a lower dim"
+        )
 
 
 def dense_vector(x: Features, dim: int) -> Vector:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from bandit_router.policies.arm_level import ARM_LEVEL
 from bandit_router.policies.base import ParamValue, Policy, PolicyKind, PolicySpec, shown
 from bandit_router.policies.baselines import BASELINES
-from bandit_router.policies.linucb import LINUCB
+from bandit_router.policies.linucb import LINUCB, check_size
 from bandit_router.policies.vw import VW_POLICIES, vw_options
 
 if TYPE_CHECKING:
@@ -107,12 +107,15 @@ def runs_as(spec: PolicySpec, settings: Settings | None) -> RunsAs:
 
 
 def check_arms(spec: PolicySpec, settings: Settings) -> None:
-    """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's arms; the
-    simulator's arms come from its file, so it does not ask."""
+    """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's arms, and
+    LinUCB's matrices for them fit in a model; the simulator's arms come from its file, so it
+    does not ask."""
     arm = spec.params.get("arm")
     if spec.name == "fixed" and settings.arm(str(arm)) is None:
         valid = ", ".join(a.name for a in settings.arms)
         raise ValueError(f"policy fixed: arm {arm!r} is not an arm; valid: {valid}")
+    if spec.name == "linucb":
+        check_size(int(_resolve(spec, settings)["dim"]), len(settings.arms))
 
 
 def effective_params(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValue]:
