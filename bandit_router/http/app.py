@@ -53,7 +53,12 @@ from bandit_router.http.openapi import (
     name_deployments,
     open_where_unkeyed,
 )
-from bandit_router.http.process import configure_logging, stop_with_supervisor, stoppable_start
+from bandit_router.http.process import (
+    StartStopped,
+    configure_logging,
+    stop_with_supervisor,
+    stoppable_start,
+)
 from bandit_router.http.security import (
     ADMIN_SCHEMES,
     BASIC_CHALLENGE,
@@ -213,8 +218,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            with stoppable_start():  # the wait for Redis, up to BANDIT_STARTUP_WAIT_S
-                routers = await stack.enter_async_context(open_routers(settings))
+            try:
+                with stoppable_start():  # the wait for Redis, up to BANDIT_STARTUP_WAIT_S
+                    routers = await stack.enter_async_context(open_routers(settings))
+            except (RouterError, StartStopped) as e:  # said in a line (RoutingDoor), no traceback
+                app.state.start_failure = str(e)
+                raise
             app.state.routers = routers
             app.state.router = routers.default
             stop = asyncio.Event()
