@@ -186,6 +186,14 @@ def deployment_of_event(event_id: str, names: Any) -> str:
     return head if sep and head != DEFAULT and head in names else DEFAULT
 
 
+def setting_named(deployment: str | None, env: str, key: str) -> str:
+    """A deployment's setting as a message names it: the variable ``env`` for ``default``, the
+    file's ``key`` for a named deployment (which takes ``env`` where its table sets none)."""
+    if deployment is None or deployment == DEFAULT:
+        return env
+    return f"deployment {deployment}'s {key}: BANDIT_DEPLOYMENTS_FILE, or {env} when it sets none"
+
+
 def settings_of(base: Settings, name: str | None) -> Settings:
     """The settings of deployment ``name`` (None: ``default``, the environment's)."""
     if name is None or name == DEFAULT:

@@ -388,6 +388,15 @@ def test_the_cli_reads_and_writes_one_deployment(
     assert len((tmp_path / "log.json").read_text().splitlines()) == 4
     out = run("export", "--deployment", "support")
     assert out.returncode == 0 and out.stdout == ""
+    # coding's model given to support: the arms it is not served are named where they are set
+    out = run("snapshot", "--deployment", "coding", str(tmp_path / "coding.json"))
+    assert out.returncode == 0, out.stderr
+    out = run("restore", "--deployment", "support", "--force", str(tmp_path / "coding.json"))
+    assert out.returncode == 0, out.stderr
+    assert (
+        "coder-7b, coder-32b are not served (deployment support's arms: BANDIT_DEPLOYMENTS_FILE, "
+        "or BANDIT_ARMS when it sets none)"
+    ) in out.stdout, out.stdout
     out = run("status", "--deployment", "sales")
     assert out.returncode == 2
     assert "unknown deployment 'sales'" in out.stderr and "default, support, coding" in out.stderr

@@ -208,27 +208,33 @@ def test_a_follower_serving_the_learners_other_policy_says_so_once(
 
     prefix = make_settings().key_prefix
 
-    async def opened(**overrides: Any) -> Router:
+    async def opened(name: str | None = None, **overrides: Any) -> Router:
         settings = make_settings(key_prefix=prefix, **overrides)
         store = Store(connect(settings.redis_url or ""), prefix, 60, 10_000)
-        return await Router.open(settings, store)
+        return await Router.open(settings, store, name=name)
 
     async def scenario() -> None:
         leader = await opened(policy="squarecb")
         other = await opened(policy="egreedy", learn_in_workers=False)
         twin = await opened(policy="squarecb:gamma_scale=20", learn_in_workers=False)
+        # a named deployment's policy comes from the deployments file, its message says so
+        named = await opened("coding", policy="softmax", learn_in_workers=False)
         for i in range(2):
             d = await leader.choose(f"question number {i}")
             await leader.reward(d.event_id, RewardParts(reward=0.5))
             await leader.learner.publish()
-            assert await other.refresh() and await twin.refresh()
+            assert await other.refresh() and await twin.refresh() and await named.refresh()
         assert str(other.model.spec) == "squarecb"
-        for router in (leader, other, twin):
+        for router in (leader, other, twin, named):
             await router.learner.close()
             await router.store.close()
 
     with caplog.at_level(logging.INFO, logger="bandit_router"):
         asyncio.run(scenario())
-    said = _said(caplog, "not this process's BANDIT_POLICY")
-    assert len(said) == 1, said
-    assert "serving policy squarecb" in said[0] and "BANDIT_POLICY egreedy" in said[0], said[0]
+    said = _said(caplog, "not this process's policy")
+    assert len(said) == 2, said
+    assert "serving policy squarecb" in said[0] and "policy egreedy (BANDIT_POLICY)" in said[0]
+    assert (
+        "policy softmax (deployment coding's policy: BANDIT_DEPLOYMENTS_FILE, or BANDIT_POLICY "
+        "when it sets none)"
+    ) in said[1], said[1]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bandit_router.deployments import settings_of
+from bandit_router.deployments import setting_named, settings_of
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings, unknown_variables
 from bandit_router.store.cluster import redacted_url
@@ -356,7 +356,12 @@ def restore(args: argparse.Namespace) -> int:
                 f"the model learned the arms {', '.join(learned)}; this deployment serves "
                 f"{', '.join(served)}"
                 + (f": {', '.join(cold)} start cold, as added arms do" if cold else "")
-                + (f"; {', '.join(gone)} are not served (BANDIT_ARMS)" if gone else "")
+                + (
+                    f"; {', '.join(gone)} are not served "
+                    f"({setting_named(args.deployment, 'BANDIT_ARMS', 'arms')})"
+                    if gone
+                    else ""
+                )
             )
         return 0
 

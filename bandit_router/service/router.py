@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bandit_router.deployments import setting_named
 from bandit_router.errors import (
     AlreadyRewarded,
     ArmsConflict,
@@ -123,6 +124,7 @@ class Router:
         self._secret = secret  # the Redis word secret ``words`` comes from (not BANDIT_HASH_KEY)
         self._secret_differs = False  # Redis holds another: said once
         self._policies_seen: set[str] = set()  # the learner's snapshots' policies: see refresh
+        self.deployment: str | None = None  # its name, as messages say it (None: default)
         self._expired_at_window_end = 0  # in the sweep running: see sweep
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
@@ -173,6 +175,7 @@ class Router:
                     learner.model.version,
                 )
         router = cls(settings, store, learner, words, secret)
+        router.deployment = name
         if settings.learn_in_workers:
             # A lease or log key of another type (said in the log), or a Redis that refuses
             # writes: serve anyway, and let the learner's loop try again, rather than fail the
@@ -679,12 +682,14 @@ class Router:
         self._policies_seen.add(policy)
         if overridden:
             return
+        setting = setting_named(self.deployment, "BANDIT_POLICY", "policy")
         log.warning(
-            "serving policy %s, the learner's, not this process's BANDIT_POLICY %s: the learner "
-            "(bandit-router learn, or the process holding the lease) runs with another "
-            "BANDIT_POLICY; give every process of the deployment the same",
+            "serving policy %s, the learner's, not this process's policy %s (%s): the learner "
+            "(bandit-router learn, or the process holding the lease) runs with another; give "
+            "every process of the deployment the same",
             policy,
             own,
+            setting,
         )
 
     async def keep_word_secret(self) -> bool:
