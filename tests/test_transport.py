@@ -12,7 +12,14 @@ from fastapi.testclient import TestClient
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.http.app import create_app
-from tests.conftest import ClientFactory, RedisProcess, SettingsFactory
+from tests.conftest import (
+    ClientFactory,
+    RedisProcess,
+    SettingsFactory,
+    _free_port,
+    cli_env,
+    cli_process,
+)
 
 
 def _round_trip(client: TestClient) -> None:
@@ -35,6 +42,29 @@ def test_password_in_the_url(
             TestClient(create_app(wrong)),
         ):
             pass
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_says_in_a_line_why_it_cannot_start(tmp_path: Path, workers: int) -> None:
+    """A start-up Redis refuses (here its password): `serve` logs the reason in a line and exits
+    non-zero. uvicorn logged Starlette's traceback of it, 60 lines around the one that says what
+    to fix."""
+    url = "redis://:s3cret@127.0.0.1:{port}/0"
+    server = RedisProcess(tmp_path, args=["--requirepass", "s3cret"], url=url)
+    server.start()
+    try:
+        wrong = server.url.replace("s3cret", "n0tit")
+        env = cli_env(redis_url=wrong, data_dir=tmp_path / "data", startup_wait_s=30)
+        serve = ["serve", "--port", str(_free_port()), "--workers", str(workers)]
+        with cli_process(serve, env, tmp_path / "serve.log") as proc:
+            code = proc.wait(timeout=60)
+        said = (tmp_path / "serve.log").read_text()
+        assert code != 0, said
+        assert "bandit-router serve cannot start: state store (Redis) up but refusing" in said
+        assert "Redis refuses the credentials of BANDIT_REDIS_URL" in said
+        assert "Traceback" not in said and "n0tit" not in said, said
     finally:
         server.kill()
 
