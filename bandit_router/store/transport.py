@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -79,7 +80,33 @@ def down(error: BaseException) -> StoreUnavailable:
             f"PORT/DB), a password missing or wrong: {error}",
             refused=True,
         )
+    tls = tls_refusal(error)
+    if tls is not None:
+        return StoreUnavailable(f"{tls}: {error}", refused=True)
     return StoreUnavailable(str(error) or type(error).__name__)
+
+
+def tls_refusal(error: BaseException | None) -> str | None:
+    """What to change when ``error`` is a TLS handshake that failed for a certificate, which no
+    retry mends: this side does not trust Redis's, or Redis does not take this client's. None
+    for any other error (a reset connection may be a client certificate missing too, but is
+    also a Redis restarting: it is waited for)."""
+    while error is not None and not isinstance(error, ssl.SSLError):
+        error = error.__cause__ or error.__context__
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            "this client does not trust Redis's TLS certificate: name the CA that signed it in "
+            "BANDIT_REDIS_URL (rediss://...?ssl_ca_certs=/path/ca.pem, a managed service's CA "
+            "bundle); a host name the certificate does not list: connect by one it lists, or add "
+            "ssl_check_hostname=false; ssl_cert_reqs=none verifies nothing"
+        )
+    if isinstance(error, ssl.SSLError) and "ALERT" in str(error):
+        return (
+            "Redis refuses this client's TLS certificate, or its lack of one (tls-auth-clients): "
+            "name one its CA signed in BANDIT_REDIS_URL (rediss://...?ssl_certfile=/path/"
+            "client.crt&ssl_keyfile=/path/client.key)"
+        )
+    return None
 
 
 def refusal(error: ResponseError) -> StoreUnavailable | None:
@@ -141,7 +168,7 @@ async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T
             # a Redis that refused the credentials, or a command to them, is up, and will again
             refused = isinstance(
                 e.__cause__, AuthenticationError | AuthorizationError | NoPermissionError
-            )
+            ) or (e.refused and tls_refusal(e.__cause__) is not None)
             if refused:
                 raise
             if time.monotonic() + delay > deadline:  # said with the wait given up after
