@@ -230,6 +230,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except RouterError as e:  # said by App in a line; a bug keeps its traceback
                 app.state.start_failure = f"bandit-router serve cannot start: {e}"
                 raise
+            except asyncio.CancelledError:  # a signal (a sibling worker's failure stops this one)
+                app.state.start_failure = "bandit-router serve: start-up stopped by a signal"
+                raise
             app.state.routers = routers
             app.state.router = routers.default
             stop = asyncio.Event()
