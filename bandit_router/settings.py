@@ -7,7 +7,9 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -566,6 +568,13 @@ class Settings(BaseSettings):
         empty optional number was refused as not a number."""
         return None if value == "" else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_reads(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_redis_url(url)
+        return url
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: Any) -> Any:
@@ -781,3 +790,66 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         hint = f"; did you mean BANDIT_{close[0]}?" if close else ""
         lines.append(f"{name} is not a setting and is ignored{hint}")
     return lines
+
+
+# A URL's TLS options that name files, which redis-py opens only when it first connects (its
+# error then, "No such file or directory", named no file and read as an outage to wait for).
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+CERT_REQS = ("none", "optional", "required")
+
+
+def check_redis_url(url: str) -> None:
+    """``ValueError`` naming what of BANDIT_REDIS_URL redis-py cannot use, or would take for
+    something else, before anything connects: its scheme, port and options as ``from_url``
+    reads them, a database that is no number (read as 0), a TLS file that cannot be read. The
+    password is never part of the message."""
+    from redis.connection import parse_url
+
+    scheme, sep, rest = url.partition("://")
+    scheme = {"redis+cluster": "redis", "rediss+cluster": "rediss"}.get(scheme, scheme)
+    parts = urlsplit(scheme + sep + rest)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    first = scheme + sep + rest  # a unix:// URL has no host: urlunsplit would drop its //
+    if hosts:
+        first = urlunsplit((parts.scheme, userinfo + at + hosts.split(",")[0], *parts[2:]))
+    try:
+        options: dict[str, Any] = dict(parse_url(first))  # type: ignore[no-untyped-call]
+        if parts.scheme in ("redis", "rediss") and not urlsplit(first).hostname:
+            # a # or ? in the password ends the host part there: redis-py took the rest for a
+            # fragment or options and connected to localhost:6379
+            raise ValueError("Port could not be cast: no host")
+    except ValueError as e:
+        if "Port could not be cast" not in str(e):  # the others name no part of the URL
+            raise ValueError(f"the URL does not read: {e}") from None
+        raise ValueError(
+            "the URL does not read as scheme://[USER:PASSWORD@]HOST[:PORT][/DB]: a "
+            "password (or user) holding @ : / ? # or % must be percent-encoded (@ as %40, : "
+            "as %3A, / as %2F, ? as %3F, # as %23, % as %25)"
+        ) from None
+    database = unquote(parts.path).strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ValueError(
+            f"the URL names the database {database!r}: a database is a number "
+            "(redis://HOST:PORT/3); redis-py would use database 0"
+        )
+    if parts.scheme != "rediss" and any(k.startswith("ssl_") for k in options):
+        raise ValueError(
+            "TLS options (ssl_*) in a redis:// URL, which does not use TLS: write rediss://"
+        )
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in CERT_REQS:
+        raise ValueError(f"the URL's ssl_cert_reqs is {reqs!r}: one of {', '.join(CERT_REQS)}")
+    for option in TLS_FILES:
+        path = options.get(option)
+        if path is not None and not _readable(Path(path), directory=option == "ssl_ca_path"):
+            raise ValueError(f"the URL's {option} {path!r} cannot be read")
+
+
+def _readable(path: Path, directory: bool) -> bool:
+    try:
+        if directory:
+            return path.is_dir()
+        with path.open("rb"):
+            return True
+    except OSError:
+        return False

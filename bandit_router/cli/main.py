@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import math
@@ -79,7 +80,7 @@ def serve(args: argparse.Namespace) -> int:
     # (a rolling restart of the workers).
     hangup = signal.signal(signal.SIGHUP, _stop_on_hangup)
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             "bandit_router.http.app:app_from_env",
             factory=True,
             host=settings.host,
@@ -99,12 +100,35 @@ def serve(args: argparse.Namespace) -> int:
             # SIGTERM for ever, the port closed to new requests meanwhile.
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
+        if not _served(config):
+            return STARTUP_FAILURE
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGHUP, hangup)
         if embedded is not None:
             embedded.close()
     return 0
+
+
+STARTUP_FAILURE = 3  # uvicorn's exit code of a start-up that failed
+
+
+def _served(config: Any) -> bool:
+    """Run uvicorn as ``uvicorn.run`` does (without its reload); whether it started. With
+    ``--workers`` uvicorn's supervisor stops once a worker failed to start, and exits 0 (a
+    supervisor's restart-on-failure saw a clean stop): told here from the worker's exit code."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if config.workers == 1:
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+            server.run()
+        return bool(server.started)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run()
+    return not any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

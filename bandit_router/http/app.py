@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
@@ -181,7 +181,18 @@ class App(FastAPI):
         self.door = RoutingDoor(partial(FastAPI.__call__, self), settings, self.state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            send = partial(self._said_in_a_line, send)
         await self.door(scope, receive, send)
+
+    async def _said_in_a_line(self, send: Send, message: MutableMapping[str, Any]) -> None:
+        """A start-up that failed for a reason the service names (Redis refusing the
+        credentials, a TLS certificate not trusted, a key of another type): its message in a
+        line, not the traceback Starlette sends, which uvicorn logs (60 lines that bury it)."""
+        failure = getattr(self.state, "start_failure", None)
+        if message["type"] == "lifespan.startup.failed" and failure is not None:
+            message = {**message, "message": failure}
+        await send(message)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema, plus the request models the routing routes validate themselves."""
@@ -221,8 +232,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 with stoppable_start():  # the wait for Redis, up to BANDIT_STARTUP_WAIT_S
                     routers = await stack.enter_async_context(open_routers(settings))
-            except (RouterError, StartStopped) as e:  # said in a line (RoutingDoor), no traceback
-                app.state.start_failure = str(e)
+            except (RouterError, StartStopped) as e:  # said by App in a line, no traceback
+                app.state.start_failure = f"bandit-router serve cannot start: {e}"
+                raise
+            except asyncio.CancelledError:  # a signal (a sibling worker's failure stops this one)
+                app.state.start_failure = "bandit-router serve: start-up stopped by a signal"
                 raise
             app.state.routers = routers
             app.state.router = routers.default

@@ -43,9 +43,6 @@ class RoutingDoor:
         self.timeout_s = settings.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._start_said(send))
-            return
         routers = getattr(self.state, "routers", None)
         if (
             scope["type"] != "http"
@@ -80,19 +77,6 @@ class RoutingDoor:
             scope["path"], routers, headers, raw, scope.get("query_string", b"")
         )
         await respond(send, status, body)
-
-    def _start_said(self, send: Send) -> Send:
-        """``send`` with a start-up failure the lifespan explained (``state.start_failure``: why,
-        in a line) said as that line: Starlette sends the whole traceback, which uvicorn logs,
-        and the reason was its last line. A failure unexplained keeps its traceback."""
-
-        async def said(message: Message) -> None:
-            why = getattr(self.state, "start_failure", None)
-            if message["type"] == "lifespan.startup.failed" and why:
-                message = {**message, "message": f"bandit-router could not start: {why}"}
-            await send(message)
-
-        return said
 
 
 async def respond(send: Send, status: int, body: bytes, close: bool = False) -> None:

@@ -459,7 +459,7 @@ class Store:
                     self.route.lost()
                 raise StoreUnavailable(str(e)) from e
             except ResponseError as e:
-                refused = slot_moving(self.route, e) or refusal(e)  # as ``unavailable`` does
+                refused = slot_moving(self.route, e) or refusal(e, self._p)  # as ``unavailable``
                 if refused is None:
                     raise
                 raise refused from e

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -30,6 +31,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.store.cluster import SlotRoute, redirected
@@ -61,7 +63,7 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
                 route.lost()
             raise down(e) from e
         except ResponseError as e:
-            refused = slot_moving(route, e) or refusal(e)
+            refused = slot_moving(route, e) or refusal(e, getattr(args[0], "_p", ""))
             if refused is None:
                 raise
             raise refused from e
@@ -79,24 +81,53 @@ def down(error: BaseException) -> StoreUnavailable:
             f"PORT/DB), a password missing or wrong: {error}",
             refused=True,
         )
+    tls = tls_refusal(error)
+    if tls is not None:
+        return StoreUnavailable(f"{tls}: {error}", refused=True)
     return StoreUnavailable(str(error) or type(error).__name__)
 
 
-def refusal(error: ResponseError) -> StoreUnavailable | None:
+def tls_refusal(error: BaseException | None) -> str | None:
+    """What to change when ``error`` is a TLS handshake that failed for a certificate, which no
+    retry mends: this side does not trust Redis's, or Redis does not take this client's. None
+    for any other error (a reset connection may be a client certificate missing too, but is
+    also a Redis restarting: it is waited for)."""
+    while error is not None and not isinstance(error, ssl.SSLError):
+        error = error.__cause__ or error.__context__
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            "this client does not trust Redis's TLS certificate: name the CA that signed it in "
+            "BANDIT_REDIS_URL (rediss://...?ssl_ca_certs=/path/ca.pem, a managed service's CA "
+            "bundle); a host name the certificate does not list: connect by one it lists, or add "
+            "ssl_check_hostname=false; ssl_cert_reqs=none verifies nothing"
+        )
+    if isinstance(error, ssl.SSLError) and "ALERT" in str(error):
+        return (
+            "Redis refuses this client's TLS certificate, or its lack of one (tls-auth-clients): "
+            "name one its CA signed in BANDIT_REDIS_URL (rediss://...?ssl_certfile=/path/"
+            "client.crt&ssl_keyfile=/path/client.key)"
+        )
+    return None
+
+
+def refusal(error: ResponseError, keys: str = "") -> StoreUnavailable | None:
     """``error`` as ``StoreUnavailable`` when Redis is up but refuses the call: its writes when
     out of memory (maxmemory under the ``noeviction`` policy), unable to persist to disk, short
     of the replicas its ``min-replicas-to-write`` asks, or a read-only replica; a command an ACL
     denies the service's user; every call while another client's script runs too long. None for
     any other error. Redis refuses a script's writes before its first one, and a busy Redis the
     whole call, so nothing of the call was kept; an ACL is checked command by command, and one
-    that denies a command midway in a script leaves what the script wrote before it."""
+    that denies a command midway in a script leaves what the script wrote before it. ``keys``:
+    the hash tag of the deployment's keys (``{bandit}``), named when the ACL denies one."""
     text = str(error)
     where, found, said = text.partition(": -")  # Redis 6 puts where in a script before it
     if found and where.startswith(("Error running script", "@user_script")):
         text = said
     text = text.split(" script: ")[0]  # Redis 7's: where in the script, not for the client
-    denied = text.find("The user executing the script can't run")  # an ACL, in either form
+    denied = text.find("The user executing the script can't")  # an ACL, in either form
     text = text[denied:] if denied >= 0 else text
+    database = text.startswith(DATABASE_REFUSED)
+    acl = isinstance(error, NoPermissionError) or text.startswith("NOPERM") or denied >= 0
     if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
         why = "writes: it is out of memory (maxmemory): free some, or raise maxmemory"
     elif isinstance(error, ReadOnlyError) or text.startswith("READONLY"):
@@ -107,11 +138,28 @@ def refusal(error: ResponseError) -> StoreUnavailable | None:
         why = "writes: it has fewer replicas than its min-replicas-to-write"
     elif text.startswith("BUSY "):
         why = "every call while a script runs too long (another client's: SCRIPT KILL ends it)"
-    elif isinstance(error, NoPermissionError) or text.startswith("NOPERM") or denied >= 0:
+    elif database:  # at connection, SELECT of the URL's /DB
+        why = (
+            f"the database BANDIT_REDIS_URL names (its /DB): {text} (a Redis has as many as "
+            "its `databases`; Redis Cluster and some managed services have database 0 only)"
+        )
+    elif text.startswith("EXEC without MULTI"):  # the ACL denied the MULTI before it
+        why = (
+            "the service's user a command: MULTI, which the service's transactions start with "
+            "(grant +multi +exec +watch +unwatch +discard; see README, Security and limits)"
+        )
+    elif acl and "access" in text:  # a key, not a command
+        where = f": the deployment's keys are {keys}:*, grant them (~{keys}:*)" if keys else ""
+        why = f"the service's user a key: {text}{where} (see README, Security and limits)"
+    elif acl:
         why = f"the service's user a command: {text} (see README, Security and limits)"
     else:
         return None
     return StoreUnavailable(f"Redis refuses {why}", refused=True)
+
+
+# Redis's answers to the SELECT of a database it does not have: a retry never mends them.
+DATABASE_REFUSED = ("DB index is out of range", "SELECT is not allowed in cluster mode")
 
 
 def slot_moving(route: SlotRoute | None, error: ResponseError) -> StoreUnavailable | None:
@@ -139,8 +187,12 @@ async def when_available(open_: Callable[[], Awaitable[T]], seconds: float) -> T
             return await open_()
         except StoreUnavailable as e:
             # a Redis that refused the credentials, or a command to them, is up, and will again
+            cause = e.__cause__
             refused = isinstance(
-                e.__cause__, AuthenticationError | AuthorizationError | NoPermissionError
+                cause, AuthenticationError | AuthorizationError | NoPermissionError
+            ) or (
+                e.refused
+                and (tls_refusal(cause) is not None or str(cause).startswith(DATABASE_REFUSED))
             )
             if refused:
                 raise
@@ -419,5 +471,11 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
         # A pooled connection that died with a Redis restart is replaced, not reported as down.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=1),
         retry_on_error=[RedisConnectionError],
+        # Neither CLIENT SETINFO nor CLIENT MAINT_NOTIFICATIONS (Redis Enterprise's) on each new
+        # connection: a managed Redis's user may not run CLIENT (README's minimal ACL does not
+        # grant it); redis-py ignored the refusals, which filled Redis's ACL LOG (32 entries in
+        # a test's minute), a round trip each.
+        driver_info=None,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: closing the client closes it
