@@ -27,6 +27,7 @@ from bandit_router.errors import (
     UnreadableEvent,
     WindowClosed,
 )
+from bandit_router.store.clock import RedisClock
 from bandit_router.store.cluster import SlotRoute, is_cluster_url, redirected
 from bandit_router.store.embedded import EmbeddedRedis
 
@@ -168,6 +169,8 @@ class Store:
         # Decisions outlive their window, so the sweep can still close it after an outage.
         self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
         self.stream_maxlen = stream_maxlen
+        # The clock of every time compared across processes (decisions, windows, the sweep)
+        self.clock = RedisClock()
         self._calls = GroupCommit(client)
         self._register(client)
         self._said: set[int] = set()  # the values ``first_time`` met
@@ -208,6 +211,14 @@ class Store:
                 found = self._keys[template] = template.format(p=self._p, event_id="")
             return found
         return template.format(p=self._p, event_id=event_id)
+
+    @unavailable
+    async def read_clock(self) -> float:
+        """Read Redis's clock (``TIME``) into ``clock``; Redis's time now."""
+        sent = time.monotonic()
+        seconds, micros = await self.redis.time()
+        self.clock.reading(seconds + micros / 1e6, sent, time.monotonic())
+        return self.clock.now()
 
     @unavailable
     async def ping(self) -> bool:
@@ -277,10 +288,11 @@ class Store:
         """Keep reward parts for ``event_id``; a part already there is kept as it was.
 
         Parts that come after the decision's reward window closed (at ``ts + reward_wait_s``,
-        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``; parts
-        for a stored decision that does not read, too: ``UnreadableDecision``. A key of another
-        Redis type than the service writes: ``UnreadableEvent`` for the event's own (decision,
-        done marker, parts), ``StoreDamaged`` for the deployment's; nothing is written then.
+        by ``now``, by default Redis's clock as ``clock`` reads it) are refused: ``WindowClosed``;
+        parts for a stored decision that does not read, too: ``UnreadableDecision``. A key of
+        another Redis type than the service writes: ``UnreadableEvent`` for the event's own
+        (decision, done marker, parts), ``StoreDamaged`` for the deployment's; nothing is
+        written then.
 
         With ``final`` (the reward these parts make by themselves), the event is also logged
         with it, as ``finalize`` does, when these parts turn out to be all its parts; then
@@ -288,7 +300,8 @@ class Store:
         """
         flat = [item for pair in parts.items() for item in pair]
         keys = self._reward_keys(event_id)
-        args = [self.ttl_s, self.reward_wait_s, event_id, repr(time.time() if now is None else now)]
+        now = self.clock.now() if now is None else now
+        args = [self.ttl_s, self.reward_wait_s, event_id, repr(now)]
         if final is None:
             result = await self._calls.call(self._add_parts, keys, [*args, *flat])
         else:
