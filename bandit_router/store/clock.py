@@ -10,25 +10,32 @@ and judges windows as the others do.
 from __future__ import annotations
 
 import time
+from functools import partial
+
+# The time since a reading: monotonic, so a step of the host's clock is not in it, and on Linux
+# counting the time the host was suspended too (CLOCK_MONOTONIC stops then).
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+elapsed = time.monotonic if _BOOTTIME is None else partial(time.clock_gettime, _BOOTTIME)
 
 
 class RedisClock:
-    """Redis's time (``TIME``) at the last reading plus this process's monotonic time since, so
-    that a step of this host's clock (NTP, by hand) changes nothing. Read off within half a round
-    trip. Until a first reading (Redis unreachable so far), this host's clock."""
+    """Redis's time (``TIME``) at the last reading plus this process's monotonic time since
+    (``elapsed``), so that a step of this host's clock (NTP, by hand) changes nothing. Read off
+    within half a round trip. Until a first reading (Redis unreachable so far), the host's clock.
+    """
 
     def __init__(self) -> None:
-        self._offset: float | None = None  # Redis's time minus this process's monotonic time
+        self._offset: float | None = None  # Redis's time minus this process's ``elapsed``
 
     def now(self) -> float:
         """Redis's time now, in Unix seconds, as this process last read it."""
         if self._offset is None:
             return time.time()
-        return time.monotonic() + self._offset
+        return elapsed() + self._offset
 
     def reading(self, redis_s: float, sent: float, back: float) -> None:
-        """Take ``redis_s``, Redis's time read between the monotonic times ``sent`` and ``back``
-        (taken as their middle)."""
+        """Take ``redis_s``, Redis's time read between the times ``sent`` and ``back`` (of
+        ``elapsed``; taken as their middle)."""
         self._offset = redis_s - (sent + back) / 2
 
     @property

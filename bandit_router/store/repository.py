@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from enum import Enum
@@ -27,7 +26,7 @@ from bandit_router.errors import (
     UnreadableEvent,
     WindowClosed,
 )
-from bandit_router.store.clock import RedisClock
+from bandit_router.store.clock import RedisClock, elapsed
 from bandit_router.store.cluster import SlotRoute, is_cluster_url, redirected
 from bandit_router.store.embedded import EmbeddedRedis
 
@@ -215,9 +214,9 @@ class Store:
     @unavailable
     async def read_clock(self) -> float:
         """Read Redis's clock (``TIME``) into ``clock``; Redis's time now."""
-        sent = time.monotonic()
+        sent = elapsed()
         seconds, micros = await self.redis.time()
-        self.clock.reading(seconds + micros / 1e6, sent, time.monotonic())
+        self.clock.reading(seconds + micros / 1e6, sent, elapsed())
         return self.clock.now()
 
     @unavailable
