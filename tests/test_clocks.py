@@ -7,6 +7,7 @@ clock while the process runs; ``time.monotonic`` is left alone, as it is per hos
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -88,12 +89,13 @@ def test_a_host_whose_clock_is_off_judges_windows_by_redis_clock(
         data_dir=tmp_path / "data",
     )
     env_a = {**env, "BANDIT_BUFFER_DIR": str(tmp_path / "buffer_a")}
+    b_log = tmp_path / "b.log"
     env_b, shift_b = _shifted(
         {**env, "BANDIT_BUFFER_DIR": str(tmp_path / "buffer_b")}, tmp_path / "clock", 30
     )
     with (
         served(env_a, tmp_path / "a.log") as a,
-        served(env_b, tmp_path / "b.log") as b,
+        served(env_b, b_log) as b,
     ):
         # A reward sent 1 s after A's decision, to B (30 s ahead): taken.
         sent_to_b = _choose(a)
@@ -124,3 +126,9 @@ def test_a_host_whose_clock_is_off_judges_windows_by_redis_clock(
 
     logged: Any = redis.Redis.from_url(redis_process.url).xrange(f"{{{prefix}}}:events")
     assert len(logged) == 3  # the three rewarded in time, each once; the late one skipped
+    # B says how far its clock is off, at start and after the step; A, in step, says nothing.
+    said = re.findall(
+        r"this host's clock is ([0-9.]+) s (ahead of|behind) Redis's", b_log.read_text()
+    )
+    assert [(round(float(s)), way) for s, way in said] == [(30, "ahead of"), (570, "behind")]
+    assert "this host's clock" not in (tmp_path / "a.log").read_text()

@@ -38,6 +38,10 @@ class RedisClock:
         ``elapsed``; taken as their middle)."""
         self._offset = redis_s - (sent + back) / 2
 
+    def host_off(self) -> float:
+        """How far this host's clock is ahead of Redis's (behind: negative), in seconds."""
+        return time.time() - self.now()
+
     @property
     def read(self) -> bool:
         """Whether Redis's clock has been read yet."""

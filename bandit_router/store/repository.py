@@ -98,6 +98,7 @@ T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 KEPT_SAID = 10_000  # unreadable values remembered as said (first_time), then forgotten
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
+CLOCK_SAID_S = 1.0  # a host's clock off Redis's by more is said in the log (Store.read_clock)
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # Bytes of log entries read for /stats at most: 20,000 events of 2 kB fit. Requests can log
 # 50 kB events (a long query kept, 64 long features): 20,000 of those are 1 GB to read, and
@@ -170,6 +171,7 @@ class Store:
         self.stream_maxlen = stream_maxlen
         # The clock of every time compared across processes (decisions, windows, the sweep)
         self.clock = RedisClock()
+        self._clock_said = 0.0  # how far the host's clock was off Redis's when last said
         self._calls = GroupCommit(client)
         self._register(client)
         self._said: set[int] = set()  # the values ``first_time`` met
@@ -217,7 +219,28 @@ class Store:
         sent = elapsed()
         seconds, micros = await self.redis.time()
         self.clock.reading(seconds + micros / 1e6, sent, elapsed())
+        self._say_clock()
         return self.clock.now()
+
+    def _say_clock(self) -> None:
+        """Say in the log when this host's clock is off Redis's by more than ``CLOCK_SAID_S``,
+        and again when that changes by as much (a step, or back in step): nothing the service
+        compares depends on it, but the times of the log's lines and of what is only shown do."""
+        off = self.clock.host_off()
+        if abs(off - self._clock_said) <= CLOCK_SAID_S:
+            return
+        if abs(off) > CLOCK_SAID_S:
+            log.warning(
+                "this host's clock is %.1f s %s Redis's: reward windows are read on Redis's "
+                "clock, so they are as other hosts read them, but this process's log lines, "
+                "promotion records and snapshot files carry the host's time",
+                abs(off),
+                "ahead of" if off > 0 else "behind",
+            )
+            self._clock_said = off
+        else:
+            log.info("this host's clock is within %g s of Redis's again", CLOCK_SAID_S)
+            self._clock_said = 0.0
 
     @unavailable
     async def ping(self) -> bool:
