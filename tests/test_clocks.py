@@ -132,3 +132,35 @@ def test_a_host_whose_clock_is_off_judges_windows_by_redis_clock(
     )
     assert [(round(float(s)), way) for s, way in said] == [(30, "ahead of"), (570, "behind")]
     assert "this host's clock" not in (tmp_path / "a.log").read_text()
+
+
+def test_decisions_journalled_by_a_host_behind_are_written_by_another(
+    redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """Decisions a host 15 minutes behind answered degraded, journalled and left at its stop,
+    written by a process on a host in step: before, that process judged their age by its own
+    clock against theirs, found them older than their keys' lifetime (60 s + 600 s) and let them
+    all go, so their rewards were 404. Now both are Redis's clock: written, rewarded."""
+    prefix = f"clocks-{uuid.uuid4().hex[:8]}"
+    env = cli_env(
+        redis_url=redis_process.url,
+        key_prefix=prefix,
+        reward_wait_s=60,
+        seed=7,
+        data_dir=tmp_path / "data",
+        buffer_dir=tmp_path / "buffer",
+    )
+    behind, _ = _shifted(env, tmp_path / "clock", -900)
+    with served(behind, tmp_path / "a.log") as a:
+        redis_process.kill()
+        event_ids = []
+        for _ in range(3):
+            answer = httpx.post(f"{a}/choose", json={"query": "what is a cat"}, timeout=10)
+            assert answer.status_code == 200 and answer.json()["degraded"], answer.text
+            event_ids.append(answer.json()["event_id"])
+    redis_process.start()
+    with served(env, tmp_path / "b.log") as b:
+        for event_id in event_ids:
+            answer = _reward(b, event_id, reward=0.5)
+            assert answer.status_code == 200 and answer.json()["status"] == "final", answer.text
+    assert "wrote 3 decisions" in (tmp_path / "b.log").read_text()
