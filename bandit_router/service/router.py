@@ -153,6 +153,8 @@ class Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free.
         ``where``: whose lines the learner and the background jobs say (``Outage.where``);
         ``name``: the deployment's."""
+        with contextlib.suppress(StoreUnavailable):  # else the host's clock until a sweep reads it
+            await store.read_clock()
         learner = Learner(settings, store, await load_model(store, settings, deployment=name))
         learner.outage.where = where
         if settings.hash_key:
@@ -251,7 +253,7 @@ class Router:
             "probabilities": dict(decision.probabilities),
             "policy": str(model.spec),
             "model_version": model.version,
-            "ts": time.time(),
+            "ts": self.store.clock.now(),  # Redis's clock: other processes judge its window
         }
         if self.settings.store_query_text:
             record["query"] = query
@@ -363,7 +365,7 @@ class Router:
             # A decision older than its keys' lifetime can take no reward any more, and may
             # have been written and learned, its keys since expired: written again, its window
             # would close anew (learning the default reward a second time, if one is set).
-            oldest = time.time() - self.store.ttl_s
+            oldest = self.store.clock.now() - self.store.ttl_s
             for record in orphan.records():
                 if record["ts"] < oldest:
                     stale += 1
@@ -413,7 +415,8 @@ class Router:
         alone = None
         if own is not None and (final or "reward" in present or self._weighted <= present.keys()):
             # Final by itself: if no other part came before, logged in the same round trip.
-            alone = {"parts": present, "reward": own, "ts": time.time(), "default": False}
+            now = self.store.clock.now()
+            alone = {"parts": present, "reward": own, "ts": now, "default": False}
         got = await self.store.add_parts(event_id, present, alone)
         decision, merged = got.decision, got.parts
         weights = own_weights(decision)  # read once: it warns of an unusable record
@@ -461,7 +464,7 @@ class Router:
         weighted = self._weighted if weights is None else _weighted(weights)
         if "reward" in parts or weighted <= parts.keys():
             return True
-        return time.time() >= float(decision["ts"]) + self.settings.reward_wait_s
+        return self.store.clock.now() >= float(decision["ts"]) + self.settings.reward_wait_s
 
     def _combine(
         self, parts: Mapping[str, float], weights: Mapping[str, float] | None = None
@@ -503,7 +506,8 @@ class Router:
         parts that came after ours were read. ``window_end``: the sweep closes it."""
         while True:
             value, default = self._value(parts, weights, window_end)
-            reward = {"parts": parts, "reward": value, "ts": time.time(), "default": default}
+            now = self.store.clock.now()
+            reward = {"parts": parts, "reward": value, "ts": now, "default": default}
             try:
                 if await self.store.finalize(event_id, len(parts), reward) is not None:
                     return Finalized(value, parts, here=True)
@@ -520,7 +524,8 @@ class Router:
         (unless a default reward is set); the others' parts are read in one, and they are
         closed ``CLOSED_TOGETHER`` at a time. A sweep goes on while batches come back full.
         """
-        now = time.time() if now is None else now
+        if now is None:  # Redis's clock, read anew: the one every process's decisions are on
+            now = await self.store.read_clock()
         closed = 0
         self._expired_at_window_end = 0
         for _ in range(SWEEP_BATCHES):

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from enum import Enum
@@ -27,6 +26,7 @@ from bandit_router.errors import (
     UnreadableEvent,
     WindowClosed,
 )
+from bandit_router.store.clock import RedisClock, elapsed
 from bandit_router.store.cluster import SlotRoute, is_cluster_url, redirected
 from bandit_router.store.embedded import EmbeddedRedis
 
@@ -98,6 +98,7 @@ T = TypeVar("T")
 KEPT_PROMOTIONS = 1000  # promotion records kept, newest
 KEPT_SAID = 10_000  # unreadable values remembered as said (first_time), then forgotten
 LEASE_RENEWED, LEASE_TAKEN = 1, 2  # what hold_lease found: held already, or free
+CLOCK_SAID_S = 1.0  # a host's clock off Redis's by more is said in the log (Store.read_clock)
 RECENT_CHUNK = 1000  # log entries read at a time for /stats: a few hundred kB a reply
 # Bytes of log entries read for /stats at most: 20,000 events of 2 kB fit. Requests can log
 # 50 kB events (a long query kept, 64 long features): 20,000 of those are 1 GB to read, and
@@ -168,6 +169,9 @@ class Store:
         # Decisions outlive their window, so the sweep can still close it after an outage.
         self.ttl_s = reward_wait_s + max(reward_wait_s, 600)
         self.stream_maxlen = stream_maxlen
+        # The clock of every time compared across processes (decisions, windows, the sweep)
+        self.clock = RedisClock()
+        self._clock_said = 0.0  # how far the host's clock was off Redis's when last said
         self._calls = GroupCommit(client)
         self._register(client)
         self._said: set[int] = set()  # the values ``first_time`` met
@@ -208,6 +212,35 @@ class Store:
                 found = self._keys[template] = template.format(p=self._p, event_id="")
             return found
         return template.format(p=self._p, event_id=event_id)
+
+    @unavailable
+    async def read_clock(self) -> float:
+        """Read Redis's clock (``TIME``) into ``clock``; Redis's time now."""
+        sent = elapsed()
+        seconds, micros = await self.redis.time()
+        self.clock.reading(seconds + micros / 1e6, sent, elapsed())
+        self._say_clock()
+        return self.clock.now()
+
+    def _say_clock(self) -> None:
+        """Say in the log when this host's clock is off Redis's by more than ``CLOCK_SAID_S``,
+        and again when that changes by as much (a step, or back in step): nothing the service
+        compares depends on it, but the times of the log's lines and of what is only shown do."""
+        off = self.clock.host_off()
+        if abs(off - self._clock_said) <= CLOCK_SAID_S:
+            return
+        if abs(off) > CLOCK_SAID_S:
+            log.warning(
+                "this host's clock is %.1f s %s Redis's: reward windows are read on Redis's "
+                "clock, so they are as other hosts read them, but this process's log lines, "
+                "promotion records and snapshot files carry the host's time",
+                abs(off),
+                "ahead of" if off > 0 else "behind",
+            )
+            self._clock_said = off
+        else:
+            log.info("this host's clock is within %g s of Redis's again", CLOCK_SAID_S)
+            self._clock_said = 0.0
 
     @unavailable
     async def ping(self) -> bool:
@@ -277,10 +310,11 @@ class Store:
         """Keep reward parts for ``event_id``; a part already there is kept as it was.
 
         Parts that come after the decision's reward window closed (at ``ts + reward_wait_s``,
-        by the clock of ``now``, by default this process's) are refused: ``WindowClosed``; parts
-        for a stored decision that does not read, too: ``UnreadableDecision``. A key of another
-        Redis type than the service writes: ``UnreadableEvent`` for the event's own (decision,
-        done marker, parts), ``StoreDamaged`` for the deployment's; nothing is written then.
+        by ``now``, by default Redis's clock as ``clock`` reads it) are refused: ``WindowClosed``;
+        parts for a stored decision that does not read, too: ``UnreadableDecision``. A key of
+        another Redis type than the service writes: ``UnreadableEvent`` for the event's own
+        (decision, done marker, parts), ``StoreDamaged`` for the deployment's; nothing is
+        written then.
 
         With ``final`` (the reward these parts make by themselves), the event is also logged
         with it, as ``finalize`` does, when these parts turn out to be all its parts; then
@@ -288,7 +322,8 @@ class Store:
         """
         flat = [item for pair in parts.items() for item in pair]
         keys = self._reward_keys(event_id)
-        args = [self.ttl_s, self.reward_wait_s, event_id, repr(time.time() if now is None else now)]
+        now = self.clock.now() if now is None else now
+        args = [self.ttl_s, self.reward_wait_s, event_id, repr(now)]
         if final is None:
             result = await self._calls.call(self._add_parts, keys, [*args, *flat])
         else:
