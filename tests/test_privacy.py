@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -293,6 +294,34 @@ def test_the_embedded_redis_files_are_the_services_users_only(tmp_path: Path) ->
     files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
     assert any(secret.encode() in p.read_bytes() for p in files)  # what is at stake
     assert _shared_with_others(tmp_path / "data") == []
+
+
+def test_embedded_redis_files_an_earlier_release_left_readable_are_made_the_users(
+    tmp_path: Path,
+) -> None:
+    """Releases before 6 December 2026 (08319f4) wrote the embedded Redis's append-only file and
+    log under the umask (0644), and an append-only file keeps its mode until Redis rewrites it,
+    which a small deployment may never do: after an upgrade the word secret and every decision
+    stayed readable by every user of the machine. A start takes them back (the probe of
+    upgrades ran aa5331b, then this release three times: appendonly.aof stayed 0644)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    previous = os.umask(0o022)
+    try:
+        # As such a release left them: its files, and a running server's are the same files.
+        for name in ("appendonly.aof", "redis.log", "bandit-router.rdb"):
+            (data / name).write_bytes(b"")
+            (data / name).chmod(0o644)
+        (data / "appendonlydir").mkdir(mode=0o755)  # Redis 7 keeps its AOF in a directory
+        (data / "appendonlydir" / "appendonly.aof.1.incr.aof").write_bytes(b"")
+        (data / "appendonlydir" / "appendonly.aof.1.incr.aof").chmod(0o644)
+        (data / "notes.txt").write_bytes(b"")  # the operator's: left as it is
+        (data / "notes.txt").chmod(0o644)
+        with EmbeddedRedis(str(data)):
+            assert _shared_with_others(data) == ["notes.txt 0o644"]
+            assert stat.S_IMODE((data / "appendonlydir").stat().st_mode) == 0o700
+    finally:
+        os.umask(previous)
 
 
 def test_the_decision_journal_is_the_services_users_only(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -53,12 +54,37 @@ def _answers(socket: str) -> bool:
         client.close()
 
 
+# What the server writes in its folder that holds the word secret or decisions (the log names
+# keys at times): the append-only file, a folder of them from Redis 7 on, the dump, the log.
+PRIVATE = (DB_FILE, "appendonly.aof", "appendonlydir", "redis.log")
+
+
+def _keep_private(data_dir: str) -> None:
+    """Take from other users the server's files in ``data_dir`` (``PRIVATE``) that are this
+    user's. The server is started under a umask of 077, but releases before 6 December 2026
+    started it under the caller's (022: readable by all), and Redis keeps an append-only file's
+    mode until it rewrites the file, which a small deployment may never do. Other files, and
+    ``data_dir`` itself, are the operator's, left as they are."""
+    uid = os.getuid()
+    paths = [os.path.join(data_dir, name) for name in PRIVATE]
+    with contextlib.suppress(OSError):
+        folder = os.path.join(data_dir, "appendonlydir")
+        if not os.path.islink(folder):
+            paths += [os.path.join(folder, name) for name in os.listdir(folder)]
+    for path in paths:
+        with contextlib.suppress(OSError):  # absent, gone meanwhile, or not ours to change
+            mode = os.lstat(path)
+            if mode.st_uid == uid and mode.st_mode & 0o077 and not stat.S_ISLNK(mode.st_mode):
+                os.chmod(path, stat.S_IMODE(mode.st_mode) & ~0o077)
+
+
 class EmbeddedRedis:
     """A redis-server on a unix socket, its files in ``data_dir``; ``url`` connects to it."""
 
     def __init__(self, data_dir: str) -> None:
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
+        _keep_private(self.data_dir)
         self.socket = socket_path(self.data_dir)
         self.owner = not _answers(self.socket)
         if self.owner:
