@@ -291,3 +291,27 @@ def test_the_service_runs_from_its_folder_with_everything_it_serves(installed: I
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert (installed.run / "data" / "bandit-router.rdb").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_app_type_checks_against_the_installed_package(installed: Installed) -> None:
+    """README's gateway example imports bandit_router.sim.upstream.grade into the app: with no
+    py.typed marker in the wheel, mypy skipped the package ("module is installed, but missing
+    library stubs or py.typed marker")."""
+    app = installed.home / "app.py"
+    app.write_text(
+        "from bandit_router.sim.upstream import grade\n\n\n"
+        "def score(answer: str) -> float | None:\n"
+        '    return grade(answer, "mmlu-1", "Which is it?")\n'
+    )
+    python = ("--python-executable", str(installed.venv / "bin" / "python"))
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(app), *python],
+        cwd=installed.home,
+        env=installed.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
