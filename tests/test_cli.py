@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -248,3 +250,21 @@ def test_the_log_level_sets_the_services_own_lines(tmp_path: Path, level: str) -
         assert httpx.post(f"{base}/choose", json={"query": "hello"}).status_code == 200
     said = log.read_text(errors="replace")
     assert ("INFO bandit_router: learner" in said) == (level == "info"), said[-2000:]
+
+
+def test_a_command_on_a_folder_with_no_data_says_where_it_looked(tmp_path: Path) -> None:
+    """`status` run from another folder than `serve`'s (BANDIT_DATA_DIR defaults to ./data)
+    started an empty embedded Redis there and reported zeros, with no word of where it had
+    looked. Once the folder holds data, nothing is said."""
+    status = [sys.executable, "-m", "bandit_router.cli", "status"]
+    env = cli_env()  # no BANDIT_DATA_DIR: ./data of the working directory
+    done = subprocess.run(status, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the embedded Redis in {tmp_path / 'data'} held no data: started empty "
+        "(BANDIT_DATA_DIR is relative to the working directory; "
+        "`serve` prints its folder as it starts)"
+    ) in done.stderr
+    done = subprocess.run(status, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the first saved its (empty) data as it stopped
+    assert "held no data" not in done.stderr

@@ -206,6 +206,30 @@ def test_via_a_service_that_is_not_there_is_said_in_a_line(
     assert "--via must be an http(s) URL, got 'localhost:8000'" in err and "Traceback" not in err
 
 
+def test_without_mabwiser_its_peer_is_refused_by_name(tmp_path: Path) -> None:
+    """A real process in which MABWiser cannot be imported, as without the dev or bench extra:
+    `--policies mabwiser` ended in ModuleNotFoundError's traceback after the replay was read."""
+    run = (
+        "import sys; sys.modules['mabwiser'] = None; "
+        "from bandit_router.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["simulate", str(SLICE), "--arms", str(SLICE_ARMS), "--policies", "random,mabwiser"]
+    done = subprocess.run(
+        [sys.executable, "-c", run, *args, "--no-skyline", "--out", str(tmp_path)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "simulate: policy mabwiser needs the MABWiser package, which is not installed: "
+        "pip install mabwiser (or the bench extra)"
+    )
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
 def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_path: Path) -> None:
     """A real process in which matplotlib cannot be imported, as without the sim extra."""
     run = (
@@ -223,6 +247,8 @@ def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_pat
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "no plots: matplotlib is missing" in done.stderr
+    # the command of an installed package, and of the checkout's venv
+    assert "pip install 'bandit-router[sim]'" in done.stderr
     assert ".venv/bin/pip install -e '.[sim]'" in done.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == 200
     assert len((tmp_path / "steps.csv").read_text().splitlines()) > 2

@@ -429,8 +429,8 @@ def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse
         # The results are written; only the optional pictures are missing, so the exit code is 0.
         print(
             f"simulate: wrote {out / 'summary.json'} and {out / 'steps.csv'}, but no plots: "
-            "matplotlib is missing; install the sim extra (in the repository: "
-            ".venv/bin/pip install -e '.[sim]'), or pass --no-plots",
+            "matplotlib is missing; install the sim extra (pip install 'bandit-router[sim]'; "
+            "in the repository: .venv/bin/pip install -e '.[sim]'), or pass --no-plots",
             file=sys.stderr,
         )
         return
@@ -557,7 +557,7 @@ def _add_simulate(sub: Any) -> None:
     p = sub.add_parser("simulate", help="replay a full-feedback log", description=simulate.__doc__)
     p.add_argument(
         "replay",
-        help="replay file: one JSON row per query, - for stdin (see simulations/README.md)",
+        help="replay file: one JSON row per query, - for stdin (see the README's Replay simulator)",
     )
     p.add_argument("--arms", help='arms file, {"arms": [{"name", "params_b", "usd_per_mtok"}]}')
     p.add_argument(

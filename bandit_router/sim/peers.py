@@ -87,6 +87,20 @@ class MabwiserLinUCB:
         return b""  # a peer for the simulator only; never served
 
 
+def peer_missing(name: str) -> str | None:
+    """Why the peer ``name`` cannot run here (its library is not installed), or None. MABWiser
+    is in the dev and bench extras only: without it the run ended in ModuleNotFoundError's
+    traceback once the replay was read."""
+    try:
+        import mabwiser.mab  # noqa: F401
+    except ImportError:
+        return (
+            f"policy {name} needs the MABWiser package, which is not installed: "
+            "pip install mabwiser (or the bench extra)"
+        )
+    return None
+
+
 def mabwiser_policy(spec: str, arms: Sequence[Arm], seed: int | None) -> MabwiserLinUCB:
     return MabwiserLinUCB(spec, arms, seed)
 

@@ -59,9 +59,11 @@ def check_spec(name: str, settings: Settings) -> None:
     name = name.removeprefix(COLD)
     head = name.partition(":")[0]
     if head in PEERS:
-        from bandit_router.sim.peers import peer_params
+        from bandit_router.sim.peers import peer_missing, peer_params
 
         peer_params(name)
+        if missing := peer_missing(head):
+            raise ValueError(missing)
         return
     if name in HINDSIGHT:
         return

@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 DB_FILE = "bandit-router.rdb"
 SOCKET = "redis.sock"
+DATA_FILES = (DB_FILE, "appendonly.aof", "appendonlydir")  # appendonlydir: Redis 7's AOF
 START_TIMEOUT_S = 10.0
 MAX_SOCKET_PATH = 100  # unix socket paths are limited to about 104-108 bytes
 
@@ -87,6 +88,11 @@ class EmbeddedRedis:
         _keep_private(self.data_dir)
         self.socket = socket_path(self.data_dir)
         self.owner = not _answers(self.socket)
+        # Started here on a folder with no saved data: an empty store, as in a folder that is
+        # not the service's (BANDIT_DATA_DIR is relative to the working directory).
+        self.fresh = self.owner and not any(
+            os.path.exists(os.path.join(self.data_dir, name)) for name in DATA_FILES
+        )
         if self.owner:
             self._start()
 

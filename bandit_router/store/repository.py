@@ -1122,7 +1122,18 @@ def _counter(item: tuple[bytes, bytes]) -> tuple[bytes, float | None]:
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """The deployment's store: BANDIT_REDIS_URL, or the embedded Redis in BANDIT_DATA_DIR."""
     with ExitStack() as stack:
-        url = settings.redis_url or stack.enter_context(EmbeddedRedis(settings.data_dir)).url
+        url = settings.redis_url
+        if not url:
+            embedded = stack.enter_context(EmbeddedRedis(settings.data_dir))
+            if embedded.fresh:
+                # `status` or `export` run from another folder than `serve` read an empty Redis
+                # of their own and reported nothing, with no word of where they had looked.
+                log.warning(
+                    "the embedded Redis in %s held no data: started empty (BANDIT_DATA_DIR is "
+                    "relative to the working directory; `serve` prints its folder as it starts)",
+                    embedded.data_dir,
+                )
+            url = embedded.url
         route = None
         if settings.redis_cluster or is_cluster_url(url):
             route = SlotRoute(url, "{" + settings.key_prefix + "}", connect)
