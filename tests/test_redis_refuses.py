@@ -418,7 +418,7 @@ MINIMAL_ACL = (
     "+hget +hmget +hgetall +hset +hsetnx +hlen +hdel +hincrby +hincrbyfloat +zadd +zrem "
     "+zrangebyscore +rpush +ltrim +lrange +xadd +xrange +xrevrange +xreadgroup +xack +xclaim "
     "+xpending +xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +multi +exec "
-    "+watch +unwatch +discard"
+    "+watch +unwatch +discard +time"
 )
 
 
