@@ -796,6 +796,13 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 # error then, "No such file or directory", named no file and read as an outage to wait for).
 TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 CERT_REQS = ("none", "optional", "required")
+# redis-py's parse_url errors that name no part of the URL but an option or the scheme
+PARSE_URL_SAYS = ("Invalid value for", "Redis URL must specify")
+ENCODE_PASSWORD = (
+    "the URL does not read as scheme://[USER:PASSWORD@]HOST[:PORT][/DB]: a password (or user) "
+    "holding @ : / ? # or % (or a full-width form of one) must be percent-encoded (@ as %40, : "
+    "as %3A, / as %2F, ? as %3F, # as %23, % as %25)"
+)
 
 
 def check_redis_url(url: str) -> None:
@@ -807,27 +814,30 @@ def check_redis_url(url: str) -> None:
 
     scheme, sep, rest = url.partition("://")
     scheme = {"redis+cluster": "redis", "rediss+cluster": "rediss"}.get(scheme, scheme)
-    parts = urlsplit(scheme + sep + rest)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    first = scheme + sep + rest  # a unix:// URL has no host: urlunsplit would drop its //
-    if hosts:
-        first = urlunsplit((parts.scheme, userinfo + at + hosts.split(",")[0], *parts[2:]))
     try:
+        # urlsplit's own errors quote the netloc, password and all ("contains invalid characters
+        # under NFKC normalization": a password holding a full-width @ : / ? or #)
+        parts = urlsplit(scheme + sep + rest)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        first = scheme + sep + rest  # a unix:// URL has no host: urlunsplit would drop its //
+        if hosts:
+            first = urlunsplit((parts.scheme, userinfo + at + hosts.split(",")[0], *parts[2:]))
         options: dict[str, Any] = dict(parse_url(first))  # type: ignore[no-untyped-call]
         if parts.scheme in ("redis", "rediss") and not urlsplit(first).hostname:
             # a # or ? in the password ends the host part there: redis-py took the rest for a
             # fragment or options and connected to localhost:6379
-            raise ValueError("Port could not be cast: no host")
+            raise ValueError("no host")
     except ValueError as e:
-        if "Port could not be cast" not in str(e):  # the others name no part of the URL
+        if str(e).startswith(PARSE_URL_SAYS):  # an option's name or the scheme, nothing else
             raise ValueError(f"the URL does not read: {e}") from None
-        raise ValueError(
-            "the URL does not read as scheme://[USER:PASSWORD@]HOST[:PORT][/DB]: a "
-            "password (or user) holding @ : / ? # or % must be percent-encoded (@ as %40, : "
-            "as %3A, / as %2F, ? as %3F, # as %23, % as %25)"
-        ) from None
+        raise ValueError(ENCODE_PASSWORD) from None
+    # A / ? or # in a password ends the host part before its @, which is then further on: what
+    # follows would be read as the database or options, and must not be quoted.
+    cut = parts.scheme != "unix" and "@" in rest[len(parts.netloc) :]
     database = unquote(parts.path).strip("/")
     if parts.scheme != "unix" and database and not database.isdigit():
+        if cut:
+            raise ValueError(ENCODE_PASSWORD)
         raise ValueError(
             f"the URL names the database {database!r}: a database is a number "
             "(redis://HOST:PORT/3); redis-py would use database 0"
@@ -838,11 +848,13 @@ def check_redis_url(url: str) -> None:
         )
     reqs = options.get("ssl_cert_reqs")
     if reqs is not None and reqs not in CERT_REQS:
-        raise ValueError(f"the URL's ssl_cert_reqs is {reqs!r}: one of {', '.join(CERT_REQS)}")
+        shown = "" if cut else f" is {reqs!r}"
+        raise ValueError(f"the URL's ssl_cert_reqs{shown}: one of {', '.join(CERT_REQS)}")
     for option in TLS_FILES:
         path = options.get(option)
         if path is not None and not _readable(Path(path), directory=option == "ssl_ca_path"):
-            raise ValueError(f"the URL's {option} {path!r} cannot be read")
+            shown = "" if cut else f" {path!r}"
+            raise ValueError(f"the URL's {option}{shown} cannot be read")
 
 
 def _readable(path: Path, directory: bool) -> bool:

@@ -164,3 +164,17 @@ def test_decisions_journalled_by_a_host_behind_are_written_by_another(
             answer = _reward(b, event_id, reward=0.5)
             assert answer.status_code == 200 and answer.json()["status"] == "final", answer.text
     assert "wrote 3 decisions" in (tmp_path / "b.log").read_text()
+
+
+def test_a_reading_whose_call_waited_does_not_move_a_clock_a_prompt_one_set() -> None:
+    """Each sweep read Redis's clock as the middle of its call: a call whose answer waited (the
+    event loop busy 2 s: a large model published, a long collection) set the clock 1 s behind
+    Redis's until the next sweep. A reading consistent with the last one keeps it now."""
+    from bandit_router.store.clock import RedisClock, elapsed
+
+    clock, offset = RedisClock(), 1_000_000.0  # Redis's time minus this process's elapsed()
+    clock.reading(10.001 + offset, sent=10.0, back=10.002)  # prompt: answered in 2 ms
+    clock.reading(20.001 + offset, sent=20.0, back=22.001)  # answered at once, read 2 s later
+    assert abs(clock.now() - elapsed() - offset) < 0.002
+    clock.reading(30.001 + offset + 10, sent=30.0, back=30.002)  # Redis's clock stepped 10 s
+    assert abs(clock.now() - elapsed() - offset - 10) < 0.002

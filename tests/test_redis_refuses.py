@@ -466,6 +466,31 @@ def test_the_minimal_acl_of_readme_runs_the_service_the_learner_and_the_commands
     assert denied <= {"info"}, r.acl_log()
 
 
+def test_a_user_denied_time_still_closes_reward_windows_on_the_host_clock(
+    own_redis: RedisProcess,
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """README's minimal ACL lacked TIME, which 3755f33's sweep reads Redis's clock with first:
+    every sweep failed ('sweep waiting for Redis: ... refuses ... the 'time' command'), so no
+    reward window ever closed (no default reward learned, parts never learned). A user denied
+    TIME now reads the windows on its host's clock, as before 3755f33, said once naming +time."""
+    r = redis.Redis.from_url(own_redis.url)
+    settings = make_settings(redis_url=own_redis.url, reward_wait_s=1, default_reward=0.5)
+    granted = MINIMAL_ACL.replace(" +time", "")
+    acl = ["on", ">pw", "~{" + settings.key_prefix + "*", *granted.split()]
+    r.execute_command("ACL", "SETUSER", "notime", *acl)  # type: ignore[no-untyped-call]
+    url = own_redis.url.replace("redis://", "redis://notime:pw@")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings.model_copy(update={"redis_url": url, "sweep_s": 0.2}))
+        assert client.post("/choose", json={"query": "what is a cat"}).status_code == 200
+        wait_until(lambda: client.get("/healthz").json()["model_version"] == 1, 20, "default")
+    said = [rec.getMessage() for rec in caplog.records if "TIME" in rec.getMessage()]
+    assert len(said) == 1 and "grant +time" in said[0], said
+    assert not [rec for rec in caplog.records if "sweep" in rec.getMessage()], caplog.text
+
+
 def test_a_key_a_database_or_a_transaction_redis_refuses_is_said_naming_what_to_grant(
     own_redis: RedisProcess,
     make_settings: SettingsFactory,

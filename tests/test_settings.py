@@ -366,6 +366,12 @@ def test_linucb_whose_matrices_would_not_fit_a_model_is_refused(
         ("redis://:Zq9@x:wo/rd@h:6379/0", "must be percent-encoded (@ as %40"),
         ("redis://:Zq9#x@h:6379/0", "must be percent-encoded (@ as %40"),
         ("redis+cluster://:Zq9?x@h1:7000,h2:7000", "must be percent-encoded (@ as %40"),
+        # a user's password of digits then / (base64's): the rest read as the database
+        ("redis://default:38/Zq9x@h:6379/0", "must be percent-encoded (@ as %40"),
+        ("rediss://u:4/Zq9?x@h:6380", "must be percent-encoded (@ as %40"),
+        # a full-width # or @: urlsplit's error quoted the netloc, password and all
+        ("redis://:Zq9\uff03x@h:6379/0", "must be percent-encoded (@ as %40"),
+        ("redis+cluster://u:Zq9\uff20x@h1:7000,h2:7000", "must be percent-encoded (@ as %40"),
     ],
 )
 def test_a_redis_url_redis_py_cannot_use_or_reads_otherwise_is_refused_at_start_up(
@@ -391,6 +397,16 @@ def test_a_redis_url_redis_py_cannot_use_or_reads_otherwise_is_refused_at_start_
         "unix:///run/redis.sock?db=2",
         "redis+cluster://:pw@h1:7000,h2:7000",
         "redis://h",
+        "redis://[::1]:6379/0",
+        "redis://router@h:6379/0",
+        "redis://:@h:6379/0",
+        "unix:///run/redis.sock?db=2&password=pw",
+        "unix://:pw@/run/redis.sock?db=2",
+        "redis+cluster://u:pw@h1:7000,h2:7001,[::1]:7002",
+        "rediss://h:6380/0?ssl_ca_path=/etc",
+        "redis://h:6379/0?socket_timeout=5&health_check_interval=30&protocol=2",
+        "redis://h:6379/0?password=p@ss",
+        "redis://:Zq9%EF%BC%83x@h:6379/0",
     ],
 )
 def test_the_redis_urls_redis_py_takes_are_taken(url: str) -> None:

@@ -35,8 +35,13 @@ class RedisClock:
 
     def reading(self, redis_s: float, sent: float, back: float) -> None:
         """Take ``redis_s``, Redis's time read between the times ``sent`` and ``back`` (of
-        ``elapsed``; taken as their middle)."""
-        self._offset = redis_s - (sent + back) / 2
+        ``elapsed``; taken as their middle). A reading says only that the offset lies between
+        ``redis_s - back`` and ``redis_s - sent``: one the last reading gave that still does is
+        kept, as a reading whose call waited (the event loop busy, a pool with no connection
+        free) is wide, and its middle off by up to half the wait until the next sweep."""
+        low, high = redis_s - back, redis_s - sent
+        if self._offset is None or not low <= self._offset <= high:
+            self._offset = (low + high) / 2
 
     def host_off(self) -> float:
         """How far this host's clock is ahead of Redis's (behind: negative), in seconds."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError, WatchError
 
 from bandit_router.errors import (
     AlreadyRewarded,
@@ -172,6 +172,7 @@ class Store:
         # The clock of every time compared across processes (decisions, windows, the sweep)
         self.clock = RedisClock()
         self._clock_said = 0.0  # how far the host's clock was off Redis's when last said
+        self._time_denied = False  # the ACL refused TIME: said once
         self._calls = GroupCommit(client)
         self._register(client)
         self._said: set[int] = set()  # the values ``first_time`` met
@@ -215,9 +216,22 @@ class Store:
 
     @unavailable
     async def read_clock(self) -> float:
-        """Read Redis's clock (``TIME``) into ``clock``; Redis's time now."""
+        """Read Redis's clock (``TIME``) into ``clock``; Redis's time now. A user the ACL
+        denies TIME keeps the clock as it was (the host's, unless read before), said once: the
+        sweep, which reads it first, must not stop for it (it closed no window at all)."""
         sent = elapsed()
-        seconds, micros = await self.redis.time()
+        try:
+            seconds, micros = await self.redis.time()
+        except NoPermissionError as e:
+            if not self._time_denied:
+                log.warning(
+                    "Redis refuses the service's user TIME (%s): reward windows are read on "
+                    "this host's clock, which every process must then keep in step; grant "
+                    "+time (see README, Security and limits)",
+                    e,
+                )
+            self._time_denied = True
+            return self.clock.now()
         self.clock.reading(seconds + micros / 1e6, sent, elapsed())
         self._say_clock()
         return self.clock.now()
