@@ -206,21 +206,27 @@ def test_via_a_service_that_is_not_there_is_said_in_a_line(
     assert "--via must be an http(s) URL, got 'localhost:8000'" in err and "Traceback" not in err
 
 
-def test_without_mabwiser_its_peer_is_refused_by_name(tmp_path: Path) -> None:
-    """A real process in which MABWiser cannot be imported, as without the dev or bench extra:
-    `--policies mabwiser` ended in ModuleNotFoundError's traceback after the replay was read."""
+def _simulate_without(module: str, policies: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """`simulate` on the slice in a real process in which ``module`` cannot be imported, as
+    without the extra that installs it."""
     run = (
-        "import sys; sys.modules['mabwiser'] = None; "
+        f"import sys; sys.modules[{module!r}] = None; "
         "from bandit_router.cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
-    args = ["simulate", str(SLICE), "--arms", str(SLICE_ARMS), "--policies", "random,mabwiser"]
-    done = subprocess.run(
-        [sys.executable, "-c", run, *args, "--no-skyline", "--out", str(tmp_path)],
+    args = ["simulate", str(SLICE), "--arms", str(SLICE_ARMS), "--policies", policies]
+    return subprocess.run(
+        [sys.executable, "-c", run, *args, "--no-skyline", "--out", str(out)],
         env=cli_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_without_mabwiser_its_peer_is_refused_by_name(tmp_path: Path) -> None:
+    """Without the dev or bench extra: `--policies mabwiser` ended in ModuleNotFoundError's
+    traceback after the replay was read."""
+    done = _simulate_without("mabwiser", "random,mabwiser", tmp_path)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == (
@@ -231,19 +237,8 @@ def test_without_mabwiser_its_peer_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_without_matplotlib_the_results_are_written_and_the_hint_printed(tmp_path: Path) -> None:
-    """A real process in which matplotlib cannot be imported, as without the sim extra."""
-    run = (
-        "import sys; sys.modules['matplotlib'] = None; "
-        "from bandit_router.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    )
-    args = ["simulate", str(SLICE), "--arms", str(SLICE_ARMS), "--policies", "random,oracle"]
-    done = subprocess.run(
-        [sys.executable, "-c", run, *args, "--no-skyline", "--out", str(tmp_path)],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """Without the sim extra."""
+    done = _simulate_without("matplotlib", "random,oracle", tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "no plots: matplotlib is missing" in done.stderr
