@@ -116,6 +116,7 @@ class Router:
         learner: Learner,
         words: WordKey,
         secret: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -124,7 +125,7 @@ class Router:
         self._secret = secret  # the Redis word secret ``words`` comes from (not BANDIT_HASH_KEY)
         self._secret_differs = False  # Redis holds another: said once
         self._policies_seen: set[str] = set()  # the learner's snapshots' policies: see refresh
-        self.deployment: str | None = None  # its name, as messages say it (None: default)
+        self.deployment = deployment  # its name, as messages say it (None: default)
         self._expired_at_window_end = 0  # in the sweep running: see sweep
         self.arms = [Arm.from_spec(a) for a in settings.arms]
         self._arms_by_name = {a.name: a for a in self.arms}
@@ -176,8 +177,7 @@ class Router:
                     store.key(KEY_WORD_SECRET),
                     learner.model.version,
                 )
-        router = cls(settings, store, learner, words, secret)
-        router.deployment = name
+        router = cls(settings, store, learner, words, secret, name)
         if settings.learn_in_workers:
             # A lease or log key of another type (said in the log), or a Redis that refuses
             # writes: serve anyway, and let the learner's loop try again, rather than fail the
