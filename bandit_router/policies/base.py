@@ -112,6 +112,8 @@ class PolicyKind:
     load: Callable[[bytes, Mapping[str, ParamValue], int | None], Policy]
     defaults: Mapping[str, ParamValue]  # every accepted parameter, with its default
     bounds: Mapping[str, Bounds] = field(default_factory=dict)  # every numeric parameter's
+    # what the parameters must be together, beyond their bounds: raises ValueError
+    check: Callable[[Mapping[str, ParamValue]], None] | None = None
 
 
 class Uniform(Protocol):
