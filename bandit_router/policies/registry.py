@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bandit_router.policies.arm_level import ARM_LEVEL
-from bandit_router.policies.base import ParamValue, Policy, PolicyKind, PolicySpec, shown
+from bandit_router.policies.base import (
+    ParamValue,
+    Policy,
+    PolicyKind,
+    PolicySpec,
+    plain_number,
+    shown,
+)
 from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.linucb import LINUCB, check_size
 from bandit_router.policies.vw import VW_POLICIES, vw_options
@@ -30,9 +37,11 @@ def policy_kind(name: str) -> PolicyKind:
 
 def _coerce(policy: str, key: str, raw: str, kind: PolicyKind) -> ParamValue:
     default = kind.defaults[key]
+    if isinstance(default, str):
+        return raw
     try:
-        if isinstance(default, str):
-            return raw
+        if not plain_number(raw):
+            raise ValueError(raw)
         if isinstance(default, int):
             return int(raw)
         return float(raw)

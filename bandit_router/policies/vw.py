@@ -52,6 +52,7 @@ from bandit_router.policies.base import (
     ParamValue,
     PolicyKind,
     index_of,
+    plain_number,
     sample,
 )
 
@@ -292,7 +293,7 @@ def vw_options(text: str) -> list[str]:
                 value = words.pop(0) if words else ""
             number: ParamValue = value  # a word is in no bounds
             with contextlib.suppress(ValueError):
-                number = float(value)
+                number = float(value) if plain_number(value) else value
             try:
                 takes.check(option, number)
             except ValueError as e:
