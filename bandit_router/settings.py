@@ -697,8 +697,8 @@ class Settings(BaseSettings):
         ]
         for env, spec in named:
             try:
+                check_arms(parse_policy_spec(spec), self)  # first: it names the valid arms
                 build_policy(spec, self, 0)
-                check_arms(parse_policy_spec(spec), self)
             except ValueError as e:
                 raise ValueError(f"{env}: {spec}: {e}") from None
         # One challenger per policy: ``squarecb`` and ``squarecb:gamma_scale=20`` (its default)

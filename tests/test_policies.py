@@ -113,6 +113,12 @@ def test_learns_a_planted_rule(spec: str) -> None:
         ("squarecb:gamma_scale=10:gamma_scale=20", "parameter gamma_scale is given twice"),
         ("egreedy:vw_args=--nonsense_flag", "'--nonsense_flag' is not an allowed VW option"),
         ("squarecb:vw_args=--l2 0.5", "write squarecb:l2=0.5"),  # squarecb sets its own
+        # full-width and Arabic-Indic digits, and 1_8: Python's int() and float() read them,
+        # and the spec ran as gamma_scale=20, bits=18
+        ("squarecb:gamma_scale=\uff12\uff10", "gamma_scale must be a float in .*, got '\uff12"),
+        ("squarecb:bits=1_8", r"bits must be an int in \[1, 24\], got '1_8'"),
+        ("ts:discount=\u0660.\u0665", "discount must be a float in"),
+        ("egreedy:vw_args=--power_t \uff10.\uff15", "--power_t must be in .0, 1., got '\uff10"),
     ],
 )
 def test_bad_parameters_are_named(spec: str, message: str) -> None:

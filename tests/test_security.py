@@ -221,6 +221,39 @@ def test_a_refused_override_is_said_once_by_a_starting_service(
     assert len(refused) == 1, refused
 
 
+@pytest.mark.parametrize(
+    ("override", "settings_now", "said"),
+    [
+        # Switched to squarecb while BANDIT_POLICY was egreedy; restarted with BANDIT_VW_ARGS
+        # holding --l2, which egreedy takes and squarecb refuses: the start failed, a traceback.
+        (
+            "squarecb",
+            {"vw_args": "--l2 0.01"},
+            "policy squarecb: vw_args: squarecb sets --l2 from its parameter l2",
+        ),
+        # Parsed, and refused only when built (stored by hand, or before coarse was checked).
+        ("squarecb:coarse=XYZ", {}, "policy squarecb: coarse must name some of the shared"),
+    ],
+)
+def test_an_override_that_would_not_build_under_these_settings_is_refused_not_a_crash(
+    make_settings: SettingsFactory,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    override: str,
+    settings_now: dict[str, Any],
+    said: str,
+) -> None:
+    settings = make_settings(policy="egreedy", **settings_now)
+    raw = redis.Redis.from_url(settings.redis_url or "")
+    raw.set(f"{{{settings.key_prefix}}}:policy", override)
+    raw.close()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client(settings)
+        assert _choose(client).json()["policy"] == "egreedy"
+    refused = [m for m in caplog.messages if m.startswith("policy override refused")]
+    assert len(refused) == 1 and said in refused[0], refused
+
+
 def test_a_snapshot_saved_under_a_refused_spec_is_relearned_from_the_log() -> None:
     saved = Snapshot("squarecb:gamma_scale=NaN", 30, "1700000000000-0", b"not read")
     model = restore(saved, parse_policy_spec("squarecb"), Settings())

@@ -92,6 +92,20 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
     [
         # A traceback each, from the run's first steps (the spec passed the checks before it).
         (["--policies", "fixed:"], "fixed:: names no arm (fixed:NAME or fixed:arm=NAME); valid"),
+        # auto's challengers and champion are checked as the plain names are: a traceback each,
+        # from building the bench, and a misspelt arm's fixed champion served the first arm.
+        (
+            ["--policies", "auto:champion=random:challengers=linucb+fixed"],
+            "fixed: names no arm (fixed:NAME or fixed:arm=NAME); valid: llama2-7b",
+        ),
+        (
+            ["--policies", "auto:champion=fixed:arm=llama2-7B:challengers=linucb"],
+            "fixed:arm=llama2-7B: unknown arm 'llama2-7B'; valid: llama2-7b",
+        ),
+        (
+            ["--policies", "auto:champion=random:challengers=linucb+squarecb:coarse=X"],
+            "policy squarecb: coarse must name some of the shared namespaces",
+        ),
         (["--policies", "mabwiser:alpha=-1"], "mabwiser: parameter alpha must be in [0, 100]"),
         (["--policies", "mabwiser:dim=1e9"], "mabwiser: parameter dim must be in [12, 1024]"),
         (["--policies", "mabwiser:l2_lambda=0"], "parameter l2_lambda must be in (0, 1000000]"),

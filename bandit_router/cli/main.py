@@ -444,6 +444,7 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     problem (ValueError, OSError)."""
     from bandit_router.service.router import reward_config
     from bandit_router.sim import dataset, replay
+    from bandit_router.sim.champion import is_auto, parse_auto
     from bandit_router.sim.hindsight import fixed_spec
 
     for name in names:
@@ -462,7 +463,15 @@ def _simulate_prepare(args: argparse.Namespace, names: list[str], settings: Sett
     except dataset.ReplayError as e:
         raise dataset.ReplayError(f"{args.replay}: {e}") from e
     for name in names:
-        fixed_spec(name.removeprefix(replay.COLD), prepared)  # a misspelt arm fails here
+        name = name.removeprefix(replay.COLD)
+        # auto's champion and challengers too: the bench built fixed with no arm (a traceback)
+        # and served a misspelt arm's fixed as the first arm
+        policies = [name]
+        if is_auto(name):
+            champion, challengers = parse_auto(name, settings)
+            policies = [str(spec) for spec in (champion, *challengers)]
+        for policy in policies:
+            fixed_spec(policy, prepared)  # a misspelt arm fails here
     added: dict[str, int] = {}
     for arm, step in args.add_arm or []:
         if arm not in prepared.arm_index:

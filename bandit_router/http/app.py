@@ -430,8 +430,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = await _policy_body(request)
         try:
             spec = parse_policy_spec(body.policy)
+            check_arms(spec, router.settings)  # first: it names the valid arms
             build_policy(spec, router.settings)  # bad parameters fail here, not in the learner
-            check_arms(spec, router.settings)
         except ValueError as e:
             raise RouterError(str(e), field="policy") from e
         if router.learner.leading:

@@ -97,6 +97,13 @@ class Bounds:
             raise ValueError(f"{key} must be in {self}, got {shown(value)}")
 
 
+def plain_number(text: str) -> bool:
+    """Whether ``text`` may be read as a number: ASCII with no ``_``. Python's ``int`` and
+    ``float`` also read other scripts' digits (full-width, Arabic-Indic) and ``1_8``, which a
+    spec shown back, or read by anything but Python, would not hold."""
+    return text.isascii() and "_" not in text
+
+
 def shown(value: ParamValue) -> str:
     """``value`` as an error message shows it: a string quoted, a long one (such as an integer
     of 400 digits) cut to its start and its length."""
@@ -112,6 +119,8 @@ class PolicyKind:
     load: Callable[[bytes, Mapping[str, ParamValue], int | None], Policy]
     defaults: Mapping[str, ParamValue]  # every accepted parameter, with its default
     bounds: Mapping[str, Bounds] = field(default_factory=dict)  # every numeric parameter's
+    # what the parameters must be together, beyond their bounds: raises ValueError
+    check: Callable[[Mapping[str, ParamValue]], None] | None = None
 
 
 class Uniform(Protocol):

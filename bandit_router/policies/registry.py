@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bandit_router.policies.arm_level import ARM_LEVEL
-from bandit_router.policies.base import ParamValue, Policy, PolicyKind, PolicySpec, shown
+from bandit_router.policies.base import (
+    ParamValue,
+    Policy,
+    PolicyKind,
+    PolicySpec,
+    plain_number,
+    shown,
+)
 from bandit_router.policies.baselines import BASELINES
 from bandit_router.policies.linucb import LINUCB, check_size
 from bandit_router.policies.vw import VW_POLICIES, vw_options
@@ -30,9 +37,11 @@ def policy_kind(name: str) -> PolicyKind:
 
 def _coerce(policy: str, key: str, raw: str, kind: PolicyKind) -> ParamValue:
     default = kind.defaults[key]
+    if isinstance(default, str):
+        return raw
     try:
-        if isinstance(default, str):
-            return raw
+        if not plain_number(raw):
+            raise ValueError(raw)
         if isinstance(default, int):
             return int(raw)
         return float(raw)
@@ -66,8 +75,10 @@ def parse_policy_spec(text: str) -> PolicySpec:
 
 def _check(policy: str, params: Mapping[str, ParamValue]) -> None:
     """Every numeric parameter within its kind's bounds (finite: no NaN, infinity or huge int),
-    and VW's options only those ``vw_options`` allows."""
-    bounds = _registry()[policy].bounds
+    VW's options only those ``vw_options`` allows, and the parameters together as the kind's
+    ``check`` wants them (squarecb's ``coarse``, and ``--l2`` not in its ``vw_args``)."""
+    kind = _registry()[policy]
+    bounds = kind.bounds
     for key, value in params.items():
         if key in bounds:
             try:
@@ -77,6 +88,11 @@ def _check(policy: str, params: Mapping[str, ParamValue]) -> None:
     if "vw_args" in params:
         try:
             vw_options(str(params["vw_args"]))
+        except ValueError as e:
+            raise ValueError(f"policy {policy}: {e}") from None
+    if kind.check is not None:
+        try:
+            kind.check(params)
         except ValueError as e:
             raise ValueError(f"policy {policy}: {e}") from None
 
@@ -109,13 +125,17 @@ def runs_as(spec: PolicySpec, settings: Settings | None) -> RunsAs:
 def check_arms(spec: PolicySpec, settings: Settings) -> None:
     """A policy that names an arm (``fixed:arm=NAME``) names one of the deployment's arms, and
     LinUCB's matrices for them fit in a model; the simulator's arms come from its file, so it
-    does not ask."""
-    arm = spec.params.get("arm")
-    if spec.name == "fixed" and settings.arm(str(arm)) is None:
+    does not ask. Its parameters pass its checks with the settings' too (``BANDIT_VW_ARGS``
+    with ``--l2`` is not squarecb's): a policy override stored in Redis meets these settings
+    only when a process starts."""
+    params = _resolve(spec, settings)
+    arm = str(params.get("arm", ""))
+    if spec.name == "fixed" and settings.arm(arm) is None:
         valid = ", ".join(a.name for a in settings.arms)
-        raise ValueError(f"policy fixed: arm {arm!r} is not an arm; valid: {valid}")
+        said = f"arm {arm!r} is not an arm" if arm else "names no arm (fixed:arm=NAME)"
+        raise ValueError(f"policy fixed: {said}; valid: {valid}")
     if spec.name == "linucb":
-        check_size(int(_resolve(spec, settings)["dim"]), len(settings.arms))
+        check_size(int(params["dim"]), len(settings.arms))
 
 
 def effective_params(spec: PolicySpec, settings: Settings | None) -> dict[str, ParamValue]:

@@ -52,6 +52,7 @@ from bandit_router.policies.base import (
     ParamValue,
     PolicyKind,
     index_of,
+    plain_number,
     sample,
 )
 
@@ -292,7 +293,7 @@ def vw_options(text: str) -> list[str]:
                 value = words.pop(0) if words else ""
             number: ParamValue = value  # a word is in no bounds
             with contextlib.suppress(ValueError):
-                number = float(value)
+                number = float(value) if plain_number(value) else value
             try:
                 takes.check(option, number)
             except ValueError as e:
@@ -419,21 +420,7 @@ class VWPolicy:
         for key, value in params.items():
             if key in BOUNDS:
                 BOUNDS[key].check(key, value)
-        # squarecb passes --l2 from its parameter: a second one (vw_args, BANDIT_VW_ARGS) is
-        # said here with the spec to write, before VW refuses the pair without naming either.
-        options = vw_options(str(params.get("vw_args", "")))
-        if self.name in OWN_EXPLORERS and "--l2" in options:
-            l2 = options[options.index("--l2") + 1]
-            raise ValueError(
-                f"vw_args: {self.name} sets --l2 from its parameter l2: write "
-                f"{self.name}:l2={l2}, not --l2 in vw_args or BANDIT_VW_ARGS"
-            )
-        coarse = str(params.get("coarse", ""))
-        if coarse and (not set(coarse) < set(SHARED_NAMESPACES) or len(set(coarse)) != len(coarse)):
-            raise ValueError(
-                f"coarse must name some of the shared namespaces {SHARED_NAMESPACES}, each once"
-                f" and not all, got {coarse!r}"
-            )
+        check_together(self.name, params)
 
     def _workspace(self, args: list[str], model: bytes | None) -> vowpalwabbit.Workspace:
         try:
@@ -717,6 +704,27 @@ def thin_dominated(
     return out
 
 
+def check_together(name: str, params: Mapping[str, ParamValue]) -> None:
+    """Raise ValueError for what no one parameter's bounds say: the registry checks a spec with
+    it (and with the settings' ``vw_args``), so a spec that would not build is refused where it
+    is given, not when a service, the learner or the simulator builds it."""
+    # squarecb passes --l2 from its parameter: a second one (vw_args, BANDIT_VW_ARGS) is said
+    # here with the spec to write, before VW refuses the pair without naming either.
+    options = vw_options(str(params.get("vw_args", "")))
+    if name in OWN_EXPLORERS and "--l2" in options:
+        l2 = options[options.index("--l2") + 1]
+        raise ValueError(
+            f"vw_args: {name} sets --l2 from its parameter l2: write "
+            f"{name}:l2={l2}, not --l2 in vw_args or BANDIT_VW_ARGS"
+        )
+    coarse = str(params.get("coarse", ""))
+    if coarse and (not set(coarse) < set(SHARED_NAMESPACES) or len(set(coarse)) != len(coarse)):
+        raise ValueError(
+            f"coarse must name some of the shared namespaces {SHARED_NAMESPACES}, each once"
+            f" and not all (coarse= for none), got {coarse!r}"
+        )
+
+
 def _kind(name: str) -> PolicyKind:
     defaults = dict(EXPLORERS[name][1])  # the explorer's own first, then the common ones it lacks
     for key, value in _COMMON.items():
@@ -726,6 +734,7 @@ def _kind(name: str) -> PolicyKind:
         load=partial(_load, name),
         defaults=defaults,
         bounds={key: BOUNDS[key] for key in defaults if key in BOUNDS},
+        check=partial(check_together, name),
     )
 
 
