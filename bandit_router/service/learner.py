@@ -225,7 +225,6 @@ class Learner:
         self._delivered = "0-0"
         self._confirmed = "0-0"
         self._led_upto = "0-0"  # the log's end when this learner took the lease and replayed it
-        self._snapshot_seen = False  # Redis held a model snapshot while this learner led
         self._waits_said = False  # that another learner holds the lease, since this one led
         # This process's recent decisions: event id -> (their ts, their features), so learning
         # them reuses the features (and the policy's work on them) instead of rebuilding them.
@@ -362,14 +361,13 @@ class Learner:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
         lease = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
         held = lease != 0
-        if lease == LEASE_TAKEN and self.leading:
-            # Its lease lapsed before this renewal (the process froze: SIGSTOP, a paused VM), so
-            # another learner may have led meanwhile and published a newer model: lead anew from
-            # Redis, as a process taking the lease does. Going on with the model it froze with
-            # published that over the newer one, and what the other had learned was lost.
-            log.warning(
-                "%slearner %s: its lease had lapsed; leading anew from Redis", self.where, self.name
-            )
+        # Its lease lapsed before this renewal (the process froze: SIGSTOP, a paused VM), so
+        # another learner may have led meanwhile and published a newer model: lead anew from
+        # Redis, as a process taking the lease does. Going on with the model it froze with
+        # published that over the newer one, and what the other had learned was lost. Said
+        # below, unless Redis lost its data (the lease with it).
+        lapsed = lease == LEASE_TAKEN and self.leading
+        if lapsed:
             self.leading = False
         if held and self.leading:
             await self._follow_switch()
@@ -382,24 +380,22 @@ class Learner:
                 self._promotion = None
                 await self.store.ensure_group()
                 await self.store.prune_consumers(keep=self.name)  # learners gone since
+                # before these reads, which set them
+                seen, override = self.store.model_seen, self.store.override_seen
                 snapshot = await self.store.load_snapshot()
-                if snapshot is None and self._snapshot_seen:
-                    # Nothing else says it: the followers keep their model, the counters
-                    # restart from zero, and this learner publishes its model over the void.
+                lost = snapshot is None and seen
+                if lapsed and not lost:
                     log.warning(
-                        "%slearner %s: Redis holds no model, though one was published (Redis "
-                        "lost its data, restarted without persistence, or the key was deleted): "
-                        "this learner's, version %d, is published again; what Redis lost of "
-                        "the log is not in it",
+                        "%slearner %s: its lease had lapsed; leading anew from Redis",
                         self.where,
                         self.name,
-                        self.model.version,
                     )
-                self._snapshot_seen = snapshot is not None or self._snapshot_seen
                 # The policy serving now, not the one this process loaded: a promotion or a
                 # switch since then (this process followed, and may not have refreshed) would
                 # otherwise be undone, the promoted model relearned as the old champion.
                 spec = await effective_spec(self.store, self.settings, self._refused)
+                if lost:
+                    spec = await self._published_again(spec, override)
                 # Newer: learned further in the log (a reset's version 0 included), as a follower
                 # sees it; then by version. A publish of an older model would be refused.
                 newer = snapshot is not None and (
@@ -413,7 +409,9 @@ class Learner:
                     self._learn(event)
                 self._led_upto = self.model.stream_id
                 published = snapshot.version if snapshot is not None else 0
-                self._published = (published, time.monotonic())
+                # A model Redis lost is published again at the next step, not a period later:
+                # a process starting meanwhile would learn from the empty log, and serve that.
+                self._published = (published, -math.inf if lost else time.monotonic())
             log.info(
                 "%slearner %s leads at model version %d", self.where, self.name, self.model.version
             )
@@ -432,6 +430,44 @@ class Learner:
             self._waits_said = False
         self.leading = held
         return held
+
+    async def _published_again(self, spec: PolicySpec, override: str | None) -> PolicySpec:
+        """Redis holds no model, though this process saw one there: Redis lost its data (a
+        FLUSHALL, a restart without persistence, a failover to an empty replica). Said once, in
+        one line; this process's model is published again. ``spec``: the policy in force as
+        read now; ``override``: the policy override as this process last saw it. When that set
+        the policy this model serves (a promotion, an admin's switch, a restore) and went with
+        the model, it is set again: else BANDIT_POLICY, untrained, served in its place. The
+        policy to serve is returned."""
+        put_back = ""
+        if (
+            spec != self.model.spec
+            and self.store.override_seen is None  # read by ``effective_spec`` just now
+            and spec_in_force(override, self.settings, self._refused) == self.model.spec
+        ):
+            await self.store.set_policy_override(str(self.model.spec))
+            spec = self.model.spec
+            put_back = f", and {spec} set again as the policy in force (a promotion's or switch's)"
+        if spec == self.model.spec:
+            done = f"this process's model, {spec} at version {self.model.version}, is published "
+            done += f"again{put_back}"
+        else:  # the learner's policy, not this process's (a rolling restart that changes it)
+            done = (
+                f"this process's model, {self.model.spec} at version {self.model.version}, is "
+                f"not: the policy in force here is {spec}, which is learned afresh"
+            )
+        challengers = "; the challengers start afresh" if self.settings.challengers else ""
+        log.warning(
+            "%slearner %s: Redis holds no model, though one was published (Redis lost its data: "
+            "restarted without persistence, flushed, or the key was deleted): %s; what else "
+            "Redis held is lost: decisions waiting for rewards (refused as unknown), rewards "
+            "logged and not learned yet, the counters, the promotion records%s",
+            self.where,
+            self.name,
+            done,
+            challengers,
+        )
+        return spec
 
     async def _open_bench(self) -> Bench:
         """The challengers as last published, brought up to the model's watermark: the log
@@ -557,7 +593,6 @@ class Learner:
             self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
-        self._snapshot_seen = True
         if promotion is not None and self.on_promoted is not None:
             self.on_promoted(promotion)  # counted once made: one dropped is no promotion
         self._promotion = None

@@ -178,6 +178,11 @@ class Store:
         self._said: set[int] = set()  # the values ``first_time`` met
         self._damaged: set[str] = set()  # deployment keys of another type, said in the log once
         self._evicting: str | None = None  # the evicting policy last said (warn_if_evicting)
+        # Redis held (or took) a model of this deployment since this store opened: one found
+        # gone later was lost (a FLUSHALL, a restart without persistence), not never published.
+        self.model_seen = False
+        # The policy override as this store last read or wrote it: what a loss took with it.
+        self.override_seen: str | None = None
 
     def _register(self, client: aioredis.Redis) -> None:
         self._save_decision = client.register_script(SAVE_DECISION)
@@ -772,6 +777,11 @@ class Store:
             error = await self._mistyped(reply, template)  # said once
             if template not in SPARED:
                 raise error
+        self.model_seen = True
+        if promotion is not None:
+            self.override_seen = snapshot.policy
+        if override is not None:
+            self.override_seen = override
         return True
 
     @unavailable
@@ -784,6 +794,7 @@ class Store:
         head = _snapshot_head(raw.get(b"policy"), raw.get(b"version"), raw.get(b"stream_id"))
         if head is None or b"data" not in raw:
             return None
+        self.model_seen = True
         return Snapshot(*head, data=raw[b"data"])
 
     @unavailable
@@ -791,7 +802,9 @@ class Store:
         """The newest snapshot's policy, version and watermark, without its bytes."""
         read = self.redis.hmget(self.key(KEY_MODEL), ["policy", "version", "stream_id"])
         head: Any = await self._typed(KEY_MODEL, read, absent=[None, None, None])
-        return _snapshot_head(*head)  # None for a key of another type, as load_snapshot
+        found = _snapshot_head(*head)  # None for a key of another type, as load_snapshot
+        self.model_seen = self.model_seen or found is not None
+        return found
 
     @unavailable
     async def challenger_state(self) -> dict[str, bytes]:
@@ -859,7 +872,8 @@ class Store:
     async def policy_override(self) -> str | None:
         """The policy an admin switched to; None without one, or when the key is not a string
         (said in the log once: served as an override that is refused, BANDIT_POLICY)."""
-        return await self._override_of(self.redis)
+        self.override_seen = await self._override_of(self.redis)
+        return self.override_seen
 
     async def _override_of(self, client: aioredis.Redis) -> str | None:
         """``policy_override``, read through ``client`` (a transaction's, watching it)."""
@@ -873,6 +887,7 @@ class Store:
     @unavailable
     async def set_policy_override(self, spec: str) -> None:
         await self.redis.set(self.key(KEY_POLICY), spec)
+        self.override_seen = spec
 
     @unavailable
     async def word_secret(self) -> str:
