@@ -18,6 +18,7 @@ from tests.conftest import SettingsFactory, cli_env, served
 
 ONE_REDIS = pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
 LONG = 60_000  # characters of a path or header (uvicorn's parser takes about 65,000)
+WEBSOCKET_LONG = 5_000  # the websockets library answers 414 to a request line past 8 KiB
 LINE_BYTES = 1_000  # the most a request's access line may take
 
 
@@ -44,16 +45,24 @@ def test_a_request_writes_a_bounded_access_line(
         long_path = httpx.get(f"{base}/{'p' * LONG}")
         long_query = httpx.get(f"{base}/livez?{'q' * LONG}")
         forwarded = httpx.get(f"{base}/livez", headers={"x-forwarded-for": "f" * LONG})
+        websocket = _raw(  # uvicorn logs its line for one to uvicorn.error, not uvicorn.access
+            base,
+            f"GET /{'w' * WEBSOCKET_LONG} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n"
+            "connection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "sec-websocket-version: 13\r\n\r\n".encode(),
+        )
+        assert websocket.startswith(b"HTTP/1.1 403"), websocket[:200]
         assert (long_path.status_code, long_query.status_code) == (404, 200)
         assert forwarded.status_code == 200
         written = log.read_bytes()[before:]
-    lines = [line for line in written.splitlines() if b'"GET /' in line]
-    assert len(lines) == 3, written[:3000]
+    lines = [line for line in written.splitlines() if b'"GET /' in line or b'"WebSocket /' in line]
+    assert len(lines) == 4, written[:3000]
     for line in lines:
         assert len(line) < LINE_BYTES, line[:300]
     assert lines[0].endswith(b'...(60001 characters) HTTP/1.1" 404 Not Found')
     assert b"/livez?qqqq" in lines[1] and b"...(60007 characters)" in lines[1]
     assert b"ffff...(" in lines[2]
+    assert b'"WebSocket /wwww' in lines[3] and b"...(5001 characters)" in lines[3]
 
 
 @ONE_REDIS
