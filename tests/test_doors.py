@@ -203,14 +203,18 @@ def test_a_body_of_no_declared_type_or_of_two_is_refused_everywhere(
                 assert "got no content-type header" in response.json()["detail"], response.text
 
 
-def _raw_post(base: str, path: str, declared: int, sent: bytes) -> tuple[bytes, bytes]:
-    """A POST over a socket that declares ``declared`` bytes of JSON and sends ``sent``: the
-    head and body of the answer, read until the server closes the connection (10 s at most)."""
+def _raw_post(
+    base: str, path: str, declared: int, sent: bytes, key: str = ""
+) -> tuple[bytes, bytes]:
+    """A POST over a socket that declares ``declared`` bytes of JSON and sends ``sent`` (with
+    ``key`` as its X-API-Key): the head and body of the answer, read until the server closes
+    the connection (10 s at most)."""
     host, port = base.removeprefix("http://").split(":")
+    keyed = f"x-api-key: {key}\r\n" if key else ""
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(
             f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"content-length: {declared}\r\n\r\n".encode()
+            f"{keyed}content-length: {declared}\r\n\r\n".encode()
             + sent
         )
         reply = b""
@@ -223,10 +227,10 @@ def _raw_post(base: str, path: str, declared: int, sent: bytes) -> tuple[bytes, 
 def test_a_body_shorter_than_its_length_is_answered_408_and_closed(
     serve: Callable[..., str],  # noqa: F811
 ) -> None:
-    fast = serve(body_timeout_s=0.5)
+    fast = serve(body_timeout_s=0.5, admin_key="a1")
     routed = serve(root_path=ROOT, body_timeout_s=0.5)
     for base, path in ((fast, "/choose"), (routed, "/choose"), (fast, "/admin/policy")):
-        head, body = _raw_post(base, path, 100, b'{"query": "q"')
+        head, body = _raw_post(base, path, 100, b'{"query": "q"', key="a1")
         assert head.startswith(b"HTTP/1.1 408"), (path, head)
         assert b"connection: close" in head.lower()
         assert json.loads(body) == {
@@ -247,6 +251,31 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
         head, body = _raw_post(base, path, 2_000_000, b"")
         assert head.startswith(b"HTTP/1.1 413"), (path, head)
         assert json.loads(body)["field"] == "body"
+
+
+def test_a_request_without_its_key_is_refused_before_its_body(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    """A keyed POST without its key is answered 401 (403 for the admin routes while they are
+    disabled) at once and closed, its body not read: read first, a client with no key had the
+    process hold up to BANDIT_MAX_BODY_BYTES of body on each connection it opened until the
+    body timeout (300 connections, each with 1 MB sent but a byte: 130 MB), a 408 when the
+    body did not come. A declared length over the limit is still a 413 first."""
+    keys = {"api_keys": "k1", "admin_key": "a1", "body_timeout_s": 1}
+    fast = serve(**keys)
+    routed = serve(root_path=ROOT, **keys)
+    unkeyed = [(fast, p, 401) for p in ("/choose", "/reward", "/v1/chat/completions")]
+    unkeyed += [(routed, "/choose", 401), (routed, "/reward", 401), (fast, "/admin/policy", 401)]
+    unkeyed.append((serve(body_timeout_s=1), "/admin/reset", 403))
+    for base, path, status in unkeyed:
+        head, body = _raw_post(base, path, 100_000, b'{"query": "q"', key="wrong")
+        assert head.startswith(b"HTTP/1.1 %d" % status), (path, head)
+        assert b"connection: close" in head.lower(), (path, head)
+        assert json.loads(body)["field"] == "X-API-Key", body
+    head, _ = _raw_post(fast, "/choose", 2_000_000, b"", key="wrong")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    head, _ = _raw_post(fast, "/choose", 100, b'{"query": "q"', key="k1")
+    assert head.startswith(b"HTTP/1.1 408"), head  # with its key: read, and waited for
 
 
 def test_the_admin_bodies_follow_the_routing_calls_contract(

@@ -561,15 +561,20 @@ async def answer(
     return status, body
 
 
+def refuse_declared(headers: Iterable[tuple[bytes, bytes]], limit: int) -> None:
+    """``TooLarge`` when a request's content-length declares more than ``limit`` bytes."""
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.isdigit() and int(value[:19]) > limit:
+            raise TooLarge(limit)
+
+
 async def read_body(
     receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int, timeout_s: float
 ) -> bytes:
     """A request's whole body: ``TooLarge`` past ``limit`` bytes (at once when its declared
     content-length is), ``BodyTimeout`` when it has not all arrived within ``timeout_s`` seconds
     (a client that declared more than it sends)."""
-    for name, value in headers:
-        if name.lower() == b"content-length" and value.isdigit() and int(value[:19]) > limit:
-            raise TooLarge(limit)
+    refuse_declared(headers, limit)
     chunks: list[bytes] = []
     size = 0
     deadline = asyncio.get_running_loop().time() + timeout_s
