@@ -569,11 +569,16 @@ def refuse_declared(headers: Iterable[tuple[bytes, bytes]], limit: int) -> None:
 
 
 async def read_body(
-    receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int, timeout_s: float
+    receive: Receive,
+    headers: Iterable[tuple[bytes, bytes]],
+    limit: int,
+    timeout_s: float,
+    keep: bool = True,
 ) -> bytes:
     """A request's whole body: ``TooLarge`` past ``limit`` bytes (at once when its declared
     content-length is), ``BodyTimeout`` when it has not all arrived within ``timeout_s`` seconds
-    (a client that declared more than it sends)."""
+    (a client that declared more than it sends). ``keep`` false: read the same way, but let go
+    as it arrives (a body no route reads), and answer empty."""
     refuse_declared(headers, limit)
     chunks: list[bytes] = []
     size = 0
@@ -590,8 +595,11 @@ async def read_body(
         size += len(chunk)
         if size > limit:
             raise TooLarge(limit)
-        chunks.append(chunk)
+        if keep:
+            chunks.append(chunk)
         if not message.get("more_body", False):
+            if not chunks:
+                return b""
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -33,6 +33,7 @@ from bandit_router.settings import Settings
 JSON = (b"content-type", b"application/json")
 GATEWAY_POST = "/v1/chat/completions"
 ADMIN_POSTS = frozenset({"/admin/snapshot", "/admin/reset", "/admin/policy", "/admin/promote"})
+BODY_ROUTES = ADMIN_POSTS | {GATEWAY_POST, *ROUTES}  # the routes that read a body: POSTs
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CLOSE = (b"connection", b"close")
 
@@ -113,7 +114,10 @@ class BodyGuard:
         try:
             refuse_declared(scope["headers"], self.limit)
             unkeyed(scope, self.settings)
-            raw = await read_body(receive, scope["headers"], self.limit, self.timeout_s)
+            # A body no route reads is still waited for (uvicorn would wait for it after the
+            # answer), but not kept: else any path held up to the limit, unkeyed too.
+            keep = route_path(scope) in BODY_ROUTES and scope["method"] == "POST"
+            raw = await read_body(receive, scope["headers"], self.limit, self.timeout_s, keep)
         except ClientGone:
             return
         except RouterError as e:
@@ -135,6 +139,13 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path as the routes see it: without the root path a proxy mounts it on."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def unkeyed(scope: Scope, settings: Settings) -> None:
     """The 401 (or 403) a keyed ``POST`` route would answer, raised before its body is read, so
     that a client without a key cannot have the process hold a body (up to
@@ -142,10 +153,7 @@ def unkeyed(scope: Scope, settings: Settings) -> None:
     routes check the key before anything in the body, so the answer is the one they give."""
     if scope["method"] != "POST":
         return
-    path: str = scope["path"]
-    root: str = scope.get("root_path") or ""
-    if root and path.startswith(root):
-        path = path[len(root) :]
+    path = route_path(scope)
     if path in ROUTES:
         routers = getattr(scope["app"].state, "routers", None)
         require_key(
