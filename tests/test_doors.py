@@ -3,10 +3,12 @@ the app) and FastAPI's routes (what an app mounted under a root path reaches), o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SettingsFactory, _free_port, cli_env, cli_process, healthy, wait_until
 from tests.live import serve  # noqa: F401  (fixture)
 
 ROOT = "/api"
@@ -203,14 +206,18 @@ def test_a_body_of_no_declared_type_or_of_two_is_refused_everywhere(
                 assert "got no content-type header" in response.json()["detail"], response.text
 
 
-def _raw_post(base: str, path: str, declared: int, sent: bytes) -> tuple[bytes, bytes]:
-    """A POST over a socket that declares ``declared`` bytes of JSON and sends ``sent``: the
-    head and body of the answer, read until the server closes the connection (10 s at most)."""
+def _raw_post(
+    base: str, path: str, declared: int, sent: bytes, key: str = ""
+) -> tuple[bytes, bytes]:
+    """A POST over a socket that declares ``declared`` bytes of JSON and sends ``sent`` (with
+    ``key`` as its X-API-Key): the head and body of the answer, read until the server closes
+    the connection (10 s at most)."""
     host, port = base.removeprefix("http://").split(":")
+    keyed = f"x-api-key: {key}\r\n" if key else ""
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(
             f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"content-length: {declared}\r\n\r\n".encode()
+            f"{keyed}content-length: {declared}\r\n\r\n".encode()
             + sent
         )
         reply = b""
@@ -223,10 +230,10 @@ def _raw_post(base: str, path: str, declared: int, sent: bytes) -> tuple[bytes, 
 def test_a_body_shorter_than_its_length_is_answered_408_and_closed(
     serve: Callable[..., str],  # noqa: F811
 ) -> None:
-    fast = serve(body_timeout_s=0.5)
+    fast = serve(body_timeout_s=0.5, admin_key="a1")
     routed = serve(root_path=ROOT, body_timeout_s=0.5)
     for base, path in ((fast, "/choose"), (routed, "/choose"), (fast, "/admin/policy")):
-        head, body = _raw_post(base, path, 100, b'{"query": "q"')
+        head, body = _raw_post(base, path, 100, b'{"query": "q"', key="a1")
         assert head.startswith(b"HTTP/1.1 408"), (path, head)
         assert b"connection: close" in head.lower()
         assert json.loads(body) == {
@@ -247,6 +254,81 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
         head, body = _raw_post(base, path, 2_000_000, b"")
         assert head.startswith(b"HTTP/1.1 413"), (path, head)
         assert json.loads(body)["field"] == "body"
+
+
+def test_a_request_without_its_key_is_refused_before_its_body(
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    """A keyed POST without its key is answered 401 (403 for the admin routes while they are
+    disabled) at once and closed, its body not read: read first, a client with no key had the
+    process hold up to BANDIT_MAX_BODY_BYTES of body on each connection it opened until the
+    body timeout (300 connections, each with 1 MB sent but a byte: 130 MB), a 408 when the
+    body did not come. A declared length over the limit is still a 413 first."""
+    keys = {"api_keys": "k1", "admin_key": "a1", "body_timeout_s": 1}
+    fast = serve(**keys)
+    routed = serve(root_path=ROOT, **keys)
+    unkeyed = [(fast, p, 401) for p in ("/choose", "/reward", "/v1/chat/completions")]
+    unkeyed += [(routed, "/choose", 401), (routed, "/reward", 401), (fast, "/admin/policy", 401)]
+    unkeyed.append((serve(body_timeout_s=1), "/admin/reset", 403))
+    for base, path, status in unkeyed:
+        head, body = _raw_post(base, path, 100_000, b'{"query": "q"', key="wrong")
+        assert head.startswith(b"HTTP/1.1 %d" % status), (path, head)
+        assert b"connection: close" in head.lower(), (path, head)
+        assert json.loads(body)["field"] == "X-API-Key", body
+    head, _ = _raw_post(fast, "/choose", 2_000_000, b"", key="wrong")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    head, _ = _raw_post(fast, "/choose", 100, b'{"query": "q"', key="k1")
+    assert head.startswith(b"HTTP/1.1 408"), head  # with its key: read, and waited for
+
+
+def _peak_kib(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+def test_bodies_no_route_reads_are_not_held(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """A body no route reads (a POST to a path not served, a GET that declares one) is waited
+    for as any other (BANDIT_BODY_TIMEOUT_S), but let go as it arrives; a keyed route's without
+    its key is not read at all. Before, each was kept whole until the timeout, for a client with
+    no key too: 300 connections, each sending 1 MB of body but a byte to a path not served, held
+    about 300 MB."""
+    settings = make_settings()
+    env = cli_env(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        api_keys="k1",
+        body_timeout_s=2,
+    )
+    size, each = 1_000_000, 40
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with cli_process(["serve", "--port", str(port)], env, tmp_path / "serve.log") as proc:
+        wait_until(lambda: healthy(base), 60, "the service to answer /healthz")
+        before = _peak_kib(proc.pid)  # one worker: the service runs in this process
+        conns = []
+        for request in (b"POST /nope", b"GET /stats", b"POST /choose"):
+            for _ in range(each):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=15)
+                conns.append(conn)
+                head = b"%s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" % request
+                # a /choose without its key is answered, and closed, before its body
+                with contextlib.suppress(OSError):
+                    conn.sendall(head + b"content-length: %d\r\n\r\n" % size + b" " * (size - 1))
+        answers = []
+        for conn in conns:
+            with conn:
+                reply = b""
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(65536):
+                        reply += chunk
+                answers.append(reply.split(b"\r\n", 1)[0])
+        grown_mib = (_peak_kib(proc.pid) - before) / 1024
+    assert answers.count(b"HTTP/1.1 408 Request Timeout") == 2 * each, set(answers)
+    assert answers.count(b"HTTP/1.1 401 Unauthorized") == each, set(answers)
+    # 120 MB of body sent but a byte; a connection holds uvicorn's 64 KiB read window at most
+    assert grown_mib < 40, grown_mib
 
 
 def test_the_admin_bodies_follow_the_routing_calls_contract(

@@ -162,6 +162,30 @@ def test_full_buffer_drops_oldest_and_counts(
     assert client.post("/reward", json=dropped).status_code == 404
 
 
+def test_a_full_buffer_is_said_once_until_it_is_written(
+    make_client: ClientFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each /choose past the bound drops a decision (or is a 503): said in the log once, not
+    per request, and again in the next outage that fills it."""
+    client = make_client(redis_url=redis_process.url, decision_buffer=2)
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        redis_process.kill()
+        for i in range(6):
+            _choose(client, query=f"q{i}")
+        said = [m for m in caplog.messages if "decision buffer is full" in m]
+        assert len(said) == 1, caplog.messages
+        assert said[0].startswith("the local decision buffer is full (2 decisions, ")
+        assert "BANDIT_DECISION_BUFFER 2," in said[0]
+        assert "the oldest decisions are dropped (counted in decisions_dropped)" in said[0]
+        redis_process.start()
+        _wait(lambda: _stat(client, "buffered_decisions") == 0)
+        redis_process.kill()
+        for i in range(3):
+            _choose(client, query=f"again {i}")
+    said = [m for m in caplog.messages if "decision buffer is full" in m]
+    assert len(said) == 2, caplog.messages
+
+
 def test_the_buffer_is_bounded_in_bytes_too(
     make_client: ClientFactory, redis_process: RedisProcess
 ) -> None:

@@ -513,7 +513,10 @@ def test_the_upstream_never_shows_on_open_endpoints(serve: Serve, upstream: Star
         assert url.removesuffix("/v1") not in httpx.get(f"{base}{path}").text, path
 
 
-def test_calls_beyond_the_concurrency_bound_are_refused(serve: Serve, upstream: Start) -> None:
+def test_calls_beyond_the_concurrency_bound_are_refused(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each refused, and the bound reached said in the log once, not per call."""
     url, replay = upstream(speed=1)  # llama2-70b streams for seconds
     base = _gateway(serve, url, gateway_max_concurrency=1)
     with _client(base).chat.completions.with_streaming_response.create(
@@ -521,11 +524,18 @@ def test_calls_beyond_the_concurrency_bound_are_refused(serve: Serve, upstream: 
     ) as response:
         lines = response.iter_lines()
         next(lines)  # one call in flight, holding the only slot
-        with pytest.raises(openai.APIStatusError) as busy:
-            _client(base).chat.completions.create(model="auto", messages=_ask(rows()[1]))
-        assert busy.value.status_code == 503, busy.value.body
-        assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in str(busy.value.body)
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            for _ in range(5):
+                with pytest.raises(openai.APIStatusError) as busy:
+                    _client(base).chat.completions.create(model="auto", messages=_ask(rows()[1]))
+                assert busy.value.status_code == 503, busy.value.body
+                assert "BANDIT_GATEWAY_MAX_CONCURRENCY" in str(busy.value.body)
         response.close()
+    said = [m for m in caplog.messages if "BANDIT_GATEWAY_MAX_CONCURRENCY" in m]
+    assert said == [
+        "gateway: 1 upstream calls in flight, its limit (BANDIT_GATEWAY_MAX_CONCURRENCY): "
+        "calls beyond it are answered 503"
+    ]
     wait_until(lambda: replay.cancelled == 1, 10, "the first call to end")
     # The slot is free again.
     fast = _client(base).chat.completions.with_raw_response.create(

@@ -561,15 +561,25 @@ async def answer(
     return status, body
 
 
-async def read_body(
-    receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int, timeout_s: float
-) -> bytes:
-    """A request's whole body: ``TooLarge`` past ``limit`` bytes (at once when its declared
-    content-length is), ``BodyTimeout`` when it has not all arrived within ``timeout_s`` seconds
-    (a client that declared more than it sends)."""
+def refuse_declared(headers: Iterable[tuple[bytes, bytes]], limit: int) -> None:
+    """``TooLarge`` when a request's content-length declares more than ``limit`` bytes."""
     for name, value in headers:
         if name.lower() == b"content-length" and value.isdigit() and int(value[:19]) > limit:
             raise TooLarge(limit)
+
+
+async def read_body(
+    receive: Receive,
+    headers: Iterable[tuple[bytes, bytes]],
+    limit: int,
+    timeout_s: float,
+    keep: bool = True,
+) -> bytes:
+    """A request's whole body: ``TooLarge`` past ``limit`` bytes (at once when its declared
+    content-length is), ``BodyTimeout`` when it has not all arrived within ``timeout_s`` seconds
+    (a client that declared more than it sends). ``keep`` false: read the same way, but let go
+    as it arrives (a body no route reads), and answer empty."""
+    refuse_declared(headers, limit)
     chunks: list[bytes] = []
     size = 0
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -585,8 +595,11 @@ async def read_body(
         size += len(chunk)
         if size > limit:
             raise TooLarge(limit)
-        chunks.append(chunk)
+        if keep:
+            chunks.append(chunk)
         if not message.get("more_body", False):
+            if not chunks:
+                return b""
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

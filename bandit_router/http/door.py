@@ -24,11 +24,16 @@ from bandit_router.http.contract import (
     error_body,
     failure,
     read_body,
+    refuse_declared,
 )
 from bandit_router.http.gateway import is_gateway_path, openai_error
+from bandit_router.http.security import API_KEYS, require_admin, require_key
 from bandit_router.settings import Settings
 
 JSON = (b"content-type", b"application/json")
+GATEWAY_POST = "/v1/chat/completions"
+ADMIN_POSTS = frozenset({"/admin/snapshot", "/admin/reset", "/admin/policy", "/admin/promote"})
+BODY_ROUTES = ADMIN_POSTS | {GATEWAY_POST, *ROUTES}  # the routes that read a body: POSTs
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CLOSE = (b"connection", b"close")
 
@@ -66,10 +71,12 @@ class RoutingDoor:
             return
         headers = scope["headers"]
         try:
+            refuse_declared(headers, self.limit)  # answered as before: 413 first
+            require_key(headers, routers.any_keys, API_KEYS)  # see unkeyed
             raw = await read_body(receive, headers, self.limit, self.timeout_s)
         except ClientGone:
             return
-        except RouterError as e:  # too large, or too slow: answer, then close the connection
+        except RouterError as e:  # no key, too large, or too slow: answer, then close
             status, body = failure(e, routers.default, scope["path"].strip("/"))
             await respond(send, status, body, close=True)
             return
@@ -94,6 +101,7 @@ class BodyGuard:
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
         self.limit = settings.max_body_bytes
         self.timeout_s = settings.body_timeout_s
 
@@ -104,7 +112,12 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         try:
-            raw = await read_body(receive, scope["headers"], self.limit, self.timeout_s)
+            refuse_declared(scope["headers"], self.limit)
+            unkeyed(scope, self.settings)
+            # A body no route reads is still waited for (uvicorn would wait for it after the
+            # answer), but not kept: else any path held up to the limit, unkeyed too.
+            keep = route_path(scope) in BODY_ROUTES and scope["method"] == "POST"
+            raw = await read_body(receive, scope["headers"], self.limit, self.timeout_s, keep)
         except ClientGone:
             return
         except RouterError as e:
@@ -124,6 +137,32 @@ class BodyGuard:
             return await receive()  # after the body: the disconnect, when it comes
 
         await self.app(scope, replay, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path as the routes see it: without the root path a proxy mounts it on."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def unkeyed(scope: Scope, settings: Settings) -> None:
+    """The 401 (or 403) a keyed ``POST`` route would answer, raised before its body is read, so
+    that a client without a key cannot have the process hold a body (up to
+    ``BANDIT_MAX_BODY_BYTES`` for ``BANDIT_BODY_TIMEOUT_S``) on each connection it opens. The
+    routes check the key before anything in the body, so the answer is the one they give."""
+    if scope["method"] != "POST":
+        return
+    path = route_path(scope)
+    if path in ROUTES:
+        routers = getattr(scope["app"].state, "routers", None)
+        require_key(
+            scope["headers"], settings.api_keys if routers is None else routers.any_keys, API_KEYS
+        )
+    elif path == GATEWAY_POST:
+        require_key(scope["headers"], settings.api_keys, API_KEYS)
+    elif path in ADMIN_POSTS:
+        require_admin(scope["headers"], settings.admin_key)
 
 
 def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -137,6 +137,16 @@ class Gateway:
         what = "unusable usages"
         self._say(f"{what} {arm}", f"upstream of arm {arm} {message}", f"more of its {what}")
 
+    def full(self) -> None:
+        """Say that a call was refused at the bound on calls in flight (a 503 each, else
+        unsaid: the operator is who can raise it)."""
+        self._say(
+            "full",
+            f"{self.upstreams.limit} upstream calls in flight, its limit "
+            "(BANDIT_GATEWAY_MAX_CONCURRENCY): calls beyond it are answered 503",
+            "more answered 503",
+        )
+
     def _say(self, key: str, line: str, unsaid: str) -> None:
         """``line`` at once, then at most every ``FAILURES_SAID_EVERY_S`` seconds per ``key``,
         with the count of those not said between (``unsaid`` names them)."""
@@ -535,6 +545,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
         eligible, direct, retries = [model], True, 0
     upstreams = gateway.upstreams
     if not upstreams.has_room():
+        gateway.full()
         raise Busy(
             f"the gateway has {upstreams.limit} upstream calls in flight, its limit "
             "(BANDIT_GATEWAY_MAX_CONCURRENCY); retry"

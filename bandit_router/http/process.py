@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from bandit_router.http.requestlog import bound_request_log
+
 log = logging.getLogger("bandit_router")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -26,7 +28,9 @@ def configure_logging(level: str = "info") -> None:
     process's logging is configured already. A worker uvicorn spawns (``--workers`` above 1) is
     a new interpreter that the command's own configuration never reached: there the info lines
     (a learner taking the lease, a policy switch, a promotion) were dropped, and the warnings
-    printed bare, with no time or level."""
+    printed bare, with no time or level. uvicorn's lines for each request are bounded
+    (``requestlog``)."""
+    bound_request_log()
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

@@ -131,10 +131,14 @@ def require_key(
 
 async def require_admin_key(request: Request) -> None:
     """Admin endpoints need BANDIT_ADMIN_KEY; without it configured they are disabled."""
-    admin = request.app.state.settings.admin_key
+    require_admin(request.headers.raw, request.app.state.settings.admin_key)
+
+
+def require_admin(headers: Iterable[tuple[bytes, bytes]], admin: str | None) -> None:
+    """Nothing when ``headers`` carry the admin key ``admin``; else 401, or 403 when unset."""
     if not admin:
         raise Forbidden("admin endpoints are disabled: set BANDIT_ADMIN_KEY to enable them")
-    require_key(request.headers.raw, [admin], ADMIN_KEY)
+    require_key(headers, [admin], ADMIN_KEY)
 
 
 async def require_ops_key(request: Request) -> None:

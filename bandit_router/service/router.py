@@ -142,6 +142,7 @@ class Router:
         self.unavailable_at = -math.inf  # monotonic time this process last found Redis down
         self._flushing = asyncio.Lock()
         self.buffer_dropped = 0
+        self._full_said = False  # the buffer's bound was reached, said; again once it empties
         self.metrics = Metrics([a.name for a in self.arms], str(learner.model.spec))
         learner.on_learned = self.metrics.learned
         learner.on_redis_error = self.metrics.redis_error
@@ -297,6 +298,8 @@ class Router:
         size = len(encoded)
         count, room = self.settings.decision_buffer, self.settings.decision_buffer_bytes
         while len(self._buffer) >= count or self.buffered_bytes + size > room:
+            if count and size <= room:  # else no buffer, or this decision alone is too big
+                self._say_full()
             if self.settings.buffer_overflow == "reject" or count == 0 or size > room:
                 raise StoreUnavailable(
                     "the local decision buffer is full (BANDIT_DECISION_BUFFER, "
@@ -314,6 +317,28 @@ class Router:
                 # mostly lines of decisions the full buffer let go: the disk, and the Redis of
                 # the process that writes the journal once this one is gone, are bounded too
                 self._journal_only_buffer()
+
+    def _say_full(self) -> None:
+        """Say the buffer's bound reached, once until the buffer is written: each request past
+        it would otherwise be a 503 or a decision dropped that only a counter, written once
+        Redis is back, tells of."""
+        if self._full_said:
+            return
+        self._full_said = True
+        drops = self.settings.buffer_overflow == "drop_oldest"
+        log.warning(
+            "%sthe local decision buffer is full (%d decisions, %d bytes; BANDIT_DECISION_BUFFER "
+            "%d, BANDIT_DECISION_BUFFER_BYTES %d) while Redis is unavailable: %s, until Redis "
+            "takes them",
+            self.learner.outage.where,  # the deployment, where a process serves several
+            len(self._buffer),
+            self.buffered_bytes,
+            self.settings.decision_buffer,
+            self.settings.decision_buffer_bytes,
+            "the oldest decisions are dropped (counted in decisions_dropped)"
+            if drops
+            else "each further /choose is answered 503 (BANDIT_BUFFER_OVERFLOW=reject)",
+        )
 
     def _journal_only_buffer(self) -> None:
         """Rewrite the journal to what the buffer holds, all of it when that succeeds."""
@@ -348,6 +373,8 @@ class Router:
             if dropped := self.buffer_dropped:  # more may be dropped while this is counted
                 await self.store.count("decisions_dropped", dropped)
                 self.buffer_dropped -= dropped
+        if not self._buffer:
+            self._full_said = False
         self.metrics.degraded.set(1 if self._buffer else 0)  # one may have come meanwhile
         return written
 

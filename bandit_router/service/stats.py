@@ -8,6 +8,7 @@ survives restarts. The baselines are estimated off-policy from the logged propen
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -29,12 +30,15 @@ from bandit_router.service.metrics import is_greedy
 from bandit_router.service.offloop import REUSE_FACTOR, off_loop
 from bandit_router.settings import ArmSpec
 from bandit_router.store.records import Entry, Event, Logged, Unreadable, decode_entries
+from bandit_router.throttle import Throttle
 
 if TYPE_CHECKING:
     from bandit_router.service.router import Router
 
 PARTS = ("accuracy", "latency_ms", "rating", "cost_usd")
 MIN_BUCKET_EVENTS = 10  # fewer buckets than asked when the window is small: shares stay readable
+log = logging.getLogger("bandit_router")
+BUSY_SAID_EVERY_S = 10.0  # a /stats refused at the bound is said at most this often, with a count
 KEPT_DOCUMENTS = 16  # /stats documents cached per process, one per deployment, window, buckets
 # Computations queued or running per process, each for another deployment, window or buckets: a
 # client that leaves does not cancel its own, so without a bound distinct values queue without
@@ -322,6 +326,7 @@ class StatsCache:
         self._one = asyncio.Lock()
         self._next = 0.0  # when the next computation may start (monotonic)
         self.computed = 0  # documents computed
+        self._said = Throttle()  # the bound reached
 
     async def get(self, router: Router, window: int, buckets: int) -> StatsResponse:
         return (await self._get(router, window, buckets))[0]
@@ -340,11 +345,24 @@ class StatsCache:
         task = self._running.get(key)
         if task is None:
             if len(self._running) >= QUEUED_DOCUMENTS:
+                self._say_busy()
                 raise StatsBusy()
             task = self._running[key] = asyncio.create_task(self._compute(router, key))
             task.add_done_callback(partial(self._finished, key))
         # A client that goes away does not cancel the computation the others wait for.
         return await asyncio.shield(task)
+
+    def _say_busy(self) -> None:
+        """Say a /stats refused at the bound: at once, then at most every BUSY_SAID_EVERY_S."""
+        due = self._said.due(BUSY_SAID_EVERY_S)
+        if due is not None:
+            more = f" ({due.count} more since the last said)" if due.count else ""
+            log.warning(
+                "/stats: %d computations for other deployments, windows and buckets wait or "
+                "run, its bound: a request for yet another is answered 503%s",
+                QUEUED_DOCUMENTS,
+                more,
+            )
 
     async def _compute(self, router: Router, key: Key) -> tuple[StatsResponse, bytes]:
         async with self._one:
