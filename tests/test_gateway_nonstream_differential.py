@@ -211,7 +211,7 @@ class Answer:
         return Script(tuple(parts), self.status, self.content_type, tuple(headers))
 
 
-STATUSES = [200] * 6 + [400, 409, 413, 422, 401, 403, 404, 429, 500, 502, 503]
+STATUSES = [200] * 6 + [400, 402, 408, 409, 413, 422, 401, 403, 404, 429, 500, 502, 503]
 
 
 @st.composite
@@ -302,12 +302,12 @@ def expected(direct: Read, answer: Answer) -> Read:
     differences the README states (Gateway: Streaming, fallback, client errors), and only those:
 
     - "An upstream that fails before the first byte of its answer is recorded as a failure of
-      its arm: connection refused, a 5xx, ..., a 401, 403, 404 or 429, ..., an empty answer, a
-      2xx in another form than asked (... not a JSON object otherwise, read as the openai SDK
-      reads it ...), ... or one [a non-streamed answer or 4xx body] whose connection breaks
-      before its end ... When every try fails the answer is a 502 naming each arm and what
-      happened to it" (the only arm here, ``m``, named in the request: "A request naming an
-      arm is not retried on another"); the reasons are ``UpstreamFailure``'s, in
+      its arm: connection refused, a 5xx, ..., a 401, 402, 403, 404, 408, 409 or 429, ..., an
+      empty answer, a 2xx in another form than asked (... not a JSON object otherwise, read as
+      the openai SDK reads it ...), ... or one [a non-streamed answer or 4xx body] whose
+      connection breaks before its end ... When every try fails the answer is a 502 naming
+      each arm and what happened to it" (the only arm here, ``m``, named in the request: "A
+      request naming an arm is not retried on another"); the reasons are ``UpstreamFailure``'s, in
       ``bandit_router.http.gateway._attempt`` and ``_read``;
     - "Any other 4xx from the upstream is the client's error: it passes through unchanged
       (status, body and content type ...)": the SDK reads the same error;

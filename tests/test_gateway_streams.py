@@ -129,6 +129,40 @@ def test_the_arms_4xx_go_to_another_arm_and_the_clients_pass_through(
     assert refused.headers["content-security-policy"] == "default-src 'none'; sandbox"
 
 
+CREDIT = b'{"error": {"message": "Insufficient credits: account acct_93 has $0.02 left"}}'
+NOT_THE_REQUESTS = {
+    "unpaid": (Script((CREDIT,), 402, "application/json"), "config"),
+    "slow": (Script((b'{"error": {"message": "Your request timed out"}}',), 408), "timeout"),
+    "locked": (Script((b'{"error": {"message": "lock timeout"}}',), 409), "status"),
+}
+
+
+def test_an_account_out_of_credit_and_the_statuses_the_sdk_retries_are_the_arms(
+    serve: Serve, scripted: Start
+) -> None:
+    """A 402 (OpenRouter's: the gateway's account has no credit left) says something of the
+    arm's settings, as a refused key does; a 408 or 409 is a request the upstream could not
+    finish as sent (the SDK retries both unchanged): none is the client's error. Passed
+    through, the app got the upstream's 402 with the account's balance, or the SDK retried a
+    408 against the gateway, each retry a new decision, and the arm was never charged."""
+    answer = b'{"id":"c","object":"chat.completion","created":0,"model":"good","choices":[]}'
+    good = Script((answer,), content_type="application/json")
+    scripts = {name: script for name, (script, _) in NOT_THE_REQUESTS.items()} | {"good": good}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=len(NOT_THE_REQUESTS))
+    client = sdk_client(base, KEY)
+    for _ in range(6):
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=HI)
+        assert raw.headers["x-bandit-arm"] == "good" and raw.parse().model == "good"
+    failures = _failures(base)
+    for name, (_, kind) in NOT_THE_REQUESTS.items():
+        assert any(f'arm="{name}",kind="{kind}"' in line for line in failures), failures
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(model="unpaid", messages=HI)
+    assert "unpaid: status 402, the upstream wants payment" in refused.value.message
+    assert "acct_93" not in refused.value.response.text
+
+
 # A client that stops reading
 
 

@@ -164,7 +164,7 @@ GATEWAY = (
     | {
         "4XX": {
             "description": "the upstream's own 4xx, passed through as it came (its status "
-            "and body); not its 401, 403, 404 or 429, each a failure of its arm"
+            "and body); not its 401, 402, 403, 404, 408, 409 or 429, each a failure of its arm"
         }
     }
 )

@@ -29,12 +29,17 @@ MAX_EVENT_BYTES = 1 << 20  # a streamed event the meter holds while it waits for
 MAX_USAGE_TOKENS = 100_000_000  # tokens one call can count, per side: far past any context window
 
 
-# The 4xx that say something of the arm, not of the client's request: the gateway's key or the
-# arm's model and path (its settings), or the upstream's rate limit. Another arm may answer.
+# The 4xx that say something of the arm, not of the client's request: the gateway's key, its
+# account or the arm's model and path (its settings), the upstream's rate limit, or a request
+# the upstream could not finish as sent (408, 409: the openai SDK retries those unchanged, so
+# they are no fault of the request). Another arm may answer.
 ARM_STATUSES: dict[int, tuple[str, str]] = {
     401: ("the upstream refused the arm's key (api_key_env)", "config"),
+    402: ("the upstream wants payment: the arm's account is out of credit", "config"),
     403: ("the upstream refused the arm's key (api_key_env)", "config"),
     404: ("the upstream knows no such model or path (the arm's model, base_url)", "config"),
+    408: ("the upstream timed out", "timeout"),
+    409: ("the upstream's conflict (a lock timeout, retried as sent)", "status"),
     429: ("the upstream's rate limit", "rate_limit"),
 }
 
