@@ -318,6 +318,9 @@ def expected(direct: Read, answer: Answer) -> Read:
     length), where it is cut in pieces and its encoding ("one it encodes all the same (gzip,
     deflate) is decoded, as the SDK would", What the gateway reads and forwards) change nothing
     the SDK reads: no difference is allowed for them."""
+    if answer.status == 429:  # "when every one was the upstream's rate limit (429), OpenAI's
+        message = "every upstream tried failed: m: status 429"  # 429 instead"
+        return Read(None, openai.RateLimitError, 429, message)
     if answer.status >= 500 or answer.status in ARM_STATUSES:
         return _arms_failure(f"status {answer.status}")
     if answer.broken(b"identity"):
@@ -365,6 +368,7 @@ ERROR = b'{"error":{"message":"max_tokens is too large","type":"invalid_request_
 @example(_ok(SUNNY % b"null", encoding="always"))
 @example(_ok(ERROR, status=400, encoding="always"))
 @example(_ok(b""))
+@example(_ok(ERROR, status=429))
 def test_the_sdk_reads_through_the_gateway_the_answer_it_reads_from_the_upstream(
     both: Both, answer: Answer
 ) -> None:
@@ -379,7 +383,7 @@ def test_the_sdk_reads_through_the_gateway_the_answer_it_reads_from_the_upstream
     want = expected(direct, answer)
     assert through.raised is want.raised, (through, direct)
     assert through.status == want.status, (through, direct)
-    if want.status == 502:  # the gateway's message; the SDK says the status before it
+    if want.status in (429, 502):  # the gateway's message; the SDK says the status before it
         assert want.message is not None and want.message in (through.message or ""), through
     else:
         assert (through.parsed, through.message, through.body) == (

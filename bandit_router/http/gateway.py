@@ -98,6 +98,20 @@ class BadGateway(RouterError):
     field = "model"
 
 
+class RateLimited(RouterError):
+    """Every arm tried was at its upstream's rate limit: OpenAI's 429, which the SDK raises as
+    ``RateLimitError`` and retries after the ``Retry-After`` it carries."""
+
+    status_code = 429
+    field = "model"
+
+    def __init__(self, message: str, waits: list[float | None]) -> None:
+        super().__init__(message)
+        # The gateway can answer once any of them frees: the shortest wait, when each said one
+        if waits and all(w is not None for w in waits):
+            self.retry_after_s = math.ceil(min(w for w in waits if w is not None))
+
+
 @dataclass(frozen=True, slots=True)
 class ChatCall:
     """A chat request as the gateway reads it."""
@@ -312,7 +326,7 @@ def _unsendable(value: Any) -> str | None:
 def error_response(exc: BaseException, router: Router | None) -> Response:
     """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``."""
     status, raw = failure(exc, router, "gateway")
-    code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+    code = CODES.get(type(exc))
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
     retry = exc.retry_after_s if isinstance(exc, RouterError) else None
     headers = {"retry-after": str(retry)} if retry is not None else None
@@ -322,6 +336,12 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
         media_type="application/json",
         headers=headers,
     )
+
+
+CODES: dict[type[BaseException], str] = {
+    ModelNotFound: "model_not_found",
+    RateLimited: "rate_limit_exceeded",  # OpenAI's code for its own 429
+}
 
 
 def openai_error(status: int, raw: bytes, code: str | None = None) -> bytes:
@@ -542,7 +562,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
     slot = Slot(upstreams)  # taken now, before any await: the bound holds under a burst
     try:
         decision = await _choose(router, call, eligible, direct)
-        failures: list[str] = []
+        failures: list[UpstreamFailure] = []
         tried: set[str] = set()
         for attempt in range(retries + 1):
             arm = gateway.arms[decision.arm]
@@ -551,7 +571,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
                 return await _attempt(gateway, router, call, arm, decision.event_id, slot)
             except UpstreamFailure as failed:
                 gateway.failed(arm.name, f"failed: {failed.logged}")
-                failures.append(str(failed))
+                failures.append(failed)
                 await record_failure(
                     gateway, router, decision.event_id, call.weights, arm.name, failed.kind
                 )
@@ -559,7 +579,10 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             if not left or attempt == retries:
                 break
             decision = await _choose(router, call, left)
-        raise BadGateway("every upstream tried failed: " + "; ".join(failures))
+        said = "every upstream tried failed: " + "; ".join(map(str, failures))
+        if all(f.kind == "rate_limit" for f in failures):
+            raise RateLimited(said, [f.retry_after_s for f in failures])
+        raise BadGateway(said)
     finally:
         if not slot.handed_over:
             slot.release()

@@ -47,6 +47,7 @@ ERROR_TEXT = {
     500: "internal error; the service log has the details",
     503: "Redis unavailable; retry",
     502: "every upstream tried failed; the message says how each did",
+    429: "every upstream tried was at its rate limit; retry after Retry-After",
 }
 
 
@@ -155,6 +156,7 @@ GATEWAY = (
         413,
         415,
         422,
+        429,
         500,
         502,
         503,
