@@ -176,6 +176,28 @@ def test_every_arm_rate_limited_is_a_429_the_sdk_waits_out(serve: Serve, scripte
     client.close()
 
 
+def test_arms_whose_settings_failed_are_not_retried_by_the_sdk(
+    serve: Serve, scripted: Start
+) -> None:
+    """When every arm tried failed for its settings (a refused key, no such model, no credit
+    left), the SDK's retries cannot help before the operator fixes them: the 502 says
+    ``x-should-retry: false``, which the SDK obeys. Without it the SDK's default two retries
+    called the upstream three times with the refused key, three decisions, three failures. A 5xx
+    among them may pass: that 502 is retried as before."""
+    scripts = {"keyless": ARM_4XX["keyless"], "renamed": ARM_4XX["renamed"]}
+    down = {"down": Script((b"{}",), 503, "application/json")}
+    url, upstream = scripted(scripts | down)
+    base = _gateway(serve, url, scripts | down, gateway_retries=1)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=2)
+    for model, calls, retried in [("keyless", 1, "false"), ("down", 3, None)]:
+        before = upstream.requests
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=model, messages=HI)
+        assert upstream.requests - before == calls
+        assert failed.value.response.headers.get("x-should-retry") == retried
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("headers", "seconds"),
     [

@@ -97,6 +97,10 @@ class BadGateway(RouterError):
     status_code = 502
     field = "model"
 
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry  # False: the SDK is told not to (x-should-retry), it cannot help
+
 
 class RateLimited(RouterError):
     """Every arm tried was at its upstream's rate limit: OpenAI's 429, which the SDK raises as
@@ -329,7 +333,9 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
     code = CODES.get(type(exc))
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
     retry = exc.retry_after_s if isinstance(exc, RouterError) else None
-    headers = {"retry-after": str(retry)} if retry is not None else None
+    headers = {"retry-after": str(retry)} if retry is not None else {}
+    if isinstance(exc, BadGateway) and not exc.retry:  # a header the SDK obeys before status
+        headers["x-should-retry"] = "false"
     return Response(
         openai_error(status, raw, code),
         status_code=status,
@@ -582,7 +588,8 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
         said = "every upstream tried failed: " + "; ".join(map(str, failures))
         if all(f.kind == "rate_limit" for f in failures):
             raise RateLimited(said, [f.retry_after_s for f in failures])
-        raise BadGateway(said)
+        # Arms that failed for their settings fail again until the operator fixes them
+        raise BadGateway(said, retry=not all(f.kind == "config" for f in failures))
     finally:
         if not slot.handed_over:
             slot.release()
