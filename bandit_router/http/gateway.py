@@ -112,6 +112,7 @@ class RateLimited(RouterError):
     def __init__(self, message: str, waits: list[float | None]) -> None:
         super().__init__(message)
         # The gateway can answer once any of them frees: the shortest wait, when each said one
+        # (``waits`` empty: no wait known)
         if waits and all(w is not None for w in waits):
             self.retry_after_s = math.ceil(min(w for w in waits if w is not None))
 
@@ -587,7 +588,9 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             decision = await _choose(router, call, left)
         said = "every upstream tried failed: " + "; ".join(map(str, failures))
         if all(f.kind == "rate_limit" for f in failures):
-            raise RateLimited(said, [f.retry_after_s for f in failures])
+            # An arm not tried (BANDIT_GATEWAY_RETRIES) may answer at once: no wait is known
+            untried = any(name not in tried for name in eligible)
+            raise RateLimited(said, [] if untried else [f.retry_after_s for f in failures])
         # Arms that failed for their settings fail again until the operator fixes them
         raise BadGateway(said, retry=not all(f.kind == "config" for f in failures))
     finally:
