@@ -47,7 +47,7 @@ ERROR_TEXT = {
     500: "internal error; the service log has the details",
     503: "Redis unavailable; retry",
     502: "every upstream tried failed; the message says how each did",
-    429: "every upstream tried was at its rate limit; retry after Retry-After",
+    429: "every upstream tried was at its rate limit; Retry-After, when given, is the wait",
 }
 
 
