@@ -211,7 +211,7 @@ class Answer:
         return Script(tuple(parts), self.status, self.content_type, tuple(headers))
 
 
-STATUSES = [200] * 6 + [400, 409, 413, 422, 401, 403, 404, 429, 500, 502, 503]
+STATUSES = [200] * 6 + [400, 402, 408, 409, 413, 422, 401, 403, 404, 429, 500, 502, 503]
 
 
 @st.composite
@@ -302,12 +302,12 @@ def expected(direct: Read, answer: Answer) -> Read:
     differences the README states (Gateway: Streaming, fallback, client errors), and only those:
 
     - "An upstream that fails before the first byte of its answer is recorded as a failure of
-      its arm: connection refused, a 5xx, ..., a 401, 403, 404 or 429, ..., an empty answer, a
-      2xx in another form than asked (... not a JSON object otherwise, read as the openai SDK
-      reads it ...), ... or one [a non-streamed answer or 4xx body] whose connection breaks
-      before its end ... When every try fails the answer is a 502 naming each arm and what
-      happened to it" (the only arm here, ``m``, named in the request: "A request naming an
-      arm is not retried on another"); the reasons are ``UpstreamFailure``'s, in
+      its arm: connection refused, a 5xx, ..., a 401, 402, 403, 404, 408, 409 or 429, ..., an
+      empty answer, a 2xx in another form than asked (... not a JSON object otherwise, read as
+      the openai SDK reads it ...), ... or one [a non-streamed answer or 4xx body] whose
+      connection breaks before its end ... When every try fails the answer is a 502 naming
+      each arm and what happened to it" (the only arm here, ``m``, named in the request: "A
+      request naming an arm is not retried on another"); the reasons are ``UpstreamFailure``'s, in
       ``bandit_router.http.gateway._attempt`` and ``_read``;
     - "Any other 4xx from the upstream is the client's error: it passes through unchanged
       (status, body and content type ...)": the SDK reads the same error;
@@ -318,6 +318,9 @@ def expected(direct: Read, answer: Answer) -> Read:
     length), where it is cut in pieces and its encoding ("one it encodes all the same (gzip,
     deflate) is decoded, as the SDK would", What the gateway reads and forwards) change nothing
     the SDK reads: no difference is allowed for them."""
+    if answer.status == 429:  # "when every one was the upstream's rate limit (429), OpenAI's
+        message = "every upstream tried failed: m: status 429"  # 429 instead"
+        return Read(None, openai.RateLimitError, 429, message)
     if answer.status >= 500 or answer.status in ARM_STATUSES:
         return _arms_failure(f"status {answer.status}")
     if answer.broken(b"identity"):
@@ -365,6 +368,7 @@ ERROR = b'{"error":{"message":"max_tokens is too large","type":"invalid_request_
 @example(_ok(SUNNY % b"null", encoding="always"))
 @example(_ok(ERROR, status=400, encoding="always"))
 @example(_ok(b""))
+@example(_ok(ERROR, status=429))
 def test_the_sdk_reads_through_the_gateway_the_answer_it_reads_from_the_upstream(
     both: Both, answer: Answer
 ) -> None:
@@ -379,7 +383,7 @@ def test_the_sdk_reads_through_the_gateway_the_answer_it_reads_from_the_upstream
     want = expected(direct, answer)
     assert through.raised is want.raised, (through, direct)
     assert through.status == want.status, (through, direct)
-    if want.status == 502:  # the gateway's message; the SDK says the status before it
+    if want.status in (429, 502):  # the gateway's message; the SDK says the status before it
         assert want.message is not None and want.message in (through.message or ""), through
     else:
         assert (through.parsed, through.message, through.body) == (

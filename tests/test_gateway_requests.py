@@ -178,6 +178,24 @@ def test_the_bodys_deployment_is_the_routers_and_not_forwarded(
     assert orjson.loads(upstream.bodies[-1]) == {"model": "plain", "messages": messages}
 
 
+def test_the_apps_headers_and_query_stay_with_the_gateway(serve: Serve, scripted: Start) -> None:
+    """What the SDK's ``extra_headers`` add, and its own headers (the service key in
+    ``Authorization`` above all), never reach the upstream: it gets the body, its content type
+    and ``Accept-Encoding: identity`` (and the arm's key, none here). The URL it is sent to is
+    the arm's ``base_url`` and ``/chat/completions``, whatever query the app added."""
+    url, upstream = scripted({"plain": PLAIN})
+    base = _gateway(serve, url, {"plain": PLAIN})
+    sdk_client(base, KEY).chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Weather?"}],
+        extra_headers={"OpenAI-Beta": "assistants=v2", "HTTP-Referer": "https://app.example"},
+        extra_query={"api-version": "2024-10-21"},
+    )
+    sent = upstream.headers[-1]
+    assert set(sent) <= {b"host", b"content-type", b"content-length", b"accept", b"accept-encoding"}
+    assert (sent[b"content-type"], sent[b"accept-encoding"]) == (b"application/json", b"identity")
+
+
 def _chunk(choices: list[Any], usage: Any = None) -> bytes:
     """An OpenAI stream chunk as OpenAI sends it with include_usage: ``usage`` null but in the
     last."""

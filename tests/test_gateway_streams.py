@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.http.gateway import END_AFTER_DONE_S, _chunks, _unread
-from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter
+from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter, retry_after
 from tests.conftest import wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
 from tests.upstreams import BREAK, DONE, STALL, Script, Scripted, chunk, scripted
@@ -110,9 +110,9 @@ def test_the_arms_4xx_go_to_another_arm_and_the_clients_pass_through(
     failures = _failures(base)
     for name, kind in [("keyless", "config"), ("renamed", "config"), ("limited", "rate_limit")]:
         assert any(f'arm="{name}",kind="{kind}"' in line for line in failures), failures
-    for name, status in [("keyless", 401), ("limited", 429)]:
+    for name, status, answered in [("keyless", 401, 502), ("limited", 429, 429)]:
         alone = httpx.post(f"{base}/v1/chat/completions", content=_body(name, True), headers=AUTH)
-        assert alone.status_code == 502 and f"{name}: status {status}, " in alone.text
+        assert alone.status_code == answered and f"{name}: status {status}, " in alone.text
         assert "sk-abc" not in alone.text
     url, _ = scripted({"picky": Script((b'{"error": {"message": "bad messages"}}',), 400)})
     base = _gateway(serve, url, {"picky": GOOD})
@@ -127,6 +127,132 @@ def test_the_arms_4xx_go_to_another_arm_and_the_clients_pass_through(
     assert refused.headers["content-type"] == "text/html; charset=utf-8"
     assert refused.headers["x-content-type-options"] == "nosniff"
     assert refused.headers["content-security-policy"] == "default-src 'none'; sandbox"
+
+
+SLOW_DOWN = b'{"error": {"message": "slow down", "code": "rate_limit_exceeded"}}'
+RATE_LIMITED = {
+    "busy": Script((SLOW_DOWN,), 429, "application/json", (("retry-after", "3"),)),
+    "busier": Script((SLOW_DOWN,), 429, "application/json", (("retry-after-ms", "1500"),)),
+    "bare": Script((SLOW_DOWN,), 429, "application/json"),
+    "busiest": Script((SLOW_DOWN,), 429, "application/json", (("retry-after", "5"),)),
+    "down": Script((b"{}",), 503, "application/json"),
+}
+
+
+def test_every_arm_rate_limited_is_a_429_the_sdk_waits_out(serve: Serve, scripted: Start) -> None:
+    """When every arm tried was at its rate limit the app gets OpenAI's 429, so the SDK raises
+    ``RateLimitError`` (what apps catch to back off) and, retrying, waits as long as the
+    upstreams asked: the shortest of their ``Retry-After`` (``retry-after-ms`` read too), in
+    whole seconds. Answered as a 502 it was an ``InternalServerError``, which the SDK retried
+    half a second later, into the same limits: another failure of each arm."""
+    url, upstream = scripted(RATE_LIMITED)
+
+    def gateway(*names: str) -> openai.OpenAI:
+        base = _gateway(serve, url, {n: RATE_LIMITED[n] for n in names}, gateway_retries=1)
+        return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+
+    client = gateway("busy", "busier")
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="auto", messages=HI)
+    assert limited.value.code == "rate_limit_exceeded" and limited.value.param == "model"
+    for name in ("busy", "busier"):
+        assert f"{name}: status 429, the upstream's rate limit" in limited.value.message
+    assert limited.value.response.headers["retry-after"] == "2"  # 1.5 s, the shorter
+    calls, began = upstream.requests, time.monotonic()
+    with pytest.raises(openai.RateLimitError):
+        client.with_options(max_retries=1).chat.completions.create(model="auto", messages=HI)
+    assert time.monotonic() - began >= 2 and upstream.requests - calls == 4
+    client.close()
+
+    # One said nothing, or one was not tried (BANDIT_GATEWAY_RETRIES): when the gateway could
+    # answer is not known, and the SDK's own backoff (half a second on) is the wait
+    for arms in [("busy", "bare"), ("busy", "busier", "busiest")]:
+        client = gateway(*arms)
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(model="auto", messages=HI)
+        assert "retry-after" not in limited.value.response.headers
+        client.close()
+
+    client = gateway("busy", "down")  # not every failure a rate limit: the gateway's 502
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model="auto", messages=HI)
+    assert failed.value.status_code == 502 and "retry-after" not in failed.value.response.headers
+    client.close()
+
+
+def test_arms_whose_settings_failed_are_not_retried_by_the_sdk(
+    serve: Serve, scripted: Start
+) -> None:
+    """When every arm tried failed for its settings (a refused key, no such model, no credit
+    left), the SDK's retries cannot help before the operator fixes them: the 502 says
+    ``x-should-retry: false``, which the SDK obeys. Without it the SDK's default two retries
+    called the upstream three times with the refused key, three decisions, three failures. A 5xx
+    among them may pass: that 502 is retried as before."""
+    scripts = {"keyless": ARM_4XX["keyless"], "renamed": ARM_4XX["renamed"]}
+    down = {"down": Script((b"{}",), 503, "application/json")}
+    url, upstream = scripted(scripts | down)
+    base = _gateway(serve, url, scripts | down, gateway_retries=1)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=2)
+    for model, calls, retried in [("keyless", 1, "false"), ("down", 3, None)]:
+        before = upstream.requests
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=model, messages=HI)
+        assert upstream.requests - before == calls
+        assert failed.value.response.headers.get("x-should-retry") == retried
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # OpenAI's, read first
+        ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date past: at once
+        ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, 86_400.0),  # a day at most
+        ({"retry-after": "1e400"}, None),
+        ({"retry-after": "-1"}, None),
+        ({"retry-after": "later"}, None),
+        ({}, None),
+    ],
+)
+def test_an_upstreams_wait_is_read_as_the_sdk_reads_it(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    assert retry_after(headers) == seconds
+
+
+CREDIT = b'{"error": {"message": "Insufficient credits: account acct_93 has $0.02 left"}}'
+NOT_THE_REQUESTS = {
+    "unpaid": (Script((CREDIT,), 402, "application/json"), "config"),
+    "slow": (Script((b'{"error": {"message": "Your request timed out"}}',), 408), "timeout"),
+    "locked": (Script((b'{"error": {"message": "lock timeout"}}',), 409), "status"),
+}
+
+
+def test_an_account_out_of_credit_and_the_statuses_the_sdk_retries_are_the_arms(
+    serve: Serve, scripted: Start
+) -> None:
+    """A 402 (OpenRouter's: the gateway's account has no credit left) says something of the
+    arm's settings, as a refused key does; a 408 or 409 is a request the upstream could not
+    finish as sent (the SDK retries both unchanged): none is the client's error. Passed
+    through, the app got the upstream's 402 with the account's balance, or the SDK retried a
+    408 against the gateway, each retry a new decision, and the arm was never charged."""
+    answer = b'{"id":"c","object":"chat.completion","created":0,"model":"good","choices":[]}'
+    good = Script((answer,), content_type="application/json")
+    scripts = {name: script for name, (script, _) in NOT_THE_REQUESTS.items()} | {"good": good}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=len(NOT_THE_REQUESTS))
+    client = sdk_client(base, KEY)
+    for _ in range(6):
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=HI)
+        assert raw.headers["x-bandit-arm"] == "good" and raw.parse().model == "good"
+    failures = _failures(base)
+    for name, (_, kind) in NOT_THE_REQUESTS.items():
+        assert any(f'arm="{name}",kind="{kind}"' in line for line in failures), failures
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(model="unpaid", messages=HI)
+    assert "unpaid: status 402, the upstream wants payment" in refused.value.message
+    assert "acct_93" not in refused.value.response.text
 
 
 # A client that stops reading

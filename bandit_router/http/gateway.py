@@ -97,6 +97,25 @@ class BadGateway(RouterError):
     status_code = 502
     field = "model"
 
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry  # False: the SDK is told not to (x-should-retry), it cannot help
+
+
+class RateLimited(RouterError):
+    """Every arm tried was at its upstream's rate limit: OpenAI's 429, which the SDK raises as
+    ``RateLimitError`` and retries after the ``Retry-After`` it carries."""
+
+    status_code = 429
+    field = "model"
+
+    def __init__(self, message: str, waits: list[float | None]) -> None:
+        super().__init__(message)
+        # The gateway can answer once any of them frees: the shortest wait, when each said one
+        # (``waits`` empty: no wait known)
+        if waits and all(w is not None for w in waits):
+            self.retry_after_s = math.ceil(min(w for w in waits if w is not None))
+
 
 @dataclass(frozen=True, slots=True)
 class ChatCall:
@@ -322,16 +341,24 @@ def _unsendable(value: Any) -> str | None:
 def error_response(exc: BaseException, router: Router | None) -> Response:
     """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``."""
     status, raw = failure(exc, router, "gateway")
-    code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+    code = CODES.get(type(exc))
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
     retry = exc.retry_after_s if isinstance(exc, RouterError) else None
-    headers = {"retry-after": str(retry)} if retry is not None else None
+    headers = {"retry-after": str(retry)} if retry is not None else {}
+    if isinstance(exc, BadGateway) and not exc.retry:  # a header the SDK obeys before status
+        headers["x-should-retry"] = "false"
     return Response(
         openai_error(status, raw, code),
         status_code=status,
         media_type="application/json",
         headers=headers,
     )
+
+
+CODES: dict[type[BaseException], str] = {
+    ModelNotFound: "model_not_found",
+    RateLimited: "rate_limit_exceeded",  # OpenAI's code for its own 429
+}
 
 
 def openai_error(status: int, raw: bytes, code: str | None = None) -> bytes:
@@ -553,7 +580,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
     slot = Slot(upstreams)  # taken now, before any await: the bound holds under a burst
     try:
         decision = await _choose(router, call, eligible, direct)
-        failures: list[str] = []
+        failures: list[UpstreamFailure] = []
         tried: set[str] = set()
         for attempt in range(retries + 1):
             arm = gateway.arms[decision.arm]
@@ -562,7 +589,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
                 return await _attempt(gateway, router, call, arm, decision.event_id, slot)
             except UpstreamFailure as failed:
                 gateway.failed(arm.name, f"failed: {failed.logged}")
-                failures.append(str(failed))
+                failures.append(failed)
                 await record_failure(
                     gateway, router, decision.event_id, call.weights, arm.name, failed.kind
                 )
@@ -570,7 +597,13 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             if not left or attempt == retries:
                 break
             decision = await _choose(router, call, left)
-        raise BadGateway("every upstream tried failed: " + "; ".join(failures))
+        said = "every upstream tried failed: " + "; ".join(map(str, failures))
+        if all(f.kind == "rate_limit" for f in failures):
+            # An arm not tried (BANDIT_GATEWAY_RETRIES) may answer at once: no wait is known
+            untried = any(name not in tried for name in eligible)
+            raise RateLimited(said, [] if untried else [f.retry_after_s for f in failures])
+        # Arms that failed for their settings fail again until the operator fixes them
+        raise BadGateway(said, retry=not all(f.kind == "config" for f in failures))
     finally:
         if not slot.handed_over:
             slot.release()

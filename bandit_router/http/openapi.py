@@ -47,6 +47,7 @@ ERROR_TEXT = {
     500: "internal error; the service log has the details",
     503: "Redis unavailable; retry",
     502: "every upstream tried failed; the message says how each did",
+    429: "every upstream tried was at its rate limit; Retry-After, when given, is the wait",
 }
 
 
@@ -155,6 +156,7 @@ GATEWAY = (
         413,
         415,
         422,
+        429,
         500,
         502,
         503,
@@ -164,7 +166,7 @@ GATEWAY = (
     | {
         "4XX": {
             "description": "the upstream's own 4xx, passed through as it came (its status "
-            "and body); not its 401, 403, 404 or 429, each a failure of its arm"
+            "and body); not its 401, 402, 403, 404, 408, 409 or 429, each a failure of its arm"
         }
     }
 )

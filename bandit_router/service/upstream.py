@@ -8,12 +8,15 @@ log line or exception here carries one.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, TypeGuard
 
@@ -26,15 +29,21 @@ from bandit_router.settings import ArmSpec, Settings
 log = logging.getLogger("bandit_router")
 DONE = b"data: [DONE]"
 MAX_EVENT_BYTES = 1 << 20  # a streamed event the meter holds while it waits for the event's end
+MAX_RETRY_AFTER_S = 86_400.0  # an upstream's Retry-After passed on: a day at most
 MAX_USAGE_TOKENS = 100_000_000  # tokens one call can count, per side: far past any context window
 
 
-# The 4xx that say something of the arm, not of the client's request: the gateway's key or the
-# arm's model and path (its settings), or the upstream's rate limit. Another arm may answer.
+# The 4xx that say something of the arm, not of the client's request: the gateway's key, its
+# account or the arm's model and path (its settings), the upstream's rate limit, or a request
+# the upstream could not finish as sent (408, 409: the openai SDK retries those unchanged, so
+# they are no fault of the request). Another arm may answer.
 ARM_STATUSES: dict[int, tuple[str, str]] = {
     401: ("the upstream refused the arm's key (api_key_env)", "config"),
+    402: ("the upstream wants payment: the arm's account is out of credit", "config"),
     403: ("the upstream refused the arm's key (api_key_env)", "config"),
     404: ("the upstream knows no such model or path (the arm's model, base_url)", "config"),
+    408: ("the upstream timed out", "timeout"),
+    409: ("the upstream's conflict (a lock timeout, retried as sent)", "status"),
     429: ("the upstream's rate limit", "rate_limit"),
 }
 
@@ -45,12 +54,20 @@ class UpstreamFailure(Exception):
     The message says what happened (connection failed, timed out, status 5xx) and never holds a
     key or the upstream's reply."""
 
-    def __init__(self, arm: str, reason: str, kind: str = "status", logged: str = "") -> None:
+    def __init__(
+        self,
+        arm: str,
+        reason: str,
+        kind: str = "status",
+        logged: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(f"{arm}: {reason}")
         self.arm = arm
         self.reason = reason
         self.kind = kind  # a metric label (README, Metrics: bandit_gateway_upstream_failures_total)
         self.logged = logged or reason  # for the operator's log: may name the settings
+        self.retry_after_s = retry_after_s  # a rate limit's wait, as the upstream said it
 
 
 def _said(arm: str, message: str) -> None:
@@ -241,12 +258,35 @@ class Upstreams:
         if response.status in ARM_STATUSES:
             response.release()  # its body may quote the gateway's key, masked or not
             meaning, kind = ARM_STATUSES[response.status]
-            raise UpstreamFailure(arm.name, f"status {response.status}, {meaning}", kind)
+            wait = retry_after(response.headers) if kind == "rate_limit" else None
+            reason = f"status {response.status}, {meaning}"
+            raise UpstreamFailure(arm.name, reason, kind, retry_after_s=wait)
         return response
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """How long an upstream asked to wait, in seconds, as the openai SDK reads it: OpenAI's
+    ``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date; None when it said
+    nothing readable (a negative or non-finite number, a text)."""
+    for name, unit in (("retry-after-ms", 1000), ("retry-after", 1)):
+        given = headers.get(name, "").strip()
+        try:
+            seconds = float(given) / unit
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return min(seconds, MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(headers.get("retry-after", ""))
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # not an HTTP date (those are GMT): no time to wait for
+        return None
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
 
 
 @dataclass(slots=True)
