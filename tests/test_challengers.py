@@ -935,3 +935,77 @@ def test_a_challenger_that_cannot_choose_is_dropped_and_the_champion_learns_on(
         await again.store.close()
 
     asyncio.run(scenario())
+
+
+# A challenger slow to learn (LinUCB's matrices at their widest: milliseconds an event), so that
+# replaying a few hundred events to it outlasts the shortest lease the settings take.
+SLOW_CHALLENGER = "linucb:dim=1024"
+
+
+async def _logged_apart(settings: Settings, n: int) -> None:
+    """``n`` rewarded decisions logged by a process that does not learn them (an API process
+    while the learner apart is stopped): a backlog for the next learner."""
+    router = await _open(settings.model_copy(update={"learn_in_workers": False}))
+    rng = random.Random(31)
+    for _ in range(n):
+        query, best = rng.choice(PLANTED_QUERIES)
+        result = await router.choose(query)
+        paid = rng.random() < (0.8 if result.arm == best else 0.2)
+        await router.reward(result.event_id, RewardParts(reward=float(paid)))
+    await router.close()
+    await router.store.close()
+
+
+def test_a_catch_up_longer_than_the_lease_keeps_it(make_settings: SettingsFactory) -> None:
+    """A learner that takes over a backlog replays it to its challengers (from their snapshot)
+    holding the lease: it renews the lease meanwhile, as its loop does between steps. Before,
+    the lease lapsed during the replay, the publish after it was refused as a lost lease, and
+    the next lead replayed the same backlog again: with a learner apart stopped for a while
+    under traffic (100,000 events, two challengers, 30 s a replay), it never published again."""
+    settings = _settings(
+        make_settings,
+        challengers=SLOW_CHALLENGER,
+        learner_lease_s=0.5,
+        snapshot_every=5000,
+        publish_s=3600,
+    )
+
+    async def scenario() -> None:
+        first = await _open(settings)  # leads, and publishes the challengers at the log's start
+        await first.learner.publish()
+        await first.close()
+        await first.store.close()
+        await _logged_apart(settings, 400)
+
+        router = await _open(settings)  # catches up: the champion, then the challenger
+        assert router.learner.leading
+        assert await router.learner.publish() == 400  # before: NotLearner (the lease lapsed)
+        lease = await router.store.redis.get(router.store.key(KEY_LEASE))
+        assert lease == router.learner.name.encode()
+        assert await router.learner.lead()  # its renewal finds the lease its own
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_switch_relearning_a_log_longer_than_the_lease_keeps_it(
+    make_settings: SettingsFactory,
+) -> None:
+    """``POST /admin/policy`` relearns the whole log under the lease, renewing it meanwhile;
+    before, the lease lapsed during a long relearning and the switched model was not published
+    (another worker could take the lease and relearn the whole log in turn)."""
+    settings = _settings(make_settings, challengers="", learner_lease_s=0.5, publish_s=3600)
+
+    async def scenario() -> None:
+        await _logged_apart(settings, 400)
+        router = await _open(settings)
+        assert router.learner.leading
+        await router.learner.switch(parse_policy_spec(SLOW_CHALLENGER), store=True)
+        head = await router.store.snapshot_head()
+        assert head is not None and head[:2] == (SLOW_CHALLENGER, 400)  # before: not published
+        assert router.learner.leading
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
