@@ -1009,3 +1009,31 @@ def test_a_switch_relearning_a_log_longer_than_the_lease_keeps_it(
         await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_switch_whose_lease_passes_to_another_learner_says_so(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner that finds the lease another's while it relearns the log for a switch stops
+    there and tells the admin (409), the switch stored for the learner that leads; before, it
+    relearned to the end, its publish was refused, and the admin was answered as if switched."""
+    settings = _settings(make_settings, challengers="", learner_lease_s=0.5, publish_s=3600)
+
+    async def scenario() -> None:
+        await _logged_apart(settings, 50)
+        router = await _open(settings)
+        assert router.learner.leading
+        await router.store.redis.set(router.store.key(KEY_LEASE), "another-learner")
+        await asyncio.sleep(0.2)  # past a third of the lease: the relearning renews it first
+        with pytest.raises(NotLearner) as refused:
+            await router.learner.switch(parse_policy_spec("egreedy"), store=True)
+        assert refused.value.status_code == 409
+        assert "the switch is stored" in refused.value.message
+        assert await router.store.policy_override() == "egreedy"
+        assert not router.learner.leading
+        assert str(router.model.spec) == "random"  # not switched here: the leader switches
+        assert (await router.store.snapshot_head() or ("",))[0] != "egreedy"
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())

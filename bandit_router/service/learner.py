@@ -729,9 +729,13 @@ class Learner:
                 await self.store.set_policy_override(str(spec))
             try:
                 await self._switch(spec)
-            except LeaseLapsed:  # stored: the learner that leads next makes the switch
+            except LeaseLapsed:
                 self._lapsed()
-                raise NotLearner() from None
+                raise NotLearner(
+                    f"the learner lease passed to another process while this one relearned the "
+                    f"log for policy {spec}; "
+                    + ("the switch is stored, and the learner makes it" if store else "not made")
+                ) from None
 
     async def _switch(self, spec: PolicySpec) -> None:
         """``switch``, the lock held."""
