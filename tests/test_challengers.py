@@ -935,3 +935,105 @@ def test_a_challenger_that_cannot_choose_is_dropped_and_the_champion_learns_on(
         await again.store.close()
 
     asyncio.run(scenario())
+
+
+# A challenger slow to learn (LinUCB's matrices at their widest: milliseconds an event), so that
+# replaying BACKLOG events to it outlasts LEASE_S several times over (about 5 s here), while a
+# renewal every third of the lease leaves a second for the process to be late.
+SLOW_CHALLENGER = "linucb:dim=1024"
+BACKLOG = 1000
+LEASE_S = 1.5
+
+
+async def _logged_apart(settings: Settings, n: int) -> None:
+    """``n`` rewarded decisions logged by a process that does not learn them (an API process
+    while the learner apart is stopped): a backlog for the next learner."""
+    router = await _open(settings.model_copy(update={"learn_in_workers": False}))
+    rng = random.Random(31)
+    for _ in range(n):
+        query, best = rng.choice(PLANTED_QUERIES)
+        result = await router.choose(query)
+        paid = rng.random() < (0.8 if result.arm == best else 0.2)
+        await router.reward(result.event_id, RewardParts(reward=float(paid)))
+    await router.close()
+    await router.store.close()
+
+
+def test_a_catch_up_longer_than_the_lease_keeps_it(make_settings: SettingsFactory) -> None:
+    """A learner that takes over a backlog replays it to its challengers (from their snapshot)
+    holding the lease: it renews the lease meanwhile, as its loop does between steps. Before,
+    the lease lapsed during the replay, the publish after it was refused as a lost lease, and
+    the next lead replayed the same backlog again: with a learner apart stopped for a while
+    under traffic (100,000 events, two challengers, 30 s a replay), it never published again."""
+    settings = _settings(
+        make_settings,
+        challengers=SLOW_CHALLENGER,
+        learner_lease_s=LEASE_S,
+        snapshot_every=5000,
+        publish_s=3600,
+    )
+
+    async def scenario() -> None:
+        first = await _open(settings)  # leads, and publishes the challengers at the log's start
+        await first.learner.publish()
+        await first.close()
+        await first.store.close()
+        await _logged_apart(settings, BACKLOG)
+
+        router = await _open(settings)  # catches up: the champion, then the challenger
+        assert router.learner.leading
+        assert await router.learner.publish() == BACKLOG  # before: NotLearner (lease lapsed)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_switch_relearning_a_log_longer_than_the_lease_keeps_it(
+    make_settings: SettingsFactory,
+) -> None:
+    """``POST /admin/policy`` relearns the whole log under the lease, renewing it meanwhile;
+    before, the lease lapsed during a long relearning and the switched model was not published
+    (another worker could take the lease and relearn the whole log in turn)."""
+    settings = _settings(make_settings, challengers="", learner_lease_s=LEASE_S, publish_s=3600)
+
+    async def scenario() -> None:
+        await _logged_apart(settings, BACKLOG)
+        router = await _open(settings)
+        assert router.learner.leading
+        await router.learner.switch(parse_policy_spec(SLOW_CHALLENGER), store=True)
+        head = await router.store.snapshot_head()
+        assert head is not None and head[:2] == (SLOW_CHALLENGER, BACKLOG)  # before: none
+        assert router.learner.leading
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_switch_whose_lease_passes_to_another_learner_says_so(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner that finds the lease another's while it relearns the log for a switch stops
+    there and tells the admin (409), the switch stored for the learner that leads; before, it
+    relearned to the end, its publish was refused, and the admin was answered as if switched."""
+    settings = _settings(make_settings, challengers="", learner_lease_s=0.5, publish_s=3600)
+
+    async def scenario() -> None:
+        await _logged_apart(settings, 50)
+        router = await _open(settings)
+        assert router.learner.leading
+        await router.store.redis.set(router.store.key(KEY_LEASE), "another-learner")
+        await asyncio.sleep(0.2)  # past a third of the lease: the relearning renews it first
+        with pytest.raises(NotLearner) as refused:
+            await router.learner.switch(parse_policy_spec("egreedy"), store=True)
+        assert refused.value.status_code == 409
+        assert "the switch is stored" in refused.value.message
+        assert await router.store.policy_override() == "egreedy"
+        assert not router.learner.leading
+        assert str(router.model.spec) == "random"  # not switched here: the leader switches
+        assert (await router.store.snapshot_head() or ("",))[0] != "egreedy"
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())

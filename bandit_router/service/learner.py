@@ -48,7 +48,7 @@ from bandit_router.service.challengers import Bench, in_pool, summary
 from bandit_router.service.outage import Outage
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Logged, Snapshot, Unreadable, stream_id_key
-from bandit_router.store.repository import LEASE_TAKEN, Store
+from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import when_available
 from bandit_router.throttle import Throttle
 
@@ -60,6 +60,11 @@ KEPT_CHOSEN = 1024  # recent decisions whose features learning reuses (policies.
 # An idle learner doubles its wait after each empty read, from poll_s up to this: a poll costs a
 # few Redis calls, and a service runs a learner per deployment.
 IDLE_POLL_S = 1.0
+
+
+class LeaseLapsed(Exception):
+    """The learner's lease lapsed, or passed to another learner, during a replay it made under
+    it (``Learner._keep_lease``)."""
 
 
 @dataclass
@@ -235,6 +240,7 @@ class Learner:
         self._started = 0  # steps started; the number of the newest one that read the log:
         self._read = 0  # concurrent callers share a step that started after they called
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
+        self._lease_at = -math.inf  # when the lease was last taken or renewed (monotonic)
         self._relead = False  # a read's reply was lost: lead anew at once (``_read_lost``)
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
@@ -361,60 +367,31 @@ class Learner:
         """Take or renew the lease; on taking it, catch up from the newest snapshot and the log."""
         lease = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
         held = lease != 0
+        if held:
+            self._lease_at = time.monotonic()
         # Its lease lapsed before this renewal (the process froze: SIGSTOP, a paused VM), so
         # another learner may have led meanwhile and published a newer model: lead anew from
         # Redis, as a process taking the lease does. Going on with the model it froze with
         # published that over the newer one, and what the other had learned was lost. Said
-        # below, unless Redis lost its data (the lease with it).
+        # in ``_take_over``, unless Redis lost its data (the lease with it).
         lapsed = lease == LEASE_TAKEN and self.leading
         if lapsed:
             self.leading = False
-        if held and self.leading:
-            await self._follow_switch()
-        if held and not self.leading:
-            async with self._lock:
-                # A promotion this process made and never published (its lease was lost, or
-                # Redis failed: the admin was told) is dropped with the model it swapped in:
-                # what Redis holds serves. Published later, its record and override would
-                # contradict the model reloaded here.
-                self._promotion = None
-                await self.store.ensure_group()
-                await self.store.prune_consumers(keep=self.name)  # learners gone since
-                # before these reads, which set them
-                seen, override = self.store.model_seen, self.store.override_seen
-                snapshot = await self.store.load_snapshot()
-                lost = snapshot is None and seen
-                if lapsed and not lost:
-                    log.warning(
-                        "%slearner %s: its lease had lapsed; leading anew from Redis",
-                        self.where,
-                        self.name,
-                    )
-                # The policy serving now, not the one this process loaded: a promotion or a
-                # switch since then (this process followed, and may not have refreshed) would
-                # otherwise be undone, the promoted model relearned as the old champion.
-                spec = await effective_spec(self.store, self.settings, self._refused)
-                if lost:
-                    spec = await self._published_again(spec, override)
-                # Newer: learned further in the log (a reset's version 0 included), as a follower
-                # sees it; then by version. A publish of an older model would be refused.
-                newer = snapshot is not None and (
-                    stream_id_key(snapshot.stream_id),
-                    snapshot.version,
-                ) > (stream_id_key(self.model.stream_id), self.model.version)
-                if newer or spec != self.model.spec:
-                    self.model = restore(snapshot, spec, self.settings)
-                self.bench = await self._open_bench()
-                async for event in self.store.events(after=self.model.stream_id):
-                    self._learn(event)
-                self._led_upto = self.model.stream_id
-                published = snapshot.version if snapshot is not None else 0
-                # A model Redis lost is published again at the next step, not a period later:
-                # a process starting meanwhile would learn from the empty log, and serve that.
-                self._published = (published, -math.inf if lost else time.monotonic())
-            log.info(
-                "%slearner %s leads at model version %d", self.where, self.name, self.model.version
+        try:
+            if held and self.leading:
+                await self._follow_switch()
+            if held and not self.leading:
+                await self._take_over(lapsed)
+        except LeaseLapsed:
+            # A replay under the lease (a backlog, a switch's relearning) renews it as it goes:
+            # it lapsed all the same (the process stalled), or another learner took it.
+            log.warning(
+                "%slearner %s: its lease lapsed while it caught up with the log; leading anew",
+                self.where,
+                self.name,
             )
+            self._lapsed()
+            return False
         if not held:
             self.bench = None
             if not self._waits_said:
@@ -430,6 +407,55 @@ class Learner:
             self._waits_said = False
         self.leading = held
         return held
+
+    async def _take_over(self, lapsed: bool) -> None:
+        """Lead from Redis: its newest snapshot, the challengers as published, and the log after
+        them, replayed under the lease (renewed as it goes: ``LeaseLapsed``). ``lapsed``: this
+        process led, and its lease lapsed before this renewal."""
+        async with self._lock:
+            # A promotion this process made and never published (its lease was lost, or
+            # Redis failed: the admin was told) is dropped with the model it swapped in:
+            # what Redis holds serves. Published later, its record and override would
+            # contradict the model reloaded here.
+            self._promotion = None
+            await self.store.ensure_group()
+            await self.store.prune_consumers(keep=self.name)  # learners gone since
+            # before these reads, which set them
+            seen, override = self.store.model_seen, self.store.override_seen
+            snapshot = await self.store.load_snapshot()
+            lost = snapshot is None and seen
+            if lapsed and not lost:
+                log.warning(
+                    "%slearner %s: its lease had lapsed; leading anew from Redis",
+                    self.where,
+                    self.name,
+                )
+            # The policy serving now, not the one this process loaded: a promotion or a
+            # switch since then (this process followed, and may not have refreshed) would
+            # otherwise be undone, the promoted model relearned as the old champion.
+            spec = await effective_spec(self.store, self.settings, self._refused)
+            if lost:
+                spec = await self._published_again(spec, override)
+            # Newer: learned further in the log (a reset's version 0 included), as a follower
+            # sees it; then by version. A publish of an older model would be refused.
+            newer = snapshot is not None and (
+                stream_id_key(snapshot.stream_id),
+                snapshot.version,
+            ) > (stream_id_key(self.model.stream_id), self.model.version)
+            if newer or spec != self.model.spec:
+                self.model = restore(snapshot, spec, self.settings)
+            self.bench = await self._open_bench()
+            async for event in self.store.events(after=self.model.stream_id):
+                self._learn(event)
+                await self._keep_lease()
+            self._led_upto = self.model.stream_id
+            published = snapshot.version if snapshot is not None else 0
+            # A model Redis lost is published again at the next step, not a period later:
+            # a process starting meanwhile would learn from the empty log, and serve that.
+            self._published = (published, -math.inf if lost else time.monotonic())
+        log.info(
+            "%slearner %s leads at model version %d", self.where, self.name, self.model.version
+        )
 
     async def _published_again(self, spec: PolicySpec, override: str | None) -> PolicySpec:
         """Redis holds no model, though this process saw one there: Redis lost its data (a
@@ -482,8 +508,27 @@ class Learner:
                     break
                 if isinstance(event, Event):
                     bench.learn(event, self.arms)
+                await self._keep_lease()
         bench.stream_id = self.model.stream_id
         return bench
+
+    def _lapsed(self) -> None:
+        """The lease lapsed during a replay: not leading, what it replayed to is reloaded from
+        Redis when it leads again."""
+        self.bench = None
+        self.leading = False
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease when a third of it has passed, during a replay made under it (the
+        backlog a learner takes over, a switch's relearning of the whole log), as ``run``
+        renews it between steps: a replay of a long log outlasts the lease. ``LeaseLapsed``
+        when it is no longer this learner's own, held throughout."""
+        if time.monotonic() - self._lease_at < self.settings.learner_lease_s / 3:
+            return
+        lease = await self.store.hold_lease(self.name, self.settings.learner_lease_s)
+        if lease != LEASE_RENEWED:
+            raise LeaseLapsed()
+        self._lease_at = time.monotonic()
 
     async def step(self) -> int:
         """Learn what is new in the log (and what a dead learner left); publish when due.
@@ -577,7 +622,10 @@ class Learner:
             assert promotion is not None
             log.info("%spromotion of %s dropped: %s", self.where, promotion["to_policy"], e.message)
             # the switch drops the promotion, and replaces the model and bench it swapped in
-            await self._switch(await effective_spec(self.store, self.settings, self._refused))
+            try:
+                await self._switch(await effective_spec(self.store, self.settings, self._refused))
+            except LeaseLapsed:  # the next learner to lead makes the switch
+                self._lapsed()
             raise
         if not published:
             log.warning(
@@ -715,7 +763,15 @@ class Learner:
         async with self._lock:
             if store:
                 await self.store.set_policy_override(str(spec))
-            await self._switch(spec)
+            try:
+                await self._switch(spec)
+            except LeaseLapsed:
+                self._lapsed()
+                raise NotLearner(
+                    f"the learner lease passed to another process while this one relearned the "
+                    f"log for policy {spec}; "
+                    + ("the switch is stored, and the learner makes it" if store else "not made")
+                ) from None
 
     async def _switch(self, spec: PolicySpec) -> None:
         """``switch``, the lock held."""
@@ -730,6 +786,7 @@ class Learner:
                 old.learn(event, self.arms)  # the events it had not seen, as the bench's
             if self.bench is not None and isinstance(event, Event):
                 self.bench.learn(event, self.arms)  # the events the old model had not seen
+            await self._keep_lease()
         self.model = model
         if self.bench is not None:
             self.bench.set_champion(spec, old.policy if keep else None, keep_old=keep)
