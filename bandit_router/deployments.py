@@ -51,6 +51,7 @@ PROCESS_SETTINGS = frozenset(
         "body_timeout_s",
         "head_timeout_s",
         "send_timeout_s",
+        "gateway_max_concurrency",  # one pool of upstream calls serves every deployment's
     }
 )
 
@@ -177,7 +178,32 @@ def load_deployments(base: Settings) -> dict[str, Deployment]:
             )
         prefixes[deployment.prefix] = name
         found[name] = deployment
+    _models_apart(path, found)
     return found
+
+
+def _models_apart(path: Path, found: dict[str, Deployment]) -> None:
+    """A gateway request's ``model`` naming a deployment lets that deployment choose: an arm
+    with an upstream, or a deployment's ``gateway_model``, named as another deployment could
+    never be asked for by that name (as an arm named as ``gateway_model`` is refused)."""
+    named = set(found) - {DEFAULT}
+    for name, deployment in found.items():
+        where = f"deployments file {path}: deployment {name!r}"
+        settings = deployment.settings
+        for arm in settings.arms:
+            if arm.upstream is not None and arm.name in named:
+                raise DeploymentsError(
+                    f"{where}: arm {arm.name!r} has an upstream and is named as deployment "
+                    f"{arm.name!r}, which the gateway's model names to let that deployment "
+                    "choose: rename the arm or the deployment"
+                )
+        if settings.gateway_model in named and settings.gateway_model != name:
+            setting = "gateway_model" if name != DEFAULT else "BANDIT_GATEWAY_MODEL"
+            raise DeploymentsError(
+                f"{where}: its {setting} {settings.gateway_model!r} is the name of deployment "
+                f"{settings.gateway_model!r}, which the gateway's model names to let that "
+                "deployment choose: rename the deployment, or set another gateway_model"
+            )
 
 
 def deployment_of_event(event_id: str, names: Any) -> str:

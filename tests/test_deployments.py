@@ -63,6 +63,10 @@ def test_the_file_defines_deployments_over_the_environment(tmp_path: Path) -> No
             "[deployments.a]\nshutdown_timeout_s = 5\n",
             "shutdown_timeout_s is a setting of the whole",
         ),
+        (
+            "[deployments.a]\ngateway_max_concurrency = 5\n",
+            "gateway_max_concurrency is a setting of the whole",
+        ),
         ("[deployments.support]\narmz = 'a'\n", "unknown setting 'armz'; valid: "),
         ("[deployments.support]\npolicy = 'nope'\n", "deployment 'support': policy: "),
         ("[deployments.support]\narms = 'a,a'\n", "arm names must be unique"),
@@ -251,12 +255,12 @@ def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
     assert "deployment 'coding'" in r.json()["detail"]
     r = client.post("/reward?deployment=coding", json={"event_id": event_id, "reward": 1})
     assert r.status_code == 200, r.text
-    # the gateway serves `default` only: another named there is refused, not served by default
+    # the gateway takes it too: `coding` decides (its arms have no upstream: its 404 says so)
     r = client.post(
         "/v1/chat/completions?deployment=coding",
         json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
     )
-    assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    assert r.status_code == 404 and "in deployment 'coding'" in r.json()["detail"], r.text
     # an empty one (a proxy's template with its variable unset) is `default` at every endpoint:
     # the gateway refused it, naming `deployment`, while /choose served it
     chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
@@ -265,23 +269,40 @@ def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
         assert r.status_code != 422 or r.json()["field"] != "deployment", (path, r.text)
 
 
-def test_the_gateway_refuses_another_deployment_wherever_it_is_named(
+def test_the_gateway_takes_the_deployment_wherever_it_is_named(
     many: tuple[TestClient, Settings],
 ) -> None:
-    """The body's ``deployment`` (as /choose takes it) was forwarded to the upstream and the call
-    decided and learned by ``default``; ``/v1/models?deployment=`` listed default's models."""
+    """The gateway served ``default`` only and refused another deployment (422). It takes one
+    as /choose does, ``?deployment=`` or the body's (not forwarded), or as ``model``; an
+    unknown one, or names that disagree, are refused naming the field and the valid names.
+    (These deployments' arms have no upstream: the deployment that decides says so, 404.)"""
     client, _ = many
     chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-    for deployment in ("coding", "nope", 7):
+    for where in ("query", "body", "model"):
+        query = "?deployment=coding" if where == "query" else ""
+        body = {**chat, "deployment": "coding"} if where == "body" else chat
+        body = {**body, "model": "coding"} if where == "model" else body
+        r = client.post(f"/v1/chat/completions{query}", json=body)
+        assert r.status_code == 404 and "in deployment 'coding'" in r.json()["detail"], r.text
+        assert r.json()["error"]["code"] == "model_not_found"
+    for deployment in ("nope", 7):
         r = client.post("/v1/chat/completions", json={**chat, "deployment": deployment})
         assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
         assert r.json()["error"]["param"] == "deployment"
-    r = client.post("/v1/chat/completions", json={**chat, "deployment": "coding"})
-    assert "the body's deployment 'coding'" in r.json()["detail"]
+    r = client.post("/v1/chat/completions", json={**chat, "deployment": "nope"})
+    assert "valid: default, support, coding" in r.json()["detail"]
+    r = client.post(
+        "/v1/chat/completions?deployment=coding", json={**chat, "deployment": "support"}
+    )
+    assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    r = client.post("/v1/chat/completions?deployment=coding", json={**chat, "model": "support"})
+    assert r.status_code == 422 and r.json()["field"] == "model", r.text
+    assert "deployment 'coding'" in r.json()["detail"]
     for path in ("/v1/models", "/v1/models/auto"):
-        r = client.get(f"{path}?deployment=coding")
+        r = client.get(f"{path}?deployment=nope")
         assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
         assert client.get(f"{path}?deployment=default").status_code != 422
+    assert client.get("/v1/models?deployment=coding").json()["data"] == []
 
 
 def test_a_deployment_key_opens_only_its_deployment(

@@ -255,8 +255,8 @@ def _body(path: str, deployment: str) -> bytes:
 
 def test_a_deployment_is_documented_as_one_of_those_served(serve: Serve, tmp_path: Path) -> None:
     """The document said any string for ``deployment``, so a client (or schemathesis) could not
-    learn the valid names but from a 422. Now each is an enum of the names served (the gateway's:
-    `default`), and the service takes every value listed and refuses one not listed."""
+    learn the valid names but from a 422. Now each is an enum of the names served (the gateway's
+    too), and the service takes every value listed and refuses one not listed."""
     deployments = tmp_path / "deployments.toml"
     deployments.write_text('[deployments.support]\narms = "4b,14b"\n')
     base = serve(admin_key="root-key", deployments_file=str(deployments))
@@ -264,13 +264,14 @@ def test_a_deployment_is_documented_as_one_of_those_served(serve: Serve, tmp_pat
     body = spec["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
     assert body["anyOf"][0]["enum"] == ["default", "support"]
     chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
-    assert chat["application/json"]["schema"]["properties"]["deployment"]["enum"] == ["default", ""]
+    schema = chat["application/json"]["schema"]["properties"]["deployment"]
+    assert schema["enum"] == ["default", "support", ""]
     checked = 0
     for path, method, op in _operations(spec):
         for parameter in op.get("parameters", []):
             if parameter["name"] != "deployment":
                 continue
-            served = ["default"] if path.startswith("/v1/") else ["default", "support"]
+            served = ["default", "support"]
             assert parameter["schema"]["enum"] == [*served, ""], path
             for name, takes in [*((n, True) for n in ["", *served]), ("nowhere", False)]:
                 answer = httpx.request(

@@ -37,7 +37,7 @@ from bandit_router.http.contract import (
 from bandit_router.http.dashboard import register_dashboard
 from bandit_router.http.docs import register_docs
 from bandit_router.http.door import BodyGuard, RoutingDoor
-from bandit_router.http.gateway import is_gateway_path, openai_error, register_gateway
+from bandit_router.http.gateway import Gateways, is_gateway_path, openai_error, register_gateway
 from bandit_router.http.metrics import register_metrics
 from bandit_router.http.openapi import (
     ADMIN,
@@ -72,6 +72,7 @@ from bandit_router.service.challengers import PromotionView
 from bandit_router.service.deployments import Routers, open_routers
 from bandit_router.service.router import Router
 from bandit_router.service.stats import StatsCache, StatsResponse
+from bandit_router.service.upstream import Upstreams
 from bandit_router.settings import Settings
 
 log = logging.getLogger("bandit_router")
@@ -240,6 +241,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise
             app.state.routers = routers
             app.state.router = routers.default
+            # a gateway per deployment, on the process's one pool of upstream calls
+            upstreams = Upstreams(settings)
+            stack.push_async_callback(upstreams.close)
+            app.state.gateways = Gateways(routers, upstreams)
             stop = asyncio.Event()
             background = asyncio.create_task(routers.run(stop))
             try:
@@ -247,7 +252,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 stop.set()
                 await background
-                await app.state.gateway.close()
 
     app = App(
         settings,
@@ -388,7 +392,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ]
         )
 
-    register_gateway(app, settings, keyed)  # /v1/chat/completions, /v1/models
+    register_gateway(app, keyed)  # /v1/chat/completions, /v1/models
 
     admin = [*(Security(scheme) for scheme in ADMIN_SCHEMES), Depends(require_admin_key)]
 

@@ -425,15 +425,17 @@ def error_body(detail: str, field: str | None) -> bytes:
 # The routing calls.
 
 
-def _allows(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+def opens(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """With several deployments, the request's key must be one of its deployment's."""
     keys = router.settings.api_keys
     return len(routers) == 1 or not keys or key_matches(given_key(headers), keys)
 
 
-def _target(routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]) -> None:
+def require_deployment_key(
+    routers: Routers, router: Router, headers: Sequence[tuple[bytes, bytes]]
+) -> None:
     """401 naming the deployment unless the request's key opens it."""
-    if not _allows(routers, router, headers):
+    if not opens(routers, router, headers):
         name = routers.name_of(router)
         require_key(headers, router.settings.api_keys, KeyGroup(f"deployment {name!r}", "API key"))
 
@@ -475,7 +477,7 @@ async def _choose(
 ) -> dict[str, Any]:
     body = _body(ChooseRequest, raw)
     router = found[0] = routers.named(_agreed(named, body.deployment))
-    _target(routers, router, headers)
+    require_deployment_key(routers, router, headers)
     result = await routers.choose(router, body.query, body.features, body.arms, body.event_id)
     return result_fields(result)
 
@@ -498,13 +500,13 @@ async def _reward(
                 f"{owner!r} (the event id names its deployment: ?deployment= is not needed)",
                 field="deployment",
             )
-    *earlier, last = [r for r in holders if _allows(routers, r, headers)] or holders[:1]
+    *earlier, last = [r for r in holders if opens(routers, r, headers)] or holders[:1]
     for router in earlier:
         found[0] = router
         with contextlib.suppress(UnknownEvent):
             return result_fields(await router.reward(body.event_id, body.parts(), final=body.final))
     found[0] = last
-    _target(routers, last, headers)
+    require_deployment_key(routers, last, headers)
     try:
         return result_fields(await last.reward(body.event_id, body.parts(), final=body.final))
     except UnknownEvent as e:

@@ -11,6 +11,9 @@ among the arms not yet tried, up to ``BANDIT_GATEWAY_RETRIES`` times. A 4xx from
 the client's error and passes through unchanged. Errors of the gateway itself come from the
 contract's table, in OpenAI's shape (``error.message``, ``error.param``) with the contract's
 ``detail`` and ``field`` beside them.
+
+Each deployment has its gateway (its arms, settings and router: ``Gateways``); a request names
+its deployment as ``/choose`` does, or by ``model`` (a named deployment's name lets it choose).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -40,6 +43,8 @@ from bandit_router.http.contract import (
     check_content_type,
     encoding_fault,
     failure,
+    opens,
+    require_deployment_key,
 )
 from bandit_router.http.openapi import (
     CHAT_BODY,
@@ -51,7 +56,8 @@ from bandit_router.http.openapi import (
 )
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
-from bandit_router.service.router import ChooseResult, Router
+from bandit_router.service.deployments import Routers
+from bandit_router.service.router import ChooseResult, Router, new_event_id
 from bandit_router.service.upstream import (
     Measured,
     StreamMeter,
@@ -59,7 +65,7 @@ from bandit_router.service.upstream import (
     Upstreams,
     read_json,
 )
-from bandit_router.settings import ArmSpec, Settings, check_weights, parse_weights
+from bandit_router.settings import ArmSpec, check_weights, parse_weights
 from bandit_router.throttle import Throttle
 
 log = logging.getLogger("bandit_router")
@@ -127,21 +133,40 @@ class ChatCall:
     features_from: str  # metadata or x-bandit-features: what the router's feature errors name
     stream: bool
     client_usage: bool  # the client asked for the usage chunk itself
-    weights: dict[str, float]
+    deployment: str | None  # the body's ``deployment`` (as /choose's), taken out of ``body``
+    weights: dict[str, float] = field(default_factory=dict)  # set by ``Gateway.weighed``
 
 
 class Gateway:
-    """The arms that have an upstream, the pool that calls them, the settings in force."""
+    """One deployment's gateway: its arms that have an upstream and its settings in force, on
+    the process's one pool of upstream calls (``BANDIT_GATEWAY_MAX_CONCURRENCY`` bounds the
+    process, every deployment's calls together)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        router: Router,
+        upstreams: Upstreams,
+        name: str,
+        said: Throttle,
+        where: str,
+    ) -> None:
+        self.router = router
+        self.settings = settings = router.settings
+        self.name = name
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
-        self.upstreams = Upstreams(settings)
+        # the models that let the deployment choose: its BANDIT_GATEWAY_MODEL, and a named
+        # deployment's name (what a request that names no deployment asks it by)
+        named = [name] if name != DEFAULT else []
+        self.routing = list(dict.fromkeys([settings.gateway_model, *named]))
+        self.upstreams = upstreams
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
-        self._said = Throttle()  # by what is said (and arm)
+        self._said = said  # by what is said (and arm, and deployment): shared by the deployments
+        self.where = where  # "deployment NAME: " where a service serves several, for the log
 
-    async def close(self) -> None:
-        await self.upstreams.close()
+    def new_event_id(self) -> str | None:
+        """The id of a new decision: a named deployment's start with ``NAME:`` (``/reward``
+        finds the deployment by it); None lets ``default``'s router make one."""
+        return None if self.name == DEFAULT else f"{self.name}:{new_event_id()}"
 
     def failed(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream failed."""
@@ -158,31 +183,37 @@ class Gateway:
 
     def full(self) -> None:
         """Say that a call was refused at the bound on calls in flight (a 503 each, else
-        unsaid: the operator is who can raise it)."""
+        unsaid: the operator is who can raise it). The process's bound: said for all."""
         self._say(
             "full",
             f"{self.upstreams.limit} upstream calls in flight, its limit "
             "(BANDIT_GATEWAY_MAX_CONCURRENCY): calls beyond it are answered 503",
             "more answered 503",
+            process=True,
         )
 
-    def _say(self, key: str, line: str, unsaid: str) -> None:
-        """``line`` at once, then at most every ``FAILURES_SAID_EVERY_S`` seconds per ``key``,
-        with the count of those not said between (``unsaid`` names them)."""
-        due = self._said.due(FAILURES_SAID_EVERY_S, key)
+    def _say(self, key: str, line: str, unsaid: str, process: bool = False) -> None:
+        """``line`` at once, then at most every ``FAILURES_SAID_EVERY_S`` seconds per ``key``
+        (and deployment, unless ``process``), with the count of those not said between
+        (``unsaid`` names them)."""
+        where = "" if process else self.where
+        due = self._said.due(FAILURES_SAID_EVERY_S, where + key)
         if due is None:
             return
         more = f" ({due.count} {unsaid} since the last said)" if due.count else ""
-        log.warning("gateway: %s%s", line, more)
+        log.warning("gateway: %s%s%s", where, line, more)
 
     def models(self) -> list[str]:
         """The names a request's ``model`` may take: none when no arm has an upstream."""
-        return [self.settings.gateway_model, *self.arms] if self.arms else []
+        return [*self.routing, *self.arms] if self.arms else []
 
     def unknown(self, model: str) -> str:
+        where = "here" if self.name == DEFAULT else f"in deployment {self.name!r}"
         if not self.arms:
-            return "no arm has an upstream (BANDIT_ARMS): the gateway has no model"
-        return f"model {echo(model)} does not exist here; valid: {', '.join(self.models())}"
+            setting = "BANDIT_ARMS" if self.name == DEFAULT else f"deployment {self.name}'s arms"
+            there = "" if self.name == DEFAULT else f" {where}"
+            return f"no arm has an upstream ({setting}): the gateway has no model{there}"
+        return f"model {echo(model)} does not exist {where}; valid: {', '.join(self.models())}"
 
     def weights(self, header: str | None) -> tuple[dict[str, float], str]:
         """The reward weights and preference name of a request's ``x-bandit-preference``."""
@@ -204,61 +235,13 @@ class Gateway:
         canonical = ",".join(f"{k}={v:g}" for k, v in sorted(weights.items()))
         return weights, canonical
 
-    def read(self, raw: bytes, headers: Mapping[str, str]) -> ChatCall:
-        """The request's parts, or a ``RouterError`` naming the field at fault (as the client
-        sent it: ``messages``, ``metadata``, ``x-bandit-features``), before anything is decided."""
-        body = _parse(raw, BadBody, "body")
-        if not isinstance(body, dict):
-            raise BadBody("body must be a JSON object")
-        if not isinstance(body.get("model"), str):
-            raise RouterError("model: a string is required", field="model")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise RouterError("messages: a non-empty array is required", field="messages")
-        query = _query_text(messages)
-        stream = body.get("stream")
-        if stream is None:  # absent or null: not streamed, as OpenAI reads it (the SDK sends
-            stream = False  # "stream": null for stream=None, which its types allow)
-        if not isinstance(stream, bool):
-            raise RouterError("stream must be a boolean", field="stream")
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):  # the gateway adds to it
-            raise RouterError("stream_options must be a JSON object", field="stream_options")
-        _contract(query, None, "messages")
-        if "deployment" in body:  # /choose's field: the router's, never forwarded
-            named = body.pop("deployment")
-            if not isinstance(named, str):
-                raise RouterError("deployment must be a string", field="deployment")
-            _default_only([named], "the body's deployment ")
-        header = headers.get("x-bandit-features")
-        from_header = None if header is None else _parse(header, RouterError, "x-bandit-features")
-        features: dict[str, Any] = {}
-        source = "metadata"  # where the features came from, for the router's errors about them
-        for name, value in (
-            ("x-bandit-features", from_header),
-            ("metadata", body.pop("metadata", None)),
-        ):
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise RouterError(f"{name} must be a JSON object", field=name)
-            _contract(query, value, name)
-            if PREFERENCE_FEATURE in value:  # would be replaced by the header's, unsaid
-                raise RouterError(
-                    f"{name}.{PREFERENCE_FEATURE}: the gateway's own feature, set from the "
-                    "x-bandit-preference header; give yours another name",
-                    field=name,
-                )
-            if value:
-                features.update(value)
-                source = name
-        unsendable = _unsendable(body)  # what is forwarded must be written back as it came
-        if unsendable is not None:
-            raise BadBody(f"body holds {unsendable}, which cannot be forwarded as sent")
+    def weighed(self, call: ChatCall, headers: Mapping[str, str]) -> ChatCall:
+        """``call`` with the reward weights of its ``x-bandit-preference`` (this deployment's
+        preferences), and the preference as its feature."""
         weights, preference = self.weights(headers.get("x-bandit-preference"))
-        features[PREFERENCE_FEATURE] = preference
-        client_usage = options is not None and options.get("include_usage") is True
-        return ChatCall(body, query, features, source, stream, client_usage, weights)
+        return replace(
+            call, features={**call.features, PREFERENCE_FEATURE: preference}, weights=weights
+        )
 
     def upstream_body(self, call: ChatCall, arm: ArmSpec) -> dict[str, Any]:
         assert arm.upstream is not None
@@ -266,6 +249,60 @@ class Gateway:
         if call.stream:  # the usage chunk is how a stream says its token counts
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
+
+
+def read_chat(raw: bytes, headers: Mapping[str, str]) -> ChatCall:
+    """The request's parts, or a ``RouterError`` naming the field at fault (as the client
+    sent it: ``messages``, ``metadata``, ``x-bandit-features``), before anything is decided.
+    What depends on the deployment (the preference's weights) is ``Gateway.weighed``'s."""
+    body = _parse(raw, BadBody, "body")
+    if not isinstance(body, dict):
+        raise BadBody("body must be a JSON object")
+    if not isinstance(body.get("model"), str):
+        raise RouterError("model: a string is required", field="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RouterError("messages: a non-empty array is required", field="messages")
+    query = _query_text(messages)
+    stream = body.get("stream")
+    if stream is None:  # absent or null: not streamed, as OpenAI reads it (the SDK sends
+        stream = False  # "stream": null for stream=None, which its types allow)
+    if not isinstance(stream, bool):
+        raise RouterError("stream must be a boolean", field="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):  # the gateway adds to it
+        raise RouterError("stream_options must be a JSON object", field="stream_options")
+    _contract(query, None, "messages")
+    deployment = body.pop("deployment", None)  # /choose's field: the router's, not forwarded
+    if deployment is not None and not isinstance(deployment, str):
+        raise RouterError("deployment must be a string", field="deployment")
+    header = headers.get("x-bandit-features")
+    from_header = None if header is None else _parse(header, RouterError, "x-bandit-features")
+    features: dict[str, Any] = {}
+    source = "metadata"  # where the features came from, for the router's errors about them
+    for name, value in (
+        ("x-bandit-features", from_header),
+        ("metadata", body.pop("metadata", None)),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise RouterError(f"{name} must be a JSON object", field=name)
+        _contract(query, value, name)
+        if PREFERENCE_FEATURE in value:  # would be replaced by the header's, unsaid
+            raise RouterError(
+                f"{name}.{PREFERENCE_FEATURE}: the gateway's own feature, set from the "
+                "x-bandit-preference header; give yours another name",
+                field=name,
+            )
+        if value:
+            features.update(value)
+            source = name
+    unsendable = _unsendable(body)  # what is forwarded must be written back as it came
+    if unsendable is not None:
+        raise BadBody(f"body holds {unsendable}, which cannot be forwarded as sent")
+    client_usage = options is not None and options.get("include_usage") is True
+    return ChatCall(body, query, features, source, stream, client_usage, deployment)
 
 
 def _query_text(messages: list[Any]) -> str:
@@ -450,9 +487,112 @@ async def record_failure(
 # The routes
 
 
-def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) -> Gateway:
-    gateway = Gateway(settings)
-    app.state.gateway = gateway
+class Gateways(Mapping[str, Gateway]):
+    """A gateway per deployment, by name (``default`` first), on one pool of upstream calls.
+
+    A chat request names its deployment as ``/choose`` does (``?deployment=``, the body's
+    ``deployment``) or by its ``model``: a named deployment's name lets that deployment choose
+    among its arms, as ``BANDIT_GATEWAY_MODEL`` (``auto``) does in the request's deployment.
+    None named: ``default``. The key must open the deployment (``/choose``'s rule)."""
+
+    def __init__(self, routers: Routers, upstreams: Upstreams) -> None:
+        self.routers = routers
+        said = Throttle()  # one for the process: the bound on calls in flight is the process's
+        several = len(routers) > 1
+        self._gateways = {
+            name: Gateway(router, upstreams, name, said, f"deployment {name}: " if several else "")
+            for name, router in routers.items()
+        }
+
+    def __getitem__(self, name: str) -> Gateway:
+        return self._gateways[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._gateways)
+
+    def __len__(self) -> int:
+        return len(self._gateways)
+
+    def admit(self, headers: Sequence[tuple[bytes, bytes]], query: Sequence[str]) -> str | None:
+        """Before the body is read: a key of some deployment (when each has keys), and the
+        deployment ``?deployment=`` names, if any, with a key that opens it (else 401)."""
+        require_key(headers, self.routers.any_keys, API_KEYS)
+        names = _named(query, None)
+        if not names:
+            return None
+        router = self.routers.named(names[0])
+        require_deployment_key(self.routers, router, headers)
+        return self.routers.name_of(router)
+
+    def pick(
+        self, headers: Sequence[tuple[bytes, bytes]], query: str | None, call: ChatCall
+    ) -> Gateway:
+        """The gateway of the deployment ``call`` is for: the one ``?deployment=`` (``query``,
+        admitted) and the body's ``deployment`` name, else the one ``model`` names, else
+        ``default``. Names that disagree are a 422 naming the field to change."""
+        names = _named([query] if query else [], call.deployment)
+        router = self.routers.named(names[0] if names else None)  # unknown: 422 with the names
+        model: str = call.body["model"]
+        by_model = model if model != DEFAULT and model in self.routers else None
+        if names and by_model is not None and by_model != names[0]:
+            name = self.routers.name_of(router)
+            raise RouterError(
+                f"model {echo(model)} is deployment {model!r}'s, but the request names "
+                f"deployment {name!r} (?deployment= or the body's deployment): name one; "
+                f"deployment {name!r}'s models: {', '.join(self[name].models()) or 'none'}",
+                field="model",
+            )
+        if not names and by_model is not None:
+            router = self.routers[by_model]
+        require_deployment_key(self.routers, router, headers)
+        gateway = self[self.routers.name_of(router)]
+        if model not in gateway.models():
+            raise ModelNotFound(gateway.unknown(model) + self._elsewhere(gateway, model))
+        return gateway
+
+    def _elsewhere(self, gateway: Gateway, model: str) -> str:
+        """What a 404 adds for an arm of other deployments: how to name one."""
+        others = [n for n, g in self.items() if g is not gateway and model in g.arms]
+        if not others:
+            return ""
+        return (
+            f" (an arm of deployment {', '.join(map(repr, others))}: name the deployment, "
+            f"?deployment={others[0]} or the body's deployment)"
+        )
+
+    def listed(self, headers: Sequence[tuple[bytes, bytes]], named: str | None) -> list[str]:
+        """The models a chat request with these headers and this ``?deployment=`` may name:
+        the named deployment's; none named, ``default``'s and the name of each other
+        deployment the key opens (its arms are called with ``?deployment=``)."""
+        if named is not None:
+            return self[named].models()
+        found: list[str] = []
+        for name, gateway in self.items():
+            if not opens(self.routers, gateway.router, headers):
+                continue
+            if name == DEFAULT:
+                found.extend(gateway.models())
+            elif gateway.arms:
+                found.append(name)
+        return found
+
+
+def _named(query: Sequence[str], body: str | None) -> list[str]:
+    """The deployments a request names (an empty name is ``default``, as everywhere); 422 when
+    they are not one."""
+    given = [*query, *([] if body is None else [body])]
+    names = list(dict.fromkeys(name or DEFAULT for name in given))
+    if len(names) > 1:
+        raise RouterError(
+            f"the request names deployments {', '.join(map(echo, names))} (?deployment= and "
+            "the body's deployment): name one",
+            field="deployment",
+        )
+    return names
+
+
+def register_gateway(app: FastAPI, dependencies: list[Any]) -> None:
+    """The gateway's routes, on ``app.state.gateways`` (set once the routers are open)."""
 
     @app.get(
         "/v1/models",
@@ -462,13 +602,16 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         openapi_extra=MODELS_PARAMETER,
     )
     async def models(request: Request) -> Response:
-        """The models the gateway answers as: the router's choice, and each arm by name (none
-        when no arm has an upstream)."""
+        """The models the gateway answers as: each deployment's choice, and each arm by name
+        (none when no arm has an upstream). With `?deployment=`, that deployment's."""
+        gateways: Gateways = request.app.state.gateways
+        headers = request.headers.raw
         try:
-            _admit(request, settings)
+            named = gateways.admit(headers, request.query_params.getlist("deployment"))
+            listed = gateways.listed(headers, named)
         except RouterError as e:
             return error_response(e, None)
-        data = [_model(n) for n in gateway.models()]
+        data = [_model(n) for n in listed]
         return Response(
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"
         )
@@ -483,10 +626,15 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
     async def model(request: Request) -> Response:
         """One model the gateway answers as (the SDK's `models.retrieve`); 404 for another."""
         model: str = request.path_params["model"]  # any string: no 422 to document
+        gateways: Gateways = request.app.state.gateways
+        headers = request.headers.raw
         try:
-            _admit(request, settings)
-            if model not in gateway.models():
-                raise ModelNotFound(gateway.unknown(model))
+            named = gateways.admit(headers, request.query_params.getlist("deployment"))
+            listed = gateways.listed(headers, named)
+            if model not in listed:
+                if named is not None:
+                    raise ModelNotFound(gateways[named].unknown(model))
+                raise ModelNotFound(_unknown_here(model, listed))
         except RouterError as e:
             return error_response(e, None)
         return Response(orjson.dumps(_model(model)), media_type="application/json")
@@ -499,36 +647,30 @@ def register_gateway(app: FastAPI, settings: Settings, dependencies: list[Any]) 
         openapi_extra=CHAT_BODY,
     )
     async def chat_completions(request: Request) -> Response:
-        """OpenAI's chat completions: the router chooses the arm (`model: auto`), the arm's
-        upstream answers, and the call's latency and cost become the event's reward parts."""
-        router: Router = request.app.state.router
+        """OpenAI's chat completions: the deployment's router chooses the arm (`model: auto`,
+        or the deployment's name), the arm's upstream answers, and the call's latency and cost
+        become the event's reward parts."""
+        gateways: Gateways = request.app.state.gateways
+        router: Router = request.app.state.router  # the deployment's, once it is known
+        headers = request.headers.raw
         try:
-            _admit(request, settings)
-            check_content_type(request.headers.raw)
-            call = gateway.read(await request.body(), request.headers)
+            named = gateways.admit(headers, request.query_params.getlist("deployment"))
+            if named is not None:
+                router = gateways[named].router
+            check_content_type(headers)
+            call = read_chat(await request.body(), request.headers)
+            gateway = gateways.pick(headers, named, call)
+            router = gateway.router
+            call = gateway.weighed(call, request.headers)
             return await _unless_gone(request, _serve(gateway, router, call))
         except Exception as e:
             return error_response(e, router)
 
-    return gateway
 
-
-def _admit(request: Request, settings: Settings) -> None:
-    """A gateway request's key, and its ``?deployment=`` (the gateway serves ``default``)."""
-    require_key(request.headers.raw, settings.api_keys, API_KEYS)
-    _default_only(request.query_params.getlist("deployment"))
-
-
-def _default_only(named: list[str], where: str = "?deployment=") -> None:
-    """The gateway serves the ``default`` deployment: a ``?deployment=`` (or the body's
-    ``deployment``, ``where`` says which) naming another is refused, not served by ``default``
-    (its model, its keys). An empty one is ``default``, as at every other endpoint."""
-    for name in named:
-        if name and name != DEFAULT:
-            raise RouterError(
-                f"{where}{echo(name)}: the gateway serves the deployment 'default' only",
-                field="deployment",
-            )
+def _unknown_here(model: str, listed: list[str]) -> str:
+    if not listed:
+        return "no arm has an upstream (BANDIT_ARMS): the gateway has no model"
+    return f"model {echo(model)} does not exist here; valid: {', '.join(listed)}"
 
 
 CLIENT_GONE = 499  # the status logged for a request whose client left (nobody reads it)
@@ -566,7 +708,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
     settings = gateway.settings
     if model not in gateway.models():
         raise ModelNotFound(gateway.unknown(model))
-    if model == settings.gateway_model:
+    if model in gateway.routing:
         eligible, direct, retries = list(gateway.arms), False, settings.gateway_retries
     else:
         eligible, direct, retries = [model], True, 0
@@ -579,7 +721,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
         )
     slot = Slot(upstreams)  # taken now, before any await: the bound holds under a burst
     try:
-        decision = await _choose(router, call, eligible, direct)
+        decision = await _choose(gateway, call, eligible, direct)
         failures: list[UpstreamFailure] = []
         tried: set[str] = set()
         for attempt in range(retries + 1):
@@ -596,7 +738,7 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
             left = [name for name in eligible if name not in tried]
             if not left or attempt == retries:
                 break
-            decision = await _choose(router, call, left)
+            decision = await _choose(gateway, call, left)
         said = "every upstream tried failed: " + "; ".join(map(str, failures))
         if all(f.kind == "rate_limit" for f in failures):
             # An arm not tried (BANDIT_GATEWAY_RETRIES) may answer at once: no wait is known
@@ -610,13 +752,18 @@ async def _serve(gateway: Gateway, router: Router, call: ChatCall) -> Response:
 
 
 async def _choose(
-    router: Router, call: ChatCall, eligible: list[str], direct: bool = False
+    gateway: Gateway, call: ChatCall, eligible: list[str], direct: bool = False
 ) -> ChooseResult:
-    """The router's choice; its errors about the query and the features (their size, their
+    """The deployment's choice; its errors about the query and the features (their size, their
     count) name what the client sent instead: ``messages``, ``metadata``, ``x-bandit-features``."""
     try:
-        return await router.choose(
-            call.query, call.features, eligible, weights=call.weights, direct=direct
+        return await gateway.router.choose(
+            call.query,
+            call.features,
+            eligible,
+            gateway.new_event_id(),
+            weights=call.weights,
+            direct=direct,
         )
     except RouterError as e:
         if type(e) is not RouterError or e.field not in ("query", "features"):
@@ -685,7 +832,8 @@ async def _attempt(
     """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
     upstreams = gateway.upstreams
     measured = Measured(arm=arm.name, say=gateway.unusable)
-    response = await upstreams.send(arm, gateway.upstream_body(call, arm), measured)
+    sent = gateway.upstream_body(call, arm)
+    response = await upstreams.send(arm, sent, measured, gateway.settings.gateway_timeout_s)
     headers = _headers(event_id, arm.name, response)
     limit = gateway.settings.gateway_max_response_bytes
     if response.status >= 400:  # the client's error: passed through as it came

@@ -170,15 +170,20 @@ GATEWAY = (
         }
     }
 )
-GATEWAY_ONLY_DEFAULT = "only `default`, the deployment the gateway serves: another is a 422"
-GATEWAY_READ = responses(401, 422, 500, e422="`?deployment=` naming another than `default`")
+GATEWAY_DEPLOYMENT = (
+    "the deployment, as the body's `deployment` or a `model` naming a deployment (all: the "
+    "same one); none: `default`, or the deployment `model` names"
+)
+GATEWAY_READ = responses(
+    401, 422, 500, e422="unknown deployment, or two named; the message lists the valid ones"
+)
 GATEWAY_MODEL = responses(
     401,
     404,
     422,
     500,
     e404="no such model here (`GET /v1/models` lists them)",
-    e422="`?deployment=` naming another than `default`",
+    e422="unknown deployment, or two named; the message lists the valid ones",
 )
 
 
@@ -199,22 +204,25 @@ def open_where_unkeyed(schema: dict[str, Any], api_keys: bool, ops_keys: bool) -
 
 
 def name_deployments(schema: dict[str, Any], names: list[str]) -> None:
-    """Every ``deployment`` (the query's and ``/choose``'s body field) as one of ``names``, the
-    deployments served, as the 422 for another lists them; the gateway's as ``default``, the
-    one it serves. An empty ``?deployment=`` is ``default`` too."""
-    for path, operations in schema["paths"].items():
-        allowed = ["default"] if path.startswith("/v1/") else names
+    """Every ``deployment`` (the query's, ``/choose``'s and the gateway's body field) as one of
+    ``names``, the deployments served, as the 422 for another lists them. An empty
+    ``?deployment=`` (or the gateway's body field) is ``default`` too."""
+    for operations in schema["paths"].values():
         for operation in operations.values():
             for parameter in operation.get("parameters", []):
                 if parameter["name"] == "deployment" and parameter["in"] == "query":
                     parameter["schema"] = {
                         "type": "string",
-                        "enum": [*allowed, ""],
-                        "examples": allowed[-1:],
+                        "enum": [*names, ""],
+                        "examples": names[-1:],
                     }
     field = schema["components"]["schemas"]["ChooseRequest"]["properties"]["deployment"]
     field["anyOf"][0]["enum"] = names
     field["examples"] = names[-1:]
+    chat = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    gateway = chat["application/json"]["schema"]["properties"]["deployment"]
+    gateway["enum"] = [*names, ""]
+    gateway["examples"] = names[-1:]
 
 
 def deployment_parameter(description: str) -> dict[str, Any]:
@@ -236,18 +244,27 @@ MODEL_PARAMETER = {
             "name": "model",
             "in": "path",
             "required": True,
-            "description": "a model `GET /v1/models` lists: `auto` or an arm",
+            "description": "a model `GET /v1/models` lists: `auto`, a deployment or an arm",
             "schema": {"type": "string"},
             "examples": {"auto": {"value": "auto"}},
         },
-        deployment_parameter(GATEWAY_ONLY_DEFAULT),
+        deployment_parameter("the deployment whose model it is; none: as `GET /v1/models`"),
     ]
 }
-MODELS_PARAMETER = {"parameters": [deployment_parameter(GATEWAY_ONLY_DEFAULT)]}
+MODELS_PARAMETER = {
+    "parameters": [
+        deployment_parameter(
+            "the deployment whose models to list; none: `default`'s, and the name of each "
+            "other deployment the key opens"
+        )
+    ]
+}
 CHAT_PROPERTIES: dict[str, Any] = {
     "model": {
         "type": "string",
-        "description": "`auto` (BANDIT_GATEWAY_MODEL): the router chooses; or an arm's name",
+        "description": "`auto` (BANDIT_GATEWAY_MODEL): the deployment's router chooses; a "
+        "named deployment's name: that deployment's router chooses; or an arm of the "
+        "deployment",
         "examples": ["auto"],
     },
     "messages": {
@@ -282,14 +299,14 @@ CHAT_PROPERTIES: dict[str, Any] = {
     },
     "deployment": {
         "type": "string",
-        "enum": ["default", ""],
-        "description": "as `/choose`'s: only `default`, the deployment the gateway serves "
-        "(another is a 422; empty is `default`); not forwarded",
+        "enum": ["default", ""],  # the deployments served, once served (name_deployments)
+        "description": "as `/choose`'s: the deployment that decides (empty: `default`; with "
+        "`?deployment=` or a `model` naming a deployment: the same one); not forwarded",
         "examples": ["default"],
     },
 }
 CHAT_BODY = {
-    "parameters": [deployment_parameter(GATEWAY_ONLY_DEFAULT)],
+    "parameters": [deployment_parameter(GATEWAY_DEPLOYMENT)],
     "requestBody": {
         "required": True,
         "content": {
@@ -297,7 +314,8 @@ CHAT_BODY = {
                 "schema": {
                     "type": "object",
                     "description": "OpenAI's chat completion request; `model`: `auto` "
-                    "(BANDIT_GATEWAY_MODEL) or an arm; `metadata`: the app's features. The "
+                    "(BANDIT_GATEWAY_MODEL), a deployment or an arm; `metadata`: the app's "
+                    "features. The "
                     "fields not listed here are forwarded to the upstream as they came",
                     "required": ["model", "messages"],
                     "properties": CHAT_PROPERTIES,

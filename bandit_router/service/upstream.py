@@ -159,10 +159,10 @@ async def _reused(
 
 
 class Upstreams:
-    """One connection pool for every arm's upstream, and a bound on calls in flight."""
+    """One connection pool for every arm's upstream (every deployment's), and the process's
+    bound on calls in flight (``BANDIT_GATEWAY_MAX_CONCURRENCY``)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self.limit = settings.gateway_max_concurrency
         self.in_flight = 0
         self._session: aiohttp.ClientSession | None = None
@@ -192,9 +192,10 @@ class Upstreams:
         return self.in_flight < self.limit
 
     async def send(
-        self, arm: ArmSpec, body: dict[str, Any], measured: Measured
+        self, arm: ArmSpec, body: dict[str, Any], measured: Measured, timeout_s: float
     ) -> aiohttp.ClientResponse:
         """POST ``body`` to the arm's ``/chat/completions``; the response once its status is in.
+        ``timeout_s``: unless the arm sets its own, its deployment's ``gateway_timeout_s``.
 
         A connection failure, a timeout, a redirect, a 5xx or a 4xx of ``ARM_STATUSES`` raises
         ``UpstreamFailure``; another 4xx is returned (the client's error, passed through). The
@@ -203,7 +204,7 @@ class Upstreams:
         up = arm.upstream
         if up is None:
             raise UpstreamFailure(arm.name, "no upstream configured", "config")
-        timeout_s = up.timeout_s or self.settings.gateway_timeout_s
+        timeout_s = up.timeout_s or timeout_s
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if up.api_key_env:
             # Without the spaces and newline around it (a secret file's last line end), which
