@@ -57,7 +57,7 @@ from bandit_router.http.openapi import (
 from bandit_router.http.security import API_KEYS, require_key
 from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
 from bandit_router.service.deployments import Routers
-from bandit_router.service.router import ChooseResult, Router, new_event_id
+from bandit_router.service.router import ChooseResult, Router
 from bandit_router.service.upstream import (
     Measured,
     StreamMeter,
@@ -144,14 +144,15 @@ class Gateway:
 
     def __init__(
         self,
-        router: Router,
-        upstreams: Upstreams,
+        routers: Routers,
         name: str,
+        upstreams: Upstreams,
         said: Throttle,
         where: str,
     ) -> None:
-        self.router = router
-        self.settings = settings = router.settings
+        self.routers = routers
+        self.router = routers[name]
+        self.settings = settings = self.router.settings
         self.name = name
         self.arms: dict[str, ArmSpec] = {a.name: a for a in settings.arms if a.upstream}
         # the models that let the deployment choose: its BANDIT_GATEWAY_MODEL, and a named
@@ -162,11 +163,6 @@ class Gateway:
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
         self._said = said  # by what is said (and arm, and deployment): shared by the deployments
         self.where = where  # "deployment NAME: " where a service serves several, for the log
-
-    def new_event_id(self) -> str | None:
-        """The id of a new decision: a named deployment's start with ``NAME:`` (``/reward``
-        finds the deployment by it); None lets ``default``'s router make one."""
-        return None if self.name == DEFAULT else f"{self.name}:{new_event_id()}"
 
     def failed(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream failed."""
@@ -500,8 +496,8 @@ class Gateways(Mapping[str, Gateway]):
         said = Throttle()  # one for the process: the bound on calls in flight is the process's
         several = len(routers) > 1
         self._gateways = {
-            name: Gateway(router, upstreams, name, said, f"deployment {name}: " if several else "")
-            for name, router in routers.items()
+            name: Gateway(routers, name, upstreams, said, f"deployment {name}: " if several else "")
+            for name in routers
         }
 
     def __getitem__(self, name: str) -> Gateway:
@@ -761,7 +757,7 @@ async def _choose(
             call.query,
             call.features,
             eligible,
-            gateway.new_event_id(),
+            gateway.routers.event_id(gateway.name, None),  # a named deployment's: NAME:...
             weights=call.weights,
             direct=direct,
         )
