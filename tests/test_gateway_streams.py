@@ -541,6 +541,65 @@ def test_a_client_that_leaves_before_the_first_byte_cancels_the_upstream_call(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("budget_ms", "charged"), [(200, True), (5000, False)])
+def test_a_client_that_leaves_after_the_latency_budget_charges_the_arm(
+    serve: Serve, scripted: Start, stream: bool, budget_ms: int, charged: bool
+) -> None:
+    """An arm slower than its clients wait was never charged for it: each client left, nothing
+    was recorded, and the event was skipped when its window closed. Once the wait is past the
+    latency budget the latency part is 0 however long the answer would have taken: recorded,
+    the event is learned with reward 0. Before the budget, the leaving still says nothing."""
+    media = "text/event-stream" if stream else "application/json"
+    url, app = scripted({"slow": Script((STALL,), content_type=media), "good": GOOD})
+    arms = [{"name": n, "upstream": {"base_url": url, "model": n}} for n in ("slow", "good")]
+    base = serve(
+        arms=orjson.dumps(arms).decode(),
+        api_keys=KEY,
+        latency_budget_ms=budget_ms,
+        reward_wait_s=3,
+        sweep_s=0.2,
+    )
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{base}/v1/chat/completions", content=_body("slow", stream), headers=AUTH, timeout=1
+        )
+    wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
+
+    def ended() -> tuple[int, int]:
+        stats = httpx.get(f"{base}/stats").json()
+        return stats["rewards_accepted"], stats["skipped_no_reward"]
+
+    wait_until(lambda: sum(ended()) == 1, 30, "the event's window to close")
+    assert ended() == ((1, 0) if charged else (0, 1))
+    if charged:
+        assert _stats(base, "slow")["mean_reward"] == 0
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_its_first_tokens_latency(
+    serve: Serve, scripted: Start
+) -> None:
+    """Measured to the first token, the latency is known once that came: a client that leaves
+    after it records it, as a whole stream does (before, nothing: the event was skipped)."""
+    url, app = scripted({"held": Script((chunk("a"), STALL)), "good": GOOD})
+    base = _gateway(
+        serve, url, {"held": GOOD, "good": GOOD}, gateway_latency="first_token", reward_wait_s=2
+    )
+    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
+        model="held", messages=HI, stream=True
+    ) as response:
+        next(response.iter_lines())  # the first event, then leave
+    wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
+
+    def ended() -> tuple[int, int]:
+        stats = httpx.get(f"{base}/stats").json()
+        return stats["rewards_accepted"], stats["skipped_no_reward"]
+
+    wait_until(lambda: sum(ended()) == 1, 30, "the event's window to close")
+    assert ended() == (1, 0)
+    assert _stats(base, "held")["mean_reward"] > 0.9  # its first token came at once
+
+
 # Many streams at once
 
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -65,7 +65,7 @@ from bandit_router.service.upstream import (
     Upstreams,
     read_json,
 )
-from bandit_router.settings import ArmSpec, check_weights, parse_weights
+from bandit_router.settings import ArmSpec, Settings, check_weights, parse_weights
 from bandit_router.throttle import Throttle
 
 log = logging.getLogger("bandit_router")
@@ -161,8 +161,23 @@ class Gateway:
         self.routing = list(dict.fromkeys([settings.gateway_model, *named]))
         self.upstreams = upstreams
         self.without_usage: set[str] = set()  # arms whose upstream answered with no usage: said
+        self._recording: set[asyncio.Task[None]] = set()  # latencies of clients gone (``left``)
         self._said = said  # by what is said (and arm, and deployment): shared by the deployments
         self.where = where  # "deployment NAME: " where a service serves several, for the log
+
+    def left(self, event_id: str, measured: Measured) -> None:
+        """The client left before its answer's end: the latency the gateway counts is recorded
+        when it is known already, the first token's (``BANDIT_GATEWAY_LATENCY=first_token``) or
+        a wait past ``BANDIT_LATENCY_BUDGET_MS``, which scores 0 whatever the answer's time, so
+        that an arm slower than its clients wait is charged for it. Else nothing: the leaving
+        says nothing of the arm. In a task of its own: the request's is being cancelled."""
+        seconds = _known_latency(self.settings, measured)
+        if seconds is None:
+            return
+        parts = RewardParts(latency_ms=min(seconds * 1000, MAX_LATENCY_MS))
+        task = asyncio.get_running_loop().create_task(_record(self, self.router, event_id, parts))
+        self._recording.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._recording.discard)
 
     def failed(self, arm: str, message: str) -> None:
         """Say that ``arm``'s upstream failed."""
@@ -464,6 +479,18 @@ async def record_success(
         )
 
 
+def _known_latency(settings: Settings, measured: Measured) -> float | None:
+    """The latency, in seconds, the gateway counts for a call whose client left, when it is
+    known: the first token's, or the wait so far once it is past the latency budget (the
+    latency part is 0 from there on, however long the answer would have taken)."""
+    if "latency" not in settings.gateway_parts:
+        return None
+    if settings.gateway_latency == "first_token" and measured.first_token_s is not None:
+        return measured.first_token_s
+    waited = time.perf_counter() - measured.start
+    return waited if waited * 1000 >= settings.latency_budget_ms else None
+
+
 async def record_failure(
     gateway: Gateway,
     router: Router,
@@ -675,8 +702,9 @@ CLIENT_GONE = 499  # the status logged for a request whose client left (nobody r
 async def _unless_gone(request: Request, serving: Coroutine[Any, Any, Response]) -> Response:
     """The answer ``serving`` makes, or, when the client leaves before it is ready (the whole
     answer, or a stream's first event), ``serving`` cancelled: its upstream call closed at once,
-    its slot released, no other arm tried, nothing recorded against the arm (the client's
-    leaving says nothing of it). The body is read already: what comes next is the disconnect."""
+    its slot released, no other arm tried, no failure recorded against the arm (only the
+    latency it had run up, when known: ``Gateway.left``). The body is read already: what comes
+    next is the disconnect."""
     answer = asyncio.ensure_future(serving)
     gone = asyncio.ensure_future(_disconnect(request))
     try:
@@ -794,12 +822,13 @@ class Relayed(StreamingResponse):
 
     def __init__(
         self,
-        content: AsyncIterator[bytes],
+        content: AsyncGenerator[bytes, None],
         upstream: aiohttp.ClientResponse,
         slot: Slot,
         headers: Mapping[str, str],
     ) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.content = content
         self.upstream = upstream
         self.slot = slot
         slot.handed_over = True
@@ -810,6 +839,8 @@ class Relayed(StreamingResponse):
         finally:
             self.upstream.close()  # nothing once released; else the connection is dropped
             self.slot.release()
+            # closed now, not when collected: a client gone mid-answer is recorded by it
+            await self.content.aclose()
 
 
 def _headers(event_id: str, arm: str, upstream: aiohttp.ClientResponse) -> dict[str, str]:
@@ -825,9 +856,27 @@ def _headers(event_id: str, arm: str, upstream: aiohttp.ClientResponse) -> dict[
 async def _attempt(
     gateway: Gateway, router: Router, call: ChatCall, arm: ArmSpec, event_id: str, slot: Slot
 ) -> Response:
-    """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte."""
-    upstreams = gateway.upstreams
+    """One arm's answer, or ``UpstreamFailure`` when it failed before its first byte; a
+    client that leaves before the answer began is charged what it waited (``Gateway.left``)."""
     measured = Measured(arm=arm.name, say=gateway.unusable)
+    try:
+        return await _answer(gateway, router, call, arm, event_id, slot, measured)
+    except asyncio.CancelledError:
+        gateway.left(event_id, measured)
+        raise
+
+
+async def _answer(
+    gateway: Gateway,
+    router: Router,
+    call: ChatCall,
+    arm: ArmSpec,
+    event_id: str,
+    slot: Slot,
+    measured: Measured,
+) -> Response:
+    """``_attempt``'s answer."""
+    upstreams = gateway.upstreams
     sent = gateway.upstream_body(call, arm)
     response = await upstreams.send(arm, sent, measured, gateway.settings.gateway_timeout_s)
     headers = _headers(event_id, arm.name, response)
@@ -883,14 +932,14 @@ async def _relay(
     arm: ArmSpec,
     event_id: str,
     call: ChatCall,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come; the call recorded before the final ``[DONE]``. A
     client that leaves cancels this, which closes the upstream connection. An upstream that
     breaks off mid-answer (a timeout between chunks, a reset) is the arm's failure, and the
     client gets an error event in OpenAI's shape (the SDK raises ``APIError``), not an answer
     cut short that reads as whole; one that sends an error event itself is the arm's failure
     too, its events passed on as they came."""
-    finished = erred = False
+    finished = erred = recorded = False
     try:
         try:
             async for chunk in _chunks(first, body_iter, response):
@@ -907,6 +956,7 @@ async def _relay(
                     break
         except (TimeoutError, aiohttp.ClientError) as e:  # broke mid-answer: the arm's failure
             gateway.failed(arm.name, f"broke mid-stream: {_reason(e)}")
+            recorded = True
             if not erred:
                 await record_failure(gateway, router, event_id, call.weights, arm.name, "midstream")
             yield _error_event(f"the upstream of {arm.name} broke off mid-answer: {_reason(e)}")
@@ -927,6 +977,8 @@ async def _relay(
             response.release()
         else:
             response.close()  # unread: the connection is not reused, the upstream sees it end
+            if not (erred or recorded):  # the client left mid-answer
+                gateway.left(event_id, meter.measured)
 
 
 async def _chunks(
