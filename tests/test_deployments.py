@@ -272,10 +272,10 @@ def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
 def test_the_gateway_takes_the_deployment_wherever_it_is_named(
     many: tuple[TestClient, Settings],
 ) -> None:
-    """The gateway served ``default`` only and refused another deployment (422). It takes one
-    as /choose does, ``?deployment=`` or the body's (not forwarded), or as ``model``; an
-    unknown one, or names that disagree, are refused naming the field and the valid names.
-    (These deployments' arms have no upstream: the deployment that decides says so, 404.)"""
+    """The gateway served ``default`` only and refused another deployment. It takes one as
+    /choose does, ``?deployment=`` or the body's (not forwarded), or as ``model``; an unknown
+    one, or names that disagree, are refused (OpenAI's 400) naming the field and the valid
+    names. (These deployments' arms have no upstream: the deployment that decides says so, 404.)"""
     client, _ = many
     chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     for where in ("query", "body", "model"):
@@ -287,20 +287,20 @@ def test_the_gateway_takes_the_deployment_wherever_it_is_named(
         assert r.json()["error"]["code"] == "model_not_found"
     for deployment in ("nope", 7):
         r = client.post("/v1/chat/completions", json={**chat, "deployment": deployment})
-        assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+        assert r.status_code == 400 and r.json()["field"] == "deployment", r.text
         assert r.json()["error"]["param"] == "deployment"
     r = client.post("/v1/chat/completions", json={**chat, "deployment": "nope"})
     assert "valid: default, support, coding" in r.json()["detail"]
     r = client.post(
         "/v1/chat/completions?deployment=coding", json={**chat, "deployment": "support"}
     )
-    assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    assert r.status_code == 400 and r.json()["field"] == "deployment", r.text
     r = client.post("/v1/chat/completions?deployment=coding", json={**chat, "model": "support"})
-    assert r.status_code == 422 and r.json()["field"] == "model", r.text
+    assert r.status_code == 400 and r.json()["field"] == "model", r.text
     assert "deployment 'coding'" in r.json()["detail"]
     for path in ("/v1/models", "/v1/models/auto"):
         r = client.get(f"{path}?deployment=nope")
-        assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+        assert r.status_code == 400 and r.json()["field"] == "deployment", r.text
         assert client.get(f"{path}?deployment=default").status_code != 422
     assert client.get("/v1/models?deployment=coding").json()["data"] == []
 

@@ -339,32 +339,32 @@ def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -
     auth = {"authorization": f"Bearer {KEY}"}
     cases: list[tuple[dict[str, Any], bytes, int, str]] = [
         ({}, b"{not json", 400, "body"),
-        ({}, b'{"model": "auto"}', 422, "messages"),
-        ({}, b'{"model": "auto", "messages": [{"role": "user", "content": ""}]}', 422, "messages"),
-        ({"x-bandit-preference": "fast"}, b'{"model":"auto","messages":[]}', 422, "messages"),
+        ({}, b'{"model": "auto"}', 400, "messages"),
+        ({}, b'{"model": "auto", "messages": [{"role": "user", "content": ""}]}', 400, "messages"),
+        ({"x-bandit-preference": "fast"}, b'{"model":"auto","messages":[]}', 400, "messages"),
         (
             {"x-bandit-preference": "speed=1"},
             b'{"model":"auto","messages":[{"role":"user","content":"hi"}]}',
-            422,
+            400,
             "x-bandit-preference",
         ),
         (
             {},
             b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"metadata":{"a":[1]}}',
-            422,
+            400,
             "metadata",
         ),
         (
             {"x-bandit-features": "[1]"},
             b'{"model":"auto","messages":[{"role":"user","content":"hi"}]}',
-            422,
+            400,
             "x-bandit-features",
         ),
         (
             {},
             b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"stream":true,'
             b'"stream_options":"yes"}',
-            422,
+            400,
             "stream_options",
         ),
     ]
@@ -487,7 +487,7 @@ def test_a_preference_that_weighs_nothing_usable_is_refused_before_anything_is_d
     url, _ = upstream(speed=1000)
     base = _gateway(serve, url)
     client = _client(base, default_headers={"x-bandit-preference": preference})
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
+    with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="auto", messages=_ask(rows()[0]))
     assert refused.value.body["param"] == "x-bandit-preference"  # type: ignore[index]
     assert httpx.get(f"{base}/stats").json()["decisions"] == 0

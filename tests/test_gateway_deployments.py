@@ -252,7 +252,7 @@ def test_a_deployments_key_opens_its_gateway_calls_only(service: Service) -> Non
 def test_a_deployment_named_two_ways_must_be_one(service: Service) -> None:
     client = sdk_client(service.base, KEY)
     create = client.chat.completions.create
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
+    with pytest.raises(openai.BadRequestError) as refused:
         create(
             model="auto",
             messages=_ask(),
@@ -260,14 +260,14 @@ def test_a_deployment_named_two_ways_must_be_one(service: Service) -> None:
             extra_body={"deployment": "support"},
         )
     assert refused.value.body["param"] == "deployment"  # type: ignore[index]
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
+    with pytest.raises(openai.BadRequestError) as refused:
         create(model="support", messages=_ask(), extra_query={"deployment": "coding"})
     error: Any = refused.value.body
     assert error["param"] == "model"
     assert "coder-a" in error["message"]  # the named deployment's models, to choose from
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
+    with pytest.raises(openai.BadRequestError) as refused:
         create(model="support", messages=_ask(), stream=True, extra_body={"deployment": "coding"})
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
+    with pytest.raises(openai.BadRequestError) as refused:
         create(model="auto", messages=_ask(), extra_query={"deployment": "billing"})
     error = refused.value.body
     assert error["param"] == "deployment"

@@ -106,20 +106,20 @@ HI: list[Any] = [{"role": "user", "content": "hi"}]
 @pytest.mark.parametrize(
     ("body", "headers", "status", "field"),
     [
-        ({"messages": [{"role": "user", "content": "  \n "}]}, {}, 422, "messages"),
-        ({"messages": [{"role": "user", "content": "x" * 101}]}, {}, 422, "messages"),
-        ({"metadata": {f"k{i}": i for i in range(65)}}, {}, 422, "metadata"),
-        ({"metadata": {"k" * 65: 1}}, {}, 422, "metadata"),
-        ({"metadata": {"a": {"b": 1}}}, {}, 422, "metadata"),
+        ({"messages": [{"role": "user", "content": "  \n "}]}, {}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "x" * 101}]}, {}, 400, "messages"),
+        ({"metadata": {f"k{i}": i for i in range(65)}}, {}, 400, "metadata"),
+        ({"metadata": {"k" * 65: 1}}, {}, 400, "metadata"),
+        ({"metadata": {"a": {"b": 1}}}, {}, 400, "metadata"),
         # the gateway's own feature, from x-bandit-preference: it replaced the app's, unsaid
-        ({"metadata": {"preference": "vip"}}, {}, 422, "metadata"),
-        ({}, {"x-bandit-features": '{"preference": "vip"}'}, 422, "x-bandit-features"),
-        ({}, {"x-bandit-features": '{"a": {"b": 1}}'}, 422, "x-bandit-features"),
-        ({}, {"x-bandit-features": '{"n": 1e400}'}, 422, "x-bandit-features"),
-        ({}, {"x-bandit-features": "{not json"}, 422, "x-bandit-features"),
-        (b'"metadata": {"n": 1e400}', {}, 422, "metadata"),  # read as infinity, as /choose does
-        (b'"metadata": {"n": ' + b"9" * 400 + b"}", {}, 422, "metadata"),
-        (b'"metadata": {"n": NaN}', {}, 422, "metadata"),
+        ({"metadata": {"preference": "vip"}}, {}, 400, "metadata"),
+        ({}, {"x-bandit-features": '{"preference": "vip"}'}, 400, "x-bandit-features"),
+        ({}, {"x-bandit-features": '{"a": {"b": 1}}'}, 400, "x-bandit-features"),
+        ({}, {"x-bandit-features": '{"n": 1e400}'}, 400, "x-bandit-features"),
+        ({}, {"x-bandit-features": "{not json"}, 400, "x-bandit-features"),
+        (b'"metadata": {"n": 1e400}', {}, 400, "metadata"),  # read as infinity, as /choose does
+        (b'"metadata": {"n": ' + b"9" * 400 + b"}", {}, 400, "metadata"),
+        (b'"metadata": {"n": NaN}', {}, 400, "metadata"),
         (b'"metadata": {"n": ' + b"9" * 5000 + b"}", {}, 400, "body"),  # too long to read
         (b'"temperature": 1e400', {}, 400, "body"),  # cannot be forwarded as sent
         (b'"x": ' + b"9" * 30, {}, 400, "body"),
@@ -148,7 +148,8 @@ def test_errors_name_what_the_client_sent(
 
 
 def test_the_same_numbers_through_choose(serve: Serve, upstream: Start) -> None:
-    """The gateway's answers above are /choose's for the same features."""
+    """The gateway's refusals above are /choose's for the same features (its 400, OpenAI's, is
+    /choose's 422)."""
     url, _ = upstream(speed=1000)
     base = _gateway(serve, url)
     for value, status in ((b"1e400", 422), (b"9" * 400, 422), (b"NaN", 422), (b"9" * 5000, 400)):

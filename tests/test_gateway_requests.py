@@ -387,7 +387,7 @@ def test_a_request_with_no_text_to_read_is_refused_naming_messages(
 ) -> None:
     url, upstream = scripted({"m": PLAIN})
     base = _gateway(serve, url, {"m": PLAIN})
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
+    with pytest.raises(openai.BadRequestError) as refused:
         sdk_client(base, KEY).chat.completions.create(
             model="auto",
             messages=[

@@ -387,8 +387,12 @@ def _unsendable(value: Any) -> str | None:
 
 
 def error_response(exc: BaseException, router: Router | None) -> Response:
-    """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``."""
+    """A gateway error in OpenAI's shape, with the contract's ``detail`` and ``field``. A
+    request the contract finds invalid (its 422) is OpenAI's 400, as OpenAI answers one: the
+    SDK raises ``BadRequestError``, which an app written for OpenAI catches."""
     status, raw = failure(exc, router, "gateway")
+    if status == INVALID:
+        status = BAD_REQUEST
     code = CODES.get(type(exc))
     # Retry-After: when the OpenAI SDK retries (it does a 503), it waits as long as this says
     retry = exc.retry_after_s if isinstance(exc, RouterError) else None
@@ -402,6 +406,8 @@ def error_response(exc: BaseException, router: Router | None) -> Response:
         headers=headers,
     )
 
+
+INVALID, BAD_REQUEST = 422, 400
 
 CODES: dict[type[BaseException], str] = {
     ModelNotFound: "model_not_found",

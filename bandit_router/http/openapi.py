@@ -155,11 +155,13 @@ GATEWAY = (
         408,
         413,
         415,
-        422,
         429,
         500,
         502,
         503,
+        e400="the body is not a JSON object, or an invalid request (OpenAI answers 400 where "
+        "the other endpoints answer 422): the message names the field (`error.param`) and the "
+        "allowed values",
         e404="unknown model (the upstream's own 404 is a failure of its arm: 502)",
         e503="BANDIT_GATEWAY_MAX_CONCURRENCY upstream calls already in flight; retry",
     )
@@ -175,15 +177,15 @@ GATEWAY_DEPLOYMENT = (
     "same one); none: `default`, or the deployment `model` names"
 )
 GATEWAY_READ = responses(
-    401, 422, 500, e422="unknown deployment, or two named; the message lists the valid ones"
+    400, 401, 500, e400="unknown deployment, or two named; the message lists the valid ones"
 )
 GATEWAY_MODEL = responses(
+    400,
     401,
     404,
-    422,
     500,
+    e400="unknown deployment, or two named; the message lists the valid ones",
     e404="no such model here (`GET /v1/models` lists them)",
-    e422="unknown deployment, or two named; the message lists the valid ones",
 )
 
 
