@@ -38,7 +38,7 @@ from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
 from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
 from bandit_router.store.repository import Store, open_store
-from bandit_router.store.transport import connect
+from bandit_router.store.transport import Watched, connect
 from tests.conftest import (
     PLANTED_QUERIES,
     ClientFactory,
@@ -622,22 +622,17 @@ def _switch_meanwhile(
         return decide(bench, *args, **kwargs)
 
     monkeypatch.setattr(Bench, "promote", deciding)
-    open_pipeline = router.store.redis.pipeline
+    # The publish's transaction: its WATCH (and reads) in ``read``, its EXEC in ``execute``.
+    name = "read" if at == "watch" else "execute"
+    step = getattr(Watched, name)
 
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = open_pipeline(*args, **kwargs)
-        step = getattr(pipe, at)
+    async def switch_first(tx: Watched, *args: Any, **kwargs: Any) -> Any:
+        if decided and not switched:
+            switched.append(at)
+            await switcher.set_policy_override("egreedy")
+        return await step(tx, *args, **kwargs)
 
-        async def switch_first(*names: Any, **options: Any) -> Any:
-            if decided and not switched and (at == "watch" or pipe.watching):
-                switched.append(at)
-                await switcher.set_policy_override("egreedy")
-            return await step(*names, **options)
-
-        setattr(pipe, at, switch_first)
-        return pipe
-
-    monkeypatch.setattr(router.store.redis, "pipeline", pipeline)
+    monkeypatch.setattr(Watched, name, switch_first)
     return switched
 
 

@@ -22,6 +22,7 @@ from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
 from tests.conftest import SERVER_URL, SettingsFactory, all_events, keep_busy, readable
+from tests.far import Far
 
 T = TypeVar("T")
 
@@ -551,5 +552,42 @@ def test_a_round_trip_slower_than_the_timeout_is_not_sent_again(
             assert await store.redis.xlen(store.key("{p}:events")) == 1
         finally:
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_publish_takes_two_round_trips(make_settings: SettingsFactory) -> None:
+    """A publish watches the lease, the model and the policy and reads them in one round trip,
+    then writes in a second (MULTI ... EXEC). Each read after WATCH was a round trip of its own:
+    five in all, six with a promotion, each a network round trip to a Redis elsewhere, paid by
+    the /reward the publish runs in and by the rewards that wait for the learner meanwhile."""
+
+    async def main() -> None:
+        s = make_settings()
+        async with Far(SERVER_URL).running() as far:
+            store = Store(connect(far.url(SERVER_URL)), s.key_prefix, 60, 1000)
+            try:
+                assert await store.hold_lease("a", 10)
+                await store.ensure_group()
+                added = await store.redis.xadd(store.key("{p}:events"), {"x": "1"})
+                entry = added.decode() if isinstance(added, bytes) else added
+                await store.redis.ping()  # every connection the calls use is made
+                before = far.writes
+                snapshot = Snapshot("egreedy", 1, entry, b"one")
+                assert await store.publish(snapshot, [entry], {"meta": b"{}"}, None, "a")
+                assert far.writes - before == 2
+                promotion = {"to_policy": "linucb", "at": "2026-01-01T00:00:00+00:00"}
+                before = far.writes
+                promoted = Snapshot("linucb", 1, entry, b"two")
+                assert await store.publish(promoted, [], None, promotion, "a")
+                assert far.writes - before == 2
+                assert await store.load_snapshot() == promoted
+                assert await store.policy_override() == "linucb"
+                before = far.writes  # a holder without the lease: refused in the first
+                assert not await store.publish(promoted, [], None, None, "b")
+                assert far.writes - before == 2  # and UNWATCH
+                assert await store.hold_lease("a", 10) == LEASE_RENEWED
+            finally:
+                await store.close()
 
     asyncio.run(main())

@@ -84,6 +84,7 @@ from bandit_router.store.scripts import (
 from bandit_router.store.transport import (
     DOWN,
     GroupCommit,
+    Watched,
     connect,
     down,
     evalsha,
@@ -714,61 +715,68 @@ class Store:
         watched = [self.key(KEY_LEASE), self.key(KEY_MODEL)]
         if promotion is not None:  # its write of the policy must not undo an admin's switch
             watched.append(self.key(KEY_POLICY))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            # Watched: the lease's holder, the model's type and the override, checked here, hold
-            # until EXEC.
-            await pipe.watch(*watched)
-            if holder is not None and await pipe.get(self.key(KEY_LEASE)) != holder.encode():
+        async with Watched(self.redis) as tx:
+            # Watched: the lease's holder, the model's type and the override, read in the round
+            # trip that watches them, hold until EXEC.
+            reads: list[list[Any]] = [
+                ["GET", self.key(KEY_LEASE)],
+                ["TYPE", self.key(KEY_MODEL)],
+                ["HGET", self.key(KEY_MODEL), "stream_id"],
+            ]
+            if promotion is not None:
+                reads.append(["GET", self.key(KEY_POLICY)])
+            lease, found, stored, *policy = await tx.read(watched, reads)
+            if holder is not None and _given(lease) != holder.encode():
                 return False
             if promotion is not None:  # a switch since the promotion was decided wins
-                override_now = await self._override_of(pipe)
+                override_now = await self._override_of(_read_as(policy[0]))
                 if override_now != decided_under:
                     raise SwitchArrived(override_now)
             # A model key of another type: nothing is written (no events acknowledged as saved).
-            found: Any = await pipe.type(self.key(KEY_MODEL))
+            found = _given(found)
             found = found.decode() if isinstance(found, bytes) else str(found)
             if found not in ("hash", "none"):
                 raise self._wrong(KEY_MODEL, found)
             # A learner's model never replaces one that has learned past its watermark. The lease
             # alone is not enough: a learner that froze past it and took it again when it was
             # free could publish, from a step racing its ``lead``, the model it froze with.
-            if holder is not None and _behind(
-                snapshot, await pipe.hget(self.key(KEY_MODEL), "stream_id")
-            ):
+            if holder is not None and _behind(snapshot, _given(stored)):
                 return False
-            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            writes: list[list[Any]] = []
             if challengers is not None:  # replaced whatever its type: it mends a misfit
-                pipe.delete(self.key(KEY_CHALLENGERS))
+                writes.append(["DEL", self.key(KEY_CHALLENGERS)])
                 queued.append(KEY_CHALLENGERS)
                 if challengers:
-                    pipe.hset(self.key(KEY_CHALLENGERS), mapping=cast(Any, dict(challengers)))
+                    flat = [x for field, value in challengers.items() for x in (field, value)]
+                    writes.append(["HSET", self.key(KEY_CHALLENGERS), *flat])
                     queued.append(KEY_CHALLENGERS)
             if promotion is not None:
-                pipe.set(self.key(KEY_POLICY), snapshot.policy)
-                pipe.rpush(self.key(KEY_PROMOTIONS), dumps(promotion))
-                pipe.ltrim(self.key(KEY_PROMOTIONS), -KEPT_PROMOTIONS, -1)
+                writes += [
+                    ["SET", self.key(KEY_POLICY), snapshot.policy],
+                    ["RPUSH", self.key(KEY_PROMOTIONS), dumps(promotion)],
+                    ["LTRIM", self.key(KEY_PROMOTIONS), -KEPT_PROMOTIONS, -1],
+                ]
                 queued += [KEY_POLICY, KEY_PROMOTIONS, KEY_PROMOTIONS]
             if override is not None:
-                pipe.set(self.key(KEY_POLICY), override)
+                writes.append(["SET", self.key(KEY_POLICY), override])
                 queued.append(KEY_POLICY)
-            pipe.hset(
-                self.key(KEY_MODEL),
-                mapping={
-                    "policy": snapshot.policy,
-                    "version": snapshot.version,
-                    "stream_id": snapshot.stream_id,
-                    "data": snapshot.data,
-                },
-            )
-            pipe.hset(self.key(KEY_STATS), "events_learned", snapshot.version)
+            writes += [
+                [
+                    "HSET",
+                    self.key(KEY_MODEL),
+                    *("policy", snapshot.policy, "version", snapshot.version),
+                    *("stream_id", snapshot.stream_id, "data", snapshot.data),
+                ],
+                ["HSET", self.key(KEY_STATS), "events_learned", snapshot.version],
+            ]
             queued += [KEY_MODEL, KEY_STATS]
             if acks:
-                pipe.xack(self.key(KEY_EVENTS), GROUP, *acks)
+                writes.append(["XACK", self.key(KEY_EVENTS), GROUP, *acks])
                 queued.append(KEY_EVENTS)
             # Redis runs every command of a transaction, one failing or not: the model is
             # published even if a key it does without (the counter, the promotions' record) is
             # of another type, said once.
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await tx.execute(writes)
         for template, reply in zip(queued, replies, strict=True):
             if not isinstance(reply, Exception):
                 continue
@@ -872,12 +880,12 @@ class Store:
     async def policy_override(self) -> str | None:
         """The policy an admin switched to; None without one, or when the key is not a string
         (said in the log once: served as an override that is refused, BANDIT_POLICY)."""
-        self.override_seen = await self._override_of(self.redis)
+        self.override_seen = await self._override_of(self.redis.get(self.key(KEY_POLICY)))
         return self.override_seen
 
-    async def _override_of(self, client: aioredis.Redis) -> str | None:
-        """``policy_override``, read through ``client`` (a transaction's, watching it)."""
-        raw: Any = await self._typed(KEY_POLICY, client.get(self.key(KEY_POLICY)), absent=None)
+    async def _override_of(self, read: Awaitable[Any]) -> str | None:
+        """``policy_override``, as ``read`` (a GET of the key, or its reply) answers."""
+        raw: Any = await self._typed(KEY_POLICY, read, absent=None)
         try:
             return raw.decode() if raw is not None else None
         except UnicodeDecodeError:  # written by hand: read as none, said once
@@ -1075,6 +1083,18 @@ class Store:
         if self.route is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.route.aclose()
+
+
+def _given(reply: Any) -> Any:
+    """A raw reply, an error reply raised as the command's own."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+async def _read_as(reply: Any) -> Any:
+    """A raw reply as the read that answered it (for ``Store._typed``)."""
+    return _given(reply)
 
 
 def _behind(snapshot: Snapshot, stored: Any) -> bool:

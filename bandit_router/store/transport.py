@@ -28,6 +28,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    WatchError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -435,6 +436,93 @@ class GroupCommit:
 
 
 DEFAULT_TIMEOUT_S = 5.0
+
+
+class Watched:
+    """An optimistic transaction in two round trips: WATCH and the reads that decide it in one
+    write, then MULTI, the writes and EXEC in another, on a connection of ``client``'s pool.
+    redis-py's pipeline sends each command after WATCH on its own, a round trip each (a
+    publish took five). Each reply comes back raw, an error reply as its ``ResponseError`` in
+    its place; ``execute`` raises ``WatchError`` when a watched key changed, or when the
+    connection failed while watching (as redis-py's pipeline does: the caller looks again)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn: Connection | None = None
+        self._watching = False
+
+    async def __aenter__(self) -> Watched:
+        self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        try:
+            if self._watching:  # left before EXEC (a check failed): the next user starts clean
+                await conn.send_command("UNWATCH")
+                await conn.read_response()
+        except BaseException:  # the watch ends with the connection; the caller's error stands
+            await conn.disconnect()
+        finally:
+            await self._pool.release(conn)
+
+    async def read(self, keys: list[str], commands: list[list[Any]]) -> list[Any]:
+        """WATCH ``keys``, then ``commands``' replies, all in one round trip. A pooled
+        connection found dead before any reply came (a Redis restart) is replaced once."""
+        for attempt in (1, 2):
+            replies: list[Any] = []
+            try:
+                await self._round_trip([["WATCH", *keys], *commands], replies)
+                break
+            except (RedisConnectionError, OSError):
+                await self._drop()
+                if replies or attempt == 2:
+                    raise
+            except BaseException:
+                await self._drop()
+                raise
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        self._watching = True
+        return replies[1:]
+
+    async def execute(self, commands: list[list[Any]]) -> list[Any]:
+        """MULTI, ``commands``, EXEC in one round trip: their replies (errors in place)."""
+        replies: list[Any] = []
+        try:
+            await self._round_trip([["MULTI"], *commands, ["EXEC"]], replies)
+        except DOWN as e:
+            await self._drop()
+            raise WatchError("the connection failed while watching") from e
+        except BaseException:
+            await self._drop()
+            raise
+        self._watching = False  # EXEC ends the watch, whatever it answered
+        for reply in replies[:-1]:  # +OK and QUEUED; an error is a command Redis refused
+            if isinstance(reply, Exception):
+                raise reply
+        if replies[-1] is None:
+            raise WatchError("a watched key changed")
+        if isinstance(replies[-1], Exception):  # EXECABORT
+            raise replies[-1]
+        return list(replies[-1])
+
+    async def _round_trip(self, commands: list[list[Any]], replies: list[Any]) -> None:
+        conn = self._conn
+        assert conn is not None
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as e:
+                replies.append(e)
+
+    async def _drop(self) -> None:
+        """Close the connection (out of step, or dead): Redis forgets its watch with it."""
+        self._watching = False
+        if self._conn is not None:
+            await self._conn.disconnect()
 
 
 def evalsha(script: Script, keys: list[Any], args: list[Any]) -> list[Any]:
