@@ -37,6 +37,12 @@ async def _open(settings: Settings) -> Router:
     return await Router.open(settings, store)
 
 
+async def _close(*routers: Router) -> None:
+    for router in routers:
+        await router.close()
+        await router.store.close()
+
+
 async def _serve(router: Router, n: int) -> list[str]:
     """``n`` choices, each rewarded 1; their event ids."""
     ids = []
@@ -117,9 +123,7 @@ def test_a_follower_that_takes_the_lease_after_redis_restarted_empty_publishes_i
         await b.learner.step()
         assert not await a.refresh()  # the same model: nothing newer to load
         assert (str(a.model.spec), a.version) == ("linucb", 25)
-        for router in (a, b):
-            await router.close()
-            await router.store.close()
+        await _close(a, b)
 
     with caplog.at_level(logging.INFO, logger="bandit_router"):
         asyncio.run(scenario())
@@ -145,9 +149,7 @@ def test_a_learner_with_another_policy_than_the_lost_models_does_not_set_that_on
         assert await b.learner.lead()
         assert (str(b.model.spec), b.version) == ("linucb", 0)
         assert await b.store.policy_override() is None
-        for router in (a, b):
-            await router.close()
-            await router.store.close()
+        await _close(a, b)
 
     with caplog.at_level(logging.INFO, logger="bandit_router"):
         asyncio.run(scenario())
