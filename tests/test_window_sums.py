@@ -5,6 +5,7 @@ reloaded from ``dumps()``, each judgement compared with ``standing`` over ``wind
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from unittest import mock
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from bandit_router.features import extract
 from bandit_router.offline import moments
-from bandit_router.offline.estimators import Estimate
+from bandit_router.offline.estimators import Estimate, mean_of, snips_of
 from bandit_router.offline.moments import Moments
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
@@ -214,3 +215,8 @@ def test_estimates_from_sums_by_hand() -> None:
     assert [snips.low, snips.high] == pytest.approx([2 / 3 - half, 2 / 3 + half])
     assert m.on_policy().value == pytest.approx(2.5 / 3)
     assert isinstance(m.doubly_robust(), Estimate)
+    assert m.doubly_robust().value == pytest.approx((1.5 + 0.2 + 0.6) / 3)
+    with pytest.raises(ValueError, match="need at least one event"):
+        mean_of(0, Fraction(0), Fraction(0))
+    with pytest.raises(ValueError, match="need at least one event"):
+        snips_of(0, *[Fraction(0)] * 5)
