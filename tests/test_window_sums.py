@@ -146,6 +146,20 @@ def test_a_weight_too_large_to_sum_is_scored_by_the_estimators() -> None:
     assert window.moments().exact and window.moments().unbounded == 0  # evicted: the sums
 
 
+def test_rows_are_the_newest_oldest_first_and_a_narrower_window_keeps_the_newest() -> None:
+    """Rows entering a full ring in two syncs wrap around it: ``rows()`` still gives them
+    oldest first, so a restart with a smaller BANDIT_CHALLENGER_WINDOW keeps the newest."""
+    rows = [(0.1 * i, 0.5, 0.5, 0.5, 0.5) for i in range(1, 6)]
+    window = Window(3)
+    for r in rows[:2]:
+        window.add(r)
+    assert window.rows().tolist() == [list(r) for r in rows[:2]]
+    for r in rows[2:]:
+        window.add(r)
+    assert window.rows().tolist() == [list(r) for r in rows[2:]]
+    assert Window.loads(2, window.dumps()).rows().tolist() == [list(r) for r in rows[3:]]
+
+
 def test_sums_are_exact_whatever_came_and_went() -> None:
     """After many rows in and out, the sums are those of the rows held, to the last bit."""
     rng = np.random.default_rng(3)
