@@ -102,12 +102,32 @@ def test_parts_merge_and_duplicates_are_reported(make_settings: SettingsFactory)
         await store.save_decision("e1", _decision("e1"))
         first = await store.add_parts("e1", {"latency_ms": 100.0})
         assert (first.parts, first.duplicates) == ({"latency_ms": 100.0}, [])
+        # The parts are kept as long as the decision (past the window), the tracking set for good.
+        assert 600 < await store.redis.ttl(store.key("{p}:parts:{event_id}", "e1")) <= 660
+        assert await store.redis.ttl(store.key("{p}:pending")) == -1
         second = await store.add_parts("e1", {"latency_ms": 999.0, "accuracy": 1.0})
         assert second.parts == {"latency_ms": 100.0, "accuracy": 1.0}  # the first value stands
         assert second.duplicates == ["latency_ms"]
         assert await store.due(time.time() + 61) == ["e1"]  # the window is tracked
         with pytest.raises(UnknownEvent):
             await store.add_parts(uuid.uuid4().hex, {"accuracy": 1.0})
+
+    _run(make_settings, body)
+
+
+def test_an_event_logged_untracked_never_counts_skipped_below_zero(
+    make_settings: SettingsFactory,
+) -> None:
+    """An event no longer tracked that is logged takes back one skip (UNSKIP_LUA): with none
+    counted (the counters reset, or the tracking lost otherwise), the count stays at 0."""
+
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        await store.redis.zrem(store.key("{p}:pending"), "e1")
+        await store.redis.hset(store.key("{p}:stats"), "skipped_no_reward", 0)
+        parts = await store.add_parts("e1", {"reward": 0.5}, final=_reward(0.5))
+        assert parts.logged is not None
+        assert (await store.counters())["skipped_no_reward"] == 0
 
     _run(make_settings, body)
 
