@@ -234,3 +234,17 @@ def test_estimates_from_sums_by_hand() -> None:
         mean_of(0, Fraction(0), Fraction(0))
     with pytest.raises(ValueError, match="need at least one event"):
         snips_of(0, *[Fraction(0)] * 5)
+
+
+def test_the_margin_is_the_lower_of_the_two_lower_bounds_over_the_champion() -> None:
+    snips, dr = Estimate(0.7, 0.6, 0.8, 100), Estimate(0.72, 0.65, 0.79, 100)
+    s = Standing("c", 100, snips, dr, Estimate(0.5, 0.45, 0.55, 100), True)
+    assert s.margin == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("min_events", [0, 1])
+def test_a_challenger_with_no_events_never_clears(min_events: int) -> None:
+    empty = standing("c", np.zeros((0, 5)), min_events)
+    assert (empty.events, empty.snips.n, empty.clears) == (0, 0, False)
+    from_sums = scored("c", Window(4), min_events)
+    assert (from_sums.events, from_sums.dr.n, from_sums.clears) == (0, 0, False)
