@@ -248,3 +248,12 @@ def test_a_challenger_with_no_events_never_clears(min_events: int) -> None:
     assert (empty.events, empty.snips.n, empty.clears) == (0, 0, False)
     from_sums = scored("c", Window(4), min_events)
     assert (from_sums.events, from_sums.dr.n, from_sums.clears) == (0, 0, False)
+
+
+def test_a_challenger_clears_at_min_events_and_only_strictly_above_the_champion() -> None:
+    champion = Estimate(0.6, 0.5, 0.7, 10)
+    high, tie = Estimate(0.8, 0.7, 0.9, 10), Estimate(0.7, 0.6, 0.8, 10)
+    assert challengers._judged("c", 10, high, high, champion, 10).clears
+    assert not challengers._judged("c", 9, high, high, champion, 10).clears
+    assert not challengers._judged("c", 10, tie, high, champion, 10).clears
+    assert not challengers._judged("c", 10, high, tie, champion, 10).clears
