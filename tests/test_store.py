@@ -128,8 +128,32 @@ def test_an_event_logged_untracked_never_counts_skipped_below_zero(
         parts = await store.add_parts("e1", {"reward": 0.5}, final=_reward(0.5))
         assert parts.logged is not None
         assert (await store.counters())["skipped_no_reward"] == 0
+        assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
 
     _run(make_settings, body)
+
+
+def test_a_part_never_shortens_the_keep_time_of_its_decision(
+    make_settings: SettingsFactory,
+) -> None:
+    """A decision kept longer (made under a longer wait) than a part tracking it again would
+    keep it: the part leaves its expiry as it was (PARTS_LUA's hold)."""
+
+    async def main() -> None:
+        s = make_settings()
+        long = Store(connect(s.redis_url or ""), s.key_prefix, 700, 1000)  # kept 1400 s
+        short = Store(connect(s.redis_url or ""), s.key_prefix, 60, 1000)  # would keep 660 s
+        try:
+            await long.save_decision("e1", _decision("e1"))
+            await long.redis.zrem(long.key("{p}:pending"), "e1")  # let go, as a sweep does
+            await short.add_parts("e1", {"accuracy": 1.0})
+            assert await short.redis.zscore(short.key("{p}:pending"), "e1")  # tracked again
+            assert await long.redis.ttl(long.key("{p}:decision:{event_id}", "e1")) > 1300
+        finally:
+            await long.close()
+            await short.close()
+
+    asyncio.run(main())
 
 
 def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
@@ -139,6 +163,8 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
         assert await store.finalize("e1", seen=2, reward=_reward(0.5)) is None  # parts changed
         stream_id = await store.finalize("e1", seen=1, reward=_reward(0.5))
         assert stream_id is not None
+        # The done marker refuses a second reward as long as the decision could be kept.
+        assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
         with pytest.raises(AlreadyRewarded):
             await store.finalize("e1", seen=1, reward=_reward(0.5))
         with pytest.raises(AlreadyRewarded):
