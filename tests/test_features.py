@@ -150,6 +150,10 @@ def test_long_words_do_not_fill_the_word_cache() -> None:
     assert kept < 1_000_000  # cached, 300 x 32 KB: 9.6 MB
 
 
+def test_app_booleans_are_one_and_zero() -> None:
+    assert extract("q", {"on": True, "off": False}).numeric == {"on": 1.0, "off": 0.0}
+
+
 def test_the_first_128_distinct_words_are_kept() -> None:
     """README: a query's first 128 distinct words become its tokens."""
     words = [f"w{i}x" for i in range(200)]
