@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 
-from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
@@ -154,6 +154,23 @@ def test_a_part_never_shortens_the_keep_time_of_its_decision(
             await short.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_parts_are_taken_up_to_the_window_s_end_included(
+    make_settings: SettingsFactory, final: bool
+) -> None:
+    async def body(store: Store) -> None:
+        decision = _decision("e1")
+        await store.save_decision("e1", decision)
+        end = cast(float, decision["ts"]) + 60
+        reward = _reward(0.5) if final else None
+        with pytest.raises(WindowClosed):
+            await store.add_parts("e1", {"reward": 0.5}, reward, end + 1e-3)
+        taken = await store.add_parts("e1", {"reward": 0.5}, reward, end)
+        assert taken.parts == {"reward": 0.5} and (taken.logged is not None) == final
+
+    _run(make_settings, body)
 
 
 def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
