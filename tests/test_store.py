@@ -111,6 +111,8 @@ def test_parts_merge_and_duplicates_are_reported(make_settings: SettingsFactory)
         assert await store.due(time.time() + 61) == ["e1"]  # the window is tracked
         with pytest.raises(UnknownEvent):
             await store.add_parts(uuid.uuid4().hex, {"accuracy": 1.0})
+        with pytest.raises(UnknownEvent):  # through ADD_FINAL
+            await store.add_parts(uuid.uuid4().hex, {"reward": 1.0}, final=_reward(1.0))
 
     _run(make_settings, body)
 
