@@ -29,7 +29,7 @@ from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.policies.vw import VWPolicy, adf_example
 from bandit_router.rewards import RewardConfig, RewardParts
-from bandit_router.service.challengers import Bench, challengers_view
+from bandit_router.service.challengers import JUDGE_EVERY, Bench, challengers_view, in_pool
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.sim.champion import parse_auto
@@ -310,6 +310,36 @@ def test_each_event_is_scored_before_the_challenger_learns_it() -> None:
     target = bench.challengers["linucb"].window.rows()[:, 0]
     assert target[0] == pytest.approx(1 / 3)  # it knew nothing: ties split evenly
     assert list(target[1:]) == [1.0, 1.0]  # then it had learned that 4b pays here
+
+
+def test_a_bench_judges_every_judge_every_events() -> None:
+    arms = [Arm("4b"), Arm("7b"), Arm("14b")]
+    bench = Bench(parse_policy_spec("random"), [parse_policy_spec("linucb")], seed=1)
+    x = extract(PLANTED_QUERIES[0][0])
+    for _ in range(2):
+        for _ in range(JUDGE_EVERY - 1):
+            bench.observe(x, arms, "4b", 1 / 3, 1.0)
+        assert not bench.due
+        bench.observe(x, arms, "4b", 1 / 3, 1.0)
+        assert bench.due
+        bench.judge()
+
+
+def test_a_bench_without_settings_takes_the_settings_defaults() -> None:
+    bench = Bench(parse_policy_spec("random"), [])
+    assert bench.min_events == Settings.model_fields["promote_min_events"].default
+    assert bench.size == Settings.model_fields["challenger_window"].default
+
+
+def test_the_pool_is_the_policy_and_the_challengers(
+    make_settings: SettingsFactory,
+) -> None:
+    """After an admin switch, the old champion challenges on only when it is in the pool."""
+    settings = _settings(make_settings)
+    for inside in ("random", "linucb", "fixed:arm=7b"):
+        assert in_pool(parse_policy_spec(inside), settings), inside
+    for outside in ("egreedy", "fixed:arm=4b"):
+        assert not in_pool(parse_policy_spec(outside), settings), outside
 
 
 def test_simulator_auto_syntax() -> None:

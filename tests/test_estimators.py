@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from bandit_router.features import Features
 from bandit_router.offline.estimators import Z95, Estimate, RewardModel, doubly_robust, ips, snips
+from bandit_router.policies.linucb import dense_vector
 
 # Three events: the target picks the logged arm in events 1 and 3 only.
 TARGET = [1.0, 0.0, 1.0]  # pi(a_i | x_i)
@@ -62,10 +64,17 @@ def test_one_event_has_no_interval_and_bad_input_is_refused() -> None:
     assert e.to_json() == {"value": 2.0, "low": None, "high": None, "n": 1}
     with pytest.raises(ValueError, match="propensities must be in"):
         ips([1.0], [0.0], [1.0])
+    with pytest.raises(ValueError, match="propensities must be in"):
+        ips([1.0], [1.5], [1.0])
     with pytest.raises(ValueError, match="equally long"):
         ips([1.0, 1.0], [0.5], [1.0])
     with pytest.raises(ValueError, match="non-empty"):
         ips([], [], [])
+
+
+def test_two_events_have_an_interval() -> None:
+    e = ips([1.0, 1.0], [0.5, 0.5], [1.0, 0.0])  # terms [2, 0]: mean 1, sd sqrt(2)
+    assert [e.value, e.low, e.high, e.n] == pytest.approx([1.0, 1.0 - Z95, 1.0 + Z95, 2])
 
 
 def test_estimate_is_a_plain_record() -> None:
@@ -84,3 +93,40 @@ def test_reward_model_learns_per_arm_and_starts_at_one_half() -> None:
     assert model.predict(plain, ["14b", "4b"]) == {"14b": pytest.approx(0.1, abs=0.02), "4b": 0.5}
     with pytest.raises(ValueError, match="l2 must be > 0, got 0"):
         RewardModel(l2=0)
+
+
+def test_reward_model_penalty_and_its_bytes() -> None:
+    """One event learned: theta . v = (r - 0.5) |v|^2 / (l2 + |v|^2), so the penalty shows; the
+    bytes give back the same predictions for every arm (two, to read each one's slice)."""
+    x = Features(stats=(0.5, 0.3, 0, 1, 0, 0, 0, 0, 0, 0), tokens=(3, 7))
+    model = RewardModel(dim=12, l2=4.0)
+    model.learn(x, "14b", 1.0)
+    square = float(dense_vector(x, 12) @ dense_vector(x, 12))
+    assert model.predict(x, ["14b"])["14b"] == pytest.approx(0.5 + 0.5 * square / (4 + square))
+    for _ in range(5):
+        model.learn(x, "4b", 0.0)
+    loaded = RewardModel.loads(model.dumps())
+    assert (loaded.dim, loaded.l2) == (12, 4.0)
+    assert loaded.predict(x, ["14b", "4b", "7b"]) == model.predict(x, ["14b", "4b", "7b"])
+    assert loaded.predict(x, ["4b"])["4b"] < 0.5 < loaded.predict(x, ["14b"])["14b"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"dim": 11, "l2": 1, "arms": []}\n',  # no slot left for words
+        b'{"dim": 1025, "l2": 1, "arms": []}\n',  # wider than MAX_DIM
+        b'{"dim": 12, "l2": Infinity, "arms": []}\n',
+        b'{"dim": 12, "l2": 1, "arms": []}',  # no header line
+        b'{"dim": 12, "l2": 1, "arms": ["a"]}\n' + bytes(8 * 155),  # one value short
+        b'{"dim": 12, "l2": 1, "arms": ["a"]}\n' + np.full(156, np.nan).tobytes(),
+    ],
+)
+def test_reward_model_bytes_it_cannot_have_written_are_refused(data: bytes) -> None:
+    with pytest.raises(ValueError, match="reward model"):
+        RewardModel.loads(data)
+
+
+@pytest.mark.parametrize("dim", [12, 1024])
+def test_reward_model_widths_at_the_bounds_load(dim: int) -> None:
+    assert RewardModel.loads(f'{{"dim": {dim}, "l2": 1, "arms": []}}\n'.encode()).dim == dim

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bandit_router import features
 from bandit_router.features import (
     MAX_TOKENS,
     PUBLIC_WORDS,
@@ -147,3 +148,31 @@ def test_long_words_do_not_fill_the_word_cache() -> None:
     assert len(set(tokens)) == len(queries)  # each word still hashed, and hashed apart
     assert extract(queries[7], None, key).tokens == tokens[7]
     assert kept < 1_000_000  # cached, 300 x 32 KB: 9.6 MB
+
+
+def test_app_booleans_are_one_and_zero() -> None:
+    assert extract("q", {"on": True, "off": False}).numeric == {"on": 1.0, "off": 0.0}
+
+
+def test_the_first_128_distinct_words_are_kept() -> None:
+    """README: a query's first 128 distinct words become its tokens."""
+    words = [f"w{i}x" for i in range(200)]
+    x = extract(" ".join(words + words))
+    assert x.tokens == tuple(sorted({_word(w) for w in words[:128]}))
+    assert x.stat("words") == pytest.approx(math.log1p(400) / 8.0)  # every word counts
+
+
+def test_the_counting_statistics_by_their_formulas() -> None:
+    query = "Why is 2 + 2 = 4?\n- one\n- two\nwhat is a cat"
+    x = extract(query)
+    assert x.stat("chars") == pytest.approx(math.log1p(len(query)) / 10.0)
+    assert x.stat("lines") == pytest.approx(math.log1p(4) / 5.0)
+    assert x.stat("list_items") == pytest.approx(math.log1p(2) / 3.0)
+    assert x.stat("digits") == pytest.approx(3 / len(query))
+    # A query holding every literal a pattern may need still runs the pattern.
+    assert extract(" ".join(features._REASONING_NEEDS)).stat("reasoning") == 1.0
+    plain = extract("no question here")
+    assert (plain.stat("question"), plain.stat("list_items"), plain.stat("digits")) == (0, 0, 0)
+    assert extract("").stat("digits") == 0.0
+    long = extract("x" * 30_000 + "\n" * 200)
+    assert (long.stat("chars"), long.stat("lines")) == (1.0, 1.0)  # each capped

@@ -37,6 +37,7 @@ from bandit_router.store.keys import (
     KEY_STATS,
     KEY_WORD_SECRET,
 )
+from bandit_router.store.records import MAX_TS
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import (
@@ -199,6 +200,7 @@ UNREADABLE_DECISIONS: list[tuple[bytes, str]] = [
     (b"{oops", "not a JSON object"),
     (b"", "not a JSON object"),
     (b"[1, 2]", "not a JSON object"),
+    (b"[1]", "not a JSON object"),  # cjson's table has [1] but no [2]
     (b'"a string"', "not a JSON object"),
     (b"null", "not a JSON object"),
     (_record(arm="7b"), "ts is not a time"),
@@ -254,6 +256,26 @@ def test_a_decision_that_does_not_read_is_a_409_naming_the_event_and_nothing_els
     assert done.status_code == 200 and done.json()["status"] == "final", done.text
     assert client.get("/stats").status_code == 200
     assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+@pytest.mark.parametrize("ts", [0.0, MAX_TS])
+def test_a_decision_at_either_end_of_time_reads(
+    make_settings: SettingsFactory, make_client: ClientFactory, ts: float
+) -> None:
+    """ts 0 and MAX_TS are times (records.read_decision and DECISION_LUA take both ends): their
+    parts are refused as late (a 404) or kept, never called unreadable."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    _store_by_hand(r, settings, "edge", _record(ts=ts, arm="7b"))
+    response = client.post("/reward", json={"event_id": "edge", "accuracy": 1})
+    if ts == 0.0:
+        assert response.status_code == 404, response.text
+        assert "closed at 1970-01-01T01:00:00.000+00:00" in response.json()["detail"]
+    else:
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "pending"
     r.close()
 
 

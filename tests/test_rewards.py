@@ -41,12 +41,26 @@ def test_no_weighted_part_is_an_error_naming_the_fields() -> None:
         CONFIG.combine(RewardParts(cost_usd=0.1))
 
 
+def test_a_part_without_a_weight_does_not_count() -> None:
+    """A part the weights leave out (cost here) is stored but adds nothing to the reward."""
+    assert CONFIG.combine(RewardParts(accuracy=0.5, cost_usd=0.0)) == pytest.approx(0.5)
+    zero = RewardConfig({"accuracy": 1.0, "cost": 0.0})
+    assert zero.combine(RewardParts(accuracy=0.25, cost_usd=0.0)) == pytest.approx(0.25)
+
+
+def test_a_part_weighted_zero_is_not_named_as_a_way_out() -> None:
+    zero = RewardConfig({"accuracy": 1.0, "cost": 0.0})
+    with pytest.raises(ValueError, match=r"send reward, or one of accuracy$"):
+        zero.combine(RewardParts(cost_usd=0.0))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
         ("accuracy", 1.5, "0..1"),
         ("rating", 0, "1..5"),
         ("latency_ms", -1, "0..86400000"),
+        ("cost_usd", 1000.5, "0..1000"),
         ("reward", float("nan"), "0..1"),
     ],
 )

@@ -106,6 +106,7 @@ def test_empty_log(client: TestClient) -> None:
     assert recent["events"] == 0
     assert recent["mean_reward"] is None
     assert recent["series"]["t"] == []
+    assert recent["baselines"] == {"computed_at": None, "events": 0, "logged": None, "policies": {}}
 
 
 def test_bad_window_is_refused(client: TestClient) -> None:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 
-from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent
+from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
@@ -103,12 +103,75 @@ def test_parts_merge_and_duplicates_are_reported(make_settings: SettingsFactory)
         await store.save_decision("e1", _decision("e1"))
         first = await store.add_parts("e1", {"latency_ms": 100.0})
         assert (first.parts, first.duplicates) == ({"latency_ms": 100.0}, [])
+        # The parts are kept as long as the decision (past the window), the tracking set for good.
+        assert 600 < await store.redis.ttl(store.key("{p}:parts:{event_id}", "e1")) <= 660
+        assert await store.redis.ttl(store.key("{p}:pending")) == -1
         second = await store.add_parts("e1", {"latency_ms": 999.0, "accuracy": 1.0})
         assert second.parts == {"latency_ms": 100.0, "accuracy": 1.0}  # the first value stands
         assert second.duplicates == ["latency_ms"]
         assert await store.due(time.time() + 61) == ["e1"]  # the window is tracked
         with pytest.raises(UnknownEvent):
             await store.add_parts(uuid.uuid4().hex, {"accuracy": 1.0})
+        with pytest.raises(UnknownEvent):  # through ADD_FINAL
+            await store.add_parts(uuid.uuid4().hex, {"reward": 1.0}, final=_reward(1.0))
+
+    _run(make_settings, body)
+
+
+def test_an_event_logged_untracked_never_counts_skipped_below_zero(
+    make_settings: SettingsFactory,
+) -> None:
+    """An event no longer tracked that is logged takes back one skip (UNSKIP_LUA): with none
+    counted (the counters reset, or the tracking lost otherwise), the count stays at 0."""
+
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        await store.redis.zrem(store.key("{p}:pending"), "e1")
+        await store.redis.hset(store.key("{p}:stats"), "skipped_no_reward", 0)
+        parts = await store.add_parts("e1", {"reward": 0.5}, final=_reward(0.5))
+        assert parts.logged is not None
+        assert (await store.counters())["skipped_no_reward"] == 0
+        assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
+
+    _run(make_settings, body)
+
+
+def test_a_part_never_shortens_the_keep_time_of_its_decision(
+    make_settings: SettingsFactory,
+) -> None:
+    """A decision kept longer (made under a longer wait) than a part tracking it again would
+    keep it: the part leaves its expiry as it was (PARTS_LUA's hold)."""
+
+    async def main() -> None:
+        s = make_settings()
+        long = Store(connect(s.redis_url or ""), s.key_prefix, 700, 1000)  # kept 1400 s
+        short = Store(connect(s.redis_url or ""), s.key_prefix, 60, 1000)  # would keep 660 s
+        try:
+            await long.save_decision("e1", _decision("e1"))
+            await long.redis.zrem(long.key("{p}:pending"), "e1")  # let go, as a sweep does
+            await short.add_parts("e1", {"accuracy": 1.0})
+            assert await short.redis.zscore(short.key("{p}:pending"), "e1")  # tracked again
+            assert await long.redis.ttl(long.key("{p}:decision:{event_id}", "e1")) > 1300
+        finally:
+            await long.close()
+            await short.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_parts_are_taken_up_to_the_window_s_end_included(
+    make_settings: SettingsFactory, final: bool
+) -> None:
+    async def body(store: Store) -> None:
+        decision = _decision("e1")
+        await store.save_decision("e1", decision)
+        end = cast(float, decision["ts"]) + 60
+        reward = _reward(0.5) if final else None
+        with pytest.raises(WindowClosed):
+            await store.add_parts("e1", {"reward": 0.5}, reward, end + 1e-3)
+        taken = await store.add_parts("e1", {"reward": 0.5}, reward, end)
+        assert taken.parts == {"reward": 0.5} and (taken.logged is not None) == final
 
     _run(make_settings, body)
 
@@ -120,6 +183,8 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
         assert await store.finalize("e1", seen=2, reward=_reward(0.5)) is None  # parts changed
         stream_id = await store.finalize("e1", seen=1, reward=_reward(0.5))
         assert stream_id is not None
+        # The done marker refuses a second reward as long as the decision could be kept.
+        assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
         with pytest.raises(AlreadyRewarded):
             await store.finalize("e1", seen=1, reward=_reward(0.5))
         with pytest.raises(AlreadyRewarded):

@@ -48,4 +48,5 @@ def test_forget_makes_the_next_due_at_once_and_hands_over_the_count() -> None:
     assert dict(forgotten.unsaid) == {"sweep": 1} and forgotten.after_s == 1.0
     said = throttle.due(60.0, "down")
     assert said is not None and said.count == 0
-    assert throttle.forget("never").count == 0
+    never = throttle.forget("never")
+    assert never.count == 0 and never.after_s == math.inf  # none was said

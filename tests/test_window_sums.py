@@ -5,6 +5,7 @@ reloaded from ``dumps()``, each judgement compared with ``standing`` over ``wind
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from unittest import mock
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from bandit_router.features import extract
 from bandit_router.offline import moments
-from bandit_router.offline.estimators import Estimate
+from bandit_router.offline.estimators import Estimate, mean_of, snips_of
 from bandit_router.offline.moments import Moments
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import parse_policy_spec
@@ -145,6 +146,20 @@ def test_a_weight_too_large_to_sum_is_scored_by_the_estimators() -> None:
     assert window.moments().exact and window.moments().unbounded == 0  # evicted: the sums
 
 
+def test_rows_are_the_newest_oldest_first_and_a_narrower_window_keeps_the_newest() -> None:
+    """Rows entering a full ring in two syncs wrap around it: ``rows()`` still gives them
+    oldest first, so a restart with a smaller BANDIT_CHALLENGER_WINDOW keeps the newest."""
+    rows = [(0.1 * i, 0.5, 0.5, 0.5, 0.5) for i in range(1, 6)]
+    window = Window(3)
+    for r in rows[:2]:
+        window.add(r)
+    assert window.rows().tolist() == [list(r) for r in rows[:2]]
+    for r in rows[2:]:
+        window.add(r)
+    assert window.rows().tolist() == [list(r) for r in rows[2:]]
+    assert Window.loads(2, window.dumps()).rows().tolist() == [list(r) for r in rows[3:]]
+
+
 def test_sums_are_exact_whatever_came_and_went() -> None:
     """After many rows in and out, the sums are those of the rows held, to the last bit."""
     rng = np.random.default_rng(3)
@@ -214,3 +229,31 @@ def test_estimates_from_sums_by_hand() -> None:
     assert [snips.low, snips.high] == pytest.approx([2 / 3 - half, 2 / 3 + half])
     assert m.on_policy().value == pytest.approx(2.5 / 3)
     assert isinstance(m.doubly_robust(), Estimate)
+    assert m.doubly_robust().value == pytest.approx((1.5 + 0.2 + 0.6) / 3)
+    with pytest.raises(ValueError, match="need at least one event"):
+        mean_of(0, Fraction(0), Fraction(0))
+    with pytest.raises(ValueError, match="need at least one event"):
+        snips_of(0, *[Fraction(0)] * 5)
+
+
+def test_the_margin_is_the_lower_of_the_two_lower_bounds_over_the_champion() -> None:
+    snips, dr = Estimate(0.7, 0.6, 0.8, 100), Estimate(0.72, 0.65, 0.79, 100)
+    s = Standing("c", 100, snips, dr, Estimate(0.5, 0.45, 0.55, 100), True)
+    assert s.margin == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("min_events", [0, 1])
+def test_a_challenger_with_no_events_never_clears(min_events: int) -> None:
+    empty = standing("c", np.zeros((0, 5)), min_events)
+    assert (empty.events, empty.snips.n, empty.clears) == (0, 0, False)
+    from_sums = scored("c", Window(4), min_events)
+    assert (from_sums.events, from_sums.dr.n, from_sums.clears) == (0, 0, False)
+
+
+def test_a_challenger_clears_at_min_events_and_only_strictly_above_the_champion() -> None:
+    champion = Estimate(0.6, 0.5, 0.7, 10)
+    high, tie = Estimate(0.8, 0.7, 0.9, 10), Estimate(0.7, 0.6, 0.8, 10)
+    assert challengers._judged("c", 10, high, high, champion, 10).clears
+    assert not challengers._judged("c", 9, high, high, champion, 10).clears
+    assert not challengers._judged("c", 10, tie, high, champion, 10).clears
+    assert not challengers._judged("c", 10, high, tie, champion, 10).clears

@@ -83,11 +83,6 @@ class Window:
         self._pending: list[tuple[float, float, float, float, float]] = []
         self._moments = Moments()  # the sums of the rows in the ring, updated with them
 
-    @property
-    def count(self) -> int:
-        """The rows held (in the ring or held back), at most ``size``."""
-        return min(self._held + len(self._pending), self.size)
-
     def add(self, row: tuple[float, float, float, float, float]) -> None:
         self._pending.append(row)
         if len(self._pending) >= SYNC_EVERY:
