@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from bandit_router.http.app import create_app
-from bandit_router.http.contract import UNEXPECTED, failure
+from bandit_router.http.contract import UNEXPECTED, ChooseRequest, failure
 from bandit_router.service.challengers import PromotionView
 from tests.conftest import ClientFactory, SettingsFactory
 
@@ -107,6 +107,19 @@ def test_second_reward_is_409_and_unknown_event_404(client: TestClient) -> None:
     )
 
 
+def test_a_lone_surrogate_in_a_feature_value_is_refused() -> None:
+    """The JSON parser refuses a lone surrogate's escape in a body (a 400); the gateway
+    validates features it built itself, as Python strings, against the contract."""
+    with pytest.raises(ValidationError, match=r"features\.k holds a lone surrogate"):
+        ChooseRequest.model_validate({"query": "q", "features": {"k": "\ud800"}})
+
+
+def test_features_at_their_limits_are_taken(client: TestClient) -> None:
+    features = {"s": "v" * 256, "big": 1e15, "small": -1e15, "n": 10**15}
+    response = client.post("/choose", json={"query": "q", "features": features})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize(
     ("body", "field", "words"),
     [
@@ -124,6 +137,8 @@ def test_second_reward_is_409_and_unknown_event_404(client: TestClient) -> None:
         ),
         ({"query": "q", "features": {"k": None}}, "features", "features.k must be a string"),
         ({"query": "q", "features": {"k": "v" * 300}}, "features", "the limit is 256"),
+        ({"query": "q", "features": {"k": 1.5e15}}, "features", "k must be a finite number"),
+        ({"query": "q", "features": {"k": -1.5e15}}, "features", "k must be a finite number"),
         ({"query": "q", "features": {f"k{i}": i for i in range(65)}}, "features", "limit is 64"),
         (
             {"query": "q", "features": {"k" * 65: 1}},

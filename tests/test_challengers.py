@@ -37,6 +37,7 @@ from bandit_router.sim.dataset import Prepared, Replay, Row, prepare
 from bandit_router.sim.replay import simulate
 from bandit_router.sim.report import summary, table
 from bandit_router.store.keys import KEY_CHALLENGERS, KEY_LEASE, KEY_PROMOTIONS
+from bandit_router.store.records import Event
 from bandit_router.store.repository import Store, open_store
 from bandit_router.store.transport import Watched, connect
 from tests.conftest import (
@@ -323,6 +324,26 @@ def test_a_bench_judges_every_judge_every_events() -> None:
         bench.observe(x, arms, "4b", 1 / 3, 1.0)
         assert bench.due
         bench.judge()
+    assert bench.reward_model.predict(x, ["4b"])["4b"] > 0.9  # DR's model learns every event
+
+
+def test_a_bench_learns_an_event_once() -> None:
+    """An event at or below the watermark is not observed again, unless learned late."""
+    arms = {name: Arm(name) for name in ("4b", "7b", "14b")}
+    bench = Bench(parse_policy_spec("random"), [parse_policy_spec("linucb")], seed=1)
+    decision = {
+        "arms": list(arms),
+        "arm": "4b",
+        "probability": 1 / 3,
+        "features": extract(PLANTED_QUERIES[0][0]).to_json(),
+    }
+    event = Event("5-0", decision, {"reward": 1.0})
+    assert bench.learn(event, arms)
+    assert not bench.learn(event, arms)
+    assert not bench.learn(Event("4-0", decision, {"reward": 1.0}), arms)
+    assert bench.challengers["linucb"].window.rows().shape[0] == 1
+    assert bench.learn(event, arms, late=True)
+    assert bench.challengers["linucb"].window.rows().shape[0] == 2
 
 
 def test_a_bench_without_settings_takes_the_settings_defaults() -> None:

@@ -176,3 +176,15 @@ def test_the_counting_statistics_by_their_formulas() -> None:
     assert extract("").stat("digits") == 0.0
     long = extract("x" * 30_000 + "\n" * 200)
     assert (long.stat("chars"), long.stat("lines")) == (1.0, 1.0)  # each capped
+
+
+def test_app_facts_hash_by_key_for_numbers_and_key_value_for_strings() -> None:
+    assert features.app_hash("n") == token_hash("n")
+    assert features.app_hash("lang", "en") == token_hash("lang=en")
+    assert features.app_hash("lang", "en") != features.app_hash("lang", "fr")
+
+
+def test_a_word_key_needs_a_secret_and_has_a_16_hex_digit_fingerprint() -> None:
+    with pytest.raises(ValueError, match="a word key needs a non-empty secret"):
+        WordKey("")
+    assert len(WordKey("s3cret").fingerprint) == 16

@@ -4,6 +4,7 @@ import pytest
 
 from bandit_router.http.contract import RewardRequest
 from bandit_router.rewards import PART_BOUNDS, RewardConfig, RewardParts
+from bandit_router.settings import Settings
 
 CONFIG = RewardConfig({"accuracy": 0.6, "rating": 0.2, "latency": 0.2}, latency_budget_ms=1000)
 ALL = RewardParts(accuracy=1.0, rating=5, latency_ms=500)
@@ -76,3 +77,9 @@ def test_the_request_schema_declares_the_same_bounds_as_the_parts() -> None:
         declared = {type(m).__name__: m for m in RewardRequest.model_fields[name].metadata}
         assert declared["Ge"].ge == low, name
         assert (declared["Le"].le if "Le" in declared else None) == high, name
+
+
+def test_the_budgets_default_to_the_settings_defaults() -> None:
+    config = RewardConfig({"accuracy": 1.0})
+    assert config.latency_budget_ms == Settings.model_fields["latency_budget_ms"].default
+    assert config.cost_budget_usd == Settings.model_fields["cost_budget_usd"].default

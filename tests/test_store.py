@@ -132,6 +132,13 @@ def test_an_event_logged_untracked_never_counts_skipped_below_zero(
         assert parts.logged is not None
         assert (await store.counters())["skipped_no_reward"] == 0
         assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
+        counters = await store.counters()
+        assert (counters["rewards:7b"], counters["reward_sum:7b"]) == (1, 0.5)
+        # Parts sent again with a final: the first values stand, so nothing is logged from these.
+        await store.save_decision("e2", _decision("e2"))
+        await store.add_parts("e2", {"reward": 0.5})
+        again = await store.add_parts("e2", {"reward": 0.9}, final=_reward(0.9))
+        assert (again.logged, again.duplicates, again.parts) == (None, ["reward"], {"reward": 0.5})
 
     _run(make_settings, body)
 
