@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import httpx2 as httpx
@@ -15,14 +16,16 @@ import redis
 
 from bandit_router.cli.main import main
 from bandit_router.store.embedded import EmbeddedRedis, socket_path
-from bandit_router.store.keys import KEY_LEASE
+from bandit_router.store.keys import KEY_LEASE, KEY_MODEL
 from tests.conftest import (
+    ClientFactory,
     SettingsFactory,
     _free_port,
     _server_answers,
     cli_env,
     cli_process,
     healthy,
+    rewarded_traffic,
     served,
     wait_until,
 )
@@ -236,6 +239,43 @@ def test_sighup_stops_learn_as_sigterm_does(make_settings: SettingsFactory, tmp_
             assert p.wait(timeout=60) == 0
         assert "learner stopped at model version 0" in log.read_text()
         assert client.get(lease) is None
+    finally:
+        client.close()
+
+
+def _says(log: Path, words: str) -> bool:
+    return words in log.read_text()
+
+
+def test_learn_says_its_version_only_when_published(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A `learn` whose final publish is refused (its lease taken by another learner) printed
+    `learner stopped at model version N` all the same: N was not the version in Redis. It says
+    the model was not published; one that publishes names the version Redis holds."""
+    settings = make_settings(learn_in_workers=False)
+    rewarded_traffic(make_client(settings), 20)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=60)
+    p = "{" + settings.key_prefix + "}"
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        for stolen in (True, False):
+            log = tmp_path / f"learn-{stolen}.log"
+            with cli_process(["learn"], env, log) as proc:
+                wait_until(partial(_says, log, "leads at model version"), 60, "the lease")
+                if stolen:  # another learner's now, as after a stall past the lease
+                    client.set(KEY_LEASE.format(p=p), "another", px=60_000)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0
+            said, stored = log.read_text(), client.hget(KEY_MODEL.format(p=p), "version")
+            if stolen:
+                assert stored is None, stored
+                assert "stopped at model version" not in said, said
+                assert "learner stopped without publishing its model (version 20)" in said, said
+                client.delete(KEY_LEASE.format(p=p))
+            else:
+                assert stored == b"20"
+                assert "learner stopped at model version 20" in said, said
     finally:
         client.close()
 

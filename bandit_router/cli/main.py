@@ -169,8 +169,14 @@ def learn(args: argparse.Namespace) -> int:
             learner = await run_learner(settings, store, stop, where, args.deployment)
         if learner is None:
             print("learner stopped before Redis answered", file=sys.stderr)
-        else:
-            print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
+        elif learner.stopped_at is not None:
+            print(f"learner stopped at model version {learner.stopped_at}", file=sys.stderr)
+        else:  # what it printed as its version then was not the one in Redis
+            print(
+                f"learner stopped without publishing its model (version {learner.model.version}): "
+                "it did not hold the lease, or its publish was refused or failed (said above)",
+                file=sys.stderr,
+            )
 
     asyncio.run(main())
     return 0

@@ -253,6 +253,7 @@ class Learner:
         self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record), published
         self._promotion: dict[str, Any] | None = None
         self._decided_under: str | None = None  # the policy override when it was decided
+        self.stopped_at: int | None = None  # the model version ``close`` published
 
     @property
     def where(self) -> str:
@@ -853,10 +854,11 @@ class Learner:
             )
 
     async def close(self) -> None:
-        """Publish what was learned and hand the lease over."""
+        """Publish what was learned and hand the lease over; ``stopped_at``: the version
+        published, None when none was (not leading, or the publish refused or failed)."""
         if self.leading:
             try:
-                await self.publish()
+                self.stopped_at = await self.publish()
             except (StoreUnavailable, StoreDamaged, NotLearner, SwitchArrived) as e:
                 log.error("%sfinal snapshot not saved: %s", self.where, e)
             await self.store.prune_consumers()  # its own name too, once nothing is pending
