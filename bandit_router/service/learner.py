@@ -242,6 +242,9 @@ class Learner:
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
         self._lease_at = -math.inf  # when the lease was last taken or renewed (monotonic)
         self._relead = False  # a read's reply was lost: lead anew at once (``_read_lost``)
+        # Redis's loss of the model is said (``_published_again``): not again when the lease
+        # lapses before this process published the model again, and it leads anew.
+        self._loss_said = False
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
@@ -437,6 +440,9 @@ class Learner:
             spec = await effective_spec(self.store, self.settings, self._refused)
             if lost:
                 spec = await self._published_again(spec, override)
+                self._loss_said = True
+            elif snapshot is not None:
+                self._loss_said = False
             # Newer: learned further in the log (a reset's version 0 included), as a follower
             # sees it; then by version. A publish of an older model would be refused.
             newer = snapshot is not None and (
@@ -461,11 +467,12 @@ class Learner:
     async def _published_again(self, spec: PolicySpec, override: str | None) -> PolicySpec:
         """Redis holds no model, though this process saw one there: Redis lost its data (a
         FLUSHALL, a restart without persistence, a failover to an empty replica). Said once, in
-        one line; this process's model is published again. ``spec``: the policy in force as
-        read now; ``override``: the policy override as this process last saw it. When that set
-        the policy this model serves (a promotion, an admin's switch, a restore) and went with
-        the model, it is set again: else BANDIT_POLICY, untrained, served in its place. The
-        policy to serve is returned."""
+        one line (not again when the lease lapsed during a take-over of the same loss, before
+        the model was published again); this process's model is published again. ``spec``:
+        the policy in force as read now; ``override``: the policy override as this process last
+        saw it. When that set the policy this model serves (a promotion, an admin's switch, a
+        restore) and went with the model, it is set again: else BANDIT_POLICY, untrained,
+        served in its place. The policy to serve is returned."""
         put_back = ""
         if (
             spec != self.model.spec
@@ -483,6 +490,8 @@ class Learner:
                 f"this process's model, {self.model.spec} at version {self.model.version}, is "
                 f"not: the policy in force here is {spec}, which is learned afresh"
             )
+        if self._loss_said:  # a take-over of this loss was cut short (``LeaseLapsed``)
+            return spec
         challengers = "; the challengers start afresh" if self.settings.challengers else ""
         log.warning(
             "%slearner %s: Redis holds no model, though one was published (Redis lost its data: "
@@ -642,6 +651,7 @@ class Learner:
             self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
+        self._loss_said = False  # a loss after this one is said
         if promotion is not None and self.on_promoted is not None:
             self.on_promoted(promotion)  # counted once made: one dropped is no promotion
         self._promotion = None
