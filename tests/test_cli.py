@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from bandit_router.store.embedded import EmbeddedRedis, socket_path
 from bandit_router.store.keys import KEY_LEASE, KEY_MODEL
 from tests.conftest import (
     ClientFactory,
+    RedisProcess,
     SettingsFactory,
     _free_port,
     _server_answers,
     cli_env,
     cli_process,
     healthy,
+    long_log,
     rewarded_traffic,
     served,
     wait_until,
@@ -219,7 +222,7 @@ def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:
         assert p.wait(timeout=60) == 0
     said = log.read_text()
     assert "Traceback" not in said
-    assert "learner stopped before Redis answered" in said
+    assert "learner stopped while it started (waiting for Redis" in said
 
 
 def test_sighup_stops_learn_as_sigterm_does(make_settings: SettingsFactory, tmp_path: Path) -> None:
@@ -278,6 +281,53 @@ def test_learn_says_its_version_only_when_published(
                 assert "learner stopped at model version 20" in said, said
     finally:
         client.close()
+
+
+LONG_LOG = 60_000  # events: a learner replays them in about 5 to 9 s here
+
+
+def test_sigterm_stops_learn_while_it_takes_over_a_long_log(
+    redis_process: RedisProcess, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A `learn` taking the lease over a long log it had not learned (another learner led, and
+    died without publishing) replayed all of it before it stopped on a SIGTERM: about 9 s per
+    60,000 events, past a supervisor's grace, then killed with the lease held. It stops at the
+    next event, publishes what it learned and releases the lease; the next learner learns the
+    rest, each event once (the versions count the events learned)."""
+    settings = make_settings(redis_url=redis_process.url)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=3)
+    p = "{" + settings.key_prefix + "}"
+    lease, model = KEY_LEASE.format(p=p), KEY_MODEL.format(p=p)
+    r = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        r.set(lease, "another", px=120_000)  # another learner leads
+        first = tmp_path / "first.log"
+        with cli_process(["learn"], env, first) as proc:
+            wait_until(partial(_says, first, "another learner holds the lease"), 60, "the wait")
+            long_log(settings, LONG_LOG)  # learned by the other, which dies unpublished
+            r.delete(lease)
+            wait_until(lambda: r.get(lease) is not None, 30, "the take-over")
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            took = time.monotonic() - began
+        said = first.read_text()
+        version = int(r.hget(model, "version") or -1)
+        assert 0 <= version < LONG_LOG, said  # stopped in the replay, what it learned published
+        assert f"learner stopped at model version {version}" in said, said
+        assert r.get(lease) is None  # released for the next learner
+        assert took < 5, (took, said)
+        second = tmp_path / "second.log"
+        with cli_process(["learn"], env, second) as proc:
+            wait_until(partial(_says, second, "leads at model version"), 120, "the next learner")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        said = second.read_text()
+        rest = f"at model version {LONG_LOG} ({LONG_LOG - version} logged events replayed)"
+        assert rest in said, said
+        assert f"learner stopped at model version {LONG_LOG}" in said, said
+    finally:
+        r.close()
 
 
 @pytest.mark.parametrize("level", ["info", "warning"])

@@ -168,9 +168,12 @@ async def load_model(
     spec: PolicySpec | None = None,
     progress: Callable[[int], None] | None = None,
     deployment: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Model:
     """The newest snapshot plus every logged event after it (``progress``: events replayed;
-    ``deployment``: the deployment's name, for what the log says of its policy)."""
+    ``deployment``: the deployment's name, for what the log says of its policy). ``stop``
+    set, the replay ends at the next event with ``asyncio.CancelledError``: the process
+    stops, and nothing it replayed was published (the next learner replays it)."""
     warned: set[str] = set()  # the override refused, if any: said here, once
     if spec is None:
         override = await store.policy_override()
@@ -196,6 +199,8 @@ async def load_model(
     replayed = 0
     try:
         async for event in store.events(after=model.stream_id):
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError("stopped while replaying the log")
             replayed += model.learn(event, arms)
             if progress is not None:
                 progress(replayed)
@@ -245,6 +250,7 @@ class Learner:
         # Redis's loss of the model is said (``_published_again``): not again when the lease
         # lapses before this process published the model again, and it leads anew.
         self._loss_said = False
+        self._stop: asyncio.Event | None = None  # ``run``'s: a take-over's replay looks at it
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
@@ -453,6 +459,10 @@ class Learner:
                 self.model = restore(snapshot, spec, self.settings)
             self.bench = await self._open_bench()
             async for event in self.store.events(after=self.model.stream_id):
+                if self._stop is not None and self._stop.is_set():
+                    # the process stops: what is learned is published on the way out, the
+                    # events after it are the next learner's
+                    break
                 self._learn(event)
                 await self._keep_lease()
             self._led_upto = self.model.stream_id
@@ -817,6 +827,7 @@ class Learner:
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.05) -> None:
         """Renew the lease, learn, publish, until ``stop`` is set; Redis outages are waited out."""
+        self._stop = stop
         renew_every = self.settings.learner_lease_s / 3
         renewed = 0.0
         # the longest wait after empty reads: within the lease's renewal period too
@@ -894,7 +905,8 @@ async def run_learner(
     for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
     loading = asyncio.ensure_future(
         when_available(
-            lambda: load_model(store, settings, deployment=deployment), settings.startup_wait_s
+            lambda: load_model(store, settings, deployment=deployment, stop=stop),
+            settings.startup_wait_s,
         )
     )
     stopping = asyncio.ensure_future(stop.wait())
