@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from functools import partial
 from pathlib import Path
 
 import httpx2 as httpx
@@ -15,14 +17,18 @@ import redis
 
 from bandit_router.cli.main import main
 from bandit_router.store.embedded import EmbeddedRedis, socket_path
-from bandit_router.store.keys import KEY_LEASE
+from bandit_router.store.keys import KEY_LEASE, KEY_MODEL
 from tests.conftest import (
+    ClientFactory,
+    RedisProcess,
     SettingsFactory,
     _free_port,
     _server_answers,
     cli_env,
     cli_process,
     healthy,
+    long_log,
+    rewarded_traffic,
     served,
     wait_until,
 )
@@ -216,7 +222,7 @@ def test_sigterm_stops_learn_while_it_waits_for_redis(tmp_path: Path) -> None:
         assert p.wait(timeout=60) == 0
     said = log.read_text()
     assert "Traceback" not in said
-    assert "learner stopped before Redis answered" in said
+    assert "learner stopped while it started (waiting for Redis" in said
 
 
 def test_sighup_stops_learn_as_sigterm_does(make_settings: SettingsFactory, tmp_path: Path) -> None:
@@ -238,6 +244,90 @@ def test_sighup_stops_learn_as_sigterm_does(make_settings: SettingsFactory, tmp_
         assert client.get(lease) is None
     finally:
         client.close()
+
+
+def _says(log: Path, words: str) -> bool:
+    return words in log.read_text()
+
+
+def test_learn_says_its_version_only_when_published(
+    make_settings: SettingsFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A `learn` whose final publish is refused (its lease taken by another learner) printed
+    `learner stopped at model version N` all the same: N was not the version in Redis. It says
+    the model was not published; one that publishes names the version Redis holds."""
+    settings = make_settings(learn_in_workers=False)
+    rewarded_traffic(make_client(settings), 20)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=60)
+    p = "{" + settings.key_prefix + "}"
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        for stolen in (True, False):
+            log = tmp_path / f"learn-{stolen}.log"
+            with cli_process(["learn"], env, log) as proc:
+                wait_until(partial(_says, log, "leads at model version"), 60, "the lease")
+                if stolen:  # another learner's now, as after a stall past the lease
+                    client.set(KEY_LEASE.format(p=p), "another", px=60_000)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0
+            said, stored = log.read_text(), client.hget(KEY_MODEL.format(p=p), "version")
+            if stolen:
+                assert stored is None, stored
+                assert "stopped at model version" not in said, said
+                assert "learner stopped without publishing its model (version 20)" in said, said
+                client.delete(KEY_LEASE.format(p=p))
+            else:
+                assert stored == b"20"
+                assert "learner stopped at model version 20" in said, said
+    finally:
+        client.close()
+
+
+LONG_LOG = 60_000  # events: a learner replays them in about 5 to 9 s here
+
+
+def test_sigterm_stops_learn_while_it_takes_over_a_long_log(
+    redis_process: RedisProcess, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A `learn` taking the lease over a long log it had not learned (another learner led, and
+    died without publishing) replayed all of it before it stopped on a SIGTERM: about 9 s per
+    60,000 events, past a supervisor's grace, then killed with the lease held. It stops at the
+    next event, publishes what it learned and releases the lease; the next learner learns the
+    rest, each event once (the versions count the events learned)."""
+    settings = make_settings(redis_url=redis_process.url)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=3)
+    p = "{" + settings.key_prefix + "}"
+    lease, model = KEY_LEASE.format(p=p), KEY_MODEL.format(p=p)
+    r = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        r.set(lease, "another", px=120_000)  # another learner leads
+        first = tmp_path / "first.log"
+        with cli_process(["learn"], env, first) as proc:
+            wait_until(partial(_says, first, "another learner holds the lease"), 60, "the wait")
+            long_log(settings, LONG_LOG)  # learned by the other, which dies unpublished
+            r.delete(lease)
+            wait_until(lambda: r.get(lease) is not None, 30, "the take-over")
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            took = time.monotonic() - began
+        said = first.read_text()
+        version = int(r.hget(model, "version") or -1)
+        assert 0 <= version < LONG_LOG, said  # stopped in the replay, what it learned published
+        assert f"learner stopped at model version {version}" in said, said
+        assert r.get(lease) is None  # released for the next learner
+        assert took < 5, (took, said)
+        second = tmp_path / "second.log"
+        with cli_process(["learn"], env, second) as proc:
+            wait_until(partial(_says, second, "leads at model version"), 120, "the next learner")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        said = second.read_text()
+        rest = f"at model version {LONG_LOG} ({LONG_LOG - version} logged events replayed)"
+        assert rest in said, said
+        assert f"learner stopped at model version {LONG_LOG}" in said, said
+    finally:
+        r.close()
 
 
 @pytest.mark.parametrize("level", ["info", "warning"])

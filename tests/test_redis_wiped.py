@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from bandit_router.errors import UnknownEvent
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
+from bandit_router.store.keys import KEY_LEASE
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import RedisProcess
@@ -155,3 +158,51 @@ def test_a_learner_with_another_policy_than_the_lost_models_does_not_set_that_on
         asyncio.run(scenario())
     said = [m for m in caplog.messages if LOST in m]
     assert len(said) == 1 and "squarecb at version 10, is not" in said[0], said
+
+
+def test_a_loss_is_said_once_when_the_lease_lapses_while_the_learner_leads_anew(
+    redis_process: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis loses its data, then the learner's lease lapses while it replays the log logged
+    since (the process stalled, another learner took the lease): the loss was said again when
+    it led anew, two lines for one loss. A second loss later is said again."""
+    settings = _settings(redis_process, tmp_path).model_copy(update={"learner_lease_s": 0.6})
+    lease = KEY_LEASE.format(p="{" + settings.key_prefix + "}")
+    other = redis.Redis.from_url(redis_process.url)
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        assert a.learner.leading and not b.learner.leading
+        await _serve(a, 10)
+        await a.learner.publish()
+        await a.store.redis.flushall()
+        await _serve(b, 5)  # logged since the loss, replayed by a when it leads anew
+        learned = a.learner.on_learned
+
+        def stall(arm: str, version: int) -> None:
+            """The process freezes past the lease, and another learner takes it."""
+            a.learner.on_learned = learned
+            time.sleep(settings.learner_lease_s / 3 + 0.05)
+            other.set(lease, "another", px=60_000)
+
+        a.learner.on_learned = stall
+        assert not await a.learner.lead()  # its lease lapsed while it led anew
+        other.delete(lease)  # the other learner stopped
+        assert await a.learner.lead()
+        assert a.version == 15
+        await a.learner.step()  # published at once
+        head = await a.store.snapshot_head()
+        assert head is not None and head[1] == 15
+        assert len([m for m in caplog.messages if LOST in m]) == 1, caplog.messages
+        await a.store.redis.flushall()  # a loss of its own
+        assert await a.learner.lead()
+        await _close(a, b)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="bandit_router"):
+            asyncio.run(scenario())
+    finally:
+        other.close()
+    said = [m for m in caplog.messages if LOST in m]
+    assert len(said) == 2 and "version 10" in said[0] and "version 15" in said[1], said
+    assert [m for m in caplog.messages if "lapsed while it caught up" in m]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 import uuid
@@ -14,13 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.exceptions import ResponseError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
-from bandit_router.store.transport import GroupCommit, connect
+from bandit_router.store.transport import GroupCommit, connect, read_replies
 from tests.conftest import SERVER_URL, SettingsFactory, all_events, keep_busy, readable
 from tests.far import Far
 
@@ -661,5 +663,33 @@ def test_a_publish_takes_two_round_trips(make_settings: SettingsFactory) -> None
                 assert await store.hold_lease("a", 10) == LEASE_RENEWED
             finally:
                 await store.close()
+
+    asyncio.run(main())
+
+
+def test_read_replies_reads_a_pipelined_round_trip_an_error_in_its_place() -> None:
+    """The reply reading the group commit and ``Watched`` share: each reply raw and in order,
+    an error reply as its ``ResponseError`` in its place, the replies after it still read (the
+    connection stays in step: the next round trip gets its own replies)."""
+
+    async def main() -> None:
+        client = connect(SERVER_URL)
+        conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        key = f"test-{uuid.uuid4().hex[:12]}"
+        try:
+            commands = [["SET", key, "v"], ["LPUSH", key, "x"], ["GET", key], ["DEL", key]]
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[object] = []
+            await read_replies(conn, len(commands), replies)
+            assert replies[0] is True or replies[0] == b"OK", replies
+            assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+            assert replies[2:] == [b"v", 1]
+            await conn.send_packed_command(conn.pack_commands([["PING"]]))
+            after: list[object] = []
+            await read_replies(conn, 1, after, timeout=math.inf)
+            assert after in ([True], [b"PONG"]), after
+        finally:
+            await client.connection_pool.release(conn)
+            await client.aclose()
 
     asyncio.run(main())

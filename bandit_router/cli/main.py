@@ -168,9 +168,19 @@ def learn(args: argparse.Namespace) -> int:
             where = f"deployment {args.deployment}: " if args.deployment else ""
             learner = await run_learner(settings, store, stop, where, args.deployment)
         if learner is None:
-            print("learner stopped before Redis answered", file=sys.stderr)
-        else:
-            print(f"learner stopped at model version {learner.model.version}", file=sys.stderr)
+            print(
+                "learner stopped while it started (waiting for Redis, or replaying the log): "
+                "nothing published",
+                file=sys.stderr,
+            )
+        elif learner.stopped_at is not None:
+            print(f"learner stopped at model version {learner.stopped_at}", file=sys.stderr)
+        else:  # what it printed as its version then was not the one in Redis
+            print(
+                f"learner stopped without publishing its model (version {learner.model.version}): "
+                "it did not hold the lease, or its publish was refused or failed (said above)",
+                file=sys.stderr,
+            )
 
     asyncio.run(main())
     return 0

@@ -231,8 +231,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             try:
-                with stoppable_start():  # the wait for Redis, up to BANDIT_STARTUP_WAIT_S
-                    routers = await stack.enter_async_context(open_routers(settings))
+                # the wait for Redis (up to BANDIT_STARTUP_WAIT_S), and the replay of the log
+                with stoppable_start() as stopping:
+                    routers = await stack.enter_async_context(open_routers(settings, stopping))
             except (RouterError, StartStopped) as e:  # said by App in a line, no traceback
                 app.state.start_failure = f"bandit-router serve cannot start: {e}"
                 raise

@@ -45,14 +45,20 @@ class StartStopped(Exception):
 
 
 @contextmanager
-def stoppable_start() -> Iterator[None]:
+def stoppable_start() -> Iterator[asyncio.Event]:
     """Let SIGTERM and SIGINT stop the start-up: uvicorn only takes note of them until start-up
     ends, so a process waiting for Redis would wait out BANDIT_STARTUP_WAIT_S first. A stop
     uvicorn noted before the block (a signal while the app was imported) stops it too. The
     handlers in place still run (uvicorn then stops as it would), and are put back after. In
-    the main thread only, where signals arrive."""
+    the main thread only, where signals arrive.
+
+    The start is cancelled, and the event yielded is set, for the replay of the log to look at
+    between events (``load_model``): on Python 3.11 a cancel that comes while redis-py sends
+    a command (its ``asyncio.wait_for``) is lost once the send is done, so a start that replays
+    a long log went on to its end."""
+    stopping = asyncio.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopping
         return
     task, loop = asyncio.current_task(), asyncio.get_running_loop()
     caught: list[int] = []
@@ -61,6 +67,7 @@ def stoppable_start() -> Iterator[None]:
 
     def cancel() -> None:
         if starting[0] and task is not None:  # else start-up ended first: uvicorn stops it
+            stopping.set()
             task.cancel()
 
     def stop(signum: int, frame: Any) -> None:
@@ -76,7 +83,7 @@ def stoppable_start() -> Iterator[None]:
         caught.append(0)
         loop.call_soon(cancel)
     try:
-        yield
+        yield stopping
     except asyncio.CancelledError:
         if not caught:
             raise

@@ -163,27 +163,33 @@ async def _watch_descriptors(stop: asyncio.Event) -> None:
 
 
 @asynccontextmanager
-async def open_routers(settings: Settings) -> AsyncIterator[Routers]:
+async def open_routers(
+    settings: Settings, stopping: asyncio.Event | None = None
+) -> AsyncIterator[Routers]:
     """A router per deployment of ``settings`` (the environment's ``default`` plus
-    ``BANDIT_DEPLOYMENTS_FILE``'s), each on a store of its own; closed in reverse order."""
+    ``BANDIT_DEPLOYMENTS_FILE``'s), each on a store of its own; closed in reverse order.
+    ``stopping``: set when the process is to stop (``Router.open``)."""
     deployments = load_deployments(settings)
     async with AsyncExitStack() as stack:
         routers: dict[str, Router] = {}
         for name, deployment in deployments.items():
             # each router's background jobs and learner say whose lines they are
             where = f"deployment {name}: " if len(deployments) > 1 else ""
-            routers[name] = await _open_one(stack, deployment, where)
+            routers[name] = await _open_one(stack, deployment, where, stopping)
         # one Redis serves every deployment (BANDIT_REDIS_URL is the process's): asked once
         default = routers[DEFAULT].store
         await when_available(default.warn_if_evicting, settings.startup_wait_s)
         yield Routers(deployments, routers)
 
 
-async def _open_one(stack: AsyncExitStack, deployment: Deployment, where: str) -> Router:
+async def _open_one(
+    stack: AsyncExitStack, deployment: Deployment, where: str, stopping: asyncio.Event | None
+) -> Router:
     settings = deployment.settings
     store = await stack.enter_async_context(open_store(settings))
     router = await when_available(
-        lambda: Router.open(settings, store, where, deployment.name), settings.startup_wait_s
+        lambda: Router.open(settings, store, where, deployment.name, stopping),
+        settings.startup_wait_s,
     )
     stack.push_async_callback(router.close)
     return router

@@ -168,9 +168,12 @@ async def load_model(
     spec: PolicySpec | None = None,
     progress: Callable[[int], None] | None = None,
     deployment: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Model:
     """The newest snapshot plus every logged event after it (``progress``: events replayed;
-    ``deployment``: the deployment's name, for what the log says of its policy)."""
+    ``deployment``: the deployment's name, for what the log says of its policy). ``stop``
+    set, the replay ends at the next event with ``asyncio.CancelledError``: the process
+    stops, and nothing it replayed was published (the next learner replays it)."""
     warned: set[str] = set()  # the override refused, if any: said here, once
     if spec is None:
         override = await store.policy_override()
@@ -196,6 +199,8 @@ async def load_model(
     replayed = 0
     try:
         async for event in store.events(after=model.stream_id):
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError("stopped while replaying the log")
             replayed += model.learn(event, arms)
             if progress is not None:
                 progress(replayed)
@@ -242,6 +247,10 @@ class Learner:
         self._claimed = -math.inf  # when stale events were last claimed (monotonic)
         self._lease_at = -math.inf  # when the lease was last taken or renewed (monotonic)
         self._relead = False  # a read's reply was lost: lead anew at once (``_read_lost``)
+        # Redis's loss of the model is said (``_published_again``): not again when the lease
+        # lapses before this process published the model again, and it leads anew.
+        self._loss_said = False
+        self._stop: asyncio.Event | None = None  # ``run``'s: a take-over's replay looks at it
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
@@ -253,6 +262,7 @@ class Learner:
         self.on_promoted: Callable[[dict[str, Any]], None] | None = None  # (record), published
         self._promotion: dict[str, Any] | None = None
         self._decided_under: str | None = None  # the policy override when it was decided
+        self.stopped_at: int | None = None  # the model version ``close`` published
 
     @property
     def where(self) -> str:
@@ -436,6 +446,9 @@ class Learner:
             spec = await effective_spec(self.store, self.settings, self._refused)
             if lost:
                 spec = await self._published_again(spec, override)
+                self._loss_said = True
+            elif snapshot is not None:
+                self._loss_said = False
             # Newer: learned further in the log (a reset's version 0 included), as a follower
             # sees it; then by version. A publish of an older model would be refused.
             newer = snapshot is not None and (
@@ -446,6 +459,10 @@ class Learner:
                 self.model = restore(snapshot, spec, self.settings)
             self.bench = await self._open_bench()
             async for event in self.store.events(after=self.model.stream_id):
+                if self._stop is not None and self._stop.is_set():
+                    # the process stops: what is learned is published on the way out, the
+                    # events after it are the next learner's
+                    break
                 self._learn(event)
                 await self._keep_lease()
             self._led_upto = self.model.stream_id
@@ -460,11 +477,12 @@ class Learner:
     async def _published_again(self, spec: PolicySpec, override: str | None) -> PolicySpec:
         """Redis holds no model, though this process saw one there: Redis lost its data (a
         FLUSHALL, a restart without persistence, a failover to an empty replica). Said once, in
-        one line; this process's model is published again. ``spec``: the policy in force as
-        read now; ``override``: the policy override as this process last saw it. When that set
-        the policy this model serves (a promotion, an admin's switch, a restore) and went with
-        the model, it is set again: else BANDIT_POLICY, untrained, served in its place. The
-        policy to serve is returned."""
+        one line (not again when the lease lapsed during a take-over of the same loss, before
+        the model was published again); this process's model is published again. ``spec``:
+        the policy in force as read now; ``override``: the policy override as this process last
+        saw it. When that set the policy this model serves (a promotion, an admin's switch, a
+        restore) and went with the model, it is set again: else BANDIT_POLICY, untrained,
+        served in its place. The policy to serve is returned."""
         put_back = ""
         if (
             spec != self.model.spec
@@ -482,6 +500,8 @@ class Learner:
                 f"this process's model, {self.model.spec} at version {self.model.version}, is "
                 f"not: the policy in force here is {spec}, which is learned afresh"
             )
+        if self._loss_said:  # a take-over of this loss was cut short (``LeaseLapsed``)
+            return spec
         challengers = "; the challengers start afresh" if self.settings.challengers else ""
         log.warning(
             "%slearner %s: Redis holds no model, though one was published (Redis lost its data: "
@@ -641,6 +661,7 @@ class Learner:
             self._promotion = None  # not made: the model and bench it swapped are reloaded
             return False
         self._acks = []
+        self._loss_said = False  # a loss after this one is said
         if promotion is not None and self.on_promoted is not None:
             self.on_promoted(promotion)  # counted once made: one dropped is no promotion
         self._promotion = None
@@ -806,6 +827,7 @@ class Learner:
 
     async def run(self, stop: asyncio.Event, poll_s: float = 0.05) -> None:
         """Renew the lease, learn, publish, until ``stop`` is set; Redis outages are waited out."""
+        self._stop = stop
         renew_every = self.settings.learner_lease_s / 3
         renewed = 0.0
         # the longest wait after empty reads: within the lease's renewal period too
@@ -853,10 +875,11 @@ class Learner:
             )
 
     async def close(self) -> None:
-        """Publish what was learned and hand the lease over."""
+        """Publish what was learned and hand the lease over; ``stopped_at``: the version
+        published, None when none was (not leading, or the publish refused or failed)."""
         if self.leading:
             try:
-                await self.publish()
+                self.stopped_at = await self.publish()
             except (StoreUnavailable, StoreDamaged, NotLearner, SwitchArrived) as e:
                 log.error("%sfinal snapshot not saved: %s", self.where, e)
             await self.store.prune_consumers()  # its own name too, once nothing is pending
@@ -882,7 +905,8 @@ async def run_learner(
     for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
     loading = asyncio.ensure_future(
         when_available(
-            lambda: load_model(store, settings, deployment=deployment), settings.startup_wait_s
+            lambda: load_model(store, settings, deployment=deployment, stop=stop),
+            settings.startup_wait_s,
         )
     )
     stopping = asyncio.ensure_future(stop.wait())

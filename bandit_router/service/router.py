@@ -150,14 +150,21 @@ class Router:
 
     @classmethod
     async def open(
-        cls, settings: Settings, store: Store, where: str = "", name: str | None = None
+        cls,
+        settings: Settings,
+        store: Store,
+        where: str = "",
+        name: str | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free.
         ``where``: whose lines the learner and the background jobs say (``Outage.where``);
-        ``name``: the deployment's."""
+        ``name``: the deployment's; ``stopping``: set, the replay of the log stops
+        (``load_model``)."""
         with contextlib.suppress(StoreUnavailable):  # else the host's clock until a sweep reads it
             await store.read_clock()
-        learner = Learner(settings, store, await load_model(store, settings, deployment=name))
+        model = await load_model(store, settings, deployment=name, stop=stopping)
+        learner = Learner(settings, store, model)
         learner.outage.where = where
         if settings.hash_key:
             secret, words = None, WordKey(settings.hash_key)

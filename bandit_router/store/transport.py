@@ -391,11 +391,7 @@ class GroupCommit:
                         await conn.read_response(timeout=math.inf)
                         heard = True
                         self._loaded.add(script.sha)
-                    for _ in commands:
-                        try:
-                            replies.append(await conn.read_response(timeout=math.inf))
-                        except ResponseError as e:
-                            replies.append(e)
+                    await read_replies(conn, len(commands), replies, timeout=math.inf)
                 return replies
             except TimeoutError as e:  # asyncio.timeout's: the connection is out of step now
                 # Before the OSError below, of which it is a subclass: caught there, a batch Redis
@@ -512,17 +508,27 @@ class Watched:
         conn = self._conn
         assert conn is not None
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as e:
-                replies.append(e)
+        await read_replies(conn, len(commands), replies)
 
     async def _drop(self) -> None:
         """Close the connection (out of step, or dead): Redis forgets its watch with it."""
         self._watching = False
         if self._conn is not None:
             await self._conn.disconnect()
+
+
+async def read_replies(
+    conn: Connection, count: int, replies: list[Any], timeout: float | None = None
+) -> None:
+    """The next ``count`` replies of ``conn``, raw, appended to ``replies`` in order, an error
+    reply as its ``ResponseError`` in its place: a pipelined round trip's (``GroupCommit``,
+    ``Watched``). When reading fails, ``replies`` holds those that came back before (Redis had
+    the write: it is not sent again). ``timeout``: each read's (None: the connection's own)."""
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response(timeout=timeout))
+        except ResponseError as e:
+            replies.append(e)
 
 
 def evalsha(script: Script, keys: list[Any], args: list[Any]) -> list[Any]:
