@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every committed result in simulations/results/: about 235 minutes of one core; the
+# Reproduces every committed result in simulations/results/: about 280 minutes of one core; the
 # eighth round's run took an hour, split in two halves side by side (up to tabular.py, then
 # warm_start.sh and champion.sh; and from change_points.py on). The ninth round reran the tables
 # whose default rows it changes.
@@ -106,6 +106,13 @@ FRONTIER=(squarecb squarecb:learning_rate=0.04 squarecb:learning_rate=0.08 "squa
   ts ucb cover regcb)
 $BIN/python -m simulations.robust_eval --seeds 10 "${FRONTIER[@]}" --json simulations/data/frontier.json > /dev/null
 $BIN/python -m simulations.frontier simulations/data/frontier.json --png $OUT/frontier.png > $OUT/frontier.md
+# A long life, then an upgrade: squarecb without and with a horizon, 6 seeds, and the default
+# against 16,384 on 16 (results/long_life.txt, results/long_life_16.txt, behind
+# results/long_life_exploration.md; about 45 minutes of one core, run on two).
+$BIN/python -m simulations.generate simulations/scenarios/long_drift.json simulations/data/long_drift.jsonl
+$BIN/python -m simulations.long_life --seeds 6 squarecb squarecb:horizon=16384 squarecb:horizon=32768 \
+  squarecb:horizon=65536 squarecb:horizon=4096 squarecb:horizon=1024 > $OUT/long_life.txt
+$BIN/python -m simulations.long_life --seeds 16 squarecb squarecb:horizon=16384 > $OUT/long_life_16.txt
 # Warm start and champion and challengers (results/warm_start.txt, results/champion/).
 simulations/warm_start.sh
 simulations/champion.sh

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bandit_router.features import extract
+from bandit_router.policies.arm_level import ArmStats
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, load_policy, policy_names
 
@@ -80,3 +81,15 @@ def test_new_arm_is_tried() -> None:
 def test_wrong_snapshot_is_refused() -> None:
     with pytest.raises(ValueError):
         load_policy("ucb", build_policy("ts").dumps())
+
+
+def test_scale_keeps_means_and_spreads_and_shrinks_the_counts() -> None:
+    stats = ArmStats()
+    for arm, reward in [("a", 0.2), ("a", 0.6), ("b", 1.0), ("b", 0.0), ("a", 0.4)]:
+        stats.add(arm, reward)
+    before = (stats.mean("a"), stats.mean("b"), stats.variance("a", weight=0), stats.overall())
+    stats.scale(0.5)
+    assert stats.counts == {"a": 1.5, "b": 1.0} and stats.t == 2.5
+    after = (stats.mean("a"), stats.mean("b"), stats.variance("a", weight=0), stats.overall())
+    assert after == pytest.approx(before)
+    assert ArmStats.from_json(stats.to_json(), 1.0).counts == stats.counts

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -379,6 +380,8 @@ def test_the_arm_statistics_survive_dumps() -> None:
         ("squarecb:arm_centre=inf", "arm_centre must be in [0, 1000000], got inf"),
         ("squarecb:reward_sd=-0.1", "reward_sd must be in [0, 1], got -0.1"),
         ("squarecb:reward_sd=nan", "reward_sd must be in [0, 1], got nan"),
+        ("squarecb:horizon=-1", "horizon must be in [0, 1000000000000000], got -1.0"),
+        ("squarecb:horizon=inf", "horizon must be in [0, 1000000000000000], got inf"),
         ("squarecb:coarse=X", "coarse must name some of the shared namespaces QWNC"),
         ("squarecb:coarse=CC", "coarse must name some of the shared namespaces QWNC"),
         ("squarecb:coarse=QWNC", "coarse must name some of the shared namespaces QWNC"),
@@ -422,6 +425,89 @@ def test_the_fast_regressor_follows_a_change_the_slow_one_alone_does_not() -> No
     assert all(fast == 0 for _, fast in slow_only)
     assert sum(b for b, _ in with_fast) > 3 * sum(b for b, _ in slow_only)
     assert sum(b for b, _ in with_fast) > 0.5 * 3 * 300
+
+
+def _upgrade(spec: str, seed: int, before: int = 3000, after: int = 3000) -> int | None:
+    """Arms a, b, c pay 0.7, 0.2, 0.5 (0/1 rewards) for ``before`` events, then b pays 1.0: the
+    events after the change until b has more than half of the last 100 choices (None: never
+    within ``after``)."""
+    import random
+
+    from bandit_router.features import extract
+
+    policy = build_policy(spec, seed=seed)
+    arms = [Arm("a"), Arm("b"), Arm("c")]
+    rng = random.Random(seed)
+    chose_b: list[bool] = []
+    for t in range(before + after):
+        pays = {"a": 0.7, "b": 0.2 if t < before else 1.0, "c": 0.5}
+        x = extract(f"question {rng.randrange(50)}")
+        d = policy.choose(x, arms)
+        if t >= before:
+            chose_b.append(d.arm == "b")
+            if len(chose_b) >= 100 and sum(chose_b[-100:]) > 50:
+                return len(chose_b)
+        policy.learn(x, arms, d.arm, d.probability, float(rng.random() < pays[d.arm]))
+    return None
+
+
+def test_a_horizon_finds_an_arm_that_became_the_best_after_a_long_life() -> None:
+    """After 3,000 events of b shown worst, b becomes the best: with horizon 500, SquareCB's gamma
+    and the thinning's statistics stay those of 500 events, b is still tried and taken up within
+    800 events on every seed; without, its exploration has shrunk with the count, and b is found
+    about three times later."""
+    capped = [_upgrade("squarecb:horizon=500", seed) for seed in range(5)]
+    uncapped = [_upgrade("squarecb", seed) or 3000 for seed in range(5)]
+    assert all(n is not None and n < 800 for n in capped), capped
+    assert sum(uncapped) > 2 * sum(n or 3000 for n in capped), (capped, uncapped)
+
+
+def test_below_the_horizon_squarecb_chooses_exactly_as_without_it() -> None:
+    """While the count of rewards learned is at most the horizon, nothing differs: the same
+    probabilities at every step (and after it, they do differ)."""
+    from bandit_router.features import extract
+
+    def probabilities(spec: str, events: int) -> list[Mapping[str, float]]:
+        import random
+
+        policy = build_policy(spec, seed=3)
+        arms = [Arm("a"), Arm("b"), Arm("c")]
+        rng = random.Random(3)
+        out = []
+        for _ in range(events):
+            x = extract(f"question {rng.randrange(20)}")
+            d = policy.choose(x, arms)
+            out.append(d.probabilities)
+            pays = {"a": 0.6, "b": 0.5, "c": 0.3}[d.arm]
+            policy.learn(x, arms, d.arm, d.probability, float(rng.random() < pays))
+        return out
+
+    plain = probabilities("squarecb", 600)
+    assert probabilities("squarecb:horizon=600", 600) == plain  # the 600th choice: 599 learned
+    assert probabilities("squarecb:horizon=100000", 600) == plain
+    assert probabilities("squarecb:horizon=300", 600)[:301] == plain[:301]
+    assert probabilities("squarecb:horizon=300", 600)[301:] != plain[301:]
+
+
+def test_the_horizon_keeps_the_arm_statistics_to_its_count_and_they_survive_dumps() -> None:
+    from bandit_router.features import extract
+    from bandit_router.policies.registry import load_policy
+
+    arms = [Arm("a"), Arm("b")]
+    policy = build_policy("squarecb:horizon=50", seed=1)
+    assert isinstance(policy, VWPolicy)
+    for i in range(200):
+        policy.learn(extract("hello"), arms, "ab"[i % 4 == 0], 0.5, 0.25 * (i % 3))
+    stats = policy.arm_stats
+    assert stats.total() == pytest.approx(50)
+    assert stats.count("a") == pytest.approx(37.5, abs=1)  # three rewards of four, lately
+    assert stats.mean("a") == pytest.approx(0.25, abs=0.03)
+    assert policy.learned == 200
+    loaded = load_policy("squarecb:horizon=50", policy.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy)
+    assert loaded.arm_stats.counts == stats.counts and loaded.arm_stats.sums == stats.sums
+    x = extract("hello again")
+    assert loaded.choose(x, arms).probabilities == policy.choose(x, arms).probabilities
 
 
 def test_both_regressors_and_their_errors_survive_dumps() -> None:

@@ -55,6 +55,16 @@ class ArmStats:
         self.weights[arm] = self.weights.get(arm, 0.0) + weight * weight
         self.t += 1.0
 
+    def scale(self, factor: float) -> None:
+        """Weigh every reward learned so far by ``factor`` (in (0, 1]): the means and spreads
+        stay, the counts shrink, as ``discount`` does at each ``add``."""
+        for name in self.counts:
+            self.sums[name] *= factor
+            self.counts[name] *= factor
+            self.squares[name] *= factor
+            self.weights[name] *= factor * factor
+        self.t *= factor
+
     def effective(self, arm: str) -> float:
         """Kish's effective sample size of the arm's weighted rewards (its count if unweighted)."""
         n, w2 = self.counts.get(arm, 0.0), self.weights.get(arm, 0.0)

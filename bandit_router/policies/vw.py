@@ -85,7 +85,9 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
     # reward_sd 0.3: gamma_scale and gap_prior were chosen on rewards that spread at least this
     # much; rewards that spread less make both greedier (see VWPolicy.greed), as SquareCB's
     # gamma scales with 1 / the noise's sd: alpaca_tulu2 budget5000 within 1% of the best arm
-    # (simulations/README.md, "Ninth round").
+    # (simulations/README.md, "Ninth round"). horizon (0: none) caps the count gamma grows with
+    # and the arm statistics at that many rewards, so an arm not chosen for long is still tried
+    # (simulations/results/long_life_exploration.md).
     "squarecb": (
         lambda p: f"--l2 {p['l2']}",
         {
@@ -100,6 +102,7 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
             "arm_centre": 0.0,
             "coarse": "CN",
             "reward_sd": 0.3,
+            "horizon": 0.0,
         },
     ),
     "cover": (
@@ -116,6 +119,8 @@ EXPLORERS: dict[str, tuple[Callable[[Mapping[str, ParamValue]], str], dict[str, 
     ),
     "rnd": (lambda p: f"--rnd {p['rnd']} --epsilon {p['epsilon']}", {"rnd": 3, "epsilon": 0.05}),
 }
+
+MAX_HORIZON = 1e15  # squarecb's horizon: far beyond any deployment's count of rewards
 
 # Every numeric parameter's bounds (README.md, Policies). The upper ones are far above any value
 # the simulations found useful; VW refuses a float beyond float32, and cover, bag and rnd are
@@ -134,6 +139,7 @@ BOUNDS: dict[str, Bounds] = {
     "mix_discount": Bounds(0, 1, low_open=True),
     "arm_centre": Bounds(0, 1_000_000),
     "reward_sd": Bounds(0, 1),
+    "horizon": Bounds(0, MAX_HORIZON),
     "cover": Bounds(1, 100),
     "psi": Bounds(0, 100, low_open=True),
     "nounif": Bounds(0, 1),
@@ -343,6 +349,7 @@ class VWPolicy:
         self._gamma_scale = float(params.get("gamma_scale", 0.0))  # SquareCB's, when _own
         self._gap_prior = float(params.get("gap_prior", 0.0))
         self._reward_sd = float(params.get("reward_sd", 0.0))
+        self._horizon = float(params.get("horizon", 0.0))  # 0: none
         self._dominated = (
             float(params.get("dominated_z", 0.0)),
             float(params.get("dominated_share", 1.0)),
@@ -471,7 +478,8 @@ class VWPolicy:
             scores = [c - self.centre(arm.name) for c, arm in zip(scores, arms, strict=True)]
         if self._own:
             greed = self.greed()
-            gamma = self._gamma_scale * math.sqrt(self.learned) * greed
+            t = min(self.learned, self._horizon) if self._horizon else self.learned
+            gamma = self._gamma_scale * math.sqrt(t) * greed
             counts = [self.arm_stats.count(arm.name) for arm in arms]
             prior = self._gap_prior / greed**2
             trust = [n / (n + prior) if prior else 1.0 for n in counts]
@@ -529,6 +537,9 @@ class VWPolicy:
         self.baseline += (reward - self.baseline) / self.learned
         if self._own:
             self.arm_stats.add(arm, reward)
+            total = self.arm_stats.total()
+            if self._horizon and total > self._horizon:  # the oldest fade: see horizon
+                self.arm_stats.scale(self._horizon / total)
         if self._arm_centre:
             self.centres.add(arm, reward, weight)
 
