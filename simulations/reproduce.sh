@@ -113,6 +113,11 @@ $BIN/python -m simulations.generate simulations/scenarios/long_drift.json simula
 $BIN/python -m simulations.long_life --seeds 6 squarecb squarecb:horizon=16384 squarecb:horizon=32768 \
   squarecb:horizon=65536 squarecb:horizon=4096 squarecb:horizon=1024 > $OUT/long_life.txt
 $BIN/python -m simulations.long_life --seeds 16 squarecb squarecb:horizon=16384 > $OUT/long_life_16.txt
+# the same with the change at 300,000 events, 4 seeds (results/long_life_300k.txt; about 16
+# minutes of one core)
+$BIN/python -m simulations.generate simulations/scenarios/long_drift_300k.json simulations/data/long_drift_300k.jsonl
+$BIN/python -m simulations.long_life --replay simulations/data/long_drift_300k.jsonl --seeds 4 squarecb \
+  squarecb:horizon=16384 > $OUT/long_life_300k.txt
 # Warm start and champion and challengers (results/warm_start.txt, results/champion/).
 simulations/warm_start.sh
 simulations/champion.sh
