@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import json
 import os
 import re
@@ -138,6 +139,21 @@ def test_a_line_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path)
         f.write(b" " * (inputs.MAX_LINE_BYTES + 10))  # no newline, as /dev/zero
     with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: longer than 4194304 bytes"):
         dataset.read_rows(path, skip_bad=True)  # not skippable: the rest is never read
+
+
+def test_a_line_of_the_limit_is_read_and_one_byte_more_is_refused() -> None:
+    limit = inputs.MAX_LINE_BYTES
+    at = b"1" * (limit - 1) + b"\n"  # the newline counts
+    assert [n for n, _ in inputs.numbered_lines(io.BytesIO(at + b"2\n"))] == [1, 2]
+    with pytest.raises(inputs.LineError, match="line 1: longer than 4194304 bytes"):
+        list(inputs.numbered_lines(io.BytesIO(b"1" + at)))
+
+
+def test_a_whole_file_of_the_limit_is_read_and_one_byte_more_is_refused() -> None:
+    limit = inputs.MAX_LINE_BYTES
+    assert len(inputs.read_bounded(io.BytesIO(b"1" * limit), "the file")) == limit
+    with pytest.raises(ValueError, match="the file is longer than 4194304 bytes"):
+        inputs.read_bounded(io.BytesIO(b"1" * (limit + 1)), "the file")
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
