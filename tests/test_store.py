@@ -190,6 +190,7 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
         assert await store.finalize("e1", seen=2, reward=_reward(0.5)) is None  # parts changed
         stream_id = await store.finalize("e1", seen=1, reward=_reward(0.5))
         assert stream_id is not None
+        assert not await store.redis.exists(store.key("{p}:parts:{event_id}", "e1"))  # logged
         # The done marker refuses a second reward as long as the decision could be kept.
         assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
         with pytest.raises(AlreadyRewarded):
