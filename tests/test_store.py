@@ -208,6 +208,22 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
     _run(make_settings, body)
 
 
+def test_finalize_of_a_logged_event_stops_tracking_it(make_settings: SettingsFactory) -> None:
+    """A logged event tracked again (its id chosen again after its decision expired): FINALIZE
+    answers the marker and takes the id off the pending set, so no sweep finds it."""
+
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        await store.add_parts("e1", {"reward": 0.5}, final=_reward(0.5))
+        pending = store.key("{p}:pending")
+        await store.redis.zadd(pending, {"e1": time.time(), "e2": time.time()})
+        with pytest.raises(AlreadyRewarded):
+            await store.finalize("e1", seen=1, reward=_reward(0.5))
+        assert await store.redis.zrange(pending, 0, -1) == [b"e2"]
+
+    _run(make_settings, body)
+
+
 def test_writes_survive_a_lost_script_cache(make_settings: SettingsFactory, redis_url: str) -> None:
     """After a Redis restart its script cache is empty: calls sent together, of several scripts,
     some cached and some not, each run exactly once."""
