@@ -224,6 +224,19 @@ def test_finalize_of_a_logged_event_stops_tracking_it(make_settings: SettingsFac
     _run(make_settings, body)
 
 
+def test_drop_pending_counts_only_an_event_it_stops_tracking(
+    make_settings: SettingsFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        assert await store.drop_pending("e1") is True
+        assert await store.drop_pending("e1") is False  # settled meanwhile: not counted again
+        assert (await store.counters())["skipped_no_reward"] == 1
+        assert await store.due(time.time() + 61) == []
+
+    _run(make_settings, body)
+
+
 def test_writes_survive_a_lost_script_cache(make_settings: SettingsFactory, redis_url: str) -> None:
     """After a Redis restart its script cache is empty: calls sent together, of several scripts,
     some cached and some not, each run exactly once."""
