@@ -18,6 +18,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
+from bandit_router.store.keys import KEY_LEASE
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
@@ -375,6 +376,17 @@ def test_lease_is_exclusive_until_released(make_settings: SettingsFactory) -> No
         assert await store.hold_lease("a", 5) == LEASE_TAKEN
         await store.release_lease("a")
         assert await store.hold_lease("b", 5) == LEASE_TAKEN  # b woke: its lease had lapsed
+
+    _run(make_settings, body)
+
+
+def test_a_read_under_a_lease_of_another_type_reads_nothing(make_settings: SettingsFactory) -> None:
+    """READ_NEW checks the lease's type: a hash there is no lease held, not a script error."""
+
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        await store.redis.hset(store.key(KEY_LEASE), "by", "hand")
+        assert (await store.read_new("me", 10))[0] == []
 
     _run(make_settings, body)
 
