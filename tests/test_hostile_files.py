@@ -189,7 +189,7 @@ def test_a_message_cuts_a_value_past_40_characters() -> None:
 
 def test_app_facts_at_their_bounds_are_taken_and_one_past_them_refused() -> None:
     inputs.app_features("context", {"k" * 64: "v" * 256, "n": 1.0}, 2)
-    refused = [
+    refused: list[tuple[dict[str, Any], str]] = [
         ({"a": 1, "b": 2, "c": 3}, r"context has 3 features; the limit is 2"),
         ({"": 1}, r"context keys are 1-64 characters"),
         ({"k" * 65: 1}, r"context keys are 1-64 characters"),

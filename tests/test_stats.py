@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 import httpx2 as httpx
 import orjson
@@ -91,7 +91,9 @@ def test_the_baselines_replay_the_newest_events_up_to_their_cap(
     client = make_client(settings)
     _traffic(client, 1)
     r = redis.Redis.from_url(settings.redis_url or "")
-    ((_, fields),) = r.xrange(KEY_EVENTS.format(p="{" + settings.key_prefix + "}"))
+    ((_, fields),) = cast(
+        list[Entry], r.xrange(KEY_EVENTS.format(p="{" + settings.key_prefix + "}"))
+    )
     r.close()
     reward = orjson.loads(fields[b"r"])
     rows: list[Entry] = []
