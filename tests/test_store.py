@@ -18,7 +18,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
-from bandit_router.store.keys import KEY_LEASE
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect
@@ -380,13 +380,30 @@ def test_lease_is_exclusive_until_released(make_settings: SettingsFactory) -> No
     _run(make_settings, body)
 
 
-def test_a_read_under_a_lease_of_another_type_reads_nothing(make_settings: SettingsFactory) -> None:
-    """READ_NEW checks the lease's type: a hash there is no lease held, not a script error."""
+def test_a_read_is_for_the_lease_holder_only(make_settings: SettingsFactory) -> None:
+    """READ_NEW reads for the lease's holder only; a hash there is no lease held, not a script
+    error (it checks the key's type)."""
 
     async def body(store: Store) -> None:
         await store.ensure_group()
         await store.redis.hset(store.key(KEY_LEASE), "by", "hand")
         assert (await store.read_new("me", 10))[0] == []
+        await store.redis.delete(store.key(KEY_LEASE))
+        await store.redis.set(store.key(KEY_LEASE), "another")
+        assert (await store.read_new("me", 10))[0] == []  # held by another
+
+    _run(make_settings, body)
+
+
+def test_prune_consumers_says_how_many_it_deleted(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        for name in ("a", "b", "c"):
+            await store.redis.xgroup_createconsumer(store.key(KEY_EVENTS), GROUP, name)
+        assert await store.prune_consumers(keep="a") == 2
+        assert await store.prune_consumers(keep="a") == 0
+        found = await store.redis.xinfo_consumers(store.key(KEY_EVENTS), GROUP)
+        assert [c["name"] for c in found] in (["a"], [b"a"])
 
     _run(make_settings, body)
 
