@@ -346,6 +346,21 @@ def test_a_bench_learns_an_event_once() -> None:
     assert bench.challengers["linucb"].window.rows().shape[0] == 2
 
 
+def test_a_bench_sees_the_arms_as_configured() -> None:
+    """The logged decision names its arms; the bench's challengers see them with their sizes
+    and prices (the static rule's pick is the smallest), not bare names."""
+    arms = {"14b": Arm("14b", 14.0), "4b": Arm("4b", 4.0)}
+    bench = Bench(parse_policy_spec("random"), [parse_policy_spec("static")], seed=1)
+    decision = {
+        "arms": ["14b", "4b"],
+        "arm": "4b",
+        "probability": 0.5,
+        "features": extract(PLANTED_QUERIES[0][0]).to_json(),
+    }
+    assert bench.learn(Event("5-0", decision, {"reward": 1.0}), arms)
+    assert bench.challengers["static"].window.rows()[0][0] == 1.0  # static's p of the logged arm
+
+
 def test_a_bench_without_settings_takes_the_settings_defaults() -> None:
     bench = Bench(parse_policy_spec("random"), [])
     assert bench.min_events == Settings.model_fields["promote_min_events"].default

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import json
 import os
 import re
@@ -138,6 +139,67 @@ def test_a_line_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path)
         f.write(b" " * (inputs.MAX_LINE_BYTES + 10))  # no newline, as /dev/zero
     with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: longer than 4194304 bytes"):
         dataset.read_rows(path, skip_bad=True)  # not skippable: the rest is never read
+
+
+def test_a_line_of_the_limit_is_read_and_one_byte_more_is_refused() -> None:
+    limit = inputs.MAX_LINE_BYTES
+    at = b"1" * (limit - 1) + b"\n"  # the newline counts
+    assert [n for n, _ in inputs.numbered_lines(io.BytesIO(at + b"2\n"))] == [1, 2]
+    with pytest.raises(inputs.LineError, match="line 1: longer than 4194304 bytes"):
+        list(inputs.numbered_lines(io.BytesIO(b"1" + at)))
+
+
+def test_a_whole_file_of_the_limit_is_read_and_one_byte_more_is_refused() -> None:
+    limit = inputs.MAX_LINE_BYTES
+    assert len(inputs.read_bounded(io.BytesIO(b"1" * limit), "the file")) == limit
+    with pytest.raises(ValueError, match="the file is longer than 4194304 bytes"):
+        inputs.read_bounded(io.BytesIO(b"1" * (limit + 1)), "the file")
+    with pytest.raises(
+        ValueError, match=r"^the file is not UTF-8 \(invalid start byte at byte 1\)$"
+    ):
+        inputs.read_bounded(io.BytesIO(b"1\xff"), "the file")
+
+
+KINDS = [(None, "null"), (1.5, "a number"), (3, "a number"), ("1", "a string"), (True, "a boolean")]
+
+
+@pytest.mark.parametrize(("value", "name"), [*KINDS, ([1], "an array"), ({}, "an object")])
+def test_a_message_names_the_json_type_found(value: Any, name: str) -> None:
+    assert inputs.kind(value) == name
+
+
+def test_a_message_shows_a_number_as_a_float_and_its_bounds_as_written() -> None:
+    with pytest.raises(ValueError, match=r"^x params_b must be 0\.\.1e\+15, got -1\.0$"):
+        inputs.arm("x", "a", -1)
+    with pytest.raises(ValueError, match=r"^x name must be a string, got a number$"):
+        inputs.arm("x", 5)
+    with pytest.raises(ValueError, match=r"^x must be 0\.5\.\.2, got 3\.0$"):
+        inputs.number("x", 3, 0.5, 2.0)
+    with pytest.raises(ValueError, match=r"^latency_ms must be 0\.\.86400000, got -1\.0$"):
+        inputs.number("latency_ms", -1, 0.0, 86_400_000.0)
+
+
+def test_a_message_cuts_a_value_past_40_characters() -> None:
+    for length, shown in [(38, "'" + "k" * 38 + "'"), (39, "'" + "k" * 36 + "...")]:
+        with pytest.raises(
+            ValueError, match=rf"^not JSON this reader accepts \(the key {shown} tw"
+        ):
+            inputs.parse_json(f'{{"{"k" * length}": 1, "{"k" * length}": 2}}')
+
+
+def test_app_facts_at_their_bounds_are_taken_and_one_past_them_refused() -> None:
+    inputs.app_features("context", {"k" * 64: "v" * 256, "n": 1.0}, 2)
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"a": 1, "b": 2, "c": 3}, r"context has 3 features; the limit is 2"),
+        ({"": 1}, r"context keys are 1-64 characters"),
+        ({"k" * 65: 1}, r"context keys are 1-64 characters"),
+        ({"k": "v" * 257}, r"context\.k is 257 characters; the limit is 256"),
+        ({"caf\ud800": 1}, r"a context key holds a lone surrogate"),
+        ({"k": "caf\ud800"}, r"context\.k holds a lone surrogate"),
+    ]
+    for values, message in refused:
+        with pytest.raises(ValueError, match=rf"^{message}"):
+            inputs.app_features("context", values, 2)
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")

@@ -207,6 +207,7 @@ UNREADABLE_DECISIONS: list[tuple[bytes, str]] = [
     (_record(ts="yesterday", arm="7b"), "ts is not a time"),
     (_record(ts=True, arm="7b"), "ts is not a time"),
     (_record(ts=-1e300, arm="7b"), "ts is not a time"),  # its window's end is no date
+    (_record(ts=-0.5, arm="7b"), "ts is not a time"),  # before 0, however little
     (_record(ts=1e300, arm="7b"), "ts is not a time"),  # a window that would never close
     (b'{"ts": NaN, "arm": "7b"}', "ts is not a time"),
     (_record(ts=time.time()), "arm is not a string"),
@@ -527,6 +528,30 @@ def test_an_event_key_of_the_wrong_type_is_a_409_naming_the_event_and_nothing_el
     assert done.status_code == 200 and done.json()["status"] == "final", done.text
     assert client.get("/stats").status_code == 200
     assert client.get("/healthz").json()["model_version"] == 1
+    r.close()
+
+
+def test_a_marker_of_the_wrong_type_under_an_id_without_decision_is_named_on_choose(
+    make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No decision, and a final-reward marker that is a hash: /choose with that id names the
+    marker's type (SAVE_DECISION checks it before it reads the marker), not "already
+    rewarded", and writes nothing."""
+    settings = make_settings()
+    client = make_client(settings)
+    r = _redis(settings)
+    bad = f"by-hand-{time.monotonic_ns()}"
+    _put(r, _key(settings, KEY_DONE, bad), "hash")
+    _each_a_409(
+        client,
+        caplog,
+        [("/choose", {"query": "what is a cat?", "event_id": bad})],
+        bad,
+        f"the final-reward marker stored for event_id {bad!r} is unreadable (its Redis key "
+        "holds a hash, not a string)",
+    )
+    assert r.type(_key(settings, KEY_DECISION, bad)) == b"none"
+    assert r.zscore(_key(settings, KEY_PENDING), bad) is None
     r.close()
 
 

@@ -6,20 +6,24 @@ import asyncio
 import gc
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 import httpx2 as httpx
+import orjson
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from bandit_router.cli.main import main
+from bandit_router.policies.base import Arm
 from bandit_router.rewards import RewardParts
+from bandit_router.service import estimates
 from bandit_router.service.offloop import off_loop
 from bandit_router.service.router import Router
 from bandit_router.service.stats import QUEUED_DOCUMENTS, StatsCache
 from bandit_router.settings import Settings
 from bandit_router.store.keys import KEY_EVENTS
+from bandit_router.store.records import Entry
 from bandit_router.store.repository import RECENT_MAX_BYTES, Store
 from bandit_router.store.transport import connect
 from tests.conftest import ClientFactory, SettingsFactory, use_settings, wait_until
@@ -77,6 +81,30 @@ def test_recent_window_per_arm_series_and_baselines(make_client: ClientFactory) 
         assert estimate["ips"]["low"] < estimate["ips"]["value"] < estimate["ips"]["high"]
     # Uniform random is the logging policy itself: every estimator gives the logged mean.
     assert policies["random"]["snips"]["value"] == pytest.approx(recent["mean_reward"])
+
+
+def test_the_baselines_replay_the_newest_events_up_to_their_cap(
+    make_client: ClientFactory, make_settings: SettingsFactory
+) -> None:
+    """One more event than MAX_EVENTS: the oldest (the only one rewarded 0) is left out."""
+    settings = make_settings(policy="random")
+    client = make_client(settings)
+    _traffic(client, 1)
+    r = redis.Redis.from_url(settings.redis_url or "")
+    ((_, fields),) = cast(
+        list[Entry], r.xrange(KEY_EVENTS.format(p="{" + settings.key_prefix + "}"))
+    )
+    r.close()
+    reward = orjson.loads(fields[b"r"])
+    rows: list[Entry] = []
+    for i in range(estimates.MAX_EVENTS + 1):
+        value = 0.0 if i == 0 else 1.0
+        given = {**fields, b"r": orjson.dumps({**reward, "reward": value})}
+        rows.append((f"{i + 1}-0".encode(), given))
+    arms = [Arm.from_spec(a) for a in settings.arms]
+    got = asyncio.run(estimates.BaselineCache().get(rows, arms, window=len(rows)))
+    assert got.events == 5000
+    assert got.logged is not None and got.logged.value == 1.0
 
 
 def test_window_is_the_newest_events(make_client: ClientFactory) -> None:

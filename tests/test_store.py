@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect, read_replies
@@ -192,6 +193,7 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
         assert await store.finalize("e1", seen=2, reward=_reward(0.5)) is None  # parts changed
         stream_id = await store.finalize("e1", seen=1, reward=_reward(0.5))
         assert stream_id is not None
+        assert not await store.redis.exists(store.key("{p}:parts:{event_id}", "e1"))  # logged
         # The done marker refuses a second reward as long as the decision could be kept.
         assert 600 < await store.redis.ttl(store.key("{p}:done:{event_id}", "e1")) <= 660
         with pytest.raises(AlreadyRewarded):
@@ -205,6 +207,35 @@ def test_finalize_logs_once(make_settings: SettingsFactory) -> None:
         assert await store.due(time.time() + 61) == []
         counters = await store.counters()
         assert (counters["rewards:7b"], counters["reward_sum:7b"]) == (1, 0.5)
+
+    _run(make_settings, body)
+
+
+def test_finalize_of_a_logged_event_stops_tracking_it(make_settings: SettingsFactory) -> None:
+    """A logged event tracked again (its id chosen again after its decision expired): FINALIZE
+    answers the marker and takes the id off the pending set, so no sweep finds it."""
+
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        await store.add_parts("e1", {"reward": 0.5}, final=_reward(0.5))
+        pending = store.key("{p}:pending")
+        await store.redis.zadd(pending, {"e1": time.time(), "e2": time.time()})
+        with pytest.raises(AlreadyRewarded):
+            await store.finalize("e1", seen=1, reward=_reward(0.5))
+        assert await store.redis.zrange(pending, 0, -1) == [b"e2"]
+
+    _run(make_settings, body)
+
+
+def test_drop_pending_counts_only_an_event_it_stops_tracking(
+    make_settings: SettingsFactory,
+) -> None:
+    async def body(store: Store) -> None:
+        await store.save_decision("e1", _decision("e1"))
+        assert await store.drop_pending("e1") is True
+        assert await store.drop_pending("e1") is False  # settled meanwhile: not counted again
+        assert (await store.counters())["skipped_no_reward"] == 1
+        assert await store.due(time.time() + 61) == []
 
     _run(make_settings, body)
 
@@ -347,6 +378,34 @@ def test_lease_is_exclusive_until_released(make_settings: SettingsFactory) -> No
         assert await store.hold_lease("a", 5) == LEASE_TAKEN
         await store.release_lease("a")
         assert await store.hold_lease("b", 5) == LEASE_TAKEN  # b woke: its lease had lapsed
+
+    _run(make_settings, body)
+
+
+def test_a_read_is_for_the_lease_holder_only(make_settings: SettingsFactory) -> None:
+    """READ_NEW reads for the lease's holder only; a hash there is no lease held, not a script
+    error (it checks the key's type)."""
+
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        await store.redis.hset(store.key(KEY_LEASE), "by", "hand")
+        assert (await store.read_new("me", 10))[0] == []
+        await store.redis.delete(store.key(KEY_LEASE))
+        await store.redis.set(store.key(KEY_LEASE), "another")
+        assert (await store.read_new("me", 10))[0] == []  # held by another
+
+    _run(make_settings, body)
+
+
+def test_prune_consumers_says_how_many_it_deleted(make_settings: SettingsFactory) -> None:
+    async def body(store: Store) -> None:
+        await store.ensure_group()
+        for name in ("a", "b", "c"):
+            await store.redis.xgroup_createconsumer(store.key(KEY_EVENTS), GROUP, name)
+        assert await store.prune_consumers(keep="a") == 2
+        assert await store.prune_consumers(keep="a") == 0
+        found = await store.redis.xinfo_consumers(store.key(KEY_EVENTS), GROUP)
+        assert [c["name"] for c in found] in (["a"], [b"a"])
 
     _run(make_settings, body)
 

@@ -188,6 +188,33 @@ def test_a_pipe_is_copied_within_a_bound(
     writer.join(timeout=10)
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_pipe_of_the_bound_is_copied_whole_and_one_byte_more_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: int
+) -> None:
+    monkeypatch.setattr(inputs, "MAX_PIPED_BYTES", 10_000)
+    fifo = tmp_path / "rows"
+    os.mkfifo(fifo)
+    data = b"x" * (10_000 + extra)
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    if extra:
+        with (
+            pytest.raises(ValueError, match="longer than 10000 bytes"),
+            inputs.reopenable(str(fifo)),
+        ):
+            pass
+    else:
+        with inputs.reopenable(str(fifo)) as copy:
+            assert copy.read_bytes() == data
+    writer.join(timeout=10)
+
+
 def test_a_bad_piped_row_is_named_by_the_name_given(tmp_path: Path) -> None:
     out = tmp_path / "trained.json"
     command = [sys.executable, "-m", "bandit_router.cli", "train", "-", "--out", str(out)]
