@@ -156,6 +156,7 @@ def _show(value: Any) -> str:
 
 
 def _bound(value: float) -> str:
+    value = float(value)  # an int has no is_integer before Python 3.12
     return f"{value:.0f}" if value.is_integer() and abs(value) < 1e9 else f"{value:g}"
 
 

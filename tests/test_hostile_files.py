@@ -177,6 +177,8 @@ def test_a_message_shows_a_number_as_a_float_and_its_bounds_as_written() -> None
         inputs.number("x", 3, 0.5, 2.0)
     with pytest.raises(ValueError, match=r"^latency_ms must be 0\.\.86400000, got -1\.0$"):
         inputs.number("latency_ms", -1, 0.0, 86_400_000.0)
+    with pytest.raises(ValueError, match=r"^n must be 0\.\.10, got 11\.0$"):  # int bounds too
+        inputs.number("n", 11, 0, 10)
 
 
 def test_a_message_cuts_a_value_past_40_characters() -> None:
