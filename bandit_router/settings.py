@@ -293,7 +293,7 @@ class Settings(BaseSettings):
     )
     auto_promote: bool = Field(
         default=False,
-        description="promote a challenger whose lower bounds clear the champion's estimate",
+        description="promote a challenger that clears the champion (see Champion and challengers)",
     )
     promote_min_events: int = Field(
         default=1000,

@@ -29,7 +29,16 @@ from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, parse_policy_spec
 from bandit_router.policies.vw import VWPolicy, adf_example
 from bandit_router.rewards import RewardConfig, RewardParts
-from bandit_router.service.challengers import JUDGE_EVERY, Bench, challengers_view, in_pool
+from bandit_router.service.challengers import (
+    JUDGE_EVERY,
+    Bench,
+    Standing,
+    Window,
+    challengers_view,
+    in_pool,
+    scored,
+    standing,
+)
 from bandit_router.service.router import Router
 from bandit_router.settings import Settings
 from bandit_router.sim.champion import parse_auto
@@ -444,6 +453,88 @@ def test_policies_of_equal_value_never_flap() -> None:
     name = "auto:champion=random:challengers=linucb+egreedy"
     runs = simulate([name], prepared, [0, 1, 2, 3, 4], settings=settings)
     assert [run.promotions for run in runs[name]] == [[]] * 5
+
+
+# Queries of five tasks (as benchmarks.inproc's); per task, every arm's reward, without noise.
+_TASKS = {
+    "code": ("Write a Python function that {w} and returns the sorted {v}", True),
+    "qa": ("What is the {w} of {v}?", False),
+    "reasoning": ("Explain step by step why {w} happens, and compare it with {v}.", True),
+    "math": ("Solve the equation {n}x + 7 = {m} for the {w}", True),
+    "translate": ("Translate to French: the {w} is moved to {v}", False),
+}
+_WORDS = ["capital", "river", "merge", "tree", "sunset", "meeting", "graph", "price", "queue"]
+
+
+def _noiseless(n: int, seed: int) -> Prepared:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        task = rng.choice(list(_TASKS))
+        text, big = _TASKS[task]
+        w, v = rng.choice(_WORDS), rng.choice(_WORDS)
+        query = text.format(w=w, v=v, n=rng.randint(2, 9), m=rng.randint(10, 99))
+        pays = {"4b": 0.3 if big else 0.9, "7b": 0.6, "14b": 0.9 if big else 0.4}
+        outcomes = {a: RewardParts(accuracy=r) for a, r in pays.items()}
+        rows.append(Row(i + 1, query, {"task": task}, outcomes))
+    return prepare(
+        Replay(rows, [Arm("4b"), Arm("7b"), Arm("14b")]),
+        RewardConfig({"accuracy": 1.0}, 2000, 0.001),
+    )
+
+
+def test_policies_that_learned_the_best_arm_of_noiseless_rewards_do_not_flap() -> None:
+    """Rewards without noise: linucb and squarecb both learn the best arm of each task. Each,
+    challenging, scores an interval of width about 0 at the best reward, above the champion's
+    mean, which its own exploration lowers: before a replaced champion had to clear the
+    champion's interval, they swapped places 10 times here (every 100 to 300 events at times)."""
+    prepared = _noiseless(20_000, seed=2)
+    settings = Settings(promote_min_events=100, challenger_window=1000)
+    name = "auto:champion=linucb:challengers=squarecb"
+    (run,) = simulate([name], prepared, [0], in_order=True, settings=settings)[name]
+    assert run.promotions is not None
+    assert [(old, new) for _, old, new in run.promotions] == [("linucb", "squarecb")]
+    assert run.reward[-5000:].mean() > 0.899  # the best arm, 0.9, nearly always
+
+
+def _rows(n: int, explored: int, replaced: bool) -> tuple[Window, Standing]:
+    """A deterministic champion (propensity 1) that picks an arm paying 0.6 on ``explored`` of
+    ``n`` events and one paying 0.9 on the others, where the challenger picks the 0.9 arm on
+    every event: its SNIPS and DR are 0.9 with intervals of width 0."""
+    rows = np.array(
+        [(0.0, 1.0, 0.6, 0.6, 0.9)] * explored + [(1.0, 1.0, 0.9, 0.9, 0.9)] * (n - explored)
+    )
+    window = Window(n)
+    for row in rows:
+        window.add(tuple(row))
+    return window, standing("linucb", rows, 100, replaced)
+
+
+def test_a_replaced_champion_clears_only_above_the_champions_interval() -> None:
+    """A challenger clears above the champion's estimate; one a promotion replaced as champion
+    only above the champion's interval, so it comes back on evidence, not on the champion's
+    exploration alone."""
+    for explored, replaced, clears in [(2, False, True), (2, True, False), (8, True, True)]:
+        window, s = _rows(200, explored, replaced)
+        assert s.snips.low == pytest.approx(0.9) and s.dr.low == pytest.approx(0.9)
+        assert s.champion.value < 0.9
+        assert (s.champion.high > 0.9) == (explored == 2)  # 0.8970 [0.8929, 0.9011] with 2
+        assert s.clears == clears, (explored, replaced)
+        assert scored("linucb", window, 100, replaced).clears == clears  # from the sums, the same
+
+
+def test_a_promotion_marks_the_champion_it_replaced_and_a_restart_keeps_the_mark() -> None:
+    settings = Settings(policy="random", challengers=["linucb", "fixed:arm=7b"], seed=1)
+    random_spec, linucb = parse_policy_spec("random"), parse_policy_spec("linucb")
+    bench = Bench(random_spec, [linucb, parse_policy_spec("fixed:arm=7b")], settings, 1)
+    assert not bench.was_replaced(random_spec)
+    bench.promote(linucb, build_policy(random_spec, settings, 1), "auto", 10)
+    assert bench.was_replaced(random_spec) and not bench.was_replaced(linucb)
+    restored = Bench.restore(bench.fields(b"{}"), linucb, settings, bench.stream_id)
+    assert restored.was_replaced(parse_policy_spec("random"))
+    assert not restored.was_replaced(linucb)
+    fresh = Bench.restore({}, linucb, settings, bench.stream_id)  # a reset forgets it
+    assert fresh.replaced == []
 
 
 def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(

@@ -10,11 +10,19 @@ propensities; the champion's estimate is the mean logged reward of the same even
 Each window keeps the sums those estimates are made of (``offline.moments``), updated as events
 enter and leave it, so that a judgement costs the same whatever the window's size.
 A challenger *clears* when it has at least ``BANDIT_PROMOTE_MIN_EVENTS`` events and both lower
-bounds exceed the champion's estimate. ``Bench`` holds all of this with no I/O: the learner
-(``service.learner``) and the replay simulator (``sim.champion``) drive the same object.
+bounds exceed the champion's estimate. A policy that a promotion replaced as champion must clear
+more to serve again: both lower bounds above the champion's 95% interval (the mean logged
+reward's), not only its estimate. Without it, two policies that both learned the best arm of
+rewards that do not vary for a context and arm swapped places as soon as either might: each,
+challenging, scores an interval of width about 0 at the best arm's reward, while the champion's
+mean is lowered by its own exploration (and under a deterministic champion, propensity 1, the
+estimates see only the events where a challenger agrees with it). ``Bench`` holds all of this
+with no I/O: the learner (``service.learner``) and the replay simulator (``sim.champion``) drive
+the same object.
 
 Promotion swaps the champion's policy object for the challenger's, already trained: nothing is
-relearned. The old champion becomes a challenger, and every window restarts, so the next
+relearned. The old champion becomes a challenger (a replaced one, as above: kept with the
+challengers' state, forgotten by a reset), and every window restarts, so the next
 promotion needs ``BANDIT_PROMOTE_MIN_EVENTS`` new events.
 """
 
@@ -162,31 +170,42 @@ class Standing:
 NAN = Estimate(math.nan, math.nan, math.nan, 0)
 
 
-def standing(policy: str, rows: npt.NDArray[np.float64], min_events: int) -> Standing:
+def standing(
+    policy: str, rows: npt.NDArray[np.float64], min_events: int, replaced: bool = False
+) -> Standing:
     """Score a window's rows with the offline estimators (the reference: ``scored`` gives the
-    same from the window's sums)."""
+    same from the window's sums). ``replaced``: the policy is a champion a promotion replaced,
+    which clears only above the champion's interval."""
     n = len(rows)
     if n == 0:
         return Standing(policy, 0, NAN, NAN, NAN, False)
     t, p, r, q, dm = rows.T
     champion = ips(np.ones(n), np.ones(n), r)  # on-policy: the logged rewards' mean
-    return _judged(policy, n, snips(t, p, r), doubly_robust(t, p, r, q, dm), champion, min_events)
+    s, d = snips(t, p, r), doubly_robust(t, p, r, q, dm)
+    return _judged(policy, n, s, d, champion, min_events, replaced)
 
 
-def scored(policy: str, window: Window, min_events: int) -> Standing:
+def scored(policy: str, window: Window, min_events: int, replaced: bool = False) -> Standing:
     """``standing`` of the window's rows, from its sums: a cost that does not grow with it."""
     m = window.moments()
     if m.n == 0:
         return Standing(policy, 0, NAN, NAN, NAN, False)
     if not m.exact:  # a weight too large to sum, or all too small (Moments.exact)
-        return standing(policy, window.rows(), min_events)
-    return _judged(policy, m.n, m.snips(), m.doubly_robust(), m.on_policy(), min_events)
+        return standing(policy, window.rows(), min_events, replaced)
+    return _judged(policy, m.n, m.snips(), m.doubly_robust(), m.on_policy(), min_events, replaced)
 
 
 def _judged(
-    policy: str, n: int, s: Estimate, d: Estimate, champion: Estimate, min_events: int
+    policy: str,
+    n: int,
+    s: Estimate,
+    d: Estimate,
+    champion: Estimate,
+    min_events: int,
+    replaced: bool = False,
 ) -> Standing:
-    clears = n >= min_events and s.low > champion.value and d.low > champion.value
+    bar = champion.high if replaced else champion.value
+    clears = n >= min_events and s.low > bar and d.low > bar
     return Standing(policy, n, s, d, champion, bool(clears))
 
 
@@ -236,6 +255,7 @@ class Bench:
         self.reward_model = RewardModel()
         self.stream_id = stream_id  # watermark: the newest logged event observed
         self._unjudged = 0
+        self.replaced: list[PolicySpec] = []  # champions a promotion replaced, oldest first
 
     def same(self, a: PolicySpec, b: PolicySpec) -> bool:
         return runs_as(a, self.settings) == runs_as(b, self.settings)
@@ -243,6 +263,10 @@ class Bench:
     def running(self, spec: PolicySpec) -> str | None:
         """The name of the running challenger that is policy ``spec``, however written."""
         return next((s for s, c in self.challengers.items() if self.same(c.spec, spec)), None)
+
+    def was_replaced(self, spec: PolicySpec) -> bool:
+        """Whether a promotion replaced policy ``spec`` (however written) as champion."""
+        return any(self.same(spec, r) for r in self.replaced)
 
     def _fresh(self, spec: PolicySpec) -> Challenger:
         return Challenger(spec, build_policy(spec, self.settings, self.seed), Window(self.size))
@@ -297,7 +321,10 @@ class Bench:
     # Judging and promoting
 
     def standings(self) -> list[Standing]:
-        return [scored(s, c.window, self.min_events) for s, c in self.challengers.items()]
+        return [
+            scored(s, c.window, self.min_events, self.was_replaced(c.spec))
+            for s, c in self.challengers.items()
+        ]
 
     @property
     def due(self) -> bool:
@@ -335,7 +362,7 @@ class Bench:
     ) -> tuple[Challenger, dict[str, Any]]:
         """Make challenger ``spec`` (however written) the champion: returns it (its trained
         policy serves from now on) and the promotion's record. ``champion`` (the serving
-        policy) becomes a challenger; every window restarts."""
+        policy) becomes a challenger, one a promotion replaced; every window restarts."""
         found = self.running(spec)
         if found is None:
             running = ", ".join(self.challengers) or "none"
@@ -345,7 +372,8 @@ class Bench:
                 field="policy",
             )
         policy = found
-        scores = scored(policy, self.challengers[policy].window, self.min_events)
+        c = self.challengers[policy]
+        scores = scored(policy, c.window, self.min_events, self.was_replaced(c.spec))
         record = {
             "ts": time.time(),
             "from_policy": str(self.champion),
@@ -358,6 +386,8 @@ class Bench:
             "champion": scores.champion.to_json(),
         }
         promoted = self.challengers.pop(policy)
+        if not self.was_replaced(self.champion):
+            self.replaced.append(self.champion)
         self.set_champion(promoted.spec, champion, keep_old=True)
         log.info(
             "promoted challenger %s over %s (%s): SNIPS %s, DR %s, champion %s, %d events",
@@ -397,6 +427,7 @@ class Bench:
             "champion": str(self.champion),
             "challengers": list(self.challengers),
             "clearing": [s for s, c in self.challengers.items() if c.clearing],
+            "replaced": [str(r) for r in self.replaced],
         }
         out = {"meta": json.dumps(meta).encode(), "summary": summary}
         if self.challengers:
@@ -423,6 +454,11 @@ class Bench:
         if meta is None or stream_id_key(meta["stream_id"]) > stream_id_key(stream_id):
             return cls(champion, specs, settings, settings.seed, stream_id)
         bench = cls(champion, [], settings, settings.seed, meta["stream_id"])
+        for text in meta["replaced"]:
+            try:
+                bench.replaced.append(parse_policy_spec(text))
+            except ValueError as e:
+                log.warning("a replaced champion not restored (%s)", e)
         same = meta["champion"] == str(champion)  # windows score against this champion
         clearing = set(meta["clearing"])
         for spec in specs:
@@ -464,15 +500,17 @@ def _meta(raw: bytes | None) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         return None
     stored, champion = meta.get("stream_id"), meta.get("champion")
-    clearing = meta.get("clearing", [])
+    clearing, replaced = meta.get("clearing", []), meta.get("replaced", [])
     if not isinstance(stored, str) or not is_stream_id(stored):
         return None
-    if not isinstance(clearing, list) or not all(isinstance(c, str) for c in clearing):
-        return None
+    for names in (clearing, replaced):
+        if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+            return None
     return {
         "stream_id": stored,
         "champion": champion if isinstance(champion, str) else None,
         "clearing": clearing,
+        "replaced": replaced,
     }
 
 
@@ -526,7 +564,8 @@ class ChallengerView(BaseModel):
     )
     clears: bool = Field(
         description="at least BANDIT_PROMOTE_MIN_EVENTS events, and the SNIPS and DR lower "
-        "bounds both above the champion's estimate",
+        "bounds both above the champion's estimate (for a champion a promotion replaced, above "
+        "the champion's interval)",
         examples=[False],
     )
 

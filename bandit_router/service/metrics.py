@@ -143,7 +143,7 @@ class Metrics:
         )
         self.challenger_clears = Gauge(
             "bandit_challenger_clears",
-            "1 while both lower bounds of the challenger clear the champion's estimate",
+            "1 while the challenger clears the champion (see Champion and challengers)",
             ["challenger"],
             registry=r,
         )
