@@ -497,12 +497,13 @@ def test_policies_that_learned_the_best_arm_of_noiseless_rewards_do_not_flap() -
     assert run.reward[-5000:].mean() > 0.899  # the best arm, 0.9, nearly always
 
 
-def _rows(n: int, explored: int, replaced: bool) -> tuple[Window, Standing]:
+def _rows(n: int, explored: int, replaced: bool, weight: float = 1.0) -> tuple[Window, Standing]:
     """A deterministic champion (propensity 1) that picks an arm paying 0.6 on ``explored`` of
     ``n`` events and one paying 0.9 on the others, where the challenger picks the 0.9 arm on
-    every event: its SNIPS and DR are 0.9 with intervals of width 0."""
+    every event (with probability ``weight``): its SNIPS and DR are 0.9 with intervals of
+    width 0."""
     rows = np.array(
-        [(0.0, 1.0, 0.6, 0.6, 0.9)] * explored + [(1.0, 1.0, 0.9, 0.9, 0.9)] * (n - explored)
+        [(0.0, 1.0, 0.6, 0.6, 0.9)] * explored + [(weight, 1.0, 0.9, 0.9, 0.9)] * (n - explored)
     )
     window = Window(n)
     for row in rows:
@@ -510,12 +511,15 @@ def _rows(n: int, explored: int, replaced: bool) -> tuple[Window, Standing]:
     return window, standing("linucb", rows, 100, replaced)
 
 
-def test_a_replaced_champion_clears_only_above_the_champions_interval() -> None:
+@pytest.mark.parametrize("weight", [1.0, 1e-200])
+def test_a_replaced_champion_clears_only_above_the_champions_interval(weight: float) -> None:
     """A challenger clears above the champion's estimate; one a promotion replaced as champion
     only above the champion's interval, so it comes back on evidence, not on the champion's
-    exploration alone."""
+    exploration alone. Weights too small to sum (``Moments.exact``) are scored from the rows:
+    the same rule."""
     for explored, replaced, clears in [(2, False, True), (2, True, False), (8, True, True)]:
-        window, s = _rows(200, explored, replaced)
+        window, s = _rows(200, explored, replaced, weight)
+        assert window.moments().exact == (weight == 1.0)
         assert s.snips.low == pytest.approx(0.9) and s.dr.low == pytest.approx(0.9)
         assert s.champion.value < 0.9
         assert (s.champion.high > 0.9) == (explored == 2)  # 0.8970 [0.8929, 0.9011] with 2
@@ -535,6 +539,46 @@ def test_a_promotion_marks_the_champion_it_replaced_and_a_restart_keeps_the_mark
     assert not restored.was_replaced(linucb)
     fresh = Bench.restore({}, linucb, settings, bench.stream_id)  # a reset forgets it
     assert fresh.replaced == []
+
+
+def test_every_champion_a_promotion_replaced_stays_marked_once_however_written() -> None:
+    """Each champion replaced is marked, once however often it is replaced, and a restart keeps
+    every mark; ``squarecb:gamma_scale=20`` (its default) is ``squarecb``."""
+    settings = Settings(policy="squarecb", challengers=["linucb", "random"], seed=1)
+    squarecb, linucb, rnd = (parse_policy_spec(s) for s in ("squarecb", "linucb", "random"))
+    bench = Bench(squarecb, [linucb, rnd], settings, 1)
+    for new, old in [(linucb, squarecb), (rnd, linucb), (squarecb, rnd), (linucb, squarecb)]:
+        bench.promote(new, build_policy(old, settings, 1), "auto", 1)
+    assert [str(s) for s in bench.replaced] == ["squarecb", "linucb", "random"]
+    restored = Bench.restore(bench.fields(b"{}"), linucb, settings, bench.stream_id)
+    for b in (bench, restored):
+        assert b.was_replaced(parse_policy_spec("squarecb:gamma_scale=20"))
+        assert b.was_replaced(linucb) and b.was_replaced(rnd)
+
+
+def test_stored_replaced_champions_that_do_not_read_are_left_out_or_start_afresh() -> None:
+    """A meta written before the rule (no ``replaced``) keeps the windows; a replaced champion
+    that no longer parses is left out, the others kept; a ``replaced`` of another type is
+    written by another hand: the challengers start afresh, as for ``clearing``."""
+    settings = Settings(policy="random", challengers=["linucb"], seed=1)
+    random_spec, linucb = parse_policy_spec("random"), parse_policy_spec("linucb")
+    bench = Bench(random_spec, [linucb], settings, 1)
+    bench.challengers["linucb"].window.add((0.5, 0.5, 1.0, 0.5, 0.5))
+    stored = bench.fields(b"{}")
+    meta = json.loads(stored["meta"])
+    for replaced, kept, marked in [
+        (None, 1, []),
+        (["nonsense", "linucb", "linucb:alpha=x"], 1, ["linucb"]),
+        ("linucb", 0, []),
+        ([["linucb"]], 0, []),
+    ]:
+        meta.pop("replaced", None)
+        if replaced is not None:
+            meta["replaced"] = replaced
+        fields = {**stored, "meta": json.dumps(meta).encode()}
+        restored = Bench.restore(fields, random_spec, settings, bench.stream_id)
+        assert len(restored.challengers["linucb"].window.rows()) == kept, replaced
+        assert [str(s) for s in restored.replaced] == marked, replaced
 
 
 def test_only_the_learner_runs_challengers_and_workers_load_a_promotion(

@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
 from bandit_router.store.cluster import node_url
-from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE
+from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE, KEY_PROBE
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect, read_replies
@@ -406,6 +406,18 @@ def test_prune_consumers_says_how_many_it_deleted(make_settings: SettingsFactory
         assert await store.prune_consumers(keep="a") == 0
         found = await store.redis.xinfo_consumers(store.key(KEY_EVENTS), GROUP)
         assert [c["name"] for c in found] in (["a"], [b"a"])
+
+    _run(make_settings, body)
+
+
+def test_ping_writes_nothing(make_settings: SettingsFactory) -> None:
+    """/healthz's probe is a write Redis refuses as any other, yet it makes no key (else one
+    would stay in every deployment's prefix, of no use)."""
+
+    async def body(store: Store) -> None:
+        assert await store.ping()
+        assert await store.ping()
+        assert not await store.redis.exists(store.key(KEY_PROBE))
 
     _run(make_settings, body)
 
