@@ -185,6 +185,13 @@ class NotLearner(RouterError):
         )
 
 
+class Stopping(RouterError):
+    """The process was told to stop (SIGTERM, Ctrl-C) during a request's long work (a policy
+    switch's relearning of the log), which it left undone; the message says what holds."""
+
+    status_code = 503
+
+
 class StoreUnavailable(RouterError):
     """Redis cannot serve the call. ``refused``: it is up and refuses this service (its
     credentials, an ACL, a full memory, a disk it cannot write) until an operator acts, so a

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from bandit_router.cli.main import main
-from bandit_router.errors import NotLearner, PolicyConflict, StoreUnavailable
+from bandit_router.errors import NotLearner, PolicyConflict, Stopping, StoreUnavailable
 from bandit_router.features import extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, parse_policy_spec
@@ -1229,6 +1229,43 @@ def test_a_switch_whose_lease_passes_to_another_learner_says_so(
         assert not router.learner.leading
         assert str(router.model.spec) == "random"  # not switched here: the leader switches
         assert (await router.store.snapshot_head() or ("",))[0] != "egreedy"
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_switch_the_process_s_stop_ends_switches_nothing(make_settings: SettingsFactory) -> None:
+    """A stop during a switch's relearning (the process's, as signalled: ``Router.open``'s
+    ``stopping``) ends it at the next event, replacing nothing: the old model serves on and is
+    published as the process stops, and the admin is told (503) that the switch is stored for
+    the next learner, which makes it; a relearning of the policy in force is not made. Before,
+    the relearning went on to its end, holding the process's stop."""
+    settings = _settings(make_settings, challengers="", publish_s=3600)
+
+    async def scenario() -> None:
+        await _logged_apart(settings, 50)
+        stopping = asyncio.Event()
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        router = await Router.open(settings, store, stopping=stopping)
+        assert router.learner.leading
+        stopping.set()  # SIGTERM
+        with pytest.raises(Stopping) as stopped:
+            await router.learner.switch(parse_policy_spec("random"), store=True)
+        assert stopped.value.status_code == 503
+        assert "not made: send this request again once a learner leads" in stopped.value.message
+        with pytest.raises(Stopping) as stopped:
+            await router.learner.switch(parse_policy_spec("egreedy"), store=True)
+        assert "the switch is stored, and the next learner to lead makes it" in (
+            stopped.value.message
+        )
+        assert (str(router.model.spec), router.version) == ("random", 50)
+        await router.close()
+        assert (await store.snapshot_head() or ())[:2] == ("random", 50)
+        assert await store.policy_override() == "egreedy"
+        await store.close()
+        router = await _open(settings)  # the next learner
+        assert (str(router.model.spec), router.version) == ("egreedy", 50)
         await router.close()
         await router.store.close()
 

@@ -17,7 +17,7 @@ import redis
 
 from bandit_router.cli.main import main
 from bandit_router.store.embedded import EmbeddedRedis, socket_path
-from bandit_router.store.keys import KEY_LEASE, KEY_MODEL
+from bandit_router.store.keys import KEY_LEASE, KEY_MODEL, KEY_POLICY
 from tests.conftest import (
     ClientFactory,
     RedisProcess,
@@ -326,6 +326,52 @@ def test_sigterm_stops_learn_while_it_takes_over_a_long_log(
         rest = f"at model version {LONG_LOG} ({LONG_LOG - version} logged events replayed)"
         assert rest in said, said
         assert f"learner stopped at model version {LONG_LOG}" in said, said
+    finally:
+        r.close()
+
+
+def test_sigterm_stops_learn_while_it_relearns_a_long_log_for_a_switch(
+    redis_process: RedisProcess, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A `learn` that follows a policy switch (``POST /admin/policy`` to a process that does
+    not lead stores it; the learner relearns the whole log at its next renewal) stopped on a
+    SIGTERM only once the relearning was over: about 6 s per 60,000 events here, 8 s under
+    load. It stops at the next event and switches nothing: the old model, complete, is published
+    and serves on, the lease is released, and the switch stays stored, so the next learner makes
+    it, relearning the whole log."""
+    settings = make_settings(redis_url=redis_process.url)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=3)
+    p = "{" + settings.key_prefix + "}"
+    lease, model, override = KEY_LEASE.format(p=p), KEY_MODEL.format(p=p), KEY_POLICY.format(p=p)
+    r = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        long_log(settings, LONG_LOG)
+        first = tmp_path / "first.log"
+        with cli_process(["learn"], env, first) as proc:
+            wait_until(lambda: r.hget(model, "version") == str(LONG_LOG).encode(), 120, "a model")
+            r.set(override, "cover")  # POST /admin/policy to a process that does not lead
+            switching = partial(_says, first, "switching policy squarecb -> cover")
+            wait_until(switching, 30, "the switch")
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            took = time.monotonic() - began
+        said = first.read_text()
+        assert took < 5, (took, said)
+        assert "its switch to policy cover stopped after relearning" in said, said
+        assert r.hmget(model, "policy", "version") == [b"squarecb", str(LONG_LOG).encode()]
+        assert f"learner stopped at model version {LONG_LOG}" in said, said
+        assert r.get(override) == b"cover"  # still the policy in force
+        assert r.get(lease) is None  # released for the next learner
+        second = tmp_path / "second.log"
+        with cli_process(["learn"], env, second) as proc:
+            wait_until(partial(_says, second, "leads at model version"), 120, "the next learner")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        said = second.read_text()
+        assert "snapshot is of policy squarecb, not cover: learning from the whole log" in said
+        assert f"policy cover at model version {LONG_LOG} ({LONG_LOG} logged" in said, said
+        assert r.hmget(model, "policy", "version") == [b"cover", str(LONG_LOG).encode()]
     finally:
         r.close()
 

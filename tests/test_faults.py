@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import redis
 import uvicorn
@@ -25,7 +26,7 @@ from bandit_router.rewards import RewardParts
 from bandit_router.service.outage import SAID_EVERY_S, Outage
 from bandit_router.service.router import BUFFER_GRACE_S, Router
 from bandit_router.settings import Settings
-from bandit_router.store.keys import KEY_MODEL
+from bandit_router.store.keys import KEY_MODEL, KEY_POLICY
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import (
@@ -35,6 +36,7 @@ from tests.conftest import (
     _free_port,
     cli_env,
     cli_process,
+    healthy,
     long_log,
     wait_until,
 )
@@ -435,6 +437,65 @@ def test_a_signal_stops_a_start_that_replays_a_long_log(
         assert "logged events replayed" not in said, said  # stopped in the replay
         assert took < 5, (took, said)
         assert r.hget(KEY_MODEL.format(p="{" + settings.key_prefix + "}"), "version") is None
+    finally:
+        r.close()
+
+
+def test_a_signal_stops_a_switch_that_relearns_a_long_log(
+    make_settings: SettingsFactory, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """`POST /admin/policy` to the learner's process relearns the whole log in the request; a
+    SIGTERM then stopped `serve` only once the relearning was over (uvicorn waits for the
+    requests in flight, up to BANDIT_SHUTDOWN_TIMEOUT_S; then it cancels them): about 5 s per
+    60,000 events here, 8 s under load. It stops at the next event and switches nothing: the
+    admin is told (503) that the switch is stored, the old model, complete, is published, and
+    the next process makes the switch, relearning the whole log."""
+    settings = make_settings(redis_url=redis_process.url)
+    long_log(settings, 60_000)
+    r = redis.Redis.from_url(redis_process.url)
+    p = "{" + settings.key_prefix + "}"
+    model, override = KEY_MODEL.format(p=p), KEY_POLICY.format(p=p)
+    env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, admin_key="adm")
+    log, port = tmp_path / "serve.log", _free_port()
+    base = f"http://127.0.0.1:{port}"
+    answers: list[httpx.Response] = []
+    try:
+
+        def relearning() -> bool:  # a connection's last command: the relearning's page reads
+            return r.get(override) is not None and any(
+                c.get("cmd") == "xrange" for c in r.client_list()
+            )
+
+        with cli_process(["serve", "--port", str(port)], env, log) as service:
+            wait_until(lambda: healthy(base), 120, "the service")
+            switch = threading.Thread(
+                target=lambda: answers.append(
+                    httpx.post(
+                        f"{base}/admin/policy",
+                        json={"policy": "cover"},
+                        headers={"X-API-Key": "adm"},
+                        timeout=60,
+                    )
+                )
+            )
+            switch.start()
+            wait_until(relearning, 30, "the relearning")
+            began = time.monotonic()
+            service.send_signal(signal.SIGTERM)
+            service.wait(timeout=60)
+            took = time.monotonic() - began
+            switch.join(timeout=10)
+        said = log.read_text()
+        assert took < 5, (took, said)
+        assert "its switch to policy cover stopped after relearning" in said, said
+        assert answers and answers[0].status_code == 503, said
+        assert "the switch is stored, and the next learner to lead makes it" in answers[0].text
+        assert r.hmget(model, "policy", "version") == [b"squarecb", b"60000"]
+        assert r.get(override) == b"cover"
+        with cli_process(["serve", "--port", str(port)], env, log) as service:
+            wait_until(lambda: healthy(base), 120, "the next start")
+            stats = httpx.get(f"{base}/stats").json()
+            assert (stats["policy"], stats["model_version"]) == ("cover", 60_000)
     finally:
         r.close()
 

@@ -56,6 +56,7 @@ from bandit_router.http.openapi import (
 from bandit_router.http.process import (
     StartStopped,
     configure_logging,
+    stop_noted,
     stop_with_supervisor,
     stoppable_start,
 )
@@ -249,7 +250,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stop = asyncio.Event()
             background = asyncio.create_task(routers.run(stop))
             try:
-                yield
+                with stop_noted(stopping):  # before uvicorn has waited for the requests
+                    yield
             finally:
                 stop.set()
                 await background

@@ -97,6 +97,37 @@ def stoppable_start() -> Iterator[asyncio.Event]:
             signal.signal(number, handler)
 
 
+@contextmanager
+def stop_noted(stopping: asyncio.Event) -> Iterator[None]:
+    """Set ``stopping`` on SIGTERM or SIGINT while the service serves, for a request's long
+    replay of the log (a policy switch's relearning: ``Learner.stopping``) to look at between
+    events: uvicorn only takes note of them, then waits for the requests in flight (up to
+    BANDIT_SHUTDOWN_TIMEOUT_S) before the lifespan ends and stops the learner. A stop uvicorn
+    noted before the block sets it too; the handlers in place still run, and are put back after.
+    In the main thread only, where signals arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def stop(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stopping.set)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+
+    for each in (signal.SIGTERM, signal.SIGINT):
+        previous[each] = signal.signal(each, stop)
+    if _noted_stop(previous.values()):
+        stopping.set()
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _noted_stop(handlers: Iterable[Any]) -> bool:
     """Whether the uvicorn server whose signal handler is in place has taken note of a stop:
     its ``should_exit``, public (users set it to stop a server), read through its bound

@@ -31,6 +31,7 @@ from bandit_router.deployments import DEFAULT
 from bandit_router.errors import (
     NotLearner,
     PolicyConflict,
+    Stopping,
     StoreDamaged,
     StoreUnavailable,
     SwitchArrived,
@@ -215,7 +216,15 @@ async def load_model(
 class Learner:
     """Holds the lease, learns new events, publishes snapshots. One per process at most."""
 
-    def __init__(self, settings: Settings, store: Store, model: Model) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        model: Model,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        """``stopping``: the process's stop as it is signalled (``Router.open``), which a
+        replay under the lease looks at (``stopping``) before ``run``'s stop is set."""
         self.settings = settings
         self.store = store
         self.model = model
@@ -250,7 +259,8 @@ class Learner:
         # Redis's loss of the model is said (``_published_again``): not again when the lease
         # lapses before this process published the model again, and it leads anew.
         self._loss_said = False
-        self._stop: asyncio.Event | None = None  # ``run``'s: a take-over's replay looks at it
+        self._stop: asyncio.Event | None = None  # ``run``'s
+        self._signalled = stopping
         self.on_learned: Callable[[str, int], None] | None = None  # (arm, version): metrics
         self.on_redis_error: Callable[[str], None] | None = None  # (operation): metrics
         self.outage = Outage()  # says Redis's unavailability, for the router's jobs too
@@ -282,6 +292,12 @@ class Learner:
             name = self.name if value else None
             self.store.follow_log(name, BATCH, self._followed, self._read_lost)
         self._leading = value
+
+    @property
+    def stopping(self) -> bool:
+        """The process stops: a replay under the lease (a take-over's, a switch's relearning)
+        ends at the next event."""
+        return any(e is not None and e.is_set() for e in (self._stop, self._signalled))
 
     def _read_lost(self) -> None:
         """A read of the log for this learner failed, and Redis may have run it all the same (a
@@ -459,7 +475,7 @@ class Learner:
                 self.model = restore(snapshot, spec, self.settings)
             self.bench = await self._open_bench()
             async for event in self.store.events(after=self.model.stream_id):
-                if self._stop is not None and self._stop.is_set():
+                if self.stopping:
                     # the process stops: what is learned is published on the way out, the
                     # events after it are the next learner's
                     break
@@ -643,7 +659,9 @@ class Learner:
             log.info("%spromotion of %s dropped: %s", self.where, promotion["to_policy"], e.message)
             # the switch drops the promotion, and replaces the model and bench it swapped in
             try:
-                await self._switch(await effective_spec(self.store, self.settings, self._refused))
+                spec = await effective_spec(self.store, self.settings, self._refused)
+                if not await self._switch(spec):  # the process stops: the promoted model,
+                    self._lapsed()  # never published, is not; the next learner switches
             except LeaseLapsed:  # the next learner to lead makes the switch
                 self._lapsed()
             raise
@@ -772,6 +790,8 @@ class Learner:
         async with self._lock:
             if self._promotion is not None:  # not published yet: its override neither
                 return
+            if self.stopping:  # a switch stopped already: the next learner makes it
+                return
             spec = await effective_spec(self.store, self.settings, self._refused)
             if spec != self.model.spec:
                 log.info("%sswitching policy %s -> %s", self.where, self.model.spec, spec)
@@ -780,12 +800,14 @@ class Learner:
     async def switch(self, spec: PolicySpec, store: bool = False) -> None:
         """Replace the policy with a fresh one of ``spec`` learned from the whole log; ``store``:
         also set it as the policy override (``POST /admin/policy``), under the same lock as a
-        promotion, so the two never interleave (the override and the model then disagreed)."""
+        promotion, so the two never interleave (the override and the model then disagreed).
+        ``Stopping`` when the process stops during the relearning (nothing is replaced)."""
         async with self._lock:
             if store:
                 await self.store.set_policy_override(str(spec))
+            served = self.model.spec
             try:
-                await self._switch(spec)
+                switched = await self._switch(spec)
             except LeaseLapsed:
                 self._lapsed()
                 raise NotLearner(
@@ -793,25 +815,56 @@ class Learner:
                     f"log for policy {spec}; "
                     + ("the switch is stored, and the learner makes it" if store else "not made")
                 ) from None
+            if not switched:
+                # a relearning of the policy in force is not stored as pending: asked again
+                pending = store and spec != served
+                raise Stopping(
+                    f"this process is stopping: it stopped relearning the log for policy {spec}, "
+                    f"and {served} serves on; "
+                    + (
+                        "the switch is stored, and the next learner to lead makes it"
+                        if pending
+                        else "not made: send this request again once a learner leads"
+                    )
+                )
 
-    async def _switch(self, spec: PolicySpec) -> None:
-        """``switch``, the lock held."""
-        self._promotion = None  # one not published yet (put off) is replaced with its model
+    async def _switch(self, spec: PolicySpec) -> bool:
+        """``switch``, the lock held. False, nothing replaced nor published, when the process
+        stops meanwhile: the old model serves on and is published as the process stops, and a
+        switch stored (the policy override) is the next learner's, which relearns the whole
+        log at its start or take-over (a model half relearned would be served as if complete,
+        and its publish refused: its watermark is behind the stored model's)."""
         model, old = fresh_model(spec, self.settings), self.model
         # The old champion challenges on, trained, when it is one of BANDIT_POLICY and
         # BANDIT_CHALLENGERS (as a learner restarting would run it); else it is dropped.
         keep = self.bench is not None and in_pool(old.spec, self.settings)
+        learned = 0
         async for event in self.store.events():
-            model.learn(event, self.arms)
-            if keep:
-                old.learn(event, self.arms)  # the events it had not seen, as the bench's
+            if self.stopping:
+                log.warning(
+                    "%slearner %s: the process stops: its switch to policy %s stopped after "
+                    "relearning %d logged events (to %s): not made here; %s serves on, and a "
+                    "switch stored in Redis is made by the next learner to lead",
+                    self.where,
+                    self.name,
+                    spec,
+                    learned,
+                    model.stream_id,
+                    old.spec,
+                )
+                return False
+            learned += model.learn(event, self.arms)
+            # the events it had not seen, as the bench's: it serves on if the relearning stops
+            old.learn(event, self.arms)
             if self.bench is not None and isinstance(event, Event):
                 self.bench.learn(event, self.arms)  # the events the old model had not seen
             await self._keep_lease()
+        self._promotion = None  # one not published yet (put off) is replaced with its model
         self.model = model
         if self.bench is not None:
             self.bench.set_champion(spec, old.policy if keep else None, keep_old=keep)
         await self._publish_or_put_off()  # the switch is stored already (the override)
+        return True
 
     async def reset(self) -> int:
         """Forget everything learned: a fresh model whose watermark is the end of the log."""

@@ -160,11 +160,11 @@ class Router:
         """Restore the newest snapshot plus the log after it; take the learner lease if free.
         ``where``: whose lines the learner and the background jobs say (``Outage.where``);
         ``name``: the deployment's; ``stopping``: set, the replay of the log stops
-        (``load_model``)."""
+        (``load_model``), and the learner's replays under the lease (``Learner.stopping``)."""
         with contextlib.suppress(StoreUnavailable):  # else the host's clock until a sweep reads it
             await store.read_clock()
         model = await load_model(store, settings, deployment=name, stop=stopping)
-        learner = Learner(settings, store, model)
+        learner = Learner(settings, store, model, stopping)
         learner.outage.where = where
         if settings.hash_key:
             secret, words = None, WordKey(settings.hash_key)
