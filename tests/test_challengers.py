@@ -1239,8 +1239,7 @@ def test_a_switch_the_process_s_stop_ends_switches_nothing(make_settings: Settin
     """A stop during a switch's relearning (the process's, as signalled: ``Router.open``'s
     ``stopping``) ends it at the next event, replacing nothing: the old model serves on and is
     published as the process stops, and the admin is told (503) that the switch is stored for
-    the next learner, which makes it; a relearning of the policy in force is not made. Before,
-    the relearning went on to its end, holding the process's stop."""
+    the next learner, which makes it; a relearning of the policy in force is not made."""
     settings = _settings(make_settings, challengers="", publish_s=3600)
 
     async def scenario() -> None:
