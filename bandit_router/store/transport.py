@@ -214,7 +214,11 @@ class GroupCommit:
     together. Redis runs a pipeline's calls in the order they were made.
 
     Each caller still waits for its own reply, so nothing is acknowledged before Redis has it;
-    under load a round trip carries many requests' calls at the cost of about one.
+    under load a round trip carries many requests' calls at the cost of about one. A caller
+    waits at most the timeout from when it made the call, whether behind the batch in flight or
+    for its own: with a Redis that stopped answering, a call made just after a batch went out
+    waited for that batch's timeout, then its own, twice the timeout. A batch keeps its own
+    timeout, whether its callers still wait or not.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -270,10 +274,31 @@ class GroupCommit:
         told: bool = False,
     ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, args, future, logs, confirmed, told))
+        entry = (script, args, future, logs, confirmed, told)
+        self._queue.append(entry)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        timeout_s = self._timeout_s()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future  # cancelled on the timeout: its batch's reply is dropped
+        except TimeoutError:
+            if future.done() and not future.cancelled():  # its reply came as the time ran out
+                return future.result()
+            if any(queued is entry for queued in self._queue):
+                # never sent: it runs no more, a failure with no doubt
+                self._queue = [queued for queued in self._queue if queued is not entry]
+                raise RedisTimeoutError(
+                    f"no reply from Redis in {timeout_s} s to the round trip before this call's "
+                    "(this call was not sent)"
+                ) from None
+            # in flight: Redis may run it yet, as after its batch's own timeout
+            raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from None
+
+    def _timeout_s(self) -> float:
+        """The timeout of a round trip, and of a caller's wait: the client's socket timeout."""
+        timeout_s = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+        return float(timeout_s or DEFAULT_TIMEOUT_S)
 
     async def _flush(self) -> None:
         while self._queue:
@@ -368,7 +393,7 @@ class GroupCommit:
             # the client's now: a retarget during the first attempt sends the second to the new
             # master (a connection made from the old one's would be kept, and meet MOVED for ever)
             pool = self._client.connection_pool
-            timeout_s = pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
+            timeout_s = self._timeout_s()
             if self._conn is None:
                 kwargs = {**pool.connection_kwargs, "socket_timeout": None}
                 self._conn = pool.connection_class(**kwargs)
