@@ -236,6 +236,8 @@ class GroupCommit:
             tuple[Script, list[Any], Callable[[Any, bool], None], Callable[[], None]] | None
         ) = None
         self._flusher: asyncio.Task[None] | None = None
+        self._made = 0  # calls made so far
+        self._taken = 0  # of which the flusher took this many (sent, or out of time)
         self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
         # WAIT for this many replicas, this many ms, after every batch with a script call (the
@@ -273,27 +275,35 @@ class GroupCommit:
         confirmed: bool,
         told: bool = False,
     ) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        entry = (script, args, future, logs, confirmed, told)
-        self._queue.append(entry)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._made += 1
+        self._queue.append((script, args, future, logs, confirmed, told))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        timeout_s = self._timeout_s()
+        deadline = loop.time() + self._timeout_s()  # the caller's own: its batch keeps its own
+        expiry = loop.call_at(deadline, self._expire, future, self._made)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await future  # cancelled on the timeout: its batch's reply is dropped
-        except TimeoutError:
-            if future.done() and not future.cancelled():  # its reply came as the time ran out
-                return future.result()
-            if any(queued is entry for queued in self._queue):
-                # never sent: it runs no more, a failure with no doubt
-                self._queue = [queued for queued in self._queue if queued is not entry]
-                raise RedisTimeoutError(
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, future: asyncio.Future[Any], made: int) -> None:
+        """The caller of the ``made``-th call is out of time: it fails now. A call still queued
+        is never sent (the flusher leaves out a call whose caller has its answer); one whose
+        batch went out may still run in Redis, as after that batch's own timeout."""
+        if future.done():
+            return
+        timeout_s = self._timeout_s()
+        if made > self._taken:
+            future.set_exception(
+                RedisTimeoutError(
                     f"no reply from Redis in {timeout_s} s to the round trip before this call's "
                     "(this call was not sent)"
-                ) from None
-            # in flight: Redis may run it yet, as after its batch's own timeout
-            raise RedisTimeoutError(f"no reply from Redis in {timeout_s} s") from None
+                )
+            )
+        else:
+            future.set_exception(RedisTimeoutError(f"no reply from Redis in {timeout_s} s"))
 
     def _timeout_s(self) -> float:
         """The timeout of a round trip, and of a caller's wait: the client's socket timeout."""
@@ -302,7 +312,11 @@ class GroupCommit:
 
     async def _flush(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
+            taken, self._queue = self._queue, []
+            self._taken = self._made
+            batch = [call for call in taken if not call[2].done()]  # others: out of time
+            if not batch:
+                continue
             calls: list[tuple[Script | None, list[Any]]] = [(s, a) for s, a, *_ in batch]
             follow = self.follow if any(logs for _, _, _, logs, _, _ in batch) else None
             if follow is not None:
