@@ -290,8 +290,8 @@ class GroupCommit:
 
     def _expire(self, future: asyncio.Future[Any], made: int) -> None:
         """The caller of the ``made``-th call is out of time: it fails now. A call still queued
-        is never sent (the flusher leaves out a call whose caller has its answer); one whose
-        batch went out may still run in Redis, as after that batch's own timeout."""
+        is never sent (the flusher leaves it out); one whose batch went out may still run in
+        Redis, as after that batch's own timeout."""
         if future.done():
             return
         timeout_s = self._timeout_s()
@@ -314,7 +314,9 @@ class GroupCommit:
         while self._queue:
             taken, self._queue = self._queue, []
             self._taken = self._made
-            batch = [call for call in taken if not call[2].done()]  # others: out of time
+            # Those out of time are left out, never sent; a cancelled caller's call goes out (a
+            # gateway request whose client left records the latency of its decision after it).
+            batch = [call for call in taken if call[2].cancelled() or not call[2].done()]
             if not batch:
                 continue
             calls: list[tuple[Script | None, list[Any]]] = [(s, a) for s, a, *_ in batch]
