@@ -97,6 +97,48 @@ def test_redis_down_choose_degrades_reward_503_then_recovers(
     assert not _choose(client)["degraded"]
 
 
+def test_a_hung_redis_answers_each_choose_degraded_within_the_timeout_of_its_arrival(
+    make_client: ClientFactory, redis_process: RedisProcess
+) -> None:
+    """A Redis that takes connections and answers nothing (SIGSTOP: a paused VM, a partition):
+    a /choose made while another's round trip is in flight answered degraded only once that
+    round trip timed out and then its own, up to twice the store's timeout after it came. Each
+    now answers within about the timeout, and once Redis answers again every decision answered
+    degraded is written, and takes its reward."""
+    timeout_s = 2.0
+    client = make_client(redis_url=f"{redis_process.url}?socket_timeout={timeout_s:g}")
+    _choose(client)
+    assert redis_process.proc is not None
+    took: dict[float, float] = {}
+    answers: list[dict[str, Any]] = []
+
+    def choose_at(offset: float, start: float) -> None:
+        time.sleep(max(0.0, start + offset - time.monotonic()))
+        began = time.monotonic()
+        answers.append(_choose(client, query=f"sent at {offset}"))
+        took[offset] = time.monotonic() - began
+
+    redis_process.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        threads = [
+            threading.Thread(target=choose_at, args=(offset, start)) for offset in (0.0, 0.3, 1.0)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        redis_process.proc.send_signal(signal.SIGCONT)
+    assert all(a["degraded"] for a in answers)
+    # they took up to 1.85 x the timeout, those made while a round trip was in flight
+    assert max(took.values()) < 1.5 * timeout_s, took
+    _wait(lambda: _stat(client, "buffered_decisions") == 0)
+    for a in answers:
+        r = client.post("/reward", json={"event_id": a["event_id"], "reward": 0.5})
+        assert r.status_code == 200, r.text
+
+
 def test_a_reward_for_a_decision_another_process_still_holds_is_503_not_404(
     make_settings: SettingsFactory, redis_process: RedisProcess
 ) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
 import socket
 import time
 import uuid
@@ -24,7 +25,14 @@ from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE, KEY_PROBE
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
 from bandit_router.store.transport import GroupCommit, connect, read_replies
-from tests.conftest import SERVER_URL, SettingsFactory, all_events, keep_busy, readable
+from tests.conftest import (
+    SERVER_URL,
+    RedisProcess,
+    SettingsFactory,
+    all_events,
+    keep_busy,
+    readable,
+)
 from tests.far import Far
 
 T = TypeVar("T")
@@ -697,6 +705,128 @@ def test_a_round_trip_slower_than_the_timeout_is_not_sent_again(
             assert await store.redis.xlen(store.key("{p}:events")) == 1
         finally:
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_call_made_behind_a_hung_round_trip_fails_the_timeout_after_it_was_made(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """A Redis that stopped answering (SIGSTOP: it takes connections and reads nothing): a call
+    made while a round trip is in flight fails the store's timeout after it was made, not the
+    round trip's timeout and then its own (twice the timeout, as it was). Each call that went
+    out may have run once Redis answers again, so each retry finds its reward logged, or logs
+    it: each reward is logged once."""
+    timeout_s = 1.0
+
+    async def main() -> None:
+        s = make_settings(redis_url=redis_process.url)
+        client = aioredis.Redis.from_url(redis_process.url, socket_timeout=timeout_s)
+        store = Store(client, s.key_prefix, 60, 1000)
+        assert redis_process.proc is not None
+        try:
+            for e in ("e1", "e2"):
+                await store.save_decision(e, _decision(e))
+            redis_process.proc.send_signal(signal.SIGSTOP)
+            try:
+                sent = asyncio.ensure_future(store.add_parts("e1", {"reward": 0.5}, _reward(0.5)))
+                await asyncio.sleep(0.2)
+                made = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await store.add_parts("e2", {"reward": 0.5}, _reward(0.5))
+                waited = time.monotonic() - made
+                with pytest.raises(StoreUnavailable):
+                    await sent
+            finally:
+                redis_process.proc.send_signal(signal.SIGCONT)
+            # it was 1.8 s: the round trip's timeout, then its own
+            assert waited < 1.5 * timeout_s, f"{waited:.2f} s"
+            await asyncio.sleep(0.2)  # what Redis had of the connections, it has run
+            for e in ("e1", "e2"):
+                with contextlib.suppress(AlreadyRewarded):  # it went out: Redis may have run it
+                    await store.add_parts(e, {"reward": 0.5}, _reward(0.5))
+            assert await store.redis.xlen(store.key("{p}:events")) == 2  # each logged once
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_call_behind_a_slow_round_trip_waits_at_most_the_timeout_from_when_it_was_made(
+    make_settings: SettingsFactory,
+) -> None:
+    """A round trip that answers just within the timeout, and then a Redis that stops answering
+    (here the network: a proxy that stops passing data on): a call made while the first was in
+    flight goes out in the next, and fails the timeout after it was made, not after it went
+    out (the first round trip's wait, then the whole timeout)."""
+    timeout_s = 1.0
+
+    async def main() -> None:
+        s = make_settings()
+        async with Far(SERVER_URL).running() as far:
+            client = aioredis.Redis.from_url(far.url(SERVER_URL), socket_timeout=timeout_s)
+            store = Store(client, s.key_prefix, 60, 1000)
+            try:
+                await store.save_decision("e1", _decision("e1"))  # connected, the script loaded
+                far.delay_s = 0.35  # 0.7 s round trips
+                slow = asyncio.ensure_future(store.save_decision("e2", _decision("e2")))
+                await asyncio.sleep(0.1)
+                made = time.monotonic()
+                behind = asyncio.ensure_future(store.save_decision("e3", _decision("e3")))
+                await asyncio.sleep(0.4)  # e2's write is with Redis: the next waits 3 s
+                far.delay_s = 3.0  # past the timeout
+                assert await slow is None
+                with pytest.raises(StoreUnavailable):
+                    await behind
+                waited = time.monotonic() - made
+                # it was 1.6 s: the 0.6 s left of the first round trip, then the timeout
+                assert waited < 1.4 * timeout_s, f"{waited:.2f} s"
+            finally:
+                await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_call_still_waiting_at_its_timeout_is_never_sent(
+    make_settings: SettingsFactory, redis_process: RedisProcess
+) -> None:
+    """A batch in flight may take longer than one timeout: Redis lost its scripts (SCRIPT
+    FLUSH), so the calls that met NOSCRIPT go again, with a timeout of their own. A call made
+    meanwhile that gives up before it went out is taken out of the queue: it never runs."""
+    timeout_s = 1.0
+
+    async def main() -> None:
+        s = make_settings(redis_url=redis_process.url)
+        async with Far(redis_process.url).running() as far:
+            # the service's client: a new connection sends nothing before the batch
+            client = connect(f"{far.url(redis_process.url)}?socket_timeout={timeout_s}")
+            store = Store(client, s.key_prefix, 60, 1000)
+            try:
+                await store.save_decision("e1", _decision("e1"))  # connected, the script loaded
+                await store.redis.script_flush()
+                far.delay_s = 0.15  # 0.3 s round trips
+                again = asyncio.ensure_future(store.save_decision("e2", _decision("e2")))
+                # e2 meets NOSCRIPT at 0.3 s and goes again, its reply 2 s away: past the
+                # timeout of its second round trip, at 1.3 s
+                asyncio.get_running_loop().call_later(0.25, setattr, far, "delay_s", 2.0)
+                await asyncio.sleep(0.1)
+                behind = asyncio.ensure_future(store.save_decision("e3", _decision("e3")))
+                await asyncio.sleep(0.3)
+                writes = far.writes  # e2's second round trip among them
+                with pytest.raises(StoreUnavailable) as queued:
+                    await behind  # its timeout: at 1.1 s
+                with pytest.raises(StoreUnavailable):
+                    await again
+                await asyncio.sleep(0.5)  # e2's batch is over
+                assert far.writes == writes  # none after e2's: e3 was not sent
+                far.delay_s = 0.0
+                await asyncio.sleep(1.5)  # what the proxy held has reached Redis
+                decision = "{p}:decision:{event_id}"
+                assert await store.redis.exists(store.key(decision, "e2"))  # it went out
+                assert not await store.redis.exists(store.key(decision, "e3"))
+                assert "this call was not sent" in str(queued.value)
+            finally:
+                await store.close()
 
     asyncio.run(main())
 

@@ -214,7 +214,11 @@ class GroupCommit:
     together. Redis runs a pipeline's calls in the order they were made.
 
     Each caller still waits for its own reply, so nothing is acknowledged before Redis has it;
-    under load a round trip carries many requests' calls at the cost of about one.
+    under load a round trip carries many requests' calls at the cost of about one. A caller
+    waits at most the timeout from when it made the call, whether behind the batch in flight or
+    for its own: with a Redis that stopped answering, a call made just after a batch went out
+    waited for that batch's timeout, then its own, twice the timeout. A batch keeps its own
+    timeout, whether its callers still wait or not.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -232,6 +236,8 @@ class GroupCommit:
             tuple[Script, list[Any], Callable[[Any, bool], None], Callable[[], None]] | None
         ) = None
         self._flusher: asyncio.Task[None] | None = None
+        self._made = 0  # calls made so far
+        self._taken = 0  # of which the flusher took this many (sent, or out of time)
         self._conn: Connection | None = None  # the group commit's own, kept between batches
         self._loaded: set[str] = set()  # scripts loaded since that connection was made
         # WAIT for this many replicas, this many ms, after every batch with a script call (the
@@ -269,15 +275,50 @@ class GroupCommit:
         confirmed: bool,
         told: bool = False,
     ) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._made += 1
         self._queue.append((script, args, future, logs, confirmed, told))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        deadline = loop.time() + self._timeout_s()  # the caller's own: its batch keeps its own
+        expiry = loop.call_at(deadline, self._expire, future, self._made)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, future: asyncio.Future[Any], made: int) -> None:
+        """The caller of the ``made``-th call is out of time: it fails now. A call still queued
+        is never sent (the flusher leaves it out); one whose batch went out may still run in
+        Redis, as after that batch's own timeout."""
+        if future.done():
+            return
+        timeout_s = self._timeout_s()
+        if made > self._taken:
+            future.set_exception(
+                RedisTimeoutError(
+                    f"no reply from Redis in {timeout_s} s to the round trip before this call's "
+                    "(this call was not sent)"
+                )
+            )
+        else:
+            future.set_exception(RedisTimeoutError(f"no reply from Redis in {timeout_s} s"))
+
+    def _timeout_s(self) -> float:
+        """The timeout of a round trip, and of a caller's wait: the client's socket timeout."""
+        timeout_s = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+        return float(timeout_s or DEFAULT_TIMEOUT_S)
 
     async def _flush(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
+            taken, self._queue = self._queue, []
+            self._taken = self._made
+            # Those out of time are left out, never sent; a cancelled caller's call goes out (a
+            # gateway request whose client left records the latency of its decision after it).
+            batch = [call for call in taken if call[2].cancelled() or not call[2].done()]
+            if not batch:
+                continue
             calls: list[tuple[Script | None, list[Any]]] = [(s, a) for s, a, *_ in batch]
             follow = self.follow if any(logs for _, _, _, logs, _, _ in batch) else None
             if follow is not None:
@@ -368,7 +409,7 @@ class GroupCommit:
             # the client's now: a retarget during the first attempt sends the second to the new
             # master (a connection made from the old one's would be kept, and meet MOVED for ever)
             pool = self._client.connection_pool
-            timeout_s = pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
+            timeout_s = self._timeout_s()
             if self._conn is None:
                 kwargs = {**pool.connection_kwargs, "socket_timeout": None}
                 self._conn = pool.connection_class(**kwargs)
