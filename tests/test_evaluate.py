@@ -24,6 +24,7 @@ from bandit_router.offline.evaluate import (
     evaluate_file,
     logged_value,
     normalize_spec,
+    read_log,
     read_log_file,
     record_from_event,
     target_pmfs,
@@ -280,3 +281,25 @@ def test_evaluate_file_memory_grows_by_bytes_an_event(tmp_path: Path) -> None:
     peak(100)  # first calls' caches
     small, large = peak(500), peak(2500)
     assert (large - small) / 2000 < 400, (small, large)
+
+
+def test_arms_are_read_as_written_on_every_line() -> None:
+    """The arms checked on one line are remembered for the next by their fields as written:
+    7 and 7.0, 0.0 and -0.0 stay apart, and a bad arm is refused wherever it comes."""
+    record = replace(synthetic_log(1, 1, UNIFORM)[0], arm="7b", probability=1.0)
+    written = [Arm("7b", 7, 0.0), Arm("7b", 7.0, -0.0), Arm("7b", 7, 0.0), Arm("7b", 7.0, -0.0)]
+    lines = [
+        json.dumps(to_dsjson(_event(replace(record, arms=(arm,))), {"7b": arm})) for arm in written
+    ]
+    read = [r.arms[0] for r in read_log(lines)]
+    assert [(type(a.params_b), str(a.usd_per_mtok)) for a in read] == [
+        (int, "0.0"),
+        (float, "-0.0"),
+        (int, "0.0"),
+        (float, "-0.0"),
+    ]
+    priced = Arm("7b", 7, -1.0)
+    bad = json.dumps(to_dsjson(_event(replace(record, arms=(priced,))), {"7b": priced}))
+    for at in (1, 2):
+        with pytest.raises(ValueError, match=f"line {at}: .*usd_per_mtok"):
+            read_log([*lines[: at - 1], bad])

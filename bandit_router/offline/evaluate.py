@@ -14,6 +14,7 @@ side, and of each event only those inputs are kept, as float64 arrays. The dashb
 from __future__ import annotations
 
 import logging
+import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,10 +92,40 @@ def _arm(i: int, entry: Any) -> Arm:
     entry = inputs.table(where, entry)
     if "_arm" in entry:
         raw = inputs.table(f"{where}._arm", entry["_arm"])
-        return inputs.arm(
+        return _checked_arm(
             f"{where}._arm", raw.get("name"), raw.get("params_b"), raw.get("usd_per_mtok")
         )
-    return inputs.arm(f"{where}.A.id", inputs.table(f"{where}.A", entry.get("A")).get("id"))
+    return _checked_arm(f"{where}.A.id", inputs.table(f"{where}.A", entry.get("A")).get("id"))
+
+
+# Arms ``inputs.arm`` accepted, by their fields as written: a log repeats the same few arms on
+# every line, and that check (``ArmSpec``) was a third of the time a line took to read.
+_CHECKED_ARMS: dict[tuple[Any, ...], Arm] = {}
+_MAX_CHECKED_ARMS = 4096  # then it starts again
+
+
+def _checked_arm(where: str, name: Any, params_b: Any = None, usd_per_mtok: Any = None) -> Arm:
+    """``inputs.arm``, remembered when the fields are a string and numbers or nulls."""
+    key = (_field(name), _field(params_b), _field(usd_per_mtok))
+    if type(name) is not str or None in key:
+        return inputs.arm(where, name, params_b, usd_per_mtok)
+    arm = _CHECKED_ARMS.get(key)
+    if arm is None:
+        arm = inputs.arm(where, name, params_b, usd_per_mtok)  # raises: not remembered
+        if len(_CHECKED_ARMS) >= _MAX_CHECKED_ARMS:
+            _CHECKED_ARMS.clear()
+        _CHECKED_ARMS[key] = arm
+    return arm
+
+
+def _field(value: Any) -> tuple[Any, ...] | None:
+    """A key that tells apart what ``==`` does not (7 and 7.0, 0.0 and -0.0); None: a value
+    of another type, not remembered."""
+    if value is None or type(value) is str or type(value) is int:
+        return (type(value), value)
+    if type(value) is float:
+        return (float, value, math.copysign(1.0, value))
+    return None
 
 
 def record_from_dsjson(obj: Any, max_features: int | None = None) -> LoggedRecord:
