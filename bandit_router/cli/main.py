@@ -37,7 +37,7 @@ from bandit_router.store.cluster import NotACluster
 
 if TYPE_CHECKING:
     from bandit_router.offline.estimators import Estimate
-    from bandit_router.offline.evaluate import LoggedRecord
+    from bandit_router.offline.evaluate import LogSummary
 
     Results = dict[str, dict[str, Estimate]]
 
@@ -238,63 +238,53 @@ def export(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Estimate candidate policies offline from an exported log: IPS, SNIPS and DR, 95% CIs."""
-    from bandit_router.offline.evaluate import (
-        baseline_specs,
-        check_fixed_arms,
-        estimate_policies,
-        read_log_file,
-    )
+    from bandit_router.offline.evaluate import evaluate_file
 
     settings = _settings()
     try:
-        if args.log == "-":
-            records = read_log_file(sys.stdin.buffer, settings.max_features)
-        else:
-            with open(args.log, "rb") as f:  # bounded lines, each decoded on its own
-                records = read_log_file(f, settings.max_features)
         specs = [s.strip() for s in (args.policies or "").split(",") if s.strip()]
-        specs = specs or baseline_specs(records[0].arms if records else [])
-        check_fixed_arms(records, specs)
-        results = estimate_policies(records, specs, settings, args.seed)
+        with reopenable(args.log) as path:  # - reads standard input; read twice
+            summary, results = evaluate_file(path, specs, settings, args.seed)
     except (OSError, ValueError) as e:
         print(f"bandit-router evaluate: {e}", file=sys.stderr)
         return 2
-    print(_evaluation_json(records, results) if args.json else _evaluation_table(records, results))
+    print(_evaluation_json(summary, results) if args.json else _evaluation_table(summary, results))
     return 0
 
 
-def _evaluation_json(records: Sequence[LoggedRecord], results: Results) -> str:
+def _evaluation_json(summary: LogSummary, results: Results) -> str:
     import json
 
-    from bandit_router.offline.evaluate import MIN_PROPENSITY, clipped, logged_value
+    from bandit_router.offline.evaluate import MIN_PROPENSITY
 
     table = {spec: {m: e.to_json() for m, e in r.items()} for spec, r in results.items()}
+    assert summary.logged is not None  # a log with events
     return json.dumps(
         {
-            "logged": logged_value(records).to_json(),
+            "logged": summary.logged.to_json(),
             "policies": table,
-            "clipped_events": clipped(records),
+            "clipped_events": summary.clipped,
             "min_propensity": MIN_PROPENSITY,
         },
         indent=2,
     )
 
 
-def _evaluation_table(records: Sequence[LoggedRecord], results: Results) -> str:
-    from bandit_router.offline.evaluate import METHODS, MIN_PROPENSITY, clipped, logged_value
+def _evaluation_table(summary: LogSummary, results: Results) -> str:
+    from bandit_router.offline.evaluate import METHODS, MIN_PROPENSITY
 
+    assert summary.logged is not None  # a log with events
     lines = [
-        f"{len(records)} events; the logging policy's mean reward: "
-        f"{_interval(logged_value(records))}",
+        f"{summary.events} events; the logging policy's mean reward: {_interval(summary.logged)}",
         f"{'policy':<28}" + "".join(f"{m:>22}" for m in METHODS),
     ]
     for spec, estimates in results.items():
         lines.append(f"{spec:<28}" + "".join(f" {_interval(estimates[m]):>21}" for m in METHODS))
     lines.append("value [95% interval, normal approximation]; candidates replayed in time order,")
     lines.append("learning as they go; DR's reward model: per-arm ridge regression fitted online")
-    if count := clipped(records):
+    if count := summary.clipped:
         lines.append(
-            f"{count} of {len(records)} events logged a propensity below {MIN_PROPENSITY:g}, "
+            f"{count} of {summary.events} events logged a propensity below {MIN_PROPENSITY:g}, "
             f"weighed as {MIN_PROPENSITY:g} (clipped IPS): a policy that picks their arms is "
             "estimated low"
         )

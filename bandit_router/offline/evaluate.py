@@ -5,16 +5,21 @@ candidate policy is replayed progressively in time order, as ``vw --cb_explore_a
 validation does: at each event it gives its pmf over the eligible arms (``choose(...)
 .probabilities``), then learns the logged arm, propensity and reward. Baselines learn nothing.
 The pmfs, the logged propensities (at least ``MIN_PROPENSITY``) and rewards, and an online
-reward model feed IPS, SNIPS and DR (``estimators``). The dashboard calls
+reward model feed IPS, SNIPS and DR (``estimators``); the candidates are replayed side by
+side, and of each event only those inputs are kept, as float64 arrays. The dashboard calls
 ``estimate_policies``; ``baseline_specs`` names the baselines worth showing for a set of arms.
+``evaluate_file`` (the command) reads a file twice instead of holding its records.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -87,10 +92,40 @@ def _arm(i: int, entry: Any) -> Arm:
     entry = inputs.table(where, entry)
     if "_arm" in entry:
         raw = inputs.table(f"{where}._arm", entry["_arm"])
-        return inputs.arm(
+        return _checked_arm(
             f"{where}._arm", raw.get("name"), raw.get("params_b"), raw.get("usd_per_mtok")
         )
-    return inputs.arm(f"{where}.A.id", inputs.table(f"{where}.A", entry.get("A")).get("id"))
+    return _checked_arm(f"{where}.A.id", inputs.table(f"{where}.A", entry.get("A")).get("id"))
+
+
+# Arms ``inputs.arm`` accepted, by their fields as written: a log repeats the same few arms on
+# every line, and that check (``ArmSpec``) was a third of the time a line took to read.
+_CHECKED_ARMS: dict[tuple[Any, ...], Arm] = {}
+_MAX_CHECKED_ARMS = 4096  # then it starts again
+
+
+def _checked_arm(where: str, name: Any, params_b: Any = None, usd_per_mtok: Any = None) -> Arm:
+    """``inputs.arm``, remembered when the fields are a string and numbers or nulls."""
+    key = (_field(name), _field(params_b), _field(usd_per_mtok))
+    if type(name) is not str or None in key:
+        return inputs.arm(where, name, params_b, usd_per_mtok)
+    arm = _CHECKED_ARMS.get(key)
+    if arm is None:
+        arm = inputs.arm(where, name, params_b, usd_per_mtok)  # raises: not remembered
+        if len(_CHECKED_ARMS) >= _MAX_CHECKED_ARMS:
+            _CHECKED_ARMS.clear()
+        _CHECKED_ARMS[key] = arm
+    return arm
+
+
+def _field(value: Any) -> tuple[Any, ...] | None:
+    """A key that tells apart what ``==`` does not (7 and 7.0, 0.0 and -0.0); None: a value
+    of another type, not remembered."""
+    if value is None or type(value) is str or type(value) is int:
+        return (type(value), value)
+    if type(value) is float:
+        return (float, value, math.copysign(1.0, value))
+    return None
 
 
 def record_from_dsjson(obj: Any, max_features: int | None = None) -> LoggedRecord:
@@ -164,11 +199,14 @@ def _iter_records(
             raise line
         if not line.strip():
             continue
-        try:
-            record = record_from_dsjson(inputs.parse_json(line), max_features)
-        except (ValueError, KeyError, TypeError, OverflowError) as e:
-            raise ValueError(f"line {number}: not an exported DSJSON event ({e})") from e
-        yield record
+        yield _record(number, line, max_features)
+
+
+def _record(number: int, line: str, max_features: int | None) -> LoggedRecord:
+    try:
+        return record_from_dsjson(inputs.parse_json(line), max_features)
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
+        raise ValueError(f"line {number}: not an exported DSJSON event ({e})") from e
 
 
 def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
@@ -204,9 +242,12 @@ def check_fixed_arms(records: Sequence[LoggedRecord], specs: Sequence[str]) -> N
     """A ``fixed`` spec names an arm some event of ``records`` offered: else it would be
     estimated as each event's first arm, under the name given (a misspelt arm). No records:
     ``estimate_policies`` says so."""
-    if not records:
+    _check_offered(tuple(dict.fromkeys(arm.name for r in records for arm in r.arms)), specs)
+
+
+def _check_offered(offered: Sequence[str], specs: Sequence[str]) -> None:
+    if not offered:
         return
-    offered = dict.fromkeys(arm.name for r in records for arm in r.arms)
     for spec in specs:
         parsed = parse_policy_spec(normalize_spec(spec))
         arm = parsed.params.get("arm")
@@ -218,22 +259,6 @@ def check_fixed_arms(records: Sequence[LoggedRecord], specs: Sequence[str]) -> N
 def baseline_specs(arms: Sequence[Arm]) -> list[str]:
     """The baselines to compare against: uniform random, the static rule, each arm alone."""
     return ["random", "static", *(f"fixed:arm={arm.name}" for arm in arms)]
-
-
-@dataclass(frozen=True, slots=True)
-class _RewardPredictions:
-    logged: npt.NDArray[np.float64]  # rhat(x_i, a_i)
-    per_arm: list[dict[str, float]]  # rhat(x_i, a) for every eligible a
-
-
-def _reward_predictions(records: Sequence[LoggedRecord]) -> _RewardPredictions:
-    model = RewardModel()
-    per_arm = []
-    for r in records:
-        per_arm.append(model.predict(r.x, [arm.name for arm in r.arms]))
-        model.learn(r.x, r.arm, r.reward)  # after predicting: progressive, never its own reward
-    logged = np.array([p[r.arm] for p, r in zip(per_arm, records, strict=True)])
-    return _RewardPredictions(logged, per_arm)
 
 
 def target_pmfs(
@@ -248,22 +273,42 @@ def target_pmfs(
     return pmfs
 
 
-def _estimates(
-    records: Sequence[LoggedRecord], pmfs: Sequence[Mapping[str, float]], rhat: _RewardPredictions
-) -> dict[str, Estimate]:
-    target = np.array([pmf.get(r.arm, 0.0) for pmf, r in zip(pmfs, records, strict=True)])
-    logged = np.maximum([r.probability for r in records], MIN_PROPENSITY)
-    rewards = np.array([r.reward for r in records])
-    direct = np.array(
-        [
-            sum(pmf.get(a, 0.0) * q for a, q in preds.items())
-            for pmf, preds in zip(pmfs, rhat.per_arm, strict=True)
-        ]
-    )
+def _replay(
+    ordered: Iterable[LoggedRecord],
+    n: int,
+    specs: Sequence[str],
+    settings: Settings | None,
+    seed: int,
+) -> dict[str, dict[str, Estimate]]:
+    """The estimates of ``specs`` over the ``n`` records ``ordered`` (in time order), replayed
+    once for all of them: the reward model and every candidate (each its own model and random
+    generator) see each event in turn. What is kept of an event is the estimators' inputs, as
+    float64: its logged propensity, reward and predicted reward (24 bytes), and per candidate
+    its probability of the logged arm and DR's direct term (16 bytes)."""
+    policies = [build_policy(normalize_spec(spec), settings, seed) for spec in specs]
+    model = RewardModel()
+    logged, rewards, predicted = np.empty(n), np.empty(n), np.empty(n)
+    target, direct = np.empty((len(specs), n)), np.empty((len(specs), n))
+    i = -1
+    for i, r in enumerate(ordered):
+        preds = model.predict(r.x, [arm.name for arm in r.arms])  # rhat(x_i, a), every a
+        model.learn(r.x, r.arm, r.reward)  # after predicting: progressive, never its own reward
+        logged[i], rewards[i], predicted[i] = r.probability, r.reward, preds[r.arm]
+        for k, policy in enumerate(policies):
+            pmf = dict(policy.choose(r.x, r.arms).probabilities)
+            policy.learn(r.x, r.arms, r.arm, r.probability, r.reward)
+            target[k, i] = pmf.get(r.arm, 0.0)
+            direct[k, i] = sum(pmf.get(a, 0.0) * q for a, q in preds.items())
+    if i + 1 != n:
+        raise ValueError(f"the log changed while it was read: {i + 1} events, not {n}")
+    logged = np.maximum(logged, MIN_PROPENSITY)
     return {
-        "ips": ips(target, logged, rewards),
-        "snips": snips(target, logged, rewards),
-        "dr": doubly_robust(target, logged, rewards, rhat.logged, direct),
+        spec: {
+            "ips": ips(target[k], logged, rewards),
+            "snips": snips(target[k], logged, rewards),
+            "dr": doubly_robust(target[k], logged, rewards, predicted, direct[k]),
+        }
+        for k, spec in enumerate(specs)
     }
 
 
@@ -280,17 +325,108 @@ def estimate_policies(
     takes them (``egreedy:epsilon=0.1``, ``linucb``, ``static``, ``fixed:7b``, ...); ``settings``,
     when given, supplies defaults the spec omits (``BANDIT_EPSILON``, ...) as in the service.
     The result maps each spec as given to ``{"ips": Estimate, "snips": ..., "dr": ...}``.
+    ``evaluate_file`` gives the same from a file without holding its records.
     """
     if not records:
         raise ValueError("the log has no events to evaluate")
     for spec in specs:
         normalize_spec(spec)  # fail on a misspelt spec before any replay
-    ordered = sorted(records, key=lambda r: r.ts)
-    rhat = _reward_predictions(ordered)
-    return {
-        spec: _estimates(ordered, target_pmfs(ordered, spec, settings, seed), rhat)
-        for spec in specs
-    }
+    return _replay(sorted(records, key=lambda r: r.ts), len(records), specs, settings, seed)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSummary:
+    """What ``evaluate`` says of a log besides the estimates, from one read of it."""
+
+    events: int
+    logged: Estimate | None  # the logging policy's mean reward (``logged_value``); None: empty
+    clipped: int  # events logged below ``MIN_PROPENSITY`` (``clipped``)
+    first_arms: tuple[Arm, ...]  # the first event's arms (for ``baseline_specs``)
+    offered: tuple[str, ...]  # every arm some event offered, in order of first offer
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """Where each event's line starts, and its decision time; both in the file's order."""
+
+    offsets: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.float64]
+
+
+def _scan(f: IO[bytes], max_features: int | None) -> tuple[LogSummary, _Index]:
+    """Read the whole log once, checking every line as ``read_log_file`` does (an error names
+    its line), keeping of each event only its line's offset, its time and its reward."""
+    offsets, stamps, rewards = array("q"), array("d"), array("d")
+    clipped_events = 0
+    first: tuple[Arm, ...] = ()
+    offered: dict[str, None] = {}
+    offset = f.tell()
+    for number, line in inputs.numbered_lines(f):
+        start, offset = offset, f.tell()
+        if isinstance(line, inputs.LineError):
+            raise line
+        if not line.strip():
+            continue
+        r = _record(number, line, max_features)
+        offsets.append(start)
+        stamps.append(r.ts)
+        rewards.append(r.reward)
+        clipped_events += r.probability < MIN_PROPENSITY
+        first = first or r.arms
+        offered.update(dict.fromkeys(arm.name for arm in r.arms))
+    reward_array = np.frombuffer(rewards, dtype=np.float64)
+    ones = np.ones(len(reward_array))
+    summary = LogSummary(
+        len(offsets),
+        ips(ones, ones, reward_array) if len(offsets) else None,
+        clipped_events,
+        first,
+        tuple(offered),
+    )
+    index = _Index(np.frombuffer(offsets, dtype=np.int64), np.frombuffer(stamps, dtype=np.float64))
+    return summary, index
+
+
+def _reread(
+    f: IO[bytes], index: _Index, order: npt.NDArray[np.int64], max_features: int | None
+) -> Iterator[LoggedRecord]:
+    """The records at ``index.offsets[order]``, parsed again, one at a time."""
+    for at in order:  # not .tolist(): a list of Python ints would take 36 bytes an event
+        f.seek(int(index.offsets[at]))
+        try:
+            yield record_from_dsjson(
+                inputs.parse_json(f.readline(inputs.MAX_LINE_BYTES + 1).decode("utf-8")),
+                max_features,
+            )
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
+            raise ValueError(f"the log changed while it was read ({e})") from e
+
+
+def evaluate_file(
+    path: str | Path,
+    specs: Sequence[str] | None,
+    settings: Settings | None = None,
+    seed: int = 0,
+) -> tuple[LogSummary, dict[str, dict[str, Estimate]]]:
+    """``estimate_policies`` of the log at ``path`` (a file that can be read twice; see
+    ``inputs.reopenable``), with the same estimates to the last digit, in memory that does not
+    hold the records: a first read checks every line and keeps each event's offset, time and
+    reward (24 bytes); the replay reads each event again, in time order (an index of 8 bytes),
+    and keeps ``_replay``'s arrays: 56 bytes an event and 16 per candidate in all. ``specs``
+    None: ``baseline_specs`` of the first event's arms; a ``fixed`` spec must name an arm the
+    log offered."""
+    max_features = settings.max_features if settings is not None else None
+    with open(path, "rb") as f:  # bounded lines, each decoded on its own
+        summary, index = _scan(f, max_features)
+        specs = list(specs) if specs else baseline_specs(summary.first_arms)
+        _check_offered(summary.offered, specs)
+        if not summary.events:
+            raise ValueError("the log has no events to evaluate")
+        for spec in specs:
+            normalize_spec(spec)  # fail on a misspelt spec before any replay
+        order = np.argsort(index.ts, kind="stable")  # as sorted(): ties in the file's order
+        ordered = _reread(f, index, order, max_features)
+        return summary, _replay(ordered, summary.events, specs, settings, seed)
 
 
 def clipped(records: Sequence[LoggedRecord]) -> int:
