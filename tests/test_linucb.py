@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bandit_router.features import extract
+from bandit_router.features import QUERY_STATS, Features, app_hash, extract
 from bandit_router.policies.base import Arm
 from bandit_router.policies.linucb import MAX_DIM, LinUCB, dense_vector
 from bandit_router.policies.registry import build_policy
@@ -28,6 +32,60 @@ def test_dense_vector_shape_and_bias() -> None:
     assert v.shape == (64,)
     assert v[0] == 1.0
     assert np.all(np.isfinite(v))
+
+
+START = 1 + len(QUERY_STATS)  # the hashed slots follow the bias and the statistics
+KEYS = st.text("abcdefgh", min_size=1, max_size=4)
+
+
+@given(
+    dim=st.sampled_from([12, 13, 24, 64]),
+    stats=st.lists(st.floats(0, 1), min_size=len(QUERY_STATS), max_size=len(QUERY_STATS)),
+    tokens=st.lists(st.integers(0, 2**32 - 1), max_size=30, unique=True),
+    numeric=st.dictionaries(KEYS, st.floats(-1e6, 1e6), max_size=3),
+    categorical=st.dictionaries(KEYS, st.sampled_from(["pro", "free", "eu"]), max_size=3),
+)
+def test_the_dense_vector_is_the_bias_the_statistics_and_the_hashed_words_and_facts(
+    dim: int,
+    stats: list[float],
+    tokens: list[int],
+    numeric: dict[str, float],
+    categorical: dict[str, str],
+) -> None:
+    """The layout a saved model's matrices are in, and the estimators' and peers' contexts
+    too: a word adds 1/sqrt(words) to its slot (a query's words weigh 1 together, however
+    many), a number its signed log1p, a string fact (key=value) 1; nothing lands on the bias
+    or the statistics, and an empty slot is 0."""
+    x = Features(tuple(stats), tuple(sorted(tokens)), numeric, categorical)
+    v = dense_vector(x, dim)
+    slots = dim - START
+    hashed = np.zeros(slots)
+    for token in tokens:
+        hashed[token % slots] += 1 / math.sqrt(len(tokens))
+    for key, value in numeric.items():
+        hashed[app_hash(key) % slots] += math.copysign(math.log1p(abs(value)), value)
+    for key, text in categorical.items():
+        hashed[app_hash(key, text) % slots] += 1.0
+    assert v.shape == (dim,) and v.dtype == np.float64
+    assert v[0] == 1.0 and v[1:START].tolist() == stats
+    np.testing.assert_allclose(v[START:], hashed, rtol=1e-12, atol=1e-12)
+
+
+def test_linucb_tells_queries_apart_by_a_word_alone() -> None:
+    """Two queries whose statistics are the same (a word of the same length swapped): only the
+    hashed words tell them apart, and LinUCB learns a different arm for each."""
+    zebra, otter = (
+        extract("please summarise the zebra report"),
+        extract("please summarise the otter report"),
+    )
+    assert zebra.stats == otter.stats and zebra.tokens != otter.tokens
+    policy = LinUCB(alpha=0.1, seed=0)
+    for _ in range(20):
+        policy.learn(zebra, ARMS, "a", 1.0, 1.0)
+        policy.learn(zebra, ARMS, "b", 1.0, 0.0)
+        policy.learn(otter, ARMS, "a", 1.0, 0.0)
+        policy.learn(otter, ARMS, "b", 1.0, 1.0)
+    assert [policy.choose(x, ARMS).arm for x in (zebra, otter)] == ["a", "b"]
 
 
 def test_ties_split_the_probability() -> None:
