@@ -176,3 +176,24 @@ def test_dim_is_bounded_where_the_matrices_stay_small() -> None:
     for alpha in (float("nan"), float("inf"), 101.0):
         with pytest.raises(ValueError, match=r"alpha must be in \[0, 100\], got"):
             LinUCB(alpha=alpha)
+
+
+def test_an_arm_added_later_starts_fresh_and_the_others_keep_what_they_learned() -> None:
+    """A new arm in the list (an arm added to the settings) starts from A = I, b = 0; the arms
+    already known keep their matrices and scores, in whatever order they are listed after."""
+    policy = LinUCB(alpha=0.5, dim=16, seed=0)
+    x = extract("a question about the weather")
+    for i in range(10):
+        policy.learn(x, ARMS, "a", 1.0, 1.0)
+        policy.learn(extract(f"another {i}"), ARMS, "b", 1.0, 0.2)
+    before = {arm: policy.state(arm) for arm in ("a", "b")}
+    scores = policy.scores(x, ARMS).tolist()
+    grown = [Arm("c"), Arm("b"), Arm("a")]
+    after = policy.scores(x, grown).tolist()
+    assert after[1:] == pytest.approx(scores[::-1], rel=1e-12)
+    assert after[0] == pytest.approx(0.5 * np.linalg.norm(dense_vector(x, 16)))  # A = I, b = 0
+    for arm, (a_inv, b) in before.items():
+        np.testing.assert_array_equal(policy.state(arm)[0], a_inv)
+        np.testing.assert_array_equal(policy.state(arm)[1], b)
+    np.testing.assert_array_equal(policy.state("c")[0], np.eye(16))
+    assert not policy.state("c")[1].any()
