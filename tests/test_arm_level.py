@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,53 @@ def test_scale_keeps_means_and_spreads_and_shrinks_the_counts() -> None:
     after = (stats.mean("a"), stats.mean("b"), stats.variance("a", weight=0), stats.overall())
     assert after == pytest.approx(before)
     assert ArmStats.from_json(stats.to_json(), 1.0).counts == stats.counts
+
+
+def test_a_discount_fades_every_arms_evidence_at_each_reward() -> None:
+    """``discount`` d multiplies every arm's counts and sums (and its squares; its squared
+    weights by d^2) at each reward learned, whichever arm it is for: the means stay, the counts
+    shrink, and the effective size stays Kish's of the faded weights."""
+    stats = ArmStats(discount=0.5)
+    stats.add("a", 1.0)
+    stats.add("a", 0.5)
+    for _ in range(3):
+        stats.add("b", 0.0)
+    fade = 0.5**3
+    assert stats.counts == pytest.approx({"a": 1.5 * fade, "b": 1.75})
+    assert stats.sums == pytest.approx({"a": 1.0 * fade, "b": 0.0})
+    assert stats.squares == pytest.approx({"a": 0.75 * fade, "b": 0.0})
+    assert stats.t == pytest.approx(1.5 * fade + 1.75)
+    assert stats.mean("a") == pytest.approx(1.0 / 1.5)
+    assert stats.effective("a") == pytest.approx(1.5**2 / 1.25)  # the first weight faded to 0.5
+    assert stats.effective("b") == pytest.approx(1.75**2 / (1 + 0.25 + 0.0625))
+
+
+def test_without_a_discount_nothing_fades() -> None:
+    stats = ArmStats()
+    for arm, reward in [("a", 1.0), ("b", 0.0), ("b", 1.0)]:
+        stats.add(arm, reward)
+    assert (stats.counts, stats.sums, stats.t) == ({"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 1.0}, 3.0)
+
+
+@pytest.mark.parametrize("spec", ["ts:discount=0.9", "ucb:discount=0.9"])
+def test_a_discounted_policy_restores_after_a_long_life(spec: str) -> None:
+    """Its snapshot, with every part faded alike, passes the load's checks (an arm's squares
+    at most its sums) and restores the same choices."""
+    rng = np.random.default_rng(0)
+    policy = build_policy(spec, seed=1)
+    _play(policy, {"a": 0.3, "b": 0.8, "c": 0.5}, 300, rng)
+    restored = load_policy(spec, policy.dumps(), seed=1)
+    assert restored.dumps() == policy.dumps()
+    assert restored.stats.counts == policy.stats.counts  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("policy", ["ts", "ucb"])
+@pytest.mark.parametrize("discount", ["0", "-0.5", "1.5", "2"])
+def test_a_discount_outside_zero_to_one_is_refused(policy: str, discount: str) -> None:
+    """0 would forget everything at once, above 1 make old rewards outweigh new ones: (0, 1]."""
+    with pytest.raises(ValueError, match=re.escape("discount must be in (0, 1]")):
+        build_policy(f"{policy}:discount={discount}")
+    with pytest.raises(ValueError, match=re.escape("discount must be in (0, 1]")):
+        ArmStats(float(discount))
+    build_policy(f"{policy}:discount=1")
+    build_policy(f"{policy}:discount=1e-9")
