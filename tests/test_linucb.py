@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bandit_router.features import QUERY_STATS, Features, app_hash, extract
-from bandit_router.policies.base import Arm
+from bandit_router.policies.base import Arm, sample
 from bandit_router.policies.linucb import MAX_DIM, LinUCB, dense_vector
 from bandit_router.policies.registry import build_policy
 
@@ -197,3 +197,39 @@ def test_an_arm_added_later_starts_fresh_and_the_others_keep_what_they_learned()
         np.testing.assert_array_equal(policy.state(arm)[1], b)
     np.testing.assert_array_equal(policy.state("c")[0], np.eye(16))
     assert not policy.state("c")[1].any()
+
+
+def test_learning_right_after_a_choice_learns_the_context_and_arm_given() -> None:
+    """A learn may follow the choice of another context, or be for an arm the choice did not
+    score: it learns what it is given, as a policy that made no choice does."""
+    chooser, learner = LinUCB(dim=16, seed=0), LinUCB(dim=16, seed=0)
+    three = [*ARMS, Arm("c")]
+    for i in range(12):
+        x, other = extract(f"first question {i}"), extract(f"another matter {i % 4}")
+        chooser.choose(x, ARMS)
+        chooser.learn(other, three, "a", 1.0, 0.7)  # a context that was not scored
+        chooser.choose(x, ARMS)
+        chooser.learn(x, three, "c", 1.0, 0.3)  # an arm that was not scored
+        learner.learn(other, three, "a", 1.0, 0.7)
+        learner.learn(x, three, "c", 1.0, 0.3)
+    for arm in ("a", "c"):
+        np.testing.assert_allclose(chooser.state(arm)[0], learner.state(arm)[0], atol=1e-12)
+        np.testing.assert_allclose(chooser.state(arm)[1], learner.state(arm)[1], atol=1e-12)
+
+
+def test_choices_are_the_seeded_samples_of_the_tied_best_arms() -> None:
+    """Each choice is what ``sample`` draws from the tied best arms' uniform distribution, from
+    the seed's stream: one number a choice among several arms (with one best arm too, so later
+    ties stay the same), none for a single arm."""
+    arms = [Arm(name) for name in "abcd"]
+    policy, twin = LinUCB(dim=16, seed=4), LinUCB(dim=16, seed=99)  # twin: scores only
+    rng = np.random.default_rng(4)
+    for i in range(80):
+        offered = arms[i % 4 :] if i % 5 else arms[i % 4 : i % 4 + 1]
+        x = extract(f"question {i % 3}")
+        scores = twin.scores(x, offered)
+        best = [1.0 if s >= max(scores) - 1e-12 else 0.0 for s in scores]
+        decision = policy.choose(x, offered)
+        assert decision == sample(rng, offered, best)
+        for p in (policy, twin):
+            p.learn(x, offered, decision.arm, decision.probability, 0.0)
