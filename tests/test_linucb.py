@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from bandit_router.features import QUERY_STATS, Features, app_hash, extract
 from bandit_router.policies.base import Arm, sample
 from bandit_router.policies.linucb import MAX_DIM, LinUCB, dense_vector
-from bandit_router.policies.registry import build_policy
+from bandit_router.policies.registry import build_policy, load_policy
 
 ARMS = [Arm("a"), Arm("b")]
 
@@ -210,8 +210,11 @@ def test_learning_right_after_a_choice_learns_the_context_and_arm_given() -> Non
         chooser.learn(other, three, "a", 1.0, 0.7)  # a context that was not scored
         chooser.choose(x, ARMS)
         chooser.learn(x, three, "c", 1.0, 0.3)  # an arm that was not scored
+        chooser.choose(x, three[1:])
+        chooser.learn(x, three, "a", 1.0, 0.9)  # and the first arm, not scored either
         learner.learn(other, three, "a", 1.0, 0.7)
         learner.learn(x, three, "c", 1.0, 0.3)
+        learner.learn(x, three, "a", 1.0, 0.9)
     for arm in ("a", "c"):
         np.testing.assert_allclose(chooser.state(arm)[0], learner.state(arm)[0], atol=1e-12)
         np.testing.assert_allclose(chooser.state(arm)[1], learner.state(arm)[1], atol=1e-12)
@@ -233,3 +236,19 @@ def test_choices_are_the_seeded_samples_of_the_tied_best_arms() -> None:
         assert decision == sample(rng, offered, best)
         for p in (policy, twin):
             p.learn(x, offered, decision.arm, decision.probability, 0.0)
+
+
+def test_a_saved_model_loads_with_the_alpha_the_settings_give_now() -> None:
+    """An operator who changes alpha keeps what was learned: the matrices load, the new alpha
+    scores them (the saved one only when none is given)."""
+    policy = LinUCB(alpha=0.2, dim=16, seed=0)
+    x = extract("how far is the moon")
+    policy.learn(x, ARMS, "a", 1.0, 1.0)
+    data = policy.dumps()
+    assert LinUCB.loads(data).alpha == 0.2
+    loaded = load_policy("linucb:alpha=3:dim=16", data, seed=0)
+    assert isinstance(loaded, LinUCB) and loaded.alpha == 3.0
+    np.testing.assert_array_equal(loaded.state("a")[1], policy.state("a")[1])
+    wide = LinUCB(alpha=3.0, dim=16)
+    wide.learn(x, ARMS, "a", 1.0, 1.0)
+    np.testing.assert_allclose(loaded.scores(x, ARMS), wide.scores(x, ARMS), rtol=1e-12)
