@@ -240,6 +240,25 @@ def test_fallback_before_the_first_byte(
     assert "llama2-13b: status 503" in str(failed.value.body)
     assert SECRET not in str(failed.value.body) and SECRET not in caplog.text
 
+    # Every arm failing: one decision per arm tried, as many as the retries allow and no more,
+    # and a 502 once the arms run out before the retries do.
+    arms = arms_json(
+        arm("llama2-7b", refused, api_key_env="UPSTREAM_KEY"),
+        arm("llama2-13b", down, api_key_env="UPSTREAM_KEY"),
+        arm("llama2-70b", down, api_key_env="UPSTREAM_KEY"),
+    )
+    auth = {"authorization": f"Bearer {KEY}"}
+    for retries, tried in ((1, 2), (5, 3)):
+        base = _gateway(serve, good, arms=arms, gateway_retries=retries)
+        body = {"model": "auto", "messages": _ask(rows()[0])}
+        answer = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth)
+        assert answer.status_code == 502, answer.text
+        said = answer.json()["detail"]
+        assert (
+            sum(f"{name}: " in said for name in ("llama2-7b", "llama2-13b", "llama2-70b")) == tried
+        )
+        assert httpx.get(f"{base}/stats").json()["decisions"] == tried
+
 
 def test_an_upstream_key_read_from_a_file_with_its_newline_is_sent_without_it(
     serve: Serve, upstream: Start, monkeypatch: Any, caplog: pytest.LogCaptureFixture
@@ -339,7 +358,12 @@ def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -
     auth = {"authorization": f"Bearer {KEY}"}
     cases: list[tuple[dict[str, Any], bytes, int, str]] = [
         ({}, b"{not json", 400, "body"),
+        ({}, b'[{"model": "auto"}]', 400, "body"),
+        ({}, b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+        ({}, b'{"model": 5, "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
         ({}, b'{"model": "auto"}', 400, "messages"),
+        ({}, b'{"model": "auto", "messages": ["hi"]}', 400, "messages"),
+        ({}, b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', 400, "messages"),
         ({}, b'{"model": "auto", "messages": [{"role": "user", "content": ""}]}', 400, "messages"),
         ({"x-bandit-preference": "fast"}, b'{"model":"auto","messages":[]}', 400, "messages"),
         (
@@ -392,10 +416,17 @@ def test_a_preference_sets_the_events_weights_and_context(
     event_id = raw.headers["x-bandit-event-id"]
     decision = _decision(redis_url, event_id)
     assert decision["weights"] == {"accuracy": 0.3, "latency": 0.2, "cost": 0.5}
+    assert "direct" not in decision  # the router chose: a decision of the policy's
     plain = _client(base).chat.completions.with_raw_response.create(
         model="auto", messages=_ask(rows()[3])
     )
     other = _decision(redis_url, plain.headers["x-bandit-event-id"])
+    # an empty header is no preference: the default weights, as with none
+    empty = _client(base, default_headers={"x-bandit-preference": ""})
+    blank = empty.chat.completions.with_raw_response.create(model="auto", messages=_ask(rows()[3]))
+    assert blank.status_code == 200
+    unset = _decision(redis_url, blank.headers["x-bandit-event-id"])
+    assert (unset["weights"], unset["features"]) == (other["weights"], other["features"])
     assert decision["features"] != other["features"]  # the preference is part of the context
     # The event's weights count accuracy, latency and cost: the app's accuracy completes it.
     done = httpx.post(
