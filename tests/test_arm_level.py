@@ -145,3 +145,20 @@ def test_a_discount_outside_zero_to_one_is_refused(policy: str, discount: str) -
         ArmStats(float(discount))
     build_policy(f"{policy}:discount=1")
     build_policy(f"{policy}:discount=1e-9")
+
+
+def test_an_arm_never_rewarded_counts_nothing() -> None:
+    stats = ArmStats()
+    stats.add("a", 1.0, weight=4.0)
+    assert (stats.count("new"), stats.effective("new"), stats.mean("new")) == (0.0, 0.0, 0.5)
+
+
+def test_scaling_keeps_the_effective_size_of_weighted_rewards() -> None:
+    """Kish's n_eff = (sum w)^2 / sum w^2 does not change when every weight is scaled."""
+    stats = ArmStats()
+    for weight in (1.0, 3.0, 0.5):
+        stats.add("a", 0.5, weight)
+    assert stats.effective("a") == pytest.approx(4.5**2 / 10.25)
+    stats.scale(0.25)
+    assert stats.weights["a"] == pytest.approx(10.25 / 16)
+    assert stats.effective("a") == pytest.approx(4.5**2 / 10.25)
