@@ -166,6 +166,38 @@ def test_stream_with_usage_and_the_parts_it_records(serve: Serve, upstream: Star
     assert done["parts"]["cost_usd"] == pytest.approx(cost)
 
 
+@pytest.mark.parametrize("parts", ["cost", "latency", "failure"])
+def test_the_gateway_records_only_the_parts_it_is_set_to(
+    serve: Serve, upstream: Start, parts: str
+) -> None:
+    """BANDIT_GATEWAY_PARTS: an operator who leaves latency, cost or failures out (the app
+    reports its own, say) finds none of them recorded by the gateway."""
+    url, _ = upstream(speed=1000)
+    down, _ = upstream(speed=1000, fail_status=503)
+    arms = arms_json(arm("llama2-7b", url), arm("llama2-13b", down))
+    weights = '{"accuracy": 0.5, "latency": 0.25, "cost": 0.25}'  # each part counts
+    base = _gateway(
+        serve, url, arms=arms, gateway_parts=parts, gateway_retries=0, reward_weights=weights
+    )
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="llama2-7b", messages=_ask(rows()[1])
+    )
+    done = httpx.post(  # the app's accuracy completes the event; the parts are returned
+        f"{base}/reward",
+        json={"event_id": raw.headers["x-bandit-event-id"], "accuracy": 1, "final": True},
+        headers={"x-api-key": KEY},
+    )
+    recorded = set(done.json()["parts"]) - {"accuracy"}
+    assert recorded == {"cost": {"cost_usd"}, "latency": {"latency_ms"}}.get(parts, set())
+    with pytest.raises(openai.APIStatusError):
+        _client(base).chat.completions.create(model="llama2-13b", messages=_ask(rows()[1]))
+    failed = httpx.get(f"{base}/stats").json()["arms"]["llama2-13b"]
+    assert failed["rewards"] == (1 if parts == "failure" else 0)
+    metrics = httpx.get(f"{base}/metrics").text  # measured whatever is recorded
+    for measure in ("first_token", "total"):
+        assert f'upstream_seconds_count{{arm="llama2-7b",measure="{measure}"}} 1.0' in metrics
+
+
 def test_a_named_arm_is_a_direct_decision(
     serve: Serve, upstream: Start, redis_url: str, make_settings: Any
 ) -> None:
@@ -363,6 +395,12 @@ def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -
         ({}, b'{"model": 5, "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
         ({}, b'{"model": "auto"}', 400, "messages"),
         ({}, b'{"model": "auto", "messages": ["hi"]}', 400, "messages"),
+        (
+            {},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"stream":"yes"}',
+            400,
+            "stream",
+        ),
         ({}, b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', 400, "messages"),
         ({}, b'{"model": "auto", "messages": [{"role": "user", "content": ""}]}', 400, "messages"),
         ({"x-bandit-preference": "fast"}, b'{"model":"auto","messages":[]}', 400, "messages"),
