@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bandit_router.features import extract
-from bandit_router.policies.arm_level import ArmStats
+from bandit_router.policies.arm_level import ArmStats, bernoulli_kl, kl_ucb
 from bandit_router.policies.base import Arm
 from bandit_router.policies.registry import build_policy, load_policy, policy_names
 
@@ -162,3 +165,47 @@ def test_scaling_keeps_the_effective_size_of_weighted_rewards() -> None:
     stats.scale(0.25)
     assert stats.weights["a"] == pytest.approx(10.25 / 16)
     assert stats.effective("a") == pytest.approx(4.5**2 / 10.25)
+
+
+def test_bernoulli_kl_is_the_divergence_of_two_coins() -> None:
+    assert bernoulli_kl(0.5, 0.5) == 0.0
+    assert bernoulli_kl(0.1, 0.9) == pytest.approx(0.8 * math.log(9))
+    assert bernoulli_kl(0.5, 0.75) == pytest.approx(0.5 * math.log(2 / 3) + 0.5 * math.log(2))
+    assert bernoulli_kl(0.25, 0.5) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+    assert bernoulli_kl(1.0, 0.5) == pytest.approx(math.log(2))  # the ends clipped, not infinite
+    assert 20 < bernoulli_kl(0.0, 1.0) < 30
+
+
+@given(
+    mean=st.floats(0, 1),
+    count=st.floats(1, 1e4),
+    budget=st.floats(0.01, 20),
+)
+def test_kl_ucb_is_the_largest_mean_within_the_budget(
+    mean: float, count: float, budget: float
+) -> None:
+    """KL-UCB's index: the largest q >= mean with count * kl(mean, q) <= budget (to 1e-6)."""
+    q = kl_ucb(mean, count, budget)
+    assert mean <= q <= 1
+    assert count * bernoulli_kl(mean, q) <= budget * (1 + 1e-9)
+    if q < 1 - 1e-6:
+        assert count * bernoulli_kl(mean, q + 1e-6) > budget
+
+
+def test_thompson_samples_each_arm_from_its_beta_posterior() -> None:
+    """Beta(1 + rewards, 1 + count - rewards): a uniform prior and fractional rewards."""
+    policy = build_policy("ts", seed=0)
+    for arm, reward in [("a", 1.0), ("a", 0.5), ("b", 0.0)]:
+        policy.learn(X, ARMS, arm, 1.0, reward)
+    alpha, beta = policy.posterior(ARMS)  # type: ignore[attr-defined]
+    assert alpha.tolist() == [2.5, 1.0, 1.0] and beta.tolist() == [1.5, 2.0, 1.0]
+
+
+def test_kl_ucb_tries_each_arm_once_then_follows_its_indices() -> None:
+    """One reward each is enough: from then on the arm with the best index is chosen, alone."""
+    policy = build_policy("ucb", seed=0)
+    for arm, reward in [("a", 1.0), ("b", 0.0), ("c", 0.0)]:
+        assert policy.choose(X, ARMS).probabilities[arm] > 0  # an arm not tried yet is first
+        policy.learn(X, ARMS, arm, 1.0, reward)
+    decision = policy.choose(X, ARMS)
+    assert (decision.arm, decision.probability) == ("a", 1.0)
