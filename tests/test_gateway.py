@@ -397,6 +397,12 @@ def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -
         ({}, b'{"model": "auto", "messages": ["hi"]}', 400, "messages"),
         (
             {},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"deployment":5}',
+            400,
+            "deployment",
+        ),
+        (
+            {},
             b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"stream":"yes"}',
             400,
             "stream",
@@ -611,3 +617,9 @@ def test_calls_beyond_the_concurrency_bound_are_refused(
         model="auto", messages=_ask(rows()[1]), max_tokens=5
     )
     assert fast.status_code == 200
+    # and a call answered whole frees its slot too: one after another, each gets it
+    for _ in range(3):
+        again = _client(base).chat.completions.with_raw_response.create(
+            model="llama2-7b", messages=_ask(rows()[1]), max_tokens=5
+        )
+        assert again.status_code == 200

@@ -124,6 +124,7 @@ HI: list[Any] = [{"role": "user", "content": "hi"}]
         (b'"temperature": 1e400', {}, 400, "body"),  # cannot be forwarded as sent
         (b'"x": ' + b"9" * 30, {}, 400, "body"),
         (b'"x": 18446744073709551616', {}, 400, "body"),  # 2^64
+        (b'"x": [{"y": [1, 1e400]}]', {}, 400, "body"),  # however deep
         (b'"x": -9223372036854775809', {}, 400, "body"),  # -2^63 - 1
     ],
 )
@@ -508,6 +509,7 @@ def test_the_upstreams_request_id_reaches_the_sdk(
                 ids.append(raw.headers.get("x-request-id"))
                 raw.parse()
             except openai.APIStatusError as e:
+                assert e.status_code == script.status >= 400  # an answer passes, whatever its id
                 ids.append(e.request_id)
     direct, through = ids
     assert direct == dict(script.headers).get("x-request-id")
