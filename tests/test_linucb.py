@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -252,3 +253,15 @@ def test_a_saved_model_loads_with_the_alpha_the_settings_give_now() -> None:
     wide = LinUCB(alpha=3.0, dim=16)
     wide.learn(x, ARMS, "a", 1.0, 1.0)
     np.testing.assert_allclose(loaded.scores(x, ARMS), wide.scores(x, ARMS), rtol=1e-12)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 2e15])
+def test_a_saved_model_whose_b_is_not_finite_or_beyond_its_bound_is_refused(value: float) -> None:
+    policy = LinUCB(dim=12, seed=0)
+    policy.learn(extract("hello"), ARMS, "a", 1.0, 1.0)
+    a_inv, b = policy.state("a")
+    b[3] = value
+    buf = io.BytesIO()
+    np.savez(buf, names=np.array(["a"]), a_inv=a_inv[None], b=b[None], config=np.array([0.5, 12]))
+    with pytest.raises(ValueError, match="b is not finite within"):
+        LinUCB.loads(buf.getvalue())
