@@ -166,6 +166,38 @@ def test_stream_with_usage_and_the_parts_it_records(serve: Serve, upstream: Star
     assert done["parts"]["cost_usd"] == pytest.approx(cost)
 
 
+@pytest.mark.parametrize("parts", ["cost", "latency", "failure"])
+def test_the_gateway_records_only_the_parts_it_is_set_to(
+    serve: Serve, upstream: Start, parts: str
+) -> None:
+    """BANDIT_GATEWAY_PARTS: an operator who leaves latency, cost or failures out (the app
+    reports its own, say) finds none of them recorded by the gateway."""
+    url, _ = upstream(speed=1000)
+    down, _ = upstream(speed=1000, fail_status=503)
+    arms = arms_json(arm("llama2-7b", url), arm("llama2-13b", down))
+    weights = '{"accuracy": 0.5, "latency": 0.25, "cost": 0.25}'  # each part counts
+    base = _gateway(
+        serve, url, arms=arms, gateway_parts=parts, gateway_retries=0, reward_weights=weights
+    )
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="llama2-7b", messages=_ask(rows()[1])
+    )
+    done = httpx.post(  # the app's accuracy completes the event; the parts are returned
+        f"{base}/reward",
+        json={"event_id": raw.headers["x-bandit-event-id"], "accuracy": 1, "final": True},
+        headers={"x-api-key": KEY},
+    )
+    recorded = set(done.json()["parts"]) - {"accuracy"}
+    assert recorded == {"cost": {"cost_usd"}, "latency": {"latency_ms"}}.get(parts, set())
+    with pytest.raises(openai.APIStatusError):
+        _client(base).chat.completions.create(model="llama2-13b", messages=_ask(rows()[1]))
+    failed = httpx.get(f"{base}/stats").json()["arms"]["llama2-13b"]
+    assert failed["rewards"] == (1 if parts == "failure" else 0)
+    metrics = httpx.get(f"{base}/metrics").text  # measured whatever is recorded
+    for measure in ("first_token", "total"):
+        assert f'upstream_seconds_count{{arm="llama2-7b",measure="{measure}"}} 1.0' in metrics
+
+
 def test_a_named_arm_is_a_direct_decision(
     serve: Serve, upstream: Start, redis_url: str, make_settings: Any
 ) -> None:
@@ -239,6 +271,25 @@ def test_fallback_before_the_first_byte(
     assert failed.value.status_code == 502
     assert "llama2-13b: status 503" in str(failed.value.body)
     assert SECRET not in str(failed.value.body) and SECRET not in caplog.text
+
+    # Every arm failing: one decision per arm tried, as many as the retries allow and no more,
+    # and a 502 once the arms run out before the retries do.
+    arms = arms_json(
+        arm("llama2-7b", refused, api_key_env="UPSTREAM_KEY"),
+        arm("llama2-13b", down, api_key_env="UPSTREAM_KEY"),
+        arm("llama2-70b", down, api_key_env="UPSTREAM_KEY"),
+    )
+    auth = {"authorization": f"Bearer {KEY}"}
+    for retries, tried in ((1, 2), (5, 3)):
+        base = _gateway(serve, good, arms=arms, gateway_retries=retries)
+        body = {"model": "auto", "messages": _ask(rows()[0])}
+        answer = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth)
+        assert answer.status_code == 502, answer.text
+        said = answer.json()["detail"]
+        assert (
+            sum(f"{name}: " in said for name in ("llama2-7b", "llama2-13b", "llama2-70b")) == tried
+        )
+        assert httpx.get(f"{base}/stats").json()["decisions"] == tried
 
 
 def test_an_upstream_key_read_from_a_file_with_its_newline_is_sent_without_it(
@@ -339,7 +390,24 @@ def test_the_gateways_own_errors_name_the_field(serve: Serve, upstream: Start) -
     auth = {"authorization": f"Bearer {KEY}"}
     cases: list[tuple[dict[str, Any], bytes, int, str]] = [
         ({}, b"{not json", 400, "body"),
+        ({}, b'[{"model": "auto"}]', 400, "body"),
+        ({}, b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+        ({}, b'{"model": 5, "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
         ({}, b'{"model": "auto"}', 400, "messages"),
+        ({}, b'{"model": "auto", "messages": ["hi"]}', 400, "messages"),
+        (
+            {},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"deployment":5}',
+            400,
+            "deployment",
+        ),
+        (
+            {},
+            b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"stream":"yes"}',
+            400,
+            "stream",
+        ),
+        ({}, b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', 400, "messages"),
         ({}, b'{"model": "auto", "messages": [{"role": "user", "content": ""}]}', 400, "messages"),
         ({"x-bandit-preference": "fast"}, b'{"model":"auto","messages":[]}', 400, "messages"),
         (
@@ -392,10 +460,17 @@ def test_a_preference_sets_the_events_weights_and_context(
     event_id = raw.headers["x-bandit-event-id"]
     decision = _decision(redis_url, event_id)
     assert decision["weights"] == {"accuracy": 0.3, "latency": 0.2, "cost": 0.5}
+    assert "direct" not in decision  # the router chose: a decision of the policy's
     plain = _client(base).chat.completions.with_raw_response.create(
         model="auto", messages=_ask(rows()[3])
     )
     other = _decision(redis_url, plain.headers["x-bandit-event-id"])
+    # an empty header is no preference: the default weights, as with none
+    empty = _client(base, default_headers={"x-bandit-preference": ""})
+    blank = empty.chat.completions.with_raw_response.create(model="auto", messages=_ask(rows()[3]))
+    assert blank.status_code == 200
+    unset = _decision(redis_url, blank.headers["x-bandit-event-id"])
+    assert (unset["weights"], unset["features"]) == (other["weights"], other["features"])
     assert decision["features"] != other["features"]  # the preference is part of the context
     # The event's weights count accuracy, latency and cost: the app's accuracy completes it.
     done = httpx.post(
@@ -542,3 +617,9 @@ def test_calls_beyond_the_concurrency_bound_are_refused(
         model="auto", messages=_ask(rows()[1]), max_tokens=5
     )
     assert fast.status_code == 200
+    # and a call answered whole frees its slot too: one after another, each gets it
+    for _ in range(3):
+        again = _client(base).chat.completions.with_raw_response.create(
+            model="llama2-7b", messages=_ask(rows()[1]), max_tokens=5
+        )
+        assert again.status_code == 200

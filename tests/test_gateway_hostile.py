@@ -123,6 +123,9 @@ HI: list[Any] = [{"role": "user", "content": "hi"}]
         (b'"metadata": {"n": ' + b"9" * 5000 + b"}", {}, 400, "body"),  # too long to read
         (b'"temperature": 1e400', {}, 400, "body"),  # cannot be forwarded as sent
         (b'"x": ' + b"9" * 30, {}, 400, "body"),
+        (b'"x": 18446744073709551616', {}, 400, "body"),  # 2^64
+        (b'"x": [{"y": [1, 1e400]}]', {}, 400, "body"),  # however deep
+        (b'"x": -9223372036854775809', {}, 400, "body"),  # -2^63 - 1
     ],
 )
 def test_errors_name_what_the_client_sent(
@@ -145,6 +148,24 @@ def test_errors_name_what_the_client_sent(
     assert error["field"] == error["error"]["param"] == field, error
     assert field in error["detail"]
     assert _decisions(base) == 0 and replay.requests == 0
+
+
+def test_numbers_that_can_be_written_back_are_forwarded(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """Floats and the integers of 64 bits, signed or not, to their ends: forwarded as sent."""
+    url, replay = scripted({"m": Script((orjson.dumps(SUNNY),), 200, "application/json", ())})
+    arms = [{"name": "m", "upstream": {"base_url": url, "model": "m"}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY)
+    raw = (
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5,'
+        b' "x": [18446744073709551615, -9223372036854775808, 0, -1.5e300]}'
+    )
+    answered = _post(base, raw)
+    assert answered.status_code == 200, answered.text
+    forwarded = orjson.loads(replay.bodies[-1])
+    assert forwarded["temperature"] == 0.5
+    assert forwarded["x"] == [2**64 - 1, -(2**63), 0, -1.5e300]
 
 
 def test_the_same_numbers_through_choose(serve: Serve, upstream: Start) -> None:
@@ -452,8 +473,23 @@ ID = (("x-request-id", "req_8f3a2c"),)
         Script((sse_chunk("Sunny."), SSE_DONE), headers=ID),
         Script((orjson.dumps(ERROR),), 400, "application/json", ID),
         Script((orjson.dumps(SUNNY),), 200, "application/json", (("x-request-id", "a\tb"),)),
+        Script((orjson.dumps(SUNNY),), 200, "application/json", (("x-request-id", "r" * 201),)),
+        Script((orjson.dumps(SUNNY),), 200, "application/json", (("x-request-id", "r" * 200),)),
+        Script((orjson.dumps(SUNNY),), 200, "application/json", (("x-request-id", "r"),)),
+        Script((orjson.dumps(SUNNY),), 200, "application/json", ()),
+        Script((orjson.dumps(SUNNY),), 200, "application/json", (("x-request-id", "req_\u8acb"),)),
     ],
-    ids=["answer", "stream", "4xx", "not-a-token"],
+    ids=[
+        "answer",
+        "stream",
+        "4xx",
+        "not-a-token",
+        "too-long",
+        "longest",
+        "shortest",
+        "none",
+        "not-ascii",
+    ],
 )
 def test_the_upstreams_request_id_reaches_the_sdk(
     serve: Serve, scripted: StartScripted, script: Script
@@ -473,7 +509,8 @@ def test_the_upstreams_request_id_reaches_the_sdk(
                 ids.append(raw.headers.get("x-request-id"))
                 raw.parse()
             except openai.APIStatusError as e:
+                assert e.status_code == script.status >= 400  # an answer passes, whatever its id
                 ids.append(e.request_id)
     direct, through = ids
-    assert direct == dict(script.headers)["x-request-id"]
-    assert through == (direct if direct == "req_8f3a2c" else None)
+    assert direct == dict(script.headers).get("x-request-id")
+    assert through == (direct if direct in ("req_8f3a2c", "r" * 200, "r") else None)

@@ -242,14 +242,17 @@ def test_streamed_tool_calls_reach_the_sdks_stream_helper_whole(
     the client only when it asked for it, and its counts are recorded as the cost either way."""
     url, upstream = scripted({"tools": TOOL_STREAM})
     base = _gateway(serve, url, {"tools": TOOL_STREAM})
-    options: Any = {"stream_options": {"include_usage": True}} if client_usage else {}
+    # the client's other stream options go as sent, beside the usage the gateway asks for
+    asked = {"include_usage": True, "include_obfuscation": False}
+    options: Any = {"stream_options": asked} if client_usage else {}
     with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
         model="auto", messages=AGENT_TURN, tools=TOOLS, stream=True, **options
     ) as response:
         event_id = response.headers["x-bandit-event-id"]
         chunks = list(response.parse())
     forwarded = orjson.loads(upstream.bodies[-1])
-    assert forwarded["stream_options"] == {"include_usage": True} and forwarded["tools"] == TOOLS
+    assert forwarded["stream_options"] == (asked if client_usage else {"include_usage": True})
+    assert forwarded["tools"] == TOOLS
     assert len(chunks) == 5 + client_usage
     assert [c.usage is not None for c in chunks] == [False] * 5 + [True] * client_usage
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
