@@ -92,10 +92,14 @@ def test_scale_keeps_means_and_spreads_and_shrinks_the_counts() -> None:
     stats = ArmStats()
     for arm, reward in [("a", 0.2), ("a", 0.6), ("b", 1.0), ("b", 0.0), ("a", 0.4)]:
         stats.add(arm, reward)
-    before = (stats.mean("a"), stats.mean("b"), stats.variance("a", weight=0), stats.overall())
+
+    def spread(arm: str) -> float:  # the arm's rewards' variance
+        return stats.squares[arm] / stats.counts[arm] - stats.mean(arm) ** 2
+
+    before = (stats.mean("a"), stats.mean("b"), spread("a"), spread("b"), stats.overall())
     stats.scale(0.5)
     assert stats.counts == {"a": 1.5, "b": 1.0} and stats.t == 2.5
-    after = (stats.mean("a"), stats.mean("b"), stats.variance("a", weight=0), stats.overall())
+    after = (stats.mean("a"), stats.mean("b"), spread("a"), spread("b"), stats.overall())
     assert after == pytest.approx(before)
     assert ArmStats.from_json(stats.to_json(), 1.0).counts == stats.counts
 

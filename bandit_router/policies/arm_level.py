@@ -78,15 +78,6 @@ class ArmStats:
         n = self.counts.get(arm, 0.0)
         return self.sums[arm] / n if n > 1e-9 else prior
 
-    def variance(self, arm: str, prior: float = 0.1, weight: float = 2.0) -> float:
-        """The arm's reward variance, shrunk towards ``prior`` with ``weight`` pseudo-rewards."""
-        n = self.counts.get(arm, 0.0)
-        if n <= 1e-9:
-            return prior
-        mean = self.sums[arm] / n
-        spread = max(self.squares.get(arm, 0.0) - n * mean * mean, 0.0)
-        return (spread + weight * prior) / (n + weight)
-
     def total(self) -> float:
         """The (discounted, weighted) count of rewards over every arm."""
         return sum(self.counts.values())
