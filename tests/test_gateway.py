@@ -139,6 +139,45 @@ def test_streaming_passes_chunks_through_as_they_come(serve: Serve, upstream: St
     assert grade(text, row["id"], row["query"]) == row["outcomes"]["llama2-70b"]["accuracy"]
 
 
+@pytest.mark.parametrize("measure", ["total", "first_token"])
+def test_the_latency_recorded_is_the_answers_or_its_first_tokens(
+    serve: Serve, upstream: Start, measure: str
+) -> None:
+    """BANDIT_GATEWAY_LATENCY: the event's latency part is the whole answer's time (``total``,
+    streamed or not) or, for a stream, its first token's; in milliseconds, within what the
+    client waited. At speed 2, llama2-70b's answer to this row takes 1,237 ms, its first token
+    about a fifth of that: the rest of the stream over a second."""
+    url, _ = upstream(speed=2)
+    base = _gateway(serve, url, gateway_latency=measure)
+    row = rows()[0]
+    whole_ms = row["outcomes"]["llama2-70b"]["latency_ms"] / 2
+    for stream in (False, True):
+        start = time.perf_counter()
+        if stream:
+            with _client(base).chat.completions.with_streaming_response.create(
+                model="llama2-70b", messages=_ask(row), stream=True
+            ) as answer:
+                event_id = answer.headers["x-bandit-event-id"]
+                assert sum(1 for _ in answer.iter_lines()) > 1
+        else:
+            raw = _client(base).chat.completions.with_raw_response.create(
+                model="llama2-70b", messages=_ask(row)
+            )
+            event_id = raw.headers["x-bandit-event-id"]
+        waited_ms = (time.perf_counter() - start) * 1000
+        done = httpx.post(
+            f"{base}/reward",
+            json={"event_id": event_id, "accuracy": 1, "final": True},
+            headers={"x-api-key": KEY},
+        )
+        assert done.status_code == 200, done.text
+        latency_ms = done.json()["parts"]["latency_ms"]
+        if measure == "first_token" and stream:
+            assert 50 < latency_ms < waited_ms - 500, (latency_ms, waited_ms)
+        else:
+            assert 0.95 * whole_ms < latency_ms < waited_ms, (latency_ms, waited_ms)
+
+
 def test_stream_with_usage_and_the_parts_it_records(serve: Serve, upstream: Start) -> None:
     url, _ = upstream(speed=1000)
     base = _gateway(serve, url)
