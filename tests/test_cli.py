@@ -334,10 +334,9 @@ def test_sigterm_stops_learn_while_it_relearns_a_long_log_for_a_switch(
     redis_process: RedisProcess, make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     """A `learn` that follows a policy switch (``POST /admin/policy`` to a process that does
-    not lead stores it; the learner relearns the whole log at its next renewal) stopped on a
-    SIGTERM only once the relearning was over: about 6 s per 60,000 events here, 8 s under
-    load. It stops at the next event and switches nothing: the old model, complete, is published
-    and serves on, the lease is released, and the switch stays stored, so the next learner makes
+    not lead stores it; the learner relearns the whole log at its next renewal) stops on a
+    SIGTERM at the next event and switches nothing: the old model, complete, is published and
+    serves on, the lease is released, and the switch stays stored, so the next learner makes
     it, relearning the whole log."""
     settings = make_settings(redis_url=redis_process.url)
     env = cli_env(redis_url=settings.redis_url, key_prefix=settings.key_prefix, learner_lease_s=3)
