@@ -104,7 +104,8 @@ def stop_noted(stopping: asyncio.Event) -> Iterator[None]:
     events: uvicorn only takes note of them, then waits for the requests in flight (up to
     BANDIT_SHUTDOWN_TIMEOUT_S) before the lifespan ends and stops the learner. A stop uvicorn
     noted before the block sets it too; the handlers in place still run, and are put back after.
-    In the main thread only, where signals arrive."""
+    In the main thread only, where signals arrive, and for the signals a handler takes (a
+    signal left to its default action still ends the process at once)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -113,12 +114,11 @@ def stop_noted(stopping: asyncio.Event) -> Iterator[None]:
 
     def stop(signum: int, frame: Any) -> None:
         loop.call_soon_threadsafe(stopping.set)
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, frame)
+        previous[signum](signum, frame)
 
     for each in (signal.SIGTERM, signal.SIGINT):
-        previous[each] = signal.signal(each, stop)
+        if callable(signal.getsignal(each)):
+            previous[each] = signal.signal(each, stop)
     if _noted_stop(previous.values()):
         stopping.set()
     try:

@@ -216,9 +216,9 @@ class GroupCommit:
     Each caller still waits for its own reply, so nothing is acknowledged before Redis has it;
     under load a round trip carries many requests' calls at the cost of about one. A caller
     waits at most the timeout from when it made the call, whether behind the batch in flight or
-    for its own: with a Redis that stopped answering, a call made just after a batch went out
-    waited for that batch's timeout, then its own, twice the timeout. A batch keeps its own
-    timeout, whether its callers still wait or not.
+    for its own (else, with a Redis that stopped answering, a call made just after a batch went
+    out would wait for that batch's timeout, then its own). A batch keeps its own timeout,
+    whether its callers still wait or not.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
