@@ -239,14 +239,10 @@ def normalize_spec(spec: str) -> str:
     return str(parse_policy_spec(spec))
 
 
-def check_fixed_arms(records: Sequence[LoggedRecord], specs: Sequence[str]) -> None:
-    """A ``fixed`` spec names an arm some event of ``records`` offered: else it would be
-    estimated as each event's first arm, under the name given (a misspelt arm). No records:
-    ``estimate_policies`` says so."""
-    _check_offered(tuple(dict.fromkeys(arm.name for r in records for arm in r.arms)), specs)
-
-
-def _check_offered(offered: Sequence[str], specs: Sequence[str]) -> None:
+def check_fixed_arms(offered: Sequence[str], specs: Sequence[str]) -> None:
+    """A ``fixed`` spec names an arm some event of the log offered (``offered``: every arm
+    offered): else it would be estimated as each event's first arm, under the name given (a
+    misspelt arm). No arms: no events, which ``estimate_policies`` says."""
     if not offered:
         return
     for spec in specs:
@@ -402,11 +398,9 @@ def _scan(f: IO[bytes], max_features: int | None) -> tuple[LogSummary, _Index]:
         clipped_events += r.probability < MIN_PROPENSITY
         first = first or r.arms
         offered.update(dict.fromkeys(arm.name for arm in r.arms))
-    reward_array = np.frombuffer(rewards, dtype=np.float64)
-    ones = np.ones(len(reward_array))
     summary = LogSummary(
         len(offsets),
-        ips(ones, ones, reward_array) if len(offsets) else None,
+        _on_policy(np.frombuffer(rewards, dtype=np.float64)) if len(offsets) else None,
         clipped_events,
         first,
         tuple(offered),
@@ -448,7 +442,7 @@ def evaluate_file(
     with open(path, "rb") as f:  # bounded lines, each decoded on its own
         summary, index = _scan(f, max_features)
         specs = list(specs) if specs else baseline_specs(summary.first_arms)
-        _check_offered(summary.offered, specs)
+        check_fixed_arms(summary.offered, specs)
         if not summary.events:
             raise ValueError("the log has no events to evaluate")
         for spec in specs:
@@ -472,6 +466,9 @@ def clipped(records: Sequence[LoggedRecord]) -> int:
 
 def logged_value(records: Sequence[LoggedRecord]) -> Estimate:
     """The logging policy's own average reward (on-policy), with its normal 95% interval."""
-    rewards = np.array([r.reward for r in records])
+    return _on_policy(np.array([r.reward for r in records]))
+
+
+def _on_policy(rewards: npt.NDArray[np.float64]) -> Estimate:
     ones = np.ones(len(rewards))
     return ips(ones, ones, rewards)
