@@ -317,17 +317,21 @@ def test_sigterm_stops_learn_while_it_takes_over_a_long_log(
         assert f"learner stopped at model version {version}" in said, said
         assert r.get(lease) is None  # released for the next learner
         assert took < 5, (took, said)
-        second = tmp_path / "second.log"
-        with cli_process(["learn"], env, second) as proc:
-            wait_until(partial(_says, second, "leads at model version"), 120, "the next learner")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        said = second.read_text()
+        said = _next_learner(env, tmp_path / "second.log")
         rest = f"at model version {LONG_LOG} ({LONG_LOG - version} logged events replayed)"
         assert rest in said, said
         assert f"learner stopped at model version {LONG_LOG}" in said, said
     finally:
         r.close()
+
+
+def _next_learner(env: dict[str, str], log: Path) -> str:
+    """What a `learn` says from its start until it leads and is stopped (SIGTERM, exit 0)."""
+    with cli_process(["learn"], env, log) as proc:
+        wait_until(partial(_says, log, "leads at model version"), 120, "the next learner")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    return log.read_text()
 
 
 def test_sigterm_stops_learn_while_it_relearns_a_long_log_for_a_switch(
@@ -362,12 +366,7 @@ def test_sigterm_stops_learn_while_it_relearns_a_long_log_for_a_switch(
         assert f"learner stopped at model version {LONG_LOG}" in said, said
         assert r.get(override) == b"cover"  # still the policy in force
         assert r.get(lease) is None  # released for the next learner
-        second = tmp_path / "second.log"
-        with cli_process(["learn"], env, second) as proc:
-            wait_until(partial(_says, second, "leads at model version"), 120, "the next learner")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        said = second.read_text()
+        said = _next_learner(env, tmp_path / "second.log")
         assert "snapshot is of policy squarecb, not cover: learning from the whole log" in said
         assert f"policy cover at model version {LONG_LOG} ({LONG_LOG} logged" in said, said
         assert r.hmget(model, "policy", "version") == [b"cover", str(LONG_LOG).encode()]
