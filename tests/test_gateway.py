@@ -237,6 +237,45 @@ def test_the_gateway_records_only_the_parts_it_is_set_to(
         assert f'upstream_seconds_count{{arm="llama2-7b",measure="{measure}"}} 1.0' in metrics
 
 
+def test_parts_no_weight_counts_are_said_at_the_start_and_recorded_only_where_counted(
+    serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BANDIT_GATEWAY_PARTS=cost under weights that do not count cost: said once at the
+    start, not refused and logged at every call; a request whose preference counts cost has
+    it recorded."""
+    url, _ = upstream(speed=1000)
+    with caplog.at_level(logging.INFO):
+        _gateway(serve, url)  # the defaults count latency: nothing to say
+        assert "BANDIT_GATEWAY_PARTS" not in caplog.text
+        base = _gateway(serve, url, gateway_parts="cost")
+        events = [
+            _client(base)
+            .chat.completions.with_raw_response.create(
+                model="llama2-7b", messages=_ask(row), extra_headers=preference
+            )
+            .headers["x-bandit-event-id"]
+            for row, preference in zip(
+                rows()[:3], [{}, {}, {"x-bandit-preference": "cost"}], strict=True
+            )
+        ]
+        parts = [
+            httpx.post(
+                f"{base}/reward",
+                json={"event_id": event_id, "accuracy": 1, "final": True},
+                headers={"x-api-key": KEY},
+            ).json()["parts"]
+            for event_id in events
+        ]
+    said = [m for m in caplog.messages if "BANDIT_GATEWAY_PARTS" in m]
+    assert said == [
+        "gateway: BANDIT_GATEWAY_PARTS records cost, which its reward weights "
+        "(BANDIT_REWARD_WEIGHTS: accuracy=0.6,rating=0.2,latency=0.2) do not count: recorded "
+        "only for requests whose x-bandit-preference counts it (balanced, cost)"
+    ]
+    assert not [m for m in caplog.messages if "not recorded" in m]
+    assert [set(p) for p in parts] == [{"accuracy"}, {"accuracy"}, {"accuracy", "cost_usd"}]
+
+
 def test_a_named_arm_is_a_direct_decision(
     serve: Serve, upstream: Start, redis_url: str, make_settings: Any
 ) -> None:

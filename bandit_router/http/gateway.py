@@ -55,7 +55,7 @@ from bandit_router.http.openapi import (
     MODELS_PARAMETER,
 )
 from bandit_router.http.security import API_KEYS, require_key
-from bandit_router.rewards import MAX_LATENCY_MS, RewardParts
+from bandit_router.rewards import MAX_LATENCY_MS, PART_FIELDS, RewardParts
 from bandit_router.service.deployments import Routers
 from bandit_router.service.router import ChooseResult, Router
 from bandit_router.service.upstream import (
@@ -164,8 +164,39 @@ class Gateway:
         self._recording: set[asyncio.Task[None]] = set()  # latencies of clients gone (``left``)
         self._said = said  # by what is said (and arm, and deployment): shared by the deployments
         self.where = where  # "deployment NAME: " where a service serves several, for the log
+        if self.arms:
+            self._say_uncounted()
 
-    def left(self, event_id: str, measured: Measured) -> None:
+    def _say_uncounted(self) -> None:
+        """Say at the start that the latency and cost the gateway records count in none of its
+        reward weights: it records them only for requests whose preference counts them."""
+        settings = self.settings
+        measured = [part for part in ("latency", "cost") if part in settings.gateway_parts]
+        weights = settings.gateway_weights()
+        if not measured or any(weights.get(part, 0) > 0 for part in measured):
+            return
+        setting = (
+            "BANDIT_GATEWAY_REWARD_WEIGHTS"
+            if settings.gateway_reward_weights
+            else "BANDIT_REWARD_WEIGHTS"
+        )
+        counting = [
+            name
+            for name, named in settings.gateway_preferences.items()
+            if any(named.get(part, 0) > 0 for part in measured)
+        ]
+        log.warning(
+            "gateway: %sBANDIT_GATEWAY_PARTS records %s, which its reward weights (%s: %s) do "
+            "not count: recorded only for requests whose x-bandit-preference counts %s%s",
+            self.where,
+            " and ".join(measured),
+            setting,
+            ",".join(f"{k}={v:g}" for k, v in weights.items()),
+            "it" if len(measured) == 1 else "one",
+            f" ({', '.join(counting)})" if counting else "",
+        )
+
+    def left(self, event_id: str, measured: Measured, weights: Mapping[str, float]) -> None:
         """The client left before its answer's end: the latency the gateway counts is recorded
         when it is known already, the first token's (``BANDIT_GATEWAY_LATENCY=first_token``) or
         a wait past ``BANDIT_LATENCY_BUDGET_MS``, which scores 0 whatever the answer's time, so
@@ -175,6 +206,8 @@ class Gateway:
         if seconds is None:
             return
         parts = RewardParts(latency_ms=min(seconds * 1000, MAX_LATENCY_MS))
+        if not counted(parts, weights):
+            return
         task = asyncio.get_running_loop().create_task(_record(self, self.router, event_id, parts))
         self._recording.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(self._recording.discard)
@@ -452,8 +485,21 @@ async def _record(
         gateway.unrecorded(event_id, e.message)
 
 
+def counted(parts: RewardParts, weights: Mapping[str, float]) -> bool:
+    """Whether an event of reward ``weights`` counts one of the gateway's ``parts``: else
+    recording them changes nothing it learns (and the router refuses them, 422, unless the
+    deployment's weights count one)."""
+    present = parts.present()
+    return any(w > 0 and PART_FIELDS[part] in present for part, w in weights.items())
+
+
 async def record_success(
-    gateway: Gateway, router: Router, event_id: str, arm: ArmSpec, measured: Measured
+    gateway: Gateway,
+    router: Router,
+    event_id: str,
+    arm: ArmSpec,
+    measured: Measured,
+    weights: Mapping[str, float],
 ) -> None:
     settings = router.settings
     metrics = router.metrics
@@ -479,10 +525,9 @@ async def record_success(
                 "recorded for its calls while it sends none",
                 arm.name,
             )
-    if latency_ms is not None or cost_usd is not None:
-        await _record(
-            gateway, router, event_id, RewardParts(latency_ms=latency_ms, cost_usd=cost_usd)
-        )
+    parts = RewardParts(latency_ms=latency_ms, cost_usd=cost_usd)
+    if counted(parts, weights):
+        await _record(gateway, router, event_id, parts)
 
 
 def _known_latency(settings: Settings, measured: Measured) -> float | None:
@@ -868,7 +913,7 @@ async def _attempt(
     try:
         return await _answer(gateway, router, call, arm, event_id, slot, measured)
     except asyncio.CancelledError:
-        gateway.left(event_id, measured)
+        gateway.left(event_id, measured, call.weights)
         raise
 
 
@@ -902,7 +947,7 @@ async def _answer(
             reason = "answered something other than a JSON object"
             raise UpstreamFailure(arm.name, reason, "protocol")
         measured.usage(answer.get("usage"))
-        await record_success(gateway, router, event_id, arm, measured)
+        await record_success(gateway, router, event_id, arm, measured, call.weights)
         return Response(body, headers=headers, media_type="application/json")
     media = response.headers.get("content-type", "")
     if not media.lower().startswith("text/event-stream"):  # not a stream: the client reads none
@@ -975,7 +1020,7 @@ async def _relay(
         finished = True
         tail = meter.finish()
         if not erred:
-            await record_success(gateway, router, event_id, arm, meter.measured)
+            await record_success(gateway, router, event_id, arm, meter.measured, call.weights)
         if tail:
             yield tail
     finally:
@@ -984,7 +1029,7 @@ async def _relay(
         else:
             response.close()  # unread: the connection is not reused, the upstream sees it end
             if not (erred or recorded):  # the client left mid-answer
-                gateway.left(event_id, meter.measured)
+                gateway.left(event_id, meter.measured, call.weights)
 
 
 async def _chunks(
