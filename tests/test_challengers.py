@@ -1269,3 +1269,43 @@ def test_a_switch_the_process_s_stop_ends_switches_nothing(make_settings: Settin
         await router.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_switch_left_unmade_to_other_parameters_is_relearned_as_one_made_live(
+    make_settings: SettingsFactory,
+) -> None:
+    """A switch stopped before it was made, to the policy in force with other parameters, is
+    relearned from the whole log by the next learner, as the switch made live would have been,
+    not loaded from the old policy's snapshot; the settings' own policy, its parameters changed
+    there, goes on from the snapshot. A reset (version 0 at the log's end) tells the two apart:
+    relearned, the model learns the 50 logged events again."""
+    settings = _settings(make_settings, policy="egreedy", challengers="", publish_s=3600)
+    changed = settings.model_copy(update={"policy": "egreedy:epsilon=0.3"})
+
+    async def scenario() -> None:
+        await _logged_apart(settings, 50)
+        router = await _open(settings)
+        assert router.version == 50
+        assert await router.learner.reset() == 0
+        await router.close()
+        await router.store.close()
+        for each in (changed, settings):  # BANDIT_POLICY's parameters changed, and back
+            router = await _open(each)
+            assert (router.model.spec, router.version) == (parse_policy_spec(each.policy), 0)
+            await router.close()
+            await router.store.close()
+        stopping = asyncio.Event()
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        router = await Router.open(settings, store, stopping=stopping)
+        stopping.set()  # SIGTERM
+        with pytest.raises(Stopping):
+            await router.learner.switch(parse_policy_spec("egreedy:epsilon=0.3"), store=True)
+        await router.close()
+        assert (await store.snapshot_head() or ())[:2] == ("egreedy", 0)
+        await store.close()
+        router = await _open(settings)  # the next learner makes the switch
+        assert (str(router.model.spec), router.version) == ("egreedy:epsilon=0.3", 50)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())

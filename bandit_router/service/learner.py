@@ -115,15 +115,22 @@ def fresh_model(spec: PolicySpec, settings: Settings) -> Model:
 
 
 def restore(snapshot: Snapshot | None, spec: PolicySpec, settings: Settings) -> Model:
-    """The snapshot as a model of ``spec``; a fresh model if it is of another kind or unreadable."""
+    """The snapshot as a model of ``spec``; a fresh model if it is unreadable, of another kind,
+    or of the same kind with other parameters when ``spec`` is not the settings' policy (a
+    switch stored in Redis that a stop or a take-over left unmade: relearned from the whole
+    log, as a switch made live is). The settings' own policy, its parameters changed, goes
+    on from what the snapshot learned."""
     if snapshot is None:
         return fresh_model(spec, settings)
     try:
-        kind = parse_policy_spec(snapshot.policy).name
+        saved = runs_as(parse_policy_spec(snapshot.policy), settings)
     except ValueError as e:  # saved under a spec refused since (squarecb:gamma_scale=nan)
         log.warning("snapshot's policy refused (%s): learning from the whole log", e)
         return fresh_model(spec, settings)
-    if kind != spec.name:
+    wanted = runs_as(spec, settings)
+    if saved[0] != spec.name or (
+        saved != wanted and wanted != runs_as(parse_policy_spec(settings.policy), settings)
+    ):
         log.warning(
             "snapshot is of policy %s, not %s: learning from the whole log", snapshot.policy, spec
         )
