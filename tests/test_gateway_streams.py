@@ -600,6 +600,34 @@ def test_a_client_that_leaves_mid_stream_is_charged_its_first_tokens_latency(
     assert _stats(base, "held")["mean_reward"] > 0.9  # its first token came at once
 
 
+def test_a_client_whose_weights_count_no_latency_leaves_and_nothing_is_recorded(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The latency of a client that left is recorded only when its weights count latency:
+    else it would change nothing the event learns (and the router refuses it)."""
+    url, app = scripted({"held": Script((chunk("a"), STALL)), "good": GOOD})
+    base = _gateway(
+        serve,
+        url,
+        {"held": GOOD, "good": GOOD},
+        gateway_latency="first_token",
+        reward_wait_s=2,
+        reward_weights='{"accuracy": 1}',
+    )
+    with sdk_client(base, KEY).chat.completions.with_streaming_response.create(
+        model="held", messages=HI, stream=True
+    ) as response:
+        next(response.iter_lines())  # the first event, then leave
+    wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
+
+    def stats() -> dict[str, Any]:
+        return dict(httpx.get(f"{base}/stats").json())
+
+    wait_until(lambda: stats()["skipped_no_reward"] == 1, 30, "the event's window to close")
+    assert stats()["rewards_accepted"] == 0
+    assert "not recorded" not in caplog.text
+
+
 # Many streams at once
 
 
