@@ -237,6 +237,7 @@ def _edited(**parts: object) -> bytes:
 @pytest.mark.parametrize(
     ("data", "named"),
     [
+        (b"", "not a saved ts policy"),
         (json.dumps(SOUND).encode(), "not a saved ts policy"),
         (MAGIC + b'{"kind": "ts", "sums": {}', "not JSON"),
         (MAGIC + b"[" * 100_000 + b"]" * 100_000, "not JSON"),
@@ -257,7 +258,7 @@ def test_a_damaged_or_edited_snapshot_is_refused_naming_what_is_wrong(
     data: bytes, named: str
 ) -> None:
     """Each is a sound snapshot with one part broken: refused with a ValueError that names it,
-    never loaded as a model."""
+    never loaded as a model (an empty one among them)."""
     load_policy("ts", _edited())  # the sound one loads
     with pytest.raises(ValueError, match=re.escape(named)):
         load_policy("ts", data)
