@@ -314,6 +314,32 @@ def test_an_answer_over_the_size_limit_is_the_arms_failure(serve: Serve, upstrea
     assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="too_large"}' in metrics
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_answer_of_the_size_limit_is_taken_and_one_byte_more_is_not(
+    serve: Serve, scripted: StartScripted, declared: bool
+) -> None:
+    """``BANDIT_GATEWAY_MAX_RESPONSE_BYTES`` is the largest answer taken, its length declared
+    (``content-length``) or not (chunked); a byte more is the arm's failure."""
+    body = orjson.dumps({**SUNNY, "padding": "x" * 2000})  # the limit is 1024 at least
+    scripts = {}
+    for name, sent in (("exact", body), ("over", body + b" ")):
+        headers = (("content-length", str(len(sent))),) if declared else ()
+        scripts[name] = Script((sent,), content_type="application/json", headers=headers)
+    url, _ = scripted(scripts)
+    arms = [{"name": n, "upstream": {"base_url": url, "model": n}} for n in scripts]
+    base = serve(
+        arms=orjson.dumps(arms).decode(),
+        api_keys=KEY,
+        gateway_max_response_bytes=len(body),
+        gateway_retries=0,
+    )
+    taken = _post(base, orjson.dumps({"model": "exact", "messages": HI}))
+    assert taken.status_code == 200 and taken.content == body, taken.text
+    refused = _post(base, orjson.dumps({"model": "over", "messages": HI}))
+    assert refused.status_code == 502, refused.text
+    assert f"over: answer over {len(body)} bytes" in refused.json()["detail"]
+
+
 # What the openai SDK reads of an upstream's answer, it reads through the gateway
 
 

@@ -830,6 +830,9 @@ def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment()
     assert meter.feed(b":\r\n\r\n") and meter.measured.first_token_s is None
     assert meter.feed(b'data: {"choices": []}\n\n')
     assert meter.measured.first_token_s is not None
+    together = StreamMeter(Measured(), drop_usage=False)  # a comment, its first event after it
+    assert together.feed(b': OPENROUTER PROCESSING\n\ndata: {"choices": []}\n\n')
+    assert together.measured.first_token_s is not None
 
 
 def test_a_crlf_split_with_its_lf_alone_in_a_piece_ends_one_line_only() -> None:
