@@ -247,6 +247,7 @@ def _edited(**parts: object) -> bytes:
         (_edited(counts={"a": 1e19}), "counts is not an object of numbers in [0, 1e+18]"),
         (_edited(counts={"a": math.inf}), "counts is not an object of numbers"),
         (_edited(weights="none"), "weights is not"),
+        (_edited(squares=[]), "squares is not"),
         (_edited(t=True), "t is not a count"),
         (_edited(squares={"a": 1.0, "b": 0.5}), "squares or weights name an arm"),
         (_edited(weights={"b": 1.0}), "squares or weights name an arm"),
