@@ -345,6 +345,28 @@ def test_an_error_event_is_one_failure_of_the_arm_however_the_answer_ends(
     assert 'bandit_gateway_upstream_seconds_count{arm="errs",measure="total"}' not in metrics
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_silent_after_its_headers_is_a_timeout_of_the_arm(
+    serve: Serve, scripted: Start, stream: bool
+) -> None:
+    """Its headers came, then nothing (or half an answer, not streamed) for the arm's timeout_s:
+    the arm's failure of kind ``timeout``, said "timed out", before the client's answer began
+    (the gateway's 502), and its connection closed."""
+    media = "text/event-stream" if stream else "application/json"
+    parts = (STALL,) if stream else (b'{"id": "c", "choices": [', STALL)
+    url, app = scripted({"silent": Script(parts, content_type=media)})
+    arms = [{"name": "silent", "upstream": {"base_url": url, "model": "silent", "timeout_s": 1}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, gateway_retries=0)
+    answer = httpx.post(
+        f"{base}/v1/chat/completions", content=_body("silent", stream), headers=AUTH, timeout=30
+    )
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["detail"].endswith("silent: timed out"), answer.text
+    wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
+    failures = [line for line in _failures(base) if "_total" in line]
+    assert failures == ['bandit_gateway_upstream_failures_total{arm="silent",kind="timeout"} 1.0']
+
+
 def test_an_error_event_midway_is_the_arms_failure(
     serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -833,6 +855,14 @@ def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment()
     together = StreamMeter(Measured(), drop_usage=False)  # a comment, its first event after it
     assert together.feed(b': OPENROUTER PROCESSING\n\ndata: {"choices": []}\n\n')
     assert together.measured.first_token_s is not None
+
+
+def test_an_event_whose_error_is_null_is_no_error() -> None:
+    """The SDK raises on an event whose ``error`` is set, not on one that carries it as null
+    (as some providers' chunks do): the meter reads it as the SDK does."""
+    meter = StreamMeter(Measured(), drop_usage=False)
+    event = b'data: {"choices": [{"delta": {"content": "a"}}], "error": null}\n\n'
+    assert meter.feed(event) == event and meter.error is None
 
 
 def test_a_crlf_split_with_its_lf_alone_in_a_piece_ends_one_line_only() -> None:
