@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from tests.live import final_parts, serve
 from tests.upstreams import (
     ARMS,
+    STALL,
     Script,
     Scripted,
     Upstream,
@@ -338,6 +340,35 @@ def test_an_answer_of_the_size_limit_is_taken_and_one_byte_more_is_not(
     refused = _post(base, orjson.dumps({"model": "over", "messages": HI}))
     assert refused.status_code == 502, refused.text
     assert f"over: answer over {len(body)} bytes" in refused.json()["detail"]
+
+
+def test_an_answer_declared_over_the_size_limit_is_refused_before_it_is_read(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """A ``content-length`` over the limit is the arm's failure at once (``too_large``): the
+    gateway neither reads up to the limit first nor waits on an upstream that then stalls."""
+    declared = Script(
+        (b'{"id": "c", "padding": "', STALL),
+        content_type="application/json",
+        headers=(("content-length", "10000000"),),
+    )
+    url, _ = scripted({"big": declared})
+    arms = [{"name": "big", "upstream": {"base_url": url, "model": "big", "timeout_s": 30}}]
+    base = serve(
+        arms=orjson.dumps(arms).decode(),
+        api_keys=KEY,
+        gateway_max_response_bytes=100_000,
+        gateway_retries=0,
+    )
+    began = time.monotonic()
+    refused = _post(base, orjson.dumps({"model": "big", "messages": HI}))
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["detail"].endswith(
+        "big: answer over 100000 bytes (BANDIT_GATEWAY_MAX_RESPONSE_BYTES)"
+    )
+    assert time.monotonic() - began < 10  # not the arm's timeout_s
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="big",kind="too_large"} 1.0' in metrics
 
 
 # What the openai SDK reads of an upstream's answer, it reads through the gateway

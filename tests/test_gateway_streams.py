@@ -857,6 +857,14 @@ def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment()
     assert together.measured.first_token_s is not None
 
 
+def test_done_is_read_as_the_sdk_reads_it_from_the_start_of_the_data() -> None:
+    """The SDK ends its stream at an event whose data starts with ``[DONE]``: the meter holds
+    it as the end, whatever follows in the data."""
+    meter = StreamMeter(Measured(), drop_usage=False)
+    assert meter.feed(b"data: [DONE] \n\n") == b""
+    assert meter.done and meter.finish() == DONE
+
+
 def test_an_event_whose_error_is_null_is_no_error() -> None:
     """The SDK raises on an event whose ``error`` is set, not on one that carries it as null
     (as some providers' chunks do): the meter reads it as the SDK does."""
