@@ -329,17 +329,17 @@ def test_an_error_event_is_one_failure_of_the_arm_however_the_answer_ends(
     serve: Serve, scripted: Start, end: tuple[Any, ...]
 ) -> None:
     """The upstream's error event is its failure, recorded once and not measured as an answer:
-    the body's end after it is no success, and a break after it ends the client's answer in the
-    gateway's error event, not in a second failure."""
+    neither the events after it, nor the body's end (no success), nor a break (it ends the
+    client's answer in the gateway's error event) is a second failure."""
     error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
-    scripts = {"errs": Script((chunk("a"), error, *end))}
+    scripts = {"errs": Script((chunk("a"), error, 0.05, chunk("b"), *end))}  # the SDK reads no "b"
     url, _ = scripted(scripts)
     base = _gateway(serve, url, scripts)
     answer = httpx.post(f"{base}/v1/chat/completions", content=_body("errs", True), headers=AUTH)
     events = [e for e in answer.text.split("\n\n") if e]
-    assert events[1] == error.decode().strip() and len(events) == 2 + bool(end), events
+    assert events[1] == error.decode().strip() and len(events) == 3 + bool(end), events
     if end:
-        assert "the upstream of errs broke off mid-answer" in events[2]
+        assert "the upstream of errs broke off mid-answer" in events[3]
     metrics = httpx.get(f"{base}/metrics").text
     assert 'bandit_gateway_upstream_failures_total{arm="errs",kind="midstream"} 1.0' in metrics
     assert 'bandit_gateway_upstream_seconds_count{arm="errs",measure="total"}' not in metrics
