@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -213,3 +214,68 @@ def test_kl_ucb_tries_each_arm_once_then_follows_its_indices() -> None:
         policy.learn(X, ARMS, arm, 1.0, reward)
     decision = policy.choose(X, ARMS)
     assert (decision.arm, decision.probability) == ("a", 1.0)
+
+
+MAGIC = b"bandit-router arm-level 1\n"
+SOUND = {
+    "kind": "ts",
+    "discount": 1.0,
+    "sums": {"a": 1.0},
+    "counts": {"a": 2.0},
+    "squares": {"a": 1.0},
+    "weights": {"a": 2.0},
+    "t": 2.0,
+}
+
+
+def _edited(**parts: object) -> bytes:
+    """A sound ts snapshot with ``parts`` replaced (None: left out), as JSON text."""
+    state = {k: v for k, v in {**SOUND, **parts}.items() if v is not None}
+    return MAGIC + json.dumps(state).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b"", "not a saved ts policy"),
+        (json.dumps(SOUND).encode(), "not a saved ts policy"),
+        (MAGIC + b'{"kind": "ts", "sums": {}', "not JSON"),
+        (MAGIC + b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        (_edited(counts=None, sums={}), "counts is missing"),
+        (_edited(counts=[2.0]), "counts is not an object of numbers"),
+        (_edited(counts={"a": True}), "counts is not an object of numbers"),
+        (_edited(counts={"a": 1e19}), "counts is not an object of numbers in [0, 1e+18]"),
+        (_edited(counts={"a": math.inf}), "counts is not an object of numbers"),
+        (_edited(weights="none"), "weights is not"),
+        (_edited(squares=[]), "squares is not"),
+        (_edited(t=True), "t is not a count"),
+        (_edited(squares={"a": 1.0, "b": 0.5}), "squares or weights name an arm"),
+        (_edited(weights={"b": 1.0}), "squares or weights name an arm"),
+        (_edited(sums={"a": 1000.5}, counts={"a": 1000.0}, squares={}), "cannot sum"),
+        (_edited(squares={"a": 1.5}), "cannot sum"),
+    ],
+)
+def test_a_damaged_or_edited_snapshot_is_refused_naming_what_is_wrong(
+    data: bytes, named: str
+) -> None:
+    """Each is a sound snapshot with one part broken: refused with a ValueError that names it,
+    never loaded as a model (an empty one among them)."""
+    load_policy("ts", _edited())  # the sound one loads
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_policy("ts", data)
+
+
+def test_a_refusal_shows_a_long_value_cut_short() -> None:
+    """What a hostile snapshot holds reaches the operator's message shortened, not whole."""
+    counts = {f"arm-{i}": 1.0 for i in range(10_000)} | {"bad": -1.0}
+    with pytest.raises(ValueError, match=r"\(\d+ characters\)$") as refused:
+        load_policy("ts", _edited(counts=counts, sums={}))
+    assert len(str(refused.value)) < 200
+
+
+def test_a_snapshot_from_before_squares_and_weights_loads_with_none_learned() -> None:
+    """An older snapshot has no ``squares`` or ``weights``: it loads, each arm's squares 0 and its
+    effective size its count, rather than being refused or given squares it never learned."""
+    policy = load_policy("ucb", _edited(kind="ucb", squares=None, weights=None))
+    stats = policy.stats  # type: ignore[attr-defined]
+    assert (stats.squares, stats.weights, stats.effective("a")) == ({"a": 0.0}, {"a": 0.0}, 2.0)

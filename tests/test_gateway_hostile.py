@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from tests.live import final_parts, serve
 from tests.upstreams import (
     ARMS,
+    STALL,
     Script,
     Scripted,
     Upstream,
@@ -312,6 +314,61 @@ def test_an_answer_over_the_size_limit_is_the_arms_failure(serve: Serve, upstrea
     assert answered.status_code == 200 and len(answered.json()["padding"]) == 50_000
     metrics = httpx.get(f"{base}/metrics").text
     assert 'bandit_gateway_upstream_failures_total{arm="llama2-7b",kind="too_large"}' in metrics
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_answer_of_the_size_limit_is_taken_and_one_byte_more_is_not(
+    serve: Serve, scripted: StartScripted, declared: bool
+) -> None:
+    """``BANDIT_GATEWAY_MAX_RESPONSE_BYTES`` is the largest answer taken, its length declared
+    (``content-length``) or not (chunked); a byte more is the arm's failure."""
+    body = orjson.dumps({**SUNNY, "padding": "x" * 2000})  # the limit is 1024 at least
+    scripts = {}
+    for name, sent in (("exact", body), ("over", body + b" ")):
+        headers = (("content-length", str(len(sent))),) if declared else ()
+        scripts[name] = Script((sent,), content_type="application/json", headers=headers)
+    url, _ = scripted(scripts)
+    arms = [{"name": n, "upstream": {"base_url": url, "model": n}} for n in scripts]
+    base = serve(
+        arms=orjson.dumps(arms).decode(),
+        api_keys=KEY,
+        gateway_max_response_bytes=len(body),
+        gateway_retries=0,
+    )
+    taken = _post(base, orjson.dumps({"model": "exact", "messages": HI}))
+    assert taken.status_code == 200 and taken.content == body, taken.text
+    refused = _post(base, orjson.dumps({"model": "over", "messages": HI}))
+    assert refused.status_code == 502, refused.text
+    assert f"over: answer over {len(body)} bytes" in refused.json()["detail"]
+
+
+def test_an_answer_declared_over_the_size_limit_is_refused_before_it_is_read(
+    serve: Serve, scripted: StartScripted
+) -> None:
+    """A ``content-length`` over the limit is the arm's failure at once (``too_large``): the
+    gateway neither reads up to the limit first nor waits on an upstream that then stalls."""
+    declared = Script(
+        (b'{"id": "c", "padding": "', STALL),
+        content_type="application/json",
+        headers=(("content-length", "10000000"),),
+    )
+    url, _ = scripted({"big": declared})
+    arms = [{"name": "big", "upstream": {"base_url": url, "model": "big", "timeout_s": 30}}]
+    base = serve(
+        arms=orjson.dumps(arms).decode(),
+        api_keys=KEY,
+        gateway_max_response_bytes=100_000,
+        gateway_retries=0,
+    )
+    began = time.monotonic()
+    refused = _post(base, orjson.dumps({"model": "big", "messages": HI}))
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["detail"].endswith(
+        "big: answer over 100000 bytes (BANDIT_GATEWAY_MAX_RESPONSE_BYTES)"
+    )
+    assert time.monotonic() - began < 10  # not the arm's timeout_s
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="big",kind="too_large"} 1.0' in metrics
 
 
 # What the openai SDK reads of an upstream's answer, it reads through the gateway

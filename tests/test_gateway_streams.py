@@ -22,7 +22,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from bandit_router.http.gateway import END_AFTER_DONE_S, _chunks, _unread
+from bandit_router.http.gateway import _chunks, _unread
 from bandit_router.service.upstream import MAX_EVENT_BYTES, Measured, StreamMeter, retry_after
 from tests.conftest import wait_until
 from tests.live import close_sdk_clients, sdk_client, serve
@@ -314,14 +314,62 @@ def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
         texts.extend(c.choices[0].delta.content for c in stream)
     assert texts == ["a", "b"]
     assert "the upstream of stalls broke off mid-answer: timed out" in broke.value.message
+    assert broke.value.type == "api_error"  # OpenAI's error event's shape, as the SDK reads it
     wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
     assert 'bandit_gateway_upstream_failures_total{arm="stalls",kind="midstream"} 1.0' in (
         _failures(base)
     )
     assert _stats(base, "stalls")["rewards"] == 1 and _stats(base, "stalls")["mean_reward"] == 0
+    measured = httpx.get(f"{base}/metrics").text  # no answer's time: it has none
+    assert 'bandit_gateway_upstream_seconds_count{arm="stalls",measure="total"}' not in measured
 
 
-def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start) -> None:
+@pytest.mark.parametrize("end", [(), (0.05, BREAK)], ids=["ended", "broke"])
+def test_an_error_event_is_one_failure_of_the_arm_however_the_answer_ends(
+    serve: Serve, scripted: Start, end: tuple[Any, ...]
+) -> None:
+    """The upstream's error event is its failure, recorded once and not measured as an answer:
+    neither the events after it, nor the body's end (no success), nor a break (it ends the
+    client's answer in the gateway's error event) is a second failure."""
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    scripts = {"errs": Script((chunk("a"), error, 0.05, chunk("b"), *end))}  # the SDK reads no "b"
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("errs", True), headers=AUTH)
+    events = [e for e in answer.text.split("\n\n") if e]
+    assert events[1] == error.decode().strip() and len(events) == 3 + bool(end), events
+    if end:
+        assert "the upstream of errs broke off mid-answer" in events[3]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'bandit_gateway_upstream_failures_total{arm="errs",kind="midstream"} 1.0' in metrics
+    assert 'bandit_gateway_upstream_seconds_count{arm="errs",measure="total"}' not in metrics
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_silent_after_its_headers_is_a_timeout_of_the_arm(
+    serve: Serve, scripted: Start, stream: bool
+) -> None:
+    """Its headers came, then nothing (or half an answer, not streamed) for the arm's timeout_s:
+    the arm's failure of kind ``timeout``, said "timed out", before the client's answer began
+    (the gateway's 502), and its connection closed."""
+    media = "text/event-stream" if stream else "application/json"
+    parts = (STALL,) if stream else (b'{"id": "c", "choices": [', STALL)
+    url, app = scripted({"silent": Script(parts, content_type=media)})
+    arms = [{"name": "silent", "upstream": {"base_url": url, "model": "silent", "timeout_s": 1}}]
+    base = serve(arms=orjson.dumps(arms).decode(), api_keys=KEY, gateway_retries=0)
+    answer = httpx.post(
+        f"{base}/v1/chat/completions", content=_body("silent", stream), headers=AUTH, timeout=30
+    )
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["detail"].endswith("silent: timed out"), answer.text
+    wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
+    failures = [line for line in _failures(base) if "_total" in line]
+    assert failures == ['bandit_gateway_upstream_failures_total{arm="silent",kind="timeout"} 1.0']
+
+
+def test_an_error_event_midway_is_the_arms_failure(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
     """An upstream that sends OpenAI's error event after some chunks failed that call: not a
     success whose latency scores well because the answer stopped early."""
     error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
@@ -329,9 +377,14 @@ def test_an_error_event_midway_is_the_arms_failure(serve: Serve, scripted: Start
     url, _ = scripted(scripts)
     base = _gateway(serve, url, scripts)
     stream = sdk_client(base, KEY).chat.completions.create(model="errs", messages=HI, stream=True)
-    with pytest.raises(openai.APIError) as failed:
+    with (
+        caplog.at_level(logging.WARNING, logger="bandit_router"),
+        pytest.raises(openai.APIError) as failed,
+    ):
         list(stream)
     assert failed.value.message == "overloaded"  # the upstream's event, passed on as it came
+    said = "upstream of arm errs sent an error event mid-stream: 'overloaded'"
+    assert any(said in m for m in caplog.messages), caplog.messages
     assert _stats(base, "errs")["rewards"] == 1 and _stats(base, "errs")["mean_reward"] == 0
     assert 'bandit_gateway_upstream_failures_total{arm="errs",kind="midstream"} 1.0' in (
         _failures(base)
@@ -400,9 +453,33 @@ def test_an_upstream_that_stays_open_after_done_holds_the_client_a_moment_only(
     began = time.monotonic()
     stream = sdk_client(base, KEY).chat.completions.create(model="open", messages=HI, stream=True)
     assert [c.choices[0].delta.content for c in stream] == ["a"]
-    assert time.monotonic() - began < END_AFTER_DONE_S + 10  # not the arm's 30 s
+    assert time.monotonic() - began < 10  # a moment (END_AFTER_DONE_S), not the arm's 30 s
     wait_until(lambda: app.left == 1, 20, "the upstream's connection to close")
     assert _failures(base) == []  # a success
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_upstreams_connection_is_reused_by_the_next_call(
+    serve: Serve, scripted: Start, stream: bool
+) -> None:
+    """An answer read to its end gives its connection back to the pool, a stream's too when its
+    body ends a moment after [DONE]: the arm's next calls come on the same connection, not on a
+    new one each."""
+    answer = orjson.dumps({"id": "c", "object": "chat.completion", "created": 0, "choices": []})
+    script = (
+        Script((chunk("a"), DONE, 0.2))
+        if stream
+        else Script((answer,), content_type="application/json")
+    )
+    url, app = scripted({"kept": script})
+    base = _gateway(serve, url, {"kept": script})
+    for _ in range(3):
+        done = httpx.post(
+            f"{base}/v1/chat/completions", content=_body("kept", stream), headers=AUTH
+        )
+        assert done.status_code == 200, done.text
+    assert app.requests == 3 and len(app.connections) == 1, app.connections
+    assert _failures(base) == []
 
 
 @pytest.mark.parametrize(
@@ -713,6 +790,18 @@ def test_an_event_in_many_small_pieces_is_forwarded_whole() -> None:
     assert forwarded.endswith(b'"}\n\n') and orjson.loads(forwarded[6:])["p"].count("x") > 10**6
 
 
+def test_an_event_as_long_as_the_bound_is_held_and_read() -> None:
+    """``MAX_EVENT_BYTES`` is the longest event held until it ends: one of that length is read
+    (its usage taken, then dropped as asked), not passed on unread as a longer one is."""
+    meter = StreamMeter(Measured(), drop_usage=True)
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}, "p": "'
+    event = usage + b"x" * (MAX_EVENT_BYTES - len(usage) - 2) + b'"}'
+    assert len(event) == MAX_EVENT_BYTES
+    assert meter.feed(event) == b""  # held until it ends
+    assert meter.feed(b"\n\n") == b""  # its usage read, and dropped
+    assert (meter.measured.prompt_tokens, meter.measured.completion_tokens) == (3, 2)
+
+
 # an upstream's events: an answer's piece, the usage, an error
 EVENTS = (
     {"choices": [{"delta": {"content": "a\\nb"}}]},
@@ -791,6 +880,25 @@ def test_the_first_token_is_the_first_event_with_data_not_a_keep_alive_comment()
     assert meter.feed(b":\r\n\r\n") and meter.measured.first_token_s is None
     assert meter.feed(b'data: {"choices": []}\n\n')
     assert meter.measured.first_token_s is not None
+    together = StreamMeter(Measured(), drop_usage=False)  # a comment, its first event after it
+    assert together.feed(b': OPENROUTER PROCESSING\n\ndata: {"choices": []}\n\n')
+    assert together.measured.first_token_s is not None
+
+
+def test_done_is_read_as_the_sdk_reads_it_from_the_start_of_the_data() -> None:
+    """The SDK ends its stream at an event whose data starts with ``[DONE]``: the meter holds
+    it as the end, whatever follows in the data."""
+    meter = StreamMeter(Measured(), drop_usage=False)
+    assert meter.feed(b"data: [DONE] \n\n") == b""
+    assert meter.done and meter.finish() == DONE
+
+
+def test_an_event_whose_error_is_null_is_no_error() -> None:
+    """The SDK raises on an event whose ``error`` is set, not on one that carries it as null
+    (as some providers' chunks do): the meter reads it as the SDK does."""
+    meter = StreamMeter(Measured(), drop_usage=False)
+    event = b'data: {"choices": [{"delta": {"content": "a"}}], "error": null}\n\n'
+    assert meter.feed(event) == event and meter.error is None
 
 
 def test_a_crlf_split_with_its_lf_alone_in_a_piece_ends_one_line_only() -> None:

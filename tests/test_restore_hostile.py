@@ -206,6 +206,7 @@ VW_STATE_EDITS: list[tuple[str, str]] = [
     ('{"baseline": 7}', "baseline"),
     ('{"baseline": null}', "baseline"),
     ('{"arms": [1]}', "arm statistics"),
+    ('{"arms": "counts"}', "arm statistics are not an object"),
     ('{"arms": {"counts": {}}}', "sums is missing"),
     ('{"arms": {"sums": {"a": NaN}, "counts": {"a": 1}, "t": 1}}', "sums"),
     ('{"arms": {"sums": {"a": 5}, "counts": {"a": 1}, "t": 1}}', "cannot sum"),

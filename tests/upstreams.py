@@ -133,8 +133,9 @@ class Scripted:
     """An upstream speaking HTTP as a provider does, that answers each request with the script of
     its ``model`` (404 for another; a function of the request's body makes the script of each
     request, as a provider's answer depends on what it was asked). Counts the requests, keeps
-    their bodies as they came and their headers, and counts the answers the gateway left before
-    their end (their connection closed: what a provider sees of a cancelled call)."""
+    their bodies as they came, their headers and the connections they came on, and counts the
+    answers the gateway left before their end (their connection closed: what a provider sees of
+    a cancelled call)."""
 
     def __init__(self, scripts: Scripts) -> None:
         self.scripts = dict(scripts)
@@ -142,6 +143,7 @@ class Scripted:
         self.left = 0
         self.bodies: list[bytes] = []  # each request's body, byte for byte
         self.headers: list[dict[bytes, bytes]] = []  # each request's headers
+        self.connections: set[Any] = set()  # the (host, port) each request came from
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,6 +154,7 @@ class Scripted:
         self.requests += 1
         self.bodies.append(raw)
         self.headers.append(dict(scope["headers"]))
+        self.connections.add(scope["client"])
         request = orjson.loads(raw or b"{}")
         script = self.scripts.get(request.get("model"))
         if callable(script):

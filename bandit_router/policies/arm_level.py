@@ -207,18 +207,19 @@ class _ArmLevel:
         return _MAGIC + json.dumps({"kind": self.name, **self.stats.to_json()}).encode()
 
     def restore(self, data: bytes) -> None:
-        if data:
-            if not data.startswith(_MAGIC):
-                raise ValueError(f"not a saved {self.name} policy")
-            try:
-                state = json.loads(data[len(_MAGIC) :])
-            except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
-                raise ValueError(f"saved {self.name} policy is not JSON: {e}") from None
-            if not isinstance(state, dict):
-                raise ValueError(f"saved {self.name} policy is not a JSON object")
-            if state.get("kind") != self.name:
-                raise ValueError(f"saved policy is {state.get('kind')!r}, not {self.name!r}")
-            self.stats = ArmStats.from_json(state, self.stats.discount)
+        """The state ``dumps`` wrote; ValueError names what is not as it writes it (empty bytes
+        among them: ``dumps`` never writes none, and no other policy loads them as new)."""
+        if not data.startswith(_MAGIC):
+            raise ValueError(f"not a saved {self.name} policy")
+        try:
+            state = json.loads(data[len(_MAGIC) :])
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+            raise ValueError(f"saved {self.name} policy is not JSON: {e}") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"saved {self.name} policy is not a JSON object")
+        if state.get("kind") != self.name:
+            raise ValueError(f"saved policy is {state.get('kind')!r}, not {self.name!r}")
+        self.stats = ArmStats.from_json(state, self.stats.discount)
 
 
 class ThompsonPolicy(_ArmLevel):
