@@ -21,6 +21,8 @@ from bandit_router.offline.estimators import RewardModel, doubly_robust, ips, sn
 from bandit_router.offline.evaluate import (
     MIN_PROPENSITY,
     LoggedRecord,
+    _Replay,
+    _scan,
     baseline_specs,
     clipped,
     estimate_policies,
@@ -233,9 +235,10 @@ def _write(path: Path, records: list[LoggedRecord], blank_every: int = 0) -> Non
 
 
 def test_a_file_is_evaluated_as_its_records_are(tmp_path: Path) -> None:
-    """``evaluate_file`` keeps no records (it reads the file twice, the second time in time
-    order): its estimates and summary are those of the records ``read_log_file`` gives, to the
-    last digit, on a log out of time order, with ties, blank lines and a clipped propensity."""
+    """``evaluate_file`` keeps no records (out of time order, it reads the file twice, the
+    second time in time order): its estimates and summary are those of the records
+    ``read_log_file`` gives, to the last digit, on a log out of time order, with ties, blank
+    lines and a clipped propensity."""
     rng = random.Random(4)
     records = [replace(r, ts=float(rng.randrange(200))) for r in synthetic_log(600, 4, UNIFORM)]
     records[5] = replace(records[5], probability=1e-9)
@@ -251,6 +254,66 @@ def test_a_file_is_evaluated_as_its_records_are(tmp_path: Path) -> None:
     assert summary.first_arms == read[0].arms and summary.offered == ("4b", "7b", "14b")
     summary, results = evaluate_file(log, None)  # the baselines, as for read[0]'s arms
     assert repr(results) == repr(estimate_policies(read, baseline_specs(read[0].arms)))
+
+
+SPECS = ["static", "egreedy:epsilon=0.05", "linucb:alpha=0.5"]  # egreedy: VW, a pass apart
+
+
+def _replayed_as_read(log: Path) -> bool:
+    """Whether ``evaluate_file`` replays ``log`` during its first read (no second one)."""
+    with log.open("rb") as f:
+        return _scan(f, None, lambda arms: _Replay(["static"], None, 0))[2] is not None
+
+
+def test_a_log_in_time_order_is_replayed_as_it_is_read(tmp_path: Path) -> None:
+    """A log in time order (ties included, each in the file's order) is replayed during the
+    first read, and one out of order from its index after it: the same estimates, to the last
+    digit, as the records sorted, whichever way it went; the same events shuffled give what
+    they give in order, and so does a log that is in order but for its last event."""
+    records = synthetic_log(400, 5, UNIFORM)
+    ties = [replace(r, ts=float(i // 7)) for i, r in enumerate(records)]  # 7 events a time
+    late = [*records[:-1], replace(records[-1], ts=records[-2].ts - 0.5)]
+    shuffled = records[:]
+    random.Random(5).shuffle(shuffled)
+    expected = estimate_policies(records, SPECS, seed=2)
+    for name, written, in_order in [
+        ("ordered", records, True),
+        ("ties", ties, True),
+        ("late", late, False),
+        ("shuffled", shuffled, False),
+    ]:
+        log = tmp_path / f"{name}.dsjson"
+        _write(log, written, blank_every=53)
+        with log.open("rb") as f:
+            read = read_log_file(f)
+        assert _replayed_as_read(log) == in_order, name
+        summary, results = evaluate_file(log, SPECS, seed=2)
+        assert repr(results) == repr(estimate_policies(read, SPECS, seed=2)), name
+        assert repr(summary.logged) == repr(logged_value(read)), name
+        if name == "shuffled":
+            assert repr(results) == repr(expected)
+        summary, results = evaluate_file(log, None)
+        assert repr(results) == repr(estimate_policies(read, baseline_specs(read[0].arms)))
+
+
+def test_a_log_in_time_order_is_refused_as_one_out_of_order(tmp_path: Path) -> None:
+    """What the first read finds (a bad line after many good ones) comes before what the specs
+    are refused for, whether the events were being replayed as read or not: the same errors,
+    naming the same line."""
+    records = synthetic_log(300, 6, UNIFORM)
+    for name, written in [("ordered", records), ("reversed", records[::-1])]:
+        log = tmp_path / f"{name}.dsjson"
+        _write(log, written)
+        assert _replayed_as_read(log) == (name == "ordered")
+        with pytest.raises(ValueError, match="policy fixed:32b: arm '32b' is in no event"):
+            evaluate_file(log, ["static", "fixed:32b"])
+        with pytest.raises(ValueError, match="policy fixed: names no arm"):
+            evaluate_file(log, ["fixed"])
+        with log.open("a") as f:
+            f.write('{"c": {}}\n')
+        for specs in (["static", "linucb"], ["fixed:32b"], ["fixed"], ["nonesuch"]):
+            with pytest.raises(ValueError, match=r"^line 301: not an exported DSJSON event"):
+                evaluate_file(log, specs)
 
 
 def test_evaluate_reads_standard_input_as_a_file(
