@@ -17,6 +17,7 @@ import pytest
 
 from bandit_router.cli.main import main
 from bandit_router.features import QUERY_STATS, Features
+from bandit_router.offline import evaluate
 from bandit_router.offline.estimators import RewardModel, doubly_robust, ips, snips
 from bandit_router.offline.evaluate import (
     MIN_PROPENSITY,
@@ -265,41 +266,53 @@ def _replayed_as_read(log: Path) -> bool:
         return _scan(f, None, lambda arms: _Replay(["static"], None, 0))[2] is not None
 
 
-def test_a_log_in_time_order_is_replayed_as_it_is_read(tmp_path: Path) -> None:
-    """A log in time order (ties included, each in the file's order) is replayed during the
-    first read, and one out of order from its index after it: the same estimates, to the last
-    digit, as the records sorted, whichever way it went; the same events shuffled give what
-    they give in order, and so does a log that is in order but for its last event."""
+def test_a_log_in_time_order_is_replayed_as_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log in time order (ties included, each in the file's order), or out of it by fewer
+    events than the first read holds back, is replayed during that read, and one further out
+    of order from its index after it: the same estimates, to the last digit, as the records
+    sorted, whichever way it went; the same events shuffled give what they give in order."""
+    monkeypatch.setattr(evaluate, "HELD_EVENTS", 16)
     records = synthetic_log(400, 5, UNIFORM)
     ties = [replace(r, ts=float(i // 7)) for i, r in enumerate(records)]  # 7 events a time
     late = [*records[:-1], replace(records[-1], ts=records[-2].ts - 0.5)]
+    near = sorted(records, key=lambda r: r.ts + random.Random(r.ts).randrange(12))
+    far = [*records[:-1], replace(records[-1], ts=records[-18].ts - 0.5)]
     shuffled = records[:]
     random.Random(5).shuffle(shuffled)
     expected = estimate_policies(records, SPECS, seed=2)
-    for name, written, in_order in [
+    for name, written, in_read in [
         ("ordered", records, True),
         ("ties", ties, True),
-        ("late", late, False),
+        ("late", late, True),
+        ("near", near, True),
+        ("far", far, False),
         ("shuffled", shuffled, False),
+        ("late, one line held", late, False),
     ]:
+        monkeypatch.setattr(evaluate, "HELD_BYTES", 1 if "held" in name else 2**20)
         log = tmp_path / f"{name}.dsjson"
         _write(log, written, blank_every=53)
         with log.open("rb") as f:
             read = read_log_file(f)
-        assert _replayed_as_read(log) == in_order, name
+        assert _replayed_as_read(log) == in_read, name
         summary, results = evaluate_file(log, SPECS, seed=2)
         assert repr(results) == repr(estimate_policies(read, SPECS, seed=2)), name
         assert repr(summary.logged) == repr(logged_value(read)), name
-        if name == "shuffled":
+        if name in ("near", "shuffled"):
             assert repr(results) == repr(expected)
         summary, results = evaluate_file(log, None)
         assert repr(results) == repr(estimate_policies(read, baseline_specs(read[0].arms)))
 
 
-def test_a_log_in_time_order_is_refused_as_one_out_of_order(tmp_path: Path) -> None:
+def test_a_log_in_time_order_is_refused_as_one_out_of_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What the first read finds (a bad line after many good ones) comes before what the specs
     are refused for, whether the events were being replayed as read or not: the same errors,
     naming the same line."""
+    monkeypatch.setattr(evaluate, "HELD_EVENTS", 16)
     records = synthetic_log(300, 6, UNIFORM)
     for name, written in [("ordered", records), ("reversed", records[::-1])]:
         log = tmp_path / f"{name}.dsjson"
@@ -330,11 +343,13 @@ def test_evaluate_reads_standard_input_as_a_file(
     assert json.loads(from_file)["logged"]["n"] == 300
 
 
-def test_evaluate_file_holds_no_records(tmp_path: Path) -> None:
+def test_evaluate_file_holds_no_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Events with many features (128 words, 64 app features): holding 400 of their records
     took 6.5 MB at tracemalloc's peak; ``evaluate_file`` keeps about 100 bytes of each (an
-    offset, a time and a reward, seven floats for two candidates, the time order) and peaked at
-    0.4 MB, mostly what does not grow with the log."""
+    offset, a time and a reward, seven floats for two candidates, the time order), and at most
+    ``HELD_EVENTS`` records (here 16) while it puts them in time order, and peaked at 0.4 MB,
+    mostly what does not grow with the log."""
+    monkeypatch.setattr(evaluate, "HELD_EVENTS", 16)
     rng = random.Random(1)
     records = [
         replace(

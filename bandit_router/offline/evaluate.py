@@ -14,6 +14,7 @@ when its events are out of time order, and once more for the Vowpal Wabbit candi
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from array import array
@@ -104,6 +105,10 @@ def _arm(i: int, entry: Any) -> Arm:
 # every line, and that check (``ArmSpec``) was a third of the time a line took to read.
 _CHECKED_ARMS: dict[tuple[Any, ...], Arm] = {}
 _MAX_CHECKED_ARMS = 4096  # then it starts again
+# Events held back by the first read to put them in time order (an export is in the order the
+# rewards were joined): at most this many, and this many bytes of their lines.
+HELD_EVENTS = 256
+HELD_BYTES = 4 * 2**20
 
 
 def _checked_arm(where: str, name: Any, params_b: Any = None, usd_per_mtok: Any = None) -> Arm:
@@ -421,17 +426,20 @@ def _scan(
     f: IO[bytes], max_features: int | None, start: Callable[[tuple[Arm, ...]], _Replay]
 ) -> tuple[LogSummary, _Index, _Replay | None]:
     """Read the whole log once, checking every line as ``read_log_file`` does (an error names
-    its line), keeping of each event only its line's offset, its time and its reward; and while
-    the events come in time order (each no earlier than the one before, so that the file's order
-    is ``sorted``'s), step the replay that ``start(the first event's arms)`` gives through them.
-    An event out of order, or a replay that raises, ends it: the replay returned is None, and
-    ``evaluate_file`` replays from the index instead (which raises that error where it would)."""
+    its line), keeping of each event only its line's offset, its time and its reward; and step
+    the replay that ``start(the first event's arms)`` gives through the events in time order
+    (``sorted``'s: ties in the file's order), holding back up to ``HELD_EVENTS`` of them to put
+    them in order. An event earlier than one replayed already, or a replay that raises, ends
+    it: the replay returned is None, and ``evaluate_file`` replays from the index instead
+    (which raises that error where it would)."""
     offsets, stamps, rewards = array("q"), array("d"), array("d")
     clipped_events = 0
     first: tuple[Arm, ...] = ()
     offered: dict[str, None] = {}
     replay: _Replay | None = None
-    replaying = True  # every event so far in time order, and the replay did not raise
+    held: list[tuple[float, int, int, LoggedRecord]] = []  # time, number, size, record
+    held_bytes, replayed_upto = 0, -math.inf
+    replaying = True  # no event earlier than one replayed, and the replay did not raise
     offset = f.tell()
     for number, line in inputs.numbered_lines(f):
         start_at, offset = offset, f.tell()
@@ -440,20 +448,32 @@ def _scan(
         if not line.strip():
             continue
         r = _record(number, line, max_features)
-        if replaying and stamps and r.ts < stamps[-1]:
+        if replaying and r.ts < replayed_upto:  # replayed from the index instead
             replaying, replay = False, None
+            held.clear()
         if replaying:
             try:
                 replay = replay or start(r.arms)
-                replay.step(r)
+                heapq.heappush(held, (r.ts, number, len(line), r))
+                held_bytes += len(line)
+                while len(held) > HELD_EVENTS or held_bytes > HELD_BYTES:
+                    replayed_upto, _, size, earliest = heapq.heappop(held)
+                    held_bytes -= size
+                    replay.step(earliest)
             except Exception:  # the replay from the index raises it again, in its place
                 replaying, replay = False, None
+                held.clear()
         offsets.append(start_at)
         stamps.append(r.ts)
         rewards.append(r.reward)
         clipped_events += r.probability < MIN_PROPENSITY
         first = first or r.arms
         offered.update(dict.fromkeys(arm.name for arm in r.arms))
+    try:
+        while replay is not None and held:
+            replay.step(heapq.heappop(held)[3])
+    except Exception:
+        replay = None
     summary = LogSummary(
         len(offsets),
         _on_policy(np.frombuffer(rewards, dtype=np.float64)) if len(offsets) else None,
@@ -510,11 +530,11 @@ def evaluate_file(
             raise ValueError("the log has no events to evaluate")
         for spec in specs:
             normalize_spec(spec)  # fail on a misspelt spec before any replay
-        if replay is not None:  # replayed in the file's order, which is the time order
-            replay.apart(_reread(f, index.offsets, max_features))
-            return summary, replay.estimates()
         # as sorted(): ties in the file's order
         ordered = index.offsets[np.argsort(index.ts, kind="stable")]
+        if replay is not None:  # replayed during the read
+            replay.apart(_reread(f, ordered, max_features))
+            return summary, replay.estimates()
         return summary, _replay(
             start(summary.first_arms, vw_later=False),
             lambda: _reread(f, ordered, max_features),
