@@ -9,7 +9,7 @@ reward model feed IPS, SNIPS and DR (``estimators``); the candidates are replaye
 side, and of each event only those inputs are kept, as float64 arrays. The dashboard calls
 ``estimate_policies``; ``baseline_specs`` names the baselines worth showing for a set of arms.
 ``evaluate_file`` (the command) reads a file again instead of holding its records: once more
-when its events are out of time order, and once more for the Vowpal Wabbit candidates.
+when its events are too far out of time order, and once more for the Vowpal Wabbit candidates.
 """
 
 from __future__ import annotations
@@ -509,13 +509,14 @@ def evaluate_file(
     """``estimate_policies`` of the log at ``path`` (a file that can be read twice; see
     ``inputs.reopenable``), with the same estimates to the last digit, in memory that does not
     hold the records: a first read checks every line and keeps each event's offset, time and
-    reward (24 bytes), and while the events come in time order (as ``export`` writes them when
-    rewards come in the order of their decisions) replays them as they come; an event out of
-    order drops that replay, and the events are replayed once the read is done, read again in
-    time order (an index of 8 bytes). The Vowpal Wabbit candidates read the events once more,
-    in a pass of their own. The replay keeps ``_Replay``'s arrays: 56 bytes an event, 16 per
-    candidate and, with a VW candidate, 8 per arm offered. ``specs`` None: ``baseline_specs``
-    of the first event's arms; a ``fixed`` spec must name an arm the log offered."""
+    reward (24 bytes), and replays the events in time order as they come, up to
+    ``HELD_EVENTS`` of them held back to put them in order (``_scan``); an event earlier than
+    one replayed drops that replay, and the events are replayed once the read is done, read
+    again in time order (an index of 8 bytes). The Vowpal Wabbit candidates read the events
+    once more, in a pass of their own. The replay keeps ``_Replay``'s arrays: 56 bytes an
+    event, 16 per candidate and, with a VW candidate, 8 per arm offered. ``specs`` None:
+    ``baseline_specs`` of the first event's arms; a ``fixed`` spec must name an arm the log
+    offered."""
     max_features = settings.max_features if settings is not None else None
 
     def start(first_arms: tuple[Arm, ...], vw_later: bool = True) -> _Replay:
