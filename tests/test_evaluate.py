@@ -17,10 +17,13 @@ import pytest
 
 from bandit_router.cli.main import main
 from bandit_router.features import QUERY_STATS, Features
+from bandit_router.offline import evaluate
 from bandit_router.offline.estimators import RewardModel, doubly_robust, ips, snips
 from bandit_router.offline.evaluate import (
     MIN_PROPENSITY,
     LoggedRecord,
+    _Replay,
+    _scan,
     baseline_specs,
     clipped,
     estimate_policies,
@@ -233,9 +236,10 @@ def _write(path: Path, records: list[LoggedRecord], blank_every: int = 0) -> Non
 
 
 def test_a_file_is_evaluated_as_its_records_are(tmp_path: Path) -> None:
-    """``evaluate_file`` keeps no records (it reads the file twice, the second time in time
-    order): its estimates and summary are those of the records ``read_log_file`` gives, to the
-    last digit, on a log out of time order, with ties, blank lines and a clipped propensity."""
+    """``evaluate_file`` keeps no records (out of time order, it reads the file twice, the
+    second time in time order): its estimates and summary are those of the records
+    ``read_log_file`` gives, to the last digit, on a log out of time order, with ties, blank
+    lines and a clipped propensity."""
     rng = random.Random(4)
     records = [replace(r, ts=float(rng.randrange(200))) for r in synthetic_log(600, 4, UNIFORM)]
     records[5] = replace(records[5], probability=1e-9)
@@ -253,6 +257,78 @@ def test_a_file_is_evaluated_as_its_records_are(tmp_path: Path) -> None:
     assert repr(results) == repr(estimate_policies(read, baseline_specs(read[0].arms)))
 
 
+SPECS = ["static", "egreedy:epsilon=0.05", "linucb:alpha=0.5"]  # egreedy: VW, a pass apart
+
+
+def _replayed_as_read(log: Path) -> bool:
+    """Whether ``evaluate_file`` replays ``log`` during its first read (no second one)."""
+    with log.open("rb") as f:
+        return _scan(f, None, lambda arms: _Replay(["static"], None, 0))[2] is not None
+
+
+def test_a_log_in_time_order_is_replayed_as_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log in time order (ties included, each in the file's order), or out of it by fewer
+    events than the first read holds back, is replayed during that read, and one further out
+    of order from its index after it: the same estimates, to the last digit, as the records
+    sorted, whichever way it went; the same events shuffled give what they give in order."""
+    monkeypatch.setattr(evaluate, "HELD_EVENTS", 16)
+    records = synthetic_log(400, 5, UNIFORM)
+    ties = [replace(r, ts=float(i // 7)) for i, r in enumerate(records)]  # 7 events a time
+    late = [*records[:-1], replace(records[-1], ts=records[-2].ts - 0.5)]
+    near = sorted(records, key=lambda r: r.ts + random.Random(r.ts).randrange(12))
+    far = [*records[:-1], replace(records[-1], ts=records[-18].ts - 0.5)]
+    shuffled = records[:]
+    random.Random(5).shuffle(shuffled)
+    expected = estimate_policies(records, SPECS, seed=2)
+    for name, written, in_read in [
+        ("ordered", records, True),
+        ("ties", ties, True),
+        ("late", late, True),
+        ("near", near, True),
+        ("far", far, False),
+        ("shuffled", shuffled, False),
+        ("late, one line held", late, False),
+    ]:
+        monkeypatch.setattr(evaluate, "HELD_BYTES", 1 if "held" in name else 2**20)
+        log = tmp_path / f"{name}.dsjson"
+        _write(log, written, blank_every=53)
+        with log.open("rb") as f:
+            read = read_log_file(f)
+        assert _replayed_as_read(log) == in_read, name
+        summary, results = evaluate_file(log, SPECS, seed=2)
+        assert repr(results) == repr(estimate_policies(read, SPECS, seed=2)), name
+        assert repr(summary.logged) == repr(logged_value(read)), name
+        if name in ("near", "shuffled"):
+            assert repr(results) == repr(expected)
+        summary, results = evaluate_file(log, None)
+        assert repr(results) == repr(estimate_policies(read, baseline_specs(read[0].arms)))
+
+
+def test_a_log_in_time_order_is_refused_as_one_out_of_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the first read finds (a bad line after many good ones) comes before what the specs
+    are refused for, whether the events were being replayed as read or not: the same errors,
+    naming the same line."""
+    monkeypatch.setattr(evaluate, "HELD_EVENTS", 16)
+    records = synthetic_log(300, 6, UNIFORM)
+    for name, written in [("ordered", records), ("reversed", records[::-1])]:
+        log = tmp_path / f"{name}.dsjson"
+        _write(log, written)
+        assert _replayed_as_read(log) == (name == "ordered")
+        with pytest.raises(ValueError, match="policy fixed:32b: arm '32b' is in no event"):
+            evaluate_file(log, ["static", "fixed:32b"])
+        with pytest.raises(ValueError, match="policy fixed: names no arm"):
+            evaluate_file(log, ["fixed"])
+        with log.open("a") as f:
+            f.write('{"c": {}}\n')
+        for specs in (["static", "linucb"], ["fixed:32b"], ["fixed"], ["nonesuch"]):
+            with pytest.raises(ValueError, match=r"^line 301: not an exported DSJSON event"):
+                evaluate_file(log, specs)
+
+
 def test_evaluate_reads_standard_input_as_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,11 +343,13 @@ def test_evaluate_reads_standard_input_as_a_file(
     assert json.loads(from_file)["logged"]["n"] == 300
 
 
-def test_evaluate_file_holds_no_records(tmp_path: Path) -> None:
+def test_evaluate_file_holds_no_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Events with many features (128 words, 64 app features): holding 400 of their records
     took 6.5 MB at tracemalloc's peak; ``evaluate_file`` keeps about 100 bytes of each (an
-    offset, a time and a reward, seven floats for two candidates, the time order) and peaked at
-    0.4 MB, mostly what does not grow with the log."""
+    offset, a time and a reward, seven floats for two candidates, the time order), and at most
+    ``HELD_EVENTS`` records (here 16) while it puts them in time order, and peaked at 0.4 MB,
+    mostly what does not grow with the log."""
+    monkeypatch.setattr(evaluate, "HELD_EVENTS", 16)
     rng = random.Random(1)
     records = [
         replace(

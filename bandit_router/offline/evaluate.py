@@ -8,11 +8,13 @@ The pmfs, the logged propensities (at least ``MIN_PROPENSITY``) and rewards, and
 reward model feed IPS, SNIPS and DR (``estimators``); the candidates are replayed side by
 side, and of each event only those inputs are kept, as float64 arrays. The dashboard calls
 ``estimate_policies``; ``baseline_specs`` names the baselines worth showing for a set of arms.
-``evaluate_file`` (the command) reads a file twice instead of holding its records.
+``evaluate_file`` (the command) reads a file again instead of holding its records: once more
+when its events are too far out of time order, and once more for the Vowpal Wabbit candidates.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from array import array
@@ -29,9 +31,9 @@ from bandit_router import inputs
 from bandit_router.features import QUERY_STATS, Features
 from bandit_router.offline.estimators import Estimate, RewardModel, doubly_robust, ips, snips
 from bandit_router.offline.export import APP_RAW, to_dsjson
-from bandit_router.policies.base import Arm
+from bandit_router.policies.base import Arm, Policy
 from bandit_router.policies.registry import build_policy, parse_policy_spec
-from bandit_router.policies.vw import VWPolicy
+from bandit_router.policies.vw import VW_POLICIES
 from bandit_router.settings import Settings
 from bandit_router.store.records import Event, Unreadable
 from bandit_router.store.repository import Store
@@ -103,6 +105,10 @@ def _arm(i: int, entry: Any) -> Arm:
 # every line, and that check (``ArmSpec``) was a third of the time a line took to read.
 _CHECKED_ARMS: dict[tuple[Any, ...], Arm] = {}
 _MAX_CHECKED_ARMS = 4096  # then it starts again
+# Events held back by the first read to put them in time order (an export is in the order the
+# rewards were joined): at most this many, and this many bytes of their lines.
+HELD_EVENTS = 256
+HELD_BYTES = 4 * 2**20
 
 
 def _checked_arm(where: str, name: Any, params_b: Any = None, usd_per_mtok: Any = None) -> Arm:
@@ -270,63 +276,103 @@ def target_pmfs(
     return pmfs
 
 
+class _Replay:
+    """The replay of ``specs`` over records given in time order, one at a time (``step``). The
+    reward model and the candidates (each its own model and random generator) see each event in
+    turn, side by side, except the Vowpal Wabbit candidates, which replay the same records in a
+    pass of their own afterwards (``apart``): in step with the reward model a VW model ran at
+    about three quarters of its speed. What is kept of an event is the estimators' inputs, as
+    float64: its logged propensity, reward and predicted reward (24 bytes), per candidate its
+    probability of the logged arm and DR's direct term (16 bytes), and, with a VW candidate,
+    the reward predicted for each of its arms (8 bytes an arm). ``vw_later``: the VW candidates
+    are built when their pass starts (a replay that may be dropped builds no VW model)."""
+
+    def __init__(
+        self, specs: Sequence[str], settings: Settings | None, seed: int, vw_later: bool = False
+    ) -> None:
+        self.specs = list(specs)
+        self._normalized = [normalize_spec(spec) for spec in specs]
+        self._settings, self._seed = settings, seed
+        vw = [parse_policy_spec(spec).name in VW_POLICIES for spec in self._normalized]
+        self._apart = [k for k in range(len(specs)) if vw[k]]
+        self._beside = [k for k in range(len(specs)) if not vw[k]]
+        self.policies: dict[int, Policy] = {}
+        self._build(self._beside if vw_later else range(len(specs)))
+        self._model = RewardModel()
+        self._logged, self._rewards, self._predicted = array("d"), array("d"), array("d")
+        self._target = [array("d") for _ in specs]
+        self._direct = [array("d") for _ in specs]
+        self._values = array("d")  # rhat(x_i, a) for each arm a of each event, for the pass apart
+
+    def _build(self, candidates: Iterable[int]) -> None:
+        for k in candidates:
+            if k not in self.policies:
+                self.policies[k] = build_policy(self._normalized[k], self._settings, self._seed)
+
+    @property
+    def events(self) -> int:
+        return len(self._logged)
+
+    def step(self, r: LoggedRecord) -> None:
+        """The next event in time order: the reward model and the candidates beside it."""
+        preds = self._model.predict(r.x, [arm.name for arm in r.arms])  # rhat(x_i, a), every a
+        self._model.learn(r.x, r.arm, r.reward)  # after predicting: progressive, never its own
+        self._logged.append(r.probability)
+        self._rewards.append(r.reward)
+        self._predicted.append(preds[r.arm])
+        if self._apart:
+            self._values.extend(preds.values())  # in the order of r.arms
+        for k in self._beside:
+            self._candidate(k, r, preds.items())
+
+    def _candidate(self, k: int, r: LoggedRecord, preds: Iterable[tuple[str, Any]]) -> None:
+        pmf = dict(self.policies[k].choose(r.x, r.arms).probabilities)
+        self.policies[k].learn(r.x, r.arms, r.arm, r.probability, r.reward)
+        self._target[k].append(pmf.get(r.arm, 0.0))
+        self._direct[k].append(sum(pmf.get(a, 0.0) * q for a, q in preds))
+
+    def apart(self, ordered: Iterable[LoggedRecord]) -> None:
+        """The VW candidates' pass: ``ordered`` gives again the records ``step`` was given."""
+        if not self._apart:
+            return
+        self._build(self._apart)
+        values = np.frombuffer(self._values, dtype=np.float64)
+        read = at = 0
+        for r in ordered:
+            names = [arm.name for arm in r.arms]
+            preds = list(zip(names, values[at : at + len(names)], strict=False))
+            read, at = read + 1, at + len(names)
+            for k in self._apart:
+                self._candidate(k, r, preds)
+        _check_read(read, self.events)
+
+    def estimates(self) -> dict[str, dict[str, Estimate]]:
+        """Each spec's IPS, SNIPS and DR over the events replayed."""
+        logged = np.maximum(np.frombuffer(self._logged, dtype=np.float64), MIN_PROPENSITY)
+        rewards = np.frombuffer(self._rewards, dtype=np.float64)
+        predicted = np.frombuffer(self._predicted, dtype=np.float64)
+        results = {}
+        for k, spec in enumerate(self.specs):
+            target = np.frombuffer(self._target[k], dtype=np.float64)
+            direct = np.frombuffer(self._direct[k], dtype=np.float64)
+            results[spec] = {
+                "ips": ips(target, logged, rewards),
+                "snips": snips(target, logged, rewards),
+                "dr": doubly_robust(target, logged, rewards, predicted, direct),
+            }
+        return results
+
+
 def _replay(
-    ordered: Callable[[], Iterable[LoggedRecord]],
-    n: int,
-    offered: Sequence[str],
-    specs: Sequence[str],
-    settings: Settings | None,
-    seed: int,
+    replay: _Replay, ordered: Callable[[], Iterable[LoggedRecord]], n: int
 ) -> dict[str, dict[str, Estimate]]:
-    """The estimates of ``specs`` over the ``n`` records ``ordered()`` gives (in time order, the
-    same at each call; ``offered``: every arm they offer). The reward model and the candidates
-    (each its own model and random generator) see each event in turn, side by side, except the
-    Vowpal Wabbit candidates, which have a pass of their own: in step with the reward model a
-    VW model ran at about three quarters of its speed. What is kept of an event is the
-    estimators' inputs, as float64: its logged propensity, reward and predicted reward (24
-    bytes), per candidate its probability of the logged arm and DR's direct term (16 bytes),
-    and, with a VW candidate, the reward predicted for each arm (8 bytes an arm)."""
-    policies = [build_policy(normalize_spec(spec), settings, seed) for spec in specs]
-    apart = [k for k, policy in enumerate(policies) if isinstance(policy, VWPolicy)]
-    beside = [k for k in range(len(policies)) if k not in apart]
-    column = {name: j for j, name in enumerate(offered)}
-    logged, rewards, predicted = np.empty(n), np.empty(n), np.empty(n)
-    target, direct = np.empty((len(specs), n)), np.empty((len(specs), n))
-    values = np.empty((n if apart else 0, len(column)))  # rhat(x_i, a), for the passes apart
-    model = RewardModel()
-    i = -1
-    for i, r in enumerate(ordered()):
-        preds = model.predict(r.x, [arm.name for arm in r.arms])  # rhat(x_i, a), every a
-        model.learn(r.x, r.arm, r.reward)  # after predicting: progressive, never its own reward
-        logged[i], rewards[i], predicted[i] = r.probability, r.reward, preds[r.arm]
-        if apart:
-            for name, q in preds.items():
-                values[i, column[name]] = q
-        for k in beside:
-            pmf = dict(policies[k].choose(r.x, r.arms).probabilities)
-            policies[k].learn(r.x, r.arms, r.arm, r.probability, r.reward)
-            target[k, i] = pmf.get(r.arm, 0.0)
-            direct[k, i] = sum(pmf.get(a, 0.0) * q for a, q in preds.items())
-    _check_read(i + 1, n)
-    if apart:
-        i = -1
-        for i, r in enumerate(ordered()):
-            row = values[i]
-            for k in apart:
-                pmf = dict(policies[k].choose(r.x, r.arms).probabilities)
-                policies[k].learn(r.x, r.arms, r.arm, r.probability, r.reward)
-                target[k, i] = pmf.get(r.arm, 0.0)
-                direct[k, i] = sum(pmf.get(a.name, 0.0) * row[column[a.name]] for a in r.arms)
-        _check_read(i + 1, n)
-    logged = np.maximum(logged, MIN_PROPENSITY)
-    return {
-        spec: {
-            "ips": ips(target[k], logged, rewards),
-            "snips": snips(target[k], logged, rewards),
-            "dr": doubly_robust(target[k], logged, rewards, predicted, direct[k]),
-        }
-        for k, spec in enumerate(specs)
-    }
+    """The estimates of ``replay`` (fresh) over the ``n`` records ``ordered()`` gives (in time
+    order, the same at each call)."""
+    for r in ordered():
+        replay.step(r)
+    _check_read(replay.events, n)
+    replay.apart(ordered())
+    return replay.estimates()
 
 
 def _check_read(read: int, n: int) -> None:
@@ -354,8 +400,7 @@ def estimate_policies(
     for spec in specs:
         normalize_spec(spec)  # fail on a misspelt spec before any replay
     ordered = sorted(records, key=lambda r: r.ts)
-    offered = list(dict.fromkeys(arm.name for r in ordered for arm in r.arms))
-    return _replay(lambda: ordered, len(ordered), offered, specs, settings, seed)
+    return _replay(_Replay(specs, settings, seed), lambda: ordered, len(ordered))
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,27 +422,58 @@ class _Index:
     ts: npt.NDArray[np.float64]
 
 
-def _scan(f: IO[bytes], max_features: int | None) -> tuple[LogSummary, _Index]:
+def _scan(
+    f: IO[bytes], max_features: int | None, start: Callable[[tuple[Arm, ...]], _Replay]
+) -> tuple[LogSummary, _Index, _Replay | None]:
     """Read the whole log once, checking every line as ``read_log_file`` does (an error names
-    its line), keeping of each event only its line's offset, its time and its reward."""
+    its line), keeping of each event only its line's offset, its time and its reward; and step
+    the replay that ``start(the first event's arms)`` gives through the events in time order
+    (``sorted``'s: ties in the file's order), holding back up to ``HELD_EVENTS`` of them to put
+    them in order. An event earlier than one replayed already, or a replay that raises, ends
+    it: the replay returned is None, and ``evaluate_file`` replays from the index instead
+    (which raises that error where it would)."""
     offsets, stamps, rewards = array("q"), array("d"), array("d")
     clipped_events = 0
     first: tuple[Arm, ...] = ()
     offered: dict[str, None] = {}
+    replay: _Replay | None = None
+    held: list[tuple[float, int, int, LoggedRecord]] = []  # time, number, size, record
+    held_bytes, replayed_upto = 0, -math.inf
+    replaying = True  # no event earlier than one replayed, and the replay did not raise
     offset = f.tell()
     for number, line in inputs.numbered_lines(f):
-        start, offset = offset, f.tell()
+        start_at, offset = offset, f.tell()
         if isinstance(line, inputs.LineError):
             raise line
         if not line.strip():
             continue
         r = _record(number, line, max_features)
-        offsets.append(start)
+        if replaying and r.ts < replayed_upto:  # replayed from the index instead
+            replaying, replay = False, None
+            held.clear()
+        if replaying:
+            try:
+                replay = replay or start(r.arms)
+                heapq.heappush(held, (r.ts, number, len(line), r))
+                held_bytes += len(line)
+                while len(held) > HELD_EVENTS or held_bytes > HELD_BYTES:
+                    replayed_upto, _, size, earliest = heapq.heappop(held)
+                    held_bytes -= size
+                    replay.step(earliest)
+            except Exception:  # the replay from the index raises it again, in its place
+                replaying, replay = False, None
+                held.clear()
+        offsets.append(start_at)
         stamps.append(r.ts)
         rewards.append(r.reward)
         clipped_events += r.probability < MIN_PROPENSITY
         first = first or r.arms
         offered.update(dict.fromkeys(arm.name for arm in r.arms))
+    try:
+        while replay is not None and held:
+            replay.step(heapq.heappop(held)[3])
+    except Exception:
+        replay = None
     summary = LogSummary(
         len(offsets),
         _on_policy(np.frombuffer(rewards, dtype=np.float64)) if len(offsets) else None,
@@ -406,15 +482,15 @@ def _scan(f: IO[bytes], max_features: int | None) -> tuple[LogSummary, _Index]:
         tuple(offered),
     )
     index = _Index(np.frombuffer(offsets, dtype=np.int64), np.frombuffer(stamps, dtype=np.float64))
-    return summary, index
+    return summary, index, replay
 
 
 def _reread(
-    f: IO[bytes], index: _Index, order: npt.NDArray[np.int64], max_features: int | None
+    f: IO[bytes], offsets: npt.NDArray[np.int64], max_features: int | None
 ) -> Iterator[LoggedRecord]:
-    """The records at ``index.offsets[order]``, parsed again, one at a time."""
-    for at in order:  # not .tolist(): a list of Python ints would take 36 bytes an event
-        f.seek(int(index.offsets[at]))
+    """The records whose lines start at ``offsets``, parsed again, one at a time."""
+    for at in offsets:  # not .tolist(): a list of Python ints would take 36 bytes an event
+        f.seek(int(at))
         try:
             yield record_from_dsjson(
                 inputs.parse_json(f.readline(inputs.MAX_LINE_BYTES + 1).decode("utf-8")),
@@ -433,28 +509,37 @@ def evaluate_file(
     """``estimate_policies`` of the log at ``path`` (a file that can be read twice; see
     ``inputs.reopenable``), with the same estimates to the last digit, in memory that does not
     hold the records: a first read checks every line and keeps each event's offset, time and
-    reward (24 bytes); the replay reads each event again, in time order (an index of 8 bytes;
-    once more for the Vowpal Wabbit candidates), and keeps ``_replay``'s arrays: 56 bytes an
-    event, 16 per candidate and, with a VW candidate, 8 per arm in all. ``specs``
-    None: ``baseline_specs`` of the first event's arms; a ``fixed`` spec must name an arm the
-    log offered."""
+    reward (24 bytes), and replays the events in time order as they come, up to
+    ``HELD_EVENTS`` of them held back to put them in order (``_scan``); an event earlier than
+    one replayed drops that replay, and the events are replayed once the read is done, read
+    again in time order (an index of 8 bytes). The Vowpal Wabbit candidates read the events
+    once more, in a pass of their own. The replay keeps ``_Replay``'s arrays: 56 bytes an
+    event, 16 per candidate and, with a VW candidate, 8 per arm offered. ``specs`` None:
+    ``baseline_specs`` of the first event's arms; a ``fixed`` spec must name an arm the log
+    offered."""
     max_features = settings.max_features if settings is not None else None
+
+    def start(first_arms: tuple[Arm, ...], vw_later: bool = True) -> _Replay:
+        specs_of = list(specs) if specs else baseline_specs(first_arms)
+        return _Replay(specs_of, settings, seed, vw_later)
+
     with open(path, "rb") as f:  # bounded lines, each decoded on its own
-        summary, index = _scan(f, max_features)
+        summary, index, replay = _scan(f, max_features, start)
         specs = list(specs) if specs else baseline_specs(summary.first_arms)
         check_fixed_arms(summary.offered, specs)
         if not summary.events:
             raise ValueError("the log has no events to evaluate")
         for spec in specs:
             normalize_spec(spec)  # fail on a misspelt spec before any replay
-        order = np.argsort(index.ts, kind="stable")  # as sorted(): ties in the file's order
+        # as sorted(): ties in the file's order
+        ordered = index.offsets[np.argsort(index.ts, kind="stable")]
+        if replay is not None:  # replayed during the read
+            replay.apart(_reread(f, ordered, max_features))
+            return summary, replay.estimates()
         return summary, _replay(
-            lambda: _reread(f, index, order, max_features),
+            start(summary.first_arms, vw_later=False),
+            lambda: _reread(f, ordered, max_features),
             summary.events,
-            summary.offered,
-            specs,
-            settings,
-            seed,
         )
 
 
