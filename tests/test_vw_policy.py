@@ -121,6 +121,7 @@ def test_a_new_arm_starts_as_an_average_arm_and_is_explored() -> None:
     probs = policy.choose(extract("question 7"), [*known, Arm("new")]).probabilities
     assert max(probs, key=lambda k: probs[k]) == "large"
     assert probs["new"] > probs["mid"] > probs["small"] > 0
+    assert probs["new"] == pytest.approx(1 / 4)  # no reward of it yet: its gap is trusted at 0
 
 
 def test_squarecb_pmf_is_vws_rule() -> None:
@@ -131,6 +132,9 @@ def test_squarecb_pmf_is_vws_rule() -> None:
     assert pmf[2] == pytest.approx(1 / (3 + 10 * 0.1))
     assert pmf[1] == pytest.approx(1 - pmf[0] - pmf[2])
     assert squarecb_pmf([0.0, 0.0], gamma=0.0) == [0.5, 0.5]  # a tie goes to the first
+    tied = squarecb_pmf([0.1, 0.1, 0.3], gamma=10.0)
+    assert tied[1:] == [pytest.approx(1 / 3), pytest.approx(1 / (3 + 10 * 0.2))]
+    assert tied[0] == pytest.approx(1 - tied[1] - tied[2])
 
 
 def test_squarecb_pmf_trusts_each_gap_as_given() -> None:
