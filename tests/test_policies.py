@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from bandit_router.features import Features, extract
+from bandit_router.features import QUERY_STATS, Features, extract
 from bandit_router.policies.base import Arm, PolicySpec
+from bandit_router.policies.baselines import by_size
 from bandit_router.policies.registry import (
     build_policy,
     load_policy,
@@ -173,3 +174,48 @@ def test_a_spec_made_in_code_is_bounded_too() -> None:
         build_policy(PolicySpec("squarecb", {"gamma_scale": math.nan}))
     with pytest.raises(ValueError, match=re.escape("parameter dim must be in [12, 1024]")):
         build_policy(PolicySpec("linucb", {"dim": 100_000_000}))
+
+
+# The baselines: what each one picks, with probability 1 for static and fixed.
+
+
+def _picks(spec: str, x: Features, arms: list[Arm]) -> str:
+    d = build_policy(spec, seed=1).choose(x, arms)
+    assert d.probability == 1.0 and d.probabilities[d.arm] == 1.0
+    return d.arm
+
+
+def _stats(**values: float) -> Features:
+    return Features(tuple(values.get(name, 0.0) for name in QUERY_STATS))
+
+
+def test_static_sends_hard_queries_to_the_largest_arm_lookups_to_the_smallest() -> None:
+    """Code, maths, reasoning or a query longer than about 1,500 characters: the largest arm;
+    a lookup (that is none of those): the smallest; anything else: the middle one of three.
+    The arms come out of size order."""
+    arms = [Arm("14b", 14), Arm("4b", 4), Arm("7b", 7)]
+    for hard in ("code", "math", "reasoning"):
+        assert _picks("static", _stats(**{hard: 1.0, "lookup": 1.0}), arms) == "14b", hard
+    assert _picks("static", extract("a" * 1600), arms) == "14b"
+    assert _picks("static", extract("a" * 1300), arms) == "7b"
+    assert _picks("static", _stats(lookup=1.0), arms) == "4b"
+    assert _picks("static", _stats(question=1.0), arms) == "7b"
+
+
+def test_static_takes_the_middle_arm_by_size_and_the_smaller_of_two() -> None:
+    four = [Arm("1b", 1), Arm("8b", 8), Arm("70b", 70), Arm("3b", 3)]
+    assert _picks("static", _stats(question=1.0), four) == "8b"  # 1b, 3b, 8b, 70b: the third
+    assert _picks("static", _stats(question=1.0), [Arm("70b", 70), Arm("8b", 8)]) == "8b"
+    assert _picks("static", _stats(code=1.0), [Arm("70b", 70), Arm("8b", 8)]) == "70b"
+
+
+def test_arms_of_unknown_size_come_after_the_others_in_their_own_order() -> None:
+    arms = [Arm("u1"), Arm("70b", 70), Arm("1b", 1), Arm("u2")]
+    assert by_size(arms) == [2, 1, 0, 3]
+    assert by_size([Arm("u2"), Arm("u1")]) == [0, 1]
+
+
+def test_fixed_picks_its_arm_and_the_first_eligible_one_when_its_arm_is_left_out() -> None:
+    x = _stats(question=1.0)
+    assert _picks("fixed:arm=7b", x, ARMS) == "7b"
+    assert _picks("fixed:arm=7b", x, [Arm("14b", 14), Arm("4b", 4)]) == "14b"

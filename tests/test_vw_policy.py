@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -8,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bandit_router.features import Features, token_hash
+from bandit_router.features import Features, extract, token_hash
 from bandit_router.policies.arm_level import ArmStats
 from bandit_router.policies.base import Arm
-from bandit_router.policies.registry import build_policy
+from bandit_router.policies.registry import build_policy, load_policy, parse_policy_spec
 from bandit_router.policies.vw import (
+    KEPT_SHARED,
     VW_OPTIONS,
     VWPolicy,
     adf_example,
@@ -118,6 +121,7 @@ def test_a_new_arm_starts_as_an_average_arm_and_is_explored() -> None:
     probs = policy.choose(extract("question 7"), [*known, Arm("new")]).probabilities
     assert max(probs, key=lambda k: probs[k]) == "large"
     assert probs["new"] > probs["mid"] > probs["small"] > 0
+    assert probs["new"] == pytest.approx(1 / 4)  # no reward of it yet: its gap is trusted at 0
 
 
 def test_squarecb_pmf_is_vws_rule() -> None:
@@ -128,6 +132,9 @@ def test_squarecb_pmf_is_vws_rule() -> None:
     assert pmf[2] == pytest.approx(1 / (3 + 10 * 0.1))
     assert pmf[1] == pytest.approx(1 - pmf[0] - pmf[2])
     assert squarecb_pmf([0.0, 0.0], gamma=0.0) == [0.5, 0.5]  # a tie goes to the first
+    tied = squarecb_pmf([0.1, 0.1, 0.3], gamma=10.0)
+    assert tied[1:] == [pytest.approx(1 / 3), pytest.approx(1 / (3 + 10 * 0.2))]
+    assert tied[0] == pytest.approx(1 - tied[1] - tied[2])
 
 
 def test_squarecb_pmf_trusts_each_gap_as_given() -> None:
@@ -858,3 +865,209 @@ def test_vw_args_in_the_equals_form_reach_vw_as_separate_words() -> None:
     assert vw_options("--power_t=0.3 --ignore W Q -q WA --noconstant") == [
         *("--power_t", "0.3", "--ignore", "W", "Q", "-q", "WA", "--noconstant"),
     ]
+
+
+def _edited(data: bytes, change: Mapping[str, object]) -> bytes:
+    """A ``dumps()`` snapshot with ``change`` over its JSON state."""
+    magic, header, models = data.split(b"\n", 2)
+    state = {**json.loads(header), **change}
+    return magic + b"\n" + json.dumps(state).encode() + b"\n" + models
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"baseline": True}, "baseline is not a mean reward"),
+        ({"baseline": -0.01}, "baseline is not a mean reward"),
+        ({"baseline": 1.01}, "baseline is not a mean reward"),
+        ({"learned": True}, "learned is not a count"),
+        ({"learned": -1}, "learned is not a count"),
+        ({"learned": 2**63}, "learned is not a count"),
+        ({"coarse": 4}, "coarse stages are not a count"),  # as many as the models: no regressor
+        ({"errors": [math.inf, 0.0]}, "errors are not squared errors"),  # it would never serve
+        ({"sizes": 5}, "a VW snapshot's models are"),
+        ({"sizes": True}, "a VW snapshot's models are"),
+        ({"arms": [1]}, "a VW snapshot's arm statistics are not an object"),
+        ({"centres": {"sums": {}}}, "a VW snapshot's arm statistics: counts is missing"),
+    ],
+)
+def test_a_snapshot_state_out_of_its_bounds_or_shape_is_refused_naming_it(
+    change: dict[str, object], message: str
+) -> None:
+    data = build_policy("squarecb", seed=1).dumps()
+    load_policy("squarecb", _edited(data, {"baseline": 1, "learned": 2**63 - 1}), seed=1)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_policy("squarecb", _edited(data, change), seed=1)
+
+
+@pytest.mark.parametrize("policy", ["egreedy", "squarecb"])
+def test_bytes_that_are_no_vw_model_are_called_so(policy: str) -> None:
+    no_model = [build_policy("linucb", seed=1).dumps(), b"\x07\x00\x00\x009.11.9\x00" + b"x" * 300]
+    for data in no_model:
+        with pytest.raises(ValueError, match=f"the saved VW model is not a VW model, not {policy}"):
+            load_policy(policy, data, seed=1)
+
+
+def test_a_bare_vw_model_loads_as_a_policy_that_learned_nothing_else() -> None:
+    """A VW model file without this module's header (its line and JSON state) loads: the
+    regressor's weights, with the baseline and the count at 0."""
+    policy = build_policy("egreedy", seed=1)
+    arms = [Arm("a"), Arm("b")]
+    for i in range(50):
+        policy.learn(extract(f"question {i % 5}"), arms, "ab"[i % 2], 0.5, float(i % 2))
+    bare = policy.dumps().split(b"\n", 2)[2]
+    loaded = load_policy("egreedy", bare, seed=1)
+    assert isinstance(loaded, VWPolicy) and (loaded.baseline, loaded.learned) == (0.0, 0)
+    x = extract("question 3")
+    assert loaded.choose(x, arms).probabilities == policy.choose(x, arms).probabilities
+
+
+def test_a_snapshot_of_one_model_gives_the_fast_regressor_a_copy() -> None:
+    """One regressor and no stages: the snapshot holds one model and no sizes."""
+    single = build_policy("squarecb:fast_l2=0:coarse=", seed=1)
+    arms = [Arm("a"), Arm("b")]
+    for i in range(50):
+        single.learn(extract(f"question {i % 5}"), arms, "ab"[i % 2], 0.5, float(i % 2))
+    assert b"sizes" not in single.dumps().split(b"\n")[1]
+    loaded = load_policy("squarecb:coarse=", single.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy) and len(loaded.regressors) == 2
+    text = "\n".join(adf_example(extract("question 2"), arms))
+    costs = [predicted_costs(vw, text) for vw in loaded.regressors]
+    assert costs[0] == costs[1] != [0.0, 0.0]
+
+
+def test_a_new_policy_and_its_snapshot_serve_the_slow_regressor() -> None:
+    """Nothing learned: both regressors' errors are 0, a tie the slow one wins."""
+    policy = build_policy("squarecb", seed=1)
+    assert isinstance(policy, VWPolicy) and policy.errors == [0.0, 0.0]
+    loaded = load_policy("squarecb", policy.dumps(), seed=1)
+    assert isinstance(loaded, VWPolicy) and loaded.errors == [0.0, 0.0]
+    assert policy.serving == loaded.serving == 0
+
+
+@pytest.mark.parametrize("arm_centre", [0, 10])
+def test_each_regressors_error_is_its_discounted_squared_error_on_the_chosen_arms(
+    arm_centre: int,
+) -> None:
+    """Each reward adds the squared error of the regressor's prediction (its stage's added),
+    made before learning it, of the chosen arm's centred cost, to its error discounted by
+    mix_discount. With arm_centre the slow regressor's costs are centred on the arm's centre."""
+    policy = build_policy(f"squarecb:mix_discount=0.5:arm_centre={arm_centre}", seed=1)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("a"), Arm("b"), Arm("c")]
+    expected = [0.0, 0.0]
+    for i in range(30):
+        x = extract(f"question {i % 4}", {"tier": "abc"[i % 3]})
+        chosen, reward = i % 3, float(i % 4 == 0)
+        text = "\n".join(adf_example(x, arms))
+        centre = policy.centre("abc"[chosen]) if arm_centre else policy.baseline
+        for r, cost in enumerate((centre - reward, policy.baseline - reward)):
+            error = (policy.predicted(r, text, policy.staged(x))[chosen] - cost) ** 2
+            expected[r] = 0.5 * expected[r] + error
+        policy.learn(x, arms, "abc"[chosen], 0.5, reward)
+        assert policy.errors == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert expected[0] != expected[1]
+
+
+def test_each_regressor_adds_its_own_coarse_stage() -> None:
+    policy = _subjects("squarecb", 300)
+    assert len(policy.regressors) == len(policy.coarse) == 2
+    text = "\n".join(adf_example(extract("w1", {"subject": "law"}), [Arm("a"), Arm("b")]))
+    for i in (0, 1):
+        alone = predicted_costs(policy.regressors[i], text)
+        stage = predicted_costs(policy.coarse[i], text)
+        assert policy.predicted(i, text) == [a + s for a, s in zip(alone, stage, strict=True)]
+        assert policy.predicted(i, text, staged=False) == alone
+    assert predicted_costs(policy.coarse[0], text) != predicted_costs(policy.coarse[1], text)
+
+
+def test_a_query_without_the_app_facts_is_chosen_for_as_without_the_stages() -> None:
+    """The stages learned the subject; a query that sends none is chosen for exactly as by the
+    same regressors without stages (the snapshot loaded with coarse empty); one that sends it
+    is not."""
+    data = _subjects("squarecb", 300).dumps()
+    staged = load_policy("squarecb", data, seed=7)
+    plain = load_policy("squarecb:coarse=", data, seed=7)
+    arms = [Arm("a"), Arm("b")]
+    bare = extract("w1 w2 w3")
+    assert staged.choose(bare, arms) == plain.choose(bare, arms)
+    law = extract("w1 w2 w3", {"subject": "law"})
+    assert staged.choose(law, arms).probabilities != plain.choose(law, arms).probabilities
+
+
+def test_the_fast_regressor_serves_its_own_scores_with_arm_centre() -> None:
+    """Only the slow regressor learns rewards minus each arm's centre: while the fast one
+    serves, the centres are not taken off its scores, and the choice is the one the same
+    regressors make without arm_centre."""
+    policy = build_policy("squarecb:arm_centre=10", seed=1)
+    arms = [Arm("a"), Arm("b")]
+    for i in range(60):
+        policy.learn(extract(f"question {i % 5}"), arms, "ab"[i % 3 == 0], 0.5, float(i % 3 == 0))
+    assert isinstance(policy, VWPolicy) and policy.centre("a") != policy.centre("b")
+    x = extract("question 2")
+    for errors, same in (([1.0, 0.0], True), ([0.0, 1.0], False)):
+        data = _edited(policy.dumps(), {"errors": errors})
+        centred = load_policy("squarecb:arm_centre=10", data, seed=3)
+        plain = load_policy("squarecb:arm_centre=0", data, seed=3)
+        assert isinstance(centred, VWPolicy) and centred.serving == errors.index(0.0)
+        chosen = centred.choose(x, arms).probabilities, plain.choose(x, arms).probabilities
+        assert (chosen[0] == chosen[1]) is same, errors
+
+
+def test_the_shared_lines_kept_for_learning_are_bounded() -> None:
+    """Choices never learned (their rewards lost) do not grow the policy without end."""
+    policy = build_policy("squarecb", seed=1)
+    assert isinstance(policy, VWPolicy)
+    for i in range(KEPT_SHARED + 50):
+        policy.choose(extract(f"question {i}"), [Arm("a"), Arm("b")])
+    assert len(policy._shared) == KEPT_SHARED
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("squarecb:coarse=QWNC", "coarse must name some of the shared namespaces"),
+        ("squarecb:vw_args=--l2 0.5", "write squarecb:l2=0.5"),
+    ],
+)
+def test_a_spec_that_would_not_build_is_refused_when_parsed(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_policy_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("vw_args", "message"),
+    [
+        ("--ignore W/etc/hostname", "--ignore takes namespace letters, got 'W/etc/hostname'"),
+        ("--ignore=W Q", "'Q' is not an allowed VW option"),
+    ],
+)
+def test_namespace_options_take_only_namespace_letters(vw_args: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"vw_args: {message}")):
+        vw_options(vw_args)
+
+
+def test_greed_scales_gamma_by_itself_and_the_gap_prior_by_its_square() -> None:
+    """Rewards that spread far less than reward_sd make SquareCB SPREAD_CAP (4) times greedier:
+    it chooses as with gamma_scale 4 times larger and gap_prior 16 times smaller."""
+    greedy = build_policy("squarecb:gamma_scale=20:gap_prior=16", seed=1)
+    scaled = build_policy("squarecb:gamma_scale=80:gap_prior=1:reward_sd=0", seed=1)
+    assert isinstance(greedy, VWPolicy) and isinstance(scaled, VWPolicy)
+    arms = [Arm("a"), Arm("b"), Arm("c")]
+    for i in range(40):
+        for policy in (greedy, scaled):
+            x = extract(f"question {i % 4}")
+            policy.learn(x, arms, "abc"[i % 3], 0.5, 0.5 + 0.05 * (i % 2) + 0.02 * (i % 3 == 0))
+    assert greedy.greed() == 4.0 and scaled.greed() == 1.0
+    for i in range(4):
+        x = extract(f"question {i}")
+        assert greedy.choose(x, arms).probabilities == scaled.choose(x, arms).probabilities
+
+
+def test_a_probability_above_1_weighs_an_arms_centre_as_1() -> None:
+    policy = build_policy("squarecb:arm_centre=10", seed=1)
+    assert isinstance(policy, VWPolicy)
+    x, arms = extract("hello"), [Arm("a"), Arm("b")]
+    policy.learn(x, arms, "a", 2.0, 1.0)  # weight 1
+    policy.learn(x, arms, "a", 0.5, 0.0)  # weight 2
+    assert policy.centres.mean("a") == pytest.approx(1 / 3)
