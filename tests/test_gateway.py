@@ -670,8 +670,12 @@ def test_calls_beyond_the_concurrency_bound_are_refused(
     serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each refused, and the bound reached said in the log once, not per call."""
-    url, replay = upstream(speed=1)  # llama2-70b streams for seconds
-    base = _gateway(serve, url, gateway_max_concurrency=1)
+    url, _ = upstream(speed=1)
+    # llama2-70b streams for 10 s: its call holds the slot while the calls below are refused,
+    # however slowly a loaded machine makes them
+    slow, replay = upstream(speed=0.25)
+    arms = arms_json(arm("llama2-7b", url), arm("llama2-13b", url), arm("llama2-70b", slow))
+    base = _gateway(serve, url, arms=arms, gateway_max_concurrency=1)
     with _client(base).chat.completions.with_streaming_response.create(
         model="llama2-70b", messages=_ask(rows()[0]), stream=True
     ) as response:
@@ -692,7 +696,7 @@ def test_calls_beyond_the_concurrency_bound_are_refused(
     wait_until(lambda: replay.cancelled == 1, 10, "the first call to end")
     # The slot is free again.
     fast = _client(base).chat.completions.with_raw_response.create(
-        model="auto", messages=_ask(rows()[1]), max_tokens=5
+        model="llama2-13b", messages=_ask(rows()[1]), max_tokens=5
     )
     assert fast.status_code == 200
     # and a call answered whole frees its slot too: one after another, each gets it
