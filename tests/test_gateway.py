@@ -268,8 +268,8 @@ def test_parts_no_weight_counts_are_said_at_the_start_and_recorded_only_where_co
         ]
     said = [m for m in caplog.messages if "BANDIT_GATEWAY_PARTS" in m]
     assert said == [
-        "gateway: BANDIT_GATEWAY_PARTS records cost, which its reward weights "
-        "(BANDIT_REWARD_WEIGHTS: accuracy=0.6,rating=0.2,latency=0.2) do not count: recorded "
+        "gateway: BANDIT_GATEWAY_PARTS records cost, which its reward weights, "
+        "accuracy=0.6,rating=0.2,latency=0.2 (BANDIT_REWARD_WEIGHTS), do not count: recorded "
         "only for requests whose x-bandit-preference counts it (balanced, cost)"
     ]
     assert not [m for m in caplog.messages if "not recorded" in m]

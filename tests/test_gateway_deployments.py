@@ -8,6 +8,7 @@ real Redis."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -311,3 +312,32 @@ def test_names_a_gateway_request_could_not_tell_apart_are_refused_at_start(
     path = tmp_path / "fine.json"
     path.write_text(json.dumps({"deployments": {"support": {}}}))
     load_deployments(Settings.model_validate({"deployments_file": str(path), "arms": "support,a"}))
+
+
+def test_parts_a_deployments_weights_do_not_count_are_said_by_its_own_settings(
+    serve: Serve,
+    upstream: Callable[..., Upstream],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A named deployment's gateway records a part its weights do not count: the start-up line
+    names that deployment's settings as its other messages do, not the environment's alone."""
+    url = upstream(speed=1000)[0]
+    tables = {
+        "quiet": {
+            "arms": [_arm("q-small", url, "llama2-7b")],
+            "gateway_parts": "cost",
+            "reward_weights": {"accuracy": 1},
+        }
+    }
+    path = tmp_path / "deployments.json"
+    path.write_text(json.dumps({"deployments": tables}))
+    with caplog.at_level(logging.INFO):
+        serve(arms=json.dumps([_arm("llama2-7b", url, "llama2-7b")]), deployments_file=str(path))
+    assert [m for m in caplog.messages if "do not count" in m] == [
+        "gateway: deployment quiet's gateway_parts: BANDIT_DEPLOYMENTS_FILE, or "
+        "BANDIT_GATEWAY_PARTS when it sets none, records cost, which its reward weights, "
+        "accuracy=1 (deployment quiet's reward_weights: BANDIT_DEPLOYMENTS_FILE, or "
+        "BANDIT_REWARD_WEIGHTS when it sets none), do not count: recorded only for requests "
+        "whose x-bandit-preference counts it (balanced, cost)"
+    ]

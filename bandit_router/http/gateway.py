@@ -35,7 +35,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from bandit_router.deployments import DEFAULT
+from bandit_router.deployments import DEFAULT, setting_named
 from bandit_router.errors import ECHO_CHARS, RouterError, echo, shorten
 from bandit_router.http.contract import (
     BadBody,
@@ -175,23 +175,26 @@ class Gateway:
         weights = settings.gateway_weights()
         if not measured or any(weights.get(part, 0) > 0 for part in measured):
             return
-        setting = (
-            "BANDIT_GATEWAY_REWARD_WEIGHTS"
+        env, key = (
+            ("BANDIT_GATEWAY_REWARD_WEIGHTS", "gateway_reward_weights")
             if settings.gateway_reward_weights
-            else "BANDIT_REWARD_WEIGHTS"
+            else ("BANDIT_REWARD_WEIGHTS", "reward_weights")
         )
         counting = [
             name
             for name, named in settings.gateway_preferences.items()
             if any(named.get(part, 0) > 0 for part in measured)
         ]
+        # a named deployment's settings come from its table or, where it sets none, the
+        # environment: named as its other messages name them, which says the deployment
         log.warning(
-            "gateway: %sBANDIT_GATEWAY_PARTS records %s, which its reward weights (%s: %s) do "
-            "not count: recorded only for requests whose x-bandit-preference counts %s%s",
-            self.where,
+            "gateway: %s records %s, which its reward weights, %s (%s), do not count: "
+            "recorded only for requests whose x-bandit-preference counts %s%s",
+            setting_named(self.name, "BANDIT_GATEWAY_PARTS", "gateway_parts")
+            + ("," if self.name != DEFAULT else ""),
             " and ".join(measured),
-            setting,
             ",".join(f"{k}={v:g}" for k, v in weights.items()),
+            setting_named(self.name, env, key),
             "it" if len(measured) == 1 else "one",
             f" ({', '.join(counting)})" if counting else "",
         )
