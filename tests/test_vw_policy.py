@@ -31,19 +31,45 @@ from bandit_router.policies.vw import (
 X = Features(stats=(0.5, 0.25, 0.0, 1.0, 0, 0, 0, 0, 0, 0), tokens=(11, 22))
 
 
-def test_shared_line_exact() -> None:
-    assert shared_line(X) == "shared |Q chars:0.5 words:0.25 code:1 |W 11 22"
+H = token_hash  # an app number's feature is its key's hash, an app string's key=value's
 
 
-def test_shared_line_with_app_features() -> None:
-    x = Features(stats=(0.0,) * 10, numeric={"n": 2.0}, categorical={"tier": "pro"})
-    assert shared_line(x) == (f"shared |Q |N {token_hash('n')}:2 |C {token_hash('tier=pro')}")
+@pytest.mark.parametrize(
+    ("x", "line"),
+    [
+        (X, "shared |Q chars:0.5 words:0.25 code:1 |W 11 22"),
+        (
+            Features(stats=(0.0,) * 10, numeric={"n": 2.0}, categorical={"tier": "pro"}),
+            f"shared |Q |N {H('n')}:2 |C {H('tier=pro')}",
+        ),
+        # six significant digits, a negative and a large app number, every one of several facts
+        (
+            Features(
+                stats=(0.1234567, 0.0, 0.0, 0.0, 0.0, 0.03125, 0.0, 0.0, 0.0, 0.0),
+                tokens=(5,),
+                numeric={"temp": -2.5, "budget": 1234.5},
+                categorical={"tier": "pro", "lang": "de"},
+            ),
+            f"shared |Q chars:0.123457 digits:0.03125 |W 5 |N {H('temp')}:-2.5"
+            f" {H('budget')}:1234.5 |C {H('tier=pro')} {H('lang=de')}",
+        ),
+        # VW's separators in an app fact's key or value do not reach the line: both are hashed
+        (
+            Features(stats=(0.0,) * 10, numeric={"a|b c:d": 1.0}, categorical={"k |Q": "v:1 |W"}),
+            f"shared |Q |N {H('a|b c:d')}:1 |C {H('k |Q=v:1 |W')}",
+        ),
+    ],
+)
+def test_shared_line_exact(x: Features, line: str) -> None:
+    assert shared_line(x) == line
 
 
 @given(
     stats=st.lists(st.sampled_from([0.0, 0.5]), min_size=10, max_size=10),
     tokens=st.lists(st.integers(1, 99), max_size=3, unique=True),
-    numeric=st.dictionaries(st.sampled_from("ab"), st.sampled_from([0.0, 2.0, 1e-200, -1e-45])),
+    numeric=st.dictionaries(
+        st.sampled_from("ab"), st.sampled_from([0.0, 2.0, -2.0, 1e-200, -1e-45])
+    ),
     categorical=st.dictionaries(st.sampled_from("cd"), st.just("v")),
 )
 def test_featured_namespaces_are_those_shared_line_fills(
@@ -90,6 +116,9 @@ def test_label_goes_on_the_chosen_arm_with_cost_minus_reward() -> None:
     lines = adf_example(X, [Arm("a"), Arm("b")], chosen=1, cost=-0.75, p=0.5)
     assert lines[1] == f"|A {token_hash('arm=a')}"
     assert lines[2] == f"0:-0.75:0.5 |A {token_hash('arm=b')}"
+    # six significant digits of the cost and the probability
+    lines = adf_example(X, [Arm("a"), Arm("b")], chosen=0, cost=0.1234567, p=1 / 3)
+    assert lines[1:] == [f"0:0.123457:0.333333 |A {token_hash('arm=a')}", arm_line(Arm("b"))]
 
 
 def test_every_shared_namespace_interacts_with_the_arm() -> None:
@@ -717,10 +746,13 @@ def test_each_arm_is_centred_on_its_importance_weighted_mean() -> None:
     policy.learn(x, arms, "a", 0.5, 1.0)  # weight 2
     policy.learn(x, arms, "a", 0.25, 0.0)  # weight 4
     policy.learn(x, arms, "b", float("nan"), 1.0)  # counted as the clip: weight 100
+    policy.learn(x, arms, "b", 0.001, 1.0)  # below the clip, counted as it: weight 100
+    policy.learn(x, arms, "b", 0.5, 0.0)  # weight 2
     mean, n = 2 / 6, 6 * 6 / (2 * 2 + 4 * 4)  # the weighted mean, Kish's effective count
-    baseline = 2 / 3
+    baseline = 3 / 5
     assert policy.centre("a") == pytest.approx((n * mean + 10 * baseline) / (n + 10))
-    assert policy.centres.mean("b") == 1.0 and policy.centres.effective("b") == pytest.approx(1)
+    assert policy.centres.mean("b") == pytest.approx(200 / 202)
+    assert policy.centres.effective("b") == pytest.approx(202**2 / (2 * 100**2 + 2**2))
     assert policy.centre("c") == pytest.approx(baseline)  # an arm never chosen
 
 
@@ -747,14 +779,29 @@ def test_the_centre_is_not_biased_by_the_routing() -> None:
     assert policy.centre("b") == pytest.approx(0.6, abs=0.03)
 
 
-def test_with_arm_centre_only_the_slow_regressor_drops_the_arms_own_weight() -> None:
-    from bandit_router.policies.registry import build_policy
-
+def test_arm_centre_changes_only_the_slow_regressor_and_its_stage() -> None:
+    """Only the slow regressor drops the arm's own weight and learns rewards minus the arm's
+    centre (its stage too): the fast regressor and its stage learn exactly as without
+    arm_centre, on queries with the app's facts (staged) and without."""
     centred = build_policy("squarecb:arm_centre=10", seed=1)
     plain = build_policy("squarecb:arm_centre=0", seed=1)
     assert isinstance(centred, VWPolicy) and isinstance(plain, VWPolicy)
     args = [vw.get_arguments() for vw in (*centred.regressors, *plain.regressors)]
     assert ["--ignore_linear" in a for a in args] == [True, False, False, False]
+    arms = [Arm("a"), Arm("b")]
+    for i in range(60):
+        x = extract(f"question {i % 5}", {"tier": "ab"[i % 2]} if i % 3 else None)
+        for policy in (centred, plain):
+            policy.learn(x, arms, "ab"[i % 3 == 0], 0.5, float(i % 3 == 0))
+    for x in (extract("question 2"), extract("question 2", {"tier": "a"})):
+        text = "\n".join(adf_example(x, arms))
+        for models in ("regressors", "coarse"):
+            slow, fast = (
+                [predicted_costs(getattr(p, models)[i], text) for p in (centred, plain)]
+                for i in (0, 1)
+            )
+            assert fast[0] == fast[1], models
+            assert slow[0] != slow[1], models
 
 
 def test_the_centres_survive_dumps_and_an_older_snapshot_starts_them_empty() -> None:
@@ -969,6 +1016,40 @@ def test_each_regressors_error_is_its_discounted_squared_error_on_the_chosen_arm
         policy.learn(x, arms, "abc"[chosen], 0.5, reward)
         assert policy.errors == pytest.approx(expected, rel=1e-6, abs=1e-9)
     assert expected[0] != expected[1]
+
+
+def test_a_stage_and_its_regressor_learn_the_centred_reward_together() -> None:
+    """Arm a always pays 1 and b 0 (a mean of 0.5), on queries with an app fact: the staged
+    predictions approach the centred costs, -0.5 and 0.5; each regressor learns what its stage
+    left, not the whole cost again (that made them about -0.8 and 0.8 here)."""
+    policy = build_policy("squarecb", seed=1)
+    assert isinstance(policy, VWPolicy)
+    arms = [Arm("a"), Arm("b")]
+    for n in range(100):
+        x = extract(f"question {n % 3}", {"tier": "pro"})
+        arm = "ab"[n % 2]
+        assert policy.staged(x)
+        policy.learn(x, arms, arm, 0.5, float(arm == "a"))
+    text = "\n".join(adf_example(extract("question 1", {"tier": "pro"}), arms))
+    for i in (0, 1):
+        assert policy.predicted(i, text) == pytest.approx([-0.5, 0.5], abs=0.1)
+
+
+def test_vw_explorers_weigh_a_reward_by_its_probability_and_squarecb_does_not() -> None:
+    """VW's own explorers learn a reward weighted by 1 / the probability its arm was chosen
+    with: b's reward of 0 at probability 0.1 counts ten times one at 1, and b is chosen less
+    after it. SquareCB regresses on the rewards as observed: the probability changes nothing."""
+    arms = [Arm("a"), Arm("b")]
+    x = extract("what is 2 + 2")
+    chances = {}
+    for spec in ("softmax", "squarecb"):
+        for p in (0.1, 1.0):
+            policy = build_policy(spec, seed=1)
+            policy.learn(x, arms, "a", 0.5, 1.0)
+            policy.learn(x, arms, "b", p, 0.0)
+            chances[spec, p] = policy.choose(x, arms).probabilities["b"]
+    assert chances["softmax", 0.1] < 0.5 * chances["softmax", 1.0]
+    assert chances["squarecb", 0.1] == chances["squarecb", 1.0]
 
 
 def test_each_regressor_adds_its_own_coarse_stage() -> None:
