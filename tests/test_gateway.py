@@ -581,10 +581,11 @@ def test_a_window_closed_by_the_sweep_uses_the_events_weights(
 def test_a_window_closed_with_no_part_its_weights_count_is_skipped_without_a_log_line(
     serve: Serve, upstream: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The gateway records latency and cost; weights that count neither (a rating the app then
-    never sent) leave nothing to learn when the window closes: the event is skipped and counted,
-    as one with no part at all, not a warning each (a client sending the header at full rate
-    wrote a log line per call, 2,000 lines for 2,000 calls)."""
+    """Weights that count none of what the gateway records (it records nothing for them) and a
+    rating the app then never sent leave nothing to learn when the window closes: the event is
+    skipped and counted, not a warning each (a client sending the header at full rate wrote a
+    log line per call, 2,000 lines for 2,000 calls). Parts stored that the weights since do not
+    count: tests/test_reward_window.py."""
     url, _ = upstream(speed=1000)
     base = _gateway(serve, url, reward_wait_s=1, sweep_s=0.2)
     client = _client(base, default_headers={"x-bandit-preference": "rating=1"})

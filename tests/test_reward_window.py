@@ -22,7 +22,7 @@ from bandit_router.service.router import Router
 from bandit_router.store.keys import KEY_DECISION, KEY_PENDING
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import ClientFactory, SettingsFactory
+from tests.conftest import ClientFactory, SettingsFactory, readable
 
 WAIT_S = 60
 
@@ -259,6 +259,54 @@ def test_a_window_swept_after_its_decision_expired_is_counted_skipped_once(
             assert counted == (3, 0, 3)
             said = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
             assert len(said) <= 1, said
+        finally:
+            await router.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("default_reward", [None, 0.5])
+def test_a_window_whose_parts_the_weights_since_do_not_count_learns_the_default_or_is_skipped(
+    make_settings: SettingsFactory, default_reward: float | None
+) -> None:
+    """A part stored under weights that counted it (latency), then a restart with weights that
+    do not (accuracy alone): at the window's end nothing it holds makes a reward. It learns
+    BANDIT_DEFAULT_REWARD when that is set, marked as the default; else it is skipped and
+    counted, as an event with no part."""
+    before = make_settings(
+        reward_wait_s=WAIT_S,
+        default_reward=default_reward,
+        reward_weights="accuracy=0.5,latency=0.5",
+    )
+    after = before.model_copy(update={"reward_weights": {"accuracy": 1.0}})
+
+    async def scenario() -> None:
+        store = Store(connect(before.redis_url or ""), before.key_prefix, WAIT_S, 10_000)
+        router = await Router.open(before, store)
+        try:
+            ids = [(await router.choose(f"question {i}")).event_id for i in range(2)]
+            await router.reward(ids[0], RewardParts(latency_ms=100.0))
+            # every part its weights count: complete, learned at once
+            await router.reward(ids[1], RewardParts(accuracy=1.0, latency_ms=100.0))
+        finally:
+            await router.close()
+        router = await Router.open(after, store)
+        try:
+            end = time.time() + WAIT_S + 1
+            assert await router.sweep(now=end) == (0 if default_reward is None else 1)
+            assert await store.due(end + 1) == []
+            stats = await router.stats()
+            assert stats["skipped_no_reward"] == (1 if default_reward is None else 0)
+            logged = readable([e async for e in store.events()])
+            rewards = {e.decision["event_id"]: e.reward for e in logged}
+            # 0.5 x accuracy 1 + 0.5 x latency 100 ms of the 2,000 ms budget
+            assert rewards[ids[1]]["reward"] == pytest.approx(0.975)
+            assert not rewards[ids[1]]["default"]
+            if default_reward is None:
+                assert ids[0] not in rewards
+            else:
+                assert rewards[ids[0]]["reward"] == 0.5 and rewards[ids[0]]["default"]
         finally:
             await router.close()
             await store.close()
