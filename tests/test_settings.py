@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,9 @@ def test_the_admin_key_is_stripped_as_the_other_keys_are() -> None:
 
 
 def test_a_variable_that_names_no_setting_is_said_with_the_closest(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """BANDIT_LEARN_IN_WORKER=false (an S short) was ignored unsaid: two learners competed."""
     environ = {
@@ -197,10 +200,15 @@ def test_a_variable_that_names_no_setting_is_said_with_the_closest(
         "BANDIT_ZZZ is not a setting and is ignored",
     ]
     monkeypatch.setenv("BANDIT_POLCY", "linucb")
+    said = "BANDIT_POLCY is not a setting and is ignored; did you mean BANDIT_POLICY?"
     assert main(["config"]) == 0
-    assert "BANDIT_POLCY is not a setting and is ignored; did you mean BANDIT_POLICY?" in (
-        capsys.readouterr().err
-    )
+    assert said in capsys.readouterr().err
+    # serve and learn say it in their log before anything else (here: a Redis that is not there)
+    monkeypatch.setenv("BANDIT_REDIS_URL", "redis://127.0.0.1:1")
+    monkeypatch.setenv("BANDIT_STARTUP_WAIT_S", "0")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        assert main(["learn"]) == 1
+    assert said in caplog.messages
 
 
 @pytest.mark.parametrize(
