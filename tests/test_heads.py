@@ -394,6 +394,29 @@ _HEADER_LINES = [
 ]
 
 
+# A body's framing as a client may write it, the parsers' refusals too (the scan must stop
+# following only where the parser refuses the request: else the next heads go untimed)
+_LENGTHS: list[Callable[[int], list[bytes]]] = [
+    lambda n: [b"content-length: %d" % n],
+    lambda n: [b"content-length: 000%d " % n],
+    lambda n: [b"content-length: %d, %d" % (n, n)],
+    lambda n: [b"content-length: %d" % n, b"Content-Length: %d" % n],
+    lambda n: [b"content-length: %d, %d" % (n, n + 1)],
+    lambda n: [b"content-length: %d" % n, b"content-length: %d" % (n + 1)],
+    lambda n: [b"content-length: +%d" % n],
+    lambda n: [b"content-length: 0x%x" % n],
+    lambda n: [b"content-length: %d" % n, b"transfer-encoding: chunked"],
+]
+_CODINGS = [
+    b"transfer-encoding: chunked",
+    b"Transfer-Encoding: CHUNKED",
+    b"transfer-encoding: gzip, chunked",
+    b"transfer-encoding: chunked, gzip",
+    b"transfer-encoding: chunked\r\ncontent-length: 3",
+]
+_CHUNK_SIZES = [b"%x", b"%X", b"0x%x", b"+%x", b"%x ", b" %x"]
+
+
 @st.composite
 def _requests(draw: st.DrawFn) -> bytes:
     """A request as a client may write it: empty lines before it, a method that may be CONNECT,
@@ -407,16 +430,17 @@ def _requests(draw: st.DrawFn) -> bytes:
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
     sent = b""
     if framing == "length":
-        lines.append(b"content-length: %d" % len(body))
+        lines += draw(st.sampled_from(_LENGTHS))(len(body))
         sent = body
     elif framing == "chunked":
-        lines.append(b"transfer-encoding: chunked")
+        lines.append(draw(st.sampled_from(_CODINGS)))
         cut = draw(st.integers(0, len(body)))
         for part in (body[:cut], body[cut:]):
             if part:
                 zeros = b"0" * draw(st.sampled_from([0, 1, 17, 70]))
+                size = draw(st.sampled_from(_CHUNK_SIZES)) % len(part)
                 extension = draw(st.sampled_from([b"", b";a=b"]))
-                sent += b"%s%x%s\r\n%s\r\n" % (zeros, len(part), extension, part)
+                sent += b"%s%s%s\r\n%s\r\n" % (zeros, size, extension, part)
         sent += b"0\r\n" + draw(st.sampled_from([b"", b"x-trailer: 1\r\n"])) + b"\r\n"
     lead = draw(st.sampled_from([b"", b"\r\n"]))
     return lead + b"\r\n".join(lines) + b"\r\n\r\n" + sent
@@ -440,6 +464,29 @@ def test_the_scan_finds_each_head_where_uvicorns_parser_does(reads: list[bytes])
         want = parsed(reads)
         counts = asyncio.run(_scan_counts(http, reads))
         assert counts[: len(want)] == want, (http, reads)
+
+
+def _framed(lines: list[bytes], body: bytes) -> bytes:
+    return b"POST /x HTTP/1.1\r\nhost: x\r\n" + b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [_framed(length(5), b"hello") for length in _LENGTHS]
+    + [
+        _framed([coding], size % 11 + b"\r\nhello world\r\n0\r\n\r\n")  # size b or B
+        for coding in _CODINGS
+        for size in _CHUNK_SIZES
+    ],
+)
+def test_the_scan_follows_each_framing_as_far_as_the_parser_does(request_: bytes) -> None:
+    """Every framing of the table the property above draws from, followed by a request, in one
+    read and a byte a read: the scan counts the second head wherever a parser reads it."""
+    stream = request_ + b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n"
+    for reads in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+        for http, parsed in (("httptools", _httptools_counts), ("h11", _h11_counts)):
+            want = parsed(reads)
+            assert asyncio.run(_scan_counts(http, reads))[: len(want)] == want, http
 
 
 # Bodies are the body timeout's
