@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from bandit_router.errors import AlreadyRewarded, StoreUnavailable, UnknownEvent, WindowClosed
 from bandit_router.features import extract
@@ -24,7 +24,7 @@ from bandit_router.store.cluster import node_url
 from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_LEASE, KEY_PROBE
 from bandit_router.store.records import Event, Parts, Snapshot, stream_id_key
 from bandit_router.store.repository import LEASE_RENEWED, LEASE_TAKEN, Store
-from bandit_router.store.transport import GroupCommit, connect, read_replies
+from bandit_router.store.transport import GroupCommit, Watched, connect, read_replies
 from tests.conftest import (
     SERVER_URL,
     RedisProcess,
@@ -891,6 +891,43 @@ def test_read_replies_reads_a_pipelined_round_trip_an_error_in_its_place() -> No
             assert after in ([True], [b"PONG"]), after
         finally:
             await client.connection_pool.release(conn)
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_watch_replaces_a_pooled_connection_redis_closed_and_fails_one_cut_while_watching(
+    redis_process: RedisProcess,
+) -> None:
+    """``Watched`` (the publish's transaction) on a pooled connection a Redis restart closed:
+    the WATCH round trip is sent again once on a new connection, and succeeds. A connection
+    cut between the WATCH and the EXEC: ``WatchError``, which the publish takes as "look again",
+    nothing written; the pool serves the next transaction."""
+
+    async def main() -> None:
+        client = connect(redis_process.url)
+        key = f"test-{uuid.uuid4().hex[:12]}"
+        try:
+            async with Watched(client) as tx:  # leaves its connection in the pool
+                assert await tx.read([key], [["GET", key]]) == [None]
+                assert await tx.execute([["SET", key, "1"]]) in ([True], [b"OK"])
+            redis_process.kill()
+            redis_process.start()  # empty again, and every old connection closed
+            async with Watched(client) as tx:
+                assert await tx.read([key], [["GET", key]]) == [None]
+                killer = Redis.from_url(redis_process.url)
+                try:
+                    assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
+                finally:
+                    await killer.aclose()
+                with pytest.raises(WatchError, match="connection failed while watching"):
+                    await tx.execute([["SET", key, "2"]])
+            assert await client.get(key) is None
+            async with Watched(client) as tx:
+                assert await tx.read([key], [["GET", key]]) == [None]
+                assert await tx.execute([["SET", key, "3"]]) in ([True], [b"OK"])
+            assert await client.get(key) == b"3"
+        finally:
             await client.aclose()
 
     asyncio.run(main())
