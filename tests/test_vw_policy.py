@@ -734,6 +734,24 @@ def test_a_snapshot_whose_regressors_do_not_add_up_is_refused(
         load_policy("squarecb", bad, seed=1)
 
 
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_snapshot_whose_model_bytes_vw_cannot_read_is_refused_naming_the_policy(
+    damage: str,
+) -> None:
+    """A model VW rejects (cut short, its sizes made to match; bytes flipped past its options)
+    is a ValueError naming the policy and VW's words, as a bad header is: not VW's own error."""
+    data = build_policy("squarecb", seed=1).dumps()
+    magic, header, models = data.split(b"\n", 2)
+    state = json.loads(header)
+    first, rest = models[: state["sizes"][0]], models[state["sizes"][0] :]
+    kept, after = first[:200], first[200:]  # the options VW reads first, then the weights
+    first = kept + (b"" if damage == "cut" else bytes(b ^ 0xFF for b in after))
+    state["sizes"][0] = len(first)
+    bad = magic + b"\n" + json.dumps(state).encode() + b"\n" + first + rest
+    with pytest.raises(ValueError, match=r"^policy squarecb: VW rejected --cb_adf .*: .+"):
+        load_policy("squarecb", bad, seed=1)
+
+
 def test_each_arm_is_centred_on_its_importance_weighted_mean() -> None:
     from bandit_router.features import extract
     from bandit_router.policies.registry import build_policy
