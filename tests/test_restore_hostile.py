@@ -131,6 +131,11 @@ HEADER_EDITS: list[tuple[str, str, str]] = [
     ("stream_id", "5", "stream_id"),
     ("format_version", "true", "format_version"),
     ("format_version", '"1"', "format_version"),
+    ("format_version", "99", "not a bandit-router-snapshot file of version 1"),
+    ("arms", '[{"name": "4b", "params_b": -1}]', "arms[0] params_b must be"),
+    ("arms", '[{"name": "4b"}, {"name": "a b"}]', "arms[1] name"),
+    ("data", '"not base64!"', "data is not base64"),
+    ("data", "5", "data or sha256 is missing or not a string"),
     ("word_key", "5", "word_key"),
     ("arms", '"junk"', "arms"),
     ("arms", "[1]", "arms"),
@@ -442,7 +447,11 @@ def test_a_model_that_loads_but_cannot_choose_is_refused_by_the_trial_choice(
 
 @pytest.mark.parametrize(
     ("content", "why"),
-    [("# bandit-router\n", "not JSON"), (b"\xff\xfe{}", "not UTF-8 text")],
+    [
+        ("# bandit-router\n", "snapshot file (not JSON"),
+        (b"\xff\xfe{}", "snapshot file (not UTF-8 text"),
+        ('["bandit-router-snapshot"]', "JSON object"),
+    ],
 )
 def test_a_file_that_is_no_snapshot_is_called_so(
     restore: Restore, tmp_path: Path, content: str | bytes, why: str
@@ -456,7 +465,7 @@ def test_a_file_that_is_no_snapshot_is_called_so(
         file.write_text(content)
     code, err = restore(file)
     assert code == 1
-    assert f"{file} is not a snapshot file ({why}" in err, err
+    assert f"{file} is not a {why}" in err, err
 
 
 def test_json_nested_too_deep_is_refused(restore: Restore, tmp_path: Path) -> None:
