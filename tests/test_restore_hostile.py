@@ -291,6 +291,20 @@ def _npz(arrays: dict[str, Any], compressed: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def _npz_written(
+    arrays: dict[str, Any], version: tuple[int, int] = (1, 0), tail: bytes = b""
+) -> bytes:
+    """The npz of ``arrays``, each in .npy format ``version``, ``tail`` after ``b``'s data."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, array, version=version)
+                if name == "b":
+                    f.write(tail)
+    return buf.getvalue()
+
+
 def _linucb_arrays(doc: dict[str, Any]) -> dict[str, Any]:
     with np.load(io.BytesIO(base64.b64decode(doc["data"]))) as saved:
         return {k: saved[k] for k in saved.files}
@@ -311,6 +325,12 @@ def _linucb_arrays(doc: dict[str, Any]) -> dict[str, Any]:
         ("a_inv int", "a_inv is int64"),
         ("names twice", "twice"),
         ("compressed", "compressed"),
+        ("config int", "config is not [alpha, dim]"),
+        ("names 2-d", "names are not a list"),
+        ("names numbers", "names are not strings"),
+        ("b fortran", "b is not the array its header says"),
+        ("b longer", "b is not the array its header says"),
+        ("policy dim", "saved LinUCB model has dim 64, settings ask for 32"),
     ],
 )
 def test_linucb_arrays_that_cannot_choose_are_refused(
@@ -349,9 +369,31 @@ def test_linucb_arrays_that_cannot_choose_are_refused(
             arrays["names"] = np.array([arrays["names"][0]] * n)
         case "compressed":
             compressed = True
-    code, err = restore(_write(tmp_path / "linucb.json", doc, _npz(arrays, compressed)))
+        case "config int":
+            arrays["config"] = np.array([1, dim])
+        case "names 2-d":
+            arrays["names"] = arrays["names"].reshape(1, n)
+        case "names numbers":
+            arrays["names"] = np.arange(n)
+        case "b fortran":
+            arrays["b"] = np.asfortranarray(arrays["b"])
+        case "policy dim":
+            doc = {**doc, "policy": "linucb:dim=32"}
+    data = _npz(arrays, compressed)
+    if edit == "b longer":  # b's header as written, one more value after its data
+        data = _npz_written(arrays, tail=bytes(8))
+    code, err = restore(_write(tmp_path / "linucb.json", doc, data))
     assert code == 1
     assert named in err
+
+
+def test_linucb_arrays_in_npy_format_2_restore(
+    snapshot_of: Callable[[str], dict[str, Any]], restore: Restore, tmp_path: Path
+) -> None:
+    """numpy writes format 2.0 where a header outgrows 1.0's, and reads it as it reads 1.0."""
+    doc = snapshot_of("linucb")
+    data = _npz_written(_linucb_arrays(doc), version=(2, 0))
+    assert restore(_write(tmp_path / "linucb.json", doc, data)) == (0, "")
 
 
 def _bomb(arrays: dict[str, Any], size: int) -> bytes:
