@@ -22,6 +22,7 @@ from bandit_router.service.backup import write_file
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset
 from tests.conftest import DATA
+from tests.test_journal import _read_only
 
 GOOD_ROW: dict[str, Any] = {
     "query": "What is 2+2?",
@@ -397,6 +398,18 @@ def test_train_checks_its_output_before_training(
     assert main(["train", str(path), "--out", str(tmp_path / out)]) == 2
     assert message in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_train_refuses_an_output_folder_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "r.jsonl", GOOD_ROW)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with _read_only(folder):
+        assert main(["train", str(path), "--out", str(folder / "x.json")]) == 2
+    assert f"--out {folder / 'x.json'}: not writable" in capsys.readouterr().err
+    assert os.listdir(folder) == []
 
 
 def test_a_snapshot_file_that_cannot_be_written_leaves_no_temporary_file(tmp_path: Path) -> None:
