@@ -146,9 +146,10 @@ def test_a_redis_that_is_no_cluster_is_named_without_a_traceback(
 
 class _Stats(http.server.BaseHTTPRequestHandler):
     body = b"{}"
+    code = 200
 
     def do_GET(self) -> None:
-        self.send_response(200)
+        self.send_response(self.code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
@@ -176,6 +177,32 @@ def test_status_of_a_url_that_answers_no_stats_document_says_so(
         server.server_close()
     err = capsys.readouterr().err
     assert f"bandit-router status: {url}/stats answered no /stats document" in err
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "said"),
+    [
+        (401, b"<html>401 Authorization Required</html>", "401: Unauthorized; pass the key with"),
+        (502, b"", "HTTP Error 502: Bad Gateway\n"),
+        (403, b'["denied"]', "HTTP Error 403: Forbidden\n"),
+    ],
+)
+def test_status_of_a_url_refused_by_something_else_says_its_status(
+    code: int, body: bytes, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A proxy's refusal (HTML, nothing, JSON of another shape): its status, no detail."""
+    handler = type("Handler", (_Stats,), {"body": body, "code": code})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert main(["status", "--url", url]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert f"bandit-router status: cannot read {url}/stats: HTTP Error {code}" in err, err
+    assert said in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize(
@@ -231,6 +258,9 @@ SLICE = Path(__file__).parents[1] / "examples" / "mmlu_pro_llama2_slice.jsonl"
         (["--speed", "-1"], "argument --speed: a finite number above 0 is needed"),
         (["--speed", "nan"], "argument --speed: a finite number above 0 is needed"),
         (["--speed", "inf"], "argument --speed: a finite number above 0 is needed"),
+        (["--speed", "fast"], "argument --speed: a finite number above 0 is needed, got 'fast'"),
+        (["--arm", "nope"], "upstream: arm 'nope' is not in "),
+        (["--arms", "/nonexistent/a.json"], "No such file or directory: '/nonexistent/a.json'"),
         (["--port", "99999"], "argument --port: 99999 is out of range: 0 to 65535"),
         (["--limit", "0"], "argument --limit: 0 is out of range: 1 or more"),
         (["--host", ""], "argument --host: an address to bind is needed"),

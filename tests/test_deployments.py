@@ -50,9 +50,13 @@ def test_the_file_defines_deployments_over_the_environment(tmp_path: Path) -> No
     assert coding.api_keys == ["all-key"] and coding.policy == "linucb:alpha=0.3"
     assert coding.reward_wait_s == 60 and support.reward_wait_s == base.reward_wait_s
     assert {d.prefix for d in found.values()} == {"app", "app:support", "app:coding"}
-    same = json.dumps({"deployments": {"support": {"arms": "a,b", "key_prefix": "sup"}}})
+    # a string is a comma list, as BANDIT_API_KEYS
+    same = json.dumps(
+        {"deployments": {"support": {"arms": "a,b", "key_prefix": "sup", "api_keys": "k1, k2,"}}}
+    )
     as_json = load_deployments(Settings(deployments_file=_write(tmp_path, same, "d.json")))
     assert as_json["support"].prefix == "sup"
+    assert as_json["support"].settings.api_keys == ["k1", "k2"]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +77,10 @@ def test_the_file_defines_deployments_over_the_environment(tmp_path: Path) -> No
         ("[deployments.default]\n", "reserved"),
         ("[deployments.Bad_Name]\n", "a name is 1-32 characters"),
         ("[support]\n", "one top-level table, `deployments`"),
+        ("deployments = 'support'\n", "`deployments` must be a table"),
+        ("[deployments]\nsupport = 'egreedy'\n", "deployment 'support': must be a table of"),
+        ("[deployments.a]\napi_keys = ['k', 1]\n", "api_keys must be a list of non-empty"),
+        ("[deployments.a]\napi_keys = ['k', '']\n", "api_keys must be a list of non-empty"),
         ("[deployments\n", "not valid TOML"),
         ("[deployments.a]\nkey_prefix='x'\n[deployments.b]\nkey_prefix='x'\n", "its own"),
         ("[deployments.a]\nreward_weights = {speed = 1}\n", "unknown reward part 'speed'"),

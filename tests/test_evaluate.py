@@ -329,6 +329,25 @@ def test_a_log_in_time_order_is_refused_as_one_out_of_order(
                 evaluate_file(log, specs)
 
 
+def test_a_log_rewritten_while_it_is_evaluated_is_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read twice (a scan, then each event again in time order): a log another process
+    rewrites in between is refused, not estimated over what the second read found."""
+    log = tmp_path / "log.dsjson"
+    _write(log, synthetic_log(300, 2, UNIFORM))
+    scanned = evaluate.check_fixed_arms
+
+    def rewritten_after_the_scan(*args: Any) -> None:
+        log.write_bytes(b"x" * log.stat().st_size)  # as another writer would, in place
+        scanned(*args)
+
+    monkeypatch.setattr(evaluate, "check_fixed_arms", rewritten_after_the_scan)
+    assert main(["evaluate", str(log), "--policies", "squarecb"]) == 2
+    err = capsys.readouterr().err
+    assert "evaluate: the log changed while it was read (not JSON" in err, err
+
+
 def test_evaluate_reads_standard_input_as_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

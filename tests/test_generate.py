@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bandit_router.cli.main import main
 from bandit_router.service.router import reward_config
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset, replay
@@ -69,6 +70,11 @@ def test_phase_changes_are_found_in_time_order(tmp_path: Path) -> None:
     config_path.write_text(json.dumps(_config()))
     out, arms_path = generate.write(config_path, tmp_path / "s.jsonl")
     assert dataset.phase_changes(dataset.load(out, arms_path).rows) == [101, 201, 301]
+    # simulate --in-order writes them into its summary (and marks them on its reward plot)
+    args = ["--arms", str(arms_path), "--policies", "random", "--no-skyline", "--no-plots"]
+    assert main(["simulate", str(out), *args, "--in-order", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["phase_changes"] == [101, 201, 301]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from bandit_router.service.backup import write_file
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset
 from tests.conftest import DATA
+from tests.test_journal import _read_only
 
 GOOD_ROW: dict[str, Any] = {
     "query": "What is 2+2?",
@@ -62,9 +63,15 @@ def _changed(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 def _lines(path: Path, *lines: Any) -> Path:
-    """Write each line: a str as is, anything else as JSON (Python's, which writes NaN and
-    Infinity and integers of any size)."""
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    """Write each line: bytes or a str as is, anything else as JSON (Python's, which writes NaN
+    and Infinity and integers of any size)."""
+    path.write_bytes(
+        b"".join(
+            (x if isinstance(x, bytes) else (x if isinstance(x, str) else json.dumps(x)).encode())
+            + b"\n"
+            for x in lines
+        )
+    )
     return path
 
 
@@ -96,6 +103,8 @@ MANY_KEYS = {f"k{i}": i for i in range(Settings().max_features + 1)}
         (_changed(GOOD_ROW, "query", "caf\ud800"), "query holds a lone surrogate"),
         ({**GOOD_ROW, "context": MANY_KEYS}, r"context has 65 features.*BANDIT_MAX_FEATURES"),
         (DEEP, "nested too deeply"),
+        ("[1, 2]", "a row must be a JSON object"),
+        (_changed(GOOD_ROW, "outcomes.a", 1), r"outcomes\.a must be an object"),
         # json.loads keeps the last: replayed with a's second outcome, silently
         (
             '{"query": "q", "outcomes": {"a": {"accuracy": 1}, "a": {"accuracy": 0}}}',
@@ -112,11 +121,13 @@ def test_a_hostile_replay_row_is_refused_by_its_line(
 
 
 def test_invalid_utf8_names_its_line_and_can_be_skipped(tmp_path: Path) -> None:
-    path = tmp_path / "r.jsonl"
-    path.write_bytes(json.dumps(GOOD_ROW).encode() + b'\n{"query": "\xff"}\n')
-    with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:2: not UTF-8"):
+    path = _lines(tmp_path / "r.jsonl", GOOD_ROW, " ", b'{"query": "\xff"}')  # a blank line
+    with pytest.raises(dataset.ReplayError, match=r"r\.jsonl:3: not UTF-8"):
         dataset.read_rows(path)
     assert dataset.read_rows(path, skip_bad=True)[1] == 1
+    only = _lines(tmp_path / "bad.jsonl", b'{"query": "\xff"}', "")
+    with pytest.raises(dataset.ReplayError, match=r"^.*bad\.jsonl: no usable rows$"):
+        dataset.read_rows(only, skip_bad=True)
 
 
 def test_a_gzip_file_is_named_as_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,13 +243,31 @@ def test_train_names_a_replay_row_and_says_how_the_file_was_read(
     assert "read as a replay file, since the first row has no _label_cost" in err
 
 
+@pytest.mark.parametrize(
+    ("first", "said"),
+    [
+        ('{"_label_cost": -1, "c": ', "log.json:2: not JSON"),
+        ("[1, 2]", "log.json:2: got an array"),
+        (b'{"_label_cost": "\xff"}', "log.json:2: not UTF-8"),
+    ],
+)
 def test_a_first_line_that_is_no_json_object_says_what_either_format_needs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str | bytes, said: str
 ) -> None:
-    path = _lines(tmp_path / "log.json", '{"_label_cost": -1, "c": ')
+    path = _lines(tmp_path / "log.json", "", first)  # a blank line is no first row
     assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
-    assert "log.json:1: not JSON" in err and "a replay row" in err and "DSJSON event" in err
+    assert said in err and "a replay row" in err and "DSJSON event" in err, err
+
+
+def test_an_empty_file_has_no_rows_to_train_or_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "log.json", "", " ")
+    assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
+    assert "log.json: no usable rows" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--policies", "fixed:arm=a"]) == 2
+    assert "the log has no events to evaluate" in capsys.readouterr().err
 
 
 def test_simulate_refuses_a_context_number_that_would_poison_the_policies(
@@ -275,6 +304,9 @@ def test_simulate_refuses_a_context_number_that_would_poison_the_policies(
         (_changed(GOOD_EVENT, "c._multi.0._arm.params_b", "huge"), "params_b must be a number"),
         (_changed(GOOD_EVENT, "c._multi.0._arm.params_b", float("nan")), "params_b must be 0"),
         (_changed(GOOD_EVENT, "c._multi.0._arm.name", ""), r"_arm name '': String should"),
+        (_changed(GOOD_EVENT, "c._multi.0._arm.name", 7), r"_arm name must be a string, got a n"),
+        (_changed(GOOD_EVENT, "c._multi.0._arm.params_b", True), "params_b must be a number"),
+        (_changed(GOOD_EVENT, "_label_cost", 0.5), r"\(-_label_cost\) must be in \[0, 1\], got -0"),
         (
             _changed(GOOD_EVENT, "c.N", dict(MANY_KEYS)),
             "c.N plus c.C has 66 features.*BANDIT_MAX_FEATURES",
@@ -293,6 +325,16 @@ def test_train_refuses_a_hostile_dsjson_event_before_training(
     err = capsys.readouterr().err
     assert "log.json: line 2: not an exported DSJSON event" in err
     assert re.search(message, err), err
+
+
+def test_a_dsjson_line_that_is_not_utf8_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "log.json", GOOD_EVENT, b'{"_label_cost": "\xff"}')
+    assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
+    assert "log.json: line 2: not UTF-8 (invalid start byte" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--policies", "static"]) == 2
+    assert "line 2: not UTF-8 (invalid start byte" in capsys.readouterr().err
 
 
 def test_a_good_dsjson_log_still_trains(tmp_path: Path) -> None:
@@ -356,6 +398,18 @@ def test_train_checks_its_output_before_training(
     assert main(["train", str(path), "--out", str(tmp_path / out)]) == 2
     assert message in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_train_refuses_an_output_folder_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _lines(tmp_path / "r.jsonl", GOOD_ROW)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with _read_only(folder):
+        assert main(["train", str(path), "--out", str(folder / "x.json")]) == 2
+    assert f"--out {folder / 'x.json'}: not writable" in capsys.readouterr().err
+    assert os.listdir(folder) == []
 
 
 def test_a_snapshot_file_that_cannot_be_written_leaves_no_temporary_file(tmp_path: Path) -> None:

@@ -280,18 +280,40 @@ def test_a_decision_at_either_end_of_time_reads(
     r.close()
 
 
+# (what is changed in a whole stored decision, what a repeated /choose says of it)
+THIN_DECISIONS: list[tuple[dict[str, Any], str]] = [
+    ({"arms": None}, "decision: arms is not a non-empty list of names"),
+    ({"features.s": [0.0] * 9 + ["many"]}, "decision: features.s is not a list of 10 numbers"),
+    ({"features.s": [0.0] * 9 + [None]}, "decision: features.s is not a list of 10 numbers"),
+    ({"features.n": [1.0]}, "decision: features.n or features.c is not an object"),
+    ({"policy": 5}, "decision: policy is not a string or model_version not an integer"),
+    ({"model_version": 1.5}, "decision: policy is not a string or model_version not an"),
+]
+
+
+@pytest.mark.parametrize(("change", "said"), THIN_DECISIONS)
 def test_a_repeated_choose_answers_only_a_whole_stored_decision(
-    make_settings: SettingsFactory, make_client: ClientFactory
+    make_settings: SettingsFactory, make_client: ClientFactory, change: dict[str, Any], said: str
 ) -> None:
-    """A record the reward path can read (a time, an arm) but without the rest of a decision:
-    a repeated /choose cannot answer it, so it is a 409 rather than a 500."""
+    """A record the reward path can read (a time, an arm) but not all a repeated /choose
+    answers: a 409 naming the field rather than a 500."""
     settings = make_settings()
     client = make_client(settings)
     r = _redis(settings)
-    _store_by_hand(r, settings, "thin", _record(ts=time.time(), arm="7b"))
+    whole = client.post("/choose", json={"query": "what is a cat?"}).json()["event_id"]
+    raw = r.get(_key(settings, KEY_DECISION, whole))
+    assert raw is not None
+    record = orjson.loads(raw)
+    for path, value in change.items():
+        *parents, last = path.split(".")
+        target = record
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    _store_by_hand(r, settings, "thin", orjson.dumps(record))
     response = client.post("/choose", json={"query": "what is a cat?", "event_id": "thin"})
     assert response.status_code == 409, response.text
-    assert "decision: arms is not a non-empty list of names" in response.json()["detail"]
+    assert said in response.json()["detail"]
     r.close()
 
 
@@ -345,6 +367,54 @@ def test_the_sweep_lets_the_window_of_a_decision_that_does_not_read_go(
         )
         assert router.version == closed - 1  # every readable event learned, thin passed over
         assert silent.event_id  # chosen, never rewarded
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        b"1",  # an older version's done marker, before it kept the reward
+        b"{oops",
+        b'{"reward": 0.5, "parts": {"speed": 1.0}, "ts": 1.0, "default": false}',
+        b'{"reward": 0.5, "parts": {"accuracy": "1"}, "ts": 1.0, "default": false}',
+        b'{"reward": "high", "parts": {}, "ts": 1.0, "default": false}',
+    ],
+)
+def test_a_done_marker_that_holds_no_reward_the_service_writes_is_not_read(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch, marker: bytes
+) -> None:
+    """An event marked done meanwhile (another process, an older version, a hand): its
+    marker's reward is not read unless it is one the service writes. The final /reward that
+    met it answers its own reward and parts; the sweep closes the other windows and finds
+    nothing left after."""
+    settings = make_settings(reward_wait_s=60)
+    r = _redis(settings)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        marked, other, raced = [await router.choose(q) for q in ("one", "two", "three")]
+        for event in (marked, other, raced):
+            await router.reward(event.event_id, RewardParts(accuracy=1.0))
+        finalize = router.store.finalize
+
+        async def marked_first(event_id: str, *args: Any) -> Any:  # as another process would
+            r.set(_key(settings, KEY_DONE, event_id), marker)
+            return await finalize(event_id, *args)
+
+        monkeypatch.setattr(router.store, "finalize", marked_first)
+        got = await router.reward(raced.event_id, RewardParts(latency_ms=100.0), final=True)
+        assert (got.status, got.parts) == ("final", {"accuracy": 1.0, "latency_ms": 100.0})
+        assert got.reward is not None and 0 < got.reward <= 1
+        monkeypatch.setattr(router.store, "finalize", finalize)
+        r.set(_key(settings, KEY_DONE, marked.event_id), marker)
+        await router.sweep(now=time.time() + 61)
+        assert await router.store.due(time.time() + 61) == []
+        await router.learner.step()
+        logged = [e async for e in router.store.events()]
+        assert [getattr(e, "decision", {}).get("event_id") for e in logged] == [other.event_id]
         await _close(router)
 
     asyncio.run(scenario())

@@ -131,6 +131,11 @@ HEADER_EDITS: list[tuple[str, str, str]] = [
     ("stream_id", "5", "stream_id"),
     ("format_version", "true", "format_version"),
     ("format_version", '"1"', "format_version"),
+    ("format_version", "99", "not a bandit-router-snapshot file of version 1"),
+    ("arms", '[{"name": "4b", "params_b": -1}]', "arms[0] params_b must be"),
+    ("arms", '[{"name": "4b"}, {"name": "a b"}]', "arms[1] name"),
+    ("data", '"not base64!"', "data is not base64"),
+    ("data", "5", "data or sha256 is missing or not a string"),
     ("word_key", "5", "word_key"),
     ("arms", '"junk"', "arms"),
     ("arms", "[1]", "arms"),
@@ -286,6 +291,20 @@ def _npz(arrays: dict[str, Any], compressed: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def _npz_written(
+    arrays: dict[str, Any], version: tuple[int, int] = (1, 0), tail: bytes = b""
+) -> bytes:
+    """The npz of ``arrays``, each in .npy format ``version``, ``tail`` after ``b``'s data."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, array, version=version)
+                if name == "b":
+                    f.write(tail)
+    return buf.getvalue()
+
+
 def _linucb_arrays(doc: dict[str, Any]) -> dict[str, Any]:
     with np.load(io.BytesIO(base64.b64decode(doc["data"]))) as saved:
         return {k: saved[k] for k in saved.files}
@@ -306,6 +325,12 @@ def _linucb_arrays(doc: dict[str, Any]) -> dict[str, Any]:
         ("a_inv int", "a_inv is int64"),
         ("names twice", "twice"),
         ("compressed", "compressed"),
+        ("config int", "config is not [alpha, dim]"),
+        ("names 2-d", "names are not a list"),
+        ("names numbers", "names are not strings"),
+        ("b fortran", "b is not the array its header says"),
+        ("b longer", "b is not the array its header says"),
+        ("policy dim", "saved LinUCB model has dim 64, settings ask for 32"),
     ],
 )
 def test_linucb_arrays_that_cannot_choose_are_refused(
@@ -344,9 +369,31 @@ def test_linucb_arrays_that_cannot_choose_are_refused(
             arrays["names"] = np.array([arrays["names"][0]] * n)
         case "compressed":
             compressed = True
-    code, err = restore(_write(tmp_path / "linucb.json", doc, _npz(arrays, compressed)))
+        case "config int":
+            arrays["config"] = np.array([1, dim])
+        case "names 2-d":
+            arrays["names"] = arrays["names"].reshape(1, n)
+        case "names numbers":
+            arrays["names"] = np.arange(n)
+        case "b fortran":
+            arrays["b"] = np.asfortranarray(arrays["b"])
+        case "policy dim":
+            doc = {**doc, "policy": "linucb:dim=32"}
+    data = _npz(arrays, compressed)
+    if edit == "b longer":  # b's header as written, one more value after its data
+        data = _npz_written(arrays, tail=bytes(8))
+    code, err = restore(_write(tmp_path / "linucb.json", doc, data))
     assert code == 1
     assert named in err
+
+
+def test_linucb_arrays_in_npy_format_2_restore(
+    snapshot_of: Callable[[str], dict[str, Any]], restore: Restore, tmp_path: Path
+) -> None:
+    """numpy writes format 2.0 where a header outgrows 1.0's, and reads it as it reads 1.0."""
+    doc = snapshot_of("linucb")
+    data = _npz_written(_linucb_arrays(doc), version=(2, 0))
+    assert restore(_write(tmp_path / "linucb.json", doc, data)) == (0, "")
 
 
 def _bomb(arrays: dict[str, Any], size: int) -> bytes:
@@ -442,7 +489,11 @@ def test_a_model_that_loads_but_cannot_choose_is_refused_by_the_trial_choice(
 
 @pytest.mark.parametrize(
     ("content", "why"),
-    [("# bandit-router\n", "not JSON"), (b"\xff\xfe{}", "not UTF-8 text")],
+    [
+        ("# bandit-router\n", "snapshot file (not JSON"),
+        (b"\xff\xfe{}", "snapshot file (not UTF-8 text"),
+        ('["bandit-router-snapshot"]', "JSON object"),
+    ],
 )
 def test_a_file_that_is_no_snapshot_is_called_so(
     restore: Restore, tmp_path: Path, content: str | bytes, why: str
@@ -456,7 +507,7 @@ def test_a_file_that_is_no_snapshot_is_called_so(
         file.write_text(content)
     code, err = restore(file)
     assert code == 1
-    assert f"{file} is not a snapshot file ({why}" in err, err
+    assert f"{file} is not a {why}" in err, err
 
 
 def test_json_nested_too_deep_is_refused(restore: Restore, tmp_path: Path) -> None:

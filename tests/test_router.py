@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -17,7 +18,14 @@ from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import RewardParts
 from bandit_router.service.router import SWEEP_BATCH, Router
 from bandit_router.settings import Settings
-from bandit_router.store.keys import GROUP, KEY_EVENTS, KEY_MODEL, KEY_PENDING, KEY_WORD_SECRET
+from bandit_router.store.keys import (
+    GROUP,
+    KEY_DECISION,
+    KEY_EVENTS,
+    KEY_MODEL,
+    KEY_PENDING,
+    KEY_WORD_SECRET,
+)
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
 from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy
@@ -232,11 +240,12 @@ def test_sweep_closes_windows_with_parts_present_or_default(
 
 
 def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployments(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A gateway event's own weights that cannot weigh anything (NaN, stored as null: a record
-    of an older version, or written by hand) neither fail its reward nor stop the sweep, which
-    closes it with the deployment's weights and every other ended window with it."""
+    of an older version, or written by hand; a list) neither fail its reward nor stop the
+    sweep, which closes it with the deployment's weights and every other ended window with it,
+    and says so in the log."""
     upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
     arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
 
@@ -245,14 +254,26 @@ def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployme
         assert router.event_weights
         bad = await router.choose("one", weights={"accuracy": math.nan, "latency": 1.0})
         good = await router.choose("two", weights={"accuracy": 1.0, "latency": 1.0})
-        result = await router.reward(bad.event_id, RewardParts(accuracy=1.0))
-        assert result.status == "pending"  # the deployment's weights count rating and latency too
+        listed = await router.choose("three", weights={"accuracy": 1.0})
+        key = router.store.key(KEY_DECISION, listed.event_id)
+        record = json.loads(await router.store.redis.get(key) or b"")
+        await router.store.redis.set(key, json.dumps({**record, "weights": ["accuracy"]}))
+        for event in (bad, listed):
+            result = await router.reward(event.event_id, RewardParts(accuracy=1.0))
+            assert result.status == "pending"  # the deployment's weights count rating, latency
         await router.reward(good.event_id, RewardParts(latency_ms=100.0))
-        assert await router.sweep(now=time.time() + 61) == 2
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert await router.sweep(now=time.time() + 61) == 3
+        said = f"event {listed.event_id}: its reward weights are unusable (reward weights must be"
+        assert said in caplog.text
         await router.learner.step()
         logged = await all_events(router.store.events())
         rewards = {e.decision["event_id"]: e.reward["reward"] for e in logged}
-        assert rewards == {bad.event_id: 1.0, good.event_id: pytest.approx(0.95)}
+        assert rewards == {
+            bad.event_id: 1.0,
+            listed.event_id: 1.0,
+            good.event_id: pytest.approx(0.95),
+        }
         await router.close()
         await router.store.close()
 

@@ -58,6 +58,13 @@ def test_arms_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("reward_weights", "accuracy=0", "at least one reward weight must be > 0"),
         ("arms", "a,a", "arm names must be unique, repeated: a"),
         ("arms", "", "at least one arm"),
+        ("arms", "a:1:0.1:9", r"arm 'a:1:0.1:9': expected name\[:params_b\[:usd_per_mtok\]\]"),
+        ("gateway_parts", "latency,speed", "unknown gateway part 'speed'; valid: latency, cost"),
+        (
+            "gateway_preferences",
+            '{"fast": {"latency": 1}, "quick": {"speed": 1}}',
+            "preference 'quick': unknown reward part 'speed'",
+        ),
         ("latency_budget_ms", 0, "greater than 0"),
         ("admin_key", "cl\u00e9", "key 1 of 1 holds a character that is not printable ASCII"),
         ("api_keys", "a,b\x01", "key 2 of 2 holds a character that is not printable ASCII"),
@@ -373,6 +380,9 @@ def test_linucb_whose_matrices_would_not_fit_a_model_is_refused(
         ("redis://h:6379/three", "names the database 'three': a database is a number"),
         ("redis://:Zq9@x:wo/rd@h:6379/0", "must be percent-encoded (@ as %40"),
         ("redis://:Zq9#x@h:6379/0", "must be percent-encoded (@ as %40"),
+        # a password of digits then #: the digits read as the port, and no host before them
+        ("redis://:9#Zq9x@h:6379/0", "must be percent-encoded (@ as %40"),
+        ("redis:///0", "does not read as scheme://[USER:PASSWORD@]HOST[:PORT][/DB]"),
         ("redis+cluster://:Zq9?x@h1:7000,h2:7000", "must be percent-encoded (@ as %40"),
         # a user's password of digits then / (base64's): the rest read as the database
         ("redis://default:38/Zq9x@h:6379/0", "must be percent-encoded (@ as %40"),

@@ -122,6 +122,11 @@ def test_an_unknown_policy_or_arm_is_refused(capsys: pytest.CaptureFixture[str])
             ["--add-arm", "llama2-7b@5", "--add-arm", "llama2-13b@5", "--add-arm", "llama2-70b@9"],
             "every arm joins after step 0; no arm could serve before",
         ),
+        (["--add-arm", "llama2-7B@5"], "--add-arm: unknown arm 'llama2-7B'; valid: llama2-7b"),
+        (
+            ["--via", "http://127.0.0.1:9", "--seeds", "2"],
+            "--via replays one seed, cold, through the service's own policy",
+        ),
         # Seeds past BANDIT_SEED's range, run as if they were in it.
         (["--first-seed", "4294967295", "--seeds", "2"], "runs seeds past 4294967295"),
     ],
@@ -132,6 +137,36 @@ def test_a_policy_list_or_seeds_that_cannot_run_are_refused_in_a_line(
     assert _simulate(*args, "--no-skyline") == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--add-arm", "llama2-7b"], "--add-arm: ARM@STEP is needed, e.g. llama3-70b@4000; got"),
+        (["--add-arm", "llama2-7b@-1"], "--add-arm: ARM@STEP is needed"),
+        (["--warm-start", "half"], "--warm-start: a fraction in [0, 1) is needed, got 'half'"),
+        (["--warm-start", "1"], "--warm-start: a fraction in [0, 1) is needed, got '1'"),
+    ],
+)
+def test_an_argument_of_another_form_is_refused_naming_it(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        _simulate(*args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_weights_no_row_can_score_are_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BANDIT_REWARD_WEIGHTS", "rating=1")  # the slice has no rating
+    assert _simulate("--policies", "random", "--no-skyline") == 2
+    err = capsys.readouterr().err
+    assert f"{SLICE}: line 1: outcomes.llama2-7b: no weighted reward part present" in err, err
+    assert _simulate("--policies", "random", "--no-skyline", "--skip-bad") == 2
+    err = capsys.readouterr().err
+    assert f"{SLICE}: no usable rows: no row has a reward part the weights count" in err, err
 
 
 def test_one_seed_gives_no_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
