@@ -426,3 +426,27 @@ def readable(logged: Iterable[Logged]) -> list[Event]:
 async def all_events(logged: AsyncIterator[Logged]) -> list[Event]:
     """Every entry of ``Store.events()``, each of which must be a readable event."""
     return readable([e async for e in logged])
+
+
+@contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` unwritable, as on a disk remounted read-only: its mode, and for root (whom
+    modes do not stop) the immutable attribute; skipped where neither holds."""
+    directory.chmod(0o555)
+    immutable = os.geteuid() == 0 and (
+        subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+    )
+    try:
+        probe = directory / "probe"
+        try:
+            probe.write_bytes(b"")
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("cannot make a directory unwritable here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)

@@ -21,8 +21,7 @@ from bandit_router.cli.main import main
 from bandit_router.service.backup import write_file
 from bandit_router.settings import Settings
 from bandit_router.sim import dataset
-from tests.conftest import DATA
-from tests.test_journal import _read_only
+from tests.conftest import DATA, read_only
 
 GOOD_ROW: dict[str, Any] = {
     "query": "What is 2+2?",
@@ -406,7 +405,7 @@ def test_train_refuses_an_output_folder_it_cannot_write(
     path = _lines(tmp_path / "r.jsonl", GOOD_ROW)
     folder = tmp_path / "models"
     folder.mkdir()
-    with _read_only(folder):
+    with read_only(folder):
         assert main(["train", str(path), "--out", str(folder / "x.json")]) == 2
     assert f"--out {folder / 'x.json'}: not writable" in capsys.readouterr().err
     assert os.listdir(folder) == []

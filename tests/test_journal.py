@@ -14,8 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from tests.conftest import (
     cli_env,
     cli_process,
     healthy,
+    read_only,
     wait_until,
 )
 from tests.test_faults import _open_router, _running
@@ -472,30 +471,6 @@ def test_a_choose_repeated_at_once_while_redis_is_down_is_one_decision(
     asyncio.run(scenario())
 
 
-@contextmanager
-def _read_only(directory: Path) -> Iterator[None]:
-    """``directory`` unwritable, as on a disk remounted read-only: its mode, and for root (whom
-    modes do not stop) the immutable attribute; skipped where neither holds."""
-    directory.chmod(0o555)
-    immutable = os.geteuid() == 0 and (
-        subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
-    )
-    try:
-        probe = directory / "probe"
-        try:
-            probe.write_bytes(b"")
-        except OSError:
-            pass
-        else:
-            probe.unlink()
-            pytest.skip("cannot make a directory unwritable here")
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        directory.chmod(0o755)
-
-
 def test_a_gone_process_journal_in_a_directory_become_unwritable_stops_no_start(
     make_settings: SettingsFactory, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -510,7 +485,7 @@ def test_a_gone_process_journal_in_a_directory_become_unwritable_stops_no_start(
     gone.append(dumps(decision))
     path = gone.release()
     assert path is not None
-    with _read_only(directory), caplog.at_level(logging.WARNING, logger="bandit_router"):
+    with read_only(directory), caplog.at_level(logging.WARNING, logger="bandit_router"):
         with TestClient(create_app(settings)) as client:
             r = client.post("/reward", json={"event_id": "left-behind", "reward": 0.5})
             assert r.status_code == 200, r.text
