@@ -74,7 +74,7 @@ def is_dsjson(path: Path) -> bool:
     """Whether ``path`` is an exported DSJSON log (else a replay file): its first row says.
 
     Raises ``ValueError`` naming the line when the first row is not a JSON object at all (or
-    is too long to read), since then neither format fits."""
+    is too long to read), since then neither format fits, and when there is no row."""
     with path.open("rb") as f:
         try:
             number, line = next(
@@ -84,8 +84,8 @@ def is_dsjson(path: Path) -> bool:
             )
         except LineError as e:
             raise ValueError(f"{path}:{e.number}: {e.problem}") from None
-        except StopIteration:  # an empty file: the replay reader says so
-            return False
+        except StopIteration:
+            raise ValueError(f"{path}: no rows to train on (the file is empty or blank)") from None
     try:
         if isinstance(line, LineError):
             raise ValueError(line.problem)
