@@ -360,6 +360,10 @@ def test_evaluate_reads_standard_input_as_a_file(
     assert main(["evaluate", "-", "--json", "--policies", "random,linucb"]) == 0
     assert capsys.readouterr().out == from_file
     assert json.loads(from_file)["logged"]["n"] == 300
+    # a bad line is named in it, not in the temporary copy
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(log.read_bytes() + b"[]\n")))
+    assert main(["evaluate", "-"]) == 2
+    assert capsys.readouterr().err.startswith("bandit-router evaluate: standard input: line 301: ")
 
 
 def test_evaluate_file_holds_no_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

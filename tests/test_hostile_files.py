@@ -334,7 +334,7 @@ def test_a_dsjson_line_that_is_not_utf8_is_named(
     assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
     assert "log.json: line 2: not UTF-8 (invalid start byte" in capsys.readouterr().err
     assert main(["evaluate", str(path), "--policies", "static"]) == 2
-    assert "line 2: not UTF-8 (invalid start byte" in capsys.readouterr().err
+    assert f"evaluate: {path}: line 2: not UTF-8 (invalid start byte" in capsys.readouterr().err
 
 
 def test_a_good_dsjson_log_still_trains(tmp_path: Path) -> None:
@@ -380,7 +380,7 @@ def test_evaluate_refuses_what_would_give_a_traceback_or_nan(
     assert main(["evaluate", str(path), "--policies", "static"]) == 2
     captured = capsys.readouterr()
     assert "nan" not in captured.out
-    assert "line 2: not an exported DSJSON event" in captured.err
+    assert f"evaluate: {path}: line 2: not an exported DSJSON event" in captured.err
     assert re.search(message, captured.err)
 
 

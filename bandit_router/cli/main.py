@@ -30,7 +30,7 @@ from bandit_router.cli.upstream import add_upstream
 from bandit_router.deployments import DeploymentsError, load_deployments
 from bandit_router.errors import StoreDamaged, StoreUnavailable
 from bandit_router.http.process import configure_logging
-from bandit_router.inputs import reopenable
+from bandit_router.inputs import LineError, reopenable
 from bandit_router.progress import Progress
 from bandit_router.settings import Settings, unknown_variables
 from bandit_router.store.cluster import NotACluster
@@ -246,7 +246,9 @@ def evaluate(args: argparse.Namespace) -> int:
         with reopenable(args.log) as path:  # - reads standard input; read twice
             summary, results = evaluate_file(path, specs, settings, args.seed)
     except (OSError, ValueError) as e:
-        print(f"bandit-router evaluate: {e}", file=sys.stderr)
+        # a line's error names the log, as train's do (standard input's is a copy's name)
+        where = ("standard input" if args.log == "-" else args.log) + ": "
+        print(f"bandit-router evaluate: {where * isinstance(e, LineError)}{e}", file=sys.stderr)
         return 2
     print(_evaluation_json(summary, results) if args.json else _evaluation_table(summary, results))
     return 0

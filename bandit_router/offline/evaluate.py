@@ -213,7 +213,7 @@ def _record(number: int, line: str, max_features: int | None) -> LoggedRecord:
     try:
         return record_from_dsjson(inputs.parse_json(line), max_features)
     except (ValueError, KeyError, TypeError, OverflowError) as e:
-        raise ValueError(f"line {number}: not an exported DSJSON event ({e})") from e
+        raise inputs.LineError(number, f"not an exported DSJSON event ({e})") from e
 
 
 def record_from_event(event: Event, arms: Sequence[Arm]) -> LoggedRecord:
