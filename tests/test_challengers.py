@@ -527,6 +527,64 @@ def test_a_replaced_champion_clears_only_above_the_champions_interval(weight: fl
         assert scored("linucb", window, 100, replaced).clears == clears  # from the sums, the same
 
 
+def _bench_of_known_windows() -> Bench:
+    """Three challengers scored on the same four events (propensity 1/2, rewards 1, 0, 1, 0: the
+    champion's estimate 0.5). linucb and fixed:arm=7b pick the paying arm on the two events that
+    paid (SNIPS exactly 1, interval width 0) under a perfect reward model (DR's terms are its
+    direct term: 0.9 and 0.7 on every event); fixed:arm=4b never picks a logged arm (SNIPS
+    undefined), so it never clears."""
+    specs = [parse_policy_spec(s) for s in ("linucb", "fixed:arm=7b", "fixed:arm=4b")]
+    bench = Bench(parse_policy_spec("random"), specs, seed=1)
+    bench.min_events = 3  # fewer than the 4 events held: the record shows the events
+    known = [("linucb", 1.0, 0.9), ("fixed:arm=7b", 1.0, 0.7), ("fixed:arm=4b", 0.0, 0.3)]
+    for name, pick, direct in known:
+        for r in (1.0, 0.0, 1.0, 0.0):
+            bench.challengers[name].window.add((pick * r, 0.5, r, r, direct))
+    return bench
+
+
+def test_judging_picks_the_widest_margin_and_logs_each_change_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Of two challengers that clear, the one whose lower bounds are furthest above the champion
+    is promoted; each start of clearing is logged once, and stored with the challengers."""
+    bench = _bench_of_known_windows()
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        best = bench.judge()
+        again = bench.judge()
+    assert best is not None and again is not None
+    assert (best.policy, again.policy) == ("linucb", "linucb")
+    assert best.margin == pytest.approx(0.9 - 0.5)  # min(SNIPS 1, DR 0.9) over 0.5
+    changes = [r.getMessage() for r in caplog.records if " clears champion " in r.getMessage()]
+    assert [m.split()[1] for m in changes] == ["linucb", "fixed:arm=7b"]  # once, not per judging
+    assert [name for name, c in bench.challengers.items() if c.clearing] == [
+        "linucb",
+        "fixed:arm=7b",
+    ]
+    meta = json.loads(bench.fields(b"{}")["meta"])
+    assert meta["clearing"] == ["linucb", "fixed:arm=7b"]
+
+
+def test_a_promotion_records_the_estimates_it_was_made_on() -> None:
+    """The record of a promotion holds the window's event count and the promoted challenger's
+    SNIPS and DR and the champion's estimate, each as computed by hand."""
+    bench = _bench_of_known_windows()
+    old = build_policy(parse_policy_spec("random"), None, 1)
+    _, record = bench.promote(parse_policy_spec("linucb"), old, "admin", 7)
+    half = 1.959963984540054 * math.sqrt(1 / 3) / math.sqrt(4)  # rewards 1, 0, 1, 0: s^2 = 1/3
+    assert (record["from_policy"], record["to_policy"], record["by"]) == (
+        "random",
+        "linucb",
+        "admin",
+    )
+    assert (record["events"], record["model_version"]) == (4, 7)
+    assert record["snips"] == pytest.approx({"value": 1.0, "low": 1.0, "high": 1.0, "n": 4})
+    assert record["dr"] == pytest.approx({"value": 0.9, "low": 0.9, "high": 0.9, "n": 4})
+    assert record["champion"] == pytest.approx(
+        {"value": 0.5, "low": 0.5 - half, "high": 0.5 + half, "n": 4}
+    )
+
+
 def test_a_promotion_marks_the_champion_it_replaced_and_a_restart_keeps_the_mark() -> None:
     settings = Settings(policy="random", challengers=["linucb", "fixed:arm=7b"], seed=1)
     random_spec, linucb = parse_policy_spec("random"), parse_policy_spec("linucb")

@@ -95,6 +95,22 @@ def test_reward_model_learns_per_arm_and_starts_at_one_half() -> None:
         RewardModel(l2=0)
 
 
+def test_reward_model_predictions_stay_in_the_reward_range() -> None:
+    """Rewards 0 at one value of a statistic and 1 at twice it: the fitted line runs past [0, 1]
+    further along (and back to 0) and the predictions stop at 1 and 0 (DR's terms assume it)."""
+    model = RewardModel()
+    low = Features(stats=(0.1, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    high = Features(stats=(0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    for _ in range(200):
+        model.learn(low, "4b", 0.0)
+        model.learn(high, "4b", 1.0)
+    assert model.predict(low, ["4b"])["4b"] < 0.5 < model.predict(high, ["4b"])["4b"]
+    far = Features(stats=(0.5, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    back = Features(stats=(0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    assert model.predict(far, ["4b"]) == {"4b": 1.0}
+    assert model.predict(back, ["4b"]) == {"4b": 0.0}
+
+
 def test_reward_model_penalty_and_its_bytes() -> None:
     """One event learned: theta . v = (r - 0.5) |v|^2 / (l2 + |v|^2), so the penalty shows; the
     bytes give back the same predictions for every arm (two, to read each one's slice)."""

@@ -33,6 +33,34 @@ def test_scaling() -> None:
     assert scaled == pytest.approx({"accuracy": 0.3, "rating": 0.5, "latency": 0.0, "cost": 0.5})
 
 
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (RewardParts(cost_usd=0.0), 1.0),
+        (RewardParts(cost_usd=0.00025), 0.75),
+        (RewardParts(cost_usd=0.001), 0.0),
+        (RewardParts(cost_usd=0.5), 0.0),  # far over the budget: 0, not below
+        (RewardParts(latency_ms=0.0), 1.0),
+        (RewardParts(latency_ms=250.0), 0.75),
+        (RewardParts(latency_ms=4000.0), 0.0),
+    ],
+)
+def test_latency_and_cost_fall_from_1_when_free_to_0_at_their_budgets(
+    parts: RewardParts, expected: float
+) -> None:
+    """Cheaper and faster is better: a quarter of the budget (1000 ms, 0.001 USD) scores 0.75,
+    the budget or more 0."""
+    config = RewardConfig({"latency": 1.0, "cost": 1.0}, latency_budget_ms=1000)
+    assert config.combine(parts) == pytest.approx(expected)
+
+
+def test_parts_from_a_mapping_skip_nulls_and_other_fields() -> None:
+    """As a replay's outcomes and /reward's stored parts give them: null parts are absent."""
+    parts = RewardParts.from_mapping({"accuracy": 1, "rating": None, "output_tokens": 7})
+    assert parts == RewardParts(accuracy=1.0)
+    assert CONFIG.combine(parts) == 1.0
+
+
 def test_direct_reward_wins() -> None:
     assert CONFIG.combine(RewardParts(accuracy=0.0, reward=0.9)) == 0.9
 
