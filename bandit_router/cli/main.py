@@ -246,9 +246,10 @@ def evaluate(args: argparse.Namespace) -> int:
         with reopenable(args.log) as path:  # - reads standard input; read twice
             summary, results = evaluate_file(path, specs, settings, args.seed)
     except (OSError, ValueError) as e:
-        # a line's error names the log, as train's do (standard input's is a copy's name)
-        where = ("standard input" if args.log == "-" else args.log) + ": "
-        print(f"bandit-router evaluate: {where * isinstance(e, LineError)}{e}", file=sys.stderr)
+        said = str(e)
+        if isinstance(e, LineError):  # named in the log, as train's are (- is a copy's name)
+            said = f"{'standard input' if args.log == '-' else args.log}: {said}"
+        print(f"bandit-router evaluate: {said}", file=sys.stderr)
         return 2
     print(_evaluation_json(summary, results) if args.json else _evaluation_table(summary, results))
     return 0
