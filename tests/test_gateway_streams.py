@@ -299,6 +299,12 @@ def _stats(base: str, arm: str) -> dict[str, Any]:
     return stats
 
 
+def _ended(base: str) -> tuple[int, int]:
+    """The events whose windows closed: rewarded, and skipped with no reward."""
+    stats = httpx.get(f"{base}/stats").json()
+    return stats["rewards_accepted"], stats["skipped_no_reward"]
+
+
 def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
     serve: Serve, scripted: Start
 ) -> None:
@@ -643,12 +649,8 @@ def test_a_client_that_leaves_after_the_latency_budget_charges_the_arm(
         )
     wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
 
-    def ended() -> tuple[int, int]:
-        stats = httpx.get(f"{base}/stats").json()
-        return stats["rewards_accepted"], stats["skipped_no_reward"]
-
-    wait_until(lambda: sum(ended()) == 1, 30, "the event's window to close")
-    assert ended() == ((1, 0) if charged else (0, 1))
+    wait_until(lambda: sum(_ended(base)) == 1, 30, "the event's window to close")
+    assert _ended(base) == ((1, 0) if charged else (0, 1))
     if charged:
         assert _stats(base, "slow")["mean_reward"] == 0
 
@@ -677,12 +679,8 @@ def test_a_client_that_leaves_mid_stream_is_charged_its_first_tokens_latency(
         next(response.iter_lines())  # the first event, then leave
     wait_until(lambda: app.left == 1, 30, "the upstream call to be closed")
 
-    def ended() -> tuple[int, int]:
-        stats = httpx.get(f"{base}/stats").json()
-        return stats["rewards_accepted"], stats["skipped_no_reward"]
-
-    wait_until(lambda: sum(ended()) == 1, 30, "the event's window to close")
-    assert ended() == ((1, 0) if counted else (0, 1))
+    wait_until(lambda: sum(_ended(base)) == 1, 30, "the event's window to close")
+    assert _ended(base) == ((1, 0) if counted else (0, 1))
     if counted:
         assert _stats(base, "held")["mean_reward"] > 0.9  # its first token came at once
     assert "not recorded" not in caplog.text
