@@ -265,7 +265,7 @@ def test_an_empty_file_has_no_rows_to_train_or_evaluate(
     path = _lines(tmp_path / "log.json", "", " ")
     assert main(["train", str(path), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
-    assert err == f"train: {path}: no rows to train on (the file is empty or blank)\n"
+    assert err == f"bandit-router train: {path}: no rows to train on (the file is empty or blank)\n"
     assert main(["evaluate", str(path), "--policies", "fixed:arm=a"]) == 2
     assert "the log has no events to evaluate" in capsys.readouterr().err
 

@@ -279,8 +279,8 @@ def test_without_mabwiser_its_peer_is_refused_by_name(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        "simulate: policy mabwiser needs the MABWiser package, which is not installed: "
-        "pip install mabwiser (or the bench extra)"
+        "bandit-router simulate: policy mabwiser needs the MABWiser package, which is not "
+        "installed: pip install mabwiser (or the bench extra)"
     )
     assert not list(tmp_path.iterdir())  # refused before anything ran
 

@@ -181,8 +181,8 @@ def test_a_pipe_is_copied_within_a_bound(
     assert main(["train", str(fifo), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"train: {fifo}: longer than 10000 bytes, the most read from a pipe; write it to a file "
-        "and give its name\n"
+        f"bandit-router train: {fifo}: longer than 10000 bytes, the most read from a pipe; "
+        "write it to a file and give its name\n"
     )
     assert not out.exists()
     writer.join(timeout=10)
@@ -222,7 +222,9 @@ def test_a_bad_piped_row_is_named_by_the_name_given(tmp_path: Path) -> None:
         command, input=b'{"query": 5}\n', capture_output=True, timeout=120, check=False
     )
     assert done.returncode == 2
-    assert done.stderr.decode().startswith("train: -:1: query must be a non-empty string")
+    assert done.stderr.decode().startswith(
+        "bandit-router train: -:1: query must be a non-empty string"
+    )
     assert not out.exists()
 
 

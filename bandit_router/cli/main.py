@@ -431,9 +431,10 @@ def _simulate_write(out: Path, result: dict[str, Any], runs: Any, args: argparse
     if not plots.available():
         # The results are written; only the optional pictures are missing, so the exit code is 0.
         print(
-            f"simulate: wrote {out / 'summary.json'} and {out / 'steps.csv'}, but no plots: "
-            "matplotlib is missing; install the sim extra (pip install 'bandit-router[sim]'; "
-            "in the repository: .venv/bin/pip install -e '.[sim]'), or pass --no-plots",
+            f"bandit-router simulate: wrote {out / 'summary.json'} and {out / 'steps.csv'}, "
+            "but no plots: matplotlib is missing; install the sim extra "
+            "(pip install 'bandit-router[sim]'; in the repository: "
+            ".venv/bin/pip install -e '.[sim]'), or pass --no-plots",
             file=sys.stderr,
         )
         return
@@ -498,33 +499,36 @@ def simulate(args: argparse.Namespace) -> int:
     given = args.policies or ("" if args.via else f"{settings.policy},{_DEFAULT_POLICIES}")
     names = [n.strip() for n in given.split(",") if n.strip()]
     if not names and args.via is None:  # --via replays the service's own policy
-        print(f"simulate: --policies {args.policies!r} names no policy", file=sys.stderr)
+        print(
+            f"bandit-router simulate: --policies {args.policies!r} names no policy", file=sys.stderr
+        )
         return 2
     if not args.policies:  # the default list: BANDIT_POLICY may be one of the references
         names = list(dict.fromkeys(names))
     if twice := [name for i, name in enumerate(names) if name in names[:i]]:
         # the runs are keyed by name: the second would replace the first's row
-        print(f"simulate: --policies lists {twice[0]} twice", file=sys.stderr)
+        print(f"bandit-router simulate: --policies lists {twice[0]} twice", file=sys.stderr)
         return 2
     if args.via is not None and (
         args.seeds != 1 or len(names) > 1 or args.warm_start or args.add_arm
     ):
         print(
-            "simulate: --via replays one seed, cold, through the service's own policy",
+            "bandit-router simulate: --via replays one seed, cold, "
+            "through the service's own policy",
             file=sys.stderr,
         )
         return 2
     if args.first_seed + args.seeds - 1 > SEED_MAX:
         print(
-            f"simulate: --first-seed {args.first_seed} with --seeds {args.seeds} runs seeds past "
-            f"{SEED_MAX}, the last BANDIT_SEED takes",
+            f"bandit-router simulate: --first-seed {args.first_seed} with --seeds {args.seeds} "
+            f"runs seeds past {SEED_MAX}, the last BANDIT_SEED takes",
             file=sys.stderr,
         )
         return 2
     try:
         prepared = _simulate_prepare(args, names, settings)
     except (ValueError, OSError) as e:
-        print(f"simulate: {e}", file=sys.stderr)
+        print(f"bandit-router simulate: {e}", file=sys.stderr)
         return 2
     if args.via is None:
         runs = _simulate_runs(args, names, prepared, settings)
@@ -537,7 +541,10 @@ def simulate(args: argparse.Namespace) -> int:
             runs = _simulate_runs(args, names, prepared, settings)
         except (OSError, ValueError, http.client.HTTPException, ServiceError) as e:
             # a service that is down, answers an error or is no service: said in a line
-            print(f"simulate: --via {args.via}: {e or type(e).__name__}", file=sys.stderr)
+            print(
+                f"bandit-router simulate: --via {args.via}: {e or type(e).__name__}",
+                file=sys.stderr,
+            )
             return 1
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     meta = {

@@ -55,14 +55,14 @@ def train(args: argparse.Namespace) -> int:
         trained = settings.model_copy(update={"arms": specs})
         check_arms(spec, trained)  # fixed:arm=NAME names one of the file's arms
     except (ValueError, OSError) as e:
-        print(f"train: {e}", file=sys.stderr)
+        print(f"bandit-router train: {e}", file=sys.stderr)
         return 2
     snapshot = Snapshot(str(spec), learned, "0-0", policy.dumps())
     doc = to_json(snapshot, trained, words)
     try:
         write_file(out, doc)
     except OSError as e:  # a disk that filled up during training, say
-        print(f"train: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        print(f"bandit-router train: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 2
     summary: dict[str, Any] = {
         "file": str(out),
