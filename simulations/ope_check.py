@@ -8,6 +8,8 @@ learning policies the expected reward they earn when run live on a fresh stream 
 length (what progressive validation estimates).
 
     .venv/bin/python simulations/ope_check.py --events 3000 --logging egreedy:epsilon=0.2
+
+``--log FILE`` keeps the exported log, which README's ``bandit-router evaluate`` example reads.
 """
 
 from __future__ import annotations
@@ -104,15 +106,26 @@ def main() -> None:
         default="random,static,fixed:4b,fixed:7b,fixed:14b,egreedy:epsilon=0.05,linucb,squarecb",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--log", type=Path, help="also write the exported log here (for bandit-router evaluate)"
+    )
     args = parser.parse_args()
     specs = args.policies.split(",")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(tmp) as redis:
-        settings = Settings(redis_url=redis.url, policy=args.logging, seed=args.seed)
+        # a fixed word key: the same words hash alike in every run, so the figures repeat
+        settings = Settings(
+            redis_url=redis.url,
+            policy=args.logging,
+            seed=args.seed,
+            hash_key=f"ope-check-seed-{args.seed:08d}",
+        )
         asyncio.run(log_events(settings, args.events, args.seed))
         path = Path(tmp) / "log.dsjson"
         with path.open("w") as out:
             asyncio.run(export_log(settings, out))
         records = read_log(path.read_text().splitlines())
+        if args.log is not None:
+            args.log.write_text(path.read_text())
     results = estimate_policies(records, specs)
     print(
         f"{len(records)} events logged by {args.logging}; mean reward "
