@@ -207,14 +207,15 @@ def test_the_learners_lines_name_their_deployment(
 ) -> None:
     """A service of several deployments learns for each, and `learn --deployment NAME` runs
     one per deployment: "learner HOST:PID:TAG leads at model version 0" came once each, and
-    no line said whose learner it was."""
+    no line said whose learner it was; nor whose model "policy P at model version N" was."""
     file = _write(tmp_path, FILE)
     with caplog.at_level(logging.INFO, logger="bandit_router"):
         make_client(make_settings(deployments_file=file))
+    names = [f"deployment {name}: " for name in ("coding", "default", "support")]
     leads = [m for m in caplog.messages if " leads at model version " in m]
-    assert sorted(m.split("learner ")[0] for m in leads) == [
-        f"deployment {name}: " for name in ("coding", "default", "support")
-    ]
+    assert sorted(m.split("learner ")[0] for m in leads) == names
+    loaded = [m for m in caplog.messages if " logged events replayed)" in m]
+    assert sorted(m.split("policy ")[0] for m in loaded) == names
     settings = make_settings(deployments_file=file)  # another prefix: its leases are free
     env = cli_env(
         redis_url=settings.redis_url, key_prefix=settings.key_prefix, deployments_file=file
@@ -225,6 +226,7 @@ def test_the_learners_lines_name_their_deployment(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert "INFO bandit_router: deployment coding: learner " in log.read_text()
+    assert "INFO bandit_router: deployment coding: policy " in log.read_text()
 
 
 def test_an_unknown_deployment_or_a_foreign_id_is_a_422_naming_the_field(

@@ -177,9 +177,11 @@ async def load_model(
     progress: Callable[[int], None] | None = None,
     deployment: str | None = None,
     stop: asyncio.Event | None = None,
+    where: str = "",
 ) -> Model:
     """The newest snapshot plus every logged event after it (``progress``: events replayed;
-    ``deployment``: the deployment's name, for what the log says of its policy). ``stop``
+    ``deployment``: the deployment's name, for what the log says of its policy; ``where``:
+    whose line the model's start is, as ``Learner.where``). ``stop``
     set, the replay ends at the next event with ``asyncio.CancelledError``: the process
     stops, and nothing it replayed was published (the next learner replays it)."""
     warned: set[str] = set()  # the override refused, if any: said here, once
@@ -215,7 +217,11 @@ async def load_model(
     except StoreDamaged:  # the log's key is of another type (said in the log): serve what is
         pass  # learned; the learner replays the log once an operator has deleted the key
     log.info(
-        "policy %s at model version %d (%d logged events replayed)", spec, model.version, replayed
+        "%spolicy %s at model version %d (%d logged events replayed)",
+        where,
+        spec,
+        model.version,
+        replayed,
     )
     return model
 
@@ -965,7 +971,7 @@ async def run_learner(
     for BANDIT_STARTUP_WAIT_S: nothing is learned yet, so nothing is lost)."""
     loading = asyncio.ensure_future(
         when_available(
-            lambda: load_model(store, settings, deployment=deployment, stop=stop),
+            lambda: load_model(store, settings, deployment=deployment, stop=stop, where=where),
             settings.startup_wait_s,
         )
     )

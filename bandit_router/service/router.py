@@ -163,7 +163,7 @@ class Router:
         (``load_model``), and the learner's replays under the lease (``Learner.stopping``)."""
         with contextlib.suppress(StoreUnavailable):  # else the host's clock until a sweep reads it
             await store.read_clock()
-        model = await load_model(store, settings, deployment=name, stop=stopping)
+        model = await load_model(store, settings, deployment=name, stop=stopping, where=where)
         learner = Learner(settings, store, model, stopping)
         learner.outage.where = where
         if settings.hash_key:
