@@ -516,5 +516,6 @@ def test_an_endpoint_the_gateway_does_not_serve_is_a_404_the_sdk_says_in_words(
         client.embeddings.create(model="auto", input="hi")
     assert "POST /v1/embeddings" in missing.value.message
     assert "the gateway serves POST /v1/chat/completions" in missing.value.message
+    assert missing.value.response.json()["field"] == "path"  # as the routing API's 404 says
     # The routing API's own errors keep their shape.
     assert httpx.get(f"{base}/nowhere").json()["field"] == "path"

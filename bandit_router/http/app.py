@@ -106,11 +106,12 @@ async def _on_error(request: Request, exc: Exception) -> Response:
             if allowed == "GET":  # a GET route answers HEAD too (RoutingDoor)
                 allowed = "GET, HEAD"
             headers = {**headers, "Allow": allowed}
-        body = error_body(*_routing_miss(exc, request.method, path, headers))
+        detail, field = _routing_miss(exc, request.method, path, headers)
+        body = error_body(detail, field)
         if is_gateway_path(request.scope):  # the OpenAI SDK's call to a path not served here
             served = "the gateway serves POST /v1/chat/completions and GET /v1/models"
             detail = f"{exc.detail}: {request.method} {path}; {served}"
-            body = openai_error(exc.status_code, error_body(detail, None))
+            body = openai_error(exc.status_code, error_body(detail, field))
         return Response(
             body,
             status_code=exc.status_code,
