@@ -276,6 +276,23 @@ def test_config_masks_secrets(
     assert doc["BANDIT_KEY_PREFIX"] == "bandit"
 
 
+def test_config_tells_an_unset_setting_from_an_empty_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unset BANDIT_BUFFER_DIR (BANDIT_DATA_DIR/buffer) and an empty one (memory only) were
+    both an empty cell."""
+
+    def row() -> list[str]:
+        assert main(["config"]) == 0
+        (line,) = [x for x in capsys.readouterr().out.splitlines() if "BANDIT_BUFFER_DIR" in x]
+        return line.split()
+
+    monkeypatch.delenv("BANDIT_BUFFER_DIR", raising=False)
+    assert row() == ["BANDIT_BUFFER_DIR", "(unset)", "default"]
+    monkeypatch.setenv("BANDIT_BUFFER_DIR", "")
+    assert row() == ["BANDIT_BUFFER_DIR", "env"]  # an empty cell
+
+
 @pytest.mark.parametrize(
     ("env", "value", "message"),
     [

@@ -409,9 +409,11 @@ def config(args: argparse.Namespace) -> int:
 
 
 def _flat(value: Any) -> str:
+    """A setting's value in a cell; ``(unset)`` where an empty one means something else (an
+    unset BANDIT_BUFFER_DIR is BANDIT_DATA_DIR/buffer, an empty one memory only)."""
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))
-    return "" if value is None else str(value)
+    return "(unset)" if value is None else str(value)
 
 
 def add_commands(sub: Any) -> None:
