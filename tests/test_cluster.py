@@ -471,6 +471,44 @@ def test_a_cluster_out_of_reach_is_an_outage_the_service_rides_out(
     asyncio.run(run())
 
 
+def test_a_cluster_that_answers_nothing_is_an_outage_each_call_meets_in_its_own_time(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Every node stopped (SIGSTOP: connections are taken and nothing answers, as in a network
+    cut that drops packets): the topology read tried each node for its 5 s timeout, 30 s for
+    six, under a lock every call waited on, and a /choose went unanswered for minutes. Each
+    call waits for that read at most its own timeout, and is degraded (or 503) then; the read
+    goes on alone, and the service follows the slot once the cluster answers."""
+    settings = _settings(own_cluster, tmp_path, buffer_dir="")
+
+    async def run() -> None:
+        async with open_store(settings) as store:
+            router = await Router.open(settings, store)
+            try:
+                first = await router.choose("before")
+                for node in own_cluster.nodes:
+                    node.pause()
+                for _ in range(3):  # the master found gone, then the topology unreadable
+                    async with asyncio.timeout(15):  # one call's 5 s, each; 30 s and more before
+                        calls = [router.choose("during") for _ in range(4)]
+                        assert all(c.degraded for c in await asyncio.gather(*calls))
+                        with pytest.raises(StoreUnavailable):
+                            await router.reward(first.event_id, RewardParts(accuracy=1.0))
+                    await asyncio.sleep(0.25)  # past the route's refresh interval
+                for node in own_cluster.nodes:
+                    node.resume()
+                await asyncio.to_thread(own_cluster.wait_ok)
+                deadline = time.monotonic() + 60
+                while (await router.choose("after")).degraded:
+                    assert time.monotonic() < deadline, "the store never followed the slot back"
+                    await asyncio.sleep(0.2)
+                await router.reward(first.event_id, RewardParts(accuracy=1.0))
+            finally:
+                await router.close()
+
+    asyncio.run(run())
+
+
 def test_a_node_whose_port_was_taken_starts_on_other_ports(tmp_path: Path) -> None:
     binary = _binary("redis-server")
     if binary is None:

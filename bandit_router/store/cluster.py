@@ -15,6 +15,7 @@ calls keep failing fast until a replica has been promoted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ log = logging.getLogger("bandit_router")
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 REFRESH_EVERY_S = 0.2  # topology reads at most this often while the slot's master is away
+NODE_TIMEOUT_S = 5.0  # a node's reply to a topology read; also the most a call waits for a read
 REDIRECTS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
 
 
@@ -146,7 +148,10 @@ class SlotRoute:
         try:
             self.url, others = seed_nodes(plain_url(url))
             self.cluster = RedisCluster.from_url(
-                self.url, startup_nodes=others, socket_connect_timeout=2, socket_timeout=5
+                self.url,
+                startup_nodes=others,
+                socket_connect_timeout=2,
+                socket_timeout=NODE_TIMEOUT_S,
             )
         except (RedisClusterException, ValueError) as e:  # "Unix domain socket is not supported"
             where = redacted_url(plain_url(url))
@@ -155,7 +160,7 @@ class SlotRoute:
         self.bind = bind
         self.master: str | None = None  # host:port of the master in use
         self.stale = False
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Future[None] | None = None  # the topology read in flight
         self._refreshed = 0.0  # monotonic time of the last topology read
         self._unreadable = False  # the last read failed, said in the log (once an outage)
 
@@ -190,28 +195,48 @@ class SlotRoute:
     async def follow(self) -> None:
         """Re-read the topology (at most every ``REFRESH_EVERY_S``) and move to the slot's
         master if it changed. A failure here leaves the route stale; the call goes on to meet
-        the same failure and answer 503."""
-        async with self._lock:
+        the same failure and answer 503. One read at a time, which the calls meanwhile share,
+        each waiting for it at most ``NODE_TIMEOUT_S``, then failing as a Redis that does not
+        reply (``RedisTimeoutError``): the read tries node after node, and nodes that take a
+        connection and answer nothing (a network cut that drops packets) hold it that long
+        each; it goes on alone."""
+        reading = self._reading
+        if reading is None or reading.done():
             if not self.stale or time.monotonic() - self._refreshed < REFRESH_EVERY_S:
                 return
-            before = self.master
-            self._refreshed = time.monotonic()  # a read that fails too: no read at every call
-            try:
-                url = await self.locate(refresh=True)
-            except (RedisError, RedisClusterException, OSError) as e:
-                # No node answers (the cluster is out of reach: an outage), or none serves the
-                # slot yet: redis-py says so with a RedisClusterException, which reached the
-                # caller as itself (a 500, a /choose not answered degraded) before.
-                if not self._unreadable:
-                    log.warning("Redis Cluster topology unreadable: %s", e)
-                self._unreadable = True
-                return
-            self._unreadable = False
-            self.stale = False
-            if self.master != before and self.bind is not None:
-                log.warning("slot %d moved from %s to %s", self.slot, before, self.master)
-                old = await self.bind(self._connect(url))
-                await old.aclose()
+            reading = self._reading = asyncio.ensure_future(self._read())
+        try:
+            async with asyncio.timeout(NODE_TIMEOUT_S):
+                await asyncio.shield(reading)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"no Redis Cluster node replied to the topology read in {NODE_TIMEOUT_S:g} s"
+            ) from None
+
+    async def _read(self) -> None:
+        """``follow``'s read of the topology, and the move to the slot's new master."""
+        before = self.master
+        self._refreshed = time.monotonic()  # a read that fails too: no read at every call
+        try:
+            url = await self.locate(refresh=True)
+        except (RedisError, RedisClusterException, OSError) as e:
+            # No node answers (the cluster is out of reach: an outage), or none serves the
+            # slot yet: redis-py says so with a RedisClusterException, which reached the
+            # caller as itself (a 500, a /choose not answered degraded) before.
+            if not self._unreadable:
+                log.warning("Redis Cluster topology unreadable: %s", e)
+            self._unreadable = True
+            return
+        self._unreadable = False
+        self.stale = False
+        if self.master != before and self.bind is not None:
+            log.warning("slot %d moved from %s to %s", self.slot, before, self.master)
+            old = await self.bind(self._connect(url))
+            await old.aclose()
 
     async def aclose(self) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
         await self.cluster.aclose()

@@ -502,7 +502,10 @@ class Store:
         first; an entry that is not a usable event comes as ``Unreadable``."""
         start = f"({after}" if after != "0-0" else "-"
         if self.route is not None and self.route.stale:
-            await self.route.follow()
+            try:
+                await self.route.follow()
+            except DOWN as e:  # as the reads' below
+                raise StoreUnavailable(str(e)) from e
         key = self.key(KEY_EVENTS)
         while True:
             read = self.redis.xrange(key, min=start, max=until, count=batch)

@@ -55,9 +55,9 @@ def unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         # On Redis Cluster a store has a route to its slot's master (``cluster.SlotRoute``):
         # followed again once a failure or a redirection marked it stale.
         route = getattr(args[0], "route", None) if args else None
-        if route is not None and route.stale:
-            await route.follow()
         try:
+            if route is not None and route.stale:
+                await route.follow()
             return await fn(*args, **kwargs)
         except DOWN as e:
             if route is not None:
