@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean setup soak bench bench-service bench-gateway bench-deployments
+.PHONY: run test lint clean setup soak bench bench-service bench-gateway bench-deployments wrk
 
 setup: $(STAMP)
 
@@ -42,18 +42,22 @@ soak: $(STAMP)
 # 35 minutes); each can be run alone.
 bench: bench-service bench-deployments bench-gateway
 
-# 10-16 minutes; installs wrk (Debian) when missing and root. Writes BENCHMARKS.md. The open-loop
-# generator (benchmarks/openloop.py) needs only the package's own uvloop and httptools.
-bench-service: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+# The HTTP load generator of bench-service and bench-deployments: Debian's, installed when
+# missing and root.
+wrk:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		{ echo "make bench needs wrk: apt-get install -y wrk (as root)"; exit 1; }
+
+# 10-16 minutes. Writes BENCHMARKS.md. The open-loop generator (benchmarks/openloop.py) needs
+# only the package's own uvloop and httptools.
+bench-service: $(STAMP) wrk
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run --reps $${BENCH_REPS:-5} --seconds $${BENCH_SECONDS:-5}
 
 # Choose and reward pairs a second for 1, 4 and 16 deployments, on one Redis and on a local
 # Redis Cluster, with and without WAIT for one replica (about 5 minutes).
-bench-deployments: $(STAMP)
+bench-deployments: $(STAMP) wrk
 	$(BIN)/python -m benchmarks.deployments --seconds $${BENCH_SECONDS:-5} --reps $${BENCH_REPS:-3} \
 		--wait-replicas 0,1
 

@@ -750,7 +750,8 @@ class Learner:
             if pending is not None:
                 raise PolicyConflict(
                     f"policy {pending} was set by POST /admin/policy and serves once the learner "
-                    f"has switched to it (within BANDIT_LEARNER_LEASE_S / 3): promote then"
+                    "has switched to it (within BANDIT_LEARNER_LEASE_S / 3 and a second): "
+                    "promote then"
                 )
             return await self._promote(spec, "admin", override)
 
