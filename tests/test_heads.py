@@ -317,12 +317,19 @@ class _Parsed(asyncio.Protocol):
         pass
 
 
-async def _scan_counts(http: str, reads: list[bytes]) -> list[int]:
-    """The heads the scan (as ``head_deadline`` builds it for ``http``) counts after each read."""
-    scan = type("Scan", (head_deadline(60, http),), {"protocol": _Parsed})()
+def _scanning(http: str) -> HeadDeadline:
+    """The scan as ``head_deadline`` builds it for ``http``, its connection made (in a running
+    loop)."""
+    scan: HeadDeadline = type("Scan", (head_deadline(60, http),), {"protocol": _Parsed})()
     transport = _Transport()
     transport.get_protocol = lambda: scan  # type: ignore[method-assign]
     scan.connection_made(transport)
+    return scan
+
+
+async def _scan_counts(http: str, reads: list[bytes]) -> list[int]:
+    """The heads the scan (as ``head_deadline`` builds it for ``http``) counts after each read."""
+    scan = _scanning(http)
     counts = []
     for data in reads:
         scan.data_received(data)
@@ -487,6 +494,28 @@ def test_the_scan_follows_each_framing_as_far_as_the_parser_does(request_: bytes
         for http, parsed in (("httptools", _httptools_counts), ("h11", _h11_counts)):
             want = parsed(reads)
             assert asyncio.run(_scan_counts(http, reads))[: len(want)] == want, http
+
+
+async def _scanned(http: str, reads: list[bytes]) -> tuple[int, bool, int]:
+    """After ``reads``: the heads the scan has counted, whether it has closed the connection,
+    and how much of a chunk-size or trailer line it holds."""
+    scan = _scanning(http)
+    for data in reads:
+        scan.data_received(data)
+    assert scan.transport is not None
+    return scan.requests, scan.transport.is_closing(), len(scan.line)
+
+
+@PARSERS
+def test_a_head_of_the_limit_is_followed_and_one_byte_longer_refused(http: str) -> None:
+    """HEAD_LIMIT bytes, its empty line included, are followed; one byte more is refused
+    (431), in one read or cut anywhere."""
+    start = b"GET / HTTP/1.1\r\nx-big: "
+    for length, counted in ((HEAD_LIMIT, 1), (HEAD_LIMIT + 1, 0)):
+        head = start + b"a" * (length - len(start) - 4) + b"\r\n\r\n"
+        for reads in ([head], [head[:100], head[100:]], [head[:-1], head[-1:]]):
+            scanned = asyncio.run(_scanned(http, reads))
+            assert scanned[:2] == (counted, not counted), (length, len(reads[0]))
 
 
 # Bodies are the body timeout's
