@@ -406,6 +406,7 @@ _HEADER_LINES = [
 _LENGTHS: list[Callable[[int], list[bytes]]] = [
     lambda n: [b"content-length: %d" % n],
     lambda n: [b"content-length: 000%d " % n],
+    lambda n: [b"content-length: %s%d" % (b"0" * 20, n)],  # zeros past the digits a length has
     lambda n: [b"content-length: %d, %d" % (n, n)],
     lambda n: [b"content-length: %d" % n, b"Content-Length: %d" % n],
     lambda n: [b"content-length: %d, %d" % (n, n + 1)],
@@ -484,6 +485,12 @@ def _framed(lines: list[bytes], body: bytes) -> bytes:
         _framed([coding], size % 11 + b"\r\nhello world\r\n0\r\n\r\n")  # size b or B
         for coding in _CODINGS
         for size in _CHUNK_SIZES
+    ]
+    + [
+        # zeros past the start of the line kept, one a read, are still zeros: the size is not
+        # 0 (else the chunk's empty line would end the body and the rest be read as a head)
+        _framed([_CODINGS[0]], b"0" * 70 + b"b\r\nhello\r\n\r\nwo\r\n0\r\n\r\n"),
+        _framed([_CODINGS[0]], b"b\r\nhello world\r\n0\r\nx-a: 1\r\nx-b: 2\r\n\r\n"),
     ],
 )
 def test_the_scan_follows_each_framing_as_far_as_the_parser_does(request_: bytes) -> None:
@@ -516,6 +523,15 @@ def test_a_head_of_the_limit_is_followed_and_one_byte_longer_refused(http: str) 
         for reads in ([head], [head[:100], head[100:]], [head[:-1], head[-1:]]):
             scanned = asyncio.run(_scanned(http, reads))
             assert scanned[:2] == (counted, not counted), (length, len(reads[0]))
+
+
+@pytest.mark.parametrize("body", [b"b;e=" + b"e" * 100_000, b"0\r\nx-e: " + b"e" * 100_000])
+def test_a_long_chunk_line_is_kept_no_further_than_its_start(body: bytes) -> None:
+    """A chunk extension or a trailer as long as a client likes, in many reads: the scan holds
+    the start of its line, all it needs of it, not the whole."""
+    stream = _framed([_CODINGS[0]], body)
+    reads = [stream[at : at + 1000] for at in range(0, len(stream), 1000)]
+    assert asyncio.run(_scanned("httptools", reads))[2] <= 2 * heads._LINE_KEPT
 
 
 # Bodies are the body timeout's
