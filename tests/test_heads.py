@@ -208,6 +208,22 @@ def test_the_gap_between_requests_is_left_to_uvicorns_keep_alive(serve: Serve, h
 
 @PARSERS
 @ONE_REDIS
+def test_a_head_in_pieces_leaves_no_deadline_behind(serve: Serve, http: str) -> None:
+    """A first head in two reads, answered, then idle past the deadline: the deadline ended with
+    the head, whichever read armed it, and the next request is served."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        for piece in (GET[:10], GET[10:]):
+            conn.send(piece)
+            time.sleep(FAST / 5)
+        assert conn.response()[0] == 200
+        time.sleep(2 * FAST)
+        conn.send(GET)
+        assert conn.response()[0] == 200
+
+
+@PARSERS
+@ONE_REDIS
 def test_pipelined_requests_with_bodies_are_answered_and_the_next_head_timed(
     serve: Serve, http: str
 ) -> None:
@@ -693,6 +709,19 @@ def test_a_head_pipelined_behind_a_slow_stream_waits_its_turn(http: str) -> None
     assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
 
 
+def test_a_head_held_back_behind_a_slow_stream_is_timed_once_read() -> None:
+    """Part of a next head behind a response longer than the deadline, never finished: h11
+    reads nothing more until the response ends, and the deadline, put off meanwhile, closes the
+    connection then (not uvicorn's keep-alive, made longer than the wait here)."""
+    with (
+        _alone(_slow_stream, head_deadline(FAST, "h11"), timeout_keep_alive=60) as server,
+        Raw(f"http://127.0.0.1:{server.config.port}") as conn,
+    ):
+        conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\n")
+        reply = conn.until_closed()
+    assert reply.count(b"HTTP/1.1 200") == 1 and reply.endswith(b"3\r\nend\r\n0\r\n\r\n"), reply
+
+
 BIG = 16 << 20  # more than the kernel's buffers hold for a client that reads none of it
 
 
@@ -746,6 +775,22 @@ async def _big_or_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": message["text"]})
 
 
+def _text_frame(text: bytes) -> bytes:
+    """A WebSocket text frame of a few bytes, masked as a client masks it."""
+    mask = b"\x01\x02\x03\x04"
+    return b"\x81%c%s%s" % (
+        0x80 | len(text),
+        mask,
+        bytes(b ^ mask[i % 4] for i, b in enumerate(text)),
+    )
+
+
+WEBSOCKET = (
+    b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+)
+
+
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -> None:
     """A response written whole, not read yet, then a WebSocket on the connection: from then
@@ -757,10 +802,7 @@ def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -
     ):
         conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         time.sleep(FAST)  # the response written, the transport's buffer full
-        conn.sendall(
-            b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-        )
+        conn.sendall(WEBSOCKET)
         reply = b""
         while b"\r\n\r\n" not in reply[BIG:]:  # the response, then the WebSocket's head
             chunk = conn.recv(1 << 20)
@@ -768,10 +810,31 @@ def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -
             reply += chunk
         assert b"HTTP/1.1 101 " in reply[BIG:], reply[BIG:]
         time.sleep(5 * FAST)  # past the send timeout from the response's stall
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
-        conn.sendall(b"\x81\x82" + mask + masked)  # a text frame, as a client masks it
+        conn.sendall(_text_frame(b"hi"))
         assert conn.recv(64) == b"\x81\x02hi"
+
+
+@PARSERS
+def test_bytes_after_a_websocket_head_in_its_read_are_not_timed_as_a_head(http: str) -> None:
+    """A client that sends a frame in the read of its WebSocket head, not waiting for the 101:
+    the frame is no request head, and the WebSocket is not closed at the head deadline."""
+    with (
+        _alone(_big_or_echo, head_deadline(FAST, http)) as server,
+        socket.create_connection(("127.0.0.1", server.config.port), timeout=WAIT_S) as conn,
+    ):
+        conn.sendall(WEBSOCKET + _text_frame(b"hi"))
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = conn.recv(4096)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 101 "), reply
+        time.sleep(2 * FAST)
+        conn.sendall(_text_frame(b"ho"))
+        while b"\x81\x02ho" not in reply:  # uvicorn may have dropped the first frame
+            chunk = conn.recv(64)
+            assert chunk, reply
+            reply += chunk
 
 
 # Limits and the log
