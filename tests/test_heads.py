@@ -882,6 +882,56 @@ def test_requests_sent_far_ahead_of_their_answers_close_the_connection(
         assert conn.response()[0] == 200
 
 
+def test_requests_queued_behind_a_slow_answer_count_toward_the_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httptools queues the requests of a read behind the one under way, and reads again at
+    each answer: a read of fewer than PIPELINED_LIMIT requests passes it with those still
+    queued, and closes the connection (else each answer let in as many again)."""
+    many = PIPELINED_LIMIT * 5 // 8  # under the limit alone, over it with most of another
+    with (
+        _alone(_slow_stream, head_deadline(FAST, "httptools")) as server,
+        caplog.at_level(logging.WARNING, logger="bandit_router"),
+        Raw(f"http://127.0.0.1:{server.config.port}") as conn,
+    ):
+        conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n" + GET * many)
+        time.sleep(FAST)  # read when /slow is answered, its followers still queued
+        conn.send(GET * many)
+        reply = conn.until_closed()
+    assert reply.count(b"HTTP/1.1 200") < 1 + 2 * many, reply
+    assert any("sent ahead of their answers, over" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize(
+    ("http", "sent"),
+    [
+        ("httptools", b"GET /big HTTP/1.1\r\nx-big: " + b"a" * HEAD_LIMIT + b"\r\n\r\n"),
+        ("h11", LIVEZ * (PIPELINED_LIMIT + 1)),
+        ("httptools", LIVEZ * (PIPELINED_LIMIT + 1)),
+    ],
+)
+def test_a_read_that_closes_the_connection_is_not_parsed(http: str, sent: bytes) -> None:
+    """A read refused whole (a head past the limit with its end in it, or more requests than
+    PIPELINED_LIMIT) is not handed to uvicorn: none of its requests reaches the app."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await _hello(scope, receive, send)
+
+    with _alone(app, head_deadline(60, http)) as server:
+        base = f"http://127.0.0.1:{server.config.port}"
+        with Raw(base) as conn:
+            conn.send(sent)
+            reply = conn.until_closed()
+            assert b"HTTP/1.1 200" not in reply and not reply.endswith(b"<still open>"), reply
+        with Raw(base) as conn:  # after it, as the server took them
+            conn.send(GET)
+            assert conn.response()[0] == 200
+    assert seen == ["/healthz"]
+
+
 @ONE_REDIS
 def test_closed_connections_are_said_once_then_with_a_count(
     serve: Serve, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
