@@ -611,14 +611,15 @@ def test_a_body_sent_with_a_get_is_bounded_too(serve: Serve, http: str) -> None:
 
 @PARSERS
 @ONE_REDIS
+@pytest.mark.parametrize("path", [b"/choose%0A", b"/choose%7F"])  # a newline, DEL
 def test_a_body_sent_to_a_path_refused_unread_does_not_hold_the_connection(
-    serve: Serve, http: str
+    serve: Serve, http: str, path: bytes
 ) -> None:
     """A path with a control character is refused (404) before any body is read: its
     connection is closed after the answer, not left waiting for a body trickled in."""
     base = serve(head_timeout_s=FAST, body_timeout_s=2 * FAST, http=http)
     with Raw(base) as conn:
-        conn.send(b"POST /choose%0A HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}")
+        conn.send(b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}" % path)
         assert conn.response()[0] == 404
         for _ in range(int(6 * FAST / 0.1)):  # a byte every 0.1 s, past the body timeout
             time.sleep(0.1)
