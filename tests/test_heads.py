@@ -595,18 +595,23 @@ def test_a_slow_body_is_left_to_the_body_timeout(serve: Serve, http: str) -> Non
 def test_a_body_sent_with_a_get_is_bounded_too(serve: Serve, http: str) -> None:
     """No route of a GET reads a body, and uvicorn waits for the rest of one after the answer:
     trickled, it held the connection as long as the client liked. Read and bounded as any
-    body, it is served when whole and gets the body timeout's 408 when not."""
+    body, it is served when whole and gets the body timeout's 408 when not, by length or
+    chunked."""
     base = serve(head_timeout_s=FAST, body_timeout_s=2 * FAST, http=http)
     with Raw(base) as conn:
         conn.send(b"GET /stats HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
         assert conn.response()[0] == 200
         conn.send(GET)  # the connection is reused after it
         assert conn.response()[0] == 200
-    with Raw(base) as conn:
-        conn.send(b"GET /stats HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}")
-        head, _, answer = conn.until_closed().partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), head
-    assert json.loads(answer)["field"] == "body"
+    for unfinished in (
+        b"content-length: 100\r\n\r\n{}",
+        b"transfer-encoding: chunked\r\n\r\n2\r\n{}",
+    ):
+        with Raw(base) as conn:
+            conn.send(b"GET /stats HTTP/1.1\r\nhost: x\r\n" + unfinished)
+            head, _, answer = conn.until_closed().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert json.loads(answer)["field"] == "body"
 
 
 @PARSERS
