@@ -208,6 +208,22 @@ def test_the_gap_between_requests_is_left_to_uvicorns_keep_alive(serve: Serve, h
 
 @PARSERS
 @ONE_REDIS
+def test_a_head_in_pieces_leaves_no_deadline_behind(serve: Serve, http: str) -> None:
+    """A first head in two reads, answered, then idle past the deadline: the deadline ended with
+    the head, whichever read armed it, and the next request is served."""
+    base = serve(head_timeout_s=FAST, http=http)
+    with Raw(base) as conn:
+        for piece in (GET[:10], GET[10:]):
+            conn.send(piece)
+            time.sleep(FAST / 5)
+        assert conn.response()[0] == 200
+        time.sleep(2 * FAST)
+        conn.send(GET)
+        assert conn.response()[0] == 200
+
+
+@PARSERS
+@ONE_REDIS
 def test_pipelined_requests_with_bodies_are_answered_and_the_next_head_timed(
     serve: Serve, http: str
 ) -> None:
@@ -317,12 +333,19 @@ class _Parsed(asyncio.Protocol):
         pass
 
 
-async def _scan_counts(http: str, reads: list[bytes]) -> list[int]:
-    """The heads the scan (as ``head_deadline`` builds it for ``http``) counts after each read."""
-    scan = type("Scan", (head_deadline(60, http),), {"protocol": _Parsed})()
+def _scanning(http: str) -> HeadDeadline:
+    """The scan as ``head_deadline`` builds it for ``http``, its connection made (in a running
+    loop)."""
+    scan: HeadDeadline = type("Scan", (head_deadline(60, http),), {"protocol": _Parsed})()
     transport = _Transport()
     transport.get_protocol = lambda: scan  # type: ignore[method-assign]
     scan.connection_made(transport)
+    return scan
+
+
+async def _scan_counts(http: str, reads: list[bytes]) -> list[int]:
+    """The heads the scan (as ``head_deadline`` builds it for ``http``) counts after each read."""
+    scan = _scanning(http)
     counts = []
     for data in reads:
         scan.data_received(data)
@@ -399,6 +422,7 @@ _HEADER_LINES = [
 _LENGTHS: list[Callable[[int], list[bytes]]] = [
     lambda n: [b"content-length: %d" % n],
     lambda n: [b"content-length: 000%d " % n],
+    lambda n: [b"content-length: %s%d" % (b"0" * 20, n)],  # zeros past the digits a length has
     lambda n: [b"content-length: %d, %d" % (n, n)],
     lambda n: [b"content-length: %d" % n, b"Content-Length: %d" % n],
     lambda n: [b"content-length: %d, %d" % (n, n + 1)],
@@ -477,6 +501,12 @@ def _framed(lines: list[bytes], body: bytes) -> bytes:
         _framed([coding], size % 11 + b"\r\nhello world\r\n0\r\n\r\n")  # size b or B
         for coding in _CODINGS
         for size in _CHUNK_SIZES
+    ]
+    + [
+        # zeros past the start of the line kept, one a read, are still zeros: the size is not
+        # 0 (else the chunk's empty line would end the body and the rest be read as a head)
+        _framed([_CODINGS[0]], b"0" * 70 + b"b\r\nhello\r\n\r\nwo\r\n0\r\n\r\n"),
+        _framed([_CODINGS[0]], b"b\r\nhello world\r\n0\r\nx-a: 1\r\nx-b: 2\r\n\r\n"),
     ],
 )
 def test_the_scan_follows_each_framing_as_far_as_the_parser_does(request_: bytes) -> None:
@@ -487,6 +517,37 @@ def test_the_scan_follows_each_framing_as_far_as_the_parser_does(request_: bytes
         for http, parsed in (("httptools", _httptools_counts), ("h11", _h11_counts)):
             want = parsed(reads)
             assert asyncio.run(_scan_counts(http, reads))[: len(want)] == want, http
+
+
+async def _scanned(http: str, reads: list[bytes]) -> tuple[int, bool, int]:
+    """After ``reads``: the heads the scan has counted, whether it has closed the connection,
+    and how much of a chunk-size or trailer line it holds."""
+    scan = _scanning(http)
+    for data in reads:
+        scan.data_received(data)
+    assert scan.transport is not None
+    return scan.requests, scan.transport.is_closing(), len(scan.line)
+
+
+@PARSERS
+def test_a_head_of_the_limit_is_followed_and_one_byte_longer_refused(http: str) -> None:
+    """HEAD_LIMIT bytes, its empty line included, are followed; one byte more is refused
+    (431), in one read or cut anywhere."""
+    start = b"GET / HTTP/1.1\r\nx-big: "
+    for length, counted in ((HEAD_LIMIT, 1), (HEAD_LIMIT + 1, 0)):
+        head = start + b"a" * (length - len(start) - 4) + b"\r\n\r\n"
+        for reads in ([head], [head[:100], head[100:]], [head[:-1], head[-1:]]):
+            scanned = asyncio.run(_scanned(http, reads))
+            assert scanned[:2] == (counted, not counted), (length, len(reads[0]))
+
+
+@pytest.mark.parametrize("body", [b"b;e=" + b"e" * 100_000, b"0\r\nx-e: " + b"e" * 100_000])
+def test_a_long_chunk_line_is_kept_no_further_than_its_start(body: bytes) -> None:
+    """A chunk extension or a trailer as long as a client likes, in many reads: the scan holds
+    the start of its line, all it needs of it, not the whole."""
+    stream = _framed([_CODINGS[0]], body)
+    reads = [stream[at : at + 1000] for at in range(0, len(stream), 1000)]
+    assert asyncio.run(_scanned("httptools", reads))[2] <= 2 * heads._LINE_KEPT
 
 
 # Bodies are the body timeout's
@@ -534,30 +595,36 @@ def test_a_slow_body_is_left_to_the_body_timeout(serve: Serve, http: str) -> Non
 def test_a_body_sent_with_a_get_is_bounded_too(serve: Serve, http: str) -> None:
     """No route of a GET reads a body, and uvicorn waits for the rest of one after the answer:
     trickled, it held the connection as long as the client liked. Read and bounded as any
-    body, it is served when whole and gets the body timeout's 408 when not."""
+    body, it is served when whole and gets the body timeout's 408 when not, by length or
+    chunked."""
     base = serve(head_timeout_s=FAST, body_timeout_s=2 * FAST, http=http)
     with Raw(base) as conn:
         conn.send(b"GET /stats HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
         assert conn.response()[0] == 200
         conn.send(GET)  # the connection is reused after it
         assert conn.response()[0] == 200
-    with Raw(base) as conn:
-        conn.send(b"GET /stats HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}")
-        head, _, answer = conn.until_closed().partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), head
-    assert json.loads(answer)["field"] == "body"
+    for unfinished in (
+        b"content-length: 100\r\n\r\n{}",
+        b"transfer-encoding: chunked\r\n\r\n2\r\n{}",
+    ):
+        with Raw(base) as conn:
+            conn.send(b"GET /stats HTTP/1.1\r\nhost: x\r\n" + unfinished)
+            head, _, answer = conn.until_closed().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert json.loads(answer)["field"] == "body"
 
 
 @PARSERS
 @ONE_REDIS
+@pytest.mark.parametrize("path", [b"/choose%0A", b"/choose%7F"])  # a newline, DEL
 def test_a_body_sent_to_a_path_refused_unread_does_not_hold_the_connection(
-    serve: Serve, http: str
+    serve: Serve, http: str, path: bytes
 ) -> None:
     """A path with a control character is refused (404) before any body is read: its
     connection is closed after the answer, not left waiting for a body trickled in."""
     base = serve(head_timeout_s=FAST, body_timeout_s=2 * FAST, http=http)
     with Raw(base) as conn:
-        conn.send(b"POST /choose%0A HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}")
+        conn.send(b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}" % path)
         assert conn.response()[0] == 404
         for _ in range(int(6 * FAST / 0.1)):  # a byte every 0.1 s, past the body timeout
             time.sleep(0.1)
@@ -648,6 +715,19 @@ def test_a_head_pipelined_behind_a_slow_stream_waits_its_turn(http: str) -> None
     assert reply.count(b"end") == 2 and b"1\r\nd\r\n" in reply, reply
 
 
+def test_a_head_held_back_behind_a_slow_stream_is_timed_once_read() -> None:
+    """Part of a next head behind a response longer than the deadline, never finished: h11
+    reads nothing more until the response ends, and the deadline, put off meanwhile, closes the
+    connection then (not uvicorn's keep-alive, made longer than the wait here)."""
+    with (
+        _alone(_slow_stream, head_deadline(FAST, "h11"), timeout_keep_alive=60) as server,
+        Raw(f"http://127.0.0.1:{server.config.port}") as conn,
+    ):
+        conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\n")
+        reply = conn.until_closed()
+    assert reply.count(b"HTTP/1.1 200") == 1 and reply.endswith(b"3\r\nend\r\n0\r\n\r\n"), reply
+
+
 BIG = 16 << 20  # more than the kernel's buffers hold for a client that reads none of it
 
 
@@ -701,6 +781,22 @@ async def _big_or_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": message["text"]})
 
 
+def _text_frame(text: bytes) -> bytes:
+    """A WebSocket text frame of a few bytes, masked as a client masks it."""
+    mask = b"\x01\x02\x03\x04"
+    return b"\x81%c%s%s" % (
+        0x80 | len(text),
+        mask,
+        bytes(b ^ mask[i % 4] for i, b in enumerate(text)),
+    )
+
+
+WEBSOCKET = (
+    b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+)
+
+
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -> None:
     """A response written whole, not read yet, then a WebSocket on the connection: from then
@@ -712,10 +808,7 @@ def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -
     ):
         conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         time.sleep(FAST)  # the response written, the transport's buffer full
-        conn.sendall(
-            b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-        )
+        conn.sendall(WEBSOCKET)
         reply = b""
         while b"\r\n\r\n" not in reply[BIG:]:  # the response, then the WebSocket's head
             chunk = conn.recv(1 << 20)
@@ -723,10 +816,31 @@ def test_a_connection_handed_over_to_a_websocket_is_not_timed_after(http: str) -
             reply += chunk
         assert b"HTTP/1.1 101 " in reply[BIG:], reply[BIG:]
         time.sleep(5 * FAST)  # past the send timeout from the response's stall
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
-        conn.sendall(b"\x81\x82" + mask + masked)  # a text frame, as a client masks it
+        conn.sendall(_text_frame(b"hi"))
         assert conn.recv(64) == b"\x81\x02hi"
+
+
+@PARSERS
+def test_bytes_after_a_websocket_head_in_its_read_are_not_timed_as_a_head(http: str) -> None:
+    """A client that sends a frame in the read of its WebSocket head, not waiting for the 101:
+    the frame is no request head, and the WebSocket is not closed at the head deadline."""
+    with (
+        _alone(_big_or_echo, head_deadline(FAST, http)) as server,
+        socket.create_connection(("127.0.0.1", server.config.port), timeout=WAIT_S) as conn,
+    ):
+        conn.sendall(WEBSOCKET + _text_frame(b"hi"))
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = conn.recv(4096)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 101 "), reply
+        time.sleep(2 * FAST)
+        conn.sendall(_text_frame(b"ho"))
+        while b"\x81\x02ho" not in reply:  # uvicorn may have dropped the first frame
+            chunk = conn.recv(64)
+            assert chunk, reply
+            reply += chunk
 
 
 # Limits and the log
@@ -772,6 +886,56 @@ def test_requests_sent_far_ahead_of_their_answers_close_the_connection(
     with Raw(base) as conn:
         conn.send(LIVEZ)
         assert conn.response()[0] == 200
+
+
+def test_requests_queued_behind_a_slow_answer_count_toward_the_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httptools queues the requests of a read behind the one under way, and reads again at
+    each answer: a read of fewer than PIPELINED_LIMIT requests passes it with those still
+    queued, and closes the connection (else each answer let in as many again)."""
+    many = PIPELINED_LIMIT * 5 // 8  # under the limit alone, over it with most of another
+    with (
+        _alone(_slow_stream, head_deadline(FAST, "httptools")) as server,
+        caplog.at_level(logging.WARNING, logger="bandit_router"),
+        Raw(f"http://127.0.0.1:{server.config.port}") as conn,
+    ):
+        conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n" + GET * many)
+        time.sleep(FAST)  # read when /slow is answered, its followers still queued
+        conn.send(GET * many)
+        reply = conn.until_closed()
+    assert reply.count(b"HTTP/1.1 200") < 1 + 2 * many, reply
+    assert any("sent ahead of their answers, over" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize(
+    ("http", "sent"),
+    [
+        ("httptools", b"GET /big HTTP/1.1\r\nx-big: " + b"a" * HEAD_LIMIT + b"\r\n\r\n"),
+        ("h11", LIVEZ * (PIPELINED_LIMIT + 1)),
+        ("httptools", LIVEZ * (PIPELINED_LIMIT + 1)),
+    ],
+)
+def test_a_read_that_closes_the_connection_is_not_parsed(http: str, sent: bytes) -> None:
+    """A read refused whole (a head past the limit with its end in it, or more requests than
+    PIPELINED_LIMIT) is not handed to uvicorn: none of its requests reaches the app."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await _hello(scope, receive, send)
+
+    with _alone(app, head_deadline(60, http)) as server:
+        base = f"http://127.0.0.1:{server.config.port}"
+        with Raw(base) as conn:
+            conn.send(sent)
+            reply = conn.until_closed()
+            assert b"HTTP/1.1 200" not in reply and not reply.endswith(b"<still open>"), reply
+        with Raw(base) as conn:  # after it, as the server took them
+            conn.send(GET)
+            assert conn.response()[0] == 200
+    assert seen == ["/healthz"]
 
 
 @ONE_REDIS

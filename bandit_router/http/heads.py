@@ -269,13 +269,13 @@ class HeadDeadline(asyncio.Protocol):
         if self.head:  # the rest of a head begun in an earlier read
             before = len(self.head)
             self.head += data[at : at + HEAD_LIMIT + 1 - before]
-            found = _END.search(self.head, max(before - 2, 0))
+            found = _END.search(self.head, max(before - 2, 0), HEAD_LIMIT)
             if found is not None:
                 head, end = bytes(self.head[: found.end()]), at + found.end() - before
         else:
             while at < size and data[at] in b"\r\n":  # the parsers skip empty lines before one
                 at += 1
-            found = _END.search(data, at, at + HEAD_LIMIT + 1)
+            found = _END.search(data, at, at + HEAD_LIMIT)
             if found is not None:
                 head, end = data[at : found.end()], found.end()
             else:
