@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -588,6 +589,84 @@ def test_a_learner_whose_step_fails_says_so_and_learns_on(
     assert len(said) == 1 and said[0].exc_info is not None
 
 
+def test_a_learner_whose_step_fails_midway_through_a_batch_learns_the_rest_of_it(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug met midway through learning a batch: the events after it were delivered to the
+    learner and not learned, and no read delivers them again. The learner leads anew from
+    Redis, replaying the log after its watermark, so each is learned, once."""
+    from bandit_router.service.learner import Learner, fresh_model
+
+    settings = make_settings(learn_in_workers=False)
+    learn, calls = Learner._learn, [0]
+
+    def failing(learner: Learner, event: Any, late: bool = False) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("a bug in learning")
+        learn(learner, event, late)
+
+    monkeypatch.setattr(Learner, "_learn", failing)
+
+    async def scenario() -> None:
+        api = await _open(settings)  # logs rewards, never learns
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        learner = Learner(
+            settings, store, fresh_model(parse_policy_spec(settings.policy), settings)
+        )
+        assert await learner.lead()  # leads an empty log
+        await _train(api, 5)
+        stop = asyncio.Event()
+        running = asyncio.create_task(learner.run(stop, poll_s=0.05))
+        deadline = time.monotonic() + 10
+        while learner.model.version < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await running
+        assert learner.model.version == 5 and calls[0] >= 6
+        await learner.close()
+        await store.close()
+        await api.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reward_whose_learning_fails_has_the_learner_lead_anew_at_the_loops_next_turn(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reward Redis stored whose catch-up failed (here a bug) is answered as stored, and its
+    learner stops leading: it leads anew from Redis at its loop's next turn, not at its next
+    renewal of the lease, a third of the lease later, with nothing learned meanwhile."""
+    from bandit_router.service.learner import Learner
+    from tests.test_faults import _running
+
+    settings = make_settings(learner_lease_s=30)
+    catch_up, failures = Learner.catch_up, [0]
+
+    async def failing(learner: Learner, stream_id: str | None) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("a bug in the catch-up")
+        await catch_up(learner, stream_id)
+
+    monkeypatch.setattr(Learner, "catch_up", failing)
+
+    async def meanwhile(router: Router) -> None:
+        first = await router.choose("hello")
+        failures[0] = 1
+        taken = await router.reward(first.event_id, RewardParts(reward=1.0))
+        assert taken.status == "final" and failures == [0]
+        deadline = time.monotonic() + 5
+        while not router.learner.leading:
+            assert time.monotonic() < deadline, "the learner did not lead anew"
+            await asyncio.sleep(0.05)
+        await _serve(router, ["then"], 0.0)
+        assert router.version == 2
+
+    asyncio.run(_running(settings, meanwhile))
+
+
 def test_concurrent_rewards_are_learned_before_their_answers_in_log_order(
     make_settings: SettingsFactory,
 ) -> None:
@@ -635,6 +714,85 @@ def test_events_read_while_the_learner_is_busy_are_learned_next_in_order(
         log = await all_events(router.store.events())
         assert [e.decision["event_id"] for e in log] == [first, second]
         assert router.model.stream_id == log[-1].stream_id
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reward_whose_event_its_round_trip_read_needs_no_step(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leading process learns a reward's event from the read that travels in the reward's
+    own round trip: its catch-up, with no publish due, makes no step (no round trip)."""
+    from bandit_router.service.learner import Learner
+
+    settings = make_settings(snapshot_every=1000, publish_s=3600)
+    step, steps = Learner.step, [0]
+
+    async def counted(learner: Learner) -> int:
+        steps[0] += 1
+        return await step(learner)
+
+    monkeypatch.setattr(Learner, "step", counted)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        steps[0] = 0
+        await _serve(router, ["one", "two"], 1.0)
+        assert router.version == 2 and steps[0] == 0
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_steps_that_wait_behind_one_share_the_next_read(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps called while one reads the log (concurrent /reward calls' catch-ups) need a read
+    that starts after they were called: one more read serves them all, not one each."""
+    read_new, reads = Store.read_new, [0]
+
+    async def counted(store: Store, *args: Any, **kwargs: Any) -> Any:
+        reads[0] += 1
+        return await read_new(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "read_new", counted)
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        reads[0] = 0
+        await asyncio.gather(*(router.learner.step() for _ in range(5)))
+        assert reads[0] == 2
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_learner_with_nothing_new_publishes_nothing(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its model and acknowledgements are published, a learner's steps publish nothing
+    until something new comes, however often a publish would be due."""
+    publish, published = Store.publish, [0]
+
+    async def counted(store: Store, *args: Any, **kwargs: Any) -> Any:
+        published[0] += 1
+        return await publish(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "publish", counted)
+
+    async def scenario() -> None:
+        router = await _open(make_settings(publish_s=0.05))
+        await _serve(router, ["one"], 1.0)
+        assert await router.learner.publish() == 1
+        published[0] = 0
+        for _ in range(3):
+            await asyncio.sleep(0.1)  # past publish_s
+            await router.learner.step()
+        assert published[0] == 0
+        await router.close()
         await router.store.close()
 
     asyncio.run(scenario())
@@ -848,6 +1006,71 @@ def test_learners_gone_leave_no_name_in_the_group(make_settings: SettingsFactory
         e = await _open(settings)
         assert await names(e) == set()  # taken out by e as it took the lease
         for router in (a, c, e):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_learners_events_learned_already_are_acknowledged_at_the_next_publish_due(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner dies with events it learned and never acknowledged; the next one relearns them
+    from the log and publishes, then claims them: nothing new is learned, and the publish due
+    acknowledges them all the same (else they stayed pending until something new came)."""
+    settings = make_settings(claim_idle_s=0.2, snapshot_every=1000, publish_s=0.1)
+
+    async def scenario() -> None:
+        a = await _open(settings.model_copy(update={"publish_s": 3600}))
+        await _serve(a, [f"query {i}" for i in range(3)], 1.0)
+        key = a.store.key(KEY_EVENTS)
+        assert (await a.store.redis.xpending(key, GROUP))["pending"] == 3
+        await a.store.release_lease(a.learner.name)  # a dies
+        b = await _open(settings)
+        assert b.learner.leading and b.version == 3
+        assert await b.learner.publish() == 3
+        await asyncio.sleep(0.3)  # past claim_idle_s and publish_s
+        await b.learner.step()  # claims a's events
+        assert b.version == 3
+        assert (await b.store.redis.xpending(key, GROUP))["pending"] == 0
+        await b.close()
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_event_another_learner_read_after_this_one_led_is_learned_late_not_lost(
+    make_settings: SettingsFactory,
+) -> None:
+    """Reads check the lease, so no other learner reads the log once this one leads; one that
+    did all the same (here a read made by hand under another name) leaves an event below this
+    learner's watermark that it never saw: claimed, it is learned late rather than lost, and
+    this learner's own events, claimed with it, are not learned again."""
+    settings = make_settings(claim_idle_s=0.2, snapshot_every=1000, publish_s=3600)
+
+    async def scenario() -> None:
+        a, other = await _open(settings), await _open(settings)
+        assert a.learner.leading and not other.learner.leading
+        first, read, later = [await other.choose(q) for q in ("one", "two", "three")]
+        await other.reward(first.event_id, RewardParts(reward=1.0))
+        await a.learner.step()
+        assert a.version == 1
+        await other.reward(read.event_id, RewardParts(reward=1.0))
+        key = a.store.key(KEY_EVENTS)
+        taken: Any = await a.store.redis.xreadgroup(GROUP, "elsewhere", {key: ">"}, count=1)
+        assert len(taken[0][1]) == 1  # the event of ``read``, delivered elsewhere
+        await other.reward(later.event_id, RewardParts(reward=0.0))
+        await a.learner.step()
+        assert a.version == 2  # ``later``: the watermark passed ``read``
+        await asyncio.sleep(0.3)  # past claim_idle_s
+        await a.learner.step()  # claims it, and its own two
+        assert a.version == 3
+        await a.learner.step()
+        assert a.version == 3  # once
+        assert await a.learner.publish() == 3
+        assert (await a.store.redis.xpending(key, GROUP))["pending"] == 0
+        await a.close()
+        for router in (a, other):
             await router.store.close()
 
     asyncio.run(scenario())
