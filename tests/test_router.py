@@ -23,13 +23,14 @@ from bandit_router.store.keys import (
     GROUP,
     KEY_DECISION,
     KEY_EVENTS,
+    KEY_LEASE,
     KEY_MODEL,
     KEY_PENDING,
     KEY_WORD_SECRET,
 )
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy
+from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy, long_log
 
 MARKED = "please summarise this zebra report"
 PLAIN = "prove the theorem about primes"
@@ -830,6 +831,39 @@ def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
     asyncio.run(scenario())
 
 
+def test_a_decision_whose_id_another_decision_took_since_is_learned_from_its_own_features(
+    make_settings: SettingsFactory,
+) -> None:
+    """An event id whose decision expired unrewarded is free again: another process's decision
+    under it is learned from its own features, as the log has them, not from those the leading
+    process kept for its own decision under that id."""
+    from bandit_router.service.learner import Model, fresh_model
+
+    settings = make_settings()
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        assert a.learner.leading and not b.learner.leading
+        await _train(a, 60)
+        await a.choose(MARKED, {"task": "qa"}, event_id="reused")
+        await a.store.redis.delete(a.store.key(KEY_DECISION, "reused"))  # expired
+        await b.choose(PLAIN, {"task": "code"}, event_id="reused")
+        await b.reward("reused", RewardParts(reward=1.0))
+        await a.learner.step()
+        assert a.version == 61
+        replayed: Model = fresh_model(a.model.spec, settings)
+        async for event in a.store.events():
+            replayed.learn(event, a.learner.arms)
+        for query in (MARKED, PLAIN):
+            x = extract(query, {"task": "code"}, a.words)
+            live = a.model.policy.choose(x, a.arms).probabilities
+            assert replayed.policy.choose(x, a.arms).probabilities == live
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_learner_whose_lease_lapsed_neither_overwrites_the_new_one_nor_loses_what_it_read(
     make_settings: SettingsFactory,
 ) -> None:
@@ -1065,6 +1099,7 @@ def test_an_event_another_learner_read_after_this_one_led_is_learned_late_not_lo
         await asyncio.sleep(0.3)  # past claim_idle_s
         await a.learner.step()  # claims it, and its own two
         assert a.version == 3
+        assert a.model.stream_id == await a.store.last_stream_id()  # not moved back
         await a.learner.step()
         assert a.version == 3  # once
         assert await a.learner.publish() == 3
@@ -1126,6 +1161,34 @@ def test_a_lease_renewal_never_undoes_a_switch_made_meanwhile(
         await asyncio.gather(admin, renewal)
         override = await router.store.policy_override()
         assert (override, str(learner.model.spec)) == ("linucb", "linucb")
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_found_lapsed_during_a_switchs_relearning_stops_the_switch(
+    make_settings: SettingsFactory,
+) -> None:
+    """A switch relearns the whole log under the lease, renewing it as it goes. A renewal that
+    finds the lease lapsed (its key expired: the process stalled) takes it anew, but another
+    learner may have led meanwhile: the switch is not made here, and the learner leads anew."""
+    settings = make_settings(learner_lease_s=1)
+    long_log(settings, 20_000)  # relearned in seconds
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        assert router.learner.leading and router.version == 20_000
+
+        async def lapse() -> None:
+            await asyncio.sleep(0.2)
+            await router.store.redis.delete(router.store.key(KEY_LEASE))
+
+        lapsing = asyncio.create_task(lapse())
+        with pytest.raises(NotLearner, match="passed to another process"):
+            await router.learner.switch(parse_policy_spec("linucb"))
+        await lapsing
+        assert router.model.spec.name != "linucb" and not router.learner.leading
         await router.close()
         await router.store.close()
 
