@@ -831,6 +831,22 @@ def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
     asyncio.run(scenario())
 
 
+def test_the_features_kept_for_learning_are_those_of_the_newest_decisions_only(
+    make_settings: SettingsFactory,
+) -> None:
+    """The leading process keeps the features of its recent decisions for learning them: a
+    bounded number, the oldest let go, so decisions never rewarded do not grow it for good."""
+    from bandit_router.service.learner import KEPT_CHOSEN
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        ids = [(await router.choose(f"question {i}")).event_id for i in range(KEPT_CHOSEN + 50)]
+        assert list(router.learner._chosen) == ids[50:]
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_decision_whose_id_another_decision_took_since_is_learned_from_its_own_features(
     make_settings: SettingsFactory,
 ) -> None:
