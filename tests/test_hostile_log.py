@@ -202,8 +202,10 @@ def test_a_restart_replays_past_hostile_entries(make_settings: SettingsFactory) 
 
     async def scenario() -> None:
         store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
-        model = await load_model(store, settings)
+        heard: list[int] = []
+        model = await load_model(store, settings, progress=heard.append)
         assert model.version == READABLE
+        assert heard[-1] == READABLE  # the events replayed: those learned
         assert model.stream_id == await store.last_stream_id()  # past the unreadable ones too
         await store.close()
 

@@ -944,6 +944,41 @@ def test_a_model_key_of_the_wrong_type_is_no_snapshot_and_refuses_publishing(
     r.close()
 
 
+def test_a_publish_a_model_key_of_the_wrong_type_refuses_is_put_off_for_publish_s(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reward that made a publish due tried it again, a refused transaction each: a
+    refused publish is put off for BANDIT_PUBLISH_S, then tried again."""
+    settings = make_settings(snapshot_every=1, publish_s=0.5)
+    publish, tried = Store.publish, [0]
+
+    async def counted(store: Store, *args: Any, **kwargs: Any) -> Any:
+        tried[0] += 1
+        return await publish(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "publish", counted)
+    r = _redis(settings)
+    model = _key(settings, KEY_MODEL)
+    _put(r, model, "string")
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        tried[0] = 0
+        for i in range(3):  # each due to be published
+            d = await router.choose(f"question {i}")
+            await router.reward(d.event_id, RewardParts(reward=1.0))
+        assert router.version == 3 and tried[0] == 1
+        r.delete(model)
+        await asyncio.sleep(0.6)  # past publish_s
+        d = await router.choose("after the fix")
+        await router.reward(d.event_id, RewardParts(reward=1.0))
+        assert tried[0] == 2 and r.hget(model, "version") == b"4"
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
 @pytest.mark.parametrize(("template", "kind"), [(KEY_MODEL, "string"), (KEY_EVENTS, "hash")])
 def test_restore_into_a_key_of_the_wrong_type_names_it_and_writes_nothing(
     make_settings: SettingsFactory,

@@ -91,6 +91,42 @@ def test_a_journal_keeps_only_what_the_buffer_still_holds(tmp_path: Path) -> Non
     assert path is not None and not path.exists() and emptied.release() is None
 
 
+def test_a_journal_counts_the_bytes_of_its_lines(tmp_path: Path) -> None:
+    """``size`` is what bounds the journal against the buffer (``Router._keep``): the bytes of
+    its lines, newlines included, after appends and after a rewrite alike."""
+    journal = Journal(tmp_path, "bandit")
+    for event_id in ("e1", "e2", "e3"):
+        journal.append(dumps(_decision(event_id)))
+    assert journal.path is not None
+    assert journal.size == journal.path.stat().st_size
+    journal.keep_only([_decision("e3")])
+    assert journal.size == journal.path.stat().st_size == len(dumps(_decision("e3"))) + 1
+    journal.append(dumps(_decision("e4")))
+    assert journal.size == journal.path.stat().st_size
+    journal.release()
+
+
+def test_a_rewrite_that_fails_leaves_the_journal_as_it_was_and_no_temporary_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rewrite whose new file cannot take the journal's name (here a directory has taken it)
+    keeps the journal it had, and deletes the file it made: it would be debris for a minute."""
+    journal = Journal(tmp_path, "bandit")
+    journal.append(dumps(_decision("e1")))
+    path = journal.path
+    assert path is not None
+    path.unlink()
+    path.mkdir()
+    (path / "in-the-way").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        assert not journal.keep_only([_decision("e1")])
+    assert any("was not rewritten" in m for m in caplog.messages), caplog.messages
+    assert list(tmp_path.glob(f"*{TEMPORARY}")) == []
+    assert journal.path == path
+    journal.release()
+    shutil.rmtree(path)
+
+
 class Synced:
     """The files and directories ``os.fsync`` was called on (device, inode), in order; the call
     itself is made."""
@@ -142,6 +178,28 @@ def test_a_journal_is_synced_to_disk_lines_and_name(
     kept = journal.release()  # a process that stops syncs what it leaves
     assert kept is not None and synced.of(kept) and not synced.of(tmp_path / "buffer")
     assert _orphaned(tmp_path / "buffer", "bandit") == [["e2", "e3"]]
+
+
+def test_a_journal_released_before_its_first_sync_is_synced_name_and_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that stops within a second of its journal's creation leaves it with its name
+    on disk too, not its lines only."""
+    synced = Synced(monkeypatch)
+    journal = Journal(tmp_path / "buffer", "bandit")
+    journal.append(dumps(_decision("e1")))
+    kept = journal.release()
+    assert kept is not None and synced.of(kept) and synced.of(tmp_path / "buffer")
+
+
+def test_a_journal_deleted_under_its_process_is_not_said_kept(tmp_path: Path) -> None:
+    """Its lines die with the process: ``release`` names no file for the next process."""
+    journal = Journal(tmp_path, "bandit")
+    journal.append(dumps(_decision("e1")))
+    assert journal.path is not None and not journal.deleted()
+    journal.path.unlink()
+    assert journal.deleted()
+    assert journal.release() is None
 
 
 def test_a_sync_cancelled_midway_closes_nothing_under_its_thread(
@@ -256,6 +314,45 @@ def test_a_temporary_file_left_by_a_crash_is_deleted_once_unlocked_and_old(
     journal.release()
 
 
+def test_a_live_journal_rewritten_as_another_process_opens_it_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process looking for gone processes' journals opens a live one just as its owner
+    rewrites it: the file it opened is unlocked then (its owner holds the new one), and holds
+    decisions written to Redis since. It is not taken."""
+    owner = Journal(tmp_path, "bandit")
+    owner.append(dumps(_decision("e1")))
+    owner.append(dumps(_decision("e2")))
+    real, rewritten = fcntl.flock, list[bool]()
+
+    def flock(handle: Any, operation: int) -> None:
+        if not rewritten and str(getattr(handle, "name", "")) == str(owner.path):
+            rewritten.append(owner.keep_only([_decision("e2")]))  # e1 written to Redis
+        real(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    assert _orphaned(tmp_path, "bandit") == []
+    assert rewritten == [True]
+    owner.release()
+    assert _orphaned(tmp_path, "bandit") == [["e2"]]
+
+
+def test_a_gone_process_journal_deleted_by_hand_while_it_is_written_is_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal written to Redis that a cleaner deleted meanwhile is gone already: not said as
+    one that cannot be deleted, and not kept as written."""
+    gone = Journal(tmp_path, "bandit")
+    gone.append(dumps(_decision("e1")))
+    gone.release()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for orphan in Journal(tmp_path, "bandit").orphans():
+            assert [r["event_id"] for r in orphan.records()] == ["e1"]
+            orphan.path.unlink()
+            orphan.done()
+    assert not caplog.messages, caplog.messages
+
+
 def test_a_journal_being_created_is_never_locked_by_a_process_looking_for_debris(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -308,6 +405,40 @@ def test_a_line_cut_short_is_skipped_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
         assert _orphaned(tmp_path, "bandit") == [["e1"]]
     assert any("line 2 is not a decision" in r.getMessage() for r in caplog.records)
+
+
+def test_a_line_cut_short_by_a_full_disk_is_cut_off_and_the_next_one_follows_the_whole_ones(
+    tmp_path: Path,
+) -> None:
+    """A disk that fills mid-line, then has room again: the part written is cut off, and the
+    next decision's line starts where the last whole line ends (appended), not after a gap
+    where the cut part was, which made it a line that is no decision."""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from bandit_router.service.journal import Journal\n"
+        "from tests.test_journal import _decision\n"
+        "from bandit_router.store.records import dumps\n"
+        "journal = Journal(Path(sys.argv[1]), 'bandit')\n"
+        "assert journal.append(dumps(_decision('e1')))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "full = journal.size + len(dumps(_decision('e2'))) // 2\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (full, hard))  # the disk fills mid-line\n"
+        "assert not journal.append(dumps(_decision('e2')))\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room again\n"
+        "assert journal.append(dumps(_decision('e3')))\n"
+        "journal.release()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _orphaned(tmp_path, "bandit") == [["e1", "e3"]]
 
 
 def test_a_journal_that_cannot_be_written_leaves_memory_only_said_once(

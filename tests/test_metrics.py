@@ -139,6 +139,11 @@ def test_redis_errors_are_counted(make_client: ClientFactory, redis_process: Red
     assert after["bandit_redis_errors_total{operation=counters}"] == 1
     assert after["bandit_model_version{}"] == 2
     assert after["bandit_degraded{}"] == 1
+    wait_until(
+        lambda: scrape(client).get("bandit_redis_errors_total{operation=learner}", 0) >= 1,
+        5,
+        "the learner's failed step counted",
+    )
 
 
 def _learned(client: TestClient) -> float:

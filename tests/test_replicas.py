@@ -4,6 +4,7 @@ an event the log no longer has."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import time
@@ -14,7 +15,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from bandit_router.errors import StoreUnavailable
+from bandit_router.rewards import RewardParts
 from tests.conftest import ClientFactory, RedisProcess, SettingsFactory, wait_until
+from tests.test_router import _open, _serve
 
 
 def _replicated(master: RedisProcess) -> bool:
@@ -130,6 +134,57 @@ def test_what_the_learner_read_while_no_replica_confirmed_is_learned_once_one_do
         replica.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: _replicated(main), 30, "the replica caught up")
     _next_event_learned_with_the_first(learner)
+
+
+def test_once_a_replica_confirms_again_rewards_are_learned_in_their_own_round_trips(
+    master_and_replica: tuple[RedisProcess, RedisProcess],
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While reads are unconfirmed the learner learns the log up to what a replica has, a step
+    at a time; once a read is confirmed again it learns each reward's event from the reward's
+    own round trip, with no step of its own."""
+    from bandit_router.service.learner import Learner
+
+    main, replica = master_and_replica
+    settings = make_settings(
+        redis_url=main.url,
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=200,
+        snapshot_every=1000,
+        publish_s=3600,
+    )
+    step, steps = Learner.step, [0]
+
+    async def counted(learner: Learner) -> int:
+        steps[0] += 1
+        return await step(learner)
+
+    monkeypatch.setattr(Learner, "step", counted)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        router.store.wait_for_replicas(1, 200)  # as open_store sets it from the settings
+        first = await router.choose("hello")
+        assert replica.proc is not None
+        replica.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await router.reward(first.event_id, RewardParts(reward=1.0))
+            assert router.version == 0
+        finally:
+            replica.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: _replicated(main), 30, "the replica caught up")
+        await router.learner.lead()  # as the learner's loop does
+        await router.learner.step()
+        assert router.version == 1
+        steps[0] = 0
+        await _serve(router, ["again"], 0.0)
+        assert router.version == 2 and steps[0] == 0
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_write_sent_again_after_script_flush_still_waits_for_a_replica(

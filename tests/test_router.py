@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,13 +23,14 @@ from bandit_router.store.keys import (
     GROUP,
     KEY_DECISION,
     KEY_EVENTS,
+    KEY_LEASE,
     KEY_MODEL,
     KEY_PENDING,
     KEY_WORD_SECRET,
 )
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy
+from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy, long_log
 
 MARKED = "please summarise this zebra report"
 PLAIN = "prove the theorem about primes"
@@ -588,6 +590,84 @@ def test_a_learner_whose_step_fails_says_so_and_learns_on(
     assert len(said) == 1 and said[0].exc_info is not None
 
 
+def test_a_learner_whose_step_fails_midway_through_a_batch_learns_the_rest_of_it(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug met midway through learning a batch: the events after it were delivered to the
+    learner and not learned, and no read delivers them again. The learner leads anew from
+    Redis, replaying the log after its watermark, so each is learned, once."""
+    from bandit_router.service.learner import Learner, fresh_model
+
+    settings = make_settings(learn_in_workers=False)
+    learn, calls = Learner._learn, [0]
+
+    def failing(learner: Learner, event: Any, late: bool = False) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("a bug in learning")
+        learn(learner, event, late)
+
+    monkeypatch.setattr(Learner, "_learn", failing)
+
+    async def scenario() -> None:
+        api = await _open(settings)  # logs rewards, never learns
+        store = Store(connect(settings.redis_url or ""), settings.key_prefix, 60, 10_000)
+        learner = Learner(
+            settings, store, fresh_model(parse_policy_spec(settings.policy), settings)
+        )
+        assert await learner.lead()  # leads an empty log
+        await _train(api, 5)
+        stop = asyncio.Event()
+        running = asyncio.create_task(learner.run(stop, poll_s=0.05))
+        deadline = time.monotonic() + 10
+        while learner.model.version < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await running
+        assert learner.model.version == 5 and calls[0] >= 6
+        await learner.close()
+        await store.close()
+        await api.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reward_whose_learning_fails_has_the_learner_lead_anew_at_the_loops_next_turn(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reward Redis stored whose catch-up failed (here a bug) is answered as stored, and its
+    learner stops leading: it leads anew from Redis at its loop's next turn, not at its next
+    renewal of the lease, a third of the lease later, with nothing learned meanwhile."""
+    from bandit_router.service.learner import Learner
+    from tests.test_faults import _running
+
+    settings = make_settings(learner_lease_s=30)
+    catch_up, failures = Learner.catch_up, [0]
+
+    async def failing(learner: Learner, stream_id: str | None) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("a bug in the catch-up")
+        await catch_up(learner, stream_id)
+
+    monkeypatch.setattr(Learner, "catch_up", failing)
+
+    async def meanwhile(router: Router) -> None:
+        first = await router.choose("hello")
+        failures[0] = 1
+        taken = await router.reward(first.event_id, RewardParts(reward=1.0))
+        assert taken.status == "final" and failures == [0]
+        deadline = time.monotonic() + 5
+        while not router.learner.leading:
+            assert time.monotonic() < deadline, "the learner did not lead anew"
+            await asyncio.sleep(0.05)
+        await _serve(router, ["then"], 0.0)
+        assert router.version == 2
+
+    asyncio.run(_running(settings, meanwhile))
+
+
 def test_concurrent_rewards_are_learned_before_their_answers_in_log_order(
     make_settings: SettingsFactory,
 ) -> None:
@@ -640,6 +720,85 @@ def test_events_read_while_the_learner_is_busy_are_learned_next_in_order(
     asyncio.run(scenario())
 
 
+def test_a_reward_whose_event_its_round_trip_read_needs_no_step(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leading process learns a reward's event from the read that travels in the reward's
+    own round trip: its catch-up, with no publish due, makes no step (no round trip)."""
+    from bandit_router.service.learner import Learner
+
+    settings = make_settings(snapshot_every=1000, publish_s=3600)
+    step, steps = Learner.step, [0]
+
+    async def counted(learner: Learner) -> int:
+        steps[0] += 1
+        return await step(learner)
+
+    monkeypatch.setattr(Learner, "step", counted)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        steps[0] = 0
+        await _serve(router, ["one", "two"], 1.0)
+        assert router.version == 2 and steps[0] == 0
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_steps_that_wait_behind_one_share_the_next_read(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps called while one reads the log (concurrent /reward calls' catch-ups) need a read
+    that starts after they were called: one more read serves them all, not one each."""
+    read_new, reads = Store.read_new, [0]
+
+    async def counted(store: Store, *args: Any, **kwargs: Any) -> Any:
+        reads[0] += 1
+        return await read_new(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "read_new", counted)
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        reads[0] = 0
+        await asyncio.gather(*(router.learner.step() for _ in range(5)))
+        assert reads[0] == 2
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_learner_with_nothing_new_publishes_nothing(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its model and acknowledgements are published, a learner's steps publish nothing
+    until something new comes, however often a publish would be due."""
+    publish, published = Store.publish, [0]
+
+    async def counted(store: Store, *args: Any, **kwargs: Any) -> Any:
+        published[0] += 1
+        return await publish(store, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "publish", counted)
+
+    async def scenario() -> None:
+        router = await _open(make_settings(publish_s=0.05))
+        await _serve(router, ["one"], 1.0)
+        assert await router.learner.publish() == 1
+        published[0] = 0
+        for _ in range(3):
+            await asyncio.sleep(0.1)  # past publish_s
+            await router.learner.step()
+        assert published[0] == 0
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
     make_settings: SettingsFactory,
 ) -> None:
@@ -668,6 +827,55 @@ def test_learning_a_decision_made_here_reuses_its_features_to_the_same_model(
             live = router.model.policy.choose(x, router.arms).probabilities
             assert replayed.policy.choose(x, router.arms).probabilities == live
         await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_features_kept_for_learning_are_those_of_the_newest_decisions_only(
+    make_settings: SettingsFactory,
+) -> None:
+    """The leading process keeps the features of its recent decisions for learning them: a
+    bounded number, the oldest let go, so decisions never rewarded do not grow it for good."""
+    from bandit_router.service.learner import KEPT_CHOSEN
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        ids = [(await router.choose(f"question {i}")).event_id for i in range(KEPT_CHOSEN + 50)]
+        assert list(router.learner._chosen) == ids[50:]
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_decision_whose_id_another_decision_took_since_is_learned_from_its_own_features(
+    make_settings: SettingsFactory,
+) -> None:
+    """An event id whose decision expired unrewarded is free again: another process's decision
+    under it is learned from its own features, as the log has them, not from those the leading
+    process kept for its own decision under that id."""
+    from bandit_router.service.learner import Model, fresh_model
+
+    settings = make_settings()
+
+    async def scenario() -> None:
+        a, b = await _open(settings), await _open(settings)
+        assert a.learner.leading and not b.learner.leading
+        await _train(a, 60)
+        await a.choose(MARKED, {"task": "qa"}, event_id="reused")
+        await a.store.redis.delete(a.store.key(KEY_DECISION, "reused"))  # expired
+        await b.choose(PLAIN, {"task": "code"}, event_id="reused")
+        await b.reward("reused", RewardParts(reward=1.0))
+        await a.learner.step()
+        assert a.version == 61
+        replayed: Model = fresh_model(a.model.spec, settings)
+        async for event in a.store.events():
+            replayed.learn(event, a.learner.arms)
+        for query in (MARKED, PLAIN):
+            x = extract(query, {"task": "code"}, a.words)
+            live = a.model.policy.choose(x, a.arms).probabilities
+            assert replayed.policy.choose(x, a.arms).probabilities == live
+        for router in (a, b):
+            await router.store.close()
 
     asyncio.run(scenario())
 
@@ -853,6 +1061,72 @@ def test_learners_gone_leave_no_name_in_the_group(make_settings: SettingsFactory
     asyncio.run(scenario())
 
 
+def test_a_dead_learners_events_learned_already_are_acknowledged_at_the_next_publish_due(
+    make_settings: SettingsFactory,
+) -> None:
+    """A learner dies with events it learned and never acknowledged; the next one relearns them
+    from the log and publishes, then claims them: nothing new is learned, and the publish due
+    acknowledges them all the same (else they stayed pending until something new came)."""
+    settings = make_settings(claim_idle_s=0.2, snapshot_every=1000, publish_s=0.1)
+
+    async def scenario() -> None:
+        a = await _open(settings.model_copy(update={"publish_s": 3600}))
+        await _serve(a, [f"query {i}" for i in range(3)], 1.0)
+        key = a.store.key(KEY_EVENTS)
+        assert (await a.store.redis.xpending(key, GROUP))["pending"] == 3
+        await a.store.release_lease(a.learner.name)  # a dies
+        b = await _open(settings)
+        assert b.learner.leading and b.version == 3
+        assert await b.learner.publish() == 3
+        await asyncio.sleep(0.3)  # past claim_idle_s and publish_s
+        await b.learner.step()  # claims a's events
+        assert b.version == 3
+        assert (await b.store.redis.xpending(key, GROUP))["pending"] == 0
+        await b.close()
+        for router in (a, b):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_event_another_learner_read_after_this_one_led_is_learned_late_not_lost(
+    make_settings: SettingsFactory,
+) -> None:
+    """Reads check the lease, so no other learner reads the log once this one leads; one that
+    did all the same (here a read made by hand under another name) leaves an event below this
+    learner's watermark that it never saw: claimed, it is learned late rather than lost, and
+    this learner's own events, claimed with it, are not learned again."""
+    settings = make_settings(claim_idle_s=0.2, snapshot_every=1000, publish_s=3600)
+
+    async def scenario() -> None:
+        a, other = await _open(settings), await _open(settings)
+        assert a.learner.leading and not other.learner.leading
+        first, read, later = [await other.choose(q) for q in ("one", "two", "three")]
+        await other.reward(first.event_id, RewardParts(reward=1.0))
+        await a.learner.step()
+        assert a.version == 1
+        await other.reward(read.event_id, RewardParts(reward=1.0))
+        key = a.store.key(KEY_EVENTS)
+        taken: Any = await a.store.redis.xreadgroup(GROUP, "elsewhere", {key: ">"}, count=1)
+        assert len(taken[0][1]) == 1  # the event of ``read``, delivered elsewhere
+        await other.reward(later.event_id, RewardParts(reward=0.0))
+        await a.learner.step()
+        assert a.version == 2  # ``later``: the watermark passed ``read``
+        await asyncio.sleep(0.3)  # past claim_idle_s
+        await a.learner.step()  # claims it, and its own two
+        assert a.version == 3
+        assert a.model.stream_id == await a.store.last_stream_id()  # not moved back
+        await a.learner.step()
+        assert a.version == 3  # once
+        assert await a.learner.publish() == 3
+        assert (await a.store.redis.xpending(key, GROUP))["pending"] == 0
+        await a.close()
+        for router in (a, other):
+            await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_word_secret_redis_lost_is_put_back_and_another_one_is_said(
     make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -903,6 +1177,34 @@ def test_a_lease_renewal_never_undoes_a_switch_made_meanwhile(
         await asyncio.gather(admin, renewal)
         override = await router.store.policy_override()
         assert (override, str(learner.model.spec)) == ("linucb", "linucb")
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_found_lapsed_during_a_switchs_relearning_stops_the_switch(
+    make_settings: SettingsFactory,
+) -> None:
+    """A switch relearns the whole log under the lease, renewing it as it goes. A renewal that
+    finds the lease lapsed (its key expired: the process stalled) takes it anew, but another
+    learner may have led meanwhile: the switch is not made here, and the learner leads anew."""
+    settings = make_settings(learner_lease_s=1)
+    long_log(settings, 20_000)  # relearned in seconds
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        assert router.learner.leading and router.version == 20_000
+
+        async def lapse() -> None:
+            await asyncio.sleep(0.2)
+            await router.store.redis.delete(router.store.key(KEY_LEASE))
+
+        lapsing = asyncio.create_task(lapse())
+        with pytest.raises(NotLearner, match="passed to another process"):
+            await router.learner.switch(parse_policy_spec("linucb"))
+        await lapsing
+        assert router.model.spec.name != "linucb" and not router.learner.leading
         await router.close()
         await router.store.close()
 
