@@ -16,7 +16,7 @@ from bandit_router.errors import AlreadyRewarded, InvalidReward, NotLearner, Sto
 from bandit_router.features import extract
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import RewardParts
-from bandit_router.service.router import SWEEP_BATCH, Router
+from bandit_router.service.router import CLOSED_TOGETHER, SWEEP_BATCH, Router
 from bandit_router.settings import Settings
 from bandit_router.store.keys import (
     GROUP,
@@ -299,11 +299,38 @@ def test_sweep_closes_windows_with_parts_present_or_default(
     asyncio.run(scenario(0.25))
 
 
+def test_windows_a_sweep_closes_together_each_learn_by_their_own_weights(
+    make_settings: SettingsFactory,
+) -> None:
+    """Gateway events with weights of their own, closed by one sweep: each reward is its
+    event's parts by its event's weights, not the deployment's nor another event's."""
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
+
+    async def scenario() -> None:
+        router = await _open(make_settings(arms=arms, reward_wait_s=60))
+        accurate = await router.choose("one", weights={"accuracy": 1.0, "rating": 1.0})
+        fast = await router.choose("two", weights={"latency": 1.0, "rating": 1.0})
+        for event in (accurate, fast):
+            got = await router.reward(event.event_id, RewardParts(accuracy=1.0, latency_ms=1000))
+            assert got.status == "pending"  # the rating its weights count is missing
+        assert await router.sweep(now=time.time() + 61) == 2
+        await router.learner.step()
+        logged = await all_events(router.store.events())
+        rewards = {e.decision["event_id"]: e.reward["reward"] for e in logged}
+        # accuracy alone for one, latency alone (1,000 ms of the 2,000 ms budget) for the other
+        assert rewards == {accurate.event_id: 1.0, fast.event_id: 0.5}
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployments(
     make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A gateway event's own weights that cannot weigh anything (NaN, stored as null: a record
-    of an older version, or written by hand; a list) neither fail its reward nor stop the
+    of an older version, or written by hand; a list; none) neither fail its reward nor stop the
     sweep, which closes it with the deployment's weights and every other ended window with it,
     and says so in the log."""
     upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
@@ -315,16 +342,20 @@ def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployme
         bad = await router.choose("one", weights={"accuracy": math.nan, "latency": 1.0})
         good = await router.choose("two", weights={"accuracy": 1.0, "latency": 1.0})
         listed = await router.choose("three", weights={"accuracy": 1.0})
-        key = router.store.key(KEY_DECISION, listed.event_id)
-        record = json.loads(await router.store.redis.get(key) or b"")
-        await router.store.redis.set(key, json.dumps({**record, "weights": ["accuracy"]}))
-        for event in (bad, listed):
+        empty = await router.choose("four", weights={"accuracy": 1.0})
+        for event, weights in ((listed, ["accuracy"]), (empty, {})):
+            key = router.store.key(KEY_DECISION, event.event_id)
+            record = json.loads(await router.store.redis.get(key) or b"")
+            await router.store.redis.set(key, json.dumps({**record, "weights": weights}))
+        for event in (bad, listed, empty):
             result = await router.reward(event.event_id, RewardParts(accuracy=1.0))
             assert result.status == "pending"  # the deployment's weights count rating, latency
         await router.reward(good.event_id, RewardParts(latency_ms=100.0))
         with caplog.at_level(logging.WARNING, logger="bandit_router"):
-            assert await router.sweep(now=time.time() + 61) == 3
+            assert await router.sweep(now=time.time() + 61) == 4
         said = f"event {listed.event_id}: its reward weights are unusable (reward weights must be"
+        assert said in caplog.text
+        said = f"event {empty.event_id}: its reward weights are unusable (at least one reward"
         assert said in caplog.text
         await router.learner.step()
         logged = await all_events(router.store.events())
@@ -332,6 +363,7 @@ def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployme
         assert rewards == {
             bad.event_id: 1.0,
             listed.event_id: 1.0,
+            empty.event_id: 1.0,
             good.event_id: pytest.approx(0.95),
         }
         await router.close()
@@ -469,7 +501,9 @@ def test_one_sweep_learns_every_ended_window_with_a_default_reward(
 
     async def scenario() -> None:
         router = await _open(make_settings(reward_wait_s=60, default_reward=0.25))
-        decisions = [await router.choose(f"query {i}") for i in range(SWEEP_BATCH + 40)]
+        # more than a batch of the sweep, and more than are closed at once after it
+        n = SWEEP_BATCH + CLOSED_TOGETHER + 40
+        decisions = [await router.choose(f"query {i}") for i in range(n)]
         rewarded = {d.event_id for d in decisions[::50]}
         for event_id in rewarded:
             await router.reward(event_id, RewardParts(accuracy=1.0))
