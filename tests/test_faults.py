@@ -139,13 +139,15 @@ def test_a_hung_redis_answers_each_choose_degraded_within_the_timeout_of_its_arr
         assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("met_by", ["choose", "reward"])
 def test_a_reward_for_a_decision_another_process_still_holds_is_503_not_404(
-    make_settings: SettingsFactory, redis_process: RedisProcess
+    make_settings: SettingsFactory, redis_process: RedisProcess, met_by: str
 ) -> None:
     """Two processes: one decides while Redis is down and keeps the decision; Redis comes back,
     and the reward reaches the other before the first has written it. A 404 would tell the
     client to give the reward up (a probe saw up to 14 a run, within 40 ms of Redis's return);
-    a 503 has it retry, and the retry finds the decision."""
+    a 503 has it retry, and the retry finds the decision. The other process may have met the
+    outage by a choice or by a reward of its own."""
     settings = make_settings(redis_url=redis_process.url)
 
     async def scenario() -> None:
@@ -153,7 +155,11 @@ def test_a_reward_for_a_decision_another_process_still_holds_is_503_not_404(
         redis_process.kill()
         kept = await deciding.choose("What is 2+2?")
         assert kept.degraded
-        await other.choose("and 3+3?")  # the other process meets the outage too
+        if met_by == "choose":
+            await other.choose("and 3+3?")  # the other process meets the outage too
+        else:
+            with pytest.raises(StoreUnavailable):
+                await other.reward("an-earlier-event", RewardParts(accuracy=1.0))
         redis_process.start()
         with pytest.raises(StoreUnavailable, match="moments ago"):
             await other.reward(kept.event_id, RewardParts(accuracy=1.0))

@@ -737,6 +737,31 @@ def test_the_sweep_stops_on_a_pending_set_of_the_wrong_type_without_a_traceback(
     r.close()
 
 
+def test_a_sweep_that_meets_a_log_of_the_wrong_type_stops_and_leaves_its_windows(
+    make_settings: SettingsFactory,
+) -> None:
+    """The sweep closes a window by logging its event: a log of the wrong type stops the sweep
+    (its caller says so, as for any damaged key), and the window is left for the next sweep,
+    which learns it once the key is deleted."""
+    settings = make_settings(reward_wait_s=60)
+    r = _redis(settings)
+    events = _key(settings, KEY_EVENTS)
+
+    async def scenario() -> None:
+        router = await _open(settings)
+        d = await router.choose("one")
+        await router.reward(d.event_id, RewardParts(accuracy=1.0))  # pending: rating missing
+        _put(r, events, "hash")
+        with pytest.raises(StoreDamaged, match="holds a hash, not the stream"):
+            await router.sweep(now=time.time() + 61)
+        r.delete(events)
+        assert await router.sweep(now=time.time() + 61) == 1
+        await _close(router)
+
+    asyncio.run(scenario())
+    r.close()
+
+
 def test_a_log_of_the_wrong_type_stops_the_rewards_not_the_service(
     make_settings: SettingsFactory, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

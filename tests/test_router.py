@@ -17,7 +17,7 @@ from bandit_router.errors import AlreadyRewarded, InvalidReward, NotLearner, Sto
 from bandit_router.features import extract
 from bandit_router.policies.registry import parse_policy_spec
 from bandit_router.rewards import RewardParts
-from bandit_router.service.router import SWEEP_BATCH, Router
+from bandit_router.service.router import CLOSED_TOGETHER, SWEEP_BATCH, Router
 from bandit_router.settings import Settings
 from bandit_router.store.keys import (
     GROUP,
@@ -154,6 +154,42 @@ def test_parts_arrive_in_several_calls_and_are_learned_once(
     asyncio.run(scenario())
 
 
+def test_a_part_weighted_zero_is_not_waited_for(make_settings: SettingsFactory) -> None:
+    """An event is complete once every part with a positive weight came, by the deployment's
+    weights as by an event's own."""
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
+
+    async def scenario() -> None:
+        router = await _open(make_settings(arms=arms, reward_weights="accuracy=1,latency=0"))
+        plain = await router.choose("one")
+        own = await router.choose("two", weights={"rating": 1.0, "cost": 0.0})
+        for event, parts in ((plain, RewardParts(accuracy=1.0)), (own, RewardParts(rating=5))):
+            done = await router.reward(event.event_id, parts)
+            assert (done.status, done.reward) == ("final", 1.0)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_direct_reward_after_other_parts_closes_the_event_with_it(
+    make_settings: SettingsFactory,
+) -> None:
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        d = await router.choose("hello there")
+        await router.reward(d.event_id, RewardParts(latency_ms=400))
+        closed = await router.reward(d.event_id, RewardParts(reward=0.7))
+        assert (closed.status, closed.reward) == ("final", 0.7)
+        assert closed.parts == {"latency_ms": 400.0, "reward": 0.7}
+        assert router.version == 1
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_final_that_loses_the_race_answers_the_reward_logged(
     make_settings: SettingsFactory,
 ) -> None:
@@ -180,6 +216,30 @@ def test_a_final_that_loses_the_race_answers_the_reward_logged(
         assert told == (other.reward, other.parts, False)
         assert await router._finalize(d.event_id, {}) == (other.reward, other.parts, False)
         assert router.version == 1
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_finalize_that_finds_a_part_came_meanwhile_logs_every_part(
+    make_settings: SettingsFactory,
+) -> None:
+    """A call reads the event's parts, another call stores one more before the first logs
+    them: the first reads the parts again and logs them all (the store refuses a finalize whose
+    count of parts is not the hash's). Driven step by step, as above."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        d = await router.choose("hello there")
+        mine = await router.store.add_parts(d.event_id, {"latency_ms": 500.0})  # call X
+        await router.store.add_parts(d.event_id, {"accuracy": 0.0})  # call Y, meanwhile
+        told = await asyncio.wait_for(router._finalize(d.event_id, mine.parts), 10)
+        both = {"latency_ms": 500.0, "accuracy": 0.0}
+        assert told.reward == pytest.approx((0.6 * 0 + 0.2 * 0.75) / 0.8)
+        assert (told.parts, told.here) == (both, True)
+        (logged,) = await all_events(router.store.events())
+        assert logged.reward["parts"] == both
         await router.close()
         await router.store.close()
 
@@ -241,11 +301,38 @@ def test_sweep_closes_windows_with_parts_present_or_default(
     asyncio.run(scenario(0.25))
 
 
+def test_windows_a_sweep_closes_together_each_learn_by_their_own_weights(
+    make_settings: SettingsFactory,
+) -> None:
+    """Gateway events with weights of their own, closed by one sweep: each reward is its
+    event's parts by its event's weights, not the deployment's nor another event's."""
+    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
+
+    async def scenario() -> None:
+        router = await _open(make_settings(arms=arms, reward_wait_s=60))
+        accurate = await router.choose("one", weights={"accuracy": 1.0, "rating": 1.0})
+        fast = await router.choose("two", weights={"latency": 1.0, "rating": 1.0})
+        for event in (accurate, fast):
+            got = await router.reward(event.event_id, RewardParts(accuracy=1.0, latency_ms=1000))
+            assert got.status == "pending"  # the rating its weights count is missing
+        assert await router.sweep(now=time.time() + 61) == 2
+        await router.learner.step()
+        logged = await all_events(router.store.events())
+        rewards = {e.decision["event_id"]: e.reward["reward"] for e in logged}
+        # accuracy alone for one, latency alone (1,000 ms of the 2,000 ms budget) for the other
+        assert rewards == {accurate.event_id: 1.0, fast.event_id: 0.5}
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployments(
     make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A gateway event's own weights that cannot weigh anything (NaN, stored as null: a record
-    of an older version, or written by hand; a list) neither fail its reward nor stop the
+    of an older version, or written by hand; a list; none) neither fail its reward nor stop the
     sweep, which closes it with the deployment's weights and every other ended window with it,
     and says so in the log."""
     upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
@@ -257,16 +344,20 @@ def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployme
         bad = await router.choose("one", weights={"accuracy": math.nan, "latency": 1.0})
         good = await router.choose("two", weights={"accuracy": 1.0, "latency": 1.0})
         listed = await router.choose("three", weights={"accuracy": 1.0})
-        key = router.store.key(KEY_DECISION, listed.event_id)
-        record = json.loads(await router.store.redis.get(key) or b"")
-        await router.store.redis.set(key, json.dumps({**record, "weights": ["accuracy"]}))
-        for event in (bad, listed):
+        empty = await router.choose("four", weights={"accuracy": 1.0})
+        for event, weights in ((listed, ["accuracy"]), (empty, {})):
+            key = router.store.key(KEY_DECISION, event.event_id)
+            record = json.loads(await router.store.redis.get(key) or b"")
+            await router.store.redis.set(key, json.dumps({**record, "weights": weights}))
+        for event in (bad, listed, empty):
             result = await router.reward(event.event_id, RewardParts(accuracy=1.0))
             assert result.status == "pending"  # the deployment's weights count rating, latency
         await router.reward(good.event_id, RewardParts(latency_ms=100.0))
         with caplog.at_level(logging.WARNING, logger="bandit_router"):
-            assert await router.sweep(now=time.time() + 61) == 3
+            assert await router.sweep(now=time.time() + 61) == 4
         said = f"event {listed.event_id}: its reward weights are unusable (reward weights must be"
+        assert said in caplog.text
+        said = f"event {empty.event_id}: its reward weights are unusable (at least one reward"
         assert said in caplog.text
         await router.learner.step()
         logged = await all_events(router.store.events())
@@ -274,6 +365,7 @@ def test_an_event_whose_stored_weights_are_unusable_is_learned_with_the_deployme
         assert rewards == {
             bad.event_id: 1.0,
             listed.event_id: 1.0,
+            empty.event_id: 1.0,
             good.event_id: pytest.approx(0.95),
         }
         await router.close()
@@ -287,12 +379,13 @@ def test_parts_no_weight_of_the_event_counts_are_refused_before_they_are_kept(
 ) -> None:
     """Where events carry their own weights (gateway arms), a part the deployment does not
     weigh is checked against the event's: 422 naming ``reward`` when they do not count it either,
-    and nothing kept; taken when they do."""
+    and nothing kept; taken when they do, and scaled by the deployment's budget. A part the
+    deployment weighs is taken as it is."""
     upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
     arms = [{"name": name, "upstream": upstream} for name in ("4b", "7b", "14b")]
 
     async def scenario() -> None:
-        router = await _open(make_settings(arms=arms))
+        router = await _open(make_settings(arms=arms, cost_budget_usd=0.002))
         plain = await router.choose("one")  # the deployment's weights: no cost
         accurate = await router.choose("two", weights={"accuracy": 1.0})
         cheap = await router.choose("three", weights={"cost": 1.0})
@@ -302,7 +395,13 @@ def test_parts_no_weight_of_the_event_counts_are_refused_before_they_are_kept(
             assert refused.value.field == "reward"
             assert await router.store.parts_of(event.event_id) == {}
         taken = await router.reward(cheap.event_id, RewardParts(cost_usd=0.0005))
-        assert taken.status == "final" and taken.reward == pytest.approx(0.5)
+        assert taken.status == "final" and taken.reward == pytest.approx(1 - 0.0005 / 0.002)
+        priced = await router.choose("four", weights={"cost": 1.0})
+        kept = await router.reward(priced.event_id, RewardParts(accuracy=1.0))
+        assert (kept.status, kept.parts) == ("pending", {"accuracy": 1.0})
+        silent = await router.choose("five", weights={"cost": 1.0})
+        with pytest.raises(InvalidReward, match=r"send reward, or one of cost_usd$"):
+            await router.reward(silent.event_id, RewardParts(), final=True)  # its weights named
         await router.close()
         await router.store.close()
 
@@ -404,7 +503,9 @@ def test_one_sweep_learns_every_ended_window_with_a_default_reward(
 
     async def scenario() -> None:
         router = await _open(make_settings(reward_wait_s=60, default_reward=0.25))
-        decisions = [await router.choose(f"query {i}") for i in range(SWEEP_BATCH + 40)]
+        # more than a batch of the sweep, and more than are closed at once after it
+        n = SWEEP_BATCH + CLOSED_TOGETHER + 40
+        decisions = [await router.choose(f"query {i}") for i in range(n)]
         rewarded = {d.event_id for d in decisions[::50]}
         for event_id in rewarded:
             await router.reward(event_id, RewardParts(accuracy=1.0))
@@ -496,11 +597,56 @@ def test_final_closes_an_event_with_the_parts_it_has(make_settings: SettingsFact
         closed = await router.reward(d.event_id, RewardParts(), final=True)
         assert (closed.status, closed.reward, router.version) == ("final", 0.5, 1)
         empty = await router.choose("nothing came")
+        with pytest.raises(InvalidReward, match="no weighted reward part present"):
+            await router.reward(empty.event_id, RewardParts())  # nor without final
         try:
             await router.reward(empty.event_id, RewardParts(), final=True)
             raise AssertionError("closing an event with no part must be refused")
         except InvalidReward as e:
             assert "no weighted reward part present" in str(e)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_event_is_logged_with_the_time_of_its_reward_either_way(
+    make_settings: SettingsFactory,
+) -> None:
+    """The reward logged holds when it was logged, by Redis's clock: a reward complete by itself
+    (logged in the round trip that stores it) as one a final closes."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings())
+        alone, closed = await router.choose("one"), await router.choose("two")
+        before = time.time()
+        await router.reward(alone.event_id, RewardParts(reward=1.0))
+        await router.reward(closed.event_id, RewardParts(accuracy=1.0))
+        await router.reward(closed.event_id, RewardParts(), final=True)
+        after = time.time()
+        logged = await all_events(router.store.events())
+        assert len(logged) == 2
+        assert all(before - 0.1 <= e.reward["ts"] <= after + 0.1 for e in logged)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_final_with_no_part_learns_the_default_reward_when_one_is_set(
+    make_settings: SettingsFactory,
+) -> None:
+    """``final`` for an event no part came for: refused with no default reward (above), else
+    learned at once with ``BANDIT_DEFAULT_REWARD``, logged as the default."""
+
+    async def scenario() -> None:
+        router = await _open(make_settings(default_reward=0.25))
+        d = await router.choose("nothing came")
+        closed = await router.reward(d.event_id, RewardParts(), final=True)
+        assert (closed.status, closed.reward, closed.parts) == ("final", 0.25, {})
+        (logged,) = await all_events(router.store.events())
+        assert (logged.reward["reward"], logged.reward["default"]) == (0.25, True)
+        assert router.version == 1
         await router.close()
         await router.store.close()
 

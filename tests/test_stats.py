@@ -176,6 +176,25 @@ async def _router_with_events(settings: Settings, n: int) -> Router:
     return router
 
 
+def test_totals_count_each_arm_s_counters_once_whatever_its_name(
+    make_settings: SettingsFactory,
+) -> None:
+    """``decisions`` and ``rewards_accepted`` add up the per-arm counters whose names start with
+    theirs: an arm's name may hold another's (``:`` is allowed in it)."""
+    arms = [{"name": f"rewards:{name}"} for name in ("4b", "7b", "14b")]
+
+    async def scenario() -> None:
+        router = await _router_with_events(make_settings(arms=arms), 2)
+        for i in range(3):
+            await router.choose(f"never rewarded {i}")
+        stats = await router.stats()
+        assert (stats["decisions"], stats["rewards_accepted"]) == (5, 2)
+        await router.close()
+        await router.store.close()
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_stats_share_one_computation_and_reuse_it(
     make_settings: SettingsFactory,
 ) -> None:
