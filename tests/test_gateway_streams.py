@@ -595,6 +595,32 @@ def test_an_answer_in_another_form_than_asked_is_the_arms_failure(
         assert answered.status_code == 200 and answered.headers["x-bandit-arm"] == "good"
 
 
+def test_an_empty_stream_is_the_arms_failure_of_kind_empty(serve: Serve, scripted: Start) -> None:
+    """A stream's body that ends before its first byte: "empty answer", kind ``empty`` (README,
+    Metrics), as an empty answer not streamed is; not ``protocol``."""
+    scripts = {"m": Script(())}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=AUTH)
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["detail"].endswith("every upstream tried failed: m: empty answer")
+    failures = [line for line in _failures(base) if "_total" in line]
+    assert failures == ['bandit_gateway_upstream_failures_total{arm="m",kind="empty"} 1.0']
+
+
+def test_a_stream_whose_media_type_is_written_in_capitals_is_a_stream(
+    serve: Serve, scripted: Start
+) -> None:
+    """A media type is case-insensitive (RFC 9110): ``Text/Event-Stream`` with parameters is a
+    stream, relayed, not the arm's failure."""
+    scripts = {"m": Script((chunk("a"), DONE), content_type="Text/Event-Stream; charset=utf-8")}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    stream = sdk_client(base, KEY).chat.completions.create(model="m", messages=HI, stream=True)
+    assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert [line for line in _failures(base) if "_total" in line] == []
+
+
 # A client that leaves
 
 
