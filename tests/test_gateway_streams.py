@@ -712,6 +712,22 @@ def test_a_client_that_leaves_mid_stream_is_charged_its_first_tokens_latency(
     assert "not recorded" not in caplog.text
 
 
+def test_a_stream_that_breaks_midway_is_a_failure_not_a_client_that_left(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that breaks off after its first token is the arm's failure, final at once:
+    its first token's latency, known, is not recorded beside it as a client's leaving is."""
+    scripts = {"breaks": Script((chunk("a"), 0.05, BREAK))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_latency="first_token")
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("breaks", True), headers=AUTH)
+    assert "the upstream of breaks broke off mid-answer" in answer.text
+    time.sleep(0.5)  # a leaving's latency is recorded in a task of its own: given its time
+    # recorded, it would be refused (the event is learned already), said in the log
+    assert "not recorded" not in caplog.text
+    assert _stats(base, "breaks")["rewards"] == 1 and _stats(base, "breaks")["mean_reward"] == 0
+
+
 # Many streams at once
 
 
