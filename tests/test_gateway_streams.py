@@ -621,6 +621,19 @@ def test_a_stream_whose_media_type_is_written_in_capitals_is_a_stream(
     assert [line for line in _failures(base) if "_total" in line] == []
 
 
+def test_a_stream_that_ends_in_an_unended_event_without_done_is_relayed_whole(
+    serve: Serve, scripted: Start
+) -> None:
+    """An upstream whose body ends with its last event unended (no blank line) and no
+    ``[DONE]``: what it sent reaches the client byte for byte, the last event with it."""
+    sent = (chunk("a"), chunk("b").rstrip(b"\n"))
+    scripts = {"m": Script(sent)}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=AUTH)
+    assert answer.status_code == 200 and answer.content == b"".join(sent)
+
+
 # A client that leaves
 
 
