@@ -202,6 +202,19 @@ def test_arms_whose_settings_failed_are_not_retried_by_the_sdk(
     client.close()
 
 
+def test_arms_that_failed_for_their_settings_and_for_a_5xx_leave_the_sdk_its_retries(
+    serve: Serve, scripted: Start
+) -> None:
+    """One arm tried failed for its settings, the other with a 5xx: the 502 may pass, so it
+    carries no ``x-should-retry: false``."""
+    scripts = {"keyless": ARM_4XX["keyless"], "down": Script((b"{}",), 503, "application/json")}
+    url, upstream = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=1)
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("auto", False), headers=AUTH)
+    assert refused.status_code == 502 and upstream.requests == 2, refused.text
+    assert "x-should-retry" not in refused.headers
+
+
 @pytest.mark.parametrize(
     ("headers", "seconds"),
     [
