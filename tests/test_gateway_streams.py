@@ -343,6 +343,23 @@ def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
     assert 'bandit_gateway_upstream_seconds_count{arm="stalls",measure="total"}' not in measured
 
 
+def test_a_failure_under_weights_without_accuracy_is_a_reward_of_zero(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event's weights count no accuracy (a latency-only preference): its arm's failure is
+    recorded as the reward 0 itself, learned, not an accuracy its weights would not count."""
+    scripts = {"down": Script((b"{}",), 503, "application/json")}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    headers = {**AUTH, "x-bandit-preference": "latency=1"}
+    refused = httpx.post(
+        f"{base}/v1/chat/completions", content=_body("down", False), headers=headers
+    )
+    assert refused.status_code == 502, refused.text
+    assert _stats(base, "down")["rewards"] == 1 and _stats(base, "down")["mean_reward"] == 0
+    assert "not recorded" not in caplog.text
+
+
 @pytest.mark.parametrize("end", [(), (0.05, BREAK)], ids=["ended", "broke"])
 def test_an_error_event_is_one_failure_of_the_arm_however_the_answer_ends(
     serve: Serve, scripted: Start, end: tuple[Any, ...]
