@@ -625,6 +625,18 @@ def test_an_answer_in_another_form_than_asked_is_the_arms_failure(
         assert answered.status_code == 200 and answered.headers["x-bandit-arm"] == "good"
 
 
+def test_a_stream_is_sent_uncached_with_the_gateways_headers(serve: Serve, scripted: Start) -> None:
+    """A stream's answer says ``cache-control: no-cache`` (a proxy between holds no event back
+    nor serves it again), beside the event and arm the app rewards by."""
+    scripts = {"m": GOOD}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-cache"
+    assert answer.headers["x-bandit-arm"] == "m" and answer.headers["x-bandit-event-id"]
+
+
 def test_an_empty_stream_is_the_arms_failure_of_kind_empty(serve: Serve, scripted: Start) -> None:
     """A stream's body that ends before its first byte: "empty answer", kind ``empty`` (README,
     Metrics), as an empty answer not streamed is; not ``protocol``."""
