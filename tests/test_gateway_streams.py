@@ -783,6 +783,23 @@ def test_a_stream_that_breaks_midway_is_a_failure_not_a_client_that_left(
     assert _stats(base, "breaks")["rewards"] == 1 and _stats(base, "breaks")["mean_reward"] == 0
 
 
+def test_a_stream_read_to_its_end_is_recorded_once_not_as_a_client_that_left(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A whole stream whose latency, its first token's, completes the event (a latency-only
+    preference): recorded once, learned; no leaving's latency after it, which the router would
+    refuse (the event is learned already), said in the log."""
+    scripts = {"m": GOOD}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_latency="first_token")
+    headers = {**AUTH, "x-bandit-preference": "latency=1"}
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=headers)
+    assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n"), answer.text
+    wait_until(lambda: _stats(base, "m")["rewards"] == 1, 10, "the event to be learned")
+    time.sleep(0.5)  # a leaving's latency is recorded in a task of its own: given its time
+    assert "not recorded" not in caplog.text
+
+
 # Many streams at once
 
 
