@@ -202,6 +202,19 @@ def test_arms_whose_settings_failed_are_not_retried_by_the_sdk(
     client.close()
 
 
+def test_arms_that_failed_for_their_settings_and_for_a_5xx_leave_the_sdk_its_retries(
+    serve: Serve, scripted: Start
+) -> None:
+    """One arm tried failed for its settings, the other with a 5xx: the 502 may pass, so it
+    carries no ``x-should-retry: false``."""
+    scripts = {"keyless": ARM_4XX["keyless"], "down": Script((b"{}",), 503, "application/json")}
+    url, upstream = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=1)
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("auto", False), headers=AUTH)
+    assert refused.status_code == 502 and upstream.requests == 2, refused.text
+    assert "x-should-retry" not in refused.headers
+
+
 @pytest.mark.parametrize(
     ("headers", "seconds"),
     [
@@ -328,6 +341,23 @@ def test_a_stream_that_stalls_midway_ends_in_an_error_the_sdk_raises(
     assert _stats(base, "stalls")["rewards"] == 1 and _stats(base, "stalls")["mean_reward"] == 0
     measured = httpx.get(f"{base}/metrics").text  # no answer's time: it has none
     assert 'bandit_gateway_upstream_seconds_count{arm="stalls",measure="total"}' not in measured
+
+
+def test_a_failure_under_weights_without_accuracy_is_a_reward_of_zero(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event's weights count no accuracy (a latency-only preference): its arm's failure is
+    recorded as the reward 0 itself, learned, not an accuracy its weights would not count."""
+    scripts = {"down": Script((b"{}",), 503, "application/json")}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    headers = {**AUTH, "x-bandit-preference": "latency=1"}
+    refused = httpx.post(
+        f"{base}/v1/chat/completions", content=_body("down", False), headers=headers
+    )
+    assert refused.status_code == 502, refused.text
+    assert _stats(base, "down")["rewards"] == 1 and _stats(base, "down")["mean_reward"] == 0
+    assert "not recorded" not in caplog.text
 
 
 @pytest.mark.parametrize("end", [(), (0.05, BREAK)], ids=["ended", "broke"])
@@ -595,6 +625,57 @@ def test_an_answer_in_another_form_than_asked_is_the_arms_failure(
         assert answered.status_code == 200 and answered.headers["x-bandit-arm"] == "good"
 
 
+def test_a_stream_is_sent_uncached_with_the_gateways_headers(serve: Serve, scripted: Start) -> None:
+    """A stream's answer says ``cache-control: no-cache`` (a proxy between holds no event back
+    nor serves it again), beside the event and arm the app rewards by."""
+    scripts = {"m": GOOD}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-cache"
+    assert answer.headers["x-bandit-arm"] == "m" and answer.headers["x-bandit-event-id"]
+
+
+def test_an_empty_stream_is_the_arms_failure_of_kind_empty(serve: Serve, scripted: Start) -> None:
+    """A stream's body that ends before its first byte: "empty answer", kind ``empty`` (README,
+    Metrics), as an empty answer not streamed is; not ``protocol``."""
+    scripts = {"m": Script(())}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    refused = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=AUTH)
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["detail"].endswith("every upstream tried failed: m: empty answer")
+    failures = [line for line in _failures(base) if "_total" in line]
+    assert failures == ['bandit_gateway_upstream_failures_total{arm="m",kind="empty"} 1.0']
+
+
+def test_a_stream_whose_media_type_is_written_in_capitals_is_a_stream(
+    serve: Serve, scripted: Start
+) -> None:
+    """A media type is case-insensitive (RFC 9110): ``Text/Event-Stream`` with parameters is a
+    stream, relayed, not the arm's failure."""
+    scripts = {"m": Script((chunk("a"), DONE), content_type="Text/Event-Stream; charset=utf-8")}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_retries=0)
+    stream = sdk_client(base, KEY).chat.completions.create(model="m", messages=HI, stream=True)
+    assert [c.choices[0].delta.content for c in stream] == ["a"]
+    assert [line for line in _failures(base) if "_total" in line] == []
+
+
+def test_a_stream_that_ends_in_an_unended_event_without_done_is_relayed_whole(
+    serve: Serve, scripted: Start
+) -> None:
+    """An upstream whose body ends with its last event unended (no blank line) and no
+    ``[DONE]``: what it sent reaches the client byte for byte, the last event with it."""
+    sent = (chunk("a"), chunk("b").rstrip(b"\n"))
+    scripts = {"m": Script(sent)}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts)
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=AUTH)
+    assert answer.status_code == 200 and answer.content == b"".join(sent)
+
+
 # A client that leaves
 
 
@@ -683,6 +764,39 @@ def test_a_client_that_leaves_mid_stream_is_charged_its_first_tokens_latency(
     assert _ended(base) == ((1, 0) if counted else (0, 1))
     if counted:
         assert _stats(base, "held")["mean_reward"] > 0.9  # its first token came at once
+    assert "not recorded" not in caplog.text
+
+
+def test_a_stream_that_breaks_midway_is_a_failure_not_a_client_that_left(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that breaks off after its first token is the arm's failure, final at once:
+    its first token's latency, known, is not recorded beside it as a client's leaving is."""
+    scripts = {"breaks": Script((chunk("a"), 0.05, BREAK))}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_latency="first_token")
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("breaks", True), headers=AUTH)
+    assert "the upstream of breaks broke off mid-answer" in answer.text
+    time.sleep(0.5)  # a leaving's latency is recorded in a task of its own: given its time
+    # recorded, it would be refused (the event is learned already), said in the log
+    assert "not recorded" not in caplog.text
+    assert _stats(base, "breaks")["rewards"] == 1 and _stats(base, "breaks")["mean_reward"] == 0
+
+
+def test_a_stream_read_to_its_end_is_recorded_once_not_as_a_client_that_left(
+    serve: Serve, scripted: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A whole stream whose latency, its first token's, completes the event (a latency-only
+    preference): recorded once, learned; no leaving's latency after it, which the router would
+    refuse (the event is learned already), said in the log."""
+    scripts = {"m": GOOD}
+    url, _ = scripted(scripts)
+    base = _gateway(serve, url, scripts, gateway_latency="first_token")
+    headers = {**AUTH, "x-bandit-preference": "latency=1"}
+    answer = httpx.post(f"{base}/v1/chat/completions", content=_body("m", True), headers=headers)
+    assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n"), answer.text
+    wait_until(lambda: _stats(base, "m")["rewards"] == 1, 10, "the event to be learned")
+    time.sleep(0.5)  # a leaving's latency is recorded in a task of its own: given its time
     assert "not recorded" not in caplog.text
 
 
