@@ -116,6 +116,12 @@ def test_a_lone_surrogate_in_a_feature_value_is_refused() -> None:
         ChooseRequest.model_validate({"query": "q", "features": {"k": "\ud800"}})
 
 
+def test_a_feature_that_is_nan_is_refused_by_the_contract_itself() -> None:
+    """Not only by the router's own check behind it: NaN passes a comparison of its magnitude."""
+    with pytest.raises(ValidationError, match=r"features\.k must be a finite number"):
+        ChooseRequest.model_validate({"query": "q", "features": {"k": math.nan}})
+
+
 def test_features_at_their_limits_are_taken(client: TestClient) -> None:
     features = {"s": "v" * 256, "big": 1e15, "small": -1e15, "n": 10**15}
     response = client.post("/choose", json={"query": "q", "features": features})
