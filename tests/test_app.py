@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from bandit_router.http.app import create_app
 from bandit_router.http.contract import UNEXPECTED, ChooseRequest, failure
+from bandit_router.rewards import MAX_COST_USD, MAX_LATENCY_MS
 from bandit_router.service.challengers import PromotionView
 from tests.conftest import ClientFactory, SettingsFactory
 
@@ -114,6 +116,12 @@ def test_a_lone_surrogate_in_a_feature_value_is_refused() -> None:
         ChooseRequest.model_validate({"query": "q", "features": {"k": "\ud800"}})
 
 
+def test_a_feature_that_is_nan_is_refused_by_the_contract_itself() -> None:
+    """Not only by the router's own check behind it: NaN passes a comparison of its magnitude."""
+    with pytest.raises(ValidationError, match=r"features\.k must be a finite number"):
+        ChooseRequest.model_validate({"query": "q", "features": {"k": math.nan}})
+
+
 def test_features_at_their_limits_are_taken(client: TestClient) -> None:
     features = {"s": "v" * 256, "big": 1e15, "small": -1e15, "n": 10**15}
     response = client.post("/choose", json={"query": "q", "features": features})
@@ -130,6 +138,7 @@ def test_features_at_their_limits_are_taken(client: TestClient) -> None:
         ({"query": "x" * 40_000}, "query", "limit is 32768"),
         ({"query": "q", "arms": ["4b", "70b"]}, "arms", "unknown arm '70b'; valid: 4b, 7b, 14b"),
         ({"query": "q", "arms": []}, "arms", "at least 1 item"),
+        ({"query": "q", "arms": ["4b"] * 65}, "arms", "at most 64 items"),
         (
             {"query": "q", "features": {"nested": {"a": 1}}},
             "features",
@@ -137,6 +146,10 @@ def test_features_at_their_limits_are_taken(client: TestClient) -> None:
         ),
         ({"query": "q", "features": {"k": None}}, "features", "features.k must be a string"),
         ({"query": "q", "features": {"k": "v" * 300}}, "features", "the limit is 256"),
+        ({"query": "q", "features": {"k": "v" * 257}}, "features", "k is 257 characters"),
+        ({"query": "q", "features": {"k": 10**15 + 1}}, "features", "k must be a finite number"),
+        ({"query": "q", "features": {"k": -(10**15) - 1}}, "features", "k must be a finite"),
+        ({"query": "q", "features": {"k": [1]}}, "features", "boolean, got array"),
         ({"query": "q", "features": {"k": 1.5e15}}, "features", "k must be a finite number"),
         ({"query": "q", "features": {"k": -1.5e15}}, "features", "k must be a finite number"),
         ({"query": "q", "features": {f"k{i}": i for i in range(65)}}, "features", "limit is 64"),
@@ -183,6 +196,68 @@ def test_bad_reward_input(
     assert client.post("/reward", json={"event_id": event_id, "reward": 0.5}).status_code == 200
 
 
+# Each reward part's bounds, both taken.
+REWARD_BOUNDS = {
+    "accuracy": (0.0, 1.0),
+    "rating": (1.0, 5.0),
+    "latency_ms": (0.0, MAX_LATENCY_MS),
+    "cost_usd": (0.0, MAX_COST_USD),
+    "reward": (0.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("part", sorted(REWARD_BOUNDS))
+def test_a_reward_part_is_taken_at_its_bounds_and_refused_just_past_them(
+    client: TestClient, part: str
+) -> None:
+    """``reward`` is sent beside the part, so that a part no weight counts is still an answer."""
+    low, high = REWARD_BOUNDS[part]
+    for value in (low, high):
+        event_id = _choose(client)["event_id"]
+        response = client.post("/reward", json={"event_id": event_id, "reward": 0.5, part: value})
+        assert response.status_code == 200, (value, response.text)
+        assert response.json()["parts"][part] == value
+    event_id = _choose(client)["event_id"]
+    for value in (math.nextafter(low, -math.inf), math.nextafter(high, math.inf)):
+        response = client.post("/reward", json={"event_id": event_id, "reward": 0.5, part: value})
+        assert response.status_code == 422, (value, response.text)
+        assert response.json()["field"] == part
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity"])
+@pytest.mark.parametrize("field", [*sorted(REWARD_BOUNDS), "features"])
+def test_a_number_that_is_not_finite_is_refused_as_such(
+    client: TestClient, field: str, value: bytes
+) -> None:
+    """The parser reads NaN and Infinity, which JSON has not: each is refused as not finite
+    (a bound alone takes no NaN either, but says "less than or equal to 1" of it)."""
+    if field == "features":
+        path, raw = "/choose", b'{"query": "q", "features": {"k": %s}}' % value
+    else:
+        path, raw = "/reward", b'{"event_id": "e-1", "%s": %s}' % (field.encode(), value)
+    response = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    assert "finite number" in response.json()["detail"]
+
+
+# An event id of the most characters, each kind the pattern takes among them.
+LONGEST_EVENT_ID = "a.b_c:D-9" + "x" * 119
+
+
+def test_an_event_id_of_128_characters_is_taken_and_one_of_129_refused(
+    client: TestClient,
+) -> None:
+    assert _choose(client, event_id=LONGEST_EVENT_ID)["event_id"] == LONGEST_EVENT_ID
+    response = client.post("/reward", json={"event_id": LONGEST_EVENT_ID, "reward": 0.5})
+    assert response.status_code == 200, response.text
+    for path, body in (("/choose", {"query": "q"}), ("/reward", {"reward": 0.5})):
+        response = client.post(path, json={**body, "event_id": LONGEST_EVENT_ID + "x"})
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "event_id"
+        assert "at most 128 characters" in response.json()["detail"]
+
+
 def test_malformed_json_is_400(client: TestClient) -> None:
     response = client.post(
         "/choose", content=b"{not json", headers={"content-type": "application/json"}
@@ -190,6 +265,17 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     assert response.status_code == 400
     assert response.json()["field"] == "body"
     assert "not valid JSON" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "declared",
+    ["Application/JSON", "application/json ; charset=utf-8", "application/json;charset=UTF-8"],
+)
+def test_the_json_type_is_taken_in_any_case_and_with_a_charset(
+    client: TestClient, declared: str
+) -> None:
+    response = client.post("/choose", content=b'{"query": "q"}', headers={"content-type": declared})
+    assert response.status_code == 200, response.text
 
 
 def test_health_and_arms(client: TestClient) -> None:

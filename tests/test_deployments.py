@@ -258,6 +258,10 @@ def test_a_deployment_in_the_query_is_taken_or_refused_never_ignored(
     for query in ("?deployment=coding", "?deployment=coding&deployment=support"):
         r = client.post(f"/choose{query}", json={"query": "hi", "deployment": "support"})
         assert r.status_code == 422 and r.json()["field"] == "deployment", r.text
+    # the same one in both, or twice in the query, names one
+    for query in ("?deployment=coding", "?deployment=coding&deployment=coding"):
+        r = client.post(f"/choose{query}", json={"query": "hi", "deployment": "coding"})
+        assert r.status_code == 200 and r.json()["event_id"].startswith("coding:"), r.text
     r = client.post("/choose?deployment=nope", json={"query": "hi"})
     assert r.status_code == 422 and "valid: default, support, coding" in r.json()["detail"]
     r = client.post("/reward?deployment=support", json={"event_id": event_id, "reward": 1})

@@ -171,3 +171,11 @@ def test_an_answer_lists_ten_errors_and_counts_the_rest(serve: Serve) -> None:
     messages = answer.json()["detail"].split("; ")
     assert messages[:2] == ["aku: unknown field", "akv: unknown field"]
     assert len(messages) == 11 and messages[-1] == "and 990 more"
+
+
+def test_an_answer_of_ten_errors_lists_all_ten(serve: Serve) -> None:
+    base = serve()
+    answer = httpx.post(f"{base}/choose", content=_unknown_fields(10), headers=JSON)
+    assert answer.status_code == 422
+    messages = answer.json()["detail"].split("; ")
+    assert len(messages) == 10 and messages[-1] == "ak3: unknown field", messages

@@ -281,6 +281,23 @@ def test_body_size_limit_is_413_naming_the_limit(make_client: ClientFactory) -> 
     assert _choose(client).status_code == 200  # and the service keeps serving
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_body_of_the_limit_is_read_and_one_byte_more_is_413(
+    make_client: ClientFactory, streamed: bool
+) -> None:
+    """Declared in its content-length or counted as it streams, the limit's byte is taken."""
+    client = make_client(max_body_bytes=2048)
+    head, tail = b'{"query": "', b'"}'
+    exact = head + b"x" * (2048 - len(head) - len(tail)) + tail
+    for raw, status in ((exact, 200), (head + b"x" + exact[len(head) :], 413)):
+        response = client.post(
+            "/choose",
+            content=iter([raw[:1000], raw[1000:]]) if streamed else raw,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == status, (len(raw), response.text)
+
+
 @pytest.mark.parametrize("store_text", [False, True])
 def test_query_text_is_stored_only_when_asked(
     make_client: ClientFactory, make_settings: SettingsFactory, store_text: bool
