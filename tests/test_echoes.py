@@ -179,3 +179,17 @@ def test_an_answer_of_ten_errors_lists_all_ten(serve: Serve) -> None:
     assert answer.status_code == 422
     messages = answer.json()["detail"].split("; ")
     assert len(messages) == 10 and messages[-1] == "ak3: unknown field", messages
+
+
+def test_the_error_body_cuts_any_message_whatever_built_it() -> None:
+    """The last cut, in ``error_body``, under every message: one built of the service's own
+    words (an unknown arm's list of 64 arms of 64 characters is over 4,000) is cut there too."""
+    from bandit_router.errors import DETAIL_CHARS
+    from bandit_router.http.contract import FIELD_CHARS, error_body
+
+    valid = ", ".join(f"{i:02d}" + "a" * 62 for i in range(64))
+    doc = json.loads(error_body(f"unknown arm 'x'; valid: {valid}", "arms" * 1000))
+    said = f"unknown arm 'x'; valid: {valid}"
+    assert doc["detail"] == f"{said[:DETAIL_CHARS]}... (cut from {len(said)} characters)"
+    assert doc["field"].startswith("arms" * (FIELD_CHARS // 4))
+    assert len(doc["field"]) < FIELD_CHARS + 40
