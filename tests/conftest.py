@@ -450,3 +450,18 @@ def read_only(directory: Path) -> Iterator[None]:
         if immutable:
             subprocess.run(["chattr", "-i", str(directory)], check=True)
         directory.chmod(0o755)
+
+
+def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The learner's steps from now on, counted in the list's one item: ``Learner.step`` runs
+    as itself, through a wrapper that counts it."""
+    from bandit_router.service.learner import Learner
+
+    step, steps = Learner.step, [0]
+
+    async def counted(learner: Learner) -> int:
+        steps[0] += 1
+        return await step(learner)
+
+    monkeypatch.setattr(Learner, "step", counted)
+    return steps

@@ -17,7 +17,13 @@ from fastapi.testclient import TestClient
 
 from bandit_router.errors import StoreUnavailable
 from bandit_router.rewards import RewardParts
-from tests.conftest import ClientFactory, RedisProcess, SettingsFactory, wait_until
+from tests.conftest import (
+    ClientFactory,
+    RedisProcess,
+    SettingsFactory,
+    count_steps,
+    wait_until,
+)
 from tests.test_router import _open, _serve
 
 
@@ -144,8 +150,6 @@ def test_once_a_replica_confirms_again_rewards_are_learned_in_their_own_round_tr
     """While reads are unconfirmed the learner learns the log up to what a replica has, a step
     at a time; once a read is confirmed again it learns each reward's event from the reward's
     own round trip, with no step of its own."""
-    from bandit_router.service.learner import Learner
-
     main, replica = master_and_replica
     settings = make_settings(
         redis_url=main.url,
@@ -154,13 +158,7 @@ def test_once_a_replica_confirms_again_rewards_are_learned_in_their_own_round_tr
         snapshot_every=1000,
         publish_s=3600,
     )
-    step, steps = Learner.step, [0]
-
-    async def counted(learner: Learner) -> int:
-        steps[0] += 1
-        return await step(learner)
-
-    monkeypatch.setattr(Learner, "step", counted)
+    steps = count_steps(monkeypatch)
 
     async def scenario() -> None:
         router = await _open(settings)

@@ -30,7 +30,14 @@ from bandit_router.store.keys import (
 )
 from bandit_router.store.repository import Store
 from bandit_router.store.transport import connect
-from tests.conftest import RedisProcess, SettingsFactory, all_events, keep_busy, long_log
+from tests.conftest import (
+    RedisProcess,
+    SettingsFactory,
+    all_events,
+    count_steps,
+    keep_busy,
+    long_log,
+)
 
 MARKED = "please summarise this zebra report"
 PLAIN = "prove the theorem about primes"
@@ -871,16 +878,8 @@ def test_a_reward_whose_event_its_round_trip_read_needs_no_step(
 ) -> None:
     """The leading process learns a reward's event from the read that travels in the reward's
     own round trip: its catch-up, with no publish due, makes no step (no round trip)."""
-    from bandit_router.service.learner import Learner
-
     settings = make_settings(snapshot_every=1000, publish_s=3600)
-    step, steps = Learner.step, [0]
-
-    async def counted(learner: Learner) -> int:
-        steps[0] += 1
-        return await step(learner)
-
-    monkeypatch.setattr(Learner, "step", counted)
+    steps = count_steps(monkeypatch)
 
     async def scenario() -> None:
         router = await _open(settings)
@@ -1446,13 +1445,7 @@ def test_an_idle_learner_polls_less_often_and_learns_at_once_when_events_come(
     from bandit_router.service.learner import IDLE_POLL_S, Learner, fresh_model
 
     settings = make_settings(learn_in_workers=False)
-    step, steps = Learner.step, [0]
-
-    async def counted(learner: Learner) -> int:
-        steps[0] += 1
-        return await step(learner)
-
-    monkeypatch.setattr(Learner, "step", counted)
+    steps = count_steps(monkeypatch)
 
     async def scenario() -> None:
         api = await _open(settings)  # logs rewards, never learns
